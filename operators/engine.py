@@ -1,0 +1,517 @@
+"""The per-shard engine: dedupe, identity, event-time clock, timers, features and rules.
+
+Customers are spread over a fixed number of shards (by a stable hash of their id), so
+results do not depend on the number of workers. Each shard keeps its own event-time
+clock: the largest event time it has seen minus the allowed lateness. A timer fires when
+the clock passes its due time (also for customers who send nothing more), and before any
+later event of its own customer is applied. The engine is plain Python: the Bytewax
+operator in :mod:`operators.customer_state` only feeds it batches.
+
+Two roles share this code. The ``identity`` stage sees events that carry an
+``anonymousId``: it keeps anonymous customers, and when an event links an anonymous id
+to a ``userId`` it hands the anonymous state over (a :class:`Forward`) to the
+``customer`` stage, keyed by the user; later events with either id reach the same
+customer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import pickle
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger
+from schemas.envelope import Envelope
+from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
+from state.affinity import DAY_MS
+from state.catalogue import FeatureView
+from state.customer import MAX_CAUSED_BY, CustomerState, Lifecycle
+from state.update import apply_event
+
+SNAPSHOT_FORMAT = 1
+RECHECK = "~recheck"
+EXPIRE = "~expire"
+ERASURE = "Erasure Requested"
+LINKING = frozenset({"identify", "alias"})
+MAX_UNKNOWN_NAMES = 50
+
+Role = Literal["identity", "customer"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Event-time semantics and bounds of the per-shard engine."""
+
+    lateness_ms: int = 5 * 60_000
+    max_skew_ms: int = 3_600_000
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    state_ttl_ms: int = 730 * DAY_MS
+    dedupe_per_shard: int = 20_000
+    links_per_shard: int = 50_000
+    snapshots: bool = False
+
+
+@dataclass(slots=True)
+class Forward:
+    """An event handed from the identity stage to the customer stage (with any anonymous state)."""
+
+    env: Envelope
+    customer_id: str
+    carried: CustomerState | None = None
+
+
+@dataclass(slots=True)
+class Output:
+    """One record for a sink: ``stream`` names the output (file or topic), ``key`` the customer."""
+
+    stream: str
+    key: str
+    time_ms: int
+    seq: int
+    body: bytes
+
+    def sort_key(self) -> tuple[int, int, str, bytes]:
+        """Stable file order: event time, then input position, then content."""
+        return (self.time_ms, self.seq, self.key, self.body)
+
+
+def _bump(counter: dict[str, int], key: str, by: int = 1) -> None:
+    counter[key] = counter.get(key, 0) + by
+
+
+class ShardEngine:
+    """All customers of one shard, their timers and the shard's event-time clock."""
+
+    def __init__(self, rules: CompiledRules, config: EngineConfig, role: Role) -> None:
+        self.rules = rules
+        self.config = config
+        self.role = role
+        self.customers: dict[str, CustomerState] = {}
+        self.heap: list[tuple[int, int, str, str]] = []
+        self.tick = 0
+        self.seq = 0
+        self.clock: int | None = None
+        self.seen: OrderedDict[str, None] = OrderedDict()
+        self.links: OrderedDict[str, str] = OrderedDict()
+        self.stats: dict[str, Any] = {}
+        self.dirty: set[str] = set()
+        self.encoded: dict[str, bytes] = {}
+
+    # --- entry point -------------------------------------------------------------------
+    def process(self, item: Envelope | Forward, out: list[Any]) -> None:
+        """Handle one event (or forwarded event); append outputs and forwards to ``out``."""
+        self.seq = item.env.seq if isinstance(item, Forward) else item.seq
+        if isinstance(item, Forward):
+            self._advance(item.env.ts_ms, out)
+            self._customer_event(item.env, item.customer_id, out, item.carried)
+            return
+        env = item
+        if self._duplicate(env.message_id):
+            _bump(self.stats, "duplicates")
+            return
+        if env.received_ms is not None and env.ts_ms - env.received_ms > self.config.max_skew_ms:
+            self._future(env, out)
+            return
+        self._count(env)
+        self._advance(env.ts_ms, out)
+        if self.role == "customer":
+            self._customer_event(env, env.customer_id, out)
+        else:
+            self._identity_event(env, out)
+
+    def finish(self) -> dict[str, Any]:
+        """Counters of this shard (at the end of bounded input)."""
+        stats = dict(self.stats)
+        if self.role == "customer":
+            stats["customers"] = len(self.customers)
+        else:
+            stats["anonymous_customers"] = len(self.customers)
+        return stats
+
+    # --- identity stage ----------------------------------------------------------------
+    def _identity_event(self, env: Envelope, out: list[Any]) -> None:
+        anonymous_id = env.anonymous_id
+        assert anonymous_id is not None
+        if env.user_id is None:
+            linked = self.links.get(anonymous_id)
+            if linked is not None:
+                self.links.move_to_end(anonymous_id)
+                out.append(Forward(env, linked))
+            else:
+                self._customer_event(env, anonymous_id, out)
+            return
+        if self.links.get(anonymous_id) != env.user_id:
+            _bump(self.stats, "identities_linked")
+        self.links[anonymous_id] = env.user_id
+        self.links.move_to_end(anonymous_id)
+        if len(self.links) > self.config.links_per_shard:
+            self.links.popitem(last=False)
+        carried = self._drop_customer(anonymous_id)
+        if carried is not None and carried.audiences:
+            self._leave_all(carried, f"identity linked to {env.user_id}", env.ts_ms, [env.message_id], out)
+        if env.name == ERASURE:
+            self.links.pop(anonymous_id, None)
+            carried = None
+        out.append(Forward(env, env.user_id, carried))
+
+    # --- customer state ----------------------------------------------------------------
+    def _customer_event(
+        self, env: Envelope, customer_id: str, out: list[Any], carried: CustomerState | None = None
+    ) -> None:
+        state = self.customers.get(customer_id)
+        if env.name == ERASURE:
+            if state is not None:
+                self._erase(state, env, out)
+            return
+        if state is None:
+            state = self.customers[customer_id] = CustomerState(customer_id, env.ts_ms)
+        if carried is not None:
+            state.merge(carried, env.ts_ms)
+            for rule_id, timer in state.timers.items():
+                timer[3] = None
+                self._schedule(state, rule_id)
+        self._mark(customer_id)
+        late = self.clock is not None and env.ts_ms < self.clock
+        if late:
+            _bump(self.stats, "late")
+        else:
+            self._fire_due(state, env.ts_ms, out)
+        now = max(env.ts_ms, self.clock or env.ts_ms)
+        apply_event(state, env, self.config.lifecycle)
+        rules = self.rules
+        for trigger in rules.cancelling.get(env.name, ()):
+            state.timers.pop(trigger.id, None)
+        for trigger in rules.arming.get(env.name, ()):
+            self._arm(state, trigger, env, late)
+        if not late:
+            for trigger in rules.immediate.get(env.name, ()):
+                self._trigger(state, trigger, env, now, self._cause(trigger, state, env), [env.message_id], out)
+        self._audiences(state, rules.audiences_for(env.name), env, now, [env.message_id], out)
+        self._keep_alive(state, now)
+
+    def _arm(self, state: CustomerState, trigger: CompiledTrigger, env: Envelope, late: bool) -> None:
+        rule = trigger.rule
+        assert rule.after is not None
+        cause = self._cause(trigger, state, env)
+        if state.fired.get(rule.id) == cause:
+            return
+        due = env.ts_ms + rule.after
+        if late and self.clock is not None and due <= self.clock:
+            return
+        timer = state.timers.get(rule.id)
+        if timer is not None and timer[1] == cause:
+            timer[0] = max(timer[0], due)
+            timer[2] = [*timer[2][-(MAX_CAUSED_BY - 1) :], env.message_id]
+        else:
+            state.timers[rule.id] = [due, cause, [env.message_id], None]
+        self._schedule(state, rule.id)
+
+    def _cause(self, trigger: CompiledTrigger, state: CustomerState, env: Envelope | None) -> str:
+        """What ``trigger`` fires at most once for, as a string."""
+        once_per = trigger.rule.once_per
+        if once_per == "cart":
+            return state.cart.id if state.cart is not None else "none"
+        if once_per == "session":
+            return state.session.id if state.session is not None else "none"
+        if once_per == "order":
+            return state.last_order_id or "none"
+        if once_per == "customer":
+            return "customer"
+        if env is None:
+            return "none"
+        if once_per == "day":
+            return datetime.fromtimestamp(env.ts_ms / 1000, tz=UTC).date().isoformat()
+        return env.message_id
+
+    # --- timers ------------------------------------------------------------------------
+    def _schedule(self, state: CustomerState, rule_id: str) -> None:
+        """Keep one heap entry per pending timer, no later than its due time."""
+        timer = state.timers[rule_id]
+        if timer[3] is None or timer[3] > timer[0]:
+            timer[3] = timer[0]
+            self.tick += 1
+            heapq.heappush(self.heap, (timer[0], self.tick, state.id, rule_id))
+
+    def _advance(self, ts_ms: int, out: list[Any]) -> None:
+        """Move the shard clock to ``ts_ms`` minus the allowed lateness and fire what is due."""
+        candidate = ts_ms - self.config.lateness_ms
+        if self.clock is not None and candidate <= self.clock:
+            return
+        self.clock = candidate
+        heap = self.heap
+        while heap and heap[0][0] <= candidate:
+            due, _, customer_id, rule_id = heapq.heappop(heap)
+            state = self.customers.get(customer_id)
+            timer = state.timers.get(rule_id) if state is not None else None
+            if timer is None or timer[3] != due:
+                continue
+            if timer[0] > due:
+                timer[3] = None
+                self._schedule(state, rule_id)  # type: ignore[arg-type]
+                continue
+            self._fire(state, rule_id, out)  # type: ignore[arg-type]
+
+    def _fire_due(self, state: CustomerState, upto_ms: int, out: list[Any]) -> None:
+        """Fire this customer's timers due by ``upto_ms`` (before its next event is applied)."""
+        due = sorted((t[0], rule_id) for rule_id, t in state.timers.items() if t[0] <= upto_ms)
+        for _, rule_id in due:
+            if rule_id in state.timers and state.id in self.customers:
+                self._fire(state, rule_id, out)
+
+    def _fire(self, state: CustomerState, rule_id: str, out: list[Any]) -> None:
+        due, cause, caused_by, _ = state.timers.pop(rule_id)
+        self._mark(state.id)
+        if rule_id == RECHECK:
+            self._audiences(state, self.rules.time_audiences, None, due, caused_by, out)
+            self._keep_alive(state, due)
+            return
+        if rule_id == EXPIRE:
+            if state.last_seen_ms + self.config.state_ttl_ms > due:
+                self._keep_alive(state, due)
+            else:
+                self._expire(state, due, out)
+            return
+        trigger = self.rules.timers.get(rule_id)
+        if trigger is None or state.fired.get(rule_id) == cause:
+            return
+        if trigger.rule.once_per in ("cart", "session", "order") and self._cause(trigger, state, None) != cause:
+            return  # the cart was ordered, the session or the last order changed: stale
+        self._trigger(state, trigger, None, due, cause, caused_by, out)
+
+    def _keep_alive(self, state: CustomerState, now_ms: int) -> None:
+        """Schedule the next audience recheck (lifecycle boundary) and the inactivity expiry."""
+        if self.rules.time_audiences:
+            boundary = state.next_boundary(now_ms, self.config.lifecycle)
+            if boundary is not None:
+                timer = state.timers.get(RECHECK)
+                if timer is None or timer[0] != boundary:
+                    state.timers[RECHECK] = [boundary, "recheck", [state.last_event_id], None]
+                    self._schedule(state, RECHECK)
+        expire_at = state.last_seen_ms + self.config.state_ttl_ms
+        timer = state.timers.get(EXPIRE)
+        if timer is None:
+            state.timers[EXPIRE] = [expire_at, "expire", [], None]
+            self._schedule(state, EXPIRE)
+        else:
+            timer[0] = expire_at
+
+    # --- decisions ---------------------------------------------------------------------
+    def _trigger(
+        self,
+        state: CustomerState,
+        trigger: CompiledTrigger,
+        env: Envelope | None,
+        at_ms: int,
+        cause: str,
+        caused_by: list[str],
+        out: list[Any],
+    ) -> None:
+        rule = trigger.rule
+        if state.fired.get(rule.id) == cause:
+            return
+        view = FeatureView(state, env, at_ms, self.config.lifecycle)
+        if trigger.when is not None and not trigger.when.evaluate(view):
+            return
+        state.fired[rule.id] = cause
+        data = {
+            "channel": rule.channel,
+            "rule_id": rule.id,
+            "ruleset_version": self.rules.version,
+            "reason": _trigger_reason(trigger, view),
+            "cause": cause,
+            "caused_by": caused_by,
+            "content": rule.content,
+            "offer_id": rule.offer_id,
+            "score": None,
+            "expires_at": iso_ms(at_ms + rule.expires_in),
+            "shadow": rule.shadow,
+        }
+        body = cloud_event(
+            type_=TRIGGER_TYPE,
+            event_id=decision_id(state.id, rule.id, cause),
+            time_ms=at_ms,
+            subject=state.id,
+            data=data,
+        )
+        stream = "triggers.shadow" if rule.shadow else f"triggers.{rule.channel}"
+        out.append(Output(stream, state.id, at_ms, self.seq, body))
+        _bump(self.stats.setdefault("triggers", {}), rule.id)
+
+    def _audiences(
+        self,
+        state: CustomerState,
+        audiences: list[CompiledAudience],
+        env: Envelope | None,
+        now_ms: int,
+        caused_by: list[str],
+        out: list[Any],
+    ) -> None:
+        if not audiences:
+            return
+        view = FeatureView(state, env, now_ms, self.config.lifecycle)
+        members = set(state.audiences)
+        for audience in audiences:
+            inside = bool(audience.when.evaluate(view))
+            if inside == (audience.id in members):
+                continue
+            (members.add if inside else members.discard)(audience.id)
+            reason = f"{audience.when.source} became {'true' if inside else 'false'}{_values(audience, view)}"
+            self._audience_change(state, audience, inside, reason, now_ms, caused_by, out)
+        state.audiences = tuple(sorted(members))
+
+    def _audience_change(
+        self,
+        state: CustomerState,
+        audience: CompiledAudience,
+        entered: bool,
+        reason: str,
+        at_ms: int,
+        caused_by: list[str],
+        out: list[Any],
+    ) -> None:
+        change = "entered" if entered else "exited"
+        data = {
+            "audience": audience.id,
+            "change": change,
+            "reason": reason,
+            "rule_id": audience.id,
+            "ruleset_version": self.rules.version,
+            "caused_by": caused_by,
+            "shadow": audience.rule.shadow,
+        }
+        event_id = decision_id(state.id, audience.id, change, str(at_ms), *caused_by[-1:])
+        body = cloud_event(type_=AUDIENCE_TYPE, event_id=event_id, time_ms=at_ms, subject=state.id, data=data)
+        stream = "audience_changes.shadow" if audience.rule.shadow else "audience_changes"
+        out.append(Output(stream, state.id, at_ms, self.seq, body))
+        _bump(self.stats.setdefault("audience_changes", {}), f"{audience.id}.{change}")
+
+    def _leave_all(self, state: CustomerState, reason: str, at_ms: int, caused_by: list[str], out: list[Any]) -> None:
+        by_id = {a.id: a for a in self.rules.audiences}
+        for audience_id in state.audiences:
+            audience = by_id.get(audience_id)
+            if audience is not None:
+                self._audience_change(state, audience, False, reason, at_ms, caused_by, out)
+        state.audiences = ()
+
+    def _erase(self, state: CustomerState, env: Envelope, out: list[Any]) -> None:
+        request = getattr(env.event.properties, "request_id", "")
+        self._leave_all(state, f"erasure requested ({request})", env.ts_ms, [env.message_id], out)
+        self._drop_customer(state.id)
+        _bump(self.stats, "erased")
+
+    def _expire(self, state: CustomerState, at_ms: int, out: list[Any]) -> None:
+        days = self.config.state_ttl_ms // DAY_MS
+        self._leave_all(state, f"state expired after {days} days without activity", at_ms, [], out)
+        self._drop_customer(state.id)
+        _bump(self.stats, "expired")
+
+    def _drop_customer(self, customer_id: str) -> CustomerState | None:
+        self._mark(customer_id)
+        return self.customers.pop(customer_id, None)
+
+    # --- input bookkeeping ---------------------------------------------------------------
+    def _duplicate(self, message_id: str) -> bool:
+        seen = self.seen
+        if message_id in seen:
+            return True
+        seen[message_id] = None
+        if len(seen) > self.config.dedupe_per_shard:
+            seen.popitem(last=False)
+        return False
+
+    def _count(self, env: Envelope) -> None:
+        if env.known:
+            _bump(self.stats.setdefault("events", {}), env.name)
+            return
+        unknown = self.stats.setdefault("unknown_events", {})
+        if env.name in unknown or len(unknown) < MAX_UNKNOWN_NAMES:
+            _bump(unknown, env.name)
+        else:
+            _bump(unknown, "(other names)")
+
+    def _future(self, env: Envelope, out: list[Any]) -> None:
+        skew_s = (env.ts_ms - (env.received_ms or 0)) / 1000
+        body = dead_letter(
+            processor="nudgeflow.state",
+            reason="future_dated",
+            messages=[f"timestamp is {skew_s:.0f} s after receivedAt (max {self.config.max_skew_ms // 1000} s)"],
+            position=env.position,
+            payload=env.raw,
+            failed_at_ms=env.received_ms,
+        )
+        out.append(Output("dead_letters", env.customer_id, 0, env.seq, body))
+        _bump(self.stats, "future_dated")
+
+    # --- snapshots -----------------------------------------------------------------------
+    def _mark(self, customer_id: str) -> None:
+        if self.config.snapshots:
+            self.dirty.add(customer_id)
+
+    def snapshot(self) -> tuple[int, dict[str, Any]] | None:
+        """A versioned, immutable snapshot; only customers changed since the last one are re-encoded."""
+        if not self.config.snapshots:
+            return None
+        for customer_id in self.dirty:
+            state = self.customers.get(customer_id)
+            if state is None:
+                self.encoded.pop(customer_id, None)
+            else:
+                self.encoded[customer_id] = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        self.dirty.clear()
+        shard = {
+            "customers": dict(self.encoded),
+            "clock": self.clock,
+            "seen": pickle.dumps(list(self.seen)),
+            "links": pickle.dumps(list(self.links.items())),
+            "stats": pickle.dumps(self.stats),
+        }
+        return SNAPSHOT_FORMAT, shard
+
+    def restore(self, snapshot: tuple[int, dict[str, Any]]) -> None:
+        """Load a snapshot written by :meth:`snapshot`; refuse other formats."""
+        version, shard = snapshot
+        if version != SNAPSHOT_FORMAT:
+            raise ValueError(f"snapshot format {version} is not supported (expected {SNAPSHOT_FORMAT})")
+        self.encoded = dict(shard["customers"])
+        self.customers = {cid: pickle.loads(blob) for cid, blob in sorted(self.encoded.items())}
+        self.clock = shard["clock"]
+        self.seen = OrderedDict.fromkeys(pickle.loads(shard["seen"]))
+        self.links = OrderedDict(pickle.loads(shard["links"]))
+        self.stats = pickle.loads(shard["stats"])
+        for state in self.customers.values():
+            for rule_id, timer in sorted(state.timers.items()):
+                timer[3] = None
+                self._schedule(state, rule_id)
+
+
+def _scalar(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, int | float | str):
+        return str(value)
+    return None
+
+
+def _values(audience: CompiledAudience, view: FeatureView) -> str:
+    parts = [f"{name}={text}" for name in sorted(audience.when.names) if (text := _scalar(view[name])) is not None]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _trigger_reason(trigger: CompiledTrigger, view: FeatureView) -> str:
+    rule = trigger.rule
+    if rule.after is not None:
+        minutes = rule.after // 60_000
+        base = f"{minutes} min after {' or '.join(rule.on)}"
+        if rule.unless:
+            base += f" with no {' or '.join(rule.unless)}"
+    else:
+        base = f"on {' or '.join(rule.on)}"
+    if trigger.when is not None:
+        base += f"; {trigger.when.source}"
+        parts = [f"{n}={t}" for n in sorted(trigger.when.names) if (t := _scalar(view[n])) is not None]
+        if parts:
+            base += f" ({', '.join(parts)})"
+    return base

@@ -1,0 +1,233 @@
+"""A small, safe expression language for rule conditions, compiled to Python closures.
+
+Expressions use Python-like syntax (``cart.value > 50 and traits.city in ['Berlin', 'Paris']``)
+but are never ``eval``-ed: the source is parsed with :mod:`ast`, every node is checked
+against an allowlist and turned into a closure. Only names from the feature catalogue can
+be read, only the functions in :data:`FUNCTIONS` can be called, attributes are data
+lookups (dict keys or public fields), and a missing value is ``null``: comparisons with
+``null`` are false instead of raising, arithmetic with it gives ``null``.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Env = Mapping[str, Any]
+Fn = Callable[[Env], Any]
+
+
+class ExpressionError(ValueError):
+    """An expression that does not parse or uses something not allowed; ``column`` is 1-based."""
+
+    def __init__(self, message: str, column: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.column = column
+
+
+def _coalesce(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def _null_safe(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        if any(a is None for a in args):
+            return None
+        try:
+            return fn(*args)
+        except (TypeError, ValueError):
+            return None
+
+    return call
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "abs": _null_safe(abs),
+    "coalesce": _coalesce,
+    "contains": _null_safe(lambda container, item: item in container),
+    "endswith": _null_safe(lambda s, suffix: str(s).endswith(suffix)),
+    "len": _null_safe(len),
+    "lower": _null_safe(lambda s: str(s).lower()),
+    "max": _null_safe(max),
+    "min": _null_safe(min),
+    "round": _null_safe(round),
+    "startswith": _null_safe(lambda s, prefix: str(s).startswith(prefix)),
+    "upper": _null_safe(lambda s: str(s).upper()),
+}
+CONSTANTS: dict[str, Any] = {"true": True, "false": False, "null": None}
+
+_COMPARE: dict[type, Callable[[Any, Any], bool]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda a, b: b is not None and a in b,
+    ast.NotIn: lambda a, b: b is not None and a not in b,
+}
+_ARITH: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+}
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A compiled expression: ``source``, the top-level ``names`` it reads, and ``evaluate``."""
+
+    source: str
+    names: frozenset[str]
+    fn: Fn
+
+    def evaluate(self, env: Env) -> Any:
+        return self.fn(env)
+
+
+def compile_expression(source: str, allowed_names: Collection[str]) -> Expression:
+    """Parse and compile ``source``; raise :class:`ExpressionError` naming the column at fault."""
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError as err:
+        raise ExpressionError(f"syntax error: {err.msg}", err.offset) from None
+    names: set[str] = set()
+    fn = _Compiler(frozenset(allowed_names), names).build(tree.body)
+    return Expression(source.strip(), frozenset(names), fn)
+
+
+def _lookup(container: Any, key: Any) -> Any:
+    if container is None:
+        return None
+    if isinstance(container, Mapping):
+        return container.get(key)
+    if isinstance(container, list | tuple | str):
+        try:
+            return container[key]
+        except (IndexError, TypeError):
+            return None
+    if isinstance(key, str) and not key.startswith("_"):
+        return getattr(container, key, None)
+    return None
+
+
+def _safe_compare(op: Callable[[Any, Any], bool], a: Any, b: Any) -> bool:
+    if op not in (operator.eq, operator.ne) and (a is None or b is None):
+        return False
+    try:
+        return bool(op(a, b))
+    except TypeError:
+        return False
+
+
+class _Compiler:
+    def __init__(self, allowed: frozenset[str], names: set[str]) -> None:
+        self.allowed = allowed
+        self.names = names
+
+    def fail(self, node: ast.AST, message: str) -> ExpressionError:
+        return ExpressionError(message, getattr(node, "col_offset", -1) + 1)
+
+    def build(self, node: ast.AST) -> Fn:
+        method = getattr(self, f"_{type(node).__name__}", None)
+        if method is None:
+            raise self.fail(node, f"'{type(node).__name__}' is not allowed in a rule expression")
+        return method(node)
+
+    def _Constant(self, node: ast.Constant) -> Fn:
+        value = node.value
+        if not isinstance(value, str | int | float | bool | type(None)):
+            raise self.fail(node, f"literal {value!r} is not allowed")
+        return lambda env: value
+
+    def _Name(self, node: ast.Name) -> Fn:
+        name = node.id
+        if name in CONSTANTS:
+            value = CONSTANTS[name]
+            return lambda env: value
+        if name not in self.allowed:
+            known = ", ".join(sorted(self.allowed))
+            raise self.fail(node, f"unknown name '{name}' (known: {known})")
+        self.names.add(name)
+        return lambda env: env[name]
+
+    def _Attribute(self, node: ast.Attribute) -> Fn:
+        if node.attr.startswith("_"):
+            raise self.fail(node, f"attribute '{node.attr}' is not allowed")
+        inner, attr = self.build(node.value), node.attr
+        return lambda env: _lookup(inner(env), attr)
+
+    def _Subscript(self, node: ast.Subscript) -> Fn:
+        inner, index = self.build(node.value), self.build(node.slice)
+        return lambda env: _lookup(inner(env), index(env))
+
+    def _seq(self, node: ast.List | ast.Tuple | ast.Set) -> Fn:
+        items = [self.build(elt) for elt in node.elts]
+        if all(isinstance(elt, ast.Constant) for elt in node.elts):
+            frozen = frozenset(item({}) for item in items)
+            return lambda env: frozen
+        return lambda env: [item(env) for item in items]
+
+    _List = _Tuple = _Set = _seq
+
+    def _BoolOp(self, node: ast.BoolOp) -> Fn:
+        parts = [self.build(value) for value in node.values]
+        if isinstance(node.op, ast.And):
+            return lambda env: all(part(env) for part in parts)
+        return lambda env: any(part(env) for part in parts)
+
+    def _UnaryOp(self, node: ast.UnaryOp) -> Fn:
+        operand = self.build(node.operand)
+        if isinstance(node.op, ast.Not):
+            return lambda env: not operand(env)
+        if isinstance(node.op, ast.USub):
+            return lambda env: None if (v := operand(env)) is None else -v
+        raise self.fail(node, "only 'not' and '-' are allowed as unary operators")
+
+    def _BinOp(self, node: ast.BinOp) -> Fn:
+        op = _ARITH.get(type(node.op))
+        if op is None:
+            raise self.fail(node, f"operator '{type(node.op).__name__}' is not allowed")
+        left, right, safe = self.build(node.left), self.build(node.right), _null_safe(op)
+        return lambda env: safe(left(env), right(env))
+
+    def _Compare(self, node: ast.Compare) -> Fn:
+        operands = [self.build(node.left)] + [self.build(c) for c in node.comparators]
+        ops = []
+        for op_node in node.ops:
+            op = _COMPARE.get(type(op_node))
+            if op is None:
+                raise self.fail(node, f"comparison '{type(op_node).__name__}' is not allowed")
+            ops.append(op)
+
+        def compare(env: Env) -> bool:
+            left = operands[0](env)
+            for op, operand in zip(ops, operands[1:], strict=True):
+                right = operand(env)
+                if not _safe_compare(op, left, right):
+                    return False
+                left = right
+            return True
+
+        return compare
+
+    def _IfExp(self, node: ast.IfExp) -> Fn:
+        test, body, orelse = self.build(node.test), self.build(node.body), self.build(node.orelse)
+        return lambda env: body(env) if test(env) else orelse(env)
+
+    def _Call(self, node: ast.Call) -> Fn:
+        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+            allowed = ", ".join(sorted(FUNCTIONS))
+            raise self.fail(node, f"only these functions can be called: {allowed}")
+        if node.keywords:
+            raise self.fail(node, "keyword arguments are not allowed")
+        fn = FUNCTIONS[node.func.id]
+        args = [self.build(arg) for arg in node.args]
+        return lambda env: fn(*(arg(env) for arg in args))

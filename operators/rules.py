@@ -1,0 +1,235 @@
+"""Load, check and index a rule file: errors name the file, the rule, the field and the line."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from operators.expressions import Expression, ExpressionError, compile_expression
+from schemas.events import KNOWN_TRACK_EVENTS
+from schemas.rules import AudienceRule, RuleSet, TriggerRule
+from state.catalogue import ANY_EVENT, FEATURES
+
+STARTER_RULES = Path(__file__).resolve().parent.parent / "rules" / "starter.yaml"
+CALL_TYPES = frozenset({"identify", "page", "screen", "alias"})
+_NOT_FOR_AUDIENCES = frozenset({"event", "audiences"})
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 booleans: ``on``, ``off``, ``yes``, ``no`` stay strings."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    rule: str | None
+    field: str
+    line: int | None
+    message: str
+
+    def render(self, path: str) -> str:
+        where = f"{path}:{self.line}" if self.line else path
+        rule = f" rule '{self.rule}'" if self.rule else ""
+        return f"{where}:{rule} field '{self.field}': {self.message}"
+
+
+class RuleFileError(ValueError):
+    """A rule file that cannot be used; ``str()`` lists every problem, one per line."""
+
+    def __init__(self, path: str, problems: list[Problem]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(p.render(path) for p in problems))
+
+
+@dataclass(frozen=True)
+class CompiledTrigger:
+    rule: TriggerRule
+    when: Expression | None
+
+    @property
+    def id(self) -> str:
+        return self.rule.id
+
+
+@dataclass(frozen=True)
+class CompiledAudience:
+    rule: AudienceRule
+    when: Expression
+    listens: frozenset[str]
+    time_dependent: bool
+
+    @property
+    def id(self) -> str:
+        return self.rule.id
+
+
+@dataclass
+class CompiledRules:
+    """A validated rule set, indexed by the event names each rule listens to."""
+
+    version: str
+    source: str
+    triggers: list[CompiledTrigger]
+    audiences: list[CompiledAudience]
+    immediate: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
+    arming: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
+    cancelling: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
+    timers: dict[str, CompiledTrigger] = field(default_factory=dict)
+    _audiences_for: dict[str, list[CompiledAudience]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        immediate, arming, cancelling = defaultdict(list), defaultdict(list), defaultdict(list)
+        for trigger in self.triggers:
+            target = arming if trigger.rule.after is not None else immediate
+            for name in trigger.rule.on:
+                target[name].append(trigger)
+            for name in trigger.rule.unless:
+                cancelling[name].append(trigger)
+            if trigger.rule.after is not None:
+                self.timers[trigger.id] = trigger
+        self.immediate, self.arming, self.cancelling = dict(immediate), dict(arming), dict(cancelling)
+        self.time_audiences = [a for a in self.audiences if a.time_dependent]
+
+    def audiences_for(self, name: str) -> list[CompiledAudience]:
+        """The audiences an event called ``name`` can change (cached per name)."""
+        found = self._audiences_for.get(name)
+        if found is None:
+            found = [a for a in self.audiences if "*" in a.listens or name in a.listens]
+            self._audiences_for[name] = found
+        return found
+
+    def describe(self) -> list[str]:
+        """One line per rule: what it listens to and which features it reads."""
+        lines = [f"rule set version {self.version} ({self.source})"]
+        for t in self.triggers:
+            rule = t.rule
+            kind = f"timer {rule.after // 60_000} min after" if rule.after else "on"
+            unless = f", cancelled by {', '.join(rule.unless)}" if rule.unless else ""
+            reads = ", ".join(sorted(t.when.names)) if t.when else "-"
+            shadow = " [shadow]" if rule.shadow else ""
+            lines.append(
+                f"trigger {rule.id}{shadow}: {rule.channel}, {kind} {', '.join(rule.on)}{unless};"
+                f" once per {rule.once_per}; reads {reads}"
+            )
+        for a in self.audiences:
+            events = "every event" if "*" in a.listens else ", ".join(sorted(a.listens)) or "no event"
+            timed = " and time (lifecycle boundaries)" if a.time_dependent else ""
+            shadow = " [shadow]" if a.rule.shadow else ""
+            lines.append(
+                f"audience {a.id}{shadow}: listens to {events}{timed}; reads {', '.join(sorted(a.when.names))}"
+            )
+        return lines
+
+    def warnings(self) -> list[str]:
+        """Event names no known event has: probably typos (custom events are still allowed)."""
+        known = KNOWN_TRACK_EVENTS | CALL_TYPES
+        out = []
+        for t in self.triggers:
+            for name in (*t.rule.on, *t.rule.unless):
+                if name not in known:
+                    out.append(f"trigger '{t.id}': '{name}' is not an event of the contract")
+        return out
+
+
+def load_rules(path: str | Path = STARTER_RULES) -> CompiledRules:
+    """Read, validate and compile a YAML rule file; raise :class:`RuleFileError` on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RuleFileError(str(path), [Problem(None, "-", None, f"cannot read: {err}")]) from None
+    return parse_rules(text, str(path))
+
+
+def parse_rules(text: str, source: str = "<rules>") -> CompiledRules:
+    """Validate and compile rule-file text; ``source`` names it in errors."""
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise RuleFileError(source, [Problem(None, "-", line, f"not valid YAML: {err}")]) from None
+    try:
+        ruleset = RuleSet.model_validate(data)
+    except ValidationError as err:
+        problems = [_problem(data, root, e["loc"], e["msg"]) for e in err.errors()]
+        raise RuleFileError(source, problems) from None
+    return _compile(ruleset, root, source)
+
+
+def _compile(ruleset: RuleSet, root: yaml.Node | None, source: str) -> CompiledRules:
+    problems: list[Problem] = []
+    names = FEATURES.keys()
+
+    def compile_when(section: str, index: int, rule_id: str, text: str, allowed: Any) -> Expression | None:
+        try:
+            return compile_expression(text, allowed)
+        except ExpressionError as err:
+            line = _line(root, (section, index, "when"))
+            column = f" (column {err.column})" if err.column else ""
+            problems.append(Problem(rule_id, "when", line, f"{err.message}{column}: {text.strip()}"))
+            return None
+
+    triggers = []
+    for i, rule in enumerate(ruleset.triggers):
+        when = compile_when("triggers", i, rule.id, rule.when, names) if rule.when else None
+        triggers.append(CompiledTrigger(rule, when))
+    audiences = []
+    for i, rule in enumerate(ruleset.audiences):
+        when = compile_when("audiences", i, rule.id, rule.when, names - _NOT_FOR_AUDIENCES)
+        if when is None:
+            continue
+        features = [FEATURES[n] for n in when.names]
+        listens = frozenset().union(*(f.changed_by for f in features)) if features else frozenset()
+        if listens >= ANY_EVENT:
+            listens = ANY_EVENT
+        audiences.append(CompiledAudience(rule, when, listens, any(f.time_dependent for f in features)))
+    if problems:
+        raise RuleFileError(source, problems)
+    return CompiledRules(ruleset.version, source, triggers, audiences)
+
+
+def _problem(data: Any, root: yaml.Node | None, loc: tuple[Any, ...], message: str) -> Problem:
+    rule_id = None
+    if len(loc) >= 2 and isinstance(data, dict):
+        try:
+            rule_id = data[loc[0]][loc[1]].get("id")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            rule_id = None
+    fields = [str(part) for part in loc[2:] if not str(part).startswith("function-")] if len(loc) > 2 else []
+    field_name = ".".join(fields) or ".".join(str(p) for p in loc) or "-"
+    return Problem(rule_id, field_name, _line(root, loc), message)
+
+
+def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the YAML node at ``loc`` (or of its nearest existing parent)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if match is None:
+                key = next((k for k, _ in node.value if getattr(k, "value", None) == part), None)
+                return key.start_mark.line + 1 if key is not None else line
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return line
+        line = node.start_mark.line + 1
+    return line

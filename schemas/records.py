@@ -1,0 +1,145 @@
+"""Output contracts: CloudEvents 1.0 decision records and dead-letter failure records.
+
+Every record is built from event time and event ids only, so a replay of the same input
+gives byte-identical records, and a re-emitted decision keeps its id.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+SPEC_VERSION = "1.0"
+SOURCE = "urn:nudgeflow:engine"
+TRIGGER_TYPE = "io.nudgeflow.trigger.v1"
+AUDIENCE_TYPE = "io.nudgeflow.audience.v1"
+DEAD_LETTER_TYPE = "io.nudgeflow.dead_letter.v1"
+DEAD_LETTER_PAYLOAD_CAP = 16 * 1024
+"""Dead letters carry at most this many raw bytes (base64), plus a sha256 of the whole."""
+
+Channel = Literal["push", "in_app", "email", "sms"]
+
+
+class TriggerData(BaseModel):
+    """``data`` of a trigger: what a channel service acts on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Channel
+    rule_id: str
+    ruleset_version: str
+    reason: str
+    cause: str = Field(description="What the trigger fires once for (a cart, a session, an order...)")
+    caused_by: list[str] = Field(description="messageIds of the events that caused it")
+    content: dict[str, Any] = {}
+    offer_id: str | None = None
+    score: float | None = None
+    expires_at: str
+    shadow: bool = False
+
+
+class AudienceData(BaseModel):
+    """``data`` of an audience change: a customer entered or exited an audience."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audience: str
+    change: Literal["entered", "exited"]
+    reason: str
+    rule_id: str
+    ruleset_version: str
+    caused_by: list[str]
+    shadow: bool = False
+
+
+class CloudEvent(BaseModel):
+    """The CloudEvents 1.0 envelope (structured JSON) of every decision we emit."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str = SOURCE
+    type: str
+    time: str
+    subject: str
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: dict[str, Any]
+
+
+class SourcePosition(BaseModel):
+    """Where a record was read: a file and line, or (later) a topic, partition and offset."""
+
+    source: str
+    line: int | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+class DeadLetter(BaseModel):
+    """A failure record: the input we could not use, why, and where it came from."""
+
+    processor: str
+    failed_at: str | None = Field(description="Event time of the failure where known; null at parse")
+    reason: str
+    messages: list[str]
+    position: SourcePosition
+    payload_base64: str
+    payload_size: int
+    payload_sha256: str
+    payload_truncated: bool
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """RFC 3339 UTC time with milliseconds, e.g. ``2026-01-05T10:00:00.000Z``."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def decision_id(*parts: str) -> str:
+    """A deterministic CloudEvents id from the decision's identity (customer, rule, cause...)."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return digest[:32]
+
+
+def cloud_event(*, type_: str, event_id: str, time_ms: int, subject: str, data: dict[str, Any]) -> bytes:
+    """Encode one structured-mode CloudEvent as a JSON line body (sorted keys)."""
+    envelope = {
+        "specversion": SPEC_VERSION,
+        "id": event_id,
+        "source": SOURCE,
+        "type": type_,
+        "time": iso_ms(time_ms),
+        "subject": subject,
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    return orjson.dumps(envelope, option=orjson.OPT_SORT_KEYS)
+
+
+def dead_letter(
+    *,
+    processor: str,
+    reason: str,
+    messages: list[str],
+    position: dict[str, Any],
+    payload: bytes,
+    failed_at_ms: int | None = None,
+) -> bytes:
+    """Encode a dead-letter record: capped base64 payload with the sha256 of all of it."""
+    record = {
+        "processor": processor,
+        "failed_at": None if failed_at_ms is None else iso_ms(failed_at_ms),
+        "reason": reason,
+        "messages": messages,
+        "position": position,
+        "payload_base64": base64.b64encode(payload[:DEAD_LETTER_PAYLOAD_CAP]).decode(),
+        "payload_size": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "payload_truncated": len(payload) > DEAD_LETTER_PAYLOAD_CAP,
+    }
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)

@@ -1,0 +1,85 @@
+"""Rule files: trigger rules and audience definitions, validated by pydantic.
+
+A trigger either fires on an event (``on``) or, with ``after``, arms a timer on ``on``
+events that fires ``after`` later unless one of the ``unless`` events came first
+("30 minutes after Product Added with no Order Completed"). ``once_per`` names what the
+trigger fires at most once for. ``when`` and audience conditions are expressions over
+the feature catalogue (see :mod:`operators.expressions`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+RULE_ID = r"^[a-z][a-z0-9_.-]{0,63}$"
+
+
+def parse_duration(value: Any) -> int:
+    """``'30m'``, ``'2h'``, ``'7d'``, ``'90s'``, ``'500ms'`` (or an int of ms) -> milliseconds."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration like '30m', '2h' or '7d'")
+    return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+DurationMs = Annotated[int, BeforeValidator(parse_duration), Field(gt=0)]
+EventNames = Annotated[
+    list[Annotated[str, Field(min_length=1)]], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)
+]
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(pattern=RULE_ID)]
+    description: str = ""
+    shadow: bool = Field(False, description="Evaluate and record, never deliver")
+
+
+class TriggerRule(_Rule):
+    channel: Literal["push", "in_app", "email", "sms"]
+    on: EventNames = Field(min_length=1)
+    after: DurationMs | None = None
+    unless: EventNames = []
+    once_per: Literal["event", "session", "cart", "order", "day", "customer"] = "event"
+    when: str | None = None
+    content: dict[str, Any] = {}
+    offer_id: str | None = None
+    expires_in: DurationMs = 24 * 3_600_000
+
+    @model_validator(mode="after")
+    def _unless_needs_timer(self) -> TriggerRule:
+        if self.unless and self.after is None:
+            raise ValueError("'unless' needs 'after': only a timer can be cancelled by later events")
+        return self
+
+
+class AudienceRule(_Rule):
+    when: str
+
+
+class RuleSet(BaseModel):
+    """One rule file: its version (named in every decision), triggers and audiences."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Annotated[str, Field(min_length=1, max_length=64)]
+    triggers: list[TriggerRule] = []
+    audiences: list[AudienceRule] = []
+
+    @field_validator("triggers", "audiences")
+    @classmethod
+    def _unique_ids(cls, rules: list[_Rule]) -> list[_Rule]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.id in seen:
+                raise ValueError(f"rule id '{rule.id}' is used twice")
+            seen.add(rule.id)
+        return rules

@@ -1,0 +1,182 @@
+"""The features rules can read, how each is computed, and which events change it.
+
+Rules bind names lazily through :class:`FeatureView`: a rule that reads ``cart`` computes
+the cart and nothing else. ``changed_by`` lets the rule engine evaluate an audience only
+on the events that can change what it reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.envelope import Envelope
+from state.affinity import DAY_MS
+from state.customer import CATEGORY_HALF_LIFE_MS, HOUR_MS, MINUTE_MS, CustomerState, Lifecycle
+
+ANY_EVENT: frozenset[str] = frozenset({"*"})
+ORDERS = frozenset({"Order Completed", "Order Refunded"})
+CART = frozenset({"Product Added", "Product Removed", "Order Completed"})
+PRODUCTS = frozenset({"Product Viewed", "Product Added", "Order Completed"})
+TRAITS = frozenset({"identify"})
+CONSENT = frozenset({"Consent Updated"})
+
+
+class FeatureView(Mapping[str, Any]):
+    """The variables of one rule evaluation, computed on first read and cached."""
+
+    __slots__ = ("_cache", "env", "lifecycle", "now_ms", "state")
+
+    def __init__(self, state: CustomerState, env: Envelope | None, now_ms: int, lifecycle: Lifecycle) -> None:
+        self.state = state
+        self.env = env
+        self.now_ms = now_ms
+        self.lifecycle = lifecycle
+        self._cache: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._cache[name]
+        except KeyError:
+            value = self._cache[name] = FEATURES[name].get(self)
+            return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(FEATURES)
+
+    def __len__(self) -> int:
+        return len(FEATURES)
+
+
+@dataclass(frozen=True)
+class Feature:
+    doc: str
+    get: Callable[[FeatureView], Any]
+    changed_by: frozenset[str] = ANY_EVENT
+    time_dependent: bool = False
+
+
+def _days(ms: float | None) -> float | None:
+    return None if ms is None else round(ms / DAY_MS, 3)
+
+
+def _since(v: FeatureView, at_ms: int | None) -> float | None:
+    return None if at_ms is None else _days(max(0, v.now_ms - at_ms))
+
+
+def _session(v: FeatureView) -> dict[str, Any] | None:
+    s = v.state.session
+    if s is None or v.now_ms - s.last_ms > v.lifecycle.session_timeout_ms:
+        return None
+    return {
+        "id": s.id,
+        "pages": s.pages,
+        "products_viewed": len(s.products),
+        "products": list(s.products),
+        "minutes": round((s.last_ms - s.started_ms) / MINUTE_MS, 2),
+    }
+
+
+def _cart(v: FeatureView) -> dict[str, Any]:
+    c = v.state.cart
+    if c is None:
+        return {"id": None, "value": 0.0, "items": 0, "products": [], "minutes_since_add": None}
+    return {
+        "id": c.id,
+        "value": c.value,
+        "items": int(sum(line[0] for line in c.items.values())),
+        "products": sorted(c.items),
+        "minutes_since_add": round(max(0, v.now_ms - c.last_add_ms) / MINUTE_MS, 2),
+    }
+
+
+def _event(v: FeatureView) -> dict[str, Any] | None:
+    env = v.env
+    if env is None:
+        return None
+    event = env.event
+    return {
+        "name": env.name,
+        "properties": getattr(event, "properties", None),
+        "channel": event.context.channel,
+        "store_id": event.context.store.id if event.context.store else None,
+    }
+
+
+def _counts(window: str) -> Feature:
+    return Feature(
+        f"events per kind in the last {window} (product_viewed, order_completed, ...)",
+        lambda v: v.state.counts.counts(window, v.now_ms),
+        time_dependent=True,
+    )
+
+
+FEATURES: dict[str, Feature] = {
+    "customer_id": Feature("the customer's id", lambda v: v.state.id, frozenset()),
+    "lifecycle": Feature(
+        "'new', 'active' or 'lapsed'", lambda v: v.state.lifecycle(v.now_ms, v.lifecycle), time_dependent=True
+    ),
+    "at_risk": Feature(
+        "repeat buyer overdue against their own purchase rhythm, not yet lapsed",
+        lambda v: v.state.at_risk(v.now_ms, v.lifecycle),
+        ORDERS,
+        time_dependent=True,
+    ),
+    "recency_days": Feature(
+        "days since the last order (null before the first)",
+        lambda v: _since(v, v.state.last_order_ms),
+        ORDERS,
+        time_dependent=True,
+    ),
+    "days_since_seen": Feature(
+        "days since the last activity", lambda v: _since(v, v.state.last_seen_ms), time_dependent=True
+    ),
+    "tenure_days": Feature(
+        "days since first seen", lambda v: _since(v, v.state.first_seen_ms), frozenset(), time_dependent=True
+    ),
+    "orders": Feature("orders completed (RFM frequency)", lambda v: v.state.orders, ORDERS),
+    "frequency": Feature("alias of orders", lambda v: v.state.orders, ORDERS),
+    "monetary": Feature(
+        "average order value (RFM monetary)",
+        lambda v: round(v.state.lifetime_spend / v.state.orders, 2) if v.state.orders else 0.0,
+        ORDERS,
+    ),
+    "lifetime_spend": Feature("orders minus refunds", lambda v: v.state.lifetime_spend, ORDERS),
+    "refunds": Feature("refunds received", lambda v: v.state.refunds, ORDERS),
+    "mean_order_gap_days": Feature(
+        "mean days between orders (null before the second)",
+        lambda v: _days(v.state.order_gap_ms) if v.state.orders >= 2 else None,
+        ORDERS,
+    ),
+    "counts_1h": _counts("1h"),
+    "counts_24h": _counts("24h"),
+    "counts_7d": _counts("7d"),
+    "counts_30d": _counts("30d"),
+    "top_category": Feature(
+        "strongest decayed category affinity", lambda v: next(iter(v.state.categories.top(1)), None), PRODUCTS
+    ),
+    "categories": Feature(
+        "category affinities decayed to now",
+        lambda v: v.state.categories.as_of(v.now_ms, CATEGORY_HALF_LIFE_MS),
+        PRODUCTS,
+    ),
+    "top_products": Feature("top products by decayed affinity", lambda v: v.state.products.top(5), PRODUCTS),
+    "session": Feature("current session: id, pages, products_viewed, products, minutes", _session),
+    "cart": Feature("current cart: id, value, items, products, minutes_since_add", _cart, CART),
+    "last_store": Feature("last store visited or bought in", lambda v: v.state.last_store),
+    "city": Feature(
+        "last known city (context.location, else traits)", lambda v: v.state.last_city or v.state.traits.get("city")
+    ),
+    "country": Feature("last known country", lambda v: v.state.last_country or v.state.traits.get("country")),
+    "preferred_hour": Feature("local hour of day with most activity", lambda v: v.state.preferred_hour()),
+    "hour": Feature("UTC hour of day of the decision", lambda v: (v.now_ms // HOUR_MS) % 24, time_dependent=True),
+    "traits": Feature(
+        "identify traits: age_band, city, country, urban, gender, loyalty_tier", lambda v: v.state.traits, TRAITS
+    ),
+    "consent": Feature(
+        "consent per channel (push, in_app, email, sms, ads): true, false or null", lambda v: v.state.consent, CONSENT
+    ),
+    "audiences": Feature("audiences the customer is in (triggers only)", lambda v: v.state.audiences),
+    "event": Feature("the current event: name, properties, channel, store_id (null in timers)", _event),
+}

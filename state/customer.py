@@ -1,0 +1,271 @@
+"""Per-customer feature state, updated in event time.
+
+Everything here is bounded: the cart keeps at most ``MAX_CART_ITEMS`` lines, the session
+at most ``MAX_SESSION_PRODUCTS`` products, affinities the top ``AFFINITY_K`` items,
+windows 30 days of buckets, traits an allowlist, ``caused_by`` lists a few ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from state.affinity import DAY_MS, DecayedTopK
+from state.windows import WindowedCounts
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+MAX_CART_ITEMS = 50
+MAX_SESSION_PRODUCTS = 10
+MAX_CAUSED_BY = 10
+AFFINITY_K = 8
+CATEGORY_HALF_LIFE_MS = 14 * DAY_MS
+PRODUCT_HALF_LIFE_MS = 3 * DAY_MS
+TRAIT_KEYS: tuple[str, ...] = ("age_band", "city", "country", "urban", "gender", "loyalty_tier")
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """When a customer counts as new, lapsed, at risk; what a session is."""
+
+    new_days: int = 30
+    lapse_days: int = 60
+    at_risk_gap_factor: float = 1.5
+    session_timeout_ms: int = 30 * MINUTE_MS
+
+
+class Cart:
+    """The current cart: lines, value, when it was last added to, the adds that built it."""
+
+    __slots__ = ("added_by", "id", "items", "last_add_ms", "started_ms", "value")
+
+    def __init__(self, cart_id: str, started_ms: int) -> None:
+        self.id = cart_id
+        self.items: dict[str, list[float]] = {}  # product_id -> [quantity, unit price]
+        self.value = 0.0
+        self.started_ms = started_ms
+        self.last_add_ms = started_ms
+        self.added_by: list[str] = []
+
+    def add(self, product_id: str, quantity: int, price: float, at_ms: int, message_id: str) -> None:
+        line = self.items.get(product_id)
+        if line is None:
+            if len(self.items) >= MAX_CART_ITEMS:
+                return
+            self.items[product_id] = [float(quantity), price]
+        else:
+            line[0] += quantity
+            line[1] = price
+        self.value = round(self.value + quantity * price, 2)
+        self.last_add_ms = max(self.last_add_ms, at_ms)
+        self.added_by = [*self.added_by[-(MAX_CAUSED_BY - 1) :], message_id]
+
+    def remove(self, product_id: str, quantity: int) -> None:
+        line = self.items.get(product_id)
+        if line is None:
+            return
+        taken = min(line[0], quantity)
+        line[0] -= taken
+        self.value = max(0.0, round(self.value - taken * line[1], 2))
+        if line[0] <= 0:
+            del self.items[product_id]
+        if not self.items:
+            self.value = 0.0
+
+
+class Session:
+    """The current session: started by the first event after ``session_timeout_ms`` of quiet."""
+
+    __slots__ = ("id", "last_ms", "pages", "products", "started_ms")
+
+    def __init__(self, session_id: str, started_ms: int) -> None:
+        self.id = session_id
+        self.started_ms = started_ms
+        self.last_ms = started_ms
+        self.pages = 0
+        self.products: list[str] = []
+
+    def viewed(self, product_id: str) -> None:
+        if product_id in self.products:
+            return
+        self.products = [*self.products[-(MAX_SESSION_PRODUCTS - 1) :], product_id]
+
+
+class CustomerState:
+    """Features of one customer. Times are event-time epoch milliseconds."""
+
+    __slots__ = (
+        "audiences",
+        "cart",
+        "categories",
+        "consent",
+        "counts",
+        "fired",
+        "first_order_ms",
+        "first_seen_ms",
+        "hours",
+        "id",
+        "last_city",
+        "last_country",
+        "last_event_id",
+        "last_order_id",
+        "last_order_ms",
+        "last_seen_ms",
+        "last_store",
+        "lifetime_spend",
+        "linked_ids",
+        "order_gap_ms",
+        "orders",
+        "products",
+        "refunds",
+        "session",
+        "timers",
+        "traits",
+    )
+
+    def __init__(self, customer_id: str, first_seen_ms: int) -> None:
+        self.id = customer_id
+        self.first_seen_ms = first_seen_ms
+        self.last_seen_ms = first_seen_ms
+        self.last_event_id = ""
+        self.orders = 0
+        self.refunds = 0
+        self.lifetime_spend = 0.0
+        self.first_order_ms: int | None = None
+        self.last_order_ms: int | None = None
+        self.last_order_id: str | None = None
+        self.order_gap_ms = 0.0  # running mean gap between orders
+        self.counts = WindowedCounts()
+        self.categories = DecayedTopK()
+        self.products = DecayedTopK()
+        self.session: Session | None = None
+        self.cart: Cart | None = None
+        self.last_store: str | None = None
+        self.last_city: str | None = None
+        self.last_country: str | None = None
+        self.hours = bytearray(24)
+        self.traits: dict[str, object] = {}
+        self.consent: dict[str, bool] = {}
+        self.audiences: tuple[str, ...] = ()
+        # rule id (or "~recheck"/"~expire") -> [due_ms, cause, caused_by, heap_due_ms]
+        self.timers: dict[str, list] = {}
+        self.fired: dict[str, str] = {}  # rule id -> last cause it fired for
+        self.linked_ids: tuple[str, ...] = ()
+
+    # --- updates -----------------------------------------------------------------------
+    def touch(self, at_ms: int, message_id: str, lifecycle: Lifecycle) -> None:
+        """Advance recency and the session for any event at ``at_ms``."""
+        session = self.session
+        if session is None or at_ms - session.last_ms > lifecycle.session_timeout_ms:
+            if session is None or at_ms > session.last_ms:
+                self.session = Session(message_id, at_ms)
+        else:
+            session.last_ms = max(session.last_ms, at_ms)
+        if at_ms > self.last_seen_ms:
+            self.last_seen_ms = at_ms
+            self.last_event_id = message_id
+        self.first_seen_ms = min(self.first_seen_ms, at_ms)
+
+    def seen_hour(self, hour: int) -> None:
+        """Count activity in a local hour of day (halving all counts before one overflows)."""
+        hours = self.hours
+        if hours[hour] == 255:
+            self.hours = hours = bytearray(value // 2 for value in hours)
+        hours[hour] += 1
+
+    def order(self, order_id: str, amount: float, at_ms: int) -> None:
+        if self.last_order_ms is not None and at_ms > self.last_order_ms:
+            gap = at_ms - self.last_order_ms
+            gaps = max(1, self.orders - 1)
+            self.order_gap_ms = self.order_gap_ms + (gap - self.order_gap_ms) / gaps
+        self.orders += 1
+        self.lifetime_spend = round(self.lifetime_spend + amount, 2)
+        if self.first_order_ms is None or at_ms < self.first_order_ms:
+            self.first_order_ms = at_ms
+        if self.last_order_ms is None or at_ms >= self.last_order_ms:
+            self.last_order_ms = at_ms
+            self.last_order_id = order_id
+
+    def refund(self, amount: float) -> None:
+        self.refunds += 1
+        self.lifetime_spend = max(0.0, round(self.lifetime_spend - amount, 2))
+
+    def add_to_cart(
+        self, cart_id: str | None, product_id: str, quantity: int, price: float, at_ms: int, message_id: str
+    ) -> None:
+        cart = self.cart
+        if cart is None or (cart_id is not None and cart_id != cart.id and not cart.items):
+            cart = self.cart = Cart(cart_id or message_id, at_ms)
+        cart.add(product_id, quantity, price, at_ms, message_id)
+
+    def remove_from_cart(self, product_id: str, quantity: int) -> None:
+        if self.cart is not None:
+            self.cart.remove(product_id, quantity)
+            if not self.cart.items:
+                self.cart = None
+
+    # --- derived features --------------------------------------------------------------
+    def lifecycle(self, now_ms: int, lc: Lifecycle) -> str:
+        """``new`` (first seen recently), ``lapsed`` (no order, or no activity, for long) or ``active``."""
+        if now_ms - self.first_seen_ms < lc.new_days * DAY_MS:
+            return "new"
+        last = self.last_order_ms if self.last_order_ms is not None else self.last_seen_ms
+        if now_ms - last >= lc.lapse_days * DAY_MS:
+            return "lapsed"
+        return "active"
+
+    def at_risk(self, now_ms: int, lc: Lifecycle) -> bool:
+        """A repeat buyer overdue by ``at_risk_gap_factor`` times their usual gap, not yet lapsed."""
+        if self.orders < 2 or self.last_order_ms is None or self.order_gap_ms <= 0:
+            return False
+        overdue = now_ms - self.last_order_ms
+        return lc.at_risk_gap_factor * self.order_gap_ms <= overdue < lc.lapse_days * DAY_MS
+
+    def next_boundary(self, now_ms: int, lc: Lifecycle) -> int | None:
+        """The next event time at which ``lifecycle`` or ``at_risk`` can change with no new event."""
+        candidates = [self.first_seen_ms + lc.new_days * DAY_MS]
+        last = self.last_order_ms if self.last_order_ms is not None else self.last_seen_ms
+        candidates.append(last + lc.lapse_days * DAY_MS)
+        if self.orders >= 2 and self.last_order_ms is not None and self.order_gap_ms > 0:
+            candidates.append(self.last_order_ms + int(lc.at_risk_gap_factor * self.order_gap_ms))
+        future = [at for at in candidates if at > now_ms]
+        return min(future) if future else None
+
+    def preferred_hour(self) -> int | None:
+        best = max(range(24), key=lambda h: (self.hours[h], -h))
+        return best if self.hours[best] else None
+
+    def merge(self, other: CustomerState, now_ms: int) -> None:
+        """Fold the state of a just-linked anonymous id into this customer."""
+        self.first_seen_ms = min(self.first_seen_ms, other.first_seen_ms)
+        if other.last_seen_ms > self.last_seen_ms:
+            self.last_seen_ms, self.last_event_id = other.last_seen_ms, other.last_event_id
+        self.orders += other.orders
+        self.refunds += other.refunds
+        self.lifetime_spend = round(self.lifetime_spend + other.lifetime_spend, 2)
+        if other.first_order_ms is not None and (
+            self.first_order_ms is None or other.first_order_ms < self.first_order_ms
+        ):
+            self.first_order_ms = other.first_order_ms
+        if other.last_order_ms is not None and (self.last_order_ms is None or other.last_order_ms > self.last_order_ms):
+            self.last_order_ms, self.last_order_id = other.last_order_ms, other.last_order_id
+        self.counts.merge(other.counts, now_ms)
+        self.categories.merge(other.categories, CATEGORY_HALF_LIFE_MS, AFFINITY_K)
+        self.products.merge(other.products, PRODUCT_HALF_LIFE_MS, AFFINITY_K)
+        if other.session is not None and (self.session is None or other.session.last_ms > self.session.last_ms):
+            self.session = other.session
+        if self.cart is None:
+            self.cart = other.cart
+        for hour in range(24):
+            self.hours[hour] = min(255, self.hours[hour] + other.hours[hour])
+        for key, value in other.traits.items():
+            self.traits.setdefault(key, value)
+        for key, value in other.consent.items():
+            self.consent.setdefault(key, value)
+        for rule, timer in other.timers.items():
+            self.timers.setdefault(rule, timer)
+        for rule, cause in other.fired.items():
+            self.fired.setdefault(rule, cause)
+        self.last_store = self.last_store or other.last_store
+        self.last_city = self.last_city or other.last_city
+        self.last_country = self.last_country or other.last_country
+        self.linked_ids = (*self.linked_ids[-4:], other.id)

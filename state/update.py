@@ -1,0 +1,136 @@
+"""Apply one validated event to a customer's feature state."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from schemas.envelope import Envelope
+from schemas.events import (
+    ConsentEvent,
+    IdentifyEvent,
+    OrderEvent,
+    ProductEvent,
+    StoreVisitEvent,
+)
+from state.customer import (
+    AFFINITY_K,
+    CATEGORY_HALF_LIFE_MS,
+    HOUR_MS,
+    PRODUCT_HALF_LIFE_MS,
+    TRAIT_KEYS,
+    CustomerState,
+    Lifecycle,
+)
+
+COUNT_KIND: dict[str, str] = {
+    "Product Viewed": "product_viewed",
+    "Product Added": "product_added",
+    "Product Removed": "product_removed",
+    "Checkout Started": "checkout_started",
+    "Order Completed": "order_completed",
+    "Order Refunded": "order_refunded",
+    "Application Opened": "application_opened",
+    "page": "page",
+    "screen": "screen",
+    "Promotion Clicked": "promotion_clicked",
+    "Push Notification Tapped": "push_tapped",
+    "Store Visited": "store_visited",
+}
+AFFINITY_WEIGHT: dict[str, float] = {"Product Viewed": 1.0, "Product Added": 3.0, "Order Completed": 5.0}
+_NOT_ACTIVITY = frozenset({"identify", "alias", "Consent Updated", "Erasure Requested"})
+
+
+@lru_cache(maxsize=512)
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def local_hour(ts_ms: int, timezone: str | None) -> int:
+    """Hour of day of ``ts_ms`` in ``timezone`` (UTC when absent or unknown)."""
+    zone = _zone(timezone) if timezone else None
+    if zone is None:
+        return (ts_ms // HOUR_MS) % 24
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).astimezone(zone).hour
+
+
+def _age_band(age: int) -> str:
+    for upper, band in ((17, "<18"), (24, "18-24"), (34, "25-34"), (44, "35-44"), (54, "45-54"), (64, "55-64")):
+        if age <= upper:
+            return band
+    return "65+"
+
+
+def apply_event(state: CustomerState, env: Envelope, lifecycle: Lifecycle) -> None:
+    """Update every feature ``env``'s event changes; safe for late (out-of-order) events."""
+    event, name, at = env.event, env.name, env.ts_ms
+    context = event.context
+    if name not in _NOT_ACTIVITY:
+        state.touch(at, env.message_id, lifecycle)
+        state.counts.add(COUNT_KIND.get(name, "other"), at, state.last_seen_ms)
+        state.seen_hour(local_hour(at, context.timezone))
+        if name in ("page", "screen") and state.session is not None:
+            state.session.pages += 1
+    if context.store is not None:
+        state.last_store = context.store.id
+    if context.location is not None:
+        state.last_city = context.location.city or state.last_city
+        state.last_country = context.location.country or state.last_country
+
+    if isinstance(event, ProductEvent):
+        _apply_product(state, env, event)
+    elif isinstance(event, OrderEvent):
+        _apply_order(state, env, event)
+    elif isinstance(event, IdentifyEvent):
+        _apply_traits(state, event)
+    elif isinstance(event, ConsentEvent):
+        channels = ("push", "in_app", "email", "sms", "ads")
+        for channel in channels if event.properties.channel == "all" else (event.properties.channel,):
+            state.consent[channel] = event.properties.granted
+    elif isinstance(event, StoreVisitEvent):
+        state.last_store = event.properties.store_id
+
+
+def _apply_product(state: CustomerState, env: Envelope, event: ProductEvent) -> None:
+    props, at = event.properties, env.ts_ms
+    weight = AFFINITY_WEIGHT.get(env.name)
+    if weight is not None:
+        state.products.add(props.product_id, weight, at, PRODUCT_HALF_LIFE_MS, AFFINITY_K)
+        if props.category:
+            state.categories.add(props.category, weight, at, CATEGORY_HALF_LIFE_MS, AFFINITY_K)
+    if env.name == "Product Viewed" and state.session is not None:
+        state.session.viewed(props.product_id)
+    elif env.name == "Product Added":
+        state.add_to_cart(props.cart_id, props.product_id, props.quantity, props.price or 0.0, at, env.message_id)
+    elif env.name == "Product Removed":
+        state.remove_from_cart(props.product_id, props.quantity)
+
+
+def _apply_order(state: CustomerState, env: Envelope, event: OrderEvent) -> None:
+    props, at = event.properties, env.ts_ms
+    if env.name == "Order Completed":
+        state.order(props.order_id, props.amount(), at)
+        weight = AFFINITY_WEIGHT["Order Completed"]
+        for product in props.products[:20]:
+            state.products.add(product.product_id, weight, at, PRODUCT_HALF_LIFE_MS, AFFINITY_K)
+            if product.category:
+                state.categories.add(product.category, weight, at, CATEGORY_HALF_LIFE_MS, AFFINITY_K)
+        if state.cart is not None and at >= state.cart.started_ms:
+            state.cart = None
+    else:
+        state.refund(props.amount())
+
+
+def _apply_traits(state: CustomerState, event: IdentifyEvent) -> None:
+    traits = event.traits
+    for key in TRAIT_KEYS:
+        value = getattr(traits, key)
+        if value is not None:
+            state.traits[key] = value
+    if traits.age is not None and traits.age_band is None:
+        state.traits["age_band"] = _age_band(traits.age)
