@@ -11,25 +11,42 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
 
 from connectors.files import JsonlSource, OutputFolderSink, prepare_output_folder
 from flows.settings import Settings
 from operators.customer_state import personalize
 from operators.engine import Output
+from operators.parse import RawEvent
 from operators.rules import CompiledRules, load_rules
 
 
-def build_flow(settings: Settings, rules: CompiledRules | None = None, snapshots: bool = False) -> Dataflow:
-    """Source -> parse/validate -> dedupe -> key by customer -> state + rules -> output files."""
+def build_flow(
+    settings: Settings,
+    rules: CompiledRules | None = None,
+    snapshots: bool = False,
+    source: Source[RawEvent] | None = None,
+    sink: Sink[tuple[str, Output]] | None = None,
+) -> Dataflow:
+    """Source -> parse/validate -> dedupe -> key by customer -> state + rules -> output files.
+
+    The source defaults to the JSONL recordings in ``settings.input``; the output folder
+    ``settings.out`` is created empty (a non-empty one is refused unless ``replace_output``);
+    a given ``sink`` receives ``(stream, Output)`` pairs instead.
+    """
     rules = rules or load_rules(settings.rules)
-    prepare_output_folder(settings.out, replace=settings.replace_output)
+    if sink is None:
+        prepare_output_folder(settings.out, replace=settings.replace_output)
+        sink = OutputFolderSink(settings.out)
     flow = Dataflow("nudgeflow")
-    raw = op.input("events", flow, JsonlSource(settings.input, batch_size=settings.batch_size))
+    source = source or JsonlSource(settings.input, batch_size=settings.batch_size)
+    raw = op.input("events", flow, source)
     outputs = personalize(
         "personalize", raw, rules, settings.engine_config(snapshots), settings.shards, settings.max_event_bytes
     )
     keyed = op.map("by_stream", outputs, _by_stream)
-    op.output("files", keyed, OutputFolderSink(settings.out))
+    op.output("outputs", keyed, sink)
     return flow
 
 

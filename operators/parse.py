@@ -18,11 +18,16 @@ _KNOWN_NAMES = KNOWN_TRACK_EVENTS | {"identify", "page", "screen", "alias"}
 
 @dataclass(slots=True)
 class RawEvent:
-    """Bytes as read from a source, with where they were read."""
+    """Bytes as read from a source, with where they were read.
+
+    A source that already knows a record is bad (an adapter's rejected row) sets
+    ``rejected`` to ``(processor, reason, message)``; it then goes to the dead letters as is.
+    """
 
     seq: int
     position: dict[str, Any]
     payload: bytes
+    rejected: tuple[str, str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -36,6 +41,9 @@ class Rejected:
 def parse(raw: RawEvent, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Envelope | Rejected:
     """Decode (orjson), validate (one pydantic TypeAdapter) and wrap one event."""
     payload = raw.payload
+    if raw.rejected is not None:
+        processor, reason, message = raw.rejected
+        return _reject(raw, reason, [message], processor)
     if len(payload) > max_bytes:
         return _reject(raw, "too_large", [f"event is {len(payload)} bytes, the limit is {max_bytes}"])
     try:
@@ -78,8 +86,8 @@ def _messages(err: ValidationError) -> list[str]:
     return out
 
 
-def _reject(raw: RawEvent, reason: str, messages: list[str]) -> Rejected:
+def _reject(raw: RawEvent, reason: str, messages: list[str], processor: str = "nudgeflow.parse") -> Rejected:
     body = dead_letter(
-        processor="nudgeflow.parse", reason=reason, messages=messages, position=raw.position, payload=raw.payload
+        processor=processor, reason=reason, messages=messages, position=raw.position, payload=raw.payload
     )
     return Rejected(str(raw.seq), body)

@@ -1,0 +1,138 @@
+"""Run summaries and rule-set diffs, read back from an output folder."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from connectors.files import OUTPUT_FILES
+from flows.settings import Settings
+
+SUMMARY = OUTPUT_FILES["stats"]
+COMPARED_FIELDS = ("time", "channel", "content", "offer_id", "expires_at", "shadow", "change")
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
+
+
+def finalize_summary(folder: Path) -> dict[str, Any]:
+    """Add output line counts and dead letters by reason to ``summary.json``; return the summary."""
+    path = folder / SUMMARY
+    summary = orjson.loads(path.read_bytes()) if path.exists() else {}
+    outputs = {}
+    for stream, name in sorted(OUTPUT_FILES.items()):
+        if stream != "stats":
+            file = folder / name
+            outputs[name] = file.read_bytes().count(b"\n") if file.exists() else 0
+    summary["outputs"] = outputs
+    reasons = Counter(record["reason"] for record in _lines(folder / OUTPUT_FILES["dead_letters"]))
+    summary["dead_letters"] = dict(sorted(reasons.items()))
+    path.write_bytes(orjson.dumps(summary, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
+    return summary
+
+
+def _join(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {value:,}" for key, value in sorted(counts.items())) or "none"
+
+
+def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) -> str:
+    """A few human lines about a run, for stderr."""
+    events = sum(summary.get("events", {}).values()) + sum(summary.get("unknown_events", {}).values())
+    dead = sum(summary.get("dead_letters", {}).values())
+    read = events + dead + summary.get("duplicates", 0) - summary.get("future_dated", 0)
+    rate = read / seconds if seconds > 0 else 0.0
+    outputs = summary.get("outputs", {})
+    triggers = {
+        name.removeprefix("triggers.").removesuffix(".jsonl"): n
+        for name, n in outputs.items()
+        if name.startswith("triggers.") and name != "triggers.shadow.jsonl" and n
+    }
+    unknown = summary.get("unknown_events", {})
+    lines = [
+        f"nudgeflow: {read:,} records from {', '.join(p.name for p in settings.input)} in {seconds:.1f} s"
+        f" ({rate:,.0f}/s), rules {settings.rules.name}",
+        f"  accepted {events:,} events; dead letters {dead:,} ({_join(summary.get('dead_letters', {}))});"
+        f" duplicates {summary.get('duplicates', 0):,}; late {summary.get('late', 0):,};"
+        f" unknown event names {len(unknown)}",
+        f"  customers {summary.get('customers', 0):,} (+{summary.get('anonymous_customers', 0):,} anonymous);"
+        f" identities linked {summary.get('identities_linked', 0):,}",
+        f"  triggers by channel: {_join(triggers)}; shadow {outputs.get('triggers.shadow.jsonl', 0):,}",
+        f"  triggers by rule: {_join(summary.get('triggers', {}))}",
+        f"  audience changes: {_join(summary.get('audience_changes', {}))}",
+        f"  outputs in {settings.out}/",
+    ]
+    return "\n".join(lines)
+
+
+# --- diff of two runs ---------------------------------------------------------------------
+def _decisions(folder: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Decisions of a run keyed by (rule id, customer, cause)."""
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for stream, name in OUTPUT_FILES.items():
+        if not stream.startswith(("triggers", "audience_changes")):
+            continue
+        for record in _lines(folder / name):
+            data = record["data"]
+            rule = data["rule_id"]
+            audience = stream.startswith("audience")
+            cause = f"{data['change']}@{record['time']}" if audience else data["cause"]
+            out[(rule, record["subject"], cause)] = {"time": record["time"], "stream": stream, **data}
+    return out
+
+
+@dataclass
+class Diff:
+    added: list[dict[str, Any]] = field(default_factory=list)
+    removed: list[dict[str, Any]] = field(default_factory=list)
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    unchanged: int = 0
+
+    def to_json(self) -> bytes:
+        doc = {"added": self.added, "removed": self.removed, "changed": self.changed, "unchanged": self.unchanged}
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+
+
+def diff_decisions(folder_a: Path, folder_b: Path) -> Diff:
+    """What run B decided instead of run A: matched by rule id, customer and cause."""
+    a, b = _decisions(folder_a), _decisions(folder_b)
+    diff = Diff()
+    for key in sorted(a.keys() | b.keys()):
+        rule, customer, cause = key
+        ident = {"rule_id": rule, "customer": customer, "cause": cause}
+        if key not in a:
+            diff.added.append({**ident, "decision": b[key]})
+        elif key not in b:
+            diff.removed.append({**ident, "decision": a[key]})
+        else:
+            fields = {f: [a[key].get(f), b[key].get(f)] for f in COMPARED_FIELDS if a[key].get(f) != b[key].get(f)}
+            if fields:
+                diff.changed.append({**ident, "fields": fields})
+            else:
+                diff.unchanged += 1
+    return diff
+
+
+def render_diff(diff: Diff, rules_a: Path, rules_b: Path) -> str:
+    """A human summary of a diff, counted per rule, with a few examples."""
+
+    def per_rule(items: list[dict[str, Any]]) -> str:
+        return _join(Counter(item["rule_id"] for item in items))
+
+    lines = [
+        f"rules B ({rules_b}) instead of A ({rules_a}):",
+        f"  added   {len(diff.added):,}: {per_rule(diff.added)}",
+        f"  removed {len(diff.removed):,}: {per_rule(diff.removed)}",
+        f"  changed {len(diff.changed):,}: {per_rule(diff.changed)}",
+        f"  unchanged {diff.unchanged:,}",
+    ]
+    for label, items in (("added", diff.added), ("removed", diff.removed), ("changed", diff.changed)):
+        for item in items[:3]:
+            lines.append(f"  e.g. {label}: {item['rule_id']} for {item['customer']} ({item['cause']})")
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""Factories shared by the tests: events as dicts, raw records and envelopes."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from operators.engine import EngineConfig, Forward, Output, ShardEngine
+from operators.parse import RawEvent, parse
+from operators.rules import CompiledRules, load_rules, parse_rules
+from schemas.envelope import Envelope
+
+T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+_ids = itertools.count(1)
+
+
+def at(minutes: float = 0, days: float = 0) -> str:
+    """An ISO timestamp ``minutes``/``days`` after T0."""
+    return (T0 + timedelta(minutes=minutes, days=days)).isoformat().replace("+00:00", "Z")
+
+
+def track(name: str, user: str | None = "u1", minutes: float = 0, days: float = 0, **fields: Any) -> dict[str, Any]:
+    """A track event dict; ``anon=`` sets anonymousId, ``props=`` properties, the rest top-level fields."""
+    event: dict[str, Any] = {
+        "type": "track",
+        "event": name,
+        "messageId": fields.pop("message_id", f"m{next(_ids)}"),
+        "timestamp": at(minutes, days),
+        "properties": fields.pop("props", {}),
+    }
+    if user is not None:
+        event["userId"] = user
+    if (anon := fields.pop("anon", None)) is not None:
+        event["anonymousId"] = anon
+    event.update(fields)
+    return event
+
+
+def call(kind: str, user: str | None = "u1", minutes: float = 0, days: float = 0, **fields: Any) -> dict[str, Any]:
+    """An identify/page/screen/alias event dict."""
+    event: dict[str, Any] = {"type": kind, "messageId": f"m{next(_ids)}", "timestamp": at(minutes, days)}
+    if user is not None:
+        event["userId"] = user
+    if (anon := fields.pop("anon", None)) is not None:
+        event["anonymousId"] = anon
+    event.update(fields)
+    return event
+
+
+def added(user: str | None = "u1", minutes: float = 0, product: str = "p1", price: float = 20.0, **kw: Any) -> dict:
+    props = {"product_id": product, "price": price, "category": "shoes"}
+    return track("Product Added", user, minutes, props=props, **kw)
+
+
+def order(user: str | None = "u1", minutes: float = 0, total: float = 50.0, days: float = 0, **kw: Any) -> dict:
+    props = {"order_id": f"o{next(_ids)}", "total": total}
+    return track("Order Completed", user, minutes, days=days, props=props, **kw)
+
+
+def raw_records(events: list[dict[str, Any] | bytes]) -> list[RawEvent]:
+    """Events as raw records with line positions, as a file source would read them."""
+    out = []
+    for line, event in enumerate(events, start=1):
+        payload = event if isinstance(event, bytes) else orjson.dumps(event)
+        out.append(RawEvent(line, {"source": "test.jsonl", "line": line}, payload))
+    return out
+
+
+def envelopes(events: list[dict[str, Any]]) -> list[Envelope]:
+    out = []
+    for raw in raw_records(events):
+        env = parse(raw)
+        assert isinstance(env, Envelope), env
+        out.append(env)
+    return out
+
+
+def decisions(outputs: list[Any], stream_prefix: str = "") -> list[dict[str, Any]]:
+    """Decoded output records (optionally of streams starting with ``stream_prefix``)."""
+    return [orjson.loads(o.body) for o in outputs if isinstance(o, Output) and o.stream.startswith(stream_prefix)]
+
+
+class EngineHarness:
+    """Both engine stages in one process, wired like the flow but with a single shard each."""
+
+    def __init__(self, rules: CompiledRules, config: EngineConfig | None = None) -> None:
+        config = config or EngineConfig()
+        self.identity = ShardEngine(rules, config, "identity")
+        self.customers = ShardEngine(rules, config, "customer")
+        self.outputs: list[Output] = []
+
+    def feed(self, events: list[dict[str, Any]]) -> list[Output]:
+        start = len(self.outputs)
+        for env in envelopes(events):
+            out: list[Any] = []
+            if env.anonymous_id is not None:
+                self.identity.process(env, out)
+            else:
+                self.customers.process(env, out)
+            for item in out:
+                if isinstance(item, Forward):
+                    self.customers.process(item, self.outputs)
+                else:
+                    self.outputs.append(item)
+        return self.outputs[start:]
+
+
+@pytest.fixture(scope="session")
+def starter_rules() -> CompiledRules:
+    return load_rules()
+
+
+@pytest.fixture
+def harness(starter_rules: CompiledRules) -> EngineHarness:
+    return EngineHarness(starter_rules)
+
+
+def rules_from(text: str) -> CompiledRules:
+    return parse_rules(text, "test.yaml")

@@ -1,0 +1,243 @@
+"""Event-time semantics of the shard engine: timers, late and future events, identity, audiences."""
+
+from __future__ import annotations
+
+from conftest import EngineHarness, added, at, call, decisions, order, rules_from, track
+
+from operators.engine import EngineConfig
+
+CART_ONLY = """
+version: t1
+triggers:
+  - id: cart
+    channel: push
+    on: Product Added
+    after: 30m
+    unless: [Order Completed]
+    once_per: cart
+    when: "cart.value > 0"
+"""
+
+
+def cart_triggers(outputs):
+    return [d for d in decisions(outputs, "triggers.") if d["data"]["rule_id"] == "cart"]
+
+
+def test_quiet_customer_gets_abandonment_when_other_events_move_the_clock():
+    h = EngineHarness(rules_from(CART_ONLY))
+    h.feed([added("u1", 0)])
+    # u1 says nothing more; u2's events move the shard clock past u1's due time (+ lateness)
+    assert cart_triggers(h.feed([track("Product Viewed", "u2", 20, props={"product_id": "x"})])) == []
+    fired = cart_triggers(h.feed([track("Product Viewed", "u2", 36, props={"product_id": "x"})]))
+    assert [d["subject"] for d in fired] == ["u1"]
+    assert fired[0]["time"] == at(30).replace("Z", ".000Z")
+    assert fired[0]["data"]["reason"].startswith("30 min after Product Added with no Order Completed")
+
+
+def test_no_timer_fires_past_the_end_of_input():
+    h = EngineHarness(rules_from(CART_ONLY))
+    h.feed([added("u1", 0), track("Product Viewed", "u2", 33, props={"product_id": "x"})])
+    # the clock stops at 33 - 5 min lateness = 28 min: the 30 min timer is not due
+    assert cart_triggers(h.outputs) == []
+
+
+def test_each_add_rearms_and_the_trigger_fires_once_per_cart():
+    h = EngineHarness(rules_from(CART_ONLY))
+    h.feed([added("u1", 0, "p1"), added("u1", 20, "p2"), added("u1", 45, "p3")])
+    assert cart_triggers(h.outputs) == [], "re-armed by each add: not due before 75 min"
+    h.feed([track("Product Viewed", "u2", 90, props={"product_id": "x"})])
+    fired = cart_triggers(h.outputs)
+    assert len(fired) == 1
+    assert fired[0]["time"].startswith(at(75)[:16])
+    assert len(fired[0]["data"]["caused_by"]) == 3
+    # more adds to the same cart and more time: still only once for this cart
+    h.feed([added("u1", 100, "p4"), track("Product Viewed", "u2", 200, props={"product_id": "x"})])
+    assert len(cart_triggers(h.outputs)) == 1
+
+
+def test_an_order_cancels_the_timer_and_a_new_cart_fires_again():
+    h = EngineHarness(rules_from(CART_ONLY))
+    h.feed([added("u1", 0), order("u1", 10), track("Product Viewed", "u2", 60, props={"product_id": "x"})])
+    assert cart_triggers(h.outputs) == []
+    h.feed([added("u1", 70, "p9"), track("Product Viewed", "u2", 120, props={"product_id": "x"})])
+    fired = cart_triggers(h.outputs)
+    assert len(fired) == 1 and fired[0]["subject"] == "u1"
+
+
+def test_own_late_event_fires_the_due_timer_first():
+    """A timer fires before any later event of its customer is applied, even if the clock lags."""
+    h = EngineHarness(rules_from(CART_ONLY))
+    out = h.feed([added("u1", 0), order("u1", 32)])
+    assert len(cart_triggers(out)) == 1, "due at 30, the order at 32 comes after it"
+
+
+def test_trigger_id_is_deterministic_and_names_rule_and_version():
+    runs = []
+    for _ in range(2):
+        h = EngineHarness(rules_from(CART_ONLY))
+        h.feed([added("u1", 0, message_id="a1"), track("Page", "u2", 40, message_id="b1")])
+        runs.append(cart_triggers(h.outputs))
+    assert runs[0] == runs[1] and len(runs[0]) == 1
+    data = runs[0][0]["data"]
+    assert (data["rule_id"], data["ruleset_version"]) == ("cart", "t1")
+    assert runs[0][0]["specversion"] == "1.0" and runs[0][0]["type"] == "io.nudgeflow.trigger.v1"
+
+
+def test_late_event_is_applied_counted_and_fires_no_past_timer():
+    h = EngineHarness(rules_from(CART_ONLY))
+    h.feed([order("u1", 0, total=10.0), track("Page", "u2", 120)])
+    # an order from 100 minutes ago arrives late: it counts for spend, a late add arms nothing
+    h.feed([order("u1", 20, total=30.0), added("u1", 21)])
+    assert h.customers.stats["late"] == 2
+    state = h.customers.customers["u1"]
+    assert state.lifetime_spend == 40.0 and state.orders == 2
+    h.feed([track("Page", "u2", 300)])
+    assert cart_triggers(h.outputs) == []
+
+
+def test_future_dated_event_is_dead_lettered_with_reason():
+    h = EngineHarness(rules_from(CART_ONLY))
+    event = added("u1", 180, receivedAt=at(0))
+    dead = decisions(h.feed([event]), "dead_letters")
+    assert len(dead) == 1
+    assert dead[0]["reason"] == "future_dated"
+    assert "u1" not in h.customers.customers
+
+
+def test_duplicates_are_ignored():
+    h = EngineHarness(rules_from(CART_ONLY))
+    h.feed([order("u1", 0, message_id="dup"), order("u1", 1, message_id="dup")])
+    assert h.customers.customers["u1"].orders == 1
+    assert h.customers.stats["duplicates"] == 1
+
+
+def test_dedupe_memory_is_bounded():
+    h = EngineHarness(rules_from(CART_ONLY), EngineConfig(dedupe_per_shard=100))
+    h.feed([track("Page", "u1", i / 10) for i in range(500)])
+    assert len(h.customers.seen) == 100
+
+
+def test_anonymous_cart_ordered_after_login_fires_no_abandonment():
+    h = EngineHarness(rules_from(CART_ONLY))
+    h.feed(
+        [
+            added(None, 0, anon="anon-1"),
+            call("identify", "u1", 5, anon="anon-1", traits={"city": "Lyon"}),
+            order("u1", 12),  # POS-style: userId only
+            track("Page", "u2", 120),
+            track("Page", None, 130, anon="anon-9"),
+        ]
+    )
+    assert cart_triggers(h.outputs) == []
+    state = h.customers.customers["u1"]
+    assert state.orders == 1 and state.traits["city"] == "Lyon" and "anon-1" in state.linked_ids
+
+
+def test_anonymous_cart_without_login_still_fires_for_the_anonymous_id():
+    h = EngineHarness(rules_from(CART_ONLY))
+    h.feed([added(None, 0, anon="anon-2"), track("Page", None, 50, anon="anon-3")])
+    assert [d["subject"] for d in cart_triggers(h.outputs)] == ["anon-2"]
+
+
+def test_events_with_either_id_update_the_same_customer_after_linking():
+    h = EngineHarness(rules_from(CART_ONLY))
+    h.feed(
+        [
+            call("alias", "u7", 0, previousId="anon-7"),
+            order(None, 1, anon="anon-7", total=10.0),
+            order("u7", 2, total=5.0),
+        ]
+    )
+    assert h.customers.customers["u7"].lifetime_spend == 15.0
+    assert "anon-7" not in h.identity.customers
+
+
+AUDIENCES = """
+version: a1
+audiences:
+  - id: big
+    when: "lifetime_spend >= 100"
+  - id: lapsed
+    when: "lifecycle == 'lapsed'"
+  - id: quiet_big
+    shadow: true
+    when: "lifetime_spend >= 140"
+"""
+
+
+def test_audience_changes_only_on_membership_change_with_reason():
+    h = EngineHarness(rules_from(AUDIENCES))
+    h.feed([order("u1", 0, total=60.0), order("u1", 10, total=60.0), order("u1", 20, total=5.0)])
+    changes = [d for d in decisions(h.outputs, "audience_changes") if d["data"]["audience"] == "big"]
+    assert len(changes) == 1
+    data = changes[0]["data"]
+    assert data["change"] == "entered"
+    assert data["reason"] == "lifetime_spend >= 100 became true (lifetime_spend=120.0)"
+    h.feed([track("Order Refunded", "u1", 30, props={"order_id": "o", "total": 100.0})])
+    changes = [d for d in decisions(h.outputs, "audience_changes") if d["data"]["audience"] == "big"]
+    assert [d["data"]["change"] for d in changes] == ["entered", "exited"]
+
+
+def test_lapsed_audience_entered_in_event_time_for_a_quiet_customer():
+    h = EngineHarness(rules_from(AUDIENCES))
+    h.feed([order("u1", 0, days=0)])
+    h.feed([track("Page", "u2", 0, days=40), track("Page", "u2", 0, days=95)])
+    lapsed = [d for d in decisions(h.outputs, "audience_changes") if d["data"]["audience"] == "lapsed"]
+    assert [(d["subject"], d["data"]["change"]) for d in lapsed] == [("u1", "entered")]
+    assert lapsed[0]["time"].startswith(at(days=60)[:10])
+    h.feed([order("u1", 0, days=96)])
+    lapsed = [d for d in decisions(h.outputs, "audience_changes") if d["data"]["audience"] == "lapsed"]
+    assert [d["data"]["change"] for d in lapsed if d["subject"] == "u1"] == ["entered", "exited"]
+
+
+def test_shadow_rules_are_recorded_apart():
+    h = EngineHarness(rules_from(AUDIENCES))
+    h.feed([order("u1", 0, total=150.0), track("Page", "u1", 0, days=2)])
+    shadow = decisions(h.outputs, "audience_changes.shadow")
+    assert [d["data"]["audience"] for d in shadow] == ["quiet_big"]
+    assert shadow[0]["data"]["shadow"] is True
+    live = [o for o in h.outputs if o.stream == "audience_changes"]
+    assert all(b"quiet_big" not in o.body for o in live)
+
+
+def test_erasure_removes_the_customer_and_exits_audiences():
+    h = EngineHarness(rules_from(AUDIENCES))
+    h.feed([order("u1", 0, total=150.0)])
+    out = h.feed([track("Erasure Requested", "u1", 5, props={"request_id": "r-1"})])
+    assert "u1" not in h.customers.customers
+    exits = decisions(out, "audience_changes")
+    assert [(d["data"]["audience"], d["data"]["change"]) for d in exits] == [("big", "exited"), ("quiet_big", "exited")]
+    assert "erasure requested (r-1)" in exits[0]["data"]["reason"]
+
+
+def test_state_expires_only_after_long_inactivity():
+    config = EngineConfig(state_ttl_ms=400 * 86_400_000)
+    h = EngineHarness(rules_from(AUDIENCES), config)
+    h.feed([order("u1", 0)])
+    h.feed([track("Page", "u2", 0, days=300)])
+    assert "u1" in h.customers.customers, "lapsed customers stay known"
+    h.feed([track("Page", "u2", 0, days=401)])
+    assert "u1" not in h.customers.customers
+
+
+def test_snapshot_round_trip_restores_customers_and_timers():
+    rules = rules_from(CART_ONLY)
+    config = EngineConfig(snapshots=True)
+    h = EngineHarness(rules, config)
+    h.feed([added("u1", 0), track("Page", "u2", 5)])
+    snapshot = h.customers.snapshot()
+    restored = EngineHarness(rules, config)
+    restored.customers.restore(snapshot)
+    assert restored.customers.customers["u1"].cart.value == 20.0
+    out = restored.feed([track("Page", "u2", 40)])
+    assert [d["subject"] for d in cart_triggers(out)] == ["u1"]
+
+
+def test_snapshot_of_unknown_format_is_refused():
+    h = EngineHarness(rules_from(CART_ONLY), EngineConfig(snapshots=True))
+    try:
+        h.customers.restore((99, {}))
+    except ValueError as err:
+        assert "format 99" in str(err)
+    else:
+        raise AssertionError("an unknown snapshot format must be refused")
