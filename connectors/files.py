@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -20,7 +20,6 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from operators.engine import Output
 from operators.parse import RawEvent
 
-FILE_BITS = 40  # seq = file index << FILE_BITS | line number
 OUTPUT_FILES: dict[str, str] = {
     "triggers.push": "triggers.push.jsonl",
     "triggers.in_app": "triggers.in_app.jsonl",
@@ -48,51 +47,66 @@ def prepare_output_folder(path: Path, replace: bool = False) -> Path:
     return path
 
 
-class _JsonlPartition(StatefulSourcePartition[RawEvent, tuple[int, int]]):
-    def __init__(self, path: Path, index: int, batch_size: int, resume: tuple[int, int] | None) -> None:
-        self._file = path.open("rb")
-        self._name = path.name
-        self._base = index << FILE_BITS
+class _JsonlPartition(StatefulSourcePartition[RawEvent, tuple[int, int, int, int]]):
+    """Reads the files one after the other; ``seq`` counts lines across all of them."""
+
+    def __init__(self, paths: list[Path], batch_size: int, resume: tuple[int, int, int, int] | None) -> None:
+        self._paths = paths
         self._batch_size = batch_size
-        offset, self._line = resume or (0, 0)
-        self._file.seek(offset)
+        self._index, offset, self._line, self._seq = resume or (0, 0, 0, 0)
+        self._file: BinaryIO | None = None
+        if self._index < len(paths):
+            self._file = paths[self._index].open("rb")
+            self._file.seek(offset)
 
     def next_batch(self) -> list[RawEvent]:
         batch: list[RawEvent] = []
-        readline = self._file.readline
-        while len(batch) < self._batch_size:
-            line = readline()
+        while self._file is not None and len(batch) < self._batch_size:
+            line = self._file.readline()
             if not line:
-                if not batch:
-                    raise StopIteration
-                break
+                self._next_file()
+                continue
             self._line += 1
+            self._seq += 1
             payload = line.rstrip(b"\r\n")
             if payload.strip():
-                position = {"source": self._name, "line": self._line}
-                batch.append(RawEvent(self._base | self._line, position, payload))
+                position = {"source": self._paths[self._index].name, "line": self._line}
+                batch.append(RawEvent(self._seq, position, payload))
+        if not batch and self._file is None:
+            raise StopIteration
         return batch
 
-    def snapshot(self) -> tuple[int, int]:
-        return (self._file.tell(), self._line)
+    def _next_file(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        self._index += 1
+        self._line = 0
+        self._file = self._paths[self._index].open("rb") if self._index < len(self._paths) else None
+
+    def snapshot(self) -> tuple[int, int, int, int]:
+        offset = self._file.tell() if self._file is not None else 0
+        return (self._index, offset, self._line, self._seq)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
-class JsonlSource(FixedPartitionedSource[RawEvent, tuple[int, int]]):
-    """Read one or more JSONL recordings as raw bytes, one partition per file."""
+class JsonlSource(FixedPartitionedSource[RawEvent, tuple[int, int, int, int]]):
+    """Read JSONL recordings as raw bytes, in order, as one stream (one partition)."""
 
     def __init__(self, paths: Sequence[str | Path], batch_size: int = 1000) -> None:
         self.paths = [Path(p) for p in paths]
         self.batch_size = batch_size
+        for path in self.paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"no such recording: {path}")
 
     def list_parts(self) -> list[str]:
-        return [f"{i}:{p}" for i, p in enumerate(self.paths)]
+        return ["recordings"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _JsonlPartition:
-        index, _, path = for_part.partition(":")
-        return _JsonlPartition(Path(path), int(index), self.batch_size, resume_state)
+        return _JsonlPartition(self.paths, self.batch_size, resume_state)
 
 
 class _FolderPartition(StatefulSinkPartition[Output, None]):

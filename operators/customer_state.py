@@ -1,6 +1,6 @@
 """The personalization operator: raw events in, decision and dead-letter outputs out.
 
-``parse -> route by shard -> identity stage -> customer stage``; both stages are a
+``parse -> identity stage -> customer stage`` (see :mod:`operators.engine`); both stages are a
 :class:`ShardEngine` inside Bytewax's ``stateful_batch`` (one logic per shard, batches of
 items, snapshots that re-encode only changed customers).
 """
@@ -15,7 +15,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.engine import EngineConfig, Forward, Output, Role, ShardEngine
+from operators.engine import EngineConfig, Forward, Output, Role, ShardEngine, Tick
 from operators.parse import RawEvent, Rejected, parse
 from operators.rules import CompiledRules
 from schemas.envelope import Envelope
@@ -44,14 +44,16 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
-        stats = self.engine.finish()
-        return [Output("stats", self.engine.role, 0, 0, _encode_stats(stats))], StatefulBatchLogic.RETAIN
+        out: list[Any] = []
+        stats = self.engine.finish(out)
+        out.append(Output("stats", self.engine.role, 0, 0, _encode_stats(stats)))
+        return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Any:
         return self.engine.snapshot()
 
 
-def _seq(item: Envelope | Forward) -> int:
+def _seq(item: Envelope | Forward | Tick) -> int:
     return item.env.seq if isinstance(item, Forward) else item.seq
 
 
@@ -61,9 +63,9 @@ def _encode_stats(stats: dict[str, Any]) -> bytes:
     return orjson.dumps(stats, option=orjson.OPT_SORT_KEYS)
 
 
-def _builder(rules: CompiledRules, config: EngineConfig, role: Role) -> Callable[[Any], ShardLogic]:
+def _builder(rules: CompiledRules, config: EngineConfig, role: Role, shards: int) -> Callable[[Any], ShardLogic]:
     def build(resume: Any) -> ShardLogic:
-        engine = ShardEngine(rules, config, role)
+        engine = ShardEngine(rules, config, role, upstream_shards=shards)
         if resume is not None:
             engine.restore(resume)
         return ShardLogic(engine)
@@ -82,16 +84,27 @@ def personalize(
 ) -> Stream[Output]:
     """Turn raw events into outputs (triggers, audience changes, dead letters, stats)."""
 
+    identity_keys = [IDENTITY + f"{n:04d}" for n in range(shards)]
+    customer_keys = [CUSTOMER + f"{n:04d}" for n in range(shards)]
+    reached = {"ts_ms": None}  # event time the input has reached (this flow instance)
+
     def parse_and_route(batch: list[RawEvent]) -> list[Any]:
         out: list[Any] = []
+        latest = None
         for raw in batch:
             result = parse(raw, max_event_bytes)
             if isinstance(result, Rejected):
                 out.append(Output("dead_letters", "", 0, raw.seq, result.body))
-            elif result.anonymous_id is not None:
-                out.append((IDENTITY + shard_of(result.anonymous_id, shards), result))
-            else:
-                out.append((CUSTOMER + shard_of(result.customer_id, shards), result))
+                continue
+            out.append((IDENTITY + shard_of(result.anonymous_id or result.customer_id, shards), result))
+            future = result.received_ms is not None and result.ts_ms - result.received_ms > config.max_skew_ms
+            if not future and (latest is None or result.ts_ms > latest):
+                latest = result.ts_ms
+        if latest is not None and (reached["ts_ms"] is None or latest > reached["ts_ms"]):
+            reached["ts_ms"] = latest
+        if reached["ts_ms"] is not None:
+            seq = batch[-1].seq
+            out.extend((key, Tick(reached["ts_ms"], seq, n)) for n, key in enumerate(identity_keys))
         return out
 
     def reroute(batch: list[tuple[str, Any]]) -> list[Any]:
@@ -99,17 +112,17 @@ def personalize(
         for _, value in batch:
             if isinstance(value, Forward):
                 out.append((CUSTOMER + shard_of(value.customer_id, shards), value))
+            elif isinstance(value, Tick):
+                out.extend((key, value) for key in customer_keys)
             else:
                 out.append(value)
         return out
 
     parsed = op.flat_map_batch("parse", up, parse_and_route)
     valid = op.branch("split_invalid", parsed, lambda item: isinstance(item, tuple))
-    stage = op.branch("split_anonymous", valid.trues, lambda item: item[0][0] == IDENTITY)
-    identity = op.stateful_batch("identity", stage.trues, _builder(rules, config, "identity"))
+    identity = op.stateful_batch("identity", valid.trues, _builder(rules, config, "identity", shards))
     identity_out = op.flat_map_batch("forward", identity, reroute)
     forwarded = op.branch("split_forwarded", identity_out, lambda item: isinstance(item, tuple))
-    customers_in = op.merge("customer_input", stage.falses, forwarded.trues)
-    customers = op.stateful_batch("customers", customers_in, _builder(rules, config, "customer"))
+    customers = op.stateful_batch("customers", forwarded.trues, _builder(rules, config, "customer", shards))
     decisions = op.flat_map_batch("unwrap", customers, lambda batch: [value for _, value in batch])
     return op.merge("outputs", valid.falses, forwarded.falses, decisions)

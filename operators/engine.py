@@ -7,11 +7,16 @@ the clock passes its due time (also for customers who send nothing more), and be
 later event of its own customer is applied. The engine is plain Python: the Bytewax
 operator in :mod:`operators.customer_state` only feeds it batches.
 
-Two roles share this code. The ``identity`` stage sees events that carry an
-``anonymousId``: it keeps anonymous customers, and when an event links an anonymous id
-to a ``userId`` it hands the anonymous state over (a :class:`Forward`) to the
-``customer`` stage, keyed by the user; later events with either id reach the same
-customer.
+Two stages share this code. Every event enters the ``identity`` stage, keyed by its
+``anonymousId`` (else its ``userId``): it drops duplicates, dead-letters future-dated
+events, keeps anonymous customers, links an anonymous id to a ``userId`` when an event
+carries both, and forwards every identified event to the ``customer`` stage, keyed by the
+customer, handing over the anonymous state on linking; later events with either id reach
+the same customer. After each input batch the source sends every identity shard a
+:class:`Tick` with the event time reached; each identity shard passes it on to every
+customer shard, and a customer shard applies forwarded events in input order once every
+identity shard has passed them. So results do not depend on the number of workers, and a
+shard whose customers are quiet still sees the clock move.
 """
 
 from __future__ import annotations
@@ -64,6 +69,19 @@ class Forward:
 
 
 @dataclass(slots=True)
+class Tick:
+    """The event time the source has reached, broadcast to every shard after each input batch.
+
+    It moves the clock of shards whose own customers are quiet, so that their timers fire
+    and every shard's clock stops at the last event of bounded input.
+    """
+
+    ts_ms: int
+    seq: int
+    origin: int  # the identity shard it is for (from the source) or that passed it on
+
+
+@dataclass(slots=True)
 class Output:
     """One record for a sink: ``stream`` names the output (file or topic), ``key`` the customer."""
 
@@ -85,10 +103,16 @@ def _bump(counter: dict[str, int], key: str, by: int = 1) -> None:
 class ShardEngine:
     """All customers of one shard, their timers and the shard's event-time clock."""
 
-    def __init__(self, rules: CompiledRules, config: EngineConfig, role: Role) -> None:
+    def __init__(
+        self, rules: CompiledRules, config: EngineConfig, role: Role, index: int = 0, upstream_shards: int = 1
+    ) -> None:
         self.rules = rules
         self.config = config
         self.role = role
+        self.index = index
+        self.upstream_shards = upstream_shards
+        self.upstream: dict[int, tuple[int, int]] = {}  # identity shard -> (seq, event time) it passed
+        self.pending: list[tuple[int, int, Forward]] = []
         self.customers: dict[str, CustomerState] = {}
         self.heap: list[tuple[int, int, str, str]] = []
         self.tick = 0
@@ -101,14 +125,31 @@ class ShardEngine:
         self.encoded: dict[str, bytes] = {}
 
     # --- entry point -------------------------------------------------------------------
-    def process(self, item: Envelope | Forward, out: list[Any]) -> None:
-        """Handle one event (or forwarded event); append outputs and forwards to ``out``."""
-        self.seq = item.env.seq if isinstance(item, Forward) else item.seq
-        if isinstance(item, Forward):
-            self._advance(item.env.ts_ms, out)
-            self._customer_event(item.env, item.customer_id, out, item.carried)
+    def process(self, item: Envelope | Forward | Tick, out: list[Any]) -> None:
+        """Handle one item; append outputs, forwards and ticks for the next stage to ``out``.
+
+        The identity stage takes every event and every tick from the source; the customer
+        stage takes the identity stage's forwards and ticks, and applies forwards in input
+        order (``seq``) once every identity shard has passed them, so that several workers
+        give exactly the results of one.
+        """
+        if self.role == "customer":
+            if isinstance(item, Tick):
+                self._upstream_tick(item, out)
+            else:
+                assert isinstance(item, Forward)
+                self.tick += 1
+                heapq.heappush(self.pending, (item.env.seq, self.tick, item))
             return
+        if isinstance(item, Tick):
+            self.index = item.origin
+            self.seq = item.seq
+            self._advance(item.ts_ms, out)
+            out.append(Tick(item.ts_ms, item.seq, self.index))
+            return
+        assert isinstance(item, Envelope)
         env = item
+        self.seq = env.seq
         if self._duplicate(env.message_id):
             _bump(self.stats, "duplicates")
             return
@@ -117,13 +158,29 @@ class ShardEngine:
             return
         self._count(env)
         self._advance(env.ts_ms, out)
-        if self.role == "customer":
-            self._customer_event(env, env.customer_id, out)
-        else:
-            self._identity_event(env, out)
+        self._identity_event(env, out)
 
-    def finish(self) -> dict[str, Any]:
-        """Counters of this shard (at the end of bounded input)."""
+    def _upstream_tick(self, tick: Tick, out: list[Any]) -> None:
+        """Record how far identity shard ``tick.origin`` is; apply what every shard has passed."""
+        self.upstream[tick.origin] = (tick.seq, tick.ts_ms)
+        if len(self.upstream) < self.upstream_shards:
+            return
+        passed_seq = min(seq for seq, _ in self.upstream.values())
+        self._release(passed_seq, out)
+        self.seq = passed_seq
+        self._advance(min(ts for _, ts in self.upstream.values()), out)
+
+    def _release(self, upto_seq: int | None, out: list[Any]) -> None:
+        pending = self.pending
+        while pending and (upto_seq is None or pending[0][0] <= upto_seq):
+            forward = heapq.heappop(pending)[2]
+            self.seq = forward.env.seq
+            self._advance(forward.env.ts_ms, out)
+            self._customer_event(forward.env, forward.customer_id, out, forward.carried)
+
+    def finish(self, out: list[Any]) -> dict[str, Any]:
+        """At the end of bounded input: apply what is still held back; return this shard's counters."""
+        self._release(None, out)
         stats = dict(self.stats)
         if self.role == "customer":
             stats["customers"] = len(self.customers)
@@ -134,7 +191,9 @@ class ShardEngine:
     # --- identity stage ----------------------------------------------------------------
     def _identity_event(self, env: Envelope, out: list[Any]) -> None:
         anonymous_id = env.anonymous_id
-        assert anonymous_id is not None
+        if anonymous_id is None:
+            out.append(Forward(env, env.customer_id))
+            return
         if env.user_id is None:
             linked = self.links.get(anonymous_id)
             if linked is not None:

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from operators.engine import EngineConfig, Forward, Output, ShardEngine
+from operators.engine import EngineConfig, Forward, Output, ShardEngine, Tick
 from operators.parse import RawEvent, parse
 from operators.rules import CompiledRules, load_rules, parse_rules
 from schemas.envelope import Envelope
@@ -85,28 +85,39 @@ def decisions(outputs: list[Any], stream_prefix: str = "") -> list[dict[str, Any
 
 
 class EngineHarness:
-    """Both engine stages in one process, wired like the flow but with a single shard each."""
+    """Both engine stages with one shard each, wired like the flow: a tick after every event."""
 
     def __init__(self, rules: CompiledRules, config: EngineConfig | None = None) -> None:
         config = config or EngineConfig()
         self.identity = ShardEngine(rules, config, "identity")
-        self.customers = ShardEngine(rules, config, "customer")
+        self.customers = ShardEngine(rules, config, "customer", upstream_shards=1)
         self.outputs: list[Output] = []
+        self.reached: int | None = None
 
     def feed(self, events: list[dict[str, Any]]) -> list[Output]:
         start = len(self.outputs)
         for env in envelopes(events):
-            out: list[Any] = []
-            if env.anonymous_id is not None:
-                self.identity.process(env, out)
-            else:
-                self.customers.process(env, out)
-            for item in out:
-                if isinstance(item, Forward):
-                    self.customers.process(item, self.outputs)
-                else:
-                    self.outputs.append(item)
+            future = env.received_ms is not None and env.ts_ms - env.received_ms > self.identity.config.max_skew_ms
+            if not future:
+                self.reached = env.ts_ms if self.reached is None else max(self.reached, env.ts_ms)
+            self._identity(env)
+            if self.reached is not None:
+                self._identity(Tick(self.reached, env.seq, 0))
         return self.outputs[start:]
+
+    def finish(self) -> list[Output]:
+        start = len(self.outputs)
+        self.customers.finish(self.outputs)
+        return self.outputs[start:]
+
+    def _identity(self, item: Any) -> None:
+        out: list[Any] = []
+        self.identity.process(item, out)
+        for value in out:
+            if isinstance(value, Forward | Tick):
+                self.customers.process(value, self.outputs)
+            else:
+                self.outputs.append(value)
 
 
 @pytest.fixture(scope="session")

@@ -108,13 +108,13 @@ def test_duplicates_are_ignored():
     h = EngineHarness(rules_from(CART_ONLY))
     h.feed([order("u1", 0, message_id="dup"), order("u1", 1, message_id="dup")])
     assert h.customers.customers["u1"].orders == 1
-    assert h.customers.stats["duplicates"] == 1
+    assert h.identity.stats["duplicates"] == 1
 
 
 def test_dedupe_memory_is_bounded():
     h = EngineHarness(rules_from(CART_ONLY), EngineConfig(dedupe_per_shard=100))
     h.feed([track("Page", "u1", i / 10) for i in range(500)])
-    assert len(h.customers.seen) == 100
+    assert len(h.identity.seen) == 100
 
 
 def test_anonymous_cart_ordered_after_login_fires_no_abandonment():

@@ -1,0 +1,89 @@
+"""The whole dataflow under bytewax.testing: one worker, several workers, bad input."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import orjson
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from conftest import added, call, order, raw_records, track
+
+from flows.personalization import build_flow
+from flows.settings import Settings
+from operators.engine import Output
+
+
+def run_flow(events, tmp_path, workers: int = 1, shards: int = 8) -> list[Output]:
+    captured: list[tuple[str, Output]] = []
+    settings = Settings(out=tmp_path / "unused", shards=shards)
+    flow = build_flow(settings, source=TestingSource(raw_records(events), batch_size=7), sink=TestingSink(captured))
+    if workers == 1:
+        run_main(flow)
+    else:
+        cluster_main(flow, addresses=[], proc_id=0, worker_count_per_proc=workers)
+    assert all(stream == output.stream for stream, output in captured)
+    return [output for _, output in captured]
+
+
+def per_customer(outputs: list[Output]) -> dict[str, list[bytes]]:
+    """Each customer's decisions in event-time order (what consumers of a Kafka key see)."""
+    by_customer: dict[str, list[tuple]] = defaultdict(list)
+    for o in outputs:
+        if o.stream != "stats":
+            by_customer[o.key].append(o.sort_key())
+    return {key: [row[-1] for row in sorted(rows)] for key, rows in sorted(by_customer.items())}
+
+
+def mixed_stream() -> list:
+    events: list = []
+    for i in range(40):
+        user = f"u{i}"
+        base = i * 7
+        events += [
+            call("identify", user, base, traits={"age": 20 + i % 30, "city": "Berlin", "urban": True}),
+            added(user, base + 1, product=f"p{i % 5}", price=30.0 + i),
+            track("Product Viewed", user, base + 2, props={"product_id": "p9", "category": "coffee"}),
+        ]
+        if i % 3 == 0:
+            events.append(order(user, base + 10, total=500.0 + i))
+        if i % 4 == 0:
+            events += [added(None, base + 3, anon=f"a{i}"), call("identify", user, base + 5, anon=f"a{i}")]
+    events.sort(key=lambda e: e["timestamp"])
+    events += [track("Signed Up", "late-joiner", 600), track("Product Viewed", "z", 2000, props={"product_id": "q"})]
+    return events
+
+
+def test_flow_emits_triggers_audiences_and_dead_letters(tmp_path):
+    events = [*mixed_stream(), b"{not json", b"\xff\xfe\x00", b'{"type":"track"}']
+    outputs = run_flow(events, tmp_path)
+    streams = defaultdict(list)
+    for o in outputs:
+        streams[o.stream].append(orjson.loads(o.body))
+    assert {d["reason"] for d in streams["dead_letters"]} == {"invalid_json", "not_utf8", "schema_invalid"}
+    push = streams["triggers.push"]
+    assert {d["data"]["rule_id"] for d in push} >= {"cart_abandonment_push", "onboarding_welcome_push"}
+    abandoned = {d["subject"] for d in push if d["data"]["rule_id"] == "cart_abandonment_push"}
+    buyers = {f"u{i}" for i in range(40) if i % 3 == 0}
+    assert abandoned and not abandoned & buyers, "customers who ordered get no cart reminder"
+    high_value = {d["subject"] for d in streams["audience_changes"] if d["data"]["audience"] == "high_value"}
+    assert high_value == buyers
+    stats = [orjson.loads(o.body) for o in outputs if o.stream == "stats"]
+    assert sum(s.get("customers", 0) for s in stats) == 42
+
+
+def test_several_workers_give_the_same_per_customer_results(tmp_path):
+    events = mixed_stream()
+    one = per_customer(run_flow(events, tmp_path / "one", workers=1))
+    three = per_customer(run_flow(events, tmp_path / "three", workers=3))
+    assert one == three
+    assert sum(len(v) for v in one.values()) > 50
+
+
+def test_shard_count_does_not_change_per_customer_decisions_for_in_order_input(tmp_path):
+    events = mixed_stream()
+    few = per_customer(run_flow(events, tmp_path / "few", shards=1))
+    many = per_customer(run_flow(events, tmp_path / "many", shards=16))
+    cart = b"cart_abandonment_push"
+    assert {k: [b for b in v if cart in b] for k, v in few.items()} == {
+        k: [b for b in v if cart in b] for k, v in many.items()
+    }
