@@ -67,7 +67,7 @@ def _flow_options(parser: argparse.ArgumentParser, default_out: Path | None) -> 
     parser.add_argument("--out", type=Path, default=default_out, help="output folder, created empty")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("-w", "--workers", type=int, default=1, help="Bytewax worker threads")
-    parser.add_argument("--shards", type=int, help="customer shards (default 64)")
+    parser.add_argument("--shards", type=int, help="customer shards (default 16)")
     parser.add_argument("--quiet", action="store_true", help="no summary on stderr")
 
 

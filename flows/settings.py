@@ -28,7 +28,7 @@ class Settings(BaseModel):
     out: Path = Field(Path("out/run"), description="output folder, created empty")
     replace_output: bool = Field(False, description="replace a non-empty output folder")
     rules: Path = Field(STARTER_RULES, description="rule file (YAML)")
-    shards: int = Field(64, ge=1, le=4096, description="customer shards (fixed: changing it re-keys state)")
+    shards: int = Field(16, ge=1, le=1024, description="customer shards (fixed: changing it re-keys state)")
     lateness_minutes: float = Field(5, ge=0, description="allowed lateness of the event-time clock")
     max_skew_minutes: float = Field(60, gt=0, description="events this far after their receivedAt are dead-lettered")
     max_event_bytes: int = Field(DEFAULT_MAX_EVENT_BYTES, ge=256, description="larger events are dead-lettered")
@@ -38,6 +38,7 @@ class Settings(BaseModel):
     state_ttl_days: int = Field(730, gt=0, description="state of a customer inactive this long is dropped")
     dedupe_per_shard: int = Field(20_000, ge=100, description="message ids remembered per shard for dedupe")
     batch_size: int = Field(1000, ge=1, description="source batch size")
+    tick_ms: int = Field(1000, ge=1, description="event time between clock ticks broadcast to every shard")
     epoch_seconds: float = Field(10, gt=0, description="Bytewax epoch (snapshot) interval")
 
     def engine_config(self, snapshots: bool = False) -> EngineConfig:
@@ -51,6 +52,7 @@ class Settings(BaseModel):
             ),
             state_ttl_ms=self.state_ttl_days * DAY_MS,
             dedupe_per_shard=self.dedupe_per_shard,
+            tick_ms=self.tick_ms,
             snapshots=snapshots,
         )
 

@@ -86,7 +86,7 @@ def personalize(
 
     identity_keys = [IDENTITY + f"{n:04d}" for n in range(shards)]
     customer_keys = [CUSTOMER + f"{n:04d}" for n in range(shards)]
-    reached = {"ts_ms": None}  # event time the input has reached (this flow instance)
+    reached: dict[str, int | None] = {"ticked": None}  # event time of the last tick sent
 
     def parse_and_route(batch: list[RawEvent]) -> list[Any]:
         out: list[Any] = []
@@ -100,11 +100,11 @@ def personalize(
             future = result.received_ms is not None and result.ts_ms - result.received_ms > config.max_skew_ms
             if not future and (latest is None or result.ts_ms > latest):
                 latest = result.ts_ms
-        if latest is not None and (reached["ts_ms"] is None or latest > reached["ts_ms"]):
-            reached["ts_ms"] = latest
-        if reached["ts_ms"] is not None:
+        ticked = reached["ticked"]
+        if latest is not None and (ticked is None or latest - ticked >= config.tick_ms):
+            reached["ticked"] = latest
             seq = batch[-1].seq
-            out.extend((key, Tick(reached["ts_ms"], seq, n)) for n, key in enumerate(identity_keys))
+            out.extend((key, Tick(latest, seq, n)) for n, key in enumerate(identity_keys))
         return out
 
     def reroute(batch: list[tuple[str, Any]]) -> list[Any]:

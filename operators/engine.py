@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger
+from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
 from schemas.envelope import Envelope
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
 from state.affinity import DAY_MS
@@ -56,6 +56,7 @@ class EngineConfig:
     state_ttl_ms: int = 730 * DAY_MS
     dedupe_per_shard: int = 20_000
     links_per_shard: int = 50_000
+    tick_ms: int = 1000
     snapshots: bool = False
 
 
@@ -111,7 +112,7 @@ class ShardEngine:
         self.role = role
         self.index = index
         self.upstream_shards = upstream_shards
-        self.upstream: dict[int, tuple[int, int]] = {}  # identity shard -> (seq, event time) it passed
+        self.upstream: dict[int, int] = {}  # tick seq -> identity shards that passed it so far
         self.pending: list[tuple[int, int, Forward]] = []
         self.customers: dict[str, CustomerState] = {}
         self.heap: list[tuple[int, int, str, str]] = []
@@ -161,14 +162,19 @@ class ShardEngine:
         self._identity_event(env, out)
 
     def _upstream_tick(self, tick: Tick, out: list[Any]) -> None:
-        """Record how far identity shard ``tick.origin`` is; apply what every shard has passed."""
-        self.upstream[tick.origin] = (tick.seq, tick.ts_ms)
-        if len(self.upstream) < self.upstream_shards:
+        """Count identity shards past ``tick``; once all are, apply what they passed and move the clock.
+
+        Every identity shard passes on the same source ticks in the same order, so a tick
+        seen ``upstream_shards`` times has been passed by all of them.
+        """
+        seen = self.upstream.get(tick.seq, 0) + 1
+        if seen < self.upstream_shards:
+            self.upstream[tick.seq] = seen
             return
-        passed_seq = min(seq for seq, _ in self.upstream.values())
-        self._release(passed_seq, out)
-        self.seq = passed_seq
-        self._advance(min(ts for _, ts in self.upstream.values()), out)
+        self.upstream.pop(tick.seq, None)
+        self._release(tick.seq, out)
+        self.seq = tick.seq
+        self._advance(tick.ts_ms, out)
 
     def _release(self, upto_seq: int | None, out: list[Any]) -> None:
         pending = self.pending
@@ -562,8 +568,7 @@ def _values(audience: CompiledAudience, view: FeatureView) -> str:
 def _trigger_reason(trigger: CompiledTrigger, view: FeatureView) -> str:
     rule = trigger.rule
     if rule.after is not None:
-        minutes = rule.after // 60_000
-        base = f"{minutes} min after {' or '.join(rule.on)}"
+        base = f"{format_duration(rule.after)} after {' or '.join(rule.on)}"
         if rule.unless:
             base += f" with no {' or '.join(rule.unless)}"
     else:

@@ -39,7 +39,7 @@ def _null_safe(fn: Callable[..., Any]) -> Callable[..., Any]:
             return None
         try:
             return fn(*args)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, ArithmeticError):
             return None
 
     return call
@@ -97,7 +97,7 @@ def compile_expression(source: str, allowed_names: Collection[str]) -> Expressio
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as err:
-        raise ExpressionError(f"syntax error: {err.msg}", err.offset) from None
+        raise ExpressionError(f"syntax error: {err.msg}", err.offset or len(source.strip()) + 1) from None
     names: set[str] = set()
     fn = _Compiler(frozenset(allowed_names), names).build(tree.body)
     return Expression(source.strip(), frozenset(names), fn)
@@ -107,7 +107,10 @@ def _lookup(container: Any, key: Any) -> Any:
     if container is None:
         return None
     if isinstance(container, Mapping):
-        return container.get(key)
+        try:
+            return container.get(key)
+        except TypeError:  # an unhashable key
+            return None
     if isinstance(container, list | tuple | str):
         try:
             return container[key]
@@ -171,8 +174,8 @@ class _Compiler:
     def _seq(self, node: ast.List | ast.Tuple | ast.Set) -> Fn:
         items = [self.build(elt) for elt in node.elts]
         if all(isinstance(elt, ast.Constant) for elt in node.elts):
-            frozen = frozenset(item({}) for item in items)
-            return lambda env: frozen
+            constant = tuple(item({}) for item in items)
+            return lambda env: constant
         return lambda env: [item(env) for item in items]
 
     _List = _Tuple = _Set = _seq
@@ -188,7 +191,8 @@ class _Compiler:
         if isinstance(node.op, ast.Not):
             return lambda env: not operand(env)
         if isinstance(node.op, ast.USub):
-            return lambda env: None if (v := operand(env)) is None else -v
+            negate = _null_safe(operator.neg)
+            return lambda env: negate(operand(env))
         raise self.fail(node, "only 'not' and '-' are allowed as unary operators")
 
     def _BinOp(self, node: ast.BinOp) -> Fn:

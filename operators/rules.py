@@ -118,7 +118,7 @@ class CompiledRules:
         lines = [f"rule set version {self.version} ({self.source})"]
         for t in self.triggers:
             rule = t.rule
-            kind = f"timer {rule.after // 60_000} min after" if rule.after else "on"
+            kind = f"timer {format_duration(rule.after)} after" if rule.after else "on"
             unless = f", cancelled by {', '.join(rule.unless)}" if rule.unless else ""
             reads = ", ".join(sorted(t.when.names)) if t.when else "-"
             shadow = " [shadow]" if rule.shadow else ""
@@ -144,6 +144,14 @@ class CompiledRules:
                 if name not in known:
                     out.append(f"trigger '{t.id}': '{name}' is not an event of the contract")
         return out
+
+
+def format_duration(ms: int) -> str:
+    """``1800000`` -> ``'30m'``: the largest unit that divides the duration exactly."""
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
 
 
 def load_rules(path: str | Path = STARTER_RULES) -> CompiledRules:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -54,11 +54,12 @@ class TriggerRule(_Rule):
     offer_id: str | None = None
     expires_in: DurationMs = 24 * 3_600_000
 
-    @model_validator(mode="after")
-    def _unless_needs_timer(self) -> TriggerRule:
-        if self.unless and self.after is None:
+    @field_validator("unless")
+    @classmethod
+    def _unless_needs_timer(cls, unless: list[str], info: ValidationInfo) -> list[str]:
+        if unless and info.data.get("after") is None:
             raise ValueError("'unless' needs 'after': only a timer can be cancelled by later events")
-        return self
+        return unless
 
 
 class AudienceRule(_Rule):

@@ -31,7 +31,7 @@ class DecayedTopK:
             weight *= math.exp2(-(self.ref_ms - at_ms) / half_life_ms)
         self.scores[item] = self.scores.get(item, 0.0) + weight
         if len(self.scores) > k:
-            weakest = min(self.scores.items(), key=lambda kv: (kv[1], kv[0]))[0]
+            weakest = max(self.scores.items(), key=lambda kv: (-kv[1], kv[0]))[0]  # last in top() order
             del self.scores[weakest]
 
     def top(self, n: int | None = None) -> list[str]:

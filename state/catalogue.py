@@ -16,7 +16,7 @@ from state.affinity import DAY_MS
 from state.customer import CATEGORY_HALF_LIFE_MS, HOUR_MS, MINUTE_MS, CustomerState, Lifecycle
 
 ANY_EVENT: frozenset[str] = frozenset({"*"})
-ORDERS = frozenset({"Order Completed", "Order Refunded"})
+ORDERS = frozenset({"Order Completed", "Order Refunded", "Order Cancelled"})
 CART = frozenset({"Product Added", "Product Removed", "Order Completed"})
 PRODUCTS = frozenset({"Product Viewed", "Product Added", "Order Completed"})
 TRAITS = frozenset({"identify"})

@@ -173,10 +173,6 @@ class CustomerState:
         hours[hour] += 1
 
     def order(self, order_id: str, amount: float, at_ms: int) -> None:
-        if self.last_order_ms is not None and at_ms > self.last_order_ms:
-            gap = at_ms - self.last_order_ms
-            gaps = max(1, self.orders - 1)
-            self.order_gap_ms = self.order_gap_ms + (gap - self.order_gap_ms) / gaps
         self.orders += 1
         self.lifetime_spend = round(self.lifetime_spend + amount, 2)
         if self.first_order_ms is None or at_ms < self.first_order_ms:
@@ -184,6 +180,12 @@ class CustomerState:
         if self.last_order_ms is None or at_ms >= self.last_order_ms:
             self.last_order_ms = at_ms
             self.last_order_id = order_id
+        self._update_order_gap()
+
+    def _update_order_gap(self) -> None:
+        """Mean gap between orders: the span from first to last order over the gaps in it."""
+        if self.orders >= 2 and self.first_order_ms is not None and self.last_order_ms is not None:
+            self.order_gap_ms = (self.last_order_ms - self.first_order_ms) / (self.orders - 1)
 
     def refund(self, amount: float) -> None:
         self.refunds += 1
@@ -248,6 +250,7 @@ class CustomerState:
             self.first_order_ms = other.first_order_ms
         if other.last_order_ms is not None and (self.last_order_ms is None or other.last_order_ms > self.last_order_ms):
             self.last_order_ms, self.last_order_id = other.last_order_ms, other.last_order_id
+        self._update_order_gap()
         self.counts.merge(other.counts, now_ms)
         self.categories.merge(other.categories, CATEGORY_HALF_LIFE_MS, AFFINITY_K)
         self.products.merge(other.products, PRODUCT_HALF_LIFE_MS, AFFINITY_K)

@@ -4,7 +4,8 @@ Buckets are 5 minutes wide for the last hour, 1 hour for the last day and 1 day 
 30 days; older buckets are dropped. A window's count includes every bucket that starts
 inside the window, so counts are exact at bucket resolution. All buckets of a customer
 live in one ``array('i')`` of ``(start_minute, kind, count)`` triples: at most
-``(12 + 24 + 30) * kinds`` triples, usually a handful.
+``(12 + 24 + 30) * kinds`` triples after a compaction, plus at most :data:`_COMPACT_EVERY`
+added since, usually a handful.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ COUNTED_KINDS: tuple[str, ...] = (
     "other",
 )
 KIND_CODE: dict[str, int] = {kind: code for code, kind in enumerate(COUNTED_KINDS)}
-_COMPACT_AT = 3 * 24  # compact once this many triples are held
+_COMPACT_AT = 3 * 24  # compact once this many triples are held...
+_COMPACT_EVERY = 64  # ...and then every this many added triples
 
 
 def _width(age_min: int) -> int:
@@ -61,13 +63,12 @@ class WindowedCounts:
         for i in range(len(b) - 3, -1, -3):
             if b[i] == start and b[i + 1] == code:
                 b[i + 2] += 1
-                break
+                return
             if b[i] < start:
-                b.extend((start, code, 1))
                 break
-        else:
-            b.extend((start, code, 1))
-        if len(b) > _COMPACT_AT * 3:
+        b.extend((start, code, 1))
+        held = len(b) // 3
+        if held > _COMPACT_AT and (held - _COMPACT_AT) % _COMPACT_EVERY == 1:
             self.compact(now_ms)
 
     def compact(self, now_ms: int) -> None:

@@ -31,7 +31,7 @@ def test_quiet_customer_gets_abandonment_when_other_events_move_the_clock():
     fired = cart_triggers(h.feed([track("Product Viewed", "u2", 36, props={"product_id": "x"})]))
     assert [d["subject"] for d in fired] == ["u1"]
     assert fired[0]["time"] == at(30).replace("Z", ".000Z")
-    assert fired[0]["data"]["reason"].startswith("30 min after Product Added with no Order Completed")
+    assert fired[0]["data"]["reason"].startswith("30m after Product Added with no Order Completed")
 
 
 def test_no_timer_fires_past_the_end_of_input():

@@ -1,0 +1,222 @@
+"""The input contract: which Segment-shaped events validate, to which model, and which are refused."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from conftest import T0, call, track
+from pydantic import ValidationError
+
+from schemas.events import (
+    EVENT_ADAPTER,
+    AliasEvent,
+    ApplicationEvent,
+    CheckoutEvent,
+    ConsentEvent,
+    CouponEvent,
+    ErasureEvent,
+    IdentifyEvent,
+    OrderEvent,
+    OrderProperties,
+    PageEvent,
+    ProductEvent,
+    PromotionEvent,
+    PushEvent,
+    ScreenEvent,
+    SignedUpEvent,
+    StoreVisitEvent,
+    UnknownTrack,
+    epoch_ms,
+    event_name,
+)
+
+PRODUCT = {"product_id": "p1", "name": "Runner", "category": "shoes", "price": 49.9, "quantity": 2}
+
+
+def validate(event: dict[str, Any]) -> Any:
+    return EVENT_ADAPTER.validate_python(event)
+
+
+def errors(event: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    with pytest.raises(ValidationError) as info:
+        validate(event)
+    return [(e["loc"], e["msg"]) for e in info.value.errors()]
+
+
+@pytest.mark.parametrize(
+    ("event", "model"),
+    [
+        (track("Product Viewed", props=PRODUCT), ProductEvent),
+        (track("Product Added", props={**PRODUCT, "cart_id": "c1"}), ProductEvent),
+        (track("Product Removed", props={"product_id": "p1"}), ProductEvent),
+        (track("Order Completed", props={"order_id": "o1", "total": 99.8, "products": [PRODUCT]}), OrderEvent),
+        (
+            track(
+                "Order Completed",
+                props={"order_id": "o2", "revenue": 12.0},
+                context={"channel": "pos", "store": {"id": "berlin-01", "city": "Berlin"}},
+            ),
+            OrderEvent,
+        ),
+        (track("Order Refunded", props={"order_id": "o1", "total": 10.0}), OrderEvent),
+        (track("Checkout Started", props={"order_id": "o3", "value": 30.0, "products": [PRODUCT]}), CheckoutEvent),
+        (track("Coupon Applied", props={"coupon_id": "c", "discount": 5}), CouponEvent),
+        (track("Promotion Clicked", props={"promotion_id": "promo-1", "creative": "banner"}), PromotionEvent),
+        (track("Application Opened", props={"from_background": True, "version": "3.2"}), ApplicationEvent),
+        (track("Push Notification Tapped", props={"trigger_id": "cart_abandonment_push"}), PushEvent),
+        (track("Signed Up", props={"method": "email"}), SignedUpEvent),
+        (track("Consent Updated", props={"channel": "push", "granted": False}), ConsentEvent),
+        (track("Store Visited", props={"store_id": "berlin-01", "duration_s": 600}), StoreVisitEvent),
+        (track("Erasure Requested", props={"request_id": "r1", "regulation": "ccpa"}), ErasureEvent),
+        (call("identify", traits={"age": 29, "city": "Berlin", "urban": True, "email": "a@b.c"}), IdentifyEvent),
+        (call("page", name="Home", properties={"path": "/"}), PageEvent),
+        (call("screen", name="Cart"), ScreenEvent),
+        (call("alias", previousId="anon-1"), AliasEvent),
+    ],
+    ids=lambda v: (v.get("event") or v["type"]) if isinstance(v, dict) else v.__name__,
+)
+def test_each_event_family_validates_to_its_model(event, model):
+    parsed = validate(event)
+    assert type(parsed) is model
+    assert parsed.messageId == event["messageId"]
+    assert parsed.timestamp == T0
+
+
+def test_pos_order_keeps_the_store_of_its_context():
+    pos = {"channel": "pos", "store": {"id": "s7"}}
+    parsed = validate(track("Order Completed", props={"order_id": "o1", "total": 5}, context=pos))
+    assert parsed.context.channel == "pos"
+    assert parsed.context.store.id == "s7"
+
+
+def test_typed_fields_are_parsed_and_unknown_ones_kept():
+    parsed = validate(call("identify", traits={"age": 29, "email": "a@b.c"}, context={"timezone": "Europe/Berlin"}))
+    assert parsed.traits.age == 29
+    assert parsed.traits.model_extra == {"email": "a@b.c"}
+    assert parsed.context.timezone == "Europe/Berlin"
+    product = validate(track("Product Viewed", props={"product_id": "p1"})).properties
+    assert product.quantity == 1 and product.price is None
+
+
+def test_an_unknown_track_event_is_accepted_as_unknown_track():
+    parsed = validate(track("Wishlist Shared", props={"list": "summer", "count": 3}))
+    assert type(parsed) is UnknownTrack
+    assert parsed.event == "Wishlist Shared"
+    assert parsed.properties.model_extra == {"list": "summer", "count": 3}
+    assert event_name(parsed) == "Wishlist Shared"
+
+
+def test_an_anonymous_only_event_is_valid_and_keyed_by_its_anonymous_id():
+    parsed = validate(track("Product Viewed", user=None, anon="a-9", props=PRODUCT))
+    assert parsed.userId is None
+    assert parsed.customer_id == "a-9"
+    assert validate(track("Product Viewed", user="u1", anon="a-9", props=PRODUCT)).customer_id == "u1"
+
+
+def test_missing_both_user_and_anonymous_id_is_rejected():
+    [(_, msg)] = errors(track("Product Viewed", user=None, props=PRODUCT))
+    assert "userId or anonymousId is required" in msg
+
+
+def test_a_timestamp_without_timezone_is_rejected():
+    [(loc, msg)] = errors(track("Product Viewed", props=PRODUCT, timestamp="2026-01-05T10:00:00"))
+    assert loc[-1] == "timestamp"
+    assert "timezone" in msg
+
+
+def test_a_timestamp_with_an_offset_is_the_same_instant():
+    parsed = validate(track("Product Viewed", props=PRODUCT, timestamp="2026-01-05T11:00:00+01:00"))
+    assert parsed.timestamp == T0
+
+
+@pytest.mark.parametrize(
+    ("props", "field"),
+    [
+        ({"product_id": "p1", "price": -0.01}, "price"),
+        ({"product_id": "p1", "price": "abc"}, "price"),
+        ({"product_id": "p1", "price": float("nan")}, "price"),
+        ({"product_id": "p1", "price": float("inf")}, "price"),
+        ({"product_id": "p1", "quantity": 0}, "quantity"),
+        ({"product_id": ""}, "product_id"),
+        ({"product_id": "p1", "price": [1]}, "price"),
+    ],
+    ids=["negative", "not-a-number", "nan", "inf", "zero-quantity", "empty-id", "list"],
+)
+def test_bad_product_properties_are_rejected_naming_the_field(props, field):
+    found = errors(track("Product Viewed", props=props))
+    assert [loc[1:] for loc, _ in found] == [("properties", field)]
+
+
+def test_nan_is_rejected_in_nested_typed_floats():
+    found = errors(
+        track("Order Completed", props={"order_id": "o", "products": [{"product_id": "a", "price": float("nan")}]})
+    )
+    assert found[0][0][1:] == ("properties", "products", 0, "price")
+    assert "finite" in found[0][1]
+    found = errors(call("page", context={"location": {"latitude": float("inf")}}))
+    assert found[0][0][1:] == ("context", "location", "latitude")
+
+
+def test_wrong_types_of_ids_are_rejected():
+    found = errors(track("Product Viewed", props=PRODUCT, userId=42))
+    assert [loc[-1] for loc, _ in found] == ["userId"]
+
+
+def test_an_unknown_type_is_rejected():
+    found = errors({**call("page"), "type": "group"})
+    assert [loc[-1] for loc, _ in found] == ["type"]
+
+
+def test_a_missing_message_id_is_rejected():
+    event = call("page")
+    del event["messageId"]
+    assert [loc[-1] for loc, _ in errors(event)] == ["messageId"]
+
+
+def test_alias_needs_previous_id():
+    assert [loc[-1] for loc, _ in errors(call("alias"))] == ["previousId"]
+
+
+def test_alias_needs_a_user_id_even_with_an_anonymous_id():
+    found = errors(call("alias", user=None, anon="a1", previousId="a0"))
+    assert [loc[-1] for loc, _ in found] == ["userId"]
+
+
+def test_consent_with_an_unknown_channel_is_rejected():
+    found = errors(track("Consent Updated", props={"channel": "fax", "granted": True}))
+    assert [loc[1:] for loc, _ in found] == [("properties", "channel")]
+
+
+def test_known_events_need_their_required_properties():
+    assert ("properties",) in [loc[1:] for loc, _ in errors({**track("Order Completed"), "properties": None})]
+    assert [loc[1:] for loc, _ in errors(track("Order Completed", props={"total": 5}))] == [("properties", "order_id")]
+    assert [loc[1:] for loc, _ in errors(track("Promotion Clicked"))] == [("properties", "promotion_id")]
+
+
+def test_an_unknown_context_channel_is_rejected():
+    found = errors(call("page", context={"channel": "carrier-pigeon"}))
+    assert [loc[1:] for loc, _ in found] == [("context", "channel")]
+
+
+def test_order_amount_prefers_total_then_revenue_then_the_lines():
+    lines = [{"product_id": "a", "price": 10.0, "quantity": 3}, {"product_id": "b", "price": 2.5}, {"product_id": "c"}]
+    assert OrderProperties(order_id="o", total=7.0, revenue=8.0, products=lines).amount() == 7.0
+    assert OrderProperties(order_id="o", revenue=8.0, products=lines).amount() == 8.0
+    assert OrderProperties(order_id="o", products=lines).amount() == 32.5
+    assert OrderProperties(order_id="o").amount() == 0
+    assert OrderProperties(order_id="o", total=0.0, revenue=8.0).amount() == 0.0, "a zero total is a total"
+
+
+def test_event_name_is_the_track_name_or_the_call_type():
+    assert event_name(validate(track("Order Refunded", props={"order_id": "o"}))) == "Order Refunded"
+    assert event_name(validate(call("identify"))) == "identify"
+    assert event_name(validate(call("page", name="Home"))) == "page"
+    assert event_name(validate(call("alias", previousId="a"))) == "alias"
+
+
+def test_epoch_ms_keeps_milliseconds():
+    assert epoch_ms(datetime(2026, 1, 5, 10, 0, 0, 123_000, tzinfo=UTC)) == 1_767_607_200_123
+    parsed = validate(call("page", timestamp="2026-01-05T10:00:00.999Z"))
+    assert epoch_ms(parsed.timestamp) == 1_767_607_200_999

@@ -1,0 +1,126 @@
+"""Output records: CloudEvents decisions and dead letters are deterministic and self-describing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import orjson
+
+from schemas.records import (
+    DEAD_LETTER_PAYLOAD_CAP,
+    TRIGGER_TYPE,
+    CloudEvent,
+    DeadLetter,
+    cloud_event,
+    dead_letter,
+    decision_id,
+    iso_ms,
+)
+
+T0_MS = 1_767_607_200_000  # 2026-01-05T10:00:00Z
+
+
+def make_event(**overrides):
+    args = {
+        "type_": TRIGGER_TYPE,
+        "event_id": "abc",
+        "time_ms": T0_MS + 7,
+        "subject": "u1",
+        "data": {"rule_id": "r", "channel": "push", "b": 1, "a": {"z": 1, "y": 2}},
+    }
+    return cloud_event(**{**args, **overrides})
+
+
+def test_cloud_event_has_the_required_cloudevents_attributes():
+    record = orjson.loads(make_event())
+    assert record["specversion"] == "1.0"
+    assert record["id"] == "abc"
+    assert record["source"].startswith("urn:")
+    assert record["type"] == TRIGGER_TYPE
+    assert record["subject"] == "u1"
+    assert record["datacontenttype"] == "application/json"
+    assert record["data"]["rule_id"] == "r"
+    CloudEvent.model_validate(record)  # the published envelope model accepts it
+
+
+def test_cloud_event_time_is_utc_with_milliseconds():
+    assert orjson.loads(make_event())["time"] == "2026-01-05T10:00:00.007Z"
+
+
+def test_cloud_event_keys_are_sorted_at_every_level():
+    body = make_event()
+    assert body.index(b'"data"') < body.index(b'"datacontenttype"') < body.index(b'"id"') < body.index(b'"type"')
+    assert body.index(b'"a"') < body.index(b'"b"') < body.index(b'"channel"')
+    assert body.index(b'"y"') < body.index(b'"z"')
+
+
+def test_cloud_event_is_byte_identical_for_the_same_input():
+    assert make_event() == make_event()
+    assert make_event() != make_event(time_ms=T0_MS + 8)
+
+
+def test_decision_id_is_deterministic_and_depends_on_every_part():
+    first = decision_id("u1", "cart_abandonment_push", "cart-1")
+    assert first == decision_id("u1", "cart_abandonment_push", "cart-1")
+    assert len(first) == 32 and int(first, 16) >= 0
+    others = {
+        decision_id("u2", "cart_abandonment_push", "cart-1"),
+        decision_id("u1", "browse_abandonment_offer", "cart-1"),
+        decision_id("u1", "cart_abandonment_push", "cart-2"),
+        decision_id("u1", "cart_abandonment_push"),
+        decision_id("u1c", "art_abandonment_push", "cart-1"),
+    }
+    assert first not in others and len(others) == 5
+
+
+def test_dead_letter_keeps_a_small_payload_whole():
+    payload = b'{"type": "track", "oops"'
+    record = orjson.loads(
+        dead_letter(
+            processor="nudgeflow.parse",
+            reason="invalid_json",
+            messages=["unexpected end"],
+            position={"source": "f.jsonl", "line": 3},
+            payload=payload,
+        )
+    )
+    DeadLetter.model_validate(record)
+    assert record["reason"] == "invalid_json"
+    assert record["messages"] == ["unexpected end"]
+    assert record["position"] == {"source": "f.jsonl", "line": 3}
+    assert record["failed_at"] is None
+    assert base64.b64decode(record["payload_base64"]) == payload
+    assert record["payload_size"] == len(payload)
+    assert record["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+    assert record["payload_truncated"] is False
+
+
+def test_dead_letter_caps_a_large_payload_and_hashes_all_of_it():
+    payload = bytes(range(256)) * (DEAD_LETTER_PAYLOAD_CAP // 256 + 3)
+    record = orjson.loads(
+        dead_letter(processor="p", reason="too_large", messages=[], position={}, payload=payload, failed_at_ms=T0_MS)
+    )
+    assert base64.b64decode(record["payload_base64"]) == payload[:DEAD_LETTER_PAYLOAD_CAP]
+    assert record["payload_size"] == len(payload)
+    assert record["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+    assert record["payload_truncated"] is True
+    assert record["failed_at"] == "2026-01-05T10:00:00.000Z"
+
+
+def test_dead_letter_at_exactly_the_cap_is_not_truncated():
+    payload = b"x" * DEAD_LETTER_PAYLOAD_CAP
+    record = orjson.loads(dead_letter(processor="p", reason="r", messages=[], position={}, payload=payload))
+    assert record["payload_truncated"] is False
+    assert len(base64.b64decode(record["payload_base64"])) == DEAD_LETTER_PAYLOAD_CAP
+    over = orjson.loads(dead_letter(processor="p", reason="r", messages=[], position={}, payload=payload + b"y"))
+    assert over["payload_truncated"] is True
+    assert base64.b64decode(over["payload_base64"]) == payload
+
+
+def test_iso_ms_formats_utc_with_three_digit_milliseconds():
+    assert iso_ms(0) == "1970-01-01T00:00:00.000Z"
+    assert iso_ms(T0_MS) == "2026-01-05T10:00:00.000Z"
+    assert iso_ms(T0_MS + 5) == "2026-01-05T10:00:00.005Z"
+    assert iso_ms(T0_MS + 59_999) == "2026-01-05T10:00:59.999Z"
+    assert iso_ms(-1) == "1969-12-31T23:59:59.999Z"
