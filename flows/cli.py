@@ -14,6 +14,7 @@ from bytewax.testing import cluster_main, run_main
 from connectors.files import JsonlSource, OutputFolderError
 from flows.personalization import build_flow
 from flows.report import diff_decisions, finalize_summary, render_diff, render_summary
+from flows.runtime import tune_gc
 from flows.settings import SAMPLE_STREAM, Settings
 from operators.rules import STARTER_RULES, RuleFileError, load_rules
 
@@ -89,6 +90,7 @@ def execute(settings: Settings, workers: int = 1, source: object | None = None, 
     """Build and run the flow to completion; return the run's summary (also in summary.json)."""
     rules = load_rules(settings.rules)
     flow = build_flow(settings, rules, source=source)
+    tune_gc()
     started = time.perf_counter()
     if workers > 1:
         cluster_main(flow, addresses=[], proc_id=0, worker_count_per_proc=workers)

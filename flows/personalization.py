@@ -15,6 +15,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from connectors.files import JsonlSource, OutputFolderSink, prepare_output_folder
+from flows.runtime import tune_gc
 from flows.settings import Settings
 from operators.customer_state import personalize
 from operators.engine import Output
@@ -45,16 +46,12 @@ def build_flow(
     outputs = personalize(
         "personalize", raw, rules, settings.engine_config(snapshots), settings.shards, settings.max_event_bytes
     )
-    keyed = op.map("by_stream", outputs, _by_stream)
-    op.output("outputs", keyed, sink)
+    op.output("outputs", outputs, sink)
     return flow
-
-
-def _by_stream(output: Output) -> tuple[str, Output]:
-    return output.stream, output
 
 
 def __getattr__(name: str) -> Any:
     if name == "flow":
+        tune_gc()
         return build_flow(Settings.from_env())
     raise AttributeError(name)

@@ -13,7 +13,7 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
-from bytewax.operators import StatefulBatchLogic
+from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from operators.engine import EngineConfig, Forward, Output, Role, ShardEngine, Tick
 from operators.parse import RawEvent, Rejected, parse
@@ -24,9 +24,9 @@ IDENTITY = "i"
 CUSTOMER = "c"
 
 
-def shard_of(customer_id: str, shards: int) -> str:
+def shard_of(customer_id: str, shards: int) -> int:
     """A stable shard number for an id (crc32, the same on every machine and run)."""
-    return f"{zlib.crc32(customer_id.encode()) % shards:04d}"
+    return zlib.crc32(customer_id.encode()) % shards
 
 
 class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
@@ -81,8 +81,12 @@ def personalize(
     config: EngineConfig,
     shards: int,
     max_event_bytes: int,
-) -> Stream[Output]:
-    """Turn raw events into outputs (triggers, audience changes, dead letters, stats)."""
+) -> KeyedStream[Output]:
+    """Raw events in; outputs (triggers, audience changes, dead letters, stats) out, keyed by stream name.
+
+    Dead letters travel through both stages too (they pass straight through), so the flow
+    needs no branch or merge steps.
+    """
 
     identity_keys = [IDENTITY + f"{n:04d}" for n in range(shards)]
     customer_keys = [CUSTOMER + f"{n:04d}" for n in range(shards)]
@@ -94,9 +98,9 @@ def personalize(
         for raw in batch:
             result = parse(raw, max_event_bytes)
             if isinstance(result, Rejected):
-                out.append(Output("dead_letters", "", 0, raw.seq, result.body))
+                out.append((identity_keys[raw.seq % shards], Output("dead_letters", "", 0, raw.seq, result.body)))
                 continue
-            out.append((IDENTITY + shard_of(result.anonymous_id or result.customer_id, shards), result))
+            out.append((identity_keys[shard_of(result.anonymous_id or result.customer_id, shards)], result))
             future = result.received_ms is not None and result.ts_ms - result.received_ms > config.max_skew_ms
             if not future and (latest is None or result.ts_ms > latest):
                 latest = result.ts_ms
@@ -111,18 +115,15 @@ def personalize(
         out: list[Any] = []
         for _, value in batch:
             if isinstance(value, Forward):
-                out.append((CUSTOMER + shard_of(value.customer_id, shards), value))
+                out.append((customer_keys[shard_of(value.customer_id, shards)], value))
             elif isinstance(value, Tick):
                 out.extend((key, value) for key in customer_keys)
             else:
-                out.append(value)
+                out.append((customer_keys[value.seq % shards], value))
         return out
 
     parsed = op.flat_map_batch("parse", up, parse_and_route)
-    valid = op.branch("split_invalid", parsed, lambda item: isinstance(item, tuple))
-    identity = op.stateful_batch("identity", valid.trues, _builder(rules, config, "identity", shards))
-    identity_out = op.flat_map_batch("forward", identity, reroute)
-    forwarded = op.branch("split_forwarded", identity_out, lambda item: isinstance(item, tuple))
-    customers = op.stateful_batch("customers", forwarded.trues, _builder(rules, config, "customer", shards))
-    decisions = op.flat_map_batch("unwrap", customers, lambda batch: [value for _, value in batch])
-    return op.merge("outputs", valid.falses, forwarded.falses, decisions)
+    identity = op.stateful_batch("identity", parsed, _builder(rules, config, "identity", shards))
+    forwarded = op.flat_map_batch("forward", identity, reroute)
+    customers = op.stateful_batch("customers", forwarded, _builder(rules, config, "customer", shards))
+    return op.flat_map_batch("by_stream", customers, lambda batch: [(value.stream, value) for _, value in batch])

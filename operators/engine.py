@@ -126,14 +126,17 @@ class ShardEngine:
         self.encoded: dict[str, bytes] = {}
 
     # --- entry point -------------------------------------------------------------------
-    def process(self, item: Envelope | Forward | Tick, out: list[Any]) -> None:
+    def process(self, item: Envelope | Forward | Tick | Output, out: list[Any]) -> None:
         """Handle one item; append outputs, forwards and ticks for the next stage to ``out``.
 
         The identity stage takes every event and every tick from the source; the customer
         stage takes the identity stage's forwards and ticks, and applies forwards in input
         order (``seq``) once every identity shard has passed them, so that several workers
-        give exactly the results of one.
+        give exactly the results of one. Outputs (dead letters) pass straight through.
         """
+        if isinstance(item, Output):
+            out.append(item)
+            return
         if self.role == "customer":
             if isinstance(item, Tick):
                 self._upstream_tick(item, out)
@@ -321,7 +324,10 @@ class ShardEngine:
 
     def _fire_due(self, state: CustomerState, upto_ms: int, out: list[Any]) -> None:
         """Fire this customer's timers due by ``upto_ms`` (before its next event is applied)."""
-        due = sorted((t[0], rule_id) for rule_id, t in state.timers.items() if t[0] <= upto_ms)
+        due = [(t[0], rule_id) for rule_id, t in state.timers.items() if t[0] <= upto_ms]
+        if not due:
+            return
+        due.sort()
         for _, rule_id in due:
             if rule_id in state.timers and state.id in self.customers:
                 self._fire(state, rule_id, out)
@@ -349,12 +355,12 @@ class ShardEngine:
     def _keep_alive(self, state: CustomerState, now_ms: int) -> None:
         """Schedule the next audience recheck (lifecycle boundary) and the inactivity expiry."""
         if self.rules.time_audiences:
+            # a pending recheck that comes too early just re-evaluates and reschedules itself
             boundary = state.next_boundary(now_ms, self.config.lifecycle)
-            if boundary is not None:
-                timer = state.timers.get(RECHECK)
-                if timer is None or timer[0] != boundary:
-                    state.timers[RECHECK] = [boundary, "recheck", [state.last_event_id], None]
-                    self._schedule(state, RECHECK)
+            timer = state.timers.get(RECHECK)
+            if boundary is not None and (timer is None or boundary < timer[0]):
+                state.timers[RECHECK] = [boundary, "recheck", [state.last_event_id], None]
+                self._schedule(state, RECHECK)
         expire_at = state.last_seen_ms + self.config.state_ttl_ms
         timer = state.timers.get(EXPIRE)
         if timer is None:
@@ -417,15 +423,16 @@ class ShardEngine:
         if not audiences:
             return
         view = FeatureView(state, env, now_ms, self.config.lifecycle)
-        members = set(state.audiences)
         for audience in audiences:
             inside = bool(audience.when.evaluate(view))
-            if inside == (audience.id in members):
+            if inside == (audience.id in state.audiences):
                 continue
-            (members.add if inside else members.discard)(audience.id)
+            if inside:
+                state.audiences = tuple(sorted((*state.audiences, audience.id)))
+            else:
+                state.audiences = tuple(a for a in state.audiences if a != audience.id)
             reason = f"{audience.when.source} became {'true' if inside else 'false'}{_values(audience, view)}"
             self._audience_change(state, audience, inside, reason, now_ms, caused_by, out)
-        state.audiences = tuple(sorted(members))
 
     def _audience_change(
         self,

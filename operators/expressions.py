@@ -211,6 +211,14 @@ class _Compiler:
                 raise self.fail(node, f"comparison '{type(op_node).__name__}' is not allowed")
             ops.append(op)
 
+        if len(ops) == 1:  # the common case, without the loop
+            op, left_fn, right_fn = ops[0], operands[0], operands[1]
+            if op is operator.eq:
+                return lambda env: left_fn(env) == right_fn(env)
+            if op is operator.ne:
+                return lambda env: left_fn(env) != right_fn(env)
+            return lambda env: _safe_compare(op, left_fn(env), right_fn(env))
+
         def compare(env: Env) -> bool:
             left = operands[0](env)
             for op, operand in zip(ops, operands[1:], strict=True):

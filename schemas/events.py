@@ -143,6 +143,12 @@ class ErasureProperties(_Model):
     regulation: Literal["gdpr", "ccpa", "other"] = "gdpr"
 
 
+def _shared(model: type[_Model]) -> Any:
+    """A default factory returning one shared empty instance (events are never mutated)."""
+    empty = model()
+    return lambda: empty
+
+
 class FreeProperties(_Model):
     """Properties of track events without a model of their own."""
 
@@ -154,7 +160,7 @@ class _Call(_Model):
     timestamp: AwareDatetime
     receivedAt: AwareDatetime | None = None
     sentAt: AwareDatetime | None = None
-    context: Context = Context()
+    context: Context = Field(default_factory=_shared(Context))
 
     @model_validator(mode="after")
     def _needs_an_id(self) -> _Call:
@@ -185,12 +191,12 @@ class OrderEvent(_Track):
 
 class CheckoutEvent(_Track):
     event: Literal["Checkout Started"]
-    properties: CheckoutProperties = CheckoutProperties()
+    properties: CheckoutProperties = Field(default_factory=_shared(CheckoutProperties))
 
 
 class CouponEvent(_Track):
     event: Literal["Coupon Applied"]
-    properties: CouponProperties = CouponProperties()
+    properties: CouponProperties = Field(default_factory=_shared(CouponProperties))
 
 
 class PromotionEvent(_Track):
@@ -200,17 +206,17 @@ class PromotionEvent(_Track):
 
 class ApplicationEvent(_Track):
     event: Literal["Application Opened", "Application Installed", "Application Backgrounded"]
-    properties: ApplicationOpenedProperties = ApplicationOpenedProperties()
+    properties: ApplicationOpenedProperties = Field(default_factory=_shared(ApplicationOpenedProperties))
 
 
 class PushEvent(_Track):
     event: Literal["Push Notification Received", "Push Notification Tapped"]
-    properties: PushProperties = PushProperties()
+    properties: PushProperties = Field(default_factory=_shared(PushProperties))
 
 
 class SignedUpEvent(_Track):
     event: Literal["Signed Up"]
-    properties: FreeProperties = FreeProperties()
+    properties: FreeProperties = Field(default_factory=_shared(FreeProperties))
 
 
 class ConsentEvent(_Track):
@@ -231,7 +237,7 @@ class ErasureEvent(_Track):
 class UnknownTrack(_Track):
     """A track event this contract does not model: kept, counted, never rejected."""
 
-    properties: FreeProperties = FreeProperties()
+    properties: FreeProperties = Field(default_factory=_shared(FreeProperties))
 
 
 class Traits(_Model):
@@ -249,20 +255,20 @@ class Traits(_Model):
 
 class IdentifyEvent(_Call):
     type: Literal["identify"]
-    traits: Traits = Traits()
+    traits: Traits = Field(default_factory=_shared(Traits))
 
 
 class PageEvent(_Call):
     type: Literal["page"]
     name: str | None = None
     category: str | None = None
-    properties: FreeProperties = FreeProperties()
+    properties: FreeProperties = Field(default_factory=_shared(FreeProperties))
 
 
 class ScreenEvent(_Call):
     type: Literal["screen"]
     name: str | None = None
-    properties: FreeProperties = FreeProperties()
+    properties: FreeProperties = Field(default_factory=_shared(FreeProperties))
 
 
 class AliasEvent(_Call):

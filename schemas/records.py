@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
@@ -94,10 +95,18 @@ class DeadLetter(BaseModel):
     payload_truncated: bool
 
 
+@lru_cache(maxsize=4096)
+def _day(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%dT")
+
+
 def iso_ms(epoch_ms: int) -> str:
     """RFC 3339 UTC time with milliseconds, e.g. ``2026-01-05T10:00:00.000Z``."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+    day, rest = divmod(epoch_ms, 86_400_000)
+    hours, rest = divmod(rest, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    return f"{_day(day)}{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}Z"
 
 
 def decision_id(*parts: str) -> str:

@@ -5,34 +5,44 @@ from __future__ import annotations
 import math
 
 DAY_MS = 86_400_000
+_RENORMALIZE_AT = 2.0**500
 
 
 class DecayedTopK:
     """Scores that halve every ``half_life_ms``; only the ``k`` strongest items are kept.
 
-    Scores are stored as of ``ref_ms`` (the time of the last update); reading them at a
-    later time decays them on the fly.
+    Forward decay: a weight added at time ``t`` is stored as ``weight * 2 ** ((t - ref) /
+    half_life)`` against a fixed landmark ``ref_ms``, so an update touches one entry and the
+    ranking needs no decay at all; reading a score at ``now`` multiplies by
+    ``2 ** ((ref - now) / half_life)``. The landmark moves (and the scores shrink) only when
+    they grow too large for floats.
     """
 
     __slots__ = ("ref_ms", "scores")
 
     def __init__(self) -> None:
         self.scores: dict[str, float] = {}
-        self.ref_ms = 0
+        self.ref_ms: int | None = None
 
     def add(self, item: str, weight: float, at_ms: int, half_life_ms: int, k: int) -> None:
         """Add ``weight`` to ``item`` at ``at_ms`` (earlier times count decayed)."""
-        if at_ms > self.ref_ms:
-            if self.scores:
-                factor = math.exp2(-(at_ms - self.ref_ms) / half_life_ms)
-                self.scores = {key: value * factor for key, value in self.scores.items()}
+        if self.ref_ms is None:
             self.ref_ms = at_ms
-        else:
-            weight *= math.exp2(-(self.ref_ms - at_ms) / half_life_ms)
-        self.scores[item] = self.scores.get(item, 0.0) + weight
-        if len(self.scores) > k:
-            weakest = max(self.scores.items(), key=lambda kv: (-kv[1], kv[0]))[0]  # last in top() order
-            del self.scores[weakest]
+        scaled = weight * math.exp2((at_ms - self.ref_ms) / half_life_ms)
+        if scaled > _RENORMALIZE_AT:
+            self._move_landmark(at_ms, half_life_ms)
+            scaled = weight
+        scores = self.scores
+        scores[item] = scores.get(item, 0.0) + scaled
+        if len(scores) > k:
+            weakest = max(scores.items(), key=lambda kv: (-kv[1], kv[0]))[0]  # last in top() order
+            del scores[weakest]
+
+    def _move_landmark(self, to_ms: int, half_life_ms: int) -> None:
+        assert self.ref_ms is not None
+        factor = math.exp2((self.ref_ms - to_ms) / half_life_ms)
+        self.scores = {item: score * factor for item, score in self.scores.items()}
+        self.ref_ms = to_ms
 
     def top(self, n: int | None = None) -> list[str]:
         """Items by descending score (ties by name)."""
@@ -41,10 +51,14 @@ class DecayedTopK:
 
     def as_of(self, now_ms: int, half_life_ms: int) -> dict[str, float]:
         """Scores decayed to ``now_ms``, rounded for stable output."""
-        factor = math.exp2(-max(0, now_ms - self.ref_ms) / half_life_ms)
+        if self.ref_ms is None:
+            return {}
+        factor = math.exp2(min(0, self.ref_ms - now_ms) / half_life_ms)
         return {item: round(score * factor, 4) for item, score in sorted(self.scores.items())}
 
     def merge(self, other: DecayedTopK, half_life_ms: int, k: int) -> None:
         """Fold another customer's affinities into these."""
+        if other.ref_ms is None:
+            return
         for item, score in other.scores.items():
             self.add(item, score, other.ref_ms, half_life_ms, k)

@@ -224,13 +224,18 @@ class CustomerState:
 
     def next_boundary(self, now_ms: int, lc: Lifecycle) -> int | None:
         """The next event time at which ``lifecycle`` or ``at_risk`` can change with no new event."""
-        candidates = [self.first_seen_ms + lc.new_days * DAY_MS]
         last = self.last_order_ms if self.last_order_ms is not None else self.last_seen_ms
-        candidates.append(last + lc.lapse_days * DAY_MS)
-        if self.orders >= 2 and self.last_order_ms is not None and self.order_gap_ms > 0:
-            candidates.append(self.last_order_ms + int(lc.at_risk_gap_factor * self.order_gap_ms))
-        future = [at for at in candidates if at > now_ms]
-        return min(future) if future else None
+        best = None
+        for at in (
+            self.first_seen_ms + lc.new_days * DAY_MS,
+            last + lc.lapse_days * DAY_MS,
+            self.last_order_ms + int(lc.at_risk_gap_factor * self.order_gap_ms)
+            if self.orders >= 2 and self.last_order_ms is not None and self.order_gap_ms > 0
+            else None,
+        ):
+            if at is not None and at > now_ms and (best is None or at < best):
+                best = at
+        return best
 
     def preferred_hour(self) -> int | None:
         best = max(range(24), key=lambda h: (self.hours[h], -h))
