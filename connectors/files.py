@@ -8,6 +8,7 @@ so that replays are byte-identical whatever the worker count or scheduling.
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +48,13 @@ def prepare_output_folder(path: Path, replace: bool = False) -> Path:
     return path
 
 
+def _open(path: Path) -> BinaryIO:
+    """Open a recording for reading bytes; ``.gz`` files are decompressed on the fly."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
+
+
 class _JsonlPartition(StatefulSourcePartition[RawEvent, tuple[int, int, int, int]]):
     """Reads the files one after the other; ``seq`` counts lines across all of them."""
 
@@ -56,7 +64,7 @@ class _JsonlPartition(StatefulSourcePartition[RawEvent, tuple[int, int, int, int
         self._index, offset, self._line, self._seq = resume or (0, 0, 0, 0)
         self._file: BinaryIO | None = None
         if self._index < len(paths):
-            self._file = paths[self._index].open("rb")
+            self._file = _open(paths[self._index])
             self._file.seek(offset)
 
     def next_batch(self) -> list[RawEvent]:
@@ -81,7 +89,7 @@ class _JsonlPartition(StatefulSourcePartition[RawEvent, tuple[int, int, int, int
         self._file.close()
         self._index += 1
         self._line = 0
-        self._file = self._paths[self._index].open("rb") if self._index < len(self._paths) else None
+        self._file = _open(self._paths[self._index]) if self._index < len(self._paths) else None
 
     def snapshot(self) -> tuple[int, int, int, int]:
         offset = self._file.tell() if self._file is not None else 0
@@ -93,7 +101,7 @@ class _JsonlPartition(StatefulSourcePartition[RawEvent, tuple[int, int, int, int
 
 
 class JsonlSource(FixedPartitionedSource[RawEvent, tuple[int, int, int, int]]):
-    """Read JSONL recordings as raw bytes, in order, as one stream (one partition)."""
+    """Read JSONL recordings (plain or ``.gz``) as raw bytes, in order, as one stream (one partition)."""
 
     def __init__(self, paths: Sequence[str | Path], batch_size: int = 1000) -> None:
         self.paths = [Path(p) for p in paths]
