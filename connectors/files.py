@@ -39,12 +39,14 @@ class OutputFolderError(ValueError):
 
 
 def prepare_output_folder(path: Path, replace: bool = False) -> Path:
-    """Create ``path`` empty; refuse a non-empty one unless ``replace``."""
+    """Create ``path`` with an empty file per output; refuse a non-empty folder unless ``replace``."""
     if path.exists() and any(path.iterdir()):
         if not replace:
             raise OutputFolderError(f"output folder {path} is not empty (use --force to replace it)")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUT_FILES.values():
+        (path / name).touch()
     return path
 
 

@@ -46,7 +46,7 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
     """A few human lines about a run, for stderr."""
     events = sum(summary.get("events", {}).values()) + sum(summary.get("unknown_events", {}).values())
     dead = sum(summary.get("dead_letters", {}).values())
-    read = events + dead + summary.get("duplicates", 0) - summary.get("future_dated", 0)
+    read = events + dead + summary.get("duplicates", 0)
     rate = read / seconds if seconds > 0 else 0.0
     outputs = summary.get("outputs", {})
     triggers = {

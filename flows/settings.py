@@ -15,7 +15,7 @@ from state.affinity import DAY_MS
 from state.customer import MINUTE_MS, Lifecycle
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE_STREAM = REPO / "samples" / "sample.jsonl"
+SAMPLE_STREAM = REPO / "samples" / "sample.jsonl.gz"
 ENV_PREFIX = "NUDGEFLOW_"
 
 

@@ -234,6 +234,7 @@ class ShardEngine:
             if state is not None:
                 self._erase(state, env, out)
             return
+        fresh = state is None or carried is not None  # every audience gets a first look at them
         if state is None:
             state = self.customers[customer_id] = CustomerState(customer_id, env.ts_ms)
         if carried is not None:
@@ -257,7 +258,8 @@ class ShardEngine:
         if not late:
             for trigger in rules.immediate.get(env.name, ()):
                 self._trigger(state, trigger, env, now, self._cause(trigger, state, env), [env.message_id], out)
-        self._audiences(state, rules.audiences_for(env.name), env, now, [env.message_id], out)
+        audiences = rules.audiences if fresh else rules.audiences_for(env.name)
+        self._audiences(state, audiences, env, now, [env.message_id], out)
         self._keep_alive(state, now)
 
     def _arm(self, state: CustomerState, trigger: CompiledTrigger, env: Envelope, late: bool) -> None:

@@ -45,7 +45,7 @@ def mixed_stream() -> list:
             track("Product Viewed", user, base + 2, props={"product_id": "p9", "category": "coffee"}),
         ]
         if i % 3 == 0:
-            events.append(order(user, base + 10, total=500.0 + i))
+            events.append(order(user, base + 10, total=5000.0 + i))
         if i % 4 == 0:
             events += [added(None, base + 3, anon=f"a{i}"), call("identify", user, base + 5, anon=f"a{i}")]
     events.sort(key=lambda e: e["timestamp"])

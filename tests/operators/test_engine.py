@@ -241,3 +241,12 @@ def test_snapshot_of_unknown_format_is_refused():
         assert "format 99" in str(err)
     else:
         raise AssertionError("an unknown snapshot format must be refused")
+
+
+def test_a_new_customer_is_checked_against_every_audience():
+    h = EngineHarness(rules_from("version: v\naudiences:\n  - id: prospects\n    when: 'orders == 0'\n"))
+    h.feed([track("Product Viewed", "u1", 0, props={"product_id": "p"})])
+    changes = decisions(h.outputs, "audience_changes")
+    assert [(d["subject"], d["data"]["audience"], d["data"]["change"]) for d in changes] == [
+        ("u1", "prospects", "entered")
+    ]

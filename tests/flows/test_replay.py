@@ -1,0 +1,165 @@
+"""Replays through the real file source and sink: determinism, golden output, diff, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import added, call, order, track
+
+from flows.cli import main
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_stream(path: Path, events: list) -> Path:
+    with path.open("wb") as out:
+        for event in events:
+            out.write((event if isinstance(event, bytes) else orjson.dumps(event)) + b"\n")
+    return path
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def replay(stream: Path, out: Path, *extra: str, env: dict[str, str] | None = None) -> dict[str, bytes]:
+    """Run ``nudgeflow replay`` in a fresh interpreter (so hash seeds can differ)."""
+    cmd = [sys.executable, "-m", "flows.cli", "replay", str(stream), "--out", str(out), "--quiet", *extra]
+    subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=300)
+    return files_of(out)
+
+
+def test_replays_are_byte_identical_across_runs_hash_seeds_and_workers(tmp_path):
+    stream = GOLDEN / "stream.jsonl.gz"
+    first = replay(stream, tmp_path / "a", env={"PYTHONHASHSEED": "1"})
+    second = replay(stream, tmp_path / "b", env={"PYTHONHASHSEED": "4242"})
+    workers = replay(stream, tmp_path / "c", "-w", "2", env={"PYTHONHASHSEED": "7"})
+    assert first == second == workers
+    assert first["triggers.push.jsonl"] and first["audience_changes.jsonl"] and first["dead_letters.jsonl"]
+
+
+def test_golden_replay(tmp_path):
+    """The checked-in stream gives exactly the checked-in outputs (regenerate with UPDATE_GOLDEN=1)."""
+    got = replay(GOLDEN / "stream.jsonl.gz", tmp_path / "out")
+    expected_dir = GOLDEN / "expected"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        expected_dir.mkdir(exist_ok=True)
+        for name, body in got.items():
+            (expected_dir / name).write_bytes(body)
+    assert got == files_of(expected_dir)
+
+
+def test_non_utf8_and_malformed_lines_become_dead_letters_not_a_crash(tmp_path):
+    stream = write_stream(
+        tmp_path / "bad.jsonl",
+        [
+            order("u1", 0),
+            b"\xc3\x28 not utf-8",
+            b'{"type": "track", "event": "Order Completed", "messageId": "x", "userId": "u1"}',
+            b'{"type": "track", "event": "Product Viewed", "messageId": "n", "userId": "u1", '
+            b'"timestamp": "2026-01-05T10:00:00Z", "properties": {"product_id": "p", "price": NaN}}',
+            b"[]",
+            b'{"type": "track", "event": "Signed Up", "messageId": "big", "userId": "u2", '
+            b'"timestamp": "2026-01-05T10:00:00Z", "properties": {"blob": "' + b"x" * 40_000 + b'"}}',
+            track("Signed Up", "u3", 1),
+        ],
+    )
+    files = replay(stream, tmp_path / "out")
+    dead = [orjson.loads(line) for line in files["dead_letters.jsonl"].splitlines()]
+    assert [(d["position"]["line"], d["reason"]) for d in dead] == [
+        (2, "not_utf8"),
+        (3, "schema_invalid"),
+        (4, "invalid_json"),
+        (5, "schema_invalid"),
+        (6, "too_large"),
+    ]
+    assert "timestamp: Field required" in dead[1]["messages"]
+    assert dead[4]["payload_truncated"] is True and dead[4]["payload_size"] > 40_000
+    welcome = [orjson.loads(line) for line in files["triggers.push.jsonl"].splitlines()]
+    assert [w["subject"] for w in welcome] == ["u3"], "the flow kept running after the bad lines"
+    summary = orjson.loads(files["summary.json"])
+    assert summary["dead_letters"] == {"invalid_json": 1, "not_utf8": 1, "schema_invalid": 2, "too_large": 1}
+
+
+def test_replay_diff_reports_added_removed_and_changed(tmp_path, capsys):
+    stream = write_stream(
+        tmp_path / "s.jsonl",
+        [
+            track("Signed Up", "u1", 0),
+            added("u2", 0),
+            track("Product Viewed", "u3", 10, props={"product_id": "p"}),
+            track("Page", "u9", 200),
+        ],
+    )
+    rules_b = tmp_path / "b.yaml"
+    text = (REPO / "rules" / "starter.yaml").read_text()
+    text = text.replace("after: 30m", "after: 45m")  # cart reminder later: changed
+    text = text.replace('when: "consent.push != false"\n', 'when: "false"\n', 1)  # welcome push gone: removed
+    rules_b.write_text(text + '  - id: everyone\n    when: "orders == 0"\n')  # new audience: added
+    assert main(["replay", str(stream), "--diff", str(rules_b), "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    diff = orjson.loads((tmp_path / "d" / "diff.json").read_bytes())
+    assert [(c["rule_id"], c["customer"]) for c in diff["removed"]] == [("onboarding_welcome_push", "u1")]
+    assert [(c["rule_id"], sorted(c["fields"])) for c in diff["changed"]] == [
+        ("cart_abandonment_push", ["expires_at", "time"])
+    ]
+    assert sorted(c["customer"] for c in diff["added"] if c["rule_id"] == "everyone") == ["u1", "u2", "u3", "u9"]
+    assert "removed 1: onboarding_welcome_push 1" in printed
+
+
+def test_output_folder_must_be_empty_unless_forced(tmp_path, capsys):
+    stream = write_stream(tmp_path / "s.jsonl", [track("Signed Up", "u1", 0)])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["replay", str(stream), "--out", str(out), "--quiet"]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (out / "keep.txt").exists()
+    assert main(["replay", str(stream), "--out", str(out), "--quiet", "--force"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "triggers.push.jsonl").exists()
+
+
+def test_rules_check_prints_what_rules_listen_to_and_rejects_bad_files(tmp_path, capsys):
+    assert main(["rules", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "trigger cart_abandonment_push: push, timer 30m after Product Added" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        'version: v1\ntriggers:\n  - id: oops\n    channel: push\n    on: Signed Up\n    when: "ordrs > 1"\n'
+    )
+    assert main(["rules", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:6: rule 'oops' field 'when': unknown name 'ordrs'" in err
+
+
+def test_run_without_arguments_replays_the_bundled_sample(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["run", "--out", str(out)]) == 0
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["customers"] > 100
+    assert summary["outputs"]["triggers.push.jsonl"] > 0
+    assert "records from sample.jsonl.gz" in capsys.readouterr().err
+
+
+def test_generate_is_deterministic_and_writes_to_stdout(tmp_path):
+    cmd = [sys.executable, "-m", "flows.cli", "generate", "--customers", "30", "--days", "2", "--seed", "5"]
+    first = subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, timeout=120).stdout
+    second = subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, timeout=120).stdout
+    assert first == second and first.count(b"\n") > 100
+    to_file = tmp_path / "g.jsonl"
+    assert main(["generate", "--customers", "30", "--days", "2", "--seed", "5", "--out", str(to_file)]) == 0
+    assert to_file.read_bytes() == first
+
+
+@pytest.mark.parametrize("flag", ["--rules", "--diff"])
+def test_a_missing_rule_file_is_a_clear_error(tmp_path, capsys, flag):
+    stream = write_stream(tmp_path / "s.jsonl", [call("identify", "u1", 0)])
+    args = ["replay", str(stream), "--out", str(tmp_path / "o"), flag, str(tmp_path / "nope.yaml")]
+    assert main(args) == 2
+    assert "nope.yaml" in capsys.readouterr().err
