@@ -6,7 +6,8 @@ Consecutive CSV rows with the same ``InvoiceNo`` become one ``Order Completed`` 
 every data row ends up in exactly one event's ``products`` or in one ``Rejected``.
 
 Two limits of the event contract shape the output: an order carries at most
-:data:`MAX_PRODUCTS` lines and a ``total`` of at most :data:`MAX_TOTAL`, so a bigger invoice is
+:data:`MAX_PRODUCTS` lines (to stay under the event size limit) and a ``total`` of at most
+:data:`MAX_TOTAL`, so a bigger invoice is
 split into parts (``properties.part``/``parts``, messageIds ``uci-<invoice>-p2``...). An invoice
 number seen again after other invoices gets messageIds ``uci-<invoice>-r2``... so ids stay unique.
 """
@@ -45,8 +46,8 @@ COLUMNS = (
 )
 PREFIX = "uci-"
 CURRENCY = "GBP"
-MAX_PRODUCTS = 500
-"""``OrderProperties.products`` holds at most this many lines."""
+MAX_PRODUCTS = 150
+"""An event carries at most this many lines, so that it stays under the 32 KiB event size limit."""
 MAX_QUANTITY = 100_000
 MAX_TOTAL = 1e9
 """``Money`` fields are at most this much."""

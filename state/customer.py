@@ -160,7 +160,7 @@ class CustomerState:
                 self.session = Session(message_id, at_ms)
         else:
             session.last_ms = max(session.last_ms, at_ms)
-        if at_ms > self.last_seen_ms:
+        if at_ms >= self.last_seen_ms:
             self.last_seen_ms = at_ms
             self.last_event_id = message_id
         self.first_seen_ms = min(self.first_seen_ms, at_ms)
