@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/nudgeflow run --out out/demo
+	$(BIN)/nudgeflow run --out out/demo --force
 
 test: venv
 	$(BIN)/ruff check .

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bytewax.testing import cluster_main, run_main
@@ -92,10 +92,11 @@ def execute(settings: Settings, workers: int = 1, source: object | None = None, 
     flow = build_flow(settings, rules, source=source)
     tune_gc()
     started = time.perf_counter()
+    epoch = timedelta(seconds=settings.epoch_seconds)
     if workers > 1:
-        cluster_main(flow, addresses=[], proc_id=0, worker_count_per_proc=workers)
+        cluster_main(flow, addresses=[], proc_id=0, epoch_interval=epoch, worker_count_per_proc=workers)
     else:
-        run_main(flow)
+        run_main(flow, epoch_interval=epoch)
     seconds = time.perf_counter() - started
     summary = finalize_summary(settings.out)
     if not quiet:
