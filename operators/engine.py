@@ -154,11 +154,11 @@ class ShardEngine:
         assert isinstance(item, Envelope)
         env = item
         self.seq = env.seq
+        if env.received_ms is not None and env.ts_ms - env.received_ms > self.config.max_skew_ms:
+            self._future(env, out)  # before dedupe: a corrected resend with the same id is accepted
+            return
         if self._duplicate(env.message_id):
             _bump(self.stats, "duplicates")
-            return
-        if env.received_ms is not None and env.ts_ms - env.received_ms > self.config.max_skew_ms:
-            self._future(env, out)
             return
         self._count(env)
         self._advance(env.ts_ms, out)

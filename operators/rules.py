@@ -143,6 +143,8 @@ class CompiledRules:
             for name in (*t.rule.on, *t.rule.unless):
                 if name not in known:
                     out.append(f"trigger '{t.id}': '{name}' is not an event of the contract")
+            if "Erasure Requested" in t.rule.on:
+                out.append(f"trigger '{t.id}': 'Erasure Requested' deletes the customer, so it never fires")
         return out
 
 

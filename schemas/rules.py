@@ -20,12 +20,10 @@ RULE_ID = r"^[a-z][a-z0-9_.-]{0,63}$"
 
 
 def parse_duration(value: Any) -> int:
-    """``'30m'``, ``'2h'``, ``'7d'``, ``'90s'``, ``'500ms'`` (or an int of ms) -> milliseconds."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    match = _DURATION.match(str(value))
+    """``'30m'``, ``'2h'``, ``'7d'``, ``'90s'``, ``'500ms'`` -> milliseconds (a bare number has no unit: refused)."""
+    match = _DURATION.match(value) if isinstance(value, str) else None
     if not match:
-        raise ValueError(f"{value!r} is not a duration like '30m', '2h' or '7d'")
+        raise ValueError(f"{value!r} is not a duration like '30m', '2h' or '7d' (a number needs a unit)")
     return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
 
 
