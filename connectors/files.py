@@ -129,7 +129,7 @@ class _FolderPartition(StatefulSinkPartition[Output, None]):
     def write_batch(self, values: list[Output]) -> None:
         if self._stream == "stats":
             for value in values:
-                _add_counts(self._stats, orjson.loads(value.body))
+                add_counts(self._stats, orjson.loads(value.body))
             return
         self._rows.extend((value.sort_key(), value.body) for value in values)
 
@@ -147,10 +147,10 @@ class _FolderPartition(StatefulSinkPartition[Output, None]):
                 out.write(b"\n")
 
 
-def _add_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
+def add_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
     for key, value in part.items():
         if isinstance(value, dict):
-            _add_counts(total.setdefault(key, {}), value)
+            add_counts(total.setdefault(key, {}), value)
         else:
             total[key] = total.get(key, 0) + value
 

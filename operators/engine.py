@@ -326,8 +326,11 @@ class ShardEngine:
 
     def _fire_due(self, state: CustomerState, upto_ms: int, out: list[Any]) -> None:
         """Fire this customer's timers due by ``upto_ms`` (before its next event is applied)."""
-        due = [(t[0], rule_id) for rule_id, t in state.timers.items() if t[0] <= upto_ms]
-        if not due:
+        due = None
+        for rule_id, timer in state.timers.items():
+            if timer[0] <= upto_ms:
+                due = [(timer[0], rule_id)] if due is None else [*due, (timer[0], rule_id)]
+        if due is None:
             return
         due.sort()
         for _, rule_id in due:
@@ -541,6 +544,8 @@ class ShardEngine:
             "seen": pickle.dumps(list(self.seen)),
             "links": pickle.dumps(list(self.links.items())),
             "stats": pickle.dumps(self.stats),
+            # forwards held back until every identity shard has passed them
+            "pending": pickle.dumps((self.tick, self.pending, self.upstream)),
         }
         return SNAPSHOT_FORMAT, shard
 
@@ -555,6 +560,7 @@ class ShardEngine:
         self.seen = OrderedDict.fromkeys(pickle.loads(shard["seen"]))
         self.links = OrderedDict(pickle.loads(shard["links"]))
         self.stats = pickle.loads(shard["stats"])
+        self.tick, self.pending, self.upstream = pickle.loads(shard["pending"])
         for state in self.customers.values():
             for rule_id, timer in sorted(state.timers.items()):
                 timer[3] = None

@@ -121,6 +121,14 @@ def _lookup(container: Any, key: Any) -> Any:
     return None
 
 
+def _and(left: Fn, right: Fn) -> Fn:
+    return lambda env: bool(left(env)) and bool(right(env))
+
+
+def _or(left: Fn, right: Fn) -> Fn:
+    return lambda env: bool(left(env)) or bool(right(env))
+
+
 def _safe_compare(op: Callable[[Any, Any], bool], a: Any, b: Any) -> bool:
     if op not in (operator.eq, operator.ne) and (a is None or b is None):
         return False
@@ -182,9 +190,11 @@ class _Compiler:
 
     def _BoolOp(self, node: ast.BoolOp) -> Fn:
         parts = [self.build(value) for value in node.values]
-        if isinstance(node.op, ast.And):
-            return lambda env: all(part(env) for part in parts)
-        return lambda env: any(part(env) for part in parts)
+        both = _and if isinstance(node.op, ast.And) else _or
+        fn = parts[0]
+        for part in parts[1:]:
+            fn = both(fn, part)
+        return fn
 
     def _UnaryOp(self, node: ast.UnaryOp) -> Fn:
         operand = self.build(node.operand)
