@@ -430,12 +430,13 @@ class ShardEngine:
         view = FeatureView(state, env, now_ms, self.config.lifecycle)
         for audience in audiences:
             inside = bool(audience.when.evaluate(view))
-            if inside == (audience.id in state.audiences):
+            member = audience.member_key
+            if inside == (member in state.audiences):
                 continue
             if inside:
-                state.audiences = tuple(sorted((*state.audiences, audience.id)))
+                state.audiences = tuple(sorted((*state.audiences, member)))
             else:
-                state.audiences = tuple(a for a in state.audiences if a != audience.id)
+                state.audiences = tuple(a for a in state.audiences if a != member)
             reason = f"{audience.when.source} became {'true' if inside else 'false'}{_values(audience, view)}"
             self._audience_change(state, audience, inside, reason, now_ms, caused_by, out)
 
@@ -466,7 +467,7 @@ class ShardEngine:
         _bump(self.stats.setdefault("audience_changes", {}), f"{audience.id}.{change}")
 
     def _leave_all(self, state: CustomerState, reason: str, at_ms: int, caused_by: list[str], out: list[Any]) -> None:
-        by_id = {a.id: a for a in self.rules.audiences}
+        by_id = {a.member_key: a for a in self.rules.audiences}
         for audience_id in state.audiences:
             audience = by_id.get(audience_id)
             if audience is not None:

@@ -77,6 +77,11 @@ class CompiledAudience:
     def id(self) -> str:
         return self.rule.id
 
+    @property
+    def member_key(self) -> str:
+        """How membership is kept in the customer's state: shadow audiences apart from live ones."""
+        return f"shadow:{self.rule.id}" if self.rule.shadow else self.rule.id
+
 
 @dataclass
 class CompiledRules:

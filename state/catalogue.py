@@ -177,6 +177,9 @@ FEATURES: dict[str, Feature] = {
     "consent": Feature(
         "consent per channel (push, in_app, email, sms, ads): true, false or null", lambda v: v.state.consent, CONSENT
     ),
-    "audiences": Feature("audiences the customer is in (triggers only)", lambda v: v.state.audiences),
+    "audiences": Feature(
+        "live audiences the customer is in (triggers only)",
+        lambda v: tuple(a for a in v.state.audiences if not a.startswith("shadow:")),
+    ),
     "event": Feature("the current event: name, properties, channel, store_id (null in timers)", _event),
 }

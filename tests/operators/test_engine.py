@@ -250,3 +250,24 @@ def test_a_new_customer_is_checked_against_every_audience():
     assert [(d["subject"], d["data"]["audience"], d["data"]["change"]) for d in changes] == [
         ("u1", "prospects", "entered")
     ]
+
+
+def test_triggers_do_not_see_shadow_audiences():
+    rules = rules_from(
+        """
+version: v
+triggers:
+  - id: vip_welcome
+    channel: push
+    on: Signed Up
+    when: "'vip' in audiences"
+audiences:
+  - id: vip
+    shadow: true
+    when: "orders >= 1"
+"""
+    )
+    h = EngineHarness(rules)
+    h.feed([order("u1", 0), track("Signed Up", "u1", 1)])
+    assert decisions(h.outputs, "audience_changes.shadow"), "the shadow audience is evaluated and recorded"
+    assert decisions(h.outputs, "triggers.") == [], "but a live trigger cannot act on it"
