@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -49,14 +50,22 @@ def _zone(name: str) -> ZoneInfo | None:
         return None
 
 
+@lru_cache(maxsize=65_536)
+def _utc_offset_minutes(timezone: str, utc_hour: int) -> int:
+    """The zone's UTC offset during one UTC hour (offsets change on whole UTC hours)."""
+    zone = _zone(timezone)
+    if zone is None:
+        return 0
+    offset = datetime.fromtimestamp(utc_hour * 3600, tz=UTC).astimezone(zone).utcoffset()
+    return int(offset.total_seconds() // 60) if offset is not None else 0
+
+
 def local_hour(ts_ms: int, timezone: str | None) -> int:
     """Hour of day of ``ts_ms`` in ``timezone`` (UTC when absent or unknown)."""
-    zone = _zone(timezone) if timezone else None
-    if zone is None:
+    if not timezone:
         return (ts_ms // HOUR_MS) % 24
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).astimezone(zone).hour
+    minutes = ts_ms // 60_000 + _utc_offset_minutes(timezone, ts_ms // HOUR_MS)
+    return (minutes // 60) % 24
 
 
 def _age_band(age: int) -> str:
