@@ -21,6 +21,7 @@ shard whose customers are quiet still sees the clock move.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import pickle
 from collections import OrderedDict
@@ -33,13 +34,13 @@ from schemas.envelope import Envelope
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
 from state.affinity import DAY_MS
 from state.catalogue import FeatureView
-from state.customer import MAX_CAUSED_BY, CustomerState, Lifecycle
+from state.customer import MAX_CAUSED_BY, CustomerState, Lifecycle, Timer
 from state.update import apply_event
 
 SNAPSHOT_FORMAT = 1
 RECHECK = "~recheck"
-EXPIRE = "~expire"
 ERASURE = "Erasure Requested"
+ORDER_EVENTS = frozenset({"Order Completed", "Order Refunded", "Order Cancelled"})
 LINKING = frozenset({"identify", "alias"})
 MAX_UNKNOWN_NAMES = 50
 
@@ -113,12 +114,13 @@ class ShardEngine:
         self.index = index
         self.upstream_shards = upstream_shards
         self.upstream: dict[int, int] = {}  # tick seq -> identity shards that passed it so far
-        self.pending: list[tuple[int, int, Forward]] = []
+        self.pending: list[Forward] = []
         self.customers: dict[str, CustomerState] = {}
         self.heap: list[tuple[int, int, str, str]] = []
         self.tick = 0
         self.seq = 0
         self.clock: int | None = None
+        self.swept_day: int | None = None
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.links: OrderedDict[str, str] = OrderedDict()
         self.stats: dict[str, Any] = {}
@@ -142,8 +144,7 @@ class ShardEngine:
                 self._upstream_tick(item, out)
             else:
                 assert isinstance(item, Forward)
-                self.tick += 1
-                heapq.heappush(self.pending, (item.env.seq, self.tick, item))
+                self.pending.append(item)
             return
         if isinstance(item, Tick):
             self.index = item.origin
@@ -180,9 +181,17 @@ class ShardEngine:
         self._advance(tick.ts_ms, out)
 
     def _release(self, upto_seq: int | None, out: list[Any]) -> None:
-        pending = self.pending
-        while pending and (upto_seq is None or pending[0][0] <= upto_seq):
-            forward = heapq.heappop(pending)[2]
+        """Apply held-back forwards with ``seq`` up to ``upto_seq`` (all with ``None``), in ``seq`` order."""
+        if not self.pending:
+            return
+        self.pending.sort(key=_forward_seq)  # nearly sorted already: linear
+        release = self.pending
+        if upto_seq is not None:
+            cut = bisect.bisect_right(release, upto_seq, key=_forward_seq)
+            release, self.pending = release[:cut], release[cut:]
+        else:
+            self.pending = []
+        for forward in release:
             self.seq = forward.env.seq
             self._advance(forward.env.ts_ms, out)
             self._customer_event(forward.env, forward.customer_id, out, forward.carried)
@@ -234,13 +243,16 @@ class ShardEngine:
             if state is not None:
                 self._erase(state, env, out)
             return
+        if state is not None and state.last_seen_ms + self.config.state_ttl_ms <= env.ts_ms:
+            self._expire(state, state.last_seen_ms + self.config.state_ttl_ms, out)
+            state = None
         fresh = state is None or carried is not None  # every audience gets a first look at them
         if state is None:
             state = self.customers[customer_id] = CustomerState(customer_id, env.ts_ms)
         if carried is not None:
             state.merge(carried, env.ts_ms)
             for rule_id, timer in state.timers.items():
-                timer[3] = None
+                timer.scheduled_ms = None
                 self._schedule(state, rule_id)
         self._mark(customer_id)
         late = self.clock is not None and env.ts_ms < self.clock
@@ -260,7 +272,7 @@ class ShardEngine:
                 self._trigger(state, trigger, env, now, self._cause(trigger, state, env), [env.message_id], out)
         audiences = rules.audiences if fresh else rules.audiences_for(env.name)
         self._audiences(state, audiences, env, now, [env.message_id], out)
-        self._keep_alive(state, now)
+        self._keep_alive(state, now, moved_earlier=late or env.name in ORDER_EVENTS)
 
     def _arm(self, state: CustomerState, trigger: CompiledTrigger, env: Envelope, late: bool) -> None:
         rule = trigger.rule
@@ -272,11 +284,11 @@ class ShardEngine:
         if late and self.clock is not None and due <= self.clock:
             return
         timer = state.timers.get(rule.id)
-        if timer is not None and timer[1] == cause:
-            timer[0] = max(timer[0], due)
-            timer[2] = [*timer[2][-(MAX_CAUSED_BY - 1) :], env.message_id]
+        if timer is not None and timer.cause == cause:
+            timer.due_ms = max(timer.due_ms, due)
+            timer.caused_by = [*timer.caused_by[-(MAX_CAUSED_BY - 1) :], env.message_id]
         else:
-            state.timers[rule.id] = [due, cause, [env.message_id], None]
+            state.timers[rule.id] = Timer(due, cause, [env.message_id])
         self._schedule(state, rule.id)
 
     def _cause(self, trigger: CompiledTrigger, state: CustomerState, env: Envelope | None) -> str:
@@ -300,10 +312,10 @@ class ShardEngine:
     def _schedule(self, state: CustomerState, rule_id: str) -> None:
         """Keep one heap entry per pending timer, no later than its due time."""
         timer = state.timers[rule_id]
-        if timer[3] is None or timer[3] > timer[0]:
-            timer[3] = timer[0]
+        if timer.scheduled_ms is None or timer.scheduled_ms > timer.due_ms:
+            timer.scheduled_ms = timer.due_ms
             self.tick += 1
-            heapq.heappush(self.heap, (timer[0], self.tick, state.id, rule_id))
+            heapq.heappush(self.heap, (timer.due_ms, self.tick, state.id, rule_id))
 
     def _advance(self, ts_ms: int, out: list[Any]) -> None:
         """Move the shard clock to ``ts_ms`` minus the allowed lateness and fire what is due."""
@@ -316,20 +328,24 @@ class ShardEngine:
             due, _, customer_id, rule_id = heapq.heappop(heap)
             state = self.customers.get(customer_id)
             timer = state.timers.get(rule_id) if state is not None else None
-            if timer is None or timer[3] != due:
+            if timer is None or timer.scheduled_ms != due:
                 continue
-            if timer[0] > due:
-                timer[3] = None
+            if timer.due_ms > due:
+                timer.scheduled_ms = None
                 self._schedule(state, rule_id)  # type: ignore[arg-type]
                 continue
             self._fire(state, rule_id, out)  # type: ignore[arg-type]
+        day = candidate // DAY_MS
+        if day != self.swept_day:
+            self.swept_day = day
+            self._sweep(candidate, out)
 
     def _fire_due(self, state: CustomerState, upto_ms: int, out: list[Any]) -> None:
         """Fire this customer's timers due by ``upto_ms`` (before its next event is applied)."""
         due = None
         for rule_id, timer in state.timers.items():
-            if timer[0] <= upto_ms:
-                due = [(timer[0], rule_id)] if due is None else [*due, (timer[0], rule_id)]
+            if timer.due_ms <= upto_ms:
+                due = [(timer.due_ms, rule_id)] if due is None else [*due, (timer.due_ms, rule_id)]
         if due is None:
             return
         due.sort()
@@ -338,17 +354,12 @@ class ShardEngine:
                 self._fire(state, rule_id, out)
 
     def _fire(self, state: CustomerState, rule_id: str, out: list[Any]) -> None:
-        due, cause, caused_by, _ = state.timers.pop(rule_id)
+        timer = state.timers.pop(rule_id)
+        due, cause, caused_by = timer.due_ms, timer.cause, timer.caused_by
         self._mark(state.id)
         if rule_id == RECHECK:
             self._audiences(state, self.rules.time_audiences, None, due, caused_by, out)
             self._keep_alive(state, due)
-            return
-        if rule_id == EXPIRE:
-            if state.last_seen_ms + self.config.state_ttl_ms > due:
-                self._keep_alive(state, due)
-            else:
-                self._expire(state, due, out)
             return
         trigger = self.rules.timers.get(rule_id)
         if trigger is None or state.fired.get(rule_id) == cause:
@@ -357,22 +368,26 @@ class ShardEngine:
             return  # the cart was ordered, the session or the last order changed: stale
         self._trigger(state, trigger, None, due, cause, caused_by, out)
 
-    def _keep_alive(self, state: CustomerState, now_ms: int) -> None:
-        """Schedule the next audience recheck (lifecycle boundary) and the inactivity expiry."""
-        if self.rules.time_audiences:
-            # a pending recheck that comes too early just re-evaluates and reschedules itself
+    def _keep_alive(self, state: CustomerState, now_ms: int, moved_earlier: bool = True) -> None:
+        """Schedule the next audience recheck (the next lifecycle boundary in event time).
+
+        Activity only moves boundaries later, and a pending recheck that comes too early just
+        re-evaluates and reschedules itself; only orders (a new purchase rhythm) and late
+        events (an earlier first sighting) can move a boundary earlier.
+        """
+        timer = state.timers.get(RECHECK)
+        if self.rules.time_audiences and (timer is None or moved_earlier):
             boundary = state.next_boundary(now_ms, self.config.lifecycle)
-            timer = state.timers.get(RECHECK)
-            if boundary is not None and (timer is None or boundary < timer[0]):
-                state.timers[RECHECK] = [boundary, "recheck", [state.last_event_id], None]
+            if boundary is not None and (timer is None or boundary < timer.due_ms):
+                state.timers[RECHECK] = Timer(boundary, "recheck", [state.last_event_id])
                 self._schedule(state, RECHECK)
-        expire_at = state.last_seen_ms + self.config.state_ttl_ms
-        timer = state.timers.get(EXPIRE)
-        if timer is None:
-            state.timers[EXPIRE] = [expire_at, "expire", [], None]
-            self._schedule(state, EXPIRE)
-        else:
-            timer[0] = expire_at
+
+    def _sweep(self, now_ms: int, out: list[Any]) -> None:
+        """Drop the state of customers inactive for ``state_ttl`` (once per day of event time)."""
+        ttl = self.config.state_ttl_ms
+        expired = [state for state in self.customers.values() if state.last_seen_ms + ttl <= now_ms]
+        for state in sorted(expired, key=lambda s: (s.last_seen_ms, s.id)):
+            self._expire(state, state.last_seen_ms + ttl, out)
 
     # --- decisions ---------------------------------------------------------------------
     def _trigger(
@@ -542,6 +557,7 @@ class ShardEngine:
         shard = {
             "customers": dict(self.encoded),
             "clock": self.clock,
+            "swept_day": self.swept_day,
             "seen": pickle.dumps(list(self.seen)),
             "links": pickle.dumps(list(self.links.items())),
             "stats": pickle.dumps(self.stats),
@@ -557,15 +573,19 @@ class ShardEngine:
             raise ValueError(f"snapshot format {version} is not supported (expected {SNAPSHOT_FORMAT})")
         self.encoded = dict(shard["customers"])
         self.customers = {cid: pickle.loads(blob) for cid, blob in sorted(self.encoded.items())}
-        self.clock = shard["clock"]
+        self.clock, self.swept_day = shard["clock"], shard["swept_day"]
         self.seen = OrderedDict.fromkeys(pickle.loads(shard["seen"]))
         self.links = OrderedDict(pickle.loads(shard["links"]))
         self.stats = pickle.loads(shard["stats"])
         self.tick, self.pending, self.upstream = pickle.loads(shard["pending"])
         for state in self.customers.values():
             for rule_id, timer in sorted(state.timers.items()):
-                timer[3] = None
+                timer.scheduled_ms = None
                 self._schedule(state, rule_id)
+
+
+def _forward_seq(forward: Forward) -> int:
+    return forward.env.seq
 
 
 def _scalar(value: Any) -> str | None:

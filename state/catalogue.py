@@ -23,6 +23,9 @@ TRAITS = frozenset({"identify"})
 CONSENT = frozenset({"Consent Updated"})
 
 
+_MISSING = object()
+
+
 class FeatureView(Mapping[str, Any]):
     """The variables of one rule evaluation, computed on first read and cached."""
 
@@ -36,11 +39,10 @@ class FeatureView(Mapping[str, Any]):
         self._cache: dict[str, Any] = {}
 
     def __getitem__(self, name: str) -> Any:
-        try:
-            return self._cache[name]
-        except KeyError:
+        value = self._cache.get(name, _MISSING)
+        if value is _MISSING:
             value = self._cache[name] = FEATURES[name].get(self)
-            return value
+        return value
 
     def __iter__(self) -> Iterator[str]:
         return iter(FEATURES)

@@ -40,7 +40,7 @@ class Cart:
 
     def __init__(self, cart_id: str, started_ms: int) -> None:
         self.id = cart_id
-        self.items: dict[str, list[float]] = {}  # product_id -> [quantity, unit price]
+        self.items: dict[str, tuple[float, float]] = {}  # product_id -> (quantity, unit price)
         self.value = 0.0
         self.started_ms = started_ms
         self.last_add_ms = started_ms
@@ -51,23 +51,25 @@ class Cart:
         if line is None:
             if len(self.items) >= MAX_CART_ITEMS:
                 return
-            self.items[product_id] = [float(quantity), price]
+            self.items[product_id] = (float(quantity), price)
         else:
-            line[0] += quantity
-            line[1] = price
+            self.items[product_id] = (line[0] + quantity, price)
         self.value = round(self.value + quantity * price, 2)
         self.last_add_ms = max(self.last_add_ms, at_ms)
-        self.added_by = [*self.added_by[-(MAX_CAUSED_BY - 1) :], message_id]
+        self.added_by.append(message_id)
+        if len(self.added_by) > MAX_CAUSED_BY:
+            del self.added_by[0]
 
     def remove(self, product_id: str, quantity: int) -> None:
         line = self.items.get(product_id)
         if line is None:
             return
         taken = min(line[0], quantity)
-        line[0] -= taken
         self.value = max(0.0, round(self.value - taken * line[1], 2))
-        if line[0] <= 0:
+        if line[0] - taken <= 0:
             del self.items[product_id]
+        else:
+            self.items[product_id] = (line[0] - taken, line[1])
         if not self.items:
             self.value = 0.0
 
@@ -85,9 +87,28 @@ class Session:
         self.products: list[str] = []
 
     def viewed(self, product_id: str) -> None:
-        if product_id in self.products:
+        products = self.products
+        if product_id in products:
             return
-        self.products = [*self.products[-(MAX_SESSION_PRODUCTS - 1) :], product_id]
+        products.append(product_id)
+        if len(products) > MAX_SESSION_PRODUCTS:
+            del products[0]
+
+
+class Timer:
+    """A pending timer: when it is due, what it fires once for, the events that armed it.
+
+    ``scheduled_ms`` is the due time of this timer's entry in the shard's heap (``None``:
+    no entry yet); a timer pushed later keeps its older, earlier entry until that pops.
+    """
+
+    __slots__ = ("cause", "caused_by", "due_ms", "scheduled_ms")
+
+    def __init__(self, due_ms: int, cause: str, caused_by: list[str]) -> None:
+        self.due_ms = due_ms
+        self.cause = cause
+        self.caused_by = caused_by
+        self.scheduled_ms: int | None = None
 
 
 class CustomerState:
@@ -146,8 +167,7 @@ class CustomerState:
         self.traits: dict[str, object] = {}
         self.consent: dict[str, bool] = {}
         self.audiences: tuple[str, ...] = ()
-        # rule id (or "~recheck"/"~expire") -> [due_ms, cause, caused_by, heap_due_ms]
-        self.timers: dict[str, list] = {}
+        self.timers: dict[str, Timer] = {}  # by rule id, or "~recheck"
         self.fired: dict[str, str] = {}  # rule id -> last cause it fired for
         self.linked_ids: tuple[str, ...] = ()
 

@@ -1,9 +1,14 @@
-"""Apply one validated event to a customer's feature state."""
+"""Apply one validated event to a customer's feature state.
+
+Ids and names from bounded vocabularies (products, categories, stores, cities, trait values)
+are interned: every customer that holds one shares a single string.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import lru_cache
+from sys import intern
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from schemas.envelope import Envelope
@@ -86,10 +91,12 @@ def apply_event(state: CustomerState, env: Envelope, lifecycle: Lifecycle) -> No
         if name in ("page", "screen") and state.session is not None:
             state.session.pages += 1
     if context.store is not None:
-        state.last_store = context.store.id
+        state.last_store = intern(context.store.id)
     if context.location is not None:
-        state.last_city = context.location.city or state.last_city
-        state.last_country = context.location.country or state.last_country
+        if context.location.city:
+            state.last_city = intern(context.location.city)
+        if context.location.country:
+            state.last_country = intern(context.location.country)
 
     if isinstance(event, ProductEvent):
         _apply_product(state, env, event)
@@ -102,22 +109,23 @@ def apply_event(state: CustomerState, env: Envelope, lifecycle: Lifecycle) -> No
         for channel in channels if event.properties.channel == "all" else (event.properties.channel,):
             state.consent[channel] = event.properties.granted
     elif isinstance(event, StoreVisitEvent):
-        state.last_store = event.properties.store_id
+        state.last_store = intern(event.properties.store_id)
 
 
 def _apply_product(state: CustomerState, env: Envelope, event: ProductEvent) -> None:
     props, at = event.properties, env.ts_ms
+    product_id = intern(props.product_id)
     weight = AFFINITY_WEIGHT.get(env.name)
     if weight is not None:
-        state.products.add(props.product_id, weight, at, PRODUCT_HALF_LIFE_MS, AFFINITY_K)
+        state.products.add(product_id, weight, at, PRODUCT_HALF_LIFE_MS, AFFINITY_K)
         if props.category:
-            state.categories.add(props.category, weight, at, CATEGORY_HALF_LIFE_MS, AFFINITY_K)
+            state.categories.add(intern(props.category), weight, at, CATEGORY_HALF_LIFE_MS, AFFINITY_K)
     if env.name == "Product Viewed" and state.session is not None:
-        state.session.viewed(props.product_id)
+        state.session.viewed(product_id)
     elif env.name == "Product Added":
-        state.add_to_cart(props.cart_id, props.product_id, props.quantity, props.price or 0.0, at, env.message_id)
+        state.add_to_cart(props.cart_id, product_id, props.quantity, props.price or 0.0, at, env.message_id)
     elif env.name == "Product Removed":
-        state.remove_from_cart(props.product_id, props.quantity)
+        state.remove_from_cart(product_id, props.quantity)
 
 
 def _apply_order(state: CustomerState, env: Envelope, event: OrderEvent) -> None:
@@ -126,9 +134,9 @@ def _apply_order(state: CustomerState, env: Envelope, event: OrderEvent) -> None
         state.order(props.order_id, props.amount(), at)
         weight = AFFINITY_WEIGHT["Order Completed"]
         for product in props.products[:20]:
-            state.products.add(product.product_id, weight, at, PRODUCT_HALF_LIFE_MS, AFFINITY_K)
+            state.products.add(intern(product.product_id), weight, at, PRODUCT_HALF_LIFE_MS, AFFINITY_K)
             if product.category:
-                state.categories.add(product.category, weight, at, CATEGORY_HALF_LIFE_MS, AFFINITY_K)
+                state.categories.add(intern(product.category), weight, at, CATEGORY_HALF_LIFE_MS, AFFINITY_K)
         if state.cart is not None and at >= state.cart.started_ms:
             state.cart = None
     else:
@@ -140,6 +148,6 @@ def _apply_traits(state: CustomerState, event: IdentifyEvent) -> None:
     for key in TRAIT_KEYS:
         value = getattr(traits, key)
         if value is not None:
-            state.traits[key] = value
+            state.traits[key] = intern(value) if isinstance(value, str) else value
     if traits.age is not None and traits.age_band is None:
         state.traits["age_band"] = _age_band(traits.age)
