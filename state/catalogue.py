@@ -13,7 +13,7 @@ from typing import Any
 
 from schemas.envelope import Envelope
 from state.affinity import DAY_MS
-from state.customer import CATEGORY_HALF_LIFE_MS, HOUR_MS, MINUTE_MS, CustomerState, Lifecycle
+from state.customer import CATEGORY_HALF_LIFE_MS, HOUR_MS, MINUTE_MS, Cart, CustomerState, Lifecycle, Session
 
 ANY_EVENT: frozenset[str] = frozenset({"*"})
 ORDERS = frozenset({"Order Completed", "Order Refunded", "Order Cancelled"})
@@ -67,30 +67,103 @@ def _since(v: FeatureView, at_ms: int | None) -> float | None:
     return None if at_ms is None else _days(max(0, v.now_ms - at_ms))
 
 
-def _session(v: FeatureView) -> dict[str, Any] | None:
+class _View:
+    """Read-only fields computed when read; also readable as ``view["field"]`` and comparable to a dict."""
+
+    __slots__ = ()
+    FIELDS: tuple[str, ...] = ()
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.FIELDS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, dict):
+            return self.as_dict() == other
+        return isinstance(other, _View) and self.as_dict() == other.as_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.as_dict()})"
+
+
+class SessionView(_View):
+    """The current session as rules see it; each field is computed only when read."""
+
+    __slots__ = ("_session",)
+    FIELDS = ("id", "pages", "products_viewed", "products", "minutes")
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    @property
+    def id(self) -> str:
+        return self._session.id
+
+    @property
+    def pages(self) -> int:
+        return self._session.pages
+
+    @property
+    def products_viewed(self) -> int:
+        return len(self._session.products)
+
+    @property
+    def products(self) -> list[str]:
+        return list(self._session.products)
+
+    @property
+    def minutes(self) -> float:
+        return round((self._session.last_ms - self._session.started_ms) / MINUTE_MS, 2)
+
+
+class CartView(_View):
+    """The current cart as rules see it (empty when there is none); fields computed when read."""
+
+    __slots__ = ("_cart", "_now_ms")
+    FIELDS = ("id", "value", "items", "products", "minutes_since_add")
+
+    def __init__(self, cart: Cart | None, now_ms: int) -> None:
+        self._cart = cart
+        self._now_ms = now_ms
+
+    @property
+    def id(self) -> str | None:
+        return self._cart.id if self._cart else None
+
+    @property
+    def value(self) -> float:
+        return self._cart.value if self._cart else 0.0
+
+    @property
+    def items(self) -> int:
+        return int(sum(line[0] for line in self._cart.items.values())) if self._cart else 0
+
+    @property
+    def products(self) -> list[str]:
+        return sorted(self._cart.items) if self._cart else []
+
+    @property
+    def minutes_since_add(self) -> float | None:
+        if self._cart is None:
+            return None
+        return round(max(0, self._now_ms - self._cart.last_add_ms) / MINUTE_MS, 2)
+
+
+def _session(v: FeatureView) -> SessionView | None:
     s = v.state.session
     if s is None or v.now_ms - s.last_ms > v.lifecycle.session_timeout_ms:
         return None
-    return {
-        "id": s.id,
-        "pages": s.pages,
-        "products_viewed": len(s.products),
-        "products": list(s.products),
-        "minutes": round((s.last_ms - s.started_ms) / MINUTE_MS, 2),
-    }
+    return SessionView(s)
 
 
-def _cart(v: FeatureView) -> dict[str, Any]:
-    c = v.state.cart
-    if c is None:
-        return {"id": None, "value": 0.0, "items": 0, "products": [], "minutes_since_add": None}
-    return {
-        "id": c.id,
-        "value": c.value,
-        "items": int(sum(line[0] for line in c.items.values())),
-        "products": sorted(c.items),
-        "minutes_since_add": round(max(0, v.now_ms - c.last_add_ms) / MINUTE_MS, 2),
-    }
+def _cart(v: FeatureView) -> CartView:
+    return CartView(v.state.cart, v.now_ms)
 
 
 def _event(v: FeatureView) -> dict[str, Any] | None:
