@@ -3,7 +3,7 @@
     python bench/flow_bench.py                       # 10k and 100k customers
     python bench/flow_bench.py --customers 1000000   # add larger runs (needs time and memory)
 
-Streams come from the persona generator (``connectors.synthetic``), written once to
+Streams come from the persona generator (about 18 events per customer-day) (``connectors.synthetic``), written once to
 ``bench/.cache/`` as JSONL. Throughput runs the whole flow (file source -> parse -> identity and
 customer stages -> rules) into a sink that discards outputs, with one worker. Figures are printed
 as a Markdown table ready for ``bench/RESULTS.md``.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import os
 import pickle
 import platform
@@ -56,14 +57,16 @@ class NullSink(DynamicSink[Any]):
         return _Discard(self.counter)
 
 
-def stream(customers: int, days: int, seed: int = 1) -> Path:
-    """The generated stream for these parameters (made once, then cached)."""
-    path = CACHE / f"c{customers}-d{days}-s{seed}.jsonl"
+def stream(customers: int, days: int, seed: int = 1, max_events: int | None = None) -> Path:
+    """The generated stream for these parameters (made once, then cached); cut at ``max_events``."""
+    cut = f"-max{max_events}" if max_events else ""
+    path = CACHE / f"c{customers}-d{days}-s{seed}{cut}.jsonl"
     if not path.exists():
         CACHE.mkdir(exist_ok=True)
         tmp = path.with_suffix(".part")
+        events = itertools.islice(generate_events(customers, days, seed), max_events)
         with tmp.open("wb") as out:
-            write_jsonl(generate_events(customers, days, seed), out, progress=True)
+            write_jsonl(events, out, progress=True)
         tmp.rename(path)
     return path
 
@@ -210,7 +213,9 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, nargs="*", default=[10_000, 100_000])
-    parser.add_argument("--days", type=int, default=1, help="days of events per run (about 7 events per customer-day)")
+    parser.add_argument("--days", type=int, default=1, help="days of events per run (about 18 events per customer-day)")
+    parser.add_argument("--max-events", type=int, help="cut each stream after this many events")
+    parser.add_argument("--throughput-only", action="store_true", help="skip the per-stage, per-rule and state figures")
     args = parser.parse_args()
     tune_gc()
     print(f"machine: {machine()}")
@@ -218,13 +223,15 @@ def main() -> None:
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     paths = {}
     for customers in args.customers:
-        path = paths[customers] = stream(customers, args.days)
+        path = paths[customers] = stream(customers, args.days, max_events=args.max_events)
         r = throughput(path)
         print(
             f"| {customers:,} | {args.days} | {r['events']:,} | {r['outputs']:,} | {r['seconds']:.1f} |"
             f" {r['rate']:,.0f} |",
             flush=True,
         )
+    if args.throughput_only:
+        return
     first = paths[args.customers[0]]
     s = stages(first)
     header = "| stream | parse + validate | feature update | engine, no rules | engine, starter rules | rules |"
