@@ -23,14 +23,12 @@ def at(minutes: float = 0, days: float = 0) -> str:
     return (T0 + timedelta(minutes=minutes, days=days)).isoformat().replace("+00:00", "Z")
 
 
-def track(name: str, user: str | None = "u1", minutes: float = 0, days: float = 0, **fields: Any) -> dict[str, Any]:
-    """A track event dict; ``anon=`` sets anonymousId, ``props=`` properties, the rest top-level fields."""
+def call(kind: str, user: str | None = "u1", minutes: float = 0, days: float = 0, **fields: Any) -> dict[str, Any]:
+    """An event dict of type ``kind``; ``anon=`` sets anonymousId, ``message_id=`` the id, the rest top-level fields."""
     event: dict[str, Any] = {
-        "type": "track",
-        "event": name,
+        "type": kind,
         "messageId": fields.pop("message_id", f"m{next(_ids)}"),
         "timestamp": at(minutes, days),
-        "properties": fields.pop("props", {}),
     }
     if user is not None:
         event["userId"] = user
@@ -40,15 +38,9 @@ def track(name: str, user: str | None = "u1", minutes: float = 0, days: float = 
     return event
 
 
-def call(kind: str, user: str | None = "u1", minutes: float = 0, days: float = 0, **fields: Any) -> dict[str, Any]:
-    """An identify/page/screen/alias event dict."""
-    event: dict[str, Any] = {"type": kind, "messageId": f"m{next(_ids)}", "timestamp": at(minutes, days)}
-    if user is not None:
-        event["userId"] = user
-    if (anon := fields.pop("anon", None)) is not None:
-        event["anonymousId"] = anon
-    event.update(fields)
-    return event
+def track(name: str, user: str | None = "u1", minutes: float = 0, days: float = 0, **fields: Any) -> dict[str, Any]:
+    """A track event dict; ``props=`` sets its properties (see :func:`call` for the rest)."""
+    return call("track", user, minutes, days, event=name, properties=fields.pop("props", {}), **fields)
 
 
 def added(user: str | None = "u1", minutes: float = 0, product: str = "p1", price: float = 20.0, **kw: Any) -> dict:
