@@ -16,8 +16,8 @@ MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 MAX_CART_ITEMS = 50
 MAX_SESSION_PRODUCTS = 10
-MAX_CAUSED_BY = 10
-AFFINITY_K = 8
+MAX_CAUSED_BY = 5
+AFFINITY_K = 5
 CATEGORY_HALF_LIFE_MS = 14 * DAY_MS
 PRODUCT_HALF_LIFE_MS = 3 * DAY_MS
 TRAIT_KEYS: tuple[str, ...] = ("age_band", "city", "country", "urban", "gender", "loyalty_tier")
@@ -34,9 +34,9 @@ class Lifecycle:
 
 
 class Cart:
-    """The current cart: lines, value, when it was last added to, the adds that built it."""
+    """The current cart: lines, value, when it was started and last added to."""
 
-    __slots__ = ("added_by", "id", "items", "last_add_ms", "started_ms", "value")
+    __slots__ = ("id", "items", "last_add_ms", "started_ms", "value")
 
     def __init__(self, cart_id: str, started_ms: int) -> None:
         self.id = cart_id
@@ -44,9 +44,8 @@ class Cart:
         self.value = 0.0
         self.started_ms = started_ms
         self.last_add_ms = started_ms
-        self.added_by: list[str] = []
 
-    def add(self, product_id: str, quantity: int, price: float, at_ms: int, message_id: str) -> None:
+    def add(self, product_id: str, quantity: int, price: float, at_ms: int) -> None:
         line = self.items.get(product_id)
         if line is None:
             if len(self.items) >= MAX_CART_ITEMS:
@@ -56,9 +55,6 @@ class Cart:
             self.items[product_id] = (line[0] + quantity, price)
         self.value = round(self.value + quantity * price, 2)
         self.last_add_ms = max(self.last_add_ms, at_ms)
-        self.added_by.append(message_id)
-        if len(self.added_by) > MAX_CAUSED_BY:
-            del self.added_by[0]
 
     def remove(self, product_id: str, quantity: int) -> None:
         line = self.items.get(product_id)
@@ -217,7 +213,7 @@ class CustomerState:
         cart = self.cart
         if cart is None or (cart_id is not None and cart_id != cart.id and not cart.items):
             cart = self.cart = Cart(cart_id or message_id, at_ms)
-        cart.add(product_id, quantity, price, at_ms, message_id)
+        cart.add(product_id, quantity, price, at_ms)
 
     def remove_from_cart(self, product_id: str, quantity: int) -> None:
         if self.cart is not None:

@@ -131,7 +131,7 @@ def test_cart_adds_and_removes():
 def test_an_order_clears_the_cart_and_a_new_add_starts_a_new_one():
     state = state_after([added(minutes=0, product="p1"), added(minutes=1, product="p2")])
     first = state.cart.id
-    assert len(state.cart.added_by) == 2
+    assert len(state.cart.items) == 2
     feed(state, [order(minutes=5)])
     assert state.cart is None
     feed(state, [added(minutes=6, product="p3")])
