@@ -173,3 +173,23 @@ def test_bytewax_runner_runs_the_module_level_flow(tmp_path):
     expected = files_of(GOLDEN / "expected")
     by_runner.pop("summary.json"), expected.pop("summary.json")  # the CLI adds file counts to its summary
     assert by_runner == expected
+
+
+def test_every_output_record_follows_the_published_contract():
+    """The golden outputs validate against the output models in schemas.records."""
+    from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, AudienceData, CloudEvent, DeadLetter, TriggerData
+
+    expected = GOLDEN / "expected"
+    counted = 0
+    for path in sorted(expected.glob("*.jsonl")):
+        for line in path.read_bytes().splitlines():
+            record = orjson.loads(line)
+            counted += 1
+            if path.name == "dead_letters.jsonl":
+                DeadLetter.model_validate(record)
+                continue
+            envelope = CloudEvent.model_validate(record)
+            data_model = {TRIGGER_TYPE: TriggerData, AUDIENCE_TYPE: AudienceData}[envelope.type]
+            data_model.model_validate(envelope.data)
+            assert path.name.startswith("triggers." if data_model is TriggerData else "audience_changes")
+    assert counted > 100
