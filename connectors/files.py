@@ -19,7 +19,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from operators.engine import Output
-from operators.parse import RawEvent
+from operators.parse import EndOfInput, RawEvent
 
 OUTPUT_FILES: dict[str, str] = {
     "triggers.push": "triggers.push.jsonl",
@@ -57,20 +57,21 @@ def _open(path: Path) -> BinaryIO:
     return path.open("rb")
 
 
-class _JsonlPartition(StatefulSourcePartition[RawEvent, tuple[int, int, int, int]]):
+class _JsonlPartition(StatefulSourcePartition[RawEvent | EndOfInput, tuple[int, int, int, int]]):
     """Reads the files one after the other; ``seq`` counts lines across all of them."""
 
     def __init__(self, paths: list[Path], batch_size: int, resume: tuple[int, int, int, int] | None) -> None:
         self._paths = paths
         self._batch_size = batch_size
         self._index, offset, self._line, self._seq = resume or (0, 0, 0, 0)
+        self._ended = False
         self._file: BinaryIO | None = None
         if self._index < len(paths):
             self._file = _open(paths[self._index])
             self._file.seek(offset)
 
-    def next_batch(self) -> list[RawEvent]:
-        batch: list[RawEvent] = []
+    def next_batch(self) -> list[RawEvent | EndOfInput]:
+        batch: list[RawEvent | EndOfInput] = []
         while self._file is not None and len(batch) < self._batch_size:
             line = self._file.readline()
             if not line:
@@ -82,8 +83,11 @@ class _JsonlPartition(StatefulSourcePartition[RawEvent, tuple[int, int, int, int
             if payload.strip():
                 position = {"source": self._paths[self._index].name, "line": self._line}
                 batch.append(RawEvent(self._seq, position, payload))
-        if not batch and self._file is None:
-            raise StopIteration
+        if self._file is None:
+            if self._ended:
+                raise StopIteration
+            self._ended = True
+            batch.append(EndOfInput(self._seq))
         return batch
 
     def _next_file(self) -> None:
@@ -102,7 +106,7 @@ class _JsonlPartition(StatefulSourcePartition[RawEvent, tuple[int, int, int, int
             self._file.close()
 
 
-class JsonlSource(FixedPartitionedSource[RawEvent, tuple[int, int, int, int]]):
+class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput, tuple[int, int, int, int]]):
     """Read JSONL recordings (plain or ``.gz``) as raw bytes, in order, as one stream (one partition)."""
 
     def __init__(self, paths: Sequence[str | Path], batch_size: int = 1000) -> None:

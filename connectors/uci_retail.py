@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from operators.parse import RawEvent
+from operators.parse import EndOfInput, RawEvent
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "online-retail-uci.csv.gz"
 
@@ -339,20 +339,26 @@ def write_jsonl(items: Iterable[dict | Rejected], out: BinaryIO) -> tuple[int, i
     return events, rejected
 
 
-class _UciPartition(StatefulSourcePartition[RawEvent, int]):
+class _UciPartition(StatefulSourcePartition[RawEvent | EndOfInput, int]):
     def __init__(self, path: Path, limit_rows: int | None, batch_size: int, resume: int | None) -> None:
         self._items = enumerate(read_invoices(path, limit_rows), start=1)
         self._name = path.name
         self._batch_size = batch_size
         self._done = resume or 0
+        self._ended = False
         for _ in range(self._done):
             next(self._items, None)
 
-    def next_batch(self) -> list[RawEvent]:
-        batch = [self._raw(n, item) for n, item in itertools.islice(self._items, self._batch_size)]
-        if not batch:
-            raise StopIteration
+    def next_batch(self) -> list[RawEvent | EndOfInput]:
+        batch: list[RawEvent | EndOfInput] = [
+            self._raw(n, item) for n, item in itertools.islice(self._items, self._batch_size)
+        ]
         self._done += len(batch)
+        if len(batch) < self._batch_size:
+            if self._ended:
+                raise StopIteration
+            self._ended = True
+            batch.append(EndOfInput(self._done))
         return batch
 
     def _raw(self, n: int, item: dict | Rejected) -> RawEvent:
@@ -366,7 +372,7 @@ class _UciPartition(StatefulSourcePartition[RawEvent, int]):
         return self._done
 
 
-class UciRetailSource(FixedPartitionedSource[RawEvent, int]):
+class UciRetailSource(FixedPartitionedSource[RawEvent | EndOfInput, int]):
     """The UCI Online Retail invoices as a flow source; rejected rows arrive pre-rejected (dead letters)."""
 
     def __init__(self, path: Path = DEFAULT_PATH, limit_rows: int | None = None, batch_size: int = 1000) -> None:

@@ -38,7 +38,7 @@ class Settings(BaseModel):
     state_ttl_days: int = Field(730, gt=0, description="state of a customer inactive this long is dropped")
     dedupe_per_shard: int = Field(20_000, ge=100, description="message ids remembered per shard for dedupe")
     batch_size: int = Field(1000, ge=1, description="source batch size")
-    tick_ms: int = Field(1000, ge=1, description="event time between clock ticks broadcast to every shard")
+    tick_every: int = Field(1000, ge=1, description="input records between clock ticks sent to every shard")
     epoch_seconds: float = Field(10, gt=0, description="Bytewax epoch (snapshot) interval")
 
     def engine_config(self, snapshots: bool = False) -> EngineConfig:
@@ -52,7 +52,7 @@ class Settings(BaseModel):
             ),
             state_ttl_ms=self.state_ttl_days * DAY_MS,
             dedupe_per_shard=self.dedupe_per_shard,
-            tick_ms=self.tick_ms,
+            tick_every=self.tick_every,
             snapshots=snapshots,
         )
 

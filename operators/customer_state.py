@@ -16,7 +16,7 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from operators.engine import EngineConfig, Forward, Output, Role, ShardEngine, Tick
-from operators.parse import RawEvent, Rejected, parse
+from operators.parse import EndOfInput, RawEvent, Rejected, parse
 from operators.rules import CompiledRules
 from schemas.envelope import Envelope
 
@@ -53,7 +53,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         return self.engine.snapshot()
 
 
-def _seq(item: Envelope | Forward | Tick) -> int:
+def _seq(item: Envelope | Forward | Tick | Output) -> int:
     return item.env.seq if isinstance(item, Forward) else item.seq
 
 
@@ -90,25 +90,33 @@ def personalize(
 
     identity_keys = [IDENTITY + f"{n:04d}" for n in range(shards)]
     customer_keys = [CUSTOMER + f"{n:04d}" for n in range(shards)]
-    reached: dict[str, int | None] = {"ticked": None}  # event time of the last tick sent
+    # event time the input has reached (future-dated events aside); ticks carry it
+    reached: dict[str, int] = {}
 
-    def parse_and_route(batch: list[RawEvent]) -> list[Any]:
+    def tick(seq: int, out: list[Any]) -> None:
+        if "ts_ms" in reached:
+            out.extend((key, Tick(reached["ts_ms"], seq, n)) for n, key in enumerate(identity_keys))
+
+    def parse_and_route(batch: list[RawEvent | EndOfInput]) -> list[Any]:
+        """Parse each record and route it to its identity shard; a tick every ``tick_every`` records
+        and at the end of input (at fixed positions of the stream, so batching changes nothing)."""
         out: list[Any] = []
-        latest = None
         for raw in batch:
+            if isinstance(raw, EndOfInput):
+                tick(raw.seq, out)
+                continue
             result = parse(raw, max_event_bytes)
             if isinstance(result, Rejected):
                 out.append((identity_keys[raw.seq % shards], Output("dead_letters", "", 0, raw.seq, result.body)))
-                continue
-            out.append((identity_keys[shard_of(result.anonymous_id or result.customer_id, shards)], result))
-            future = result.received_ms is not None and result.ts_ms - result.received_ms > config.max_skew_ms
-            if not future and (latest is None or result.ts_ms > latest):
-                latest = result.ts_ms
-        ticked = reached["ticked"]
-        if latest is not None and (ticked is None or latest - ticked >= config.tick_ms):
-            reached["ticked"] = latest
-            seq = batch[-1].seq
-            out.extend((key, Tick(latest, seq, n)) for n, key in enumerate(identity_keys))
+            else:
+                out.append((identity_keys[shard_of(result.anonymous_id or result.customer_id, shards)], result))
+                future = result.received_ms is not None and result.ts_ms - result.received_ms > config.max_skew_ms
+                if not future and result.ts_ms > reached.get("ts_ms", result.ts_ms - 1):
+                    reached["ts_ms"] = result.ts_ms
+            block = raw.seq // config.tick_every
+            if block > reached.get("block", 0):
+                reached["block"] = block
+                tick(raw.seq, out)
         return out
 
     def reroute(batch: list[tuple[str, Any]]) -> list[Any]:

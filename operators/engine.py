@@ -57,7 +57,7 @@ class EngineConfig:
     state_ttl_ms: int = 730 * DAY_MS
     dedupe_per_shard: int = 20_000
     links_per_shard: int = 50_000
-    tick_ms: int = 1000
+    tick_every: int = 1000
     snapshots: bool = False
 
 
@@ -72,10 +72,12 @@ class Forward:
 
 @dataclass(slots=True)
 class Tick:
-    """The event time the source has reached, broadcast to every shard after each input batch.
+    """The event time the input has reached, sent to every shard every ``tick_every`` records
+    and at the end of bounded input.
 
     It moves the clock of shards whose own customers are quiet, so that their timers fire
-    and every shard's clock stops at the last event of bounded input.
+    and every shard's clock stops at the last event of bounded input. Ticks sit at fixed
+    positions of the stream (``seq``), so how the input is batched changes no decision.
     """
 
     ts_ms: int

@@ -31,6 +31,13 @@ class RawEvent:
 
 
 @dataclass(slots=True)
+class EndOfInput:
+    """Sent by a bounded source after its last record: the clock may move to the last event."""
+
+    seq: int
+
+
+@dataclass(slots=True)
 class Rejected:
     """A raw event that failed parsing or validation, as a dead-letter record body."""
 

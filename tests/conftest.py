@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from operators.engine import EngineConfig, Forward, Output, ShardEngine, Tick
-from operators.parse import RawEvent, parse
+from operators.parse import EndOfInput, RawEvent, parse
 from operators.rules import CompiledRules, load_rules, parse_rules
 from schemas.envelope import Envelope
 
@@ -60,6 +60,12 @@ def raw_records(events: list[dict[str, Any] | bytes]) -> list[RawEvent]:
         payload = event if isinstance(event, bytes) else orjson.dumps(event)
         out.append(RawEvent(line, {"source": "test.jsonl", "line": line}, payload))
     return out
+
+
+def source_records(events: list[dict[str, Any] | bytes]) -> list[RawEvent | EndOfInput]:
+    """What a bounded source sends: the raw records, then the end-of-input marker."""
+    records: list[RawEvent | EndOfInput] = list(raw_records(events))
+    return [*records, EndOfInput(len(records))]
 
 
 def envelopes(events: list[dict[str, Any]]) -> list[Envelope]:

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import orjson
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
-from conftest import added, call, order, raw_records, track
+from conftest import added, call, order, source_records, track
 
 from flows.personalization import build_flow
 from flows.settings import Settings
@@ -16,7 +16,7 @@ from operators.engine import Output
 def run_flow(events, tmp_path, workers: int = 1, shards: int = 8) -> list[Output]:
     captured: list[tuple[str, Output]] = []
     settings = Settings(out=tmp_path / "unused", shards=shards)
-    flow = build_flow(settings, source=TestingSource(raw_records(events), batch_size=7), sink=TestingSink(captured))
+    flow = build_flow(settings, source=TestingSource(source_records(events), batch_size=7), sink=TestingSink(captured))
     if workers == 1:
         run_main(flow)
     else:

@@ -7,7 +7,7 @@ from datetime import timedelta
 import orjson
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
-from conftest import raw_records
+from conftest import source_records
 from test_flow import mixed_stream
 
 from connectors.files import add_counts
@@ -18,7 +18,7 @@ from flows.settings import Settings
 def run(items, tmp_path, recovery: RecoveryConfig | None) -> tuple[list, dict]:
     """Decisions of one execution, and the final counters of the engine (summed over shards)."""
     captured: list = []
-    settings = Settings(out=tmp_path / "unused", shards=4, tick_ms=30 * 60_000)  # holds events back
+    settings = Settings(out=tmp_path / "unused", shards=4, tick_every=40)  # holds events back between ticks
     flow = build_flow(settings, snapshots=True, source=TestingSource(items, batch_size=5), sink=TestingSink(captured))
     run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
     stats: dict = {}
@@ -29,7 +29,7 @@ def run(items, tmp_path, recovery: RecoveryConfig | None) -> tuple[list, dict]:
 
 
 def test_resume_after_abort_gives_every_decision_with_the_same_ids(tmp_path):
-    records = raw_records(mixed_stream())
+    records = source_records(mixed_stream())
     whole, whole_stats = run(records, tmp_path / "whole", None)
     expected = {o.body for o in whole}
 

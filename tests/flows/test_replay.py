@@ -35,12 +35,13 @@ def replay(stream: Path, out: Path, *extra: str, env: dict[str, str] | None = No
     return files_of(out)
 
 
-def test_replays_are_byte_identical_across_runs_hash_seeds_and_workers(tmp_path):
+def test_replays_are_byte_identical_across_runs_hash_seeds_workers_and_batch_sizes(tmp_path):
     stream = GOLDEN / "stream.jsonl.gz"
     first = replay(stream, tmp_path / "a", env={"PYTHONHASHSEED": "1"})
     second = replay(stream, tmp_path / "b", env={"PYTHONHASHSEED": "4242"})
     workers = replay(stream, tmp_path / "c", "-w", "2", env={"PYTHONHASHSEED": "7"})
-    assert first == second == workers
+    batches = replay(stream, tmp_path / "d", env={"NUDGEFLOW_BATCH_SIZE": "37"})
+    assert first == second == workers == batches
     assert first["triggers.push.jsonl"] and first["audience_changes.jsonl"] and first["dead_letters.jsonl"]
 
 
