@@ -36,6 +36,7 @@ COUNT_KIND: dict[str, str] = {
     "Checkout Started": "checkout_started",
     "Order Completed": "order_completed",
     "Order Refunded": "order_refunded",
+    "Order Cancelled": "order_refunded",
     "Application Opened": "application_opened",
     "page": "page",
     "screen": "screen",
