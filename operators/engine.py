@@ -115,7 +115,7 @@ class ShardEngine:
         self.role = role
         self.index = index
         self.upstream_shards = upstream_shards
-        self.upstream: dict[int, int] = {}  # tick seq -> identity shards that passed it so far
+        self.upstream: dict[int, set[int]] = {}  # tick seq -> identity shards that passed it so far
         self.pending: list[Forward] = []
         self.customers: dict[str, CustomerState] = {}
         self.heap: list[tuple[int, int, str, str]] = []
@@ -168,16 +168,15 @@ class ShardEngine:
         self._identity_event(env, out)
 
     def _upstream_tick(self, tick: Tick, out: list[Any]) -> None:
-        """Count identity shards past ``tick``; once all are, apply what they passed and move the clock.
+        """Note which identity shard passed ``tick``; once all have, apply what they passed and move the clock.
 
-        Every identity shard passes on the same source ticks in the same order, so a tick
-        seen ``upstream_shards`` times has been passed by all of them.
+        Every identity shard passes on the same source ticks, after the events before them.
         """
-        seen = self.upstream.get(tick.seq, 0) + 1
-        if seen < self.upstream_shards:
-            self.upstream[tick.seq] = seen
+        passed = self.upstream.setdefault(tick.seq, set())
+        passed.add(tick.origin)
+        if len(passed) < self.upstream_shards:
             return
-        self.upstream.pop(tick.seq, None)
+        del self.upstream[tick.seq]
         self._release(tick.seq, out)
         self.seq = tick.seq
         self._advance(tick.ts_ms, out)
