@@ -19,7 +19,7 @@ from flows.runtime import tune_gc
 from flows.settings import Settings
 from operators.customer_state import personalize
 from operators.engine import Output
-from operators.parse import RawEvent
+from operators.parse import EndOfInput, RawEvent
 from operators.rules import CompiledRules, load_rules
 
 
@@ -27,7 +27,7 @@ def build_flow(
     settings: Settings,
     rules: CompiledRules | None = None,
     snapshots: bool = False,
-    source: Source[RawEvent] | None = None,
+    source: Source[RawEvent | EndOfInput] | None = None,
     sink: Sink[tuple[str, Output]] | None = None,
 ) -> Dataflow:
     """Source -> parse/validate -> dedupe -> key by customer -> state + rules -> output files.

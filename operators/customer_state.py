@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
+import orjson
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
@@ -58,8 +59,6 @@ def _seq(item: Envelope | Forward | Tick | Output) -> int:
 
 
 def _encode_stats(stats: dict[str, Any]) -> bytes:
-    import orjson
-
     return orjson.dumps(stats, option=orjson.OPT_SORT_KEYS)
 
 
@@ -76,7 +75,7 @@ def _builder(rules: CompiledRules, config: EngineConfig, role: Role, shards: int
 @operator
 def personalize(
     step_id: str,
-    up: Stream[RawEvent],
+    up: Stream[RawEvent | EndOfInput],
     rules: CompiledRules,
     config: EngineConfig,
     shards: int,
