@@ -243,6 +243,11 @@ def test_warnings_flag_a_misspelled_event_name():
     ]
 
 
+def test_warnings_flag_a_trigger_that_can_never_fire():
+    rules = parse_rules("version: v1\ntriggers:\n  - id: bye\n    channel: email\n    on: Erasure Requested\n", FILE)
+    assert rules.warnings() == ["trigger 'bye': 'Erasure Requested' deletes the customer, so it never fires"]
+
+
 def test_audiences_for_only_returns_audiences_listening_to_the_event():
     rules = parse_rules(
         "version: v1\naudiences:\n"
