@@ -33,14 +33,13 @@ from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, fo
 from schemas.envelope import Envelope
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
 from state.affinity import DAY_MS
-from state.catalogue import FeatureView
+from state.catalogue import ORDERS, FeatureView
 from state.customer import MAX_CAUSED_BY, CustomerState, Lifecycle, Timer
 from state.update import apply_event
 
 SNAPSHOT_FORMAT = 1
 RECHECK = "~recheck"
 ERASURE = "Erasure Requested"
-ORDER_EVENTS = frozenset({"Order Completed", "Order Refunded", "Order Cancelled"})
 LINKING = frozenset({"identify", "alias"})
 MAX_UNKNOWN_NAMES = 50
 
@@ -273,7 +272,7 @@ class ShardEngine:
                 self._trigger(state, trigger, env, now, self._cause(trigger, state, env), [env.message_id], out)
         audiences = rules.audiences if fresh else rules.audiences_for(env.name)
         self._audiences(state, audiences, env, now, [env.message_id], out)
-        self._keep_alive(state, now, moved_earlier=late or env.name in ORDER_EVENTS)
+        self._keep_alive(state, now, moved_earlier=late or env.name in ORDERS)
 
     def _arm(self, state: CustomerState, trigger: CompiledTrigger, env: Envelope, late: bool) -> None:
         rule = trigger.rule
