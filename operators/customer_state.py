@@ -106,7 +106,9 @@ def personalize(
                 continue
             result = parse(raw, max_event_bytes)
             if isinstance(result, Rejected):
-                out.append((identity_keys[raw.seq % shards], Output("dead_letters", "", 0, raw.seq, result.body)))
+                out.append(
+                    (identity_keys[raw.seq % shards], Output("dead_letters", result.key, 0, raw.seq, result.body))
+                )
             else:
                 out.append((identity_keys[shard_of(result.anonymous_id or result.customer_id, shards)], result))
                 future = result.received_ms is not None and result.ts_ms - result.received_ms > config.max_skew_ms

@@ -12,11 +12,12 @@ Two stages share this code. Every event enters the ``identity`` stage, keyed by 
 events, keeps anonymous customers, links an anonymous id to a ``userId`` when an event
 carries both, and forwards every identified event to the ``customer`` stage, keyed by the
 customer, handing over the anonymous state on linking; later events with either id reach
-the same customer. After each input batch the source sends every identity shard a
-:class:`Tick` with the event time reached; each identity shard passes it on to every
-customer shard, and a customer shard applies forwarded events in input order once every
-identity shard has passed them. So results do not depend on the number of workers, and a
-shard whose customers are quiet still sees the clock move.
+the same customer. Every ``tick_every`` input records, and at the end of bounded input, the
+source sends every identity shard a :class:`Tick` with the event time reached; each
+identity shard passes it on to every customer shard, and a customer shard applies
+forwarded events in input order once every identity shard has passed them. So results do
+not depend on the number of workers, and a shard whose customers are quiet still sees the
+clock move.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from operators.expressions import Expression
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
 from schemas.envelope import Envelope
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
@@ -40,7 +42,6 @@ from state.update import apply_event
 SNAPSHOT_FORMAT = 1
 RECHECK = "~recheck"
 ERASURE = "Erasure Requested"
-LINKING = frozenset({"identify", "alias"})
 MAX_UNKNOWN_NAMES = 50
 
 Role = Literal["identity", "customer"]
@@ -106,19 +107,17 @@ def _bump(counter: dict[str, int], key: str, by: int = 1) -> None:
 class ShardEngine:
     """All customers of one shard, their timers and the shard's event-time clock."""
 
-    def __init__(
-        self, rules: CompiledRules, config: EngineConfig, role: Role, index: int = 0, upstream_shards: int = 1
-    ) -> None:
+    def __init__(self, rules: CompiledRules, config: EngineConfig, role: Role, upstream_shards: int = 1) -> None:
         self.rules = rules
         self.config = config
         self.role = role
-        self.index = index
+        self.index = 0  # this identity shard's number, learned from the source's ticks
         self.upstream_shards = upstream_shards
         self.upstream: dict[int, set[int]] = {}  # tick seq -> identity shards that passed it so far
         self.pending: list[Forward] = []
         self.customers: dict[str, CustomerState] = {}
-        self.heap: list[tuple[int, int, str, str]] = []
-        self.tick = 0
+        self.heap: list[tuple[int, int, str, str]] = []  # (due, push number, customer, rule id)
+        self.pushes = 0
         self.seq = 0
         self.clock: int | None = None
         self.swept_day: int | None = None
@@ -251,9 +250,10 @@ class ShardEngine:
             state = self.customers[customer_id] = CustomerState(customer_id, env.ts_ms)
         if carried is not None:
             state.merge(carried, env.ts_ms)
-            for rule_id, timer in state.timers.items():
-                timer.scheduled_ms = None
-                self._schedule(state, rule_id)
+            for rule_id, timer in carried.timers.items():
+                if state.timers.get(rule_id) is timer:  # adopted: give it an entry in this shard's heap
+                    timer.scheduled_ms = None
+                    self._schedule(state, rule_id)
         self._mark(customer_id)
         late = self.clock is not None and env.ts_ms < self.clock
         if late:
@@ -281,7 +281,7 @@ class ShardEngine:
         if state.fired.get(rule.id) == cause:
             return
         due = env.ts_ms + rule.after
-        if late and self.clock is not None and due <= self.clock:
+        if late and due <= self.clock:  # type: ignore[operator]
             return
         timer = state.timers.get(rule.id)
         if timer is not None and timer.cause == cause:
@@ -314,8 +314,8 @@ class ShardEngine:
         timer = state.timers[rule_id]
         if timer.scheduled_ms is None or timer.scheduled_ms > timer.due_ms:
             timer.scheduled_ms = timer.due_ms
-            self.tick += 1
-            heapq.heappush(self.heap, (timer.due_ms, self.tick, state.id, rule_id))
+            self.pushes += 1
+            heapq.heappush(self.heap, (timer.due_ms, self.pushes, state.id, rule_id))
 
     def _advance(self, ts_ms: int, out: list[Any]) -> None:
         """Move the shard clock to ``ts_ms`` minus the allowed lateness and fire what is due."""
@@ -342,14 +342,8 @@ class ShardEngine:
 
     def _fire_due(self, state: CustomerState, upto_ms: int, out: list[Any]) -> None:
         """Fire this customer's timers due by ``upto_ms`` (before its next event is applied)."""
-        due = None
-        for rule_id, timer in state.timers.items():
-            if timer.due_ms <= upto_ms:
-                due = [(timer.due_ms, rule_id)] if due is None else [*due, (timer.due_ms, rule_id)]
-        if due is None:
-            return
-        due.sort()
-        for _, rule_id in due:
+        due = [(timer.due_ms, rule_id) for rule_id, timer in state.timers.items() if timer.due_ms <= upto_ms]
+        for _, rule_id in sorted(due):
             if rule_id in state.timers and state.id in self.customers:
                 self._fire(state, rule_id, out)
 
@@ -452,7 +446,7 @@ class ShardEngine:
                 state.audiences = tuple(sorted((*state.audiences, member)))
             else:
                 state.audiences = tuple(a for a in state.audiences if a != member)
-            reason = f"{audience.when.source} became {'true' if inside else 'false'}{_values(audience, view)}"
+            reason = f"{audience.when.source} became {'true' if inside else 'false'}{_values(audience.when, view)}"
             self._audience_change(state, audience, inside, reason, now_ms, caused_by, out)
 
     def _audience_change(
@@ -482,9 +476,8 @@ class ShardEngine:
         _bump(self.stats.setdefault("audience_changes", {}), f"{audience.id}.{change}")
 
     def _leave_all(self, state: CustomerState, reason: str, at_ms: int, caused_by: list[str], out: list[Any]) -> None:
-        by_id = {a.member_key: a for a in self.rules.audiences}
-        for audience_id in state.audiences:
-            audience = by_id.get(audience_id)
+        for member in state.audiences:
+            audience = self.rules.audience_by_member.get(member)
             if audience is not None:
                 self._audience_change(state, audience, False, reason, at_ms, caused_by, out)
         state.audiences = ()
@@ -562,7 +555,7 @@ class ShardEngine:
             "links": pickle.dumps(list(self.links.items())),
             "stats": pickle.dumps(self.stats),
             # forwards held back until every identity shard has passed them
-            "pending": pickle.dumps((self.tick, self.pending, self.upstream)),
+            "pending": pickle.dumps((self.pending, self.upstream)),
         }
         return SNAPSHOT_FORMAT, shard
 
@@ -577,7 +570,7 @@ class ShardEngine:
         self.seen = OrderedDict.fromkeys(pickle.loads(shard["seen"]))
         self.links = OrderedDict(pickle.loads(shard["links"]))
         self.stats = pickle.loads(shard["stats"])
-        self.tick, self.pending, self.upstream = pickle.loads(shard["pending"])
+        self.pending, self.upstream = pickle.loads(shard["pending"])
         for state in self.customers.values():
             for rule_id, timer in sorted(state.timers.items()):
                 timer.scheduled_ms = None
@@ -596,8 +589,9 @@ def _scalar(value: Any) -> str | None:
     return None
 
 
-def _values(audience: CompiledAudience, view: FeatureView) -> str:
-    parts = [f"{name}={text}" for name in sorted(audience.when.names) if (text := _scalar(view[name])) is not None]
+def _values(expression: Expression, view: FeatureView) -> str:
+    """`` (name=value, ...)`` for the scalar features an expression read, for decision reasons."""
+    parts = [f"{name}={text}" for name in sorted(expression.names) if (text := _scalar(view[name])) is not None]
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -610,8 +604,5 @@ def _trigger_reason(trigger: CompiledTrigger, view: FeatureView) -> str:
     else:
         base = f"on {' or '.join(rule.on)}"
     if trigger.when is not None:
-        base += f"; {trigger.when.source}"
-        parts = [f"{n}={t}" for n in sorted(trigger.when.names) if (t := _scalar(view[n])) is not None]
-        if parts:
-            base += f" ({', '.join(parts)})"
+        base += f"; {trigger.when.source}{_values(trigger.when, view)}"
     return base

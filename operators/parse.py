@@ -39,7 +39,10 @@ class EndOfInput:
 
 @dataclass(slots=True)
 class Rejected:
-    """A raw event that failed parsing or validation, as a dead-letter record body."""
+    """A raw event that failed parsing or validation, as a dead-letter record body.
+
+    ``key`` (its input position) is the record's key on the dead-letter output.
+    """
 
     key: str
     body: bytes

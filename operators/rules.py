@@ -95,6 +95,8 @@ class CompiledRules:
     arming: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
     cancelling: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
     timers: dict[str, CompiledTrigger] = field(default_factory=dict)
+    time_audiences: list[CompiledAudience] = field(init=False)
+    audience_by_member: dict[str, CompiledAudience] = field(init=False)
     _audiences_for: dict[str, list[CompiledAudience]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -109,6 +111,7 @@ class CompiledRules:
                 self.timers[trigger.id] = trigger
         self.immediate, self.arming, self.cancelling = dict(immediate), dict(arming), dict(cancelling)
         self.time_audiences = [a for a in self.audiences if a.time_dependent]
+        self.audience_by_member = {a.member_key: a for a in self.audiences}
 
     def audiences_for(self, name: str) -> list[CompiledAudience]:
         """The audiences an event called ``name`` can change (cached per name)."""
