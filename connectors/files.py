@@ -38,13 +38,19 @@ class OutputFolderError(ValueError):
     """The output folder exists and is not empty (and replacing it was not asked for)."""
 
 
-def prepare_output_folder(path: Path, replace: bool = False) -> Path:
-    """Create ``path`` with an empty file per output; refuse a non-empty folder unless ``replace``."""
+def fresh_folder(path: Path, replace: bool = False) -> Path:
+    """Create ``path`` empty; refuse a non-empty folder unless ``replace``."""
     if path.exists() and any(path.iterdir()):
         if not replace:
             raise OutputFolderError(f"output folder {path} is not empty (use --force to replace it)")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def prepare_output_folder(path: Path, replace: bool = False) -> Path:
+    """Create ``path`` empty (see :func:`fresh_folder`) with an empty file per output."""
+    fresh_folder(path, replace)
     for name in OUTPUT_FILES.values():
         (path / name).touch()
     return path
@@ -123,27 +129,20 @@ class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput, tuple[int, int, 
         return _JsonlPartition(self.paths, self.batch_size, resume_state)
 
 
-class _FolderPartition(StatefulSinkPartition[Output, None]):
-    def __init__(self, path: Path, stream: str) -> None:
+class _FilePartition(StatefulSinkPartition[Output, None]):
+    """One output stream: records are held and written sorted (event time, input position) at close."""
+
+    def __init__(self, path: Path) -> None:
         self._path = path
-        self._stream = stream
         self._rows: list[tuple[Any, bytes]] = []
-        self._stats: dict[str, Any] = {}
 
     def write_batch(self, values: list[Output]) -> None:
-        if self._stream == "stats":
-            for value in values:
-                add_counts(self._stats, orjson.loads(value.body))
-            return
         self._rows.extend((value.sort_key(), value.body) for value in values)
 
     def snapshot(self) -> None:
         return None
 
     def close(self) -> None:
-        if self._stream == "stats":
-            self._path.write_bytes(orjson.dumps(self._stats, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
-            return
         self._rows.sort(key=lambda row: row[0])
         with self._path.open("wb") as out:
             for _, body in self._rows:
@@ -151,7 +150,26 @@ class _FolderPartition(StatefulSinkPartition[Output, None]):
                 out.write(b"\n")
 
 
+class _SummaryPartition(StatefulSinkPartition[Output, None]):
+    """The shards' counters, added up into one JSON document at close."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._counts: dict[str, Any] = {}
+
+    def write_batch(self, values: list[Output]) -> None:
+        for value in values:
+            add_counts(self._counts, orjson.loads(value.body))
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._path.write_bytes(orjson.dumps(self._counts, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
+
+
 def add_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
+    """Add nested counters ``part`` into ``total``."""
     for key, value in part.items():
         if isinstance(value, dict):
             add_counts(total.setdefault(key, {}), value)
@@ -165,12 +183,14 @@ class OutputFolderSink(FixedPartitionedSink[Output, None]):
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.streams = sorted(OUTPUT_FILES)
+        self._index = {stream: i for i, stream in enumerate(self.streams)}
 
     def list_parts(self) -> list[str]:
         return self.streams
 
     def part_fn(self, item_key: str) -> int:
-        return self.streams.index(item_key)
+        return self._index[item_key]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _FolderPartition:
-        return _FolderPartition(self.folder / OUTPUT_FILES[for_part], for_part)
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _FilePartition | _SummaryPartition:
+        path = self.folder / OUTPUT_FILES[for_part]
+        return _SummaryPartition(path) if for_part == "stats" else _FilePartition(path)

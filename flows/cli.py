@@ -9,13 +9,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bytewax.inputs import Source
 from bytewax.testing import cluster_main, run_main
 
-from connectors.files import JsonlSource, OutputFolderError
+from connectors.files import OutputFolderError, fresh_folder
 from flows.personalization import build_flow
 from flows.report import diff_decisions, finalize_summary, render_diff, render_summary
 from flows.runtime import tune_gc
 from flows.settings import SAMPLE_STREAM, Settings
+from operators.parse import EndOfInput, RawEvent
 from operators.rules import STARTER_RULES, RuleFileError, load_rules
 
 
@@ -86,7 +88,9 @@ def _settings(args: argparse.Namespace, inputs: Sequence[Path] | None, out: Path
     )
 
 
-def execute(settings: Settings, workers: int = 1, source: object | None = None, quiet: bool = False) -> dict:
+def execute(
+    settings: Settings, workers: int = 1, source: Source[RawEvent | EndOfInput] | None = None, quiet: bool = False
+) -> dict:
     """Build and run the flow to completion; return the run's summary (also in summary.json)."""
     rules = load_rules(settings.rules)
     flow = build_flow(settings, rules, source=source)
@@ -110,12 +114,13 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _source(args: argparse.Namespace, settings: Settings) -> object:
+def _source(args: argparse.Namespace, settings: Settings) -> Source[RawEvent | EndOfInput] | None:
+    """The UCI invoices source for ``--format uci-retail``; ``None`` (the JSONL recordings) otherwise."""
     if args.format == "uci-retail":
         from connectors.uci_retail import UciRetailSource
 
         return UciRetailSource(args.inputs[0], limit_rows=args.rows, batch_size=settings.batch_size)
-    return JsonlSource(settings.input, batch_size=settings.batch_size)
+    return None
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -126,8 +131,7 @@ def _replay(args: argparse.Namespace) -> int:
     load_rules(args.diff)  # fail before running anything
     settings_a = _settings(args, args.inputs, args.out / "a")
     settings_b = settings_a.model_copy(update={"out": args.out / "b", "rules": args.diff})
-    if args.out.exists() and any(args.out.iterdir()) and not args.force:
-        raise OutputFolderError(f"output folder {args.out} is not empty (use --force to replace it)")
+    fresh_folder(args.out, replace=args.force)
     for settings in (settings_a, settings_b):
         execute(settings, args.workers, _source(args, settings), quiet=True)
     diff = diff_decisions(settings_a.out, settings_b.out)
