@@ -28,12 +28,13 @@ def finalize_summary(folder: Path) -> dict[str, Any]:
     summary = orjson.loads(path.read_bytes()) if path.exists() else {}
     outputs = {}
     for stream, name in sorted(OUTPUT_FILES.items()):
-        if stream != "stats":
+        if stream not in ("stats", "dead_letters"):
             file = folder / name
             outputs[name] = file.read_bytes().count(b"\n") if file.exists() else 0
-    summary["outputs"] = outputs
-    reasons = Counter(record["reason"] for record in _lines(folder / OUTPUT_FILES["dead_letters"]))
-    summary["dead_letters"] = dict(sorted(reasons.items()))
+    dead = _lines(folder / OUTPUT_FILES["dead_letters"])
+    outputs[OUTPUT_FILES["dead_letters"]] = len(dead)
+    summary["outputs"] = dict(sorted(outputs.items()))
+    summary["dead_letters"] = dict(sorted(Counter(record["reason"] for record in dead).items()))
     path.write_bytes(orjson.dumps(summary, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
     return summary
 
