@@ -30,7 +30,7 @@ from flows.personalization import build_flow
 from flows.runtime import tune_gc
 from flows.settings import Settings
 from operators.engine import EngineConfig, Forward, ShardEngine, Tick
-from operators.parse import RawEvent, parse
+from operators.parse import RawEvent, Rejected, parse
 from operators.rules import load_rules
 from state.catalogue import FeatureView
 from state.customer import CustomerState, Lifecycle
@@ -84,6 +84,17 @@ def throughput(path: Path) -> dict[str, float]:
     return {"events": lines, "seconds": seconds, "rate": lines / seconds, "outputs": sink.counter[0]}
 
 
+def feed(identity: ShardEngine, customers: ShardEngine, env: Any, out: list[Any], tick: bool) -> None:
+    """One event through both single-shard stages, as the flow wires them (optionally with a tick)."""
+    forwarded: list[Any] = []
+    identity.process(env, forwarded)
+    if tick:
+        identity.process(Tick(env.ts_ms, env.seq, 0), forwarded)
+    for item in forwarded:
+        if isinstance(item, Forward | Tick):
+            customers.process(item, out)
+
+
 def stages(path: Path, limit: int = 200_000) -> dict[str, float]:
     """Microseconds per event of parse+validate, feature update, and the full engine (rules included)."""
     raws = []
@@ -96,7 +107,7 @@ def stages(path: Path, limit: int = 200_000) -> dict[str, float]:
     started = time.perf_counter()
     envs = [parse(raw) for raw in raws]
     parse_us = (time.perf_counter() - started) / n * 1e6
-    envs = [e for e in envs if not hasattr(e, "body")]
+    envs = [e for e in envs if not isinstance(e, Rejected)]
 
     lifecycle = Lifecycle()
     states: dict[str, CustomerState] = {}
@@ -115,13 +126,7 @@ def stages(path: Path, limit: int = 200_000) -> dict[str, float]:
         out: list[Any] = []
         started = time.perf_counter()
         for env in envs:
-            forwarded: list[Any] = []
-            identity.process(env, forwarded)
-            if env.seq % 1000 == 0:
-                identity.process(Tick(env.ts_ms, env.seq, 0), forwarded)
-            for item in forwarded:
-                if isinstance(item, Forward | Tick):
-                    customers.process(item, out)
+            feed(identity, customers, env, out, tick=env.seq % 1000 == 0)
         customers.finish(out)
         return (time.perf_counter() - started) / len(envs) * 1e6
 
@@ -147,7 +152,7 @@ def rule_costs(path: Path, limit: int = 50_000) -> list[tuple[str, str, float]]:
     with path.open("rb") as f:
         for line_no, line in enumerate(f, start=1):
             env = parse(RawEvent(line_no, {"source": path.name, "line": line_no}, line.rstrip(b"\n")))
-            if hasattr(env, "body"):
+            if isinstance(env, Rejected):
                 continue
             state = states.setdefault(env.customer_id, CustomerState(env.customer_id, env.ts_ms))
             apply_event(state, env, lifecycle)
@@ -185,15 +190,10 @@ def state_size(path: Path, limit: int = 300_000) -> dict[str, float]:
             if line_no > limit:
                 break
             env = parse(RawEvent(line_no, {"source": path.name, "line": line_no}, line.rstrip(b"\n")))
-            if hasattr(env, "body"):
+            if isinstance(env, Rejected):
                 continue
             events += 1
-            forwarded: list[Any] = []
-            identity.process(env, forwarded)
-            identity.process(Tick(env.ts_ms, env.seq, 0), forwarded)  # release each event at once
-            for item in forwarded:
-                if isinstance(item, Forward | Tick):
-                    customers.process(item, out)
+            feed(identity, customers, env, out, tick=True)  # a tick after each event: applied at once
             out.clear()
     gc.collect()
     grown = tracemalloc.get_traced_memory()[0] - before
