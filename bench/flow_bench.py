@@ -89,7 +89,7 @@ def feed(identity: ShardEngine, customers: ShardEngine, env: Any, out: list[Any]
     forwarded: list[Any] = []
     identity.process(env, forwarded)
     if tick:
-        identity.process(Tick(env.ts_ms, env.seq, 0), forwarded)
+        identity.process(Tick(env.mark_ms, env.seq, 0), forwarded)
     for item in forwarded:
         if isinstance(item, Forward | Tick):
             customers.process(item, out)

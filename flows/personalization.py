@@ -29,12 +29,14 @@ def build_flow(
     snapshots: bool = False,
     source: Source[RawEvent | EndOfInput] | None = None,
     sink: Sink[tuple[str, Output]] | None = None,
+    source_partitions: int = 1,
 ) -> Dataflow:
     """Source -> parse/validate -> dedupe -> key by customer -> state + rules -> output files.
 
     The source defaults to the JSONL recordings in ``settings.input``; the output folder
     ``settings.out`` is created empty (a non-empty one is refused unless ``replace_output``);
-    a given ``sink`` receives ``(stream, Output)`` pairs instead.
+    a given ``sink`` receives ``(stream, Output)`` pairs instead. ``source_partitions`` is the
+    number of partitions a given ``source`` has.
     """
     rules = rules or load_rules(settings.rules)
     if sink is None:
@@ -44,7 +46,7 @@ def build_flow(
     source = source or JsonlSource(settings.input, batch_size=settings.batch_size)
     raw = op.input("events", flow, source)
     outputs = personalize(
-        "personalize", raw, rules, settings.engine_config(snapshots), settings.shards, settings.max_event_bytes
+        "personalize", raw, rules, settings.engine_config(snapshots, source_partitions), settings.shards, settings.max_event_bytes
     )
     op.output("outputs", outputs, sink)
     return flow

@@ -38,10 +38,9 @@ class Settings(BaseModel):
     state_ttl_days: int = Field(730, gt=0, description="state of a customer inactive this long is dropped")
     dedupe_per_shard: int = Field(20_000, ge=100, description="message ids remembered per shard for dedupe")
     batch_size: int = Field(1000, ge=1, description="source batch size")
-    tick_every: int = Field(1000, ge=1, description="input records between clock ticks sent to every shard")
     epoch_seconds: float = Field(10, gt=0, description="Bytewax epoch (snapshot) interval")
 
-    def engine_config(self, snapshots: bool = False) -> EngineConfig:
+    def engine_config(self, snapshots: bool = False, source_partitions: int = 1) -> EngineConfig:
         return EngineConfig(
             lateness_ms=int(self.lateness_minutes * MINUTE_MS),
             max_skew_ms=int(self.max_skew_minutes * MINUTE_MS),
@@ -52,7 +51,7 @@ class Settings(BaseModel):
             ),
             state_ttl_ms=self.state_ttl_days * DAY_MS,
             dedupe_per_shard=self.dedupe_per_shard,
-            tick_every=self.tick_every,
+            source_partitions=source_partitions,
             snapshots=snapshots,
         )
 

@@ -17,9 +17,8 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from operators.engine import EngineConfig, Forward, Output, Role, ShardEngine, Tick
-from operators.parse import EndOfInput, RawEvent, Rejected, parse
+from operators.parse import EndOfInput, InputMarks, RawEvent, Rejected, parse
 from operators.rules import CompiledRules
-from schemas.envelope import Envelope
 
 IDENTITY = "i"
 CUSTOMER = "c"
@@ -37,12 +36,11 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         self.engine = engine
 
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
-        values.sort(key=_seq)
         out: list[Any] = []
         process = self.engine.process
         for value in values:
             process(value, out)
-        return out, StatefulBatchLogic.RETAIN
+        return _last_tick_only(out), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
         out: list[Any] = []
@@ -54,8 +52,13 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         return self.engine.snapshot()
 
 
-def _seq(item: Envelope | Forward | Tick | Output) -> int:
-    return item.env.seq if isinstance(item, Forward) else item.seq
+def _last_tick_only(out: list[Any]) -> list[Any]:
+    """Drop all but the last tick of a batch: it says all the earlier ones say."""
+    ticks = [i for i, item in enumerate(out) if isinstance(item, Tick)]
+    if len(ticks) < 2:
+        return out
+    last = ticks[-1]
+    return [item for i, item in enumerate(out) if i == last or not isinstance(item, Tick)]
 
 
 def _encode_stats(stats: dict[str, Any]) -> bytes:
@@ -89,35 +92,35 @@ def personalize(
 
     identity_keys = [IDENTITY + f"{n:04d}" for n in range(shards)]
     customer_keys = [CUSTOMER + f"{n:04d}" for n in range(shards)]
-    # event time the input has reached (future-dated events aside); ticks carry it
-    reached: dict[str, int] = {}
+    # event time each source partition has reached; a partition is read by one worker only
+    marks = InputMarks(config.max_skew_ms)
 
-    def tick(seq: int, out: list[Any]) -> None:
-        if "ts_ms" in reached:
-            out.extend((key, Tick(reached["ts_ms"], seq, n)) for n, key in enumerate(identity_keys))
+    def tick(partition: int, seq: int, idle: bool, out: list[Any]) -> None:
+        reached = marks.reached.get(partition)
+        out.extend((key, Tick(reached, seq, partition, idle, n)) for n, key in enumerate(identity_keys))
 
     def parse_and_route(batch: list[RawEvent | EndOfInput]) -> list[Any]:
-        """Parse each record and route it to its identity shard; a tick every ``tick_every`` records
-        and at the end of input (at fixed positions of the stream, so batching changes nothing)."""
+        """Parse each record and route it to its identity shard; after the batch, a tick from
+        each partition in it to every identity shard (see :mod:`operators.engine` on order)."""
         out: list[Any] = []
+        last: dict[int, int] = {}  # partition -> merge key of its last record in this batch
         for raw in batch:
+            partition = raw.partition
             if isinstance(raw, EndOfInput):
-                tick(raw.seq, out)
+                last.pop(partition, None)
+                tick(partition, marks.key(partition, raw.seq), True, out)
                 continue
             result = parse(raw, max_event_bytes)
             if isinstance(result, Rejected):
-                out.append(
-                    (identity_keys[raw.seq % shards], Output("dead_letters", result.key, 0, raw.seq, result.body))
-                )
+                key = last[partition] = marks.key(partition, raw.seq)
+                dead = Output("dead_letters", result.key, 0, key, result.body)
+                out.append((identity_keys[raw.seq % shards], dead))
             else:
+                marks.stamp(result, partition)
+                last[partition] = result.seq
                 out.append((identity_keys[shard_of(result.anonymous_id or result.customer_id, shards)], result))
-                future = result.received_ms is not None and result.ts_ms - result.received_ms > config.max_skew_ms
-                if not future and result.ts_ms > reached.get("ts_ms", result.ts_ms - 1):
-                    reached["ts_ms"] = result.ts_ms
-            block = raw.seq // config.tick_every
-            if block > reached.get("block", 0):
-                reached["block"] = block
-                tick(raw.seq, out)
+        for partition, key in last.items():
+            tick(partition, key, False, out)
         return out
 
     def reroute(batch: list[tuple[str, Any]]) -> list[Any]:

@@ -12,12 +12,17 @@ Two stages share this code. Every event enters the ``identity`` stage, keyed by 
 events, keeps anonymous customers, links an anonymous id to a ``userId`` when an event
 carries both, and forwards every identified event to the ``customer`` stage, keyed by the
 customer, handing over the anonymous state on linking; later events with either id reach
-the same customer. Every ``tick_every`` input records, and at the end of bounded input, the
-source sends every identity shard a :class:`Tick` with the event time reached; each
-identity shard passes it on to every customer shard, and a customer shard applies
-forwarded events in input order once every identity shard has passed them. So results do
-not depend on the number of workers, and a shard whose customers are quiet still sees the
-clock move.
+the same customer.
+
+Order. Both stages apply events in merge-key order (:func:`operators.parse.order_key`:
+event time reached by the event's source partition, partition, offset), whatever the
+number of workers or how the input was batched. Each source partition sends every identity
+shard a :class:`Tick` after each batch (its mark and last key); an identity shard applies
+held-back events up to the smallest key all partitions have passed, then passes its own tick
+on to every customer shard, which does the same over the identity shards. A partition with
+nothing to read (end of a recording, or a live topic partition that is idle) holds back
+nothing. Clocks follow the partitions' marks, so a shard whose customers are quiet still
+sees the clock move, and "late" means late for the input, not for one shard.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ class EngineConfig:
     state_ttl_ms: int = 730 * DAY_MS
     dedupe_per_shard: int = 20_000
     links_per_shard: int = 50_000
-    tick_every: int = 1000
+    source_partitions: int = 1
     snapshots: bool = False
 
 
@@ -72,17 +77,19 @@ class Forward:
 
 @dataclass(slots=True)
 class Tick:
-    """The event time the input has reached, sent to every shard every ``tick_every`` records
-    and at the end of bounded input.
+    """An upstream's progress: it sends nothing more with a merge key up to ``seq``.
 
-    It moves the clock of shards whose own customers are quiet, so that their timers fire
-    and every shard's clock stops at the last event of bounded input. Ticks sit at fixed
-    positions of the stream (``seq``), so how the input is batched changes no decision.
+    ``origin`` is the source partition (to the identity stage) or the identity shard (to the
+    customer stage) it comes from; ``ts_ms`` the event time it has reached (``None``: none
+    yet); ``idle`` that it holds nothing back (end of input, or nothing to read now);
+    ``shard`` the identity shard a source tick is addressed to.
     """
 
-    ts_ms: int
+    ts_ms: int | None
     seq: int
-    origin: int  # the identity shard it is for (from the source) or that passed it on
+    origin: int
+    idle: bool = False
+    shard: int = 0
 
 
 @dataclass(slots=True)
@@ -112,9 +119,9 @@ class ShardEngine:
         self.config = config
         self.role = role
         self.index = 0  # this identity shard's number, learned from the source's ticks
-        self.upstream_shards = upstream_shards
-        self.upstream: dict[int, set[int]] = {}  # tick seq -> identity shards that passed it so far
-        self.pending: list[Forward] = []
+        self.upstream_shards = config.source_partitions if role == "identity" else upstream_shards
+        self.upstream: dict[int, Tick] = {}  # the latest tick of each upstream
+        self.pending: list[Envelope | Forward] = []
         self.customers: dict[str, CustomerState] = {}
         self.heap: list[tuple[int, int, str, str]] = []  # (due, push number, customer, rule id)
         self.pushes = 0
@@ -129,31 +136,57 @@ class ShardEngine:
 
     # --- entry point -------------------------------------------------------------------
     def process(self, item: Envelope | Forward | Tick | Output, out: list[Any]) -> None:
-        """Handle one item; append outputs, forwards and ticks for the next stage to ``out``.
+        """Take one item; append outputs, forwards and ticks for the next stage to ``out``.
 
-        The identity stage takes every event and every tick from the source; the customer
-        stage takes the identity stage's forwards and ticks, and applies forwards in input
-        order (``seq``) once every identity shard has passed them, so that several workers
-        give exactly the results of one. Outputs (dead letters) pass straight through.
+        Events (identity stage) and forwards (customer stage) wait in ``pending`` until every
+        upstream has passed them; outputs (dead letters) pass straight through.
         """
-        if isinstance(item, Output):
-            out.append(item)
-            return
-        if self.role == "customer":
-            if isinstance(item, Tick):
-                self._upstream_tick(item, out)
-            else:
-                assert isinstance(item, Forward)
-                self.pending.append(item)
-            return
         if isinstance(item, Tick):
-            self.index = item.origin
-            self.seq = item.seq
-            self._advance(item.ts_ms, out)
-            out.append(Tick(item.ts_ms, item.seq, self.index))
+            self._upstream_tick(item, out)
+        elif isinstance(item, Output):
+            out.append(item)
+        else:
+            self.pending.append(item)
+
+    def _upstream_tick(self, tick: Tick, out: list[Any]) -> None:
+        """Note an upstream's progress; apply what every upstream has passed; move the clock."""
+        if self.role == "identity":
+            self.index = tick.shard
+        self.upstream[tick.origin] = tick
+        if len(self.upstream) < self.upstream_shards:
             return
-        assert isinstance(item, Envelope)
-        env = item
+        busy = [t for t in self.upstream.values() if not t.idle]
+        upto = min(t.seq for t in busy) if busy else None
+        self._release(upto, out)
+        marks = [t.ts_ms for t in (busy or self.upstream.values()) if t.ts_ms is not None]
+        reached = (min if busy else max)(marks) if marks else None
+        if reached is not None:
+            self._advance(reached, out)
+        if self.role == "identity":
+            out.append(Tick(reached, self.seq if upto is None else upto, self.index, not busy))
+
+    def _release(self, upto: int | None, out: list[Any]) -> None:
+        """Apply held-back items with a merge key up to ``upto`` (all with ``None``), in key order."""
+        if not self.pending:
+            return
+        self.pending.sort(key=_merge_key)  # nearly sorted already: linear
+        release = self.pending
+        if upto is not None:
+            cut = bisect.bisect_right(release, upto, key=_merge_key)
+            release, self.pending = release[:cut], release[cut:]
+        else:
+            self.pending = []
+        if self.role == "identity":
+            for env in release:
+                self._identity_input(env, out)  # type: ignore[arg-type]
+            return
+        for forward in release:
+            env = forward.env  # type: ignore[union-attr]
+            self.seq = env.seq
+            self._advance(env.mark_ms, out)
+            self._customer_event(env, forward.customer_id, out, forward.carried)  # type: ignore[union-attr]
+
+    def _identity_input(self, env: Envelope, out: list[Any]) -> None:
         self.seq = env.seq
         if env.received_ms is not None and env.ts_ms - env.received_ms > self.config.max_skew_ms:
             self._future(env, out)  # before dedupe: a corrected resend with the same id is accepted
@@ -162,38 +195,8 @@ class ShardEngine:
             _bump(self.stats, "duplicates")
             return
         self._count(env)
-        self._advance(env.ts_ms, out)
+        self._advance(env.mark_ms, out)
         self._identity_event(env, out)
-
-    def _upstream_tick(self, tick: Tick, out: list[Any]) -> None:
-        """Note which identity shard passed ``tick``; once all have, apply what they passed and move the clock.
-
-        Every identity shard passes on the same source ticks, after the events before them.
-        """
-        passed = self.upstream.setdefault(tick.seq, set())
-        passed.add(tick.origin)
-        if len(passed) < self.upstream_shards:
-            return
-        del self.upstream[tick.seq]
-        self._release(tick.seq, out)
-        self.seq = tick.seq
-        self._advance(tick.ts_ms, out)
-
-    def _release(self, upto_seq: int | None, out: list[Any]) -> None:
-        """Apply held-back forwards with ``seq`` up to ``upto_seq`` (all with ``None``), in ``seq`` order."""
-        if not self.pending:
-            return
-        self.pending.sort(key=_forward_seq)  # nearly sorted already: linear
-        release = self.pending
-        if upto_seq is not None:
-            cut = bisect.bisect_right(release, upto_seq, key=_forward_seq)
-            release, self.pending = release[:cut], release[cut:]
-        else:
-            self.pending = []
-        for forward in release:
-            self.seq = forward.env.seq
-            self._advance(forward.env.ts_ms, out)
-            self._customer_event(forward.env, forward.customer_id, out, forward.carried)
 
     def finish(self, out: list[Any]) -> dict[str, Any]:
         """At the end of bounded input: apply what is still held back; return this shard's counters."""
@@ -577,8 +580,8 @@ class ShardEngine:
                 self._schedule(state, rule_id)
 
 
-def _forward_seq(forward: Forward) -> int:
-    return forward.env.seq
+def _merge_key(item: Envelope | Forward) -> int:
+    return item.env.seq if isinstance(item, Forward) else item.seq
 
 
 def _scalar(value: Any) -> str | None:

@@ -24,17 +24,63 @@ class RawEvent:
     ``rejected`` to ``(processor, reason, message)``; it then goes to the dead letters as is.
     """
 
-    seq: int
+    seq: int  # position in its source partition (line number, Kafka offset)
     position: dict[str, Any]
     payload: bytes
     rejected: tuple[str, str, str] | None = None
+    partition: int = 0
+    arrived: float = 0.0  # wall-clock time it was read (time.time()), for latency metrics
 
 
 @dataclass(slots=True)
 class EndOfInput:
-    """Sent by a bounded source after its last record: the clock may move to the last event."""
+    """Sent by a source partition after its last record (or, live, when it has nothing new to read).
+
+    The partition then holds back nothing: events of the other partitions need not wait for it.
+    """
 
     seq: int
+    partition: int = 0
+
+
+# merge keys: (event time reached, partition, offset) packed into one int
+_TIME_BIAS = 1 << 45  # keeps pre-1970 timestamps positive
+_PARTITION_BITS = 16
+_OFFSET_BITS = 44
+
+
+def order_key(reached_ms: int, partition: int, offset: int) -> int:
+    """The key that orders events of all source partitions the same way in every run.
+
+    Events sort by the event time their partition had reached when they were read, then by
+    partition, then by offset; within one partition that is simply offset order.
+    """
+    return (((reached_ms + _TIME_BIAS) << _PARTITION_BITS | partition) << _OFFSET_BITS) | offset
+
+
+class InputMarks:
+    """The event time each source partition has reached, and the merge keys it implies.
+
+    Future-dated events (``timestamp`` more than ``max_skew_ms`` after ``receivedAt``) do not
+    move the mark: they are dead-lettered later.
+    """
+
+    def __init__(self, max_skew_ms: int) -> None:
+        self.max_skew_ms = max_skew_ms
+        self.reached: dict[int, int] = {}
+
+    def stamp(self, env: Envelope, partition: int) -> None:
+        """Set the envelope's mark (event time reached, itself included) and merge key."""
+        reached = self.reached.get(partition)
+        future = env.received_ms is not None and env.ts_ms - env.received_ms > self.max_skew_ms
+        if not future and (reached is None or env.ts_ms > reached):
+            reached = self.reached[partition] = env.ts_ms
+        env.mark_ms = env.ts_ms if reached is None else reached
+        env.seq = order_key(env.mark_ms, partition, env.seq)
+
+    def key(self, partition: int, offset: int) -> int:
+        """The merge key of a record at ``offset`` that did not parse."""
+        return order_key(self.reached.get(partition, 0), partition, offset)
 
 
 @dataclass(slots=True)
@@ -81,9 +127,11 @@ def parse(raw: RawEvent, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Envelope |
         message_id=event.messageId,
         user_id=event.userId,
         anonymous_id=anonymous_id,
-        ts_ms=epoch_ms(event.timestamp),
+        ts_ms=(ts_ms := epoch_ms(event.timestamp)),
+        mark_ms=ts_ms,
         received_ms=epoch_ms(event.receivedAt) if event.receivedAt is not None else None,
         known=name in _KNOWN_NAMES,
+        arrived=raw.arrived,
     )
 
 

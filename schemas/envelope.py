@@ -10,8 +10,11 @@ from typing import Any
 class Envelope:
     """A validated event with what routing and state need precomputed.
 
-    ``seq`` is the event's position in its source (line number, or offset), used to keep
-    a deterministic order; ``raw`` is kept so a later stage can still dead-letter it.
+    ``seq`` is first the event's position in its source partition (line number, or offset),
+    then its merge key over all partitions (:func:`operators.parse.order_key`), which fixes the
+    order stages apply events in; ``mark_ms`` is the event time its partition had reached
+    (the stages' clocks follow it); ``raw`` is kept so a later stage can still dead-letter it;
+    ``arrived`` is the wall-clock time it was read.
     """
 
     seq: int
@@ -23,8 +26,10 @@ class Envelope:
     user_id: str | None
     anonymous_id: str | None
     ts_ms: int
+    mark_ms: int
     received_ms: int | None
     known: bool
+    arrived: float = 0.0
 
     @property
     def customer_id(self) -> str:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from operators.engine import EngineConfig, Forward, Output, ShardEngine, Tick
-from operators.parse import EndOfInput, RawEvent, parse
+from operators.parse import EndOfInput, InputMarks, RawEvent, parse
 from operators.rules import CompiledRules, load_rules, parse_rules
 from schemas.envelope import Envelope
 
@@ -89,18 +89,15 @@ class EngineHarness:
         config = config or EngineConfig()
         self.identity = ShardEngine(rules, config, "identity")
         self.customers = ShardEngine(rules, config, "customer", upstream_shards=1)
+        self.marks = InputMarks(config.max_skew_ms)
         self.outputs: list[Output] = []
-        self.reached: int | None = None
 
     def feed(self, events: list[dict[str, Any]]) -> list[Output]:
         start = len(self.outputs)
         for env in envelopes(events):
-            future = env.received_ms is not None and env.ts_ms - env.received_ms > self.identity.config.max_skew_ms
-            if not future:
-                self.reached = env.ts_ms if self.reached is None else max(self.reached, env.ts_ms)
+            self.marks.stamp(env, 0)
             self._identity(env)
-            if self.reached is not None:
-                self._identity(Tick(self.reached, env.seq, 0))
+            self._identity(Tick(self.marks.reached.get(0), env.seq, 0))
         return self.outputs[start:]
 
     def finish(self) -> list[Output]:

@@ -18,7 +18,7 @@ from flows.settings import Settings
 def run(items, tmp_path, recovery: RecoveryConfig | None) -> tuple[list, dict]:
     """Decisions of one execution, and the final counters of the engine (summed over shards)."""
     captured: list = []
-    settings = Settings(out=tmp_path / "unused", shards=4, tick_every=40)  # holds events back between ticks
+    settings = Settings(out=tmp_path / "unused", shards=4)
     flow = build_flow(settings, snapshots=True, source=TestingSource(items, batch_size=5), sink=TestingSink(captured))
     run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
     stats: dict = {}

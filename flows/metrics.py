@@ -1,0 +1,41 @@
+"""Prometheus metrics of one engine process (see the README's metrics table).
+
+Each engine process serves its own ``/metrics`` (``NUDGEFLOW_METRICS_PORT``, plus the process
+id when several processes share a host); Prometheus scrapes every process and sums with
+``sum by (...)``. Counters are updated in batches by the operators and sinks, not per event.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+EVENTS = Counter("nudgeflow_events", "Valid events accepted, by event name", ["event"])
+INVALID_EVENTS = Counter("nudgeflow_invalid_events", "Events sent to the dead letters, by reason", ["reason"])
+LATE_EVENTS = Counter("nudgeflow_late_events", "Events older than the event-time clock when applied")
+DUPLICATE_EVENTS = Counter("nudgeflow_duplicate_events", "Events dropped as duplicates (same messageId)")
+DECISIONS = Counter("nudgeflow_decisions", "Triggers emitted, by channel and rule", ["channel", "rule"])
+AUDIENCE_CHANGES = Counter(
+    "nudgeflow_audience_changes", "Audience entries and exits, by audience and change", ["audience", "change"]
+)
+DECISION_LATENCY = Histogram(
+    "nudgeflow_decision_latency_seconds",
+    "From an event's arrival (or a timer's due moment) to its decision being delivered by the sink",
+    ["origin"],
+    buckets=LATENCY_BUCKETS,
+)
+KAFKA_LAG = Gauge(
+    "nudgeflow_kafka_lag_messages", "High watermark minus the next offset to read", ["topic", "partition"]
+)
+SINK_RECORDS = Counter("nudgeflow_sink_records", "Records delivered by a sink, by sink and stream", ["sink", "stream"])
+SINK_ERRORS = Counter(
+    "nudgeflow_sink_errors", "Failed sink writes or deliveries, by sink and reason", ["sink", "reason"]
+)
+SINK_RETRIES = Counter("nudgeflow_sink_retries", "Sink writes retried, by sink", ["sink"])
+CUSTOMERS = Gauge("nudgeflow_customers_in_state", "Customers held in state by this process, by stage", ["stage"])
+
+
+def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
+    """Serve ``/metrics`` on all interfaces at ``port`` (a background thread)."""
+    start_http_server(port, registry=registry)
