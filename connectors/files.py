@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -194,3 +194,12 @@ class OutputFolderSink(FixedPartitionedSink[Output, None]):
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _FilePartition | _SummaryPartition:
         path = self.folder / OUTPUT_FILES[for_part]
         return _SummaryPartition(path) if for_part == "stats" else _FilePartition(path)
+
+
+def read_lines(path: Path) -> Iterator[bytes]:
+    """The non-empty lines of a recording (plain or ``.gz``), without line ends."""
+    with _open(path) as f:
+        for line in f:
+            line = line.rstrip(b"\r\n")
+            if line:
+                yield line

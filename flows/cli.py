@@ -8,15 +8,19 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from bytewax.inputs import Source
 from bytewax.testing import cluster_main, run_main
+from tqdm import tqdm
 
 from connectors.files import OutputFolderError, fresh_folder
+from flows.metrics import serve
 from flows.personalization import build_flow
 from flows.report import diff_decisions, finalize_summary, render_diff, render_summary
-from flows.runtime import tune_gc
+from flows.runtime import recovery_config, tune_gc
 from flows.settings import SAMPLE_STREAM, Settings
+from flows.status import StatusLine, status_text
 from operators.parse import EndOfInput, RawEvent
 from operators.rules import STARTER_RULES, RuleFileError, load_rules
 
@@ -35,10 +39,37 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nudgeflow", description="Real-time personalization on Bytewax.")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the flow on recordings (default: the bundled sample)")
+    run = sub.add_parser("run", help="run the flow on recordings (default: the bundled sample) or on Kafka")
     run.add_argument("inputs", nargs="*", type=Path, help=f"JSONL recordings (default {SAMPLE_STREAM.name})")
     _flow_options(run, default_out=None)
+    kafka = run.add_argument_group("Kafka (settings: NUDGEFLOW_*; see the README)")
+    kafka.add_argument("--kafka", action="store_true", help="read the events topic instead of recordings")
+    kafka.add_argument("--bootstrap-servers", help="Kafka brokers (default 127.0.0.1:9092)")
+    kafka.add_argument("--topic", help="events topic (default nudgeflow.events)")
+    kafka.add_argument("--until-end", action="store_true", help="stop at the end of the events topic")
+    kafka.add_argument("--start-from", choices=("earliest", "latest"), help="where to start without a snapshot")
+    kafka.add_argument("--redis-url", help="Redis for the live profile store")
+    kafka.add_argument("--recovery-dir", type=Path, help="Bytewax recovery store (created when missing)")
+    kafka.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (+ process id)")
+    kafka.add_argument("-i", "--process-id", type=int, default=0, help="this process's index in --addresses")
+    kafka.add_argument("-a", "--addresses", help="host:port of every process, comma-separated (scale-out)")
     run.set_defaults(command=_run)
+
+    produce = sub.add_parser("produce", help="send a JSONL recording to the events topic")
+    produce.add_argument("file", type=Path, help="JSONL recording (plain or .gz)")
+    produce.add_argument("--topic", help="events topic (default nudgeflow.events)")
+    produce.add_argument("--bootstrap-servers", help="Kafka brokers (default 127.0.0.1:9092)")
+    produce.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    produce.add_argument("--partitions", type=int, default=8, help="partitions when the topic is created")
+    produce.set_defaults(command=_produce)
+
+    consume = sub.add_parser("consume", help="show a topic's records, or record them (--out) for replay")
+    consume.add_argument("topic", help="topic, e.g. nudgeflow.triggers.push or nudgeflow.events")
+    consume.add_argument("--bootstrap-servers", help="Kafka brokers (default 127.0.0.1:9092)")
+    consume.add_argument("--out", type=Path, help="write the records as JSONL (an events topic: replayable)")
+    consume.add_argument("--follow", action="store_true", help="keep reading new records (default: stop at end)")
+    consume.add_argument("--new-only", action="store_true", help="start at the end instead of the beginning")
+    consume.set_defaults(command=_consume)
 
     replay = sub.add_parser("replay", help="replay a recording through the flow; --diff compares two rule sets")
     replay.add_argument("inputs", nargs="+", type=Path, help="JSONL recordings, or the UCI CSV with --format")
@@ -78,30 +109,55 @@ def _date(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
 
 
-def _settings(args: argparse.Namespace, inputs: Sequence[Path] | None, out: Path | None) -> Settings:
+def _settings(args: argparse.Namespace, inputs: Sequence[Path] | None, out: Path | None, **more: Any) -> Settings:
     return Settings.from_env(
         input=list(inputs) if inputs else None,
         out=out,
         rules=args.rules,
         replace_output=args.force or None,
         shards=args.shards,
+        **more,
     )
 
 
 def execute(
-    settings: Settings, workers: int = 1, source: Source[RawEvent | EndOfInput] | None = None, quiet: bool = False
+    settings: Settings,
+    workers: int = 1,
+    source: Source[RawEvent | EndOfInput] | None = None,
+    quiet: bool = False,
+    process_id: int = 0,
+    addresses: list[str] | None = None,
 ) -> dict:
-    """Build and run the flow to completion; return the run's summary (also in summary.json)."""
+    """Build and run the flow to completion; return the run's summary (also in summary.json for files)."""
     rules = load_rules(settings.rules)
     flow = build_flow(settings, rules, source=source)
     tune_gc()
+    if settings.metrics_port is not None:
+        serve(settings.metrics_port + process_id)
+    status = StatusLine() if settings.source == "kafka" and not quiet and sys.stderr.isatty() else None
     started = time.perf_counter()
-    epoch = timedelta(seconds=settings.epoch_seconds)
-    if workers > 1:
-        cluster_main(flow, addresses=[], proc_id=0, epoch_interval=epoch, worker_count_per_proc=workers)
-    else:
-        run_main(flow, epoch_interval=epoch)
+    epoch = timedelta(seconds=settings.snapshot_seconds)
+    recovery = recovery_config(settings)
+    try:
+        if workers > 1 or addresses or recovery is not None:
+            cluster_main(
+                flow,
+                addresses=addresses or [],
+                proc_id=process_id,
+                epoch_interval=epoch,
+                recovery_config=recovery,
+                worker_count_per_proc=workers,
+            )
+        else:
+            run_main(flow, epoch_interval=epoch)
+    finally:
+        if status is not None:
+            status.stop()
     seconds = time.perf_counter() - started
+    if settings.source == "kafka":
+        if not quiet:
+            print(f"nudgeflow: stopped after {seconds:.1f} s; {status_text(seconds)}", file=sys.stderr)
+        return {}
     summary = finalize_summary(settings.out)
     if not quiet:
         print(render_summary(summary, settings, seconds), file=sys.stderr)
@@ -109,8 +165,62 @@ def execute(
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = _settings(args, args.inputs, args.out)
-    execute(settings, args.workers, quiet=args.quiet)
+    kafka = {
+        "source": "kafka" if args.kafka else None,
+        "kafka_bootstrap_servers": args.bootstrap_servers,
+        "events_topic": args.topic,
+        "until_end": args.until_end or None,
+        "start_from": args.start_from,
+        "redis_url": args.redis_url,
+        "recovery_dir": args.recovery_dir,
+        "metrics_port": args.metrics_port,
+    }
+    settings = _settings(args, args.inputs, args.out, **kafka)
+    addresses = args.addresses.split(",") if args.addresses else None
+    execute(settings, args.workers, quiet=args.quiet, process_id=args.process_id, addresses=addresses)
+    return 0
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from connectors.files import read_lines
+    from connectors.kafka import ensure_topics, produce_records
+
+    settings = Settings.from_env(kafka_bootstrap_servers=args.bootstrap_servers, events_topic=args.topic)
+    client = settings.kafka_client_config()
+    ensure_topics(settings.kafka_bootstrap_servers, [settings.events_topic], args.partitions, client)
+    with tqdm(desc="produce", unit=" events", disable=not sys.stderr.isatty()) as progress:
+        sent = produce_records(
+            settings.kafka_bootstrap_servers, settings.events_topic, read_lines(args.file), args.rate, progress, client
+        )
+    print(f"nudgeflow: sent {sent:,} events to {settings.events_topic}", file=sys.stderr)
+    return 0
+
+
+def _consume(args: argparse.Namespace) -> int:
+    from connectors.kafka import read_topic, readable
+
+    settings = Settings.from_env(kafka_bootstrap_servers=args.bootstrap_servers)
+    messages = read_topic(
+        settings.kafka_bootstrap_servers,
+        args.topic,
+        until_end=not args.follow,
+        from_beginning=not args.new_only,
+        client=settings.kafka_client_config(),
+    )
+    out = args.out.open("wb") if args.out else sys.stdout.buffer
+    count = 0
+    try:
+        for message in messages:
+            out.write(readable(message) + b"\n")
+            count += 1
+            if args.out is None:
+                out.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if args.out:
+            out.close()
+    print(f"nudgeflow: {count:,} records from {args.topic}", file=sys.stderr)
     return 0
 
 

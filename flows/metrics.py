@@ -7,6 +7,8 @@ id when several processes share a host); Prometheus scrapes every process and su
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -39,3 +41,51 @@ CUSTOMERS = Gauge("nudgeflow_customers_in_state", "Customers held in state by th
 def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
     """Serve ``/metrics`` on all interfaces at ``port`` (a background thread)."""
     start_http_server(port, registry=registry)
+
+
+_customers_by_shard: dict[tuple[str, int], int] = {}
+
+
+class ShardMetrics:
+    """Publishes one shard engine's counters as metric increments (called once per batch)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.published: dict[str, Any] = {}
+        self.channels = {trigger.rule.id: trigger.rule.channel for trigger in engine.rules.triggers}
+
+    def publish(self) -> None:
+        stats, seen = self.engine.stats, self.published
+        for name, count in _deltas(stats.get("events", {}), seen.setdefault("events", {})):
+            EVENTS.labels(event=name).inc(count)
+        for name, count in _deltas(stats.get("unknown_events", {}), seen.setdefault("unknown_events", {})):
+            EVENTS.labels(event=name).inc(count)
+        for rule, count in _deltas(stats.get("triggers", {}), seen.setdefault("triggers", {})):
+            DECISIONS.labels(channel=self.channels.get(rule, "unknown"), rule=rule).inc(count)
+        for key, count in _deltas(stats.get("audience_changes", {}), seen.setdefault("audience_changes", {})):
+            audience, _, change = key.rpartition(".")
+            AUDIENCE_CHANGES.labels(audience=audience, change=change).inc(count)
+        flat = {name: stats.get(name, 0) for name in ("late", "duplicates", "future_dated")}
+        for name, count in _deltas(flat, seen.setdefault("flat", {})):
+            if name == "late":
+                LATE_EVENTS.inc(count)
+            elif name == "duplicates":
+                DUPLICATE_EVENTS.inc(count)
+            else:
+                INVALID_EVENTS.labels(reason=name).inc(count)
+        engine = self.engine
+        _customers_by_shard[(engine.role, id(engine))] = len(engine.customers)
+        CUSTOMERS.labels(stage=engine.role).set(
+            sum(n for (role, _), n in _customers_by_shard.items() if role == engine.role)
+        )
+
+
+def _deltas(current: dict[str, int], published: dict[str, int]) -> list[tuple[str, int]]:
+    """What grew since the last call, and remember the new values."""
+    out = []
+    for key, value in current.items():
+        delta = value - published.get(key, 0)
+        if delta:
+            out.append((key, delta))
+            published[key] = value
+    return out

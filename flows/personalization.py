@@ -12,6 +12,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
+from bytewax.operators import KeyedStream
 from bytewax.outputs import Sink
 
 from connectors.files import JsonlSource, OutputFolderSink, prepare_output_folder
@@ -21,6 +22,17 @@ from operators.customer_state import personalize
 from operators.engine import Output
 from operators.parse import EndOfInput, RawEvent
 from operators.rules import CompiledRules, load_rules
+
+KAFKA_STREAMS = (
+    "triggers.push",
+    "triggers.in_app",
+    "triggers.email",
+    "triggers.sms",
+    "triggers.shadow",
+    "audience_changes",
+    "audience_changes.shadow",
+    "dead_letters",
+)
 
 
 def build_flow(
@@ -39,17 +51,67 @@ def build_flow(
     number of partitions a given ``source`` has.
     """
     rules = rules or load_rules(settings.rules)
+    flow = Dataflow("nudgeflow")
+    if source is None and settings.source == "kafka":
+        return _kafka_flow(flow, settings, rules, snapshots)
     if sink is None:
         prepare_output_folder(settings.out, replace=settings.replace_output)
         sink = OutputFolderSink(settings.out)
-    flow = Dataflow("nudgeflow")
     source = source or JsonlSource(settings.input, batch_size=settings.batch_size)
     raw = op.input("events", flow, source)
-    outputs = personalize(
-        "personalize", raw, rules, settings.engine_config(snapshots, source_partitions), settings.shards, settings.max_event_bytes
-    )
+    config = settings.engine_config(snapshots, source_partitions, profiles=settings.redis_url is not None)
+    outputs = personalize("personalize", raw, rules, config, settings.shards, settings.max_event_bytes)
+    _redis_output(outputs, settings)
     op.output("outputs", outputs, sink)
     return flow
+
+
+def _kafka_flow(flow: Dataflow, settings: Settings, rules: CompiledRules, snapshots: bool) -> Dataflow:
+    """Events topic -> personalize -> output topics (and the Redis store when configured)."""
+    from connectors.kafka import KafkaEventSource, KafkaOutputSink, ensure_topics
+
+    client = settings.kafka_client_config()
+    servers = settings.kafka_bootstrap_servers
+    if settings.create_topics:
+        ensure_topics(servers, output_topics(settings), settings.topic_partitions, client)
+    source = KafkaEventSource(
+        servers, settings.events_topic, settings.start_from, settings.until_end, settings.batch_size, client
+    )
+    raw = op.input("events", flow, source)
+    config = settings.engine_config(snapshots, source.partitions, profiles=settings.redis_url is not None)
+    outputs = personalize("personalize", raw, rules, config, settings.shards, settings.max_event_bytes)
+    _redis_output(outputs, settings)
+    to_kafka = op.filter_map("to_kafka", outputs, _by_customer)
+    op.output("topics", to_kafka, KafkaOutputSink(servers, settings.topic_prefix, producer_config=client))
+    return flow
+
+
+def output_topics(settings: Settings) -> list[str]:
+    """Every output topic: prefix + stream."""
+    return [settings.topic_prefix + stream for stream in KAFKA_STREAMS]
+
+
+def _by_customer(item: tuple[str, Output]) -> tuple[str, Output] | None:
+    stream, output = item
+    return None if stream in ("stats", "profiles") else (output.key, output)
+
+
+def _redis_output(outputs: KeyedStream[Output], settings: Settings) -> None:
+    if settings.redis_url is None:
+        return
+    from connectors.redis_store import RedisStoreSink
+
+    ttl = None if settings.redis_ttl_days is None else int(settings.redis_ttl_days * 86_400)
+    url = settings.redis_url.get_secret_value()
+    sink = RedisStoreSink(url, prefix=settings.redis_prefix, ttl_seconds=ttl, traits=settings.redis_traits)
+    op.output("redis", op.filter("to_redis", outputs, _for_redis), sink)
+
+
+def _for_redis(item: tuple[str, Output]) -> bool:
+    stream = item[0]
+    return stream == "profiles" or stream == "audience_changes" or (
+        stream.startswith("triggers.") and stream != "triggers.shadow"
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import gc
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from bytewax.recovery import RecoveryConfig, init_db_dir
+
+if TYPE_CHECKING:
+    from flows.settings import Settings
 
 GC_THRESHOLDS = (100_000, 1_000, 1_000_000)
 
@@ -15,3 +22,14 @@ def tune_gc() -> None:
     throughput. Young objects are still collected; cycles in old ones are collected rarely.
     """
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def recovery_config(settings: Settings) -> RecoveryConfig | None:
+    """Bytewax recovery from ``settings.recovery_dir`` (its partitions created when it is new)."""
+    folder = settings.recovery_dir
+    if folder is None:
+        return None
+    if not folder.exists() or not any(folder.glob("part-*.sqlite3")):
+        folder.mkdir(parents=True, exist_ok=True)
+        init_db_dir(folder, settings.recovery_partitions)
+    return RecoveryConfig(str(folder), backup_interval=timedelta(seconds=settings.backup_seconds))

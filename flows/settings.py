@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from operators.engine import EngineConfig
 from operators.parse import DEFAULT_MAX_EVENT_BYTES
@@ -38,9 +39,34 @@ class Settings(BaseModel):
     state_ttl_days: int = Field(730, gt=0, description="state of a customer inactive this long is dropped")
     dedupe_per_shard: int = Field(20_000, ge=100, description="message ids remembered per shard for dedupe")
     batch_size: int = Field(1000, ge=1, description="source batch size")
-    epoch_seconds: float = Field(10, gt=0, description="Bytewax epoch (snapshot) interval")
+    snapshot_seconds: float = Field(10, gt=0, description="Bytewax epoch: state snapshot interval")
+    source: Literal["files", "kafka"] = Field("files", description="read recordings (files) or a Kafka topic")
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka brokers, host:port[,host:port]")
+    kafka_security_protocol: str | None = Field(None, description="librdkafka security.protocol (e.g. SASL_SSL)")
+    kafka_sasl_mechanism: str | None = Field(None, description="librdkafka sasl.mechanism (e.g. SCRAM-SHA-512)")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged)")
+    events_topic: str = Field("nudgeflow.events", description="topic the events are read from")
+    start_from: Literal["earliest", "latest"] = Field(
+        "earliest", description="where to start reading when no recovery snapshot says where to resume"
+    )
+    until_end: bool = Field(False, description="stop at the end of the events topic (as it was at start)")
+    topic_prefix: str = Field("nudgeflow.", description="output topic = prefix + stream (triggers.push, ...)")
+    create_topics: bool = Field(True, description="create missing output topics at start")
+    topic_partitions: int = Field(8, ge=1, description="partitions of output topics the engine creates")
+    redis_url: SecretStr | None = Field(None, description="Redis for the live profile store (off when unset)")
+    redis_prefix: str = Field("nf", description="prefix of every Redis key")
+    redis_ttl_days: float | None = Field(None, gt=0, description="expire profiles this long after their last update")
+    redis_traits: list[str] = Field([], description="traits copied to Redis profiles (none: personal data stays out)")
+    profile_seconds: float = Field(1.0, gt=0, description="changed profiles are sent to Redis at most this often")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port (+ process id)")
+    recovery_dir: Path | None = Field(None, description="Bytewax recovery store (off when unset)")
+    recovery_partitions: int = Field(1, ge=1, description="recovery store partitions created when it is new")
+    backup_seconds: float = Field(60, ge=0, description="how long superseded snapshots are kept")
 
-    def engine_config(self, snapshots: bool = False, source_partitions: int = 1) -> EngineConfig:
+    def engine_config(
+        self, snapshots: bool = False, source_partitions: int = 1, profiles: bool = False
+    ) -> EngineConfig:
         return EngineConfig(
             lateness_ms=int(self.lateness_minutes * MINUTE_MS),
             max_skew_ms=int(self.max_skew_minutes * MINUTE_MS),
@@ -53,22 +79,71 @@ class Settings(BaseModel):
             dedupe_per_shard=self.dedupe_per_shard,
             source_partitions=source_partitions,
             snapshots=snapshots,
+            profile_ms=int(self.profile_seconds * 1000) if profiles else None,
         )
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by consumers and producers (security included)."""
+        config: dict[str, Any] = {}
+        if self.kafka_security_protocol:
+            config["security.protocol"] = self.kafka_security_protocol
+        if self.kafka_sasl_mechanism:
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            config["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password is not None:
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        return config
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``NUDGEFLOW_<FIELD>`` variables (``INPUT`` is a comma-separated list), then overrides."""
+        """Settings from the config file named by ``NUDGEFLOW_CONFIG`` (YAML), then ``NUDGEFLOW_<FIELD>``
+        variables (lists comma-separated), then ``overrides``."""
         environ = dict(os.environ if environ is None else environ)
         values: dict[str, Any] = {}
+        lines: dict[str, int] = {}
+        config_file = environ.get(ENV_PREFIX + "CONFIG")
+        if config_file:
+            values, lines = _read_config_file(Path(config_file))
         for name in cls.model_fields:
             raw = environ.get(ENV_PREFIX + name.upper())
             if raw is not None:
-                values[name] = raw.split(",") if name == "input" else raw
+                values[name] = raw.split(",") if name in LIST_FIELDS else raw
+                lines.pop(name, None)
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls.model_validate(values)
         except ValidationError as err:
-            problems = "; ".join(
-                f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in err.errors()
-            )
-            raise ValueError(f"invalid settings: {problems}") from None
+            raise ValueError(f"invalid settings: {_problems(err, config_file, lines)}") from None
+
+
+LIST_FIELDS = frozenset({"input", "redis_traits"})
+
+
+def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The settings in a YAML file, and the line of each (for error messages)."""
+    try:
+        document = yaml.compose(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path}: not valid YAML: {err}") from None
+    if document is None:
+        return {}, {}
+    if not isinstance(document, yaml.MappingNode):
+        raise ValueError(f"config file {path}, line {document.start_mark.line + 1}: expected a mapping of settings")
+    values = yaml.safe_load(path.read_text())
+    lines = {key.value: key.start_mark.line + 1 for key, _ in document.value if isinstance(key, yaml.ScalarNode)}
+    return values, lines
+
+
+def _problems(err: ValidationError, config_file: str | None, lines: dict[str, int]) -> str:
+    problems = []
+    for e in err.errors():
+        field = ".".join(map(str, e["loc"]))
+        top = str(e["loc"][0]) if e["loc"] else ""
+        if config_file and top in lines:
+            problems.append(f"{config_file}, line {lines[top]}, {field}: {e['msg']}")
+        else:
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {e['msg']}")
+    return "; ".join(problems)

@@ -7,6 +7,7 @@ items, snapshots that re-encode only changed customers).
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ import orjson
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
+from flows.metrics import INVALID_EVENTS, ShardMetrics
 from operators.engine import EngineConfig, Forward, Output, Role, ShardEngine, Tick
 from operators.parse import EndOfInput, InputMarks, RawEvent, Rejected, parse
 from operators.rules import CompiledRules
@@ -34,17 +36,26 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
 
     def __init__(self, engine: ShardEngine) -> None:
         self.engine = engine
+        self.profiles_at = time.monotonic()
+        self.metrics = ShardMetrics(engine)
 
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
         out: list[Any] = []
-        process = self.engine.process
+        engine = self.engine
+        process = engine.process
         for value in values:
             process(value, out)
+        if engine.changed and time.monotonic() - self.profiles_at >= engine.config.profile_ms / 1000:  # type: ignore[operator]
+            self.profiles_at = time.monotonic()
+            engine.profiles(out)
+        self.metrics.publish()
         return _last_tick_only(out), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
         out: list[Any] = []
         stats = self.engine.finish(out)
+        self.engine.profiles(out)
+        self.metrics.publish()
         out.append(Output("stats", self.engine.role, 0, 0, _encode_stats(stats)))
         return out, StatefulBatchLogic.RETAIN
 
@@ -112,6 +123,7 @@ def personalize(
                 continue
             result = parse(raw, max_event_bytes)
             if isinstance(result, Rejected):
+                INVALID_EVENTS.labels(reason=result.reason).inc()
                 key = last[partition] = marks.key(partition, raw.seq)
                 dead = Output("dead_letters", result.key, 0, key, result.body)
                 out.append((identity_keys[raw.seq % shards], dead))

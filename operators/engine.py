@@ -30,17 +30,20 @@ from __future__ import annotations
 import bisect
 import heapq
 import pickle
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+import orjson
 
 from operators.expressions import Expression
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
 from schemas.envelope import Envelope
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
 from state.affinity import DAY_MS
-from state.catalogue import ORDERS, FeatureView
+from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import MAX_CAUSED_BY, CustomerState, Lifecycle, Timer
 from state.update import apply_event
 
@@ -64,6 +67,7 @@ class EngineConfig:
     links_per_shard: int = 50_000
     source_partitions: int = 1
     snapshots: bool = False
+    profile_ms: int | None = None  # send changed customers' profiles (for the live store) this often
 
 
 @dataclass(slots=True)
@@ -101,6 +105,8 @@ class Output:
     time_ms: int
     seq: int
     body: bytes
+    arrived: float = 0.0  # wall-clock arrival of what caused it (for latency metrics only)
+    timer: bool = False  # caused by a timer (or a clock move) rather than by an event
 
     def sort_key(self) -> tuple[int, int, str, bytes]:
         """Stable file order: event time, then input position, then content."""
@@ -126,12 +132,14 @@ class ShardEngine:
         self.heap: list[tuple[int, int, str, str]] = []  # (due, push number, customer, rule id)
         self.pushes = 0
         self.seq = 0
+        self.arrived = 0.0  # wall-clock arrival of the item being applied (metrics only)
         self.clock: int | None = None
         self.swept_day: int | None = None
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.links: OrderedDict[str, str] = OrderedDict()
         self.stats: dict[str, Any] = {}
         self.dirty: set[str] = set()
+        self.changed: set[str] = set()  # customers whose profile changed since the last profiles
         self.encoded: dict[str, bytes] = {}
 
     # --- entry point -------------------------------------------------------------------
@@ -152,6 +160,7 @@ class ShardEngine:
         """Note an upstream's progress; apply what every upstream has passed; move the clock."""
         if self.role == "identity":
             self.index = tick.shard
+        self.arrived = time.time()
         self.upstream[tick.origin] = tick
         if len(self.upstream) < self.upstream_shards:
             return
@@ -182,12 +191,12 @@ class ShardEngine:
             return
         for forward in release:
             env = forward.env  # type: ignore[union-attr]
-            self.seq = env.seq
+            self.seq, self.arrived = env.seq, env.arrived
             self._advance(env.mark_ms, out)
             self._customer_event(env, forward.customer_id, out, forward.carried)  # type: ignore[union-attr]
 
     def _identity_input(self, env: Envelope, out: list[Any]) -> None:
-        self.seq = env.seq
+        self.seq, self.arrived = env.seq, env.arrived
         if env.received_ms is not None and env.ts_ms - env.received_ms > self.config.max_skew_ms:
             self._future(env, out)  # before dedupe: a corrected resend with the same id is accepted
             return
@@ -425,7 +434,7 @@ class ShardEngine:
             data=data,
         )
         stream = "triggers.shadow" if rule.shadow else f"triggers.{rule.channel}"
-        out.append(Output(stream, state.id, at_ms, self.seq, body))
+        out.append(Output(stream, state.id, at_ms, self.seq, body, self.arrived, env is None))
         _bump(self.stats.setdefault("triggers", {}), rule.id)
 
     def _audiences(
@@ -475,7 +484,7 @@ class ShardEngine:
         event_id = decision_id(state.id, audience.id, change, str(at_ms), *caused_by[-1:])
         body = cloud_event(type_=AUDIENCE_TYPE, event_id=event_id, time_ms=at_ms, subject=state.id, data=data)
         stream = "audience_changes.shadow" if audience.rule.shadow else "audience_changes"
-        out.append(Output(stream, state.id, at_ms, self.seq, body))
+        out.append(Output(stream, state.id, at_ms, self.seq, body, self.arrived))
         _bump(self.stats.setdefault("audience_changes", {}), f"{audience.id}.{change}")
 
     def _leave_all(self, state: CustomerState, reason: str, at_ms: int, caused_by: list[str], out: list[Any]) -> None:
@@ -538,6 +547,22 @@ class ShardEngine:
     def _mark(self, customer_id: str) -> None:
         if self.config.snapshots:
             self.dirty.add(customer_id)
+        if self.config.profile_ms is not None and self.role == "customer":
+            self.changed.add(customer_id)
+
+    def profiles(self, out: list[Any]) -> None:
+        """Send the profiles of customers changed since the last call (a dropped one as deleted)."""
+        for customer_id in sorted(self.changed):
+            state = self.customers.get(customer_id)
+            if state is None:
+                body = orjson.dumps({"customer_id": customer_id, "deleted": True})
+            else:
+                now = max(state.last_seen_ms, self.clock or 0)
+                document = profile(state, now, self.config.lifecycle)
+                document["updated_at"] = iso_ms(now)
+                body = orjson.dumps(document, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+            out.append(Output("profiles", customer_id, 0, self.seq, body))
+        self.changed.clear()
 
     def snapshot(self) -> tuple[int, dict[str, Any]] | None:
         """A versioned, immutable snapshot; only customers changed since the last one are re-encoded."""
@@ -559,6 +584,7 @@ class ShardEngine:
             "stats": pickle.dumps(self.stats),
             # forwards held back until every identity shard has passed them
             "pending": pickle.dumps((self.pending, self.upstream)),
+            "changed": sorted(self.changed),
         }
         return SNAPSHOT_FORMAT, shard
 
@@ -574,6 +600,7 @@ class ShardEngine:
         self.links = OrderedDict(pickle.loads(shard["links"]))
         self.stats = pickle.loads(shard["stats"])
         self.pending, self.upstream = pickle.loads(shard["pending"])
+        self.changed = set(shard["changed"])
         for state in self.customers.values():
             for rule_id, timer in sorted(state.timers.items()):
                 timer.scheduled_ms = None

@@ -92,6 +92,7 @@ class Rejected:
 
     key: str
     body: bytes
+    reason: str
 
 
 def parse(raw: RawEvent, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Envelope | Rejected:
@@ -148,4 +149,4 @@ def _reject(raw: RawEvent, reason: str, messages: list[str], processor: str = "n
     body = dead_letter(
         processor=processor, reason=reason, messages=messages, position=raw.position, payload=raw.payload
     )
-    return Rejected(str(raw.seq), body)
+    return Rejected(str(raw.seq), body, reason)

@@ -258,3 +258,28 @@ FEATURES: dict[str, Feature] = {
     ),
     "event": Feature("the current event: name, properties, channel, store_id (null in timers)", _event),
 }
+
+
+PROFILE_EXCLUDED = frozenset({"customer_id", "event", "hour", "traits", "audiences"})
+PROFILE_FEATURES = tuple(name for name in FEATURES if name not in PROFILE_EXCLUDED)
+
+
+def profile(state: CustomerState, now_ms: int, lifecycle: Lifecycle) -> dict[str, Any]:
+    """The customer's live profile (every feature, audiences, traits) as JSON-ready values."""
+    view = FeatureView(state, None, now_ms, lifecycle)
+    features = {name: _plain(view[name]) for name in PROFILE_FEATURES}
+    return {
+        "customer_id": state.id,
+        "updated_ms": now_ms,
+        "features": features,
+        "audiences": list(state.audiences),
+        "traits": dict(state.traits),
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    return value

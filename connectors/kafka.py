@@ -1,0 +1,446 @@
+"""Apache Kafka in and out: the events topic as a Bytewax source, output streams to topics.
+
+Source: one Bytewax partition per topic partition (partitions spread over all workers of all
+processes), each with its own confluent-kafka consumer, assigned (no consumer group: the resume
+position is the next offset, kept in Bytewax's recovery snapshots). Values are Segment-shaped
+JSON; CloudEvents ``ce_*`` headers may be present and are not needed. A partition that has
+nothing to read says so (:class:`operators.parse.EndOfInput`), so the others are not held back;
+with ``until_end`` each partition stops at the high watermark it saw at start.
+
+Sink: each output stream goes to ``topic_prefix + stream`` (``nudgeflow.triggers.push``, ...).
+Decisions are CloudEvents in binary mode: ``ce_*`` headers and the JSON ``data`` as value, the
+customer id as key, so a customer's decisions stay in order in one partition. Dead letters keep
+their JSON record as value with ``nf_reason`` / ``nf_source_*`` headers. The producer is
+idempotent, compresses, buffers a bounded amount (a full buffer waits), counts and logs every
+failed delivery and retries it, and is flushed at every snapshot and at close, so what a
+snapshot covers has been delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from flows.metrics import DECISION_LATENCY, KAFKA_LAG, SINK_ERRORS, SINK_RECORDS, SINK_RETRIES
+from operators.engine import Output
+from operators.parse import EndOfInput, RawEvent
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_SECONDS = 0.002
+LAG_EVERY_SECONDS = 1.0
+NOT_SENT = frozenset({"stats"})
+DECISION_STREAMS = ("triggers.", "audience_changes")
+MAX_DELIVERY_ATTEMPTS = 5
+
+
+def kafka_config(bootstrap_servers: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap_servers, **(extra or {})}
+
+
+def topic_partitions(
+    bootstrap_servers: str, topic: str, client: dict[str, Any] | None = None, timeout: float = 10.0
+) -> int:
+    """The number of partitions of ``topic`` (an error if it does not exist)."""
+    metadata = AdminClient(kafka_config(bootstrap_servers, client)).list_topics(topic, timeout=timeout)
+    info = metadata.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        raise ValueError(f"Kafka topic {topic!r} does not exist on {bootstrap_servers}")
+    return len(info.partitions)
+
+
+def ensure_topics(
+    bootstrap_servers: str,
+    topics: Iterable[str],
+    partitions: int,
+    client: dict[str, Any] | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Create the topics that do not exist yet (replication: up to 3, as brokers allow)."""
+    admin = AdminClient(kafka_config(bootstrap_servers, client))
+    existing = admin.list_topics(timeout=timeout).topics
+    brokers = len(admin.list_topics(timeout=timeout).brokers)
+    missing = [NewTopic(t, partitions, min(3, brokers)) for t in topics if t not in existing]
+    if not missing:
+        return
+    for topic, future in admin.create_topics(missing, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except KafkaException as err:
+            if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise ValueError(f"cannot create Kafka topic {topic!r}: {err}") from None
+
+
+# --- source --------------------------------------------------------------------------------
+class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int]):
+    """One topic partition; its snapshot is the next offset to read."""
+
+    def __init__(
+        self, config: dict[str, Any], topic: str, partition: int, start: int, until_end: bool, batch_size: int
+    ) -> None:
+        self.topic, self.partition, self.batch_size = topic, partition, batch_size
+        self.consumer = Consumer(config)
+        tp = TopicPartition(topic, partition)
+        low, high = self.consumer.get_watermark_offsets(tp, timeout=10.0)
+        self.next = {OFFSET_BEGINNING: low, OFFSET_END: high}.get(start, start)
+        self.end = high if until_end else None
+        self.consumer.assign([TopicPartition(topic, partition, self.next)])
+        self.idle = False
+        self.done = False
+        self.lag = KAFKA_LAG.labels(topic=topic, partition=str(partition))
+        self.lag_at = 0.0
+        self._awake: Any = None
+
+    def next_batch(self) -> list[RawEvent | EndOfInput]:
+        if self.done:
+            raise StopIteration
+        if self.end is not None and self.next >= self.end:
+            self.done = True
+            return [EndOfInput(self.next, self.partition)]
+        messages = self.consumer.consume(self.batch_size, timeout=0)
+        now = time.time()
+        batch: list[RawEvent | EndOfInput] = []
+        for message in messages:
+            if message.error() is not None:
+                self._error(message)
+                continue
+            offset = message.offset()
+            if self.end is not None and offset >= self.end:
+                break
+            position = {"topic": self.topic, "partition": self.partition, "offset": offset}
+            batch.append(RawEvent(offset, position, message.value() or b"", partition=self.partition, arrived=now))
+            self.next = offset + 1
+        self._awake = None
+        if batch:
+            self.idle = False
+        elif self.end is None:
+            self._awake = _in(IDLE_POLL_SECONDS)
+            if not self.idle:  # live and nothing to read: do not hold the other partitions back
+                self.idle = True
+                batch.append(EndOfInput(self.next, self.partition))
+        if now - self.lag_at >= LAG_EVERY_SECONDS:
+            self.lag_at = now
+            self._update_lag()
+        return batch
+
+    def next_awake(self) -> Any:
+        return self._awake
+
+    def _error(self, message: Message) -> None:
+        err = message.error()
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err.fatal():
+            raise KafkaException(err)
+        log.warning("Kafka %s[%d]: %s", self.topic, self.partition, err)
+
+    def _update_lag(self) -> None:
+        try:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, self.partition), cached=True)
+        except KafkaException:
+            return
+        if high >= 0:
+            self.lag.set(max(0, high - self.next))
+
+    def snapshot(self) -> int:
+        return self.next
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _in(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+class KafkaEventSource(FixedPartitionedSource[RawEvent | EndOfInput, int]):
+    """The events topic, one Bytewax partition per topic partition.
+
+    ``start_from`` ("earliest" or "latest") applies where no recovery snapshot says where to
+    resume; ``until_end`` stops each partition at the high watermark it saw at start.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        start_from: str = "earliest",
+        until_end: bool = False,
+        batch_size: int = 1000,
+        consumer_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.partitions = topic_partitions(bootstrap_servers, topic, consumer_config)
+        self.start = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}[start_from]
+        self.until_end = until_end
+        self.batch_size = batch_size
+        self.config = kafka_config(
+            bootstrap_servers,
+            {
+                "group.id": "nudgeflow",  # required by the client; offsets are never committed
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "fetch.wait.max.ms": 10,
+                **(consumer_config or {}),
+            },
+        )
+
+    def list_parts(self) -> list[str]:
+        return [f"{self.topic}#{p}" for p in range(self.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TopicPartitionReader:
+        partition = int(for_part.rsplit("#", 1)[1])
+        start = self.start if resume_state is None else resume_state
+        return _TopicPartitionReader(self.config, self.topic, partition, start, self.until_end, self.batch_size)
+
+
+# --- sink ----------------------------------------------------------------------------------
+def kafka_record(output: Output) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The value and headers of one output record (binary-mode CloudEvents for decisions)."""
+    if output.stream.startswith(DECISION_STREAMS):
+        event = orjson.loads(output.body)
+        data = event.pop("data")
+        headers = [(f"ce_{name}", str(value).encode()) for name, value in event.items() if name != "datacontenttype"]
+        headers.append(("content-type", event.get("datacontenttype", "application/json").encode()))
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS), headers
+    if output.stream == "dead_letters":
+        record = orjson.loads(output.body)
+        position = record.get("position") or {}
+        headers = [("nf_reason", record["reason"].encode())]
+        headers += [(f"nf_source_{k}", str(v).encode()) for k, v in sorted(position.items())]
+        return output.body, headers
+    return output.body, []
+
+
+def structured_event(value: bytes, headers: list[tuple[str, bytes]] | None) -> dict[str, Any]:
+    """A binary-mode CloudEvent read back as the structured (JSON) form."""
+    event: dict[str, Any] = {}
+    for name, raw in headers or ():
+        if name.startswith("ce_"):
+            event[name[3:]] = raw.decode()
+        elif name == "content-type":
+            event["datacontenttype"] = raw.decode()
+    event["data"] = orjson.loads(value)
+    return event
+
+
+class _ProducerPartition(StatefulSinkPartition[Output, None]):
+    def __init__(self, config: dict[str, Any], topic_prefix: str) -> None:
+        self.producer = Producer(config)
+        self.topic_prefix = topic_prefix
+        self.failed = 0
+        self.timeout = float(config.get("message.timeout.ms", 300_000)) / 1000 + 30
+
+    def write_batch(self, values: list[Output]) -> None:
+        for output in values:
+            if output.stream not in NOT_SENT:
+                value, headers = kafka_record(output)
+                self._produce(self.topic_prefix + output.stream, output, value, headers, 1)
+        self.producer.poll(0)
+
+    def _produce(self, topic: str, output: Output, value: bytes, headers: list, attempt: int) -> None:
+        def delivered(err: KafkaError | None, message: Message) -> None:
+            self._delivered(err, topic, output, value, headers, attempt)
+
+        for _ in range(10_000):
+            try:
+                self.producer.produce(topic, value, output.key.encode(), headers=headers, on_delivery=delivered)
+                return
+            except BufferError:  # the bounded buffer is full: wait for deliveries
+                self.producer.poll(0.05)
+        raise RuntimeError(f"Kafka producer buffer stayed full; {topic} is not accepting records")
+
+    def _delivered(
+        self, err: KafkaError | None, topic: str, output: Output, value: bytes, headers: list, attempt: int
+    ) -> None:
+        if err is None:
+            SINK_RECORDS.labels(sink="kafka", stream=output.stream).inc()
+            if output.arrived and output.stream != "dead_letters":
+                DECISION_LATENCY.labels(origin="timer" if output.timer else "event").observe(
+                    max(0.0, time.time() - output.arrived)
+                )
+            return
+        SINK_ERRORS.labels(sink="kafka", reason=err.name()).inc()
+        if attempt < MAX_DELIVERY_ATTEMPTS and not err.fatal():
+            SINK_RETRIES.labels(sink="kafka").inc()
+            log.warning("Kafka delivery to %s failed (%s); retry %d", topic, err, attempt)
+            self._produce(topic, output, value, headers, attempt + 1)
+            return
+        self.failed += 1
+        log.error("Kafka delivery to %s failed for good (%s): key %s, %s", topic, err, output.key, output.body[:200])
+
+    def _flush(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while len(self.producer) and time.monotonic() < deadline:
+            self.producer.flush(1.0)
+        if len(self.producer):
+            raise RuntimeError(f"{len(self.producer)} Kafka records not delivered within {self.timeout:.0f} s")
+
+    def snapshot(self) -> None:
+        self._flush()  # what the snapshot covers has reached Kafka
+        return None
+
+    def close(self) -> None:
+        self._flush()
+        if self.failed:
+            log.error("%d Kafka records could not be delivered (see the errors above)", self.failed)
+
+
+class KafkaOutputSink(FixedPartitionedSink[Output, None]):
+    """Output streams to Kafka topics, keyed by customer; items are ``(customer id, Output)``."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic_prefix: str = "nudgeflow.",
+        partitions: int = 16,
+        producer_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.topic_prefix = topic_prefix
+        self.partitions = partitions
+        self.config = kafka_config(
+            bootstrap_servers,
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "compression.type": "lz4",
+                "linger.ms": 5,
+                "queue.buffering.max.messages": 100_000,
+                "queue.buffering.max.kbytes": 64 * 1024,
+                **(producer_config or {}),
+            },
+        )
+
+    def list_parts(self) -> list[str]:
+        return [f"producer-{n}" for n in range(self.partitions)]
+
+    def part_fn(self, item_key: str) -> int:
+        return zlib.crc32(item_key.encode()) % self.partitions
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ProducerPartition:
+        return _ProducerPartition(self.config, self.topic_prefix)
+
+
+# --- tools: produce a recording, read a topic ----------------------------------------------
+def produce_records(
+    bootstrap_servers: str,
+    topic: str,
+    lines: Iterable[bytes],
+    rate: float | None = None,
+    progress: Any = None,
+    client: dict[str, Any] | None = None,
+) -> int:
+    """Send JSONL event lines to ``topic`` (keyed by ``anonymousId`` else ``userId``), at most
+    ``rate`` per second; return how many. Delivery failures raise at the end."""
+    settings = {"enable.idempotence": True, "compression.type": "lz4", "linger.ms": 20, "acks": "all"}
+    producer = Producer(kafka_config(bootstrap_servers, {**(client or {}), **settings}))
+    failures: list[str] = []
+
+    def delivered(err: KafkaError | None, _: Message) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    started = time.monotonic()
+    sent = 0
+    for line in lines:
+        key = event_key(line)
+        while True:
+            try:
+                producer.produce(topic, line, key, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        sent += 1
+        if progress is not None:
+            progress.update(1)
+        if rate:
+            ahead = sent / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        if sent % 1000 == 0:
+            producer.poll(0)
+    producer.flush(60)
+    if failures or len(producer):
+        raise RuntimeError(f"{len(failures) + len(producer)} events not delivered: {failures[:3]}")
+    return sent
+
+
+def event_key(line: bytes) -> bytes | None:
+    """The partitioning key of an event line: its ``anonymousId``, else its ``userId``."""
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    key = event.get("anonymousId") or event.get("userId")
+    return str(key).encode() if key is not None else None
+
+
+def read_topic(
+    bootstrap_servers: str,
+    topic: str,
+    until_end: bool = True,
+    from_beginning: bool = True,
+    client: dict[str, Any] | None = None,
+    stall_seconds: float = 60.0,
+) -> Iterator[Message]:
+    """Every message of ``topic`` (all partitions, in each partition's order); with ``until_end``
+    stop at the high watermarks seen at start, else follow the topic."""
+    settings = {"group.id": "nudgeflow-reader", "enable.auto.commit": False}
+    consumer = Consumer(kafka_config(bootstrap_servers, {**(client or {}), **settings}))
+    try:
+        count = topic_partitions(bootstrap_servers, topic, client)
+        ends: dict[int, int] = {}
+        assignment = []
+        for p in range(count):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)
+            if high > low or not until_end:
+                ends[p] = high
+                assignment.append(TopicPartition(topic, p, low if from_beginning else high))
+        consumer.assign(assignment)
+        remaining = set(ends)
+        quiet_since = time.monotonic()
+        while remaining:
+            message = consumer.poll(0.2)
+            if message is None:
+                if until_end and time.monotonic() - quiet_since > stall_seconds:
+                    raise TimeoutError(f"{topic}: stopped receiving before the end of partitions {sorted(remaining)}")
+                continue
+            quiet_since = time.monotonic()
+            if message.error() is not None:
+                if message.error().code() != KafkaError._PARTITION_EOF:
+                    raise KafkaException(message.error())
+                continue
+            yield message
+            if until_end and message.offset() + 1 >= ends[message.partition()]:
+                remaining.discard(message.partition())
+    finally:
+        consumer.close()
+
+
+def readable(message: Message) -> bytes:
+    """One record as a JSON line: decisions as structured CloudEvents, anything else as its value."""
+    headers = message.headers() or []
+    if any(name == "ce_specversion" for name, _ in headers):
+        return orjson.dumps(structured_event(message.value(), headers), option=orjson.OPT_SORT_KEYS)
+    return message.value() or b""
