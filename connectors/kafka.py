@@ -134,7 +134,7 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
             self.idle = False
         elif self.end is None:
             self._awake = _in(IDLE_POLL_SECONDS)
-            if not self.idle:  # live and nothing to read: do not hold the other partitions back
+            if not self.idle and self._caught_up():  # do not hold the other partitions back
                 self.idle = True
                 batch.append(EndOfInput(self.next, self.partition))
         if now - self.lag_at >= LAG_EVERY_SECONDS:
@@ -152,6 +152,14 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
         if err.fatal():
             raise KafkaException(err)
         log.warning("Kafka %s[%d]: %s", self.topic, self.partition, err)
+
+    def _caught_up(self) -> bool:
+        """Read up to the high watermark of the latest fetch (not merely waiting for a fetch)."""
+        try:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, self.partition), cached=True)
+        except KafkaException:
+            return False
+        return high >= 0 and self.next >= high
 
     def _update_lag(self) -> None:
         try:

@@ -130,7 +130,7 @@ def execute(
 ) -> dict:
     """Build and run the flow to completion; return the run's summary (also in summary.json for files)."""
     rules = load_rules(settings.rules)
-    flow = build_flow(settings, rules, source=source)
+    flow = build_flow(settings, rules, snapshots=settings.recovery_dir is not None, source=source)
     tune_gc()
     if settings.metrics_port is not None:
         serve(settings.metrics_port + process_id)

@@ -7,6 +7,8 @@ reads ``NUDGEFLOW_*`` settings (default: the bundled sample into ``out/run``).
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import bytewax.operators as op
@@ -15,7 +17,8 @@ from bytewax.inputs import Source
 from bytewax.operators import KeyedStream
 from bytewax.outputs import Sink
 
-from connectors.files import JsonlSource, OutputFolderSink, prepare_output_folder
+from connectors.files import OUTPUT_FILES, JsonlSource, OutputFolderSink, prepare_output_folder
+from flows.metrics import serve
 from flows.runtime import tune_gc
 from flows.settings import Settings
 from operators.customer_state import personalize
@@ -23,16 +26,7 @@ from operators.engine import Output
 from operators.parse import EndOfInput, RawEvent
 from operators.rules import CompiledRules, load_rules
 
-KAFKA_STREAMS = (
-    "triggers.push",
-    "triggers.in_app",
-    "triggers.email",
-    "triggers.sms",
-    "triggers.shadow",
-    "audience_changes",
-    "audience_changes.shadow",
-    "dead_letters",
-)
+KAFKA_STREAMS = tuple(stream for stream in OUTPUT_FILES if stream != "stats")
 
 
 def build_flow(
@@ -117,5 +111,10 @@ def _for_redis(item: tuple[str, Output]) -> bool:
 def __getattr__(name: str) -> Any:
     if name == "flow":
         tune_gc()
-        return build_flow(Settings.from_env())
+        settings = Settings.from_env()
+        if settings.metrics_port is not None:
+            serve(settings.metrics_port + int(os.environ.get("BYTEWAX_PROCESS_ID", "0")))
+        recovering = settings.recovery_dir is not None or "BYTEWAX_RECOVERY_DIRECTORY" in os.environ
+        recovering = recovering or any(arg in ("-r", "--recovery-directory") for arg in sys.argv)
+        return build_flow(settings, snapshots=recovering)
     raise AttributeError(name)

@@ -47,7 +47,7 @@ from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import MAX_CAUSED_BY, CustomerState, Lifecycle, Timer
 from state.update import apply_event
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 RECHECK = "~recheck"
 ERASURE = "Erasure Requested"
 MAX_UNKNOWN_NAMES = 50
@@ -582,8 +582,9 @@ class ShardEngine:
             "seen": pickle.dumps(list(self.seen)),
             "links": pickle.dumps(list(self.links.items())),
             "stats": pickle.dumps(self.stats),
-            # forwards held back until every identity shard has passed them
-            "pending": pickle.dumps((self.pending, self.upstream)),
+            # items held back until every upstream has passed them; after a restart every
+            # upstream reports its progress afresh, so their last ticks are not kept
+            "pending": pickle.dumps(self.pending),
             "changed": sorted(self.changed),
         }
         return SNAPSHOT_FORMAT, shard
@@ -599,7 +600,7 @@ class ShardEngine:
         self.seen = OrderedDict.fromkeys(pickle.loads(shard["seen"]))
         self.links = OrderedDict(pickle.loads(shard["links"]))
         self.stats = pickle.loads(shard["stats"])
-        self.pending, self.upstream = pickle.loads(shard["pending"])
+        self.pending = pickle.loads(shard["pending"])
         self.changed = set(shard["changed"])
         for state in self.customers.values():
             for rule_id, timer in sorted(state.timers.items()):

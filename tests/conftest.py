@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 
+from connectors.local_services import local_services
 from operators.engine import EngineConfig, Forward, Output, ShardEngine, Tick
 from operators.parse import EndOfInput, InputMarks, RawEvent, parse
 from operators.rules import CompiledRules, load_rules, parse_rules
@@ -127,3 +130,17 @@ def harness(starter_rules: CompiledRules) -> EngineHarness:
 
 def rules_from(text: str) -> CompiledRules:
     return parse_rules(text, "test.yaml")
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real Kafka broker and Redis server: ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` when set,
+    else started here (a local Kafka 4.x and Debian's redis-server) for the whole session."""
+    given = {name: os.environ[name] for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL") if os.environ.get(name)}
+    if len(given) == 2:
+        yield given
+        return
+    folder = tmp_path_factory.mktemp("services")
+    kafka, redis = "KAFKA_BOOTSTRAP_SERVERS" not in given, "REDIS_URL" not in given
+    with local_services(folder, kafka=kafka, redis=redis) as started:
+        yield {**started, **given}

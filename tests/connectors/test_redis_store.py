@@ -1,0 +1,366 @@
+"""The Redis store sink, against a real redis-server (``REDIS_URL``, else one started per module)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import bytewax.operators as op
+import orjson
+import pytest
+import redis
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSource, run_main
+
+from connectors.redis_store import (
+    RedisStoreSink,
+    RedisStoreWriter,
+    StoreConfig,
+    audience_key,
+    connect,
+    customer_keys,
+    mask_url,
+)
+from operators.engine import Output
+from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, iso_ms
+
+T0_MS = 1_767_607_200_000  # 2026-01-05T10:00:00Z
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class RedisServer:
+    """A throwaway redis-server on 127.0.0.1 (no persistence), started and stopped by its PID."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        assert REDIS_SERVER is not None
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_ping(self.url, timeout)
+        return self
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        os.kill(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_ping(url: str, timeout: float) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.exceptions.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def own_server() -> RedisServer:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    return RedisServer().start()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    if url := os.environ.get("REDIS_URL"):
+        yield url
+        return
+    server = own_server()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def db(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix(db: redis.Redis) -> Iterator[str]:
+    """A unique key prefix; its keys (only) are deleted afterwards."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    keys = list(db.scan_iter(match=f"{name}:*", count=1000))
+    if keys:
+        db.delete(*keys)
+
+
+def profile(customer: str, version: int, features: int = 3, **traits: Any) -> tuple[str, Output]:
+    body = {
+        "customer_id": customer,
+        "updated_ms": T0_MS + version,
+        "updated_at": iso_ms(T0_MS + version),
+        "features": {f"f{i}": version * 10 + i for i in range(features)}
+        | {"cart": {"value": version + 0.1 + 0.2, "items": []}, "city": 'Zürich "Altstadt"\n\u2028'},
+        "audiences": [f"a{version % 3}"],
+        "traits": traits,
+    }
+    return "profiles", Output("profiles", customer, T0_MS + version, version, orjson.dumps(body))
+
+
+def audience_change(customer: str, audience: str, change: str, stream: str = "audience_changes") -> tuple[str, Output]:
+    data = {"audience": audience, "change": change, "reason": "test", "rule_id": audience, "caused_by": []}
+    body = cloud_event(type_=AUDIENCE_TYPE, event_id=uuid.uuid4().hex, time_ms=T0_MS, subject=customer, data=data)
+    return stream, Output(stream, customer, T0_MS, 0, body)
+
+
+def trigger(customer: str, n: int, channel: str = "push", stream: str | None = None) -> tuple[str, Output]:
+    stream = stream or f"triggers.{channel}"
+    data = {"channel": channel, "rule_id": f"r{n}", "offer_id": f"o{n}", "content": {"title": "hi"}, "reason": "t"}
+    body = cloud_event(type_=TRIGGER_TYPE, event_id=f"d{n}", time_ms=T0_MS + n, subject=customer, data=data)
+    return stream, Output(stream, customer, T0_MS + n, n, body)
+
+
+def decision(n: int, channel: str = "push") -> dict[str, Any]:
+    return {"id": f"d{n}", "rule_id": f"r{n}", "channel": channel, "offer_id": f"o{n}", "time": iso_ms(T0_MS + n)}
+
+
+def expected_profile(customer: str, version: int, features: int = 3, **traits: Any) -> dict[str, str]:
+    body = orjson.loads(profile(customer, version, features)[1].body)
+    fields = {name: orjson.dumps(value).decode() for name, value in body["features"].items()}
+    fields |= {f"trait.{name}": orjson.dumps(value).decode() for name, value in traits.items()}
+    fields |= {"audiences": orjson.dumps(body["audiences"]).decode()}
+    return fields | {"updated_at": body["updated_at"], "updated_ms": str(body["updated_ms"])}
+
+
+def writer(url: str, prefix: str, **options: Any) -> RedisStoreWriter:
+    options.setdefault("flush_interval_seconds", 3600)
+    return RedisStoreWriter(connect(url), StoreConfig(prefix=prefix, **options), mask_url(url))
+
+
+def stored_profile(db: redis.Redis, prefix: str, customer: str) -> dict[str, str]:
+    return db.hgetall(customer_keys(prefix, customer).profile)
+
+
+def stored_decisions(db: redis.Redis, prefix: str, customer: str) -> list[dict[str, Any]]:
+    return [orjson.loads(entry) for entry in db.lrange(customer_keys(prefix, customer).decisions, 0, -1)]
+
+
+def test_keys_share_one_hash_tag_per_customer():
+    keys = customer_keys("nf", "u-1")
+    assert (keys.profile, keys.decisions) == ("nf:{u-1}:profile", "nf:{u-1}:decisions")
+    assert audience_key("nf", "vip") == "nf:audience:{vip}"
+    with pytest.raises(ValueError, match="braces"):
+        StoreConfig(prefix="n{f}")
+
+
+def test_password_is_masked():
+    assert mask_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert mask_url("rediss://app:s3cret@h/1?password=s3cret&ssl_cert_reqs=none").count("s3cret") == 0
+    assert mask_url("redis://h:6379") == "redis://h:6379"
+
+
+def test_records_land_at_the_documented_keys(db, redis_url, prefix):
+    store = writer(redis_url, prefix, traits=["plan"])
+    store.write(
+        [
+            profile("u1", 1, plan="gold", email="a@example.com"),
+            audience_change("u1", "vip", "entered"),
+            audience_change("u2", "vip", "entered"),
+            audience_change("u2", "vip", "exited"),
+            audience_change("u3", "lapsed", "entered"),
+            trigger("u1", 1, "push"),
+            trigger("u1", 2, "email"),
+            trigger("u1", 3, "sms", stream="triggers.shadow"),
+            audience_change("u4", "shadowy", "entered", stream="audience_changes.shadow"),
+            ("dead_letters", Output("dead_letters", "u5", T0_MS, 0, b'{"reason": "bad"}')),
+            ("stats", Output("stats", "", T0_MS, 0, b'{"events": {}}')),
+        ]
+    )
+    store.close()
+    assert stored_profile(db, prefix, "u1") == expected_profile("u1", 1, plan="gold")
+    assert db.smembers(audience_key(prefix, "vip")) == {"u1"}
+    assert db.smembers(audience_key(prefix, "lapsed")) == {"u3"}
+    assert stored_decisions(db, prefix, "u1") == [decision(2, "email"), decision(1, "push")]
+    assert sorted(db.scan_iter(match=f"{prefix}:*")) == sorted(
+        [
+            customer_keys(prefix, "u1").profile,
+            customer_keys(prefix, "u1").decisions,
+            audience_key(prefix, "vip"),
+            audience_key(prefix, "lapsed"),
+        ]
+    )
+    assert db.ttl(customer_keys(prefix, "u1").profile) == -1
+
+
+def test_traits_stay_out_unless_allowlisted(db, redis_url, prefix):
+    store = writer(redis_url, prefix)
+    store.write([profile("u1", 1, email="a@example.com", plan="gold")])
+    store.close()
+    fields = stored_profile(db, prefix, "u1")
+    assert fields and not [name for name in fields if name.startswith("trait.")]
+    assert not any("a@example.com" in value for value in fields.values())
+
+
+def test_updates_are_coalesced_to_the_latest(db, redis_url, prefix):
+    store = writer(redis_url, prefix, decisions_kept=5)
+    customers = [f"c{i}" for i in range(10)]
+    updates = [profile(customers[n % 10], n) for n in range(1000)]
+    for start in range(0, 1000, 170):
+        store.write(updates[start : start + 170])
+        assert store.pending <= 10
+    store.write([trigger("c0", n) for n in range(12)])
+    store.write([trigger("c0", n) for n in range(12, 14)])
+    assert store.pending == 11
+    assert store.flush()
+    store.close()
+    for i, customer in enumerate(customers):
+        assert stored_profile(db, prefix, customer) == expected_profile(customer, 990 + i)
+    assert stored_decisions(db, prefix, "c0") == [decision(n) for n in range(13, 8, -1)]
+
+
+def test_a_newer_profile_replaces_the_whole_hash(db, redis_url, prefix):
+    store = writer(redis_url, prefix)
+    store.write([profile("u1", 1, features=6)])
+    store.flush()
+    store.write([profile("u1", 2, features=2)])
+    store.close()
+    assert stored_profile(db, prefix, "u1") == expected_profile("u1", 2, features=2)
+
+
+def test_decisions_written_again_are_not_duplicated(db, redis_url, prefix):
+    store = writer(redis_url, prefix)
+    store.write([trigger("u1", 1), trigger("u1", 2)])
+    store.flush()
+    store.write([trigger("u1", 2), trigger("u1", 3)])
+    store.close()
+    assert stored_decisions(db, prefix, "u1") == [decision(3), decision(2), decision(1)]
+
+
+def test_customer_keys_carry_the_ttl(db, redis_url, prefix):
+    store = writer(redis_url, prefix, ttl_seconds=600)
+    store.write([profile("u1", 1), trigger("u1", 1), trigger("u2", 2)])
+    store.close()
+    keys = [customer_keys(prefix, "u1").profile, customer_keys(prefix, "u1").decisions]
+    keys.append(customer_keys(prefix, "u2").decisions)
+    for key in keys:
+        assert 0 < db.ttl(key) <= 600, key
+
+
+def test_the_buffer_is_flushed_by_time_and_by_size(db, redis_url, prefix):
+    by_size = writer(redis_url, prefix, max_buffered=3)
+    by_size.write([profile("u1", 1), profile("u2", 1)])
+    assert by_size.pending == 2
+    by_size.write([profile("u3", 1)])
+    assert by_size.pending == 0
+    by_time = writer(redis_url, prefix, flush_interval_seconds=0.05)
+    by_time.write([profile("u4", 1)])
+    time.sleep(0.06)
+    by_time.write([("stats", Output("stats", "", 0, 0, b"{}"))])
+    assert by_time.pending == 0
+    assert db.exists(*(customer_keys(prefix, c).profile for c in ("u1", "u2", "u3", "u4"))) == 4
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_nothing_is_lost_while_redis_is_down(caplog):
+    server = own_server()
+    prefix = "outage"
+    customers = [f"c{i}" for i in range(10)]
+    store = writer(server.url, prefix, flush_interval_seconds=0.3)
+    try:
+        store.write([profile(c, 0) for c in customers])
+        assert store.flush()
+        store.write([profile(c, 1) for c in customers] + [audience_change("c1", "vip", "entered"), trigger("c1", 1)])
+        server.stop()
+        with caplog.at_level(logging.WARNING, logger="connectors.redis_store"):
+            for version in range(2, 30):
+                store.write([profile(c, version) for c in customers[:5]] + [trigger("c1", version)])
+                time.sleep(0.02)
+        assert store.pending == 5 + 5 + 1 + 1
+        assert store.outages == 1
+        assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
+        server.start()
+        deadline = time.monotonic() + 15
+        while store.pending and time.monotonic() < deadline:
+            store.write([])
+            time.sleep(0.05)
+        store.close()
+        db = redis.Redis.from_url(server.url, decode_responses=True)
+        for customer in customers:
+            assert stored_profile(db, prefix, customer) == expected_profile(customer, 29 if customer < "c5" else 1)
+        assert db.smembers(audience_key(prefix, "vip")) == {"c1"}
+        assert stored_decisions(db, prefix, "c1") == [decision(n) for n in range(29, 9, -1)]
+        db.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_close_gives_up_after_its_timeout_and_says_what_was_lost(caplog):
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    store = RedisStoreWriter(connect(url), StoreConfig(prefix="gone", close_timeout_seconds=0.5), mask_url(url))
+    store.write([profile("u1", 1), profile("u2", 1), trigger("u3", 1)])
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="connectors.redis_store"):
+        store.close()
+    assert time.monotonic() - started < 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "3 customers' updates not written" in errors[0]
+    assert "hunter2" not in caplog.text and ":***@127.0.0.1" in caplog.text
+
+
+def test_through_a_bytewax_flow(db, redis_url, prefix):
+    items = [profile(f"u{n % 4}", n) for n in range(40)]
+    items += [audience_change("u1", "vip", "entered"), trigger("u2", 1), trigger("u2", 2, stream="triggers.shadow")]
+    flow = Dataflow("redis_store_test")
+    stream = op.input("in", flow, TestingSource(items, batch_size=7))
+    op.output("redis", stream, RedisStoreSink(redis_url, prefix=prefix, traits=["plan"], flush_interval_seconds=0))
+    run_main(flow)
+    for n in range(4):
+        assert stored_profile(db, prefix, f"u{n}") == expected_profile(f"u{n}", 36 + n)
+    assert db.smembers(audience_key(prefix, "vip")) == {"u1"}
+    assert stored_decisions(db, prefix, "u2") == [decision(1)]
+
+
+def measure_throughput(url: str, updates: int = 100_000, customers: int = 20_000, features: int = 20) -> float:
+    """Profiles per second through the writer (default settings), until all are written; not a test."""
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    items = [profile(f"c{n % customers}", n, features=features - 2) for n in range(updates)]
+    store = RedisStoreWriter(connect(url), StoreConfig(prefix=prefix), mask_url(url))
+    started = time.perf_counter()
+    for start in range(0, updates, 1000):
+        store.write(items[start : start + 1000])
+    store.close()
+    elapsed = time.perf_counter() - started
+    db = redis.Redis.from_url(url)
+    keys = list(db.scan_iter(match=f"{prefix}:*", count=5000))
+    assert len(keys) == customers
+    db.delete(*keys)
+    db.close()
+    return updates / elapsed
