@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench venv services-deps clean
 
 venv: $(STAMP)
 
@@ -17,9 +17,19 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(BIN)/nudgeflow run --out out/demo --force
 
-test: venv
+# Integration tests use KAFKA_BOOTSTRAP_SERVERS / REDIS_URL when set; otherwise the test session
+# starts a local Kafka 4.x broker (jars from Maven Central, Java 17) and Debian's redis-server.
+test: venv services-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+services-deps:
+	@command -v java >/dev/null || { echo "Java 17+ is needed for the local Kafka broker"; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is needed to fetch the Kafka jars"; exit 1; }
+	@command -v redis-server >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
+	$(BIN)/python -m connectors.local_services jars
 
 lint: venv
 	$(BIN)/ruff check .

@@ -535,6 +535,11 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_jars(args: argparse.Namespace) -> int:
+    print(ensure_kafka_jars(log=_stderr))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m connectors.local_services", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="action", required=True)
@@ -542,6 +547,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     run.set_defaults(handler=_cmd_run)
+    jars = commands.add_parser("jars", help="download the Kafka broker's jars (cached) and print their folder")
+    jars.set_defaults(handler=_cmd_jars)
     for name, handler, text in (
         ("start", _cmd_start, "start Kafka and Redis in the background; prints KAFKA_BOOTSTRAP_SERVERS and REDIS_URL"),
         ("stop", _cmd_stop, "stop the services recorded by start"),

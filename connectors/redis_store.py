@@ -378,6 +378,10 @@ class RedisStoreWriter:
     def _queue(self, pipe: Any, chunk: Chunk) -> None:
         prefix, ttl = self._config.prefix, self._config.ttl_seconds or 0
         for customer, body in chunk.profiles:
+            if body.startswith(b'{"customer_id"') and orjson.loads(body).get("deleted"):
+                keys = customer_keys(prefix, customer)
+                pipe.delete(keys.profile, keys.decisions)  # erased or expired in the engine
+                continue
             try:
                 fields = profile_fields(body, self._config.traits)
             except (ValueError, TypeError, AttributeError) as err:

@@ -278,6 +278,8 @@ def profile(state: CustomerState, now_ms: int, lifecycle: Lifecycle) -> dict[str
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, _View):
+        return {name: _plain(getattr(value, name)) for name in value.FIELDS}
     if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, tuple | list):
