@@ -115,6 +115,7 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
             raise StopIteration
         if self.end is not None and self.next >= self.end:
             self.done = True
+            self.lag.set(0)
             return [EndOfInput(self.next, self.partition)]
         messages = self.consumer.consume(self.batch_size, timeout=0)
         now = time.time()

@@ -1,0 +1,363 @@
+"""Benchmark of the engine on Kafka: events topic -> ``nudgeflow run`` -> decision topics.
+
+    python bench/kafka_bench.py                          # 2,000 customers x 7 days, local broker
+    KAFKA_BOOTSTRAP_SERVERS=host:9092 python bench/kafka_bench.py --customers 10000
+
+Without ``KAFKA_BOOTSTRAP_SERVERS`` a single-node Kafka broker is started for the run
+(``connectors.local_services``). The engine always runs as ``nudgeflow run`` subprocesses,
+with recovery snapshots on (a fresh recovery store per run, ``NUDGEFLOW_SNAPSHOT_SECONDS=10``).
+
+1. Throughput: the generated stream is produced to a fresh 8-partition events topic, then
+   ``nudgeflow run --until-end`` is timed from process start to exit, with 1 process and with
+   2 processes (1 worker each). Start-up is the time of the same command on a 1-event topic;
+   "events/s after start-up" subtracts it.
+2. Latency: ``nudgeflow run`` follows a fresh events topic; events are produced at a steady
+   rate with their timestamps rewritten to the current time, and the decision topics are read
+   at the same time. A decision's latency is the time it is read minus the time its causing
+   event (the last id of ``caused_by``) was produced.
+
+Figures are printed as Markdown, ready for ``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from bytewax.recovery import init_db_dir
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from connectors.kafka import ensure_topics, event_key, produce_records
+from connectors.local_services import local_services
+from connectors.synthetic import generate_events, write_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(__file__).parent / ".cache"
+PARTITIONS = 8
+DECISION_TOPICS = ("triggers.push", "triggers.in_app", "audience_changes")
+RUN = [sys.executable, "-m", "flows.cli", "run", "--until-end", "--quiet"]
+LIVE = [sys.executable, "-m", "flows.cli", "run", "--quiet"]
+
+
+def stream(customers: int, days: int, seed: int = 1) -> Path:
+    """The generated stream (made once, then cached; same files as ``flow_bench.py``)."""
+    path = CACHE / f"c{customers}-d{days}-s{seed}.jsonl"
+    if not path.exists():
+        CACHE.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".part")
+        with tmp.open("wb") as out:
+            write_jsonl(generate_events(customers, days, seed), out)
+        tmp.rename(path)
+    return path
+
+
+def lines_of(path: Path) -> list[bytes]:
+    with path.open("rb") as f:
+        return [line.rstrip(b"\n") for line in f if line.strip()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def engine_env(bootstrap: str, topic: str, prefix: str, recovery: Path, partitions: int, **more: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "NUDGEFLOW_SOURCE": "kafka",
+            "NUDGEFLOW_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "NUDGEFLOW_EVENTS_TOPIC": topic,
+            "NUDGEFLOW_TOPIC_PREFIX": prefix,
+            "NUDGEFLOW_RECOVERY_DIR": str(recovery),
+            "NUDGEFLOW_RECOVERY_PARTITIONS": str(partitions),
+            "NUDGEFLOW_SNAPSHOT_SECONDS": "10",
+            **more,
+        }
+    )
+    env.pop("NUDGEFLOW_REDIS_URL", None)
+    return env
+
+
+def fresh_topic(bootstrap: str, lines: list[bytes]) -> str:
+    topic = f"bench.events.{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, [topic], PARTITIONS)
+    if lines:
+        produce_records(bootstrap, topic, lines)
+    return topic
+
+
+def timed_run(bootstrap: str, topic: str, processes: int, timeout: float) -> float:
+    """Seconds from starting ``processes`` engine processes (1 worker each) until all have exited."""
+    prefix = f"bench.{uuid.uuid4().hex[:8]}."
+    with tempfile.TemporaryDirectory(prefix="nudgeflow-recovery-") as tmp:
+        recovery = Path(tmp)
+        init_db_dir(recovery, processes)  # created once here, not raced by the processes
+        env = engine_env(bootstrap, topic, prefix, recovery, processes)
+        commands = [RUN]
+        if processes > 1:
+            addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+            commands = [[*RUN, "-w", "1", "-i", str(i), "-a", addresses] for i in range(processes)]
+        started = time.perf_counter()
+        procs = [subprocess.Popen(cmd, cwd=ROOT, env=env) for cmd in commands]
+        try:
+            for proc in procs:
+                remaining = max(1.0, timeout - (time.perf_counter() - started))
+                code = proc.wait(remaining)
+                if code != 0:
+                    raise RuntimeError(f"nudgeflow run exited with {code}")
+        finally:
+            for proc in procs:
+                stop(proc)
+        return time.perf_counter() - started
+
+
+def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds (this process only, by PID)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def throughput(bootstrap: str, lines: list[bytes], timeout: float) -> list[dict[str, float]]:
+    started = time.perf_counter()
+    topic = fresh_topic(bootstrap, lines)
+    print(f"produced {len(lines):,} events to {topic} in {time.perf_counter() - started:.1f} s", flush=True)
+    one_event = fresh_topic(bootstrap, lines[:1])
+    rows = []
+    for processes in (1, 2):
+        startup = timed_run(bootstrap, one_event, processes, timeout)
+        seconds = timed_run(bootstrap, topic, processes, timeout)
+        row = {
+            "processes": processes,
+            "events": len(lines),
+            "seconds": seconds,
+            "startup": startup,
+            "rate": len(lines) / seconds,
+            "rate_net": len(lines) / max(seconds - startup, 1e-9),
+        }
+        print(
+            f"{processes} process(es): {seconds:.1f} s ({startup:.1f} s start-up), {row['rate']:,.0f} events/s,"
+            f" {row['rate_net']:,.0f} events/s after start-up",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
+
+
+# --- latency -------------------------------------------------------------------------------
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def live_events(customers: int, days: int, count: int) -> list[dict[str, Any]]:
+    """``count`` generated events (seed 2: ids unlike the throughput stream), without send/receive times."""
+    events = list(itertools.islice(generate_events(customers, days, 2), count))
+    for event in events:
+        event.pop("receivedAt", None)
+        event.pop("sentAt", None)
+    return events
+
+
+def end_offsets(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "nudgeflow-bench", "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(timeout=10)
+        out = []
+        for topic in topics:
+            for partition in metadata.topics[topic].partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                out.append(TopicPartition(topic, partition, high))
+        return out
+    finally:
+        consumer.close()
+
+
+class DecisionReader(threading.Thread):
+    """Reads the decision topics from the given offsets; keeps (read time, type, last caused_by id)."""
+
+    def __init__(self, bootstrap: str, assignment: list[TopicPartition]) -> None:
+        super().__init__(daemon=True)
+        self.consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "nudgeflow-bench", "enable.auto.commit": False}
+        )
+        self.consumer.assign(assignment)
+        self.records: list[tuple[float, str, str | None]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.halt.is_set():
+                for message in self.consumer.consume(1000, timeout=0.05):
+                    read = time.time()
+                    if message.error() is not None:
+                        continue
+                    headers = dict(message.headers() or [])
+                    kind = (headers.get("ce_type") or b"?").decode()
+                    caused_by = orjson.loads(message.value()).get("caused_by") or [None]
+                    self.records.append((read, kind, caused_by[-1]))
+        finally:
+            self.consumer.close()
+
+
+def wait_for_topics(bootstrap: str, topics: list[str], timeout: float) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if set(topics) <= set(admin.list_topics(timeout=10).topics):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"output topics not created within {timeout:.0f} s: {topics}")
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def latency(bootstrap: str, rate: float, duration: float, customers: int, days: int) -> dict[str, Any]:
+    count = int(rate * duration)
+    events = live_events(customers * 4, days, count)
+    topic = fresh_topic(bootstrap, [])
+    prefix = f"bench.{uuid.uuid4().hex[:8]}."
+    outputs = [prefix + name for name in DECISION_TOPICS]
+    produced: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="nudgeflow-recovery-") as tmp:
+        recovery = Path(tmp)
+        init_db_dir(recovery, 1)
+        # a fresh, empty topic: starting from its beginning misses nothing produced after start-up
+        env = engine_env(bootstrap, topic, prefix, recovery, 1, NUDGEFLOW_START_FROM="earliest")
+        proc = subprocess.Popen(LIVE, cwd=ROOT, env=env)
+        try:
+            wait_for_topics(bootstrap, outputs, 60)
+            time.sleep(5)
+            if proc.poll() is not None:
+                raise RuntimeError(f"nudgeflow run exited with {proc.returncode}")
+            reader = DecisionReader(bootstrap, end_offsets(bootstrap, outputs))
+            reader.start()
+            producer = Producer(
+                {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 1, "acks": "all"}
+            )
+            started = time.monotonic()
+            for sent, event in enumerate(events, start=1):
+                event["timestamp"] = now_iso()
+                line = orjson.dumps(event)
+                produced[event["messageId"]] = time.time()
+                while True:
+                    try:
+                        producer.produce(topic, line, event_key(line))
+                        break
+                    except BufferError:
+                        producer.poll(0.01)
+                producer.poll(0)
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0.001:
+                    time.sleep(ahead)
+            producer.flush(30)
+            achieved = count / (time.monotonic() - started)
+            time.sleep(5)  # the last decisions
+            reader.halt.set()
+            reader.join(10)
+        finally:
+            stop(proc)
+    latencies: dict[str, list[float]] = {}
+    for read, kind, cause in reader.records:
+        if cause in produced:
+            latencies.setdefault(kind, []).append((read - produced[cause]) * 1000)
+    every = sorted(ms for values in latencies.values() for ms in values)
+    result = {"events": count, "rate": achieved, "decisions": len(reader.records), "by_kind": {}}
+    for kind, values in [("all", every), *sorted(latencies.items())]:
+        values.sort()
+        if values:
+            result["by_kind"][kind] = {
+                "count": len(values),
+                "p50": percentile(values, 0.50),
+                "p99": percentile(values, 0.99),
+                "max": values[-1],
+            }
+    return result
+
+
+# --- report --------------------------------------------------------------------------------
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+@contextlib.contextmanager
+def kafka() -> Iterator[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    with local_services(kafka=True, redis=False) as services:
+        yield services["KAFKA_BOOTSTRAP_SERVERS"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=2_000)
+    parser.add_argument("--days", type=int, default=7, help="days of events (about 18 events per customer-day)")
+    parser.add_argument("--rate", type=float, help="cap on the latency run's events/s (default: half of 1 process)")
+    parser.add_argument("--duration", type=float, default=20, help="seconds of the latency run")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds allowed for one engine run")
+    args = parser.parse_args()
+    print(f"machine: {machine()}", flush=True)
+    path = stream(args.customers, args.days)
+    lines = lines_of(path)
+    print(f"stream: {path.name}, {len(lines):,} events", flush=True)
+    with kafka() as bootstrap:
+        rows = throughput(bootstrap, lines, args.timeout)
+        rate = rows[0]["rate_net"] / 2
+        if args.rate:
+            rate = min(rate, args.rate)
+        lat = latency(bootstrap, rate, args.duration, args.customers, args.days)
+
+    print(
+        "\n| processes x workers | events | seconds (start to exit) | start-up | events/s | events/s after start-up |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(
+            f"| {r['processes']} x 1 | {r['events']:,} | {r['seconds']:.1f} | {r['startup']:.1f} |"
+            f" {r['rate']:,.0f} | {r['rate_net']:,.0f} |"
+        )
+    print(
+        f"\nlatency run: {lat['events']:,} events at {lat['rate']:,.0f} events/s for {args.duration:.0f} s;"
+        f" {lat['decisions']:,} decisions read"
+    )
+    print("\n| decisions | count | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |")
+    for kind, s in lat["by_kind"].items():
+        print(f"| {kind} | {s['count']:,} | {s['p50']:.1f} | {s['p99']:.1f} | {s['max']:.1f} |")
+    print("\ncommand: " + shlex.join([Path(sys.executable).name, *sys.argv]))
+
+
+if __name__ == "__main__":
+    main()
