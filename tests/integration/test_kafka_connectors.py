@@ -1,0 +1,79 @@
+"""Kafka connectors against a real broker: CloudEvents headers in and out, dead letters with their
+source position and raw bytes, delivery failures counted and logged rather than lost silently."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+
+import orjson
+from bytewax.testing import run_main
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from conftest import added, track
+from prometheus_client import REGISTRY
+from test_kafka_flow import produce
+
+from connectors.kafka import KafkaOutputSink, read_topic
+from flows.personalization import build_flow
+from flows.settings import Settings
+from operators.engine import Output
+
+
+def test_events_with_or_without_cloudevents_headers_and_bad_bytes_to_dead_letters(services):
+    servers = services["KAFKA_BOOTSTRAP_SERVERS"]
+    topic = produce(services, [orjson.dumps(track("Signed Up", "k1", 0))], partitions=1)
+    producer = Producer({"bootstrap.servers": servers})
+    headers = [("ce_specversion", b"1.0"), ("ce_type", b"com.segment.track"), ("ce_id", b"x-1")]
+    producer.produce(topic, orjson.dumps(added("k1", 1)), b"k1", headers=headers)
+    producer.produce(topic, b"\xff\xfe not utf-8", b"k1")
+    producer.produce(topic, b'{"type": "track"}', b"k1", headers=headers)
+    producer.flush(30)
+    settings = Settings(
+        source="kafka", kafka_bootstrap_servers=servers, events_topic=topic, topic_prefix=f"{topic}.", until_end=True
+    )
+    run_main(build_flow(settings))
+
+    dead = list(read_topic(servers, f"{topic}.dead_letters"))
+    dead.sort(key=lambda m: int(dict(m.headers())["nf_source_offset"]))
+    assert [dict(m.headers())["nf_reason"] for m in dead] == [b"not_utf8", b"schema_invalid"]
+    first = orjson.loads(dead[0].value())
+    assert first["position"] == {"topic": topic, "partition": 0, "offset": 2}
+    assert base64.b64decode(first["payload_base64"]) == b"\xff\xfe not utf-8"
+    assert dict(dead[0].headers())["nf_source_offset"] == b"2"
+
+    pushes = list(read_topic(servers, f"{topic}.triggers.push"))
+    assert len(pushes) == 1, "the welcome push for the identified customer"
+    message = pushes[0]
+    ce = dict(message.headers())
+    assert message.key() == b"k1"
+    assert ce["ce_specversion"] == b"1.0" and ce["ce_type"] == b"io.nudgeflow.trigger.v1"
+    assert ce["ce_subject"] == b"k1" and len(ce["ce_id"]) == 32 and ce["content-type"] == b"application/json"
+    assert orjson.loads(message.value())["rule_id"] == "onboarding_welcome_push", "binary mode: the value is data"
+
+
+def test_failed_deliveries_are_retried_counted_and_logged(services, caplog):
+    servers = services["KAFKA_BOOTSTRAP_SERVERS"]
+    prefix = "tiny-"
+    admin = AdminClient({"bootstrap.servers": servers})
+    topic = NewTopic(prefix + "triggers.push", 1, 1, config={"max.message.bytes": "600"})
+    admin.create_topics([topic])[topic.topic].result(30)
+    sink = KafkaOutputSink(servers, prefix, partitions=1, producer_config={"message.timeout.ms": 5000})
+    partition = sink.build_part("out", "producer-0", None)
+    big = orjson.dumps({"specversion": "1.0", "id": "d1", "data": {"content": os.urandom(1500).hex()}})
+    small = orjson.dumps({"specversion": "1.0", "id": "d2", "data": {"content": "ok"}})
+
+    def errors() -> float:
+        labels = {"sink": "kafka", "reason": "MSG_SIZE_TOO_LARGE"}
+        return REGISTRY.get_sample_value("nudgeflow_sink_errors_total", labels) or 0
+
+    before = errors()
+    with caplog.at_level(logging.WARNING, logger="connectors.kafka"):
+        partition.write_batch([Output("triggers.push", "c1", 0, 0, big), Output("triggers.push", "c2", 0, 0, small)])
+        partition.close()
+    assert errors() - before >= 5, "every failed attempt counted (a batch-mate of the big record fails with it)"
+    assert partition.failed == 1
+    assert any("failed for good" in r.message and "c1" in r.message for r in caplog.records)
+    delivered = list(read_topic(servers, prefix + "triggers.push"))
+    assert [m.key() for m in delivered] == [b"c2"]
