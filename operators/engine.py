@@ -593,7 +593,10 @@ class ShardEngine:
         """Load a snapshot written by :meth:`snapshot`; refuse other formats."""
         version, shard = snapshot
         if version != SNAPSHOT_FORMAT:
-            raise ValueError(f"snapshot format {version} is not supported (expected {SNAPSHOT_FORMAT})")
+            raise ValueError(
+                f"recovery snapshot format {version} is not supported: this version reads format {SNAPSHOT_FORMAT}. "
+                "Start with a new recovery directory (and warm-start from recorded history if needed)."
+            )
         self.encoded = dict(shard["customers"])
         self.customers = {cid: pickle.loads(blob) for cid, blob in sorted(self.encoded.items())}
         self.clock, self.swept_day = shard["clock"], shard["swept_day"]

@@ -144,3 +144,14 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     kafka, redis = "KAFKA_BOOTSTRAP_SERVERS" not in given, "REDIS_URL" not in given
     with local_services(folder, kafka=kafka, redis=redis) as started:
         yield {**started, **given}
+
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """With ``CI=true`` a skipped test is a failure: every test, integration tests included, must run."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if os.environ.get("CI") == "true" and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every test must run: {report.longrepr}"
