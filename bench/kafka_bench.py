@@ -284,11 +284,23 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
         finally:
             stop(proc)
     latencies: dict[str, list[float]] = {}
+    windows: dict[int, list[float]] = {}  # by 5-second window of the production run
+    first = min(produced.values(), default=0.0)
     for read, kind, cause in reader.records:
         if cause in produced:
-            latencies.setdefault(kind, []).append((read - produced[cause]) * 1000)
+            ms = (read - produced[cause]) * 1000
+            latencies.setdefault(kind, []).append(ms)
+            windows.setdefault(int((produced[cause] - first) // 5), []).append(ms)
     every = sorted(ms for values in latencies.values() for ms in values)
-    result = {"events": count, "rate": achieved, "decisions": len(reader.records), "by_kind": {}}
+    result = {"events": count, "rate": achieved, "decisions": len(reader.records), "by_kind": {}, "windows": {}}
+    for window, values in sorted(windows.items()):
+        values.sort()
+        result["windows"][f"{window * 5}-{window * 5 + 5} s"] = {
+            "count": len(values),
+            "p50": percentile(values, 0.50),
+            "p99": percentile(values, 0.99),
+            "max": values[-1],
+        }
     for kind, values in [("all", every), *sorted(latencies.items())]:
         values.sort()
         if values:
@@ -328,14 +340,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, help="cap on the latency run's events/s (default: half of 1 process)")
     parser.add_argument("--duration", type=float, default=20, help="seconds of the latency run")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed for one engine run")
+    parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs (needs --rate)")
     args = parser.parse_args()
+    if args.latency_only and not args.rate:
+        parser.error("--latency-only needs --rate")
     print(f"machine: {machine()}", flush=True)
     path = stream(args.customers, args.days)
     lines = lines_of(path)
     print(f"stream: {path.name}, {len(lines):,} events", flush=True)
     with kafka() as bootstrap:
-        rows = throughput(bootstrap, lines, args.timeout)
-        rate = rows[0]["rate_net"] / 2
+        rows = [] if args.latency_only else throughput(bootstrap, lines, args.timeout)
+        rate = rows[0]["rate_net"] / 2 if rows else args.rate
         if args.rate:
             rate = min(rate, args.rate)
         lat = latency(bootstrap, rate, args.duration, args.customers, args.days)
@@ -356,6 +371,9 @@ def main() -> None:
     print("\n| decisions | count | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |")
     for kind, s in lat["by_kind"].items():
         print(f"| {kind} | {s['count']:,} | {s['p50']:.1f} | {s['p99']:.1f} | {s['max']:.1f} |")
+    print("\n| produced during | decisions | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |")
+    for window, s in lat["windows"].items():
+        print(f"| {window} | {s['count']:,} | {s['p50']:.1f} | {s['p99']:.1f} | {s['max']:.1f} |")
     print("\ncommand: " + shlex.join([Path(sys.executable).name, *sys.argv]))
 
 

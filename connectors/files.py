@@ -203,3 +203,81 @@ def read_lines(path: Path) -> Iterator[bytes]:
             line = line.rstrip(b"\r\n")
             if line:
                 yield line
+
+
+class _HistoryPartition(StatefulSourcePartition[RawEvent | EndOfInput, None]):
+    """The recordings (``paths``), or nothing (an empty list); no resume state of its own."""
+
+    def __init__(self, paths: list[Path], partition: int, batch_size: int) -> None:
+        self._reader = _JsonlPartition(paths, batch_size, None) if paths else None
+        self._partition = partition
+        self._ended = False
+
+    def next_batch(self) -> list[RawEvent | EndOfInput]:
+        if self._reader is not None:
+            return self._reader.next_batch()
+        if self._ended:
+            raise StopIteration
+        self._ended = True
+        return [EndOfInput(0, self._partition)]
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+
+class HistorySource(FixedPartitionedSource[RawEvent | EndOfInput, None]):
+    """Recordings read under the partition names of the live source, for a warm start.
+
+    The live run resumes from the recovery store this run writes: its engine state is kept,
+    and its source partitions find no position there, so they start where the settings say.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], part_names: list[str], batch_size: int = 1000) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.part_names = part_names
+        self.batch_size = batch_size
+        for path in self.paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"no such recording: {path}")
+
+    def list_parts(self) -> list[str]:
+        return self.part_names
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _HistoryPartition:
+        index = self.part_names.index(for_part)
+        return _HistoryPartition(self.paths if index == 0 else [], index, self.batch_size)
+
+
+class DiscardSink(FixedPartitionedSink[Output, None]):
+    """Drops every output but the engine's counters (kept in ``stats``, per process)."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, Any] = {}
+
+    def list_parts(self) -> list[str]:
+        return ["discard"]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DiscardPartition:
+        return _DiscardPartition(self.stats)
+
+
+class _DiscardPartition(StatefulSinkPartition[Output, None]):
+    def __init__(self, stats: dict[str, Any]) -> None:
+        self._stats = stats
+
+    def write_batch(self, values: list[Output]) -> None:
+        for value in values:
+            if value.stream == "stats":
+                add_counts(self._stats, orjson.loads(value.body))
+            else:
+                add_counts(self._stats, {"discarded": {value.stream: 1}})
+
+    def snapshot(self) -> None:
+        return None

@@ -181,6 +181,11 @@ def _in(seconds: float) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
+def part_names(topic: str, partitions: int) -> list[str]:
+    """The source's partition names (also those a warm start writes its state under)."""
+    return [f"{topic}#{p}" for p in range(partitions)]
+
+
 class KafkaEventSource(FixedPartitionedSource[RawEvent | EndOfInput, int]):
     """The events topic, one Bytewax partition per topic partition.
 
@@ -214,11 +219,11 @@ class KafkaEventSource(FixedPartitionedSource[RawEvent | EndOfInput, int]):
         )
 
     def list_parts(self) -> list[str]:
-        return [f"{self.topic}#{p}" for p in range(self.partitions)]
+        return part_names(self.topic, self.partitions)
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TopicPartitionReader:
         partition = int(for_part.rsplit("#", 1)[1])
-        start = self.start if resume_state is None else resume_state
+        start = self.start if resume_state is None else resume_state  # None also after a warm start
         return _TopicPartitionReader(self.config, self.topic, partition, start, self.until_end, self.batch_size)
 
 

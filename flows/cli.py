@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.testing import cluster_main, run_main
 from tqdm import tqdm
@@ -62,6 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
     produce.add_argument("--partitions", type=int, default=8, help="partitions when the topic is created")
     produce.set_defaults(command=_produce)
+
+    warm = sub.add_parser("warm-start", help="build state from recorded history, sending nothing, for a live run")
+    warm.add_argument("inputs", nargs="+", type=Path, help="JSONL recordings of the history, oldest first")
+    warm.add_argument("--recovery-dir", type=Path, help="new recovery store the live run resumes (or settings)")
+    warm.add_argument("--bootstrap-servers", help="Kafka brokers (the live topic's partitions are looked up)")
+    warm.add_argument("--topic", help="events topic of the live run (default nudgeflow.events)")
+    warm.add_argument("--rules", type=Path, help="rule file (default: rules/starter.yaml)")
+    warm.add_argument("--shards", type=int, help="customer shards (default 16; the live run must use the same)")
+    warm.add_argument("-w", "--workers", type=int, default=1, help="Bytewax worker threads")
+    warm.set_defaults(command=_warm_start, force=False, out=None)
 
     consume = sub.add_parser("consume", help="show a topic's records, or record them (--out) for replay")
     consume.add_argument("topic", help="topic, e.g. nudgeflow.triggers.push or nudgeflow.events")
@@ -134,22 +145,10 @@ def execute(
     tune_gc()
     if settings.metrics_port is not None:
         serve(settings.metrics_port + process_id)
-    status = StatusLine() if settings.source == "kafka" and not quiet and sys.stderr.isatty() else None
+    status = StatusLine() if not quiet and sys.stderr.isatty() else None
     started = time.perf_counter()
-    epoch = timedelta(seconds=settings.snapshot_seconds)
-    recovery = recovery_config(settings)
     try:
-        if workers > 1 or addresses or recovery is not None:
-            cluster_main(
-                flow,
-                addresses=addresses or [],
-                proc_id=process_id,
-                epoch_interval=epoch,
-                recovery_config=recovery,
-                worker_count_per_proc=workers,
-            )
-        else:
-            run_main(flow, epoch_interval=epoch)
+        run_dataflow(flow, settings, workers, process_id, addresses)
     finally:
         if status is not None:
             status.stop()
@@ -162,6 +161,60 @@ def execute(
     if not quiet:
         print(render_summary(summary, settings, seconds), file=sys.stderr)
     return summary
+
+
+def run_dataflow(
+    flow: Dataflow, settings: Settings, workers: int = 1, process_id: int = 0, addresses: list[str] | None = None
+) -> None:
+    """Run ``flow`` to completion with the settings' epoch and recovery store."""
+    epoch = timedelta(seconds=settings.snapshot_seconds)
+    recovery = recovery_config(settings)
+    if workers > 1 or addresses or recovery is not None:
+        cluster_main(
+            flow,
+            addresses=addresses or [],
+            proc_id=process_id,
+            epoch_interval=epoch,
+            recovery_config=recovery,
+            worker_count_per_proc=workers,
+        )
+    else:
+        run_main(flow, epoch_interval=epoch)
+
+
+def _warm_start(args: argparse.Namespace) -> int:
+    from connectors.files import DiscardSink, HistorySource
+    from connectors.kafka import part_names, topic_partitions
+
+    settings = _settings(
+        args,
+        args.inputs,
+        None,
+        kafka_bootstrap_servers=args.bootstrap_servers,
+        events_topic=args.topic,
+        recovery_dir=args.recovery_dir,
+    )
+    folder = settings.recovery_dir
+    if folder is None:
+        raise ValueError("a warm start needs a recovery directory (--recovery-dir or NUDGEFLOW_RECOVERY_DIR)")
+    if folder.exists() and any(folder.iterdir()):
+        raise ValueError(f"recovery directory {folder} is not empty: a warm start begins a new one")
+    servers, topic = settings.kafka_bootstrap_servers, settings.events_topic
+    parts = part_names(topic, topic_partitions(servers, topic, settings.kafka_client_config()))
+    sink = DiscardSink()
+    source = HistorySource(settings.input, parts, settings.batch_size)
+    flow = build_flow(settings, snapshots=True, source=source, sink=sink, source_partitions=len(parts))
+    started = time.perf_counter()
+    run_dataflow(flow, settings, args.workers)
+    stats = sink.stats
+    events = sum(stats.get("events", {}).values()) + sum(stats.get("unknown_events", {}).values())
+    print(
+        f"nudgeflow: warm start from {events:,} events in {time.perf_counter() - started:.1f} s: "
+        f"{stats.get('customers', 0):,} customers in state, {sum(stats.get('discarded', {}).values()):,} "
+        f"outputs not sent; `nudgeflow run --kafka --recovery-dir {folder}` continues from here",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
