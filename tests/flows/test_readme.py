@@ -1,0 +1,26 @@
+"""The README documents every setting and every metric the engine has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import REGISTRY
+
+import flows.metrics  # noqa: F401  (registers the metrics)
+from flows.settings import Settings
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def test_every_setting_is_in_the_readme_with_its_description():
+    for name, field in Settings.model_fields.items():
+        row = next((line for line in README.splitlines() if line.startswith(f"| `NUDGEFLOW_{name.upper()}` |")), "")
+        assert field.description in row, f"NUDGEFLOW_{name.upper()} is not documented"
+
+
+def test_every_metric_is_in_the_readme():
+    names = {family.name for family in REGISTRY.collect() if family.name.startswith("nudgeflow_")}
+    assert names
+    for name in names:
+        documented = name + "_total" if f"`{name}_total`" in README else name
+        assert f"`{documented}`" in README, f"{name} is not documented"
