@@ -27,7 +27,6 @@ import itertools
 import os
 import platform
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -46,7 +45,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from connectors.kafka import ensure_topics, event_key, produce_records
-from connectors.local_services import local_services
+from connectors.local_services import local_services, stop_process
 from connectors.synthetic import generate_events, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,20 +126,8 @@ def timed_run(bootstrap: str, topic: str, processes: int, timeout: float) -> flo
                     raise RuntimeError(f"nudgeflow run exited with {code}")
         finally:
             for proc in procs:
-                stop(proc)
+                stop_process(proc, 10.0)
         return time.perf_counter() - started
-
-
-def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds (this process only, by PID)."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def throughput(bootstrap: str, lines: list[bytes], timeout: float) -> list[dict[str, float]]:
@@ -282,7 +269,7 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
             reader.halt.set()
             reader.join(10)
         finally:
-            stop(proc)
+            stop_process(proc, 10.0)
     latencies: dict[str, list[float]] = {}
     windows: dict[int, list[float]] = {}  # by 5-second window of the production run
     first = min(produced.values(), default=0.0)

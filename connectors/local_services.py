@@ -51,8 +51,7 @@ LOG4J_VERSION = "2.24.3"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 JAVA = os.environ.get("NUDGEFLOW_JAVA", "java")
 KAFKA_HEAP = ("-Xms512m", "-Xmx1g")
-KAFKA_READY_TIMEOUT = 90.0
-REDIS_READY_TIMEOUT = 15.0
+READY_TIMEOUT = {"kafka": 90.0, "redis": 15.0}  # seconds until a started server must answer
 MAVEN_TIMEOUT = 900.0
 FORMAT_TIMEOUT = 120.0
 STATE_FILE = "services.json"
@@ -77,7 +76,7 @@ class RunningService:
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL; a no-op once the process is gone."""
         if self._process is not None:
-            _stop_child(self._process, timeout)
+            stop_process(self._process, timeout)
         elif _is_ours(self.pid, self.workdir):
             _stop_pid(self.pid, timeout)
 
@@ -85,7 +84,8 @@ class RunningService:
         return {"name": self.name, "address": self.address, "pid": self.pid, "workdir": str(self.workdir)}
 
 
-def _stop_child(process: subprocess.Popen, timeout: float) -> None:
+def stop_process(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM a child process, SIGKILL it if it has not ended after ``timeout`` seconds."""
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)
@@ -342,15 +342,23 @@ def start_kafka(workdir: Path, *, log: Log = print) -> RunningService:
     config.write_text(kafka_server_properties(broker_port, controller_port, data_dir))
     log4j.write_text(log4j2_properties(logs_dir / "server.log"))
     _format_storage(libs, config, log4j, data_dir, log)
-    started = time.monotonic()
-    process = _spawn(_kafka_command(libs, config, log4j, logs_dir), workdir, logs_dir / "kafka.out")
-    service = RunningService("kafka", f"{HOST}:{broker_port}", process.pid, workdir, process)
+    command = _kafka_command(libs, config, log4j, logs_dir)
+    service = _launch("kafka", f"{HOST}:{broker_port}", command, workdir, logs_dir / "kafka.out", _wait_kafka)
+    log(f"kafka: broker {service.address} ready (pid {service.pid})")
+    return service
+
+
+def _launch(
+    name: str, address: str, command: list[str], workdir: Path, output: Path, wait: Callable
+) -> RunningService:
+    """Start a server process and wait until it answers; stop it again if it does not."""
+    process = _spawn(command, workdir, output)
+    service = RunningService(name, address, process.pid, workdir, process)
     try:
-        _wait_kafka(service, process, KAFKA_READY_TIMEOUT)
+        wait(service, process, READY_TIMEOUT[name])
     except BaseException:
         service.stop(10)
         raise
-    log(f"kafka: broker {service.address} ready in {time.monotonic() - started:.1f} s (pid {process.pid})")
     return service
 
 
@@ -395,15 +403,8 @@ def start_redis(workdir: Path, *, log: Log = print) -> RunningService:
     port = free_port()
     cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
            "--dir", str(workdir), "--daemonize", "no"]  # fmt: skip
-    started = time.monotonic()
-    process = _spawn(cmd, workdir, workdir / "redis.log")
-    service = RunningService("redis", f"redis://{HOST}:{port}/0", process.pid, workdir, process)
-    try:
-        _wait_redis(service, process, REDIS_READY_TIMEOUT)
-    except BaseException:
-        service.stop(5)
-        raise
-    log(f"redis: {service.address} ready in {time.monotonic() - started:.2f} s (pid {process.pid})")
+    service = _launch("redis", f"redis://{HOST}:{port}/0", cmd, workdir, workdir / "redis.log", _wait_redis)
+    log(f"redis: {service.address} ready (pid {service.pid})")
     return service
 
 
