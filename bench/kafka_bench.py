@@ -185,7 +185,7 @@ def end_offsets(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
 
 
 class DecisionReader(threading.Thread):
-    """Reads the decision topics from the given offsets; keeps (read time, type, last caused_by id)."""
+    """Reads the decision topics from the given offsets; keeps (read time, type, last caused_by id, time)."""
 
     def __init__(self, bootstrap: str, assignment: list[TopicPartition]) -> None:
         super().__init__(daemon=True)
@@ -193,7 +193,7 @@ class DecisionReader(threading.Thread):
             {"bootstrap.servers": bootstrap, "group.id": "nudgeflow-bench", "enable.auto.commit": False}
         )
         self.consumer.assign(assignment)
-        self.records: list[tuple[float, str, str | None]] = []
+        self.records: list[tuple[float, str, str | None, str]] = []
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -206,7 +206,8 @@ class DecisionReader(threading.Thread):
                     headers = dict(message.headers() or [])
                     kind = (headers.get("ce_type") or b"?").decode()
                     caused_by = orjson.loads(message.value()).get("caused_by") or [None]
-                    self.records.append((read, kind, caused_by[-1]))
+                    time_header = (headers.get("ce_time") or b"").decode()
+                    self.records.append((read, kind, caused_by[-1], time_header))
         finally:
             self.consumer.close()
 
@@ -221,6 +222,14 @@ def wait_for_topics(bootstrap: str, topics: list[str], timeout: float) -> None:
     raise RuntimeError(f"output topics not created within {timeout:.0f} s: {topics}")
 
 
+def same_instant(a: str, b: str) -> bool:
+    """Two ISO-8601 times name the same millisecond."""
+    try:
+        return datetime.fromisoformat(a.replace("Z", "+00:00")) == datetime.fromisoformat(b.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
@@ -232,6 +241,7 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
     prefix = f"bench.{uuid.uuid4().hex[:8]}."
     outputs = [prefix + name for name in DECISION_TOPICS]
     produced: dict[str, float] = {}
+    stamped: dict[str, str] = {}  # messageId -> event timestamp
     with tempfile.TemporaryDirectory(prefix="nudgeflow-recovery-") as tmp:
         recovery = Path(tmp)
         init_db_dir(recovery, 1)
@@ -250,7 +260,7 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
             )
             started = time.monotonic()
             for sent, event in enumerate(events, start=1):
-                event["timestamp"] = now_iso()
+                event["timestamp"] = stamped[event["messageId"]] = now_iso()
                 line = orjson.dumps(event)
                 produced[event["messageId"]] = time.time()
                 while True:
@@ -273,12 +283,15 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
     latencies: dict[str, list[float]] = {}
     windows: dict[int, list[float]] = {}  # by 5-second window of the production run
     first = min(produced.values(), default=0.0)
-    for read, kind, cause in reader.records:
+    for read, kind, cause, decided_at in reader.records:
         if cause in produced:
             ms = (read - produced[cause]) * 1000
-            latencies.setdefault(kind, []).append(ms)
-            windows.setdefault(int((produced[cause] - first) // 5), []).append(ms)
-    every = sorted(ms for values in latencies.values() for ms in values)
+            # decided at the causing event's own time: caused by it directly; later: by a timer
+            direct = same_instant(decided_at, stamped[cause])
+            latencies.setdefault(f"{kind} ({'event' if direct else 'timer'})", []).append(ms)
+            if direct:
+                windows.setdefault(int((produced[cause] - first) // 5), []).append(ms)
+    every = sorted(ms for kind, values in latencies.items() if kind.endswith("(event)") for ms in values)
     result = {"events": count, "rate": achieved, "decisions": len(reader.records), "by_kind": {}, "windows": {}}
     for window, values in sorted(windows.items()):
         values.sort()
@@ -288,7 +301,7 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
             "p99": percentile(values, 0.99),
             "max": values[-1],
         }
-    for kind, values in [("all", every), *sorted(latencies.items())]:
+    for kind, values in [("all caused directly by an event", every), *sorted(latencies.items())]:
         values.sort()
         if values:
             result["by_kind"][kind] = {
