@@ -199,7 +199,7 @@ class DecisionReader(threading.Thread):
     def run(self) -> None:
         try:
             while not self.halt.is_set():
-                for message in self.consumer.consume(1000, timeout=0.05):
+                for message in self.consumer.consume(1000, timeout=0.002):  # returns at the timeout unless 1000 came
                     read = time.time()
                     if message.error() is not None:
                         continue

@@ -42,12 +42,13 @@ from operators.expressions import Expression
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
 from schemas.envelope import Envelope
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
+from state import codec
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import MAX_CAUSED_BY, CustomerState, Lifecycle, Timer
 from state.update import apply_event
 
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
 RECHECK = "~recheck"
 ERASURE = "Erasure Requested"
 MAX_UNKNOWN_NAMES = 50
@@ -573,7 +574,7 @@ class ShardEngine:
             if state is None:
                 self.encoded.pop(customer_id, None)
             else:
-                self.encoded[customer_id] = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+                self.encoded[customer_id] = codec.encode(state)
         self.dirty.clear()
         shard = {
             "customers": dict(self.encoded),
@@ -598,7 +599,7 @@ class ShardEngine:
                 "Start with a new recovery directory (and warm-start from recorded history if needed)."
             )
         self.encoded = dict(shard["customers"])
-        self.customers = {cid: pickle.loads(blob) for cid, blob in sorted(self.encoded.items())}
+        self.customers = {cid: codec.decode(blob) for cid, blob in sorted(self.encoded.items())}
         self.clock, self.swept_day = shard["clock"], shard["swept_day"]
         self.seen = OrderedDict.fromkeys(pickle.loads(shard["seen"]))
         self.links = OrderedDict(pickle.loads(shard["links"]))
