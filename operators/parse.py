@@ -8,12 +8,11 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from schemas.envelope import Envelope
-from schemas.events import EVENT_ADAPTER, KNOWN_TRACK_EVENTS, AliasEvent, epoch_ms, event_name
+from schemas.envelope import Envelope, envelope_of
+from schemas.events import EVENT_ADAPTER
 from schemas.records import dead_letter
 
 DEFAULT_MAX_EVENT_BYTES = 32 * 1024
-_KNOWN_NAMES = KNOWN_TRACK_EVENTS | {"identify", "page", "screen", "alias"}
 
 
 @dataclass(slots=True)
@@ -117,23 +116,7 @@ def parse(raw: RawEvent, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Envelope |
         event = EVENT_ADAPTER.validate_python(data)
     except ValidationError as err:
         return _reject(raw, "schema_invalid", _messages(err))
-    anonymous_id = event.previousId if isinstance(event, AliasEvent) else event.anonymousId
-    name = event_name(event)
-    return Envelope(
-        seq=raw.seq,
-        position=raw.position,
-        raw=payload,
-        event=event,
-        name=name,
-        message_id=event.messageId,
-        user_id=event.userId,
-        anonymous_id=anonymous_id,
-        ts_ms=(ts_ms := epoch_ms(event.timestamp)),
-        mark_ms=ts_ms,
-        received_ms=epoch_ms(event.receivedAt) if event.receivedAt is not None else None,
-        known=name in _KNOWN_NAMES,
-        arrived=raw.arrived,
-    )
+    return envelope_of(event, payload, raw.seq, raw.position, raw.arrived)
 
 
 def _messages(err: ValidationError) -> list[str]:
