@@ -341,6 +341,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20, help="seconds of the latency run")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed for one engine run")
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs (needs --rate)")
+    parser.add_argument("--throughput-only", action="store_true", help="skip the latency run")
     args = parser.parse_args()
     if args.latency_only and not args.rate:
         parser.error("--latency-only needs --rate")
@@ -353,7 +354,7 @@ def main() -> None:
         rate = rows[0]["rate_net"] / 2 if rows else args.rate
         if args.rate:
             rate = min(rate, args.rate)
-        lat = latency(bootstrap, rate, args.duration, args.customers, args.days)
+        lat = None if args.throughput_only else latency(bootstrap, rate, args.duration, args.customers, args.days)
 
     print(
         "\n| processes x workers | events | seconds (start to exit) | start-up | events/s | events/s after start-up |"
@@ -364,8 +365,14 @@ def main() -> None:
             f"| {r['processes']} x 1 | {r['events']:,} | {r['seconds']:.1f} | {r['startup']:.1f} |"
             f" {r['rate']:,.0f} | {r['rate_net']:,.0f} |"
         )
+    if lat is not None:
+        report_latency(lat, args.duration)
+    print("\ncommand: " + shlex.join([Path(sys.executable).name, *sys.argv]))
+
+
+def report_latency(lat: dict[str, Any], duration: float) -> None:
     print(
-        f"\nlatency run: {lat['events']:,} events at {lat['rate']:,.0f} events/s for {args.duration:.0f} s;"
+        f"\nlatency run: {lat['events']:,} events at {lat['rate']:,.0f} events/s for {duration:.0f} s;"
         f" {lat['decisions']:,} decisions read"
     )
     print("\n| decisions | count | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |")
@@ -374,7 +381,6 @@ def main() -> None:
     print("\n| produced during | decisions | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |")
     for window, s in lat["windows"].items():
         print(f"| {window} | {s['count']:,} | {s['p50']:.1f} | {s['p99']:.1f} | {s['max']:.1f} |")
-    print("\ncommand: " + shlex.join([Path(sys.executable).name, *sys.argv]))
 
 
 if __name__ == "__main__":

@@ -20,14 +20,15 @@ class Envelope:
     (the stages' clocks follow it); ``raw`` is kept so a later stage can still dead-letter it;
     ``arrived`` is the wall-clock time it was read.
 
-    Between processes an envelope travels as its raw bytes and is validated again on
-    arrival: cheaper than pickling the validated model (about 2 us to send instead of 25).
+    Between processes an envelope travels as its raw bytes and precomputed fields, and the
+    event is validated again only where it is read (the identity stage routes most events
+    without reading it): cheaper than pickling the validated model (2 us to send, not 25).
     """
 
     seq: int
     position: dict[str, Any]
     raw: bytes
-    event: Any  # one of schemas.events.AnyEvent
+    validated: Any  # one of schemas.events.AnyEvent, or None until read after a crossing
     name: str
     message_id: str
     user_id: str | None
@@ -42,8 +43,16 @@ class Envelope:
     def customer_id(self) -> str:
         return self.user_id or self.anonymous_id  # type: ignore[return-value]
 
+    @property
+    def event(self) -> Any:
+        """The validated event (validated again from ``raw`` on first read after a crossing)."""
+        if self.validated is None:
+            self.validated = EVENT_ADAPTER.validate_json(self.raw)
+        return self.validated
+
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return _from_raw, (self.raw, self.seq, self.position, self.mark_ms, self.arrived)
+        fields = tuple(getattr(self, name) for name in _SENT)
+        return _rebuild, fields
 
 
 def envelope_of(event: Any, raw: bytes, seq: int, position: dict[str, Any], arrived: float = 0.0) -> Envelope:
@@ -54,7 +63,7 @@ def envelope_of(event: Any, raw: bytes, seq: int, position: dict[str, Any], arri
         seq=seq,
         position=position,
         raw=raw,
-        event=event,
+        validated=event,
         name=name,
         message_id=event.messageId,
         user_id=event.userId,
@@ -67,8 +76,13 @@ def envelope_of(event: Any, raw: bytes, seq: int, position: dict[str, Any], arri
     )
 
 
-def _from_raw(raw: bytes, seq: int, position: dict[str, Any], mark_ms: int, arrived: float) -> Envelope:
-    """Rebuild a pickled envelope from its bytes (they were valid when it was made)."""
-    envelope = envelope_of(EVENT_ADAPTER.validate_json(raw), raw, seq, position, arrived)
-    envelope.mark_ms = mark_ms
+_SENT = tuple(name for name in Envelope.__slots__ if name != "validated")  # type: ignore[attr-defined]
+
+
+def _rebuild(*fields: Any) -> Envelope:
+    """An envelope that crossed processes: every field but the validated event."""
+    envelope = Envelope.__new__(Envelope)
+    for name, value in zip(_SENT, fields, strict=True):
+        setattr(envelope, name, value)
+    envelope.validated = None
     return envelope

@@ -12,5 +12,7 @@ def test_an_envelope_survives_pickling_field_for_field():
     for env in envelopes(events):
         env.seq, env.mark_ms, env.arrived = 12345678901234567890, env.ts_ms + 60_000, 1.5
         back = pickle.loads(pickle.dumps(env))
+        assert back.validated is None, "validated again only where it is read"
+        assert back.event == env.event
         assert {f: getattr(back, f) for f in env.__slots__} == {f: getattr(env, f) for f in env.__slots__}
         assert len(pickle.dumps(env)) < len(env.raw) + 200, "sent as its bytes, not as the validated model"
