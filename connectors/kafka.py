@@ -60,12 +60,19 @@ def kafka_config(bootstrap_servers: str, extra: dict[str, Any] | None = None) ->
 def topic_partitions(
     bootstrap_servers: str, topic: str, client: dict[str, Any] | None = None, timeout: float = 10.0
 ) -> int:
-    """The number of partitions of ``topic`` (an error if it does not exist)."""
-    metadata = AdminClient(kafka_config(bootstrap_servers, client)).list_topics(topic, timeout=timeout)
+    """The number of partitions of ``topic`` (an error if it does not exist or Kafka does not answer)."""
+    metadata = _metadata(AdminClient(kafka_config(bootstrap_servers, client)), bootstrap_servers, timeout, topic)
     info = metadata.topics.get(topic)
     if info is None or info.error is not None or not info.partitions:
         raise ValueError(f"Kafka topic {topic!r} does not exist on {bootstrap_servers}")
     return len(info.partitions)
+
+
+def _metadata(admin: AdminClient, bootstrap_servers: str, timeout: float, topic: str | None = None) -> Any:
+    try:
+        return admin.list_topics(topic, timeout=timeout)
+    except KafkaException as err:
+        raise ValueError(f"cannot reach Kafka at {bootstrap_servers}: {err.args[0].str()}") from None
 
 
 def ensure_topics(
@@ -73,12 +80,12 @@ def ensure_topics(
     topics: Iterable[str],
     partitions: int,
     client: dict[str, Any] | None = None,
-    timeout: float = 30.0,
+    timeout: float = 10.0,
 ) -> None:
     """Create the topics that do not exist yet (replication: up to 3, as brokers allow)."""
     admin = AdminClient(kafka_config(bootstrap_servers, client))
-    existing = admin.list_topics(timeout=timeout).topics
-    brokers = len(admin.list_topics(timeout=timeout).brokers)
+    metadata = _metadata(admin, bootstrap_servers, timeout)
+    existing, brokers = metadata.topics, len(metadata.brokers)
     missing = [NewTopic(t, partitions, min(3, brokers)) for t in topics if t not in existing]
     if not missing:
         return

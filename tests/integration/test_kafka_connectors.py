@@ -77,3 +77,14 @@ def test_failed_deliveries_are_retried_counted_and_logged(services, caplog):
     assert any("failed for good" in r.message and "c1" in r.message for r in caplog.records)
     delivered = list(read_topic(servers, prefix + "triggers.push"))
     assert [m.key() for m in delivered] == [b"c2"]
+
+
+def test_an_unreachable_broker_or_a_missing_topic_is_a_clear_error(services, capsys):
+    from connectors.local_services import free_port
+    from flows.cli import main
+
+    code = main(["run", "--kafka", "--until-end", "--bootstrap-servers", f"127.0.0.1:{free_port()}", "--quiet"])
+    assert code == 2 and "cannot reach Kafka at 127.0.0.1:" in capsys.readouterr().err
+    servers = services["KAFKA_BOOTSTRAP_SERVERS"]
+    code = main(["run", "--kafka", "--bootstrap-servers", servers, "--topic", "no-such-topic", "--quiet"])
+    assert code == 2 and "Kafka topic 'no-such-topic' does not exist" in capsys.readouterr().err
