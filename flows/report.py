@@ -11,6 +11,7 @@ import orjson
 
 from connectors.files import OUTPUT_FILES
 from flows.settings import Settings
+from operators.models.propensity import Calibration
 
 SUMMARY = OUTPUT_FILES["stats"]
 COMPARED_FIELDS = ("time", "channel", "content", "offer_id", "expires_at", "shadow", "change")
@@ -34,6 +35,8 @@ def finalize_summary(folder: Path) -> dict[str, Any]:
     dead = _lines(folder / OUTPUT_FILES["dead_letters"])
     outputs[OUTPUT_FILES["dead_letters"]] = len(dead)
     summary["outputs"] = dict(sorted(outputs.items()))
+    for model in summary.get("models", {}).values():
+        model["quality"] = Calibration.from_counts(model.get("progressive", {})).summary()
     summary["dead_letters"] = dict(sorted(Counter(record["reason"] for record in dead).items()))
     path.write_bytes(orjson.dumps(summary, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
     return summary
@@ -67,8 +70,15 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
         f"  triggers by channel: {_join(triggers)}; shadow {outputs.get('triggers.shadow.jsonl', 0):,}",
         f"  triggers by rule: {_join(summary.get('triggers', {}))}",
         f"  audience changes: {_join(summary.get('audience_changes', {}))}",
-        f"  outputs in {settings.out}/",
     ]
+    for name, model in sorted(summary.get("models", {}).items()):
+        quality = model.get("quality", {})
+        lines.append(
+            f"  model {name} ({settings.models}): {quality.get('outcomes', 0):,} outcomes,"
+            f" positive rate {quality.get('positive_rate')}, progressive ROC AUC {quality.get('roc_auc')},"
+            f" log loss {quality.get('log_loss')}, drifts {model.get('drifts', 0)}"
+        )
+    lines.append(f"  outputs in {settings.out}/")
     return "\n".join(lines)
 
 

@@ -40,6 +40,11 @@ class Settings(BaseModel):
     dedupe_per_shard: int = Field(20_000, ge=100, description="message ids remembered per shard for dedupe")
     batch_size: int = Field(1000, ge=1, description="source batch size")
     snapshot_seconds: float = Field(10, gt=0, description="Bytewax epoch: state snapshot interval")
+    models: Literal["learn", "frozen", "off"] = Field(
+        "learn", description="online models: learn from outcomes, score only (frozen), or off"
+    )
+    model_file: Path | None = Field(None, description="model parameters to start from (a `models export` file)")
+    propensity_horizon_days: float = Field(7, gt=0, description="an order this soon after a decision is a success")
     source: Literal["files", "kafka"] = Field("files", description="read recordings (files) or a Kafka topic")
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka brokers, host:port[,host:port]")
     kafka_security_protocol: str | None = Field(None, description="librdkafka security.protocol (e.g. SASL_SSL)")
@@ -80,6 +85,8 @@ class Settings(BaseModel):
             source_partitions=source_partitions,
             snapshots=snapshots,
             profile_ms=int(self.profile_seconds * 1000) if profiles else None,
+            models=self.models,
+            propensity_horizon_ms=int(self.propensity_horizon_days * DAY_MS),
         )
 
     def kafka_client_config(self) -> dict[str, Any]:

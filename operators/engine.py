@@ -39,6 +39,7 @@ from typing import Any, Literal
 import orjson
 
 from operators.expressions import Expression
+from operators.models import ModelMode, ShardModels
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
 from schemas.envelope import Envelope
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
@@ -48,8 +49,9 @@ from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import MAX_CAUSED_BY, CustomerState, Lifecycle, Timer
 from state.update import apply_event
 
-SNAPSHOT_FORMAT = 3
+SNAPSHOT_FORMAT = 4
 RECHECK = "~recheck"
+OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes
 ERASURE = "Erasure Requested"
 MAX_UNKNOWN_NAMES = 50
 
@@ -69,6 +71,8 @@ class EngineConfig:
     source_partitions: int = 1
     snapshots: bool = False
     profile_ms: int | None = None  # send changed customers' profiles (for the live store) this often
+    models: ModelMode = "learn"
+    propensity_horizon_ms: int = 7 * DAY_MS
 
 
 @dataclass(slots=True)
@@ -141,6 +145,8 @@ class ShardEngine:
         self.stats: dict[str, Any] = {}
         self.dirty: set[str] = set()
         self.changed: set[str] = set()  # customers whose profile changed since the last profiles
+        self.models = ShardModels(config.models, config.propensity_horizon_ms) if config.models != "off" else None
+        self.scorers = self.models.scorers if self.models is not None else None
         self.encoded: dict[str, bytes] = {}
 
     # --- entry point -------------------------------------------------------------------
@@ -212,6 +218,8 @@ class ShardEngine:
         """At the end of bounded input: apply what is still held back; return this shard's counters."""
         self._release(None, out)
         stats = dict(self.stats)
+        if self.models is not None:
+            stats["models"] = self.models.stats()
         if self.role == "customer":
             stats["customers"] = len(self.customers)
         else:
@@ -273,6 +281,8 @@ class ShardEngine:
             _bump(self.stats, "late")
         else:
             self._fire_due(state, env.ts_ms, out)
+        if self.models is not None and env.name == "Order Completed" and state.outcomes:
+            self.models.ordered(state, env.ts_ms)
         now = max(env.ts_ms, self.clock or env.ts_ms)
         apply_event(state, env, self.config.lifecycle)
         rules = self.rules
@@ -368,12 +378,26 @@ class ShardEngine:
             self._audiences(state, self.rules.time_audiences, None, due, caused_by, out)
             self._keep_alive(state, due)
             return
+        if rule_id == OUTCOME:
+            if self.models is not None:
+                self._await_outcome(state, self.models.expire(state, due))
+            return
         trigger = self.rules.timers.get(rule_id)
         if trigger is None or state.fired.get(rule_id) == cause:
             return
         if trigger.rule.once_per in ("cart", "session", "order") and self._cause(trigger, state, None) != cause:
             return  # the cart was ordered, the session or the last order changed: stale
         self._trigger(state, trigger, None, due, cause, caused_by, out)
+
+    def _await_outcome(self, state: CustomerState, due_ms: int | None) -> None:
+        """Keep the outcome timer at the expiry of the oldest open decision."""
+        if due_ms is None:
+            state.timers.pop(OUTCOME, None)
+            return
+        timer = state.timers.get(OUTCOME)
+        if timer is None or timer.due_ms != due_ms:
+            state.timers[OUTCOME] = Timer(due_ms, "outcome", [])
+            self._schedule(state, OUTCOME)
 
     def _keep_alive(self, state: CustomerState, now_ms: int, moved_earlier: bool = True) -> None:
         """Schedule the next audience recheck (the next lifecycle boundary in event time).
@@ -410,8 +434,13 @@ class ShardEngine:
         rule = trigger.rule
         if state.fired.get(rule.id) == cause:
             return
-        view = FeatureView(state, env, at_ms, self.config.lifecycle)
-        if trigger.when is not None and not trigger.when.evaluate(view):
+        view = FeatureView(state, env, at_ms, self.config.lifecycle, self.scorers)
+        passed = trigger.when is None or bool(trigger.when.evaluate(view))
+        score = None
+        if self.models is not None and (passed or view.has_read("propensity")):
+            score = view["propensity"]  # what the model said at this decision point
+            self._await_outcome(state, self.models.decided(state, view))
+        if not passed:
             return
         state.fired[rule.id] = cause
         data = {
@@ -423,7 +452,7 @@ class ShardEngine:
             "caused_by": caused_by,
             "content": rule.content,
             "offer_id": rule.offer_id,
-            "score": None,
+            "score": None if score is None else round(score, 4),
             "expires_at": iso_ms(at_ms + rule.expires_in),
             "shadow": rule.shadow,
         }
@@ -449,7 +478,7 @@ class ShardEngine:
     ) -> None:
         if not audiences:
             return
-        view = FeatureView(state, env, now_ms, self.config.lifecycle)
+        view = FeatureView(state, env, now_ms, self.config.lifecycle, self.scorers)
         for audience in audiences:
             inside = bool(audience.when.evaluate(view))
             member = audience.member_key
@@ -587,8 +616,18 @@ class ShardEngine:
             # upstream reports its progress afresh, so their last ticks are not kept
             "pending": pickle.dumps(self.pending),
             "changed": sorted(self.changed),
+            "models": pickle.dumps(self.models),  # River objects: the recovery store is the engine's own
         }
         return SNAPSHOT_FORMAT, shard
+
+    def _models_for_mode(self, restored: ShardModels | None) -> ShardModels | None:
+        """Restored models, switched to this run's mode (a fresh set if the snapshot had none)."""
+        mode = self.config.models
+        if mode == "off":
+            return None
+        models = restored or ShardModels(mode, self.config.propensity_horizon_ms)
+        models.mode, models.propensity.frozen = mode, mode == "frozen"
+        return models
 
     def restore(self, snapshot: tuple[int, dict[str, Any]]) -> None:
         """Load a snapshot written by :meth:`snapshot`; refuse other formats."""
@@ -606,6 +645,8 @@ class ShardEngine:
         self.stats = pickle.loads(shard["stats"])
         self.pending = pickle.loads(shard["pending"])
         self.changed = set(shard["changed"])
+        self.models = self._models_for_mode(pickle.loads(shard["models"]))
+        self.scorers = self.models.scorers if self.models is not None else None
         for state in self.customers.values():
             for rule_id, timer in sorted(state.timers.items()):
                 timer.scheduled_ms = None

@@ -29,13 +29,21 @@ _MISSING = object()
 class FeatureView(Mapping[str, Any]):
     """The variables of one rule evaluation, computed on first read and cached."""
 
-    __slots__ = ("_cache", "env", "lifecycle", "now_ms", "state")
+    __slots__ = ("_cache", "env", "lifecycle", "now_ms", "scorers", "state")
 
-    def __init__(self, state: CustomerState, env: Envelope | None, now_ms: int, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self,
+        state: CustomerState,
+        env: Envelope | None,
+        now_ms: int,
+        lifecycle: Lifecycle,
+        scorers: Mapping[str, Callable[[FeatureView], Any]] | None = None,
+    ) -> None:
         self.state = state
         self.env = env
         self.now_ms = now_ms
         self.lifecycle = lifecycle
+        self.scorers = scorers
         self._cache: dict[str, Any] = {}
 
     def __getitem__(self, name: str) -> Any:
@@ -49,6 +57,22 @@ class FeatureView(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(FEATURES)
+
+    def memo(self, key: str, compute: Callable[[FeatureView], Any]) -> Any:
+        """``compute(self)``, once per view (for values derived from several features)."""
+        value = self._cache.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._cache[key] = compute(self)
+        return value
+
+    def has_read(self, name: str) -> bool:
+        """Whether ``name`` was computed for this view (e.g. a rule's condition read it)."""
+        return name in self._cache
+
+    def scored(self, model: str) -> Any:
+        """A model's score of this view (``None`` where the model is off)."""
+        scorer = self.scorers.get(model) if self.scorers else None
+        return None if scorer is None else scorer(self)
 
 
 @dataclass(frozen=True)
@@ -257,10 +281,15 @@ FEATURES: dict[str, Feature] = {
         lambda v: tuple(a for a in v.state.audiences if not a.startswith("shadow:")),
     ),
     "event": Feature("the current event: name, properties, channel, store_id (null in timers)", _event),
+    "propensity": Feature(
+        "P(order within the propensity horizon) from the online model (null when models are off)",
+        lambda v: v.scored("propensity"),
+        time_dependent=True,
+    ),
 }
 
 
-PROFILE_EXCLUDED = frozenset({"customer_id", "event", "hour", "traits", "audiences"})
+PROFILE_EXCLUDED = frozenset({"customer_id", "event", "hour", "traits", "audiences", "propensity"})
 PROFILE_FEATURES = tuple(name for name in FEATURES if name not in PROFILE_EXCLUDED)
 
 

@@ -36,6 +36,7 @@ _SCALARS = (
     "audiences",
     "fired",
     "linked_ids",
+    "outcomes",
 )
 
 

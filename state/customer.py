@@ -17,6 +17,7 @@ HOUR_MS = 3_600_000
 MAX_CART_ITEMS = 50
 MAX_SESSION_PRODUCTS = 10
 MAX_CAUSED_BY = 5
+MAX_PENDING_OUTCOMES = 4  # decisions whose outcome (order within the horizon or not) is still open
 AFFINITY_K = 5
 CATEGORY_HALF_LIFE_MS = 14 * DAY_MS
 PRODUCT_HALF_LIFE_MS = 3 * DAY_MS
@@ -132,6 +133,7 @@ class CustomerState:
         "linked_ids",
         "order_gap_ms",
         "orders",
+        "outcomes",
         "products",
         "refunds",
         "session",
@@ -166,6 +168,8 @@ class CustomerState:
         self.timers: dict[str, Timer] = {}  # by rule id, or "~recheck"
         self.fired: dict[str, str] = {}  # rule id -> last cause it fired for
         self.linked_ids: tuple[str, ...] = ()
+        # decisions waiting for their outcome: (decided at, features then), oldest first
+        self.outcomes: list[tuple[int, tuple[float, ...]]] = []
 
     # --- updates -----------------------------------------------------------------------
     def touch(self, at_ms: int, message_id: str, lifecycle: Lifecycle) -> None:
@@ -287,6 +291,7 @@ class CustomerState:
             self.consent.setdefault(key, value)
         for rule, timer in other.timers.items():
             self.timers.setdefault(rule, timer)
+        self.outcomes = sorted(self.outcomes + other.outcomes)[-MAX_PENDING_OUTCOMES:]
         for rule, cause in other.fired.items():
             self.fired.setdefault(rule, cause)
         self.last_store = self.last_store or other.last_store

@@ -1,0 +1,195 @@
+"""Conversion propensity: P(order within a horizon) at a decision point, learnt online.
+
+A River pipeline (``StandardScaler | LogisticRegression``) scores the customer's features
+when a trigger is about to fire. The features are kept exactly as they were then (a tuple
+of floats in the customer's state) and the model learns from them only when the outcome
+resolves in event time: an order within the horizon gives 1, the horizon passing gives 0.
+Nothing known after the decision enters its features.
+
+Quality is measured by progressive validation (each outcome is scored before the model
+learns from it) into :class:`Calibration`, whose counts add up across shards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from river import compose, drift, linear_model, optim, preprocessing
+from river import utils as river_utils
+
+FEATURES: tuple[str, ...] = (
+    "recency_days",
+    "days_since_seen",
+    "tenure_days",
+    "orders",
+    "monetary",
+    "mean_order_gap_days",
+    "cart_value",
+    "cart_items",
+    "session_products",
+    "views_24h",
+    "adds_24h",
+    "views_7d",
+    "adds_7d",
+    "orders_30d",
+)
+NO_ORDER_DAYS = 365.0  # stands for "never ordered" in recency and order-gap features
+LEARNING_RATE = 0.05
+BUCKETS = 20  # calibration buckets of the predicted probability
+
+
+def decision_features(view: Mapping[str, Any]) -> tuple[float, ...]:
+    """The model's inputs from a feature view, in :data:`FEATURES` order (no later knowledge)."""
+    cart, session = view["cart"], view["session"]
+    day, week, month = view["counts_24h"], view["counts_7d"], view["counts_30d"]
+    recency = view["recency_days"]
+    gap = view["mean_order_gap_days"]
+    return (
+        NO_ORDER_DAYS if recency is None else min(recency, NO_ORDER_DAYS),
+        float(view["days_since_seen"]),
+        float(view["tenure_days"]),
+        math.log1p(view["orders"]),
+        math.log1p(max(0.0, view["monetary"] or 0.0)),
+        NO_ORDER_DAYS if gap is None else min(gap, NO_ORDER_DAYS),
+        math.log1p(cart["value"]),
+        float(cart["items"]),
+        float(session["products_viewed"]) if session is not None else 0.0,
+        math.log1p(day["product_viewed"]),
+        math.log1p(day["product_added"]),
+        math.log1p(week["product_viewed"]),
+        math.log1p(week["product_added"]),
+        math.log1p(month["order_completed"]),
+    )
+
+
+MICRO = 1_000_000  # sums kept in integer millionths, so that shards add up exactly in any order
+
+
+@dataclass
+class Calibration:
+    """Progressive-validation counts: per bucket of the predicted probability, outcomes and the
+    sum of predictions; the summed log loss. Integers only: counts of shards add up exactly."""
+
+    positives: list[int] = field(default_factory=lambda: [0] * BUCKETS)
+    negatives: list[int] = field(default_factory=lambda: [0] * BUCKETS)
+    predicted_micro: list[int] = field(default_factory=lambda: [0] * BUCKETS)
+    log_loss_micro: int = 0
+
+    def add(self, p: float, y: bool) -> None:
+        bucket = min(BUCKETS - 1, int(p * BUCKETS))
+        (self.positives if y else self.negatives)[bucket] += 1
+        self.predicted_micro[bucket] += round(p * MICRO)
+        q = min(max(p, 1e-15), 1 - 1e-15)
+        self.log_loss_micro += round(-math.log(q if y else 1 - q) * MICRO)
+
+    @property
+    def count(self) -> int:
+        return sum(self.positives) + sum(self.negatives)
+
+    def auc(self) -> float | None:
+        """ROC AUC from the bucketed counts (pairs within one bucket count half)."""
+        pos, neg = sum(self.positives), sum(self.negatives)
+        if not pos or not neg:
+            return None
+        below, area = 0, 0.0
+        for p, n in zip(self.positives, self.negatives, strict=True):
+            area += p * (below + n / 2)
+            below += n
+        return area / (pos * neg)
+
+    def log_loss(self) -> float | None:
+        return self.log_loss_micro / MICRO / self.count if self.count else None
+
+    def summary(self) -> dict[str, Any]:
+        auc, loss = self.auc(), self.log_loss()
+        return {
+            "outcomes": self.count,
+            "positive_rate": round(sum(self.positives) / self.count, 4) if self.count else None,
+            "roc_auc": None if auc is None else round(auc, 4),
+            "log_loss": None if loss is None else round(loss, 4),
+        }
+
+    def to_counts(self) -> dict[str, Any]:
+        """Nested counters (summed over shards by the run summary)."""
+        return {
+            "positives": {f"{i:02d}": n for i, n in enumerate(self.positives) if n},
+            "negatives": {f"{i:02d}": n for i, n in enumerate(self.negatives) if n},
+            "predicted_micro": {f"{i:02d}": n for i, n in enumerate(self.predicted_micro) if n},
+            "log_loss_micro": self.log_loss_micro,
+        }
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, Any]) -> Calibration:
+        def column(name: str) -> list[int]:
+            values = counts.get(name, {})
+            return [int(values.get(f"{i:02d}", 0)) for i in range(BUCKETS)]
+
+        return cls(column("positives"), column("negatives"), column("predicted_micro"), counts.get("log_loss_micro", 0))
+
+
+class PropensityModel:
+    """One replica of the propensity model (one per customer shard; see docs/models.md)."""
+
+    def __init__(self, frozen: bool = False) -> None:
+        self.frozen = frozen
+        self.pipeline = _pipeline()
+        self.quality = Calibration()
+        self.drift = drift.ADWIN()
+        self.drifts = 0
+        self.learnt = 0
+
+    def score(self, x: tuple[float, ...]) -> float:
+        return self.pipeline.predict_proba_one(dict(zip(FEATURES, x, strict=True))).get(True, 0.5)
+
+    def learn(self, x: tuple[float, ...], y: bool) -> None:
+        """Score the outcome first (progressive validation), then learn from it unless frozen."""
+        p = self.score(x)
+        self.quality.add(p, y)
+        self.drift.update(abs(float(y) - p))
+        if self.drift.drift_detected:
+            self.drifts += 1
+        if not self.frozen:
+            self.pipeline.learn_one(dict(zip(FEATURES, x, strict=True)), y)
+            self.learnt += 1
+
+    def export(self) -> dict[str, Any]:
+        """The model's parameters as plain numbers (no pickle; see :func:`load`)."""
+        scaler = self.pipeline["StandardScaler"]
+        regression = self.pipeline["LogisticRegression"]
+        return {
+            "features": list(FEATURES),
+            "scaler": {
+                "counts": dict(scaler.counts),
+                "means": dict(scaler.means),
+                "vars": dict(scaler.vars),
+            },
+            "weights": dict(regression.weights),
+            "intercept": regression.intercept,
+            "learnt": self.learnt,
+        }
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        """Parameters written by :meth:`export` (validated by the caller)."""
+        if list(data["features"]) != list(FEATURES):
+            raise ValueError("the propensity model was trained on other features")
+        scaler = self.pipeline["StandardScaler"]
+        scaler.counts = Counter({k: int(v) for k, v in data["scaler"]["counts"].items()})
+        scaler.means = {k: float(v) for k, v in data["scaler"]["means"].items()}
+        scaler.vars = {k: float(v) for k, v in data["scaler"]["vars"].items()}
+        regression = self.pipeline["LogisticRegression"]
+        regression._weights = river_utils.VectorDict(
+            {k: float(v) for k, v in data["weights"].items()}, regression.initializer
+        )
+        regression.intercept = float(data["intercept"])
+        self.learnt = int(data["learnt"])
+
+
+def _pipeline() -> compose.Pipeline:
+    return compose.Pipeline(
+        preprocessing.StandardScaler(),
+        linear_model.LogisticRegression(optimizer=optim.SGD(LEARNING_RATE)),
+    )
