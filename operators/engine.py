@@ -282,7 +282,7 @@ class ShardEngine:
         else:
             self._fire_due(state, env.ts_ms, out)
         if self.models is not None and env.name == "Order Completed" and state.outcomes:
-            self.models.ordered(state, env.ts_ms)
+            self._await_outcome(state, self.models.ordered(state, env.ts_ms))
         now = max(env.ts_ms, self.clock or env.ts_ms)
         apply_event(state, env, self.config.lifecycle)
         rules = self.rules

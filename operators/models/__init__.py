@@ -37,8 +37,10 @@ class ShardModels:
             self.dropped += 1
         return state.outcomes[0][0] + self.horizon_ms
 
-    def ordered(self, state: CustomerState, at_ms: int) -> None:
-        """An order at ``at_ms``: every open decision it falls within the horizon of was a success."""
+    def ordered(self, state: CustomerState, at_ms: int) -> int | None:
+        """An order at ``at_ms``: every open decision it falls within the horizon of was a success.
+
+        Returns when the oldest decision still open expires."""
         still_open = []
         for decided_ms, x in state.outcomes:
             if decided_ms <= at_ms <= decided_ms + self.horizon_ms:
@@ -46,6 +48,7 @@ class ShardModels:
             else:
                 still_open.append((decided_ms, x))
         state.outcomes = still_open
+        return still_open[0][0] + self.horizon_ms if still_open else None
 
     def expire(self, state: CustomerState, now_ms: int) -> int | None:
         """Decisions whose horizon passed without an order are failures; return the next expiry."""

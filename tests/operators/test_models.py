@@ -1,0 +1,150 @@
+"""Online models in the engine: delayed labels, no leakage, frozen mode, recovery, decisions."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from conftest import EngineHarness, added, decisions, order, rules_from, track
+
+from operators.engine import OUTCOME, EngineConfig
+from operators.models.propensity import FEATURES, Calibration, PropensityModel
+
+DAY_MIN = 24 * 60
+CART = """
+version: v
+triggers:
+  - id: cart
+    channel: push
+    on: Product Added
+    after: 30m
+    unless: [Order Completed]
+    once_per: cart
+"""
+
+
+def harness(mode: str = "learn", rules: str = CART, horizon_days: int = 7) -> EngineHarness:
+    config = EngineConfig(models=mode, propensity_horizon_ms=horizon_days * DAY_MIN * 60_000, snapshots=True)
+    return EngineHarness(rules_from(rules), config)
+
+
+def learnt(h: EngineHarness) -> int:
+    return h.customers.models.propensity.learnt
+
+
+def outcomes(h: EngineHarness) -> Calibration:
+    return h.customers.models.propensity.quality
+
+
+def test_an_order_within_the_horizon_labels_the_decision_1_with_its_features_then():
+    h = harness()
+    h.feed([added("u1", 0, price=40.0), track("Page", "u2", 40)])  # the cart trigger fires at 30 min
+    state = h.customers.customers["u1"]
+    [(decided, features)] = state.outcomes
+    assert decided == state.timers[OUTCOME].due_ms - 7 * DAY_MIN * 60_000
+    cart_value = features[FEATURES.index("cart_value")]
+    h.feed([added("u1", 60, product="p2", price=500.0)])  # after the decision: must not leak into it
+    assert state.outcomes[0][1][FEATURES.index("cart_value")] == cart_value
+    h.feed([order("u1", 2 * DAY_MIN)])
+    assert learnt(h) == 1 and sum(outcomes(h).positives) == 1 and not state.outcomes
+    assert OUTCOME not in state.timers
+
+
+def test_the_horizon_passing_without_an_order_labels_it_0():
+    h = harness(horizon_days=1)
+    h.feed([added("u1", 0), track("Page", "u2", 40)])
+    h.feed([track("Page", "u2", DAY_MIN + 40)])  # the clock passes decision + 1 day (+ lateness)
+    assert learnt(h) == 1 and sum(outcomes(h).negatives) == 1
+    h.feed([order("u1", DAY_MIN + 60)])  # too late for that decision
+    assert learnt(h) == 1 and sum(outcomes(h).positives) == 0
+
+
+def test_an_order_before_the_decision_is_not_its_outcome():
+    h = harness()
+    h.feed([added("u1", 0), track("Page", "u2", 40)])
+    h.feed([order("u1", 10)])  # late: ordered before the trigger fired (it arrives after)
+    assert learnt(h) == 0 and h.customers.customers["u1"].outcomes
+
+
+def test_frozen_models_score_and_measure_but_do_not_learn():
+    h = harness("frozen")
+    h.feed([added("u1", 0), track("Page", "u2", 40), order("u1", 60)])
+    model = h.customers.models.propensity
+    assert model.learnt == 0 and outcomes(h).count == 1
+    assert decisions(h.outputs, "triggers")[0]["data"]["score"] == 0.5, "an untrained model says 0.5"
+
+
+def test_models_off_give_no_score_and_keep_no_outcomes():
+    h = harness("off")
+    h.feed([added("u1", 0), track("Page", "u2", 40)])
+    assert decisions(h.outputs, "triggers")[0]["data"]["score"] is None
+    assert h.customers.customers["u1"].outcomes == [] and h.customers.models is None
+
+
+def test_a_rule_reading_the_score_only_nudges_the_persuadable_band():
+    rules = CART.replace("once_per: cart", "once_per: cart\n    when: 'propensity < 0.9'")
+    events = [added("u1", 0, price=40.0), track("Page", "u2", 40)]
+    probe = harness("frozen", rules)
+    probe.feed(events)
+    [(_, seen)] = probe.customers.customers["u1"].outcomes  # the features this decision point has
+    trained = harness(rules=rules)
+    model: PropensityModel = trained.customers.models.propensity
+    for _ in range(300):
+        model.learn(seen, True)  # customers like this one always ordered
+        model.learn(tuple(0.0 for _ in FEATURES), False)
+    trained.feed(events)
+    assert decisions(trained.outputs, "triggers") == [], "a likely buyer is not nudged"
+    [nudge] = decisions(probe.outputs, "triggers")
+    assert nudge["data"]["score"] == 0.5 and "propensity < 0.9" in nudge["data"]["reason"]
+    # the suppressed decision point is still recorded, so the model keeps learning about it
+    assert trained.customers.customers["u1"].outcomes
+
+
+def test_model_state_survives_snapshot_and_restore_with_the_same_predictions():
+    h = harness()
+    for i in range(20):
+        user = f"u{i}"
+        h.feed([added(user, i * 100), track("Page", "z", i * 100 + 40)])
+        if i % 2:
+            h.feed([order(user, i * 100 + 40)])
+    snapshot = h.customers.snapshot()
+    restored = harness()
+    restored.customers.restore(pickle_round_trip(snapshot))
+    x = tuple(float(i % 3) for i, _ in enumerate(FEATURES))
+    assert restored.customers.models.propensity.score(x) == h.customers.models.propensity.score(x)
+    assert learnt(restored) == learnt(h) > 0
+
+
+def pickle_round_trip(value):
+    import pickle
+
+    return pickle.loads(pickle.dumps(value))
+
+
+def test_export_and_load_give_the_same_scores():
+    model = PropensityModel()
+    x = tuple(float(i) for i, _ in enumerate(FEATURES))
+    for i in range(50):
+        model.learn(x, i % 3 == 0)
+    exported = orjson.loads(orjson.dumps(model.export()))  # plain JSON numbers, nothing to unpickle
+    other = PropensityModel()
+    other.load(exported)
+    assert other.score(x) == pytest.approx(model.score(x), abs=1e-12)
+
+
+def test_progressive_counts_of_shards_add_up_to_the_same_auc():
+    whole, a, b = Calibration(), Calibration(), Calibration()
+    for i in range(200):
+        p, y = (i % 17) / 17, i % 3 == 0
+        whole.add(p, y)
+        (a if i % 2 else b).add(p, y)
+    merged = Calibration.from_counts(_added(a.to_counts(), b.to_counts()))
+    assert merged.summary() == whole.summary()
+
+
+def _added(x: dict, y: dict) -> dict:
+    from connectors.files import add_counts
+
+    total: dict = {}
+    add_counts(total, x)
+    add_counts(total, y)
+    return total
