@@ -408,7 +408,7 @@ class ShardEngine:
         """
         timer = state.timers.get(RECHECK)
         if self.rules.time_audiences and (timer is None or moved_earlier):
-            boundary = state.next_boundary(now_ms, self.config.lifecycle)
+            boundary = state.next_boundary(now_ms, self.config.lifecycle, self.rules.reads_lapse_risk)
             if boundary is not None and (timer is None or boundary < timer.due_ms):
                 state.timers[RECHECK] = Timer(boundary, "recheck", [state.last_event_id])
                 self._schedule(state, RECHECK)

@@ -96,6 +96,7 @@ class CompiledRules:
     cancelling: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
     timers: dict[str, CompiledTrigger] = field(default_factory=dict)
     time_audiences: list[CompiledAudience] = field(init=False)
+    reads_lapse_risk: bool = field(init=False)
     audience_by_member: dict[str, CompiledAudience] = field(init=False)
     _audiences_for: dict[str, list[CompiledAudience]] = field(default_factory=dict)
 
@@ -111,6 +112,8 @@ class CompiledRules:
                 self.timers[trigger.id] = trigger
         self.immediate, self.arming, self.cancelling = dict(immediate), dict(arming), dict(cancelling)
         self.time_audiences = [a for a in self.audiences if a.time_dependent]
+        # audiences on lapse_risk are rechecked as the risk passes each tenth
+        self.reads_lapse_risk = any("lapse_risk" in a.when.names for a in self.time_audiences)
         self.audience_by_member = {a.member_key: a for a in self.audiences}
 
     def audiences_for(self, name: str) -> list[CompiledAudience]:

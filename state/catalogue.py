@@ -243,6 +243,12 @@ FEATURES: dict[str, Feature] = {
     ),
     "lifetime_spend": Feature("orders minus refunds", lambda v: v.state.lifetime_spend, ORDERS),
     "refunds": Feature("refunds received", lambda v: v.state.refunds, ORDERS),
+    "lapse_risk": Feature(
+        "chance (0-1) a buyer reaches lapse_days without ordering, from their rhythm (null before an order)",
+        lambda v: v.state.lapse_risk(v.now_ms, v.lifecycle),
+        ORDERS,
+        time_dependent=True,
+    ),
     "mean_order_gap_days": Feature(
         "mean days between orders (null before the second)",
         lambda v: _days(v.state.order_gap_ms) if v.state.orders >= 2 else None,

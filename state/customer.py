@@ -7,6 +7,7 @@ windows 30 days of buckets, traits an allowlist, ``caused_by`` lists a few ids.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from state.affinity import DAY_MS, DecayedTopK
@@ -18,6 +19,8 @@ MAX_CART_ITEMS = 50
 MAX_SESSION_PRODUCTS = 10
 MAX_CAUSED_BY = 5
 MAX_PENDING_OUTCOMES = 4  # decisions whose outcome (order within the horizon or not) is still open
+PRIOR_ORDER_GAP_DAYS = 30  # expected gap between orders before a customer's own rhythm is known
+PRIOR_CHURN = 0.1  # prior chance that a buyer has stopped buying for good
 AFFINITY_K = 5
 CATEGORY_HALF_LIFE_MS = 14 * DAY_MS
 PRODUCT_HALF_LIFE_MS = 3 * DAY_MS
@@ -242,16 +245,58 @@ class CustomerState:
         overdue = now_ms - self.last_order_ms
         return lc.at_risk_gap_factor * self.order_gap_ms <= overdue < lc.lapse_days * DAY_MS
 
-    def next_boundary(self, now_ms: int, lc: Lifecycle) -> int | None:
-        """The next event time at which ``lifecycle`` or ``at_risk`` can change with no new event."""
+    def lapse_risk(self, now_ms: int, lc: Lifecycle) -> float | None:
+        """How likely this buyer reaches ``lapse_days`` without another order, from their rhythm.
+
+        Orders of a buyer who is still "alive" come as a Poisson process with the customer's
+        mean gap ``g`` (shrunk towards :data:`PRIOR_ORDER_GAP_DAYS` by one prior gap); a buyer
+        may also have stopped for good, prior chance :data:`PRIOR_CHURN`. After a silence ``w``
+        the chance they stopped is ``c / (c + (1 - c) e^(-w/g))``; one still alive reaches the
+        threshold without ordering with chance ``e^(-left/g)``. A silence long against the
+        customer's own rhythm therefore raises the risk. ``None`` before the first order; 1 once
+        lapsed.
+        """
+        if self.last_order_ms is None:
+            return None
+        lapse_at = self.last_order_ms + lc.lapse_days * DAY_MS
+        if now_ms >= lapse_at:
+            return 1.0
+        gap = self._expected_gap_ms()
+        silent = math.exp(-max(0, now_ms - self.last_order_ms) / gap)
+        stopped = PRIOR_CHURN / (PRIOR_CHURN + (1 - PRIOR_CHURN) * silent)
+        return round(stopped + (1 - stopped) * math.exp(-(lapse_at - now_ms) / gap), 4)
+
+    def _expected_gap_ms(self) -> float:
+        gaps = self.orders - 1 if self.orders >= 2 and self.order_gap_ms > 0 else 0
+        return (self.order_gap_ms * gaps + PRIOR_ORDER_GAP_DAYS * DAY_MS) / (gaps + 1)
+
+    def _next_risk_step(self, now_ms: int, lc: Lifecycle) -> int | None:
+        """When ``lapse_risk`` (rising with silence) next reaches a tenth above its value now."""
+        risk = self.lapse_risk(now_ms, lc)
+        if risk is None or risk >= 0.9:
+            return None
+        step = (math.floor(risk * 10 + 1e-9) + 1) / 10
+        low, high = now_ms, self.last_order_ms + lc.lapse_days * DAY_MS  # type: ignore[operator]
+        while high - low > MINUTE_MS:  # the first minute at which the risk has reached the step
+            middle = (low + high) // 2
+            if self.lapse_risk(middle, lc) >= step:  # type: ignore[operator]
+                high = middle
+            else:
+                low = middle
+        return high
+
+    def next_boundary(self, now_ms: int, lc: Lifecycle, risk_steps: bool = False) -> int | None:
+        """The next event time at which ``lifecycle`` or ``at_risk`` (and, with ``risk_steps``,
+        ``lapse_risk``, to the next tenth) can change with no new event."""
         last = self.last_order_ms if self.last_order_ms is not None else self.last_seen_ms
         best = None
         for at in (
             self.first_seen_ms + lc.new_days * DAY_MS,
             last + lc.lapse_days * DAY_MS,
-            self.last_order_ms + int(lc.at_risk_gap_factor * self.order_gap_ms)
+            self.last_order_ms + math.ceil(lc.at_risk_gap_factor * self.order_gap_ms)
             if self.orders >= 2 and self.last_order_ms is not None and self.order_gap_ms > 0
             else None,
+            self._next_risk_step(now_ms, lc) if risk_steps else None,
         ):
             if at is not None and at > now_ms and (best is None or at < best):
                 best = at

@@ -41,7 +41,13 @@ def test_starter_rules_load(starter_rules):
         "onboarding_welcome_push",
         "onboarding_first_order_offer",
     ]
-    assert [a.id for a in starter_rules.audiences] == ["high_value", "lapsed", "new_customers", "at_risk"]
+    assert [a.id for a in starter_rules.audiences] == [
+        "high_value",
+        "lapsed",
+        "new_customers",
+        "at_risk",
+        "likely_to_lapse",
+    ]
     assert starter_rules.warnings() == []
     assert starter_rules.source == str(STARTER_RULES)
 
@@ -267,6 +273,6 @@ def test_audiences_for_only_returns_audiences_listening_to_the_event():
 
 def test_starter_audiences_for(starter_rules):
     ids = lambda name: [a.id for a in starter_rules.audiences_for(name)]  # noqa: E731
-    assert ids("identify") == ["high_value", "lapsed", "new_customers"]
-    assert ids("Order Refunded") == ["high_value", "lapsed", "new_customers", "at_risk"]
-    assert ids("Product Viewed") == ["lapsed", "new_customers"]
+    assert ids("identify") == ["high_value", "lapsed", "new_customers", "likely_to_lapse"]
+    assert ids("Order Refunded") == ["high_value", "lapsed", "new_customers", "at_risk", "likely_to_lapse"]
+    assert ids("Product Viewed") == ["lapsed", "new_customers", "likely_to_lapse"]

@@ -477,3 +477,33 @@ def test_a_busy_customer_stays_small():
     restored = pickle.loads(pickle.dumps(state))
     assert restored.counts.counts("30d", state.last_seen_ms) == state.counts.counts("30d", state.last_seen_ms)
     assert restored.session.id == state.session.id
+
+
+# --- lapse risk and the at-risk boundary ------------------------------------------------
+
+
+def test_lapse_risk_grows_with_time_since_the_last_order_against_the_rhythm():
+    assert state_after([track("Page", minutes=0)]).lapse_risk(ms(days=10), LC) is None, "no order yet"
+    weekly = state_after([order(days=d) for d in (0, 7, 14, 21)])
+    monthly = state_after([order(days=d) for d in (0, 30, 60)])
+    assert weekly.lapse_risk(ms(days=22), LC) < weekly.lapse_risk(ms(days=40), LC) < 1.0
+    assert weekly.lapse_risk(ms(days=21 + 35), LC) > monthly.lapse_risk(ms(days=60 + 35), LC), (
+        "35 days without an order says more of a weekly buyer than of a monthly one"
+    )
+    assert weekly.lapse_risk(ms(days=21 + 60), LC) == 1.0, "lapsed"
+
+
+def test_the_risk_rechecks_land_on_each_tenth():
+    weekly = state_after([order(days=d) for d in (0, 7, 14)])
+    now = ms(days=14)
+    step = weekly.next_boundary(now, LC, risk_steps=True)
+    assert step is not None
+    before, at = weekly.lapse_risk(step - MIN, LC), weekly.lapse_risk(step, LC)
+    assert int(before * 10) < int(at * 10), (before, at)
+
+
+def test_at_risk_holds_exactly_at_its_boundary():
+    """The boundary is rounded up: a recheck there finds the customer at risk, not "not yet"."""
+    state = state_after([order(minutes=0), order(minutes=55.1)])
+    boundary = state.next_boundary(ms(minutes=56), LC)
+    assert state.at_risk(boundary, LC) and not state.at_risk(boundary - 1, LC)
