@@ -24,3 +24,11 @@ def test_every_metric_is_in_the_readme():
     for name in names:
         documented = name + "_total" if f"`{name}_total`" in README else name
         assert f"`{documented}`" in README, f"{name} is not documented"
+
+
+def test_every_feature_is_in_the_rules_catalogue():
+    from state.catalogue import FEATURES
+
+    catalogue = (Path(__file__).resolve().parents[2] / "docs" / "rules.md").read_text()
+    for name, feature in FEATURES.items():
+        assert f"| `{name}` | {feature.doc} |" in catalogue, f"{name} is not in docs/rules.md"
