@@ -43,6 +43,7 @@ from operators.models import ModelMode, ShardModels
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
 from schemas.envelope import Envelope
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
+from schemas.rules import NEXT_BEST, TriggerRule
 from state import codec
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
@@ -52,6 +53,8 @@ from state.update import apply_event
 SNAPSHOT_FORMAT = 4
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes
+REWARD = "~reward"  # the open offer choices' reward window: no reward when it passes
+REWARD_EVENTS = {"Promotion Clicked": "promotion_id", "Coupon Applied": "coupon_id"}  # event -> offer id field
 ERASURE = "Erasure Requested"
 MAX_UNKNOWN_NAMES = 50
 
@@ -145,7 +148,7 @@ class ShardEngine:
         self.stats: dict[str, Any] = {}
         self.dirty: set[str] = set()
         self.changed: set[str] = set()  # customers whose profile changed since the last profiles
-        self.models = ShardModels(config.models, config.propensity_horizon_ms) if config.models != "off" else None
+        self.models = self._models_for_mode(None)
         self.scorers = self.models.scorers if self.models is not None else None
         self.encoded: dict[str, bytes] = {}
 
@@ -281,8 +284,8 @@ class ShardEngine:
             _bump(self.stats, "late")
         else:
             self._fire_due(state, env.ts_ms, out)
-        if self.models is not None and env.name == "Order Completed" and state.outcomes:
-            self._await_outcome(state, self.models.ordered(state, env.ts_ms))
+        if self.models is not None:
+            self._learn_from(state, env)
         now = max(env.ts_ms, self.clock or env.ts_ms)
         apply_event(state, env, self.config.lifecycle)
         rules = self.rules
@@ -380,7 +383,11 @@ class ShardEngine:
             return
         if rule_id == OUTCOME:
             if self.models is not None:
-                self._await_outcome(state, self.models.expire(state, due))
+                self._await(state, OUTCOME, self.models.expire(state, due))
+            return
+        if rule_id == REWARD:
+            if self.models is not None:
+                self._await(state, REWARD, self.models.expire_offers(state, due))
             return
         trigger = self.rules.timers.get(rule_id)
         if trigger is None or state.fired.get(rule_id) == cause:
@@ -389,15 +396,27 @@ class ShardEngine:
             return  # the cart was ordered, the session or the last order changed: stale
         self._trigger(state, trigger, None, due, cause, caused_by, out)
 
-    def _await_outcome(self, state: CustomerState, due_ms: int | None) -> None:
-        """Keep the outcome timer at the expiry of the oldest open decision."""
+    def _await(self, state: CustomerState, timer_id: str, due_ms: int | None) -> None:
+        """Keep a model's timer (``OUTCOME``, ``REWARD``) at the expiry of its oldest open item."""
         if due_ms is None:
-            state.timers.pop(OUTCOME, None)
+            state.timers.pop(timer_id, None)
             return
-        timer = state.timers.get(OUTCOME)
+        timer = state.timers.get(timer_id)
         if timer is None or timer.due_ms != due_ms:
-            state.timers[OUTCOME] = Timer(due_ms, "outcome", [])
-            self._schedule(state, OUTCOME)
+            state.timers[timer_id] = Timer(due_ms, timer_id, [])
+            self._schedule(state, timer_id)
+
+    def _learn_from(self, state: CustomerState, env: Envelope) -> None:
+        """Outcomes an event resolves: an order for open decisions, a click or redemption for offers."""
+        models = self.models
+        assert models is not None
+        if env.name == "Order Completed" and state.outcomes:
+            self._await(state, OUTCOME, models.ordered(state, env.ts_ms))
+        field = REWARD_EVENTS.get(env.name)
+        if field is not None and state.offers_open:
+            offer_id = getattr(env.event.properties, field, None)
+            if offer_id is not None:
+                self._await(state, REWARD, models.rewarded(state, str(offer_id), env.ts_ms))
 
     def _keep_alive(self, state: CustomerState, now_ms: int, moved_earlier: bool = True) -> None:
         """Schedule the next audience recheck (the next lifecycle boundary in event time).
@@ -439,10 +458,14 @@ class ShardEngine:
         score = None
         if self.models is not None and (passed or view.has_read("propensity")):
             score = view["propensity"]  # what the model said at this decision point
-            self._await_outcome(state, self.models.decided(state, view))
+            self._await(state, OUTCOME, self.models.decided(state, view))
         if not passed:
             return
         state.fired[rule.id] = cause
+        event_id = decision_id(state.id, rule.id, cause)
+        offer_id, content, offer_choice = rule.offer_id, rule.content, None
+        if offer_id == NEXT_BEST:
+            offer_id, content, offer_choice = self._next_best_offer(state, view, rule, event_id)
         data = {
             "channel": rule.channel,
             "rule_id": rule.id,
@@ -450,15 +473,16 @@ class ShardEngine:
             "reason": _trigger_reason(trigger, view),
             "cause": cause,
             "caused_by": caused_by,
-            "content": rule.content,
-            "offer_id": rule.offer_id,
+            "content": content,
+            "offer_id": offer_id,
+            "offer_choice": offer_choice,
             "score": None if score is None else round(score, 4),
             "expires_at": iso_ms(at_ms + rule.expires_in),
             "shadow": rule.shadow,
         }
         body = cloud_event(
             type_=TRIGGER_TYPE,
-            event_id=decision_id(state.id, rule.id, cause),
+            event_id=event_id,
             time_ms=at_ms,
             subject=state.id,
             data=data,
@@ -466,6 +490,28 @@ class ShardEngine:
         stream = "triggers.shadow" if rule.shadow else f"triggers.{rule.channel}"
         out.append(Output(stream, state.id, at_ms, self.seq, body, self.arrived, env is None))
         _bump(self.stats.setdefault("triggers", {}), rule.id)
+
+    def _next_best_offer(
+        self, state: CustomerState, view: FeatureView, rule: TriggerRule, event_id: str
+    ) -> tuple[str | None, dict[str, Any], dict[str, Any] | None]:
+        """The offer for a ``next_best`` trigger: its id, the content, and how it was chosen."""
+        eligible = self.rules.eligible_offers(rule.channel, state.audiences)
+        if not eligible:
+            return None, rule.content, None
+        by_id = {offer.id: offer for offer in eligible}
+        if self.models is None:  # no policy: the first eligible offer of the catalogue
+            return eligible[0].id, {**rule.content, **eligible[0].content}, None
+        choice = self.models.choose_offer(state, view, event_id, list(by_id))
+        self._await(state, REWARD, self.models.next_reward_expiry(state))
+        logged = {
+            "policy": "epsilon_greedy",
+            "exploration": self.models.bandit.exploration,
+            "candidates": list(choice.candidates),
+            "scores": choice.scores,
+            "probability": choice.probability,
+            "explored": choice.explored,
+        }
+        return choice.offer, {**rule.content, **by_id[choice.offer].content}, logged
 
     def _audiences(
         self,
@@ -625,8 +671,8 @@ class ShardEngine:
         mode = self.config.models
         if mode == "off":
             return None
-        models = restored or ShardModels(mode, self.config.propensity_horizon_ms)
-        models.mode, models.propensity.frozen = mode, mode == "frozen"
+        models = restored or ShardModels(mode, self.config.propensity_horizon_ms, self.rules.next_best_offer)
+        models.set_mode(mode)
         return models
 
     def restore(self, snapshot: tuple[int, dict[str, Any]]) -> None:

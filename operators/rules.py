@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from operators.expressions import Expression, ExpressionError, compile_expression
 from schemas.events import KNOWN_TRACK_EVENTS
-from schemas.rules import AudienceRule, RuleSet, TriggerRule
+from schemas.rules import AudienceRule, NextBestOffer, Offer, RuleSet, TriggerRule
 from state.catalogue import ANY_EVENT, FEATURES
 
 STARTER_RULES = Path(__file__).resolve().parent.parent / "rules" / "starter.yaml"
@@ -91,6 +91,8 @@ class CompiledRules:
     source: str
     triggers: list[CompiledTrigger]
     audiences: list[CompiledAudience]
+    offers: list[Offer] = field(default_factory=list)
+    next_best_offer: NextBestOffer = field(default_factory=NextBestOffer)
     immediate: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
     arming: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
     cancelling: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
@@ -115,6 +117,14 @@ class CompiledRules:
         # audiences on lapse_risk are rechecked as the risk passes each tenth
         self.reads_lapse_risk = any("lapse_risk" in a.when.names for a in self.time_audiences)
         self.audience_by_member = {a.member_key: a for a in self.audiences}
+
+    def eligible_offers(self, channel: str, audiences: tuple[str, ...]) -> list[Offer]:
+        """Offers for ``channel`` that a member of ``audiences`` may get, in catalogue order."""
+        return [
+            offer
+            for offer in self.offers
+            if channel in offer.channels and (not offer.audiences or any(a in audiences for a in offer.audiences))
+        ]
 
     def audiences_for(self, name: str) -> list[CompiledAudience]:
         """The audiences an event called ``name`` can change (cached per name)."""
@@ -143,6 +153,15 @@ class CompiledRules:
             shadow = " [shadow]" if a.rule.shadow else ""
             lines.append(
                 f"audience {a.id}{shadow}: listens to {events}{timed}; reads {', '.join(sorted(a.when.names))}"
+            )
+        for offer in self.offers:
+            who = f"members of {', '.join(offer.audiences)}" if offer.audiences else "everyone"
+            lines.append(f"offer {offer.id}: {', '.join(offer.channels)}; for {who}")
+        if self.offers:
+            policy = self.next_best_offer
+            lines.append(
+                f"next best offer: epsilon-greedy, exploration {policy.exploration}, seed {policy.seed},"
+                f" reward window {format_duration(policy.reward_window)}"
             )
         return lines
 
@@ -223,7 +242,7 @@ def _compile(ruleset: RuleSet, root: yaml.Node | None, source: str) -> CompiledR
         audiences.append(CompiledAudience(rule, when, listens, any(f.time_dependent for f in features)))
     if problems:
         raise RuleFileError(source, problems)
-    return CompiledRules(ruleset.version, source, triggers, audiences)
+    return CompiledRules(ruleset.version, source, triggers, audiences, ruleset.offers, ruleset.next_best_offer)
 
 
 def _problem(data: Any, root: yaml.Node | None, loc: tuple[Any, ...], message: str) -> Problem:

@@ -26,6 +26,19 @@ DEAD_LETTER_PAYLOAD_CAP = 16 * 1024
 Channel = Literal["push", "in_app", "email", "sms"]
 
 
+class OfferChoice(BaseModel):
+    """What an off-policy evaluation needs: the candidates and the chosen offer's exact probability."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["epsilon_greedy"]
+    exploration: float
+    candidates: list[str] = Field(description="eligible offers, in the order the policy considered them")
+    scores: dict[str, float] = Field(description="the model's expected reward of each candidate")
+    probability: float = Field(description="chance that the policy chose this offer, exactly")
+    explored: bool
+
+
 class TriggerData(BaseModel):
     """``data`` of a trigger: what a channel service acts on."""
 
@@ -39,6 +52,7 @@ class TriggerData(BaseModel):
     caused_by: list[str] = Field(description="messageIds of the events that caused it")
     content: dict[str, Any] = {}
     offer_id: str | None = None
+    offer_choice: OfferChoice | None = Field(None, description="How the next-best-offer policy chose offer_id")
     score: float | None = None
     expires_at: str
     shadow: bool = False

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -64,6 +64,31 @@ class AudienceRule(_Rule):
     when: str
 
 
+NEXT_BEST = "next_best"  # the offer_id of a trigger whose offer the next-best-offer policy picks
+
+
+class Offer(BaseModel):
+    """An offer the next-best-offer policy can choose for a trigger with ``offer_id: next_best``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(pattern=RULE_ID)]
+    description: str = ""
+    channels: list[Literal["push", "in_app", "email", "sms"]] = Field(min_length=1)
+    content: dict[str, Any] = {}
+    audiences: list[str] = Field([], description="eligible only for members of one of these (empty: everyone)")
+
+
+class NextBestOffer(BaseModel):
+    """The policy that picks among eligible offers, and what counts as a reward."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    exploration: float = Field(0.1, ge=0, le=1, description="share of decisions that pick an offer at random")
+    seed: int = 0
+    reward_window: DurationMs = 3 * 86_400_000
+
+
 class RuleSet(BaseModel):
     """One rule file: its version (named in every decision), triggers and audiences."""
 
@@ -72,8 +97,22 @@ class RuleSet(BaseModel):
     version: Annotated[str, Field(min_length=1, max_length=64)]
     triggers: list[TriggerRule] = []
     audiences: list[AudienceRule] = []
+    offers: list[Offer] = []
+    next_best_offer: NextBestOffer = NextBestOffer()
 
-    @field_validator("triggers", "audiences")
+    @model_validator(mode="after")
+    def _offers_exist(self) -> RuleSet:
+        audiences = {a.id for a in self.audiences}
+        for offer in self.offers:
+            unknown = [a for a in offer.audiences if a not in audiences]
+            if unknown:
+                raise ValueError(f"offer '{offer.id}' names unknown audiences {unknown}")
+        for trigger in self.triggers:
+            if trigger.offer_id == NEXT_BEST and not any(trigger.channel in o.channels for o in self.offers):
+                raise ValueError(f"trigger '{trigger.id}' asks for the next best offer, but no offer has its channel")
+        return self
+
+    @field_validator("triggers", "audiences", "offers")
     @classmethod
     def _unique_ids(cls, rules: list[_Rule]) -> list[_Rule]:
         seen: set[str] = set()

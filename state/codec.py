@@ -37,6 +37,7 @@ _SCALARS = (
     "fired",
     "linked_ids",
     "outcomes",
+    "offers_open",
 )
 
 

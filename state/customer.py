@@ -134,6 +134,7 @@ class CustomerState:
         "last_store",
         "lifetime_spend",
         "linked_ids",
+        "offers_open",
         "order_gap_ms",
         "orders",
         "outcomes",
@@ -173,6 +174,8 @@ class CustomerState:
         self.linked_ids: tuple[str, ...] = ()
         # decisions waiting for their outcome: (decided at, features then), oldest first
         self.outcomes: list[tuple[int, tuple[float, ...]]] = []
+        # offers chosen by the next-best-offer policy, waiting for a reward: (decided at, offer, context)
+        self.offers_open: list[tuple[int, str, tuple[float, ...]]] = []
 
     # --- updates -----------------------------------------------------------------------
     def touch(self, at_ms: int, message_id: str, lifecycle: Lifecycle) -> None:
@@ -337,6 +340,7 @@ class CustomerState:
         for rule, timer in other.timers.items():
             self.timers.setdefault(rule, timer)
         self.outcomes = sorted(self.outcomes + other.outcomes)[-MAX_PENDING_OUTCOMES:]
+        self.offers_open = sorted(self.offers_open + other.offers_open)[-MAX_PENDING_OUTCOMES:]
         for rule, cause in other.fired.items():
             self.fired.setdefault(rule, cause)
         self.last_store = self.last_store or other.last_store

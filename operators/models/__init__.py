@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from operators.models.bandit import Choice, OfferBandit, offer_context
 from operators.models.propensity import PropensityModel, decision_features
+from schemas.rules import NextBestOffer
 from state.catalogue import FeatureView
 from state.customer import MAX_PENDING_OUTCOMES, CustomerState
 
@@ -19,12 +21,52 @@ FEATURES_KEY = "~propensity_features"
 class ShardModels:
     """The models of one shard: scores at decision points, learning when outcomes resolve."""
 
-    def __init__(self, mode: ModelMode, horizon_ms: int) -> None:
+    def __init__(self, mode: ModelMode, horizon_ms: int, policy: NextBestOffer | None = None) -> None:
         self.mode = mode
         self.horizon_ms = horizon_ms
         self.propensity = PropensityModel(frozen=mode == "frozen")
+        policy = policy or NextBestOffer()
+        self.bandit = OfferBandit(policy.exploration, policy.seed, frozen=mode == "frozen")
+        self.reward_window_ms = policy.reward_window
         self.scorers = {"propensity": self.propensity_score}
         self.dropped = 0  # decisions whose outcome was never learnt (bound reached)
+
+    def set_mode(self, mode: ModelMode) -> None:
+        self.mode = mode
+        self.propensity.frozen = self.bandit.frozen = mode == "frozen"
+
+    # --- next best offer ---------------------------------------------------------------
+    def choose_offer(self, state: CustomerState, view: FeatureView, decision_id: str, candidates: list[str]) -> Choice:
+        """Pick an offer and keep what the reward will be learnt against; the choice is logged."""
+        context = offer_context(view)
+        choice = self.bandit.choose(decision_id, candidates, context)
+        state.offers_open.append((view.now_ms, choice.offer, context))
+        if len(state.offers_open) > MAX_PENDING_OUTCOMES:
+            del state.offers_open[0]
+            self.dropped += 1
+        return choice
+
+    def rewarded(self, state: CustomerState, offer_id: str, at_ms: int) -> int | None:
+        """A click or redemption of ``offer_id`` at ``at_ms`` rewards the open choices of it."""
+        still_open = []
+        for decided_ms, offer, context in state.offers_open:
+            if offer == offer_id and decided_ms <= at_ms <= decided_ms + self.reward_window_ms:
+                self.bandit.learn(offer, context, True)
+            else:
+                still_open.append((decided_ms, offer, context))
+        state.offers_open = still_open
+        return self.next_reward_expiry(state)
+
+    def expire_offers(self, state: CustomerState, now_ms: int) -> int | None:
+        """Choices whose reward window passed without a reward are failures."""
+        window = self.reward_window_ms
+        while state.offers_open and state.offers_open[0][0] + window <= now_ms:
+            _, offer, context = state.offers_open.pop(0)
+            self.bandit.learn(offer, context, False)
+        return self.next_reward_expiry(state)
+
+    def next_reward_expiry(self, state: CustomerState) -> int | None:
+        return state.offers_open[0][0] + self.reward_window_ms if state.offers_open else None
 
     def propensity_score(self, view: FeatureView) -> float:
         return self.propensity.score(view.memo(FEATURES_KEY, decision_features))
@@ -65,11 +107,13 @@ class ShardModels:
                 "drifts": model.drifts,
                 "dropped": self.dropped,
                 "progressive": model.quality.to_counts(),
-            }
+            },
+            "next_best_offer": self.bandit.stats(),
         }
 
     def export(self) -> dict[str, Any]:
-        return {"propensity": self.propensity.export()}
+        return {"propensity": self.propensity.export(), "next_best_offer": self.bandit.export()}
 
     def load(self, data: dict[str, Any]) -> None:
         self.propensity.load(data["propensity"])
+        self.bandit.load(data["next_best_offer"])

@@ -1,0 +1,113 @@
+"""Next-best offer: eligibility, exact logged probabilities, determinism, learning from rewards."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from conftest import EngineHarness, added, decisions, order, rules_from, track
+
+from operators.engine import REWARD, EngineConfig
+from operators.models.bandit import CONTEXT, OfferBandit
+from operators.rules import RuleFileError
+
+RULES = """
+version: v
+triggers:
+  - id: cart
+    channel: push
+    on: Product Added
+    after: 30m
+    unless: [Order Completed]
+    once_per: cart
+    offer_id: next_best
+offers:
+  - {id: ten-pct, channels: [push]}
+  - {id: free-ship, channels: [push, in_app], content: {free_shipping: true}}
+  - {id: in-app-only, channels: [in_app]}
+  - {id: vip, channels: [push], audiences: [big]}
+next_best_offer: {exploration: 0.2, seed: 3, reward_window: 1d}
+audiences:
+  - {id: big, when: "lifetime_spend >= 1000"}
+"""
+
+
+def nudge(h: EngineHarness, user: str, at: float) -> dict:
+    out = h.feed([added(user, at), track("Page", "zz", at + 40)])
+    [decision] = decisions(out, "triggers")
+    return decision["data"]
+
+
+def test_only_offers_for_the_channel_and_the_customers_audiences_are_candidates():
+    h = EngineHarness(rules_from(RULES))
+    assert nudge(h, "u1", 0)["offer_choice"]["candidates"] == ["ten-pct", "free-ship"]
+    h.feed([order("u2", 100, total=2000.0)])
+    data = nudge(h, "u2", 200)
+    assert data["offer_choice"]["candidates"] == ["ten-pct", "free-ship", "vip"]
+
+
+def test_the_logged_probability_is_exact_and_the_offer_content_is_sent():
+    h = EngineHarness(rules_from(RULES))
+    data = nudge(h, "u1", 0)
+    choice = data["offer_choice"]
+    k, e = len(choice["candidates"]), choice["exploration"]
+    best = choice["candidates"][0]  # untrained: every score 0.5, the first in the catalogue wins ties
+    assert set(choice["scores"].values()) == {0.5}
+    expected = (1 - e) + e / k if data["offer_id"] == best else e / k
+    assert choice["probability"] == pytest.approx(expected)
+    if data["offer_id"] == "free-ship":
+        assert data["content"]["free_shipping"] is True
+
+
+def test_choices_follow_their_logged_probabilities_and_repeat_for_the_same_decision():
+    bandit = OfferBandit(exploration=0.3, seed=11)
+    context = tuple(0.0 for _ in CONTEXT)
+    candidates = ["a", "b", "c"]
+    picks = Counter()
+    for i in range(6000):
+        choice = bandit.choose(f"decision-{i}", candidates, context)
+        picks[choice.offer] += 1
+        assert bandit.choose(f"decision-{i}", candidates, context).offer == choice.offer
+    assert picks["a"] / 6000 == pytest.approx(0.7 + 0.1, abs=0.02)
+    assert picks["b"] / 6000 == pytest.approx(0.1, abs=0.02)
+
+
+def test_a_click_within_the_window_rewards_the_offer_and_expiry_gives_zero():
+    h = EngineHarness(rules_from(RULES), EngineConfig())
+    first = nudge(h, "u1", 0)
+    state = h.customers.customers["u1"]
+    assert state.offers_open and REWARD in state.timers
+    h.feed([track("Promotion Clicked", "u1", 60, props={"promotion_id": first["offer_id"]})])
+    bandit = h.customers.models.bandit
+    assert bandit.rewards == {first["offer_id"]: 1} and not state.offers_open
+    assert REWARD not in state.timers
+    second = nudge(h, "u3", 100)
+    h.feed([track("Page", "zz", 100 + 24 * 60 + 40)])  # the clock passes the 1-day window
+    assert not h.customers.customers["u3"].offers_open
+    arm = bandit.arms[second["offer_id"]]
+    assert arm.intercept != 0.0, "the missing reward was learnt as 0"
+
+
+def test_an_offer_that_keeps_being_clicked_becomes_the_one_chosen():
+    h = EngineHarness(rules_from(RULES.replace("exploration: 0.2", "exploration: 0.0")), EngineConfig())
+    bandit = h.customers.models.bandit
+    context = tuple(0.0 for _ in CONTEXT)
+    for _ in range(200):
+        bandit.learn("free-ship", context, True)
+        bandit.learn("ten-pct", context, False)
+    assert nudge(h, "u1", 0)["offer_id"] == "free-ship"
+
+
+def test_frozen_policies_choose_but_do_not_learn():
+    h = EngineHarness(rules_from(RULES), EngineConfig(models="frozen"))
+    data = nudge(h, "u1", 0)
+    h.feed([track("Promotion Clicked", "u1", 60, props={"promotion_id": data["offer_id"]})])
+    assert h.customers.models.bandit.arms[data["offer_id"]].intercept == 0.0
+    assert h.customers.models.bandit.rewards == {data["offer_id"]: 1}, "the reward is still counted"
+
+
+def test_a_next_best_trigger_needs_an_offer_for_its_channel():
+    with pytest.raises(RuleFileError, match="no offer has its channel"):
+        rules_from(RULES.replace("channel: push\n    on: Product Added", "channel: sms\n    on: Product Added"))
+    with pytest.raises(RuleFileError, match="unknown audiences"):
+        rules_from(RULES.replace("audiences: [big]", "audiences: [giants]"))
