@@ -43,7 +43,6 @@ class Settings(BaseModel):
     models: Literal["learn", "frozen", "off"] = Field(
         "learn", description="online models: learn from outcomes, score only (frozen), or off"
     )
-    model_file: Path | None = Field(None, description="model parameters to start from (a `models export` file)")
     propensity_horizon_days: float = Field(7, gt=0, description="an order this soon after a decision is a success")
     source: Literal["files", "kafka"] = Field("files", description="read recordings (files) or a Kafka topic")
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka brokers, host:port[,host:port]")
