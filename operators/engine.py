@@ -54,6 +54,7 @@ SNAPSHOT_FORMAT = 4
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes
 REWARD = "~reward"  # the open offer choices' reward window: no reward when it passes
+PRODUCT_TOUCHES = frozenset({"Product Viewed", "Product Added"})
 REWARD_EVENTS = {"Promotion Clicked": "promotion_id", "Coupon Applied": "coupon_id"}  # event -> offer id field
 ERASURE = "Erasure Requested"
 MAX_UNKNOWN_NAMES = 50
@@ -287,6 +288,11 @@ class ShardEngine:
         if self.models is not None:
             self._learn_from(state, env)
         now = max(env.ts_ms, self.clock or env.ts_ms)
+        if self.models is not None and env.name in PRODUCT_TOUCHES:
+            product = getattr(env.event.properties, "product_id", None)
+            if product:
+                viewed = env.name == "Product Viewed"
+                self.models.product_touched(state, product, env.message_id, viewed, env.ts_ms)
         apply_event(state, env, self.config.lifecycle)
         rules = self.rules
         for trigger in rules.cancelling.get(env.name, ()):
@@ -476,6 +482,9 @@ class ShardEngine:
             "content": content,
             "offer_id": offer_id,
             "offer_choice": offer_choice,
+            "recommendations": self.models.recommend(state, rule.recommend, at_ms)
+            if self.models is not None and rule.recommend
+            else None,
             "score": None if score is None else round(score, 4),
             "expires_at": iso_ms(at_ms + rule.expires_in),
             "shadow": rule.shadow,
@@ -671,7 +680,12 @@ class ShardEngine:
         mode = self.config.models
         if mode == "off":
             return None
-        models = restored or ShardModels(mode, self.config.propensity_horizon_ms, self.rules.next_best_offer)
+        models = restored or ShardModels(
+            mode,
+            self.config.propensity_horizon_ms,
+            self.rules.next_best_offer,
+            self.config.lifecycle.session_timeout_ms,
+        )
         models.set_mode(mode)
         return models
 

@@ -53,6 +53,7 @@ class TriggerData(BaseModel):
     content: dict[str, Any] = {}
     offer_id: str | None = None
     offer_choice: OfferChoice | None = Field(None, description="How the next-best-offer policy chose offer_id")
+    recommendations: list[str] | None = Field(None, description="recommended product ids, best first")
     score: float | None = None
     expires_at: str
     shadow: bool = False

@@ -50,6 +50,7 @@ class TriggerRule(_Rule):
     when: str | None = None
     content: dict[str, Any] = {}
     offer_id: str | None = None
+    recommend: int = Field(0, ge=0, le=20, description="products to recommend in the trigger (a carousel)")
     expires_in: DurationMs = 24 * 3_600_000
 
     @field_validator("unless")

@@ -38,6 +38,7 @@ _SCALARS = (
     "linked_ids",
     "outcomes",
     "offers_open",
+    "bought",
 )
 
 

@@ -18,6 +18,7 @@ HOUR_MS = 3_600_000
 MAX_CART_ITEMS = 50
 MAX_SESSION_PRODUCTS = 10
 MAX_CAUSED_BY = 5
+MAX_BOUGHT = 20  # products of the last order remembered (recommendations leave them out)
 MAX_PENDING_OUTCOMES = 4  # decisions whose outcome (order within the horizon or not) is still open
 PRIOR_ORDER_GAP_DAYS = 30  # expected gap between orders before a customer's own rhythm is known
 PRIOR_CHURN = 0.1  # prior chance that a buyer has stopped buying for good
@@ -116,6 +117,7 @@ class CustomerState:
 
     __slots__ = (
         "audiences",
+        "bought",
         "cart",
         "categories",
         "consent",
@@ -176,6 +178,7 @@ class CustomerState:
         self.outcomes: list[tuple[int, tuple[float, ...]]] = []
         # offers chosen by the next-best-offer policy, waiting for a reward: (decided at, offer, context)
         self.offers_open: list[tuple[int, str, tuple[float, ...]]] = []
+        self.bought: tuple[str, ...] = ()  # products of the last order
 
     # --- updates -----------------------------------------------------------------------
     def touch(self, at_ms: int, message_id: str, lifecycle: Lifecycle) -> None:

@@ -23,6 +23,7 @@ from state.customer import (
     AFFINITY_K,
     CATEGORY_HALF_LIFE_MS,
     HOUR_MS,
+    MAX_BOUGHT,
     PRODUCT_HALF_LIFE_MS,
     TRAIT_KEYS,
     CustomerState,
@@ -133,6 +134,8 @@ def _apply_order(state: CustomerState, env: Envelope, event: OrderEvent) -> None
     props, at = event.properties, env.ts_ms
     if env.name == "Order Completed":
         state.order(props.order_id, props.amount(), at)
+        if state.last_order_ms == at:
+            state.bought = tuple(intern(p.product_id) for p in props.products[:MAX_BOUGHT])
         weight = AFFINITY_WEIGHT["Order Completed"]
         for product in props.products[:20]:
             state.products.add(intern(product.product_id), weight, at, PRODUCT_HALF_LIFE_MS, AFFINITY_K)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from operators.models.bandit import Choice, OfferBandit, offer_context
 from operators.models.propensity import PropensityModel, decision_features
+from operators.models.recommend import CoOccurrence
 from schemas.rules import NextBestOffer
 from state.catalogue import FeatureView
 from state.customer import MAX_PENDING_OUTCOMES, CustomerState
@@ -21,19 +22,42 @@ FEATURES_KEY = "~propensity_features"
 class ShardModels:
     """The models of one shard: scores at decision points, learning when outcomes resolve."""
 
-    def __init__(self, mode: ModelMode, horizon_ms: int, policy: NextBestOffer | None = None) -> None:
+    def __init__(
+        self,
+        mode: ModelMode,
+        horizon_ms: int,
+        policy: NextBestOffer | None = None,
+        session_timeout_ms: int = 30 * 60_000,
+    ) -> None:
         self.mode = mode
+        self.session_timeout_ms = session_timeout_ms
         self.horizon_ms = horizon_ms
         self.propensity = PropensityModel(frozen=mode == "frozen")
         policy = policy or NextBestOffer()
         self.bandit = OfferBandit(policy.exploration, policy.seed, frozen=mode == "frozen")
         self.reward_window_ms = policy.reward_window
+        self.recommender = CoOccurrence()
         self.scorers = {"propensity": self.propensity_score}
         self.dropped = 0  # decisions whose outcome was never learnt (bound reached)
 
     def set_mode(self, mode: ModelMode) -> None:
         self.mode = mode
         self.propensity.frozen = self.bandit.frozen = mode == "frozen"
+
+    # --- recommendations ---------------------------------------------------------------
+    def product_touched(self, state: CustomerState, product_id: str, message_id: str, viewed: bool, at_ms: int) -> None:
+        """A product viewed or added: check the sampled prediction (views), then learn the link."""
+        history = session_products(state, at_ms, self.session_timeout_ms)
+        if viewed:
+            self.recommender.check(message_id, history, product_id)
+        if self.mode == "learn":
+            self.recommender.learn(history, product_id)
+
+    def recommend(self, state: CustomerState, k: int, at_ms: int) -> list[str]:
+        """Top ``k`` products for the customer now, leaving out their cart and their last order."""
+        history = [*state.products.top(5)[::-1], *session_products(state, at_ms, self.session_timeout_ms)]
+        cart = state.cart.items if state.cart is not None else ()
+        return self.recommender.recommend(history, k, exclude=(*state.bought, *cart))
 
     # --- next best offer ---------------------------------------------------------------
     def choose_offer(self, state: CustomerState, view: FeatureView, decision_id: str, candidates: list[str]) -> Choice:
@@ -109,6 +133,7 @@ class ShardModels:
                 "progressive": model.quality.to_counts(),
             },
             "next_best_offer": self.bandit.stats(),
+            "recommendations": self.recommender.stats(),
         }
 
     def export(self) -> dict[str, Any]:
@@ -117,3 +142,11 @@ class ShardModels:
     def load(self, data: dict[str, Any]) -> None:
         self.propensity.load(data["propensity"])
         self.bandit.load(data["next_best_offer"])
+
+
+def session_products(state: CustomerState, at_ms: int, timeout_ms: int) -> list[str]:
+    """Products viewed in the customer's session, if it is still going at ``at_ms``."""
+    session = state.session
+    if session is None or at_ms - session.last_ms > timeout_ms:
+        return []
+    return list(session.products)

@@ -1,0 +1,69 @@
+"""Recommendations: co-occurrence within sessions, exclusions, filling up, progressive checks."""
+
+from __future__ import annotations
+
+from conftest import EngineHarness, added, decisions, rules_from, track
+
+from operators.models.recommend import CoOccurrence
+
+RULES = """
+version: v
+triggers:
+  - id: browse
+    channel: in_app
+    on: Product Viewed
+    after: 20m
+    unless: [Product Added]
+    once_per: session
+    recommend: 3
+"""
+
+
+def viewed(user: str, minute: float, product: str) -> dict:
+    return track("Product Viewed", user, minute, props={"product_id": product, "category": "c"})
+
+
+def test_products_seen_together_in_sessions_are_recommended_together():
+    model = CoOccurrence()
+    for session in (["a", "b", "c"], ["a", "b"], ["x", "y"]):
+        for i, product in enumerate(session):
+            model.learn(session[:i], product)
+    assert model.recommend(["a"], k=2) == ["b", "c"]
+    assert model.recommend(["x"], k=1) == ["y"]
+
+
+def test_what_the_customer_has_just_touched_or_excluded_is_never_recommended():
+    model = CoOccurrence()
+    for i, product in enumerate(["a", "b", "c", "d"]):
+        model.learn(["a", "b", "c", "d"][:i], product)
+    assert model.recommend(["a"], k=3, exclude=["c"]) == ["b", "d"]
+
+
+def test_too_few_neighbours_are_filled_with_the_most_popular():
+    model = CoOccurrence()
+    for product in ["p", "p", "p", "q", "q", "r"]:
+        model.learn([], product)
+    assert model.recommend(["new"], k=2) == ["p", "q"]
+    assert model.most_popular(["p"], k=2) == ["q", "r"]
+
+
+def test_the_engine_learns_across_customers_and_leaves_out_cart_and_last_order():
+    h = EngineHarness(rules_from(RULES))
+    h.feed([viewed("u1", 0, "a"), viewed("u1", 1, "b"), viewed("u1", 2, "c"), viewed("u1", 3, "d")])
+    props = {"order_id": "o1", "total": 5.0, "products": [{"product_id": "c"}]}
+    bought = track("Order Completed", "u2", 50, props=props)
+    h.feed([bought])
+    h.feed([added("u2", 60, product="d"), viewed("u2", 61, "a"), track("Page", "zz", 100)])
+    [browse] = [d for d in decisions(h.outputs, "triggers") if d["subject"] == "u2"]
+    assert browse["data"]["recommendations"] == ["b"], "c was just bought and d is in the cart"
+
+
+def test_progressive_checks_count_hits_on_a_deterministic_sample():
+    model = CoOccurrence()
+    for n in range(400):
+        session = ["a", "b"]
+        for i, product in enumerate(session):
+            model.check(f"m{n}-{i}", session[:i], product)
+            model.learn(session[:i], product)
+    assert 20 <= model.checked <= 80, "about one view in ten is checked"
+    assert model.hits >= model.checked - 1, "after the first sessions, b always follows a"
