@@ -29,7 +29,16 @@ from typing import Any, BinaryIO, NamedTuple
 import orjson
 from tqdm import tqdm
 
-__all__ = ["CATEGORIES", "DEFAULT_START", "PERSONAS", "generate_events", "persona_of", "write_jsonl"]
+__all__ = [
+    "CATEGORIES",
+    "DEFAULT_START",
+    "OFFER_RESPONSE",
+    "PERSONAS",
+    "generate_events",
+    "ground_truth",
+    "persona_of",
+    "write_jsonl",
+]
 
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
 PERSONAS: tuple[str, ...] = ("high_value", "lapsed", "new", "browser", "store_regular")
@@ -188,6 +197,15 @@ STYLES: dict[str, Style] = {
     "browser": Style((5, 14), 0.25, 2, 0.04, 0.30, 0.10, 0.05, 0.60),
     "store_regular": Style((2, 6), 0.0, 1, 0.0, 0.0, 0.20, 0.20, 0.30),
 }
+# The chance that a customer of a persona clicks an offer shown to them (for closed-loop
+# evaluation of the next-best-offer policy; the stream itself has no offer responses).
+OFFER_RESPONSE: dict[str, dict[str, float]] = {
+    "high_value": {"browse-10pct": 0.06, "free-shipping": 0.10, "vip-early-access": 0.30},
+    "lapsed": {"browse-10pct": 0.20, "free-shipping": 0.08, "vip-early-access": 0.02},
+    "new": {"browse-10pct": 0.10, "free-shipping": 0.25, "vip-early-access": 0.03},
+    "browser": {"browse-10pct": 0.12, "free-shipping": 0.04, "vip-early-access": 0.01},
+    "store_regular": {"browse-10pct": 0.05, "free-shipping": 0.05, "vip-early-access": 0.08},
+}
 # persona -> (chance of an active day, sessions per active day, their weights)
 _ACTIVITY: dict[str, tuple[float, tuple[int, ...], tuple[int, ...]]] = {
     "high_value": (0.85, (1, 2, 3, 4), (30, 35, 25, 10)),
@@ -226,6 +244,17 @@ def _draw_persona(rng: Random) -> str:
 def persona_of(customer_index: int, seed: int) -> str:
     """The persona of customer ``customer_index`` in runs with ``seed``."""
     return _draw_persona(Random(f"{seed}:{customer_index}"))
+
+
+def ground_truth(customers: int, seed: int) -> dict[str, Any]:
+    """What the generator knows and a model must find out: each customer's persona, the chance a
+    persona's online session with a cart ends in an order, and offer response rates."""
+    return {
+        "seed": seed,
+        "personas": {f"u-{i:06d}": persona_of(i, seed) for i in range(customers)},
+        "order_chance_with_cart": {persona: style.p_order for persona, style in STYLES.items()},
+        "offer_response": OFFER_RESPONSE,
+    }
 
 
 def _loyalty(persona: str, rng: Random) -> str | None:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.testing import cluster_main, run_main
@@ -97,7 +98,20 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--start", type=_date, help="first day, YYYY-MM-DD (default 2026-01-05)")
     generate.add_argument("--defects", type=float, default=0.0, help="share of duplicate/late/future/id-less events")
     generate.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    generate.add_argument("--truth", type=Path, help="also write the ground truth (personas, rates) as JSON")
     generate.set_defaults(command=_generate)
+
+    evaluate = sub.add_parser("evaluate", help="each model against a simple baseline, on the same events")
+    evaluate.add_argument("--customers", type=int, default=1000, help="generated stream: customers")
+    evaluate.add_argument("--days", type=int, default=28, help="generated stream: days")
+    evaluate.add_argument("--seed", type=int, default=5, help="generated stream: seed")
+    evaluate.add_argument("--rules", type=Path, help="rule file for the generated stream (default: starter)")
+    evaluate.add_argument("--yoochoose", type=Path, help="YooChoose folder (train and test click files)")
+    evaluate.add_argument("--uci", type=Path, help="UCI Online Retail CSV (.gz) for repeat-purchase propensity")
+    evaluate.add_argument("--rows", type=int, help="UCI: read at most this many CSV rows")
+    evaluate.add_argument("--horizon-days", type=float, default=30, help="UCI: repeat purchase within this many days")
+    evaluate.add_argument("--json", type=Path, help="also write the figures as JSON")
+    evaluate.set_defaults(command=_evaluate)
 
     rules = sub.add_parser("rules", help="rule files")
     rules_sub = rules.add_subparsers(required=True, metavar="ACTION")
@@ -304,9 +318,11 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from connectors.synthetic import DEFAULT_START, generate_events, write_jsonl
+    from connectors.synthetic import DEFAULT_START, generate_events, ground_truth, write_jsonl
 
     events = generate_events(args.customers, args.days, args.seed, args.start or DEFAULT_START, args.defects)
+    if args.truth is not None:
+        args.truth.write_bytes(orjson.dumps(ground_truth(args.customers, args.seed), option=orjson.OPT_INDENT_2))
     if args.out is None:
         write_jsonl(events, sys.stdout.buffer)
         return 0
@@ -314,6 +330,21 @@ def _generate(args: argparse.Namespace) -> int:
     with args.out.open("wb") as out:
         count = write_jsonl(events, out, progress=sys.stderr.isatty() or args.customers >= 10_000)
     print(f"nudgeflow: wrote {count:,} events to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from flows.evaluate import evaluate_generated, evaluate_uci, evaluate_yoochoose, render
+
+    rules = load_rules(args.rules or STARTER_RULES)
+    results = {"generated": evaluate_generated(args.customers, args.days, args.seed, rules)}
+    if args.yoochoose:
+        results["yoochoose"] = evaluate_yoochoose(args.yoochoose)
+    if args.uci:
+        results["uci_retail"] = evaluate_uci(args.uci, args.rows, args.horizon_days)
+    print(render(results))
+    if args.json:
+        args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     return 0
 
 

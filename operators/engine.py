@@ -289,10 +289,12 @@ class ShardEngine:
             self._learn_from(state, env)
         now = max(env.ts_ms, self.clock or env.ts_ms)
         if self.models is not None and env.name in PRODUCT_TOUCHES:
-            product = getattr(env.event.properties, "product_id", None)
-            if product:
+            props = env.event.properties
+            if props.product_id:
                 viewed = env.name == "Product Viewed"
-                self.models.product_touched(state, product, env.message_id, viewed, env.ts_ms)
+                self.models.product_touched(
+                    state, props.product_id, props.category, env.message_id, viewed, env.ts_ms
+                )
         apply_event(state, env, self.config.lifecycle)
         rules = self.rules
         for trigger in rules.cancelling.get(env.name, ()):

@@ -176,8 +176,8 @@ class CustomerState:
         self.linked_ids: tuple[str, ...] = ()
         # decisions waiting for their outcome: (decided at, features then), oldest first
         self.outcomes: list[tuple[int, tuple[float, ...]]] = []
-        # offers chosen by the next-best-offer policy, waiting for a reward: (decided at, offer, context)
-        self.offers_open: list[tuple[int, str, tuple[float, ...]]] = []
+        # offers chosen by the next-best-offer policy, waiting for a reward: (decided at, offer, segment)
+        self.offers_open: list[tuple[int, str, str]] = []
         self.bought: tuple[str, ...] = ()  # products of the last order
 
     # --- updates -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from operators.models.bandit import Choice, OfferBandit, offer_context
+from operators.models.bandit import Choice, OfferBandit, segment
 from operators.models.propensity import PropensityModel, decision_features
 from operators.models.recommend import CoOccurrence
 from schemas.rules import NextBestOffer
@@ -45,24 +45,27 @@ class ShardModels:
         self.propensity.frozen = self.bandit.frozen = mode == "frozen"
 
     # --- recommendations ---------------------------------------------------------------
-    def product_touched(self, state: CustomerState, product_id: str, message_id: str, viewed: bool, at_ms: int) -> None:
+    def product_touched(
+        self, state: CustomerState, product: str, category: str | None, message_id: str, viewed: bool, at_ms: int
+    ) -> None:
         """A product viewed or added: check the sampled prediction (views), then learn the link."""
-        history = session_products(state, at_ms, self.session_timeout_ms)
-        if viewed:
-            self.recommender.check(message_id, history, product_id)
+        session = session_products(state, at_ms, self.session_timeout_ms)
+        if viewed:  # predicted as a trigger would recommend: from the session and the favourite products
+            self.recommender.check(message_id, session, product, state.products.top(5)[::-1])
         if self.mode == "learn":
-            self.recommender.learn(history, product_id)
+            self.recommender.learn(session, product, category)
 
     def recommend(self, state: CustomerState, k: int, at_ms: int) -> list[str]:
         """Top ``k`` products for the customer now, leaving out their cart and their last order."""
-        history = [*state.products.top(5)[::-1], *session_products(state, at_ms, self.session_timeout_ms)]
+        session = session_products(state, at_ms, self.session_timeout_ms)
         cart = state.cart.items if state.cart is not None else ()
-        return self.recommender.recommend(history, k, exclude=(*state.bought, *cart))
+        interests = state.products.top(5)[::-1]
+        return self.recommender.recommend(session, k, exclude=(*state.bought, *cart), interests=interests)
 
     # --- next best offer ---------------------------------------------------------------
     def choose_offer(self, state: CustomerState, view: FeatureView, decision_id: str, candidates: list[str]) -> Choice:
         """Pick an offer and keep what the reward will be learnt against; the choice is logged."""
-        context = offer_context(view)
+        context = segment(view)
         choice = self.bandit.choose(decision_id, candidates, context)
         state.offers_open.append((view.now_ms, choice.offer, context))
         if len(state.offers_open) > MAX_PENDING_OUTCOMES:
@@ -109,7 +112,7 @@ class ShardModels:
         Returns when the oldest decision still open expires."""
         still_open = []
         for decided_ms, x in state.outcomes:
-            if decided_ms <= at_ms <= decided_ms + self.horizon_ms:
+            if decided_ms < at_ms <= decided_ms + self.horizon_ms:  # after the decision, not with it
                 self.propensity.learn(x, True)
             else:
                 still_open.append((decided_ms, x))

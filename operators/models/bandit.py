@@ -1,49 +1,32 @@
-"""Next-best offer: an epsilon-greedy contextual bandit over River logistic regressions.
+"""Next-best offer: an epsilon-greedy contextual bandit with one reward estimate per segment.
 
-Each offer (arm) has a ``LogisticRegression`` estimating P(reward | context). A decision
-scores the eligible offers and takes the best one (ties: the first in catalogue order),
-except with chance ``exploration``, when it takes one uniformly at random. The chosen
-offer's probability is therefore exact, ``(1 - e) [best] + e / k``, which is what inverse
-propensity scoring needs; an argmax policy such as LinUCB has no such probability. The
-randomness is a hash of (decision id, seed), so a replay makes the same choices.
+The context is the customer's segment at decision time: lifecycle (new, active, lapsed),
+whether they have ever ordered, and whether they are in the ``high_value`` audience. Each
+(segment, offer) pair keeps a River ``stats.Mean`` of its rewards; its score is that mean
+shrunk towards 1/2 by one success and one failure of prior (Beta(1, 1)), so an offer never
+tried in a segment looks promising and gets tried. A decision takes the best-scoring eligible
+offer (ties: catalogue order), except with chance ``exploration``, when it takes one uniformly
+at random. The chosen offer's probability is therefore exact, ``(1 - e) [best] + e / k``,
+which inverse propensity scoring needs; an argmax policy such as LinUCB has no such
+probability. The randomness is a hash of (decision id, seed), so a replay makes the same
+choices.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from river import linear_model, optim
-
-CONTEXT: tuple[str, ...] = (
-    "new",
-    "lapsed",
-    "high_value",
-    "orders",
-    "monetary",
-    "recency_days",
-    "views_7d",
-    "cart_value",
-)
-LEARNING_RATE = 0.1
+from river import stats
 
 
-def offer_context(view: Mapping[str, Any]) -> tuple[float, ...]:
-    """The bandit's context in :data:`CONTEXT` order: segment and a few features, at decision time."""
-    lifecycle, recency = view["lifecycle"], view["recency_days"]
-    return (
-        1.0 if lifecycle == "new" else 0.0,
-        1.0 if lifecycle == "lapsed" else 0.0,
-        1.0 if "high_value" in view["audiences"] else 0.0,
-        math.log1p(view["orders"]),
-        math.log1p(max(0.0, view["monetary"] or 0.0)),
-        math.log1p(365.0 if recency is None else min(recency, 365.0)),
-        math.log1p(view["counts_7d"]["product_viewed"]),
-        math.log1p(view["cart"]["value"]),
-    )
+def segment(view: Mapping[str, Any]) -> str:
+    """The customer's segment at decision time, e.g. ``active/buyer/high_value``."""
+    buyer = "buyer" if view["orders"] else "prospect"
+    value = "high_value" if "high_value" in view["audiences"] else "regular"
+    return f"{view['lifecycle']}/{buyer}/{value}"
 
 
 @dataclass(frozen=True)
@@ -68,25 +51,21 @@ class OfferBandit:
         self.exploration = exploration
         self.seed = seed
         self.frozen = frozen
-        self.arms: dict[str, linear_model.LogisticRegression] = {}
+        self.means: dict[str, dict[str, stats.Mean]] = {}  # segment -> offer -> mean reward
         self.pulls: dict[str, int] = {}
         self.rewards: dict[str, int] = {}
-        # regret proxy: the model's best expected reward minus the chosen one's, summed in millionths
+        # regret proxy: the best expected reward minus the chosen one's, summed in millionths
         self.regret_micro = 0
 
-    def _arm(self, offer: str) -> linear_model.LogisticRegression:
-        arm = self.arms.get(offer)
-        if arm is None:
-            arm = self.arms[offer] = linear_model.LogisticRegression(optimizer=optim.SGD(LEARNING_RATE))
-        return arm
+    def score(self, segment_id: str, offer: str) -> float:
+        mean = self.means.get(segment_id, {}).get(offer)
+        n = mean.n if mean is not None else 0
+        total = mean.get() * n if mean is not None else 0.0
+        return round((total + 1) / (n + 2), 6)
 
-    def scores(self, candidates: Sequence[str], context: tuple[float, ...]) -> dict[str, float]:
-        x = dict(zip(CONTEXT, context, strict=True))
-        return {offer: round(self._arm(offer).predict_proba_one(x).get(True, 0.5), 6) for offer in candidates}
-
-    def choose(self, decision_id: str, candidates: Sequence[str], context: tuple[float, ...]) -> Choice:
+    def choose(self, decision_id: str, candidates: Sequence[str], segment_id: str) -> Choice:
         """Pick an offer among ``candidates`` (at least one) with an exactly known probability."""
-        scores = self.scores(candidates, context)
+        scores = {offer: self.score(segment_id, offer) for offer in candidates}
         best = max(candidates, key=lambda offer: (scores[offer], -candidates.index(offer)))
         k, e = len(candidates), self.exploration
         explored = uniform(decision_id, self.seed, "explore") < e
@@ -96,25 +75,26 @@ class OfferBandit:
         self.regret_micro += round((scores[best] - scores[offer]) * 1_000_000)
         return Choice(offer, round(probability, 6), explored, tuple(candidates), scores)
 
-    def learn(self, offer: str, context: tuple[float, ...], reward: bool) -> None:
+    def learn(self, offer: str, segment_id: str, reward: bool) -> None:
         if reward:
             self.rewards[offer] = self.rewards.get(offer, 0) + 1
         if not self.frozen:
-            self._arm(offer).learn_one(dict(zip(CONTEXT, context, strict=True)), reward)
+            self.means.setdefault(segment_id, {}).setdefault(offer, stats.Mean()).update(float(reward))
 
     def stats(self) -> dict[str, Any]:
         return {"pulls": dict(self.pulls), "rewards": dict(self.rewards), "regret_micro": self.regret_micro}
 
     def export(self) -> dict[str, Any]:
-        arms = {offer: {"weights": dict(arm.weights), "intercept": arm.intercept} for offer, arm in self.arms.items()}
-        return {"context": list(CONTEXT), "arms": arms}
+        return {
+            "segments": {
+                seg: {offer: {"n": mean.n, "mean": mean.get()} for offer, mean in offers.items()}
+                for seg, offers in self.means.items()
+            }
+        }
 
     def load(self, data: Mapping[str, Any]) -> None:
-        from river import utils as river_utils
-
-        if list(data["context"]) != list(CONTEXT):
-            raise ValueError("the offer model was trained on another context")
-        for offer, params in data["arms"].items():
-            arm = self._arm(offer)
-            arm._weights = river_utils.VectorDict({k: float(v) for k, v in params["weights"].items()}, arm.initializer)
-            arm.intercept = float(params["intercept"])
+        for seg, offers in data["segments"].items():
+            for offer, values in offers.items():
+                mean = stats.Mean()
+                mean.n, mean._mean = int(values["n"]), float(values["mean"])
+                self.means.setdefault(seg, {})[offer] = mean

@@ -3,7 +3,8 @@
 Every product a customer views or adds is linked to the few products they touched just
 before in the same session (weight 1/distance, both ways). Recommending sums the
 neighbours of the customer's recent products, drops what they already have or just
-bought, and fills up with the most popular products. Updates cost a few dictionary
+bought, adds the popularity of products in the categories the customer was just looking
+at, and fills up with the most popular products overall. Updates cost a few dictionary
 operations per event, so the model learns from every product event (measured in
 ``bench/``), and its quality is checked progressively on a deterministic sample of views:
 was the viewed product among the top k recommended just before?
@@ -29,20 +30,25 @@ class CoOccurrence:
         self.links: dict[str, dict[str, float]] = {}
         self.counts: dict[str, int] = {}
         self.popular: list[str] = []
+        self.category_of: dict[str, str] = {}
+        self.popular_in: dict[str, list[str]] = {}  # category -> its most popular products
         self.checked = 0
         self.hits = 0
         self.reciprocal_rank_micro = 0  # sum of 1/rank of hits, in millionths (MRR at k)
         self.baseline_hits = 0  # the same check for "most popular"
 
-    def learn(self, history: Sequence[str], product: str) -> None:
-        """``product`` was touched after ``history`` (the session's earlier products, oldest first)."""
+    def learn(self, history: Sequence[str], product: str, category: str | None = None) -> None:
+        """``product`` (of ``category``) was touched after ``history`` (the session's earlier products)."""
         recent = [p for p in history[-WINDOW:] if p != product]
         for distance, earlier in enumerate(reversed(recent), start=1):
             weight = 1.0 / distance
             self._link(earlier, product, weight)
             self._link(product, earlier, weight)
         count = self.counts[product] = self.counts.get(product, 0) + 1
-        self._rank_popular(product, count)
+        _rank(self.popular, product, count, self.counts)
+        if category:
+            self.category_of[product] = category
+            _rank(self.popular_in.setdefault(category, []), product, count, self.counts)
 
     def _link(self, a: str, b: str, weight: float) -> None:
         neighbours = self.links.get(a)
@@ -53,24 +59,32 @@ class CoOccurrence:
             kept = sorted(neighbours.items(), key=lambda kv: (-kv[1], kv[0]))[:NEIGHBOURS]
             self.links[a] = dict(kept)
 
-    def _rank_popular(self, product: str, count: int) -> None:
-        """Keep the most popular products, by count then id."""
-        popular = self.popular
-        if product not in popular:
-            if len(popular) >= POPULAR and (-count, product) > (-self.counts[popular[-1]], popular[-1]):
-                return
-            popular.append(product)
-        popular.sort(key=lambda p: (-self.counts[p], p))
-        del popular[POPULAR:]
+    def recommend(
+        self, history: Sequence[str], k: int = K, exclude: Iterable[str] = (), interests: Sequence[str] = ()
+    ) -> list[str]:
+        """Top ``k`` products after ``history`` (most recent last), none of ``history`` or ``exclude``;
+        ``interests`` (the customer's favourite products) count as older history but may be shown.
 
-    def recommend(self, history: Sequence[str], k: int = K, exclude: Iterable[str] = ()) -> list[str]:
-        """Top ``k`` products after ``history`` (most recent last), none of ``history`` or ``exclude``."""
+        Two evidences, each normalised to sum 1 and added: the co-occurrence neighbours of the
+        recent products, and the popularity of products within the categories of those products.
+        The most popular products overall fill up what is left.
+        """
         skip = set(history) | set(exclude)
+        recent = [*interests, *history][-WINDOW:] if len(history) < WINDOW else history[-WINDOW:]
         scores: dict[str, float] = {}
-        for distance, product in enumerate(reversed(history[-WINDOW:]), start=1):
+        neighbours: dict[str, float] = {}
+        for distance, product in enumerate(reversed(recent), start=1):
             for other, weight in self.links.get(product, {}).items():
                 if other not in skip:
-                    scores[other] = scores.get(other, 0.0) + weight / distance
+                    neighbours[other] = neighbours.get(other, 0.0) + weight / distance
+        _add_normalised(scores, neighbours)
+        in_categories: dict[str, float] = {}
+        for distance, product in enumerate(reversed(recent), start=1):
+            category = self.category_of.get(product)
+            for other in self.popular_in.get(category, ()) if category else ():
+                if other not in skip:
+                    in_categories[other] = in_categories.get(other, 0.0) + self.counts[other] / distance
+        _add_normalised(scores, in_categories)
         ranked = [p for p, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
         for product in self.popular:
             if len(ranked) >= k:
@@ -84,12 +98,12 @@ class CoOccurrence:
         skip = set(history)
         return [p for p in self.popular if p not in skip][:k]
 
-    def check(self, message_id: str, history: Sequence[str], product: str) -> None:
+    def check(self, message_id: str, history: Sequence[str], product: str, interests: Sequence[str] = ()) -> None:
         """Progressive validation on a sample of views: was ``product`` predicted from ``history``?"""
-        if not history or _bucket(message_id) != 0:
+        if not (history or interests) or _bucket(message_id) != 0:
             return
         self.checked += 1
-        predicted = self.recommend(history)
+        predicted = self.recommend(history, interests=interests)
         if product in predicted:
             self.hits += 1
             self.reciprocal_rank_micro += 1_000_000 // (predicted.index(product) + 1)
@@ -104,6 +118,22 @@ class CoOccurrence:
             "reciprocal_rank_micro": self.reciprocal_rank_micro,
             "most_popular_hits": self.baseline_hits,
         }
+
+
+def _add_normalised(scores: dict[str, float], evidence: dict[str, float]) -> None:
+    total = sum(evidence.values())
+    for product, value in evidence.items():
+        scores[product] = scores.get(product, 0.0) + value / total
+
+
+def _rank(popular: list[str], product: str, count: int, counts: dict[str, int]) -> None:
+    """Keep ``popular`` the most popular products, by count then id, at most :data:`POPULAR`."""
+    if product not in popular:
+        if len(popular) >= POPULAR and (-count, product) > (-counts[popular[-1]], popular[-1]):
+            return
+        popular.append(product)
+    popular.sort(key=lambda p: (-counts[p], p))
+    del popular[POPULAR:]
 
 
 def _bucket(message_id: str) -> int:

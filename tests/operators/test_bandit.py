@@ -8,7 +8,7 @@ import pytest
 from conftest import EngineHarness, added, decisions, order, rules_from, track
 
 from operators.engine import REWARD, EngineConfig
-from operators.models.bandit import CONTEXT, OfferBandit
+from operators.models.bandit import OfferBandit
 from operators.rules import RuleFileError
 
 RULES = """
@@ -61,7 +61,7 @@ def test_the_logged_probability_is_exact_and_the_offer_content_is_sent():
 
 def test_choices_follow_their_logged_probabilities_and_repeat_for_the_same_decision():
     bandit = OfferBandit(exploration=0.3, seed=11)
-    context = tuple(0.0 for _ in CONTEXT)
+    context = "active/buyer/regular"
     candidates = ["a", "b", "c"]
     picks = Counter()
     for i in range(6000):
@@ -82,27 +82,28 @@ def test_a_click_within_the_window_rewards_the_offer_and_expiry_gives_zero():
     assert bandit.rewards == {first["offer_id"]: 1} and not state.offers_open
     assert REWARD not in state.timers
     second = nudge(h, "u3", 100)
+    [(_, offer, seg)] = h.customers.customers["u3"].offers_open
+    before = bandit.score(seg, offer)
     h.feed([track("Page", "zz", 100 + 24 * 60 + 40)])  # the clock passes the 1-day window
-    assert not h.customers.customers["u3"].offers_open
-    arm = bandit.arms[second["offer_id"]]
-    assert arm.intercept != 0.0, "the missing reward was learnt as 0"
+    assert not h.customers.customers["u3"].offers_open and offer == second["offer_id"]
+    assert bandit.score(seg, offer) < before, "the missing reward was learnt as 0"
 
 
 def test_an_offer_that_keeps_being_clicked_becomes_the_one_chosen():
     h = EngineHarness(rules_from(RULES.replace("exploration: 0.2", "exploration: 0.0")), EngineConfig())
     bandit = h.customers.models.bandit
-    context = tuple(0.0 for _ in CONTEXT)
     for _ in range(200):
-        bandit.learn("free-ship", context, True)
-        bandit.learn("ten-pct", context, False)
+        bandit.learn("free-ship", "new/prospect/regular", True)
+        bandit.learn("ten-pct", "new/prospect/regular", False)
     assert nudge(h, "u1", 0)["offer_id"] == "free-ship"
+    assert nudge(h, "u5", 100)["offer_choice"]["scores"]["free-ship"] > 0.99
 
 
 def test_frozen_policies_choose_but_do_not_learn():
     h = EngineHarness(rules_from(RULES), EngineConfig(models="frozen"))
     data = nudge(h, "u1", 0)
     h.feed([track("Promotion Clicked", "u1", 60, props={"promotion_id": data["offer_id"]})])
-    assert h.customers.models.bandit.arms[data["offer_id"]].intercept == 0.0
+    assert h.customers.models.bandit.means == {}, "nothing learnt"
     assert h.customers.models.bandit.rewards == {data["offer_id"]: 1}, "the reward is still counted"
 
 
