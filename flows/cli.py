@@ -127,6 +127,9 @@ def _flow_options(parser: argparse.ArgumentParser, default_out: Path | None) -> 
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("-w", "--workers", type=int, default=1, help="Bytewax worker threads")
     parser.add_argument("--shards", type=int, help="customer shards (default 16)")
+    parser.add_argument(
+        "--models", choices=("learn", "frozen", "off"), help="online models: learn (default), frozen or off"
+    )
     parser.add_argument("--quiet", action="store_true", help="no summary on stderr")
 
 
@@ -141,6 +144,7 @@ def _settings(args: argparse.Namespace, inputs: Sequence[Path] | None, out: Path
         rules=args.rules,
         replace_output=args.force or None,
         shards=args.shards,
+        models=getattr(args, "models", None),
         **more,
     )
 

@@ -35,6 +35,17 @@ SINK_ERRORS = Counter(
     "nudgeflow_sink_errors", "Failed sink writes or deliveries, by sink and reason", ["sink", "reason"]
 )
 SINK_RETRIES = Counter("nudgeflow_sink_retries", "Sink writes retried, by sink", ["sink"])
+MODEL_OUTCOMES = Counter(
+    "nudgeflow_model_outcomes",
+    "Outcomes learnt by the propensity model, by decile of the score it gave and outcome (ROC AUC and"
+    " calibration follow from these counts, summed over processes)",
+    ["model", "decile", "outcome"],
+)
+OFFER_CHOICES = Counter("nudgeflow_offer_choices", "Offers chosen by the next-best-offer policy", ["offer"])
+OFFER_REWARDS = Counter("nudgeflow_offer_rewards", "Clicks or redemptions of chosen offers", ["offer"])
+RECOMMENDATION_CHECKS = Counter(
+    "nudgeflow_recommendation_checks", "Sampled next-product checks of the recommender, by result", ["result"]
+)
 CUSTOMERS = Gauge("nudgeflow_customers_in_state", "Customers held in state by this process, by stage", ["stage"])
 
 
@@ -73,11 +84,33 @@ class ShardMetrics:
                 DUPLICATE_EVENTS.inc(count)
             else:
                 INVALID_EVENTS.labels(reason=name).inc(count)
+        if self.engine.models is not None:
+            self._publish_models(self.engine.models.stats(), seen.setdefault("models", {}))
         engine = self.engine
         _customers_by_shard[(engine.role, id(engine))] = len(engine.customers)
         CUSTOMERS.labels(stage=engine.role).set(
             sum(n for (role, _), n in _customers_by_shard.items() if role == engine.role)
         )
+
+
+    def _publish_models(self, stats: dict[str, Any], seen: dict[str, Any]) -> None:
+        progressive = stats["propensity"]["progressive"]
+        for outcome in ("positives", "negatives"):
+            counts = progressive.get(outcome, {})
+            by_decile = {f"{int(b) // 2}": 0 for b in counts}
+            for bucket, n in counts.items():
+                by_decile[f"{int(bucket) // 2}"] += n
+            for decile, count in _deltas(by_decile, seen.setdefault(outcome, {})):
+                MODEL_OUTCOMES.labels(model="propensity", decile=decile, outcome=outcome[:-1]).inc(count)
+        offers = stats["next_best_offer"]
+        for offer, count in _deltas(offers["pulls"], seen.setdefault("pulls", {})):
+            OFFER_CHOICES.labels(offer=offer).inc(count)
+        for offer, count in _deltas(offers["rewards"], seen.setdefault("rewards", {})):
+            OFFER_REWARDS.labels(offer=offer).inc(count)
+        reco = stats["recommendations"]
+        checks = {"hit": reco["hits"], "miss": reco["checked"] - reco["hits"]}
+        for result, count in _deltas(checks, seen.setdefault("checks", {})):
+            RECOMMENDATION_CHECKS.labels(result=result).inc(count)
 
 
 def _deltas(current: dict[str, int], published: dict[str, int]) -> list[tuple[str, int]]:
