@@ -84,7 +84,8 @@ class Run:
         self.identity = ShardEngine(self.rules, self.config, "identity")
         self.customers = ShardEngine(self.rules, self.config, "customer", upstream_shards=1)
         self.propensity = RecordingPropensity(frozen=self.config.models == "frozen")
-        self.customers.models.propensity = self.propensity  # type: ignore[union-attr]
+        if self.customers.models is not None:
+            self.customers.models.propensity = self.propensity
         self.marks = InputMarks(self.config.max_skew_ms)
         self.injected: list[tuple[int, int, bytes]] = []  # (timestamp ms, order, event line)
         self.offers: list[OfferLog] = []

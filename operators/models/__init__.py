@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from operators.models.bandit import Choice, OfferBandit, segment
 from operators.models.propensity import PropensityModel, decision_features
-from operators.models.recommend import CoOccurrence
+from operators.models.recommend import CoOccurrence, sampled
 from schemas.rules import NextBestOffer
 from state.catalogue import FeatureView
 from state.customer import MAX_PENDING_OUTCOMES, CustomerState
@@ -50,8 +50,8 @@ class ShardModels:
     ) -> None:
         """A product viewed or added: check the sampled prediction (views), then learn the link."""
         session = session_products(state, at_ms, self.session_timeout_ms)
-        if viewed:  # predicted as a trigger would recommend: from the session and the favourite products
-            self.recommender.check(message_id, session, product, state.products.top(5)[::-1])
+        if viewed and sampled(message_id):  # predicted as a trigger would: from the session and the favourites
+            self.recommender.check(session, product, state.products.top(5)[::-1])
         if self.mode == "learn":
             self.recommender.learn(session, product, category)
 

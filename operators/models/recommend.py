@@ -13,13 +13,14 @@ was the viewed product among the top k recommended just before?
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 WINDOW = 4  # earlier products in the session that a new one is linked to
 NEIGHBOURS = 30  # neighbours kept per product (pruned from twice as many)
 POPULAR = 50  # most popular products kept for filling up
-SAMPLE_EVERY = 10  # views checked for progressive hit rate (by a hash of the message id)
+SAMPLE_EVERY = 50  # one view in 50 is checked for progressive hit rate (by a hash of the message id)
 K = 10
 
 
@@ -78,14 +79,19 @@ class CoOccurrence:
                 if other not in skip:
                     neighbours[other] = neighbours.get(other, 0.0) + weight / distance
         _add_normalised(scores, neighbours)
-        in_categories: dict[str, float] = {}
+        weights: dict[str, float] = {}
         for distance, product in enumerate(reversed(recent), start=1):
             category = self.category_of.get(product)
-            for other in self.popular_in.get(category, ()) if category else ():
+            if category:
+                weights[category] = weights.get(category, 0.0) + 1.0 / distance
+        in_categories: dict[str, float] = {}
+        counts = self.counts
+        for category, weight in weights.items():
+            for other in self.popular_in.get(category, ())[: 2 * k]:
                 if other not in skip:
-                    in_categories[other] = in_categories.get(other, 0.0) + self.counts[other] / distance
+                    in_categories[other] = in_categories.get(other, 0.0) + counts[other] * weight
         _add_normalised(scores, in_categories)
-        ranked = [p for p, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+        ranked = [p for p, _ in heapq.nsmallest(k, scores.items(), key=lambda kv: (-kv[1], kv[0]))]
         for product in self.popular:
             if len(ranked) >= k:
                 break
@@ -98,9 +104,10 @@ class CoOccurrence:
         skip = set(history)
         return [p for p in self.popular if p not in skip][:k]
 
-    def check(self, message_id: str, history: Sequence[str], product: str, interests: Sequence[str] = ()) -> None:
-        """Progressive validation on a sample of views: was ``product`` predicted from ``history``?"""
-        if not (history or interests) or _bucket(message_id) != 0:
+    def check(self, history: Sequence[str], product: str, interests: Sequence[str] = ()) -> None:
+        """Progressive validation (on a sample of views, see :func:`sampled`): was ``product``
+        predicted from ``history``?"""
+        if not (history or interests):
             return
         self.checked += 1
         predicted = self.recommend(history, interests=interests)
@@ -127,14 +134,24 @@ def _add_normalised(scores: dict[str, float], evidence: dict[str, float]) -> Non
 
 
 def _rank(popular: list[str], product: str, count: int, counts: dict[str, int]) -> None:
-    """Keep ``popular`` the most popular products, by count then id, at most :data:`POPULAR`."""
-    if product not in popular:
-        if len(popular) >= POPULAR and (-count, product) > (-counts[popular[-1]], popular[-1]):
-            return
-        popular.append(product)
-    popular.sort(key=lambda p: (-counts[p], p))
+    """Keep ``popular`` the most popular products, by count then id, at most :data:`POPULAR`.
+
+    A count only grows by one, so the product moves up a few places at most: insertion, not a sort.
+    """
+    if product in popular:
+        index = popular.index(product)
+        del popular[index]
+    elif len(popular) >= POPULAR and (-count, product) > (-counts[popular[-1]], popular[-1]):
+        return
+    else:
+        index = len(popular)
+    key = (-count, product)
+    while index > 0 and (-counts[popular[index - 1]], popular[index - 1]) > key:
+        index -= 1
+    popular.insert(index, product)
     del popular[POPULAR:]
 
 
-def _bucket(message_id: str) -> int:
-    return hashlib.blake2b(message_id.encode(), digest_size=2).digest()[0] % SAMPLE_EVERY
+def sampled(message_id: str) -> bool:
+    """Whether a view is in the deterministic sample checked for progressive quality."""
+    return hashlib.blake2b(message_id.encode(), digest_size=2).digest()[0] % SAMPLE_EVERY == 0
