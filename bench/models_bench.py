@@ -58,7 +58,7 @@ def main() -> None:
         "decision features (14 floats from the feature view)": per_call(
             lambda s: decision_features(FeatureView(s, None, s.last_seen_ms, lifecycle)), states
         ),
-        "propensity score (StandardScaler | LogisticRegression)": per_call(models.propensity.score, xs),
+        "propensity score (StandardScaler, LogisticRegression)": per_call(models.propensity.score, xs),
         "propensity learn (progressive score, ADWIN, learn_one)": per_call(
             lambda x: models.propensity.learn(x, True), xs
         ),
