@@ -19,6 +19,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from operators.engine import Output
+from operators.models import export as model_files
 from operators.parse import EndOfInput, RawEvent
 
 OUTPUT_FILES: dict[str, str] = {
@@ -32,6 +33,9 @@ OUTPUT_FILES: dict[str, str] = {
     "dead_letters": "dead_letters.jsonl",
     "stats": "summary.json",
 }
+
+
+MODEL_FILE = "models.json"
 
 
 class OutputFolderError(ValueError):
@@ -177,12 +181,34 @@ def add_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
             total[key] = total.get(key, 0) + value
 
 
+class _ModelsPartition(StatefulSinkPartition[Output, None]):
+    """The shards' model parameters, merged into one model file at close (when models ran)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._exports: list[dict[str, Any]] = []
+        self._version = ""
+
+    def write_batch(self, values: list[Output]) -> None:
+        for value in values:
+            self._exports.append(orjson.loads(value.body))
+            self._version = value.key
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._exports:
+            model_files.write(self._path, model_files.merge(self._exports), self._version)
+
+
 class OutputFolderSink(FixedPartitionedSink[Output, None]):
-    """Write each output stream to its file in ``folder`` (see :data:`OUTPUT_FILES`)."""
+    """Write each output stream to its file in ``folder`` (see :data:`OUTPUT_FILES`), and the
+    merged model parameters to ``models.json``."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        self.streams = sorted(OUTPUT_FILES)
+        self.streams = sorted([*OUTPUT_FILES, "models"])
         self._index = {stream: i for i, stream in enumerate(self.streams)}
 
     def list_parts(self) -> list[str]:
@@ -191,7 +217,9 @@ class OutputFolderSink(FixedPartitionedSink[Output, None]):
     def part_fn(self, item_key: str) -> int:
         return self._index[item_key]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _FilePartition | _SummaryPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> StatefulSinkPartition[Output, None]:
+        if for_part == "models":
+            return _ModelsPartition(self.folder / MODEL_FILE)
         path = self.folder / OUTPUT_FILES[for_part]
         return _SummaryPartition(path) if for_part == "stats" else _FilePartition(path)
 

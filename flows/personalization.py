@@ -87,7 +87,7 @@ def output_topics(settings: Settings) -> list[str]:
 
 def _by_customer(item: tuple[str, Output]) -> tuple[str, Output] | None:
     stream, output = item
-    return None if stream in ("stats", "profiles") else (output.key, output)
+    return None if stream in ("stats", "profiles", "models") else (output.key, output)
 
 
 def _redis_output(outputs: KeyedStream[Output], settings: Settings) -> None:

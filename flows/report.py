@@ -36,7 +36,8 @@ def finalize_summary(folder: Path) -> dict[str, Any]:
     outputs[OUTPUT_FILES["dead_letters"]] = len(dead)
     summary["outputs"] = dict(sorted(outputs.items()))
     for model in summary.get("models", {}).values():
-        model["quality"] = Calibration.from_counts(model.get("progressive", {})).summary()
+        if "progressive" in model:
+            model["quality"] = Calibration.from_counts(model["progressive"]).summary()
     summary["dead_letters"] = dict(sorted(Counter(record["reason"] for record in dead).items()))
     path.write_bytes(orjson.dumps(summary, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
     return summary
@@ -71,12 +72,22 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
         f"  triggers by rule: {_join(summary.get('triggers', {}))}",
         f"  audience changes: {_join(summary.get('audience_changes', {}))}",
     ]
-    for name, model in sorted(summary.get("models", {}).items()):
-        quality = model.get("quality", {})
+    models = summary.get("models", {})
+    if "propensity" in models:
+        model, quality = models["propensity"], models["propensity"].get("quality", {})
         lines.append(
-            f"  model {name} ({settings.models}): {quality.get('outcomes', 0):,} outcomes,"
+            f"  propensity model ({settings.models}): {quality.get('outcomes', 0):,} outcomes,"
             f" positive rate {quality.get('positive_rate')}, progressive ROC AUC {quality.get('roc_auc')},"
             f" log loss {quality.get('log_loss')}, drifts {model.get('drifts', 0)}"
+        )
+    if "next_best_offer" in models:
+        offers = models["next_best_offer"]
+        lines.append(f"  offers chosen: {_join(offers.get('pulls', {}))}; rewarded: {_join(offers.get('rewards', {}))}")
+    if "recommendations" in models:
+        reco = models["recommendations"]
+        lines.append(
+            f"  recommender: {reco.get('products', 0):,} products; sampled checks {reco.get('checked', 0):,},"
+            f" hits {reco.get('hits', 0):,} (most popular: {reco.get('most_popular_hits', 0):,})"
         )
     lines.append(f"  outputs in {settings.out}/")
     return "\n".join(lines)

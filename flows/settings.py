@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from operators.engine import EngineConfig
+from operators.models import export as model_files
 from operators.parse import DEFAULT_MAX_EVENT_BYTES
 from operators.rules import STARTER_RULES
 from state.affinity import DAY_MS
@@ -43,6 +44,7 @@ class Settings(BaseModel):
     models: Literal["learn", "frozen", "off"] = Field(
         "learn", description="online models: learn from outcomes, score only (frozen), or off"
     )
+    model_file: Path | None = Field(None, description="model parameters to start from (a run's models.json)")
     propensity_horizon_days: float = Field(7, gt=0, description="an order this soon after a decision is a success")
     source: Literal["files", "kafka"] = Field("files", description="read recordings (files) or a Kafka topic")
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka brokers, host:port[,host:port]")
@@ -85,6 +87,7 @@ class Settings(BaseModel):
             snapshots=snapshots,
             profile_ms=int(self.profile_seconds * 1000) if profiles else None,
             models=self.models,
+            initial_models=model_files.read(self.model_file) if self.model_file else None,
             propensity_horizon_ms=int(self.propensity_horizon_days * DAY_MS),
         )
 

@@ -77,6 +77,7 @@ class EngineConfig:
     profile_ms: int | None = None  # send changed customers' profiles (for the live store) this often
     models: ModelMode = "learn"
     propensity_horizon_ms: int = 7 * DAY_MS
+    initial_models: dict[str, Any] | None = None  # parameters to start from (a model file's content)
 
 
 @dataclass(slots=True)
@@ -224,6 +225,8 @@ class ShardEngine:
         stats = dict(self.stats)
         if self.models is not None:
             stats["models"] = self.models.stats()
+            if self.role == "customer":
+                out.append(Output("models", self.rules.version, 0, 0, orjson.dumps(self.models.export())))
         if self.role == "customer":
             stats["customers"] = len(self.customers)
         else:
@@ -682,12 +685,16 @@ class ShardEngine:
         mode = self.config.models
         if mode == "off":
             return None
-        models = restored or ShardModels(
-            mode,
-            self.config.propensity_horizon_ms,
-            self.rules.next_best_offer,
-            self.config.lifecycle.session_timeout_ms,
-        )
+        models = restored
+        if models is None:
+            models = ShardModels(
+                mode,
+                self.config.propensity_horizon_ms,
+                self.rules.next_best_offer,
+                self.config.lifecycle.session_timeout_ms,
+            )
+            if self.config.initial_models is not None:
+                models.load(self.config.initial_models)
         models.set_mode(mode)
         return models
 

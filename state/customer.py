@@ -22,6 +22,7 @@ MAX_BOUGHT = 20  # products of the last order remembered (recommendations leave 
 MAX_PENDING_OUTCOMES = 4  # decisions whose outcome (order within the horizon or not) is still open
 PRIOR_ORDER_GAP_DAYS = 30  # expected gap between orders before a customer's own rhythm is known
 PRIOR_CHURN = 0.1  # prior chance that a buyer has stopped buying for good
+MIN_RHYTHM_MS = DAY_MS  # a mean gap between orders shorter than this is no purchase rhythm
 AFFINITY_K = 5
 CATEGORY_HALF_LIFE_MS = 14 * DAY_MS
 PRODUCT_HALF_LIFE_MS = 3 * DAY_MS
@@ -245,8 +246,10 @@ class CustomerState:
         return "active"
 
     def at_risk(self, now_ms: int, lc: Lifecycle) -> bool:
-        """A repeat buyer overdue by ``at_risk_gap_factor`` times their usual gap, not yet lapsed."""
-        if self.orders < 2 or self.last_order_ms is None or self.order_gap_ms <= 0:
+        """A repeat buyer overdue by ``at_risk_gap_factor`` times their usual gap, not yet lapsed.
+
+        Orders less than a day apart on average (a basket split in two, say) are no rhythm."""
+        if self.orders < 2 or self.last_order_ms is None or self.order_gap_ms < MIN_RHYTHM_MS:
             return False
         overdue = now_ms - self.last_order_ms
         return lc.at_risk_gap_factor * self.order_gap_ms <= overdue < lc.lapse_days * DAY_MS
@@ -273,7 +276,7 @@ class CustomerState:
         return round(stopped + (1 - stopped) * math.exp(-(lapse_at - now_ms) / gap), 4)
 
     def _expected_gap_ms(self) -> float:
-        gaps = self.orders - 1 if self.orders >= 2 and self.order_gap_ms > 0 else 0
+        gaps = self.orders - 1 if self.orders >= 2 and self.order_gap_ms >= MIN_RHYTHM_MS else 0
         return (self.order_gap_ms * gaps + PRIOR_ORDER_GAP_DAYS * DAY_MS) / (gaps + 1)
 
     def _next_risk_step(self, now_ms: int, lc: Lifecycle) -> int | None:
@@ -300,7 +303,7 @@ class CustomerState:
             self.first_seen_ms + lc.new_days * DAY_MS,
             last + lc.lapse_days * DAY_MS,
             self.last_order_ms + math.ceil(lc.at_risk_gap_factor * self.order_gap_ms)
-            if self.orders >= 2 and self.last_order_ms is not None and self.order_gap_ms > 0
+            if self.orders >= 2 and self.last_order_ms is not None and self.order_gap_ms >= MIN_RHYTHM_MS
             else None,
             self._next_risk_step(now_ms, lc) if risk_steps else None,
         ):

@@ -87,7 +87,7 @@ class OfferBandit:
     def export(self) -> dict[str, Any]:
         return {
             "segments": {
-                seg: {offer: {"n": mean.n, "mean": mean.get()} for offer, mean in offers.items()}
+                seg: {offer: {"n": int(mean.n), "mean": mean.get()} for offer, mean in offers.items()}
                 for seg, offers in self.means.items()
             }
         }

@@ -166,3 +166,35 @@ def test_model_metrics_count_outcomes_by_decile_of_the_score():
     metrics.publish()
     metrics.publish()  # nothing new: nothing counted twice
     assert value("positive") - before == 1
+
+
+def test_a_run_writes_its_models_and_a_later_run_starts_from_them(tmp_path, monkeypatch):
+    from flows.cli import main
+    from operators.models import export as model_files
+
+    first = tmp_path / "first"
+    assert main(["run", "--out", str(first), "--quiet"]) == 0
+    models = model_files.read(first / "models.json")
+    assert models["propensity"]["learnt"] > 1000, "the replicas' learning is merged into one file"
+    second = tmp_path / "second"
+    env_file = tmp_path / "settings.yaml"
+    env_file.write_text(f"model_file: {first / 'models.json'}\nmodels: frozen\n")
+    monkeypatch.setenv("NUDGEFLOW_CONFIG", str(env_file))
+    assert main(["run", "--out", str(second), "--quiet"]) == 0
+    frozen = orjson.loads((second / "triggers.push.jsonl").read_bytes().splitlines()[0])
+    assert frozen["data"]["score"] != 0.5, "a frozen run scores with the loaded parameters"
+
+
+def test_a_changed_or_foreign_model_file_is_refused(tmp_path):
+    from operators.models import export as model_files
+
+    model = PropensityModel()
+    path = tmp_path / "models.json"
+    model_files.write(path, {"propensity": model.export(), "next_best_offer": {"segments": {}}}, "v")
+    assert model_files.read(path)["propensity"]["intercept"] == 0.0
+    path.write_bytes(path.read_bytes().replace(b'"intercept": 0.0', b'"intercept": 5.0'))
+    with pytest.raises(ValueError, match="does not match its sha256"):
+        model_files.read(path)
+    path.write_bytes(b'{"format": "pickle", "models": {}}')
+    with pytest.raises(ValueError, match=r"not a nudgeflow\.models/1 file"):
+        model_files.read(path)

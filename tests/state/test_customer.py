@@ -504,6 +504,11 @@ def test_the_risk_rechecks_land_on_each_tenth():
 
 def test_at_risk_holds_exactly_at_its_boundary():
     """The boundary is rounded up: a recheck there finds the customer at risk, not "not yet"."""
-    state = state_after([order(minutes=0), order(minutes=55.1)])
-    boundary = state.next_boundary(ms(minutes=56), LC)
+    state = state_after([order(minutes=0), order(days=3, minutes=55.1)])
+    boundary = state.next_boundary(ms(days=3, minutes=56), LC)
     assert state.at_risk(boundary, LC) and not state.at_risk(boundary - 1, LC)
+
+
+def test_orders_less_than_a_day_apart_are_no_rhythm():
+    state = state_after([order(minutes=0), order(minutes=55)])
+    assert not state.at_risk(ms(days=2), LC)
