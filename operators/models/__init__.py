@@ -51,7 +51,7 @@ class ShardModels:
         """A product viewed or added: check the sampled prediction (views), then learn the link."""
         session = session_products(state, at_ms, self.session_timeout_ms)
         if viewed and sampled(message_id):  # predicted as a trigger would: from the session and the favourites
-            self.recommender.check(session, product, state.products.top(5)[::-1])
+            self.recommender.check(session, product, state.products.top(5)[::-1], state.categories.scores)
         if self.mode == "learn":
             self.recommender.learn(session, product, category)
 
@@ -60,7 +60,9 @@ class ShardModels:
         session = session_products(state, at_ms, self.session_timeout_ms)
         cart = state.cart.items if state.cart is not None else ()
         interests = state.products.top(5)[::-1]
-        return self.recommender.recommend(session, k, exclude=(*state.bought, *cart), interests=interests)
+        return self.recommender.recommend(
+            session, k, exclude=(*state.bought, *cart), interests=interests, categories=state.categories.scores
+        )
 
     # --- next best offer ---------------------------------------------------------------
     def choose_offer(self, state: CustomerState, view: FeatureView, decision_id: str, candidates: list[str]) -> Choice:

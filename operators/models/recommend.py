@@ -3,8 +3,9 @@
 Every product a customer views or adds is linked to the few products they touched just
 before in the same session (weight 1/distance, both ways). Recommending sums the
 neighbours of the customer's recent products, drops what they already have or just
-bought, adds the popularity of products in the categories the customer was just looking
-at, and fills up with the most popular products overall. Updates cost a few dictionary
+bought, adds the popularity of products in the customer's categories (the ones they were
+just looking at and their lasting category affinities), and fills up with the most popular
+products overall. Updates cost a few dictionary
 operations per event, so the model learns from every product event (measured in
 ``bench/``), and its quality is checked progressively on a deterministic sample of views:
 was the viewed product among the top k recommended just before?
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 WINDOW = 4  # earlier products in the session that a new one is linked to
@@ -61,10 +62,16 @@ class CoOccurrence:
             self.links[a] = dict(kept)
 
     def recommend(
-        self, history: Sequence[str], k: int = K, exclude: Iterable[str] = (), interests: Sequence[str] = ()
+        self,
+        history: Sequence[str],
+        k: int = K,
+        exclude: Iterable[str] = (),
+        interests: Sequence[str] = (),
+        categories: Mapping[str, float] | None = None,
     ) -> list[str]:
         """Top ``k`` products after ``history`` (most recent last), none of ``history`` or ``exclude``;
-        ``interests`` (the customer's favourite products) count as older history but may be shown.
+        ``interests`` (the customer's favourite products) count as older history but may be shown;
+        ``categories`` (the customer's category affinities) weigh the categories' popular products.
 
         Two evidences, each normalised to sum 1 and added: the co-occurrence neighbours of the
         recent products, and the popularity of products within the categories of those products.
@@ -84,6 +91,11 @@ class CoOccurrence:
             category = self.category_of.get(product)
             if category:
                 weights[category] = weights.get(category, 0.0) + 1.0 / distance
+        total = sum(weights.values()) or 1.0
+        weights = {c: w / total for c, w in weights.items()}
+        affinity = sum((categories or {}).values())
+        for category, score in (categories or {}).items():  # the customer's lasting interests
+            weights[category] = weights.get(category, 0.0) + score / affinity
         in_categories: dict[str, float] = {}
         counts = self.counts
         for category, weight in weights.items():
@@ -104,13 +116,19 @@ class CoOccurrence:
         skip = set(history)
         return [p for p in self.popular if p not in skip][:k]
 
-    def check(self, history: Sequence[str], product: str, interests: Sequence[str] = ()) -> None:
+    def check(
+        self,
+        history: Sequence[str],
+        product: str,
+        interests: Sequence[str] = (),
+        categories: Mapping[str, float] | None = None,
+    ) -> None:
         """Progressive validation (on a sample of views, see :func:`sampled`): was ``product``
         predicted from ``history``?"""
         if not (history or interests):
             return
         self.checked += 1
-        predicted = self.recommend(history, interests=interests)
+        predicted = self.recommend(history, interests=interests, categories=categories)
         if product in predicted:
             self.hits += 1
             self.reciprocal_rank_micro += 1_000_000 // (predicted.index(product) + 1)

@@ -62,3 +62,9 @@ def test_the_command_prints_the_tables(capsys):
     assert main(["evaluate", "--customers", "60", "--days", "5"]) == 0
     out = capsys.readouterr().out
     assert "| recency-frequency heuristic |" in out and "| random among eligible offers |" in out
+
+
+def test_recommendations_beat_most_popular_on_the_generated_stream(generated):
+    r = generated["recommendations"]
+    assert r["checked_views"] > 300
+    assert r["model_hit_rate@10"] > r["most_popular_hit_rate@10"]
