@@ -396,7 +396,7 @@ def render(results: dict[str, Any]) -> str:
         lines += [
             f"| recommendations (next viewed product, {r['checked_views']:,} sampled views) | hit rate@10 | MRR@10 |",
             "| --- | ---: | ---: |",
-            f"| co-occurrence | {r['model_hit_rate@10']} | {r['model_mrr@10']} |",
+            f"| co-occurrence + category popularity | {r['model_hit_rate@10']} | {r['model_mrr@10']} |",
             f"| most popular | {r['most_popular_hit_rate@10']} | |",
             "",
         ]
