@@ -338,7 +338,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from flows.evaluate import evaluate_generated, evaluate_uci, evaluate_yoochoose, render
+    from flows.evaluate import evaluate_generated, evaluate_lapse, evaluate_uci, evaluate_yoochoose, render
 
     rules = load_rules(args.rules or STARTER_RULES)
     results = {"generated": evaluate_generated(args.customers, args.days, args.seed, rules)}
@@ -346,6 +346,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         results["yoochoose"] = evaluate_yoochoose(args.yoochoose)
     if args.uci:
         results["uci_retail"] = evaluate_uci(args.uci, args.rows, args.horizon_days)
+        results["uci_lapse"] = evaluate_lapse(args.uci, args.rows)
     print(render(results))
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))

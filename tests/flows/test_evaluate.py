@@ -68,3 +68,17 @@ def test_recommendations_beat_most_popular_on_the_generated_stream(generated):
     r = generated["recommendations"]
     assert r["checked_views"] > 300
     assert r["model_hit_rate@10"] > r["most_popular_hit_rate@10"]
+
+
+UCI = Path(__file__).resolve().parents[3] / "shared" / "data" / "online-retail-uci.csv.gz"
+
+
+@pytest.mark.realdata
+def test_lapse_risk_ranks_real_lapses():
+    if not UCI.exists():
+        pytest.skip(f"real data not found at {UCI}")
+    from flows.evaluate import evaluate_lapse
+
+    r = evaluate_lapse(UCI, rows=150_000)
+    assert r["scored"] > 1000
+    assert r["model_auc"] > 0.65, "better than chance at telling who lapses (reported as is in EVALUATION.md)"
