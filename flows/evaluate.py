@@ -52,9 +52,12 @@ class RecordingPropensity(PropensityModel):
     def __init__(self, frozen: bool = False) -> None:
         super().__init__(frozen)
         self.records: list[tuple[float, float, bool]] = []
+        self.customers: list[str] = []  # whose outcome each record is
+        self.customer = ""
 
     def learn(self, x: tuple[float, ...], y: bool) -> None:
         self.records.append((self.score(x), recency_frequency(x), y))
+        self.customers.append(self.customer)
         super().learn(x, y)
 
 
@@ -84,13 +87,24 @@ class Run:
         self.identity = ShardEngine(self.rules, self.config, "identity")
         self.customers = ShardEngine(self.rules, self.config, "customer", upstream_shards=1)
         self.propensity = RecordingPropensity(frozen=self.config.models == "frozen")
-        if self.customers.models is not None:
-            self.customers.models.propensity = self.propensity
+        models = self.customers.models
+        if models is not None:
+            models.propensity = self.propensity
+            for name in ("ordered", "expire"):  # note whose outcome the model is about to learn
+                resolve = getattr(models, name)
+                setattr(models, name, self._noting_customer(resolve))
         self.marks = InputMarks(self.config.max_skew_ms)
         self.injected: list[tuple[int, int, bytes]] = []  # (timestamp ms, order, event line)
         self.offers: list[OfferLog] = []
         self.outputs = 0
         self.position = 0
+
+    def _noting_customer(self, resolve: Any) -> Any:
+        def noted(state: Any, at_ms: int) -> Any:
+            self.propensity.customer = state.id
+            return resolve(state, at_ms)
+
+        return noted
 
     def feed(self, lines: Iterable[bytes]) -> None:
         pending: list[Any] = []
@@ -325,9 +339,22 @@ def evaluate_generated(customers: int, days: int, seed: int, rules: CompiledRule
     run.feed(lines)
     reco = run.customers.models.recommender.stats()  # type: ignore[union-attr]
     checked = reco["checked"] or 1
+    by_persona: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    for (p, _, y), customer in zip(run.propensity.records, run.propensity.customers, strict=True):
+        by_persona[truth["personas"].get(customer, "anonymous")].append((p, y))
+    calibration = {
+        persona: {
+            "outcomes": len(rows),
+            "mean_prediction": round(sum(p for p, _ in rows) / len(rows), 4),
+            "observed_rate": round(sum(y for _, y in rows) / len(rows), 4),
+            "truth_order_chance_with_cart": truth["order_chance_with_cart"].get(persona),
+        }
+        for persona, rows in sorted(by_persona.items())
+    }
     return {
         "stream": {"customers": customers, "days": days, "seed": seed, "events": len(lines)},
         "propensity": propensity_report(run.propensity.records),
+        "propensity_by_persona": calibration,
         "next_best_offer": offers_report(run.offers),
         "recommendations": {
             "checked_views": reco["checked"],
@@ -377,6 +404,15 @@ def render(results: dict[str, Any]) -> str:
             f" {p['outcomes']:,} | {p['positive_rate']} |",
             f"| recency-frequency heuristic | {p['baseline_auc']} | | | |",
             f"| constant (the positive rate) | 0.5 | {p['constant_log_loss']} | | |",
+            "",
+            "| persona (the generator's truth) | outcomes | mean prediction | observed rate |"
+            " truth: P(order) of a session with a cart |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            *(
+                f"| {persona} | {c['outcomes']:,} | {c['mean_prediction']} | {c['observed_rate']} |"
+                f" {c['truth_order_chance_with_cart']} |"
+                for persona, c in generated["propensity_by_persona"].items()
+            ),
             "",
             "| next-best offer (closed loop, expected clicks per decision under the truth) | value |",
             "| --- | ---: |",
