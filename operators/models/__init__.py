@@ -142,11 +142,17 @@ class ShardModels:
         }
 
     def export(self) -> dict[str, Any]:
-        return {"propensity": self.propensity.export(), "next_best_offer": self.bandit.export()}
+        return {
+            "propensity": self.propensity.export(),
+            "next_best_offer": self.bandit.export(),
+            "recommendations": self.recommender.export(),
+        }
 
     def load(self, data: dict[str, Any]) -> None:
         self.propensity.load(data["propensity"])
         self.bandit.load(data["next_best_offer"])
+        if data.get("recommendations"):
+            self.recommender.load(data["recommendations"])
 
 
 def session_products(state: CustomerState, at_ms: int, timeout_ms: int) -> list[str]:

@@ -47,15 +47,24 @@ class _Offers(BaseModel):
     segments: dict[str, dict[str, _Arm]]
 
 
+class _Recommendations(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    links: dict[str, dict[str, float]]
+    counts: dict[str, int]
+    categories: dict[str, str]
+
+
 class _Models(BaseModel):
     model_config = ConfigDict(extra="forbid")
     propensity: _Propensity
     next_best_offer: _Offers
+    recommendations: _Recommendations | None = None
 
 
 def merge(exports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One set of parameters from the replicas': propensity weights averaged by how much each
-    replica learnt, scaler statistics pooled, offer reward means pooled per segment. The
+    replica learnt, scaler statistics pooled, offer reward means pooled per segment, product
+    links and counts added up (each replica saw other sessions). The
     replicas are taken in a fixed order, so that the same run always gives the same bytes."""
     exports = sorted(exports, key=_canonical)
     propensities = [e["propensity"] for e in exports]
@@ -90,6 +99,26 @@ def merge(exports: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "learnt": sum(learnt),
         },
         "next_best_offer": {"segments": segments},
+        "recommendations": _merge_recommendations([e["recommendations"] for e in exports if "recommendations" in e]),
+    }
+
+
+def _merge_recommendations(replicas: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    links: dict[str, dict[str, float]] = {}
+    counts: dict[str, int] = {}
+    categories: dict[str, str] = {}
+    for replica in replicas:
+        for product, neighbours in replica["links"].items():
+            merged = links.setdefault(product, {})
+            for other, weight in neighbours.items():
+                merged[other] = merged.get(other, 0.0) + weight
+        for product, count in replica["counts"].items():
+            counts[product] = counts.get(product, 0) + count
+        categories.update(replica["categories"])
+    return {
+        "links": {p: dict(sorted(n.items())) for p, n in sorted(links.items())},
+        "counts": dict(sorted(counts.items())),
+        "categories": dict(sorted(categories.items())),
     }
 
 

@@ -135,6 +135,30 @@ class CoOccurrence:
         if product in self.most_popular(history):
             self.baseline_hits += 1
 
+    def export(self) -> dict[str, Any]:
+        return {
+            "links": {p: dict(sorted(n.items())) for p, n in sorted(self.links.items())},
+            "counts": dict(sorted(self.counts.items())),
+            "categories": dict(sorted(self.category_of.items())),
+        }
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        self.links = {
+            p: dict(sorted(((q, float(w)) for q, w in n.items()), key=lambda kv: (-kv[1], kv[0]))[:NEIGHBOURS])
+            for p, n in data["links"].items()
+        }
+        self.counts = {p: int(c) for p, c in data["counts"].items()}
+        self.category_of = dict(data["categories"])
+        self.popular, self.popular_in = [], {}
+        for product in sorted(self.counts, key=lambda p: (-self.counts[p], p)):
+            if len(self.popular) < POPULAR:
+                self.popular.append(product)
+            category = self.category_of.get(product)
+            if category:
+                ranked = self.popular_in.setdefault(category, [])
+                if len(ranked) < POPULAR:
+                    ranked.append(product)
+
     def stats(self) -> dict[str, Any]:
         return {
             "products": len(self.counts),

@@ -12,6 +12,7 @@ import pytest
 from conftest import added, call, order, track
 
 from flows.cli import main
+from operators.rules import STARTER_RULES
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[2]
@@ -194,3 +195,32 @@ def test_every_output_record_follows_the_published_contract():
             data_model.model_validate(envelope.data)
             assert path.name.startswith("triggers." if data_model is TriggerData else "audience_changes")
     assert counted > 100
+
+
+def test_a_models_score_changes_the_flows_decisions(tmp_path):
+    """The same replay, rules reading `propensity`: untrained (every score 0.5) against a model
+    file trained on the first replay; the persuadable band lets different customers through."""
+    band = STARTER_RULES.read_text().replace(
+        'when: "cart.value > 0 and consent.push != false"',
+        'when: "cart.value > 0 and consent.push != false and propensity < 0.6"',
+    )
+    rules = tmp_path / "band.yaml"
+    rules.write_text(band)
+    stream = GOLDEN / "stream.jsonl.gz"
+    trained = replay(stream, tmp_path / "trained", "--rules", str(rules))
+    model_file = tmp_path / "trained" / "models.json"
+    untrained = replay(stream, tmp_path / "untrained", "--rules", str(rules), "--models", "frozen")
+    frozen = replay(
+        stream, tmp_path / "frozen", "--rules", str(rules), "--models", "frozen",
+        env={"NUDGEFLOW_MODEL_FILE": str(model_file)},
+    )  # fmt: skip
+    def cart_pushes(files: dict[str, bytes]) -> set[str]:
+        records = [orjson.loads(line) for line in files["triggers.push.jsonl"].splitlines()]
+        return {r["id"] for r in records if r["data"]["rule_id"] == "cart_abandonment_push"}
+
+    assert cart_pushes(untrained) and cart_pushes(frozen) != cart_pushes(untrained), "the model changes who is nudged"
+    assert all(
+        orjson.loads(line)["data"]["score"] < 0.6 for line in frozen["triggers.push.jsonl"].splitlines()
+        if orjson.loads(line)["data"]["rule_id"] == "cart_abandonment_push"
+    )  # fmt: skip
+    assert trained["triggers.push.jsonl"] != untrained["triggers.push.jsonl"]
