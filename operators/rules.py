@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from operators.expressions import Expression, ExpressionError, compile_expression
 from schemas.events import KNOWN_TRACK_EVENTS
 from schemas.rules import AudienceRule, NextBestOffer, Offer, RuleSet, TriggerRule
 from state.catalogue import ANY_EVENT, FEATURES
+
+_OFFERS = TypeAdapter(list[Offer])
 
 STARTER_RULES = Path(__file__).resolve().parent.parent / "rules" / "starter.yaml"
 CALL_TYPES = frozenset({"identify", "page", "screen", "alias"})
@@ -205,12 +207,43 @@ def parse_rules(text: str, source: str = "<rules>") -> CompiledRules:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark else None
         raise RuleFileError(source, [Problem(None, "-", line, f"not valid YAML: {err}")]) from None
+    if isinstance(data, dict) and isinstance(data.get("offers"), str):
+        data = {**data, "offers": _offers_file(Path(source).parent / data["offers"])}
     try:
         ruleset = RuleSet.model_validate(data)
     except ValidationError as err:
         problems = [_problem(data, root, e["loc"], e["msg"]) for e in err.errors()]
         raise RuleFileError(source, problems) from None
     return _compile(ruleset, root, source)
+
+
+def _offers_file(path: Path) -> list[dict[str, Any]]:
+    """The offers of an offers file (``offers: offers.yaml`` in a rule file), validated, with
+    errors naming that file, its line and the offer."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        root = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)
+    except (OSError, UnicodeDecodeError) as err:
+        raise RuleFileError(str(path), [Problem(None, "-", None, f"cannot read the offers file: {err}")]) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise RuleFileError(str(path), [Problem(None, "-", mark.line + 1 if mark else None, str(err))]) from None
+    offers = data.get("offers") if isinstance(data, dict) else data
+    try:
+        return [offer.model_dump() for offer in _OFFERS.validate_python(offers)]
+    except ValidationError as err:
+        lines = _wrap(root) if isinstance(data, list) else root  # a bare list: lines from the list itself
+        problems = [_problem({"offers": offers}, lines, ("offers", *e["loc"]), e["msg"]) for e in err.errors()]
+        raise RuleFileError(str(path), problems) from None
+
+
+def _wrap(node: yaml.Node | None) -> yaml.Node | None:
+    """A bare list node seen as the value of an ``offers`` key (for line lookups)."""
+    if node is None:
+        return None
+    key = yaml.ScalarNode("tag:yaml.org,2002:str", "offers", node.start_mark, node.end_mark)
+    return yaml.MappingNode("tag:yaml.org,2002:map", [(key, node)], node.start_mark, node.end_mark)
 
 
 def _compile(ruleset: RuleSet, root: yaml.Node | None, source: str) -> CompiledRules:

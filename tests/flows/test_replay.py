@@ -29,6 +29,11 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+def starter_rules_elsewhere() -> str:
+    """The starter rules' text, for a copy in another folder (its offers file named absolutely)."""
+    return STARTER_RULES.read_text().replace("offers: offers.yaml", f"offers: {STARTER_RULES.parent / 'offers.yaml'}")
+
+
 def replay(stream: Path, out: Path, *extra: str, env: dict[str, str] | None = None) -> dict[str, bytes]:
     """Run ``nudgeflow replay`` in a fresh interpreter (so hash seeds can differ)."""
     cmd = [sys.executable, "-m", "flows.cli", "replay", str(stream), "--out", str(out), "--quiet", *extra]
@@ -100,7 +105,7 @@ def test_replay_diff_reports_added_removed_and_changed(tmp_path, capsys):
         ],
     )
     rules_b = tmp_path / "b.yaml"
-    text = (REPO / "rules" / "starter.yaml").read_text()
+    text = starter_rules_elsewhere()
     text = text.replace("after: 30m", "after: 45m")  # cart reminder later: changed
     text = text.replace('when: "consent.push != false"\n', 'when: "false"\n', 1)  # welcome push gone: removed
     rules_b.write_text(text + '  - id: everyone\n    when: "orders == 0"\n')  # new audience: added
@@ -200,7 +205,7 @@ def test_every_output_record_follows_the_published_contract():
 def test_a_models_score_changes_the_flows_decisions(tmp_path):
     """The same replay, rules reading `propensity`: untrained (every score 0.5) against a model
     file trained on the first replay; the persuadable band lets different customers through."""
-    band = STARTER_RULES.read_text().replace(
+    band = starter_rules_elsewhere().replace(
         'when: "cart.value > 0 and consent.push != false"',
         'when: "cart.value > 0 and consent.push != false and propensity < 0.6"',
     )

@@ -112,3 +112,22 @@ def test_a_next_best_trigger_needs_an_offer_for_its_channel():
         rules_from(RULES.replace("channel: push\n    on: Product Added", "channel: sms\n    on: Product Added"))
     with pytest.raises(RuleFileError, match="unknown audiences"):
         rules_from(RULES.replace("audiences: [big]", "audiences: [giants]"))
+
+
+def test_offers_can_come_from_their_own_file_and_its_errors_name_it(tmp_path):
+    from operators.rules import load_rules
+
+    rules = tmp_path / "rules.yaml"
+    inline = RULES[RULES.index("offers:") : RULES.index("next_best_offer")]
+    rules.write_text(RULES.replace(inline, "offers: offers.yaml\n"))
+    offers = tmp_path / "offers.yaml"
+    offers.write_text("offers:\n  - {id: ten-pct, channels: [push]}\n  - {id: vip, channels: [push], audiences: [big]}")
+    assert [o.id for o in load_rules(rules).offers] == ["ten-pct", "vip"]
+    offers.write_text("- id: ten-pct\n  channels: [push]\n- id: bad\n  channels: [fax]\n")
+    with pytest.raises(RuleFileError) as err:
+        load_rules(rules)
+    message = str(err.value)
+    assert f"{offers}:4:" in message and "'bad'" in message and "channels" in message
+    offers.unlink()
+    with pytest.raises(RuleFileError, match="cannot read the offers file"):
+        load_rules(rules)
