@@ -128,6 +128,18 @@ def harness(starter_rules: CompiledRules) -> EngineHarness:
     return EngineHarness(starter_rules)
 
 
+CART_RULE = """
+version: v
+triggers:
+  - id: cart
+    channel: push
+    on: Product Added
+    after: 30m
+    unless: [Order Completed]
+    once_per: cart
+"""  # a cart reminder 30 minutes after the last add, unless an order came
+
+
 def rules_from(text: str) -> CompiledRules:
     return parse_rules(text, "test.yaml")
 

@@ -5,22 +5,15 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from conftest import EngineHarness, added, decisions, order, rules_from, track
+from conftest import CART_RULE, EngineHarness, added, decisions, order, rules_from, track
 
 from operators.engine import REWARD, EngineConfig
 from operators.models.bandit import OfferBandit
 from operators.rules import RuleFileError
 
-RULES = """
-version: v
-triggers:
-  - id: cart
-    channel: push
-    on: Product Added
-    after: 30m
-    unless: [Order Completed]
-    once_per: cart
-    offer_id: next_best
+RULES = (
+    CART_RULE
+    + """    offer_id: next_best
 offers:
   - {id: ten-pct, channels: [push]}
   - {id: free-ship, channels: [push, in_app], content: {free_shipping: true}}
@@ -30,6 +23,7 @@ next_best_offer: {exploration: 0.2, seed: 3, reward_window: 1d}
 audiences:
   - {id: big, when: "lifetime_spend >= 1000"}
 """
+)
 
 
 def nudge(h: EngineHarness, user: str, at: float) -> dict:

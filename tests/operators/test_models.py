@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from conftest import EngineHarness, added, decisions, order, rules_from, track
+from conftest import CART_RULE, EngineHarness, added, decisions, order, rules_from, track
 
 from operators.engine import OUTCOME, EngineConfig
 from operators.models.propensity import FEATURES, Calibration, PropensityModel
 
 DAY_MIN = 24 * 60
-CART = """
-version: v
-triggers:
-  - id: cart
-    channel: push
-    on: Product Added
-    after: 30m
-    unless: [Order Completed]
-    once_per: cart
-"""
+CART = CART_RULE
 
 
 def harness(mode: str = "learn", rules: str = CART, horizon_days: int = 7) -> EngineHarness:
