@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import EngineHarness, added, at, call, decisions, order, rules_from, track
+from conftest import CART_RULE, EngineHarness, added, at, call, decisions, order, rules_from, track
 
 from operators.engine import EngineConfig
 
-CART_ONLY = """
-version: t1
-triggers:
-  - id: cart
-    channel: push
-    on: Product Added
-    after: 30m
-    unless: [Order Completed]
-    once_per: cart
-    when: "cart.value > 0"
-"""
+CART_ONLY = CART_RULE + '    when: "cart.value > 0"\n'
 
 
 def cart_triggers(outputs):
@@ -80,7 +70,7 @@ def test_trigger_id_is_deterministic_and_names_rule_and_version():
         runs.append(cart_triggers(h.outputs))
     assert runs[0] == runs[1] and len(runs[0]) == 1
     data = runs[0][0]["data"]
-    assert (data["rule_id"], data["ruleset_version"]) == ("cart", "t1")
+    assert (data["rule_id"], data["ruleset_version"]) == ("cart", "v")
     assert runs[0][0]["specversion"] == "1.0" and runs[0][0]["type"] == "io.nudgeflow.trigger.v1"
 
 
