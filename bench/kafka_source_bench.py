@@ -10,42 +10,22 @@ second of wall time from the flow's start to its end, on one worker.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import orjson
 from bytewax import operators as op
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
+from flow_bench import NullSink
+from kafka_bench import kafka
 
 from connectors.kafka import KafkaEventSource, ensure_topics, produce_records
-from connectors.local_services import local_services
 from connectors.synthetic import generate_events
 
 
-class _Count(StatelessSinkPartition[Any]):
-    def __init__(self, counter: list[int]) -> None:
-        self.counter = counter
-
-    def write_batch(self, items: list[Any]) -> None:
-        self.counter[0] += len(items)
-
-
-class CountSink(DynamicSink[Any]):
-    def __init__(self) -> None:
-        self.counter = [0]
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Count:
-        return _Count(self.counter)
-
-
-def timed(flow: Dataflow, sink: CountSink) -> tuple[int, float]:
+def timed(flow: Dataflow, sink: NullSink) -> tuple[int, float]:
     started = time.perf_counter()
     run_main(flow)
     return sink.counter[0], time.perf_counter() - started
@@ -53,7 +33,7 @@ def timed(flow: Dataflow, sink: CountSink) -> tuple[int, float]:
 
 def bytewax_source(servers: str, topic: str) -> tuple[int, float]:
     flow = Dataflow("bytewax-kafka")
-    sink = CountSink()
+    sink = NullSink()
     messages = op.input("in", flow, KafkaSource([servers], [topic], tail=False, batch_size=1000))
     op.output("out", messages, sink)
     return timed(flow, sink)
@@ -61,19 +41,10 @@ def bytewax_source(servers: str, topic: str) -> tuple[int, float]:
 
 def nudgeflow_source(servers: str, topic: str) -> tuple[int, float]:
     flow = Dataflow("nudgeflow-kafka")
-    sink = CountSink()
+    sink = NullSink()
     records = op.input("in", flow, KafkaEventSource(servers, topic, until_end=True, batch_size=1000))
     op.output("out", op.filter("events", records, lambda r: hasattr(r, "payload")), sink)
     return timed(flow, sink)
-
-
-@contextlib.contextmanager
-def kafka() -> Iterator[str]:
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-        return
-    with local_services(kafka=True, redis=False) as env:
-        yield env["KAFKA_BOOTSTRAP_SERVERS"]
 
 
 def main() -> None:

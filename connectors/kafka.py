@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 0.002
 LAG_EVERY_SECONDS = 1.0
-NOT_SENT = frozenset({"stats"})
 DECISION_STREAMS = ("triggers.", "audience_changes")
 MAX_DELIVERY_ATTEMPTS = 5
 
@@ -272,10 +271,9 @@ class _ProducerPartition(StatefulSinkPartition[Output, None]):
         self.timeout = float(config.get("message.timeout.ms", 300_000)) / 1000 + 30
 
     def write_batch(self, values: list[Output]) -> None:
-        for output in values:
-            if output.stream not in NOT_SENT:
-                value, headers = kafka_record(output)
-                self._produce(self.topic_prefix + output.stream, output, value, headers, 1)
+        for output in values:  # the flow sends decisions and dead letters only
+            value, headers = kafka_record(output)
+            self._produce(self.topic_prefix + output.stream, output, value, headers, 1)
         self.producer.poll(0)
 
     def _produce(self, topic: str, output: Output, value: bytes, headers: list, attempt: int) -> None:

@@ -173,7 +173,7 @@ def execute(
     seconds = time.perf_counter() - started
     if settings.source == "kafka":
         if not quiet:
-            print(f"nudgeflow: stopped after {seconds:.1f} s; {status_text(seconds)}", file=sys.stderr)
+            print(f"nudgeflow: stopped after {seconds:.1f} s; {status_text()}", file=sys.stderr)
         return {}
     summary = finalize_summary(settings.out)
     if not quiet:

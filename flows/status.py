@@ -20,7 +20,8 @@ def _total(metric: str) -> float:
     )
 
 
-def status_text(seconds: float, rate: float | None = None) -> str:
+def status_text(rate: float | None = None) -> str:
+    """Events, rate, decisions, dead letters and lag so far, in one line."""
     events = _total("nudgeflow_events")
     parts = [f"{events:,.0f} events"]
     if rate is not None:
@@ -50,7 +51,7 @@ class StatusLine:
             now, events = time.monotonic(), _total("nudgeflow_events")
             rate = (events - last_events) / (now - last_time)
             last_time, last_events = now, events
-            sys.stderr.write(f"\r\x1b[K{now - started:7.0f} s  {status_text(now - started, rate)}")
+            sys.stderr.write(f"\r\x1b[K{now - started:7.0f} s  {status_text(rate)}")
             sys.stderr.flush()
 
     def stop(self) -> None:
