@@ -21,8 +21,9 @@ import gzip
 import heapq
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,11 @@ import orjson
 
 from operators.engine import EngineConfig, Forward, Output, ShardEngine, Tick
 from operators.models.bandit import uniform
-from operators.models.propensity import FEATURES, NO_ORDER_DAYS, Calibration, PropensityModel
+from operators.models.propensity import FEATURES, NO_ORDER_DAYS, Calibration
 from operators.models.recommend import CoOccurrence, K
 from operators.parse import InputMarks, RawEvent, Rejected, parse
 from operators.rules import CompiledRules
+from schemas.records import iso_ms
 
 TICK_EVERY = 200
 CLICK_DELAY_MS = 30 * 60_000
@@ -44,21 +46,6 @@ def recency_frequency(x: tuple[float, ...]) -> float:
     recency = x[FEATURES.index("recency_days")]
     orders = x[FEATURES.index("orders")]  # log1p(orders)
     return orders - (recency if recency < NO_ORDER_DAYS else 2 * NO_ORDER_DAYS) / 30
-
-
-class RecordingPropensity(PropensityModel):
-    """The propensity model, keeping (model score, baseline score, outcome, customer) of each outcome."""
-
-    def __init__(self, frozen: bool = False) -> None:
-        super().__init__(frozen)
-        self.records: list[tuple[float, float, bool]] = []
-        self.customers: list[str] = []  # whose outcome each record is
-        self.customer = ""
-
-    def learn(self, x: tuple[float, ...], y: bool) -> None:
-        self.records.append((self.score(x), recency_frequency(x), y))
-        self.customers.append(self.customer)
-        super().learn(x, y)
 
 
 @dataclass
@@ -86,39 +73,34 @@ class Run:
     def __post_init__(self) -> None:
         self.identity = ShardEngine(self.rules, self.config, "identity")
         self.customers = ShardEngine(self.rules, self.config, "customer", upstream_shards=1)
-        self.propensity = RecordingPropensity(frozen=self.config.models == "frozen")
-        models = self.customers.models
-        if models is not None:
-            models.propensity = self.propensity
-            for name in ("ordered", "expire"):  # note whose outcome the model is about to learn
-                resolve = getattr(models, name)
-                setattr(models, name, self._noting_customer(resolve))
+        # every propensity outcome: (model score, baseline score, outcome), and whose it was
+        self.records: list[tuple[float, float, bool]] = []
+        self.record_customers: list[str] = []
+        if self.customers.models is not None:
+            self.customers.models.on_outcome = self._outcome
         self.marks = InputMarks(self.config.max_skew_ms)
         self.injected: list[tuple[int, int, bytes]] = []  # (timestamp ms, order, event line)
         self.offers: list[OfferLog] = []
         self.outputs = 0
         self.position = 0
 
-    def _noting_customer(self, resolve: Any) -> Any:
-        def noted(state: Any, at_ms: int) -> Any:
-            self.propensity.customer = state.id
-            return resolve(state, at_ms)
-
-        return noted
+    def _outcome(self, customer_id: str, x: tuple[float, ...], p: float, y: bool) -> None:
+        self.records.append((p, recency_frequency(x), y))
+        self.record_customers.append(customer_id)
 
     def feed(self, lines: Iterable[bytes]) -> None:
-        pending: list[Any] = []
-        for line in self._with_clicks(lines):
-            self.position += 1
-            result = parse(RawEvent(self.position, {"line": self.position}, line))
-            if isinstance(result, Rejected):
+        """Parse and apply ``lines`` in order, the clicks drawn for chosen offers merged in at their time."""
+        self.pending: list[Any] = []
+        for line in lines:
+            env = self._parse(line)
+            if env is None:
                 continue
-            self.marks.stamp(result, 0)
-            pending.append(result)
-            if len(pending) >= TICK_EVERY:
-                self._step(pending)
-                pending = []
-        self._step(pending)
+            while self.injected and self.injected[0][0] <= env.ts_ms:
+                self._add(self._parse(heapq.heappop(self.injected)[2]))
+            self._add(env)
+        while self.injected:
+            self._add(self._parse(heapq.heappop(self.injected)[2]))
+        self._step(self.pending)
         forwarded: list[Any] = []
         self.identity.finish(forwarded)
         out: list[Any] = []
@@ -128,15 +110,19 @@ class Run:
         self.customers.finish(out)
         self._read(out)
 
-    def _with_clicks(self, lines: Iterable[bytes]) -> Iterator[bytes]:
-        """The stream, with the clicks drawn for chosen offers merged in at their time."""
-        for line in lines:
-            ts = _timestamp_ms(line)
-            while self.injected and ts is not None and self.injected[0][0] <= ts:
-                yield heapq.heappop(self.injected)[2]
-            yield line
-        while self.injected:
-            yield heapq.heappop(self.injected)[2]
+    def _parse(self, line: bytes) -> Any:
+        self.position += 1
+        result = parse(RawEvent(self.position, {"line": self.position}, line))
+        return None if isinstance(result, Rejected) else result
+
+    def _add(self, env: Any) -> None:
+        if env is None:
+            return
+        self.marks.stamp(env, 0)
+        self.pending.append(env)
+        if len(self.pending) >= TICK_EVERY:
+            pending, self.pending = self.pending, []
+            self._step(pending)
 
     def _step(self, envelopes: list[Any]) -> None:
         forwarded: list[Any] = []
@@ -174,7 +160,7 @@ class Run:
                 "event": "Promotion Clicked",
                 "messageId": f"click-{decision['id']}",
                 "userId": decision["subject"],
-                "timestamp": _iso(at),
+                "timestamp": iso_ms(at),
                 "properties": {"promotion_id": offer},
             }
             heapq.heappush(self.injected, (at, len(self.injected), orjson.dumps(click)))
@@ -298,23 +284,9 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def _timestamp_ms(line: bytes) -> int | None:
-    try:
-        return _iso_ms(orjson.loads(line)["timestamp"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return None
-
-
 def _iso_ms(text: str) -> int:
-    from datetime import datetime
-
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
-
-def _iso(ms: int) -> str:
-    from schemas.records import iso_ms
-
-    return iso_ms(ms)
 
 
 # --- the three evaluations ------------------------------------------------------------------
@@ -340,7 +312,7 @@ def evaluate_generated(customers: int, days: int, seed: int, rules: CompiledRule
     reco = run.customers.models.recommender.stats()  # type: ignore[union-attr]
     checked = reco["checked"] or 1
     by_persona: dict[str, list[tuple[float, bool]]] = defaultdict(list)
-    for (p, _, y), customer in zip(run.propensity.records, run.propensity.customers, strict=True):
+    for (p, _, y), customer in zip(run.records, run.record_customers, strict=True):
         by_persona[truth["personas"].get(customer, "anonymous")].append((p, y))
     calibration = {
         persona: {
@@ -353,7 +325,7 @@ def evaluate_generated(customers: int, days: int, seed: int, rules: CompiledRule
     }
     return {
         "stream": {"customers": customers, "days": days, "seed": seed, "events": len(lines)},
-        "propensity": propensity_report(run.propensity.records),
+        "propensity": propensity_report(run.records),
         "propensity_by_persona": calibration,
         "next_best_offer": offers_report(run.offers),
         "recommendations": {
@@ -376,7 +348,7 @@ def evaluate_uci(path: Path, rows: int | None, horizon_days: float) -> dict[str,
     config = EngineConfig(propensity_horizon_ms=int(horizon_days * DAY_MS))
     run = Run(parse_rules(REPEAT_PURCHASE_RULES, "repeat-purchase"), config)
     run.feed(lines)
-    return {"events": len(lines), "horizon_days": horizon_days, **propensity_report(run.propensity.records)}
+    return {"events": len(lines), "horizon_days": horizon_days, **propensity_report(run.records)}
 
 
 def evaluate_yoochoose(folder: Path) -> dict[str, Any]:

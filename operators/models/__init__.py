@@ -6,6 +6,7 @@ decisions and outcomes of that shard's customers, in the shard's deterministic o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from operators.models.bandit import Choice, OfferBandit, segment
@@ -39,6 +40,8 @@ class ShardModels:
         self.recommender = CoOccurrence()
         self.scorers = {"propensity": self.propensity_score}
         self.dropped = 0  # decisions whose outcome was never learnt (bound reached)
+        # called with (customer, features, score before learning, outcome) of every outcome learnt
+        self.on_outcome: Callable[[str, tuple[float, ...], float, bool], None] | None = None
 
     def set_mode(self, mode: ModelMode) -> None:
         self.mode = mode
@@ -115,7 +118,7 @@ class ShardModels:
         still_open = []
         for decided_ms, x in state.outcomes:
             if decided_ms < at_ms <= decided_ms + self.horizon_ms:  # after the decision, not with it
-                self.propensity.learn(x, True)
+                self._learn(state.id, x, True)
             else:
                 still_open.append((decided_ms, x))
         state.outcomes = still_open
@@ -125,8 +128,13 @@ class ShardModels:
         """Decisions whose horizon passed without an order are failures; return the next expiry."""
         horizon = self.horizon_ms
         while state.outcomes and state.outcomes[0][0] + horizon <= now_ms:
-            self.propensity.learn(state.outcomes.pop(0)[1], False)
+            self._learn(state.id, state.outcomes.pop(0)[1], False)
         return state.outcomes[0][0] + horizon if state.outcomes else None
+
+    def _learn(self, customer_id: str, x: tuple[float, ...], y: bool) -> None:
+        p = self.propensity.learn(x, y)
+        if self.on_outcome is not None:
+            self.on_outcome(customer_id, x, p, y)
 
     def stats(self) -> dict[str, Any]:
         model = self.propensity

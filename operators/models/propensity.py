@@ -145,8 +145,9 @@ class PropensityModel:
     def score(self, x: tuple[float, ...]) -> float:
         return self.pipeline.predict_proba_one(dict(zip(FEATURES, x, strict=True))).get(True, 0.5)
 
-    def learn(self, x: tuple[float, ...], y: bool) -> None:
-        """Score the outcome first (progressive validation), then learn from it unless frozen."""
+    def learn(self, x: tuple[float, ...], y: bool) -> float:
+        """Score the outcome first (progressive validation), then learn from it unless frozen;
+        return that score."""
         p = self.score(x)
         self.quality.add(p, y)
         self.drift.update(abs(float(y) - p))
@@ -155,6 +156,7 @@ class PropensityModel:
         if not self.frozen:
             self.pipeline.learn_one(dict(zip(FEATURES, x, strict=True)), y)
             self.learnt += 1
+        return p
 
     def export(self) -> dict[str, Any]:
         """The model's parameters as plain numbers (no pickle; see :func:`load`)."""
