@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +15,7 @@ import redis
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
+from connectors.local_services import free_port, start_redis
 from connectors.redis_store import (
     RedisStoreSink,
     RedisStoreWriter,
@@ -33,75 +29,9 @@ from operators.engine import Output
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, iso_ms
 
 T0_MS = 1_767_607_200_000  # 2026-01-05T10:00:00Z
-REDIS_SERVER = shutil.which("redis-server")
-
-
-class RedisServer:
-    """A throwaway redis-server on 127.0.0.1 (no persistence), started and stopped by its PID."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        assert REDIS_SERVER is not None
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_ping(self.url, timeout)
-        return self
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_ping(url: str, timeout: float) -> None:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis.exceptions.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.05)
-    finally:
-        client.close()
-
-
-def own_server() -> RedisServer:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    return RedisServer().start()
-
-
 @pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    if url := os.environ.get("REDIS_URL"):
-        yield url
-        return
-    server = own_server()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+def redis_url(services: dict[str, str]) -> str:
+    return services["REDIS_URL"]
 
 
 @pytest.fixture
@@ -287,12 +217,11 @@ def test_the_buffer_is_flushed_by_time_and_by_size(db, redis_url, prefix):
     assert db.exists(*(customer_keys(prefix, c).profile for c in ("u1", "u2", "u3", "u4"))) == 4
 
 
-@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
-def test_nothing_is_lost_while_redis_is_down(caplog):
-    server = own_server()
+def test_nothing_is_lost_while_redis_is_down(caplog, tmp_path):
+    server = start_redis(tmp_path / "redis", log=lambda _: None)  # its own server: it is stopped here
     prefix = "outage"
     customers = [f"c{i}" for i in range(10)]
-    store = writer(server.url, prefix, flush_interval_seconds=0.3)
+    store = writer(server.address, prefix, flush_interval_seconds=0.3)
     try:
         store.write([profile(c, 0) for c in customers])
         assert store.flush()
@@ -305,13 +234,14 @@ def test_nothing_is_lost_while_redis_is_down(caplog):
         assert store.pending == 5 + 5 + 1 + 1
         assert store.outages == 1
         assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
-        server.start()
+        port = int(server.address.rsplit(":", 1)[1].split("/")[0])
+        server = start_redis(tmp_path / "redis", port=port, log=lambda _: None)  # back on the same port
         deadline = time.monotonic() + 15
         while store.pending and time.monotonic() < deadline:
             store.write([])
             time.sleep(0.05)
         store.close()
-        db = redis.Redis.from_url(server.url, decode_responses=True)
+        db = redis.Redis.from_url(server.address, decode_responses=True)
         for customer in customers:
             assert stored_profile(db, prefix, customer) == expected_profile(customer, 29 if customer < "c5" else 1)
         assert db.smembers(audience_key(prefix, "vip")) == {"c1"}
@@ -321,7 +251,6 @@ def test_nothing_is_lost_while_redis_is_down(caplog):
         server.stop()
 
 
-@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 def test_close_gives_up_after_its_timeout_and_says_what_was_lost(caplog):
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     store = RedisStoreWriter(connect(url), StoreConfig(prefix="gone", close_timeout_seconds=0.5), mask_url(url))
