@@ -7,6 +7,7 @@ id when several processes share a host); Prometheus scrapes every process and su
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -54,6 +55,7 @@ def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
     start_http_server(port, registry=registry)
 
 
+MODEL_METRICS_SECONDS = 1.0
 _customers_by_shard: dict[tuple[str, int], int] = {}
 
 
@@ -63,9 +65,11 @@ class ShardMetrics:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.published: dict[str, Any] = {}
+        self.models_at = float("-inf")
         self.channels = {trigger.rule.id: trigger.rule.channel for trigger in engine.rules.triggers}
 
-    def publish(self) -> None:
+    def publish(self, final: bool = False) -> None:
+        """Add what grew since the last call; the models' counters at most once a second (or ``final``)."""
         stats, seen = self.engine.stats, self.published
         for name, count in _deltas(stats.get("events", {}), seen.setdefault("events", {})):
             EVENTS.labels(event=name).inc(count)
@@ -84,7 +88,9 @@ class ShardMetrics:
                 DUPLICATE_EVENTS.inc(count)
             else:
                 INVALID_EVENTS.labels(reason=name).inc(count)
-        if self.engine.models is not None:
+        now = time.monotonic()
+        if self.engine.models is not None and (final or now - self.models_at >= MODEL_METRICS_SECONDS):
+            self.models_at = now
             self._publish_models(self.engine.models.stats(), seen.setdefault("models", {}))
         engine = self.engine
         _customers_by_shard[(engine.role, id(engine))] = len(engine.customers)

@@ -55,7 +55,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         out: list[Any] = []
         stats = self.engine.finish(out)
         self.engine.profiles(out)
-        self.metrics.publish()
+        self.metrics.publish(final=True)
         out.append(Output("stats", self.engine.role, 0, 0, _encode_stats(stats)))
         return out, StatefulBatchLogic.RETAIN
 

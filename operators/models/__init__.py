@@ -54,7 +54,7 @@ class ShardModels:
         """A product viewed or added: check the sampled prediction (views), then learn the link."""
         session = session_products(state, at_ms, self.session_timeout_ms)
         if viewed and sampled(message_id):  # predicted as a trigger would: from the session and the favourites
-            self.recommender.check(session, product, state.products.top(5)[::-1], state.categories.scores)
+            self.recommender.check(session, product, interests(state), state.categories.scores)
         if self.mode == "learn":
             self.recommender.learn(session, product, category)
 
@@ -62,9 +62,8 @@ class ShardModels:
         """Top ``k`` products for the customer now, leaving out their cart and their last order."""
         session = session_products(state, at_ms, self.session_timeout_ms)
         cart = state.cart.items if state.cart is not None else ()
-        interests = state.products.top(5)[::-1]
         return self.recommender.recommend(
-            session, k, exclude=(*state.bought, *cart), interests=interests, categories=state.categories.scores
+            session, k, exclude=(*state.bought, *cart), interests=interests(state), categories=state.categories.scores
         )
 
     # --- next best offer ---------------------------------------------------------------
@@ -161,6 +160,11 @@ class ShardModels:
         self.bandit.load(data["next_best_offer"])
         if data.get("recommendations"):
             self.recommender.load(data["recommendations"])
+
+
+def interests(state: CustomerState) -> list[str]:
+    """The customer's favourite products, strongest last (read as older history by the recommender)."""
+    return state.products.top(5)[::-1]
 
 
 def session_products(state: CustomerState, at_ms: int, timeout_ms: int) -> list[str]:
