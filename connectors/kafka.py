@@ -280,13 +280,7 @@ class _ProducerPartition(StatefulSinkPartition[Output, None]):
         def delivered(err: KafkaError | None, message: Message) -> None:
             self._delivered(err, topic, output, value, headers, attempt)
 
-        for _ in range(10_000):
-            try:
-                self.producer.produce(topic, value, output.key.encode(), headers=headers, on_delivery=delivered)
-                return
-            except BufferError:  # the bounded buffer is full: wait for deliveries
-                self.producer.poll(0.05)
-        raise RuntimeError(f"Kafka producer buffer stayed full; {topic} is not accepting records")
+        produce_waiting(self.producer, topic, value, output.key.encode(), headers=headers, on_delivery=delivered)
 
     def _delivered(
         self, err: KafkaError | None, topic: str, output: Output, value: bytes, headers: list, attempt: int
@@ -322,6 +316,17 @@ class _ProducerPartition(StatefulSinkPartition[Output, None]):
         self._flush()
         if self.failed:
             log.error("%d Kafka records could not be delivered (see the errors above)", self.failed)
+
+
+def produce_waiting(producer: Producer, topic: str, value: bytes, key: bytes | None, **kwargs: Any) -> None:
+    """Produce, waiting for deliveries while the bounded buffer is full (at most ~8 minutes)."""
+    for _ in range(10_000):
+        try:
+            producer.produce(topic, value, key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.05)
+    raise RuntimeError(f"Kafka producer buffer stayed full; {topic} is not accepting records")
 
 
 class KafkaOutputSink(FixedPartitionedSink[Output, None]):
@@ -382,12 +387,7 @@ def produce_records(
     sent = 0
     for line in lines:
         key = event_key(line)
-        while True:
-            try:
-                producer.produce(topic, line, key, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, topic, line, key, on_delivery=delivered)
         sent += 1
         if progress is not None:
             progress.update(1)
