@@ -269,21 +269,26 @@ class _ProducerPartition(StatefulSinkPartition[Output, None]):
         self.topic_prefix = topic_prefix
         self.failed = 0
         self.timeout = float(config.get("message.timeout.ms", 300_000)) / 1000 + 30
+        self._too_large: list[tuple[str, Output, bytes, list]] = []  # to be retried each on its own
 
     def write_batch(self, values: list[Output]) -> None:
         for output in values:  # the flow sends decisions and dead letters only
             value, headers = kafka_record(output)
             self._produce(self.topic_prefix + output.stream, output, value, headers, 1)
         self.producer.poll(0)
+        if self._too_large:
+            self._flush()
 
-    def _produce(self, topic: str, output: Output, value: bytes, headers: list, attempt: int) -> None:
+    def _produce(
+        self, topic: str, output: Output, value: bytes, headers: list, attempt: int, alone: bool = False
+    ) -> None:
         def delivered(err: KafkaError | None, message: Message) -> None:
-            self._delivered(err, topic, output, value, headers, attempt)
+            self._delivered(err, topic, output, value, headers, attempt, alone)
 
         produce_waiting(self.producer, topic, value, output.key.encode(), headers=headers, on_delivery=delivered)
 
     def _delivered(
-        self, err: KafkaError | None, topic: str, output: Output, value: bytes, headers: list, attempt: int
+        self, err: KafkaError | None, topic: str, output: Output, value: bytes, headers: list, attempt: int, alone: bool
     ) -> None:
         if err is None:
             SINK_RECORDS.labels(sink="kafka", stream=output.stream).inc()
@@ -293,15 +298,30 @@ class _ProducerPartition(StatefulSinkPartition[Output, None]):
                 )
             return
         SINK_ERRORS.labels(sink="kafka", reason=err.name()).inc()
-        if attempt < MAX_DELIVERY_ATTEMPTS and not err.fatal():
+        too_large = err.code() == KafkaError.MSG_SIZE_TOO_LARGE
+        if too_large and not alone:
+            # The broker rejects a whole batch for one oversized record: each is retried alone, so
+            # batch-mates get through and a record too large by itself fails for good at once.
+            SINK_RETRIES.labels(sink="kafka").inc()
+            self._too_large.append((topic, output, value, headers))
+            return
+        if not too_large and attempt < MAX_DELIVERY_ATTEMPTS and not err.fatal():
             SINK_RETRIES.labels(sink="kafka").inc()
             log.warning("Kafka delivery to %s failed (%s); retry %d", topic, err, attempt)
-            self._produce(topic, output, value, headers, attempt + 1)
+            self._produce(topic, output, value, headers, attempt + 1, alone)
             return
         self.failed += 1
         log.error("Kafka delivery to %s failed for good (%s): key %s, %s", topic, err, output.key, output.body[:200])
 
     def _flush(self) -> None:
+        self._wait_for_deliveries()
+        while self._too_large:
+            retry, self._too_large = self._too_large, []
+            for topic, output, value, headers in retry:
+                self._produce(topic, output, value, headers, 1, alone=True)
+                self._wait_for_deliveries()
+
+    def _wait_for_deliveries(self) -> None:
         deadline = time.monotonic() + self.timeout
         while len(self.producer) and time.monotonic() < deadline:
             self.producer.flush(1.0)
