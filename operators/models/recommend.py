@@ -41,25 +41,34 @@ class CoOccurrence:
 
     def learn(self, history: Sequence[str], product: str, category: str | None = None) -> None:
         """``product`` (of ``category``) was touched after ``history`` (the session's earlier products)."""
-        recent = [p for p in history[-WINDOW:] if p != product]
-        for distance, earlier in enumerate(reversed(recent), start=1):
+        links = self.links
+        distance = 0
+        for earlier in reversed(history[-WINDOW:]):  # the hot path: links inlined, both ways
+            if earlier == product:
+                continue
+            distance += 1
             weight = 1.0 / distance
-            self._link(earlier, product, weight)
-            self._link(product, earlier, weight)
-        count = self.counts[product] = self.counts.get(product, 0) + 1
-        _rank(self.popular, product, count, self.counts)
+            forward = links.get(earlier)
+            if forward is None:
+                forward = links[earlier] = {}
+            forward[product] = forward.get(product, 0.0) + weight
+            if len(forward) > 2 * NEIGHBOURS:
+                links[earlier] = _strongest(forward)
+            backward = links.get(product)
+            if backward is None:
+                backward = links[product] = {}
+            backward[earlier] = backward.get(earlier, 0.0) + weight
+            if len(backward) > 2 * NEIGHBOURS:
+                links[product] = _strongest(backward)
+        counts = self.counts
+        count = counts[product] = counts.get(product, 0) + 1
+        _rank(self.popular, product, count, counts)
         if category:
             self.category_of[product] = category
-            _rank(self.popular_in.setdefault(category, []), product, count, self.counts)
-
-    def _link(self, a: str, b: str, weight: float) -> None:
-        neighbours = self.links.get(a)
-        if neighbours is None:
-            neighbours = self.links[a] = {}
-        neighbours[b] = neighbours.get(b, 0.0) + weight
-        if len(neighbours) > 2 * NEIGHBOURS:
-            kept = sorted(neighbours.items(), key=lambda kv: (-kv[1], kv[0]))[:NEIGHBOURS]
-            self.links[a] = dict(kept)
+            ranked = self.popular_in.get(category)
+            if ranked is None:
+                ranked = self.popular_in[category] = []
+            _rank(ranked, product, count, counts)
 
     def recommend(
         self,
@@ -79,13 +88,23 @@ class CoOccurrence:
         """
         skip = set(history) | set(exclude)
         recent = [*interests, *history][-WINDOW:] if len(history) < WINDOW else history[-WINDOW:]
-        scores: dict[str, float] = {}
+        links = self.links
         neighbours: dict[str, float] = {}
+        seen = neighbours.get
         for distance, product in enumerate(reversed(recent), start=1):
-            for other, weight in self.links.get(product, {}).items():
-                if other not in skip:
-                    neighbours[other] = neighbours.get(other, 0.0) + weight / distance
-        _add_normalised(scores, neighbours)
+            linked = links.get(product)
+            if not linked:
+                continue
+            if not neighbours:  # the first evidence: a copy at C speed
+                neighbours = dict(linked) if distance == 1 else {o: w / distance for o, w in linked.items()}
+                seen = neighbours.get
+                continue
+            for other, weight in linked.items():
+                neighbours[other] = seen(other, 0.0) + weight / distance
+        for product in skip:
+            neighbours.pop(product, None)
+        total = sum(neighbours.values())
+        scores = {product: value / total for product, value in neighbours.items()}
         weights: dict[str, float] = {}
         for distance, product in enumerate(reversed(recent), start=1):
             category = self.category_of.get(product)
@@ -103,7 +122,7 @@ class CoOccurrence:
                 if other not in skip:
                     in_categories[other] = in_categories.get(other, 0.0) + counts[other] * weight
         _add_normalised(scores, in_categories)
-        ranked = [p for p, _ in heapq.nsmallest(k, scores.items(), key=lambda kv: (-kv[1], kv[0]))]
+        ranked = _top(scores, k)
         for product in self.popular:
             if len(ranked) >= k:
                 break
@@ -175,20 +194,45 @@ def _add_normalised(scores: dict[str, float], evidence: dict[str, float]) -> Non
         scores[product] = scores.get(product, 0.0) + value / total
 
 
+def _top(scores: dict[str, float], k: int) -> list[str]:
+    """The ``k`` best products by score, then id: a C-level pass for the threshold, a small sort."""
+    if len(scores) > k:
+        threshold = heapq.nlargest(k, scores.values())[-1]
+        best = sorted((-score, product) for product, score in scores.items() if score >= threshold)
+    else:
+        best = sorted((-score, product) for product, score in scores.items())
+    return [product for _, product in best[:k]]
+
+
+def _strongest(neighbours: dict[str, float]) -> dict[str, float]:
+    """The :data:`NEIGHBOURS` strongest links, strongest first (by weight, then id)."""
+    best = sorted([(-weight, product) for product, weight in neighbours.items()])[:NEIGHBOURS]
+    return {product: -weight for weight, product in best}
+
+
 def _rank(popular: list[str], product: str, count: int, counts: dict[str, int]) -> None:
     """Keep ``popular`` the most popular products, by count then id, at most :data:`POPULAR`.
 
     A count only grows by one, so the product moves up a few places at most: insertion, not a sort.
     """
-    if product in popular:
+    if len(popular) >= POPULAR:  # the long tail stays out cheaply
+        last = popular[-1]
+        last_count = counts[last]
+        if count < last_count or (count == last_count and product > last):
+            return
+    try:
         index = popular.index(product)
-        del popular[index]
-    elif len(popular) >= POPULAR and (-count, product) > (-counts[popular[-1]], popular[-1]):
-        return
-    else:
+    except ValueError:
         index = len(popular)
-    key = (-count, product)
-    while index > 0 and (-counts[popular[index - 1]], popular[index - 1]) > key:
+    else:
+        if index == 0 or counts[popular[index - 1]] > count:
+            return  # still in its place
+        del popular[index]
+    while index > 0:
+        before = popular[index - 1]
+        before_count = counts[before]
+        if before_count > count or (before_count == count and before < product):
+            break
         index -= 1
     popular.insert(index, product)
     del popular[POPULAR:]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 from conftest import EngineHarness, added, decisions, rules_from, track
 
-from operators.models.recommend import CoOccurrence, sampled
+from operators.models.recommend import NEIGHBOURS, POPULAR, CoOccurrence, _strongest, _top, sampled
 
 RULES = """
 version: v
@@ -68,3 +70,27 @@ def test_progressive_checks_count_hits_on_a_deterministic_sample():
             model.learn(session[:i], product)
     assert 4 <= model.checked <= 30, "about one view in 50 is checked"
     assert model.hits >= model.checked - 1, "after the first sessions, b always follows a"
+
+
+def test_the_fast_paths_agree_with_a_full_sort_on_random_streams():
+    """Popularity ranks, pruned neighbours and top-k equal the plain sorted definitions, ties included."""
+    rng = random.Random(7)
+    model = CoOccurrence()
+    products = [f"p{n:03d}" for n in range(300)]
+    session: list[str] = []
+    for _ in range(20_000):
+        product = products[min(int(rng.paretovariate(1.2)) - 1, 299)] if rng.random() < 0.7 else rng.choice(products)
+        model.learn(session, product, f"c{int(product[1:]) % 7}")
+        session = [*session[-5:], product] if rng.random() < 0.9 else []
+    by_count = sorted(model.counts, key=lambda p: (-model.counts[p], p))
+    assert model.popular == by_count[:POPULAR]
+    for category, ranked in model.popular_in.items():
+        assert ranked == [p for p in by_count if model.category_of[p] == category][:POPULAR]
+    assert all(len(n) <= 2 * NEIGHBOURS for n in model.links.values())
+
+    for size in (0, 3, 10, 11, 200):
+        scores = {f"p{n}": float(rng.randint(0, 5)) / 4 for n in range(size)}  # many ties
+        assert _top(scores, 10) == sorted(scores, key=lambda p: (-scores[p], p))[:10]
+        kept = _strongest(scores)
+        assert list(kept) == sorted(scores, key=lambda p: (-scores[p], p))[:NEIGHBOURS]
+        assert all(kept[p] == scores[p] for p in kept)
