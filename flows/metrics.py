@@ -8,6 +8,7 @@ id when several processes share a host); Prometheus scrapes every process and su
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -56,20 +57,28 @@ def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
 
 
 MODEL_METRICS_SECONDS = 1.0
+PUBLISH_SECONDS = 0.25  # a shard's counters reach the registry at most this often (and at the end)
 _customers_by_shard: dict[tuple[str, int], int] = {}
 
 
 class ShardMetrics:
-    """Publishes one shard engine's counters as metric increments (called once per batch)."""
+    """Publishes one shard engine's counters as metric increments (called after every batch)."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.published: dict[str, Any] = {}
-        self.models_at = float("-inf")
+        self.models_at = self.published_at = float("-inf")
+        self.held_back = False  # counters grew since the last publication
         self.channels = {trigger.rule.id: trigger.rule.channel for trigger in engine.rules.triggers}
 
     def publish(self, final: bool = False) -> None:
-        """Add what grew since the last call; the models' counters at most once a second (or ``final``)."""
+        """Add what grew since the last call, at most every :data:`PUBLISH_SECONDS` (the models'
+        counters once a second); ``final`` publishes everything now."""
+        now = time.monotonic()
+        if not final and now - self.published_at < PUBLISH_SECONDS:
+            self.held_back = True
+            return
+        self.published_at, self.held_back = now, False
         stats, seen = self.engine.stats, self.published
         for name, count in _deltas(stats.get("events", {}), seen.setdefault("events", {})):
             EVENTS.labels(event=name).inc(count)
@@ -88,7 +97,6 @@ class ShardMetrics:
                 DUPLICATE_EVENTS.inc(count)
             else:
                 INVALID_EVENTS.labels(reason=name).inc(count)
-        now = time.monotonic()
         if self.engine.models is not None and (final or now - self.models_at >= MODEL_METRICS_SECONDS):
             self.models_at = now
             self._publish_models(self.engine.models.stats(), seen.setdefault("models", {}))
@@ -98,6 +106,13 @@ class ShardMetrics:
             sum(n for (role, _), n in _customers_by_shard.items() if role == engine.role)
         )
 
+
+    def due(self) -> datetime | None:
+        """When held-back counters should be published (``None`` when nothing is held back)."""
+        if not self.held_back:
+            return None
+        wait = max(0.0, self.published_at + PUBLISH_SECONDS - time.monotonic())
+        return datetime.now(UTC) + timedelta(seconds=wait)
 
     def _publish_models(self, stats: dict[str, Any], seen: dict[str, Any]) -> None:
         progressive = stats["propensity"]["progressive"]

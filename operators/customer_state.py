@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import bytewax.operators as op
@@ -42,14 +43,19 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
         out: list[Any] = []
         engine = self.engine
-        process = engine.process
-        for value in values:
-            process(value, out)
+        engine.process_batch(values, out)
         if engine.changed and time.monotonic() - self.profiles_at >= engine.config.profile_ms / 1000:  # type: ignore[operator]
             self.profiles_at = time.monotonic()
             engine.profiles(out)
         self.metrics.publish()
         return _last_tick_only(out), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return self.metrics.due()  # counters held back by the publishing interval
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        self.metrics.publish()
+        return [], StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
         out: list[Any] = []

@@ -32,6 +32,7 @@ import heapq
 import pickle
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -138,6 +139,7 @@ class ShardEngine:
         self.upstream_shards = config.source_partitions if role == "identity" else upstream_shards
         self.upstream: dict[int, Tick] = {}  # the latest tick of each upstream
         self.pending: list[Envelope | Forward] = []
+        self.sorted_pending = 0  # how many of ``pending`` are known to be in key order
         self.customers: dict[str, CustomerState] = {}
         self.heap: list[tuple[int, int, str, str]] = []  # (due, push number, customer, rule id)
         self.pushes = 0
@@ -156,24 +158,34 @@ class ShardEngine:
 
     # --- entry point -------------------------------------------------------------------
     def process(self, item: Envelope | Forward | Tick | Output, out: list[Any]) -> None:
-        """Take one item; append outputs, forwards and ticks for the next stage to ``out``.
+        """Take one item; append outputs, forwards and ticks for the next stage to ``out``."""
+        self.process_batch((item,), out)
+
+    def process_batch(self, items: Iterable[Envelope | Forward | Tick | Output], out: list[Any]) -> None:
+        """Take a batch of items; append outputs, forwards and ticks for the next stage to ``out``.
 
         Events (identity stage) and forwards (customer stage) wait in ``pending`` until every
-        upstream has passed them; outputs (dead letters) pass straight through.
+        upstream has passed them; outputs (dead letters) pass straight through. The batch's
+        ticks are noted first and acted on once: anything that arrives after an upstream's
+        tick lies beyond it, so one release gives what a release per tick would.
         """
-        if isinstance(item, Tick):
-            self._upstream_tick(item, out)
-        elif isinstance(item, Output):
-            out.append(item)
-        else:
-            self.pending.append(item)
+        last_tick = None
+        pending = self.pending
+        for item in items:
+            if isinstance(item, Tick):
+                self.upstream[item.origin] = last_tick = item
+            elif isinstance(item, Output):
+                out.append(item)
+            else:
+                pending.append(item)
+        if last_tick is not None:
+            self._upstream_progress(last_tick, out)
 
-    def _upstream_tick(self, tick: Tick, out: list[Any]) -> None:
-        """Note an upstream's progress; apply what every upstream has passed; move the clock."""
+    def _upstream_progress(self, tick: Tick, out: list[Any]) -> None:
+        """Apply what every upstream has passed; move the clock (``tick`` is the latest one)."""
         if self.role == "identity":
             self.index = tick.shard
         self.arrived = time.time()
-        self.upstream[tick.origin] = tick
         if len(self.upstream) < self.upstream_shards:
             return
         busy = [t for t in self.upstream.values() if not t.idle]
@@ -188,15 +200,19 @@ class ShardEngine:
 
     def _release(self, upto: int | None, out: list[Any]) -> None:
         """Apply held-back items with a merge key up to ``upto`` (all with ``None``), in key order."""
-        if not self.pending:
+        pending = self.pending
+        if not pending:
             return
-        self.pending.sort(key=_merge_key)  # nearly sorted already: linear
-        release = self.pending
+        self._sort_pending()
+        if upto is not None and _merge_key(pending[0]) > upto:
+            return  # nothing to apply yet
+        release = pending
         if upto is not None:
             cut = bisect.bisect_right(release, upto, key=_merge_key)
             release, self.pending = release[:cut], release[cut:]
         else:
             self.pending = []
+        self.sorted_pending = len(self.pending)
         if self.role == "identity":
             for env in release:
                 self._identity_input(env, out)  # type: ignore[arg-type]
@@ -206,6 +222,23 @@ class ShardEngine:
             self.seq, self.arrived = env.seq, env.arrived
             self._advance(env.mark_ms, out)
             self._customer_event(env, forward.customer_id, out, forward.carried)  # type: ignore[union-attr]
+
+    def _sort_pending(self) -> None:
+        """Put the items that arrived since the last call in key order among the others: only the
+        part of ``pending`` from where the newcomers start is sorted again."""
+        pending, done = self.pending, self.sorted_pending
+        if done >= len(pending):
+            return
+        newcomers = pending[done:]
+        newcomers.sort(key=_merge_key)
+        start = bisect.bisect_right(pending, _merge_key(newcomers[0]), hi=done, key=_merge_key) if done else done
+        if start == done:
+            pending[done:] = newcomers
+        else:
+            merged = pending[start:done] + newcomers
+            merged.sort(key=_merge_key)  # two sorted runs: a linear merge
+            pending[start:] = merged
+        self.sorted_pending = len(pending)
 
     def _identity_input(self, env: Envelope, out: list[Any]) -> None:
         self.seq, self.arrived = env.seq, env.arrived
@@ -713,6 +746,7 @@ class ShardEngine:
         self.links = OrderedDict(pickle.loads(shard["links"]))
         self.stats = pickle.loads(shard["stats"])
         self.pending = pickle.loads(shard["pending"])
+        self.sorted_pending = 0
         self.changed = set(shard["changed"])
         self.models = self._models_for_mode(pickle.loads(shard["models"]))
         self.scorers = self.models.scorers if self.models is not None else None

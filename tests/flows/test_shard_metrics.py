@@ -1,0 +1,39 @@
+"""A shard's counters reach the Prometheus registry at a bounded rate, and none are left behind."""
+
+from __future__ import annotations
+
+from conftest import CART_RULE, EngineHarness, added, rules_from
+from prometheus_client import REGISTRY
+
+from flows import metrics
+from flows.metrics import PUBLISH_SECONDS, ShardMetrics
+
+
+def added_events() -> float:
+    return REGISTRY.get_sample_value("nudgeflow_events_total", {"event": "Product Added"}) or 0.0
+
+
+def test_counters_held_back_by_the_interval_are_published_when_due(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: clock[0])
+    h = EngineHarness(rules_from(CART_RULE))
+    shard = ShardMetrics(h.identity)
+    before = added_events()
+
+    h.feed([added("u1", 0)])
+    shard.publish()
+    assert added_events() - before == 1 and shard.due() is None
+
+    h.feed([added("u2", 1)])
+    shard.publish()  # within the interval: held back, and a time to publish them is given
+    assert added_events() - before == 1
+    due = shard.due()
+    assert due is not None
+
+    clock[0] += PUBLISH_SECONDS
+    shard.publish()  # what the notification at ``due`` does
+    assert added_events() - before == 2 and shard.due() is None
+
+    h.feed([added("u3", 2)])
+    shard.publish(final=True)  # the end of input publishes at once
+    assert added_events() - before == 3
