@@ -19,6 +19,7 @@ snapshot covers has been delivered.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -264,8 +265,8 @@ def structured_event(value: bytes, headers: list[tuple[str, bytes]] | None) -> d
 
 
 class _ProducerPartition(StatefulSinkPartition[Output, None]):
-    def __init__(self, config: dict[str, Any], topic_prefix: str) -> None:
-        self.producer = Producer(config)
+    def __init__(self, producer: Producer, config: dict[str, Any], topic_prefix: str) -> None:
+        self.producer = producer  # shared by the process's partitions: one client, one set of threads
         self.topic_prefix = topic_prefix
         self.failed = 0
         self.timeout = float(config.get("message.timeout.ms", 300_000)) / 1000 + 30
@@ -373,6 +374,8 @@ class KafkaOutputSink(FixedPartitionedSink[Output, None]):
                 **(producer_config or {}),
             },
         )
+        self._producer: Producer | None = None  # one per process, made when the first partition is built
+        self._lock = threading.Lock()  # workers are threads of one process
 
     def list_parts(self) -> list[str]:
         return [f"producer-{n}" for n in range(self.partitions)]
@@ -381,7 +384,10 @@ class KafkaOutputSink(FixedPartitionedSink[Output, None]):
         return zlib.crc32(item_key.encode()) % self.partitions
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ProducerPartition:
-        return _ProducerPartition(self.config, self.topic_prefix)
+        with self._lock:
+            if self._producer is None:
+                self._producer = Producer(self.config)
+        return _ProducerPartition(self._producer, self.config, self.topic_prefix)
 
 
 # --- tools: produce a recording, read a topic ----------------------------------------------
