@@ -112,44 +112,49 @@ def personalize(
     # event time each source partition has reached; a partition is read by one worker only
     marks = InputMarks(config.max_skew_ms)
 
-    def tick(partition: int, seq: int, idle: bool, out: list[Any]) -> None:
-        reached = marks.reached.get(partition)
-        out.extend((key, Tick(reached, seq, partition, idle, n)) for n, key in enumerate(identity_keys))
-
     def parse_and_route(batch: list[RawEvent | EndOfInput]) -> list[Any]:
-        """Parse each record and route it to its identity shard; after the batch, a tick from
-        each partition in it to every identity shard (see :mod:`operators.engine` on order)."""
+        """Parse each record and route it to its identity shard; after the batch, the progress of
+        each partition in it, as one tuple of ticks to every identity shard (see
+        :mod:`operators.engine` on order)."""
         out: list[Any] = []
-        last: dict[int, int] = {}  # partition -> merge key of its last record in this batch
+        progress: dict[int, tuple[int, bool]] = {}  # partition -> (merge key reached, idle)
         for raw in batch:
             partition = raw.partition
             if isinstance(raw, EndOfInput):
-                last.pop(partition, None)
-                tick(partition, marks.key(partition, raw.seq), True, out)
+                progress[partition] = (marks.key(partition, raw.seq), True)
                 continue
             result = parse(raw, max_event_bytes)
             if isinstance(result, Rejected):
                 INVALID_EVENTS.labels(reason=result.reason).inc()
-                key = last[partition] = marks.key(partition, raw.seq)
+                key = marks.key(partition, raw.seq)
+                progress[partition] = (key, False)
                 dead = Output("dead_letters", result.key, 0, key, result.body)
                 out.append((identity_keys[raw.seq % shards], dead))
             else:
                 marks.stamp(result, partition)
-                last[partition] = result.seq
+                progress[partition] = (result.seq, False)
                 out.append((identity_keys[shard_of(result.anonymous_id or result.customer_id, shards)], result))
-        for partition, key in last.items():
-            tick(partition, key, False, out)
+        if progress:
+            reached = [(marks.reached.get(p), seq, p, idle) for p, (seq, idle) in progress.items()]
+            for n, key in enumerate(identity_keys):
+                out.append((key, tuple(Tick(ts, seq, p, idle, n) for ts, seq, p, idle in reached)))
         return out
 
     def reroute(batch: list[tuple[str, Any]]) -> list[Any]:
+        """Forwards to their customer shard; the identity shards' latest ticks, gathered into
+        one tuple, to every customer shard."""
         out: list[Any] = []
+        ticks: dict[int, Tick] = {}
         for _, value in batch:
             if isinstance(value, Forward):
                 out.append((customer_keys[shard_of(value.customer_id, shards)], value))
             elif isinstance(value, Tick):
-                out.extend((key, value) for key in customer_keys)
+                ticks[value.origin] = value
             else:
                 out.append((customer_keys[value.seq % shards], value))
+        if ticks:
+            gathered = tuple(ticks.values())
+            out.extend((key, gathered) for key in customer_keys)
         return out
 
     parsed = op.flat_map_batch("parse", up, parse_and_route)

@@ -161,7 +161,9 @@ class ShardEngine:
         """Take one item; append outputs, forwards and ticks for the next stage to ``out``."""
         self.process_batch((item,), out)
 
-    def process_batch(self, items: Iterable[Envelope | Forward | Tick | Output], out: list[Any]) -> None:
+    def process_batch(
+        self, items: Iterable[Envelope | Forward | Tick | tuple[Tick, ...] | Output], out: list[Any]
+    ) -> None:
         """Take a batch of items; append outputs, forwards and ticks for the next stage to ``out``.
 
         Events (identity stage) and forwards (customer stage) wait in ``pending`` until every
@@ -170,10 +172,13 @@ class ShardEngine:
         tick lies beyond it, so one release gives what a release per tick would.
         """
         last_tick = None
-        pending = self.pending
+        pending, upstream = self.pending, self.upstream
         for item in items:
             if isinstance(item, Tick):
-                self.upstream[item.origin] = last_tick = item
+                upstream[item.origin] = last_tick = item
+            elif isinstance(item, tuple):  # the ticks of several upstreams, gathered on the way
+                for tick in item:
+                    upstream[tick.origin] = last_tick = tick
             elif isinstance(item, Output):
                 out.append(item)
             else:
