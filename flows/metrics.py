@@ -68,7 +68,7 @@ class ShardMetrics:
         self.engine = engine
         self.published: dict[str, Any] = {}
         self.models_at = self.published_at = float("-inf")
-        self.held_back = False  # counters grew since the last publication
+        self.held_back: datetime | None = None  # when counts held back by the interval are due
         self.channels = {trigger.rule.id: trigger.rule.channel for trigger in engine.rules.triggers}
 
     def publish(self, final: bool = False) -> None:
@@ -76,9 +76,11 @@ class ShardMetrics:
         counters once a second); ``final`` publishes everything now."""
         now = time.monotonic()
         if not final and now - self.published_at < PUBLISH_SECONDS:
-            self.held_back = True
+            if self.held_back is None:
+                wait = self.published_at + PUBLISH_SECONDS - now
+                self.held_back = datetime.now(UTC) + timedelta(seconds=wait)
             return
-        self.published_at, self.held_back = now, False
+        self.published_at, self.held_back = now, None
         stats, seen = self.engine.stats, self.published
         for name, count in _deltas(stats.get("events", {}), seen.setdefault("events", {})):
             EVENTS.labels(event=name).inc(count)
@@ -109,10 +111,7 @@ class ShardMetrics:
 
     def due(self) -> datetime | None:
         """When held-back counters should be published (``None`` when nothing is held back)."""
-        if not self.held_back:
-            return None
-        wait = max(0.0, self.published_at + PUBLISH_SECONDS - time.monotonic())
-        return datetime.now(UTC) + timedelta(seconds=wait)
+        return self.held_back
 
     def _publish_models(self, stats: dict[str, Any], seen: dict[str, Any]) -> None:
         progressive = stats["propensity"]["progressive"]

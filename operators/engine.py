@@ -35,6 +35,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, Literal
 
 import orjson
@@ -140,6 +141,8 @@ class ShardEngine:
         self.upstream: dict[int, Tick] = {}  # the latest tick of each upstream
         self.pending: list[Envelope | Forward] = []
         self.sorted_pending = 0  # how many of ``pending`` are known to be in key order
+        # what waits is an event (identity stage) or a forwarded event (customer stage)
+        self.merge_key = attrgetter("seq" if role == "identity" else "env.seq")
         self.customers: dict[str, CustomerState] = {}
         self.heap: list[tuple[int, int, str, str]] = []  # (due, push number, customer, rule id)
         self.pushes = 0
@@ -209,11 +212,11 @@ class ShardEngine:
         if not pending:
             return
         self._sort_pending()
-        if upto is not None and _merge_key(pending[0]) > upto:
+        if upto is not None and self.merge_key(pending[0]) > upto:
             return  # nothing to apply yet
         release = pending
         if upto is not None:
-            cut = bisect.bisect_right(release, upto, key=_merge_key)
+            cut = bisect.bisect_right(release, upto, key=self.merge_key)
             release, self.pending = release[:cut], release[cut:]
         else:
             self.pending = []
@@ -231,17 +234,17 @@ class ShardEngine:
     def _sort_pending(self) -> None:
         """Put the items that arrived since the last call in key order among the others: only the
         part of ``pending`` from where the newcomers start is sorted again."""
-        pending, done = self.pending, self.sorted_pending
+        pending, done, key = self.pending, self.sorted_pending, self.merge_key
         if done >= len(pending):
             return
         newcomers = pending[done:]
-        newcomers.sort(key=_merge_key)
-        start = bisect.bisect_right(pending, _merge_key(newcomers[0]), hi=done, key=_merge_key) if done else done
+        newcomers.sort(key=key)
+        start = bisect.bisect_right(pending, key(newcomers[0]), hi=done, key=key) if done else done
         if start == done:
             pending[done:] = newcomers
         else:
             merged = pending[start:done] + newcomers
-            merged.sort(key=_merge_key)  # two sorted runs: a linear merge
+            merged.sort(key=key)  # two sorted runs: a linear merge
             pending[start:] = merged
         self.sorted_pending = len(pending)
 
@@ -761,8 +764,6 @@ class ShardEngine:
                 self._schedule(state, rule_id)
 
 
-def _merge_key(item: Envelope | Forward) -> int:
-    return item.env.seq if isinstance(item, Forward) else item.seq
 
 
 def _scalar(value: Any) -> str | None:
