@@ -279,7 +279,7 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
             reader.start()
             engine_before = engine_latency_buckets(metrics_port)
             producer = Producer(
-                {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 1, "acks": "all"}
+                {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, "acks": "all"}
             )
             started = time.monotonic()
             for sent, event in enumerate(events, start=1):

@@ -1,8 +1,8 @@
 """Apache Kafka in and out: the events topic as a Bytewax source, output streams to topics.
 
 Source: one Bytewax partition per topic partition (partitions spread over all workers of all
-processes), each with its own confluent-kafka consumer, assigned (no consumer group: the resume
-position is the next offset, kept in Bytewax's recovery snapshots). Values are Segment-shaped
+processes); the partitions a process reads share one confluent-kafka consumer, assigned (no
+consumer group: the resume position is the next offset, kept in Bytewax's recovery snapshots). Values are Segment-shaped
 JSON; CloudEvents ``ce_*`` headers may be present and are not needed. A partition that has
 nothing to read says so (:class:`operators.parse.EndOfInput`), so the others are not held back;
 with ``until_end`` each partition stops at the high watermark it saw at start.
@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,6 +49,8 @@ from operators.parse import EndOfInput, RawEvent
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 0.002
+BUFFERED_MESSAGES = 50_000  # read ahead by a process's consumer, over all its partitions
+GATHER_SECONDS = 0.005  # after a part batch: fewer, larger batches for at most this much latency
 LAG_EVERY_SECONDS = 1.0
 DECISION_STREAMS = ("triggers.", "audience_changes")
 MAX_DELIVERY_ATTEMPTS = 5
@@ -98,22 +101,74 @@ def ensure_topics(
 
 
 # --- source --------------------------------------------------------------------------------
+class _SharedConsumer:
+    """One consumer for every topic partition a process reads, its messages handed out per
+    partition: one client, one fetch loop and one set of threads, however many partitions.
+
+    Workers are threads of one process, so taking is locked. A partition's reader refills the
+    buffers when its own is empty, up to :data:`BUFFERED_MESSAGES` held in all.
+    """
+
+    def __init__(self, config: dict[str, Any], topic: str) -> None:
+        self.consumer = Consumer(config)
+        self.topic = topic
+        self.buffers: dict[int, deque[Message]] = {}
+        self.buffered = 0
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def add(self, partition: int, offset: int) -> None:
+        with self.lock:
+            self.buffers[partition] = deque()
+            self.consumer.incremental_assign([TopicPartition(self.topic, partition, offset)])
+
+    def take(self, partition: int, count: int) -> list[Message]:
+        """Up to ``count`` messages of ``partition``, in offset order (never waits)."""
+        with self.lock:
+            buffer = self.buffers[partition]
+            if not buffer and self.buffered < BUFFERED_MESSAGES:
+                for message in self.consumer.consume(count * len(self.buffers), timeout=0):
+                    owner = self.buffers.get(message.partition())
+                    if owner is not None:
+                        owner.append(message)
+                        self.buffered += 1
+            taken = [buffer.popleft() for _ in range(min(count, len(buffer)))]
+            self.buffered -= len(taken)
+            return taken
+
+    def high_watermark(self, partition: int) -> int:
+        """The partition's high watermark as of the latest fetch (-1 when unknown)."""
+        try:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), cached=True)
+        except KafkaException:
+            return -1
+        return high
+
+    def remove(self, partition: int) -> None:
+        """Stop reading ``partition``; the consumer closes with its last partition."""
+        with self.lock:
+            buffer = self.buffers.pop(partition, None)
+            if buffer is None:
+                return
+            self.buffered -= len(buffer)
+            self.consumer.incremental_unassign([TopicPartition(self.topic, partition)])
+            if not self.buffers:
+                self.consumer.close()
+                self.closed = True
+
+
 class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int]):
     """One topic partition; its snapshot is the next offset to read."""
 
-    def __init__(
-        self, config: dict[str, Any], topic: str, partition: int, start: int, until_end: bool, batch_size: int
-    ) -> None:
-        self.topic, self.partition, self.batch_size = topic, partition, batch_size
-        self.consumer = Consumer(config)
-        tp = TopicPartition(topic, partition)
-        low, high = self.consumer.get_watermark_offsets(tp, timeout=10.0)
+    def __init__(self, shared: _SharedConsumer, partition: int, start: int, until_end: bool, batch_size: int) -> None:
+        self.shared, self.topic, self.partition, self.batch_size = shared, shared.topic, partition, batch_size
+        low, high = shared.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10.0)
         self.next = {OFFSET_BEGINNING: low, OFFSET_END: high}.get(start, start)
         self.end = high if until_end else None
-        self.consumer.assign([TopicPartition(topic, partition, self.next)])
+        shared.add(partition, self.next)
         self.idle = False
         self.done = False
-        self.lag = KAFKA_LAG.labels(topic=topic, partition=str(partition))
+        self.lag = KAFKA_LAG.labels(topic=self.topic, partition=str(partition))
         self.lag_at = 0.0
         self._awake: Any = None
 
@@ -123,8 +178,9 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
         if self.end is not None and self.next >= self.end:
             self.done = True
             self.lag.set(0)
+            self.shared.remove(self.partition)
             return [EndOfInput(self.next, self.partition)]
-        messages = self.consumer.consume(self.batch_size, timeout=0)
+        messages = self.shared.take(self.partition, self.batch_size)
         now = time.time()
         batch: list[RawEvent | EndOfInput] = []
         for message in messages:
@@ -140,6 +196,8 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
         self._awake = None
         if batch:
             self.idle = False
+            if len(messages) < self.batch_size:  # caught up: let the next batch gather for a moment
+                self._awake = _in(GATHER_SECONDS)
         elif self.end is None:
             self._awake = _in(IDLE_POLL_SECONDS)
             if not self.idle and self._caught_up():  # do not hold the other partitions back
@@ -163,17 +221,11 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
 
     def _caught_up(self) -> bool:
         """Read up to the high watermark of the latest fetch (not merely waiting for a fetch)."""
-        try:
-            _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, self.partition), cached=True)
-        except KafkaException:
-            return False
+        high = self.shared.high_watermark(self.partition)
         return high >= 0 and self.next >= high
 
     def _update_lag(self) -> None:
-        try:
-            _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, self.partition), cached=True)
-        except KafkaException:
-            return
+        high = self.shared.high_watermark(self.partition)
         if high >= 0:
             self.lag.set(max(0, high - self.next))
 
@@ -181,7 +233,7 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
         return self.next
 
     def close(self) -> None:
-        self.consumer.close()
+        self.shared.remove(self.partition)
 
 
 def _in(seconds: float) -> datetime:
@@ -224,6 +276,8 @@ class KafkaEventSource(FixedPartitionedSource[RawEvent | EndOfInput, int]):
                 **(consumer_config or {}),
             },
         )
+        self._shared: _SharedConsumer | None = None  # one per process, made with the first partition
+        self._lock = threading.Lock()
 
     def list_parts(self) -> list[str]:
         return part_names(self.topic, self.partitions)
@@ -231,7 +285,11 @@ class KafkaEventSource(FixedPartitionedSource[RawEvent | EndOfInput, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TopicPartitionReader:
         partition = int(for_part.rsplit("#", 1)[1])
         start = self.start if resume_state is None else resume_state  # None also after a warm start
-        return _TopicPartitionReader(self.config, self.topic, partition, start, self.until_end, self.batch_size)
+        with self._lock:
+            if self._shared is None or self._shared.closed:
+                self._shared = _SharedConsumer(self.config, self.topic)
+            shared = self._shared
+        return _TopicPartitionReader(shared, partition, start, self.until_end, self.batch_size)
 
 
 # --- sink ----------------------------------------------------------------------------------

@@ -91,3 +91,39 @@ def test_an_unreachable_broker_or_a_missing_topic_is_a_clear_error(services, cap
     servers = services["KAFKA_BOOTSTRAP_SERVERS"]
     code = main(["run", "--kafka", "--bootstrap-servers", servers, "--topic", "no-such-topic", "--quiet"])
     assert code == 2 and "Kafka topic 'no-such-topic' does not exist" in capsys.readouterr().err
+
+
+def test_the_partitions_of_a_process_share_one_consumer_and_get_only_their_own_messages(services):
+    """Readers of several partitions, polled in turn with small batches: one consumer, each
+    partition's messages exactly once and in offset order, a read-ahead that stays bounded."""
+    from connectors import kafka
+    from connectors.kafka import KafkaEventSource
+    from operators.parse import EndOfInput
+
+    lines = [orjson.dumps({"n": n}) for n in range(3000)]
+    topic = produce(services, lines, partitions=3)
+    source = KafkaEventSource(services["KAFKA_BOOTSTRAP_SERVERS"], topic, until_end=True, batch_size=7)
+    parts = {name: source.build_part("in", name, None) for name in source.list_parts()}
+    assert len({id(part.shared) for part in parts.values()}) == 1, "one consumer for the process"
+    read: dict[int, list[int]] = {p.partition: [] for p in parts.values()}
+    values: list[bytes] = []
+    ended: set[int] = set()
+    for _ in range(100_000):
+        if len(ended) == len(parts):
+            break
+        for part in parts.values():
+            if part.partition in ended:
+                continue
+            for item in part.next_batch():
+                if isinstance(item, EndOfInput):
+                    ended.add(item.partition)
+                else:
+                    assert item.partition == part.partition
+                    read[part.partition].append(item.seq)
+                    values.append(item.payload)
+            assert part.shared.buffered <= kafka.BUFFERED_MESSAGES
+    assert ended == set(read)
+    assert sorted(values) == sorted(lines), "every message once"
+    for offsets in read.values():
+        assert offsets == list(range(len(offsets))), "each partition in offset order, from its start"
+    assert next(iter(parts.values())).shared.closed, "the consumer closes with its last partition"
