@@ -43,23 +43,12 @@ class CoOccurrence:
         """``product`` (of ``category``) was touched after ``history`` (the session's earlier products)."""
         links = self.links
         distance = 0
-        for earlier in reversed(history[-WINDOW:]):  # the hot path: links inlined, both ways
+        for earlier in reversed(history[-WINDOW:]):
             if earlier == product:
                 continue
             distance += 1
-            weight = 1.0 / distance
-            forward = links.get(earlier)
-            if forward is None:
-                forward = links[earlier] = {}
-            forward[product] = forward.get(product, 0.0) + weight
-            if len(forward) > 2 * NEIGHBOURS:
-                links[earlier] = _strongest(forward)
-            backward = links.get(product)
-            if backward is None:
-                backward = links[product] = {}
-            backward[earlier] = backward.get(earlier, 0.0) + weight
-            if len(backward) > 2 * NEIGHBOURS:
-                links[product] = _strongest(backward)
+            _strengthen(links, earlier, product, 1.0 / distance)
+            _strengthen(links, product, earlier, 1.0 / distance)
         counts = self.counts
         count = counts[product] = counts.get(product, 0) + 1
         _rank(self.popular, product, count, counts)
@@ -202,6 +191,16 @@ def _top(scores: dict[str, float], k: int) -> list[str]:
     else:
         best = sorted((-score, product) for product, score in scores.items())
     return [product for _, product in best[:k]]
+
+
+def _strengthen(links: dict[str, dict[str, float]], a: str, b: str, weight: float) -> None:
+    """Add ``weight`` to the link from ``a`` to ``b``, pruning ``a``'s neighbours when they double."""
+    neighbours = links.get(a)
+    if neighbours is None:
+        neighbours = links[a] = {}
+    neighbours[b] = neighbours.get(b, 0.0) + weight
+    if len(neighbours) > 2 * NEIGHBOURS:
+        links[a] = _strongest(neighbours)
 
 
 def _strongest(neighbours: dict[str, float]) -> dict[str, float]:
