@@ -88,7 +88,9 @@ def main() -> None:
     print("| events per source batch | CPU seconds | events/s |\n| ---: | ---: | ---: |")
     for size in args.sizes:
         flow = build_flow(
-            Settings(), source=SplitSource(lines, args.partitions, size), sink=DiscardSink(),
+            Settings(),
+            source=SplitSource(lines, args.partitions, size),
+            sink=DiscardSink(),
             source_partitions=args.partitions,
         )
         started = time.process_time()

@@ -108,7 +108,6 @@ class ShardMetrics:
             sum(n for (role, _), n in _customers_by_shard.items() if role == engine.role)
         )
 
-
     def due(self) -> datetime | None:
         """When held-back counters should be published (``None`` when nothing is held back)."""
         return self.held_back

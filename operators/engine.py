@@ -336,9 +336,7 @@ class ShardEngine:
             props = env.event.properties
             if props.product_id:
                 viewed = env.name == "Product Viewed"
-                self.models.product_touched(
-                    state, props.product_id, props.category, env.message_id, viewed, env.ts_ms
-                )
+                self.models.product_touched(state, props.product_id, props.category, env.message_id, viewed, env.ts_ms)
         apply_event(state, env, self.config.lifecycle)
         rules = self.rules
         for trigger in rules.cancelling.get(env.name, ()):
@@ -762,8 +760,6 @@ class ShardEngine:
             for rule_id, timer in sorted(state.timers.items()):
                 timer.scheduled_ms = None
                 self._schedule(state, rule_id)
-
-
 
 
 def _scalar(value: Any) -> str | None:
