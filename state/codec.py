@@ -51,8 +51,8 @@ def encode(state: CustomerState) -> bytes:
             state.counts.buckets.tobytes(),
             (state.categories.ref_ms, state.categories.scores),
             (state.products.ref_ms, state.products.scores),
-            _session(state.session),
-            _cart(state.cart),
+            _pack(state.session, SESSION_FIELDS),
+            _pack(state.cart, CART_FIELDS),
             bytes(state.hours),
             {rule: (t.due_ms, t.cause, t.caused_by) for rule, t in state.timers.items()},
         ),
@@ -71,39 +71,28 @@ def decode(blob: bytes) -> CustomerState:
     state.counts = WindowedCounts(buckets)
     state.categories = _topk(categories)
     state.products = _topk(products)
-    state.session = _restore_session(session)
-    state.cart = _restore_cart(cart)
+    state.session = _unpack(Session, session, SESSION_FIELDS)
+    state.cart = _unpack(Cart, cart, CART_FIELDS)
     state.hours = bytearray(hours)
     state.timers = {rule: Timer(due, cause, caused_by) for rule, (due, cause, caused_by) in timers.items()}
     return state
 
 
-def _session(session: Session | None) -> tuple | None:
-    if session is None:
-        return None
-    return (session.id, session.started_ms, session.last_ms, session.pages, session.products)
+SESSION_FIELDS = ("id", "started_ms", "last_ms", "pages", "products")  # the first two are Session's arguments
+CART_FIELDS = ("id", "started_ms", "items", "value", "last_add_ms")  # the first two are Cart's arguments
 
 
-def _restore_session(values: tuple | None) -> Session | None:
+def _pack(item: Session | Cart | None, fields: tuple[str, ...]) -> tuple | None:
+    return None if item is None else tuple(getattr(item, name) for name in fields)
+
+
+def _unpack(cls: type[Session] | type[Cart], values: tuple | None, fields: tuple[str, ...]) -> Any:
     if values is None:
         return None
-    session = Session(values[0], values[1])
-    session.last_ms, session.pages, session.products = values[2], values[3], values[4]
-    return session
-
-
-def _cart(cart: Cart | None) -> tuple | None:
-    if cart is None:
-        return None
-    return (cart.id, cart.started_ms, cart.items, cart.value, cart.last_add_ms)
-
-
-def _restore_cart(values: tuple | None) -> Cart | None:
-    if values is None:
-        return None
-    cart = Cart(values[0], values[1])
-    cart.items, cart.value, cart.last_add_ms = values[2], values[3], values[4]
-    return cart
+    item = cls(values[0], values[1])
+    for name, value in zip(fields[2:], values[2:], strict=True):
+        setattr(item, name, value)
+    return item
 
 
 def _topk(values: tuple[Any, dict[str, float]]) -> DecayedTopK:
