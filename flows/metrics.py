@@ -68,7 +68,7 @@ class ShardMetrics:
         self.engine = engine
         self.published: dict[str, Any] = {}
         self.models_at = self.published_at = float("-inf")
-        self.held_back: datetime | None = None  # when counts held back by the interval are due
+        self._due: datetime | None = None  # when counts held back by the interval are due
         self.channels = {trigger.rule.id: trigger.rule.channel for trigger in engine.rules.triggers}
 
     def publish(self, final: bool = False) -> None:
@@ -76,11 +76,11 @@ class ShardMetrics:
         counters once a second); ``final`` publishes everything now."""
         now = time.monotonic()
         if not final and now - self.published_at < PUBLISH_SECONDS:
-            if self.held_back is None:
+            if self._due is None:
                 wait = self.published_at + PUBLISH_SECONDS - now
-                self.held_back = datetime.now(UTC) + timedelta(seconds=wait)
+                self._due = datetime.now(UTC) + timedelta(seconds=wait)
             return
-        self.published_at, self.held_back = now, None
+        self.published_at, self._due = now, None
         stats, seen = self.engine.stats, self.published
         for name, count in _deltas(stats.get("events", {}), seen.setdefault("events", {})):
             EVENTS.labels(event=name).inc(count)
@@ -110,7 +110,7 @@ class ShardMetrics:
 
     def due(self) -> datetime | None:
         """When held-back counters should be published (``None`` when nothing is held back)."""
-        return self.held_back
+        return self._due
 
     def _publish_models(self, stats: dict[str, Any], seen: dict[str, Any]) -> None:
         progressive = stats["propensity"]["progressive"]
