@@ -452,9 +452,13 @@ class ShardEngine:
             state.timers.pop(timer_id, None)
             return
         timer = state.timers.get(timer_id)
-        if timer is None or timer.due_ms != due_ms:
+        if timer is None:
             state.timers[timer_id] = Timer(due_ms, timer_id, [])
-            self._schedule(state, timer_id)
+        elif timer.due_ms == due_ms:
+            return
+        else:
+            timer.due_ms = due_ms  # a later due time is rescheduled lazily when the heap reaches it
+        self._schedule(state, timer_id)
 
     def _learn_from(self, state: CustomerState, env: Envelope) -> None:
         """Outcomes an event resolves: an order for open decisions, a click or redemption for offers."""
