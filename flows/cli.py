@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 from bytewax.dataflow import Dataflow
@@ -23,6 +23,7 @@ from flows.report import diff_decisions, finalize_summary, render_diff, render_s
 from flows.runtime import recovery_config, tune_gc
 from flows.settings import SAMPLE_STREAM, Settings
 from flows.status import StatusLine, status_text
+from operators.models import ModelMode
 from operators.parse import EndOfInput, RawEvent
 from operators.rules import STARTER_RULES, RuleFileError, load_rules
 
@@ -128,7 +129,7 @@ def _flow_options(parser: argparse.ArgumentParser, default_out: Path | None) -> 
     parser.add_argument("-w", "--workers", type=int, default=1, help="Bytewax worker threads")
     parser.add_argument("--shards", type=int, help="customer shards (default 16)")
     parser.add_argument(
-        "--models", choices=("learn", "frozen", "off"), help="online models: learn (default), frozen or off"
+        "--models", choices=get_args(ModelMode), help="online models: learn (default), frozen or off"
     )
     parser.add_argument("--quiet", action="store_true", help="no summary on stderr")
 
@@ -160,7 +161,6 @@ def execute(
     """Build and run the flow to completion; return the run's summary (also in summary.json for files)."""
     rules = load_rules(settings.rules)
     flow = build_flow(settings, rules, snapshots=settings.recovery_dir is not None, source=source)
-    tune_gc()
     if settings.metrics_port is not None:
         serve(settings.metrics_port + process_id)
     status = StatusLine() if not quiet and sys.stderr.isatty() else None
@@ -184,7 +184,8 @@ def execute(
 def run_dataflow(
     flow: Dataflow, settings: Settings, workers: int = 1, process_id: int = 0, addresses: list[str] | None = None
 ) -> None:
-    """Run ``flow`` to completion with the settings' epoch and recovery store."""
+    """Run ``flow`` to completion with the settings' epoch and recovery store (GC tuned for state)."""
+    tune_gc()
     epoch = timedelta(seconds=settings.snapshot_seconds)
     recovery = recovery_config(settings)
     if workers > 1 or addresses or recovery is not None:

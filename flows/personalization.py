@@ -26,7 +26,7 @@ from operators.engine import Output
 from operators.parse import EndOfInput, RawEvent
 from operators.rules import CompiledRules, load_rules
 
-KAFKA_STREAMS = tuple(stream for stream in OUTPUT_FILES if stream != "stats")
+KAFKA_STREAMS = tuple(stream for stream in OUTPUT_FILES if stream != "stats")  # what goes to Kafka
 
 
 def build_flow(
@@ -87,7 +87,7 @@ def output_topics(settings: Settings) -> list[str]:
 
 def _by_customer(item: tuple[str, Output]) -> tuple[str, Output] | None:
     stream, output = item
-    return None if stream in ("stats", "profiles", "models") else (output.key, output)
+    return (output.key, output) if stream in KAFKA_STREAMS else None
 
 
 def _redis_output(outputs: KeyedStream[Output], settings: Settings) -> None:

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from operators.engine import EngineConfig
+from operators.models import ModelMode
 from operators.models import export as model_files
 from operators.parse import DEFAULT_MAX_EVENT_BYTES
 from operators.rules import STARTER_RULES
@@ -41,7 +42,7 @@ class Settings(BaseModel):
     dedupe_per_shard: int = Field(20_000, ge=100, description="message ids remembered per shard for dedupe")
     batch_size: int = Field(1000, ge=1, description="source batch size")
     snapshot_seconds: float = Field(10, gt=0, description="Bytewax epoch: state snapshot interval")
-    models: Literal["learn", "frozen", "off"] = Field(
+    models: ModelMode = Field(
         "learn", description="online models: learn from outcomes, score only (frozen), or off"
     )
     model_file: Path | None = Field(None, description="model parameters to start from (a run's models.json)")
