@@ -6,7 +6,7 @@ decisions and outcomes of that shard's customers, in the shard's deterministic o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from operators.models.bandit import Choice, OfferBandit, segment
@@ -52,8 +52,11 @@ class ShardModels:
         self, state: CustomerState, product: str, category: str | None, message_id: str, viewed: bool, at_ms: int
     ) -> None:
         """A product viewed or added: check the sampled prediction (views), then learn the link."""
+        check = viewed and sampled(message_id)
+        if not check and self.mode != "learn":
+            return
         session = session_products(state, at_ms, self.session_timeout_ms)
-        if viewed and sampled(message_id):  # predicted as a trigger would: from the session and the favourites
+        if check:  # predicted as a trigger would: from the session and the favourites
             self.recommender.check(session, product, interests(state), state.categories.scores)
         if self.mode == "learn":
             self.recommender.learn(session, product, category)
@@ -167,9 +170,9 @@ def interests(state: CustomerState) -> list[str]:
     return state.products.top(5)[::-1]
 
 
-def session_products(state: CustomerState, at_ms: int, timeout_ms: int) -> list[str]:
-    """Products viewed in the customer's session, if it is still going at ``at_ms``."""
+def session_products(state: CustomerState, at_ms: int, timeout_ms: int) -> Sequence[str]:
+    """Products viewed in the customer's session, if it is still going at ``at_ms`` (read only)."""
     session = state.session
     if session is None or at_ms - session.last_ms > timeout_ms:
-        return []
-    return list(session.products)
+        return ()
+    return session.products
