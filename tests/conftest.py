@@ -6,6 +6,7 @@ import itertools
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -144,18 +145,31 @@ def rules_from(text: str) -> CompiledRules:
     return parse_rules(text, "test.yaml")
 
 
-@pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real Kafka broker and Redis server: ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` when set,
-    else started here (a local Kafka 4.x and Debian's redis-server) for the whole session."""
-    given = {name: os.environ[name] for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL") if os.environ.get(name)}
-    if len(given) == 2:
-        yield given
+def _service(variable: str, folder: Path, kafka: bool) -> Iterator[dict[str, str]]:
+    """``variable`` when set, else the service started here (a local Kafka 4.x or Debian's redis-server)."""
+    if os.environ.get(variable):
+        yield {variable: os.environ[variable]}
         return
-    folder = tmp_path_factory.mktemp("services")
-    kafka, redis = "KAFKA_BOOTSTRAP_SERVERS" not in given, "REDIS_URL" not in given
-    with local_services(folder, kafka=kafka, redis=redis) as started:
-        yield {**started, **given}
+    with local_services(folder, kafka=kafka, redis=not kafka) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def kafka_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real Kafka broker for the whole session: ``KAFKA_BOOTSTRAP_SERVERS``."""
+    yield from _service("KAFKA_BOOTSTRAP_SERVERS", tmp_path_factory.mktemp("kafka"), kafka=True)
+
+
+@pytest.fixture(scope="session")
+def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real Redis server for the whole session: ``REDIS_URL``."""
+    yield from _service("REDIS_URL", tmp_path_factory.mktemp("redis"), kafka=False)
+
+
+@pytest.fixture(scope="session")
+def services(kafka_service: dict[str, str], redis_service: dict[str, str]) -> dict[str, str]:
+    """Both real services: ``KAFKA_BOOTSTRAP_SERVERS`` and ``REDIS_URL``."""
+    return {**kafka_service, **redis_service}
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import bytewax.operators as op
 import orjson
@@ -29,9 +30,11 @@ from operators.engine import Output
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, iso_ms
 
 T0_MS = 1_767_607_200_000  # 2026-01-05T10:00:00Z
+
+
 @pytest.fixture(scope="module")
-def redis_url(services: dict[str, str]) -> str:
-    return services["REDIS_URL"]
+def redis_url(redis_service: dict[str, str]) -> str:
+    return redis_service["REDIS_URL"]
 
 
 @pytest.fixture
@@ -234,7 +237,7 @@ def test_nothing_is_lost_while_redis_is_down(caplog, tmp_path):
         assert store.pending == 5 + 5 + 1 + 1
         assert store.outages == 1
         assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
-        port = int(server.address.rsplit(":", 1)[1].split("/")[0])
+        port = urlsplit(server.address).port
         server = start_redis(tmp_path / "redis", port=port, log=lambda _: None)  # back on the same port
         deadline = time.monotonic() + 15
         while store.pending and time.monotonic() < deadline:
