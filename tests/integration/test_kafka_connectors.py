@@ -7,6 +7,7 @@ import base64
 import logging
 import os
 import time
+import uuid
 
 import orjson
 from bytewax.testing import run_main
@@ -56,7 +57,7 @@ def test_events_with_or_without_cloudevents_headers_and_bad_bytes_to_dead_letter
 
 def test_failed_deliveries_are_retried_counted_and_logged(services, caplog):
     servers = services["KAFKA_BOOTSTRAP_SERVERS"]
-    prefix = "tiny-"
+    prefix = f"tiny-{uuid.uuid4().hex[:8]}-"  # fresh topics, also on a broker that outlives the run
     admin = AdminClient({"bootstrap.servers": servers})
     topic = NewTopic(prefix + "triggers.push", 1, 1, config={"max.message.bytes": "600"})
     admin.create_topics([topic])[topic.topic].result(30)
