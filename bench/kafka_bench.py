@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import itertools
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -43,35 +42,19 @@ import orjson
 from bytewax.recovery import init_db_dir
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from flow_bench import machine, stream
 from prometheus_client.parser import text_string_to_metric_families
 
+from connectors.files import read_lines
 from connectors.kafka import ensure_topics, event_key, produce_records
 from connectors.local_services import free_port, local_services, stop_process
-from connectors.synthetic import generate_events, write_jsonl
+from connectors.synthetic import generate_events
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(__file__).parent / ".cache"
 PARTITIONS = 8
 DECISION_TOPICS = ("triggers.push", "triggers.in_app", "audience_changes")
 RUN = [sys.executable, "-m", "flows.cli", "run", "--until-end", "--quiet"]
 LIVE = [sys.executable, "-m", "flows.cli", "run", "--quiet"]
-
-
-def stream(customers: int, days: int, seed: int = 1) -> Path:
-    """The generated stream (made once, then cached; same files as ``flow_bench.py``)."""
-    path = CACHE / f"c{customers}-d{days}-s{seed}.jsonl"
-    if not path.exists():
-        CACHE.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".part")
-        with tmp.open("wb") as out:
-            write_jsonl(generate_events(customers, days, seed), out)
-        tmp.rename(path)
-    return path
-
-
-def lines_of(path: Path) -> list[bytes]:
-    with path.open("rb") as f:
-        return [line.rstrip(b"\n") for line in f if line.strip()]
 
 
 def engine_env(bootstrap: str, topic: str, prefix: str, recovery: Path, partitions: int, **more: str) -> dict[str, str]:
@@ -339,16 +322,6 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
 
 
 # --- report --------------------------------------------------------------------------------
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 @contextlib.contextmanager
 def kafka() -> Iterator[str]:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
@@ -372,7 +345,7 @@ def main() -> None:
         parser.error("--latency-only needs --rate")
     print(f"machine: {machine()}", flush=True)
     path = stream(args.customers, args.days)
-    lines = lines_of(path)
+    lines = list(read_lines(path))
     print(f"stream: {path.name}, {len(lines):,} events", flush=True)
     with kafka() as bootstrap:
         rows = [] if args.latency_only else throughput(bootstrap, lines, args.timeout)
