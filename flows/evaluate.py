@@ -23,7 +23,6 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +80,6 @@ class Run:
         self.marks = InputMarks(self.config.max_skew_ms)
         self.injected: list[tuple[int, int, bytes]] = []  # (timestamp ms, order, event line)
         self.offers: list[OfferLog] = []
-        self.outputs = 0
         self.position = 0
 
     def _outcome(self, customer_id: str, x: tuple[float, ...], p: float, y: bool) -> None:
@@ -140,26 +138,28 @@ class Run:
     def _read(self, outputs: list[Any]) -> None:
         for output in outputs:
             if isinstance(output, Output) and output.stream.startswith("triggers."):
-                self.outputs += 1
-                self._offer(orjson.loads(output.body))
+                self._offer(output)
 
-    def _offer(self, decision: dict[str, Any]) -> None:
+    def _offer(self, output: Output) -> None:
+        persona = self.personas.get(output.key)
+        if persona is None or persona not in self.offer_response:
+            return
+        decision = orjson.loads(output.body)
         data = decision["data"]
         choice = data.get("offer_choice")
-        persona = self.personas.get(decision["subject"])
-        if not choice or persona is None or persona not in self.offer_response:
+        if not choice:
             return
         truth = self.offer_response[persona]
         offer = data["offer_id"]
         reward = uniform(decision["id"], self.seed, "click") < truth.get(offer, 0.0)
         self.offers.append(OfferLog(persona, offer, choice["probability"], choice["candidates"], truth, reward))
         if reward:
-            at = _iso_ms(decision["time"]) + CLICK_DELAY_MS
+            at = output.time_ms + CLICK_DELAY_MS
             click = {
                 "type": "track",
                 "event": "Promotion Clicked",
                 "messageId": f"click-{decision['id']}",
-                "userId": decision["subject"],
+                "userId": output.key,
                 "timestamp": iso_ms(at),
                 "properties": {"promotion_id": offer},
             }
@@ -194,12 +194,13 @@ def propensity_report(records: list[tuple[float, float, bool]]) -> dict[str, Any
     quality = Calibration()
     for p, y in zip(model, labels, strict=True):
         quality.add(p, y)
+    summary = quality.summary()
     return {
-        "outcomes": len(records),
-        "positive_rate": round(sum(labels) / len(labels), 4) if labels else None,
+        "outcomes": summary["outcomes"],
+        "positive_rate": summary["positive_rate"],
         "model_auc": _round(auc(model, labels)),
         "baseline_auc": _round(auc(baseline, labels)),
-        "model_log_loss": quality.summary()["log_loss"],
+        "model_log_loss": summary["log_loss"],
         "constant_log_loss": _constant_log_loss(labels),
     }
 
@@ -282,10 +283,6 @@ def _constant_log_loss(labels: list[bool]) -> float | None:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
-
-
-def _iso_ms(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 
