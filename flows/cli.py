@@ -162,7 +162,7 @@ def execute(
     rules = load_rules(settings.rules)
     flow = build_flow(settings, rules, snapshots=settings.recovery_dir is not None, source=source)
     if settings.metrics_port is not None:
-        serve(settings.metrics_port + process_id)
+        serve(settings.metrics_port + process_id, settings.metrics_host)
     status = StatusLine() if not quiet and sys.stderr.isatty() else None
     started = time.perf_counter()
     try:

@@ -51,9 +51,9 @@ RECOMMENDATION_CHECKS = Counter(
 CUSTOMERS = Gauge("nudgeflow_customers_in_state", "Customers held in state by this process, by stage", ["stage"])
 
 
-def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
-    """Serve ``/metrics`` on all interfaces at ``port`` (a background thread)."""
-    start_http_server(port, registry=registry)
+def serve(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> None:
+    """Serve ``/metrics`` on ``host`` (loopback by default; ``0.0.0.0``: every interface) at ``port``."""
+    start_http_server(port, addr=host, registry=registry)
 
 
 MODEL_METRICS_SECONDS = 1.0

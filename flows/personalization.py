@@ -113,7 +113,7 @@ def __getattr__(name: str) -> Any:
         tune_gc()
         settings = Settings.from_env()
         if settings.metrics_port is not None:
-            serve(settings.metrics_port + int(os.environ.get("BYTEWAX_PROCESS_ID", "0")))
+            serve(settings.metrics_port + int(os.environ.get("BYTEWAX_PROCESS_ID", "0")), settings.metrics_host)
         recovering = settings.recovery_dir is not None or "BYTEWAX_RECOVERY_DIRECTORY" in os.environ
         recovering = recovering or any(arg in ("-r", "--recovery-directory") for arg in sys.argv)
         return build_flow(settings, snapshots=recovering)

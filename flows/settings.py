@@ -67,6 +67,9 @@ class Settings(BaseModel):
     redis_traits: list[str] = Field([], description="traits copied to Redis profiles (none: personal data stays out)")
     profile_seconds: float = Field(1.0, gt=0, description="changed profiles are sent to Redis at most this often")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port (+ process id)")
+    metrics_host: str = Field(
+        "127.0.0.1", min_length=1, description="address /metrics listens on (0.0.0.0: every interface)"
+    )
     recovery_dir: Path | None = Field(None, description="Bytewax recovery store (off when unset)")
     recovery_partitions: int = Field(1, ge=1, description="recovery store partitions created when it is new")
     backup_seconds: float = Field(60, ge=0, description="how long superseded snapshots are kept")
