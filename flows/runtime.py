@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import stat
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -30,6 +32,23 @@ def recovery_config(settings: Settings) -> RecoveryConfig | None:
     if folder is None:
         return None
     if not folder.exists() or not any(folder.glob("part-*.sqlite3")):
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         init_db_dir(folder, settings.recovery_partitions)
+    check_trusted(folder)
     return RecoveryConfig(str(folder), backup_interval=timedelta(seconds=settings.backup_seconds))
+
+
+def check_trusted(folder: Path) -> None:
+    """Refuse a recovery store that other users can write to.
+
+    Snapshots are pickles (Bytewax's recovery store pickles every state), and unpickling runs
+    code: whoever can write a snapshot can run code in the engine. So the folder and its
+    partitions must be writable by their owner only.
+    """
+    for path in (folder, *sorted(folder.glob("part-*.sqlite3"))):
+        mode = path.stat().st_mode
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ValueError(
+                f"recovery store {path} is writable by other users (mode {stat.filemode(mode)}): snapshots are "
+                f"unpickled at start-up, so only the engine's user may write there (chmod go-w {path})"
+            )

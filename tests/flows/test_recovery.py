@@ -11,8 +11,10 @@ from conftest import source_records
 from test_flow import mixed_stream
 
 from connectors.files import add_counts
+from flows.cli import main
 from flows.personalization import build_flow
-from flows.settings import Settings
+from flows.runtime import recovery_config
+from flows.settings import SAMPLE_STREAM, Settings
 
 
 def run(items, tmp_path, recovery: RecoveryConfig | None) -> tuple[list, dict]:
@@ -47,3 +49,29 @@ def test_resume_after_abort_gives_every_decision_with_the_same_ids(tmp_path):
     resumed = {o.body for o in first} | {o.body for o in second}
     assert resumed == expected, "nothing lost, nothing new: re-emitted decisions carry the same ids"
     assert resumed_stats == whole_stats, "state continued from the snapshot: every event counted exactly once"
+
+
+def test_a_new_recovery_store_is_private_to_the_engine_user(tmp_path):
+    folder = tmp_path / "recovery"
+    assert recovery_config(Settings(recovery_dir=folder)) is not None
+    assert folder.stat().st_mode & 0o077 == 0, "created readable and writable by its owner only"
+
+
+def test_a_recovery_store_others_can_write_is_refused_at_start_up(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "recovery"
+    folder.mkdir()
+    init_db_dir(folder, 1)
+    folder.chmod(0o777)  # anyone could plant a snapshot, and snapshots are unpickled
+    monkeypatch.setenv("NUDGEFLOW_RECOVERY_DIR", str(folder))
+
+    code = main(["run", str(SAMPLE_STREAM), "--out", str(tmp_path / "out")])
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert f"recovery store {folder} is writable by other users" in error and "chmod go-w" in error
+    assert "Traceback" not in error
+    folder.chmod(0o700)
+    part = next(folder.glob("part-*.sqlite3"))
+    part.chmod(0o666)
+    assert main(["run", str(SAMPLE_STREAM), "--out", str(tmp_path / "out2")]) == 2
+    assert f"recovery store {part} is writable by other users" in capsys.readouterr().err
