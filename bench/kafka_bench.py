@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from bytewax.recovery import init_db_dir
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from flow_bench import machine, stream
@@ -49,6 +48,7 @@ from connectors.files import read_lines
 from connectors.kafka import ensure_topics, event_key, produce_records
 from connectors.local_services import free_port, local_services, stop_process
 from connectors.synthetic import generate_events
+from flows.runtime import new_recovery_store
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 8
@@ -88,7 +88,7 @@ def timed_run(bootstrap: str, topic: str, processes: int, timeout: float) -> flo
     prefix = f"bench.{uuid.uuid4().hex[:8]}."
     with tempfile.TemporaryDirectory(prefix="nudgeflow-recovery-") as tmp:
         recovery = Path(tmp)
-        init_db_dir(recovery, processes)  # created once here, not raced by the processes
+        new_recovery_store(recovery, processes)  # created once here, not raced by the processes
         env = engine_env(bootstrap, topic, prefix, recovery, processes)
         commands = [RUN]
         if processes > 1:
@@ -245,7 +245,7 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
     stamped: dict[str, str] = {}  # messageId -> event timestamp
     with tempfile.TemporaryDirectory(prefix="nudgeflow-recovery-") as tmp:
         recovery = Path(tmp)
-        init_db_dir(recovery, 1)
+        new_recovery_store(recovery, 1)
         # a fresh, empty topic: starting from its beginning misses nothing produced after start-up
         metrics_port = free_port()
         env = engine_env(

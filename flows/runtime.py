@@ -32,10 +32,18 @@ def recovery_config(settings: Settings) -> RecoveryConfig | None:
     if folder is None:
         return None
     if not folder.exists() or not any(folder.glob("part-*.sqlite3")):
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        init_db_dir(folder, settings.recovery_partitions)
+        new_recovery_store(folder, settings.recovery_partitions)
     check_trusted(folder)
     return RecoveryConfig(str(folder), backup_interval=timedelta(seconds=settings.backup_seconds))
+
+
+def new_recovery_store(folder: Path, partitions: int) -> None:
+    """Create a recovery store readable and writable by this user only (whatever the umask)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    init_db_dir(folder, partitions)
+    for part in folder.glob("part-*.sqlite3"):
+        part.chmod(0o600)
 
 
 def check_trusted(folder: Path) -> None:
