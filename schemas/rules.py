@@ -12,7 +12,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -27,6 +37,16 @@ def parse_duration(value: Any) -> int:
     return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
 
 
+def _json_data(value: dict[str, Any]) -> dict[str, Any]:
+    """Content is copied into decisions as JSON: refuse what JSON cannot hold (sets, non-text keys, deep nesting)."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as err:
+        raise ValueError(f"content must be JSON data: {err}") from None
+    return value
+
+
+Content = Annotated[dict[str, Any], AfterValidator(_json_data)]
 DurationMs = Annotated[int, BeforeValidator(parse_duration), Field(gt=0)]
 EventNames = Annotated[
     list[Annotated[str, Field(min_length=1)]], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)
@@ -48,7 +68,7 @@ class TriggerRule(_Rule):
     unless: EventNames = []
     once_per: Literal["event", "session", "cart", "order", "day", "customer"] = "event"
     when: str | None = None
-    content: dict[str, Any] = {}
+    content: Content = {}
     offer_id: str | None = None
     recommend: int = Field(0, ge=0, le=20, description="products to recommend in the trigger (a carousel)")
     expires_in: DurationMs = 24 * 3_600_000
@@ -76,7 +96,7 @@ class Offer(BaseModel):
     id: Annotated[str, Field(pattern=RULE_ID)]
     description: str = ""
     channels: list[Literal["push", "in_app", "email", "sms"]] = Field(min_length=1)
-    content: dict[str, Any] = {}
+    content: Content = {}
     audiences: list[str] = Field([], description="eligible only for members of one of these (empty: everyone)")
 
 
