@@ -272,7 +272,7 @@ def _compile(ruleset: RuleSet, root: yaml.Node | None, source: str) -> CompiledR
         except ExpressionError as err:
             line = _line(root, (section, index, "when"))
             column = f" (column {err.column})" if err.column else ""
-            problems.append(Problem(rule_id, "when", line, f"{err.message}{column}: {text.strip()}"))
+            problems.append(Problem(rule_id, "when", line, f"{err.message}{column}: {_excerpt(text.strip())}"))
             return None
 
     triggers = []
@@ -297,6 +297,11 @@ def _compile(ruleset: RuleSet, root: yaml.Node | None, source: str) -> CompiledR
     if problems:
         raise RuleFileError(source, problems)
     return CompiledRules(ruleset.version, source, triggers, audiences, ruleset.offers, ruleset.next_best_offer)
+
+
+def _excerpt(text: str, limit: int = 120) -> str:
+    """``text``, cut to ``limit`` characters (an expression quoted in an error)."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _problem(data: Any, root: yaml.Node | None, loc: tuple[Any, ...], message: str) -> Problem:
