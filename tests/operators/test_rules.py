@@ -199,6 +199,13 @@ BAD_FILES = {
         "content: {x",
         "content must be JSON data",
     ),
+    "content nested too deeply for a decision": (
+        TRIGGER_HEAD + SECOND + "    content: {x: " + "[" * 40 + "]" * 40 + "}\n",
+        "second_rule",
+        "content",
+        "content: {x",
+        "content nested more than 32 levels deep",
+    ),
     "an audience with a trigger's id": (
         TRIGGER_HEAD + "audiences:\n  - id: first_rule  # same as the trigger\n    when: orders > 0\n",
         "first_rule",
