@@ -115,13 +115,18 @@ def test_the_starter_audience_table_is_the_starter_file():
         assert ("lifecycle boundaries" in when) == audience.time_dependent, audience_id
 
 
-def test_the_notes_on_starter_rules_name_starter_rules():
+def test_the_notes_on_starter_rules_name_starter_rules_and_their_fields_as_they_are():
     from operators.rules import load_rules
 
-    rules = load_rules()
-    ids = {t.id for t in rules.triggers} | {a.id for a in rules.audiences}
-    notes = re.findall(r"^- `([a-z_]+)`:", section(RULES_DOC, "## The starter rules"), re.M)
-    assert notes and set(notes) <= ids
+    rules = {t.id: t.rule for t in load_rules().triggers} | {a.id: a.rule for a in load_rules().audiences}
+    notes = re.findall(r"^- `([a-z_]+)`: (.*(?:\n  .*)*)", section(RULES_DOC, "## The starter rules"), re.M)
+    assert notes
+    for rule_id, note in notes:
+        assert rule_id in rules, f"docs/rules.md has a note on {rule_id}, which is not a starter rule"
+        rule = rules[rule_id]
+        for field, value in re.findall(r"`(\w+): ([^`]+)`", note):
+            if field in type(rule).model_fields:
+                assert str(getattr(rule, field)) == value, f"{rule_id}: {field}"
 
 
 def test_the_field_tables_list_every_rule_field():
