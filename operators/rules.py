@@ -289,11 +289,6 @@ def _compile(ruleset: RuleSet, root: yaml.Node | None, source: str) -> CompiledR
         if listens >= ANY_EVENT:
             listens = ANY_EVENT
         audiences.append(CompiledAudience(rule, when, listens, any(f.time_dependent for f in features)))
-    trigger_ids = {rule.id for rule in ruleset.triggers}
-    for i, rule in enumerate(ruleset.audiences):
-        if rule.id in trigger_ids:
-            line = _line(root, ("audiences", i, "id"))
-            problems.append(Problem(rule.id, "id", line, f"'{rule.id}' is also a trigger's id: give each rule its own"))
     if problems:
         raise RuleFileError(source, problems)
     return CompiledRules(ruleset.version, source, triggers, audiences, ruleset.offers, ruleset.next_best_offer)

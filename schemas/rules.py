@@ -19,10 +19,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -147,12 +149,36 @@ class RuleSet(BaseModel):
                 raise ValueError(f"trigger '{trigger.id}' asks for the next best offer, but no offer has its channel")
         return self
 
+    @model_validator(mode="after")
+    def _one_rule_per_id(self) -> RuleSet:
+        triggers = {t.id for t in self.triggers}
+        taken = [(i, a.id) for i, a in enumerate(self.audiences) if a.id in triggers]
+        _refuse_ids("audiences", taken, "'{rule_id}' is also a trigger's id: give each rule its own")
+        return self
+
     @field_validator("triggers", "audiences", "offers")
     @classmethod
     def _unique_ids(cls, rules: list[_Rule]) -> list[_Rule]:
         seen: set[str] = set()
-        for rule in rules:
+        twice = []
+        for index, rule in enumerate(rules):
             if rule.id in seen:
-                raise ValueError(f"rule id '{rule.id}' is used twice")
+                twice.append((index, rule.id))
             seen.add(rule.id)
+        _refuse_ids(None, twice, "rule id '{rule_id}' is used twice")
         return rules
+
+
+def _refuse_ids(section: str | None, found: list[tuple[int, str]], message: str) -> None:
+    """Refuse the ids of ``found`` (index, id), each error located at its rule's ``id``."""
+    if found:
+        prefix = (section,) if section else ()
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError("rule_id", message, {"rule_id": rule_id}),
+                loc=(*prefix, index, "id"),
+                input=rule_id,
+            )
+            for index, rule_id in found
+        ]
+        raise ValidationError.from_exception_data("RuleSet", errors)

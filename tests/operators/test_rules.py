@@ -206,6 +206,20 @@ BAD_FILES = {
         "content: {x",
         "content nested more than 32 levels deep",
     ),
+    "a trigger id used twice": (
+        TRIGGER_HEAD + "  - id: first_rule  # again\n    channel: sms\n    on: Product Added\n",
+        "first_rule",
+        "id",
+        "# again",
+        "rule id 'first_rule' is used twice",
+    ),
+    "an audience id used twice": (
+        "version: v1\naudiences:\n  - id: big\n    when: orders > 1\n  - id: big  # again\n    when: orders > 2\n",
+        "big",
+        "id",
+        "# again",
+        "rule id 'big' is used twice",
+    ),
     "an audience with a trigger's id": (
         TRIGGER_HEAD + "audiences:\n  - id: first_rule  # same as the trigger\n    when: orders > 0\n",
         "first_rule",
