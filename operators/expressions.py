@@ -6,6 +6,11 @@ against an allowlist and turned into a closure. Only names from the feature cata
 be read, only the functions in :data:`FUNCTIONS` can be called, attributes are data
 lookups (dict keys or public fields), and a missing value is ``null``: comparisons with
 ``null`` are false instead of raising, arithmetic with it gives ``null``.
+
+What an expression may cost is bounded: its length, nesting and size are checked when it is
+compiled, parts made only of constants are computed then (so ``'x' * 10**11`` is refused
+before any event), and ``*`` and ``+`` refuse at run time to build text or a list longer than
+:data:`MAX_BUILT_LENGTH` by raising :class:`ExpressionLimitError`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from typing import Any
 Env = Mapping[str, Any]
 Fn = Callable[[Env], Any]
 
+MAX_SOURCE_LENGTH = 2000  # characters in an expression
+MAX_DEPTH = 50  # levels of nesting: evaluation recurses once per level
+MAX_NODES = 500  # names, literals, operators and calls in an expression
+MAX_BUILT_LENGTH = 100_000  # characters or items that '*' and '+' may build
+
 
 class ExpressionError(ValueError):
     """An expression that does not parse or uses something not allowed; ``column`` is 1-based."""
@@ -27,6 +37,49 @@ class ExpressionError(ValueError):
         super().__init__(message)
         self.message = message
         self.column = column
+
+
+class ExpressionLimitError(Exception):
+    """An expression that would build a value larger than :data:`MAX_BUILT_LENGTH` while evaluated."""
+
+
+_SEQUENCES = (str, list, tuple)
+
+
+def _built(length: int, op: str, value: Any) -> None:
+    if length > MAX_BUILT_LENGTH:
+        kind = "text" if isinstance(value, str) else "list"
+        raise ExpressionLimitError(f"'{op}' would build a {kind} of length {length:,} (limit {MAX_BUILT_LENGTH:,})")
+
+
+def _repeat(a: Any, b: Any) -> Any:
+    """``a * b``, refusing to repeat text or a list past :data:`MAX_BUILT_LENGTH`."""
+    if isinstance(a, _SEQUENCES) and isinstance(b, int):
+        _built(len(a) * b, "*", a)
+    elif isinstance(b, _SEQUENCES) and isinstance(a, int):
+        _built(len(b) * a, "*", b)
+    return a * b
+
+
+def _concat(a: Any, b: Any) -> Any:
+    """``a + b``, refusing to join text or lists past :data:`MAX_BUILT_LENGTH`."""
+    if isinstance(a, _SEQUENCES) and isinstance(b, _SEQUENCES):
+        _built(len(a) + len(b), "+", a)
+    return a + b
+
+
+def _modulo(a: Any, b: Any) -> Any:
+    """``a % b`` on numbers only: ``%`` on text (formatting, which can build any length) is null."""
+    if isinstance(a, str):
+        raise TypeError("'%' is not text formatting in rule expressions")
+    return a % b
+
+
+def _round(value: Any, ndigits: Any = None) -> Any:
+    """``round``, without Python's cost of ``10 ** -ndigits`` for an integer and a large negative ``ndigits``."""
+    if isinstance(value, int) and isinstance(ndigits, int) and -ndigits > value.bit_length() // 3 + 1:
+        return 0  # |value| < 10 ** -ndigits / 2
+    return round(value, ndigits)
 
 
 def _coalesce(*values: Any) -> Any:
@@ -54,7 +107,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "lower": _null_safe(lambda s: str(s).lower()),
     "max": _null_safe(max),
     "min": _null_safe(min),
-    "round": _null_safe(round),
+    "round": _null_safe(_round),
     "startswith": _null_safe(lambda s, prefix: str(s).startswith(prefix)),
     "upper": _null_safe(lambda s: str(s).upper()),
 }
@@ -71,12 +124,12 @@ _COMPARE: dict[type, Callable[[Any, Any], bool]] = {
     ast.NotIn: lambda a, b: b is not None and a not in b,
 }
 _ARITH: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
+    ast.Add: _concat,
     ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
+    ast.Mult: _repeat,
     ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
+    ast.Mod: _modulo,
 }
 
 
@@ -89,18 +142,43 @@ class Expression:
     fn: Fn
 
     def evaluate(self, env: Env) -> Any:
-        return self.fn(env)
+        """The value for ``env``; raise :class:`ExpressionLimitError` (naming the source) on a value too large."""
+        try:
+            return self.fn(env)
+        except ExpressionLimitError as err:
+            raise ExpressionLimitError(f"{err}: {self.source}") from None
 
 
 def compile_expression(source: str, allowed_names: Collection[str]) -> Expression:
     """Parse and compile ``source``; raise :class:`ExpressionError` naming the column at fault."""
+    source = source.strip()
+    if len(source) > MAX_SOURCE_LENGTH:
+        raise ExpressionError(f"expression of {len(source):,} characters (limit {MAX_SOURCE_LENGTH:,})", 1)
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        tree = ast.parse(source, mode="eval")
     except SyntaxError as err:
-        raise ExpressionError(f"syntax error: {err.msg}", err.offset or len(source.strip()) + 1) from None
+        raise ExpressionError(f"syntax error: {err.msg}", err.offset or len(source) + 1) from None
+    except (RecursionError, MemoryError):
+        raise ExpressionError(f"nested too deeply (limit {MAX_DEPTH} levels)", 1) from None
+    _check_shape(tree.body)
     names: set[str] = set()
     fn = _Compiler(frozenset(allowed_names), names).build(tree.body)
-    return Expression(source.strip(), frozenset(names), fn)
+    return Expression(source, frozenset(names), fn)
+
+
+def _check_shape(root: ast.expr) -> None:
+    """Refuse an expression nested deeper than :data:`MAX_DEPTH` or with more than :data:`MAX_NODES` parts
+    (walked without recursion, so that neither this check nor compiling can exhaust the stack)."""
+    count = 0
+    stack: list[tuple[ast.expr, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if depth > MAX_DEPTH:
+            raise ExpressionError(f"nested too deeply (limit {MAX_DEPTH} levels)", node.col_offset + 1)
+        if count > MAX_NODES:
+            raise ExpressionError(f"too many parts (limit {MAX_NODES} names, literals and operators)", 1)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node) if isinstance(child, ast.expr))
 
 
 def _lookup(container: Any, key: Any) -> Any:
@@ -142,6 +220,7 @@ class _Compiler:
     def __init__(self, allowed: frozenset[str], names: set[str]) -> None:
         self.allowed = allowed
         self.names = names
+        self.constants: set[ast.AST] = set()  # the nodes whose value does not depend on the features
 
     def fail(self, node: ast.AST, message: str) -> ExpressionError:
         return ExpressionError(message, getattr(node, "col_offset", -1) + 1)
@@ -150,7 +229,27 @@ class _Compiler:
         method = getattr(self, f"_{type(node).__name__}", None)
         if method is None:
             raise self.fail(node, f"'{type(node).__name__}' is not allowed in a rule expression")
-        return method(node)
+        fn = method(node)
+        if not self._is_constant(node):
+            return fn
+        self.constants.add(node)
+        if isinstance(node, ast.Constant | ast.Name | ast.List | ast.Tuple | ast.Set):
+            return fn  # already a constant
+        try:  # computed once, now: a part too large is refused at check time
+            value = fn({})
+        except ExpressionLimitError as err:
+            raise self.fail(node, str(err)) from None
+        return lambda env: value
+
+    def _is_constant(self, node: ast.AST) -> bool:
+        if isinstance(node, ast.Constant):
+            return True
+        if isinstance(node, ast.Name):
+            return node.id in CONSTANTS
+        if isinstance(node, ast.List | ast.Tuple | ast.Set):
+            return all(isinstance(elt, ast.Constant) for elt in node.elts)  # as _seq builds them
+        parts = node.args if isinstance(node, ast.Call) else ast.iter_child_nodes(node)
+        return all(part in self.constants for part in parts if isinstance(part, ast.expr))
 
     def _Constant(self, node: ast.Constant) -> Fn:
         value = node.value
@@ -209,6 +308,8 @@ class _Compiler:
         op = _ARITH.get(type(node.op))
         if op is None:
             raise self.fail(node, f"operator '{type(node.op).__name__}' is not allowed")
+        if op is _modulo and isinstance(node.left, ast.Constant) and isinstance(node.left.value, str):
+            raise self.fail(node, "'%' is for numbers: text formatting is not allowed")
         left, right, safe = self.build(node.left), self.build(node.right), _null_safe(op)
         return lambda env: safe(left(env), right(env))
 

@@ -23,8 +23,22 @@ CALL_TYPES = frozenset({"identify", "page", "screen", "alias"})
 _NOT_FOR_AUDIENCES = frozenset({"event", "audiences"})
 
 
+class _RefusedYaml(yaml.MarkedYAMLError):
+    """YAML that parses but is not allowed in rule and offers files."""
+
+
 class _Loader(yaml.SafeLoader):
-    """Safe YAML with YAML 1.2 booleans: ``on``, ``off``, ``yes``, ``no`` stay strings."""
+    """Safe YAML with YAML 1.2 booleans: ``on``, ``off``, ``yes``, ``no`` stay strings. Anchors and
+    aliases are refused: a few lines of them can expand into gigabytes ("billion laughs")."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _RefusedYaml(
+                problem="YAML anchors and aliases (&name, *name, <<) are not allowed: write each value out",
+                problem_mark=event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -200,13 +214,7 @@ def load_rules(path: str | Path = STARTER_RULES) -> CompiledRules:
 
 def parse_rules(text: str, source: str = "<rules>") -> CompiledRules:
     """Validate and compile rule-file text; ``source`` names it in errors."""
-    try:
-        root = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        raise RuleFileError(source, [Problem(None, "-", line, f"not valid YAML: {err}")]) from None
+    root, data = _read_yaml(text, source)
     if isinstance(data, dict) and isinstance(data.get("offers"), str):
         data = {**data, "offers": _offers_file(Path(source).parent / data["offers"])}
     try:
@@ -217,18 +225,26 @@ def parse_rules(text: str, source: str = "<rules>") -> CompiledRules:
     return _compile(ruleset, root, source)
 
 
+def _read_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for line numbers) and the data of YAML ``text``; :class:`RuleFileError` naming the line."""
+    try:
+        return yaml.compose(text, Loader=_Loader), yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        message = err.problem if isinstance(err, _RefusedYaml) else f"not valid YAML: {err}"
+        raise RuleFileError(source, [Problem(None, "-", mark.line + 1 if mark else None, str(message))]) from None
+    except RecursionError:
+        raise RuleFileError(source, [Problem(None, "-", None, "YAML nested too deeply")]) from None
+
+
 def _offers_file(path: Path) -> list[dict[str, Any]]:
     """The offers of an offers file (``offers: offers.yaml`` in a rule file), validated, with
     errors naming that file, its line and the offer."""
     try:
         text = path.read_text(encoding="utf-8")
-        root = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)
     except (OSError, UnicodeDecodeError) as err:
         raise RuleFileError(str(path), [Problem(None, "-", None, f"cannot read the offers file: {err}")]) from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise RuleFileError(str(path), [Problem(None, "-", mark.line + 1 if mark else None, str(err))]) from None
+    root, data = _read_yaml(text, str(path))
     offers = data.get("offers") if isinstance(data, dict) else data
     try:
         return [offer.model_dump() for offer in _OFFERS.validate_python(offers)]
@@ -256,7 +272,7 @@ def _compile(ruleset: RuleSet, root: yaml.Node | None, source: str) -> CompiledR
         except ExpressionError as err:
             line = _line(root, (section, index, "when"))
             column = f" (column {err.column})" if err.column else ""
-            problems.append(Problem(rule_id, "when", line, f"{err.message}{column}: {text.strip()}"))
+            problems.append(Problem(rule_id, "when", line, f"{err.message}{column}: {_excerpt(text.strip())}"))
             return None
 
     triggers = []
@@ -276,6 +292,11 @@ def _compile(ruleset: RuleSet, root: yaml.Node | None, source: str) -> CompiledR
     if problems:
         raise RuleFileError(source, problems)
     return CompiledRules(ruleset.version, source, triggers, audiences, ruleset.offers, ruleset.next_best_offer)
+
+
+def _excerpt(text: str, limit: int = 120) -> str:
+    """``text``, cut to ``limit`` characters (an expression quoted in an error)."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _problem(data: Any, root: yaml.Node | None, loc: tuple[Any, ...], message: str) -> Problem:

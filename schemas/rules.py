@@ -12,7 +12,19 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -27,6 +39,30 @@ def parse_duration(value: Any) -> int:
     return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
 
 
+MAX_CONTENT_DEPTH = 32  # levels of maps and lists in a rule's content (a decision nests it further)
+
+
+def _json_data(value: dict[str, Any]) -> dict[str, Any]:
+    """Content is copied into decisions as JSON: refuse what JSON cannot hold (sets, non-text keys, deep nesting)."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as err:
+        raise ValueError(f"content must be JSON data: {err}") from None
+    if _depth(value) > MAX_CONTENT_DEPTH:
+        raise ValueError(f"content nested more than {MAX_CONTENT_DEPTH} levels deep")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """Levels of maps and lists in JSON data (which orjson bounds to 255)."""
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+Content = Annotated[dict[str, Any], AfterValidator(_json_data)]
 DurationMs = Annotated[int, BeforeValidator(parse_duration), Field(gt=0)]
 EventNames = Annotated[
     list[Annotated[str, Field(min_length=1)]], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)
@@ -48,7 +84,7 @@ class TriggerRule(_Rule):
     unless: EventNames = []
     once_per: Literal["event", "session", "cart", "order", "day", "customer"] = "event"
     when: str | None = None
-    content: dict[str, Any] = {}
+    content: Content = {}
     offer_id: str | None = None
     recommend: int = Field(0, ge=0, le=20, description="products to recommend in the trigger (a carousel)")
     expires_in: DurationMs = 24 * 3_600_000
@@ -76,7 +112,7 @@ class Offer(BaseModel):
     id: Annotated[str, Field(pattern=RULE_ID)]
     description: str = ""
     channels: list[Literal["push", "in_app", "email", "sms"]] = Field(min_length=1)
-    content: dict[str, Any] = {}
+    content: Content = {}
     audiences: list[str] = Field([], description="eligible only for members of one of these (empty: everyone)")
 
 
@@ -113,12 +149,36 @@ class RuleSet(BaseModel):
                 raise ValueError(f"trigger '{trigger.id}' asks for the next best offer, but no offer has its channel")
         return self
 
+    @model_validator(mode="after")
+    def _one_rule_per_id(self) -> RuleSet:
+        triggers = {t.id for t in self.triggers}
+        taken = [(i, a.id) for i, a in enumerate(self.audiences) if a.id in triggers]
+        _refuse_ids("audiences", taken, "'{rule_id}' is also a trigger's id: give each rule its own")
+        return self
+
     @field_validator("triggers", "audiences", "offers")
     @classmethod
     def _unique_ids(cls, rules: list[_Rule]) -> list[_Rule]:
         seen: set[str] = set()
-        for rule in rules:
+        twice = []
+        for index, rule in enumerate(rules):
             if rule.id in seen:
-                raise ValueError(f"rule id '{rule.id}' is used twice")
+                twice.append((index, rule.id))
             seen.add(rule.id)
+        _refuse_ids(None, twice, "rule id '{rule_id}' is used twice")
         return rules
+
+
+def _refuse_ids(section: str | None, found: list[tuple[int, str]], message: str) -> None:
+    """Refuse the ids of ``found`` (index, id), each error located at its rule's ``id``."""
+    if found:
+        prefix = (section,) if section else ()
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError("rule_id", message, {"rule_id": rule_id}),
+                loc=(*prefix, index, "id"),
+                input=rule_id,
+            )
+            for index, rule_id in found
+        ]
+        raise ValidationError.from_exception_data("RuleSet", errors)

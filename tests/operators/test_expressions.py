@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from operators.expressions import FUNCTIONS, ExpressionError, compile_expression
+from operators.expressions import (
+    FUNCTIONS,
+    MAX_BUILT_LENGTH,
+    MAX_DEPTH,
+    ExpressionError,
+    ExpressionLimitError,
+    compile_expression,
+)
 
 NAMES = ("orders", "spend", "none", "city", "cart", "tags", "traits", "obj", "zero")
 
@@ -280,3 +287,87 @@ def test_compiling_never_runs_the_expression():
     assert "unknown name 'print'" in compile_error("print").message
     # and nothing is evaluated at compile time: a rule reading a missing key compiles
     assert compile_expression("cart.anything > 0", NAMES).evaluate({"cart": None}) is False
+
+
+@pytest.mark.parametrize(
+    ("source", "column", "words"),
+    [
+        ("len('x' * 100000000000) > 0", 5, "'*' would build a text of length 100,000,000,000 (limit 100,000)"),
+        ("[0] * 100000000000", 1, "'*' would build a list of length 100,000,000,000"),
+        ("100000000000 * 'ab' == city", 1, "'*' would build a text of length 200,000,000,000"),
+        ("len('ab' * 40000 + 'cd' * 40000)", 5, "'+' would build a text of length 160,000"),
+        ("orders > 1 or len([1, 2] * 60000) > 0", 19, "'*' would build a list of length 120,000"),
+        ("'%0100000000000d' % 1", 1, "'%' is for numbers"),
+        ("'%s' % city", 1, "'%' is for numbers"),
+    ],
+)
+def test_constant_parts_that_build_too_much_are_refused_at_compile_time(source, column, words):
+    err = compile_error(source)
+    assert words in err.message
+    assert err.column == column
+
+
+@pytest.mark.parametrize(
+    ("source", "env"),
+    [
+        ("len(city * orders) > 0", {"city": "Berlin", "orders": 100_000_000_000}),
+        ("len(orders * city) > 0", {"city": "Berlin", "orders": 100_000_000_000}),
+        ("len(tags * orders)", {"tags": ["vip"], "orders": 100_000_000_000}),
+        ("len((city + city) * 1)", {"city": "x" * 60_000}),
+        ("len(tags + tags + tags)", {"tags": [0] * 40_000}),
+    ],
+)
+def test_values_too_large_raise_a_limit_error_at_run_time(source, env):
+    expression = compile_expression(source, NAMES)
+    with pytest.raises(ExpressionLimitError) as info:
+        expression.evaluate(env)
+    assert f"(limit {MAX_BUILT_LENGTH:,}): {source}" in str(info.value)
+
+
+def test_text_and_lists_up_to_the_limit_are_built():
+    assert ev("len(city * orders)", {"city": "ab", "orders": MAX_BUILT_LENGTH // 2}) == MAX_BUILT_LENGTH
+    assert ev("len(tags + tags)", {"tags": [0] * (MAX_BUILT_LENGTH // 2)}) == MAX_BUILT_LENGTH
+    assert ev("city * 2 + '!'") == "BerlinBerlin!"
+    assert ev("[1, 2] * 2") == (1, 2, 1, 2)
+    assert ev("tags * -1") == []
+
+
+def test_percent_formats_no_text_at_run_time():
+    assert ev("city % orders", {"city": "%0100000000000d", "orders": 1}) is None
+    assert ev("orders % 3") == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "ndigits"), [(v, n) for v in (0, 7, 1250, -1350, 10**40 + 5, True) for n in range(-45, 3)]
+)
+def test_round_of_an_integer_is_pythons(value, ndigits):
+    assert FUNCTIONS["round"](value, ndigits) == round(value, ndigits)
+
+
+def test_round_to_a_huge_negative_number_of_digits_is_zero_at_once():
+    assert ev("round(orders, -100000000000)") == 0
+    assert ev("round(orders * 1.5, -100000000000)") == 0.0
+
+
+def sum_of(terms: int) -> str:
+    return "+".join(["1"] * terms)
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        (sum_of(600), f"nested too deeply (limit {MAX_DEPTH} levels)"),
+        ("not " * 900 + "orders", "expression of 3,606 characters (limit 2,000)"),
+        ("-" * 1999 + "1", "nested too deeply"),
+        ("(" * 300 + "1" + ")" * 300, "syntax error: too many nested parentheses"),
+        ("[" + "1, " * 600 + "]", "too many parts (limit 500"),
+        ("orders > 1 and " * 150 + "true", "characters (limit 2,000)"),
+    ],
+)
+def test_deep_or_long_expressions_are_refused_with_a_message(source, words):
+    assert words in compile_error(source).message
+
+
+def test_nesting_up_to_the_limit_compiles_and_evaluates():
+    assert ev(sum_of(MAX_DEPTH)) == MAX_DEPTH
+    assert ev("not " * (MAX_DEPTH - 1) + "orders") is False

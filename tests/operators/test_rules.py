@@ -157,6 +157,76 @@ BAD_FILES = {
         "colour: red",
         "Extra inputs are not permitted",
     ),
+    "constant text too large in when": (
+        TRIGGER_HEAD + SECOND + "    when: \"len('x' * 100000000000) > 0\"\n",
+        "second_rule",
+        "when",
+        'when: "len',
+        "'*' would build a text of length 100,000,000,000 (limit 100,000) (column 5)",
+    ),
+    "constant list too large in an audience": (
+        "version: v1\naudiences:\n  - id: big\n    when: len([0] * 100000000000) > 0\n",
+        "big",
+        "when",
+        "when: len",
+        "'*' would build a list",
+    ),
+    "600 terms in when": (
+        TRIGGER_HEAD + SECOND + "    when: " + "+".join(["1"] * 600) + " > 0\n",
+        "second_rule",
+        "when",
+        "when: 1+1",
+        "nested too deeply (limit 50 levels)",
+    ),
+    "900 nots in an audience": (
+        "version: v1\naudiences:\n  - id: deep\n    when: " + "not " * 900 + "orders\n",
+        "deep",
+        "when",
+        "when: not",
+        "(limit 2,000)",
+    ),
+    "content that is not JSON": (
+        TRIGGER_HEAD + SECOND + "    content: {tags: !!set {a, b}}\n",
+        "second_rule",
+        "content",
+        "content: {tags",
+        "content must be JSON data",
+    ),
+    "content nested too deeply for JSON": (
+        TRIGGER_HEAD + SECOND + "    content: {x: " + "[" * 300 + "]" * 300 + "}\n",
+        "second_rule",
+        "content",
+        "content: {x",
+        "content must be JSON data",
+    ),
+    "content nested too deeply for a decision": (
+        TRIGGER_HEAD + SECOND + "    content: {x: " + "[" * 40 + "]" * 40 + "}\n",
+        "second_rule",
+        "content",
+        "content: {x",
+        "content nested more than 32 levels deep",
+    ),
+    "a trigger id used twice": (
+        TRIGGER_HEAD + "  - id: first_rule  # again\n    channel: sms\n    on: Product Added\n",
+        "first_rule",
+        "id",
+        "# again",
+        "rule id 'first_rule' is used twice",
+    ),
+    "an audience id used twice": (
+        "version: v1\naudiences:\n  - id: big\n    when: orders > 1\n  - id: big  # again\n    when: orders > 2\n",
+        "big",
+        "id",
+        "# again",
+        "rule id 'big' is used twice",
+    ),
+    "an audience with a trigger's id": (
+        TRIGGER_HEAD + "audiences:\n  - id: first_rule  # same as the trigger\n    when: orders > 0\n",
+        "first_rule",
+        "id",
+        "# same as the trigger",
+        "'first_rule' is also a trigger's id",
+    ),
     "bad event name in a block list": (
         TRIGGER_HEAD + "  - id: second_rule\n    channel: push\n    on:\n      - Product Added\n      - ''\n",
         "second_rule",
@@ -174,6 +244,51 @@ def test_errors_name_file_rule_field_and_line(case):
     assert message.startswith(f"{FILE}:{line_of(text, needle)}: rule '{rule}' field '{field}': "), message
     assert words in message
     assert len(message.splitlines()) == 1
+
+
+LAUGHS = """\
+version: v1
+triggers:
+  - id: lol
+    channel: push
+    on: Signed Up
+    content:
+      a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]
+      b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+      c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (LAUGHS, "a: &a"),
+        (TRIGGER_HEAD + "    content: {x: 1}\n" + SECOND + "    content: *c\n", "content: *c"),
+        (TRIGGER_HEAD.replace("  - id: first_rule", "  - &base\n    id: first_rule"), "- &base"),
+        (TRIGGER_HEAD + "  - <<: *base\n    id: second_rule\n", "<<: *base"),
+    ],
+    ids=["billion-laughs", "alias", "anchor", "merge-key"],
+)
+def test_yaml_anchors_and_aliases_are_refused_with_the_line(text, needle):
+    message = problems(text)
+    assert message == (
+        f"{FILE}:{line_of(text, needle)}: field '-': "
+        "YAML anchors and aliases (&name, *name, <<) are not allowed: write each value out"
+    )
+
+
+def test_yaml_nested_too_deeply_is_refused():
+    message = problems(TRIGGER_HEAD + "    content: {x: " + "[" * 5000 + "]" * 5000 + "}\n")
+    assert message == f"{FILE}: field '-': YAML nested too deeply"
+
+
+def test_an_offers_file_with_aliases_is_refused_naming_it(tmp_path):
+    (tmp_path / "offers.yaml").write_text("offers:\n  - {id: a, channels: [push], content: &c {x: 1}}\n")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: v1\noffers: offers.yaml\n")
+    with pytest.raises(RuleFileError) as info:
+        load_rules(rules)
+    assert str(info.value).startswith(f"{tmp_path / 'offers.yaml'}:2: field '-': YAML anchors and aliases")
 
 
 def test_bad_yaml_indentation_names_the_line():

@@ -92,3 +92,16 @@ def test_rules_are_frozen_and_version_is_required():
         rule.channel = "sms"
     with pytest.raises(ValidationError, match="version"):
         RuleSet(triggers=[TRIGGER])
+
+
+def test_an_audience_cannot_share_a_trigger_id_and_errors_point_at_the_id():
+    with pytest.raises(ValidationError) as info:
+        RuleSet(
+            version="v1", triggers=[TRIGGER], audiences=[{"id": "ok", "when": "true"}, {"id": "cart", "when": "true"}]
+        )
+    [error] = info.value.errors()
+    assert error["loc"] == ("audiences", 1, "id")
+    assert error["msg"] == "'cart' is also a trigger's id: give each rule its own"
+    with pytest.raises(ValidationError) as info:
+        RuleSet(version="v1", triggers=[TRIGGER, {**TRIGGER, "channel": "sms"}, {**TRIGGER, "channel": "email"}])
+    assert [e["loc"] for e in info.value.errors()] == [("triggers", 1, "id"), ("triggers", 2, "id")]

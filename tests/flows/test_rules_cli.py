@@ -1,0 +1,87 @@
+"""Hostile or mistaken rule files: `rules check` and a run's start-up refuse them with the file and line, never a
+traceback, and a file built to exhaust memory is refused without using it (checked in a process with bounded
+memory only, so that a regression cannot take the machine down)."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+HEAD = "version: v1\ntriggers:\n  - id: hostile\n    channel: push\n    on: Signed Up\n"
+LAUGHS = (
+    HEAD
+    + "    content:\n      l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    + "".join(f"      l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 10)}]\n" for n in range(1, 10))
+)  # 10**10 strings once expanded
+
+HOSTILE = {
+    "huge text": (
+        HEAD + "    when: \"len('x' * 100000000000) > 0\"\n",
+        6,
+        "rule 'hostile' field 'when': '*' would build",
+    ),
+    "huge list": (HEAD + '    when: "[0] * 100000000000"\n', 6, "rule 'hostile' field 'when': '*' would build a list"),
+    "600 terms": (HEAD + "    when: " + "+".join(["1"] * 600) + "\n", 6, "rule 'hostile' field 'when': nested too"),
+    "900 nots": (HEAD + "    when: " + "not " * 900 + "orders\n", 6, "rule 'hostile' field 'when': expression of"),
+    "audience with a trigger's id": (
+        HEAD + "audiences:\n  - id: hostile\n    when: orders > 1\n",
+        7,
+        "rule 'hostile' field 'id': 'hostile' is also a trigger's id",
+    ),
+}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=list(HOSTILE))
+def test_rules_check_refuses_with_file_and_line(tmp_path, capsys, case):
+    text, line, words = HOSTILE[case]
+    path = write(tmp_path, text)
+    assert main(["rules", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"nudgeflow: {path}:{line}: {words}"), err
+    assert "Traceback" not in err
+    assert len(err) < 400  # a long expression is quoted in part
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=list(HOSTILE))
+def test_a_run_refuses_to_start(tmp_path, capsys, case):
+    text, line, words = HOSTILE[case]
+    path = write(tmp_path, text)
+    out = tmp_path / "out"
+    assert main(["run", "--rules", str(path), "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(f"nudgeflow: {path}:{line}: {words}")
+    assert not (out / "summary.json").exists()
+
+
+def _limit_memory() -> None:
+    """At most 2 GiB of address space: a regression fails with MemoryError instead of taking the machine down."""
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def test_billion_laughs_is_refused_by_the_command_within_bounded_memory(tmp_path):
+    path = write(tmp_path, LAUGHS)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "rules", "check", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_memory,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"nudgeflow: {path}:7: field '-': YAML anchors and aliases (&name, *name, <<) are not allowed:"
+        " write each value out\n"
+    )
