@@ -1,4 +1,5 @@
-"""A live one-line throughput summary for a terminal, read from this process's metrics."""
+"""A live one-line throughput summary, read from this process's metrics: rewritten in place on a
+terminal, a new line at a steady interval elsewhere (CI, ``nohup``, a pipe)."""
 
 from __future__ import annotations
 
@@ -36,10 +37,12 @@ def status_text(rate: float | None = None) -> str:
 
 
 class StatusLine:
-    """Rewrites one stderr line every ``every`` seconds until stopped."""
+    """Writes the status on stderr every ``every`` seconds until stopped: one line rewritten in
+    place (``rewrite``, for a terminal), or one new line each time."""
 
-    def __init__(self, every: float = 1.0) -> None:
+    def __init__(self, every: float = 1.0, rewrite: bool = True) -> None:
         self.every = every
+        self.rewrite = rewrite
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nudgeflow-status", daemon=True)
         self._thread.start()
@@ -51,10 +54,14 @@ class StatusLine:
             now, events = time.monotonic(), _total("nudgeflow_events")
             rate = (events - last_events) / (now - last_time)
             last_time, last_events = now, events
-            sys.stderr.write(f"\r\x1b[K{now - started:7.0f} s  {status_text(rate)}")
+            if self.rewrite:
+                sys.stderr.write(f"\r\x1b[K{now - started:7.0f} s  {status_text(rate)}")
+            else:
+                sys.stderr.write(f"nudgeflow: {now - started:.0f} s: {status_text(rate)}\n")
             sys.stderr.flush()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-        sys.stderr.write("\n")
+        if self.rewrite:
+            sys.stderr.write("\n")
