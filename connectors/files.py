@@ -98,7 +98,7 @@ def publish_outputs(staging: Path, path: Path) -> None:
     if not path.exists():
         staging.rename(path)
         return
-    old = staging.with_suffix(".old")
+    old = staging.with_name(staging.name + ".old")
     path.rename(old)
     try:
         staging.rename(path)
@@ -106,6 +106,12 @@ def publish_outputs(staging: Path, path: Path) -> None:
         old.rename(path)
         raise
     shutil.rmtree(old)
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+SKIP_CHUNK = 1 << 20
+"""A line over the size limit is read to its end this many bytes at a time, never whole."""
+INPUT_PROCESSOR = "nudgeflow.files"
 
 
 def _open(path: Path) -> BinaryIO:
@@ -129,12 +135,6 @@ def check_recordings(paths: Sequence[Path]) -> None:
             raise ValueError(f"cannot read recording {path}: {err.strerror or err}") from None
         if path.suffix == ".gz" and start and start != GZIP_MAGIC:
             raise ValueError(f"recording {path} is not gzip data (its name ends in .gz)")
-
-
-GZIP_MAGIC = b"\x1f\x8b"
-SKIP_CHUNK = 1 << 20
-"""A line over the size limit is read to its end this many bytes at a time, never whole."""
-INPUT_PROCESSOR = "nudgeflow.files"
 
 
 @dataclass

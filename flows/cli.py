@@ -199,9 +199,9 @@ def execute(
             raise _unwritten(settings.out, settings.out, err) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    for problem in tally.problems if tally is not None else []:
+        print(f"nudgeflow: {problem}", file=sys.stderr)
     if not quiet:
-        for problem in tally.problems if tally is not None else []:
-            print(f"nudgeflow: {problem}", file=sys.stderr)
         print(render_summary(summary, settings, seconds), file=sys.stderr)
     return summary
 

@@ -9,6 +9,7 @@ import tracemalloc
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from connectors import files
 from connectors.files import OUTPUT_FILES, JsonlSource, OutputFolderError, prepare_output_folder
@@ -85,9 +86,15 @@ def test_every_line_read_is_counted_blank_and_whitespace_only_ones_too(tmp_path)
     path = tmp_path / "a.jsonl"
     path.write_bytes(b'{"a": 1}\n\n   \t \r\n{"a": 2}\r\n\n{"a": 3}')
     source = JsonlSource([path])
+    before = {kind: input_lines(kind) for kind in ("record", "blank")}
     items, _ = read_all(source)
     assert [r.payload for r in records_of(items)] == [b'{"a": 1}', b'{"a": 2}', b'{"a": 3}']
     assert source.tally.lines == {"a.jsonl": {"read": 6, "blank": 3}}
+    assert {kind: input_lines(kind) - before[kind] for kind in before} == {"record": 3, "blank": 3}
+
+
+def input_lines(kind: str) -> float:
+    return REGISTRY.get_sample_value("nudgeflow_input_lines_total", {"kind": kind}) or 0.0
 
 
 def test_a_line_over_the_limit_is_never_read_whole(tmp_path):
