@@ -315,11 +315,14 @@ class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput, JsonlState]):
         return _JsonlPartition(self.paths, self.batch_size, resume_state, self.max_event_bytes, self.tally)
 
 
-class _OutputFile(StatefulSinkPartition[Output, None]):
-    """An output file, written at close. A failed write is kept in ``errors`` for the command
-    line to report: raised inside a Bytewax sink, it would abort the process."""
+WriteErrors = list[tuple[Path, OSError]]
 
-    def __init__(self, path: Path, errors: list[tuple[Path, OSError]]) -> None:
+
+class _OutputFile(StatefulSinkPartition[Output, None]):
+    """An output file, written at close. A failed write is kept in ``errors`` when given, for
+    the caller to report after the run: raised inside a Bytewax sink, it aborts the process."""
+
+    def __init__(self, path: Path, errors: WriteErrors | None) -> None:
         self._path = path
         self._errors = errors
 
@@ -330,6 +333,8 @@ class _OutputFile(StatefulSinkPartition[Output, None]):
         try:
             self._write()
         except OSError as err:
+            if self._errors is None:
+                raise
             self._errors.append((self._path, err))
 
     def _write(self) -> None:
@@ -339,7 +344,7 @@ class _OutputFile(StatefulSinkPartition[Output, None]):
 class _FilePartition(_OutputFile):
     """One output stream: records are held and written sorted (event time, input position) at close."""
 
-    def __init__(self, path: Path, errors: list[tuple[Path, OSError]]) -> None:
+    def __init__(self, path: Path, errors: WriteErrors | None) -> None:
         super().__init__(path, errors)
         self._rows: list[tuple[Any, bytes]] = []
 
@@ -357,7 +362,7 @@ class _FilePartition(_OutputFile):
 class _SummaryPartition(_OutputFile):
     """The shards' counters, added up into one JSON document at close."""
 
-    def __init__(self, path: Path, errors: list[tuple[Path, OSError]]) -> None:
+    def __init__(self, path: Path, errors: WriteErrors | None) -> None:
         super().__init__(path, errors)
         self._counts: dict[str, Any] = {}
 
@@ -381,7 +386,7 @@ def add_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
 class _ModelsPartition(_OutputFile):
     """The shards' model parameters, merged into one model file at close (when models ran)."""
 
-    def __init__(self, path: Path, errors: list[tuple[Path, OSError]]) -> None:
+    def __init__(self, path: Path, errors: WriteErrors | None) -> None:
         super().__init__(path, errors)
         self._exports: list[dict[str, Any]] = []
         self._version = ""
@@ -400,14 +405,15 @@ class OutputFolderSink(FixedPartitionedSink[Output, None]):
     """Write each output stream to its file in ``folder`` (see :data:`OUTPUT_FILES`), and the
     merged model parameters to ``models.json``.
 
-    Files that could not be written are in ``errors`` (path, error) after the run, in this process.
+    Files that cannot be written go to ``errors`` (path, error), when given, for the caller to
+    report after the run (in this process); without it a failed write stops the run.
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, errors: WriteErrors | None = None) -> None:
         self.folder = Path(folder)
         self.streams = sorted([*OUTPUT_FILES, "models"])
         self._index = {stream: i for i, stream in enumerate(self.streams)}
-        self.errors: list[tuple[Path, OSError]] = []
+        self.errors = errors
 
     def list_parts(self) -> list[str]:
         return self.streams

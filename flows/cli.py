@@ -21,6 +21,7 @@ from connectors.files import (
     JsonlSource,
     OutputFolderError,
     OutputFolderSink,
+    WriteErrors,
     check_recordings,
     fresh_folder,
     publish_outputs,
@@ -187,10 +188,11 @@ def execute(
     tally = source.tally if isinstance(source, JsonlSource) else None
     staging = stage_output_folder(settings.out, settings.replace_output)
     try:
-        sink = OutputFolderSink(staging)
+        errors: WriteErrors = []
+        sink = OutputFolderSink(staging, errors)
         flow = build_flow(settings, rules, snapshots=settings.recovery_dir is not None, source=source, sink=sink)
         seconds = _timed_run(flow, settings, workers, quiet, process_id, addresses)
-        for path, err in sink.errors:
+        for path, err in errors:
             raise _unwritten(settings.out, settings.out / path.name, err)
         try:
             summary = finalize_summary(staging, tally.lines if tally is not None else None)
@@ -207,7 +209,8 @@ def execute(
 
 
 def _unwritten(out: Path, path: Path, err: OSError) -> OutputFolderError:
-    return OutputFolderError(f"cannot write {path}: {err.strerror or err}; {out} was left as it was")
+    kept = f"{out} was left as it was" if out.exists() else f"{out} was not created"
+    return OutputFolderError(f"cannot write {path}: {err.strerror or err}; {kept}")
 
 
 def _timed_run(
