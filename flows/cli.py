@@ -192,7 +192,8 @@ def execute(
         sink = OutputFolderSink(staging, errors)
         flow = build_flow(settings, rules, snapshots=settings.recovery_dir is not None, source=source, sink=sink)
         seconds = _timed_run(flow, settings, workers, quiet, process_id, addresses)
-        for path, err in errors:
+        if errors:
+            path, err = errors[0]
             raise _unwritten(settings.out, settings.out / path.name, err)
         try:
             summary = finalize_summary(staging, tally.lines if tally is not None else None)

@@ -95,6 +95,9 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
         f"  triggers by rule: {_join(summary.get('triggers', {}))}",
         f"  audience changes: {_join(summary.get('audience_changes', {}))}",
     ]
+    unaccounted = summary.get("lines", {}).get("unaccounted", 0)
+    if unaccounted:
+        lines.append(f"  warning: {unaccounted:,} input lines are not accounted for (see lines in summary.json)")
     models = summary.get("models", {})
     if "propensity" in models:
         model, quality = models["propensity"], models["propensity"].get("quality", {})
