@@ -21,12 +21,21 @@ def _total(metric: str) -> float:
     )
 
 
+def _read() -> tuple[float, str]:
+    """How much was read so far, and what: lines from recordings, else events."""
+    lines = _total("nudgeflow_input_lines")
+    return (lines, "lines read") if lines else (_total("nudgeflow_events"), "events")
+
+
 def status_text(rate: float | None = None) -> str:
-    """Events, rate, decisions, dead letters and lag so far, in one line."""
-    events = _total("nudgeflow_events")
-    parts = [f"{events:,.0f} events"]
+    """Lines read (from recordings) and their rate, else events and theirs; decisions, dead
+    letters and lag so far, in one line."""
+    read, what = _read()
+    parts = [f"{read:,.0f} {what}"]
     if rate is not None:
         parts.append(f"{rate:,.0f}/s")
+    if what != "events":
+        parts.append(f"{_total('nudgeflow_events'):,.0f} events")
     parts += [
         f"{_total('nudgeflow_decisions'):,.0f} triggers",
         f"{_total('nudgeflow_audience_changes'):,.0f} audience changes",
@@ -49,11 +58,11 @@ class StatusLine:
 
     def _run(self) -> None:
         started = last_time = time.monotonic()
-        last_events = 0.0
+        last_read = 0.0
         while not self._stop.wait(self.every):
-            now, events = time.monotonic(), _total("nudgeflow_events")
-            rate = (events - last_events) / (now - last_time)
-            last_time, last_events = now, events
+            now, read = time.monotonic(), _read()[0]
+            rate = (read - last_read) / (now - last_time)
+            last_time, last_read = now, read
             if self.rewrite:
                 sys.stderr.write(f"\r\x1b[K{now - started:7.0f} s  {status_text(rate)}")
             else:
