@@ -70,7 +70,7 @@ def prepare_output_folder(path: Path, replace: bool = False) -> Path:
 
 
 def stage_output_folder(path: Path, replace: bool = False) -> Path:
-    """A new folder beside ``path``, with an empty file per output, for a run to write into.
+    """A new empty folder beside ``path``, for a run to write into.
 
     ``path`` is checked first: refused when not empty unless ``replace``, and it must be a
     folder that can be written to. It stays as it is until :func:`publish_outputs`.
@@ -88,7 +88,7 @@ def stage_output_folder(path: Path, replace: bool = False) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.parent / f".{path.name}.new-{uuid.uuid4().hex[:12]}"
         staging.mkdir()
-        return prepare_output_folder(staging)
+        return staging
     except OSError as err:
         raise OutputFolderError(f"cannot write output folder {path}: {err.strerror or err}") from None
 

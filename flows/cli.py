@@ -23,7 +23,7 @@ from connectors.files import (
     OutputFolderSink,
     WriteErrors,
     check_recordings,
-    fresh_folder,
+    prepare_output_folder,
     publish_outputs,
     stage_output_folder,
 )
@@ -188,6 +188,7 @@ def execute(
     tally = source.tally if isinstance(source, JsonlSource) else None
     staging = stage_output_folder(settings.out, settings.replace_output)
     try:
+        prepare_output_folder(staging)
         errors: WriteErrors = []
         sink = OutputFolderSink(staging, errors)
         flow = build_flow(settings, rules, snapshots=settings.recovery_dir is not None, source=source, sink=sink)
@@ -365,13 +366,17 @@ def _replay(args: argparse.Namespace) -> int:
     load_rules(args.diff)  # fail before running anything
     if args.format == "jsonl":
         check_recordings(args.inputs)
-    settings_a = _settings(args, args.inputs, args.out / "a")
-    settings_b = settings_a.model_copy(update={"out": args.out / "b", "rules": args.diff})
-    fresh_folder(args.out, replace=args.force)
-    for settings in (settings_a, settings_b):
-        execute(settings, args.workers, _source(args, settings), quiet=True)
-    diff = diff_decisions(settings_a.out, settings_b.out)
-    (args.out / "diff.json").write_bytes(diff.to_json())
+    staging = stage_output_folder(args.out, replace=args.force)
+    try:
+        settings_a = _settings(args, args.inputs, staging / "a")
+        settings_b = settings_a.model_copy(update={"out": staging / "b", "rules": args.diff})
+        for settings in (settings_a, settings_b):
+            execute(settings, args.workers, _source(args, settings), quiet=True)
+        diff = diff_decisions(settings_a.out, settings_b.out)
+        (staging / "diff.json").write_bytes(diff.to_json())
+        publish_outputs(staging, args.out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(render_diff(diff, settings_a.rules, settings_b.rules))
     return 0
 
