@@ -128,12 +128,16 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_a_full_disk_is_one_clear_line_and_the_old_outputs_stay(small_disk):
+@pytest.mark.parametrize("diff", [False, True])
+def test_a_full_disk_is_one_clear_line_and_the_old_outputs_stay(small_disk, diff):
     out = old_outputs(small_disk / "out")
-    result = nudgeflow("replay", GOLDEN_STREAM, "--out", out, "--force", "--quiet")
+    more = ["--diff", REPO / "rules" / "starter.yaml"] if diff else []
+    result = nudgeflow("replay", GOLDEN_STREAM, "--out", out, "--force", "--quiet", *more)
     assert result.returncode == 2, result.stderr
     folder = re.escape(str(out))
     pattern = rf"nudgeflow: cannot write {folder}/[\w.]+: No space left on device; {folder} was left as it was"
+    if diff:  # the message names the run's folder inside the new diff folder
+        pattern = rf"nudgeflow: cannot write {re.escape(str(small_disk))}/\S+: No space left on device; .*"
     assert re.fullmatch(pattern, result.stderr.strip()), result.stderr
     assert sorted(os.listdir(small_disk)) == ["out"], "no half-written folder is left behind"
     assert sorted(os.listdir(out)) == ["old.txt"]
