@@ -9,8 +9,14 @@ so that replays are byte-identical whatever the worker count or scheduling.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import itertools
 import shutil
+import tempfile
+import uuid
+import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -18,9 +24,11 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from flows.metrics import INPUT_LINES
 from operators.engine import Output
 from operators.models import export as model_files
-from operators.parse import EndOfInput, RawEvent
+from operators.parse import DEFAULT_MAX_EVENT_BYTES, EndOfInput, RawEvent
+from schemas.records import DEAD_LETTER_PAYLOAD_CAP
 
 OUTPUT_FILES: dict[str, str] = {
     "triggers.push": "triggers.push.jsonl",
@@ -39,7 +47,8 @@ MODEL_FILE = "models.json"
 
 
 class OutputFolderError(ValueError):
-    """The output folder exists and is not empty (and replacing it was not asked for)."""
+    """The output folder cannot be used: not empty (and replacing it was not asked for), not a
+    folder, or not writable."""
 
 
 def fresh_folder(path: Path, replace: bool = False) -> Path:
@@ -60,6 +69,51 @@ def prepare_output_folder(path: Path, replace: bool = False) -> Path:
     return path
 
 
+def stage_output_folder(path: Path, replace: bool = False) -> Path:
+    """A new empty folder beside ``path``, for a run to write into.
+
+    ``path`` is checked first: refused when not empty unless ``replace``, and it must be a
+    folder that can be written to. It stays as it is until :func:`publish_outputs`.
+    """
+    try:
+        if path.exists():
+            if not path.is_dir():
+                raise OutputFolderError(f"output folder {path} is not a folder")
+            if any(path.iterdir()) and not replace:
+                raise OutputFolderError(f"output folder {path} is not empty (use --force to replace it)")
+            tempfile.TemporaryFile(dir=path).close()  # a read-only folder fails here, before the run
+        existing = next(parent for parent in path.parents if parent.exists())
+        if not existing.is_dir():
+            raise OutputFolderError(f"cannot write output folder {path}: {existing} is a file")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.parent / f".{path.name}.new-{uuid.uuid4().hex[:12]}"
+        staging.mkdir()
+        return staging
+    except OSError as err:
+        raise OutputFolderError(f"cannot write output folder {path}: {err.strerror or err}") from None
+
+
+def publish_outputs(staging: Path, path: Path) -> None:
+    """Put a finished run's outputs (``staging``) in place of ``path``; old outputs go only now."""
+    if not path.exists():
+        staging.rename(path)
+        return
+    old = staging.with_name(staging.name + ".old")
+    path.rename(old)
+    try:
+        staging.rename(path)
+    except OSError:
+        old.rename(path)
+        raise
+    shutil.rmtree(old)
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+SKIP_CHUNK = 1 << 20
+"""A line over the size limit is read to its end this many bytes at a time, never whole."""
+INPUT_PROCESSOR = "nudgeflow.files"
+
+
 def _open(path: Path) -> BinaryIO:
     """Open a recording for reading bytes; ``.gz`` files are decompressed on the fly."""
     if path.suffix == ".gz":
@@ -67,86 +121,237 @@ def _open(path: Path) -> BinaryIO:
     return path.open("rb")
 
 
-class _JsonlPartition(StatefulSourcePartition[RawEvent | EndOfInput, tuple[int, int, int, int]]):
-    """Reads the files one after the other; ``seq`` counts lines across all of them."""
+def check_recordings(paths: Sequence[Path]) -> None:
+    """Refuse, before anything is written, a recording that is missing or unreadable, or a
+    ``.gz`` one that does not start as gzip."""
+    for path in paths:
+        if not path.is_file():
+            problem = f"recording {path} is not a file" if path.exists() else f"no such recording: {path}"
+            raise FileNotFoundError(problem)
+        try:
+            with path.open("rb") as f:
+                start = f.read(len(GZIP_MAGIC))
+        except OSError as err:
+            raise ValueError(f"cannot read recording {path}: {err.strerror or err}") from None
+        if path.suffix == ".gz" and start and start != GZIP_MAGIC:
+            raise ValueError(f"recording {path} is not gzip data (its name ends in .gz)")
 
-    def __init__(self, paths: list[Path], batch_size: int, resume: tuple[int, int, int, int] | None) -> None:
+
+@dataclass
+class InputTally:
+    """What a file source read: per file name, its lines (blank ones included) and blank lines;
+    and one sentence per file that could not be read to its end."""
+
+    lines: dict[str, dict[str, int]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+JsonlState = tuple[Any, ...]
+"""(file index, byte offset, line, seq, blank lines in the file, (name, lines, blank) of files done)"""
+
+
+class _JsonlPartition(StatefulSourcePartition[RawEvent | EndOfInput, JsonlState]):
+    """Reads the files one after the other; ``seq`` counts lines across all of them.
+
+    A line longer than ``max_bytes`` is never held whole: it becomes a ``too_large`` record of
+    its first bytes. A file that ends early (truncated or corrupt ``.gz``) or cannot be read
+    becomes one dead-letter record at the line where reading stopped; the next file follows.
+    """
+
+    def __init__(
+        self, paths: list[Path], batch_size: int, resume: JsonlState | None, max_bytes: int, tally: InputTally
+    ) -> None:
         self._paths = paths
         self._batch_size = batch_size
-        self._index, offset, self._line, self._seq = resume or (0, 0, 0, 0)
-        self._ended = False
+        self._limit = max_bytes + 2  # room for the line end
+        self._max_bytes = max_bytes
+        self._tally = tally
+        self._index, self._offset, self._line, self._seq, *rest = resume or (0, 0, 0, 0)
+        self._blank, done = rest or (0, ())
+        tally.lines.clear()
+        for name, lines, blank in done:
+            _add_lines(tally, name, lines, blank)
+        self._blank_lines, self._record_lines = INPUT_LINES.labels(kind="blank"), INPUT_LINES.labels(kind="record")
         self._file: BinaryIO | None = None
-        if self._index < len(paths):
-            self._file = _open(paths[self._index])
-            self._file.seek(offset)
+        self._records = self._read()
+        self._ended = False
 
     def next_batch(self) -> list[RawEvent | EndOfInput]:
-        batch: list[RawEvent | EndOfInput] = []
-        while self._file is not None and len(batch) < self._batch_size:
-            line = self._file.readline()
-            if not line:
-                self._next_file()
-                continue
-            self._line += 1
-            self._seq += 1
-            payload = line.rstrip(b"\r\n")
-            if payload.strip():
-                position = {"source": self._paths[self._index].name, "line": self._line}
-                batch.append(RawEvent(self._seq, position, payload))
-        if self._file is None:
-            if self._ended:
-                raise StopIteration
+        if self._ended:
+            raise StopIteration
+        seq = self._seq
+        batch: list[RawEvent | EndOfInput] = list(itertools.islice(self._records, self._batch_size))
+        self._record_lines.inc(len(batch))
+        self._blank_lines.inc(self._seq - seq - len(batch))  # every line read is a record or blank
+        if len(batch) < self._batch_size:
             self._ended = True
             batch.append(EndOfInput(self._seq))
         return batch
 
-    def _next_file(self) -> None:
-        assert self._file is not None
-        self._file.close()
-        self._index += 1
-        self._line = 0
-        self._file = _open(self._paths[self._index]) if self._index < len(self._paths) else None
+    def _read(self) -> Iterator[RawEvent]:
+        while self._index < len(self._paths):
+            path = self._paths[self._index]
+            failure = None
+            try:
+                with _open(path) as self._file:
+                    if self._offset:
+                        self._file.seek(self._offset)
+                    yield from self._lines(path.name)
+            except (OSError, EOFError, zlib.error) as err:
+                failure = self._cut_short(path, err)
+            self._next_file(path)
+            if failure is not None:
+                yield failure
 
-    def snapshot(self) -> tuple[int, int, int, int]:
+    def _lines(self, name: str) -> Iterator[RawEvent]:
+        file, limit = self._file, self._limit
+        assert file is not None
+        while line := file.readline(limit):
+            self._line += 1
+            self._seq += 1
+            if len(line) == limit and not line.endswith(b"\n"):
+                yield self._too_large(name, line)
+                continue
+            payload = line.rstrip(b"\r\n")
+            if payload.strip():
+                yield RawEvent(self._seq, {"source": name, "line": self._line}, payload)
+            else:
+                self._blank += 1
+
+    def _too_large(self, name: str, start: bytes) -> RawEvent:
+        """A line over the size limit, read to its end a chunk at a time: its first bytes only."""
+        assert self._file is not None
+        head, size, sha256 = _rest_of_line(self._file, start)
+        message = f"event is {size} bytes, the limit is {self._max_bytes}"
+        position = {"source": name, "line": self._line}
+        rejected = ("nudgeflow.parse", "too_large", message)
+        return RawEvent(self._seq, position, head, rejected=rejected, whole=(size, sha256))
+
+    def _cut_short(self, path: Path, err: BaseException) -> RawEvent:
+        """The dead-letter record of a file that could not be read to its end."""
+        self._line += 1
+        self._seq += 1
+        reason, what = _read_failure(err)
+        message = (
+            f"{path}: reading stopped at line {self._line:,}: {what}; the lines before it were processed,"
+            " the rest of the file is lost"
+        )
+        self._tally.problems.append(message)
+        rejected = (INPUT_PROCESSOR, reason, message)
+        return RawEvent(self._seq, {"source": path.name, "line": self._line}, b"", rejected=rejected)
+
+    def _next_file(self, path: Path) -> None:
+        _add_lines(self._tally, path.name, self._line, self._blank)
+        self._file = None
+        self._index += 1
+        self._offset = self._line = self._blank = 0
+
+    def snapshot(self) -> JsonlState:
         offset = self._file.tell() if self._file is not None else 0
-        return (self._index, offset, self._line, self._seq)
+        done = tuple((name, c["read"], c["blank"]) for name, c in self._tally.lines.items())
+        return (self._index, offset, self._line, self._seq, self._blank, done)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        self._records.close()
 
 
-class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput, tuple[int, int, int, int]]):
-    """Read JSONL recordings (plain or ``.gz``) as raw bytes, in order, as one stream (one partition)."""
+def _add_lines(tally: InputTally, name: str, lines: int, blank: int) -> None:
+    counts = tally.lines.setdefault(name, {"read": 0, "blank": 0})
+    counts["read"] += lines
+    counts["blank"] += blank
 
-    def __init__(self, paths: Sequence[str | Path], batch_size: int = 1000) -> None:
+
+def _rest_of_line(file: BinaryIO, start: bytes) -> tuple[bytes, int, str]:
+    """Read a long line that begins with ``start`` to its end, :data:`SKIP_CHUNK` bytes at a time.
+
+    Returns its first bytes (up to the dead-letter cap), its size and its sha256, without the line end.
+    """
+    digest = hashlib.sha256()
+    head, size, held = start[:DEAD_LETTER_PAYLOAD_CAP], 0, start
+    while not held.endswith(b"\n"):
+        more = file.readline(SKIP_CHUNK)
+        if not more:
+            break
+        if len(head) < DEAD_LETTER_PAYLOAD_CAP:
+            head += more[: DEAD_LETTER_PAYLOAD_CAP - len(head)]
+        digest.update(held[:-1])  # the last byte is held back: it may be the \r of a \r\n
+        size += len(held) - 1
+        held = held[-1:] + more
+    tail = held.rstrip(b"\r\n")
+    digest.update(tail)
+    size += len(tail)
+    return head[:size], size, digest.hexdigest()
+
+
+def _read_failure(err: BaseException) -> tuple[str, str]:
+    """The dead-letter reason of a read that failed, and what happened in words."""
+    if isinstance(err, EOFError):
+        return "truncated_input", "the compressed data ends early (the file is truncated)"
+    if isinstance(err, (gzip.BadGzipFile, zlib.error)):
+        return "corrupt_input", f"the compressed data is corrupt ({err})"
+    strerror = err.strerror if isinstance(err, OSError) else None
+    return "unreadable_input", f"the file cannot be read ({strerror or err})"
+
+
+class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput, JsonlState]):
+    """Read JSONL recordings (plain or ``.gz``) as raw bytes, in order, as one stream (one partition).
+
+    ``tally`` counts the lines read, in this process (see :class:`InputTally`).
+    """
+
+    def __init__(
+        self, paths: Sequence[str | Path], batch_size: int = 1000, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    ) -> None:
         self.paths = [Path(p) for p in paths]
         self.batch_size = batch_size
-        for path in self.paths:
-            if not path.is_file():
-                raise FileNotFoundError(f"no such recording: {path}")
+        self.max_event_bytes = max_event_bytes
+        self.tally = InputTally()
+        check_recordings(self.paths)
 
     def list_parts(self) -> list[str]:
         return ["recordings"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _JsonlPartition:
-        return _JsonlPartition(self.paths, self.batch_size, resume_state)
+        return _JsonlPartition(self.paths, self.batch_size, resume_state, self.max_event_bytes, self.tally)
 
 
-class _FilePartition(StatefulSinkPartition[Output, None]):
-    """One output stream: records are held and written sorted (event time, input position) at close."""
+WriteErrors = list[tuple[Path, OSError]]
 
-    def __init__(self, path: Path) -> None:
+
+class _OutputFile(StatefulSinkPartition[Output, None]):
+    """An output file, written at close. A failed write is kept in ``errors`` when given, for
+    the caller to report after the run: raised inside a Bytewax sink, it aborts the process."""
+
+    def __init__(self, path: Path, errors: WriteErrors | None) -> None:
         self._path = path
-        self._rows: list[tuple[Any, bytes]] = []
-
-    def write_batch(self, values: list[Output]) -> None:
-        self._rows.extend((value.sort_key(), value.body) for value in values)
+        self._errors = errors
 
     def snapshot(self) -> None:
         return None
 
     def close(self) -> None:
+        try:
+            self._write()
+        except OSError as err:
+            if self._errors is None:
+                raise
+            self._errors.append((self._path, err))
+
+    def _write(self) -> None:
+        raise NotImplementedError
+
+
+class _FilePartition(_OutputFile):
+    """One output stream: records are held and written sorted (event time, input position) at close."""
+
+    def __init__(self, path: Path, errors: WriteErrors | None) -> None:
+        super().__init__(path, errors)
+        self._rows: list[tuple[Any, bytes]] = []
+
+    def write_batch(self, values: list[Output]) -> None:
+        self._rows.extend((value.sort_key(), value.body) for value in values)
+
+    def _write(self) -> None:
         self._rows.sort(key=lambda row: row[0])
         with self._path.open("wb") as out:
             for _, body in self._rows:
@@ -154,21 +359,18 @@ class _FilePartition(StatefulSinkPartition[Output, None]):
                 out.write(b"\n")
 
 
-class _SummaryPartition(StatefulSinkPartition[Output, None]):
+class _SummaryPartition(_OutputFile):
     """The shards' counters, added up into one JSON document at close."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
+    def __init__(self, path: Path, errors: WriteErrors | None) -> None:
+        super().__init__(path, errors)
         self._counts: dict[str, Any] = {}
 
     def write_batch(self, values: list[Output]) -> None:
         for value in values:
             add_counts(self._counts, orjson.loads(value.body))
 
-    def snapshot(self) -> None:
-        return None
-
-    def close(self) -> None:
+    def _write(self) -> None:
         self._path.write_bytes(orjson.dumps(self._counts, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
 
 
@@ -181,11 +383,11 @@ def add_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
             total[key] = total.get(key, 0) + value
 
 
-class _ModelsPartition(StatefulSinkPartition[Output, None]):
+class _ModelsPartition(_OutputFile):
     """The shards' model parameters, merged into one model file at close (when models ran)."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
+    def __init__(self, path: Path, errors: WriteErrors | None) -> None:
+        super().__init__(path, errors)
         self._exports: list[dict[str, Any]] = []
         self._version = ""
 
@@ -194,22 +396,24 @@ class _ModelsPartition(StatefulSinkPartition[Output, None]):
             self._exports.append(orjson.loads(value.body))
             self._version = value.key
 
-    def snapshot(self) -> None:
-        return None
-
-    def close(self) -> None:
+    def _write(self) -> None:
         if self._exports:
             model_files.write(self._path, model_files.merge(self._exports), self._version)
 
 
 class OutputFolderSink(FixedPartitionedSink[Output, None]):
     """Write each output stream to its file in ``folder`` (see :data:`OUTPUT_FILES`), and the
-    merged model parameters to ``models.json``."""
+    merged model parameters to ``models.json``.
 
-    def __init__(self, folder: str | Path) -> None:
+    Files that cannot be written go to ``errors`` (path, error), when given, for the caller to
+    report after the run (in this process); without it a failed write stops the run.
+    """
+
+    def __init__(self, folder: str | Path, errors: WriteErrors | None = None) -> None:
         self.folder = Path(folder)
         self.streams = sorted([*OUTPUT_FILES, "models"])
         self._index = {stream: i for i, stream in enumerate(self.streams)}
+        self.errors = errors
 
     def list_parts(self) -> list[str]:
         return self.streams
@@ -219,9 +423,10 @@ class OutputFolderSink(FixedPartitionedSink[Output, None]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> StatefulSinkPartition[Output, None]:
         if for_part == "models":
-            return _ModelsPartition(self.folder / MODEL_FILE)
+            return _ModelsPartition(self.folder / MODEL_FILE, self.errors)
         path = self.folder / OUTPUT_FILES[for_part]
-        return _SummaryPartition(path) if for_part == "stats" else _FilePartition(path)
+        partition = _SummaryPartition if for_part == "stats" else _FilePartition
+        return partition(path, self.errors)
 
 
 def read_lines(path: Path) -> Iterator[bytes]:
@@ -236,8 +441,8 @@ def read_lines(path: Path) -> Iterator[bytes]:
 class _HistoryPartition(StatefulSourcePartition[RawEvent | EndOfInput, None]):
     """The recordings (``paths``), or nothing (an empty list); no resume state of its own."""
 
-    def __init__(self, paths: list[Path], partition: int, batch_size: int) -> None:
-        self._reader = _JsonlPartition(paths, batch_size, None) if paths else None
+    def __init__(self, paths: list[Path], partition: int, batch_size: int, max_bytes: int) -> None:
+        self._reader = _JsonlPartition(paths, batch_size, None, max_bytes, InputTally()) if paths else None
         self._partition = partition
         self._ended = False
 
@@ -264,20 +469,26 @@ class HistorySource(FixedPartitionedSource[RawEvent | EndOfInput, None]):
     and its source partitions find no position there, so they start where the settings say.
     """
 
-    def __init__(self, paths: Sequence[str | Path], part_names: list[str], batch_size: int = 1000) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        part_names: list[str],
+        batch_size: int = 1000,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
         self.paths = [Path(p) for p in paths]
         self.part_names = part_names
         self.batch_size = batch_size
-        for path in self.paths:
-            if not path.is_file():
-                raise FileNotFoundError(f"no such recording: {path}")
+        self.max_event_bytes = max_event_bytes
+        check_recordings(self.paths)
 
     def list_parts(self) -> list[str]:
         return self.part_names
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _HistoryPartition:
         index = self.part_names.index(for_part)
-        return _HistoryPartition(self.paths if index == 0 else [], index, self.batch_size)
+        paths = self.paths if index == 0 else []
+        return _HistoryPartition(paths, index, self.batch_size, self.max_event_bytes)
 
 
 class DiscardSink(FixedPartitionedSink[Output, None]):

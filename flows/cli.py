@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +17,16 @@ from bytewax.inputs import Source
 from bytewax.testing import cluster_main, run_main
 from tqdm import tqdm
 
-from connectors.files import OutputFolderError, fresh_folder
+from connectors.files import (
+    JsonlSource,
+    OutputFolderError,
+    OutputFolderSink,
+    WriteErrors,
+    check_recordings,
+    prepare_output_folder,
+    publish_outputs,
+    stage_output_folder,
+)
 from flows.metrics import serve
 from flows.personalization import build_flow
 from flows.report import diff_decisions, finalize_summary, render_diff, render_summary
@@ -36,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RuleFileError, OutputFolderError, ValueError, FileNotFoundError) as err:
         print(f"nudgeflow: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"nudgeflow: {err}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -158,27 +171,67 @@ def execute(
     process_id: int = 0,
     addresses: list[str] | None = None,
 ) -> dict:
-    """Build and run the flow to completion; return the run's summary (also in summary.json for files)."""
+    """Build and run the flow to completion; return the run's summary (also in summary.json for files).
+
+    The inputs and the output folder are checked before anything is written. Outputs are
+    written into a new folder beside ``settings.out`` that replaces it only once complete: a
+    run that fails leaves the old outputs as they were.
+    """
     rules = load_rules(settings.rules)
-    flow = build_flow(settings, rules, snapshots=settings.recovery_dir is not None, source=source)
+    if source is None and settings.source == "kafka":
+        flow = build_flow(settings, rules, snapshots=settings.recovery_dir is not None)
+        seconds = _timed_run(flow, settings, workers, quiet, process_id, addresses)
+        if not quiet:
+            print(f"nudgeflow: stopped after {seconds:.1f} s; {status_text()}", file=sys.stderr)
+        return {}
+    source = source or JsonlSource(settings.input, settings.batch_size, settings.max_event_bytes)
+    tally = source.tally if isinstance(source, JsonlSource) else None
+    staging = stage_output_folder(settings.out, settings.replace_output)
+    try:
+        prepare_output_folder(staging)
+        errors: WriteErrors = []
+        sink = OutputFolderSink(staging, errors)
+        flow = build_flow(settings, rules, snapshots=settings.recovery_dir is not None, source=source, sink=sink)
+        seconds = _timed_run(flow, settings, workers, quiet, process_id, addresses)
+        if errors:
+            path, err = errors[0]
+            raise _unwritten(settings.out, settings.out / path.name, err)
+        try:
+            summary = finalize_summary(staging, tally.lines if tally is not None else None)
+            publish_outputs(staging, settings.out)
+        except OSError as err:
+            raise _unwritten(settings.out, settings.out, err) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for problem in tally.problems if tally is not None else []:
+        print(f"nudgeflow: {problem}", file=sys.stderr)
+    if not quiet:
+        print(render_summary(summary, settings, seconds), file=sys.stderr)
+    return summary
+
+
+def _unwritten(out: Path, path: Path, err: OSError) -> OutputFolderError:
+    kept = f"{out} was left as it was" if out.exists() else f"{out} was not created"
+    return OutputFolderError(f"cannot write {path}: {err.strerror or err}; {kept}")
+
+
+def _timed_run(
+    flow: Dataflow, settings: Settings, workers: int, quiet: bool, process_id: int, addresses: list[str] | None
+) -> float:
+    """Run ``flow`` with a status line (see :class:`StatusLine`) unless ``quiet``; return the seconds taken."""
     if settings.metrics_port is not None:
         serve(settings.metrics_port + process_id, settings.metrics_host)
-    status = StatusLine() if not quiet and sys.stderr.isatty() else None
+    status = None
+    if not quiet:
+        terminal = sys.stderr.isatty()
+        status = StatusLine(1.0 if terminal else settings.progress_seconds, rewrite=terminal)
     started = time.perf_counter()
     try:
         run_dataflow(flow, settings, workers, process_id, addresses)
     finally:
         if status is not None:
             status.stop()
-    seconds = time.perf_counter() - started
-    if settings.source == "kafka":
-        if not quiet:
-            print(f"nudgeflow: stopped after {seconds:.1f} s; {status_text()}", file=sys.stderr)
-        return {}
-    summary = finalize_summary(settings.out)
-    if not quiet:
-        print(render_summary(summary, settings, seconds), file=sys.stderr)
-    return summary
+    return time.perf_counter() - started
 
 
 def run_dataflow(
@@ -221,7 +274,7 @@ def _warm_start(args: argparse.Namespace) -> int:
     servers, topic = settings.kafka_bootstrap_servers, settings.events_topic
     parts = part_names(topic, topic_partitions(servers, topic, settings.kafka_client_config()))
     sink = DiscardSink()
-    source = HistorySource(settings.input, parts, settings.batch_size)
+    source = HistorySource(settings.input, parts, settings.batch_size, settings.max_event_bytes)
     flow = build_flow(settings, snapshots=True, source=source, sink=sink, source_partitions=len(parts))
     started = time.perf_counter()
     run_dataflow(flow, settings, args.workers)
@@ -311,13 +364,19 @@ def _replay(args: argparse.Namespace) -> int:
         execute(settings, args.workers, _source(args, settings), quiet=args.quiet)
         return 0
     load_rules(args.diff)  # fail before running anything
-    settings_a = _settings(args, args.inputs, args.out / "a")
-    settings_b = settings_a.model_copy(update={"out": args.out / "b", "rules": args.diff})
-    fresh_folder(args.out, replace=args.force)
-    for settings in (settings_a, settings_b):
-        execute(settings, args.workers, _source(args, settings), quiet=True)
-    diff = diff_decisions(settings_a.out, settings_b.out)
-    (args.out / "diff.json").write_bytes(diff.to_json())
+    if args.format == "jsonl":
+        check_recordings(args.inputs)
+    staging = stage_output_folder(args.out, replace=args.force)
+    try:
+        settings_a = _settings(args, args.inputs, staging / "a")
+        settings_b = settings_a.model_copy(update={"out": staging / "b", "rules": args.diff})
+        for settings in (settings_a, settings_b):
+            execute(settings, args.workers, _source(args, settings), quiet=True)
+        diff = diff_decisions(settings_a.out, settings_b.out)
+        (staging / "diff.json").write_bytes(diff.to_json())
+        publish_outputs(staging, args.out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(render_diff(diff, settings_a.rules, settings_b.rules))
     return 0
 

@@ -15,6 +15,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+INPUT_LINES = Counter(
+    "nudgeflow_input_lines", "Lines read from recordings: records passed on, or blank lines skipped", ["kind"]
+)
 EVENTS = Counter("nudgeflow_events", "Valid events accepted, by event name", ["event"])
 INVALID_EVENTS = Counter("nudgeflow_invalid_events", "Events sent to the dead letters, by reason", ["reason"])
 LATE_EVENTS = Counter("nudgeflow_late_events", "Events older than the event-time clock when applied")

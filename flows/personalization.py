@@ -51,7 +51,7 @@ def build_flow(
     if sink is None:
         prepare_output_folder(settings.out, replace=settings.replace_output)
         sink = OutputFolderSink(settings.out)
-    source = source or JsonlSource(settings.input, batch_size=settings.batch_size)
+    source = source or JsonlSource(settings.input, settings.batch_size, settings.max_event_bytes)
     raw = op.input("events", flow, source)
     config = settings.engine_config(snapshots, source_partitions, profiles=settings.redis_url is not None)
     outputs = personalize("personalize", raw, rules, config, settings.shards, settings.max_event_bytes)

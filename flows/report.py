@@ -23,8 +23,9 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
 
 
-def finalize_summary(folder: Path) -> dict[str, Any]:
-    """Add output line counts and dead letters by reason to ``summary.json``; return the summary."""
+def finalize_summary(folder: Path, lines: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+    """Add output line counts and dead letters by reason to ``summary.json``, and the account of
+    the input ``lines`` read per file when given (see :func:`line_account`); return the summary."""
     path = folder / SUMMARY
     summary = orjson.loads(path.read_bytes()) if path.exists() else {}
     outputs = {}
@@ -39,8 +40,29 @@ def finalize_summary(folder: Path) -> dict[str, Any]:
         if "progressive" in model:
             model["quality"] = Calibration.from_counts(model["progressive"]).summary()
     summary["dead_letters"] = dict(sorted(Counter(record["reason"] for record in dead).items()))
+    if lines is not None:
+        summary["lines"] = line_account(summary, lines)
     path.write_bytes(orjson.dumps(summary, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
     return summary
+
+
+def line_account(summary: dict[str, Any], files: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Every input line accounted for: ``read`` = ``accepted`` + ``dead_letters`` + ``duplicates``
+    + ``blank``, and ``unaccounted`` is the difference (0)."""
+    account = {
+        "read": sum(counts["read"] for counts in files.values()),
+        "blank": sum(counts["blank"] for counts in files.values()),
+        "accepted": _accepted(summary),
+        "dead_letters": sum(summary.get("dead_letters", {}).values()),
+        "duplicates": summary.get("duplicates", 0),
+    }
+    parts = ("blank", "accepted", "dead_letters", "duplicates")
+    account["unaccounted"] = account["read"] - sum(account[part] for part in parts)
+    return {**account, "files": dict(sorted(files.items()))}
+
+
+def _accepted(summary: dict[str, Any]) -> int:
+    return sum(summary.get("events", {}).values()) + sum(summary.get("unknown_events", {}).values())
 
 
 def _join(counts: dict[str, int]) -> str:
@@ -49,9 +71,10 @@ def _join(counts: dict[str, int]) -> str:
 
 def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) -> str:
     """A few human lines about a run, for stderr."""
-    events = sum(summary.get("events", {}).values()) + sum(summary.get("unknown_events", {}).values())
+    events = _accepted(summary)
     dead = sum(summary.get("dead_letters", {}).values())
     read = events + dead + summary.get("duplicates", 0)
+    blank = summary.get("lines", {}).get("blank", 0)
     rate = read / seconds if seconds > 0 else 0.0
     outputs = summary.get("outputs", {})
     triggers = {
@@ -65,13 +88,16 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
         f" ({rate:,.0f}/s), rules {settings.rules.name}",
         f"  accepted {events:,} events; dead letters {dead:,} ({_join(summary.get('dead_letters', {}))});"
         f" duplicates {summary.get('duplicates', 0):,}; late {summary.get('late', 0):,};"
-        f" unknown event names {len(unknown)}",
+        f" unknown event names {len(unknown)}; blank lines {blank:,}",
         f"  customers {summary.get('customers', 0):,} (+{summary.get('anonymous_customers', 0):,} anonymous);"
         f" identities linked {summary.get('identities_linked', 0):,}",
         f"  triggers by channel: {_join(triggers)}; shadow {outputs.get('triggers.shadow.jsonl', 0):,}",
         f"  triggers by rule: {_join(summary.get('triggers', {}))}",
         f"  audience changes: {_join(summary.get('audience_changes', {}))}",
     ]
+    unaccounted = summary.get("lines", {}).get("unaccounted", 0)
+    if unaccounted:
+        lines.append(f"  warning: {unaccounted:,} input lines are not accounted for (see lines in summary.json)")
     models = summary.get("models", {})
     if "propensity" in models:
         model, quality = models["propensity"], models["propensity"].get("quality", {})

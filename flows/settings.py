@@ -42,6 +42,7 @@ class Settings(BaseModel):
     dedupe_per_shard: int = Field(20_000, ge=100, description="message ids remembered per shard for dedupe")
     batch_size: int = Field(1000, ge=1, description="source batch size")
     snapshot_seconds: float = Field(10, gt=0, description="Bytewax epoch: state snapshot interval")
+    progress_seconds: float = Field(10, gt=0, description="progress line interval when stderr is not a terminal")
     models: ModelMode = Field(
         "learn", description="online models: learn from outcomes, score only (frozen), or off"
     )

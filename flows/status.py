@@ -1,4 +1,5 @@
-"""A live one-line throughput summary for a terminal, read from this process's metrics."""
+"""A live one-line throughput summary, read from this process's metrics: rewritten in place on a
+terminal, a new line at a steady interval elsewhere (CI, ``nohup``, a pipe)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,21 @@ def _total(metric: str) -> float:
     )
 
 
+def _read() -> tuple[float, str]:
+    """How much was read so far, and what: lines from recordings, else events."""
+    lines = _total("nudgeflow_input_lines")
+    return (lines, "lines read") if lines else (_total("nudgeflow_events"), "events")
+
+
 def status_text(rate: float | None = None) -> str:
-    """Events, rate, decisions, dead letters and lag so far, in one line."""
-    events = _total("nudgeflow_events")
-    parts = [f"{events:,.0f} events"]
+    """Lines read (from recordings) and their rate, else events and theirs; decisions, dead
+    letters and lag so far, in one line."""
+    read, what = _read()
+    parts = [f"{read:,.0f} {what}"]
     if rate is not None:
         parts.append(f"{rate:,.0f}/s")
+    if what != "events":
+        parts.append(f"{_total('nudgeflow_events'):,.0f} events")
     parts += [
         f"{_total('nudgeflow_decisions'):,.0f} triggers",
         f"{_total('nudgeflow_audience_changes'):,.0f} audience changes",
@@ -36,25 +46,31 @@ def status_text(rate: float | None = None) -> str:
 
 
 class StatusLine:
-    """Rewrites one stderr line every ``every`` seconds until stopped."""
+    """Writes the status on stderr every ``every`` seconds until stopped: one line rewritten in
+    place (``rewrite``, for a terminal), or one new line each time."""
 
-    def __init__(self, every: float = 1.0) -> None:
+    def __init__(self, every: float = 1.0, rewrite: bool = True) -> None:
         self.every = every
+        self.rewrite = rewrite
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nudgeflow-status", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         started = last_time = time.monotonic()
-        last_events = 0.0
+        last_read = 0.0
         while not self._stop.wait(self.every):
-            now, events = time.monotonic(), _total("nudgeflow_events")
-            rate = (events - last_events) / (now - last_time)
-            last_time, last_events = now, events
-            sys.stderr.write(f"\r\x1b[K{now - started:7.0f} s  {status_text(rate)}")
+            now, read = time.monotonic(), _read()[0]
+            rate = (read - last_read) / (now - last_time)
+            last_time, last_read = now, read
+            if self.rewrite:
+                sys.stderr.write(f"\r\x1b[K{now - started:7.0f} s  {status_text(rate)}")
+            else:
+                sys.stderr.write(f"nudgeflow: {now - started:.0f} s: {status_text(rate)}\n")
             sys.stderr.flush()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-        sys.stderr.write("\n")
+        if self.rewrite:
+            sys.stderr.write("\n")

@@ -29,6 +29,7 @@ class RawEvent:
     rejected: tuple[str, str, str] | None = None
     partition: int = 0
     arrived: float = 0.0  # wall-clock time it was read (time.time()), for latency metrics
+    whole: tuple[int, str] | None = None  # size and sha256 of the record when payload is only its start
 
 
 @dataclass(slots=True)
@@ -130,6 +131,11 @@ def _messages(err: ValidationError) -> list[str]:
 
 def _reject(raw: RawEvent, reason: str, messages: list[str], processor: str = "nudgeflow.parse") -> Rejected:
     body = dead_letter(
-        processor=processor, reason=reason, messages=messages, position=raw.position, payload=raw.payload
+        processor=processor,
+        reason=reason,
+        messages=messages,
+        position=raw.position,
+        payload=raw.payload,
+        whole=raw.whole,
     )
     return Rejected(str(raw.seq), body, reason)

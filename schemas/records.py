@@ -153,8 +153,13 @@ def dead_letter(
     position: dict[str, Any],
     payload: bytes,
     failed_at_ms: int | None = None,
+    whole: tuple[int, str] | None = None,
 ) -> bytes:
-    """Encode a dead-letter record: capped base64 payload with the sha256 of all of it."""
+    """Encode a dead-letter record: capped base64 payload with the sha256 of all of it.
+
+    ``whole`` is the size and sha256 of the whole input when ``payload`` holds only its start.
+    """
+    size, sha256 = whole or (len(payload), hashlib.sha256(payload).hexdigest())
     record = {
         "processor": processor,
         "failed_at": None if failed_at_ms is None else iso_ms(failed_at_ms),
@@ -162,8 +167,8 @@ def dead_letter(
         "messages": messages,
         "position": position,
         "payload_base64": base64.b64encode(payload[:DEAD_LETTER_PAYLOAD_CAP]).decode(),
-        "payload_size": len(payload),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
-        "payload_truncated": len(payload) > DEAD_LETTER_PAYLOAD_CAP,
+        "payload_size": size,
+        "payload_sha256": sha256,
+        "payload_truncated": size > DEAD_LETTER_PAYLOAD_CAP,
     }
     return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
+import tracemalloc
 
+import orjson
 import pytest
+from prometheus_client import REGISTRY
 
+from connectors import files
 from connectors.files import OUTPUT_FILES, JsonlSource, OutputFolderError, prepare_output_folder
-from operators.parse import EndOfInput, RawEvent
+from operators.parse import EndOfInput, RawEvent, parse
+from schemas.records import DEAD_LETTER_PAYLOAD_CAP
 
 
 def read_all(source: JsonlSource, resume=None) -> tuple[list, object]:
@@ -53,6 +60,7 @@ def test_a_resumed_source_continues_where_its_snapshot_was(tmp_path):
     rest, _ = read_all(source, state)
     payloads = [r.payload for r in [*first, *rest] if isinstance(r, RawEvent)]
     assert payloads == [b'{"n": %d}' % i for i in range(10)]
+    assert source.tally.lines == {"s.jsonl": {"read": 10, "blank": 0}}
 
 
 def test_a_missing_recording_is_refused_up_front(tmp_path):
@@ -68,3 +76,125 @@ def test_output_folder_is_created_with_every_file_and_never_appended_to(tmp_path
     (out / "triggers.push.jsonl").write_text("old")
     prepare_output_folder(out, replace=True)
     assert (out / "triggers.push.jsonl").read_text() == ""
+
+
+def records_of(items: list) -> list[RawEvent]:
+    return [item for item in items if isinstance(item, RawEvent)]
+
+
+def test_every_line_read_is_counted_blank_and_whitespace_only_ones_too(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n   \t \r\n{"a": 2}\r\n\n{"a": 3}')
+    source = JsonlSource([path])
+    before = {kind: input_lines(kind) for kind in ("record", "blank")}
+    items, _ = read_all(source)
+    assert [r.payload for r in records_of(items)] == [b'{"a": 1}', b'{"a": 2}', b'{"a": 3}']
+    assert source.tally.lines == {"a.jsonl": {"read": 6, "blank": 3}}
+    assert {kind: input_lines(kind) - before[kind] for kind in before} == {"record": 3, "blank": 3}
+
+
+def input_lines(kind: str) -> float:
+    return REGISTRY.get_sample_value("nudgeflow_input_lines_total", {"kind": kind}) or 0.0
+
+
+def test_a_line_over_the_limit_is_never_read_whole(tmp_path):
+    """A 20 MB line costs a chunk of memory, not 20 MB, and the next line is read as usual."""
+    path = tmp_path / "big.jsonl"
+    big = b'{"blob": "' + b"x" * 20_000_000 + b'"}'
+    path.write_bytes(b'{"n": 1}\n' + big + b'\r\n{"n": 2}\n')
+    source = JsonlSource([path], max_event_bytes=1024)
+    tracemalloc.start()
+    try:
+        items, _ = read_all(source)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000, f"reading the long line took {peak:,} bytes"
+    first, long, last = records_of(items)
+    assert (first.payload, last.payload) == (b'{"n": 1}', b'{"n": 2}')
+    assert long.position == {"source": "big.jsonl", "line": 2}
+    assert long.rejected == ("nudgeflow.parse", "too_large", f"event is {len(big)} bytes, the limit is 1024")
+    assert long.payload == big[:DEAD_LETTER_PAYLOAD_CAP]
+    assert long.whole == (len(big), hashlib.sha256(big).hexdigest()), "size and sha256 of the line, without \\r\\n"
+    record = orjson.loads(parse(long).body)
+    assert (record["reason"], record["payload_size"], record["payload_truncated"]) == ("too_large", len(big), True)
+    assert source.tally.lines == {"big.jsonl": {"read": 3, "blank": 0}}
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"])
+def test_a_long_line_is_measured_without_its_line_end_wherever_the_chunks_split_it(tmp_path, monkeypatch, line_end):
+    monkeypatch.setattr(files, "SKIP_CHUNK", 64)
+    path = tmp_path / "long.jsonl"
+    for size in range(258 + 60, 258 + 200):  # the first read takes limit + 2 = 258 bytes, then chunks of 64
+        line = bytes(range(65, 91)) * (size // 26) + b"z" * (size % 26)
+        path.write_bytes(line + line_end + b"{}\n")
+        long, rest = records_of(read_all(JsonlSource([path], max_event_bytes=256))[0])
+        assert long.whole == (size, hashlib.sha256(line).hexdigest()), size
+        assert long.payload == line and rest.payload == b"{}"
+
+
+def test_a_truncated_gzip_ends_in_a_dead_letter_record_and_the_next_file_is_read(tmp_path):
+    packed = gzip.compress(b"".join(b'{"n": %d}\n' % i for i in range(5000)))
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(packed[: len(packed) // 2])
+    after = tmp_path / "after.jsonl"
+    after.write_bytes(b'{"after": 1}\n')
+    source = JsonlSource([cut, after], batch_size=100)
+    items, _ = read_all(source)
+    records = records_of(items)
+    failure = next(r for r in records if r.rejected)
+    read_before = failure.position["line"] - 1
+    assert read_before > 0 and [r.payload for r in records[:read_before]] == [
+        b'{"n": %d}' % i for i in range(read_before)
+    ]
+    assert failure.position == {"source": "cut.jsonl.gz", "line": read_before + 1}
+    assert failure.rejected[:2] == ("nudgeflow.files", "truncated_input")
+    assert f"reading stopped at line {read_before + 1:,}" in failure.rejected[2]
+    assert records[-1].payload == b'{"after": 1}' and isinstance(items[-1], EndOfInput)
+    assert source.tally.problems == [failure.rejected[2]]
+    assert source.tally.lines["cut.jsonl.gz"] == {"read": read_before + 1, "blank": 0}
+
+
+def test_corrupt_gzip_data_ends_its_file_in_a_dead_letter_record(tmp_path):
+    packed = bytearray(gzip.compress(b"".join(b'{"n": %d}\n' % i for i in range(5000))))
+    packed[len(packed) // 2 : len(packed) // 2 + 8] = b"\xff" * 8
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(bytes(packed))
+    items, _ = read_all(JsonlSource([bad]))
+    failure = records_of(items)[-1]
+    assert failure.rejected[:2] == ("nudgeflow.files", "corrupt_input")
+    assert isinstance(items[-1], EndOfInput)
+
+
+def test_a_file_that_disappears_before_it_is_read_is_a_dead_letter_record_and_the_run_goes_on(tmp_path):
+    paths = [tmp_path / f"{name}.jsonl" for name in "abc"]
+    for path in paths:
+        path.write_bytes(b'{"from": "%s"}\n' % path.stem.encode())
+    source = JsonlSource(paths, batch_size=1)
+    part = source.build_part("in", "recordings", None)
+    first = part.next_batch()
+    paths[1].unlink()
+    rest = []
+    with contextlib.suppress(StopIteration):
+        while True:
+            rest.extend(part.next_batch())
+    part.close()
+    records = records_of([*first, *rest])
+    assert [r.payload for r in records if not r.rejected] == [b'{"from": "a"}', b'{"from": "c"}']
+    gone = next(r for r in records if r.rejected)
+    assert gone.position == {"source": "b.jsonl", "line": 1}
+    assert gone.rejected[:2] == ("nudgeflow.files", "unreadable_input") and "No such file" in gone.rejected[2]
+    assert source.tally.lines == {
+        "a.jsonl": {"read": 1, "blank": 0},
+        "b.jsonl": {"read": 1, "blank": 0},
+        "c.jsonl": {"read": 1, "blank": 0},
+    }
+
+
+def test_a_recording_that_cannot_be_read_is_refused_up_front(tmp_path):
+    not_gzip = tmp_path / "plain.jsonl.gz"
+    not_gzip.write_bytes(b'{"a": 1}\n')
+    with pytest.raises(ValueError, match="is not gzip data"):
+        JsonlSource([not_gzip])
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        JsonlSource([tmp_path])

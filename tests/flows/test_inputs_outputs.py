@@ -1,0 +1,160 @@
+"""Runs whose inputs cannot be read to the end or whose outputs cannot be written: every input
+line is accounted for, old outputs are kept, and the command says what happened in one line."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import order, track
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN_STREAM = Path(__file__).parent / "golden" / "stream.jsonl.gz"
+
+
+def nudgeflow(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The command in a fresh interpreter, stderr to a pipe (not a terminal)."""
+    cmd = [sys.executable, "-m", "flows.cli", *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
+
+
+def lines(*items: dict | bytes) -> bytes:
+    return b"\n".join(item if isinstance(item, bytes) else orjson.dumps(item) for item in items)
+
+
+def test_summary_accounts_for_every_line_and_a_truncated_gzip_ends_the_run_cleanly(tmp_path):
+    welcome = track("Signed Up", "u1", 0)
+    future = track("Product Viewed", "u1", 200, props={"product_id": "p"}, receivedAt="2026-01-05T10:00:00Z")
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(
+        lines(
+            welcome,
+            welcome,  # duplicate
+            b"",
+            b" \t \r",  # whitespace only
+            b"not json",
+            b"\xff\xfe",
+            track("Product Viewed", "u1", 1),  # no product_id
+            orjson.dumps(track("Signed Up", "u2", 2, props={"blob": "x" * 5000})),  # too large
+            future,
+            track("Loyalty Points Earned", "u2", 3),  # unknown event name: accepted
+            order("u1", 4),  # the last line has no line end
+        )
+    )
+    packed = gzip.compress(lines(*(track("Page Viewed", f"c{n}", 10 + n) for n in range(3000))) + b"\n")
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(packed[: len(packed) // 2])
+    out = tmp_path / "out"
+    result = nudgeflow("replay", mixed, cut, "--out", out, env={"NUDGEFLOW_MAX_EVENT_BYTES": "4096"})
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    account = summary["lines"]
+    read_from_cut = account["files"]["cut.jsonl.gz"]["read"]
+    assert account["files"]["mixed.jsonl"] == {"read": 11, "blank": 2}
+    assert account == {
+        "read": 11 + read_from_cut,
+        "blank": 2,
+        "accepted": 3 + read_from_cut - 1,
+        "dead_letters": 6,
+        "duplicates": 1,
+        "unaccounted": 0,
+        "files": account["files"],
+    }
+    assert summary["dead_letters"] == {
+        "future_dated": 1,
+        "invalid_json": 1,
+        "not_utf8": 1,
+        "schema_invalid": 1,
+        "too_large": 1,
+        "truncated_input": 1,
+    }
+    dead = [orjson.loads(line) for line in (out / "dead_letters.jsonl").read_bytes().splitlines()]
+    truncated = dead[-1]
+    assert truncated["position"] == {"source": "cut.jsonl.gz", "line": read_from_cut}
+    assert (truncated["processor"], truncated["reason"]) == ("nudgeflow.files", "truncated_input")
+    message = f"nudgeflow: {cut}: reading stopped at line {read_from_cut:,}: the compressed data ends early"
+    assert message in result.stderr
+    assert summary["outputs"]["dead_letters.jsonl"] == 6
+
+
+def test_without_a_terminal_progress_is_logged_as_lines_at_the_set_interval(tmp_path):
+    result = nudgeflow("replay", GOLDEN_STREAM, "--out", tmp_path / "out", env={"NUDGEFLOW_PROGRESS_SECONDS": "0.05"})
+    assert result.returncode == 0, result.stderr
+    progress = [line for line in result.stderr.splitlines() if re.fullmatch(r"nudgeflow: \d+ s: .*", line)]
+    assert progress, result.stderr
+    counts = r"[\d,]+ triggers, [\d,]+ audience changes, [\d,]+ dead letters, lag 0"
+    read = r"([\d,]+ lines read, [\d,]+/s, [\d,]+ events|[\d,]+ events, [\d,]+/s)"  # events until lines are read
+    assert re.fullmatch(rf"nudgeflow: \d+ s: {read}, {counts}", progress[-1]), progress[-1]
+    assert "\r" not in result.stderr and "\x1b[K" not in result.stderr, "no terminal control characters in a log"
+
+
+def old_outputs(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "old.txt").write_text("outputs of an earlier run")
+    return folder
+
+
+@pytest.mark.parametrize("problem", ["missing", "not gzip", "a folder", "missing, with --diff"])
+def test_force_keeps_the_old_outputs_when_an_input_cannot_be_read(tmp_path, problem):
+    out = old_outputs(tmp_path / "out")
+    recording = {"missing": tmp_path / "nope.jsonl", "a folder": tmp_path}.get(problem, tmp_path / "nope.jsonl")
+    if problem == "not gzip":
+        recording = tmp_path / "plain.jsonl.gz"
+        recording.write_bytes(lines(track("Signed Up", "u1")))
+    diff = ["--diff", REPO / "rules" / "starter.yaml"] if "diff" in problem else []
+    result = nudgeflow("replay", recording, "--out", out, "--force", *diff)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and str(recording) in result.stderr, result.stderr
+    assert sorted(os.listdir(out)) == ["old.txt"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB file system of its own (tmpfs; the tests run as root)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("diff", [False, True])
+def test_a_full_disk_is_one_clear_line_and_the_old_outputs_stay(small_disk, diff):
+    out = old_outputs(small_disk / "out")
+    more = ["--diff", REPO / "rules" / "starter.yaml"] if diff else []
+    result = nudgeflow("replay", GOLDEN_STREAM, "--out", out, "--force", "--quiet", *more)
+    assert result.returncode == 2, result.stderr
+    folder = re.escape(str(out))
+    pattern = rf"nudgeflow: cannot write {folder}/[\w.]+: No space left on device; {folder} was left as it was"
+    if diff:  # the message names the run's folder inside the new diff folder
+        pattern = rf"nudgeflow: cannot write {re.escape(str(small_disk))}/\S+: No space left on device; .*"
+    assert re.fullmatch(pattern, result.stderr.strip()), result.stderr
+    assert sorted(os.listdir(small_disk)) == ["out"], "no half-written folder is left behind"
+    assert sorted(os.listdir(out)) == ["old.txt"]
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_read_only_output_folder_is_one_clear_line(tmp_path, small_disk, existing):
+    out = old_outputs(small_disk / "out") if existing else small_disk / "out"
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    result = nudgeflow("replay", GOLDEN_STREAM, "--out", out, "--force", "--quiet")
+    assert result.returncode == 2
+    assert result.stderr == f"nudgeflow: cannot write output folder {out}: Read-only file system\n"
+
+
+def test_an_output_path_under_a_file_is_one_clear_line(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("")
+    result = nudgeflow("replay", GOLDEN_STREAM, "--out", a_file / "out", "--quiet")
+    assert result.returncode == 2
+    assert result.stderr == f"nudgeflow: cannot write output folder {a_file / 'out'}: {a_file} is a file\n"
