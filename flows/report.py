@@ -12,6 +12,7 @@ import orjson
 from connectors.files import OUTPUT_FILES
 from flows.settings import Settings
 from operators.models.propensity import Calibration
+from operators.parse import readable_firsts
 
 SUMMARY = OUTPUT_FILES["stats"]
 COMPARED_FIELDS = ("time", "channel", "content", "offer_id", "expires_at", "shadow", "change")
@@ -39,6 +40,7 @@ def finalize_summary(folder: Path) -> dict[str, Any]:
         if "progressive" in model:
             model["quality"] = Calibration.from_counts(model["progressive"]).summary()
     summary["dead_letters"] = dict(sorted(Counter(record["reason"] for record in dead).items()))
+    readable_firsts(summary)
     path.write_bytes(orjson.dumps(summary, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
     return summary
 
