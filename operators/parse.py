@@ -115,7 +115,7 @@ def parse(raw: RawEvent, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Envelope |
         return _reject(raw, "invalid_json", [str(err)])
     if not isinstance(data, dict):
         return _reject(raw, "schema_invalid", [f"an event is a JSON object, not {type(data).__name__}"])
-    if payload.count(b":") > orjson.dumps(data).count(b":"):  # a key was lost: see _duplicate_key
+    if _lost_a_key(payload, data):
         duplicate = _duplicate_key(payload)
         if duplicate is not None:
             return _reject(raw, "duplicate_key", [f"{duplicate}: duplicate key"])
@@ -123,7 +123,7 @@ def parse(raw: RawEvent, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Envelope |
         event = EVENT_ADAPTER.validate_python(data)
     except ValidationError as err:
         return _reject(raw, "schema_invalid", _messages(err))
-    return envelope_of(event, payload, raw.seq, raw.position, raw.arrived, contract_notes(event))
+    return envelope_of(event, payload, raw.seq, raw.position, raw.arrived, contract_notes(event, data))
 
 
 class _Pairs(dict[str, Any]):
@@ -141,14 +141,20 @@ def _pairs(items: list[tuple[str, Any]]) -> _Pairs:
     return obj
 
 
-def _duplicate_key(payload: bytes) -> str | None:
-    """The path of the first repeated key of an object, or None.
+def _lost_a_key(payload: bytes, data: dict[str, Any]) -> bool:
+    """Whether decoding dropped a repeated key (orjson keeps the last one silently).
 
-    orjson keeps the last of repeated keys silently. Outside strings a colon follows every
-    key and nothing else, and re-encoding writes every colon inside a string as a colon, so
-    the payload has more colons than its re-encoding exactly when a key was dropped (a colon
-    escaped as ``\\u003a`` only hides one). Only then is the payload decoded again, slowly, here.
+    Outside strings a colon follows every key and nothing else, and re-encoding writes every
+    colon inside a string as a colon, so the payload has more colons than its re-encoding
+    exactly when a key was dropped (a colon escaped as ``\\u003a`` only hides one). Compact
+    JSON as orjson or ``JSON.stringify`` writes it is its own re-encoding: then nothing is counted.
     """
+    encoded = orjson.dumps(data)
+    return encoded != payload and payload.count(b":") > encoded.count(b":")
+
+
+def _duplicate_key(payload: bytes) -> str | None:
+    """The path of the first repeated key of an object, or None (slow: only after :func:`_lost_a_key`)."""
     try:
         root = json.loads(payload, object_pairs_hook=_pairs)
     except (ValueError, RecursionError):

@@ -505,9 +505,14 @@ SEGMENT_CONTEXT = frozenset(
 )
 SEGMENT_LOCATION = frozenset({"region", "speed"})
 SEGMENT_LINE = frozenset({"variant", "coupon", "position", "url", "image_url"})
-_NOTHING: frozenset[str] = frozenset()
-_WITH_LINES = (OrderEvent, CheckoutEvent)
-_CLOSED_PROPERTIES = (ConsentEvent, StoreVisitEvent, ErasureEvent)
+_KNOWN_STORE = frozenset(Store.model_fields)
+_KNOWN_LOCATION = SEGMENT_LOCATION | Location.model_fields.keys()
+_KNOWN_LINE = SEGMENT_LINE | Product.model_fields.keys()
+_WITH_LINES = frozenset({OrderEvent, CheckoutEvent})
+_CLOSED_PROPERTIES = {
+    event: frozenset(event.model_fields["properties"].annotation.model_fields)  # type: ignore[union-attr]
+    for event in (ConsentEvent, StoreVisitEvent, ErasureEvent)
+}
 MAX_PATH_KEY = 100
 """Characters of an unknown key kept in its path."""
 
@@ -515,32 +520,38 @@ Note = tuple[str, str]
 """``("order_lines_dropped", reason)`` or ``("unknown_fields", path)``."""
 
 
-def contract_notes(event: AnyEvent) -> tuple[Note, ...]:
+def contract_notes(event: AnyEvent, data: dict[str, Any]) -> tuple[Note, ...]:
     """What a valid event carries that an integrator should hear of: each order or checkout line
-    dropped, and each key of a closed container (see above) the contract does not know."""
+    dropped, and each key of a closed container (see above) the contract does not know.
+
+    ``data`` is the decoded JSON the event was validated from. Reading a model's attribute costs
+    several times a dict lookup, so the models are read only where that is the one check needed.
+    """
     notes: list[Note] = []
     if event.__pydantic_extra__:
         _unknown(notes, "", event.__pydantic_extra__, SEGMENT_FIELDS)
-    context = event.context
-    if context.__pydantic_extra__:
-        _unknown(notes, "context.", context.__pydantic_extra__, SEGMENT_CONTEXT)
-    if context.store is not None and context.store.__pydantic_extra__:
-        _unknown(notes, "context.store.", context.store.__pydantic_extra__, _NOTHING)
-    if context.location is not None and context.location.__pydantic_extra__:
-        _unknown(notes, "context.location.", context.location.__pydantic_extra__, SEGMENT_LOCATION)
-    if isinstance(event, _WITH_LINES):
-        properties = event.properties
-        notes.extend(("order_lines_dropped", reason) for reason in properties.dropped_lines)
-        for line in properties.products:
-            if line.__pydantic_extra__:
-                _unknown(notes, "properties.products[].", line.__pydantic_extra__, SEGMENT_LINE)
-    elif isinstance(event, _CLOSED_PROPERTIES) and event.properties.__pydantic_extra__:
-        _unknown(notes, "properties.", event.properties.__pydantic_extra__, _NOTHING)
+    context = data.get("context")
+    if context:
+        if event.context.__pydantic_extra__:
+            _unknown(notes, "context.", event.context.__pydantic_extra__, SEGMENT_CONTEXT)
+        store, location = context.get("store"), context.get("location")
+        if store and not store.keys() <= _KNOWN_STORE:
+            _unknown(notes, "context.store.", store, _KNOWN_STORE)
+        if location and not location.keys() <= _KNOWN_LOCATION:
+            _unknown(notes, "context.location.", location, _KNOWN_LOCATION)
+    kind = type(event)  # not isinstance: that goes through pydantic's ABC metaclass, slowly
+    if kind in _WITH_LINES:
+        notes.extend(("order_lines_dropped", reason) for reason in event.properties.dropped_lines)
+        for line in (data.get("properties") or {}).get("products", ()):
+            if type(line) is dict and not line.keys() <= _KNOWN_LINE:
+                _unknown(notes, "properties.products[].", line, _KNOWN_LINE)
+    elif kind in _CLOSED_PROPERTIES and not data["properties"].keys() <= _CLOSED_PROPERTIES[kind]:
+        _unknown(notes, "properties.", data["properties"], _CLOSED_PROPERTIES[kind])
     return tuple(notes) if notes else ()
 
 
-def _unknown(notes: list[Note], prefix: str, extra: dict[str, Any], known: frozenset[str]) -> None:
-    notes.extend(("unknown_fields", prefix + key[:MAX_PATH_KEY]) for key in extra if key not in known)
+def _unknown(notes: list[Note], prefix: str, container: dict[str, Any], known: frozenset[str]) -> None:
+    notes.extend(("unknown_fields", prefix + key[:MAX_PATH_KEY]) for key in container if key not in known)
 
 
 def event_name(event: AnyEvent) -> str:
