@@ -91,6 +91,10 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
             f"  recommender: {reco.get('products', 0):,} products; sampled checks {reco.get('checked', 0):,},"
             f" hits {reco.get('hits', 0):,} (most popular: {reco.get('most_popular_hits', 0):,})"
         )
+    dropped, unknown = summary.get("order_lines_dropped", {}), summary.get("unknown_fields", {})
+    if dropped or unknown:
+        counts = {path: entry["count"] for path, entry in unknown.items()}
+        lines.append(f"  order lines dropped: {_join(dropped)}; unknown fields: {_join(counts)} (see summary.json)")
     lines.append(f"  outputs in {settings.out}/")
     return "\n".join(lines)
 

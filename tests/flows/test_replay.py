@@ -261,3 +261,14 @@ def test_dropped_lines_unknown_fields_and_repeated_keys_are_accounted_in_the_sum
     assert summary["dead_letters"] == {"duplicate_key": 1}
     dead = orjson.loads(runs[0]["dead_letters.jsonl"])
     assert dead["messages"] == ["type: duplicate key"]
+
+
+def test_the_run_summary_on_stderr_names_dropped_lines_and_unknown_fields(tmp_path, capsys):
+    lines = [{"product_id": "milk", "price": -2.0}, {"product_id": "eggs", "price": 3.0}]
+    stream = write_stream(
+        tmp_path / "s.jsonl",
+        [track("Order Completed", "u1", 0, props={"order_id": "o", "products": lines}, context={"store_id": "s"})],
+    )
+    assert main(["replay", str(stream), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "order lines dropped: bad_price 1; unknown fields: context.store_id 1 (see summary.json)" in err
