@@ -379,6 +379,8 @@ def add_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
     for key, value in part.items():
         if isinstance(value, dict):
             add_counts(total.setdefault(key, {}), value)
+        elif isinstance(value, list):  # a sample, [merge key, ...]: the earliest is kept
+            total[key] = min(total.get(key, value), value)
         else:
             total[key] = total.get(key, 0) + value
 

@@ -22,6 +22,12 @@ EVENTS = Counter("nudgeflow_events", "Valid events accepted, by event name", ["e
 INVALID_EVENTS = Counter("nudgeflow_invalid_events", "Events sent to the dead letters, by reason", ["reason"])
 LATE_EVENTS = Counter("nudgeflow_late_events", "Events older than the event-time clock when applied")
 DUPLICATE_EVENTS = Counter("nudgeflow_duplicate_events", "Events dropped as duplicates (same messageId)")
+ORDER_LINES_DROPPED = Counter(
+    "nudgeflow_order_lines_dropped", "Bad lines dropped from accepted orders and checkouts, by reason", ["reason"]
+)
+UNKNOWN_FIELDS = Counter(
+    "nudgeflow_unknown_fields", "Fields the contract does not know, sent where none are expected, by path", ["path"]
+)
 DECISIONS = Counter("nudgeflow_decisions", "Triggers emitted, by channel and rule", ["channel", "rule"])
 AUDIENCE_CHANGES = Counter(
     "nudgeflow_audience_changes", "Audience entries and exits, by audience and change", ["audience", "change"]
@@ -94,6 +100,11 @@ class ShardMetrics:
         for key, count in _deltas(stats.get("audience_changes", {}), seen.setdefault("audience_changes", {})):
             audience, _, change = key.rpartition(".")
             AUDIENCE_CHANGES.labels(audience=audience, change=change).inc(count)
+        for reason, count in _deltas(stats.get("order_lines_dropped", {}), seen.setdefault("order_lines_dropped", {})):
+            ORDER_LINES_DROPPED.labels(reason=reason).inc(count)
+        unknown = {path: entry["count"] for path, entry in stats.get("unknown_fields", {}).items()}
+        for path, count in _deltas(unknown, seen.setdefault("unknown_fields", {})):
+            UNKNOWN_FIELDS.labels(path=path).inc(count)
         flat = {name: stats.get(name, 0) for name in ("late", "duplicates", "future_dated")}
         for name, count in _deltas(flat, seen.setdefault("flat", {})):
             if name == "late":

@@ -12,6 +12,7 @@ import orjson
 from connectors.files import OUTPUT_FILES
 from flows.settings import Settings
 from operators.models.propensity import Calibration
+from operators.parse import readable_firsts
 
 SUMMARY = OUTPUT_FILES["stats"]
 COMPARED_FIELDS = ("time", "channel", "content", "offer_id", "expires_at", "shadow", "change")
@@ -40,6 +41,7 @@ def finalize_summary(folder: Path, lines: dict[str, dict[str, int]] | None = Non
         if "progressive" in model:
             model["quality"] = Calibration.from_counts(model["progressive"]).summary()
     summary["dead_letters"] = dict(sorted(Counter(record["reason"] for record in dead).items()))
+    readable_firsts(summary)
     if lines is not None:
         summary["lines"] = line_account(summary, lines)
     path.write_bytes(orjson.dumps(summary, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
@@ -115,6 +117,10 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
             f"  recommender: {reco.get('products', 0):,} products; sampled checks {reco.get('checked', 0):,},"
             f" hits {reco.get('hits', 0):,} (most popular: {reco.get('most_popular_hits', 0):,})"
         )
+    dropped, unknown = summary.get("order_lines_dropped", {}), summary.get("unknown_fields", {})
+    if dropped or unknown:
+        counts = {path: entry["count"] for path, entry in unknown.items()}
+        lines.append(f"  order lines dropped: {_join(dropped)}; unknown fields: {_join(counts)} (see summary.json)")
     lines.append(f"  outputs in {settings.out}/")
     return "\n".join(lines)
 

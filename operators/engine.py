@@ -42,6 +42,7 @@ import orjson
 
 from operators.expressions import Expression
 from operators.models import ModelMode, ShardModels
+from operators.parse import count_notes
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
 from schemas.envelope import Envelope
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
@@ -654,6 +655,8 @@ class ShardEngine:
         return False
 
     def _count(self, env: Envelope) -> None:
+        if env.notes:
+            count_notes(self.stats, env)
         if env.known:
             _bump(self.stats.setdefault("events", {}), env.name)
             return

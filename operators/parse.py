@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,10 +10,12 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.envelope import Envelope, envelope_of
-from schemas.events import EVENT_ADAPTER
+from schemas.events import EVENT_ADAPTER, contract_notes
 from schemas.records import dead_letter
 
 DEFAULT_MAX_EVENT_BYTES = 32 * 1024
+MAX_UNKNOWN_FIELDS = 50
+"""Distinct unknown field paths a shard counts by name; the rest count as ``(other paths)``."""
 
 
 @dataclass(slots=True)
@@ -113,11 +116,90 @@ def parse(raw: RawEvent, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Envelope |
         return _reject(raw, "invalid_json", [str(err)])
     if not isinstance(data, dict):
         return _reject(raw, "schema_invalid", [f"an event is a JSON object, not {type(data).__name__}"])
+    if _lost_a_key(payload, data):
+        duplicate = _duplicate_key(payload)
+        if duplicate is not None:
+            return _reject(raw, "duplicate_key", [f"{duplicate}: duplicate key"])
     try:
         event = EVENT_ADAPTER.validate_python(data)
     except ValidationError as err:
         return _reject(raw, "schema_invalid", _messages(err))
-    return envelope_of(event, payload, raw.seq, raw.position, raw.arrived)
+    return envelope_of(event, payload, raw.seq, raw.position, raw.arrived, contract_notes(event, data))
+
+
+class _Pairs(dict[str, Any]):
+    """A decoded JSON object that remembers its first repeated key."""
+
+    duplicate: str | None = None
+
+
+def _pairs(items: list[tuple[str, Any]]) -> _Pairs:
+    obj = _Pairs()
+    for key, value in items:
+        if key in obj and obj.duplicate is None:
+            obj.duplicate = key
+        obj[key] = value
+    return obj
+
+
+def _lost_a_key(payload: bytes, data: dict[str, Any]) -> bool:
+    """Whether decoding dropped a repeated key (orjson keeps the last one silently).
+
+    Outside strings a colon follows every key and nothing else, and re-encoding writes every
+    colon inside a string as a colon, so the payload has more colons than its re-encoding
+    exactly when a key was dropped (a colon escaped as ``\\u003a`` only hides one). Compact
+    JSON as orjson or ``JSON.stringify`` writes it is its own re-encoding: then nothing is counted.
+    """
+    encoded = orjson.dumps(data)
+    return encoded != payload and payload.count(b":") > encoded.count(b":")
+
+
+def _duplicate_key(payload: bytes) -> str | None:
+    """The path of the first repeated key of an object, or None (slow: only after :func:`_lost_a_key`)."""
+    try:
+        root = json.loads(payload, object_pairs_hook=_pairs)
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[str, Any]] = [("", root)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, _Pairs):
+            if node.duplicate is not None:
+                return path + node.duplicate
+            stack.extend((f"{path}{key}.", child) for key, child in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((f"{path}{n}.", child) for n, child in reversed(list(enumerate(node))))
+    return None
+
+
+OTHER_PATHS = "(other paths)"
+
+
+def count_notes(stats: dict[str, Any], env: Envelope) -> None:
+    """Count an accepted event's notes into a shard's counters: ``order_lines_dropped`` by reason,
+    and ``unknown_fields`` by path, each with the event that showed it first.
+
+    The first sighting is kept as ``[merge key, messageId, position]``, the key as fixed-width
+    hex (it is wider than JSON integers), so that the earliest of all shards can be told
+    (``connectors.files.add_counts`` keeps the smallest).
+    """
+    for kind, detail in env.notes:
+        counts = stats.setdefault(kind, {})
+        if kind == "order_lines_dropped":
+            counts[detail] = counts.get(detail, 0) + 1
+            continue
+        if detail not in counts and len(counts) >= MAX_UNKNOWN_FIELDS:
+            detail = OTHER_PATHS
+        entry = counts.get(detail)
+        if entry is None:
+            entry = counts[detail] = {"count": 0, "first": [f"{env.seq:032x}", env.message_id, env.position]}
+        entry["count"] += 1
+
+
+def readable_firsts(summary: dict[str, Any]) -> None:
+    """In a merged summary, each unknown field's first sighting as its messageId and position."""
+    for entry in summary.get("unknown_fields", {}).values():
+        _, entry["first_message_id"], entry["first_position"] = entry.pop("first")
 
 
 def _messages(err: ValidationError) -> list[str]:

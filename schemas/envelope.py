@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.events import EVENT_ADAPTER, KNOWN_TRACK_EVENTS, AliasEvent, epoch_ms, event_name
+from schemas.events import EVENT_ADAPTER, KNOWN_TRACK_EVENTS, AliasEvent, Note, epoch_ms, event_name
 
 KNOWN_NAMES = KNOWN_TRACK_EVENTS | {"identify", "page", "screen", "alias"}
 
@@ -38,6 +38,7 @@ class Envelope:
     received_ms: int | None
     known: bool
     arrived: float = 0.0
+    notes: tuple[Note, ...] = ()  # dropped order lines and unknown fields (schemas.events.contract_notes)
 
     @property
     def customer_id(self) -> str:
@@ -55,7 +56,9 @@ class Envelope:
         return _rebuild, fields
 
 
-def envelope_of(event: Any, raw: bytes, seq: int, position: dict[str, Any], arrived: float = 0.0) -> Envelope:
+def envelope_of(
+    event: Any, raw: bytes, seq: int, position: dict[str, Any], arrived: float = 0.0, notes: tuple[Note, ...] = ()
+) -> Envelope:
     """Wrap a validated event."""
     name = event_name(event)
     ts_ms = epoch_ms(event.timestamp)
@@ -73,6 +76,7 @@ def envelope_of(event: Any, raw: bytes, seq: int, position: dict[str, Any], arri
         received_ms=epoch_ms(event.receivedAt) if event.receivedAt is not None else None,
         known=name in KNOWN_NAMES,
         arrived=arrived,
+        notes=notes,
     )
 
 

@@ -131,20 +131,23 @@ def _apply_product(state: CustomerState, env: Envelope, event: ProductEvent) -> 
 
 
 def _apply_order(state: CustomerState, env: Envelope, event: OrderEvent) -> None:
+    """An order's lines with a quantity of 0 or more were bought (a free or voided item adds
+    nothing to spend); a negative quantity is a returned item: not bought, its value netted."""
     props, at = event.properties, env.ts_ms
     if env.name == "Order Completed":
-        state.order(props.order_id, props.amount(), at)
+        state.order(props.order_id, max(0.0, props.amount()), at)
+        bought = [p for p in props.products if p.quantity >= 0]
         if state.last_order_ms == at:
-            state.bought = tuple(intern(p.product_id) for p in props.products[:MAX_BOUGHT])
+            state.bought = tuple(intern(p.product_id) for p in bought[:MAX_BOUGHT])
         weight = AFFINITY_WEIGHT["Order Completed"]
-        for product in props.products[:20]:
+        for product in bought[:20]:
             state.products.add(intern(product.product_id), weight, at, PRODUCT_HALF_LIFE_MS, AFFINITY_K)
             if product.category:
                 state.categories.add(intern(product.category), weight, at, CATEGORY_HALF_LIFE_MS, AFFINITY_K)
         if state.cart is not None and at >= state.cart.started_ms:
             state.cart = None
     else:
-        state.refund(props.amount())
+        state.refund(abs(props.amount()))  # refunded lines may be sent with negative quantities
 
 
 def _apply_traits(state: CustomerState, event: IdentifyEvent) -> None:

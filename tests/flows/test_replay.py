@@ -219,6 +219,7 @@ def test_a_models_score_changes_the_flows_decisions(tmp_path):
         stream, tmp_path / "frozen", "--rules", str(rules), "--models", "frozen",
         env={"NUDGEFLOW_MODEL_FILE": str(model_file)},
     )  # fmt: skip
+
     def cart_pushes(files: dict[str, bytes]) -> set[str]:
         records = [orjson.loads(line) for line in files["triggers.push.jsonl"].splitlines()]
         return {r["id"] for r in records if r["data"]["rule_id"] == "cart_abandonment_push"}
@@ -229,3 +230,45 @@ def test_a_models_score_changes_the_flows_decisions(tmp_path):
         if orjson.loads(line)["data"]["rule_id"] == "cart_abandonment_push"
     )  # fmt: skip
     assert trained["triggers.push.jsonl"] != untrained["triggers.push.jsonl"]
+
+
+def test_dropped_lines_unknown_fields_and_repeated_keys_are_accounted_in_the_summary(tmp_path):
+    till = {"channel": "pos", "store_id": "st-1"}  # a mapping mistake: context.store.id was meant
+    lines = [{"product_id": "milk", "price": 2.0, "quantity": 0}, {"price": 1.0}, {"product_id": "eggs", "qty": 2}]
+    stream = write_stream(
+        tmp_path / "s.jsonl",
+        [
+            track("Order Completed", "u1", 0, props={"order_id": "o1", "products": lines}, message_id="m1"),
+            track("Store Visited", "u2", 1, props={"store_id": "s"}, context=till, message_id="m2"),
+            track("Order Completed", "u3", 2, props={"order_id": "o3", "total": 5.0}, context=till, message_id="m3"),
+            b'{"type":"alias","type":"track","event":"Signed Up","messageId":"m4","userId":"u4",'
+            b'"timestamp":"2026-01-05T10:03:00Z"}',
+        ],
+    )
+    runs = [replay(stream, tmp_path / "one"), replay(stream, tmp_path / "two", "-w", "2")]
+    assert runs[0]["summary.json"] == runs[1]["summary.json"], "the first sighting is the same with any workers"
+    summary = orjson.loads(runs[0]["summary.json"])
+    assert summary["events"]["Order Completed"] == 2
+    assert summary["order_lines_dropped"] == {"missing_product_id": 1}
+    assert summary["unknown_fields"] == {
+        "context.store_id": {"count": 2, "first_message_id": "m2", "first_position": {"line": 2, "source": "s.jsonl"}},
+        "properties.products[].qty": {
+            "count": 1,
+            "first_message_id": "m1",
+            "first_position": {"line": 1, "source": "s.jsonl"},
+        },
+    }
+    assert summary["dead_letters"] == {"duplicate_key": 1}
+    dead = orjson.loads(runs[0]["dead_letters.jsonl"])
+    assert dead["messages"] == ["type: duplicate key"]
+
+
+def test_the_run_summary_on_stderr_names_dropped_lines_and_unknown_fields(tmp_path, capsys):
+    lines = [{"product_id": "milk", "price": -2.0}, {"product_id": "eggs", "price": 3.0}]
+    stream = write_stream(
+        tmp_path / "s.jsonl",
+        [track("Order Completed", "u1", 0, props={"order_id": "o", "products": lines}, context={"store_id": "s"})],
+    )
+    assert main(["replay", str(stream), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "order lines dropped: bad_price 1; unknown fields: context.store_id 1 (see summary.json)" in err

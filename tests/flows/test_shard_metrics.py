@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import CART_RULE, EngineHarness, added, rules_from
+from conftest import CART_RULE, EngineHarness, added, rules_from, track
 from prometheus_client import REGISTRY
 
 from flows import metrics
@@ -37,3 +37,20 @@ def test_counters_held_back_by_the_interval_are_published_when_due(monkeypatch):
     h.feed([added("u3", 2)])
     shard.publish(final=True)  # the end of input publishes at once
     assert added_events() - before == 3
+
+
+def test_dropped_order_lines_and_unknown_fields_are_published():
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    h = EngineHarness(rules_from(CART_RULE))
+    shard = ShardMetrics(h.identity)
+    before = (
+        sample("nudgeflow_order_lines_dropped_total", reason="bad_price"),
+        sample("nudgeflow_unknown_fields_total", path="context.store_id"),
+    )
+    lines = [{"product_id": "a", "price": -1.0}, {"product_id": "b", "price": 1.0}]
+    h.feed([track("Order Completed", "u1", 0, props={"order_id": "o", "products": lines}, context={"store_id": "s"})])
+    shard.publish(final=True)
+    assert sample("nudgeflow_order_lines_dropped_total", reason="bad_price") - before[0] == 1
+    assert sample("nudgeflow_unknown_fields_total", path="context.store_id") - before[1] == 1

@@ -298,3 +298,27 @@ def test_items_held_back_are_released_in_key_order_whatever_order_they_arrive_in
 
 def _key(item: object) -> int:
     return item.seq  # type: ignore[attr-defined]
+
+
+def test_a_till_basket_with_free_voided_and_returned_lines_is_an_order():
+    """Quantity 0 is bought and adds nothing; a returned item is not bought and nets the spend."""
+    lines = [
+        {"product_id": "milk", "category": "dairy", "price": 1.5, "quantity": 4},
+        {"product_id": "bag", "category": "misc", "price": 0.0, "quantity": 1},
+        {"product_id": "bananas", "category": "fruit", "price": 2.0, "quantity": 0},
+        {"product_id": "eggs", "category": "eggs", "price": 3.0, "quantity": -1},
+        {"category": "no id", "price": 9.0},
+    ]
+    h = EngineHarness(rules_from(CART_ONLY))
+    h.feed([track("Order Completed", "u1", 0, props={"order_id": "o1", "products": lines})])
+    state = h.customers.customers["u1"]
+    assert state.orders == 1 and state.lifetime_spend == 3.0
+    assert state.bought == ("milk", "bag", "bananas")
+    assert sorted(state.products.top()) == ["bag", "bananas", "milk"]
+    assert "eggs" not in state.categories.top()
+    assert h.identity.stats["order_lines_dropped"] == {"missing_product_id": 1}
+    returned = [{"product_id": "eggs", "price": 3.0, "quantity": -2}]
+    h.feed([track("Order Refunded", "u1", 1, props={"order_id": "o1", "products": returned})])
+    assert state.lifetime_spend == 0.0, "a refund's negative lines refund their value"
+    h.feed([track("Order Completed", "u1", 2, props={"order_id": "o2", "products": returned})])
+    assert state.orders == 2 and state.lifetime_spend == 0.0, "a basket of returns adds no negative spend"

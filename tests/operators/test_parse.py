@@ -7,9 +7,19 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import T0, call, raw_records, track
+from conftest import T0, at, call, raw_records, track
 
-from operators.parse import DEFAULT_MAX_EVENT_BYTES, RawEvent, Rejected, parse
+from connectors.files import add_counts
+from operators.parse import (
+    DEFAULT_MAX_EVENT_BYTES,
+    MAX_UNKNOWN_FIELDS,
+    OTHER_PATHS,
+    RawEvent,
+    Rejected,
+    count_notes,
+    parse,
+    readable_firsts,
+)
 from schemas.envelope import Envelope
 from schemas.events import ProductEvent
 
@@ -121,12 +131,9 @@ def test_json_that_is_not_an_object_is_schema_invalid(payload, message):
         ({**VIEWED, "timestamp": "2026-01-05T10:00:00"}, "timestamp"),
         ({**VIEWED, "userId": 7}, "userId"),
         ({**VIEWED, "type": "group"}, "type"),
-        (
-            track("Order Completed", props={"order_id": "o1", "products": [{"product_id": "a", "quantity": "two"}]}),
-            "properties.products.0.quantity",
-        ),
+        (track("Order Completed", props={"products": [{"product_id": "a"}]}), "properties.order_id"),
     ],
-    ids=["no-message-id", "price-abc", "price-negative", "naive-time", "user-id-int", "unknown-type", "line-qty"],
+    ids=["no-message-id", "price-abc", "price-negative", "naive-time", "user-id-int", "unknown-type", "no-order-id"],
 )
 def test_schema_invalid_names_the_field(event, field):
     record = rejected(parse(raw(event)))
@@ -170,3 +177,132 @@ def test_raw_records_positions_survive_parsing():
     assert results[0].position == {"source": "test.jsonl", "line": 1}
     assert rejected(results[1])["position"] == {"source": "test.jsonl", "line": 2}
     assert results[2].seq == 3
+
+
+def test_an_order_keeps_its_good_lines_and_notes_each_dropped_one():
+    lines = [{"product_id": "a", "quantity": "two"}, {"product_id": "b", "quantity": 0}, {"price": 2.0}]
+    env = parse(raw(track("Order Completed", props={"order_id": "o1", "products": lines})))
+    assert isinstance(env, Envelope)
+    assert [p.product_id for p in env.event.properties.products] == ["b"]
+    assert env.notes == (("order_lines_dropped", "bad_quantity"), ("order_lines_dropped", "missing_product_id"))
+    assert parse(raw(VIEWED)).notes == ()
+
+
+@pytest.mark.parametrize(
+    ("payload", "path"),
+    [
+        (
+            b'{"type":"alias","type":"track","event":"Signed Up","messageId":"m","userId":"u",'
+            b'"timestamp":"2026-01-05T10:00:00Z"}',
+            "type",
+        ),
+        (
+            b'{"type": "track", "event": "Signed Up", "messageId": "m", "userId" : "u", "userId" : "v",'
+            b' "timestamp": "2026-01-05T10:00:00Z"}',
+            "userId",
+        ),
+        (
+            b'{"type":"track","event":"Order Completed","messageId":"m","userId":"u",'
+            b'"timestamp":"2026-01-05T10:00:00Z","properties":{"order_id":"o",'
+            b'"products":[{"product_id":"a"},{"product_id":"b","quantity":1,"quantity":2}]}}',
+            "properties.products.1.quantity",
+        ),
+        (
+            b'{"type":"page","messageId":"m","userId":"u","timestamp":"2026-01-05T10:00:00Z",'
+            b'"name":"a:b:c","name":"x"}',
+            "name",
+        ),
+    ],
+    ids=["top-level", "spaced", "nested-line", "colons-in-the-lost-value"],
+)
+def test_a_repeated_key_is_a_dead_letter_naming_its_path(payload, path):
+    record = rejected(parse(raw(payload)))
+    assert record["reason"] == "duplicate_key"
+    assert record["messages"] == [f"{path}: duplicate key"]
+
+
+def test_colons_in_values_spacing_and_escapes_are_not_taken_for_repeated_keys():
+    event = call("page", name="a:b", context={"page": {"url": "https://x.example/a:b?c=d:e"}})
+    spaced = orjson.dumps(event, option=orjson.OPT_INDENT_2).replace(b'": ', b'" : ')
+    escaped = orjson.dumps(event).replace(b"a:b", b"a\\u003ab", 1)
+    for payload in (orjson.dumps(event), spaced, escaped):
+        assert isinstance(parse(raw(payload)), Envelope), payload
+
+
+def unknown_paths(event: dict[str, Any]) -> list[str]:
+    env = parse(raw(event))
+    assert isinstance(env, Envelope), env
+    return [path for kind, path in env.notes if kind == "unknown_fields"]
+
+
+def test_unknown_fields_of_closed_containers_are_noted_by_path():
+    pos = {"channel": "pos", "store_id": "st-1", "store": {"id": "st-1", "code": "B1"}, "location": {"town": "X"}}
+    line = {"product_id": "a", "qty": 2, "variant": "red", "url": "https://x.example/a"}
+    event = track("Order Completed", props={"order_id": "o", "products": [line, line]}, context=pos, user_id="u")
+    assert unknown_paths(event) == [
+        "user_id",
+        "context.store_id",
+        "context.store.code",
+        "context.location.town",
+        "properties.products[].qty",
+        "properties.products[].qty",
+    ]
+    consent = track("Consent Updated", props={"channel": "push", "granted": True, "granted_at": "2026-01-05"})
+    assert unknown_paths(consent) == ["properties.granted_at"]
+    assert unknown_paths(track("Store Visited", props={"store_id": "s", "dwell": 5})) == ["properties.dwell"]
+    assert unknown_paths(track("Erasure Requested", props={"request_id": "r", "reason": "x"})) == ["properties.reason"]
+
+
+def test_segment_fields_and_open_containers_are_not_noted():
+    context = {
+        "ip": "8.8.8.8",
+        "userAgent": "Mozilla/5.0",
+        "library": {"name": "analytics.js", "version": "2.11.1"},
+        "app": {"name": "shop"},
+        "device": {"id": "d"},
+        "os": {"name": "iOS"},
+        "page": {"path": "/"},
+        "screen": {"width": 320},
+        "network": {"wifi": True},
+        "campaign": {"name": "spring"},
+        "referrer": {"type": "web"},
+        "traits": {"email": "a@b.c"},
+        "groupId": "g1",
+        "locale": "de-DE",
+        "location": {"city": "Berlin", "region": "BE", "speed": 0},
+    }
+    top = {"integrations": {"All": True}, "originalTimestamp": at(0), "sentAt": at(0), "version": 2, "channel": "web"}
+    assert (
+        unknown_paths(track("Product Viewed", props={"product_id": "p", "colour": "red"}, context=context, **top)) == []
+    )
+    assert unknown_paths(track("Wishlist Shared", props={"anything": 1}, context=context)) == []
+    assert unknown_paths(call("identify", traits={"email": "a@b.c", "plan": "pro"})) == []
+    assert unknown_paths(call("page", name="Home", category="Docs", properties={"path": "/"})) == []
+
+
+def test_unknown_paths_counted_per_shard_are_bounded_and_keep_their_first_sighting():
+    stats: dict[str, Any] = {}
+    events = [call("page", context={f"k{n}": 1, "store_id": "s"}) for n in range(MAX_UNKNOWN_FIELDS + 10)]
+    for n, event in enumerate(events):
+        count_notes(stats, parse(RawEvent(n, {"line": n}, orjson.dumps(event))))
+    fields = stats["unknown_fields"]
+    assert len(fields) == MAX_UNKNOWN_FIELDS + 1
+    assert fields["context.store_id"]["count"] == MAX_UNKNOWN_FIELDS + 10
+    assert fields["context.store_id"]["first"][1:] == [events[0]["messageId"], {"line": 0}]
+    assert fields[OTHER_PATHS]["count"] == 11, "the paths after the first 50 (one of them shares its event)"
+    assert fields["context.k0"]["first"][1:] == [events[0]["messageId"], {"line": 0}]
+
+
+def test_shards_first_sightings_merge_to_the_earliest():
+    early = {"unknown_fields": {"context.x": {"count": 1, "first": [f"{5:032x}", "m5", {"line": 5}]}}}
+    late = {"unknown_fields": {"context.x": {"count": 2, "first": [f"{70:032x}", "m70", {"line": 70}]}}}
+    for parts in ((early, late), (late, early)):
+        total: dict[str, Any] = {}
+        for part in parts:
+            add_counts(total, part)
+        assert total["unknown_fields"]["context.x"] == {
+            "count": 3,
+            "first": early["unknown_fields"]["context.x"]["first"],
+        }
+    readable_firsts(total)
+    assert total["unknown_fields"]["context.x"] == {"count": 3, "first_message_id": "m5", "first_position": {"line": 5}}

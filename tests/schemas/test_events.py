@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from conftest import T0, call, track
 from pydantic import ValidationError
@@ -150,13 +151,95 @@ def test_bad_product_properties_are_rejected_naming_the_field(props, field):
 
 
 def test_nan_is_rejected_in_nested_typed_floats():
-    found = errors(
-        track("Order Completed", props={"order_id": "o", "products": [{"product_id": "a", "price": float("nan")}]})
-    )
-    assert found[0][0][1:] == ("properties", "products", 0, "price")
-    assert "finite" in found[0][1]
     found = errors(call("page", context={"location": {"latitude": float("inf")}}))
     assert found[0][0][1:] == ("context", "location", "latitude")
+    assert "finite" in found[0][1]
+    nan_line = {"product_id": "a", "price": float("nan")}
+    parsed = validate(track("Order Completed", props={"order_id": "o", "products": [nan_line]}))
+    assert parsed.properties.products == [] and parsed.properties.dropped_lines == ("bad_price",)
+
+
+def order_with(*lines: Any, **props: Any) -> Any:
+    return validate(track("Order Completed", props={"order_id": "o1", "products": list(lines), **props})).properties
+
+
+def test_what_real_tills_send_is_accepted_line_by_line():
+    """A voided, weighed or free item (quantity 0) and a returned one (negative) are lines like any other."""
+    props = order_with(
+        {"product_id": "milk", "price": 1.2, "quantity": 2},
+        {"product_id": "bananas", "price": 2.4, "quantity": 0},
+        {"product_id": "bag", "price": 0.0, "quantity": 1},
+        {"product_id": "eggs", "price": 3.0, "quantity": -1},
+    )
+    assert [(p.product_id, p.quantity) for p in props.products] == [
+        ("milk", 2),
+        ("bananas", 0),
+        ("bag", 1),
+        ("eggs", -1),
+    ]
+    assert props.dropped_lines == ()
+    assert props.amount() == pytest.approx(2.4 - 3.0), "returned items count against the sum of the lines"
+
+
+GOOD_LINE = {"product_id": "milk", "price": 1.2, "quantity": 2}
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ({"price": 1.0, "quantity": 1}, "missing_product_id"),
+        ({"product_id": "", "price": 1.0}, "bad_product_id"),
+        ({"product_id": "p", "price": -0.5}, "bad_price"),
+        ({"product_id": "p", "price": "12.50"}, "bad_price"),
+        ({"product_id": "p", "price": float("inf")}, "bad_price"),
+        ({"product_id": "p", "quantity": 1_000_000}, "bad_quantity"),
+        ({"product_id": "p", "quantity": -1_000_000}, "bad_quantity"),
+        ({"product_id": "p", "quantity": "3"}, "bad_quantity"),
+        ({"product_id": "p", "quantity": True}, "bad_quantity"),
+        ({"product_id": "p", "quantity": 1.5}, "bad_quantity"),
+        ("milk", "not_an_object"),
+        (None, "not_an_object"),
+    ],
+    ids=[
+        "no-id",
+        "empty-id",
+        "negative-price",
+        "price-text",
+        "price-inf",
+        "absurd-quantity",
+        "absurd-return",
+        "quantity-text",
+        "quantity-bool",
+        "quantity-fraction",
+        "text",
+        "null",
+    ],
+)
+def test_a_bad_line_is_dropped_with_its_reason_and_the_order_kept(line, reason):
+    props = order_with(GOOD_LINE, line, GOOD_LINE, total=7.0)
+    assert [p.product_id for p in props.products] == ["milk", "milk"]
+    assert props.dropped_lines == (reason,)
+    assert props.amount() == 7.0
+    checkout = validate(track("Checkout Started", props={"products": [line, GOOD_LINE]})).properties
+    assert checkout.dropped_lines == (reason,) and len(checkout.products) == 1
+
+
+def test_every_bad_line_is_dropped_and_a_fault_outside_the_lines_still_rejects_the_order():
+    props = order_with({"product_id": "a", "price": -1}, {"quantity": 2}, GOOD_LINE)
+    assert props.dropped_lines == ("bad_price", "missing_product_id") and len(props.products) == 1
+    found = errors(track("Order Completed", props={"total": 5.0, "products": [{"quantity": 2}]}))
+    assert ("properties", "order_id") in [loc[1:] for loc, _ in found]
+    found = errors(track("Order Completed", props={"order_id": "o", "total": -5.0, "products": [GOOD_LINE]}))
+    assert [loc[1:] for loc, _ in found] == [("properties", "total")]
+    assert errors(track("Order Completed", props={"order_id": "o", "products": [GOOD_LINE] * 501}))
+
+
+def test_a_lines_validation_gives_the_same_event_from_bytes():
+    """Events are validated again from their bytes after crossing processes: lines are dropped alike."""
+    event = track("Order Completed", props={"order_id": "o", "products": [GOOD_LINE, {"product_id": "p", "price": -2}]})
+    again = EVENT_ADAPTER.validate_json(orjson.dumps(event))
+    assert again.properties == validate(event).properties
+    assert again.properties.dropped_lines == ("bad_price",)
 
 
 def test_wrong_types_of_ids_are_rejected():
@@ -220,3 +303,36 @@ def test_epoch_ms_keeps_milliseconds():
     assert epoch_ms(datetime(2026, 1, 5, 10, 0, 0, 123_000, tzinfo=UTC)) == 1_767_607_200_123
     parsed = validate(call("page", timestamp="2026-01-05T10:00:00.999Z"))
     assert epoch_ms(parsed.timestamp) == 1_767_607_200_999
+
+
+@pytest.mark.parametrize(
+    ("event", "loc"),
+    [
+        (track("Product Viewed", props=PRODUCT, timestamp=1767607200), ("timestamp",)),
+        (track("Product Viewed", props=PRODUCT, timestamp=1767607200.5), ("timestamp",)),
+        (track("Product Viewed", props=PRODUCT, timestamp="1767607200"), ("timestamp",)),
+        (track("Product Viewed", props=PRODUCT, receivedAt=1767607200000), ("receivedAt",)),
+        (track("Consent Updated", props={"channel": "push", "granted": "yes"}), ("properties", "granted")),
+        (track("Consent Updated", props={"channel": "push", "granted": 1}), ("properties", "granted")),
+        (track("Product Added", props={"product_id": "p", "quantity": "3"}), ("properties", "quantity")),
+        (track("Product Added", props={"product_id": "p", "quantity": True}), ("properties", "quantity")),
+        (track("Product Added", props={"product_id": "p", "price": "12.50"}), ("properties", "price")),
+        (track("Product Added", props={"product_id": "p", "price": True}), ("properties", "price")),
+        (track("Order Completed", props={"order_id": "o", "total": "12.50"}), ("properties", "total")),
+        (track("Application Opened", props={"from_background": "false"}), ("properties", "from_background")),
+        (call("identify", traits={"age": "29"}), ("traits", "age")),
+        (call("identify", traits={"urban": "true"}), ("traits", "urban")),
+        (call("identify", traits={"created_at": 1767607200}), ("traits", "created_at")),
+        (call("page", context={"location": {"latitude": "52.5"}}), ("context", "location", "latitude")),
+    ],
+    ids=lambda v: "-".join(v) if isinstance(v, tuple) else None,
+)
+def test_a_wrong_type_is_not_coerced(event, loc):
+    assert [found[1:] for found, _ in errors(event)] == [loc]
+
+
+def test_the_one_coercion_accepted_is_an_integer_valued_number_for_an_integer():
+    props = validate(track("Product Added", props={"product_id": "p", "quantity": 2.0, "price": 12})).properties
+    assert props.quantity == 2 and type(props.quantity) is int
+    assert props.price == 12.0 and type(props.price) is float
+    assert validate(call("identify", traits={"age": 29.0})).traits.age == 29
