@@ -306,12 +306,13 @@ def _source(args: argparse.Namespace, settings: Settings) -> Source[RawEvent | E
 
 
 def _replay(args: argparse.Namespace) -> int:
+    files_only = {"redis_url": None}  # a replay writes its output folder, never the live store
     if args.diff is None:
-        settings = _settings(args, args.inputs, args.out)
+        settings = _settings(args, args.inputs, args.out).model_copy(update=files_only)
         execute(settings, args.workers, _source(args, settings), quiet=args.quiet)
         return 0
     load_rules(args.diff)  # fail before running anything
-    settings_a = _settings(args, args.inputs, args.out / "a")
+    settings_a = _settings(args, args.inputs, args.out / "a").model_copy(update=files_only)
     settings_b = settings_a.model_copy(update={"out": args.out / "b", "rules": args.diff})
     fresh_folder(args.out, replace=args.force)
     for settings in (settings_a, settings_b):

@@ -55,7 +55,9 @@ def build_flow(
     raw = op.input("events", flow, source)
     config = settings.engine_config(snapshots, source_partitions, profiles=settings.redis_url is not None)
     outputs = personalize("personalize", raw, rules, config, settings.shards, settings.max_event_bytes)
-    _redis_output(outputs, settings)
+    if settings.redis_url is not None:
+        _redis_output(outputs, settings)
+        outputs = op.filter("not_profiles", outputs, _not_profile)  # profiles are for the live store only
     op.output("outputs", outputs, sink)
     return flow
 
@@ -99,6 +101,10 @@ def _redis_output(outputs: KeyedStream[Output], settings: Settings) -> None:
     url = settings.redis_url.get_secret_value()
     sink = RedisStoreSink(url, prefix=settings.redis_prefix, ttl_seconds=ttl, traits=settings.redis_traits)
     op.output("redis", op.filter("to_redis", outputs, _for_redis), sink)
+
+
+def _not_profile(item: tuple[str, Output]) -> bool:
+    return item[0] != "profiles"
 
 
 def _for_redis(item: tuple[str, Output]) -> bool:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import redis
 from bytewax.testing import TestingSink, TestingSource, run_main
 from conftest import added, call, order, source_records, track
 
 from connectors.redis_store import audience_key, customer_keys
+from flows.cli import main
 from flows.personalization import build_flow
 from flows.settings import Settings
+
+GOLDEN = Path(__file__).resolve().parents[1] / "flows" / "golden"
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def test_profiles_audiences_and_decisions_reach_redis_and_erasure_removes_them(services, tmp_path):
@@ -45,3 +54,29 @@ def test_profiles_audiences_and_decisions_reach_redis_and_erasure_removes_them(s
     finally:
         for key in client.scan_iter(f"{prefix}:*"):
             client.delete(key)
+
+
+def keys_under(client: redis.Redis, prefix: str) -> list[bytes]:
+    return list(client.scan_iter(f"{prefix}:*", count=1000))
+
+
+def test_a_replay_in_a_shell_with_the_live_store_set_writes_files_only(redis_service, tmp_path, monkeypatch, capsys):
+    stream = GOLDEN / "stream.jsonl.gz"
+    assert main(["replay", str(stream), "--out", str(tmp_path / "plain"), "--quiet"]) == 0
+    prefix = f"t{tmp_path.name[-12:]}"
+    monkeypatch.setenv("NUDGEFLOW_REDIS_URL", redis_service["REDIS_URL"])
+    monkeypatch.setenv("NUDGEFLOW_REDIS_PREFIX", prefix)
+    assert main(["replay", str(stream), "--out", str(tmp_path / "with_env"), "--quiet"]) == 0
+    assert files_of(tmp_path / "with_env") == files_of(tmp_path / "plain")
+    client = redis.Redis.from_url(redis_service["REDIS_URL"])
+    try:
+        assert keys_under(client, prefix) == [], "a replay leaves the live store alone"
+        assert main(["run", str(stream), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+        assert files_of(tmp_path / "run") == files_of(tmp_path / "plain")
+        profiles = [k for k in keys_under(client, prefix) if k.endswith(b":profile")]
+        customers = orjson.loads((tmp_path / "plain" / "summary.json").read_bytes())["customers"]
+        assert len(profiles) == customers, "run on recordings fills the store when asked"
+    finally:
+        for key in keys_under(client, prefix):
+            client.delete(key)
+        client.close()
