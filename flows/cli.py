@@ -17,6 +17,7 @@ from bytewax.testing import cluster_main, run_main
 from tqdm import tqdm
 
 from connectors.files import OutputFolderError, fresh_folder
+from connectors.redis_store import StoreNotWritten, take_unwritten
 from flows.metrics import serve
 from flows.personalization import build_flow
 from flows.report import diff_decisions, finalize_summary, render_diff, render_summary
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.command(args) or 0)
-    except (RuleFileError, OutputFolderError, ValueError, FileNotFoundError) as err:
+    except (RuleFileError, OutputFolderError, ValueError, FileNotFoundError, StoreNotWritten) as err:
         print(f"nudgeflow: {err}", file=sys.stderr)
         return 2
 
@@ -164,6 +165,7 @@ def execute(
     if settings.metrics_port is not None:
         serve(settings.metrics_port + process_id)
     status = StatusLine() if not quiet and sys.stderr.isatty() else None
+    take_unwritten()  # only this run's store counts
     started = time.perf_counter()
     try:
         run_dataflow(flow, settings, workers, process_id, addresses)
@@ -174,11 +176,19 @@ def execute(
     if settings.source == "kafka":
         if not quiet:
             print(f"nudgeflow: stopped after {seconds:.1f} s; {status_text()}", file=sys.stderr)
+        _fail_if_unwritten()
         return {}
     summary = finalize_summary(settings.out)
     if not quiet:
         print(render_summary(summary, settings, seconds), file=sys.stderr)
+    _fail_if_unwritten()
     return summary
+
+
+def _fail_if_unwritten() -> None:
+    """A bounded run whose Redis store could not write everything fails, saying what is missing."""
+    if unwritten := take_unwritten():
+        raise StoreNotWritten("; ".join(unwritten))
 
 
 def run_dataflow(
