@@ -395,14 +395,16 @@ def _redis_binary() -> str:
     return binary
 
 
-def start_redis(workdir: Path, *, port: int | None = None, log: Log = print) -> RunningService:
-    """Start a throwaway Redis (no persistence) on ``port`` (default: a free loopback port);
-    returns once it answers PING."""
+def start_redis(
+    workdir: Path, *, port: int | None = None, persistent: bool = False, log: Log = print
+) -> RunningService:
+    """Start a throwaway Redis on ``port`` (default: a free loopback port); returns once it answers
+    PING. ``persistent``: an append-only file in ``workdir``, so a restart there keeps the data."""
     binary = _redis_binary()
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+    cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "yes" if persistent else "no",
            "--dir", str(workdir), "--daemonize", "no"]  # fmt: skip
     service = _launch("redis", f"redis://{HOST}:{port}/0", cmd, workdir, workdir / "redis.log", _wait_redis)
     log(f"redis: {service.address} ready (pid {service.pid})")
