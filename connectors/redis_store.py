@@ -668,7 +668,8 @@ def check_store(url: str, cluster: bool = False) -> None:
             client.ping()
         finally:
             client.close()
-    except (rx.AuthenticationError, rx.AuthorizationError, rx.ResponseError) as err:
-        raise ValueError(f"redis store {where} refused the connection: {err}") from None
-    except rx.RedisError as err:
+    except UNAVAILABLE as err:
+        cause = err.__cause__ if isinstance(err, rx.RedisClusterException) else err  # a cluster wraps the reason
+        if isinstance(cause, rx.AuthenticationError | rx.AuthorizationError | rx.ResponseError):
+            raise ValueError(f"redis store {where} refused the connection: {cause}") from None
         log.warning("redis store %s not reachable at start (%s); holding updates until it answers", where, err)
