@@ -366,6 +366,10 @@ class RedisStoreWriter:
         """Buffered entries not yet written."""
         return len(self._buffer)
 
+    @property
+    def close_timeout(self) -> float:
+        return self._config.close_timeout_seconds
+
     def write(self, items: Iterable[tuple[str, Output]]) -> bool:
         """Buffer ``items``; ``True`` when the buffer is full (a flush is due now)."""
         with self._lock:
@@ -397,10 +401,11 @@ class RedisStoreWriter:
         with self._lock:
             self._buffer.thaw(snapshot)
 
-    def close(self) -> str | None:
-        """Flush, waiting at most ``close_timeout_seconds`` for Redis, then release the client;
-        a one-line account of what was not written, if anything."""
-        deadline = time.monotonic() + self._config.close_timeout_seconds
+    def close(self, deadline: float | None = None) -> str | None:
+        """Flush, waiting for Redis until ``deadline`` (monotonic; default ``close_timeout_seconds``
+        from now), then release the client; a one-line account of what was not written, if anything."""
+        if deadline is None:
+            deadline = time.monotonic() + self._config.close_timeout_seconds
         while self._buffer and (now := time.monotonic()) < deadline:
             time.sleep(max(0.0, min(self._next_attempt, deadline) - now))
             if time.monotonic() >= self._next_attempt:
@@ -561,12 +566,42 @@ class RedisStoreWriter:
         self._next_attempt = 0.0
 
 
+class CloseDeadline:
+    """One deadline for all partitions of a sink that close together (so a dead Redis delays the
+    end of a run by ``close_timeout_seconds`` once, not once per partition)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._lock = threading.Lock()
+        self._open = 0
+        self._at: float | None = None
+
+    def opened(self) -> None:
+        with self._lock:
+            self._open += 1
+
+    def closing(self) -> float:
+        """The deadline, set by the first partition that closes."""
+        with self._lock:
+            if self._at is None:
+                self._at = time.monotonic() + self._seconds
+            return self._at
+
+    def closed(self) -> None:
+        with self._lock:
+            self._open -= 1
+            if self._open == 0:
+                self._at = None  # a later run of the same flow starts afresh
+
+
 class RedisStorePartition(StatefulSinkPartition[Output, StoreSnapshot]):
     """One partition's writer, and the thread that flushes it on a timer (so updates held during
     an outage are written when Redis returns, even if no new output arrives)."""
 
-    def __init__(self, writer: RedisStoreWriter, name: str) -> None:
+    def __init__(self, writer: RedisStoreWriter, name: str, deadline: CloseDeadline | None = None) -> None:
         self._writer = writer
+        self._deadline = deadline or CloseDeadline(writer.close_timeout)
+        self._deadline.opened()
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._flusher = threading.Thread(target=self._flush_on_timer, name=name, daemon=True)
@@ -583,7 +618,8 @@ class RedisStorePartition(StatefulSinkPartition[Output, StoreSnapshot]):
         self._closing.set()
         self._wake.set()
         self._flusher.join()
-        account = self._writer.close()
+        account = self._writer.close(self._deadline.closing())
+        self._deadline.closed()
         if account is not None:
             with _unwritten_lock:
                 _unwritten.append(account)
@@ -633,6 +669,7 @@ class RedisStoreSink(FixedPartitionedSink[Output, StoreSnapshot]):
             max_buffered=max_buffered,
             close_timeout_seconds=close_timeout_seconds,
         )
+        self._deadline = CloseDeadline(close_timeout_seconds)  # shared by this process's partitions
 
     def __repr__(self) -> str:
         return f"RedisStoreSink({mask_url(self.url)!r}, prefix={self.config.prefix!r})"
@@ -647,7 +684,7 @@ class RedisStoreSink(FixedPartitionedSink[Output, StoreSnapshot]):
         writer = RedisStoreWriter(partial(connect, self.url, self.cluster), self.config, mask_url(self.url))
         if resume_state is not None:
             writer.restore(resume_state)
-        return RedisStorePartition(writer, f"redis-{step_id}-{for_part}")
+        return RedisStorePartition(writer, f"redis-{step_id}-{for_part}", self._deadline)
 
 
 def connect(url: str, cluster: bool = False) -> Any:
