@@ -314,30 +314,62 @@ class StoreBuffer:
         for (audience, customer), member in members:
             self.add_membership(audience, customer, member)
 
-    def describe(self) -> str:
-        """What the buffer holds, in words, naming a few customers."""
-        names = sorted(self.profiles.keys() | self.decisions.keys() | {customer for _, customer in self.members})
+    def unwritten(self, where: str, refused: int) -> Unwritten:
+        """What the buffer holds, as an account of what was not written to ``where``."""
+        customers = self.profiles.keys() | self.decisions.keys() | {customer for _, customer in self.members}
+        return Unwritten(where, customers, len(self.profiles), len(self.decisions), len(self.members), refused)
+
+
+@dataclass
+class Unwritten:
+    """What a store could not write: its customers, counts by kind, and writes Redis refused."""
+
+    where: str
+    customers: set[str]
+    profiles: int
+    decisions: int
+    members: int
+    refused: int
+
+    def add(self, other: Unwritten) -> None:
+        self.customers |= other.customers
+        self.profiles += other.profiles
+        self.decisions += other.decisions
+        self.members += other.members
+        self.refused += other.refused
+
+    def __str__(self) -> str:
+        names = sorted(self.customers)
         shown = ", ".join(names[:DESCRIBED_CUSTOMERS]) + (", ..." if len(names) > DESCRIBED_CUSTOMERS else "")
-        return (
-            f"{len(names)} customers' updates ({shown}: {len(self.profiles)} profiles, "
-            f"{len(self.decisions)} decision lists, {len(self.members)} audience memberships)"
+        text = (
+            f"redis store {self.where}: {len(names)} customers' updates ({shown}: {self.profiles} profiles, "
+            f"{self.decisions} decision lists, {self.members} audience memberships) not written"
         )
+        return text + (f"; {self.refused} writes refused" if self.refused else "")
 
 
 class StoreNotWritten(RuntimeError):
     """Updates were still not written to Redis when the store closed."""
 
 
-_unwritten: list[str] = []
+_unwritten: dict[str, Unwritten] = {}
 _unwritten_lock = threading.Lock()
 
 
-def take_unwritten() -> list[str]:
-    """What the stores that closed in this process could not write (one line each), and forget it."""
+def take_unwritten() -> str | None:
+    """What the stores that closed in this process could not write, in one line, and forget it."""
     with _unwritten_lock:
-        taken = list(_unwritten)
+        taken = "; ".join(str(account) for account in _unwritten.values()) or None
         _unwritten.clear()
     return taken
+
+
+def _report_unwritten(account: Unwritten) -> None:
+    with _unwritten_lock:
+        if account.where in _unwritten:
+            _unwritten[account.where].add(account)
+        else:
+            _unwritten[account.where] = account
 
 
 class RedisStoreWriter:
@@ -401,9 +433,9 @@ class RedisStoreWriter:
         with self._lock:
             self._buffer.thaw(snapshot)
 
-    def close(self, deadline: float | None = None) -> str | None:
+    def close(self, deadline: float | None = None) -> Unwritten | None:
         """Flush, waiting for Redis until ``deadline`` (monotonic; default ``close_timeout_seconds``
-        from now), then release the client; a one-line account of what was not written, if anything."""
+        from now), then release the client; what was not written, if anything (also logged)."""
         if deadline is None:
             deadline = time.monotonic() + self._config.close_timeout_seconds
         while self._buffer and (now := time.monotonic()) < deadline:
@@ -414,9 +446,7 @@ class RedisStoreWriter:
             self._client.close()
         if not self._buffer and not self.refused:
             return None
-        account = f"redis store {self._where}: {self._buffer.describe()} not written"
-        if self.refused:
-            account += f"; {self.refused} writes refused"
+        account = self._buffer.unwritten(self._where, self.refused)
         log.error("%s", account)
         return account
 
@@ -621,8 +651,7 @@ class RedisStorePartition(StatefulSinkPartition[Output, StoreSnapshot]):
         account = self._writer.close(self._deadline.closing())
         self._deadline.closed()
         if account is not None:
-            with _unwritten_lock:
-                _unwritten.append(account)
+            _report_unwritten(account)
 
     def _flush_on_timer(self) -> None:
         while not self._closing.is_set():

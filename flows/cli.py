@@ -188,7 +188,7 @@ def execute(
 def _fail_if_unwritten() -> None:
     """A bounded run whose Redis store could not write everything fails, saying what is missing."""
     if unwritten := take_unwritten():
-        raise StoreNotWritten("; ".join(unwritten))
+        raise StoreNotWritten(unwritten)
 
 
 def run_dataflow(
