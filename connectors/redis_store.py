@@ -379,11 +379,14 @@ class RedisStoreWriter:
     at a time, and may run while :meth:`write` and :meth:`snapshot` are called from another.
     """
 
-    def __init__(self, connect: Callable[[], Any], config: StoreConfig, where: str = "redis") -> None:
+    def __init__(
+        self, connect: Callable[[], Any], config: StoreConfig, where: str = "redis", outages: OutageLog | None = None
+    ) -> None:
         self._connect = connect  # a client is made at the first write (a cluster client asks for the layout)
         self._client: Any = None
         self._config = config
         self._where = where  # the server, for logs (never with its password)
+        self._outage_log = outages or OutageLog(where)
         self._buffer = StoreBuffer(config.decisions_kept)
         self._lock = threading.Lock()  # guards the buffer
         self._scripts = {script: sha1(script.encode()).hexdigest() for script in (REPLACE_PROFILE, PUSH_DECISIONS)}
@@ -568,32 +571,51 @@ class RedisStoreWriter:
             self._backoff = BACKOFF_START
             self.outages += 1
             SINK_ERRORS.labels(sink=SINK, reason=type(err).__name__).inc()
-            log.warning(
-                "redis store %s unavailable (%s: %s); holding %d customers' updates and retrying",
-                self._where,
-                type(err).__name__,
-                err,
-                self._held_customers(),
-            )
+            self._outage_log.failed(self, err)
         else:
             self._backoff = min(self._backoff * BACKOFF_FACTOR, BACKOFF_CAP)
         self._next_attempt = now + self._backoff
 
-    def _held_customers(self) -> int:
-        with self._lock:
-            return self._buffer.customers()
-
     def _recovered(self, entries: int) -> None:
         if self._outage_since is not None:
-            log.warning(
-                "redis store %s available again after %.1f s; %d held updates written",
-                self._where,
-                time.monotonic() - self._outage_since,
-                entries,
-            )
+            self._outage_log.recovered(self, entries)
         self._outage_since = None
         self._backoff = 0.0
         self._next_attempt = 0.0
+
+
+class OutageLog:
+    """Logs when Redis goes away and when it is back: once for all partitions of a sink in a
+    process (the first that fails, the last that writes again)."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self._lock = threading.Lock()
+        self._down: set[int] = set()
+        self._since = 0.0
+        self._written = 0
+
+    def failed(self, writer: object, err: Exception) -> None:
+        with self._lock:
+            if not self._down:
+                self._since = time.monotonic()
+                log.warning(
+                    "redis store %s unavailable (%s: %s); holding updates and retrying",
+                    self._where,
+                    type(err).__name__,
+                    err,
+                )
+            self._down.add(id(writer))
+
+    def recovered(self, writer: object, written: int) -> None:
+        with self._lock:
+            self._down.discard(id(writer))
+            self._written += written
+            if not self._down:
+                seconds = time.monotonic() - self._since
+                log.warning("redis store %s available again after %.1f s; %d held updates written",
+                            self._where, seconds, self._written)  # fmt: skip
+                self._written = 0
 
 
 class CloseDeadline:
@@ -699,6 +721,7 @@ class RedisStoreSink(FixedPartitionedSink[Output, StoreSnapshot]):
             close_timeout_seconds=close_timeout_seconds,
         )
         self._deadline = CloseDeadline(close_timeout_seconds)  # shared by this process's partitions
+        self._outages = OutageLog(mask_url(url))
 
     def __repr__(self) -> str:
         return f"RedisStoreSink({mask_url(self.url)!r}, prefix={self.config.prefix!r})"
@@ -710,7 +733,8 @@ class RedisStoreSink(FixedPartitionedSink[Output, StoreSnapshot]):
         return zlib.crc32(item_key.encode())
 
     def build_part(self, step_id: str, for_part: str, resume_state: StoreSnapshot | None) -> RedisStorePartition:
-        writer = RedisStoreWriter(partial(connect, self.url, self.cluster), self.config, mask_url(self.url))
+        client = partial(connect, self.url, self.cluster)
+        writer = RedisStoreWriter(client, self.config, mask_url(self.url), self._outages)
         if resume_state is not None:
             writer.restore(resume_state)
         return RedisStorePartition(writer, f"redis-{step_id}-{for_part}", self._deadline)
