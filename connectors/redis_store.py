@@ -254,10 +254,6 @@ class StoreBuffer:
     def __len__(self) -> int:
         return len(self.profiles) + len(self.decisions) + len(self.members)
 
-    def customers(self) -> int:
-        """Distinct customers with updates in the buffer."""
-        return len(self.profiles.keys() | self.decisions.keys() | {customer for _, customer in self.members})
-
     def add_profile(self, customer: str, body: bytes) -> None:
         self.profiles.pop(customer, None)  # re-insert: flush order follows the latest update
         self.profiles[customer] = body
