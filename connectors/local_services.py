@@ -2,8 +2,9 @@
 
 For development and tests. The broker runs from the official Kafka jars, fetched once from
 Maven Central with ``mvn`` into a cache folder (``~/.cache/nudgeflow`` or ``$NUDGEFLOW_SERVICES_CACHE``);
-Redis runs from the ``redis-server`` binary. Every wait is bounded, and only processes started
-here are ever stopped, by their PID.
+Redis runs from the ``redis-server`` binary, and :func:`redis_cluster` starts a 3-master Redis
+Cluster (slots assigned with ``redis-cli``, which Debian's redis-server package brings along).
+Every wait is bounded, and only processes started here are ever stopped, by their PID.
 
 Command line::
 
@@ -39,8 +40,10 @@ __all__ = [
     "kafka_server_properties",
     "local_services",
     "main",
+    "redis_cluster",
     "start_kafka",
     "start_redis",
+    "start_redis_cluster",
 ]
 
 Log = Callable[[str], None]
@@ -395,14 +398,16 @@ def _redis_binary() -> str:
     return binary
 
 
-def start_redis(workdir: Path, *, port: int | None = None, log: Log = print) -> RunningService:
-    """Start a throwaway Redis (no persistence) on ``port`` (default: a free loopback port);
-    returns once it answers PING."""
+def start_redis(
+    workdir: Path, *, port: int | None = None, persistent: bool = False, log: Log = print
+) -> RunningService:
+    """Start a throwaway Redis on ``port`` (default: a free loopback port); returns once it answers
+    PING. ``persistent``: an append-only file in ``workdir``, so a restart there keeps the data."""
     binary = _redis_binary()
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+    cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "yes" if persistent else "no",
            "--dir", str(workdir), "--daemonize", "no"]  # fmt: skip
     service = _launch("redis", f"redis://{HOST}:{port}/0", cmd, workdir, workdir / "redis.log", _wait_redis)
     log(f"redis: {service.address} ready (pid {service.pid})")
@@ -426,6 +431,64 @@ def _wait_redis(service: RunningService, process: subprocess.Popen, timeout: flo
     finally:
         client.close()
     raise RuntimeError(f"redis did not answer PING on {service.address} within {timeout:.0f} s")
+
+
+def start_redis_cluster(workdir: Path, *, masters: int = 3, log: Log = print) -> list[RunningService]:
+    """Start a Redis Cluster of ``masters`` nodes (no replicas, no persistence) on free loopback
+    ports, with its slots assigned by ``redis-cli --cluster create``; returns once every node
+    reports the cluster ``ok``. The first node's address names the cluster."""
+    if shutil.which("redis-cli") is None:
+        raise RuntimeError(f"redis-cli not found; install it with: {REDIS_INSTALL_HINT}")
+    binary = _redis_binary()
+    workdir = workdir.resolve()
+    nodes: list[RunningService] = []
+    try:
+        for n in range(masters):
+            folder = workdir / f"node{n}"
+            folder.mkdir(parents=True, exist_ok=True)
+            port, bus_port = free_port(), free_port()  # the bus port is explicit: port + 10000 may be taken
+            cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+                   "--cluster-enabled", "yes", "--cluster-port", str(bus_port),
+                   "--cluster-config-file", str(folder / "nodes.conf"),
+                   "--dir", str(folder), "--daemonize", "no"]  # fmt: skip
+            nodes.append(_launch("redis", f"redis://{HOST}:{port}/0", cmd, folder, folder / "redis.log", _wait_redis))
+        addresses = [service.address.removeprefix("redis://").removesuffix("/0") for service in nodes]
+        create = ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+        result = subprocess.run(create, capture_output=True, text=True, timeout=60, check=False)
+        if result.returncode != 0:
+            output = f"{result.stdout}{result.stderr}"
+            raise RuntimeError(f"redis-cli --cluster create failed ({result.returncode}):\n{output}")
+        _wait_cluster_ok(nodes, READY_TIMEOUT["redis"])
+    except BaseException:
+        _stop_all(nodes)
+        raise
+    log(f"redis cluster: {', '.join(addresses)} ready (pids {', '.join(str(s.pid) for s in nodes)})")
+    return nodes
+
+
+def _wait_cluster_ok(nodes: list[RunningService], timeout: float) -> None:
+    import redis
+
+    deadline = time.monotonic() + timeout
+    for node in nodes:
+        client = redis.Redis.from_url(node.address, socket_timeout=1)
+        try:
+            while client.cluster("info").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis cluster node {node.address} not ok within {timeout:.0f} s")
+                time.sleep(0.1)
+        finally:
+            client.close()
+
+
+@contextlib.contextmanager
+def redis_cluster(workdir: Path, *, masters: int = 3, log: Log = print) -> Iterator[str]:
+    """Run a Redis Cluster for the ``with`` block; yields the URL of one of its nodes."""
+    nodes = start_redis_cluster(workdir, masters=masters, log=log)
+    try:
+        yield nodes[0].address
+    finally:
+        _stop_all(nodes)
 
 
 # --- both -----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Redis store: each customer's live profile, last decisions and audience memberships.
 
-:class:`RedisStoreSink` takes the flow's ``(stream, Output)`` items and keeps this layout
-(``prefix`` defaults to ``nf``; the customer id is the record's key):
+:class:`RedisStoreSink` takes the flow's ``(customer id, Output)`` items and keeps this layout
+(``prefix`` defaults to ``nf``):
 
 ===================================  ====  ===============================================================
 Key                                  Type  Content
@@ -21,31 +21,39 @@ expire that long after their last write; memberships leave a set only by an ``ex
 change. Streams ``profiles``, ``audience_changes`` and ``triggers.*`` are written; shadow
 streams, dead letters and stats are ignored. Personal traits stay out unless allowlisted.
 
-Writes are coalesced: the buffer keeps the latest profile per customer, the latest
-membership per (audience, customer) and each customer's newest decisions, and is written in
-pipelines every ``flush_interval_seconds`` (checked on each batch of any stream, so a quiet
-flow writes its last updates with its next batch), when it holds ``max_buffered`` entries,
-and at close. Profiles and decisions are written by small Lua scripts, each touching one
-customer's slot; every write is idempotent (profiles are replaced, decisions deduplicated),
-so a partly written buffer is simply written again. While Redis is unreachable (or loading,
-read-only, out of memory) the buffer is kept, one warning is logged per outage, and writes
-are retried with exponential backoff; close waits at most ``close_timeout_seconds``.
+Writes are coalesced: each partition's buffer keeps the latest profile per customer, the
+latest membership per (audience, customer) and each customer's newest decisions. The worker
+only buffers; a flusher thread per partition writes the buffer in pipelines every
+``flush_interval_seconds``, at once when it holds ``max_buffered`` entries, and at close.
+Profiles and decisions are written by small Lua scripts, each touching one customer's slot
+(so the store works on Redis Cluster: a pipeline is split by node, nothing spans slots);
+every write is idempotent (profiles are replaced, decisions deduplicated), so a partly
+written buffer is simply written again. While Redis is unreachable (or loading, read-only,
+out of memory) the buffer is kept, one warning is logged when it goes and one when it is
+back, and writes are retried with exponential backoff on the flusher's timer, with or
+without new output. A recovery snapshot holds what is not written yet, so a restart writes
+it. Close waits at most ``close_timeout_seconds``, then logs what was not written and
+reports it to :func:`take_unwritten`.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import zlib
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from hashlib import sha1
 from itertools import islice
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from redis import exceptions as rx
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -61,13 +69,29 @@ AUDIENCE_CHANGES = "audience_changes"
 TRIGGERS = "triggers."
 IGNORED_TRIGGERS = "triggers.shadow"
 
-TRANSIENT_ERRORS = (rx.ConnectionError, rx.TimeoutError, rx.ReadOnlyError, rx.OutOfMemoryError, rx.NoScriptError)
-"""Errors that mean "Redis is not writable right now" (BusyLoadingError is a ConnectionError): retried."""
+TRANSIENT_ERRORS = (
+    rx.ConnectionError,
+    rx.TimeoutError,
+    rx.ReadOnlyError,
+    rx.OutOfMemoryError,
+    rx.NoScriptError,
+    rx.ClusterDownError,
+    rx.TryAgainError,
+)
+"""Errors of a write that mean "Redis is not writable right now" (BusyLoadingError is a ConnectionError): retried."""
+UNAVAILABLE = (rx.RedisError, rx.RedisClusterException)
+"""Errors of a whole pipeline (connecting, authenticating, the cluster's layout): retried."""
 BACKOFF_START = 0.1
 BACKOFF_FACTOR = 2.0
 BACKOFF_CAP = 5.0
 PIPELINE_ENTRIES = 1000
 """Buffer entries written per pipeline; each pipeline's entries leave the buffer once written."""
+PARTITIONS = 4
+"""Store partitions (each a writer with its own connection), spread over the workers."""
+SNAPSHOT_FORMAT = 1
+"""Version of a partition's recovery snapshot (:data:`StoreSnapshot`)."""
+DESCRIBED_CUSTOMERS = 5
+"""Customers named in the account of what was not written."""
 
 REPLACE_PROFILE = """
 local fields = cjson.decode(ARGV[2])
@@ -200,6 +224,10 @@ def profile_fields(body: bytes, traits: frozenset[str]) -> list[str]:
     return fields
 
 
+StoreSnapshot = tuple[int, tuple[tuple[str, bytes], ...], tuple[tuple[str, tuple[bytes, ...]], ...], tuple[Any, ...]]
+"""``(format, profiles, decisions, memberships)``: the buffer, immutable, for recovery snapshots."""
+
+
 @dataclass
 class Chunk:
     """Buffer entries taken for one pipeline."""
@@ -207,6 +235,10 @@ class Chunk:
     profiles: list[tuple[str, bytes]]
     decisions: list[tuple[str, list[bytes]]]
     members: list[tuple[tuple[str, str], bool]]
+
+    @property
+    def size(self) -> int:
+        return len(self.profiles) + len(self.decisions) + len(self.members)
 
 
 @dataclass
@@ -221,10 +253,6 @@ class StoreBuffer:
 
     def __len__(self) -> int:
         return len(self.profiles) + len(self.decisions) + len(self.members)
-
-    def customers(self) -> int:
-        """Distinct customers with updates in the buffer."""
-        return len(self.profiles.keys() | self.decisions.keys() | {customer for _, customer in self.members})
 
     def add_profile(self, customer: str, body: bytes) -> None:
         self.profiles.pop(customer, None)  # re-insert: flush order follows the latest update
@@ -249,69 +277,177 @@ class StoreBuffer:
         return Chunk(profiles, decisions, list(islice(self.members.items(), limit)))
 
     def forget(self, chunk: Chunk) -> None:
-        """Drop the entries of a written chunk."""
-        for customer, _ in chunk.profiles:
-            del self.profiles[customer]
-        for customer, _ in chunk.decisions:
-            del self.decisions[customer]
-        for key, _ in chunk.members:
-            del self.members[key]
+        """Drop the entries of a written chunk, except those updated since it was taken."""
+        for customer, body in chunk.profiles:
+            if self.profiles.get(customer) is body:
+                del self.profiles[customer]
+        for customer, entries in chunk.decisions:
+            kept = self.decisions.get(customer)
+            if kept and kept[-1] is entries[-1]:
+                del self.decisions[customer]
+        for key, member in chunk.members:
+            if self.members.get(key) is member:
+                del self.members[key]
+
+    def frozen(self) -> StoreSnapshot:
+        """The buffer as an immutable snapshot."""
+        decisions = tuple((customer, tuple(kept)) for customer, kept in self.decisions.items())
+        return SNAPSHOT_FORMAT, tuple(self.profiles.items()), decisions, tuple(self.members.items())
+
+    def thaw(self, snapshot: StoreSnapshot) -> None:
+        """Buffer what :meth:`frozen` returned; refuse other formats."""
+        version, profiles, decisions, members = snapshot
+        if version != SNAPSHOT_FORMAT:
+            raise ValueError(
+                f"redis store snapshot format {version} is not supported: this version reads format "
+                f"{SNAPSHOT_FORMAT}. Start with a new recovery directory."
+            )
+        for customer, body in profiles:
+            self.add_profile(customer, body)
+        for customer, entries in decisions:
+            for entry in entries:
+                self.add_decision(customer, entry)
+        for (audience, customer), member in members:
+            self.add_membership(audience, customer, member)
+
+    def unwritten(self, where: str, refused: int) -> Unwritten:
+        """What the buffer holds, as an account of what was not written to ``where``."""
+        customers = self.profiles.keys() | self.decisions.keys() | {customer for _, customer in self.members}
+        return Unwritten(where, customers, len(self.profiles), len(self.decisions), len(self.members), refused)
+
+
+@dataclass
+class Unwritten:
+    """What a store could not write: its customers, counts by kind, and writes Redis refused."""
+
+    where: str
+    customers: set[str]
+    profiles: int
+    decisions: int
+    members: int
+    refused: int
+
+    def add(self, other: Unwritten) -> None:
+        self.customers |= other.customers
+        self.profiles += other.profiles
+        self.decisions += other.decisions
+        self.members += other.members
+        self.refused += other.refused
+
+    def __str__(self) -> str:
+        names = sorted(self.customers)
+        shown = ", ".join(names[:DESCRIBED_CUSTOMERS]) + (", ..." if len(names) > DESCRIBED_CUSTOMERS else "")
+        text = (
+            f"redis store {self.where}: {len(names)} customers' updates ({shown}: {self.profiles} profiles, "
+            f"{self.decisions} decision lists, {self.members} audience memberships) not written"
+        )
+        return text + (f"; {self.refused} writes refused" if self.refused else "")
+
+
+class StoreNotWritten(RuntimeError):
+    """Updates were still not written to Redis when the store closed."""
+
+
+_unwritten: dict[str, Unwritten] = {}
+_unwritten_lock = threading.Lock()
+
+
+def take_unwritten() -> str | None:
+    """What the stores that closed in this process could not write, in one line, and forget it."""
+    with _unwritten_lock:
+        taken = "; ".join(str(account) for account in _unwritten.values()) or None
+        _unwritten.clear()
+    return taken
+
+
+def _report_unwritten(account: Unwritten) -> None:
+    with _unwritten_lock:
+        if account.where in _unwritten:
+            _unwritten[account.where].add(account)
+        else:
+            _unwritten[account.where] = account
 
 
 class RedisStoreWriter:
-    """Buffers the sink's items, writes them in pipelines and rides out Redis outages."""
+    """Buffers the sink's items, writes them in pipelines and rides out Redis outages.
 
-    def __init__(self, client: redis.Redis, config: StoreConfig, where: str = "redis") -> None:
-        self._client = client
+    :meth:`write` only buffers (it never waits for Redis); :meth:`flush` writes, from one thread
+    at a time, and may run while :meth:`write` and :meth:`snapshot` are called from another.
+    """
+
+    def __init__(
+        self, connect: Callable[[], Any], config: StoreConfig, where: str = "redis", outages: OutageLog | None = None
+    ) -> None:
+        self._connect = connect  # a client is made at the first write (a cluster client asks for the layout)
+        self._client: Any = None
         self._config = config
         self._where = where  # the server, for logs (never with its password)
+        self._outage_log = outages or OutageLog(where)
         self._buffer = StoreBuffer(config.decisions_kept)
-        self._replace_profile = client.register_script(REPLACE_PROFILE)
-        self._push_decisions = client.register_script(PUSH_DECISIONS)
-        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()  # guards the buffer
+        self._scripts = {script: sha1(script.encode()).hexdigest() for script in (REPLACE_PROFILE, PUSH_DECISIONS)}
         self._outage_since: float | None = None
         self._backoff = 0.0
         self._next_attempt = 0.0
         self.outages = 0
+        self.refused = 0
 
     @property
     def pending(self) -> int:
         """Buffered entries not yet written."""
         return len(self._buffer)
 
-    def write(self, items: Iterable[tuple[str, Output]]) -> None:
-        """Buffer ``items``, then flush if the interval passed or the buffer is full."""
-        for stream, output in items:
-            self._add(stream, output)
-        now = time.monotonic()
-        full = len(self._buffer) >= self._config.max_buffered
-        if full or now - self._last_flush >= self._config.flush_interval_seconds:
-            self.flush()
+    @property
+    def close_timeout(self) -> float:
+        return self._config.close_timeout_seconds
+
+    def write(self, items: Iterable[tuple[str, Output]]) -> bool:
+        """Buffer ``items``; ``True`` when the buffer is full (a flush is due now)."""
+        with self._lock:
+            for stream, output in items:
+                self._add(stream, output)
+            return len(self._buffer) >= self._config.max_buffered
+
+    def seconds_to_next_flush(self) -> float:
+        """How long a flusher waits before the next :meth:`flush`: the interval, or the backoff."""
+        if self._outage_since is None:
+            return self._config.flush_interval_seconds
+        return max(0.0, self._next_attempt - time.monotonic())
 
     def flush(self) -> bool:
-        """Write the buffer unless backing off; ``True`` once it is empty."""
+        """Write the buffer unless backing off; ``True`` once everything buffered before the call is written."""
         if not self._buffer:
-            self._last_flush = time.monotonic()
             return True
         if time.monotonic() < self._next_attempt:
             return False
         return self._attempt()
 
-    def close(self) -> None:
-        """Flush, waiting at most ``close_timeout_seconds`` for Redis, then release the client."""
-        deadline = time.monotonic() + self._config.close_timeout_seconds
+    def snapshot(self) -> StoreSnapshot:
+        """What is buffered and not known to be written (a recovery snapshot writes it after a restart)."""
+        with self._lock:
+            return self._buffer.frozen()
+
+    def restore(self, snapshot: StoreSnapshot) -> None:
+        """Buffer again what a snapshot held; refuse other formats."""
+        with self._lock:
+            self._buffer.thaw(snapshot)
+
+    def close(self, deadline: float | None = None) -> Unwritten | None:
+        """Flush, waiting for Redis until ``deadline`` (monotonic; default ``close_timeout_seconds``
+        from now), then release the client; what was not written, if anything (also logged)."""
+        if deadline is None:
+            deadline = time.monotonic() + self._config.close_timeout_seconds
         while self._buffer and (now := time.monotonic()) < deadline:
             time.sleep(max(0.0, min(self._next_attempt, deadline) - now))
             if time.monotonic() >= self._next_attempt:
                 self._attempt()
-        if self._buffer:
-            log.error(
-                "redis store %s: closing with %d customers' updates not written (%d entries)",
-                self._where,
-                self._buffer.customers(),
-                len(self._buffer),
-            )
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+        if not self._buffer and not self.refused:
+            return None
+        account = self._buffer.unwritten(self._where, self.refused)
+        log.error("%s", account)
+        return account
 
     def _add(self, stream: str, output: Output) -> None:
         try:
@@ -345,24 +481,44 @@ class RedisStoreWriter:
     def _attempt(self) -> bool:
         if self._outage_since is not None:
             SINK_RETRIES.labels(sink=SINK).inc()
+        with self._lock:
+            received, self._buffer.received = self._buffer.received, Counter()
+            entries = len(self._buffer)
         try:
-            self._drain()
-        except TRANSIENT_ERRORS as err:
+            self._drain(entries)
+        except UNAVAILABLE as err:
+            with self._lock:
+                self._buffer.received.update(received)
             self._failed(err)
             return False
-        self._recovered()
+        for stream, count in received.items():
+            SINK_RECORDS.labels(sink=SINK, stream=stream).inc(count)
+        self._recovered(entries)
         return True
 
-    def _drain(self) -> None:
-        while self._buffer:
-            chunk = self._buffer.take(PIPELINE_ENTRIES)
-            with self._client.pipeline(transaction=False) as pipe:
-                self._queue(pipe, chunk)
-                self._check(pipe.execute(raise_on_error=False))
-            self._buffer.forget(chunk)
-        for stream, count in self._buffer.received.items():
-            SINK_RECORDS.labels(sink=SINK, stream=stream).inc(count)
-        self._buffer.received.clear()
+    def _drain(self, entries: int) -> None:
+        """Write ``entries`` buffer entries, oldest first; entries updated meanwhile stay buffered."""
+        while entries > 0:
+            with self._lock:
+                chunk = self._buffer.take(min(entries, PIPELINE_ENTRIES))
+            if not chunk.size:
+                return
+            try:
+                self._write(chunk)
+            except rx.NoScriptError:  # a restarted or new server: load the scripts and write again
+                for script in self._scripts:
+                    self._client.script_load(script)
+                self._write(chunk)
+            with self._lock:
+                self._buffer.forget(chunk)
+            entries -= chunk.size
+
+    def _write(self, chunk: Chunk) -> None:
+        if self._client is None:
+            self._client = self._connect()
+        with self._client.pipeline(transaction=False) as pipe:
+            self._queue(pipe, chunk)
+            self._check(pipe.execute(raise_on_error=False))
 
     def _check(self, results: list[Any]) -> None:
         """Raise the first transient error of a pipeline; count and log (then drop) the other failed writes."""
@@ -373,7 +529,11 @@ class RedisStoreWriter:
         for error in errors:
             SINK_ERRORS.labels(sink=SINK, reason=type(error).__name__).inc()
         if errors:
+            self.refused += len(errors)
             log.error("redis store %s: %d writes refused, first: %s", self._where, len(errors), errors[0])
+
+    def _eval(self, pipe: Any, script: str, keys: list[str], args: list[Any]) -> None:
+        pipe.execute_command("EVALSHA", self._scripts[script], len(keys), *keys, *args)
 
     def _queue(self, pipe: Any, chunk: Chunk) -> None:
         prefix, ttl = self._config.prefix, self._config.ttl_seconds or 0
@@ -388,11 +548,12 @@ class RedisStoreWriter:
                 self._skip(PROFILES, customer, err)
                 continue
             keys = customer_keys(prefix, customer)
-            self._replace_profile(keys=[keys.profile, keys.decisions], args=[ttl, orjson.dumps(fields)], client=pipe)
+            self._eval(pipe, REPLACE_PROFILE, [keys.profile, keys.decisions], [ttl, orjson.dumps(fields)])
         for customer, entries in chunk.decisions:
             keys = customer_keys(prefix, customer)
-            args = [self._config.decisions_kept, ttl, *entries]
-            self._push_decisions(keys=[keys.decisions, keys.profile], args=args, client=pipe)
+            self._eval(
+                pipe, PUSH_DECISIONS, [keys.decisions, keys.profile], [self._config.decisions_kept, ttl, *entries]
+            )
         for (audience, customer), member in chunk.members:
             if member:
                 pipe.sadd(audience_key(prefix, audience), customer)
@@ -406,49 +567,134 @@ class RedisStoreWriter:
             self._backoff = BACKOFF_START
             self.outages += 1
             SINK_ERRORS.labels(sink=SINK, reason=type(err).__name__).inc()
-            log.warning(
-                "redis store %s unavailable (%s: %s); holding %d customers' updates and retrying",
-                self._where,
-                type(err).__name__,
-                err,
-                self._buffer.customers(),
-            )
+            self._outage_log.failed(self, err)
         else:
             self._backoff = min(self._backoff * BACKOFF_FACTOR, BACKOFF_CAP)
         self._next_attempt = now + self._backoff
 
-    def _recovered(self) -> None:
-        now = time.monotonic()
+    def _recovered(self, entries: int) -> None:
         if self._outage_since is not None:
-            log.info(
-                "redis store %s available again after %.1f s; buffer written", self._where, now - self._outage_since
-            )
+            self._outage_log.recovered(self, entries)
         self._outage_since = None
         self._backoff = 0.0
         self._next_attempt = 0.0
-        self._last_flush = now
 
 
-class RedisStorePartition(StatelessSinkPartition[tuple[str, Output]]):
-    """One worker's writer; it owns the live Redis client."""
+class OutageLog:
+    """Logs when Redis goes away and when it is back: once for all partitions of a sink in a
+    process (the first that fails, the last that writes again)."""
 
-    def __init__(self, writer: RedisStoreWriter) -> None:
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self._lock = threading.Lock()
+        self._down: set[int] = set()
+        self._since = 0.0
+        self._written = 0
+
+    def failed(self, writer: object, err: Exception) -> None:
+        with self._lock:
+            if not self._down:
+                self._since = time.monotonic()
+                log.warning(
+                    "redis store %s unavailable (%s: %s); holding updates and retrying",
+                    self._where,
+                    type(err).__name__,
+                    err,
+                )
+            self._down.add(id(writer))
+
+    def recovered(self, writer: object, written: int) -> None:
+        with self._lock:
+            self._down.discard(id(writer))
+            self._written += written
+            if not self._down:
+                seconds = time.monotonic() - self._since
+                log.warning("redis store %s available again after %.1f s; %d held updates written",
+                            self._where, seconds, self._written)  # fmt: skip
+                self._written = 0
+
+
+class CloseDeadline:
+    """One deadline for all partitions of a sink that close together (so a dead Redis delays the
+    end of a run by ``close_timeout_seconds`` once, not once per partition)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._lock = threading.Lock()
+        self._open = 0
+        self._at: float | None = None
+
+    def opened(self) -> None:
+        with self._lock:
+            self._open += 1
+
+    def closing(self) -> float:
+        """The deadline, set by the first partition that closes."""
+        with self._lock:
+            if self._at is None:
+                self._at = time.monotonic() + self._seconds
+            return self._at
+
+    def closed(self) -> None:
+        with self._lock:
+            self._open -= 1
+            if self._open == 0:
+                self._at = None  # a later run of the same flow starts afresh
+
+
+class RedisStorePartition(StatefulSinkPartition[Output, StoreSnapshot]):
+    """One partition's writer, and the thread that flushes it on a timer (so updates held during
+    an outage are written when Redis returns, even if no new output arrives)."""
+
+    def __init__(self, writer: RedisStoreWriter, name: str, deadline: CloseDeadline | None = None) -> None:
         self._writer = writer
+        self._deadline = deadline or CloseDeadline(writer.close_timeout)
+        self._deadline.opened()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_on_timer, name=name, daemon=True)
+        self._flusher.start()
 
-    def write_batch(self, items: list[tuple[str, Output]]) -> None:
-        self._writer.write(items)
+    def write_batch(self, values: list[Output]) -> None:
+        if self._writer.write((output.stream, output) for output in values):
+            self._wake.set()
+
+    def snapshot(self) -> StoreSnapshot:
+        return self._writer.snapshot()
 
     def close(self) -> None:
-        self._writer.close()
+        self._closing.set()
+        self._wake.set()
+        self._flusher.join()
+        account = self._writer.close(self._deadline.closing())
+        self._deadline.closed()
+        if account is not None:
+            _report_unwritten(account)
+
+    def _flush_on_timer(self) -> None:
+        while not self._closing.is_set():
+            self._wake.wait(self._writer.seconds_to_next_flush())
+            self._wake.clear()
+            if self._closing.is_set():
+                return
+            try:
+                self._writer.flush()
+            except Exception:  # a bug must not stop the flushing: close writes what is left
+                log.exception("redis store: flush failed")
 
 
-class RedisStoreSink(DynamicSink[tuple[str, Output]]):
-    """Keep each customer's live profile, last decisions and audience memberships in Redis (see the module doc)."""
+class RedisStoreSink(FixedPartitionedSink[Output, StoreSnapshot]):
+    """Keep each customer's live profile, last decisions and audience memberships in Redis (see the module doc).
+
+    Items are ``(customer id, Output)``; each partition keeps a customer's updates in order, and
+    its recovery snapshot is what it has not written yet.
+    """
 
     def __init__(
         self,
         url: str,
         *,
+        cluster: bool = False,
         prefix: str = "nf",
         ttl_seconds: int | None = None,
         traits: Sequence[str] = (),
@@ -456,8 +702,11 @@ class RedisStoreSink(DynamicSink[tuple[str, Output]]):
         flush_interval_seconds: float = 0.5,
         max_buffered: int = 10_000,
         close_timeout_seconds: float = 10,
+        partitions: int = PARTITIONS,
     ) -> None:
         self.url = url
+        self.cluster = cluster
+        self.partitions = partitions
         self.config = StoreConfig(
             prefix=prefix,
             ttl_seconds=ttl_seconds,
@@ -467,21 +716,46 @@ class RedisStoreSink(DynamicSink[tuple[str, Output]]):
             max_buffered=max_buffered,
             close_timeout_seconds=close_timeout_seconds,
         )
+        self._deadline = CloseDeadline(close_timeout_seconds)  # shared by this process's partitions
+        self._outages = OutageLog(mask_url(url))
 
     def __repr__(self) -> str:
         return f"RedisStoreSink({mask_url(self.url)!r}, prefix={self.config.prefix!r})"
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> RedisStorePartition:
-        client = connect(self.url)
-        return RedisStorePartition(RedisStoreWriter(client, self.config, mask_url(self.url)))
+    def list_parts(self) -> list[str]:
+        return [f"store-{n}" for n in range(self.partitions)]
+
+    def part_fn(self, item_key: str) -> int:
+        return zlib.crc32(item_key.encode())
+
+    def build_part(self, step_id: str, for_part: str, resume_state: StoreSnapshot | None) -> RedisStorePartition:
+        client = partial(connect, self.url, self.cluster)
+        writer = RedisStoreWriter(client, self.config, mask_url(self.url), self._outages)
+        if resume_state is not None:
+            writer.restore(resume_state)
+        return RedisStorePartition(writer, f"redis-{step_id}-{for_part}", self._deadline)
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, cluster: bool = False) -> Any:
     """A client that fails fast: the writer, not the client, decides when to retry."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=2,
-        socket_connect_timeout=2,
-        retry=Retry(NoBackoff(), 0),
-        client_name="nudgeflow-store",
-    )
+    options: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2, "client_name": "nudgeflow-store"}
+    if cluster:
+        return redis.RedisCluster.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+    return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+
+
+def check_store(url: str, cluster: bool = False) -> None:
+    """Refuse a store that rejects this client (password, user rights, database number) before
+    anything runs; an unreachable one is only logged: its updates are held until it answers."""
+    where = mask_url(url)
+    try:
+        client = connect(url, cluster)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except UNAVAILABLE as err:
+        cause = err.__cause__ if isinstance(err, rx.RedisClusterException) else err  # a cluster wraps the reason
+        if isinstance(cause, rx.AuthenticationError | rx.AuthorizationError | rx.ResponseError):
+            raise ValueError(f"redis store {where} refused the connection: {cause}") from None
+        log.warning("redis store %s not reachable at start (%s); holding updates until it answers", where, err)

@@ -27,6 +27,7 @@ from connectors.files import (
     publish_outputs,
     stage_output_folder,
 )
+from connectors.redis_store import StoreNotWritten, take_unwritten
 from flows.metrics import serve
 from flows.personalization import build_flow
 from flows.report import diff_decisions, finalize_summary, render_diff, render_summary
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.command(args) or 0)
-    except (RuleFileError, OutputFolderError, ValueError, FileNotFoundError) as err:
+    except (RuleFileError, OutputFolderError, ValueError, FileNotFoundError, StoreNotWritten) as err:
         print(f"nudgeflow: {err}", file=sys.stderr)
         return 2
     except OSError as err:
@@ -183,6 +184,7 @@ def execute(
         seconds = _timed_run(flow, settings, workers, quiet, process_id, addresses)
         if not quiet:
             print(f"nudgeflow: stopped after {seconds:.1f} s; {status_text()}", file=sys.stderr)
+        _fail_if_unwritten()
         return {}
     source = source or JsonlSource(settings.input, settings.batch_size, settings.max_event_bytes)
     tally = source.tally if isinstance(source, JsonlSource) else None
@@ -207,6 +209,7 @@ def execute(
         print(f"nudgeflow: {problem}", file=sys.stderr)
     if not quiet:
         print(render_summary(summary, settings, seconds), file=sys.stderr)
+    _fail_if_unwritten()
     return summary
 
 
@@ -225,6 +228,7 @@ def _timed_run(
     if not quiet:
         terminal = sys.stderr.isatty()
         status = StatusLine(1.0 if terminal else settings.progress_seconds, rewrite=terminal)
+    take_unwritten()  # only this run's store counts
     started = time.perf_counter()
     try:
         run_dataflow(flow, settings, workers, process_id, addresses)
@@ -232,6 +236,12 @@ def _timed_run(
         if status is not None:
             status.stop()
     return time.perf_counter() - started
+
+
+def _fail_if_unwritten() -> None:
+    """A bounded run whose Redis store could not write everything fails, saying what is missing."""
+    if unwritten := take_unwritten():
+        raise StoreNotWritten(unwritten)
 
 
 def run_dataflow(
@@ -359,8 +369,9 @@ def _source(args: argparse.Namespace, settings: Settings) -> Source[RawEvent | E
 
 
 def _replay(args: argparse.Namespace) -> int:
+    files_only = {"redis_url": None}  # a replay writes its output folder, never the live store
     if args.diff is None:
-        settings = _settings(args, args.inputs, args.out)
+        settings = _settings(args, args.inputs, args.out).model_copy(update=files_only)
         execute(settings, args.workers, _source(args, settings), quiet=args.quiet)
         return 0
     load_rules(args.diff)  # fail before running anything
@@ -368,7 +379,7 @@ def _replay(args: argparse.Namespace) -> int:
         check_recordings(args.inputs)
     staging = stage_output_folder(args.out, replace=args.force)
     try:
-        settings_a = _settings(args, args.inputs, staging / "a")
+        settings_a = _settings(args, args.inputs, staging / "a").model_copy(update=files_only)
         settings_b = settings_a.model_copy(update={"out": staging / "b", "rules": args.diff})
         for settings in (settings_a, settings_b):
             execute(settings, args.workers, _source(args, settings), quiet=True)

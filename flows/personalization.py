@@ -55,7 +55,9 @@ def build_flow(
     raw = op.input("events", flow, source)
     config = settings.engine_config(snapshots, source_partitions, profiles=settings.redis_url is not None)
     outputs = personalize("personalize", raw, rules, config, settings.shards, settings.max_event_bytes)
-    _redis_output(outputs, settings)
+    if settings.redis_url is not None:
+        _redis_output(outputs, settings)
+        outputs = op.filter("not_profiles", outputs, _not_profile)  # profiles are for the live store only
     op.output("outputs", outputs, sink)
     return flow
 
@@ -93,19 +95,29 @@ def _by_customer(item: tuple[str, Output]) -> tuple[str, Output] | None:
 def _redis_output(outputs: KeyedStream[Output], settings: Settings) -> None:
     if settings.redis_url is None:
         return
-    from connectors.redis_store import RedisStoreSink
+    from connectors.redis_store import RedisStoreSink, check_store
 
     ttl = None if settings.redis_ttl_days is None else int(settings.redis_ttl_days * 86_400)
-    url = settings.redis_url.get_secret_value()
-    sink = RedisStoreSink(url, prefix=settings.redis_prefix, ttl_seconds=ttl, traits=settings.redis_traits)
-    op.output("redis", op.filter("to_redis", outputs, _for_redis), sink)
-
-
-def _for_redis(item: tuple[str, Output]) -> bool:
-    stream = item[0]
-    return stream == "profiles" or stream == "audience_changes" or (
-        stream.startswith("triggers.") and stream != "triggers.shadow"
+    url, cluster = settings.redis_url.get_secret_value(), settings.redis_cluster
+    check_store(url, cluster)
+    sink = RedisStoreSink(
+        url, cluster=cluster, prefix=settings.redis_prefix, ttl_seconds=ttl, traits=settings.redis_traits
     )
+    op.output("redis", op.filter_map("to_redis", outputs, _for_redis), sink)
+
+
+def _not_profile(item: tuple[str, Output]) -> bool:
+    return item[0] != "profiles"
+
+
+def _for_redis(item: tuple[str, Output]) -> tuple[str, Output] | None:
+    """A record for the store, keyed by customer (a store partition keeps each customer's order)."""
+    stream, output = item
+    if stream == "profiles" or stream == "audience_changes" or (
+        stream.startswith("triggers.") and stream != "triggers.shadow"
+    ):
+        return output.key, output
+    return None
 
 
 def __getattr__(name: str) -> Any:

@@ -63,6 +63,7 @@ class Settings(BaseModel):
     create_topics: bool = Field(True, description="create missing output topics at start")
     topic_partitions: int = Field(8, ge=1, description="partitions of output topics the engine creates")
     redis_url: SecretStr | None = Field(None, description="Redis for the live profile store (off when unset)")
+    redis_cluster: bool = Field(False, description="the Redis URL names a node of a Redis Cluster")
     redis_prefix: str = Field("nf", description="prefix of every Redis key")
     redis_ttl_days: float | None = Field(None, gt=0, description="expire profiles this long after their last update")
     redis_traits: list[str] = Field([], description="traits copied to Redis profiles (none: personal data stays out)")

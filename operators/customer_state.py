@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
@@ -42,20 +42,32 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
 
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
         out: list[Any] = []
-        engine = self.engine
-        engine.process_batch(values, out)
-        if engine.changed and time.monotonic() - self.profiles_at >= engine.config.profile_ms / 1000:  # type: ignore[operator]
-            self.profiles_at = time.monotonic()
-            engine.profiles(out)
+        self.engine.process_batch(values, out)
+        self._send_profiles(out)
         self.metrics.publish()
         return _last_tick_only(out), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        return self.metrics.due()  # counters held back by the publishing interval
+        """When held-back counters are published, or changed profiles sent (also when no event comes)."""
+        due = self.metrics.due()
+        if self.engine.changed:
+            wait = self.profiles_at + self.engine.config.profile_ms / 1000 - time.monotonic()  # type: ignore[operator]
+            profiles_due = datetime.now(UTC) + timedelta(seconds=max(0.0, wait))
+            due = profiles_due if due is None else min(due, profiles_due)
+        return due
 
     def on_notify(self) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        self._send_profiles(out)
         self.metrics.publish()
-        return [], StatefulBatchLogic.RETAIN
+        return out, StatefulBatchLogic.RETAIN
+
+    def _send_profiles(self, out: list[Any]) -> None:
+        """The profiles of customers changed since the last were sent, at most every ``profile_ms``."""
+        engine = self.engine
+        if engine.changed and time.monotonic() - self.profiles_at >= engine.config.profile_ms / 1000:  # type: ignore[operator]
+            self.profiles_at = time.monotonic()
+            engine.profiles(out)
 
     def on_eof(self) -> tuple[list[Any], bool]:
         out: list[Any] = []

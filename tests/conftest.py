@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.local_services import local_services
+from connectors.local_services import local_services, redis_cluster
 from operators.engine import EngineConfig, Forward, Output, ShardEngine, Tick
 from operators.parse import EndOfInput, InputMarks, RawEvent, parse
 from operators.rules import CompiledRules, load_rules, parse_rules
@@ -164,6 +164,16 @@ def kafka_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
 def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real Redis server for the whole session: ``REDIS_URL``."""
     yield from _service("REDIS_URL", tmp_path_factory.mktemp("redis"), kafka=False)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real 3-master Redis Cluster for the session (``REDIS_CLUSTER_URL`` when set): one node's URL."""
+    if os.environ.get("REDIS_CLUSTER_URL"):
+        yield os.environ["REDIS_CLUSTER_URL"]
+        return
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,13 +19,16 @@ from bytewax.testing import TestingSource, run_main
 
 from connectors.local_services import free_port, start_redis
 from connectors.redis_store import (
+    RedisStorePartition,
     RedisStoreSink,
     RedisStoreWriter,
     StoreConfig,
     audience_key,
+    check_store,
     connect,
     customer_keys,
     mask_url,
+    take_unwritten,
 )
 from operators.engine import Output
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, iso_ms
@@ -94,7 +98,27 @@ def expected_profile(customer: str, version: int, features: int = 3, **traits: A
 
 def writer(url: str, prefix: str, **options: Any) -> RedisStoreWriter:
     options.setdefault("flush_interval_seconds", 3600)
-    return RedisStoreWriter(connect(url), StoreConfig(prefix=prefix, **options), mask_url(url))
+    return RedisStoreWriter(partial(connect, url), StoreConfig(prefix=prefix, **options), mask_url(url))
+
+
+def partition(url: str, prefix: str, resume: Any = None, **options: Any) -> RedisStorePartition:
+    """A store partition as the flow builds it (with its flusher thread)."""
+    return RedisStoreSink(url, prefix=prefix, **options).build_part("redis", "store-0", resume)
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 15) -> bool:
+    """Whether ``condition`` holds within ``timeout`` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def outputs(items: list[tuple[str, Output]]) -> list[Output]:
+    """What the flow sends a store partition: the outputs (each names its stream)."""
+    return [output for _, output in items]
 
 
 def stored_profile(db: redis.Redis, prefix: str, customer: str) -> dict[str, str]:
@@ -206,18 +230,17 @@ def test_customer_keys_carry_the_ttl(db, redis_url, prefix):
         assert 0 < db.ttl(key) <= 600, key
 
 
-def test_the_buffer_is_flushed_by_time_and_by_size(db, redis_url, prefix):
-    by_size = writer(redis_url, prefix, max_buffered=3)
-    by_size.write([profile("u1", 1), profile("u2", 1)])
-    assert by_size.pending == 2
-    by_size.write([profile("u3", 1)])
-    assert by_size.pending == 0
-    by_time = writer(redis_url, prefix, flush_interval_seconds=0.05)
-    by_time.write([profile("u4", 1)])
-    time.sleep(0.06)
-    by_time.write([("stats", Output("stats", "", 0, 0, b"{}"))])
-    assert by_time.pending == 0
-    assert db.exists(*(customer_keys(prefix, c).profile for c in ("u1", "u2", "u3", "u4"))) == 4
+def test_a_partition_writes_by_size_and_by_time_without_further_output(db, redis_url, prefix):
+    by_size = partition(redis_url, prefix, max_buffered=3, flush_interval_seconds=3600)
+    by_size.write_batch(outputs([profile("u1", 1), profile("u2", 1)]))
+    assert not eventually(lambda: db.exists(customer_keys(prefix, "u1").profile), timeout=0.3)
+    by_size.write_batch(outputs([profile("u3", 1)]))
+    assert eventually(lambda: db.exists(*(customer_keys(prefix, c).profile for c in ("u1", "u2", "u3"))) == 3)
+    by_size.close()
+    by_time = partition(redis_url, prefix, flush_interval_seconds=0.05)
+    by_time.write_batch(outputs([profile("u4", 1)]))
+    assert eventually(lambda: db.exists(customer_keys(prefix, "u4").profile) == 1), "a quiet flow's last update"
+    by_time.close()
 
 
 def test_nothing_is_lost_while_redis_is_down(caplog, tmp_path):
@@ -233,17 +256,17 @@ def test_nothing_is_lost_while_redis_is_down(caplog, tmp_path):
         with caplog.at_level(logging.WARNING, logger="connectors.redis_store"):
             for version in range(2, 30):
                 store.write([profile(c, version) for c in customers[:5]] + [trigger("c1", version)])
+                store.flush()
                 time.sleep(0.02)
         assert store.pending == 5 + 5 + 1 + 1
         assert store.outages == 1
         assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
         port = urlsplit(server.address).port
         server = start_redis(tmp_path / "redis", port=port, log=lambda _: None)  # back on the same port
-        deadline = time.monotonic() + 15
-        while store.pending and time.monotonic() < deadline:
-            store.write([])
-            time.sleep(0.05)
-        store.close()
+        with caplog.at_level(logging.WARNING, logger="connectors.redis_store"):
+            assert eventually(store.flush)
+        assert len([r for r in caplog.records if "available again" in r.getMessage()]) == 1
+        assert store.close() is None
         db = redis.Redis.from_url(server.address, decode_responses=True)
         for customer in customers:
             assert stored_profile(db, prefix, customer) == expected_profile(customer, 29 if customer < "c5" else 1)
@@ -254,24 +277,82 @@ def test_nothing_is_lost_while_redis_is_down(caplog, tmp_path):
         server.stop()
 
 
+def test_held_updates_are_written_when_redis_returns_with_no_new_output(tmp_path):
+    server = start_redis(tmp_path / "redis", log=lambda _: None)
+    port = urlsplit(server.address).port
+    store = partition(server.address, "quiet", flush_interval_seconds=0.05)
+    try:
+        store.write_batch(outputs([profile("c1", 1)]))
+        server.stop()
+        store.write_batch(outputs([profile("c1", 2), audience_change("c1", "vip", "entered"), trigger("c1", 1)]))
+        time.sleep(0.3)  # a few failed attempts
+        server = start_redis(tmp_path / "redis", port=port, log=lambda _: None)
+        db = redis.Redis.from_url(server.address, decode_responses=True)
+        assert eventually(lambda: db.sismember(audience_key("quiet", "vip"), "c1")), "written without new output"
+        assert eventually(lambda: stored_profile(db, "quiet", "c1") == expected_profile("c1", 2))
+        assert stored_decisions(db, "quiet", "c1") == [decision(1)]
+        db.close()
+    finally:
+        store.close()
+        server.stop()
+
+
+def test_a_snapshot_holds_what_is_not_written_and_a_restart_writes_it(tmp_path):
+    server = start_redis(tmp_path / "redis", log=lambda _: None)
+    port = urlsplit(server.address).port
+    server.stop()
+    store = partition(server.address, "resumed", flush_interval_seconds=0.05, close_timeout_seconds=0)
+    store.write_batch(outputs([profile("c1", 1), audience_change("c1", "vip", "entered"), trigger("c1", 1)]))
+    store.write_batch(outputs([profile("c1", 2), audience_change("c2", "vip", "entered"), trigger("c1", 2)]))
+    snapshot = store.snapshot()
+    store.close()  # the engine is gone (a crash would not even close it)
+    assert take_unwritten()
+    server = start_redis(tmp_path / "redis", port=port, log=lambda _: None)
+    restarted = partition(server.address, "resumed", resume=snapshot, flush_interval_seconds=0.05)
+    try:
+        db = redis.Redis.from_url(server.address, decode_responses=True)
+        assert eventually(lambda: stored_profile(db, "resumed", "c1") == expected_profile("c1", 2))
+        assert db.smembers(audience_key("resumed", "vip")) == {"c1", "c2"}
+        assert stored_decisions(db, "resumed", "c1") == [decision(2), decision(1)]
+        assert eventually(lambda: restarted.snapshot()[1:] == ((), (), ())), "written: the next snapshot is empty"
+        db.close()
+    finally:
+        restarted.close()
+        server.stop()
+
+
+def test_a_store_that_refuses_this_client_stops_the_start(redis_url):
+    parts = urlsplit(redis_url)
+    with pytest.raises(ValueError, match=r"redis store redis://nobody:\*\*\*@.*refused the connection: .*invalid"):
+        check_store(f"redis://nobody:hunter2@{parts.netloc}/0")
+    with pytest.raises(ValueError, match=r"refused the connection: .*DB index is out of range"):
+        check_store(f"redis://{parts.netloc}/999")
+    check_store(f"redis://127.0.0.1:{free_port()}/0")  # not up yet: its updates are held, the run starts
+
+
 def test_close_gives_up_after_its_timeout_and_says_what_was_lost(caplog):
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
-    store = RedisStoreWriter(connect(url), StoreConfig(prefix="gone", close_timeout_seconds=0.5), mask_url(url))
+    config = StoreConfig(prefix="gone", close_timeout_seconds=0.5)
+    store = RedisStoreWriter(partial(connect, url), config, mask_url(url))
     store.write([profile("u1", 1), profile("u2", 1), trigger("u3", 1)])
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="connectors.redis_store"):
-        store.close()
+        account = store.close()
     assert time.monotonic() - started < 3
+    assert str(account) == (
+        f"redis store redis://:***@127.0.0.1:{urlsplit(url).port}/0: 3 customers' updates (u1, u2, u3: "
+        "2 profiles, 1 decision lists, 0 audience memberships) not written"
+    )
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "3 customers' updates not written" in errors[0]
-    assert "hunter2" not in caplog.text and ":***@127.0.0.1" in caplog.text
+    assert errors == [str(account)]
+    assert "hunter2" not in caplog.text
 
 
 def test_through_a_bytewax_flow(db, redis_url, prefix):
     items = [profile(f"u{n % 4}", n) for n in range(40)]
     items += [audience_change("u1", "vip", "entered"), trigger("u2", 1), trigger("u2", 2, stream="triggers.shadow")]
     flow = Dataflow("redis_store_test")
-    stream = op.input("in", flow, TestingSource(items, batch_size=7))
+    stream = op.input("in", flow, TestingSource([(output.key, output) for _, output in items], batch_size=7))
     op.output("redis", stream, RedisStoreSink(redis_url, prefix=prefix, traits=["plan"], flush_interval_seconds=0))
     run_main(flow)
     for n in range(4):
@@ -284,10 +365,11 @@ def measure_throughput(url: str, updates: int = 100_000, customers: int = 20_000
     """Profiles per second through the writer (default settings), until all are written; not a test."""
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     items = [profile(f"c{n % customers}", n, features=features - 2) for n in range(updates)]
-    store = RedisStoreWriter(connect(url), StoreConfig(prefix=prefix), mask_url(url))
+    store = RedisStoreWriter(partial(connect, url), StoreConfig(prefix=prefix), mask_url(url))
     started = time.perf_counter()
     for start in range(0, updates, 1000):
         store.write(items[start : start + 1000])
+        store.flush()
     store.close()
     elapsed = time.perf_counter() - started
     db = redis.Redis.from_url(url)

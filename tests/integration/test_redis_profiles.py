@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import urlsplit
+
 import orjson
 import redis
 from bytewax.testing import TestingSink, TestingSource, run_main
 from conftest import added, call, order, source_records, track
 
+from connectors.local_services import free_port
 from connectors.redis_store import audience_key, customer_keys
+from flows.cli import main
 from flows.personalization import build_flow
 from flows.settings import Settings
+
+GOLDEN = Path(__file__).resolve().parents[1] / "flows" / "golden"
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def test_profiles_audiences_and_decisions_reach_redis_and_erasure_removes_them(services, tmp_path):
@@ -45,3 +56,49 @@ def test_profiles_audiences_and_decisions_reach_redis_and_erasure_removes_them(s
     finally:
         for key in client.scan_iter(f"{prefix}:*"):
             client.delete(key)
+
+
+def keys_under(client: redis.Redis, prefix: str) -> list[bytes]:
+    return list(client.scan_iter(f"{prefix}:*", count=1000))
+
+
+def test_a_replay_in_a_shell_with_the_live_store_set_writes_files_only(redis_service, tmp_path, monkeypatch, capsys):
+    stream = GOLDEN / "stream.jsonl.gz"
+    assert main(["replay", str(stream), "--out", str(tmp_path / "plain"), "--quiet"]) == 0
+    prefix = f"t{tmp_path.name[-12:]}"
+    monkeypatch.setenv("NUDGEFLOW_REDIS_URL", redis_service["REDIS_URL"])
+    monkeypatch.setenv("NUDGEFLOW_REDIS_PREFIX", prefix)
+    assert main(["replay", str(stream), "--out", str(tmp_path / "with_env"), "--quiet"]) == 0
+    assert files_of(tmp_path / "with_env") == files_of(tmp_path / "plain")
+    client = redis.Redis.from_url(redis_service["REDIS_URL"])
+    try:
+        assert keys_under(client, prefix) == [], "a replay leaves the live store alone"
+        assert main(["run", str(stream), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+        assert files_of(tmp_path / "run") == files_of(tmp_path / "plain")
+        profiles = [k for k in keys_under(client, prefix) if k.endswith(b":profile")]
+        customers = orjson.loads((tmp_path / "plain" / "summary.json").read_bytes())["customers"]
+        assert len(profiles) == customers, "run on recordings fills the store when asked"
+    finally:
+        for key in keys_under(client, prefix):
+            client.delete(key)
+        client.close()
+
+
+def test_a_store_that_refuses_the_password_stops_the_run_at_start(redis_service, tmp_path, capsys):
+    host = urlsplit(redis_service["REDIS_URL"]).netloc
+    url = f"redis://nobody:hunter2@{host}/0"
+    code = main(["run", str(GOLDEN / "stream.jsonl.gz"), "--out", str(tmp_path / "out"), "--redis-url", url])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"nudgeflow: redis store redis://nobody:***@{host}/0 refused the connection: invalid")
+    assert err.count("\n") == 1 and "hunter2" not in err
+
+
+def test_a_bounded_run_that_cannot_write_its_store_fails_naming_what_is_missing(tmp_path, capsys):
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    stream = GOLDEN / "stream.jsonl.gz"
+    code = main(["run", str(stream), "--out", str(tmp_path / "out"), "--redis-url", url, "--quiet"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert last.startswith(f"nudgeflow: redis store {url}: ") and "customers' updates (" in last
+    assert "profiles" in last and "not written" in last
