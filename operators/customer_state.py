@@ -153,8 +153,8 @@ def personalize(
         return out
 
     def reroute(batch: list[tuple[str, Any]]) -> list[Any]:
-        """Forwards to their customer shard; the identity shards' latest ticks, gathered into
-        one tuple, to every customer shard."""
+        """Forwards, and the identity stage's outputs, to their customer's shard; the identity
+        shards' latest ticks, gathered into one tuple, to every customer shard."""
         out: list[Any] = []
         ticks: dict[int, Tick] = {}
         for _, value in batch:
@@ -162,8 +162,8 @@ def personalize(
                 out.append((customer_keys[shard_of(value.customer_id, shards)], value))
             elif isinstance(value, Tick):
                 ticks[value.origin] = value
-            else:
-                out.append((customer_keys[value.seq % shards], value))
+            else:  # an output of the identity stage: by its key, so one customer's keep their order
+                out.append((customer_keys[shard_of(value.key, shards)], value))
         if ticks:
             gathered = tuple(ticks.values())
             out.extend((key, gathered) for key in customer_keys)

@@ -87,3 +87,27 @@ def test_shard_count_does_not_change_per_customer_decisions_for_in_order_input(t
     assert {k: [b for b in v if cart in b] for k, v in few.items()} == {
         k: [b for b in v if cart in b] for k, v in many.items()
     }
+
+
+def test_each_customer_audience_changes_reach_the_sink_in_the_order_they_happen(tmp_path):
+    """What a Kafka consumer of one customer's key sees: never an exit before its entry, also for
+    anonymous customers, whose changes come from the identity stage."""
+    events: list = []
+    for i in range(30):
+        events += [added(None, i, anon=f"a{i}"), call("identify", f"u{i}", 200 + i, anon=f"a{i}")]
+    events.sort(key=lambda e: e["timestamp"])
+    captured: list[tuple[str, Output]] = []
+    settings = Settings(out=tmp_path / "unused", shards=8)
+    source = TestingSource(source_records(events), batch_size=100)
+    flow = build_flow(settings, source=source, sink=TestingSink(captured))
+    run_main(flow)  # one batch: the identity stage releases every change at once
+
+    changes: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for stream, output in captured:
+        if stream == "audience_changes":
+            data = orjson.loads(output.body)["data"]
+            changes[(output.key, data["audience"])].append(data["change"])
+    anonymous = {key: seen for key, seen in changes.items() if key[0].startswith("a")}
+    assert len(anonymous) >= 30, "every anonymous customer entered an audience and left it when linked"
+    for key, seen in changes.items():
+        assert seen == ["entered", "exited"] * (len(seen) // 2) + ["entered"] * (len(seen) % 2), key
