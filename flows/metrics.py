@@ -56,6 +56,7 @@ def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
     start_http_server(port, registry=registry)
 
 
+ENGINE_DEAD_LETTERS = ("future_dated", "too_old")  # reasons the shard engines count in their stats
 MODEL_METRICS_SECONDS = 1.0
 PUBLISH_SECONDS = 0.25  # a shard's counters reach the registry at most this often (and at the end)
 _customers_by_shard: dict[tuple[str, int], int] = {}
@@ -91,7 +92,7 @@ class ShardMetrics:
         for key, count in _deltas(stats.get("audience_changes", {}), seen.setdefault("audience_changes", {})):
             audience, _, change = key.rpartition(".")
             AUDIENCE_CHANGES.labels(audience=audience, change=change).inc(count)
-        flat = {name: stats.get(name, 0) for name in ("late", "duplicates", "future_dated")}
+        flat = {name: stats.get(name, 0) for name in ("late", "duplicates", *ENGINE_DEAD_LETTERS)}
         for name, count in _deltas(flat, seen.setdefault("flat", {})):
             if name == "late":
                 LATE_EVENTS.inc(count)

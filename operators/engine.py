@@ -70,6 +70,7 @@ class EngineConfig:
 
     lateness_ms: int = 5 * 60_000
     max_skew_ms: int = 3_600_000
+    max_age_ms: int = 365 * DAY_MS  # events older than the event time reached by this much are dead-lettered
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     state_ttl_ms: int = 730 * DAY_MS
     dedupe_per_shard: int = 20_000
@@ -252,6 +253,9 @@ class ShardEngine:
         self.seq, self.arrived = env.seq, env.arrived
         if env.received_ms is not None and env.ts_ms - env.received_ms > self.config.max_skew_ms:
             self._future(env, out)  # before dedupe: a corrected resend with the same id is accepted
+            return
+        if env.mark_ms - env.ts_ms > self.config.max_age_ms:
+            self._too_old(env, out)  # likewise
             return
         if self._duplicate(env.message_id):
             _bump(self.stats, "duplicates")
@@ -665,16 +669,31 @@ class ShardEngine:
 
     def _future(self, env: Envelope, out: list[Any]) -> None:
         skew_s = (env.ts_ms - (env.received_ms or 0)) / 1000
+        limit_s = self.config.max_skew_ms // 1000
+        message = f"timestamp is {skew_s:.0f} s after receivedAt (max {limit_s} s)"
+        self._reject(env, "future_dated", message, env.received_ms, out)
+
+    def _too_old(self, env: Envelope, out: list[Any]) -> None:
+        age_days = (env.mark_ms - env.ts_ms) / DAY_MS
+        limit_days = self.config.max_age_ms / DAY_MS
+        message = (
+            f"timestamp is {age_days:.0f} days before the event time already reached"
+            f" ({iso_ms(env.mark_ms)}; max {limit_days:g} days)"
+        )
+        self._reject(env, "too_old", message, env.mark_ms, out)
+
+    def _reject(self, env: Envelope, reason: str, message: str, failed_at_ms: int | None, out: list[Any]) -> None:
+        """Dead-letter an event the engine does not apply, and count it under ``reason``."""
         body = dead_letter(
             processor="nudgeflow.state",
-            reason="future_dated",
-            messages=[f"timestamp is {skew_s:.0f} s after receivedAt (max {self.config.max_skew_ms // 1000} s)"],
+            reason=reason,
+            messages=[message],
             position=env.position,
             payload=env.raw,
-            failed_at_ms=env.received_ms,
+            failed_at_ms=failed_at_ms,
         )
         out.append(Output("dead_letters", env.customer_id, 0, env.seq, body))
-        _bump(self.stats, "future_dated")
+        _bump(self.stats, reason)
 
     # --- snapshots -----------------------------------------------------------------------
     def _mark(self, customer_id: str) -> None:

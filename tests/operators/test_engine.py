@@ -6,6 +6,7 @@ import pytest
 from conftest import CART_RULE, EngineHarness, added, at, call, decisions, envelopes, order, rules_from, track
 
 from operators.engine import EngineConfig
+from state.affinity import DAY_MS
 
 CART_ONLY = CART_RULE + '    when: "cart.value > 0"\n'
 
@@ -298,3 +299,41 @@ def test_items_held_back_are_released_in_key_order_whatever_order_they_arrive_in
 
 def _key(item: object) -> int:
     return item.seq  # type: ignore[attr-defined]
+
+
+UNSET_CLOCK = "1970-01-01T00:00:00Z"  # a device clock that was never set
+
+
+def viewed(user: str, minutes: float = 0, product: str = "p1", **kw) -> dict:
+    return track("Product Viewed", user, minutes, props={"product_id": product, "category": "shoes"}, **kw)
+
+
+def test_an_event_far_older_than_the_clock_is_dead_lettered_too_old_and_the_flow_goes_on():
+    h = EngineHarness(rules_from(CART_ONLY))
+    h.feed([viewed("u1", 0), track("Page", "u1", 10)])
+    dead = decisions(h.feed([viewed("u1", 11, "p-old", timestamp=UNSET_CLOCK)]), "dead_letters")
+    assert [d["reason"] for d in dead] == ["too_old"]
+    assert dead[0]["processor"] == "nudgeflow.state"
+    assert "days before the event time already reached" in dead[0]["messages"][0]
+    h.feed([viewed("u1", 12, "p2")])
+    state = h.customers.customers["u1"]
+    assert state.first_seen_ms == envelopes([viewed("u1", 0)])[0].ts_ms, "the old event changed nothing"
+    assert "p-old" not in state.products.scores and "p2" in state.products.scores
+    assert h.identity.stats["too_old"] == 1
+
+
+def test_a_late_event_within_the_age_limit_is_still_applied():
+    h = EngineHarness(rules_from(CART_ONLY))
+    h.feed([viewed("u1", days=300), viewed("u1", days=0.5, product="p-late")])
+    assert not decisions(h.outputs, "dead_letters")
+    assert h.customers.stats["late"] == 1
+    assert "p-late" in h.customers.customers["u1"].products.scores
+
+
+def test_the_age_limit_is_a_setting_and_a_corrected_resend_is_accepted():
+    h = EngineHarness(rules_from(CART_ONLY), EngineConfig(max_age_ms=2 * DAY_MS))
+    h.feed([viewed("u1", days=3)])
+    dead = decisions(h.feed([viewed("u1", 0, "p-old", message_id="m-fix")]), "dead_letters")
+    assert [d["reason"] for d in dead] == ["too_old"]
+    assert not decisions(h.feed([viewed("u1", days=2.5, product="p-old", message_id="m-fix")]), "dead_letters")
+    assert "p-old" in h.customers.customers["u1"].products.scores, "the resend with a corrected time was applied"
