@@ -56,7 +56,7 @@ def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
     start_http_server(port, registry=registry)
 
 
-ENGINE_DEAD_LETTERS = ("future_dated", "too_old")  # reasons the shard engines count in their stats
+ENGINE_DEAD_LETTERS = ("future_dated", "too_old", "processing_error")  # reasons the shard engines count
 MODEL_METRICS_SECONDS = 1.0
 PUBLISH_SECONDS = 0.25  # a shard's counters reach the registry at most this often (and at the end)
 _customers_by_shard: dict[tuple[str, int], int] = {}

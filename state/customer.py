@@ -62,6 +62,12 @@ class Cart:
         self.value = round(self.value + quantity * price, 2)
         self.last_add_ms = max(self.last_add_ms, at_ms)
 
+    def copy(self) -> Cart:
+        """An independent copy."""
+        twin = Cart(self.id, self.started_ms)
+        twin.items, twin.value, twin.last_add_ms = dict(self.items), self.value, self.last_add_ms
+        return twin
+
     def remove(self, product_id: str, quantity: int) -> None:
         line = self.items.get(product_id)
         if line is None:
@@ -88,6 +94,12 @@ class Session:
         self.pages = 0
         self.products: list[str] = []
 
+    def copy(self) -> Session:
+        """An independent copy."""
+        twin = Session(self.id, self.started_ms)
+        twin.last_ms, twin.pages, twin.products = self.last_ms, self.pages, self.products[:]
+        return twin
+
     def viewed(self, product_id: str) -> None:
         products = self.products
         if product_id in products:
@@ -111,6 +123,12 @@ class Timer:
         self.cause = cause
         self.caused_by = caused_by
         self.scheduled_ms: int | None = None
+
+    def copy(self) -> Timer:
+        """An independent copy (with the same heap entry)."""
+        twin = Timer(self.due_ms, self.cause, self.caused_by[:])
+        twin.scheduled_ms = self.scheduled_ms
+        return twin
 
 
 class CustomerState:
@@ -180,6 +198,40 @@ class CustomerState:
         # offers chosen by the next-best-offer policy, waiting for a reward: (decided at, offer, segment)
         self.offers_open: list[tuple[int, str, str]] = []
         self.bought: tuple[str, ...] = ()  # products of the last order
+
+    # --- copies, for undoing an update that failed halfway ------------------------------
+    def copy(self) -> CustomerState:
+        """An independent copy: mutable parts copied, immutable ones (numbers, strings, tuples) shared.
+
+        Much cheaper than a snapshot encoding (:func:`state.codec.encode`): taken before every
+        event, it lets the engine undo an event whose processing raised (see :meth:`restore`).
+        """
+        twin = CustomerState.__new__(CustomerState)
+        twin.id, twin.first_seen_ms, twin.last_seen_ms = self.id, self.first_seen_ms, self.last_seen_ms
+        twin.last_event_id, twin.orders, twin.refunds = self.last_event_id, self.orders, self.refunds
+        twin.lifetime_spend, twin.order_gap_ms = self.lifetime_spend, self.order_gap_ms
+        twin.first_order_ms, twin.last_order_ms = self.first_order_ms, self.last_order_ms
+        twin.last_order_id, twin.last_store = self.last_order_id, self.last_store
+        twin.last_city, twin.last_country = self.last_city, self.last_country
+        twin.audiences, twin.linked_ids, twin.bought = self.audiences, self.linked_ids, self.bought
+        twin.counts = self.counts.copy()
+        twin.categories = self.categories.copy()
+        twin.products = self.products.copy()
+        twin.session = None if self.session is None else self.session.copy()
+        twin.cart = None if self.cart is None else self.cart.copy()
+        twin.hours = self.hours[:]
+        twin.traits = dict(self.traits)
+        twin.consent = dict(self.consent)
+        twin.timers = {rule_id: timer.copy() for rule_id, timer in self.timers.items()}
+        twin.fired = dict(self.fired)
+        twin.outcomes = self.outcomes[:]
+        twin.offers_open = self.offers_open[:]
+        return twin
+
+    def restore(self, copy: CustomerState) -> None:
+        """Take over every field of ``copy`` (made by :meth:`copy`, not used afterwards)."""
+        for name in CustomerState.__slots__:
+            setattr(self, name, getattr(copy, name))
 
     # --- updates -----------------------------------------------------------------------
     def touch(self, at_ms: int, message_id: str, lifecycle: Lifecycle) -> None:
