@@ -47,12 +47,6 @@ class DecayedTopK:
         self.scores = {item: score * factor for item, score in self.scores.items()}
         self.ref_ms = to_ms
 
-    def copy(self) -> DecayedTopK:
-        """An independent copy."""
-        twin = DecayedTopK()
-        twin.ref_ms, twin.scores = self.ref_ms, dict(self.scores)
-        return twin
-
     def top(self, n: int | None = None) -> list[str]:
         """Items by descending score (ties by name)."""
         ranked = sorted(self.scores.items(), key=lambda kv: (-kv[1], kv[0]))

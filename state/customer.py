@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
 
 from state.affinity import DAY_MS, DecayedTopK
 from state.windows import WindowedCounts
@@ -62,12 +64,6 @@ class Cart:
         self.value = round(self.value + quantity * price, 2)
         self.last_add_ms = max(self.last_add_ms, at_ms)
 
-    def copy(self) -> Cart:
-        """An independent copy."""
-        twin = Cart(self.id, self.started_ms)
-        twin.items, twin.value, twin.last_add_ms = dict(self.items), self.value, self.last_add_ms
-        return twin
-
     def remove(self, product_id: str, quantity: int) -> None:
         line = self.items.get(product_id)
         if line is None:
@@ -94,12 +90,6 @@ class Session:
         self.pages = 0
         self.products: list[str] = []
 
-    def copy(self) -> Session:
-        """An independent copy."""
-        twin = Session(self.id, self.started_ms)
-        twin.last_ms, twin.pages, twin.products = self.last_ms, self.pages, self.products[:]
-        return twin
-
     def viewed(self, product_id: str) -> None:
         products = self.products
         if product_id in products:
@@ -123,12 +113,6 @@ class Timer:
         self.cause = cause
         self.caused_by = caused_by
         self.scheduled_ms: int | None = None
-
-    def copy(self) -> Timer:
-        """An independent copy (with the same heap entry)."""
-        twin = Timer(self.due_ms, self.cause, self.caused_by[:])
-        twin.scheduled_ms = self.scheduled_ms
-        return twin
 
 
 class CustomerState:
@@ -199,39 +183,49 @@ class CustomerState:
         self.offers_open: list[tuple[int, str, str]] = []
         self.bought: tuple[str, ...] = ()  # products of the last order
 
-    # --- copies, for undoing an update that failed halfway ------------------------------
-    def copy(self) -> CustomerState:
-        """An independent copy: mutable parts copied, immutable ones (numbers, strings, tuples) shared.
+    # --- checkpoints, for undoing an update that failed halfway --------------------------
+    def checkpoint(self) -> Checkpoint:
+        """What :meth:`rollback` needs to put this state back as it is now.
 
-        Much cheaper than a snapshot encoding (:func:`state.codec.encode`): taken before every
-        event, it lets the engine undo an event whose processing raised (see :meth:`restore`).
+        Every field's value, plus a copy of what updates change in place (the contents of dicts,
+        lists, arrays, the session, the cart, the affinities and the timers). Taken before every
+        event, so kept cheap: no object is built but copies of built-in containers.
         """
-        twin = CustomerState.__new__(CustomerState)
-        twin.id, twin.first_seen_ms, twin.last_seen_ms = self.id, self.first_seen_ms, self.last_seen_ms
-        twin.last_event_id, twin.orders, twin.refunds = self.last_event_id, self.orders, self.refunds
-        twin.lifetime_spend, twin.order_gap_ms = self.lifetime_spend, self.order_gap_ms
-        twin.first_order_ms, twin.last_order_ms = self.first_order_ms, self.last_order_ms
-        twin.last_order_id, twin.last_store = self.last_order_id, self.last_store
-        twin.last_city, twin.last_country = self.last_city, self.last_country
-        twin.audiences, twin.linked_ids, twin.bought = self.audiences, self.linked_ids, self.bought
-        twin.counts = self.counts.copy()
-        twin.categories = self.categories.copy()
-        twin.products = self.products.copy()
-        twin.session = None if self.session is None else self.session.copy()
-        twin.cart = None if self.cart is None else self.cart.copy()
-        twin.hours = self.hours[:]
-        twin.traits = dict(self.traits)
-        twin.consent = dict(self.consent)
-        twin.timers = {rule_id: timer.copy() for rule_id, timer in self.timers.items()}
-        twin.fired = dict(self.fired)
-        twin.outcomes = self.outcomes[:]
-        twin.offers_open = self.offers_open[:]
-        return twin
+        session, cart, timers = self.session, self.cart, self.timers
+        return (
+            _fields(self),
+            self.counts.buckets[:],
+            (self.categories.ref_ms, dict(self.categories.scores)),
+            (self.products.ref_ms, dict(self.products.scores)),
+            None if session is None else (session.last_ms, session.pages, session.products[:]),
+            None if cart is None else (dict(cart.items), cart.value, cart.last_add_ms),
+            self.hours[:],
+            dict(self.traits),
+            dict(self.consent),
+            dict(self.fired),
+            self.outcomes[:],
+            self.offers_open[:],
+            dict(timers),
+            [(timer.due_ms, timer.caused_by[:], timer.scheduled_ms) for timer in timers.values()],
+        )
 
-    def restore(self, copy: CustomerState) -> None:
-        """Take over every field of ``copy`` (made by :meth:`copy`, not used afterwards)."""
-        for name in CustomerState.__slots__:
-            setattr(self, name, getattr(copy, name))
+    def rollback(self, checkpoint: Checkpoint) -> None:
+        """Put this state back as it was at ``checkpoint`` (taken by :meth:`checkpoint` on this object)."""
+        fields, buckets, categories, products, session, cart, hours, *containers, timers, timer_fields = checkpoint
+        for name, value in zip(CustomerState.__slots__, fields, strict=True):
+            setattr(self, name, value)
+        self.counts.buckets = buckets
+        self.categories.ref_ms, self.categories.scores = categories
+        self.products.ref_ms, self.products.scores = products
+        if session is not None:
+            self.session.last_ms, self.session.pages, self.session.products = session  # type: ignore[union-attr]
+        if cart is not None:
+            self.cart.items, self.cart.value, self.cart.last_add_ms = cart  # type: ignore[union-attr]
+        self.hours = hours
+        self.traits, self.consent, self.fired, self.outcomes, self.offers_open = containers
+        self.timers = timers
+        for timer, (due_ms, caused_by, scheduled_ms) in zip(timers.values(), timer_fields, strict=True):
+            timer.due_ms, timer.caused_by, timer.scheduled_ms = due_ms, caused_by, scheduled_ms
 
     # --- updates -----------------------------------------------------------------------
     def touch(self, at_ms: int, message_id: str, lifecycle: Lifecycle) -> None:
@@ -405,3 +399,7 @@ class CustomerState:
         self.last_city = self.last_city or other.last_city
         self.last_country = self.last_country or other.last_country
         self.linked_ids = (*self.linked_ids[-4:], other.id)
+
+
+Checkpoint = tuple[Any, ...]
+_fields = attrgetter(*CustomerState.__slots__)  # every field's value, in one call

@@ -71,10 +71,6 @@ class WindowedCounts:
         if held > _COMPACT_AT and (held - _COMPACT_AT) % _COMPACT_EVERY == 1:
             self.compact(now_ms)
 
-    def copy(self) -> WindowedCounts:
-        """An independent copy."""
-        return WindowedCounts(self.buckets[:])
-
     def compact(self, now_ms: int) -> None:
         """Merge buckets into the width their age calls for and drop those past 30 days."""
         now_min = now_ms // MINUTE_MS
