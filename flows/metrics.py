@@ -65,6 +65,7 @@ def serve(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGI
     start_http_server(port, addr=host, registry=registry)
 
 
+ENGINE_DEAD_LETTERS = ("future_dated", "too_old", "processing_error")  # reasons the shard engines count
 MODEL_METRICS_SECONDS = 1.0
 PUBLISH_SECONDS = 0.25  # a shard's counters reach the registry at most this often (and at the end)
 _customers_by_shard: dict[tuple[str, int], int] = {}
@@ -105,7 +106,7 @@ class ShardMetrics:
         unknown = {path: entry["count"] for path, entry in stats.get("unknown_fields", {}).items()}
         for path, count in _deltas(unknown, seen.setdefault("unknown_fields", {})):
             UNKNOWN_FIELDS.labels(path=path).inc(count)
-        flat = {name: stats.get(name, 0) for name in ("late", "duplicates", "future_dated")}
+        flat = {name: stats.get(name, 0) for name in ("late", "duplicates", *ENGINE_DEAD_LETTERS)}
         for name, count in _deltas(flat, seen.setdefault("flat", {})):
             if name == "late":
                 LATE_EVENTS.inc(count)

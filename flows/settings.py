@@ -34,6 +34,9 @@ class Settings(BaseModel):
     shards: int = Field(16, ge=1, le=1024, description="customer shards (fixed: changing it re-keys state)")
     lateness_minutes: float = Field(5, ge=0, description="allowed lateness of the event-time clock")
     max_skew_minutes: float = Field(60, gt=0, description="events this far after their receivedAt are dead-lettered")
+    max_age_days: float = Field(
+        365, gt=0, description="events this far before the event time already reached are dead-lettered"
+    )
     max_event_bytes: int = Field(DEFAULT_MAX_EVENT_BYTES, ge=256, description="larger events are dead-lettered")
     session_timeout_minutes: float = Field(30, gt=0, description="inactivity that ends a session")
     new_days: int = Field(30, gt=0, description="a customer is 'new' this long after first seen")
@@ -82,6 +85,7 @@ class Settings(BaseModel):
         return EngineConfig(
             lateness_ms=int(self.lateness_minutes * MINUTE_MS),
             max_skew_ms=int(self.max_skew_minutes * MINUTE_MS),
+            max_age_ms=int(self.max_age_days * DAY_MS),
             lifecycle=Lifecycle(
                 new_days=self.new_days,
                 lapse_days=self.lapse_days,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -112,7 +111,17 @@ class DeadLetter(BaseModel):
 
 @lru_cache(maxsize=4096)
 def _day(day: int) -> str:
-    return datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%dT")
+    """``YYYY-MM-DDT`` of a day count since 1970-01-01 (proleptic Gregorian, any count: an event at
+    ``9999-12-31T23:00-05:00`` falls on a day of year 10000, which ``datetime`` cannot hold)."""
+    shifted = day + 719_468  # days since 0000-03-01, so that leap days end a year
+    era, day_of_era = divmod(shifted, 146_097)
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36_524 - day_of_era // 146_096) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    month_index = (5 * day_of_year + 2) // 153  # March is 0
+    day_of_month = day_of_year - (153 * month_index + 2) // 5 + 1
+    month = month_index + 3 if month_index < 10 else month_index - 9
+    year = year_of_era + era * 400 + (month <= 2)
+    return f"{year:04d}-{month:02d}-{day_of_month:02d}T"
 
 
 def iso_ms(epoch_ms: int) -> str:

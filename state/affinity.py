@@ -6,6 +6,7 @@ import math
 
 DAY_MS = 86_400_000
 _RENORMALIZE_AT = 2.0**500
+_MAX_EXPONENT = 500.0  # 2 ** 500 times any weight stays far below the float limit (2 ** 1024)
 
 
 class DecayedTopK:
@@ -15,7 +16,8 @@ class DecayedTopK:
     half_life)`` against a fixed landmark ``ref_ms``, so an update touches one entry and the
     ranking needs no decay at all; reading a score at ``now`` multiplies by
     ``2 ** ((ref - now) / half_life)``. The landmark moves (and the scores shrink) only when
-    they grow too large for floats.
+    they grow too large for floats. No pair of times overflows: a time far before the landmark
+    counts as 0, one far after it moves the landmark first.
     """
 
     __slots__ = ("ref_ms", "scores")
@@ -28,8 +30,9 @@ class DecayedTopK:
         """Add ``weight`` to ``item`` at ``at_ms`` (earlier times count decayed)."""
         if self.ref_ms is None:
             self.ref_ms = at_ms
-        scaled = weight * math.exp2((at_ms - self.ref_ms) / half_life_ms)
-        if scaled > _RENORMALIZE_AT:
+        exponent = (at_ms - self.ref_ms) / half_life_ms
+        scaled = weight * math.exp2(min(exponent, _MAX_EXPONENT))
+        if scaled > _RENORMALIZE_AT or exponent > _MAX_EXPONENT:
             self._move_landmark(at_ms, half_life_ms)
             scaled = weight
         scores = self.scores

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
 
 from state.affinity import DAY_MS, DecayedTopK
 from state.windows import WindowedCounts
@@ -180,6 +182,50 @@ class CustomerState:
         # offers chosen by the next-best-offer policy, waiting for a reward: (decided at, offer, segment)
         self.offers_open: list[tuple[int, str, str]] = []
         self.bought: tuple[str, ...] = ()  # products of the last order
+
+    # --- checkpoints, for undoing an update that failed halfway --------------------------
+    def checkpoint(self) -> Checkpoint:
+        """What :meth:`rollback` needs to put this state back as it is now.
+
+        Every field's value, plus a copy of what updates change in place (the contents of dicts,
+        lists, arrays, the session, the cart, the affinities and the timers). Taken before every
+        event, so kept cheap: no object is built but copies of built-in containers.
+        """
+        session, cart, timers = self.session, self.cart, self.timers
+        return (
+            _fields(self),
+            self.counts.buckets[:],
+            (self.categories.ref_ms, dict(self.categories.scores)),
+            (self.products.ref_ms, dict(self.products.scores)),
+            None if session is None else (session.last_ms, session.pages, session.products[:]),
+            None if cart is None else (dict(cart.items), cart.value, cart.last_add_ms),
+            self.hours[:],
+            dict(self.traits),
+            dict(self.consent),
+            dict(self.fired),
+            self.outcomes[:],
+            self.offers_open[:],
+            dict(timers),
+            [(timer.due_ms, timer.caused_by[:], timer.scheduled_ms) for timer in timers.values()],
+        )
+
+    def rollback(self, checkpoint: Checkpoint) -> None:
+        """Put this state back as it was at ``checkpoint`` (taken by :meth:`checkpoint` on this object)."""
+        fields, buckets, categories, products, session, cart, hours, *containers, timers, timer_fields = checkpoint
+        for name, value in zip(CustomerState.__slots__, fields, strict=True):
+            setattr(self, name, value)
+        self.counts.buckets = buckets
+        self.categories.ref_ms, self.categories.scores = categories
+        self.products.ref_ms, self.products.scores = products
+        if session is not None:
+            self.session.last_ms, self.session.pages, self.session.products = session  # type: ignore[union-attr]
+        if cart is not None:
+            self.cart.items, self.cart.value, self.cart.last_add_ms = cart  # type: ignore[union-attr]
+        self.hours = hours
+        self.traits, self.consent, self.fired, self.outcomes, self.offers_open = containers
+        self.timers = timers
+        for timer, (due_ms, caused_by, scheduled_ms) in zip(timers.values(), timer_fields, strict=True):
+            timer.due_ms, timer.caused_by, timer.scheduled_ms = due_ms, caused_by, scheduled_ms
 
     # --- updates -----------------------------------------------------------------------
     def touch(self, at_ms: int, message_id: str, lifecycle: Lifecycle) -> None:
@@ -353,3 +399,7 @@ class CustomerState:
         self.last_city = self.last_city or other.last_city
         self.last_country = self.last_country or other.last_country
         self.linked_ids = (*self.linked_ids[-4:], other.id)
+
+
+Checkpoint = tuple[Any, ...]
+_fields = attrgetter(*CustomerState.__slots__)  # every field's value, in one call

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import orjson
+import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from conftest import added, call, order, source_records, track
 
@@ -111,3 +112,20 @@ def test_each_customer_audience_changes_reach_the_sink_in_the_order_they_happen(
     assert len(anonymous) >= 30, "every anonymous customer entered an audience and left it when linked"
     for key, seen in changes.items():
         assert seen == ["entered", "exited"] * (len(seen) // 2) + ["entered"] * (len(seen) % 2), key
+
+
+@pytest.mark.parametrize("unset_clock", ["1970-01-01T00:00:00Z", "0001-01-01T00:00:00Z"])
+def test_an_event_from_an_unset_device_clock_is_dead_lettered_and_the_run_goes_on(tmp_path, unset_clock):
+    viewed = {"product_id": "p1", "category": "shoes"}
+    events = [
+        call("identify", "u1", 0, traits={"city": "Berlin"}),
+        track("Page", "u1", 1),
+        track("Product Viewed", "u1", 2, props=viewed, timestamp=unset_clock),
+        track("Product Viewed", "u1", 3, props=viewed),
+        track("Signed Up", "u2", 4),
+    ]
+    outputs = run_flow(events, tmp_path)
+    dead = [orjson.loads(o.body) for o in outputs if o.stream == "dead_letters"]
+    assert [(d["reason"], d["position"]["line"]) for d in dead] == [("too_old", 3)]
+    welcome = [orjson.loads(o.body) for o in outputs if o.stream == "triggers.push"]
+    assert [w["subject"] for w in welcome] == ["u2"], "the events after it were applied"

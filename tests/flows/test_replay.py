@@ -272,3 +272,29 @@ def test_the_run_summary_on_stderr_names_dropped_lines_and_unknown_fields(tmp_pa
     assert main(["replay", str(stream), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert "order lines dropped: bad_price 1; unknown fields: context.store_id 1 (see summary.json)" in err
+
+
+def test_an_event_that_cannot_be_applied_is_dead_lettered_and_the_replay_goes_on(tmp_path):
+    """Applying a valid event raises (year 7000 is beyond what the windowed counts hold): the event
+    becomes a processing_error dead letter, the customer stays as it was, the rest is applied."""
+    viewed = {"product_id": "p1", "category": "shoes"}
+    stream = write_stream(
+        tmp_path / "s.jsonl",
+        [
+            track("Product Viewed", "u1", 0, props=viewed),
+            track("Product Viewed", "u1", 1, props=viewed, timestamp="1970-01-01T00:00:00Z"),
+            track("Signed Up", "u2", 2),
+            track("Signed Up", "u4", 3),
+            track("Page", "u2", 4, timestamp="7000-01-01T00:00:00Z", receivedAt="7000-01-01T00:00:00Z"),
+        ],
+    )
+    files = replay(stream, tmp_path / "out")
+    dead = [orjson.loads(line) for line in files["dead_letters.jsonl"].splitlines()]
+    assert [(d["position"]["line"], d["reason"]) for d in dead] == [(2, "too_old"), (5, "processing_error")]
+    assert dead[1]["messages"][0].startswith("OverflowError: ")
+    welcome = [orjson.loads(line) for line in files["triggers.push.jsonl"].splitlines()]
+    assert [w["subject"] for w in welcome] == ["u2", "u4"]
+    summary = orjson.loads(files["summary.json"])
+    assert summary["dead_letters"] == {"processing_error": 1, "too_old": 1}
+    assert summary["processing_error"] == 1 and summary["too_old"] == 1
+    assert sum(summary["events"].values()) == 3, "the failed event is not counted as accepted"

@@ -48,3 +48,10 @@ def test_secrets_never_appear_in_settings_errors_or_their_printed_form():
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
     assert settings.kafka_client_config()["sasl.password"] == "hunter2", "still usable by the client"
     assert "hunter2" not in mask_url(settings.redis_url.get_secret_value()), "what the Redis store logs"
+
+
+def test_the_age_limit_of_events_reaches_the_engine_in_days():
+    assert Settings().engine_config().max_age_ms == 365 * 86_400_000
+    assert Settings.from_env({"NUDGEFLOW_MAX_AGE_DAYS": "2.5"}).engine_config().max_age_ms == 216_000_000
+    with pytest.raises(ValueError, match="NUDGEFLOW_MAX_AGE_DAYS"):
+        Settings.from_env({"NUDGEFLOW_MAX_AGE_DAYS": "0"})

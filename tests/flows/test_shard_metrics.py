@@ -17,7 +17,7 @@ def test_counters_held_back_by_the_interval_are_published_when_due(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(metrics.time, "monotonic", lambda: clock[0])
     h = EngineHarness(rules_from(CART_RULE))
-    shard = ShardMetrics(h.identity)
+    shard = ShardMetrics(h.customers)  # events are counted where they are applied
     before = added_events()
 
     h.feed([added("u1", 0)])
@@ -44,7 +44,7 @@ def test_dropped_order_lines_and_unknown_fields_are_published():
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
     h = EngineHarness(rules_from(CART_RULE))
-    shard = ShardMetrics(h.identity)
+    shard = ShardMetrics(h.customers)  # the stage that applied the order
     before = (
         sample("nudgeflow_order_lines_dropped_total", reason="bad_price"),
         sample("nudgeflow_unknown_fields_total", path="context.store_id"),
@@ -54,3 +54,19 @@ def test_dropped_order_lines_and_unknown_fields_are_published():
     shard.publish(final=True)
     assert sample("nudgeflow_order_lines_dropped_total", reason="bad_price") - before[0] == 1
     assert sample("nudgeflow_unknown_fields_total", path="context.store_id") - before[1] == 1
+
+
+def dead_letters(reason: str) -> float:
+    return REGISTRY.get_sample_value("nudgeflow_invalid_events_total", {"reason": reason}) or 0.0
+
+
+def test_events_the_engine_dead_letters_are_counted_by_reason():
+    h = EngineHarness(rules_from(CART_RULE))
+    identity, customers = ShardMetrics(h.identity), ShardMetrics(h.customers)
+    before = {reason: dead_letters(reason) for reason in ("too_old", "processing_error")}
+    year_7000 = "7000-01-01T00:00:00Z"  # beyond what the windowed counts hold: applying it raises
+    h.feed([added("u1", 0), added("u1", -400 * 24 * 60), track("Page", "u2", 1, timestamp=year_7000)])
+    identity.publish(final=True)
+    customers.publish(final=True)
+    assert dead_letters("too_old") - before["too_old"] == 1
+    assert dead_letters("processing_error") - before["processing_error"] == 1

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+from dataclasses import replace
+
+import orjson
 import pytest
 from conftest import CART_RULE, EngineHarness, added, at, call, decisions, envelopes, order, rules_from, track
 
 from operators.engine import EngineConfig
+from operators.expressions import Expression
+from operators.rules import CompiledRules
+from state import codec
+from state.affinity import DAY_MS
 
 CART_ONLY = CART_RULE + '    when: "cart.value > 0"\n'
 
@@ -316,9 +324,139 @@ def test_a_till_basket_with_free_voided_and_returned_lines_is_an_order():
     assert state.bought == ("milk", "bag", "bananas")
     assert sorted(state.products.top()) == ["bag", "bananas", "milk"]
     assert "eggs" not in state.categories.top()
-    assert h.identity.stats["order_lines_dropped"] == {"missing_product_id": 1}
+    assert h.customers.stats["order_lines_dropped"] == {"missing_product_id": 1}
     returned = [{"product_id": "eggs", "price": 3.0, "quantity": -2}]
     h.feed([track("Order Refunded", "u1", 1, props={"order_id": "o1", "products": returned})])
     assert state.lifetime_spend == 0.0, "a refund's negative lines refund their value"
     h.feed([track("Order Completed", "u1", 2, props={"order_id": "o2", "products": returned})])
     assert state.orders == 2 and state.lifetime_spend == 0.0, "a basket of returns adds no negative spend"
+
+
+UNSET_CLOCK = "1970-01-01T00:00:00Z"  # a device clock that was never set
+
+
+def viewed(user: str, minutes: float = 0, product: str = "p1", **kw) -> dict:
+    return track("Product Viewed", user, minutes, props={"product_id": product, "category": "shoes"}, **kw)
+
+
+def test_an_event_far_older_than_the_clock_is_dead_lettered_too_old_and_the_flow_goes_on():
+    h = EngineHarness(rules_from(CART_ONLY))
+    h.feed([viewed("u1", 0), track("Page", "u1", 10)])
+    dead = decisions(h.feed([viewed("u1", 11, "p-old", timestamp=UNSET_CLOCK)]), "dead_letters")
+    assert [d["reason"] for d in dead] == ["too_old"]
+    assert dead[0]["processor"] == "nudgeflow.state"
+    assert "days before the event time already reached" in dead[0]["messages"][0]
+    h.feed([viewed("u1", 12, "p2")])
+    state = h.customers.customers["u1"]
+    assert state.first_seen_ms == envelopes([viewed("u1", 0)])[0].ts_ms, "the old event changed nothing"
+    assert "p-old" not in state.products.scores and "p2" in state.products.scores
+    assert h.identity.stats["too_old"] == 1
+
+
+def test_a_late_event_within_the_age_limit_is_still_applied():
+    h = EngineHarness(rules_from(CART_ONLY))
+    h.feed([viewed("u1", days=300), viewed("u1", days=0.5, product="p-late")])
+    assert not decisions(h.outputs, "dead_letters")
+    assert h.customers.stats["late"] == 1
+    assert "p-late" in h.customers.customers["u1"].products.scores
+
+
+def test_the_age_limit_is_a_setting_and_a_corrected_resend_is_accepted():
+    h = EngineHarness(rules_from(CART_ONLY), EngineConfig(max_age_ms=2 * DAY_MS))
+    h.feed([viewed("u1", days=3)])
+    dead = decisions(h.feed([viewed("u1", 0, "p-old", message_id="m-fix")]), "dead_letters")
+    assert [d["reason"] for d in dead] == ["too_old"]
+    assert not decisions(h.feed([viewed("u1", days=2.5, product="p-old", message_id="m-fix")]), "dead_letters")
+    assert "p-old" in h.customers.customers["u1"].products.scores, "the resend with a corrected time was applied"
+
+
+# --- failures while processing: dead-lettered, undone, and the flow goes on ------------------
+FAILING_RULES = """
+version: v
+triggers:
+  - id: added_now
+    channel: push
+    on: Product Added
+    when: "cart.value > 0"
+  - id: cart
+    channel: push
+    on: Product Added
+    after: 30m
+    unless: [Order Completed]
+    once_per: cart
+    when: "cart.value > 0"
+audiences:
+  - id: carters
+    when: "cart.value > 0"
+"""
+
+
+def raising_when(source: str, fails) -> Expression:
+    """A compiled condition that raises (as a rule can at run time) when ``fails(view)``; else true."""
+
+    def evaluate(view):
+        if fails(view):
+            raise RuntimeError("condition blew up")
+        return True
+
+    return Expression(source, frozenset(), evaluate)
+
+
+def with_failing(rules_text: str, rule_id: str, fails) -> CompiledRules:
+    """The rules with ``rule_id``'s condition replaced by one that raises when ``fails(view)``."""
+    rules = rules_from(rules_text)
+    triggers = [replace(t, when=raising_when(t.when.source, fails)) if t.id == rule_id else t for t in rules.triggers]
+    audiences = [replace(a, when=raising_when(a.when.source, fails)) if a.id == rule_id else a for a in rules.audiences]
+    return CompiledRules(rules.version, rules.source, triggers, audiences)
+
+
+def holds(view, product: str) -> bool:
+    cart = view.state.cart
+    return cart is not None and product in cart.items
+
+
+@pytest.mark.parametrize("rule_id", ["added_now", "carters"])
+@pytest.mark.parametrize("ids", [{"user": "u1"}, {"user": None, "anon": "a1"}], ids=["customer", "anonymous"])
+def test_an_event_whose_rule_raises_is_dead_lettered_and_the_customer_left_as_before(rule_id, ids):
+    h = EngineHarness(with_failing(FAILING_RULES, rule_id, lambda view: holds(view, "boom")))
+    user, anon = ids["user"], ids.get("anon")
+    customer = user or anon
+    h.feed([track("Page", user, 0, anon=anon), added(user, 1, "p1", anon=anon)])
+    engine = h.customers if user else h.identity
+    before = codec.encode(engine.customers[customer])
+    stats_before = {k: v for k, v in engine.stats.items() if k in ("triggers", "audience_changes", "events")}
+    failed = h.feed([added(user, 2, "boom", anon=anon, message_id="m-boom")])
+    dead = decisions(failed, "dead_letters")
+    assert [d["reason"] for d in dead] == ["processing_error"]
+    assert dead[0]["messages"][:2] == [f"rule {rule_id}", "RuntimeError: condition blew up"]
+    assert orjson.loads(base64.b64decode(dead[0]["payload_base64"]))["messageId"] == "m-boom"
+    assert decisions(failed, "triggers.") == [] and decisions(failed, "audience_changes") == []
+    assert codec.encode(engine.customers[customer]) == before, "the customer is as before the event"
+    assert {k: v for k, v in engine.stats.items() if k in stats_before} == stats_before
+    assert engine.stats["processing_error"] == 1
+    later = h.feed([added(user, 3, "p2", anon=anon), added("u2", 3, "p3")])
+    assert {d["subject"] for d in decisions(later, "triggers.")} == {customer, "u2"}
+    assert engine.customers[customer].cart.items.keys() == {"p1", "p2"}
+
+
+def test_a_timer_whose_rule_raises_is_dropped_with_a_dead_letter_naming_customer_and_rule():
+    h = EngineHarness(with_failing(FAILING_RULES, "cart", lambda view: view.state.id == "u1"))
+    h.feed([added("u1", 0, "p1"), added("u2", 0, "p2")])
+    before = codec.encode(h.customers.customers["u1"])
+    out = h.feed([track("Page", "u3", 40)])  # moves the clock past both timers
+    dead = decisions(out, "dead_letters")
+    assert len(dead) == 1 and dead[0]["reason"] == "processing_error"
+    assert dead[0]["messages"][:3] == [
+        f"timer cart of customer u1, due {at(30).replace('Z', '.000Z')}",
+        "rule cart",
+        "RuntimeError: condition blew up",
+    ]
+    assert dead[0]["position"] == {"source": "timer"}
+    assert orjson.loads(base64.b64decode(dead[0]["payload_base64"]))["customer_id"] == "u1"
+    assert [d["subject"] for d in cart_triggers(out)] == ["u2"], "the other customer's timer fired"
+    expected = codec.decode(before)
+    del expected.timers["cart"]
+    assert codec.encode(h.customers.customers["u1"]) == codec.encode(expected), "only the timer is gone"
+    h.feed([added("u1", 50, "p9"), track("Page", "u3", 100)])
+    assert h.customers.customers["u1"].cart.items.keys() == {"p1", "p9"}, "later events are applied"
+    assert h.customers.stats["processing_error"] == 2, "the re-armed timer raised again, and was dropped again"

@@ -124,3 +124,16 @@ def test_iso_ms_formats_utc_with_three_digit_milliseconds():
     assert iso_ms(T0_MS + 5) == "2026-01-05T10:00:00.005Z"
     assert iso_ms(T0_MS + 59_999) == "2026-01-05T10:00:59.999Z"
     assert iso_ms(-1) == "1969-12-31T23:59:59.999Z"
+
+
+def test_iso_ms_formats_every_time_an_event_can_carry():
+    """Timestamps of years 1 to 9999 with any offset: four-digit years, and no error past either end."""
+    from datetime import UTC, datetime, timedelta
+
+    assert iso_ms(-62_135_596_800_000) == "0001-01-01T00:00:00.000Z"
+    assert iso_ms(253_402_300_799_999) == "9999-12-31T23:59:59.999Z"
+    assert iso_ms(-62_135_596_800_000 - 5 * 3_600_000) == "0000-12-31T19:00:00.000Z"  # 0001-01-01T00:00+05:00
+    assert iso_ms(253_402_318_799_000) == "10000-01-01T04:59:59.000Z"  # 9999-12-31T23:59:59-05:00
+    for days in range(-719_162, 2_932_897, 9_973):  # day counts across years 1 to 9999
+        moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=days, milliseconds=1)
+        assert iso_ms(days * 86_400_000 + 1) == moment.strftime("%Y-%m-%dT%H:%M:%S.001Z").rjust(24, "0")

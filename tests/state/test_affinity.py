@@ -93,3 +93,37 @@ def test_merge_of_newer_scores_decays_the_older_side_and_keeps_k():
     assert len(mine.scores) == 3
     assert mine.top(1) == ["z"]
     assert mine.as_of(T + 3 * HALF_LIFE, HALF_LIFE)["z"] == 1.0
+
+
+YEAR_1 = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+YEAR_9999 = 253_402_300_799_000  # 9999-12-31T23:59:59Z
+EXTREMES = [YEAR_1, 0, T - 9 * 365 * DAY_MS, T, T + 1, YEAR_9999]
+
+
+@pytest.mark.parametrize("first", EXTREMES)
+@pytest.mark.parametrize("second", EXTREMES)
+def test_any_two_timestamps_in_any_order_give_finite_scores(first, second):
+    a = DecayedTopK()
+    a.add("first", 1.0, first, 3 * DAY_MS, 5)
+    a.add("second", 1.0, second, 3 * DAY_MS, 5)
+    later = max(first, second)
+    scores = a.as_of(later, 3 * DAY_MS)
+    assert all(0.0 <= score <= 2.0 for score in scores.values()), scores
+    assert scores["second" if second > first else "first"] == 1.0, "the latest update counts in full"
+
+
+def test_an_unset_device_clock_before_a_normal_update_does_not_overflow():
+    """An event stamped 1970 (a device without a clock), then today's event: the old one has decayed away."""
+    a = DecayedTopK()
+    a.add("old", 1.0, 0, 3 * DAY_MS, 5)
+    a.add("new", 1.0, T, 3 * DAY_MS, 5)
+    assert a.as_of(T, 3 * DAY_MS) == {"new": 1.0, "old": 0.0}
+    assert a.top() == ["new", "old"]
+
+
+def test_a_merge_across_centuries_keeps_the_newer_scores():
+    mine, other = DecayedTopK(), DecayedTopK()
+    mine.add("old", 5.0, YEAR_1, HALF_LIFE, 3)
+    other.add("new", 1.0, YEAR_9999, HALF_LIFE, 3)
+    mine.merge(other, HALF_LIFE, 3)
+    assert mine.as_of(YEAR_9999, HALF_LIFE) == {"new": 1.0, "old": 0.0}

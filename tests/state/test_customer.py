@@ -512,3 +512,41 @@ def test_at_risk_holds_exactly_at_its_boundary():
 def test_orders_less_than_a_day_apart_are_no_rhythm():
     state = state_after([order(minutes=0), order(minutes=55)])
     assert not state.at_risk(ms(days=2), LC)
+
+
+def test_a_rollback_undoes_every_update_since_its_checkpoint():
+    from state import codec
+    from state.customer import Timer
+
+    state = state_after(
+        [
+            call("identify", "u1", 0, traits={"city": "Lyon", "age": 30}),
+            track("Consent Updated", "u1", 1, props={"channel": "push", "granted": True}),
+            viewed("p1", 2),
+            added("u1", 3, "p2"),
+            order("u1", 4),
+            added("u1", 5, "p3"),
+        ]
+    )
+    state.timers["cart"] = Timer(ms(40), "c1", ["m1"])
+    state.timers["cart"].scheduled_ms = ms(40)
+    state.fired["welcome"] = "customer"
+    state.outcomes.append((ms(4), (0.1, 0.2)))
+    state.offers_open.append((ms(4), "o1", "s"))
+    before = codec.encode(state)
+    checkpoint = state.checkpoint()
+    other = state_after([call("identify", "a9", 0, traits={"gender": "f"}), added("a9", 1, "p9"), viewed("p8", 2)])
+    feed(state, [viewed("p4", 6), added("u1", 7, "p2"), removed("p3", 8), track("Page", "u1", 90), order("u1", 91)])
+    feed(state, [call("identify", "u1", 92, traits={"city": "Paris"})])
+    feed(state, [track("Consent Updated", "u1", 93, props={"channel": "all", "granted": False})])
+    state.merge(other, ms(95))
+    state.timers["cart"].due_ms += 1
+    state.timers["cart"].scheduled_ms = None
+    state.timers["cart"].caused_by.append("m2")
+    state.fired["welcome"] = "again"
+    state.outcomes.append((ms(96), (0.3,)))
+    state.offers_open.clear()
+    state.timers["new"] = Timer(ms(99), "n", [])
+    state.rollback(checkpoint)
+    assert codec.encode(state) == before, "every field is as it was"
+    assert state.timers["cart"].scheduled_ms == ms(40), "and each timer keeps its heap entry"
