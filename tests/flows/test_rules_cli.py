@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
+from conftest import order, track
+from test_replay import write_stream
 
 from flows.cli import main
 
@@ -85,3 +88,33 @@ def test_billion_laughs_is_refused_by_the_command_within_bounded_memory(tmp_path
         f"nudgeflow: {path}:7: field '-': YAML anchors and aliases (&name, *name, <<) are not allowed:"
         " write each value out\n"
     )
+
+
+def test_a_rule_that_builds_too_much_at_run_time_dead_letters_the_event_and_the_run_goes_on(tmp_path, capsys):
+    """The limit depends on a customer's data, so only the run can find it: that event becomes a
+    processing_error dead letter naming the rule, and every other event is applied."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: v1\ntriggers:\n"
+        "  - id: greedy\n    channel: push\n    on: Order Completed\n"
+        '    when: "len(customer_id * orders * 20000) > 0"\n'  # 20,000 times the id: too long for "u-long"
+        "  - id: welcome\n    channel: push\n    on: Signed Up\n"
+    )
+    stream = write_stream(
+        tmp_path / "s.jsonl",
+        [order("u1", 0), order("u-long", 1), track("Signed Up", "u-long", 2), order("u1", 3)],
+    )
+    out = tmp_path / "out"
+    assert main(["replay", str(stream), "--out", str(out), "--rules", str(rules)]) == 0
+    dead = [orjson.loads(line) for line in (out / "dead_letters.jsonl").read_bytes().splitlines()]
+    assert [(d["reason"], d["position"]["line"]) for d in dead] == [("processing_error", 2)]
+    assert dead[0]["messages"][0] == "rule greedy"
+    assert dead[0]["messages"][1].startswith("ExpressionLimitError: '*' would build a text of length 120,000")
+    triggers = [orjson.loads(line) for line in (out / "triggers.push.jsonl").read_bytes().splitlines()]
+    assert sorted((t["data"]["rule_id"], t["subject"]) for t in triggers) == [
+        ("greedy", "u1"),
+        ("greedy", "u1"),
+        ("welcome", "u-long"),
+    ], "u1's two orders and u-long's sign-up were applied"
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["dead_letters"] == {"processing_error": 1} and summary["lines"]["unaccounted"] == 0
