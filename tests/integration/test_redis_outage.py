@@ -78,8 +78,8 @@ def store(url: str, prefix: str) -> dict[str, Any]:
 def implied(records: list[dict], event_counts: dict[str, dict]) -> dict[str, Any]:
     """The store that the engine's decisions (from its topics, re-emitted ones once) and the events imply.
 
-    An anonymous customer linked to a user is left out of the audience sets: the flow may send
-    its exit on linking before its last entry (the topics then disagree with themselves)."""
+    An anonymous customer linked to a user has left every audience (its exits come after its
+    entries on the topics) and its profile is deleted, so it has no profile to compare."""
     seen: set[str] = set()
     members: dict[str, dict[str, bool]] = defaultdict(dict)
     decisions: dict[str, set[str]] = defaultdict(set)
@@ -95,7 +95,7 @@ def implied(records: list[dict], event_counts: dict[str, dict]) -> dict[str, Any
                 linked.add(customer)
         else:
             decisions[customer].add(record["id"])
-    audiences = {a: {c for c, member in m.items() if member and c not in linked} for a, m in members.items()}
+    audiences = {a: {c for c, member in m.items() if member} for a, m in members.items()}
     audiences = {a: m for a, m in audiences.items() if m}
     joined: dict[str, set[str]] = defaultdict(set)
     for audience, customers in audiences.items():
@@ -106,9 +106,9 @@ def implied(records: list[dict], event_counts: dict[str, dict]) -> dict[str, Any
 
 
 def compared(contents: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
-    """The store as :func:`implied` sees it (linked anonymous customers out of the audience sets)."""
+    """The store as :func:`implied` sees it."""
     linked = expected["linked"]
-    audiences = {a: m - linked for a, m in contents["audiences"].items() if m - linked}
+    audiences = {a: m for a, m in contents["audiences"].items() if m}
     profiles = {c: p | {"audiences": p["audiences"]} for c, p in contents["profiles"].items() if c not in linked}
     return {"audiences": audiences, "decisions": contents["decisions"], "profiles": profiles}
 
