@@ -99,7 +99,18 @@ class Rejected:
 
 
 def parse(raw: RawEvent, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Envelope | Rejected:
-    """Decode (orjson), validate (one pydantic TypeAdapter) and wrap one event."""
+    """Decode (orjson), validate (one pydantic TypeAdapter) and wrap one event.
+
+    Whatever the bytes, this returns: an input that makes parsing itself raise is a
+    ``processing_error`` dead letter, never an exception that would stop the flow.
+    """
+    try:
+        return _parse(raw, max_bytes)
+    except Exception as err:
+        return _reject(raw, "processing_error", [f"{type(err).__name__}: {str(err)[:500]}"])
+
+
+def _parse(raw: RawEvent, max_bytes: int) -> Envelope | Rejected:
     payload = raw.payload
     if raw.rejected is not None:
         processor, reason, message = raw.rejected
@@ -146,12 +157,19 @@ def _lost_a_key(payload: bytes, data: dict[str, Any]) -> bool:
     """Whether decoding dropped a repeated key (orjson keeps the last one silently).
 
     Outside strings a colon follows every key and nothing else, and re-encoding writes every
-    colon inside a string as a colon, so the payload has more colons than its re-encoding
-    exactly when a key was dropped (a colon escaped as ``\\u003a`` only hides one). Compact
-    JSON as orjson or ``JSON.stringify`` writes it is its own re-encoding: then nothing is counted.
+    colon inside a string as a colon (also one escaped as ``\\u003a``), so the payload's colons
+    and escaped colons outnumber its re-encoding's exactly when a key was dropped. Compact JSON
+    as orjson or ``JSON.stringify`` writes it is its own re-encoding: then nothing is counted.
+    A document too deeply nested to re-encode is checked the slow way.
     """
-    encoded = orjson.dumps(data)
-    return encoded != payload and payload.count(b":") > encoded.count(b":")
+    try:
+        encoded = orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        return True
+    if encoded == payload:
+        return False
+    escaped = payload.count(b"\\u003a") + payload.count(b"\\u003A")
+    return payload.count(b":") + escaped > encoded.count(b":")
 
 
 def _duplicate_key(payload: bytes) -> str | None:

@@ -212,8 +212,13 @@ def test_an_order_keeps_its_good_lines_and_notes_each_dropped_one():
             b'"name":"a:b:c","name":"x"}',
             "name",
         ),
+        (
+            b'{"type":"page","messageId":"m","userId":"u","userId":"v","timestamp":"2026-01-05T10:00:00Z",'
+            b'"name":"\\u003a"}',
+            "userId",
+        ),
     ],
-    ids=["top-level", "spaced", "nested-line", "colons-in-the-lost-value"],
+    ids=["top-level", "spaced", "nested-line", "colons-in-the-lost-value", "an-escaped-colon-elsewhere"],
 )
 def test_a_repeated_key_is_a_dead_letter_naming_its_path(payload, path):
     record = rejected(parse(raw(payload)))
@@ -306,3 +311,22 @@ def test_shards_first_sightings_merge_to_the_earliest():
         }
     readable_firsts(total)
     assert total["unknown_fields"]["context.x"] == {"count": 3, "first_message_id": "m5", "first_position": {"line": 5}}
+
+
+@pytest.mark.parametrize("depth", [100, 300, 1000])
+def test_deeply_nested_properties_are_parsed_never_raise(depth):
+    """orjson reads 1,024 levels but writes only 254: a deep document must not stop the flow."""
+    event = call("page", properties={"deep": []})
+    payload = orjson.dumps(event).replace(b'"deep":[]', b'"deep":' + b"[" * depth + b"]" * depth)
+    assert isinstance(parse(raw(payload)), Envelope)
+
+
+def test_an_error_inside_parsing_is_a_dead_letter_not_an_exception(monkeypatch):
+    import operators.parse as parse_module
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("validator blew up")
+
+    monkeypatch.setattr(parse_module, "EVENT_ADAPTER", type("Broken", (), {"validate_python": broken})())
+    record = rejected(parse(raw(call("page"))))
+    assert (record["reason"], record["messages"]) == ("processing_error", ["RuntimeError: validator blew up"])
