@@ -55,7 +55,7 @@ from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import MAX_CAUSED_BY, Checkpoint, CustomerState, Lifecycle, Timer
 from state.update import apply_event
 
-SNAPSHOT_FORMAT = 4
+SNAPSHOT_FORMAT = 5  # 5: envelopes held back carry their contract notes
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes
 REWARD = "~reward"  # the open offer choices' reward window: no reward when it passes
@@ -364,6 +364,8 @@ class ShardEngine:
                 if state is not None:
                     self._erase(state, env, out)
             else:
+                known = customer_id in self.customers
+                marks = (customer_id in self.changed, customer_id in self.dirty)  # before any of this event
                 state, new = self._adopt(env, customer_id, carried, out)
                 start, before, applying = len(out), None if new else state.checkpoint(), True
                 late = self._apply(state, env, new or carried is not None, out)
@@ -371,6 +373,8 @@ class ShardEngine:
             self._retract(out, start)
             if applying:
                 self._restore(state, before)
+                if before is None and not known:  # new to this shard: there is no profile to delete
+                    self._unmark(customer_id, *marks)
             self._failed(err, out, env)
             return
         self._count(env)
@@ -860,6 +864,13 @@ class ShardEngine:
             self.customers[state.id] = state
 
     # --- snapshots -----------------------------------------------------------------------
+    def _unmark(self, customer_id: str, changed: bool, dirty: bool) -> None:
+        """Take back :meth:`_mark` for a customer that was not marked before (as ``changed``, ``dirty``)."""
+        if not changed:
+            self.changed.discard(customer_id)
+        if not dirty:
+            self.dirty.discard(customer_id)
+
     def _mark(self, customer_id: str) -> None:
         if self.config.snapshots:
             self.dirty.add(customer_id)

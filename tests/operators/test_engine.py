@@ -232,11 +232,12 @@ def test_snapshot_round_trip_restores_customers_and_timers():
     assert [d["subject"] for d in cart_triggers(out)] == ["u1"]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 99])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 99])
 def test_snapshots_of_other_formats_are_refused_clearly(version):
-    """Format 1 held pending items in another layout; format 2 pickled customer objects."""
+    """Format 1 held pending items in another layout; format 2 pickled customer objects; format 4's
+    held-back envelopes had no contract notes."""
     h = EngineHarness(rules_from(CART_ONLY), EngineConfig(snapshots=True))
-    with pytest.raises(ValueError, match=f"format {version} is not supported: this version reads format 4"):
+    with pytest.raises(ValueError, match=f"format {version} is not supported: this version reads format 5"):
         h.customers.restore((version, {}))
 
 
@@ -460,3 +461,24 @@ def test_a_timer_whose_rule_raises_is_dropped_with_a_dead_letter_naming_customer
     h.feed([added("u1", 50, "p9"), track("Page", "u3", 100)])
     assert h.customers.customers["u1"].cart.items.keys() == {"p1", "p9"}, "later events are applied"
     assert h.customers.stats["processing_error"] == 2, "the re-armed timer raised again, and was dropped again"
+
+
+def test_a_new_customer_whose_first_event_fails_leaves_no_trace_in_the_profiles():
+    """No profile, not even a deletion: a deletion would erase a live store's copy of the customer."""
+    h = EngineHarness(with_failing(FAILING_RULES, "added_now", lambda view: True), EngineConfig(profile_ms=1000))
+    h.feed([added("u1", 0, "p1")])
+    assert decisions(h.outputs, "dead_letters")[0]["reason"] == "processing_error"
+    profiles: list = []
+    h.customers.profiles(profiles)
+    assert profiles == [] and "u1" not in h.customers.customers
+
+
+def test_an_erased_customer_whose_next_event_fails_still_has_its_profile_deleted():
+    h = EngineHarness(
+        with_failing(FAILING_RULES, "added_now", lambda view: holds(view, "boom")), EngineConfig(profile_ms=1000)
+    )
+    h.feed([added("u1", 0, "p1"), track("Erasure Requested", "u1", 1, props={"request_id": "r1"})])
+    h.feed([added("u1", 2, "boom")])
+    profiles: list = []
+    h.customers.profiles(profiles)
+    assert [orjson.loads(p.body) for p in profiles] == [{"customer_id": "u1", "deleted": True}]
