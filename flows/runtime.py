@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import stat
 from datetime import timedelta
 from pathlib import Path
@@ -47,16 +48,22 @@ def new_recovery_store(folder: Path, partitions: int) -> None:
 
 
 def check_trusted(folder: Path) -> None:
-    """Refuse a recovery store that other users can write to.
+    """Refuse a recovery store that another user owns or can write to.
 
     Snapshots are pickles (Bytewax's recovery store pickles every state), and unpickling runs
-    code: whoever can write a snapshot can run code in the engine. So the folder and its
-    partitions must be writable by their owner only.
+    code: whoever can write a snapshot can run code in the engine. So the folder and its files
+    (partitions and their journals) must belong to this user and be writable by it only.
     """
-    for path in (folder, *sorted(folder.glob("part-*.sqlite3"))):
-        mode = path.stat().st_mode
-        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+    me = os.geteuid()
+    for path in (folder, *sorted(folder.glob("part-*"))):
+        status = path.stat()
+        if status.st_uid != me:
             raise ValueError(
-                f"recovery store {path} is writable by other users (mode {stat.filemode(mode)}): snapshots are "
-                f"unpickled at start-up, so only the engine's user may write there (chmod go-w {path})"
+                f"recovery store {path} belongs to another user (uid {status.st_uid}): snapshots are unpickled at "
+                f"start-up, so only the engine's user may own and write them (chown {me} {path})"
+            )
+        if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ValueError(
+                f"recovery store {path} is writable by other users (mode {stat.filemode(status.st_mode)}): snapshots "
+                f"are unpickled at start-up, so only the engine's user may write there (chmod go-w {path})"
             )

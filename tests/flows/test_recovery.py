@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import orjson
+import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 from conftest import source_records
@@ -75,3 +77,12 @@ def test_a_recovery_store_others_can_write_is_refused_at_start_up(tmp_path, monk
     part.chmod(0o666)
     assert main(["run", str(SAMPLE_STREAM), "--out", str(tmp_path / "out2")]) == 2
     assert f"recovery store {part} is writable by other users" in capsys.readouterr().err
+
+
+def test_a_recovery_store_another_user_owns_is_refused(tmp_path):
+    folder = tmp_path / "recovery"
+    recovery_config(Settings(recovery_dir=folder))
+    part = next(folder.glob("part-*.sqlite3"))
+    os.chown(part, 65534, -1)  # a file someone else could rewrite, though its mode is private
+    with pytest.raises(ValueError, match=f"recovery store {part} belongs to another user \\(uid 65534\\)"):
+        recovery_config(Settings(recovery_dir=folder))
