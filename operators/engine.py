@@ -368,7 +368,10 @@ class ShardEngine:
                 marks = (customer_id in self.changed, customer_id in self.dirty)  # before any of this event
                 state, new = self._adopt(env, customer_id, carried, out)
                 start, before, applying = len(out), None if new else state.checkpoint(), True
-                late = self._apply(state, env, new or carried is not None, out)
+                late = self.clock is not None and env.ts_ms < self.clock
+                if self._settle(state, env, late, out):  # what it settled stands, whatever follows
+                    start, before = len(out), state.checkpoint()
+                self._apply(state, env, new or carried is not None, late, out)
         except Exception as err:
             self._retract(out, start)
             if applying:
@@ -402,14 +405,16 @@ class ShardEngine:
         self._mark(customer_id)
         return state, new
 
-    def _apply(self, state: CustomerState, env: Envelope, fresh: bool, out: list[Any]) -> bool:
-        """Apply ``env`` to features, timers, rules and audiences (all of them when ``fresh``);
-        return whether it was late."""
-        late = self.clock is not None and env.ts_ms < self.clock
-        if not late:
-            self._fire_due(state, env.ts_ms, out)
-        if self.models is not None:
-            self._learn_from(state, env)
+    def _settle(self, state: CustomerState, env: Envelope, late: bool, out: list[Any]) -> bool:
+        """Before ``env`` is applied: fire the customer's timers due by its time (each on its own
+        guard) and learn the outcomes it resolves (an order, a click). Return whether anything was
+        done: those stand even if applying ``env`` fails, since the models cannot unlearn."""
+        fired = 0 if late else self._fire_due(state, env.ts_ms, out)
+        resolved = self.models is not None and self._learn_from(state, env)
+        return bool(fired or resolved)
+
+    def _apply(self, state: CustomerState, env: Envelope, fresh: bool, late: bool, out: list[Any]) -> None:
+        """Apply ``env`` to features, timers, rules and audiences (all of them when ``fresh``)."""
         now = max(env.ts_ms, self.clock or env.ts_ms)
         if self.models is not None and env.name in PRODUCT_TOUCHES:
             props = env.event.properties
@@ -428,7 +433,6 @@ class ShardEngine:
         audiences = rules.audiences if fresh else rules.audiences_for(env.name)  # fresh: every audience looks
         self._audiences(state, audiences, env, now, [env.message_id], out)
         self._keep_alive(state, now, moved_earlier=late or env.name in ORDERS)
-        return late
 
     def _arm(self, state: CustomerState, trigger: CompiledTrigger, env: Envelope, late: bool) -> None:
         rule = trigger.rule
@@ -496,12 +500,14 @@ class ShardEngine:
             self.swept_day = day
             self._sweep(candidate, out)
 
-    def _fire_due(self, state: CustomerState, upto_ms: int, out: list[Any]) -> None:
-        """Fire this customer's timers due by ``upto_ms`` (before its next event is applied)."""
+    def _fire_due(self, state: CustomerState, upto_ms: int, out: list[Any]) -> int:
+        """Fire this customer's timers due by ``upto_ms`` (before its next event is applied); return
+        how many were due."""
         due = [(timer.due_ms, rule_id) for rule_id, timer in state.timers.items() if timer.due_ms <= upto_ms]
         for _, rule_id in sorted(due):
             if rule_id in state.timers and state.id in self.customers:
                 self._fire(state, rule_id, out)
+        return len(due)
 
     def _fire(self, state: CustomerState, rule_id: str, out: list[Any]) -> None:
         """Fire one timer. Should that raise, the timer is dropped as a ``processing_error`` dead
@@ -551,17 +557,22 @@ class ShardEngine:
             timer.due_ms = due_ms  # a later due time is rescheduled lazily when the heap reaches it
         self._schedule(state, timer_id)
 
-    def _learn_from(self, state: CustomerState, env: Envelope) -> None:
-        """Outcomes an event resolves: an order for open decisions, a click or redemption for offers."""
+    def _learn_from(self, state: CustomerState, env: Envelope) -> bool:
+        """Outcomes an event resolves: an order for open decisions, a click or redemption for offers.
+        Return whether there were any to look at."""
         models = self.models
         assert models is not None
+        resolved = False
         if env.name == "Order Completed" and state.outcomes:
             self._await(state, OUTCOME, models.ordered(state, env.ts_ms))
+            resolved = True
         field = REWARD_EVENTS.get(env.name)
         if field is not None and state.offers_open:
             offer_id = getattr(env.event.properties, field, None)
             if offer_id is not None:
                 self._await(state, REWARD, models.rewarded(state, str(offer_id), env.ts_ms))
+                resolved = True
+        return resolved
 
     def _keep_alive(self, state: CustomerState, now_ms: int, moved_earlier: bool = True) -> None:
         """Schedule the next audience recheck (the next lifecycle boundary in event time).

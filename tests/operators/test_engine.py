@@ -482,3 +482,23 @@ def test_an_erased_customer_whose_next_event_fails_still_has_its_profile_deleted
     profiles: list = []
     h.customers.profiles(profiles)
     assert [orjson.loads(p.body) for p in profiles] == [{"customer_id": "u1", "deleted": True}]
+
+
+def test_outcomes_an_event_resolves_stand_when_the_rest_of_it_fails():
+    """An order resolves an earlier decision (learnt as a success) and then a rule raises: the
+    decision must not come back and be learnt again, as a failure, when its horizon passes."""
+    rules = rules_from(
+        "version: v\ntriggers:\n"
+        "  - id: welcome\n    channel: push\n    on: Signed Up\n    when: 'propensity >= 0'\n"
+        "  - id: greedy\n    channel: push\n    on: Order Completed\n"
+        "    when: 'len(customer_id * orders * 20000) > 0'\n"
+    )
+    h = EngineHarness(rules)
+    h.feed([track("Signed Up", "u-long", 0)])
+    failed = h.feed([order("u-long", 60)])
+    assert [d["reason"] for d in decisions(failed, "dead_letters")] == ["processing_error"]
+    h.feed([track("Page", "u2", days=9)])  # the decision's 7-day horizon has passed
+    stats = h.customers.models.stats()["propensity"]
+    assert stats["learnt"] == 1, "one decision, one outcome"
+    counts = stats["progressive"]
+    assert (sum(counts["positives"].values()), sum(counts["negatives"].values())) == (1, 0), "learnt as a success"
