@@ -286,7 +286,7 @@ def _warm_start(args: argparse.Namespace) -> int:
         kafka_bootstrap_servers=args.bootstrap_servers,
         events_topic=args.topic,
         recovery_dir=args.recovery_dir,
-    )
+    ).model_copy(update={"redis_url": None})  # a warm start builds state in its recovery store only
     folder = settings.recovery_dir
     if folder is None:
         raise ValueError("a warm start needs a recovery directory (--recovery-dir or NUDGEFLOW_RECOVERY_DIR)")
