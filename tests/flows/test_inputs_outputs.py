@@ -226,3 +226,22 @@ def test_a_symlinked_output_folder_gets_the_new_outputs_in_its_target(tmp_path):
     assert link.is_symlink() and link.resolve() == target
     assert "old.txt" not in os.listdir(target) and (target / "summary.json").exists()
     assert sorted(os.listdir(tmp_path)) == ["link", "real", "tiny.jsonl"]
+
+
+def test_old_outputs_that_cannot_be_removed_after_publishing_are_a_warning(tmp_path):
+    """The new outputs are in place: a leftover of the old folder (here a volume mounted inside
+    it, which cannot be removed) is a warning naming it, and the run succeeds."""
+    out = old_outputs(tmp_path / "out")
+    (out / "volume").mkdir()
+    mount_tmpfs(out / "volume")
+    try:
+        result = nudgeflow("replay", tiny_stream(tmp_path), "--out", out, "--force", "--quiet")
+        assert result.returncode == 0, result.stderr
+        assert (out / "summary.json").exists() and "old.txt" not in os.listdir(out)
+        [leftover] = [name for name in os.listdir(tmp_path) if name.startswith(".out.new-")]
+        assert result.stderr == (
+            f"nudgeflow: warning: the new outputs are in {out}, but the old ones in {tmp_path / leftover}"
+            " could not be removed: Device or resource busy\n"
+        )
+    finally:
+        unmount(*tmp_path.glob(".out.new-*/volume"), out / "volume")
