@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import itertools
+import os
 import shutil
 import tempfile
 import uuid
@@ -70,11 +71,14 @@ def prepare_output_folder(path: Path, replace: bool = False) -> Path:
 
 
 def stage_output_folder(path: Path, replace: bool = False) -> Path:
-    """A new empty folder beside ``path``, for a run to write into.
+    """A new empty folder for a run to write into: beside ``path``, or inside it when ``path``
+    cannot be replaced by a rename (see :func:`_replaceable`).
 
     ``path`` is checked first: refused when not empty unless ``replace``, and it must be a
-    folder that can be written to. It stays as it is until :func:`publish_outputs`.
+    folder that can be written to. It stays as it is until :func:`publish_outputs`. A symlinked
+    ``path`` stands for its target.
     """
+    path = output_target(path)
     try:
         if path.exists():
             if not path.is_dir():
@@ -82,6 +86,10 @@ def stage_output_folder(path: Path, replace: bool = False) -> Path:
             if any(path.iterdir()) and not replace:
                 raise OutputFolderError(f"output folder {path} is not empty (use --force to replace it)")
             tempfile.TemporaryFile(dir=path).close()  # a read-only folder fails here, before the run
+            if not _replaceable(path):
+                staging = path / f".new-{uuid.uuid4().hex[:12]}"
+                staging.mkdir()
+                return staging
         existing = next(parent for parent in path.parents if parent.exists())
         if not existing.is_dir():
             raise OutputFolderError(f"cannot write output folder {path}: {existing} is a file")
@@ -93,11 +101,29 @@ def stage_output_folder(path: Path, replace: bool = False) -> Path:
         raise OutputFolderError(f"cannot write output folder {path}: {err.strerror or err}") from None
 
 
-def publish_outputs(staging: Path, path: Path) -> None:
-    """Put a finished run's outputs (``staging``) in place of ``path``; old outputs go only now."""
+def output_target(path: Path) -> Path:
+    """``path``, or the folder it links to when it is a symlink (outputs go to the target)."""
+    return path.resolve() if path.is_symlink() else path
+
+
+def _replaceable(folder: Path) -> bool:
+    """Whether an existing ``folder`` can be replaced by renaming another onto it: not a mount
+    point (a volume), on its parent's device, with a parent that can be written to."""
+    parent = folder.resolve().parent
+    return not os.path.ismount(folder) and os.access(parent, os.W_OK) and folder.stat().st_dev == parent.stat().st_dev
+
+
+def publish_outputs(staging: Path, path: Path) -> str | None:
+    """Put a finished run's outputs (``staging``) in place of ``path``; old outputs go only now.
+
+    Returns a warning when the outputs are in place but the old ones could not all be removed.
+    """
+    path = output_target(path)
+    if staging.parent == path:
+        return _publish_inside(staging, path)
     if not path.exists():
         staging.rename(path)
-        return
+        return None
     old = staging.with_name(staging.name + ".old")
     path.rename(old)
     try:
@@ -105,7 +131,39 @@ def publish_outputs(staging: Path, path: Path) -> None:
     except OSError:
         old.rename(path)
         raise
-    shutil.rmtree(old)
+    return _remove_old(old, path)
+
+
+def _publish_inside(staging: Path, path: Path) -> str | None:
+    """Publish ``staging``, a folder inside ``path``, entry by entry: the old entries move aside
+    into another folder inside ``path`` (put back if the new ones cannot all move in)."""
+    old = staging.with_name(staging.name + ".old")
+    old.mkdir()
+    kept = [entry for entry in path.iterdir() if entry not in (staging, old)]
+    moved: list[Path] = []
+    try:
+        for entry in kept:
+            entry.rename(old / entry.name)
+        for entry in list(staging.iterdir()):
+            entry.rename(path / entry.name)
+            moved.append(path / entry.name)
+    except OSError:
+        for entry in moved:
+            entry.rename(staging / entry.name)
+        for entry in old.iterdir():
+            entry.rename(path / entry.name)
+        old.rmdir()
+        raise
+    staging.rmdir()
+    return _remove_old(old, path)
+
+
+def _remove_old(old: Path, path: Path) -> str | None:
+    try:
+        shutil.rmtree(old)
+    except OSError as err:
+        return f"the new outputs are in {path}, but the old ones in {old} could not be removed: {err.strerror or err}"
+    return None
 
 
 GZIP_MAGIC = b"\x1f\x8b"

@@ -200,11 +200,13 @@ def execute(
             raise _unwritten(settings.out, settings.out / path.name, err)
         try:
             summary = finalize_summary(staging, tally.lines if tally is not None else None)
-            publish_outputs(staging, settings.out)
+            warning = publish_outputs(staging, settings.out)
         except OSError as err:
             raise _unwritten(settings.out, settings.out, err) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if warning is not None:
+        print(f"nudgeflow: warning: {warning}", file=sys.stderr)
     for problem in tally.problems if tally is not None else []:
         print(f"nudgeflow: {problem}", file=sys.stderr)
     if not quiet:
@@ -213,9 +215,18 @@ def execute(
     return summary
 
 
-def _unwritten(out: Path, path: Path, err: OSError) -> OutputFolderError:
+class OutputsNotWritten(OutputFolderError):
+    """A run's outputs could not all be written; ``reason`` says why, in a few words."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _unwritten(out: Path, path: Path, err: OSError | str) -> OutputsNotWritten:
+    reason = err if isinstance(err, str) else str(err.strerror or err)
     kept = f"{out} was left as it was" if out.exists() else f"{out} was not created"
-    return OutputFolderError(f"cannot write {path}: {err.strerror or err}; {kept}")
+    return OutputsNotWritten(f"cannot write {path}: {reason}; {kept}", reason)
 
 
 def _timed_run(
@@ -275,7 +286,7 @@ def _warm_start(args: argparse.Namespace) -> int:
         kafka_bootstrap_servers=args.bootstrap_servers,
         events_topic=args.topic,
         recovery_dir=args.recovery_dir,
-    )
+    ).model_copy(update={"redis_url": None})  # a warm start builds state in its recovery store only
     folder = settings.recovery_dir
     if folder is None:
         raise ValueError("a warm start needs a recovery directory (--recovery-dir or NUDGEFLOW_RECOVERY_DIR)")
@@ -384,10 +395,17 @@ def _replay(args: argparse.Namespace) -> int:
         for settings in (settings_a, settings_b):
             execute(settings, args.workers, _source(args, settings), quiet=True)
         diff = diff_decisions(settings_a.out, settings_b.out)
-        (staging / "diff.json").write_bytes(diff.to_json())
-        publish_outputs(staging, args.out)
+        try:
+            (staging / "diff.json").write_bytes(diff.to_json())
+            warning = publish_outputs(staging, args.out)
+        except OSError as err:
+            raise _unwritten(args.out, args.out, err) from None
+    except OutputsNotWritten as err:  # named after --out, not the folder its runs write in
+        raise _unwritten(args.out, args.out, err.reason) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if warning is not None:
+        print(f"nudgeflow: warning: {warning}", file=sys.stderr)
     print(render_diff(diff, settings_a.rules, settings_b.rules))
     return 0
 

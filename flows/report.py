@@ -15,6 +15,8 @@ from operators.models.propensity import Calibration
 from operators.parse import readable_firsts
 
 SUMMARY = OUTPUT_FILES["stats"]
+TIMER = "timer"
+"""The ``position.source`` of a dead letter from a timer, not from an input line."""
 COMPARED_FIELDS = ("time", "channel", "content", "offer_id", "expires_at", "shadow", "change")
 
 
@@ -41,6 +43,8 @@ def finalize_summary(folder: Path, lines: dict[str, dict[str, int]] | None = Non
         if "progressive" in model:
             model["quality"] = Calibration.from_counts(model["progressive"]).summary()
     summary["dead_letters"] = dict(sorted(Counter(record["reason"] for record in dead).items()))
+    if timer_errors := sum(1 for record in dead if record.get("position", {}).get("source") == TIMER):
+        summary["timer_errors"] = timer_errors
     readable_firsts(summary)
     if lines is not None:
         summary["lines"] = line_account(summary, lines)
@@ -50,12 +54,12 @@ def finalize_summary(folder: Path, lines: dict[str, dict[str, int]] | None = Non
 
 def line_account(summary: dict[str, Any], files: dict[str, dict[str, int]]) -> dict[str, Any]:
     """Every input line accounted for: ``read`` = ``accepted`` + ``dead_letters`` + ``duplicates``
-    + ``blank``, and ``unaccounted`` is the difference (0)."""
+    + ``blank``, and ``unaccounted`` is the difference (0). Failed timers are no input line."""
     account = {
         "read": sum(counts["read"] for counts in files.values()),
         "blank": sum(counts["blank"] for counts in files.values()),
         "accepted": _accepted(summary),
-        "dead_letters": sum(summary.get("dead_letters", {}).values()),
+        "dead_letters": _input_dead_letters(summary),
         "duplicates": summary.get("duplicates", 0),
     }
     parts = ("blank", "accepted", "dead_letters", "duplicates")
@@ -67,6 +71,11 @@ def _accepted(summary: dict[str, Any]) -> int:
     return sum(summary.get("events", {}).values()) + sum(summary.get("unknown_events", {}).values())
 
 
+def _input_dead_letters(summary: dict[str, Any]) -> int:
+    """Dead letters of input lines: all but those of timers whose processing failed."""
+    return sum(summary.get("dead_letters", {}).values()) - summary.get("timer_errors", 0)
+
+
 def _join(counts: dict[str, int]) -> str:
     return ", ".join(f"{key} {value:,}" for key, value in sorted(counts.items())) or "none"
 
@@ -75,7 +84,7 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
     """A few human lines about a run, for stderr."""
     events = _accepted(summary)
     dead = sum(summary.get("dead_letters", {}).values())
-    read = events + dead + summary.get("duplicates", 0)
+    read = events + _input_dead_letters(summary) + summary.get("duplicates", 0)
     blank = summary.get("lines", {}).get("blank", 0)
     rate = read / seconds if seconds > 0 else 0.0
     outputs = summary.get("outputs", {})
@@ -90,7 +99,8 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
         f" ({rate:,.0f}/s), rules {settings.rules.name}",
         f"  accepted {events:,} events; dead letters {dead:,} ({_join(summary.get('dead_letters', {}))});"
         f" duplicates {summary.get('duplicates', 0):,}; late {summary.get('late', 0):,};"
-        f" unknown event names {len(unknown)}; blank lines {blank:,}",
+        f" unknown event names {len(unknown)}; blank lines {blank:,}"
+        + (f"; timer errors {summary['timer_errors']:,}" if "timer_errors" in summary else ""),
         f"  customers {summary.get('customers', 0):,} (+{summary.get('anonymous_customers', 0):,} anonymous);"
         f" identities linked {summary.get('identities_linked', 0):,}",
         f"  triggers by channel: {_join(triggers)}; shadow {outputs.get('triggers.shadow.jsonl', 0):,}",

@@ -135,9 +135,8 @@ def test_a_full_disk_is_one_clear_line_and_the_old_outputs_stay(small_disk, diff
     result = nudgeflow("replay", GOLDEN_STREAM, "--out", out, "--force", "--quiet", *more)
     assert result.returncode == 2, result.stderr
     folder = re.escape(str(out))
-    pattern = rf"nudgeflow: cannot write {folder}/[\w.]+: No space left on device; {folder} was left as it was"
-    if diff:  # the message names the run's folder inside the new diff folder
-        pattern = rf"nudgeflow: cannot write {re.escape(str(small_disk))}/\S+: No space left on device; .*"
+    written = folder if diff else rf"{folder}/[\w.]+"  # a diff's two runs are named after --out
+    pattern = rf"nudgeflow: cannot write {written}: No space left on device; {folder} was left as it was"
     assert re.fullmatch(pattern, result.stderr.strip()), result.stderr
     assert sorted(os.listdir(small_disk)) == ["out"], "no half-written folder is left behind"
     assert sorted(os.listdir(out)) == ["old.txt"]
@@ -158,3 +157,91 @@ def test_an_output_path_under_a_file_is_one_clear_line(tmp_path):
     result = nudgeflow("replay", GOLDEN_STREAM, "--out", a_file / "out", "--quiet")
     assert result.returncode == 2
     assert result.stderr == f"nudgeflow: cannot write output folder {a_file / 'out'}: {a_file} is a file\n"
+
+
+def mount_tmpfs(folder: Path, size: str = "1m") -> None:
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+
+
+def unmount(*folders: Path) -> None:
+    for folder in folders:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def tiny_stream(folder: Path) -> Path:
+    stream = folder / "tiny.jsonl"
+    stream.write_bytes(lines(track("Signed Up", "u1", 0), order("u1", 1)) + b"\n")
+    return stream
+
+
+@pytest.mark.parametrize("size", ["1m", "64k"])
+def test_an_output_folder_that_is_a_mount_point_gets_the_new_outputs_or_keeps_the_old(tmp_path, size):
+    """A volume mounted on --out cannot be renamed: the run writes inside it and moves each output
+    into place; a run that fails (a full volume) leaves the old outputs as they were."""
+    out = tmp_path / "out"
+    out.mkdir()
+    mount_tmpfs(out, size)
+    try:
+        (out / "old.txt").write_text("outputs of an earlier run")
+        stream = tiny_stream(tmp_path) if size == "1m" else GOLDEN_STREAM
+        result = nudgeflow("replay", stream, "--out", out, "--force", "--quiet")
+        if size == "1m":
+            assert result.returncode == 0, result.stderr
+            assert "old.txt" not in os.listdir(out) and (out / "triggers.push.jsonl").exists()
+            assert not [name for name in os.listdir(out) if name.startswith(".")], "no staging folder is left"
+            assert orjson.loads((out / "summary.json").read_bytes())["lines"]["read"] == 2
+        else:
+            assert result.returncode == 2
+            assert result.stderr.endswith(f"No space left on device; {out} was left as it was\n"), result.stderr
+            assert sorted(os.listdir(out)) == ["old.txt"]
+    finally:
+        unmount(out)
+
+
+def test_an_output_folder_whose_parent_is_read_only_is_written_in_place(tmp_path):
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    mount_tmpfs(parent)
+    out = parent / "out"
+    try:
+        out.mkdir()
+        mount_tmpfs(out)
+        (out / "old.txt").write_text("outputs of an earlier run")
+        subprocess.run(["mount", "-o", "remount,ro", str(parent)], check=True)
+        result = nudgeflow("replay", tiny_stream(tmp_path), "--out", out, "--force", "--quiet")
+        assert result.returncode == 0, result.stderr
+        assert "old.txt" not in os.listdir(out) and (out / "triggers.push.jsonl").exists()
+        assert not [name for name in os.listdir(out) if name.startswith(".")], "no staging folder is left"
+    finally:
+        unmount(out, parent)
+
+
+def test_a_symlinked_output_folder_gets_the_new_outputs_in_its_target(tmp_path):
+    target = old_outputs(tmp_path / "real")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    result = nudgeflow("replay", tiny_stream(tmp_path), "--out", link, "--force", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert link.is_symlink() and link.resolve() == target
+    assert "old.txt" not in os.listdir(target) and (target / "summary.json").exists()
+    assert sorted(os.listdir(tmp_path)) == ["link", "real", "tiny.jsonl"]
+
+
+def test_old_outputs_that_cannot_be_removed_after_publishing_are_a_warning(tmp_path):
+    """The new outputs are in place: a leftover of the old folder (here a volume mounted inside
+    it, which cannot be removed) is a warning naming it, and the run succeeds."""
+    out = old_outputs(tmp_path / "out")
+    (out / "volume").mkdir()
+    mount_tmpfs(out / "volume")
+    try:
+        result = nudgeflow("replay", tiny_stream(tmp_path), "--out", out, "--force", "--quiet")
+        assert result.returncode == 0, result.stderr
+        assert (out / "summary.json").exists() and "old.txt" not in os.listdir(out)
+        [leftover] = [name for name in os.listdir(tmp_path) if name.startswith(".out.new-")]
+        assert result.stderr == (
+            f"nudgeflow: warning: the new outputs are in {out}, but the old ones in {tmp_path / leftover}"
+            " could not be removed: Device or resource busy\n"
+        )
+    finally:
+        unmount(*tmp_path.glob(".out.new-*/volume"), out / "volume")

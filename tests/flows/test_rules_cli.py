@@ -118,3 +118,25 @@ def test_a_rule_that_builds_too_much_at_run_time_dead_letters_the_event_and_the_
     ], "u1's two orders and u-long's sign-up were applied"
     summary = orjson.loads((out / "summary.json").read_bytes())
     assert summary["dead_letters"] == {"processing_error": 1} and summary["lines"]["unaccounted"] == 0
+
+
+def test_a_timer_that_fails_is_counted_apart_from_the_input_lines(tmp_path, capsys):
+    """A delayed rule whose condition fails when its timer fires dead-letters the timer (no input
+    line): the line account stays exact and the failure is counted under ``timer_errors``."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: v1\ntriggers:\n"
+        "  - id: greedy_later\n    channel: push\n    on: Order Completed\n    after: 10m\n"
+        '    when: "len(customer_id * orders * 20000) > 0"\n'
+    )
+    stream = write_stream(tmp_path / "s.jsonl", [order("u-long", 0), track("Signed Up", "u2", 60)])
+    out = tmp_path / "out"
+    assert main(["replay", str(stream), "--out", str(out), "--rules", str(rules)]) == 0
+    dead = [orjson.loads(line) for line in (out / "dead_letters.jsonl").read_bytes().splitlines()]
+    assert [(d["reason"], d["position"]["source"]) for d in dead] == [("processing_error", "timer")]
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["timer_errors"] == 1
+    assert summary["lines"]["unaccounted"] == 0 and summary["lines"]["dead_letters"] == 0
+    stderr = capsys.readouterr().err
+    assert "not accounted for" not in stderr
+    assert "nudgeflow: 2 records from s.jsonl" in stderr and "timer errors 1" in stderr

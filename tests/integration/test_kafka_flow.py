@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 from connectors.files import OUTPUT_FILES, read_lines
 from connectors.kafka import produce_records, read_topic, readable
@@ -190,9 +191,7 @@ def _wait_for_records(services: dict[str, str], topic: str, process: subprocess.
     raise TimeoutError(f"nothing arrived on {topic} within {timeout:.0f} s")
 
 
-def test_warm_start_builds_state_from_history_and_the_live_run_continues(
-    services, recording, file_decisions, tmp_path
-):
+def test_warm_start_builds_state_from_history_and_the_live_run_continues(services, recording, file_decisions, tmp_path):
     lines = list(read_lines(recording))
     middle = DEFAULT_START.replace(day=DEFAULT_START.day + 5).isoformat().replace("+00:00", "")
     history = [line for line in lines if orjson.loads(line)["timestamp"] < middle]
@@ -200,8 +199,14 @@ def test_warm_start_builds_state_from_history_and_the_live_run_continues(
     topic = produce(services, [], partitions=3)
     prefix = f"run{next(_runs)}."
     env = kafka_env(services, topic, prefix, NUDGEFLOW_RECOVERY_DIR=str(tmp_path / "recovery"))
-    report = finish(nudgeflow("warm-start", str(tmp_path / "history.jsonl"), env=env))
+    store = {"NUDGEFLOW_REDIS_URL": services["REDIS_URL"], "NUDGEFLOW_REDIS_PREFIX": prefix.rstrip(".")}
+    report = finish(nudgeflow("warm-start", str(tmp_path / "history.jsonl"), env={**env, **store}))
     assert "customers in state" in report and "outputs not sent" in report
+    client = redis.Redis.from_url(services["REDIS_URL"])
+    try:
+        assert list(client.scan_iter(f"{store['NUDGEFLOW_REDIS_PREFIX']}:*")) == [], "the live store is left alone"
+    finally:
+        client.close()
     produce_records(services["KAFKA_BOOTSTRAP_SERVERS"], topic, lines[len(history) :])
     finish(nudgeflow("run", "--until-end", "--quiet", env=env))
 
