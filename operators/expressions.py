@@ -58,10 +58,11 @@ def _size(value: str | list | tuple) -> int:
         items = pending.pop()
         size += len(items)
         for item in items:
-            if isinstance(item, str):
-                size += len(item)
-            elif isinstance(item, list | tuple):
-                pending.append(item)
+            if isinstance(item, _SEQUENCES):  # one check for the usual item, a number
+                if isinstance(item, str):
+                    size += len(item)
+                else:
+                    pending.append(item)
     return size
 
 
@@ -111,15 +112,6 @@ def _coalesce(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
-def _text_only(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` on text; anything else (a number, a list) is null rather than its ``str()``."""
-
-    def call(text: Any, *args: Any) -> Any:
-        return fn(text, *args) if isinstance(text, str) else None
-
-    return call
-
-
 def _null_safe(fn: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any) -> Any:
         if any(a is None for a in args):
@@ -132,18 +124,19 @@ def _null_safe(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+# lower, upper, startswith and endswith take text only: the str() of a list could be any length
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "abs": _null_safe(abs),
     "coalesce": _coalesce,
     "contains": _null_safe(lambda container, item: item in container),
-    "endswith": _null_safe(_text_only(str.endswith)),
+    "endswith": _null_safe(lambda s, suffix: s.endswith(suffix) if isinstance(s, str) else None),
     "len": _null_safe(len),
-    "lower": _null_safe(_text_only(str.lower)),
+    "lower": _null_safe(lambda s: s.lower() if isinstance(s, str) else None),
     "max": _null_safe(max),
     "min": _null_safe(min),
     "round": _null_safe(_round),
-    "startswith": _null_safe(_text_only(str.startswith)),
-    "upper": _null_safe(_text_only(str.upper)),
+    "startswith": _null_safe(lambda s, prefix: s.startswith(prefix) if isinstance(s, str) else None),
+    "upper": _null_safe(lambda s: s.upper() if isinstance(s, str) else None),
 }
 CONSTANTS: dict[str, Any] = {"true": True, "false": False, "null": None}
 
