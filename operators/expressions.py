@@ -9,8 +9,10 @@ lookups (dict keys or public fields), and a missing value is ``null``: compariso
 
 What an expression may cost is bounded: its length, nesting and size are checked when it is
 compiled, parts made only of constants are computed then (so ``'x' * 10**11`` is refused
-before any event), and ``*`` and ``+`` refuse at run time to build text or a list longer than
-:data:`MAX_BUILT_LENGTH` by raising :class:`ExpressionLimitError`.
+before any event), and ``*``, ``+`` and list literals refuse at run time to build text or a list
+whose size (see :func:`_size`: nested lists and text count in full) exceeds
+:data:`MAX_BUILT_LENGTH` by raising :class:`ExpressionLimitError`. So no value an expression
+builds is larger than that, and no function or comparison can spend longer than on such a value.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ Fn = Callable[[Env], Any]
 MAX_SOURCE_LENGTH = 2000  # characters in an expression
 MAX_DEPTH = 50  # levels of nesting: evaluation recurses once per level
 MAX_NODES = 500  # names, literals, operators and calls in an expression
-MAX_BUILT_LENGTH = 100_000  # characters or items that '*' and '+' may build
+MAX_BUILT_LENGTH = 100_000  # size of the text or list that '*', '+' and list literals may build
 
 
 class ExpressionError(ValueError):
@@ -46,26 +48,50 @@ class ExpressionLimitError(Exception):
 _SEQUENCES = (str, list, tuple)
 
 
-def _built(length: int, op: str, value: Any) -> None:
-    if length > MAX_BUILT_LENGTH:
-        kind = "text" if isinstance(value, str) else "list"
-        raise ExpressionLimitError(f"'{op}' would build a {kind} of length {length:,} (limit {MAX_BUILT_LENGTH:,})")
+def _size(value: str | list | tuple) -> int:
+    """The characters of text; the items of a list plus the size of each item that is text or a list."""
+    if isinstance(value, str):
+        return len(value)
+    size = 0
+    pending = [value]  # without recursion: a feature's list may nest deeply
+    while pending:
+        items = pending.pop()
+        size += len(items)
+        for item in items:
+            if isinstance(item, _SEQUENCES):  # one check for the usual item, a number
+                if isinstance(item, str):
+                    size += len(item)
+                else:
+                    pending.append(item)
+    return size
+
+
+def _built(size: int, what: str, value: Any) -> None:
+    if size > MAX_BUILT_LENGTH:
+        measure = "text of length" if isinstance(value, str) else "list of size"
+        raise ExpressionLimitError(f"{what} would build a {measure} {size:,} (limit {MAX_BUILT_LENGTH:,})")
 
 
 def _repeat(a: Any, b: Any) -> Any:
     """``a * b``, refusing to repeat text or a list past :data:`MAX_BUILT_LENGTH`."""
     if isinstance(a, _SEQUENCES) and isinstance(b, int):
-        _built(len(a) * b, "*", a)
+        _built(_size(a) * b, "'*'", a)
     elif isinstance(b, _SEQUENCES) and isinstance(a, int):
-        _built(len(b) * a, "*", b)
+        _built(_size(b) * a, "'*'", b)
     return a * b
 
 
 def _concat(a: Any, b: Any) -> Any:
     """``a + b``, refusing to join text or lists past :data:`MAX_BUILT_LENGTH`."""
     if isinstance(a, _SEQUENCES) and isinstance(b, _SEQUENCES):
-        _built(len(a) + len(b), "+", a)
+        _built(_size(a) + _size(b), "'+'", a)
     return a + b
+
+
+def _sequence(items: list[Any]) -> list[Any]:
+    """A list literal's value, refused past :data:`MAX_BUILT_LENGTH` (``[big, big, ...]`` holds every ``big``)."""
+    _built(_size(items), "a list literal", items)
+    return items
 
 
 def _modulo(a: Any, b: Any) -> Any:
@@ -98,18 +124,19 @@ def _null_safe(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+# lower, upper, startswith and endswith take text only: the str() of a list could be any length
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "abs": _null_safe(abs),
     "coalesce": _coalesce,
     "contains": _null_safe(lambda container, item: item in container),
-    "endswith": _null_safe(lambda s, suffix: str(s).endswith(suffix)),
+    "endswith": _null_safe(lambda s, suffix: s.endswith(suffix) if isinstance(s, str) else None),
     "len": _null_safe(len),
-    "lower": _null_safe(lambda s: str(s).lower()),
+    "lower": _null_safe(lambda s: s.lower() if isinstance(s, str) else None),
     "max": _null_safe(max),
     "min": _null_safe(min),
     "round": _null_safe(_round),
-    "startswith": _null_safe(lambda s, prefix: str(s).startswith(prefix)),
-    "upper": _null_safe(lambda s: str(s).upper()),
+    "startswith": _null_safe(lambda s, prefix: s.startswith(prefix) if isinstance(s, str) else None),
+    "upper": _null_safe(lambda s: s.upper() if isinstance(s, str) else None),
 }
 CONSTANTS: dict[str, Any] = {"true": True, "false": False, "null": None}
 
@@ -233,12 +260,14 @@ class _Compiler:
         if not self._is_constant(node):
             return fn
         self.constants.add(node)
-        if isinstance(node, ast.Constant | ast.Name | ast.List | ast.Tuple | ast.Set):
+        if isinstance(node, ast.Constant | ast.Name):
             return fn  # already a constant
         try:  # computed once, now: a part too large is refused at check time
             value = fn({})
         except ExpressionLimitError as err:
             raise self.fail(node, str(err)) from None
+        if isinstance(value, list):
+            value = tuple(value)  # shared by every evaluation, so never changed by one
         return lambda env: value
 
     def _is_constant(self, node: ast.AST) -> bool:
@@ -246,8 +275,6 @@ class _Compiler:
             return True
         if isinstance(node, ast.Name):
             return node.id in CONSTANTS
-        if isinstance(node, ast.List | ast.Tuple | ast.Set):
-            return all(isinstance(elt, ast.Constant) for elt in node.elts)  # as _seq builds them
         parts = node.args if isinstance(node, ast.Call) else ast.iter_child_nodes(node)
         return all(part in self.constants for part in parts if isinstance(part, ast.expr))
 
@@ -280,10 +307,7 @@ class _Compiler:
 
     def _seq(self, node: ast.List | ast.Tuple | ast.Set) -> Fn:
         items = [self.build(elt) for elt in node.elts]
-        if all(isinstance(elt, ast.Constant) for elt in node.elts):
-            constant = tuple(item({}) for item in items)
-            return lambda env: constant
-        return lambda env: [item(env) for item in items]
+        return lambda env: _sequence([item(env) for item in items])
 
     _List = _Tuple = _Set = _seq
 

@@ -31,6 +31,11 @@ HOSTILE = {
         "rule 'hostile' field 'when': '*' would build",
     ),
     "huge list": (HEAD + '    when: "[0] * 100000000000"\n', 6, "rule 'hostile' field 'when': '*' would build a list"),
+    "a list of 100,000 lists": (
+        HEAD + '    when: "max([[1] * 100000] * 100000) == cart.value"\n',
+        6,
+        "rule 'hostile' field 'when': a list literal would build a list of size 100,001 (limit 100,000)",
+    ),
     "600 terms": (HEAD + "    when: " + "+".join(["1"] * 600) + "\n", 6, "rule 'hostile' field 'when': nested too"),
     "900 nots": (HEAD + "    when: " + "not " * 900 + "orders\n", 6, "rule 'hostile' field 'when': expression of"),
     "audience with a trigger's id": (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -293,10 +295,17 @@ def test_compiling_never_runs_the_expression():
     ("source", "column", "words"),
     [
         ("len('x' * 100000000000) > 0", 5, "'*' would build a text of length 100,000,000,000 (limit 100,000)"),
-        ("[0] * 100000000000", 1, "'*' would build a list of length 100,000,000,000"),
+        ("[0] * 100000000000", 1, "'*' would build a list of size 100,000,000,000"),
         ("100000000000 * 'ab' == city", 1, "'*' would build a text of length 200,000,000,000"),
         ("len('ab' * 40000 + 'cd' * 40000)", 5, "'+' would build a text of length 160,000"),
-        ("orders > 1 or len([1, 2] * 60000) > 0", 19, "'*' would build a list of length 120,000"),
+        ("orders > 1 or len([1, 2] * 60000) > 0", 19, "'*' would build a list of size 120,000"),
+        # lists of lists hold more than their length: their size counts every nested item and character
+        ("max([[1] * 100000] * 100000) == cart.value", 5, "a list literal would build a list of size 100,001"),
+        ("max([[1] * 50000] * 3000)", 5, "'*' would build a list of size 150,003,000"),
+        ("lower(['x' * 100000] * 2000)", 7, "a list literal would build a list of size 100,001"),
+        ("lower(['x' * 1000] * 2000)", 7, "'*' would build a list of size 2,002,000"),
+        ("len(['ab' * 20000, 'cd' * 20000] + ['ef' * 20000])", 5, "'+' would build a list of size 120,003"),
+        ("contains(('x' * 60000, 'y' * 60000), 'x')", 10, "a list literal would build a list of size 120,002"),
         ("'%0100000000000d' % 1", 1, "'%' is for numbers"),
         ("'%s' % city", 1, "'%' is for numbers"),
     ],
@@ -315,6 +324,11 @@ def test_constant_parts_that_build_too_much_are_refused_at_compile_time(source, 
         ("len(tags * orders)", {"tags": ["vip"], "orders": 100_000_000_000}),
         ("len((city + city) * 1)", {"city": "x" * 60_000}),
         ("len(tags + tags + tags)", {"tags": [0] * 40_000}),
+        ("lower([city * orders] * 2000)", {"city": "x", "orders": 100_000}),
+        ("max([tags * orders] * 3000)", {"tags": [1], "orders": 100_000}),
+        ("max([tags * 1000] * orders) == 1", {"tags": [1], "orders": 1000}),
+        ("[tags, tags] == tags", {"tags": ["x" * 60_000]}),
+        ("len(tags + [city])", {"tags": ["x" * 50_000], "city": "y" * 50_000}),
     ],
 )
 def test_values_too_large_raise_a_limit_error_at_run_time(source, env):
@@ -330,6 +344,41 @@ def test_text_and_lists_up_to_the_limit_are_built():
     assert ev("city * 2 + '!'") == "BerlinBerlin!"
     assert ev("[1, 2] * 2") == (1, 2, 1, 2)
     assert ev("tags * -1") == []
+    assert ev("len([tags * orders] * 2)", {"tags": [0], "orders": MAX_BUILT_LENGTH // 2 - 1}) == 2
+    assert ev("[city, [city]]") == ["Berlin", ["Berlin"]]
+
+
+def peak_memory(call: Callable[[], Any]) -> int:
+    """The most memory, in bytes, allocated at once while ``call`` runs."""
+    tracemalloc.start()
+    try:
+        call()
+    except ExpressionLimitError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize(
+    ("source", "env"),
+    [
+        ("lower([city * orders] * 2000)", {"city": "x", "orders": 100_000}),
+        ("upper([tags] * orders)", {"tags": ["x" * 90_000], "orders": 2000}),
+    ],
+)
+def test_a_limit_error_comes_before_the_large_value_is_built(source, env):
+    expression = compile_expression(source, NAMES)
+    assert peak_memory(lambda: expression.evaluate(env)) < 4_000_000  # a value at the limit, not thousands of them
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["lower(tags)", "upper(orders)", "startswith(tags, '[')", "endswith(cart, '}')", "lower(obj)", "upper([city])"],
+)
+def test_text_functions_give_null_for_anything_but_text(source):
+    assert ev(source) is None
 
 
 def test_percent_formats_no_text_at_run_time():
