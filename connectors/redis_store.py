@@ -213,7 +213,9 @@ def membership(body: bytes) -> tuple[str, bool]:
 
 def is_deletion(body: bytes) -> bool:
     """Whether a profile body is the engine's ``{"customer_id", "deleted": true}`` (erased or expired)."""
-    return body.startswith(b'{"customer_id"') and bool(orjson.loads(body).get("deleted"))
+    if not (body.endswith(b'"deleted":true}') and body.startswith(b'{"customer_id"')):
+        return False  # any other profile, without parsing it
+    return bool(orjson.loads(body).get("deleted"))
 
 
 def profile_fields(body: bytes, traits: frozenset[str]) -> list[str]:
@@ -232,8 +234,8 @@ def profile_fields(body: bytes, traits: frozenset[str]) -> list[str]:
     return fields
 
 
-ProfileWrites = tuple[bytes, ...]
-"""A customer's buffered profile writes, in order: the latest profile, a deletion, or a deletion then a newer one."""
+ProfileWrites = tuple[bytes | None, bytes | None]
+"""A customer's buffered ``(deletion, profile)``, written in that order: either may be ``None``."""
 
 StoreSnapshot = tuple[int, tuple[tuple[str, bytes], ...], tuple[tuple[str, tuple[bytes, ...]], ...], tuple[Any, ...]]
 """``(format, profiles, decisions, memberships)``: the buffer, immutable, for recovery snapshots
@@ -272,11 +274,9 @@ class StoreBuffer:
         earlier = self.profiles.pop(customer, None)  # re-insert: flush order follows the latest update
         if is_deletion(body):
             self.decisions.pop(customer, None)
-            self.profiles[customer] = (body,)
-        elif earlier and is_deletion(earlier[0]):
-            self.profiles[customer] = (earlier[0], body)  # back after a deletion: delete, then write
-        else:
-            self.profiles[customer] = (body,)
+            self.profiles[customer] = (body, None)
+        else:  # after a buffered deletion, that deletion is still written first
+            self.profiles[customer] = (earlier[0] if earlier else None, body)
 
     def add_decision(self, customer: str, entry: bytes) -> None:
         kept = self.decisions.get(customer)
@@ -302,8 +302,8 @@ class StoreBuffer:
             current = self.profiles.get(customer)
             if current is writes:
                 del self.profiles[customer]
-            elif current and len(current) == 2 and current[0] is writes[-1]:
-                self.profiles[customer] = current[1:]  # its deletion is written: only the newer profile is left
+            elif current and writes[0] is not None and current[0] is writes[0]:
+                self.profiles[customer] = (None, current[1])  # its deletion is written, not its newer profile
         for customer, entries in chunk.decisions:
             kept = self.decisions.get(customer)
             if kept and kept[-1] is entries[-1]:
@@ -314,7 +314,9 @@ class StoreBuffer:
 
     def frozen(self) -> StoreSnapshot:
         """The buffer as an immutable snapshot."""
-        profiles = tuple((customer, body) for customer, writes in self.profiles.items() for body in writes)
+        profiles = tuple(
+            (customer, body) for customer, writes in self.profiles.items() for body in writes if body is not None
+        )
         decisions = tuple((customer, tuple(kept)) for customer, kept in self.decisions.items())
         return SNAPSHOT_FORMAT, profiles, decisions, tuple(self.members.items())
 
@@ -562,17 +564,18 @@ class RedisStoreWriter:
     def _queue(self, pipe: Any, chunk: Chunk) -> None:
         prefix, ttl = self._config.prefix, self._config.ttl_seconds or 0
         for customer, writes in chunk.profiles:
+            deletion, body = writes
             keys = customer_keys(prefix, customer)
-            for body in writes:
-                if is_deletion(body):
-                    pipe.delete(keys.profile, keys.decisions)  # erased or expired in the engine
-                    continue
-                try:
-                    fields = profile_fields(body, self._config.traits)
-                except (ValueError, TypeError, AttributeError) as err:
-                    self._skip(PROFILES, customer, err)
-                    continue
-                self._eval(pipe, REPLACE_PROFILE, [keys.profile, keys.decisions], [ttl, orjson.dumps(fields)])
+            if deletion is not None:
+                pipe.delete(keys.profile, keys.decisions)  # erased or expired in the engine
+            if body is None:
+                continue
+            try:
+                fields = profile_fields(body, self._config.traits)
+            except (ValueError, TypeError, AttributeError) as err:
+                self._skip(PROFILES, customer, err)
+                continue
+            self._eval(pipe, REPLACE_PROFILE, [keys.profile, keys.decisions], [ttl, orjson.dumps(fields)])
         for customer, entries in chunk.decisions:
             keys = customer_keys(prefix, customer)
             self._eval(

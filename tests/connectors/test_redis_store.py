@@ -295,9 +295,10 @@ class ArrivingDuringWrite:
     ("buffered", "arriving", "expected"),
     [
         ([deletion("c1"), trigger("c1", 2)], [profile("c1", 3)], {"profile": 3, "decisions": [2]}),
+        ([deletion("c1"), profile("c1", 2), trigger("c1", 2)], [profile("c1", 3)], {"profile": 3, "decisions": [2]}),
         ([trigger("c1", 2)], [deletion("c1")], {"profile": None, "decisions": []}),
     ],
-    ids=["back while the deletion is written", "erased while a decision is written"],
+    ids=["back while the deletion is written", "updated while the comeback is written", "erased while written"],
 )
 def test_updates_arriving_while_a_flush_writes_keep_their_order(db, redis_url, prefix, buffered, arriving, expected):
     before = writer(redis_url, prefix)
