@@ -22,7 +22,10 @@ change. Streams ``profiles``, ``audience_changes`` and ``triggers.*`` are writte
 streams, dead letters and stats are ignored. Personal traits stay out unless allowlisted.
 
 Writes are coalesced: each partition's buffer keeps the latest profile per customer, the
-latest membership per (audience, customer) and each customer's newest decisions. The worker
+latest membership per (audience, customer) and each customer's newest decisions. A customer's
+updates keep their order: a deletion (an erased or expired customer) drops the profile and
+decisions buffered before it, and what follows it (a customer who comes back) is written
+after it. Memberships are not dropped: the engine sends a deleted customer's exits. The worker
 only buffers; a flusher thread per partition writes the buffer in pipelines every
 ``flush_interval_seconds``, at once when it holds ``max_buffered`` entries, and at close.
 Profiles and decisions are written by small Lua scripts, each touching one customer's slot
@@ -208,6 +211,13 @@ def membership(body: bytes) -> tuple[str, bool]:
     return str(data["audience"]), change == "entered"
 
 
+def is_deletion(body: bytes) -> bool:
+    """Whether a profile body is the engine's ``{"customer_id", "deleted": true}`` (erased or expired)."""
+    if not (body.endswith(b'"deleted":true}') and body.startswith(b'{"customer_id"')):
+        return False  # any other profile, without parsing it
+    return bool(orjson.loads(body).get("deleted"))
+
+
 def profile_fields(body: bytes, traits: frozenset[str]) -> list[str]:
     """Flat ``field, value, ...`` list of the profile hash (allowlisted traits only)."""
     profile = orjson.loads(body)
@@ -224,15 +234,19 @@ def profile_fields(body: bytes, traits: frozenset[str]) -> list[str]:
     return fields
 
 
+ProfileWrites = tuple[bytes | None, bytes | None]
+"""A customer's buffered ``(deletion, profile)``, written in that order: either may be ``None``."""
+
 StoreSnapshot = tuple[int, tuple[tuple[str, bytes], ...], tuple[tuple[str, tuple[bytes, ...]], ...], tuple[Any, ...]]
-"""``(format, profiles, decisions, memberships)``: the buffer, immutable, for recovery snapshots."""
+"""``(format, profiles, decisions, memberships)``: the buffer, immutable, for recovery snapshots
+(a customer back after a deletion has two profiles: the deletion, then the newer one)."""
 
 
 @dataclass
 class Chunk:
     """Buffer entries taken for one pipeline."""
 
-    profiles: list[tuple[str, bytes]]
+    profiles: list[tuple[str, ProfileWrites]]
     decisions: list[tuple[str, list[bytes]]]
     members: list[tuple[tuple[str, str], bool]]
 
@@ -246,7 +260,7 @@ class StoreBuffer:
     """Coalesced updates not yet written: the latest state per key, in arrival order."""
 
     decisions_kept: int
-    profiles: dict[str, bytes] = field(default_factory=dict)
+    profiles: dict[str, ProfileWrites] = field(default_factory=dict)
     decisions: dict[str, deque[bytes]] = field(default_factory=dict)
     members: dict[tuple[str, str], bool] = field(default_factory=dict)
     received: Counter[str] = field(default_factory=Counter)
@@ -255,8 +269,14 @@ class StoreBuffer:
         return len(self.profiles) + len(self.decisions) + len(self.members)
 
     def add_profile(self, customer: str, body: bytes) -> None:
-        self.profiles.pop(customer, None)  # re-insert: flush order follows the latest update
-        self.profiles[customer] = body
+        """Buffer a profile; a deletion drops the customer's buffered decisions (they are written
+        after profiles, so they would come back after it)."""
+        earlier = self.profiles.pop(customer, None)  # re-insert: flush order follows the latest update
+        if is_deletion(body):
+            self.decisions.pop(customer, None)
+            self.profiles[customer] = (body, None)
+        else:  # after a buffered deletion, that deletion is still written first
+            self.profiles[customer] = (earlier[0] if earlier else None, body)
 
     def add_decision(self, customer: str, entry: bytes) -> None:
         kept = self.decisions.get(customer)
@@ -278,9 +298,12 @@ class StoreBuffer:
 
     def forget(self, chunk: Chunk) -> None:
         """Drop the entries of a written chunk, except those updated since it was taken."""
-        for customer, body in chunk.profiles:
-            if self.profiles.get(customer) is body:
+        for customer, writes in chunk.profiles:
+            current = self.profiles.get(customer)
+            if current is writes:
                 del self.profiles[customer]
+            elif current and writes[0] is not None and current[0] is writes[0]:
+                self.profiles[customer] = (None, current[1])  # its deletion is written, not its newer profile
         for customer, entries in chunk.decisions:
             kept = self.decisions.get(customer)
             if kept and kept[-1] is entries[-1]:
@@ -291,8 +314,11 @@ class StoreBuffer:
 
     def frozen(self) -> StoreSnapshot:
         """The buffer as an immutable snapshot."""
+        profiles = tuple(
+            (customer, body) for customer, writes in self.profiles.items() for body in writes if body is not None
+        )
         decisions = tuple((customer, tuple(kept)) for customer, kept in self.decisions.items())
-        return SNAPSHOT_FORMAT, tuple(self.profiles.items()), decisions, tuple(self.members.items())
+        return SNAPSHOT_FORMAT, profiles, decisions, tuple(self.members.items())
 
     def thaw(self, snapshot: StoreSnapshot) -> None:
         """Buffer what :meth:`frozen` returned; refuse other formats."""
@@ -537,17 +563,18 @@ class RedisStoreWriter:
 
     def _queue(self, pipe: Any, chunk: Chunk) -> None:
         prefix, ttl = self._config.prefix, self._config.ttl_seconds or 0
-        for customer, body in chunk.profiles:
-            if body.startswith(b'{"customer_id"') and orjson.loads(body).get("deleted"):
-                keys = customer_keys(prefix, customer)
+        for customer, writes in chunk.profiles:
+            deletion, body = writes
+            keys = customer_keys(prefix, customer)
+            if deletion is not None:
                 pipe.delete(keys.profile, keys.decisions)  # erased or expired in the engine
+            if body is None:
                 continue
             try:
                 fields = profile_fields(body, self._config.traits)
             except (ValueError, TypeError, AttributeError) as err:
                 self._skip(PROFILES, customer, err)
                 continue
-            keys = customer_keys(prefix, customer)
             self._eval(pipe, REPLACE_PROFILE, [keys.profile, keys.decisions], [ttl, orjson.dumps(fields)])
         for customer, entries in chunk.decisions:
             keys = customer_keys(prefix, customer)

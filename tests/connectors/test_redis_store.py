@@ -84,6 +84,12 @@ def trigger(customer: str, n: int, channel: str = "push", stream: str | None = N
     return stream, Output(stream, customer, T0_MS + n, n, body)
 
 
+def deletion(customer: str) -> tuple[str, Output]:
+    """The profile the engine sends for an erased or expired customer."""
+    body = orjson.dumps({"customer_id": customer, "deleted": True})
+    return "profiles", Output("profiles", customer, 0, 0, body)
+
+
 def decision(n: int, channel: str = "push") -> dict[str, Any]:
     return {"id": f"d{n}", "rule_id": f"r{n}", "channel": channel, "offer_id": f"o{n}", "time": iso_ms(T0_MS + n)}
 
@@ -218,6 +224,99 @@ def test_decisions_written_again_are_not_duplicated(db, redis_url, prefix):
     store.write([trigger("u1", 2), trigger("u1", 3)])
     store.close()
     assert stored_decisions(db, prefix, "u1") == [decision(3), decision(2), decision(1)]
+
+
+def customer_state(db: redis.Redis, prefix: str, customer: str, audiences: list[str]) -> dict[str, Any]:
+    """What the store holds of ``customer``: profile, decisions and the audiences (of ``audiences``) they are in."""
+    return {
+        "profile": stored_profile(db, prefix, customer),
+        "decisions": stored_decisions(db, prefix, customer),
+        "audiences": [a for a in audiences if db.sismember(audience_key(prefix, a), customer)],
+    }
+
+
+def test_an_erasure_leaves_nothing_of_what_was_buffered_before_it(db, redis_url, prefix):
+    store = writer(redis_url, prefix)
+    store.write([profile("c1", 1), trigger("c1", 1), audience_change("c1", "a", "entered"), profile("c2", 1)])
+    assert store.flush()
+    store.write([trigger("c1", 2), profile("c1", 2), audience_change("c1", "b", "entered"), trigger("c1", 3)])
+    store.write([audience_change("c1", "a", "exited"), audience_change("c1", "b", "exited"), deletion("c1")])
+    assert store.flush()
+    store.close()
+    assert customer_state(db, prefix, "c1", ["a", "b"]) == {"profile": {}, "decisions": [], "audiences": []}
+    assert stored_profile(db, prefix, "c2") == expected_profile("c2", 1)
+
+
+@pytest.mark.parametrize("via_snapshot", [False, True], ids=["buffered", "restored from a snapshot"])
+def test_a_customer_who_comes_back_after_an_erasure_has_only_what_followed_it(db, redis_url, prefix, via_snapshot):
+    before = writer(redis_url, prefix)
+    before.write([profile("c1", 1), trigger("c1", 1), audience_change("c1", "a", "entered")])
+    assert before.close() is None
+    store = writer(redis_url, prefix)
+    store.write([trigger("c1", 2), audience_change("c1", "a", "exited"), deletion("c1"), trigger("c1", 3)])
+    store.write([profile("c1", 5), audience_change("c1", "b", "entered"), trigger("c1", 4)])
+    if via_snapshot:  # held through a restart
+        snapshot = store.snapshot()
+        store = writer(redis_url, prefix)
+        store.restore(snapshot)
+    assert store.flush()
+    store.close()
+    assert customer_state(db, prefix, "c1", ["a", "b"]) == {
+        "profile": expected_profile("c1", 5),
+        "decisions": [decision(4), decision(3)],
+        "audiences": ["b"],
+    }
+
+
+class ArrivingDuringWrite:
+    """A Redis client that lets ``arrive`` run once, while its first pipeline is being written."""
+
+    def __init__(self, client: redis.Redis, arrive: Callable[[], None]) -> None:
+        self._client = client
+        self._arrive: Callable[[], None] | None = arrive
+
+    def pipeline(self, **options: Any) -> Any:
+        pipe = self._client.pipeline(**options)
+        if self._arrive is not None:
+            arrive, self._arrive, execute = self._arrive, None, pipe.execute
+
+            def arrive_then_execute(**kwargs: Any) -> Any:
+                arrive()
+                return execute(**kwargs)
+
+            pipe.execute = arrive_then_execute
+        return pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+@pytest.mark.parametrize(
+    ("buffered", "arriving", "expected"),
+    [
+        ([deletion("c1"), trigger("c1", 2)], [profile("c1", 3)], {"profile": 3, "decisions": [2]}),
+        ([deletion("c1"), profile("c1", 2), trigger("c1", 2)], [profile("c1", 3)], {"profile": 3, "decisions": [2]}),
+        ([trigger("c1", 2)], [deletion("c1")], {"profile": None, "decisions": []}),
+    ],
+    ids=["back while the deletion is written", "updated while the comeback is written", "erased while written"],
+)
+def test_updates_arriving_while_a_flush_writes_keep_their_order(db, redis_url, prefix, buffered, arriving, expected):
+    before = writer(redis_url, prefix)
+    before.write([profile("c1", 1), trigger("c1", 1)])
+    assert before.close() is None
+    client = ArrivingDuringWrite(connect(redis_url), lambda: store.write(arriving))
+    store = RedisStoreWriter(lambda: client, StoreConfig(prefix=prefix, flush_interval_seconds=3600))
+    store.write(buffered)
+    assert store.flush()
+    assert store.pending == 1, "what arrived during the write is still buffered"
+    assert store.flush()
+    store.close()
+    version = expected["profile"]
+    assert customer_state(db, prefix, "c1", []) == {
+        "profile": expected_profile("c1", version) if version else {},
+        "decisions": [decision(n) for n in expected["decisions"]],
+        "audiences": [],
+    }
 
 
 def test_customer_keys_carry_the_ttl(db, redis_url, prefix):

@@ -29,7 +29,10 @@ def test_profiles_audiences_and_decisions_reach_redis_and_erasure_removes_them(s
         call("identify", "u1", 0, traits={"city": "Berlin", "age_band": "25-34", "urban": True, "gender": "f"}),
         added("u1", 1, product="p1", price=40.0),
         track("Product Viewed", "u1", 2, props={"product_id": "p2", "category": "coffee"}),
+        call("identify", "u3", 3, traits={"city": "Rome"}),
+        added("u3", 4, product="p1", price=40.0),  # its cart reminder is due before its erasure
         order("u1", 5000, total=6000.0),
+        track("Erasure Requested", "u3", 5001, props={"request_id": "r-2"}),
         call("identify", "u2", 3, traits={"city": "Paris"}),
         added("u2", 4),
         track("Erasure Requested", "u2", 6000, props={"request_id": "r-1"}),
@@ -51,8 +54,12 @@ def test_profiles_audiences_and_decisions_reach_redis_and_erasure_removes_them(s
         sent = {orjson.loads(o.body)["data"]["rule_id"] for s, o in captured if s.startswith("triggers.")}
         assert sent and {d["rule_id"] for d in decisions} <= sent
         assert client.sismember(audience_key(prefix, "high_value"), "u1")
-        erased = customer_keys(prefix, "u2")
-        assert not client.exists(erased.profile, erased.decisions), "an erased customer's profile is gone"
+        for customer in ("u2", "u3"):
+            erased = customer_keys(prefix, customer)
+            assert not client.exists(erased.profile, erased.decisions), f"{customer}'s profile and decisions are gone"
+        assert any(o.key == "u3" for s, o in captured if s.startswith("triggers.")), "u3 had a decision before"
+        audiences = [key for key in client.scan_iter(f"{prefix}:audience:*") if client.sismember(key, "u3")]
+        assert audiences == [], "an erased customer is in no audience"
     finally:
         for key in client.scan_iter(f"{prefix}:*"):
             client.delete(key)
