@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import itertools
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -108,9 +109,29 @@ def output_target(path: Path) -> Path:
 
 def _replaceable(folder: Path) -> bool:
     """Whether an existing ``folder`` can be replaced by renaming another onto it: not a mount
-    point (a volume), on its parent's device, with a parent that can be written to."""
-    parent = folder.resolve().parent
-    return not os.path.ismount(folder) and os.access(parent, os.W_OK) and folder.stat().st_dev == parent.stat().st_dev
+    point (a volume, or a bind mount from the same file system), on its parent's device, with a
+    parent that can be written to."""
+    folder = folder.resolve()
+    parent = folder.parent
+    if os.path.ismount(folder) or str(folder) in _mount_points():
+        return False
+    return os.access(parent, os.W_OK) and folder.stat().st_dev == parent.stat().st_dev
+
+
+def _mount_points() -> set[str]:
+    """Where something is mounted, from ``/proc/self/mountinfo`` (empty where there is none).
+
+    ``os.path.ismount`` misses a bind mount of a folder of the same file system."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    # field 5 is the mount point, with space, tab, newline and backslash written as octal escapes
+    return {_unescape(line.split(" ")[4]) for line in lines if len(line.split(" ")) > 4}
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def publish_outputs(staging: Path, path: Path) -> str | None:

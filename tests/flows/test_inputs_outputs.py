@@ -198,6 +198,22 @@ def test_an_output_folder_that_is_a_mount_point_gets_the_new_outputs_or_keeps_th
         unmount(out)
 
 
+def test_an_output_folder_bind_mounted_from_the_same_file_system_is_written_in_place(tmp_path):
+    """A bind mount (``docker run -v /data/out:/out`` on one disk) is on its parent's device and
+    not seen by ``os.path.ismount``: renaming onto it fails with EBUSY after the whole run."""
+    source, out = tmp_path / "volume", tmp_path / "out"
+    source.mkdir()
+    out.mkdir()
+    subprocess.run(["mount", "--bind", str(source), str(out)], check=True)
+    try:
+        (out / "old.txt").write_text("outputs of an earlier run")
+        result = nudgeflow("replay", tiny_stream(tmp_path), "--out", out, "--force", "--quiet")
+        assert result.returncode == 0, result.stderr
+        assert "old.txt" not in os.listdir(source) and (source / "triggers.push.jsonl").exists()
+    finally:
+        unmount(out)
+
+
 def test_an_output_folder_whose_parent_is_read_only_is_written_in_place(tmp_path):
     parent = tmp_path / "parent"
     parent.mkdir()
