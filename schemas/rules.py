@@ -140,13 +140,21 @@ class RuleSet(BaseModel):
     @model_validator(mode="after")
     def _offers_exist(self) -> RuleSet:
         audiences = {a.id for a in self.audiences}
-        for offer in self.offers:
-            unknown = [a for a in offer.audiences if a not in audiences]
-            if unknown:
-                raise ValueError(f"offer '{offer.id}' names unknown audiences {unknown}")
-        for trigger in self.triggers:
-            if trigger.offer_id == NEXT_BEST and not any(trigger.channel in o.channels for o in self.offers):
-                raise ValueError(f"trigger '{trigger.id}' asks for the next best offer, but no offer has its channel")
+        problems = [
+            (("offers", i, "audiences"), f"offer '{offer.id}' names unknown audiences {unknown}", offer.audiences)
+            for i, offer in enumerate(self.offers)
+            if (unknown := [a for a in offer.audiences if a not in audiences])
+        ]
+        problems += [
+            (
+                ("triggers", i, "offer_id"),
+                f"trigger '{t.id}' asks for the next best offer, but no offer has its channel",
+                t.offer_id,
+            )
+            for i, t in enumerate(self.triggers)
+            if t.offer_id == NEXT_BEST and not any(t.channel in o.channels for o in self.offers)
+        ]
+        _refuse(problems)
         return self
 
     @model_validator(mode="after")
@@ -171,14 +179,15 @@ class RuleSet(BaseModel):
 
 def _refuse_ids(section: str | None, found: list[tuple[int, str]], message: str) -> None:
     """Refuse the ids of ``found`` (index, id), each error located at its rule's ``id``."""
-    if found:
-        prefix = (section,) if section else ()
+    prefix = (section,) if section else ()
+    _refuse([((*prefix, index, "id"), message.format(rule_id=rule_id), rule_id) for index, rule_id in found])
+
+
+def _refuse(problems: list[tuple[tuple[str | int, ...], str, Any]]) -> None:
+    """Raise one validation error per ``(location, message, value)``, so each names its line."""
+    if problems:
         errors = [
-            InitErrorDetails(
-                type=PydanticCustomError("rule_id", message, {"rule_id": rule_id}),
-                loc=(*prefix, index, "id"),
-                input=rule_id,
-            )
-            for index, rule_id in found
+            InitErrorDetails(type=PydanticCustomError("rule", message), loc=loc, input=value)
+            for loc, message, value in problems
         ]
         raise ValidationError.from_exception_data("RuleSet", errors)

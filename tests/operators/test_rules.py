@@ -391,3 +391,16 @@ def test_starter_audiences_for(starter_rules):
     assert ids("identify") == ["high_value", "lapsed", "new_customers", "likely_to_lapse"]
     assert ids("Order Refunded") == ["high_value", "lapsed", "new_customers", "at_risk", "likely_to_lapse"]
     assert ids("Product Viewed") == ["lapsed", "new_customers", "likely_to_lapse"]
+
+
+def test_offer_problems_name_the_line_of_the_rule_and_are_all_reported():
+    text = (
+        "version: v1\n"
+        "offers:\n"
+        "  - id: vip\n    channels: [push]\n    audiences: [giants]\n"
+        "triggers:\n"
+        "  - id: texted\n    channel: sms\n    on: Signed Up\n    offer_id: next_best\n"
+    )
+    message = problems(text)
+    assert f"{FILE}:5: rule 'vip' field 'audiences': offer 'vip' names unknown audiences ['giants']" in message
+    assert f"{FILE}:10: rule 'texted' field 'offer_id': trigger 'texted' asks for the next best offer" in message
