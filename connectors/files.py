@@ -8,12 +8,14 @@ so that replays are byte-identical whatever the worker count or scheduling.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import itertools
 import os
 import re
 import shutil
+import socket
 import tempfile
 import uuid
 import zlib
@@ -88,18 +90,37 @@ def stage_output_folder(path: Path, replace: bool = False) -> Path:
                 raise OutputFolderError(f"output folder {path} is not empty (use --force to replace it)")
             tempfile.TemporaryFile(dir=path).close()  # a read-only folder fails here, before the run
             if not _replaceable(path):
-                staging = path / f".new-{uuid.uuid4().hex[:12]}"
-                staging.mkdir()
-                return staging
+                return _new_staging(path, ".new-")
         existing = next(parent for parent in path.parents if parent.exists())
         if not existing.is_dir():
             raise OutputFolderError(f"cannot write output folder {path}: {existing} is a file")
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.parent / f".{path.name}.new-{uuid.uuid4().hex[:12]}"
-        staging.mkdir()
-        return staging
+        return _new_staging(path.parent, f".{path.name}.new-")
     except OSError as err:
         raise OutputFolderError(f"cannot write output folder {path}: {err.strerror or err}") from None
+
+
+def _new_staging(folder: Path, prefix: str) -> Path:
+    """A new staging folder in ``folder``, named for this host and process, after removing the
+    ones that runs of this host left behind when they were killed (their process is gone)."""
+    host = socket.gethostname()
+    for abandoned in folder.glob(f"{glob.escape(prefix + host)}-*"):
+        pid = abandoned.name[len(prefix + host) + 1 :].split("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(abandoned, ignore_errors=True)
+    staging = folder / f"{prefix}{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    return staging
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def output_target(path: Path) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -261,3 +262,23 @@ def test_old_outputs_that_cannot_be_removed_after_publishing_are_a_warning(tmp_p
         )
     finally:
         unmount(*tmp_path.glob(".out.new-*/volume"), out / "volume")
+
+
+def test_staging_folders_of_killed_runs_are_removed_by_the_next_run(tmp_path):
+    """A run killed mid-way (SIGKILL, a power cut) leaves its staging folder; the next run of
+    this host removes it, but never one whose process is still running."""
+    host, out = socket.gethostname(), tmp_path / "out"
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    killed = tmp_path / f".out.new-{host}-{finished.pid}-0badc0de"
+    running = tmp_path / f".out.new-{host}-{os.getpid()}-c0ffee00"
+    for folder in (killed, running):
+        folder.mkdir()
+        (folder / "triggers.push.jsonl").write_text("half-written outputs")
+
+    result = nudgeflow("replay", tiny_stream(tmp_path), "--out", out)
+
+    assert result.returncode == 0, result.stderr
+    assert not killed.exists(), "the killed run's staging folder is gone"
+    assert running.exists(), "a running run's staging folder is left alone"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [running.name]
