@@ -16,6 +16,9 @@ import orjson
 import pytest
 from conftest import order, track
 
+from flows.personalization import build_flow
+from flows.settings import Settings
+
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN_STREAM = Path(__file__).parent / "golden" / "stream.jsonl.gz"
 
@@ -282,3 +285,13 @@ def test_staging_folders_of_killed_runs_are_removed_by_the_next_run(tmp_path):
     assert not killed.exists(), "the killed run's staging folder is gone"
     assert running.exists(), "a running run's staging folder is left alone"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [running.name]
+
+
+def test_the_bytewax_runner_flow_checks_its_recordings_before_replacing_the_output_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("outputs of an earlier run")
+    settings = Settings(input=[tmp_path / "missing.jsonl"], out=out, replace_output=True)
+    with pytest.raises(FileNotFoundError, match="no such recording"):
+        build_flow(settings)
+    assert os.listdir(out) == ["keep.txt"]
