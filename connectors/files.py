@@ -28,6 +28,7 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from connectors.local_services import process_alive
 from flows.metrics import INPUT_LINES
 from operators.engine import Output
 from operators.models import export as model_files
@@ -106,21 +107,11 @@ def _new_staging(folder: Path, prefix: str) -> Path:
     host = socket.gethostname()
     for abandoned in folder.glob(f"{glob.escape(prefix + host)}-*"):
         pid = abandoned.name[len(prefix + host) + 1 :].split("-")[0]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(abandoned, ignore_errors=True)
     staging = folder / f"{prefix}{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     return staging
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def output_target(path: Path) -> Path:
@@ -148,7 +139,7 @@ def _mount_points() -> set[str]:
     except OSError:
         return set()
     # field 5 is the mount point, with space, tab, newline and backslash written as octal escapes
-    return {_unescape(line.split(" ")[4]) for line in lines if len(line.split(" ")) > 4}
+    return {_unescape(fields[4]) for fields in map(str.split, lines) if len(fields) > 4}
 
 
 def _unescape(field: str) -> str:

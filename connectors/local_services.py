@@ -111,13 +111,13 @@ def _stop_pid(pid: int, timeout: float) -> None:
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not process_alive(pid):
             return True
         time.sleep(0.1)
-    return not _alive(pid)
+    return not process_alive(pid)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie waiting for its parent does not count)."""
     try:
         os.kill(pid, 0)
@@ -134,7 +134,7 @@ def _alive(pid: int) -> bool:
 def _is_ours(pid: int, workdir: Path) -> bool:
     """Guard against PID reuse: our services run with their work dir as current directory."""
     if not Path("/proc/self/cwd").exists():
-        return _alive(pid)
+        return process_alive(pid)
     try:
         return Path(os.readlink(f"/proc/{pid}/cwd")) == workdir.resolve()
     except OSError:
