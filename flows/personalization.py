@@ -17,7 +17,7 @@ from bytewax.inputs import Source
 from bytewax.operators import KeyedStream
 from bytewax.outputs import Sink
 
-from connectors.files import OUTPUT_FILES, JsonlSource, OutputFolderSink, check_recordings, prepare_output_folder
+from connectors.files import OUTPUT_FILES, JsonlSource, OutputFolderSink, prepare_output_folder
 from flows.metrics import serve
 from flows.runtime import tune_gc
 from flows.settings import Settings
@@ -48,12 +48,11 @@ def build_flow(
     flow = Dataflow("nudgeflow")
     if source is None and settings.source == "kafka":
         return _kafka_flow(flow, settings, rules, snapshots)
+    # the recordings are checked (by the source) before an output folder is replaced
+    source = source or JsonlSource(settings.input, settings.batch_size, settings.max_event_bytes)
     if sink is None:
-        if source is None:
-            check_recordings(settings.input)  # before an output folder is replaced
         prepare_output_folder(settings.out, replace=settings.replace_output)
         sink = OutputFolderSink(settings.out)
-    source = source or JsonlSource(settings.input, settings.batch_size, settings.max_event_bytes)
     raw = op.input("events", flow, source)
     config = settings.engine_config(snapshots, source_partitions, profiles=settings.redis_url is not None)
     outputs = personalize("personalize", raw, rules, config, settings.shards, settings.max_event_bytes)
