@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
 
-from flow_bench import feed, stream
+from flow_bench import engine_seconds, stream
 
-from operators.engine import EngineConfig, ShardEngine
 from operators.parse import RawEvent, Rejected, parse
 from operators.rules import load_rules
 from state import codec
@@ -49,16 +47,8 @@ def main() -> None:
         return taken
 
     CustomerState.checkpoint = timed_checkpoint  # type: ignore[method-assign]
-    rules = load_rules()
-    identity = ShardEngine(rules, EngineConfig(), "identity")
-    customers = ShardEngine(rules, EngineConfig(), "customer")
-    out: list[Any] = []
-    started = time.perf_counter()
-    for env in envs:
-        feed(identity, customers, env, out, tick=env.seq % 1000 == 0)
-    customers.finish(out)
     n = len(envs)
-    engine_us = (time.perf_counter() - started - spent["encode"]) / n * 1e6
+    engine_us = (engine_seconds(envs, load_rules()) - spent["encode"]) / n * 1e6
     per_event = {name: spent[name] / n * 1e6 for name in ("checkpoint", "encode")}
     print(f"{n:,} events, {spent['checkpoints'] / n:.2f} checkpoints per event")
     print(f"engine {engine_us:.1f} us/event, of which checkpoints {per_event['checkpoint']:.1f} us", end="")
