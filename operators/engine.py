@@ -365,7 +365,8 @@ class ShardEngine:
                     self._erase(state, env, out)
             else:
                 known = customer_id in self.customers
-                marks = (customer_id in self.changed, customer_id in self.dirty)  # before any of this event
+                if not known:  # its marks before this event, in case it must leave no trace
+                    marks = (customer_id in self.changed, customer_id in self.dirty)
                 state, new = self._adopt(env, customer_id, carried, out)
                 start, before, applying = len(out), None if new else state.checkpoint(), True
                 late = self.clock is not None and env.ts_ms < self.clock
