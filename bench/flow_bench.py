@@ -30,8 +30,9 @@ from connectors.synthetic import generate_events, write_jsonl
 from flows.personalization import build_flow
 from flows.runtime import tune_gc
 from flows.settings import Settings
-from operators.engine import EngineConfig, Forward, ShardEngine, Tick
+from operators.engine import EngineConfig
 from operators.parse import RawEvent, Rejected, parse
+from operators.pipeline import Pipeline
 from operators.rules import CompiledRules, load_rules
 from state.catalogue import FeatureView
 from state.customer import CustomerState, Lifecycle
@@ -85,25 +86,16 @@ def throughput(path: Path) -> dict[str, float]:
     return {"events": lines, "seconds": seconds, "rate": lines / seconds, "outputs": sink.counter[0]}
 
 
-def feed(identity: ShardEngine, customers: ShardEngine, env: Any, out: list[Any], tick: bool) -> None:
-    """One event through both single-shard stages, as the flow wires them (optionally with a tick)."""
-    forwarded: list[Any] = []
-    identity.process(env, forwarded)
-    if tick:
-        identity.process(Tick(env.mark_ms, env.seq, 0), forwarded)
-    for item in forwarded:
-        if isinstance(item, Forward | Tick):
-            customers.process(item, out)
+def records(path: Path, limit: int | None = None) -> list[RawEvent]:
+    """The first ``limit`` lines of a recording, as the file source reads them."""
+    with path.open("rb") as f:
+        lines = itertools.islice(f, limit)
+        return [RawEvent(n, {"source": path.name, "line": n}, line.rstrip(b"\n")) for n, line in enumerate(lines, 1)]
 
 
 def stages(path: Path, limit: int = 200_000) -> dict[str, float]:
-    """Microseconds per event of parse+validate, feature update, and the full engine (rules included)."""
-    raws = []
-    with path.open("rb") as f:
-        for line_no, line in enumerate(f, start=1):
-            raws.append(RawEvent(line_no, {"source": path.name, "line": line_no}, line.rstrip(b"\n")))
-            if line_no >= limit:
-                break
+    """Microseconds per event of parse+validate, feature update, and the engine after parsing (rules included)."""
+    raws = records(path, limit)
     n = len(raws)
     started = time.perf_counter()
     envs = [parse(raw) for raw in raws]
@@ -122,8 +114,8 @@ def stages(path: Path, limit: int = 200_000) -> dict[str, float]:
 
     no_rules = CACHE / "no-rules.yaml"
     no_rules.write_text('version: "none"\n')
-    engine_none = engine_seconds(envs, load_rules(no_rules)) / len(envs) * 1e6
-    engine_starter = engine_seconds(envs, load_rules()) / len(envs) * 1e6
+    engine_none = engine_seconds(raws, load_rules(no_rules)) / n * 1e6 - parse_us
+    engine_starter = engine_seconds(raws, load_rules()) / n * 1e6 - parse_us
     return {
         "parse_us": parse_us,
         "update_us": update_us,
@@ -133,15 +125,14 @@ def stages(path: Path, limit: int = 200_000) -> dict[str, float]:
     }
 
 
-def engine_seconds(envs: list[Any], rules: CompiledRules) -> float:
-    """Seconds both engine stages (one shard each) take to apply ``envs`` with ``rules``."""
-    identity = ShardEngine(rules, EngineConfig(), "identity")
-    customers = ShardEngine(rules, EngineConfig(), "customer")
-    out: list[Any] = []
+def engine_seconds(raws: list[RawEvent], rules: CompiledRules, batch: int = 1000) -> float:
+    """Seconds the engine's pipeline (one shard per stage, parsing included) takes over ``raws`` with
+    ``rules``, ``batch`` records to a source batch."""
+    pipeline = Pipeline(rules)
     started = time.perf_counter()
-    for env in envs:
-        feed(identity, customers, env, out, tick=env.seq % 1000 == 0)
-    customers.finish(out)
+    for start in range(0, len(raws), batch):
+        pipeline.feed(raws[start : start + batch])
+    pipeline.finish()
     return time.perf_counter() - started
 
 
@@ -179,24 +170,16 @@ def state_size(path: Path, limit: int = 300_000) -> dict[str, float]:
     Events are parsed inside the loop and dropped after use, as in the flow, so the growth is
     what the engine keeps: customer state plus the shard structures (dedupe, links, timer heap).
     """
-    rules = load_rules()
-    identity = ShardEngine(rules, EngineConfig(), "identity")
-    customers = ShardEngine(rules, EngineConfig(), "customer")
+    pipeline = Pipeline(load_rules())
+    identity, customers = pipeline.identity[0].engine, pipeline.customers[0].engine
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    out: list[Any] = []
     events = 0
     with path.open("rb") as f:
-        for line_no, line in enumerate(f, start=1):
-            if line_no > limit:
-                break
-            env = parse(RawEvent(line_no, {"source": path.name, "line": line_no}, line.rstrip(b"\n")))
-            if isinstance(env, Rejected):
-                continue
-            events += 1
-            feed(identity, customers, env, out, tick=True)  # a tick after each event: applied at once
-            out.clear()
+        for line_no, line in enumerate(itertools.islice(f, limit), start=1):
+            events += 1  # a batch of one: applied at once, and outputs dropped after use
+            pipeline.feed([RawEvent(line_no, {"source": path.name, "line": line_no}, line.rstrip(b"\n"))])
     gc.collect()
     grown = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()

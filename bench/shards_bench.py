@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from connectors.synthetic import generate_events
 from flows.evaluate import Run, auc
 from flows.runtime import tune_gc
-from operators.customer_state import shard_of
 from operators.engine import EngineConfig
+from operators.pipeline import shard_of
 from operators.rules import load_rules
 
 

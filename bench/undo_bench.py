@@ -3,9 +3,9 @@
     python bench/undo_bench.py            # 5,000 customers, 7 days, the first 100,000 events
 
 The engine checkpoints the customer before applying each event (and before each timer fires),
-so that an event whose processing raises can be undone (see ``ShardEngine._customer_event``).
+so that an event whose processing raises can be undone (see ``CustomerStage._customer_event``).
 This runs the generated stream through both engine stages with the starter rules and prints
-the engine's time per event, the checkpoints' share of it, and what a pre-image as a snapshot
+the engine's time per event (parsing included), the checkpoints' share of it, and what a pre-image as a snapshot
 encoding (``state.codec.encode``) would cost instead.
 """
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from flow_bench import engine_seconds, stream
+from flow_bench import engine_seconds, records, stream
 
-from operators.parse import RawEvent, Rejected, parse
+from operators.parse import Rejected, parse
 from operators.rules import load_rules
 from state import codec
 from state.customer import Checkpoint, CustomerState
@@ -29,9 +29,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     args = parser.parse_args()
     path = stream(args.customers, args.days, max_events=args.events)
-    with path.open("rb") as lines:
-        raws = [RawEvent(n, {"source": path.name, "line": n}, line.rstrip(b"\n")) for n, line in enumerate(lines, 1)]
-    envs = [env for env in map(parse, raws) if not isinstance(env, Rejected)]
+    raws = records(path)
+    n = sum(1 for raw in raws if not isinstance(parse(raw), Rejected))
 
     checkpoint = CustomerState.checkpoint
     spent = {"checkpoints": 0, "checkpoint": 0.0, "encode": 0.0}
@@ -47,8 +46,7 @@ def main() -> None:
         return taken
 
     CustomerState.checkpoint = timed_checkpoint  # type: ignore[method-assign]
-    n = len(envs)
-    engine_us = (engine_seconds(envs, load_rules()) - spent["encode"]) / n * 1e6
+    engine_us = (engine_seconds(raws, load_rules()) - spent["encode"]) / n * 1e6
     per_event = {name: spent[name] / n * 1e6 for name in ("checkpoint", "encode")}
     print(f"{n:,} events, {spent['checkpoints'] / n:.2f} checkpoints per event")
     print(f"engine {engine_us:.1f} us/event, of which checkpoints {per_event['checkpoint']:.1f} us", end="")

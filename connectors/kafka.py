@@ -43,8 +43,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows.metrics import DECISION_LATENCY, KAFKA_LAG, SINK_ERRORS, SINK_RECORDS, SINK_RETRIES
-from operators.engine import Output
 from operators.parse import EndOfInput, RawEvent
+from schemas.items import Output
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,14 @@ from typing import Any
 
 import orjson
 
-from operators.engine import EngineConfig, Forward, Output, ShardEngine, Tick
+from operators.engine import EngineConfig
 from operators.models.bandit import uniform
 from operators.models.propensity import FEATURES, NO_ORDER_DAYS, Calibration
 from operators.models.recommend import CoOccurrence, K
-from operators.parse import InputMarks, RawEvent, Rejected, parse
+from operators.parse import RawEvent, Rejected, parse
+from operators.pipeline import Pipeline
 from operators.rules import CompiledRules
+from schemas.items import Output
 from schemas.records import iso_ms
 
 TICK_EVERY = 200
@@ -70,14 +72,13 @@ class Run:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.identity = ShardEngine(self.rules, self.config, "identity")
-        self.customers = ShardEngine(self.rules, self.config, "customer", upstream_shards=1)
+        self.pipeline = Pipeline(self.rules, self.config)
+        self.customers = self.pipeline.customers[0].engine
         # every propensity outcome: (model score, baseline score, outcome), and whose it was
         self.records: list[tuple[float, float, bool]] = []
         self.record_customers: list[str] = []
         if self.customers.models is not None:
             self.customers.models.on_outcome = self._outcome
-        self.marks = InputMarks(self.config.max_skew_ms)
         self.injected: list[tuple[int, int, bytes]] = []  # (timestamp ms, order, event line)
         self.offers: list[OfferLog] = []
         self.position = 0
@@ -87,53 +88,35 @@ class Run:
         self.record_customers.append(customer_id)
 
     def feed(self, lines: Iterable[bytes]) -> None:
-        """Parse and apply ``lines`` in order, the clicks drawn for chosen offers merged in at their time."""
-        self.pending: list[Any] = []
+        """Apply ``lines`` in order, ``TICK_EVERY`` to a batch, the clicks drawn for chosen offers merged
+        in at their time; lines that do not parse are left out."""
+        self.batch: list[RawEvent] = []
         for line in lines:
-            env = self._parse(line)
-            if env is None:
+            raw, ts_ms = self._record(line)
+            if raw is None:
                 continue
-            while self.injected and self.injected[0][0] <= env.ts_ms:
-                self._add(self._parse(heapq.heappop(self.injected)[2]))
-            self._add(env)
+            while self.injected and self.injected[0][0] <= ts_ms:
+                self._add(self._record(heapq.heappop(self.injected)[2])[0])
+            self._add(raw)
         while self.injected:
-            self._add(self._parse(heapq.heappop(self.injected)[2]))
-        self._step(self.pending)
-        forwarded: list[Any] = []
-        self.identity.finish(forwarded)
-        out: list[Any] = []
-        for item in forwarded:
-            if isinstance(item, Forward | Tick):
-                self.customers.process(item, out)
-        self.customers.finish(out)
-        self._read(out)
+            self._add(self._record(heapq.heappop(self.injected)[2])[0])
+        self._read(self.pipeline.feed(self.batch))
+        self._read(self.pipeline.finish())
 
-    def _parse(self, line: bytes) -> Any:
+    def _record(self, line: bytes) -> tuple[RawEvent | None, int]:
+        """The line as a record, and its event time (``None``, 0 when it does not parse)."""
         self.position += 1
-        result = parse(RawEvent(self.position, {"line": self.position}, line))
-        return None if isinstance(result, Rejected) else result
+        raw = RawEvent(self.position, {"line": self.position}, line)
+        result = parse(raw)
+        return (None, 0) if isinstance(result, Rejected) else (raw, result.ts_ms)
 
-    def _add(self, env: Any) -> None:
-        if env is None:
+    def _add(self, raw: RawEvent | None) -> None:
+        if raw is None:
             return
-        self.marks.stamp(env, 0)
-        self.pending.append(env)
-        if len(self.pending) >= TICK_EVERY:
-            pending, self.pending = self.pending, []
-            self._step(pending)
-
-    def _step(self, envelopes: list[Any]) -> None:
-        forwarded: list[Any] = []
-        for env in envelopes:
-            self.identity.process(env, forwarded)
-        if envelopes:
-            last = envelopes[-1]
-            self.identity.process(Tick(self.marks.reached.get(0), last.seq, 0), forwarded)
-        out: list[Any] = []
-        for item in forwarded:
-            if isinstance(item, Forward | Tick):
-                self.customers.process(item, out)
-        self._read(out)
+        self.batch.append(raw)
+        if len(self.batch) >= TICK_EVERY:
+            batch, self.batch = self.batch, []
+            self._read(self.pipeline.feed(batch))
 
     def _read(self, outputs: list[Any]) -> None:
         for output in outputs:

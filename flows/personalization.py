@@ -22,9 +22,9 @@ from flows.metrics import serve
 from flows.runtime import tune_gc
 from flows.settings import Settings
 from operators.customer_state import personalize
-from operators.engine import Output
 from operators.parse import EndOfInput, RawEvent
 from operators.rules import CompiledRules, load_rules
+from schemas.items import Output
 
 KAFKA_STREAMS = tuple(stream for stream in OUTPUT_FILES if stream != "stats")  # what goes to Kafka
 

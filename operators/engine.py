@@ -1,13 +1,16 @@
-"""The per-shard engine: dedupe, identity, event-time clock, timers, features and rules.
+"""The per-shard engine: the customer stage and the identity stage in front of it.
 
 Customers are spread over a fixed number of shards (by a stable hash of their id), so
 results do not depend on the number of workers. Each shard keeps its own event-time
 clock: the largest event time it has seen minus the allowed lateness. A timer fires when
 the clock passes its due time (also for customers who send nothing more), and before any
 later event of its own customer is applied. The engine is plain Python: the Bytewax
-operator in :mod:`operators.customer_state` only feeds it batches.
+operator in :mod:`operators.customer_state` (and :class:`operators.pipeline.Pipeline`
+in-process) only feeds it batches.
 
-Two stages share this code. Every event enters the ``identity`` stage, keyed by its
+:class:`CustomerStage` keeps customers (features, timers, rules, decisions, written by
+:class:`operators.decisions.DecisionWriter`); :class:`IdentityStage` is a customer stage for
+anonymous customers with identity resolution in front. Every event enters the identity stage, keyed by its
 ``anonymousId`` (else its ``userId``): it drops duplicates, dead-letters future-dated
 events, keeps anonymous customers, links an anonymous id to a ``userId`` when an event
 carries both, and forwards every identified event to the ``customer`` stage, keyed by the
@@ -16,10 +19,11 @@ the same customer.
 
 Order. Both stages apply events in merge-key order (:func:`operators.parse.order_key`:
 event time reached by the event's source partition, partition, offset), whatever the
-number of workers or how the input was batched. Each source partition sends every identity
-shard a :class:`Tick` after each batch (its mark and last key); an identity shard applies
-held-back events up to the smallest key all partitions have passed, then passes its own tick
-on to every customer shard, which does the same over the identity shards. A partition with
+number of workers or how the input was batched (:mod:`operators.ordering`). Each source
+partition sends every identity shard a :class:`Tick` after each batch (its mark and last
+key); an identity shard applies held-back events up to the smallest key all partitions have
+passed, then passes its own tick on to every customer shard, which does the same over the
+identity shards. A partition with
 nothing to read (end of a recording, or a live topic partition that is idle) holds back
 nothing. Clocks follow the partitions' marks, so a shard whose customers are quiet still
 sees the clock move, and "late" means late for the input, not for one shard.
@@ -27,27 +31,27 @@ sees the clock move, and "late" means late for the input, not for one shard.
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import pickle
 import time
-import traceback
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
-from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
+from operators.decisions import DecisionWriter, RuleFailed, bump
 from operators.expressions import Expression
 from operators.models import ModelMode, ShardModels
+from operators.ordering import OrderedRelease, Tick
 from operators.parse import count_notes
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
 from schemas.envelope import Envelope
-from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
+from schemas.items import Output
+from schemas.records import decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
 from state import codec
 from state.affinity import DAY_MS
@@ -63,18 +67,8 @@ PRODUCT_TOUCHES = frozenset({"Product Viewed", "Product Added"})
 REWARD_EVENTS = {"Promotion Clicked": "promotion_id", "Coupon Applied": "coupon_id"}  # event -> offer id field
 ERASURE = "Erasure Requested"
 MAX_UNKNOWN_NAMES = 50
-PROCESSING_ERROR = "processing_error"  # the dead-letter reason of an event or timer whose processing raised
-MAX_ERROR_CHARS = 500  # of an exception's message, in a dead letter
 
 Role = Literal["identity", "customer"]
-
-
-class RuleFailed(Exception):
-    """Raised (from the original exception) when evaluating or emitting a rule raised: names the rule."""
-
-    def __init__(self, rule_id: str) -> None:
-        super().__init__(f"rule {rule_id}")
-        self.rule_id = rule_id
 
 
 @dataclass(frozen=True)
@@ -105,246 +99,94 @@ class Forward:
     carried: CustomerState | None = None
 
 
-@dataclass(slots=True)
-class Tick:
-    """An upstream's progress: it sends nothing more with a merge key up to ``seq``.
+class CustomerStage:
+    """The customer stage of one shard: its customers' features, timers, rules and decisions, and the
+    shard's event-time clock. Forwarded events are applied in merge-key order (see
+    :mod:`operators.ordering`); a timer fires when the clock passes its due time, and before any
+    later event of its own customer is applied."""
 
-    ``origin`` is the source partition (to the identity stage) or the identity shard (to the
-    customer stage) it comes from; ``ts_ms`` the event time it has reached (``None``: none
-    yet); ``idle`` that it holds nothing back (end of input, or nothing to read now);
-    ``shard`` the identity shard a source tick is addressed to.
-    """
+    role: Role = "customer"
+    population = "customers"  # the name of its customer count in the stage's counters
+    sends_profiles = True  # changed customers' profiles go to the live store from this stage
 
-    ts_ms: int | None
-    seq: int
-    origin: int
-    idle: bool = False
-    shard: int = 0
-
-
-@dataclass(slots=True)
-class Output:
-    """One record for a sink: ``stream`` names the output (file or topic), ``key`` the customer."""
-
-    stream: str
-    key: str
-    time_ms: int
-    seq: int
-    body: bytes
-    arrived: float = 0.0  # wall-clock arrival of what caused it (for latency metrics only)
-    timer: bool = False  # caused by a timer (or a clock move) rather than by an event
-
-    def sort_key(self) -> tuple[int, int, str, bytes]:
-        """Stable file order: event time, then input position, then content."""
-        return (self.time_ms, self.seq, self.key, self.body)
-
-
-def _bump(counter: dict[str, int], key: str, by: int = 1) -> None:
-    counter[key] = counter.get(key, 0) + by
-
-
-def _unbump(counter: dict[str, int], key: str) -> None:
-    """Undo one :func:`_bump` (a count back at zero disappears, as if never bumped)."""
-    if counter[key] == 1:
-        del counter[key]
-    else:
-        counter[key] -= 1
-
-
-def _error_messages(err: Exception) -> list[str]:
-    """What a dead letter says about an exception: the rule involved, the type and message, where."""
-    messages = []
-    if isinstance(err, RuleFailed) and isinstance(err.__cause__, Exception):
-        messages.append(f"rule {err.rule_id}")
-        err = err.__cause__
-    messages.append(f"{type(err).__name__}: {str(err)[:MAX_ERROR_CHARS]}")
-    frames = traceback.extract_tb(err.__traceback__)
-    if frames:
-        last = frames[-1]
-        messages.append(f"in {last.name} ({Path(last.filename).parent.name}/{Path(last.filename).name}:{last.lineno})")
-    return messages
-
-
-class ShardEngine:
-    """All customers of one shard, their timers and the shard's event-time clock."""
-
-    def __init__(self, rules: CompiledRules, config: EngineConfig, role: Role, upstream_shards: int = 1) -> None:
+    def __init__(self, rules: CompiledRules, config: EngineConfig, upstreams: int = 1) -> None:
         self.rules = rules
         self.config = config
-        self.role = role
-        self.index = 0  # this identity shard's number, learned from the source's ticks
-        self.upstream_shards = config.source_partitions if role == "identity" else upstream_shards
-        self.upstream: dict[int, Tick] = {}  # the latest tick of each upstream
-        self.pending: list[Envelope | Forward] = []
-        self.sorted_pending = 0  # how many of ``pending`` are known to be in key order
-        # what waits is an event (identity stage) or a forwarded event (customer stage)
-        self.merge_key = attrgetter("seq" if role == "identity" else "env.seq")
+        self.ordered = OrderedRelease(upstreams, self._merge_key)
         self.customers: dict[str, CustomerState] = {}
         self.heap: list[tuple[int, int, str, str]] = []  # (due, push number, customer, rule id)
         self.pushes = 0
-        self.seq = 0
-        self.arrived = 0.0  # wall-clock arrival of the item being applied (metrics only)
         self.clock: int | None = None
         self.swept_day: int | None = None
-        self.seen: OrderedDict[str, None] = OrderedDict()
-        self.links: OrderedDict[str, str] = OrderedDict()
         self.stats: dict[str, Any] = {}
+        self.writer = DecisionWriter(rules.version, self.stats)
         self.dirty: set[str] = set()
         self.changed: set[str] = set()  # customers whose profile changed since the last profiles
         self.models = self._models_for_mode(None)
         self.scorers = self.models.scorers if self.models is not None else None
         self.encoded: dict[str, bytes] = {}
 
+    _merge_key = staticmethod(attrgetter("env.seq"))  # what waits: a forwarded event
+
     # --- entry point -------------------------------------------------------------------
-    def process(self, item: Envelope | Forward | Tick | Output, out: list[Any]) -> None:
-        """Take one item; append outputs, forwards and ticks for the next stage to ``out``."""
+    def process(self, item: Any, out: list[Any]) -> None:
+        """Take one item; append outputs (and, from the identity stage, forwards and ticks) to ``out``."""
         self.process_batch((item,), out)
 
-    def process_batch(
-        self, items: Iterable[Envelope | Forward | Tick | tuple[Tick, ...] | Output], out: list[Any]
-    ) -> None:
-        """Take a batch of items; append outputs, forwards and ticks for the next stage to ``out``.
+    def process_batch(self, items: Iterable[Any], out: list[Any]) -> None:
+        """Take a batch of items; append what they cause to ``out``.
 
-        Events (identity stage) and forwards (customer stage) wait in ``pending`` until every
-        upstream has passed them; outputs (dead letters) pass straight through. The batch's
-        ticks are noted first and acted on once: anything that arrives after an upstream's
-        tick lies beyond it, so one release gives what a release per tick would.
+        Events and forwards wait in the ordered release until every upstream has passed them;
+        outputs (dead letters) pass straight through. The batch's ticks are noted first and
+        acted on once: anything that arrives after an upstream's tick lies beyond it, so one
+        release gives what a release per tick would.
         """
         last_tick = None
-        pending, upstream = self.pending, self.upstream
+        ticks, pending = self.ordered.ticks, self.ordered.pending
         for item in items:
             if isinstance(item, Tick):
-                upstream[item.origin] = last_tick = item
+                ticks[item.origin] = last_tick = item
             elif isinstance(item, tuple):  # the ticks of several upstreams, gathered on the way
                 for tick in item:
-                    upstream[tick.origin] = last_tick = tick
+                    ticks[tick.origin] = last_tick = tick
             elif isinstance(item, Output):
                 out.append(item)
             else:
                 pending.append(item)
         if last_tick is not None:
-            self._upstream_progress(last_tick, out)
+            self._progress(last_tick, out)
 
-    def _upstream_progress(self, tick: Tick, out: list[Any]) -> None:
-        """Apply what every upstream has passed; move the clock (``tick`` is the latest one)."""
-        if self.role == "identity":
-            self.index = tick.shard
-        self.arrived = time.time()
-        if len(self.upstream) < self.upstream_shards:
-            return
-        busy = [t for t in self.upstream.values() if not t.idle]
-        upto = min(t.seq for t in busy) if busy else None
-        self._release(upto, out)
-        marks = [t.ts_ms for t in (busy or self.upstream.values()) if t.ts_ms is not None]
-        reached = (min if busy else max)(marks) if marks else None
+    def _progress(self, tick: Tick, out: list[Any]) -> tuple[int | None, int | None, bool] | None:
+        """Apply what every upstream has passed and move the clock (``tick`` is the latest one);
+        return the upstreams' progress (see :meth:`OrderedRelease.progress`)."""
+        self.writer.arrived = time.time()
+        progress = self.ordered.progress()
+        if progress is None:
+            return None
+        upto, reached, _ = progress
+        self._apply_released(self.ordered.release(upto), out)
         if reached is not None:
             self._advance(reached, out)
-        if self.role == "identity":
-            out.append(Tick(reached, self.seq if upto is None else upto, self.index, not busy))
+        return progress
 
-    def _release(self, upto: int | None, out: list[Any]) -> None:
-        """Apply held-back items with a merge key up to ``upto`` (all with ``None``), in key order."""
-        pending = self.pending
-        if not pending:
-            return
-        self._sort_pending()
-        if upto is not None and self.merge_key(pending[0]) > upto:
-            return  # nothing to apply yet
-        release = pending
-        if upto is not None:
-            cut = bisect.bisect_right(release, upto, key=self.merge_key)
-            release, self.pending = release[:cut], release[cut:]
-        else:
-            self.pending = []
-        self.sorted_pending = len(self.pending)
-        if self.role == "identity":
-            for env in release:
-                self._identity_input(env, out)  # type: ignore[arg-type]
-            return
-        for forward in release:
-            env = forward.env  # type: ignore[union-attr]
-            self.seq, self.arrived = env.seq, env.arrived
+    def _apply_released(self, released: list[Any], out: list[Any]) -> None:
+        writer = self.writer
+        for forward in released:
+            env = forward.env
+            writer.seq, writer.arrived = env.seq, env.arrived
             self._advance(env.mark_ms, out)
-            self._customer_event(env, forward.customer_id, out, forward.carried)  # type: ignore[union-attr]
-
-    def _sort_pending(self) -> None:
-        """Put the items that arrived since the last call in key order among the others: only the
-        part of ``pending`` from where the newcomers start is sorted again."""
-        pending, done, key = self.pending, self.sorted_pending, self.merge_key
-        if done >= len(pending):
-            return
-        newcomers = pending[done:]
-        newcomers.sort(key=key)
-        start = bisect.bisect_right(pending, key(newcomers[0]), hi=done, key=key) if done else done
-        if start == done:
-            pending[done:] = newcomers
-        else:
-            merged = pending[start:done] + newcomers
-            merged.sort(key=key)  # two sorted runs: a linear merge
-            pending[start:] = merged
-        self.sorted_pending = len(pending)
-
-    def _identity_input(self, env: Envelope, out: list[Any]) -> None:
-        self.seq, self.arrived = env.seq, env.arrived
-        if env.received_ms is not None and env.ts_ms - env.received_ms > self.config.max_skew_ms:
-            self._future(env, out)  # before dedupe: a corrected resend with the same id is accepted
-            return
-        if env.mark_ms - env.ts_ms > self.config.max_age_ms:
-            self._too_old(env, out)  # likewise
-            return
-        if self._duplicate(env.message_id):
-            _bump(self.stats, "duplicates")
-            return
-        self._advance(env.mark_ms, out)
-        start = len(out)
-        try:
-            self._identity_event(env, out)
-        except Exception as err:  # in linking: an anonymous customer's own events are guarded in _customer_event
-            self._retract(out, start)
-            self._failed(err, out, env)
+            self._customer_event(env, forward.customer_id, out, forward.carried)
 
     def finish(self, out: list[Any]) -> dict[str, Any]:
         """At the end of bounded input: apply what is still held back; return this shard's counters."""
-        self._release(None, out)
+        self._apply_released(self.ordered.release(None), out)
         stats = dict(self.stats)
         if self.models is not None:
             stats["models"] = self.models.stats()
-            if self.role == "customer":
+            if self.sends_profiles:  # the customer stage's replicas: merged into the run's model file
                 out.append(Output("models", self.rules.version, 0, 0, orjson.dumps(self.models.export())))
-        if self.role == "customer":
-            stats["customers"] = len(self.customers)
-        else:
-            stats["anonymous_customers"] = len(self.customers)
+        stats[self.population] = len(self.customers)
         return stats
-
-    # --- identity stage ----------------------------------------------------------------
-    def _identity_event(self, env: Envelope, out: list[Any]) -> None:
-        anonymous_id = env.anonymous_id
-        if anonymous_id is None:
-            out.append(Forward(env, env.customer_id))
-            return
-        if env.user_id is None:
-            linked = self.links.get(anonymous_id)
-            if linked is not None:
-                self.links.move_to_end(anonymous_id)
-                out.append(Forward(env, linked))
-            else:
-                self._customer_event(env, anonymous_id, out)
-            return
-        carried = self.customers.get(anonymous_id)
-        if carried is not None and carried.audiences:  # first: nothing has changed if this raises
-            self._leave_all(carried, f"identity linked to {env.user_id}", env.ts_ms, [env.message_id], out)
-        if self.links.get(anonymous_id) != env.user_id:
-            _bump(self.stats, "identities_linked")
-        self.links[anonymous_id] = env.user_id
-        self.links.move_to_end(anonymous_id)
-        if len(self.links) > self.config.links_per_shard:
-            self.links.popitem(last=False)
-        self._drop_customer(anonymous_id)
-        if env.name == ERASURE:
-            self.links.pop(anonymous_id, None)
-            carried = None
-        out.append(Forward(env, env.user_id, carried))
 
     # --- customer state ----------------------------------------------------------------
     def _customer_event(
@@ -374,16 +216,16 @@ class ShardEngine:
                     start, before = len(out), state.checkpoint()
                 self._apply(state, env, new or carried is not None, late, out)
         except Exception as err:
-            self._retract(out, start)
+            self.writer.retract(out, start)
             if applying:
                 self._restore(state, before)
                 if before is None and not known:  # new to this shard: there is no profile to delete
                     self._unmark(customer_id, *marks)
-            self._failed(err, out, env)
+            self.writer.failed_event(env, err, out)
             return
         self._count(env)
         if late:
-            _bump(self.stats, "late")
+            bump(self.stats, "late")
 
     def _adopt(
         self, env: Envelope, customer_id: str, carried: CustomerState | None, out: list[Any]
@@ -517,9 +359,9 @@ class ShardEngine:
         try:
             self._fire_timer(state, rule_id, out)
         except Exception as err:
-            self._retract(out, start)
+            self.writer.retract(out, start)
             self._restore(state, before)
-            self._failed(err, out, timer=(state.id, rule_id, state.timers.pop(rule_id)))
+            self.writer.failed_timer(state.id, rule_id, state.timers.pop(rule_id), err, out)
 
     def _fire_timer(self, state: CustomerState, rule_id: str, out: list[Any]) -> None:
         timer = state.timers.pop(rule_id)
@@ -639,9 +481,6 @@ class ShardEngine:
         if offer_id == NEXT_BEST:
             offer_id, content, offer_choice = self._next_best_offer(state, view, rule, event_id)
         data = {
-            "channel": rule.channel,
-            "rule_id": rule.id,
-            "ruleset_version": self.rules.version,
             "reason": _trigger_reason(trigger, view),
             "cause": cause,
             "caused_by": caused_by,
@@ -655,16 +494,7 @@ class ShardEngine:
             "expires_at": iso_ms(at_ms + rule.expires_in),
             "shadow": rule.shadow,
         }
-        body = cloud_event(
-            type_=TRIGGER_TYPE,
-            event_id=event_id,
-            time_ms=at_ms,
-            subject=state.id,
-            data=data,
-        )
-        stream = "triggers.shadow" if rule.shadow else f"triggers.{rule.channel}"
-        out.append(Output(stream, state.id, at_ms, self.seq, body, self.arrived, env is None))
-        _bump(self.stats.setdefault("triggers", {}), rule.id)
+        self.writer.trigger(rule, state.id, event_id, at_ms, data, env is None, out)
 
     def _next_best_offer(
         self, state: CustomerState, view: FeatureView, rule: TriggerRule, event_id: str
@@ -713,158 +543,45 @@ class ShardEngine:
                     state.audiences = tuple(a for a in state.audiences if a != member)
                 became = "true" if inside else "false"
                 reason = f"{audience.when.source} became {became}{_values(audience.when, view)}"
-                self._audience_change(state, audience, inside, reason, now_ms, caused_by, out)
+                self.writer.audience_change(state.id, audience, inside, reason, now_ms, caused_by, out)
         except Exception as err:
             raise RuleFailed(audience.id) from err
-
-    def _audience_change(
-        self,
-        state: CustomerState,
-        audience: CompiledAudience,
-        entered: bool,
-        reason: str,
-        at_ms: int,
-        caused_by: list[str],
-        out: list[Any],
-    ) -> None:
-        change = "entered" if entered else "exited"
-        data = {
-            "audience": audience.id,
-            "change": change,
-            "reason": reason,
-            "rule_id": audience.id,
-            "ruleset_version": self.rules.version,
-            "caused_by": caused_by,
-            "shadow": audience.rule.shadow,
-        }
-        event_id = decision_id(state.id, audience.id, change, str(at_ms), *caused_by[-1:])
-        body = cloud_event(type_=AUDIENCE_TYPE, event_id=event_id, time_ms=at_ms, subject=state.id, data=data)
-        stream = "audience_changes.shadow" if audience.rule.shadow else "audience_changes"
-        out.append(Output(stream, state.id, at_ms, self.seq, body, self.arrived))
-        _bump(self.stats.setdefault("audience_changes", {}), f"{audience.id}.{change}")
 
     def _leave_all(self, state: CustomerState, reason: str, at_ms: int, caused_by: list[str], out: list[Any]) -> None:
         for member in state.audiences:
             audience = self.rules.audience_by_member.get(member)
             if audience is not None:
-                self._audience_change(state, audience, False, reason, at_ms, caused_by, out)
+                self.writer.audience_change(state.id, audience, False, reason, at_ms, caused_by, out)
         state.audiences = ()
 
     def _erase(self, state: CustomerState, env: Envelope, out: list[Any]) -> None:
         request = getattr(env.event.properties, "request_id", "")
         self._leave_all(state, f"erasure requested ({request})", env.ts_ms, [env.message_id], out)
         self._drop_customer(state.id)
-        _bump(self.stats, "erased")
+        bump(self.stats, "erased")
 
     def _expire(self, state: CustomerState, at_ms: int, out: list[Any]) -> None:
         days = self.config.state_ttl_ms // DAY_MS
         self._leave_all(state, f"state expired after {days} days without activity", at_ms, [], out)
         self._drop_customer(state.id)
-        _bump(self.stats, "expired")
+        bump(self.stats, "expired")
 
     def _drop_customer(self, customer_id: str) -> CustomerState | None:
         self._mark(customer_id)
         return self.customers.pop(customer_id, None)
 
     # --- input bookkeeping ---------------------------------------------------------------
-    def _duplicate(self, message_id: str) -> bool:
-        seen = self.seen
-        if message_id in seen:
-            return True
-        seen[message_id] = None
-        if len(seen) > self.config.dedupe_per_shard:
-            seen.popitem(last=False)
-        return False
-
     def _count(self, env: Envelope) -> None:
         if env.notes:
             count_notes(self.stats, env)
         if env.known:
-            _bump(self.stats.setdefault("events", {}), env.name)
+            bump(self.stats.setdefault("events", {}), env.name)
             return
         unknown = self.stats.setdefault("unknown_events", {})
         if env.name in unknown or len(unknown) < MAX_UNKNOWN_NAMES:
-            _bump(unknown, env.name)
+            bump(unknown, env.name)
         else:
-            _bump(unknown, "(other names)")
-
-    def _future(self, env: Envelope, out: list[Any]) -> None:
-        skew_s = (env.ts_ms - (env.received_ms or 0)) / 1000
-        limit_s = self.config.max_skew_ms // 1000
-        message = f"timestamp is {skew_s:.0f} s after receivedAt (max {limit_s} s)"
-        self._reject(env, "future_dated", [message], env.received_ms, out)
-
-    def _too_old(self, env: Envelope, out: list[Any]) -> None:
-        age_days = (env.mark_ms - env.ts_ms) / DAY_MS
-        limit_days = self.config.max_age_ms / DAY_MS
-        message = (
-            f"timestamp is {age_days:.0f} days before the event time already reached"
-            f" ({iso_ms(env.mark_ms)}; max {limit_days:g} days)"
-        )
-        self._reject(env, "too_old", [message], env.mark_ms, out)
-
-    def _reject(
-        self, env: Envelope, reason: str, messages: list[str], failed_at_ms: int | None, out: list[Any]
-    ) -> None:
-        """Dead-letter an event the engine does not apply, and count it under ``reason``."""
-        body = dead_letter(
-            processor="nudgeflow.state",
-            reason=reason,
-            messages=messages,
-            position=env.position,
-            payload=env.raw,
-            failed_at_ms=failed_at_ms,
-        )
-        out.append(Output("dead_letters", env.customer_id, 0, env.seq, body))
-        _bump(self.stats, reason)
-
-    # --- failures ------------------------------------------------------------------------
-    def _failed(
-        self,
-        err: Exception,
-        out: list[Any],
-        env: Envelope | None = None,
-        timer: tuple[str, str, Timer] | None = None,
-    ) -> None:
-        """Dead-letter the event (or the customer's timer: customer, rule id, timer) whose processing
-        raised ``err``, as a ``processing_error``."""
-        messages = _error_messages(err)
-        if env is not None:
-            self._reject(env, PROCESSING_ERROR, messages, env.ts_ms, out)
-            return
-        assert timer is not None
-        customer_id, rule_id, pending = timer
-        record = {
-            "customer_id": customer_id,
-            "timer": rule_id,
-            "due": iso_ms(pending.due_ms),
-            "cause": pending.cause,
-            "caused_by": pending.caused_by,
-        }
-        body = dead_letter(
-            processor="nudgeflow.state",
-            reason=PROCESSING_ERROR,
-            messages=[f"timer {rule_id} of customer {customer_id}, due {record['due']}", *messages],
-            position={"source": "timer"},
-            payload=orjson.dumps(record),
-            failed_at_ms=pending.due_ms,
-        )
-        out.append(Output("dead_letters", customer_id, 0, self.seq, body))
-        _bump(self.stats, PROCESSING_ERROR)
-
-    def _retract(self, out: list[Any], start: int) -> None:
-        """Take back what a failed step emitted from ``out[start:]``, and its counts."""
-        for item in out[start:]:
-            if not isinstance(item, Output):
-                continue
-            record = orjson.loads(item.body)
-            if item.stream == "dead_letters":
-                _unbump(self.stats, record["reason"])
-            elif item.stream.startswith("triggers."):
-                _unbump(self.stats["triggers"], record["data"]["rule_id"])
-            elif item.stream.startswith("audience_changes"):
-                _unbump(self.stats["audience_changes"], f"{record['data']['audience']}.{record['data']['change']}")
-        del out[start:]
+            bump(unknown, "(other names)")
 
     def _restore(self, state: CustomerState, before: Checkpoint | None) -> None:
         """Put a customer back as it was (``before``: its checkpoint, ``None``: it did not exist)."""
@@ -886,7 +603,7 @@ class ShardEngine:
     def _mark(self, customer_id: str) -> None:
         if self.config.snapshots:
             self.dirty.add(customer_id)
-        if self.config.profile_ms is not None and self.role == "customer":
+        if self.config.profile_ms is not None and self.sends_profiles:
             self.changed.add(customer_id)
 
     def profiles(self, out: list[Any]) -> None:
@@ -900,7 +617,7 @@ class ShardEngine:
                 document = profile(state, now, self.config.lifecycle)
                 document["updated_at"] = iso_ms(now)
                 body = orjson.dumps(document, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-            out.append(Output("profiles", customer_id, 0, self.seq, body))
+            out.append(Output("profiles", customer_id, 0, self.writer.seq, body))
         self.changed.clear()
 
     def snapshot(self) -> tuple[int, dict[str, Any]] | None:
@@ -918,12 +635,10 @@ class ShardEngine:
             "customers": dict(self.encoded),
             "clock": self.clock,
             "swept_day": self.swept_day,
-            "seen": pickle.dumps(list(self.seen)),
-            "links": pickle.dumps(list(self.links.items())),
             "stats": pickle.dumps(self.stats),
             # items held back until every upstream has passed them; after a restart every
             # upstream reports its progress afresh, so their last ticks are not kept
-            "pending": pickle.dumps(self.pending),
+            "pending": pickle.dumps(self.ordered.state()),
             "changed": sorted(self.changed),
             "models": pickle.dumps(self.models),  # River objects: the recovery store is the engine's own
         }
@@ -958,11 +673,8 @@ class ShardEngine:
         self.encoded = dict(shard["customers"])
         self.customers = {cid: codec.decode(blob) for cid, blob in sorted(self.encoded.items())}
         self.clock, self.swept_day = shard["clock"], shard["swept_day"]
-        self.seen = OrderedDict.fromkeys(pickle.loads(shard["seen"]))
-        self.links = OrderedDict(pickle.loads(shard["links"]))
-        self.stats = pickle.loads(shard["stats"])
-        self.pending = pickle.loads(shard["pending"])
-        self.sorted_pending = 0
+        self.stats = self.writer.stats = pickle.loads(shard["stats"])
+        self.ordered.restore(pickle.loads(shard["pending"]))
         self.changed = set(shard["changed"])
         self.models = self._models_for_mode(pickle.loads(shard["models"]))
         self.scorers = self.models.scorers if self.models is not None else None
@@ -970,6 +682,132 @@ class ShardEngine:
             for rule_id, timer in sorted(state.timers.items()):
                 timer.scheduled_ms = None
                 self._schedule(state, rule_id)
+
+
+class IdentityStage(CustomerStage):
+    """The identity stage of one shard: every event enters here, keyed by its ``anonymousId`` (else
+    its ``userId``). It drops duplicates, dead-letters future-dated and too old events, keeps
+    anonymous customers (as a customer stage does), links an anonymous id to a ``userId`` when an
+    event carries both, and forwards every identified event to the customer stage, keyed by the
+    customer, handing over the anonymous state on linking; later events with either id reach the
+    same customer. After each release it passes its own tick on to every customer shard."""
+
+    role: Role = "identity"
+    population = "anonymous_customers"
+    sends_profiles = False
+
+    def __init__(self, rules: CompiledRules, config: EngineConfig) -> None:
+        super().__init__(rules, config, config.source_partitions)
+        self.index = 0  # this identity shard's number, learned from the source's ticks
+        self.seen: OrderedDict[str, None] = OrderedDict()
+        self.links: OrderedDict[str, str] = OrderedDict()
+
+    _merge_key = staticmethod(attrgetter("seq"))  # what waits: an event
+
+    def _progress(self, tick: Tick, out: list[Any]) -> tuple[int | None, int | None, bool] | None:
+        self.index = tick.shard
+        progress = super()._progress(tick, out)
+        if progress is not None:
+            upto, reached, idle = progress
+            out.append(Tick(reached, self.writer.seq if upto is None else upto, self.index, idle))
+        return progress
+
+    def _apply_released(self, released: list[Any], out: list[Any]) -> None:
+        for env in released:
+            self._identity_input(env, out)
+
+    def _identity_input(self, env: Envelope, out: list[Any]) -> None:
+        self.writer.seq, self.writer.arrived = env.seq, env.arrived
+        if env.received_ms is not None and env.ts_ms - env.received_ms > self.config.max_skew_ms:
+            self._future(env, out)  # before dedupe: a corrected resend with the same id is accepted
+            return
+        if env.mark_ms - env.ts_ms > self.config.max_age_ms:
+            self._too_old(env, out)  # likewise
+            return
+        if self._duplicate(env.message_id):
+            bump(self.stats, "duplicates")
+            return
+        self._advance(env.mark_ms, out)
+        start = len(out)
+        try:
+            self._identity_event(env, out)
+        except Exception as err:  # in linking: an anonymous customer's own events are guarded in _customer_event
+            self.writer.retract(out, start)
+            self.writer.failed_event(env, err, out)
+
+    # --- identity stage ----------------------------------------------------------------
+    def _identity_event(self, env: Envelope, out: list[Any]) -> None:
+        anonymous_id = env.anonymous_id
+        if anonymous_id is None:
+            out.append(Forward(env, env.customer_id))
+            return
+        if env.user_id is None:
+            linked = self.links.get(anonymous_id)
+            if linked is not None:
+                self.links.move_to_end(anonymous_id)
+                out.append(Forward(env, linked))
+            else:
+                self._customer_event(env, anonymous_id, out)
+            return
+        carried = self.customers.get(anonymous_id)
+        if carried is not None and carried.audiences:  # first: nothing has changed if this raises
+            self._leave_all(carried, f"identity linked to {env.user_id}", env.ts_ms, [env.message_id], out)
+        if self.links.get(anonymous_id) != env.user_id:
+            bump(self.stats, "identities_linked")
+        self.links[anonymous_id] = env.user_id
+        self.links.move_to_end(anonymous_id)
+        if len(self.links) > self.config.links_per_shard:
+            self.links.popitem(last=False)
+        self._drop_customer(anonymous_id)
+        if env.name == ERASURE:
+            self.links.pop(anonymous_id, None)
+            carried = None
+        out.append(Forward(env, env.user_id, carried))
+
+    def _duplicate(self, message_id: str) -> bool:
+        seen = self.seen
+        if message_id in seen:
+            return True
+        seen[message_id] = None
+        if len(seen) > self.config.dedupe_per_shard:
+            seen.popitem(last=False)
+        return False
+
+    def _future(self, env: Envelope, out: list[Any]) -> None:
+        skew_s = (env.ts_ms - (env.received_ms or 0)) / 1000
+        limit_s = self.config.max_skew_ms // 1000
+        message = f"timestamp is {skew_s:.0f} s after receivedAt (max {limit_s} s)"
+        self.writer.reject(env, "future_dated", [message], env.received_ms, out)
+
+    def _too_old(self, env: Envelope, out: list[Any]) -> None:
+        age_days = (env.mark_ms - env.ts_ms) / DAY_MS
+        limit_days = self.config.max_age_ms / DAY_MS
+        message = (
+            f"timestamp is {age_days:.0f} days before the event time already reached"
+            f" ({iso_ms(env.mark_ms)}; max {limit_days:g} days)"
+        )
+        self.writer.reject(env, "too_old", [message], env.mark_ms, out)
+
+    def snapshot(self) -> tuple[int, dict[str, Any]] | None:
+        snapshot = super().snapshot()
+        if snapshot is not None:
+            snapshot[1]["seen"] = pickle.dumps(list(self.seen))
+            snapshot[1]["links"] = pickle.dumps(list(self.links.items()))
+        return snapshot
+
+    def restore(self, snapshot: tuple[int, dict[str, Any]]) -> None:
+        super().restore(snapshot)
+        shard = snapshot[1]
+        self.seen = OrderedDict.fromkeys(pickle.loads(shard["seen"]))
+        self.links = OrderedDict(pickle.loads(shard["links"]))
+
+
+def shard_engine(rules: CompiledRules, config: EngineConfig, role: Role, upstream_shards: int = 1) -> CustomerStage:
+    """One shard's engine for a stage: ``identity`` (fed by the source partitions) or ``customer``
+    (fed by ``upstream_shards`` identity shards)."""
+    if role == "identity":
+        return IdentityStage(rules, config)
+    return CustomerStage(rules, config, upstream_shards)
 
 
 def _scalar(value: Any) -> str | None:

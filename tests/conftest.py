@@ -13,10 +13,12 @@ import orjson
 import pytest
 
 from connectors.local_services import local_services, redis_cluster
-from operators.engine import EngineConfig, Forward, Output, ShardEngine, Tick
-from operators.parse import EndOfInput, InputMarks, RawEvent, parse
+from operators.engine import CustomerStage, EngineConfig
+from operators.parse import EndOfInput, RawEvent, parse
+from operators.pipeline import Pipeline
 from operators.rules import CompiledRules, load_rules, parse_rules
 from schemas.envelope import Envelope
+from schemas.items import Output
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 _ids = itertools.count(1)
@@ -87,36 +89,31 @@ def decisions(outputs: list[Any], stream_prefix: str = "") -> list[dict[str, Any
 
 
 class EngineHarness:
-    """Both engine stages with one shard each, wired like the flow: a tick after every event."""
+    """The engine's pipeline (one shard per stage), fed one event per source batch: a tick after every event."""
 
     def __init__(self, rules: CompiledRules, config: EngineConfig | None = None) -> None:
-        config = config or EngineConfig()
-        self.identity = ShardEngine(rules, config, "identity")
-        self.customers = ShardEngine(rules, config, "customer", upstream_shards=1)
-        self.marks = InputMarks(config.max_skew_ms)
+        self.pipeline = Pipeline(rules, config)
         self.outputs: list[Output] = []
+
+    @property
+    def identity(self) -> CustomerStage:
+        return self.pipeline.identity[0].engine
+
+    @property
+    def customers(self) -> CustomerStage:
+        return self.pipeline.customers[0].engine
 
     def feed(self, events: list[dict[str, Any]]) -> list[Output]:
         start = len(self.outputs)
-        for env in envelopes(events):
-            self.marks.stamp(env, 0)
-            self._identity(env)
-            self._identity(Tick(self.marks.reached.get(0), env.seq, 0))
+        for raw in raw_records(events):
+            self.outputs += self.pipeline.feed([raw])
         return self.outputs[start:]
 
     def finish(self) -> list[Output]:
+        """End the input: what is still due, and each stage's ``stats`` output."""
         start = len(self.outputs)
-        self.customers.finish(self.outputs)
+        self.outputs += self.pipeline.finish()
         return self.outputs[start:]
-
-    def _identity(self, item: Any) -> None:
-        out: list[Any] = []
-        self.identity.process(item, out)
-        for value in out:
-            if isinstance(value, Forward | Tick):
-                self.customers.process(value, self.outputs)
-            else:
-                self.outputs.append(value)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from conftest import CART_RULE, EngineHarness, added, rules_from, track
 from prometheus_client import REGISTRY
 
 from flows import metrics
-from flows.metrics import PUBLISH_SECONDS, ShardMetrics
+from flows.metrics import PUBLISH_SECONDS
 
 
 def added_events() -> float:
@@ -17,15 +17,13 @@ def test_counters_held_back_by_the_interval_are_published_when_due(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(metrics.time, "monotonic", lambda: clock[0])
     h = EngineHarness(rules_from(CART_RULE))
-    shard = ShardMetrics(h.customers)  # events are counted where they are applied
+    shard = h.pipeline.customers[0].metrics  # events are counted where they are applied, after every batch
     before = added_events()
 
-    h.feed([added("u1", 0)])
-    shard.publish()
+    h.feed([added("u1", 0)])  # the first batch publishes at once
     assert added_events() - before == 1 and shard.due() is None
 
-    h.feed([added("u2", 1)])
-    shard.publish()  # within the interval: held back, and a time to publish them is given
+    h.feed([added("u2", 1)])  # within the interval: held back, and a time to publish them is given
     assert added_events() - before == 1
     due = shard.due()
     assert due is not None
@@ -44,7 +42,7 @@ def test_dropped_order_lines_and_unknown_fields_are_published():
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
     h = EngineHarness(rules_from(CART_RULE))
-    shard = ShardMetrics(h.customers)  # the stage that applied the order
+    shard = h.pipeline.customers[0].metrics  # the stage that applied the order
     before = (
         sample("nudgeflow_order_lines_dropped_total", reason="bad_price"),
         sample("nudgeflow_unknown_fields_total", path="context.store_id"),
@@ -62,7 +60,7 @@ def dead_letters(reason: str) -> float:
 
 def test_events_the_engine_dead_letters_are_counted_by_reason():
     h = EngineHarness(rules_from(CART_RULE))
-    identity, customers = ShardMetrics(h.identity), ShardMetrics(h.customers)
+    identity, customers = h.pipeline.identity[0].metrics, h.pipeline.customers[0].metrics
     before = {reason: dead_letters(reason) for reason in ("too_old", "processing_error")}
     year_7000 = "7000-01-01T00:00:00Z"  # beyond what the windowed counts hold: applying it raises
     h.feed([added("u1", 0), added("u1", -400 * 24 * 60), track("Page", "u2", 1, timestamp=year_7000)])

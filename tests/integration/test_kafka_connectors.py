@@ -20,7 +20,7 @@ from test_kafka_flow import produce
 from connectors.kafka import KafkaOutputSink, read_topic
 from flows.personalization import build_flow
 from flows.settings import Settings
-from operators.engine import Output
+from schemas.items import Output
 
 
 def test_events_with_or_without_cloudevents_headers_and_bad_bytes_to_dead_letters(services):

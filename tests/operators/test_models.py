@@ -144,18 +144,16 @@ def _added(x: dict, y: dict) -> dict:
 def test_model_metrics_count_outcomes_by_decile_of_the_score():
     from prometheus_client import REGISTRY
 
-    from flows.metrics import ShardMetrics
-
     def value(outcome: str) -> float:
         labels = {"model": "propensity", "decile": "5", "outcome": outcome}
         return REGISTRY.get_sample_value("nudgeflow_model_outcomes_total", labels) or 0.0
 
     before = value("positive")
     h = harness("frozen")  # every score 0.5: decile 5
-    metrics = ShardMetrics(h.customers)
+    metrics = h.pipeline.customers[0].metrics  # published after every batch
     h.feed([added("u1", 0), track("Page", "u2", 40), order("u1", 60)])
-    metrics.publish()
-    metrics.publish()  # nothing new: nothing counted twice
+    metrics.publish(final=True)
+    metrics.publish(final=True)  # nothing new: nothing counted twice
     assert value("positive") - before == 1
 
 

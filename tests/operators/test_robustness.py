@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from flows.personalization import build_flow
 from flows.settings import Settings
-from operators.engine import EngineConfig, Forward, Output, ShardEngine, Tick
-from operators.parse import InputMarks, Rejected, parse
+from operators.engine import EngineConfig
+from operators.pipeline import Pipeline
 from operators.rules import load_rules
+from schemas.items import Output
 
 RULES = load_rules()  # the starter rules: triggers, timers, audiences, offers and models
 ENGINE_EXAMPLES = settings(
@@ -113,35 +114,18 @@ streams = st.lists(events(), min_size=1, max_size=40).map(lambda batch: [*batch,
 
 # --- the engine, both stages ----------------------------------------------------------------
 def run_engine(events: list[dict[str, Any]]) -> tuple[list[Output], list[dict[str, Any]]]:
-    """Every event through parse and both stages (a tick after each), a snapshot and its restore, then
-    the end of input; the outputs and each stage's counters."""
+    """Every event through the pipeline (a batch, and so a tick, after each), a snapshot of every
+    shard and its restore, then the end of input; the outputs and each stage's counters."""
     config = EngineConfig(snapshots=True, profile_ms=1000)
-    identity = ShardEngine(RULES, config, "identity")
-    customers = ShardEngine(RULES, config, "customer")
-    marks, outputs = InputMarks(config.max_skew_ms), []
-
-    def identity_stage(item: Any) -> None:
-        forwarded: list[Any] = []
-        identity.process(item, forwarded)
-        for value in forwarded:
-            if isinstance(value, Forward | Tick):
-                customers.process(value, outputs)
-            else:
-                outputs.append(value)
-
+    pipeline = Pipeline(RULES, config)
+    outputs: list[Output] = []
     for raw in raw_records(events):
-        result = parse(raw)
-        if isinstance(result, Rejected):
-            outputs.append(Output("dead_letters", result.key, 0, raw.seq, result.body))
-            continue
-        marks.stamp(result, 0)
-        identity_stage(result)
-        identity_stage(Tick(marks.reached.get(0), result.seq, 0))
-    identity_stage(Tick(marks.reached.get(0), 0, 0, idle=True))
-    for engine in (identity, customers):
-        engine.profiles(outputs)
-        engine.restore(engine.snapshot())  # type: ignore[arg-type]
-    return outputs, [identity.finish(outputs), customers.finish(outputs)]
+        outputs += pipeline.feed([raw])
+    for logic in (*pipeline.identity, *pipeline.customers):
+        logic.engine.profiles(outputs)
+        logic.engine.restore(logic.engine.snapshot())  # type: ignore[arg-type]
+    outputs += pipeline.finish()
+    return outputs, [orjson.loads(o.body) for o in outputs if o.stream == "stats"]
 
 
 def accounted(outputs: list[Output], stats: list[dict[str, Any]]) -> int:

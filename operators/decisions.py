@@ -1,0 +1,160 @@
+"""The decision writer: trigger and audience-change CloudEvents, dead letters, and their counts.
+
+Every record a stage emits is written here, as an :class:`Output` stamped with the input
+position being applied (``seq``, ``arrived``), and counted in the stage's ``stats``; a step
+that fails is taken back with :meth:`DecisionWriter.retract`, counts included.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from operators.rules import CompiledAudience
+from schemas.envelope import Envelope
+from schemas.items import Output
+from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
+from schemas.rules import TriggerRule
+from state.customer import Timer
+
+PROCESSING_ERROR = "processing_error"  # the dead-letter reason of an event or timer whose processing raised
+MAX_ERROR_CHARS = 500  # of an exception's message, in a dead letter
+
+
+class RuleFailed(Exception):
+    """Raised (from the original exception) when evaluating or emitting a rule raised: names the rule."""
+
+    def __init__(self, rule_id: str) -> None:
+        super().__init__(f"rule {rule_id}")
+        self.rule_id = rule_id
+
+
+def bump(counter: dict[str, int], key: str, by: int = 1) -> None:
+    counter[key] = counter.get(key, 0) + by
+
+
+def unbump(counter: dict[str, int], key: str) -> None:
+    """Undo one :func:`bump` (a count back at zero disappears, as if never bumped)."""
+    if counter[key] == 1:
+        del counter[key]
+    else:
+        counter[key] -= 1
+
+
+class DecisionWriter:
+    """Writes one stage's records into ``out`` lists and counts them in ``stats``."""
+
+    def __init__(self, version: str, stats: dict[str, Any]) -> None:
+        self.version = version
+        self.stats = stats
+        self.seq = 0  # merge key of the input being applied
+        self.arrived = 0.0  # its wall-clock arrival (latency metrics only)
+
+    def trigger(
+        self,
+        rule: TriggerRule,
+        customer_id: str,
+        event_id: str,
+        at_ms: int,
+        data: dict[str, Any],
+        timer: bool,
+        out: list[Any],
+    ) -> None:
+        """A trigger's CloudEvent on its channel's stream (``data``: all but the rule's own fields);
+        ``timer``: caused by a timer or a clock move rather than by an event."""
+        data = {"channel": rule.channel, "rule_id": rule.id, "ruleset_version": self.version, **data}
+        body = cloud_event(type_=TRIGGER_TYPE, event_id=event_id, time_ms=at_ms, subject=customer_id, data=data)
+        stream = "triggers.shadow" if rule.shadow else f"triggers.{rule.channel}"
+        out.append(Output(stream, customer_id, at_ms, self.seq, body, self.arrived, timer))
+        bump(self.stats.setdefault("triggers", {}), rule.id)
+
+    def audience_change(
+        self,
+        customer_id: str,
+        audience: CompiledAudience,
+        entered: bool,
+        reason: str,
+        at_ms: int,
+        caused_by: list[str],
+        out: list[Any],
+    ) -> None:
+        change = "entered" if entered else "exited"
+        data = {
+            "audience": audience.id,
+            "change": change,
+            "reason": reason,
+            "rule_id": audience.id,
+            "ruleset_version": self.version,
+            "caused_by": caused_by,
+            "shadow": audience.rule.shadow,
+        }
+        event_id = decision_id(customer_id, audience.id, change, str(at_ms), *caused_by[-1:])
+        body = cloud_event(type_=AUDIENCE_TYPE, event_id=event_id, time_ms=at_ms, subject=customer_id, data=data)
+        stream = "audience_changes.shadow" if audience.rule.shadow else "audience_changes"
+        out.append(Output(stream, customer_id, at_ms, self.seq, body, self.arrived))
+        bump(self.stats.setdefault("audience_changes", {}), f"{audience.id}.{change}")
+
+    def reject(self, env: Envelope, reason: str, messages: list[str], failed_at_ms: int | None, out: list[Any]) -> None:
+        """Dead-letter an event the engine does not apply, and count it under ``reason``."""
+        body = dead_letter(
+            processor="nudgeflow.state",
+            reason=reason,
+            messages=messages,
+            position=env.position,
+            payload=env.raw,
+            failed_at_ms=failed_at_ms,
+        )
+        out.append(Output("dead_letters", env.customer_id, 0, env.seq, body))
+        bump(self.stats, reason)
+
+    def failed_event(self, env: Envelope, err: Exception, out: list[Any]) -> None:
+        """Dead-letter an event whose processing raised ``err``, as a ``processing_error``."""
+        self.reject(env, PROCESSING_ERROR, error_messages(err), env.ts_ms, out)
+
+    def failed_timer(self, customer_id: str, rule_id: str, timer: Timer, err: Exception, out: list[Any]) -> None:
+        """Dead-letter a customer's timer whose firing raised ``err``, as a ``processing_error``."""
+        due = iso_ms(timer.due_ms)
+        record = {"customer_id": customer_id, "timer": rule_id, "due": due, "cause": timer.cause}
+        record["caused_by"] = timer.caused_by
+        body = dead_letter(
+            processor="nudgeflow.state",
+            reason=PROCESSING_ERROR,
+            messages=[f"timer {rule_id} of customer {customer_id}, due {due}", *error_messages(err)],
+            position={"source": "timer"},
+            payload=orjson.dumps(record),
+            failed_at_ms=timer.due_ms,
+        )
+        out.append(Output("dead_letters", customer_id, 0, self.seq, body))
+        bump(self.stats, PROCESSING_ERROR)
+
+    def retract(self, out: list[Any], start: int) -> None:
+        """Take back what a failed step emitted from ``out[start:]``, and its counts."""
+        stats = self.stats
+        for item in out[start:]:
+            if not isinstance(item, Output):
+                continue
+            record = orjson.loads(item.body)
+            if item.stream == "dead_letters":
+                unbump(stats, record["reason"])
+            elif item.stream.startswith("triggers."):
+                unbump(stats["triggers"], record["data"]["rule_id"])
+            elif item.stream.startswith("audience_changes"):
+                unbump(stats["audience_changes"], f"{record['data']['audience']}.{record['data']['change']}")
+        del out[start:]
+
+
+def error_messages(err: Exception) -> list[str]:
+    """What a dead letter says about an exception: the rule involved, the type and message, where."""
+    messages = []
+    if isinstance(err, RuleFailed) and isinstance(err.__cause__, Exception):
+        messages.append(f"rule {err.rule_id}")
+        err = err.__cause__
+    messages.append(f"{type(err).__name__}: {str(err)[:MAX_ERROR_CHARS]}")
+    frames = traceback.extract_tb(err.__traceback__)
+    if frames:
+        last = frames[-1]
+        messages.append(f"in {last.name} ({Path(last.filename).parent.name}/{Path(last.filename).name}:{last.lineno})")
+    return messages

@@ -1,0 +1,210 @@
+"""The one wiring of the engine: parse -> identity shards -> customer shards.
+
+:class:`Router` parses a source batch and splits it by identity shard, then splits what the
+identity shards emit by customer shard; :class:`ShardLogic` runs one shard's engine on a batch.
+The Bytewax operator (:mod:`operators.customer_state`) and :class:`Pipeline` (the same stages
+called in-process, for tests, evaluation and benchmarks) both use them, so every run follows the
+same rule: one tick per source batch, one item per shard per batch.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from itertools import chain
+from typing import Any
+
+import orjson
+from bytewax.operators import StatefulBatchLogic
+
+from flows.metrics import INVALID_EVENTS, ShardMetrics
+from operators.engine import CustomerStage, EngineConfig, Forward, IdentityStage
+from operators.ordering import Tick
+from operators.parse import DEFAULT_MAX_EVENT_BYTES, EndOfInput, InputMarks, RawEvent, Rejected, parse
+from operators.rules import CompiledRules
+from schemas.items import Output
+
+
+def shard_of(customer_id: str, shards: int) -> int:
+    """A stable shard number for an id (crc32, the same on every machine and run)."""
+    return zlib.crc32(customer_id.encode()) % shards
+
+
+class Router:
+    """Parses source batches and routes items between the stages, by shard number.
+
+    The marks (the event time each source partition has reached) live here: a partition is
+    read by one worker only, and each worker has its own router.
+    """
+
+    def __init__(self, shards: int, max_skew_ms: int, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self.shards = shards
+        self.max_event_bytes = max_event_bytes
+        self.marks = InputMarks(max_skew_ms)
+
+    def parse(self, batch: Iterable[RawEvent | EndOfInput]) -> dict[int, list[Any]]:
+        """Each record parsed and sent to its identity shard; after the batch, the progress of each
+        partition in it, as one tuple of ticks to every identity shard (see :mod:`operators.engine`)."""
+        shards, marks, max_bytes = self.shards, self.marks, self.max_event_bytes
+        routed: dict[int, list[Any]] = {}
+        progress: dict[int, tuple[int, bool]] = {}  # partition -> (merge key reached, idle)
+        for raw in batch:
+            partition = raw.partition
+            if isinstance(raw, EndOfInput):
+                progress[partition] = (marks.key(partition, raw.seq), True)
+                continue
+            result = parse(raw, max_bytes)
+            if isinstance(result, Rejected):
+                INVALID_EVENTS.labels(reason=result.reason).inc()
+                key = marks.key(partition, raw.seq)
+                progress[partition] = (key, False)
+                shard, item = raw.seq % shards, Output("dead_letters", result.key, 0, key, result.body)
+            else:
+                marks.stamp(result, partition)
+                progress[partition] = (result.seq, False)
+                shard, item = shard_of(result.anonymous_id or result.customer_id, shards), result
+            items = routed.get(shard)
+            if items is None:
+                routed[shard] = [item]
+            else:
+                items.append(item)
+        if progress:
+            reached = [(marks.reached.get(p), seq, p, idle) for p, (seq, idle) in progress.items()]
+            for shard in range(shards):
+                ticks = tuple(Tick(ts, seq, p, idle, shard) for ts, seq, p, idle in reached)
+                routed.setdefault(shard, []).append(ticks)
+        return routed
+
+    def forward(self, emitted: Iterable[list[Any]]) -> dict[int, list[Any]]:
+        """What identity shards emitted, by customer shard: forwards to their customer's shard, the
+        identity stage's outputs by their key (one customer's keep their order), and the identity
+        shards' latest ticks, gathered into one tuple, to every customer shard."""
+        shards = self.shards
+        routed: dict[int, list[Any]] = {}
+        ticks: dict[int, Tick] = {}
+        for items in emitted:
+            for value in items:
+                if isinstance(value, Tick):
+                    ticks[value.origin] = value
+                    continue
+                key = value.customer_id if isinstance(value, Forward) else value.key
+                shard = shard_of(key, shards)
+                bucket = routed.get(shard)
+                if bucket is None:
+                    routed[shard] = [value]
+                else:
+                    bucket.append(value)
+        if ticks:
+            gathered = tuple(ticks.values())
+            for shard in range(shards):
+                routed.setdefault(shard, []).append(gathered)
+        return routed
+
+
+class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
+    """One shard's engine fed a batch at a time: emits one list per batch (outputs, forwards, its
+    last tick), publishes its metrics and, for the live store, changed profiles."""
+
+    def __init__(self, engine: CustomerStage) -> None:
+        self.engine = engine
+        self.profiles_at = time.monotonic()
+        self.metrics = ShardMetrics(engine)
+
+    def on_batch(self, values: list[list[Any]]) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        self.engine.process_batch(chain.from_iterable(values), out)
+        self._send_profiles(out)
+        self.metrics.publish()
+        return ([_last_tick_only(out)] if out else []), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        """When held-back counters are published, or changed profiles sent (also when no event comes)."""
+        due = self.metrics.due()
+        if self.engine.changed:
+            wait = self.profiles_at + self.engine.config.profile_ms / 1000 - time.monotonic()  # type: ignore[operator]
+            profiles_due = datetime.now(UTC) + timedelta(seconds=max(0.0, wait))
+            due = profiles_due if due is None else min(due, profiles_due)
+        return due
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        self._send_profiles(out)
+        self.metrics.publish()
+        return ([out] if out else []), StatefulBatchLogic.RETAIN
+
+    def _send_profiles(self, out: list[Any]) -> None:
+        """The profiles of customers changed since the last were sent, at most every ``profile_ms``."""
+        engine = self.engine
+        if engine.changed and time.monotonic() - self.profiles_at >= engine.config.profile_ms / 1000:  # type: ignore[operator]
+            self.profiles_at = time.monotonic()
+            engine.profiles(out)
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        stats = self.engine.finish(out)
+        self.engine.profiles(out)
+        self.metrics.publish(final=True)
+        out.append(Output("stats", self.engine.role, 0, 0, orjson.dumps(stats, option=orjson.OPT_SORT_KEYS)))
+        return [out], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> Any:
+        return self.engine.snapshot()
+
+
+def _last_tick_only(out: list[Any]) -> list[Any]:
+    """Drop all but the last tick of a batch: it says all the earlier ones say."""
+    ticks = [i for i, item in enumerate(out) if isinstance(item, Tick)]
+    if len(ticks) < 2:
+        return out
+    last = ticks[-1]
+    return [item for i, item in enumerate(out) if i == last or not isinstance(item, Tick)]
+
+
+class Pipeline:
+    """Both stages, all shards, in this process: what the flow does, without the dataflow.
+
+    ``feed`` takes one source batch (one tick per batch, as in the flow) and returns the outputs
+    it caused; ``finish`` ends the input and returns the rest, with each shard's ``stats`` output.
+    """
+
+    def __init__(
+        self,
+        rules: CompiledRules,
+        config: EngineConfig | None = None,
+        shards: int = 1,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        config = config or EngineConfig()
+        self.router = Router(shards, config.max_skew_ms, max_event_bytes)
+        self.identity = [ShardLogic(IdentityStage(rules, config)) for _ in range(shards)]
+        self.customers = [ShardLogic(CustomerStage(rules, config, shards)) for _ in range(shards)]
+        self.ended = False
+
+    def feed(self, batch: Iterable[RawEvent | EndOfInput]) -> list[Output]:
+        routed = self.router.parse(batch)
+        emitted = [self.identity[shard].on_batch([items])[0] for shard, items in sorted(routed.items())]
+        return self._customers(chain.from_iterable(emitted))
+
+    def finish(self) -> list[Output]:
+        """End every source partition's input (see :class:`EndOfInput`), then end both stages."""
+        outputs = [] if self.ended else self.feed([EndOfInput(0)])
+        self.ended = True
+        emitted = [logic.on_eof()[0] for logic in self.identity]
+        outputs += self._customers(chain.from_iterable(emitted))
+        for logic in self.customers:
+            for out in logic.on_eof()[0]:
+                outputs += _outputs(out)
+        return outputs
+
+    def _customers(self, emitted: Iterable[list[Any]]) -> list[Output]:
+        outputs: list[Output] = []
+        for shard, items in sorted(self.router.forward(emitted).items()):
+            for out in self.customers[shard].on_batch([items])[0]:
+                outputs += _outputs(out)
+        return outputs
+
+
+def _outputs(items: list[Any]) -> list[Output]:
+    return [item for item in items if isinstance(item, Output)]
