@@ -1,0 +1,138 @@
+"""Regenerate ``bench/RESULTS.md``: run every benchmark and write what each printed, under its command.
+
+    python bench/results.py                 # every section (about an hour on 2 cores)
+    python bench/results.py --only floor    # one section, the others kept from the current file
+    python bench/results.py --list          # the sections and their commands
+
+Each section is one benchmark script run as a child process from the repository root; its
+standard output (Markdown tables and figures) goes into the file verbatim, under the exact
+command that printed it, so every figure reproduces by running that command. The machine and
+the versions are stated at the top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "RESULTS.md"
+PYTHON = ".venv/bin/python"
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    title: str
+    args: tuple[str, ...]
+    about: str
+
+    @property
+    def command(self) -> str:
+        return " ".join((PYTHON, *self.args))
+
+
+SECTIONS = (
+    Section(
+        "floor",
+        "Throughput: the engine against a plain-Python floor (100k customers, one day)",
+        ("bench/floor_bench.py", "--customers", "100000"),
+        "`nudgeflow replay` as users run it (models learning, starter rules, real output files) and a plain-Python "
+        "program doing the same per-event work on the same file, alternated, in CPU time of the whole process.",
+    ),
+    Section(
+        "floor-10k",
+        "Throughput: the engine against the floor (10k customers, one day)",
+        ("bench/floor_bench.py", "--customers", "10000", "--rounds", "3"),
+        "The same at 10k customers.",
+    ),
+    Section(
+        "order-lines",
+        "Orders with many lines against a view",
+        ("bench/order_lines_bench.py", "--lines", "1", "10", "50", "161"),
+        "CPU per event of the engine's pipeline (parsing, both stages, starter rules, models learning) over a stream "
+        "of views and over streams of orders of n lines, for the same customers and times.",
+    ),
+    Section(
+        "stages",
+        "Cost per stage, per rule, and state per customer (10k customers)",
+        ("bench/flow_bench.py", "--customers", "10000"),
+        "In-process figures: wall time of one core, so only comparable within one run.",
+    ),
+    Section(
+        "undo",
+        "Checkpoints for undoing a failed event",
+        ("bench/undo_bench.py",),
+        "What the per-event checkpoint costs when nothing fails.",
+    ),
+)
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
+        model = found.group(1).strip() if found else model
+    versions = ", ".join(
+        f"{name} {metadata.version(name)}" for name in ("bytewax", "river", "orjson", "pydantic", "confluent-kafka")
+    )
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, {versions}"
+
+
+def run(section: Section) -> str:
+    """The section's Markdown: title, command, what it measures, and what the command printed."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, *section.args], cwd=REPO, check=True, capture_output=True, text=True)
+    printed = "\n".join(line for line in done.stdout.splitlines() if "\r" not in line).strip()
+    took = time.monotonic() - started
+    return (
+        f"## {section.title}\n\n```sh\n{section.command}\n```\n\n{section.about} "
+        f"(took {took / 60:.0f} min.)\n\n{printed}\n"
+    )
+
+
+def kept_sections(text: str) -> dict[str, str]:
+    """The sections of an existing RESULTS.md, by name (from the marker before each)."""
+    parts = re.split(r"^<!-- section: (\S+) -->\n", text, flags=re.MULTILINE)
+    return {parts[i]: parts[i + 1].rstrip() + "\n" for i in range(1, len(parts) - 1, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", choices=[s.name for s in SECTIONS], help="run only these sections")
+    parser.add_argument("--list", action="store_true", help="print the sections and their commands")
+    args = parser.parse_args()
+    if args.list:
+        for section in SECTIONS:
+            print(f"{section.name:12} {section.command}")
+        return
+    kept = kept_sections(RESULTS.read_text()) if RESULTS.exists() else {}
+    chosen = set(args.only or [s.name for s in SECTIONS])
+    body = []
+    for section in SECTIONS:
+        if section.name in chosen:
+            print(f"running {section.command}", file=sys.stderr, flush=True)
+            kept[section.name] = run(section)
+        if section.name in kept:
+            body.append(f"<!-- section: {section.name} -->\n{kept[section.name]}")
+    header = (
+        "# Benchmark results\n\n"
+        f"Machine: {machine()}.\n\n"
+        f"Regenerated by `{PYTHON} bench/results.py` (one section: `--only NAME`); every figure below comes "
+        "from the command printed above it.\n\n"
+    )
+    RESULTS.write_text(header + "\n".join(body))
+    print(f"wrote {RESULTS.relative_to(REPO)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
