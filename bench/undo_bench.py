@@ -16,8 +16,9 @@ import time
 
 from flow_bench import engine_seconds, stream
 
-from operators.parse import RawEvent, Rejected, parse
+from operators.parse import Rejected, parse
 from operators.rules import load_rules
+from schemas.items import RawEvent
 from state import codec
 from state.customer import Checkpoint, CustomerState
 

@@ -30,9 +30,9 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from connectors.local_services import process_alive
 from flows.metrics import INPUT_LINES
-from operators.engine import Output
 from operators.models import export as model_files
-from operators.parse import DEFAULT_MAX_EVENT_BYTES, EndOfInput, RawEvent
+from operators.parse import DEFAULT_MAX_EVENT_BYTES
+from schemas.items import EndOfInput, Output, RawEvent
 from schemas.records import DEAD_LETTER_PAYLOAD_CAP
 
 OUTPUT_FILES: dict[str, str] = {

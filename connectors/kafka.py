@@ -4,7 +4,7 @@ Source: one Bytewax partition per topic partition (partitions spread over all wo
 processes); the partitions a process reads share one confluent-kafka consumer, assigned (no
 consumer group: the resume position is the next offset, kept in Bytewax's recovery snapshots). Values are Segment-shaped
 JSON; CloudEvents ``ce_*`` headers may be present and are not needed. A partition that has
-nothing to read says so (:class:`operators.parse.EndOfInput`), so the others are not held back;
+nothing to read says so (:class:`schemas.items.EndOfInput`), so the others are not held back;
 with ``until_end`` each partition stops at the high watermark it saw at start.
 
 Sink: each output stream goes to ``topic_prefix + stream`` (``nudgeflow.triggers.push``, ...).
@@ -43,8 +43,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows.metrics import DECISION_LATENCY, KAFKA_LAG, SINK_ERRORS, SINK_RECORDS, SINK_RETRIES
-from operators.engine import Output
-from operators.parse import EndOfInput, RawEvent
+from schemas.items import EndOfInput, Output, RawEvent
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from flows.metrics import SINK_ERRORS, SINK_RECORDS, SINK_RETRIES
-from operators.engine import Output
+from schemas.items import Output
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,13 @@ from typing import Any
 
 import orjson
 
-from operators.engine import EngineConfig, Forward, Output, ShardEngine, Tick
+from operators.engine import EngineConfig, Forward, ShardEngine, Tick
 from operators.models.bandit import uniform
 from operators.models.propensity import FEATURES, NO_ORDER_DAYS, Calibration
 from operators.models.recommend import CoOccurrence, K
-from operators.parse import InputMarks, RawEvent, Rejected, parse
+from operators.parse import InputMarks, Rejected, parse
 from operators.rules import CompiledRules
+from schemas.items import Output, RawEvent
 from schemas.records import iso_ms
 
 TICK_EVERY = 200
@@ -283,7 +284,6 @@ def _constant_log_loss(labels: list[bool]) -> float | None:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
-
 
 
 # --- the three evaluations ------------------------------------------------------------------

@@ -22,9 +22,8 @@ from flows.metrics import serve
 from flows.runtime import tune_gc
 from flows.settings import Settings
 from operators.customer_state import personalize
-from operators.engine import Output
-from operators.parse import EndOfInput, RawEvent
 from operators.rules import CompiledRules, load_rules
+from schemas.items import EndOfInput, Output, RawEvent
 
 KAFKA_STREAMS = tuple(stream for stream in OUTPUT_FILES if stream != "stats")  # what goes to Kafka
 
@@ -114,8 +113,10 @@ def _not_profile(item: tuple[str, Output]) -> bool:
 def _for_redis(item: tuple[str, Output]) -> tuple[str, Output] | None:
     """A record for the store, keyed by customer (a store partition keeps each customer's order)."""
     stream, output = item
-    if stream == "profiles" or stream == "audience_changes" or (
-        stream.startswith("triggers.") and stream != "triggers.shadow"
+    if (
+        stream == "profiles"
+        or stream == "audience_changes"
+        or (stream.startswith("triggers.") and stream != "triggers.shadow")
     ):
         return output.key, output
     return None

@@ -19,9 +19,10 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from flows.metrics import INVALID_EVENTS, ShardMetrics
-from operators.engine import EngineConfig, Forward, Output, Role, ShardEngine, Tick
-from operators.parse import EndOfInput, InputMarks, RawEvent, Rejected, parse
+from operators.engine import EngineConfig, Forward, Role, ShardEngine, Tick
+from operators.parse import InputMarks, Rejected, parse
 from operators.rules import CompiledRules
+from schemas.items import EndOfInput, Output, RawEvent
 
 IDENTITY = "i"
 CUSTOMER = "c"

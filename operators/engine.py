@@ -47,6 +47,7 @@ from operators.models import ModelMode, ShardModels
 from operators.parse import count_notes
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
 from schemas.envelope import Envelope
+from schemas.items import Output
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
 from state import codec
@@ -120,23 +121,6 @@ class Tick:
     origin: int
     idle: bool = False
     shard: int = 0
-
-
-@dataclass(slots=True)
-class Output:
-    """One record for a sink: ``stream`` names the output (file or topic), ``key`` the customer."""
-
-    stream: str
-    key: str
-    time_ms: int
-    seq: int
-    body: bytes
-    arrived: float = 0.0  # wall-clock arrival of what caused it (for latency metrics only)
-    timer: bool = False  # caused by a timer (or a clock move) rather than by an event
-
-    def sort_key(self) -> tuple[int, int, str, bytes]:
-        """Stable file order: event time, then input position, then content."""
-        return (self.time_ms, self.seq, self.key, self.body)
 
 
 def _bump(counter: dict[str, int], key: str, by: int = 1) -> None:

@@ -13,10 +13,11 @@ import orjson
 import pytest
 
 from connectors.local_services import local_services, redis_cluster
-from operators.engine import EngineConfig, Forward, Output, ShardEngine, Tick
-from operators.parse import EndOfInput, InputMarks, RawEvent, parse
+from operators.engine import EngineConfig, Forward, ShardEngine, Tick
+from operators.parse import InputMarks, parse
 from operators.rules import CompiledRules, load_rules, parse_rules
 from schemas.envelope import Envelope
+from schemas.items import EndOfInput, Output, RawEvent
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 _ids = itertools.count(1)

@@ -13,7 +13,8 @@ from prometheus_client import REGISTRY
 
 from connectors import files
 from connectors.files import OUTPUT_FILES, JsonlSource, OutputFolderError, prepare_output_folder
-from operators.parse import EndOfInput, RawEvent, parse
+from operators.parse import parse
+from schemas.items import EndOfInput, RawEvent
 from schemas.records import DEAD_LETTER_PAYLOAD_CAP
 
 

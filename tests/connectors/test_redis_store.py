@@ -30,7 +30,7 @@ from connectors.redis_store import (
     mask_url,
     take_unwritten,
 )
-from operators.engine import Output
+from schemas.items import Output
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, iso_ms
 
 T0_MS = 1_767_607_200_000  # 2026-01-05T10:00:00Z

@@ -11,7 +11,7 @@ from conftest import added, call, order, source_records, track
 
 from flows.personalization import build_flow
 from flows.settings import Settings
-from operators.engine import Output
+from schemas.items import Output
 
 
 def run_flow(events, tmp_path, workers: int = 1, shards: int = 8) -> list[Output]:

@@ -14,7 +14,6 @@ from operators.parse import (
     DEFAULT_MAX_EVENT_BYTES,
     MAX_UNKNOWN_FIELDS,
     OTHER_PATHS,
-    RawEvent,
     Rejected,
     count_notes,
     parse,
@@ -22,6 +21,7 @@ from operators.parse import (
 )
 from schemas.envelope import Envelope
 from schemas.events import ProductEvent
+from schemas.items import RawEvent
 
 T0_MS = int(T0.timestamp() * 1000)
 POSITION = {"source": "events.jsonl", "line": 42}

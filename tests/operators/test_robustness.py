@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from flows.personalization import build_flow
 from flows.settings import Settings
-from operators.engine import EngineConfig, Forward, Output, ShardEngine, Tick
+from operators.engine import EngineConfig, Forward, ShardEngine, Tick
 from operators.parse import InputMarks, Rejected, parse
 from operators.rules import load_rules
+from schemas.items import Output
 
 RULES = load_rules()  # the starter rules: triggers, timers, audiences, offers and models
 ENGINE_EXAMPLES = settings(

@@ -1,0 +1,51 @@
+"""The items sources, the flow and sinks exchange: raw input records, end-of-input marks, outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class RawEvent:
+    """Bytes as read from a source, with where they were read.
+
+    A source that already knows a record is bad (an adapter's rejected row) sets
+    ``rejected`` to ``(processor, reason, message)``; it then goes to the dead letters as is.
+    """
+
+    seq: int  # position in its source partition (line number, Kafka offset)
+    position: dict[str, Any]
+    payload: bytes
+    rejected: tuple[str, str, str] | None = None
+    partition: int = 0
+    arrived: float = 0.0  # wall-clock time it was read (time.time()), for latency metrics
+    whole: tuple[int, str] | None = None  # size and sha256 of the record when payload is only its start
+
+
+@dataclass(slots=True)
+class EndOfInput:
+    """Sent by a source partition after its last record (or, live, when it has nothing new to read).
+
+    The partition then holds back nothing: events of the other partitions need not wait for it.
+    """
+
+    seq: int
+    partition: int = 0
+
+
+@dataclass(slots=True)
+class Output:
+    """One record for a sink: ``stream`` names the output (file or topic), ``key`` the customer."""
+
+    stream: str
+    key: str
+    time_ms: int
+    seq: int
+    body: bytes
+    arrived: float = 0.0  # wall-clock arrival of what caused it (for latency metrics only)
+    timer: bool = False  # caused by a timer (or a clock move) rather than by an event
+
+    def sort_key(self) -> tuple[int, int, str, bytes]:
+        """Stable file order: event time, then input position, then content."""
+        return (self.time_ms, self.seq, self.key, self.body)
