@@ -29,10 +29,9 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from connectors.local_services import process_alive
-from flows.metrics import INPUT_LINES
-from operators.models import export as model_files
-from operators.parse import DEFAULT_MAX_EVENT_BYTES
-from schemas.items import EndOfInput, Output, RawEvent
+from schemas import model_files
+from schemas.items import DEFAULT_MAX_EVENT_BYTES, EndOfInput, Output, RawEvent
+from schemas.metrics import INPUT_LINES
 from schemas.records import DEAD_LETTER_PAYLOAD_CAP
 
 OUTPUT_FILES: dict[str, str] = {

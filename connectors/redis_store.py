@@ -61,8 +61,8 @@ from redis import exceptions as rx
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from flows.metrics import SINK_ERRORS, SINK_RECORDS, SINK_RETRIES
 from schemas.items import Output
+from schemas.metrics import SINK_ERRORS, SINK_RECORDS, SINK_RETRIES
 
 log = logging.getLogger(__name__)
 

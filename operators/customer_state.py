@@ -18,11 +18,12 @@ import orjson
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
-from flows.metrics import INVALID_EVENTS, ShardMetrics
 from operators.engine import EngineConfig, Forward, Role, ShardEngine, Tick
 from operators.parse import InputMarks, Rejected, parse
 from operators.rules import CompiledRules
+from operators.shard_metrics import ShardMetrics
 from schemas.items import EndOfInput, Output, RawEvent
+from schemas.metrics import INVALID_EVENTS
 
 IDENTITY = "i"
 CUSTOMER = "c"

@@ -11,10 +11,9 @@ from pydantic import ValidationError
 
 from schemas.envelope import Envelope, envelope_of
 from schemas.events import EVENT_ADAPTER, contract_notes
-from schemas.items import RawEvent
+from schemas.items import DEFAULT_MAX_EVENT_BYTES, RawEvent
 from schemas.records import dead_letter
 
-DEFAULT_MAX_EVENT_BYTES = 32 * 1024
 MAX_UNKNOWN_FIELDS = 50
 """Distinct unknown field paths a shard counts by name; the rest count as ``(other paths)``."""
 

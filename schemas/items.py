@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+DEFAULT_MAX_EVENT_BYTES = 32 * 1024
+"""Largest raw event passed on whole by default (``NUDGEFLOW_MAX_EVENT_BYTES``); larger ones are dead-lettered."""
+
 
 @dataclass(slots=True)
 class RawEvent:

@@ -18,7 +18,7 @@ import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
-import flows.metrics as metrics
+import schemas.metrics as metrics
 from flows.cli import _parser
 from flows.personalization import output_topics
 from flows.settings import ENV_PREFIX, Settings
@@ -359,7 +359,7 @@ def test_dashboard_queries_only_metrics_the_engine_defines() -> None:
         where = f"panel {panel.get('title')!r}: {target['expr']}"
         assert names, f"no metric in {where}"
         unknown = sorted(names - set(exposed))
-        assert not unknown, f"{unknown} are not metrics of flows.metrics ({where})"
+        assert not unknown, f"{unknown} are not metrics of schemas.metrics ({where})"
         labels = set().union(*(exposed[name] for name in names))
         assert grouped <= labels, f"grouped by {sorted(grouped - labels)}, labels the metrics lack ({where})"
 
