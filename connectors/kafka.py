@@ -44,6 +44,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas.items import EndOfInput, Output, RawEvent
 from schemas.metrics import DECISION_LATENCY, KAFKA_LAG, SINK_ERRORS, SINK_RECORDS, SINK_RETRIES
+from schemas.streams import DEAD_LETTERS, DECISION_STREAMS
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ IDLE_POLL_SECONDS = 0.002
 BUFFERED_MESSAGES = 50_000  # read ahead by a process's consumer, over all its partitions
 GATHER_SECONDS = 0.005  # after a part batch: fewer, larger batches for at most this much latency
 LAG_EVERY_SECONDS = 1.0
-DECISION_STREAMS = ("triggers.", "audience_changes")
 MAX_DELIVERY_ATTEMPTS = 5
 
 
@@ -294,13 +294,13 @@ class KafkaEventSource(FixedPartitionedSource[RawEvent | EndOfInput, int]):
 # --- sink ----------------------------------------------------------------------------------
 def kafka_record(output: Output) -> tuple[bytes, list[tuple[str, bytes]]]:
     """The value and headers of one output record (binary-mode CloudEvents for decisions)."""
-    if output.stream.startswith(DECISION_STREAMS):
+    if output.stream in DECISION_STREAMS:
         event = orjson.loads(output.body)
         data = event.pop("data")
         headers = [(f"ce_{name}", str(value).encode()) for name, value in event.items() if name != "datacontenttype"]
         headers.append(("content-type", event.get("datacontenttype", "application/json").encode()))
         return orjson.dumps(data, option=orjson.OPT_SORT_KEYS), headers
-    if output.stream == "dead_letters":
+    if output.stream == DEAD_LETTERS:
         record = orjson.loads(output.body)
         position = record.get("position") or {}
         headers = [("nf_reason", record["reason"].encode())]
@@ -350,7 +350,7 @@ class _ProducerPartition(StatefulSinkPartition[Output, None]):
     ) -> None:
         if err is None:
             SINK_RECORDS.labels(sink="kafka", stream=output.stream).inc()
-            if output.arrived and output.stream != "dead_letters":
+            if output.arrived and output.stream != DEAD_LETTERS:
                 DECISION_LATENCY.labels(origin="timer" if output.timer else "event").observe(
                     max(0.0, time.time() - output.arrived)
                 )

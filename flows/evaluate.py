@@ -36,6 +36,7 @@ from operators.parse import InputMarks, Rejected, parse
 from operators.rules import CompiledRules
 from schemas.items import Output, RawEvent
 from schemas.records import iso_ms
+from schemas.streams import TRIGGERS_PREFIX
 
 TICK_EVERY = 200
 CLICK_DELAY_MS = 30 * 60_000
@@ -138,7 +139,7 @@ class Run:
 
     def _read(self, outputs: list[Any]) -> None:
         for output in outputs:
-            if isinstance(output, Output) and output.stream.startswith("triggers."):
+            if isinstance(output, Output) and output.stream.startswith(TRIGGERS_PREFIX):
                 self._offer(output)
 
     def _offer(self, output: Output) -> None:

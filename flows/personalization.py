@@ -17,15 +17,14 @@ from bytewax.inputs import Source
 from bytewax.operators import KeyedStream
 from bytewax.outputs import Sink
 
-from connectors.files import OUTPUT_FILES, JsonlSource, OutputFolderSink, prepare_output_folder
+from connectors.files import JsonlSource, OutputFolderSink, prepare_output_folder
 from flows.metrics import serve
 from flows.runtime import tune_gc
 from flows.settings import Settings
 from operators.customer_state import personalize
 from operators.rules import CompiledRules, load_rules
 from schemas.items import EndOfInput, Output, RawEvent
-
-KAFKA_STREAMS = tuple(stream for stream in OUTPUT_FILES if stream != "stats")  # what goes to Kafka
+from schemas.streams import KAFKA_STREAMS, PROFILES, STORE_STREAMS
 
 
 def build_flow(
@@ -107,19 +106,13 @@ def _redis_output(outputs: KeyedStream[Output], settings: Settings) -> None:
 
 
 def _not_profile(item: tuple[str, Output]) -> bool:
-    return item[0] != "profiles"
+    return item[0] != PROFILES
 
 
 def _for_redis(item: tuple[str, Output]) -> tuple[str, Output] | None:
     """A record for the store, keyed by customer (a store partition keeps each customer's order)."""
     stream, output = item
-    if (
-        stream == "profiles"
-        or stream == "audience_changes"
-        or (stream.startswith("triggers.") and stream != "triggers.shadow")
-    ):
-        return output.key, output
-    return None
+    return (output.key, output) if stream in STORE_STREAMS else None
 
 
 def __getattr__(name: str) -> Any:

@@ -24,6 +24,7 @@ from operators.rules import CompiledRules
 from operators.shard_metrics import ShardMetrics
 from schemas.items import EndOfInput, Output, RawEvent
 from schemas.metrics import INVALID_EVENTS
+from schemas.streams import DEAD_LETTERS, STATS
 
 IDENTITY = "i"
 CUSTOMER = "c"
@@ -76,7 +77,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         stats = self.engine.finish(out)
         self.engine.profiles(out)
         self.metrics.publish(final=True)
-        out.append(Output("stats", self.engine.role, 0, 0, _encode_stats(stats)))
+        out.append(Output(STATS, self.engine.role, 0, 0, _encode_stats(stats)))
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Any:
@@ -142,7 +143,7 @@ def personalize(
                 INVALID_EVENTS.labels(reason=result.reason).inc()
                 key = marks.key(partition, raw.seq)
                 progress[partition] = (key, False)
-                dead = Output("dead_letters", result.key, 0, key, result.body)
+                dead = Output(DEAD_LETTERS, result.key, 0, key, result.body)
                 out.append((identity_keys[raw.seq % shards], dead))
             else:
                 marks.stamp(result, partition)

@@ -50,6 +50,15 @@ from schemas.envelope import Envelope
 from schemas.items import Output
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
+from schemas.streams import (
+    AUDIENCE_CHANGES,
+    DEAD_LETTERS,
+    MODELS,
+    PROFILES,
+    TRIGGERS_PREFIX,
+    audience_stream,
+    trigger_stream,
+)
 from state import codec
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
@@ -294,7 +303,7 @@ class ShardEngine:
         if self.models is not None:
             stats["models"] = self.models.stats()
             if self.role == "customer":
-                out.append(Output("models", self.rules.version, 0, 0, orjson.dumps(self.models.export())))
+                out.append(Output(MODELS, self.rules.version, 0, 0, orjson.dumps(self.models.export())))
         if self.role == "customer":
             stats["customers"] = len(self.customers)
         else:
@@ -646,7 +655,7 @@ class ShardEngine:
             subject=state.id,
             data=data,
         )
-        stream = "triggers.shadow" if rule.shadow else f"triggers.{rule.channel}"
+        stream = trigger_stream(rule.channel, rule.shadow)
         out.append(Output(stream, state.id, at_ms, self.seq, body, self.arrived, env is None))
         _bump(self.stats.setdefault("triggers", {}), rule.id)
 
@@ -723,7 +732,7 @@ class ShardEngine:
         }
         event_id = decision_id(state.id, audience.id, change, str(at_ms), *caused_by[-1:])
         body = cloud_event(type_=AUDIENCE_TYPE, event_id=event_id, time_ms=at_ms, subject=state.id, data=data)
-        stream = "audience_changes.shadow" if audience.rule.shadow else "audience_changes"
+        stream = audience_stream(audience.rule.shadow)
         out.append(Output(stream, state.id, at_ms, self.seq, body, self.arrived))
         _bump(self.stats.setdefault("audience_changes", {}), f"{audience.id}.{change}")
 
@@ -799,7 +808,7 @@ class ShardEngine:
             payload=env.raw,
             failed_at_ms=failed_at_ms,
         )
-        out.append(Output("dead_letters", env.customer_id, 0, env.seq, body))
+        out.append(Output(DEAD_LETTERS, env.customer_id, 0, env.seq, body))
         _bump(self.stats, reason)
 
     # --- failures ------------------------------------------------------------------------
@@ -833,7 +842,7 @@ class ShardEngine:
             payload=orjson.dumps(record),
             failed_at_ms=pending.due_ms,
         )
-        out.append(Output("dead_letters", customer_id, 0, self.seq, body))
+        out.append(Output(DEAD_LETTERS, customer_id, 0, self.seq, body))
         _bump(self.stats, PROCESSING_ERROR)
 
     def _retract(self, out: list[Any], start: int) -> None:
@@ -842,11 +851,11 @@ class ShardEngine:
             if not isinstance(item, Output):
                 continue
             record = orjson.loads(item.body)
-            if item.stream == "dead_letters":
+            if item.stream == DEAD_LETTERS:
                 _unbump(self.stats, record["reason"])
-            elif item.stream.startswith("triggers."):
+            elif item.stream.startswith(TRIGGERS_PREFIX):
                 _unbump(self.stats["triggers"], record["data"]["rule_id"])
-            elif item.stream.startswith("audience_changes"):
+            elif item.stream.startswith(AUDIENCE_CHANGES):
                 _unbump(self.stats["audience_changes"], f"{record['data']['audience']}.{record['data']['change']}")
         del out[start:]
 
@@ -884,7 +893,7 @@ class ShardEngine:
                 document = profile(state, now, self.config.lifecycle)
                 document["updated_at"] = iso_ms(now)
                 body = orjson.dumps(document, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-            out.append(Output("profiles", customer_id, 0, self.seq, body))
+            out.append(Output(PROFILES, customer_id, 0, self.seq, body))
         self.changed.clear()
 
     def snapshot(self) -> tuple[int, dict[str, Any]] | None:
