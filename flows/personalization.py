@@ -1,6 +1,6 @@
-"""The personalization dataflow: ``build_flow(settings)``, and ``flow`` for ``python -m bytewax.run``.
+"""The personalization dataflow: ``build_flow(settings)``, and ``get_flow()`` for Bytewax's runner:
 
-    python -m bytewax.run flows.personalization:flow
+    python -m bytewax.run "flows.personalization:get_flow()"
 
 reads ``NUDGEFLOW_*`` settings (default: the bundled sample into ``out/run``).
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -115,13 +114,21 @@ def _for_redis(item: tuple[str, Output]) -> tuple[str, Output] | None:
     return (output.key, output) if stream in STORE_STREAMS else None
 
 
-def __getattr__(name: str) -> Any:
-    if name == "flow":
-        tune_gc()
-        settings = Settings.from_env()
-        if settings.metrics_port is not None:
-            serve(settings.metrics_port + int(os.environ.get("BYTEWAX_PROCESS_ID", "0")), settings.metrics_host)
-        recovering = settings.recovery_dir is not None or "BYTEWAX_RECOVERY_DIRECTORY" in os.environ
-        recovering = recovering or any(arg in ("-r", "--recovery-directory") for arg in sys.argv)
-        return build_flow(settings, snapshots=recovering)
-    raise AttributeError(name)
+def get_flow() -> Dataflow:
+    """The flow of the ``NUDGEFLOW_*`` settings, for ``python -m bytewax.run`` (called once per process).
+
+    It serves ``/metrics`` when ``NUDGEFLOW_METRICS_PORT`` is set (plus the process id).
+    """
+    tune_gc()
+    settings = Settings.from_env()
+    if settings.metrics_port is not None:
+        serve(settings.metrics_port + int(os.environ.get("BYTEWAX_PROCESS_ID", "0")), settings.metrics_host)
+    return build_flow(settings, snapshots=_runner_recovers(settings))
+
+
+def _runner_recovers(settings: Settings) -> bool:
+    """Whether the run keeps a recovery store, so the engine must snapshot its state: the runner's
+    ``-r``/``--recovery-directory`` (or ``BYTEWAX_RECOVERY_DIRECTORY``), or ``NUDGEFLOW_RECOVERY_DIR``."""
+    if settings.recovery_dir is not None or "BYTEWAX_RECOVERY_DIRECTORY" in os.environ:
+        return True
+    return any(arg in ("-r", "--recovery-directory") for arg in sys.argv)
