@@ -29,7 +29,7 @@ from connectors.synthetic import generate_events
 from flows.personalization import build_flow
 from flows.runtime import tune_gc
 from flows.settings import Settings
-from operators.parse import EndOfInput, RawEvent
+from schemas.items import EndOfInput, RawEvent
 
 
 class _Partition(StatefulSourcePartition[RawEvent | EndOfInput, None]):

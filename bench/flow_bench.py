@@ -31,9 +31,10 @@ from flows.personalization import build_flow
 from flows.runtime import tune_gc
 from flows.settings import Settings
 from operators.engine import EngineConfig
-from operators.parse import RawEvent, Rejected, parse
+from operators.parse import Rejected, parse
 from operators.pipeline import Pipeline
 from operators.rules import CompiledRules, load_rules
+from schemas.items import RawEvent
 from state.catalogue import FeatureView
 from state.customer import CustomerState, Lifecycle
 from state.update import apply_event

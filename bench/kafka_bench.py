@@ -49,10 +49,11 @@ from connectors.kafka import ensure_topics, event_key, produce_records
 from connectors.local_services import free_port, local_services, stop_process
 from connectors.synthetic import generate_events
 from flows.runtime import new_recovery_store
+from schemas.streams import AUDIENCE_CHANGES, trigger_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 8
-DECISION_TOPICS = ("triggers.push", "triggers.in_app", "audience_changes")
+DECISION_TOPICS = (trigger_stream("push"), trigger_stream("in_app"), AUDIENCE_CHANGES)
 RUN = [sys.executable, "-m", "flows.cli", "run", "--until-end", "--quiet"]
 LIVE = [sys.executable, "-m", "flows.cli", "run", "--quiet"]
 
@@ -249,7 +250,12 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
         # a fresh, empty topic: starting from its beginning misses nothing produced after start-up
         metrics_port = free_port()
         env = engine_env(
-            bootstrap, topic, prefix, recovery, 1, NUDGEFLOW_START_FROM="earliest",
+            bootstrap,
+            topic,
+            prefix,
+            recovery,
+            1,
+            NUDGEFLOW_START_FROM="earliest",
             NUDGEFLOW_METRICS_PORT=str(metrics_port),
         )
         proc = subprocess.Popen(LIVE, cwd=ROOT, env=env)

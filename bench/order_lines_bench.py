@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flows.runtime import tune_gc
 from operators.engine import EngineConfig
-from operators.parse import RawEvent
 from operators.pipeline import Pipeline
 from operators.rules import load_rules
+from schemas.items import RawEvent
 
 START_MS = int(datetime(2026, 1, 5, tzinfo=UTC).timestamp() * 1000)
 CATEGORIES = ("shoes", "tops", "denim", "beauty", "coffee", "books", "kids", "outerwear")

@@ -29,26 +29,11 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from connectors.local_services import process_alive
-from flows.metrics import INPUT_LINES
-from operators.models import export as model_files
-from operators.parse import DEFAULT_MAX_EVENT_BYTES, EndOfInput, RawEvent
-from schemas.items import Output
+from schemas import model_files
+from schemas.items import DEFAULT_MAX_EVENT_BYTES, EndOfInput, Output, RawEvent
+from schemas.metrics import INPUT_LINES
 from schemas.records import DEAD_LETTER_PAYLOAD_CAP
-
-OUTPUT_FILES: dict[str, str] = {
-    "triggers.push": "triggers.push.jsonl",
-    "triggers.in_app": "triggers.in_app.jsonl",
-    "triggers.email": "triggers.email.jsonl",
-    "triggers.sms": "triggers.sms.jsonl",
-    "triggers.shadow": "triggers.shadow.jsonl",
-    "audience_changes": "audience_changes.jsonl",
-    "audience_changes.shadow": "audience_changes.shadow.jsonl",
-    "dead_letters": "dead_letters.jsonl",
-    "stats": "summary.json",
-}
-
-
-MODEL_FILE = "models.json"
+from schemas.streams import MODEL_FILE, MODELS, OUTPUT_FILES, STATS
 
 
 class OutputFolderError(ValueError):
@@ -495,7 +480,7 @@ class _ModelsPartition(_OutputFile):
 
 
 class OutputFolderSink(FixedPartitionedSink[Output, None]):
-    """Write each output stream to its file in ``folder`` (see :data:`OUTPUT_FILES`), and the
+    """Write each output stream to its file in ``folder`` (see :data:`schemas.streams.OUTPUT_FILES`), and the
     merged model parameters to ``models.json``.
 
     Files that cannot be written go to ``errors`` (path, error), when given, for the caller to
@@ -504,7 +489,7 @@ class OutputFolderSink(FixedPartitionedSink[Output, None]):
 
     def __init__(self, folder: str | Path, errors: WriteErrors | None = None) -> None:
         self.folder = Path(folder)
-        self.streams = sorted([*OUTPUT_FILES, "models"])
+        self.streams = sorted([*OUTPUT_FILES, MODELS])
         self._index = {stream: i for i, stream in enumerate(self.streams)}
         self.errors = errors
 
@@ -515,10 +500,10 @@ class OutputFolderSink(FixedPartitionedSink[Output, None]):
         return self._index[item_key]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> StatefulSinkPartition[Output, None]:
-        if for_part == "models":
+        if for_part == MODELS:
             return _ModelsPartition(self.folder / MODEL_FILE, self.errors)
         path = self.folder / OUTPUT_FILES[for_part]
-        partition = _SummaryPartition if for_part == "stats" else _FilePartition
+        partition = _SummaryPartition if for_part == STATS else _FilePartition
         return partition(path, self.errors)
 
 
@@ -606,7 +591,7 @@ class _DiscardPartition(StatefulSinkPartition[Output, None]):
 
     def write_batch(self, values: list[Output]) -> None:
         for value in values:
-            if value.stream == "stats":
+            if value.stream == STATS:
                 add_counts(self._stats, orjson.loads(value.body))
             else:
                 add_counts(self._stats, {"discarded": {value.stream: 1}})

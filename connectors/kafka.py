@@ -4,7 +4,7 @@ Source: one Bytewax partition per topic partition (partitions spread over all wo
 processes); the partitions a process reads share one confluent-kafka consumer, assigned (no
 consumer group: the resume position is the next offset, kept in Bytewax's recovery snapshots). Values are Segment-shaped
 JSON; CloudEvents ``ce_*`` headers may be present and are not needed. A partition that has
-nothing to read says so (:class:`operators.parse.EndOfInput`), so the others are not held back;
+nothing to read says so (:class:`schemas.items.EndOfInput`), so the others are not held back;
 with ``until_end`` each partition stops at the high watermark it saw at start.
 
 Sink: each output stream goes to ``topic_prefix + stream`` (``nudgeflow.triggers.push``, ...).
@@ -42,9 +42,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from flows.metrics import DECISION_LATENCY, KAFKA_LAG, SINK_ERRORS, SINK_RECORDS, SINK_RETRIES
-from operators.parse import EndOfInput, RawEvent
-from schemas.items import Output
+from schemas.items import EndOfInput, Output, RawEvent
+from schemas.metrics import DECISION_LATENCY, KAFKA_LAG, SINK_ERRORS, SINK_RECORDS, SINK_RETRIES
+from schemas.streams import DEAD_LETTERS, DECISION_STREAMS
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ IDLE_POLL_SECONDS = 0.002
 BUFFERED_MESSAGES = 50_000  # read ahead by a process's consumer, over all its partitions
 GATHER_SECONDS = 0.005  # after a part batch: fewer, larger batches for at most this much latency
 LAG_EVERY_SECONDS = 1.0
-DECISION_STREAMS = ("triggers.", "audience_changes")
 MAX_DELIVERY_ATTEMPTS = 5
 
 
@@ -295,13 +294,13 @@ class KafkaEventSource(FixedPartitionedSource[RawEvent | EndOfInput, int]):
 # --- sink ----------------------------------------------------------------------------------
 def kafka_record(output: Output) -> tuple[bytes, list[tuple[str, bytes]]]:
     """The value and headers of one output record (binary-mode CloudEvents for decisions)."""
-    if output.stream.startswith(DECISION_STREAMS):
+    if output.stream in DECISION_STREAMS:
         event = orjson.loads(output.body)
         data = event.pop("data")
         headers = [(f"ce_{name}", str(value).encode()) for name, value in event.items() if name != "datacontenttype"]
         headers.append(("content-type", event.get("datacontenttype", "application/json").encode()))
         return orjson.dumps(data, option=orjson.OPT_SORT_KEYS), headers
-    if output.stream == "dead_letters":
+    if output.stream == DEAD_LETTERS:
         record = orjson.loads(output.body)
         position = record.get("position") or {}
         headers = [("nf_reason", record["reason"].encode())]
@@ -351,7 +350,7 @@ class _ProducerPartition(StatefulSinkPartition[Output, None]):
     ) -> None:
         if err is None:
             SINK_RECORDS.labels(sink="kafka", stream=output.stream).inc()
-            if output.arrived and output.stream != "dead_letters":
+            if output.arrived and output.stream != DEAD_LETTERS:
                 DECISION_LATENCY.labels(origin="timer" if output.timer else "event").observe(
                     max(0.0, time.time() - output.arrived)
                 )

@@ -61,16 +61,13 @@ from redis import exceptions as rx
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from flows.metrics import SINK_ERRORS, SINK_RECORDS, SINK_RETRIES
 from schemas.items import Output
+from schemas.metrics import SINK_ERRORS, SINK_RECORDS, SINK_RETRIES
+from schemas.streams import AUDIENCE_CHANGES, PROFILES, TRIGGER_STREAMS, TRIGGERS_PREFIX
 
 log = logging.getLogger(__name__)
 
 SINK = "redis"
-PROFILES = "profiles"
-AUDIENCE_CHANGES = "audience_changes"
-TRIGGERS = "triggers."
-IGNORED_TRIGGERS = "triggers.shadow"
 
 TRANSIENT_ERRORS = (
     rx.ConnectionError,
@@ -185,7 +182,7 @@ class StoreConfig:
 
 def is_decision_stream(stream: str) -> bool:
     """Whether ``stream`` carries deliverable triggers (``triggers.*`` except shadow ones)."""
-    return stream.startswith(TRIGGERS) and stream != IGNORED_TRIGGERS
+    return stream in TRIGGER_STREAMS
 
 
 def decision_entry(stream: str, body: bytes) -> bytes:
@@ -195,7 +192,7 @@ def decision_entry(stream: str, body: bytes) -> bytes:
     entry = {
         "id": event.get("id"),
         "rule_id": data.get("rule_id"),
-        "channel": data.get("channel") or stream.removeprefix(TRIGGERS),
+        "channel": data.get("channel") or stream.removeprefix(TRIGGERS_PREFIX),
         "offer_id": data.get("offer_id"),
         "time": event.get("time"),
     }

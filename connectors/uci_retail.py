@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from operators.parse import EndOfInput, RawEvent
+from schemas.items import EndOfInput, RawEvent
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "online-retail-uci.csv.gz"
 

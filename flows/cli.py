@@ -35,8 +35,8 @@ from flows.runtime import recovery_config, tune_gc
 from flows.settings import SAMPLE_STREAM, Settings
 from flows.status import StatusLine, status_text
 from operators.models import ModelMode
-from operators.parse import EndOfInput, RawEvent
 from operators.rules import STARTER_RULES, RuleFileError, load_rules
+from schemas.items import EndOfInput, RawEvent
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,9 +142,7 @@ def _flow_options(parser: argparse.ArgumentParser, default_out: Path | None) -> 
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("-w", "--workers", type=int, default=1, help="Bytewax worker threads")
     parser.add_argument("--shards", type=int, help="customer shards (default 16)")
-    parser.add_argument(
-        "--models", choices=get_args(ModelMode), help="online models: learn (default), frozen or off"
-    )
+    parser.add_argument("--models", choices=get_args(ModelMode), help="online models: learn (default), frozen or off")
     parser.add_argument("--quiet", action="store_true", help="no summary on stderr")
 
 

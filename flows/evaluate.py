@@ -32,11 +32,12 @@ from operators.engine import EngineConfig
 from operators.models.bandit import uniform
 from operators.models.propensity import FEATURES, NO_ORDER_DAYS, Calibration
 from operators.models.recommend import CoOccurrence, K
-from operators.parse import RawEvent, Rejected, parse
+from operators.parse import Rejected, parse
 from operators.pipeline import Pipeline
 from operators.rules import CompiledRules
-from schemas.items import Output
+from schemas.items import Output, RawEvent
 from schemas.records import iso_ms
+from schemas.streams import TRIGGERS_PREFIX
 
 TICK_EVERY = 200
 CLICK_DELAY_MS = 30 * 60_000
@@ -120,7 +121,7 @@ class Run:
 
     def _read(self, outputs: list[Any]) -> None:
         for output in outputs:
-            if isinstance(output, Output) and output.stream.startswith("triggers."):
+            if isinstance(output, Output) and output.stream.startswith(TRIGGERS_PREFIX):
                 self._offer(output)
 
     def _offer(self, output: Output) -> None:
@@ -266,7 +267,6 @@ def _constant_log_loss(labels: list[bool]) -> float | None:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
-
 
 
 # --- the three evaluations ------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""The personalization dataflow: ``build_flow(settings)``, and ``flow`` for ``python -m bytewax.run``.
+"""The personalization dataflow: ``build_flow(settings)``, and ``get_flow()`` for Bytewax's runner:
 
-    python -m bytewax.run flows.personalization:flow
+    python -m bytewax.run "flows.personalization:get_flow()"
 
 reads ``NUDGEFLOW_*`` settings (default: the bundled sample into ``out/run``).
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -17,16 +16,14 @@ from bytewax.inputs import Source
 from bytewax.operators import KeyedStream
 from bytewax.outputs import Sink
 
-from connectors.files import OUTPUT_FILES, JsonlSource, OutputFolderSink, prepare_output_folder
+from connectors.files import JsonlSource, OutputFolderSink, prepare_output_folder
 from flows.metrics import serve
 from flows.runtime import tune_gc
 from flows.settings import Settings
 from operators.customer_state import personalize
-from operators.parse import EndOfInput, RawEvent
 from operators.rules import CompiledRules, load_rules
-from schemas.items import Output
-
-KAFKA_STREAMS = tuple(stream for stream in OUTPUT_FILES if stream != "stats")  # what goes to Kafka
+from schemas.items import EndOfInput, Output, RawEvent
+from schemas.streams import KAFKA_STREAMS, PROFILES, STORE_STREAMS
 
 
 def build_flow(
@@ -108,26 +105,30 @@ def _redis_output(outputs: KeyedStream[Output], settings: Settings) -> None:
 
 
 def _not_profile(item: tuple[str, Output]) -> bool:
-    return item[0] != "profiles"
+    return item[0] != PROFILES
 
 
 def _for_redis(item: tuple[str, Output]) -> tuple[str, Output] | None:
     """A record for the store, keyed by customer (a store partition keeps each customer's order)."""
     stream, output = item
-    if stream == "profiles" or stream == "audience_changes" or (
-        stream.startswith("triggers.") and stream != "triggers.shadow"
-    ):
-        return output.key, output
-    return None
+    return (output.key, output) if stream in STORE_STREAMS else None
 
 
-def __getattr__(name: str) -> Any:
-    if name == "flow":
-        tune_gc()
-        settings = Settings.from_env()
-        if settings.metrics_port is not None:
-            serve(settings.metrics_port + int(os.environ.get("BYTEWAX_PROCESS_ID", "0")), settings.metrics_host)
-        recovering = settings.recovery_dir is not None or "BYTEWAX_RECOVERY_DIRECTORY" in os.environ
-        recovering = recovering or any(arg in ("-r", "--recovery-directory") for arg in sys.argv)
-        return build_flow(settings, snapshots=recovering)
-    raise AttributeError(name)
+def get_flow() -> Dataflow:
+    """The flow of the ``NUDGEFLOW_*`` settings, for ``python -m bytewax.run`` (called once per process).
+
+    It serves ``/metrics`` when ``NUDGEFLOW_METRICS_PORT`` is set (plus the process id).
+    """
+    tune_gc()
+    settings = Settings.from_env()
+    if settings.metrics_port is not None:
+        serve(settings.metrics_port + int(os.environ.get("BYTEWAX_PROCESS_ID", "0")), settings.metrics_host)
+    return build_flow(settings, snapshots=_runner_recovers(settings))
+
+
+def _runner_recovers(settings: Settings) -> bool:
+    """Whether the run keeps a recovery store, so the engine must snapshot its state: the runner's
+    ``-r``/``--recovery-directory`` (or ``BYTEWAX_RECOVERY_DIRECTORY``), or ``NUDGEFLOW_RECOVERY_DIR``."""
+    if settings.recovery_dir is not None or "BYTEWAX_RECOVERY_DIRECTORY" in os.environ:
+        return True
+    return any(arg in ("-r", "--recovery-directory") for arg in sys.argv)

@@ -9,12 +9,22 @@ from typing import Any
 
 import orjson
 
-from connectors.files import OUTPUT_FILES
 from flows.settings import Settings
 from operators.models.propensity import Calibration
 from operators.parse import readable_firsts
+from schemas.streams import (
+    AUDIENCE_CHANGES,
+    CHANNELS,
+    DEAD_LETTERS,
+    DECISION_STREAMS,
+    OUTPUT_FILES,
+    SHADOW_AUDIENCE_CHANGES,
+    SHADOW_TRIGGERS,
+    STATS,
+    trigger_stream,
+)
 
-SUMMARY = OUTPUT_FILES["stats"]
+SUMMARY = OUTPUT_FILES[STATS]
 TIMER = "timer"
 """The ``position.source`` of a dead letter from a timer, not from an input line."""
 COMPARED_FIELDS = ("time", "channel", "content", "offer_id", "expires_at", "shadow", "change")
@@ -33,11 +43,11 @@ def finalize_summary(folder: Path, lines: dict[str, dict[str, int]] | None = Non
     summary = orjson.loads(path.read_bytes()) if path.exists() else {}
     outputs = {}
     for stream, name in sorted(OUTPUT_FILES.items()):
-        if stream not in ("stats", "dead_letters"):
+        if stream not in (STATS, DEAD_LETTERS):
             file = folder / name
             outputs[name] = file.read_bytes().count(b"\n") if file.exists() else 0
-    dead = _lines(folder / OUTPUT_FILES["dead_letters"])
-    outputs[OUTPUT_FILES["dead_letters"]] = len(dead)
+    dead = _lines(folder / OUTPUT_FILES[DEAD_LETTERS])
+    outputs[OUTPUT_FILES[DEAD_LETTERS]] = len(dead)
     summary["outputs"] = dict(sorted(outputs.items()))
     for model in summary.get("models", {}).values():
         if "progressive" in model:
@@ -88,11 +98,8 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
     blank = summary.get("lines", {}).get("blank", 0)
     rate = read / seconds if seconds > 0 else 0.0
     outputs = summary.get("outputs", {})
-    triggers = {
-        name.removeprefix("triggers.").removesuffix(".jsonl"): n
-        for name, n in outputs.items()
-        if name.startswith("triggers.") and name != "triggers.shadow.jsonl" and n
-    }
+    by_channel = {channel: outputs.get(OUTPUT_FILES[trigger_stream(channel)], 0) for channel in CHANNELS}
+    triggers = {channel: n for channel, n in by_channel.items() if n}
     unknown = summary.get("unknown_events", {})
     lines = [
         f"nudgeflow: {read:,} records from {', '.join(p.name for p in settings.input)} in {seconds:.1f} s"
@@ -103,7 +110,7 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
         + (f"; timer errors {summary['timer_errors']:,}" if "timer_errors" in summary else ""),
         f"  customers {summary.get('customers', 0):,} (+{summary.get('anonymous_customers', 0):,} anonymous);"
         f" identities linked {summary.get('identities_linked', 0):,}",
-        f"  triggers by channel: {_join(triggers)}; shadow {outputs.get('triggers.shadow.jsonl', 0):,}",
+        f"  triggers by channel: {_join(triggers)}; shadow {outputs.get(OUTPUT_FILES[SHADOW_TRIGGERS], 0):,}",
         f"  triggers by rule: {_join(summary.get('triggers', {}))}",
         f"  audience changes: {_join(summary.get('audience_changes', {}))}",
     ]
@@ -140,12 +147,12 @@ def _decisions(folder: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Decisions of a run keyed by (rule id, customer, cause)."""
     out: dict[tuple[str, str, str], dict[str, Any]] = {}
     for stream, name in OUTPUT_FILES.items():
-        if not stream.startswith(("triggers", "audience_changes")):
+        if stream not in DECISION_STREAMS:
             continue
         for record in _lines(folder / name):
             data = record["data"]
             rule = data["rule_id"]
-            audience = stream.startswith("audience")
+            audience = stream in (AUDIENCE_CHANGES, SHADOW_AUDIENCE_CHANGES)
             cause = f"{data['change']}@{record['time']}" if audience else data["cause"]
             out[(rule, record["subject"], cause)] = {"time": record["time"], "stream": stream, **data}
     return out

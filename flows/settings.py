@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from operators.engine import EngineConfig
 from operators.models import ModelMode
-from operators.models import export as model_files
-from operators.parse import DEFAULT_MAX_EVENT_BYTES
 from operators.rules import STARTER_RULES
+from schemas import model_files
+from schemas.items import DEFAULT_MAX_EVENT_BYTES
 from state.affinity import DAY_MS
 from state.customer import MINUTE_MS, Lifecycle
 
@@ -46,9 +46,7 @@ class Settings(BaseModel):
     batch_size: int = Field(1000, ge=1, description="source batch size")
     snapshot_seconds: float = Field(10, gt=0, description="Bytewax epoch: state snapshot interval")
     progress_seconds: float = Field(10, gt=0, description="progress line interval when stderr is not a terminal")
-    models: ModelMode = Field(
-        "learn", description="online models: learn from outcomes, score only (frozen), or off"
-    )
+    models: ModelMode = Field("learn", description="online models: learn from outcomes, score only (frozen), or off")
     model_file: Path | None = Field(None, description="model parameters to start from (a run's models.json)")
     propensity_horizon_days: float = Field(7, gt=0, description="an order this soon after a decision is a success")
     source: Literal["files", "kafka"] = Field("files", description="read recordings (files) or a Kafka topic")

@@ -16,10 +16,9 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
 
 from operators.engine import EngineConfig, Role, shard_engine
-from operators.parse import EndOfInput, RawEvent
 from operators.pipeline import Router, ShardLogic
 from operators.rules import CompiledRules
-from schemas.items import Output
+from schemas.items import EndOfInput, Output, RawEvent
 
 IDENTITY = "i"
 CUSTOMER = "c"

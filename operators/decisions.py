@@ -18,6 +18,7 @@ from schemas.envelope import Envelope
 from schemas.items import Output
 from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
 from schemas.rules import TriggerRule
+from schemas.streams import AUDIENCE_CHANGES, DEAD_LETTERS, TRIGGERS_PREFIX, audience_stream, trigger_stream
 from state.customer import Timer
 
 PROCESSING_ERROR = "processing_error"  # the dead-letter reason of an event or timer whose processing raised
@@ -67,7 +68,7 @@ class DecisionWriter:
         ``timer``: caused by a timer or a clock move rather than by an event."""
         data = {"channel": rule.channel, "rule_id": rule.id, "ruleset_version": self.version, **data}
         body = cloud_event(type_=TRIGGER_TYPE, event_id=event_id, time_ms=at_ms, subject=customer_id, data=data)
-        stream = "triggers.shadow" if rule.shadow else f"triggers.{rule.channel}"
+        stream = trigger_stream(rule.channel, rule.shadow)
         out.append(Output(stream, customer_id, at_ms, self.seq, body, self.arrived, timer))
         bump(self.stats.setdefault("triggers", {}), rule.id)
 
@@ -93,7 +94,7 @@ class DecisionWriter:
         }
         event_id = decision_id(customer_id, audience.id, change, str(at_ms), *caused_by[-1:])
         body = cloud_event(type_=AUDIENCE_TYPE, event_id=event_id, time_ms=at_ms, subject=customer_id, data=data)
-        stream = "audience_changes.shadow" if audience.rule.shadow else "audience_changes"
+        stream = audience_stream(audience.rule.shadow)
         out.append(Output(stream, customer_id, at_ms, self.seq, body, self.arrived))
         bump(self.stats.setdefault("audience_changes", {}), f"{audience.id}.{change}")
 
@@ -107,7 +108,7 @@ class DecisionWriter:
             payload=env.raw,
             failed_at_ms=failed_at_ms,
         )
-        out.append(Output("dead_letters", env.customer_id, 0, env.seq, body))
+        out.append(Output(DEAD_LETTERS, env.customer_id, 0, env.seq, body))
         bump(self.stats, reason)
 
     def failed_event(self, env: Envelope, err: Exception, out: list[Any]) -> None:
@@ -127,7 +128,7 @@ class DecisionWriter:
             payload=orjson.dumps(record),
             failed_at_ms=timer.due_ms,
         )
-        out.append(Output("dead_letters", customer_id, 0, self.seq, body))
+        out.append(Output(DEAD_LETTERS, customer_id, 0, self.seq, body))
         bump(self.stats, PROCESSING_ERROR)
 
     def retract(self, out: list[Any], start: int) -> None:
@@ -137,11 +138,11 @@ class DecisionWriter:
             if not isinstance(item, Output):
                 continue
             record = orjson.loads(item.body)
-            if item.stream == "dead_letters":
+            if item.stream == DEAD_LETTERS:
                 unbump(stats, record["reason"])
-            elif item.stream.startswith("triggers."):
+            elif item.stream.startswith(TRIGGERS_PREFIX):
                 unbump(stats["triggers"], record["data"]["rule_id"])
-            elif item.stream.startswith("audience_changes"):
+            elif item.stream.startswith(AUDIENCE_CHANGES):
                 unbump(stats["audience_changes"], f"{record['data']['audience']}.{record['data']['change']}")
         del out[start:]
 

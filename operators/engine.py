@@ -53,6 +53,7 @@ from schemas.envelope import Envelope
 from schemas.items import Output
 from schemas.records import decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
+from schemas.streams import MODELS, PROFILES
 from state import codec
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
@@ -184,7 +185,7 @@ class CustomerStage:
         if self.models is not None:
             stats["models"] = self.models.stats()
             if self.sends_profiles:  # the customer stage's replicas: merged into the run's model file
-                out.append(Output("models", self.rules.version, 0, 0, orjson.dumps(self.models.export())))
+                out.append(Output(MODELS, self.rules.version, 0, 0, orjson.dumps(self.models.export())))
         stats[self.population] = len(self.customers)
         return stats
 
@@ -617,7 +618,7 @@ class CustomerStage:
                 document = profile(state, now, self.config.lifecycle)
                 document["updated_at"] = iso_ms(now)
                 body = orjson.dumps(document, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-            out.append(Output("profiles", customer_id, 0, self.writer.seq, body))
+            out.append(Output(PROFILES, customer_id, 0, self.writer.seq, body))
         self.changed.clear()
 
     def snapshot(self) -> tuple[int, dict[str, Any]] | None:

@@ -11,39 +11,11 @@ from pydantic import ValidationError
 
 from schemas.envelope import Envelope, envelope_of
 from schemas.events import EVENT_ADAPTER, contract_notes
+from schemas.items import DEFAULT_MAX_EVENT_BYTES, RawEvent
 from schemas.records import dead_letter
 
-DEFAULT_MAX_EVENT_BYTES = 32 * 1024
 MAX_UNKNOWN_FIELDS = 50
 """Distinct unknown field paths a shard counts by name; the rest count as ``(other paths)``."""
-
-
-@dataclass(slots=True)
-class RawEvent:
-    """Bytes as read from a source, with where they were read.
-
-    A source that already knows a record is bad (an adapter's rejected row) sets
-    ``rejected`` to ``(processor, reason, message)``; it then goes to the dead letters as is.
-    """
-
-    seq: int  # position in its source partition (line number, Kafka offset)
-    position: dict[str, Any]
-    payload: bytes
-    rejected: tuple[str, str, str] | None = None
-    partition: int = 0
-    arrived: float = 0.0  # wall-clock time it was read (time.time()), for latency metrics
-    whole: tuple[int, str] | None = None  # size and sha256 of the record when payload is only its start
-
-
-@dataclass(slots=True)
-class EndOfInput:
-    """Sent by a source partition after its last record (or, live, when it has nothing new to read).
-
-    The partition then holds back nothing: events of the other partitions need not wait for it.
-    """
-
-    seq: int
-    partition: int = 0
 
 
 # merge keys: (event time reached, partition, offset) packed into one int

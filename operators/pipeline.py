@@ -19,12 +19,14 @@ from typing import Any
 import orjson
 from bytewax.operators import StatefulBatchLogic
 
-from flows.metrics import INVALID_EVENTS, ShardMetrics
 from operators.engine import CustomerStage, EngineConfig, Forward, IdentityStage
 from operators.ordering import Tick
-from operators.parse import DEFAULT_MAX_EVENT_BYTES, EndOfInput, InputMarks, RawEvent, Rejected, parse
+from operators.parse import InputMarks, Rejected, parse
 from operators.rules import CompiledRules
-from schemas.items import Output
+from operators.shard_metrics import ShardMetrics
+from schemas.items import DEFAULT_MAX_EVENT_BYTES, EndOfInput, Output, RawEvent
+from schemas.metrics import INVALID_EVENTS
+from schemas.streams import DEAD_LETTERS, STATS
 
 
 def shard_of(customer_id: str, shards: int) -> int:
@@ -60,7 +62,7 @@ class Router:
                 INVALID_EVENTS.labels(reason=result.reason).inc()
                 key = marks.key(partition, raw.seq)
                 progress[partition] = (key, False)
-                shard, item = raw.seq % shards, Output("dead_letters", result.key, 0, key, result.body)
+                shard, item = raw.seq % shards, Output(DEAD_LETTERS, result.key, 0, key, result.body)
             else:
                 marks.stamp(result, partition)
                 progress[partition] = (result.seq, False)
@@ -146,7 +148,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         stats = self.engine.finish(out)
         self.engine.profiles(out)
         self.metrics.publish(final=True)
-        out.append(Output("stats", self.engine.role, 0, 0, orjson.dumps(stats, option=orjson.OPT_SORT_KEYS)))
+        out.append(Output(STATS, self.engine.role, 0, 0, orjson.dumps(stats, option=orjson.OPT_SORT_KEYS)))
         return [out], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Any:

@@ -1,8 +1,40 @@
-"""The items the engine's stages and its connectors exchange."""
+"""The items sources, the flow and sinks exchange: raw input records, end-of-input marks, outputs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_MAX_EVENT_BYTES = 32 * 1024
+"""Largest raw event passed on whole by default (``NUDGEFLOW_MAX_EVENT_BYTES``); larger ones are dead-lettered."""
+
+
+@dataclass(slots=True)
+class RawEvent:
+    """Bytes as read from a source, with where they were read.
+
+    A source that already knows a record is bad (an adapter's rejected row) sets
+    ``rejected`` to ``(processor, reason, message)``; it then goes to the dead letters as is.
+    """
+
+    seq: int  # position in its source partition (line number, Kafka offset)
+    position: dict[str, Any]
+    payload: bytes
+    rejected: tuple[str, str, str] | None = None
+    partition: int = 0
+    arrived: float = 0.0  # wall-clock time it was read (time.time()), for latency metrics
+    whole: tuple[int, str] | None = None  # size and sha256 of the record when payload is only its start
+
+
+@dataclass(slots=True)
+class EndOfInput:
+    """Sent by a source partition after its last record (or, live, when it has nothing new to read).
+
+    The partition then holds back nothing: events of the other partitions need not wait for it.
+    """
+
+    seq: int
+    partition: int = 0
 
 
 @dataclass(slots=True)

@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from schemas.streams import Channel
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 RULE_ID = r"^[a-z][a-z0-9_.-]{0,63}$"
@@ -78,7 +80,7 @@ class _Rule(BaseModel):
 
 
 class TriggerRule(_Rule):
-    channel: Literal["push", "in_app", "email", "sms"]
+    channel: Channel
     on: EventNames = Field(min_length=1)
     after: DurationMs | None = None
     unless: EventNames = []
@@ -111,7 +113,7 @@ class Offer(BaseModel):
 
     id: Annotated[str, Field(pattern=RULE_ID)]
     description: str = ""
-    channels: list[Literal["push", "in_app", "email", "sms"]] = Field(min_length=1)
+    channels: list[Channel] = Field(min_length=1)
     content: Content = {}
     audiences: list[str] = Field([], description="eligible only for members of one of these (empty: everyone)")
 

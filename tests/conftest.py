@@ -14,11 +14,11 @@ import pytest
 
 from connectors.local_services import local_services, redis_cluster
 from operators.engine import CustomerStage, EngineConfig
-from operators.parse import EndOfInput, RawEvent, parse
+from operators.parse import parse
 from operators.pipeline import Pipeline
 from operators.rules import CompiledRules, load_rules, parse_rules
 from schemas.envelope import Envelope
-from schemas.items import Output
+from schemas.items import EndOfInput, Output, RawEvent
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 _ids = itertools.count(1)

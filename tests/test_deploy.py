@@ -18,10 +18,11 @@ import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
-import flows.metrics as metrics
+import schemas.metrics as metrics
 from flows.cli import _parser
 from flows.personalization import output_topics
 from flows.settings import ENV_PREFIX, Settings
+from schemas.streams import KAFKA_STREAMS
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
@@ -36,16 +37,7 @@ DASHBOARD_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "dashboards.yml"
 ENGINE = "engine"
 CONFIG_FILE_VARIABLE = ENV_PREFIX + "CONFIG"  # names a YAML file of settings (Settings.from_env)
 # Every stream the engine writes to Kafka, as ``topic_prefix + stream``.
-OUTPUT_STREAMS = {
-    "triggers.push",
-    "triggers.in_app",
-    "triggers.email",
-    "triggers.sms",
-    "triggers.shadow",
-    "audience_changes",
-    "audience_changes.shadow",
-    "dead_letters",
-}
+OUTPUT_STREAMS = set(KAFKA_STREAMS)
 # An exact version in the tag (``7.4.1``, ``v3.5.0``, ``3.11.13-slim-bookworm``), or a digest.
 PINNED_TAG = re.compile(r"v?\d+\.\d+\.\d+([.+-][\w.+-]*)?")
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"}
@@ -359,7 +351,7 @@ def test_dashboard_queries_only_metrics_the_engine_defines() -> None:
         where = f"panel {panel.get('title')!r}: {target['expr']}"
         assert names, f"no metric in {where}"
         unknown = sorted(names - set(exposed))
-        assert not unknown, f"{unknown} are not metrics of flows.metrics ({where})"
+        assert not unknown, f"{unknown} are not metrics of schemas.metrics ({where})"
         labels = set().union(*(exposed[name] for name in names))
         assert grouped <= labels, f"grouped by {sorted(grouped - labels)}, labels the metrics lack ({where})"
 

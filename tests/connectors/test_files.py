@@ -12,9 +12,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from connectors import files
-from connectors.files import OUTPUT_FILES, JsonlSource, OutputFolderError, prepare_output_folder
-from operators.parse import EndOfInput, RawEvent, parse
+from connectors.files import JsonlSource, OutputFolderError, prepare_output_folder
+from operators.parse import parse
+from schemas.items import EndOfInput, RawEvent
 from schemas.records import DEAD_LETTER_PAYLOAD_CAP
+from schemas.streams import OUTPUT_FILES
 
 
 def read_all(source: JsonlSource, resume=None) -> tuple[list, object]:

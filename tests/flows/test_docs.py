@@ -13,9 +13,11 @@ from conftest import source_records
 from flows.personalization import build_flow
 from flows.settings import Settings
 from schemas.records import CloudEvent
+from schemas.streams import OUTPUT_FILES, STREAMS
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRACT = (REPO / "docs" / "contract.md").read_text()
+README = (REPO / "README.md").read_text()
 
 
 def test_decision_examples_are_real_outputs_of_the_input_examples(tmp_path):
@@ -188,3 +190,11 @@ def test_the_contract_lists_every_known_event_with_its_required_properties():
         properties = model.model_fields["properties"].annotation
         required = [field for field, info in properties.model_fields.items() if info.is_required()]
         assert sorted(documented[name]) == sorted(required), name
+
+
+def test_the_output_file_tables_list_every_stream_file():
+    section = CONTRACT[CONTRACT.index("| File | Contents |") :].split("\n\n")[0]
+    assert set(re.findall(r"^\| `([^`]+)` \|", section, re.M)) == set(OUTPUT_FILES.values())
+    outputs = README[README.index("## Outputs") :].split("\n\n")[1]
+    files = {stream.file for stream in STREAMS.values() if stream.file is not None}
+    assert {name for name in files if f"`{name}`" not in outputs} == set()

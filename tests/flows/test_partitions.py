@@ -13,8 +13,7 @@ from test_flow import mixed_stream
 
 from flows.personalization import build_flow
 from flows.settings import Settings
-from operators.parse import EndOfInput, RawEvent
-from schemas.items import Output
+from schemas.items import EndOfInput, Output, RawEvent
 
 
 class _ListPartition(StatefulSourcePartition[RawEvent | EndOfInput, int]):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-import flows.metrics  # noqa: F401  (registers the metrics)
+import schemas.metrics  # noqa: F401  (registers the metrics)
 from flows.settings import Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()

@@ -172,9 +172,17 @@ def test_a_missing_rule_file_is_a_clear_error(tmp_path, capsys, flag):
     assert "nope.yaml" in capsys.readouterr().err
 
 
-def test_bytewax_runner_runs_the_module_level_flow(tmp_path):
+def test_the_flow_module_builds_nothing_until_its_factory_is_called(tmp_path, monkeypatch):
+    import flows.personalization as personalization
+
+    monkeypatch.setenv("NUDGEFLOW_OUT", str(tmp_path / "out"))
+    assert not hasattr(personalization, "flow"), "no flow is built by looking up a module attribute"
+    assert not (tmp_path / "out").exists(), "and no output folder is prepared"
+
+
+def test_bytewax_runner_runs_the_flow_of_the_factory(tmp_path):
     env = {**os.environ, "NUDGEFLOW_INPUT": str(GOLDEN / "stream.jsonl.gz"), "NUDGEFLOW_OUT": str(tmp_path / "bw")}
-    cmd = [sys.executable, "-m", "bytewax.run", "flows.personalization:flow", "-w", "2"]
+    cmd = [sys.executable, "-m", "bytewax.run", "flows.personalization:get_flow()", "-w", "2"]
     subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=300)
     by_runner = files_of(tmp_path / "bw")
     expected = files_of(GOLDEN / "expected")

@@ -99,7 +99,7 @@ def test_the_partitions_of_a_process_share_one_consumer_and_get_only_their_own_m
     partition's messages exactly once and in offset order, a read-ahead that stays bounded."""
     from connectors import kafka
     from connectors.kafka import KafkaEventSource
-    from operators.parse import EndOfInput
+    from schemas.items import EndOfInput
 
     lines = [orjson.dumps({"n": n}) for n in range(3000)]
     topic = produce(services, lines, partitions=3)

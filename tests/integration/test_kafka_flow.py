@@ -17,11 +17,11 @@ import orjson
 import pytest
 import redis
 
-from connectors.files import OUTPUT_FILES, read_lines
+from connectors.files import read_lines
 from connectors.kafka import produce_records, read_topic, readable
 from connectors.local_services import free_port
 from connectors.synthetic import DEFAULT_START, generate_events, write_jsonl
-from flows.personalization import KAFKA_STREAMS
+from schemas.streams import KAFKA_STREAMS, OUTPUT_FILES, STATS
 
 REPO = Path(__file__).resolve().parents[2]
 _runs = itertools.count()
@@ -86,7 +86,7 @@ def decisions_in_topics(services: dict[str, str], prefix: str) -> list[dict]:
 def decisions_in_folder(folder: Path) -> list[dict]:
     records = []
     for stream, name in OUTPUT_FILES.items():
-        if stream != "stats":
+        if stream != STATS:
             records += [orjson.loads(line) for line in (folder / name).read_bytes().splitlines() if line]
     return records
 

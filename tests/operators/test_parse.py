@@ -10,18 +10,10 @@ import pytest
 from conftest import T0, at, call, raw_records, track
 
 from connectors.files import add_counts
-from operators.parse import (
-    DEFAULT_MAX_EVENT_BYTES,
-    MAX_UNKNOWN_FIELDS,
-    OTHER_PATHS,
-    RawEvent,
-    Rejected,
-    count_notes,
-    parse,
-    readable_firsts,
-)
+from operators.parse import MAX_UNKNOWN_FIELDS, OTHER_PATHS, Rejected, count_notes, parse, readable_firsts
 from schemas.envelope import Envelope
 from schemas.events import ProductEvent
+from schemas.items import DEFAULT_MAX_EVENT_BYTES, RawEvent
 
 T0_MS = int(T0.timestamp() * 1000)
 POSITION = {"source": "events.jsonl", "line": 42}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from conftest import CART_RULE, EngineHarness, added, rules_from, track
 from prometheus_client import REGISTRY
 
-from flows import metrics
-from flows.metrics import PUBLISH_SECONDS
+from operators import shard_metrics
+from operators.shard_metrics import PUBLISH_SECONDS
 
 
 def added_events() -> float:
@@ -15,7 +15,7 @@ def added_events() -> float:
 
 def test_counters_held_back_by_the_interval_are_published_when_due(monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr(metrics.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(shard_metrics.time, "monotonic", lambda: clock[0])
     h = EngineHarness(rules_from(CART_RULE))
     shard = h.pipeline.customers[0].metrics  # events are counted where they are applied, after every batch
     before = added_events()

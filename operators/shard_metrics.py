@@ -1,0 +1,115 @@
+"""A shard engine's counters, published to the Prometheus registry as increments (see :mod:`schemas.metrics`)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas.metrics import (
+    AUDIENCE_CHANGES,
+    CUSTOMERS,
+    DECISIONS,
+    DUPLICATE_EVENTS,
+    EVENTS,
+    INVALID_EVENTS,
+    LATE_EVENTS,
+    MODEL_OUTCOMES,
+    OFFER_CHOICES,
+    OFFER_REWARDS,
+    ORDER_LINES_DROPPED,
+    RECOMMENDATION_CHECKS,
+    UNKNOWN_FIELDS,
+)
+
+ENGINE_DEAD_LETTERS = ("future_dated", "too_old", "processing_error")  # reasons the shard engines count
+MODEL_METRICS_SECONDS = 1.0
+PUBLISH_SECONDS = 0.25  # a shard's counters reach the registry at most this often (and at the end)
+_customers_by_shard: dict[tuple[str, int], int] = {}
+
+
+class ShardMetrics:
+    """Publishes one shard engine's counters as metric increments (called after every batch)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.published: dict[str, Any] = {}
+        self.models_at = self.published_at = float("-inf")
+        self._due: datetime | None = None  # when counts held back by the interval are due
+        self.channels = {trigger.rule.id: trigger.rule.channel for trigger in engine.rules.triggers}
+
+    def publish(self, final: bool = False) -> None:
+        """Add what grew since the last call, at most every :data:`PUBLISH_SECONDS` (the models'
+        counters once a second); ``final`` publishes everything now."""
+        now = time.monotonic()
+        if not final and now - self.published_at < PUBLISH_SECONDS:
+            if self._due is None:
+                wait = self.published_at + PUBLISH_SECONDS - now
+                self._due = datetime.now(UTC) + timedelta(seconds=wait)
+            return
+        self.published_at, self._due = now, None
+        stats, seen = self.engine.stats, self.published
+        for name, count in _deltas(stats.get("events", {}), seen.setdefault("events", {})):
+            EVENTS.labels(event=name).inc(count)
+        for name, count in _deltas(stats.get("unknown_events", {}), seen.setdefault("unknown_events", {})):
+            EVENTS.labels(event=name).inc(count)
+        for rule, count in _deltas(stats.get("triggers", {}), seen.setdefault("triggers", {})):
+            DECISIONS.labels(channel=self.channels.get(rule, "unknown"), rule=rule).inc(count)
+        for key, count in _deltas(stats.get("audience_changes", {}), seen.setdefault("audience_changes", {})):
+            audience, _, change = key.rpartition(".")
+            AUDIENCE_CHANGES.labels(audience=audience, change=change).inc(count)
+        for reason, count in _deltas(stats.get("order_lines_dropped", {}), seen.setdefault("order_lines_dropped", {})):
+            ORDER_LINES_DROPPED.labels(reason=reason).inc(count)
+        unknown = {path: entry["count"] for path, entry in stats.get("unknown_fields", {}).items()}
+        for path, count in _deltas(unknown, seen.setdefault("unknown_fields", {})):
+            UNKNOWN_FIELDS.labels(path=path).inc(count)
+        flat = {name: stats.get(name, 0) for name in ("late", "duplicates", *ENGINE_DEAD_LETTERS)}
+        for name, count in _deltas(flat, seen.setdefault("flat", {})):
+            if name == "late":
+                LATE_EVENTS.inc(count)
+            elif name == "duplicates":
+                DUPLICATE_EVENTS.inc(count)
+            else:
+                INVALID_EVENTS.labels(reason=name).inc(count)
+        if self.engine.models is not None and (final or now - self.models_at >= MODEL_METRICS_SECONDS):
+            self.models_at = now
+            self._publish_models(self.engine.models.stats(), seen.setdefault("models", {}))
+        engine = self.engine
+        _customers_by_shard[(engine.role, id(engine))] = len(engine.customers)
+        CUSTOMERS.labels(stage=engine.role).set(
+            sum(n for (role, _), n in _customers_by_shard.items() if role == engine.role)
+        )
+
+    def due(self) -> datetime | None:
+        """When held-back counters should be published (``None`` when nothing is held back)."""
+        return self._due
+
+    def _publish_models(self, stats: dict[str, Any], seen: dict[str, Any]) -> None:
+        progressive = stats["propensity"]["progressive"]
+        for outcome in ("positives", "negatives"):
+            counts = progressive.get(outcome, {})
+            by_decile = {f"{int(b) // 2}": 0 for b in counts}
+            for bucket, n in counts.items():
+                by_decile[f"{int(bucket) // 2}"] += n
+            for decile, count in _deltas(by_decile, seen.setdefault(outcome, {})):
+                MODEL_OUTCOMES.labels(model="propensity", decile=decile, outcome=outcome[:-1]).inc(count)
+        offers = stats["next_best_offer"]
+        for offer, count in _deltas(offers["pulls"], seen.setdefault("pulls", {})):
+            OFFER_CHOICES.labels(offer=offer).inc(count)
+        for offer, count in _deltas(offers["rewards"], seen.setdefault("rewards", {})):
+            OFFER_REWARDS.labels(offer=offer).inc(count)
+        reco = stats["recommendations"]
+        checks = {"hit": reco["hits"], "miss": reco["checked"] - reco["hits"]}
+        for result, count in _deltas(checks, seen.setdefault("checks", {})):
+            RECOMMENDATION_CHECKS.labels(result=result).inc(count)
+
+
+def _deltas(current: dict[str, int], published: dict[str, int]) -> list[tuple[str, int]]:
+    """What grew since the last call, and remember the new values."""
+    out = []
+    for key, value in current.items():
+        delta = value - published.get(key, 0)
+        if delta:
+            out.append((key, delta))
+            published[key] = value
+    return out
