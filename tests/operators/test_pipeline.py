@@ -1,0 +1,79 @@
+"""The one wiring of the stages: routing by shard, one item per shard per batch, and the in-process
+pipeline giving what the dataflow gives."""
+
+from __future__ import annotations
+
+import orjson
+from bytewax.testing import TestingSink, TestingSource, run_main
+from conftest import added, order, raw_records, source_records, track
+
+from flows.personalization import build_flow
+from flows.settings import Settings
+from operators.engine import EngineConfig, Forward
+from operators.ordering import Tick
+from operators.pipeline import Pipeline, Router, shard_of
+from operators.rules import load_rules
+from schemas.envelope import Envelope
+from schemas.items import EndOfInput, Output
+
+
+def test_a_source_batch_becomes_one_list_per_identity_shard_ending_with_the_batch_tick():
+    events = [added(f"u{n}", n, anon=f"a{n}") for n in range(20)] + [track("Page", None, 30, anon="a-only")]
+    router = Router(shards=4, max_skew_ms=3_600_000)
+    routed = router.parse(raw_records(events))
+    assert sorted(routed) == [0, 1, 2, 3], "every shard hears the batch's progress, events or not"
+    for shard, items in routed.items():
+        *envelopes, ticks = items
+        assert isinstance(ticks, tuple) and all(isinstance(t, Tick) and t.shard == shard for t in ticks)
+        for env in envelopes:
+            assert isinstance(env, Envelope)
+            assert shard_of(env.anonymous_id or env.customer_id, 4) == shard, "keyed by anonymousId, else userId"
+    assert sum(len(items) - 1 for items in routed.values()) == len(events)
+
+
+def test_bad_records_travel_as_dead_letters_and_forwards_reach_their_customers_shard():
+    router = Router(shards=3, max_skew_ms=3_600_000)
+    raws = raw_records([added("u1", 0), b"{not json"])
+    routed = router.parse(raws)
+    dead = [item for items in routed.values() for item in items if isinstance(item, Output)]
+    assert [d.stream for d in dead] == ["dead_letters"]
+    env = next(item for items in routed.values() for item in items if isinstance(item, Envelope))
+    tick = Tick(None, 5, origin=2)
+    forwarded = router.forward([[Forward(env, "u1"), tick], [dead[0]]])
+    assert Forward(env, "u1") in forwarded[shard_of("u1", 3)]
+    assert dead[0] in forwarded[shard_of(dead[0].key, 3)], "outputs of the identity stage go by their key"
+    assert all(items[-1] == (tick,) for items in forwarded.values()), "the identity shards' ticks reach every shard"
+
+
+def test_the_in_process_pipeline_gives_what_the_dataflow_gives(tmp_path):
+    events = [added(f"u{n % 7}", n * 3, anon=f"a{n % 9}") for n in range(60)]
+    events += [order(f"u{n}", 200 + n) for n in range(3)] + [track("Page", None, 400, anon="a3")]
+    rules = load_rules()
+    pipeline = Pipeline(rules, EngineConfig(), shards=4)
+    records = raw_records(events)
+    in_process = [o for start in range(0, len(records), 5) for o in pipeline.feed(records[start : start + 5])]
+    in_process += pipeline.finish()
+
+    captured: list[tuple[str, Output]] = []
+    settings = Settings(out=tmp_path / "unused", shards=4)
+    source = TestingSource(source_records(events), batch_size=5)
+    run_main(build_flow(settings, rules, source=source, sink=TestingSink(captured)))
+
+    def comparable(outputs: list[Output]) -> list[tuple[str, bytes]]:
+        return sorted((o.stream, o.body) for o in outputs if o.stream not in ("stats", "models"))
+
+    assert comparable(in_process) == comparable([o for _, o in captured])
+    assert any(o.stream.startswith("triggers.") for o in in_process), "the comparison covers decisions"
+    assert any(o.stream == "audience_changes" for o in in_process)
+    in_flow = [orjson.loads(o.body) for _, o in captured if o.stream == "stats"]
+    assert sorted(orjson.dumps(s) for s in in_flow) == sorted(o.body for o in in_process if o.stream == "stats")
+
+
+def test_the_end_of_input_releases_what_is_held_back():
+    pipeline = Pipeline(load_rules(), EngineConfig(source_partitions=2))
+    outputs = pipeline.feed(raw_records([added("u1", 0)]))
+    assert pipeline.identity[0].engine.ordered.pending, "partition 1 has not reported: the event waits"
+    outputs += pipeline.feed([EndOfInput(0, partition=1)])
+    outputs += pipeline.finish()
+    assert "u1" in pipeline.customers[0].engine.customers
+    assert [o.stream for o in outputs].count("stats") == 2
