@@ -31,7 +31,6 @@ sees the clock move, and "late" means late for the input, not for one shard.
 
 from __future__ import annotations
 
-import heapq
 import pickle
 import time
 from collections import OrderedDict
@@ -49,6 +48,7 @@ from operators.models import ModelMode, ShardModels
 from operators.ordering import OrderedRelease, Tick
 from operators.parse import count_notes
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
+from operators.timers import TimerQueue
 from schemas.envelope import Envelope
 from schemas.items import Output
 from schemas.records import decision_id, iso_ms
@@ -115,8 +115,7 @@ class CustomerStage:
         self.config = config
         self.ordered = OrderedRelease(upstreams, self._merge_key)
         self.customers: dict[str, CustomerState] = {}
-        self.heap: list[tuple[int, int, str, str]] = []  # (due, push number, customer, rule id)
-        self.pushes = 0
+        self.timers = TimerQueue()
         self.clock: int | None = None
         self.swept_day: int | None = None
         self.stats: dict[str, Any] = {}
@@ -245,7 +244,7 @@ class CustomerStage:
             for rule_id, timer in carried.timers.items():
                 if state.timers.get(rule_id) is timer:  # adopted: give it an entry in this shard's heap
                     timer.scheduled_ms = None
-                    self._schedule(state, rule_id)
+                    self.timers.schedule(state, rule_id)
         self._mark(customer_id)
         return state, new
 
@@ -293,7 +292,7 @@ class CustomerStage:
             timer.caused_by = [*timer.caused_by[-(MAX_CAUSED_BY - 1) :], env.message_id]
         else:
             state.timers[rule.id] = Timer(due, cause, [env.message_id])
-        self._schedule(state, rule.id)
+        self.timers.schedule(state, rule.id)
 
     def _cause(self, trigger: CompiledTrigger, state: CustomerState, env: Envelope | None) -> str:
         """What ``trigger`` fires at most once for, as a string."""
@@ -313,32 +312,14 @@ class CustomerStage:
         return env.message_id
 
     # --- timers ------------------------------------------------------------------------
-    def _schedule(self, state: CustomerState, rule_id: str) -> None:
-        """Keep one heap entry per pending timer, no later than its due time."""
-        timer = state.timers[rule_id]
-        if timer.scheduled_ms is None or timer.scheduled_ms > timer.due_ms:
-            timer.scheduled_ms = timer.due_ms
-            self.pushes += 1
-            heapq.heappush(self.heap, (timer.due_ms, self.pushes, state.id, rule_id))
-
     def _advance(self, ts_ms: int, out: list[Any]) -> None:
         """Move the shard clock to ``ts_ms`` minus the allowed lateness and fire what is due."""
         candidate = ts_ms - self.config.lateness_ms
         if self.clock is not None and candidate <= self.clock:
             return
         self.clock = candidate
-        heap = self.heap
-        while heap and heap[0][0] <= candidate:
-            due, _, customer_id, rule_id = heapq.heappop(heap)
-            state = self.customers.get(customer_id)
-            timer = state.timers.get(rule_id) if state is not None else None
-            if timer is None or timer.scheduled_ms != due:
-                continue
-            if timer.due_ms > due:
-                timer.scheduled_ms = None
-                self._schedule(state, rule_id)  # type: ignore[arg-type]
-                continue
-            self._fire(state, rule_id, out)  # type: ignore[arg-type]
+        for state, rule_id in self.timers.due(candidate, self.customers):
+            self._fire(state, rule_id, out)
         day = candidate // DAY_MS
         if day != self.swept_day:
             self.swept_day = day
@@ -399,7 +380,7 @@ class CustomerStage:
             return
         else:
             timer.due_ms = due_ms  # a later due time is rescheduled lazily when the heap reaches it
-        self._schedule(state, timer_id)
+        self.timers.schedule(state, timer_id)
 
     def _learn_from(self, state: CustomerState, env: Envelope) -> bool:
         """Outcomes an event resolves: an order for open decisions, a click or redemption for offers.
@@ -430,7 +411,7 @@ class CustomerStage:
             boundary = state.next_boundary(now_ms, self.config.lifecycle, self.rules.reads_lapse_risk)
             if boundary is not None and (timer is None or boundary < timer.due_ms):
                 state.timers[RECHECK] = Timer(boundary, "recheck", [state.last_event_id])
-                self._schedule(state, RECHECK)
+                self.timers.schedule(state, RECHECK)
 
     def _sweep(self, now_ms: int, out: list[Any]) -> None:
         """Drop the state of customers inactive for ``state_ttl`` (once per day of event time)."""
@@ -679,10 +660,8 @@ class CustomerStage:
         self.changed = set(shard["changed"])
         self.models = self._models_for_mode(pickle.loads(shard["models"]))
         self.scorers = self.models.scorers if self.models is not None else None
-        for state in self.customers.values():
-            for rule_id, timer in sorted(state.timers.items()):
-                timer.scheduled_ms = None
-                self._schedule(state, rule_id)
+        self.timers = TimerQueue()
+        self.timers.schedule_all(self.customers)
 
 
 class IdentityStage(CustomerStage):
