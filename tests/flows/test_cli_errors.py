@@ -115,3 +115,19 @@ def test_each_problem_is_raised_as_its_kind_where_it_is_found(tmp_path, monkeypa
     tmp_path.chmod(0o777)
     with pytest.raises(RecoveryStoreError, match="writable by other users"):
         check_trusted(tmp_path)
+
+
+def test_a_model_file_of_other_features_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    from operators.models.propensity import PropensityModel
+    from schemas import model_files
+
+    propensity = PropensityModel().export()
+    propensity["features"] = [*propensity["features"], "shoe_size"]
+    path = tmp_path / "models.json"
+    model_files.write(path, {"propensity": propensity, "next_best_offer": {"segments": {}}}, "v")
+    stream = tmp_path / "tiny.jsonl"
+    stream.write_bytes(lines(track("Signed Up", "u1", 0), order("u1", 1)) + b"\n")
+    monkeypatch.setenv("NUDGEFLOW_MODEL_FILE", str(path))
+
+    assert main(["run", str(stream), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "nudgeflow: the propensity model was trained on other features"
