@@ -784,3 +784,5 @@ def check_store(url: str, cluster: bool = False) -> None:
         if isinstance(cause, rx.AuthenticationError | rx.AuthorizationError | rx.ResponseError):
             raise ServiceError(f"redis store {where} refused the connection: {cause}") from None
         log.warning("redis store %s not reachable at start (%s); holding updates until it answers", where, err)
+    except ValueError as err:  # a URL redis cannot parse
+        raise ConfigurationError(f"redis store {where}: {err}") from None

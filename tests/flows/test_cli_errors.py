@@ -131,3 +131,17 @@ def test_a_model_file_of_other_features_is_one_line_and_exit_2(tmp_path, monkeyp
 
     assert main(["run", str(stream), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == "nudgeflow: the propensity model was trained on other features"
+
+
+def test_a_redis_url_redis_cannot_parse_is_one_line_and_exit_2(tmp_path, capsys):
+    stream = tmp_path / "tiny.jsonl"
+    stream.write_bytes(lines(track("Signed Up", "u1", 0)) + b"\n")
+
+    code = main(["run", str(stream), "--out", str(tmp_path / "out"), "--redis-url", "localhost:6379", "--quiet"])
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(
+        "nudgeflow: redis store localhost:6379: Redis URL must specify one of the following schemes"
+    )
+    assert "Traceback" not in error
