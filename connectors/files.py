@@ -30,13 +30,14 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from connectors.local_services import process_alive
 from schemas import model_files
+from schemas.errors import InputError, OutputError, RecordingNotFound
 from schemas.items import DEFAULT_MAX_EVENT_BYTES, EndOfInput, Output, RawEvent
 from schemas.metrics import INPUT_LINES
 from schemas.records import DEAD_LETTER_PAYLOAD_CAP
 from schemas.streams import MODEL_FILE, MODELS, OUTPUT_FILES, STATS
 
 
-class OutputFolderError(ValueError):
+class OutputFolderError(OutputError):
     """The output folder cannot be used: not empty (and replacing it was not asked for), not a
     folder, or not writable."""
 
@@ -203,14 +204,14 @@ def check_recordings(paths: Sequence[Path]) -> None:
     for path in paths:
         if not path.is_file():
             problem = f"recording {path} is not a file" if path.exists() else f"no such recording: {path}"
-            raise FileNotFoundError(problem)
+            raise RecordingNotFound(problem)
         try:
             with path.open("rb") as f:
                 start = f.read(len(GZIP_MAGIC))
         except OSError as err:
-            raise ValueError(f"cannot read recording {path}: {err.strerror or err}") from None
+            raise InputError(f"cannot read recording {path}: {err.strerror or err}") from None
         if path.suffix == ".gz" and start and start != GZIP_MAGIC:
-            raise ValueError(f"recording {path} is not gzip data (its name ends in .gz)")
+            raise InputError(f"recording {path} is not gzip data (its name ends in .gz)")
 
 
 @dataclass

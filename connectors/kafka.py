@@ -42,6 +42,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from schemas.errors import ServiceError
 from schemas.items import EndOfInput, Output, RawEvent
 from schemas.metrics import DECISION_LATENCY, KAFKA_LAG, SINK_ERRORS, SINK_RECORDS, SINK_RETRIES
 from schemas.streams import DEAD_LETTERS, DECISION_STREAMS
@@ -66,7 +67,7 @@ def topic_partitions(
     metadata = _metadata(AdminClient(kafka_config(bootstrap_servers, client)), bootstrap_servers, timeout, topic)
     info = metadata.topics.get(topic)
     if info is None or info.error is not None or not info.partitions:
-        raise ValueError(f"Kafka topic {topic!r} does not exist on {bootstrap_servers}")
+        raise ServiceError(f"Kafka topic {topic!r} does not exist on {bootstrap_servers}")
     return len(info.partitions)
 
 
@@ -74,7 +75,7 @@ def _metadata(admin: AdminClient, bootstrap_servers: str, timeout: float, topic:
     try:
         return admin.list_topics(topic, timeout=timeout)
     except KafkaException as err:
-        raise ValueError(f"cannot reach Kafka at {bootstrap_servers}: {err.args[0].str()}") from None
+        raise ServiceError(f"cannot reach Kafka at {bootstrap_servers}: {err.args[0].str()}") from None
 
 
 def ensure_topics(
@@ -96,7 +97,7 @@ def ensure_topics(
             future.result(timeout)
         except KafkaException as err:
             if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise ValueError(f"cannot create Kafka topic {topic!r}: {err}") from None
+                raise ServiceError(f"cannot create Kafka topic {topic!r}: {err}") from None
 
 
 # --- source --------------------------------------------------------------------------------
@@ -384,7 +385,7 @@ class _ProducerPartition(StatefulSinkPartition[Output, None]):
         while len(self.producer) and time.monotonic() < deadline:
             self.producer.flush(1.0)
         if len(self.producer):
-            raise RuntimeError(f"{len(self.producer)} Kafka records not delivered within {self.timeout:.0f} s")
+            raise ServiceError(f"{len(self.producer)} Kafka records not delivered within {self.timeout:.0f} s")
 
     def snapshot(self) -> None:
         self._flush()  # what the snapshot covers has reached Kafka
@@ -404,7 +405,7 @@ def produce_waiting(producer: Producer, topic: str, value: bytes, key: bytes | N
             return
         except BufferError:
             producer.poll(0.05)
-    raise RuntimeError(f"Kafka producer buffer stayed full; {topic} is not accepting records")
+    raise ServiceError(f"Kafka producer buffer stayed full; {topic} is not accepting records")
 
 
 class KafkaOutputSink(FixedPartitionedSink[Output, None]):
@@ -482,7 +483,7 @@ def produce_records(
             producer.poll(0)
     producer.flush(60)
     if failures or len(producer):
-        raise RuntimeError(f"{len(failures) + len(producer)} events not delivered: {failures[:3]}")
+        raise ServiceError(f"{len(failures) + len(producer)} events not delivered: {failures[:3]}")
     return sent
 
 

@@ -61,6 +61,7 @@ from redis import exceptions as rx
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from schemas.errors import ConfigurationError, RecoveryStoreError, ServiceError
 from schemas.items import Output
 from schemas.metrics import SINK_ERRORS, SINK_RECORDS, SINK_RETRIES
 from schemas.streams import AUDIENCE_CHANGES, PROFILES, TRIGGER_STREAMS, TRIGGERS_PREFIX
@@ -173,11 +174,11 @@ class StoreConfig:
 
     def __post_init__(self) -> None:
         if not self.prefix or "{" in self.prefix or "}" in self.prefix:
-            raise ValueError(f"prefix must be non-empty and free of braces, got {self.prefix!r}")
+            raise ConfigurationError(f"prefix must be non-empty and free of braces, got {self.prefix!r}")
         if self.ttl_seconds is not None and self.ttl_seconds <= 0:
-            raise ValueError(f"ttl_seconds must be positive or None, got {self.ttl_seconds}")
+            raise ConfigurationError(f"ttl_seconds must be positive or None, got {self.ttl_seconds}")
         if self.decisions_kept < 1 or self.max_buffered < 1:
-            raise ValueError("decisions_kept and max_buffered must be at least 1")
+            raise ConfigurationError("decisions_kept and max_buffered must be at least 1")
 
 
 def is_decision_stream(stream: str) -> bool:
@@ -321,7 +322,7 @@ class StoreBuffer:
         """Buffer what :meth:`frozen` returned; refuse other formats."""
         version, profiles, decisions, members = snapshot
         if version != SNAPSHOT_FORMAT:
-            raise ValueError(
+            raise RecoveryStoreError(
                 f"redis store snapshot format {version} is not supported: this version reads format "
                 f"{SNAPSHOT_FORMAT}. Start with a new recovery directory."
             )
@@ -367,7 +368,7 @@ class Unwritten:
         return text + (f"; {self.refused} writes refused" if self.refused else "")
 
 
-class StoreNotWritten(RuntimeError):
+class StoreNotWritten(ServiceError):
     """Updates were still not written to Redis when the store closed."""
 
 
@@ -781,5 +782,7 @@ def check_store(url: str, cluster: bool = False) -> None:
     except UNAVAILABLE as err:
         cause = err.__cause__ if isinstance(err, rx.RedisClusterException) else err  # a cluster wraps the reason
         if isinstance(cause, rx.AuthenticationError | rx.AuthorizationError | rx.ResponseError):
-            raise ValueError(f"redis store {where} refused the connection: {cause}") from None
+            raise ServiceError(f"redis store {where} refused the connection: {cause}") from None
         log.warning("redis store %s not reachable at start (%s); holding updates until it answers", where, err)
+    except ValueError as err:  # a URL redis cannot parse
+        raise ConfigurationError(f"redis store {where}: {err}") from None

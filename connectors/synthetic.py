@@ -29,6 +29,8 @@ from typing import Any, BinaryIO, NamedTuple
 import orjson
 from tqdm import tqdm
 
+from schemas.errors import ConfigurationError
+
 __all__ = [
     "CATEGORIES",
     "DEFAULT_START",
@@ -814,11 +816,11 @@ def _with_defects(events: list[Timed], rate: float, rng: Random) -> list[Timed]:
 
 def _check(customers: int, days: int, start: datetime, defects: float) -> None:
     if customers < 0 or days < 0:
-        raise ValueError("customers and days must be >= 0")
+        raise ConfigurationError("customers and days must be >= 0")
     if start.tzinfo is None or start.utcoffset() is None:
-        raise ValueError("start must be timezone-aware")
+        raise ConfigurationError("start must be timezone-aware")
     if not 0.0 <= defects <= 1.0:
-        raise ValueError("defects must be within 0..1")
+        raise ConfigurationError("defects must be within 0..1")
 
 
 def generate_events(

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from schemas.errors import InputError
 from schemas.items import EndOfInput, RawEvent
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "online-retail-uci.csv.gz"
@@ -127,7 +128,7 @@ def _records(stream: BinaryIO, limit_rows: int | None) -> Iterator[tuple[int, by
     header = [name.lstrip("\ufeff").strip() for name in header]
     missing = set(COLUMNS) - set(header)
     if missing:
-        raise ValueError(f"not a UCI Online Retail CSV, missing columns: {sorted(missing)}")
+        raise InputError(f"not a UCI Online Retail CSV, missing columns: {sorted(missing)}")
     tap.pop_raw()
     rows = 0
     while limit_rows is None or rows < limit_rows:

@@ -6,6 +6,7 @@ import argparse
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,8 +36,15 @@ from flows.runtime import recovery_config, tune_gc
 from flows.settings import SAMPLE_STREAM, Settings
 from flows.status import StatusLine, status_text
 from operators.models import ModelMode
-from operators.rules import STARTER_RULES, RuleFileError, load_rules
+from operators.rules import STARTER_RULES, load_rules
+from schemas.errors import ConfigurationError, NudgeflowError, RecoveryStoreError
 from schemas.items import EndOfInput, RawEvent
+
+EXIT_PROBLEM = 2
+"""Exit status of an operational problem (settings, inputs, outputs, services, recovery store)."""
+EXIT_OS_ERROR = 1
+EXIT_INTERNAL_ERROR = 70
+"""Exit status of anything else: a bug, reported with its traceback (EX_SOFTWARE of sysexits.h)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,12 +52,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.command(args) or 0)
-    except (RuleFileError, OutputFolderError, ValueError, FileNotFoundError, StoreNotWritten) as err:
-        print(f"nudgeflow: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"nudgeflow: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:
+        return _report(err)
+
+
+def _report(err: Exception) -> int:
+    """Say what went wrong on stderr; return the exit status for it.
+
+    An operational problem or a path that does not exist takes one line (exit 2), another OS
+    error too (exit 1), also when raised inside the running flow (Bytewax wraps what a step
+    raises); any other exception is a bug: its traceback is shown.
+    """
+    cause = _cause(err)
+    if isinstance(cause, NudgeflowError | FileNotFoundError):
+        print(f"nudgeflow: {cause}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if isinstance(cause, OSError):
+        print(f"nudgeflow: {cause}", file=sys.stderr)
+        return EXIT_OS_ERROR
+    traceback.print_exception(err, file=sys.stderr)
+    print(
+        "nudgeflow: internal error (a bug, not a problem with the input or settings); please report it", file=sys.stderr
+    )
+    return EXIT_INTERNAL_ERROR
+
+
+def _cause(err: BaseException | None) -> BaseException | None:
+    """The operational or OS error that ``err`` is, or was raised from (``raise ... from``)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, NudgeflowError | OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -287,9 +323,9 @@ def _warm_start(args: argparse.Namespace) -> int:
     ).model_copy(update={"redis_url": None})  # a warm start builds state in its recovery store only
     folder = settings.recovery_dir
     if folder is None:
-        raise ValueError("a warm start needs a recovery directory (--recovery-dir or NUDGEFLOW_RECOVERY_DIR)")
+        raise ConfigurationError("a warm start needs a recovery directory (--recovery-dir or NUDGEFLOW_RECOVERY_DIR)")
     if folder.exists() and any(folder.iterdir()):
-        raise ValueError(f"recovery directory {folder} is not empty: a warm start begins a new one")
+        raise RecoveryStoreError(f"recovery directory {folder} is not empty: a warm start begins a new one")
     servers, topic = settings.kafka_bootstrap_servers, settings.events_topic
     parts = part_names(topic, topic_partitions(servers, topic, settings.kafka_client_config()))
     sink = DiscardSink()

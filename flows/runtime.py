@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
+from schemas.errors import RecoveryStoreError
+
 if TYPE_CHECKING:
     from flows.settings import Settings
 
@@ -58,12 +60,12 @@ def check_trusted(folder: Path) -> None:
     for path in (folder, *sorted(folder.glob("part-*"))):
         status = path.stat()
         if status.st_uid != me:
-            raise ValueError(
+            raise RecoveryStoreError(
                 f"recovery store {path} belongs to another user (uid {status.st_uid}): snapshots are unpickled at "
                 f"start-up, so only the engine's user may own and write them (chown {me} {path})"
             )
         if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise ValueError(
+            raise RecoveryStoreError(
                 f"recovery store {path} is writable by other users (mode {stat.filemode(status.st_mode)}): snapshots "
                 f"are unpickled at start-up, so only the engine's user may write there (chmod go-w {path})"
             )

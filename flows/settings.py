@@ -13,6 +13,7 @@ from operators.engine import EngineConfig
 from operators.models import ModelMode
 from operators.rules import STARTER_RULES
 from schemas import model_files
+from schemas.errors import ConfigurationError
 from schemas.items import DEFAULT_MAX_EVENT_BYTES
 from state.affinity import DAY_MS
 from state.customer import MINUTE_MS, Lifecycle
@@ -131,7 +132,7 @@ class Settings(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as err:
-            raise ValueError(f"invalid settings: {_problems(err, config_file, lines)}") from None
+            raise ConfigurationError(f"invalid settings: {_problems(err, config_file, lines)}") from None
 
 
 LIST_FIELDS = frozenset({"input", "redis_traits"})
@@ -142,13 +143,14 @@ def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     try:
         document = yaml.compose(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"config file {path} does not exist") from None
+        raise ConfigurationError(f"config file {path} does not exist") from None
     except yaml.YAMLError as err:
-        raise ValueError(f"config file {path}: not valid YAML: {err}") from None
+        raise ConfigurationError(f"config file {path}: not valid YAML: {err}") from None
     if document is None:
         return {}, {}
     if not isinstance(document, yaml.MappingNode):
-        raise ValueError(f"config file {path}, line {document.start_mark.line + 1}: expected a mapping of settings")
+        line = document.start_mark.line + 1
+        raise ConfigurationError(f"config file {path}, line {line}: expected a mapping of settings")
     values = yaml.safe_load(path.read_text())
     lines = {key.value: key.start_mark.line + 1 for key, _ in document.value if isinstance(key, yaml.ScalarNode)}
     return values, lines

@@ -50,6 +50,7 @@ from operators.parse import count_notes
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
 from operators.timers import TimerQueue
 from schemas.envelope import Envelope
+from schemas.errors import RecoveryStoreError
 from schemas.items import Output
 from schemas.records import decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
@@ -648,7 +649,7 @@ class CustomerStage:
         """Load a snapshot written by :meth:`snapshot`; refuse other formats."""
         version, shard = snapshot
         if version != SNAPSHOT_FORMAT:
-            raise ValueError(
+            raise RecoveryStoreError(
                 f"recovery snapshot format {version} is not supported: this version reads format {SNAPSHOT_FORMAT}. "
                 "Start with a new recovery directory (and warm-start from recorded history if needed)."
             )

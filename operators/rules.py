@@ -12,6 +12,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from operators.expressions import Expression, ExpressionError, compile_expression
+from schemas.errors import ConfigurationError
 from schemas.events import KNOWN_TRACK_EVENTS
 from schemas.rules import AudienceRule, NextBestOffer, Offer, RuleSet, TriggerRule
 from state.catalogue import ANY_EVENT, FEATURES
@@ -63,7 +64,7 @@ class Problem:
         return f"{where}:{rule} field '{self.field}': {self.message}"
 
 
-class RuleFileError(ValueError):
+class RuleFileError(ConfigurationError):
     """A rule file that cannot be used; ``str()`` lists every problem, one per line."""
 
     def __init__(self, path: str, problems: list[Problem]) -> None:

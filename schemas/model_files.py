@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from schemas.errors import ConfigurationError
+
 FORMAT = "nudgeflow.models/1"
 
 
@@ -142,16 +144,16 @@ def read(path: Path) -> dict[str, Any]:
     try:
         document = orjson.loads(Path(path).read_bytes())
     except (OSError, orjson.JSONDecodeError) as err:
-        raise ValueError(f"model file {path}: {err}") from None
+        raise ConfigurationError(f"model file {path}: {err}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(f"model file {path}: not a {FORMAT} file")
+        raise ConfigurationError(f"model file {path}: not a {FORMAT} file")
     models = document.get("models")
     if hashlib.sha256(_canonical(models)).hexdigest() != document.get("sha256"):
-        raise ValueError(f"model file {path}: content does not match its sha256 (changed or truncated)")
+        raise ConfigurationError(f"model file {path}: content does not match its sha256 (changed or truncated)")
     try:
         return _Models.model_validate(models).model_dump()
     except ValidationError as err:
-        raise ValueError(f"model file {path}: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from None
+        raise ConfigurationError(f"model file {path}: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from None
 
 
 def _canonical(value: Any) -> bytes:

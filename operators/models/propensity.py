@@ -21,6 +21,8 @@ from typing import Any
 from river import compose, drift, linear_model, optim, preprocessing
 from river import utils as river_utils
 
+from schemas.errors import ConfigurationError
+
 FEATURES: tuple[str, ...] = (
     "recency_days",
     "days_since_seen",
@@ -177,7 +179,7 @@ class PropensityModel:
     def load(self, data: Mapping[str, Any]) -> None:
         """Parameters written by :meth:`export` (validated by the caller)."""
         if list(data["features"]) != list(FEATURES):
-            raise ValueError("the propensity model was trained on other features")
+            raise ConfigurationError("the propensity model was trained on other features")
         scaler = self.pipeline["StandardScaler"]
         scaler.counts = Counter({k: int(v) for k, v in data["scaler"]["counts"].items()})
         scaler.means = {k: float(v) for k, v in data["scaler"]["means"].items()}
