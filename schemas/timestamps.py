@@ -1,0 +1,89 @@
+"""ISO 8601 date-time text to epoch milliseconds, without building datetime objects.
+
+The contract's forms: ``YYYY-MM-DD``, then ``T`` (or ``t``, a space, ``_``), ``HH:MM``, optional ``:SS``
+with an optional fraction (``.`` or ``,``, any number of digits, read to the microsecond), then a time
+zone: ``Z`` (or ``z``), ``+HH:MM`` or ``+HHMM`` (under 24 hours). Years 0001 to 9999; no leap seconds.
+Text without a time zone is refused. The common form ``2026-01-05T10:00:00.123Z`` takes a fast path.
+
+The value is the one ``int(datetime.timestamp() * 1000)`` gives for the same instant: the float
+rounding of that formula is kept, so every accepted form maps to the same milliseconds as before.
+"""
+
+from __future__ import annotations
+
+import re
+
+NOT_ISO = "Input should be an ISO 8601 date-time with a time zone, e.g. 2026-01-05T10:00:00Z"
+NO_ZONE = "Input should have timezone info (Z or an offset such as +01:00)"
+
+_ISO = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+    r"(?:[Tt _]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:[.,]([0-9]+))?)?"
+    r"(?:([Zz])|([+-])([0-9]{2}):?([0-9]{2}))?)?",
+    re.ASCII,
+)
+_DAYS_BEFORE_MONTH = (0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
+_UNIX_EPOCH_ORDINAL = 719_163  # days from 0001-01-01 to 1970-01-01
+_MAX_DAYS_KEPT = 20_000
+
+# fast path tables: "HH:MM:" -> seconds, "SS" -> seconds, "fff" -> milliseconds
+_CLOCK = {f"{h:02}:{m:02}:": h * 3600 + m * 60 for h in range(24) for m in range(60)}
+_SECONDS = {f"{s:02}": s for s in range(60)}
+_MILLIS = {f"{ms:03}": ms for ms in range(1000)}
+_DAY_SECONDS: dict[str, int] = {}
+"""``YYYY-MM-DD`` -> seconds since the epoch at its midnight UTC, for the valid dates seen."""
+
+
+def epoch_ms(text: str) -> int:
+    """Milliseconds since the Unix epoch of ISO 8601 date-time text; ValueError if it is not one."""
+    if len(text) == 24 and text[23] == "Z" and text[10] == "T" and text[19] == ".":
+        day = _DAY_SECONDS.get(text[:10])
+        clock = _CLOCK.get(text[11:17])
+        second = _SECONDS.get(text[17:19])
+        milli = _MILLIS.get(text[20:23])
+        if day is not None and clock is not None and second is not None and milli is not None:
+            return _as_timestamp_ms(((day + clock + second) * 1000 + milli) * 1000)
+    return _parse(text)
+
+
+def _parse(text: str) -> int:
+    """The general form (see the module docstring)."""
+    match = _ISO.fullmatch(text) if type(text) is str else None
+    if match is None:
+        raise ValueError(NOT_ISO)
+    year, month, day, hour, minute, second, fraction, zulu, sign, zone_hour, zone_minute = match.groups()
+    day_seconds = _day_seconds(text[:10], int(year), int(month), int(day))
+    if hour is None or (zulu is None and sign is None):
+        raise ValueError(NO_ZONE)
+    hours, minutes, seconds = int(hour), int(minute), int(second or 0)
+    if hours > 23 or minutes > 59 or seconds > 59:
+        raise ValueError(NOT_ISO)
+    offset = 0
+    if sign is not None:
+        if int(zone_hour) > 23 or int(zone_minute) > 59:
+            raise ValueError(NOT_ISO)
+        offset = (int(zone_hour) * 3600 + int(zone_minute) * 60) * (-1 if sign == "-" else 1)
+    micros = int(fraction[:6].ljust(6, "0")) if fraction else 0
+    return _as_timestamp_ms((day_seconds + hours * 3600 + minutes * 60 + seconds - offset) * 1_000_000 + micros)
+
+
+def _day_seconds(date: str, year: int, month: int, day: int) -> int:
+    """Seconds since the epoch at the date's midnight UTC (remembered for the fast path)."""
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    days_in_month = (0, 31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+    if year < 1 or not 1 <= month <= 12 or not 1 <= day <= days_in_month[month]:
+        raise ValueError(NOT_ISO)
+    before = year - 1
+    ordinal = before * 365 + before // 4 - before // 100 + before // 400 + _DAYS_BEFORE_MONTH[month] + day
+    ordinal += 1 if leap and month > 2 else 0
+    seconds = (ordinal - _UNIX_EPOCH_ORDINAL) * 86_400
+    if len(_DAY_SECONDS) >= _MAX_DAYS_KEPT:
+        _DAY_SECONDS.clear()
+    _DAY_SECONDS[date] = seconds
+    return seconds
+
+
+def _as_timestamp_ms(micros: int) -> int:
+    """``int(datetime.timestamp() * 1000)`` for the instant ``micros`` after the epoch: the
+    timestamp is the correctly rounded float of micros / 10**6, and the product is truncated."""
+    return int(micros / 1_000_000 * 1000)
