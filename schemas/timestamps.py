@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 
 NOT_ISO = "Input should be an ISO 8601 date-time with a time zone, e.g. 2026-01-05T10:00:00Z"
-NO_ZONE = "Input should have timezone info (Z or an offset such as +01:00)"
+NO_ZONE = "Input should have timezone info"
+INVALID = "Input should be a valid datetime or date, "
 
 _ISO = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
@@ -48,20 +49,20 @@ def epoch_ms(text: str) -> int:
 
 def _parse(text: str) -> int:
     """The general form (see the module docstring)."""
-    match = _ISO.fullmatch(text) if type(text) is str else None
-    if match is None:
+    if type(text) is not str or text[4:5] != "-":
         raise ValueError(NOT_ISO)
+    match = _ISO.fullmatch(text)
+    if match is None:
+        raise ValueError(INVALID + "invalid character or unexpected end of input")
     year, month, day, hour, minute, second, fraction, zulu, sign, zone_hour, zone_minute = match.groups()
     day_seconds = _day_seconds(text[:10], int(year), int(month), int(day))
+    hours, minutes, seconds = int(hour or 0), int(minute or 0), int(second or 0)
+    if hours > 23 or minutes > 59 or seconds > 59 or int(zone_hour or 0) > 23 or int(zone_minute or 0) > 59:
+        raise ValueError(INVALID + "unexpected extra characters at the end of the input")
     if hour is None or (zulu is None and sign is None):
         raise ValueError(NO_ZONE)
-    hours, minutes, seconds = int(hour), int(minute), int(second or 0)
-    if hours > 23 or minutes > 59 or seconds > 59:
-        raise ValueError(NOT_ISO)
     offset = 0
     if sign is not None:
-        if int(zone_hour) > 23 or int(zone_minute) > 59:
-            raise ValueError(NOT_ISO)
         offset = (int(zone_hour) * 3600 + int(zone_minute) * 60) * (-1 if sign == "-" else 1)
     micros = int(fraction[:6].ljust(6, "0")) if fraction else 0
     return _as_timestamp_ms((day_seconds + hours * 3600 + minutes * 60 + seconds - offset) * 1_000_000 + micros)
@@ -71,8 +72,12 @@ def _day_seconds(date: str, year: int, month: int, day: int) -> int:
     """Seconds since the epoch at the date's midnight UTC (remembered for the fast path)."""
     leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
     days_in_month = (0, 31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-    if year < 1 or not 1 <= month <= 12 or not 1 <= day <= days_in_month[month]:
-        raise ValueError(NOT_ISO)
+    if year < 1:
+        raise ValueError("Input should be a valid datetime, year 0 is out of range")
+    if not 1 <= month <= 12:
+        raise ValueError(INVALID + "month value is outside expected range of 1-12")
+    if not 1 <= day <= days_in_month[month]:
+        raise ValueError(INVALID + "day value is outside expected range")
     before = year - 1
     ordinal = before * 365 + before // 4 - before // 100 + before // 400 + _DAYS_BEFORE_MONTH[month] + day
     ordinal += 1 if leap and month > 2 else 0

@@ -327,6 +327,6 @@ def test_an_error_inside_parsing_is_a_dead_letter_not_an_exception(monkeypatch):
     def broken(*args: Any) -> None:
         raise RuntimeError("validator blew up")
 
-    monkeypatch.setattr(parse_module, "EVENT_ADAPTER", type("Broken", (), {"validate_python": broken})())
+    monkeypatch.setattr(parse_module, "validate_event", broken)
     record = rejected(parse(raw(call("page"))))
     assert (record["reason"], record["messages"]) == ("processing_error", ["RuntimeError: validator blew up"])
