@@ -25,25 +25,22 @@ _ISO = re.compile(
 )
 _DAYS_BEFORE_MONTH = (0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
 _UNIX_EPOCH_ORDINAL = 719_163  # days from 0001-01-01 to 1970-01-01
-_MAX_DAYS_KEPT = 20_000
 
-# fast path tables: "HH:MM:" -> seconds, "SS" -> seconds, "fff" -> milliseconds
-_CLOCK = {f"{h:02}:{m:02}:": h * 3600 + m * 60 for h in range(24) for m in range(60)}
+# the fast path: "YYYY-MM-DDTHH:MM:" (a minute seen before) -> seconds, "SS" -> seconds, "fff" -> milliseconds
+_MINUTES: dict[str, int] = {}
+_MAX_MINUTES_KEPT = 100_000
 _SECONDS = {f"{s:02}": s for s in range(60)}
 _MILLIS = {f"{ms:03}": ms for ms in range(1000)}
-_DAY_SECONDS: dict[str, int] = {}
-"""``YYYY-MM-DD`` -> seconds since the epoch at its midnight UTC, for the valid dates seen."""
 
 
 def epoch_ms(text: str) -> int:
     """Milliseconds since the Unix epoch of ISO 8601 date-time text; ValueError if it is not one."""
-    if len(text) == 24 and text[23] == "Z" and text[10] == "T" and text[19] == ".":
-        day = _DAY_SECONDS.get(text[:10])
-        clock = _CLOCK.get(text[11:17])
+    if len(text) == 24 and text[23] == "Z" and text[19] == ".":
+        minute = _MINUTES.get(text[:17])
         second = _SECONDS.get(text[17:19])
         milli = _MILLIS.get(text[20:23])
-        if day is not None and clock is not None and second is not None and milli is not None:
-            return _as_timestamp_ms(((day + clock + second) * 1000 + milli) * 1000)
+        if minute is not None and second is not None and milli is not None:
+            return int(((minute + second) * 1000 + milli) / 1000 * 1000)  # see _as_timestamp_ms
     return _parse(text)
 
 
@@ -55,7 +52,7 @@ def _parse(text: str) -> int:
     if match is None:
         raise ValueError(INVALID + "invalid character or unexpected end of input")
     year, month, day, hour, minute, second, fraction, zulu, sign, zone_hour, zone_minute = match.groups()
-    day_seconds = _day_seconds(text[:10], int(year), int(month), int(day))
+    day_seconds = _day_seconds(int(year), int(month), int(day))
     hours, minutes, seconds = int(hour or 0), int(minute or 0), int(second or 0)
     if hours > 23 or minutes > 59 or seconds > 59 or int(zone_hour or 0) > 23 or int(zone_minute or 0) > 59:
         raise ValueError(INVALID + "unexpected extra characters at the end of the input")
@@ -64,12 +61,17 @@ def _parse(text: str) -> int:
     offset = 0
     if sign is not None:
         offset = (int(zone_hour) * 3600 + int(zone_minute) * 60) * (-1 if sign == "-" else 1)
+    minute = day_seconds + hours * 3600 + minutes * 60 - offset
+    if len(text) == 24 and zulu == "Z" and fraction is not None and len(fraction) == 3:  # the fast path's form
+        if len(_MINUTES) >= _MAX_MINUTES_KEPT:
+            _MINUTES.clear()
+        _MINUTES[text[:17]] = minute
     micros = int(fraction[:6].ljust(6, "0")) if fraction else 0
-    return _as_timestamp_ms((day_seconds + hours * 3600 + minutes * 60 + seconds - offset) * 1_000_000 + micros)
+    return _as_timestamp_ms((minute + seconds) * 1_000_000 + micros)
 
 
-def _day_seconds(date: str, year: int, month: int, day: int) -> int:
-    """Seconds since the epoch at the date's midnight UTC (remembered for the fast path)."""
+def _day_seconds(year: int, month: int, day: int) -> int:
+    """Seconds since the epoch at the date's midnight UTC."""
     leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
     days_in_month = (0, 31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
     if year < 1:
@@ -81,11 +83,7 @@ def _day_seconds(date: str, year: int, month: int, day: int) -> int:
     before = year - 1
     ordinal = before * 365 + before // 4 - before // 100 + before // 400 + _DAYS_BEFORE_MONTH[month] + day
     ordinal += 1 if leap and month > 2 else 0
-    seconds = (ordinal - _UNIX_EPOCH_ORDINAL) * 86_400
-    if len(_DAY_SECONDS) >= _MAX_DAYS_KEPT:
-        _DAY_SECONDS.clear()
-    _DAY_SECONDS[date] = seconds
-    return seconds
+    return (ordinal - _UNIX_EPOCH_ORDINAL) * 86_400
 
 
 def _as_timestamp_ms(micros: int) -> int:
