@@ -133,7 +133,7 @@ def _parse(raw: RawEvent, max_bytes: int) -> Envelope | Rejected:
     try:
         event, ts_ms, received_ms = validate_event(data)
     except ContractError as err:
-        return _reject(raw, "schema_invalid", [str(err)])
+        return _reject(raw, "schema_invalid", err.messages)
     notes = contract_notes(event, data)
     return envelope_of(event, payload, raw.seq, raw.position, ts_ms, received_ms, raw.arrived, notes)
 

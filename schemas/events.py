@@ -363,12 +363,14 @@ def model_named(name: str) -> type[_Call]:
 
 
 class ContractError(ValueError):
-    """An event that breaks the contract; ``path`` names the field (``properties.price``), if any."""
+    """An event that breaks the contract: its ``problems`` as ``(path, problem)``, the path naming the
+    field (``properties.price``, or empty for the event as a whole), in the order the models list the
+    fields; ``messages`` as dead letters carry them (``path: problem``)."""
 
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}" if path else problem)
-        self.path = path
-        self.problem = problem
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        self.messages = [f"{path}: {problem}" if path else problem for path, problem in problems]
+        super().__init__("; ".join(self.messages))
 
 
 def validate_event(data: dict[str, Any]) -> tuple[AnyEvent, int, int | None]:
@@ -379,14 +381,17 @@ def validate_event(data: dict[str, Any]) -> tuple[AnyEvent, int, int | None]:
         event = msgspec.convert(data, model)
     except msgspec.ValidationError as err:
         event = _repaired(data, model, err)
-    ts_ms = _moment("timestamp", event.timestamp)
-    received_ms = None if event.receivedAt is None else _moment("receivedAt", event.receivedAt)
-    if event.sentAt is not None:
-        _moment("sentAt", event.sentAt)
-    if model is IdentifyEvent and event.traits.created_at is not None:
-        _moment("traits.created_at", event.traits.created_at)
+    try:
+        ts_ms = epoch_ms(event.timestamp)
+        received_ms = None if event.receivedAt is None else epoch_ms(event.receivedAt)
+        if event.sentAt is not None:
+            epoch_ms(event.sentAt)
+        if model is IdentifyEvent and event.traits.created_at is not None:
+            epoch_ms(event.traits.created_at)
+    except ValueError:
+        raise _rejection(model, data) from None
     if event.userId is None and event.anonymousId is None:
-        raise ContractError("", "Value error, userId or anonymousId is required")
+        raise ContractError([("", "Value error, userId or anonymousId is required")])
     return event, ts_ms, received_ms
 
 
@@ -396,14 +401,6 @@ def decode_event(raw: bytes, name: str) -> AnyEvent:
         return msgspec.json.decode(raw, type=model_named(name))
     except (msgspec.MsgspecError, RecursionError):  # a coercion, a dropped line, deep nesting: the general way
         return validate_event(orjson.loads(raw))[0]
-
-
-def _moment(path: str, text: str) -> int:
-    try:
-        return epoch_ms(text)
-    except ValueError as err:
-        problem = str(err)
-        raise ContractError(path, f"Value error, {problem}" if problem == NOT_ISO else problem) from None
 
 
 # The slow way, only when msgspec refused the event: an integer-valued number for an integer is
@@ -417,24 +414,24 @@ _MAX_REPAIRS = 8
 
 def _repaired(data: dict[str, Any], model: type[Any], err: msgspec.ValidationError) -> Any:
     """The event once integer-valued numbers are integers and bad order lines are dropped."""
-    dropped: tuple[str, ...] = ()
+    fixed, dropped = data, ()
     for _ in range(_MAX_REPAIRS):
         path, problem = _where(err)
         if issubclass(model, (OrderEvent, CheckoutEvent)) and len(path) > 2 and path[:2] == ("properties", "products"):
-            data, dropped = _without_bad_lines(data)
-        elif _WANTS_INT.fullmatch(problem) and _integral(_at(data, path)):
-            data = _replaced(data, path, int(_at(data, path)))
+            fixed, dropped = _without_bad_lines(fixed)
+        elif _WANTS_INT.fullmatch(problem) and _integral(_at(fixed, path)):
+            fixed = _replaced(fixed, path, int(_at(fixed, path)))
         else:
-            raise _refusal(model, data, path, problem) from None
+            raise _rejection(model, data, (path, problem)) from None
         try:
-            event = msgspec.convert(data, model)
+            event = msgspec.convert(fixed, model)
         except msgspec.ValidationError as again:
             err = again
             continue
         if dropped:
             msgspec.structs.force_setattr(event.properties, "dropped_lines", dropped)
         return event
-    raise _refusal(model, data, *_where(err))
+    raise _rejection(model, data, _where(err))
 
 
 def _where(err: msgspec.ValidationError) -> tuple[tuple[str | int, ...], str]:
@@ -457,9 +454,57 @@ _KINDS = {"float": "number", "int": "integer", "str": "string", "bool": "boolean
 _TIMESTAMPS = frozenset({"timestamp", "receivedAt", "sentAt", "created_at"})
 
 
-def _refusal(model: type[Any], data: Any, path: tuple[str | int, ...], problem: str) -> ContractError:
-    """The error for a problem msgspec found, in the words dead letters have always used."""
-    return ContractError(".".join(str(step) for step in path), _worded(model, data, path, problem))
+MAX_PROBLEMS = 20
+Path = tuple[str | int, ...]
+
+
+def _rejection(model: type[Any], data: dict[str, Any], first: tuple[Path, str] | None = None) -> ContractError:
+    """Every problem of a refused event (``first``, the one msgspec met, if no other is found), in the
+    words dead letters have always used."""
+    problems: list[tuple[Path, str]] = []
+    _walk(model, data, (), problems)
+    if not problems and first is not None:
+        problems.append(first)
+    worded = [(".".join(map(str, path)), _worded(model, data, path, problem)) for path, problem in problems]
+    return ContractError(worded[:MAX_PROBLEMS])
+
+
+def _walk(target: Any, value: Any, path: Path, problems: list[tuple[Path, str]]) -> None:
+    """Collect the problems of ``value`` checked against ``target``, field by field."""
+    bare = _bare(target)
+    if type(value) is dict and isinstance(bare, type) and issubclass(bare, Struct):
+        found: list[tuple[Path, str]] = []
+        for info in _in_order(bare):
+            if info.name in value:
+                _walk(info.type, value[info.name], (*path, info.name), found)
+            elif info.required:
+                found.append(((*path, info.name), "Field required"))
+        lines = (*path, "products")
+        if not (issubclass(bare, _WithLines) and all(where[: len(lines)] == lines != where for where, _ in found)):
+            problems.extend(found)  # problems only in order lines are not: those lines are dropped
+        return
+    try:
+        msgspec.convert(int(value) if bare is int and _integral(value) else value, target)
+    except msgspec.ValidationError as err:
+        inner, problem = _where(err)
+        if inner and type(value) is list:
+            for n, item in enumerate(value):
+                _walk(get_args(bare)[0], item, (*path, n), problems)
+        else:
+            problems.append(((*path, *inner), problem))
+        return
+    if path and path[-1] in _TIMESTAMPS and type(value) is str:
+        try:
+            epoch_ms(value)
+        except ValueError as err:
+            problems.append((path, str(err)))
+
+
+def _in_order(model: type[Struct]) -> list[msgspec.structs.FieldInfo]:
+    """A model's fields in the order its classes list them (base classes first)."""
+    fields = {info.name: info for info in msgspec.structs.fields(model)}
+    names = dict.fromkeys(name for cls in reversed(model.__mro__) for name in vars(cls).get("__annotations__", {}))
+    return [fields[name] for name in names if name in fields]
 
 
 def _worded(model: type[Any], data: Any, path: tuple[str | int, ...], problem: str) -> str:
@@ -470,7 +515,7 @@ def _worded(model: type[Any], data: Any, path: tuple[str | int, ...], problem: s
         *first, last = (repr(choice) for choice in get_args(target))
         return f"Input should be {', '.join(first)} or {last}" if first else f"Input should be {last}"
     if path and path[-1] in _TIMESTAMPS:
-        return f"Value error, {NOT_ISO}"
+        return f"Value error, {NOT_ISO}" if problem.startswith("Expected") or problem == NOT_ISO else problem
     if length := _LENGTH.fullmatch(problem):
         kind, bound, size = length.groups()
         if kind == "array":
@@ -543,7 +588,7 @@ def _replaced(data: Any, path: tuple[str | int, ...], value: Any) -> Any:
     return copy
 
 
-_LINE_FIELDS = msgspec.structs.fields(Product)
+_LINE_FIELDS = _in_order(Product)
 
 
 def _without_bad_lines(data: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:

@@ -46,10 +46,10 @@ def validate(event: dict[str, Any]) -> Any:
 
 
 def errors(event: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
-    """The field path and problem of the error that rejects ``event``."""
+    """The field path and problem of each error that rejects ``event``."""
     with pytest.raises(ContractError) as info:
         validate(event)
-    return [(tuple(info.value.path.split(".")) if info.value.path else (), info.value.problem)]
+    return [(tuple(path.split(".")) if path else (), problem) for path, problem in info.value.problems]
 
 
 @pytest.mark.parametrize(
