@@ -410,6 +410,10 @@ _STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _MISSING = re.compile(r"Object missing required field `(.*)`")
 _WANTS_INT = re.compile(r"Expected `int( \| null)?`, got `float`")
 _MAX_REPAIRS = 8
+MAX_PROBLEMS = 20
+"""Problems a refused event's dead letter names."""
+FieldPath = tuple[str | int, ...]
+"""Where a value is in an event: ``("properties", "products", 1, "quantity")``."""
 
 
 def _repaired(data: dict[str, Any], model: type[Any], err: msgspec.ValidationError) -> Any:
@@ -434,7 +438,7 @@ def _repaired(data: dict[str, Any], model: type[Any], err: msgspec.ValidationErr
     raise _rejection(model, data, _where(err))
 
 
-def _where(err: msgspec.ValidationError) -> tuple[tuple[str | int, ...], str]:
+def _where(err: msgspec.ValidationError) -> tuple[FieldPath, str]:
     """The path (``("properties", "products", 1, "quantity")``) and problem of a msgspec error."""
     message = str(err)
     found = _AT.fullmatch(message)
@@ -454,14 +458,10 @@ _KINDS = {"float": "number", "int": "integer", "str": "string", "bool": "boolean
 _TIMESTAMPS = frozenset({"timestamp", "receivedAt", "sentAt", "created_at"})
 
 
-MAX_PROBLEMS = 20
-Path = tuple[str | int, ...]
-
-
-def _rejection(model: type[Any], data: dict[str, Any], first: tuple[Path, str] | None = None) -> ContractError:
+def _rejection(model: type[Any], data: dict[str, Any], first: tuple[FieldPath, str] | None = None) -> ContractError:
     """Every problem of a refused event (``first``, the one msgspec met, if no other is found), in the
     words dead letters have always used."""
-    problems: list[tuple[Path, str]] = []
+    problems: list[tuple[FieldPath, str]] = []
     _walk(model, data, (), problems)
     if not problems and first is not None:
         problems.append(first)
@@ -469,11 +469,11 @@ def _rejection(model: type[Any], data: dict[str, Any], first: tuple[Path, str] |
     return ContractError(worded[:MAX_PROBLEMS])
 
 
-def _walk(target: Any, value: Any, path: Path, problems: list[tuple[Path, str]]) -> None:
+def _walk(target: Any, value: Any, path: FieldPath, problems: list[tuple[FieldPath, str]]) -> None:
     """Collect the problems of ``value`` checked against ``target``, field by field."""
     bare = _bare(target)
     if type(value) is dict and isinstance(bare, type) and issubclass(bare, Struct):
-        found: list[tuple[Path, str]] = []
+        found: list[tuple[FieldPath, str]] = []
         for info in _in_order(bare):
             if info.name in value:
                 _walk(info.type, value[info.name], (*path, info.name), found)
@@ -507,7 +507,8 @@ def _in_order(model: type[Struct]) -> list[msgspec.structs.FieldInfo]:
     return [fields[name] for name in names if name in fields]
 
 
-def _worded(model: type[Any], data: Any, path: tuple[str | int, ...], problem: str) -> str:
+def _worded(model: type[Any], data: Any, path: FieldPath, problem: str) -> str:
+    """msgspec's ``problem`` with the value at ``path``, said as dead letters have always said it."""
     if problem == "Field required":
         return problem
     target = _target(model, path)
@@ -541,7 +542,7 @@ def _worded(model: type[Any], data: Any, path: tuple[str | int, ...], problem: s
     return problem
 
 
-def _target(model: Any, path: tuple[str | int, ...]) -> Any:
+def _target(model: Any, path: FieldPath) -> Any:
     """The type the value at ``path`` is checked against (``Any`` where that is not a Struct field)."""
     target = model
     for step in path:
@@ -573,13 +574,13 @@ def _integral(value: Any) -> bool:
     return type(value) is float and value.is_integer()
 
 
-def _at(data: Any, path: tuple[str | int, ...]) -> Any:
+def _at(data: Any, path: FieldPath) -> Any:
     for step in path:
         data = data[step]
     return data
 
 
-def _replaced(data: Any, path: tuple[str | int, ...], value: Any) -> Any:
+def _replaced(data: Any, path: FieldPath, value: Any) -> Any:
     """A copy of ``data`` with ``value`` at ``path`` (the containers on the way copied, the rest shared)."""
     if not path:
         return value
