@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
 from schemas.envelope import Envelope, envelope_of
-from schemas.events import EVENT_ADAPTER, contract_notes
+from schemas.events import ContractError, contract_notes, validate_event
 from schemas.items import DEFAULT_MAX_EVENT_BYTES, RawEvent
 from schemas.records import dead_letter
 
@@ -71,7 +70,7 @@ class Rejected:
 
 
 def parse(raw: RawEvent, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Envelope | Rejected:
-    """Decode (orjson), validate (one pydantic TypeAdapter) and wrap one event.
+    """Decode (orjson), validate (msgspec Structs, :func:`schemas.events.validate_event`) and wrap one event.
 
     Whatever the bytes, this returns: an input that makes parsing itself raise is a
     ``processing_error`` dead letter, never an exception that would stop the flow.
@@ -104,10 +103,11 @@ def _parse(raw: RawEvent, max_bytes: int) -> Envelope | Rejected:
         if duplicate is not None:
             return _reject(raw, "duplicate_key", [f"{duplicate}: duplicate key"])
     try:
-        event = EVENT_ADAPTER.validate_python(data)
-    except ValidationError as err:
-        return _reject(raw, "schema_invalid", _messages(err))
-    return envelope_of(event, payload, raw.seq, raw.position, raw.arrived, contract_notes(event, data))
+        event, ts_ms, received_ms = validate_event(data)
+    except ContractError as err:
+        return _reject(raw, "schema_invalid", err.messages)
+    notes = contract_notes(event, data)
+    return envelope_of(event, payload, raw.seq, raw.position, ts_ms, received_ms, raw.arrived, notes)
 
 
 class _Pairs(dict[str, Any]):
@@ -190,15 +190,6 @@ def readable_firsts(summary: dict[str, Any]) -> None:
     """In a merged summary, each unknown field's first sighting as its messageId and position."""
     for entry in summary.get("unknown_fields", {}).values():
         _, entry["first_message_id"], entry["first_position"] = entry.pop("first")
-
-
-def _messages(err: ValidationError) -> list[str]:
-    out = []
-    for e in err.errors(include_url=False)[:20]:
-        # the first part of ``loc`` is the union tag (the event name): leave it out
-        loc = ".".join(str(part) for part in e["loc"][1:] if not str(part).startswith("function-"))
-        out.append(f"{loc}: {e['msg']}" if loc else e["msg"])
-    return out
 
 
 def _reject(raw: RawEvent, reason: str, messages: list[str], processor: str = "nudgeflow.parse") -> Rejected:

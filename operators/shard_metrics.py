@@ -77,7 +77,7 @@ class ShardMetrics:
         engine = self.engine
         _customers_by_shard[(engine.role, id(engine))] = len(engine.customers)
         CUSTOMERS.labels(stage=engine.role).set(
-            sum(n for (role, _), n in _customers_by_shard.items() if role == engine.role)
+            sum(n for (role, _), n in list(_customers_by_shard.items()) if role == engine.role)
         )
 
     def due(self) -> datetime | None:

@@ -1,76 +1,55 @@
-"""The input event contract: Segment Spec shaped events.
+"""The input event contract: Segment Spec shaped events, as msgspec Structs.
 
-One ``TypeAdapter`` over a discriminated union validates every event: ``type`` picks
-the call (track, identify, page, screen, alias) and, for ``track``, the ``event`` name
-picks the properties model. Track events whose name is not listed here are accepted
-as :class:`UnknownTrack` (counted, never rejected).
+:func:`validate_event` checks a decoded JSON object and returns its event: ``type`` picks the call
+(track, identify, page, screen, alias) and, for ``track``, the ``event`` name picks the model. Track
+events whose name is not listed here are accepted as :class:`UnknownTrack` (counted, never rejected).
+A key the models do not name is accepted and not kept (see :func:`contract_notes` for the ones counted).
 
 Types are strict: numbers, booleans and date-times are not read from strings (see
 docs/contract.md for the one coercion accepted, an integer-valued number for an integer).
+Date-times stay the ISO 8601 text sent; :func:`epoch_ms` reads them.
 A bad line of an order or checkout drops that line, not the event (see :class:`OrderProperties`).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+import re
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Discriminator,
-    Field,
-    PrivateAttr,
-    Strict,
-    Tag,
-    TypeAdapter,
-    ValidationError,
-    ValidatorFunctionWrapHandler,
-    model_validator,
-)
+import msgspec
+import orjson
+from msgspec import Meta, Struct
 
+from schemas.timestamps import NOT_ISO, epoch_ms
 
-def _integral(value: Any) -> Any:
-    """An integer-valued float (``2.0``) as an int; anything else as sent, for the strict check."""
-    return int(value) if type(value) is float and value.is_integer() else value
-
-
-def _iso_text(value: Any) -> Any:
-    """Only ISO 8601 text (or a datetime) is a date-time: not a number, not ``"1767607200"``."""
-    if (type(value) is str and value[4:5] == "-") or isinstance(value, datetime):
-        return value
-    raise ValueError("Input should be an ISO 8601 date-time with a time zone, e.g. 2026-01-05T10:00:00Z")
-
-
-Id = Annotated[str, Field(min_length=1, max_length=200)]
-Number = Annotated[float, Strict()]
+Id = Annotated[str, Meta(min_length=1, max_length=200)]
+Number = float
 """A JSON number (an integer is fine), never a string or a boolean."""
-Integer = Annotated[int, Strict(), BeforeValidator(_integral)]
+Integer = int
 """A JSON integer, or an integer-valued number such as ``2.0``; never a string or a boolean."""
-Bool = Annotated[bool, Strict()]
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
-Money = Annotated[Number, Field(ge=0, le=1e9)]
-Quantity = Annotated[Integer, Field(ge=1, le=100_000)]
-LineQuantity = Annotated[Integer, Field(ge=-100_000, le=100_000)]
+Bool = bool
+Timestamp = str
+"""ISO 8601 text with a time zone, checked by :func:`validate_event` (see schemas.timestamps)."""
+Money = Annotated[Number, Meta(ge=0, le=1e9)]
+Quantity = Annotated[Integer, Meta(ge=1, le=100_000)]
+LineQuantity = Annotated[Integer, Meta(ge=-100_000, le=100_000)]
 """An order line's quantity: 0 for a voided, weighed or free item, negative for a returned one."""
+MAX_LINES = 500
 
 
-class _Model(BaseModel):
-    """Base: unknown fields are kept (Segment adds many), numbers must be finite."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+class _Model(Struct, frozen=True, gc=False):
+    """Base: immutable, so empty defaults are shared; keys the model does not name are skipped."""
 
 
 class Location(_Model):
     city: str | None = None
     country: str | None = None
-    latitude: Annotated[Number, Field(ge=-90, le=90)] | None = None
-    longitude: Annotated[Number, Field(ge=-180, le=180)] | None = None
+    latitude: Annotated[Number, Meta(ge=-90, le=90)] | None = None
+    longitude: Annotated[Number, Meta(ge=-180, le=180)] | None = None
 
 
-class Store(_Model):
+class Store(_Model, kw_only=True):
     id: Id
     name: str | None = None
     city: str | None = None
@@ -87,7 +66,7 @@ class Context(_Model):
     locale: str | None = None
 
 
-class Product(_Model):
+class Product(_Model, kw_only=True):
     """A line of an order or checkout (a returned item has a negative ``quantity``)."""
 
     product_id: Id
@@ -105,53 +84,15 @@ class ProductProperties(Product):
     currency: str | None = None
 
 
-Lines = Annotated[list[Product], Field(max_length=500)]
-
-
-class _WithLines(_Model):
+class _WithLines(Struct, kw_only=True, frozen=True, dict=True):
     """Properties with ``products`` lines: a bad line is dropped (reasons in ``dropped_lines``), not the event."""
 
-    products: Lines = []
-    _dropped: tuple[str, ...] = PrivateAttr(default=())
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _drop_bad_lines(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        try:
-            return handler(data)
-        except ValidationError as err:
-            bad = _bad_lines(err)
-            if not bad:
-                raise
-            kept = [line for n, line in enumerate(data["products"]) if n not in bad]
-            properties = handler({**data, "products": kept})
-            properties._dropped = tuple(bad.values())
-            return properties
-
-    @property
-    def dropped_lines(self) -> tuple[str, ...]:
-        """Why each dropped line was dropped: ``missing_<field>``, ``bad_<field>`` or ``not_an_object``."""
-        return self._dropped
+    products: Annotated[list[Product], Meta(max_length=MAX_LINES)] = []
+    dropped_lines: ClassVar[tuple[str, ...]] = ()
+    """Why each dropped line was dropped: ``missing_<field>``, ``bad_<field>`` or ``not_an_object``."""
 
 
-def _bad_lines(err: ValidationError) -> dict[int, str] | None:
-    """Line number -> why it is bad, when every error lies within a line of ``products``; else None."""
-    bad: dict[int, str] = {}
-    for error in err.errors(include_url=False, include_context=False, include_input=False):
-        loc = error["loc"]
-        if len(loc) < 2 or loc[0] != "products" or type(loc[1]) is not int:
-            return None
-        bad.setdefault(loc[1], _line_problem(loc[2:], error["type"]))
-    return bad
-
-
-def _line_problem(field: tuple[Any, ...], kind: str) -> str:
-    if not field:
-        return "not_an_object"
-    return f"{'missing' if kind == 'missing' else 'bad'}_{field[0]}"
-
-
-class OrderProperties(_WithLines):
+class OrderProperties(_WithLines, kw_only=True):
     order_id: Id
     total: Money | None = None
     revenue: Money | None = None
@@ -168,7 +109,7 @@ class OrderProperties(_WithLines):
         return sum((p.price or 0.0) * p.quantity for p in self.products)
 
 
-class CheckoutProperties(_WithLines):
+class CheckoutProperties(_WithLines, kw_only=True):
     order_id: str | None = None
     value: Money | None = None
     revenue: Money | None = None
@@ -181,7 +122,7 @@ class CouponProperties(_Model):
     discount: Money | None = None
 
 
-class PromotionProperties(_Model):
+class PromotionProperties(_Model, kw_only=True):
     promotion_id: Id
     name: str | None = None
     creative: str | None = None
@@ -201,51 +142,39 @@ class PushProperties(_Model):
     campaign: dict[str, Any] | None = None
 
 
-class ConsentProperties(_Model):
+class ConsentProperties(_Model, kw_only=True):
     """Our own ``Consent Updated`` event: a channel granted or revoked."""
 
     channel: Literal["push", "in_app", "email", "sms", "ads", "all"]
     granted: Bool
 
 
-class StoreVisitProperties(_Model):
+class StoreVisitProperties(_Model, kw_only=True):
     """Our own ``Store Visited`` event: a customer seen in a store (beacon, wifi, check-in)."""
 
     store_id: Id
-    duration_s: Annotated[Number, Field(ge=0, le=86_400)] | None = None
+    duration_s: Annotated[Number, Meta(ge=0, le=86_400)] | None = None
 
 
-class ErasureProperties(_Model):
+class ErasureProperties(_Model, kw_only=True):
     """Our own ``Erasure Requested`` event (GDPR/CCPA): forget this customer."""
 
     request_id: Id
     regulation: Literal["gdpr", "ccpa", "other"] = "gdpr"
 
 
-def _shared(model: type[_Model]) -> Any:
-    """A default factory returning one shared empty instance (events are never mutated)."""
-    empty = model()
-    return lambda: empty
+FreeProperties = dict[str, Any]
+"""Properties of track events without a model of their own (and of page and screen): kept as sent."""
 
 
-class FreeProperties(_Model):
-    """Properties of track events without a model of their own."""
-
-
-class _Call(_Model):
+class _Call(_Model, kw_only=True):
     messageId: Id
     userId: Id | None = None
     anonymousId: Id | None = None
     timestamp: Timestamp
     receivedAt: Timestamp | None = None
     sentAt: Timestamp | None = None
-    context: Context = Field(default_factory=_shared(Context))
-
-    @model_validator(mode="after")
-    def _needs_an_id(self) -> _Call:
-        if self.userId is None and self.anonymousId is None:
-            raise ValueError("userId or anonymousId is required")
-        return self
+    context: Context = Context()
 
     @property
     def customer_id(self) -> str:
@@ -253,76 +182,76 @@ class _Call(_Model):
         return self.userId or self.anonymousId  # type: ignore[return-value]
 
 
-class _Track(_Call):
+class _Track(_Call, kw_only=True):
     type: Literal["track"]
-    event: Annotated[str, Field(min_length=1, max_length=200)]
+    event: Annotated[str, Meta(min_length=1, max_length=200)]
 
 
-class ProductEvent(_Track):
+class ProductEvent(_Track, kw_only=True):
     event: Literal["Product Viewed", "Product Added", "Product Removed", "Product Clicked"]
     properties: ProductProperties
 
 
-class OrderEvent(_Track):
+class OrderEvent(_Track, kw_only=True):
     event: Literal["Order Completed", "Order Refunded", "Order Cancelled"]
     properties: OrderProperties
 
 
-class CheckoutEvent(_Track):
+class CheckoutEvent(_Track, kw_only=True):
     event: Literal["Checkout Started"]
-    properties: CheckoutProperties = Field(default_factory=_shared(CheckoutProperties))
+    properties: CheckoutProperties = CheckoutProperties()
 
 
-class CouponEvent(_Track):
+class CouponEvent(_Track, kw_only=True):
     event: Literal["Coupon Applied"]
-    properties: CouponProperties = Field(default_factory=_shared(CouponProperties))
+    properties: CouponProperties = CouponProperties()
 
 
-class PromotionEvent(_Track):
+class PromotionEvent(_Track, kw_only=True):
     event: Literal["Promotion Viewed", "Promotion Clicked"]
     properties: PromotionProperties
 
 
-class ApplicationEvent(_Track):
+class ApplicationEvent(_Track, kw_only=True):
     event: Literal["Application Opened", "Application Installed", "Application Backgrounded"]
-    properties: ApplicationOpenedProperties = Field(default_factory=_shared(ApplicationOpenedProperties))
+    properties: ApplicationOpenedProperties = ApplicationOpenedProperties()
 
 
-class PushEvent(_Track):
+class PushEvent(_Track, kw_only=True):
     event: Literal["Push Notification Received", "Push Notification Tapped"]
-    properties: PushProperties = Field(default_factory=_shared(PushProperties))
+    properties: PushProperties = PushProperties()
 
 
-class SignedUpEvent(_Track):
+class SignedUpEvent(_Track, kw_only=True):
     event: Literal["Signed Up"]
-    properties: FreeProperties = Field(default_factory=_shared(FreeProperties))
+    properties: FreeProperties = {}
 
 
-class ConsentEvent(_Track):
+class ConsentEvent(_Track, kw_only=True):
     event: Literal["Consent Updated"]
     properties: ConsentProperties
 
 
-class StoreVisitEvent(_Track):
+class StoreVisitEvent(_Track, kw_only=True):
     event: Literal["Store Visited"]
     properties: StoreVisitProperties
 
 
-class ErasureEvent(_Track):
+class ErasureEvent(_Track, kw_only=True):
     event: Literal["Erasure Requested"]
     properties: ErasureProperties
 
 
-class UnknownTrack(_Track):
+class UnknownTrack(_Track, kw_only=True):
     """A track event this contract does not model: kept, counted, never rejected."""
 
-    properties: FreeProperties = Field(default_factory=_shared(FreeProperties))
+    properties: FreeProperties = {}
 
 
 class Traits(_Model):
-    """Identify traits; the typed ones feed features, the rest are kept as sent."""
+    """Identify traits; the typed ones feed features, the rest are accepted and not kept."""
 
-    age: Annotated[Integer, Field(ge=0, le=130)] | None = None
+    age: Annotated[Integer, Meta(ge=0, le=130)] | None = None
     age_band: str | None = None
     city: str | None = None
     country: str | None = None
@@ -332,25 +261,25 @@ class Traits(_Model):
     created_at: Timestamp | None = None
 
 
-class IdentifyEvent(_Call):
+class IdentifyEvent(_Call, kw_only=True):
     type: Literal["identify"]
-    traits: Traits = Field(default_factory=_shared(Traits))
+    traits: Traits = Traits()
 
 
-class PageEvent(_Call):
+class PageEvent(_Call, kw_only=True):
     type: Literal["page"]
     name: str | None = None
     category: str | None = None
-    properties: FreeProperties = Field(default_factory=_shared(FreeProperties))
+    properties: FreeProperties = {}
 
 
-class ScreenEvent(_Call):
+class ScreenEvent(_Call, kw_only=True):
     type: Literal["screen"]
     name: str | None = None
-    properties: FreeProperties = Field(default_factory=_shared(FreeProperties))
+    properties: FreeProperties = {}
 
 
-class AliasEvent(_Call):
+class AliasEvent(_Call, kw_only=True):
     """Links ``previousId`` (usually an anonymous id) to ``userId``."""
 
     type: Literal["alias"]
@@ -358,74 +287,11 @@ class AliasEvent(_Call):
     userId: Id
 
 
-TRACK_MODELS: dict[str, type[_Track]] = {
-    name: model
-    for model in (
-        ProductEvent,
-        OrderEvent,
-        CheckoutEvent,
-        CouponEvent,
-        PromotionEvent,
-        ApplicationEvent,
-        PushEvent,
-        SignedUpEvent,
-        ConsentEvent,
-        StoreVisitEvent,
-        ErasureEvent,
-    )
-    for name in model.model_fields["event"].annotation.__args__  # type: ignore[union-attr]
-}
-KNOWN_TRACK_EVENTS: frozenset[str] = frozenset(TRACK_MODELS)
+class _Invalid(Struct):
+    """What an event of no known ``type`` is checked against, to say what is wrong with its ``type``."""
 
-
-def _tag(raw: Any) -> str:
-    if not isinstance(raw, dict):
-        return "invalid"
-    kind = raw.get("type")
-    if kind == "track":
-        name = raw.get("event")
-        if isinstance(name, str) and name in TRACK_MODELS:
-            return name
-        return "track"
-    return kind if kind in ("identify", "page", "screen", "alias") else "invalid"
-
-
-class _Invalid(BaseModel):
     type: Literal["track", "identify", "page", "screen", "alias"]
 
-
-Event = Annotated[
-    Annotated[IdentifyEvent, Tag("identify")]
-    | Annotated[PageEvent, Tag("page")]
-    | Annotated[ScreenEvent, Tag("screen")]
-    | Annotated[AliasEvent, Tag("alias")]
-    | Annotated[UnknownTrack, Tag("track")]
-    | Annotated[_Invalid, Tag("invalid")]
-    | Annotated[ProductEvent, Tag("Product Viewed")]
-    | Annotated[ProductEvent, Tag("Product Added")]
-    | Annotated[ProductEvent, Tag("Product Removed")]
-    | Annotated[ProductEvent, Tag("Product Clicked")]
-    | Annotated[OrderEvent, Tag("Order Completed")]
-    | Annotated[OrderEvent, Tag("Order Refunded")]
-    | Annotated[OrderEvent, Tag("Order Cancelled")]
-    | Annotated[CheckoutEvent, Tag("Checkout Started")]
-    | Annotated[CouponEvent, Tag("Coupon Applied")]
-    | Annotated[PromotionEvent, Tag("Promotion Viewed")]
-    | Annotated[PromotionEvent, Tag("Promotion Clicked")]
-    | Annotated[ApplicationEvent, Tag("Application Opened")]
-    | Annotated[ApplicationEvent, Tag("Application Installed")]
-    | Annotated[ApplicationEvent, Tag("Application Backgrounded")]
-    | Annotated[PushEvent, Tag("Push Notification Received")]
-    | Annotated[PushEvent, Tag("Push Notification Tapped")]
-    | Annotated[SignedUpEvent, Tag("Signed Up")]
-    | Annotated[ConsentEvent, Tag("Consent Updated")]
-    | Annotated[StoreVisitEvent, Tag("Store Visited")]
-    | Annotated[ErasureEvent, Tag("Erasure Requested")],
-    Discriminator(_tag),
-]
-"""Any input event; validate with :data:`EVENT_ADAPTER`."""
-
-EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
 
 AnyEvent = (
     IdentifyEvent
@@ -445,6 +311,319 @@ AnyEvent = (
     | StoreVisitEvent
     | ErasureEvent
 )
+
+
+def _field(model: type[Struct], name: str) -> msgspec.structs.FieldInfo:
+    return next(info for info in msgspec.structs.fields(model) if info.name == name)
+
+
+def field_names(model: type[Struct]) -> frozenset[str]:
+    """The keys a model reads."""
+    return frozenset(info.name for info in msgspec.structs.fields(model))
+
+
+TRACK_MODELS: dict[str, type[_Track]] = {
+    name: model
+    for model in (
+        ProductEvent,
+        OrderEvent,
+        CheckoutEvent,
+        CouponEvent,
+        PromotionEvent,
+        ApplicationEvent,
+        PushEvent,
+        SignedUpEvent,
+        ConsentEvent,
+        StoreVisitEvent,
+        ErasureEvent,
+    )
+    for name in get_args(_field(model, "event").type)
+}
+KNOWN_TRACK_EVENTS: frozenset[str] = frozenset(TRACK_MODELS)
+CALL_MODELS: dict[str, type[_Call]] = {
+    "identify": IdentifyEvent,
+    "page": PageEvent,
+    "screen": ScreenEvent,
+    "alias": AliasEvent,
+}
+
+
+def model_for(data: dict[str, Any]) -> type[Struct]:
+    """The model an event object is checked against, from its ``type`` and (track) ``event``."""
+    kind = data.get("type")
+    if kind == "track":
+        name = data.get("event")
+        return TRACK_MODELS.get(name, UnknownTrack) if type(name) is str else UnknownTrack
+    return CALL_MODELS.get(kind, _Invalid) if type(kind) is str else _Invalid
+
+
+def model_named(name: str) -> type[_Call]:
+    """The model of an accepted event called ``name`` (see :func:`event_name`)."""
+    return TRACK_MODELS.get(name) or CALL_MODELS.get(name) or UnknownTrack
+
+
+class ContractError(ValueError):
+    """An event that breaks the contract: its ``problems`` as ``(path, problem)``, the path naming the
+    field (``properties.price``, or empty for the event as a whole), in the order the models list the
+    fields; ``messages`` as dead letters carry them (``path: problem``)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        self.messages = [f"{path}: {problem}" if path else problem for path, problem in problems]
+        super().__init__("; ".join(self.messages))
+
+
+def validate_event(data: dict[str, Any]) -> tuple[AnyEvent, int, int | None]:
+    """The event a decoded JSON object holds, with its ``timestamp`` and ``receivedAt`` in epoch
+    milliseconds; :class:`ContractError` if it breaks the contract. ``data`` is left as it is."""
+    model = model_for(data)
+    try:
+        event = msgspec.convert(data, model)
+    except msgspec.ValidationError as err:
+        event = _repaired(data, model, err)
+    try:
+        ts_ms = epoch_ms(event.timestamp)
+        received_ms = None if event.receivedAt is None else epoch_ms(event.receivedAt)
+        if event.sentAt is not None:
+            epoch_ms(event.sentAt)
+        if model is IdentifyEvent and event.traits.created_at is not None:
+            epoch_ms(event.traits.created_at)
+    except ValueError:
+        raise _rejection(model, data) from None
+    if event.userId is None and event.anonymousId is None:
+        raise ContractError([("", "Value error, userId or anonymousId is required")])
+    return event, ts_ms, received_ms
+
+
+def decode_event(raw: bytes, name: str) -> AnyEvent:
+    """The event of bytes accepted before as an event called ``name`` (after crossing processes)."""
+    try:
+        return msgspec.json.decode(raw, type=model_named(name))
+    except (msgspec.MsgspecError, RecursionError):  # a coercion, a dropped line, deep nesting: the general way
+        return validate_event(orjson.loads(raw))[0]
+
+
+# The slow way, only when msgspec refused the event: an integer-valued number for an integer is
+# accepted, and a bad order line is dropped; anything else is the event's error.
+_AT = re.compile(r"(.*) - at `\$(.*)`", re.DOTALL)
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_MISSING = re.compile(r"Object missing required field `(.*)`")
+_WANTS_INT = re.compile(r"Expected `int( \| null)?`, got `float`")
+_MAX_REPAIRS = 8
+MAX_PROBLEMS = 20
+"""Problems a refused event's dead letter names."""
+FieldPath = tuple[str | int, ...]
+"""Where a value is in an event: ``("properties", "products", 1, "quantity")``."""
+
+
+def _repaired(data: dict[str, Any], model: type[Any], err: msgspec.ValidationError) -> Any:
+    """The event once integer-valued numbers are integers and bad order lines are dropped."""
+    fixed, dropped = data, ()
+    for _ in range(_MAX_REPAIRS):
+        path, problem = _where(err)
+        if issubclass(model, (OrderEvent, CheckoutEvent)) and len(path) > 2 and path[:2] == ("properties", "products"):
+            fixed, dropped = _without_bad_lines(fixed)
+        elif _WANTS_INT.fullmatch(problem) and _integral(_at(fixed, path)):
+            fixed = _replaced(fixed, path, int(_at(fixed, path)))
+        else:
+            raise _rejection(model, data, (path, problem)) from None
+        try:
+            event = msgspec.convert(fixed, model)
+        except msgspec.ValidationError as again:
+            err = again
+            continue
+        if dropped:
+            msgspec.structs.force_setattr(event.properties, "dropped_lines", dropped)
+        return event
+    raise _rejection(model, data, _where(err))
+
+
+def _where(err: msgspec.ValidationError) -> tuple[FieldPath, str]:
+    """The path (``("properties", "products", 1, "quantity")``) and problem of a msgspec error."""
+    message = str(err)
+    found = _AT.fullmatch(message)
+    problem, where = (found.group(1), found.group(2)) if found else (message, "")
+    path: list[str | int] = [key if key is not None else int(index) for key, index in _STEP.findall(where)]
+    missing = _MISSING.fullmatch(problem)
+    if missing:
+        path.append(missing.group(1))
+        problem = "Field required"
+    return tuple(path), problem
+
+
+_BOUND = re.compile(r"Expected `\w+` (>=|<=) (.*)")
+_LENGTH = re.compile(r"Expected `(str|array)` of length (>=|<=) (\d+)")
+_WRONG_TYPE = re.compile(r"Expected `(\w+)( \| null)?`, got `\w+`")
+_KINDS = {"float": "number", "int": "integer", "str": "string", "bool": "boolean", "array": "list"}
+_TIMESTAMPS = frozenset({"timestamp", "receivedAt", "sentAt", "created_at"})
+
+
+def _rejection(model: type[Any], data: dict[str, Any], first: tuple[FieldPath, str] | None = None) -> ContractError:
+    """Every problem of a refused event (``first``, the one msgspec met, if no other is found), in the
+    words dead letters have always used."""
+    problems: list[tuple[FieldPath, str]] = []
+    _walk(model, data, (), problems)
+    if not problems and first is not None:
+        problems.append(first)
+    worded = [(".".join(map(str, path)), _worded(model, data, path, problem)) for path, problem in problems]
+    return ContractError(worded[:MAX_PROBLEMS])
+
+
+def _walk(target: Any, value: Any, path: FieldPath, problems: list[tuple[FieldPath, str]]) -> None:
+    """Collect the problems of ``value`` checked against ``target``, field by field."""
+    bare = _bare(target)
+    if type(value) is dict and isinstance(bare, type) and issubclass(bare, Struct):
+        found: list[tuple[FieldPath, str]] = []
+        for info in _in_order(bare):
+            if info.name in value:
+                _walk(info.type, value[info.name], (*path, info.name), found)
+            elif info.required:
+                found.append(((*path, info.name), "Field required"))
+        lines = (*path, "products")
+        if not (issubclass(bare, _WithLines) and all(where[: len(lines)] == lines != where for where, _ in found)):
+            problems.extend(found)  # problems only in order lines are not: those lines are dropped
+        return
+    try:
+        msgspec.convert(int(value) if bare is int and _integral(value) else value, target)
+    except msgspec.ValidationError as err:
+        inner, problem = _where(err)
+        if inner and type(value) is list:
+            for n, item in enumerate(value):
+                _walk(get_args(bare)[0], item, (*path, n), problems)
+        else:
+            problems.append(((*path, *inner), problem))
+        return
+    if path and path[-1] in _TIMESTAMPS and type(value) is str:
+        try:
+            epoch_ms(value)
+        except ValueError as err:
+            problems.append((path, str(err)))
+
+
+def _in_order(model: type[Struct]) -> list[msgspec.structs.FieldInfo]:
+    """A model's fields in the order its classes list them (base classes first)."""
+    fields = {info.name: info for info in msgspec.structs.fields(model)}
+    names = dict.fromkeys(name for cls in reversed(model.__mro__) for name in vars(cls).get("__annotations__", {}))
+    return [fields[name] for name in names if name in fields]
+
+
+def _worded(model: type[Any], data: Any, path: FieldPath, problem: str) -> str:
+    """msgspec's ``problem`` with the value at ``path``, said as dead letters have always said it."""
+    if problem == "Field required":
+        return problem
+    target = _target(model, path)
+    if get_origin(target) is Literal:
+        *first, last = (repr(choice) for choice in get_args(target))
+        return f"Input should be {', '.join(first)} or {last}" if first else f"Input should be {last}"
+    if path and path[-1] in _TIMESTAMPS:
+        return f"Value error, {NOT_ISO}" if problem.startswith("Expected") or problem == NOT_ISO else problem
+    if length := _LENGTH.fullmatch(problem):
+        kind, bound, size = length.groups()
+        if kind == "array":
+            return f"List should have at most {size} items after validation, not {len(_at(data, path))}"
+        limit = "at least" if bound == ">=" else "at most"
+        return f"String should have {limit} {size} character{'' if size == '1' else 's'}"
+    if bound := _BOUND.fullmatch(problem):
+        value, limit = _at(data, path), float(bound.group(2))
+        if value != value or value in (float("inf"), float("-inf")):
+            return "Input should be a finite number"
+        side = "greater" if bound.group(1) == ">=" else "less"
+        return f"Input should be {side} than or equal to {int(limit) if limit.is_integer() else limit}"
+    if wrong := _WRONG_TYPE.fullmatch(problem):
+        kind = wrong.group(1)
+        if kind in _KINDS:
+            return f"Input should be a valid {_KINDS[kind]}"
+        if kind == "object" and isinstance(target, type) and issubclass(target, Struct):
+            return f"Input should be a valid dictionary or instance of {target.__name__}"
+        if kind == "object":
+            return "Input should be a valid dictionary" + (
+                " or instance of FreeProperties" if path == ("properties",) else ""
+            )
+    return problem
+
+
+def _target(model: Any, path: FieldPath) -> Any:
+    """The type the value at ``path`` is checked against (``Any`` where that is not a Struct field)."""
+    target = model
+    for step in path:
+        target = _bare(target)
+        if type(step) is int and get_origin(target) is list:
+            target = get_args(target)[0]
+        elif isinstance(target, type) and issubclass(target, Struct):
+            target = next((info.type for info in msgspec.structs.fields(target) if info.name == step), Any)
+        else:
+            return Any
+    return _bare(target)
+
+
+def _bare(target: Any) -> Any:
+    """``target`` without its constraints and ``| None``."""
+    while True:
+        if get_origin(target) is Annotated:
+            target = get_args(target)[0]
+        elif get_origin(target) in (Union, UnionType) and type(None) in get_args(target):
+            rest = [member for member in get_args(target) if member is not type(None)]
+            if len(rest) != 1:
+                return target
+            target = rest[0]
+        else:
+            return target
+
+
+def _integral(value: Any) -> bool:
+    return type(value) is float and value.is_integer()
+
+
+def _at(data: Any, path: FieldPath) -> Any:
+    for step in path:
+        data = data[step]
+    return data
+
+
+def _replaced(data: Any, path: FieldPath, value: Any) -> Any:
+    """A copy of ``data`` with ``value`` at ``path`` (the containers on the way copied, the rest shared)."""
+    if not path:
+        return value
+    copy = list(data) if isinstance(data, list) else dict(data)
+    copy[path[0]] = _replaced(data[path[0]], path[1:], value)  # type: ignore[index]
+    return copy
+
+
+_LINE_FIELDS = _in_order(Product)
+
+
+def _without_bad_lines(data: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A copy of ``data`` without its bad order lines (integer-valued quantities made integers), and
+    why each was dropped."""
+    kept, dropped = [], []
+    for line in data["properties"]["products"]:
+        line, problem = _checked_line(line)
+        if problem is None:
+            kept.append(line)
+        else:
+            dropped.append(problem)
+    return {**data, "properties": {**data["properties"], "products": kept}}, tuple(dropped)
+
+
+def _checked_line(line: Any) -> tuple[Any, str | None]:
+    """The line (its quantity an integer if it was an integer-valued number), or what is wrong with
+    it: the first bad field in the order the model lists them."""
+    if type(line) is not dict:
+        return line, "not_an_object"
+    for info in _LINE_FIELDS:
+        if info.name not in line:
+            if info.required:
+                return line, f"missing_{info.name}"
+            continue
+        value = line[info.name]
+        if info.name == "quantity" and _integral(value):
+            line = {**line, "quantity": int(value)}
+            value = line["quantity"]
+        try:
+            msgspec.convert(value, info.type)
+        except msgspec.ValidationError:
+            return line, f"bad_{info.name}"
+    return line, None
 
 
 # Containers where an unknown key is likely a mapping mistake ("closed"), with the keys the
@@ -505,13 +684,17 @@ SEGMENT_CONTEXT = frozenset(
 )
 SEGMENT_LOCATION = frozenset({"region", "speed"})
 SEGMENT_LINE = frozenset({"variant", "coupon", "position", "url", "image_url"})
-_KNOWN_STORE = frozenset(Store.model_fields)
-_KNOWN_LOCATION = SEGMENT_LOCATION | Location.model_fields.keys()
-_KNOWN_LINE = SEGMENT_LINE | Product.model_fields.keys()
+_KNOWN_FIELDS: dict[type[Any], frozenset[str]] = {
+    model: SEGMENT_FIELDS | field_names(model)
+    for model in {*TRACK_MODELS.values(), *CALL_MODELS.values(), UnknownTrack}
+}
+_KNOWN_CONTEXT = SEGMENT_CONTEXT | field_names(Context)
+_KNOWN_STORE = field_names(Store)
+_KNOWN_LOCATION = SEGMENT_LOCATION | field_names(Location)
+_KNOWN_LINE = SEGMENT_LINE | field_names(Product)
 _WITH_LINES = frozenset({OrderEvent, CheckoutEvent})
 _CLOSED_PROPERTIES = {
-    event: frozenset(event.model_fields["properties"].annotation.model_fields)  # type: ignore[union-attr]
-    for event in (ConsentEvent, StoreVisitEvent, ErasureEvent)
+    event: field_names(_field(event, "properties").type) for event in (ConsentEvent, StoreVisitEvent, ErasureEvent)
 }
 MAX_PATH_KEY = 100
 """Characters of an unknown key kept in its path."""
@@ -524,24 +707,24 @@ def contract_notes(event: AnyEvent, data: dict[str, Any]) -> tuple[Note, ...]:
     """What a valid event carries that an integrator should hear of: each order or checkout line
     dropped, and each key of a closed container (see above) the contract does not know.
 
-    ``data`` is the decoded JSON the event was validated from. Reading a model's attribute costs
-    several times a dict lookup, so the models are read only where that is the one check needed.
+    ``data`` is the decoded JSON the event was validated from.
     """
     notes: list[Note] = []
-    if event.__pydantic_extra__:
-        _unknown(notes, "", event.__pydantic_extra__, SEGMENT_FIELDS)
+    kind = type(event)
+    known = _KNOWN_FIELDS[kind]
+    if not data.keys() <= known:
+        _unknown(notes, "", data, known)
     context = data.get("context")
     if context:
-        if event.context.__pydantic_extra__:
-            _unknown(notes, "context.", event.context.__pydantic_extra__, SEGMENT_CONTEXT)
+        if not context.keys() <= _KNOWN_CONTEXT:
+            _unknown(notes, "context.", context, _KNOWN_CONTEXT)
         store, location = context.get("store"), context.get("location")
         if store and not store.keys() <= _KNOWN_STORE:
             _unknown(notes, "context.store.", store, _KNOWN_STORE)
         if location and not location.keys() <= _KNOWN_LOCATION:
             _unknown(notes, "context.location.", location, _KNOWN_LOCATION)
-    kind = type(event)  # not isinstance: that goes through pydantic's ABC metaclass, slowly
     if kind in _WITH_LINES:
-        notes.extend(("order_lines_dropped", reason) for reason in event.properties.dropped_lines)
+        notes.extend(("order_lines_dropped", reason) for reason in event.properties.dropped_lines)  # type: ignore[union-attr]
         for line in (data.get("properties") or {}).get("products", ()):
             if type(line) is dict and not line.keys() <= _KNOWN_LINE:
                 _unknown(notes, "properties.products[].", line, _KNOWN_LINE)
@@ -557,8 +740,3 @@ def _unknown(notes: list[Note], prefix: str, container: dict[str, Any], known: f
 def event_name(event: AnyEvent) -> str:
     """The name rules listen to: the track ``event``, else the call type (``identify``...)."""
     return event.event if isinstance(event, _Track) else event.type
-
-
-def epoch_ms(moment: datetime) -> int:
-    """Milliseconds since the Unix epoch of an aware datetime."""
-    return int(moment.timestamp() * 1000)

@@ -197,7 +197,7 @@ def _event(v: FeatureView) -> dict[str, Any] | None:
     event = env.event
     return {
         "name": env.name,
-        "properties": getattr(event, "properties", None),
+        "properties": env.properties_as_sent(),
         "channel": event.context.channel,
         "store_id": event.context.store.id if event.context.store else None,
     }

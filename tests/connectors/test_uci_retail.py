@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from connectors.uci_retail import DEFAULT_PATH, MAX_PRODUCTS, Rejected, read_invoices, write_jsonl
-from schemas.events import EVENT_ADAPTER
+from schemas.events import validate_event
 
 HEADER = b"InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
 TINY = [  # line numbers: header = 1, so TINY[i] is line i + 2
@@ -91,7 +91,7 @@ def test_tiny_yields_events_and_rejects_in_file_order(tiny: list[dict[str, Any] 
     assert [_label(item) for item in tiny] == EXPECTED
     events, rejected = _split(tiny)
     for event in events:
-        EVENT_ADAPTER.validate_python(event)
+        validate_event(event)
     assert _product_lines(events) + len(rejected) == len(TINY)
 
 
@@ -155,7 +155,7 @@ def test_big_invoice_is_split_into_parts(tmp_path: Path) -> None:
     ]
     assert {item["properties"]["order_id"] for item in items} == {"536400"}
     for item in items:
-        EVENT_ADAPTER.validate_python(item)
+        validate_event(item)
 
 
 def test_not_a_retail_csv(tmp_path: Path) -> None:
@@ -175,7 +175,7 @@ def test_write_jsonl(tmp_path: Path) -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == written
     for line in lines:
-        EVENT_ADAPTER.validate_python(orjson.loads(line))
+        validate_event(orjson.loads(line))
 
 
 # --- the real file (../shared/data), first REAL_ROWS data rows ---------------------------------------------
@@ -203,7 +203,7 @@ def real_lines() -> list[bytes]:
 def test_real_events_validate_in_time_order(real: list[dict[str, Any] | Rejected]) -> None:
     events, _ = _split(real)
     for event in events:
-        EVENT_ADAPTER.validate_python(event)
+        validate_event(event)
     timestamps = [event["timestamp"] for event in events]
     assert timestamps == sorted(timestamps)
     ids = [event["messageId"] for event in events]

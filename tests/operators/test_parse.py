@@ -134,6 +134,25 @@ def test_schema_invalid_names_the_field(event, field):
     assert not any(m.startswith("Product Viewed") for m in record["messages"]), "the union tag is left out"
 
 
+def test_schema_invalid_names_every_problem_in_the_order_of_the_contract():
+    event = {**VIEWED, "properties": {"quantity": 0, "price": -1, "product_id": "p1"}, "userId": 7}
+    record = rejected(parse(raw(event)))
+    assert record["messages"] == [
+        "userId: Input should be a valid string",
+        "properties.price: Input should be greater than or equal to 0",
+        "properties.quantity: Input should be greater than or equal to 1",
+    ]
+    lines = [{"product_id": "a", "price": "1"}, {"quantity": 2}]
+    order = track("Order Completed", props={"products": lines, "total": -1}, timestamp="2026-01-05T10:00:00")
+    assert rejected(parse(raw(order)))["messages"] == [
+        "timestamp: Input should have timezone info",
+        "properties.products.0.price: Input should be a valid number",
+        "properties.products.1.product_id: Field required",
+        "properties.order_id: Field required",
+        "properties.total: Input should be greater than or equal to 0",
+    ], "bad lines are named too when the order is refused for something else"
+
+
 def test_schema_invalid_without_ids_says_so():
     record = rejected(parse(raw(track("Product Viewed", user=None, props={"product_id": "p1"}))))
     assert record["reason"] == "schema_invalid"
@@ -319,6 +338,6 @@ def test_an_error_inside_parsing_is_a_dead_letter_not_an_exception(monkeypatch):
     def broken(*args: Any) -> None:
         raise RuntimeError("validator blew up")
 
-    monkeypatch.setattr(parse_module, "EVENT_ADAPTER", type("Broken", (), {"validate_python": broken})())
+    monkeypatch.setattr(parse_module, "validate_event", broken)
     record = rejected(parse(raw(call("page"))))
     assert (record["reason"], record["messages"]) == ("processing_error", ["RuntimeError: validator blew up"])

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from conftest import T0, added, call, envelopes, order, track
 
+from operators.expressions import compile_expression
 from state.catalogue import FEATURES, FeatureView
 from state.customer import MAX_CART_ITEMS, MAX_SESSION_PRODUCTS, CustomerState, Lifecycle
 from state.update import apply_event
@@ -412,6 +413,33 @@ def test_feature_view_is_a_lazy_mapping_of_every_feature():
     assert features["event"] is None, "no event in a timer evaluation"
     assert features["hour"] == 10
     assert features["tenure_days"] == 0.0 and features["days_since_seen"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("event", "expression"),
+    [
+        (track("Product Viewed", props={"product_id": "p1", "colour": "red"}), "event.properties.colour == 'red'"),
+        (track("Product Viewed", props={"product_id": "p1", "colour": "red"}), "event.properties.quantity == 1"),
+        (track("Product Added", props={"product_id": "p1", "quantity": 2.0}), "event.properties.quantity == 2"),
+        (track("Wishlist Shared", props={"list": "summer"}), "event.properties['list'] == 'summer'"),
+        (
+            track("Order Completed", props={"order_id": "o", "products": [{"price": 1}, {"product_id": "b"}]}),
+            "event.properties.products[0].product_id == 'b'",
+        ),
+        (call("identify", properties={"plan": "pro"}), "event.properties.plan == 'pro'"),
+        (
+            {k: v for k, v in track("Checkout Started").items() if k != "properties"},
+            "len(event.properties.products) == 0",
+        ),
+        (call("page", context={"channel": "pos", "store": {"id": "s1"}}), "event.store_id == 's1'"),
+    ],
+    ids=["unknown-key", "default", "coerced", "unknown-event", "kept-lines", "identify", "defaults-only", "store"],
+)
+def test_rules_read_the_event_properties_as_sent_with_the_contract_values(event, expression):
+    [env] = envelopes([event])
+    env = pickle.loads(pickle.dumps(env))  # as the customer stage of another worker reads it
+    rule = compile_expression(expression, FEATURES)
+    assert rule.evaluate(FeatureView(CustomerState("u1", env.ts_ms), env, env.ts_ms, LC)) is True
 
 
 CHANGERS = {
