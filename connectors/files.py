@@ -440,9 +440,9 @@ class _OutputFile(StatefulSinkPartition[Output, None]):
         raise NotImplementedError
 
 
-RUN_RECORDS = 10_000
+RUN_RECORDS = 5_000
 """Records of one output stream held in memory at most; beyond, they go to a run file."""
-RUN_BYTES = 8 << 20
+RUN_BYTES = 4 << 20
 """Bytes of records (their bodies) of one output stream held in memory at most."""
 MERGE_FAN_IN = 64
 """Run files merged at once (each holds an open file and a chunk of records)."""
