@@ -470,7 +470,7 @@ class _FilePartition(_OutputFile):
         self._rows: list[Row] = []
         self._bytes = 0
         self._runs: list[Path] = []
-        self._made = 0
+        self._runs_made = 0
         self._broken = False
 
     @property
@@ -495,7 +495,7 @@ class _FilePartition(_OutputFile):
         """Write the records held, sorted, to a new run file."""
         self._rows.sort(key=_row_key)
         try:
-            self._runs.append(self._new_run(self._rows))
+            self._new_run(self._rows)
         except OSError as err:
             self._broken = True
             self._remove_runs()
@@ -503,11 +503,12 @@ class _FilePartition(_OutputFile):
         finally:
             self._rows, self._bytes = [], 0
 
-    def _new_run(self, rows: Iterable[Row]) -> Path:
-        run = self._path.with_name(f".{self._path.name}.run-{self._made}")
-        self._made += 1
+    def _new_run(self, rows: Iterable[Row]) -> None:
+        """Write ``rows`` (sorted) to a new run file, listed first so that a partial one is removed too."""
+        run = self._path.with_name(f".{self._path.name}.run-{self._runs_made}")
+        self._runs_made += 1
+        self._runs.append(run)
         _write_run(run, rows)
-        return run
 
     def _write(self) -> None:
         if self._broken:
@@ -529,7 +530,7 @@ class _FilePartition(_OutputFile):
         """Merge the first :data:`MERGE_FAN_IN` runs into one, at the end of the list."""
         merged, self._runs = self._runs[:MERGE_FAN_IN], self._runs[MERGE_FAN_IN:]
         try:
-            self._runs.append(self._new_run(heapq.merge(*map(_read_run, merged), key=_row_key)))
+            self._new_run(heapq.merge(*map(_read_run, merged), key=_row_key))
         finally:
             for run in merged:
                 run.unlink(missing_ok=True)
