@@ -527,13 +527,15 @@ class _FilePartition(_OutputFile):
             self._remove_runs()
 
     def _merge_some_runs(self) -> None:
-        """Merge the first :data:`MERGE_FAN_IN` runs into one, at the end of the list."""
+        """Merge the first :data:`MERGE_FAN_IN` runs into one, put first: records of equal sort
+        keys keep their arrival order, as in one sort."""
         merged, self._runs = self._runs[:MERGE_FAN_IN], self._runs[MERGE_FAN_IN:]
         try:
             self._new_run(heapq.merge(*map(_read_run, merged), key=_row_key))
         finally:
             for run in merged:
                 run.unlink(missing_ok=True)
+        self._runs.insert(0, self._runs.pop())
 
     def _remove_runs(self) -> None:
         for run in self._runs:

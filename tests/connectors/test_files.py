@@ -275,3 +275,19 @@ def test_a_run_file_that_cannot_be_written_fails_the_stream_and_its_records_are_
     assert part.held == 0
     part.close()
     assert [(path.name, type(err)) for path, err in errors] == [("triggers.push.jsonl", FileNotFoundError)]
+
+
+class ByTime(Output):
+    def sort_key(self) -> tuple[int, ...]:
+        return (self.time_ms,)
+
+
+def test_records_of_equal_sort_keys_keep_their_arrival_order_across_runs(tmp_path):
+    """As one stable sort would: whatever the runs and merge passes."""
+    outputs = [ByTime("triggers.push", "c", n % 5, 0, b"%d" % n) for n in range(300)]
+    part = OutputFolderSink(tmp_path, run_records=2).build_part("outputs", "triggers.push", None)
+    for batch in batches(outputs, 7):
+        part.write_batch(batch)
+    part.close()
+    expected = b"".join(o.body + b"\n" for o in sorted(outputs, key=ByTime.sort_key))
+    assert (tmp_path / "triggers.push.jsonl").read_bytes() == expected
