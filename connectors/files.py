@@ -3,7 +3,9 @@
 The source reads bytes, never text, so a non-UTF-8 line becomes a dead letter instead of
 stopping the flow (Bytewax's own FileSource decodes text). The sink writes one file per
 output stream and, at the end of input, sorts each file by event time and input position
-so that replays are byte-identical whatever the worker count or scheduling.
+so that replays are byte-identical whatever the worker count or scheduling. It holds a
+bounded number of records per stream: beyond that, they wait sorted in run files, merged
+into the output file at the end.
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
+import heapq
 import itertools
 import os
+import pickle
 import re
 import shutil
 import socket
 import tempfile
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -410,30 +415,137 @@ class _OutputFile(StatefulSinkPartition[Output, None]):
         try:
             self._write()
         except OSError as err:
-            if self._errors is None:
-                raise
-            self._errors.append((self._path, err))
+            self._failed(err)
+
+    def _failed(self, err: OSError) -> None:
+        if self._errors is None:
+            raise err
+        self._errors.append((self._path, err))
 
     def _write(self) -> None:
         raise NotImplementedError
 
 
-class _FilePartition(_OutputFile):
-    """One output stream: records are held and written sorted (event time, input position) at close."""
+RUN_RECORDS = 5_000
+"""Records of one output stream held in memory at most; beyond, they go to a run file."""
+RUN_BYTES = 4 << 20
+"""Bytes of records (their bodies) of one output stream held in memory at most."""
+MERGE_FAN_IN = 64
+"""Run files merged at once (each holds an open file and a chunk of records)."""
+RUN_CHUNK = 256
+"""Records pickled together in a run file, and read together when merging."""
 
-    def __init__(self, path: Path, errors: WriteErrors | None) -> None:
+Row = tuple[Any, bytes]
+"""(sort key, body) of an output record"""
+_row_key = itemgetter(0)
+
+
+class _FilePartition(_OutputFile):
+    """One output stream, written sorted (see :meth:`Output.sort_key`) at close.
+
+    At most ``run_records`` records (and ``run_bytes`` of bodies) are held: when full, they go
+    sorted to a run file beside the output file (in the run's staging folder), and the runs are
+    merged into the output file at close, then removed. After a failed write the stream's
+    further records are dropped (the run fails; see :class:`_OutputFile`).
+    """
+
+    def __init__(self, path: Path, errors: WriteErrors | None, run_records: int, run_bytes: int) -> None:
         super().__init__(path, errors)
-        self._rows: list[tuple[Any, bytes]] = []
+        self._run_records = run_records
+        self._run_bytes = run_bytes
+        self._rows: list[Row] = []
+        self._bytes = 0
+        self._runs: list[Path] = []
+        self._runs_made = 0
+        self._broken = False
+
+    @property
+    def held(self) -> int:
+        """Records held in memory."""
+        return len(self._rows)
 
     def write_batch(self, values: list[Output]) -> None:
-        self._rows.extend((value.sort_key(), value.body) for value in values)
+        if self._broken:
+            return
+        rows = self._rows
+        for value in values:
+            rows.append((value.sort_key(), value.body))
+            self._bytes += len(value.body)
+            if len(rows) >= self._run_records or self._bytes >= self._run_bytes:
+                self._spill()
+                if self._broken:
+                    return
+                rows = self._rows
+
+    def _spill(self) -> None:
+        """Write the records held, sorted, to a new run file."""
+        self._rows.sort(key=_row_key)
+        try:
+            self._new_run(self._rows)
+        except OSError as err:
+            self._broken = True
+            self._remove_runs()
+            self._failed(err)
+        finally:
+            self._rows, self._bytes = [], 0
+
+    def _new_run(self, rows: Iterable[Row]) -> None:
+        """Write ``rows`` (sorted) to a new run file, listed first so that a partial one is removed too."""
+        run = self._path.with_name(f".{self._path.name}.run-{self._runs_made}")
+        self._runs_made += 1
+        self._runs.append(run)
+        _write_run(run, rows)
 
     def _write(self) -> None:
-        self._rows.sort(key=lambda row: row[0])
-        with self._path.open("wb") as out:
-            for _, body in self._rows:
-                out.write(body)
-                out.write(b"\n")
+        if self._broken:
+            return
+        try:
+            self._rows.sort(key=_row_key)
+            while len(self._runs) >= MERGE_FAN_IN:
+                self._merge_some_runs()
+            sources = [*map(_read_run, self._runs), self._rows]
+            with self._path.open("wb") as out:
+                for _, body in heapq.merge(*sources, key=_row_key):
+                    out.write(body)
+                    out.write(b"\n")
+        finally:
+            self._rows = []
+            self._remove_runs()
+
+    def _merge_some_runs(self) -> None:
+        """Merge the first :data:`MERGE_FAN_IN` runs into one, put first: records of equal sort
+        keys keep their arrival order, as in one sort."""
+        merged, self._runs = self._runs[:MERGE_FAN_IN], self._runs[MERGE_FAN_IN:]
+        try:
+            self._new_run(heapq.merge(*map(_read_run, merged), key=_row_key))
+        finally:
+            for run in merged:
+                run.unlink(missing_ok=True)
+        self._runs.insert(0, self._runs.pop())
+
+    def _remove_runs(self) -> None:
+        for run in self._runs:
+            run.unlink(missing_ok=True)
+        self._runs = []
+
+
+def _write_run(path: Path, rows: Iterable[Row]) -> None:
+    """Write sorted ``rows`` to a run file, pickled :data:`RUN_CHUNK` at a time."""
+    rows = iter(rows)
+    with path.open("wb") as out:
+        while chunk := list(itertools.islice(rows, RUN_CHUNK)):
+            pickle.dump(chunk, out, pickle.HIGHEST_PROTOCOL)
+
+
+def _read_run(path: Path) -> Iterator[Row]:
+    """The rows of a run file, in order, read a chunk at a time."""
+    with path.open("rb") as run:
+        while True:
+            try:
+                chunk = pickle.load(run)
+            except EOFError:
+                return
+            yield from chunk
 
 
 class _SummaryPartition(_OutputFile):
@@ -485,14 +597,24 @@ class OutputFolderSink(FixedPartitionedSink[Output, None]):
     merged model parameters to ``models.json``.
 
     Files that cannot be written go to ``errors`` (path, error), when given, for the caller to
-    report after the run (in this process); without it a failed write stops the run.
+    report after the run (in this process); without it a failed write stops the run. Each
+    stream holds at most ``run_records`` records (and ``run_bytes`` of them) in memory; see
+    :class:`_FilePartition`.
     """
 
-    def __init__(self, folder: str | Path, errors: WriteErrors | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        errors: WriteErrors | None = None,
+        run_records: int = RUN_RECORDS,
+        run_bytes: int = RUN_BYTES,
+    ) -> None:
         self.folder = Path(folder)
         self.streams = sorted([*OUTPUT_FILES, MODELS])
         self._index = {stream: i for i, stream in enumerate(self.streams)}
         self.errors = errors
+        self.run_records = run_records
+        self.run_bytes = run_bytes
 
     def list_parts(self) -> list[str]:
         return self.streams
@@ -504,8 +626,9 @@ class OutputFolderSink(FixedPartitionedSink[Output, None]):
         if for_part == MODELS:
             return _ModelsPartition(self.folder / MODEL_FILE, self.errors)
         path = self.folder / OUTPUT_FILES[for_part]
-        partition = _SummaryPartition if for_part == STATS else _FilePartition
-        return partition(path, self.errors)
+        if for_part == STATS:
+            return _SummaryPartition(path, self.errors)
+        return _FilePartition(path, self.errors, self.run_records, self.run_bytes)
 
 
 def read_lines(path: Path) -> Iterator[bytes]:
