@@ -55,11 +55,36 @@ SECTIONS = (
         "The same at 10k customers.",
     ),
     Section(
+        "memory",
+        "Memory per customer (100k customers, one day)",
+        ("bench/memory_bench.py", "--customers", "100000"),
+        "RSS growth of the engine's pipeline over the day, over the customers it holds.",
+    ),
+    Section(
+        "memory-1m",
+        "Memory per customer (1M customers, the first 4M events of a day)",
+        ("bench/memory_bench.py", "--customers", "1000000", "--max-events", "4000000"),
+        "The same at 1M customers (generating the day once takes several minutes and 7.8 GB of disk).",
+    ),
+    Section(
         "order-lines",
         "Orders with many lines against a view",
         ("bench/order_lines_bench.py", "--lines", "1", "10", "50", "161"),
         "CPU per event of the engine's pipeline (parsing, both stages, starter rules, models learning) over a stream "
         "of views and over streams of orders of n lines, for the same customers and times.",
+    ),
+    Section(
+        "parse",
+        "Parsing: bytes to validated envelopes",
+        ("bench/parse_bench.py",),
+        "CPU per event of decoding and validating the event contract (msgspec Structs), by part, and of reading "
+        "an event after it crossed processes.",
+    ),
+    Section(
+        "sink-memory",
+        "Peak memory of a replay: outputs held to the end against bounded sorted runs (50k customers)",
+        ("bench/sink_memory_bench.py", "--customers", "50000"),
+        "Peak RSS of whole `nudgeflow replay` processes, a day against one event per customer.",
     ),
     Section(
         "stages",
