@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from operators.models import MODEL_TYPES
+import operators.models
+from operators.models.protocol import OnlineModel
 
 FORMAT = "nudgeflow.models/1"
 
@@ -26,19 +28,18 @@ def merge(exports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One set of parameters from the replicas', each model merging its own (see their ``merge``).
     The replicas are taken in a fixed order, so that the same run always gives the same bytes."""
     exports = sorted(exports, key=_canonical)
-    return {model.name: model.merge([e[model.name] for e in exports if model.name in e]) for model in MODEL_TYPES}
+    models = operators.models.MODEL_TYPES
+    return {model.name: model.merge([e[model.name] for e in exports if model.name in e]) for model in models}
 
 
-def _file_schema() -> type[BaseModel]:
+@cache
+def _file_schema(models: tuple[type[OnlineModel], ...]) -> type[BaseModel]:
     """Every model's parameters under its name (a model that files may lack is optional)."""
     fields: dict[str, Any] = {
         model.name: (model.parameters, ...) if model.required_in_files else (model.parameters | None, None)
-        for model in MODEL_TYPES
+        for model in models
     }
     return create_model("Models", __config__=ConfigDict(extra="forbid"), **fields)
-
-
-_Models = _file_schema()
 
 
 def write(path: Path, models: dict[str, Any], rules_version: str) -> None:
@@ -64,7 +65,7 @@ def read(path: Path) -> dict[str, Any]:
     if hashlib.sha256(_canonical(models)).hexdigest() != document.get("sha256"):
         raise ValueError(f"model file {path}: content does not match its sha256 (changed or truncated)")
     try:
-        return _Models.model_validate(models).model_dump()
+        return _file_schema(operators.models.MODEL_TYPES).model_validate(models).model_dump()
     except ValidationError as err:
         raise ValueError(f"model file {path}: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from None
 
