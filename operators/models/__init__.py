@@ -80,7 +80,7 @@ class ShardModels:
         """A product viewed or added: check the sampled prediction (views), then learn the link.
 
         Learning waits in :attr:`touches` until the recommender is next read (or the buffer is
-        full), then goes in order: the same model as learning each event at once, at less cost."""
+        full), then goes in order: the same model as learning each event at once."""
         check = viewed and sampled(message_id)
         if not check and self.mode != "learn":
             return
