@@ -1,122 +1,208 @@
-"""What the models cost: per decision, per outcome, per product event, and in the whole flow.
+"""What the models cost per event, in CPU time, on a generated stream replayed through the engine.
 
-    python bench/models_bench.py
+    python bench/models_bench.py                           # the 10k-customer day of flow_bench
+    python bench/models_bench.py --baseline ../old-checkout  # the same figures for other code, in the same run
 
-Microseconds on one core, from states built by the starter rules on a generated stream.
+The stream is parsed first; then both engine stages (one shard each) apply it, with the models
+off, learning, and learning with every product event's hook made a no-op (what the
+recommender's learning and its sampled checks cost, by difference). Then one learning run with
+each of the models' entry points timed (CPU time of the thread, less the timer's own cost
+measured in the same run). With ``--baseline`` each measurement alternates between this code
+and the other checkout (run as a subprocess of the same script), best of ``--repeat``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from connectors.synthetic import generate_events
-from flows.evaluate import Run
-from flows.runtime import tune_gc
-from operators.engine import EngineConfig
-from operators.models import ShardModels
-from operators.models.bandit import segment
-from operators.models.propensity import decision_features
-from operators.rules import load_rules
-from state.catalogue import FeatureView
-
-
-def per_call(fn: Any, items: list[Any], repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        for item in items:
-            fn(item)
-        best = min(best, (time.perf_counter() - started) / len(items) * 1e6)
-    return best
+ROOT = Path(__file__).resolve().parent.parent
+ENTRY_POINTS = (
+    "product_touched",
+    "recommend",
+    "propensity_score",
+    "decided",
+    "ordered",
+    "expire",
+    "choose_offer",
+    "rewarded",
+    "expire_offers",
+    "stats",
+    "export",
+)
 
 
-def flow_seconds(lines: list[bytes], models: str) -> float:
-    """CPU seconds of one in-process run (CPU time: steadier than wall time on a shared machine)."""
-    started = time.process_time()
-    Run(load_rules(), EngineConfig(models=models)).feed(lines)  # type: ignore[arg-type]
-    return time.process_time() - started
+def load_envelopes(path: Path, limit: int | None) -> list[Any]:
+    from operators.parse import RawEvent, Rejected, parse
+
+    envs = []
+    with path.open("rb") as f:
+        for line_no, line in enumerate(f, start=1):
+            if limit is not None and line_no > limit:
+                break
+            env = parse(RawEvent(line_no, {"line": line_no}, line.rstrip(b"\n")))
+            if not isinstance(env, Rejected):
+                envs.append(env)
+    return envs
 
 
-ENTRY_POINTS = ("product_touched", "recommend", "propensity_score", "ordered", "expire", "choose_offer")
+def engine_cpu(envs: list[Any], models: str) -> float:
+    """CPU seconds both engine stages take to apply ``envs`` (``models``: off, learn, or learn without
+    the product-event hook)."""
+    from bench.flow_bench import feed
+    from operators.engine import EngineConfig, ShardEngine
+    from operators.models import ShardModels
+    from operators.rules import load_rules
+
+    rules = load_rules()
+    mode = "learn" if models == "no-product-hook" else models
+    original = ShardModels.product_touched
+    if models == "no-product-hook":
+        ShardModels.product_touched = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    try:
+        identity = ShardEngine(rules, EngineConfig(models=mode), "identity")  # type: ignore[arg-type]
+        customers = ShardEngine(rules, EngineConfig(models=mode), "customer")  # type: ignore[arg-type]
+        out: list[Any] = []
+        started = time.process_time()
+        for env in envs:
+            feed(identity, customers, env, out, tick=env.seq % 1000 == 0)
+            out.clear()
+        customers.finish(out)
+        return time.process_time() - started
+    finally:
+        ShardModels.product_touched = original  # type: ignore[method-assign]
 
 
-def time_in_models(lines: list[bytes]) -> dict[str, tuple[int, float]]:
-    """Calls and seconds spent in each of the models' entry points during one learning run."""
-    spent: dict[str, list[float]] = {name: [0, 0.0] for name in ENTRY_POINTS}
-    originals = {name: getattr(ShardModels, name) for name in ENTRY_POINTS}
+def entry_point_cpu(envs: list[Any]) -> dict[str, list[float]]:
+    """Calls and CPU seconds in each of ShardModels' entry points during one learning run."""
+    from operators.models import ShardModels
+
+    spent: dict[str, list[float]] = {}
+    originals = {name: getattr(ShardModels, name) for name in ENTRY_POINTS if hasattr(ShardModels, name)}
+    clock = time.thread_time_ns
 
     def timed(name: str) -> Any:
+        original, tally = originals[name], spent.setdefault(name, [0, 0.0])
+
         def call(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
+            started = clock()
             try:
-                return originals[name](*args, **kwargs)
+                return original(*args, **kwargs)
             finally:
-                spent[name][0] += 1
-                spent[name][1] += time.perf_counter() - started
+                tally[0] += 1
+                tally[1] += clock() - started
 
         return call
 
+    tally = [0, 0.0]  # the timer's own cost, measured around a no-op
+    for _ in range(100_000):
+        begun = clock()
+        try:
+            _nothing()
+        finally:
+            tally[0] += 1
+            tally[1] += clock() - begun
+    overhead = tally[1] / tally[0]
     try:
-        for name in ENTRY_POINTS:
+        for name in originals:
             setattr(ShardModels, name, timed(name))
-        Run(load_rules(), EngineConfig(models="learn")).feed(lines)
+        engine_cpu(envs, "learn")
     finally:
         for name, original in originals.items():
             setattr(ShardModels, name, original)
-    return {name: (int(calls), seconds) for name, (calls, seconds) in spent.items()}
+    return {name: [calls, max(0.0, (ns - calls * overhead) / 1e9)] for name, (calls, ns) in spent.items()}
+
+
+def _nothing() -> None:
+    return None
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """One set of figures for the code on ``sys.path`` (printed as JSON by ``--child``)."""
+    import operators.models
+    from flows.runtime import tune_gc
+
+    tune_gc()  # as `nudgeflow run` does
+    envs = load_envelopes(args.stream, args.max_events)
+    figures: dict[str, Any] = {"events": len(envs), "code": operators.models.__file__}
+    for models in ("off", "learn", "no-product-hook"):
+        figures[models] = engine_cpu(envs, models)
+    figures["entry_points"] = entry_point_cpu(envs)
+    return figures
+
+
+def child(code: Path, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--code", str(code)]
+    command += ["--stream", str(args.stream)]
+    if args.max_events:
+        command += ["--max-events", str(args.max_events)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per figure, the smallest CPU time over the runs (the least disturbed by other work)."""
+    merged = dict(runs[0])
+    for key in ("off", "learn", "no-product-hook"):
+        merged[key] = min(r[key] for r in runs)
+    merged["entry_points"] = {
+        name: [calls, min(r["entry_points"].get(name, [0, 0.0])[1] for r in runs)]
+        for name, (calls, _) in runs[0]["entry_points"].items()
+    }
+    return merged
+
+
+def report(label: str, f: dict[str, Any]) -> None:
+    n = f["events"]
+    us = {key: f[key] / n * 1e6 for key in ("off", "learn", "no-product-hook")}
+    print(f"\n### {label} ({f['code']}): {n:,} events, engine CPU time per event (both stages, one shard each)\n")
+    print("| models | us per event |\n| --- | ---: |")
+    print(f"| off | {us['off']:.1f} |\n| learn | {us['learn']:.1f} |")
+    print(f"| learn, product events not given to the models | {us['no-product-hook']:.1f} |")
+    print(f"| **models' cost (learn - off)** | **{us['learn'] - us['off']:.1f}** |")
+    print(f"| product events' learning and checks (learn - no hook) | {us['learn'] - us['no-product-hook']:.1f} |")
+    print("\n| entry point | calls | us per call | us per event |\n| --- | ---: | ---: | ---: |")
+    total = 0.0
+    for name, (calls, seconds) in f["entry_points"].items():
+        if calls:
+            total += seconds
+            print(f"| {name} | {calls:,} | {seconds / calls * 1e6:.2f} | {seconds / n * 1e6:.2f} |")
+    print(f"| all entry points | | | {total / n * 1e6:.2f} |")
 
 
 def main() -> None:
-    tune_gc()  # as `nudgeflow run` does
-    lines = [orjson.dumps(e) for e in generate_events(1000, 14, seed=3)]
-    run = Run(load_rules(), EngineConfig())
-    run.feed(lines)
-    engine, models = run.customers, run.customers.models
-    assert models is not None
-    lifecycle = engine.config.lifecycle
-    states = list(engine.customers.values())
-    views = [FeatureView(s, None, s.last_seen_ms, lifecycle, engine.scorers) for s in states]
-    xs = [decision_features(v) for v in views]
-    offers = ["browse-10pct", "free-shipping", "vip-early-access"]
-    rows = {
-        "decision features (14 floats from the feature view)": per_call(
-            lambda s: decision_features(FeatureView(s, None, s.last_seen_ms, lifecycle)), states
-        ),
-        "propensity score (StandardScaler, LogisticRegression)": per_call(models.propensity.score, xs),
-        "propensity learn (progressive score, ADWIN, learn_one)": per_call(
-            lambda x: models.propensity.learn(x, True), xs
-        ),
-        "offer choice among 3 (segment, scores, hash draw)": per_call(
-            lambda v: models.bandit.choose(f"d{id(v)}", offers, segment(v)), views
-        ),
-        "offer reward learnt (stats.Mean)": per_call(lambda v: models.bandit.learn(offers[0], segment(v), True), views),
-        "recommender learn (one product event)": per_call(
-            lambda s: models.recommender.learn(list(s.products.top(4)), "p-0001", "coffee"), states
-        ),
-        "recommend 4 (a trigger's carousel)": per_call(lambda s: models.recommend(s, 4, s.last_seen_ms), states),
-    }
-    print(f"{len(lines):,} events, {len(states):,} customers\n")
-    print("| operation | us |\n| --- | ---: |")
-    for name, us in rows.items():
-        print(f"| {name} | {us:.1f} |")
-    runs = [(flow_seconds(lines, "off"), flow_seconds(lines, "learn")) for _ in range(3)]
-    off, learn = min(r[0] for r in runs), min(r[1] for r in runs)
-    print(
-        f"\nwhole engine, one shard, in-process (best of 3, CPU time): models off {len(lines) / off:,.0f} events/s,"
-        f" learning {len(lines) / learn:,.0f} events/s ({(learn - off) / len(lines) * 1e6:.1f} us per event)"
-    )
-    print("\ntime in the models during a learning run (wall clock, per entry point):\n")
-    print("| entry point | calls | us per call | us per event |\n| --- | ---: | ---: | ---: |")
-    for name, (calls, seconds) in time_in_models(lines).items():
-        us = seconds / calls * 1e6 if calls else 0.0
-        print(f"| {name} | {calls:,} | {us:.1f} | {seconds / len(lines) * 1e6:.1f} |")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=1)
+    parser.add_argument("--max-events", type=int)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each code; the best is reported")
+    parser.add_argument("--baseline", type=Path, help="another checkout to measure in the same run, alternating")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--stream", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--code", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        sys.path.insert(0, str(args.code.resolve()))
+        print(json.dumps(measure(args)))
+        return
+    sys.path.insert(0, str(ROOT))
+    from bench.flow_bench import stream
+
+    args.stream = stream(args.customers, args.days)  # made once, then cached
+    codes = {"this code": ROOT}
+    if args.baseline is not None:
+        codes = {f"baseline ({args.baseline})": args.baseline, **codes}
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in codes}
+    for _ in range(args.repeat):
+        for label, code in codes.items():
+            runs[label].append(child(code, args))
+    for label in codes:
+        report(label, best(runs[label]))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Online models inside the dataflow (see docs/models.md for where they score and learn).
 
 Each shard engine holds one :class:`ShardModels`: its own replica of every model, fed by the
-decisions and outcomes of that shard's customers, in the shard's deterministic order.
+decisions and outcomes of that shard's customers, in the shard's deterministic order. Every
+model follows :class:`~operators.models.protocol.OnlineModel`; :data:`MODEL_TYPES` lists them,
+and stats, model files and modes go through that list.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from typing import Any, Literal
 
 from operators.models.bandit import Choice, OfferBandit, segment
 from operators.models.propensity import PropensityModel, decision_features
-from operators.models.recommend import CoOccurrence, sampled
+from operators.models.protocol import OnlineModel
+from operators.models.recommend import WINDOW, CoOccurrence, sampled
 from schemas.rules import NextBestOffer
 from state.catalogue import FeatureView
 from state.customer import MAX_PENDING_OUTCOMES, CustomerState
 
 ModelMode = Literal["learn", "frozen", "off"]
 FEATURES_KEY = "~propensity_features"
+MODEL_TYPES: tuple[type[OnlineModel], ...] = (PropensityModel, OfferBandit, CoOccurrence)
+MAX_UNLEARNT_TOUCHES = 1024  # product events held for the recommender before it learns them anyway
 
 
 class ShardModels:
@@ -33,25 +38,49 @@ class ShardModels:
         self.mode = mode
         self.session_timeout_ms = session_timeout_ms
         self.horizon_ms = horizon_ms
-        self.propensity = PropensityModel(frozen=mode == "frozen")
         policy = policy or NextBestOffer()
-        self.bandit = OfferBandit(policy.exploration, policy.seed, frozen=mode == "frozen")
+        self.propensity = PropensityModel()
+        self.bandit = OfferBandit(policy.exploration, policy.seed)
+        self._recommender = CoOccurrence()
+        self.registry: dict[str, OnlineModel] = {
+            model.name: model for model in (self.propensity, self.bandit, self._recommender)
+        }
         self.reward_window_ms = policy.reward_window
-        self.recommender = CoOccurrence()
         self.scorers = {"propensity": self.propensity_score}
         self.dropped = 0  # decisions whose outcome was never learnt (bound reached)
+        # product events not learnt yet: (the session's last products before, product, category)
+        self.touches: list[tuple[Sequence[str], str, str | None]] = []
         # called with (customer, features, score before learning, outcome) of every outcome learnt
         self.on_outcome: Callable[[str, tuple[float, ...], float, bool], None] | None = None
+        self.set_mode(mode)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle (recovery snapshots), also from a version that learnt every product event at once."""
+        if "recommender" in state:
+            state["_recommender"] = state.pop("recommender")
+        state.setdefault("touches", [])
+        self.__dict__.update(state)
+        self.registry = {model.name: model for model in (self.propensity, self.bandit, self._recommender)}
 
     def set_mode(self, mode: ModelMode) -> None:
         self.mode = mode
-        self.propensity.frozen = self.bandit.frozen = mode == "frozen"
+        for model in self.registry.values():
+            model.frozen = mode == "frozen"
 
     # --- recommendations ---------------------------------------------------------------
+    @property
+    def recommender(self) -> CoOccurrence:
+        """The recommender, up to date with every product event so far."""
+        self._learn_touches()
+        return self._recommender
+
     def product_touched(
         self, state: CustomerState, product: str, category: str | None, message_id: str, viewed: bool, at_ms: int
     ) -> None:
-        """A product viewed or added: check the sampled prediction (views), then learn the link."""
+        """A product viewed or added: check the sampled prediction (views), then learn the link.
+
+        Learning waits in :attr:`touches` until the recommender is next read (or the buffer is
+        full), then goes in order: the same model as learning each event at once."""
         check = viewed and sampled(message_id)
         if not check and self.mode != "learn":
             return
@@ -59,7 +88,16 @@ class ShardModels:
         if check:  # predicted as a trigger would: from the session and the favourites
             self.recommender.check(session, product, interests(state), state.categories.scores)
         if self.mode == "learn":
-            self.recommender.learn(session, product, category)
+            self.touches.append((session[-WINDOW:], product, category))
+            if len(self.touches) >= MAX_UNLEARNT_TOUCHES:
+                self._learn_touches()
+
+    def _learn_touches(self) -> None:
+        if self.touches:
+            touches, self.touches = self.touches, []
+            learn = self._recommender.learn
+            for history, product, category in touches:
+                learn(history, product, category)
 
     def recommend(self, state: CustomerState, k: int, at_ms: int) -> list[str]:
         """Top ``k`` products for the customer now, leaving out their cart and their last order."""
@@ -139,30 +177,21 @@ class ShardModels:
             self.on_outcome(customer_id, x, p, y)
 
     def stats(self) -> dict[str, Any]:
-        model = self.propensity
-        return {
-            "propensity": {
-                "learnt": model.learnt,
-                "drifts": model.drifts,
-                "dropped": self.dropped,
-                "progressive": model.quality.to_counts(),
-            },
-            "next_best_offer": self.bandit.stats(),
-            "recommendations": self.recommender.stats(),
-        }
+        self._learn_touches()
+        stats = {name: model.stats() for name, model in self.registry.items()}
+        stats["propensity"]["dropped"] = self.dropped
+        return stats
 
     def export(self) -> dict[str, Any]:
-        return {
-            "propensity": self.propensity.export(),
-            "next_best_offer": self.bandit.export(),
-            "recommendations": self.recommender.export(),
-        }
+        self._learn_touches()
+        return {name: model.export() for name, model in self.registry.items()}
 
     def load(self, data: dict[str, Any]) -> None:
-        self.propensity.load(data["propensity"])
-        self.bandit.load(data["next_best_offer"])
-        if data.get("recommendations"):
-            self.recommender.load(data["recommendations"])
+        """Start every model from a model file's content (a model it lacks starts afresh)."""
+        self._learn_touches()
+        for name, model in self.registry.items():
+            if data.get(name):
+                model.load(data[name])
 
 
 def interests(state: CustomerState) -> list[str]:

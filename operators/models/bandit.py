@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict
 from river import stats
 
 
@@ -44,8 +45,25 @@ def uniform(decision_id: str, seed: int, salt: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+class _Arm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n: int
+    mean: float
+
+
+class OfferParameters(BaseModel):
+    """What :meth:`OfferBandit.export` writes (checked when a model file is read)."""
+
+    model_config = ConfigDict(extra="forbid")
+    segments: dict[str, dict[str, _Arm]]
+
+
 class OfferBandit:
     """One replica of the next-best-offer policy (one per shard, like every model)."""
+
+    name: ClassVar[str] = "next_best_offer"
+    parameters: ClassVar[type[BaseModel]] = OfferParameters
+    required_in_files: ClassVar[bool] = True
 
     def __init__(self, exploration: float, seed: int, frozen: bool = False) -> None:
         self.exploration = exploration
@@ -98,3 +116,17 @@ class OfferBandit:
                 mean = stats.Mean()
                 mean.n, mean._mean = int(values["n"]), float(values["mean"])
                 self.means.setdefault(seg, {})[offer] = mean
+
+    @staticmethod
+    def merge(exports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Reward means pooled per segment and offer."""
+        segments: dict[str, dict[str, dict[str, float]]] = {}
+        for export in exports:
+            for segment_id, offers in export["segments"].items():
+                for offer, arm in offers.items():
+                    merged = segments.setdefault(segment_id, {}).setdefault(offer, {"n": 0, "mean": 0.0})
+                    n = merged["n"] + arm["n"]
+                    if n:
+                        merged["mean"] = (merged["mean"] * merged["n"] + arm["mean"] * arm["n"]) / n
+                    merged["n"] = n
+        return {"segments": segments}

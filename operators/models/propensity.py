@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict
 from river import compose, drift, linear_model, optim, preprocessing
 from river import utils as river_utils
 
@@ -133,8 +134,30 @@ class Calibration:
         return cls(column("positives"), column("negatives"), column("predicted_micro"), counts.get("log_loss_micro", 0))
 
 
+class _Scaler(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    counts: dict[str, int]
+    means: dict[str, float]
+    vars: dict[str, float]
+
+
+class PropensityParameters(BaseModel):
+    """What :meth:`PropensityModel.export` writes (checked when a model file is read)."""
+
+    model_config = ConfigDict(extra="forbid")
+    features: list[str]
+    scaler: _Scaler
+    weights: dict[str, float]
+    intercept: float
+    learnt: int
+
+
 class PropensityModel:
     """One replica of the propensity model (one per customer shard; see docs/models.md)."""
+
+    name: ClassVar[str] = "propensity"
+    parameters: ClassVar[type[BaseModel]] = PropensityParameters
+    required_in_files: ClassVar[bool] = True
 
     def __init__(self, frozen: bool = False) -> None:
         self.frozen = frozen
@@ -190,6 +213,37 @@ class PropensityModel:
         )
         regression.intercept = float(data["intercept"])
         self.learnt = int(data["learnt"])
+
+    def stats(self) -> dict[str, Any]:
+        return {"learnt": self.learnt, "drifts": self.drifts, "progressive": self.quality.to_counts()}
+
+    @staticmethod
+    def merge(exports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Weights averaged by how much each replica learnt, scaler statistics pooled."""
+        learnt = [p["learnt"] for p in exports]
+        total = sum(learnt) or 1
+        share = [n / total if sum(learnt) else 1 / len(learnt) for n in learnt]
+        names = exports[0]["features"]
+        counts = {f: sum(p["scaler"]["counts"].get(f, 0) for p in exports) for f in names}
+
+        def pooled(stat: str) -> dict[str, float]:
+            out = {}
+            for f in names:
+                n = counts[f] or 1
+                out[f] = sum(p["scaler"][stat].get(f, 0.0) * p["scaler"]["counts"].get(f, 0) for p in exports) / n
+            return out
+
+        return {
+            "features": names,
+            "scaler": {"counts": counts, "means": pooled("means"), "vars": pooled("vars")},
+            "weights": {f: _weighted(share, [p["weights"].get(f, 0.0) for p in exports]) for f in names},
+            "intercept": _weighted(share, [p["intercept"] for p in exports]),
+            "learnt": sum(learnt),
+        }
+
+
+def _weighted(shares: Sequence[float], values: Sequence[float]) -> float:
+    return sum(s * v for s, v in zip(shares, values, strict=True))
 
 
 def _pipeline() -> compose.Pipeline:

@@ -16,19 +16,36 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
 
 WINDOW = 4  # earlier products in the session that a new one is linked to
 NEIGHBOURS = 30  # neighbours kept per product (pruned from twice as many)
 POPULAR = 50  # most popular products kept for filling up
 SAMPLE_EVERY = 50  # one view in 50 is checked for progressive hit rate (by a hash of the message id)
 K = 10
+WEIGHTS = tuple(1.0 / distance for distance in range(1, WINDOW + 1))  # of a link, by distance in the session
+
+
+class RecommendationParameters(BaseModel):
+    """What :meth:`CoOccurrence.export` writes (checked when a model file is read)."""
+
+    model_config = ConfigDict(extra="forbid")
+    links: dict[str, dict[str, float]]
+    counts: dict[str, int]
+    categories: dict[str, str]
 
 
 class CoOccurrence:
     """One replica of the recommender (one per shard, like every model)."""
 
-    def __init__(self) -> None:
+    name: ClassVar[str] = "recommendations"
+    parameters: ClassVar[type[BaseModel]] = RecommendationParameters
+    required_in_files: ClassVar[bool] = False  # files written before it was added have none
+
+    def __init__(self, frozen: bool = False) -> None:
+        self.frozen = frozen
         self.links: dict[str, dict[str, float]] = {}
         self.counts: dict[str, int] = {}
         self.popular: list[str] = []
@@ -41,14 +58,27 @@ class CoOccurrence:
 
     def learn(self, history: Sequence[str], product: str, category: str | None = None) -> None:
         """``product`` (of ``category``) was touched after ``history`` (the session's earlier products)."""
+        if self.frozen:
+            return
         links = self.links
         distance = 0
         for earlier in reversed(history[-WINDOW:]):
             if earlier == product:
                 continue
+            weight = WEIGHTS[distance]
             distance += 1
-            _strengthen(links, earlier, product, 1.0 / distance)
-            _strengthen(links, product, earlier, 1.0 / distance)
+            theirs = links.get(earlier)
+            if theirs is None:
+                theirs = links[earlier] = {}
+            theirs[product] = theirs.get(product, 0.0) + weight
+            if len(theirs) > 2 * NEIGHBOURS:
+                links[earlier] = _strongest(theirs)
+            mine = links.get(product)
+            if mine is None:
+                mine = links[product] = {}
+            mine[earlier] = mine.get(earlier, 0.0) + weight
+            if len(mine) > 2 * NEIGHBOURS:
+                links[product] = _strongest(mine)
         counts = self.counts
         count = counts[product] = counts.get(product, 0) + 1
         _rank(self.popular, product, count, counts)
@@ -105,9 +135,9 @@ class CoOccurrence:
         for category, score in (categories or {}).items():  # the customer's lasting interests
             weights[category] = weights.get(category, 0.0) + score / affinity
         in_categories: dict[str, float] = {}
-        counts = self.counts
+        counts, popular_in = self.counts, self.popular_in
         for category, weight in weights.items():
-            for other in self.popular_in.get(category, ())[: 2 * k]:
+            for other in popular_in.get(category, ())[: 2 * k]:
                 if other not in skip:
                     in_categories[other] = in_categories.get(other, 0.0) + counts[other] * weight
         _add_normalised(scores, in_categories)
@@ -176,6 +206,26 @@ class CoOccurrence:
             "most_popular_hits": self.baseline_hits,
         }
 
+    @staticmethod
+    def merge(exports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Links and counts added up (each replica saw other sessions)."""
+        links: dict[str, dict[str, float]] = {}
+        counts: dict[str, int] = {}
+        categories: dict[str, str] = {}
+        for replica in exports:
+            for product, neighbours in replica["links"].items():
+                merged = links.setdefault(product, {})
+                for other, weight in neighbours.items():
+                    merged[other] = merged.get(other, 0.0) + weight
+            for product, count in replica["counts"].items():
+                counts[product] = counts.get(product, 0) + count
+            categories.update(replica["categories"])
+        return {
+            "links": {p: dict(sorted(n.items())) for p, n in sorted(links.items())},
+            "counts": dict(sorted(counts.items())),
+            "categories": dict(sorted(categories.items())),
+        }
+
 
 def _add_normalised(scores: dict[str, float], evidence: dict[str, float]) -> None:
     total = sum(evidence.values())
@@ -193,20 +243,17 @@ def _top(scores: dict[str, float], k: int) -> list[str]:
     return [product for _, product in best[:k]]
 
 
-def _strengthen(links: dict[str, dict[str, float]], a: str, b: str, weight: float) -> None:
-    """Add ``weight`` to the link from ``a`` to ``b``, pruning ``a``'s neighbours when they double."""
-    neighbours = links.get(a)
-    if neighbours is None:
-        neighbours = links[a] = {}
-    neighbours[b] = neighbours.get(b, 0.0) + weight
-    if len(neighbours) > 2 * NEIGHBOURS:
-        links[a] = _strongest(neighbours)
-
-
 def _strongest(neighbours: dict[str, float]) -> dict[str, float]:
-    """The :data:`NEIGHBOURS` strongest links, strongest first (by weight, then id)."""
-    best = sorted([(-weight, product) for product, weight in neighbours.items()])[:NEIGHBOURS]
-    return {product: -weight for weight, product in best}
+    """The :data:`NEIGHBOURS` strongest links, strongest first (by weight, then id).
+
+    A C-level sort of the weights finds the threshold; only the links at or above it are sorted.
+    """
+    if len(neighbours) > NEIGHBOURS:
+        threshold = sorted(neighbours.values(), reverse=True)[NEIGHBOURS - 1]
+        best = sorted([(-weight, product) for product, weight in neighbours.items() if weight >= threshold])
+    else:
+        best = sorted([(-weight, product) for product, weight in neighbours.items()])
+    return {product: -weight for weight, product in best[:NEIGHBOURS]}
 
 
 def _rank(popular: list[str], product: str, count: int, counts: dict[str, int]) -> None:
