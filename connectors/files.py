@@ -23,7 +23,7 @@ import socket
 import tempfile
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -34,7 +34,6 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from connectors.local_services import process_alive
-from schemas import model_files
 from schemas.errors import InputError, OutputError, RecordingNotFound
 from schemas.items import DEFAULT_MAX_EVENT_BYTES, EndOfInput, Output, RawEvent
 from schemas.metrics import INPUT_LINES
@@ -574,11 +573,16 @@ def add_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
             total[key] = total.get(key, 0) + value
 
 
+ModelsWriter = Callable[[Path, list[dict[str, Any]], str], None]
+"""Writes the shards' model exports, merged, as one model file (``operators.models.files.write_merged``)."""
+
+
 class _ModelsPartition(_OutputFile):
     """The shards' model parameters, merged into one model file at close (when models ran)."""
 
-    def __init__(self, path: Path, errors: WriteErrors | None) -> None:
+    def __init__(self, path: Path, errors: WriteErrors | None, write_models: ModelsWriter) -> None:
         super().__init__(path, errors)
+        self.write_models = write_models
         self._exports: list[dict[str, Any]] = []
         self._version = ""
 
@@ -589,7 +593,7 @@ class _ModelsPartition(_OutputFile):
 
     def _write(self) -> None:
         if self._exports:
-            model_files.write(self._path, model_files.merge(self._exports), self._version)
+            self.write_models(self._path, self._exports, self._version)
 
 
 class OutputFolderSink(FixedPartitionedSink[Output, None]):
@@ -597,7 +601,8 @@ class OutputFolderSink(FixedPartitionedSink[Output, None]):
     merged model parameters to ``models.json``.
 
     Files that cannot be written go to ``errors`` (path, error), when given, for the caller to
-    report after the run (in this process); without it a failed write stops the run. Each
+    report after the run (in this process); without it a failed write stops the run. The model
+    file is written by ``write_models`` (none without it). Each
     stream holds at most ``run_records`` records (and ``run_bytes`` of them) in memory; see
     :class:`_FilePartition`.
     """
@@ -608,8 +613,10 @@ class OutputFolderSink(FixedPartitionedSink[Output, None]):
         errors: WriteErrors | None = None,
         run_records: int = RUN_RECORDS,
         run_bytes: int = RUN_BYTES,
+        write_models: ModelsWriter | None = None,
     ) -> None:
         self.folder = Path(folder)
+        self.write_models = write_models
         self.streams = sorted([*OUTPUT_FILES, MODELS])
         self._index = {stream: i for i, stream in enumerate(self.streams)}
         self.errors = errors
@@ -624,7 +631,9 @@ class OutputFolderSink(FixedPartitionedSink[Output, None]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> StatefulSinkPartition[Output, None]:
         if for_part == MODELS:
-            return _ModelsPartition(self.folder / MODEL_FILE, self.errors)
+            if self.write_models is None:
+                return _DiscardPartition({})
+            return _ModelsPartition(self.folder / MODEL_FILE, self.errors, self.write_models)
         path = self.folder / OUTPUT_FILES[for_part]
         if for_part == STATS:
             return _SummaryPartition(path, self.errors)

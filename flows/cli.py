@@ -36,6 +36,7 @@ from flows.runtime import recovery_config, tune_gc
 from flows.settings import SAMPLE_STREAM, Settings
 from flows.status import StatusLine, status_text
 from operators.models import ModelMode
+from operators.models import files as model_files
 from operators.rules import STARTER_RULES, load_rules
 from schemas.errors import ConfigurationError, NudgeflowError, RecoveryStoreError
 from schemas.items import EndOfInput, RawEvent
@@ -226,7 +227,7 @@ def execute(
     try:
         prepare_output_folder(staging)
         errors: WriteErrors = []
-        sink = OutputFolderSink(staging, errors)
+        sink = OutputFolderSink(staging, errors, write_models=model_files.write_merged)
         flow = build_flow(settings, rules, snapshots=settings.recovery_dir is not None, source=source, sink=sink)
         seconds = _timed_run(flow, settings, workers, quiet, process_id, addresses)
         if errors:

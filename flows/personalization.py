@@ -21,6 +21,7 @@ from flows.metrics import serve
 from flows.runtime import tune_gc
 from flows.settings import Settings
 from operators.customer_state import personalize
+from operators.models import files as model_files
 from operators.rules import CompiledRules, load_rules
 from schemas.items import EndOfInput, Output, RawEvent
 from schemas.streams import KAFKA_STREAMS, PROFILES, STORE_STREAMS
@@ -49,7 +50,7 @@ def build_flow(
     source = source or JsonlSource(settings.input, settings.batch_size, settings.max_event_bytes)
     if sink is None:
         prepare_output_folder(settings.out, replace=settings.replace_output)
-        sink = OutputFolderSink(settings.out)
+        sink = OutputFolderSink(settings.out, write_models=model_files.write_merged)
     raw = op.input("events", flow, source)
     config = settings.engine_config(snapshots, source_partitions, profiles=settings.redis_url is not None)
     outputs = personalize("personalize", raw, rules, config, settings.shards, settings.max_event_bytes)

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from operators.engine import EngineConfig
 from operators.models import ModelMode
+from operators.models import files as model_files
 from operators.rules import STARTER_RULES
-from schemas import model_files
 from schemas.errors import ConfigurationError
 from schemas.items import DEFAULT_MAX_EVENT_BYTES
 from state.affinity import DAY_MS

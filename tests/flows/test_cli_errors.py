@@ -118,8 +118,8 @@ def test_each_problem_is_raised_as_its_kind_where_it_is_found(tmp_path, monkeypa
 
 
 def test_a_model_file_of_other_features_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    from operators.models import files as model_files
     from operators.models.propensity import PropensityModel
-    from schemas import model_files
 
     propensity = PropensityModel().export()
     propensity["features"] = [*propensity["features"], "shoe_size"]

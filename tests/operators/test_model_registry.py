@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 import operators.models
 from operators.models import MODEL_TYPES, ShardModels
-from operators.models import export as model_files
+from operators.models import files as model_files
 from operators.models.protocol import OnlineModel
 from operators.models.recommend import CoOccurrence, sampled
 from state.customer import CustomerState, Session

@@ -159,7 +159,7 @@ def test_model_metrics_count_outcomes_by_decile_of_the_score():
 
 def test_a_run_writes_its_models_and_a_later_run_starts_from_them(tmp_path, monkeypatch):
     from flows.cli import main
-    from schemas import model_files
+    from operators.models import files as model_files
 
     first = tmp_path / "first"
     assert main(["run", "--out", str(first), "--quiet"]) == 0
@@ -175,7 +175,7 @@ def test_a_run_writes_its_models_and_a_later_run_starts_from_them(tmp_path, monk
 
 
 def test_a_changed_or_foreign_model_file_is_refused(tmp_path):
-    from schemas import model_files
+    from operators.models import files as model_files
 
     model = PropensityModel()
     path = tmp_path / "models.json"

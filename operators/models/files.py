@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 import operators.models
 from operators.models.protocol import OnlineModel
-
 from schemas.errors import ConfigurationError
 
 FORMAT = "nudgeflow.models/1"
@@ -74,3 +73,8 @@ def read(path: Path) -> dict[str, Any]:
 
 def _canonical(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def write_merged(path: Path, exports: Sequence[dict[str, Any]], version: str) -> None:
+    """Write the merge of the shards' ``exports`` as the model file ``path`` (the output folder's sink)."""
+    write(path, merge(exports), version)
