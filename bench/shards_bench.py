@@ -22,7 +22,7 @@ from connectors.synthetic import generate_events
 from flows.evaluate import Run, auc
 from flows.runtime import tune_gc
 from operators.engine import EngineConfig
-from operators.pipeline import shard_of
+from operators.ordering import shard_of
 from operators.rules import load_rules
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -124,12 +125,22 @@ def get_flow() -> Dataflow:
     settings = Settings.from_env()
     if settings.metrics_port is not None:
         serve(settings.metrics_port + int(os.environ.get("BYTEWAX_PROCESS_ID", "0")), settings.metrics_host)
-    return build_flow(settings, snapshots=_runner_recovers(settings))
+    recovery = _recovery_dir(settings)
+    if recovery is not None:  # the engine keeps its customer stores there
+        settings = settings.model_copy(update={"recovery_dir": recovery})
+    return build_flow(settings, snapshots=recovery is not None)
 
 
-def _runner_recovers(settings: Settings) -> bool:
-    """Whether the run keeps a recovery store, so the engine must snapshot its state: the runner's
-    ``-r``/``--recovery-directory`` (or ``BYTEWAX_RECOVERY_DIRECTORY``), or ``NUDGEFLOW_RECOVERY_DIR``."""
-    if settings.recovery_dir is not None or "BYTEWAX_RECOVERY_DIRECTORY" in os.environ:
-        return True
-    return any(arg in ("-r", "--recovery-directory") for arg in sys.argv)
+def _recovery_dir(settings: Settings) -> Path | None:
+    """The run's recovery store, where the engine must snapshot its state: ``NUDGEFLOW_RECOVERY_DIR``,
+    else the runner's ``-r``/``--recovery-directory`` (or ``BYTEWAX_RECOVERY_DIRECTORY``)."""
+    if settings.recovery_dir is not None:
+        return settings.recovery_dir
+    folder = os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")
+    args = sys.argv
+    for n, arg in enumerate(args):
+        if arg in ("-r", "--recovery-directory") and n + 1 < len(args):
+            folder = args[n + 1]
+        elif arg.startswith("--recovery-directory="):
+            folder = arg.partition("=")[2]
+    return None if folder is None else Path(folder)

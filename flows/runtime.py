@@ -16,6 +16,8 @@ from schemas.errors import RecoveryStoreError
 if TYPE_CHECKING:
     from flows.settings import Settings
 
+STATE_STORE = "customers"  # the folder of the shards' customer stores, inside the recovery directory
+
 GC_THRESHOLDS = (100_000, 1_000, 1_000_000)
 
 
@@ -54,10 +56,13 @@ def check_trusted(folder: Path) -> None:
 
     Snapshots are pickles (Bytewax's recovery store pickles every state), and unpickling runs
     code: whoever can write a snapshot can run code in the engine. So the folder and its files
-    (partitions and their journals) must belong to this user and be writable by it only.
+    (partitions and their journals, and the shards' customer stores) must belong to this user and
+    be writable by it only.
     """
     me = os.geteuid()
-    for path in (folder, *sorted(folder.glob("part-*"))):
+    stores = folder / STATE_STORE
+    customer_stores = (stores, *sorted(stores.iterdir())) if stores.is_dir() else ()
+    for path in (folder, *sorted(folder.glob("part-*")), *customer_stores):
         status = path.stat()
         if status.st_uid != me:
             raise RecoveryStoreError(

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from flows.runtime import STATE_STORE
 from operators.engine import EngineConfig
 from operators.models import ModelMode
 from operators.models import files as model_files
@@ -94,6 +95,7 @@ class Settings(BaseModel):
             dedupe_per_shard=self.dedupe_per_shard,
             source_partitions=source_partitions,
             snapshots=snapshots,
+            state_store=self.recovery_dir / STATE_STORE if snapshots and self.recovery_dir is not None else None,
             profile_ms=int(self.profile_seconds * 1000) if profiles else None,
             models=self.models,
             initial_models=model_files.read(self.model_file) if self.model_file else None,

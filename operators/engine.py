@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -45,7 +46,7 @@ import orjson
 from operators.decisions import DecisionWriter, RuleFailed, bump
 from operators.expressions import Expression
 from operators.models import ModelMode, ShardModels
-from operators.ordering import OrderedRelease, Tick
+from operators.ordering import OrderedRelease, Tick, shard_of
 from operators.parse import count_notes
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
 from operators.timers import TimerQueue
@@ -59,9 +60,10 @@ from state import codec
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import MAX_CAUSED_BY, Checkpoint, CustomerState, Lifecycle, Timer
+from state.store import CustomerStore
 from state.update import apply_event
 
-SNAPSHOT_FORMAT = 5  # 5: envelopes held back carry their contract notes
+SNAPSHOT_FORMAT = 6  # 6: customers in the shard's own incremental store when there is one
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes
 REWARD = "~reward"  # the open offer choices' reward window: no reward when it passes
@@ -86,6 +88,7 @@ class EngineConfig:
     links_per_shard: int = 50_000
     source_partitions: int = 1
     snapshots: bool = False
+    state_store: Path | None = None  # with snapshots: customers kept here, written incrementally (state.store)
     profile_ms: int | None = None  # send changed customers' profiles (for the live store) this often
     models: ModelMode = "learn"
     propensity_horizon_ms: int = 7 * DAY_MS
@@ -125,7 +128,9 @@ class CustomerStage:
         self.changed: set[str] = set()  # customers whose profile changed since the last profiles
         self.models = self._models_for_mode(None)
         self.scorers = self.models.scorers if self.models is not None else None
-        self.encoded: dict[str, bytes] = {}
+        self.encoded: dict[str, bytes] = {}  # customers' snapshot encodings, when kept in the snapshot itself
+        self.snapshot_seq = 0  # snapshots taken (and restored), when customers are kept in a store
+        self.store: CustomerStore | None = None
 
     _merge_key = staticmethod(attrgetter("env.seq"))  # what waits: a forwarded event
 
@@ -604,18 +609,31 @@ class CustomerStage:
         self.changed.clear()
 
     def snapshot(self) -> tuple[int, dict[str, Any]] | None:
-        """A versioned, immutable snapshot; only customers changed since the last one are re-encoded."""
+        """A versioned, immutable snapshot; only customers changed since the last one are encoded.
+
+        With a state store (``config.state_store``) they are written there under the snapshot's
+        number and the snapshot holds the number; without, it holds every customer's encoding.
+        """
         if not self.config.snapshots:
             return None
-        for customer_id in self.dirty:
-            state = self.customers.get(customer_id)
-            if state is None:
-                self.encoded.pop(customer_id, None)
-            else:
-                self.encoded[customer_id] = codec.encode(state)
+        changed = {cid: None if (s := self.customers.get(cid)) is None else codec.encode(s) for cid in self.dirty}
         self.dirty.clear()
+        customers, store = None, None
+        if self.config.state_store is None:
+            for customer_id, blob in changed.items():
+                if blob is None:
+                    self.encoded.pop(customer_id, None)
+                else:
+                    self.encoded[customer_id] = blob
+            customers = dict(self.encoded)
+        else:
+            self.snapshot_seq += 1
+            if changed:
+                self._store(next(iter(changed))).write(self.snapshot_seq, changed)
+            store = None if self.store is None else (self.store.path.stem, self.snapshot_seq)
         shard = {
-            "customers": dict(self.encoded),
+            "customers": customers,
+            "store": store,  # (shard's store name, snapshot number), or None: customers are inline
             "clock": self.clock,
             "swept_day": self.swept_day,
             "stats": pickle.dumps(self.stats),
@@ -626,6 +644,20 @@ class CustomerStage:
             "models": pickle.dumps(self.models),  # River objects: the recovery store is the engine's own
         }
         return SNAPSHOT_FORMAT, shard
+
+    def _store(self, customer_id: str) -> CustomerStore:
+        """This shard's customer store (named after the stage and the shard of ``customer_id``)."""
+        if self.store is None:
+            self._open_store(f"{self.role}-{self._shard_index(customer_id):04d}")
+        return self.store  # type: ignore[return-value]
+
+    def _open_store(self, name: str) -> CustomerStore:
+        assert self.config.state_store is not None, "customers were snapshotted to a store: it must be configured"
+        self.store = CustomerStore(self.config.state_store, name)
+        return self.store
+
+    def _shard_index(self, customer_id: str) -> int:
+        return shard_of(customer_id, self.ordered.upstreams)
 
     def _models_for_mode(self, restored: ShardModels | None) -> ShardModels | None:
         """Restored models, switched to this run's mode (a fresh set if the snapshot had none)."""
@@ -653,8 +685,12 @@ class CustomerStage:
                 f"recovery snapshot format {version} is not supported: this version reads format {SNAPSHOT_FORMAT}. "
                 "Start with a new recovery directory (and warm-start from recorded history if needed)."
             )
-        self.encoded = dict(shard["customers"])
-        self.customers = {cid: codec.decode(blob) for cid, blob in sorted(self.encoded.items())}
+        if shard["store"] is None:
+            self.encoded = blobs = dict(shard["customers"])
+        else:
+            name, self.snapshot_seq = shard["store"]
+            blobs = self._open_store(name).read(self.snapshot_seq)
+        self.customers = {cid: codec.decode(blob) for cid, blob in sorted(blobs.items())}
         self.clock, self.swept_day = shard["clock"], shard["swept_day"]
         self.stats = self.writer.stats = pickle.loads(shard["stats"])
         self.ordered.restore(pickle.loads(shard["pending"]))
@@ -684,6 +720,9 @@ class IdentityStage(CustomerStage):
         self.links: OrderedDict[str, str] = OrderedDict()
 
     _merge_key = staticmethod(attrgetter("seq"))  # what waits: an event
+
+    def _shard_index(self, customer_id: str) -> int:
+        return self.index
 
     def _progress(self, tick: Tick, out: list[Any]) -> tuple[int | None, int | None, bool] | None:
         self.index = tick.shard

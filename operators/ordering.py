@@ -1,4 +1,4 @@
-"""Ordered release: items held back until every upstream has passed them, then applied in key order.
+"""Routing and ordered release: items held back until every upstream has passed them, then applied in key order.
 
 Both engine stages apply what they receive in merge-key order (:func:`operators.parse.order_key`),
 whatever the number of workers or how the input was batched. Each upstream (a source partition
@@ -10,9 +10,16 @@ key that every busy upstream has passed can be applied.
 from __future__ import annotations
 
 import bisect
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+
+def shard_of(key: str, shards: int) -> int:
+    """A stable shard number for a routing key, a customer or anonymous id (crc32: the same on
+    every machine and run)."""
+    return zlib.crc32(key.encode()) % shards
 
 
 @dataclass(slots=True)

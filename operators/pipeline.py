@@ -10,7 +10,6 @@ same rule: one tick per source batch, one item per shard per batch.
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from itertools import chain
@@ -20,18 +19,13 @@ import orjson
 from bytewax.operators import StatefulBatchLogic
 
 from operators.engine import CustomerStage, EngineConfig, Forward, IdentityStage
-from operators.ordering import Tick
+from operators.ordering import Tick, shard_of
 from operators.parse import InputMarks, Rejected, parse
 from operators.rules import CompiledRules
 from operators.shard_metrics import ShardMetrics
 from schemas.items import DEFAULT_MAX_EVENT_BYTES, EndOfInput, Output, RawEvent
 from schemas.metrics import INVALID_EVENTS
 from schemas.streams import DEAD_LETTERS, STATS
-
-
-def shard_of(customer_id: str, shards: int) -> int:
-    """A stable shard number for an id (crc32, the same on every machine and run)."""
-    return zlib.crc32(customer_id.encode()) % shards
 
 
 class Router:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import orjson
 import pytest
@@ -17,12 +18,14 @@ from flows.cli import main
 from flows.personalization import build_flow
 from flows.runtime import recovery_config
 from flows.settings import SAMPLE_STREAM, Settings
+from schemas.errors import RecoveryStoreError
 
 
-def run(items, tmp_path, recovery: RecoveryConfig | None) -> tuple[list, dict]:
-    """Decisions of one execution, and the final counters of the engine (summed over shards)."""
+def run(items, tmp_path, recovery: RecoveryConfig | None, recovery_dir: Path | None = None) -> tuple[list, dict]:
+    """Decisions of one execution, and the final counters of the engine (summed over shards); with
+    ``recovery_dir`` (the recovery store's folder) the shards keep their customers in stores there."""
     captured: list = []
-    settings = Settings(out=tmp_path / "unused", shards=4)
+    settings = Settings(out=tmp_path / "unused", shards=4, recovery_dir=recovery_dir)
     flow = build_flow(settings, snapshots=True, source=TestingSource(items, batch_size=5), sink=TestingSink(captured))
     run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
     stats: dict = {}
@@ -51,6 +54,49 @@ def test_resume_after_abort_gives_every_decision_with_the_same_ids(tmp_path):
     resumed = {o.body for o in first} | {o.body for o in second}
     assert resumed == expected, "nothing lost, nothing new: re-emitted decisions carry the same ids"
     assert resumed_stats == whole_stats, "state continued from the snapshot: every event counted exactly once"
+
+
+@pytest.mark.parametrize("stores", [False, True], ids=["customers in snapshots", "customers in shard stores"])
+def test_resume_after_abort_with_customers_in_shard_stores(tmp_path, stores):
+    """Each shard writes only its changed customers to its own store; a resume reads them back."""
+    records = source_records(mixed_stream())
+    whole, whole_stats = run(records, tmp_path / "whole", None)
+    db = tmp_path / "recovery"
+    db.mkdir()
+    init_db_dir(db, 1)
+    recovery = RecoveryConfig(str(db))
+    middle = len(records) // 2
+    items = [*records[:middle], TestingSource.ABORT(), *records[middle:]]
+    folder = db if stores else None
+    first, _ = run(items, tmp_path / "first", recovery, folder)
+    second, resumed_stats = run(items, tmp_path / "second", recovery, folder)
+
+    assert {o.body for o in first} | {o.body for o in second} == {o.body for o in whole}
+    assert resumed_stats == whole_stats
+    shard_stores = sorted(path.name for path in (db / "customers").glob("*.sqlite3"))
+    assert bool(shard_stores) == stores
+    if stores:
+        assert any(name.startswith("customer-") for name in shard_stores)
+        assert any(name.startswith("identity-") for name in shard_stores), "anonymous customers too"
+    shards = _engine_snapshots(db)
+    assert shards, "the stages were snapshotted"
+    for shard in shards:
+        assert (shard["customers"] is None) == stores, "customers are in the stores or in the snapshot, not both"
+
+
+def _engine_snapshots(db: Path) -> list[dict]:
+    """The engine's shard snapshots in Bytewax's recovery store (pickles: this test wrote them)."""
+    import pickle
+    import sqlite3
+
+    shards = []
+    for part in db.glob("part-*.sqlite3"):
+        with sqlite3.connect(part) as conn:
+            for (blob,) in conn.execute("SELECT ser_change FROM snaps WHERE ser_change IS NOT NULL"):
+                value = pickle.loads(blob)
+                if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict) and "store" in value[1]:
+                    shards.append(value[1])
+    return shards
 
 
 def test_a_new_recovery_store_is_private_to_the_engine_user(tmp_path):
@@ -86,3 +132,38 @@ def test_a_recovery_store_another_user_owns_is_refused(tmp_path):
     os.chown(part, 65534, -1)  # a file someone else could rewrite, though its mode is private
     with pytest.raises(ValueError, match=f"recovery store {part} belongs to another user \\(uid 65534\\)"):
         recovery_config(Settings(recovery_dir=folder))
+
+
+def test_a_customer_store_others_can_write_is_refused_at_start_up(tmp_path):
+    folder = tmp_path / "recovery"
+    assert recovery_config(Settings(recovery_dir=folder)) is not None
+    store = folder / "customers" / "customer-0000.sqlite3"
+    store.parent.mkdir(mode=0o700)
+    store.write_bytes(b"")
+    store.chmod(0o666)  # its customers are unpickled when a shard resumes
+    with pytest.raises(RecoveryStoreError, match=f"recovery store {store} is writable by other users"):
+        recovery_config(Settings(recovery_dir=folder))
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["bytewax.run", "flows.personalization:get_flow()", "-r", "/var/rec"], {}, "/var/rec"),
+        (["bytewax.run", "flows.personalization:get_flow()", "--recovery-directory=/var/rec"], {}, "/var/rec"),
+        (["bytewax.run", "flows.personalization:get_flow()"], {"BYTEWAX_RECOVERY_DIRECTORY": "/var/env"}, "/var/env"),
+        (["bytewax.run", "flows.personalization:get_flow()"], {}, None),
+    ],
+)
+def test_the_runners_recovery_directory_holds_the_customer_stores(monkeypatch, argv, env, expected):
+    from flows.personalization import _recovery_dir
+
+    monkeypatch.setattr("sys.argv", argv)
+    monkeypatch.delenv("BYTEWAX_RECOVERY_DIRECTORY", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(recovery_dir=None)
+    assert _recovery_dir(settings) == (None if expected is None else Path(expected))
+    assert _recovery_dir(Settings(recovery_dir=Path("/own"))) == Path("/own"), "NUDGEFLOW_RECOVERY_DIR first"
+    if expected is not None:
+        config = settings.model_copy(update={"recovery_dir": Path(expected)}).engine_config(snapshots=True)
+        assert config.state_store == Path(expected) / "customers"

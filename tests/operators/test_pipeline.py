@@ -10,8 +10,8 @@ from conftest import added, order, raw_records, source_records, track
 from flows.personalization import build_flow
 from flows.settings import Settings
 from operators.engine import EngineConfig, Forward
-from operators.ordering import Tick
-from operators.pipeline import Pipeline, Router, shard_of
+from operators.ordering import Tick, shard_of
+from operators.pipeline import Pipeline, Router
 from operators.rules import load_rules
 from schemas.envelope import Envelope
 from schemas.items import EndOfInput, Output

@@ -1,0 +1,70 @@
+"""What a recovery snapshot of every shard costs: customers inline in Bytewax's snapshots, or in the
+shards' own incremental stores.
+
+    python bench/snapshot_bench.py                      # the 10k-customer day
+    python bench/snapshot_bench.py --customers 100000
+
+The engine's pipeline (16 shards, starter rules, models learning) applies the day but its last
+``--tail`` events, is snapshotted once, then applies ``--between`` more events (about a second
+of a live stream at half load) and is snapshotted again, as Bytewax does at an epoch's end: the
+figures are that second snapshot's CPU time (``snapshot()`` of every shard plus pickling what
+it returns, which Bytewax then writes) and the bytes Bytewax would write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flow_bench import machine, records, stream
+
+from flows.runtime import tune_gc
+from operators.engine import EngineConfig
+from operators.pipeline import Pipeline
+from operators.rules import load_rules
+
+
+def second_snapshot(raws: list, tail: int, between: int, store: Path | None) -> tuple[float, int, int]:
+    """CPU seconds and bytes of the second snapshot, and the customers held."""
+    pipeline = Pipeline(load_rules(), EngineConfig(snapshots=True, state_store=store), shards=16)
+    logics = [*pipeline.identity, *pipeline.customers]
+    cut = len(raws) - tail
+    for start in range(0, cut, 1000):
+        pipeline.feed(raws[start : min(start + 1000, cut)])
+    for logic in logics:
+        pickle.dumps(logic.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
+    for start in range(cut, cut + between, 1000):
+        pipeline.feed(raws[start : min(start + 1000, cut + between)])
+    started = time.process_time()
+    written = sum(len(pickle.dumps(logic.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)) for logic in logics)
+    seconds = time.process_time() - started
+    return seconds, written, sum(len(logic.engine.customers) for logic in logics)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--tail", type=int, default=20_000)
+    parser.add_argument("--between", type=int, default=2_000)
+    args = parser.parse_args()
+    tune_gc()
+    path = stream(args.customers, 1)
+    raws = records(path)
+    print(f"{machine()}; {path.name}, snapshot after {args.between:,} more events")
+    print("| customers kept | customers held | CPU ms per snapshot (all shards) | bytes to Bytewax |")
+    print("| --- | ---: | ---: | ---: |")
+    inline = second_snapshot(raws, args.tail, args.between, None)
+    with tempfile.TemporaryDirectory() as folder:
+        stored = second_snapshot(raws, args.tail, args.between, Path(folder))
+    for name, (seconds, written, held) in (("in the snapshot", inline), ("in the shards' stores", stored)):
+        print(f"| {name} | {held:,} | {seconds * 1000:,.0f} | {written:,} |")
+
+
+if __name__ == "__main__":
+    main()
