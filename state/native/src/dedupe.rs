@@ -56,6 +56,9 @@ pub struct Dedupe {
     oldest: usize,
     /// The same hashes, for lookups (std's randomly keyed hasher: crafted ids cannot flood it).
     members: HashSet<u128>,
+    /// What `members` holds once the ring is full: more means its table grew to make room for
+    /// the markers removals leave, so it is rebuilt at this size instead.
+    full_members: usize,
 }
 
 impl Dedupe {
@@ -67,6 +70,7 @@ impl Dedupe {
             ring: Vec::new(),
             oldest: 0,
             members: HashSet::new(),
+            full_members: 0,
         }
     }
 
@@ -99,12 +103,19 @@ impl Dedupe {
                 self.ring.reserve_exact(more);
             }
             self.ring.push(hash);
+            self.members.insert(hash);
+            if self.ring.len() == self.capacity {
+                self.full_members = self.members.capacity();
+            }
         } else {
             let forgotten = std::mem::replace(&mut self.ring[self.oldest], hash);
             self.members.remove(&forgotten);
             self.oldest = (self.oldest + 1) % self.capacity;
+            self.members.insert(hash);
+            if self.members.capacity() > self.full_members {
+                self.members.shrink_to(self.capacity);
+            }
         }
-        self.members.insert(hash);
         false
     }
 
@@ -223,6 +234,23 @@ mod tests {
         }
         assert_eq!(memory.ring.capacity(), 1000);
         assert_eq!(memory.members.len(), 1000);
+    }
+
+    #[test]
+    fn the_lookup_set_does_not_grow_under_churn() {
+        let mut memory = Dedupe::new(1000);
+        for id in ids(0..1000) {
+            memory.seen_or_add(&id);
+        }
+        let full = memory.members.capacity();
+        for id in ids(1000..400_000) {
+            memory.seen_or_add(&id);
+        }
+        assert!(
+            memory.members.capacity() <= full,
+            "{} > {full}",
+            memory.members.capacity()
+        );
     }
 
     #[test]
