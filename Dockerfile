@@ -29,7 +29,7 @@ COPY state ./state
 COPY connectors ./connectors
 COPY schemas ./schemas
 
-# /wheels: nudgeflow's wheel (with state/_native.abi3.so) and its dependencies'; /native: the module alone.
+# /wheels: nudgeflow's wheel (with the compiled state/_native*.so) and its dependencies'; /native: the module alone.
 RUN pip wheel --wheel-dir /wheels . \
  && python -m zipfile -e /wheels/nudgeflow-*.whl /tmp/nudgeflow \
  && mkdir /native \
