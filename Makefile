@@ -3,12 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The compiled module state._native (Rust, PyO3): pip builds it with cargo, rustup's first.
+NATIVE := state/native
+NATIVE_SOURCES := $(NATIVE)/Cargo.toml $(NATIVE)/Cargo.lock $(wildcard $(NATIVE)/src/*.rs $(NATIVE)/src/*/*.rs)
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test lint bench venv services-deps clean
+.PHONY: demo test lint bench venv rust-deps services-deps clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Reinstalled when the Rust sources change, so no stale build of them is ever tested.
+$(STAMP): pyproject.toml $(NATIVE_SOURCES) | rust-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -21,7 +26,16 @@ demo: venv
 # starts a local Kafka 4.x broker (jars from Maven Central, Java 17) and Debian's redis-server.
 test: venv services-deps
 	$(BIN)/ruff check .
+	cargo test --quiet --locked --manifest-path $(NATIVE)/Cargo.toml --no-default-features
 	$(BIN)/python -m pytest -q
+
+# Without rustup, Debian's Rust: cargo-web on bookworm (1.85+; its cargo 1.65 cannot read the sparse index), else cargo.
+rust-deps:
+	@command -v cargo >/dev/null || { \
+		sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; $$sudo apt-get update -qq; \
+		pkg=cargo; apt-cache show cargo-web >/dev/null 2>&1 && pkg=cargo-web; \
+		$$sudo apt-get install -y -qq $$pkg >/dev/null; }
+	@cargo --version
 
 services-deps:
 	@command -v java >/dev/null || { echo "Java 17+ is needed for the local Kafka broker"; exit 1; }

@@ -93,6 +93,13 @@ SECTIONS = (
         "In-process figures: wall time of one core, so only comparable within one run.",
     ),
     Section(
+        "dedupe",
+        "Dedupe memory: the compiled ring of hashes against the ordered dict of ids",
+        ("bench/dedupe_bench.py",),
+        "Resident memory per remembered message id (16 shards x 20,000, RSS growth of a child process, as "
+        "tracemalloc cannot see Rust's allocations) and CPU per call, the identity stage's old memory and the new.",
+    ),
+    Section(
         "undo",
         "Checkpoints for undoing a failed event",
         ("bench/undo_bench.py",),

@@ -57,13 +57,14 @@ from schemas.records import decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
 from schemas.streams import MODELS, PROFILES
 from state import codec
+from state._native import Dedupe
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import MAX_CAUSED_BY, Checkpoint, CustomerState, Lifecycle, Timer
 from state.store import CustomerStore
 from state.update import apply_event
 
-SNAPSHOT_FORMAT = 6  # 6: customers in the shard's own incremental store when there is one
+SNAPSHOT_FORMAT = 6  # 6: customers in the shard's own incremental store when there is one; dedupe memory as hashes
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes
 REWARD = "~reward"  # the open offer choices' reward window: no reward when it passes
@@ -716,7 +717,7 @@ class IdentityStage(CustomerStage):
     def __init__(self, rules: CompiledRules, config: EngineConfig) -> None:
         super().__init__(rules, config, config.source_partitions)
         self.index = 0  # this identity shard's number, learned from the source's ticks
-        self.seen: OrderedDict[str, None] = OrderedDict()
+        self.seen = Dedupe(config.dedupe_per_shard)
         self.links: OrderedDict[str, str] = OrderedDict()
 
     _merge_key = staticmethod(attrgetter("seq"))  # what waits: an event
@@ -785,13 +786,7 @@ class IdentityStage(CustomerStage):
         out.append(Forward(env, env.user_id, carried))
 
     def _duplicate(self, message_id: str) -> bool:
-        seen = self.seen
-        if message_id in seen:
-            return True
-        seen[message_id] = None
-        if len(seen) > self.config.dedupe_per_shard:
-            seen.popitem(last=False)
-        return False
+        return self.seen.seen_or_add(message_id)
 
     def _future(self, env: Envelope, out: list[Any]) -> None:
         skew_s = (env.ts_ms - (env.received_ms or 0)) / 1000
@@ -811,14 +806,14 @@ class IdentityStage(CustomerStage):
     def snapshot(self) -> tuple[int, dict[str, Any]] | None:
         snapshot = super().snapshot()
         if snapshot is not None:
-            snapshot[1]["seen"] = pickle.dumps(list(self.seen))
+            snapshot[1]["seen"] = self.seen.to_bytes()
             snapshot[1]["links"] = pickle.dumps(list(self.links.items()))
         return snapshot
 
     def restore(self, snapshot: tuple[int, dict[str, Any]]) -> None:
         super().restore(snapshot)
         shard = snapshot[1]
-        self.seen = OrderedDict.fromkeys(pickle.loads(shard["seen"]))
+        self.seen = Dedupe.from_bytes(self.config.dedupe_per_shard, shard["seen"])
         self.links = OrderedDict(pickle.loads(shard["links"]))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ GRAFANA = REPO / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "nudgeflow.json"
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "dashboards.yml"
+MAKEFILE = REPO / "Makefile"
+NATIVE_CRATE = REPO / "state" / "native"
+NATIVE_MODULE = "state._native"
 
 ENGINE = "engine"
 CONFIG_FILE_VARIABLE = ENV_PREFIX + "CONFIG"  # names a YAML file of settings (Settings.from_env)
@@ -118,6 +122,47 @@ def container_ports(service: dict[str, Any]) -> set[int]:
 def command_text(service: dict[str, Any]) -> str:
     command = service.get("command") or ""
     return "\n".join(command) if isinstance(command, list) else command
+
+
+def native_sources() -> list[Path]:
+    """What the compiled module is built from: the crate's manifest, lock file and Rust sources."""
+    return [NATIVE_CRATE / "Cargo.toml", NATIVE_CRATE / "Cargo.lock", *sorted((NATIVE_CRATE / "src").rglob("*.rs"))]
+
+
+def is_build_product(rel: str) -> bool:
+    """A file a local build leaves in the source tree (cargo's target/, a compiled module)."""
+    return "target" in rel.split("/") or rel.endswith(".so")
+
+
+def make_database() -> str:
+    """The Makefile's rules as make reads them (``make -qp``: nothing is run)."""
+    done = subprocess.run(["make", "-qp", "venv"], cwd=REPO, capture_output=True, text=True, check=False)
+    return done.stdout
+
+
+def make_rule(database: str, target: str) -> tuple[list[str], list[str]]:
+    """A target's prerequisites (order-only ones after ``|``) and recipe lines, from :func:`make_database`."""
+    lines = database.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    prerequisites = lines[start].split(":", 1)[1].split()
+    recipe = []
+    for line in lines[start + 1 :]:
+        if line.startswith("#"):
+            continue
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    return prerequisites, recipe
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions, one list per stage (each starting with its FROM)."""
+    stages: list[list[tuple[str, str]]] = []
+    for kind, args in dockerfile_instructions():
+        if kind == "FROM":
+            stages.append([])
+        stages[-1].append((kind, args))
+    return stages
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -402,7 +447,7 @@ def test_dockerfile_base_image_is_pinned_and_copied_files_exist() -> None:
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
         for file in files:
             rel = file.relative_to(REPO).as_posix()
-            if "__pycache__" in rel.split("/"):
+            if "__pycache__" in rel.split("/") or is_build_product(rel):
                 continue
             assert not ignored(rel, patterns), f"COPY {source}: .dockerignore leaves out {rel}"
     for heavy in (".git", ".venv", "out"):
@@ -416,3 +461,65 @@ def test_dockerfile_command_is_the_engine_command_line() -> None:
     assert command[0] in scripts, f"ENTRYPOINT runs {command[0]!r}, not a command the package installs"
     args = _parser().parse_args(command[1:])  # exits (fails) on an unknown subcommand or option
     assert args.command.__name__ == "_run", f"the image does not run the engine: {command}"
+
+
+def test_dockerfile_compiles_the_native_module_in_a_build_stage_and_ships_no_compiler() -> None:
+    build, *_, runtime = dockerfile_stages()
+    assert build is not runtime, "one stage: the compiler would stay in the runtime image"
+    name = build[0][1].split()[-1]
+    assert build[0][1].split()[-2].upper() == "AS", f"the build stage has no name: FROM {build[0][1]}"
+    build_runs = " ".join(args for kind, args in build if kind == "RUN")
+    assert re.search(r"apt-get install .*\bcargo", build_runs), "the build stage installs no Rust toolchain"
+    assert "pip wheel" in build_runs, "the build stage makes no wheels"
+    assert ("COPY", "state ./state") in build, "the build stage does not copy state/ (with the crate)"
+    runtime_runs = " ".join(args for kind, args in runtime if kind == "RUN")
+    assert "cargo" not in runtime_runs and "rustc" not in runtime_runs, "the runtime image installs a compiler"
+    installs = [args for kind, args in runtime if kind == "RUN" and "pip install" in args]
+    assert installs, "the runtime image installs nothing"
+    for args in installs:
+        assert "--no-index" in args and f"from={name}" in args, f"the runtime builds from source: RUN {args}"
+    # the packages are imported from /app (PYTHONPATH): the compiled module must sit beside state/'s sources
+    copies = [args.split() for kind, args in runtime if kind == "COPY" and f"--from={name}" in args]
+    assert any(words[-1] in ("./state/", "/app/state/") for words in copies), "the runtime lacks the compiled module"
+
+
+def test_dockerignore_leaves_out_local_build_products() -> None:
+    patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()]
+    patterns = [p for p in patterns if p and not p.startswith("#")]
+    for product in ("state/native/target/release/lib_native.so", "state/_native.cpython-311-x86_64-linux-gnu.so"):
+        # a host's build in the context would shadow the image's own (Python prefers the cpython-311 name)
+        assert ignored(product, patterns), f".dockerignore does not leave out {product}"
+
+
+def test_the_package_builds_the_native_module_from_the_locked_crate() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert any(req.startswith("setuptools-rust") for req in pyproject["build-system"]["requires"])
+    modules = {m["target"]: m for m in pyproject["tool"]["setuptools-rust"]["ext-modules"]}
+    assert NATIVE_MODULE in modules, f"pip install builds no {NATIVE_MODULE}"
+    assert (REPO / modules[NATIVE_MODULE]["path"]).resolve() == NATIVE_CRATE / "Cargo.toml"
+    assert (NATIVE_CRATE / "Cargo.lock").is_file(), "the crate's dependencies are not locked"
+    tracked = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", "Cargo.lock"], cwd=NATIVE_CRATE, capture_output=True, check=False
+    )
+    assert tracked.returncode == 0, "state/native/Cargo.lock is not committed"
+
+
+def test_make_rebuilds_the_venv_when_the_rust_sources_change() -> None:
+    prerequisites, _ = make_rule(make_database(), ".venv/.installed")
+    missing = [str(p.relative_to(REPO)) for p in native_sources() if str(p.relative_to(REPO)) not in prerequisites]
+    assert not missing, f"a change to {missing} would leave a stale compiled module in .venv's install"
+
+
+def test_make_finds_rustups_cargo_and_runs_the_crate_tests() -> None:
+    assert re.search(r"^export PATH := \$\(HOME\)/\.cargo/bin:\$\(PATH\)$", MAKEFILE.read_text(), re.M), (
+        "make does not look for rustup's cargo in ~/.cargo/bin"
+    )
+    database = make_database()
+    _, recipe = make_rule(database, "test")
+    native = re.search(r"^NATIVE := (.*)$", database, re.M)
+    recipe = [line.replace("$(NATIVE)", native.group(1) if native else "") for line in recipe]
+    assert any(line.startswith("cargo test") and "state/native/" in line for line in recipe), (
+        "make test skips the crate"
+    )
+    prerequisites, _ = make_rule(database, ".venv/.installed")
+    assert "rust-deps" in prerequisites, "make venv does not install Rust where it is missing"

@@ -117,6 +117,17 @@ def test_dedupe_memory_is_bounded():
     assert len(h.identity.seen) == 100
 
 
+def test_dedupe_memory_survives_a_snapshot_and_restore():
+    config = EngineConfig(snapshots=True, dedupe_per_shard=2)
+    h = EngineHarness(rules_from(CART_ONLY), config)
+    h.feed([order("u1", i, message_id=f"m{i}") for i in range(3)])
+    restored = EngineHarness(rules_from(CART_ONLY), config)
+    restored.identity.restore(h.identity.snapshot())
+    restored.feed([order("u1", 3, message_id=message_id) for message_id in ("m1", "m2", "m0")])
+    assert restored.identity.stats["duplicates"] == 2, "m1 and m2 were remembered; m0, the oldest, was not"
+    assert len(restored.identity.seen) == 2
+
+
 def test_anonymous_cart_ordered_after_login_fires_no_abandonment():
     h = EngineHarness(rules_from(CART_ONLY))
     h.feed(
@@ -236,7 +247,8 @@ def test_snapshot_round_trip_restores_customers_and_timers():
 @pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 99])
 def test_snapshots_of_other_formats_are_refused_clearly(version):
     """Format 1 held pending items in another layout; format 2 pickled customer objects; format 4's
-    held-back envelopes had no contract notes; format 5 held every customer in the snapshot."""
+    held-back envelopes had no contract notes; format 5 held every customer in the snapshot, and message ids
+    themselves in its dedupe memory."""
     h = EngineHarness(rules_from(CART_ONLY), EngineConfig(snapshots=True))
     with pytest.raises(ValueError, match=f"format {version} is not supported: this version reads format 6"):
         h.customers.restore((version, {}))

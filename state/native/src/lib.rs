@@ -1,0 +1,9 @@
+//! The engine's compiled parts, imported from Python as `state._native`.
+//!
+//! Each component is plain Rust in its own module, tested with `cargo test`; the `python`
+//! feature (on by default) wraps it for Python in [`python`].
+
+pub mod dedupe;
+
+#[cfg(feature = "python")]
+mod python;

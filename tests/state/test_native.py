@@ -1,0 +1,113 @@
+"""The compiled module ``state._native``: it is the Rust build of the current sources, and its
+dedupe memory behaves as the identity stage's ordered dict of message ids did."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import pickle
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import state._native as native
+from state._native import Dedupe
+
+CRATE = Path(__file__).resolve().parents[2] / "state" / "native"
+
+
+def test_the_module_is_the_compiled_extension():
+    assert isinstance(native.__spec__.loader, importlib.machinery.ExtensionFileLoader), native.__file__
+    assert native.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+def test_the_compiled_module_is_newer_than_its_rust_sources():
+    built = Path(native.__file__).stat().st_mtime
+    sources = [CRATE / "Cargo.toml", CRATE / "Cargo.lock", *sorted((CRATE / "src").rglob("*.rs"))]
+    stale = [str(path.relative_to(CRATE)) for path in sources if path.stat().st_mtime > built]
+    assert not stale, f"{native.__file__} is older than {stale}: rebuild it with `make venv`"
+
+
+def ordered_dict_dedupe(capacity: int, message_ids: list[str]) -> list[bool]:
+    """What the identity stage did before: an ordered dict of ids, the oldest popped past ``capacity``."""
+    seen: OrderedDict[str, None] = OrderedDict()
+    answers = []
+    for message_id in message_ids:
+        answers.append(message_id in seen)
+        if not answers[-1]:
+            seen[message_id] = None
+            if len(seen) > capacity:
+                seen.popitem(last=False)
+    return answers
+
+
+@given(st.integers(1, 8), st.lists(st.sampled_from([f"m{i}" for i in range(12)] + ["", "é", "m0 "]), max_size=200))
+def test_dedupe_answers_as_the_ordered_dict_did(capacity, message_ids):
+    memory = Dedupe(capacity)
+    assert [memory.seen_or_add(message_id) for message_id in message_ids] == ordered_dict_dedupe(capacity, message_ids)
+    assert len(memory) == min(capacity, len(set(message_ids)))
+
+
+def test_dedupe_is_bounded_and_forgets_the_oldest_first():
+    memory = Dedupe(100)
+    assert not any(memory.seen_or_add(f"m{i}") for i in range(500))
+    assert len(memory) == 100 and memory.capacity == 100
+    assert all(memory.seen_or_add(f"m{i}") for i in range(400, 500))
+    assert not memory.seen_or_add("m399")
+
+
+def filled(capacity: int, count: int) -> Dedupe:
+    memory = Dedupe(capacity)
+    for i in range(count):
+        memory.seen_or_add(f"m{i}")
+    return memory
+
+
+def test_bytes_round_trip_keeps_the_ids_and_their_order():
+    restored = Dedupe.from_bytes(4, filled(4, 6).to_bytes())
+    assert len(restored) == 4
+    assert restored.seen_or_add("m5") and restored.seen_or_add("m2")
+    assert not restored.seen_or_add("m6")
+    assert not restored.seen_or_add("m2"), "m2 was the oldest: forgotten first"
+
+
+def test_restoring_into_a_smaller_memory_keeps_the_newest_ids():
+    restored = Dedupe.from_bytes(2, filled(10, 10).to_bytes())
+    assert len(restored) == 2 and restored.capacity == 2
+    assert restored.seen_or_add("m9") and restored.seen_or_add("m8")
+    assert not restored.seen_or_add("m7")
+
+
+def test_pickle_round_trip():
+    memory = filled(3, 5)
+    restored = pickle.loads(pickle.dumps(memory))
+    assert restored.capacity == 3 and restored.to_bytes() == memory.to_bytes()
+    assert [restored.seen_or_add(f"m{i}") for i in (2, 3, 4, 1)] == [True, True, True, False]
+
+
+def test_ids_are_remembered_by_a_hash_stable_across_runs_and_machines():
+    """SipHash-1-3 (128-bit) under the dedupe key, little-endian: a snapshot restores anywhere."""
+    memory = Dedupe(2)
+    memory.seen_or_add("abc")
+    assert memory.to_bytes().hex() == "01" + bytes.fromhex("c0b381e8cbc058c27774630fa24619ee")[::-1].hex()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "dedupe snapshot is empty"),
+        (b"\x02" + bytes(16), "dedupe snapshot format 2 is not supported"),
+        (b"\x01" + bytes(20), "dedupe snapshot is cut: 20 bytes"),
+        (b"\x01" + bytes(32), "dedupe snapshot holds hash 1 twice"),
+    ],
+)
+def test_unreadable_bytes_are_refused_clearly(data, message):
+    with pytest.raises(ValueError, match=message):
+        Dedupe.from_bytes(4, data)
+
+
+def test_a_memory_of_no_ids_is_refused():
+    with pytest.raises(ValueError, match="at least one id"):
+        Dedupe(0)
