@@ -105,7 +105,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from flow_bench import machine, stream
 
-    path = stream(args.customers, args.days)
+    path = stream(args.customers, args.days, max_events=args.max_events)
     print(f"{machine()}")
     cmd = [sys.executable, __file__, "--child", str(path)]
     if args.max_events:

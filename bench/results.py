@@ -87,6 +87,30 @@ SECTIONS = (
         "Peak RSS of whole `nudgeflow replay` processes, a day against one event per customer.",
     ),
     Section(
+        "models",
+        "The models' share of the engine",
+        ("bench/models_bench.py",),
+        "CPU per event of the engine with models off and learning, and of each model entry point.",
+    ),
+    Section(
+        "dedupe",
+        "Dedupe memory: an ordered dict of message ids against the compiled ring of hashes",
+        ("bench/dedupe_bench.py",),
+        "Bytes per remembered id (RSS) and CPU per call.",
+    ),
+    Section(
+        "snapshot",
+        "Recovery snapshots: customers inline against the shards' incremental stores (100k customers)",
+        ("bench/snapshot_bench.py", "--customers", "100000"),
+        "CPU and bytes of one snapshot of every shard, a second after the previous one.",
+    ),
+    Section(
+        "kafka",
+        "Kafka -> engine -> Kafka: throughput, then latency at half of it",
+        ("bench/kafka_bench.py", "--duration", "30"),
+        "A local single-node broker on the same 2 cores; `nudgeflow run` subprocesses with recovery snapshots on.",
+    ),
+    Section(
         "stages",
         "Cost per stage, per rule, and state per customer (10k customers)",
         ("bench/flow_bench.py", "--customers", "10000"),
@@ -123,8 +147,11 @@ def machine() -> str:
 def run(section: Section) -> str:
     """The section's Markdown: title, command, what it measures, and what the command printed."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, *section.args], cwd=REPO, check=True, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, *section.args], cwd=REPO, capture_output=True, text=True)
     printed = "\n".join(line for line in done.stdout.splitlines() if "\r" not in line).strip()
+    if done.returncode != 0:
+        error = "\n".join(done.stderr.strip().splitlines()[-15:])
+        printed += f"\n\n**The command failed (exit {done.returncode}):**\n\n```\n{error}\n```"
     took = time.monotonic() - started
     return (
         f"## {section.title}\n\n```sh\n{section.command}\n```\n\n{section.about} "
@@ -148,14 +175,17 @@ def main() -> None:
             print(f"{section.name:12} {section.command}")
         return
     kept = kept_sections(RESULTS.read_text()) if RESULTS.exists() else {}
-    chosen = set(args.only or [s.name for s in SECTIONS])
-    body = []
     for section in SECTIONS:
-        if section.name in chosen:
+        if args.only is None or section.name in args.only:
             print(f"running {section.command}", file=sys.stderr, flush=True)
             kept[section.name] = run(section)
-        if section.name in kept:
-            body.append(f"<!-- section: {section.name} -->\n{kept[section.name]}")
+            write(kept)  # after each section: a long run keeps what it has measured
+    print(f"wrote {RESULTS.relative_to(REPO)}", file=sys.stderr)
+
+
+def write(sections: dict[str, str]) -> None:
+    """RESULTS.md with the machine, then the sections in their order."""
+    body = [f"<!-- section: {s.name} -->\n{sections[s.name]}" for s in SECTIONS if s.name in sections]
     header = (
         "# Benchmark results\n\n"
         f"Machine: {machine()}.\n\n"
@@ -163,7 +193,6 @@ def main() -> None:
         "from the command printed above it.\n\n"
     )
     RESULTS.write_text(header + "\n".join(body))
-    print(f"wrote {RESULTS.relative_to(REPO)}", file=sys.stderr)
 
 
 if __name__ == "__main__":
