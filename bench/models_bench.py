@@ -38,7 +38,12 @@ ENTRY_POINTS = (
 
 
 def load_envelopes(path: Path, limit: int | None) -> list[Any]:
-    from operators.parse import RawEvent, Rejected, parse
+    from operators.parse import Rejected, parse
+
+    try:
+        from schemas.items import RawEvent
+    except ImportError:  # an older checkout
+        from operators.parse import RawEvent  # type: ignore[attr-defined,no-redef]
 
     envs = []
     with path.open("rb") as f:
@@ -51,22 +56,45 @@ def load_envelopes(path: Path, limit: int | None) -> list[Any]:
     return envs
 
 
+def _stages() -> tuple[Any, Any]:
+    """How this checkout builds a stage's shard engine, and feeds one event through both stages."""
+    try:
+        from operators.engine import Forward, shard_engine
+        from operators.ordering import Tick
+    except ImportError:  # an older checkout
+        from bench.flow_bench import feed  # type: ignore[attr-defined]
+        from operators.engine import ShardEngine  # type: ignore[attr-defined]
+
+        return ShardEngine, feed
+
+    def feed_stages(identity: Any, customers: Any, env: Any, out: list[Any], tick: bool) -> None:
+        forwarded: list[Any] = []
+        identity.process(env, forwarded)
+        if tick:
+            identity.process(Tick(env.mark_ms, env.seq, 0), forwarded)
+        for item in forwarded:
+            if isinstance(item, Forward | Tick):
+                customers.process(item, out)
+
+    return shard_engine, feed_stages
+
+
 def engine_cpu(envs: list[Any], models: str) -> float:
     """CPU seconds both engine stages take to apply ``envs`` (``models``: off, learn, or learn without
     the product-event hook)."""
-    from bench.flow_bench import feed
-    from operators.engine import EngineConfig, ShardEngine
+    from operators.engine import EngineConfig
     from operators.models import ShardModels
     from operators.rules import load_rules
 
     rules = load_rules()
     mode = "learn" if models == "no-product-hook" else models
+    stage, feed = _stages()
     original = ShardModels.product_touched
     if models == "no-product-hook":
         ShardModels.product_touched = lambda *args, **kwargs: None  # type: ignore[method-assign]
     try:
-        identity = ShardEngine(rules, EngineConfig(models=mode), "identity")  # type: ignore[arg-type]
-        customers = ShardEngine(rules, EngineConfig(models=mode), "customer")  # type: ignore[arg-type]
+        identity = stage(rules, EngineConfig(models=mode), "identity")  # type: ignore[arg-type]
+        customers = stage(rules, EngineConfig(models=mode), "customer")  # type: ignore[arg-type]
         out: list[Any] = []
         started = time.process_time()
         for env in envs:

@@ -96,7 +96,8 @@ SECTIONS = (
         "dedupe",
         "Dedupe memory: an ordered dict of message ids against the compiled ring of hashes",
         ("bench/dedupe_bench.py",),
-        "Bytes per remembered id (RSS) and CPU per call.",
+        "Resident memory per remembered message id (16 shards x 20,000, RSS growth of a child process, as "
+        "tracemalloc cannot see Rust's allocations) and CPU per call, the identity stage's old memory and the new.",
     ),
     Section(
         "snapshot",
@@ -117,19 +118,15 @@ SECTIONS = (
         "In-process figures: wall time of one core, so only comparable within one run.",
     ),
     Section(
-        "dedupe",
-        "Dedupe memory: the compiled ring of hashes against the ordered dict of ids",
-        ("bench/dedupe_bench.py",),
-        "Resident memory per remembered message id (16 shards x 20,000, RSS growth of a child process, as "
-        "tracemalloc cannot see Rust's allocations) and CPU per call, the identity stage's old memory and the new.",
-    ),
-    Section(
         "undo",
         "Checkpoints for undoing a failed event",
         ("bench/undo_bench.py",),
         "What the per-event checkpoint costs when nothing fails.",
     ),
 )
+
+
+assert len({section.name for section in SECTIONS}) == len(SECTIONS), "section names are unique"
 
 
 def machine() -> str:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -51,8 +52,9 @@ def replay_in_child(run_records: int, cli_args: list[str]) -> None:
     sink = files.OutputFolderSink
 
     class Sized(sink):  # type: ignore[valid-type, misc]
-        def __init__(self, folder: str | Path, errors: files.WriteErrors | None = None) -> None:
-            super().__init__(folder, errors, run_records, files.RUN_BYTES if run_records != UNLIMITED else UNLIMITED)
+        def __init__(self, folder: str | Path, errors: files.WriteErrors | None = None, **options: Any) -> None:
+            run_bytes = files.RUN_BYTES if run_records != UNLIMITED else UNLIMITED
+            super().__init__(folder, errors, run_records, run_bytes, **options)
 
     files.OutputFolderSink = Sized  # type: ignore[misc]
     from flows.cli import main  # imports the sink by name: after the swap
