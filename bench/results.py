@@ -64,7 +64,7 @@ SECTIONS = (
         "memory-1m",
         "Memory per customer (1M customers, the first 4M events of a day)",
         ("bench/memory_bench.py", "--customers", "1000000", "--max-events", "4000000"),
-        "The same at 1M customers (generating the day once takes several minutes and 7.8 GB of disk).",
+        "The same at 1M customers (the first 4M events of the day are generated once: several minutes, 1.7 GB).",
     ),
     Section(
         "order-lines",
