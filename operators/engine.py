@@ -631,10 +631,10 @@ class CustomerStage:
             self.snapshot_seq += 1
             if changed:
                 self._store(next(iter(changed))).write(self.snapshot_seq, changed)
-            store = None if self.store is None else (self.store.path.stem, self.snapshot_seq)
+            store = (None if self.store is None else self.store.path.stem, self.snapshot_seq)
         shard = {
             "customers": customers,
-            "store": store,  # (shard's store name, snapshot number), or None: customers are inline
+            "store": store,  # (store name, or None before any customer; snapshot number), or None: inline
             "clock": self.clock,
             "swept_day": self.swept_day,
             "stats": pickle.dumps(self.stats),
@@ -690,7 +690,7 @@ class CustomerStage:
             self.encoded = blobs = dict(shard["customers"])
         else:
             name, self.snapshot_seq = shard["store"]
-            blobs = self._open_store(name).read(self.snapshot_seq)
+            blobs = {} if name is None else self._open_store(name).read(self.snapshot_seq)
         self.customers = {cid: codec.decode(blob) for cid, blob in sorted(blobs.items())}
         self.clock, self.swept_day = shard["clock"], shard["swept_day"]
         self.stats = self.writer.stats = pickle.loads(shard["stats"])

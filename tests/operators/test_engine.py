@@ -528,3 +528,14 @@ def test_outcomes_an_event_resolves_stand_when_the_rest_of_it_fails():
     assert stats["learnt"] == 1, "one decision, one outcome"
     counts = stats["progressive"]
     assert (sum(counts["positives"].values()), sum(counts["negatives"].values())) == (1, 0), "learnt as a success"
+
+
+def test_a_shard_snapshotted_to_a_store_before_holding_any_customer_restores_empty(tmp_path):
+    from operators.engine import CustomerStage
+
+    config = EngineConfig(snapshots=True, state_store=tmp_path / "customers")
+    empty = CustomerStage(rules_from(CART_ONLY), config, upstreams=4)
+    snapshot = empty.snapshot()
+    restored = CustomerStage(rules_from(CART_ONLY), config, upstreams=4)
+    restored.restore(snapshot)  # type: ignore[arg-type]
+    assert restored.customers == {} and restored.snapshot_seq == 1
