@@ -61,11 +61,7 @@ class Router:
                 marks.stamp(result, partition)
                 progress[partition] = (result.seq, False)
                 shard, item = shard_of(result.anonymous_id or result.customer_id, shards), result
-            items = routed.get(shard)
-            if items is None:
-                routed[shard] = [item]
-            else:
-                items.append(item)
+            routed.setdefault(shard, []).append(item)
         if progress:
             reached = [(marks.reached.get(p), seq, p, idle) for p, (seq, idle) in progress.items()]
             for shard in range(shards):
@@ -86,12 +82,7 @@ class Router:
                     ticks[value.origin] = value
                     continue
                 key = value.customer_id if isinstance(value, Forward) else value.key
-                shard = shard_of(key, shards)
-                bucket = routed.get(shard)
-                if bucket is None:
-                    routed[shard] = [value]
-                else:
-                    bucket.append(value)
+                routed.setdefault(shard_of(key, shards), []).append(value)
         if ticks:
             gathered = tuple(ticks.values())
             for shard in range(shards):
@@ -174,6 +165,7 @@ class Pipeline:
     ) -> None:
         config = config or EngineConfig()
         self.router = Router(shards, config.max_skew_ms, max_event_bytes)
+        self.partitions = config.source_partitions
         self.identity = [ShardLogic(IdentityStage(rules, config)) for _ in range(shards)]
         self.customers = [ShardLogic(CustomerStage(rules, config, shards)) for _ in range(shards)]
         self.ended = False
@@ -185,7 +177,7 @@ class Pipeline:
 
     def finish(self) -> list[Output]:
         """End every source partition's input (see :class:`EndOfInput`), then end both stages."""
-        outputs = [] if self.ended else self.feed([EndOfInput(0)])
+        outputs = [] if self.ended else self.feed([EndOfInput(0, p) for p in range(self.partitions)])
         self.ended = True
         emitted = [logic.on_eof()[0] for logic in self.identity]
         outputs += self._customers(chain.from_iterable(emitted))

@@ -35,7 +35,10 @@ def run(items, tmp_path, recovery: RecoveryConfig | None, recovery_dir: Path | N
     return [output for _, output in captured if output.stream != "stats"], stats
 
 
-def test_resume_after_abort_gives_every_decision_with_the_same_ids(tmp_path):
+@pytest.mark.parametrize("stores", [False, True], ids=["customers in snapshots", "customers in shard stores"])
+def test_resume_after_abort_gives_every_decision_with_the_same_ids(tmp_path, stores):
+    """Customers are kept in Bytewax's snapshots, or each shard writes only its changed customers to
+    its own store (with a recovery directory); either way a resume reads them back."""
     records = source_records(mixed_stream())
     whole, whole_stats = run(records, tmp_path / "whole", None)
     expected = {o.body for o in whole}
@@ -46,33 +49,15 @@ def test_resume_after_abort_gives_every_decision_with_the_same_ids(tmp_path):
     recovery = RecoveryConfig(str(db))
     middle = len(records) // 2
     items = [*records[:middle], TestingSource.ABORT(), *records[middle:]]
-    first, _ = run(items, tmp_path / "first", recovery)
-    second, resumed_stats = run(items, tmp_path / "second", recovery)
+    folder = db if stores else None
+    first, _ = run(items, tmp_path / "first", recovery, folder)
+    second, resumed_stats = run(items, tmp_path / "second", recovery, folder)
 
     assert first, "the first run decided something before it was aborted"
     assert len(first) < len(expected)
     resumed = {o.body for o in first} | {o.body for o in second}
     assert resumed == expected, "nothing lost, nothing new: re-emitted decisions carry the same ids"
     assert resumed_stats == whole_stats, "state continued from the snapshot: every event counted exactly once"
-
-
-@pytest.mark.parametrize("stores", [False, True], ids=["customers in snapshots", "customers in shard stores"])
-def test_resume_after_abort_with_customers_in_shard_stores(tmp_path, stores):
-    """Each shard writes only its changed customers to its own store; a resume reads them back."""
-    records = source_records(mixed_stream())
-    whole, whole_stats = run(records, tmp_path / "whole", None)
-    db = tmp_path / "recovery"
-    db.mkdir()
-    init_db_dir(db, 1)
-    recovery = RecoveryConfig(str(db))
-    middle = len(records) // 2
-    items = [*records[:middle], TestingSource.ABORT(), *records[middle:]]
-    folder = db if stores else None
-    first, _ = run(items, tmp_path / "first", recovery, folder)
-    second, resumed_stats = run(items, tmp_path / "second", recovery, folder)
-
-    assert {o.body for o in first} | {o.body for o in second} == {o.body for o in whole}
-    assert resumed_stats == whole_stats
     shard_stores = sorted(path.name for path in (db / "customers").glob("*.sqlite3"))
     assert bool(shard_stores) == stores
     if stores:
