@@ -12,22 +12,19 @@ its raw bytes where it is read (what :class:`schemas.envelope.Envelope` does).
 from __future__ import annotations
 
 import argparse
-import itertools
 import pickle
 import resource
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
-from flow_bench import stream
+from flow_bench import records, stream
 
 from flows.runtime import tune_gc
 from operators.parse import Rejected, parse
 from schemas.envelope import Envelope, envelope_of
 from schemas.events import contract_notes, validate_event
-from schemas.items import RawEvent
 
 
 def cpu_seconds() -> float:
@@ -45,12 +42,6 @@ def cpu_us_per_item(work: Callable[[], Any], items: int, repeat: int) -> float:
     return best / items * 1e6
 
 
-def read(path: Path, limit: int) -> list[RawEvent]:
-    with path.open("rb") as f:
-        lines = itertools.islice(f, limit)
-        return [RawEvent(n, {"source": path.name, "line": n}, line.rstrip(b"\n")) for n, line in enumerate(lines, 1)]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=10_000)
@@ -59,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     tune_gc()
     path = stream(args.customers, 1)
-    raws = read(path, args.events)
+    raws = records(path, args.events)
     n = len(raws)
     envs = [env for env in map(parse, raws) if not isinstance(env, Rejected)]
     events = [env.event for env in envs]
