@@ -14,7 +14,7 @@ from typing import Any, Literal
 from operators.models.bandit import Choice, OfferBandit, segment
 from operators.models.propensity import PropensityModel, decision_features
 from operators.models.protocol import OnlineModel
-from operators.models.recommend import WINDOW, CoOccurrence, sampled
+from operators.models.recommend import CoOccurrence, sampled
 from schemas.rules import NextBestOffer
 from state.catalogue import FeatureView
 from state.customer import MAX_PENDING_OUTCOMES, CustomerState
@@ -22,7 +22,6 @@ from state.customer import MAX_PENDING_OUTCOMES, CustomerState
 ModelMode = Literal["learn", "frozen", "off"]
 FEATURES_KEY = "~propensity_features"
 MODEL_TYPES: tuple[type[OnlineModel], ...] = (PropensityModel, OfferBandit, CoOccurrence)
-MAX_UNLEARNT_TOUCHES = 1024  # product events held for the recommender before it learns them anyway
 
 
 class ShardModels:
@@ -41,26 +40,27 @@ class ShardModels:
         policy = policy or NextBestOffer()
         self.propensity = PropensityModel()
         self.bandit = OfferBandit(policy.exploration, policy.seed)
-        self._recommender = CoOccurrence()
+        self.recommender = CoOccurrence()
         self.registry: dict[str, OnlineModel] = {
-            model.name: model for model in (self.propensity, self.bandit, self._recommender)
+            model.name: model for model in (self.propensity, self.bandit, self.recommender)
         }
         self.reward_window_ms = policy.reward_window
         self.scorers = {"propensity": self.propensity_score}
         self.dropped = 0  # decisions whose outcome was never learnt (bound reached)
-        # product events not learnt yet: (the session's last products before, product, category)
-        self.touches: list[tuple[Sequence[str], str, str | None]] = []
         # called with (customer, features, score before learning, outcome) of every outcome learnt
         self.on_outcome: Callable[[str, tuple[float, ...], float, bool], None] | None = None
         self.set_mode(mode)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickle (recovery snapshots), also from a version that learnt every product event at once."""
-        if "recommender" in state:
-            state["_recommender"] = state.pop("recommender")
-        state.setdefault("touches", [])
+        """Unpickle (recovery snapshots), also from a version that held product events back from
+        the recommender until it was next read (they are learnt now, in their order)."""
+        if "_recommender" in state:
+            state["recommender"] = state.pop("_recommender")
+        touches = state.pop("touches", ())
         self.__dict__.update(state)
-        self.registry = {model.name: model for model in (self.propensity, self.bandit, self._recommender)}
+        self.registry = {model.name: model for model in (self.propensity, self.bandit, self.recommender)}
+        for history, product, category in touches:
+            self.recommender.learn(history, product, category)
 
     def set_mode(self, mode: ModelMode) -> None:
         self.mode = mode
@@ -68,19 +68,10 @@ class ShardModels:
             model.frozen = mode == "frozen"
 
     # --- recommendations ---------------------------------------------------------------
-    @property
-    def recommender(self) -> CoOccurrence:
-        """The recommender, up to date with every product event so far."""
-        self._learn_touches()
-        return self._recommender
-
     def product_touched(
         self, state: CustomerState, product: str, category: str | None, message_id: str, viewed: bool, at_ms: int
     ) -> None:
-        """A product viewed or added: check the sampled prediction (views), then learn the link.
-
-        Learning waits in :attr:`touches` until the recommender is next read (or the buffer is
-        full), then goes in order: the same model as learning each event at once."""
+        """A product viewed or added: check the sampled prediction (views), then learn the link."""
         check = viewed and sampled(message_id)
         if not check and self.mode != "learn":
             return
@@ -88,16 +79,7 @@ class ShardModels:
         if check:  # predicted as a trigger would: from the session and the favourites
             self.recommender.check(session, product, interests(state), state.categories.scores)
         if self.mode == "learn":
-            self.touches.append((session[-WINDOW:], product, category))
-            if len(self.touches) >= MAX_UNLEARNT_TOUCHES:
-                self._learn_touches()
-
-    def _learn_touches(self) -> None:
-        if self.touches:
-            touches, self.touches = self.touches, []
-            learn = self._recommender.learn
-            for history, product, category in touches:
-                learn(history, product, category)
+            self.recommender.learn(session, product, category)
 
     def recommend(self, state: CustomerState, k: int, at_ms: int) -> list[str]:
         """Top ``k`` products for the customer now, leaving out their cart and their last order."""
@@ -177,18 +159,15 @@ class ShardModels:
             self.on_outcome(customer_id, x, p, y)
 
     def stats(self) -> dict[str, Any]:
-        self._learn_touches()
         stats = {name: model.stats() for name, model in self.registry.items()}
         stats["propensity"]["dropped"] = self.dropped
         return stats
 
     def export(self) -> dict[str, Any]:
-        self._learn_touches()
         return {name: model.export() for name, model in self.registry.items()}
 
     def load(self, data: dict[str, Any]) -> None:
         """Start every model from a model file's content (a model it lacks starts afresh)."""
-        self._learn_touches()
         for name, model in self.registry.items():
             if data.get(name):
                 model.load(data[name])

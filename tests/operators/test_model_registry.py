@@ -1,5 +1,5 @@
 """One protocol for every model: the shard's stats, model files and modes go through the list of
-models; the recommender learns product events in order when it is next read."""
+models; the recommender learns every product event as the plain-Python reference model did."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import pytest
 from pydantic import BaseModel, ConfigDict
+from recommend_reference import CoOccurrence as Reference
 
 import operators.models
 from operators.models import MODEL_TYPES, ShardModels
@@ -100,11 +101,11 @@ def _customer(session: list[str], at_ms: int) -> CustomerState:
     return state
 
 
-def test_the_recommender_learns_buffered_events_exactly_as_if_each_was_learnt_at_once():
+def test_the_shards_recommender_learns_every_product_event_as_the_reference_model_does():
     """Checks, carousels, stats, exports and snapshots in between see every earlier product event."""
     rng = random.Random(3)
     products = [f"p{n:02d}" for n in range(80)]
-    shard, reference = ShardModels("learn", 1000), CoOccurrence()
+    shard, reference = ShardModels("learn", 1000), Reference()
     session: list[str] = []
     for n in range(6000):
         product = products[min(int(rng.paretovariate(1.1)) - 1, 79)]
@@ -118,33 +119,49 @@ def test_the_recommender_learns_buffered_events_exactly_as_if_each_was_learnt_at
         if n % 97 == 0:
             assert shard.recommend(state, 4, at_ms) == reference.recommend(session, 4)
         if n % 1499 == 0:
-            shard = pickle.loads(pickle.dumps(shard))  # a recovery snapshot with events still buffered
+            shard = pickle.loads(pickle.dumps(shard))  # a recovery snapshot
         session = [*session[-9:], product] if rng.random() < 0.9 else []
-    assert shard.touches, "events since the last read are still waiting"
     assert shard.stats()["recommendations"] == reference.stats()
     assert shard.export()["recommendations"] == reference.export()
-    assert shard.recommender.popular == reference.popular
-    assert shard.recommender.popular_in == reference.popular_in
+    recommender = shard.recommender.__getstate__()
+    assert recommender["popular"] == reference.popular
+    assert recommender["popular_in"] == reference.popular_in
 
 
-def test_frozen_and_off_modes_buffer_nothing():
+def test_frozen_and_off_modes_learn_no_product_event():
     shard = ShardModels("frozen", 1000)
     for n in range(200):
         shard.product_touched(_customer(["a", "b"], n), "c", "k", f"m{n}", True, n)
-    assert not shard.touches and shard.recommender.counts == {}
+    assert shard.recommender.stats()["products"] == 0
 
 
-def test_a_snapshot_of_models_that_learnt_every_product_event_at_once_still_restores():
-    shard = ShardModels("learn", 1000)
-    for n, product in enumerate(["a", "b", "c", "a", "b"]):
-        shard.product_touched(_customer(["a", "b", "c"][:n], n), product, "k", f"m{n}", False, n)
-    expected = shard.recommend(_customer(["a"], 5), 2, 5)
-    earlier = dict(shard.__dict__)  # the earlier layout: the recommender itself, no buffer, no registry
-    earlier["recommender"] = earlier.pop("_recommender")
-    del earlier["touches"], earlier["registry"]
-    old = object.__new__(ShardModels)
-    old.__dict__.update(earlier)
-    restored = pickle.loads(pickle.dumps(old))
-    assert restored.recommend(_customer(["a"], 5), 2, 5) == expected
-    restored.product_touched(_customer(["a"], 6), "d", "k", "m9", False, 6)
-    assert restored.stats()["recommendations"]["products"] == 4
+def test_snapshots_of_earlier_layouts_still_restore_and_continue_identically():
+    """One that learnt every product event at once into the plain-Python model, and one that held
+    events back (``touches``) until the model was next read: both restore to the same model."""
+    events = [(["a", "b", "c"][:n], product, "k") for n, product in enumerate(["a", "b", "c", "a", "b"])]
+    reference = Reference()
+    for history, product, category in events:
+        reference.learn(history, product, category)
+    current = ShardModels("learn", 1000)
+    for n, (history, product, category) in enumerate(events):
+        current.product_touched(_customer(history, n), product, category, f"m{n}", False, n)
+    expected = current.recommend(_customer(["a"], 5), 2, 5)
+    fields = {k: v for k, v in current.__dict__.items() if k not in ("recommender", "registry")}
+
+    class PlainModel:  # unpickles as the plain-Python CoOccurrence did: a bare object, then its attributes
+        def __init__(self, model: Reference) -> None:
+            self.state = dict(model.__dict__)
+
+        def __reduce__(self) -> tuple[Any, ...]:
+            return CoOccurrence.__new__, (CoOccurrence,), self.state
+
+    at_once = {**fields, "recommender": PlainModel(reference)}
+    held_back = {**fields, "_recommender": PlainModel(Reference()), "touches": events}
+    for layout in (at_once, held_back):
+        old = object.__new__(ShardModels)
+        old.__dict__.update(layout)
+        restored = pickle.loads(pickle.dumps(old))
+        assert restored.recommend(_customer(["a"], 5), 2, 5) == expected
+        restored.product_touched(_customer(["a"], 6), "d", "k", "m9", False, 6)
+        assert restored.stats()["recommendations"]["products"] == 4
+        assert restored.export() == {**current.export(), "recommendations": restored.recommender.export()}

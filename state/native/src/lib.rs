@@ -4,6 +4,8 @@
 //! feature (on by default) wraps it for Python in [`python`].
 
 pub mod dedupe;
+pub mod recommend;
+pub mod sample;
 
 #[cfg(feature = "python")]
 mod python;

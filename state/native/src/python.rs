@@ -1,10 +1,11 @@
 //! The Python module `state._native`: thin wrappers over the Rust components.
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyValueError, PyZeroDivisionError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::dedupe;
+use crate::recommend::{self, Layout, WINDOW};
+use crate::{dedupe, sample};
 
 /// Dedupe memory: the last ``capacity`` message ids (as 128-bit hashes), forgetting the oldest first.
 #[pyclass(module = "state._native", name = "Dedupe")]
@@ -80,8 +81,331 @@ impl Dedupe {
     }
 }
 
+/// Whether a view is in the sample of one in ``every`` checked for progressive quality: the first
+/// byte of the BLAKE2b digest (2 bytes) of its UTF-8 id, as ``hashlib.blake2b`` computes it.
+#[pyfunction]
+fn sampled(message_id: &str, every: u8) -> bool {
+    sample::sampled(message_id, every)
+}
+
+/// The last ``last`` strings of a sequence (a list or tuple without copying it).
+fn tail<'py>(items: &Bound<'py, PyAny>, last: usize) -> PyResult<Vec<Bound<'py, PyString>>> {
+    let string = |item: Bound<'py, PyAny>| item.downcast_into::<PyString>().map_err(PyErr::from);
+    if let Ok(list) = items.downcast::<PyList>() {
+        let n = list.len();
+        return (n.saturating_sub(last)..n)
+            .map(|i| string(list.get_item(i)?))
+            .collect();
+    }
+    if let Ok(tuple) = items.downcast::<PyTuple>() {
+        let n = tuple.len();
+        return (n.saturating_sub(last)..n)
+            .map(|i| string(tuple.get_item(i)?))
+            .collect();
+    }
+    let all: Vec<Bound<'py, PyString>> = items
+        .try_iter()?
+        .map(|item| string(item?))
+        .collect::<PyResult<_>>()?;
+    let skip = all.len().saturating_sub(last);
+    Ok(all.into_iter().skip(skip).collect())
+}
+
+fn strs<'a>(strings: &'a [Bound<'_, PyString>]) -> PyResult<Vec<&'a str>> {
+    strings.iter().map(|s| s.to_str()).collect()
+}
+
+/// A mapping's ``(key, value)`` pairs in its order.
+fn pairs<'py>(
+    mapping: &Bound<'py, PyAny>,
+) -> PyResult<Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+    if let Ok(dict) = mapping.downcast::<PyDict>() {
+        return Ok(dict.iter().collect());
+    }
+    mapping
+        .call_method0("items")?
+        .try_iter()?
+        .map(|item| item?.extract())
+        .collect()
+}
+
+/// The category affinities: ``(name, score)`` in the mapping's order.
+fn affinities<'py>(
+    categories: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Vec<(Bound<'py, PyString>, f64)>> {
+    let Some(categories) = categories.filter(|c| !c.is_none()) else {
+        return Ok(Vec::new());
+    };
+    pairs(categories)?
+        .into_iter()
+        .map(|(k, v)| Ok((k.downcast_into::<PyString>()?, v.extract::<f64>()?)))
+        .collect()
+}
+
+fn zero_division(_: recommend::ZeroDivision) -> PyErr {
+    PyZeroDivisionError::new_err("float division by zero")
+}
+
+type Named<T> = Vec<(String, T)>;
+
+fn named<'py, T>(
+    mapping: &Bound<'py, PyAny>,
+    value: impl Fn(&Bound<'py, PyAny>) -> PyResult<T>,
+) -> PyResult<Named<T>> {
+    pairs(mapping)?
+        .into_iter()
+        .map(|(k, v)| Ok((k.extract::<String>()?, value(&v)?)))
+        .collect()
+}
+
+fn item<'py>(mapping: &Bound<'py, PyAny>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+    mapping.get_item(key)
+}
+
+/// One replica of the recommender (see ``operators/models/recommend.py``); products and
+/// categories are interned to ids inside it.
+#[pyclass(module = "state._native", name = "CoOccurrence", subclass)]
+struct CoOccurrence {
+    inner: recommend::CoOccurrence,
+}
+
+#[pymethods]
+impl CoOccurrence {
+    #[classattr]
+    const WINDOW: usize = recommend::WINDOW;
+    #[classattr]
+    const NEIGHBOURS: usize = recommend::NEIGHBOURS;
+    #[classattr]
+    const POPULAR: usize = recommend::POPULAR;
+    #[classattr]
+    const K: usize = recommend::K;
+
+    #[new]
+    #[pyo3(signature = (frozen = false))]
+    fn new(frozen: bool) -> Self {
+        Self {
+            inner: recommend::CoOccurrence::new(frozen),
+        }
+    }
+
+    #[getter]
+    fn frozen(&self) -> bool {
+        self.inner.frozen
+    }
+
+    #[setter]
+    fn set_frozen(&mut self, frozen: bool) {
+        self.inner.frozen = frozen;
+    }
+
+    /// Views checked (progressive validation), and how many of them were among the predictions.
+    #[getter]
+    fn checked(&self) -> u64 {
+        self.inner.checked
+    }
+
+    #[getter]
+    fn hits(&self) -> u64 {
+        self.inner.hits
+    }
+
+    /// ``product`` (of ``category``) was touched after ``history`` (the session's earlier products).
+    #[pyo3(signature = (history, product, category = None))]
+    fn learn(
+        &mut self,
+        history: &Bound<'_, PyAny>,
+        product: &str,
+        category: Option<&str>,
+    ) -> PyResult<()> {
+        if self.inner.frozen {
+            return Ok(());
+        }
+        let history = tail(history, WINDOW)?;
+        self.inner.learn(&strs(&history)?, product, category);
+        Ok(())
+    }
+
+    /// Top ``k`` products after ``history`` (most recent last), none of ``history`` or ``exclude``;
+    /// ``interests`` (the customer's favourite products) count as older history but may be shown;
+    /// ``categories`` (the customer's category affinities) weigh the categories' popular products.
+    #[pyo3(signature = (history, k = recommend::K, exclude = None, interests = None, categories = None))]
+    fn recommend<'py>(
+        &mut self,
+        py: Python<'py>,
+        history: &Bound<'py, PyAny>,
+        k: usize,
+        exclude: Option<&Bound<'py, PyAny>>,
+        interests: Option<&Bound<'py, PyAny>>,
+        categories: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let history = tail(history, usize::MAX)?;
+        let exclude = match exclude {
+            Some(exclude) => tail(exclude, usize::MAX)?,
+            None => Vec::new(),
+        };
+        let interests = match interests {
+            Some(interests) => tail(interests, WINDOW)?,
+            None => Vec::new(),
+        };
+        let categories = affinities(categories)?;
+        let scores: Vec<(&str, f64)> = categories
+            .iter()
+            .map(|(c, s)| Ok((c.to_str()?, *s)))
+            .collect::<PyResult<_>>()?;
+        let ranked = self
+            .inner
+            .recommend(
+                &strs(&history)?,
+                k,
+                &strs(&exclude)?,
+                &strs(&interests)?,
+                &scores,
+            )
+            .map_err(zero_division)?;
+        PyList::new(py, ranked.into_iter().map(|p| self.inner.name(p)))
+    }
+
+    /// The baseline: the most popular products the customer has not just touched.
+    #[pyo3(signature = (history, k = recommend::K))]
+    fn most_popular<'py>(
+        &self,
+        py: Python<'py>,
+        history: &Bound<'py, PyAny>,
+        k: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let history = tail(history, usize::MAX)?;
+        let ranked = self.inner.most_popular(&strs(&history)?, k);
+        PyList::new(py, ranked.into_iter().map(|p| self.inner.name(p)))
+    }
+
+    /// Progressive validation (on a sample of views): was ``product`` predicted from ``history``?
+    #[pyo3(signature = (history, product, interests = None, categories = None))]
+    fn check(
+        &mut self,
+        history: &Bound<'_, PyAny>,
+        product: &str,
+        interests: Option<&Bound<'_, PyAny>>,
+        categories: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let history = tail(history, usize::MAX)?;
+        let interests = match interests {
+            Some(interests) => tail(interests, WINDOW)?,
+            None => Vec::new(),
+        };
+        let categories = affinities(categories)?;
+        let scores: Vec<(&str, f64)> = categories
+            .iter()
+            .map(|(c, s)| Ok((c.to_str()?, *s)))
+            .collect::<PyResult<_>>()?;
+        self.inner
+            .check(&strs(&history)?, product, &strs(&interests)?, &scores)
+            .map_err(zero_division)
+    }
+
+    /// The parameters: links, counts and categories, every level sorted by name.
+    fn export<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let export = self.inner.export();
+        let links = PyDict::new(py);
+        for (product, neighbours) in export.links {
+            let weights = PyDict::new(py);
+            for (other, weight) in neighbours {
+                weights.set_item(other, weight)?;
+            }
+            links.set_item(product, weights)?;
+        }
+        let out = PyDict::new(py);
+        out.set_item("links", links)?;
+        out.set_item("counts", export.counts.into_py_dict(py)?)?;
+        out.set_item("categories", export.categories.into_py_dict(py)?)?;
+        Ok(out)
+    }
+
+    /// Start from parameters written by :meth:`export` (or merged); the progressive counters stay.
+    fn load(&mut self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let links = named(&item(data, "links")?, |n| named(n, |w| w.extract::<f64>()))?;
+        let counts = named(&item(data, "counts")?, |c| c.extract::<i64>())?;
+        let categories = named(&item(data, "categories")?, |c| c.extract::<String>())?;
+        self.inner.load(
+            links
+                .iter()
+                .map(|(p, n)| {
+                    (
+                        p.as_str(),
+                        n.iter().map(|(q, w)| (q.as_str(), *w)).collect(),
+                    )
+                })
+                .collect(),
+            counts.iter().map(|(p, c)| (p.as_str(), *c)).collect(),
+            categories
+                .iter()
+                .map(|(p, c)| (p.as_str(), c.as_str()))
+                .collect(),
+        );
+        Ok(())
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let m = &self.inner;
+        let stats = PyDict::new(py);
+        stats.set_item("products", m.products())?;
+        stats.set_item("checked", m.checked)?;
+        stats.set_item("hits", m.hits)?;
+        stats.set_item("reciprocal_rank_micro", m.reciprocal_rank_micro)?;
+        stats.set_item("most_popular_hits", m.baseline_hits)?;
+        Ok(stats)
+    }
+
+    /// The whole state, in the model's own orders, as the plain-Python model's attributes were
+    /// (so that snapshots of either restore, and a restored model continues identically).
+    fn __getstate__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let m = &self.inner;
+        let layout = m.layout();
+        let state = PyDict::new(py);
+        state.set_item("frozen", m.frozen)?;
+        let links = PyDict::new(py);
+        for (product, neighbours) in layout.links {
+            links.set_item(product, neighbours.into_py_dict(py)?)?;
+        }
+        state.set_item("links", links)?;
+        state.set_item("counts", layout.counts.into_py_dict(py)?)?;
+        state.set_item("popular", layout.popular)?;
+        state.set_item("category_of", layout.category_of.into_py_dict(py)?)?;
+        let popular_in = PyDict::new(py);
+        for (category, ranked) in layout.popular_in {
+            popular_in.set_item(category, ranked)?;
+        }
+        state.set_item("popular_in", popular_in)?;
+        state.set_item("checked", m.checked)?;
+        state.set_item("hits", m.hits)?;
+        state.set_item("reciprocal_rank_micro", m.reciprocal_rank_micro)?;
+        state.set_item("baseline_hits", m.baseline_hits)?;
+        Ok(state)
+    }
+
+    fn __setstate__(&mut self, state: &Bound<'_, PyAny>) -> PyResult<()> {
+        let strings = |list: Bound<'_, PyAny>| list.extract::<Vec<String>>();
+        let layout = Layout {
+            links: named(&item(state, "links")?, |n| named(n, |w| w.extract::<f64>()))?,
+            counts: named(&item(state, "counts")?, |c| c.extract::<i64>())?,
+            popular: strings(item(state, "popular")?)?,
+            category_of: named(&item(state, "category_of")?, |c| c.extract::<String>())?,
+            popular_in: named(&item(state, "popular_in")?, |r| r.extract::<Vec<String>>())?,
+        };
+        let m = &mut self.inner;
+        m.restore(&layout);
+        m.frozen = item(state, "frozen")?.extract()?;
+        m.checked = item(state, "checked")?.extract()?;
+        m.hits = item(state, "hits")?.extract()?;
+        m.reciprocal_rank_micro = item(state, "reciprocal_rank_micro")?.extract()?;
+        m.baseline_hits = item(state, "baseline_hits")?.extract()?;
+        Ok(())
+    }
+}
+
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Dedupe>()?;
+    module.add_class::<CoOccurrence>()?;
+    module.add_function(wrap_pyfunction!(sampled, module)?)?;
     Ok(())
 }

@@ -1,0 +1,661 @@
+//! The recommender: a session-based item-to-item co-occurrence model (see
+//! `operators/models/recommend.py` for what it does and why).
+//!
+//! Products and categories are interned to dense `u32` ids. Every answer is the same as the
+//! model's first (Python) implementation gave, to the bit: neighbours keep their insertion
+//! order (floats are summed in the same order), ties go by score then name (names compare by
+//! code point, as Python compares `str`), and pruning and popularity ranks follow the same steps.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+/// Earlier products in the session that a new one is linked to.
+pub const WINDOW: usize = 4;
+/// Neighbours kept per product (pruned from twice as many).
+pub const NEIGHBOURS: usize = 30;
+/// Most popular products kept, overall and per category.
+pub const POPULAR: usize = 50;
+/// Products recommended by a progressive check.
+pub const K: usize = 10;
+
+pub type Id = u32;
+
+/// Names interned to dense ids, in the order they were first seen.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    names: Vec<String>,
+    ids: HashMap<String, Id>,
+}
+
+impl Names {
+    pub fn get(&self, name: &str) -> Option<Id> {
+        self.ids.get(name).copied()
+    }
+
+    pub fn name(&self, id: Id) -> &str {
+        &self.names[id as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The id of `name`, and whether it is new.
+    fn intern(&mut self, name: &str) -> (Id, bool) {
+        if let Some(&id) = self.ids.get(name) {
+            return (id, false);
+        }
+        let id = Id::try_from(self.names.len()).expect("fewer than 2^32 names");
+        self.names.push(name.to_owned());
+        self.ids.insert(name.to_owned(), id);
+        (id, true)
+    }
+
+    /// Ids ordered by name (code point order: Rust compares UTF-8 bytes, which agrees).
+    fn by_name(&self, mut ids: Vec<Id>) -> Vec<Id> {
+        ids.sort_unstable_by(|a, b| self.name(*a).cmp(self.name(*b)));
+        ids
+    }
+}
+
+/// A division by zero where the Python model raised `ZeroDivisionError` (category affinities
+/// that sum to zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZeroDivision;
+
+/// The parameters as [`CoOccurrence::export`] gives them, every level sorted by name.
+pub struct Export<'a> {
+    pub links: Vec<(&'a str, Vec<(&'a str, f64)>)>,
+    pub counts: Vec<(&'a str, i64)>,
+    pub categories: Vec<(&'a str, &'a str)>,
+}
+
+/// The whole state, in the model's own orders (for snapshots that continue identically).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Layout {
+    pub links: Vec<(String, Vec<(String, f64)>)>,
+    pub counts: Vec<(String, i64)>,
+    pub popular: Vec<String>,
+    pub category_of: Vec<(String, String)>,
+    pub popular_in: Vec<(String, Vec<String>)>,
+}
+
+/// Sums by product that remember the order products were first added in (a dict's order).
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    value: Vec<f64>,
+    present: Vec<bool>,
+    order: Vec<Id>,
+}
+
+impl Tally {
+    fn add(&mut self, id: Id, amount: f64) {
+        let index = id as usize;
+        if index >= self.value.len() {
+            self.value.resize(index + 1, 0.0);
+            self.present.resize(index + 1, false);
+        }
+        if !self.present[index] {
+            self.present[index] = true;
+            self.order.push(id);
+        }
+        self.value[index] += amount;
+    }
+
+    fn get(&self, id: Id) -> Option<f64> {
+        let index = id as usize;
+        (index < self.present.len() && self.present[index]).then(|| self.value[index])
+    }
+
+    /// The sum of the values in insertion order (as Python's `sum` of a dict's values).
+    fn total(&self) -> f64 {
+        self.order
+            .iter()
+            .fold(0.0, |sum, id| sum + self.value[*id as usize])
+    }
+
+    fn clear(&mut self) {
+        for id in self.order.drain(..) {
+            self.value[id as usize] = 0.0;
+            self.present[id as usize] = false;
+        }
+    }
+}
+
+/// One replica of the recommender.
+#[derive(Debug, Clone, Default)]
+pub struct CoOccurrence {
+    pub frozen: bool,
+    products: Names,
+    categories: Names,
+    /// By product id: its neighbours and link weights in insertion order (none: never linked).
+    links: Vec<Option<Vec<(Id, f64)>>>,
+    /// By product id: how often it was learnt (none: never).
+    counts: Vec<Option<i64>>,
+    counted: usize,
+    /// By product id: its category (which may be empty, from a model file).
+    category_of: Vec<Option<Id>>,
+    popular: Vec<Id>,
+    /// By category id: its most popular products (empty: none).
+    popular_in: Vec<Vec<Id>>,
+    pub checked: u64,
+    pub hits: u64,
+    pub reciprocal_rank_micro: u64,
+    pub baseline_hits: u64,
+    neighbours: Tally,
+    in_categories: Tally,
+    skip: Tally,
+}
+
+impl CoOccurrence {
+    pub fn new(frozen: bool) -> Self {
+        Self {
+            frozen,
+            ..Self::default()
+        }
+    }
+
+    fn product(&mut self, name: &str) -> Id {
+        let (id, new) = self.products.intern(name);
+        if new {
+            self.links.push(None);
+            self.counts.push(None);
+            self.category_of.push(None);
+        }
+        id
+    }
+
+    fn category(&mut self, name: &str) -> Id {
+        let (id, new) = self.categories.intern(name);
+        if new {
+            self.popular_in.push(Vec::new());
+        }
+        id
+    }
+
+    /// A non-empty category of `product`, if it has one (an empty one counts as none).
+    fn category_of(&self, product: Id) -> Option<Id> {
+        self.category_of[product as usize].filter(|c| !self.categories.name(*c).is_empty())
+    }
+
+    fn count(&self, product: Id) -> i64 {
+        self.counts[product as usize].unwrap_or(0)
+    }
+
+    /// `product` (of `category`) was touched after `history` (the session's earlier products).
+    pub fn learn(&mut self, history: &[&str], product: &str, category: Option<&str>) {
+        if self.frozen {
+            return;
+        }
+        let product = self.product(product);
+        let mut distance = 0;
+        for earlier in history[history.len().saturating_sub(WINDOW)..].iter().rev() {
+            let earlier = self.product(earlier);
+            if earlier == product {
+                continue;
+            }
+            distance += 1;
+            let weight = 1.0 / f64::from(distance);
+            self.link(earlier, product, weight);
+            self.link(product, earlier, weight);
+        }
+        let slot = &mut self.counts[product as usize];
+        if slot.is_none() {
+            self.counted += 1;
+        }
+        let count = slot.unwrap_or(0) + 1;
+        *slot = Some(count);
+        let mut popular = std::mem::take(&mut self.popular);
+        self.rank(&mut popular, product, count);
+        self.popular = popular;
+        if let Some(category) = category.filter(|c| !c.is_empty()) {
+            let category = self.category(category);
+            self.category_of[product as usize] = Some(category);
+            let mut ranked = std::mem::take(&mut self.popular_in[category as usize]);
+            self.rank(&mut ranked, product, count);
+            self.popular_in[category as usize] = ranked;
+        }
+    }
+
+    fn link(&mut self, from: Id, to: Id, weight: f64) {
+        let neighbours = self.links[from as usize].get_or_insert_with(Vec::new);
+        match neighbours.iter_mut().find(|(id, _)| *id == to) {
+            Some((_, sum)) => *sum += weight,
+            None => neighbours.push((to, weight)),
+        }
+        if neighbours.len() > 2 * NEIGHBOURS {
+            strongest(neighbours, &self.products);
+        }
+    }
+
+    /// Keep `popular` the most popular products, by count then name, at most [`POPULAR`]: the
+    /// product moves up a few places at most (a count grows by one), by insertion.
+    fn rank(&self, popular: &mut Vec<Id>, product: Id, count: i64) {
+        let name = |id: Id| self.products.name(id);
+        if let Some(&last) = popular.last().filter(|_| popular.len() >= POPULAR) {
+            let last_count = self.count(last);
+            if count < last_count || (count == last_count && name(product) > name(last)) {
+                return; // the long tail stays out cheaply
+            }
+        }
+        let mut index = match popular.iter().position(|&p| p == product) {
+            None => popular.len(),
+            Some(index) => {
+                if index == 0 || self.count(popular[index - 1]) > count {
+                    return; // still in its place
+                }
+                popular.remove(index);
+                index
+            }
+        };
+        while index > 0 {
+            let before = popular[index - 1];
+            let before_count = self.count(before);
+            if before_count > count || (before_count == count && name(before) < name(product)) {
+                break;
+            }
+            index -= 1;
+        }
+        popular.insert(index, product);
+        popular.truncate(POPULAR);
+    }
+
+    /// Top `k` products after `history` (most recent last), none of `history` or `exclude`;
+    /// `interests` count as older history but may be shown; `categories` (affinities, in their
+    /// order) weigh the categories' popular products. See the Python model for the method.
+    pub fn recommend(
+        &mut self,
+        history: &[&str],
+        k: usize,
+        exclude: &[&str],
+        interests: &[&str],
+        categories: &[(&str, f64)],
+    ) -> Result<Vec<Id>, ZeroDivision> {
+        for name in history.iter().chain(exclude) {
+            if let Some(id) = self.products.get(name) {
+                self.skip.add(id, 0.0);
+            }
+        }
+        let ranked = self.rank_for(history, k, interests, categories);
+        self.skip.clear();
+        self.neighbours.clear();
+        self.in_categories.clear();
+        ranked
+    }
+
+    fn skipped(&self, id: Id) -> bool {
+        self.skip.get(id).is_some()
+    }
+
+    fn rank_for(
+        &mut self,
+        history: &[&str],
+        k: usize,
+        interests: &[&str],
+        categories: &[(&str, f64)],
+    ) -> Result<Vec<Id>, ZeroDivision> {
+        let recent: Vec<Option<Id>> = if history.len() < WINDOW {
+            let all: Vec<&str> = interests.iter().chain(history).copied().collect();
+            all[all.len().saturating_sub(WINDOW)..]
+                .iter()
+                .rev()
+                .map(|p| self.products.get(p))
+                .collect()
+        } else {
+            history[history.len() - WINDOW..]
+                .iter()
+                .rev()
+                .map(|p| self.products.get(p))
+                .collect()
+        };
+        // co-occurrence: the neighbours of the recent products, by 1 / distance
+        let mut neighbours = std::mem::take(&mut self.neighbours);
+        for (distance, product) in (1..).zip(&recent) {
+            let Some(linked) = product.and_then(|p| self.links[p as usize].as_ref()) else {
+                continue;
+            };
+            for &(other, weight) in linked {
+                if !self.skipped(other) {
+                    neighbours.add(other, weight / f64::from(distance));
+                }
+            }
+        }
+        // the categories of the recent products, by 1 / distance, then the customer's affinities
+        let mut weights: Vec<(Id, f64)> = Vec::new();
+        for (distance, product) in (1..).zip(&recent) {
+            if let Some(category) = product.and_then(|p| self.category_of(p)) {
+                add_weight(&mut weights, category, 1.0 / f64::from(distance));
+            }
+        }
+        let total = weights.iter().fold(0.0, |sum, (_, w)| sum + w);
+        let total = if total == 0.0 { 1.0 } else { total };
+        for (_, weight) in weights.iter_mut() {
+            *weight /= total;
+        }
+        let affinity = categories.iter().fold(0.0, |sum, (_, score)| sum + score);
+        for (name, score) in categories {
+            if affinity == 0.0 {
+                return Err(ZeroDivision);
+            }
+            if let Some(category) = self.categories.get(name) {
+                add_weight(&mut weights, category, score / affinity);
+            }
+        }
+        let mut in_categories = std::mem::take(&mut self.in_categories);
+        for (category, weight) in weights {
+            let popular = &self.popular_in[category as usize];
+            for &other in &popular[..popular.len().min(2 * k)] {
+                if !self.skipped(other) {
+                    in_categories.add(other, self.count(other) as f64 * weight);
+                }
+            }
+        }
+        let ranked = self.top(&mut neighbours, &in_categories, k);
+        self.neighbours = neighbours;
+        self.in_categories = in_categories;
+        let mut ranked = ranked?;
+        for &product in &self.popular {
+            if ranked.len() >= k {
+                break;
+            }
+            if !self.skipped(product) && !ranked.contains(&product) {
+                ranked.push(product);
+            }
+        }
+        Ok(ranked)
+    }
+
+    /// The `k` best products of both evidences, each normalised to sum 1 and added (into `scores`,
+    /// which holds the neighbours' evidence).
+    fn top(
+        &self,
+        scores: &mut Tally,
+        in_categories: &Tally,
+        k: usize,
+    ) -> Result<Vec<Id>, ZeroDivision> {
+        let total = scores.total();
+        if total == 0.0 && !scores.order.is_empty() {
+            return Err(ZeroDivision);
+        }
+        for &p in &scores.order {
+            scores.value[p as usize] /= total;
+        }
+        if !in_categories.order.is_empty() {
+            let total = in_categories.total();
+            if total == 0.0 {
+                return Err(ZeroDivision);
+            }
+            for &p in &in_categories.order {
+                scores.add(p, in_categories.value[p as usize] / total);
+            }
+        }
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let mut best: Vec<(f64, Id)> = scores
+            .order
+            .iter()
+            .map(|&p| (scores.value[p as usize], p))
+            .collect();
+        let order =
+            |a: &(f64, Id), b: &(f64, Id)| by_score_then_name(a.0, a.1, b.0, b.1, &self.products);
+        if best.len() > k {
+            best.select_nth_unstable_by(k - 1, order);
+            best.truncate(k);
+        }
+        best.sort_unstable_by(order);
+        Ok(best.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// The baseline: the most popular products not in `history`.
+    pub fn most_popular(&self, history: &[&str], k: usize) -> Vec<Id> {
+        let skip: Vec<Id> = history
+            .iter()
+            .filter_map(|p| self.products.get(p))
+            .collect();
+        self.popular
+            .iter()
+            .copied()
+            .filter(|p| !skip.contains(p))
+            .take(k)
+            .collect()
+    }
+
+    /// Progressive validation: was `product` predicted from `history` (and by "most popular")?
+    pub fn check(
+        &mut self,
+        history: &[&str],
+        product: &str,
+        interests: &[&str],
+        categories: &[(&str, f64)],
+    ) -> Result<(), ZeroDivision> {
+        if history.is_empty() && interests.is_empty() {
+            return Ok(());
+        }
+        self.checked += 1;
+        let predicted = self.recommend(history, K, &[], interests, categories)?;
+        let Some(product) = self.products.get(product) else {
+            return Ok(());
+        };
+        if let Some(index) = predicted.iter().position(|&p| p == product) {
+            self.hits += 1;
+            self.reciprocal_rank_micro += 1_000_000 / (index as u64 + 1);
+        }
+        if self.most_popular(history, K).contains(&product) {
+            self.baseline_hits += 1;
+        }
+        Ok(())
+    }
+
+    pub fn name(&self, product: Id) -> &str {
+        self.products.name(product)
+    }
+
+    /// Products learnt at least once (or given a count by a model file).
+    pub fn products(&self) -> usize {
+        self.counted
+    }
+
+    pub fn export(&self) -> Export<'_> {
+        let names = &self.products;
+        let all = |present: &dyn Fn(usize) -> bool| -> Vec<Id> {
+            names.by_name(
+                (0..names.len())
+                    .filter(|&i| present(i))
+                    .map(|i| i as Id)
+                    .collect(),
+            )
+        };
+        let links = all(&|i| self.links[i].is_some())
+            .into_iter()
+            .map(|p| {
+                let mut neighbours: Vec<(&str, f64)> = self.links[p as usize]
+                    .iter()
+                    .flatten()
+                    .map(|&(q, w)| (names.name(q), w))
+                    .collect();
+                neighbours.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                (names.name(p), neighbours)
+            })
+            .collect();
+        let counts = all(&|i| self.counts[i].is_some())
+            .into_iter()
+            .map(|p| (names.name(p), self.count(p)))
+            .collect();
+        let categories = all(&|i| self.category_of[i].is_some())
+            .into_iter()
+            .map(|p| {
+                (
+                    names.name(p),
+                    self.categories
+                        .name(self.category_of[p as usize].unwrap_or(0)),
+                )
+            })
+            .collect();
+        Export {
+            links,
+            counts,
+            categories,
+        }
+    }
+
+    /// Start from exported parameters: each product's strongest [`NEIGHBOURS`] links, strongest
+    /// first; popularity ranked afresh from the counts. The progressive counters stay.
+    pub fn load(
+        &mut self,
+        links: Vec<(&str, Vec<(&str, f64)>)>,
+        counts: Vec<(&str, i64)>,
+        categories: Vec<(&str, &str)>,
+    ) {
+        self.reset();
+        for (product, neighbours) in links {
+            let product = self.product(product);
+            let mut kept: Vec<(Id, f64)> = neighbours
+                .into_iter()
+                .map(|(q, w)| (self.product(q), w))
+                .collect();
+            kept.sort_by(|a, b| by_score_then_name(a.1, a.0, b.1, b.0, &self.products));
+            kept.truncate(NEIGHBOURS);
+            self.links[product as usize] = Some(kept);
+        }
+        for (product, count) in counts {
+            let product = self.product(product);
+            if self.counts[product as usize].replace(count).is_none() {
+                self.counted += 1;
+            }
+        }
+        for (product, category) in categories {
+            let product = self.product(product);
+            self.category_of[product as usize] = Some(self.category(category));
+        }
+        let counted: Vec<Id> = (0..self.products.len() as Id)
+            .filter(|&p| self.counts[p as usize].is_some())
+            .collect();
+        let mut by_count = counted;
+        by_count.sort_by(|&a, &b| {
+            self.count(b)
+                .cmp(&self.count(a))
+                .then_with(|| self.name(a).cmp(self.name(b)))
+        });
+        for product in by_count {
+            if self.popular.len() < POPULAR {
+                self.popular.push(product);
+            }
+            if let Some(category) = self.category_of(product) {
+                let ranked = &mut self.popular_in[category as usize];
+                if ranked.len() < POPULAR {
+                    ranked.push(product);
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        *self = Self {
+            frozen: self.frozen,
+            checked: self.checked,
+            hits: self.hits,
+            reciprocal_rank_micro: self.reciprocal_rank_micro,
+            baseline_hits: self.baseline_hits,
+            ..Self::default()
+        };
+    }
+
+    /// The state in the model's own orders (see [`CoOccurrence::restore`]).
+    pub fn layout(&self) -> Layout {
+        let names = &self.products;
+        let name = |id: &Id| names.name(*id).to_owned();
+        let ids = 0..names.len() as Id;
+        Layout {
+            links: ids
+                .clone()
+                .filter_map(|p| {
+                    let linked = self.links[p as usize].as_ref()?;
+                    Some((
+                        name(&p),
+                        linked.iter().map(|(q, w)| (name(q), *w)).collect(),
+                    ))
+                })
+                .collect(),
+            counts: ids
+                .clone()
+                .filter_map(|p| Some((name(&p), self.counts[p as usize]?)))
+                .collect(),
+            popular: self.popular.iter().map(name).collect(),
+            category_of: ids
+                .filter_map(|p| {
+                    Some((
+                        name(&p),
+                        self.categories
+                            .name(self.category_of[p as usize]?)
+                            .to_owned(),
+                    ))
+                })
+                .collect(),
+            popular_in: (0..self.categories.len() as Id)
+                .filter(|c| !self.popular_in[*c as usize].is_empty())
+                .map(|c| {
+                    (
+                        self.categories.name(c).to_owned(),
+                        self.popular_in[c as usize].iter().map(name).collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Exactly the state [`CoOccurrence::layout`] gave (the progressive counters and `frozen` stay).
+    pub fn restore(&mut self, layout: &Layout) {
+        self.reset();
+        for (product, neighbours) in &layout.links {
+            let product = self.product(product);
+            let linked = neighbours
+                .iter()
+                .map(|(q, w)| (self.product(q), *w))
+                .collect();
+            self.links[product as usize] = Some(linked);
+        }
+        for (product, count) in &layout.counts {
+            let product = self.product(product);
+            if self.counts[product as usize].replace(*count).is_none() {
+                self.counted += 1;
+            }
+        }
+        self.popular = layout.popular.iter().map(|p| self.product(p)).collect();
+        for (product, category) in &layout.category_of {
+            let product = self.product(product);
+            self.category_of[product as usize] = Some(self.category(category));
+        }
+        for (category, ranked) in &layout.popular_in {
+            let category = self.category(category);
+            self.popular_in[category as usize] = ranked.iter().map(|p| self.product(p)).collect();
+        }
+    }
+}
+
+fn add_weight(weights: &mut Vec<(Id, f64)>, category: Id, weight: f64) {
+    match weights.iter_mut().find(|(c, _)| *c == category) {
+        Some((_, sum)) => *sum += weight,
+        None => weights.push((category, 0.0 + weight)),
+    }
+}
+
+/// Higher score first, then name (scores are never NaN).
+fn by_score_then_name(a_score: f64, a: Id, b_score: f64, b: Id, names: &Names) -> Ordering {
+    b_score
+        .partial_cmp(&a_score)
+        .unwrap_or(Ordering::Equal)
+        .then_with(|| names.name(a).cmp(names.name(b)))
+}
+
+/// The [`NEIGHBOURS`] strongest links, strongest first (by weight, then name).
+fn strongest(neighbours: &mut Vec<(Id, f64)>, names: &Names) {
+    let order = |a: &(Id, f64), b: &(Id, f64)| by_score_then_name(a.1, a.0, b.1, b.0, names);
+    neighbours.select_nth_unstable_by(NEIGHBOURS - 1, order);
+    neighbours.truncate(NEIGHBOURS);
+    neighbours.sort_unstable_by(order);
+}
