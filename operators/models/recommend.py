@@ -13,8 +13,7 @@ among the top k recommended just before?
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -39,37 +38,18 @@ class RecommendationParameters(BaseModel):
 class CoOccurrence(_native.CoOccurrence):
     """One replica of the recommender (one per shard, like every model), compiled (``state/native``).
 
-    ``learn(history, product, category)``, ``recommend(history, k, exclude, interests,
-    categories)``, ``most_popular(history, k)``, ``check(history, product, interests,
-    categories)``, ``export()``, ``load(data)`` and ``stats()`` are its methods; products and
-    categories are interned to ids inside it. Its answers, exports and counters are exactly those
-    of the plain-Python model it replaced (``tests/recommend_reference.py``), and it pickles as
-    that model did (a snapshot of either restores into it).
+    Its methods: ``learn(history, product, category)``, ``recommend(history, k, exclude,
+    interests, categories)``, ``most_popular(history, k)``, ``check(history, product, interests,
+    categories)``, ``export()``, ``load(data)``, ``stats()`` and ``merge(exports)`` (links and
+    counts added up). Products and categories are interned to ids inside it. Its answers, exports
+    and counters are exactly those of the plain-Python model it replaced
+    (``tests/recommend_reference.py``), and it pickles as that model did (a snapshot of either
+    restores into it).
     """
 
     name: ClassVar[str] = "recommendations"
     parameters: ClassVar[type[BaseModel]] = RecommendationParameters
     required_in_files: ClassVar[bool] = False  # files written before it was added have none
-
-    @staticmethod
-    def merge(exports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """Links and counts added up (each replica saw other sessions)."""
-        links: dict[str, dict[str, float]] = {}
-        counts: dict[str, int] = {}
-        categories: dict[str, str] = {}
-        for replica in exports:
-            for product, neighbours in replica["links"].items():
-                merged = links.setdefault(product, {})
-                for other, weight in neighbours.items():
-                    merged[other] = merged.get(other, 0.0) + weight
-            for product, count in replica["counts"].items():
-                counts[product] = counts.get(product, 0) + count
-            categories.update(replica["categories"])
-        return {
-            "links": {p: dict(sorted(n.items())) for p, n in sorted(links.items())},
-            "counts": dict(sorted(counts.items())),
-            "categories": dict(sorted(categories.items())),
-        }
 
 
 def sampled(message_id: str) -> bool:

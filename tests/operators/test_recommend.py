@@ -254,7 +254,9 @@ def test_merged_exports_equal_the_references():
     for _ in range(4):
         model, _ = _replay([op for op in _random_ops(rng, 1500, 120) if op[0] == "learn"])
         exports.append(model.export())
+    exports.append({"links": {"p001": {"é": 1}, "zz": {}}, "counts": {"zz": 0}, "categories": {"p001": "", "zz": "c9"}})
     assert CoOccurrence.merge(exports) == Reference.merge(exports)
+    assert CoOccurrence.merge([]) == Reference.merge([])
     merged, expected = CoOccurrence(), Reference()
     merged.load(CoOccurrence.merge(exports))
     expected.load(Reference.merge(exports))

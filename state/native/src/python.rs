@@ -162,6 +162,22 @@ fn item<'py>(mapping: &Bound<'py, PyAny>, key: &str) -> PyResult<Bound<'py, PyAn
     mapping.get_item(key)
 }
 
+/// An export as Python dicts: ``links`` (product -> neighbour -> weight), ``counts``, ``categories``.
+fn export_dict<'py>(
+    py: Python<'py>,
+    export: recommend::Export<'_>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let links = PyDict::new(py);
+    for (product, neighbours) in export.links {
+        links.set_item(product, neighbours.into_py_dict(py)?)?;
+    }
+    let out = PyDict::new(py);
+    out.set_item("links", links)?;
+    out.set_item("counts", export.counts.into_py_dict(py)?)?;
+    out.set_item("categories", export.categories.into_py_dict(py)?)?;
+    Ok(out)
+}
+
 /// One replica of the recommender (see ``operators/models/recommend.py``); products and
 /// categories are interned to ids inside it.
 #[pyclass(module = "state._native", name = "CoOccurrence", subclass)]
@@ -304,20 +320,39 @@ impl CoOccurrence {
 
     /// The parameters: links, counts and categories, every level sorted by name.
     fn export<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let export = self.inner.export();
-        let links = PyDict::new(py);
-        for (product, neighbours) in export.links {
-            let weights = PyDict::new(py);
-            for (other, weight) in neighbours {
-                weights.set_item(other, weight)?;
+        export_dict(py, self.inner.export())
+    }
+
+    /// One set of parameters from the replicas' exports (given in a fixed order): links and
+    /// counts added up (each replica saw other sessions).
+    #[staticmethod]
+    fn merge<'py>(py: Python<'py>, exports: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+        let mut merged = recommend::Merge::default();
+        for replica in exports.try_iter()? {
+            let replica = replica?;
+            for (product, neighbours) in pairs(&item(&replica, "links")?)? {
+                let weights: Vec<(Bound<'py, PyString>, f64)> = pairs(&neighbours)?
+                    .into_iter()
+                    .map(|(q, w)| Ok((q.downcast_into::<PyString>()?, w.extract::<f64>()?)))
+                    .collect::<PyResult<_>>()?;
+                let weights: Vec<(&str, f64)> = weights
+                    .iter()
+                    .map(|(q, w)| Ok((q.to_str()?, *w)))
+                    .collect::<PyResult<_>>()?;
+                merged.add_links(product.downcast::<PyString>()?.to_str()?, weights);
             }
-            links.set_item(product, weights)?;
+            for (product, count) in pairs(&item(&replica, "counts")?)? {
+                merged.add_count(product.downcast::<PyString>()?.to_str()?, count.extract()?);
+            }
+            for (product, category) in pairs(&item(&replica, "categories")?)? {
+                let category = category.downcast_into::<PyString>()?;
+                merged.set_category(
+                    product.downcast::<PyString>()?.to_str()?,
+                    category.to_str()?,
+                );
+            }
         }
-        let out = PyDict::new(py);
-        out.set_item("links", links)?;
-        out.set_item("counts", export.counts.into_py_dict(py)?)?;
-        out.set_item("categories", export.categories.into_py_dict(py)?)?;
-        Ok(out)
+        export_dict(py, merged.export())
     }
 
     /// Start from parameters written by :meth:`export` (or merged); the progressive counters stay.

@@ -637,6 +637,98 @@ impl CoOccurrence {
     }
 }
 
+/// The parameters of several replicas in one: link weights and counts added up in the replicas'
+/// order, a product's category from the last replica that names one.
+#[derive(Debug, Default)]
+pub struct Merge {
+    products: Names,
+    links: Vec<Option<HashMap<Id, f64>>>,
+    counts: Vec<Option<i64>>,
+    categories: Vec<Option<String>>,
+}
+
+impl Merge {
+    fn product(&mut self, name: &str) -> Id {
+        let (id, new) = self.products.intern(name);
+        if new {
+            self.links.push(None);
+            self.counts.push(None);
+            self.categories.push(None);
+        }
+        id
+    }
+
+    pub fn add_links<'a>(
+        &mut self,
+        product: &str,
+        neighbours: impl IntoIterator<Item = (&'a str, f64)>,
+    ) {
+        let product = self.product(product);
+        let ids: Vec<(Id, f64)> = neighbours
+            .into_iter()
+            .map(|(q, w)| (self.product(q), w))
+            .collect();
+        let merged = self.links[product as usize].get_or_insert_with(HashMap::new);
+        for (other, weight) in ids {
+            *merged.entry(other).or_insert(0.0) += weight;
+        }
+    }
+
+    pub fn add_count(&mut self, product: &str, count: i64) {
+        let product = self.product(product);
+        let sum = self.counts[product as usize].get_or_insert(0);
+        *sum += count;
+    }
+
+    pub fn set_category(&mut self, product: &str, category: &str) {
+        let product = self.product(product);
+        self.categories[product as usize] = Some(category.to_owned());
+    }
+
+    /// The merged parameters, every level sorted by name.
+    pub fn export(&self) -> Export<'_> {
+        let names = &self.products;
+        let sorted = |present: &dyn Fn(usize) -> bool| -> Vec<Id> {
+            names.by_name(
+                (0..names.len())
+                    .filter(|&i| present(i))
+                    .map(|i| i as Id)
+                    .collect(),
+            )
+        };
+        let links = sorted(&|i| self.links[i].is_some())
+            .into_iter()
+            .map(|p| {
+                let mut neighbours: Vec<(&str, f64)> = self.links[p as usize]
+                    .iter()
+                    .flatten()
+                    .map(|(&q, &w)| (names.name(q), w))
+                    .collect();
+                neighbours.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                (names.name(p), neighbours)
+            })
+            .collect();
+        let counts = sorted(&|i| self.counts[i].is_some())
+            .into_iter()
+            .map(|p| (names.name(p), self.counts[p as usize].unwrap_or(0)))
+            .collect();
+        let categories = sorted(&|i| self.categories[i].is_some())
+            .into_iter()
+            .map(|p| {
+                (
+                    names.name(p),
+                    self.categories[p as usize].as_deref().unwrap_or(""),
+                )
+            })
+            .collect();
+        Export {
+            links,
+            counts,
+            categories,
+        }
+    }
+}
+
 fn add_weight(weights: &mut Vec<(Id, f64)>, category: Id, weight: f64) {
     match weights.iter_mut().find(|(c, _)| *c == category) {
         Some((_, sum)) => *sum += weight,
@@ -658,4 +750,82 @@ fn strongest(neighbours: &mut Vec<(Id, f64)>, names: &Names) {
     neighbours.select_nth_unstable_by(NEIGHBOURS - 1, order);
     neighbours.truncate(NEIGHBOURS);
     neighbours.sort_unstable_by(order);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(model: &CoOccurrence, ids: &[Id]) -> Vec<String> {
+        ids.iter().map(|&p| model.name(p).to_owned()).collect()
+    }
+
+    fn learnt(sessions: &[&[&str]]) -> CoOccurrence {
+        let mut model = CoOccurrence::new(false);
+        for session in sessions {
+            for i in 0..session.len() {
+                model.learn(&session[..i], session[i], Some("c"));
+            }
+        }
+        model
+    }
+
+    #[test]
+    fn products_seen_together_are_recommended_together() {
+        let mut model = learnt(&[&["a", "b", "c"], &["a", "b"], &["x", "y"]]);
+        let ranked = model.recommend(&["a"], 2, &[], &[], &[]).unwrap();
+        assert_eq!(names(&model, &ranked), ["b", "c"]);
+        let ranked = model.recommend(&["x"], 1, &["q"], &[], &[]).unwrap();
+        assert_eq!(names(&model, &ranked), ["y"]);
+    }
+
+    #[test]
+    fn links_are_pruned_to_the_strongest_ties_by_name() {
+        let mut model = CoOccurrence::new(false);
+        for n in 0..2 * NEIGHBOURS + 1 {
+            model.learn(&["hub"], &format!("p{n:02}"), None);
+        }
+        let layout = model.layout();
+        let (_, hub) = layout.links.iter().find(|(p, _)| p == "hub").unwrap();
+        let kept: Vec<&str> = hub.iter().map(|(q, _)| q.as_str()).collect();
+        let expected: Vec<String> = (0..NEIGHBOURS).map(|n| format!("p{n:02}")).collect();
+        assert_eq!(
+            kept, expected,
+            "all weights tie: the first names in code point order"
+        );
+    }
+
+    #[test]
+    fn affinities_that_sum_to_zero_are_a_division_by_zero() {
+        let mut model = learnt(&[&["a", "b"]]);
+        assert_eq!(
+            model.recommend(&["a"], 3, &[], &[], &[("c", 0.0)]),
+            Err(ZeroDivision)
+        );
+        assert!(model.recommend(&["a"], 3, &[], &[], &[("c", 1.0)]).is_ok());
+    }
+
+    #[test]
+    fn a_restored_layout_is_the_same_model() {
+        let model = learnt(&[&["a", "b", "c", "d", "e"], &["e", "a"], &["b", "é"]]);
+        let mut restored = CoOccurrence::new(false);
+        restored.restore(&model.layout());
+        assert_eq!(restored.layout(), model.layout());
+        assert_eq!(restored.products(), model.products());
+    }
+
+    #[test]
+    fn merged_links_and_counts_add_up() {
+        let mut merge = Merge::default();
+        merge.add_links("a", [("b", 1.0), ("c", 0.5)]);
+        merge.add_links("a", [("b", 0.25)]);
+        merge.add_count("a", 2);
+        merge.add_count("a", 3);
+        merge.set_category("a", "x");
+        merge.set_category("a", "y");
+        let export = merge.export();
+        assert_eq!(export.links, [("a", vec![("b", 1.25), ("c", 0.5)])]);
+        assert_eq!(export.counts, [("a", 5)]);
+        assert_eq!(export.categories, [("a", "y")]);
+    }
 }
