@@ -4,6 +4,8 @@
 //! feature (on by default) wraps it for Python in [`python`].
 
 pub mod dedupe;
+pub mod event_scan;
+pub mod timestamps;
 
 #[cfg(feature = "python")]
 mod python;
