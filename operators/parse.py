@@ -88,8 +88,10 @@ _SCAN = EventScan(
     [[(path, sorted(keys)) for path, keys in closed_containers(model)] for model in EVENT_MODELS],
 )
 """Which of :data:`schemas.events.EVENT_MODELS` an event is for, when it is plain: one JSON object with
-no repeated key and no unknown field to count (``state/native/src/event_scan.rs``)."""
+no repeated key and no unknown field to count (``state/native/src/event_scan.rs``); with its
+``timestamp`` and ``receivedAt`` read on the way."""
 _EPOCH_MS = EpochMs(epoch_ms)
+""":func:`schemas.timestamps.epoch_ms`, the common forms read natively: for the date-times the scan leaves."""
 
 
 def parse(raw: RawEvent, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Envelope | Rejected:
@@ -114,9 +116,9 @@ def _parse(raw: RawEvent, max_bytes: int) -> Envelope | Rejected:
         return _reject(raw, reason, [message], processor)
     if len(payload) > max_bytes:
         return _reject(raw, "too_large", [f"event is {len(payload)} bytes, the limit is {max_bytes}"])
-    model = _SCAN.model_of(payload)
+    model, ts_ms, received_ms = _SCAN.scan(payload)
     if model >= 0:
-        decoded = decode_plain(payload, EVENT_MODELS[model], _EPOCH_MS)
+        decoded = decode_plain(payload, EVENT_MODELS[model], _EPOCH_MS, ts_ms, received_ms)
         if decoded is not None:
             event, ts_ms, received_ms = decoded
             return envelope_of(event, payload, raw.seq, raw.position, ts_ms, received_ms, raw.arrived)

@@ -391,11 +391,16 @@ def validate_event(data: dict[str, Any]) -> tuple[AnyEvent, int, int | None]:
     return event, ts_ms, received_ms
 
 
-def _times(event: Any, read: Callable[[str], int] = epoch_ms) -> tuple[int, int | None]:
-    """The event's ``timestamp`` and ``receivedAt`` in epoch milliseconds, once all its date-times
-    are read (by ``read``, :func:`epoch_ms` or the same faster); ValueError if one is not a date-time."""
-    ts_ms = read(event.timestamp)
-    received_ms = None if event.receivedAt is None else read(event.receivedAt)
+def _times(
+    event: Any, read: Callable[[str], int] = epoch_ms, ts_ms: int | None = None, received_ms: int | None = None
+) -> tuple[int, int | None]:
+    """The event's ``timestamp`` and ``receivedAt`` in epoch milliseconds (``ts_ms`` and ``received_ms``
+    if they were read already), once all its date-times are read (by ``read``, :func:`epoch_ms` or the
+    same faster); ValueError if one is not a date-time."""
+    if ts_ms is None:
+        ts_ms = read(event.timestamp)
+    if received_ms is None and event.receivedAt is not None:
+        received_ms = read(event.receivedAt)
     if event.sentAt is not None:
         read(event.sentAt)
     if type(event) is IdentifyEvent and event.traits.created_at is not None:
@@ -409,18 +414,23 @@ _DECODERS = {model: msgspec.json.Decoder(model) for model in EVENT_MODELS}
 
 
 def decode_plain(
-    raw: bytes, model: type[_Call], read_time: Callable[[str], int] = epoch_ms
+    raw: bytes,
+    model: type[_Call],
+    read_time: Callable[[str], int] = epoch_ms,
+    ts_ms: int | None = None,
+    received_ms: int | None = None,
 ) -> tuple[AnyEvent, int, int | None] | None:
     """What :func:`validate_event` gives for the JSON object ``raw``, decoded straight into ``model``
     (one pass, no dicts), or None when that is not enough: a problem, a coercion, a dropped line.
 
     Only for bytes known to be plain (``state._native.EventScan``): one JSON object that decoders
     read alike, with no repeated key, and ``model`` the one :func:`model_for` picks for it.
-    ``read_time`` reads date-times as :func:`epoch_ms` does (``state._native.EpochMs`` is faster).
+    ``read_time`` reads date-times as :func:`epoch_ms` does (``state._native.EpochMs`` is faster);
+    ``ts_ms`` and ``received_ms`` are the ``timestamp`` and ``receivedAt`` if already read from ``raw``.
     """
     try:
         event = _DECODERS[model].decode(raw)
-        ts_ms, received_ms = _times(event, read_time)
+        ts_ms, received_ms = _times(event, read_time, ts_ms, received_ms)
     except (msgspec.MsgspecError, ValueError):
         return None
     if event.userId is None and event.anonymousId is None:

@@ -34,6 +34,9 @@ class EventScan:
         a list) and the keys allowed there."""
     def model_of(self, json: bytes) -> int:
         """The index of the model ``json`` is for if it is plain, else -1."""
+    def scan(self, json: bytes) -> tuple[int, int | None, int | None]:
+        """``(model, timestamp_ms, received_ms)``: :meth:`model_of`, and the ``timestamp`` and ``receivedAt``
+        of a plain event in epoch milliseconds where they are in the common form (else None)."""
 
 class EpochMs:
     """``general(text)``, computed natively for date-times in the common form (``2026-01-05T10:00:00.123Z``,

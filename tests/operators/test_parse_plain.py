@@ -156,6 +156,7 @@ def corpus() -> list[bytes]:
         viewed[:-1] + b',"x":012}',
         viewed[:-1] + b',"x\\u0041":1}',
         viewed[:-1] + b',"x":-}',
+        viewed.replace(b'"timestamp":"2', b'"timestamp":"\\u0032'),
         viewed.replace(b'"type":"track"', b'"type":"tr\\u0061ck"'),
         viewed.replace(b'"type":"track"', b'"\\u0074ype":"track"'),
         viewed + b" x",

@@ -1,5 +1,6 @@
 //! One quick pass over an input event's JSON bytes, before it is decoded: which model it is for,
-//! and whether it is plain enough to be decoded straight into that model.
+//! whether it is plain enough to be decoded straight into that model, and its `timestamp` and
+//! `receivedAt` in epoch milliseconds.
 //!
 //! An event is plain when its bytes are UTF-8 and one JSON object, no object repeats a key, no
 //! key is escaped, no string holds a surrogate escape or a control character, no integer has more
@@ -9,6 +10,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::timestamps;
 
 /// What [`EventScan::model_of`] answers for an event that is not plain.
 pub const NOT_PLAIN: i64 = -1;
@@ -116,35 +119,37 @@ impl EventScan {
 
     /// The index of the model `json` is for if it is plain, else [`NOT_PLAIN`].
     pub fn model_of(&self, json: &[u8]) -> i64 {
-        if std::str::from_utf8(json).is_err() {
-            return NOT_PLAIN;
-        }
+        self.scan(json)
+            .map_or(NOT_PLAIN, |plain| plain.model as i64)
+    }
+
+    /// What a plain event is (see [`Plain`]), or `None` for any other.
+    pub fn scan(&self, json: &[u8]) -> Option<Plain> {
+        std::str::from_utf8(json).ok()?;
         let mut scan = Scan {
             json,
             at: 0,
             tree: &self.children,
             seen: Vec::with_capacity(32),
-            kind: None,
-            event: None,
+            top: [None; 4],
         };
         scan.blank();
-        if scan.peek() != Some(b'{') || scan.value(Some(0), 0).is_none() {
-            return NOT_PLAIN;
+        if scan.peek() != Some(b'{') {
+            return None;
         }
+        scan.value(Some(0), 0)?;
         scan.blank();
         if scan.at != json.len() {
-            return NOT_PLAIN;
+            return None;
         }
-        let model = match (scan.kind, scan.event) {
+        let [kind, event, timestamp, received_at] = scan.top;
+        let model = match (kind, event) {
             (Some(Text::Plain(b"track")), Some(Text::Plain(name))) => {
                 *self.tracks.get(name).unwrap_or(&self.unknown_track)
             }
-            (Some(Text::Plain(b"track")), _) => return NOT_PLAIN,
-            (Some(Text::Plain(kind)), _) => match self.calls.get(kind) {
-                Some(model) => *model,
-                None => return NOT_PLAIN,
-            },
-            _ => return NOT_PLAIN,
+            (Some(Text::Plain(b"track")), _) => return None,
+            (Some(Text::Plain(kind)), _) => *self.calls.get(kind)?,
+            _ => return None,
         };
         let allowed = &self.allowed[model];
         let all_known = scan
@@ -154,16 +159,32 @@ impl EventScan {
                 Some(Some(keys)) => keys.contains(*key),
                 _ => true,
             });
-        if all_known {
-            model as i64
-        } else {
-            NOT_PLAIN
-        }
+        let millis = |text: Option<Text>| match text {
+            Some(Text::Plain(text)) => timestamps::epoch_ms(text),
+            _ => None,
+        };
+        all_known.then(|| Plain {
+            model,
+            timestamp_ms: millis(timestamp),
+            received_ms: millis(received_at),
+        })
     }
 }
 
+/// A plain event: its model, and its `timestamp` and `receivedAt` in epoch milliseconds where they
+/// are in the common form (see [`timestamps`]; `None` otherwise, or where not sent).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plain {
+    pub model: usize,
+    pub timestamp_ms: Option<i64>,
+    pub received_ms: Option<i64>,
+}
+
+/// The top-level keys whose values [`EventScan::scan`] reads, in the order of `Scan::top`.
+const TOP_KEYS: [&[u8]; 4] = [b"type", b"event", b"timestamp", b"receivedAt"];
+
 /// A top-level string value: plain text, or something else (escaped text, or not a string).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Text<'a> {
     Plain(&'a [u8]),
     Other,
@@ -175,8 +196,8 @@ struct Scan<'a> {
     tree: &'a [Vec<(Option<Vec<u8>>, usize)>],
     /// Keys met in the containers of the tree, by node.
     seen: Vec<(usize, &'a [u8])>,
-    kind: Option<Text<'a>>,
-    event: Option<Text<'a>>,
+    /// The values of [`TOP_KEYS`] at the top level.
+    top: [Option<Text<'a>>; 4],
 }
 
 impl<'a> Scan<'a> {
@@ -251,10 +272,8 @@ impl<'a> Scan<'a> {
             self.expect(b':')?;
             let text = self.value(self.child(node, Some(key)), depth)?;
             if node == Some(0) {
-                match key {
-                    b"type" => self.kind = Some(text),
-                    b"event" => self.event = Some(text),
-                    _ => {}
+                if let Some(at) = TOP_KEYS.iter().position(|name| *name == key) {
+                    self.top[at] = Some(text);
                 }
             }
             self.blank();
@@ -447,7 +466,15 @@ mod tests {
     /// Model 0: page (top level and `context` closed), model 1: orders (lines closed too),
     /// model 2: unknown track events.
     fn scan() -> EventScan {
-        let top = names(&["type", "event", "messageId", "context", "properties"]);
+        let top = names(&[
+            "type",
+            "event",
+            "messageId",
+            "timestamp",
+            "receivedAt",
+            "context",
+            "properties",
+        ]);
         let context = (vec![key("context")], names(&["channel"]));
         let lines = (
             vec![key("properties"), key("products"), Step::Element],
@@ -479,6 +506,24 @@ mod tests {
         assert_eq!(model(r#"{"type":"track","event":7}"#), NOT_PLAIN);
         assert_eq!(model(r#"{"type":"p\u0061ge"}"#), NOT_PLAIN);
         assert_eq!(model(r#"{"properties":{"type":"page"}}"#), NOT_PLAIN);
+    }
+
+    #[test]
+    fn the_timestamp_and_received_at_in_the_common_form_are_read() {
+        let json = r#"{"type":"page","timestamp":"2026-01-05T10:00:00.123Z","receivedAt":"2026-01-05T11:00:00+01:00"}"#;
+        let plain = Plain {
+            model: 0,
+            timestamp_ms: Some(1_767_607_200_123),
+            received_ms: Some(1_767_607_200_000),
+        };
+        assert_eq!(scan().scan(json.as_bytes()), Some(plain));
+        let other = r#"{"type":"page","timestamp":"2026-01-05 10:00:00Z","properties":{"receivedAt":"2026-01-05T10:00:00Z"}}"#;
+        let plain = Plain {
+            model: 0,
+            timestamp_ms: None,
+            received_ms: None,
+        };
+        assert_eq!(scan().scan(other.as_bytes()), Some(plain));
     }
 
     #[test]

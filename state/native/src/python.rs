@@ -132,6 +132,15 @@ impl EventScan {
     fn model_of(&self, json: &[u8]) -> i64 {
         self.inner.model_of(json)
     }
+
+    /// ``(model, timestamp_ms, received_ms)``: :meth:`model_of`, and the ``timestamp`` and ``receivedAt``
+    /// of a plain event in epoch milliseconds where they are in the common form (else None).
+    fn scan(&self, json: &[u8]) -> (i64, Option<i64>, Option<i64>) {
+        match self.inner.scan(json) {
+            Some(plain) => (plain.model as i64, plain.timestamp_ms, plain.received_ms),
+            None => (event_scan::NOT_PLAIN, None, None),
+        }
+    }
 }
 
 /// ``general(text)``, computed natively for date-times in the common form (``2026-01-05T10:00:00.123Z``,
