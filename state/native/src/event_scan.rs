@@ -20,27 +20,34 @@ pub const MAX_DEPTH: usize = 64;
 /// Integers with more digits than this make an event not plain (JSON decoders disagree on them).
 const MAX_INT_DIGITS: usize = 18;
 
-/// A fast hash of short keys from our own tables, eight bytes at a time (as rustc's FxHash).
+/// A fast hash of short keys from our own tables: their [`fingerprint`], mixed (as rustc's FxHash).
 #[derive(Default)]
-struct WordHash(u64);
+struct KeyHash(u64);
 
-impl Hasher for WordHash {
+impl Hasher for KeyHash {
     fn finish(&self) -> u64 {
         self.0
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
+        self.0 = (self.0.rotate_left(5) ^ fingerprint(bytes)).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
 }
 
-type Keys = HashSet<Vec<u8>, BuildHasherDefault<WordHash>>;
-type Names = HashMap<Vec<u8>, usize, BuildHasherDefault<WordHash>>;
+/// A key's first and last eight bytes and its length, folded into one word: equal keys have equal
+/// fingerprints, and keys of different fingerprints differ (compared first, bytes only if equal).
+fn fingerprint(key: &[u8]) -> u64 {
+    let length = key.len() as u64;
+    if key.len() >= 8 {
+        let word = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().unwrap_or_default());
+        word(0) ^ word(key.len() - 8).rotate_left(29) ^ length << 59
+    } else {
+        key.iter()
+            .fold(length << 59, |word, byte| word << 8 | u64::from(*byte))
+    }
+}
+
+type Names = HashMap<Vec<u8>, usize, BuildHasherDefault<KeyHash>>;
 
 /// A step of a container's path: an object's key, or any element of an array.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +70,11 @@ pub struct EventScan {
     /// The paths of all closed containers as a tree: node 0 is the top level; each node lists its
     /// children by key (an array's elements under `None`).
     children: Vec<Vec<(Option<Vec<u8>>, usize)>>,
-    /// Per model, per node: the keys allowed there, or `None` where the container is open.
-    allowed: Vec<Vec<Option<Keys>>>,
+    /// Every key allowed in some closed container -> its number.
+    known: Names,
+    /// Per model, per node: the numbers of the keys allowed there (a bit set), or `None` where the
+    /// container is open.
+    allowed: Vec<Vec<Option<Vec<u64>>>>,
 }
 
 impl EventScan {
@@ -76,7 +86,8 @@ impl EventScan {
         closed: Vec<Closed>,
     ) -> Self {
         let mut children: Vec<Vec<(Option<Vec<u8>>, usize)>> = vec![Vec::new()];
-        let mut allowed: Vec<Vec<Option<Keys>>> = vec![Vec::new(); closed.len()];
+        let mut known = Names::default();
+        let mut allowed: Vec<Vec<Option<Vec<u64>>>> = vec![Vec::new(); closed.len()];
         for (model, containers) in closed.into_iter().enumerate() {
             for (path, keys) in containers {
                 let mut node = 0;
@@ -99,7 +110,16 @@ impl EventScan {
                 if per_node.len() <= node {
                     per_node.resize(node + 1, None);
                 }
-                per_node[node] = Some(keys.into_iter().map(String::into_bytes).collect());
+                let mut bits = Vec::new();
+                for key in keys {
+                    let count = known.len();
+                    let number = *known.entry(key.into_bytes()).or_insert(count);
+                    if bits.len() <= number / 64 {
+                        bits.resize(number / 64 + 1, 0);
+                    }
+                    bits[number / 64] |= 1 << (number % 64);
+                }
+                per_node[node] = Some(bits);
             }
         }
         let names = |pairs: Vec<(String, usize)>| {
@@ -113,6 +133,7 @@ impl EventScan {
             tracks: names(tracks),
             unknown_track,
             children,
+            known,
             allowed,
         }
     }
@@ -156,7 +177,10 @@ impl EventScan {
             .seen
             .iter()
             .all(|(node, key)| match allowed.get(*node) {
-                Some(Some(keys)) => keys.contains(*key),
+                Some(Some(bits)) => self.known.get(*key).map_or(false, |number| {
+                    bits.get(number / 64)
+                        .map_or(false, |word| word >> (number % 64) & 1 == 1)
+                }),
                 _ => true,
             });
         let millis = |text: Option<Text>| match text {
@@ -404,10 +428,10 @@ impl<'a> Scan<'a> {
     }
 }
 
-/// An object's keys: the first few in place, all in a hash set once there are many.
+/// An object's keys: the first few in place (with their fingerprints), all in a hash set once there are many.
 #[derive(Default)]
 struct KeySet<'a> {
-    few: [&'a [u8]; FEW_KEYS],
+    few: [(u64, &'a [u8]); FEW_KEYS],
     count: usize,
     many: HashSet<&'a [u8]>,
 }
@@ -418,13 +442,17 @@ impl<'a> KeySet<'a> {
     /// Adds `key`; false if it was there.
     fn insert(&mut self, key: &'a [u8]) -> bool {
         if self.count < FEW_KEYS {
-            if self.few[..self.count].contains(&key) {
+            let print = fingerprint(key);
+            if self.few[..self.count]
+                .iter()
+                .any(|(other, known)| *other == print && *known == key)
+            {
                 return false;
             }
-            self.few[self.count] = key;
+            self.few[self.count] = (print, key);
         } else {
             if self.count == FEW_KEYS {
-                self.many.extend(self.few);
+                self.many.extend(self.few.iter().map(|(_, key)| *key));
             }
             if !self.many.insert(key) {
                 return false;
