@@ -4,7 +4,7 @@
 //!
 //! An event is plain when its bytes are UTF-8 and one JSON object, no object repeats a key, no
 //! key is escaped, no string holds a surrogate escape or a control character, no integer has more
-//! than 18 digits, no number has an exponent, nesting stays under [`MAX_DEPTH`], and every key of
+//! than 18 digits, no number has an exponent, nesting is at most [`MAX_DEPTH`] deep, and every key of
 //! a closed container (the top level, `context`, ...) is one its model allows. Anything else is
 //! [`NOT_PLAIN`]: the caller then takes its general, slower way, which says exactly what is wrong.
 
@@ -34,8 +34,8 @@ impl Hasher for KeyHash {
     }
 }
 
-/// A key's first and last eight bytes and its length, folded into one word: equal keys have equal
-/// fingerprints, and keys of different fingerprints differ (compared first, bytes only if equal).
+/// A key's first and last eight bytes (a shorter key's bytes) and its length, folded into one word:
+/// keys with different fingerprints differ, so fingerprints are compared first, bytes only if equal.
 fn fingerprint(key: &[u8]) -> u64 {
     let length = key.len() as u64;
     if key.len() >= 8 {
