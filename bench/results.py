@@ -77,8 +77,8 @@ SECTIONS = (
         "parse",
         "Parsing: bytes to validated envelopes",
         ("bench/parse_bench.py",),
-        "CPU per event of decoding and validating the event contract (msgspec Structs), by part, and of reading "
-        "an event after it crossed processes.",
+        "CPU per event of decoding and validating the event contract (msgspec Structs), by part, against the "
+        "general way every event took before, and of reading an event after it crossed processes.",
     ),
     Section(
         "sink-memory",

@@ -9,9 +9,21 @@ from typing import Any
 import orjson
 
 from schemas.envelope import Envelope, envelope_of
-from schemas.events import ContractError, contract_notes, validate_event
+from schemas.events import (
+    CALL_MODELS,
+    EVENT_MODELS,
+    TRACK_MODELS,
+    ContractError,
+    UnknownTrack,
+    closed_containers,
+    contract_notes,
+    decode_plain,
+    validate_event,
+)
 from schemas.items import DEFAULT_MAX_EVENT_BYTES, RawEvent
 from schemas.records import dead_letter
+from schemas.timestamps import epoch_ms
+from state._native import EpochMs, EventScan
 
 MAX_UNKNOWN_FIELDS = 50
 """Distinct unknown field paths a shard counts by name; the rest count as ``(other paths)``."""
@@ -69,11 +81,27 @@ class Rejected:
     reason: str
 
 
-def parse(raw: RawEvent, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Envelope | Rejected:
-    """Decode (orjson), validate (msgspec Structs, :func:`schemas.events.validate_event`) and wrap one event.
+_SCAN = EventScan(
+    [(kind, EVENT_MODELS.index(model)) for kind, model in CALL_MODELS.items()],
+    [(name, EVENT_MODELS.index(model)) for name, model in TRACK_MODELS.items()],
+    EVENT_MODELS.index(UnknownTrack),
+    [[(path, sorted(keys)) for path, keys in closed_containers(model)] for model in EVENT_MODELS],
+)
+"""Which of :data:`schemas.events.EVENT_MODELS` an event is for, when it is plain: one JSON object with
+no repeated key and no unknown field to count (``state/native/src/event_scan.rs``); with its
+``timestamp`` and ``receivedAt`` read on the way."""
+_EPOCH_MS = EpochMs(epoch_ms)
+""":func:`schemas.timestamps.epoch_ms`, the common forms read natively: for the date-times the scan leaves."""
 
-    Whatever the bytes, this returns: an input that makes parsing itself raise is a
-    ``processing_error`` dead letter, never an exception that would stop the flow.
+
+def parse(raw: RawEvent, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Envelope | Rejected:
+    """Decode, validate (msgspec Structs) and wrap one event.
+
+    A plain event (see :data:`_SCAN`) is decoded straight into its model
+    (:func:`schemas.events.decode_plain`); any other, or one that does not decode so, takes the
+    general way (orjson, :func:`schemas.events.validate_event`), which gives the same envelope or
+    says what is wrong. Whatever the bytes, this returns: an input that makes parsing itself raise
+    is a ``processing_error`` dead letter, never an exception that would stop the flow.
     """
     try:
         return _parse(raw, max_bytes)
@@ -88,6 +116,18 @@ def _parse(raw: RawEvent, max_bytes: int) -> Envelope | Rejected:
         return _reject(raw, reason, [message], processor)
     if len(payload) > max_bytes:
         return _reject(raw, "too_large", [f"event is {len(payload)} bytes, the limit is {max_bytes}"])
+    model, ts_ms, received_ms = _SCAN.scan(payload)
+    if model >= 0:
+        decoded = decode_plain(payload, EVENT_MODELS[model], _EPOCH_MS, ts_ms, received_ms)
+        if decoded is not None:
+            event, ts_ms, received_ms = decoded
+            return envelope_of(event, payload, raw.seq, raw.position, ts_ms, received_ms, raw.arrived)
+    return _parse_generally(raw)
+
+
+def _parse_generally(raw: RawEvent) -> Envelope | Rejected:
+    """Any event, the general way: JSON to dicts, checked, validated, its notes taken."""
+    payload = raw.payload
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError as err:

@@ -81,21 +81,23 @@ def envelope_of(
 ) -> Envelope:
     """Wrap a validated event, its ``timestamp`` and ``receivedAt`` in epoch milliseconds."""
     name = event_name(event)
+    anonymous_id = event.previousId if type(event) is AliasEvent else event.anonymousId
+    # positional (per event, keywords cost more): the fields in the order Envelope lists them
     return Envelope(
-        seq=seq,
-        position=position,
-        raw=raw,
-        validated=event,
-        name=name,
-        message_id=event.messageId,
-        user_id=event.userId,
-        anonymous_id=event.previousId if isinstance(event, AliasEvent) else event.anonymousId,
-        ts_ms=ts_ms,
-        mark_ms=ts_ms,
-        received_ms=received_ms,
-        known=name in KNOWN_NAMES,
-        arrived=arrived,
-        notes=notes,
+        seq,
+        position,
+        raw,
+        event,
+        name,
+        event.messageId,
+        event.userId,
+        anonymous_id,
+        ts_ms,
+        ts_ms,  # mark_ms
+        received_ms,
+        name in KNOWN_NAMES,
+        arrived,
+        notes,
     )
 
 

@@ -14,6 +14,7 @@ A bad line of an order or checkout drops that line, not the event (see :class:`O
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
@@ -382,16 +383,58 @@ def validate_event(data: dict[str, Any]) -> tuple[AnyEvent, int, int | None]:
     except msgspec.ValidationError as err:
         event = _repaired(data, model, err)
     try:
-        ts_ms = epoch_ms(event.timestamp)
-        received_ms = None if event.receivedAt is None else epoch_ms(event.receivedAt)
-        if event.sentAt is not None:
-            epoch_ms(event.sentAt)
-        if model is IdentifyEvent and event.traits.created_at is not None:
-            epoch_ms(event.traits.created_at)
+        ts_ms, received_ms = _times(event)
     except ValueError:
         raise _rejection(model, data) from None
     if event.userId is None and event.anonymousId is None:
         raise ContractError([("", "Value error, userId or anonymousId is required")])
+    return event, ts_ms, received_ms
+
+
+def _times(
+    event: Any, read: Callable[[str], int] = epoch_ms, ts_ms: int | None = None, received_ms: int | None = None
+) -> tuple[int, int | None]:
+    """The event's ``timestamp`` and ``receivedAt`` in epoch milliseconds (``ts_ms`` and ``received_ms``
+    if they were read already), once all its date-times are read (by ``read``, :func:`epoch_ms` or the
+    same faster); ValueError if one is not a date-time."""
+    if ts_ms is None:
+        ts_ms = read(event.timestamp)
+    if received_ms is None and event.receivedAt is not None:
+        received_ms = read(event.receivedAt)
+    if event.sentAt is not None:
+        read(event.sentAt)
+    if type(event) is IdentifyEvent and event.traits.created_at is not None:
+        read(event.traits.created_at)
+    return ts_ms, received_ms
+
+
+EVENT_MODELS: tuple[type[_Call], ...] = (*CALL_MODELS.values(), *dict.fromkeys(TRACK_MODELS.values()), UnknownTrack)
+"""Every model an accepted event can be."""
+_DECODERS = {model: msgspec.json.Decoder(model) for model in EVENT_MODELS}
+
+
+def decode_plain(
+    raw: bytes,
+    model: type[_Call],
+    read_time: Callable[[str], int] = epoch_ms,
+    ts_ms: int | None = None,
+    received_ms: int | None = None,
+) -> tuple[AnyEvent, int, int | None] | None:
+    """What :func:`validate_event` gives for the JSON object ``raw``, decoded straight into ``model``
+    (one pass, no dicts), or None when that is not enough: a problem, a coercion, a dropped line.
+
+    Only for bytes known to be plain (``state._native.EventScan``): one JSON object that decoders
+    read alike, with no repeated key, and ``model`` the one :func:`model_for` picks for it.
+    ``read_time`` reads date-times as :func:`epoch_ms` does (``state._native.EpochMs`` is faster);
+    ``ts_ms`` and ``received_ms`` are the ``timestamp`` and ``receivedAt`` if already read from ``raw``.
+    """
+    try:
+        event = _DECODERS[model].decode(raw)
+        ts_ms, received_ms = _times(event, read_time, ts_ms, received_ms)
+    except (msgspec.MsgspecError, ValueError):
+        return None
+    if event.userId is None and event.anonymousId is None:
+        return None
     return event, ts_ms, received_ms
 
 
@@ -696,6 +739,24 @@ _WITH_LINES = frozenset({OrderEvent, CheckoutEvent})
 _CLOSED_PROPERTIES = {
     event: field_names(_field(event, "properties").type) for event in (ConsentEvent, StoreVisitEvent, ErasureEvent)
 }
+
+
+def closed_containers(model: type[_Call]) -> list[tuple[tuple[str | None, ...], frozenset[str]]]:
+    """The containers of a ``model`` event whose unknown keys :func:`contract_notes` counts, by path
+    (``None`` for any element of a list), with the keys known there."""
+    containers = [
+        ((), _KNOWN_FIELDS[model]),
+        (("context",), _KNOWN_CONTEXT),
+        (("context", "store"), _KNOWN_STORE),
+        (("context", "location"), _KNOWN_LOCATION),
+    ]
+    if model in _WITH_LINES:
+        containers.append((("properties", "products", None), _KNOWN_LINE))
+    elif model in _CLOSED_PROPERTIES:
+        containers.append((("properties",), _CLOSED_PROPERTIES[model]))
+    return containers
+
+
 MAX_PATH_KEY = 100
 """Characters of an unknown key kept in its path."""
 

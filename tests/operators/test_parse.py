@@ -338,6 +338,8 @@ def test_an_error_inside_parsing_is_a_dead_letter_not_an_exception(monkeypatch):
     def broken(*args: Any) -> None:
         raise RuntimeError("validator blew up")
 
+    monkeypatch.setattr(parse_module, "decode_plain", broken)
     monkeypatch.setattr(parse_module, "validate_event", broken)
-    record = rejected(parse(raw(call("page"))))
-    assert (record["reason"], record["messages"]) == ("processing_error", ["RuntimeError: validator blew up"])
+    for event in (call("page"), call("page", userID="u")):  # a plain event, and one with an unknown field
+        record = rejected(parse(raw(event)))
+        assert (record["reason"], record["messages"]) == ("processing_error", ["RuntimeError: validator blew up"])

@@ -1,19 +1,22 @@
-"""The compiled module ``state._native``: it is the Rust build of the current sources, and its
-dedupe memory behaves as the identity stage's ordered dict of message ids did."""
+"""The compiled module ``state._native``: it is the Rust build of the current sources, its dedupe
+memory behaves as the identity stage's ordered dict of message ids did, and its date-times read as
+``schemas.timestamps.epoch_ms`` reads them."""
 
 from __future__ import annotations
 
 import importlib.machinery
 import pickle
 from collections import OrderedDict
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import state._native as native
-from state._native import Dedupe
+from schemas.timestamps import epoch_ms
+from state._native import Dedupe, EpochMs
 
 CRATE = Path(__file__).resolve().parents[2] / "state" / "native"
 
@@ -111,3 +114,45 @@ def test_unreadable_bytes_are_refused_clearly(data, message):
 def test_a_memory_of_no_ids_is_refused():
     with pytest.raises(ValueError, match="at least one id"):
         Dedupe(0)
+
+
+def read_both(text: str) -> tuple[object, object]:
+    """What ``EpochMs(epoch_ms)`` and ``epoch_ms`` make of ``text``: milliseconds, or the error."""
+    answers: list[object] = []
+    for read in (EpochMs(epoch_ms), epoch_ms):
+        try:
+            answers.append(read(text))
+        except (TypeError, ValueError) as err:
+            answers.append(f"{type(err).__name__}: {err}")
+    return answers[0], answers[1]
+
+
+@st.composite
+def common_date_times(draw: st.DrawFn) -> str:
+    """Date-times mostly in the common form (``2026-01-05T10:00:00.123Z``, ``+01:00``), some just off it."""
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=draw(st.integers(-(2**55), 2**55)))
+    offset = timedelta(minutes=draw(st.integers(-24 * 60 + 1, 24 * 60 - 1)))
+    text = moment.astimezone(timezone(offset)).isoformat(timespec=draw(st.sampled_from(["seconds", "milliseconds"])))
+    if offset == timedelta(0) and draw(st.booleans()):
+        text = text.replace("+00:00", "Z")
+    if draw(st.integers(0, 3)) == 0:  # a character changed: digits out of range, other separators, no zone
+        at = draw(st.integers(0, len(text) - 1))
+        text = text[:at] + draw(st.sampled_from("0123456789Zz+-:. T_,x")) + text[at + 1 :]
+    return text
+
+
+@settings(max_examples=1500, deadline=None)
+@given(common_date_times())
+@example("9999-12-31T23:59:59.999999Z")
+@example("1685-01-01T00:00:00.001Z")
+@example("2026-01-05T10:00:00.1234567+01:00")
+@example("0000-01-01T00:00:00Z")
+def test_native_date_times_read_as_epoch_ms_reads_them(text):
+    native, general = read_both(text)
+    assert native == general, text
+
+
+def test_native_date_times_hand_other_values_to_the_general_way():
+    for value in (None, 1767607200, b"2026-01-05T10:00:00Z", "\ud800"):
+        native, general = read_both(value)  # type: ignore[arg-type]
+        assert native == general, value

@@ -4,8 +4,10 @@
 //! feature (on by default) wraps it for Python in [`python`].
 
 pub mod dedupe;
+pub mod event_scan;
 pub mod recommend;
 pub mod sample;
+pub mod timestamps;
 
 #[cfg(feature = "python")]
 mod python;

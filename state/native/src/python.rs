@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::recommend::{self, Layout, WINDOW};
-use crate::{dedupe, sample};
+use crate::{dedupe, event_scan, sample, timestamps};
 
 /// Dedupe memory: the last ``capacity`` message ids (as 128-bit hashes), forgetting the oldest first.
 #[pyclass(module = "state._native", name = "Dedupe")]
@@ -434,6 +434,90 @@ impl CoOccurrence {
         m.reciprocal_rank_micro = item(state, "reciprocal_rank_micro")?.extract()?;
         m.baseline_hits = item(state, "baseline_hits")?.extract()?;
         Ok(())
+/// A quick pass over an input event's JSON bytes: which model it is for, if it is plain enough to
+/// be decoded straight into it (see ``state/native/src/event_scan.rs``).
+#[pyclass(module = "state._native", name = "EventScan", frozen)]
+struct EventScan {
+    inner: event_scan::EventScan,
+}
+
+/// A closed container: its path (``None`` for any element of an array) and the keys allowed there.
+type Container = (Vec<Option<String>>, Vec<String>);
+
+#[pymethods]
+impl EventScan {
+    #[new]
+    fn new(
+        calls: Vec<(String, usize)>,
+        tracks: Vec<(String, usize)>,
+        unknown_track: usize,
+        closed: Vec<Vec<Container>>,
+    ) -> PyResult<Self> {
+        let models = closed.len();
+        if calls
+            .iter()
+            .chain(&tracks)
+            .any(|(_, model)| *model >= models)
+            || unknown_track >= models
+        {
+            return Err(PyValueError::new_err(
+                "a model index beyond the closed containers given",
+            ));
+        }
+        let step =
+            |step: Option<String>| step.map_or(event_scan::Step::Element, event_scan::Step::Key);
+        let closed = closed
+            .into_iter()
+            .map(|containers| {
+                containers
+                    .into_iter()
+                    .map(|(path, keys)| (path.into_iter().map(step).collect(), keys))
+                    .collect()
+            })
+            .collect();
+        Ok(Self {
+            inner: event_scan::EventScan::new(calls, tracks, unknown_track, closed),
+        })
+    }
+
+    /// The index of the model ``json`` is for if it is plain, else -1.
+    fn model_of(&self, json: &[u8]) -> i64 {
+        self.inner.model_of(json)
+    }
+
+    /// ``(model, timestamp_ms, received_ms)``: :meth:`model_of`, and the ``timestamp`` and ``receivedAt``
+    /// of a plain event in epoch milliseconds where they are in the common form (else None).
+    fn scan(&self, json: &[u8]) -> (i64, Option<i64>, Option<i64>) {
+        match self.inner.scan(json) {
+            Some(plain) => (plain.model as i64, plain.timestamp_ms, plain.received_ms),
+            None => (event_scan::NOT_PLAIN, None, None),
+        }
+    }
+}
+
+/// ``general(text)``, computed natively for date-times in the common form (``2026-01-05T10:00:00.123Z``,
+/// ``...+01:00``): epoch milliseconds of ISO 8601 text, as ``schemas.timestamps.epoch_ms`` reads them.
+#[pyclass(module = "state._native", name = "EpochMs", frozen)]
+struct EpochMs {
+    general: Py<PyAny>,
+}
+
+#[pymethods]
+impl EpochMs {
+    #[new]
+    fn new(general: Py<PyAny>) -> Self {
+        Self { general }
+    }
+
+    fn __call__(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<PyObject> {
+        if let Some(ms) = text
+            .downcast::<PyString>()
+            .ok()
+            .and_then(|text| timestamps::epoch_ms(text.to_str().ok()?.as_bytes()))
+        {
+            return Ok(ms.into_pyobject(py)?.into_any().unbind());
+        }
+        self.general.call1(py, (text,))
     }
 }
 
@@ -442,5 +526,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Dedupe>()?;
     module.add_class::<CoOccurrence>()?;
     module.add_function(wrap_pyfunction!(sampled, module)?)?;
+    module.add_class::<EventScan>()?;
+    module.add_class::<EpochMs>()?;
     Ok(())
 }

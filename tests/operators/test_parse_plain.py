@@ -1,0 +1,217 @@
+"""Plain events are decoded straight into their model; every input still parses exactly as the
+general way (orjson, dicts, validation) parses it: same envelope, or the same dead letter."""
+
+from __future__ import annotations
+
+import copy
+import json
+from random import Random
+from typing import Any
+
+import orjson
+import pytest
+
+import operators.parse as parse_module
+from connectors.synthetic import generate_events
+from operators.parse import _SCAN, Rejected, _parse_generally, parse
+from schemas.envelope import Envelope
+from schemas.items import RawEvent
+
+ODD_VALUES: list[Any] = [
+    "12.5",
+    12.5,
+    2.0,
+    2,
+    -3,
+    0,
+    -0.0,
+    True,
+    None,
+    "",
+    [],
+    {},
+    "x" * 250,
+    1e308,
+    1e-320,
+    0.1 + 0.2,
+    10**18,
+    10**19,
+    10**30,
+    -(10**25),
+    "2026-01-05T10:00:00Z",
+    "caf\u00e9 \U0001f600",
+    "tab\there",
+    "\u0000",
+]
+ODD_TIMES: list[Any] = [
+    "2026-01-05T10:00:00Z",
+    "2026-01-05T10:00:00.1234567+01:00",
+    "2026-01-05T10:00:00.5-00:30",
+    "2026-01-05 10:00:00Z",
+    "2026-01-05t10:00:00z",
+    "2026-01-05T10:00Z",
+    "2026-01-05T10:00:00",
+    "2026-01-05T10:00:00,5Z",
+    "2026-01-05T10:00:00+0100",
+    "2026-02-30T00:00:00Z",
+    "2026-01-05T24:00:00Z",
+    "2026-01-05T10:00:00+24:00",
+    "0000-01-01T00:00:00Z",
+    "0001-01-01T00:00:00.000Z",
+    "1600-02-29T12:00:00.999Z",
+    "9999-12-31T23:59:59.999999Z",
+    "2026-01-05",
+    "1767607200",
+    1767607200,
+    "",
+]
+ODD_KEYS = ["userID", "store_id", "qty", "extra", "region", "integrations", "variant", "type", "event", "product_id"]
+TIME_FIELDS = [("timestamp",), ("receivedAt",), ("sentAt",), ("traits", "created_at")]
+
+
+def encode(value: Any, rng: Random, spaced: bool, repeat_in: Any = None) -> str:
+    """JSON text of ``value``; ``spaced`` with blanks, the object ``repeat_in`` with a key twice."""
+    comma, colon = (" ,\n ", " : ") if spaced else (",", ":")
+    if isinstance(value, dict):
+        items = [json.dumps(key) + colon + encode(child, rng, spaced, repeat_in) for key, child in value.items()]
+        if value is repeat_in and items:
+            items.insert(rng.randrange(len(items) + 1), rng.choice(items))
+        return "{" + comma.join(items) + "}"
+    if isinstance(value, list):
+        return "[" + comma.join(encode(child, rng, spaced, repeat_in) for child in value) + "]"
+    return json.dumps(value, ensure_ascii=rng.random() < 0.5)
+
+
+def containers(value: Any) -> list[Any]:
+    """Every object and list in ``value``."""
+    found, stack = [], [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict | list):
+            found.append(node)
+            stack.extend(node.values() if isinstance(node, dict) else node)
+    return found
+
+
+def odd_value(rng: Random) -> Any:
+    return copy.deepcopy(rng.choice(ODD_VALUES))
+
+
+def mutated(event: dict[str, Any], rng: Random) -> dict[str, Any]:
+    """A copy of ``event`` with one thing changed: a value of another type, a field gone, an unknown
+    key, an odd date-time, a deep nesting, an odd ``type`` or ``event``."""
+    event = orjson.loads(orjson.dumps(event))
+    kind = rng.randrange(7)
+    nodes = containers(event)
+    objects = [node for node in nodes if isinstance(node, dict) and node]
+    if kind == 0:
+        target = rng.choice(nodes)
+        if isinstance(target, dict) and target:
+            target[rng.choice(list(target))] = odd_value(rng)
+        elif isinstance(target, list) and target:
+            target[rng.randrange(len(target))] = odd_value(rng)
+    elif kind == 1:
+        target = rng.choice(objects)
+        del target[rng.choice(list(target))]
+    elif kind == 2:
+        rng.choice(objects)[rng.choice(ODD_KEYS)] = odd_value(rng)
+    elif kind == 3:
+        path = rng.choice(TIME_FIELDS)
+        holder = event.setdefault("traits", {}) if len(path) == 2 else event
+        if isinstance(holder, dict):
+            holder[path[-1]] = rng.choice(ODD_TIMES)
+    elif kind == 4:
+        depth = rng.choice([10, 62, 63, 64, 65, 300])
+        nested: Any = 1
+        for _ in range(depth):
+            nested = [nested] if rng.random() < 0.5 else {"d": nested}
+        rng.choice(objects)["deep"] = nested
+    elif kind == 5:
+        event["type"] = rng.choice(["track", "identify", "page", "screen", "alias", "Track", "group", 7, None])
+    else:
+        event["event"] = rng.choice(["Product Viewed", "Order Completed", "Wished", "identify", "", 7, None])
+    return event
+
+
+def corpus() -> list[bytes]:
+    """The generated stream as sent, in other layouts, mutated, and a few hand-made oddities."""
+    rng = Random(20261130)
+    events = list(generate_events(40, 3, seed=5, defects=0.05))
+    payloads = [orjson.dumps(event) for event in events]
+    for event in events:
+        spaced = rng.random() < 0.2
+        payloads.append(encode(event, rng, spaced).encode())
+        odd = mutated(event, rng)
+        repeated = rng.choice(containers(odd)) if rng.random() < 0.2 else None
+        payloads.append(encode(odd, rng, spaced, repeated).encode())
+    viewed = payloads[0]
+    payloads += [
+        viewed[:-1] + b',"properties":{"a":1e2}}',
+        viewed[:-1] + b',"x":1E400}',
+        viewed[:-1] + b',"x":"\\ud800"}',
+        viewed[:-1] + b',"x":"\\ud83d\\ude00"}',
+        viewed[:-1] + b',"x":"\xff"}',
+        viewed[:-1] + b',"x":"a\tb"}',
+        viewed[:-1] + b',"x":NaN}',
+        viewed[:-1] + b',"x":012}',
+        viewed[:-1] + b',"x\\u0041":1}',
+        viewed[:-1] + b',"x":-}',
+        viewed.replace(b'"timestamp":"2', b'"timestamp":"\\u0032'),
+        viewed.replace(b'"type":"track"', b'"type":"tr\\u0061ck"'),
+        viewed.replace(b'"type":"track"', b'"\\u0074ype":"track"'),
+        viewed + b" x",
+        viewed + b"\n",
+        b"\xef\xbb\xbf" + viewed,
+        viewed[:-1],
+        b"[" + viewed + b"]",
+        b'"just text"',
+        b"",
+    ]
+    return payloads
+
+
+def outcome(result: Envelope | Rejected) -> tuple[Any, ...]:
+    """Everything a result holds, values told apart by type and sign (``2`` from ``2.0``, ``-0.0`` from ``0.0``)."""
+    if isinstance(result, Rejected):
+        return ("rejected", result.key, result.body, result.reason)
+    event = result.validated
+    fields = tuple(repr(getattr(result, name)) for name in result.__slots__ if name != "validated")
+    dropped = getattr(getattr(event, "properties", None), "dropped_lines", ())
+    return ("envelope", type(event), repr(event), dropped, fields)
+
+
+@pytest.fixture(scope="module")
+def payloads() -> list[bytes]:
+    return corpus()
+
+
+def test_every_input_parses_as_the_general_way_parses_it(payloads):
+    differ = []
+    for line, payload in enumerate(payloads):
+        raw = RawEvent(line, {"source": "corpus", "line": line}, payload)
+        if outcome(parse(raw)) != outcome(_parse_generally(raw)):
+            differ.append(payload)
+    assert not differ, differ[:3]
+
+
+def test_the_corpus_takes_both_ways_and_all_outcomes(payloads):
+    """So that the comparison above means something: most generated events are plain, and the
+    mutations give plain and general ones, accepted and rejected, with notes and without."""
+    results = [parse(RawEvent(n, {}, payload)) for n, payload in enumerate(payloads)]
+    plain = sum(_SCAN.model_of(payload) >= 0 for payload in payloads)
+    assert len(payloads) * 0.4 < plain < len(payloads) * 0.9
+    reasons = {result.reason for result in results if isinstance(result, Rejected)}
+    assert {"schema_invalid", "duplicate_key", "invalid_json", "not_utf8"} <= reasons
+    notes = {kind for result in results if isinstance(result, Envelope) for kind, _ in result.notes}
+    assert notes == {"unknown_fields", "order_lines_dropped"}
+
+
+def test_a_plain_event_is_not_validated_the_general_way(monkeypatch, payloads):
+    """The cheap way is the one taken: no dicts, no general validation for a plain event."""
+
+    def general(*args: Any) -> None:
+        raise AssertionError("validated the general way")
+
+    monkeypatch.setattr(parse_module, "validate_event", general)
+    monkeypatch.setattr(parse_module.orjson, "loads", general)
+    assert isinstance(parse(RawEvent(0, {}, payloads[0])), Envelope)
