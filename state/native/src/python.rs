@@ -434,6 +434,9 @@ impl CoOccurrence {
         m.reciprocal_rank_micro = item(state, "reciprocal_rank_micro")?.extract()?;
         m.baseline_hits = item(state, "baseline_hits")?.extract()?;
         Ok(())
+    }
+}
+
 /// A quick pass over an input event's JSON bytes: which model it is for, if it is plain enough to
 /// be decoded straight into it (see ``state/native/src/event_scan.rs``).
 #[pyclass(module = "state._native", name = "EventScan", frozen)]
