@@ -8,6 +8,7 @@ windows 30 days of buckets, traits an allowlist, ``caused_by`` lists a few ids.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -29,6 +30,10 @@ AFFINITY_K = 5
 CATEGORY_HALF_LIFE_MS = 14 * DAY_MS
 PRODUCT_HALF_LIFE_MS = 3 * DAY_MS
 TRAIT_KEYS: tuple[str, ...] = ("age_band", "city", "country", "urban", "gender", "loyalty_tier")
+EVERY_PART = frozenset({"counts", "hours", "session", "cart", "affinities", "traits", "consent"})
+"""The feature containers updates change in place (the windowed counts, the hours, the session,
+the cart, the affinities, traits, consent): a checkpoint copies those it is told may change."""
+NO_PART: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +108,9 @@ class Timer:
     """A pending timer: when it is due, what it fires once for, the events that armed it.
 
     ``scheduled_ms`` is the due time of this timer's entry in the shard's heap (``None``:
-    no entry yet); a timer pushed later keeps its older, earlier entry until that pops.
+    no entry yet); a timer pushed later keeps its older, earlier entry until that pops. While an
+    event or a timer is applied, a customer's timers are replaced (:meth:`moved`), never changed:
+    so a checkpoint keeps them by copying the dict that holds them.
     """
 
     __slots__ = ("cause", "caused_by", "due_ms", "scheduled_ms")
@@ -113,6 +120,12 @@ class Timer:
         self.cause = cause
         self.caused_by = caused_by
         self.scheduled_ms: int | None = None
+
+    def moved(self, due_ms: int, caused_by: list[str] | None = None) -> Timer:
+        """This timer due at ``due_ms`` instead (and caused by ``caused_by``), with its heap entry."""
+        timer = Timer(due_ms, self.cause, self.caused_by if caused_by is None else caused_by)
+        timer.scheduled_ms = self.scheduled_ms
+        return timer
 
 
 class CustomerState:
@@ -184,48 +197,26 @@ class CustomerState:
         self.bought: tuple[str, ...] = ()  # products of the last order
 
     # --- checkpoints, for undoing an update that failed halfway --------------------------
-    def checkpoint(self) -> Checkpoint:
-        """What :meth:`rollback` needs to put this state back as it is now.
+    def checkpoint(self, parts: frozenset[str] = EVERY_PART) -> Checkpoint:
+        """What :meth:`rollback` needs to put this state back as it is now, provided that of the
+        feature containers only ``parts`` (see :data:`EVERY_PART`) are changed in place until then.
 
-        Every field's value, plus a copy of what updates change in place (the contents of dicts,
-        lists, arrays, the session, the cart, the affinities and the timers). Taken before every
-        event, so kept cheap: no object is built but copies of built-in containers.
+        Every field's value is kept, and copies of the containers the engine changes in place
+        (``fired``, ``outcomes``, ``offers_open``, the timers' dict) and of ``parts``. Taken before
+        every event and timer, so kept cheap: no object is built but copies of built-in containers,
+        and only of what the update can change (:func:`state.update.changed_parts`).
         """
-        session, cart, timers = self.session, self.cart, self.timers
-        return (
-            _fields(self),
-            self.counts.buckets[:],
-            (self.categories.ref_ms, dict(self.categories.scores)),
-            (self.products.ref_ms, dict(self.products.scores)),
-            None if session is None else (session.last_ms, session.pages, session.products[:]),
-            None if cart is None else (dict(cart.items), cart.value, cart.last_add_ms),
-            self.hours[:],
-            dict(self.traits),
-            dict(self.consent),
-            dict(self.fired),
-            self.outcomes[:],
-            self.offers_open[:],
-            dict(timers),
-            [(timer.due_ms, timer.caused_by[:], timer.scheduled_ms) for timer in timers.values()],
-        )
+        saved = tuple((part, _SAVE[part](self)) for part in parts)
+        return _fields(self), dict(self.fired), self.outcomes[:], self.offers_open[:], dict(self.timers), saved
 
     def rollback(self, checkpoint: Checkpoint) -> None:
         """Put this state back as it was at ``checkpoint`` (taken by :meth:`checkpoint` on this object)."""
-        fields, buckets, categories, products, session, cart, hours, *containers, timers, timer_fields = checkpoint
+        fields, fired, outcomes, offers_open, timers, saved = checkpoint
         for name, value in zip(CustomerState.__slots__, fields, strict=True):
             setattr(self, name, value)
-        self.counts.buckets = buckets
-        self.categories.ref_ms, self.categories.scores = categories
-        self.products.ref_ms, self.products.scores = products
-        if session is not None:
-            self.session.last_ms, self.session.pages, self.session.products = session  # type: ignore[union-attr]
-        if cart is not None:
-            self.cart.items, self.cart.value, self.cart.last_add_ms = cart  # type: ignore[union-attr]
-        self.hours = hours
-        self.traits, self.consent, self.fired, self.outcomes, self.offers_open = containers
-        self.timers = timers
-        for timer, (due_ms, caused_by, scheduled_ms) in zip(timers.values(), timer_fields, strict=True):
-            timer.due_ms, timer.caused_by, timer.scheduled_ms = due_ms, caused_by, scheduled_ms
+        self.fired, self.outcomes, self.offers_open, self.timers = fired, outcomes, offers_open, timers
+        for part, value in saved:
+            _RESTORE[part](self, value)
 
     # --- updates -----------------------------------------------------------------------
     def touch(self, at_ms: int, message_id: str, lifecycle: Lifecycle) -> None:
@@ -403,3 +394,70 @@ class CustomerState:
 
 Checkpoint = tuple[Any, ...]
 _fields = attrgetter(*CustomerState.__slots__)  # every field's value, in one call
+
+
+def _save_session(state: CustomerState) -> tuple[int, int, list[str]] | None:
+    session = state.session
+    return None if session is None else (session.last_ms, session.pages, session.products[:])
+
+
+def _restore_session(state: CustomerState, saved: tuple[int, int, list[str]] | None) -> None:
+    if saved is not None:
+        state.session.last_ms, state.session.pages, state.session.products = saved  # type: ignore[union-attr]
+
+
+def _save_cart(state: CustomerState) -> tuple[dict[str, tuple[float, float]], float, int] | None:
+    cart = state.cart
+    return None if cart is None else (dict(cart.items), cart.value, cart.last_add_ms)
+
+
+def _restore_cart(state: CustomerState, saved: tuple[dict[str, tuple[float, float]], float, int] | None) -> None:
+    if saved is not None:
+        state.cart.items, state.cart.value, state.cart.last_add_ms = saved  # type: ignore[union-attr]
+
+
+def _save_affinities(state: CustomerState) -> tuple[tuple[int | None, dict[str, float]], ...]:
+    categories, products = state.categories, state.products
+    return (categories.ref_ms, dict(categories.scores)), (products.ref_ms, dict(products.scores))
+
+
+def _restore_affinities(state: CustomerState, saved: tuple[tuple[int | None, dict[str, float]], ...]) -> None:
+    (state.categories.ref_ms, state.categories.scores), (state.products.ref_ms, state.products.scores) = saved
+
+
+def _set_buckets(state: CustomerState, buckets: Any) -> None:
+    state.counts.buckets = buckets
+
+
+def _set_hours(state: CustomerState, hours: bytearray) -> None:
+    state.hours = hours
+
+
+def _set_traits(state: CustomerState, traits: dict[str, object]) -> None:
+    state.traits = traits
+
+
+def _set_consent(state: CustomerState, consent: dict[str, bool]) -> None:
+    state.consent = consent
+
+
+# The feature containers an update may change in place, each with how a checkpoint copies it and
+# how a rollback puts the copy back (their holders are fields, which a rollback restores first).
+_SAVE: dict[str, Callable[[CustomerState], Any]] = {
+    "counts": lambda state: state.counts.buckets[:],
+    "hours": lambda state: state.hours[:],
+    "session": _save_session,
+    "cart": _save_cart,
+    "affinities": _save_affinities,
+    "traits": lambda state: dict(state.traits),
+    "consent": lambda state: dict(state.consent),
+}
+_RESTORE: dict[str, Callable[[CustomerState, Any], None]] = {
+    "counts": _set_buckets,
+    "hours": _set_hours,
+    "session": _restore_session,
+    "cart": _restore_cart,
+    "affinities": _restore_affinities,
+    "traits": _set_traits,
+    "consent": _set_consent,
+}
