@@ -326,8 +326,9 @@ class CustomerStage:
         if self.clock is not None and candidate <= self.clock:
             return
         self.clock = candidate
-        for state, rule_id in self.timers.due(candidate, self.customers):
-            self._fire(state, rule_id, out)
+        if self.timers.any_due(candidate):
+            for state, rule_id in self.timers.due(candidate, self.customers):
+                self._fire(state, rule_id, out)
         day = candidate // DAY_MS
         if day != self.swept_day:
             self.swept_day = day
