@@ -8,7 +8,6 @@ windows 30 days of buckets, traits an allowlist, ``caused_by`` lists a few ids.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -201,22 +200,52 @@ class CustomerState:
         """What :meth:`rollback` needs to put this state back as it is now, provided that of the
         feature containers only ``parts`` (see :data:`EVERY_PART`) are changed in place until then.
 
-        Every field's value is kept, and copies of the containers the engine changes in place
-        (``fired``, ``outcomes``, ``offers_open``, the timers' dict) and of ``parts``. Taken before
-        every event and timer, so kept cheap: no object is built but copies of built-in containers,
-        and only of what the update can change (:func:`state.update.changed_parts`).
+        Every field's value, copies of the containers the engine changes in place (``fired``,
+        ``outcomes``, ``offers_open``, the timers' dict) and of ``parts``. Taken before every event
+        and timer, so kept cheap: no object is built but copies of built-in containers, and only of
+        what the update can change (:func:`state.update.changed_parts`).
         """
-        saved = tuple((part, _SAVE[part](self)) for part in parts)
-        return _fields(self), dict(self.fired), self.outcomes[:], self.offers_open[:], dict(self.timers), saved
+        session, cart, categories, products = self.session, self.cart, self.categories, self.products
+        return (
+            _fields(self),
+            dict(self.fired),
+            self.outcomes[:],
+            self.offers_open[:],
+            dict(self.timers),
+            self.counts.buckets[:] if "counts" in parts else None,
+            self.hours[:] if "hours" in parts else None,
+            (session.last_ms, session.pages, session.products[:])
+            if session is not None and "session" in parts
+            else None,
+            (dict(cart.items), cart.value, cart.last_add_ms) if cart is not None and "cart" in parts else None,
+            (categories.ref_ms, dict(categories.scores), products.ref_ms, dict(products.scores))
+            if "affinities" in parts
+            else None,
+            dict(self.traits) if "traits" in parts else None,
+            dict(self.consent) if "consent" in parts else None,
+        )
 
     def rollback(self, checkpoint: Checkpoint) -> None:
         """Put this state back as it was at ``checkpoint`` (taken by :meth:`checkpoint` on this object)."""
-        fields, fired, outcomes, offers_open, timers, saved = checkpoint
+        fields, fired, outcomes, offers_open, timers, buckets, hours, session, cart, affinities, *dicts = checkpoint
         for name, value in zip(CustomerState.__slots__, fields, strict=True):
-            setattr(self, name, value)
+            setattr(self, name, value)  # first: the session and the cart are put back before their contents
         self.fired, self.outcomes, self.offers_open, self.timers = fired, outcomes, offers_open, timers
-        for part, value in saved:
-            _RESTORE[part](self, value)
+        if buckets is not None:
+            self.counts.buckets = buckets
+        if hours is not None:
+            self.hours = hours
+        if session is not None:
+            self.session.last_ms, self.session.pages, self.session.products = session  # type: ignore[union-attr]
+        if cart is not None:
+            self.cart.items, self.cart.value, self.cart.last_add_ms = cart  # type: ignore[union-attr]
+        if affinities is not None:
+            self.categories.ref_ms, self.categories.scores, self.products.ref_ms, self.products.scores = affinities
+        traits, consent = dicts
+        if traits is not None:
+            self.traits = traits
+        if consent is not None:
+            self.consent = consent
 
     # --- updates -----------------------------------------------------------------------
     def touch(self, at_ms: int, message_id: str, lifecycle: Lifecycle) -> None:
@@ -394,70 +423,3 @@ class CustomerState:
 
 Checkpoint = tuple[Any, ...]
 _fields = attrgetter(*CustomerState.__slots__)  # every field's value, in one call
-
-
-def _save_session(state: CustomerState) -> tuple[int, int, list[str]] | None:
-    session = state.session
-    return None if session is None else (session.last_ms, session.pages, session.products[:])
-
-
-def _restore_session(state: CustomerState, saved: tuple[int, int, list[str]] | None) -> None:
-    if saved is not None:
-        state.session.last_ms, state.session.pages, state.session.products = saved  # type: ignore[union-attr]
-
-
-def _save_cart(state: CustomerState) -> tuple[dict[str, tuple[float, float]], float, int] | None:
-    cart = state.cart
-    return None if cart is None else (dict(cart.items), cart.value, cart.last_add_ms)
-
-
-def _restore_cart(state: CustomerState, saved: tuple[dict[str, tuple[float, float]], float, int] | None) -> None:
-    if saved is not None:
-        state.cart.items, state.cart.value, state.cart.last_add_ms = saved  # type: ignore[union-attr]
-
-
-def _save_affinities(state: CustomerState) -> tuple[tuple[int | None, dict[str, float]], ...]:
-    categories, products = state.categories, state.products
-    return (categories.ref_ms, dict(categories.scores)), (products.ref_ms, dict(products.scores))
-
-
-def _restore_affinities(state: CustomerState, saved: tuple[tuple[int | None, dict[str, float]], ...]) -> None:
-    (state.categories.ref_ms, state.categories.scores), (state.products.ref_ms, state.products.scores) = saved
-
-
-def _set_buckets(state: CustomerState, buckets: Any) -> None:
-    state.counts.buckets = buckets
-
-
-def _set_hours(state: CustomerState, hours: bytearray) -> None:
-    state.hours = hours
-
-
-def _set_traits(state: CustomerState, traits: dict[str, object]) -> None:
-    state.traits = traits
-
-
-def _set_consent(state: CustomerState, consent: dict[str, bool]) -> None:
-    state.consent = consent
-
-
-# The feature containers an update may change in place, each with how a checkpoint copies it and
-# how a rollback puts the copy back (their holders are fields, which a rollback restores first).
-_SAVE: dict[str, Callable[[CustomerState], Any]] = {
-    "counts": lambda state: state.counts.buckets[:],
-    "hours": lambda state: state.hours[:],
-    "session": _save_session,
-    "cart": _save_cart,
-    "affinities": _save_affinities,
-    "traits": lambda state: dict(state.traits),
-    "consent": lambda state: dict(state.consent),
-}
-_RESTORE: dict[str, Callable[[CustomerState, Any], None]] = {
-    "counts": _set_buckets,
-    "hours": _set_hours,
-    "session": _restore_session,
-    "cart": _restore_cart,
-    "affinities": _restore_affinities,
-    "traits": _set_traits,
-    "consent": _set_consent,
-}
