@@ -60,9 +60,9 @@ from state import codec
 from state._native import Dedupe
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
-from state.customer import MAX_CAUSED_BY, Checkpoint, CustomerState, Lifecycle, Timer
+from state.customer import MAX_CAUSED_BY, NO_PART, Checkpoint, CustomerState, Lifecycle, Timer
 from state.store import CustomerStore
-from state.update import apply_event
+from state.update import apply_event, changed_parts
 
 SNAPSHOT_FORMAT = 6  # 6: customers in the shard's own incremental store when there is one; dedupe memory as hashes
 RECHECK = "~recheck"
@@ -204,7 +204,7 @@ class CustomerStage:
         Should that raise (a rule, a model, a feature), the event becomes a ``processing_error``
         dead letter instead: what it emitted is taken back and the customer is put back as it was
         before it (an expiry or the adoption of a linked anonymous state, done first, stand). Its
-        checkpoint costs a few microseconds per event (``bench/undo_bench.py``).
+        checkpoint copies only what the event can change, a few microseconds (``bench/undo_bench.py``).
         """
         start, before, applying, late = len(out), None, False, False
         try:
@@ -217,10 +217,11 @@ class CustomerStage:
                 if not known:  # its marks before this event, in case it must leave no trace
                     marks = (customer_id in self.changed, customer_id in self.dirty)
                 state, new = self._adopt(env, customer_id, carried, out)
-                start, before, applying = len(out), None if new else state.checkpoint(), True
+                parts = changed_parts(env.name)
+                start, before, applying = len(out), None if new else state.checkpoint(parts), True
                 late = self.clock is not None and env.ts_ms < self.clock
                 if self._settle(state, env, late, out):  # what it settled stands, whatever follows
-                    start, before = len(out), state.checkpoint()
+                    start, before = len(out), state.checkpoint(parts)
                 self._apply(state, env, new or carried is not None, late, out)
         except Exception as err:
             self.writer.retract(out, start)
@@ -295,8 +296,8 @@ class CustomerStage:
             return
         timer = state.timers.get(rule.id)
         if timer is not None and timer.cause == cause:
-            timer.due_ms = max(timer.due_ms, due)
-            timer.caused_by = [*timer.caused_by[-(MAX_CAUSED_BY - 1) :], env.message_id]
+            caused_by = [*timer.caused_by[-(MAX_CAUSED_BY - 1) :], env.message_id]
+            state.timers[rule.id] = timer.moved(max(timer.due_ms, due), caused_by)
         else:
             state.timers[rule.id] = Timer(due, cause, [env.message_id])
         self.timers.schedule(state, rule.id)
@@ -325,8 +326,9 @@ class CustomerStage:
         if self.clock is not None and candidate <= self.clock:
             return
         self.clock = candidate
-        for state, rule_id in self.timers.due(candidate, self.customers):
-            self._fire(state, rule_id, out)
+        if self.timers.any_due(candidate):
+            for state, rule_id in self.timers.due(candidate, self.customers):
+                self._fire(state, rule_id, out)
         day = candidate // DAY_MS
         if day != self.swept_day:
             self.swept_day = day
@@ -343,8 +345,9 @@ class CustomerStage:
 
     def _fire(self, state: CustomerState, rule_id: str, out: list[Any]) -> None:
         """Fire one timer. Should that raise, the timer is dropped as a ``processing_error`` dead
-        letter, what it emitted is taken back and the customer is put back as it was."""
-        start, before = len(out), state.checkpoint()
+        letter, what it emitted is taken back and the customer is put back as it was (a timer
+        changes none of the customer's features)."""
+        start, before = len(out), state.checkpoint(NO_PART)
         try:
             self._fire_timer(state, rule_id, out)
         except Exception as err:
@@ -385,8 +388,8 @@ class CustomerStage:
             state.timers[timer_id] = Timer(due_ms, timer_id, [])
         elif timer.due_ms == due_ms:
             return
-        else:
-            timer.due_ms = due_ms  # a later due time is rescheduled lazily when the heap reaches it
+        else:  # a later due time is rescheduled lazily when the heap reaches it
+            state.timers[timer_id] = timer.moved(due_ms)
         self.timers.schedule(state, timer_id)
 
     def _learn_from(self, state: CustomerState, env: Envelope) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ class CompiledAudience:
     def id(self) -> str:
         return self.rule.id
 
-    @property
+    @cached_property
     def member_key(self) -> str:
         """How membership is kept in the customer's state: shadow audiences apart from live ones."""
         return f"shadow:{self.rule.id}" if self.rule.shadow else self.rule.id

@@ -30,6 +30,10 @@ class TimerQueue:
             self.pushes += 1
             heapq.heappush(self.heap, (timer.due_ms, self.pushes, state.id, rule_id))
 
+    def any_due(self, upto_ms: int) -> bool:
+        """Whether an entry is due by ``upto_ms`` (a cheap test before :meth:`due`)."""
+        return bool(self.heap) and self.heap[0][0] <= upto_ms
+
     def due(self, upto_ms: int, customers: Mapping[str, CustomerState]) -> Iterator[tuple[CustomerState, str]]:
         """The timers due by ``upto_ms``, in due order, as ``(customer, rule id)``; entries of timers
         gone or re-armed later are dropped or pushed again. Timers scheduled while this is consumed

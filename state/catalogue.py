@@ -49,7 +49,7 @@ class FeatureView(Mapping[str, Any]):
     def __getitem__(self, name: str) -> Any:
         value = self._cache.get(name, _MISSING)
         if value is _MISSING:
-            value = self._cache[name] = FEATURES[name].get(self)
+            value = self._cache[name] = _GETTERS[name](self)
         return value
 
     def __iter__(self) -> Iterator[str]:
@@ -293,6 +293,8 @@ FEATURES: dict[str, Feature] = {
         time_dependent=True,
     ),
 }
+
+_GETTERS = {name: feature.get for name, feature in FEATURES.items()}  # read on every feature's first use
 
 
 PROFILE_EXCLUDED = frozenset({"customer_id", "event", "hour", "traits", "audiences", "propensity"})

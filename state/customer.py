@@ -29,6 +29,10 @@ AFFINITY_K = 5
 CATEGORY_HALF_LIFE_MS = 14 * DAY_MS
 PRODUCT_HALF_LIFE_MS = 3 * DAY_MS
 TRAIT_KEYS: tuple[str, ...] = ("age_band", "city", "country", "urban", "gender", "loyalty_tier")
+EVERY_PART = frozenset({"counts", "hours", "session", "cart", "affinities", "traits", "consent"})
+"""The feature containers updates change in place (the windowed counts, the hours, the session,
+the cart, the affinities, traits, consent): a checkpoint copies those it is told may change."""
+NO_PART: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +107,9 @@ class Timer:
     """A pending timer: when it is due, what it fires once for, the events that armed it.
 
     ``scheduled_ms`` is the due time of this timer's entry in the shard's heap (``None``:
-    no entry yet); a timer pushed later keeps its older, earlier entry until that pops.
+    no entry yet); a timer pushed later keeps its older, earlier entry until that pops. While an
+    event or a timer is applied, a customer's timers are replaced (:meth:`moved`), never changed:
+    so a checkpoint keeps them by copying the dict that holds them.
     """
 
     __slots__ = ("cause", "caused_by", "due_ms", "scheduled_ms")
@@ -113,6 +119,12 @@ class Timer:
         self.cause = cause
         self.caused_by = caused_by
         self.scheduled_ms: int | None = None
+
+    def moved(self, due_ms: int, caused_by: list[str] | None = None) -> Timer:
+        """This timer due at ``due_ms`` instead (and caused by ``caused_by``), with its heap entry."""
+        timer = Timer(due_ms, self.cause, self.caused_by if caused_by is None else caused_by)
+        timer.scheduled_ms = self.scheduled_ms
+        return timer
 
 
 class CustomerState:
@@ -184,48 +196,56 @@ class CustomerState:
         self.bought: tuple[str, ...] = ()  # products of the last order
 
     # --- checkpoints, for undoing an update that failed halfway --------------------------
-    def checkpoint(self) -> Checkpoint:
-        """What :meth:`rollback` needs to put this state back as it is now.
+    def checkpoint(self, parts: frozenset[str] = EVERY_PART) -> Checkpoint:
+        """What :meth:`rollback` needs to put this state back as it is now, provided that of the
+        feature containers only ``parts`` (see :data:`EVERY_PART`) are changed in place until then.
 
-        Every field's value, plus a copy of what updates change in place (the contents of dicts,
-        lists, arrays, the session, the cart, the affinities and the timers). Taken before every
-        event, so kept cheap: no object is built but copies of built-in containers.
+        Every field's value, copies of the containers the engine changes in place (``fired``,
+        ``outcomes``, ``offers_open``, the timers' dict) and of ``parts``. Taken before every event
+        and timer, so kept cheap: no object is built but copies of built-in containers, and only of
+        what the update can change (:func:`state.update.changed_parts`).
         """
-        session, cart, timers = self.session, self.cart, self.timers
+        session, cart, categories, products = self.session, self.cart, self.categories, self.products
         return (
             _fields(self),
-            self.counts.buckets[:],
-            (self.categories.ref_ms, dict(self.categories.scores)),
-            (self.products.ref_ms, dict(self.products.scores)),
-            None if session is None else (session.last_ms, session.pages, session.products[:]),
-            None if cart is None else (dict(cart.items), cart.value, cart.last_add_ms),
-            self.hours[:],
-            dict(self.traits),
-            dict(self.consent),
             dict(self.fired),
             self.outcomes[:],
             self.offers_open[:],
-            dict(timers),
-            [(timer.due_ms, timer.caused_by[:], timer.scheduled_ms) for timer in timers.values()],
+            dict(self.timers),
+            self.counts.buckets[:] if "counts" in parts else None,
+            self.hours[:] if "hours" in parts else None,
+            (session.last_ms, session.pages, session.products[:])
+            if session is not None and "session" in parts
+            else None,
+            (dict(cart.items), cart.value, cart.last_add_ms) if cart is not None and "cart" in parts else None,
+            (categories.ref_ms, dict(categories.scores), products.ref_ms, dict(products.scores))
+            if "affinities" in parts
+            else None,
+            dict(self.traits) if "traits" in parts else None,
+            dict(self.consent) if "consent" in parts else None,
         )
 
     def rollback(self, checkpoint: Checkpoint) -> None:
         """Put this state back as it was at ``checkpoint`` (taken by :meth:`checkpoint` on this object)."""
-        fields, buckets, categories, products, session, cart, hours, *containers, timers, timer_fields = checkpoint
+        fields, fired, outcomes, offers_open, timers, buckets, hours, session, cart, affinities, *dicts = checkpoint
         for name, value in zip(CustomerState.__slots__, fields, strict=True):
-            setattr(self, name, value)
-        self.counts.buckets = buckets
-        self.categories.ref_ms, self.categories.scores = categories
-        self.products.ref_ms, self.products.scores = products
+            setattr(self, name, value)  # first: the session and the cart are put back before their contents
+        self.fired, self.outcomes, self.offers_open, self.timers = fired, outcomes, offers_open, timers
+        if buckets is not None:
+            self.counts.buckets = buckets
+        if hours is not None:
+            self.hours = hours
         if session is not None:
             self.session.last_ms, self.session.pages, self.session.products = session  # type: ignore[union-attr]
         if cart is not None:
             self.cart.items, self.cart.value, self.cart.last_add_ms = cart  # type: ignore[union-attr]
-        self.hours = hours
-        self.traits, self.consent, self.fired, self.outcomes, self.offers_open = containers
-        self.timers = timers
-        for timer, (due_ms, caused_by, scheduled_ms) in zip(timers.values(), timer_fields, strict=True):
-            timer.due_ms, timer.caused_by, timer.scheduled_ms = due_ms, caused_by, scheduled_ms
+        if affinities is not None:
+            self.categories.ref_ms, self.categories.scores, self.products.ref_ms, self.products.scores = affinities
+        traits, consent = dicts
+        if traits is not None:
+            self.traits = traits
+        if consent is not None:
+            self.consent = consent
 
     # --- updates -----------------------------------------------------------------------
     def touch(self, at_ms: int, message_id: str, lifecycle: Lifecycle) -> None:

@@ -18,6 +18,7 @@ from schemas.events import (
     OrderEvent,
     ProductEvent,
     StoreVisitEvent,
+    model_named,
 )
 from state.customer import (
     AFFINITY_K,
@@ -80,6 +81,23 @@ def _age_band(age: int) -> str:
         if age <= upper:
             return band
     return "65+"
+
+
+@lru_cache(maxsize=1024)
+def changed_parts(name: str) -> frozenset[str]:
+    """The feature containers (:data:`state.customer.EVERY_PART`) that :func:`apply_event` may
+    change in place for an event called ``name``: what a checkpoint before it must copy."""
+    model = model_named(name)
+    parts = set() if name in _NOT_ACTIVITY else {"counts", "hours", "session"}
+    if model is ProductEvent:
+        parts |= {"affinities", "session", "cart"}
+    elif model is OrderEvent:
+        parts.add("affinities")  # an order drops the cart: a field, not a change in place
+    elif model is IdentifyEvent:
+        parts.add("traits")
+    elif model is ConsentEvent:
+        parts.add("consent")
+    return frozenset(parts)
 
 
 def apply_event(state: CustomerState, env: Envelope, lifecycle: Lifecycle) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,11 @@ def test_relative_imports_are_not_used_so_the_check_sees_every_import():
         if isinstance(node, ast.ImportFrom) and node.level > 0
     ]
     assert not relative
+
+
+def test_starting_the_command_line_loads_neither_river_nor_scipy():
+    """River loads SciPy, about a second of CPU: it is imported with the first model, so commands
+    and runs without models start without it."""
+    code = "import sys, flows.cli; print(sorted(name for name in ('river', 'scipy') if name in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -17,10 +17,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
-from river import stats
+
+if TYPE_CHECKING:
+    from river import stats
 
 
 def segment(view: Mapping[str, Any]) -> str:
@@ -97,7 +99,10 @@ class OfferBandit:
         if reward:
             self.rewards[offer] = self.rewards.get(offer, 0) + 1
         if not self.frozen:
-            self.means.setdefault(segment_id, {}).setdefault(offer, stats.Mean()).update(float(reward))
+            means = self.means.setdefault(segment_id, {})
+            if offer not in means:
+                means[offer] = _mean()
+            means[offer].update(float(reward))
 
     def stats(self) -> dict[str, Any]:
         return {"pulls": dict(self.pulls), "rewards": dict(self.rewards), "regret_micro": self.regret_micro}
@@ -113,7 +118,7 @@ class OfferBandit:
     def load(self, data: Mapping[str, Any]) -> None:
         for seg, offers in data["segments"].items():
             for offer, values in offers.items():
-                mean = stats.Mean()
+                mean = _mean()
                 mean.n, mean._mean = int(values["n"]), float(values["mean"])
                 self.means.setdefault(seg, {})[offer] = mean
 
@@ -130,3 +135,10 @@ class OfferBandit:
                         merged["mean"] = (merged["mean"] * merged["n"] + arm["mean"] * arm["n"]) / n
                     merged["n"] = n
         return {"segments": segments}
+
+
+def _mean() -> stats.Mean:
+    """A running mean (River's, imported with the first one: River loads SciPy)."""
+    from river import stats
+
+    return stats.Mean()

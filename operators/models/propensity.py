@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
-from river import compose, drift, linear_model, optim, preprocessing
-from river import utils as river_utils
 
 from schemas.errors import ConfigurationError
 
@@ -161,6 +159,8 @@ class PropensityModel:
 
     def __init__(self, frozen: bool = False) -> None:
         self.frozen = frozen
+        from river import drift  # imported with the first model: River loads SciPy, a second at start-up
+
         self.pipeline = _pipeline()
         self.quality = Calibration()
         self.drift = drift.ADWIN()
@@ -201,6 +201,8 @@ class PropensityModel:
 
     def load(self, data: Mapping[str, Any]) -> None:
         """Parameters written by :meth:`export` (validated by the caller)."""
+        from river import utils as river_utils
+
         if list(data["features"]) != list(FEATURES):
             raise ConfigurationError("the propensity model was trained on other features")
         scaler = self.pipeline["StandardScaler"]
@@ -246,7 +248,10 @@ def _weighted(shares: Sequence[float], values: Sequence[float]) -> float:
     return sum(s * v for s, v in zip(shares, values, strict=True))
 
 
-def _pipeline() -> compose.Pipeline:
+def _pipeline() -> Any:
+    """A scaler and a logistic regression (River's ``compose.Pipeline``)."""
+    from river import compose, linear_model, optim, preprocessing
+
     return compose.Pipeline(
         preprocessing.StandardScaler(),
         linear_model.LogisticRegression(optimizer=optim.SGD(LEARNING_RATE)),
