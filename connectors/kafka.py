@@ -24,7 +24,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -49,9 +49,8 @@ from schemas.streams import DEAD_LETTERS, DECISION_STREAMS
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_SECONDS = 0.002
+POLL_SECONDS = 0.005  # a partition that read all there was polls again at the next multiple of this
 BUFFERED_MESSAGES = 50_000  # read ahead by a process's consumer, over all its partitions
-GATHER_SECONDS = 0.005  # after a part batch: fewer, larger batches for at most this much latency
 LAG_EVERY_SECONDS = 1.0
 MAX_DELIVERY_ATTEMPTS = 5
 
@@ -197,9 +196,9 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
         if batch:
             self.idle = False
             if len(messages) < self.batch_size:  # caught up: let the next batch gather for a moment
-                self._awake = _in(GATHER_SECONDS)
+                self._awake = next_poll(now)
         elif self.end is None:
-            self._awake = _in(IDLE_POLL_SECONDS)
+            self._awake = next_poll(now)
             if not self.idle and self._caught_up():  # do not hold the other partitions back
                 self.idle = True
                 batch.append(EndOfInput(self.next, self.partition))
@@ -236,8 +235,13 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
         self.shared.remove(self.partition)
 
 
-def _in(seconds: float) -> datetime:
-    return datetime.now(UTC) + timedelta(seconds=seconds)
+def next_poll(now: float) -> datetime:
+    """When a partition that read all there was polls again: the next multiple of :data:`POLL_SECONDS`.
+
+    Every partition of a process asks for the same instant, so one activation of the source reads
+    them all (and the flow runs once for their events) instead of one activation each.
+    """
+    return datetime.fromtimestamp((now // POLL_SECONDS + 1) * POLL_SECONDS, UTC)
 
 
 def part_names(topic: str, partitions: int) -> list[str]:

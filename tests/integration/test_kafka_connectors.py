@@ -128,3 +128,24 @@ def test_the_partitions_of_a_process_share_one_consumer_and_get_only_their_own_m
     for offsets in read.values():
         assert offsets == list(range(len(offsets))), "each partition in offset order, from its start"
     assert next(iter(parts.values())).shared.closed, "the consumer closes with its last partition"
+
+
+def test_partitions_that_read_all_there_was_wake_together(services):
+    """A live partition that has read everything polls again at the next 5 ms mark of the clock,
+    the same for all: one activation of the source then reads every partition, not one each."""
+    from connectors import kafka
+    from connectors.kafka import KafkaEventSource
+
+    topic = produce(services, [orjson.dumps({"n": n}) for n in range(40)], partitions=4)
+    source = KafkaEventSource(services["KAFKA_BOOTSTRAP_SERVERS"], topic)
+    parts = [source.build_part("in", name, None) for name in source.list_parts()]
+    wakes = []
+    for part in parts:
+        part.next_batch()
+        wakes.append(part.next_awake())
+        part.close()
+    assert all(wake is not None for wake in wakes)
+    for wake in wakes:
+        ticks = wake.timestamp() / kafka.POLL_SECONDS
+        assert abs(ticks - round(ticks)) < 1e-3, f"{wake} is on the shared 5 ms grid"
+    assert kafka.next_poll(100.0012) == kafka.next_poll(100.0049), "moments apart: the same instant"
