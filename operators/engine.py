@@ -643,7 +643,7 @@ class CustomerStage:
             # upstream reports its progress afresh, so their last ticks are not kept
             "pending": pickle.dumps(self.ordered.state()),
             "changed": sorted(self.changed),
-            "models": pickle.dumps(self.models),  # River objects: the recovery store is the engine's own
+            "models": None if self.models is None else self.models.snapshot(),  # what changed, mostly (pickles)
         }
         return SNAPSHOT_FORMAT, shard
 
@@ -738,7 +738,7 @@ class CustomerStage:
         self.stats = self.writer.stats = pickle.loads(shard["stats"])
         self.ordered.restore(pickle.loads(shard["pending"]))
         self.changed = set(shard["changed"])
-        self.models = self._models_for_mode(pickle.loads(shard["models"]))
+        self.models = self._models_for_mode(shard["models"] and ShardModels.from_snapshot(shard["models"]))
         self.scorers = self.models.scorers if self.models is not None else None
         self.timers = TimerQueue()
         self.timers.schedule_all(self.customers)

@@ -8,6 +8,7 @@ and stats, model files and modes go through that list.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -23,6 +24,8 @@ ModelMode = Literal["learn", "frozen", "off"]
 FEATURES_KEY = "~propensity_features"
 MODEL_TYPES: tuple[type[OnlineModel], ...] = (PropensityModel, OfferBandit, CoOccurrence)
 MAX_UNLEARNT_TOUCHES = 1024  # product events held for the recommender before it learns them anyway
+CHECK = "~check"  # a journal entry of a sampled check (the others are product touches learnt)
+ModelsSnapshot = tuple[bytes, bytes, tuple[bytes, ...]]  # see ShardModels.snapshot
 
 
 class ShardModels:
@@ -52,15 +55,51 @@ class ShardModels:
         self.touches: list[tuple[Sequence[str], str, str | None]] = []
         # called with (customer, features, score before learning, outcome) of every outcome learnt
         self.on_outcome: Callable[[str, tuple[float, ...], float, bool], None] | None = None
+        self._journal: list[tuple[Any, ...]] = []  # what the recommender learnt and checked since the last snapshot
+        self._saved: tuple[bytes, tuple[bytes, ...]] | None = None  # its last base and the journals since
         self.set_mode(mode)
 
+    def snapshot(self) -> ModelsSnapshot:
+        """The models for a recovery snapshot, costing what changed: everything but the recommender
+        pickled (small), and the recommender as a base pickled once plus, a segment per snapshot, the
+        product touches it learnt and the checks it made since. A new base is taken when the
+        segments outgrow the base (at most twice its size in all)."""
+        base, segments = self._saved or (b"", ())
+        if self._journal:
+            segments = (*segments, pickle.dumps(self._journal, protocol=pickle.HIGHEST_PROTOCOL))
+            self._journal = []
+        if self._saved is None or sum(map(len, segments)) > len(base):
+            base, segments = pickle.dumps(self._recommender, protocol=pickle.HIGHEST_PROTOCOL), ()
+        self._saved = (base, segments)
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL), base, segments
+
+    @classmethod
+    def from_snapshot(cls, snapshot: ModelsSnapshot) -> ShardModels:
+        """The models of a :meth:`snapshot`: the recommender's base told its journals again, in order
+        (learning and checking are deterministic, so it ends as it was)."""
+        rest, base, segments = snapshot
+        models: ShardModels = pickle.loads(rest)
+        recommender: CoOccurrence = pickle.loads(base)
+        for journal in segments:
+            for entry in pickle.loads(journal):
+                if entry[0] == CHECK:
+                    recommender.check(*entry[1:])
+                else:
+                    recommender.learn(*entry)
+        models._recommender = recommender
+        models.registry = {model.name: model for model in (models.propensity, models.bandit, recommender)}
+        return models
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the recommender (see :meth:`snapshot`)."""
+        state = self.__dict__.copy()
+        for name in ("_recommender", "registry", "_journal", "_saved"):
+            del state[name]
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickle (recovery snapshots), also from a version that learnt every product event at once."""
-        if "recommender" in state:
-            state["_recommender"] = state.pop("recommender")
-        state.setdefault("touches", [])
         self.__dict__.update(state)
-        self.registry = {model.name: model for model in (self.propensity, self.bandit, self._recommender)}
+        self._journal, self._saved = [], None  # the first snapshot after a restore takes a new base
 
     def set_mode(self, mode: ModelMode) -> None:
         self.mode = mode
@@ -86,7 +125,9 @@ class ShardModels:
             return
         session = session_products(state, at_ms, self.session_timeout_ms)
         if check:  # predicted as a trigger would: from the session and the favourites
-            self.recommender.check(session, product, interests(state), state.categories.scores)
+            favourites, categories = interests(state), dict(state.categories.scores)
+            self.recommender.check(session, product, favourites, categories)
+            self._journal.append((CHECK, tuple(session), product, favourites, categories))
         if self.mode == "learn":
             self.touches.append((session[-WINDOW:], product, category))
             if len(self.touches) >= MAX_UNLEARNT_TOUCHES:
@@ -98,6 +139,7 @@ class ShardModels:
             learn = self._recommender.learn
             for history, product, category in touches:
                 learn(history, product, category)
+            self._journal += touches
 
     def recommend(self, state: CustomerState, k: int, at_ms: int) -> list[str]:
         """Top ``k`` products for the customer now, leaving out their cart and their last order."""
