@@ -29,6 +29,7 @@ from flows.runtime import tune_gc
 from operators.engine import EngineConfig
 from operators.pipeline import Pipeline
 from operators.rules import load_rules
+from state.store import wait_for_writes
 
 
 def second_snapshot(raws: list, tail: int, between: int, store: Path | None) -> tuple[float, float, int, int]:
@@ -40,6 +41,7 @@ def second_snapshot(raws: list, tail: int, between: int, store: Path | None) -> 
         pipeline.feed(raws[start : min(start + 1000, cut)])
     for logic in logics:
         pickle.dumps(logic.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
+    wait_for_writes()  # the stores have the first snapshot, as they have the last one in a steady stream
     for start in range(cut, cut + between, 1000):
         pipeline.feed(raws[start : min(start + 1000, cut + between)])
     started, wall = time.process_time(), time.perf_counter()
