@@ -13,8 +13,13 @@ with recovery snapshots on (a fresh recovery store per run, ``NUDGEFLOW_SNAPSHOT
    "events/s after start-up" subtracts it.
 2. Latency: ``nudgeflow run`` follows a fresh events topic; events are produced at a steady
    rate with their timestamps rewritten to the current time, and the decision topics are read
-   at the same time. A decision's latency is the time it is read minus the time its causing
-   event (the last id of ``caused_by``) was produced.
+   at the same time. Every topic of the run stamps its records with the broker's append time
+   (``message.timestamp.type=LogAppendTime``): a decision's latency is its append time minus
+   the append time of its causing event (the last id of ``caused_by``), both on the broker's
+   clock, so neither this program's producer queue nor its reading is counted. The time from
+   this program's ``produce()`` call to its read of the decision is shown as well. The first
+   ``--warmup`` seconds of the run (connections, first customers, first snapshot) are left out
+   of the headline figures; the table by 5-second window shows every window.
 
 Figures are printed as Markdown, ready for ``bench/RESULTS.md``.
 """
@@ -40,7 +45,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 from flow_bench import machine, stream
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -49,7 +54,7 @@ from connectors.kafka import ensure_topics, event_key, produce_records
 from connectors.local_services import free_port, local_services, stop_process
 from connectors.synthetic import generate_events
 from flows.runtime import new_recovery_store
-from schemas.streams import AUDIENCE_CHANGES, trigger_stream
+from schemas.streams import AUDIENCE_CHANGES, KAFKA_STREAMS, trigger_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 8
@@ -82,6 +87,14 @@ def fresh_topic(bootstrap: str, lines: list[bytes]) -> str:
     if lines:
         produce_records(bootstrap, topic, lines)
     return topic
+
+
+def append_time_topics(bootstrap: str, topics: list[str]) -> None:
+    """Create ``topics`` so that the broker stamps each record with the time it appended it."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    config = {"message.timestamp.type": "LogAppendTime"}
+    for future in admin.create_topics([NewTopic(t, PARTITIONS, 1, config=config) for t in topics]).values():
+        future.result(30)
 
 
 def timed_run(bootstrap: str, topic: str, processes: int, timeout: float) -> float:
@@ -164,7 +177,8 @@ def end_offsets(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
 
 
 class DecisionReader(threading.Thread):
-    """Reads the decision topics from the given offsets; keeps (read time, type, last caused_by id, time)."""
+    """Reads the decision topics from the given offsets; keeps (read time, type, last caused_by id,
+    time, broker append time)."""
 
     def __init__(self, bootstrap: str, assignment: list[TopicPartition]) -> None:
         super().__init__(daemon=True)
@@ -172,7 +186,7 @@ class DecisionReader(threading.Thread):
             {"bootstrap.servers": bootstrap, "group.id": "nudgeflow-bench", "enable.auto.commit": False}
         )
         self.consumer.assign(assignment)
-        self.records: list[tuple[float, str, str | None, str]] = []
+        self.records: list[tuple[float, str, str | None, str, float]] = []
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -186,19 +200,24 @@ class DecisionReader(threading.Thread):
                     kind = (headers.get("ce_type") or b"?").decode()
                     caused_by = orjson.loads(message.value()).get("caused_by") or [None]
                     time_header = (headers.get("ce_time") or b"").decode()
-                    self.records.append((read, kind, caused_by[-1], time_header))
+                    appended = message.timestamp()[1] / 1000
+                    self.records.append((read, kind, caused_by[-1], time_header, appended))
         finally:
             self.consumer.close()
 
 
-def wait_for_topics(bootstrap: str, topics: list[str], timeout: float) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def wait_until_reading(port: int, topic: str, timeout: float) -> None:
+    """Wait until the engine reads ``topic`` (its lag gauge for it appears on /metrics)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if set(topics) <= set(admin.list_topics(timeout=10).topics):
-            return
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                if f'topic="{topic}"' in response.read().decode():
+                    return
+        except OSError:
+            pass
         time.sleep(0.2)
-    raise RuntimeError(f"output topics not created within {timeout:.0f} s: {topics}")
+    raise RuntimeError(f"the engine did not start reading {topic} within {timeout:.0f} s")
 
 
 def same_instant(a: str, b: str) -> bool:
@@ -236,13 +255,15 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def latency(bootstrap: str, rate: float, duration: float, customers: int, days: int) -> dict[str, Any]:
+def latency(bootstrap: str, rate: float, duration: float, customers: int, days: int, warmup: float) -> dict[str, Any]:
     count = int(rate * duration)
     events = live_events(customers * 4, days, count)
-    topic = fresh_topic(bootstrap, [])
+    topic = f"bench.events.{uuid.uuid4().hex[:8]}"
     prefix = f"bench.{uuid.uuid4().hex[:8]}."
     outputs = [prefix + name for name in DECISION_TOPICS]
-    produced: dict[str, float] = {}
+    append_time_topics(bootstrap, [topic, *(prefix + name for name in KAFKA_STREAMS)])
+    produced: dict[str, float] = {}  # messageId -> when this program called produce()
+    appended: dict[str, float] = {}  # messageId -> when the broker appended it
     stamped: dict[str, str] = {}  # messageId -> event timestamp
     with tempfile.TemporaryDirectory(prefix="nudgeflow-recovery-") as tmp:
         recovery = Path(tmp)
@@ -259,25 +280,30 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
             NUDGEFLOW_METRICS_PORT=str(metrics_port),
         )
         proc = subprocess.Popen(LIVE, cwd=ROOT, env=env)
+        # made (and its idempotent producer id acquired) while the engine starts
+        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, "acks": "all"})
         try:
-            wait_for_topics(bootstrap, outputs, 60)
+            wait_until_reading(metrics_port, topic, 60)
             time.sleep(5)
             if proc.poll() is not None:
                 raise RuntimeError(f"nudgeflow run exited with {proc.returncode}")
             reader = DecisionReader(bootstrap, end_offsets(bootstrap, outputs))
             reader.start()
             engine_before = engine_latency_buckets(metrics_port)
-            producer = Producer(
-                {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, "acks": "all"}
-            )
             started = time.monotonic()
             for sent, event in enumerate(events, start=1):
-                event["timestamp"] = stamped[event["messageId"]] = now_iso()
+                message_id = event["messageId"]
+                event["timestamp"] = stamped[message_id] = now_iso()
                 line = orjson.dumps(event)
-                produced[event["messageId"]] = time.time()
+                produced[message_id] = time.time()
+
+                def delivered(err: Any, message: Any, message_id: str = message_id) -> None:
+                    if err is None:
+                        appended[message_id] = message.timestamp()[1] / 1000
+
                 while True:
                     try:
-                        producer.produce(topic, line, event_key(line))
+                        producer.produce(topic, line, event_key(line), on_delivery=delivered)
                         break
                     except BufferError:
                         producer.poll(0.01)
@@ -296,16 +322,30 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
     latencies: dict[str, list[float]] = {}
     windows: dict[int, list[float]] = {}  # by 5-second window of the production run
     first = min(produced.values(), default=0.0)
-    for read, kind, cause, decided_at in reader.records:
-        if cause in produced:
-            ms = (read - produced[cause]) * 1000
+    bench_side: list[float] = []  # from this program's produce() call to its read of the decision
+    for read, kind, cause, decided_at, decision_appended in reader.records:
+        if cause in appended:
+            ms = (decision_appended - appended[cause]) * 1000
             # decided at the causing event's own time: caused by it directly; later: by a timer
             direct = same_instant(decided_at, stamped[cause])
-            latencies.setdefault(f"{kind} ({'event' if direct else 'timer'})", []).append(ms)
             if direct:
                 windows.setdefault(int((produced[cause] - first) // 5), []).append(ms)
+            if produced[cause] - first < warmup:
+                continue
+            latencies.setdefault(f"{kind} ({'event' if direct else 'timer'})", []).append(ms)
+            if direct:
+                bench_side.append((read - produced[cause]) * 1000)
     every = sorted(ms for kind, values in latencies.items() if kind.endswith("(event)") for ms in values)
-    result = {"events": count, "rate": achieved, "decisions": len(reader.records), "by_kind": {}, "windows": {}}
+    bench_side.sort()
+    result = {
+        "events": count,
+        "rate": achieved,
+        "decisions": len(reader.records),
+        "warmup": warmup,
+        "by_kind": {},
+        "windows": {},
+        "bench_side": {"p50": percentile(bench_side, 0.5), "p99": percentile(bench_side, 0.99)} if bench_side else {},
+    }
     result["engine"] = {f"p{int(q * 100)}": bucket_quantile(engine_before, engine_after, q) for q in (0.5, 0.99)}
     for window, values in sorted(windows.items()):
         values.sort()
@@ -343,6 +383,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=7, help="days of events (about 18 events per customer-day)")
     parser.add_argument("--rate", type=float, help="cap on the latency run's events/s (default: half of 1 process)")
     parser.add_argument("--duration", type=float, default=20, help="seconds of the latency run")
+    parser.add_argument("--warmup", type=float, default=10, help="first seconds left out of the latency figures")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed for one engine run")
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs (needs --rate)")
     parser.add_argument("--throughput-only", action="store_true", help="skip the latency run")
@@ -358,7 +399,11 @@ def main() -> None:
         rate = rows[0]["rate_net"] / 2 if rows else args.rate
         if args.rate:
             rate = min(rate, args.rate)
-        lat = None if args.throughput_only else latency(bootstrap, rate, args.duration, args.customers, args.days)
+        lat = (
+            None
+            if args.throughput_only
+            else latency(bootstrap, rate, args.duration, args.customers, args.days, args.warmup)
+        )
 
     print(
         "\n| processes x workers | events | seconds (start to exit) | start-up | events/s | events/s after start-up |"
@@ -379,15 +424,25 @@ def report_latency(lat: dict[str, Any], duration: float) -> None:
         f"\nlatency run: {lat['events']:,} events at {lat['rate']:,.0f} events/s for {duration:.0f} s;"
         f" {lat['decisions']:,} decisions read"
     )
+    print(
+        f"\nfrom the broker appending an event to it appending the decision, events produced after the first"
+        f" {lat['warmup']:.0f} s:"
+    )
     print("\n| decisions | count | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |")
     for kind, s in lat["by_kind"].items():
         print(f"| {kind} | {s['count']:,} | {s['p50']:.1f} | {s['p99']:.1f} | {s['max']:.1f} |")
+    if lat["bench_side"]:
+        print(
+            f"\nthe same decisions from this program's produce() call to its read of the decision:"
+            f" p50 {lat['bench_side']['p50']:.1f} ms, p99 {lat['bench_side']['p99']:.1f} ms"
+        )
     engine = lat["engine"]
     print(
         "\nin the engine (its nudgeflow_decision_latency_seconds histogram, event-caused: from the source"
         f" reading the event to Kafka confirming the decision): p50 <= {engine['p50']:.0f} ms,"
         f" p99 <= {engine['p99']:.0f} ms (bucket bounds)"
     )
+    print("\nevery window (broker append times):")
     print("\n| produced during | decisions | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |")
     for window, s in lat["windows"].items():
         print(f"| {window} | {s['count']:,} | {s['p50']:.1f} | {s['p99']:.1f} | {s['max']:.1f} |")

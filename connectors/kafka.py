@@ -24,7 +24,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -49,9 +49,8 @@ from schemas.streams import DEAD_LETTERS, DECISION_STREAMS
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_SECONDS = 0.002
+POLL_SECONDS = 0.005  # a partition that read all there was polls again at the next multiple of this
 BUFFERED_MESSAGES = 50_000  # read ahead by a process's consumer, over all its partitions
-GATHER_SECONDS = 0.005  # after a part batch: fewer, larger batches for at most this much latency
 LAG_EVERY_SECONDS = 1.0
 MAX_DELIVERY_ATTEMPTS = 5
 
@@ -197,9 +196,9 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
         if batch:
             self.idle = False
             if len(messages) < self.batch_size:  # caught up: let the next batch gather for a moment
-                self._awake = _in(GATHER_SECONDS)
+                self._awake = next_poll(now)
         elif self.end is None:
-            self._awake = _in(IDLE_POLL_SECONDS)
+            self._awake = next_poll(now)
             if not self.idle and self._caught_up():  # do not hold the other partitions back
                 self.idle = True
                 batch.append(EndOfInput(self.next, self.partition))
@@ -236,8 +235,13 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
         self.shared.remove(self.partition)
 
 
-def _in(seconds: float) -> datetime:
-    return datetime.now(UTC) + timedelta(seconds=seconds)
+def next_poll(now: float) -> datetime:
+    """When a partition that read all there was polls again: the next multiple of :data:`POLL_SECONDS`.
+
+    Every partition of a process asks for the same instant, so one activation of the source reads
+    them all (and the flow runs once for their events) instead of one activation each.
+    """
+    return datetime.fromtimestamp((now // POLL_SECONDS + 1) * POLL_SECONDS, UTC)
 
 
 def part_names(topic: str, partitions: int) -> list[str]:
@@ -322,40 +326,67 @@ def structured_event(value: bytes, headers: list[tuple[str, bytes]] | None) -> d
     return event
 
 
+class _DeliveryReports(threading.Thread):
+    """Serves a producer's delivery reports as they come, for as long as a sink partition uses it:
+    a decision's latency ends when Kafka confirms it, not when the flow next writes."""
+
+    def __init__(self, producer: Producer) -> None:
+        super().__init__(name="kafka-delivery-reports", daemon=True)
+        self.producer = producer
+        self.users = 0
+        self.halt = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            self.producer.poll(0.05)
+
+    def use(self) -> None:
+        with self.lock:
+            self.users += 1
+
+    def release(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                self.halt.set()
+
+
 class _ProducerPartition(StatefulSinkPartition[Output, None]):
-    def __init__(self, producer: Producer, config: dict[str, Any], topic_prefix: str) -> None:
+    def __init__(
+        self, producer: Producer, config: dict[str, Any], topic_prefix: str, reports: _DeliveryReports
+    ) -> None:
         self.producer = producer  # shared by the process's partitions: one client, one set of threads
         self.topic_prefix = topic_prefix
+        self.reports = reports
         self.failed = 0
         self.timeout = float(config.get("message.timeout.ms", 300_000)) / 1000 + 30
-        self._too_large: list[tuple[str, Output, bytes, list]] = []  # to be retried each on its own
+        # to be retried each on its own; filled by delivery reports (served on another thread too)
+        self._too_large: deque[tuple[str, Output, bytes, list]] = deque()
 
     def write_batch(self, values: list[Output]) -> None:
         for output in values:  # the flow sends decisions and dead letters only
             value, headers = kafka_record(output)
             self._produce(self.topic_prefix + output.stream, output, value, headers, 1)
-        self.producer.poll(0)
         if self._too_large:
             self._flush()
 
     def _produce(
         self, topic: str, output: Output, value: bytes, headers: list, attempt: int, alone: bool = False
     ) -> None:
+        sent = time.time()
+
         def delivered(err: KafkaError | None, message: Message) -> None:
-            self._delivered(err, topic, output, value, headers, attempt, alone)
+            if err is None:
+                _confirmed(output, sent, message)
+            else:
+                self._failed(err, topic, output, value, headers, attempt, alone)
 
         produce_waiting(self.producer, topic, value, output.key.encode(), headers=headers, on_delivery=delivered)
 
-    def _delivered(
-        self, err: KafkaError | None, topic: str, output: Output, value: bytes, headers: list, attempt: int, alone: bool
+    def _failed(
+        self, err: KafkaError, topic: str, output: Output, value: bytes, headers: list, attempt: int, alone: bool
     ) -> None:
-        if err is None:
-            SINK_RECORDS.labels(sink="kafka", stream=output.stream).inc()
-            if output.arrived and output.stream != DEAD_LETTERS:
-                DECISION_LATENCY.labels(origin="timer" if output.timer else "event").observe(
-                    max(0.0, time.time() - output.arrived)
-                )
-            return
         SINK_ERRORS.labels(sink="kafka", reason=err.name()).inc()
         too_large = err.code() == KafkaError.MSG_SIZE_TOO_LARGE
         if too_large and not alone:
@@ -373,12 +404,13 @@ class _ProducerPartition(StatefulSinkPartition[Output, None]):
         log.error("Kafka delivery to %s failed for good (%s): key %s, %s", topic, err, output.key, output.body[:200])
 
     def _flush(self) -> None:
+        """Wait until every record produced so far is delivered or failed for good. A record's count
+        in ``len(producer)`` ends after its delivery report was served, so retries are asked first."""
         self._wait_for_deliveries()
         while self._too_large:
-            retry, self._too_large = self._too_large, []
-            for topic, output, value, headers in retry:
-                self._produce(topic, output, value, headers, 1, alone=True)
-                self._wait_for_deliveries()
+            topic, output, value, headers = self._too_large.popleft()
+            self._produce(topic, output, value, headers, 1, alone=True)
+            self._wait_for_deliveries()
 
     def _wait_for_deliveries(self) -> None:
         deadline = time.monotonic() + self.timeout
@@ -393,8 +425,19 @@ class _ProducerPartition(StatefulSinkPartition[Output, None]):
 
     def close(self) -> None:
         self._flush()
+        self.reports.release()
         if self.failed:
             log.error("%d Kafka records could not be delivered (see the errors above)", self.failed)
+
+
+def _confirmed(output: Output, sent: float, message: Message) -> None:
+    """Count a delivered record; a decision's latency ends when Kafka confirmed it (``sent`` plus the
+    client's own measure), not when the engine next polled its producer and heard of it."""
+    SINK_RECORDS.labels(sink="kafka", stream=output.stream).inc()
+    if output.arrived and output.stream != DEAD_LETTERS:
+        confirmed = sent + (message.latency() or time.time() - sent)
+        origin = "timer" if output.timer else "event"
+        DECISION_LATENCY.labels(origin=origin).observe(max(0.0, confirmed - output.arrived))
 
 
 def produce_waiting(producer: Producer, topic: str, value: bytes, key: bytes | None, **kwargs: Any) -> None:
@@ -433,6 +476,7 @@ class KafkaOutputSink(FixedPartitionedSink[Output, None]):
             },
         )
         self._producer: Producer | None = None  # one per process, made when the first partition is built
+        self._reports: _DeliveryReports | None = None
         self._lock = threading.Lock()  # workers are threads of one process
 
     def list_parts(self) -> list[str]:
@@ -445,7 +489,11 @@ class KafkaOutputSink(FixedPartitionedSink[Output, None]):
         with self._lock:
             if self._producer is None:
                 self._producer = Producer(self.config)
-        return _ProducerPartition(self._producer, self.config, self.topic_prefix)
+            if self._reports is None or self._reports.halt.is_set():
+                self._reports = _DeliveryReports(self._producer)
+                self._reports.start()
+            self._reports.use()
+            return _ProducerPartition(self._producer, self.config, self.topic_prefix, self._reports)
 
 
 # --- tools: produce a recording, read a topic ----------------------------------------------

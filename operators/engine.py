@@ -64,7 +64,8 @@ from state.customer import MAX_CAUSED_BY, NO_PART, Checkpoint, CustomerState, Li
 from state.store import CustomerStore
 from state.update import apply_event, changed_parts
 
-SNAPSHOT_FORMAT = 6  # 6: customers in the shard's own incremental store when there is one; dedupe memory as hashes
+SNAPSHOT_FORMAT = 7  # 7: the changes the shard's store may not hold yet travel in the snapshot
+MAX_UNSAVED = 3  # snapshots whose changes may wait for the customer store before a snapshot waits for it
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes
 REWARD = "~reward"  # the open offer choices' reward window: no reward when it passes
@@ -132,6 +133,7 @@ class CustomerStage:
         self.encoded: dict[str, bytes] = {}  # customers' snapshot encodings, when kept in the snapshot itself
         self.snapshot_seq = 0  # snapshots taken (and restored), when customers are kept in a store
         self.store: CustomerStore | None = None
+        self.unsaved: dict[int, dict[str, bytes | None]] = {}  # snapshot -> changes the store may not hold yet
 
     _merge_key = staticmethod(attrgetter("env.seq"))  # what waits: a forwarded event
 
@@ -615,14 +617,14 @@ class CustomerStage:
     def snapshot(self) -> tuple[int, dict[str, Any]] | None:
         """A versioned, immutable snapshot; only customers changed since the last one are encoded.
 
-        With a state store (``config.state_store``) they are written there under the snapshot's
-        number and the snapshot holds the number; without, it holds every customer's encoding.
+        With a state store (``config.state_store``) they are handed to the store's thread under the
+        snapshot's number (see :meth:`_save`); without, the snapshot holds every customer's encoding.
         """
         if not self.config.snapshots:
             return None
         changed = {cid: None if (s := self.customers.get(cid)) is None else codec.encode(s) for cid in self.dirty}
         self.dirty.clear()
-        customers, store = None, None
+        customers, store, unsaved = None, None, None
         if self.config.state_store is None:
             for customer_id, blob in changed.items():
                 if blob is None:
@@ -631,13 +633,12 @@ class CustomerStage:
                     self.encoded[customer_id] = blob
             customers = dict(self.encoded)
         else:
-            self.snapshot_seq += 1
-            if changed:
-                self._store(next(iter(changed))).write(self.snapshot_seq, changed)
-            store = (None if self.store is None else self.store.path.stem, self.snapshot_seq)
+            store, unsaved = self._save(changed)
         shard = {
             "customers": customers,
-            "store": store,  # (store name, or None before any customer; snapshot number), or None: inline
+            "store": store,  # (store name or None before any customer, the snapshot it holds for sure); None: inline
+            "unsaved": unsaved,  # with a store: the changes it may not hold yet, by customer
+            "seq": self.snapshot_seq,
             "clock": self.clock,
             "swept_day": self.swept_day,
             "stats": pickle.dumps(self.stats),
@@ -645,9 +646,33 @@ class CustomerStage:
             # upstream reports its progress afresh, so their last ticks are not kept
             "pending": pickle.dumps(self.ordered.state()),
             "changed": sorted(self.changed),
-            "models": pickle.dumps(self.models),  # River objects: the recovery store is the engine's own
+            "models": None if self.models is None else self.models.snapshot(),  # what changed, mostly (pickles)
         }
         return SNAPSHOT_FORMAT, shard
+
+    def _save(self, changed: dict[str, bytes | None]) -> tuple[tuple[str | None, int], dict[str, bytes | None]]:
+        """Number this snapshot and hand its changed customers to the store's thread, so the snapshot
+        does not wait for the disk. Return what the store holds for sure (its name and snapshot
+        number) and the changes it may not hold yet: those go in the snapshot too, so a restore
+        misses none. At most :data:`MAX_UNSAVED` snapshots wait for the store."""
+        self.snapshot_seq += 1
+        if changed:
+            self._store(next(iter(changed)))
+        store = self.store
+        if store is None:
+            return (None, self.snapshot_seq), {}
+        store.check()
+        if len(self.unsaved) >= MAX_UNSAVED:
+            store.wait_saved(min(self.unsaved))
+        saved = store.saved  # the store thread may move it on: read it once
+        self.unsaved = {seq: blobs for seq, blobs in self.unsaved.items() if seq > saved}
+        if changed:
+            store.write_later(self.snapshot_seq, changed)
+            self.unsaved[self.snapshot_seq] = changed
+        unsaved: dict[str, bytes | None] = {}
+        for blobs in self.unsaved.values():  # in snapshot order: the latest version wins
+            unsaved.update(blobs)
+        return (store.path.stem, saved), unsaved
 
     def _store(self, customer_id: str) -> CustomerStore:
         """This shard's customer store (named after the stage and the shard of ``customer_id``)."""
@@ -659,6 +684,24 @@ class CustomerStage:
         assert self.config.state_store is not None, "customers were snapshotted to a store: it must be configured"
         self.store = CustomerStore(self.config.state_store, name)
         return self.store
+
+    def _load(self, store: tuple[str | None, int], seq: int, unsaved: dict[str, bytes | None]) -> dict[str, bytes]:
+        """The customers of snapshot ``seq``: the store's as of the snapshot it held for sure, with the
+        changes it may not have had; those are written to it again, under ``seq``, before going on."""
+        name, saved = store
+        self.snapshot_seq = seq
+        if name is None:
+            return {}
+        customer_store = self._open_store(name)
+        blobs = customer_store.read(saved)
+        for customer_id, blob in unsaved.items():
+            if blob is None:
+                blobs.pop(customer_id, None)
+            else:
+                blobs[customer_id] = blob
+        if unsaved:
+            customer_store.write(seq, unsaved)
+        return blobs
 
     def _shard_index(self, customer_id: str) -> int:
         return shard_of(customer_id, self.ordered.upstreams)
@@ -692,14 +735,13 @@ class CustomerStage:
         if shard["store"] is None:
             self.encoded = blobs = dict(shard["customers"])
         else:
-            name, self.snapshot_seq = shard["store"]
-            blobs = {} if name is None else self._open_store(name).read(self.snapshot_seq)
+            blobs = self._load(shard["store"], shard["seq"], shard["unsaved"])
         self.customers = {cid: codec.decode(blob) for cid, blob in sorted(blobs.items())}
         self.clock, self.swept_day = shard["clock"], shard["swept_day"]
         self.stats = self.writer.stats = pickle.loads(shard["stats"])
         self.ordered.restore(pickle.loads(shard["pending"]))
         self.changed = set(shard["changed"])
-        self.models = self._models_for_mode(pickle.loads(shard["models"]))
+        self.models = self._models_for_mode(shard["models"] and ShardModels.from_snapshot(shard["models"]))
         self.scorers = self.models.scorers if self.models is not None else None
         self.timers = TimerQueue()
         self.timers.schedule_all(self.customers)

@@ -11,17 +11,29 @@ never committed).
 Versions older than :data:`KEEP` snapshots are pruned, keeping each customer's newest one
 before them: a restore can go back up to :data:`KEEP` snapshots of its shard; one further back
 is refused (``pruned_below`` says where the history stops).
+
+Writing waits for the disk (a durable commit per store), so a snapshot only hands its changes
+to :meth:`CustomerStore.write_later`: one thread per process writes them in order, and
+:attr:`CustomerStore.saved` tells which snapshot the store holds for sure. Until then the
+changes travel in the shard's Bytewax snapshot as well (see :mod:`operators.engine`).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import queue
 import sqlite3
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from schemas.errors import RecoveryStoreError
 
+log = logging.getLogger(__name__)
+
 KEEP = 10  # snapshots a restore can go back (Bytewax resumes from its last committed epoch)
+DRAIN_SECONDS = 30.0  # at exit, how long writes still queued may take
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS customers (id TEXT NOT NULL, seq INTEGER NOT NULL, blob BLOB,
@@ -31,16 +43,39 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 
 
 class CustomerStore:
-    """The versioned customer states of one shard, in ``folder/<name>.sqlite3``."""
+    """The versioned customer states of one shard, in ``folder/<name>.sqlite3`` (opened on first use)."""
 
     def __init__(self, folder: Path, name: str) -> None:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = folder / f"{name}.sqlite3"
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.path.chmod(0o600)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # durable before Bytewax commits the epoch
-        self.db.executescript(_SCHEMA)
+        self.saved = 0  # the latest snapshot written for sure (by write, or by write_later's thread)
+        self.failure: BaseException | None = None  # why a write of write_later's thread failed
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.path.chmod(0o600)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # durable when saved says so
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db
+
+    def write_later(self, seq: int, changed: Mapping[str, bytes | None]) -> None:
+        """:meth:`write` on the process's store thread; :attr:`saved` becomes ``seq`` once done."""
+        _writer.submit(self, seq, changed)
+
+    def check(self) -> None:
+        """Raise if a write of the store thread failed (the snapshot that asked for it cannot be kept)."""
+        if self.failure is not None:
+            raise RecoveryStoreError(f"customer store {self.path} could not be written: {self.failure}")
+
+    def wait_saved(self, seq: int) -> None:
+        """Wait until :attr:`saved` reaches ``seq`` (or a write failed)."""
+        _writer.wait(lambda: self.saved >= seq or self.failure is not None)
+        self.check()
 
     def write(self, seq: int, changed: Mapping[str, bytes | None]) -> None:
         """Snapshot ``seq``: the customers changed since the last one (``None``: no longer held)."""
@@ -57,6 +92,7 @@ class CustomerStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self.saved = seq
 
     def _prune(self, below: int, changed: Mapping[str, bytes | None]) -> None:
         """Drop the changed customers' versions before ``below`` but their newest one before it."""
@@ -69,6 +105,7 @@ class CustomerStore:
     def read(self, seq: int) -> dict[str, bytes]:
         """The customers held at snapshot ``seq`` (each one's latest version up to it); versions after
         ``seq`` are removed."""
+        _writer.wait(_writer.idle)  # nothing of this process is still on its way to the store
         pruned = self.db.execute("SELECT value FROM meta WHERE key = 'pruned_below'").fetchone()
         if pruned is not None and seq < pruned[0]:
             raise RecoveryStoreError(
@@ -82,4 +119,57 @@ class CustomerStore:
         return {customer_id: blob for customer_id, blob in rows if blob is not None}
 
     def close(self) -> None:
-        self.db.close()
+        if self._db is not None:
+            self._db.close()
+
+
+class _StoreWriter:
+    """The process's store thread: writes what :meth:`CustomerStore.write_later` asked, in order."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.Queue[tuple[CustomerStore, int, Mapping[str, bytes | None]]] = queue.Queue()
+        self.done = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def submit(self, store: CustomerStore, seq: int, changed: Mapping[str, bytes | None]) -> None:
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="customer-stores", daemon=True)
+                self.thread.start()
+        self.jobs.put((store, seq, changed))
+
+    def idle(self) -> bool:
+        return self.jobs.unfinished_tasks == 0
+
+    def wait(self, ready: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait until ``ready()`` (checked after every write), at most ``timeout`` seconds."""
+        with self.done:
+            return self.done.wait_for(ready, timeout)
+
+    def _run(self) -> None:
+        while True:
+            store, seq, changed = self.jobs.get()
+            try:
+                if store.failure is None:  # after a failure, later snapshots of that store cannot be kept either
+                    store.write(seq, changed)
+            except BaseException as err:  # reported by the shard's next snapshot
+                store.failure = err
+            finally:
+                with self.done:
+                    self.jobs.task_done()
+                    self.done.notify_all()
+
+    def drain(self) -> None:
+        """At exit: let queued writes finish (they are in Bytewax's snapshots too, so none is lost)."""
+        if not self.wait(self.idle, DRAIN_SECONDS):
+            log.warning("customer stores: %d writes still queued at exit", self.jobs.unfinished_tasks)
+
+
+_writer = _StoreWriter()
+atexit.register(_writer.drain)
+
+
+def wait_for_writes() -> None:
+    """Wait until every write this process's store thread was asked for is done (or failed)."""
+    _writer.wait(_writer.idle)

@@ -8,6 +8,7 @@ and stats, model files and modes go through that list.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -22,6 +23,9 @@ from state.customer import MAX_PENDING_OUTCOMES, CustomerState
 ModelMode = Literal["learn", "frozen", "off"]
 FEATURES_KEY = "~propensity_features"
 MODEL_TYPES: tuple[type[OnlineModel], ...] = (PropensityModel, OfferBandit, CoOccurrence)
+CHECK = "~check"  # a journal entry of a sampled check (the others are product touches learnt)
+ModelsSnapshot = tuple[bytes, bytes, tuple[bytes, ...]]  # see ShardModels.snapshot
+_KEPT_APART = frozenset({"recommender", "registry", "scorers", "_journal", "_saved"})  # not in a snapshot's first part
 
 
 class ShardModels:
@@ -49,7 +53,42 @@ class ShardModels:
         self.dropped = 0  # decisions whose outcome was never learnt (bound reached)
         # called with (customer, features, score before learning, outcome) of every outcome learnt
         self.on_outcome: Callable[[str, tuple[float, ...], float, bool], None] | None = None
+        # what the recommender learnt and checked since the last snapshot (None: no snapshot taken yet)
+        self._journal: list[tuple[Any, ...]] | None = None
+        self._saved: tuple[bytes, tuple[bytes, ...]] | None = None  # its last base and the journals since
         self.set_mode(mode)
+
+    def snapshot(self) -> ModelsSnapshot:
+        """The models for a recovery snapshot, costing what changed: everything but the recommender
+        pickled (small), and the recommender as a base pickled once plus, a segment per snapshot, the
+        product touches it learnt and the checks it made since. A new base is taken when the
+        segments outgrow the base (at most twice its size in all). The journal is kept from the
+        first snapshot on: a run without snapshots keeps none."""
+        base, segments = self._saved or (b"", ())
+        if self._journal:
+            segments = (*segments, pickle.dumps(self._journal, protocol=pickle.HIGHEST_PROTOCOL))
+        self._journal = []
+        if self._saved is None or sum(map(len, segments)) > len(base):
+            base, segments = pickle.dumps(self.recommender, protocol=pickle.HIGHEST_PROTOCOL), ()
+        self._saved = (base, segments)
+        rest = {name: value for name, value in self.__dict__.items() if name not in _KEPT_APART}
+        return pickle.dumps(rest, protocol=pickle.HIGHEST_PROTOCOL), base, segments
+
+    @classmethod
+    def from_snapshot(cls, snapshot: ModelsSnapshot) -> ShardModels:
+        """The models of a :meth:`snapshot`: the recommender's base told its journals again, in order
+        (learning and checking are deterministic, so it ends as it was)."""
+        rest, base, segments = snapshot
+        recommender: CoOccurrence = pickle.loads(base)
+        for journal in segments:
+            for entry in pickle.loads(journal):
+                if entry[0] == CHECK:
+                    recommender.check(*entry[1:])
+                else:
+                    recommender.learn(*entry)
+        models = cls.__new__(cls)
+        models.__setstate__({**pickle.loads(rest), "recommender": recommender})
+        return models
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickle (recovery snapshots), also from a version that held product events back from
@@ -58,7 +97,9 @@ class ShardModels:
             state["recommender"] = state.pop("_recommender")
         touches = state.pop("touches", ())
         self.__dict__.update(state)
+        self._journal, self._saved = None, None  # the first snapshot after a restore takes a new base
         self.registry = {model.name: model for model in (self.propensity, self.bandit, self.recommender)}
+        self.scorers = {"propensity": self.propensity_score}
         for history, product, category in touches:
             self.recommender.learn(history, product, category)
 
@@ -77,9 +118,14 @@ class ShardModels:
             return
         session = session_products(state, at_ms, self.session_timeout_ms)
         if check:  # predicted as a trigger would: from the session and the favourites
-            self.recommender.check(session, product, interests(state), state.categories.scores)
+            favourites, categories = interests(state), dict(state.categories.scores)
+            self.recommender.check(session, product, favourites, categories)
+            if self._journal is not None:
+                self._journal.append((CHECK, tuple(session), product, favourites, categories))
         if self.mode == "learn":
             self.recommender.learn(session, product, category)
+            if self._journal is not None:
+                self._journal.append((tuple(session), product, category))
 
     def recommend(self, state: CustomerState, k: int, at_ms: int) -> list[str]:
         """Top ``k`` products for the customer now, leaving out their cart and their last order."""

@@ -128,3 +128,51 @@ def test_the_partitions_of_a_process_share_one_consumer_and_get_only_their_own_m
     for offsets in read.values():
         assert offsets == list(range(len(offsets))), "each partition in offset order, from its start"
     assert next(iter(parts.values())).shared.closed, "the consumer closes with its last partition"
+
+
+def test_partitions_that_read_all_there_was_wake_together(services):
+    """A live partition that has read everything polls again at the next 5 ms mark of the clock,
+    the same for all: one activation of the source then reads every partition, not one each."""
+    from connectors import kafka
+    from connectors.kafka import KafkaEventSource
+
+    topic = produce(services, [orjson.dumps({"n": n}) for n in range(40)], partitions=4)
+    source = KafkaEventSource(services["KAFKA_BOOTSTRAP_SERVERS"], topic)
+    parts = [source.build_part("in", name, None) for name in source.list_parts()]
+    wakes = []
+    for part in parts:
+        part.next_batch()
+        wakes.append(part.next_awake())
+        part.close()
+    assert all(wake is not None for wake in wakes)
+    for wake in wakes:
+        ticks = wake.timestamp() / kafka.POLL_SECONDS
+        assert abs(ticks - round(ticks)) < 1e-3, f"{wake} is on the shared 5 ms grid"
+    assert kafka.next_poll(100.0012) == kafka.next_poll(100.0049), "moments apart: the same instant"
+
+
+def test_decision_latency_ends_when_kafka_confirms_not_when_the_engine_next_looks(services):
+    """Kafka confirms a decision within milliseconds; the engine hears of it only when it next polls
+    its producer (here: a second later, at close). The histogram counts up to the confirmation."""
+    servers = services["KAFKA_BOOTSTRAP_SERVERS"]
+    prefix = f"latency-{uuid.uuid4().hex[:8]}-"
+    admin = AdminClient({"bootstrap.servers": servers})
+    topic = NewTopic(prefix + "triggers.push", 1, 1)
+    admin.create_topics([topic])[topic.topic].result(30)
+    partition = KafkaOutputSink(servers, prefix, partitions=1).build_part("out", "producer-0", None)
+    partition.write_batch([Output("triggers.push", "warm-up", 0, 0, b'{"id": "w", "data": {}}')])
+    partition.snapshot()  # connected, and the producer id acquired
+
+    def observed() -> tuple[float, float]:
+        labels = {"origin": "event"}
+        count = REGISTRY.get_sample_value("nudgeflow_decision_latency_seconds_count", labels) or 0
+        return count, REGISTRY.get_sample_value("nudgeflow_decision_latency_seconds_sum", labels) or 0
+
+    before = observed()
+    body = orjson.dumps({"specversion": "1.0", "id": "d1", "data": {"content": "ok"}})
+    partition.write_batch([Output("triggers.push", "c1", 0, 0, body, arrived=time.time())])
+    time.sleep(1.0)  # delivered long before the engine looks again
+    partition.close()
+    after = observed()
+    assert after[0] - before[0] == 1
+    assert after[1] - before[1] < 0.5, "the time to Kafka's confirmation, not to the engine's next look"

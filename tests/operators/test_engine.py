@@ -13,6 +13,7 @@ from operators.engine import EngineConfig
 from operators.expressions import Expression
 from operators.ordering import OrderedRelease
 from operators.rules import CompiledRules
+from schemas.errors import RecoveryStoreError
 from state import codec
 from state.affinity import DAY_MS
 
@@ -244,13 +245,13 @@ def test_snapshot_round_trip_restores_customers_and_timers():
     assert [d["subject"] for d in cart_triggers(out)] == ["u1"]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 99])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 99])
 def test_snapshots_of_other_formats_are_refused_clearly(version):
     """Format 1 held pending items in another layout; format 2 pickled customer objects; format 4's
     held-back envelopes had no contract notes; format 5 held every customer in the snapshot, and message ids
-    themselves in its dedupe memory."""
+    themselves in its dedupe memory; format 6 wrote its customer store before the snapshot completed."""
     h = EngineHarness(rules_from(CART_ONLY), EngineConfig(snapshots=True))
-    with pytest.raises(ValueError, match=f"format {version} is not supported: this version reads format 6"):
+    with pytest.raises(ValueError, match=f"format {version} is not supported: this version reads format 7"):
         h.customers.restore((version, {}))
 
 
@@ -539,3 +540,46 @@ def test_a_shard_snapshotted_to_a_store_before_holding_any_customer_restores_emp
     restored = CustomerStage(rules_from(CART_ONLY), config, upstreams=4)
     restored.restore(snapshot)  # type: ignore[arg-type]
     assert restored.customers == {} and restored.snapshot_seq == 1
+
+
+def test_a_snapshot_does_not_wait_for_a_busy_customer_store_and_restores_every_customer(tmp_path):
+    """The store is written by a thread of its own: a snapshot taken while the disk is busy (here:
+    another connection holds the store's write lock) returns at once, and until the store has the
+    changes they travel in the snapshot itself, so a restore from it misses nothing."""
+    import sqlite3
+
+    rules = rules_from(CART_ONLY)
+    config = EngineConfig(snapshots=True, state_store=tmp_path / "customers")
+    h = EngineHarness(rules, config)
+    h.feed([added("u1", 0), track("Page", "u2", 5)])
+    first = h.customers.snapshot()
+    h.customers.store.wait_saved(1)  # type: ignore[union-attr]
+    h.feed([added("u1", 10, "p2"), track("Page", "u3", 12)])
+    busy = sqlite3.connect(h.customers.store.path, isolation_level=None)  # type: ignore[union-attr]
+    busy.execute("BEGIN IMMEDIATE")
+    try:
+        second = h.customers.snapshot()
+    finally:
+        busy.execute("ROLLBACK")
+        busy.close()
+    assert second[1]["store"][1] == 1, "the store held snapshot 1 only when snapshot 2 was taken"  # type: ignore[index]
+    assert first is not None
+    restored = EngineHarness(rules, config)
+    restored.customers.restore(second)  # type: ignore[arg-type]
+    assert sorted(restored.customers.customers) == ["u1", "u2", "u3"]
+    assert restored.customers.customers["u1"].cart.value == 40.0
+    out = restored.feed([track("Page", "u2", 60)])
+    assert [d["subject"] for d in cart_triggers(out)] == ["u1"]
+
+
+def test_a_customer_store_that_cannot_be_written_stops_the_engine_at_the_next_snapshot(tmp_path):
+    from state.store import wait_for_writes
+
+    blocked = tmp_path / "customers"
+    blocked.write_text("a file where the stores' folder should be")
+    h = EngineHarness(rules_from(CART_ONLY), EngineConfig(snapshots=True, state_store=blocked))
+    h.feed([added("u1", 0)])
+    h.customers.snapshot()  # handed to the store thread, which fails
+    wait_for_writes()
+    with pytest.raises(RecoveryStoreError, match=r"customer store .*customer-0000\.sqlite3 could not be written"):
+        h.customers.snapshot()

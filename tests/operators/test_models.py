@@ -187,3 +187,39 @@ def test_a_changed_or_foreign_model_file_is_refused(tmp_path):
     path.write_bytes(b'{"format": "pickle", "models": {}}')
     with pytest.raises(ValueError, match=r"not a nudgeflow\.models/1 file"):
         model_files.read(path)
+
+
+def product_views(count: int, start: int = 0) -> list[dict]:
+    """Views of 500 products by 7 customers, a minute apart (sessions link them; 1 in 50 is a checked one)."""
+    return [
+        track("Product Viewed", f"u{i % 7}", i, props={"product_id": f"p{i * 37 % 500}", "category": f"c{i % 3}"})
+        for i in range(start, start + count)
+    ]
+
+
+def test_a_models_snapshot_costs_what_was_learnt_since_the_last_and_restores_them_exactly():
+
+    h = harness()
+    h.feed(product_views(2000))
+    first = h.customers.snapshot()[1]["models"]
+    h.feed(product_views(10, 2000))
+    rest, base, journals = h.customers.snapshot()[1]["models"]
+    assert base is first[1], "the recommender's base is not pickled again"
+    assert len(rest) + sum(map(len, journals)) < len(base) / 5, "what the 10 views since changed, mostly"
+    h.feed(product_views(1500, 2010))  # more checks and lessons, then a restore from the third snapshot
+    restored = harness()
+    restored.customers.restore(pickle_round_trip(h.customers.snapshot()))
+    before, after = h.customers.models, restored.customers.models
+    assert after.stats() == before.stats() and after.stats()["recommendations"]["checked"] > 0
+    assert after.recommender.__getstate__() == before.recommender.__getstate__(), "the same model, link for link"
+    later = product_views(100, 3510)
+    assert restored.feed(later) == h.feed(later)
+    assert orjson.dumps(after.recommender.export()) == orjson.dumps(before.recommender.export())
+
+
+def test_models_keep_no_journal_of_what_they_learnt_in_a_run_without_snapshots():
+    unsnapshotted = EngineHarness(rules_from(CART), EngineConfig(models="learn"))
+    unsnapshotted.feed(product_views(500))
+    models = unsnapshotted.customers.models
+    assert models.recommender.stats()["products"] > 0
+    assert models._journal is None, "a replay without snapshots must not keep every product event"

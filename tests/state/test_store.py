@@ -45,3 +45,13 @@ def test_a_store_is_readable_and_writable_by_its_owner_only(tmp_path):
     store.write(1, {"u1": b"x"})
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(store.path.parent.stat().st_mode) == 0o700
+
+
+def test_writes_handed_to_the_store_thread_are_kept_in_order_and_saved_says_when(tmp_path):
+    store = CustomerStore(tmp_path, "customer-0002")
+    for seq in range(1, 6):
+        store.write_later(seq, {"u1": f"u1@{seq}".encode(), f"u{seq + 1}": b"x"})
+    store.wait_saved(5)
+    assert store.saved == 5
+    assert store.read(5)["u1"] == b"u1@5"
+    assert store.read(2) == {"u1": b"u1@2", "u2": b"x", "u3": b"x"}
