@@ -20,9 +20,6 @@ from operators.pipeline import Router, ShardLogic
 from operators.rules import CompiledRules
 from schemas.items import EndOfInput, Output, RawEvent
 
-IDENTITY = "i"
-CUSTOMER = "c"
-
 
 def _builder(rules: CompiledRules, config: EngineConfig, role: Role, shards: int) -> Callable[[Any], ShardLogic]:
     def build(resume: Any) -> ShardLogic:
@@ -32,6 +29,14 @@ def _builder(rules: CompiledRules, config: EngineConfig, role: Role, shards: int
         return ShardLogic(engine)
 
     return build
+
+
+def shard_keys(shards: int) -> list[str]:
+    """The Bytewax key of each shard number, the same in both stages: Bytewax places a key on the
+    same worker in every step, so identity shard ``n`` and customer shard ``n`` share a worker, and
+    an event whose customer is its identity key goes on to the customer stage without crossing
+    processes."""
+    return [f"shard{n:04d}" for n in range(shards)]
 
 
 @operator
@@ -48,16 +53,15 @@ def personalize(
     Dead letters travel through both stages too (they pass straight through), so the flow
     needs no branch or merge steps.
     """
-    identity_keys = [IDENTITY + f"{n:04d}" for n in range(shards)]
-    customer_keys = [CUSTOMER + f"{n:04d}" for n in range(shards)]
+    keys = shard_keys(shards)
     router = Router(shards, config.max_skew_ms, max_event_bytes)
 
     def parse(batch: list[RawEvent | EndOfInput]) -> list[tuple[str, list[Any]]]:
-        return [(identity_keys[shard], items) for shard, items in router.parse(batch).items()]
+        return [(keys[shard], items) for shard, items in router.parse(batch).items()]
 
     def forward(batch: list[tuple[str, list[Any]]]) -> list[tuple[str, list[Any]]]:
         routed = router.forward(items for _, items in batch)
-        return [(customer_keys[shard], items) for shard, items in routed.items()]
+        return [(keys[shard], items) for shard, items in routed.items()]
 
     def by_stream(batch: list[tuple[str, list[Any]]]) -> list[tuple[str, Output]]:
         return [(value.stream, value) for _, items in batch for value in items]

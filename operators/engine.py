@@ -64,7 +64,7 @@ from state.customer import MAX_CAUSED_BY, Checkpoint, CustomerState, Lifecycle, 
 from state.store import CustomerStore
 from state.update import apply_event
 
-SNAPSHOT_FORMAT = 6  # 6: customers in the shard's own incremental store when there is one; dedupe memory as hashes
+SNAPSHOT_FORMAT = 7  # 7: both stages' shards under one Bytewax key per shard number; 6: customers in incremental stores
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes
 REWARD = "~reward"  # the open offer choices' reward window: no reward when it passes
