@@ -18,7 +18,7 @@ from bytewax.operators import KeyedStream
 from operators.engine import EngineConfig, Role, shard_engine
 from operators.pipeline import Router, ShardLogic
 from operators.rules import CompiledRules
-from schemas.items import EndOfInput, Output, RawEvent
+from schemas.items import ChunkEnd, EndOfInput, Output, RawEvent
 
 
 def _builder(rules: CompiledRules, config: EngineConfig, role: Role, shards: int) -> Callable[[Any], ShardLogic]:
@@ -42,21 +42,23 @@ def shard_keys(shards: int) -> list[str]:
 @operator
 def personalize(
     step_id: str,
-    up: Stream[RawEvent | EndOfInput],
+    up: Stream[RawEvent | EndOfInput | ChunkEnd],
     rules: CompiledRules,
     config: EngineConfig,
     shards: int,
     max_event_bytes: int,
+    chunked: bool = False,
 ) -> KeyedStream[Output]:
     """Raw events in; outputs (triggers, audience changes, dead letters, stats) out, keyed by stream name.
 
     Dead letters travel through both stages too (they pass straight through), so the flow
-    needs no branch or merge steps.
+    needs no branch or merge steps. ``chunked``: the source partitions are the parts of one
+    chunked stream (see :mod:`operators.ordering`).
     """
     keys = shard_keys(shards)
-    router = Router(shards, config.max_skew_ms, max_event_bytes)
+    router = Router(shards, config.max_skew_ms, max_event_bytes, chunked)
 
-    def parse(batch: list[RawEvent | EndOfInput]) -> list[tuple[str, list[Any]]]:
+    def parse(batch: list[RawEvent | EndOfInput | ChunkEnd]) -> list[tuple[str, list[Any]]]:
         return [(keys[shard], items) for shard, items in router.parse(batch).items()]
 
     def forward(batch: list[tuple[str, list[Any]]]) -> list[tuple[str, list[Any]]]:
