@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -28,6 +29,7 @@ from connectors.files import (
     publish_outputs,
     stage_output_folder,
 )
+from connectors.local_services import free_port, stop_process
 from connectors.redis_store import StoreNotWritten, take_unwritten
 from flows.metrics import serve
 from flows.personalization import build_flow
@@ -140,6 +142,13 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--diff", type=Path, metavar="RULES_B", help="what would these rules have sent instead?")
     replay.add_argument("--format", choices=("jsonl", "uci-retail"), default="jsonl", help="input format")
     replay.add_argument("--rows", type=int, help="uci-retail: read at most this many CSV rows")
+    replay.add_argument(
+        "--processes", type=int, default=1, help="share the replay among this many processes (JSONL recordings)"
+    )
+    # one process of a replay shared among processes, started by --processes: it writes into the run's folder
+    replay.add_argument("--part-of", type=Path, help=argparse.SUPPRESS)
+    replay.add_argument("-i", "--process-id", type=int, default=0, help=argparse.SUPPRESS)
+    replay.add_argument("-a", "--addresses", help=argparse.SUPPRESS)
     _flow_options(replay, default_out=Path("out/replay"))
     replay.set_defaults(command=_replay)
 
@@ -416,9 +425,13 @@ def _source(args: argparse.Namespace, settings: Settings) -> Source[RawEvent | E
 
 def _replay(args: argparse.Namespace) -> int:
     files_only = {"redis_url": None}  # a replay writes its output folder, never the live store
+    if args.part_of is not None:
+        return _replay_part(args, _settings(args, args.inputs, args.part_of).model_copy(update=files_only))
+    if args.processes > 1 and args.format != "jsonl":
+        raise ConfigurationError("--processes shares the replay of JSONL recordings only")
     if args.diff is None:
         settings = _settings(args, args.inputs, args.out).model_copy(update=files_only)
-        execute(settings, args.workers, _source(args, settings), quiet=args.quiet)
+        _replay_once(args, settings, quiet=args.quiet)
         return 0
     load_rules(args.diff)  # fail before running anything
     if args.format == "jsonl":
@@ -428,7 +441,7 @@ def _replay(args: argparse.Namespace) -> int:
         settings_a = _settings(args, args.inputs, staging / "a").model_copy(update=files_only)
         settings_b = settings_a.model_copy(update={"out": staging / "b", "rules": args.diff})
         for settings in (settings_a, settings_b):
-            execute(settings, args.workers, _source(args, settings), quiet=True)
+            _replay_once(args, settings, quiet=True)
         diff = diff_decisions(settings_a.out, settings_b.out)
         try:
             (staging / "diff.json").write_bytes(diff.to_json())
@@ -442,6 +455,114 @@ def _replay(args: argparse.Namespace) -> int:
     if warning is not None:
         print(f"nudgeflow: warning: {warning}", file=sys.stderr)
     print(render_diff(diff, settings_a.rules, settings_b.rules))
+    return 0
+
+
+def _replay_once(args: argparse.Namespace, settings: Settings, quiet: bool) -> dict:
+    if args.processes > 1:
+        return replay_in_processes(settings, args.processes, args.workers, quiet, _part_options(args, settings))
+    return execute(settings, args.workers, _source(args, settings), quiet=quiet)
+
+
+def _part_options(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """The command line options of one process of a shared replay (the others come from the environment)."""
+    options = [*map(str, settings.input), "--rules", str(settings.rules), "-w", str(args.workers), "--quiet"]
+    if args.shards is not None:
+        options += ["--shards", str(args.shards)]
+    if args.models is not None:
+        options += ["--models", args.models]
+    return options
+
+
+PART_LINES = ".lines-{process}.json"
+"""What one process of a shared replay read (its input line account), in the run's folder."""
+
+
+def replay_in_processes(
+    settings: Settings, processes: int, workers: int, quiet: bool, options: Sequence[str]
+) -> dict[str, Any]:
+    """Replay ``settings.input`` in ``processes`` processes on this host (``workers`` threads each),
+    as one run: each process reads every line but parses only its own chunks of them (see
+    :class:`connectors.files.JsonlSource`), all write into one new folder, and this process
+    publishes it as :func:`execute` does. The outputs are those of one process, byte for byte."""
+    if settings.recovery_dir is not None:
+        raise ConfigurationError("a replay shared among processes keeps no recovery store: unset the recovery dir")
+    check_recordings(settings.input)
+    staging = stage_output_folder(settings.out, settings.replace_output)
+    try:
+        prepare_output_folder(staging)
+        addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+        command = [sys.executable, "-m", "flows.cli", "replay", *options, "--part-of", str(staging), "-a", addresses]
+        started = time.perf_counter()
+        _run_all([[*command, "-i", str(process)] for process in range(processes)])
+        seconds = time.perf_counter() - started
+        lines, problems = _part_lines(staging, processes)
+        try:
+            summary = finalize_summary(staging, lines)
+            warning = publish_outputs(staging, settings.out)
+        except OSError as err:
+            raise _unwritten(settings.out, settings.out, err) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if warning is not None:
+        print(f"nudgeflow: warning: {warning}", file=sys.stderr)
+    for problem in problems:
+        print(f"nudgeflow: {problem}", file=sys.stderr)
+    if not quiet:
+        print(render_summary(summary, settings, seconds), file=sys.stderr)
+    return summary
+
+
+def _run_all(commands: list[list[str]]) -> None:
+    """Run the processes of a shared replay to their end; when one fails, stop the others."""
+    procs = [subprocess.Popen(command) for command in commands]
+    try:
+        while any(proc.poll() is None for proc in procs):
+            failed = [(n, proc.returncode) for n, proc in enumerate(procs) if proc.returncode not in (None, 0)]
+            if failed:
+                process, code = failed[0]
+                raise ReplayProcessFailed(f"process {process} of the replay exited with {code}; nothing was written")
+            time.sleep(0.05)
+        for process, proc in enumerate(procs):
+            if proc.returncode != 0:
+                raise ReplayProcessFailed(
+                    f"process {process} of the replay exited with {proc.returncode}; nothing was written"
+                )
+    finally:
+        for proc in procs:
+            stop_process(proc, 10.0)
+
+
+class ReplayProcessFailed(NudgeflowError):
+    """A process of a replay shared among processes failed (it said why on stderr)."""
+
+
+def _part_lines(staging: Path, processes: int) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """The input line account and reading problems (every process reads every line: the first
+    process's), and the processes' account files removed."""
+    accounts = []
+    for process in range(processes):
+        path = staging / PART_LINES.format(process=process)
+        accounts.append(orjson.loads(path.read_bytes()))
+        path.unlink()
+    account = next((a for a in accounts if a["lines"]), accounts[0])
+    return account["lines"], account["problems"]
+
+
+def _replay_part(args: argparse.Namespace, settings: Settings) -> int:
+    """One process of a shared replay: its share of the flow, into the run's folder (``--part-of``)."""
+    addresses = args.addresses.split(",")
+    parts = len(addresses) * args.workers
+    source = JsonlSource(settings.input, settings.batch_size, settings.max_event_bytes, parts=parts)
+    errors: WriteErrors = []
+    sink = OutputFolderSink(args.part_of, errors, write_models=model_files.write_merged)
+    flow = build_flow(settings, load_rules(settings.rules), source=source, sink=sink)
+    run_dataflow(flow, settings, args.workers, args.process_id, addresses)
+    if errors:
+        path, err = errors[0]
+        raise _unwritten(args.part_of, path, err)
+    account = {"lines": source.tally.lines, "problems": source.tally.problems}
+    (args.part_of / PART_LINES.format(process=args.process_id)).write_bytes(orjson.dumps(account))
     return 0
 
 

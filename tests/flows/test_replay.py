@@ -51,6 +51,15 @@ def test_replays_are_byte_identical_across_runs_hash_seeds_workers_and_batch_siz
     assert first["triggers.push.jsonl"] and first["audience_changes.jsonl"] and first["dead_letters.jsonl"]
 
 
+def test_a_replay_shared_among_processes_writes_what_one_process_writes(tmp_path):
+    """``--processes N`` starts N processes that each parse their own chunks of the recording: the
+    output folder (decisions, dead letters, models, summary) is the one of a single process."""
+    stream = GOLDEN / "stream.jsonl.gz"
+    one = replay(stream, tmp_path / "one")
+    assert replay(stream, tmp_path / "two", "--processes", "2") == one
+    assert replay(stream, tmp_path / "three", "--processes", "3", env={"NUDGEFLOW_BATCH_SIZE": "37"}) == one
+
+
 def test_golden_replay(tmp_path):
     """The checked-in stream gives exactly the checked-in outputs (regenerate with UPDATE_GOLDEN=1)."""
     got = replay(GOLDEN / "stream.jsonl.gz", tmp_path / "out")
