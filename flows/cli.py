@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
-import subprocess
+import signal
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, get_args
@@ -29,7 +30,7 @@ from connectors.files import (
     publish_outputs,
     stage_output_folder,
 )
-from connectors.local_services import free_port, stop_process
+from connectors.local_services import free_port
 from connectors.redis_store import StoreNotWritten, take_unwritten
 from flows.metrics import serve
 from flows.personalization import build_flow
@@ -39,7 +40,7 @@ from flows.settings import SAMPLE_STREAM, Settings
 from flows.status import StatusLine, status_text
 from operators.models import ModelMode
 from operators.models import files as model_files
-from operators.rules import STARTER_RULES, load_rules
+from operators.rules import STARTER_RULES, CompiledRules, load_rules
 from schemas.errors import ConfigurationError, NudgeflowError, RecoveryStoreError
 from schemas.items import EndOfInput, RawEvent
 
@@ -145,10 +146,6 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--processes", type=int, default=1, help="share the replay among this many processes (JSONL recordings)"
     )
-    # one process of a replay shared among processes, started by --processes: it writes into the run's folder
-    replay.add_argument("--part-of", type=Path, help=argparse.SUPPRESS)
-    replay.add_argument("-i", "--process-id", type=int, default=0, help=argparse.SUPPRESS)
-    replay.add_argument("-a", "--addresses", help=argparse.SUPPRESS)
     _flow_options(replay, default_out=Path("out/replay"))
     replay.set_defaults(command=_replay)
 
@@ -425,8 +422,6 @@ def _source(args: argparse.Namespace, settings: Settings) -> Source[RawEvent | E
 
 def _replay(args: argparse.Namespace) -> int:
     files_only = {"redis_url": None}  # a replay writes its output folder, never the live store
-    if args.part_of is not None:
-        return _replay_part(args, _settings(args, args.inputs, args.part_of).model_copy(update=files_only))
     if args.processes > 1 and args.format != "jsonl":
         raise ConfigurationError("--processes shares the replay of JSONL recordings only")
     if args.diff is None:
@@ -460,41 +455,36 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _replay_once(args: argparse.Namespace, settings: Settings, quiet: bool) -> dict:
     if args.processes > 1:
-        return replay_in_processes(settings, args.processes, args.workers, quiet, _part_options(args, settings))
+        return replay_in_processes(settings, args.processes, args.workers, quiet)
     return execute(settings, args.workers, _source(args, settings), quiet=quiet)
-
-
-def _part_options(args: argparse.Namespace, settings: Settings) -> list[str]:
-    """The command line options of one process of a shared replay (the others come from the environment)."""
-    options = [*map(str, settings.input), "--rules", str(settings.rules), "-w", str(args.workers), "--quiet"]
-    if args.shards is not None:
-        options += ["--shards", str(args.shards)]
-    if args.models is not None:
-        options += ["--models", args.models]
-    return options
 
 
 PART_LINES = ".lines-{process}.json"
 """What one process of a shared replay read (its input line account), in the run's folder."""
 
 
-def replay_in_processes(
-    settings: Settings, processes: int, workers: int, quiet: bool, options: Sequence[str]
-) -> dict[str, Any]:
+def replay_in_processes(settings: Settings, processes: int, workers: int = 1, quiet: bool = False) -> dict[str, Any]:
     """Replay ``settings.input`` in ``processes`` processes on this host (``workers`` threads each),
     as one run: each process reads every line but parses only its own chunks of them (see
     :class:`connectors.files.JsonlSource`), all write into one new folder, and this process
-    publishes it as :func:`execute` does. The outputs are those of one process, byte for byte."""
+    publishes it as :func:`execute` does. The outputs are those of one process, byte for byte.
+
+    The processes are forked from this one once the rules are loaded, so they start without
+    importing anything again; this one waits for them, and stops the others when one fails.
+    """
     if settings.recovery_dir is not None:
         raise ConfigurationError("a replay shared among processes keeps no recovery store: unset the recovery dir")
+    rules = load_rules(settings.rules)
     check_recordings(settings.input)
     staging = stage_output_folder(settings.out, settings.replace_output)
     try:
         prepare_output_folder(staging)
-        addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
-        command = [sys.executable, "-m", "flows.cli", "replay", *options, "--part-of", str(staging), "-a", addresses]
+        addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
         started = time.perf_counter()
-        _run_all([[*command, "-i", str(process)] for process in range(processes)])
+        pids = [
+            _fork(lambda n=n: _replay_part(settings, rules, staging, workers, n, addresses)) for n in range(processes)
+        ]
+        _wait_all(pids)
         seconds = time.perf_counter() - started
         lines, problems = _part_lines(staging, processes)
         try:
@@ -513,28 +503,47 @@ def replay_in_processes(
     return summary
 
 
-def _run_all(commands: list[list[str]]) -> None:
-    """Run the processes of a shared replay to their end; when one fails, stop the others."""
-    procs = [subprocess.Popen(command) for command in commands]
-    try:
-        while any(proc.poll() is None for proc in procs):
-            failed = [(n, proc.returncode) for n, proc in enumerate(procs) if proc.returncode not in (None, 0)]
-            if failed:
-                process, code = failed[0]
-                raise ReplayProcessFailed(f"process {process} of the replay exited with {code}; nothing was written")
-            time.sleep(0.05)
-        for process, proc in enumerate(procs):
-            if proc.returncode != 0:
-                raise ReplayProcessFailed(
-                    f"process {process} of the replay exited with {proc.returncode}; nothing was written"
-                )
-    finally:
-        for proc in procs:
-            stop_process(proc, 10.0)
-
-
 class ReplayProcessFailed(NudgeflowError):
     """A process of a replay shared among processes failed (it said why on stderr)."""
+
+
+def _fork(run: Callable[[], None]) -> int:
+    """Run ``run`` in a child process (a fork of this one); return its pid. The child's exit
+    status says how it went, as :func:`main`'s does."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    status = EXIT_INTERNAL_ERROR
+    try:
+        run()
+        status = 0
+    except Exception as err:
+        status = _report(err)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def _wait_all(pids: list[int]) -> None:
+    """Wait for the processes ``pids`` of a shared replay; when one fails, stop the others."""
+    running = dict.fromkeys(pids)
+    try:
+        while running:
+            pid, status = os.waitpid(-1, 0)
+            if pid not in running:
+                continue
+            del running[pid]
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                process = pids.index(pid)
+                raise ReplayProcessFailed(f"process {process} of the replay exited with {code}; nothing was written")
+    finally:
+        for pid in running:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
 
 
 def _part_lines(staging: Path, processes: int) -> tuple[dict[str, dict[str, int]], list[str]]:
@@ -549,21 +558,21 @@ def _part_lines(staging: Path, processes: int) -> tuple[dict[str, dict[str, int]
     return account["lines"], account["problems"]
 
 
-def _replay_part(args: argparse.Namespace, settings: Settings) -> int:
-    """One process of a shared replay: its share of the flow, into the run's folder (``--part-of``)."""
-    addresses = args.addresses.split(",")
-    parts = len(addresses) * args.workers
+def _replay_part(
+    settings: Settings, rules: CompiledRules, folder: Path, workers: int, process: int, addresses: list[str]
+) -> None:
+    """One process of a shared replay: its share of the flow, into the run's ``folder``."""
+    parts = len(addresses) * workers
     source = JsonlSource(settings.input, settings.batch_size, settings.max_event_bytes, parts=parts)
     errors: WriteErrors = []
-    sink = OutputFolderSink(args.part_of, errors, write_models=model_files.write_merged)
-    flow = build_flow(settings, load_rules(settings.rules), source=source, sink=sink)
-    run_dataflow(flow, settings, args.workers, args.process_id, addresses)
+    sink = OutputFolderSink(folder, errors, write_models=model_files.write_merged)
+    flow = build_flow(settings, rules, source=source, sink=sink)
+    run_dataflow(flow, settings, workers, process, addresses)
     if errors:
         path, err = errors[0]
-        raise _unwritten(args.part_of, path, err)
+        raise _unwritten(settings.out, path, err)
     account = {"lines": source.tally.lines, "problems": source.tally.problems}
-    (args.part_of / PART_LINES.format(process=args.process_id)).write_bytes(orjson.dumps(account))
-    return 0
+    (folder / PART_LINES.format(process=process)).write_bytes(orjson.dumps(account))
 
 
 def _generate(args: argparse.Namespace) -> int:
