@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from itertools import chain
 
 import orjson
@@ -137,9 +137,12 @@ def test_an_event_from_an_unset_device_clock_is_dead_lettered_and_the_run_goes_o
     assert [w["subject"] for w in welcome] == ["u2"], "the events after it were applied"
 
 
-def test_identity_shard_and_customer_shard_of_one_number_run_on_one_worker(tmp_path, monkeypatch):
+def test_identity_shard_and_customer_shard_of_one_number_run_on_one_worker_and_workers_share_shards_evenly(
+    tmp_path, monkeypatch
+):
     """An event whose customer is its identity key goes on to the customer stage on the worker it is
-    on: shard n of both stages lives on one worker, whatever the worker count."""
+    on: shard n of both stages lives on one worker, whatever the worker count; and each worker holds
+    as many shards as the others."""
     shards = 8
     workers: dict[tuple[str, int], set[int]] = defaultdict(set)
     on_batch = ShardLogic.on_batch
@@ -160,3 +163,5 @@ def test_identity_shard_and_customer_shard_of_one_number_run_on_one_worker(tmp_p
     assert {shard for _, shard in workers} == set(range(shards))
     for shard in range(shards):
         assert workers[("identity", shard)] == workers[("customer", shard)], shard
+    per_worker = Counter(thread for (role, _), threads in workers.items() if role == "identity" for thread in threads)
+    assert sorted(per_worker.values()) == [2, 2, 2, 2]
