@@ -378,9 +378,9 @@ class _JsonlPart(_JsonlPartition):
     """One of ``parts`` parts of the recordings, read as a chunked stream: chunk ``c`` (lines
     ``c * chunk + 1`` to ``(c + 1) * chunk``, counted across the files) is this part's when
     ``c % parts == part``. Every part reads every line, but passes on only its own chunks' records,
-    each chunk followed by a :class:`ChunkEnd`; the line account (``tally``) and the blank lines
-    metric are every part's, so only part 0 counts blank lines. A part is not resumed: it starts
-    from the beginning.
+    each chunk followed by a :class:`ChunkEnd`. So each part keeps the whole line account
+    (``tally``), and only part 0 counts blank lines in the metrics. A part is not resumed: it
+    starts from the beginning.
     """
 
     def __init__(self, paths: list[Path], chunk: int, part: int, parts: int, max_bytes: int, tally: InputTally) -> None:
