@@ -378,9 +378,9 @@ class _JsonlPart(_JsonlPartition):
     """One of ``parts`` parts of the recordings, read as a chunked stream: chunk ``c`` (lines
     ``c * chunk + 1`` to ``(c + 1) * chunk``, counted across the files) is this part's when
     ``c % parts == part``. Every part reads every line, but passes on only its own chunks' records,
-    each chunk followed by a :class:`ChunkEnd`. So each part keeps the whole line account
-    (``tally``), and only part 0 counts blank lines in the metrics. A part is not resumed: it
-    starts from the beginning.
+    each chunk followed by a :class:`ChunkEnd`. So part 0 alone keeps the line account (in the
+    source's ``tally``) and counts blank lines in the metrics. A part is not resumed: it starts
+    from the beginning.
     """
 
     def __init__(self, paths: list[Path], chunk: int, part: int, parts: int, max_bytes: int, tally: InputTally) -> None:
@@ -427,7 +427,8 @@ class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput | ChunkEnd, Jsonl
     With ``parts`` above 1 the stream is read in ``parts`` partitions, each reading every
     ``parts``-th chunk of ``batch_size`` lines (see :class:`_JsonlPart`), so that the processes of
     a replay share reading and parsing; such a source is not resumed from a snapshot.
-    ``tally`` counts the lines read, in this process (see :class:`InputTally`).
+    ``tally`` counts the lines read, in this process (see :class:`InputTally`; of a split source,
+    in the process that reads part 0).
     """
 
     def __init__(
@@ -453,7 +454,8 @@ class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput | ChunkEnd, Jsonl
         if self.parts == 1:
             return _JsonlPartition(self.paths, self.batch_size, resume_state, self.max_event_bytes, self.tally)
         part = int(for_part.rpartition("-")[2])
-        return _JsonlPart(self.paths, self.batch_size, part, self.parts, self.max_event_bytes, self.tally)
+        tally = self.tally if part == 0 else InputTally()  # every part reads every line: part 0 counts them
+        return _JsonlPart(self.paths, self.batch_size, part, self.parts, self.max_event_bytes, tally)
 
 
 WriteErrors = list[tuple[Path, OSError]]

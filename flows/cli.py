@@ -547,8 +547,8 @@ def _wait_all(pids: list[int]) -> None:
 
 
 def _part_lines(staging: Path, processes: int) -> tuple[dict[str, dict[str, int]], list[str]]:
-    """The input line account and reading problems (every process reads every line: the first
-    process's), and the processes' account files removed."""
+    """The input line account and reading problems (of the process that read part 0 of the
+    recordings: every part reads every line), and the processes' account files removed."""
     accounts = []
     for process in range(processes):
         path = staging / PART_LINES.format(process=process)

@@ -72,19 +72,29 @@ def test_a_chunked_stream_gives_what_one_reader_gives_whatever_order_its_parts_a
     assert replay(path, parts, reading_order) == one_reader
 
 
-def test_a_part_passes_on_only_its_own_chunks_each_followed_by_its_end(tmp_path):
-    path = stream_with_jumps(tmp_path / "stream.jsonl")  # 13 lines: chunks of 2, the last one short
-    source = JsonlSource([path], batch_size=2, parts=3)
-    part = source.build_part("events", "recordings-1", None)
+def drain(part) -> list[list]:
     batches = []
     while True:
         try:
             batches.append(part.next_batch())
         except StopIteration:
-            break
+            return batches
+
+
+def test_a_part_passes_on_only_its_own_chunks_each_followed_by_its_end(tmp_path):
+    path = stream_with_jumps(tmp_path / "stream.jsonl")  # 13 lines: chunks of 2, the last one short
+    source = JsonlSource([path], batch_size=2, parts=3)
+    batches = drain(source.build_part("events", "recordings-1", None))
     lines = [[item.seq for item in batch if isinstance(item, RawEvent)] for batch in batches]
     ends = [(item.seq, item.skip_to) for batch in batches for item in batch if isinstance(item, ChunkEnd)]
     assert lines == [[3, 4], [9, 10], []]
     assert ends == [(4, 8), (10, 14)], "after each chunk: nothing more from this part up to its next chunk"
     assert isinstance(batches[-1][-1], EndOfInput)
+
+
+def test_the_lines_of_a_split_source_are_counted_once(tmp_path):
+    path = stream_with_jumps(tmp_path / "stream.jsonl")
+    source = JsonlSource([path], batch_size=2, parts=3)
+    for part in source.list_parts():
+        drain(source.build_part("events", part, None))
     assert source.tally.lines == {"stream.jsonl": {"read": 13, "blank": 0}}, "every part reads every line"
