@@ -387,16 +387,15 @@ class _JsonlPart(_JsonlPartition):
         super().__init__(paths, chunk, None, max_bytes, tally)
         self._part, self._parts = part, parts
         self._held: RawEvent | None = None  # read past the end of the chunk being read
+        self._blank_read = self._blank_counted = 0  # blank lines read, and counted in the metrics
 
     def next_batch(self) -> list[RawEvent | EndOfInput | ChunkEnd]:
         if self._ended:
             raise StopIteration
-        seq, chunk_lines, batch = self._seq, self._batch_size, []
+        chunk_lines, batch = self._batch_size, []
         held, self._held, chunk = self._held, None, None
         records = self._records if held is None else itertools.chain([held], self._records)
-        pulled = 0 if held is None else -1  # records read now (the held one was read before)
         for record in records:
-            pulled += 1
             number = (record.seq - 1) // chunk_lines
             if chunk is None and number % self._parts == self._part:
                 chunk = number
@@ -408,7 +407,8 @@ class _JsonlPart(_JsonlPartition):
                 batch.append(record)
         self._record_lines.inc(len(batch))
         if self._part == 0:
-            self._blank_lines.inc(self._seq - seq - pulled)
+            self._blank_lines.inc(self._blank_read - self._blank_counted)
+            self._blank_counted = self._blank_read
         out: list[RawEvent | EndOfInput | ChunkEnd] = list(batch)
         if chunk is not None:
             out.append(ChunkEnd((chunk + 1) * chunk_lines, (chunk + self._parts) * chunk_lines, self._part))
@@ -417,8 +417,40 @@ class _JsonlPart(_JsonlPartition):
             out.append(EndOfInput(self._seq, self._part))
         return out
 
+    def _lines(self, name: str) -> Iterator[RawEvent]:
+        """The records of this part's chunks (as :meth:`_JsonlPartition._lines` reads them); the
+        other lines are only counted, without being kept."""
+        file, limit = self._file, self._limit
+        assert file is not None
+        chunk_lines, parts, part = self._batch_size, self._parts, self._part
+        while line := file.readline(limit):
+            self._line += 1
+            self._seq += 1
+            cut = len(line) == limit and not line.endswith(b"\n")
+            if (self._seq - 1) // chunk_lines % parts != part:
+                if cut:
+                    _skip_rest_of_line(file)
+                elif line.isspace():
+                    self._blank += 1
+                    self._blank_read += 1
+                continue
+            if cut:
+                yield self._too_large(name, line)
+                continue
+            payload = line.rstrip(b"\r\n")
+            if payload.strip():
+                yield RawEvent(self._seq, {"source": name, "line": self._line}, payload)
+            else:
+                self._blank += 1
+                self._blank_read += 1
+
     def snapshot(self) -> None:
         return None
+
+
+def _skip_rest_of_line(file: BinaryIO) -> None:
+    while (more := file.readline(SKIP_CHUNK)) and not more.endswith(b"\n"):
+        pass
 
 
 class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput | ChunkEnd, JsonlState | None]):
