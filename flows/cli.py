@@ -422,6 +422,8 @@ def _source(args: argparse.Namespace, settings: Settings) -> Source[RawEvent | E
 
 def _replay(args: argparse.Namespace) -> int:
     files_only = {"redis_url": None}  # a replay writes its output folder, never the live store
+    if args.processes < 1:
+        raise ConfigurationError("--processes must be at least 1")
     if args.processes > 1 and args.format != "jsonl":
         raise ConfigurationError("--processes shares the replay of JSONL recordings only")
     if args.diff is None:
@@ -528,18 +530,22 @@ def _fork(run: Callable[[], None]) -> int:
 
 
 def _wait_all(pids: list[int]) -> None:
-    """Wait for the processes ``pids`` of a shared replay; when one fails, stop the others."""
-    running = dict.fromkeys(pids)
+    """Wait for the processes ``pids`` of a shared replay (and no other child); when one fails,
+    stop the others."""
+    running = list(pids)
     try:
         while running:
-            pid, status = os.waitpid(-1, 0)
-            if pid not in running:
-                continue
-            del running[pid]
-            code = os.waitstatus_to_exitcode(status)
-            if code != 0:
-                process = pids.index(pid)
-                raise ReplayProcessFailed(f"process {process} of the replay exited with {code}; nothing was written")
+            for pid in list(running):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if not done:
+                    continue
+                running.remove(pid)
+                if code := os.waitstatus_to_exitcode(status):
+                    process = pids.index(pid)
+                    raise ReplayProcessFailed(
+                        f"process {process} of the replay exited with {code}; nothing was written"
+                    )
+            time.sleep(0.05)
     finally:
         for pid in running:
             os.kill(pid, signal.SIGTERM)
