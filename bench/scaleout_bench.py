@@ -59,6 +59,11 @@ def cpu_of(commands: list[list[str]], env: dict[str, str] | None = None) -> tupl
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
 
 
+def load() -> str:
+    """The machine's load (runnable processes, a 1-minute average), which inflates CPU times."""
+    return f" (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+
+
 def files_of(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
@@ -80,7 +85,10 @@ def replay_rounds(path: Path, rounds: int) -> list[dict[str, float]]:
                 elif files != expected:
                     raise RuntimeError(f"{processes} processes wrote other outputs than 1 process")
                 rows[processes].append((cpu, wall))
-                print(f"round {round_ + 1}, replay, {processes} process(es): {cpu:.1f} CPU s, {wall:.1f} s", flush=True)
+                print(
+                    f"round {round_ + 1}, replay, {processes} process(es): {cpu:.1f} CPU s, {wall:.1f} s{load()}",
+                    flush=True,
+                )
     return summarize(rows)
 
 
@@ -133,7 +141,10 @@ def kafka_rounds(path: Path, rounds: int) -> list[dict[str, float]]:
                     commands = [[*run, "-w", "1", "-i", str(i), "-a", addresses] for i in range(processes)]
                 cpu, wall = cpu_of(commands, env)
                 rows[processes].append((cpu, wall))
-                print(f"round {round_ + 1}, kafka, {processes} process(es): {cpu:.1f} CPU s, {wall:.1f} s", flush=True)
+                print(
+                    f"round {round_ + 1}, kafka, {processes} process(es): {cpu:.1f} CPU s, {wall:.1f} s{load()}",
+                    flush=True,
+                )
     return summarize(rows)
 
 
