@@ -35,7 +35,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from connectors.local_services import process_alive
 from schemas.errors import InputError, OutputError, RecordingNotFound
-from schemas.items import DEFAULT_MAX_EVENT_BYTES, EndOfInput, Output, RawEvent
+from schemas.items import DEFAULT_MAX_EVENT_BYTES, ChunkEnd, EndOfInput, Output, RawEvent
 from schemas.metrics import INPUT_LINES
 from schemas.records import DEAD_LETTER_PAYLOAD_CAP
 from schemas.streams import MODEL_FILE, MODELS, OUTPUT_FILES, STATS
@@ -374,26 +374,120 @@ def _read_failure(err: BaseException) -> tuple[str, str]:
     return "unreadable_input", f"the file cannot be read ({strerror or err})"
 
 
-class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput, JsonlState]):
+class _JsonlPart(_JsonlPartition):
+    """One of ``parts`` parts of the recordings, read as a chunked stream: chunk ``c`` (lines
+    ``c * chunk + 1`` to ``(c + 1) * chunk``, counted across the files) is this part's when
+    ``c % parts == part``. Every part reads every line, but passes on only its own chunks' records,
+    each chunk followed by a :class:`ChunkEnd`. So part 0 alone keeps the line account (in the
+    source's ``tally``) and counts blank lines in the metrics. A part is not resumed: it starts
+    from the beginning.
+    """
+
+    def __init__(self, paths: list[Path], chunk: int, part: int, parts: int, max_bytes: int, tally: InputTally) -> None:
+        super().__init__(paths, chunk, None, max_bytes, tally)
+        self._part, self._parts = part, parts
+        self._held: RawEvent | None = None  # read past the end of the chunk being read
+        self._blank_read = self._blank_counted = 0  # blank lines read, and counted in the metrics
+
+    def next_batch(self) -> list[RawEvent | EndOfInput | ChunkEnd]:
+        if self._ended:
+            raise StopIteration
+        chunk_lines, batch = self._batch_size, []
+        held, self._held, chunk = self._held, None, None
+        records = self._records if held is None else itertools.chain([held], self._records)
+        for record in records:
+            number = (record.seq - 1) // chunk_lines
+            if chunk is None and number % self._parts == self._part:
+                chunk = number
+            if chunk is not None and number > chunk:
+                self._held = record
+                break
+            if number == chunk:
+                record.partition = self._part
+                batch.append(record)
+        self._record_lines.inc(len(batch))
+        if self._part == 0:
+            self._blank_lines.inc(self._blank_read - self._blank_counted)
+            self._blank_counted = self._blank_read
+        out: list[RawEvent | EndOfInput | ChunkEnd] = list(batch)
+        if chunk is not None:
+            out.append(ChunkEnd((chunk + 1) * chunk_lines, (chunk + self._parts) * chunk_lines, self._part))
+        if self._held is None:
+            self._ended = True
+            out.append(EndOfInput(self._seq, self._part))
+        return out
+
+    def _lines(self, name: str) -> Iterator[RawEvent]:
+        """The records of this part's chunks (as :meth:`_JsonlPartition._lines` reads them); the
+        other lines are only counted, without being kept."""
+        file, limit = self._file, self._limit
+        assert file is not None
+        chunk_lines, parts, part = self._batch_size, self._parts, self._part
+        while line := file.readline(limit):
+            self._line += 1
+            self._seq += 1
+            cut = len(line) == limit and not line.endswith(b"\n")
+            if (self._seq - 1) // chunk_lines % parts != part:
+                if cut:
+                    _skip_rest_of_line(file)
+                elif line.isspace():
+                    self._blank += 1
+                    self._blank_read += 1
+                continue
+            if cut:
+                yield self._too_large(name, line)
+                continue
+            payload = line.rstrip(b"\r\n")
+            if payload.strip():
+                yield RawEvent(self._seq, {"source": name, "line": self._line}, payload)
+            else:
+                self._blank += 1
+                self._blank_read += 1
+
+    def snapshot(self) -> None:
+        return None
+
+
+def _skip_rest_of_line(file: BinaryIO) -> None:
+    while (more := file.readline(SKIP_CHUNK)) and not more.endswith(b"\n"):
+        pass
+
+
+class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput | ChunkEnd, JsonlState | None]):
     """Read JSONL recordings (plain or ``.gz``) as raw bytes, in order, as one stream (one partition).
 
-    ``tally`` counts the lines read, in this process (see :class:`InputTally`).
+    With ``parts`` above 1 the stream is read in ``parts`` partitions, each reading every
+    ``parts``-th chunk of ``batch_size`` lines (see :class:`_JsonlPart`), so that the processes of
+    a replay share reading and parsing; such a source is not resumed from a snapshot.
+    ``tally`` counts the lines read, in this process (see :class:`InputTally`; of a split source,
+    in the process that reads part 0).
     """
 
     def __init__(
-        self, paths: Sequence[str | Path], batch_size: int = 1000, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+        self,
+        paths: Sequence[str | Path],
+        batch_size: int = 1000,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        parts: int = 1,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.batch_size = batch_size
         self.max_event_bytes = max_event_bytes
+        self.parts = parts
         self.tally = InputTally()
         check_recordings(self.paths)
 
     def list_parts(self) -> list[str]:
-        return ["recordings"]
+        if self.parts == 1:
+            return ["recordings"]
+        return [f"recordings-{part}" for part in range(self.parts)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _JsonlPartition:
-        return _JsonlPartition(self.paths, self.batch_size, resume_state, self.max_event_bytes, self.tally)
+        if self.parts == 1:
+            return _JsonlPartition(self.paths, self.batch_size, resume_state, self.max_event_bytes, self.tally)
+        part = int(for_part.rpartition("-")[2])
+        tally = self.tally if part == 0 else InputTally()  # every part reads every line: part 0 counts them
+        return _JsonlPart(self.paths, self.batch_size, part, self.parts, self.max_event_bytes, tally)
 
 
 WriteErrors = list[tuple[Path, OSError]]

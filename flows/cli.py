@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, get_args
@@ -28,6 +30,7 @@ from connectors.files import (
     publish_outputs,
     stage_output_folder,
 )
+from connectors.local_services import free_port
 from connectors.redis_store import StoreNotWritten, take_unwritten
 from flows.metrics import serve
 from flows.personalization import build_flow
@@ -37,7 +40,7 @@ from flows.settings import SAMPLE_STREAM, Settings
 from flows.status import StatusLine, status_text
 from operators.models import ModelMode
 from operators.models import files as model_files
-from operators.rules import STARTER_RULES, load_rules
+from operators.rules import STARTER_RULES, CompiledRules, load_rules
 from schemas.errors import ConfigurationError, NudgeflowError, RecoveryStoreError
 from schemas.items import EndOfInput, RawEvent
 
@@ -140,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--diff", type=Path, metavar="RULES_B", help="what would these rules have sent instead?")
     replay.add_argument("--format", choices=("jsonl", "uci-retail"), default="jsonl", help="input format")
     replay.add_argument("--rows", type=int, help="uci-retail: read at most this many CSV rows")
+    replay.add_argument(
+        "--processes", type=int, default=1, help="share the replay among this many processes (JSONL recordings)"
+    )
     _flow_options(replay, default_out=Path("out/replay"))
     replay.set_defaults(command=_replay)
 
@@ -416,9 +422,13 @@ def _source(args: argparse.Namespace, settings: Settings) -> Source[RawEvent | E
 
 def _replay(args: argparse.Namespace) -> int:
     files_only = {"redis_url": None}  # a replay writes its output folder, never the live store
+    if args.processes < 1:
+        raise ConfigurationError("--processes must be at least 1")
+    if args.processes > 1 and args.format != "jsonl":
+        raise ConfigurationError("--processes shares the replay of JSONL recordings only")
     if args.diff is None:
         settings = _settings(args, args.inputs, args.out).model_copy(update=files_only)
-        execute(settings, args.workers, _source(args, settings), quiet=args.quiet)
+        _replay_once(args, settings, quiet=args.quiet)
         return 0
     load_rules(args.diff)  # fail before running anything
     if args.format == "jsonl":
@@ -428,7 +438,7 @@ def _replay(args: argparse.Namespace) -> int:
         settings_a = _settings(args, args.inputs, staging / "a").model_copy(update=files_only)
         settings_b = settings_a.model_copy(update={"out": staging / "b", "rules": args.diff})
         for settings in (settings_a, settings_b):
-            execute(settings, args.workers, _source(args, settings), quiet=True)
+            _replay_once(args, settings, quiet=True)
         diff = diff_decisions(settings_a.out, settings_b.out)
         try:
             (staging / "diff.json").write_bytes(diff.to_json())
@@ -443,6 +453,132 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"nudgeflow: warning: {warning}", file=sys.stderr)
     print(render_diff(diff, settings_a.rules, settings_b.rules))
     return 0
+
+
+def _replay_once(args: argparse.Namespace, settings: Settings, quiet: bool) -> dict:
+    if args.processes > 1:
+        return replay_in_processes(settings, args.processes, args.workers, quiet)
+    return execute(settings, args.workers, _source(args, settings), quiet=quiet)
+
+
+PART_LINES = ".lines-{process}.json"
+"""What one process of a shared replay read (its input line account), in the run's folder."""
+
+
+def replay_in_processes(settings: Settings, processes: int, workers: int = 1, quiet: bool = False) -> dict[str, Any]:
+    """Replay ``settings.input`` in ``processes`` processes on this host (``workers`` threads each),
+    as one run: each process reads every line but parses only its own chunks of them (see
+    :class:`connectors.files.JsonlSource`), all write into one new folder, and this process
+    publishes it as :func:`execute` does. The outputs are those of one process, byte for byte.
+
+    The processes are forked from this one once the rules are loaded, so they start without
+    importing anything again; this one waits for them, and stops the others when one fails.
+    """
+    if settings.recovery_dir is not None:
+        raise ConfigurationError("a replay shared among processes keeps no recovery store: unset the recovery dir")
+    rules = load_rules(settings.rules)
+    check_recordings(settings.input)
+    staging = stage_output_folder(settings.out, settings.replace_output)
+    try:
+        prepare_output_folder(staging)
+        addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
+        started = time.perf_counter()
+        pids = [
+            _fork(lambda n=n: _replay_part(settings, rules, staging, workers, n, addresses)) for n in range(processes)
+        ]
+        _wait_all(pids)
+        seconds = time.perf_counter() - started
+        lines, problems = _part_lines(staging, processes)
+        try:
+            summary = finalize_summary(staging, lines)
+            warning = publish_outputs(staging, settings.out)
+        except OSError as err:
+            raise _unwritten(settings.out, settings.out, err) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if warning is not None:
+        print(f"nudgeflow: warning: {warning}", file=sys.stderr)
+    for problem in problems:
+        print(f"nudgeflow: {problem}", file=sys.stderr)
+    if not quiet:
+        print(render_summary(summary, settings, seconds), file=sys.stderr)
+    return summary
+
+
+class ReplayProcessFailed(NudgeflowError):
+    """A process of a replay shared among processes failed (it said why on stderr)."""
+
+
+def _fork(run: Callable[[], None]) -> int:
+    """Run ``run`` in a child process (a fork of this one); return its pid. The child's exit
+    status says how it went, as :func:`main`'s does."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    status = EXIT_INTERNAL_ERROR
+    try:
+        run()
+        status = 0
+    except Exception as err:
+        status = _report(err)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def _wait_all(pids: list[int]) -> None:
+    """Wait for the processes ``pids`` of a shared replay (and no other child); when one fails,
+    stop the others."""
+    running = list(pids)
+    try:
+        while running:
+            for pid in list(running):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if not done:
+                    continue
+                running.remove(pid)
+                if code := os.waitstatus_to_exitcode(status):
+                    process = pids.index(pid)
+                    raise ReplayProcessFailed(
+                        f"process {process} of the replay exited with {code}; nothing was written"
+                    )
+            time.sleep(0.05)
+    finally:
+        for pid in running:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+
+
+def _part_lines(staging: Path, processes: int) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """The input line account and reading problems (of the process that read part 0 of the
+    recordings: every part reads every line), and the processes' account files removed."""
+    accounts = []
+    for process in range(processes):
+        path = staging / PART_LINES.format(process=process)
+        accounts.append(orjson.loads(path.read_bytes()))
+        path.unlink()
+    account = next((a for a in accounts if a["lines"]), accounts[0])
+    return account["lines"], account["problems"]
+
+
+def _replay_part(
+    settings: Settings, rules: CompiledRules, folder: Path, workers: int, process: int, addresses: list[str]
+) -> None:
+    """One process of a shared replay: its share of the flow, into the run's ``folder``."""
+    parts = len(addresses) * workers
+    source = JsonlSource(settings.input, settings.batch_size, settings.max_event_bytes, parts=parts)
+    errors: WriteErrors = []
+    sink = OutputFolderSink(folder, errors, write_models=model_files.write_merged)
+    flow = build_flow(settings, rules, source=source, sink=sink)
+    run_dataflow(flow, settings, workers, process, addresses)
+    if errors:
+        path, err = errors[0]
+        raise _unwritten(settings.out, path, err)
+    account = {"lines": source.tally.lines, "problems": source.tally.problems}
+    (folder / PART_LINES.format(process=process)).write_bytes(orjson.dumps(account))
 
 
 def _generate(args: argparse.Namespace) -> int:

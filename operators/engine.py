@@ -64,7 +64,9 @@ from state.customer import MAX_CAUSED_BY, NO_PART, Checkpoint, CustomerState, Li
 from state.store import CustomerStore
 from state.update import apply_event, changed_parts
 
-SNAPSHOT_FORMAT = 7  # 7: the changes the shard's store may not hold yet travel in the snapshot
+# 7: both stages' shards under one Bytewax key per shard number; the changes the shard's store may not
+# hold yet travel in the snapshot
+SNAPSHOT_FORMAT = 7
 MAX_UNSAVED = 3  # snapshots whose changes may wait for the customer store before a snapshot waits for it
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes

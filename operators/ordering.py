@@ -5,6 +5,12 @@ whatever the number of workers or how the input was batched. Each upstream (a so
 for the identity stage, an identity shard for the customer stage) sends a :class:`Tick` after
 each batch: it sends nothing more with a key up to the tick's ``seq``. Items up to the smallest
 key that every busy upstream has passed can be applied.
+
+A replay spread over processes reads one stream in interleaved chunks of lines, one source
+partition per part (:class:`schemas.items.ChunkEnd`). Its merge keys are line numbers, and the
+event time the stream has reached at a line (its mark) depends on every chunk before it: each
+identity shard gets every chunk's :class:`ChunkMark` and gives each event, in key order, the mark
+one reader of the whole stream would have given it (:class:`ChunkedMarks`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import bisect
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 
@@ -37,6 +44,65 @@ class Tick:
     origin: int
     idle: bool = False
     shard: int = 0
+    chunked: bool = False  # from a part of a chunked stream: its event time comes in ChunkMarks
+
+
+NO_MARK = -(1 << 62)
+"""The mark of an event of a chunked stream that nothing before it in its chunk has moved."""
+
+
+@dataclass(slots=True)
+class ChunkMark:
+    """What one chunk of a chunked stream adds to the stream's mark: ``reached_ms``, the latest
+    event time of its valid, not future-dated events (``None``: none); ``seq`` is the merge key of
+    its last line. Sent to every identity shard, held back with the events, and taken in key order."""
+
+    seq: int
+    reached_ms: int | None
+
+
+class ChunkedMarks:
+    """The mark a chunked stream has reached, folded from its chunk marks in key order; it gives
+    released events their marks (each came with the mark of its own chunk up to it, or ``NO_MARK``)."""
+
+    def __init__(self) -> None:
+        self.reached: int | None = None  # the mark of the chunks taken
+        self.marks: list[ChunkMark] = []  # received, not taken yet, in key order
+
+    def add(self, marks: list[ChunkMark]) -> None:
+        self.marks += marks
+        self.marks.sort(key=_seq)
+
+    def reached_through(self, upto: int | None) -> int | None:
+        """The stream's mark once the chunks up to ``upto`` (all with ``None``) are taken."""
+        reached = self.reached
+        for mark in self.marks:
+            if upto is not None and mark.seq > upto:
+                break
+            reached = _later(reached, mark.reached_ms)
+        return reached
+
+    def stamp(self, released: list[Any], upto: int | None) -> None:
+        """Give each released event (in key order) its mark; take the chunk marks up to ``upto``."""
+        marks, taken, reached = self.marks, 0, self.reached
+        for env in released:
+            while taken < len(marks) and marks[taken].seq < env.seq:
+                reached = _later(reached, marks[taken].reached_ms)
+                taken += 1
+            mark = env.mark_ms if reached is None or env.mark_ms > reached else reached
+            env.mark_ms = env.ts_ms if mark == NO_MARK else mark
+        while taken < len(marks) and (upto is None or marks[taken].seq <= upto):
+            reached = _later(reached, marks[taken].reached_ms)
+            taken += 1
+        self.reached = reached
+        del marks[:taken]
+
+
+def _later(reached: int | None, ts_ms: int | None) -> int | None:
+    return ts_ms if reached is None or (ts_ms is not None and ts_ms > reached) else reached
+
+
+_seq = attrgetter("seq")
 
 
 class OrderedRelease:
@@ -48,6 +114,7 @@ class OrderedRelease:
         self.ticks: dict[int, Tick] = {}  # the latest tick of each upstream
         self.pending: list[Any] = []
         self.sorted_pending = 0  # how many of ``pending`` are known to be in key order
+        self.chunked: ChunkedMarks | None = None  # when the upstreams are the parts of a chunked stream
 
     def progress(self) -> tuple[int | None, int | None, bool] | None:
         """``(upto, reached, idle)`` once every upstream has reported: the merge key every busy
@@ -58,6 +125,11 @@ class OrderedRelease:
             return None
         busy = [t for t in ticks.values() if not t.idle]
         upto = min(t.seq for t in busy) if busy else None
+        if self.chunked is None and next(iter(ticks.values())).chunked:
+            self.chunked = ChunkedMarks()
+        if self.chunked is not None:
+            self._sort()  # takes the newly received chunk marks out of ``pending``
+            return upto, self.chunked.reached_through(upto), not busy
         marks = [t.ts_ms for t in (busy or ticks.values()) if t.ts_ms is not None]
         reached = (min if busy else max)(marks) if marks else None
         return upto, reached, not busy
@@ -77,6 +149,8 @@ class OrderedRelease:
             cut = bisect.bisect_right(pending, upto, key=key)
             released, self.pending = pending[:cut], pending[cut:]
         self.sorted_pending = len(self.pending)
+        if self.chunked is not None:
+            self.chunked.stamp(released, upto)
         return released
 
     def _sort(self) -> None:
@@ -86,6 +160,12 @@ class OrderedRelease:
         if done >= len(pending):
             return
         newcomers = pending[done:]
+        if self.chunked is not None:
+            self.chunked.add([item for item in newcomers if type(item) is ChunkMark])
+            newcomers = [item for item in newcomers if type(item) is not ChunkMark]
+            del pending[done:]
+            if not newcomers:
+                return
         newcomers.sort(key=key)
         start = bisect.bisect_right(pending, key(newcomers[0]), hi=done, key=key) if done else done
         if start == done:
@@ -98,7 +178,8 @@ class OrderedRelease:
 
     def state(self) -> list[Any]:
         """What a snapshot keeps: the held-back items (after a restart every upstream reports its
-        progress afresh, so their last ticks are not kept)."""
+        progress afresh, so their last ticks are not kept). A chunked stream is not resumed: its
+        replay starts again."""
         return self.pending
 
     def restore(self, pending: list[Any]) -> None:

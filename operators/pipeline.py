@@ -19,11 +19,12 @@ import orjson
 from bytewax.operators import StatefulBatchLogic
 
 from operators.engine import CustomerStage, EngineConfig, Forward, IdentityStage
-from operators.ordering import Tick, shard_of
-from operators.parse import InputMarks, Rejected, parse
+from operators.ordering import NO_MARK, ChunkMark, Tick, shard_of
+from operators.parse import InputMarks, Rejected, order_key, parse
 from operators.rules import CompiledRules
 from operators.shard_metrics import ShardMetrics
-from schemas.items import DEFAULT_MAX_EVENT_BYTES, EndOfInput, Output, RawEvent
+from schemas.envelope import Envelope
+from schemas.items import DEFAULT_MAX_EVENT_BYTES, ChunkEnd, EndOfInput, Output, RawEvent
 from schemas.metrics import INVALID_EVENTS
 from schemas.streams import DEAD_LETTERS, STATS
 
@@ -35,21 +36,30 @@ class Router:
     read by one worker only, and each worker has its own router.
     """
 
-    def __init__(self, shards: int, max_skew_ms: int, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    def __init__(
+        self, shards: int, max_skew_ms: int, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, chunked: bool = False
+    ) -> None:
         self.shards = shards
         self.max_event_bytes = max_event_bytes
-        self.marks = InputMarks(max_skew_ms)
+        self.chunked = chunked  # the source partitions are the parts of a chunked stream
+        self.marks = ChunkInputMarks(max_skew_ms) if chunked else InputMarks(max_skew_ms)
 
-    def parse(self, batch: Iterable[RawEvent | EndOfInput]) -> dict[int, list[Any]]:
+    def parse(self, batch: Iterable[RawEvent | EndOfInput | ChunkEnd]) -> dict[int, list[Any]]:
         """Each record parsed and sent to its identity shard; after the batch, the progress of each
-        partition in it, as one tuple of ticks to every identity shard (see :mod:`operators.engine`)."""
+        partition in it, as one tuple of ticks to every identity shard (see :mod:`operators.engine`),
+        after the marks of the chunks that ended in it (a chunked stream)."""
         shards, marks, max_bytes = self.shards, self.marks, self.max_event_bytes
         routed: dict[int, list[Any]] = {}
         progress: dict[int, tuple[int, bool]] = {}  # partition -> (merge key reached, idle)
+        chunk_marks: list[ChunkMark] = []
         for raw in batch:
             partition = raw.partition
-            if isinstance(raw, EndOfInput):
-                progress[partition] = (marks.key(partition, raw.seq), True)
+            if type(raw) is not RawEvent:
+                if isinstance(raw, ChunkEnd):
+                    chunk_marks.append(ChunkMark(marks.key(partition, raw.seq), marks.reached.pop(partition, None)))
+                    progress[partition] = (marks.key(partition, raw.skip_to), False)
+                else:
+                    progress[partition] = (marks.key(partition, raw.seq), True)
                 continue
             result = parse(raw, max_bytes)
             if isinstance(result, Rejected):
@@ -63,10 +73,11 @@ class Router:
                 shard, item = shard_of(result.anonymous_id or result.customer_id, shards), result
             routed.setdefault(shard, []).append(item)
         if progress:
+            chunked = self.chunked
             reached = [(marks.reached.get(p), seq, p, idle) for p, (seq, idle) in progress.items()]
             for shard in range(shards):
-                ticks = tuple(Tick(ts, seq, p, idle, shard) for ts, seq, p, idle in reached)
-                routed.setdefault(shard, []).append(ticks)
+                ticks = tuple(Tick(ts, seq, p, idle, shard, chunked) for ts, seq, p, idle in reached)
+                routed.setdefault(shard, []).extend((*chunk_marks, ticks))
         return routed
 
     def forward(self, emitted: Iterable[list[Any]]) -> dict[int, list[Any]]:
@@ -88,6 +99,23 @@ class Router:
             for shard in range(shards):
                 routed.setdefault(shard, []).append(gathered)
         return routed
+
+
+class ChunkInputMarks(InputMarks):
+    """The marks of the parts of a chunked stream (see :mod:`operators.ordering`): each part's mark
+    within the chunk it reads (``NO_MARK`` before anything moved it; the router drops it at the
+    chunk's end), and merge keys in line order (the stream's lines are numbered across all parts)."""
+
+    def stamp(self, env: Envelope, partition: int) -> None:
+        reached = self.reached.get(partition)
+        future = env.received_ms is not None and env.ts_ms - env.received_ms > self.max_skew_ms
+        if not future and (reached is None or env.ts_ms > reached):
+            reached = self.reached[partition] = env.ts_ms
+        env.mark_ms = NO_MARK if reached is None else reached
+        env.seq = order_key(0, 0, env.seq)
+
+    def key(self, partition: int, offset: int) -> int:
+        return order_key(0, 0, offset)
 
 
 class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
@@ -162,15 +190,16 @@ class Pipeline:
         config: EngineConfig | None = None,
         shards: int = 1,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        chunked: bool = False,
     ) -> None:
         config = config or EngineConfig()
-        self.router = Router(shards, config.max_skew_ms, max_event_bytes)
+        self.router = Router(shards, config.max_skew_ms, max_event_bytes, chunked)
         self.partitions = config.source_partitions
         self.identity = [ShardLogic(IdentityStage(rules, config)) for _ in range(shards)]
         self.customers = [ShardLogic(CustomerStage(rules, config, shards)) for _ in range(shards)]
         self.ended = False
 
-    def feed(self, batch: Iterable[RawEvent | EndOfInput]) -> list[Output]:
+    def feed(self, batch: Iterable[RawEvent | EndOfInput | ChunkEnd]) -> list[Output]:
         routed = self.router.parse(batch)
         emitted = [self.identity[shard].on_batch([items])[0] for shard, items in sorted(routed.items())]
         return self._customers(chain.from_iterable(emitted))

@@ -38,6 +38,20 @@ class EndOfInput:
 
 
 @dataclass(slots=True)
+class ChunkEnd:
+    """Sent after each chunk of lines by a source partition that reads one part of a stream split
+    into interleaved chunks (a replay spread over processes: see ``connectors.files.JsonlSource``).
+
+    ``seq`` is the chunk's last line; ``skip_to`` the line before the partition's next chunk: the
+    lines up to it are other partitions'.
+    """
+
+    seq: int
+    skip_to: int
+    partition: int = 0
+
+
+@dataclass(slots=True)
 class Output:
     """One record for a sink: ``stream`` names the output (file or topic), ``key`` the customer."""
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+import threading
+from collections import Counter, defaultdict
+from itertools import chain
 
 import orjson
 import pytest
@@ -11,6 +13,10 @@ from conftest import added, call, order, source_records, track
 
 from flows.personalization import build_flow
 from flows.settings import Settings
+from operators.engine import Forward
+from operators.ordering import shard_of
+from operators.pipeline import ShardLogic
+from schemas.envelope import Envelope
 from schemas.items import Output
 
 
@@ -129,3 +135,33 @@ def test_an_event_from_an_unset_device_clock_is_dead_lettered_and_the_run_goes_o
     assert [(d["reason"], d["position"]["line"]) for d in dead] == [("too_old", 3)]
     welcome = [orjson.loads(o.body) for o in outputs if o.stream == "triggers.push"]
     assert [w["subject"] for w in welcome] == ["u2"], "the events after it were applied"
+
+
+def test_identity_shard_and_customer_shard_of_one_number_run_on_one_worker_and_workers_share_shards_evenly(
+    tmp_path, monkeypatch
+):
+    """An event whose customer is its identity key goes on to the customer stage on the worker it is
+    on: shard n of both stages lives on one worker, whatever the worker count; and each worker holds
+    as many shards as the others."""
+    shards = 8
+    workers: dict[tuple[str, int], set[int]] = defaultdict(set)
+    on_batch = ShardLogic.on_batch
+
+    def noting_worker(self: ShardLogic, values: list[list]) -> tuple:
+        for item in chain.from_iterable(values):
+            if isinstance(item, Envelope):  # into an identity shard
+                key = item.anonymous_id or item.customer_id
+            elif isinstance(item, Forward):  # into a customer shard
+                key = item.customer_id
+            else:
+                continue
+            workers[(self.engine.role, shard_of(key, shards))].add(threading.get_ident())
+        return on_batch(self, values)
+
+    monkeypatch.setattr(ShardLogic, "on_batch", noting_worker)
+    run_flow(mixed_stream(), tmp_path, workers=4, shards=shards)
+    assert {shard for _, shard in workers} == set(range(shards))
+    for shard in range(shards):
+        assert workers[("identity", shard)] == workers[("customer", shard)], shard
+    per_worker = Counter(thread for (role, _), threads in workers.items() if role == "identity" for thread in threads)
+    assert sorted(per_worker.values()) == [2, 2, 2, 2]

@@ -11,8 +11,10 @@ import orjson
 import pytest
 from conftest import added, call, order, track
 
+import flows.cli
 from flows.cli import main
 from operators.rules import STARTER_RULES
+from schemas.errors import OutputError
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[2]
@@ -49,6 +51,35 @@ def test_replays_are_byte_identical_across_runs_hash_seeds_workers_and_batch_siz
     batches = replay(stream, tmp_path / "d", env={"NUDGEFLOW_BATCH_SIZE": "37"})
     assert first == second == workers == batches
     assert first["triggers.push.jsonl"] and first["audience_changes.jsonl"] and first["dead_letters.jsonl"]
+
+
+def test_a_replay_shared_among_processes_writes_what_one_process_writes(tmp_path):
+    """``--processes N`` starts N processes that each parse their own chunks of the recording: the
+    output folder (decisions, dead letters, models, summary) is the one of a single process."""
+    stream = GOLDEN / "stream.jsonl.gz"
+    one = replay(stream, tmp_path / "one")
+    assert replay(stream, tmp_path / "two", "--processes", "2") == one
+    two_by_two = replay(stream, tmp_path / "2x2", "--processes", "2", "-w", "2", env={"NUDGEFLOW_BATCH_SIZE": "37"})
+    assert two_by_two == one
+
+
+def test_a_shared_replay_that_loses_a_process_stops_the_others_and_writes_nothing(tmp_path, monkeypatch, capfd):
+    real_run = flows.cli.run_dataflow
+
+    def second_process_fails(flow, settings, workers, process_id, addresses):
+        if process_id == 1:
+            raise OutputError("cannot write the run's folder: No space left on device")
+        real_run(flow, settings, workers, process_id, addresses)  # waits for its peer until stopped
+
+    monkeypatch.setattr(flows.cli, "run_dataflow", second_process_fails)
+    stream = write_stream(tmp_path / "s.jsonl", [added("u1", 0), order("u1", 5)])
+    out = tmp_path / "out"
+
+    assert main(["replay", str(stream), "--out", str(out), "--processes", "2", "--quiet"]) == 2
+    error = capfd.readouterr().err
+    assert "No space left on device" in error
+    assert "nudgeflow: process 1 of the replay exited with 2; nothing was written" in error
+    assert not out.exists() and list(tmp_path.iterdir()) == [stream], "no folder left behind"
 
 
 def test_golden_replay(tmp_path):

@@ -1,0 +1,187 @@
+"""CPU per event of the engine on 1, 2 and 4 processes: a file replay, and through Kafka.
+
+    python bench/scaleout_bench.py                  # the generated 10k-customer day, file replay
+    python bench/scaleout_bench.py --kafka          # also Kafka -> engine -> Kafka (starts a local broker)
+
+Replay: ``nudgeflow replay FILE --processes N`` (N processes of 1 worker, each parsing its own
+chunks of the file), alternated with the single-process replay, in rounds; each run's outputs are
+compared with the single process's (they must be byte-identical).
+
+Kafka: the stream is produced once to an 8-partition topic, then ``nudgeflow run --kafka
+--until-end`` reads it with N processes of 1 worker (recovery snapshots off, outputs to fresh
+topics), in rounds.
+
+CPU is user+sys of all the engine's processes over their whole lives (start-up, reading and
+writing included; the broker's not), from ``getrusage(RUSAGE_CHILDREN)`` around each run. The
+least of the rounds is shown (a shared machine only adds), with its ratio to the single process's,
+and the ratio in each round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flow_bench import machine, stream
+
+from connectors.files import read_lines
+from connectors.kafka import ensure_topics, produce_records
+from connectors.local_services import free_port, local_services
+
+ROOT = Path(__file__).resolve().parent.parent
+PROCESSES = (1, 2, 4)
+PARTITIONS = 8
+
+
+def cpu_of(commands: list[list[str]], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """CPU seconds (user+sys, every process and its children) and wall seconds of ``commands``
+    started together and run to completion."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE) for cmd in commands]
+    for proc, cmd in zip(procs, commands, strict=True):
+        _, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{shlex.join(cmd)} exited with {proc.returncode}: {stderr.decode()[-2000:]}")
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
+
+
+def load() -> str:
+    """The machine's load (runnable processes, a 1-minute average), which inflates CPU times."""
+    return f" (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def replay_rounds(path: Path, rounds: int) -> list[dict[str, float]]:
+    """Each round: the replay with 1, 2 and 4 processes; outputs checked against 1 process's."""
+    rows: dict[int, list[tuple[float, float]]] = {n: [] for n in PROCESSES}
+    with tempfile.TemporaryDirectory(prefix="nudgeflow-scaleout-") as tmp:
+        for round_ in range(rounds):
+            expected = None
+            for processes in PROCESSES:
+                out = Path(tmp) / f"out-{processes}"
+                cmd = [sys.executable, "-m", "flows.cli", "replay", str(path), "--out", str(out), "--force"]
+                cmd += ["--quiet", "--processes", str(processes)]
+                cpu, wall = cpu_of([cmd])
+                files = files_of(out)
+                if expected is None:
+                    expected = files
+                elif files != expected:
+                    raise RuntimeError(f"{processes} processes wrote other outputs than 1 process")
+                rows[processes].append((cpu, wall))
+                print(
+                    f"round {round_ + 1}, replay, {processes} process(es): {cpu:.1f} CPU s, {wall:.1f} s{load()}",
+                    flush=True,
+                )
+    return summarize(rows)
+
+
+def summarize(rows: dict[int, list[tuple[float, float]]]) -> list[dict[str, Any]]:
+    """Per process count: the least CPU and wall seconds of the rounds (the machine only adds
+    noise), their ratio to 1 process's, and each round's ratio."""
+    out = []
+    for processes, runs in rows.items():
+        cpu = min(cpu for cpu, _ in runs)
+        rounds = [run_cpu / rows[1][n][0] for n, (run_cpu, _) in enumerate(runs)]
+        wall = min(wall for _, wall in runs)
+        out.append({"processes": processes, "cpu": cpu, "wall": wall, "ratio": cpu / min(c for c, _ in rows[1])})
+        out[-1]["rounds"] = rounds
+    return out
+
+
+@contextlib.contextmanager
+def kafka() -> Iterator[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    with local_services(kafka=True, redis=False) as services:
+        yield services["KAFKA_BOOTSTRAP_SERVERS"]
+
+
+def kafka_rounds(path: Path, rounds: int) -> list[dict[str, float]]:
+    """Each round: ``nudgeflow run --kafka --until-end`` over the whole topic with 1, 2 and 4 processes."""
+    rows: dict[int, list[tuple[float, float]]] = {n: [] for n in PROCESSES}
+    with kafka() as bootstrap:
+        topic = f"bench.events.{uuid.uuid4().hex[:8]}"
+        ensure_topics(bootstrap, [topic], PARTITIONS)
+        produce_records(bootstrap, topic, read_lines(path))
+        for round_ in range(rounds):
+            for processes in PROCESSES:
+                env = dict(os.environ)
+                env.pop("NUDGEFLOW_REDIS_URL", None)
+                env.pop("NUDGEFLOW_RECOVERY_DIR", None)
+                env.update(
+                    {
+                        "NUDGEFLOW_SOURCE": "kafka",
+                        "NUDGEFLOW_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                        "NUDGEFLOW_EVENTS_TOPIC": topic,
+                        "NUDGEFLOW_TOPIC_PREFIX": f"bench.{uuid.uuid4().hex[:8]}.",
+                    }
+                )
+                run = [sys.executable, "-m", "flows.cli", "run", "--until-end", "--quiet"]
+                commands = [run]
+                if processes > 1:
+                    addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+                    commands = [[*run, "-w", "1", "-i", str(i), "-a", addresses] for i in range(processes)]
+                cpu, wall = cpu_of(commands, env)
+                rows[processes].append((cpu, wall))
+                print(
+                    f"round {round_ + 1}, kafka, {processes} process(es): {cpu:.1f} CPU s, {wall:.1f} s{load()}",
+                    flush=True,
+                )
+    return summarize(rows)
+
+
+def report(title: str, events: int, rows: list[dict[str, Any]]) -> None:
+    print(f"\n{title}\n")
+    print(
+        "| processes x workers | CPU s (all processes) | us CPU per event | against 1 process | each round | seconds |"
+    )
+    print("| --- | ---: | ---: | ---: | --- | ---: |")
+    for r in rows:
+        rounds = ", ".join(f"{ratio:.2f}" for ratio in r["rounds"])
+        print(
+            f"| {r['processes']} x 1 | {r['cpu']:.1f} | {r['cpu'] / events * 1e6:.1f} | {r['ratio']:.2f} | {rounds} |"
+            f" {r['wall']:.1f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of 1, 2 and 4 processes (the best is shown)")
+    parser.add_argument("--kafka", action="store_true", help="also through Kafka (a local broker unless given)")
+    parser.add_argument("--kafka-only", action="store_true", help="only through Kafka")
+    args = parser.parse_args()
+    print(f"machine: {machine()}", flush=True)
+    path = stream(args.customers, args.days)
+    events = sum(1 for _ in read_lines(path))
+    print(f"stream: {path.name}, {events:,} events", flush=True)
+    replay = None if args.kafka_only else replay_rounds(path, args.rounds)
+    through_kafka = kafka_rounds(path, args.rounds) if args.kafka or args.kafka_only else None
+    if replay is not None:
+        report("`nudgeflow replay FILE --processes N` (outputs byte-identical to 1 process):", events, replay)
+    if through_kafka is not None:
+        report(f"`nudgeflow run --kafka --until-end` on {PARTITIONS} partitions:", events, through_kafka)
+    print("\ncommand: " + shlex.join([Path(sys.executable).name, *sys.argv]))
+
+
+if __name__ == "__main__":
+    main()
