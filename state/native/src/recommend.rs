@@ -266,7 +266,7 @@ impl CoOccurrence {
 
     /// Top `k` products after `history` (most recent last), none of `history` or `exclude`;
     /// `interests` count as older history but may be shown; `categories` (affinities, in their
-    /// order) weigh the categories' popular products. See the Python model for the method.
+    /// order) weigh the categories' popular products.
     pub fn recommend(
         &mut self,
         history: &[&str],
