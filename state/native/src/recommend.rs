@@ -8,6 +8,7 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Earlier products in the session that a new one is linked to.
 pub const WINDOW: usize = 4;
@@ -266,7 +267,7 @@ impl CoOccurrence {
 
     /// Top `k` products after `history` (most recent last), none of `history` or `exclude`;
     /// `interests` count as older history but may be shown; `categories` (affinities, in their
-    /// order) weigh the categories' popular products. See the Python model for the method.
+    /// order) weigh the categories' popular products.
     pub fn recommend(
         &mut self,
         history: &[&str],
@@ -637,12 +638,35 @@ impl CoOccurrence {
     }
 }
 
+/// A hasher for interned ids (dense integers the model chose, so no input can flood it).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(*byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type ById<V> = HashMap<Id, V, BuildHasherDefault<IdHasher>>;
+
 /// The parameters of several replicas in one: link weights and counts added up in the replicas'
 /// order, a product's category from the last replica that names one.
 #[derive(Debug, Default)]
 pub struct Merge {
     products: Names,
-    links: Vec<Option<HashMap<Id, f64>>>,
+    links: Vec<Option<ById<f64>>>,
     counts: Vec<Option<i64>>,
     categories: Vec<Option<String>>,
 }
@@ -668,7 +692,7 @@ impl Merge {
             .into_iter()
             .map(|(q, w)| (self.product(q), w))
             .collect();
-        let merged = self.links[product as usize].get_or_insert_with(HashMap::new);
+        let merged = self.links[product as usize].get_or_insert_with(ById::default);
         for (other, weight) in ids {
             *merged.entry(other).or_insert(0.0) += weight;
         }
