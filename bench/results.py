@@ -179,11 +179,13 @@ def main() -> None:
         for section in SECTIONS:
             print(f"{section.name:12} {section.command}")
         return
-    kept = kept_sections(RESULTS.read_text()) if RESULTS.exists() else {}
     for section in SECTIONS:
         if args.only is None or section.name in args.only:
             print(f"running {section.command}", file=sys.stderr, flush=True)
-            kept[section.name] = run(section)
+            measured = run(section)
+            # read again: another run of this script may have written its sections meanwhile
+            kept = kept_sections(RESULTS.read_text()) if RESULTS.exists() else {}
+            kept[section.name] = measured
             write(kept)  # after each section: a long run keeps what it has measured
     print(f"wrote {RESULTS.relative_to(REPO)}", file=sys.stderr)
 
