@@ -38,7 +38,7 @@ from flows.report import diff_decisions, finalize_summary, render_diff, render_s
 from flows.runtime import recovery_config, tune_gc
 from flows.settings import SAMPLE_STREAM, Settings
 from flows.status import StatusLine, status_text
-from operators.models import ModelMode
+from operators.models import ModelMode, import_model_libraries
 from operators.models import files as model_files
 from operators.rules import STARTER_RULES, CompiledRules, load_rules
 from schemas.errors import ConfigurationError, NudgeflowError, RecoveryStoreError
@@ -471,13 +471,15 @@ def replay_in_processes(settings: Settings, processes: int, workers: int = 1, qu
     :class:`connectors.files.JsonlSource`), all write into one new folder, and this process
     publishes it as :func:`execute` does. The outputs are those of one process, byte for byte.
 
-    The processes are forked from this one once the rules are loaded, so they start without
-    importing anything again; this one waits for them, and stops the others when one fails.
+    The processes are forked from this one once the rules and the models' libraries are loaded, so
+    they start without importing anything again; this one waits for them, and stops the others when one fails.
     """
     if settings.recovery_dir is not None:
         raise ConfigurationError("a replay shared among processes keeps no recovery store: unset the recovery dir")
     rules = load_rules(settings.rules)
     check_recordings(settings.input)
+    if settings.models != "off":
+        import_model_libraries()  # once, here, rather than in every process
     staging = stage_output_folder(settings.out, settings.replace_output)
     try:
         prepare_output_folder(staging)

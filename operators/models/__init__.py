@@ -8,6 +8,7 @@ and stats, model files and modes go through that list.
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -25,6 +26,7 @@ FEATURES_KEY = "~propensity_features"
 MODEL_TYPES: tuple[type[OnlineModel], ...] = (PropensityModel, OfferBandit, CoOccurrence)
 CHECK = "~check"  # a journal entry of a sampled check (the others are product touches learnt)
 ModelsSnapshot = tuple[bytes, bytes, tuple[bytes, ...]]  # see ShardModels.snapshot
+MODEL_LIBRARIES = ("river.compose", "river.drift", "river.linear_model", "river.optim", "river.preprocessing")
 _KEPT_APART = frozenset({"recommender", "registry", "scorers", "_journal", "_saved"})  # not in a snapshot's first part
 
 
@@ -217,6 +219,13 @@ class ShardModels:
         for name, model in self.registry.items():
             if data.get(name):
                 model.load(data[name])
+
+
+def import_model_libraries() -> None:
+    """Import what the models are built with (River, and SciPy with it: over a second of CPU) now
+    rather than with the first model, e.g. before forking processes that then all share it."""
+    for name in MODEL_LIBRARIES:
+        importlib.import_module(name)
 
 
 def interests(state: CustomerState) -> list[str]:
