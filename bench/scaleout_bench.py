@@ -20,7 +20,6 @@ and the ratio in each round.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
 import shlex
@@ -29,15 +28,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from flow_bench import machine, stream
+from kafka_bench import kafka
 
 from connectors.files import read_lines
 from connectors.kafka import ensure_topics, produce_records
-from connectors.local_services import free_port, local_services
+from connectors.local_services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = (1, 2, 4)
@@ -103,15 +102,6 @@ def summarize(rows: dict[int, list[tuple[float, float]]]) -> list[dict[str, Any]
         out.append({"processes": processes, "cpu": cpu, "wall": wall, "ratio": cpu / min(c for c, _ in rows[1])})
         out[-1]["rounds"] = rounds
     return out
-
-
-@contextlib.contextmanager
-def kafka() -> Iterator[str]:
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-        return
-    with local_services(kafka=True, redis=False) as services:
-        yield services["KAFKA_BOOTSTRAP_SERVERS"]
 
 
 def kafka_rounds(path: Path, rounds: int) -> list[dict[str, float]]:

@@ -287,17 +287,32 @@ class _JsonlPartition(StatefulSourcePartition[RawEvent | EndOfInput, JsonlState]
     def _lines(self, name: str) -> Iterator[RawEvent]:
         file, limit = self._file, self._limit
         assert file is not None
+        owns = self._owns
         while line := file.readline(limit):
             self._line += 1
             self._seq += 1
-            if len(line) == limit and not line.endswith(b"\n"):
+            cut = len(line) == limit and not line.endswith(b"\n")
+            if not owns(self._seq):
+                self._pass_over(file, line, cut)
+                continue
+            if cut:
                 yield self._too_large(name, line)
                 continue
             payload = line.rstrip(b"\r\n")
             if payload.strip():
                 yield RawEvent(self._seq, {"source": name, "line": self._line}, payload)
             else:
-                self._blank += 1
+                self._count_blank()
+
+    def _owns(self, seq: int) -> bool:
+        """Whether line ``seq`` (counted across the files) is read into a record here."""
+        return True
+
+    def _pass_over(self, file: BinaryIO, line: bytes, cut: bool) -> None:
+        """A line that is not this partition's: only counted (``cut``: the rest of it is still unread)."""
+
+    def _count_blank(self) -> None:
+        self._blank += 1
 
     def _too_large(self, name: str, start: bytes) -> RawEvent:
         """A line over the size limit, read to its end a chunk at a time: its first bytes only."""
@@ -417,32 +432,18 @@ class _JsonlPart(_JsonlPartition):
             out.append(EndOfInput(self._seq, self._part))
         return out
 
-    def _lines(self, name: str) -> Iterator[RawEvent]:
-        """The records of this part's chunks (as :meth:`_JsonlPartition._lines` reads them); the
-        other lines are only counted, without being kept."""
-        file, limit = self._file, self._limit
-        assert file is not None
-        chunk_lines, parts, part = self._batch_size, self._parts, self._part
-        while line := file.readline(limit):
-            self._line += 1
-            self._seq += 1
-            cut = len(line) == limit and not line.endswith(b"\n")
-            if (self._seq - 1) // chunk_lines % parts != part:
-                if cut:
-                    _skip_rest_of_line(file)
-                elif line.isspace():
-                    self._blank += 1
-                    self._blank_read += 1
-                continue
-            if cut:
-                yield self._too_large(name, line)
-                continue
-            payload = line.rstrip(b"\r\n")
-            if payload.strip():
-                yield RawEvent(self._seq, {"source": name, "line": self._line}, payload)
-            else:
-                self._blank += 1
-                self._blank_read += 1
+    def _owns(self, seq: int) -> bool:
+        return (seq - 1) // self._batch_size % self._parts == self._part
+
+    def _pass_over(self, file: BinaryIO, line: bytes, cut: bool) -> None:
+        if cut:
+            _skip_rest_of_line(file)
+        elif line.isspace():
+            self._count_blank()
+
+    def _count_blank(self) -> None:
+        self._blank += 1
+        self._blank_read += 1
 
     def snapshot(self) -> None:
         return None
