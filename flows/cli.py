@@ -239,21 +239,36 @@ def execute(
         if errors:
             path, err = errors[0]
             raise _unwritten(settings.out, settings.out / path.name, err)
-        try:
-            summary = finalize_summary(staging, tally.lines if tally is not None else None)
-            warning = publish_outputs(staging, settings.out)
-        except OSError as err:
-            raise _unwritten(settings.out, settings.out, err) from None
+        summary, warning = _publish(staging, settings, tally.lines if tally is not None else None)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _tell_run(summary, settings, warning, tally.problems if tally is not None else [], seconds, quiet)
+    _fail_if_unwritten()
+    return summary
+
+
+def _publish(
+    staging: Path, settings: Settings, lines: dict[str, dict[str, int]] | None
+) -> tuple[dict[str, Any], str | None]:
+    """Complete the run's summary in ``staging`` and publish the folder as ``settings.out``; return
+    the summary and any warning of the publishing."""
+    try:
+        summary = finalize_summary(staging, lines)
+        return summary, publish_outputs(staging, settings.out)
+    except OSError as err:
+        raise _unwritten(settings.out, settings.out, err) from None
+
+
+def _tell_run(
+    summary: dict[str, Any], settings: Settings, warning: str | None, problems: list[str], seconds: float, quiet: bool
+) -> None:
+    """What a finished run tells on stderr: warnings, input problems and (unless ``quiet``) its summary."""
     if warning is not None:
         print(f"nudgeflow: warning: {warning}", file=sys.stderr)
-    for problem in tally.problems if tally is not None else []:
+    for problem in problems:
         print(f"nudgeflow: {problem}", file=sys.stderr)
     if not quiet:
         print(render_summary(summary, settings, seconds), file=sys.stderr)
-    _fail_if_unwritten()
-    return summary
 
 
 class OutputsNotWritten(OutputFolderError):
@@ -491,19 +506,10 @@ def replay_in_processes(settings: Settings, processes: int, workers: int = 1, qu
         _wait_all(pids)
         seconds = time.perf_counter() - started
         lines, problems = _part_lines(staging, processes)
-        try:
-            summary = finalize_summary(staging, lines)
-            warning = publish_outputs(staging, settings.out)
-        except OSError as err:
-            raise _unwritten(settings.out, settings.out, err) from None
+        summary, warning = _publish(staging, settings, lines)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if warning is not None:
-        print(f"nudgeflow: warning: {warning}", file=sys.stderr)
-    for problem in problems:
-        print(f"nudgeflow: {problem}", file=sys.stderr)
-    if not quiet:
-        print(render_summary(summary, settings, seconds), file=sys.stderr)
+    _tell_run(summary, settings, warning, problems, seconds, quiet)
     return summary
 
 
