@@ -115,6 +115,22 @@ fn strs<'a>(strings: &'a [Bound<'_, PyString>]) -> PyResult<Vec<&'a str>> {
     strings.iter().map(|s| s.to_str()).collect()
 }
 
+/// [`tail`] of an optional sequence (none: no items).
+fn optional_tail<'py>(
+    items: Option<&Bound<'py, PyAny>>,
+    last: usize,
+) -> PyResult<Vec<Bound<'py, PyString>>> {
+    items.map_or_else(|| Ok(Vec::new()), |items| tail(items, last))
+}
+
+/// [`affinities`] as borrowed ``(category, score)`` pairs.
+fn scores<'a>(affinities: &'a [(Bound<'_, PyString>, f64)]) -> PyResult<Vec<(&'a str, f64)>> {
+    affinities
+        .iter()
+        .map(|(c, s)| Ok((c.to_str()?, *s)))
+        .collect()
+}
+
 /// A mapping's ``(key, value)`` pairs in its order.
 fn pairs<'py>(
     mapping: &Bound<'py, PyAny>,
@@ -255,19 +271,10 @@ impl CoOccurrence {
         categories: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let history = tail(history, usize::MAX)?;
-        let exclude = match exclude {
-            Some(exclude) => tail(exclude, usize::MAX)?,
-            None => Vec::new(),
-        };
-        let interests = match interests {
-            Some(interests) => tail(interests, WINDOW)?,
-            None => Vec::new(),
-        };
+        let exclude = optional_tail(exclude, usize::MAX)?;
+        let interests = optional_tail(interests, WINDOW)?;
         let categories = affinities(categories)?;
-        let scores: Vec<(&str, f64)> = categories
-            .iter()
-            .map(|(c, s)| Ok((c.to_str()?, *s)))
-            .collect::<PyResult<_>>()?;
+        let scores = scores(&categories)?;
         let ranked = self
             .inner
             .recommend(
@@ -304,15 +311,9 @@ impl CoOccurrence {
         categories: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let history = tail(history, usize::MAX)?;
-        let interests = match interests {
-            Some(interests) => tail(interests, WINDOW)?,
-            None => Vec::new(),
-        };
+        let interests = optional_tail(interests, WINDOW)?;
         let categories = affinities(categories)?;
-        let scores: Vec<(&str, f64)> = categories
-            .iter()
-            .map(|(c, s)| Ok((c.to_str()?, *s)))
-            .collect::<PyResult<_>>()?;
+        let scores = scores(&categories)?;
         self.inner
             .check(&strs(&history)?, product, &strs(&interests)?, &scores)
             .map_err(zero_division)
