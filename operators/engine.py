@@ -52,7 +52,7 @@ from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, fo
 from operators.timers import TimerQueue
 from schemas.envelope import Envelope
 from schemas.errors import RecoveryStoreError
-from schemas.items import Output
+from schemas.items import Output, fields_getter
 from schemas.records import decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
 from schemas.streams import MODELS, PROFILES
@@ -106,6 +106,12 @@ class Forward:
     env: Envelope
     customer_id: str
     carried: CustomerState | None = None
+
+    def __reduce__(self) -> tuple[type[Forward], tuple[Any, ...]]:
+        return Forward, _FORWARD_FIELDS(self)
+
+
+_FORWARD_FIELDS = fields_getter(Forward)
 
 
 class CustomerStage:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
+from schemas.items import fields_getter
+
 
 def shard_of(key: str, shards: int) -> int:
     """A stable shard number for a routing key, a customer or anonymous id (crc32: the same on
@@ -45,6 +47,12 @@ class Tick:
     idle: bool = False
     shard: int = 0
     chunked: bool = False  # from a part of a chunked stream: its event time comes in ChunkMarks
+
+    def __reduce__(self) -> tuple[type[Tick], tuple[Any, ...]]:
+        return Tick, _TICK_FIELDS(self)
+
+
+_TICK_FIELDS = fields_getter(Tick)
 
 
 NO_MARK = -(1 << 62)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -64,9 +65,10 @@ class Envelope:
         sent = orjson.loads(self.raw).get("properties")
         return sent if typed is None else {**(sent or {}), **msgspec.structs.asdict(typed)}
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        fields = tuple(getattr(self, name) for name in _SENT)
-        return _rebuild, fields
+    def __reduce__(self) -> tuple[type[Envelope], tuple[Any, ...]]:
+        """Every field but the validated event, rebuilt by one call of the class (half the cost of
+        setting each slot on its own)."""
+        return Envelope, (*_BEFORE_EVENT(self), None, *_AFTER_EVENT(self))
 
 
 def envelope_of(
@@ -102,10 +104,13 @@ def envelope_of(
 
 
 _SENT = tuple(name for name in Envelope.__slots__ if name != "validated")  # type: ignore[attr-defined]
+_EVENT_AT = Envelope.__slots__.index("validated")  # type: ignore[attr-defined]
+_BEFORE_EVENT, _AFTER_EVENT = attrgetter(*_SENT[:_EVENT_AT]), attrgetter(*_SENT[_EVENT_AT:])
 
 
 def _rebuild(*fields: Any) -> Envelope:
-    """An envelope that crossed processes: every field but the validated event."""
+    """An envelope pickled by an earlier version (held back in a recovery snapshot): every field but
+    the validated event."""
     envelope = Envelope.__new__(Envelope)
     for name, value in zip(_SENT, fields, strict=True):
         setattr(envelope, name, value)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 DEFAULT_MAX_EVENT_BYTES = 32 * 1024
 """Largest raw event passed on whole by default (``NUDGEFLOW_MAX_EVENT_BYTES``); larger ones are dead-lettered."""
+
+
+def fields_getter(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    """The fields of an instance of dataclass ``cls``, in order: what an item that crosses processes
+    is pickled as (with its class), to be rebuilt by one call of the class, at half the cost of
+    pickle's default (which sets slot by slot)."""
+    return attrgetter(*(f.name for f in fields(cls)))
 
 
 @dataclass(slots=True)
@@ -63,6 +72,12 @@ class Output:
     arrived: float = 0.0  # wall-clock arrival of what caused it (for latency metrics only)
     timer: bool = False  # caused by a timer (or a clock move) rather than by an event
 
+    def __reduce__(self) -> tuple[type[Output], tuple[Any, ...]]:
+        return Output, _OUTPUT_FIELDS(self)
+
     def sort_key(self) -> tuple[int, int, str, bytes]:
         """Stable file order: event time, then input position, then content."""
         return (self.time_ms, self.seq, self.key, self.body)
+
+
+_OUTPUT_FIELDS = fields_getter(Output)
