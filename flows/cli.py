@@ -110,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     kafka.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (+ process id)")
     kafka.add_argument("-i", "--process-id", type=int, default=0, help="this process's index in --addresses")
     kafka.add_argument("-a", "--addresses", help="host:port of every process, comma-separated (scale-out)")
+    kafka.add_argument(
+        "--processes", type=int, default=1, help="run this many processes on this host, forked from this one"
+    )
     run.set_defaults(command=_run)
 
     produce = sub.add_parser("produce", help="send a JSONL recording to the events topic")
@@ -378,9 +381,45 @@ def _run(args: argparse.Namespace) -> int:
         "metrics_port": args.metrics_port,
     }
     settings = _settings(args, args.inputs, args.out, **kafka)
+    if args.processes != 1:
+        _check_processes(args.processes, settings.source == "kafka", args.addresses)
+        run_in_processes(settings, args.processes, args.workers, args.quiet)
+        return 0
     addresses = args.addresses.split(",") if args.addresses else None
     execute(settings, args.workers, quiet=args.quiet, process_id=args.process_id, addresses=addresses)
     return 0
+
+
+def _check_processes(processes: int, kafka: bool, addresses: str | None) -> None:
+    if processes < 1:
+        raise ConfigurationError("--processes must be at least 1")
+    if not kafka:
+        raise ConfigurationError("run --processes shares the Kafka flow; recordings: replay --processes N")
+    if addresses:
+        raise ConfigurationError("--processes starts every process on this host: give it or -i/-a, not both")
+
+
+def run_in_processes(settings: Settings, processes: int, workers: int = 1, quiet: bool = False) -> None:
+    """Run the Kafka flow as ``processes`` processes on this host (``workers`` threads each), talking
+    over free 127.0.0.1 ports, as ``-i``/``-a`` would start them one by one.
+
+    They are forked from this one once the rules and the models' libraries are loaded, so they start
+    without importing anything again; this one waits for them, stops the others when one fails, and
+    stops them all when it is stopped (SIGTERM or SIGINT).
+    """
+    load_rules(settings.rules)  # a bad rule file fails here, once
+    if settings.models != "off":
+        import_model_libraries()
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        pids = [
+            _fork(lambda n=n: execute(settings, workers, quiet=quiet or n > 0, process_id=n, addresses=addresses))
+            for n in range(processes)
+        ]
+        _wait_all(pids, "run")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _produce(args: argparse.Namespace) -> int:
@@ -503,7 +542,7 @@ def replay_in_processes(settings: Settings, processes: int, workers: int = 1, qu
         pids = [
             _fork(lambda n=n: _replay_part(settings, rules, staging, workers, n, addresses)) for n in range(processes)
         ]
-        _wait_all(pids)
+        _wait_all(pids, "replay", "; nothing was written")
         seconds = time.perf_counter() - started
         lines, problems = _part_lines(staging, processes)
         summary, warning = _publish(staging, settings, lines)
@@ -513,8 +552,8 @@ def replay_in_processes(settings: Settings, processes: int, workers: int = 1, qu
     return summary
 
 
-class ReplayProcessFailed(NudgeflowError):
-    """A process of a replay shared among processes failed (it said why on stderr)."""
+class ProcessFailed(NudgeflowError):
+    """A process of a run or replay shared among processes failed (it said why on stderr)."""
 
 
 def _fork(run: Callable[[], None]) -> int:
@@ -525,6 +564,7 @@ def _fork(run: Callable[[], None]) -> int:
     pid = os.fork()
     if pid:
         return pid
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stopped as a single process is
     status = EXIT_INTERNAL_ERROR
     try:
         run()
@@ -537,9 +577,9 @@ def _fork(run: Callable[[], None]) -> int:
         os._exit(status)
 
 
-def _wait_all(pids: list[int]) -> None:
-    """Wait for the processes ``pids`` of a shared replay (and no other child); when one fails,
-    stop the others."""
+def _wait_all(pids: list[int], run: str, outcome: str = "") -> None:
+    """Wait for the processes ``pids`` of a shared ``run`` (and no other child); when one fails,
+    stop the others (``outcome`` ends the message)."""
     running = list(pids)
     try:
         while running:
@@ -550,9 +590,7 @@ def _wait_all(pids: list[int]) -> None:
                 running.remove(pid)
                 if code := os.waitstatus_to_exitcode(status):
                     process = pids.index(pid)
-                    raise ReplayProcessFailed(
-                        f"process {process} of the replay exited with {code}; nothing was written"
-                    )
+                    raise ProcessFailed(f"process {process} of the {run} exited with {code}{outcome}")
             time.sleep(0.05)
     finally:
         for pid in running:

@@ -145,3 +145,19 @@ def test_a_redis_url_redis_cannot_parse_is_one_line_and_exit_2(tmp_path, capsys)
         "nudgeflow: redis store localhost:6379: Redis URL must specify one of the following schemes"
     )
     assert "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--processes", "2"], "run --processes shares the Kafka flow; recordings: replay --processes N"),
+        (["run", "--kafka", "--processes", "0"], "--processes must be at least 1"),
+        (
+            ["run", "--kafka", "--processes", "2", "-a", "127.0.0.1:1,127.0.0.1:2"],
+            "--processes starts every process on this host: give it or -i/-a, not both",
+        ),
+    ],
+)
+def test_run_in_processes_refuses_what_it_cannot_share(args, message, capsys):
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == f"nudgeflow: {message}"

@@ -19,7 +19,7 @@ import redis
 
 from connectors.files import read_lines
 from connectors.kafka import produce_records, read_topic, readable
-from connectors.local_services import free_port
+from connectors.local_services import free_port, process_alive
 from connectors.synthetic import DEFAULT_START, generate_events, write_jsonl
 from schemas.streams import KAFKA_STREAMS, OUTPUT_FILES, STATS
 
@@ -235,3 +235,31 @@ def test_produce_then_consume_records_a_replayable_file(services, recording, tmp
     assert sum(summary["events"].values()) == len(lines) and not summary["dead_letters"]
     shown = finish(nudgeflow("consume", topic, env=env))
     assert shown.count("\n") >= len(lines)
+
+
+def test_one_command_runs_two_processes_that_decide_like_one_worker(services, recording, file_decisions):
+    """``run --kafka --processes 2`` forks both processes of the cluster from one command."""
+    topic = produce(services, list(read_lines(recording)), partitions=6)
+    prefix = f"run{next(_runs)}."
+    finish(nudgeflow("run", "--until-end", "--quiet", "--processes", "2", env=kafka_env(services, topic, prefix)))
+    assert canonical(decisions_in_topics(services, prefix)) == file_decisions
+
+
+def test_stopping_the_command_of_a_run_in_processes_stops_every_process(services, recording):
+    topic = produce(services, list(read_lines(recording)), partitions=2)
+    prefix = f"run{next(_runs)}."
+    live = nudgeflow("run", "--quiet", "--processes", "2", env=kafka_env(services, topic, prefix))
+    children: list[int] = []
+    try:
+        _wait_for_records(services, prefix + "triggers.push", live)
+        children = [int(pid) for pid in Path(f"/proc/{live.pid}/task/{live.pid}/children").read_text().split()]
+        assert len(children) == 2
+        live.send_signal(signal.SIGTERM)
+        live.wait(30)
+        left = [pid for pid in children if process_alive(pid)]
+    finally:
+        for pid in [live.pid, *children]:
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert live.returncode != 0
+    assert not left, "no process of the run is left behind"
