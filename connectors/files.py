@@ -249,11 +249,14 @@ class _JsonlPartition(StatefulSourcePartition[RawEvent | EndOfInput, JsonlState]
         self._tally = tally
         self._index, self._offset, self._line, self._seq, *rest = resume or (0, 0, 0, 0)
         self._blank, done = rest or (0, ())
+        self._first_line = 0  # the line of the current file reading began after
+        self._end = NO_END  # the seq reading stops at
         tally.lines.clear()
         for name, lines, blank in done:
             _add_lines(tally, name, lines, blank)
         self._blank_lines, self._record_lines = INPUT_LINES.labels(kind="blank"), INPUT_LINES.labels(kind="record")
         self._file: BinaryIO | None = None
+        self._file_path: Path | None = None
         self._records = self._read()
         self._ended = False
 
@@ -270,31 +273,45 @@ class _JsonlPartition(StatefulSourcePartition[RawEvent | EndOfInput, JsonlState]
         return batch
 
     def _read(self) -> Iterator[RawEvent]:
+        """The records from the position held (file, offset, line, seq) to the end of the files, or
+        to line ``seq`` ``self._end``."""
         while self._index < len(self._paths):
             path = self._paths[self._index]
             failure = None
             try:
-                with _open(path) as self._file:
-                    if self._offset:
-                        self._file.seek(self._offset)
-                    yield from self._lines(path.name)
+                self._open_at(path, self._offset)
+                yield from self._lines(path.name)
             except (OSError, EOFError, zlib.error) as err:
                 failure = self._cut_short(path, err)
+            if failure is None and self._seq == self._end:
+                return  # perhaps within the file, which stays open
             self._next_file(path)
             if failure is not None:
                 yield failure
 
+    def _open_at(self, path: Path, offset: int) -> None:
+        """Make ``_file`` ``path`` read from byte ``offset``: the file open already when it is
+        ``path`` and has not passed ``offset`` (a ``.gz`` one cannot go back without reading
+        again from its start)."""
+        if self._file is not None and (self._file_path != path or self._file.tell() > offset):
+            self._close_file()
+        if self._file is None:
+            self._file, self._file_path = _open(path), path
+        if offset != self._file.tell():
+            self._file.seek(offset)
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
     def _lines(self, name: str) -> Iterator[RawEvent]:
-        file, limit = self._file, self._limit
+        file, limit, end = self._file, self._limit, self._end
         assert file is not None
-        owns = self._owns
-        while line := file.readline(limit):
+        while self._seq < end and (line := file.readline(limit)):
             self._line += 1
             self._seq += 1
             cut = len(line) == limit and not line.endswith(b"\n")
-            if not owns(self._seq):
-                self._pass_over(file, line, cut)
-                continue
             if cut:
                 yield self._too_large(name, line)
                 continue
@@ -302,17 +319,7 @@ class _JsonlPartition(StatefulSourcePartition[RawEvent | EndOfInput, JsonlState]
             if payload.strip():
                 yield RawEvent(self._seq, {"source": name, "line": self._line}, payload)
             else:
-                self._count_blank()
-
-    def _owns(self, seq: int) -> bool:
-        """Whether line ``seq`` (counted across the files) is read into a record here."""
-        return True
-
-    def _pass_over(self, file: BinaryIO, line: bytes, cut: bool) -> None:
-        """A line that is not this partition's: only counted (``cut``: the rest of it is still unread)."""
-
-    def _count_blank(self) -> None:
-        self._blank += 1
+                self._blank += 1
 
     def _too_large(self, name: str, start: bytes) -> RawEvent:
         """A line over the size limit, read to its end a chunk at a time: its first bytes only."""
@@ -337,10 +344,14 @@ class _JsonlPartition(StatefulSourcePartition[RawEvent | EndOfInput, JsonlState]
         return RawEvent(self._seq, {"source": path.name, "line": self._line}, b"", rejected=rejected)
 
     def _next_file(self, path: Path) -> None:
-        _add_lines(self._tally, path.name, self._line, self._blank)
-        self._file = None
+        self._count_lines(path)
+        self._close_file()
         self._index += 1
-        self._offset = self._line = self._blank = 0
+        self._offset = self._line = self._first_line = self._blank = 0
+
+    def _count_lines(self, path: Path) -> None:
+        """Add the lines read in ``path`` (since line ``_first_line``) to the tally."""
+        _add_lines(self._tally, path.name, self._line - self._first_line, self._blank)
 
     def snapshot(self) -> JsonlState:
         offset = self._file.tell() if self._file is not None else 0
@@ -349,6 +360,7 @@ class _JsonlPartition(StatefulSourcePartition[RawEvent | EndOfInput, JsonlState]
 
     def close(self) -> None:
         self._records.close()
+        self._close_file()
 
 
 def _add_lines(tally: InputTally, name: str, lines: int, blank: int) -> None:
@@ -389,61 +401,86 @@ def _read_failure(err: BaseException) -> tuple[str, str]:
     return "unreadable_input", f"the file cannot be read ({strerror or err})"
 
 
+NO_END = 1 << 62
+"""The ``seq`` a reader of whole files never reaches."""
+
+ChunkStart = tuple[int, int, int, int]
+"""Where a chunk of a split stream begins: (file index, byte offset, line, seq), the line and seq
+(counted across the files) being those before its first line."""
+
+
+def chunk_starts(paths: list[Path], chunk_lines: int, max_bytes: int) -> tuple[list[ChunkStart], int]:
+    """Where each chunk of ``chunk_lines`` lines (counted across the files, as one reader counts
+    them: a line over the size limit is one line, and so is a read failure) begins, and how many
+    lines there are: one pass over the files that only finds line ends."""
+    limit, starts, seq = max_bytes + 2, [], 0
+    for index, path in enumerate(paths):
+        offset = line = 0
+        try:
+            with _open(path) as file:
+                while text := file.readline(limit):
+                    if seq % chunk_lines == 0:
+                        starts.append((index, offset, line, seq))
+                    line, seq = line + 1, seq + 1
+                    if len(text) == limit and not text.endswith(b"\n"):
+                        _skip_rest_of_line(file)
+                        offset = file.tell()
+                    else:
+                        offset += len(text)
+        except (OSError, EOFError, zlib.error):  # the reader's record of the failure is a line too
+            if seq % chunk_lines == 0:
+                starts.append((index, offset, line, seq))
+            seq += 1
+    return starts, seq
+
+
 class _JsonlPart(_JsonlPartition):
     """One of ``parts`` parts of the recordings, read as a chunked stream: chunk ``c`` (lines
     ``c * chunk + 1`` to ``(c + 1) * chunk``, counted across the files) is this part's when
-    ``c % parts == part``. Every part reads every line, but passes on only its own chunks' records,
-    each chunk followed by a :class:`ChunkEnd`. So part 0 alone keeps the line account (in the
-    source's ``tally``) and counts blank lines in the metrics. A part is not resumed: it starts
+    ``c % parts == part``. The part opens the files where its chunks begin (``starts``, see
+    :func:`chunk_starts`) and reads only their lines, each chunk's records followed by a
+    :class:`ChunkEnd`; its ``tally`` counts the lines it read. A part is not resumed: it starts
     from the beginning.
     """
 
-    def __init__(self, paths: list[Path], chunk: int, part: int, parts: int, max_bytes: int, tally: InputTally) -> None:
+    def __init__(
+        self,
+        paths: list[Path],
+        chunk: int,
+        part: int,
+        parts: int,
+        max_bytes: int,
+        tally: InputTally,
+        starts: list[ChunkStart],
+        lines: int,
+    ) -> None:
         super().__init__(paths, chunk, None, max_bytes, tally)
         self._part, self._parts = part, parts
-        self._held: RawEvent | None = None  # read past the end of the chunk being read
-        self._blank_read = self._blank_counted = 0  # blank lines read, and counted in the metrics
+        self._starts, self._lines_in_all = starts, lines
+        self._chunk = part  # the next chunk to read
 
     def next_batch(self) -> list[RawEvent | EndOfInput | ChunkEnd]:
         if self._ended:
             raise StopIteration
-        chunk_lines, batch = self._batch_size, []
-        held, self._held, chunk = self._held, None, None
-        records = self._records if held is None else itertools.chain([held], self._records)
-        for record in records:
-            number = (record.seq - 1) // chunk_lines
-            if chunk is None and number % self._parts == self._part:
-                chunk = number
-            if chunk is not None and number > chunk:
-                self._held = record
-                break
-            if number == chunk:
-                record.partition = self._part
-                batch.append(record)
-        self._record_lines.inc(len(batch))
-        if self._part == 0:
-            self._blank_lines.inc(self._blank_read - self._blank_counted)
-            self._blank_counted = self._blank_read
-        out: list[RawEvent | EndOfInput | ChunkEnd] = list(batch)
-        if chunk is not None:
-            out.append(ChunkEnd((chunk + 1) * chunk_lines, (chunk + self._parts) * chunk_lines, self._part))
-        if self._held is None:
+        chunk, chunk_lines = self._chunk, self._batch_size
+        if chunk >= len(self._starts):
             self._ended = True
-            out.append(EndOfInput(self._seq, self._part))
-        return out
-
-    def _owns(self, seq: int) -> bool:
-        return (seq - 1) // self._batch_size % self._parts == self._part
-
-    def _pass_over(self, file: BinaryIO, line: bytes, cut: bool) -> None:
-        if cut:
-            _skip_rest_of_line(file)
-        elif line.isspace():
-            self._count_blank()
-
-    def _count_blank(self) -> None:
-        self._blank += 1
-        self._blank_read += 1
+            return [EndOfInput(self._lines_in_all, self._part)]
+        self._index, self._offset, self._first_line, start = self._starts[chunk]
+        self._line, self._seq, self._end, self._blank = self._first_line, start, (chunk + 1) * chunk_lines, 0
+        batch: list[RawEvent | EndOfInput | ChunkEnd] = list(self._read())
+        if self._index < len(self._paths):  # stopped within a file (or at its end)
+            self._count_lines(self._paths[self._index])
+        for record in batch:
+            record.partition = self._part  # type: ignore[union-attr]
+        self._record_lines.inc(len(batch))
+        self._blank_lines.inc(self._seq - start - len(batch))
+        self._chunk += self._parts
+        batch.append(ChunkEnd((chunk + 1) * chunk_lines, (chunk + self._parts) * chunk_lines, self._part))
+        if self._chunk >= len(self._starts):
+            self._ended = True
+            batch.append(EndOfInput(self._lines_in_all, self._part))
+        return batch
 
     def snapshot(self) -> None:
         return None
@@ -459,9 +496,10 @@ class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput | ChunkEnd, Jsonl
 
     With ``parts`` above 1 the stream is read in ``parts`` partitions, each reading every
     ``parts``-th chunk of ``batch_size`` lines (see :class:`_JsonlPart`), so that the processes of
-    a replay share reading and parsing; such a source is not resumed from a snapshot.
-    ``tally`` counts the lines read, in this process (see :class:`InputTally`; of a split source,
-    in the process that reads part 0).
+    a replay share reading and parsing; such a source is not resumed from a snapshot. Where the
+    chunks begin is found when it is made (before a replay's processes are forked from it).
+    ``tally`` counts the lines read, in this process (see :class:`InputTally`); a split source's
+    parts count theirs in ``part_tallies``.
     """
 
     def __init__(
@@ -476,7 +514,10 @@ class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput | ChunkEnd, Jsonl
         self.max_event_bytes = max_event_bytes
         self.parts = parts
         self.tally = InputTally()
+        self.part_tallies: list[InputTally] = []
         check_recordings(self.paths)
+        if parts > 1:
+            self.starts, self.lines = chunk_starts(self.paths, batch_size, max_event_bytes)
 
     def list_parts(self) -> list[str]:
         if self.parts == 1:
@@ -486,9 +527,11 @@ class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput | ChunkEnd, Jsonl
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _JsonlPartition:
         if self.parts == 1:
             return _JsonlPartition(self.paths, self.batch_size, resume_state, self.max_event_bytes, self.tally)
-        part = int(for_part.rpartition("-")[2])
-        tally = self.tally if part == 0 else InputTally()  # every part reads every line: part 0 counts them
-        return _JsonlPart(self.paths, self.batch_size, part, self.parts, self.max_event_bytes, tally)
+        part, tally = int(for_part.rpartition("-")[2]), InputTally()
+        self.part_tallies.append(tally)
+        return _JsonlPart(
+            self.paths, self.batch_size, part, self.parts, self.max_event_bytes, tally, self.starts, self.lines
+        )
 
 
 WriteErrors = list[tuple[Path, OSError]]

@@ -25,6 +25,7 @@ from connectors.files import (
     OutputFolderError,
     OutputFolderSink,
     WriteErrors,
+    add_counts,
     check_recordings,
     prepare_output_folder,
     publish_outputs,
@@ -521,8 +522,9 @@ PART_LINES = ".lines-{process}.json"
 
 def replay_in_processes(settings: Settings, processes: int, workers: int = 1, quiet: bool = False) -> dict[str, Any]:
     """Replay ``settings.input`` in ``processes`` processes on this host (``workers`` threads each),
-    as one run: each process reads every line but parses only its own chunks of them (see
-    :class:`connectors.files.JsonlSource`), all write into one new folder, and this process
+    as one run: each process reads and parses only its own chunks of them (see
+    :class:`connectors.files.JsonlSource`, made here: where the chunks begin is found once), all
+    write into one new folder, and this process
     publishes it as :func:`execute` does. The outputs are those of one process, byte for byte.
 
     The processes are forked from this one once the rules and the models' libraries are loaded, so
@@ -539,12 +541,14 @@ def replay_in_processes(settings: Settings, processes: int, workers: int = 1, qu
         prepare_output_folder(staging)
         addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
         started = time.perf_counter()
+        source = JsonlSource(settings.input, settings.batch_size, settings.max_event_bytes, parts=processes * workers)
         pids = [
-            _fork(lambda n=n: _replay_part(settings, rules, staging, workers, n, addresses)) for n in range(processes)
+            _fork(lambda n=n: _replay_part(settings, rules, source, staging, workers, n, addresses))
+            for n in range(processes)
         ]
         _wait_all(pids, "replay", "; nothing was written")
         seconds = time.perf_counter() - started
-        lines, problems = _part_lines(staging, processes)
+        lines, problems = _part_lines(staging, processes, settings.input)
         summary, warning = _publish(staging, settings, lines)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -598,24 +602,32 @@ def _wait_all(pids: list[int], run: str, outcome: str = "") -> None:
             os.waitpid(pid, 0)
 
 
-def _part_lines(staging: Path, processes: int) -> tuple[dict[str, dict[str, int]], list[str]]:
-    """The input line account and reading problems (of the process that read part 0 of the
-    recordings: every part reads every line), and the processes' account files removed."""
-    accounts = []
+def _part_lines(staging: Path, processes: int, inputs: list[Path]) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """The input line account (each process counted the lines it read) and reading problems (in
+    the order of the recordings) of a shared replay; the processes' account files removed."""
+    lines: dict[str, dict[str, int]] = {path.name: {"read": 0, "blank": 0} for path in inputs}
+    problems: list[str] = []
     for process in range(processes):
         path = staging / PART_LINES.format(process=process)
-        accounts.append(orjson.loads(path.read_bytes()))
+        account = orjson.loads(path.read_bytes())
+        add_counts(lines, account["lines"])
+        problems += account["problems"]
         path.unlink()
-    account = next((a for a in accounts if a["lines"]), accounts[0])
-    return account["lines"], account["problems"]
+    order = [f"{path}:" for path in inputs]
+    problems.sort(key=lambda problem: next((i for i, start in enumerate(order) if problem.startswith(start)), 0))
+    return lines, problems
 
 
 def _replay_part(
-    settings: Settings, rules: CompiledRules, folder: Path, workers: int, process: int, addresses: list[str]
+    settings: Settings,
+    rules: CompiledRules,
+    source: JsonlSource,
+    folder: Path,
+    workers: int,
+    process: int,
+    addresses: list[str],
 ) -> None:
-    """One process of a shared replay: its share of the flow, into the run's ``folder``."""
-    parts = len(addresses) * workers
-    source = JsonlSource(settings.input, settings.batch_size, settings.max_event_bytes, parts=parts)
+    """One process of a shared replay: its share of the flow (``source``'s parts of it), into the run's ``folder``."""
     errors: WriteErrors = []
     sink = OutputFolderSink(folder, errors, write_models=model_files.write_merged)
     flow = build_flow(settings, rules, source=source, sink=sink)
@@ -623,7 +635,10 @@ def _replay_part(
     if errors:
         path, err = errors[0]
         raise _unwritten(settings.out, path, err)
-    account = {"lines": source.tally.lines, "problems": source.tally.problems}
+    account: dict[str, Any] = {"lines": {}, "problems": []}
+    for tally in source.part_tallies:
+        add_counts(account["lines"], tally.lines)
+        account["problems"] += tally.problems
     (folder / PART_LINES.format(process=process)).write_bytes(orjson.dumps(account))
 
 

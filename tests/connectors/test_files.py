@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import random
 import shutil
 import tracemalloc
@@ -292,3 +293,71 @@ def test_records_of_equal_sort_keys_keep_their_arrival_order_across_runs(tmp_pat
     part.close()
     expected = b"".join(o.body + b"\n" for o in sorted(outputs, key=ByTime.sort_key))
     assert (tmp_path / "triggers.push.jsonl").read_bytes() == expected
+
+
+def _awkward_recordings(folder: Path) -> list[Path]:
+    """Recordings with blank and CRLF lines, a line over 256 bytes, bytes that are not UTF-8, an empty
+    file, a .gz file and a truncated .gz one."""
+    lines = [b'{"n": %d}' % i for i in range(40)]
+    lines[5:5] = [b"", b"   ", b'{"crlf": 1}\r', b"\xff\xfe", b'{"long": "' + b"x" * 600 + b'"}']
+    plain = folder / "a.jsonl"
+    plain.write_bytes(b"\n".join(lines))  # no line end at the end
+    empty = folder / "empty.jsonl"
+    empty.write_bytes(b"")
+    packed = folder / "b.jsonl.gz"
+    packed.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    many = gzip.compress(b"".join(b'{"m": %d}\n' % i for i in range(3000)))
+    cut = folder / "cut.jsonl.gz"
+    cut.write_bytes(many[: len(many) // 2])
+    last = folder / "c.jsonl"
+    last.write_bytes(b'{"last": 1}\n\n')
+    return [plain, empty, packed, cut, last]
+
+
+def _drain(part) -> list:
+    items: list = []
+    with contextlib.suppress(StopIteration):
+        while True:
+            items.extend(part.next_batch())
+    part.close()
+    return items
+
+
+@pytest.mark.parametrize(("parts", "chunk"), [(2, 1), (3, 7), (4, 50)])
+def test_the_parts_of_a_split_source_read_together_what_one_reader_reads(tmp_path, parts, chunk):
+    paths = _awkward_recordings(tmp_path)
+    one = JsonlSource(paths, batch_size=chunk, max_event_bytes=256)
+    expected = [(r.seq, r.position, r.payload, r.rejected, r.whole) for r in records_of(read_all(one)[0])]
+    split = JsonlSource(paths, batch_size=chunk, max_event_bytes=256, parts=parts)
+    records = []
+    for name in split.list_parts():
+        records += records_of(_drain(split.build_part("in", name, None)))
+    assert sorted((r.seq, r.position, r.payload, r.rejected, r.whole) for r in records) == expected
+    lines: dict = {}
+    for tally in split.part_tallies:
+        files.add_counts(lines, tally.lines)
+    assert {name: counts for name, counts in lines.items() if counts["read"]} == {
+        name: counts for name, counts in one.tally.lines.items() if counts["read"]
+    }
+    assert [problem for tally in split.part_tallies for problem in tally.problems] == one.tally.problems
+
+
+class _CountingFile(io.FileIO):
+    """A file that counts the bytes read from it (all instances together)."""
+
+    read_bytes = 0
+
+    def readinto(self, buffer) -> int | None:
+        count = super().readinto(buffer)
+        _CountingFile.read_bytes += count or 0
+        return count
+
+
+def test_a_part_of_a_split_source_reads_only_its_own_chunks(tmp_path, monkeypatch):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(b'{"n": %d, "pad": "%s"}\n' % (i, b"x" * 200) for i in range(4000)))
+    source = JsonlSource([path], batch_size=100, parts=4)
+    monkeypatch.setattr(files, "_open", lambda p: io.BufferedReader(_CountingFile(p)))
+    records = records_of(_drain(source.build_part("in", "recordings-1", None)))
+    assert len(records) == 1000
+    assert _CountingFile.read_bytes < path.stat().st_size * 0.3, "about a quarter of the file, not all of it"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
@@ -337,3 +338,32 @@ def test_an_event_that_cannot_be_applied_is_dead_lettered_and_the_replay_goes_on
     assert summary["dead_letters"] == {"processing_error": 1, "too_old": 1}
     assert summary["processing_error"] == 1 and summary["too_old"] == 1
     assert sum(summary["events"].values()) == 3, "the failed event is not counted as accepted"
+
+
+def test_a_shared_replay_of_awkward_recordings_writes_what_one_process_writes(tmp_path):
+    """Each process reads only its own chunks, wherever they begin: in a plain file with blank,
+    broken and over-long lines, after an empty file, in a .gz file, in one cut short."""
+    lines = gzip.decompress((GOLDEN / "stream.jsonl.gz").read_bytes()).splitlines()
+    half = len(lines) // 2
+    first = lines[:half]
+    first[10:10] = [b"", b"  ", b"{not json", b"\xff\xfe", b'{"huge": "' + b"x" * 40_000 + b'"}']
+    (tmp_path / "a.jsonl").write_bytes(b"\r\n".join(first))
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    packed = gzip.compress(b"\n".join(lines[half:]) + b"\n")
+    (tmp_path / "b.jsonl.gz").write_bytes(packed[: len(packed) * 3 // 4])
+    inputs = [str(tmp_path / name) for name in ("a.jsonl", "empty.jsonl", "b.jsonl.gz")]
+
+    def replay_all(out: Path, *extra: str) -> dict[str, bytes]:
+        cmd = [sys.executable, "-m", "flows.cli", "replay", *inputs, "--out", str(out), "--quiet", *extra]
+        subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "NUDGEFLOW_BATCH_SIZE": "50"}, timeout=300)
+        return files_of(out)
+
+    one = replay_all(tmp_path / "one")
+    summary = orjson.loads(one["summary.json"])
+    assert summary["lines"]["unaccounted"] == 0 and set(summary["lines"]["files"]) == {
+        "a.jsonl",
+        "empty.jsonl",
+        "b.jsonl.gz",
+    }
+    assert b"truncated_input" in one["dead_letters.jsonl"] and b"too_large" in one["dead_letters.jsonl"]
+    assert replay_all(tmp_path / "three", "--processes", "3") == one
