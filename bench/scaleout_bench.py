@@ -8,8 +8,8 @@ chunks of the file), alternated with the single-process replay, in rounds; each 
 compared with the single process's (they must be byte-identical).
 
 Kafka: the stream is produced once to an 8-partition topic, then ``nudgeflow run --kafka
---until-end`` reads it with N processes of 1 worker (recovery snapshots off, outputs to fresh
-topics), in rounds.
+--until-end --processes N`` reads it with N processes of 1 worker, forked by the one command
+(recovery snapshots off, outputs to fresh topics), in rounds.
 
 CPU is user+sys of all the engine's processes over their whole lives (start-up, reading and
 writing included; the broker's not), from ``getrusage(RUSAGE_CHILDREN)`` around each run. The
@@ -36,7 +36,6 @@ from kafka_bench import kafka
 
 from connectors.files import read_lines
 from connectors.kafka import ensure_topics, produce_records
-from connectors.local_services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = (1, 2, 4)
@@ -124,12 +123,17 @@ def kafka_rounds(path: Path, rounds: int) -> list[dict[str, float]]:
                         "NUDGEFLOW_TOPIC_PREFIX": f"bench.{uuid.uuid4().hex[:8]}.",
                     }
                 )
-                run = [sys.executable, "-m", "flows.cli", "run", "--until-end", "--quiet"]
-                commands = [run]
-                if processes > 1:
-                    addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
-                    commands = [[*run, "-w", "1", "-i", str(i), "-a", addresses] for i in range(processes)]
-                cpu, wall = cpu_of(commands, env)
+                run = [
+                    sys.executable,
+                    "-m",
+                    "flows.cli",
+                    "run",
+                    "--until-end",
+                    "--quiet",
+                    "--processes",
+                    str(processes),
+                ]
+                cpu, wall = cpu_of([run], env)
                 rows[processes].append((cpu, wall))
                 print(
                     f"round {round_ + 1}, kafka, {processes} process(es): {cpu:.1f} CPU s, {wall:.1f} s{load()}",
@@ -169,7 +173,7 @@ def main() -> None:
     if replay is not None:
         report("`nudgeflow replay FILE --processes N` (outputs byte-identical to 1 process):", events, replay)
     if through_kafka is not None:
-        report(f"`nudgeflow run --kafka --until-end` on {PARTITIONS} partitions:", events, through_kafka)
+        report(f"`nudgeflow run --kafka --until-end --processes N` on {PARTITIONS} partitions:", events, through_kafka)
     print("\ncommand: " + shlex.join([Path(sys.executable).name, *sys.argv]))
 
 
