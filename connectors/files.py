@@ -274,7 +274,7 @@ class _JsonlPartition(StatefulSourcePartition[RawEvent | EndOfInput, JsonlState]
 
     def _read(self) -> Iterator[RawEvent]:
         """The records from the position held (file, offset, line, seq) to the end of the files, or
-        to line ``seq`` ``self._end``."""
+        up to line ``_end`` (counted across the files: the end of a chunk)."""
         while self._index < len(self._paths):
             path = self._paths[self._index]
             failure = None
@@ -290,8 +290,8 @@ class _JsonlPartition(StatefulSourcePartition[RawEvent | EndOfInput, JsonlState]
                 yield failure
 
     def _open_at(self, path: Path, offset: int) -> None:
-        """Make ``_file`` ``path`` read from byte ``offset``: the file open already when it is
-        ``path`` and has not passed ``offset`` (a ``.gz`` one cannot go back without reading
+        """Have ``_file`` read ``path`` from byte ``offset``, keeping the file open already when it
+        is ``path`` and not past ``offset`` (a ``.gz`` file cannot seek back without decompressing
         again from its start)."""
         if self._file is not None and (self._file_path != path or self._file.tell() > offset):
             self._close_file()
