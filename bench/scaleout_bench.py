@@ -154,6 +154,12 @@ def report(title: str, events: int, rows: list[dict[str, Any]]) -> None:
             f"| {r['processes']} x 1 | {r['cpu']:.1f} | {r['cpu'] / events * 1e6:.1f} | {r['ratio']:.2f} | {rounds} |"
             f" {r['wall']:.1f} |"
         )
+    cores = os.cpu_count() or 1
+    if any(r["processes"] > cores for r in rows):
+        print(
+            f"\nMore processes than the machine's {cores} cores are oversubscribed: they wait for a core,"
+            " and a waiting Bytewax worker still wakes every millisecond, which counts as CPU here."
+        )
 
 
 def main() -> None:
