@@ -116,8 +116,8 @@ SECTIONS = (
         "Scale-out: CPU per event on 1, 2 and 4 processes (10k customers, one day)",
         ("bench/scaleout_bench.py", "--kafka"),
         "`nudgeflow replay --processes N` (outputs checked byte-identical to one process) and `nudgeflow run --kafka "
-        "--until-end` with N processes of one worker, in CPU time of all the engine's processes over their whole "
-        "lives, alternated in rounds; the broker (local, on the same 2 cores) is not counted.",
+        "--until-end --processes N`, N processes of one worker, in CPU time of all the engine's processes over their "
+        "whole lives, alternated in rounds; the broker (local, on the same 2 cores) is not counted.",
     ),
     Section(
         "stages",
