@@ -383,7 +383,7 @@ def _run(args: argparse.Namespace) -> int:
     }
     settings = _settings(args, args.inputs, args.out, **kafka)
     if args.processes != 1:
-        _check_processes(args.processes, settings.source == "kafka", args.addresses)
+        _check_processes(args.processes, settings.source == "kafka", bool(args.addresses or args.process_id))
         run_in_processes(settings, args.processes, args.workers, args.quiet)
         return 0
     addresses = args.addresses.split(",") if args.addresses else None
@@ -391,12 +391,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_processes(processes: int, kafka: bool, addresses: str | None) -> None:
+def _check_processes(processes: int, kafka: bool, cluster_given: bool) -> None:
     if processes < 1:
         raise ConfigurationError("--processes must be at least 1")
     if not kafka:
         raise ConfigurationError("run --processes shares the Kafka flow; recordings: replay --processes N")
-    if addresses:
+    if cluster_given:
         raise ConfigurationError("--processes starts every process on this host: give it or -i/-a, not both")
 
 

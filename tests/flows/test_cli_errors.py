@@ -156,6 +156,10 @@ def test_a_redis_url_redis_cannot_parse_is_one_line_and_exit_2(tmp_path, capsys)
             ["run", "--kafka", "--processes", "2", "-a", "127.0.0.1:1,127.0.0.1:2"],
             "--processes starts every process on this host: give it or -i/-a, not both",
         ),
+        (
+            ["run", "--kafka", "--processes", "2", "-i", "1"],
+            "--processes starts every process on this host: give it or -i/-a, not both",
+        ),
     ],
 )
 def test_run_in_processes_refuses_what_it_cannot_share(args, message, capsys):
