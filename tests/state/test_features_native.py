@@ -383,6 +383,55 @@ def test_money_rounds_as_python_rounds(steps):
         assert_same(pair.ref, pair.state, env.name)
 
 
+YEAR_1 = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+YEAR_9999 = 253_402_300_799_000  # 9999-12-31T23:59:59Z
+EXTREMES = [YEAR_1, 0, ms(RECENT) - 9 * 365 * 86_400_000, ms(RECENT), ms(RECENT) + 1, YEAR_9999]
+
+
+def viewed(features: Features, product: str, category: str, at_ms: int) -> None:
+    """A product view with no activity counted (times beyond the windowed counts' range)."""
+    timeout = LC.session_timeout_ms
+    features.apply_product(at_ms, "m", None, 0, timeout, None, None, None, 0, product, category, None, 1, None)
+
+
+@pytest.mark.parametrize("first", EXTREMES)
+@pytest.mark.parametrize("second", EXTREMES)
+def test_affinities_at_any_two_times_in_any_order_are_the_reference_ones(first, second):
+    features = Features(first)
+    products, categories = reference.DecayedTopK(), reference.DecayedTopK()
+    for item, at in (("first", first), ("second", second)):
+        viewed(features, item, item.upper(), at)
+        products.add(item, 1.0, at, reference.PRODUCT_HALF_LIFE_MS, reference.AFFINITY_K)
+        categories.add(item.upper(), 1.0, at, reference.CATEGORY_HALF_LIFE_MS, reference.AFFINITY_K)
+    later = max(first, second)
+    scores = features.products_as_of(later)
+    assert all(0.0 <= score <= 2.0 for score in scores.values()), scores
+    assert exact(scores) == exact(products.as_of(later, reference.PRODUCT_HALF_LIFE_MS))
+    assert exact(features.product_scores) == exact(products.scores)
+    assert exact(features.categories_as_of(later)) == exact(categories.as_of(later, reference.CATEGORY_HALF_LIFE_MS))
+    assert features.top_products() == products.top() and features.top_categories() == categories.top()
+
+
+def test_a_merge_across_centuries_keeps_the_newer_scores():
+    mine, other = Features(YEAR_1), Features(YEAR_9999)
+    for _ in range(5):
+        viewed(mine, "old", "c", YEAR_1)
+    viewed(other, "new", "c", YEAR_9999)
+    mine.merge(other, YEAR_9999)
+    assert mine.products_as_of(YEAR_9999) == {"new": 1.0, "old": 0.0}
+
+
+def test_windowed_counts_beyond_their_range_are_refused_as_python_refused_them():
+    """A time whose minute does not fit the buckets' 32 bits (after the year 6053) raises as
+    Python's ``array('i')`` did (the engine then dead-letters the event and undoes it)."""
+    features = Features(YEAR_9999)
+    with pytest.raises(OverflowError):
+        features.apply(YEAR_9999, "m", 0, 0, LC.session_timeout_ms, None, None, None)
+    ref = reference.WindowedCounts()
+    with pytest.raises(OverflowError):
+        ref.add("page", YEAR_9999, YEAR_9999)
+
+
 def test_a_snapshot_carries_names_not_ids():
     state = CustomerState("u1", ms(RECENT))
     for env in envelopes(stream(random.Random(5), ms(RECENT), 80)):
