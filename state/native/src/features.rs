@@ -606,7 +606,11 @@ impl Features {
                     .add(*category, ORDER_WEIGHT, at, CATEGORY_HALF_LIFE_MS, names);
             }
         }
-        if self.cart.as_ref().map_or(false, |cart| at >= cart.started_ms) {
+        if self
+            .cart
+            .as_ref()
+            .map_or(false, |cart| at >= cart.started_ms)
+        {
             self.cart = None;
         }
         Ok(())
@@ -1265,12 +1269,13 @@ pub mod python {
 
     use pyo3::exceptions::{PyOverflowError, PyValueError};
     use pyo3::prelude::*;
-    use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+    use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
     use pyo3::{intern, IntoPyObjectExt};
 
     use super::{
         Event, Features as Record, Id, Lifecycle, Overflow, ProductAction, Strings, Trait,
-        CATEGORY_HALF_LIFE_MS, CHANNELS, COUNTED_KINDS, PRODUCT_HALF_LIFE_MS, TRAIT_KEYS, WINDOWS,
+        CATEGORY_HALF_LIFE_MS, CHANNELS, COUNTED_KINDS, MAX_BOUGHT, PRODUCT_HALF_LIFE_MS,
+        TRAIT_KEYS, WINDOWS,
     };
 
     /// The names of every customer of this process (held only while no Python code runs).
@@ -1323,6 +1328,35 @@ pub mod python {
             lapse_days,
             at_risk_gap_factor,
         }
+    }
+
+    type Bought<'py> = Vec<(Bound<'py, PyString>, Option<Bound<'py, PyString>>, i64)>;
+
+    /// The lines of an order that count as bought (a quantity of 0 or more), the first
+    /// [`MAX_BOUGHT`] of them: those are all an order's features read.
+    fn bought<'py>(py: Python<'py>, lines: &Bound<'py, PyAny>) -> PyResult<Bought<'py>> {
+        let mut read = Vec::new();
+        for line in lines.try_iter()? {
+            if read.len() == MAX_BOUGHT {
+                break;
+            }
+            let line = line?;
+            let quantity: i64 = line.getattr(intern!(py, "quantity"))?.extract()?;
+            if quantity < 0 {
+                continue;
+            }
+            let product = line
+                .getattr(intern!(py, "product_id"))?
+                .downcast_into::<PyString>()?;
+            let category = line.getattr(intern!(py, "category"))?;
+            let category = if category.is_none() {
+                None
+            } else {
+                Some(category.downcast_into::<PyString>()?)
+            };
+            read.push((product, category, quantity));
+        }
+        Ok(read)
     }
 
     /// A customer's features: one compact record, updated by one call per event (see
@@ -1477,17 +1511,11 @@ pub mod python {
             amount: f64,
             lines: &Bound<'_, PyAny>,
         ) -> PyResult<()> {
-            let mut read = Vec::new();
-            if completed {
-                for line in lines.try_iter()? {
-                    let line = line?;
-                    let product: String = line.getattr(intern!(py, "product_id"))?.extract()?;
-                    let category: Option<String> =
-                        line.getattr(intern!(py, "category"))?.extract()?;
-                    let quantity: i64 = line.getattr(intern!(py, "quantity"))?.extract()?;
-                    read.push((product, category, quantity));
-                }
-            }
+            let read = if completed {
+                bought(py, lines)?
+            } else {
+                Vec::new()
+            };
             let mut table = Names::lock();
             let e = event(
                 &mut table,
@@ -1500,10 +1528,15 @@ pub mod python {
                 city,
                 country,
             )?;
-            let lines: Vec<(Id, Option<Id>, i64)> = read
-                .iter()
-                .map(|(p, c, q)| (table.get().intern(p), table.intern(c.as_deref()), *q))
-                .collect();
+            let mut lines: Vec<(Id, Option<Id>, i64)> = Vec::with_capacity(read.len());
+            for (product, category, quantity) in &read {
+                let category = category.as_ref().map(|c| c.to_str()).transpose()?;
+                lines.push((
+                    table.get().intern(product.to_str()?),
+                    table.intern(category),
+                    *quantity,
+                ));
+            }
             let names = table.get();
             self.inner
                 .apply_order(&e, completed, order_id, amount, &lines, names)
