@@ -53,6 +53,7 @@ pub const WINDOWS: [(&str, i64); 4] = [
 const WINDOW_30D_MIN: i64 = 30 * 24 * 60;
 const COMPACT_AT: usize = 3 * 24;
 const COMPACT_EVERY: usize = 64;
+const GROW_BY: usize = 8;
 /// The identify traits kept, by code (as `state.customer.TRAIT_KEYS`).
 pub const TRAIT_KEYS: [&str; 6] = [
     "age_band",
@@ -156,7 +157,12 @@ impl TopK {
         }
         match self.scores.iter_mut().find(|(id, _)| *id == item) {
             Some((_, score)) => *score += scaled,
-            None => self.scores.push((item, 0.0 + scaled)),
+            None => {
+                if self.scores.is_empty() {
+                    self.scores.reserve_exact(AFFINITY_K + 1); // never more: one over, then the weakest goes
+                }
+                self.scores.push((item, 0.0 + scaled));
+            }
         }
         if self.scores.len() > AFFINITY_K {
             let weakest = self.weakest(names);
@@ -257,7 +263,11 @@ impl Counts {
                 break;
             }
         }
-        b.extend([i32::try_from(start).map_err(|_| Overflow)?, code, 1]);
+        let start = i32::try_from(start).map_err(|_| Overflow)?;
+        if b.len() == b.capacity() {
+            b.reserve_exact(3 * GROW_BY); // a few buckets at a time: most customers hold a handful
+        }
+        b.extend([start, code, 1]);
         let held = b.len() / 3;
         if held > COMPACT_AT && (held - COMPACT_AT) % COMPACT_EVERY == 1 {
             self.compact(now_ms);
