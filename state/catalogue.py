@@ -224,11 +224,13 @@ def _counts(window: str) -> Feature:
 FEATURES: dict[str, Feature] = {
     "customer_id": Feature("the customer's id", lambda v: v.state.id, frozenset()),
     "lifecycle": Feature(
-        "'new', 'active' or 'lapsed'", lambda v: v.state.lifecycle(v.now_ms, v.lifecycle), time_dependent=True
+        "'new', 'active' or 'lapsed'",
+        lambda v: v.state.features.lifecycle(v.now_ms, v.lifecycle.new_days, v.lifecycle.lapse_days),
+        time_dependent=True,
     ),
     "at_risk": Feature(
         "repeat buyer overdue against their own purchase rhythm, not yet lapsed",
-        lambda v: v.state.at_risk(v.now_ms, v.lifecycle),
+        lambda v: v.state.features.at_risk(v.now_ms, v.lifecycle.lapse_days, v.lifecycle.at_risk_gap_factor),
         ORDERS,
         time_dependent=True,
     ),
@@ -255,7 +257,7 @@ FEATURES: dict[str, Feature] = {
     "refunds": Feature("refunds received", lambda v: v.state.features.refunds, ORDERS),
     "lapse_risk": Feature(
         "chance (0-1) a buyer reaches lapse_days without ordering, from their rhythm (null before an order)",
-        lambda v: v.state.lapse_risk(v.now_ms, v.lifecycle),
+        lambda v: v.state.features.lapse_risk(v.now_ms, v.lifecycle.lapse_days),
         ORDERS,
         time_dependent=True,
     ),
