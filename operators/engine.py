@@ -65,8 +65,8 @@ from state.store import CustomerStore
 from state.update import apply_event, changed_parts
 
 # 7: both stages' shards under one Bytewax key per shard number; the changes the shard's store may not
-# hold yet travel in the snapshot
-SNAPSHOT_FORMAT = 7
+# hold yet travel in the snapshot. 8: a customer's features are the compiled record's bytes
+SNAPSHOT_FORMAT = 8
 MAX_UNSAVED = 3  # snapshots whose changes may wait for the customer store before a snapshot waits for it
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes
@@ -251,8 +251,8 @@ class CustomerStage:
         """The customer's state for ``env`` (expired first if idle too long, merged with ``carried``),
         and whether it is new (nothing known before, nothing carried)."""
         state = self.customers.get(customer_id)
-        if state is not None and state.last_seen_ms + self.config.state_ttl_ms <= env.ts_ms:
-            self._expire(state, state.last_seen_ms + self.config.state_ttl_ms, out)
+        if state is not None and state.features.last_seen_ms + self.config.state_ttl_ms <= env.ts_ms:
+            self._expire(state, state.features.last_seen_ms + self.config.state_ttl_ms, out)
             state = None
         new = state is None and carried is None
         if state is None:
@@ -316,11 +316,11 @@ class CustomerStage:
         """What ``trigger`` fires at most once for, as a string."""
         once_per = trigger.rule.once_per
         if once_per == "cart":
-            return state.cart.id if state.cart is not None else "none"
+            return "none" if (cart := state.features.cart_id) is None else cart
         if once_per == "session":
-            return state.session.id if state.session is not None else "none"
+            return "none" if (session := state.features.session_id) is None else session
         if once_per == "order":
-            return state.last_order_id or "none"
+            return state.features.last_order_id or "none"
         if once_per == "customer":
             return "customer"
         if env is None:
@@ -430,7 +430,7 @@ class CustomerStage:
         if self.rules.time_audiences and (timer is None or moved_earlier):
             boundary = state.next_boundary(now_ms, self.config.lifecycle, self.rules.reads_lapse_risk)
             if boundary is not None and (timer is None or boundary < timer.due_ms):
-                state.timers[RECHECK] = Timer(boundary, "recheck", [state.last_event_id])
+                state.timers[RECHECK] = Timer(boundary, "recheck", [state.features.last_event_id])
                 self.timers.schedule(state, RECHECK)
 
     def _sweep(self, now_ms: int, out: list[Any]) -> None:

@@ -1,6 +1,7 @@
 """The engine's compiled parts (Rust, PyO3; crate in ``state/native/``), built by ``pip install``."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 class Dedupe:
     """Dedupe memory: the last ``capacity`` message ids (as 128-bit hashes), forgetting the oldest first."""
@@ -44,3 +45,170 @@ class EpochMs:
 
     def __init__(self, general: Callable[[str], int]) -> None: ...
     def __call__(self, text: str) -> int: ...
+
+class Features:
+    """A customer's features: one compact record, updated by one call per event (see
+    ``state/customer.py`` and ``state/native/src/features.rs``). Product, category, store, city and
+    trait names are interned in a table the process shares; :meth:`to_bytes` spells them out."""
+
+    def __init__(self, first_seen_ms: int) -> None: ...
+    # --- updates (``kind``: the counted kind's code, ``None`` for no activity; ``hour``: local hour)
+    def apply(
+        self,
+        at_ms: int,
+        message_id: str,
+        kind: int | None,
+        hour: int,
+        session_timeout_ms: int,
+        store: str | None,
+        city: str | None,
+        country: str | None,
+    ) -> None:
+        """An event with nothing but its activity and places: counted kind (``None`` for identify,
+        alias, consent), local hour, session timeout, context store, city and country."""
+    def apply_product(
+        self,
+        at_ms: int,
+        message_id: str,
+        kind: int | None,
+        hour: int,
+        session_timeout_ms: int,
+        store: str | None,
+        city: str | None,
+        country: str | None,
+        action: int,
+        product_id: str,
+        category: str | None,
+        cart_id: str | None,
+        quantity: int,
+        price: float | None,
+    ) -> None:
+        """A product event: :meth:`apply`, then ``action`` (0 viewed, 1 added, 2 removed, 3 other)."""
+    def apply_order(
+        self,
+        at_ms: int,
+        message_id: str,
+        kind: int | None,
+        hour: int,
+        session_timeout_ms: int,
+        store: str | None,
+        city: str | None,
+        country: str | None,
+        completed: bool,
+        order_id: str,
+        amount: float,
+        lines: Iterable[Any],
+    ) -> None:
+        """An order (``completed``) or refund: :meth:`apply`, then the order with its ``lines``
+        (objects with ``product_id``, ``category`` and ``quantity``) in one call."""
+    def apply_identify(
+        self,
+        at_ms: int,
+        message_id: str,
+        store: str | None,
+        city: str | None,
+        country: str | None,
+        age_band: str | None,
+        trait_city: str | None,
+        trait_country: str | None,
+        urban: bool | None,
+        gender: str | None,
+        loyalty_tier: str | None,
+        band_of_age: str | None,
+    ) -> None:
+        """An identify call: :meth:`apply` (no activity), then the traits sent (``None``: not sent),
+        then ``band_of_age``, the age band of the age sent when no band was sent."""
+    def apply_consent(
+        self,
+        at_ms: int,
+        message_id: str,
+        store: str | None,
+        city: str | None,
+        country: str | None,
+        channel: str,
+        granted: bool,
+    ) -> None:
+        """A consent update: :meth:`apply` (no activity), then ``granted`` for ``channel`` ("all": every one)."""
+    def merge(self, other: Features, now_ms: int) -> None:
+        """Fold the features of a just-linked anonymous id into these."""
+    def copy(self) -> Features:
+        """A copy (for a checkpoint: put it back to undo what happened since)."""
+    def to_bytes(self) -> bytes:
+        """The features as bytes, names spelt out, for snapshots."""
+    @staticmethod
+    def from_bytes(data: bytes) -> Features:
+        """Features written by :meth:`to_bytes`; ``ValueError`` for bytes it cannot read."""
+    # --- plain fields
+    first_seen_ms: int
+    last_seen_ms: int
+    last_event_id: str
+    orders: int
+    refunds: int
+    lifetime_spend: float
+    first_order_ms: int | None
+    last_order_ms: int | None
+    last_order_id: str | None
+    order_gap_ms: float
+    last_store: str | None
+    last_city: str | None
+    last_country: str | None
+    hours: bytes
+    """Activity per local hour of day (24 counts, halved before one passes 255)."""
+    bought: tuple[str, ...]
+    """Products of the last order."""
+    traits: dict[str, str | bool]
+    """Identify traits, in the order first set."""
+    consent: dict[str, bool]
+    """Consent per channel, in the order first set."""
+    def trait_value(self, key: str) -> str | bool | None:
+        """One trait's value (``None``: not known)."""
+    # --- session and cart
+    session_id: str | None
+    session_times: tuple[int, int, int] | None
+    """The session's ``(started_ms, last_ms, pages)``, ``None`` when there is none."""
+    session_products: list[str]
+    """Products viewed in the session, oldest first (the last 10)."""
+    def live_session_products(self, at_ms: int, timeout_ms: int) -> list[str]:
+        """Products viewed in the session if it is still going at ``at_ms`` (else none)."""
+    cart_id: str | None
+    cart_value: float
+    cart_items: int
+    """The cart's lines' quantities summed (0 when there is none)."""
+    cart_times: tuple[int, int] | None
+    """The cart's ``(started_ms, last_add_ms)``, ``None`` when there is none."""
+    cart_lines: dict[str, tuple[float, float]]
+    """The cart's lines: product -> ``(quantity, unit price)``, in the order first added."""
+    cart_products: list[str]
+    """The cart's products, in the order first added."""
+    # --- derived features
+    def counts(self, window_name: str, now_ms: int) -> dict[str, int]:
+        """Events per kind in ``window`` ("1h", "24h", "7d", "30d") before ``now_ms``."""
+    buckets: list[int]
+    """The windowed counts' ``(start minute, kind code, count)`` triples, flat."""
+    def top_categories(self, n: int | None = None) -> list[str]:
+        """Categories by decayed affinity, strongest first (ties by name), the first ``n``."""
+    def top_products(self, n: int | None = None) -> list[str]:
+        """Products by decayed affinity, strongest first (ties by name), the first ``n``."""
+    def categories_as_of(self, now_ms: int) -> dict[str, float]:
+        """Category affinities decayed to ``now_ms``, rounded to 4 digits, by name."""
+    def products_as_of(self, now_ms: int) -> dict[str, float]:
+        """Product affinities decayed to ``now_ms``, rounded to 4 digits, by name."""
+    category_scores: dict[str, float]
+    """The category affinities as kept (against their landmark), in the order first added."""
+    product_scores: dict[str, float]
+    """The product affinities as kept (against their landmark), in the order first added."""
+    affinity_landmarks: tuple[int | None, int | None]
+    """The affinities' landmarks ``(categories, products)`` (``None``: nothing added yet)."""
+    def lifecycle(self, now_ms: int, new_days: int, lapse_days: int) -> str:
+        """ "new", "active" or "lapsed" at ``now_ms``."""
+    def at_risk(self, now_ms: int, lapse_days: int, at_risk_gap_factor: float) -> bool:
+        """A repeat buyer overdue against their own rhythm, not yet lapsed."""
+    def lapse_risk(self, now_ms: int, lapse_days: int) -> float | None:
+        """The chance (0-1) this buyer reaches ``lapse_days`` without ordering (``None`` before an order)."""
+    def next_boundary(
+        self, now_ms: int, new_days: int, lapse_days: int, at_risk_gap_factor: float, risk_steps: bool
+    ) -> int | None:
+        """The next time ``lifecycle``, ``at_risk`` (and with ``risk_steps`` ``lapse_risk``, to the
+        next tenth) can change with no new event."""
+    def preferred_hour(self) -> int | None:
+        """The local hour of day with most activity (``None``: none yet)."""

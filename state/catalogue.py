@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.envelope import Envelope
+from state._native import Features
 from state.affinity import DAY_MS
-from state.customer import CATEGORY_HALF_LIFE_MS, HOUR_MS, MINUTE_MS, Cart, CustomerState, Lifecycle, Session
+from state.customer import HOUR_MS, MINUTE_MS, CustomerState, Lifecycle
 
 ANY_EVENT: frozenset[str] = frozenset({"*"})
 ORDERS = frozenset({"Order Completed", "Order Refunded", "Order Cancelled"})
@@ -91,6 +92,11 @@ def _since(v: FeatureView, at_ms: int | None) -> float | None:
     return None if at_ms is None else _days(max(0, v.now_ms - at_ms))
 
 
+def _monetary(features: Features) -> float:
+    orders = features.orders
+    return round(features.lifetime_spend / orders, 2) if orders else 0.0
+
+
 class _View:
     """Read-only fields computed when read; also readable as ``view["field"]`` and comparable to a dict."""
 
@@ -119,75 +125,79 @@ class _View:
 class SessionView(_View):
     """The current session as rules see it; each field is computed only when read."""
 
-    __slots__ = ("_session",)
+    __slots__ = ("_features", "_times")
     FIELDS = ("id", "pages", "products_viewed", "products", "minutes")
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self, features: Features, times: tuple[int, int, int]) -> None:
+        self._features = features
+        self._times = times  # started, last, pages
 
     @property
     def id(self) -> str:
-        return self._session.id
+        return self._features.session_id
 
     @property
     def pages(self) -> int:
-        return self._session.pages
+        return self._times[2]
 
     @property
     def products_viewed(self) -> int:
-        return len(self._session.products)
+        return len(self._features.session_products)
 
     @property
     def products(self) -> list[str]:
-        return list(self._session.products)
+        return self._features.session_products
 
     @property
     def minutes(self) -> float:
-        return round((self._session.last_ms - self._session.started_ms) / MINUTE_MS, 2)
+        started, last, _ = self._times
+        return round((last - started) / MINUTE_MS, 2)
 
 
 class CartView(_View):
     """The current cart as rules see it (empty when there is none); fields computed when read."""
 
-    __slots__ = ("_cart", "_now_ms")
+    __slots__ = ("_features", "_now_ms")
     FIELDS = ("id", "value", "items", "products", "minutes_since_add")
 
-    def __init__(self, cart: Cart | None, now_ms: int) -> None:
-        self._cart = cart
+    def __init__(self, features: Features, now_ms: int) -> None:
+        self._features = features
         self._now_ms = now_ms
 
     @property
     def id(self) -> str | None:
-        return self._cart.id if self._cart else None
+        return self._features.cart_id
 
     @property
     def value(self) -> float:
-        return self._cart.value if self._cart else 0.0
+        return self._features.cart_value
 
     @property
     def items(self) -> int:
-        return int(sum(line[0] for line in self._cart.items.values())) if self._cart else 0
+        return self._features.cart_items
 
     @property
     def products(self) -> list[str]:
-        return sorted(self._cart.items) if self._cart else []
+        return sorted(self._features.cart_products)
 
     @property
     def minutes_since_add(self) -> float | None:
-        if self._cart is None:
+        times = self._features.cart_times
+        if times is None:
             return None
-        return round(max(0, self._now_ms - self._cart.last_add_ms) / MINUTE_MS, 2)
+        return round(max(0, self._now_ms - times[1]) / MINUTE_MS, 2)
 
 
 def _session(v: FeatureView) -> SessionView | None:
-    s = v.state.session
-    if s is None or v.now_ms - s.last_ms > v.lifecycle.session_timeout_ms:
+    features = v.state.features
+    times = features.session_times
+    if times is None or v.now_ms - times[1] > v.lifecycle.session_timeout_ms:
         return None
-    return SessionView(s)
+    return SessionView(features, times)
 
 
 def _cart(v: FeatureView) -> CartView:
-    return CartView(v.state.cart, v.now_ms)
+    return CartView(v.state.features, v.now_ms)
 
 
 def _event(v: FeatureView) -> dict[str, Any] | None:
@@ -206,7 +216,7 @@ def _event(v: FeatureView) -> dict[str, Any] | None:
 def _counts(window: str) -> Feature:
     return Feature(
         f"events per kind in the last {window} (product_viewed, order_completed, ...)",
-        lambda v: v.state.counts.counts(window, v.now_ms),
+        lambda v: v.state.features.counts(window, v.now_ms),
         time_dependent=True,
     )
 
@@ -214,44 +224,46 @@ def _counts(window: str) -> Feature:
 FEATURES: dict[str, Feature] = {
     "customer_id": Feature("the customer's id", lambda v: v.state.id, frozenset()),
     "lifecycle": Feature(
-        "'new', 'active' or 'lapsed'", lambda v: v.state.lifecycle(v.now_ms, v.lifecycle), time_dependent=True
+        "'new', 'active' or 'lapsed'",
+        lambda v: v.state.features.lifecycle(v.now_ms, v.lifecycle.new_days, v.lifecycle.lapse_days),
+        time_dependent=True,
     ),
     "at_risk": Feature(
         "repeat buyer overdue against their own purchase rhythm, not yet lapsed",
-        lambda v: v.state.at_risk(v.now_ms, v.lifecycle),
+        lambda v: v.state.features.at_risk(v.now_ms, v.lifecycle.lapse_days, v.lifecycle.at_risk_gap_factor),
         ORDERS,
         time_dependent=True,
     ),
     "recency_days": Feature(
         "days since the last order (null before the first)",
-        lambda v: _since(v, v.state.last_order_ms),
+        lambda v: _since(v, v.state.features.last_order_ms),
         ORDERS,
         time_dependent=True,
     ),
     "days_since_seen": Feature(
-        "days since the last activity", lambda v: _since(v, v.state.last_seen_ms), time_dependent=True
+        "days since the last activity", lambda v: _since(v, v.state.features.last_seen_ms), time_dependent=True
     ),
     "tenure_days": Feature(
-        "days since first seen", lambda v: _since(v, v.state.first_seen_ms), frozenset(), time_dependent=True
+        "days since first seen", lambda v: _since(v, v.state.features.first_seen_ms), frozenset(), time_dependent=True
     ),
-    "orders": Feature("orders completed (RFM frequency)", lambda v: v.state.orders, ORDERS),
-    "frequency": Feature("alias of orders", lambda v: v.state.orders, ORDERS),
+    "orders": Feature("orders completed (RFM frequency)", lambda v: v.state.features.orders, ORDERS),
+    "frequency": Feature("alias of orders", lambda v: v.state.features.orders, ORDERS),
     "monetary": Feature(
         "average order value (RFM monetary)",
-        lambda v: round(v.state.lifetime_spend / v.state.orders, 2) if v.state.orders else 0.0,
+        lambda v: _monetary(v.state.features),
         ORDERS,
     ),
-    "lifetime_spend": Feature("orders minus refunds", lambda v: v.state.lifetime_spend, ORDERS),
-    "refunds": Feature("refunds received", lambda v: v.state.refunds, ORDERS),
+    "lifetime_spend": Feature("orders minus refunds", lambda v: v.state.features.lifetime_spend, ORDERS),
+    "refunds": Feature("refunds received", lambda v: v.state.features.refunds, ORDERS),
     "lapse_risk": Feature(
         "chance (0-1) a buyer reaches lapse_days without ordering, from their rhythm (null before an order)",
-        lambda v: v.state.lapse_risk(v.now_ms, v.lifecycle),
+        lambda v: v.state.features.lapse_risk(v.now_ms, v.lifecycle.lapse_days),
         ORDERS,
         time_dependent=True,
     ),
     "mean_order_gap_days": Feature(
         "mean days between orders (null before the second)",
-        lambda v: _days(v.state.order_gap_ms) if v.state.orders >= 2 else None,
+        lambda v: _days(v.state.features.order_gap_ms) if v.state.features.orders >= 2 else None,
         ORDERS,
     ),
     "counts_1h": _counts("1h"),
@@ -259,28 +271,35 @@ FEATURES: dict[str, Feature] = {
     "counts_7d": _counts("7d"),
     "counts_30d": _counts("30d"),
     "top_category": Feature(
-        "strongest decayed category affinity", lambda v: next(iter(v.state.categories.top(1)), None), PRODUCTS
+        "strongest decayed category affinity", lambda v: next(iter(v.state.features.top_categories(1)), None), PRODUCTS
     ),
     "categories": Feature(
         "category affinities decayed to now",
-        lambda v: v.state.categories.as_of(v.now_ms, CATEGORY_HALF_LIFE_MS),
+        lambda v: v.state.features.categories_as_of(v.now_ms),
         PRODUCTS,
     ),
-    "top_products": Feature("top products by decayed affinity", lambda v: v.state.products.top(5), PRODUCTS),
+    "top_products": Feature("top products by decayed affinity", lambda v: v.state.features.top_products(5), PRODUCTS),
     "session": Feature("current session: id, pages, products_viewed, products, minutes", _session),
     "cart": Feature("current cart: id, value, items, products, minutes_since_add", _cart, CART),
-    "last_store": Feature("last store visited or bought in", lambda v: v.state.last_store),
+    "last_store": Feature("last store visited or bought in", lambda v: v.state.features.last_store),
     "city": Feature(
-        "last known city (context.location, else traits)", lambda v: v.state.last_city or v.state.traits.get("city")
+        "last known city (context.location, else traits)",
+        lambda v: v.state.features.last_city or v.state.features.trait_value("city"),
     ),
-    "country": Feature("last known country", lambda v: v.state.last_country or v.state.traits.get("country")),
-    "preferred_hour": Feature("local hour of day with most activity", lambda v: v.state.preferred_hour()),
+    "country": Feature(
+        "last known country", lambda v: v.state.features.last_country or v.state.features.trait_value("country")
+    ),
+    "preferred_hour": Feature("local hour of day with most activity", lambda v: v.state.features.preferred_hour()),
     "hour": Feature("UTC hour of day of the decision", lambda v: (v.now_ms // HOUR_MS) % 24, time_dependent=True),
     "traits": Feature(
-        "identify traits: age_band, city, country, urban, gender, loyalty_tier", lambda v: v.state.traits, TRAITS
+        "identify traits: age_band, city, country, urban, gender, loyalty_tier",
+        lambda v: v.state.features.traits,
+        TRAITS,
     ),
     "consent": Feature(
-        "consent per channel (push, in_app, email, sms, ads): true, false or null", lambda v: v.state.consent, CONSENT
+        "consent per channel (push, in_app, email, sms, ads): true, false or null",
+        lambda v: v.state.features.consent,
+        CONSENT,
     ),
     "audiences": Feature(
         "live audiences the customer is in (triggers only)",
@@ -310,7 +329,7 @@ def profile(state: CustomerState, now_ms: int, lifecycle: Lifecycle) -> dict[str
         "updated_ms": now_ms,
         "features": features,
         "audiences": list(state.audiences),
-        "traits": dict(state.traits),
+        "traits": state.features.traits,
     }
 
 

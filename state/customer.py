@@ -1,4 +1,5 @@
-"""Per-customer feature state, updated in event time.
+"""Per-customer state, updated in event time: the features, one compiled record
+(``state._native.Features``, in ``state/native/src/features.rs``), and the engine's bookkeeping.
 
 Everything here is bounded: the cart keeps at most ``MAX_CART_ITEMS`` lines, the session
 at most ``MAX_SESSION_PRODUCTS`` products, affinities the top ``AFFINITY_K`` items,
@@ -7,13 +8,12 @@ windows 30 days of buckets, traits an allowlist, ``caused_by`` lists a few ids.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
-from state.affinity import DAY_MS, DecayedTopK
-from state.windows import WindowedCounts
+from state._native import Features
+from state.affinity import DAY_MS
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -29,9 +29,10 @@ AFFINITY_K = 5
 CATEGORY_HALF_LIFE_MS = 14 * DAY_MS
 PRODUCT_HALF_LIFE_MS = 3 * DAY_MS
 TRAIT_KEYS: tuple[str, ...] = ("age_band", "city", "country", "urban", "gender", "loyalty_tier")
-EVERY_PART = frozenset({"counts", "hours", "session", "cart", "affinities", "traits", "consent"})
-"""The feature containers updates change in place (the windowed counts, the hours, the session,
-the cart, the affinities, traits, consent): a checkpoint copies those it is told may change."""
+EVERY_PART = frozenset({"places", "orders", "counts", "hours", "session", "cart", "affinities", "traits", "consent"})
+"""The parts of the features updates change (where the customer was, orders, the windowed counts,
+the hours, the session, the cart, the affinities, traits, consent): a checkpoint copies the
+features if it is told any may."""
 NO_PART: frozenset[str] = frozenset()
 
 
@@ -43,64 +44,6 @@ class Lifecycle:
     lapse_days: int = 60
     at_risk_gap_factor: float = 1.5
     session_timeout_ms: int = 30 * MINUTE_MS
-
-
-class Cart:
-    """The current cart: lines, value, when it was started and last added to."""
-
-    __slots__ = ("id", "items", "last_add_ms", "started_ms", "value")
-
-    def __init__(self, cart_id: str, started_ms: int) -> None:
-        self.id = cart_id
-        self.items: dict[str, tuple[float, float]] = {}  # product_id -> (quantity, unit price)
-        self.value = 0.0
-        self.started_ms = started_ms
-        self.last_add_ms = started_ms
-
-    def add(self, product_id: str, quantity: int, price: float, at_ms: int) -> None:
-        line = self.items.get(product_id)
-        if line is None:
-            if len(self.items) >= MAX_CART_ITEMS:
-                return
-            self.items[product_id] = (float(quantity), price)
-        else:
-            self.items[product_id] = (line[0] + quantity, price)
-        self.value = round(self.value + quantity * price, 2)
-        self.last_add_ms = max(self.last_add_ms, at_ms)
-
-    def remove(self, product_id: str, quantity: int) -> None:
-        line = self.items.get(product_id)
-        if line is None:
-            return
-        taken = min(line[0], quantity)
-        self.value = max(0.0, round(self.value - taken * line[1], 2))
-        if line[0] - taken <= 0:
-            del self.items[product_id]
-        else:
-            self.items[product_id] = (line[0] - taken, line[1])
-        if not self.items:
-            self.value = 0.0
-
-
-class Session:
-    """The current session: started by the first event after ``session_timeout_ms`` of quiet."""
-
-    __slots__ = ("id", "last_ms", "pages", "products", "started_ms")
-
-    def __init__(self, session_id: str, started_ms: int) -> None:
-        self.id = session_id
-        self.started_ms = started_ms
-        self.last_ms = started_ms
-        self.pages = 0
-        self.products: list[str] = []
-
-    def viewed(self, product_id: str) -> None:
-        products = self.products
-        if product_id in products:
-            return
-        products.append(product_id)
-        if len(products) > MAX_SESSION_PRODUCTS:
-            del products[0]
 
 
 class Timer:
@@ -127,64 +70,30 @@ class Timer:
         return timer
 
 
+def _feature(name: str) -> Any:
+    """The record's ``name``, read as an attribute of the customer's state (read only)."""
+    return property(attrgetter(f"features.{name}"), doc=f"The features' ``{name}``.")
+
+
 class CustomerState:
-    """Features of one customer. Times are event-time epoch milliseconds."""
+    """One customer: its features (one compiled record, :class:`state._native.Features`) and the
+    engine's bookkeeping (timers, rules fired, open outcomes and offers, audiences, linked ids).
+    Times are event-time epoch milliseconds."""
 
     __slots__ = (
         "audiences",
-        "bought",
-        "cart",
-        "categories",
-        "consent",
-        "counts",
+        "features",
         "fired",
-        "first_order_ms",
-        "first_seen_ms",
-        "hours",
         "id",
-        "last_city",
-        "last_country",
-        "last_event_id",
-        "last_order_id",
-        "last_order_ms",
-        "last_seen_ms",
-        "last_store",
-        "lifetime_spend",
         "linked_ids",
         "offers_open",
-        "order_gap_ms",
-        "orders",
         "outcomes",
-        "products",
-        "refunds",
-        "session",
         "timers",
-        "traits",
     )
 
     def __init__(self, customer_id: str, first_seen_ms: int) -> None:
         self.id = customer_id
-        self.first_seen_ms = first_seen_ms
-        self.last_seen_ms = first_seen_ms
-        self.last_event_id = ""
-        self.orders = 0
-        self.refunds = 0
-        self.lifetime_spend = 0.0
-        self.first_order_ms: int | None = None
-        self.last_order_ms: int | None = None
-        self.last_order_id: str | None = None
-        self.order_gap_ms = 0.0  # running mean gap between orders
-        self.counts = WindowedCounts()
-        self.categories = DecayedTopK()
-        self.products = DecayedTopK()
-        self.session: Session | None = None
-        self.cart: Cart | None = None
-        self.last_store: str | None = None
-        self.last_city: str | None = None
-        self.last_country: str | None = None
-        self.hours = bytearray(24)
-        self.traits: dict[str, object] = {}
-        self.consent: dict[str, bool] = {}
+        self.features = Features(first_seen_ms)
         self.audiences: tuple[str, ...] = ()
         self.timers: dict[str, Timer] = {}  # by rule id, or "~recheck"
         self.fired: dict[str, str] = {}  # rule id -> last cause it fired for
@@ -193,132 +102,63 @@ class CustomerState:
         self.outcomes: list[tuple[int, tuple[float, ...]]] = []
         # offers chosen by the next-best-offer policy, waiting for a reward: (decided at, offer, segment)
         self.offers_open: list[tuple[int, str, str]] = []
-        self.bought: tuple[str, ...] = ()  # products of the last order
 
     # --- checkpoints, for undoing an update that failed halfway --------------------------
     def checkpoint(self, parts: frozenset[str] = EVERY_PART) -> Checkpoint:
-        """What :meth:`rollback` needs to put this state back as it is now, provided that of the
-        feature containers only ``parts`` (see :data:`EVERY_PART`) are changed in place until then.
+        """What :meth:`rollback` needs to put this state back as it is now, provided that the
+        features are left as they are until then unless ``parts`` (see :data:`EVERY_PART`) says
+        they may change.
 
         Every field's value, copies of the containers the engine changes in place (``fired``,
-        ``outcomes``, ``offers_open``, the timers' dict) and of ``parts``. Taken before every event
-        and timer, so kept cheap: no object is built but copies of built-in containers, and only of
-        what the update can change (:func:`state.update.changed_parts`).
+        ``outcomes``, ``offers_open``, the timers' dict) and, when ``parts`` names any, of the
+        features record (one native copy). Taken before every event and timer, so kept cheap.
         """
-        session, cart, categories, products = self.session, self.cart, self.categories, self.products
         return (
             _fields(self),
+            self.features.copy() if parts else None,
             dict(self.fired),
             self.outcomes[:],
             self.offers_open[:],
             dict(self.timers),
-            self.counts.buckets[:] if "counts" in parts else None,
-            self.hours[:] if "hours" in parts else None,
-            (session.last_ms, session.pages, session.products[:])
-            if session is not None and "session" in parts
-            else None,
-            (dict(cart.items), cart.value, cart.last_add_ms) if cart is not None and "cart" in parts else None,
-            (categories.ref_ms, dict(categories.scores), products.ref_ms, dict(products.scores))
-            if "affinities" in parts
-            else None,
-            dict(self.traits) if "traits" in parts else None,
-            dict(self.consent) if "consent" in parts else None,
         )
 
     def rollback(self, checkpoint: Checkpoint) -> None:
         """Put this state back as it was at ``checkpoint`` (taken by :meth:`checkpoint` on this object)."""
-        fields, fired, outcomes, offers_open, timers, buckets, hours, session, cart, affinities, *dicts = checkpoint
+        fields, features, fired, outcomes, offers_open, timers = checkpoint
         for name, value in zip(CustomerState.__slots__, fields, strict=True):
-            setattr(self, name, value)  # first: the session and the cart are put back before their contents
+            setattr(self, name, value)
+        if features is not None:
+            self.features = features
         self.fired, self.outcomes, self.offers_open, self.timers = fired, outcomes, offers_open, timers
-        if buckets is not None:
-            self.counts.buckets = buckets
-        if hours is not None:
-            self.hours = hours
-        if session is not None:
-            self.session.last_ms, self.session.pages, self.session.products = session  # type: ignore[union-attr]
-        if cart is not None:
-            self.cart.items, self.cart.value, self.cart.last_add_ms = cart  # type: ignore[union-attr]
-        if affinities is not None:
-            self.categories.ref_ms, self.categories.scores, self.products.ref_ms, self.products.scores = affinities
-        traits, consent = dicts
-        if traits is not None:
-            self.traits = traits
-        if consent is not None:
-            self.consent = consent
 
-    # --- updates -----------------------------------------------------------------------
-    def touch(self, at_ms: int, message_id: str, lifecycle: Lifecycle) -> None:
-        """Advance recency and the session for any event at ``at_ms``."""
-        session = self.session
-        if session is None or at_ms - session.last_ms > lifecycle.session_timeout_ms:
-            if session is None or at_ms > session.last_ms:
-                self.session = Session(message_id, at_ms)
-        else:
-            session.last_ms = max(session.last_ms, at_ms)
-        if at_ms >= self.last_seen_ms:
-            self.last_seen_ms = at_ms
-            self.last_event_id = message_id
-        self.first_seen_ms = min(self.first_seen_ms, at_ms)
+    # --- features (read; see state.update.apply_event for the updates) --------------------
+    first_seen_ms = _feature("first_seen_ms")
+    last_seen_ms = _feature("last_seen_ms")
+    last_event_id = _feature("last_event_id")
+    orders = _feature("orders")
+    refunds = _feature("refunds")
+    lifetime_spend = _feature("lifetime_spend")
+    first_order_ms = _feature("first_order_ms")
+    last_order_ms = _feature("last_order_ms")
+    last_order_id = _feature("last_order_id")
+    order_gap_ms = _feature("order_gap_ms")  # running mean gap between orders
+    last_store = _feature("last_store")
+    last_city = _feature("last_city")
+    last_country = _feature("last_country")
+    hours = _feature("hours")
+    traits = _feature("traits")
+    consent = _feature("consent")
+    bought = _feature("bought")  # products of the last order
 
-    def seen_hour(self, hour: int) -> None:
-        """Count activity in a local hour of day (halving all counts before one overflows)."""
-        hours = self.hours
-        if hours[hour] == 255:
-            self.hours = hours = bytearray(value // 2 for value in hours)
-        hours[hour] += 1
-
-    def order(self, order_id: str, amount: float, at_ms: int) -> None:
-        self.orders += 1
-        self.lifetime_spend = round(self.lifetime_spend + amount, 2)
-        if self.first_order_ms is None or at_ms < self.first_order_ms:
-            self.first_order_ms = at_ms
-        if self.last_order_ms is None or at_ms >= self.last_order_ms:
-            self.last_order_ms = at_ms
-            self.last_order_id = order_id
-        self._update_order_gap()
-
-    def _update_order_gap(self) -> None:
-        """Mean gap between orders: the span from first to last order over the gaps in it."""
-        if self.orders >= 2 and self.first_order_ms is not None and self.last_order_ms is not None:
-            self.order_gap_ms = (self.last_order_ms - self.first_order_ms) / (self.orders - 1)
-
-    def refund(self, amount: float) -> None:
-        self.refunds += 1
-        self.lifetime_spend = max(0.0, round(self.lifetime_spend - amount, 2))
-
-    def add_to_cart(
-        self, cart_id: str | None, product_id: str, quantity: int, price: float, at_ms: int, message_id: str
-    ) -> None:
-        cart = self.cart
-        if cart is None or (cart_id is not None and cart_id != cart.id and not cart.items):
-            cart = self.cart = Cart(cart_id or message_id, at_ms)
-        cart.add(product_id, quantity, price, at_ms)
-
-    def remove_from_cart(self, product_id: str, quantity: int) -> None:
-        if self.cart is not None:
-            self.cart.remove(product_id, quantity)
-            if not self.cart.items:
-                self.cart = None
-
-    # --- derived features --------------------------------------------------------------
     def lifecycle(self, now_ms: int, lc: Lifecycle) -> str:
         """``new`` (first seen recently), ``lapsed`` (no order, or no activity, for long) or ``active``."""
-        if now_ms - self.first_seen_ms < lc.new_days * DAY_MS:
-            return "new"
-        last = self.last_order_ms if self.last_order_ms is not None else self.last_seen_ms
-        if now_ms - last >= lc.lapse_days * DAY_MS:
-            return "lapsed"
-        return "active"
+        return self.features.lifecycle(now_ms, lc.new_days, lc.lapse_days)
 
     def at_risk(self, now_ms: int, lc: Lifecycle) -> bool:
         """A repeat buyer overdue by ``at_risk_gap_factor`` times their usual gap, not yet lapsed.
 
         Orders less than a day apart on average (a basket split in two, say) are no rhythm."""
-        if self.orders < 2 or self.last_order_ms is None or self.order_gap_ms < MIN_RHYTHM_MS:
-            return False
-        overdue = now_ms - self.last_order_ms
-        return lc.at_risk_gap_factor * self.order_gap_ms <= overdue < lc.lapse_days * DAY_MS
+        return self.features.at_risk(now_ms, lc.lapse_days, lc.at_risk_gap_factor)
 
     def lapse_risk(self, now_ms: int, lc: Lifecycle) -> float | None:
         """How likely this buyer reaches ``lapse_days`` without another order, from their rhythm.
@@ -331,93 +171,26 @@ class CustomerState:
         customer's own rhythm therefore raises the risk. ``None`` before the first order; 1 once
         lapsed.
         """
-        if self.last_order_ms is None:
-            return None
-        lapse_at = self.last_order_ms + lc.lapse_days * DAY_MS
-        if now_ms >= lapse_at:
-            return 1.0
-        gap = self._expected_gap_ms()
-        silent = math.exp(-max(0, now_ms - self.last_order_ms) / gap)
-        stopped = PRIOR_CHURN / (PRIOR_CHURN + (1 - PRIOR_CHURN) * silent)
-        return round(stopped + (1 - stopped) * math.exp(-(lapse_at - now_ms) / gap), 4)
-
-    def _expected_gap_ms(self) -> float:
-        gaps = self.orders - 1 if self.orders >= 2 and self.order_gap_ms >= MIN_RHYTHM_MS else 0
-        return (self.order_gap_ms * gaps + PRIOR_ORDER_GAP_DAYS * DAY_MS) / (gaps + 1)
-
-    def _next_risk_step(self, now_ms: int, lc: Lifecycle) -> int | None:
-        """When ``lapse_risk`` (rising with silence) next reaches a tenth above its value now."""
-        risk = self.lapse_risk(now_ms, lc)
-        if risk is None or risk >= 0.9:
-            return None
-        step = (math.floor(risk * 10 + 1e-9) + 1) / 10
-        low, high = now_ms, self.last_order_ms + lc.lapse_days * DAY_MS  # type: ignore[operator]
-        while high - low > MINUTE_MS:  # the first minute at which the risk has reached the step
-            middle = (low + high) // 2
-            if self.lapse_risk(middle, lc) >= step:  # type: ignore[operator]
-                high = middle
-            else:
-                low = middle
-        return high
+        return self.features.lapse_risk(now_ms, lc.lapse_days)
 
     def next_boundary(self, now_ms: int, lc: Lifecycle, risk_steps: bool = False) -> int | None:
         """The next event time at which ``lifecycle`` or ``at_risk`` (and, with ``risk_steps``,
-        ``lapse_risk``, to the next tenth) can change with no new event."""
-        last = self.last_order_ms if self.last_order_ms is not None else self.last_seen_ms
-        best = None
-        for at in (
-            self.first_seen_ms + lc.new_days * DAY_MS,
-            last + lc.lapse_days * DAY_MS,
-            self.last_order_ms + math.ceil(lc.at_risk_gap_factor * self.order_gap_ms)
-            if self.orders >= 2 and self.last_order_ms is not None and self.order_gap_ms >= MIN_RHYTHM_MS
-            else None,
-            self._next_risk_step(now_ms, lc) if risk_steps else None,
-        ):
-            if at is not None and at > now_ms and (best is None or at < best):
-                best = at
-        return best
+        ``lapse_risk``, to the next tenth, found to the minute) can change with no new event."""
+        return self.features.next_boundary(now_ms, lc.new_days, lc.lapse_days, lc.at_risk_gap_factor, risk_steps)
 
     def preferred_hour(self) -> int | None:
-        best = max(range(24), key=lambda h: (self.hours[h], -h))
-        return best if self.hours[best] else None
+        """The local hour of day with most activity (ties: the earliest)."""
+        return self.features.preferred_hour()
 
     def merge(self, other: CustomerState, now_ms: int) -> None:
         """Fold the state of a just-linked anonymous id into this customer."""
-        self.first_seen_ms = min(self.first_seen_ms, other.first_seen_ms)
-        if other.last_seen_ms > self.last_seen_ms:
-            self.last_seen_ms, self.last_event_id = other.last_seen_ms, other.last_event_id
-        self.orders += other.orders
-        self.refunds += other.refunds
-        self.lifetime_spend = round(self.lifetime_spend + other.lifetime_spend, 2)
-        if other.first_order_ms is not None and (
-            self.first_order_ms is None or other.first_order_ms < self.first_order_ms
-        ):
-            self.first_order_ms = other.first_order_ms
-        if other.last_order_ms is not None and (self.last_order_ms is None or other.last_order_ms > self.last_order_ms):
-            self.last_order_ms, self.last_order_id = other.last_order_ms, other.last_order_id
-        self._update_order_gap()
-        self.counts.merge(other.counts, now_ms)
-        self.categories.merge(other.categories, CATEGORY_HALF_LIFE_MS, AFFINITY_K)
-        self.products.merge(other.products, PRODUCT_HALF_LIFE_MS, AFFINITY_K)
-        if other.session is not None and (self.session is None or other.session.last_ms > self.session.last_ms):
-            self.session = other.session
-        if self.cart is None:
-            self.cart = other.cart
-        for hour in range(24):
-            self.hours[hour] = min(255, self.hours[hour] + other.hours[hour])
-        for key, value in other.traits.items():
-            self.traits.setdefault(key, value)
-        for key, value in other.consent.items():
-            self.consent.setdefault(key, value)
+        self.features.merge(other.features, now_ms)
         for rule, timer in other.timers.items():
             self.timers.setdefault(rule, timer)
         self.outcomes = sorted(self.outcomes + other.outcomes)[-MAX_PENDING_OUTCOMES:]
         self.offers_open = sorted(self.offers_open + other.offers_open)[-MAX_PENDING_OUTCOMES:]
         for rule, cause in other.fired.items():
             self.fired.setdefault(rule, cause)
-        self.last_store = self.last_store or other.last_store
-        self.last_city = self.last_city or other.last_city
-        self.last_country = self.last_country or other.last_country
         self.linked_ids = (*self.linked_ids[-4:], other.id)
 
 

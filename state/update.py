@@ -1,14 +1,13 @@
 """Apply one validated event to a customer's feature state.
 
 Ids and names from bounded vocabularies (products, categories, stores, cities, trait values)
-are interned: every customer that holds one shares a single string.
+are interned in the compiled record's table: every customer that holds one shares it.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import lru_cache
-from sys import intern
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from schemas.envelope import Envelope
@@ -20,16 +19,8 @@ from schemas.events import (
     StoreVisitEvent,
     model_named,
 )
-from state.customer import (
-    AFFINITY_K,
-    CATEGORY_HALF_LIFE_MS,
-    HOUR_MS,
-    MAX_BOUGHT,
-    PRODUCT_HALF_LIFE_MS,
-    TRAIT_KEYS,
-    CustomerState,
-    Lifecycle,
-)
+from state.customer import HOUR_MS, CustomerState, Lifecycle
+from state.windows import KIND_CODE
 
 COUNT_KIND: dict[str, str] = {
     "Product Viewed": "product_viewed",
@@ -46,7 +37,14 @@ COUNT_KIND: dict[str, str] = {
     "Push Notification Tapped": "push_tapped",
     "Store Visited": "store_visited",
 }
-AFFINITY_WEIGHT: dict[str, float] = {"Product Viewed": 1.0, "Product Added": 3.0, "Order Completed": 5.0}
+COUNT_CODE: dict[str, int] = {name: KIND_CODE[kind] for name, kind in COUNT_KIND.items()}
+"""The code of the kind an event counts as, by event name (:data:`OTHER` for the rest)."""
+OTHER = KIND_CODE["other"]
+PRODUCT_ACTION: dict[str, int] = {"Product Viewed": 0, "Product Added": 1, "Product Removed": 2}
+"""What a product event does besides counting: 0 view (affinity 1, the session), 1 add (affinity
+3, the cart), 2 remove (from the cart); :data:`OTHER_ACTION` for the rest. An order line adds
+affinity 5."""
+OTHER_ACTION = 3
 _NOT_ACTIVITY = frozenset({"identify", "alias", "Consent Updated", "Erasure Requested"})
 
 
@@ -85,14 +83,15 @@ def _age_band(age: int) -> str:
 
 @lru_cache(maxsize=1024)
 def changed_parts(name: str) -> frozenset[str]:
-    """The feature containers (:data:`state.customer.EVERY_PART`) that :func:`apply_event` may
-    change in place for an event called ``name``: what a checkpoint before it must copy."""
+    """The parts of the features (:data:`state.customer.EVERY_PART`) that :func:`apply_event` may
+    change for an event called ``name`` (any event may say where it happened: ``places``); a
+    checkpoint before it copies the features when there are any."""
     model = model_named(name)
-    parts = set() if name in _NOT_ACTIVITY else {"counts", "hours", "session"}
+    parts = {"places"} if name in _NOT_ACTIVITY else {"places", "counts", "hours", "session", "orders"}
     if model is ProductEvent:
         parts |= {"affinities", "session", "cart"}
     elif model is OrderEvent:
-        parts.add("affinities")  # an order drops the cart: a field, not a change in place
+        parts |= {"affinities", "cart"}
     elif model is IdentifyEvent:
         parts.add("traits")
     elif model is ConsentEvent:
@@ -101,78 +100,42 @@ def changed_parts(name: str) -> frozenset[str]:
 
 
 def apply_event(state: CustomerState, env: Envelope, lifecycle: Lifecycle) -> None:
-    """Update every feature ``env``'s event changes; safe for late (out-of-order) events."""
-    event, name, at = env.event, env.name, env.ts_ms
+    """Update every feature ``env``'s event changes, in one call into the customer's record; safe
+    for late (out-of-order) events."""
+    event, name, at, message_id = env.event, env.name, env.ts_ms, env.message_id
     context = event.context
-    if name not in _NOT_ACTIVITY:
-        state.touch(at, env.message_id, lifecycle)
-        state.counts.add(COUNT_KIND.get(name, "other"), at, state.last_seen_ms)
-        state.seen_hour(local_hour(at, context.timezone))
-        if name in ("page", "screen") and state.session is not None:
-            state.session.pages += 1
-    if context.store is not None:
-        state.last_store = intern(context.store.id)
-    if context.location is not None:
-        if context.location.city:
-            state.last_city = intern(context.location.city)
-        if context.location.country:
-            state.last_country = intern(context.location.country)
-
+    store = context.store.id if context.store is not None else None
+    location = context.location
+    city, country = (location.city, location.country) if location is not None else (None, None)
+    features = state.features
+    if name in _NOT_ACTIVITY:
+        if isinstance(event, IdentifyEvent):
+            traits = event.traits
+            band = _age_band(traits.age) if traits.age is not None and traits.age_band is None else None
+            features.apply_identify(
+                at, message_id, store, city, country, traits.age_band, traits.city, traits.country,
+                traits.urban, traits.gender, traits.loyalty_tier, band,
+            )  # fmt: skip
+        elif isinstance(event, ConsentEvent):
+            props = event.properties
+            features.apply_consent(at, message_id, store, city, country, props.channel, props.granted)
+        else:
+            features.apply(at, message_id, None, 0, 0, store, city, country)
+        return
+    kind, hour, timeout = COUNT_CODE.get(name, OTHER), local_hour(at, context.timezone), lifecycle.session_timeout_ms
     if isinstance(event, ProductEvent):
-        _apply_product(state, env, event)
+        props = event.properties
+        features.apply_product(
+            at, message_id, kind, hour, timeout, store, city, country, PRODUCT_ACTION.get(name, OTHER_ACTION),
+            props.product_id, props.category, props.cart_id, props.quantity, props.price,
+        )  # fmt: skip
     elif isinstance(event, OrderEvent):
-        _apply_order(state, env, event)
-    elif isinstance(event, IdentifyEvent):
-        _apply_traits(state, event)
-    elif isinstance(event, ConsentEvent):
-        channels = ("push", "in_app", "email", "sms", "ads")
-        for channel in channels if event.properties.channel == "all" else (event.properties.channel,):
-            state.consent[channel] = event.properties.granted
-    elif isinstance(event, StoreVisitEvent):
-        state.last_store = intern(event.properties.store_id)
-
-
-def _apply_product(state: CustomerState, env: Envelope, event: ProductEvent) -> None:
-    props, at = event.properties, env.ts_ms
-    product_id = intern(props.product_id)
-    weight = AFFINITY_WEIGHT.get(env.name)
-    if weight is not None:
-        state.products.add(product_id, weight, at, PRODUCT_HALF_LIFE_MS, AFFINITY_K)
-        if props.category:
-            state.categories.add(intern(props.category), weight, at, CATEGORY_HALF_LIFE_MS, AFFINITY_K)
-    if env.name == "Product Viewed" and state.session is not None:
-        state.session.viewed(product_id)
-    elif env.name == "Product Added":
-        state.add_to_cart(props.cart_id, product_id, props.quantity, props.price or 0.0, at, env.message_id)
-    elif env.name == "Product Removed":
-        state.remove_from_cart(product_id, props.quantity)
-
-
-def _apply_order(state: CustomerState, env: Envelope, event: OrderEvent) -> None:
-    """An order's lines with a quantity of 0 or more were bought (a free or voided item adds
-    nothing to spend); a negative quantity is a returned item: not bought, its value netted."""
-    props, at = event.properties, env.ts_ms
-    if env.name == "Order Completed":
-        state.order(props.order_id, max(0.0, props.amount()), at)
-        bought = [p for p in props.products if p.quantity >= 0]
-        if state.last_order_ms == at:
-            state.bought = tuple(intern(p.product_id) for p in bought[:MAX_BOUGHT])
-        weight = AFFINITY_WEIGHT["Order Completed"]
-        for product in bought[:20]:
-            state.products.add(intern(product.product_id), weight, at, PRODUCT_HALF_LIFE_MS, AFFINITY_K)
-            if product.category:
-                state.categories.add(intern(product.category), weight, at, CATEGORY_HALF_LIFE_MS, AFFINITY_K)
-        if state.cart is not None and at >= state.cart.started_ms:
-            state.cart = None
+        props = event.properties
+        features.apply_order(
+            at, message_id, kind, hour, timeout, store, city, country, name == "Order Completed",
+            props.order_id, props.amount(), props.products,
+        )  # fmt: skip
     else:
-        state.refund(abs(props.amount()))  # refunded lines may be sent with negative quantities
-
-
-def _apply_traits(state: CustomerState, event: IdentifyEvent) -> None:
-    traits = event.traits
-    for key in TRAIT_KEYS:
-        value = getattr(traits, key)
-        if value is not None:
-            state.traits[key] = intern(value) if isinstance(value, str) else value
-    if traits.age is not None and traits.age_band is None:
-        state.traits["age_band"] = _age_band(traits.age)
+        if isinstance(event, StoreVisitEvent):
+            store = event.properties.store_id
+        features.apply(at, message_id, kind, hour, timeout, store, city, country)

@@ -120,7 +120,7 @@ class ShardModels:
             return
         session = session_products(state, at_ms, self.session_timeout_ms)
         if check:  # predicted as a trigger would: from the session and the favourites
-            favourites, categories = interests(state), dict(state.categories.scores)
+            favourites, categories = interests(state), state.features.category_scores
             self.recommender.check(session, product, favourites, categories)
             if self._journal is not None:
                 self._journal.append((CHECK, tuple(session), product, favourites, categories))
@@ -132,9 +132,13 @@ class ShardModels:
     def recommend(self, state: CustomerState, k: int, at_ms: int) -> list[str]:
         """Top ``k`` products for the customer now, leaving out their cart and their last order."""
         session = session_products(state, at_ms, self.session_timeout_ms)
-        cart = state.cart.items if state.cart is not None else ()
+        features = state.features
         return self.recommender.recommend(
-            session, k, exclude=(*state.bought, *cart), interests=interests(state), categories=state.categories.scores
+            session,
+            k,
+            exclude=(*features.bought, *features.cart_products),
+            interests=interests(state),
+            categories=features.category_scores,
         )
 
     # --- next best offer ---------------------------------------------------------------
@@ -230,12 +234,9 @@ def import_model_libraries() -> None:
 
 def interests(state: CustomerState) -> list[str]:
     """The customer's favourite products, strongest last (read as older history by the recommender)."""
-    return state.products.top(5)[::-1]
+    return state.features.top_products(5)[::-1]
 
 
 def session_products(state: CustomerState, at_ms: int, timeout_ms: int) -> Sequence[str]:
     """Products viewed in the customer's session, if it is still going at ``at_ms`` (read only)."""
-    session = state.session
-    if session is None or at_ms - session.last_ms > timeout_ms:
-        return ()
-    return session.products
+    return state.features.live_session_products(at_ms, timeout_ms)

@@ -240,19 +240,19 @@ def test_snapshot_round_trip_restores_customers_and_timers():
     snapshot = h.customers.snapshot()
     restored = EngineHarness(rules, config)
     restored.customers.restore(snapshot)
-    assert restored.customers.customers["u1"].cart.value == 20.0
+    assert restored.customers.customers["u1"].features.cart_value == 20.0
     out = restored.feed([track("Page", "u2", 40)])
     assert [d["subject"] for d in cart_triggers(out)] == ["u1"]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 99])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 99])
 def test_snapshots_of_other_formats_are_refused_clearly(version):
     """Format 1 held pending items in another layout; format 2 pickled customer objects; format 4's
     held-back envelopes had no contract notes; format 5 held every customer in the snapshot, and message ids
     themselves in its dedupe memory; format 6 kept the two stages' shards under different Bytewax keys and
-    wrote its customer store before the snapshot completed."""
+    wrote its customer store before the snapshot completed; format 7 encoded features as Python objects."""
     h = EngineHarness(rules_from(CART_ONLY), EngineConfig(snapshots=True))
-    with pytest.raises(ValueError, match=f"format {version} is not supported: this version reads format 7"):
+    with pytest.raises(ValueError, match=f"format {version} is not supported: this version reads format 8"):
         h.customers.restore((version, {}))
 
 
@@ -351,8 +351,8 @@ def test_a_till_basket_with_free_voided_and_returned_lines_is_an_order():
     state = h.customers.customers["u1"]
     assert state.orders == 1 and state.lifetime_spend == 3.0
     assert state.bought == ("milk", "bag", "bananas")
-    assert sorted(state.products.top()) == ["bag", "bananas", "milk"]
-    assert "eggs" not in state.categories.top()
+    assert sorted(state.features.top_products()) == ["bag", "bananas", "milk"]
+    assert "eggs" not in state.features.top_categories()
     assert h.customers.stats["order_lines_dropped"] == {"missing_product_id": 1}
     returned = [{"product_id": "eggs", "price": 3.0, "quantity": -2}]
     h.feed([track("Order Refunded", "u1", 1, props={"order_id": "o1", "products": returned})])
@@ -378,7 +378,7 @@ def test_an_event_far_older_than_the_clock_is_dead_lettered_too_old_and_the_flow
     h.feed([viewed("u1", 12, "p2")])
     state = h.customers.customers["u1"]
     assert state.first_seen_ms == envelopes([viewed("u1", 0)])[0].ts_ms, "the old event changed nothing"
-    assert "p-old" not in state.products.scores and "p2" in state.products.scores
+    assert "p-old" not in state.features.product_scores and "p2" in state.features.product_scores
     assert h.identity.stats["too_old"] == 1
 
 
@@ -387,7 +387,7 @@ def test_a_late_event_within_the_age_limit_is_still_applied():
     h.feed([viewed("u1", days=300), viewed("u1", days=0.5, product="p-late")])
     assert not decisions(h.outputs, "dead_letters")
     assert h.customers.stats["late"] == 1
-    assert "p-late" in h.customers.customers["u1"].products.scores
+    assert "p-late" in h.customers.customers["u1"].features.product_scores
 
 
 def test_the_age_limit_is_a_setting_and_a_corrected_resend_is_accepted():
@@ -396,7 +396,9 @@ def test_the_age_limit_is_a_setting_and_a_corrected_resend_is_accepted():
     dead = decisions(h.feed([viewed("u1", 0, "p-old", message_id="m-fix")]), "dead_letters")
     assert [d["reason"] for d in dead] == ["too_old"]
     assert not decisions(h.feed([viewed("u1", days=2.5, product="p-old", message_id="m-fix")]), "dead_letters")
-    assert "p-old" in h.customers.customers["u1"].products.scores, "the resend with a corrected time was applied"
+    assert "p-old" in h.customers.customers["u1"].features.product_scores, (
+        "the resend with a corrected time was applied"
+    )
 
 
 # --- failures while processing: dead-lettered, undone, and the flow goes on ------------------
@@ -440,8 +442,7 @@ def with_failing(rules_text: str, rule_id: str, fails) -> CompiledRules:
 
 
 def holds(view, product: str) -> bool:
-    cart = view.state.cart
-    return cart is not None and product in cart.items
+    return product in view.state.features.cart_lines
 
 
 @pytest.mark.parametrize("rule_id", ["added_now", "carters"])
@@ -465,7 +466,7 @@ def test_an_event_whose_rule_raises_is_dead_lettered_and_the_customer_left_as_be
     assert engine.stats["processing_error"] == 1
     later = h.feed([added(user, 3, "p2", anon=anon), added("u2", 3, "p3")])
     assert {d["subject"] for d in decisions(later, "triggers.")} == {customer, "u2"}
-    assert engine.customers[customer].cart.items.keys() == {"p1", "p2"}
+    assert engine.customers[customer].features.cart_lines.keys() == {"p1", "p2"}
 
 
 def test_a_timer_whose_rule_raises_is_dropped_with_a_dead_letter_naming_customer_and_rule():
@@ -487,7 +488,7 @@ def test_a_timer_whose_rule_raises_is_dropped_with_a_dead_letter_naming_customer
     del expected.timers["cart"]
     assert codec.encode(h.customers.customers["u1"]) == codec.encode(expected), "only the timer is gone"
     h.feed([added("u1", 50, "p9"), track("Page", "u3", 100)])
-    assert h.customers.customers["u1"].cart.items.keys() == {"p1", "p9"}, "later events are applied"
+    assert h.customers.customers["u1"].features.cart_lines.keys() == {"p1", "p9"}, "later events are applied"
     assert h.customers.stats["processing_error"] == 2, "the re-armed timer raised again, and was dropped again"
 
 
@@ -568,7 +569,7 @@ def test_a_snapshot_does_not_wait_for_a_busy_customer_store_and_restores_every_c
     restored = EngineHarness(rules, config)
     restored.customers.restore(second)  # type: ignore[arg-type]
     assert sorted(restored.customers.customers) == ["u1", "u2", "u3"]
-    assert restored.customers.customers["u1"].cart.value == 40.0
+    assert restored.customers.customers["u1"].features.cart_value == 40.0
     out = restored.feed([track("Page", "u2", 60)])
     assert [d["subject"] for d in cart_triggers(out)] == ["u1"]
 

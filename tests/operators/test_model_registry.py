@@ -17,7 +17,7 @@ from operators.models import MODEL_TYPES, ShardModels
 from operators.models import files as model_files
 from operators.models.protocol import OnlineModel
 from operators.models.recommend import CoOccurrence, sampled
-from state.customer import CustomerState, Session
+from state.customer import CustomerState
 
 
 def test_every_model_follows_the_protocol_and_the_shard_holds_each_through_it():
@@ -93,11 +93,26 @@ def test_a_new_model_reaches_stats_model_files_and_modes_through_the_registry(tm
         model_files.read(path)
 
 
+class _SessionOnly:
+    """Features with nothing but a session going on (products as given, repeats and all)."""
+
+    bought: tuple[str, ...] = ()
+
+    def __init__(self, session: list[str]) -> None:
+        self.session = list(session)
+        self.category_scores: dict[str, float] = {}
+        self.cart_products: list[str] = []
+
+    def live_session_products(self, at_ms: int, timeout_ms: int) -> list[str]:
+        return self.session
+
+    def top_products(self, n: int) -> list[str]:
+        return []
+
+
 def _customer(session: list[str], at_ms: int) -> CustomerState:
-    state = CustomerState("u1", 0)
-    state.session = Session("s1", 0)
-    state.session.last_ms = at_ms
-    state.session.products = list(session)
+    state = CustomerState("u1", at_ms)
+    state.features = _SessionOnly(session)  # type: ignore[assignment]
     return state
 
 

@@ -1,10 +1,12 @@
-"""Decayed top-k affinities: half-life decay, bounded size, deterministic order, late updates, merge."""
+"""Decayed top-k affinities: half-life decay, bounded size, deterministic order, late updates, merge.
+
+Of the plain-Python affinities the compiled features record follows score for score
+(``tests/state/test_features_native.py`` holds it to them, extreme times included)."""
 
 from __future__ import annotations
 
 import pytest
-
-from state.affinity import DAY_MS, DecayedTopK
+from features_reference import DAY_MS, DecayedTopK
 
 HALF_LIFE = 7 * DAY_MS
 T = 1_767_607_200_000

@@ -13,6 +13,7 @@ from operators.expressions import compile_expression
 from state.catalogue import FEATURES, FeatureView
 from state.customer import MAX_CART_ITEMS, MAX_SESSION_PRODUCTS, CustomerState, Lifecycle
 from state.update import apply_event
+from state.windows import KIND_CODE
 
 LC = Lifecycle()
 MIN = 60_000
@@ -119,7 +120,7 @@ def test_cart_adds_and_removes():
     cart = view(state, minutes=4)["cart"]
     assert cart["value"] == 15.0 and cart["products"] == ["p2"] and cart["items"] == 1
     feed(state, [removed("p2", minutes=5)])
-    assert state.cart is None
+    assert state.features.cart_id is None
     assert view(state, minutes=5)["cart"] == {
         "id": None,
         "value": 0.0,
@@ -131,17 +132,17 @@ def test_cart_adds_and_removes():
 
 def test_an_order_clears_the_cart_and_a_new_add_starts_a_new_one():
     state = state_after([added(minutes=0, product="p1"), added(minutes=1, product="p2")])
-    first = state.cart.id
-    assert len(state.cart.items) == 2
+    first = state.features.cart_id
+    assert len(state.features.cart_lines) == 2
     feed(state, [order(minutes=5)])
-    assert state.cart is None
+    assert state.features.cart_id is None
     feed(state, [added(minutes=6, product="p3")])
-    assert state.cart.id != first and list(state.cart.items) == ["p3"]
+    assert state.features.cart_id != first and list(state.features.cart_lines) == ["p3"]
 
 
 def test_a_late_order_from_before_the_cart_leaves_it():
     state = state_after([added(minutes=10, product="p1"), order(minutes=2)])
-    assert state.cart is not None and state.cart.value == 20.0
+    assert state.features.cart_id is not None and state.features.cart_value == 20.0
 
 
 def test_cart_id_comes_from_the_event_when_sent():
@@ -151,10 +152,10 @@ def test_cart_id_comes_from_the_event_when_sent():
 
 def test_cart_lines_are_bounded():
     state = state_after([added(minutes=i / 10, product=f"p{i}", price=1.0) for i in range(MAX_CART_ITEMS + 5)])
-    assert len(state.cart.items) == MAX_CART_ITEMS
-    assert state.cart.value == MAX_CART_ITEMS * 1.0, "lines past the bound are not counted in the value"
+    assert len(state.features.cart_lines) == MAX_CART_ITEMS
+    assert state.features.cart_value == MAX_CART_ITEMS * 1.0, "lines past the bound are not counted in the value"
     feed(state, [added(minutes=10, product="p0", price=1.0)])
-    assert state.cart.items["p0"][0] == 2, "existing lines still grow"
+    assert state.features.cart_lines["p0"][0] == 2, "existing lines still grow"
 
 
 # --- sessions --------------------------------------------------------------------------
@@ -183,7 +184,7 @@ def test_the_session_feature_is_null_once_the_session_timed_out():
 
 def test_a_late_event_does_not_start_an_old_session():
     state = state_after([call("page", minutes=100), call("page", minutes=10)])
-    assert state.session.started_ms == ms(minutes=100)
+    assert state.features.session_times[0] == ms(minutes=100)
     assert state.first_seen_ms == ms(minutes=10)
     assert state.last_seen_ms == ms(minutes=100)
 
@@ -236,9 +237,9 @@ def test_an_unknown_timezone_counts_in_utc():
 def test_preferred_hour_is_null_without_activity_and_survives_many_events():
     state = CustomerState("u1", T0_MS)
     assert state.preferred_hour() is None
-    for _ in range(300):
-        state.seen_hour(9)
-    state.seen_hour(20)
+    for n in range(301):
+        hour = 9 if n < 300 else 20
+        state.features.apply(T0_MS + n, f"m{n}", KIND_CODE["page"], hour, LC.session_timeout_ms, None, None, None)
     assert state.preferred_hour() == 9
     assert max(state.hours) <= 255
 
@@ -503,8 +504,8 @@ def test_a_busy_customer_stays_small():
     size = len(pickle.dumps(state))
     assert size < 2048, size
     restored = pickle.loads(pickle.dumps(state))
-    assert restored.counts.counts("30d", state.last_seen_ms) == state.counts.counts("30d", state.last_seen_ms)
-    assert restored.session.id == state.session.id
+    assert restored.features.counts("30d", state.last_seen_ms) == state.features.counts("30d", state.last_seen_ms)
+    assert restored.features.session_id == state.features.session_id
 
 
 # --- lapse risk and the at-risk boundary ------------------------------------------------

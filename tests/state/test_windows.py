@@ -1,10 +1,12 @@
-"""Windowed event counts: right per window at bucket resolution, bounded, mergeable."""
+"""Windowed event counts: right per window at bucket resolution, bounded, mergeable.
+
+Of the plain-Python counts the compiled features record follows bucket for bucket
+(``tests/state/test_features_native.py`` holds it to them)."""
 
 from __future__ import annotations
 
 import pytest
-
-from state.windows import _COMPACT_EVERY, COUNTED_KINDS, MINUTE_MS, WINDOWS_MIN, WindowedCounts
+from features_reference import _COMPACT_EVERY, COUNTED_KINDS, MINUTE_MS, WINDOWS_MIN, WindowedCounts
 
 HOUR = 60 * MINUTE_MS
 DAY = 24 * HOUR

@@ -532,5 +532,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(sampled, module)?)?;
     module.add_class::<EventScan>()?;
     module.add_class::<EpochMs>()?;
+    module.add_class::<crate::features::python::Features>()?;
     Ok(())
 }

@@ -1,0 +1,2022 @@
+//! A customer's features as one compact record (see `state/customer.py` for what each means).
+//!
+//! Every update and every derived value is the same as the first (Python) implementation gave,
+//! to the bit: floats are summed in the same order, rounded as Python's `round` rounds (half to
+//! even on the exact binary value), decayed with libm's `exp2`/`exp`, and ties go by name (code
+//! point order). Product, category, store, city and trait names are interned to `u32` ids in a
+//! table the whole process shares ([`Strings`]); snapshots ([`Features::to_bytes`]) carry the
+//! names, never the ids.
+
+use std::collections::{BTreeMap, HashMap};
+
+pub type Id = u32;
+
+pub const MINUTE_MS: i64 = 60_000;
+pub const HOUR_MS: i64 = 3_600_000;
+pub const DAY_MS: i64 = 86_400_000;
+pub const MAX_CART_ITEMS: usize = 50;
+pub const MAX_SESSION_PRODUCTS: usize = 10;
+pub const MAX_BOUGHT: usize = 20;
+pub const AFFINITY_K: usize = 5;
+pub const CATEGORY_HALF_LIFE_MS: i64 = 14 * DAY_MS;
+pub const PRODUCT_HALF_LIFE_MS: i64 = 3 * DAY_MS;
+const PRIOR_ORDER_GAP_DAYS: i64 = 30;
+const PRIOR_CHURN: f64 = 0.1;
+const MIN_RHYTHM_MS: f64 = DAY_MS as f64;
+const ORDER_WEIGHT: f64 = 5.0;
+
+/// The kinds of events counted, by code (as `state.windows.COUNTED_KINDS`).
+pub const COUNTED_KINDS: [&str; 13] = [
+    "product_viewed",
+    "product_added",
+    "product_removed",
+    "checkout_started",
+    "order_completed",
+    "order_refunded",
+    "application_opened",
+    "page",
+    "screen",
+    "promotion_clicked",
+    "push_tapped",
+    "store_visited",
+    "other",
+];
+const PAGE: u8 = 7;
+const SCREEN: u8 = 8;
+/// The windows counts are read over, in minutes.
+pub const WINDOWS: [(&str, i64); 4] = [
+    ("1h", 60),
+    ("24h", 24 * 60),
+    ("7d", 7 * 24 * 60),
+    ("30d", 30 * 24 * 60),
+];
+const WINDOW_30D_MIN: i64 = 30 * 24 * 60;
+const COMPACT_AT: usize = 3 * 24;
+const COMPACT_EVERY: usize = 64;
+const GROW_BY: usize = 8;
+/// The identify traits kept, by code (as `state.customer.TRAIT_KEYS`).
+pub const TRAIT_KEYS: [&str; 6] = [
+    "age_band",
+    "city",
+    "country",
+    "urban",
+    "gender",
+    "loyalty_tier",
+];
+/// The consent channels, by code; "all" sets every one of them in this order.
+pub const CHANNELS: [&str; 5] = ["push", "in_app", "email", "sms", "ads"];
+const RENORMALIZE_AT: f64 = 3.273390607896142e150; // 2 ** 500
+const MAX_EXPONENT: f64 = 500.0;
+
+/// Names interned to dense ids, in the order they were first seen. A name is kept for the life
+/// of the process (the vocabularies are bounded: products, categories, stores, places, traits).
+#[derive(Debug, Default)]
+pub struct Strings {
+    names: Vec<&'static str>,
+    ids: HashMap<&'static str, Id>,
+}
+
+impl Strings {
+    pub fn intern(&mut self, name: &str) -> Id {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = Id::try_from(self.names.len()).expect("fewer than 2^32 names");
+        let kept: &'static str = Box::leak(name.into());
+        self.names.push(kept);
+        self.ids.insert(kept, id);
+        id
+    }
+
+    pub fn name(&self, id: Id) -> &'static str {
+        self.names[id as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// A windowed count's time that does not fit the buckets' 32 bits (Python's `array('i')` raised
+/// `OverflowError` there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+/// Python's `round(x, digits)`: half to even on the exact binary value (the shortest decimal
+/// text of that many digits, read back).
+pub fn py_round(x: f64, digits: usize) -> f64 {
+    if !x.is_finite() {
+        return x;
+    }
+    format!("{:.*}", digits, x).parse().unwrap_or(x)
+}
+
+/// Python's `max(a, b)`: `a` unless `b` is greater.
+fn py_max(a: f64, b: f64) -> f64 {
+    if b > a {
+        b
+    } else {
+        a
+    }
+}
+
+/// Python's `min(a, b)`: `a` unless `b` is smaller.
+fn py_min(a: f64, b: f64) -> f64 {
+    if b < a {
+        b
+    } else {
+        a
+    }
+}
+
+/// Python's `x / y` of two integers (exact below 2 ** 53, as CPython divides them then).
+fn ratio(x: i64, y: i64) -> f64 {
+    x as f64 / y as f64
+}
+
+/// Exponentially decayed scores, the strongest `k` kept (see `state/affinity.py`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopK {
+    pub ref_ms: Option<i64>,
+    /// `(item, score)` in the order items were first added.
+    pub scores: Vec<(Id, f64)>,
+}
+
+impl TopK {
+    pub fn add(&mut self, item: Id, weight: f64, at_ms: i64, half_life_ms: i64, names: &Strings) {
+        let ref_ms = *self.ref_ms.get_or_insert(at_ms);
+        let exponent = ratio(at_ms - ref_ms, half_life_ms);
+        let mut scaled = weight * py_min(exponent, MAX_EXPONENT).exp2();
+        if scaled > RENORMALIZE_AT || exponent > MAX_EXPONENT {
+            self.move_landmark(at_ms, half_life_ms);
+            scaled = weight;
+        }
+        match self.scores.iter_mut().find(|(id, _)| *id == item) {
+            Some((_, score)) => *score += scaled,
+            None => {
+                if self.scores.is_empty() {
+                    self.scores.reserve_exact(AFFINITY_K + 1); // never more: one over, then the weakest goes
+                }
+                self.scores.push((item, 0.0 + scaled));
+            }
+        }
+        if self.scores.len() > AFFINITY_K {
+            let weakest = self.weakest(names);
+            self.scores.remove(weakest);
+        }
+    }
+
+    /// The index of the item last in [`TopK::top`] order (the lowest score, then the last name).
+    fn weakest(&self, names: &Strings) -> usize {
+        let mut weakest = 0;
+        for (index, (item, score)) in self.scores.iter().enumerate().skip(1) {
+            let (least, least_score) = self.scores[weakest];
+            if *score < least_score
+                || (*score == least_score && names.name(*item) > names.name(least))
+            {
+                weakest = index;
+            }
+        }
+        weakest
+    }
+
+    fn move_landmark(&mut self, to_ms: i64, half_life_ms: i64) {
+        let factor = ratio(self.ref_ms.unwrap_or(to_ms) - to_ms, half_life_ms).exp2();
+        for (_, score) in &mut self.scores {
+            *score *= factor;
+        }
+        self.ref_ms = Some(to_ms);
+    }
+
+    /// Items by descending score, ties by name.
+    pub fn top(&self, n: usize, names: &Strings) -> Vec<Id> {
+        let mut ranked = self.scores.clone();
+        ranked.sort_by(|(a, x), (b, y)| {
+            y.partial_cmp(x)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| names.name(*a).cmp(names.name(*b)))
+        });
+        ranked.into_iter().take(n).map(|(item, _)| item).collect()
+    }
+
+    /// Scores decayed to `now_ms`, rounded to 4 digits, by name.
+    pub fn as_of(&self, now_ms: i64, half_life_ms: i64, names: &Strings) -> Vec<(Id, f64)> {
+        let Some(ref_ms) = self.ref_ms else {
+            return Vec::new();
+        };
+        let factor = ratio((ref_ms - now_ms).min(0), half_life_ms).exp2();
+        let mut out: Vec<(Id, f64)> = self
+            .scores
+            .iter()
+            .map(|(item, score)| (*item, py_round(score * factor, 4)))
+            .collect();
+        out.sort_by(|(a, _), (b, _)| names.name(*a).cmp(names.name(*b)));
+        out
+    }
+
+    pub fn merge(&mut self, other: &TopK, half_life_ms: i64, names: &Strings) {
+        if let Some(ref_ms) = other.ref_ms {
+            for (item, score) in &other.scores {
+                self.add(*item, *score, ref_ms, half_life_ms, names);
+            }
+        }
+    }
+}
+
+fn bucket_width(age_min: i64) -> i64 {
+    if age_min < 60 {
+        5
+    } else if age_min < 24 * 60 {
+        60
+    } else {
+        24 * 60
+    }
+}
+
+/// Bucketed counts of event kinds: `(start minute, kind, count)` triples (see `state/windows.py`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counts {
+    pub buckets: Vec<i32>,
+}
+
+impl Counts {
+    pub fn add(&mut self, code: u8, at_ms: i64, now_ms: i64) -> Result<(), Overflow> {
+        let minute = at_ms.div_euclid(MINUTE_MS);
+        let now_min = now_ms.div_euclid(MINUTE_MS);
+        if now_min - minute >= WINDOW_30D_MIN {
+            return Ok(());
+        }
+        let width = bucket_width(now_min - minute);
+        let start = minute - minute.rem_euclid(width);
+        let b = &mut self.buckets;
+        let code = i32::from(code);
+        for i in (0..b.len() / 3).rev().map(|t| t * 3) {
+            if i64::from(b[i]) == start && b[i + 1] == code {
+                b[i + 2] += 1;
+                return Ok(());
+            }
+            if i64::from(b[i]) < start {
+                break;
+            }
+        }
+        let start = i32::try_from(start).map_err(|_| Overflow)?;
+        if b.len() == b.capacity() {
+            b.reserve_exact(3 * GROW_BY); // a few buckets at a time: most customers hold a handful
+        }
+        b.extend([start, code, 1]);
+        let held = b.len() / 3;
+        if held > COMPACT_AT && (held - COMPACT_AT) % COMPACT_EVERY == 1 {
+            self.compact(now_ms);
+        }
+        Ok(())
+    }
+
+    /// Merge buckets into the width their age calls for and drop those past 30 days.
+    pub fn compact(&mut self, now_ms: i64) {
+        let now_min = now_ms.div_euclid(MINUTE_MS);
+        let mut merged: BTreeMap<(i64, i32), i64> = BTreeMap::new();
+        for triple in self.buckets.chunks_exact(3) {
+            let start = i64::from(triple[0]);
+            let age = now_min - start;
+            if age >= WINDOW_30D_MIN {
+                continue;
+            }
+            let width = bucket_width(age);
+            *merged
+                .entry((start - start.rem_euclid(width), triple[1]))
+                .or_insert(0) += i64::from(triple[2]);
+        }
+        self.buckets = merged
+            .into_iter()
+            .flat_map(|((start, code), count)| [start as i32, code, count as i32])
+            .collect();
+    }
+
+    /// Counts per kind code of the buckets starting within `window_min` minutes before `now_ms`.
+    pub fn counts(&self, window_min: i64, now_ms: i64) -> [i64; 13] {
+        let since = now_ms.div_euclid(MINUTE_MS) - window_min;
+        let mut out = [0; 13];
+        for triple in self.buckets.chunks_exact(3) {
+            if i64::from(triple[0]) > since {
+                out[triple[1] as usize] += i64::from(triple[2]);
+            }
+        }
+        out
+    }
+
+    pub fn merge(&mut self, other: &Counts, now_ms: i64) {
+        self.buckets.extend_from_slice(&other.buckets);
+        self.compact(now_ms);
+    }
+}
+
+/// The current session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub id: Box<str>,
+    pub started_ms: i64,
+    pub last_ms: i64,
+    pub pages: i64,
+    pub products: Vec<Id>,
+}
+
+impl Session {
+    fn new(id: &str, started_ms: i64) -> Self {
+        Self {
+            id: id.into(),
+            started_ms,
+            last_ms: started_ms,
+            pages: 0,
+            products: Vec::new(),
+        }
+    }
+
+    fn viewed(&mut self, product: Id) {
+        if self.products.contains(&product) {
+            return;
+        }
+        self.products.push(product);
+        if self.products.len() > MAX_SESSION_PRODUCTS {
+            self.products.remove(0);
+        }
+    }
+}
+
+/// One cart line: product, quantity, unit price.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Line {
+    pub product: Id,
+    pub quantity: f64,
+    pub price: f64,
+}
+
+/// The current cart; lines in the order they were first added.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cart {
+    pub id: Box<str>,
+    pub lines: Vec<Line>,
+    pub value: f64,
+    pub started_ms: i64,
+    pub last_add_ms: i64,
+}
+
+impl Cart {
+    fn new(id: &str, started_ms: i64) -> Self {
+        Self {
+            id: id.into(),
+            lines: Vec::new(),
+            value: 0.0,
+            started_ms,
+            last_add_ms: started_ms,
+        }
+    }
+
+    fn add(&mut self, product: Id, quantity: i64, price: f64, at_ms: i64) {
+        match self.lines.iter().position(|line| line.product == product) {
+            Some(index) => {
+                let line = &mut self.lines[index];
+                line.quantity += quantity as f64;
+                line.price = price;
+            }
+            None if self.lines.len() >= MAX_CART_ITEMS => return,
+            None => self.lines.push(Line {
+                product,
+                quantity: quantity as f64,
+                price,
+            }),
+        }
+        self.value = py_round(self.value + quantity as f64 * price, 2);
+        self.last_add_ms = self.last_add_ms.max(at_ms);
+    }
+
+    fn remove(&mut self, product: Id, quantity: i64) {
+        let Some(index) = self.lines.iter().position(|line| line.product == product) else {
+            return;
+        };
+        let line = self.lines[index];
+        let taken = py_min(line.quantity, quantity as f64);
+        self.value = py_max(0.0, py_round(self.value - taken * line.price, 2));
+        if line.quantity - taken <= 0.0 {
+            self.lines.remove(index);
+        } else {
+            self.lines[index].quantity = line.quantity - taken;
+        }
+        if self.lines.is_empty() {
+            self.value = 0.0;
+        }
+    }
+
+    /// The sum of the lines' quantities, as an integer (`int(sum(...))`).
+    pub fn items(&self) -> i64 {
+        self.lines.iter().fold(0.0, |sum, line| sum + line.quantity) as i64
+    }
+}
+
+/// A trait's value: a (interned) string or a flag.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Trait {
+    Text(Id),
+    Flag(bool),
+}
+
+/// What every event carries for the features: when, its id, its counted kind (`None`: no
+/// activity, such as identify or consent), its local hour, and where it happened.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    pub at_ms: i64,
+    pub message_id: &'a str,
+    pub kind: Option<u8>,
+    pub hour: u8,
+    pub session_timeout_ms: i64,
+    pub store: Option<Id>,
+    pub city: Option<Id>,
+    pub country: Option<Id>,
+}
+
+/// What a product event does besides counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProductAction {
+    Viewed,
+    Added,
+    Removed,
+    Other,
+}
+
+/// An order line: product, category, quantity.
+pub type OrderLine = (Id, Option<Id>, i64);
+
+/// When a customer counts as new, lapsed, at risk.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifecycle {
+    pub new_days: i64,
+    pub lapse_days: i64,
+    pub at_risk_gap_factor: f64,
+}
+
+/// The features of one customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub last_event_id: Box<str>,
+    pub orders: i64,
+    pub refunds: i64,
+    pub lifetime_spend: f64,
+    pub first_order_ms: Option<i64>,
+    pub last_order_ms: Option<i64>,
+    pub last_order_id: Option<Box<str>>,
+    pub order_gap_ms: f64,
+    pub counts: Counts,
+    pub categories: TopK,
+    pub products: TopK,
+    pub session: Option<Box<Session>>,
+    pub cart: Option<Box<Cart>>,
+    pub last_store: Option<Id>,
+    pub last_city: Option<Id>,
+    pub last_country: Option<Id>,
+    pub hours: [u8; 24],
+    /// `(trait code, value)` in the order traits were first set.
+    pub traits: Vec<(u8, Trait)>,
+    /// `(channel code, granted)` in the order channels were first set.
+    pub consent: Vec<(u8, bool)>,
+    pub bought: Vec<Id>,
+}
+
+impl Features {
+    pub fn new(first_seen_ms: i64) -> Self {
+        Self {
+            first_seen_ms,
+            last_seen_ms: first_seen_ms,
+            last_event_id: "".into(),
+            orders: 0,
+            refunds: 0,
+            lifetime_spend: 0.0,
+            first_order_ms: None,
+            last_order_ms: None,
+            last_order_id: None,
+            order_gap_ms: 0.0,
+            counts: Counts::default(),
+            categories: TopK::default(),
+            products: TopK::default(),
+            session: None,
+            cart: None,
+            last_store: None,
+            last_city: None,
+            last_country: None,
+            hours: [0; 24],
+            traits: Vec::new(),
+            consent: Vec::new(),
+            bought: Vec::new(),
+        }
+    }
+
+    // --- updates ---------------------------------------------------------------------------
+
+    /// What every event does: recency, session, counts and hours (for activity), then places.
+    pub fn apply(&mut self, event: &Event<'_>) -> Result<(), Overflow> {
+        if let Some(kind) = event.kind {
+            self.touch(event.at_ms, event.message_id, event.session_timeout_ms);
+            self.counts.add(kind, event.at_ms, self.last_seen_ms)?;
+            self.seen_hour(event.hour);
+            if kind == PAGE || kind == SCREEN {
+                if let Some(session) = &mut self.session {
+                    session.pages += 1;
+                }
+            }
+        }
+        if event.store.is_some() {
+            self.last_store = event.store;
+        }
+        if event.city.is_some() {
+            self.last_city = event.city;
+        }
+        if event.country.is_some() {
+            self.last_country = event.country;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_product(
+        &mut self,
+        event: &Event<'_>,
+        action: ProductAction,
+        product: Id,
+        category: Option<Id>,
+        cart_id: Option<&str>,
+        quantity: i64,
+        price: f64,
+        names: &Strings,
+    ) -> Result<(), Overflow> {
+        self.apply(event)?;
+        let at = event.at_ms;
+        let weight = match action {
+            ProductAction::Viewed => Some(1.0),
+            ProductAction::Added => Some(3.0),
+            _ => None,
+        };
+        if let Some(weight) = weight {
+            self.products
+                .add(product, weight, at, PRODUCT_HALF_LIFE_MS, names);
+            if let Some(category) = category {
+                self.categories
+                    .add(category, weight, at, CATEGORY_HALF_LIFE_MS, names);
+            }
+        }
+        match action {
+            ProductAction::Viewed => {
+                if let Some(session) = &mut self.session {
+                    session.viewed(product);
+                }
+            }
+            ProductAction::Added => {
+                self.add_to_cart(cart_id, product, quantity, price, at, event.message_id)
+            }
+            ProductAction::Removed => self.remove_from_cart(product, quantity),
+            ProductAction::Other => {}
+        }
+        Ok(())
+    }
+
+    /// An order (`completed`) or a refund or cancellation: its lines with a quantity of 0 or
+    /// more were bought; a negative quantity is a returned item.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_order(
+        &mut self,
+        event: &Event<'_>,
+        completed: bool,
+        order_id: &str,
+        amount: f64,
+        lines: &[OrderLine],
+        names: &Strings,
+    ) -> Result<(), Overflow> {
+        self.apply(event)?;
+        let at = event.at_ms;
+        if !completed {
+            self.refund(amount.abs());
+            return Ok(());
+        }
+        self.order(order_id, py_max(0.0, amount), at);
+        let bought = lines
+            .iter()
+            .filter(|(_, _, quantity)| *quantity >= 0)
+            .take(MAX_BOUGHT);
+        if self.last_order_ms == Some(at) {
+            self.bought = bought.clone().map(|(product, _, _)| *product).collect();
+        }
+        for (product, category, _) in bought {
+            self.products
+                .add(*product, ORDER_WEIGHT, at, PRODUCT_HALF_LIFE_MS, names);
+            if let Some(category) = category {
+                self.categories
+                    .add(*category, ORDER_WEIGHT, at, CATEGORY_HALF_LIFE_MS, names);
+            }
+        }
+        if self
+            .cart
+            .as_ref()
+            .map_or(false, |cart| at >= cart.started_ms)
+        {
+            self.cart = None;
+        }
+        Ok(())
+    }
+
+    /// Identify traits, as `(trait code, value)`, in [`TRAIT_KEYS`] order.
+    pub fn apply_traits(
+        &mut self,
+        event: &Event<'_>,
+        traits: &[(u8, Trait)],
+    ) -> Result<(), Overflow> {
+        self.apply(event)?;
+        for (key, value) in traits {
+            self.set_trait(*key, *value);
+        }
+        Ok(())
+    }
+
+    /// Consent for one channel (`Some(code)`) or every channel (`None`).
+    pub fn apply_consent(
+        &mut self,
+        event: &Event<'_>,
+        channel: Option<u8>,
+        granted: bool,
+    ) -> Result<(), Overflow> {
+        self.apply(event)?;
+        match channel {
+            Some(code) => self.set_consent(code, granted),
+            None => (0..CHANNELS.len() as u8).for_each(|code| self.set_consent(code, granted)),
+        }
+        Ok(())
+    }
+
+    fn set_trait(&mut self, key: u8, value: Trait) {
+        match self.traits.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.traits.push((key, value)),
+        }
+    }
+
+    fn set_consent(&mut self, channel: u8, granted: bool) {
+        match self.consent.iter_mut().find(|(c, _)| *c == channel) {
+            Some(entry) => entry.1 = granted,
+            None => self.consent.push((channel, granted)),
+        }
+    }
+
+    fn touch(&mut self, at_ms: i64, message_id: &str, session_timeout_ms: i64) {
+        match &mut self.session {
+            Some(session) if at_ms - session.last_ms <= session_timeout_ms => {
+                session.last_ms = session.last_ms.max(at_ms);
+            }
+            Some(session) if at_ms <= session.last_ms => {}
+            _ => self.session = Some(Box::new(Session::new(message_id, at_ms))),
+        }
+        if at_ms >= self.last_seen_ms {
+            self.last_seen_ms = at_ms;
+            self.last_event_id = message_id.into();
+        }
+        self.first_seen_ms = self.first_seen_ms.min(at_ms);
+    }
+
+    fn seen_hour(&mut self, hour: u8) {
+        let hour = usize::from(hour);
+        if self.hours[hour] == 255 {
+            self.hours.iter_mut().for_each(|count| *count /= 2);
+        }
+        self.hours[hour] += 1;
+    }
+
+    fn order(&mut self, order_id: &str, amount: f64, at_ms: i64) {
+        self.orders += 1;
+        self.lifetime_spend = py_round(self.lifetime_spend + amount, 2);
+        if self.first_order_ms.map_or(true, |first| at_ms < first) {
+            self.first_order_ms = Some(at_ms);
+        }
+        if self.last_order_ms.map_or(true, |last| at_ms >= last) {
+            self.last_order_ms = Some(at_ms);
+            self.last_order_id = Some(order_id.into());
+        }
+        self.update_order_gap();
+    }
+
+    fn update_order_gap(&mut self) {
+        if let (true, Some(first), Some(last)) =
+            (self.orders >= 2, self.first_order_ms, self.last_order_ms)
+        {
+            self.order_gap_ms = ratio(last - first, self.orders - 1);
+        }
+    }
+
+    fn refund(&mut self, amount: f64) {
+        self.refunds += 1;
+        self.lifetime_spend = py_max(0.0, py_round(self.lifetime_spend - amount, 2));
+    }
+
+    fn add_to_cart(
+        &mut self,
+        cart_id: Option<&str>,
+        product: Id,
+        quantity: i64,
+        price: f64,
+        at_ms: i64,
+        message_id: &str,
+    ) {
+        let fresh = match (&self.cart, cart_id) {
+            (None, _) => true,
+            (Some(cart), Some(id)) => id != &*cart.id && cart.lines.is_empty(),
+            (Some(_), None) => false,
+        };
+        if fresh {
+            let id = cart_id.filter(|id| !id.is_empty()).unwrap_or(message_id);
+            self.cart = Some(Box::new(Cart::new(id, at_ms)));
+        }
+        if let Some(cart) = &mut self.cart {
+            cart.add(product, quantity, price, at_ms);
+        }
+    }
+
+    fn remove_from_cart(&mut self, product: Id, quantity: i64) {
+        if let Some(cart) = &mut self.cart {
+            cart.remove(product, quantity);
+            if cart.lines.is_empty() {
+                self.cart = None;
+            }
+        }
+    }
+
+    /// Fold the features of a just-linked anonymous id into these.
+    pub fn merge(&mut self, other: &Features, now_ms: i64, names: &Strings) {
+        self.first_seen_ms = self.first_seen_ms.min(other.first_seen_ms);
+        if other.last_seen_ms > self.last_seen_ms {
+            self.last_seen_ms = other.last_seen_ms;
+            self.last_event_id = other.last_event_id.clone();
+        }
+        self.orders += other.orders;
+        self.refunds += other.refunds;
+        self.lifetime_spend = py_round(self.lifetime_spend + other.lifetime_spend, 2);
+        if let Some(first) = other.first_order_ms {
+            if self.first_order_ms.map_or(true, |mine| first < mine) {
+                self.first_order_ms = Some(first);
+            }
+        }
+        if let Some(last) = other.last_order_ms {
+            if self.last_order_ms.map_or(true, |mine| last > mine) {
+                self.last_order_ms = Some(last);
+                self.last_order_id = other.last_order_id.clone();
+            }
+        }
+        self.update_order_gap();
+        self.counts.merge(&other.counts, now_ms);
+        self.categories
+            .merge(&other.categories, CATEGORY_HALF_LIFE_MS, names);
+        self.products
+            .merge(&other.products, PRODUCT_HALF_LIFE_MS, names);
+        if let Some(theirs) = &other.session {
+            if self
+                .session
+                .as_ref()
+                .map_or(true, |mine| theirs.last_ms > mine.last_ms)
+            {
+                self.session = Some(theirs.clone());
+            }
+        }
+        if self.cart.is_none() {
+            self.cart = other.cart.clone();
+        }
+        for (mine, theirs) in self.hours.iter_mut().zip(other.hours) {
+            *mine = mine.saturating_add(theirs);
+        }
+        for (key, value) in &other.traits {
+            if !self.traits.iter().any(|(k, _)| k == key) {
+                self.traits.push((*key, *value));
+            }
+        }
+        for (channel, granted) in &other.consent {
+            if !self.consent.iter().any(|(c, _)| c == channel) {
+                self.consent.push((*channel, *granted));
+            }
+        }
+        self.last_store = self.last_store.or(other.last_store);
+        self.last_city = self.last_city.or(other.last_city);
+        self.last_country = self.last_country.or(other.last_country);
+    }
+
+    // --- derived features ------------------------------------------------------------------
+
+    /// `new` (first seen recently), `lapsed` (no order, or no activity, for long) or `active`.
+    pub fn lifecycle(&self, now_ms: i64, lc: &Lifecycle) -> &'static str {
+        if now_ms - self.first_seen_ms < lc.new_days * DAY_MS {
+            return "new";
+        }
+        let last = self.last_order_ms.unwrap_or(self.last_seen_ms);
+        if now_ms - last >= lc.lapse_days * DAY_MS {
+            return "lapsed";
+        }
+        "active"
+    }
+
+    fn has_rhythm(&self) -> Option<i64> {
+        self.last_order_ms
+            .filter(|_| self.orders >= 2 && self.order_gap_ms >= MIN_RHYTHM_MS)
+    }
+
+    /// A repeat buyer overdue by `at_risk_gap_factor` times their usual gap, not yet lapsed.
+    pub fn at_risk(&self, now_ms: i64, lc: &Lifecycle) -> bool {
+        let Some(last) = self.has_rhythm() else {
+            return false;
+        };
+        let overdue = now_ms - last;
+        lc.at_risk_gap_factor * self.order_gap_ms <= overdue as f64
+            && overdue < lc.lapse_days * DAY_MS
+    }
+
+    /// How likely this buyer reaches `lapse_days` without another order (see
+    /// `CustomerState.lapse_risk`); `None` before the first order.
+    pub fn lapse_risk(&self, now_ms: i64, lc: &Lifecycle) -> Option<f64> {
+        let last = self.last_order_ms?;
+        let lapse_at = last + lc.lapse_days * DAY_MS;
+        if now_ms >= lapse_at {
+            return Some(1.0);
+        }
+        let gap = self.expected_gap_ms();
+        let silent = (-((now_ms - last).max(0) as f64) / gap).exp();
+        let stopped = PRIOR_CHURN / (PRIOR_CHURN + (1.0 - PRIOR_CHURN) * silent);
+        let alive = (-((lapse_at - now_ms) as f64) / gap).exp();
+        Some(py_round(stopped + (1.0 - stopped) * alive, 4))
+    }
+
+    fn expected_gap_ms(&self) -> f64 {
+        let gaps = if self.orders >= 2 && self.order_gap_ms >= MIN_RHYTHM_MS {
+            self.orders - 1
+        } else {
+            0
+        };
+        (self.order_gap_ms * gaps as f64 + (PRIOR_ORDER_GAP_DAYS * DAY_MS) as f64)
+            / (gaps + 1) as f64
+    }
+
+    /// When `lapse_risk` (rising with silence) next reaches a tenth above its value now.
+    fn next_risk_step(&self, now_ms: i64, lc: &Lifecycle) -> Option<i64> {
+        let risk = self.lapse_risk(now_ms, lc)?;
+        if risk >= 0.9 {
+            return None;
+        }
+        let step = ((risk * 10.0 + 1e-9).floor() + 1.0) / 10.0;
+        let (mut low, mut high) = (now_ms, self.last_order_ms? + lc.lapse_days * DAY_MS);
+        while high - low > MINUTE_MS {
+            let middle = (low + high).div_euclid(2);
+            if self.lapse_risk(middle, lc)? >= step {
+                high = middle;
+            } else {
+                low = middle;
+            }
+        }
+        Some(high)
+    }
+
+    /// The next event time at which `lifecycle` or `at_risk` (and, with `risk_steps`,
+    /// `lapse_risk`, to the next tenth) can change with no new event.
+    pub fn next_boundary(&self, now_ms: i64, lc: &Lifecycle, risk_steps: bool) -> Option<i64> {
+        let last = self.last_order_ms.unwrap_or(self.last_seen_ms);
+        let candidates = [
+            Some(self.first_seen_ms + lc.new_days * DAY_MS),
+            Some(last + lc.lapse_days * DAY_MS),
+            self.has_rhythm().map(|last_order| {
+                last_order + (lc.at_risk_gap_factor * self.order_gap_ms).ceil() as i64
+            }),
+            if risk_steps {
+                self.next_risk_step(now_ms, lc)
+            } else {
+                None
+            },
+        ];
+        candidates
+            .into_iter()
+            .flatten()
+            .filter(|at| *at > now_ms)
+            .min()
+    }
+
+    /// The local hour of day with most activity (ties: the earliest), if any.
+    pub fn preferred_hour(&self) -> Option<u8> {
+        let mut best = 0;
+        for hour in 1..24 {
+            if self.hours[hour] > self.hours[best] {
+                best = hour;
+            }
+        }
+        (self.hours[best] > 0).then_some(best as u8)
+    }
+
+    /// Bytes held, this record and what it points to.
+    pub fn size(&self) -> usize {
+        let session = self.session.as_ref().map_or(0, |s| {
+            std::mem::size_of::<Session>() + s.id.len() + s.products.capacity() * 4
+        });
+        let cart = self.cart.as_ref().map_or(0, |c| {
+            std::mem::size_of::<Cart>()
+                + c.id.len()
+                + c.lines.capacity() * std::mem::size_of::<Line>()
+        });
+        std::mem::size_of::<Self>()
+            + self.last_event_id.len()
+            + self.last_order_id.as_ref().map_or(0, |id| id.len())
+            + self.counts.buckets.capacity() * 4
+            + (self.categories.scores.capacity() + self.products.scores.capacity()) * 16
+            + session
+            + cart
+            + self.traits.capacity() * std::mem::size_of::<(u8, Trait)>()
+            + self.consent.capacity() * 2
+            + self.bought.capacity() * 4
+    }
+}
+
+// --- snapshots ----------------------------------------------------------------------------
+
+/// The first byte of [`Features::to_bytes`]; bump it when the layout changes.
+pub const FORMAT: u8 = 1;
+
+/// Bytes that [`Features::from_bytes`] cannot read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable(pub String);
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "customer features unreadable: {}", self.0)
+    }
+}
+
+struct Writer<'a> {
+    out: Vec<u8>,
+    names: &'a Strings,
+}
+
+impl Writer<'_> {
+    fn u8(&mut self, value: u8) {
+        self.out.push(value);
+    }
+    fn u32(&mut self, value: usize) {
+        self.out.extend_from_slice(&(value as u32).to_le_bytes());
+    }
+    fn i64(&mut self, value: i64) {
+        self.out.extend_from_slice(&value.to_le_bytes());
+    }
+    fn f64(&mut self, value: f64) {
+        self.out.extend_from_slice(&value.to_bits().to_le_bytes());
+    }
+    fn text(&mut self, value: &str) {
+        self.u32(value.len());
+        self.out.extend_from_slice(value.as_bytes());
+    }
+    fn name(&mut self, id: Id) {
+        let names = self.names;
+        self.text(names.name(id));
+    }
+    fn option<T>(&mut self, value: Option<T>, mut write: impl FnMut(&mut Self, T)) {
+        self.u8(u8::from(value.is_some()));
+        if let Some(value) = value {
+            write(self, value);
+        }
+    }
+    fn topk(&mut self, topk: &TopK) {
+        self.option(topk.ref_ms, Self::i64);
+        self.u32(topk.scores.len());
+        for (item, score) in &topk.scores {
+            self.name(*item);
+            self.f64(*score);
+        }
+    }
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    names: &'a mut Strings,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], Unreadable> {
+        if self.data.len() < n {
+            return Err(Unreadable("it ends too early".into()));
+        }
+        let (head, tail) = self.data.split_at(n);
+        self.data = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, Unreadable> {
+        Ok(self.take(1)?[0])
+    }
+    fn flag(&mut self) -> Result<bool, Unreadable> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(Unreadable(format!("a flag of {other}"))),
+        }
+    }
+    fn u32(&mut self) -> Result<usize, Unreadable> {
+        let bytes = self.take(4)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize)
+    }
+    fn u64(&mut self) -> Result<u64, Unreadable> {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(bytes))
+    }
+    fn i64(&mut self) -> Result<i64, Unreadable> {
+        Ok(self.u64()? as i64)
+    }
+    fn f64(&mut self) -> Result<f64, Unreadable> {
+        Ok(f64::from_bits(self.u64()?))
+    }
+    fn text(&mut self) -> Result<Box<str>, Unreadable> {
+        let n = self.u32()?;
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes)
+            .map(Into::into)
+            .map_err(|_| Unreadable("a name that is not UTF-8".into()))
+    }
+    fn name(&mut self) -> Result<Id, Unreadable> {
+        let text = self.text()?;
+        Ok(self.names.intern(&text))
+    }
+    fn option<T>(
+        &mut self,
+        mut read: impl FnMut(&mut Self) -> Result<T, Unreadable>,
+    ) -> Result<Option<T>, Unreadable> {
+        if self.flag()? {
+            Ok(Some(read(self)?))
+        } else {
+            Ok(None)
+        }
+    }
+    fn many<T>(
+        &mut self,
+        mut read: impl FnMut(&mut Self) -> Result<T, Unreadable>,
+    ) -> Result<Vec<T>, Unreadable> {
+        let n = self.u32()?;
+        if n > self.data.len() {
+            return Err(Unreadable(format!("a count of {n} beyond its bytes")));
+        }
+        (0..n).map(|_| read(self)).collect()
+    }
+    fn topk(&mut self) -> Result<TopK, Unreadable> {
+        Ok(TopK {
+            ref_ms: self.option(Self::i64)?,
+            scores: self.many(|r| Ok((r.name()?, r.f64()?)))?,
+        })
+    }
+    fn code(&mut self, limit: usize, what: &str) -> Result<u8, Unreadable> {
+        let code = self.u8()?;
+        if usize::from(code) >= limit {
+            return Err(Unreadable(format!("{what} code {code}")));
+        }
+        Ok(code)
+    }
+}
+
+impl Features {
+    /// The features as bytes, names spelt out (see [`Features::from_bytes`]).
+    pub fn to_bytes(&self, names: &Strings) -> Vec<u8> {
+        let mut w = Writer {
+            out: Vec::with_capacity(256),
+            names,
+        };
+        w.u8(FORMAT);
+        w.i64(self.first_seen_ms);
+        w.i64(self.last_seen_ms);
+        w.text(&self.last_event_id);
+        w.i64(self.orders);
+        w.i64(self.refunds);
+        w.f64(self.lifetime_spend);
+        w.option(self.first_order_ms, Writer::i64);
+        w.option(self.last_order_ms, Writer::i64);
+        w.option(self.last_order_id.as_deref(), Writer::text);
+        w.f64(self.order_gap_ms);
+        w.u32(self.counts.buckets.len());
+        for value in &self.counts.buckets {
+            w.out.extend_from_slice(&value.to_le_bytes());
+        }
+        w.topk(&self.categories);
+        w.topk(&self.products);
+        w.option(self.session.as_deref(), |w, s| {
+            w.text(&s.id);
+            w.i64(s.started_ms);
+            w.i64(s.last_ms);
+            w.i64(s.pages);
+            w.u32(s.products.len());
+            s.products.iter().for_each(|p| w.name(*p));
+        });
+        w.option(self.cart.as_deref(), |w, c| {
+            w.text(&c.id);
+            w.f64(c.value);
+            w.i64(c.started_ms);
+            w.i64(c.last_add_ms);
+            w.u32(c.lines.len());
+            for line in &c.lines {
+                w.name(line.product);
+                w.f64(line.quantity);
+                w.f64(line.price);
+            }
+        });
+        for place in [self.last_store, self.last_city, self.last_country] {
+            w.option(place, Writer::name);
+        }
+        w.out.extend_from_slice(&self.hours);
+        w.u32(self.traits.len());
+        for (key, value) in &self.traits {
+            w.u8(*key);
+            match value {
+                Trait::Text(id) => {
+                    w.u8(0);
+                    w.name(*id);
+                }
+                Trait::Flag(flag) => {
+                    w.u8(1);
+                    w.u8(u8::from(*flag));
+                }
+            }
+        }
+        w.u32(self.consent.len());
+        for (channel, granted) in &self.consent {
+            w.u8(*channel);
+            w.u8(u8::from(*granted));
+        }
+        w.u32(self.bought.len());
+        self.bought.iter().for_each(|p| w.name(*p));
+        w.out
+    }
+
+    /// Features written by [`Features::to_bytes`] (names interned into `names`).
+    pub fn from_bytes(data: &[u8], names: &mut Strings) -> Result<Self, Unreadable> {
+        let mut r = Reader { data, names };
+        let format = r.u8()?;
+        if format != FORMAT {
+            return Err(Unreadable(format!(
+                "format {format}, this version reads format {FORMAT}"
+            )));
+        }
+        let mut f = Features::new(r.i64()?);
+        f.last_seen_ms = r.i64()?;
+        f.last_event_id = r.text()?;
+        f.orders = r.i64()?;
+        f.refunds = r.i64()?;
+        f.lifetime_spend = r.f64()?;
+        f.first_order_ms = r.option(Reader::i64)?;
+        f.last_order_ms = r.option(Reader::i64)?;
+        f.last_order_id = r.option(Reader::text)?;
+        f.order_gap_ms = r.f64()?;
+        f.counts.buckets = r.many(|r| Ok(r.u32()? as u32 as i32))?;
+        f.categories = r.topk()?;
+        f.products = r.topk()?;
+        f.session = r.option(|r| {
+            Ok(Box::new(Session {
+                id: r.text()?,
+                started_ms: r.i64()?,
+                last_ms: r.i64()?,
+                pages: r.i64()?,
+                products: r.many(Reader::name)?,
+            }))
+        })?;
+        f.cart = r.option(|r| {
+            Ok(Box::new(Cart {
+                id: r.text()?,
+                value: r.f64()?,
+                started_ms: r.i64()?,
+                last_add_ms: r.i64()?,
+                lines: r.many(|r| {
+                    Ok(Line {
+                        product: r.name()?,
+                        quantity: r.f64()?,
+                        price: r.f64()?,
+                    })
+                })?,
+            }))
+        })?;
+        f.last_store = r.option(Reader::name)?;
+        f.last_city = r.option(Reader::name)?;
+        f.last_country = r.option(Reader::name)?;
+        f.hours.copy_from_slice(r.take(24)?);
+        f.traits = r.many(|r| {
+            let key = r.code(TRAIT_KEYS.len(), "trait")?;
+            let value = if r.flag()? {
+                Trait::Flag(r.flag()?)
+            } else {
+                Trait::Text(r.name()?)
+            };
+            Ok((key, value))
+        })?;
+        f.consent = r.many(|r| Ok((r.code(CHANNELS.len(), "channel")?, r.flag()?)))?;
+        f.bought = r.many(Reader::name)?;
+        if !r.data.is_empty() {
+            return Err(Unreadable(format!("{} bytes left over", r.data.len())));
+        }
+        if f.counts.buckets.len() % 3 != 0
+            || f.counts
+                .buckets
+                .chunks_exact(3)
+                .any(|t| !(0..13).contains(&t[1]))
+        {
+            return Err(Unreadable("windowed counts out of shape".into()));
+        }
+        Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_as_python_does() {
+        assert_eq!(py_round(2.675, 2), 2.67); // 2.67499999... in binary
+        assert_eq!(py_round(0.125, 2), 0.12); // an exact tie goes to even
+        assert_eq!(py_round(0.375, 2), 0.38);
+        assert_eq!(py_round(-0.001, 2).to_bits(), (-0.0f64).to_bits());
+        assert_eq!(py_round(1e300, 2), 1e300);
+    }
+
+    #[test]
+    fn bytes_read_back_the_same_features() {
+        let mut names = Strings::default();
+        let mut f = Features::new(1_000);
+        let event = Event {
+            at_ms: 2_000,
+            message_id: "m1",
+            kind: Some(1),
+            hour: 3,
+            session_timeout_ms: 1_800_000,
+            store: Some(names.intern("s1")),
+            city: None,
+            country: None,
+        };
+        let p = names.intern("p1");
+        f.apply_product(
+            &event,
+            ProductAction::Added,
+            p,
+            None,
+            Some("c1"),
+            2,
+            1.5,
+            &names,
+        )
+        .unwrap();
+        f.apply_traits(&event, &[(3, Trait::Flag(true))]).unwrap();
+        let bytes = f.to_bytes(&names);
+        assert_eq!(Features::from_bytes(&bytes, &mut names).unwrap(), f);
+        assert!(Features::from_bytes(&bytes[..bytes.len() - 1], &mut names).is_err());
+    }
+}
+
+/// The Python class `state._native.Features` over [`Features`], with the process's name table.
+#[cfg(feature = "python")]
+pub mod python {
+    use std::sync::{Mutex, MutexGuard};
+
+    use pyo3::exceptions::{PyOverflowError, PyValueError};
+    use pyo3::prelude::*;
+    use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+    use pyo3::{intern, IntoPyObjectExt};
+
+    use super::{
+        Event, Features as Record, Id, Lifecycle, Overflow, ProductAction, Strings, Trait,
+        CATEGORY_HALF_LIFE_MS, CHANNELS, COUNTED_KINDS, MAX_BOUGHT, PRODUCT_HALF_LIFE_MS,
+        TRAIT_KEYS, WINDOWS,
+    };
+
+    /// The names of every customer of this process (held only while no Python code runs).
+    static STRINGS: Mutex<Option<Strings>> = Mutex::new(None);
+
+    struct Names(MutexGuard<'static, Option<Strings>>);
+
+    impl Names {
+        fn lock() -> Self {
+            Self(
+                STRINGS
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            )
+        }
+        fn get(&mut self) -> &mut Strings {
+            self.0.get_or_insert_with(Strings::default)
+        }
+        fn intern(&mut self, name: Option<&str>) -> Option<Id> {
+            name.filter(|n| !n.is_empty()).map(|n| self.get().intern(n))
+        }
+    }
+
+    /// The name of one id (the lock is not held while Python objects are made).
+    fn name(id: Id) -> &'static str {
+        Names::lock().get().name(id)
+    }
+
+    fn names(ids: &[Id]) -> Vec<&'static str> {
+        let mut table = Names::lock();
+        let table = table.get();
+        ids.iter().map(|id| table.name(*id)).collect()
+    }
+
+    fn overflow(_: Overflow) -> PyErr {
+        PyOverflowError::new_err("signed integer is greater than maximum")
+    }
+
+    fn window(name: &str) -> PyResult<i64> {
+        WINDOWS
+            .iter()
+            .find(|(window, _)| *window == name)
+            .map(|(_, minutes)| *minutes)
+            .ok_or_else(|| PyValueError::new_err(format!("no window {name:?}")))
+    }
+
+    fn lifecycle(new_days: i64, lapse_days: i64, at_risk_gap_factor: f64) -> Lifecycle {
+        Lifecycle {
+            new_days,
+            lapse_days,
+            at_risk_gap_factor,
+        }
+    }
+
+    type Bought<'py> = Vec<(Bound<'py, PyString>, Option<Bound<'py, PyString>>, i64)>;
+
+    /// The lines of an order that count as bought (a quantity of 0 or more), the first
+    /// [`MAX_BOUGHT`] of them: those are all an order's features read.
+    fn bought<'py>(py: Python<'py>, lines: &Bound<'py, PyAny>) -> PyResult<Bought<'py>> {
+        let mut read = Vec::new();
+        for line in lines.try_iter()? {
+            if read.len() == MAX_BOUGHT {
+                break;
+            }
+            let line = line?;
+            let quantity: i64 = line.getattr(intern!(py, "quantity"))?.extract()?;
+            if quantity < 0 {
+                continue;
+            }
+            let product = line
+                .getattr(intern!(py, "product_id"))?
+                .downcast_into::<PyString>()?;
+            let category = line.getattr(intern!(py, "category"))?;
+            let category = if category.is_none() {
+                None
+            } else {
+                Some(category.downcast_into::<PyString>()?)
+            };
+            read.push((product, category, quantity));
+        }
+        Ok(read)
+    }
+
+    /// A customer's features: one compact record, updated by one call per event (see
+    /// ``state/customer.py``). Names are interned in a table the process shares.
+    #[pyclass(module = "state._native", name = "Features", eq)]
+    #[derive(PartialEq)]
+    pub struct Features {
+        inner: Record,
+    }
+
+    /// The common part of every update: the event's time, id, counted kind (``None``: no activity)
+    /// and local hour, and where it happened.
+    #[allow(clippy::too_many_arguments)]
+    fn event<'a>(
+        table: &mut Names,
+        at_ms: i64,
+        message_id: &'a str,
+        kind: Option<u8>,
+        hour: u8,
+        session_timeout_ms: i64,
+        store: Option<&str>,
+        city: Option<&str>,
+        country: Option<&str>,
+    ) -> PyResult<Event<'a>> {
+        if kind.map_or(false, |k| usize::from(k) >= COUNTED_KINDS.len()) || hour >= 24 {
+            return Err(PyValueError::new_err(format!(
+                "no counted kind {kind:?} or no hour {hour}"
+            )));
+        }
+        Ok(Event {
+            at_ms,
+            message_id,
+            kind,
+            hour,
+            session_timeout_ms,
+            store: store.map(|s| table.get().intern(s)),
+            city: table.intern(city),
+            country: table.intern(country),
+        })
+    }
+
+    #[pymethods]
+    impl Features {
+        #[new]
+        fn new(first_seen_ms: i64) -> Self {
+            Self {
+                inner: Record::new(first_seen_ms),
+            }
+        }
+
+        // --- updates -----------------------------------------------------------------------
+
+        /// An event with nothing but its activity and places: counted kind (``None`` for identify,
+        /// alias, consent), local hour, session timeout, context store, city and country.
+        #[allow(clippy::too_many_arguments)]
+        #[pyo3(signature = (at_ms, message_id, kind, hour, session_timeout_ms, store, city, country))]
+        fn apply(
+            &mut self,
+            at_ms: i64,
+            message_id: &str,
+            kind: Option<u8>,
+            hour: u8,
+            session_timeout_ms: i64,
+            store: Option<&str>,
+            city: Option<&str>,
+            country: Option<&str>,
+        ) -> PyResult<()> {
+            let mut table = Names::lock();
+            let e = event(
+                &mut table,
+                at_ms,
+                message_id,
+                kind,
+                hour,
+                session_timeout_ms,
+                store,
+                city,
+                country,
+            )?;
+            self.inner.apply(&e).map_err(overflow)
+        }
+
+        /// A product event: :meth:`apply`, then ``action`` (0 viewed, 1 added, 2 removed, 3 other).
+        #[allow(clippy::too_many_arguments)]
+        #[pyo3(signature = (at_ms, message_id, kind, hour, session_timeout_ms, store, city, country,
+                            action, product_id, category, cart_id, quantity, price))]
+        fn apply_product(
+            &mut self,
+            at_ms: i64,
+            message_id: &str,
+            kind: Option<u8>,
+            hour: u8,
+            session_timeout_ms: i64,
+            store: Option<&str>,
+            city: Option<&str>,
+            country: Option<&str>,
+            action: u8,
+            product_id: &str,
+            category: Option<&str>,
+            cart_id: Option<&str>,
+            quantity: i64,
+            price: Option<f64>,
+        ) -> PyResult<()> {
+            let action = match action {
+                0 => ProductAction::Viewed,
+                1 => ProductAction::Added,
+                2 => ProductAction::Removed,
+                3 => ProductAction::Other,
+                _ => return Err(PyValueError::new_err(format!("no product action {action}"))),
+            };
+            let price = price.filter(|p| *p != 0.0).unwrap_or(0.0); // `price or 0.0`
+            let mut table = Names::lock();
+            let e = event(
+                &mut table,
+                at_ms,
+                message_id,
+                kind,
+                hour,
+                session_timeout_ms,
+                store,
+                city,
+                country,
+            )?;
+            let product = table.get().intern(product_id);
+            let category = table.intern(category);
+            let names = table.get();
+            self.inner
+                .apply_product(
+                    &e, action, product, category, cart_id, quantity, price, names,
+                )
+                .map_err(overflow)
+        }
+
+        /// An order (``completed``) or refund: :meth:`apply`, then the order with its ``lines``
+        /// (objects with ``product_id``, ``category`` and ``quantity``) in one call.
+        #[allow(clippy::too_many_arguments)]
+        #[pyo3(signature = (at_ms, message_id, kind, hour, session_timeout_ms, store, city, country,
+                            completed, order_id, amount, lines))]
+        fn apply_order(
+            &mut self,
+            py: Python<'_>,
+            at_ms: i64,
+            message_id: &str,
+            kind: Option<u8>,
+            hour: u8,
+            session_timeout_ms: i64,
+            store: Option<&str>,
+            city: Option<&str>,
+            country: Option<&str>,
+            completed: bool,
+            order_id: &str,
+            amount: f64,
+            lines: &Bound<'_, PyAny>,
+        ) -> PyResult<()> {
+            let read = if completed {
+                bought(py, lines)?
+            } else {
+                Vec::new()
+            };
+            let mut table = Names::lock();
+            let e = event(
+                &mut table,
+                at_ms,
+                message_id,
+                kind,
+                hour,
+                session_timeout_ms,
+                store,
+                city,
+                country,
+            )?;
+            let mut lines: Vec<(Id, Option<Id>, i64)> = Vec::with_capacity(read.len());
+            for (product, category, quantity) in &read {
+                let category = category.as_ref().map(|c| c.to_str()).transpose()?;
+                lines.push((
+                    table.get().intern(product.to_str()?),
+                    table.intern(category),
+                    *quantity,
+                ));
+            }
+            let names = table.get();
+            self.inner
+                .apply_order(&e, completed, order_id, amount, &lines, names)
+                .map_err(overflow)
+        }
+
+        /// An identify call: :meth:`apply` (no activity), then the traits sent (``None``: not sent),
+        /// then ``band_of_age``, the age band of the age sent when no band was sent.
+        #[allow(clippy::too_many_arguments)]
+        #[pyo3(signature = (at_ms, message_id, store, city, country,
+                            age_band, trait_city, trait_country, urban, gender, loyalty_tier, band_of_age))]
+        fn apply_identify(
+            &mut self,
+            at_ms: i64,
+            message_id: &str,
+            store: Option<&str>,
+            city: Option<&str>,
+            country: Option<&str>,
+            age_band: Option<&str>,
+            trait_city: Option<&str>,
+            trait_country: Option<&str>,
+            urban: Option<bool>,
+            gender: Option<&str>,
+            loyalty_tier: Option<&str>,
+            band_of_age: Option<&str>,
+        ) -> PyResult<()> {
+            let mut table = Names::lock();
+            let e = event(
+                &mut table, at_ms, message_id, None, 0, 0, store, city, country,
+            )?;
+            let strings = table.get();
+            let mut text = |code: u8, value: Option<&str>| {
+                value.map(|v| (code, Trait::Text(strings.intern(v))))
+            };
+            let traits: Vec<(u8, Trait)> = [
+                text(0, age_band),
+                text(1, trait_city),
+                text(2, trait_country),
+                urban.map(|flag| (3, Trait::Flag(flag))),
+                text(4, gender),
+                text(5, loyalty_tier),
+                text(0, band_of_age),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            self.inner.apply_traits(&e, &traits).map_err(overflow)
+        }
+
+        /// A consent update: :meth:`apply` (no activity), then ``granted`` for ``channel`` ("all": every one).
+        #[allow(clippy::too_many_arguments)]
+        #[pyo3(signature = (at_ms, message_id, store, city, country, channel, granted))]
+        fn apply_consent(
+            &mut self,
+            at_ms: i64,
+            message_id: &str,
+            store: Option<&str>,
+            city: Option<&str>,
+            country: Option<&str>,
+            channel: &str,
+            granted: bool,
+        ) -> PyResult<()> {
+            let code = match CHANNELS.iter().position(|c| *c == channel) {
+                Some(code) => Some(code as u8),
+                None if channel == "all" => None,
+                None => {
+                    return Err(PyValueError::new_err(format!(
+                        "no consent channel {channel:?}"
+                    )))
+                }
+            };
+            let mut table = Names::lock();
+            let e = event(
+                &mut table, at_ms, message_id, None, 0, 0, store, city, country,
+            )?;
+            self.inner
+                .apply_consent(&e, code, granted)
+                .map_err(overflow)
+        }
+
+        /// Fold the features of a just-linked anonymous id into these.
+        fn merge(&mut self, other: &Features, now_ms: i64) {
+            let mut table = Names::lock();
+            self.inner.merge(&other.inner, now_ms, table.get());
+        }
+
+        /// A copy (for a checkpoint: put it back to undo what happened since).
+        fn copy(&self) -> Self {
+            Self {
+                inner: self.inner.clone(),
+            }
+        }
+
+        fn __copy__(&self) -> Self {
+            self.copy()
+        }
+
+        fn __deepcopy__(&self, _memo: &Bound<'_, PyAny>) -> Self {
+            self.copy()
+        }
+
+        /// The features as bytes, names spelt out, for snapshots.
+        fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+            let bytes = self.inner.to_bytes(Names::lock().get());
+            PyBytes::new(py, &bytes)
+        }
+
+        /// Features written by :meth:`to_bytes`; ``ValueError`` for bytes it cannot read.
+        #[staticmethod]
+        fn from_bytes(data: &[u8]) -> PyResult<Self> {
+            let inner = Record::from_bytes(data, Names::lock().get())
+                .map_err(|err| PyValueError::new_err(err.to_string()))?;
+            Ok(Self { inner })
+        }
+
+        fn __reduce__<'py>(
+            &self,
+            py: Python<'py>,
+        ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+            let from_bytes = py.get_type::<Features>().getattr("from_bytes")?;
+            Ok((from_bytes, (self.to_bytes(py),)))
+        }
+
+        /// Bytes held by this record and what it points to (names are shared, not counted).
+        fn __sizeof__(&self) -> usize {
+            self.inner.size() + 16 + std::mem::size_of::<usize>() * 2
+        }
+
+        // --- plain fields --------------------------------------------------------------------
+
+        #[getter]
+        fn first_seen_ms(&self) -> i64 {
+            self.inner.first_seen_ms
+        }
+        #[getter]
+        fn last_seen_ms(&self) -> i64 {
+            self.inner.last_seen_ms
+        }
+        #[getter]
+        fn last_event_id(&self) -> &str {
+            &self.inner.last_event_id
+        }
+        #[getter]
+        fn orders(&self) -> i64 {
+            self.inner.orders
+        }
+        #[getter]
+        fn refunds(&self) -> i64 {
+            self.inner.refunds
+        }
+        #[getter]
+        fn lifetime_spend(&self) -> f64 {
+            self.inner.lifetime_spend
+        }
+        #[getter]
+        fn first_order_ms(&self) -> Option<i64> {
+            self.inner.first_order_ms
+        }
+        #[getter]
+        fn last_order_ms(&self) -> Option<i64> {
+            self.inner.last_order_ms
+        }
+        #[getter]
+        fn last_order_id(&self) -> Option<&str> {
+            self.inner.last_order_id.as_deref()
+        }
+        #[getter]
+        fn order_gap_ms(&self) -> f64 {
+            self.inner.order_gap_ms
+        }
+        #[getter]
+        fn last_store(&self) -> Option<&'static str> {
+            self.inner.last_store.map(name)
+        }
+        #[getter]
+        fn last_city(&self) -> Option<&'static str> {
+            self.inner.last_city.map(name)
+        }
+        #[getter]
+        fn last_country(&self) -> Option<&'static str> {
+            self.inner.last_country.map(name)
+        }
+        /// Activity per local hour of day (24 counts, halved before one passes 255).
+        #[getter]
+        fn hours<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+            PyBytes::new(py, &self.inner.hours)
+        }
+        /// Products of the last order.
+        #[getter]
+        fn bought<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+            PyTuple::new(py, names(&self.inner.bought))
+        }
+        /// Identify traits, in the order first set.
+        #[getter]
+        fn traits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+            let out = PyDict::new(py);
+            for (key, value) in &self.inner.traits {
+                out.set_item(TRAIT_KEYS[usize::from(*key)], trait_value(py, value)?)?;
+            }
+            Ok(out)
+        }
+        /// One trait's value (``None``: not known).
+        fn trait_value<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<PyObject>> {
+            let Some(code) = TRAIT_KEYS.iter().position(|k| *k == key) else {
+                return Ok(None);
+            };
+            self.inner
+                .traits
+                .iter()
+                .find(|(k, _)| usize::from(*k) == code)
+                .map(|(_, value)| trait_value(py, value))
+                .transpose()
+        }
+        /// Consent per channel, in the order first set.
+        #[getter]
+        fn consent<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+            let out = PyDict::new(py);
+            for (channel, granted) in &self.inner.consent {
+                out.set_item(CHANNELS[usize::from(*channel)], *granted)?;
+            }
+            Ok(out)
+        }
+
+        // --- session and cart ------------------------------------------------------------------
+
+        /// The session's id, ``None`` when there is none.
+        #[getter]
+        fn session_id(&self) -> Option<&str> {
+            self.inner.session.as_ref().map(|s| &*s.id)
+        }
+        /// The session's ``(started_ms, last_ms, pages)``, ``None`` when there is none.
+        #[getter]
+        fn session_times(&self) -> Option<(i64, i64, i64)> {
+            self.inner
+                .session
+                .as_ref()
+                .map(|s| (s.started_ms, s.last_ms, s.pages))
+        }
+        /// Products viewed in the session, oldest first (the last 10).
+        #[getter]
+        fn session_products<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+            let products = self
+                .inner
+                .session
+                .as_ref()
+                .map_or(&[][..], |s| &s.products[..]);
+            PyList::new(py, names(products))
+        }
+        /// Products viewed in the session if it is still going at ``at_ms`` (else none).
+        fn live_session_products<'py>(
+            &self,
+            py: Python<'py>,
+            at_ms: i64,
+            timeout_ms: i64,
+        ) -> PyResult<Bound<'py, PyList>> {
+            let products = match &self.inner.session {
+                Some(s) if at_ms - s.last_ms <= timeout_ms => &s.products[..],
+                _ => &[][..],
+            };
+            PyList::new(py, names(products))
+        }
+        /// The cart's id, ``None`` when there is none.
+        #[getter]
+        fn cart_id(&self) -> Option<&str> {
+            self.inner.cart.as_ref().map(|c| &*c.id)
+        }
+        /// The cart's value (0.0 when there is none).
+        #[getter]
+        fn cart_value(&self) -> f64 {
+            self.inner.cart.as_ref().map_or(0.0, |c| c.value)
+        }
+        /// The cart's items: its lines' quantities summed (0 when there is none).
+        #[getter]
+        fn cart_items(&self) -> i64 {
+            self.inner.cart.as_ref().map_or(0, |c| c.items())
+        }
+        /// The cart's ``(started_ms, last_add_ms)``, ``None`` when there is none.
+        #[getter]
+        fn cart_times(&self) -> Option<(i64, i64)> {
+            self.inner
+                .cart
+                .as_ref()
+                .map(|c| (c.started_ms, c.last_add_ms))
+        }
+        /// The cart's lines: product -> ``(quantity, unit price)``, in the order first added.
+        #[getter]
+        fn cart_lines<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+            let out = PyDict::new(py);
+            if let Some(cart) = &self.inner.cart {
+                let ids: Vec<Id> = cart.lines.iter().map(|l| l.product).collect();
+                for (line, product) in cart.lines.iter().zip(names(&ids)) {
+                    out.set_item(product, (line.quantity, line.price))?;
+                }
+            }
+            Ok(out)
+        }
+        /// The cart's products, in the order first added.
+        #[getter]
+        fn cart_products<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+            let ids: Vec<Id> = self
+                .inner
+                .cart
+                .as_ref()
+                .map_or_else(Vec::new, |c| c.lines.iter().map(|l| l.product).collect());
+            PyList::new(py, names(&ids))
+        }
+
+        // --- derived features ------------------------------------------------------------------
+
+        /// Events per kind in ``window`` ("1h", "24h", "7d", "30d") before ``now_ms``.
+        fn counts<'py>(
+            &self,
+            py: Python<'py>,
+            window_name: &str,
+            now_ms: i64,
+        ) -> PyResult<Bound<'py, PyDict>> {
+            let counts = self.inner.counts.counts(window(window_name)?, now_ms);
+            let out = PyDict::new(py);
+            for (kind, count) in COUNTED_KINDS.iter().zip(counts) {
+                out.set_item(*kind, count)?;
+            }
+            Ok(out)
+        }
+        /// The windowed counts' ``(start minute, kind code, count)`` triples, flat.
+        #[getter]
+        fn buckets(&self) -> Vec<i32> {
+            self.inner.counts.buckets.clone()
+        }
+        /// Categories by decayed affinity, strongest first (ties by name), the first ``n``.
+        #[pyo3(signature = (n = None))]
+        fn top_categories(&self, n: Option<usize>) -> Vec<&'static str> {
+            let mut table = Names::lock();
+            let ids = self
+                .inner
+                .categories
+                .top(n.unwrap_or(usize::MAX), table.get());
+            ids.into_iter().map(|id| table.get().name(id)).collect()
+        }
+        /// Products by decayed affinity, strongest first (ties by name), the first ``n``.
+        #[pyo3(signature = (n = None))]
+        fn top_products(&self, n: Option<usize>) -> Vec<&'static str> {
+            let mut table = Names::lock();
+            let ids = self
+                .inner
+                .products
+                .top(n.unwrap_or(usize::MAX), table.get());
+            ids.into_iter().map(|id| table.get().name(id)).collect()
+        }
+        /// Category affinities decayed to ``now_ms``, rounded to 4 digits, by name.
+        fn categories_as_of<'py>(
+            &self,
+            py: Python<'py>,
+            now_ms: i64,
+        ) -> PyResult<Bound<'py, PyDict>> {
+            let scores = {
+                let mut table = Names::lock();
+                let table = table.get();
+                let scores = self
+                    .inner
+                    .categories
+                    .as_of(now_ms, CATEGORY_HALF_LIFE_MS, table);
+                scores
+                    .into_iter()
+                    .map(|(id, s)| (table.name(id), s))
+                    .collect::<Vec<_>>()
+            };
+            scores_dict(py, scores)
+        }
+        /// Product affinities decayed to ``now_ms``, rounded to 4 digits, by name.
+        fn products_as_of<'py>(
+            &self,
+            py: Python<'py>,
+            now_ms: i64,
+        ) -> PyResult<Bound<'py, PyDict>> {
+            let scores = {
+                let mut table = Names::lock();
+                let table = table.get();
+                let scores = self
+                    .inner
+                    .products
+                    .as_of(now_ms, PRODUCT_HALF_LIFE_MS, table);
+                scores
+                    .into_iter()
+                    .map(|(id, s)| (table.name(id), s))
+                    .collect::<Vec<_>>()
+            };
+            scores_dict(py, scores)
+        }
+        /// The category affinities as kept (against their landmark), in the order first added.
+        #[getter]
+        fn category_scores<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+            scores_dict(py, kept(&self.inner.categories.scores))
+        }
+        /// The product affinities as kept (against their landmark), in the order first added.
+        #[getter]
+        fn product_scores<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+            scores_dict(py, kept(&self.inner.products.scores))
+        }
+        /// The affinities' landmarks ``(categories, products)`` (``None``: nothing added yet).
+        #[getter]
+        fn affinity_landmarks(&self) -> (Option<i64>, Option<i64>) {
+            (self.inner.categories.ref_ms, self.inner.products.ref_ms)
+        }
+        /// "new", "active" or "lapsed" at ``now_ms``.
+        fn lifecycle(&self, now_ms: i64, new_days: i64, lapse_days: i64) -> &'static str {
+            self.inner
+                .lifecycle(now_ms, &lifecycle(new_days, lapse_days, 0.0))
+        }
+        /// A repeat buyer overdue against their own rhythm, not yet lapsed.
+        fn at_risk(&self, now_ms: i64, lapse_days: i64, at_risk_gap_factor: f64) -> bool {
+            self.inner
+                .at_risk(now_ms, &lifecycle(0, lapse_days, at_risk_gap_factor))
+        }
+        /// The chance (0-1) this buyer reaches ``lapse_days`` without ordering (``None`` before an order).
+        fn lapse_risk(&self, now_ms: i64, lapse_days: i64) -> Option<f64> {
+            self.inner
+                .lapse_risk(now_ms, &lifecycle(0, lapse_days, 0.0))
+        }
+        /// The next time ``lifecycle``, ``at_risk`` (and with ``risk_steps`` ``lapse_risk``, to the
+        /// next tenth) can change with no new event.
+        fn next_boundary(
+            &self,
+            now_ms: i64,
+            new_days: i64,
+            lapse_days: i64,
+            at_risk_gap_factor: f64,
+            risk_steps: bool,
+        ) -> Option<i64> {
+            self.inner.next_boundary(
+                now_ms,
+                &lifecycle(new_days, lapse_days, at_risk_gap_factor),
+                risk_steps,
+            )
+        }
+        /// The local hour of day with most activity (``None``: none yet).
+        fn preferred_hour(&self) -> Option<u8> {
+            self.inner.preferred_hour()
+        }
+
+        fn __repr__(&self) -> String {
+            format!(
+                "Features(first_seen_ms={}, last_seen_ms={}, orders={})",
+                self.inner.first_seen_ms, self.inner.last_seen_ms, self.inner.orders
+            )
+        }
+    }
+
+    fn trait_value(py: Python<'_>, value: &Trait) -> PyResult<PyObject> {
+        match value {
+            Trait::Text(id) => name(*id).into_py_any(py),
+            Trait::Flag(flag) => flag.into_py_any(py),
+        }
+    }
+
+    fn kept(scores: &[(Id, f64)]) -> Vec<(&'static str, f64)> {
+        let ids: Vec<Id> = scores.iter().map(|(id, _)| *id).collect();
+        names(&ids)
+            .into_iter()
+            .zip(scores.iter().map(|(_, s)| *s))
+            .collect()
+    }
+
+    fn scores_dict<'py>(
+        py: Python<'py>,
+        scores: Vec<(&'static str, f64)>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for (item, score) in scores {
+            out.set_item(item, score)?;
+        }
+        Ok(out)
+    }
+}
