@@ -66,6 +66,8 @@ ODD_TIMES: list[Any] = [
     "",
 ]
 ODD_KEYS = ["userID", "store_id", "qty", "extra", "region", "integrations", "variant", "type", "event", "product_id"]
+LINE_EXTRAS = ["currency", "sku", "brand", "variant", "url", "image_url", "qty", "Price", "k" * 150, "\u00e9\U0001f600" * 80]
+"""Keys real tills and shops send in order lines (some the contract names, some not), and odd ones."""
 TIME_FIELDS = [("timestamp",), ("receivedAt",), ("sentAt",), ("traits", "created_at")]
 
 
@@ -101,7 +103,7 @@ def mutated(event: dict[str, Any], rng: Random) -> dict[str, Any]:
     """A copy of ``event`` with one thing changed: a value of another type, a field gone, an unknown
     key, an odd date-time, a deep nesting, an odd ``type`` or ``event``."""
     event = orjson.loads(orjson.dumps(event))
-    kind = rng.randrange(7)
+    kind = rng.randrange(8)
     nodes = containers(event)
     objects = [node for node in nodes if isinstance(node, dict) and node]
     if kind == 0:
@@ -128,9 +130,26 @@ def mutated(event: dict[str, Any], rng: Random) -> dict[str, Any]:
         rng.choice(objects)["deep"] = nested
     elif kind == 5:
         event["type"] = rng.choice(["track", "identify", "page", "screen", "alias", "Track", "group", 7, None])
-    else:
+    elif kind == 6:
         event["event"] = rng.choice(["Product Viewed", "Order Completed", "Wished", "identify", "", 7, None])
+    else:
+        for _ in range(rng.randrange(1, 6)):
+            rng.choice(objects)[rng.choice(ODD_KEYS + LINE_EXTRAS)] = odd_value(rng)
+        with_extras(event, rng)
     return event
+
+
+def with_extras(event: dict[str, Any], rng: Random) -> None:
+    """Give the lines of ``event`` (if it has lines) keys as tills send them, in any order."""
+    properties = event.get("properties")
+    lines = properties.get("products") if isinstance(properties, dict) else None
+    for line in lines if isinstance(lines, list) else ():
+        if isinstance(line, dict):
+            extras = {key: rng.choice(["EUR", 1, None]) for key in rng.sample(LINE_EXTRAS, rng.randrange(4))}
+            items = [*line.items(), *extras.items()]
+            rng.shuffle(items)
+            line.clear()
+            line.update(items)
 
 
 def corpus() -> list[bytes]:
@@ -144,6 +163,11 @@ def corpus() -> list[bytes]:
         odd = mutated(event, rng)
         repeated = rng.choice(containers(odd)) if rng.random() < 0.2 else None
         payloads.append(encode(odd, rng, spaced, repeated).encode())
+    for event in events:
+        if event.get("event") == "Order Completed":
+            extra = orjson.loads(orjson.dumps(event))
+            with_extras(extra, rng)
+            payloads.append(orjson.dumps(extra))
     viewed = payloads[0]
     payloads += [
         viewed[:-1] + b',"properties":{"a":1e2}}',
@@ -215,3 +239,35 @@ def test_a_plain_event_is_not_validated_the_general_way(monkeypatch, payloads):
     monkeypatch.setattr(parse_module, "validate_event", general)
     monkeypatch.setattr(parse_module.orjson, "loads", general)
     assert isinstance(parse(RawEvent(0, {}, payloads[0])), Envelope)
+
+
+def test_order_lines_with_keys_the_contract_does_not_name_are_decoded_the_cheap_way(monkeypatch):
+    """A till's lines carry ``currency``, ``brand``, ``url``...: the order stays plain, and the keys
+    the contract does not name are counted as the general way counts them (each line that has one)."""
+    line = {"product_id": "p-1", "price": 9.5, "quantity": 2, "currency": "EUR", "brand": "Acme", "url": "u"}
+    order = {
+        "type": "track",
+        "event": "Order Completed",
+        "messageId": "m-1",
+        "userId": "u-1",
+        "timestamp": "2026-01-05T10:00:00Z",
+        "properties": {"order_id": "o-1", "products": [line, {**line, "product_id": "p-2", "colour": "red"}]},
+        "context": {"channel": "pos", "till": "t-4", "store": {"id": "s-1", "aisle": 3}},
+        "store_id": "s-1",
+    }
+    raw = RawEvent(0, {"source": "till", "line": 1}, orjson.dumps(order))
+    general = _parse_generally(raw)
+    monkeypatch.setattr(parse_module, "validate_event", lambda *args: pytest.fail("validated the general way"))
+    plain = parse(raw)
+    assert isinstance(plain, Envelope)
+    assert plain.notes == (
+        ("unknown_fields", "store_id"),
+        ("unknown_fields", "context.till"),
+        ("unknown_fields", "context.store.aisle"),
+        ("unknown_fields", "properties.products[].currency"),
+        ("unknown_fields", "properties.products[].brand"),
+        ("unknown_fields", "properties.products[].currency"),
+        ("unknown_fields", "properties.products[].brand"),
+        ("unknown_fields", "properties.products[].colour"),
+    )
+    assert outcome(plain) == outcome(general)
