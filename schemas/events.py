@@ -798,6 +798,11 @@ def _unknown(notes: list[Note], prefix: str, container: dict[str, Any], known: f
     notes.extend(("unknown_fields", prefix + key[:MAX_PATH_KEY]) for key in container if key not in known)
 
 
+def unknown_field_notes(paths: list[str]) -> tuple[Note, ...]:
+    """The notes of unknown fields found at ``paths`` (as :func:`contract_notes` words them)."""
+    return tuple([("unknown_fields", path) for path in paths])
+
+
 def event_name(event: AnyEvent) -> str:
     """The name rules listen to: the track ``event``, else the call type (``identify``...)."""
     return event.event if isinstance(event, _Track) else event.type
