@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import pickle
+from random import Random
 from typing import Any
 
 import pytest
 from conftest import T0, added, call, envelopes, order, raw_records, track
+from risk_step_reference import next_risk_step
 
 from operators.expressions import compile_expression
 from state.catalogue import FEATURES, FeatureView
@@ -611,3 +613,35 @@ def test_a_checkpoint_of_what_an_event_changes_undoes_that_event_whatever_its_ki
         state.rollback(checkpoint)
         assert codec.encode(state) == before, f"{env.name} is undone"
         apply_event(state, env, LC)
+
+
+def random_buyer(rng: Random) -> tuple[CustomerState, Lifecycle]:
+    """A buyer of 1 to 6 orders, from minutes to a year apart, and a lapse threshold of 7 to 400 days."""
+    state = CustomerState("c", T0_MS)
+    at = T0_MS
+    for n in range(rng.randint(1, 6)):
+        at += rng.choice([rng.randrange(1, 120) * MIN, rng.randrange(1, 400) * DAY + rng.randrange(DAY)])
+        state.order(f"o-{n}", 10.0, at)
+    return state, Lifecycle(lapse_days=rng.choice([7, 30, 60, 90, 400]))
+
+
+def test_the_next_risk_step_is_the_one_the_bisection_finds():
+    """Every probe of the reference (a bisection computing the risk at each) lands where it did."""
+    rng = Random(7)
+    for _ in range(3000):
+        state, lc = random_buyer(rng)
+        last, lapse = state.last_order_ms, lc.lapse_days * DAY
+        now = rng.choice([last, last - rng.randrange(3 * DAY), last + rng.randrange(lapse + DAY)])
+        assert state._next_risk_step(now, lc) == next_risk_step(state, now, lc), (state.orders, now - last, lc)
+
+
+def test_the_next_risk_step_is_found_without_probing_the_risk_at_every_step(monkeypatch):
+    """Every order reschedules the risk recheck: finding it computes the risk a few times, not once
+    per probe of a bisection (17 here)."""
+    state = state_after([order(days=d) for d in (0, 7, 14)])
+    expected = next_risk_step(state, ms(days=14), LC)
+    calls = []
+    risk = CustomerState.lapse_risk
+    monkeypatch.setattr(CustomerState, "lapse_risk", lambda self, *args: calls.append(args) or risk(self, *args))
+    assert state.next_boundary(ms(days=14), LC, risk_steps=True) == expected
+    assert len(calls) <= 4, len(calls)
