@@ -25,6 +25,7 @@ MAX_PENDING_OUTCOMES = 4  # decisions whose outcome (order within the horizon or
 PRIOR_ORDER_GAP_DAYS = 30  # expected gap between orders before a customer's own rhythm is known
 PRIOR_CHURN = 0.1  # prior chance that a buyer has stopped buying for good
 MIN_RHYTHM_MS = DAY_MS  # a mean gap between orders shorter than this is no purchase rhythm
+RISK_ROUNDING = 1e-4  # lapse_risk is rounded to this
 AFFINITY_K = 5
 CATEGORY_HALF_LIFE_MS = 14 * DAY_MS
 PRODUCT_HALF_LIFE_MS = 3 * DAY_MS
@@ -339,26 +340,47 @@ class CustomerState:
         gap = self._expected_gap_ms()
         silent = math.exp(-max(0, now_ms - self.last_order_ms) / gap)
         stopped = PRIOR_CHURN / (PRIOR_CHURN + (1 - PRIOR_CHURN) * silent)
-        return round(stopped + (1 - stopped) * math.exp(-(lapse_at - now_ms) / gap), 4)
+        return round(stopped + (1 - stopped) * math.exp(-(lapse_at - now_ms) / gap), 4)  # RISK_ROUNDING
 
     def _expected_gap_ms(self) -> float:
         gaps = self.orders - 1 if self.orders >= 2 and self.order_gap_ms >= MIN_RHYTHM_MS else 0
         return (self.order_gap_ms * gaps + PRIOR_ORDER_GAP_DAYS * DAY_MS) / (gaps + 1)
 
     def _next_risk_step(self, now_ms: int, lc: Lifecycle) -> int | None:
-        """When ``lapse_risk`` (rising with silence) next reaches a tenth above its value now."""
+        """When ``lapse_risk`` (rising with silence) next reaches a tenth above its value now.
+
+        A bisection to the minute over event time, the probes that are a minute or more from
+        where the risk reaches the step (:meth:`_risk_reaches`) answered without computing it."""
         risk = self.lapse_risk(now_ms, lc)
         if risk is None or risk >= 0.9:
             return None
         step = (math.floor(risk * 10 + 1e-9) + 1) / 10
+        reached_at = self._risk_reaches(step - RISK_ROUNDING / 2, lc)
         low, high = now_ms, self.last_order_ms + lc.lapse_days * DAY_MS  # type: ignore[operator]
         while high - low > MINUTE_MS:  # the first minute at which the risk has reached the step
             middle = (low + high) // 2
-            if self.lapse_risk(middle, lc) >= step:  # type: ignore[operator]
+            if middle < reached_at - MINUTE_MS:
+                low = middle
+            elif middle > reached_at + MINUTE_MS or self.lapse_risk(middle, lc) >= step:  # type: ignore[operator]
                 high = middle
             else:
                 low = middle
         return high
+
+    def _risk_reaches(self, risk: float, lc: Lifecycle) -> float:
+        """The event time at which ``lapse_risk`` (before rounding) reaches ``risk``, from its closed
+        form: with churn prior ``c``, expected gap ``g``, ``K = e^(-lapse/g)`` and a silence ``w``,
+        ``(c + (1 - c) K) / (c + (1 - c) e^(-w/g))`` (before the last order, a late event:
+        ``c + (1 - c) e^(-(lapse_at - t)/g)``). ``-inf`` where it is reached from the start."""
+        gap, c = self._expected_gap_ms(), PRIOR_CHURN
+        last = self.last_order_ms
+        lapse_at = last + lc.lapse_days * DAY_MS  # type: ignore[operator]
+        at_last = c + (1 - c) * math.exp(-lc.lapse_days * DAY_MS / gap)
+        if risk <= c:
+            return -math.inf
+        if risk <= at_last:
+            return lapse_at + gap * math.log((risk - c) / (1 - c))
+        return last + -gap * math.log((at_last / risk - c) / (1 - c))  # type: ignore[operator]
 
     def next_boundary(self, now_ms: int, lc: Lifecycle, risk_steps: bool = False) -> int | None:
         """The next event time at which ``lifecycle`` or ``at_risk`` (and, with ``risk_steps``,
