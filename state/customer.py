@@ -349,8 +349,8 @@ class CustomerState:
     def _next_risk_step(self, now_ms: int, lc: Lifecycle) -> int | None:
         """When ``lapse_risk`` (rising with silence) next reaches a tenth above its value now.
 
-        A bisection to the minute over event time, the probes that are a minute or more from
-        where the risk reaches the step (:meth:`_risk_reaches`) answered without computing it."""
+        A bisection to the minute over event time; a probe more than a second from where the risk
+        reaches the step (:meth:`_risk_reaches`, exact to far less) is answered without computing it."""
         risk = self.lapse_risk(now_ms, lc)
         if risk is None or risk >= 0.9:
             return None
@@ -359,9 +359,9 @@ class CustomerState:
         low, high = now_ms, self.last_order_ms + lc.lapse_days * DAY_MS  # type: ignore[operator]
         while high - low > MINUTE_MS:  # the first minute at which the risk has reached the step
             middle = (low + high) // 2
-            if middle < reached_at - MINUTE_MS:
+            if middle < reached_at - 1000:
                 low = middle
-            elif middle > reached_at + MINUTE_MS or self.lapse_risk(middle, lc) >= step:  # type: ignore[operator]
+            elif middle > reached_at + 1000 or self.lapse_risk(middle, lc) >= step:  # type: ignore[operator]
                 high = middle
             else:
                 low = middle
