@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,19 +216,20 @@ def count_notes(stats: dict[str, Any], env: Envelope) -> None:
 
     The first sighting is kept as ``[merge key, messageId, position]``, the key as fixed-width
     hex (it is wider than JSON integers), so that the earliest of all shards can be told
-    (``connectors.files.add_counts`` keeps the smallest).
+    (``connectors.files.add_counts`` keeps the smallest). A note repeated (a field on every line of
+    an order) is counted once with its number, in the order notes first came.
     """
-    for kind, detail in env.notes:
+    for (kind, detail), times in Counter(env.notes).items():
         counts = stats.setdefault(kind, {})
         if kind == "order_lines_dropped":
-            counts[detail] = counts.get(detail, 0) + 1
+            counts[detail] = counts.get(detail, 0) + times
             continue
         if detail not in counts and len(counts) >= MAX_UNKNOWN_FIELDS:
             detail = OTHER_PATHS
         entry = counts.get(detail)
         if entry is None:
             entry = counts[detail] = {"count": 0, "first": [f"{env.seq:032x}", env.message_id, env.position]}
-        entry["count"] += 1
+        entry["count"] += times
 
 
 def readable_firsts(summary: dict[str, Any]) -> None:

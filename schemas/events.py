@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from itertools import repeat
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
@@ -800,7 +801,7 @@ def _unknown(notes: list[Note], prefix: str, container: dict[str, Any], known: f
 
 def unknown_field_notes(paths: list[str]) -> tuple[Note, ...]:
     """The notes of unknown fields found at ``paths`` (as :func:`contract_notes` words them)."""
-    return tuple([("unknown_fields", path) for path in paths])
+    return tuple(zip(repeat("unknown_fields"), paths))
 
 
 def event_name(event: AnyEvent) -> str:

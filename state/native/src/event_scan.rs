@@ -214,9 +214,9 @@ impl EventScan {
         })
     }
 
-    /// The paths of the keys in `seen` that `model`'s closed containers do not allow: by container
-    /// in the model's order, then in the order they came.
-    fn unknown(&self, model: usize, seen: &[(usize, &[u8])]) -> Vec<String> {
+    /// The keys in `seen` that `model`'s closed containers do not allow: by container in the
+    /// model's order, then in the order they came.
+    fn unknown(&self, model: usize, seen: &[(usize, &[u8])]) -> Unknown {
         let allowed = &self.allowed[model];
         let mut found: Vec<(usize, usize, &[u8])> = seen
             .iter()
@@ -227,18 +227,39 @@ impl EventScan {
             })
             .collect();
         found.sort_by_key(|(rank, _, _)| *rank); // stable: keys of one container keep their order
-        found
-            .into_iter()
-            .map(|(_, node, key)| {
-                let key = std::str::from_utf8(key).unwrap_or_default();
-                let cut = key
-                    .char_indices()
-                    .nth(self.key_chars)
-                    .map_or(key.len(), |(at, _)| at);
-                format!("{}{}", self.prefixes[node], &key[..cut])
-            })
-            .collect()
+        let mut unknown = Unknown::default();
+        let mut numbers: HashMap<(usize, &[u8]), usize, BuildHasherDefault<KeyHash>> =
+            HashMap::default();
+        for (_, node, key) in found {
+            let number = *numbers.entry((node, key)).or_insert_with(|| {
+                unknown.paths.push(self.path(node, key));
+                unknown.paths.len() - 1
+            });
+            unknown.keys.push(number);
+        }
+        unknown
     }
+
+    /// The path of `key` at `node`, the key cut to `key_chars` characters.
+    fn path(&self, node: usize, key: &[u8]) -> String {
+        let key = std::str::from_utf8(key).unwrap_or_default();
+        let cut = key
+            .char_indices()
+            .nth(self.key_chars)
+            .map_or(key.len(), |(at, _)| at);
+        format!("{}{}", self.prefixes[node], &key[..cut])
+    }
+}
+
+/// The keys of an event's closed containers that its model does not allow.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Unknown {
+    /// Each distinct key's path (`context.store_id`, `properties.products[].qty`), cut to
+    /// `key_chars` characters.
+    pub paths: Vec<String>,
+    /// Every such key (`qty` on each line that has it), as the number of its path: by container
+    /// in the model's order, then in the order they came.
+    pub keys: Vec<usize>,
 }
 
 /// A plain event: its model, its `timestamp` and `receivedAt` in epoch milliseconds where they
@@ -249,10 +270,7 @@ pub struct Plain {
     pub model: usize,
     pub timestamp_ms: Option<i64>,
     pub received_ms: Option<i64>,
-    /// Each such key as its path (`context.store_id`, `properties.products[].qty` for each line
-    /// that has it), cut to `key_chars` characters: by container in the model's order, then in
-    /// the order they came.
-    pub unknown: Vec<String>,
+    pub unknown: Unknown,
 }
 
 /// The top-level keys whose values [`EventScan::scan`] reads, in the order of `Scan::top`.
@@ -595,7 +613,7 @@ mod tests {
             model: 0,
             timestamp_ms: Some(1_767_607_200_123),
             received_ms: Some(1_767_607_200_000),
-            unknown: vec![],
+            unknown: Unknown::default(),
         };
         assert_eq!(scan().scan(json.as_bytes()), Some(plain));
         let other = r#"{"type":"page","timestamp":"2026-01-05 10:00:00Z","properties":{"receivedAt":"2026-01-05T10:00:00Z"}}"#;
@@ -603,13 +621,15 @@ mod tests {
             model: 0,
             timestamp_ms: None,
             received_ms: None,
-            unknown: vec![],
+            unknown: Unknown::default(),
         };
         assert_eq!(scan().scan(other.as_bytes()), Some(plain));
     }
 
     fn unknown(json: &str) -> Vec<String> {
-        scan().scan(json.as_bytes()).expect("plain").unknown
+        let unknown = scan().scan(json.as_bytes()).expect("plain").unknown;
+        let paths = unknown.keys.iter().map(|n| unknown.paths[*n].clone());
+        paths.collect()
     }
 
     #[test]

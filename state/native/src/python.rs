@@ -494,17 +494,36 @@ impl EventScan {
     /// ``receivedAt`` of a plain event in epoch milliseconds where they are in the common form (else
     /// None), and the paths of the keys of its closed containers its model does not allow (None if none).
     #[allow(clippy::type_complexity)]
-    fn scan(&self, json: &[u8]) -> (i64, Option<i64>, Option<i64>, Option<Vec<String>>) {
-        match self.inner.scan(json) {
+    fn scan<'py>(
+        &self,
+        py: Python<'py>,
+        json: &[u8],
+    ) -> PyResult<(i64, Option<i64>, Option<i64>, Option<Bound<'py, PyList>>)> {
+        Ok(match self.inner.scan(json) {
             Some(plain) => (
                 plain.model as i64,
                 plain.timestamp_ms,
                 plain.received_ms,
-                (!plain.unknown.is_empty()).then_some(plain.unknown),
+                (!plain.unknown.keys.is_empty())
+                    .then(|| unknown_paths(py, &plain.unknown))
+                    .transpose()?,
             ),
             None => (event_scan::NOT_PLAIN, None, None, None),
-        }
+        })
     }
+}
+
+/// The path of each unknown key as a list of Python strings, one object per distinct path.
+fn unknown_paths<'py>(
+    py: Python<'py>,
+    unknown: &event_scan::Unknown,
+) -> PyResult<Bound<'py, PyList>> {
+    let paths: Vec<_> = unknown
+        .paths
+        .iter()
+        .map(|path| PyString::new(py, path))
+        .collect();
+    PyList::new(py, unknown.keys.iter().map(|n| paths[*n].clone()))
 }
 
 /// ``general(text)``, computed natively for date-times in the common form (``2026-01-05T10:00:00.123Z``,
