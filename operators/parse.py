@@ -219,7 +219,8 @@ def count_notes(stats: dict[str, Any], env: Envelope) -> None:
     (``connectors.files.add_counts`` keeps the smallest). A note repeated (a field on every line of
     an order) is counted once with its number, in the order notes first came.
     """
-    for (kind, detail), times in Counter(env.notes).items():
+    notes = env.notes
+    for (kind, detail), times in Counter(notes).items() if len(notes) > 1 else ((notes[0], 1),):
         counts = stats.setdefault(kind, {})
         if kind == "order_lines_dropped":
             counts[detail] = counts.get(detail, 0) + times

@@ -309,6 +309,22 @@ def test_unknown_paths_counted_per_shard_are_bounded_and_keep_their_first_sighti
     assert fields["context.k0"]["first"][1:] == [events[0]["messageId"], {"line": 0}]
 
 
+def test_a_field_on_every_line_counts_once_per_line_also_beyond_the_bound():
+    stats: dict[str, Any] = {}
+    lines = [{"product_id": "a", "qty": 2}, {"qty": 1}, {"product_id": "b", "qty": 1}, {"price": 1}]
+    order = track("Order Completed", props={"order_id": "o", "products": lines})
+    count_notes(stats, parse(RawEvent(0, {"line": 0}, orjson.dumps(order))))
+    assert stats["unknown_fields"]["properties.products[].qty"]["count"] == 3
+    assert stats["order_lines_dropped"] == {"missing_product_id": 2}
+    for n in range(MAX_UNKNOWN_FIELDS):
+        count_notes(stats, parse(RawEvent(n + 1, {"line": n + 1}, orjson.dumps(call("page", context={f"k{n}": 1})))))
+    count_notes(stats, parse(RawEvent(99, {"line": 99}, orjson.dumps({**order, "colour": "red", "messageId": "m"}))))
+    fields = stats["unknown_fields"]
+    assert fields["properties.products[].qty"]["count"] == 6
+    assert fields[OTHER_PATHS]["count"] == 2, "the paths after the first 50: k49 and colour"
+    assert stats["order_lines_dropped"] == {"missing_product_id": 4}
+
+
 def test_shards_first_sightings_merge_to_the_earliest():
     early = {"unknown_fields": {"context.x": {"count": 1, "first": [f"{5:032x}", "m5", {"line": 5}]}}}
     late = {"unknown_fields": {"context.x": {"count": 2, "first": [f"{70:032x}", "m70", {"line": 70}]}}}
