@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,11 +215,9 @@ def count_notes(stats: dict[str, Any], env: Envelope) -> None:
 
     The first sighting is kept as ``[merge key, messageId, position]``, the key as fixed-width
     hex (it is wider than JSON integers), so that the earliest of all shards can be told
-    (``connectors.files.add_counts`` keeps the smallest). A note repeated (a field on every line of
-    an order) is counted once with its number, in the order notes first came.
+    (``connectors.files.add_counts`` keeps the smallest).
     """
-    notes = env.notes
-    for (kind, detail), times in Counter(notes).items() if len(notes) > 1 else ((notes[0], 1),):
+    for kind, detail, times in env.notes:
         counts = stats.setdefault(kind, {})
         if kind == "order_lines_dropped":
             counts[detail] = counts.get(detail, 0) + times

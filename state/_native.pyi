@@ -35,11 +35,12 @@ class EventScan:
         a list) and the keys allowed there; an unknown key is named by its first ``key_chars`` characters."""
     def model_of(self, json: bytes) -> int:
         """The index of the model ``json`` is for if it is plain, else -1."""
-    def scan(self, json: bytes) -> tuple[int, int | None, int | None, list[str] | None]:
+    def scan(self, json: bytes) -> tuple[int, int | None, int | None, list[tuple[str, int]] | None]:
         """``(model, timestamp_ms, received_ms, unknown)``: :meth:`model_of`, the ``timestamp`` and
         ``receivedAt`` of a plain event in epoch milliseconds where they are in the common form (else
-        None), and the paths of the keys of its closed containers its model does not allow (None if
-        none): by container as the model lists them (``closed``), then in the order they came."""
+        None), and the paths of the keys of its closed containers its model does not allow, each with
+        how many times it came (None if none): by container as the model lists them (``closed``), then
+        in the order they first came."""
 
 class EpochMs:
     """``general(text)``, computed natively for date-times in the common form (``2026-01-05T10:00:00.123Z``,

@@ -215,7 +215,7 @@ impl EventScan {
     }
 
     /// The keys in `seen` that `model`'s closed containers do not allow: by container in the
-    /// model's order, then in the order they came.
+    /// model's order, then in the order they first came.
     fn unknown(&self, model: usize, seen: &[(usize, &[u8])]) -> Unknown {
         let allowed = &self.allowed[model];
         let mut found: Vec<(usize, usize, &[u8])> = seen
@@ -232,10 +232,10 @@ impl EventScan {
             HashMap::default();
         for (_, node, key) in found {
             let number = *numbers.entry((node, key)).or_insert_with(|| {
-                unknown.paths.push(self.path(node, key));
+                unknown.paths.push((self.path(node, key), 0));
                 unknown.paths.len() - 1
             });
-            unknown.keys.push(number);
+            unknown.paths[number].1 += 1;
         }
         unknown
     }
@@ -254,12 +254,10 @@ impl EventScan {
 /// The keys of an event's closed containers that its model does not allow.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Unknown {
-    /// Each distinct key's path (`context.store_id`, `properties.products[].qty`), cut to
-    /// `key_chars` characters.
-    pub paths: Vec<String>,
-    /// Every such key (`qty` on each line that has it), as the number of its path: by container
-    /// in the model's order, then in the order they came.
-    pub keys: Vec<usize>,
+    /// Each such key's path (`context.store_id`, `properties.products[].qty`), cut to `key_chars`
+    /// characters, and how many times it came (`qty` on each line that has it): by container in
+    /// the model's order, then in the order they first came.
+    pub paths: Vec<(String, usize)>,
 }
 
 /// A plain event: its model, its `timestamp` and `receivedAt` in epoch milliseconds where they
@@ -626,40 +624,42 @@ mod tests {
         assert_eq!(scan().scan(other.as_bytes()), Some(plain));
     }
 
-    fn unknown(json: &str) -> Vec<String> {
-        let unknown = scan().scan(json.as_bytes()).expect("plain").unknown;
-        let paths = unknown.keys.iter().map(|n| unknown.paths[*n].clone());
-        paths.collect()
+    fn unknown(json: &str) -> Vec<(String, usize)> {
+        scan().scan(json.as_bytes()).expect("plain").unknown.paths
+    }
+
+    fn once(paths: &[&str]) -> Vec<(String, usize)> {
+        paths.iter().map(|path| (path.to_string(), 1)).collect()
     }
 
     #[test]
     fn unknown_keys_of_closed_containers_are_named_by_container_then_in_order() {
-        assert_eq!(unknown(r#"{"type":"page","userID":"u"}"#), ["userID"]);
+        assert_eq!(
+            unknown(r#"{"type":"page","userID":"u"}"#),
+            once(&["userID"])
+        );
         let json =
             r#"{"context":{"store_id":"s","channel":"web","till":1},"userID":"u","type":"page"}"#;
         assert_eq!(
             unknown(json),
-            ["userID", "context.store_id", "context.till"]
+            once(&["userID", "context.store_id", "context.till"])
         );
         let lines = r#"{"type":"track","event":"Order Completed","properties":{"products":[{"product_id":"p","sku":"s"},{"qty":1,"sku":"t"}]}}"#;
-        assert_eq!(
-            unknown(lines),
-            [
-                "properties.products[].sku",
-                "properties.products[].qty",
-                "properties.products[].sku"
-            ]
-        );
+        let counted = [
+            ("properties.products[].sku".to_string(), 2),
+            ("properties.products[].qty".to_string(), 1),
+        ];
+        assert_eq!(unknown(lines), counted);
         let open = r#"{"type":"track","event":"Wished","properties":{"products":[{"qty":1}],"any":{"thing":1}}}"#;
         assert_eq!(model(open), 2);
-        assert_eq!(unknown(open), Vec::<String>::new());
+        assert_eq!(unknown(open), []);
     }
 
     #[test]
     fn an_unknown_key_is_cut_to_its_first_characters() {
         assert_eq!(
             unknown(r#"{"type":"page","abcdefghij":1,"éééééééééé":2,"ab":3}"#),
-            ["abcdefgh", "éééééééé", "ab"]
+            once(&["abcdefgh", "éééééééé", "ab"])
         );
     }
 

@@ -492,7 +492,8 @@ impl EventScan {
 
     /// ``(model, timestamp_ms, received_ms, unknown)``: :meth:`model_of`, the ``timestamp`` and
     /// ``receivedAt`` of a plain event in epoch milliseconds where they are in the common form (else
-    /// None), and the paths of the keys of its closed containers its model does not allow (None if none).
+    /// None), and the paths of the keys of its closed containers its model does not allow, each with
+    /// how many times it came (None if none).
     #[allow(clippy::type_complexity)]
     fn scan<'py>(
         &self,
@@ -504,26 +505,13 @@ impl EventScan {
                 plain.model as i64,
                 plain.timestamp_ms,
                 plain.received_ms,
-                (!plain.unknown.keys.is_empty())
-                    .then(|| unknown_paths(py, &plain.unknown))
+                (!plain.unknown.paths.is_empty())
+                    .then(|| PyList::new(py, plain.unknown.paths))
                     .transpose()?,
             ),
             None => (event_scan::NOT_PLAIN, None, None, None),
         })
     }
-}
-
-/// The path of each unknown key as a list of Python strings, one object per distinct path.
-fn unknown_paths<'py>(
-    py: Python<'py>,
-    unknown: &event_scan::Unknown,
-) -> PyResult<Bound<'py, PyList>> {
-    let paths: Vec<_> = unknown
-        .paths
-        .iter()
-        .map(|path| PyString::new(py, path))
-        .collect();
-    PyList::new(py, unknown.keys.iter().map(|n| paths[*n].clone()))
 }
 
 /// ``general(text)``, computed natively for date-times in the common form (``2026-01-05T10:00:00.123Z``,
