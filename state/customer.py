@@ -25,7 +25,8 @@ MAX_PENDING_OUTCOMES = 4  # decisions whose outcome (order within the horizon or
 PRIOR_ORDER_GAP_DAYS = 30  # expected gap between orders before a customer's own rhythm is known
 PRIOR_CHURN = 0.1  # prior chance that a buyer has stopped buying for good
 MIN_RHYTHM_MS = DAY_MS  # a mean gap between orders shorter than this is no purchase rhythm
-RISK_ROUNDING = 1e-4  # lapse_risk is rounded to this
+RISK_ROUNDING = 1e-4  # lapse_risk is rounded to 4 decimals
+RISK_SEARCH_MARGIN_MS = 1000  # how far from the closed form's answer the step search still computes the risk
 AFFINITY_K = 5
 CATEGORY_HALF_LIFE_MS = 14 * DAY_MS
 PRODUCT_HALF_LIFE_MS = 3 * DAY_MS
@@ -340,7 +341,7 @@ class CustomerState:
         gap = self._expected_gap_ms()
         silent = math.exp(-max(0, now_ms - self.last_order_ms) / gap)
         stopped = PRIOR_CHURN / (PRIOR_CHURN + (1 - PRIOR_CHURN) * silent)
-        return round(stopped + (1 - stopped) * math.exp(-(lapse_at - now_ms) / gap), 4)  # RISK_ROUNDING
+        return round(stopped + (1 - stopped) * math.exp(-(lapse_at - now_ms) / gap), 4)
 
     def _expected_gap_ms(self) -> float:
         gaps = self.orders - 1 if self.orders >= 2 and self.order_gap_ms >= MIN_RHYTHM_MS else 0
@@ -359,9 +360,9 @@ class CustomerState:
         low, high = now_ms, self.last_order_ms + lc.lapse_days * DAY_MS  # type: ignore[operator]
         while high - low > MINUTE_MS:  # the first minute at which the risk has reached the step
             middle = (low + high) // 2
-            if middle < reached_at - 1000:
+            if middle < reached_at - RISK_SEARCH_MARGIN_MS:
                 low = middle
-            elif middle > reached_at + 1000 or self.lapse_risk(middle, lc) >= step:  # type: ignore[operator]
+            elif middle > reached_at + RISK_SEARCH_MARGIN_MS or self.lapse_risk(middle, lc) >= step:  # type: ignore[operator]
                 high = middle
             else:
                 low = middle
@@ -380,7 +381,7 @@ class CustomerState:
             return -math.inf
         if risk <= at_last:
             return lapse_at + gap * math.log((risk - c) / (1 - c))
-        return last + -gap * math.log((at_last / risk - c) / (1 - c))  # type: ignore[operator]
+        return last - gap * math.log((at_last / risk - c) / (1 - c))  # type: ignore[operator]
 
     def next_boundary(self, now_ms: int, lc: Lifecycle, risk_steps: bool = False) -> int | None:
         """The next event time at which ``lifecycle`` or ``at_risk`` (and, with ``risk_steps``,
