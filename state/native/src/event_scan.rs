@@ -216,7 +216,7 @@ impl EventScan {
 
     /// The keys in `seen` that `model`'s closed containers do not allow: by container in the
     /// model's order, then in the order they first came.
-    fn unknown(&self, model: usize, seen: &[(usize, &[u8])]) -> Unknown {
+    fn unknown(&self, model: usize, seen: &[(usize, &[u8])]) -> Vec<(String, usize)> {
         let allowed = &self.allowed[model];
         let mut found: Vec<(usize, usize, &[u8])> = seen
             .iter()
@@ -227,15 +227,15 @@ impl EventScan {
             })
             .collect();
         found.sort_by_key(|(rank, _, _)| *rank); // stable: keys of one container keep their order
-        let mut unknown = Unknown::default();
+        let mut unknown: Vec<(String, usize)> = Vec::new();
         let mut numbers: HashMap<(usize, &[u8]), usize, BuildHasherDefault<KeyHash>> =
             HashMap::default();
         for (_, node, key) in found {
             let number = *numbers.entry((node, key)).or_insert_with(|| {
-                unknown.paths.push((self.path(node, key), 0));
-                unknown.paths.len() - 1
+                unknown.push((self.path(node, key), 0));
+                unknown.len() - 1
             });
-            unknown.paths[number].1 += 1;
+            unknown[number].1 += 1;
         }
         unknown
     }
@@ -251,15 +251,6 @@ impl EventScan {
     }
 }
 
-/// The keys of an event's closed containers that its model does not allow.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Unknown {
-    /// Each such key's path (`context.store_id`, `properties.products[].qty`), cut to `key_chars`
-    /// characters, and how many times it came (`qty` on each line that has it): by container in
-    /// the model's order, then in the order they first came.
-    pub paths: Vec<(String, usize)>,
-}
-
 /// A plain event: its model, its `timestamp` and `receivedAt` in epoch milliseconds where they
 /// are in the common form (see [`timestamps`]; `None` otherwise, or where not sent), and the keys
 /// its closed containers hold that its model does not allow.
@@ -268,7 +259,10 @@ pub struct Plain {
     pub model: usize,
     pub timestamp_ms: Option<i64>,
     pub received_ms: Option<i64>,
-    pub unknown: Unknown,
+    /// Each such key's path (`context.store_id`, `properties.products[].qty`), cut to `key_chars`
+    /// characters, and how many times it came (`qty` on each line that has it): by container in
+    /// the model's order, then in the order they first came.
+    pub unknown: Vec<(String, usize)>,
 }
 
 /// The top-level keys whose values [`EventScan::scan`] reads, in the order of `Scan::top`.
@@ -611,7 +605,7 @@ mod tests {
             model: 0,
             timestamp_ms: Some(1_767_607_200_123),
             received_ms: Some(1_767_607_200_000),
-            unknown: Unknown::default(),
+            unknown: vec![],
         };
         assert_eq!(scan().scan(json.as_bytes()), Some(plain));
         let other = r#"{"type":"page","timestamp":"2026-01-05 10:00:00Z","properties":{"receivedAt":"2026-01-05T10:00:00Z"}}"#;
@@ -619,13 +613,13 @@ mod tests {
             model: 0,
             timestamp_ms: None,
             received_ms: None,
-            unknown: Unknown::default(),
+            unknown: vec![],
         };
         assert_eq!(scan().scan(other.as_bytes()), Some(plain));
     }
 
     fn unknown(json: &str) -> Vec<(String, usize)> {
-        scan().scan(json.as_bytes()).expect("plain").unknown.paths
+        scan().scan(json.as_bytes()).expect("plain").unknown
     }
 
     fn once(paths: &[&str]) -> Vec<(String, usize)> {

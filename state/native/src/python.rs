@@ -495,22 +495,16 @@ impl EventScan {
     /// None), and the paths of the keys of its closed containers its model does not allow, each with
     /// how many times it came (None if none).
     #[allow(clippy::type_complexity)]
-    fn scan<'py>(
-        &self,
-        py: Python<'py>,
-        json: &[u8],
-    ) -> PyResult<(i64, Option<i64>, Option<i64>, Option<Bound<'py, PyList>>)> {
-        Ok(match self.inner.scan(json) {
+    fn scan(&self, json: &[u8]) -> (i64, Option<i64>, Option<i64>, Option<Vec<(String, usize)>>) {
+        match self.inner.scan(json) {
             Some(plain) => (
                 plain.model as i64,
                 plain.timestamp_ms,
                 plain.received_ms,
-                (!plain.unknown.paths.is_empty())
-                    .then(|| PyList::new(py, plain.unknown.paths))
-                    .transpose()?,
+                (!plain.unknown.is_empty()).then_some(plain.unknown),
             ),
             None => (event_scan::NOT_PLAIN, None, None, None),
-        })
+        }
     }
 }
 
