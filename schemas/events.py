@@ -651,9 +651,14 @@ def _without_bad_lines(data: dict[str, Any]) -> tuple[dict[str, Any], tuple[str,
 
 def _checked_line(line: Any) -> tuple[Any, str | None]:
     """The line (its quantity an integer if it was an integer-valued number), or what is wrong with
-    it: the first bad field in the order the model lists them."""
+    it: the first bad field in the order the model lists them (a good line is checked whole, once)."""
     if type(line) is not dict:
         return line, "not_an_object"
+    try:
+        msgspec.convert(line, Product)
+        return line, None
+    except msgspec.ValidationError:
+        pass
     for info in _LINE_FIELDS:
         if info.name not in line:
             if info.required:

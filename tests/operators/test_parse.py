@@ -9,6 +9,7 @@ import orjson
 import pytest
 from conftest import T0, at, call, raw_records, track
 
+import schemas.events
 from connectors.files import add_counts
 from operators.parse import MAX_UNKNOWN_FIELDS, OTHER_PATHS, Rejected, count_notes, parse, readable_firsts
 from schemas.envelope import Envelope
@@ -188,6 +189,21 @@ def test_raw_records_positions_survive_parsing():
     assert results[0].position == {"source": "test.jsonl", "line": 1}
     assert rejected(results[1])["position"] == {"source": "test.jsonl", "line": 2}
     assert results[2].seq == 3
+
+
+def test_one_bad_line_of_a_long_order_does_not_check_every_good_line_field_by_field(monkeypatch):
+    """A till that sends a weighed item as ``quantity: 0.5`` on every order: the good lines are each
+    checked whole, once; only the bad one is looked at field by field to say what is wrong."""
+    lines = [{"product_id": f"p{n}", "name": "n", "price": 2.0, "quantity": 1, "currency": "EUR"} for n in range(50)]
+    lines[7]["quantity"] = 0.5
+    order = track("Order Completed", props={"order_id": "o1", "total": 100.0, "products": lines})
+    convert, calls = schemas.events.msgspec.convert, []
+    monkeypatch.setattr(schemas.events.msgspec, "convert", lambda *args: calls.append(args) or convert(*args))
+    env = parse(raw(order))
+    assert isinstance(env, Envelope)
+    assert env.notes[0] == ("order_lines_dropped", "bad_quantity", 1)
+    assert len(env.event.properties.products) == 49
+    assert len(calls) <= 50 + 10, len(calls)
 
 
 def test_an_order_keeps_its_good_lines_and_notes_each_dropped_one():
