@@ -78,7 +78,7 @@ def main() -> None:
             pickle.loads(body)
 
     payloads = [raw.payload for raw in raws]
-    scanned = [(payload, *_SCAN.scan(payload)) for payload in payloads]
+    scanned = [(payload, *_SCAN.scan(payload)[:3]) for payload in payloads]
     plain = [(payload, EVENT_MODELS[model], ts, received) for payload, model, ts, received in scanned if model >= 0]
     decoded = [(_DECODERS[model].decode(payload), ts, received) for payload, model, ts, received in plain]
     timed = [(event, *_times(event)) for event, _, _ in decoded]

@@ -12,12 +12,14 @@ from schemas.envelope import Envelope, envelope_of
 from schemas.events import (
     CALL_MODELS,
     EVENT_MODELS,
+    MAX_PATH_KEY,
     TRACK_MODELS,
     ContractError,
     UnknownTrack,
     closed_containers,
     contract_notes,
     decode_plain,
+    unknown_field_notes,
     validate_event,
 )
 from schemas.items import DEFAULT_MAX_EVENT_BYTES, RawEvent
@@ -86,10 +88,11 @@ _SCAN = EventScan(
     [(name, EVENT_MODELS.index(model)) for name, model in TRACK_MODELS.items()],
     EVENT_MODELS.index(UnknownTrack),
     [[(path, sorted(keys)) for path, keys in closed_containers(model)] for model in EVENT_MODELS],
+    MAX_PATH_KEY,
 )
 """Which of :data:`schemas.events.EVENT_MODELS` an event is for, when it is plain: one JSON object with
-no repeated key and no unknown field to count (``state/native/src/event_scan.rs``); with its
-``timestamp`` and ``receivedAt`` read on the way."""
+no repeated key (``state/native/src/event_scan.rs``); with its ``timestamp`` and ``receivedAt`` read on
+the way, and the unknown fields :func:`schemas.events.contract_notes` would count, in its order."""
 _EPOCH_MS = EpochMs(epoch_ms)
 """:func:`schemas.timestamps.epoch_ms`, the common forms read natively: for the date-times the scan leaves."""
 
@@ -116,12 +119,13 @@ def _parse(raw: RawEvent, max_bytes: int) -> Envelope | Rejected:
         return _reject(raw, reason, [message], processor)
     if len(payload) > max_bytes:
         return _reject(raw, "too_large", [f"event is {len(payload)} bytes, the limit is {max_bytes}"])
-    model, ts_ms, received_ms = _SCAN.scan(payload)
+    model, ts_ms, received_ms, unknown = _SCAN.scan(payload)
     if model >= 0:
         decoded = decode_plain(payload, EVENT_MODELS[model], _EPOCH_MS, ts_ms, received_ms)
         if decoded is not None:
             event, ts_ms, received_ms = decoded
-            return envelope_of(event, payload, raw.seq, raw.position, ts_ms, received_ms, raw.arrived)
+            notes = () if unknown is None else unknown_field_notes(unknown)
+            return envelope_of(event, payload, raw.seq, raw.position, ts_ms, received_ms, raw.arrived, notes)
     return _parse_generally(raw)
 
 
@@ -213,17 +217,17 @@ def count_notes(stats: dict[str, Any], env: Envelope) -> None:
     hex (it is wider than JSON integers), so that the earliest of all shards can be told
     (``connectors.files.add_counts`` keeps the smallest).
     """
-    for kind, detail in env.notes:
+    for kind, detail, times in env.notes:
         counts = stats.setdefault(kind, {})
         if kind == "order_lines_dropped":
-            counts[detail] = counts.get(detail, 0) + 1
+            counts[detail] = counts.get(detail, 0) + times
             continue
         if detail not in counts and len(counts) >= MAX_UNKNOWN_FIELDS:
             detail = OTHER_PATHS
         entry = counts.get(detail)
         if entry is None:
             entry = counts[detail] = {"count": 0, "first": [f"{env.seq:032x}", env.message_id, env.position]}
-        entry["count"] += 1
+        entry["count"] += times
 
 
 def readable_firsts(summary: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ A bad line of an order or checkout drops that line, not the event (see :class:`O
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
@@ -650,9 +651,14 @@ def _without_bad_lines(data: dict[str, Any]) -> tuple[dict[str, Any], tuple[str,
 
 def _checked_line(line: Any) -> tuple[Any, str | None]:
     """The line (its quantity an integer if it was an integer-valued number), or what is wrong with
-    it: the first bad field in the order the model lists them."""
+    it: the first bad field in the order the model lists them (a good line is checked whole, once)."""
     if type(line) is not dict:
         return line, "not_an_object"
+    try:
+        msgspec.convert(line, Product)
+        return line, None
+    except msgspec.ValidationError:
+        pass
     for info in _LINE_FIELDS:
         if info.name not in line:
             if info.required:
@@ -760,17 +766,20 @@ def closed_containers(model: type[_Call]) -> list[tuple[tuple[str | None, ...], 
 MAX_PATH_KEY = 100
 """Characters of an unknown key kept in its path."""
 
-Note = tuple[str, str]
-"""``("order_lines_dropped", reason)`` or ``("unknown_fields", path)``."""
+Note = tuple[str, str, int]
+"""``("order_lines_dropped", reason, lines)`` or ``("unknown_fields", path, times)``: each reason or
+path once, with how many lines were dropped for it or how many times the path came (a key on
+every line of an order comes once per line)."""
 
 
 def contract_notes(event: AnyEvent, data: dict[str, Any]) -> tuple[Note, ...]:
-    """What a valid event carries that an integrator should hear of: each order or checkout line
-    dropped, and each key of a closed container (see above) the contract does not know.
+    """What a valid event carries that an integrator should hear of: the order or checkout lines
+    dropped, and the keys of closed containers (see above) the contract does not know, in the order
+    they first came.
 
     ``data`` is the decoded JSON the event was validated from.
     """
-    notes: list[Note] = []
+    notes: list[tuple[str, str]] = []
     kind = type(event)
     known = _KNOWN_FIELDS[kind]
     if not data.keys() <= known:
@@ -791,11 +800,17 @@ def contract_notes(event: AnyEvent, data: dict[str, Any]) -> tuple[Note, ...]:
                 _unknown(notes, "properties.products[].", line, _KNOWN_LINE)
     elif kind in _CLOSED_PROPERTIES and not data["properties"].keys() <= _CLOSED_PROPERTIES[kind]:
         _unknown(notes, "properties.", data["properties"], _CLOSED_PROPERTIES[kind])
-    return tuple(notes) if notes else ()
+    return tuple((about, detail, times) for (about, detail), times in Counter(notes).items()) if notes else ()
 
 
-def _unknown(notes: list[Note], prefix: str, container: dict[str, Any], known: frozenset[str]) -> None:
+def _unknown(notes: list[tuple[str, str]], prefix: str, container: dict[str, Any], known: frozenset[str]) -> None:
     notes.extend(("unknown_fields", prefix + key[:MAX_PATH_KEY]) for key in container if key not in known)
+
+
+def unknown_field_notes(paths: list[tuple[str, int]]) -> tuple[Note, ...]:
+    """The notes of unknown fields found at ``paths``, each with how many times (as
+    :func:`contract_notes` words them)."""
+    return tuple([("unknown_fields", path, times) for path, times in paths])
 
 
 def event_name(event: AnyEvent) -> str:

@@ -29,15 +29,19 @@ class EventScan:
         tracks: list[tuple[str, int]],
         unknown_track: int,
         closed: list[list[tuple[tuple[str | None, ...], list[str]]]],
+        key_chars: int,
     ) -> None:
         """``calls`` (``type`` values) and ``tracks`` (track ``event`` names) name models by index
         into ``closed``: per model, its closed containers, each a path (``None`` for any element of
-        a list) and the keys allowed there."""
+        a list) and the keys allowed there; an unknown key is named by its first ``key_chars`` characters."""
     def model_of(self, json: bytes) -> int:
         """The index of the model ``json`` is for if it is plain, else -1."""
-    def scan(self, json: bytes) -> tuple[int, int | None, int | None]:
-        """``(model, timestamp_ms, received_ms)``: :meth:`model_of`, and the ``timestamp`` and ``receivedAt``
-        of a plain event in epoch milliseconds where they are in the common form (else None)."""
+    def scan(self, json: bytes) -> tuple[int, int | None, int | None, list[tuple[str, int]] | None]:
+        """``(model, timestamp_ms, received_ms, unknown)``: :meth:`model_of`, the ``timestamp`` and
+        ``receivedAt`` of a plain event in epoch milliseconds where they are in the common form (else
+        None), and the paths of the keys of its closed containers its model does not allow, each with
+        how many times it came (None if none): by container as the model lists them (``closed``), then
+        in the order they first came."""
 
 class EpochMs:
     """``general(text)``, computed natively for date-times in the common form (``2026-01-05T10:00:00.123Z``,

@@ -9,6 +9,7 @@ import orjson
 import pytest
 from conftest import T0, at, call, raw_records, track
 
+import schemas.events
 from connectors.files import add_counts
 from operators.parse import MAX_UNKNOWN_FIELDS, OTHER_PATHS, Rejected, count_notes, parse, readable_firsts
 from schemas.envelope import Envelope
@@ -190,12 +191,27 @@ def test_raw_records_positions_survive_parsing():
     assert results[2].seq == 3
 
 
+def test_one_bad_line_of_a_long_order_does_not_check_every_good_line_field_by_field(monkeypatch):
+    """A till that sends a weighed item as ``quantity: 0.5`` on every order: the good lines are each
+    checked whole, once; only the bad one is looked at field by field to say what is wrong."""
+    lines = [{"product_id": f"p{n}", "name": "n", "price": 2.0, "quantity": 1, "currency": "EUR"} for n in range(50)]
+    lines[7]["quantity"] = 0.5
+    order = track("Order Completed", props={"order_id": "o1", "total": 100.0, "products": lines})
+    convert, calls = schemas.events.msgspec.convert, []
+    monkeypatch.setattr(schemas.events.msgspec, "convert", lambda *args: calls.append(args) or convert(*args))
+    env = parse(raw(order))
+    assert isinstance(env, Envelope)
+    assert env.notes[0] == ("order_lines_dropped", "bad_quantity", 1)
+    assert len(env.event.properties.products) == 49
+    assert len(calls) <= 50 + 10, len(calls)
+
+
 def test_an_order_keeps_its_good_lines_and_notes_each_dropped_one():
     lines = [{"product_id": "a", "quantity": "two"}, {"product_id": "b", "quantity": 0}, {"price": 2.0}]
     env = parse(raw(track("Order Completed", props={"order_id": "o1", "products": lines})))
     assert isinstance(env, Envelope)
     assert [p.product_id for p in env.event.properties.products] == ["b"]
-    assert env.notes == (("order_lines_dropped", "bad_quantity"), ("order_lines_dropped", "missing_product_id"))
+    assert env.notes == (("order_lines_dropped", "bad_quantity", 1), ("order_lines_dropped", "missing_product_id", 1))
     assert parse(raw(VIEWED)).notes == ()
 
 
@@ -248,7 +264,7 @@ def test_colons_in_values_spacing_and_escapes_are_not_taken_for_repeated_keys():
 def unknown_paths(event: dict[str, Any]) -> list[str]:
     env = parse(raw(event))
     assert isinstance(env, Envelope), env
-    return [path for kind, path in env.notes if kind == "unknown_fields"]
+    return [path for kind, path, times in env.notes if kind == "unknown_fields" for _ in range(times)]
 
 
 def test_unknown_fields_of_closed_containers_are_noted_by_path():
@@ -307,6 +323,22 @@ def test_unknown_paths_counted_per_shard_are_bounded_and_keep_their_first_sighti
     assert fields["context.store_id"]["first"][1:] == [events[0]["messageId"], {"line": 0}]
     assert fields[OTHER_PATHS]["count"] == 11, "the paths after the first 50 (one of them shares its event)"
     assert fields["context.k0"]["first"][1:] == [events[0]["messageId"], {"line": 0}]
+
+
+def test_a_field_on_every_line_counts_once_per_line_also_beyond_the_bound():
+    stats: dict[str, Any] = {}
+    lines = [{"product_id": "a", "qty": 2}, {"qty": 1}, {"product_id": "b", "qty": 1}, {"price": 1}]
+    order = track("Order Completed", props={"order_id": "o", "products": lines})
+    count_notes(stats, parse(RawEvent(0, {"line": 0}, orjson.dumps(order))))
+    assert stats["unknown_fields"]["properties.products[].qty"]["count"] == 3
+    assert stats["order_lines_dropped"] == {"missing_product_id": 2}
+    for n in range(MAX_UNKNOWN_FIELDS):
+        count_notes(stats, parse(RawEvent(n + 1, {"line": n + 1}, orjson.dumps(call("page", context={f"k{n}": 1})))))
+    count_notes(stats, parse(RawEvent(99, {"line": 99}, orjson.dumps({**order, "colour": "red", "messageId": "m"}))))
+    fields = stats["unknown_fields"]
+    assert fields["properties.products[].qty"]["count"] == 6
+    assert fields[OTHER_PATHS]["count"] == 2, "the paths after the first 50: k49 and colour"
+    assert stats["order_lines_dropped"] == {"missing_product_id": 4}
 
 
 def test_shards_first_sightings_merge_to_the_earliest():

@@ -66,6 +66,19 @@ ODD_TIMES: list[Any] = [
     "",
 ]
 ODD_KEYS = ["userID", "store_id", "qty", "extra", "region", "integrations", "variant", "type", "event", "product_id"]
+LINE_EXTRAS = [
+    "currency",
+    "sku",
+    "brand",
+    "variant",
+    "url",
+    "image_url",
+    "qty",
+    "Price",
+    "k" * 150,
+    "\u00e9\U0001f600" * 60,
+]
+"""Keys real tills and shops send in order lines (some the contract names, some not), and odd ones."""
 TIME_FIELDS = [("timestamp",), ("receivedAt",), ("sentAt",), ("traits", "created_at")]
 
 
@@ -101,7 +114,7 @@ def mutated(event: dict[str, Any], rng: Random) -> dict[str, Any]:
     """A copy of ``event`` with one thing changed: a value of another type, a field gone, an unknown
     key, an odd date-time, a deep nesting, an odd ``type`` or ``event``."""
     event = orjson.loads(orjson.dumps(event))
-    kind = rng.randrange(7)
+    kind = rng.randrange(8)
     nodes = containers(event)
     objects = [node for node in nodes if isinstance(node, dict) and node]
     if kind == 0:
@@ -128,9 +141,26 @@ def mutated(event: dict[str, Any], rng: Random) -> dict[str, Any]:
         rng.choice(objects)["deep"] = nested
     elif kind == 5:
         event["type"] = rng.choice(["track", "identify", "page", "screen", "alias", "Track", "group", 7, None])
-    else:
+    elif kind == 6:
         event["event"] = rng.choice(["Product Viewed", "Order Completed", "Wished", "identify", "", 7, None])
+    else:
+        for _ in range(rng.randrange(1, 6)):
+            rng.choice(objects)[rng.choice(ODD_KEYS + LINE_EXTRAS)] = odd_value(rng)
+        with_extras(event, rng)
     return event
+
+
+def with_extras(event: dict[str, Any], rng: Random) -> None:
+    """Give the lines of ``event`` (if it has lines) keys as tills send them, in any order."""
+    properties = event.get("properties")
+    lines = properties.get("products") if isinstance(properties, dict) else None
+    for line in lines if isinstance(lines, list) else ():
+        if isinstance(line, dict):
+            extras = {key: rng.choice(["EUR", 1, None]) for key in rng.sample(LINE_EXTRAS, rng.randrange(4))}
+            items = [*line.items(), *extras.items()]
+            rng.shuffle(items)
+            line.clear()
+            line.update(items)
 
 
 def corpus() -> list[bytes]:
@@ -144,6 +174,11 @@ def corpus() -> list[bytes]:
         odd = mutated(event, rng)
         repeated = rng.choice(containers(odd)) if rng.random() < 0.2 else None
         payloads.append(encode(odd, rng, spaced, repeated).encode())
+    for event in events:
+        if event.get("event") == "Order Completed":
+            extra = orjson.loads(orjson.dumps(event))
+            with_extras(extra, rng)
+            payloads.append(orjson.dumps(extra))
     viewed = payloads[0]
     payloads += [
         viewed[:-1] + b',"properties":{"a":1e2}}',
@@ -202,8 +237,10 @@ def test_the_corpus_takes_both_ways_and_all_outcomes(payloads):
     assert len(payloads) * 0.4 < plain < len(payloads) * 0.9
     reasons = {result.reason for result in results if isinstance(result, Rejected)}
     assert {"schema_invalid", "duplicate_key", "invalid_json", "not_utf8"} <= reasons
-    notes = {kind for result in results if isinstance(result, Envelope) for kind, _ in result.notes}
+    notes = {kind for result in results if isinstance(result, Envelope) for kind, _, _ in result.notes}
     assert notes == {"unknown_fields", "order_lines_dropped"}
+    plain_unknown = [paths for model, _, _, paths in map(_SCAN.scan, payloads) if model >= 0 and paths]
+    assert any(path.startswith("properties.products[].") for paths in plain_unknown for path, _ in paths)
 
 
 def test_a_plain_event_is_not_validated_the_general_way(monkeypatch, payloads):
@@ -215,3 +252,32 @@ def test_a_plain_event_is_not_validated_the_general_way(monkeypatch, payloads):
     monkeypatch.setattr(parse_module, "validate_event", general)
     monkeypatch.setattr(parse_module.orjson, "loads", general)
     assert isinstance(parse(RawEvent(0, {}, payloads[0])), Envelope)
+
+
+def test_order_lines_with_keys_the_contract_does_not_name_are_decoded_the_cheap_way(monkeypatch):
+    """A till's lines carry ``currency``, ``brand``, ``url``...: the order stays plain, and the keys
+    the contract does not name are counted as the general way counts them (each line that has one)."""
+    line = {"product_id": "p-1", "price": 9.5, "quantity": 2, "currency": "EUR", "brand": "Acme", "url": "u"}
+    order = {
+        "type": "track",
+        "event": "Order Completed",
+        "messageId": "m-1",
+        "userId": "u-1",
+        "timestamp": "2026-01-05T10:00:00Z",
+        "properties": {"order_id": "o-1", "products": [line, {**line, "product_id": "p-2", "colour": "red"}]},
+        "context": {"channel": "pos", "till": "t-4", "store": {"id": "s-1", "aisle": 3}},
+        "store_id": "s-1",
+    }
+    raw = RawEvent(0, {"source": "till", "line": 1}, orjson.dumps(order))
+    general = _parse_generally(raw)
+    monkeypatch.setattr(parse_module, "validate_event", lambda *args: pytest.fail("validated the general way"))
+    plain = parse(raw)
+    assert isinstance(plain, Envelope)
+    assert plain.notes == (
+        ("unknown_fields", "store_id", 1),
+        ("unknown_fields", "context.till", 1),
+        ("unknown_fields", "context.store.aisle", 1),
+        ("unknown_fields", "properties.products[].currency", 2),
+        ("unknown_fields", "properties.products[].colour", 1),
+    )
+    assert outcome(plain) == outcome(general)

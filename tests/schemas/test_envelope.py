@@ -20,5 +20,5 @@ def test_an_envelope_survives_pickling_field_for_field():
         assert back.validated is None, "validated again only where it is read"
         assert back.event == env.event
         assert {f: getattr(back, f) for f in env.__slots__} == {f: getattr(env, f) for f in env.__slots__}
-        notes = sum(len(kind) + len(detail) + 10 for kind, detail in env.notes)
+        notes = sum(len(kind) + len(detail) + 10 for kind, detail, _ in env.notes)
         assert len(pickle.dumps(env)) < len(env.raw) + 200 + notes, "sent as its bytes, not as the validated model"

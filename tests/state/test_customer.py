@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import pickle
+from random import Random
 from typing import Any
 
 import pytest
 from conftest import T0, added, call, envelopes, order, raw_records, track
+from risk_step_reference import next_risk_step
 
 from operators.expressions import compile_expression
 from state.catalogue import FEATURES, FeatureView
@@ -612,3 +614,26 @@ def test_a_checkpoint_of_what_an_event_changes_undoes_that_event_whatever_its_ki
         state.rollback(checkpoint)
         assert codec.encode(state) == before, f"{env.name} is undone"
         apply_event(state, env, LC)
+
+
+def random_buyer(rng: Random) -> tuple[CustomerState, Lifecycle]:
+    """A buyer of 1 to 6 orders, from minutes to a year apart, and a lapse threshold of 7 to 400 days."""
+    offset, orders = 0, []
+    for _ in range(rng.randint(1, 6)):
+        offset += rng.choice([rng.randrange(1, 120) * MIN, rng.randrange(1, 400) * DAY + rng.randrange(DAY)])
+        orders.append(order(minutes=offset / MIN))
+    lc = Lifecycle(lapse_days=rng.choice([7, 30, 60, 90, 400]))
+    return state_after(orders, lc), lc
+
+
+def test_the_next_risk_step_is_the_one_the_bisection_finds():
+    """The compiled search for the next lapse-risk step lands where a bisection computing the risk
+    at every probe does, on buyers of every rhythm, late events included."""
+    rng = Random(7)
+    for _ in range(3000):
+        state, lc = random_buyer(rng)
+        last, lapse = state.last_order_ms, lc.lapse_days * DAY
+        now = rng.choice([last, last - rng.randrange(3 * DAY), last + rng.randrange(lapse + DAY)])
+        candidates = (state.next_boundary(now, lc), next_risk_step(state, now, lc))
+        expected = min((at for at in candidates if at is not None), default=None)
+        assert state.next_boundary(now, lc, risk_steps=True) == expected, (state.orders, now - last, lc)

@@ -4,9 +4,10 @@
 //!
 //! An event is plain when its bytes are UTF-8 and one JSON object, no object repeats a key, no
 //! key is escaped, no string holds a surrogate escape or a control character, no integer has more
-//! than 18 digits, no number has an exponent, nesting is at most [`MAX_DEPTH`] deep, and every key of
-//! a closed container (the top level, `context`, ...) is one its model allows. Anything else is
-//! [`NOT_PLAIN`]: the caller then takes its general, slower way, which says exactly what is wrong.
+//! than 18 digits, no number has an exponent and nesting is at most [`MAX_DEPTH`] deep. Anything
+//! else is [`NOT_PLAIN`]: the caller then takes its general, slower way, which says exactly what is
+//! wrong. A key of a closed container (the top level, `context`, an order line...) that its model
+//! does not allow keeps an event plain: the scan names it (see [`Plain::unknown`]).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -59,6 +60,22 @@ pub enum Step {
 /// A model's closed containers: each path with the keys allowed there.
 pub type Closed = Vec<(Vec<Step>, Vec<String>)>;
 
+/// A closed container of a model: where it comes in the model's list, and the keys allowed there.
+#[derive(Clone)]
+struct Container {
+    rank: usize,
+    /// The numbers of the allowed keys (see `EventScan::known`), as a bit set.
+    bits: Vec<u64>,
+}
+
+impl Container {
+    fn allows(&self, number: usize) -> bool {
+        self.bits
+            .get(number / 64)
+            .map_or(false, |word| word >> (number % 64) & 1 == 1)
+    }
+}
+
 /// The models an event can be for, and their closed containers.
 pub struct EventScan {
     /// `type` value -> model, for every type but `track`.
@@ -72,26 +89,36 @@ pub struct EventScan {
     children: Vec<Vec<(Option<Vec<u8>>, usize)>>,
     /// Every key allowed in some closed container -> its number.
     known: Names,
-    /// Per model, per node: the numbers of the keys allowed there (a bit set), or `None` where the
-    /// container is open.
-    allowed: Vec<Vec<Option<Vec<u64>>>>,
+    /// Per model, per node: the closed container there, or `None` where the container is open.
+    allowed: Vec<Vec<Option<Container>>>,
+    /// Per node, its path as an unknown key's path starts (`context.`, `properties.products[].`).
+    prefixes: Vec<String>,
+    /// Characters of an unknown key kept in its path.
+    key_chars: usize,
 }
 
 impl EventScan {
-    /// `calls` and `tracks` name the models by index into `closed`, `unknown_track` too.
+    /// `calls` and `tracks` name the models by index into `closed`, `unknown_track` too; an unknown
+    /// key is named by its first `key_chars` characters.
     pub fn new(
         calls: Vec<(String, usize)>,
         tracks: Vec<(String, usize)>,
         unknown_track: usize,
         closed: Vec<Closed>,
+        key_chars: usize,
     ) -> Self {
         let mut children: Vec<Vec<(Option<Vec<u8>>, usize)>> = vec![Vec::new()];
+        let mut prefixes = vec![String::new()];
         let mut known = Names::default();
-        let mut allowed: Vec<Vec<Option<Vec<u64>>>> = vec![Vec::new(); closed.len()];
+        let mut allowed: Vec<Vec<Option<Container>>> = vec![Vec::new(); closed.len()];
         for (model, containers) in closed.into_iter().enumerate() {
-            for (path, keys) in containers {
+            for (rank, (path, keys)) in containers.into_iter().enumerate() {
                 let mut node = 0;
                 for step in path {
+                    let prefix = match &step {
+                        Step::Key(key) => format!("{}{key}.", prefixes[node]),
+                        Step::Element => format!("{}[].", prefixes[node].trim_end_matches('.')),
+                    };
                     let step = match step {
                         Step::Key(key) => Some(key.into_bytes()),
                         Step::Element => None,
@@ -100,6 +127,7 @@ impl EventScan {
                         Some((_, child)) => *child,
                         None => {
                             children.push(Vec::new());
+                            prefixes.push(prefix);
                             let child = children.len() - 1;
                             children[node].push((step, child));
                             child
@@ -119,7 +147,7 @@ impl EventScan {
                     }
                     bits[number / 64] |= 1 << (number % 64);
                 }
-                per_node[node] = Some(bits);
+                per_node[node] = Some(Container { rank, bits });
             }
         }
         let names = |pairs: Vec<(String, usize)>| {
@@ -135,6 +163,8 @@ impl EventScan {
             children,
             known,
             allowed,
+            prefixes,
+            key_chars,
         }
     }
 
@@ -172,36 +202,67 @@ impl EventScan {
             (Some(Text::Plain(kind)), _) => *self.calls.get(kind)?,
             _ => return None,
         };
-        let allowed = &self.allowed[model];
-        let all_known = scan
-            .seen
-            .iter()
-            .all(|(node, key)| match allowed.get(*node) {
-                Some(Some(bits)) => self.known.get(*key).map_or(false, |number| {
-                    bits.get(number / 64)
-                        .map_or(false, |word| word >> (number % 64) & 1 == 1)
-                }),
-                _ => true,
-            });
         let millis = |text: Option<Text>| match text {
             Some(Text::Plain(text)) => timestamps::epoch_ms(text),
             _ => None,
         };
-        all_known.then(|| Plain {
+        Some(Plain {
             model,
             timestamp_ms: millis(timestamp),
             received_ms: millis(received_at),
+            unknown: self.unknown(model, &scan.seen),
         })
+    }
+
+    /// The keys in `seen` that `model`'s closed containers do not allow: by container in the
+    /// model's order, then in the order they first came.
+    fn unknown(&self, model: usize, seen: &[(usize, &[u8])]) -> Vec<(String, usize)> {
+        let allowed = &self.allowed[model];
+        let mut found: Vec<(usize, usize, &[u8])> = seen
+            .iter()
+            .filter_map(|&(node, key)| {
+                let container = allowed.get(node)?.as_ref()?;
+                let allowed = self.known.get(key).map_or(false, |n| container.allows(*n));
+                (!allowed).then_some((container.rank, node, key))
+            })
+            .collect();
+        found.sort_by_key(|(rank, _, _)| *rank); // stable: keys of one container keep their order
+        let mut unknown: Vec<(String, usize)> = Vec::new();
+        let mut numbers: HashMap<(usize, &[u8]), usize, BuildHasherDefault<KeyHash>> =
+            HashMap::default();
+        for (_, node, key) in found {
+            let number = *numbers.entry((node, key)).or_insert_with(|| {
+                unknown.push((self.path(node, key), 0));
+                unknown.len() - 1
+            });
+            unknown[number].1 += 1;
+        }
+        unknown
+    }
+
+    /// The path of `key` at `node`, the key cut to `key_chars` characters.
+    fn path(&self, node: usize, key: &[u8]) -> String {
+        let key = std::str::from_utf8(key).unwrap_or_default();
+        let cut = key
+            .char_indices()
+            .nth(self.key_chars)
+            .map_or(key.len(), |(at, _)| at);
+        format!("{}{}", self.prefixes[node], &key[..cut])
     }
 }
 
-/// A plain event: its model, and its `timestamp` and `receivedAt` in epoch milliseconds where they
-/// are in the common form (see [`timestamps`]; `None` otherwise, or where not sent).
+/// A plain event: its model, its `timestamp` and `receivedAt` in epoch milliseconds where they
+/// are in the common form (see [`timestamps`]; `None` otherwise, or where not sent), and the keys
+/// its closed containers hold that its model does not allow.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Plain {
     pub model: usize,
     pub timestamp_ms: Option<i64>,
     pub received_ms: Option<i64>,
+    /// Each such key's path (`context.store_id`, `properties.products[].qty`), cut to `key_chars`
+    /// characters, and how many times it came (`qty` on each line that has it): by container in
+    /// the model's order, then in the order they first came.
+    pub unknown: Vec<(String, usize)>,
 }
 
 /// The top-level keys whose values [`EventScan::scan`] reads, in the order of `Scan::top`.
@@ -517,6 +578,7 @@ mod tests {
                 vec![(vec![], top.clone()), context.clone(), lines],
                 vec![(vec![], top), context],
             ],
+            8,
         )
     }
 
@@ -543,6 +605,7 @@ mod tests {
             model: 0,
             timestamp_ms: Some(1_767_607_200_123),
             received_ms: Some(1_767_607_200_000),
+            unknown: vec![],
         };
         assert_eq!(scan().scan(json.as_bytes()), Some(plain));
         let other = r#"{"type":"page","timestamp":"2026-01-05 10:00:00Z","properties":{"receivedAt":"2026-01-05T10:00:00Z"}}"#;
@@ -550,21 +613,48 @@ mod tests {
             model: 0,
             timestamp_ms: None,
             received_ms: None,
+            unknown: vec![],
         };
         assert_eq!(scan().scan(other.as_bytes()), Some(plain));
     }
 
+    fn unknown(json: &str) -> Vec<(String, usize)> {
+        scan().scan(json.as_bytes()).expect("plain").unknown
+    }
+
+    fn once(paths: &[&str]) -> Vec<(String, usize)> {
+        paths.iter().map(|path| (path.to_string(), 1)).collect()
+    }
+
     #[test]
-    fn an_unknown_key_of_a_closed_container_is_not_plain() {
-        assert_eq!(model(r#"{"type":"page","userID":"u"}"#), NOT_PLAIN);
+    fn unknown_keys_of_closed_containers_are_named_by_container_then_in_order() {
         assert_eq!(
-            model(r#"{"type":"page","context":{"channel":"web","store_id":"s"}}"#),
-            NOT_PLAIN
+            unknown(r#"{"type":"page","userID":"u"}"#),
+            once(&["userID"])
         );
-        let line = r#"{"type":"track","event":"Order Completed","properties":{"products":[{"product_id":"p"},{"qty":1}]}}"#;
-        assert_eq!(model(line), NOT_PLAIN);
+        let json =
+            r#"{"context":{"store_id":"s","channel":"web","till":1},"userID":"u","type":"page"}"#;
+        assert_eq!(
+            unknown(json),
+            once(&["userID", "context.store_id", "context.till"])
+        );
+        let lines = r#"{"type":"track","event":"Order Completed","properties":{"products":[{"product_id":"p","sku":"s"},{"qty":1,"sku":"t"}]}}"#;
+        let counted = [
+            ("properties.products[].sku".to_string(), 2),
+            ("properties.products[].qty".to_string(), 1),
+        ];
+        assert_eq!(unknown(lines), counted);
         let open = r#"{"type":"track","event":"Wished","properties":{"products":[{"qty":1}],"any":{"thing":1}}}"#;
         assert_eq!(model(open), 2);
+        assert_eq!(unknown(open), []);
+    }
+
+    #[test]
+    fn an_unknown_key_is_cut_to_its_first_characters() {
+        assert_eq!(
+            unknown(r#"{"type":"page","abcdefghij":1,"éééééééééé":2,"ab":3}"#),
+            once(&["abcdefgh", "éééééééé", "ab"])
+        );
     }
 
     #[test]

@@ -456,6 +456,7 @@ impl EventScan {
         tracks: Vec<(String, usize)>,
         unknown_track: usize,
         closed: Vec<Vec<Container>>,
+        key_chars: usize,
     ) -> PyResult<Self> {
         let models = closed.len();
         if calls
@@ -480,7 +481,7 @@ impl EventScan {
             })
             .collect();
         Ok(Self {
-            inner: event_scan::EventScan::new(calls, tracks, unknown_track, closed),
+            inner: event_scan::EventScan::new(calls, tracks, unknown_track, closed, key_chars),
         })
     }
 
@@ -489,12 +490,20 @@ impl EventScan {
         self.inner.model_of(json)
     }
 
-    /// ``(model, timestamp_ms, received_ms)``: :meth:`model_of`, and the ``timestamp`` and ``receivedAt``
-    /// of a plain event in epoch milliseconds where they are in the common form (else None).
-    fn scan(&self, json: &[u8]) -> (i64, Option<i64>, Option<i64>) {
+    /// ``(model, timestamp_ms, received_ms, unknown)``: :meth:`model_of`, the ``timestamp`` and
+    /// ``receivedAt`` of a plain event in epoch milliseconds where they are in the common form (else
+    /// None), and the paths of the keys of its closed containers its model does not allow, each with
+    /// how many times it came (None if none).
+    #[allow(clippy::type_complexity)]
+    fn scan(&self, json: &[u8]) -> (i64, Option<i64>, Option<i64>, Option<Vec<(String, usize)>>) {
         match self.inner.scan(json) {
-            Some(plain) => (plain.model as i64, plain.timestamp_ms, plain.received_ms),
-            None => (event_scan::NOT_PLAIN, None, None),
+            Some(plain) => (
+                plain.model as i64,
+                plain.timestamp_ms,
+                plain.received_ms,
+                (!plain.unknown.is_empty()).then_some(plain.unknown),
+            ),
+            None => (event_scan::NOT_PLAIN, None, None, None),
         }
     }
 }
