@@ -52,6 +52,7 @@ class Router:
         routed: dict[int, list[Any]] = {}
         progress: dict[int, tuple[int, bool]] = {}  # partition -> (merge key reached, idle)
         chunk_marks: list[ChunkMark] = []
+        stamp = marks.stamp
         for raw in batch:
             partition = raw.partition
             if type(raw) is not RawEvent:
@@ -62,15 +63,15 @@ class Router:
                     progress[partition] = (marks.key(partition, raw.seq), True)
                 continue
             result = parse(raw, max_bytes)
-            if isinstance(result, Rejected):
+            if type(result) is Rejected:
                 INVALID_EVENTS.labels(reason=result.reason).inc()
                 key = marks.key(partition, raw.seq)
                 progress[partition] = (key, False)
                 shard, item = raw.seq % shards, Output(DEAD_LETTERS, result.key, 0, key, result.body)
             else:
-                marks.stamp(result, partition)
+                stamp(result, partition)
                 progress[partition] = (result.seq, False)
-                shard, item = shard_of(result.anonymous_id or result.customer_id, shards), result
+                shard, item = shard_of(result.anonymous_id or result.user_id, shards), result  # type: ignore[arg-type]
             routed.setdefault(shard, []).append(item)
         if progress:
             chunked = self.chunked
@@ -81,7 +82,7 @@ class Router:
         return routed
 
     def forward(self, emitted: Iterable[list[Any]]) -> dict[int, list[Any]]:
-        """What identity shards emitted, by customer shard: forwards to their customer's shard, the
+        """What identity shards emitted, by customer shard: events to their customer's shard, the
         identity stage's outputs by their key (one customer's keep their order), and the identity
         shards' latest ticks, gathered into one tuple, to every customer shard."""
         shards = self.shards
@@ -89,10 +90,16 @@ class Router:
         ticks: dict[int, Tick] = {}
         for items in emitted:
             for value in items:
-                if isinstance(value, Tick):
+                kind = type(value)
+                if kind is Envelope:  # identified by its userId
+                    key = value.user_id
+                elif kind is Forward:
+                    key = value.customer_id
+                elif kind is Tick:
                     ticks[value.origin] = value
                     continue
-                key = value.customer_id if isinstance(value, Forward) else value.key
+                else:  # an output
+                    key = value.key
                 routed.setdefault(shard_of(key, shards), []).append(value)
         if ticks:
             gathered = tuple(ticks.values())
@@ -132,7 +139,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         self.engine.process_batch(chain.from_iterable(values), out)
         self._send_profiles(out)
         self.metrics.publish()
-        return ([_last_tick_only(out)] if out else []), StatefulBatchLogic.RETAIN
+        return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         """When held-back counters are published, or changed profiles sent (also when no event comes)."""
@@ -166,15 +173,6 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
 
     def snapshot(self) -> Any:
         return self.engine.snapshot()
-
-
-def _last_tick_only(out: list[Any]) -> list[Any]:
-    """Drop all but the last tick of a batch: it says all the earlier ones say."""
-    ticks = [i for i, item in enumerate(out) if isinstance(item, Tick)]
-    if len(ticks) < 2:
-        return out
-    last = ticks[-1]
-    return [item for i, item in enumerate(out) if i == last or not isinstance(item, Tick)]
 
 
 class Pipeline:
