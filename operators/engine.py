@@ -811,15 +811,12 @@ class IdentityStage(CustomerStage):
             else:
                 if self.clock is None or mark_ms - lateness > self.clock:
                     self._advance(mark_ms, out)
-                self._identity_input(env, out)
-
-    def _identity_input(self, env: Envelope, out: list[Any]) -> None:
-        start = len(out)
-        try:
-            self._identity_event(env, out)
-        except Exception as err:  # in linking: an anonymous customer's own events are guarded in _customer_event
-            self.writer.retract(out, start)
-            self.writer.failed_event(env, err, out)
+                start = len(out)
+                try:
+                    self._identity_event(env, out)
+                except Exception as err:  # in linking (an anonymous customer's events are guarded in _customer_event)
+                    writer.retract(out, start)
+                    writer.failed_event(env, err, out)
 
     # --- identity stage ----------------------------------------------------------------
     def _identity_event(self, env: Envelope, out: list[Any]) -> None:

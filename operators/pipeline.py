@@ -49,7 +49,7 @@ class Router:
         partition in it, as one tuple of ticks to every identity shard (see :mod:`operators.engine`),
         after the marks of the chunks that ended in it (a chunked stream)."""
         shards, marks, max_bytes = self.shards, self.marks, self.max_event_bytes
-        routed: dict[int, list[Any]] = {}
+        routed: list[list[Any]] = [[] for _ in range(shards)]
         progress: dict[int, tuple[int, bool]] = {}  # partition -> (merge key reached, idle)
         chunk_marks: list[ChunkMark] = []
         stamp = marks.stamp
@@ -72,21 +72,21 @@ class Router:
                 stamp(result, partition)
                 progress[partition] = (result.seq, False)
                 shard, item = shard_of(result.anonymous_id or result.user_id, shards), result  # type: ignore[arg-type]
-            routed.setdefault(shard, []).append(item)
+            routed[shard].append(item)
         if progress:
             chunked = self.chunked
             reached = [(marks.reached.get(p), seq, p, idle) for p, (seq, idle) in progress.items()]
-            for shard in range(shards):
+            for shard, items in enumerate(routed):
                 ticks = tuple(Tick(ts, seq, p, idle, shard, chunked) for ts, seq, p, idle in reached)
-                routed.setdefault(shard, []).extend((*chunk_marks, ticks))
-        return routed
+                items.extend((*chunk_marks, ticks))
+        return _by_shard(routed)
 
     def forward(self, emitted: Iterable[list[Any]]) -> dict[int, list[Any]]:
         """What identity shards emitted, by customer shard: events to their customer's shard, the
         identity stage's outputs by their key (one customer's keep their order), and the identity
         shards' latest ticks, gathered into one tuple, to every customer shard."""
         shards = self.shards
-        routed: dict[int, list[Any]] = {}
+        routed: list[list[Any]] = [[] for _ in range(shards)]
         ticks: dict[int, Tick] = {}
         for items in emitted:
             for value in items:
@@ -100,12 +100,17 @@ class Router:
                     continue
                 else:  # an output
                     key = value.key
-                routed.setdefault(shard_of(key, shards), []).append(value)
+                routed[shard_of(key, shards)].append(value)
         if ticks:
             gathered = tuple(ticks.values())
-            for shard in range(shards):
-                routed.setdefault(shard, []).append(gathered)
-        return routed
+            for items in routed:
+                items.append(gathered)
+        return _by_shard(routed)
+
+
+def _by_shard(routed: list[list[Any]]) -> dict[int, list[Any]]:
+    """The shards that get something, with what they get."""
+    return {shard: items for shard, items in enumerate(routed) if items}
 
 
 class ChunkInputMarks(InputMarks):
