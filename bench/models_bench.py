@@ -61,6 +61,7 @@ def _stages() -> tuple[Any, Any]:
     try:
         from operators.engine import Forward, shard_engine
         from operators.ordering import Tick
+        from schemas.envelope import Envelope
     except ImportError:  # an older checkout
         from bench.flow_bench import feed  # type: ignore[attr-defined]
         from operators.engine import ShardEngine  # type: ignore[attr-defined]
@@ -73,7 +74,7 @@ def _stages() -> tuple[Any, Any]:
         if tick:
             identity.process(Tick(env.mark_ms, env.seq, 0), forwarded)
         for item in forwarded:
-            if isinstance(item, Forward | Tick):
+            if isinstance(item, Envelope | Forward | Tick):  # what the identity stage hands on
                 customers.process(item, out)
 
     return shard_engine, feed_stages

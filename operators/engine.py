@@ -101,11 +101,17 @@ class EngineConfig:
 
 @dataclass(slots=True)
 class Forward:
-    """An event handed from the identity stage to the customer stage (with any anonymous state)."""
+    """An event handed from the identity stage to a customer other than its ``userId``'s, or with the
+    anonymous state it links (``carried``). Any other event is handed on as the envelope itself,
+    for its ``userId``."""
 
     env: Envelope
     customer_id: str
     carried: CustomerState | None = None
+
+    @property
+    def seq(self) -> int:
+        return self.env.seq
 
     def __reduce__(self) -> tuple[type[Forward], tuple[Any, ...]]:
         return Forward, _FORWARD_FIELDS(self)
@@ -143,7 +149,7 @@ class CustomerStage:
         self.store: CustomerStore | None = None
         self.unsaved: dict[int, dict[str, bytes | None]] = {}  # snapshot -> changes the store may not hold yet
 
-    _merge_key = staticmethod(attrgetter("env.seq"))  # what waits: a forwarded event
+    _merge_key = staticmethod(attrgetter("seq"))  # what waits: an envelope or a Forward
 
     # --- entry point -------------------------------------------------------------------
     def process(self, item: Any, out: list[Any]) -> None:
@@ -161,14 +167,17 @@ class CustomerStage:
         last_tick = None
         ticks, pending = self.ordered.ticks, self.ordered.pending
         for item in items:
-            if isinstance(item, Tick):
-                ticks[item.origin] = last_tick = item
-            elif isinstance(item, tuple):  # the ticks of several upstreams, gathered on the way
+            kind = type(item)
+            if kind is Envelope:
+                pending.append(item)
+            elif kind is tuple:  # the ticks of several upstreams, gathered on the way
                 for tick in item:
                     ticks[tick.origin] = last_tick = tick
-            elif isinstance(item, Output):
+            elif kind is Tick:
+                ticks[item.origin] = last_tick = item
+            elif kind is Output:
                 out.append(item)
-            else:
+            else:  # a Forward, or a chunk mark
                 pending.append(item)
         if last_tick is not None:
             self._progress(last_tick, out)
@@ -187,12 +196,16 @@ class CustomerStage:
         return progress
 
     def _apply_released(self, released: list[Any], out: list[Any]) -> None:
-        writer = self.writer
-        for forward in released:
-            env = forward.env
+        writer, lateness = self.writer, self.config.lateness_ms
+        for item in released:
+            if type(item) is Forward:
+                env, customer_id, carried = item.env, item.customer_id, item.carried
+            else:
+                env, customer_id, carried = item, item.user_id, None
             writer.seq, writer.arrived = env.seq, env.arrived
-            self._advance(env.mark_ms, out)
-            self._customer_event(env, forward.customer_id, out, forward.carried)
+            if self.clock is None or env.mark_ms - lateness > self.clock:
+                self._advance(env.mark_ms, out)
+            self._customer_event(env, customer_id, out, carried)
 
     def finish(self, out: list[Any]) -> dict[str, Any]:
         """At the end of bounded input: apply what is still held back; return this shard's counters."""
@@ -577,7 +590,10 @@ class CustomerStage:
         if env.notes:
             count_notes(self.stats, env)
         if env.known:
-            bump(self.stats.setdefault("events", {}), env.name)
+            events = self.stats.get("events")
+            if events is None:
+                events = self.stats["events"] = {}
+            events[env.name] = events.get(env.name, 0) + 1
             return
         unknown = self.stats.setdefault("unknown_events", {})
         if env.name in unknown or len(unknown) < MAX_UNKNOWN_NAMES:
@@ -787,59 +803,60 @@ class IdentityStage(CustomerStage):
         return progress
 
     def _apply_released(self, released: list[Any], out: list[Any]) -> None:
+        writer, config, seen = self.writer, self.config, self.seen
+        max_skew, max_age, lateness = config.max_skew_ms, config.max_age_ms, config.lateness_ms
         for env in released:
-            self._identity_input(env, out)
-
-    def _identity_input(self, env: Envelope, out: list[Any]) -> None:
-        self.writer.seq, self.writer.arrived = env.seq, env.arrived
-        if env.received_ms is not None and env.ts_ms - env.received_ms > self.config.max_skew_ms:
-            self._future(env, out)  # before dedupe: a corrected resend with the same id is accepted
-            return
-        if env.mark_ms - env.ts_ms > self.config.max_age_ms:
-            self._too_old(env, out)  # likewise
-            return
-        if self._duplicate(env.message_id):
-            bump(self.stats, "duplicates")
-            return
-        self._advance(env.mark_ms, out)
-        start = len(out)
-        try:
-            self._identity_event(env, out)
-        except Exception as err:  # in linking: an anonymous customer's own events are guarded in _customer_event
-            self.writer.retract(out, start)
-            self.writer.failed_event(env, err, out)
+            writer.seq, writer.arrived = env.seq, env.arrived
+            ts_ms, mark_ms = env.ts_ms, env.mark_ms
+            if env.received_ms is not None and ts_ms - env.received_ms > max_skew:
+                self._future(env, out)  # before dedupe: a corrected resend with the same id is accepted
+            elif mark_ms - ts_ms > max_age:
+                self._too_old(env, out)  # likewise
+            elif seen.seen_or_add(env.message_id):
+                bump(self.stats, "duplicates")
+            else:
+                if self.clock is None or mark_ms - lateness > self.clock:
+                    self._advance(mark_ms, out)
+                start = len(out)
+                try:
+                    self._identity_event(env, out)
+                except Exception as err:  # in linking (an anonymous customer's events are guarded in _customer_event)
+                    writer.retract(out, start)
+                    writer.failed_event(env, err, out)
 
     # --- identity stage ----------------------------------------------------------------
     def _identity_event(self, env: Envelope, out: list[Any]) -> None:
-        anonymous_id = env.anonymous_id
+        """Apply an anonymous customer's event here, or hand it on: as the envelope itself to its
+        ``userId``, as a :class:`Forward` to the customer an anonymous id is linked to or with the
+        anonymous state a link hands over."""
+        anonymous_id, user_id = env.anonymous_id, env.user_id
         if anonymous_id is None:
-            out.append(Forward(env, env.customer_id))
+            out.append(env)
             return
-        if env.user_id is None:
-            linked = self.links.get(anonymous_id)
-            if linked is not None:
-                self.links.move_to_end(anonymous_id)
-                out.append(Forward(env, linked))
-            else:
+        links = self.links
+        if user_id is None:
+            linked = links.get(anonymous_id)
+            if linked is None:
                 self._customer_event(env, anonymous_id, out)
+            else:
+                links.move_to_end(anonymous_id)
+                out.append(Forward(env, linked))
             return
         carried = self.customers.get(anonymous_id)
         if carried is not None and carried.audiences:  # first: nothing has changed if this raises
-            self._leave_all(carried, f"identity linked to {env.user_id}", env.ts_ms, [env.message_id], out)
-        if self.links.get(anonymous_id) != env.user_id:
+            self._leave_all(carried, f"identity linked to {user_id}", env.ts_ms, [env.message_id], out)
+        if links.get(anonymous_id) != user_id:
             bump(self.stats, "identities_linked")
-        self.links[anonymous_id] = env.user_id
-        self.links.move_to_end(anonymous_id)
-        if len(self.links) > self.config.links_per_shard:
-            self.links.popitem(last=False)
-        self._drop_customer(anonymous_id)
+        links[anonymous_id] = user_id
+        links.move_to_end(anonymous_id)
+        if len(links) > self.config.links_per_shard:
+            links.popitem(last=False)
+        if carried is not None:
+            self._drop_customer(anonymous_id)
         if env.name == ERASURE:
-            self.links.pop(anonymous_id, None)
+            links.pop(anonymous_id, None)
             carried = None
-        out.append(Forward(env, env.user_id, carried))
-
-    def _duplicate(self, message_id: str) -> bool:
-        return self.seen.seen_or_add(message_id)
+        out.append(env if carried is None else Forward(env, user_id, carried))
 
     def _future(self, env: Envelope, out: list[Any]) -> None:
         skew_s = (env.ts_ms - (env.received_ms or 0)) / 1000

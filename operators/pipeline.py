@@ -49,9 +49,10 @@ class Router:
         partition in it, as one tuple of ticks to every identity shard (see :mod:`operators.engine`),
         after the marks of the chunks that ended in it (a chunked stream)."""
         shards, marks, max_bytes = self.shards, self.marks, self.max_event_bytes
-        routed: dict[int, list[Any]] = {}
+        routed: list[list[Any]] = [[] for _ in range(shards)]
         progress: dict[int, tuple[int, bool]] = {}  # partition -> (merge key reached, idle)
         chunk_marks: list[ChunkMark] = []
+        stamp = marks.stamp
         for raw in batch:
             partition = raw.partition
             if type(raw) is not RawEvent:
@@ -62,43 +63,54 @@ class Router:
                     progress[partition] = (marks.key(partition, raw.seq), True)
                 continue
             result = parse(raw, max_bytes)
-            if isinstance(result, Rejected):
+            if type(result) is Rejected:
                 INVALID_EVENTS.labels(reason=result.reason).inc()
                 key = marks.key(partition, raw.seq)
                 progress[partition] = (key, False)
                 shard, item = raw.seq % shards, Output(DEAD_LETTERS, result.key, 0, key, result.body)
             else:
-                marks.stamp(result, partition)
+                stamp(result, partition)
                 progress[partition] = (result.seq, False)
-                shard, item = shard_of(result.anonymous_id or result.customer_id, shards), result
-            routed.setdefault(shard, []).append(item)
+                shard, item = shard_of(result.anonymous_id or result.user_id, shards), result  # type: ignore[arg-type]
+            routed[shard].append(item)
         if progress:
             chunked = self.chunked
             reached = [(marks.reached.get(p), seq, p, idle) for p, (seq, idle) in progress.items()]
-            for shard in range(shards):
+            for shard, items in enumerate(routed):
                 ticks = tuple(Tick(ts, seq, p, idle, shard, chunked) for ts, seq, p, idle in reached)
-                routed.setdefault(shard, []).extend((*chunk_marks, ticks))
-        return routed
+                items.extend((*chunk_marks, ticks))
+        return _by_shard(routed)
 
     def forward(self, emitted: Iterable[list[Any]]) -> dict[int, list[Any]]:
-        """What identity shards emitted, by customer shard: forwards to their customer's shard, the
+        """What identity shards emitted, by customer shard: events to their customer's shard, the
         identity stage's outputs by their key (one customer's keep their order), and the identity
         shards' latest ticks, gathered into one tuple, to every customer shard."""
         shards = self.shards
-        routed: dict[int, list[Any]] = {}
+        routed: list[list[Any]] = [[] for _ in range(shards)]
         ticks: dict[int, Tick] = {}
         for items in emitted:
             for value in items:
-                if isinstance(value, Tick):
+                kind = type(value)
+                if kind is Envelope:  # identified by its userId
+                    key = value.user_id
+                elif kind is Forward:
+                    key = value.customer_id
+                elif kind is Tick:
                     ticks[value.origin] = value
                     continue
-                key = value.customer_id if isinstance(value, Forward) else value.key
-                routed.setdefault(shard_of(key, shards), []).append(value)
+                else:  # an output
+                    key = value.key
+                routed[shard_of(key, shards)].append(value)
         if ticks:
             gathered = tuple(ticks.values())
-            for shard in range(shards):
-                routed.setdefault(shard, []).append(gathered)
-        return routed
+            for items in routed:
+                items.append(gathered)
+        return _by_shard(routed)
+
+
+def _by_shard(routed: list[list[Any]]) -> dict[int, list[Any]]:
+    """The shards that get something, with what they get."""
+    return {shard: items for shard, items in enumerate(routed) if items}
 
 
 class ChunkInputMarks(InputMarks):
@@ -132,7 +144,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         self.engine.process_batch(chain.from_iterable(values), out)
         self._send_profiles(out)
         self.metrics.publish()
-        return ([_last_tick_only(out)] if out else []), StatefulBatchLogic.RETAIN
+        return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         """When held-back counters are published, or changed profiles sent (also when no event comes)."""
@@ -166,15 +178,6 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
 
     def snapshot(self) -> Any:
         return self.engine.snapshot()
-
-
-def _last_tick_only(out: list[Any]) -> list[Any]:
-    """Drop all but the last tick of a batch: it says all the earlier ones say."""
-    ticks = [i for i, item in enumerate(out) if isinstance(item, Tick)]
-    if len(ticks) < 2:
-        return out
-    last = ticks[-1]
-    return [item for i, item in enumerate(out) if i == last or not isinstance(item, Tick)]
 
 
 class Pipeline:

@@ -124,13 +124,24 @@ def _day(day: int) -> str:
     return f"{year:04d}-{month:02d}-{day_of_month:02d}T"
 
 
+@lru_cache(maxsize=4096)
+def _minute(minute: int) -> str:
+    """``YYYY-MM-DDTHH:MM:`` of a minute count since 1970-01-01."""
+    day, rest = divmod(minute, 1440)
+    hours, minutes = divmod(rest, 60)
+    return f"{_day(day)}{hours:02d}:{minutes:02d}:"
+
+
+_SECONDS = [f"{n:02d}." for n in range(60)]
+_MILLIS = [f"{n:03d}Z" for n in range(1000)]
+
+
 def iso_ms(epoch_ms: int) -> str:
-    """RFC 3339 UTC time with milliseconds, e.g. ``2026-01-05T10:00:00.000Z``."""
-    day, rest = divmod(epoch_ms, 86_400_000)
-    hours, rest = divmod(rest, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
+    """RFC 3339 UTC time with milliseconds, e.g. ``2026-01-05T10:00:00.000Z`` (the minute's text is
+    cached: decisions of one stretch of event time share it)."""
+    minute, rest = divmod(epoch_ms, 60_000)
     seconds, millis = divmod(rest, 1000)
-    return f"{_day(day)}{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}Z"
+    return _minute(minute) + _SECONDS[seconds] + _MILLIS[millis]
 
 
 def decision_id(*parts: str) -> str:

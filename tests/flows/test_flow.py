@@ -148,9 +148,10 @@ def test_identity_shard_and_customer_shard_of_one_number_run_on_one_worker_and_w
     on_batch = ShardLogic.on_batch
 
     def noting_worker(self: ShardLogic, values: list[list]) -> tuple:
+        identity = self.engine.role == "identity"
         for item in chain.from_iterable(values):
-            if isinstance(item, Envelope):  # into an identity shard
-                key = item.anonymous_id or item.customer_id
+            if isinstance(item, Envelope):  # keyed by anonymousId into an identity shard, by userId onwards
+                key = item.anonymous_id or item.customer_id if identity else item.customer_id
             elif isinstance(item, Forward):  # into a customer shard
                 key = item.customer_id
             else:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import orjson
 from bytewax.testing import TestingSink, TestingSource, run_main
-from conftest import added, order, raw_records, source_records, track
+from conftest import added, envelopes, order, raw_records, source_records, track
 
 from flows.personalization import build_flow
 from flows.settings import Settings
-from operators.engine import EngineConfig, Forward
+from operators.engine import EngineConfig, Forward, IdentityStage
 from operators.ordering import Tick, shard_of
-from operators.pipeline import Pipeline, Router
+from operators.pipeline import Pipeline, Router, ShardLogic
 from operators.rules import load_rules
 from schemas.envelope import Envelope
 from schemas.items import EndOfInput, Output
@@ -38,11 +38,34 @@ def test_bad_records_travel_as_dead_letters_and_forwards_reach_their_customers_s
     dead = [item for items in routed.values() for item in items if isinstance(item, Output)]
     assert [d.stream for d in dead] == ["dead_letters"]
     env = next(item for items in routed.values() for item in items if isinstance(item, Envelope))
+    linked = envelopes([track("Page", None, 1, anon="a9")])[0]
     tick = Tick(None, 5, origin=2)
-    forwarded = router.forward([[Forward(env, "u1"), tick], [dead[0]]])
-    assert Forward(env, "u1") in forwarded[shard_of("u1", 3)]
+    forwarded = router.forward([[env, Forward(linked, "u2"), tick], [dead[0]]])
+    assert env in forwarded[shard_of("u1", 3)], "an event identified by its userId goes to that customer's shard"
+    assert Forward(linked, "u2") in forwarded[shard_of("u2", 3)], "a forward goes to the customer it names"
     assert dead[0] in forwarded[shard_of(dead[0].key, 3)], "outputs of the identity stage go by their key"
     assert all(items[-1] == (tick,) for items in forwarded.values()), "the identity shards' ticks reach every shard"
+
+
+def test_the_identity_stage_hands_identified_events_on_as_they_are_and_wraps_only_links():
+    """One object per event crosses to the customer stage: the envelope itself for its ``userId``;
+    a :class:`Forward` only for an anonymous event of a linked id, or a link that hands over state."""
+    events = [
+        track("Page", "u1", 0),
+        track("Page", "u2", 1, anon="a2"),
+        track("Page", None, 2, anon="a2"),
+        track("Page", None, 3, anon="a3"),
+        track("Page", "u3", 4, anon="a3"),
+    ]
+    router = Router(shards=1, max_skew_ms=3_600_000)
+    identity = ShardLogic(IdentityStage(load_rules(), EngineConfig()))
+    (emitted,), _ = identity.on_batch([router.parse(source_records(events))[0]])
+    handed = [item for item in emitted if not isinstance(item, (Tick, Output))]
+    assert [type(item) for item in handed] == [Envelope, Envelope, Forward, Forward]
+    assert [item.seq for item in handed] == sorted(item.seq for item in handed), "in merge-key order"
+    linked, carrying = handed[2:]
+    assert linked.customer_id == "u2" and linked.carried is None
+    assert carrying.customer_id == "u3" and carrying.carried is not None and carrying.carried.id == "a3"
 
 
 def test_the_in_process_pipeline_gives_what_the_dataflow_gives(tmp_path):

@@ -137,3 +137,16 @@ def test_iso_ms_formats_every_time_an_event_can_carry():
     for days in range(-719_162, 2_932_897, 9_973):  # day counts across years 1 to 9999
         moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=days, milliseconds=1)
         assert iso_ms(days * 86_400_000 + 1) == moment.strftime("%Y-%m-%dT%H:%M:%S.001Z").rjust(24, "0")
+
+
+def test_iso_ms_gives_every_millisecond_and_minute_as_datetime_does():
+    """Times of day down to the millisecond, in minutes met before and for the first time."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    rng = random.Random(5)
+    start = datetime(1970, 1, 1, tzinfo=UTC)
+    times = [T0_MS + n * 997 for n in range(5_000)] + [rng.randrange(-(10**12), 4 * 10**12) for _ in range(5_000)]
+    for epoch_ms in times:
+        moment = start + timedelta(milliseconds=epoch_ms)
+        assert iso_ms(epoch_ms) == moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z", epoch_ms
