@@ -65,16 +65,30 @@ class ShardModels:
         pickled (small), and the recommender as a base pickled once plus, a segment per snapshot, the
         product touches it learnt and the checks it made since. A new base is taken when the
         segments outgrow the base (at most twice its size in all). The journal is kept from the
-        first snapshot on: a run without snapshots keeps none."""
+        first snapshot on: a run without snapshots keeps none. (With a customer store, the engine
+        keeps the recommender there instead: :meth:`take_journal`, :meth:`recommender_base`.)"""
         base, segments = self._saved or (b"", ())
-        if self._journal:
-            segments = (*segments, pickle.dumps(self._journal, protocol=pickle.HIGHEST_PROTOCOL))
-        self._journal = []
+        journal = self.take_journal()
+        if journal is not None:
+            segments = (*segments, journal)
         if self._saved is None or sum(map(len, segments)) > len(base):
-            base, segments = pickle.dumps(self.recommender, protocol=pickle.HIGHEST_PROTOCOL), ()
+            base, segments = self.recommender_base(), ()
         self._saved = (base, segments)
+        return self.rest(), base, segments
+
+    def take_journal(self) -> bytes | None:
+        """What the recommender learnt and checked since the last call, pickled (``None``: nothing);
+        the journal is kept from the first call on."""
+        journal, self._journal = self._journal, []
+        return pickle.dumps(journal, protocol=pickle.HIGHEST_PROTOCOL) if journal else None
+
+    def recommender_base(self) -> bytes:
+        return pickle.dumps(self.recommender, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def rest(self) -> bytes:
+        """Every model but the recommender, pickled."""
         rest = {name: value for name, value in self.__dict__.items() if name not in _KEPT_APART}
-        return pickle.dumps(rest, protocol=pickle.HIGHEST_PROTOCOL), base, segments
+        return pickle.dumps(rest, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
     def from_snapshot(cls, snapshot: ModelsSnapshot) -> ShardModels:
