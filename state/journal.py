@@ -58,6 +58,8 @@ class Journal:
         """Snapshot ``seq``, when the store holds snapshot ``saved`` for sure: the parts to write under
         ``seq`` (the journal; a base made by ``whole()`` when one is due), the first snapshot number
         whose parts must be kept, and what the snapshot holds."""
+        if self.newer is not None and self.newer <= saved:  # the store holds the newer base: refer to it
+            self.base, self.newer = self.newer, None
         parts: dict[tuple[str, int], bytes] = {}
         if journal is not None:
             parts[JOURNAL, seq] = journal
@@ -66,16 +68,20 @@ class Journal:
             parts[BASE, seq] = blob = whole()
             self.newer, self.base_bytes, self.journal_bytes = seq, len(blob), 0
         self.unsaved.update(parts)
-        if self.newer is not None and self.newer <= saved:
-            self.base, self.newer = self.newer, None
         self.unsaved = {key: blob for key, blob in self.unsaved.items() if key[1] > saved}
         base = self.newer if self.base is None else self.base
         assert base is not None
         self.refers = {at: ref for at, ref in self.refers.items() if at >= seq - KEEP}
         self.refers[seq] = base
-        unsaved = {key: blob for key, blob in self.unsaved.items() if key[1] > base or key == (BASE, base)}
+        unsaved = {key: blob for key, blob in self.unsaved.items() if key == (BASE, base) or _after(key, base)}
         stored = {(self.name, kind, at): blob for (kind, at), blob in parts.items()}
         return stored, min(self.refers.values()), JournalRef(base, unsaved)
+
+
+def _after(key: tuple[str, int], base: int) -> bool:
+    """A journal after the snapshot of ``base``."""
+    kind, at = key
+    return kind == JOURNAL and at > base
 
 
 def load(store: CustomerStore, name: str, ref: JournalRef, saved: int) -> tuple[bytes, list[bytes]]:
