@@ -83,7 +83,8 @@ class ShardModels:
         return pickle.dumps(journal, protocol=pickle.HIGHEST_PROTOCOL) if journal else None
 
     def recommender_base(self) -> bytes:
-        return pickle.dumps(self.recommender, protocol=pickle.HIGHEST_PROTOCOL)
+        """The recommender's whole state, as compact bytes (written without a Python object per link)."""
+        return self.recommender.to_bytes()
 
     def rest(self) -> bytes:
         """Every model but the recommender, pickled."""
@@ -95,7 +96,8 @@ class ShardModels:
         """The models of a :meth:`snapshot`: the recommender's base told its journals again, in order
         (learning and checking are deterministic, so it ends as it was)."""
         rest, base, segments = snapshot
-        recommender: CoOccurrence = pickle.loads(base)
+        recommender = CoOccurrence()
+        recommender.restore_bytes(base)
         for journal in segments:
             for entry in pickle.loads(journal):
                 if entry[0] == CHECK:
