@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.005  # a partition that read all there was polls again at the next multiple of this
 BUFFERED_MESSAGES = 50_000  # read ahead by a process's consumer, over all its partitions
 LAG_EVERY_SECONDS = 1.0
+LEADER_WAIT_SECONDS = 30.0  # how long a partition may be without a leader (a topic just created) at start
+NO_LEADER_YET = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
 MAX_DELIVERY_ATTEMPTS = 5
 
 
@@ -161,7 +163,7 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
 
     def __init__(self, shared: _SharedConsumer, partition: int, start: int, until_end: bool, batch_size: int) -> None:
         self.shared, self.topic, self.partition, self.batch_size = shared, shared.topic, partition, batch_size
-        low, high = shared.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10.0)
+        low, high = watermarks(shared.consumer, TopicPartition(self.topic, partition))
         self.next = {OFFSET_BEGINNING: low, OFFSET_END: high}.get(start, start)
         self.end = high if until_end else None
         shared.add(partition, self.next)
@@ -233,6 +235,24 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
 
     def close(self) -> None:
         self.shared.remove(self.partition)
+
+
+def watermarks(consumer: Any, partition: TopicPartition, wait: float = LEADER_WAIT_SECONDS) -> tuple[int, int]:
+    """The partition's low and high offsets, waiting up to ``wait`` seconds while it has no leader yet
+    (the brokers of a topic just created are still electing one)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return consumer.get_watermark_offsets(partition, timeout=10.0)
+        except KafkaException as err:
+            if err.args[0].code() not in NO_LEADER_YET:
+                raise
+            if time.monotonic() >= deadline:
+                raise ServiceError(
+                    f"Kafka topic {partition.topic!r} partition {partition.partition} has no leader after {wait:.0f} s:"
+                    f" {err.args[0].str()}"
+                ) from None
+            time.sleep(0.2)
 
 
 def next_poll(now: float) -> datetime:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import pickle
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -45,7 +45,7 @@ import orjson
 
 from operators.decisions import DecisionWriter, RuleFailed, bump
 from operators.expressions import Expression
-from operators.models import ModelMode, ShardModels
+from operators.models import ModelMode, ModelsSnapshot, ShardModels
 from operators.ordering import OrderedRelease, Tick, shard_of
 from operators.parse import count_notes
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
@@ -61,11 +61,15 @@ from state._native import Dedupe
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import MAX_CAUSED_BY, NO_PART, Checkpoint, CustomerState, Lifecycle, Timer
+from state.journal import Journal, JournalRef
+from state.journal import load as load_journal
 from state.store import CustomerStore
 from state.update import apply_event, changed_parts
 
 # 7: both stages' shards under one Bytewax key per shard number; the changes the shard's store may not
-# hold yet travel in the snapshot. 8: a customer's features are the compiled record's bytes
+# hold yet travel in the snapshot. 8: a customer's features are the compiled record's bytes; with a
+# customer store, the recommender and the dedupe memory are kept there as base and journals
+# (state.journal), and the snapshot refers to them
 SNAPSHOT_FORMAT = 8
 MAX_UNSAVED = 3  # snapshots whose changes may wait for the customer store before a snapshot waits for it
 RECHECK = "~recheck"
@@ -148,6 +152,7 @@ class CustomerStage:
         self.snapshot_seq = 0  # snapshots taken (and restored), when customers are kept in a store
         self.store: CustomerStore | None = None
         self.unsaved: dict[int, dict[str, bytes | None]] = {}  # snapshot -> changes the store may not hold yet
+        self.journals: dict[str, Journal] = {}  # the large states kept in the store, by name (see _journalled)
 
     _merge_key = staticmethod(attrgetter("seq"))  # what waits: an envelope or a Forward
 
@@ -648,7 +653,7 @@ class CustomerStage:
             return None
         changed = {cid: None if (s := self.customers.get(cid)) is None else codec.encode(s) for cid in self.dirty}
         self.dirty.clear()
-        customers, store, unsaved = None, None, None
+        customers, store, unsaved, refs = None, None, None, {}
         if self.config.state_store is None:
             for customer_id, blob in changed.items():
                 if blob is None:
@@ -657,7 +662,7 @@ class CustomerStage:
                     self.encoded[customer_id] = blob
             customers = dict(self.encoded)
         else:
-            store, unsaved = self._save(changed)
+            store, unsaved, refs = self._save(changed)
         shard = {
             "customers": customers,
             "store": store,  # (store name or None before any customer, the snapshot it holds for sure); None: inline
@@ -670,33 +675,61 @@ class CustomerStage:
             # upstream reports its progress afresh, so their last ticks are not kept
             "pending": pickle.dumps(self.ordered.state()),
             "changed": sorted(self.changed),
-            "models": None if self.models is None else self.models.snapshot(),  # what changed, mostly (pickles)
+            "models": self._models_snapshot(refs),
+            "journals": refs,  # with a store: the large states kept there (see _journalled)
         }
         return SNAPSHOT_FORMAT, shard
 
-    def _save(self, changed: dict[str, bytes | None]) -> tuple[tuple[str | None, int], dict[str, bytes | None]]:
-        """Number this snapshot and hand its changed customers to the store's thread, so the snapshot
-        does not wait for the disk. Return what the store holds for sure (its name and snapshot
-        number) and the changes it may not hold yet: those go in the snapshot too, so a restore
-        misses none. At most :data:`MAX_UNSAVED` snapshots wait for the store."""
+    def _models_snapshot(self, refs: dict[str, JournalRef]) -> ModelsSnapshot | None:
+        """The models, pickled; the recommender only if it is not kept in the store."""
+        if self.models is None:
+            return None
+        if "models" in refs:
+            return self.models.rest(), b"", ()
+        return self.models.snapshot()  # what changed, mostly
+
+    def _journalled(self) -> dict[str, tuple[Callable[[], bytes | None], Callable[[], bytes]]]:
+        """The shard's large states kept in its store as base and journals (see :mod:`state.journal`):
+        name -> (what changed since the last call, pickled or ``None``; the whole state, pickled)."""
+        if self.models is None:
+            return {}
+        return {"models": (self.models.take_journal, self.models.recommender_base)}
+
+    def _save(
+        self, changed: dict[str, bytes | None]
+    ) -> tuple[tuple[str | None, int], dict[str, bytes | None], dict[str, JournalRef]]:
+        """Number this snapshot and hand its changed customers and journals to the store's thread, so
+        the snapshot does not wait for the disk. Return what the store holds for sure (its name and
+        snapshot number), the changes it may not hold yet (those go in the snapshot too, so a restore
+        misses none) and what the snapshot holds of each journalled state. At most
+        :data:`MAX_UNSAVED` snapshots wait for the store."""
         self.snapshot_seq += 1
-        if changed:
-            self._store(next(iter(changed)))
-        store = self.store
-        if store is None:
-            return (None, self.snapshot_seq), {}
+        store = self._store_of(changed)
+        if store is None:  # nothing in this shard yet: its models are in the snapshot, as without a store
+            return (None, self.snapshot_seq), {}, {}
         store.check()
         if len(self.unsaved) >= MAX_UNSAVED:
             store.wait_saved(min(self.unsaved))
         saved = store.saved  # the store thread may move it on: read it once
         self.unsaved = {seq: blobs for seq, blobs in self.unsaved.items() if seq > saved}
-        if changed:
-            store.write_later(self.snapshot_seq, changed)
+        parts, keep, refs = {}, {}, {}
+        for name, (journal, whole) in self._journalled().items():
+            book = self.journals.setdefault(name, Journal(name))
+            written, keep[name], refs[name] = book.save(self.snapshot_seq, saved, journal(), whole)
+            parts.update(written)
+        if changed or parts:
+            store.write_later(self.snapshot_seq, changed, parts, keep)
             self.unsaved[self.snapshot_seq] = changed
         unsaved: dict[str, bytes | None] = {}
         for blobs in self.unsaved.values():  # in snapshot order: the latest version wins
             unsaved.update(blobs)
-        return (store.path.stem, saved), unsaved
+        return (store.path.stem, saved), unsaved, refs
+
+    def _store_of(self, changed: dict[str, bytes | None]) -> CustomerStore | None:
+        """This shard's store, opened with its first changed customer."""
+        if self.store is None and changed:
+            self._store(next(iter(changed)))
+        return self.store
 
     def _store(self, customer_id: str) -> CustomerStore:
         """This shard's customer store (named after the stage and the shard of ``customer_id``)."""
@@ -709,13 +742,17 @@ class CustomerStage:
         self.store = CustomerStore(self.config.state_store, name)
         return self.store
 
-    def _load(self, store: tuple[str | None, int], seq: int, unsaved: dict[str, bytes | None]) -> dict[str, bytes]:
+    def _load(
+        self, store: tuple[str | None, int], seq: int, unsaved: dict[str, bytes | None], refs: dict[str, JournalRef]
+    ) -> tuple[dict[str, bytes], dict[str, tuple[bytes, list[bytes]]]]:
         """The customers of snapshot ``seq``: the store's as of the snapshot it held for sure, with the
-        changes it may not have had; those are written to it again, under ``seq``, before going on."""
+        changes it may not have had, and each journalled state's base and journals. What the store
+        may not have had is written to it again (customers under ``seq``) before going on."""
         name, saved = store
         self.snapshot_seq = seq
+        self.journals = {}
         if name is None:
-            return {}
+            return {}, {}
         customer_store = self._open_store(name)
         blobs = customer_store.read(saved)
         for customer_id, blob in unsaved.items():
@@ -723,12 +760,22 @@ class CustomerStage:
                 blobs.pop(customer_id, None)
             else:
                 blobs[customer_id] = blob
-        if unsaved:
-            customer_store.write(seq, unsaved)
-        return blobs
+        states = {part: load_journal(customer_store, part, ref, saved) for part, ref in refs.items()}
+        carried = {(part, kind, at): blob for part, ref in refs.items() for (kind, at), blob in ref.unsaved.items()}
+        if unsaved or carried:
+            customer_store.write(seq, unsaved, carried)
+        self.journals = {part: Journal.restored(part, seq, refs[part].base, states[part]) for part in refs}
+        return blobs, states
 
     def _shard_index(self, customer_id: str) -> int:
         return shard_of(customer_id, self.ordered.upstreams)
+
+    def _restore_journalled(self, shard: dict[str, Any], states: dict[str, tuple[bytes, list[bytes]]]) -> None:
+        """The states of :meth:`_journalled`, from the snapshot or from the base and journals read."""
+        models = shard["models"]
+        if "models" in states:
+            models = (models[0], states["models"][0], tuple(states["models"][1]))
+        self.models = self._models_for_mode(models and ShardModels.from_snapshot(models))
 
     def _models_for_mode(self, restored: ShardModels | None) -> ShardModels | None:
         """Restored models, switched to this run's mode (a fresh set if the snapshot had none)."""
@@ -756,16 +803,17 @@ class CustomerStage:
                 f"recovery snapshot format {version} is not supported: this version reads format {SNAPSHOT_FORMAT}. "
                 "Start with a new recovery directory (and warm-start from recorded history if needed)."
             )
+        states: dict[str, tuple[bytes, list[bytes]]] = {}
         if shard["store"] is None:
             self.encoded = blobs = dict(shard["customers"])
         else:
-            blobs = self._load(shard["store"], shard["seq"], shard["unsaved"])
+            blobs, states = self._load(shard["store"], shard["seq"], shard["unsaved"], shard["journals"])
         self.customers = {cid: codec.decode(blob) for cid, blob in sorted(blobs.items())}
         self.clock, self.swept_day = shard["clock"], shard["swept_day"]
         self.stats = self.writer.stats = pickle.loads(shard["stats"])
         self.ordered.restore(pickle.loads(shard["pending"]))
         self.changed = set(shard["changed"])
-        self.models = self._models_for_mode(shard["models"] and ShardModels.from_snapshot(shard["models"]))
+        self._restore_journalled(shard, states)
         self.scorers = self.models.scorers if self.models is not None else None
         self.timers = TimerQueue()
         self.timers.schedule_all(self.customers)
@@ -787,6 +835,7 @@ class IdentityStage(CustomerStage):
         super().__init__(rules, config, config.source_partitions)
         self.index = 0  # this identity shard's number, learned from the source's ticks
         self.seen = Dedupe(config.dedupe_per_shard)
+        self.added: list[str] | None = [] if config.state_store is not None else None  # ids seen since a snapshot
         self.links: OrderedDict[str, str] = OrderedDict()
 
     _merge_key = staticmethod(attrgetter("seq"))  # what waits: an event
@@ -803,7 +852,7 @@ class IdentityStage(CustomerStage):
         return progress
 
     def _apply_released(self, released: list[Any], out: list[Any]) -> None:
-        writer, config, seen = self.writer, self.config, self.seen
+        writer, config, seen, added = self.writer, self.config, self.seen, self.added
         max_skew, max_age, lateness = config.max_skew_ms, config.max_age_ms, config.lateness_ms
         for env in released:
             writer.seq, writer.arrived = env.seq, env.arrived
@@ -815,6 +864,8 @@ class IdentityStage(CustomerStage):
             elif seen.seen_or_add(env.message_id):
                 bump(self.stats, "duplicates")
             else:
+                if added is not None:  # the dedupe memory's journal since the last snapshot
+                    added.append(env.message_id)
                 if self.clock is None or mark_ms - lateness > self.clock:
                     self._advance(mark_ms, out)
                 start = len(out)
@@ -873,18 +924,39 @@ class IdentityStage(CustomerStage):
         )
         self.writer.reject(env, "too_old", [message], env.mark_ms, out)
 
+    def _journalled(self) -> dict[str, tuple[Callable[[], bytes | None], Callable[[], bytes]]]:
+        return {**super()._journalled(), "seen": (self._take_added, self.seen.to_bytes)}
+
+    def _take_added(self) -> bytes | None:
+        """The message ids remembered since the last call (in order), pickled; ``None``: none."""
+        added, self.added = self.added, []
+        return pickle.dumps(added, protocol=pickle.HIGHEST_PROTOCOL) if added else None
+
+    def _store_of(self, changed: dict[str, bytes | None]) -> CustomerStore | None:
+        """Opened with the first event: its dedupe memory is kept there, anonymous customers or not."""
+        if self.store is None and (changed or self.added):
+            self._store("")  # named after this shard's number, whatever the customer
+        return self.store
+
     def snapshot(self) -> tuple[int, dict[str, Any]] | None:
         snapshot = super().snapshot()
         if snapshot is not None:
-            snapshot[1]["seen"] = self.seen.to_bytes()
-            snapshot[1]["links"] = pickle.dumps(list(self.links.items()))
+            shard = snapshot[1]
+            shard["seen"] = None if "seen" in shard["journals"] else self.seen.to_bytes()
+            shard["links"] = pickle.dumps(list(self.links.items()))
         return snapshot
 
     def restore(self, snapshot: tuple[int, dict[str, Any]]) -> None:
         super().restore(snapshot)
-        shard = snapshot[1]
-        self.seen = Dedupe.from_bytes(self.config.dedupe_per_shard, shard["seen"])
-        self.links = OrderedDict(pickle.loads(shard["links"]))
+        self.links = OrderedDict(pickle.loads(snapshot[1]["links"]))
+
+    def _restore_journalled(self, shard: dict[str, Any], states: dict[str, tuple[bytes, list[bytes]]]) -> None:
+        super()._restore_journalled(shard, states)
+        base, journals = states.get("seen", (shard["seen"], []))
+        self.seen = Dedupe.from_bytes(self.config.dedupe_per_shard, base)
+        for journal in journals:  # remembered in the same order again: the same memory
+            for message_id in pickle.loads(journal):
+                self.seen.seen_or_add(message_id)
 
 
 def shard_engine(rules: CompiledRules, config: EngineConfig, role: Role, upstream_shards: int = 1) -> CustomerStage:

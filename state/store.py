@@ -12,6 +12,10 @@ Versions older than :data:`KEEP` snapshots are pruned, keeping each customer's n
 before them: a restore can go back up to :data:`KEEP` snapshots of its shard; one further back
 is refused (``pruned_below`` says where the history stops).
 
+The store also holds a shard's large state that changes a little per snapshot (the recommender,
+the dedupe memory) as *parts*: a base now and then and a journal per snapshot, by name and
+snapshot number (see :mod:`state.journal`).
+
 Writing waits for the disk (a durable commit per store), so a snapshot only hands its changes
 to :meth:`CustomerStore.write_later`: one thread per process writes them in order, and
 :attr:`CustomerStore.saved` tells which snapshot the store holds for sure. Until then the
@@ -27,6 +31,8 @@ import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 from schemas.errors import RecoveryStoreError
 
@@ -39,7 +45,12 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS customers (id TEXT NOT NULL, seq INTEGER NOT NULL, blob BLOB,
                                       PRIMARY KEY (id, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS parts (name TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL, blob BLOB NOT NULL,
+                                  PRIMARY KEY (name, kind, seq)) WITHOUT ROWID;
 """
+PartKey = tuple[str, str, int]  # (name, "base" or "journal", snapshot number)
+Parts = Mapping[PartKey, bytes]
+_NONE: Mapping[Any, Any] = MappingProxyType({})
 
 
 class CustomerStore:
@@ -63,9 +74,11 @@ class CustomerStore:
             self._db = db
         return self._db
 
-    def write_later(self, seq: int, changed: Mapping[str, bytes | None]) -> None:
+    def write_later(
+        self, seq: int, changed: Mapping[str, bytes | None], parts: Parts = _NONE, keep: Mapping[str, int] = _NONE
+    ) -> None:
         """:meth:`write` on the process's store thread; :attr:`saved` becomes ``seq`` once done."""
-        _writer.submit(self, seq, changed)
+        _writer.submit(self, seq, changed, parts, keep)
 
     def check(self) -> None:
         """Raise if a write of the store thread failed (the snapshot that asked for it cannot be kept)."""
@@ -77,8 +90,11 @@ class CustomerStore:
         _writer.wait(lambda: self.saved >= seq or self.failure is not None)
         self.check()
 
-    def write(self, seq: int, changed: Mapping[str, bytes | None]) -> None:
-        """Snapshot ``seq``: the customers changed since the last one (``None``: no longer held)."""
+    def write(
+        self, seq: int, changed: Mapping[str, bytes | None], parts: Parts = _NONE, keep: Mapping[str, int] = _NONE
+    ) -> None:
+        """Snapshot ``seq``: the customers changed since the last one (``None``: no longer held), and
+        ``parts``; the parts of each name in ``keep`` before the snapshot number it gives are dropped."""
         db = self.db
         db.execute("BEGIN")
         try:
@@ -86,6 +102,11 @@ class CustomerStore:
                 "INSERT OR REPLACE INTO customers (id, seq, blob) VALUES (?, ?, ?)",
                 [(customer_id, seq, blob) for customer_id, blob in changed.items()],
             )
+            db.executemany(
+                "INSERT OR REPLACE INTO parts (name, kind, seq, blob) VALUES (?, ?, ?, ?)",
+                [(*key, blob) for key, blob in parts.items()],
+            )
+            db.executemany("DELETE FROM parts WHERE name = ? AND seq < ?", keep.items())
             if seq > KEEP:
                 self._prune(seq - KEEP, changed)
             db.execute("COMMIT")
@@ -113,10 +134,24 @@ class CustomerStore:
                 f"resumes at snapshot {seq}: start with a new recovery directory"
             )
         self.db.execute("DELETE FROM customers WHERE seq > ?", (seq,))
+        self.db.execute("DELETE FROM parts WHERE seq > ?", (seq,))
         rows = self.db.execute(
             "SELECT id, blob FROM customers AS c WHERE seq = (SELECT MAX(seq) FROM customers WHERE id = c.id)"
         )
         return {customer_id: blob for customer_id, blob in rows if blob is not None}
+
+    def read_parts(self, name: str, base: int, upto: int) -> tuple[bytes, list[bytes]]:
+        """The base of ``name`` written at snapshot ``base`` and its journals after it up to ``upto``, in order."""
+        found = self.db.execute(
+            "SELECT blob FROM parts WHERE name = ? AND kind = 'base' AND seq = ?", (name, base)
+        ).fetchone()
+        if found is None:
+            raise RecoveryStoreError(f"customer store {self.path} lacks the {name} of snapshot {base}")
+        journals = self.db.execute(
+            "SELECT blob FROM parts WHERE name = ? AND kind = 'journal' AND seq > ? AND seq <= ? ORDER BY seq",
+            (name, base, upto),
+        )
+        return found[0], [blob for (blob,) in journals]
 
     def close(self) -> None:
         if self._db is not None:
@@ -127,17 +162,21 @@ class _StoreWriter:
     """The process's store thread: writes what :meth:`CustomerStore.write_later` asked, in order."""
 
     def __init__(self) -> None:
-        self.jobs: queue.Queue[tuple[CustomerStore, int, Mapping[str, bytes | None]]] = queue.Queue()
+        self.jobs: queue.Queue[tuple[CustomerStore, int, Mapping[str, bytes | None], Parts, Mapping[str, int]]] = (
+            queue.Queue()
+        )
         self.done = threading.Condition()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
 
-    def submit(self, store: CustomerStore, seq: int, changed: Mapping[str, bytes | None]) -> None:
+    def submit(
+        self, store: CustomerStore, seq: int, changed: Mapping[str, bytes | None], parts: Parts, keep: Mapping[str, int]
+    ) -> None:
         with self.lock:
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._run, name="customer-stores", daemon=True)
                 self.thread.start()
-        self.jobs.put((store, seq, changed))
+        self.jobs.put((store, seq, changed, parts, keep))
 
     def idle(self) -> bool:
         return self.jobs.unfinished_tasks == 0
@@ -149,10 +188,10 @@ class _StoreWriter:
 
     def _run(self) -> None:
         while True:
-            store, seq, changed = self.jobs.get()
+            store, seq, changed, parts, keep = self.jobs.get()
             try:
                 if store.failure is None:  # after a failure, later snapshots of that store cannot be kept either
-                    store.write(seq, changed)
+                    store.write(seq, changed, parts, keep)
             except BaseException as err:  # reported by the shard's next snapshot
                 store.failure = err
             finally:

@@ -65,23 +65,39 @@ class ShardModels:
         pickled (small), and the recommender as a base pickled once plus, a segment per snapshot, the
         product touches it learnt and the checks it made since. A new base is taken when the
         segments outgrow the base (at most twice its size in all). The journal is kept from the
-        first snapshot on: a run without snapshots keeps none."""
+        first snapshot on: a run without snapshots keeps none. (With a customer store, the engine
+        keeps the recommender there instead: :meth:`take_journal`, :meth:`recommender_base`.)"""
         base, segments = self._saved or (b"", ())
-        if self._journal:
-            segments = (*segments, pickle.dumps(self._journal, protocol=pickle.HIGHEST_PROTOCOL))
-        self._journal = []
+        journal = self.take_journal()
+        if journal is not None:
+            segments = (*segments, journal)
         if self._saved is None or sum(map(len, segments)) > len(base):
-            base, segments = pickle.dumps(self.recommender, protocol=pickle.HIGHEST_PROTOCOL), ()
+            base, segments = self.recommender_base(), ()
         self._saved = (base, segments)
+        return self.rest(), base, segments
+
+    def take_journal(self) -> bytes | None:
+        """What the recommender learnt and checked since the last call, pickled (``None``: nothing);
+        the journal is kept from the first call on."""
+        journal, self._journal = self._journal, []
+        return pickle.dumps(journal, protocol=pickle.HIGHEST_PROTOCOL) if journal else None
+
+    def recommender_base(self) -> bytes:
+        """The recommender's whole state, as compact bytes (written without a Python object per link)."""
+        return self.recommender.to_bytes()
+
+    def rest(self) -> bytes:
+        """Every model but the recommender, pickled."""
         rest = {name: value for name, value in self.__dict__.items() if name not in _KEPT_APART}
-        return pickle.dumps(rest, protocol=pickle.HIGHEST_PROTOCOL), base, segments
+        return pickle.dumps(rest, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
     def from_snapshot(cls, snapshot: ModelsSnapshot) -> ShardModels:
         """The models of a :meth:`snapshot`: the recommender's base told its journals again, in order
         (learning and checking are deterministic, so it ends as it was)."""
         rest, base, segments = snapshot
-        recommender: CoOccurrence = pickle.loads(base)
+        recommender = CoOccurrence()
+        recommender.restore_bytes(base)
         for journal in segments:
             for entry in pickle.loads(journal):
                 if entry[0] == CHECK:
@@ -93,17 +109,11 @@ class ShardModels:
         return models
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickle (recovery snapshots), also from a version that held product events back from
-        the recommender until it was next read (they are learnt now, in their order)."""
-        if "_recommender" in state:
-            state["recommender"] = state.pop("_recommender")
-        touches = state.pop("touches", ())
+        """Unpickle (recovery snapshots)."""
         self.__dict__.update(state)
         self._journal, self._saved = None, None  # the first snapshot after a restore takes a new base
         self.registry = {model.name: model for model in (self.propensity, self.bandit, self.recommender)}
         self.scorers = {"propensity": self.propensity_score}
-        for history, product, category in touches:
-            self.recommender.learn(history, product, category)
 
     def set_mode(self, mode: ModelMode) -> None:
         self.mode = mode

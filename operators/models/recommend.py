@@ -40,7 +40,8 @@ class CoOccurrence(_native.CoOccurrence):
 
     Its methods: ``learn(history, product, category)``, ``recommend(history, k, exclude,
     interests, categories)``, ``most_popular(history, k)``, ``check(history, product, interests,
-    categories)``, ``export()``, ``load(data)``, ``stats()`` and ``merge(exports)`` (links and
+    categories)``, ``export()``, ``load(data)``, ``stats()``, ``to_bytes()`` and ``restore_bytes(data)``
+    (its whole state as compact bytes, for snapshots) and ``merge(exports)`` (links and
     counts added up). Products and categories are interned to ids inside it. Its answers, exports
     and counters are exactly those of the plain-Python model it replaced
     (``tests/recommend_reference.py``), and it pickles as that model did (a snapshot of either

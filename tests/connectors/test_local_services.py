@@ -67,9 +67,7 @@ def _produce(bootstrap: str, topic: str, values: list[str]) -> None:
 
 
 def _consume(bootstrap: str, topic: str, expected: int, timeout: float = 30) -> list[str]:
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"g-{topic}", "auto.offset.reset": "earliest"}
-    )
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic}", "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
     seen: list[str] = []
     deadline = time.monotonic() + timeout

@@ -250,7 +250,8 @@ def test_snapshots_of_other_formats_are_refused_clearly(version):
     """Format 1 held pending items in another layout; format 2 pickled customer objects; format 4's
     held-back envelopes had no contract notes; format 5 held every customer in the snapshot, and message ids
     themselves in its dedupe memory; format 6 kept the two stages' shards under different Bytewax keys and
-    wrote its customer store before the snapshot completed; format 7 encoded features as Python objects."""
+    wrote its customer store before the snapshot completed; format 7 encoded features as Python objects and held
+    the recommender and the dedupe memory whole, not in the customer store."""
     h = EngineHarness(rules_from(CART_ONLY), EngineConfig(snapshots=True))
     with pytest.raises(ValueError, match=f"format {version} is not supported: this version reads format 8"):
         h.customers.restore((version, {}))

@@ -154,11 +154,16 @@ def _same(model: CoOccurrence, reference: Reference, method: str, *args: Any, **
 
 def _replay(ops: list[tuple[Any, ...]]) -> tuple[CoOccurrence, Reference]:
     """Apply ``ops`` to both models, comparing every answer; ``pickle`` round-trips the compiled one,
-    ``reload`` loads both from their exports (parameters replaced, counters kept)."""
+    ``bytes`` restores it into a new one from its compact bytes, ``reload`` loads both from their
+    exports (parameters replaced, counters kept)."""
     model, reference = CoOccurrence(), Reference()
     for op, *args in ops:
         if op == "pickle":
             model = pickle.loads(pickle.dumps(model))
+        elif op == "bytes":
+            restored = CoOccurrence(frozen=True)
+            restored.restore_bytes(model.to_bytes())
+            model = restored
         elif op == "reload":
             assert model.export() == reference.export()
             exported = model.export()
@@ -204,6 +209,8 @@ def _random_ops(rng: random.Random, events: int, products: int) -> list[tuple[An
             ops.append(("pickle",))
         elif roll < 0.093:
             ops.append(("reload",))
+        elif roll < 0.095:
+            ops.append(("bytes",))
         ops.append(("learn", list(session), product, category))
         session = [*session[-9:], product] if rng.random() < 0.85 else []
         if n % 2000 == 0:
@@ -243,9 +250,19 @@ def test_the_compiled_model_agrees_with_the_reference_on_any_small_stream(data):
         st.tuples(st.just("check"), history, names, st.lists(names, max_size=6), affinities),
         st.tuples(st.just("most_popular"), history, st.integers(1, 12)),
         st.tuples(st.just("pickle")),
+        st.tuples(st.just("bytes")),
         st.tuples(st.just("reload")),
     )
     _replay(data.draw(st.lists(op, max_size=120)))
+
+
+def test_bytes_it_cannot_read_are_refused_and_leave_the_model_as_it_was():
+    model, _ = _replay([op for op in _random_ops(random.Random(4), 500, 50) if op[0] == "learn"])
+    data, before = model.to_bytes(), _state(model)
+    for bad, message in [(data[:-5], "cut"), (b"\x09" + data[1:], "format 9"), (data + b"\x00", "go on after")]:
+        with pytest.raises(ValueError, match=message):
+            model.restore_bytes(bad)
+    assert _state(model) == before
 
 
 def test_merged_exports_equal_the_references():

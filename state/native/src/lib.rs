@@ -7,6 +7,7 @@ pub mod dedupe;
 pub mod event_scan;
 pub mod features;
 pub mod recommend;
+pub mod recommend_bytes;
 pub mod sample;
 pub mod timestamps;
 

@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::recommend::{self, Layout, WINDOW};
-use crate::{dedupe, event_scan, sample, timestamps};
+use crate::{dedupe, event_scan, recommend_bytes, sample, timestamps};
 
 /// Dedupe memory: the last ``capacity`` message ids (as 128-bit hashes), forgetting the oldest first.
 #[pyclass(module = "state._native", name = "Dedupe")]
@@ -389,6 +389,17 @@ impl CoOccurrence {
         stats.set_item("reciprocal_rank_micro", m.reciprocal_rank_micro)?;
         stats.set_item("most_popular_hits", m.baseline_hits)?;
         Ok(stats)
+    }
+
+    /// The whole state as compact bytes (``recommend_bytes.rs``), for snapshots.
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &recommend_bytes::to_bytes(&self.inner))
+    }
+
+    /// Restore the state :meth:`to_bytes` wrote; ``ValueError`` for bytes it cannot read.
+    fn restore_bytes(&mut self, data: &[u8]) -> PyResult<()> {
+        recommend_bytes::from_bytes(&mut self.inner, data)
+            .map_err(|err| PyValueError::new_err(err.to_string()))
     }
 
     /// The whole state, in the model's own orders, as the plain-Python model's attributes were
