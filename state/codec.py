@@ -13,7 +13,7 @@ from array import array
 from typing import Any
 
 from state.affinity import DecayedTopK
-from state.customer import Cart, CustomerState, Session, Timer
+from state.customer import Cart, CustomerState, Session
 from state.windows import WindowedCounts
 
 _SCALARS = (
@@ -54,14 +54,14 @@ def encode(state: CustomerState) -> bytes:
             _pack(state.session, SESSION_FIELDS),
             _pack(state.cart, CART_FIELDS),
             bytes(state.hours),
-            {rule: (t.due_ms, t.cause, t.caused_by) for rule, t in state.timers.items()},
+            state.timers,
         ),
         protocol=pickle.HIGHEST_PROTOCOL,
     )
 
 
 def decode(blob: bytes) -> CustomerState:
-    """A state written by :func:`encode`; its timers have no heap entry yet."""
+    """A state written by :func:`encode`; its timers have no heap entry yet (``scheduled_ms``)."""
     values, counts, categories, products, session, cart, hours, timers = pickle.loads(blob)
     state = CustomerState.__new__(CustomerState)
     for name, value in zip(_SCALARS, values, strict=True):
@@ -74,7 +74,7 @@ def decode(blob: bytes) -> CustomerState:
     state.session = _unpack(Session, session, SESSION_FIELDS)
     state.cart = _unpack(Cart, cart, CART_FIELDS)
     state.hours = bytearray(hours)
-    state.timers = {rule: Timer(due, cause, caused_by) for rule, (due, cause, caused_by) in timers.items()}
+    state.timers, state.scheduled_ms = timers, None
     return state
 
 
