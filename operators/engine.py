@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,7 +56,7 @@ from schemas.records import decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
 from schemas.streams import MODELS, PROFILES
 from state import codec
-from state._native import Dedupe
+from state._native import Dedupe, Links
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import MAX_CAUSED_BY, NO_PART, Checkpoint, CustomerState, Lifecycle
@@ -66,7 +65,7 @@ from state.update import apply_event, changed_parts
 
 # 7: both stages' shards under one Bytewax key per shard number; the changes the shard's store may not
 # hold yet travel in the snapshot. 8: a customer's timers, decisions fired, open decisions and offers
-# as flat tuples and packed bytes
+# as flat tuples and packed bytes; identity links by the hash of the anonymous id
 SNAPSHOT_FORMAT = 8
 MAX_UNSAVED = 3  # snapshots whose changes may wait for the customer store before a snapshot waits for it
 RECHECK = "~recheck"
@@ -764,7 +763,7 @@ class IdentityStage(CustomerStage):
         super().__init__(rules, config, config.source_partitions)
         self.index = 0  # this identity shard's number, learned from the source's ticks
         self.seen = Dedupe(config.dedupe_per_shard)
-        self.links: OrderedDict[str, str] = OrderedDict()
+        self.links = Links(config.links_per_shard)
 
     _merge_key = staticmethod(attrgetter("seq"))  # what waits: an event
 
@@ -811,7 +810,6 @@ class IdentityStage(CustomerStage):
         if env.user_id is None:
             linked = self.links.get(anonymous_id)
             if linked is not None:
-                self.links.move_to_end(anonymous_id)
                 out.append(Forward(env, linked))
             else:
                 self._customer_event(env, anonymous_id, out)
@@ -819,15 +817,11 @@ class IdentityStage(CustomerStage):
         carried = self.customers.get(anonymous_id)
         if carried is not None and carried.audiences:  # first: nothing has changed if this raises
             self._leave_all(carried, f"identity linked to {env.user_id}", env.ts_ms, [env.message_id], out)
-        if self.links.get(anonymous_id) != env.user_id:
+        if self.links.link(anonymous_id, env.user_id) != env.user_id:
             bump(self.stats, "identities_linked")
-        self.links[anonymous_id] = env.user_id
-        self.links.move_to_end(anonymous_id)
-        if len(self.links) > self.config.links_per_shard:
-            self.links.popitem(last=False)
         self._drop_customer(anonymous_id)
         if env.name == ERASURE:
-            self.links.pop(anonymous_id, None)
+            self.links.unlink(anonymous_id)
             carried = None
         out.append(Forward(env, env.user_id, carried))
 
@@ -853,14 +847,14 @@ class IdentityStage(CustomerStage):
         snapshot = super().snapshot()
         if snapshot is not None:
             snapshot[1]["seen"] = self.seen.to_bytes()
-            snapshot[1]["links"] = pickle.dumps(list(self.links.items()))
+            snapshot[1]["links"] = pickle.dumps(self.links.entries())
         return snapshot
 
     def restore(self, snapshot: tuple[int, dict[str, Any]]) -> None:
         super().restore(snapshot)
         shard = snapshot[1]
         self.seen = Dedupe.from_bytes(self.config.dedupe_per_shard, shard["seen"])
-        self.links = OrderedDict(pickle.loads(shard["links"]))
+        self.links = Links.from_entries(self.config.links_per_shard, pickle.loads(shard["links"]))
 
 
 def shard_engine(rules: CompiledRules, config: EngineConfig, role: Role, upstream_shards: int = 1) -> CustomerStage:

@@ -5,6 +5,7 @@
 
 pub mod dedupe;
 pub mod event_scan;
+pub mod links;
 pub mod recommend;
 pub mod sample;
 pub mod timestamps;
