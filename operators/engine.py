@@ -298,7 +298,8 @@ class CustomerStage:
             return
         timer = state.timer(rule.id)
         if timer is not None and timer[2] == cause:  # the same cause: later, and caused by this event too
-            state.set_timer(max(timer[0], due), rule.id, cause, (*timer[3:][1 - MAX_CAUSED_BY :], env.message_id))
+            due_before, _, _, *caused_by = timer
+            state.set_timer(max(due_before, due), rule.id, cause, (*caused_by[1 - MAX_CAUSED_BY :], env.message_id))
         else:
             state.set_timer(due, rule.id, cause, (env.message_id,))
         self.timers.schedule(state)
@@ -389,7 +390,7 @@ class CustomerStage:
         timer = state.timer(timer_id)
         if timer is not None and timer[0] == due_ms:
             return
-        state.set_timer(due_ms, timer_id, timer_id, () if timer is None else timer[3:])
+        state.set_timer(due_ms, timer_id, timer_id)
         self.timers.schedule(state)  # a later due time is rescheduled lazily when the heap reaches it
 
     def _learn_from(self, state: CustomerState, env: Envelope) -> bool:
