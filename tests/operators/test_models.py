@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from conftest import CART_RULE, EngineHarness, added, decisions, order, rules_from, track
+from conftest import CART_RULE, EngineHarness, added, call, decisions, order, rules_from, track
 
 from operators.engine import OUTCOME, EngineConfig
 from operators.models import open_decisions
@@ -39,6 +39,18 @@ def test_an_order_within_the_horizon_labels_the_decision_1_with_its_features_the
     h.feed([order("u1", 2 * DAY_MIN)])
     assert learnt(h) == 1 and sum(outcomes(h).positives) == 1 and not state.outcomes
     assert state.timer(OUTCOME) is None
+
+
+def test_an_anonymous_customer_s_open_decision_moves_to_the_user_on_linking_with_its_features():
+    h = harness()
+    h.feed([added(None, 0, price=40.0, anon="a1"), track("Page", "u2", 40)])  # the anonymous cart's reminder
+    [anonymous] = open_decisions(h.identity.customers["a1"])
+    h.feed([added(None, 45, price=10.0, anon="a9"), track("Page", "u2", 80)])
+    h.feed([call("identify", "u1", 90, anon="a1")])  # links a1 to u1: its state moves
+    state = h.customers.customers["u1"]
+    assert open_decisions(state) == [anonymous] and state.timer(OUTCOME)[0] == anonymous[0] + 7 * DAY_MIN * 60_000
+    h.feed([order("u1", 100)])
+    assert h.customers.models.propensity.learnt == 1 and not state.outcomes
 
 
 def test_the_horizon_passing_without_an_order_labels_it_0():
