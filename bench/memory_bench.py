@@ -84,6 +84,8 @@ def measure(path: Path, max_events: int | None) -> None:
         for name in state.__slots__:
             fields[name] += deep_size(getattr(state, name), shared)
     remembered = sum(len(logic.engine.seen) for logic in pipeline.identity)
+    heap = sum(len(logic.engine.timers.heap) for logic in (*pipeline.identity, *pipeline.customers))
+    links = sum(len(logic.engine.links) for logic in pipeline.identity)
     print(f"\ncustomer state by field, mean over {len(sample):,} customers (deep sizes):\n")
     print("| field | bytes |\n| --- | ---: |")
     for name, size in fields.most_common(12):
@@ -91,6 +93,8 @@ def measure(path: Path, max_events: int | None) -> None:
     print(f"| (all fields) | {sum(fields.values()) / len(sample):,.0f} |")
     print(f"\ndedupe memory: {remembered:,} message ids remembered by the identity shards (compiled; bytes per id:")
     print("`bench/dedupe_bench.py`)")
+    print(f"identity links: {links:,} (compiled, about 60 bytes each and the user id)")
+    print(f"timer heap: {heap:,} entries (due time, customer id), {heap / held:.2f} per customer held")
 
 
 def main() -> None:

@@ -351,9 +351,7 @@ def start_kafka(workdir: Path, *, log: Log = print) -> RunningService:
     return service
 
 
-def _launch(
-    name: str, address: str, command: list[str], workdir: Path, output: Path, wait: Callable
-) -> RunningService:
+def _launch(name: str, address: str, command: list[str], workdir: Path, output: Path, wait: Callable) -> RunningService:
     """Start a server process and wait until it answers; stop it again if it does not."""
     process = _spawn(command, workdir, output)
     service = RunningService(name, address, process.pid, workdir, process)

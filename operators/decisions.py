@@ -115,18 +115,18 @@ class DecisionWriter:
         """Dead-letter an event whose processing raised ``err``, as a ``processing_error``."""
         self.reject(env, PROCESSING_ERROR, error_messages(err), env.ts_ms, out)
 
-    def failed_timer(self, customer_id: str, rule_id: str, timer: Timer, err: Exception, out: list[Any]) -> None:
+    def failed_timer(self, customer_id: str, timer: Timer, err: Exception, out: list[Any]) -> None:
         """Dead-letter a customer's timer whose firing raised ``err``, as a ``processing_error``."""
-        due = iso_ms(timer.due_ms)
-        record = {"customer_id": customer_id, "timer": rule_id, "due": due, "cause": timer.cause}
-        record["caused_by"] = timer.caused_by
+        due_ms, rule_id, cause, *caused_by = timer
+        due = iso_ms(due_ms)
+        record = {"customer_id": customer_id, "timer": rule_id, "due": due, "cause": cause, "caused_by": caused_by}
         body = dead_letter(
             processor="nudgeflow.state",
             reason=PROCESSING_ERROR,
             messages=[f"timer {rule_id} of customer {customer_id}, due {due}", *error_messages(err)],
             position={"source": "timer"},
             payload=orjson.dumps(record),
-            failed_at_ms=timer.due_ms,
+            failed_at_ms=due_ms,
         )
         out.append(Output(DEAD_LETTERS, customer_id, 0, self.seq, body))
         bump(self.stats, PROCESSING_ERROR)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,7 +44,7 @@ import orjson
 
 from operators.decisions import DecisionWriter, RuleFailed, bump
 from operators.expressions import Expression
-from operators.models import ModelMode, ModelsSnapshot, ShardModels
+from operators.models import ModelMode, ModelsSnapshot, ShardModels, merge_open
 from operators.ordering import OrderedRelease, Tick, shard_of
 from operators.parse import count_notes
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
@@ -57,19 +56,20 @@ from schemas.records import decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
 from schemas.streams import MODELS, PROFILES
 from state import codec
-from state._native import Dedupe
+from state._native import Dedupe, Links
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
-from state.customer import MAX_CAUSED_BY, NO_PART, Checkpoint, CustomerState, Lifecycle, Timer
+from state.customer import MAX_CAUSED_BY, NO_PART, Checkpoint, CustomerState, Lifecycle
 from state.journal import Journal, JournalRef
 from state.journal import load as load_journal
 from state.store import CustomerStore
 from state.update import apply_event, changed_parts
 
 # 7: both stages' shards under one Bytewax key per shard number; the changes the shard's store may not
-# hold yet travel in the snapshot. 8: a customer's features are the compiled record's bytes; with a
-# customer store, the recommender and the dedupe memory are kept there as base and journals
-# (state.journal), and the snapshot refers to them
+# hold yet travel in the snapshot. 8: a customer's features are the compiled record's bytes; its timers,
+# decisions fired, open decisions and offers flat tuples and packed bytes; identity links by the hash of
+# the anonymous id; with a customer store, the recommender and the dedupe memory are kept there as base
+# and journals (state.journal), and the snapshot refers to them
 SNAPSHOT_FORMAT = 8
 MAX_UNSAVED = 3  # snapshots whose changes may wait for the customer store before a snapshot waits for it
 RECHECK = "~recheck"
@@ -139,7 +139,7 @@ class CustomerStage:
         self.config = config
         self.ordered = OrderedRelease(upstreams, self._merge_key)
         self.customers: dict[str, CustomerState] = {}
-        self.timers = TimerQueue()
+        self.timers = TimerQueue(self.customers)
         self.clock: int | None = None
         self.swept_day: int | None = None
         self.stats: dict[str, Any] = {}
@@ -277,10 +277,8 @@ class CustomerStage:
             state = self.customers[customer_id] = CustomerState(customer_id, env.ts_ms)
         if carried is not None:
             state.merge(carried, env.ts_ms)
-            for rule_id, timer in carried.timers.items():
-                if state.timers.get(rule_id) is timer:  # adopted: give it an entry in this shard's heap
-                    timer.scheduled_ms = None
-                    self.timers.schedule(state, rule_id)
+            merge_open(state, carried)
+            self.timers.schedule(state)  # an adopted timer may be due first
         self._mark(customer_id)
         return state, new
 
@@ -303,7 +301,7 @@ class CustomerStage:
         apply_event(state, env, self.config.lifecycle)
         rules = self.rules
         for trigger in rules.cancelling.get(env.name, ()):
-            state.timers.pop(trigger.id, None)
+            state.drop_timer(trigger.id)
         for trigger in rules.arming.get(env.name, ()):
             self._arm(state, trigger, env, late)
         if not late:
@@ -317,18 +315,18 @@ class CustomerStage:
         rule = trigger.rule
         assert rule.after is not None
         cause = self._cause(trigger, state, env)
-        if state.fired.get(rule.id) == cause:
+        if state.fired_cause(rule.id) == cause:
             return
         due = env.ts_ms + rule.after
         if late and due <= self.clock:  # type: ignore[operator]
             return
-        timer = state.timers.get(rule.id)
-        if timer is not None and timer.cause == cause:
-            caused_by = [*timer.caused_by[-(MAX_CAUSED_BY - 1) :], env.message_id]
-            state.timers[rule.id] = timer.moved(max(timer.due_ms, due), caused_by)
+        timer = state.timer(rule.id)
+        if timer is not None and timer[2] == cause:  # the same cause: later, and caused by this event too
+            due_before, _, _, *caused_by = timer
+            state.set_timer(max(due_before, due), rule.id, cause, (*caused_by[1 - MAX_CAUSED_BY :], env.message_id))
         else:
-            state.timers[rule.id] = Timer(due, cause, [env.message_id])
-        self.timers.schedule(state, rule.id)
+            state.set_timer(due, rule.id, cause, (env.message_id,))
+        self.timers.schedule(state)
 
     def _cause(self, trigger: CompiledTrigger, state: CustomerState, env: Envelope | None) -> str:
         """What ``trigger`` fires at most once for, as a string."""
@@ -355,7 +353,7 @@ class CustomerStage:
             return
         self.clock = candidate
         if self.timers.any_due(candidate):
-            for state, rule_id in self.timers.due(candidate, self.customers):
+            for state, rule_id in self.timers.due(candidate):
                 self._fire(state, rule_id, out)
         day = candidate // DAY_MS
         if day != self.swept_day:
@@ -365,9 +363,12 @@ class CustomerStage:
     def _fire_due(self, state: CustomerState, upto_ms: int, out: list[Any]) -> int:
         """Fire this customer's timers due by ``upto_ms`` (before its next event is applied); return
         how many were due."""
-        due = [(timer.due_ms, rule_id) for rule_id, timer in state.timers.items() if timer.due_ms <= upto_ms]
-        for _, rule_id in sorted(due):
-            if rule_id in state.timers and state.id in self.customers:
+        timers = state.timers
+        if not timers or timers[0][0] > upto_ms:
+            return 0
+        due = [rule_id for due_ms, rule_id, *_ in timers if due_ms <= upto_ms]
+        for rule_id in due:
+            if state.timer(rule_id) is not None and state.id in self.customers:
                 self._fire(state, rule_id, out)
         return len(due)
 
@@ -381,11 +382,10 @@ class CustomerStage:
         except Exception as err:
             self.writer.retract(out, start)
             self._restore(state, before)
-            self.writer.failed_timer(state.id, rule_id, state.timers.pop(rule_id), err, out)
+            self.writer.failed_timer(state.id, state.drop_timer(rule_id), err, out)  # type: ignore[arg-type]
 
     def _fire_timer(self, state: CustomerState, rule_id: str, out: list[Any]) -> None:
-        timer = state.timers.pop(rule_id)
-        due, cause, caused_by = timer.due_ms, timer.cause, timer.caused_by
+        due, _, cause, *caused_by = state.drop_timer(rule_id)  # type: ignore[misc]
         self._mark(state.id)
         if rule_id == RECHECK:
             self._audiences(state, self.rules.time_audiences, None, due, caused_by, out)
@@ -400,7 +400,7 @@ class CustomerStage:
                 self._await(state, REWARD, self.models.expire_offers(state, due))
             return
         trigger = self.rules.timers.get(rule_id)
-        if trigger is None or state.fired.get(rule_id) == cause:
+        if trigger is None or state.fired_cause(rule_id) == cause:
             return
         if trigger.rule.once_per in ("cart", "session", "order") and self._cause(trigger, state, None) != cause:
             return  # the cart was ordered, the session or the last order changed: stale
@@ -409,16 +409,13 @@ class CustomerStage:
     def _await(self, state: CustomerState, timer_id: str, due_ms: int | None) -> None:
         """Keep a model's timer (``OUTCOME``, ``REWARD``) at the expiry of its oldest open item."""
         if due_ms is None:
-            state.timers.pop(timer_id, None)
+            state.drop_timer(timer_id)
             return
-        timer = state.timers.get(timer_id)
-        if timer is None:
-            state.timers[timer_id] = Timer(due_ms, timer_id, [])
-        elif timer.due_ms == due_ms:
+        timer = state.timer(timer_id)
+        if timer is not None and timer[0] == due_ms:
             return
-        else:  # a later due time is rescheduled lazily when the heap reaches it
-            state.timers[timer_id] = timer.moved(due_ms)
-        self.timers.schedule(state, timer_id)
+        state.set_timer(due_ms, timer_id, timer_id)
+        self.timers.schedule(state)  # a later due time is rescheduled lazily when the heap reaches it
 
     def _learn_from(self, state: CustomerState, env: Envelope) -> bool:
         """Outcomes an event resolves: an order for open decisions, a click or redemption for offers.
@@ -444,12 +441,14 @@ class CustomerStage:
         re-evaluates and reschedules itself; only orders (a new purchase rhythm) and late
         events (an earlier first sighting) can move a boundary earlier.
         """
-        timer = state.timers.get(RECHECK)
-        if self.rules.time_audiences and (timer is None or moved_earlier):
+        if not self.rules.time_audiences:
+            return
+        timer = state.timer(RECHECK)
+        if timer is None or moved_earlier:
             boundary = state.next_boundary(now_ms, self.config.lifecycle, self.rules.reads_lapse_risk)
-            if boundary is not None and (timer is None or boundary < timer.due_ms):
-                state.timers[RECHECK] = Timer(boundary, "recheck", [state.features.last_event_id])
-                self.timers.schedule(state, RECHECK)
+            if boundary is not None and (timer is None or boundary < timer[0]):
+                state.set_timer(boundary, RECHECK, "recheck", (state.last_event_id,))
+                self.timers.schedule(state)
 
     def _sweep(self, now_ms: int, out: list[Any]) -> None:
         """Drop the state of customers inactive for ``state_ttl`` (once per day of event time)."""
@@ -485,7 +484,7 @@ class CustomerStage:
         out: list[Any],
     ) -> None:
         rule = trigger.rule
-        if state.fired.get(rule.id) == cause:
+        if state.fired_cause(rule.id) == cause:
             return
         view = FeatureView(state, env, at_ms, self.config.lifecycle, self.scorers)
         passed = trigger.when is None or bool(trigger.when.evaluate(view))
@@ -495,7 +494,7 @@ class CustomerStage:
             self._await(state, OUTCOME, self.models.decided(state, view))
         if not passed:
             return
-        state.fired[rule.id] = cause
+        state.set_fired(rule.id, cause)
         event_id = decision_id(state.id, rule.id, cause)
         offer_id, content, offer_choice = rule.offer_id, rule.content, None
         if offer_id == NEXT_BEST:
@@ -815,8 +814,8 @@ class CustomerStage:
         self.changed = set(shard["changed"])
         self._restore_journalled(shard, states)
         self.scorers = self.models.scorers if self.models is not None else None
-        self.timers = TimerQueue()
-        self.timers.schedule_all(self.customers)
+        self.timers = TimerQueue(self.customers)
+        self.timers.schedule_all()
 
 
 class IdentityStage(CustomerStage):
@@ -836,7 +835,7 @@ class IdentityStage(CustomerStage):
         self.index = 0  # this identity shard's number, learned from the source's ticks
         self.seen = Dedupe(config.dedupe_per_shard)
         self.added: list[str] | None = [] if config.state_store is not None else None  # ids seen since a snapshot
-        self.links: OrderedDict[str, str] = OrderedDict()
+        self.links = Links(config.links_per_shard)
 
     _merge_key = staticmethod(attrgetter("seq"))  # what waits: an event
 
@@ -890,22 +889,17 @@ class IdentityStage(CustomerStage):
             if linked is None:
                 self._customer_event(env, anonymous_id, out)
             else:
-                links.move_to_end(anonymous_id)
                 out.append(Forward(env, linked))
             return
         carried = self.customers.get(anonymous_id)
         if carried is not None and carried.audiences:  # first: nothing has changed if this raises
             self._leave_all(carried, f"identity linked to {user_id}", env.ts_ms, [env.message_id], out)
-        if links.get(anonymous_id) != user_id:
+        if links.link(anonymous_id, user_id) != user_id:
             bump(self.stats, "identities_linked")
-        links[anonymous_id] = user_id
-        links.move_to_end(anonymous_id)
-        if len(links) > self.config.links_per_shard:
-            links.popitem(last=False)
         if carried is not None:
             self._drop_customer(anonymous_id)
         if env.name == ERASURE:
-            links.pop(anonymous_id, None)
+            links.unlink(anonymous_id)
             carried = None
         out.append(env if carried is None else Forward(env, user_id, carried))
 
@@ -943,12 +937,12 @@ class IdentityStage(CustomerStage):
         if snapshot is not None:
             shard = snapshot[1]
             shard["seen"] = None if "seen" in shard["journals"] else self.seen.to_bytes()
-            shard["links"] = pickle.dumps(list(self.links.items()))
+            shard["links"] = pickle.dumps(self.links.entries())
         return snapshot
 
     def restore(self, snapshot: tuple[int, dict[str, Any]]) -> None:
         super().restore(snapshot)
-        self.links = OrderedDict(pickle.loads(snapshot[1]["links"]))
+        self.links = Links.from_entries(self.config.links_per_shard, pickle.loads(snapshot[1]["links"]))
 
     def _restore_journalled(self, shard: dict[str, Any], states: dict[str, tuple[bytes, list[bytes]]]) -> None:
         super()._restore_journalled(shard, states)

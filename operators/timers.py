@@ -1,10 +1,13 @@
-"""The timer queue of one shard: when each pending timer of its customers is due.
+"""The timer queue of one shard: when each of its customers next has a timer due.
 
-A customer's timers live in its state (:class:`state.customer.Timer`, by rule id); the queue
-holds one heap entry per pending timer, no later than its due time. Re-arming a timer to a
-later time (every ``Product Viewed`` re-arms the browse-abandonment timer) pushes nothing: the
-old entry stays, and when it comes due the timer is found later than the entry and pushed again
-at its real time. So most re-arms cost one comparison.
+A customer's timers live in its state (:data:`state.customer.Timer`, in firing order); the queue
+holds one heap entry per customer with timers, no later than its first one, and the customer
+notes the due time of its entry (``scheduled_ms``). Re-arming a timer to a later time (every
+``Product Viewed`` re-arms the browse-abandonment timer) pushes nothing: the old entry stays, and
+when it comes due the customer is pushed again at its first timer's real time. Only a timer due
+before the customer's entry pushes a new one; the old entry is skipped when it pops, and such
+stale entries are swept out once they reach a quarter of the customers (:data:`STALE_SHARE`), so
+the heap holds about one entry per customer.
 """
 
 from __future__ import annotations
@@ -14,46 +17,56 @@ from collections.abc import Iterator, Mapping
 
 from state.customer import CustomerState
 
+STALE_SHARE = 4  # stale entries swept out once the heap holds more than customers + customers / this + 64
+
 
 class TimerQueue:
-    """Heap entries ``(due, push number, customer, rule id)``: due order, then scheduling order."""
+    """Heap entries ``(due, customer id)`` of ``customers``: due order, then customer order."""
 
-    def __init__(self) -> None:
-        self.heap: list[tuple[int, int, str, str]] = []
-        self.pushes = 0
+    def __init__(self, customers: Mapping[str, CustomerState]) -> None:
+        self.customers = customers
+        self.heap: list[tuple[int, str]] = []
 
-    def schedule(self, state: CustomerState, rule_id: str) -> None:
-        """Keep an entry for the customer's timer ``rule_id`` no later than its due time."""
-        timer = state.timers[rule_id]
-        if timer.scheduled_ms is None or timer.scheduled_ms > timer.due_ms:
-            timer.scheduled_ms = timer.due_ms
-            self.pushes += 1
-            heapq.heappush(self.heap, (timer.due_ms, self.pushes, state.id, rule_id))
+    def schedule(self, state: CustomerState) -> None:
+        """Keep an entry for the customer no later than its first timer."""
+        timers = state.timers
+        if timers:
+            due = timers[0][0]
+            if state.scheduled_ms is None or state.scheduled_ms > due:
+                state.scheduled_ms = due
+                heapq.heappush(self.heap, (due, state.id))
+                if len(self.heap) > len(self.customers) * (STALE_SHARE + 1) // STALE_SHARE + 64:
+                    self._sweep()
+
+    def _sweep(self) -> None:
+        """Keep only each customer's own entry (in place: :meth:`due` may be iterating)."""
+        self.heap[:] = [(s.scheduled_ms, s.id) for s in self.customers.values() if s.scheduled_ms is not None]
+        heapq.heapify(self.heap)
 
     def any_due(self, upto_ms: int) -> bool:
         """Whether an entry is due by ``upto_ms`` (a cheap test before :meth:`due`)."""
         return bool(self.heap) and self.heap[0][0] <= upto_ms
 
-    def due(self, upto_ms: int, customers: Mapping[str, CustomerState]) -> Iterator[tuple[CustomerState, str]]:
-        """The timers due by ``upto_ms``, in due order, as ``(customer, rule id)``; entries of timers
-        gone or re-armed later are dropped or pushed again. Timers scheduled while this is consumed
-        are included when due."""
-        heap = self.heap
+    def due(self, upto_ms: int) -> Iterator[tuple[CustomerState, str]]:
+        """The timers due by ``upto_ms``, in due order (a customer's in rule id order), as ``(customer,
+        rule id)``; entries of customers gone or whose first timer is later are dropped or pushed again.
+        The consumer fires (or drops) each timer before taking the next. Timers armed while this is
+        consumed are included when due."""
+        heap, customers = self.heap, self.customers
         while heap and heap[0][0] <= upto_ms:
-            due, _, customer_id, rule_id = heapq.heappop(heap)
+            due, customer_id = heapq.heappop(heap)
             state = customers.get(customer_id)
-            timer = state.timers.get(rule_id) if state is not None else None
-            if timer is None or timer.scheduled_ms != due:
-                continue
-            if timer.due_ms > due:
-                timer.scheduled_ms = None
-                self.schedule(state, rule_id)  # type: ignore[arg-type]
-                continue
-            yield state, rule_id  # type: ignore[misc]
+            if state is None or state.scheduled_ms != due:
+                continue  # its customer is gone, or has an earlier entry
+            state.scheduled_ms = None
+            timers = state.timers
+            if timers and timers[0][0] <= due:
+                yield state, timers[0][1]
+            if customers.get(customer_id) is state:
+                self.schedule(state)
 
-    def schedule_all(self, customers: Mapping[str, CustomerState]) -> None:
-        """An entry for every timer of ``customers`` (after a restore: the heap is not snapshotted)."""
-        for state in customers.values():
-            for rule_id, timer in sorted(state.timers.items()):
-                timer.scheduled_ms = None
-                self.schedule(state, rule_id)
+    def schedule_all(self) -> None:
+        """An entry for every customer with timers (after a restore: the heap is not snapshotted)."""
+        for state in self.customers.values():
+            state.scheduled_ms = None
+            self.schedule(state)

@@ -19,6 +19,27 @@ class Dedupe:
         """A memory of ``capacity`` holding what :meth:`to_bytes` wrote (the newest ``capacity`` ids);
         ``ValueError`` for bytes it cannot read."""
 
+class Links:
+    """Identity links: anonymous id -> user id (anonymous ids kept as 128-bit hashes), the least
+    recently used forgotten first beyond ``capacity``."""
+
+    def __init__(self, capacity: int) -> None: ...
+    @property
+    def capacity(self) -> int: ...
+    def get(self, anonymous_id: str) -> str | None:
+        """The user id ``anonymous_id`` is linked to (``None``: none), made the most recently used."""
+    def link(self, anonymous_id: str, user_id: str) -> str | None:
+        """Link ``anonymous_id`` to ``user_id``, the most recently used link; return the user id it was
+        linked to before (``None``: none)."""
+    def unlink(self, anonymous_id: str) -> bool:
+        """Forget the link of ``anonymous_id``; whether there was one."""
+    def __len__(self) -> int: ...
+    def entries(self) -> list[tuple[int, str]]:
+        """The links as ``(hash of the anonymous id, user id)``, least recently used first, for snapshots."""
+    @staticmethod
+    def from_entries(capacity: int, entries: list[tuple[int, str]]) -> Links:
+        """Links of ``capacity`` holding what :meth:`entries` gave (the most recently used ``capacity``)."""
+
 class EventScan:
     """A quick pass over an input event's JSON bytes: which model it is for, if it is plain enough to
     be decoded straight into it (see ``state/native/src/event_scan.rs``)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickle
 
 from state._native import Features
-from state.customer import CustomerState, Timer
+from state.customer import CustomerState
 
 _SCALARS = ("id", "audiences", "fired", "linked_ids", "outcomes", "offers_open")
 
@@ -23,18 +23,18 @@ def encode(state: CustomerState) -> bytes:
         (
             values,
             state.features.to_bytes(),
-            {rule: (t.due_ms, t.cause, t.caused_by) for rule, t in state.timers.items()},
+            state.timers,
         ),
         protocol=pickle.HIGHEST_PROTOCOL,
     )
 
 
 def decode(blob: bytes) -> CustomerState:
-    """A state written by :func:`encode`; its timers have no heap entry yet."""
+    """A state written by :func:`encode`; its timers have no heap entry yet (``scheduled_ms``)."""
     values, features, timers = pickle.loads(blob)
     state = CustomerState.__new__(CustomerState)
     for name, value in zip(_SCALARS, values, strict=True):
         setattr(state, name, value)
     state.features = Features.from_bytes(features)
-    state.timers = {rule: Timer(due, cause, caused_by) for rule, (due, cause, caused_by) in timers.items()}
+    state.timers, state.scheduled_ms = timers, None
     return state

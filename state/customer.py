@@ -8,6 +8,8 @@ windows 30 days of buckets, traits an allowlist, ``caused_by`` lists a few ids.
 
 from __future__ import annotations
 
+from bisect import insort
+from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -46,28 +48,12 @@ class Lifecycle:
     session_timeout_ms: int = 30 * MINUTE_MS
 
 
-class Timer:
-    """A pending timer: when it is due, what it fires once for, the events that armed it.
-
-    ``scheduled_ms`` is the due time of this timer's entry in the shard's heap (``None``:
-    no entry yet); a timer pushed later keeps its older, earlier entry until that pops. While an
-    event or a timer is applied, a customer's timers are replaced (:meth:`moved`), never changed:
-    so a checkpoint keeps them by copying the dict that holds them.
-    """
-
-    __slots__ = ("cause", "caused_by", "due_ms", "scheduled_ms")
-
-    def __init__(self, due_ms: int, cause: str, caused_by: list[str]) -> None:
-        self.due_ms = due_ms
-        self.cause = cause
-        self.caused_by = caused_by
-        self.scheduled_ms: int | None = None
-
-    def moved(self, due_ms: int, caused_by: list[str] | None = None) -> Timer:
-        """This timer due at ``due_ms`` instead (and caused by ``caused_by``), with its heap entry."""
-        timer = Timer(due_ms, self.cause, self.caused_by if caused_by is None else caused_by)
-        timer.scheduled_ms = self.scheduled_ms
-        return timer
+Timer = tuple[Any, ...]
+"""A pending timer: ``(due_ms, rule_id, cause, *caused_by)``, what it fires once for (``cause``)
+and the ids of the events that armed it (at most :data:`MAX_CAUSED_BY`), in one flat tuple. A
+customer's timers are a tuple of them in firing order (due time, then rule id): replaced as a
+whole, never changed, so a checkpoint keeps them by keeping the tuple."""
+NO_TIMERS: tuple[Timer, ...] = ()
 
 
 def _feature(name: str) -> Any:
@@ -88,6 +74,7 @@ class CustomerState:
         "linked_ids",
         "offers_open",
         "outcomes",
+        "scheduled_ms",
         "timers",
     )
 
@@ -95,13 +82,14 @@ class CustomerState:
         self.id = customer_id
         self.features = Features(first_seen_ms)
         self.audiences: tuple[str, ...] = ()
-        self.timers: dict[str, Timer] = {}  # by rule id, or "~recheck"
-        self.fired: dict[str, str] = {}  # rule id -> last cause it fired for
+        self.timers = NO_TIMERS  # by due time, then rule id (or "~recheck")
+        self.scheduled_ms: int | None = None  # due time of the customer's entry in the shard's timer heap
+        self.fired: tuple[str, ...] = ()  # rule id, last cause it fired for, rule id, cause...
         self.linked_ids: tuple[str, ...] = ()
-        # decisions waiting for their outcome: (decided at, features then), oldest first
-        self.outcomes: list[tuple[int, tuple[float, ...]]] = []
-        # offers chosen by the next-best-offer policy, waiting for a reward: (decided at, offer, segment)
-        self.offers_open: list[tuple[int, str, str]] = []
+        # decisions waiting for their outcome, oldest first, packed by the models (operators.models)
+        self.outcomes = b""
+        # offers chosen by the next-best-offer policy, waiting for a reward: decided at, offer, segment, ...
+        self.offers_open: tuple[Any, ...] = ()
 
     # --- checkpoints, for undoing an update that failed halfway --------------------------
     def checkpoint(self, parts: frozenset[str] = EVERY_PART) -> Checkpoint:
@@ -109,27 +97,57 @@ class CustomerState:
         features are left as they are until then unless ``parts`` (see :data:`EVERY_PART`) says
         they may change.
 
-        Every field's value, copies of the containers the engine changes in place (``fired``,
-        ``outcomes``, ``offers_open``, the timers' dict) and, when ``parts`` names any, of the
-        features record (one native copy). Taken before every event and timer, so kept cheap.
+        Every field's value (the engine's bookkeeping, timers to open offers, is immutable: replaced,
+        never changed) and, when ``parts`` names any, a copy of the features record (one native
+        copy). Taken before every event and timer, so kept cheap.
         """
-        return (
-            _fields(self),
-            self.features.copy() if parts else None,
-            dict(self.fired),
-            self.outcomes[:],
-            self.offers_open[:],
-            dict(self.timers),
-        )
+        return _fields(self), self.features.copy() if parts else None
 
     def rollback(self, checkpoint: Checkpoint) -> None:
         """Put this state back as it was at ``checkpoint`` (taken by :meth:`checkpoint` on this object)."""
-        fields, features, fired, outcomes, offers_open, timers = checkpoint
+        fields, features = checkpoint
         for name, value in zip(CustomerState.__slots__, fields, strict=True):
             setattr(self, name, value)
         if features is not None:
             self.features = features
-        self.fired, self.outcomes, self.offers_open, self.timers = fired, outcomes, offers_open, timers
+
+    # --- timers and decisions made --------------------------------------------------------
+    def timer(self, rule_id: str) -> Timer | None:
+        """The pending timer of ``rule_id`` (``None``: there is none)."""
+        for timer in self.timers:
+            if timer[1] == rule_id:
+                return timer
+        return None
+
+    def set_timer(self, due_ms: int, rule_id: str, cause: str, caused_by: Iterable[str] = ()) -> None:
+        """Arm the timer of ``rule_id``, replacing any pending one."""
+        timers = [timer for timer in self.timers if timer[1] != rule_id]
+        insort(timers, (due_ms, rule_id, cause, *caused_by))
+        self.timers = tuple(timers)
+
+    def drop_timer(self, rule_id: str) -> Timer | None:
+        """Take the pending timer of ``rule_id`` away and return it (``None``: there was none)."""
+        timer = self.timer(rule_id)
+        if timer is not None:
+            self.timers = tuple(other for other in self.timers if other is not timer)
+        return timer
+
+    def fired_cause(self, rule_id: str) -> str | None:
+        """The cause ``rule_id`` last fired for (``None``: it never fired)."""
+        fired = self.fired
+        for at in range(0, len(fired), 2):
+            if fired[at] == rule_id:
+                return fired[at + 1]
+        return None
+
+    def set_fired(self, rule_id: str, cause: str) -> None:
+        """Note that ``rule_id`` fired for ``cause``."""
+        fired = self.fired
+        for at in range(0, len(fired), 2):
+            if fired[at] == rule_id:
+                self.fired = (*fired[: at + 1], cause, *fired[at + 2 :])
+                return
+        self.fired = (*fired, rule_id, cause)
 
     # --- features (read; see state.update.apply_event for the updates) --------------------
     first_seen_ms = _feature("first_seen_ms")
@@ -183,14 +201,15 @@ class CustomerState:
         return self.features.preferred_hour()
 
     def merge(self, other: CustomerState, now_ms: int) -> None:
-        """Fold the state of a just-linked anonymous id into this customer."""
+        """Fold the state of a just-linked anonymous id into this customer (the models fold their own
+        open items: ``outcomes``, ``offers_open``)."""
         self.features.merge(other.features, now_ms)
-        for rule, timer in other.timers.items():
-            self.timers.setdefault(rule, timer)
-        self.outcomes = sorted(self.outcomes + other.outcomes)[-MAX_PENDING_OUTCOMES:]
-        self.offers_open = sorted(self.offers_open + other.offers_open)[-MAX_PENDING_OUTCOMES:]
-        for rule, cause in other.fired.items():
-            self.fired.setdefault(rule, cause)
+        for timer in other.timers:
+            if self.timer(timer[1]) is None:
+                self.timers = tuple(sorted((*self.timers, timer)))
+        for at in range(0, len(other.fired), 2):
+            if self.fired_cause(other.fired[at]) is None:
+                self.set_fired(other.fired[at], other.fired[at + 1])
         self.linked_ids = (*self.linked_ids[-4:], other.id)
 
 

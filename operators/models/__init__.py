@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import struct
+import sys
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any, Literal
 
 from operators.models.bandit import Choice, OfferBandit, segment
-from operators.models.propensity import PropensityModel, decision_features
+from operators.models.propensity import FEATURES, PropensityModel, decision_features
 from operators.models.protocol import OnlineModel
 from operators.models.recommend import CoOccurrence, sampled
 from schemas.rules import NextBestOffer
@@ -28,6 +31,10 @@ CHECK = "~check"  # a journal entry of a sampled check (the others are product t
 ModelsSnapshot = tuple[bytes, bytes, tuple[bytes, ...]]  # see ShardModels.snapshot
 MODEL_LIBRARIES = ("river.compose", "river.drift", "river.linear_model", "river.optim", "river.preprocessing")
 _KEPT_APART = frozenset({"recommender", "registry", "scorers", "_journal", "_saved"})  # not in a snapshot's first part
+OPEN_DECISION = struct.Struct(f"<q{len(FEATURES)}d")
+"""A decision awaiting its outcome, as a customer keeps it (``state.outcomes``: these records packed,
+oldest first): when it was made and the propensity features then, as float64s (exact)."""
+OFFER_FIELDS = 3  # an offer choice awaiting its reward in ``state.offers_open``: decided at, offer, segment
 
 
 class ShardModels:
@@ -154,66 +161,74 @@ class ShardModels:
     # --- next best offer ---------------------------------------------------------------
     def choose_offer(self, state: CustomerState, view: FeatureView, decision_id: str, candidates: list[str]) -> Choice:
         """Pick an offer and keep what the reward will be learnt against; the choice is logged."""
-        context = segment(view)
+        context = sys.intern(segment(view))  # one string per segment, however many customers hold it
         choice = self.bandit.choose(decision_id, candidates, context)
-        state.offers_open.append((view.now_ms, choice.offer, context))
-        if len(state.offers_open) > MAX_PENDING_OUTCOMES:
-            del state.offers_open[0]
+        offers_open = (*state.offers_open, view.now_ms, choice.offer, context)
+        if len(offers_open) > MAX_PENDING_OUTCOMES * OFFER_FIELDS:
+            offers_open = offers_open[OFFER_FIELDS:]
             self.dropped += 1
+        state.offers_open = offers_open
         return choice
 
     def rewarded(self, state: CustomerState, offer_id: str, at_ms: int) -> int | None:
         """A click or redemption of ``offer_id`` at ``at_ms`` rewards the open choices of it."""
-        still_open = []
-        for decided_ms, offer, context in state.offers_open:
+        still_open: list[tuple[int, str, str]] = []
+        for decided_ms, offer, context in open_offers(state):
             if offer == offer_id and decided_ms <= at_ms <= decided_ms + self.reward_window_ms:
                 self.bandit.learn(offer, context, True)
             else:
                 still_open.append((decided_ms, offer, context))
-        state.offers_open = still_open
+        state.offers_open = tuple(chain.from_iterable(still_open))
         return self.next_reward_expiry(state)
 
     def expire_offers(self, state: CustomerState, now_ms: int) -> int | None:
         """Choices whose reward window passed without a reward are failures."""
         window = self.reward_window_ms
-        while state.offers_open and state.offers_open[0][0] + window <= now_ms:
-            _, offer, context = state.offers_open.pop(0)
+        while state.offers_open and state.offers_open[0] + window <= now_ms:
+            _, offer, context = state.offers_open[:OFFER_FIELDS]
+            state.offers_open = state.offers_open[OFFER_FIELDS:]
             self.bandit.learn(offer, context, False)
         return self.next_reward_expiry(state)
 
     def next_reward_expiry(self, state: CustomerState) -> int | None:
-        return state.offers_open[0][0] + self.reward_window_ms if state.offers_open else None
+        return state.offers_open[0] + self.reward_window_ms if state.offers_open else None
 
     def propensity_score(self, view: FeatureView) -> float:
         return self.propensity.score(view.memo(FEATURES_KEY, decision_features))
 
     def decided(self, state: CustomerState, view: FeatureView) -> int:
         """Keep the decision's features until its outcome; return when the oldest open one expires."""
-        state.outcomes.append((view.now_ms, view.memo(FEATURES_KEY, decision_features)))
-        if len(state.outcomes) > MAX_PENDING_OUTCOMES:
-            del state.outcomes[0]
+        outcomes = state.outcomes + OPEN_DECISION.pack(view.now_ms, *view.memo(FEATURES_KEY, decision_features))
+        if len(outcomes) > MAX_PENDING_OUTCOMES * OPEN_DECISION.size:
+            outcomes = outcomes[OPEN_DECISION.size :]
             self.dropped += 1
-        return state.outcomes[0][0] + self.horizon_ms
+        state.outcomes = outcomes
+        return self._next_expiry(outcomes)
 
     def ordered(self, state: CustomerState, at_ms: int) -> int | None:
         """An order at ``at_ms``: every open decision it falls within the horizon of was a success.
 
         Returns when the oldest decision still open expires."""
         still_open = []
-        for decided_ms, x in state.outcomes:
+        for decided_ms, x in open_decisions(state):
             if decided_ms < at_ms <= decided_ms + self.horizon_ms:  # after the decision, not with it
                 self._learn(state.id, x, True)
             else:
-                still_open.append((decided_ms, x))
-        state.outcomes = still_open
-        return still_open[0][0] + self.horizon_ms if still_open else None
+                still_open.append(OPEN_DECISION.pack(decided_ms, *x))
+        state.outcomes = b"".join(still_open)
+        return self._next_expiry(state.outcomes)
 
     def expire(self, state: CustomerState, now_ms: int) -> int | None:
         """Decisions whose horizon passed without an order are failures; return the next expiry."""
-        horizon = self.horizon_ms
-        while state.outcomes and state.outcomes[0][0] + horizon <= now_ms:
-            self._learn(state.id, state.outcomes.pop(0)[1], False)
-        return state.outcomes[0][0] + horizon if state.outcomes else None
+        while state.outcomes and self._next_expiry(state.outcomes) <= now_ms:  # type: ignore[operator]
+            _, *x = OPEN_DECISION.unpack_from(state.outcomes)
+            state.outcomes = state.outcomes[OPEN_DECISION.size :]
+            self._learn(state.id, tuple(x), False)
+        return self._next_expiry(state.outcomes)
+
+    def _next_expiry(self, outcomes: bytes) -> int | None:
+        """When the oldest of these open decisions expires (``None``: there is none)."""
+        return OPEN_DECISION.unpack_from(outcomes)[0] + self.horizon_ms if outcomes else None
 
     def _learn(self, customer_id: str, x: tuple[float, ...], y: bool) -> None:
         p = self.propensity.learn(x, y)
@@ -240,6 +255,28 @@ def import_model_libraries() -> None:
     rather than with the first model, e.g. before forking processes that then all share it."""
     for name in MODEL_LIBRARIES:
         importlib.import_module(name)
+
+
+def open_decisions(state: CustomerState) -> list[tuple[int, tuple[float, ...]]]:
+    """The customer's decisions awaiting their outcome, oldest first: (decided at, features then)."""
+    return [(decided_ms, tuple(x)) for decided_ms, *x in OPEN_DECISION.iter_unpack(state.outcomes)]
+
+
+def open_offers(state: CustomerState) -> list[tuple[int, str, str]]:
+    """The customer's offer choices awaiting a reward, oldest first: (decided at, offer, segment)."""
+    offers = state.offers_open
+    return [offers[at : at + OFFER_FIELDS] for at in range(0, len(offers), OFFER_FIELDS)]  # type: ignore[misc]
+
+
+def merge_open(state: CustomerState, other: CustomerState) -> None:
+    """Fold the open decisions and offer choices of a just-linked anonymous customer into ``state``'s
+    (in time order, the latest :data:`MAX_PENDING_OUTCOMES` of each kept)."""
+    if other.outcomes:
+        decisions = sorted(open_decisions(state) + open_decisions(other))[-MAX_PENDING_OUTCOMES:]
+        state.outcomes = b"".join(OPEN_DECISION.pack(decided_ms, *x) for decided_ms, x in decisions)
+    if other.offers_open:
+        offers = sorted(open_offers(state) + open_offers(other))[-MAX_PENDING_OUTCOMES:]
+        state.offers_open = tuple(chain.from_iterable(offers))
 
 
 def interests(state: CustomerState) -> list[str]:

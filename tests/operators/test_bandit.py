@@ -8,6 +8,7 @@ import pytest
 from conftest import CART_RULE, EngineHarness, added, decisions, order, rules_from, track
 
 from operators.engine import REWARD, EngineConfig
+from operators.models import open_offers
 from operators.models.bandit import OfferBandit
 from operators.rules import RuleFileError
 
@@ -68,13 +69,13 @@ def test_a_click_within_the_window_rewards_the_offer_and_expiry_gives_zero():
     h = EngineHarness(rules_from(RULES), EngineConfig())
     first = nudge(h, "u1", 0)
     state = h.customers.customers["u1"]
-    assert state.offers_open and REWARD in state.timers
+    assert state.offers_open and state.timer(REWARD) is not None
     h.feed([track("Promotion Clicked", "u1", 60, props={"promotion_id": first["offer_id"]})])
     bandit = h.customers.models.bandit
     assert bandit.rewards == {first["offer_id"]: 1} and not state.offers_open
-    assert REWARD not in state.timers
+    assert state.timer(REWARD) is None
     second = nudge(h, "u3", 100)
-    [(_, offer, seg)] = h.customers.customers["u3"].offers_open
+    [(_, offer, seg)] = open_offers(h.customers.customers["u3"])
     before = bandit.score(seg, offer)
     h.feed([track("Page", "zz", 100 + 24 * 60 + 40)])  # the clock passes the 1-day window
     assert not h.customers.customers["u3"].offers_open and offer == second["offer_id"]

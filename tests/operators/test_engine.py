@@ -250,8 +250,9 @@ def test_snapshots_of_other_formats_are_refused_clearly(version):
     """Format 1 held pending items in another layout; format 2 pickled customer objects; format 4's
     held-back envelopes had no contract notes; format 5 held every customer in the snapshot, and message ids
     themselves in its dedupe memory; format 6 kept the two stages' shards under different Bytewax keys and
-    wrote its customer store before the snapshot completed; format 7 encoded features as Python objects and held
-    the recommender and the dedupe memory whole, not in the customer store."""
+    wrote its customer store before the snapshot completed; format 7 encoded features as Python objects, held
+    the recommender and the dedupe memory whole, not in the customer store, a customer's timers as a dict of
+    lists and its open decisions as tuples of floats."""
     h = EngineHarness(rules_from(CART_ONLY), EngineConfig(snapshots=True))
     with pytest.raises(ValueError, match=f"format {version} is not supported: this version reads format 8"):
         h.customers.restore((version, {}))
@@ -486,7 +487,7 @@ def test_a_timer_whose_rule_raises_is_dropped_with_a_dead_letter_naming_customer
     assert orjson.loads(base64.b64decode(dead[0]["payload_base64"]))["customer_id"] == "u1"
     assert [d["subject"] for d in cart_triggers(out)] == ["u2"], "the other customer's timer fired"
     expected = codec.decode(before)
-    del expected.timers["cart"]
+    expected.drop_timer("cart")
     assert codec.encode(h.customers.customers["u1"]) == codec.encode(expected), "only the timer is gone"
     h.feed([added("u1", 50, "p9"), track("Page", "u3", 100)])
     assert h.customers.customers["u1"].features.cart_lines.keys() == {"p1", "p9"}, "later events are applied"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from conftest import CART_RULE, EngineHarness, added, decisions, order, rules_from, track
+from conftest import CART_RULE, EngineHarness, added, call, decisions, order, rules_from, track
 
 from operators.engine import OUTCOME, EngineConfig
+from operators.models import open_decisions
 from operators.models.propensity import FEATURES, Calibration, PropensityModel
 
 DAY_MIN = 24 * 60
@@ -30,14 +31,26 @@ def test_an_order_within_the_horizon_labels_the_decision_1_with_its_features_the
     h = harness()
     h.feed([added("u1", 0, price=40.0), track("Page", "u2", 40)])  # the cart trigger fires at 30 min
     state = h.customers.customers["u1"]
-    [(decided, features)] = state.outcomes
-    assert decided == state.timers[OUTCOME].due_ms - 7 * DAY_MIN * 60_000
+    [(decided, features)] = open_decisions(state)
+    assert decided == state.timer(OUTCOME)[0] - 7 * DAY_MIN * 60_000
     cart_value = features[FEATURES.index("cart_value")]
     h.feed([added("u1", 60, product="p2", price=500.0)])  # after the decision: must not leak into it
-    assert state.outcomes[0][1][FEATURES.index("cart_value")] == cart_value
+    assert open_decisions(state)[0][1][FEATURES.index("cart_value")] == cart_value
     h.feed([order("u1", 2 * DAY_MIN)])
     assert learnt(h) == 1 and sum(outcomes(h).positives) == 1 and not state.outcomes
-    assert OUTCOME not in state.timers
+    assert state.timer(OUTCOME) is None
+
+
+def test_an_anonymous_customer_s_open_decision_moves_to_the_user_on_linking_with_its_features():
+    h = harness()
+    h.feed([added(None, 0, price=40.0, anon="a1"), track("Page", "u2", 40)])  # the anonymous cart's reminder
+    [anonymous] = open_decisions(h.identity.customers["a1"])
+    h.feed([added(None, 45, price=10.0, anon="a9"), track("Page", "u2", 80)])
+    h.feed([call("identify", "u1", 90, anon="a1")])  # links a1 to u1: its state moves
+    state = h.customers.customers["u1"]
+    assert open_decisions(state) == [anonymous] and state.timer(OUTCOME)[0] == anonymous[0] + 7 * DAY_MIN * 60_000
+    h.feed([order("u1", 100)])
+    assert h.customers.models.propensity.learnt == 1 and not state.outcomes
 
 
 def test_the_horizon_passing_without_an_order_labels_it_0():
@@ -68,7 +81,7 @@ def test_models_off_give_no_score_and_keep_no_outcomes():
     h = harness("off")
     h.feed([added("u1", 0), track("Page", "u2", 40)])
     assert decisions(h.outputs, "triggers")[0]["data"]["score"] is None
-    assert h.customers.customers["u1"].outcomes == [] and h.customers.models is None
+    assert not h.customers.customers["u1"].outcomes and h.customers.models is None
 
 
 def test_a_rule_reading_the_score_only_nudges_the_persuadable_band():
@@ -76,7 +89,7 @@ def test_a_rule_reading_the_score_only_nudges_the_persuadable_band():
     events = [added("u1", 0, price=40.0), track("Page", "u2", 40)]
     probe = harness("frozen", rules)
     probe.feed(events)
-    [(_, seen)] = probe.customers.customers["u1"].outcomes  # the features this decision point has
+    [(_, seen)] = open_decisions(probe.customers.customers["u1"])  # the features this decision point has
     trained = harness(rules=rules)
     model: PropensityModel = trained.customers.models.propensity
     for _ in range(300):

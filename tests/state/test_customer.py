@@ -547,7 +547,6 @@ def test_orders_less_than_a_day_apart_are_no_rhythm():
 
 def test_a_rollback_undoes_every_update_since_its_checkpoint():
     from state import codec
-    from state.customer import Timer
 
     state = state_after(
         [
@@ -559,11 +558,11 @@ def test_a_rollback_undoes_every_update_since_its_checkpoint():
             added("u1", 5, "p3"),
         ]
     )
-    state.timers["cart"] = Timer(ms(40), "c1", ["m1"])
-    state.timers["cart"].scheduled_ms = ms(40)
-    state.fired["welcome"] = "customer"
-    state.outcomes.append((ms(4), (0.1, 0.2)))
-    state.offers_open.append((ms(4), "o1", "s"))
+    state.set_timer(ms(40), "cart", "c1", ["m1"])
+    state.scheduled_ms = ms(40)
+    state.set_fired("welcome", "customer")
+    state.outcomes += b"open decision"
+    state.offers_open += (ms(4), "o1", "s")
     before = codec.encode(state)
     checkpoint = state.checkpoint()
     other = state_after([call("identify", "a9", 0, traits={"gender": "f"}), added("a9", 1, "p9"), viewed("p8", 2)])
@@ -571,15 +570,15 @@ def test_a_rollback_undoes_every_update_since_its_checkpoint():
     feed(state, [call("identify", "u1", 92, traits={"city": "Paris"})])
     feed(state, [track("Consent Updated", "u1", 93, props={"channel": "all", "granted": False})])
     state.merge(other, ms(95))
-    state.timers["cart"] = state.timers["cart"].moved(ms(41), ["m1", "m2"])  # timers are replaced, not changed
-    state.timers["cart"].scheduled_ms = None
-    state.fired["welcome"] = "again"
-    state.outcomes.append((ms(96), (0.3,)))
-    state.offers_open.clear()
-    state.timers["new"] = Timer(ms(99), "n", [])
+    state.set_timer(ms(41), "cart", "c1", ["m1", "m2"])
+    state.scheduled_ms = None
+    state.set_fired("welcome", "again")
+    state.outcomes += b"another"
+    state.offers_open = ()
+    state.set_timer(ms(99), "new", "n")
     state.rollback(checkpoint)
     assert codec.encode(state) == before, "every field is as it was"
-    assert state.timers["cart"].scheduled_ms == ms(40), "and each timer keeps its heap entry"
+    assert state.scheduled_ms == ms(40), "and the customer's timers keep their heap entry"
 
 
 def test_a_checkpoint_of_what_an_event_changes_undoes_that_event_whatever_its_kind():

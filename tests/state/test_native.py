@@ -1,6 +1,6 @@
 """The compiled module ``state._native``: it is the Rust build of the current sources, its dedupe
-memory behaves as the identity stage's ordered dict of message ids did, and its date-times read as
-``schemas.timestamps.epoch_ms`` reads them."""
+memory and identity links behave as the identity stage's ordered dicts did, and its date-times read
+as ``schemas.timestamps.epoch_ms`` reads them."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import state._native as native
 from schemas.timestamps import epoch_ms
-from state._native import Dedupe, EpochMs
+from state._native import Dedupe, EpochMs, Links
 
 CRATE = Path(__file__).resolve().parents[2] / "state" / "native"
 
@@ -156,3 +156,51 @@ def test_native_date_times_hand_other_values_to_the_general_way():
     for value in (None, 1767607200, b"2026-01-05T10:00:00Z", "\ud800"):
         native, general = read_both(value)  # type: ignore[arg-type]
         assert native == general, value
+
+
+class OrderedDictLinks:
+    """What the identity stage did before: an ordered dict of anonymous id -> user id in use order."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.links = capacity, OrderedDict[str, str]()
+
+    def get(self, anonymous_id: str) -> str | None:
+        linked = self.links.get(anonymous_id)
+        if linked is not None:
+            self.links.move_to_end(anonymous_id)
+        return linked
+
+    def link(self, anonymous_id: str, user_id: str) -> str | None:
+        before = self.links.get(anonymous_id)
+        self.links[anonymous_id] = user_id
+        self.links.move_to_end(anonymous_id)
+        if len(self.links) > self.capacity:
+            self.links.popitem(last=False)
+        return before
+
+    def unlink(self, anonymous_id: str) -> bool:
+        return self.links.pop(anonymous_id, None) is not None
+
+
+ANONYMOUS_IDS = ["a0", "a1", "a2", "a3", "é", ""]
+CALLS = st.sampled_from(["get", "link", "unlink"])
+LINK_CALLS = st.tuples(CALLS, st.sampled_from(ANONYMOUS_IDS), st.sampled_from("uvw"))
+
+
+@given(st.integers(1, 4), st.lists(LINK_CALLS, max_size=100))
+def test_links_answer_as_the_ordered_dict_did_and_forget_the_least_recently_used(capacity, calls):
+    links, expected = Links(capacity), OrderedDictLinks(capacity)
+    for name, anonymous_id, user_id in calls:
+        args = (anonymous_id, user_id) if name == "link" else (anonymous_id,)
+        assert getattr(links, name)(*args) == getattr(expected, name)(*args), (name, args)
+    assert len(links) == len(expected.links)
+    restored = Links.from_entries(capacity, links.entries())
+    assert [user for _, user in restored.entries()] == list(expected.links.values()), "in use order"
+    assert all(restored.get(anonymous_id) == user for anonymous_id, user in expected.links.items())
+
+
+def test_links_keep_anonymous_ids_by_a_hash_stable_across_runs_and_machines():
+    links = Links(2)
+    links.link("abc", "u1")
+    assert links.entries() == [(0xC0B381E8CBC058C27774630FA24619EE, "u1")], "the dedupe memory's SipHash-1-3"
+    assert Links.from_entries(1, [(1, "old"), (2, "new")]).entries() == [(2, "new")], "the most recent kept"

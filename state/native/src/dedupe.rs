@@ -3,9 +3,14 @@
 //! An id is remembered as its SipHash-1-3 (128-bit output) under a fixed key, so the same id
 //! gives the same hash on every run and machine: snapshots restore anywhere and replays are
 //! deterministic. Two different ids share a hash with a probability of about n² / 2¹²⁹.
+//!
+//! The hashes sit in a ring (16 bytes each); lookups go through an open-addressing table of
+//! 4-byte ring positions (linear probing, at most 3/4 full), about 22 bytes per id in all where a
+//! set of the hashes beside the ring took 47.
 
-use std::collections::HashSet;
+use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
 
 use siphasher::sip128::SipHasher13;
 
@@ -14,6 +19,8 @@ const KEY: &[u8; 16] = b"nudgeflow-dedupe";
 /// First byte of [`Dedupe::to_bytes`]; the 16-byte little-endian hashes follow, oldest first.
 pub const FORMAT: u8 = 1;
 const HASH_BYTES: usize = 16;
+/// A free slot of the lookup table (ring positions are below `u32::MAX`).
+const EMPTY: u32 = u32::MAX;
 
 /// The 128-bit hash a message id is remembered by.
 pub fn message_hash(message_id: &str) -> u128 {
@@ -54,23 +61,27 @@ pub struct Dedupe {
     /// The hashes in a ring: grows to `capacity`, then `oldest` is the next slot overwritten.
     ring: Vec<u128>,
     oldest: usize,
-    /// The same hashes, for lookups (std's randomly keyed hasher: crafted ids cannot flood it).
-    members: HashSet<u128>,
-    /// What `members` holds once the ring is full: more means its table grew to make room for
-    /// the markers removals leave, so it is rebuilt at this size instead.
-    full_members: usize,
+    /// Ring positions by hash, for lookups: a power-of-two table, probed from [`Dedupe::home`].
+    table: Vec<u32>,
+    /// Random per memory: where a hash starts probing depends on it, so ids crafted against the
+    /// fixed SipHash key cannot pile up on one slot.
+    mix: u64,
 }
 
 impl Dedupe {
     /// An empty memory of `capacity` hashes (at least 1); it allocates as it fills.
     pub fn new(capacity: usize) -> Self {
         assert!(capacity > 0, "a dedupe memory holds at least one id");
+        assert!(
+            capacity < EMPTY as usize,
+            "a dedupe memory holds fewer than 2³² ids"
+        );
         Self {
             capacity,
             ring: Vec::new(),
             oldest: 0,
-            members: HashSet::new(),
-            full_members: 0,
+            table: Vec::new(),
+            mix: RandomState::new().build_hasher().finish() | 1,
         }
     }
 
@@ -93,7 +104,7 @@ impl Dedupe {
 
     /// Whether `hash` is remembered; remembers it if not, forgetting the oldest when full.
     pub fn seen_or_add_hash(&mut self, hash: u128) -> bool {
-        if self.members.contains(&hash) {
+        if self.find(hash).is_some() {
             return true;
         }
         if self.ring.len() < self.capacity {
@@ -103,20 +114,85 @@ impl Dedupe {
                 self.ring.reserve_exact(more);
             }
             self.ring.push(hash);
-            self.members.insert(hash);
-            if self.ring.len() == self.capacity {
-                self.full_members = self.members.capacity();
+            if self.ring.len() * 4 > self.table.len() * 3 {
+                self.rebuild_table();
+            } else {
+                self.place(self.ring.len() - 1);
             }
         } else {
-            let forgotten = std::mem::replace(&mut self.ring[self.oldest], hash);
-            self.members.remove(&forgotten);
+            let forgotten = self
+                .find(self.ring[self.oldest])
+                .expect("a remembered hash is in the table");
+            self.vacate(forgotten);
+            self.ring[self.oldest] = hash;
+            self.place(self.oldest);
             self.oldest = (self.oldest + 1) % self.capacity;
-            self.members.insert(hash);
-            if self.members.capacity() > self.full_members {
-                self.members.shrink_to(self.capacity);
-            }
         }
         false
+    }
+
+    /// The table slot where probing for `hash` starts (multiply-shift by the random `mix`).
+    fn home(&self, hash: u128) -> usize {
+        let folded = (hash as u64) ^ ((hash >> 64) as u64);
+        let bits = self.table.len().trailing_zeros();
+        (folded.wrapping_mul(self.mix) >> (64 - bits)) as usize
+    }
+
+    /// The table slot holding `hash`'s ring position, if it is remembered.
+    fn find(&self, hash: u128) -> Option<usize> {
+        if self.table.is_empty() {
+            return None;
+        }
+        let mask = self.table.len() - 1;
+        let mut slot = self.home(hash);
+        loop {
+            match self.table[slot] {
+                EMPTY => return None,
+                position if self.ring[position as usize] == hash => return Some(slot),
+                _ => slot = (slot + 1) & mask,
+            }
+        }
+    }
+
+    /// Enter ring position `position` in the table.
+    fn place(&mut self, position: usize) {
+        let mask = self.table.len() - 1;
+        let mut slot = self.home(self.ring[position]);
+        while self.table[slot] != EMPTY {
+            slot = (slot + 1) & mask;
+        }
+        self.table[slot] = position as u32;
+    }
+
+    /// Empty table slot `slot`, moving later entries of its probe run back so that every entry
+    /// stays reachable from its home slot (backward-shift deletion: no markers are left).
+    fn vacate(&mut self, mut slot: usize) {
+        let mask = self.table.len() - 1;
+        let mut next = (slot + 1) & mask;
+        loop {
+            let position = self.table[next];
+            if position == EMPTY {
+                break;
+            }
+            let home = self.home(self.ring[position as usize]);
+            if next.wrapping_sub(home) & mask >= next.wrapping_sub(slot) & mask {
+                self.table[slot] = position;
+                slot = next;
+            }
+            next = (next + 1) & mask;
+        }
+        self.table[slot] = EMPTY;
+    }
+
+    /// A table twice the size (at least 16 slots, at most 3/4 full once the ring is), every ring
+    /// position entered again.
+    fn rebuild_table(&mut self) {
+        let size = (self.table.len() * 2).max(16);
+        let wanted = ((self.capacity * 4 + 2) / 3).next_power_of_two();
+        self.table = vec![EMPTY; size.min(wanted.max(16))];
+        for position in 0..self.ring.len() {
+            self.place(position);
+        }
     }
 
     /// The remembered hashes, oldest first.
@@ -233,24 +309,55 @@ mod tests {
             memory.seen_or_add(&id);
         }
         assert_eq!(memory.ring.capacity(), 1000);
-        assert_eq!(memory.members.len(), 1000);
+        assert_eq!(memory.table.iter().filter(|&&p| p != EMPTY).count(), 1000);
+        assert_eq!(
+            memory.table.len(),
+            2048,
+            "the smallest power of two at most 3/4 full"
+        );
     }
 
     #[test]
-    fn the_lookup_set_does_not_grow_under_churn() {
+    fn the_lookup_table_does_not_grow_under_churn_and_finds_every_id() {
         let mut memory = Dedupe::new(1000);
         for id in ids(0..1000) {
             memory.seen_or_add(&id);
         }
-        let full = memory.members.capacity();
+        let full = memory.table.len();
         for id in ids(1000..400_000) {
-            memory.seen_or_add(&id);
+            assert!(!memory.seen_or_add(&id));
         }
+        assert_eq!(memory.table.len(), full);
         assert!(
-            memory.members.capacity() <= full,
-            "{} > {full}",
-            memory.members.capacity()
+            ids(399_000..400_000)
+                .iter()
+                .all(|id| memory.seen_or_add(id)),
+            "the newest are all found"
         );
+        assert!(
+            !ids(0..398_999)
+                .iter()
+                .any(|id| memory.find(message_hash(id)).is_some()),
+            "the rest forgotten"
+        );
+    }
+
+    #[test]
+    fn colliding_homes_are_found_and_vacated_in_any_order() {
+        let mut memory = Dedupe::new(64);
+        memory.mix = 1 << 63; // every hash starts probing at one of two slots
+        let hashes: Vec<u128> = (1..=40u128).collect();
+        for &hash in &hashes {
+            assert!(!memory.seen_or_add_hash(hash));
+        }
+        for &hash in &hashes {
+            assert!(memory.seen_or_add_hash(hash));
+        }
+        for hash in 41..=200u128 {
+            assert!(!memory.seen_or_add_hash(hash), "{hash}");
+        }
+        assert!((137..=200u128).all(|hash| memory.find(hash).is_some()));
+        assert!((1..=136u128).all(|hash| memory.find(hash).is_none()));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::recommend::{self, Layout, WINDOW};
-use crate::{dedupe, event_scan, recommend_bytes, sample, timestamps};
+use crate::{dedupe, event_scan, links, recommend_bytes, sample, timestamps};
 
 /// Dedupe memory: the last ``capacity`` message ids (as 128-bit hashes), forgetting the oldest first.
 #[pyclass(module = "state._native", name = "Dedupe")]
@@ -75,6 +75,87 @@ impl Dedupe {
     fn __repr__(&self) -> String {
         format!(
             "Dedupe(capacity={}, len={})",
+            self.inner.capacity(),
+            self.inner.len()
+        )
+    }
+}
+
+/// Identity links: anonymous id -> user id (anonymous ids kept as 128-bit hashes), the least
+/// recently used forgotten first beyond ``capacity``.
+#[pyclass(module = "state._native", name = "Links")]
+struct Links {
+    inner: links::Links<Py<PyString>>,
+}
+
+#[pymethods]
+impl Links {
+    #[new]
+    fn new(capacity: usize) -> PyResult<Self> {
+        if capacity == 0 {
+            return Err(PyValueError::new_err(
+                "identity links hold at least one entry (capacity 0)",
+            ));
+        }
+        Ok(Self {
+            inner: links::Links::new(capacity),
+        })
+    }
+
+    /// The user id ``anonymous_id`` is linked to (``None``: none), made the most recently used.
+    fn get(&mut self, py: Python<'_>, anonymous_id: &str) -> Option<Py<PyString>> {
+        let key = links::anonymous_key(anonymous_id);
+        self.inner.get(key).map(|user_id| user_id.clone_ref(py))
+    }
+
+    /// Link ``anonymous_id`` to ``user_id``, the most recently used link; return the user id it was
+    /// linked to before (``None``: none).
+    fn link(&mut self, anonymous_id: &str, user_id: Py<PyString>) -> Option<Py<PyString>> {
+        self.inner
+            .insert(links::anonymous_key(anonymous_id), user_id)
+    }
+
+    /// Forget the link of ``anonymous_id``; whether there was one.
+    fn unlink(&mut self, anonymous_id: &str) -> bool {
+        self.inner.remove(links::anonymous_key(anonymous_id))
+    }
+
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// The links as ``(hash of the anonymous id, user id)``, least recently used first, for snapshots.
+    fn entries(&self, py: Python<'_>) -> Vec<(u128, Py<PyString>)> {
+        self.inner
+            .entries()
+            .map(|([low, high], user_id)| {
+                (
+                    (u128::from(high) << 64) | u128::from(low),
+                    user_id.clone_ref(py),
+                )
+            })
+            .collect()
+    }
+
+    /// Links of ``capacity`` holding what :meth:`entries` gave (the most recently used ``capacity``).
+    #[staticmethod]
+    fn from_entries(capacity: usize, entries: Vec<(u128, Py<PyString>)>) -> PyResult<Self> {
+        let mut out = Self::new(capacity)?;
+        for (hash, user_id) in entries {
+            out.inner
+                .insert([hash as u64, (hash >> 64) as u64], user_id);
+        }
+        Ok(out)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Links(capacity={}, len={})",
             self.inner.capacity(),
             self.inner.len()
         )
@@ -548,6 +629,7 @@ impl EpochMs {
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Dedupe>()?;
+    module.add_class::<Links>()?;
     module.add_class::<CoOccurrence>()?;
     module.add_function(wrap_pyfunction!(sampled, module)?)?;
     module.add_class::<EventScan>()?;
