@@ -86,7 +86,10 @@ def _consume(bootstrap: str, topic: str, expected: int, timeout: float = 30) -> 
 def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic].result(30)
-    assert len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == partitions
+    deadline = time.monotonic() + 30  # a new topic's metadata reaches the broker's cache a moment later
+    while len(admin.list_topics(topic, timeout=10).topics[topic].partitions) < partitions:
+        assert time.monotonic() < deadline, f"topic {topic} has no {partitions} partitions after 30 s"
+        time.sleep(0.1)
 
 
 def test_server_properties_name_the_kraft_listeners(tmp_path: Path) -> None:
