@@ -8,6 +8,7 @@
 //! names, never the ids.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
 pub type Id = u32;
 
@@ -568,12 +569,9 @@ pub struct Lifecycle {
     pub at_risk_gap_factor: f64,
 }
 
-/// The features of one customer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Features {
-    pub first_seen_ms: i64,
-    pub last_seen_ms: i64,
-    pub last_event_id: Box<str>,
+/// A customer's orders and refunds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Purchases {
     pub orders: i64,
     pub refunds: i64,
     pub lifetime_spend: f64,
@@ -581,6 +579,66 @@ pub struct Features {
     pub last_order_ms: Option<i64>,
     pub last_order_id: Option<Box<str>>,
     pub order_gap_ms: f64,
+    pub bought: Box<[Id]>,
+}
+
+/// The purchases of a customer with none.
+static NO_PURCHASES: LazyLock<Purchases> = LazyLock::new(Purchases::default);
+
+impl Purchases {
+    fn order(&mut self, order_id: &str, amount: f64, at_ms: i64) {
+        self.orders += 1;
+        self.lifetime_spend = py_round(self.lifetime_spend + amount, 2);
+        if self.first_order_ms.map_or(true, |first| at_ms < first) {
+            self.first_order_ms = Some(at_ms);
+        }
+        if self.last_order_ms.map_or(true, |last| at_ms >= last) {
+            self.last_order_ms = Some(at_ms);
+            self.last_order_id = Some(order_id.into());
+        }
+        self.update_order_gap();
+    }
+
+    fn update_order_gap(&mut self) {
+        if let (true, Some(first), Some(last)) =
+            (self.orders >= 2, self.first_order_ms, self.last_order_ms)
+        {
+            self.order_gap_ms = ratio(last - first, self.orders - 1);
+        }
+    }
+
+    fn refund(&mut self, amount: f64) {
+        self.refunds += 1;
+        self.lifetime_spend = py_max(0.0, py_round(self.lifetime_spend - amount, 2));
+    }
+
+    fn merge(&mut self, theirs: &Purchases) {
+        self.orders += theirs.orders;
+        self.refunds += theirs.refunds;
+        self.lifetime_spend = py_round(self.lifetime_spend + theirs.lifetime_spend, 2);
+        if let Some(first) = theirs.first_order_ms {
+            if self.first_order_ms.map_or(true, |mine| first < mine) {
+                self.first_order_ms = Some(first);
+            }
+        }
+        if let Some(last) = theirs.last_order_ms {
+            if self.last_order_ms.map_or(true, |mine| last > mine) {
+                self.last_order_ms = Some(last);
+                self.last_order_id = theirs.last_order_id.clone();
+            }
+        }
+        self.update_order_gap();
+    }
+}
+
+/// The features of one customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub last_event_id: Box<str>,
+    /// Orders and refunds (`None`: none yet, as for most customers).
+    pub purchases: Option<Box<Purchases>>,
     pub counts: Counts,
     pub categories: TopK,
     pub products: TopK,
@@ -595,22 +653,20 @@ pub struct Features {
     pub traits: Box<[(u8, Trait)]>,
     /// `(channel code, granted)` in the order channels were first set.
     pub consent: Box<[(u8, bool)]>,
-    pub bought: Box<[Id]>,
 }
 
 impl Features {
+    /// Orders and refunds (all zero and none for a customer with none).
+    pub fn purchases(&self) -> &Purchases {
+        self.purchases.as_deref().unwrap_or(&NO_PURCHASES)
+    }
+
     pub fn new(first_seen_ms: i64) -> Self {
         Self {
             first_seen_ms,
             last_seen_ms: first_seen_ms,
             last_event_id: "".into(),
-            orders: 0,
-            refunds: 0,
-            lifetime_spend: 0.0,
-            first_order_ms: None,
-            last_order_ms: None,
-            last_order_id: None,
-            order_gap_ms: 0.0,
+            purchases: None,
             counts: Counts::default(),
             categories: TopK::default(),
             products: TopK::default(),
@@ -622,7 +678,6 @@ impl Features {
             hours: [0; 24],
             traits: Box::default(),
             consent: Box::default(),
-            bought: Box::default(),
         }
     }
 
@@ -708,17 +763,18 @@ impl Features {
     ) -> Result<(), Overflow> {
         self.apply(event)?;
         let at = event.at_ms;
+        let purchases = self.purchases.get_or_insert_with(Box::default);
         if !completed {
-            self.refund(amount.abs());
+            purchases.refund(amount.abs());
             return Ok(());
         }
-        self.order(order_id, py_max(0.0, amount), at);
+        purchases.order(order_id, py_max(0.0, amount), at);
         let bought = lines
             .iter()
             .filter(|(_, _, quantity)| *quantity >= 0)
             .take(MAX_BOUGHT);
-        if self.last_order_ms == Some(at) {
-            self.bought = bought.clone().map(|(product, _, _)| *product).collect();
+        if purchases.last_order_ms == Some(at) {
+            purchases.bought = bought.clone().map(|(product, _, _)| *product).collect();
         }
         for (product, category, _) in bought {
             self.products
@@ -803,32 +859,6 @@ impl Features {
         self.hours[hour] += 1;
     }
 
-    fn order(&mut self, order_id: &str, amount: f64, at_ms: i64) {
-        self.orders += 1;
-        self.lifetime_spend = py_round(self.lifetime_spend + amount, 2);
-        if self.first_order_ms.map_or(true, |first| at_ms < first) {
-            self.first_order_ms = Some(at_ms);
-        }
-        if self.last_order_ms.map_or(true, |last| at_ms >= last) {
-            self.last_order_ms = Some(at_ms);
-            self.last_order_id = Some(order_id.into());
-        }
-        self.update_order_gap();
-    }
-
-    fn update_order_gap(&mut self) {
-        if let (true, Some(first), Some(last)) =
-            (self.orders >= 2, self.first_order_ms, self.last_order_ms)
-        {
-            self.order_gap_ms = ratio(last - first, self.orders - 1);
-        }
-    }
-
-    fn refund(&mut self, amount: f64) {
-        self.refunds += 1;
-        self.lifetime_spend = py_max(0.0, py_round(self.lifetime_spend - amount, 2));
-    }
-
     fn add_to_cart(
         &mut self,
         cart_id: Option<&str>,
@@ -868,21 +898,11 @@ impl Features {
             self.last_seen_ms = other.last_seen_ms;
             self.last_event_id = other.last_event_id.clone();
         }
-        self.orders += other.orders;
-        self.refunds += other.refunds;
-        self.lifetime_spend = py_round(self.lifetime_spend + other.lifetime_spend, 2);
-        if let Some(first) = other.first_order_ms {
-            if self.first_order_ms.map_or(true, |mine| first < mine) {
-                self.first_order_ms = Some(first);
-            }
+        if let Some(theirs) = &other.purchases {
+            self.purchases
+                .get_or_insert_with(Box::default)
+                .merge(theirs);
         }
-        if let Some(last) = other.last_order_ms {
-            if self.last_order_ms.map_or(true, |mine| last > mine) {
-                self.last_order_ms = Some(last);
-                self.last_order_id = other.last_order_id.clone();
-            }
-        }
-        self.update_order_gap();
         self.counts.merge(&other.counts, now_ms);
         self.categories
             .merge(&other.categories, CATEGORY_HALF_LIFE_MS, names);
@@ -931,7 +951,7 @@ impl Features {
         if now_ms - self.first_seen_ms < lc.new_days * DAY_MS {
             return "new";
         }
-        let last = self.last_order_ms.unwrap_or(self.last_seen_ms);
+        let last = self.purchases().last_order_ms.unwrap_or(self.last_seen_ms);
         if now_ms - last >= lc.lapse_days * DAY_MS {
             return "lapsed";
         }
@@ -939,8 +959,9 @@ impl Features {
     }
 
     fn has_rhythm(&self) -> Option<i64> {
-        self.last_order_ms
-            .filter(|_| self.orders >= 2 && self.order_gap_ms >= MIN_RHYTHM_MS)
+        let p = self.purchases();
+        p.last_order_ms
+            .filter(|_| p.orders >= 2 && p.order_gap_ms >= MIN_RHYTHM_MS)
     }
 
     /// A repeat buyer overdue by `at_risk_gap_factor` times their usual gap, not yet lapsed.
@@ -949,14 +970,14 @@ impl Features {
             return false;
         };
         let overdue = now_ms - last;
-        lc.at_risk_gap_factor * self.order_gap_ms <= overdue as f64
+        lc.at_risk_gap_factor * self.purchases().order_gap_ms <= overdue as f64
             && overdue < lc.lapse_days * DAY_MS
     }
 
     /// How likely this buyer reaches `lapse_days` without another order (see
     /// `CustomerState.lapse_risk`); `None` before the first order.
     pub fn lapse_risk(&self, now_ms: i64, lc: &Lifecycle) -> Option<f64> {
-        let last = self.last_order_ms?;
+        let last = self.purchases().last_order_ms?;
         let lapse_at = last + lc.lapse_days * DAY_MS;
         if now_ms >= lapse_at {
             return Some(1.0);
@@ -969,13 +990,13 @@ impl Features {
     }
 
     fn expected_gap_ms(&self) -> f64 {
-        let gaps = if self.orders >= 2 && self.order_gap_ms >= MIN_RHYTHM_MS {
-            self.orders - 1
+        let p = self.purchases();
+        let gaps = if p.orders >= 2 && p.order_gap_ms >= MIN_RHYTHM_MS {
+            p.orders - 1
         } else {
             0
         };
-        (self.order_gap_ms * gaps as f64 + (PRIOR_ORDER_GAP_DAYS * DAY_MS) as f64)
-            / (gaps + 1) as f64
+        (p.order_gap_ms * gaps as f64 + (PRIOR_ORDER_GAP_DAYS * DAY_MS) as f64) / (gaps + 1) as f64
     }
 
     /// When `lapse_risk` (rising with silence) next reaches a tenth above its value now.
@@ -985,7 +1006,10 @@ impl Features {
             return None;
         }
         let step = ((risk * 10.0 + 1e-9).floor() + 1.0) / 10.0;
-        let (mut low, mut high) = (now_ms, self.last_order_ms? + lc.lapse_days * DAY_MS);
+        let (mut low, mut high) = (
+            now_ms,
+            self.purchases().last_order_ms? + lc.lapse_days * DAY_MS,
+        );
         while high - low > MINUTE_MS {
             let middle = (low + high).div_euclid(2);
             if self.lapse_risk(middle, lc)? >= step {
@@ -1000,12 +1024,12 @@ impl Features {
     /// The next event time at which `lifecycle` or `at_risk` (and, with `risk_steps`,
     /// `lapse_risk`, to the next tenth) can change with no new event.
     pub fn next_boundary(&self, now_ms: i64, lc: &Lifecycle, risk_steps: bool) -> Option<i64> {
-        let last = self.last_order_ms.unwrap_or(self.last_seen_ms);
+        let last = self.purchases().last_order_ms.unwrap_or(self.last_seen_ms);
         let candidates = [
             Some(self.first_seen_ms + lc.new_days * DAY_MS),
             Some(last + lc.lapse_days * DAY_MS),
             self.has_rhythm().map(|last_order| {
-                last_order + (lc.at_risk_gap_factor * self.order_gap_ms).ceil() as i64
+                last_order + (lc.at_risk_gap_factor * self.purchases().order_gap_ms).ceil() as i64
             }),
             if risk_steps {
                 self.next_risk_step(now_ms, lc)
@@ -1040,9 +1064,14 @@ impl Features {
         let cart = self.cart.as_ref().map_or(0, |c| {
             size_of_val(&**c) + c.id.len() + size_of_val(&*c.lines)
         });
+        let purchases = self.purchases.as_ref().map_or(0, |p| {
+            size_of_val(&**p)
+                + p.last_order_id.as_ref().map_or(0, |id| id.len())
+                + size_of_val(&*p.bought)
+        });
         size_of_val(self)
             + self.last_event_id.len()
-            + self.last_order_id.as_ref().map_or(0, |id| id.len())
+            + purchases
             + size_of_val(&*self.counts.buckets)
             + size_of_val(&*self.categories.scores)
             + size_of_val(&*self.products.scores)
@@ -1050,7 +1079,6 @@ impl Features {
             + cart
             + size_of_val(&*self.traits)
             + size_of_val(&*self.consent)
-            + size_of_val(&*self.bought)
     }
 }
 
@@ -1214,13 +1242,14 @@ impl Features {
         w.i64(self.first_seen_ms);
         w.i64(self.last_seen_ms);
         w.text(&self.last_event_id);
-        w.i64(self.orders);
-        w.i64(self.refunds);
-        w.f64(self.lifetime_spend);
-        w.option(self.first_order_ms, Writer::i64);
-        w.option(self.last_order_ms, Writer::i64);
-        w.option(self.last_order_id.as_deref(), Writer::text);
-        w.f64(self.order_gap_ms);
+        let p = self.purchases();
+        w.i64(p.orders);
+        w.i64(p.refunds);
+        w.f64(p.lifetime_spend);
+        w.option(p.first_order_ms, Writer::i64);
+        w.option(p.last_order_ms, Writer::i64);
+        w.option(p.last_order_id.as_deref(), Writer::text);
+        w.f64(p.order_gap_ms);
         let buckets = self.counts.flat();
         w.u32(buckets.len());
         for value in buckets {
@@ -1271,8 +1300,8 @@ impl Features {
             w.u8(*channel);
             w.u8(u8::from(*granted));
         }
-        w.u32(self.bought.len());
-        self.bought.iter().for_each(|p| w.name(*p));
+        w.u32(p.bought.len());
+        p.bought.iter().for_each(|product| w.name(*product));
         w.out
     }
 
@@ -1288,13 +1317,14 @@ impl Features {
         let mut f = Features::new(r.i64()?);
         f.last_seen_ms = r.i64()?;
         f.last_event_id = r.text()?;
-        f.orders = r.i64()?;
-        f.refunds = r.i64()?;
-        f.lifetime_spend = r.f64()?;
-        f.first_order_ms = r.option(Reader::i64)?;
-        f.last_order_ms = r.option(Reader::i64)?;
-        f.last_order_id = r.option(Reader::text)?;
-        f.order_gap_ms = r.f64()?;
+        let mut p = Purchases::default();
+        p.orders = r.i64()?;
+        p.refunds = r.i64()?;
+        p.lifetime_spend = r.f64()?;
+        p.first_order_ms = r.option(Reader::i64)?;
+        p.last_order_ms = r.option(Reader::i64)?;
+        p.last_order_id = r.option(Reader::text)?;
+        p.order_gap_ms = r.f64()?;
         let buckets = r.many(|r| Ok(r.u32()? as u32 as i32))?;
         f.categories = r.topk()?;
         f.products = r.topk()?;
@@ -1342,12 +1372,15 @@ impl Features {
         f.consent = r
             .many(|r| Ok((r.code(CHANNELS.len(), "channel")?, r.flag()?)))?
             .into();
-        f.bought = r.many(Reader::name)?.into();
+        p.bought = r.many(Reader::name)?.into();
         if !r.data.is_empty() {
             return Err(Unreadable(format!("{} bytes left over", r.data.len())));
         }
         f.counts = Counts::from_flat(&buckets)
             .ok_or_else(|| Unreadable("windowed counts out of shape".into()))?;
+        if p != Purchases::default() {
+            f.purchases = Some(Box::new(p));
+        }
         Ok(f)
     }
 }
@@ -1817,31 +1850,31 @@ pub mod python {
         }
         #[getter]
         fn orders(&self) -> i64 {
-            self.inner.orders
+            self.inner.purchases().orders
         }
         #[getter]
         fn refunds(&self) -> i64 {
-            self.inner.refunds
+            self.inner.purchases().refunds
         }
         #[getter]
         fn lifetime_spend(&self) -> f64 {
-            self.inner.lifetime_spend
+            self.inner.purchases().lifetime_spend
         }
         #[getter]
         fn first_order_ms(&self) -> Option<i64> {
-            self.inner.first_order_ms
+            self.inner.purchases().first_order_ms
         }
         #[getter]
         fn last_order_ms(&self) -> Option<i64> {
-            self.inner.last_order_ms
+            self.inner.purchases().last_order_ms
         }
         #[getter]
         fn last_order_id(&self) -> Option<&str> {
-            self.inner.last_order_id.as_deref()
+            self.inner.purchases().last_order_id.as_deref()
         }
         #[getter]
         fn order_gap_ms(&self) -> f64 {
-            self.inner.order_gap_ms
+            self.inner.purchases().order_gap_ms
         }
         #[getter]
         fn last_store(&self) -> Option<&'static str> {
@@ -1863,7 +1896,7 @@ pub mod python {
         /// Products of the last order.
         #[getter]
         fn bought<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-            PyTuple::new(py, names(&self.inner.bought))
+            PyTuple::new(py, names(&self.inner.purchases().bought))
         }
         /// Identify traits, in the order first set.
         #[getter]
@@ -2115,7 +2148,9 @@ pub mod python {
         fn __repr__(&self) -> String {
             format!(
                 "Features(first_seen_ms={}, last_seen_ms={}, orders={})",
-                self.inner.first_seen_ms, self.inner.last_seen_ms, self.inner.orders
+                self.inner.first_seen_ms,
+                self.inner.last_seen_ms,
+                self.inner.purchases().orders
             )
         }
     }
