@@ -528,6 +528,57 @@ impl Cart {
     }
 }
 
+/// Consent by channel, in the order channels were first set, held inline: each entry is
+/// `channel code << 1 | granted`, [`Consent::UNSET`] past the last.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Consent([u8; CHANNELS.len()]);
+
+impl Default for Consent {
+    fn default() -> Self {
+        Self([Self::UNSET; CHANNELS.len()])
+    }
+}
+
+impl Consent {
+    const UNSET: u8 = u8::MAX;
+
+    /// `(channel code, granted)` in the order channels were first set.
+    pub fn iter(&self) -> impl Iterator<Item = (u8, bool)> + '_ {
+        self.0
+            .iter()
+            .take_while(|entry| **entry != Self::UNSET)
+            .map(|entry| (entry >> 1, entry & 1 == 1))
+    }
+
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0[0] == Self::UNSET
+    }
+
+    /// Set one channel (a code below `CHANNELS.len()`); `false` when every slot is taken by
+    /// another channel.
+    pub fn set(&mut self, channel: u8, granted: bool) -> bool {
+        let entry = channel << 1 | u8::from(granted);
+        for slot in &mut self.0 {
+            if *slot == Self::UNSET || *slot >> 1 == channel {
+                *slot = entry;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Set one channel unless it is set already.
+    fn set_if_unset(&mut self, channel: u8, granted: bool) {
+        if !self.iter().any(|(c, _)| c == channel) {
+            self.set(channel, granted);
+        }
+    }
+}
+
 /// A trait's value: a (interned) string or a flag.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Trait {
@@ -652,7 +703,7 @@ pub struct Features {
     /// `(trait code, value)` in the order traits were first set.
     pub traits: Box<[(u8, Trait)]>,
     /// `(channel code, granted)` in the order channels were first set.
-    pub consent: Box<[(u8, bool)]>,
+    pub consent: Consent,
 }
 
 impl Features {
@@ -677,7 +728,7 @@ impl Features {
             last_country: NO_ID,
             hours: [0; 24],
             traits: Box::default(),
-            consent: Box::default(),
+            consent: Consent::default(),
         }
     }
 
@@ -830,10 +881,7 @@ impl Features {
     }
 
     fn set_consent(&mut self, channel: u8, granted: bool) {
-        match self.consent.iter_mut().find(|(c, _)| *c == channel) {
-            Some(entry) => entry.1 = granted,
-            None => self.consent = pushed(&self.consent, (channel, granted)),
-        }
+        self.consent.set(channel, granted);
     }
 
     fn touch(&mut self, at_ms: i64, message_id: &str, session_timeout_ms: i64) {
@@ -928,10 +976,8 @@ impl Features {
                 self.traits = pushed(&self.traits, (*key, *value));
             }
         }
-        for (channel, granted) in &other.consent {
-            if !self.consent.iter().any(|(c, _)| c == channel) {
-                self.consent = pushed(&self.consent, (*channel, *granted));
-            }
+        for (channel, granted) in other.consent.iter() {
+            self.consent.set_if_unset(channel, granted);
         }
         for (mine, theirs) in [
             (&mut self.last_store, other.last_store),
@@ -1078,7 +1124,6 @@ impl Features {
             + session
             + cart
             + size_of_val(&*self.traits)
-            + size_of_val(&*self.consent)
     }
 }
 
@@ -1296,9 +1341,9 @@ impl Features {
             }
         }
         w.u32(self.consent.len());
-        for (channel, granted) in &self.consent {
-            w.u8(*channel);
-            w.u8(u8::from(*granted));
+        for (channel, granted) in self.consent.iter() {
+            w.u8(channel);
+            w.u8(u8::from(granted));
         }
         w.u32(p.bought.len());
         p.bought.iter().for_each(|product| w.name(*product));
@@ -1369,9 +1414,11 @@ impl Features {
                 Ok((key, value))
             })?
             .into();
-        f.consent = r
-            .many(|r| Ok((r.code(CHANNELS.len(), "channel")?, r.flag()?)))?
-            .into();
+        for (channel, granted) in r.many(|r| Ok((r.code(CHANNELS.len(), "channel")?, r.flag()?)))? {
+            if !f.consent.set(channel, granted) {
+                return Err(Unreadable("more consent than channels".into()));
+            }
+        }
         p.bought = r.many(Reader::name)?.into();
         if !r.data.is_empty() {
             return Err(Unreadable(format!("{} bytes left over", r.data.len())));
@@ -1923,8 +1970,8 @@ pub mod python {
         #[getter]
         fn consent<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
             let out = PyDict::new(py);
-            for (channel, granted) in &self.inner.consent {
-                out.set_item(CHANNELS[usize::from(*channel)], *granted)?;
+            for (channel, granted) in self.inner.consent.iter() {
+                out.set_item(CHANNELS[usize::from(channel)], granted)?;
             }
             Ok(out)
         }
