@@ -216,16 +216,20 @@ impl TopK {
 
     /// Add a new item; past [`AFFINITY_K`] items the weakest goes.
     fn insert(&mut self, item: Id, score: f64, names: &Strings) {
-        let held = self.scores.len();
-        if held < AFFINITY_K {
-            self.scores = pushed(&self.scores, Scored { item, score });
+        let new = Scored { item, score };
+        if self.scores.len() == AFFINITY_K {
+            // full, as most are: the weakest of the k + 1 goes, with no allocation
+            let mut all = [new; AFFINITY_K + 1];
+            all[..AFFINITY_K].copy_from_slice(&self.scores);
+            let weakest = weakest(&all, names);
+            all.copy_within(weakest + 1.., weakest);
+            self.scores.copy_from_slice(&all[..AFFINITY_K]);
             return;
         }
-        let mut all = [Scored { item, score }; AFFINITY_K + 1];
-        all[..held].copy_from_slice(&self.scores);
-        let weakest = weakest(&all, names);
-        all.copy_within(weakest + 1.., weakest);
-        self.scores.copy_from_slice(&all[..held]);
+        self.scores = pushed(&self.scores, new);
+        if self.scores.len() > AFFINITY_K {
+            self.scores = removed(&self.scores, weakest(&self.scores, names));
+        }
     }
 
     fn move_landmark(&mut self, to_ms: i64, half_life_ms: i64) {
