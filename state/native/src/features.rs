@@ -8,6 +8,7 @@
 //! names, never the ids.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
 pub type Id = u32;
 
@@ -53,7 +54,6 @@ pub const WINDOWS: [(&str, i64); 4] = [
 const WINDOW_30D_MIN: i64 = 30 * 24 * 60;
 const COMPACT_AT: usize = 3 * 24;
 const COMPACT_EVERY: usize = 64;
-const GROW_BY: usize = 8;
 /// The identify traits kept, by code (as `state.customer.TRAIT_KEYS`).
 pub const TRAIT_KEYS: [&str; 6] = [
     "age_band",
@@ -67,6 +67,35 @@ pub const TRAIT_KEYS: [&str; 6] = [
 pub const CHANNELS: [&str; 5] = ["push", "in_app", "email", "sms", "ads"];
 const RENORMALIZE_AT: f64 = 3.273390607896142e150; // 2 ** 500
 const MAX_EXPONENT: f64 = 500.0;
+
+/// "No time" in a time field (a sentinel, not an `Option`: half the bytes).
+const NO_TIME: i64 = i64::MIN;
+/// "No name" in an id field.
+const NO_ID: Id = Id::MAX;
+
+fn time(ms: i64) -> Option<i64> {
+    (ms != NO_TIME).then_some(ms)
+}
+
+fn known(id: Id) -> Option<Id> {
+    (id != NO_ID).then_some(id)
+}
+
+/// `items` with `item` added at the end, held in exactly the bytes it needs.
+fn pushed<T: Copy>(items: &[T], item: T) -> Box<[T]> {
+    let mut out = Vec::with_capacity(items.len() + 1);
+    out.extend_from_slice(items);
+    out.push(item);
+    out.into_boxed_slice()
+}
+
+/// `items` without the one at `index`, held in exactly the bytes it needs.
+fn removed<T: Copy>(items: &[T], index: usize) -> Box<[T]> {
+    let mut out = Vec::with_capacity(items.len() - 1);
+    out.extend_from_slice(&items[..index]);
+    out.extend_from_slice(&items[index + 1..]);
+    out.into_boxed_slice()
+}
 
 /// Names interned to dense ids, in the order they were first seen. A name is kept for the life
 /// of the process (the vocabularies are bounded: products, categories, stores, places, traits).
@@ -138,63 +167,83 @@ fn ratio(x: i64, y: i64) -> f64 {
     x as f64 / y as f64
 }
 
+/// An item and its score, packed to 12 bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, packed(4))]
+pub struct Scored {
+    pub item: Id,
+    pub score: f64,
+}
+
 /// Exponentially decayed scores, the strongest `k` kept (see `state/affinity.py`).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TopK {
-    pub ref_ms: Option<i64>,
-    /// `(item, score)` in the order items were first added.
-    pub scores: Vec<(Id, f64)>,
+    /// The landmark time the scores are relative to ([`NO_TIME`] before the first).
+    ref_ms: i64,
+    /// Items and scores in the order items were first added.
+    pub scores: Box<[Scored]>,
+}
+
+impl Default for TopK {
+    fn default() -> Self {
+        Self {
+            ref_ms: NO_TIME,
+            scores: Box::default(),
+        }
+    }
 }
 
 impl TopK {
+    pub fn ref_ms(&self) -> Option<i64> {
+        time(self.ref_ms)
+    }
+
     pub fn add(&mut self, item: Id, weight: f64, at_ms: i64, half_life_ms: i64, names: &Strings) {
-        let ref_ms = *self.ref_ms.get_or_insert(at_ms);
-        let exponent = ratio(at_ms - ref_ms, half_life_ms);
+        if self.ref_ms == NO_TIME {
+            self.ref_ms = at_ms;
+        }
+        let exponent = ratio(at_ms - self.ref_ms, half_life_ms);
         let mut scaled = weight * py_min(exponent, MAX_EXPONENT).exp2();
         if scaled > RENORMALIZE_AT || exponent > MAX_EXPONENT {
             self.move_landmark(at_ms, half_life_ms);
             scaled = weight;
         }
-        match self.scores.iter_mut().find(|(id, _)| *id == item) {
-            Some((_, score)) => *score += scaled,
-            None => {
-                if self.scores.is_empty() {
-                    self.scores.reserve_exact(AFFINITY_K + 1); // never more: one over, then the weakest goes
-                }
-                self.scores.push((item, 0.0 + scaled));
-            }
-        }
-        if self.scores.len() > AFFINITY_K {
-            let weakest = self.weakest(names);
-            self.scores.remove(weakest);
+        match self.scores.iter_mut().find(|scored| scored.item == item) {
+            Some(scored) => scored.score += scaled,
+            None => self.insert(item, 0.0 + scaled, names),
         }
     }
 
-    /// The index of the item last in [`TopK::top`] order (the lowest score, then the last name).
-    fn weakest(&self, names: &Strings) -> usize {
-        let mut weakest = 0;
-        for (index, (item, score)) in self.scores.iter().enumerate().skip(1) {
-            let (least, least_score) = self.scores[weakest];
-            if *score < least_score
-                || (*score == least_score && names.name(*item) > names.name(least))
-            {
-                weakest = index;
-            }
+    /// Add a new item; past [`AFFINITY_K`] items the weakest goes.
+    fn insert(&mut self, item: Id, score: f64, names: &Strings) {
+        let new = Scored { item, score };
+        if self.scores.len() == AFFINITY_K {
+            // full, as most are: the weakest of the k + 1 goes, with no allocation
+            let mut all = [new; AFFINITY_K + 1];
+            all[..AFFINITY_K].copy_from_slice(&self.scores);
+            let weakest = weakest(&all, names);
+            all.copy_within(weakest + 1.., weakest);
+            self.scores.copy_from_slice(&all[..AFFINITY_K]);
+            return;
         }
-        weakest
+        self.scores = pushed(&self.scores, new);
+        if self.scores.len() > AFFINITY_K {
+            self.scores = removed(&self.scores, weakest(&self.scores, names));
+        }
     }
 
     fn move_landmark(&mut self, to_ms: i64, half_life_ms: i64) {
-        let factor = ratio(self.ref_ms.unwrap_or(to_ms) - to_ms, half_life_ms).exp2();
-        for (_, score) in &mut self.scores {
-            *score *= factor;
+        let from_ms = self.ref_ms().unwrap_or(to_ms);
+        let factor = ratio(from_ms - to_ms, half_life_ms).exp2();
+        for scored in self.scores.iter_mut() {
+            scored.score *= factor;
         }
-        self.ref_ms = Some(to_ms);
+        self.ref_ms = to_ms;
     }
 
     /// Items by descending score, ties by name.
     pub fn top(&self, n: usize, names: &Strings) -> Vec<Id> {
-        let mut ranked = self.scores.clone();
+        let mut ranked: Vec<(Id, f64)> = self.pairs().collect();
         ranked.sort_by(|(a, x), (b, y)| {
             y.partial_cmp(x)
                 .unwrap_or(std::cmp::Ordering::Equal)
@@ -203,28 +252,46 @@ impl TopK {
         ranked.into_iter().take(n).map(|(item, _)| item).collect()
     }
 
+    /// `(item, score)` in the order items were first added.
+    pub fn pairs(&self) -> impl Iterator<Item = (Id, f64)> + '_ {
+        self.scores.iter().map(|scored| (scored.item, scored.score))
+    }
+
     /// Scores decayed to `now_ms`, rounded to 4 digits, by name.
     pub fn as_of(&self, now_ms: i64, half_life_ms: i64, names: &Strings) -> Vec<(Id, f64)> {
-        let Some(ref_ms) = self.ref_ms else {
+        let Some(ref_ms) = self.ref_ms() else {
             return Vec::new();
         };
         let factor = ratio((ref_ms - now_ms).min(0), half_life_ms).exp2();
         let mut out: Vec<(Id, f64)> = self
-            .scores
-            .iter()
-            .map(|(item, score)| (*item, py_round(score * factor, 4)))
+            .pairs()
+            .map(|(item, score)| (item, py_round(score * factor, 4)))
             .collect();
         out.sort_by(|(a, _), (b, _)| names.name(*a).cmp(names.name(*b)));
         out
     }
 
     pub fn merge(&mut self, other: &TopK, half_life_ms: i64, names: &Strings) {
-        if let Some(ref_ms) = other.ref_ms {
-            for (item, score) in &other.scores {
-                self.add(*item, *score, ref_ms, half_life_ms, names);
+        if let Some(ref_ms) = other.ref_ms() {
+            for (item, score) in other.pairs() {
+                self.add(item, score, ref_ms, half_life_ms, names);
             }
         }
     }
+}
+
+/// The index of the item last in [`TopK::top`] order (the lowest score, then the last name).
+fn weakest(scores: &[Scored], names: &Strings) -> usize {
+    let mut weakest = 0;
+    for (index, scored) in scores.iter().enumerate().skip(1) {
+        let (score, least_score) = (scored.score, scores[weakest].score);
+        if score < least_score
+            || (score == least_score && names.name(scored.item) > names.name(scores[weakest].item))
+        {
+            weakest = index;
+        }
+    }
+    weakest
 }
 
 fn bucket_width(age_min: i64) -> i64 {
@@ -237,10 +304,19 @@ fn bucket_width(age_min: i64) -> i64 {
     }
 }
 
-/// Bucketed counts of event kinds: `(start minute, kind, count)` triples (see `state/windows.py`).
+/// One bucket of windowed counts: events of one kind from a start minute on (9 bytes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, packed)]
+pub struct Bucket {
+    pub start: i32,
+    pub count: i32,
+    pub kind: u8,
+}
+
+/// Bucketed counts of event kinds (see `state/windows.py`), oldest start first.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counts {
-    pub buckets: Vec<i32>,
+    pub buckets: Box<[Bucket]>,
 }
 
 impl Counts {
@@ -252,23 +328,23 @@ impl Counts {
         }
         let width = bucket_width(now_min - minute);
         let start = minute - minute.rem_euclid(width);
-        let b = &mut self.buckets;
-        let code = i32::from(code);
-        for i in (0..b.len() / 3).rev().map(|t| t * 3) {
-            if i64::from(b[i]) == start && b[i + 1] == code {
-                b[i + 2] += 1;
+        for bucket in self.buckets.iter_mut().rev() {
+            if i64::from(bucket.start) == start && bucket.kind == code {
+                bucket.count += 1;
                 return Ok(());
             }
-            if i64::from(b[i]) < start {
+            if i64::from(bucket.start) < start {
                 break;
             }
         }
         let start = i32::try_from(start).map_err(|_| Overflow)?;
-        if b.len() == b.capacity() {
-            b.reserve_exact(3 * GROW_BY); // a few buckets at a time: most customers hold a handful
-        }
-        b.extend([start, code, 1]);
-        let held = b.len() / 3;
+        let bucket = Bucket {
+            start,
+            count: 1,
+            kind: code,
+        };
+        self.buckets = pushed(&self.buckets, bucket);
+        let held = self.buckets.len();
         if held > COMPACT_AT && (held - COMPACT_AT) % COMPACT_EVERY == 1 {
             self.compact(now_ms);
         }
@@ -278,21 +354,25 @@ impl Counts {
     /// Merge buckets into the width their age calls for and drop those past 30 days.
     pub fn compact(&mut self, now_ms: i64) {
         let now_min = now_ms.div_euclid(MINUTE_MS);
-        let mut merged: BTreeMap<(i64, i32), i64> = BTreeMap::new();
-        for triple in self.buckets.chunks_exact(3) {
-            let start = i64::from(triple[0]);
+        let mut merged: BTreeMap<(i64, u8), i64> = BTreeMap::new();
+        for bucket in self.buckets.iter() {
+            let start = i64::from(bucket.start);
             let age = now_min - start;
             if age >= WINDOW_30D_MIN {
                 continue;
             }
             let width = bucket_width(age);
             *merged
-                .entry((start - start.rem_euclid(width), triple[1]))
-                .or_insert(0) += i64::from(triple[2]);
+                .entry((start - start.rem_euclid(width), bucket.kind))
+                .or_insert(0) += i64::from(bucket.count);
         }
         self.buckets = merged
             .into_iter()
-            .flat_map(|((start, code), count)| [start as i32, code, count as i32])
+            .map(|((start, kind), count)| Bucket {
+                start: start as i32,
+                count: count as i32,
+                kind,
+            })
             .collect();
     }
 
@@ -300,16 +380,44 @@ impl Counts {
     pub fn counts(&self, window_min: i64, now_ms: i64) -> [i64; 13] {
         let since = now_ms.div_euclid(MINUTE_MS) - window_min;
         let mut out = [0; 13];
-        for triple in self.buckets.chunks_exact(3) {
-            if i64::from(triple[0]) > since {
-                out[triple[1] as usize] += i64::from(triple[2]);
+        for bucket in self.buckets.iter() {
+            if i64::from(bucket.start) > since {
+                out[usize::from(bucket.kind)] += i64::from(bucket.count);
             }
         }
         out
     }
 
+    /// The `(start minute, kind code, count)` triples, flat.
+    pub fn flat(&self) -> Vec<i32> {
+        self.buckets
+            .iter()
+            .flat_map(|b| [b.start, i32::from(b.kind), b.count])
+            .collect()
+    }
+
+    /// Counts from flat `(start minute, kind code, count)` triples (see [`Counts::flat`]).
+    fn from_flat(flat: &[i32]) -> Option<Self> {
+        if flat.len() % 3 != 0 {
+            return None;
+        }
+        let buckets = flat.chunks_exact(3).map(|t| {
+            let kind = u8::try_from(t[1])
+                .ok()
+                .filter(|k| usize::from(*k) < COUNTED_KINDS.len())?;
+            Some(Bucket {
+                start: t[0],
+                count: t[2],
+                kind,
+            })
+        });
+        Some(Self {
+            buckets: buckets.collect::<Option<_>>()?,
+        })
+    }
+
     pub fn merge(&mut self, other: &Counts, now_ms: i64) {
-        self.buckets.extend_from_slice(&other.buckets);
+        self.buckets = [&self.buckets[..], &other.buckets[..]].concat().into();
         self.compact(now_ms);
     }
 }
@@ -321,7 +429,7 @@ pub struct Session {
     pub started_ms: i64,
     pub last_ms: i64,
     pub pages: i64,
-    pub products: Vec<Id>,
+    pub products: Box<[Id]>,
 }
 
 impl Session {
@@ -331,7 +439,7 @@ impl Session {
             started_ms,
             last_ms: started_ms,
             pages: 0,
-            products: Vec::new(),
+            products: Box::default(),
         }
     }
 
@@ -339,15 +447,20 @@ impl Session {
         if self.products.contains(&product) {
             return;
         }
-        self.products.push(product);
-        if self.products.len() > MAX_SESSION_PRODUCTS {
-            self.products.remove(0);
+        if self.products.len() < MAX_SESSION_PRODUCTS {
+            self.products = pushed(&self.products, product);
+        } else {
+            // the oldest goes
+            self.products.rotate_left(1);
+            let last = self.products.len() - 1;
+            self.products[last] = product;
         }
     }
 }
 
-/// One cart line: product, quantity, unit price.
+/// One cart line: product, quantity, unit price (20 bytes).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, packed(4))]
 pub struct Line {
     pub product: Id,
     pub quantity: f64,
@@ -358,7 +471,7 @@ pub struct Line {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cart {
     pub id: Box<str>,
-    pub lines: Vec<Line>,
+    pub lines: Box<[Line]>,
     pub value: f64,
     pub started_ms: i64,
     pub last_add_ms: i64,
@@ -368,7 +481,7 @@ impl Cart {
     fn new(id: &str, started_ms: i64) -> Self {
         Self {
             id: id.into(),
-            lines: Vec::new(),
+            lines: Box::default(),
             value: 0.0,
             started_ms,
             last_add_ms: started_ms,
@@ -383,11 +496,14 @@ impl Cart {
                 line.price = price;
             }
             None if self.lines.len() >= MAX_CART_ITEMS => return,
-            None => self.lines.push(Line {
-                product,
-                quantity: quantity as f64,
-                price,
-            }),
+            None => {
+                let line = Line {
+                    product,
+                    quantity: quantity as f64,
+                    price,
+                };
+                self.lines = pushed(&self.lines, line);
+            }
         }
         self.value = py_round(self.value + quantity as f64 * price, 2);
         self.last_add_ms = self.last_add_ms.max(at_ms);
@@ -401,7 +517,7 @@ impl Cart {
         let taken = py_min(line.quantity, quantity as f64);
         self.value = py_max(0.0, py_round(self.value - taken * line.price, 2));
         if line.quantity - taken <= 0.0 {
-            self.lines.remove(index);
+            self.lines = removed(&self.lines, index);
         } else {
             self.lines[index].quantity = line.quantity - taken;
         }
@@ -413,6 +529,57 @@ impl Cart {
     /// The sum of the lines' quantities, as an integer (`int(sum(...))`).
     pub fn items(&self) -> i64 {
         self.lines.iter().fold(0.0, |sum, line| sum + line.quantity) as i64
+    }
+}
+
+/// Consent by channel, in the order channels were first set, held inline: each entry is
+/// `channel code << 1 | granted`, [`Consent::UNSET`] past the last.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Consent([u8; CHANNELS.len()]);
+
+impl Default for Consent {
+    fn default() -> Self {
+        Self([Self::UNSET; CHANNELS.len()])
+    }
+}
+
+impl Consent {
+    const UNSET: u8 = u8::MAX;
+
+    /// `(channel code, granted)` in the order channels were first set.
+    pub fn iter(&self) -> impl Iterator<Item = (u8, bool)> + '_ {
+        self.0
+            .iter()
+            .take_while(|entry| **entry != Self::UNSET)
+            .map(|entry| (entry >> 1, entry & 1 == 1))
+    }
+
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0[0] == Self::UNSET
+    }
+
+    /// Set one channel (a code below `CHANNELS.len()`); `false` when every slot is taken by
+    /// another channel.
+    pub fn set(&mut self, channel: u8, granted: bool) -> bool {
+        let entry = channel << 1 | u8::from(granted);
+        for slot in &mut self.0 {
+            if *slot == Self::UNSET || *slot >> 1 == channel {
+                *slot = entry;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Set one channel unless it is set already.
+    fn set_if_unset(&mut self, channel: u8, granted: bool) {
+        if !self.iter().any(|(c, _)| c == channel) {
+            self.set(channel, granted);
+        }
     }
 }
 
@@ -457,12 +624,9 @@ pub struct Lifecycle {
     pub at_risk_gap_factor: f64,
 }
 
-/// The features of one customer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Features {
-    pub first_seen_ms: i64,
-    pub last_seen_ms: i64,
-    pub last_event_id: Box<str>,
+/// A customer's orders and refunds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Purchases {
     pub orders: i64,
     pub refunds: i64,
     pub lifetime_spend: f64,
@@ -470,47 +634,105 @@ pub struct Features {
     pub last_order_ms: Option<i64>,
     pub last_order_id: Option<Box<str>>,
     pub order_gap_ms: f64,
+    pub bought: Box<[Id]>,
+}
+
+/// The purchases of a customer with none.
+static NO_PURCHASES: LazyLock<Purchases> = LazyLock::new(Purchases::default);
+
+impl Purchases {
+    fn order(&mut self, order_id: &str, amount: f64, at_ms: i64) {
+        self.orders += 1;
+        self.lifetime_spend = py_round(self.lifetime_spend + amount, 2);
+        if self.first_order_ms.map_or(true, |first| at_ms < first) {
+            self.first_order_ms = Some(at_ms);
+        }
+        if self.last_order_ms.map_or(true, |last| at_ms >= last) {
+            self.last_order_ms = Some(at_ms);
+            self.last_order_id = Some(order_id.into());
+        }
+        self.update_order_gap();
+    }
+
+    fn update_order_gap(&mut self) {
+        if let (true, Some(first), Some(last)) =
+            (self.orders >= 2, self.first_order_ms, self.last_order_ms)
+        {
+            self.order_gap_ms = ratio(last - first, self.orders - 1);
+        }
+    }
+
+    fn refund(&mut self, amount: f64) {
+        self.refunds += 1;
+        self.lifetime_spend = py_max(0.0, py_round(self.lifetime_spend - amount, 2));
+    }
+
+    fn merge(&mut self, theirs: &Purchases) {
+        self.orders += theirs.orders;
+        self.refunds += theirs.refunds;
+        self.lifetime_spend = py_round(self.lifetime_spend + theirs.lifetime_spend, 2);
+        if let Some(first) = theirs.first_order_ms {
+            if self.first_order_ms.map_or(true, |mine| first < mine) {
+                self.first_order_ms = Some(first);
+            }
+        }
+        if let Some(last) = theirs.last_order_ms {
+            if self.last_order_ms.map_or(true, |mine| last > mine) {
+                self.last_order_ms = Some(last);
+                self.last_order_id = theirs.last_order_id.clone();
+            }
+        }
+        self.update_order_gap();
+    }
+}
+
+/// The features of one customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub last_event_id: Box<str>,
+    /// Orders and refunds (`None`: none yet, as for most customers).
+    pub purchases: Option<Box<Purchases>>,
     pub counts: Counts,
     pub categories: TopK,
     pub products: TopK,
     pub session: Option<Box<Session>>,
     pub cart: Option<Box<Cart>>,
-    pub last_store: Option<Id>,
-    pub last_city: Option<Id>,
-    pub last_country: Option<Id>,
+    /// Where the customer last was ([`NO_ID`]: nowhere known).
+    pub last_store: Id,
+    pub last_city: Id,
+    pub last_country: Id,
     pub hours: [u8; 24],
     /// `(trait code, value)` in the order traits were first set.
-    pub traits: Vec<(u8, Trait)>,
+    pub traits: Box<[(u8, Trait)]>,
     /// `(channel code, granted)` in the order channels were first set.
-    pub consent: Vec<(u8, bool)>,
-    pub bought: Vec<Id>,
+    pub consent: Consent,
 }
 
 impl Features {
+    /// Orders and refunds (all zero and none for a customer with none).
+    pub fn purchases(&self) -> &Purchases {
+        self.purchases.as_deref().unwrap_or(&NO_PURCHASES)
+    }
+
     pub fn new(first_seen_ms: i64) -> Self {
         Self {
             first_seen_ms,
             last_seen_ms: first_seen_ms,
             last_event_id: "".into(),
-            orders: 0,
-            refunds: 0,
-            lifetime_spend: 0.0,
-            first_order_ms: None,
-            last_order_ms: None,
-            last_order_id: None,
-            order_gap_ms: 0.0,
+            purchases: None,
             counts: Counts::default(),
             categories: TopK::default(),
             products: TopK::default(),
             session: None,
             cart: None,
-            last_store: None,
-            last_city: None,
-            last_country: None,
+            last_store: NO_ID,
+            last_city: NO_ID,
+            last_country: NO_ID,
             hours: [0; 24],
-            traits: Vec::new(),
-            consent: Vec::new(),
-            bought: Vec::new(),
+            traits: Box::default(),
+            consent: Consent::default(),
         }
     }
 
@@ -528,14 +750,14 @@ impl Features {
                 }
             }
         }
-        if event.store.is_some() {
-            self.last_store = event.store;
+        if let Some(store) = event.store {
+            self.last_store = store;
         }
-        if event.city.is_some() {
-            self.last_city = event.city;
+        if let Some(city) = event.city {
+            self.last_city = city;
         }
-        if event.country.is_some() {
-            self.last_country = event.country;
+        if let Some(country) = event.country {
+            self.last_country = country;
         }
         Ok(())
     }
@@ -596,17 +818,18 @@ impl Features {
     ) -> Result<(), Overflow> {
         self.apply(event)?;
         let at = event.at_ms;
+        let purchases = self.purchases.get_or_insert_with(Box::default);
         if !completed {
-            self.refund(amount.abs());
+            purchases.refund(amount.abs());
             return Ok(());
         }
-        self.order(order_id, py_max(0.0, amount), at);
+        purchases.order(order_id, py_max(0.0, amount), at);
         let bought = lines
             .iter()
             .filter(|(_, _, quantity)| *quantity >= 0)
             .take(MAX_BOUGHT);
-        if self.last_order_ms == Some(at) {
-            self.bought = bought.clone().map(|(product, _, _)| *product).collect();
+        if purchases.last_order_ms == Some(at) {
+            purchases.bought = bought.clone().map(|(product, _, _)| *product).collect();
         }
         for (product, category, _) in bought {
             self.products
@@ -657,15 +880,12 @@ impl Features {
     fn set_trait(&mut self, key: u8, value: Trait) {
         match self.traits.iter_mut().find(|(k, _)| *k == key) {
             Some(entry) => entry.1 = value,
-            None => self.traits.push((key, value)),
+            None => self.traits = pushed(&self.traits, (key, value)),
         }
     }
 
     fn set_consent(&mut self, channel: u8, granted: bool) {
-        match self.consent.iter_mut().find(|(c, _)| *c == channel) {
-            Some(entry) => entry.1 = granted,
-            None => self.consent.push((channel, granted)),
-        }
+        self.consent.set(channel, granted);
     }
 
     fn touch(&mut self, at_ms: i64, message_id: &str, session_timeout_ms: i64) {
@@ -689,32 +909,6 @@ impl Features {
             self.hours.iter_mut().for_each(|count| *count /= 2);
         }
         self.hours[hour] += 1;
-    }
-
-    fn order(&mut self, order_id: &str, amount: f64, at_ms: i64) {
-        self.orders += 1;
-        self.lifetime_spend = py_round(self.lifetime_spend + amount, 2);
-        if self.first_order_ms.map_or(true, |first| at_ms < first) {
-            self.first_order_ms = Some(at_ms);
-        }
-        if self.last_order_ms.map_or(true, |last| at_ms >= last) {
-            self.last_order_ms = Some(at_ms);
-            self.last_order_id = Some(order_id.into());
-        }
-        self.update_order_gap();
-    }
-
-    fn update_order_gap(&mut self) {
-        if let (true, Some(first), Some(last)) =
-            (self.orders >= 2, self.first_order_ms, self.last_order_ms)
-        {
-            self.order_gap_ms = ratio(last - first, self.orders - 1);
-        }
-    }
-
-    fn refund(&mut self, amount: f64) {
-        self.refunds += 1;
-        self.lifetime_spend = py_max(0.0, py_round(self.lifetime_spend - amount, 2));
     }
 
     fn add_to_cart(
@@ -756,21 +950,11 @@ impl Features {
             self.last_seen_ms = other.last_seen_ms;
             self.last_event_id = other.last_event_id.clone();
         }
-        self.orders += other.orders;
-        self.refunds += other.refunds;
-        self.lifetime_spend = py_round(self.lifetime_spend + other.lifetime_spend, 2);
-        if let Some(first) = other.first_order_ms {
-            if self.first_order_ms.map_or(true, |mine| first < mine) {
-                self.first_order_ms = Some(first);
-            }
+        if let Some(theirs) = &other.purchases {
+            self.purchases
+                .get_or_insert_with(Box::default)
+                .merge(theirs);
         }
-        if let Some(last) = other.last_order_ms {
-            if self.last_order_ms.map_or(true, |mine| last > mine) {
-                self.last_order_ms = Some(last);
-                self.last_order_id = other.last_order_id.clone();
-            }
-        }
-        self.update_order_gap();
         self.counts.merge(&other.counts, now_ms);
         self.categories
             .merge(&other.categories, CATEGORY_HALF_LIFE_MS, names);
@@ -793,17 +977,21 @@ impl Features {
         }
         for (key, value) in &other.traits {
             if !self.traits.iter().any(|(k, _)| k == key) {
-                self.traits.push((*key, *value));
+                self.traits = pushed(&self.traits, (*key, *value));
             }
         }
-        for (channel, granted) in &other.consent {
-            if !self.consent.iter().any(|(c, _)| c == channel) {
-                self.consent.push((*channel, *granted));
+        for (channel, granted) in other.consent.iter() {
+            self.consent.set_if_unset(channel, granted);
+        }
+        for (mine, theirs) in [
+            (&mut self.last_store, other.last_store),
+            (&mut self.last_city, other.last_city),
+            (&mut self.last_country, other.last_country),
+        ] {
+            if *mine == NO_ID {
+                *mine = theirs;
             }
         }
-        self.last_store = self.last_store.or(other.last_store);
-        self.last_city = self.last_city.or(other.last_city);
-        self.last_country = self.last_country.or(other.last_country);
     }
 
     // --- derived features ------------------------------------------------------------------
@@ -813,7 +1001,7 @@ impl Features {
         if now_ms - self.first_seen_ms < lc.new_days * DAY_MS {
             return "new";
         }
-        let last = self.last_order_ms.unwrap_or(self.last_seen_ms);
+        let last = self.purchases().last_order_ms.unwrap_or(self.last_seen_ms);
         if now_ms - last >= lc.lapse_days * DAY_MS {
             return "lapsed";
         }
@@ -821,8 +1009,9 @@ impl Features {
     }
 
     fn has_rhythm(&self) -> Option<i64> {
-        self.last_order_ms
-            .filter(|_| self.orders >= 2 && self.order_gap_ms >= MIN_RHYTHM_MS)
+        let p = self.purchases();
+        p.last_order_ms
+            .filter(|_| p.orders >= 2 && p.order_gap_ms >= MIN_RHYTHM_MS)
     }
 
     /// A repeat buyer overdue by `at_risk_gap_factor` times their usual gap, not yet lapsed.
@@ -831,14 +1020,14 @@ impl Features {
             return false;
         };
         let overdue = now_ms - last;
-        lc.at_risk_gap_factor * self.order_gap_ms <= overdue as f64
+        lc.at_risk_gap_factor * self.purchases().order_gap_ms <= overdue as f64
             && overdue < lc.lapse_days * DAY_MS
     }
 
     /// How likely this buyer reaches `lapse_days` without another order (see
     /// `CustomerState.lapse_risk`); `None` before the first order.
     pub fn lapse_risk(&self, now_ms: i64, lc: &Lifecycle) -> Option<f64> {
-        let last = self.last_order_ms?;
+        let last = self.purchases().last_order_ms?;
         let lapse_at = last + lc.lapse_days * DAY_MS;
         if now_ms >= lapse_at {
             return Some(1.0);
@@ -851,13 +1040,13 @@ impl Features {
     }
 
     fn expected_gap_ms(&self) -> f64 {
-        let gaps = if self.orders >= 2 && self.order_gap_ms >= MIN_RHYTHM_MS {
-            self.orders - 1
+        let p = self.purchases();
+        let gaps = if p.orders >= 2 && p.order_gap_ms >= MIN_RHYTHM_MS {
+            p.orders - 1
         } else {
             0
         };
-        (self.order_gap_ms * gaps as f64 + (PRIOR_ORDER_GAP_DAYS * DAY_MS) as f64)
-            / (gaps + 1) as f64
+        (p.order_gap_ms * gaps as f64 + (PRIOR_ORDER_GAP_DAYS * DAY_MS) as f64) / (gaps + 1) as f64
     }
 
     /// When `lapse_risk` (rising with silence) next reaches a tenth above its value now.
@@ -867,7 +1056,10 @@ impl Features {
             return None;
         }
         let step = ((risk * 10.0 + 1e-9).floor() + 1.0) / 10.0;
-        let (mut low, mut high) = (now_ms, self.last_order_ms? + lc.lapse_days * DAY_MS);
+        let (mut low, mut high) = (
+            now_ms,
+            self.purchases().last_order_ms? + lc.lapse_days * DAY_MS,
+        );
         while high - low > MINUTE_MS {
             let middle = (low + high).div_euclid(2);
             if self.lapse_risk(middle, lc)? >= step {
@@ -882,12 +1074,12 @@ impl Features {
     /// The next event time at which `lifecycle` or `at_risk` (and, with `risk_steps`,
     /// `lapse_risk`, to the next tenth) can change with no new event.
     pub fn next_boundary(&self, now_ms: i64, lc: &Lifecycle, risk_steps: bool) -> Option<i64> {
-        let last = self.last_order_ms.unwrap_or(self.last_seen_ms);
+        let last = self.purchases().last_order_ms.unwrap_or(self.last_seen_ms);
         let candidates = [
             Some(self.first_seen_ms + lc.new_days * DAY_MS),
             Some(last + lc.lapse_days * DAY_MS),
             self.has_rhythm().map(|last_order| {
-                last_order + (lc.at_risk_gap_factor * self.order_gap_ms).ceil() as i64
+                last_order + (lc.at_risk_gap_factor * self.purchases().order_gap_ms).ceil() as i64
             }),
             if risk_steps {
                 self.next_risk_step(now_ms, lc)
@@ -915,24 +1107,27 @@ impl Features {
 
     /// Bytes held, this record and what it points to.
     pub fn size(&self) -> usize {
+        use std::mem::size_of_val;
         let session = self.session.as_ref().map_or(0, |s| {
-            std::mem::size_of::<Session>() + s.id.len() + s.products.capacity() * 4
+            size_of_val(&**s) + s.id.len() + size_of_val(&*s.products)
         });
         let cart = self.cart.as_ref().map_or(0, |c| {
-            std::mem::size_of::<Cart>()
-                + c.id.len()
-                + c.lines.capacity() * std::mem::size_of::<Line>()
+            size_of_val(&**c) + c.id.len() + size_of_val(&*c.lines)
         });
-        std::mem::size_of::<Self>()
+        let purchases = self.purchases.as_ref().map_or(0, |p| {
+            size_of_val(&**p)
+                + p.last_order_id.as_ref().map_or(0, |id| id.len())
+                + size_of_val(&*p.bought)
+        });
+        size_of_val(self)
             + self.last_event_id.len()
-            + self.last_order_id.as_ref().map_or(0, |id| id.len())
-            + self.counts.buckets.capacity() * 4
-            + (self.categories.scores.capacity() + self.products.scores.capacity()) * 16
+            + purchases
+            + size_of_val(&*self.counts.buckets)
+            + size_of_val(&*self.categories.scores)
+            + size_of_val(&*self.products.scores)
             + session
             + cart
-            + self.traits.capacity() * std::mem::size_of::<(u8, Trait)>()
-            + self.consent.capacity() * 2
-            + self.bought.capacity() * 4
+            + size_of_val(&*self.traits)
     }
 }
 
@@ -984,11 +1179,11 @@ impl Writer<'_> {
         }
     }
     fn topk(&mut self, topk: &TopK) {
-        self.option(topk.ref_ms, Self::i64);
+        self.option(topk.ref_ms(), Self::i64);
         self.u32(topk.scores.len());
-        for (item, score) in &topk.scores {
-            self.name(*item);
-            self.f64(*score);
+        for (item, score) in topk.pairs() {
+            self.name(item);
+            self.f64(score);
         }
     }
 }
@@ -1065,8 +1260,15 @@ impl Reader<'_> {
     }
     fn topk(&mut self) -> Result<TopK, Unreadable> {
         Ok(TopK {
-            ref_ms: self.option(Self::i64)?,
-            scores: self.many(|r| Ok((r.name()?, r.f64()?)))?,
+            ref_ms: self.option(Self::i64)?.unwrap_or(NO_TIME),
+            scores: self
+                .many(|r| {
+                    Ok(Scored {
+                        item: r.name()?,
+                        score: r.f64()?,
+                    })
+                })?
+                .into(),
         })
     }
     fn code(&mut self, limit: usize, what: &str) -> Result<u8, Unreadable> {
@@ -1089,15 +1291,17 @@ impl Features {
         w.i64(self.first_seen_ms);
         w.i64(self.last_seen_ms);
         w.text(&self.last_event_id);
-        w.i64(self.orders);
-        w.i64(self.refunds);
-        w.f64(self.lifetime_spend);
-        w.option(self.first_order_ms, Writer::i64);
-        w.option(self.last_order_ms, Writer::i64);
-        w.option(self.last_order_id.as_deref(), Writer::text);
-        w.f64(self.order_gap_ms);
-        w.u32(self.counts.buckets.len());
-        for value in &self.counts.buckets {
+        let p = self.purchases();
+        w.i64(p.orders);
+        w.i64(p.refunds);
+        w.f64(p.lifetime_spend);
+        w.option(p.first_order_ms, Writer::i64);
+        w.option(p.last_order_ms, Writer::i64);
+        w.option(p.last_order_id.as_deref(), Writer::text);
+        w.f64(p.order_gap_ms);
+        let buckets = self.counts.flat();
+        w.u32(buckets.len());
+        for value in buckets {
             w.out.extend_from_slice(&value.to_le_bytes());
         }
         w.topk(&self.categories);
@@ -1123,7 +1327,7 @@ impl Features {
             }
         });
         for place in [self.last_store, self.last_city, self.last_country] {
-            w.option(place, Writer::name);
+            w.option(known(place), Writer::name);
         }
         w.out.extend_from_slice(&self.hours);
         w.u32(self.traits.len());
@@ -1141,12 +1345,12 @@ impl Features {
             }
         }
         w.u32(self.consent.len());
-        for (channel, granted) in &self.consent {
-            w.u8(*channel);
-            w.u8(u8::from(*granted));
+        for (channel, granted) in self.consent.iter() {
+            w.u8(channel);
+            w.u8(u8::from(granted));
         }
-        w.u32(self.bought.len());
-        self.bought.iter().for_each(|p| w.name(*p));
+        w.u32(p.bought.len());
+        p.bought.iter().for_each(|product| w.name(*product));
         w.out
     }
 
@@ -1162,14 +1366,15 @@ impl Features {
         let mut f = Features::new(r.i64()?);
         f.last_seen_ms = r.i64()?;
         f.last_event_id = r.text()?;
-        f.orders = r.i64()?;
-        f.refunds = r.i64()?;
-        f.lifetime_spend = r.f64()?;
-        f.first_order_ms = r.option(Reader::i64)?;
-        f.last_order_ms = r.option(Reader::i64)?;
-        f.last_order_id = r.option(Reader::text)?;
-        f.order_gap_ms = r.f64()?;
-        f.counts.buckets = r.many(|r| Ok(r.u32()? as u32 as i32))?;
+        let mut p = Purchases::default();
+        p.orders = r.i64()?;
+        p.refunds = r.i64()?;
+        p.lifetime_spend = r.f64()?;
+        p.first_order_ms = r.option(Reader::i64)?;
+        p.last_order_ms = r.option(Reader::i64)?;
+        p.last_order_id = r.option(Reader::text)?;
+        p.order_gap_ms = r.f64()?;
+        let buckets = r.many(|r| Ok(r.u32()? as u32 as i32))?;
         f.categories = r.topk()?;
         f.products = r.topk()?;
         f.session = r.option(|r| {
@@ -1178,7 +1383,7 @@ impl Features {
                 started_ms: r.i64()?,
                 last_ms: r.i64()?,
                 pages: r.i64()?,
-                products: r.many(Reader::name)?,
+                products: r.many(Reader::name)?.into(),
             }))
         })?;
         f.cart = r.option(|r| {
@@ -1187,40 +1392,45 @@ impl Features {
                 value: r.f64()?,
                 started_ms: r.i64()?,
                 last_add_ms: r.i64()?,
-                lines: r.many(|r| {
-                    Ok(Line {
-                        product: r.name()?,
-                        quantity: r.f64()?,
-                        price: r.f64()?,
-                    })
-                })?,
+                lines: r
+                    .many(|r| {
+                        Ok(Line {
+                            product: r.name()?,
+                            quantity: r.f64()?,
+                            price: r.f64()?,
+                        })
+                    })?
+                    .into(),
             }))
         })?;
-        f.last_store = r.option(Reader::name)?;
-        f.last_city = r.option(Reader::name)?;
-        f.last_country = r.option(Reader::name)?;
+        f.last_store = r.option(Reader::name)?.unwrap_or(NO_ID);
+        f.last_city = r.option(Reader::name)?.unwrap_or(NO_ID);
+        f.last_country = r.option(Reader::name)?.unwrap_or(NO_ID);
         f.hours.copy_from_slice(r.take(24)?);
-        f.traits = r.many(|r| {
-            let key = r.code(TRAIT_KEYS.len(), "trait")?;
-            let value = if r.flag()? {
-                Trait::Flag(r.flag()?)
-            } else {
-                Trait::Text(r.name()?)
-            };
-            Ok((key, value))
-        })?;
-        f.consent = r.many(|r| Ok((r.code(CHANNELS.len(), "channel")?, r.flag()?)))?;
-        f.bought = r.many(Reader::name)?;
+        f.traits = r
+            .many(|r| {
+                let key = r.code(TRAIT_KEYS.len(), "trait")?;
+                let value = if r.flag()? {
+                    Trait::Flag(r.flag()?)
+                } else {
+                    Trait::Text(r.name()?)
+                };
+                Ok((key, value))
+            })?
+            .into();
+        for (channel, granted) in r.many(|r| Ok((r.code(CHANNELS.len(), "channel")?, r.flag()?)))? {
+            if !f.consent.set(channel, granted) {
+                return Err(Unreadable("more consent than channels".into()));
+            }
+        }
+        p.bought = r.many(Reader::name)?.into();
         if !r.data.is_empty() {
             return Err(Unreadable(format!("{} bytes left over", r.data.len())));
         }
-        if f.counts.buckets.len() % 3 != 0
-            || f.counts
-                .buckets
-                .chunks_exact(3)
-                .any(|t| !(0..13).contains(&t[1]))
-        {
-            return Err(Unreadable("windowed counts out of shape".into()));
+        f.counts = Counts::from_flat(&buckets)
+            .ok_or_else(|| Unreadable("windowed counts out of shape".into()))?;
+        if p != Purchases::default() {
+            f.purchases = Some(Box::new(p));
         }
         Ok(f)
     }
@@ -1283,8 +1493,8 @@ pub mod python {
     use pyo3::{intern, IntoPyObjectExt};
 
     use super::{
-        Event, Features as Record, Id, Lifecycle, Overflow, ProductAction, Strings, Trait,
-        CATEGORY_HALF_LIFE_MS, CHANNELS, COUNTED_KINDS, MAX_BOUGHT, PRODUCT_HALF_LIFE_MS,
+        known, Event, Features as Record, Id, Lifecycle, Overflow, ProductAction, Strings, TopK,
+        Trait, CATEGORY_HALF_LIFE_MS, CHANNELS, COUNTED_KINDS, MAX_BOUGHT, PRODUCT_HALF_LIFE_MS,
         TRAIT_KEYS, WINDOWS,
     };
 
@@ -1691,43 +1901,43 @@ pub mod python {
         }
         #[getter]
         fn orders(&self) -> i64 {
-            self.inner.orders
+            self.inner.purchases().orders
         }
         #[getter]
         fn refunds(&self) -> i64 {
-            self.inner.refunds
+            self.inner.purchases().refunds
         }
         #[getter]
         fn lifetime_spend(&self) -> f64 {
-            self.inner.lifetime_spend
+            self.inner.purchases().lifetime_spend
         }
         #[getter]
         fn first_order_ms(&self) -> Option<i64> {
-            self.inner.first_order_ms
+            self.inner.purchases().first_order_ms
         }
         #[getter]
         fn last_order_ms(&self) -> Option<i64> {
-            self.inner.last_order_ms
+            self.inner.purchases().last_order_ms
         }
         #[getter]
         fn last_order_id(&self) -> Option<&str> {
-            self.inner.last_order_id.as_deref()
+            self.inner.purchases().last_order_id.as_deref()
         }
         #[getter]
         fn order_gap_ms(&self) -> f64 {
-            self.inner.order_gap_ms
+            self.inner.purchases().order_gap_ms
         }
         #[getter]
         fn last_store(&self) -> Option<&'static str> {
-            self.inner.last_store.map(name)
+            known(self.inner.last_store).map(name)
         }
         #[getter]
         fn last_city(&self) -> Option<&'static str> {
-            self.inner.last_city.map(name)
+            known(self.inner.last_city).map(name)
         }
         #[getter]
         fn last_country(&self) -> Option<&'static str> {
-            self.inner.last_country.map(name)
+            known(self.inner.last_country).map(name)
         }
         /// Activity per local hour of day (24 counts, halved before one passes 255).
         #[getter]
@@ -1737,7 +1947,7 @@ pub mod python {
         /// Products of the last order.
         #[getter]
         fn bought<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-            PyTuple::new(py, names(&self.inner.bought))
+            PyTuple::new(py, names(&self.inner.purchases().bought))
         }
         /// Identify traits, in the order first set.
         #[getter]
@@ -1764,8 +1974,8 @@ pub mod python {
         #[getter]
         fn consent<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
             let out = PyDict::new(py);
-            for (channel, granted) in &self.inner.consent {
-                out.set_item(CHANNELS[usize::from(*channel)], *granted)?;
+            for (channel, granted) in self.inner.consent.iter() {
+                out.set_item(CHANNELS[usize::from(channel)], granted)?;
             }
             Ok(out)
         }
@@ -1873,7 +2083,7 @@ pub mod python {
         /// The windowed counts' ``(start minute, kind code, count)`` triples, flat.
         #[getter]
         fn buckets(&self) -> Vec<i32> {
-            self.inner.counts.buckets.clone()
+            self.inner.counts.flat()
         }
         /// Categories by decayed affinity, strongest first (ties by name), the first ``n``.
         #[pyo3(signature = (n = None))]
@@ -1938,17 +2148,17 @@ pub mod python {
         /// The category affinities as kept (against their landmark), in the order first added.
         #[getter]
         fn category_scores<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-            scores_dict(py, kept(&self.inner.categories.scores))
+            scores_dict(py, kept(&self.inner.categories))
         }
         /// The product affinities as kept (against their landmark), in the order first added.
         #[getter]
         fn product_scores<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-            scores_dict(py, kept(&self.inner.products.scores))
+            scores_dict(py, kept(&self.inner.products))
         }
         /// The affinities' landmarks ``(categories, products)`` (``None``: nothing added yet).
         #[getter]
         fn affinity_landmarks(&self) -> (Option<i64>, Option<i64>) {
-            (self.inner.categories.ref_ms, self.inner.products.ref_ms)
+            (self.inner.categories.ref_ms(), self.inner.products.ref_ms())
         }
         /// "new", "active" or "lapsed" at ``now_ms``.
         fn lifecycle(&self, now_ms: i64, new_days: i64, lapse_days: i64) -> &'static str {
@@ -1989,7 +2199,9 @@ pub mod python {
         fn __repr__(&self) -> String {
             format!(
                 "Features(first_seen_ms={}, last_seen_ms={}, orders={})",
-                self.inner.first_seen_ms, self.inner.last_seen_ms, self.inner.orders
+                self.inner.first_seen_ms,
+                self.inner.last_seen_ms,
+                self.inner.purchases().orders
             )
         }
     }
@@ -2001,11 +2213,11 @@ pub mod python {
         }
     }
 
-    fn kept(scores: &[(Id, f64)]) -> Vec<(&'static str, f64)> {
-        let ids: Vec<Id> = scores.iter().map(|(id, _)| *id).collect();
+    fn kept(topk: &TopK) -> Vec<(&'static str, f64)> {
+        let ids: Vec<Id> = topk.pairs().map(|(id, _)| id).collect();
         names(&ids)
             .into_iter()
-            .zip(scores.iter().map(|(_, s)| *s))
+            .zip(topk.pairs().map(|(_, s)| s))
             .collect()
     }
 

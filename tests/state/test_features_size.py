@@ -1,0 +1,45 @@
+"""Memory held by the compiled features record: what a typical customer costs."""
+
+from __future__ import annotations
+
+import sys
+
+from state._native import Features
+
+HOUR_MS = 3_600_000
+TIMEOUT_MS = 30 * 60_000
+VIEWED, ADDED = 0, 1
+PRODUCT_VIEWED, PAGE = 0, 7
+
+
+def browsing_customer() -> Features:
+    """A day of a typical customer with no order: views over a few hours, one cart line, a page."""
+    features = Features(0)
+    for n in range(12):
+        at_ms = n * HOUR_MS // 3
+        product, category = f"p{n % 5}", f"c{n % 4}"
+        features.apply_product(
+            at_ms, f"m-{n:010d}", PRODUCT_VIEWED, n % 24, TIMEOUT_MS, None, "Lyon", "FR",
+            VIEWED, product, category, None, 1, 9.5,
+        )  # fmt: skip
+    features.apply_product(
+        4 * HOUR_MS, "m-add", 1, 4, TIMEOUT_MS, None, "Lyon", "FR", ADDED, "p1", "c1", "cart-1", 1, 9.5
+    )
+    features.apply(4 * HOUR_MS + 1, "m-page", PAGE, 4, TIMEOUT_MS, None, None, None)
+    return features
+
+
+def test_a_typical_customer_holds_a_compact_record() -> None:
+    features = browsing_customer()
+    assert len(features.buckets) // 3 >= 5 and len(features.product_scores) == 5
+
+    assert sys.getsizeof(features) <= 640  # 1,048 bytes before the record was packed
+
+
+def test_a_customer_with_no_order_holds_nothing_for_orders() -> None:
+    features = browsing_customer()
+    before = sys.getsizeof(features)
+    features.apply_order(5 * HOUR_MS, "m-refund", 5, 5, TIMEOUT_MS, None, None, None, False, "o1", 3.0, [])
+
+    assert features.refunds == 1
+    assert sys.getsizeof(features) > before
