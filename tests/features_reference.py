@@ -14,6 +14,8 @@ from operator import attrgetter
 from sys import intern
 from typing import Any
 
+from risk_step_reference import next_risk_step
+
 from schemas.envelope import Envelope
 from schemas.events import ConsentEvent, IdentifyEvent, OrderEvent, ProductEvent, StoreVisitEvent
 from state.customer import Lifecycle, Timer
@@ -476,18 +478,7 @@ class CustomerState:
 
     def _next_risk_step(self, now_ms: int, lc: Lifecycle) -> int | None:
         """When ``lapse_risk`` (rising with silence) next reaches a tenth above its value now."""
-        risk = self.lapse_risk(now_ms, lc)
-        if risk is None or risk >= 0.9:
-            return None
-        step = (math.floor(risk * 10 + 1e-9) + 1) / 10
-        low, high = now_ms, self.last_order_ms + lc.lapse_days * DAY_MS  # type: ignore[operator]
-        while high - low > MINUTE_MS:  # the first minute at which the risk has reached the step
-            middle = (low + high) // 2
-            if self.lapse_risk(middle, lc) >= step:  # type: ignore[operator]
-                high = middle
-            else:
-                low = middle
-        return high
+        return next_risk_step(self, now_ms, lc)  # type: ignore[arg-type]
 
     def next_boundary(self, now_ms: int, lc: Lifecycle, risk_steps: bool = False) -> int | None:
         """The next event time at which ``lifecycle`` or ``at_risk`` (and, with ``risk_steps``,
