@@ -2088,22 +2088,12 @@ pub mod python {
         /// Categories by decayed affinity, strongest first (ties by name), the first ``n``.
         #[pyo3(signature = (n = None))]
         fn top_categories(&self, n: Option<usize>) -> Vec<&'static str> {
-            let mut table = Names::lock();
-            let ids = self
-                .inner
-                .categories
-                .top(n.unwrap_or(usize::MAX), table.get());
-            ids.into_iter().map(|id| table.get().name(id)).collect()
+            ranked(&self.inner.categories, n)
         }
         /// Products by decayed affinity, strongest first (ties by name), the first ``n``.
         #[pyo3(signature = (n = None))]
         fn top_products(&self, n: Option<usize>) -> Vec<&'static str> {
-            let mut table = Names::lock();
-            let ids = self
-                .inner
-                .products
-                .top(n.unwrap_or(usize::MAX), table.get());
-            ids.into_iter().map(|id| table.get().name(id)).collect()
+            ranked(&self.inner.products, n)
         }
         /// Category affinities decayed to ``now_ms``, rounded to 4 digits, by name.
         fn categories_as_of<'py>(
@@ -2111,19 +2101,10 @@ pub mod python {
             py: Python<'py>,
             now_ms: i64,
         ) -> PyResult<Bound<'py, PyDict>> {
-            let scores = {
-                let mut table = Names::lock();
-                let table = table.get();
-                let scores = self
-                    .inner
-                    .categories
-                    .as_of(now_ms, CATEGORY_HALF_LIFE_MS, table);
-                scores
-                    .into_iter()
-                    .map(|(id, s)| (table.name(id), s))
-                    .collect::<Vec<_>>()
-            };
-            scores_dict(py, scores)
+            scores_dict(
+                py,
+                decayed(&self.inner.categories, now_ms, CATEGORY_HALF_LIFE_MS),
+            )
         }
         /// Product affinities decayed to ``now_ms``, rounded to 4 digits, by name.
         fn products_as_of<'py>(
@@ -2131,19 +2112,10 @@ pub mod python {
             py: Python<'py>,
             now_ms: i64,
         ) -> PyResult<Bound<'py, PyDict>> {
-            let scores = {
-                let mut table = Names::lock();
-                let table = table.get();
-                let scores = self
-                    .inner
-                    .products
-                    .as_of(now_ms, PRODUCT_HALF_LIFE_MS, table);
-                scores
-                    .into_iter()
-                    .map(|(id, s)| (table.name(id), s))
-                    .collect::<Vec<_>>()
-            };
-            scores_dict(py, scores)
+            scores_dict(
+                py,
+                decayed(&self.inner.products, now_ms, PRODUCT_HALF_LIFE_MS),
+            )
         }
         /// The category affinities as kept (against their landmark), in the order first added.
         #[getter]
@@ -2211,6 +2183,23 @@ pub mod python {
             Trait::Text(id) => name(*id).into_py_any(py),
             Trait::Flag(flag) => flag.into_py_any(py),
         }
+    }
+
+    /// An affinity's items by decayed score, strongest first (ties by name), the first ``n``.
+    fn ranked(topk: &TopK, n: Option<usize>) -> Vec<&'static str> {
+        let mut table = Names::lock();
+        let ids = topk.top(n.unwrap_or(usize::MAX), table.get());
+        ids.into_iter().map(|id| table.get().name(id)).collect()
+    }
+
+    /// An affinity's scores decayed to ``now_ms`` (rounded to 4 digits), by name.
+    fn decayed(topk: &TopK, now_ms: i64, half_life_ms: i64) -> Vec<(&'static str, f64)> {
+        let mut table = Names::lock();
+        let table = table.get();
+        topk.as_of(now_ms, half_life_ms, table)
+            .into_iter()
+            .map(|(id, s)| (table.name(id), s))
+            .collect()
     }
 
     fn kept(topk: &TopK) -> Vec<(&'static str, f64)> {
