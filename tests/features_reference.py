@@ -3,7 +3,8 @@ compiled record (``state._native.Features``, behind ``state.customer.CustomerSta
 with exactly, feature for feature (``tests/state/test_features_native.py``).
 
 The classes of ``state/windows.py``, ``state/affinity.py``, ``state/customer.py`` and the update of
-``state/update.py`` as they were, unchanged but for their imports.
+``state/update.py`` as they were, unchanged but for their imports (the constants come from the modules
+that still define them).
 """
 
 from __future__ import annotations
@@ -18,28 +19,26 @@ from risk_step_reference import next_risk_step
 
 from schemas.envelope import Envelope
 from schemas.events import ConsentEvent, IdentifyEvent, OrderEvent, ProductEvent, StoreVisitEvent
-from state.customer import Lifecycle, Timer
-from state.update import local_hour
+from state.affinity import DAY_MS
+from state.customer import (
+    AFFINITY_K,
+    CATEGORY_HALF_LIFE_MS,
+    MAX_BOUGHT,
+    MAX_CART_ITEMS,
+    MAX_PENDING_OUTCOMES,
+    MAX_SESSION_PRODUCTS,
+    MIN_RHYTHM_MS,
+    PRIOR_CHURN,
+    PRIOR_ORDER_GAP_DAYS,
+    PRODUCT_HALF_LIFE_MS,
+    TRAIT_KEYS,
+    Lifecycle,
+    Timer,
+)
+from state.update import COUNT_KIND, local_hour
+from state.windows import COUNTED_KINDS, KIND_CODE, MINUTE_MS, WINDOWS_MIN
 
 # --- state/windows.py ----------------------------------------------------------------------
-MINUTE_MS = 60_000
-WINDOWS_MIN: dict[str, int] = {"1h": 60, "24h": 24 * 60, "7d": 7 * 24 * 60, "30d": 30 * 24 * 60}
-COUNTED_KINDS: tuple[str, ...] = (
-    "product_viewed",
-    "product_added",
-    "product_removed",
-    "checkout_started",
-    "order_completed",
-    "order_refunded",
-    "application_opened",
-    "page",
-    "screen",
-    "promotion_clicked",
-    "push_tapped",
-    "store_visited",
-    "other",
-)
-KIND_CODE: dict[str, int] = {kind: code for code, kind in enumerate(COUNTED_KINDS)}
 _COMPACT_AT = 3 * 24  # compact once this many triples are held...
 _COMPACT_EVERY = 64  # ...and then every this many added triples
 
@@ -116,7 +115,6 @@ class WindowedCounts:
 
 
 # --- state/affinity.py ---------------------------------------------------------------------
-DAY_MS = 86_400_000
 _RENORMALIZE_AT = 2.0**500
 _MAX_EXPONENT = 500.0  # 2 ** 500 times any weight stays far below the float limit (2 ** 1024)
 
@@ -180,20 +178,6 @@ class DecayedTopK:
 
 
 # --- state/customer.py ---------------------------------------------------------------------
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
-MAX_CART_ITEMS = 50
-MAX_SESSION_PRODUCTS = 10
-MAX_CAUSED_BY = 5
-MAX_BOUGHT = 20  # products of the last order remembered (recommendations leave them out)
-MAX_PENDING_OUTCOMES = 4  # decisions whose outcome (order within the horizon or not) is still open
-PRIOR_ORDER_GAP_DAYS = 30  # expected gap between orders before a customer's own rhythm is known
-PRIOR_CHURN = 0.1  # prior chance that a buyer has stopped buying for good
-MIN_RHYTHM_MS = DAY_MS  # a mean gap between orders shorter than this is no purchase rhythm
-AFFINITY_K = 5
-CATEGORY_HALF_LIFE_MS = 14 * DAY_MS
-PRODUCT_HALF_LIFE_MS = 3 * DAY_MS
-TRAIT_KEYS: tuple[str, ...] = ("age_band", "city", "country", "urban", "gender", "loyalty_tier")
 EVERY_PART = frozenset({"counts", "hours", "session", "cart", "affinities", "traits", "consent"})
 """The feature containers updates change in place (the windowed counts, the hours, the session,
 the cart, the affinities, traits, consent): a checkpoint copies those it is told may change."""
@@ -546,22 +530,6 @@ _fields = attrgetter(*CustomerState.__slots__)  # every field's value, in one ca
 
 
 # --- state/update.py -----------------------------------------------------------------------
-
-COUNT_KIND: dict[str, str] = {
-    "Product Viewed": "product_viewed",
-    "Product Added": "product_added",
-    "Product Removed": "product_removed",
-    "Checkout Started": "checkout_started",
-    "Order Completed": "order_completed",
-    "Order Refunded": "order_refunded",
-    "Order Cancelled": "order_refunded",
-    "Application Opened": "application_opened",
-    "page": "page",
-    "screen": "screen",
-    "Promotion Clicked": "promotion_clicked",
-    "Push Notification Tapped": "push_tapped",
-    "Store Visited": "store_visited",
-}
 AFFINITY_WEIGHT: dict[str, float] = {"Product Viewed": 1.0, "Product Added": 3.0, "Order Completed": 5.0}
 _NOT_ACTIVITY = frozenset({"identify", "alias", "Consent Updated", "Erasure Requested"})
 
