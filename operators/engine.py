@@ -59,11 +59,11 @@ from state import codec
 from state._native import Dedupe, Links
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
-from state.customer import MAX_CAUSED_BY, NO_PART, Checkpoint, CustomerState, Lifecycle
+from state.customer import MAX_CAUSED_BY, Checkpoint, CustomerState, Lifecycle
 from state.journal import Journal, JournalRef
 from state.journal import load as load_journal
 from state.store import CustomerStore
-from state.update import apply_event, changed_parts
+from state.update import apply_event
 
 # 7: both stages' shards under one Bytewax key per shard number; the changes the shard's store may not
 # hold yet travel in the snapshot. 8: a customer's features are the compiled record's bytes; its timers,
@@ -232,7 +232,8 @@ class CustomerStage:
         Should that raise (a rule, a model, a feature), the event becomes a ``processing_error``
         dead letter instead: what it emitted is taken back and the customer is put back as it was
         before it (an expiry or the adoption of a linked anonymous state, done first, stand). Its
-        checkpoint copies only what the event can change, a few microseconds (``bench/undo_bench.py``).
+        checkpoint is the bookkeeping fields and one native copy of the features record, a microsecond
+        or two (``bench/undo_bench.py``).
         """
         start, before, applying, late = len(out), None, False, False
         try:
@@ -245,11 +246,10 @@ class CustomerStage:
                 if not known:  # its marks before this event, in case it must leave no trace
                     marks = (customer_id in self.changed, customer_id in self.dirty)
                 state, new = self._adopt(env, customer_id, carried, out)
-                parts = changed_parts(env.name)
-                start, before, applying = len(out), None if new else state.checkpoint(parts), True
+                start, before, applying = len(out), None if new else state.checkpoint(), True
                 late = self.clock is not None and env.ts_ms < self.clock
                 if self._settle(state, env, late, out):  # what it settled stands, whatever follows
-                    start, before = len(out), state.checkpoint(parts)
+                    start, before = len(out), state.checkpoint()
                 self._apply(state, env, new or carried is not None, late, out)
         except Exception as err:
             self.writer.retract(out, start)
@@ -376,7 +376,7 @@ class CustomerStage:
         """Fire one timer. Should that raise, the timer is dropped as a ``processing_error`` dead
         letter, what it emitted is taken back and the customer is put back as it was (a timer
         changes none of the customer's features)."""
-        start, before = len(out), state.checkpoint(NO_PART)
+        start, before = len(out), state.checkpoint(features=False)
         try:
             self._fire_timer(state, rule_id, out)
         except Exception as err:

@@ -31,11 +31,6 @@ AFFINITY_K = 5
 CATEGORY_HALF_LIFE_MS = 14 * DAY_MS
 PRODUCT_HALF_LIFE_MS = 3 * DAY_MS
 TRAIT_KEYS: tuple[str, ...] = ("age_band", "city", "country", "urban", "gender", "loyalty_tier")
-EVERY_PART = frozenset({"places", "orders", "counts", "hours", "session", "cart", "affinities", "traits", "consent"})
-"""The parts of the features updates change (where the customer was, orders, the windowed counts,
-the hours, the session, the cart, the affinities, traits, consent): a checkpoint copies the
-features if it is told any may."""
-NO_PART: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,16 +87,15 @@ class CustomerState:
         self.offers_open: tuple[Any, ...] = ()
 
     # --- checkpoints, for undoing an update that failed halfway --------------------------
-    def checkpoint(self, parts: frozenset[str] = EVERY_PART) -> Checkpoint:
-        """What :meth:`rollback` needs to put this state back as it is now, provided that the
-        features are left as they are until then unless ``parts`` (see :data:`EVERY_PART`) says
-        they may change.
+    def checkpoint(self, features: bool = True) -> Checkpoint:
+        """What :meth:`rollback` needs to put this state back as it is now; without ``features``,
+        provided that the features are left as they are until then (a timer changes none).
 
         Every field's value (the engine's bookkeeping, timers to open offers, is immutable: replaced,
-        never changed) and, when ``parts`` names any, a copy of the features record (one native
-        copy). Taken before every event and timer, so kept cheap.
+        never changed) and a copy of the features record (one native copy: every event changes
+        some feature). Taken before every event and timer, so kept cheap.
         """
-        return _fields(self), self.features.copy() if parts else None
+        return _fields(self), self.features.copy() if features else None
 
     def rollback(self, checkpoint: Checkpoint) -> None:
         """Put this state back as it was at ``checkpoint`` (taken by :meth:`checkpoint` on this object)."""

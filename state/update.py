@@ -17,7 +17,6 @@ from schemas.events import (
     OrderEvent,
     ProductEvent,
     StoreVisitEvent,
-    model_named,
 )
 from state.customer import HOUR_MS, CustomerState, Lifecycle
 from state.windows import KIND_CODE
@@ -79,24 +78,6 @@ def _age_band(age: int) -> str:
         if age <= upper:
             return band
     return "65+"
-
-
-@lru_cache(maxsize=1024)
-def changed_parts(name: str) -> frozenset[str]:
-    """The parts of the features (:data:`state.customer.EVERY_PART`) that :func:`apply_event` may
-    change for an event called ``name`` (any event may say where it happened: ``places``); a
-    checkpoint before it copies the features when there are any."""
-    model = model_named(name)
-    parts = {"places"} if name in _NOT_ACTIVITY else {"places", "counts", "hours", "session", "orders"}
-    if model is ProductEvent:
-        parts |= {"affinities", "session", "cart"}
-    elif model is OrderEvent:
-        parts |= {"affinities", "cart"}
-    elif model is IdentifyEvent:
-        parts.add("traits")
-    elif model is ConsentEvent:
-        parts.add("consent")
-    return frozenset(parts)
 
 
 def apply_event(state: CustomerState, env: Envelope, lifecycle: Lifecycle) -> None:

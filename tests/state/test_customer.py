@@ -582,14 +582,12 @@ def test_a_rollback_undoes_every_update_since_its_checkpoint():
 
 
 def test_a_checkpoint_of_what_an_event_changes_undoes_that_event_whatever_its_kind():
-    """A checkpoint before an event copies only the parts of the state that event can change in
-    place (``changed_parts``); rolling back to it after the event gives the state before it, for
-    every kind of event, in order or late."""
+    """Rolling back to a checkpoint taken before an event gives the state before it, for every
+    kind of event, in order or late."""
     from connectors.synthetic import generate_events
     from operators.parse import parse
     from schemas.envelope import Envelope
     from state import codec
-    from state.update import changed_parts
 
     generated = list(generate_events(60, 5, seed=3, defects=0.02))
     more = [
@@ -608,7 +606,7 @@ def test_a_checkpoint_of_what_an_event_changes_undoes_that_event_whatever_its_ki
     for env in [*envs, *envs[::7]]:  # then again, late
         state = states.setdefault(env.customer_id, CustomerState(env.customer_id, env.ts_ms))
         before = codec.encode(state)
-        checkpoint = state.checkpoint(changed_parts(env.name))
+        checkpoint = state.checkpoint()
         apply_event(state, env, LC)
         state.rollback(checkpoint)
         assert codec.encode(state) == before, f"{env.name} is undone"
