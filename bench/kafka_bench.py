@@ -19,7 +19,12 @@ with recovery snapshots on (a fresh recovery store per run, ``NUDGEFLOW_SNAPSHOT
    clock, so neither this program's producer queue nor its reading is counted. The time from
    this program's ``produce()`` call to its read of the decision is shown as well. The first
    ``--warmup`` seconds of the run (connections, first customers, first snapshot) are left out
-   of the headline figures; the table by 5-second window shows every window.
+   of the headline figures; the table by 5-second window shows every window. The CPU time each
+   process used while events were produced (engine, broker, this program) is shown too.
+3. With ``--trace`` the latency run's engine runs under ``bench/latency_trace.py``, and where
+   the time of each decision went (source read, ordered release, stages, sink, delivery) and the
+   engine's pauses (batches, snapshots, flushes, garbage collections) are shown as well; the
+   tracing adds work per event, so its latencies are a little higher than without.
 
 Figures are printed as Markdown, ready for ``bench/RESULTS.md``.
 """
@@ -30,6 +35,7 @@ import argparse
 import contextlib
 import itertools
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -61,6 +67,8 @@ PARTITIONS = 8
 DECISION_TOPICS = (trigger_stream("push"), trigger_stream("in_app"), AUDIENCE_CHANGES)
 RUN = [sys.executable, "-m", "flows.cli", "run", "--until-end", "--quiet"]
 LIVE = [sys.executable, "-m", "flows.cli", "run", "--quiet"]
+TRACED = [sys.executable, str(ROOT / "bench" / "latency_trace.py")]  # + trace file + the flows.cli arguments
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def engine_env(bootstrap: str, topic: str, prefix: str, recovery: Path, partitions: int, **more: str) -> dict[str, str]:
@@ -255,7 +263,34 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def latency(bootstrap: str, rate: float, duration: float, customers: int, days: int, warmup: float) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and of its children (0 once it is gone)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def latency(
+    bootstrap: str,
+    rate: float,
+    duration: float,
+    customers: int,
+    days: int,
+    warmup: float,
+    broker_pid: int | None = None,
+    trace: Path | None = None,
+) -> dict[str, Any]:
     count = int(rate * duration)
     events = live_events(customers * 4, days, count)
     topic = f"bench.events.{uuid.uuid4().hex[:8]}"
@@ -279,7 +314,8 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
             NUDGEFLOW_START_FROM="earliest",
             NUDGEFLOW_METRICS_PORT=str(metrics_port),
         )
-        proc = subprocess.Popen(LIVE, cwd=ROOT, env=env)
+        command = LIVE if trace is None else [*TRACED, str(trace), *LIVE[3:]]
+        proc = subprocess.Popen(command, cwd=ROOT, env=env)
         # made (and its idempotent producer id acquired) while the engine starts
         producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, "acks": "all"})
         try:
@@ -290,6 +326,7 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
             reader = DecisionReader(bootstrap, end_offsets(bootstrap, outputs))
             reader.start()
             engine_before = engine_latency_buckets(metrics_port)
+            cpu_before = process_cpu(proc.pid, broker_pid)
             started = time.monotonic()
             for sent, event in enumerate(events, start=1):
                 message_id = event["messageId"]
@@ -312,7 +349,10 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
                 if ahead > 0.001:
                     time.sleep(ahead)
             producer.flush(30)
-            achieved = count / (time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            achieved = count / elapsed
+            cpu_after = process_cpu(proc.pid, broker_pid)
+            cpu = {name: (cpu_after[name] - cpu_before[name]) / elapsed for name in cpu_after}
             time.sleep(5)  # the last decisions
             engine_after = engine_latency_buckets(metrics_port)
             reader.halt.set()
@@ -336,6 +376,8 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
             if direct:
                 bench_side.append((read - produced[cause]) * 1000)
     every = sorted(ms for kind, values in latencies.items() if kind.endswith("(event)") for ms in values)
+    # how long the broker itself takes to append a record: this program's produce() call -> append
+    to_broker = sorted((at - produced[m]) * 1000 for m, at in appended.items() if produced[m] - first >= warmup)
     bench_side.sort()
     result = {
         "events": count,
@@ -345,6 +387,10 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
         "by_kind": {},
         "windows": {},
         "bench_side": {"p50": percentile(bench_side, 0.5), "p99": percentile(bench_side, 0.99)} if bench_side else {},
+        "cpu": cpu,
+        "to_broker": {"p50": percentile(to_broker, 0.5), "p99": percentile(to_broker, 0.99)} if to_broker else {},
+        "load": os.getloadavg()[0],
+        "trace": None if trace is None else breakdown(trace, first + warmup),
     }
     result["engine"] = {f"p{int(q * 100)}": bucket_quantile(engine_before, engine_after, q) for q in (0.5, 0.99)}
     for window, values in sorted(windows.items()):
@@ -367,14 +413,54 @@ def latency(bootstrap: str, rate: float, duration: float, customers: int, days: 
     return result
 
 
+def process_cpu(engine_pid: int, broker_pid: int | None) -> dict[str, float]:
+    """CPU seconds used so far by the engine, the broker (when this program started it) and this program."""
+    cpu = {"engine": cpu_seconds(engine_pid), "this program (producer, reader)": own_cpu_seconds()}
+    if broker_pid is not None:
+        cpu["broker"] = cpu_seconds(broker_pid)
+    return cpu
+
+
+SEGMENTS = ("poll", "identity", "customer", "decided", "written", "confirmed")
+
+
+def breakdown(trace: Path, since: float) -> dict[str, Any]:
+    """Where the time of traced decisions (events read from ``since`` on) went, and the engine's pauses
+    from then on (see ``bench/latency_trace.py``)."""
+    data = orjson.loads(trace.read_bytes())
+    rows = [row for row in data["rows"] if row[0] >= since]
+    polls = sorted(ms * 1000 for read, ms in data["poll"] if read >= since)
+    segments: dict[str, list[float]] = {"poll": polls}
+    for n, name in enumerate(SEGMENTS[1:]):
+        segments[name] = sorted((row[n + 1] - row[n]) * 1000 for row in rows)
+    segments["read to confirmed"] = sorted((row[-1] - row[0]) * 1000 for row in rows)
+    pauses: dict[str, list[float]] = {}
+    for what, began, seconds in data["pauses"]:
+        if began >= since:
+            pauses.setdefault(what, []).append(seconds * 1000)
+    return {
+        "segments": {
+            name: {"count": len(v), "p50": percentile(v, 0.5), "p99": percentile(v, 0.99), "max": v[-1]}
+            for name, v in segments.items()
+            if v
+        },
+        "pauses": {what: {"count": len(v), "total": sum(v), "max": max(v)} for what, v in sorted(pauses.items())},
+    }
+
+
 # --- report --------------------------------------------------------------------------------
 @contextlib.contextmanager
-def kafka() -> Iterator[str]:
+def kafka() -> Iterator[tuple[str, int | None]]:
+    """The brokers' address, and the process id of the broker when this program started it."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"], None
         return
-    with local_services(kafka=True, redis=False) as services:
-        yield services["KAFKA_BOOTSTRAP_SERVERS"]
+    with (
+        tempfile.TemporaryDirectory(prefix="nudgeflow-services-") as workdir,
+        local_services(Path(workdir), kafka=True, redis=False) as services,
+    ):
+        recorded = orjson.loads((Path(workdir) / "services.json").read_bytes())["services"]
+        yield services["KAFKA_BOOTSTRAP_SERVERS"], next(s["pid"] for s in recorded if s["name"] == "kafka")
 
 
 def main() -> None:
@@ -387,6 +473,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed for one engine run")
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs (needs --rate)")
     parser.add_argument("--throughput-only", action="store_true", help="skip the latency run")
+    parser.add_argument("--trace", action="store_true", help="time each decision's path in the latency run")
     args = parser.parse_args()
     if args.latency_only and not args.rate:
         parser.error("--latency-only needs --rate")
@@ -394,7 +481,7 @@ def main() -> None:
     path = stream(args.customers, args.days)
     lines = list(read_lines(path))
     print(f"stream: {path.name}, {len(lines):,} events", flush=True)
-    with kafka() as bootstrap:
+    with kafka() as (bootstrap, broker_pid), tempfile.TemporaryDirectory(prefix="nudgeflow-trace-") as traces:
         rows = [] if args.latency_only else throughput(bootstrap, lines, args.timeout)
         rate = rows[0]["rate_net"] / 2 if rows else args.rate
         if args.rate:
@@ -402,7 +489,16 @@ def main() -> None:
         lat = (
             None
             if args.throughput_only
-            else latency(bootstrap, rate, args.duration, args.customers, args.days, args.warmup)
+            else latency(
+                bootstrap,
+                rate,
+                args.duration,
+                args.customers,
+                args.days,
+                args.warmup,
+                broker_pid,
+                Path(traces) / "trace.json" if args.trace else None,
+            )
         )
 
     print(
@@ -436,16 +532,48 @@ def report_latency(lat: dict[str, Any], duration: float) -> None:
             f"\nthe same decisions from this program's produce() call to its read of the decision:"
             f" p50 {lat['bench_side']['p50']:.1f} ms, p99 {lat['bench_side']['p99']:.1f} ms"
         )
+    if lat["to_broker"]:
+        print(
+            f"\nthis program's produce() call to the broker appending the event (its producer lingers 5 ms):"
+            f" p50 {lat['to_broker']['p50']:.1f} ms, p99 {lat['to_broker']['p99']:.1f} ms"
+        )
     engine = lat["engine"]
     print(
         "\nin the engine (its nudgeflow_decision_latency_seconds histogram, event-caused: from the source"
         f" reading the event to Kafka confirming the decision): p50 <= {engine['p50']:.0f} ms,"
         f" p99 <= {engine['p99']:.0f} ms (bucket bounds)"
     )
+    print(f"\nCPU while events were produced (load average {lat['load']:.1f} on {os.cpu_count()} cores):")
+    print("\n| process | CPU s per s |\n| --- | ---: |")
+    for name, share in lat["cpu"].items():
+        print(f"| {name} | {share:.2f} |")
     print("\nevery window (broker append times):")
     print("\n| produced during | decisions | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |")
     for window, s in lat["windows"].items():
         print(f"| {window} | {s['count']:,} | {s['p50']:.1f} | {s['p99']:.1f} | {s['max']:.1f} |")
+
+    if lat["trace"] is not None:
+        report_trace(lat["trace"], lat["warmup"])
+
+
+def report_trace(trace: dict[str, Any], warmup: float) -> None:
+    print(f"\nwhere the time went (traced, events read after the first {warmup:.0f} s; wall clock):")
+    print("\n| from -> to | count | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |")
+    names = {
+        "poll": "broker appends the event -> source reads it",
+        "identity": "source reads it -> identity batch begins",
+        "customer": "identity batch begins -> customer batch begins",
+        "decided": "customer batch begins -> it ends (decision made)",
+        "written": "decision made -> sink produces it",
+        "confirmed": "sink produces it -> Kafka confirms it",
+        "read to confirmed": "source reads the event -> Kafka confirms the decision",
+    }
+    for name, s in trace["segments"].items():
+        print(f"| {names[name]} | {s['count']:,} | {s['p50']:.1f} | {s['p99']:.1f} | {s['max']:.1f} |")
+    print("\npauses of the engine of 5 ms or more:")
+    print("\n| what | count | total ms | max ms |\n| --- | ---: | ---: | ---: |")
+    for what, s in trace["pauses"].items():
+        print(f"| {what} | {s['count']:,} | {s['total']:.0f} | {s['max']:.1f} |")
 
 
 if __name__ == "__main__":
