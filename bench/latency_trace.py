@@ -160,6 +160,7 @@ def install(trace: Trace) -> None:
 
 
 def main() -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the engine of this checkout
     trace = Trace(Path(sys.argv[1]))
     install(trace)
     threading.Thread(target=trace.keep_writing, daemon=True).start()
