@@ -4,8 +4,9 @@ Source: one Bytewax partition per topic partition (partitions spread over all wo
 processes); the partitions a process reads share one confluent-kafka consumer, assigned (no
 consumer group: the resume position is the next offset, kept in Bytewax's recovery snapshots). Values are Segment-shaped
 JSON; CloudEvents ``ce_*`` headers may be present and are not needed. A partition that has
-nothing to read says so (:class:`schemas.items.EndOfInput`), so the others are not held back;
-with ``until_end`` each partition stops at the high watermark it saw at start.
+read all there is says so with the batch that got there (:class:`schemas.items.EndOfInput`),
+so the others' events are not held back until its next read; with ``until_end`` each partition
+stops at the high watermark it saw at start.
 
 Sink: each output stream goes to ``topic_prefix + stream`` (``nudgeflow.triggers.push``, ...).
 Decisions are CloudEvents in binary mode: ``ce_*`` headers and the JSON ``data`` as value, the
@@ -201,9 +202,10 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
                 self._awake = next_poll(now)
         elif self.end is None:
             self._awake = next_poll(now)
-            if not self.idle and self._caught_up():  # do not hold the other partitions back
-                self.idle = True
-                batch.append(EndOfInput(self.next, self.partition))
+        if self.end is None and self._awake is not None and not self.idle and self._caught_up():
+            # read all there was: the other partitions' events need not wait for this one's next read
+            self.idle = True
+            batch.append(EndOfInput(self.next, self.partition))
         if now - self.lag_at >= LAG_EVERY_SECONDS:
             self.lag_at = now
             self._update_lag()

@@ -151,6 +151,28 @@ def test_partitions_that_read_all_there_was_wake_together(services):
     assert kafka.next_poll(100.0012) == kafka.next_poll(100.0049), "moments apart: the same instant"
 
 
+def test_a_live_partition_that_read_all_there_was_holds_nothing_back_with_that_batch(services):
+    """The batch that reads a live partition up to its end says the partition is idle (it holds
+    nothing back), so the other partitions' events of the same moment are applied at once, not
+    after this partition's next read."""
+    from connectors.kafka import KafkaEventSource
+    from schemas.items import EndOfInput
+
+    topic = produce(services, [orjson.dumps({"n": n}) for n in range(5)], partitions=1)
+    part = KafkaEventSource(services["KAFKA_BOOTSTRAP_SERVERS"], topic).build_part("in", f"{topic}#0", None)
+    try:
+        batch: list = []
+        deadline = time.monotonic() + 30
+        while not any(getattr(item, "seq", None) == 4 and not isinstance(item, EndOfInput) for item in batch):
+            assert time.monotonic() < deadline, "the events were not read"
+            batch = part.next_batch()
+            time.sleep(0.01)
+    finally:
+        part.close()
+    assert isinstance(batch[-1], EndOfInput), batch
+    assert batch[-1].seq == 5, "idle from the next offset on"
+
+
 def test_decision_latency_ends_when_kafka_confirms_not_when_the_engine_next_looks(services):
     """Kafka confirms a decision within milliseconds; the engine hears of it only when it next polls
     its producer (here: a second later, at close). The histogram counts up to the confirmation."""
