@@ -50,7 +50,8 @@ from schemas.streams import DEAD_LETTERS, DECISION_STREAMS
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.005  # a partition that read all there was polls again at the next multiple of this
+POLL_SECONDS = 0.010  # a partition that read all there was polls again at the next multiple of this
+FETCH_MIN_BYTES = 1 << 20  # the broker answers a fetch when it has this much, else when its wait is over
 BUFFERED_MESSAGES = 50_000  # read ahead by a process's consumer, over all its partitions
 LAG_EVERY_SECONDS = 1.0
 LEADER_WAIT_SECONDS = 30.0  # how long a partition may be without a leader (a topic just created) at start
@@ -162,8 +163,17 @@ class _SharedConsumer:
 class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int]):
     """One topic partition; its snapshot is the next offset to read."""
 
-    def __init__(self, shared: _SharedConsumer, partition: int, start: int, until_end: bool, batch_size: int) -> None:
+    def __init__(
+        self,
+        shared: _SharedConsumer,
+        partition: int,
+        start: int,
+        until_end: bool,
+        batch_size: int,
+        poll_seconds: float = POLL_SECONDS,
+    ) -> None:
         self.shared, self.topic, self.partition, self.batch_size = shared, shared.topic, partition, batch_size
+        self.poll_seconds = poll_seconds
         low, high = watermarks(shared.consumer, TopicPartition(self.topic, partition))
         self.next = {OFFSET_BEGINNING: low, OFFSET_END: high}.get(start, start)
         self.end = high if until_end else None
@@ -199,9 +209,9 @@ class _TopicPartitionReader(StatefulSourcePartition[RawEvent | EndOfInput, int])
         if batch:
             self.idle = False
             if len(messages) < self.batch_size:  # caught up: let the next batch gather for a moment
-                self._awake = next_poll(now)
+                self._awake = next_poll(now, self.poll_seconds)
         elif self.end is None:
-            self._awake = next_poll(now)
+            self._awake = next_poll(now, self.poll_seconds)
         if self.end is None and self._awake is not None and not self.idle and self._caught_up():
             # read all there was: the other partitions' events need not wait for this one's next read
             self.idle = True
@@ -257,13 +267,13 @@ def watermarks(consumer: Any, partition: TopicPartition, wait: float = LEADER_WA
             time.sleep(0.2)
 
 
-def next_poll(now: float) -> datetime:
-    """When a partition that read all there was polls again: the next multiple of :data:`POLL_SECONDS`.
+def next_poll(now: float, every: float = POLL_SECONDS) -> datetime:
+    """When a partition that read all there was polls again: the next multiple of ``every`` seconds.
 
     Every partition of a process asks for the same instant, so one activation of the source reads
     them all (and the flow runs once for their events) instead of one activation each.
     """
-    return datetime.fromtimestamp((now // POLL_SECONDS + 1) * POLL_SECONDS, UTC)
+    return datetime.fromtimestamp((now // every + 1) * every, UTC)
 
 
 def part_names(topic: str, partitions: int) -> list[str]:
@@ -275,7 +285,10 @@ class KafkaEventSource(FixedPartitionedSource[RawEvent | EndOfInput, int]):
     """The events topic, one Bytewax partition per topic partition.
 
     ``start_from`` ("earliest" or "latest") applies where no recovery snapshot says where to
-    resume; ``until_end`` stops each partition at the high watermark it saw at start.
+    resume; ``until_end`` stops each partition at the high watermark it saw at start. A partition
+    that read all there was reads again ``poll_seconds`` later (on a grid shared by all), and the
+    broker holds a fetch up to as long for more records: the events that arrive meanwhile are
+    handled together, one run of the flow for all, which costs far less CPU than a run each.
     """
 
     def __init__(
@@ -286,8 +299,10 @@ class KafkaEventSource(FixedPartitionedSource[RawEvent | EndOfInput, int]):
         until_end: bool = False,
         batch_size: int = 1000,
         consumer_config: dict[str, Any] | None = None,
+        poll_seconds: float = POLL_SECONDS,
     ) -> None:
         self.topic = topic
+        self.poll_seconds = poll_seconds
         self.partitions = topic_partitions(bootstrap_servers, topic, consumer_config)
         self.start = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}[start_from]
         self.until_end = until_end
@@ -298,7 +313,8 @@ class KafkaEventSource(FixedPartitionedSource[RawEvent | EndOfInput, int]):
                 "group.id": "nudgeflow",  # required by the client; offsets are never committed
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
-                "fetch.wait.max.ms": 10,
+                "fetch.wait.max.ms": max(1, round(poll_seconds * 1000)),
+                "fetch.min.bytes": FETCH_MIN_BYTES,
                 **(consumer_config or {}),
             },
         )
@@ -315,7 +331,7 @@ class KafkaEventSource(FixedPartitionedSource[RawEvent | EndOfInput, int]):
             if self._shared is None or self._shared.closed:
                 self._shared = _SharedConsumer(self.config, self.topic)
             shared = self._shared
-        return _TopicPartitionReader(shared, partition, start, self.until_end, self.batch_size)
+        return _TopicPartitionReader(shared, partition, start, self.until_end, self.batch_size, self.poll_seconds)
 
 
 # --- sink ----------------------------------------------------------------------------------

@@ -74,7 +74,13 @@ def _kafka_flow(flow: Dataflow, settings: Settings, rules: CompiledRules, snapsh
     if settings.create_topics:
         ensure_topics(servers, output_topics(settings), settings.topic_partitions, client)
     source = KafkaEventSource(
-        servers, settings.events_topic, settings.start_from, settings.until_end, settings.batch_size, client
+        servers,
+        settings.events_topic,
+        settings.start_from,
+        settings.until_end,
+        settings.batch_size,
+        client,
+        settings.kafka_poll_ms / 1000,
     )
     raw = op.input("events", flow, source)
     config = settings.engine_config(snapshots, source.partitions, profiles=settings.redis_url is not None)

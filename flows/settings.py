@@ -58,6 +58,9 @@ class Settings(BaseModel):
     kafka_sasl_username: str | None = Field(None, description="SASL user name")
     kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged)")
     events_topic: str = Field("nudgeflow.events", description="topic the events are read from")
+    kafka_poll_ms: float = Field(
+        10, ge=1, le=1000, description="a caught-up partition reads again this much later: more, less CPU per event"
+    )
     start_from: Literal["earliest", "latest"] = Field(
         "earliest", description="where to start reading when no recovery snapshot says where to resume"
     )

@@ -131,7 +131,7 @@ def test_the_partitions_of_a_process_share_one_consumer_and_get_only_their_own_m
 
 
 def test_partitions_that_read_all_there_was_wake_together(services):
-    """A live partition that has read everything polls again at the next 5 ms mark of the clock,
+    """A live partition that has read everything polls again at the next poll mark of the clock,
     the same for all: one activation of the source then reads every partition, not one each."""
     from connectors import kafka
     from connectors.kafka import KafkaEventSource
@@ -147,8 +147,28 @@ def test_partitions_that_read_all_there_was_wake_together(services):
     assert all(wake is not None for wake in wakes)
     for wake in wakes:
         ticks = wake.timestamp() / kafka.POLL_SECONDS
-        assert abs(ticks - round(ticks)) < 1e-3, f"{wake} is on the shared 5 ms grid"
-    assert kafka.next_poll(100.0012) == kafka.next_poll(100.0049), "moments apart: the same instant"
+        assert abs(ticks - round(ticks)) < 1e-3, f"{wake} is on the shared grid"
+    assert kafka.next_poll(100.0012) == kafka.next_poll(100.0099), "moments apart: the same instant"
+
+
+def test_the_poll_interval_sets_when_caught_up_partitions_read_again_and_how_long_fetches_wait(services):
+    """``NUDGEFLOW_KAFKA_POLL_MS``: caught-up partitions read again on its grid (one run of the flow
+    for all the events of the interval), and the broker holds a fetch up to as long."""
+    from connectors.kafka import KafkaEventSource
+
+    topic = produce(services, [orjson.dumps({"n": n}) for n in range(40)], partitions=4)
+    settings = Settings(kafka_poll_ms=40)
+    source = KafkaEventSource(services["KAFKA_BOOTSTRAP_SERVERS"], topic, poll_seconds=settings.kafka_poll_ms / 1000)
+    assert source.config["fetch.wait.max.ms"] == 40
+    parts = [source.build_part("in", name, None) for name in source.list_parts()]
+    wakes = []
+    for part in parts:
+        part.next_batch()
+        wakes.append(part.next_awake())
+        part.close()
+    for wake in wakes:
+        ticks = wake.timestamp() / 0.040
+        assert abs(ticks - round(ticks)) < 1e-3, f"{wake} is on the 40 ms grid"
 
 
 def test_a_live_partition_that_read_all_there_was_holds_nothing_back_with_that_batch(services):
