@@ -1,0 +1,123 @@
+"""CPU per event of the whole flow against the events each source activation hands it.
+
+    python bench/poll_bench.py                       # 2, 5, 10, 20 and 1000 events per partition
+    python bench/poll_bench.py --per-partition 5 10 --rounds 3
+
+A live Kafka source reads every ``NUDGEFLOW_KAFKA_POLL_MS`` when it keeps up, so at R events/s
+each activation of the flow carries about R x poll interval events. Each run here feeds the
+flow (recovery snapshots on, as ``nudgeflow run``) from 8 in-memory partitions handing out
+``n`` events each per activation, and prints its CPU time (user + system) per event; runs are
+alternated in rounds, as the machine may be shared. Two sizes give the cost of one activation
+(``c``) and of one event (``a``): ``cpu = a x events + c x activations``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+PARTITIONS = 8
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child(per_partition: int, events: int) -> None:
+    """One run in this process; prints ``cpu_seconds activations``."""
+    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+    from flow_bench import stream
+
+    from connectors.files import DiscardSink, read_lines
+    from connectors.kafka import event_key
+    from flows.cli import run_dataflow
+    from flows.personalization import build_flow
+    from flows.settings import Settings
+    from schemas.items import EndOfInput, RawEvent
+
+    parts: list[list[bytes]] = [[] for _ in range(PARTITIONS)]
+    for line in itertools.islice(read_lines(stream(2_000, 7)), events):
+        parts[zlib.crc32(event_key(line) or b"") % PARTITIONS].append(line)
+    activations = [0]
+
+    class Partition(StatefulSourcePartition[Any, int]):
+        def __init__(self, number: int, resume: int | None) -> None:
+            self.number, self.lines, self.at, self.done = number, parts[number], resume or 0, False
+
+        def next_batch(self) -> list[Any]:
+            if self.done:
+                raise StopIteration
+            if self.at >= len(self.lines):
+                self.done = True
+                return [EndOfInput(self.at, self.number)]
+            if self.number == 0:
+                activations[0] += 1
+            now, end = time.time(), min(self.at + per_partition, len(self.lines))
+            batch = [
+                RawEvent(n, {"offset": n}, self.lines[n], partition=self.number, arrived=now)
+                for n in range(self.at, end)
+            ]
+            self.at = end
+            return batch
+
+        def snapshot(self) -> int:
+            return self.at
+
+    class Source(FixedPartitionedSource[Any, int]):
+        def list_parts(self) -> list[str]:
+            return [f"p#{n}" for n in range(PARTITIONS)]
+
+        def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> Partition:
+            return Partition(int(for_part[2:]), resume_state)
+
+    with tempfile.TemporaryDirectory(prefix="nudgeflow-recovery-") as tmp:
+        settings = Settings(recovery_dir=Path(tmp))
+        flow = build_flow(settings, snapshots=True, source=Source(), sink=DiscardSink(), source_partitions=PARTITIONS)
+        started = cpu_seconds()
+        run_dataflow(flow, settings)
+        print(cpu_seconds() - started, activations[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per-partition", type=int, nargs="+", default=[2, 5, 10, 20, 1000])
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        child(args.child, args.events)
+        return
+    runs: dict[int, list[tuple[float, int]]] = {n: [] for n in args.per_partition}
+    for _, n in itertools.product(range(args.rounds), args.per_partition):
+        command = [sys.executable, __file__, "--child", str(n), "--events", str(args.events)]
+        cpu, activations = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+        runs[n].append((float(cpu), int(activations)))
+        print(f"{n} per partition: {float(cpu):.2f} CPU s, {activations} activations", flush=True)
+    print("\n| events per activation | activations | CPU s (best of rounds) | CPU us per event |")
+    print("| ---: | ---: | ---: | ---: |")
+    for n, results in runs.items():
+        cpu, activations = min(results)
+        print(f"| {n * PARTITIONS:,} | {activations:,} | {cpu:.2f} | {cpu / args.events * 1e6:.0f} |")
+    if len(runs) > 1:
+        (cpu1, act1), (cpu2, act2) = (min(results) for results in list(runs.values())[:2])
+        activation = (cpu1 - cpu2) / (act1 - act2)
+        print(
+            f"\nfrom the first two: {activation * 1000:.2f} ms of CPU per activation,"
+            f" {(cpu2 - activation * act2) / args.events * 1e6:.0f} us per event (start-up included)"
+        )
+    print("\ncommand: " + " ".join([Path(sys.executable).name, *sys.argv]))
+
+
+if __name__ == "__main__":
+    main()
