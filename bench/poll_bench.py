@@ -101,7 +101,10 @@ def main() -> None:
     runs: dict[int, list[tuple[float, int]]] = {n: [] for n in args.per_partition}
     for _, n in itertools.product(range(args.rounds), args.per_partition):
         command = [sys.executable, __file__, "--child", str(n), "--events", str(args.events)]
-        cpu, activations = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{n} per partition failed:\n{done.stderr}")
+        cpu, activations = done.stdout.split()
         runs[n].append((float(cpu), int(activations)))
         print(f"{n} per partition: {float(cpu):.2f} CPU s, {activations} activations", flush=True)
     print("\n| events per activation | activations | CPU s (best of rounds) | CPU us per event |")
