@@ -2,6 +2,7 @@
 
     python bench/scaleout_bench.py                  # the generated 10k-customer day, file replay
     python bench/scaleout_bench.py --kafka          # also Kafka -> engine -> Kafka (starts a local broker)
+    python bench/scaleout_bench.py --baseline DIR   # also another checkout (its own .venv), in the same rounds
 
 Replay: ``nudgeflow replay FILE --processes N`` (N processes of 1 worker, each parsing its own
 chunks of the file), alternated with the single-process replay, in rounds; each run's outputs are
@@ -14,7 +15,8 @@ Kafka: the stream is produced once to an 8-partition topic, then ``nudgeflow run
 CPU is user+sys of all the engine's processes over their whole lives (start-up, reading and
 writing included; the broker's not), from ``getrusage(RUSAGE_CHILDREN)`` around each run. The
 least of the rounds is shown (a shared machine only adds), with its ratio to the single process's,
-and the ratio in each round.
+and the ratio in each round. With ``--baseline DIR`` every run is made also by the checkout in DIR
+(with its own ``.venv``) right after this one's, so that both are measured in the same window.
 """
 
 from __future__ import annotations
@@ -42,12 +44,27 @@ PROCESSES = (1, 2, 4)
 PARTITIONS = 8
 
 
-def cpu_of(commands: list[list[str]], env: dict[str, str] | None = None) -> tuple[float, float]:
+class Checkout:
+    """A checkout of the engine to run: its folder and its virtual environment's Python."""
+
+    def __init__(self, label: str, root: Path, python: str) -> None:
+        self.label, self.root, self.python = label, root, python
+
+
+def checkouts(baseline: Path | None) -> list[Checkout]:
+    """This checkout, and the baseline's when given."""
+    this = [Checkout("this", ROOT, sys.executable)]
+    if baseline is None:
+        return this
+    return [*this, Checkout(f"baseline {baseline}", baseline, str(baseline / ".venv" / "bin" / "python"))]
+
+
+def cpu_of(commands: list[list[str]], env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[float, float]:
     """CPU seconds (user+sys, every process and its children) and wall seconds of ``commands``
     started together and run to completion."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE) for cmd in commands]
+    procs = [subprocess.Popen(cmd, cwd=cwd, env=env, stderr=subprocess.PIPE) for cmd in commands]
     for proc, cmd in zip(procs, commands, strict=True):
         _, stderr = proc.communicate()
         if proc.returncode != 0:
@@ -66,28 +83,31 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def replay_rounds(path: Path, rounds: int) -> list[dict[str, float]]:
-    """Each round: the replay with 1, 2 and 4 processes; outputs checked against 1 process's."""
-    rows: dict[int, list[tuple[float, float]]] = {n: [] for n in PROCESSES}
+def replay_rounds(path: Path, rounds: int, runs: list[Checkout]) -> dict[str, list[dict[str, Any]]]:
+    """Each round: the replay with 1, 2 and 4 processes, by each checkout in turn; outputs checked
+    against 1 process's."""
+    rows: dict[str, dict[int, list[tuple[float, float]]]] = {run.label: {n: [] for n in PROCESSES} for run in runs}
     with tempfile.TemporaryDirectory(prefix="nudgeflow-scaleout-") as tmp:
         for round_ in range(rounds):
             expected = None
             for processes in PROCESSES:
-                out = Path(tmp) / f"out-{processes}"
-                cmd = [sys.executable, "-m", "flows.cli", "replay", str(path), "--out", str(out), "--force"]
-                cmd += ["--quiet", "--processes", str(processes)]
-                cpu, wall = cpu_of([cmd])
-                files = files_of(out)
-                if expected is None:
-                    expected = files
-                elif files != expected:
-                    raise RuntimeError(f"{processes} processes wrote other outputs than 1 process")
-                rows[processes].append((cpu, wall))
-                print(
-                    f"round {round_ + 1}, replay, {processes} process(es): {cpu:.1f} CPU s, {wall:.1f} s{load()}",
-                    flush=True,
-                )
-    return summarize(rows)
+                for run in runs:
+                    out = Path(tmp) / f"out-{processes}"
+                    cmd = [run.python, "-m", "flows.cli", "replay", str(path), "--out", str(out), "--force"]
+                    cmd += ["--quiet", "--processes", str(processes)]
+                    cpu, wall = cpu_of([cmd], cwd=run.root)
+                    files = files_of(out)
+                    if expected is None:
+                        expected = files
+                    elif files != expected:
+                        raise RuntimeError(f"{run.label}: {processes} processes wrote other outputs than 1 process")
+                    rows[run.label][processes].append((cpu, wall))
+                    print(
+                        f"round {round_ + 1}, replay, {run.label}, {processes} process(es): {cpu:.1f} CPU s,"
+                        f" {wall:.1f} s{load()}",
+                        flush=True,
+                    )
+    return {label: summarize(by_processes) for label, by_processes in rows.items()}
 
 
 def summarize(rows: dict[int, list[tuple[float, float]]]) -> list[dict[str, Any]]:
@@ -103,15 +123,16 @@ def summarize(rows: dict[int, list[tuple[float, float]]]) -> list[dict[str, Any]
     return out
 
 
-def kafka_rounds(path: Path, rounds: int) -> list[dict[str, float]]:
-    """Each round: ``nudgeflow run --kafka --until-end`` over the whole topic with 1, 2 and 4 processes."""
-    rows: dict[int, list[tuple[float, float]]] = {n: [] for n in PROCESSES}
+def kafka_rounds(path: Path, rounds: int, runs: list[Checkout]) -> dict[str, list[dict[str, Any]]]:
+    """Each round: ``nudgeflow run --kafka --until-end`` over the whole topic with 1, 2 and 4
+    processes, by each checkout in turn."""
+    rows: dict[str, dict[int, list[tuple[float, float]]]] = {run.label: {n: [] for n in PROCESSES} for run in runs}
     with kafka() as bootstrap:
         topic = f"bench.events.{uuid.uuid4().hex[:8]}"
         ensure_topics(bootstrap, [topic], PARTITIONS)
         produce_records(bootstrap, topic, read_lines(path))
         for round_ in range(rounds):
-            for processes in PROCESSES:
+            for processes, run in ((n, run) for n in PROCESSES for run in runs):
                 env = dict(os.environ)
                 env.pop("NUDGEFLOW_REDIS_URL", None)
                 env.pop("NUDGEFLOW_RECOVERY_DIR", None)
@@ -123,23 +144,15 @@ def kafka_rounds(path: Path, rounds: int) -> list[dict[str, float]]:
                         "NUDGEFLOW_TOPIC_PREFIX": f"bench.{uuid.uuid4().hex[:8]}.",
                     }
                 )
-                run = [
-                    sys.executable,
-                    "-m",
-                    "flows.cli",
-                    "run",
-                    "--until-end",
-                    "--quiet",
-                    "--processes",
-                    str(processes),
-                ]
-                cpu, wall = cpu_of([run], env)
-                rows[processes].append((cpu, wall))
+                cmd = [run.python, "-m", "flows.cli", "run", "--until-end", "--quiet", "--processes", str(processes)]
+                cpu, wall = cpu_of([cmd], env, run.root)
+                rows[run.label][processes].append((cpu, wall))
                 print(
-                    f"round {round_ + 1}, kafka, {processes} process(es): {cpu:.1f} CPU s, {wall:.1f} s{load()}",
+                    f"round {round_ + 1}, kafka, {run.label}, {processes} process(es): {cpu:.1f} CPU s,"
+                    f" {wall:.1f} s{load()}",
                     flush=True,
                 )
-    return summarize(rows)
+    return {label: summarize(by_processes) for label, by_processes in rows.items()}
 
 
 def report(title: str, events: int, rows: list[dict[str, Any]]) -> None:
@@ -169,17 +182,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of 1, 2 and 4 processes (the best is shown)")
     parser.add_argument("--kafka", action="store_true", help="also through Kafka (a local broker unless given)")
     parser.add_argument("--kafka-only", action="store_true", help="only through Kafka")
+    parser.add_argument("--baseline", type=Path, help="another checkout (with its .venv) to run in the same rounds")
     args = parser.parse_args()
+    runs = checkouts(args.baseline)
     print(f"machine: {machine()}", flush=True)
     path = stream(args.customers, args.days)
     events = sum(1 for _ in read_lines(path))
     print(f"stream: {path.name}, {events:,} events", flush=True)
-    replay = None if args.kafka_only else replay_rounds(path, args.rounds)
-    through_kafka = kafka_rounds(path, args.rounds) if args.kafka or args.kafka_only else None
-    if replay is not None:
-        report("`nudgeflow replay FILE --processes N` (outputs byte-identical to 1 process):", events, replay)
-    if through_kafka is not None:
-        report(f"`nudgeflow run --kafka --until-end --processes N` on {PARTITIONS} partitions:", events, through_kafka)
+    replay = None if args.kafka_only else replay_rounds(path, args.rounds, runs)
+    through_kafka = kafka_rounds(path, args.rounds, runs) if args.kafka or args.kafka_only else None
+    for run in runs:
+        of = "" if args.baseline is None else f" ({run.label})"
+        if replay is not None:
+            title = f"`nudgeflow replay FILE --processes N`{of} (outputs byte-identical to 1 process):"
+            report(title, events, replay[run.label])
+        if through_kafka is not None:
+            title = f"`nudgeflow run --kafka --until-end --processes N`{of} on {PARTITIONS} partitions:"
+            report(title, events, through_kafka[run.label])
     print("\ncommand: " + shlex.join([Path(sys.executable).name, *sys.argv]))
 
 

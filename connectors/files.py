@@ -35,7 +35,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from connectors.local_services import process_alive
 from schemas.errors import InputError, OutputError, RecordingNotFound
-from schemas.items import DEFAULT_MAX_EVENT_BYTES, ChunkEnd, EndOfInput, Output, RawEvent
+from schemas.items import DEFAULT_MAX_EVENT_BYTES, ChunkEnd, EndOfInput, Output, RawEvent, ReadAhead
 from schemas.metrics import INPUT_LINES
 from schemas.records import DEAD_LETTER_PAYLOAD_CAP
 from schemas.streams import MODEL_FILE, MODELS, OUTPUT_FILES, STATS
@@ -439,8 +439,9 @@ class _JsonlPart(_JsonlPartition):
     ``c * chunk + 1`` to ``(c + 1) * chunk``, counted across the files) is this part's when
     ``c % parts == part``. The part opens the files where its chunks begin (``starts``, see
     :func:`chunk_starts`) and reads only their lines, each chunk's records followed by a
-    :class:`ChunkEnd`; its ``tally`` counts the lines it read. A part is not resumed: it starts
-    from the beginning.
+    :class:`ChunkEnd`; its ``tally`` counts the lines it read. It begins a chunk only when
+    ``read_ahead`` allows (else it returns nothing, and Bytewax calls again after a pause). A part is
+    not resumed: it starts from the beginning.
     """
 
     def __init__(
@@ -453,11 +454,13 @@ class _JsonlPart(_JsonlPartition):
         tally: InputTally,
         starts: list[ChunkStart],
         lines: int,
+        read_ahead: ReadAhead | None = None,
     ) -> None:
         super().__init__(paths, chunk, None, max_bytes, tally)
         self._part, self._parts = part, parts
         self._starts, self._lines_in_all = starts, lines
         self._chunk = part  # the next chunk to read
+        self._read_ahead = read_ahead
 
     def next_batch(self) -> list[RawEvent | EndOfInput | ChunkEnd]:
         if self._ended:
@@ -466,6 +469,8 @@ class _JsonlPart(_JsonlPartition):
         if chunk >= len(self._starts):
             self._ended = True
             return [EndOfInput(self._lines_in_all, self._part)]
+        if self._read_ahead is not None and not self._read_ahead.allows(chunk * chunk_lines):
+            return []  # the slower parts catch up first
         self._index, self._offset, self._first_line, start = self._starts[chunk]
         self._line, self._seq, self._end, self._blank = self._first_line, start, (chunk + 1) * chunk_lines, 0
         batch: list[RawEvent | EndOfInput | ChunkEnd] = list(self._read())
@@ -491,13 +496,20 @@ def _skip_rest_of_line(file: BinaryIO) -> None:
         pass
 
 
+READ_AHEAD_ROUNDS = 8
+"""Rounds of chunks (a chunk from every part) a part of a split source may read beyond the line the
+flow of its process has taken every part's lines up to."""
+
+
 class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput | ChunkEnd, JsonlState | None]):
     """Read JSONL recordings (plain or ``.gz``) as raw bytes, in order, as one stream (one partition).
 
     With ``parts`` above 1 the stream is read in ``parts`` partitions, each reading every
     ``parts``-th chunk of ``batch_size`` lines (see :class:`_JsonlPart`), so that the processes of
     a replay share reading and parsing; such a source is not resumed from a snapshot. Where the
-    chunks begin is found when it is made (before a replay's processes are forked from it).
+    chunks begin is found when it is made (before a replay's processes are forked from it); its
+    parts read at most :data:`READ_AHEAD_ROUNDS` rounds of chunks ahead of the flow's progress in
+    their process (``read_ahead``, which the flow keeps up to date).
     ``tally`` counts the lines read, in this process (see :class:`InputTally`); a split source's
     parts count theirs in ``part_tallies``.
     """
@@ -516,6 +528,7 @@ class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput | ChunkEnd, Jsonl
         self.tally = InputTally()
         self.part_tallies: list[InputTally] = []
         check_recordings(self.paths)
+        self.read_ahead = ReadAhead(READ_AHEAD_ROUNDS * parts * batch_size)
         if parts > 1:
             self.starts, self.lines = chunk_starts(self.paths, batch_size, max_event_bytes)
 
@@ -530,7 +543,15 @@ class JsonlSource(FixedPartitionedSource[RawEvent | EndOfInput | ChunkEnd, Jsonl
         part, tally = int(for_part.rpartition("-")[2]), InputTally()
         self.part_tallies.append(tally)
         return _JsonlPart(
-            self.paths, self.batch_size, part, self.parts, self.max_event_bytes, tally, self.starts, self.lines
+            self.paths,
+            self.batch_size,
+            part,
+            self.parts,
+            self.max_event_bytes,
+            tally,
+            self.starts,
+            self.lines,
+            self.read_ahead,
         )
 
 

@@ -49,15 +49,18 @@ def build_flow(
         return _kafka_flow(flow, settings, rules, snapshots)
     # the recordings are checked (by the source) before an output folder is replaced
     source = source or JsonlSource(settings.input, settings.batch_size, settings.max_event_bytes)
-    chunked = isinstance(source, JsonlSource) and source.parts > 1
-    if chunked:
-        source_partitions = source.parts
+    read_ahead = None  # the parts of a chunked stream read so far ahead of the flow
+    if isinstance(source, JsonlSource) and source.parts > 1:
+        source_partitions, read_ahead = source.parts, source.read_ahead
     if sink is None:
         prepare_output_folder(settings.out, replace=settings.replace_output)
         sink = OutputFolderSink(settings.out, write_models=model_files.write_merged)
     raw = op.input("events", flow, source)
     config = settings.engine_config(snapshots, source_partitions, profiles=settings.redis_url is not None)
-    outputs = personalize("personalize", raw, rules, config, settings.shards, settings.max_event_bytes, chunked)
+    chunked = read_ahead is not None
+    outputs = personalize(
+        "personalize", raw, rules, config, settings.shards, settings.max_event_bytes, chunked, read_ahead
+    )
     if settings.redis_url is not None:
         _redis_output(outputs, settings)
         outputs = op.filter("not_profiles", outputs, _not_profile)  # profiles are for the live store only

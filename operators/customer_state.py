@@ -20,7 +20,7 @@ from bytewax.operators import KeyedStream
 from operators.engine import EngineConfig, Role, shard_engine
 from operators.pipeline import Router, ShardLogic
 from operators.rules import CompiledRules
-from schemas.items import ChunkEnd, EndOfInput, Output, RawEvent
+from schemas.items import ChunkEnd, EndOfInput, Output, RawEvent, ReadAhead
 
 
 def _builder(rules: CompiledRules, config: EngineConfig, role: Role, shards: int) -> Callable[[Any], ShardLogic]:
@@ -107,15 +107,17 @@ def personalize(
     shards: int,
     max_event_bytes: int,
     chunked: bool = False,
+    read_ahead: ReadAhead | None = None,
 ) -> KeyedStream[Output]:
     """Raw events in; outputs (triggers, audience changes, dead letters, stats) out, keyed by stream name.
 
     Dead letters travel through both stages too (they pass straight through), so the flow
     needs no branch or merge steps. ``chunked``: the source partitions are the parts of one
-    chunked stream (see :mod:`operators.ordering`).
+    chunked stream (see :mod:`operators.ordering`), whose parts read no further ahead of the
+    identity shards of their process than ``read_ahead`` allows.
     """
     keys = shard_keys(shards)
-    router = Router(shards, config.max_skew_ms, max_event_bytes, chunked)
+    router = Router(shards, config.max_skew_ms, max_event_bytes, chunked, read_ahead)
 
     def parse(batch: list[RawEvent | EndOfInput | ChunkEnd]) -> list[tuple[str, list[Any]]]:
         return [(keys[shard], items) for shard, items in router.parse(batch).items()]

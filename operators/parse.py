@@ -46,6 +46,11 @@ def order_key(reached_ms: int, partition: int, offset: int) -> int:
     return (((reached_ms + _TIME_BIAS) << _PARTITION_BITS | partition) << _OFFSET_BITS) | offset
 
 
+def offset_of(key: int) -> int:
+    """The offset a merge key was made of (see :func:`order_key`)."""
+    return key & ((1 << _OFFSET_BITS) - 1)
+
+
 class InputMarks:
     """The event time each source partition has reached, and the merge keys it implies.
 

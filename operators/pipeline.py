@@ -20,11 +20,11 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators.engine import CustomerStage, EngineConfig, Forward, IdentityStage
 from operators.ordering import NO_MARK, ChunkMark, Tick, shard_of
-from operators.parse import InputMarks, Rejected, order_key, parse
+from operators.parse import InputMarks, Rejected, offset_of, order_key, parse
 from operators.rules import CompiledRules
 from operators.shard_metrics import ShardMetrics
 from schemas.envelope import Envelope
-from schemas.items import DEFAULT_MAX_EVENT_BYTES, ChunkEnd, EndOfInput, Output, RawEvent
+from schemas.items import DEFAULT_MAX_EVENT_BYTES, ChunkEnd, EndOfInput, Output, RawEvent, ReadAhead
 from schemas.metrics import INVALID_EVENTS
 from schemas.streams import DEAD_LETTERS, STATS
 
@@ -33,16 +33,23 @@ class Router:
     """Parses source batches and routes items between the stages, by shard number.
 
     The marks (the event time each source partition has reached) live here: a partition is
-    read by one worker only, and each worker has its own router.
+    read by one worker only, and each worker has its own router. Of a chunked stream, it tells the
+    parts how far the identity shards it forwards from have taken them (``read_ahead``).
     """
 
     def __init__(
-        self, shards: int, max_skew_ms: int, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, chunked: bool = False
+        self,
+        shards: int,
+        max_skew_ms: int,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        chunked: bool = False,
+        read_ahead: ReadAhead | None = None,
     ) -> None:
         self.shards = shards
         self.max_event_bytes = max_event_bytes
         self.chunked = chunked  # the source partitions are the parts of a chunked stream
         self.marks = ChunkInputMarks(max_skew_ms) if chunked else InputMarks(max_skew_ms)
+        self.read_ahead = read_ahead
 
     def parse(self, batch: Iterable[RawEvent | EndOfInput | ChunkEnd]) -> dict[int, list[Any]]:
         """Each record parsed and sent to its identity shard; after the batch, the progress of each
@@ -105,7 +112,17 @@ class Router:
             gathered = tuple(ticks.values())
             for items in routed:
                 items.append(gathered)
+            if self.read_ahead is not None:
+                self._taken(gathered, self.read_ahead)
         return _by_shard(routed)
+
+    @staticmethod
+    def _taken(ticks: tuple[Tick, ...], read_ahead: ReadAhead) -> None:
+        """Note the line up to which identity shards have taken every part of a chunked stream (whose
+        merge keys are its line numbers: see :class:`ChunkInputMarks`)."""
+        taken = offset_of(max(tick.seq for tick in ticks))
+        if read_ahead.taken is None or taken > read_ahead.taken:
+            read_ahead.taken = taken
 
 
 def _by_shard(routed: list[list[Any]]) -> dict[int, list[Any]]:

@@ -61,6 +61,24 @@ class ChunkEnd:
 
 
 @dataclass(slots=True)
+class ReadAhead:
+    """How far the parts of a chunked stream read ahead in one process: ``taken`` is the line up to
+    which the process's identity shards have taken the lines of every part (``None``: none yet); a
+    part begins no chunk more than ``lines`` beyond it, but waits, idle, for the slower parts.
+
+    This bounds what a part holds for its slower peers; a shared replay needs no epochs for that
+    (see ``flows.cli``), and an epoch's end would have every process spin until all finished it.
+    """
+
+    lines: int
+    taken: int | None = None
+
+    def allows(self, line: int) -> bool:
+        """Whether a chunk that begins after ``line`` may be read now."""
+        return self.taken is None or line - self.taken <= self.lines
+
+
+@dataclass(slots=True)
 class Output:
     """One record for a sink: ``stream`` names the output (file or topic), ``key`` the customer."""
 

@@ -21,7 +21,7 @@ from connectors.files import JsonlSource, OutputFolderError, OutputFolderSink, p
 from flows.personalization import build_flow
 from flows.settings import Settings
 from operators.parse import parse
-from schemas.items import EndOfInput, Output, RawEvent
+from schemas.items import EndOfInput, Output, RawEvent, ReadAhead
 from schemas.records import DEAD_LETTER_PAYLOAD_CAP
 from schemas.streams import OUTPUT_FILES
 
@@ -361,3 +361,19 @@ def test_a_part_of_a_split_source_reads_only_its_own_chunks(tmp_path, monkeypatc
     records = records_of(_drain(source.build_part("in", "recordings-1", None)))
     assert len(records) == 1000
     assert _CountingFile.read_bytes < path.stat().st_size * 0.3, "about a quarter of the file, not all of it"
+
+
+def test_a_part_of_a_split_source_reads_no_further_ahead_than_the_flow_allows(tmp_path):
+    """A part whose peers are slower waits (reads nothing) rather than reading its chunks on, and
+    goes on once the flow has taken the other parts' lines up to where it stopped."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(b'{"n": %d}\n' % i for i in range(100)))
+    source = JsonlSource([path], batch_size=2, parts=2)
+    assert source.read_ahead == ReadAhead(files.READ_AHEAD_ROUNDS * 2 * 2)
+    source.read_ahead = ReadAhead(lines=8, taken=0)
+    part = source.build_part("in", "recordings-0", None)
+    lines = [record.seq for _ in range(6) for record in records_of(part.next_batch())]
+    assert lines == [1, 2, 5, 6, 9, 10], "the chunks beginning up to 8 lines after what was taken"
+    assert part.next_batch() == [], "nothing more until the flow takes more"
+    source.read_ahead.taken = 40
+    assert [record.seq for record in records_of(part.next_batch())] == [13, 14]

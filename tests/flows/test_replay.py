@@ -13,6 +13,7 @@ import pytest
 from conftest import added, call, order, track
 
 import flows.cli
+from connectors import files
 from flows.cli import main
 from operators.rules import STARTER_RULES
 from schemas.errors import OutputError
@@ -64,13 +65,25 @@ def test_a_replay_shared_among_processes_writes_what_one_process_writes(tmp_path
     assert two_by_two == one
 
 
+def test_processes_that_read_in_step_with_the_slowest_write_what_one_process_writes(tmp_path, monkeypatch):
+    """With no read-ahead at all, each process waits for the others' chunks before reading its next:
+    the replay still ends, with the outputs of one process."""
+    stream = GOLDEN / "stream.jsonl.gz"
+    one = replay(stream, tmp_path / "one")
+    monkeypatch.setattr(files, "READ_AHEAD_ROUNDS", 0)  # the forked processes inherit it
+    monkeypatch.setenv("NUDGEFLOW_BATCH_SIZE", "50")
+    out = tmp_path / "two"
+    assert main(["replay", str(stream), "--out", str(out), "--processes", "2", "--quiet"]) == 0
+    assert files_of(out) == one
+
+
 def test_a_shared_replay_that_loses_a_process_stops_the_others_and_writes_nothing(tmp_path, monkeypatch, capfd):
     real_run = flows.cli.run_dataflow
 
-    def second_process_fails(flow, settings, workers, process_id, addresses):
+    def second_process_fails(flow, settings, workers, process_id, addresses, epoch):
         if process_id == 1:
             raise OutputError("cannot write the run's folder: No space left on device")
-        real_run(flow, settings, workers, process_id, addresses)  # waits for its peer until stopped
+        real_run(flow, settings, workers, process_id, addresses, epoch)  # waits for its peer until stopped
 
     monkeypatch.setattr(flows.cli, "run_dataflow", second_process_fails)
     stream = write_stream(tmp_path / "s.jsonl", [added("u1", 0), order("u1", 5)])

@@ -14,7 +14,7 @@ from operators.ordering import Tick, shard_of
 from operators.pipeline import Pipeline, Router, ShardLogic
 from operators.rules import load_rules
 from schemas.envelope import Envelope
-from schemas.items import EndOfInput, Output
+from schemas.items import EndOfInput, Output, ReadAhead
 
 
 def test_a_source_batch_becomes_one_list_per_identity_shard_ending_with_the_batch_tick():
@@ -100,3 +100,13 @@ def test_the_end_of_input_releases_what_is_held_back():
     outputs += pipeline.finish()
     assert "u1" in pipeline.customers[0].engine.customers
     assert [o.stream for o in outputs].count("stats") == 2
+
+
+def test_the_router_tells_the_parts_of_a_chunked_stream_how_far_the_identity_shards_have_taken_them():
+    read_ahead = ReadAhead(lines=100)
+    router = Router(shards=2, max_skew_ms=0, chunked=True, read_ahead=read_ahead)
+    line = router.marks.key  # a line's merge key
+    router.forward([[Tick(None, line(0, 40), origin=0)], [Tick(None, line(0, 60), origin=1)]])
+    assert read_ahead.taken == 60, "every identity shard had taken every part's lines up to its tick"
+    router.forward([[Tick(None, line(0, 50), origin=0)]])
+    assert read_ahead.taken == 60, "what was taken stays taken"
