@@ -1587,6 +1587,13 @@ pub mod python {
         inner: Record,
     }
 
+    impl Features {
+        /// The record itself, for the other compiled parts that read it.
+        pub(crate) fn record(&self) -> &Record {
+            &self.inner
+        }
+    }
+
     /// The common part of every update: the event's time, id, counted kind (``None``: no activity)
     /// and local hour, and where it happened.
     #[allow(clippy::too_many_arguments)]
