@@ -1,5 +1,7 @@
 """What the models read of a customer's features in one compiled call, against the plain-Python
-reference: the propensity inputs (``tests/propensity_reference.py``), to the bit."""
+reference: the propensity inputs (``tests/propensity_reference.py``) to the bit, and the product
+touches the recommender learns from the customer's session as ``learn(session, product, category)``
+learnt them (``tests/recommend_reference.py``)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,13 @@ from typing import Any
 
 from conftest import envelopes
 from propensity_reference import decision_features as reference_features
+from recommend_reference import CoOccurrence as Reference
 
+from operators.models import ShardModels, session_products
 from operators.models.propensity import FEATURES, decision_features
 from schemas.records import iso_ms
 from state._native import decision_features as native_decision_features
+from state._native import learn_touch
 from state.catalogue import FeatureView
 from state.customer import CustomerState, Lifecycle
 from state.update import apply_event
@@ -84,3 +89,16 @@ def test_the_propensity_inputs_are_the_reference_floats_to_the_bit():
             assert decision_features(FeatureView(state, None, now, LC)) == native  # what the models read
             compared += 1
     assert compared > 3000
+
+
+def test_product_touches_are_learnt_from_the_live_session_as_the_reference_learns_them():
+    shard, alone, reference = ShardModels("learn", 1000), ShardModels("learn", 1000), Reference()
+    for state, nows in _customers(seed=5, count=60):
+        for n, at_ms in enumerate(nows):
+            product, category = PRODUCTS[n % len(PRODUCTS)], ["shoes", None, ""][n % 3]
+            session = list(session_products(state, at_ms, LC.session_timeout_ms))
+            reference.learn(session, product, category)
+            learn_touch(alone.recommender, state.features, at_ms, LC.session_timeout_ms, product, category)
+            shard.product_touched(state, product, category, f"x{n}", False, at_ms)  # one call, no journal
+    assert alone.export()["recommendations"] == shard.export()["recommendations"] == reference.export()
+    assert shard.stats()["recommendations"] == reference.stats()

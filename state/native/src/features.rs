@@ -1524,7 +1524,7 @@ pub mod python {
         Names::lock().get().name(id)
     }
 
-    fn names(ids: &[Id]) -> Vec<&'static str> {
+    pub(crate) fn names(ids: &[Id]) -> Vec<&'static str> {
         let mut table = Names::lock();
         let table = table.get();
         ids.iter().map(|id| table.name(*id)).collect()

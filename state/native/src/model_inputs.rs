@@ -1,5 +1,5 @@
 //! What the models read of a customer's features, in one call: the propensity model's inputs at a
-//! decision point.
+//! decision point, and the session a product touch is learnt after.
 //!
 //! [`decision_features`] gives exactly the floats of `decision_features` in
 //! `operators/models/propensity.py` (kept in `tests/` as the reference) without a Python object
@@ -129,7 +129,8 @@ pub mod python {
     use pyo3::prelude::*;
     use pyo3::types::PyTuple;
 
-    use crate::features::python::Features;
+    use crate::features::python::{names, Features};
+    use crate::python::CoOccurrence;
 
     /// The propensity model's inputs from a customer's features at ``now_ms``, as
     /// ``operators.models.propensity.decision_features`` reads them from a feature view.
@@ -142,5 +143,25 @@ pub mod python {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let x = super::decision_features(features.record(), now_ms, session_timeout_ms);
         PyTuple::new(py, x)
+    }
+
+    /// The recommender learns that ``product`` (of ``category``) was touched after the products of
+    /// the customer's session still going at ``at_ms``: ``learn(session, product, category)``
+    /// with the session read from the features, not handed over as Python strings.
+    #[pyfunction]
+    #[pyo3(signature = (recommender, features, at_ms, session_timeout_ms, product, category = None))]
+    pub(crate) fn learn_touch(
+        mut recommender: PyRefMut<'_, CoOccurrence>,
+        features: PyRef<'_, Features>,
+        at_ms: i64,
+        session_timeout_ms: i64,
+        product: &str,
+        category: Option<&str>,
+    ) {
+        let products = match &features.record().session {
+            Some(session) if at_ms - session.last_ms <= session_timeout_ms => &session.products[..],
+            _ => &[][..],
+        };
+        recommender.inner.learn(&names(products), product, category);
     }
 }
