@@ -635,7 +635,13 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<EventScan>()?;
     module.add_class::<EpochMs>()?;
     module.add_class::<crate::features::python::Features>()?;
-    module.add_function(wrap_pyfunction!(crate::model_inputs::python::decision_features, module)?)?;
-    module.add_function(wrap_pyfunction!(crate::model_inputs::python::learn_touch, module)?)?;
+    module.add_function(wrap_pyfunction!(
+        crate::model_inputs::python::decision_features,
+        module
+    )?)?;
+    module.add_function(wrap_pyfunction!(
+        crate::model_inputs::python::learn_touch,
+        module
+    )?)?;
     Ok(())
 }
