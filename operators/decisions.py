@@ -16,7 +16,7 @@ import orjson
 from operators.rules import CompiledAudience
 from schemas.envelope import Envelope
 from schemas.items import Output
-from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, cloud_event, dead_letter, decision_id, iso_ms
+from schemas.records import AudienceEncoder, TriggerEncoder, dead_letter, decision_id, iso_ms
 from schemas.rules import TriggerRule
 from schemas.streams import AUDIENCE_CHANGES, DEAD_LETTERS, TRIGGERS_PREFIX, audience_stream, trigger_stream
 from state.customer import Timer
@@ -53,23 +53,19 @@ class DecisionWriter:
         self.stats = stats
         self.seq = 0  # merge key of the input being applied
         self.arrived = 0.0  # its wall-clock arrival (latency metrics only)
+        self._triggers: dict[str, _TriggerRecords] = {}  # by rule id
+        self._audiences: dict[tuple[str, str], _AudienceRecords] = {}  # by audience id and change
 
     def trigger(
-        self,
-        rule: TriggerRule,
-        customer_id: str,
-        event_id: str,
-        at_ms: int,
-        data: dict[str, Any],
-        timer: bool,
-        out: list[Any],
+        self, rule: TriggerRule, customer_id: str, event_id: str, at_ms: int, timer: bool, out: list[Any], **data: Any
     ) -> None:
-        """A trigger's CloudEvent on its channel's stream (``data``: all but the rule's own fields);
-        ``timer``: caused by a timer or a clock move rather than by an event."""
-        data = {"channel": rule.channel, "rule_id": rule.id, "ruleset_version": self.version, **data}
-        body = cloud_event(type_=TRIGGER_TYPE, event_id=event_id, time_ms=at_ms, subject=customer_id, data=data)
-        stream = trigger_stream(rule.channel, rule.shadow)
-        out.append(Output(stream, customer_id, at_ms, self.seq, body, self.arrived, timer))
+        """A trigger's CloudEvent on its channel's stream (``data``: all but the rule's own fields, see
+        :meth:`TriggerEncoder.encode`); ``timer``: caused by a timer or a clock move rather than by an event."""
+        encoder = self._triggers.get(rule.id)
+        if encoder is None or encoder.rule is not rule:
+            encoder = self._triggers[rule.id] = _TriggerRecords(rule, self.version)
+        body = encoder.encode(event_id=event_id, time_ms=at_ms, subject=customer_id, **data)
+        out.append(Output(encoder.stream, customer_id, at_ms, self.seq, body, self.arrived, timer))
         bump(self.stats.setdefault("triggers", {}), rule.id)
 
     def audience_change(
@@ -83,20 +79,13 @@ class DecisionWriter:
         out: list[Any],
     ) -> None:
         change = "entered" if entered else "exited"
-        data = {
-            "audience": audience.id,
-            "change": change,
-            "reason": reason,
-            "rule_id": audience.id,
-            "ruleset_version": self.version,
-            "caused_by": caused_by,
-            "shadow": audience.rule.shadow,
-        }
+        encoder = self._audiences.get((audience.id, change))
+        if encoder is None or encoder.audience is not audience:
+            encoder = self._audiences[audience.id, change] = _AudienceRecords(audience, change, self.version)
         event_id = decision_id(customer_id, audience.id, change, str(at_ms), *caused_by[-1:])
-        body = cloud_event(type_=AUDIENCE_TYPE, event_id=event_id, time_ms=at_ms, subject=customer_id, data=data)
-        stream = audience_stream(audience.rule.shadow)
-        out.append(Output(stream, customer_id, at_ms, self.seq, body, self.arrived))
-        bump(self.stats.setdefault("audience_changes", {}), f"{audience.id}.{change}")
+        body = encoder.encode(event_id=event_id, time_ms=at_ms, subject=customer_id, caused_by=caused_by, reason=reason)
+        out.append(Output(encoder.stream, customer_id, at_ms, self.seq, body, self.arrived))
+        bump(self.stats.setdefault("audience_changes", {}), encoder.counter)
 
     def reject(self, env: Envelope, reason: str, messages: list[str], failed_at_ms: int | None, out: list[Any]) -> None:
         """Dead-letter an event the engine does not apply, and count it under ``reason``."""
@@ -145,6 +134,32 @@ class DecisionWriter:
             elif item.stream.startswith(AUDIENCE_CHANGES):
                 unbump(stats["audience_changes"], f"{record['data']['audience']}.{record['data']['change']}")
         del out[start:]
+
+
+class _TriggerRecords(TriggerEncoder):
+    """The encoder of one trigger rule's records, and their stream."""
+
+    def __init__(self, rule: TriggerRule, version: str) -> None:
+        super().__init__(
+            channel=rule.channel,
+            rule_id=rule.id,
+            version=version,
+            shadow=rule.shadow,
+            content=rule.content,
+            offer_id=rule.offer_id,
+        )
+        self.rule = rule
+        self.stream = trigger_stream(rule.channel, rule.shadow)
+
+
+class _AudienceRecords(AudienceEncoder):
+    """The encoder of one audience's changes one way, their stream and counter."""
+
+    def __init__(self, audience: CompiledAudience, change: str, version: str) -> None:
+        super().__init__(audience=audience.id, change=change, version=version, shadow=audience.rule.shadow)
+        self.audience = audience
+        self.stream = audience_stream(audience.rule.shadow)
+        self.counter = f"{audience.id}.{change}"
 
 
 def error_messages(err: Exception) -> list[str]:

@@ -499,21 +499,25 @@ class CustomerStage:
         offer_id, content, offer_choice = rule.offer_id, rule.content, None
         if offer_id == NEXT_BEST:
             offer_id, content, offer_choice = self._next_best_offer(state, view, rule, event_id)
-        data = {
-            "reason": _trigger_reason(trigger, view),
-            "cause": cause,
-            "caused_by": caused_by,
-            "content": content,
-            "offer_id": offer_id,
-            "offer_choice": offer_choice,
-            "recommendations": self.models.recommend(state, rule.recommend, at_ms)
+        self.writer.trigger(
+            rule,
+            state.id,
+            event_id,
+            at_ms,
+            env is None,
+            out,
+            reason=_trigger_reason(trigger, view),
+            cause=cause,
+            caused_by=caused_by,
+            content=content,
+            offer_id=offer_id,
+            offer_choice=offer_choice,
+            recommendations=self.models.recommend(state, rule.recommend, at_ms)
             if self.models is not None and rule.recommend
             else None,
-            "score": None if score is None else round(score, 4),
-            "expires_at": iso_ms(at_ms + rule.expires_in),
-            "shadow": rule.shadow,
-        }
-        self.writer.trigger(rule, state.id, event_id, at_ms, data, env is None, out)
+            score=None if score is None else round(score, 4),
+            expires_at=iso_ms(at_ms + rule.expires_in),
+        )
 
     def _next_best_offer(
         self, state: CustomerState, view: FeatureView, rule: TriggerRule, event_id: str

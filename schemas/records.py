@@ -165,6 +165,105 @@ def cloud_event(*, type_: str, event_id: str, time_ms: int, subject: str, data: 
     return orjson.dumps(envelope, option=orjson.OPT_SORT_KEYS)
 
 
+def _json(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+_DATA_END = b'},"datacontenttype":"application/json","id":"'
+_SUBJECT = b'","source":"' + SOURCE.encode() + b'","specversion":"' + SPEC_VERSION.encode() + b'","subject":'
+
+
+class TriggerEncoder:
+    """A trigger rule's CloudEvents, encoded as :func:`cloud_event` encodes them (the same bytes),
+    with what is the rule's own (channel, ids, version, fixed content and offer) encoded once."""
+
+    def __init__(self, *, channel: str, rule_id: str, version: str, shadow: bool, content: Any, offer_id: Any) -> None:
+        self._content, self._content_json = content, _json(content)
+        self._offer_id, self._offer_id_json = offer_id, _json(offer_id)
+        self._channel = b',"channel":' + _json(channel) + b',"content":'
+        self._rule = b',"rule_id":' + _json(rule_id) + b',"ruleset_version":' + _json(version) + b',"score":'
+        self._shadow = b',"shadow":' + _json(shadow) + _DATA_END
+        self._end = b'","type":' + _json(TRIGGER_TYPE) + b"}"
+
+    def encode(
+        self,
+        *,
+        event_id: str,
+        time_ms: int,
+        subject: str,
+        cause: str,
+        caused_by: list[str],
+        content: Any,
+        expires_at: str,
+        offer_choice: Any,
+        offer_id: Any,
+        reason: str,
+        recommendations: Any,
+        score: float | None,
+    ) -> bytes:
+        """One decision's record (``event_id``, ``expires_at``: plain ASCII, as :func:`decision_id`
+        and :func:`iso_ms` give them)."""
+        return b"".join(
+            (
+                b'{"data":{"cause":',
+                _json(cause),
+                b',"caused_by":',
+                _json(caused_by),
+                self._channel,
+                self._content_json if content is self._content else _json(content),
+                b',"expires_at":"',
+                expires_at.encode(),
+                b'","offer_choice":',
+                _json(offer_choice),
+                b',"offer_id":',
+                self._offer_id_json if offer_id is self._offer_id else _json(offer_id),
+                b',"reason":',
+                _json(reason),
+                b',"recommendations":',
+                _json(recommendations),
+                self._rule,
+                _json(score),
+                self._shadow,
+                event_id.encode(),
+                _SUBJECT,
+                _json(subject),
+                b',"time":"',
+                iso_ms(time_ms).encode(),
+                self._end,
+            )
+        )
+
+
+class AudienceEncoder:
+    """An audience's change records (one encoder per audience and direction), encoded as
+    :func:`cloud_event` encodes them, with what is the audience's own encoded once."""
+
+    def __init__(self, *, audience: str, change: str, version: str, shadow: bool) -> None:
+        self._head = b'{"data":{"audience":' + _json(audience) + b',"caused_by":'
+        self._change = b',"change":' + _json(change) + b',"reason":'
+        self._rule = b',"rule_id":' + _json(audience) + b',"ruleset_version":' + _json(version)
+        self._rule += b',"shadow":' + _json(shadow) + _DATA_END
+        self._end = b'","type":' + _json(AUDIENCE_TYPE) + b"}"
+
+    def encode(self, *, event_id: str, time_ms: int, subject: str, caused_by: list[str], reason: str) -> bytes:
+        """One change's record (``event_id``: plain ASCII, as :func:`decision_id` gives it)."""
+        return b"".join(
+            (
+                self._head,
+                _json(caused_by),
+                self._change,
+                _json(reason),
+                self._rule,
+                event_id.encode(),
+                _SUBJECT,
+                _json(subject),
+                b',"time":"',
+                iso_ms(time_ms).encode(),
+                self._end,
+            )
+        )
+
+
 def dead_letter(
     *,
     processor: str,

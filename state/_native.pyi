@@ -237,3 +237,13 @@ class Features:
         next tenth) can change with no new event."""
     def preferred_hour(self) -> int | None:
         """The local hour of day with most activity (``None``: none yet)."""
+
+def decision_features(features: Features, now_ms: int, session_timeout_ms: int) -> tuple[float, ...]:
+    """The propensity model's inputs at ``now_ms`` (``operators.models.propensity.FEATURES``, in order),
+    read from the features in one call (a session idle past ``session_timeout_ms`` counts as none)."""
+
+def learn_touch(
+    recommender: Any, features: Features, at_ms: int, session_timeout_ms: int, product: str, category: str | None = None
+) -> None:
+    """``recommender.learn(session, product, category)`` (a ``CoOccurrence``) with the products of the
+    customer's session still going at ``at_ms``, read from ``features``."""

@@ -21,6 +21,7 @@ from operators.models.propensity import FEATURES, PropensityModel, decision_feat
 from operators.models.protocol import OnlineModel
 from operators.models.recommend import CoOccurrence, sampled
 from schemas.rules import NextBestOffer
+from state._native import learn_touch
 from state.catalogue import FeatureView
 from state.customer import MAX_PENDING_OUTCOMES, CustomerState
 
@@ -131,8 +132,13 @@ class ShardModels:
     def product_touched(
         self, state: CustomerState, product: str, category: str | None, message_id: str, viewed: bool, at_ms: int
     ) -> None:
-        """A product viewed or added: check the sampled prediction (views), then learn the link."""
+        """A product viewed or added: check the sampled prediction (views), then learn the link (from
+        the customer's session, read by the compiled call itself unless the journal keeps it)."""
         check = viewed and sampled(message_id)
+        if not check and self._journal is None:
+            if self.mode == "learn":
+                learn_touch(self.recommender, state.features, at_ms, self.session_timeout_ms, product, category)
+            return
         if not check and self.mode != "learn":
             return
         session = session_products(state, at_ms, self.session_timeout_ms)

@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from schemas.errors import ConfigurationError
+from state._native import decision_features as native_decision_features
+from state.catalogue import FeatureView
 
 FEATURES: tuple[str, ...] = (
     "recency_days",
@@ -43,28 +45,11 @@ LEARNING_RATE = 0.05
 BUCKETS = 20  # calibration buckets of the predicted probability
 
 
-def decision_features(view: Mapping[str, Any]) -> tuple[float, ...]:
-    """The model's inputs from a feature view, in :data:`FEATURES` order (no later knowledge)."""
-    cart, session = view["cart"], view["session"]
-    day, week, month = view["counts_24h"], view["counts_7d"], view["counts_30d"]
-    recency = view["recency_days"]
-    gap = view["mean_order_gap_days"]
-    return (
-        NO_ORDER_DAYS if recency is None else min(recency, NO_ORDER_DAYS),
-        float(view["days_since_seen"]),
-        float(view["tenure_days"]),
-        math.log1p(view["orders"]),
-        math.log1p(max(0.0, view["monetary"] or 0.0)),
-        NO_ORDER_DAYS if gap is None else min(gap, NO_ORDER_DAYS),
-        math.log1p(cart["value"]),
-        float(cart["items"]),
-        float(session["products_viewed"]) if session is not None else 0.0,
-        math.log1p(day["product_viewed"]),
-        math.log1p(day["product_added"]),
-        math.log1p(week["product_viewed"]),
-        math.log1p(week["product_added"]),
-        math.log1p(month["order_completed"]),
-    )
+def decision_features(view: FeatureView) -> tuple[float, ...]:
+    """The model's inputs at a decision point, in :data:`FEATURES` order (no later knowledge): read
+    from the customer's features in one compiled call (``state/native/src/model_inputs.rs``), the
+    floats ``tests/propensity_reference.py`` computes from the view's features."""
+    return native_decision_features(view.state.features, view.now_ms, view.lifecycle.session_timeout_ms)
 
 
 MICRO = 1_000_000  # sums kept in integer millionths, so that shards add up exactly in any order

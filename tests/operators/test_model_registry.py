@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from recommend_reference import CoOccurrence as Reference
 
 import operators.models
-from operators.models import MODEL_TYPES, ShardModels
+from operators.models import MODEL_TYPES, ShardModels, interests, session_products
 from operators.models import files as model_files
 from operators.models.protocol import OnlineModel
 from operators.models.recommend import CoOccurrence, sampled
@@ -93,26 +93,16 @@ def test_a_new_model_reaches_stats_model_files_and_modes_through_the_registry(tm
         model_files.read(path)
 
 
-class _SessionOnly:
-    """Features with nothing but a session going on (products as given, repeats and all)."""
-
-    bought: tuple[str, ...] = ()
-
-    def __init__(self, session: list[str]) -> None:
-        self.session = list(session)
-        self.category_scores: dict[str, float] = {}
-        self.cart_products: list[str] = []
-
-    def live_session_products(self, at_ms: int, timeout_ms: int) -> list[str]:
-        return self.session
-
-    def top_products(self, n: int) -> list[str]:
-        return []
+TIMEOUT_MS = 30 * 60_000
+VIEWED = 0  # the counted kind and the product action of a view
 
 
 def _customer(session: list[str], at_ms: int) -> CustomerState:
+    """A customer whose session, still going at ``at_ms``, viewed the products of ``session`` in order."""
     state = CustomerState("u1", at_ms)
-    state.features = _SessionOnly(session)  # type: ignore[assignment]
+    for n, product in enumerate(session):
+        args = (None, None, None, VIEWED, product, None, None, 1, None)
+        state.features.apply_product(at_ms, f"v{n}", VIEWED, 0, TIMEOUT_MS, *args)
     return state
 
 
@@ -127,12 +117,14 @@ def test_the_shards_recommender_learns_every_product_event_as_the_reference_mode
         category = f"c{int(product[1:]) % 5}"
         viewed, message_id, at_ms = rng.random() < 0.8, f"m{n}", n * 1000
         state = _customer(session, at_ms)
+        held = session_products(state, at_ms, TIMEOUT_MS)  # the session as kept: repeats once
+        favourites, categories = interests(state), state.features.category_scores
         if viewed and sampled(message_id):
-            reference.check(session, product)
-        reference.learn(session, product, category)
+            reference.check(held, product, favourites, categories)
+        reference.learn(held, product, category)
         shard.product_touched(state, product, category, message_id, viewed, at_ms)
         if n % 97 == 0:
-            assert shard.recommend(state, 4, at_ms) == reference.recommend(session, 4)
+            assert shard.recommend(state, 4, at_ms) == reference.recommend(held, 4, (), favourites, categories)
         if n % 1499 == 0:
             shard = pickle.loads(pickle.dumps(shard))  # a recovery snapshot
         session = [*session[-9:], product] if rng.random() < 0.9 else []

@@ -8,10 +8,13 @@ import hashlib
 import orjson
 
 from schemas.records import (
+    AUDIENCE_TYPE,
     DEAD_LETTER_PAYLOAD_CAP,
     TRIGGER_TYPE,
+    AudienceEncoder,
     CloudEvent,
     DeadLetter,
+    TriggerEncoder,
     cloud_event,
     dead_letter,
     decision_id,
@@ -58,6 +61,82 @@ def test_cloud_event_keys_are_sorted_at_every_level():
 def test_cloud_event_is_byte_identical_for_the_same_input():
     assert make_event() == make_event()
     assert make_event() != make_event(time_ms=T0_MS + 8)
+
+
+TEXTS = ["u1", "", 'q"uote\\back\nline', "é-ü 漢字 \U0001f600", "\x1f\x00", "</script>"]
+
+
+def test_a_trigger_rules_encoder_gives_the_bytes_of_cloud_event():
+    rules = [
+        {"channel": "push", "rule_id": "cart_push", "shadow": False, "content": {}, "offer_id": None},
+        {
+            "channel": "in_app",
+            "rule_id": "r2",
+            "shadow": True,
+            "content": {"z": [1, {"b": 2, "a": None}], "a": "é"},
+            "offer_id": "o1",
+        },
+    ]
+    choice = {
+        "policy": "epsilon_greedy",
+        "scores": {"zz": 0.5, "aa": 0.25},
+        "candidates": ["zz", "aa"],
+        "explored": False,
+    }
+    decisions = [
+        {
+            "cause": "c1",
+            "caused_by": ["m1", "m2"],
+            "offer_choice": None,
+            "reason": "on Product Added",
+            "recommendations": None,
+            "score": None,
+        },
+        {
+            "cause": TEXTS[2],
+            "caused_by": [],
+            "offer_choice": choice,
+            "reason": TEXTS[3],
+            "recommendations": ["p1", TEXTS[4]],
+            "score": 0.1234,
+        },
+        {
+            "cause": "none",
+            "caused_by": [TEXTS[5]],
+            "offer_choice": None,
+            "reason": "",
+            "recommendations": [],
+            "score": 1e-07,
+        },
+    ]
+    for rule in rules:
+        encoder = TriggerEncoder(version="v1", **rule)
+        for n, decision in enumerate(decisions):
+            for subject in TEXTS:
+                content, offer_id = (rule["content"], rule["offer_id"]) if n != 1 else ({"y": 1, "x": TEXTS[2]}, "o2")
+                time_ms, expires_ms = T0_MS + n, T0_MS + 86_400_000 * (n + 1)
+                data = {
+                    "channel": rule["channel"],
+                    "rule_id": rule["rule_id"],
+                    "ruleset_version": "v1",
+                    "shadow": rule["shadow"],
+                }
+                data |= {"content": content, "offer_id": offer_id, "expires_at": iso_ms(expires_ms), **decision}
+                expected = cloud_event(type_=TRIGGER_TYPE, event_id="0af3", time_ms=time_ms, subject=subject, data=data)
+                fields = {"content": content, "offer_id": offer_id, "expires_at": iso_ms(expires_ms), **decision}
+                assert encoder.encode(event_id="0af3", time_ms=time_ms, subject=subject, **fields) == expected
+
+
+def test_an_audiences_encoder_gives_the_bytes_of_cloud_event():
+    for audience, change, shadow in [("vip", "entered", False), ("lapsed_é", "exited", True)]:
+        encoder = AudienceEncoder(audience=audience, change=change, version="v 2", shadow=shadow)
+        for subject in TEXTS:
+            for caused_by, reason in [([], "state expired after 730 days"), (["m1", TEXTS[2]], TEXTS[3])]:
+                data = {"audience": audience, "change": change, "reason": reason, "rule_id": audience}
+                data |= {"ruleset_version": "v 2", "caused_by": caused_by, "shadow": shadow}
+                expected = cloud_event(type_=AUDIENCE_TYPE, event_id="9f", time_ms=T0_MS, subject=subject, data=data)
+                body = encoder.encode(event_id="9f", time_ms=T0_MS, subject=subject, caused_by=caused_by, reason=reason)
+                assert body == expected
 
 
 def test_decision_id_is_deterministic_and_depends_on_every_part():

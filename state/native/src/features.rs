@@ -1524,7 +1524,7 @@ pub mod python {
         Names::lock().get().name(id)
     }
 
-    fn names(ids: &[Id]) -> Vec<&'static str> {
+    pub(crate) fn names(ids: &[Id]) -> Vec<&'static str> {
         let mut table = Names::lock();
         let table = table.get();
         ids.iter().map(|id| table.name(*id)).collect()
@@ -1585,6 +1585,13 @@ pub mod python {
     #[derive(PartialEq)]
     pub struct Features {
         inner: Record,
+    }
+
+    impl Features {
+        /// The record itself, for the other compiled parts that read it.
+        pub(crate) fn record(&self) -> &Record {
+            &self.inner
+        }
     }
 
     /// The common part of every update: the event's time, id, counted kind (``None``: no activity)

@@ -278,8 +278,8 @@ fn export_dict<'py>(
 /// One replica of the recommender (see ``operators/models/recommend.py``); products and
 /// categories are interned to ids inside it.
 #[pyclass(module = "state._native", name = "CoOccurrence", subclass)]
-struct CoOccurrence {
-    inner: recommend::CoOccurrence,
+pub(crate) struct CoOccurrence {
+    pub(crate) inner: recommend::CoOccurrence,
 }
 
 #[pymethods]
@@ -635,5 +635,13 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<EventScan>()?;
     module.add_class::<EpochMs>()?;
     module.add_class::<crate::features::python::Features>()?;
+    module.add_function(wrap_pyfunction!(
+        crate::model_inputs::python::decision_features,
+        module
+    )?)?;
+    module.add_function(wrap_pyfunction!(
+        crate::model_inputs::python::learn_touch,
+        module
+    )?)?;
     Ok(())
 }
