@@ -316,7 +316,7 @@ class _JsonlPartition(StatefulSourcePartition[RawEvent | EndOfInput, JsonlState]
                 yield self._too_large(name, line)
                 continue
             payload = line.rstrip(b"\r\n")
-            if payload.strip():
+            if payload and not payload.isspace():  # not blank (without a stripped copy)
                 yield RawEvent(self._seq, {"source": name, "line": self._line}, payload)
             else:
                 self._blank += 1

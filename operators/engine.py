@@ -855,22 +855,37 @@ class IdentityStage(CustomerStage):
         return progress
 
     def _apply_released(self, released: list[Any], out: list[Any]) -> None:
+        """Check, dedupe and route each released event (in key order). Most are identified events
+        with no anonymous state to hand over: those (linked on the way when both ids come) pass
+        straight on, without :meth:`_identity_event`'s guard."""
         writer, config, seen, added = self.writer, self.config, self.seen, self.added
+        links, customers = self.links, self.customers
         max_skew, max_age, lateness = config.max_skew_ms, config.max_age_ms, config.lateness_ms
         for env in released:
             writer.seq, writer.arrived = env.seq, env.arrived
-            ts_ms, mark_ms = env.ts_ms, env.mark_ms
-            if env.received_ms is not None and ts_ms - env.received_ms > max_skew:
+            ts_ms, mark_ms, received_ms = env.ts_ms, env.mark_ms, env.received_ms
+            if received_ms is not None and ts_ms - received_ms > max_skew:
                 self._future(env, out)  # before dedupe: a corrected resend with the same id is accepted
-            elif mark_ms - ts_ms > max_age:
+                continue
+            if mark_ms - ts_ms > max_age:
                 self._too_old(env, out)  # likewise
-            elif seen.seen_or_add(env.message_id):
+                continue
+            message_id = env.message_id
+            if seen.seen_or_add(message_id):
                 bump(self.stats, "duplicates")
+                continue
+            if added is not None:  # the dedupe memory's journal since the last snapshot
+                added.append(message_id)
+            if self.clock is None or mark_ms - lateness > self.clock:
+                self._advance(mark_ms, out)
+            anonymous_id, user_id = env.anonymous_id, env.user_id
+            if anonymous_id is None:
+                out.append(env)
+            elif user_id is not None and anonymous_id not in customers and env.name != ERASURE:
+                if links.link(anonymous_id, user_id) != user_id:  # no anonymous state to hand over
+                    bump(self.stats, "identities_linked")
+                out.append(env)
             else:
-                if added is not None:  # the dedupe memory's journal since the last snapshot
-                    added.append(env.message_id)
-                if self.clock is None or mark_ms - lateness > self.clock:
-                    self._advance(mark_ms, out)
                 start = len(out)
                 try:
                     self._identity_event(env, out)
@@ -880,13 +895,10 @@ class IdentityStage(CustomerStage):
 
     # --- identity stage ----------------------------------------------------------------
     def _identity_event(self, env: Envelope, out: list[Any]) -> None:
-        """Apply an anonymous customer's event here, or hand it on: as the envelope itself to its
-        ``userId``, as a :class:`Forward` to the customer an anonymous id is linked to or with the
-        anonymous state a link hands over."""
+        """Apply an anonymous customer's event here, or hand an event with an anonymous id on: as the
+        envelope itself to its ``userId``, as a :class:`Forward` to the customer an anonymous id is
+        linked to or with the anonymous state a link hands over."""
         anonymous_id, user_id = env.anonymous_id, env.user_id
-        if anonymous_id is None:
-            out.append(env)
-            return
         links = self.links
         if user_id is None:
             linked = links.get(anonymous_id)

@@ -64,12 +64,13 @@ class InputMarks:
 
     def stamp(self, env: Envelope, partition: int) -> None:
         """Set the envelope's mark (event time reached, itself included) and merge key."""
+        ts_ms, received_ms = env.ts_ms, env.received_ms
         reached = self.reached.get(partition)
-        future = env.received_ms is not None and env.ts_ms - env.received_ms > self.max_skew_ms
-        if not future and (reached is None or env.ts_ms > reached):
-            reached = self.reached[partition] = env.ts_ms
-        env.mark_ms = env.ts_ms if reached is None else reached
-        env.seq = order_key(env.mark_ms, partition, env.seq)
+        future = received_ms is not None and ts_ms - received_ms > self.max_skew_ms
+        if not future and (reached is None or ts_ms > reached):
+            reached = self.reached[partition] = ts_ms
+        mark = env.mark_ms = ts_ms if reached is None else reached
+        env.seq = (((mark + _TIME_BIAS) << _PARTITION_BITS | partition) << _OFFSET_BITS) | env.seq  # order_key
 
     def key(self, partition: int, offset: int) -> int:
         """The merge key of a record at ``offset`` that did not parse."""

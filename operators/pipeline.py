@@ -57,7 +57,8 @@ class Router:
         after the marks of the chunks that ended in it (a chunked stream)."""
         shards, marks, max_bytes = self.shards, self.marks, self.max_event_bytes
         routed: list[list[Any]] = [[] for _ in range(shards)]
-        progress: dict[int, tuple[int, bool]] = {}  # partition -> (merge key reached, idle)
+        reached_seq: dict[int, int] = {}  # partition -> merge key reached
+        idle: set[int] = set()  # partitions that ended (or have nothing to read now)
         chunk_marks: list[ChunkMark] = []
         stamp = marks.stamp
         for raw in batch:
@@ -65,26 +66,28 @@ class Router:
             if type(raw) is not RawEvent:
                 if isinstance(raw, ChunkEnd):
                     chunk_marks.append(ChunkMark(marks.key(partition, raw.seq), marks.reached.pop(partition, None)))
-                    progress[partition] = (marks.key(partition, raw.skip_to), False)
+                    reached_seq[partition] = marks.key(partition, raw.skip_to)
+                    idle.discard(partition)
                 else:
-                    progress[partition] = (marks.key(partition, raw.seq), True)
+                    reached_seq[partition] = marks.key(partition, raw.seq)
+                    idle.add(partition)
                 continue
             result = parse(raw, max_bytes)
             if type(result) is Rejected:
                 INVALID_EVENTS.labels(reason=result.reason).inc()
-                key = marks.key(partition, raw.seq)
-                progress[partition] = (key, False)
-                shard, item = raw.seq % shards, Output(DEAD_LETTERS, result.key, 0, key, result.body)
+                key = reached_seq[partition] = marks.key(partition, raw.seq)
+                routed[raw.seq % shards].append(Output(DEAD_LETTERS, result.key, 0, key, result.body))
             else:
                 stamp(result, partition)
-                progress[partition] = (result.seq, False)
-                shard, item = shard_of(result.anonymous_id or result.user_id, shards), result  # type: ignore[arg-type]
-            routed[shard].append(item)
-        if progress:
+                reached_seq[partition] = result.seq
+                routed[shard_of(result.anonymous_id or result.user_id, shards)].append(result)  # type: ignore[arg-type]
+            if idle:
+                idle.discard(partition)
+        if reached_seq:
             chunked = self.chunked
-            reached = [(marks.reached.get(p), seq, p, idle) for p, (seq, idle) in progress.items()]
+            reached = [(marks.reached.get(p), seq, p, p in idle) for p, seq in reached_seq.items()]
             for shard, items in enumerate(routed):
-                ticks = tuple(Tick(ts, seq, p, idle, shard, chunked) for ts, seq, p, idle in reached)
+                ticks = tuple(Tick(ts, seq, p, ended, shard, chunked) for ts, seq, p, ended in reached)
                 items.extend((*chunk_marks, ticks))
         return _by_shard(routed)
 

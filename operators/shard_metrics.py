@@ -50,19 +50,19 @@ class ShardMetrics:
         self.published_at, self._due = now, None
         stats, seen = self.engine.stats, self.published
         for name, count in _deltas(stats.get("events", {}), seen.setdefault("events", {})):
-            EVENTS.labels(event=name).inc(count)
+            _child(EVENTS, name).inc(count)
         for name, count in _deltas(stats.get("unknown_events", {}), seen.setdefault("unknown_events", {})):
-            EVENTS.labels(event=name).inc(count)
+            _child(EVENTS, name).inc(count)
         for rule, count in _deltas(stats.get("triggers", {}), seen.setdefault("triggers", {})):
-            DECISIONS.labels(channel=self.channels.get(rule, "unknown"), rule=rule).inc(count)
+            _child(DECISIONS, self.channels.get(rule, "unknown"), rule).inc(count)
         for key, count in _deltas(stats.get("audience_changes", {}), seen.setdefault("audience_changes", {})):
             audience, _, change = key.rpartition(".")
-            AUDIENCE_CHANGES.labels(audience=audience, change=change).inc(count)
+            _child(AUDIENCE_CHANGES, audience, change).inc(count)
         for reason, count in _deltas(stats.get("order_lines_dropped", {}), seen.setdefault("order_lines_dropped", {})):
-            ORDER_LINES_DROPPED.labels(reason=reason).inc(count)
+            _child(ORDER_LINES_DROPPED, reason).inc(count)
         unknown = {path: entry["count"] for path, entry in stats.get("unknown_fields", {}).items()}
         for path, count in _deltas(unknown, seen.setdefault("unknown_fields", {})):
-            UNKNOWN_FIELDS.labels(path=path).inc(count)
+            _child(UNKNOWN_FIELDS, path).inc(count)
         flat = {name: stats.get(name, 0) for name in ("late", "duplicates", *ENGINE_DEAD_LETTERS)}
         for name, count in _deltas(flat, seen.setdefault("flat", {})):
             if name == "late":
@@ -70,13 +70,13 @@ class ShardMetrics:
             elif name == "duplicates":
                 DUPLICATE_EVENTS.inc(count)
             else:
-                INVALID_EVENTS.labels(reason=name).inc(count)
+                _child(INVALID_EVENTS, name).inc(count)
         if self.engine.models is not None and (final or now - self.models_at >= MODEL_METRICS_SECONDS):
             self.models_at = now
             self._publish_models(self.engine.models.stats(), seen.setdefault("models", {}))
         engine = self.engine
         _customers_by_shard[(engine.role, id(engine))] = len(engine.customers)
-        CUSTOMERS.labels(stage=engine.role).set(
+        _child(CUSTOMERS, engine.role).set(
             sum(n for (role, _), n in list(_customers_by_shard.items()) if role == engine.role)
         )
 
@@ -102,6 +102,18 @@ class ShardMetrics:
         checks = {"hit": reco["hits"], "miss": reco["checked"] - reco["hits"]}
         for result, count in _deltas(checks, seen.setdefault("checks", {})):
             RECOMMENDATION_CHECKS.labels(result=result).inc(count)
+
+
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up in the registry once (it keeps every child it made)."""
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
 
 
 def _deltas(current: dict[str, int], published: dict[str, int]) -> list[tuple[str, int]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
@@ -14,8 +13,7 @@ from schemas.events import KNOWN_TRACK_EVENTS, AliasEvent, Note, decode_event, e
 KNOWN_NAMES = KNOWN_TRACK_EVENTS | {"identify", "page", "screen", "alias"}
 
 
-@dataclass(slots=True)
-class Envelope:
+class Envelope(msgspec.Struct, gc=False):
     """A validated event with what routing and state need precomputed.
 
     ``seq`` is first the event's position in its source partition (line number, or offset),
@@ -27,6 +25,9 @@ class Envelope:
     Between processes an envelope travels as its raw bytes and precomputed fields, and the
     event is decoded again only where it is read (the identity stage routes most events
     without reading it): cheaper than pickling the event's Structs.
+
+    A Struct the garbage collector does not track (it refers to no container that could lead back
+    to it): made in one native call, and freed without the collector's bookkeeping.
     """
 
     seq: int
@@ -103,16 +104,14 @@ def envelope_of(
     )
 
 
-_SENT = tuple(name for name in Envelope.__slots__ if name != "validated")  # type: ignore[attr-defined]
-_EVENT_AT = Envelope.__slots__.index("validated")  # type: ignore[attr-defined]
+_SENT = tuple(name for name in Envelope.__struct_fields__ if name != "validated")
+_EVENT_AT = Envelope.__struct_fields__.index("validated")
 _BEFORE_EVENT, _AFTER_EVENT = attrgetter(*_SENT[:_EVENT_AT]), attrgetter(*_SENT[_EVENT_AT:])
 
 
 def _rebuild(*fields: Any) -> Envelope:
     """An envelope pickled by an earlier version (held back in a recovery snapshot): every field but
     the validated event."""
-    envelope = Envelope.__new__(Envelope)
-    for name, value in zip(_SENT, fields, strict=True):
-        setattr(envelope, name, value)
-    envelope.validated = None
-    return envelope
+    if len(fields) != len(_SENT):
+        raise ValueError(f"an envelope has {len(_SENT)} fields besides its event, not {len(fields)}")
+    return Envelope(*fields[:_EVENT_AT], None, *fields[_EVENT_AT:])

@@ -110,3 +110,23 @@ def test_the_router_tells_the_parts_of_a_chunked_stream_how_far_the_identity_sha
     assert read_ahead.taken == 60, "every identity shard had taken every part's lines up to its tick"
     router.forward([[Tick(None, line(0, 50), origin=0)]])
     assert read_ahead.taken == 60, "what was taken stays taken"
+
+
+def test_identified_events_passed_straight_on_still_link_their_anonymous_id_and_count_each_new_link():
+    """An identified event with no anonymous state to hand over passes on as it is, but links its
+    anonymous id: later anonymous events reach that customer, and only a new or changed link counts."""
+    events = [
+        track("Page", "u1", 0, anon="a1"),  # a new link
+        track("Page", "u1", 1, anon="a1"),  # the same link again
+        track("Page", None, 2, anon="a1"),  # anonymous, linked: to u1
+        track("Page", "u2", 3, anon="a1"),  # relinked
+        track("Page", None, 4, anon="a1"),  # anonymous, linked: now to u2
+    ]
+    router = Router(shards=1, max_skew_ms=3_600_000)
+    identity = IdentityStage(load_rules(), EngineConfig())
+    (emitted,), _ = ShardLogic(identity).on_batch([router.parse(source_records(events))[0]])
+    handed = [item for item in emitted if not isinstance(item, (Tick, Output))]
+    assert [type(item) for item in handed] == [Envelope, Envelope, Forward, Envelope, Forward]
+    assert [item.customer_id for item in handed] == ["u1", "u1", "u1", "u2", "u2"]
+    assert identity.stats["identities_linked"] == 2
+    assert identity.customers == {}, "no anonymous customer was kept"
