@@ -7,6 +7,7 @@ pub mod dedupe;
 pub mod event_scan;
 pub mod features;
 pub mod links;
+pub mod order_lines;
 pub mod recommend;
 pub mod recommend_bytes;
 pub mod sample;
