@@ -68,7 +68,7 @@ impl Draft {
         let fits = match (key, value) {
             (b"product_id", Value::Text(span)) => {
                 self.product_id = Some(span);
-                (1..=MAX_ID_CHARS).contains(&chars(&json[span.0..span.1]))
+                id_fits(&json[span.0..span.1])
             }
             (b"category", Value::Text(span)) => {
                 self.category = Some(span);
@@ -77,10 +77,8 @@ impl Draft {
             (b"category", Value::Null) => true,
             (b"sku" | b"name" | b"brand", Value::Text(..) | Value::Escaped | Value::Null) => true,
             (b"price", Value::Null) => true,
-            (b"price", Value::Number(span)) => {
-                number::<f64>(json, span).map_or(false, |price| (0.0..=MAX_PRICE).contains(&price))
-            }
-            (b"quantity", Value::Number(span)) => match number::<i64>(json, span) {
+            (b"price", Value::Number(span)) => price_fits(&json[span.0..span.1]),
+            (b"quantity", Value::Number(span)) => match integer(&json[span.0..span.1]) {
                 Some(quantity) if quantity.abs() <= MAX_QUANTITY => {
                     self.quantity = quantity;
                     true
@@ -107,17 +105,44 @@ impl Draft {
     }
 }
 
-/// The characters of UTF-8 `text`.
-fn chars(text: &[u8]) -> usize {
-    text.iter().filter(|byte| (**byte & 0xC0) != 0x80).count()
+/// Whether UTF-8 `text` has 1 to [`MAX_ID_CHARS`] characters (counted only when its bytes do not tell).
+fn id_fits(text: &[u8]) -> bool {
+    match text.len() {
+        0 => false,
+        1..=MAX_ID_CHARS => true,
+        _ => text.iter().filter(|byte| (**byte & 0xC0) != 0x80).count() <= MAX_ID_CHARS,
+    }
 }
 
-/// The number at `span` of `json` as a `T` (`None` for an `i64` written with a fraction).
-fn number<T: std::str::FromStr>(json: &[u8], span: Span) -> Option<T> {
-    std::str::from_utf8(&json[span.0..span.1])
-        .ok()?
-        .parse()
+/// Whether the JSON number `text` is a price from 0 to [`MAX_PRICE`]: read only when its digits do not
+/// tell (a sign, or ten digits before the point).
+fn price_fits(text: &[u8]) -> bool {
+    let whole = text
+        .iter()
+        .position(|byte| *byte == b'.')
+        .unwrap_or(text.len());
+    if text[0] != b'-' && whole < 10 {
+        return true;
+    }
+    std::str::from_utf8(text)
         .ok()
+        .and_then(|text| text.parse::<f64>().ok())
+        .map_or(false, |price| (0.0..=MAX_PRICE).contains(&price))
+}
+
+/// The JSON number `text` as an integer: `None` if written with a fraction (or past an `i64`).
+fn integer(text: &[u8]) -> Option<i64> {
+    let (sign, digits) = match text.split_first() {
+        Some((b'-', digits)) => (-1, digits),
+        _ => (1, text),
+    };
+    digits
+        .iter()
+        .try_fold(0i64, |value, byte| match byte {
+            b'0'..=b'9' => value.checked_mul(10)?.checked_add(i64::from(byte - b'0')),
+            _ => None,
+        })
+        .map(|value| sign * value)
 }
 
 /// The text at `span` of `json` (the bytes of a plain event are UTF-8).
@@ -303,6 +328,28 @@ mod tests {
             quantity: 3,
         };
         assert_eq!(line, Some(expected));
+    }
+
+    #[test]
+    fn prices_and_quantities_are_checked_against_their_bounds() {
+        for (price, fits) in [
+            ("0", true),
+            ("-0", true),
+            ("-0.0", true),
+            ("999999999.999", true),
+            ("1000000000", true),
+            ("1000000000.00000001", true), // reads as 1e9
+            ("1000000000.001", false),
+            ("10000000000", false),
+            ("-0.001", false),
+            ("-5", false),
+        ] {
+            assert_eq!(price_fits(price.as_bytes()), fits, "{price}");
+        }
+        assert_eq!(integer(b"-100000"), Some(-100_000));
+        assert_eq!(integer(b"-0"), Some(0));
+        assert_eq!(integer(b"2.0"), None);
+        assert_eq!(integer(b"99999999999999999999"), None);
     }
 
     #[test]
