@@ -112,6 +112,8 @@ class OrderProperties(_WithLines, kw_only=True):
             return self.total
         if self.revenue is not None:
             return self.revenue
+        if type(self.products) is not list:  # lines read by the event scan sum themselves, natively
+            return self.products.amount()  # type: ignore[attr-defined]
         return sum((p.price or 0.0) * p.quantity for p in self.products)
 
 

@@ -77,6 +77,9 @@ class OrderLines(Sequence[Any]):
     the list of the same lines, shown and pickled as that list. ``Features.apply_order`` reads the
     product, category and quantity of the lines bought without decoding them."""
 
+    def amount(self) -> float:
+        """What the lines are worth, as ``sum((p.price or 0.0) * p.quantity for p in lines)`` gives it
+        (the integer 0 for no lines), without decoding them."""
     def __len__(self) -> int: ...
     @overload
     def __getitem__(self, index: int) -> Any: ...

@@ -379,3 +379,31 @@ def test_the_lines_of_a_plain_order_read_as_the_list_of_its_lines(monkeypatch):
         scanned[2]
     assert plain.properties_as_sent() == general.properties_as_sent()
     assert type(plain.properties_as_sent()["products"]) is list
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_an_order_without_total_is_worth_what_its_lines_say_either_way(seed):
+    """Without ``total`` or ``revenue`` an order is worth the sum of its lines: the same float, to
+    the bit, whether the scan read the lines or the general way did (the integer 0 for no lines)."""
+    rng = Random(seed)
+    prices = [None, 0, -0.0, 0.0, 0.1, 0.2, 9.99, 1e9, 123456.789, 1 / 3, 5]
+    for n in range(60):
+        lines = [
+            {"product_id": f"p{i}", "quantity": rng.choice([1, 2, 0, -1, -3, 7, 100_000])}
+            | ({} if (price := rng.choice(prices)) is None and rng.random() < 0.5 else {"price": price})
+            for i in range(rng.choice([0, 1, 2, 5, 30]))
+        ]
+        order = {
+            "type": "track",
+            "event": "Order Completed",
+            "messageId": f"m-{n}",
+            "userId": "u-1",
+            "timestamp": "2026-01-05T10:00:00Z",
+            "properties": {"order_id": "o-1", "products": lines},
+        }
+        raw = RawEvent(n, {}, orjson.dumps(order))
+        plain, general = parse(raw), _parse_generally(raw)
+        assert isinstance(plain, Envelope) and isinstance(general, Envelope)
+        assert type(plain.event.properties.products) is OrderLines
+        worth, expected = plain.event.properties.amount(), general.event.properties.amount()
+        assert (type(worth), repr(worth)) == (type(expected), repr(expected)), lines

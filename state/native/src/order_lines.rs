@@ -20,13 +20,14 @@ const MAX_QUANTITY: i64 = 100_000;
 /// Where a part of the event's bytes lies: `start..end`.
 pub type Span = (usize, usize);
 
-/// One accepted line: the span of its object, of its `product_id` and `category` texts, and its
-/// `quantity` (1 when not sent).
+/// One accepted line: the span of its object, of its `product_id` and `category` texts and of its
+/// `price` number, and its `quantity` (1 when not sent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
     pub object: Span,
     pub product_id: Span,
     pub category: Option<Span>,
+    pub price: Option<Span>,
     pub quantity: i64,
 }
 
@@ -48,6 +49,7 @@ pub struct Draft {
     start: usize,
     product_id: Option<Span>,
     category: Option<Span>,
+    price: Option<Span>,
     quantity: i64,
     taken: bool,
 }
@@ -58,6 +60,7 @@ impl Draft {
             start,
             product_id: None,
             category: None,
+            price: None,
             quantity: 1,
             taken: true,
         }
@@ -77,7 +80,10 @@ impl Draft {
             (b"category", Value::Null) => true,
             (b"sku" | b"name" | b"brand", Value::Text(..) | Value::Escaped | Value::Null) => true,
             (b"price", Value::Null) => true,
-            (b"price", Value::Number(span)) => price_fits(&json[span.0..span.1]),
+            (b"price", Value::Number(span)) => {
+                self.price = Some(span);
+                price_fits(&json[span.0..span.1])
+            }
             (b"quantity", Value::Number(span)) => match integer(&json[span.0..span.1]) {
                 Some(quantity) if quantity.abs() <= MAX_QUANTITY => {
                     self.quantity = quantity;
@@ -100,6 +106,7 @@ impl Draft {
             object: (self.start, end),
             product_id: self.product_id.filter(|_| self.taken)?,
             category: self.category,
+            price: self.price,
             quantity: self.quantity,
         })
     }
@@ -124,10 +131,15 @@ fn price_fits(text: &[u8]) -> bool {
     if text[0] != b'-' && whole < 10 {
         return true;
     }
+    (0.0..=MAX_PRICE).contains(&float(text))
+}
+
+/// The JSON number `text` as the nearest `f64` (as every JSON decoder reads it).
+fn float(text: &[u8]) -> f64 {
     std::str::from_utf8(text)
         .ok()
-        .and_then(|text| text.parse::<f64>().ok())
-        .map_or(false, |price| (0.0..=MAX_PRICE).contains(&price))
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// The JSON number `text` as an integer: `None` if written with a fraction (or past an `i64`).
@@ -171,6 +183,19 @@ impl Lines {
         json.len() - (self.array.1 - self.array.0) + 2
     }
 
+    /// What the lines are worth: each price (none: 0) times its quantity, summed in order as
+    /// Python's `sum` adds floats (`None` for no lines, where `sum` gives the integer 0).
+    pub fn amount(&self, json: &[u8]) -> Option<f64> {
+        let price = |line: &Line| line.price.map(|span| float(&json[span.0..span.1]));
+        let worth =
+            |line: &Line| price(line).filter(|p| *p != 0.0).unwrap_or(0.0) * line.quantity as f64;
+        (!self.lines.is_empty()).then(|| {
+            self.lines
+                .iter()
+                .fold(0.0, |total, line| total + worth(line))
+        })
+    }
+
     /// The lines bought (a quantity of 0 or more), the first `most` of them: product, category
     /// (`None` when not sent or null) and quantity.
     pub fn bought<'a>(
@@ -195,6 +220,7 @@ pub mod python {
     use pyo3::prelude::*;
     use pyo3::pyclass::CompareOp;
     use pyo3::types::{PyBytes, PyList, PyTuple};
+    use pyo3::IntoPyObjectExt;
 
     use super::Lines;
 
@@ -263,6 +289,14 @@ pub mod python {
             Ok(self.list(py)?.try_iter()?.into_any())
         }
 
+        /// What the lines are worth, as ``sum((p.price or 0.0) * p.quantity for p in lines)``.
+        fn amount(&self, py: Python<'_>) -> PyResult<PyObject> {
+            match self.lines.amount(self.json.bind(py).as_bytes()) {
+                Some(amount) => amount.into_py_any(py),
+                None => 0.into_py_any(py),
+            }
+        }
+
         /// As the list of its lines.
         fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
             Ok(self.list(py)?.repr()?.to_string())
@@ -325,6 +359,7 @@ mod tests {
             object: (0, 11),
             product_id: (0, 3),
             category: Some((4, 9)),
+            price: None,
             quantity: 3,
         };
         assert_eq!(line, Some(expected));
