@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::order_lines::{Draft, Line, Lines, Span, Value, MAX_LINES};
+use crate::order_lines::{self, Draft, Line, Lines, Span, Value, MAX_LINES};
 use crate::timestamps;
 
 /// What [`EventScan::model_of`] answers for an event that is not plain.
@@ -101,6 +101,9 @@ pub struct EventScan {
     /// closes them: the models that do are the ones with lines.
     products_node: Option<usize>,
     line_node: Option<usize>,
+    /// Whether every model that closes the lines allows the line's own fields there: then the scan
+    /// does not note those keys for [`Self::unknown`] (most keys of an order are theirs).
+    line_fields_known: bool,
 }
 
 impl EventScan {
@@ -164,6 +167,16 @@ impl EventScan {
         };
         let products_node = child(child(Some(0), Some(b"properties")), Some(b"products"));
         let line_node = child(products_node, None);
+        let line_fields_known = line_node.map_or(false, |node| {
+            allowed.iter().all(|per_node| match per_node.get(node) {
+                Some(Some(container)) => order_lines::FIELDS.iter().all(|field| {
+                    known
+                        .get(field.as_bytes())
+                        .map_or(false, |n| container.allows(*n))
+                }),
+                _ => true,
+            })
+        });
         let names = |pairs: Vec<(String, usize)>| {
             pairs
                 .into_iter()
@@ -181,6 +194,7 @@ impl EventScan {
             key_chars,
             products_node,
             line_node,
+            line_fields_known,
         }
     }
 
@@ -201,6 +215,7 @@ impl EventScan {
             top: [None; 4],
             products_node: self.products_node,
             line_node: self.line_node,
+            line_fields_known: self.line_fields_known,
             products: None,
             lines: Vec::new(),
             lines_taken: true,
@@ -313,6 +328,7 @@ struct Scan<'a> {
     /// See [`EventScan::products_node`].
     products_node: Option<usize>,
     line_node: Option<usize>,
+    line_fields_known: bool,
     /// The span of the `properties.products` array, once met.
     products: Option<Span>,
     /// Its lines so far, while all are taken over (`lines_taken`).
@@ -388,7 +404,9 @@ impl<'a> Scan<'a> {
             if !keys.insert(key) {
                 return None;
             }
-            if let Some(node) = node {
+            let known_field =
+                line.is_some() && self.line_fields_known && order_lines::is_field(key);
+            if let (Some(node), false) = (node, known_field) {
                 self.seen.push((node, key));
             }
             self.expect(b':')?;

@@ -17,6 +17,25 @@ const MAX_PRICE: f64 = 1e9;
 /// The bounds of a line's `quantity` (`schemas.events.LineQuantity`).
 const MAX_QUANTITY: i64 = 100_000;
 
+/// The fields of a line (`schemas.events.Product`).
+pub const FIELDS: [&str; 7] = [
+    "product_id",
+    "sku",
+    "name",
+    "category",
+    "brand",
+    "price",
+    "quantity",
+];
+
+/// Whether `key` is one of a line's [`FIELDS`].
+pub fn is_field(key: &[u8]) -> bool {
+    matches!(
+        key,
+        b"product_id" | b"sku" | b"name" | b"category" | b"brand" | b"price" | b"quantity"
+    )
+}
+
 /// Where a part of the event's bytes lies: `start..end`.
 pub type Span = (usize, usize);
 
