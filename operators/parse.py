@@ -18,6 +18,7 @@ from schemas.events import (
     UnknownTrack,
     closed_containers,
     contract_notes,
+    decode_line,
     decode_plain,
     unknown_field_notes,
     validate_event,
@@ -95,10 +96,12 @@ _SCAN = EventScan(
     EVENT_MODELS.index(UnknownTrack),
     [[(path, sorted(keys)) for path, keys in closed_containers(model)] for model in EVENT_MODELS],
     MAX_PATH_KEY,
+    decode_line,
 )
 """Which of :data:`schemas.events.EVENT_MODELS` an event is for, when it is plain: one JSON object with
 no repeated key (``state/native/src/event_scan.rs``); with its ``timestamp`` and ``receivedAt`` read on
-the way, and the unknown fields :func:`schemas.events.contract_notes` would count, in its order."""
+the way, the unknown fields :func:`schemas.events.contract_notes` would count, in its order, and the
+lines of an order or checkout (``state._native.OrderLines``) when each is one the contract takes as it is."""
 _EPOCH_MS = EpochMs(epoch_ms)
 """:func:`schemas.timestamps.epoch_ms`, the common forms read natively: for the date-times the scan leaves."""
 
@@ -125,9 +128,9 @@ def _parse(raw: RawEvent, max_bytes: int) -> Envelope | Rejected:
         return _reject(raw, reason, [message], processor)
     if len(payload) > max_bytes:
         return _reject(raw, "too_large", [f"event is {len(payload)} bytes, the limit is {max_bytes}"])
-    model, ts_ms, received_ms, unknown = _SCAN.scan(payload)
+    model, ts_ms, received_ms, unknown, lines = _SCAN.scan(payload)
     if model >= 0:
-        decoded = decode_plain(payload, EVENT_MODELS[model], _EPOCH_MS, ts_ms, received_ms)
+        decoded = decode_plain(payload, EVENT_MODELS[model], _EPOCH_MS, ts_ms, received_ms, lines)
         if decoded is not None:
             event, ts_ms, received_ms = decoded
             notes = () if unknown is None else unknown_field_notes(unknown)

@@ -64,7 +64,12 @@ class Envelope(msgspec.Struct, gc=False):
         if type(typed) is dict:
             return typed
         sent = orjson.loads(self.raw).get("properties")
-        return sent if typed is None else {**(sent or {}), **msgspec.structs.asdict(typed)}
+        if typed is None:
+            return sent
+        properties = {**(sent or {}), **msgspec.structs.asdict(typed)}
+        if "products" in properties:
+            properties["products"] = list(properties["products"])  # rules read a list of lines
+        return properties
 
     def __reduce__(self) -> tuple[type[Envelope], tuple[Any, ...]]:
         """Every field but the validated event, rebuilt by one call of the class (half the cost of

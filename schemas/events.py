@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
@@ -87,7 +87,11 @@ class ProductProperties(Product):
 
 
 class _WithLines(Struct, kw_only=True, frozen=True, dict=True):
-    """Properties with ``products`` lines: a bad line is dropped (reasons in ``dropped_lines``), not the event."""
+    """Properties with ``products`` lines: a bad line is dropped (reasons in ``dropped_lines``), not the event.
+
+    The lines of a plain event come as ``state._native.OrderLines`` (read by the event scan, each
+    decoded only when read), of any other as a list: both a sequence of :class:`Product`, equal alike.
+    """
 
     products: Annotated[list[Product], Meta(max_length=MAX_LINES)] = []
     dropped_lines: ClassVar[tuple[str, ...]] = ()
@@ -108,6 +112,8 @@ class OrderProperties(_WithLines, kw_only=True):
             return self.total
         if self.revenue is not None:
             return self.revenue
+        if type(self.products) is not list:  # lines read by the event scan sum themselves, natively
+            return self.products.amount()  # type: ignore[attr-defined]
         return sum((p.price or 0.0) * p.quantity for p in self.products)
 
 
@@ -420,6 +426,7 @@ def decode_plain(
     read_time: Callable[[str], int] = epoch_ms,
     ts_ms: int | None = None,
     received_ms: int | None = None,
+    lines: tuple[Sequence[Product], bytes] | None = None,
 ) -> tuple[AnyEvent, int, int | None] | None:
     """What :func:`validate_event` gives for the JSON object ``raw``, decoded straight into ``model``
     (one pass, no dicts), or None when that is not enough: a problem, a coercion, a dropped line.
@@ -427,16 +434,24 @@ def decode_plain(
     Only for bytes known to be plain (``state._native.EventScan``): one JSON object that decoders
     read alike, with no repeated key, and ``model`` the one :func:`model_for` picks for it.
     ``read_time`` reads date-times as :func:`epoch_ms` does (``state._native.EpochMs`` is faster);
-    ``ts_ms`` and ``received_ms`` are the ``timestamp`` and ``receivedAt`` if already read from ``raw``.
+    ``ts_ms`` and ``received_ms`` are the ``timestamp`` and ``receivedAt`` if already read from ``raw``;
+    ``lines`` are the order lines already read and checked, with ``raw`` without them: the rest is
+    decoded and the lines put in.
     """
     try:
-        event = _DECODERS[model].decode(raw)
+        event = _DECODERS[model].decode(raw if lines is None else lines[1])
         ts_ms, received_ms = _times(event, read_time, ts_ms, received_ms)
     except (msgspec.MsgspecError, ValueError):
         return None
     if event.userId is None and event.anonymousId is None:
         return None
+    if lines is not None:
+        msgspec.structs.force_setattr(event.properties, "products", lines[0])
     return event, ts_ms, received_ms
+
+
+decode_line = msgspec.json.Decoder(Product).decode
+"""One order line's JSON as its model (for lines the event scan has checked)."""
 
 
 def decode_event(raw: bytes, name: str) -> AnyEvent:

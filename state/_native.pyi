@@ -1,7 +1,7 @@
 """The engine's compiled parts (Rust, PyO3; crate in ``state/native/``), built by ``pip install``."""
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, overload
 
 class Dedupe:
     """Dedupe memory: the last ``capacity`` message ids (as 128-bit hashes), forgetting the oldest first."""
@@ -51,18 +51,40 @@ class EventScan:
         unknown_track: int,
         closed: list[list[tuple[tuple[str | None, ...], list[str]]]],
         key_chars: int,
+        decode_line: Callable[[bytes], Any],
     ) -> None:
         """``calls`` (``type`` values) and ``tracks`` (track ``event`` names) name models by index
         into ``closed``: per model, its closed containers, each a path (``None`` for any element of
-        a list) and the keys allowed there; an unknown key is named by its first ``key_chars`` characters."""
+        a list) and the keys allowed there; an unknown key is named by its first ``key_chars`` characters.
+        The models that close ``properties.products[]`` have order lines: ``decode_line`` decodes one
+        line's JSON into its model (``schemas.events.Product``) when :class:`OrderLines` are read."""
     def model_of(self, json: bytes) -> int:
         """The index of the model ``json`` is for if it is plain, else -1."""
-    def scan(self, json: bytes) -> tuple[int, int | None, int | None, list[tuple[str, int]] | None]:
-        """``(model, timestamp_ms, received_ms, unknown)``: :meth:`model_of`, the ``timestamp`` and
-        ``receivedAt`` of a plain event in epoch milliseconds where they are in the common form (else
-        None), and the paths of the keys of its closed containers its model does not allow, each with
+    def scan(
+        self, json: bytes
+    ) -> tuple[int, int | None, int | None, list[tuple[str, int]] | None, tuple[OrderLines, bytes] | None]:
+        """``(model, timestamp_ms, received_ms, unknown, lines)``: :meth:`model_of`, the ``timestamp``
+        and ``receivedAt`` of a plain event in epoch milliseconds where they are in the common form
+        (else None), the paths of the keys of its closed containers its model does not allow, each with
         how many times it came (None if none): by container as the model lists them (``closed``), then
-        in the order they first came."""
+        in the order they first came; and the order lines of an order or checkout when every line is
+        one the contract takes as it is (no bad line, no coercion, no escape in ``product_id`` or
+        ``category``), as ``(lines, json with an empty products array)``, else None."""
+
+class OrderLines(Sequence[Any]):
+    """The lines of a plain order or checkout as :meth:`EventScan.scan` read them: a read-only
+    sequence of ``schemas.events.Product``, each decoded from the event's bytes when read; equal to
+    the list of the same lines, shown and pickled as that list. ``Features.apply_order`` reads the
+    product, category and quantity of the lines bought without decoding them."""
+
+    def amount(self) -> float:
+        """What the lines are worth, as ``sum((p.price or 0.0) * p.quantity for p in lines)`` gives it
+        (the integer 0 for no lines), without decoding them."""
+    def __len__(self) -> int: ...
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Any]: ...
 
 class EpochMs:
     """``general(text)``, computed natively for date-times in the common form (``2026-01-05T10:00:00.123Z``,
@@ -122,10 +144,10 @@ class Features:
         completed: bool,
         order_id: str,
         amount: float,
-        lines: Iterable[Any],
+        lines: OrderLines | Iterable[Any],
     ) -> None:
         """An order (``completed``) or refund: :meth:`apply`, then the order with its ``lines``
-        (objects with ``product_id``, ``category`` and ``quantity``) in one call."""
+        (:class:`OrderLines`, or objects with ``product_id``, ``category`` and ``quantity``) in one call."""
     def apply_identify(
         self,
         at_ms: int,

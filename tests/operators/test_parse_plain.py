@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 from random import Random
 from typing import Any
 
@@ -16,6 +17,7 @@ from connectors.synthetic import generate_events
 from operators.parse import _SCAN, Rejected, _parse_generally, parse
 from schemas.envelope import Envelope
 from schemas.items import RawEvent
+from state._native import OrderLines
 
 ODD_VALUES: list[Any] = [
     "12.5",
@@ -163,6 +165,60 @@ def with_extras(event: dict[str, Any], rng: Random) -> None:
             line.update(items)
 
 
+LINE_EDGES: list[tuple[str, Any]] = [
+    ("product_id", "p" * 200),
+    ("product_id", "\u00e9" * 200),
+    ("product_id", "p" * 201),
+    ("product_id", "\u00e9" * 201),
+    ("product_id", ""),
+    ("product_id", 'p"1'),
+    ("product_id", "p\u00e9"),
+    ("category", 'a"b'),
+    ("category", ""),
+    ("category", None),
+    ("category", 3),
+    ("name", 'Kestrel "12\\" tops'),
+    ("name", False),
+    ("sku", None),
+    ("brand", []),
+    ("price", 1e9),
+    ("price", 1000000000),
+    ("price", 1000000000.0000001),
+    ("price", 1000000000.001),
+    ("price", -0.0),
+    ("price", -0.001),
+    ("price", 0),
+    ("price", 0.1 + 0.2),
+    ("price", "1.5"),
+    ("quantity", 100_000),
+    ("quantity", 100_001),
+    ("quantity", -100_000),
+    ("quantity", -100_001),
+    ("quantity", 0),
+    ("quantity", 3.0),
+    ("quantity", 2.5),
+    ("quantity", None),
+    ("quantity", True),
+]
+"""A value at each edge of what an order line accepts, and just past it."""
+
+
+def with_line(order: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """``order`` with ``key`` of its second line (of at least two) set to ``value``."""
+    order = orjson.loads(orjson.dumps(order))
+    lines = order["properties"]["products"]
+    lines += lines[:1] * (2 - len(lines))
+    lines[1][key] = value
+    return order
+
+
+def with_lines(order: dict[str, Any], count: int) -> dict[str, Any]:
+    """``order`` with ``count`` short lines, some returned (a negative quantity)."""
+    order = orjson.loads(orjson.dumps(order))
+    order["properties"]["products"] = [{"product_id": f"p{n}", "quantity": 1 - n % 3} for n in range(count)]
+    return order
+
+
 def corpus() -> list[bytes]:
     """The generated stream as sent, in other layouts, mutated, and a few hand-made oddities."""
     rng = Random(20261130)
@@ -179,6 +235,10 @@ def corpus() -> list[bytes]:
             extra = orjson.loads(orjson.dumps(event))
             with_extras(extra, rng)
             payloads.append(orjson.dumps(extra))
+    order = next(event for event in events if event.get("event") == "Order Completed")
+    payloads += [orjson.dumps(with_line(order, key, value)) for key, value in LINE_EDGES]
+    payloads += [json.dumps(with_line(order, key, value)).encode() for key, value in LINE_EDGES]  # ASCII escapes
+    payloads += [orjson.dumps(with_lines(order, count)) for count in (0, 1, 20, 21, 499, 500, 501)]
     viewed = payloads[0]
     payloads += [
         viewed[:-1] + b',"properties":{"a":1e2}}',
@@ -239,8 +299,16 @@ def test_the_corpus_takes_both_ways_and_all_outcomes(payloads):
     assert {"schema_invalid", "duplicate_key", "invalid_json", "not_utf8"} <= reasons
     notes = {kind for result in results if isinstance(result, Envelope) for kind, _, _ in result.notes}
     assert notes == {"unknown_fields", "order_lines_dropped"}
-    plain_unknown = [paths for model, _, _, paths in map(_SCAN.scan, payloads) if model >= 0 and paths]
+    scans = [_SCAN.scan(payload) for payload in payloads]
+    plain_unknown = [paths for model, _, _, paths, _ in scans if model >= 0 and paths]
     assert any(path.startswith("properties.products[].") for paths in plain_unknown for path, _ in paths)
+    with_lines = [payload for payload in payloads if b'"products":[' in payload.replace(b" ", b"")]
+    taken = [lines is not None for model, *_, lines in map(_SCAN.scan, with_lines) if model >= 0]
+    assert any(taken) and not all(taken), "plain orders with lines the scan took over, and ones it left"
+    lines = [
+        getattr(getattr(r.event, "properties", None), "products", None) for r in results if isinstance(r, Envelope)
+    ]
+    assert {type(products) for products in lines if products} == {list, OrderLines}
 
 
 def test_a_plain_event_is_not_validated_the_general_way(monkeypatch, payloads):
@@ -281,3 +349,61 @@ def test_order_lines_with_keys_the_contract_does_not_name_are_decoded_the_cheap_
         ("unknown_fields", "properties.products[].colour", 1),
     )
     assert outcome(plain) == outcome(general)
+
+
+def test_the_lines_of_a_plain_order_read_as_the_list_of_its_lines(monkeypatch):
+    """The scan's lines are the general way's list in all a reader sees: length, items, slices,
+    equality, repr, pickling; and rules read ``event.properties`` with a list of lines."""
+    lines = [{"product_id": "p-1", "category": "tops", "price": 9.5}, {"product_id": "p-2", "quantity": -1}]
+    order = {
+        "type": "track",
+        "event": "Order Completed",
+        "messageId": "m-1",
+        "userId": "u-1",
+        "timestamp": "2026-01-05T10:00:00Z",
+        "properties": {"order_id": "o-1", "products": lines, "note": "gift"},
+    }
+    raw = RawEvent(0, {}, orjson.dumps(order))
+    general = _parse_generally(raw)
+    monkeypatch.setattr(parse_module, "validate_event", lambda *args: pytest.fail("validated the general way"))
+    plain = parse(raw)
+    assert isinstance(plain, Envelope) and isinstance(general, Envelope)
+    scanned, listed = plain.event.properties.products, general.event.properties.products
+    assert type(scanned) is OrderLines and type(listed) is list
+    assert len(scanned) == 2 and scanned[0] == listed[0] and scanned[-1] == listed[1]
+    assert scanned[::-1] == listed[::-1] and list(scanned) == listed
+    assert scanned == listed and listed == scanned and scanned != listed[:1] and scanned != "p-1"
+    assert repr(scanned) == repr(listed) and plain.event == general.event
+    assert pickle.loads(pickle.dumps(scanned)) == listed
+    with pytest.raises(IndexError):
+        scanned[2]
+    assert plain.properties_as_sent() == general.properties_as_sent()
+    assert type(plain.properties_as_sent()["products"]) is list
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_an_order_without_total_is_worth_what_its_lines_say_either_way(seed):
+    """Without ``total`` or ``revenue`` an order is worth the sum of its lines: the same float, to
+    the bit, whether the scan read the lines or the general way did (the integer 0 for no lines)."""
+    rng = Random(seed)
+    prices = [None, 0, -0.0, 0.0, 0.1, 0.2, 9.99, 1e9, 123456.789, 1 / 3, 5]
+    for n in range(60):
+        lines = [
+            {"product_id": f"p{i}", "quantity": rng.choice([1, 2, 0, -1, -3, 7, 100_000])}
+            | ({} if (price := rng.choice(prices)) is None and rng.random() < 0.5 else {"price": price})
+            for i in range(rng.choice([0, 1, 2, 5, 30]))
+        ]
+        order = {
+            "type": "track",
+            "event": "Order Completed",
+            "messageId": f"m-{n}",
+            "userId": "u-1",
+            "timestamp": "2026-01-05T10:00:00Z",
+            "properties": {"order_id": "o-1", "products": lines},
+        }
+        raw = RawEvent(n, {}, orjson.dumps(order))
+        plain, general = parse(raw), _parse_generally(raw)
+        assert isinstance(plain, Envelope) and isinstance(general, Envelope)
+        assert type(plain.event.properties.products) is OrderLines
+        worth, expected = plain.event.properties.amount(), general.event.properties.amount()
+        assert (type(worth), repr(worth)) == (type(expected), repr(expected)), lines

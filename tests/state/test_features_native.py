@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from state import codec
-from state._native import Features
+from state._native import Features, OrderLines
 from state.customer import CustomerState, Lifecycle
 from state.update import apply_event
 
@@ -345,6 +345,26 @@ def test_seeded_streams_give_the_reference_features(seed):
 @pytest.mark.parametrize("seed", range(3))
 def test_streams_from_1970_give_the_reference_features(seed):
     run(100 + seed, 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_order_reads_its_scanned_lines_as_it_reads_their_list(seed):
+    """The lines the event scan read (``OrderLines``, read natively) change the features exactly as
+    the same lines as a list of Structs do: the product, category and quantity of the first lines
+    bought, returned lines passed over, empty categories as none."""
+    rng = random.Random(seed)
+    orders = [env for env in envelopes(stream(rng, ms(RECENT), 300)) if env.name.startswith("Order")]
+    scanned = [env for env in orders if type(env.event.properties.products) is OrderLines]
+    assert len(scanned) > 20 and any(len(env.event.properties.products) > 20 for env in scanned)
+    as_scanned, as_listed = Features(ms(RECENT)), Features(ms(RECENT))
+    for env in scanned:
+        props = env.event.properties
+        completed = env.name == "Order Completed"
+        for features, lines in ((as_scanned, props.products), (as_listed, list(props.products))):
+            features.apply_order(env.ts_ms, env.message_id, 9, 10, 1_800_000, None, None, None, completed,
+                                 props.order_id, props.amount(), lines)  # fmt: skip
+        assert as_scanned == as_listed, env.raw
+        assert as_scanned.bought == as_listed.bought
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

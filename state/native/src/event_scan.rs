@@ -7,11 +7,13 @@
 //! than 18 digits, no number has an exponent and nesting is at most [`MAX_DEPTH`] deep. Anything
 //! else is [`NOT_PLAIN`]: the caller then takes its general, slower way, which says exactly what is
 //! wrong. A key of a closed container (the top level, `context`, an order line...) that its model
-//! does not allow keeps an event plain: the scan names it (see [`Plain::unknown`]).
+//! does not allow keeps an event plain: the scan names it (see [`Plain::unknown`]). The lines of
+//! an order or checkout are read on the way (see [`crate::order_lines`]).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::order_lines::{self, Draft, Line, Lines, Span, Value, MAX_LINES};
 use crate::timestamps;
 
 /// What [`EventScan::model_of`] answers for an event that is not plain.
@@ -95,6 +97,13 @@ pub struct EventScan {
     prefixes: Vec<String>,
     /// Characters of an unknown key kept in its path.
     key_chars: usize,
+    /// The nodes of `properties.products` and of its elements, the order lines, if some model
+    /// closes them: the models that do are the ones with lines.
+    products_node: Option<usize>,
+    line_node: Option<usize>,
+    /// Whether every model that closes the lines allows the line's own fields there: then the scan
+    /// does not note those keys for [`Self::unknown`] (most keys of an order are theirs).
+    line_fields_known: bool,
 }
 
 impl EventScan {
@@ -150,6 +159,24 @@ impl EventScan {
                 per_node[node] = Some(Container { rank, bits });
             }
         }
+        let child = |node: Option<usize>, step: Option<&[u8]>| {
+            children[node?]
+                .iter()
+                .find(|(found, _)| found.as_deref() == step)
+                .map(|(_, child)| *child)
+        };
+        let products_node = child(child(Some(0), Some(b"properties")), Some(b"products"));
+        let line_node = child(products_node, None);
+        let line_fields_known = line_node.map_or(false, |node| {
+            allowed.iter().all(|per_node| match per_node.get(node) {
+                Some(Some(container)) => order_lines::FIELDS.iter().all(|field| {
+                    known
+                        .get(field.as_bytes())
+                        .map_or(false, |n| container.allows(*n))
+                }),
+                _ => true,
+            })
+        });
         let names = |pairs: Vec<(String, usize)>| {
             pairs
                 .into_iter()
@@ -165,6 +192,9 @@ impl EventScan {
             allowed,
             prefixes,
             key_chars,
+            products_node,
+            line_node,
+            line_fields_known,
         }
     }
 
@@ -183,6 +213,12 @@ impl EventScan {
             tree: &self.children,
             seen: Vec::with_capacity(32),
             top: [None; 4],
+            products_node: self.products_node,
+            line_node: self.line_node,
+            line_fields_known: self.line_fields_known,
+            products: None,
+            lines: Vec::new(),
+            lines_taken: true,
         };
         scan.blank();
         if scan.peek() != Some(b'{') {
@@ -193,24 +229,34 @@ impl EventScan {
         if scan.at != json.len() {
             return None;
         }
-        let [kind, event, timestamp, received_at] = scan.top;
+        let [kind, event, timestamp, received_at] = scan.top.map(|value| match value {
+            Some(Value::Text((start, end))) => Some(&json[start..end]),
+            _ => None,
+        });
         let model = match (kind, event) {
-            (Some(Text::Plain(b"track")), Some(Text::Plain(name))) => {
-                *self.tracks.get(name).unwrap_or(&self.unknown_track)
-            }
-            (Some(Text::Plain(b"track")), _) => return None,
-            (Some(Text::Plain(kind)), _) => *self.calls.get(kind)?,
+            (Some(b"track"), Some(name)) => *self.tracks.get(name).unwrap_or(&self.unknown_track),
+            (Some(b"track"), _) => return None,
+            (Some(kind), _) => *self.calls.get(kind)?,
             _ => return None,
         };
-        let millis = |text: Option<Text>| match text {
-            Some(Text::Plain(text)) => timestamps::epoch_ms(text),
+        let has_lines = self.line_node.map_or(false, |node| {
+            matches!(self.allowed[model].get(node), Some(Some(_)))
+        });
+        let lines = match scan.products {
+            Some(array) if has_lines && scan.lines_taken && scan.lines.len() <= MAX_LINES => {
+                Some(Lines {
+                    array,
+                    lines: std::mem::take(&mut scan.lines),
+                })
+            }
             _ => None,
         };
         Some(Plain {
             model,
-            timestamp_ms: millis(timestamp),
-            received_ms: millis(received_at),
+            timestamp_ms: timestamp.and_then(timestamps::epoch_ms),
+            received_ms: received_at.and_then(timestamps::epoch_ms),
             unknown: self.unknown(model, &scan.seen),
+            lines,
         })
     }
 
@@ -263,17 +309,13 @@ pub struct Plain {
     /// characters, and how many times it came (`qty` on each line that has it): by container in
     /// the model's order, then in the order they first came.
     pub unknown: Vec<(String, usize)>,
+    /// The lines of an order or checkout, when every line is one the contract takes as it is (see
+    /// [`crate::order_lines`]); `None` for other events, or lines left to the decoder.
+    pub lines: Option<Lines>,
 }
 
 /// The top-level keys whose values [`EventScan::scan`] reads, in the order of `Scan::top`.
 const TOP_KEYS: [&[u8]; 4] = [b"type", b"event", b"timestamp", b"receivedAt"];
-
-/// A top-level string value: plain text, or something else (escaped text, or not a string).
-#[derive(Clone, Copy, Debug)]
-enum Text<'a> {
-    Plain(&'a [u8]),
-    Other,
-}
 
 struct Scan<'a> {
     json: &'a [u8],
@@ -282,7 +324,16 @@ struct Scan<'a> {
     /// Keys met in the containers of the tree, by node.
     seen: Vec<(usize, &'a [u8])>,
     /// The values of [`TOP_KEYS`] at the top level.
-    top: [Option<Text<'a>>; 4],
+    top: [Option<Value>; 4],
+    /// See [`EventScan::products_node`].
+    products_node: Option<usize>,
+    line_node: Option<usize>,
+    line_fields_known: bool,
+    /// The span of the `properties.products` array, once met.
+    products: Option<Span>,
+    /// Its lines so far, while all are taken over (`lines_taken`).
+    lines: Vec<Line>,
+    lines_taken: bool,
 }
 
 impl<'a> Scan<'a> {
@@ -315,15 +366,15 @@ impl<'a> Scan<'a> {
     }
 
     /// Reads one value at `node` of the tree (`None` outside it); `None` if it is not plain.
-    fn value(&mut self, node: Option<usize>, depth: usize) -> Option<Text<'a>> {
+    fn value(&mut self, node: Option<usize>, depth: usize) -> Option<Value> {
         self.blank();
         match self.peek()? {
-            b'{' => self.object(node, depth + 1).map(|_| Text::Other),
-            b'[' => self.array(node, depth + 1).map(|_| Text::Other),
+            b'{' => self.object(node, depth + 1).map(|_| Value::Other),
+            b'[' => self.array(node, depth + 1).map(|_| Value::Other),
             b'"' => self.string(),
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
+            b't' => self.literal(b"true").map(|_| Value::Other),
+            b'f' => self.literal(b"false").map(|_| Value::Other),
+            b'n' => self.literal(b"null").map(|_| Value::Null),
             _ => self.number(),
         }
     }
@@ -332,11 +383,13 @@ impl<'a> Scan<'a> {
         if depth > MAX_DEPTH {
             return None;
         }
+        let mut line = (node.is_some() && node == self.line_node).then(|| Draft::new(self.at));
         self.at += 1;
         let mut keys = KeySet::default();
         self.blank();
         if self.peek() == Some(b'}') {
             self.at += 1;
+            self.end_line(line);
             return Some(());
         }
         loop {
@@ -345,30 +398,46 @@ impl<'a> Scan<'a> {
                 return None;
             }
             let key = match self.string()? {
-                Text::Plain(key) => key,
-                Text::Other => return None,
+                Value::Text((start, end)) => &self.json[start..end],
+                _ => return None,
             };
             if !keys.insert(key) {
                 return None;
             }
-            if let Some(node) = node {
+            let known_field =
+                line.is_some() && self.line_fields_known && order_lines::is_field(key);
+            if let (Some(node), false) = (node, known_field) {
                 self.seen.push((node, key));
             }
             self.expect(b':')?;
-            let text = self.value(self.child(node, Some(key)), depth)?;
+            let value = self.value(self.child(node, Some(key)), depth)?;
             if node == Some(0) {
                 if let Some(at) = TOP_KEYS.iter().position(|name| *name == key) {
-                    self.top[at] = Some(text);
+                    self.top[at] = Some(value);
                 }
+            }
+            if let Some(line) = &mut line {
+                line.read(self.json, key, value);
             }
             self.blank();
             match self.peek()? {
                 b',' => self.at += 1,
                 b'}' => {
                     self.at += 1;
+                    self.end_line(line);
                     return Some(());
                 }
                 _ => return None,
+            }
+        }
+    }
+
+    /// Keeps an order line read (its object ends at `at`), while every line is taken over.
+    fn end_line(&mut self, line: Option<Draft>) {
+        if let Some(line) = line.filter(|_| self.lines_taken) {
+            match line.finish(self.at) {
+                Some(line) => self.lines.push(line),
+                None => self.lines_taken = false,
             }
         }
     }
@@ -377,29 +446,40 @@ impl<'a> Scan<'a> {
         if depth > MAX_DEPTH {
             return None;
         }
+        let start = self.at;
+        let products = node.is_some() && node == self.products_node;
         self.at += 1;
         let element = self.child(node, None);
         self.blank();
-        if self.peek() == Some(b']') {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
-            self.value(element, depth)?;
-            self.blank();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b']' => {
-                    self.at += 1;
-                    return Some(());
+        if self.peek() != Some(b']') {
+            loop {
+                if products && self.after_blanks() != Some(b'{') {
+                    self.lines_taken = false; // not an object: the decoder drops it
                 }
-                _ => return None,
+                self.value(element, depth)?;
+                self.blank();
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b']' => break,
+                    _ => return None,
+                }
             }
         }
+        self.at += 1;
+        if products {
+            self.products = Some((start, self.at));
+        }
+        Some(())
     }
 
-    /// A string, its opening quote at `at`: its text if it has no escape.
-    fn string(&mut self) -> Option<Text<'a>> {
+    /// The next byte that is not a blank.
+    fn after_blanks(&mut self) -> Option<u8> {
+        self.blank();
+        self.peek()
+    }
+
+    /// A string, its opening quote at `at`: the span of its text if it has no escape.
+    fn string(&mut self) -> Option<Value> {
         self.at += 1;
         let start = self.at;
         let mut escaped = false;
@@ -424,12 +504,12 @@ impl<'a> Scan<'a> {
                 _ => return None, // a control character
             }
         }
-        let text = &self.json[start..self.at];
+        let end = self.at;
         self.at += 1;
         Some(if escaped {
-            Text::Other
+            Value::Escaped
         } else {
-            Text::Plain(text)
+            Value::Text((start, end))
         })
     }
 
@@ -449,16 +529,17 @@ impl<'a> Scan<'a> {
         }
     }
 
-    fn literal(&mut self, word: &[u8]) -> Option<Text<'a>> {
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
         if self.json.get(self.at..self.at + word.len())? != word {
             return None;
         }
         self.at += word.len();
-        Some(Text::Other)
+        Some(())
     }
 
     /// A number as JSON writes it, without an exponent; an integer of at most 18 digits.
-    fn number(&mut self) -> Option<Text<'a>> {
+    fn number(&mut self) -> Option<Value> {
+        let start = self.at;
         if self.peek() == Some(b'-') {
             self.at += 1;
         }
@@ -476,7 +557,7 @@ impl<'a> Scan<'a> {
         }
         match self.peek() {
             Some(b'e' | b'E') => None,
-            _ => Some(Text::Other),
+            _ => Some(Value::Number((start, self.at))),
         }
     }
 
@@ -606,6 +687,7 @@ mod tests {
             timestamp_ms: Some(1_767_607_200_123),
             received_ms: Some(1_767_607_200_000),
             unknown: vec![],
+            lines: None,
         };
         assert_eq!(scan().scan(json.as_bytes()), Some(plain));
         let other = r#"{"type":"page","timestamp":"2026-01-05 10:00:00Z","properties":{"receivedAt":"2026-01-05T10:00:00Z"}}"#;
@@ -614,6 +696,7 @@ mod tests {
             timestamp_ms: None,
             received_ms: None,
             unknown: vec![],
+            lines: None,
         };
         assert_eq!(scan().scan(other.as_bytes()), Some(plain));
     }
@@ -647,6 +730,61 @@ mod tests {
         let open = r#"{"type":"track","event":"Wished","properties":{"products":[{"qty":1}],"any":{"thing":1}}}"#;
         assert_eq!(model(open), 2);
         assert_eq!(unknown(open), []);
+    }
+
+    fn lines(json: &str) -> Option<Lines> {
+        scan().scan(json.as_bytes()).expect("plain").lines
+    }
+
+    #[test]
+    fn the_lines_of_an_order_are_read_on_the_way() {
+        let json = r#"{"type":"track","event":"Order Completed","properties":{"products":[{"product_id":"p-1","category":"tops","quantity":-2},{"name":"a \"b\"","product_id":"p-2","price":9.5}]}}"#;
+        let read = lines(json).expect("lines");
+        let (start, end) = read.array;
+        assert_eq!(
+            &json[start..end],
+            &json[json.find('[').unwrap()..json.rfind(']').unwrap() + 1]
+        );
+        let bought: Vec<_> = read.bought(json.as_bytes(), 20).collect();
+        assert_eq!(bought, [("p-2", None, 1)]);
+        let (first, second) = (&read.lines[0], &read.lines[1]);
+        assert_eq!(
+            (first.quantity, first.category.map(|(a, b)| &json[a..b])),
+            (-2, Some("tops"))
+        );
+        assert!(json[second.object.0..second.object.1].starts_with(r#"{"name""#));
+        let mut out = vec![0; read.without_lines_len(json.as_bytes())];
+        read.without_lines(json.as_bytes(), &mut out);
+        assert_eq!(
+            out,
+            br#"{"type":"track","event":"Order Completed","properties":{"products":[]}}"#
+        );
+    }
+
+    #[test]
+    fn lines_are_left_to_the_decoder_when_one_is_not_taken_as_it_is() {
+        let order = |products: &str| {
+            format!(
+                r#"{{"type":"track","event":"Order Completed","properties":{{"products":{products}}}}}"#
+            )
+        };
+        assert!(lines(&order("[]")).is_some());
+        assert!(lines(&order(r#"[{"product_id":"p"}]"#)).is_some());
+        for products in [
+            r#"[{"product_id":"p"},7]"#,
+            r#"[{"product_id":"p"},{"sku":"s"}]"#,
+            r#"[{"product_id":"p","quantity":2.0}]"#,
+            r#"[{"product_id":"p\u0041"}]"#,
+            r#"[[{"product_id":"p"}]]"#,
+        ] {
+            assert!(lines(&order(products)).is_none(), "{products}");
+        }
+        let many = vec![r#"{"product_id":"p"}"#; MAX_LINES + 1].join(",");
+        assert!(lines(&order(&format!("[{many}]"))).is_none());
+        let page = r#"{"type":"page","properties":{"products":[{"product_id":"p"}]}}"#;
+        assert!(lines(page).is_none());
+        let none = r#"{"type":"track","event":"Order Completed","properties":{}}"#;
+        assert!(lines(none).is_none());
     }
 
     #[test]

@@ -1492,6 +1492,8 @@ pub mod python {
     use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
     use pyo3::{intern, IntoPyObjectExt};
 
+    use crate::order_lines::python::OrderLines;
+
     use super::{
         known, Event, Features as Record, Id, Lifecycle, Overflow, ProductAction, Strings, TopK,
         Trait, CATEGORY_HALF_LIFE_MS, CHANNELS, COUNTED_KINDS, MAX_BOUGHT, PRODUCT_HALF_LIFE_MS,
@@ -1718,7 +1720,8 @@ pub mod python {
         }
 
         /// An order (``completed``) or refund: :meth:`apply`, then the order with its ``lines``
-        /// (objects with ``product_id``, ``category`` and ``quantity``) in one call.
+        /// (:class:`OrderLines`, or objects with ``product_id``, ``category`` and ``quantity``) in
+        /// one call.
         #[allow(clippy::too_many_arguments)]
         #[pyo3(signature = (at_ms, message_id, kind, hour, session_timeout_ms, store, city, country,
                             completed, order_id, amount, lines))]
@@ -1738,10 +1741,11 @@ pub mod python {
             amount: f64,
             lines: &Bound<'_, PyAny>,
         ) -> PyResult<()> {
-            let read = if completed {
-                bought(py, lines)?
-            } else {
-                Vec::new()
+            let native = lines.downcast::<OrderLines>().ok().map(|lines| lines.get());
+            let read = match native {
+                Some(_) => Vec::new(),
+                None if completed => bought(py, lines)?,
+                None => Vec::new(),
             };
             let mut table = Names::lock();
             let e = event(
@@ -1755,14 +1759,28 @@ pub mod python {
                 city,
                 country,
             )?;
-            let mut lines: Vec<(Id, Option<Id>, i64)> = Vec::with_capacity(read.len());
-            for (product, category, quantity) in &read {
-                let category = category.as_ref().map(|c| c.to_str()).transpose()?;
-                lines.push((
-                    table.get().intern(product.to_str()?),
-                    table.intern(category),
-                    *quantity,
-                ));
+            let mut lines: Vec<(Id, Option<Id>, i64)> = Vec::with_capacity(MAX_BOUGHT);
+            match native {
+                Some(native) if completed => {
+                    let (json, native) = native.read(py);
+                    for (product, category, quantity) in native.bought(json, MAX_BOUGHT) {
+                        lines.push((
+                            table.get().intern(product),
+                            table.intern(category),
+                            quantity,
+                        ));
+                    }
+                }
+                _ => {
+                    for (product, category, quantity) in &read {
+                        let category = category.as_ref().map(|c| c.to_str()).transpose()?;
+                        lines.push((
+                            table.get().intern(product.to_str()?),
+                            table.intern(category),
+                            *quantity,
+                        ));
+                    }
+                }
             }
             let names = table.get();
             self.inner

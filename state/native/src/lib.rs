@@ -8,6 +8,7 @@ pub mod event_scan;
 pub mod features;
 pub mod links;
 pub mod model_inputs;
+pub mod order_lines;
 pub mod recommend;
 pub mod recommend_bytes;
 pub mod sample;

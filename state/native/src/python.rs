@@ -4,6 +4,7 @@ use pyo3::exceptions::{PyValueError, PyZeroDivisionError};
 use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyList, PyString, PyTuple};
 
+use crate::order_lines::python::OrderLines;
 use crate::recommend::{self, Layout, WINDOW};
 use crate::{dedupe, event_scan, links, recommend_bytes, sample, timestamps};
 
@@ -535,6 +536,8 @@ impl CoOccurrence {
 #[pyclass(module = "state._native", name = "EventScan", frozen)]
 struct EventScan {
     inner: event_scan::EventScan,
+    /// Decodes one order line's JSON into its model (see :class:`OrderLines`).
+    decode_line: Py<PyAny>,
 }
 
 /// A closed container: its path (``None`` for any element of an array) and the keys allowed there.
@@ -549,6 +552,7 @@ impl EventScan {
         unknown_track: usize,
         closed: Vec<Vec<Container>>,
         key_chars: usize,
+        decode_line: Py<PyAny>,
     ) -> PyResult<Self> {
         let models = closed.len();
         if calls
@@ -574,6 +578,7 @@ impl EventScan {
             .collect();
         Ok(Self {
             inner: event_scan::EventScan::new(calls, tracks, unknown_track, closed, key_chars),
+            decode_line,
         })
     }
 
@@ -582,21 +587,45 @@ impl EventScan {
         self.inner.model_of(json)
     }
 
-    /// ``(model, timestamp_ms, received_ms, unknown)``: :meth:`model_of`, the ``timestamp`` and
-    /// ``receivedAt`` of a plain event in epoch milliseconds where they are in the common form (else
-    /// None), and the paths of the keys of its closed containers its model does not allow, each with
-    /// how many times it came (None if none).
+    /// ``(model, timestamp_ms, received_ms, unknown, lines)``: :meth:`model_of`, the ``timestamp``
+    /// and ``receivedAt`` of a plain event in epoch milliseconds where they are in the common form
+    /// (else None), the paths of the keys of its closed containers its model does not allow, each
+    /// with how many times it came (None if none), and the lines of an order or checkout when the
+    /// scan took them over, as ``(OrderLines, the event's bytes with `products` empty)`` (else None).
     #[allow(clippy::type_complexity)]
-    fn scan(&self, json: &[u8]) -> (i64, Option<i64>, Option<i64>, Option<Vec<(String, usize)>>) {
-        match self.inner.scan(json) {
-            Some(plain) => (
-                plain.model as i64,
-                plain.timestamp_ms,
-                plain.received_ms,
-                (!plain.unknown.is_empty()).then_some(plain.unknown),
-            ),
-            None => (event_scan::NOT_PLAIN, None, None, None),
-        }
+    fn scan<'py>(
+        &self,
+        py: Python<'py>,
+        json: &Bound<'py, PyBytes>,
+    ) -> PyResult<(
+        i64,
+        Option<i64>,
+        Option<i64>,
+        Option<Vec<(String, usize)>>,
+        Option<(OrderLines, Bound<'py, PyBytes>)>,
+    )> {
+        let bytes = json.as_bytes();
+        let Some(plain) = self.inner.scan(bytes) else {
+            return Ok((event_scan::NOT_PLAIN, None, None, None, None));
+        };
+        let lines = match plain.lines {
+            Some(lines) => {
+                let rest = PyBytes::new_with(py, lines.without_lines_len(bytes), |out| {
+                    lines.without_lines(bytes, out);
+                    Ok(())
+                })?;
+                let decode = self.decode_line.clone_ref(py);
+                Some((OrderLines::new(json.clone().unbind(), lines, decode), rest))
+            }
+            None => None,
+        };
+        Ok((
+            plain.model as i64,
+            plain.timestamp_ms,
+            plain.received_ms,
+            (!plain.unknown.is_empty()).then_some(plain.unknown),
+            lines,
+        ))
     }
 }
 
@@ -634,6 +663,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(sampled, module)?)?;
     module.add_class::<EventScan>()?;
     module.add_class::<EpochMs>()?;
+    module.add_class::<OrderLines>()?;
     module.add_class::<crate::features::python::Features>()?;
     module.add_function(wrap_pyfunction!(
         crate::model_inputs::python::decision_features,
