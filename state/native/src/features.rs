@@ -1520,7 +1520,7 @@ pub mod python {
     }
 
     /// The name of one id (the lock is not held while Python objects are made).
-    fn name(id: Id) -> &'static str {
+    pub(crate) fn name(id: Id) -> &'static str {
         Names::lock().get().name(id)
     }
 
@@ -1584,7 +1584,7 @@ pub mod python {
     #[pyclass(module = "state._native", name = "Features", eq)]
     #[derive(PartialEq)]
     pub struct Features {
-        inner: Record,
+        pub(crate) inner: Record,
     }
 
     /// The common part of every update: the event's time, id, counted kind (``None``: no activity)

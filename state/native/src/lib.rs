@@ -9,6 +9,7 @@ pub mod features;
 pub mod links;
 pub mod recommend;
 pub mod recommend_bytes;
+pub mod rule_program;
 pub mod sample;
 pub mod timestamps;
 
