@@ -153,16 +153,11 @@ class NativeRules:
             lifecycle.at_risk_gap_factor,
             lifecycle.session_timeout_ms,
         )
+        self.audience_changes = self.program.audience_changes  # once per event: no call in between
 
     def group_for(self, name: str) -> int | None:
         """The group of audiences an event called ``name`` can change; ``None``: none."""
         return self._by_name.get(name, self._other)
-
-    def audience_changes(
-        self, features: Features, now_ms: int, members: tuple[str, ...], group: int
-    ) -> list[tuple[int, bool | None]] | None:
-        """See :meth:`state._native.RuleProgram.audience_changes`."""
-        return self.program.audience_changes(features, now_ms, members, group)
 
     def holds(self, trigger: CompiledTrigger, features: Features, now_ms: int) -> bool | None:
         """Whether the trigger's condition holds natively; ``None``: evaluate it in Python."""
