@@ -36,6 +36,10 @@ SCALARS = {
     "tenure_days": "tenure_days",
     "mean_order_gap_days": "mean_order_gap_days",
     "hour": "hour",
+    "preferred_hour": "preferred_hour",
+    "last_store": "last_store",
+    "city": "city",
+    "country": "country",
 }
 # features read by field: any trait or channel (an unknown one is null), the cart's and session's numbers
 FIELDS: dict[str, frozenset[str] | None] = {

@@ -77,7 +77,7 @@ fn time(ms: i64) -> Option<i64> {
     (ms != NO_TIME).then_some(ms)
 }
 
-fn known(id: Id) -> Option<Id> {
+pub(crate) fn known(id: Id) -> Option<Id> {
     (id != NO_ID).then_some(id)
 }
 

@@ -9,7 +9,11 @@
 
 use std::cmp::Ordering;
 
-use crate::features::{py_round, Features, Id, Lifecycle, Trait, DAY_MS, HOUR_MS};
+use crate::features::{known, py_round, Features, Id, Lifecycle, Trait, DAY_MS, HOUR_MS};
+
+/// The trait codes of `city` and `country` (see `TRAIT_KEYS`).
+const CITY_TRAIT: u8 = 1;
+const COUNTRY_TRAIT: u8 = 2;
 
 /// A constant of an expression (parts made only of constants are computed when compiled).
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +65,11 @@ pub enum Slot {
     TenureDays,
     MeanOrderGapDays,
     Hour,
+    PreferredHour,
+    LastStore,
+    /// The last known city (the event's location, else the trait).
+    City,
+    Country,
     /// `traits.<key>`, by trait code.
     Trait(u8),
     /// `consent.<channel>`, by channel code.
@@ -157,6 +166,14 @@ impl Context<'_> {
                     .then(|| py_round(purchases.order_gap_ms / DAY_MS as f64, 3)),
             ),
             Slot::Hour => Value::Int(self.now_ms.div_euclid(HOUR_MS).rem_euclid(24)),
+            Slot::PreferredHour => features
+                .preferred_hour()
+                .map_or(Value::Null, |hour| Value::Int(i64::from(hour))),
+            Slot::LastStore => {
+                known(features.last_store).map_or(Value::Null, |id| Value::Str((self.name)(id)))
+            }
+            Slot::City => self.place(features.last_city, CITY_TRAIT),
+            Slot::Country => self.place(features.last_country, COUNTRY_TRAIT),
             Slot::Trait(code) => match features.traits.iter().find(|(key, _)| *key == code) {
                 Some((_, Trait::Text(id))) => Value::Str((self.name)(*id)),
                 Some((_, Trait::Flag(flag))) => Value::Bool(*flag),
@@ -173,6 +190,14 @@ impl Context<'_> {
             Slot::SessionProductsViewed => {
                 live_session().map_or(Value::Null, |s| Value::Int(s.products.len() as i64))
             }
+        }
+    }
+
+    /// The last place seen (`last_id`), else the trait of that kind: `last_city or traits.city`.
+    fn place(&self, last_id: Id, trait_code: u8) -> Value<'static> {
+        match known(last_id).map(self.name) {
+            Some(place) if !place.is_empty() => Value::Str(place),
+            _ => self.read(Slot::Trait(trait_code)),
         }
     }
 
@@ -468,6 +493,7 @@ impl Program {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::features::TRAIT_KEYS;
 
     #[test]
     fn integers_and_floats_compare_exactly() {
@@ -481,6 +507,12 @@ mod tests {
             Some(Ordering::Less)
         );
         assert_eq!(int_against_float(0, f64::NAN), None);
+    }
+
+    #[test]
+    fn the_place_traits_are_where_the_codes_say() {
+        assert_eq!(TRAIT_KEYS[usize::from(CITY_TRAIT)], "city");
+        assert_eq!(TRAIT_KEYS[usize::from(COUNTRY_TRAIT)], "country");
     }
 
     #[test]
@@ -552,6 +584,10 @@ pub mod python {
             "tenure_days" => Slot::TenureDays,
             "mean_order_gap_days" => Slot::MeanOrderGapDays,
             "hour" => Slot::Hour,
+            "preferred_hour" => Slot::PreferredHour,
+            "last_store" => Slot::LastStore,
+            "city" => Slot::City,
+            "country" => Slot::Country,
             "traits" => match code(&TRAIT_KEYS) {
                 Some(code) => Slot::Trait(code),
                 None => return Ok(Node::Const(Const::Null)),
