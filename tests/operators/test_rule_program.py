@@ -239,7 +239,7 @@ def folds_past_64_bits(source: str) -> bool:
     return False
 
 
-@settings(max_examples=300, deadline=None)
+@settings(derandomize=True, database=None, max_examples=300, deadline=None)
 @given(EXPRESSIONS)
 def test_random_expressions_give_python_values(source):
     try:
