@@ -47,7 +47,8 @@ from operators.expressions import Expression
 from operators.models import ModelMode, ModelsSnapshot, ShardModels, merge_open
 from operators.ordering import OrderedRelease, Tick, shard_of
 from operators.parse import count_notes
-from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger, format_duration
+from operators.rule_program import NativeRules
+from operators.rules import CompiledRules, CompiledTrigger, format_duration
 from operators.timers import TimerQueue
 from schemas.envelope import Envelope
 from schemas.errors import RecoveryStoreError
@@ -137,6 +138,7 @@ class CustomerStage:
     def __init__(self, rules: CompiledRules, config: EngineConfig, upstreams: int = 1) -> None:
         self.rules = rules
         self.config = config
+        self.native = NativeRules(rules, config.lifecycle)
         self.ordered = OrderedRelease(upstreams, self._merge_key)
         self.customers: dict[str, CustomerState] = {}
         self.timers = TimerQueue(self.customers)
@@ -307,8 +309,8 @@ class CustomerStage:
         if not late:
             for trigger in rules.immediate.get(env.name, ()):
                 self._trigger(state, trigger, env, now, self._cause(trigger, state, env), [env.message_id], out)
-        audiences = rules.audiences if fresh else rules.audiences_for(env.name)  # fresh: every audience looks
-        self._audiences(state, audiences, env, now, [env.message_id], out)
+        group = self.native.every if fresh else self.native.group_for(env.name)  # fresh: every audience looks
+        self._audiences(state, group, env, now, [env.message_id], out)
         self._keep_alive(state, now, moved_earlier=late or env.name in ORDERS)
 
     def _arm(self, state: CustomerState, trigger: CompiledTrigger, env: Envelope, late: bool) -> None:
@@ -388,7 +390,7 @@ class CustomerStage:
         due, _, cause, *caused_by = state.drop_timer(rule_id)  # type: ignore[misc]
         self._mark(state.id)
         if rule_id == RECHECK:
-            self._audiences(state, self.rules.time_audiences, None, due, caused_by, out)
+            self._audiences(state, self.native.timed, None, due, caused_by, out)
             self._keep_alive(state, due)
             return
         if rule_id == OUTCOME:
@@ -487,7 +489,7 @@ class CustomerStage:
         if state.fired_cause(rule.id) == cause:
             return
         view = FeatureView(state, env, at_ms, self.config.lifecycle, self.scorers)
-        passed = trigger.when is None or bool(trigger.when.evaluate(view))
+        passed = trigger.when is None or self._holds(trigger, view)
         score = None
         if self.models is not None and (passed or view.has_read("propensity")):
             score = view["propensity"]  # what the model said at this decision point
@@ -541,23 +543,37 @@ class CustomerStage:
         }
         return choice.offer, {**rule.content, **by_id[choice.offer].content}, logged
 
+    def _holds(self, trigger: CompiledTrigger, view: FeatureView) -> bool:
+        """Whether a trigger's condition holds: natively, else in Python."""
+        held = self.native.holds(trigger, view.state.features, view.now_ms)
+        return bool(trigger.when.evaluate(view)) if held is None else held  # type: ignore[union-attr]
+
     def _audiences(
         self,
         state: CustomerState,
-        audiences: list[CompiledAudience],
+        group: int | None,
         env: Envelope | None,
         now_ms: int,
         caused_by: list[str],
         out: list[Any],
     ) -> None:
-        if not audiences:
+        """Join and leave the audiences of ``group`` (see :class:`NativeRules`) whose condition changed.
+
+        The native program evaluates them all in one call and names those whose membership changes,
+        or which it leaves to Python; the features are read in Python only then, for the reason.
+        """
+        if group is None:
+            return
+        changes = self.native.audience_changes(state.features, now_ms, state.audiences, group)
+        if changes is None:
             return
         view = FeatureView(state, env, now_ms, self.config.lifecycle, self.scorers)
-        audience = audiences[0]
+        audience = self.rules.audiences[changes[0][0]]
         try:
-            for audience in audiences:
-                inside = bool(audience.when.evaluate(view))
+            for position, native in changes:
+                audience = self.rules.audiences[position]
                 member = audience.member_key
+                inside = bool(audience.when.evaluate(view)) if native is None else native
                 if inside == (member in state.audiences):
                     continue
                 if inside:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ast
 import operator
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 Env = Mapping[str, Any]
@@ -162,11 +162,13 @@ _ARITH: dict[type, Callable[[Any, Any], Any]] = {
 
 @dataclass(frozen=True)
 class Expression:
-    """A compiled expression: ``source``, the top-level ``names`` it reads, and ``evaluate``."""
+    """A compiled expression: ``source``, the top-level ``names`` it reads, and ``evaluate``; ``tree``
+    is the syntax tree ``fn`` was compiled from (for compiling it natively: see ``operators/rule_program.py``)."""
 
     source: str
     names: frozenset[str]
     fn: Fn
+    tree: ast.expr | None = field(default=None, compare=False, repr=False)
 
     def evaluate(self, env: Env) -> Any:
         """The value for ``env``; raise :class:`ExpressionLimitError` (naming the source) on a value too large."""
@@ -190,7 +192,22 @@ def compile_expression(source: str, allowed_names: Collection[str]) -> Expressio
     _check_shape(tree.body)
     names: set[str] = set()
     fn = _Compiler(frozenset(allowed_names), names).build(tree.body)
-    return Expression(source, frozenset(names), fn)
+    return Expression(source, frozenset(names), fn, tree.body)
+
+
+def is_constant(node: ast.AST) -> bool:
+    """Whether a part of an expression is computed when it is compiled: it reads no feature."""
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.Name):
+        return node.id in CONSTANTS
+    parts = node.args if isinstance(node, ast.Call) else ast.iter_child_nodes(node)
+    return all(is_constant(part) for part in parts if isinstance(part, ast.expr))
+
+
+def constant_value(node: ast.expr) -> Any:
+    """The value compiling gives a part for which :func:`is_constant` holds (a list becomes a tuple)."""
+    return _Compiler(frozenset(), set()).build(node)({})
 
 
 def _check_shape(root: ast.expr) -> None:

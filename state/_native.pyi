@@ -269,3 +269,32 @@ def learn_touch(
 ) -> None:
     """``recommender.learn(session, product, category)`` (a ``CoOccurrence``) with the products of the
     customer's session still going at ``at_ms``, read from ``features``."""
+
+class RuleProgram:
+    """A rule set's conditions compiled over the features record (see ``operators/rule_program.py``
+    and ``state/native/src/rule_program.rs``), evaluated with Python's semantics to the bit."""
+
+    def __init__(
+        self,
+        expressions: list[tuple[Any, ...] | None],
+        members: list[str],
+        groups: list[list[int]],
+        new_days: int,
+        lapse_days: int,
+        at_risk_gap_factor: float,
+        session_timeout_ms: int,
+    ) -> None:
+        """``expressions``: lowered trees (``None``: evaluated in Python), audiences first, their
+        membership keys in ``members``; ``groups``: the audience positions evaluated together.
+        ``ValueError`` for a tree it cannot read or a group naming no audience."""
+    def audience_changes(
+        self, features: Features, now_ms: int, members: tuple[str, ...], group: int
+    ) -> list[tuple[int, bool | None]] | None:
+        """The audiences of ``group`` whose membership changes at ``now_ms``, in order, as
+        ``(position, inside)``; ``inside`` is ``None`` for one to evaluate in Python. ``None`` when
+        none changes (``members``: the customer's audiences now)."""
+    def holds(self, features: Features, now_ms: int, index: int) -> bool | None:
+        """Whether expression ``index`` holds at ``now_ms``; ``None`` for one to evaluate in Python."""
+    @property
+    def compiled(self) -> int:
+        """How many expressions are compiled (the others are evaluated in Python)."""

@@ -77,7 +77,7 @@ fn time(ms: i64) -> Option<i64> {
     (ms != NO_TIME).then_some(ms)
 }
 
-fn known(id: Id) -> Option<Id> {
+pub(crate) fn known(id: Id) -> Option<Id> {
     (id != NO_ID).then_some(id)
 }
 
@@ -1522,7 +1522,7 @@ pub mod python {
     }
 
     /// The name of one id (the lock is not held while Python objects are made).
-    fn name(id: Id) -> &'static str {
+    pub(crate) fn name(id: Id) -> &'static str {
         Names::lock().get().name(id)
     }
 
@@ -1586,7 +1586,7 @@ pub mod python {
     #[pyclass(module = "state._native", name = "Features", eq)]
     #[derive(PartialEq)]
     pub struct Features {
-        inner: Record,
+        pub(crate) inner: Record,
     }
 
     impl Features {

@@ -11,6 +11,7 @@ pub mod model_inputs;
 pub mod order_lines;
 pub mod recommend;
 pub mod recommend_bytes;
+pub mod rule_program;
 pub mod sample;
 pub mod timestamps;
 

@@ -673,5 +673,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
         crate::model_inputs::python::learn_touch,
         module
     )?)?;
+    module.add_class::<crate::rule_program::python::RuleProgram>()?;
     Ok(())
 }
