@@ -635,5 +635,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<EventScan>()?;
     module.add_class::<EpochMs>()?;
     module.add_class::<crate::features::python::Features>()?;
+    module.add_class::<crate::bookkeeping::python::Bookkeeping>()?;
     Ok(())
 }
