@@ -8,11 +8,12 @@
 //! rules and open offers (varints); each timer (due time, rule, cause, the number of ids that
 //! caused it, those ids), in firing order (due time, then rule name); each fired rule (rule, cause)
 //! in the order first fired; each offer (decided at, offer, segment); then the outcomes' bytes as
-//! the models packed them. Times are little-endian `i64`. Rules, offers and segments (bounded
-//! vocabularies) are ids into a table of [`Names`] the process shares; a text (cause, message id)
-//! is a varint `h` then its bytes: `h = 1` a canonical UUID (lowercase, 36 characters) as its 16
-//! bytes, else `h = 2 * length` and its UTF-8 bytes. Records made of equal values are equal bytes.
-//! [`Book::to_bytes`] writes the same layout with names spelt out instead of ids, for snapshots.
+//! the models packed them, their all-zero 8-byte words left out ([`pack_words`]). Times are
+//! little-endian `i64`. Rules, offers and segments (bounded vocabularies) are ids into a table of
+//! [`Names`] the process shares; a text (cause, message id) is a varint `h` then its bytes: `h = 1`
+//! a canonical UUID (lowercase, 36 characters) as its 16 bytes, else `h = 2 * length` and its UTF-8
+//! bytes. Records made of equal values are equal bytes. [`Book::to_bytes`] writes the same layout
+//! with names spelt out instead of ids, for snapshots.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -150,6 +151,70 @@ pub fn text_of(encoding: &[u8]) -> String {
     } else {
         String::from_utf8(body.to_vec()).expect("a text this module wrote")
     }
+}
+
+/// `raw` with its all-zero 8-byte words left out: its length (a varint), then per group of up to 8
+/// words a byte marking the words that are not zero and those words, then the bytes after the last
+/// whole word. Exact (a word is left out only if every bit is 0: `-0.0` stays); the outcomes'
+/// features are mostly counts, and zero (no cart, no add) for many decisions.
+pub fn pack_words(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 64 + 2);
+    if raw.is_empty() {
+        return out;
+    }
+    put_varint(&mut out, raw.len() as u64);
+    let words = raw.len() / 8;
+    for group in raw[..words * 8].chunks(64) {
+        let mark = out.len();
+        out.push(0);
+        for (at, word) in group.chunks(8).enumerate() {
+            if word.iter().any(|&byte| byte != 0) {
+                out[mark] |= 1 << at;
+                out.extend_from_slice(word);
+            }
+        }
+    }
+    out.extend_from_slice(&raw[words * 8..]);
+    out
+}
+
+/// The bytes [`pack_words`] packed.
+fn unpack_words(packed: &[u8]) -> Result<Vec<u8>, Unreadable> {
+    if packed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut r = Cursor::new(packed);
+    let n = r.varint()?;
+    let n = usize::try_from(n)
+        .ok()
+        .filter(|&n| n <= packed.len() * 64)
+        .ok_or_else(|| Unreadable(format!("outcomes of {n} bytes")))?;
+    let mut out = Vec::with_capacity(n);
+    while out.len() + 8 <= n {
+        let words = ((n - out.len()) / 8).min(8);
+        let marks = r.take(1)?[0];
+        if u32::from(marks) >> words != 0 {
+            return Err(Unreadable(format!(
+                "outcome words marked beyond their end (byte {})",
+                r.at
+            )));
+        }
+        for at in 0..words {
+            if marks & (1 << at) == 0 {
+                out.extend_from_slice(&[0; 8]);
+            } else {
+                out.extend_from_slice(r.take(8)?);
+            }
+        }
+    }
+    out.extend_from_slice(r.take(n - out.len())?);
+    if r.at != packed.len() {
+        return Err(Unreadable(format!(
+            "outcomes go on after their end (byte {})",
+            r.at
+        )));
+    }
+    Ok(out)
 }
 
 struct Cursor<'a> {
@@ -466,9 +531,15 @@ impl Book {
         parts.book()
     }
 
+    /// The decisions awaiting their outcome, as the models packed them.
+    pub fn outcomes(&self) -> Vec<u8> {
+        unpack_words(self.parts().outcomes).expect("a record this module wrote")
+    }
+
     pub fn with_outcomes(&self, outcomes: &[u8]) -> Book {
+        let packed = pack_words(outcomes);
         let mut parts = self.parts();
-        parts.outcomes = outcomes;
+        parts.outcomes = &packed;
         parts.book()
     }
 
@@ -513,6 +584,7 @@ impl Book {
             None => return Err(Unreadable(format!("no bytes (expected format {FORMAT})"))),
         }
         let parts = Parts::read(&data[1..], &mut |r| Ok(names.intern(r.name()?)))?;
+        unpack_words(parts.outcomes)?;
         Ok(parts.book())
     }
 }
@@ -779,7 +851,7 @@ pub mod python {
         /// The decisions awaiting their outcome, as the models packed them.
         #[getter]
         fn outcomes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-            PyBytes::new(py, self.inner.parts().outcomes)
+            PyBytes::new(py, &self.inner.outcomes())
         }
 
         /// With ``outcomes`` as the decisions awaiting their outcome.
@@ -953,6 +1025,33 @@ mod tests {
     }
 
     #[test]
+    fn outcome_bytes_round_trip_with_zero_words_left_out() {
+        let word = |x: f64| x.to_bits().to_le_bytes();
+        let mut raw = Vec::new();
+        for x in [1.5, 0.0, -0.0, 0.0, 365.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0] {
+            raw.extend_from_slice(&word(x));
+        }
+        for tail in [0, 3] {
+            let raw = [&raw[..], &[7u8, 0, 9][..tail]].concat();
+            let packed = pack_words(&raw);
+            assert_eq!(
+                packed.len(),
+                1 + 2 + 4 * 8 + tail,
+                "two marks and the four words not zero"
+            );
+            assert_eq!(unpack_words(&packed).unwrap(), raw);
+            let book = Book::default().with_outcomes(&raw);
+            assert_eq!(book.outcomes(), raw);
+        }
+        assert!(pack_words(&[]).is_empty() && Book::default().with_outcomes(&[]).is_empty());
+        assert!(
+            unpack_words(&[16, 0b100, 0, 0]).is_err(),
+            "a word marked beyond the end"
+        );
+        assert!(unpack_words(&[8, 1, 1, 2]).is_err(), "cut");
+    }
+
+    #[test]
     fn fired_causes_are_replaced_in_place() {
         let mut names = Names::default();
         let (a, b) = (names.intern("a"), names.intern("b"));
@@ -1027,12 +1126,12 @@ mod tests {
         elsewhere.intern("something else");
         let back = Book::from_bytes(&bytes, &mut elsewhere).unwrap();
         assert_eq!(back.to_bytes(&elsewhere), bytes);
-        assert_eq!(back.parts().outcomes, &[1, 2, 3]);
+        assert_eq!(back.outcomes(), vec![1, 2, 3]);
         assert_eq!(
             Book::from_bytes(&Book::default().to_bytes(&names), &mut elsewhere).unwrap(),
             Book::default()
         );
-        for cut in 2..bytes.len() - 3 {
+        for cut in 2..bytes.len() - 4 {
             assert!(
                 Book::from_bytes(&bytes[..cut], &mut elsewhere).is_err(),
                 "cut at {cut}"
