@@ -93,7 +93,7 @@ class CustomerState:
     @property
     def timers(self) -> tuple[Timer, ...]:
         """The pending timers, in firing order (due time, then rule id, or ``~recheck``...)."""
-        return self.book.timers()  # type: ignore[no-any-return]
+        return self.book.timers()
 
     def timer(self, rule_id: str) -> Timer | None:
         """The pending timer of ``rule_id`` (``None``: there is none)."""
@@ -127,7 +127,7 @@ class CustomerState:
     @property
     def fired(self) -> tuple[str, ...]:
         """Rule id, the last cause it fired for, rule id, cause... in the order they first fired."""
-        return self.book.fired()  # type: ignore[no-any-return]
+        return self.book.fired()
 
     def fired_cause(self, rule_id: str) -> str | None:
         """The cause ``rule_id`` last fired for (``None``: it never fired)."""
