@@ -220,11 +220,24 @@ fn unpack_words(packed: &[u8]) -> Result<Vec<u8>, Unreadable> {
 struct Cursor<'a> {
     data: &'a [u8],
     at: usize,
+    checked: bool, // texts checked (bytes from a snapshot), or trusted (a record this module wrote)
 }
 
 impl<'a> Cursor<'a> {
     fn new(data: &'a [u8]) -> Self {
-        Self { data, at: 0 }
+        Self {
+            data,
+            at: 0,
+            checked: true,
+        }
+    }
+
+    fn trusted(data: &'a [u8]) -> Self {
+        Self {
+            data,
+            at: 0,
+            checked: false,
+        }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], Unreadable> {
@@ -272,6 +285,8 @@ impl<'a> Cursor<'a> {
         let header = self.varint()?;
         if header == UUID {
             self.take(16)?;
+        } else if !self.checked {
+            self.take(usize::try_from(header >> 1).unwrap_or(usize::MAX))?;
         } else if header % 2 == 1 {
             return Err(Unreadable(format!("a text of kind {header}")));
         } else {
@@ -326,14 +341,14 @@ pub struct Parts<'a> {
 impl<'a> Parts<'a> {
     /// Read a record, its ids read by `id` (ids in memory, names in snapshots).
     fn read(
-        data: &'a [u8],
+        mut r: Cursor<'a>,
         id: &mut impl FnMut(&mut Cursor<'a>) -> Result<Id, Unreadable>,
     ) -> Result<Self, Unreadable> {
         let mut parts = Parts::default();
+        let data = r.data;
         if data.is_empty() {
             return Ok(parts);
         }
-        let mut r = Cursor::new(data);
         let (timers, fired, offers) = (r.count()?, r.count()?, r.count()?);
         for _ in 0..timers {
             let (due_ms, rule, cause) = (r.i64()?, id(&mut r)?, r.text()?);
@@ -411,6 +426,43 @@ impl<'a> Parts<'a> {
     }
 }
 
+const WROTE: &str = "a record this module wrote";
+
+/// A walk through a record written by this module: its timers' heads, then its fired rules.
+struct Walk<'a> {
+    r: Cursor<'a>,
+    timers: usize,
+    fired: usize,
+}
+
+impl<'a> Walk<'a> {
+    /// The next timer's due time and rule, and where it starts (`None` after the last).
+    fn next_timer(&mut self) -> Option<(i64, Id, usize)> {
+        if self.timers == 0 {
+            return None;
+        }
+        self.timers -= 1;
+        let r = &mut self.r;
+        let start = r.at;
+        let (due_ms, rule) = (r.i64().expect(WROTE), r.id().expect(WROTE));
+        r.text().expect(WROTE);
+        for _ in 0..r.count().expect(WROTE) {
+            r.text().expect(WROTE);
+        }
+        Some((due_ms, rule, start))
+    }
+
+    /// The next fired rule and its cause, past the timers (`None` after the last).
+    fn next_fired(&mut self) -> Option<(Id, &'a [u8])> {
+        while self.next_timer().is_some() {}
+        if self.fired == 0 {
+            return None;
+        }
+        self.fired -= 1;
+        Some((self.r.id().expect(WROTE), self.r.text().expect(WROTE)))
+    }
+}
+
 /// A customer's bookkeeping (see the module's documentation). Immutable: every change makes a
 /// new record, so keeping a record keeps the state it had.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -418,7 +470,7 @@ pub struct Book(Box<[u8]>);
 
 impl Book {
     pub fn parts(&self) -> Parts<'_> {
-        Parts::read(&self.0, &mut |r| r.id()).expect("a record this module wrote")
+        Parts::read(Cursor::trusted(&self.0), &mut |r| r.id()).expect(WROTE)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -432,31 +484,57 @@ impl Book {
 
     /// The due time and rule of the first timer in firing order, read without the rest.
     pub fn first_timer(&self) -> Option<(i64, Id)> {
-        let mut r = Cursor::new(&self.0);
-        if self.0.is_empty() || r.count().ok()? == 0 {
-            return None;
-        }
-        r.count().ok()?;
-        r.count().ok()?;
-        Some((r.i64().ok()?, r.id().ok()?))
+        self.walk()
+            .next_timer()
+            .map(|(due_ms, rule, _)| (due_ms, rule))
+    }
+
+    /// When the timer of `rule` is due (read without the rest).
+    pub fn due(&self, rule: Id) -> Option<i64> {
+        let mut walk = self.walk();
+        std::iter::from_fn(|| walk.next_timer())
+            .find(|t| t.1 == rule)
+            .map(|t| t.0)
     }
 
     pub fn timer(&self, rule: Id) -> Option<Timer<'_>> {
-        self.parts().timers.into_iter().find(|t| t.rule == rule)
+        let mut walk = self.walk();
+        let (_, _, start) = std::iter::from_fn(|| walk.next_timer()).find(|t| t.1 == rule)?;
+        let mut r = Cursor::trusted(&self.0);
+        r.at = start;
+        let (due_ms, rule, cause, n) = (r.i64(), r.id(), r.text(), r.count());
+        let (due_ms, rule, cause, n) = (due_ms.ok()?, rule.ok()?, cause.ok()?, n.ok()?);
+        let caused_by = (0..n).map(|_| r.text()).collect::<Result<_, _>>().ok()?;
+        Some(Timer {
+            due_ms,
+            rule,
+            cause,
+            caused_by,
+        })
     }
 
     /// The rules whose timers are due by `upto_ms`, in firing order.
     pub fn due_rules(&self, upto_ms: i64) -> Vec<Id> {
-        match self.first_timer() {
-            Some((due_ms, _)) if due_ms <= upto_ms => {}
-            _ => return Vec::new(),
-        }
-        let timers = self.parts().timers;
-        timers
-            .iter()
-            .filter(|t| t.due_ms <= upto_ms)
-            .map(|t| t.rule)
+        let mut walk = self.walk();
+        std::iter::from_fn(|| walk.next_timer())
+            .take_while(|t| t.0 <= upto_ms)
+            .map(|t| t.1)
             .collect()
+    }
+
+    /// A walk through the record's timers and fired rules, reading no more than asked for.
+    fn walk(&self) -> Walk<'_> {
+        let mut r = Cursor::trusted(&self.0);
+        if self.0.is_empty() {
+            return Walk {
+                r,
+                timers: 0,
+                fired: 0,
+            };
+        }
+        let (timers, fired) = (r.count().expect(WROTE), r.count().expect(WROTE));
+        r.count().expect(WROTE);
+        Walk { r, timers, fired }
     }
 
     /// With `timer` armed, replacing its rule's pending one.
@@ -508,9 +586,8 @@ impl Book {
     }
 
     pub fn fired_cause(&self, rule: Id) -> Option<&[u8]> {
-        self.parts()
-            .fired
-            .into_iter()
+        let mut walk = self.walk();
+        std::iter::from_fn(|| walk.next_fired())
             .find(|(r, _)| *r == rule)
             .map(|(_, cause)| cause)
     }
@@ -533,7 +610,7 @@ impl Book {
 
     /// The decisions awaiting their outcome, as the models packed them.
     pub fn outcomes(&self) -> Vec<u8> {
-        unpack_words(self.parts().outcomes).expect("a record this module wrote")
+        unpack_words(self.parts().outcomes).expect(WROTE)
     }
 
     pub fn with_outcomes(&self, outcomes: &[u8]) -> Book {
@@ -583,7 +660,10 @@ impl Book {
             }
             None => return Err(Unreadable(format!("no bytes (expected format {FORMAT})"))),
         }
-        let parts = Parts::read(&data[1..], &mut |r| Ok(names.intern(r.name()?)))?;
+        let parts = Parts::read(
+            Cursor::new(&data[1..]),
+            &mut |r| Ok(names.intern(r.name()?)),
+        )?;
         unpack_words(parts.outcomes)?;
         Ok(parts.book())
     }
@@ -704,7 +784,7 @@ pub mod python {
         /// The due time of the timer of ``rule_id`` (``None``: none pending).
         fn due(&self, rule_id: &str) -> Option<i64> {
             let rule = lock().find(rule_id)?;
-            self.inner.timer(rule).map(|timer| timer.due_ms)
+            self.inner.due(rule)
         }
 
         /// The rules whose timers are due by ``upto_ms``, in firing order.
