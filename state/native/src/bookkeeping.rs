@@ -807,11 +807,13 @@ pub mod python {
             rule_id: &str,
         ) -> PyResult<Option<Bound<'py, PyTuple>>> {
             let mut table = lock();
-            let Some(rule) = table.find(rule_id) else {
-                return Ok(None);
+            let rule = match table.find(rule_id) {
+                Some(rule) => rule,
+                None => return Ok(None),
             };
-            let Some(timer) = self.inner.timer(rule) else {
-                return Ok(None);
+            let timer = match self.inner.timer(rule) {
+                Some(timer) => timer,
+                None => return Ok(None),
             };
             let rule = table.string(py, rule);
             drop(table);
