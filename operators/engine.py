@@ -60,7 +60,7 @@ from state import codec
 from state._native import Dedupe, Links
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
-from state.customer import MAX_CAUSED_BY, Checkpoint, CustomerState, Lifecycle
+from state.customer import Checkpoint, CustomerState, Lifecycle
 from state.journal import Journal, JournalRef
 from state.journal import load as load_journal
 from state.store import CustomerStore
@@ -70,8 +70,9 @@ from state.update import apply_event
 # hold yet travel in the snapshot. 8: a customer's features are the compiled record's bytes; its timers,
 # decisions fired, open decisions and offers flat tuples and packed bytes; identity links by the hash of
 # the anonymous id; with a customer store, the recommender and the dedupe memory are kept there as base
-# and journals (state.journal), and the snapshot refers to them
-SNAPSHOT_FORMAT = 8
+# and journals (state.journal), and the snapshot refers to them. 9: a customer's timers, decisions fired,
+# open decisions and offers are the bytes of its compiled bookkeeping record
+SNAPSHOT_FORMAT = 9
 MAX_UNSAVED = 3  # snapshots whose changes may wait for the customer store before a snapshot waits for it
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes
@@ -322,12 +323,7 @@ class CustomerStage:
         due = env.ts_ms + rule.after
         if late and due <= self.clock:  # type: ignore[operator]
             return
-        timer = state.timer(rule.id)
-        if timer is not None and timer[2] == cause:  # the same cause: later, and caused by this event too
-            due_before, _, _, *caused_by = timer
-            state.set_timer(max(due_before, due), rule.id, cause, (*caused_by[1 - MAX_CAUSED_BY :], env.message_id))
-        else:
-            state.set_timer(due, rule.id, cause, (env.message_id,))
+        state.arm_timer(due, rule.id, cause, env.message_id)  # the same cause: later, caused by this event too
         self.timers.schedule(state)
 
     def _cause(self, trigger: CompiledTrigger, state: CustomerState, env: Envelope | None) -> str:
@@ -365,12 +361,9 @@ class CustomerStage:
     def _fire_due(self, state: CustomerState, upto_ms: int, out: list[Any]) -> int:
         """Fire this customer's timers due by ``upto_ms`` (before its next event is applied); return
         how many were due."""
-        timers = state.timers
-        if not timers or timers[0][0] > upto_ms:
-            return 0
-        due = [rule_id for due_ms, rule_id, *_ in timers if due_ms <= upto_ms]
+        due = state.due_rules(upto_ms)
         for rule_id in due:
-            if state.timer(rule_id) is not None and state.id in self.customers:
+            if state.timer_due(rule_id) is not None and state.id in self.customers:
                 self._fire(state, rule_id, out)
         return len(due)
 
@@ -413,8 +406,7 @@ class CustomerStage:
         if due_ms is None:
             state.drop_timer(timer_id)
             return
-        timer = state.timer(timer_id)
-        if timer is not None and timer[0] == due_ms:
+        if state.timer_due(timer_id) == due_ms:
             return
         state.set_timer(due_ms, timer_id, timer_id)
         self.timers.schedule(state)  # a later due time is rescheduled lazily when the heap reaches it
@@ -445,10 +437,10 @@ class CustomerStage:
         """
         if not self.rules.time_audiences:
             return
-        timer = state.timer(RECHECK)
-        if timer is None or moved_earlier:
+        pending = state.timer_due(RECHECK)
+        if pending is None or moved_earlier:
             boundary = state.next_boundary(now_ms, self.config.lifecycle, self.rules.reads_lapse_risk)
-            if boundary is not None and (timer is None or boundary < timer[0]):
+            if boundary is not None and (pending is None or boundary < pending):
                 state.set_timer(boundary, RECHECK, "recheck", (state.last_event_id,))
                 self.timers.schedule(state)
 

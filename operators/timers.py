@@ -1,6 +1,6 @@
 """The timer queue of one shard: when each of its customers next has a timer due.
 
-A customer's timers live in its state (:data:`state.customer.Timer`, in firing order); the queue
+A customer's timers live in its state (its bookkeeping record, in firing order); the queue
 holds one heap entry per customer with timers, no later than its first one, and the customer
 notes the due time of its entry (``scheduled_ms``). Re-arming a timer to a later time (every
 ``Product Viewed`` re-arms the browse-abandonment timer) pushes nothing: the old entry stays, and
@@ -29,14 +29,12 @@ class TimerQueue:
 
     def schedule(self, state: CustomerState) -> None:
         """Keep an entry for the customer no later than its first timer."""
-        timers = state.timers
-        if timers:
-            due = timers[0][0]
-            if state.scheduled_ms is None or state.scheduled_ms > due:
-                state.scheduled_ms = due
-                heapq.heappush(self.heap, (due, state.id))
-                if len(self.heap) > len(self.customers) * (STALE_SHARE + 1) // STALE_SHARE + 64:
-                    self._sweep()
+        due = state.book.first_due
+        if due is not None and (state.scheduled_ms is None or state.scheduled_ms > due):
+            state.scheduled_ms = due
+            heapq.heappush(self.heap, (due, state.id))
+            if len(self.heap) > len(self.customers) * (STALE_SHARE + 1) // STALE_SHARE + 64:
+                self._sweep()
 
     def _sweep(self) -> None:
         """Keep only each customer's own entry (in place: :meth:`due` may be iterating)."""
@@ -59,9 +57,9 @@ class TimerQueue:
             if state is None or state.scheduled_ms != due:
                 continue  # its customer is gone, or has an earlier entry
             state.scheduled_ms = None
-            timers = state.timers
-            if timers and timers[0][0] <= due:
-                yield state, timers[0][1]
+            first = state.book.first_timer()
+            if first is not None and first[0] <= due:
+                yield state, first[1]
             if customers.get(customer_id) is state:
                 self.schedule(state)
 

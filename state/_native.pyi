@@ -298,3 +298,61 @@ class RuleProgram:
     @property
     def compiled(self) -> int:
         """How many expressions are compiled (the others are evaluated in Python)."""
+
+class Bookkeeping:
+    """A customer's bookkeeping (``state/native/src/bookkeeping.rs``): its pending timers, the cause each
+    rule last fired for, its open decisions and offer choices, in one compact immutable record. Every
+    change returns a new record. Rule, offer and segment names are interned in a table the process
+    shares; :meth:`to_bytes` spells them out."""
+
+    def __init__(self) -> None:
+        """An empty record."""
+    # --- timers (a timer as read: ``(due_ms, rule_id, cause, *caused_by)``)
+    @property
+    def first_due(self) -> int | None:
+        """The due time of the first timer in firing order (due time, then rule id; ``None``: no timer)."""
+    def first_timer(self) -> tuple[int, str] | None:
+        """``(due_ms, rule_id)`` of the first timer in firing order (``None``: no timer)."""
+    def due(self, rule_id: str) -> int | None:
+        """The due time of the timer of ``rule_id`` (``None``: none pending)."""
+    def due_rules(self, upto_ms: int) -> list[str]:
+        """The rules whose timers are due by ``upto_ms``, in firing order."""
+    def timer(self, rule_id: str) -> tuple[Any, ...] | None:
+        """The pending timer of ``rule_id`` (``None``: none)."""
+    def timers(self) -> tuple[tuple[Any, ...], ...]:
+        """Every pending timer, in firing order."""
+    def with_timer(self, due_ms: int, rule_id: str, cause: str, caused_by: list[str] | tuple[str, ...]) -> Bookkeeping:
+        """With the timer of ``rule_id`` armed at ``due_ms`` for ``cause``, caused by the message ids
+        ``caused_by``, replacing any pending one."""
+    def rearmed(self, due_ms: int, rule_id: str, cause: str, message_id: str, most: int) -> Bookkeeping:
+        """With the timer of ``rule_id`` armed at ``due_ms`` for ``cause``, caused by ``message_id``: a
+        pending timer with the same cause stays (at the later time), its last ``most - 1`` ids before
+        this one kept; any other is replaced."""
+    def without_timer(self, rule_id: str) -> Bookkeeping | None:
+        """Without the timer of ``rule_id`` (``None``: there is none)."""
+    # --- rules fired
+    def fired_cause(self, rule_id: str) -> str | None:
+        """The cause ``rule_id`` last fired for (``None``: it never fired)."""
+    def with_fired(self, rule_id: str, cause: str) -> Bookkeeping:
+        """With ``rule_id`` noted as fired for ``cause``."""
+    def fired(self) -> tuple[str, ...]:
+        """``(rule_id, cause, rule_id, cause, ...)`` in the order the rules first fired."""
+    # --- open decisions and offers
+    @property
+    def outcomes(self) -> bytes:
+        """The decisions awaiting their outcome, as the models packed them."""
+    def with_outcomes(self, outcomes: bytes) -> Bookkeeping: ...
+    @property
+    def offers_open(self) -> tuple[Any, ...]:
+        """The offer choices awaiting a reward: ``(decided_ms, offer_id, segment, ...)``, oldest first."""
+    def with_offers(self, offers: tuple[Any, ...]) -> Bookkeeping:
+        """With ``offers`` (as :attr:`offers_open` gives them) as the offer choices awaiting a reward."""
+    # --- linking and snapshots
+    def merged(self, other: Bookkeeping) -> Bookkeeping:
+        """With the timers and fired causes of ``other`` (a just-linked anonymous customer) of rules this
+        record has none of; open decisions and offers are the models' to fold."""
+    def to_bytes(self) -> bytes:
+        """The record as bytes, names spelt out, for snapshots."""
+    @staticmethod
+    def from_bytes(data: bytes) -> Bookkeeping:
+        """A record written by :meth:`to_bytes`; ``ValueError`` for bytes it cannot read."""

@@ -8,13 +8,12 @@ windows 30 days of buckets, traits an allowlist, ``caused_by`` lists a few ids.
 
 from __future__ import annotations
 
-from bisect import insort
 from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
-from state._native import Features
+from state._native import Bookkeeping, Features
 from state.affinity import DAY_MS
 
 MINUTE_MS = 60_000
@@ -44,11 +43,10 @@ class Lifecycle:
 
 
 Timer = tuple[Any, ...]
-"""A pending timer: ``(due_ms, rule_id, cause, *caused_by)``, what it fires once for (``cause``)
-and the ids of the events that armed it (at most :data:`MAX_CAUSED_BY`), in one flat tuple. A
-customer's timers are a tuple of them in firing order (due time, then rule id): replaced as a
-whole, never changed, so a checkpoint keeps them by keeping the tuple."""
-NO_TIMERS: tuple[Timer, ...] = ()
+"""A pending timer, as read: ``(due_ms, rule_id, cause, *caused_by)``, what it fires once for
+(``cause``) and the ids of the events that armed it (at most :data:`MAX_CAUSED_BY`). A customer's
+timers are kept in firing order (due time, then rule id) in its :class:`state._native.Bookkeeping`."""
+NO_BOOKKEEPING = Bookkeeping()  # immutable: every customer starts with this one
 
 
 def _feature(name: str) -> Any:
@@ -57,42 +55,28 @@ def _feature(name: str) -> Any:
 
 
 class CustomerState:
-    """One customer: its features (one compiled record, :class:`state._native.Features`) and the
-    engine's bookkeeping (timers, rules fired, open outcomes and offers, audiences, linked ids).
-    Times are event-time epoch milliseconds."""
+    """One customer: its features (one compiled record, :class:`state._native.Features`), its
+    bookkeeping (timers, rules fired, open outcomes and offers: one compact immutable record,
+    :class:`state._native.Bookkeeping`), audiences and linked ids. Times are event-time epoch
+    milliseconds."""
 
-    __slots__ = (
-        "audiences",
-        "features",
-        "fired",
-        "id",
-        "linked_ids",
-        "offers_open",
-        "outcomes",
-        "scheduled_ms",
-        "timers",
-    )
+    __slots__ = ("audiences", "book", "features", "id", "linked_ids", "scheduled_ms")
 
     def __init__(self, customer_id: str, first_seen_ms: int) -> None:
         self.id = customer_id
         self.features = Features(first_seen_ms)
         self.audiences: tuple[str, ...] = ()
-        self.timers = NO_TIMERS  # by due time, then rule id (or "~recheck")
+        self.book = NO_BOOKKEEPING  # timers, rules fired, open outcomes and offers
         self.scheduled_ms: int | None = None  # due time of the customer's entry in the shard's timer heap
-        self.fired: tuple[str, ...] = ()  # rule id, last cause it fired for, rule id, cause...
         self.linked_ids: tuple[str, ...] = ()
-        # decisions waiting for their outcome, oldest first, packed by the models (operators.models)
-        self.outcomes = b""
-        # offers chosen by the next-best-offer policy, waiting for a reward: decided at, offer, segment, ...
-        self.offers_open: tuple[Any, ...] = ()
 
     # --- checkpoints, for undoing an update that failed halfway --------------------------
     def checkpoint(self, features: bool = True) -> Checkpoint:
         """What :meth:`rollback` needs to put this state back as it is now; without ``features``,
         provided that the features are left as they are until then (a timer changes none).
 
-        Every field's value (the engine's bookkeeping, timers to open offers, is immutable: replaced,
-        never changed) and a copy of the features record (one native copy: every event changes
+        Every field's value (the bookkeeping record and the tuples are immutable: replaced, never
+        changed) and a copy of the features record (one native copy: every event changes
         some feature). Taken before every event and timer, so kept cheap.
         """
         return _fields(self), self.features.copy() if features else None
@@ -105,43 +89,72 @@ class CustomerState:
         if features is not None:
             self.features = features
 
-    # --- timers and decisions made --------------------------------------------------------
+    # --- timers and decisions made (kept in the bookkeeping record) ------------------------
+    @property
+    def timers(self) -> tuple[Timer, ...]:
+        """The pending timers, in firing order (due time, then rule id, or ``~recheck``...)."""
+        return self.book.timers()
+
     def timer(self, rule_id: str) -> Timer | None:
         """The pending timer of ``rule_id`` (``None``: there is none)."""
-        for timer in self.timers:
-            if timer[1] == rule_id:
-                return timer
-        return None
+        return self.book.timer(rule_id)
+
+    def timer_due(self, rule_id: str) -> int | None:
+        """When the pending timer of ``rule_id`` is due (``None``: there is none)."""
+        return self.book.due(rule_id)
+
+    def due_rules(self, upto_ms: int) -> list[str]:
+        """The rules whose timers are due by ``upto_ms``, in firing order."""
+        return self.book.due_rules(upto_ms)
 
     def set_timer(self, due_ms: int, rule_id: str, cause: str, caused_by: Iterable[str] = ()) -> None:
         """Arm the timer of ``rule_id``, replacing any pending one."""
-        timers = [timer for timer in self.timers if timer[1] != rule_id]
-        insort(timers, (due_ms, rule_id, cause, *caused_by))
-        self.timers = tuple(timers)
+        self.book = self.book.with_timer(due_ms, rule_id, cause, list(caused_by))
+
+    def arm_timer(self, due_ms: int, rule_id: str, cause: str, message_id: str) -> None:
+        """Arm the timer of ``rule_id`` for ``cause``, caused by ``message_id``. A pending timer with
+        the same cause stays, due at the later of the two times, and adds ``message_id`` to its
+        ``caused_by`` (the last :data:`MAX_CAUSED_BY` kept); any other is replaced."""
+        self.book = self.book.rearmed(due_ms, rule_id, cause, message_id, MAX_CAUSED_BY)
 
     def drop_timer(self, rule_id: str) -> Timer | None:
         """Take the pending timer of ``rule_id`` away and return it (``None``: there was none)."""
-        timer = self.timer(rule_id)
+        timer = self.book.timer(rule_id)
         if timer is not None:
-            self.timers = tuple(other for other in self.timers if other is not timer)
+            self.book = self.book.without_timer(rule_id)
         return timer
+
+    @property
+    def fired(self) -> tuple[str, ...]:
+        """Rule id, the last cause it fired for, rule id, cause... in the order they first fired."""
+        return self.book.fired()
 
     def fired_cause(self, rule_id: str) -> str | None:
         """The cause ``rule_id`` last fired for (``None``: it never fired)."""
-        fired = self.fired
-        for at in range(0, len(fired), 2):
-            if fired[at] == rule_id:
-                return fired[at + 1]
-        return None
+        return self.book.fired_cause(rule_id)
 
     def set_fired(self, rule_id: str, cause: str) -> None:
         """Note that ``rule_id`` fired for ``cause``."""
-        fired = self.fired
-        for at in range(0, len(fired), 2):
-            if fired[at] == rule_id:
-                self.fired = (*fired[: at + 1], cause, *fired[at + 2 :])
-                return
-        self.fired = (*fired, rule_id, cause)
+        self.book = self.book.with_fired(rule_id, cause)
+
+    @property
+    def outcomes(self) -> bytes:
+        """Decisions waiting for their outcome, oldest first, packed by the models (operators.models)."""
+        return self.book.outcomes
+
+    @outcomes.setter
+    def outcomes(self, outcomes: bytes) -> None:
+        self.book = self.book.with_outcomes(outcomes)
+
+    @property
+    def offers_open(self) -> tuple[Any, ...]:
+        """Offers chosen by the next-best-offer policy, waiting for a reward: decided at, offer,
+        segment, decided at...; oldest first."""
+        return self.book.offers_open
+
+    @offers_open.setter
+    def offers_open(self, offers: tuple[Any, ...]) -> None:
+        self.book = self.book.with_offers(offers)
 
     # --- features (read; see state.update.apply_event for the updates) --------------------
     first_seen_ms = _feature("first_seen_ms")
@@ -198,12 +211,7 @@ class CustomerState:
         """Fold the state of a just-linked anonymous id into this customer (the models fold their own
         open items: ``outcomes``, ``offers_open``)."""
         self.features.merge(other.features, now_ms)
-        for timer in other.timers:
-            if self.timer(timer[1]) is None:
-                self.timers = tuple(sorted((*self.timers, timer)))
-        for at in range(0, len(other.fired), 2):
-            if self.fired_cause(other.fired[at]) is None:
-                self.set_fired(other.fired[at], other.fired[at + 1])
+        self.book = self.book.merged(other.book)  # its timers and causes of rules this one lacks
         self.linked_ids = (*self.linked_ids[-4:], other.id)
 
 

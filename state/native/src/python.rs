@@ -674,5 +674,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
         module
     )?)?;
     module.add_class::<crate::rule_program::python::RuleProgram>()?;
+    module.add_class::<crate::bookkeeping::python::Bookkeeping>()?;
     Ok(())
 }
