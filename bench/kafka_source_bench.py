@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--partitions", type=int, default=8)
     args = parser.parse_args()
-    with kafka() as servers:
+    with kafka() as (servers, _):
         lines = []
         for event in generate_events(3000, 30, seed=5):
             lines.append(orjson.dumps(event))

@@ -127,7 +127,7 @@ def kafka_rounds(path: Path, rounds: int, runs: list[Checkout]) -> dict[str, lis
     """Each round: ``nudgeflow run --kafka --until-end`` over the whole topic with 1, 2 and 4
     processes, by each checkout in turn."""
     rows: dict[str, dict[int, list[tuple[float, float]]]] = {run.label: {n: [] for n in PROCESSES} for run in runs}
-    with kafka() as bootstrap:
+    with kafka() as (bootstrap, _):
         topic = f"bench.events.{uuid.uuid4().hex[:8]}"
         ensure_topics(bootstrap, [topic], PARTITIONS)
         produce_records(bootstrap, topic, read_lines(path))
