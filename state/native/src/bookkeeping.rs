@@ -15,10 +15,9 @@
 //! bytes. Records made of equal values are equal bytes. [`Book::to_bytes`] writes the same layout
 //! with names spelt out instead of ids, for snapshots.
 
-use std::collections::HashMap;
 use std::fmt;
 
-pub type Id = u32;
+pub use crate::names::{Id, Names};
 
 /// The first byte of [`Book::to_bytes`]; bump it when the layout changes.
 pub const FORMAT: u8 = 1;
@@ -31,43 +30,6 @@ pub struct Unreadable(pub String);
 impl fmt::Display for Unreadable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "customer bookkeeping unreadable: {}", self.0)
-    }
-}
-
-/// Names interned to dense ids, kept for the life of the process (rules, offers and segments
-/// are bounded vocabularies).
-#[derive(Debug, Default)]
-pub struct Names {
-    names: Vec<Box<str>>,
-    ids: HashMap<Box<str>, Id>,
-}
-
-impl Names {
-    pub fn intern(&mut self, name: &str) -> Id {
-        if let Some(&id) = self.ids.get(name) {
-            return id;
-        }
-        let id = Id::try_from(self.names.len()).expect("fewer than 2^32 names");
-        self.names.push(name.into());
-        self.ids.insert(name.into(), id);
-        id
-    }
-
-    /// The id of `name` if it was interned (a name never interned is in no record).
-    pub fn find(&self, name: &str) -> Option<Id> {
-        self.ids.get(name).copied()
-    }
-
-    pub fn name(&self, id: Id) -> &str {
-        &self.names[id as usize]
-    }
-
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
     }
 }
 
@@ -700,7 +662,7 @@ pub mod python {
             &self.get().names
         }
         fn find(&mut self, name: &str) -> Option<Id> {
-            self.get().names.find(name)
+            self.get().names.get(name)
         }
         fn intern(&mut self, name: &Bound<'_, PyString>) -> PyResult<Id> {
             let text = name.to_str()?;

@@ -9,6 +9,7 @@ pub mod event_scan;
 pub mod features;
 pub mod links;
 pub mod model_inputs;
+pub mod names;
 pub mod order_lines;
 pub mod recommend;
 pub mod recommend_bytes;

@@ -19,49 +19,7 @@ pub const POPULAR: usize = 50;
 /// Products recommended by a progressive check.
 pub const K: usize = 10;
 
-pub type Id = u32;
-
-/// Names interned to dense ids, in the order they were first seen.
-#[derive(Debug, Clone, Default)]
-pub struct Names {
-    names: Vec<String>,
-    ids: HashMap<String, Id>,
-}
-
-impl Names {
-    pub fn get(&self, name: &str) -> Option<Id> {
-        self.ids.get(name).copied()
-    }
-
-    pub fn name(&self, id: Id) -> &str {
-        &self.names[id as usize]
-    }
-
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
-    /// The id of `name`, and whether it is new.
-    fn intern(&mut self, name: &str) -> (Id, bool) {
-        if let Some(&id) = self.ids.get(name) {
-            return (id, false);
-        }
-        let id = Id::try_from(self.names.len()).expect("fewer than 2^32 names");
-        self.names.push(name.to_owned());
-        self.ids.insert(name.to_owned(), id);
-        (id, true)
-    }
-
-    /// Ids ordered by name (code point order: Rust compares UTF-8 bytes, which agrees).
-    fn by_name(&self, mut ids: Vec<Id>) -> Vec<Id> {
-        ids.sort_unstable_by(|a, b| self.name(*a).cmp(self.name(*b)));
-        ids
-    }
-}
+pub use crate::names::{Id, Names};
 
 /// A division by zero where the Python model raised `ZeroDivisionError` (category affinities
 /// that sum to zero).
@@ -161,7 +119,7 @@ impl CoOccurrence {
     }
 
     fn product(&mut self, name: &str) -> Id {
-        let (id, new) = self.products.intern(name);
+        let (id, new) = self.products.interned(name);
         if new {
             self.links.push(None);
             self.counts.push(None);
@@ -171,7 +129,7 @@ impl CoOccurrence {
     }
 
     fn category(&mut self, name: &str) -> Id {
-        let (id, new) = self.categories.intern(name);
+        let (id, new) = self.categories.interned(name);
         if new {
             self.popular_in.push(Vec::new());
         }
@@ -673,7 +631,7 @@ pub struct Merge {
 
 impl Merge {
     fn product(&mut self, name: &str) -> Id {
-        let (id, new) = self.products.intern(name);
+        let (id, new) = self.products.interned(name);
         if new {
             self.links.push(None);
             self.counts.push(None);
