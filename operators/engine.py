@@ -867,7 +867,7 @@ class IdentityStage(CustomerStage):
         with no anonymous state to hand over: those (linked on the way when both ids come) pass
         straight on, without :meth:`_identity_event`'s guard."""
         writer, config, seen, added = self.writer, self.config, self.seen, self.added
-        links, customers = self.links, self.customers
+        customers = self.customers
         max_skew, max_age, lateness = config.max_skew_ms, config.max_age_ms, config.lateness_ms
         for env in released:
             writer.seq, writer.arrived = env.seq, env.arrived
@@ -890,8 +890,7 @@ class IdentityStage(CustomerStage):
             if anonymous_id is None:
                 out.append(env)
             elif user_id is not None and anonymous_id not in customers and env.name != ERASURE:
-                if links.link(anonymous_id, user_id) != user_id:  # no anonymous state to hand over
-                    bump(self.stats, "identities_linked")
+                self._link(anonymous_id, user_id)  # no anonymous state to hand over
                 out.append(env)
             else:
                 start = len(out)
@@ -918,14 +917,18 @@ class IdentityStage(CustomerStage):
         carried = self.customers.get(anonymous_id)
         if carried is not None and carried.audiences:  # first: nothing has changed if this raises
             self._leave_all(carried, f"identity linked to {user_id}", env.ts_ms, [env.message_id], out)
-        if links.link(anonymous_id, user_id) != user_id:
-            bump(self.stats, "identities_linked")
+        self._link(anonymous_id, user_id)
         if carried is not None:
             self._drop_customer(anonymous_id)
         if env.name == ERASURE:
             links.unlink(anonymous_id)
             carried = None
         out.append(env if carried is None else Forward(env, user_id, carried))
+
+    def _link(self, anonymous_id: str, user_id: str) -> None:
+        """Link ``anonymous_id`` to ``user_id``, counting a new or changed link."""
+        if self.links.link(anonymous_id, user_id) != user_id:
+            bump(self.stats, "identities_linked")
 
     def _future(self, env: Envelope, out: list[Any]) -> None:
         skew_s = (env.ts_ms - (env.received_ms or 0)) / 1000
