@@ -8,6 +8,7 @@ import logging
 import os
 import time
 import uuid
+from typing import Any
 
 import orjson
 from bytewax.testing import run_main
@@ -138,17 +139,23 @@ def test_partitions_that_read_all_there_was_wake_together(services):
 
     topic = produce(services, [orjson.dumps({"n": n}) for n in range(40)], partitions=4)
     source = KafkaEventSource(services["KAFKA_BOOTSTRAP_SERVERS"], topic)
+    wakes = _wakes_after_one_read(source)
+    assert all(wake is not None for wake in wakes)
+    for wake in wakes:
+        ticks = wake.timestamp() / kafka.POLL_SECONDS
+        assert abs(ticks - round(ticks)) < 1e-3, f"{wake} is on the shared grid"
+    assert kafka.next_poll(100.0012) == kafka.next_poll(100.0099), "moments apart: the same instant"
+
+
+def _wakes_after_one_read(source: Any) -> list[Any]:
+    """When each partition of ``source`` asks to be read again after reading once."""
     parts = [source.build_part("in", name, None) for name in source.list_parts()]
     wakes = []
     for part in parts:
         part.next_batch()
         wakes.append(part.next_awake())
         part.close()
-    assert all(wake is not None for wake in wakes)
-    for wake in wakes:
-        ticks = wake.timestamp() / kafka.POLL_SECONDS
-        assert abs(ticks - round(ticks)) < 1e-3, f"{wake} is on the shared grid"
-    assert kafka.next_poll(100.0012) == kafka.next_poll(100.0099), "moments apart: the same instant"
+    return wakes
 
 
 def test_the_poll_interval_sets_when_caught_up_partitions_read_again_and_how_long_fetches_wait(services):
@@ -160,12 +167,7 @@ def test_the_poll_interval_sets_when_caught_up_partitions_read_again_and_how_lon
     settings = Settings(kafka_poll_ms=40)
     source = KafkaEventSource(services["KAFKA_BOOTSTRAP_SERVERS"], topic, poll_seconds=settings.kafka_poll_ms / 1000)
     assert source.config["fetch.wait.max.ms"] == 40
-    parts = [source.build_part("in", name, None) for name in source.list_parts()]
-    wakes = []
-    for part in parts:
-        part.next_batch()
-        wakes.append(part.next_awake())
-        part.close()
+    wakes = _wakes_after_one_read(source)
     for wake in wakes:
         ticks = wake.timestamp() / 0.040
         assert abs(ticks - round(ticks)) < 1e-3, f"{wake} is on the 40 ms grid"
