@@ -57,7 +57,7 @@ from schemas.records import decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
 from schemas.streams import MODELS, PROFILES
 from state import codec
-from state._native import Dedupe, Links
+from state._native import CustomerStep, Dedupe, Links
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import Checkpoint, CustomerState, Lifecycle
@@ -140,6 +140,7 @@ class CustomerStage:
         self.rules = rules
         self.config = config
         self.native = NativeRules(rules, config.lifecycle)
+        self.step: CustomerStep | None = self.native.customer_step(rules, RECHECK)  # None: the Python path
         self.ordered = OrderedRelease(upstreams, self._merge_key)
         self.customers: dict[str, CustomerState] = {}
         self.timers = TimerQueue(self.customers)
@@ -294,14 +295,34 @@ class CustomerStage:
         return bool(fired or resolved)
 
     def _apply(self, state: CustomerState, env: Envelope, fresh: bool, late: bool, out: list[Any]) -> None:
-        """Apply ``env`` to features, timers, rules and audiences (all of them when ``fresh``)."""
-        now = max(env.ts_ms, self.clock or env.ts_ms)
+        """Apply ``env`` to features, timers, rules and audiences (all of them when ``fresh``).
+
+        Past the features, one native call (:class:`state._native.CustomerStep`) does what the
+        Python path of :meth:`_apply_rules` does, and hands back only what Python must act on; an
+        event that fires triggers at once takes the Python path.
+        """
         if self.models is not None and env.name in PRODUCT_TOUCHES:
             props = env.event.properties
             if props.product_id:
                 viewed = env.name == "Product Viewed"
                 self.models.product_touched(state, props.product_id, props.category, env.message_id, viewed, env.ts_ms)
         apply_event(state, env, self.config.lifecycle)
+        done = False if self.step is None else self.step.run(state, env, late, self.clock, fresh)
+        if done is None:
+            return
+        if done is False:
+            self._apply_rules(state, env, fresh, late, out)
+            return
+        changes, reschedule = done
+        if reschedule:
+            self.timers.schedule(state)
+        if changes is not None:
+            now = max(env.ts_ms, self.clock or env.ts_ms)
+            self._change_audiences(state, changes, env, now, [env.message_id], out)
+
+    def _apply_rules(self, state: CustomerState, env: Envelope, fresh: bool, late: bool, out: list[Any]) -> None:
+        """The Python path of :meth:`_apply` past the features: timers, triggers, audiences."""
+        now = max(env.ts_ms, self.clock or env.ts_ms)
         rules = self.rules
         for trigger in rules.cancelling.get(env.name, ()):
             state.drop_timer(trigger.id)
@@ -557,8 +578,19 @@ class CustomerStage:
         if group is None:
             return
         changes = self.native.audience_changes(state.features, now_ms, state.audiences, group)
-        if changes is None:
-            return
+        if changes is not None:
+            self._change_audiences(state, changes, env, now_ms, caused_by, out)
+
+    def _change_audiences(
+        self,
+        state: CustomerState,
+        changes: list[tuple[int, bool | None]],
+        env: Envelope | None,
+        now_ms: int,
+        caused_by: list[str],
+        out: list[Any],
+    ) -> None:
+        """Join and leave the audiences of ``changes`` (as the native program names them)."""
         view = FeatureView(state, env, now_ms, self.config.lifecycle, self.scorers)
         audience = self.rules.audiences[changes[0][0]]
         try:

@@ -15,9 +15,9 @@ from typing import Any
 
 from operators.expressions import Expression, constant_value, is_constant
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger
-from state._native import Features, RuleProgram
-from state.catalogue import ANY_EVENT
-from state.customer import Lifecycle
+from state._native import CustomerStep, Features, RuleProgram
+from state.catalogue import ANY_EVENT, ORDERS
+from state.customer import MAX_CAUSED_BY, Lifecycle
 
 Tree = tuple[Any, ...]
 
@@ -158,6 +158,36 @@ class NativeRules:
             lifecycle.session_timeout_ms,
         )
         self.audience_changes = self.program.audience_changes  # once per event: no call in between
+        self.lifecycle = lifecycle
+
+    def customer_step(self, rules: CompiledRules, recheck: str) -> CustomerStep:
+        """The native step of an event's rules (timers cancelled and armed, the audience recheck
+        named ``recheck`` kept, audiences evaluated), with a plan per event name the rules know."""
+        names = {*rules.cancelling, *rules.arming, *rules.immediate, *self._by_name, *ORDERS}
+        plans = [
+            (
+                name,
+                [t.id for t in rules.cancelling.get(name, ())],
+                [(t.id, t.rule.after, t.rule.once_per) for t in rules.arming.get(name, ())],
+                self.group_for(name),
+                name in rules.immediate,
+                name in ORDERS,
+            )
+            for name in sorted(names)
+        ]
+        lc = self.lifecycle
+        return CustomerStep(
+            self.program,
+            plans,
+            self._other,
+            self.every,
+            recheck if rules.time_audiences else None,
+            rules.reads_lapse_risk,
+            lc.new_days,
+            lc.lapse_days,
+            lc.at_risk_gap_factor,
+            MAX_CAUSED_BY,
+        )
 
     def group_for(self, name: str) -> int | None:
         """The group of audiences an event called ``name`` can change; ``None``: none."""

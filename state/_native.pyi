@@ -356,3 +356,37 @@ class Bookkeeping:
     @staticmethod
     def from_bytes(data: bytes) -> Bookkeeping:
         """A record written by :meth:`to_bytes`; ``ValueError`` for bytes it cannot read."""
+
+class CustomerStep:
+    """One event's rules for one customer in one call (``state/native/src/customer_step.rs``), past
+    its features: the timers it cancels dropped, those it arms armed (each for the cause it fires
+    at most once for, as ``CustomerStage._cause`` gives it), the next audience recheck kept and the
+    audiences it can change evaluated, exactly as the Python path of ``CustomerStage._apply_rules``."""
+
+    def __init__(
+        self,
+        program: RuleProgram,
+        plans: list[tuple[str, list[str], list[tuple[str, int, str]], int | None, bool, bool]],
+        other_group: int | None,
+        every_group: int | None,
+        recheck: str | None,
+        risk_steps: bool,
+        new_days: int,
+        lapse_days: int,
+        at_risk_gap_factor: float,
+        most_caused_by: int,
+    ) -> None:
+        """``plans``: per event name, ``(name, rules it cancels, (rule, after_ms, once_per) it arms, its
+        audience group, whether triggers fire on it at once, whether it is an order)``; an event of any
+        other name changes ``other_group``; a fresh customer ``every_group``. ``recheck``: the timer that
+        rechecks time-dependent audiences (``None``: none), at the lifecycle boundaries (with
+        ``risk_steps``, also ``lapse_risk``'s); ``most_caused_by``: the ids a timer keeps."""
+    def run(
+        self, state: Any, env: Any, late: bool, clock: int | None, fresh: bool
+    ) -> tuple[list[tuple[int, bool | None]] | None, bool] | bool | None:
+        """Apply the rules of ``env`` (an envelope whose features ``state``, a ``CustomerState``, already
+        holds) at the shard ``clock``: ``state.book`` gets the new timers. ``None``: nothing more to do;
+        ``(changes, reschedule)``: the audience changes as :meth:`RuleProgram.audience_changes` gives them
+        (or ``None``), and whether the customer's first timer is now due before its heap entry;
+        ``False``: nothing done, take the Python path (triggers firing at once, a day Python would
+        refuse). Raises before it changes anything."""

@@ -371,20 +371,49 @@ impl<'a> Parts<'a> {
         out.extend_from_slice(self.outcomes);
     }
 
-    fn book(&self) -> Book {
+    pub(crate) fn book(&self) -> Book {
         let mut out = Vec::new();
         self.write(&mut out, &mut |out, id| put_varint(out, u64::from(id)));
         Book(out.into_boxed_slice())
     }
 
     /// Put `timer` in firing order, replacing its rule's pending timer.
-    fn put_timer(&mut self, timer: Timer<'a>, names: &Names) {
+    pub(crate) fn put_timer(&mut self, timer: Timer<'a>, names: &Names) {
         self.timers.retain(|t| t.rule != timer.rule);
         let key = (timer.due_ms, names.name(timer.rule));
         let at = self
             .timers
             .partition_point(|t| (t.due_ms, names.name(t.rule)) <= key);
         self.timers.insert(at, timer);
+    }
+
+    /// Arm the timer of `rule` for `cause` at `due_ms`, caused by `message_id` (see [`Book::rearmed`]).
+    pub(crate) fn rearm(
+        &mut self,
+        due_ms: i64,
+        rule: Id,
+        cause: &'a [u8],
+        message_id: &'a [u8],
+        most: usize,
+        names: &Names,
+    ) {
+        let mut timer = Timer {
+            due_ms,
+            rule,
+            cause,
+            caused_by: vec![message_id],
+        };
+        if let Some(pending) = self
+            .timers
+            .iter()
+            .find(|t| t.rule == rule && t.cause == cause)
+        {
+            let kept = pending.caused_by.len().min(most.saturating_sub(1));
+            timer.due_ms = due_ms.max(pending.due_ms);
+            timer.caused_by = pending.caused_by[pending.caused_by.len() - kept..].to_vec();
+            timer.caused_by.push(message_id);
+        }
+        self.put_timer(timer, names);
     }
 }
 
@@ -519,23 +548,7 @@ impl Book {
         names: &Names,
     ) -> Book {
         let mut parts = self.parts();
-        let mut timer = Timer {
-            due_ms,
-            rule,
-            cause,
-            caused_by: vec![message_id],
-        };
-        if let Some(pending) = parts
-            .timers
-            .iter()
-            .find(|t| t.rule == rule && t.cause == cause)
-        {
-            let kept = pending.caused_by.len().min(most.saturating_sub(1));
-            timer.due_ms = due_ms.max(pending.due_ms);
-            timer.caused_by = pending.caused_by[pending.caused_by.len() - kept..].to_vec();
-            timer.caused_by.push(message_id);
-        }
-        parts.put_timer(timer, names);
+        parts.rearm(due_ms, rule, cause, message_id, most, names);
         parts.book()
     }
 
@@ -652,19 +665,19 @@ pub mod python {
     /// Held only while no Python code can run.
     static TABLE: Mutex<Option<Table>> = Mutex::new(None);
 
-    struct Locked(MutexGuard<'static, Option<Table>>);
+    pub(crate) struct Locked(MutexGuard<'static, Option<Table>>);
 
     impl Locked {
         fn get(&mut self) -> &mut Table {
             self.0.get_or_insert_with(Table::default)
         }
-        fn names(&mut self) -> &Names {
+        pub(crate) fn names(&mut self) -> &Names {
             &self.get().names
         }
         fn find(&mut self, name: &str) -> Option<Id> {
             self.get().names.get(name)
         }
-        fn intern(&mut self, name: &Bound<'_, PyString>) -> PyResult<Id> {
+        pub(crate) fn intern(&mut self, name: &Bound<'_, PyString>) -> PyResult<Id> {
             let text = name.to_str()?;
             let table = self.get();
             let id = table.names.intern(text);
@@ -678,7 +691,7 @@ pub mod python {
         }
     }
 
-    fn lock() -> Locked {
+    pub(crate) fn lock() -> Locked {
         Locked(
             TABLE
                 .lock()
@@ -700,8 +713,13 @@ pub mod python {
     }
 
     impl Bookkeeping {
-        fn of(inner: Book) -> Self {
+        pub(crate) fn of(inner: Book) -> Self {
             Self { inner }
+        }
+
+        /// The record itself, for the other compiled parts that change it.
+        pub(crate) fn book(&self) -> &Book {
+            &self.inner
         }
 
         /// ``(due_ms, rule_id, cause, *caused_by)``.

@@ -675,5 +675,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     )?)?;
     module.add_class::<crate::rule_program::python::RuleProgram>()?;
     module.add_class::<crate::bookkeeping::python::Bookkeeping>()?;
+    module.add_class::<crate::customer_step::python::CustomerStep>()?;
     Ok(())
 }

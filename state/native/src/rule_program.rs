@@ -702,6 +702,35 @@ pub mod python {
         }
     }
 
+    impl RuleProgram {
+        /// The audiences of ``group`` whose membership changes (see :meth:`audience_changes`).
+        pub(crate) fn changes(
+            &self,
+            features: &Features,
+            now_ms: i64,
+            members: &Bound<'_, PyTuple>,
+            group: usize,
+        ) -> PyResult<Vec<(usize, Option<bool>)>> {
+            let positions = self
+                .groups
+                .get(group)
+                .ok_or_else(|| PyIndexError::new_err(format!("no audience group {group}")))?;
+            let context = self.context(features, now_ms);
+            let mut changes: Vec<(usize, Option<bool>)> = Vec::new();
+            for &position in positions.iter() {
+                let inside = match self.program.holds(position, &context) {
+                    Ok(inside) if inside == is_member(members, &self.members[position])? => {
+                        continue
+                    }
+                    Ok(inside) => Some(inside),
+                    Err(Defer) => None,
+                };
+                changes.push((position, inside));
+            }
+            Ok(changes)
+        }
+    }
+
     fn is_member(members: &Bound<'_, PyTuple>, member: &str) -> PyResult<bool> {
         for item in members.iter() {
             if item.downcast::<PyString>()?.to_str()? == member {
@@ -763,22 +792,7 @@ pub mod python {
             members: &Bound<'py, PyTuple>,
             group: usize,
         ) -> PyResult<Option<Bound<'py, PyList>>> {
-            let positions = self
-                .groups
-                .get(group)
-                .ok_or_else(|| PyIndexError::new_err(format!("no audience group {group}")))?;
-            let context = self.context(&features, now_ms);
-            let mut changes: Vec<(usize, Option<bool>)> = Vec::new();
-            for &position in positions.iter() {
-                let inside = match self.program.holds(position, &context) {
-                    Ok(inside) if inside == is_member(members, &self.members[position])? => {
-                        continue
-                    }
-                    Ok(inside) => Some(inside),
-                    Err(Defer) => None,
-                };
-                changes.push((position, inside));
-            }
+            let changes = self.changes(&features, now_ms, members, group)?;
             if changes.is_empty() {
                 return Ok(None);
             }

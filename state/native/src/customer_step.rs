@@ -1,0 +1,375 @@
+//! One event's rules for one customer in one call (see `operators/engine.py`, `CustomerStage._apply`):
+//! once the event's features are applied, the timers it cancels are dropped, those it arms are
+//! armed (each for the cause it fires at most once for), the next audience recheck is kept, and
+//! the audiences it can change are evaluated; only what Python must act on comes back.
+//!
+//! Python semantics are the spec: the causes are the strings `CustomerStage._cause` gives, the
+//! timers change as `CustomerStage._arm` and `_keep_alive` change them, in the same order.
+
+use crate::bookkeeping::{Id, Names, Parts, Timer};
+use crate::features::{Features, Lifecycle, DAY_MS};
+
+/// What a trigger fires at most once for (its rule's `once_per`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OncePer {
+    Event,
+    Session,
+    Cart,
+    Order,
+    Day,
+    Customer,
+}
+
+impl OncePer {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "event" => Self::Event,
+            "session" => Self::Session,
+            "cart" => Self::Cart,
+            "order" => Self::Order,
+            "day" => Self::Day,
+            "customer" => Self::Customer,
+            _ => return None,
+        })
+    }
+}
+
+/// A trigger an event arms: its rule, how long after the event it is due, what it fires once for.
+#[derive(Debug, Clone)]
+pub struct Arm {
+    pub rule: Id,
+    pub after_ms: i64,
+    pub once_per: OncePer,
+}
+
+/// What an event of one name does to the timers and which audiences it can change.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub cancel: Vec<Id>,
+    pub arm: Vec<Arm>,
+    /// The audience group it can change (`None`: none).
+    pub group: Option<usize>,
+    /// Triggers fire on it at once: left to Python.
+    pub immediate: bool,
+    /// An order: it can move a lifecycle boundary earlier.
+    pub moves_boundaries: bool,
+}
+
+/// The next audience recheck: its rule, its cause, the lifecycle and whether `lapse_risk` steps count.
+#[derive(Debug, Clone)]
+pub struct Recheck {
+    pub rule: Id,
+    pub cause: Vec<u8>,
+    pub lifecycle: Lifecycle,
+    pub risk_steps: bool,
+}
+
+/// The event as the timers read it.
+pub struct Event<'a> {
+    pub ts_ms: i64,
+    pub now_ms: i64,
+    pub late: bool,
+    pub clock: Option<i64>,
+    pub message: &'a [u8],
+}
+
+/// `YYYY-MM-DD` of the UTC day `ms` falls in, as Python's `date.isoformat` writes it (`None`
+/// outside years 1 to 9999, which Python refuses).
+pub fn iso_day(ms: i64) -> Option<String> {
+    // days since 1970-01-01 to a civil date (Howard Hinnant's algorithm)
+    let z = ms.div_euclid(DAY_MS) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (1..=9999)
+        .contains(&year)
+        .then(|| format!("{year:04}-{month:02}-{day:02}"))
+}
+
+/// What a trigger fires at most once for, as `CustomerStage._cause` gives it for an event
+/// (`None`: a day Python cannot write).
+pub fn cause(
+    once_per: OncePer,
+    features: &Features,
+    ts_ms: i64,
+    message_id: &str,
+) -> Option<String> {
+    Some(match once_per {
+        OncePer::Cart => features
+            .cart
+            .as_ref()
+            .map_or_else(|| "none".into(), |cart| cart.id.to_string()),
+        OncePer::Session => features
+            .session
+            .as_ref()
+            .map_or_else(|| "none".into(), |session| session.id.to_string()),
+        OncePer::Order => match features.purchases().last_order_id.as_deref() {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => "none".into(),
+        },
+        OncePer::Customer => "customer".into(),
+        OncePer::Day => iso_day(ts_ms)?,
+        OncePer::Event => message_id.to_string(),
+    })
+}
+
+/// Drop the timers `plan` cancels, arm those it arms (`causes`: each one's encoded cause) and keep
+/// the next audience recheck (`recheck`, caused by `last_event`); return whether the timers changed.
+#[allow(clippy::too_many_arguments)]
+pub fn step_timers<'a>(
+    parts: &mut Parts<'a>,
+    plan: &Plan,
+    causes: &'a [Vec<u8>],
+    event: &Event<'a>,
+    features: &Features,
+    recheck: Option<&'a Recheck>,
+    last_event: &'a [u8],
+    most_caused_by: usize,
+    names: &Names,
+) -> bool {
+    let mut changed = false;
+    for rule in &plan.cancel {
+        let before = parts.timers.len();
+        parts.timers.retain(|timer| timer.rule != *rule);
+        changed |= parts.timers.len() != before;
+    }
+    for (arm, cause) in plan.arm.iter().zip(causes) {
+        let fired = parts.fired.iter().find(|(rule, _)| *rule == arm.rule);
+        if fired.map_or(false, |(_, fired)| *fired == cause.as_slice()) {
+            continue;
+        }
+        let due = event.ts_ms.saturating_add(arm.after_ms);
+        if event.late && event.clock.map_or(false, |clock| due <= clock) {
+            continue;
+        }
+        parts.rearm(due, arm.rule, cause, event.message, most_caused_by, names);
+        changed = true;
+    }
+    if let Some(recheck) = recheck {
+        let pending = parts
+            .timers
+            .iter()
+            .find(|timer| timer.rule == recheck.rule)
+            .map(|timer| timer.due_ms);
+        if pending.is_none() || event.late || plan.moves_boundaries {
+            let boundary =
+                features.next_boundary(event.now_ms, &recheck.lifecycle, recheck.risk_steps);
+            if let Some(boundary) = boundary.filter(|b| pending.map_or(true, |p| *b < p)) {
+                let timer = Timer {
+                    due_ms: boundary,
+                    rule: recheck.rule,
+                    cause: &recheck.cause,
+                    caused_by: vec![last_event],
+                };
+                parts.put_timer(timer, names);
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+/// The Python class `state._native.CustomerStep`.
+#[cfg(feature = "python")]
+pub mod python {
+    use std::collections::HashMap;
+
+    use pyo3::exceptions::PyValueError;
+    use pyo3::prelude::*;
+    use pyo3::types::{PyBool, PyList, PyString, PyTuple};
+    use pyo3::{intern, IntoPyObjectExt};
+
+    use super::{cause, step_timers, Arm, Event, OncePer, Plan, Recheck};
+    use crate::bookkeeping::encoded;
+    use crate::bookkeeping::python::{lock, Bookkeeping};
+    use crate::features::python::Features;
+    use crate::features::Lifecycle;
+    use crate::rule_program::python::RuleProgram;
+
+    /// ``(name, cancels, arms, group, immediate, moves_boundaries)``, ``arms`` as ``(rule, after_ms, once_per)``.
+    type PlanSpec<'py> = (
+        String,
+        Vec<Bound<'py, PyString>>,
+        Vec<(Bound<'py, PyString>, i64, String)>,
+        Option<usize>,
+        bool,
+        bool,
+    );
+
+    /// One event's rules for one customer in one call (see ``state/native/src/customer_step.rs``).
+    #[pyclass(module = "state._native", name = "CustomerStep", frozen)]
+    pub struct CustomerStep {
+        program: Py<RuleProgram>,
+        plans: HashMap<String, Plan>,
+        other: Plan,
+        every: Option<usize>,
+        recheck: Option<Recheck>,
+        most_caused_by: usize,
+    }
+
+    fn plan(spec: PlanSpec<'_>) -> PyResult<(String, Plan)> {
+        let (name, cancels, arms, group, immediate, moves_boundaries) = spec;
+        let mut table = lock();
+        let cancel = cancels
+            .iter()
+            .map(|rule| table.intern(rule))
+            .collect::<PyResult<_>>()?;
+        let mut arm = Vec::with_capacity(arms.len());
+        for (rule, after_ms, once_per) in &arms {
+            let once_per = OncePer::parse(once_per)
+                .ok_or_else(|| PyValueError::new_err(format!("no once_per {once_per:?}")))?;
+            arm.push(Arm {
+                rule: table.intern(rule)?,
+                after_ms: *after_ms,
+                once_per,
+            });
+        }
+        let plan = Plan {
+            cancel,
+            arm,
+            group,
+            immediate,
+            moves_boundaries,
+        };
+        Ok((name, plan))
+    }
+
+    #[pymethods]
+    impl CustomerStep {
+        #[new]
+        #[allow(clippy::too_many_arguments)]
+        #[pyo3(signature = (program, plans, other_group, every_group, recheck, risk_steps,
+                            new_days, lapse_days, at_risk_gap_factor, most_caused_by))]
+        fn new(
+            program: Py<RuleProgram>,
+            plans: Vec<PlanSpec<'_>>,
+            other_group: Option<usize>,
+            every_group: Option<usize>,
+            recheck: Option<Bound<'_, PyString>>,
+            risk_steps: bool,
+            new_days: i64,
+            lapse_days: i64,
+            at_risk_gap_factor: f64,
+            most_caused_by: usize,
+        ) -> PyResult<Self> {
+            let plans = plans.into_iter().map(plan).collect::<PyResult<_>>()?;
+            let recheck = match recheck {
+                Some(rule) => Some(Recheck {
+                    rule: lock().intern(&rule)?,
+                    cause: encoded("recheck"),
+                    lifecycle: Lifecycle {
+                        new_days,
+                        lapse_days,
+                        at_risk_gap_factor,
+                    },
+                    risk_steps,
+                }),
+                None => None,
+            };
+            Ok(Self {
+                program,
+                plans,
+                other: Plan {
+                    group: other_group,
+                    ..Plan::default()
+                },
+                every: every_group,
+                recheck,
+                most_caused_by,
+            })
+        }
+
+        /// Apply the rules of ``env`` (its features applied) to ``state``; see the stub file.
+        fn run<'py>(
+            &self,
+            py: Python<'py>,
+            state: &Bound<'py, PyAny>,
+            env: &Bound<'py, PyAny>,
+            late: bool,
+            clock: Option<i64>,
+            fresh: bool,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            let name = env.getattr(intern!(py, "name"))?;
+            let plan = self
+                .plans
+                .get(name.downcast::<PyString>()?.to_str()?)
+                .unwrap_or(&self.other);
+            if plan.immediate && !late {
+                return Ok(PyBool::new(py, false).to_owned().into_any());
+            }
+            let ts_ms: i64 = env.getattr(intern!(py, "ts_ms"))?.extract()?;
+            let message_id = env.getattr(intern!(py, "message_id"))?;
+            let message_id = message_id.downcast::<PyString>()?.to_str()?;
+            let features = state.getattr(intern!(py, "features"))?;
+            let features = features.downcast::<Features>()?.borrow();
+            let record = features.record();
+            let mut causes = Vec::with_capacity(plan.arm.len());
+            for arm in &plan.arm {
+                match cause(arm.once_per, record, ts_ms, message_id) {
+                    Some(cause) => causes.push(encoded(&cause)),
+                    None => return Ok(PyBool::new(py, false).to_owned().into_any()),
+                }
+            }
+            let now_ms = match clock {
+                Some(clock) if clock != 0 => ts_ms.max(clock),
+                _ => ts_ms,
+            };
+            let book = state.getattr(intern!(py, "book"))?;
+            let book = book.downcast::<Bookkeeping>()?.get().book();
+            let scheduled: Option<i64> = state.getattr(intern!(py, "scheduled_ms"))?.extract()?;
+            let audiences = state.getattr(intern!(py, "audiences"))?;
+            let audiences = audiences.downcast::<PyTuple>()?;
+            let group = if fresh { self.every } else { plan.group };
+            let changes = match group {
+                Some(group) => self
+                    .program
+                    .get()
+                    .changes(&features, now_ms, audiences, group)?,
+                None => Vec::new(),
+            };
+            let message = encoded(message_id);
+            let last_event = encoded(&record.last_event_id);
+            let event = Event {
+                ts_ms,
+                now_ms,
+                late,
+                clock,
+                message: &message,
+            };
+            let mut parts = book.parts();
+            let changed = step_timers(
+                &mut parts,
+                plan,
+                &causes,
+                &event,
+                record,
+                self.recheck.as_ref(),
+                &last_event,
+                self.most_caused_by,
+                lock().names(),
+            );
+            let mut reschedule = false;
+            if changed {
+                let book = parts.book();
+                let first_due = book.first_timer().map(|(due_ms, _)| due_ms);
+                reschedule = first_due.map_or(false, |due| scheduled.map_or(true, |s| s > due));
+                drop(features);
+                state.setattr(intern!(py, "book"), Bookkeeping::of(book))?;
+            }
+            if changes.is_empty() && !reschedule {
+                return Ok(py.None().into_bound(py));
+            }
+            let changes = if changes.is_empty() {
+                py.None().into_bound(py)
+            } else {
+                PyList::new(py, changes)?.into_any()
+            };
+            (changes, reschedule).into_bound_py_any(py)
+        }
+    }
+}
