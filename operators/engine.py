@@ -79,6 +79,7 @@ OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order"
 REWARD = "~reward"  # the open offer choices' reward window: no reward when it passes
 PRODUCT_TOUCHES = frozenset({"Product Viewed", "Product Added"})
 REWARD_EVENTS = {"Promotion Clicked": "promotion_id", "Coupon Applied": "coupon_id"}  # event -> offer id field
+RESOLVING = frozenset({"Order Completed", *REWARD_EVENTS})  # events that can resolve open decisions or offers
 ERASURE = "Erasure Requested"
 MAX_UNKNOWN_NAMES = 50
 
@@ -289,9 +290,16 @@ class CustomerStage:
     def _settle(self, state: CustomerState, env: Envelope, late: bool, out: list[Any]) -> bool:
         """Before ``env`` is applied: fire the customer's timers due by its time (each on its own
         guard) and learn the outcomes it resolves (an order, a click). Return whether anything was
-        done: those stand even if applying ``env`` fails, since the models cannot unlearn."""
-        fired = 0 if late else self._fire_due(state, env.ts_ms, out)
-        resolved = self.models is not None and self._learn_from(state, env)
+        done: those stand even if applying ``env`` fails, since the models cannot unlearn.
+
+        The customer's heap entry is never later than its first timer (:class:`TimerQueue`), so a
+        customer whose entry is later than ``env`` has no timer due; only the events that can
+        resolve an outcome are shown to the models.
+        """
+        scheduled = state.scheduled_ms
+        due = not late and scheduled is not None and scheduled <= env.ts_ms
+        fired = self._fire_due(state, env.ts_ms, out) if due else 0
+        resolved = self.models is not None and env.name in RESOLVING and self._learn_from(state, env)
         return bool(fired or resolved)
 
     def _apply(self, state: CustomerState, env: Envelope, fresh: bool, late: bool, out: list[Any]) -> None:
