@@ -6,7 +6,7 @@
 //! Python semantics are the spec: the causes are the strings `CustomerStage._cause` gives, the
 //! timers change as `CustomerStage._arm` and `_keep_alive` change them, in the same order.
 
-use crate::bookkeeping::{Id, Names, Parts, Timer};
+use crate::bookkeeping::{encoded, Book, Id, Names, Timer};
 use crate::features::{Features, Lifecycle, DAY_MS};
 
 /// What a trigger fires at most once for (its rule's `once_per`).
@@ -70,7 +70,7 @@ pub struct Event<'a> {
     pub now_ms: i64,
     pub late: bool,
     pub clock: Option<i64>,
-    pub message: &'a [u8],
+    pub message_id: &'a str,
 }
 
 /// `YYYY-MM-DD` of the UTC day `ms` falls in, as Python's `date.isoformat` writes it (`None`
@@ -118,60 +118,68 @@ pub fn cause(
     })
 }
 
-/// Drop the timers `plan` cancels, arm those it arms (`causes`: each one's encoded cause) and keep
-/// the next audience recheck (`recheck`, caused by `last_event`); return whether the timers changed.
+/// The timers after `event` (`None`: unchanged): those `plan` cancels dropped, those it arms armed
+/// (`causes`: each one's encoded cause), and the next audience recheck kept (`recheck`, caused by
+/// `last_event`). Read from `book` first; the record is rebuilt only when something changes.
 #[allow(clippy::too_many_arguments)]
-pub fn step_timers<'a>(
-    parts: &mut Parts<'a>,
+pub fn step_timers(
+    book: &Book,
     plan: &Plan,
-    causes: &'a [Vec<u8>],
-    event: &Event<'a>,
+    causes: &[Vec<u8>],
+    event: &Event<'_>,
     features: &Features,
-    recheck: Option<&'a Recheck>,
-    last_event: &'a [u8],
+    recheck: Option<&Recheck>,
     most_caused_by: usize,
     names: &Names,
-) -> bool {
-    let mut changed = false;
+) -> Option<Book> {
+    let cancels = plan.cancel.iter().any(|rule| book.due(*rule).is_some());
+    let arms: Vec<(&Arm, &[u8], i64)> = plan
+        .arm
+        .iter()
+        .zip(causes)
+        .map(|(arm, cause)| {
+            (
+                arm,
+                cause.as_slice(),
+                event.ts_ms.saturating_add(arm.after_ms),
+            )
+        })
+        .filter(|(arm, cause, due)| {
+            book.fired_cause(arm.rule) != Some(*cause)
+                && !(event.late && event.clock.map_or(false, |clock| *due <= clock))
+        })
+        .collect();
+    let boundary = recheck.and_then(|recheck| {
+        let pending = book.due(recheck.rule);
+        if pending.is_some() && !event.late && !plan.moves_boundaries {
+            return None;
+        }
+        features
+            .next_boundary(event.now_ms, &recheck.lifecycle, recheck.risk_steps)
+            .filter(|boundary| pending.map_or(true, |pending| *boundary < pending))
+    });
+    if !cancels && arms.is_empty() && boundary.is_none() {
+        return None;
+    }
+    let message = encoded(event.message_id);
+    let last_event = encoded(&features.last_event_id);
+    let mut parts = book.parts();
     for rule in &plan.cancel {
-        let before = parts.timers.len();
         parts.timers.retain(|timer| timer.rule != *rule);
-        changed |= parts.timers.len() != before;
     }
-    for (arm, cause) in plan.arm.iter().zip(causes) {
-        let fired = parts.fired.iter().find(|(rule, _)| *rule == arm.rule);
-        if fired.map_or(false, |(_, fired)| *fired == cause.as_slice()) {
-            continue;
-        }
-        let due = event.ts_ms.saturating_add(arm.after_ms);
-        if event.late && event.clock.map_or(false, |clock| due <= clock) {
-            continue;
-        }
-        parts.rearm(due, arm.rule, cause, event.message, most_caused_by, names);
-        changed = true;
+    for (arm, cause, due) in arms {
+        parts.rearm(due, arm.rule, cause, &message, most_caused_by, names);
     }
-    if let Some(recheck) = recheck {
-        let pending = parts
-            .timers
-            .iter()
-            .find(|timer| timer.rule == recheck.rule)
-            .map(|timer| timer.due_ms);
-        if pending.is_none() || event.late || plan.moves_boundaries {
-            let boundary =
-                features.next_boundary(event.now_ms, &recheck.lifecycle, recheck.risk_steps);
-            if let Some(boundary) = boundary.filter(|b| pending.map_or(true, |p| *b < p)) {
-                let timer = Timer {
-                    due_ms: boundary,
-                    rule: recheck.rule,
-                    cause: &recheck.cause,
-                    caused_by: vec![last_event],
-                };
-                parts.put_timer(timer, names);
-                changed = true;
-            }
-        }
+    if let (Some(recheck), Some(boundary)) = (recheck, boundary) {
+        let timer = Timer {
+            due_ms: boundary,
+            rule: recheck.rule,
+            cause: &recheck.cause,
+            caused_by: vec![&last_event],
+        };
+        parts.put_timer(timer, names);
     }
-    changed
+    Some(parts.book())
 }
 
 /// The Python class `state._native.CustomerStep`.
@@ -332,33 +340,27 @@ pub mod python {
                     .changes(&features, now_ms, audiences, group)?,
                 None => Vec::new(),
             };
-            let message = encoded(message_id);
-            let last_event = encoded(&record.last_event_id);
             let event = Event {
                 ts_ms,
                 now_ms,
                 late,
                 clock,
-                message: &message,
+                message_id,
             };
-            let mut parts = book.parts();
-            let changed = step_timers(
-                &mut parts,
+            let book = step_timers(
+                book,
                 plan,
                 &causes,
                 &event,
                 record,
                 self.recheck.as_ref(),
-                &last_event,
                 self.most_caused_by,
                 lock().names(),
             );
             let mut reschedule = false;
-            if changed {
-                let book = parts.book();
+            if let Some(book) = book {
                 let first_due = book.first_timer().map(|(due_ms, _)| due_ms);
                 reschedule = first_due.map_or(false, |due| scheduled.map_or(true, |s| s > due));
-                drop(features);
                 state.setattr(intern!(py, "book"), Bookkeeping::of(book))?;
             }
             if changes.is_empty() && !reschedule {
