@@ -64,7 +64,7 @@ from state.customer import Checkpoint, CustomerState, Lifecycle
 from state.journal import Journal, JournalRef
 from state.journal import load as load_journal
 from state.store import CustomerStore
-from state.update import apply_event
+from state.update import apply_event, feature_update
 
 # 7: both stages' shards under one Bytewax key per shard number; the changes the shard's store may not
 # hold yet travel in the snapshot. 8: a customer's features are the compiled record's bytes; its timers,
@@ -237,8 +237,8 @@ class CustomerStage:
         Should that raise (a rule, a model, a feature), the event becomes a ``processing_error``
         dead letter instead: what it emitted is taken back and the customer is put back as it was
         before it (an expiry or the adoption of a linked anonymous state, done first, stand). Its
-        checkpoint is the bookkeeping fields and one native copy of the features record, a microsecond
-        or two (``bench/undo_bench.py``).
+        checkpoint is the bookkeeping fields; the features record puts itself back (see :meth:`_apply`),
+        or, on the Python path, one native copy of it is kept too (``bench/undo_bench.py``).
         """
         start, before, applying, late = len(out), None, False, False
         try:
@@ -251,10 +251,11 @@ class CustomerStage:
                 if not known:  # its marks before this event, in case it must leave no trace
                     marks = (customer_id in self.changed, customer_id in self.dirty)
                 state, new = self._adopt(env, customer_id, carried, out)
-                start, before, applying = len(out), None if new else state.checkpoint(), True
+                whole = self.step is None  # the Python path: the features are copied too
+                start, before, applying = len(out), None if new else state.checkpoint(whole), True
                 late = self.clock is not None and env.ts_ms < self.clock
                 if self._settle(state, env, late, out):  # what it settled stands, whatever follows
-                    start, before = len(out), state.checkpoint()
+                    start, before = len(out), state.checkpoint(whole)
                 self._apply(state, env, new or carried is not None, late, out)
         except Exception as err:
             self.writer.retract(out, start)
@@ -305,28 +306,39 @@ class CustomerStage:
     def _apply(self, state: CustomerState, env: Envelope, fresh: bool, late: bool, out: list[Any]) -> None:
         """Apply ``env`` to features, timers, rules and audiences (all of them when ``fresh``).
 
-        Past the features, one native call (:class:`state._native.CustomerStep`) does what the
-        Python path of :meth:`_apply_rules` does, and hands back only what Python must act on; an
-        event that fires triggers at once takes the Python path.
+        One native call (:class:`state._native.CustomerStep`) applies the features and does what
+        the Python path of :meth:`_apply_rules` does, and hands back only what Python must act on
+        (an event that fires triggers at once takes the Python path past the features). Should
+        anything raise, the features record is put back as it was before ``env``, in place: the
+        native call does so itself, and hands over the record as it was for the Python code after it.
         """
         if self.models is not None and env.name in PRODUCT_TOUCHES:
             props = env.event.properties
             if props.product_id:
                 viewed = env.name == "Product Viewed"
                 self.models.product_touched(state, props.product_id, props.category, env.message_id, viewed, env.ts_ms)
-        apply_event(state, env, self.config.lifecycle)
-        done = False if self.step is None else self.step.run(state, env, late, self.clock, fresh)
-        if done is None:
-            return
-        if done is False:
+        if self.step is None:
+            apply_event(state, env, self.config.lifecycle)
             self._apply_rules(state, env, fresh, late, out)
             return
-        changes, reschedule = done
+        update, args = feature_update(env, self.config.lifecycle)
+        done = self.step.run(state, env, late, self.clock, fresh, update, args)
+        if done is None:
+            return
+        changes, reschedule, before = done
         if reschedule:
             self.timers.schedule(state)
-        if changes is not None:
-            now = max(env.ts_ms, self.clock or env.ts_ms)
-            self._change_audiences(state, changes, env, now, [env.message_id], out)
+        if changes is None:
+            return
+        try:
+            if changes is False:
+                self._apply_rules(state, env, fresh, late, out)
+            else:
+                now = max(env.ts_ms, self.clock or env.ts_ms)
+                self._change_audiences(state, changes, env, now, [env.message_id], out)
+        except Exception:
+            CustomerStep.put_back(state.features, before)
+            raise
 
     def _apply_rules(self, state: CustomerState, env: Envelope, fresh: bool, late: bool, out: list[Any]) -> None:
         """The Python path of :meth:`_apply` past the features: timers, triggers, audiences."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from schemas.envelope import Envelope
@@ -83,40 +84,43 @@ def _age_band(age: int) -> str:
 def apply_event(state: CustomerState, env: Envelope, lifecycle: Lifecycle) -> None:
     """Update every feature ``env``'s event changes, in one call into the customer's record; safe
     for late (out-of-order) events."""
+    method, args = feature_update(env, lifecycle)
+    getattr(state.features, method)(*args)
+
+
+def feature_update(env: Envelope, lifecycle: Lifecycle) -> tuple[str, tuple[Any, ...]]:
+    """The call into the features record that applies ``env``: the method's name and its arguments
+    (read from the event first: nothing is changed if reading it fails)."""
     event, name, at, message_id = env.event, env.name, env.ts_ms, env.message_id
     context = event.context
     store = context.store.id if context.store is not None else None
     location = context.location
     city, country = (location.city, location.country) if location is not None else (None, None)
-    features = state.features
     if name in _NOT_ACTIVITY:
         if isinstance(event, IdentifyEvent):
             traits = event.traits
             band = _age_band(traits.age) if traits.age is not None and traits.age_band is None else None
-            features.apply_identify(
+            return "apply_identify", (
                 at, message_id, store, city, country, traits.age_band, traits.city, traits.country,
                 traits.urban, traits.gender, traits.loyalty_tier, band,
             )  # fmt: skip
-        elif isinstance(event, ConsentEvent):
+        if isinstance(event, ConsentEvent):
             props = event.properties
-            features.apply_consent(at, message_id, store, city, country, props.channel, props.granted)
-        else:
-            features.apply(at, message_id, None, 0, 0, store, city, country)
-        return
+            return "apply_consent", (at, message_id, store, city, country, props.channel, props.granted)
+        return "apply", (at, message_id, None, 0, 0, store, city, country)
     kind, hour, timeout = COUNT_CODE.get(name, OTHER), local_hour(at, context.timezone), lifecycle.session_timeout_ms
     if isinstance(event, ProductEvent):
         props = event.properties
-        features.apply_product(
+        return "apply_product", (
             at, message_id, kind, hour, timeout, store, city, country, PRODUCT_ACTION.get(name, OTHER_ACTION),
             props.product_id, props.category, props.cart_id, props.quantity, props.price,
         )  # fmt: skip
-    elif isinstance(event, OrderEvent):
+    if isinstance(event, OrderEvent):
         props = event.properties
-        features.apply_order(
+        return "apply_order", (
             at, message_id, kind, hour, timeout, store, city, country, name == "Order Completed",
             props.order_id, props.amount(), props.products,
         )  # fmt: skip
-    else:
-        if isinstance(event, StoreVisitEvent):
-            store = event.properties.store_id
-        features.apply(at, message_id, kind, hour, timeout, store, city, country)
+    if isinstance(event, StoreVisitEvent):
+        store = event.properties.store_id
+    return "apply", (at, message_id, kind, hour, timeout, store, city, country)

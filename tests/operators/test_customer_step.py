@@ -10,14 +10,16 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from conftest import EngineHarness, envelopes, raw_records, rules_from, track
+from conftest import EngineHarness, decisions, envelopes, raw_records, rules_from, track
 
 from connectors.synthetic import generate_events
-from operators.engine import RECHECK, CustomerStage
+from operators.engine import RECHECK, CustomerStage, EngineConfig
 from operators.pipeline import Pipeline
 from operators.rules import CompiledRules
 from schemas.items import EndOfInput, Output
 from state import codec
+from state.affinity import DAY_MS
+from state.update import feature_update
 
 # every once_per, cancelling, an immediate trigger (left to Python), a trigger several events arm,
 # native audiences on and off the lifecycle clock and one evaluated in Python (counts)
@@ -153,14 +155,37 @@ def test_a_late_event_arms_no_timer_already_past_the_clock_and_rechecks_its_boun
     assert "spenders" in runs[0][3]
 
 
-def test_a_step_that_cannot_read_the_customer_raises_before_changing_anything(starter_rules):
+def test_a_step_that_fails_past_the_features_puts_them_back_and_changes_nothing(starter_rules):
     h = EngineHarness(starter_rules)
     h.feed([track("Product Viewed", "u1", 0, props={"product_id": "p1"})])
     stage = h.customers
     state = stage.customers["u1"]
     book, features = state.book, state.features.to_bytes()
     [envelope] = envelopes([track("Product Viewed", "u1", 1, props={"product_id": "p2"})])
+    update, args = feature_update(envelope, stage.config.lifecycle)
     state.audiences = ("high_value", 7)  # not audience names: the program cannot read them
     with pytest.raises(TypeError):
-        stage.step.run(state, envelope, False, stage.clock, True)
+        stage.step.run(state, envelope, False, stage.clock, True, update, args)
     assert state.book is book and state.features.to_bytes() == features
+    state.audiences = ()
+    assert stage.step.run(state, envelope, False, stage.clock, True, update, args) is not None
+    assert state.features.to_bytes() != features and state.book != book, "applied once it can read them"
+
+
+def test_features_that_fail_halfway_through_an_update_are_put_back(starter_rules):
+    """A date past what the windowed counts hold fails after the recency moved: the event is dead-lettered,
+    the features are as they were and the customer as the Python path leaves it (the timers due by then
+    fired first, and that stands)."""
+    states = []
+    for native in (True, False):
+        h = EngineHarness(starter_rules, EngineConfig(state_ttl_ms=10_000 * 365 * DAY_MS))
+        if not native:
+            h.customers.step = h.identity.step = None
+        h.feed([track("Product Viewed", "u1", 0, props={"product_id": "p1"}, message_id="v1")])
+        features = h.customers.customers["u1"].features.to_bytes()
+        failed = h.feed([track("Page", "u1", days=1_500_000, message_id="p1")])  # the year 6133
+        assert [d["reason"] for d in decisions(failed, "dead_letters")] == ["processing_error"]
+        state = h.customers.customers["u1"]
+        assert state.features.to_bytes() == features
+        states.append(codec.encode(state))
+    assert states[0] == states[1]

@@ -189,7 +189,7 @@ pub mod python {
 
     use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
-    use pyo3::types::{PyBool, PyList, PyString, PyTuple};
+    use pyo3::types::{PyList, PyString, PyTuple};
     use pyo3::{intern, IntoPyObjectExt};
 
     use super::{cause, step_timers, Arm, Event, OncePer, Plan, Recheck};
@@ -292,7 +292,9 @@ pub mod python {
             })
         }
 
-        /// Apply the rules of ``env`` (its features applied) to ``state``; see the stub file.
+        /// Apply ``env`` to ``state``: its features (``update`` called on them with ``args``), then its
+        /// rules; see the stub file.
+        #[allow(clippy::too_many_arguments)]
         fn run<'py>(
             &self,
             py: Python<'py>,
@@ -301,26 +303,85 @@ pub mod python {
             late: bool,
             clock: Option<i64>,
             fresh: bool,
+            update: &Bound<'py, PyString>,
+            args: &Bound<'py, PyTuple>,
         ) -> PyResult<Bound<'py, PyAny>> {
             let name = env.getattr(intern!(py, "name"))?;
             let plan = self
                 .plans
                 .get(name.downcast::<PyString>()?.to_str()?)
                 .unwrap_or(&self.other);
-            if plan.immediate && !late {
-                return Ok(PyBool::new(py, false).to_owned().into_any());
+            let features = state.getattr(intern!(py, "features"))?;
+            let features = features.downcast::<Features>()?;
+            let before = features.borrow().record().clone();
+            let outcome = features.call_method1(update, args).and_then(|_| {
+                if plan.immediate && !late {
+                    return Ok(Outcome::Python);
+                }
+                self.rules(py, state, env, features, plan, late, clock, fresh)
+            });
+            let (changes, reschedule) = match outcome {
+                Ok(Outcome::Done(changes, reschedule)) => (changes, reschedule),
+                Ok(Outcome::Python) => {
+                    let before = Features { inner: before };
+                    return (false, false, before).into_bound_py_any(py);
+                }
+                Err(err) => {
+                    features.borrow_mut().inner = before;
+                    return Err(err);
+                }
+            };
+            if changes.is_empty() {
+                if !reschedule {
+                    return Ok(py.None().into_bound(py));
+                }
+                return (py.None(), true, py.None()).into_bound_py_any(py);
             }
+            let changes = PyList::new(py, changes)?;
+            (changes, reschedule, Features { inner: before }).into_bound_py_any(py)
+        }
+
+        /// Put ``before`` (as :meth:`run` gave it) back into ``features``, in place.
+        #[staticmethod]
+        fn put_back(features: &Bound<'_, Features>, before: &Bound<'_, Features>) {
+            let inner = before.borrow().record().clone();
+            features.borrow_mut().inner = inner;
+        }
+    }
+
+    /// What the rules of an event leave to Python.
+    enum Outcome {
+        /// Done: the audience changes to write, and whether the customer's heap entry must move earlier.
+        Done(Vec<(usize, Option<bool>)>, bool),
+        /// Nothing done: take the Python path.
+        Python,
+    }
+
+    impl CustomerStep {
+        /// The rules of ``env`` once its features are applied: ``state.book`` gets the new timers,
+        /// the last thing done (nothing is changed if this fails).
+        #[allow(clippy::too_many_arguments)]
+        fn rules(
+            &self,
+            py: Python<'_>,
+            state: &Bound<'_, PyAny>,
+            env: &Bound<'_, PyAny>,
+            features: &Bound<'_, Features>,
+            plan: &Plan,
+            late: bool,
+            clock: Option<i64>,
+            fresh: bool,
+        ) -> PyResult<Outcome> {
             let ts_ms: i64 = env.getattr(intern!(py, "ts_ms"))?.extract()?;
             let message_id = env.getattr(intern!(py, "message_id"))?;
             let message_id = message_id.downcast::<PyString>()?.to_str()?;
-            let features = state.getattr(intern!(py, "features"))?;
-            let features = features.downcast::<Features>()?.borrow();
+            let features = features.borrow();
             let record = features.record();
             let mut causes = Vec::with_capacity(plan.arm.len());
             for arm in &plan.arm {
                 match cause(arm.once_per, record, ts_ms, message_id) {
                     Some(cause) => causes.push(encoded(&cause)),
-                    None => return Ok(PyBool::new(py, false).to_owned().into_any()),
+                    None => return Ok(Outcome::Python),
                 }
             }
             let now_ms = match clock {
@@ -363,15 +424,7 @@ pub mod python {
                 reschedule = first_due.map_or(false, |due| scheduled.map_or(true, |s| s > due));
                 state.setattr(intern!(py, "book"), Bookkeeping::of(book))?;
             }
-            if changes.is_empty() && !reschedule {
-                return Ok(py.None().into_bound(py));
-            }
-            let changes = if changes.is_empty() {
-                py.None().into_bound(py)
-            } else {
-                PyList::new(py, changes)?.into_any()
-            };
-            (changes, reschedule).into_bound_py_any(py)
+            Ok(Outcome::Done(changes, reschedule))
         }
     }
 }
