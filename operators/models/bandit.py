@@ -15,7 +15,7 @@ choices.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,14 +25,15 @@ if TYPE_CHECKING:
     from river import stats
 
 
-def segment(view: Mapping[str, Any]) -> str:
-    """The customer's segment at decision time, e.g. ``active/buyer/high_value``."""
-    buyer = "buyer" if view["orders"] else "prospect"
-    value = "high_value" if "high_value" in view["audiences"] else "regular"
-    return f"{view['lifecycle']}/{buyer}/{value}"
+def segment(lifecycle: str, orders: int, audiences: Collection[str]) -> str:
+    """The customer's segment at decision time, e.g. ``active/buyer/high_value``: the features
+    ``lifecycle`` and ``orders``, and whether ``audiences`` holds ``high_value``."""
+    buyer = "buyer" if orders else "prospect"
+    value = "high_value" if "high_value" in audiences else "regular"
+    return f"{lifecycle}/{buyer}/{value}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Choice:
     offer: str
     probability: float
@@ -78,15 +79,16 @@ class OfferBandit:
         self.regret_micro = 0
 
     def score(self, segment_id: str, offer: str) -> float:
-        mean = self.means.get(segment_id, {}).get(offer)
-        n = mean.n if mean is not None else 0
-        total = mean.get() * n if mean is not None else 0.0
-        return round((total + 1) / (n + 2), 6)
+        return _shrunk(self.means.get(segment_id, _NO_MEANS).get(offer))
 
     def choose(self, decision_id: str, candidates: Sequence[str], segment_id: str) -> Choice:
-        """Pick an offer among ``candidates`` (at least one) with an exactly known probability."""
-        scores = {offer: self.score(segment_id, offer) for offer in candidates}
-        best = max(candidates, key=lambda offer: (scores[offer], -candidates.index(offer)))
+        """Pick an offer among ``candidates`` (at least one, no two alike) with an exactly known probability."""
+        means = self.means.get(segment_id, _NO_MEANS)
+        scores = {offer: _shrunk(means.get(offer)) for offer in candidates}
+        best = candidates[0]
+        for offer in candidates:  # the best score, the first in the catalogue among equals
+            if scores[offer] > scores[best]:
+                best = offer
         k, e = len(candidates), self.exploration
         explored = uniform(decision_id, self.seed, "explore") < e
         offer = candidates[int(uniform(decision_id, self.seed, "pick") * k)] if explored else best
@@ -135,6 +137,16 @@ class OfferBandit:
                         merged["mean"] = (merged["mean"] * merged["n"] + arm["mean"] * arm["n"]) / n
                     merged["n"] = n
         return {"segments": segments}
+
+
+_NO_MEANS: dict[str, stats.Mean] = {}  # a segment with no reward learnt yet
+
+
+def _shrunk(mean: stats.Mean | None) -> float:
+    """The mean reward shrunk towards 1/2 by one success and one failure of prior (``None``: none yet)."""
+    n = mean.n if mean is not None else 0
+    total = mean.get() * n if mean is not None else 0.0
+    return round((total + 1) / (n + 2), 6)
 
 
 def _mean() -> stats.Mean:

@@ -153,7 +153,11 @@ class PropensityModel:
         self.learnt = 0
 
     def score(self, x: tuple[float, ...]) -> float:
-        return self.pipeline.predict_proba_one(dict(zip(FEATURES, x, strict=True))).get(True, 0.5)
+        """P(order) for inputs ``x``: the pipeline's steps called in turn, as its ``predict_proba_one``
+        calls them (the same numbers, without the pipeline's dispatch, which costs twice the rest)."""
+        scaler, regression = self.pipeline.steps.values()
+        scaled = scaler.transform_one(dict(zip(FEATURES, x, strict=True)))
+        return regression.predict_proba_one(scaled).get(True, 0.5)
 
     def learn(self, x: tuple[float, ...], y: bool) -> float:
         """Score the outcome first (progressive validation), then learn from it unless frozen;
