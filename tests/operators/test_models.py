@@ -236,3 +236,30 @@ def test_models_keep_no_journal_of_what_they_learnt_in_a_run_without_snapshots()
     models = unsnapshotted.customers.models
     assert models.recommender.stats()["products"] > 0
     assert models._journal is None, "a replay without snapshots must not keep every product event"
+
+
+def test_the_propensity_score_is_the_pipelines_own_to_the_bit():
+    """Scoring calls the pipeline's steps directly: the same number (and type) as the pipeline gives, from
+    a model that has learnt nothing, one that has learnt a little, and inputs far enough out that the
+    logistic function is cut off (River then answers 0 or 1 as integers)."""
+    import random
+
+    generator = random.Random(5)
+    model = PropensityModel()
+
+    def pipeline_score(x: tuple[float, ...]) -> float:
+        return model.pipeline.predict_proba_one(dict(zip(FEATURES, x, strict=True))).get(True, 0.5)
+
+    def inputs(scale: float) -> tuple[float, ...]:
+        return tuple(generator.uniform(-scale, scale) for _ in FEATURES)
+
+    checked = [inputs(3.0)]
+    for step in range(400):
+        x = inputs(3.0)
+        checked.append(x)
+        model.learn(x, step % 3 == 0)
+        checked += [inputs(3.0), inputs(1e4)]
+    for x in checked:
+        expected = pipeline_score(x)
+        assert (model.score(x), type(model.score(x))) == (expected, type(expected))
+    assert {type(pipeline_score(x)) for x in checked} == {int, float}
