@@ -270,6 +270,12 @@ def learn_touch(
     """``recommender.learn(session, product, category)`` (a ``CoOccurrence``) with the products of the
     customer's session still going at ``at_ms``, read from ``features``."""
 
+def recommend_for(recommender: Any, features: Features, k: int, at_ms: int, session_timeout_ms: int) -> list[str]:
+    """``recommender.recommend(session, k, exclude, interests, categories)`` (a ``CoOccurrence``) for a
+    customer at ``at_ms``, read from ``features``: the products of the session still going, leaving
+    out the last order's and the cart's, the five favourite products strongest last, the category
+    affinities as kept."""
+
 class RuleProgram:
     """A rule set's conditions compiled over the features record (see ``operators/rule_program.py``
     and ``state/native/src/rule_program.rs``), evaluated with Python's semantics to the bit."""

@@ -21,7 +21,7 @@ from operators.models.propensity import FEATURES, PropensityModel, decision_feat
 from operators.models.protocol import OnlineModel
 from operators.models.recommend import CoOccurrence, sampled
 from schemas.rules import NextBestOffer
-from state._native import learn_touch
+from state._native import learn_touch, recommend_for
 from state.catalogue import FeatureView
 from state.customer import MAX_PENDING_OUTCOMES, CustomerState
 
@@ -153,16 +153,10 @@ class ShardModels:
                 self._journal.append((tuple(session), product, category))
 
     def recommend(self, state: CustomerState, k: int, at_ms: int) -> list[str]:
-        """Top ``k`` products for the customer now, leaving out their cart and their last order."""
-        session = session_products(state, at_ms, self.session_timeout_ms)
-        features = state.features
-        return self.recommender.recommend(
-            session,
-            k,
-            exclude=(*features.bought, *features.cart_products),
-            interests=interests(state),
-            categories=features.category_scores,
-        )
+        """Top ``k`` products for the customer now, leaving out their cart and their last order: the
+        recommender's ``recommend`` of the session's products, with the customer's favourite products
+        (:func:`interests`) and category affinities, all read from the features record in one call."""
+        return recommend_for(self.recommender, state.features, k, at_ms, self.session_timeout_ms)
 
     # --- next best offer ---------------------------------------------------------------
     def choose_offer(

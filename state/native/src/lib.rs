@@ -4,6 +4,7 @@
 //! feature (on by default) wraps it for Python in [`python`].
 
 pub mod bookkeeping;
+pub mod decision;
 pub mod dedupe;
 pub mod event_scan;
 pub mod features;

@@ -240,7 +240,7 @@ fn affinities<'py>(
         .collect()
 }
 
-fn zero_division(_: recommend::ZeroDivision) -> PyErr {
+pub(crate) fn zero_division(_: recommend::ZeroDivision) -> PyErr {
     PyZeroDivisionError::new_err("float division by zero")
 }
 
@@ -675,5 +675,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     )?)?;
     module.add_class::<crate::rule_program::python::RuleProgram>()?;
     module.add_class::<crate::bookkeeping::python::Bookkeeping>()?;
+    module.add_function(wrap_pyfunction!(crate::decision::python::recommend_for, module)?)?;
     Ok(())
 }
