@@ -270,6 +270,13 @@ def learn_touch(
     """``recommender.learn(session, product, category)`` (a ``CoOccurrence``) with the products of the
     customer's session still going at ``at_ms``, read from ``features``."""
 
+def logistic_score(
+    x: Sequence[float], centers: Sequence[float], scales: Sequence[float], weights: Sequence[float], intercept: float
+) -> float:
+    """P(true) of a standard scaler and a logistic regression as River computes it: each input centred
+    and divided by its scale (0: scaled to 0), the products with the weights summed in input order,
+    the intercept added, River's ``sigmoid`` (the integers 0 and 1 past -30 and 30)."""
+
 def recommend_for(recommender: Any, features: Features, k: int, at_ms: int, session_timeout_ms: int) -> list[str]:
     """``recommender.recommend(session, k, exclude, interests, categories)`` (a ``CoOccurrence``) for a
     customer at ``at_ms``, read from ``features``: the products of the session still going, leaving

@@ -1,15 +1,103 @@
-//! What a decision reads of a customer's features, in one call: the recommendations of a trigger
-//! (`ShardModels.recommend` in `operators/models/__init__.py`), read from the features record
-//! rather than handed over as Python strings, lists and dictionaries.
+//! What a decision computes outside the rule program, in one call each: the propensity model's
+//! score of its inputs (`PropensityModel.score` in `operators/models/propensity.py`), and the
+//! recommendations of a trigger (`ShardModels.recommend` in `operators/models/__init__.py`), read
+//! from the features record rather than handed over as Python strings, lists and dictionaries.
+
+/// A logistic regression's answer: River's `sigmoid` gives the integers 0 and 1 past +-30.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Probability {
+    Zero,
+    One,
+    Between(f64),
+}
+
+/// P(true) of a standard scaler and a logistic regression, computed as River computes it: each
+/// input centred and divided by its scale (`var ** 0.5`, worked out by the caller; a scale of 0
+/// scales the input to 0), the products with the weights summed in input order from 0, the
+/// intercept added, and River's `sigmoid`.
+pub fn logistic(
+    x: &[f64],
+    centers: &[f64],
+    scales: &[f64],
+    weights: &[f64],
+    intercept: f64,
+) -> Probability {
+    let mut dot = 0.0;
+    for (((xi, center), scale), weight) in x.iter().zip(centers).zip(scales).zip(weights) {
+        let scaled = if *scale != 0.0 {
+            (xi - center) / scale
+        } else {
+            0.0
+        };
+        dot += weight * scaled;
+    }
+    let raw = dot + intercept;
+    if raw < -30.0 {
+        Probability::Zero
+    } else if raw > 30.0 {
+        Probability::One
+    } else {
+        Probability::Between(1.0 / (1.0 + (-raw).exp()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_thirty_the_answer_is_a_whole_number() {
+        assert_eq!(
+            logistic(&[1.0], &[0.0], &[1.0], &[31.0], 0.0),
+            Probability::One
+        );
+        assert_eq!(
+            logistic(&[1.0], &[0.0], &[1.0], &[-31.0], 0.0),
+            Probability::Zero
+        );
+        assert_eq!(
+            logistic(&[5.0], &[2.0], &[0.0], &[1.0], 0.0),
+            Probability::Between(0.5)
+        );
+    }
+}
 
 #[cfg(feature = "python")]
 pub mod python {
+    use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
     use pyo3::types::PyList;
+    use pyo3::IntoPyObjectExt;
+
+    use super::{logistic, Probability};
 
     use crate::features::python::{kept, names, ranked, Features};
     use crate::python::{zero_division, CoOccurrence};
     use crate::recommend::WINDOW;
+
+    /// The propensity model's P(order) for inputs ``x``, from its parameters as
+    /// ``PropensityModel`` reads them off its River pipeline (see :func:`super::logistic`): a float,
+    /// or the integer 0 or 1 as River's ``sigmoid`` gives past +-30.
+    #[pyfunction]
+    pub(crate) fn logistic_score(
+        py: Python<'_>,
+        x: Vec<f64>,
+        centers: Vec<f64>,
+        scales: Vec<f64>,
+        weights: Vec<f64>,
+        intercept: f64,
+    ) -> PyResult<PyObject> {
+        if [centers.len(), scales.len(), weights.len()] != [x.len(); 3] {
+            return Err(PyValueError::new_err(
+                "one center, scale and weight per input",
+            ));
+        }
+        match logistic(&x, &centers, &scales, &weights, intercept) {
+            Probability::Zero => 0_i64.into_py_any(py),
+            Probability::One => 1_i64.into_py_any(py),
+            Probability::Between(p) => p.into_py_any(py),
+        }
+    }
 
     /// The favourite products a recommendation counts as older history (strongest last).
     const INTERESTS: usize = 5;
@@ -29,7 +117,9 @@ pub mod python {
     ) -> PyResult<Bound<'py, PyList>> {
         let record = features.record();
         let session = match &record.session {
-            Some(session) if at_ms - session.last_ms <= session_timeout_ms => names(&session.products),
+            Some(session) if at_ms - session.last_ms <= session_timeout_ms => {
+                names(&session.products)
+            }
             _ => Vec::new(),
         };
         let mut exclude = names(&record.purchases().bought);

@@ -675,6 +675,13 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     )?)?;
     module.add_class::<crate::rule_program::python::RuleProgram>()?;
     module.add_class::<crate::bookkeeping::python::Bookkeeping>()?;
-    module.add_function(wrap_pyfunction!(crate::decision::python::recommend_for, module)?)?;
+    module.add_function(wrap_pyfunction!(
+        crate::decision::python::recommend_for,
+        module
+    )?)?;
+    module.add_function(wrap_pyfunction!(
+        crate::decision::python::logistic_score,
+        module
+    )?)?;
     Ok(())
 }
