@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +49,7 @@ from operators.models.bandit import segment
 from operators.models.propensity import decision_features as view_inputs
 from operators.ordering import OrderedRelease, Tick, shard_of
 from operators.parse import count_notes
-from operators.reasons import Reasons, values
+from operators.reasons import Reasons
 from operators.rule_program import NativeRules
 from operators.rules import CompiledRules, CompiledTrigger
 from operators.timers import TimerQueue
@@ -142,7 +143,7 @@ class CustomerStage:
         self.rules = rules
         self.config = config
         self.native = NativeRules(rules, config.lifecycle)
-        self.reasons = Reasons(rules)
+        self.reasons = Reasons(rules, config.lifecycle)
         self.ordered = OrderedRelease(upstreams, self._merge_key)
         self.customers: dict[str, CustomerState] = {}
         self.timers = TimerQueue(self.customers)
@@ -502,9 +503,10 @@ class CustomerStage:
         offer_id, content, offer_choice = rule.offer_id, rule.content, None
         if offer_id == NEXT_BEST:
             offer_id, content, offer_choice = self._next_best_offer(state, at_ms, rule, event_id)
-        reason, shown = self.reasons.trigger(trigger)
-        if shown:
-            reason += values(shown, view or self._view(state, env, at_ms))
+        reason = self.reasons.trigger(trigger)
+        text = reason.text
+        if reason.shown:
+            text += self.reasons.values(reason, state.features, at_ms, lambda: view or self._view(state, env, at_ms))
         self.writer.trigger(
             rule,
             state.id,
@@ -512,7 +514,7 @@ class CustomerStage:
             at_ms,
             env is None,
             out,
-            reason=reason,
+            reason=text,
             cause=cause,
             caused_by=caused_by,
             content=content,
@@ -582,29 +584,24 @@ class CustomerStage:
         changes = self.native.audience_changes(state.features, now_ms, state.audiences, group)
         if changes is None:
             return
-        view = None  # built when a condition or a reason's value is read in Python
+        view = cache(lambda: self._view(state, env, now_ms))  # built if a condition or value is read in Python
         audience = self.rules.audiences[changes[0][0]]
         try:
             for position, native in changes:
                 audience = self.rules.audiences[position]
                 member = audience.member_key
-                if native is None:
-                    view = view or self._view(state, env, now_ms)
-                    inside = bool(audience.when.evaluate(view))
-                else:
-                    inside = native
+                inside = bool(audience.when.evaluate(view())) if native is None else native
                 if inside == (member in state.audiences):
                     continue
                 if inside:
                     state.audiences = tuple(sorted((*state.audiences, member)))
                 else:
                     state.audiences = tuple(a for a in state.audiences if a != member)
-                source, shown = self.reasons.audience(position)
-                reason = f"{source} became {'true' if inside else 'false'}"
-                if shown:
-                    view = view or self._view(state, env, now_ms)
-                    reason += values(shown, view)
-                self.writer.audience_change(state.id, audience, inside, reason, now_ms, caused_by, out)
+                reason = self.reasons.audience(position)
+                text = f"{reason.text} became {'true' if inside else 'false'}"
+                if reason.shown:
+                    text += self.reasons.values(reason, state.features, now_ms, view)
+                self.writer.audience_change(state.id, audience, inside, text, now_ms, caused_by, out)
         except Exception as err:
             raise RuleFailed(audience.id) from err
 

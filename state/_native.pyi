@@ -270,6 +270,23 @@ def learn_touch(
     """``recommender.learn(session, product, category)`` (a ``CoOccurrence``) with the products of the
     customer's session still going at ``at_ms``, read from ``features``."""
 
+class ReasonValues:
+    """The values the reasons of a rule set show (``operators/reasons.py``), read from the features
+    record as the rule program reads features; per reason (by index) a list of reads."""
+
+    def __init__(
+        self,
+        reasons: list[list[tuple[str, str, bool]]],
+        new_days: int,
+        lapse_days: int,
+        at_risk_gap_factor: float,
+        session_timeout_ms: int,
+    ) -> None:
+        """``reasons``: per reason, ``(feature, field, presence)`` reads (``field``: ``""`` for none);
+        a presence read gives ``None`` when the feature is null, else an empty tuple."""
+    def values(self, features: Features, now_ms: int, index: int) -> tuple[Any, ...]:
+        """The values reason ``index`` shows at ``now_ms``, in its order."""
+
 def logistic_score(
     x: Sequence[float], centers: Sequence[float], scales: Sequence[float], weights: Sequence[float], intercept: float
 ) -> float:

@@ -72,3 +72,27 @@ def test_a_feature_kept_out_of_reasons_is_never_a_scalar_nor_null():
             view = FeatureView(state, None, now_ms, Lifecycle())
             for name in composite:
                 assert view[name] is not None and not isinstance(view[name], bool | int | float | str), name
+
+
+def test_values_read_natively_are_the_feature_views():
+    """A reason whose values the rule program reads them all takes them from the features record in one
+    call: the same values as the feature view gives, for every such feature, customers in every
+    state, at once and long after (a session is read for whether it is still going)."""
+    from operators.reasons import PRESENCE
+    from operators.rule_program import SCALARS
+    from state._native import ReasonValues
+
+    lifecycle = Lifecycle()
+    names = sorted(SCALARS)
+    reads = [[(SCALARS[name], "", False) for name in names] + [(*PRESENCE["session"], True)]]
+    native = ReasonValues(reads, lifecycle.new_days, lifecycle.lapse_days, lifecycle.at_risk_gap_factor, 1_800_000)
+    h = EngineHarness(rules_from(RULES))
+    h.feed([viewed("shopper", 0, "shoes"), added("shopper", 1), call("identify", "shopper", 2, traits={"city": "X"})])
+    h.feed([order("buyer", 0), order("buyer", 0, days=3, total=80.5), track("Page", "buyer", 10, days=3)])
+    h.feed([track("Page", "new", 0), track("Store Visited", "new", 3, props={"store_id": "s1"})])
+    for state in h.customers.customers.values():
+        for now_ms in (state.last_seen_ms, state.last_seen_ms + 20 * 60_000, state.last_seen_ms + 70 * 86_400_000):
+            view = FeatureView(state, None, now_ms, lifecycle)
+            expected = [view[name] for name in names] + [None if view["session"] is None else ()]
+            found = list(native.values(state.features, now_ms, 0))
+            assert [(value, type(value)) for value in found] == [(value, type(value)) for value in expected]

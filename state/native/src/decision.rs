@@ -1,5 +1,6 @@
-//! What a decision computes outside the rule program, in one call each: the propensity model's
-//! score of its inputs (`PropensityModel.score` in `operators/models/propensity.py`), and the
+//! What a decision computes besides its condition, in one call each: the values its reason shows
+//! (`operators/reasons.py`, read as the rule program reads features), the propensity model's score
+//! of its inputs (`PropensityModel.score` in `operators/models/propensity.py`), and the
 //! recommendations of a trigger (`ShardModels.recommend` in `operators/models/__init__.py`), read
 //! from the features record rather than handed over as Python strings, lists and dictionaries.
 
@@ -64,12 +65,106 @@ mod tests {
 
 #[cfg(feature = "python")]
 pub mod python {
-    use pyo3::exceptions::PyValueError;
+    use pyo3::exceptions::{PyIndexError, PyValueError};
     use pyo3::prelude::*;
-    use pyo3::types::PyList;
+    use pyo3::types::{PyList, PyTuple};
     use pyo3::IntoPyObjectExt;
 
     use super::{logistic, Probability};
+    use crate::features::python::name;
+    use crate::features::Lifecycle;
+    use crate::rule_program::python::read;
+    use crate::rule_program::{Context, Node, Slot, Value};
+
+    /// One value a reason shows: a feature read as the rule program reads it, or (``presence``)
+    /// only whether it is there: ``None`` if not, else an empty tuple (a view, which no reason shows).
+    type Read = (Slot, bool);
+
+    /// The values the reasons of a rule set show, per reason (by index): each a list of reads.
+    #[pyclass(module = "state._native", name = "ReasonValues", frozen)]
+    pub struct ReasonValues {
+        reasons: Box<[Box<[Read]>]>,
+        lifecycle: Lifecycle,
+        session_timeout_ms: i64,
+    }
+
+    fn value(py: Python<'_>, value: Value<'_>) -> PyResult<PyObject> {
+        match value {
+            Value::Null => Ok(py.None()),
+            Value::Bool(flag) => flag.into_py_any(py),
+            Value::Int(number) => number.into_py_any(py),
+            Value::Float(number) => number.into_py_any(py),
+            Value::Str(text) => text.into_py_any(py),
+            Value::Tuple(_) => Err(PyValueError::new_err("a reason shows no tuple")),
+        }
+    }
+
+    #[pymethods]
+    impl ReasonValues {
+        /// ``reasons``: per reason, ``(feature, key, presence)`` reads (``key``: a field, or ``""``).
+        #[new]
+        fn new(
+            reasons: Vec<Vec<(String, String, bool)>>,
+            new_days: i64,
+            lapse_days: i64,
+            at_risk_gap_factor: f64,
+            session_timeout_ms: i64,
+            py: Python<'_>,
+        ) -> PyResult<Self> {
+            let part = py.None().into_bound(py);
+            let slot = |(feature, key, presence): &(String, String, bool)| match read(
+                feature, key, &part,
+            )? {
+                Node::Read(slot) => Ok((slot, *presence)),
+                _ => Err(PyValueError::new_err(format!(
+                    "not a feature a reason reads: {feature}.{key}"
+                ))),
+            };
+            let reasons = reasons
+                .iter()
+                .map(|reads| reads.iter().map(slot).collect::<PyResult<_>>())
+                .collect::<PyResult<_>>()?;
+            Ok(Self {
+                reasons,
+                lifecycle: Lifecycle {
+                    new_days,
+                    lapse_days,
+                    at_risk_gap_factor,
+                },
+                session_timeout_ms,
+            })
+        }
+
+        /// The values reason ``index`` shows at ``now_ms``, in its order.
+        fn values<'py>(
+            &self,
+            py: Python<'py>,
+            features: PyRef<'py, Features>,
+            now_ms: i64,
+            index: usize,
+        ) -> PyResult<Bound<'py, PyTuple>> {
+            let reads = self
+                .reasons
+                .get(index)
+                .ok_or_else(|| PyIndexError::new_err(format!("no reason {index}")))?;
+            let context = Context {
+                features: features.record(),
+                now_ms,
+                lifecycle: &self.lifecycle,
+                session_timeout_ms: self.session_timeout_ms,
+                name: &name,
+            };
+            let values =
+                reads
+                    .iter()
+                    .map(|(slot, presence)| match (context.read(*slot), presence) {
+                        (Value::Null, _) => Ok(py.None()),
+                        (_, true) => Ok(PyTuple::empty(py).into_any().unbind()),
+                        (found, false) => value(py, found),
+                    });
+            PyTuple::new(py, values.collect::<PyResult<Vec<_>>>()?)
+        }
+    }
 
     use crate::features::python::{kept, names, ranked, Features};
     use crate::python::{zero_division, CoOccurrence};

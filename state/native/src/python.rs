@@ -683,5 +683,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
         crate::decision::python::logistic_score,
         module
     )?)?;
+    module.add_class::<crate::decision::python::ReasonValues>()?;
     Ok(())
 }
