@@ -551,10 +551,10 @@ class CustomerStage:
             return eligible[0].id, {**rule.content, **eligible[0].content}, None
         features, lifecycle = state.features, self.config.lifecycle
         stage = features.lifecycle(at_ms, lifecycle.new_days, lifecycle.lapse_days)
-        choice = models.choose_offer(
+        choice, reward_due = models.choose_offer(
             state, segment(stage, features.orders, state.audiences), at_ms, event_id, list(by_id)
         )
-        self._await(state, REWARD, models.next_reward_expiry(state))
+        self._await(state, REWARD, reward_due)
         logged = {
             "policy": "epsilon_greedy",
             "exploration": models.bandit.exploration,

@@ -161,9 +161,10 @@ class ShardModels:
     # --- next best offer ---------------------------------------------------------------
     def choose_offer(
         self, state: CustomerState, segment_id: str, at_ms: int, decision_id: str, candidates: list[str]
-    ) -> Choice:
+    ) -> tuple[Choice, int]:
         """Pick an offer for a customer of ``segment_id`` (:func:`operators.models.bandit.segment`) and
-        keep what the reward will be learnt against; the choice is logged."""
+        keep what the reward will be learnt against; the choice is logged. Return it, and when the
+        reward window of the customer's oldest open choice ends."""
         context = sys.intern(segment_id)  # one string per segment, however many customers hold it
         choice = self.bandit.choose(decision_id, candidates, context)
         offers_open = (*state.offers_open, at_ms, choice.offer, context)
@@ -171,7 +172,7 @@ class ShardModels:
             offers_open = offers_open[OFFER_FIELDS:]
             self.dropped += 1
         state.offers_open = offers_open
-        return choice
+        return choice, offers_open[0] + self.reward_window_ms
 
     def rewarded(self, state: CustomerState, offer_id: str, at_ms: int) -> int | None:
         """A click or redemption of ``offer_id`` at ``at_ms`` rewards the open choices of it."""

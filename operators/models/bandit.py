@@ -94,7 +94,8 @@ class OfferBandit:
         offer = candidates[int(uniform(decision_id, self.seed, "pick") * k)] if explored else best
         probability = e / k + (1 - e if offer == best else 0.0)
         self.pulls[offer] = self.pulls.get(offer, 0) + 1
-        self.regret_micro += round((scores[best] - scores[offer]) * 1_000_000)
+        if offer != best:
+            self.regret_micro += round((scores[best] - scores[offer]) * 1_000_000)
         return Choice(offer, round(probability, 6), explored, tuple(candidates), scores)
 
     def learn(self, offer: str, segment_id: str, reward: bool) -> None:
