@@ -73,6 +73,7 @@ class OfferBandit:
         self.seed = seed
         self.frozen = frozen
         self.means: dict[str, dict[str, stats.Mean]] = {}  # segment -> offer -> mean reward
+        self._scores: dict[str, dict[str, float]] = {}  # segment -> offer -> score, kept until it learns
         self.pulls: dict[str, int] = {}
         self.rewards: dict[str, int] = {}
         # regret proxy: the best expected reward minus the chosen one's, summed in millionths
@@ -83,8 +84,7 @@ class OfferBandit:
 
     def choose(self, decision_id: str, candidates: Sequence[str], segment_id: str) -> Choice:
         """Pick an offer among ``candidates`` (at least one, no two alike) with an exactly known probability."""
-        means = self.means.get(segment_id, _NO_MEANS)
-        scores = {offer: _shrunk(means.get(offer)) for offer in candidates}
+        scores = self._scored(segment_id, candidates)
         best = candidates[0]
         for offer in candidates:  # the best score, the first in the catalogue among equals
             if scores[offer] > scores[best]:
@@ -98,6 +98,17 @@ class OfferBandit:
             self.regret_micro += round((scores[best] - scores[offer]) * 1_000_000)
         return Choice(offer, round(probability, 6), explored, tuple(candidates), scores)
 
+    def _scored(self, segment_id: str, candidates: Sequence[str]) -> dict[str, float]:
+        """The candidates' scores in ``segment_id``, each computed once until the segment learns it again."""
+        known = self._scores.setdefault(segment_id, {})
+        scores = {}
+        for offer in candidates:
+            score = known.get(offer)
+            if score is None:
+                score = known[offer] = self.score(segment_id, offer)
+            scores[offer] = score
+        return scores
+
     def learn(self, offer: str, segment_id: str, reward: bool) -> None:
         if reward:
             self.rewards[offer] = self.rewards.get(offer, 0) + 1
@@ -106,6 +117,15 @@ class OfferBandit:
             if offer not in means:
                 means[offer] = _mean()
             means[offer].update(float(reward))
+            self._scores.get(segment_id, {}).pop(offer, None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the scores kept (computed again after a restore)."""
+        return {name: value for name, value in self.__dict__.items() if name != "_scores"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._scores = {}
 
     def stats(self) -> dict[str, Any]:
         return {"pulls": dict(self.pulls), "rewards": dict(self.rewards), "regret_micro": self.regret_micro}
@@ -124,6 +144,7 @@ class OfferBandit:
                 mean = _mean()
                 mean.n, mean._mean = int(values["n"]), float(values["mean"])
                 self.means.setdefault(seg, {})[offer] = mean
+        self._scores = {}
 
     @staticmethod
     def merge(exports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
