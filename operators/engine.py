@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
@@ -530,6 +529,18 @@ class CustomerStage:
     def _view(self, state: CustomerState, env: Envelope | None, now_ms: int) -> FeatureView:
         return FeatureView(state, env, now_ms, self.config.lifecycle, self.scorers)
 
+    def _views(self, state: CustomerState, env: Envelope | None, now_ms: int) -> Callable[[], FeatureView]:
+        """A function giving one :meth:`_view`, built on its first call (if a condition or a reason's value
+        is read in Python)."""
+        made: list[FeatureView] = []
+
+        def view() -> FeatureView:
+            if not made:
+                made.append(self._view(state, env, now_ms))
+            return made[0]
+
+        return view
+
     def _score(self, state: CustomerState, at_ms: int, view: FeatureView | None) -> tuple[float, tuple[float, ...]]:
         """The propensity score at a decision point and the model's inputs, read from the features
         record (or from ``view``, where a condition may have read them already)."""
@@ -584,7 +595,7 @@ class CustomerStage:
         changes = self.native.audience_changes(state.features, now_ms, state.audiences, group)
         if changes is None:
             return
-        view = cache(lambda: self._view(state, env, now_ms))  # built if a condition or value is read in Python
+        view = self._views(state, env, now_ms)
         audience = self.rules.audiences[changes[0][0]]
         try:
             for position, native in changes:
