@@ -43,12 +43,14 @@ from typing import Any, Literal
 import orjson
 
 from operators.decisions import DecisionWriter, RuleFailed, bump
-from operators.expressions import Expression
-from operators.models import ModelMode, ModelsSnapshot, ShardModels, merge_open
+from operators.models import FEATURES_KEY, ModelMode, ModelsSnapshot, ShardModels, merge_open
+from operators.models.bandit import segment
+from operators.models.propensity import decision_features as view_inputs
 from operators.ordering import OrderedRelease, Tick, shard_of
 from operators.parse import count_notes
+from operators.reasons import Reasons
 from operators.rule_program import NativeRules
-from operators.rules import CompiledRules, CompiledTrigger, format_duration
+from operators.rules import CompiledRules, CompiledTrigger
 from operators.timers import TimerQueue
 from schemas.envelope import Envelope
 from schemas.errors import RecoveryStoreError
@@ -57,7 +59,7 @@ from schemas.records import decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
 from schemas.streams import MODELS, PROFILES
 from state import codec
-from state._native import CustomerStep, Dedupe, Links
+from state._native import CustomerStep, Dedupe, Links, decision_features
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import Checkpoint, CustomerState, Lifecycle
@@ -142,6 +144,7 @@ class CustomerStage:
         self.config = config
         self.native = NativeRules(rules, config.lifecycle)
         self.step: CustomerStep | None = self.native.customer_step(rules, RECHECK)  # None: the Python path
+        self.reasons = Reasons(rules, config.lifecycle)
         self.ordered = OrderedRelease(upstreams, self._merge_key)
         self.customers: dict[str, CustomerState] = {}
         self.timers = TimerQueue(self.customers)
@@ -518,22 +521,32 @@ class CustomerStage:
         caused_by: list[str],
         out: list[Any],
     ) -> None:
+        """Fire ``trigger`` for ``cause`` if its condition holds. A condition the native program
+        evaluates, the models' inputs and the bandit's segment are read from the features record;
+        a :class:`FeatureView` is built only for what only Python reads (a condition, a reason's value)."""
         rule = trigger.rule
         if state.fired_cause(rule.id) == cause:
             return
-        view = FeatureView(state, env, at_ms, self.config.lifecycle, self.scorers)
-        passed = trigger.when is None or self._holds(trigger, view)
-        score = None
-        if self.models is not None and (passed or view.has_read("propensity")):
-            score = view["propensity"]  # what the model said at this decision point
-            self._await(state, OUTCOME, self.models.decided(state, view))
+        view = None
+        passed = trigger.when is None or self.native.holds(trigger, state.features, at_ms)
+        if passed is None:  # a condition the native program leaves to Python
+            view = self._view(state, env, at_ms)
+            passed = bool(trigger.when.evaluate(view))  # type: ignore[union-attr]
+        models, score = self.models, None
+        if models is not None and (passed or (view is not None and view.has_read("propensity"))):
+            score, x = self._score(state, at_ms, view)  # what the model said at this decision point
+            self._await(state, OUTCOME, models.decided(state, at_ms, x))
         if not passed:
             return
         state.set_fired(rule.id, cause)
         event_id = decision_id(state.id, rule.id, cause)
         offer_id, content, offer_choice = rule.offer_id, rule.content, None
         if offer_id == NEXT_BEST:
-            offer_id, content, offer_choice = self._next_best_offer(state, view, rule, event_id)
+            offer_id, content, offer_choice = self._next_best_offer(state, at_ms, rule, event_id)
+        reason = self.reasons.trigger(trigger)
+        text = reason.text
+        if reason.shown:
+            text += self.reasons.values(reason, state.features, at_ms, lambda: view or self._view(state, env, at_ms))
         self.writer.trigger(
             rule,
             state.id,
@@ -541,45 +554,68 @@ class CustomerStage:
             at_ms,
             env is None,
             out,
-            reason=_trigger_reason(trigger, view),
+            reason=text,
             cause=cause,
             caused_by=caused_by,
             content=content,
             offer_id=offer_id,
             offer_choice=offer_choice,
-            recommendations=self.models.recommend(state, rule.recommend, at_ms)
-            if self.models is not None and rule.recommend
+            recommendations=models.recommend(state, rule.recommend, at_ms)
+            if models is not None and rule.recommend
             else None,
             score=None if score is None else round(score, 4),
             expires_at=iso_ms(at_ms + rule.expires_in),
         )
 
+    def _view(self, state: CustomerState, env: Envelope | None, now_ms: int) -> FeatureView:
+        return FeatureView(state, env, now_ms, self.config.lifecycle, self.scorers)
+
+    def _views(self, state: CustomerState, env: Envelope | None, now_ms: int) -> Callable[[], FeatureView]:
+        """A function giving one :meth:`_view`, built on its first call (if a condition or a reason's value
+        is read in Python)."""
+        made: list[FeatureView] = []
+
+        def view() -> FeatureView:
+            if not made:
+                made.append(self._view(state, env, now_ms))
+            return made[0]
+
+        return view
+
+    def _score(self, state: CustomerState, at_ms: int, view: FeatureView | None) -> tuple[float, tuple[float, ...]]:
+        """The propensity score at a decision point and the model's inputs, read from the features
+        record (or from ``view``, where a condition may have read them already)."""
+        if view is not None:
+            return view["propensity"], view.memo(FEATURES_KEY, view_inputs)
+        x = decision_features(state.features, at_ms, self.config.lifecycle.session_timeout_ms)
+        return self.models.propensity.score(x), x  # type: ignore[union-attr]
+
     def _next_best_offer(
-        self, state: CustomerState, view: FeatureView, rule: TriggerRule, event_id: str
+        self, state: CustomerState, at_ms: int, rule: TriggerRule, event_id: str
     ) -> tuple[str | None, dict[str, Any], dict[str, Any] | None]:
         """The offer for a ``next_best`` trigger: its id, the content, and how it was chosen."""
         eligible = self.rules.eligible_offers(rule.channel, state.audiences)
         if not eligible:
             return None, rule.content, None
         by_id = {offer.id: offer for offer in eligible}
-        if self.models is None:  # no policy: the first eligible offer of the catalogue
+        models = self.models
+        if models is None:  # no policy: the first eligible offer of the catalogue
             return eligible[0].id, {**rule.content, **eligible[0].content}, None
-        choice = self.models.choose_offer(state, view, event_id, list(by_id))
-        self._await(state, REWARD, self.models.next_reward_expiry(state))
+        features, lifecycle = state.features, self.config.lifecycle
+        stage = features.lifecycle(at_ms, lifecycle.new_days, lifecycle.lapse_days)
+        choice, reward_due = models.choose_offer(
+            state, segment(stage, features.orders, state.audiences), at_ms, event_id, list(by_id)
+        )
+        self._await(state, REWARD, reward_due)
         logged = {
             "policy": "epsilon_greedy",
-            "exploration": self.models.bandit.exploration,
+            "exploration": models.bandit.exploration,
             "candidates": list(choice.candidates),
             "scores": choice.scores,
             "probability": choice.probability,
             "explored": choice.explored,
         }
         return choice.offer, {**rule.content, **by_id[choice.offer].content}, logged
-
-    def _holds(self, trigger: CompiledTrigger, view: FeatureView) -> bool:
-        """Whether a trigger's condition holds: natively, else in Python."""
-        held = self.native.holds(trigger, view.state.features, view.now_ms)
-        return bool(trigger.when.evaluate(view)) if held is None else held  # type: ignore[union-attr]
 
     def _audiences(
         self,
@@ -611,22 +647,24 @@ class CustomerStage:
         out: list[Any],
     ) -> None:
         """Join and leave the audiences of ``changes`` (as the native program names them)."""
-        view = FeatureView(state, env, now_ms, self.config.lifecycle, self.scorers)
+        view = self._views(state, env, now_ms)
         audience = self.rules.audiences[changes[0][0]]
         try:
             for position, native in changes:
                 audience = self.rules.audiences[position]
                 member = audience.member_key
-                inside = bool(audience.when.evaluate(view)) if native is None else native
+                inside = bool(audience.when.evaluate(view())) if native is None else native
                 if inside == (member in state.audiences):
                     continue
                 if inside:
                     state.audiences = tuple(sorted((*state.audiences, member)))
                 else:
                     state.audiences = tuple(a for a in state.audiences if a != member)
-                became = "true" if inside else "false"
-                reason = f"{audience.when.source} became {became}{_values(audience.when, view)}"
-                self.writer.audience_change(state.id, audience, inside, reason, now_ms, caused_by, out)
+                reason = self.reasons.audience(position)
+                text = f"{reason.text} became {'true' if inside else 'false'}"
+                if reason.shown:
+                    text += self.reasons.values(reason, state.features, now_ms, view)
+                self.writer.audience_change(state.id, audience, inside, text, now_ms, caused_by, out)
         except Exception as err:
             raise RuleFailed(audience.id) from err
 
@@ -1038,30 +1076,3 @@ def shard_engine(rules: CompiledRules, config: EngineConfig, role: Role, upstrea
     if role == "identity":
         return IdentityStage(rules, config)
     return CustomerStage(rules, config, upstream_shards)
-
-
-def _scalar(value: Any) -> str | None:
-    if isinstance(value, bool) or value is None:
-        return str(value).lower()
-    if isinstance(value, int | float | str):
-        return str(value)
-    return None
-
-
-def _values(expression: Expression, view: FeatureView) -> str:
-    """`` (name=value, ...)`` for the scalar features an expression read, for decision reasons."""
-    parts = [f"{name}={text}" for name in sorted(expression.names) if (text := _scalar(view[name])) is not None]
-    return f" ({', '.join(parts)})" if parts else ""
-
-
-def _trigger_reason(trigger: CompiledTrigger, view: FeatureView) -> str:
-    rule = trigger.rule
-    if rule.after is not None:
-        base = f"{format_duration(rule.after)} after {' or '.join(rule.on)}"
-        if rule.unless:
-            base += f" with no {' or '.join(rule.unless)}"
-    else:
-        base = f"on {' or '.join(rule.on)}"
-    if trigger.when is not None:
-        base += f"; {trigger.when.source}{_values(trigger.when, view)}"
-    return base

@@ -270,6 +270,36 @@ def learn_touch(
     """``recommender.learn(session, product, category)`` (a ``CoOccurrence``) with the products of the
     customer's session still going at ``at_ms``, read from ``features``."""
 
+class ReasonValues:
+    """The values the reasons of a rule set show (``operators/reasons.py``), read from the features
+    record as the rule program reads features; per reason (by index) a list of reads."""
+
+    def __init__(
+        self,
+        reasons: list[list[tuple[str, str, bool]]],
+        new_days: int,
+        lapse_days: int,
+        at_risk_gap_factor: float,
+        session_timeout_ms: int,
+    ) -> None:
+        """``reasons``: per reason, ``(feature, field, presence)`` reads (``field``: ``""`` for none);
+        a presence read gives ``None`` when the feature is null, else an empty tuple."""
+    def values(self, features: Features, now_ms: int, index: int) -> tuple[Any, ...]:
+        """The values reason ``index`` shows at ``now_ms``, in its order."""
+
+def logistic_score(
+    x: Sequence[float], centers: Sequence[float], scales: Sequence[float], weights: Sequence[float], intercept: float
+) -> float:
+    """P(true) of a standard scaler and a logistic regression as River computes it: each input centred
+    and divided by its scale (0: scaled to 0), the products with the weights summed in input order,
+    the intercept added, River's ``sigmoid`` (the integers 0 and 1 past -30 and 30)."""
+
+def recommend_for(recommender: Any, features: Features, k: int, at_ms: int, session_timeout_ms: int) -> list[str]:
+    """``recommender.recommend(session, k, exclude, interests, categories)`` (a ``CoOccurrence``) for a
+    customer at ``at_ms``, read from ``features``: the products of the session still going, leaving
+    out the last order's and the cart's, the five favourite products strongest last, the category
+    affinities as kept."""
+
 class RuleProgram:
     """A rule set's conditions compiled over the features record (see ``operators/rule_program.py``
     and ``state/native/src/rule_program.rs``), evaluated with Python's semantics to the bit."""

@@ -82,6 +82,7 @@ class Feature:
     get: Callable[[FeatureView], Any]
     changed_by: frozenset[str] = ANY_EVENT
     time_dependent: bool = False
+    composite: bool = False  # a mapping, list or view, never a scalar nor null: decision reasons leave it out
 
 
 def _days(ms: float | None) -> float | None:
@@ -218,6 +219,7 @@ def _counts(window: str) -> Feature:
         f"events per kind in the last {window} (product_viewed, order_completed, ...)",
         lambda v: v.state.features.counts(window, v.now_ms),
         time_dependent=True,
+        composite=True,
     )
 
 
@@ -277,10 +279,13 @@ FEATURES: dict[str, Feature] = {
         "category affinities decayed to now",
         lambda v: v.state.features.categories_as_of(v.now_ms),
         PRODUCTS,
+        composite=True,
     ),
-    "top_products": Feature("top products by decayed affinity", lambda v: v.state.features.top_products(5), PRODUCTS),
+    "top_products": Feature(
+        "top products by decayed affinity", lambda v: v.state.features.top_products(5), PRODUCTS, composite=True
+    ),
     "session": Feature("current session: id, pages, products_viewed, products, minutes", _session),
-    "cart": Feature("current cart: id, value, items, products, minutes_since_add", _cart, CART),
+    "cart": Feature("current cart: id, value, items, products, minutes_since_add", _cart, CART, composite=True),
     "last_store": Feature("last store visited or bought in", lambda v: v.state.features.last_store),
     "city": Feature(
         "last known city (context.location, else traits)",
@@ -295,15 +300,18 @@ FEATURES: dict[str, Feature] = {
         "identify traits: age_band, city, country, urban, gender, loyalty_tier",
         lambda v: v.state.features.traits,
         TRAITS,
+        composite=True,
     ),
     "consent": Feature(
         "consent per channel (push, in_app, email, sms, ads): true, false or null",
         lambda v: v.state.features.consent,
         CONSENT,
+        composite=True,
     ),
     "audiences": Feature(
         "live audiences the customer is in (triggers only)",
         lambda v: tuple(a for a in v.state.audiences if not a.startswith("shadow:")),
+        composite=True,
     ),
     "event": Feature("the current event: name, properties, channel, store_id (null in timers)", _event),
     "propensity": Feature(

@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any, Literal
 
-from operators.models.bandit import Choice, OfferBandit, segment
+from operators.models.bandit import Choice, OfferBandit
 from operators.models.propensity import FEATURES, PropensityModel, decision_features
 from operators.models.protocol import OnlineModel
 from operators.models.recommend import CoOccurrence, sampled
 from schemas.rules import NextBestOffer
-from state._native import learn_touch
+from state._native import learn_touch, recommend_for
 from state.catalogue import FeatureView
 from state.customer import MAX_PENDING_OUTCOMES, CustomerState
 
@@ -153,28 +153,26 @@ class ShardModels:
                 self._journal.append((tuple(session), product, category))
 
     def recommend(self, state: CustomerState, k: int, at_ms: int) -> list[str]:
-        """Top ``k`` products for the customer now, leaving out their cart and their last order."""
-        session = session_products(state, at_ms, self.session_timeout_ms)
-        features = state.features
-        return self.recommender.recommend(
-            session,
-            k,
-            exclude=(*features.bought, *features.cart_products),
-            interests=interests(state),
-            categories=features.category_scores,
-        )
+        """Top ``k`` products for the customer now, leaving out their cart and their last order: the
+        recommender's ``recommend`` of the session's products, with the customer's favourite products
+        (:func:`interests`) and category affinities, all read from the features record in one call."""
+        return recommend_for(self.recommender, state.features, k, at_ms, self.session_timeout_ms)
 
     # --- next best offer ---------------------------------------------------------------
-    def choose_offer(self, state: CustomerState, view: FeatureView, decision_id: str, candidates: list[str]) -> Choice:
-        """Pick an offer and keep what the reward will be learnt against; the choice is logged."""
-        context = sys.intern(segment(view))  # one string per segment, however many customers hold it
+    def choose_offer(
+        self, state: CustomerState, segment_id: str, at_ms: int, decision_id: str, candidates: list[str]
+    ) -> tuple[Choice, int]:
+        """Pick an offer for a customer of ``segment_id`` (:func:`operators.models.bandit.segment`) and
+        keep what the reward will be learnt against; the choice is logged. Return it, and when the
+        reward window of the customer's oldest open choice ends."""
+        context = sys.intern(segment_id)  # one string per segment, however many customers hold it
         choice = self.bandit.choose(decision_id, candidates, context)
-        offers_open = (*state.offers_open, view.now_ms, choice.offer, context)
+        offers_open = (*state.offers_open, at_ms, choice.offer, context)
         if len(offers_open) > MAX_PENDING_OUTCOMES * OFFER_FIELDS:
             offers_open = offers_open[OFFER_FIELDS:]
             self.dropped += 1
         state.offers_open = offers_open
-        return choice
+        return choice, offers_open[0] + self.reward_window_ms
 
     def rewarded(self, state: CustomerState, offer_id: str, at_ms: int) -> int | None:
         """A click or redemption of ``offer_id`` at ``at_ms`` rewards the open choices of it."""
@@ -202,9 +200,10 @@ class ShardModels:
     def propensity_score(self, view: FeatureView) -> float:
         return self.propensity.score(view.memo(FEATURES_KEY, decision_features))
 
-    def decided(self, state: CustomerState, view: FeatureView) -> int:
-        """Keep the decision's features until its outcome; return when the oldest open one expires."""
-        outcomes = state.outcomes + OPEN_DECISION.pack(view.now_ms, *view.memo(FEATURES_KEY, decision_features))
+    def decided(self, state: CustomerState, at_ms: int, x: tuple[float, ...]) -> int:
+        """Keep a decision's features ``x`` (:func:`decision_features` at ``at_ms``) until its outcome;
+        return when the oldest open one expires."""
+        outcomes = state.outcomes + OPEN_DECISION.pack(at_ms, *x)
         if len(outcomes) > MAX_PENDING_OUTCOMES * OPEN_DECISION.size:
             outcomes = outcomes[OPEN_DECISION.size :]
             self.dropped += 1

@@ -15,7 +15,7 @@ choices.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,14 +25,15 @@ if TYPE_CHECKING:
     from river import stats
 
 
-def segment(view: Mapping[str, Any]) -> str:
-    """The customer's segment at decision time, e.g. ``active/buyer/high_value``."""
-    buyer = "buyer" if view["orders"] else "prospect"
-    value = "high_value" if "high_value" in view["audiences"] else "regular"
-    return f"{view['lifecycle']}/{buyer}/{value}"
+def segment(lifecycle: str, orders: int, audiences: Collection[str]) -> str:
+    """The customer's segment at decision time, e.g. ``active/buyer/high_value``: the features
+    ``lifecycle`` and ``orders``, and whether ``audiences`` holds ``high_value``."""
+    buyer = "buyer" if orders else "prospect"
+    value = "high_value" if "high_value" in audiences else "regular"
+    return f"{lifecycle}/{buyer}/{value}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Choice:
     offer: str
     probability: float
@@ -72,28 +73,41 @@ class OfferBandit:
         self.seed = seed
         self.frozen = frozen
         self.means: dict[str, dict[str, stats.Mean]] = {}  # segment -> offer -> mean reward
+        self._scores: dict[str, dict[str, float]] = {}  # segment -> offer -> score, kept until it learns
         self.pulls: dict[str, int] = {}
         self.rewards: dict[str, int] = {}
         # regret proxy: the best expected reward minus the chosen one's, summed in millionths
         self.regret_micro = 0
 
     def score(self, segment_id: str, offer: str) -> float:
-        mean = self.means.get(segment_id, {}).get(offer)
-        n = mean.n if mean is not None else 0
-        total = mean.get() * n if mean is not None else 0.0
-        return round((total + 1) / (n + 2), 6)
+        return _shrunk(self.means.get(segment_id, _NO_MEANS).get(offer))
 
     def choose(self, decision_id: str, candidates: Sequence[str], segment_id: str) -> Choice:
-        """Pick an offer among ``candidates`` (at least one) with an exactly known probability."""
-        scores = {offer: self.score(segment_id, offer) for offer in candidates}
-        best = max(candidates, key=lambda offer: (scores[offer], -candidates.index(offer)))
+        """Pick an offer among ``candidates`` (at least one, no two alike) with an exactly known probability."""
+        scores = self._scored(segment_id, candidates)
+        best = candidates[0]
+        for offer in candidates:  # the best score, the first in the catalogue among equals
+            if scores[offer] > scores[best]:
+                best = offer
         k, e = len(candidates), self.exploration
         explored = uniform(decision_id, self.seed, "explore") < e
         offer = candidates[int(uniform(decision_id, self.seed, "pick") * k)] if explored else best
         probability = e / k + (1 - e if offer == best else 0.0)
         self.pulls[offer] = self.pulls.get(offer, 0) + 1
-        self.regret_micro += round((scores[best] - scores[offer]) * 1_000_000)
+        if offer != best:
+            self.regret_micro += round((scores[best] - scores[offer]) * 1_000_000)
         return Choice(offer, round(probability, 6), explored, tuple(candidates), scores)
+
+    def _scored(self, segment_id: str, candidates: Sequence[str]) -> dict[str, float]:
+        """The candidates' scores in ``segment_id``, each computed once until the segment learns it again."""
+        known = self._scores.setdefault(segment_id, {})
+        scores = {}
+        for offer in candidates:
+            score = known.get(offer)
+            if score is None:
+                score = known[offer] = self.score(segment_id, offer)
+            scores[offer] = score
+        return scores
 
     def learn(self, offer: str, segment_id: str, reward: bool) -> None:
         if reward:
@@ -103,6 +117,15 @@ class OfferBandit:
             if offer not in means:
                 means[offer] = _mean()
             means[offer].update(float(reward))
+            self._scores.get(segment_id, {}).pop(offer, None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the scores kept (computed again after a restore)."""
+        return {name: value for name, value in self.__dict__.items() if name != "_scores"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._scores = {}
 
     def stats(self) -> dict[str, Any]:
         return {"pulls": dict(self.pulls), "rewards": dict(self.rewards), "regret_micro": self.regret_micro}
@@ -121,6 +144,7 @@ class OfferBandit:
                 mean = _mean()
                 mean.n, mean._mean = int(values["n"]), float(values["mean"])
                 self.means.setdefault(seg, {})[offer] = mean
+        self._scores = {}
 
     @staticmethod
     def merge(exports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -135,6 +159,16 @@ class OfferBandit:
                         merged["mean"] = (merged["mean"] * merged["n"] + arm["mean"] * arm["n"]) / n
                     merged["n"] = n
         return {"segments": segments}
+
+
+_NO_MEANS: dict[str, stats.Mean] = {}  # a segment with no reward learnt yet
+
+
+def _shrunk(mean: stats.Mean | None) -> float:
+    """The mean reward shrunk towards 1/2 by one success and one failure of prior (``None``: none yet)."""
+    n = mean.n if mean is not None else 0
+    total = mean.get() * n if mean is not None else 0.0
+    return round((total + 1) / (n + 2), 6)
 
 
 def _mean() -> stats.Mean:

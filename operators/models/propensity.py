@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from schemas.errors import ConfigurationError
 from state._native import decision_features as native_decision_features
+from state._native import logistic_score
 from state.catalogue import FeatureView
 
 FEATURES: tuple[str, ...] = (
@@ -141,6 +142,7 @@ class PropensityModel:
     name: ClassVar[str] = "propensity"
     parameters: ClassVar[type[BaseModel]] = PropensityParameters
     required_in_files: ClassVar[bool] = True
+    _parameters: tuple[Any, ...] | None = None  # the pipeline's, as the native score reads them; None: read again
 
     def __init__(self, frozen: bool = False) -> None:
         self.frozen = frozen
@@ -153,7 +155,35 @@ class PropensityModel:
         self.learnt = 0
 
     def score(self, x: tuple[float, ...]) -> float:
-        return self.pipeline.predict_proba_one(dict(zip(FEATURES, x, strict=True))).get(True, 0.5)
+        """P(order) for inputs ``x``, as the pipeline's ``predict_proba_one`` gives it: computed natively
+        from the pipeline's parameters (read once after each change), or, while the model lacks a
+        parameter for some input (nothing learnt yet), by the pipeline's own steps."""
+        parameters = self._parameters or self._read_parameters()
+        if parameters:
+            return logistic_score(x, *parameters)
+        scaler, regression = self.pipeline.steps.values()
+        scaled = scaler.transform_one(dict(zip(FEATURES, x, strict=True)))
+        return regression.predict_proba_one(scaled).get(True, 0.5)
+
+    def _read_parameters(self) -> tuple[Any, ...]:
+        """The scaler's centres and scales (``var ** 0.5``, as it divides by), the regression's weights
+        and intercept, by input; ``()`` if one is missing or a variance is negative (the pipeline's
+        own steps then score, and add what they add: a missing variance, a weight from the initializer)."""
+        scaler, regression = self.pipeline.steps.values()
+        means, variances, weights = scaler.means, scaler.vars, regression._weights
+        if any(name not in variances or name not in weights for name in FEATURES):
+            return ()
+        spreads = [variances[name] for name in FEATURES]
+        if any(v < 0 for v in spreads):
+            return ()
+        centers = tuple(means[name] if v else 0.0 for name, v in zip(FEATURES, spreads, strict=True))
+        scales = tuple(v**0.5 if v else 0.0 for v in spreads)
+        self._parameters = (centers, scales, tuple(weights[name] for name in FEATURES), regression.intercept)
+        return self._parameters
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the parameters read for scoring (they are read again after a restore)."""
+        return {name: value for name, value in self.__dict__.items() if name != "_parameters"}
 
     def learn(self, x: tuple[float, ...], y: bool) -> float:
         """Score the outcome first (progressive validation), then learn from it unless frozen;
@@ -165,6 +195,7 @@ class PropensityModel:
             self.drifts += 1
         if not self.frozen:
             self.pipeline.learn_one(dict(zip(FEATURES, x, strict=True)), y)
+            self._parameters = None
             self.learnt += 1
         return p
 
@@ -200,6 +231,7 @@ class PropensityModel:
         )
         regression.intercept = float(data["intercept"])
         self.learnt = int(data["learnt"])
+        self._parameters = None
 
     def stats(self) -> dict[str, Any]:
         return {"learnt": self.learnt, "drifts": self.drifts, "progressive": self.quality.to_counts()}

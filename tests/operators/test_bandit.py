@@ -126,3 +126,24 @@ def test_offers_can_come_from_their_own_file_and_its_errors_name_it(tmp_path):
     offers.unlink()
     with pytest.raises(RuleFileError, match="cannot read the offers file"):
         load_rules(rules)
+
+
+def test_a_choice_scores_what_the_bandit_has_learnt_up_to_it():
+    """Scores are kept per segment between choices: a reward learnt in between, a model loaded or a
+    pickled copy restored gives the next choice the scores as they are then."""
+    import pickle
+
+    bandit = OfferBandit(exploration=0.0, seed=1)
+    context, candidates = "active/buyer/regular", ["a", "b"]
+    assert bandit.choose("d1", candidates, context).scores == {"a": 0.5, "b": 0.5}
+    bandit.learn("b", context, True)
+    choice = bandit.choose("d2", candidates, context)
+    assert (choice.offer, choice.scores) == ("b", {"a": 0.5, "b": bandit.score(context, "b")})
+    copy = pickle.loads(pickle.dumps(bandit))
+    copy.learn("b", context, False)
+    bandit.learn("a", context, True)
+    assert copy.choose("d3", candidates, context).scores == {"a": 0.5, "b": 0.5}
+    fresh = OfferBandit(exploration=0.0, seed=1)
+    fresh.choose("d4", candidates, context)
+    fresh.load(bandit.export())
+    assert fresh.choose("d5", candidates, context).scores == bandit.choose("d5", candidates, context).scores

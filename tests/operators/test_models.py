@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 from conftest import CART_RULE, EngineHarness, added, call, decisions, order, rules_from, track
@@ -236,3 +238,48 @@ def test_models_keep_no_journal_of_what_they_learnt_in_a_run_without_snapshots()
     models = unsnapshotted.customers.models
     assert models.recommender.stats()["products"] > 0
     assert models._journal is None, "a replay without snapshots must not keep every product event"
+
+
+def test_the_propensity_score_is_the_pipelines_own_to_the_bit():
+    """The score is computed natively from the pipeline's parameters: the same number (and type) as the
+    pipeline's ``predict_proba_one`` gives, and the same parameters after it (the pipeline adds a
+    variance, or a weight from its initializer, for an input it lacks), for a model that has learnt
+    nothing, one learning (one input never varies), inputs far enough out that River's logistic
+    function answers the integers 0 and 1, and models loaded from a model file, whole or not."""
+    import copy
+    import random
+
+    generator = random.Random(5)
+
+    def inputs(scale: float) -> tuple[float, ...]:
+        x = [generator.uniform(-scale, scale) for _ in FEATURES]
+        x[3] = 1.0  # a variance of 0: scaled to 0
+        return tuple(x)
+
+    def parameters(pipeline: Any) -> tuple[Any, ...]:
+        scaler, regression = pipeline.steps.values()
+        return dict(scaler.means), dict(scaler.vars), regression._weights.to_dict(), regression.intercept
+
+    answers = set()
+
+    def check(model: PropensityModel, x: tuple[float, ...]) -> None:
+        twin = copy.deepcopy(model.pipeline)
+        expected = twin.predict_proba_one(dict(zip(FEATURES, x, strict=True))).get(True, 0.5)
+        score = model.score(x)
+        assert (score, type(score)) == (expected, type(expected))
+        assert parameters(model.pipeline) == parameters(twin)
+        answers.add(type(score))
+
+    model = PropensityModel()
+    for step in range(200):
+        check(model, inputs(3.0))
+        check(model, inputs(1e4))
+        model.learn(inputs(3.0), step % 3 == 0)
+    exported = model.export()
+    partial = {**exported, "weights": dict(list(exported["weights"].items())[:5])}
+    for data in (exported, partial):
+        loaded = PropensityModel()
+        loaded.load(data)
+        for _ in range(20):
+            check(loaded, inputs(3.0))
+    assert answers == {int, float}

@@ -300,3 +300,40 @@ def test_a_snapshot_of_the_plain_python_model_restores_into_the_compiled_one_and
         reference.learn(*args)
     assert _state(model) == _state(reference)
     assert model.recommend(["p001", "p003"], 10) == reference.recommend(["p001", "p003"], 10)
+
+
+def test_recommendations_read_from_the_features_record_are_those_of_the_names_handed_over():
+    """``ShardModels.recommend`` reads the session, the last order, the cart, the favourite products and
+    the category affinities from the features record in one compiled call: the same products as the
+    recommender gives for them handed over as Python names, for customers in every state of a day."""
+    from operators.models import interests, session_products
+
+    generator = random.Random(3)
+    products = [f"p{i}" for i in range(40)]
+    events = []
+    for minute in range(0, 1500, 3):
+        user = f"u{generator.randrange(25)}"
+        product, category = generator.choice(products), f"c{generator.randrange(6)}"
+        props = {"product_id": product, "category": category, "price": 10.0}
+        kind = generator.choice(["Product Viewed", "Product Viewed", "Product Added", "Order Completed"])
+        if kind == "Order Completed":
+            props = {"order_id": f"o{minute}", "total": 10.0, "products": [{"product_id": product, "quantity": 1}]}
+        events.append(track(kind, user, minute, props=props))
+    h = EngineHarness(rules_from(RULES))
+    h.feed(events)
+    models, customers = h.customers.models, h.customers.customers.values()
+    assert any(s.features.bought for s in customers) and any(s.features.cart_products for s in customers)
+    checked = 0
+    for state in customers:
+        for at_ms in (state.last_seen_ms, state.last_seen_ms + 10 * 60_000, state.last_seen_ms + 3_600_000):
+            features = state.features
+            expected = models.recommender.recommend(
+                session_products(state, at_ms, models.session_timeout_ms),
+                4,
+                exclude=(*features.bought, *features.cart_products),
+                interests=interests(state),
+                categories=features.category_scores,
+            )
+            assert models.recommend(state, 4, at_ms) == expected
+            checked += bool(expected)
+    assert checked > 20

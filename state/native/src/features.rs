@@ -2211,7 +2211,7 @@ pub mod python {
     }
 
     /// An affinity's items by decayed score, strongest first (ties by name), the first ``n``.
-    fn ranked(topk: &TopK, n: Option<usize>) -> Vec<&'static str> {
+    pub(crate) fn ranked(topk: &TopK, n: Option<usize>) -> Vec<&'static str> {
         let mut table = Names::lock();
         let ids = topk.top(n.unwrap_or(usize::MAX), table.get());
         ids.into_iter().map(|id| table.get().name(id)).collect()
@@ -2227,7 +2227,7 @@ pub mod python {
             .collect()
     }
 
-    fn kept(topk: &TopK) -> Vec<(&'static str, f64)> {
+    pub(crate) fn kept(topk: &TopK) -> Vec<(&'static str, f64)> {
         let ids: Vec<Id> = topk.pairs().map(|(id, _)| id).collect();
         names(&ids)
             .into_iter()

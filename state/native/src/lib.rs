@@ -5,6 +5,7 @@
 
 pub mod bookkeeping;
 pub mod customer_step;
+pub mod decision;
 pub mod dedupe;
 pub mod event_scan;
 pub mod features;

@@ -240,7 +240,7 @@ fn affinities<'py>(
         .collect()
 }
 
-fn zero_division(_: recommend::ZeroDivision) -> PyErr {
+pub(crate) fn zero_division(_: recommend::ZeroDivision) -> PyErr {
     PyZeroDivisionError::new_err("float division by zero")
 }
 
@@ -676,5 +676,14 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<crate::rule_program::python::RuleProgram>()?;
     module.add_class::<crate::bookkeeping::python::Bookkeeping>()?;
     module.add_class::<crate::customer_step::python::CustomerStep>()?;
+    module.add_function(wrap_pyfunction!(
+        crate::decision::python::recommend_for,
+        module
+    )?)?;
+    module.add_function(wrap_pyfunction!(
+        crate::decision::python::logistic_score,
+        module
+    )?)?;
+    module.add_class::<crate::decision::python::ReasonValues>()?;
     Ok(())
 }

@@ -135,7 +135,7 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
-    fn read(&self, slot: Slot) -> Value<'static> {
+    pub(crate) fn read(&self, slot: Slot) -> Value<'static> {
         let features = self.features;
         let purchases = features.purchases();
         let live_session = || {
@@ -569,7 +569,7 @@ pub mod python {
 
     /// A read of ``feature`` (``key``: its field, for traits, consent, cart and session). A trait
     /// or a channel that does not exist is ``null``, as the dictionary's ``get`` gives.
-    fn read(feature: &str, key: &str, part: &Bound<'_, PyAny>) -> PyResult<Node> {
+    pub(crate) fn read(feature: &str, key: &str, part: &Bound<'_, PyAny>) -> PyResult<Node> {
         let code = |keys: &[&str]| keys.iter().position(|k| *k == key).map(|p| p as u8);
         let slot = match feature {
             "lifecycle" => Slot::Lifecycle,
