@@ -93,6 +93,32 @@ class EpochMs:
     def __init__(self, general: Callable[[str], int]) -> None: ...
     def __call__(self, text: str) -> int: ...
 
+class EnvelopeMaker:
+    """Makes the envelopes of a batch's plain events, the way ``operators.parse.parse`` makes them (see
+    ``state/native/src/envelopes.rs``); every other item is left to the Python way."""
+
+    def __init__(
+        self,
+        scan: EventScan,
+        raw_event: type,
+        envelope: type,
+        decoders: list[Callable[[bytes], Any]],
+        tracks: list[bool],
+        identify: int,
+        alias: int,
+        known: frozenset[str],
+        unknown_field_notes: Callable[[list[tuple[str, int]]], tuple[Any, ...]],
+        force_setattr: Callable[[Any, str, Any], None],
+    ) -> None:
+        """Per model of ``scan`` (by index): its decoder and whether a track call (named by its
+        ``event``, else its ``type``); ``identify`` and ``alias`` are the models whose
+        ``traits.created_at`` is a date-time and whose anonymous id is the ``previousId``; ``known``
+        the names counted as known; ``unknown_field_notes`` makes an event's notes of unknown
+        fields and ``force_setattr`` puts its order lines in."""
+    def make(self, batch: list[Any], max_bytes: int) -> tuple[list[Any], list[int]]:
+        """``(made, rest)``: per item of ``batch``, the envelope of a ``raw_event`` whose plain way
+        succeeds, else None; ``rest``, the positions of the raw events left to the Python way."""
+
 class Features:
     """A customer's features: one compact record, updated by one call per event (see
     ``state/customer.py`` and ``state/native/src/features.rs``). Product, category, store, city and

@@ -5,6 +5,7 @@
 
 pub mod bookkeeping;
 pub mod dedupe;
+pub mod envelopes;
 pub mod event_scan;
 pub mod features;
 pub mod links;
