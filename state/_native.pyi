@@ -119,6 +119,31 @@ class EnvelopeMaker:
         """``(made, rest)``: per item of ``batch``, the envelope of a ``raw_event`` whose plain way
         succeeds, else None; ``rest``, the positions of the raw events left to the Python way."""
 
+class IdentityPass:
+    """The identity stage's pass-through of identified events with no anonymous state to hand over
+    (see ``state/native/src/identity_pass.rs``)."""
+
+    def __init__(self, lateness_ms: int, max_skew_ms: int, max_age_ms: int, day_ms: int, erasure: str) -> None: ...
+    def run(
+        self,
+        released: list[Any],
+        start: int,
+        seen: Dedupe,
+        links: Links,
+        customers: dict[str, Any],
+        added: list[str] | None,
+        clock: int | None,
+        next_due: int | None,
+        swept_day: int | None,
+        out: list[Any],
+    ) -> tuple[int, int | None, int, int]:
+        """Pass the envelopes of ``released`` from ``start`` on to ``out`` until one needs the Python
+        way (future-dated, too old, an anonymous customer's, an erasure, one with anonymous state in
+        ``customers`` to hand over, one that moves the clock past ``next_due`` or out of the day
+        ``swept_day``); return ``(its position (the length if none), the clock, duplicates dropped,
+        links made or changed)``. Each passed event's message id is remembered in ``seen`` (and
+        appended to ``added`` if given), its anonymous id linked to its user id in ``links``."""
+
 class Features:
     """A customer's features: one compact record, updated by one call per event (see
     ``state/customer.py`` and ``state/native/src/features.rs``). Product, category, store, city and

@@ -8,6 +8,7 @@ pub mod dedupe;
 pub mod envelopes;
 pub mod event_scan;
 pub mod features;
+pub mod identity_pass;
 pub mod links;
 pub mod model_inputs;
 pub mod names;

@@ -10,8 +10,8 @@ use crate::{dedupe, event_scan, links, recommend_bytes, sample, timestamps};
 
 /// Dedupe memory: the last ``capacity`` message ids (as 128-bit hashes), forgetting the oldest first.
 #[pyclass(module = "state._native", name = "Dedupe")]
-struct Dedupe {
-    inner: dedupe::Dedupe,
+pub(crate) struct Dedupe {
+    pub(crate) inner: dedupe::Dedupe,
 }
 
 fn memory(capacity: usize, data: &[u8]) -> PyResult<dedupe::Dedupe> {
@@ -85,8 +85,8 @@ impl Dedupe {
 /// Identity links: anonymous id -> user id (anonymous ids kept as 128-bit hashes), the least
 /// recently used forgotten first beyond ``capacity``.
 #[pyclass(module = "state._native", name = "Links")]
-struct Links {
-    inner: links::Links<Py<PyString>>,
+pub(crate) struct Links {
+    pub(crate) inner: links::Links<Py<PyString>>,
 }
 
 #[pymethods]
@@ -664,6 +664,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<EventScan>()?;
     module.add_class::<EpochMs>()?;
     module.add_class::<crate::envelopes::python::EnvelopeMaker>()?;
+    module.add_class::<crate::identity_pass::python::IdentityPass>()?;
     module.add_class::<OrderLines>()?;
     module.add_class::<crate::features::python::Features>()?;
     module.add_function(wrap_pyfunction!(
