@@ -93,6 +93,10 @@ class EpochMs:
     def __init__(self, general: Callable[[str], int]) -> None: ...
     def __call__(self, text: str) -> int: ...
 
+def shard_of(key: str, shards: int) -> int:
+    """A stable shard number for a routing key, a customer or anonymous id: ``zlib.crc32(key.encode())
+    % shards`` (the same on every machine and run)."""
+
 class EnvelopeMaker:
     """Makes the envelopes of a batch's plain events, the way ``operators.parse.parse`` makes them (see
     ``state/native/src/envelopes.rs``); every other item is left to the Python way."""

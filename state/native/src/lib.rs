@@ -17,6 +17,7 @@ pub mod recommend;
 pub mod recommend_bytes;
 pub mod rule_program;
 pub mod sample;
+pub mod shards;
 pub mod timestamps;
 
 #[cfg(feature = "python")]
