@@ -59,7 +59,7 @@ from schemas.records import decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
 from schemas.streams import MODELS, PROFILES
 from state import codec
-from state._native import CustomerStep, Dedupe, Links, decision_features
+from state._native import CustomerStep, Dedupe, IdentityPass, Links, decision_features
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import Checkpoint, CustomerState, Lifecycle
@@ -938,6 +938,7 @@ class IdentityStage(CustomerStage):
         self.seen = Dedupe(config.dedupe_per_shard)
         self.added: list[str] | None = [] if config.state_store is not None else None  # ids seen since a snapshot
         self.links = Links(config.links_per_shard)
+        self.passing = IdentityPass(config.lateness_ms, config.max_skew_ms, config.max_age_ms, DAY_MS, ERASURE)
 
     _merge_key = staticmethod(attrgetter("seq"))  # what waits: an event
 
@@ -954,41 +955,57 @@ class IdentityStage(CustomerStage):
 
     def _apply_released(self, released: list[Any], out: list[Any]) -> None:
         """Check, dedupe and route each released event (in key order). Most are identified events
-        with no anonymous state to hand over: those (linked on the way when both ids come) pass
-        straight on, without :meth:`_identity_event`'s guard."""
-        writer, config, seen, added = self.writer, self.config, self.seen, self.added
-        customers = self.customers
-        max_skew, max_age, lateness = config.max_skew_ms, config.max_age_ms, config.lateness_ms
-        for env in released:
-            writer.seq, writer.arrived = env.seq, env.arrived
-            ts_ms, mark_ms, received_ms = env.ts_ms, env.mark_ms, env.received_ms
-            if received_ms is not None and ts_ms - received_ms > max_skew:
-                self._future(env, out)  # before dedupe: a corrected resend with the same id is accepted
-                continue
-            if mark_ms - ts_ms > max_age:
-                self._too_old(env, out)  # likewise
-                continue
-            message_id = env.message_id
-            if seen.seen_or_add(message_id):
-                bump(self.stats, "duplicates")
-                continue
-            if added is not None:  # the dedupe memory's journal since the last snapshot
-                added.append(message_id)
-            if self.clock is None or mark_ms - lateness > self.clock:
-                self._advance(mark_ms, out)
-            anonymous_id, user_id = env.anonymous_id, env.user_id
-            if anonymous_id is None:
-                out.append(env)
-            elif user_id is not None and anonymous_id not in customers and env.name != ERASURE:
-                self._link(anonymous_id, user_id)  # no anonymous state to hand over
-                out.append(env)
-            else:
-                start = len(out)
-                try:
-                    self._identity_event(env, out)
-                except Exception as err:  # in linking (an anonymous customer's events are guarded in _customer_event)
-                    writer.retract(out, start)
-                    writer.failed_event(env, err, out)
+        with no anonymous state to hand over: runs of those (linked on the way when both ids come)
+        pass straight on in one native call (``state/native/src/identity_pass.rs``); each other event takes
+        :meth:`_released_event`."""
+        at, end, stats, timers = 0, len(released), self.stats, self.timers
+        while at < end:
+            at, self.clock, duplicates, linked = self.passing.run(
+                released, at, self.seen, self.links, self.customers, self.added,
+                self.clock, timers.next_due(), self.swept_day, out,
+            )  # fmt: skip
+            if duplicates:
+                bump(stats, "duplicates", duplicates)
+            if linked:
+                bump(stats, "identities_linked", linked)
+            if at < end:
+                self._released_event(released[at], out)
+                at += 1
+        if released:
+            self.writer.seq, self.writer.arrived = released[-1].seq, released[-1].arrived
+
+    def _released_event(self, env: Envelope, out: list[Any]) -> None:
+        """Check, dedupe and route one released event the whole way."""
+        writer, config = self.writer, self.config
+        writer.seq, writer.arrived = env.seq, env.arrived
+        ts_ms, mark_ms, received_ms = env.ts_ms, env.mark_ms, env.received_ms
+        if received_ms is not None and ts_ms - received_ms > config.max_skew_ms:
+            self._future(env, out)  # before dedupe: a corrected resend with the same id is accepted
+            return
+        if mark_ms - ts_ms > config.max_age_ms:
+            self._too_old(env, out)  # likewise
+            return
+        message_id = env.message_id
+        if self.seen.seen_or_add(message_id):
+            bump(self.stats, "duplicates")
+            return
+        if self.added is not None:  # the dedupe memory's journal since the last snapshot
+            self.added.append(message_id)
+        if self.clock is None or mark_ms - config.lateness_ms > self.clock:
+            self._advance(mark_ms, out)
+        anonymous_id, user_id = env.anonymous_id, env.user_id
+        if anonymous_id is None:
+            out.append(env)
+        elif user_id is not None and anonymous_id not in self.customers and env.name != ERASURE:
+            self._link(anonymous_id, user_id)  # no anonymous state to hand over
+            out.append(env)
+        else:
+            start = len(out)
+            try:
+                self._identity_event(env, out)
+            except Exception as err:  # in linking (an anonymous customer's events are guarded in _customer_event)
+                writer.retract(out, start)
+                writer.failed_event(env, err, out)
 
     # --- identity stage ----------------------------------------------------------------
     def _identity_event(self, env: Envelope, out: list[Any]) -> None:

@@ -20,7 +20,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators.engine import CustomerStage, EngineConfig, Forward, IdentityStage
 from operators.ordering import NO_MARK, ChunkMark, Tick, shard_of
-from operators.parse import InputMarks, Rejected, offset_of, order_key, parse
+from operators.parse import InputMarks, Rejected, offset_of, order_key, parse_batch
 from operators.rules import CompiledRules
 from operators.shard_metrics import ShardMetrics
 from schemas.envelope import Envelope
@@ -61,9 +61,10 @@ class Router:
         idle: set[int] = set()  # partitions that ended (or have nothing to read now)
         chunk_marks: list[ChunkMark] = []
         stamp = marks.stamp
-        for raw in batch:
+        batch = batch if type(batch) is list else list(batch)
+        for raw, result in zip(batch, parse_batch(batch, max_bytes), strict=True):
             partition = raw.partition
-            if type(raw) is not RawEvent:
+            if result is None:  # a marker
                 if isinstance(raw, ChunkEnd):
                     chunk_marks.append(ChunkMark(marks.key(partition, raw.seq), marks.reached.pop(partition, None)))
                     reached_seq[partition] = marks.key(partition, raw.skip_to)
@@ -72,7 +73,6 @@ class Router:
                     reached_seq[partition] = marks.key(partition, raw.seq)
                     idle.add(partition)
                 continue
-            result = parse(raw, max_bytes)
             if type(result) is Rejected:
                 INVALID_EVENTS.labels(reason=result.reason).inc()
                 key = reached_seq[partition] = marks.key(partition, raw.seq)

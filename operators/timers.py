@@ -45,6 +45,10 @@ class TimerQueue:
         """Whether an entry is due by ``upto_ms`` (a cheap test before :meth:`due`)."""
         return bool(self.heap) and self.heap[0][0] <= upto_ms
 
+    def next_due(self) -> int | None:
+        """The due time of the first entry (None: none), by which :meth:`any_due` holds."""
+        return self.heap[0][0] if self.heap else None
+
     def due(self, upto_ms: int) -> Iterator[tuple[CustomerState, str]]:
         """The timers due by ``upto_ms``, in due order (a customer's in rule id order), as ``(customer,
         rule id)``; entries of customers gone or whose first timer is later are dropped or pushed again.

@@ -420,6 +420,11 @@ EVENT_MODELS: tuple[type[_Call], ...] = (*CALL_MODELS.values(), *dict.fromkeys(T
 _DECODERS = {model: msgspec.json.Decoder(model) for model in EVENT_MODELS}
 
 
+def plain_decoder(model: type[_Call]) -> Callable[[bytes], AnyEvent]:
+    """The JSON decoder :func:`decode_plain` decodes ``model`` with."""
+    return _DECODERS[model].decode
+
+
 def decode_plain(
     raw: bytes,
     model: type[_Call],
@@ -826,6 +831,11 @@ def unknown_field_notes(paths: list[tuple[str, int]]) -> tuple[Note, ...]:
     """The notes of unknown fields found at ``paths``, each with how many times (as
     :func:`contract_notes` words them)."""
     return tuple([("unknown_fields", path, times) for path, times in paths])
+
+
+def is_track(model: type[_Call]) -> bool:
+    """Whether events of ``model`` are named by their ``event`` (see :func:`event_name`)."""
+    return issubclass(model, _Track)
 
 
 def event_name(event: AnyEvent) -> str:

@@ -93,6 +93,61 @@ class EpochMs:
     def __init__(self, general: Callable[[str], int]) -> None: ...
     def __call__(self, text: str) -> int: ...
 
+def shard_of(key: str, shards: int) -> int:
+    """A stable shard number for a routing key, a customer or anonymous id: ``zlib.crc32(key.encode())
+    % shards`` (the same on every machine and run)."""
+
+class EnvelopeMaker:
+    """Makes the envelopes of a batch's plain events, the way ``operators.parse.parse`` makes them (see
+    ``state/native/src/envelopes.rs``); every other item is left to the Python way."""
+
+    def __init__(
+        self,
+        scan: EventScan,
+        raw_event: type,
+        envelope: type,
+        decoders: list[Callable[[bytes], Any]],
+        tracks: list[bool],
+        identify: int,
+        alias: int,
+        known: frozenset[str],
+        unknown_field_notes: Callable[[list[tuple[str, int]]], tuple[Any, ...]],
+        force_setattr: Callable[[Any, str, Any], None],
+    ) -> None:
+        """Per model of ``scan`` (by index): its decoder and whether a track call (named by its
+        ``event``, else its ``type``); ``identify`` and ``alias`` are the models whose
+        ``traits.created_at`` is a date-time and whose anonymous id is the ``previousId``; ``known``
+        the names counted as known; ``unknown_field_notes`` makes an event's notes of unknown
+        fields and ``force_setattr`` puts its order lines in."""
+    def make(self, batch: list[Any], max_bytes: int) -> tuple[list[Any], list[int]]:
+        """``(made, rest)``: per item of ``batch``, the envelope of a ``raw_event`` whose plain way
+        succeeds, else None; ``rest``, the positions of the raw events left to the Python way."""
+
+class IdentityPass:
+    """The identity stage's pass-through of identified events with no anonymous state to hand over
+    (see ``state/native/src/identity_pass.rs``)."""
+
+    def __init__(self, lateness_ms: int, max_skew_ms: int, max_age_ms: int, day_ms: int, erasure: str) -> None: ...
+    def run(
+        self,
+        released: list[Any],
+        start: int,
+        seen: Dedupe,
+        links: Links,
+        customers: dict[str, Any],
+        added: list[str] | None,
+        clock: int | None,
+        next_due: int | None,
+        swept_day: int | None,
+        out: list[Any],
+    ) -> tuple[int, int | None, int, int]:
+        """Pass the envelopes of ``released`` from ``start`` on to ``out`` until one needs the Python
+        way (future-dated, too old, an anonymous customer's, an erasure, one with anonymous state in
+        ``customers`` to hand over, one that moves the clock past ``next_due`` or out of the day
+        ``swept_day``); return ``(its position (the length if none), the clock, duplicates dropped,
+        links made or changed)``. Each passed event's message id is remembered in ``seen`` (and
+        appended to ``added`` if given), its anonymous id linked to its user id in ``links``."""
+
 class Features:
     """A customer's features: one compact record, updated by one call per event (see
     ``state/customer.py`` and ``state/native/src/features.rs``). Product, category, store, city and

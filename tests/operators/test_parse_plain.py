@@ -14,9 +14,9 @@ import pytest
 
 import operators.parse as parse_module
 from connectors.synthetic import generate_events
-from operators.parse import _SCAN, Rejected, _parse_generally, parse
+from operators.parse import _PLAIN, _SCAN, Rejected, _parse_generally, parse, parse_batch
 from schemas.envelope import Envelope
-from schemas.items import RawEvent
+from schemas.items import ChunkEnd, EndOfInput, RawEvent
 from state._native import OrderLines
 
 ODD_VALUES: list[Any] = [
@@ -309,6 +309,37 @@ def test_the_corpus_takes_both_ways_and_all_outcomes(payloads):
         getattr(getattr(r.event, "properties", None), "products", None) for r in results if isinstance(r, Envelope)
     ]
     assert {type(products) for products in lines if products} == {list, OrderLines}
+
+
+def test_a_batch_parses_as_each_of_its_events_parses_alone(payloads):
+    """The envelopes made natively a batch at a time are the ones :func:`parse` makes (the same
+    event, ids, times, notes and order lines); markers stay markers."""
+    raws: list[Any] = [RawEvent(n, {"source": "corpus", "line": n}, p, arrived=n / 8) for n, p in enumerate(payloads)]
+    raws.insert(5, EndOfInput(5))
+    raws.insert(9, ChunkEnd(9, 20))
+    results = parse_batch(raws)
+    assert results[5] is None and results[9] is None
+    differ = [
+        raw.payload
+        for raw, result in zip(raws, results, strict=True)
+        if type(raw) is RawEvent and outcome(result) != outcome(parse(raw))  # type: ignore[arg-type]
+    ]
+    assert not differ, differ[:3]
+
+
+def test_the_native_way_makes_the_plain_events_and_leaves_the_rest(payloads):
+    """So that the comparison above means something: most plain events, orders with their lines and
+    events with unknown fields among them, are made natively; no event that is refused is, nor a
+    record rejected at its source or too large."""
+    raws = [RawEvent(n, {}, payload) for n, payload in enumerate(payloads)]
+    made, rest = _PLAIN.make(raws, 32 * 1024)
+    natively = [envelope for envelope in made if envelope is not None]
+    assert len(natively) > 0.8 * sum(_SCAN.model_of(payload) >= 0 for payload in payloads)
+    assert any(type(env.event.properties.products) is OrderLines for env in natively if env.name == "Order Completed")
+    assert any(envelope.notes for envelope in natively)
+    assert all(at in rest for at, raw in enumerate(raws) if isinstance(parse(raw), Rejected))
+    rejected = RawEvent(0, {}, payloads[0], rejected=("adapter", "schema_invalid", "bad row"))
+    assert _PLAIN.make([rejected, raws[0]], len(payloads[0]) - 1) == ([None, None], [0, 1])
 
 
 def test_a_plain_event_is_not_validated_the_general_way(monkeypatch, payloads):

@@ -3,7 +3,10 @@ pipeline giving what the dataflow gives."""
 
 from __future__ import annotations
 
+import zlib
+
 import orjson
+import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 from conftest import added, envelopes, order, raw_records, source_records, track
 
@@ -130,3 +133,13 @@ def test_identified_events_passed_straight_on_still_link_their_anonymous_id_and_
     assert [item.customer_id for item in handed] == ["u1", "u1", "u1", "u2", "u2"]
     assert identity.stats["identities_linked"] == 2
     assert identity.customers == {}, "no anonymous customer was kept"
+
+
+def test_a_key_s_shard_is_its_crc32_modulo_the_shards_on_every_machine():
+    """The shard of a routing key is fixed by its bytes: state keyed by it stays where it is."""
+    keys = ["", "u-005570", "a-98034f9999c0c2e4", "caf\u00e9 \U0001f600", "x" * 200, *(f"u{n}" for n in range(500))]
+    for shards in (1, 3, 16, 1024):
+        assert [shard_of(key, shards) for key in keys] == [zlib.crc32(key.encode()) % shards for key in keys]
+    assert shard_of("u-005570", 16) == 10
+    with pytest.raises(ZeroDivisionError):
+        shard_of("u1", 0)

@@ -7,8 +7,10 @@ pub mod bookkeeping;
 pub mod customer_step;
 pub mod decision;
 pub mod dedupe;
+pub mod envelopes;
 pub mod event_scan;
 pub mod features;
+pub mod identity_pass;
 pub mod links;
 pub mod model_inputs;
 pub mod names;
@@ -17,6 +19,7 @@ pub mod recommend;
 pub mod recommend_bytes;
 pub mod rule_program;
 pub mod sample;
+pub mod shards;
 pub mod timestamps;
 
 #[cfg(feature = "python")]

@@ -10,8 +10,8 @@ use crate::{dedupe, event_scan, links, recommend_bytes, sample, timestamps};
 
 /// Dedupe memory: the last ``capacity`` message ids (as 128-bit hashes), forgetting the oldest first.
 #[pyclass(module = "state._native", name = "Dedupe")]
-struct Dedupe {
-    inner: dedupe::Dedupe,
+pub(crate) struct Dedupe {
+    pub(crate) inner: dedupe::Dedupe,
 }
 
 fn memory(capacity: usize, data: &[u8]) -> PyResult<dedupe::Dedupe> {
@@ -85,8 +85,8 @@ impl Dedupe {
 /// Identity links: anonymous id -> user id (anonymous ids kept as 128-bit hashes), the least
 /// recently used forgotten first beyond ``capacity``.
 #[pyclass(module = "state._native", name = "Links")]
-struct Links {
-    inner: links::Links<Py<PyString>>,
+pub(crate) struct Links {
+    pub(crate) inner: links::Links<Py<PyString>>,
 }
 
 #[pymethods]
@@ -534,10 +534,10 @@ impl CoOccurrence {
 /// A quick pass over an input event's JSON bytes: which model it is for, if it is plain enough to
 /// be decoded straight into it (see ``state/native/src/event_scan.rs``).
 #[pyclass(module = "state._native", name = "EventScan", frozen)]
-struct EventScan {
-    inner: event_scan::EventScan,
+pub(crate) struct EventScan {
+    pub(crate) inner: event_scan::EventScan,
     /// Decodes one order line's JSON into its model (see :class:`OrderLines`).
-    decode_line: Py<PyAny>,
+    pub(crate) decode_line: Py<PyAny>,
 }
 
 /// A closed container: its path (``None`` for any element of an array) and the keys allowed there.
@@ -663,6 +663,9 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(sampled, module)?)?;
     module.add_class::<EventScan>()?;
     module.add_class::<EpochMs>()?;
+    module.add_class::<crate::envelopes::python::EnvelopeMaker>()?;
+    module.add_class::<crate::identity_pass::python::IdentityPass>()?;
+    module.add_function(wrap_pyfunction!(crate::shards::python::shard_of, module)?)?;
     module.add_class::<OrderLines>()?;
     module.add_class::<crate::features::python::Features>()?;
     module.add_function(wrap_pyfunction!(
