@@ -80,7 +80,7 @@ def child(per_partition: int, events: int) -> None:
         def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> Partition:
             return Partition(int(for_part[2:]), resume_state)
 
-    with tempfile.TemporaryDirectory(prefix="nudgeflow-recovery-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nudgeflow-recovery-", ignore_cleanup_errors=True) as tmp:
         settings = Settings(recovery_dir=Path(tmp))
         flow = build_flow(settings, snapshots=True, source=Source(), sink=DiscardSink(), source_partitions=PARTITIONS)
         started = cpu_seconds()
