@@ -45,7 +45,7 @@ import orjson
 from operators.decisions import DecisionWriter, RuleFailed, bump
 from operators.expressions import Expression
 from operators.models import ModelMode, ModelsSnapshot, ShardModels, merge_open
-from operators.ordering import OrderedRelease, Tick, shard_of
+from operators.ordering import CatchUp, OrderedRelease, Tick, shard_of
 from operators.parse import count_notes
 from operators.rule_program import NativeRules
 from operators.rules import CompiledRules, CompiledTrigger, format_duration
@@ -170,7 +170,8 @@ class CustomerStage:
         Events and forwards wait in the ordered release until every upstream has passed them;
         outputs (dead letters) pass straight through. The batch's ticks are noted first and
         acted on once: anything that arrives after an upstream's tick lies beyond it, so one
-        release gives what a release per tick would.
+        release gives what a release per tick would. A :class:`CatchUp` (the progress missed while
+        there was nothing to do) is acted on at once, before the items after it.
         """
         last_tick = None
         ticks, pending = self.ordered.ticks, self.ordered.pending
@@ -183,6 +184,11 @@ class CustomerStage:
                     ticks[tick.origin] = last_tick = tick
             elif kind is Tick:
                 ticks[item.origin] = last_tick = item
+            elif kind is CatchUp:
+                for tick in item.ticks:
+                    ticks[tick.origin] = tick
+                self._progress(item.ticks[-1], out)
+                last_tick = None
             elif kind is Output:
                 out.append(item)
             else:  # a Forward, or a chunk mark

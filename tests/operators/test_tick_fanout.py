@@ -86,7 +86,7 @@ def test_a_quiet_shards_timer_fires_in_the_pass_whose_event_time_passes_it():
     due = live.feed([(1, track("Page", others[1], 40))])  # the event time passes 32 min plus the lateness
     assert ("customer", quiet) in live.runs
     reminders = [orjson.loads(o.body) for o in due if o.stream == "triggers.push"]
-    assert [r["customer_id"] for r in reminders] == ["u1"], "fired in the pass that moved the clock past it"
+    assert [r["subject"] for r in reminders] == ["u1"], "fired in the pass that moved the clock past it"
 
 
 def test_an_event_of_a_shard_that_missed_passes_is_late_or_not_as_if_it_had_heard_them():
