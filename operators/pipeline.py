@@ -9,6 +9,7 @@ same rule: one tick per source batch, one item per shard per batch.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -138,28 +139,27 @@ class TickFanout:
     replay's partitions, a topic partition with more to read) and in the pass after, every shard
     hears every pass, as the ordered release needs. Once every upstream is idle (a live topic read
     to its end), a shard hears a pass that moves the progress only when it gets items in it, or
-    when the event time reached passes the time it must act by (its first timer, its daily sweep:
-    see :meth:`ShardLogic.on_batch`); one that has not told it (not run yet, or in another process)
+    when the event time reached passes the clock it must act by (its first timer, its daily sweep:
+    see :meth:`ShardLogic.on_batch`); one that has not told (not run yet, or in another process)
     hears every such pass. So a pass costs what its events cost, not what the number of shards does.
 
     Whoever hears gets the latest tick of every upstream (each with its shard number when
     ``per_shard``), after a :class:`CatchUp` to the progress of the pass before if it missed a
     move: its clock stands where hearing every pass would have put it when its items are applied.
+    Each worker sends the ticks of its own upstreams only, along with the items they cover.
     """
 
     def __init__(self, shards: int, lateness_ms: int, per_shard: bool = False) -> None:
         self.shards = shards
         self.lateness_ms = lateness_ms
         self.per_shard = per_shard
-        self.latest: dict[int, Tick] = {}  # the latest tick of each upstream
-        self.moves = 0  # how many passes moved ``latest``
-        self.heard = [0] * shards  # ``moves`` when each shard last heard
-        self.busy = True  # an upstream was busy in the last pass that moved ``latest``
-        self.act_by: dict[int, int] = {}  # shard -> the clock it must hear by (see ShardLogic.on_batch)
+        self.act_by: dict[int, int] = {}  # shard -> the clock it must hear by, as it told (in this process)
+        self._workers = threading.local()  # the WorkerTicks of each worker thread
 
     def send(self, routed: list[list[Any]], ticks: Iterable[Tick], everyone: bool = False) -> None:
         """Note a pass's ticks and add the latest to what each shard that hears gets in ``routed``."""
-        latest, before = self.latest, self.moves
+        worker = self._worker()
+        latest, before = worker.latest, worker.moves
         previous = tuple(latest.values())
         moved = False
         for tick in ticks:
@@ -167,11 +167,11 @@ class TickFanout:
         if not latest:
             return
         if moved:
-            self.moves += 1
-            was_busy, self.busy = self.busy, any(not tick.idle for tick in latest.values())
-            everyone = everyone or was_busy or self.busy
-        heard = self.heard
-        for shard in range(self.shards) if everyone else self._listeners(routed, moved):
+            worker.moves += 1
+            was_busy, worker.busy = worker.busy, any(not tick.idle for tick in latest.values())
+            everyone = everyone or was_busy or worker.busy
+        heard = worker.heard
+        for shard in range(self.shards) if everyone else self._listeners(worker, routed, moved):
             items = routed[shard]
             if not moved:  # nothing new: what it missed, before its items
                 items.insert(0, CatchUp(self._ticks(latest.values(), shard)))
@@ -179,14 +179,20 @@ class TickFanout:
                 if heard[shard] < before and previous:
                     items.insert(0, CatchUp(self._ticks(previous, shard)))
                 items.append(self._ticks(latest.values(), shard))
-            heard[shard] = self.moves
+            heard[shard] = worker.moves
 
-    def _listeners(self, routed: list[list[Any]], moved: bool) -> list[int]:
+    def _worker(self) -> WorkerTicks:
+        worker = getattr(self._workers, "ticks", None)
+        if worker is None:
+            worker = self._workers.ticks = WorkerTicks(self.shards)
+        return worker
+
+    def _listeners(self, worker: WorkerTicks, routed: list[list[Any]], moved: bool) -> list[int]:
         """The shards that hear a pass of idle upstreams: those with items (that missed a move, if
         this pass made none) and, if it moved the progress, those it brings to act."""
         if not moved:
-            return [shard for shard, items in enumerate(routed) if items and self.heard[shard] < self.moves]
-        marks = [tick.ts_ms for tick in self.latest.values() if tick.ts_ms is not None]
+            return [shard for shard, items in enumerate(routed) if items and worker.heard[shard] < worker.moves]
+        marks = [tick.ts_ms for tick in worker.latest.values() if tick.ts_ms is not None]
         clock = max(marks) - self.lateness_ms if marks else NO_MARK  # where the stage's clocks go
         act_by = self.act_by
         return [shard for shard, items in enumerate(routed) if items or act_by.get(shard, NO_MARK) <= clock]
@@ -195,6 +201,16 @@ class TickFanout:
         if self.per_shard:
             return tuple(Tick(t.ts_ms, t.seq, t.origin, t.idle, shard, t.chunked) for t in ticks)
         return tuple(ticks)
+
+
+class WorkerTicks:
+    """What one worker has sent a stage's shards: its upstreams' latest ticks, and who heard when."""
+
+    def __init__(self, shards: int) -> None:
+        self.latest: dict[int, Tick] = {}  # the latest tick of each of its upstreams
+        self.moves = 0  # how many passes moved ``latest``
+        self.heard = [0] * shards  # ``moves`` when each shard last heard
+        self.busy = True  # an upstream was busy in the last pass that moved ``latest``
 
 
 def _by_shard(routed: list[list[Any]]) -> dict[int, list[Any]]:
