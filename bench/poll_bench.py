@@ -2,13 +2,16 @@
 
     python bench/poll_bench.py                       # 2, 5, 10, 20 and 1000 events per partition
     python bench/poll_bench.py --per-partition 5 10 --rounds 3
+    python bench/poll_bench.py --caught-up           # each partition reads all there is every activation
 
 A live Kafka source reads every ``NUDGEFLOW_KAFKA_POLL_MS`` when it keeps up, so at R events/s
 each activation of the flow carries about R x poll interval events. Each run here feeds the
 flow (recovery snapshots on, as ``nudgeflow run``) from 8 in-memory partitions handing out
 ``n`` events each per activation, and prints its CPU time (user + system) per event; runs are
 alternated in rounds, as the machine may be shared. Two sizes give the cost of one activation
-(``c``) and of one event (``a``): ``cpu = a x events + c x activations``.
+(``c``) and of one event (``a``): ``cpu = a x events + c x activations``. By default a partition
+always has more to read (as a replay's, or a topic with a backlog); with ``--caught-up`` each
+hands out its events with the end of what there is to read, as a topic partition that keeps up.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child(per_partition: int, events: int) -> None:
+def child(per_partition: int, events: int, caught_up: bool = False) -> None:
     """One run in this process; prints ``cpu_seconds activations``."""
     from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
     from flow_bench import stream
@@ -68,6 +71,8 @@ def child(per_partition: int, events: int) -> None:
                 for n in range(self.at, end)
             ]
             self.at = end
+            if caught_up and end < len(self.lines):  # read all there is for now (the last batch ends anyway)
+                batch.append(EndOfInput(end, self.number))
             return batch
 
         def snapshot(self) -> int:
@@ -93,14 +98,16 @@ def main() -> None:
     parser.add_argument("--per-partition", type=int, nargs="+", default=[2, 5, 10, 20, 1000])
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--caught-up", action="store_true", help="every batch read all there was (a live topic)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.child, args.events)
+        child(args.child, args.events, args.caught_up)
         return
     runs: dict[int, list[tuple[float, int]]] = {n: [] for n in args.per_partition}
     for _, n in itertools.product(range(args.rounds), args.per_partition):
         command = [sys.executable, __file__, "--child", str(n), "--events", str(args.events)]
+        command += ["--caught-up"] if args.caught_up else []
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{n} per partition failed:\n{done.stderr}")
