@@ -26,7 +26,9 @@ passed, then passes its own tick on to every customer shard, which does the same
 identity shards. A partition with
 nothing to read (end of a recording, or a live topic partition that is idle) holds back
 nothing. Clocks follow the partitions' marks, so a shard whose customers are quiet still
-sees the clock move, and "late" means late for the input, not for one shard.
+sees the clock move, and "late" means late for the input, not for one shard. Once every
+partition is idle, a shard hears the ticks only when it has events, or timers (or its daily
+sweep) the clock passes, and catches up before its next events (:class:`operators.pipeline.TickFanout`).
 """
 
 from __future__ import annotations
