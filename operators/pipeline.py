@@ -154,7 +154,8 @@ class TickFanout:
         self.lateness_ms = lateness_ms
         self.per_shard = per_shard
         self.act_by: dict[int, int] = {}  # shard -> the clock it must hear by, as it told (in this process)
-        self._workers = threading.local()  # the WorkerTicks of each worker thread
+        self._workers: dict[int, WorkerTicks] = {}  # by worker thread (a thread-local would not last: Bytewax
+        # calls in with a new Python thread state each time)
 
     def send(self, routed: list[list[Any]], ticks: Iterable[Tick], everyone: bool = False) -> None:
         """Note a pass's ticks and add the latest to what each shard that hears gets in ``routed``."""
@@ -182,9 +183,9 @@ class TickFanout:
             heard[shard] = worker.moves
 
     def _worker(self) -> WorkerTicks:
-        worker = getattr(self._workers, "ticks", None)
+        worker = self._workers.get(threading.get_ident())
         if worker is None:
-            worker = self._workers.ticks = WorkerTicks(self.shards)
+            worker = self._workers[threading.get_ident()] = WorkerTicks(self.shards)
         return worker
 
     def _listeners(self, worker: WorkerTicks, routed: list[list[Any]], moved: bool) -> list[int]:

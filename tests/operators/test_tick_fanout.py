@@ -7,11 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.testing import TestingSink, run_main
 from conftest import added, track
 
+from flows.personalization import build_flow
+from flows.settings import Settings
 from operators.engine import EngineConfig
 from operators.ordering import shard_of
-from operators.pipeline import Pipeline
+from operators.pipeline import Pipeline, ShardLogic
 from operators.rules import load_rules
 from schemas.items import EndOfInput, Output, RawEvent
 
@@ -100,3 +104,55 @@ def test_an_event_of_a_shard_that_missed_passes_is_late_or_not_as_if_it_had_hear
     live.feed([(0, track("Page", "u1", 30))])  # older than the clock: late
     engine = live.pipeline.customers[quiet].engine
     assert engine.stats.get("late") == 1
+
+
+class _LivePartition(StatefulSourcePartition[Any, int]):
+    """A topic partition that keeps up: each batch is what there was to read, then its end."""
+
+    def __init__(self, partition: int, batches: list[list[bytes]]) -> None:
+        self.partition, self.batches, self.offset = partition, batches, 0
+
+    def next_batch(self) -> list[Any]:
+        if not self.batches:
+            raise StopIteration
+        batch: list[Any] = []
+        for payload in self.batches.pop(0):
+            batch.append(RawEvent(self.offset, {"offset": self.offset}, payload, partition=self.partition))
+            self.offset += 1
+        return [*batch, EndOfInput(self.offset, self.partition)]
+
+    def snapshot(self) -> int:
+        return self.offset
+
+
+class _LiveSource(FixedPartitionedSource[Any, int]):
+    def __init__(self, batches: list[list[list[bytes]]]) -> None:
+        self.batches = batches  # per partition, its batches
+
+    def list_parts(self) -> list[str]:
+        return [str(p) for p in range(len(self.batches))]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _LivePartition:
+        return _LivePartition(int(for_part), self.batches[int(for_part)])
+
+
+def test_in_the_dataflow_a_live_pass_runs_only_the_shards_its_events_reach(tmp_path, monkeypatch):
+    passes = 30
+    warm_up = [orjson.dumps(track("Page", f"w{n}", 0)) for n in range(40)]
+    one_each = [[orjson.dumps(track("Page", "u1", 1 + n / 60))] for n in range(passes)]
+    source = _LiveSource([[warm_up, *one_each], [[orjson.dumps(track("Page", "x1", 0))]]])
+    runs: list[str] = []
+    on_batch = ShardLogic.on_batch
+
+    def counted(self: ShardLogic, values: list[list[Any]]) -> Any:
+        runs.append(self.engine.role)
+        return on_batch(self, values)
+
+    monkeypatch.setattr(ShardLogic, "on_batch", counted)
+    captured: list[tuple[str, Output]] = []
+    settings = Settings(out=tmp_path / "unused", shards=SHARDS)
+    run_main(build_flow(settings, source=source, sink=TestingSink(captured), source_partitions=PARTITIONS))
+    assert len(runs) < passes * 2 * SHARDS / 3, "a pass of one event runs about one shard per stage, not all"
+    stats = [orjson.loads(o.body) for _, o in captured if o.stream == "stats"]
+    applied = sum(s.get("unknown_events", {}).get("Page", 0) for s in stats if "customers" in s)
+    assert applied == 40 + 1 + passes, "every event applied"
