@@ -174,8 +174,9 @@ class TickFanout:
         heard = worker.heard
         for shard in range(self.shards) if everyone else self._listeners(worker, routed, moved):
             items = routed[shard]
-            if not moved:  # nothing new: what it missed, before its items
-                items.insert(0, CatchUp(self._ticks(latest.values(), shard)))
+            if not moved:  # nothing new: what it missed, if anything, before its items
+                if heard[shard] < worker.moves:
+                    items.insert(0, CatchUp(self._ticks(latest.values(), shard)))
             else:
                 if heard[shard] < before and previous:
                     items.insert(0, CatchUp(self._ticks(previous, shard)))
