@@ -4,7 +4,8 @@
 identity shards emit by customer shard; :class:`ShardLogic` runs one shard's engine on a batch.
 The Bytewax operator (:mod:`operators.customer_state`) and :class:`Pipeline` (the same stages
 called in-process, for tests, evaluation and benchmarks) both use them, so every run follows the
-same rule: one tick per source batch, one item per shard per batch.
+same rule: one tick per source batch, one item per shard per batch; :class:`TickFanout` decides
+which shards hear a batch's ticks.
 """
 
 from __future__ import annotations
