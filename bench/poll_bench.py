@@ -2,13 +2,19 @@
 
     python bench/poll_bench.py                       # 2, 5, 10, 20 and 1000 events per partition
     python bench/poll_bench.py --per-partition 5 10 --rounds 3
+    python bench/poll_bench.py --caught-up           # each partition reads all there is every activation
+    python bench/poll_bench.py --caught-up --live-time   # ... and event time moves 10 ms per activation
 
 A live Kafka source reads every ``NUDGEFLOW_KAFKA_POLL_MS`` when it keeps up, so at R events/s
 each activation of the flow carries about R x poll interval events. Each run here feeds the
 flow (recovery snapshots on, as ``nudgeflow run``) from 8 in-memory partitions handing out
 ``n`` events each per activation, and prints its CPU time (user + system) per event; runs are
 alternated in rounds, as the machine may be shared. Two sizes give the cost of one activation
-(``c``) and of one event (``a``): ``cpu = a x events + c x activations``.
+(``c``) and of one event (``a``): ``cpu = a x events + c x activations``. By default a partition
+always has more to read (as a replay's, or a topic with a backlog); with ``--caught-up`` each
+hands out its events with the end of what there is to read, as a topic partition that keeps up;
+with ``--live-time`` the events' time moves as a live stream's does (10 ms per activation, the
+poll interval), not as fast as a recording is read.
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ import sys
 import tempfile
 import time
 import zlib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 PARTITIONS = 8
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +42,20 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child(per_partition: int, events: int) -> None:
+LIVE_STEP_MS = 10  # event time per activation with --live-time: the Kafka source's poll interval
+
+
+def live_time(line: bytes, activation: int, start_ms: int) -> bytes:
+    """The event at ``activation`` ticks of :data:`LIVE_STEP_MS` after ``start_ms`` (no receivedAt)."""
+    event = orjson.loads(line)
+    event.pop("receivedAt", None)
+    event.pop("sentAt", None)
+    at = datetime.fromtimestamp((start_ms + activation * LIVE_STEP_MS) / 1000, UTC)
+    event["timestamp"] = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return orjson.dumps(event)
+
+
+def child(per_partition: int, events: int, caught_up: bool = False, live: bool = False) -> None:
     """One run in this process; prints ``cpu_seconds activations``."""
     from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
     from flow_bench import stream
@@ -48,6 +70,9 @@ def child(per_partition: int, events: int) -> None:
     parts: list[list[bytes]] = [[] for _ in range(PARTITIONS)]
     for line in itertools.islice(read_lines(stream(2_000, 7)), events):
         parts[zlib.crc32(event_key(line) or b"") % PARTITIONS].append(line)
+    if live:
+        start_ms = int(datetime(2026, 1, 5, tzinfo=UTC).timestamp() * 1000)
+        parts = [[live_time(line, n // per_partition, start_ms) for n, line in enumerate(lines)] for lines in parts]
     activations = [0]
 
     class Partition(StatefulSourcePartition[Any, int]):
@@ -68,6 +93,8 @@ def child(per_partition: int, events: int) -> None:
                 for n in range(self.at, end)
             ]
             self.at = end
+            if caught_up and end < len(self.lines):  # read all there is for now (the last batch ends anyway)
+                batch.append(EndOfInput(end, self.number))
             return batch
 
         def snapshot(self) -> int:
@@ -80,7 +107,7 @@ def child(per_partition: int, events: int) -> None:
         def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> Partition:
             return Partition(int(for_part[2:]), resume_state)
 
-    with tempfile.TemporaryDirectory(prefix="nudgeflow-recovery-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nudgeflow-recovery-", ignore_cleanup_errors=True) as tmp:
         settings = Settings(recovery_dir=Path(tmp))
         flow = build_flow(settings, snapshots=True, source=Source(), sink=DiscardSink(), source_partitions=PARTITIONS)
         started = cpu_seconds()
@@ -93,14 +120,18 @@ def main() -> None:
     parser.add_argument("--per-partition", type=int, nargs="+", default=[2, 5, 10, 20, 1000])
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--caught-up", action="store_true", help="every batch read all there was (a live topic)")
+    parser.add_argument("--live-time", action="store_true", help="event time moves 10 ms per activation")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.child, args.events)
+        child(args.child, args.events, args.caught_up, args.live_time)
         return
     runs: dict[int, list[tuple[float, int]]] = {n: [] for n in args.per_partition}
     for _, n in itertools.product(range(args.rounds), args.per_partition):
         command = [sys.executable, __file__, "--child", str(n), "--events", str(args.events)]
+        command += ["--caught-up"] if args.caught_up else []
+        command += ["--live-time"] if args.live_time else []
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{n} per partition failed:\n{done.stderr}")

@@ -18,17 +18,19 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
 
 from operators.engine import EngineConfig, Role, shard_engine
-from operators.pipeline import Router, ShardLogic
+from operators.pipeline import Router, ShardLogic, TickFanout
 from operators.rules import CompiledRules
 from schemas.items import ChunkEnd, EndOfInput, Output, RawEvent, ReadAhead
 
 
-def _builder(rules: CompiledRules, config: EngineConfig, role: Role, shards: int) -> Callable[[Any], ShardLogic]:
+def _builder(
+    rules: CompiledRules, config: EngineConfig, role: Role, shards: int, fanout: TickFanout
+) -> Callable[[Any], ShardLogic]:
     def build(resume: Any) -> ShardLogic:
         engine = shard_engine(rules, config, role, shards)
         if resume is not None:
             engine.restore(resume)
-        return ShardLogic(engine)
+        return ShardLogic(engine, fanout)
 
     return build
 
@@ -117,7 +119,7 @@ def personalize(
     identity shards of their process than ``read_ahead`` allows.
     """
     keys = shard_keys(shards)
-    router = Router(shards, config.max_skew_ms, max_event_bytes, chunked, read_ahead)
+    router = Router(shards, config.max_skew_ms, max_event_bytes, chunked, read_ahead, config.lateness_ms)
 
     def parse(batch: list[RawEvent | EndOfInput | ChunkEnd]) -> list[tuple[str, list[Any]]]:
         return [(keys[shard], items) for shard, items in router.parse(batch).items()]
@@ -130,7 +132,9 @@ def personalize(
         return [(value.stream, value) for _, items in batch for value in items]
 
     parsed = op.flat_map_batch("parse", up, parse)
-    identity = op.stateful_batch("identity", parsed, _builder(rules, config, "identity", shards))
+    identity = op.stateful_batch("identity", parsed, _builder(rules, config, "identity", shards, router.to_identity))
     forwarded = op.flat_map_batch("forward", identity, forward)
-    customers = op.stateful_batch("customers", forwarded, _builder(rules, config, "customer", shards))
+    customers = op.stateful_batch(
+        "customers", forwarded, _builder(rules, config, "customer", shards, router.to_customers)
+    )
     return op.flat_map_batch("by_stream", customers, by_stream)

@@ -26,7 +26,9 @@ passed, then passes its own tick on to every customer shard, which does the same
 identity shards. A partition with
 nothing to read (end of a recording, or a live topic partition that is idle) holds back
 nothing. Clocks follow the partitions' marks, so a shard whose customers are quiet still
-sees the clock move, and "late" means late for the input, not for one shard.
+sees the clock move, and "late" means late for the input, not for one shard. Once every
+partition is idle, a shard hears the ticks only when it has events, or timers (or its daily
+sweep) the clock passes, and catches up before its next events (:class:`operators.pipeline.TickFanout`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from operators.decisions import DecisionWriter, RuleFailed, bump
 from operators.models import FEATURES_KEY, ModelMode, ModelsSnapshot, ShardModels, merge_open
 from operators.models.bandit import segment
 from operators.models.propensity import decision_features as view_inputs
-from operators.ordering import OrderedRelease, Tick, shard_of
+from operators.ordering import CatchUp, OrderedRelease, Tick, shard_of
 from operators.parse import count_notes
 from operators.reasons import Reasons
 from operators.rule_program import NativeRules
@@ -175,7 +177,8 @@ class CustomerStage:
         Events and forwards wait in the ordered release until every upstream has passed them;
         outputs (dead letters) pass straight through. The batch's ticks are noted first and
         acted on once: anything that arrives after an upstream's tick lies beyond it, so one
-        release gives what a release per tick would.
+        release gives what a release per tick would. A :class:`CatchUp` (the progress missed while
+        there was nothing to do) is acted on at once, before the items after it.
         """
         last_tick = None
         ticks, pending = self.ordered.ticks, self.ordered.pending
@@ -188,6 +191,11 @@ class CustomerStage:
                     ticks[tick.origin] = last_tick = tick
             elif kind is Tick:
                 ticks[item.origin] = last_tick = item
+            elif kind is CatchUp:
+                for tick in item.ticks:
+                    ticks[tick.origin] = tick
+                self._progress(item.ticks[-1], out)
+                last_tick = None
             elif kind is Output:
                 out.append(item)
             else:  # a Forward, or a chunk mark

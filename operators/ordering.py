@@ -49,6 +49,18 @@ class Tick:
 _TICK_FIELDS = fields_getter(Tick)
 
 
+@dataclass(slots=True)
+class CatchUp:
+    """The upstreams' ticks a shard did not hear while it had nothing to do (see
+    :class:`operators.pipeline.TickFanout`), as of the pass before the items that follow it: acted
+    on before them, so that its clock is where hearing every pass would have put it."""
+
+    ticks: tuple[Tick, ...]
+
+    def __reduce__(self) -> tuple[type[CatchUp], tuple[Any, ...]]:
+        return CatchUp, (self.ticks,)
+
+
 NO_MARK = -(1 << 62)
 """The mark of an event of a chunked stream that nothing before it in its chunk has moved."""
 

@@ -4,11 +4,13 @@
 identity shards emit by customer shard; :class:`ShardLogic` runs one shard's engine on a batch.
 The Bytewax operator (:mod:`operators.customer_state`) and :class:`Pipeline` (the same stages
 called in-process, for tests, evaluation and benchmarks) both use them, so every run follows the
-same rule: one tick per source batch, one item per shard per batch.
+same rule: one tick per source batch, one item per shard per batch; :class:`TickFanout` decides
+which shards hear a batch's ticks.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -19,7 +21,7 @@ import orjson
 from bytewax.operators import StatefulBatchLogic
 
 from operators.engine import CustomerStage, EngineConfig, Forward, IdentityStage
-from operators.ordering import NO_MARK, ChunkMark, Tick, shard_of
+from operators.ordering import NO_MARK, CatchUp, ChunkMark, Tick, shard_of
 from operators.parse import InputMarks, Rejected, offset_of, order_key, parse_batch
 from operators.rules import CompiledRules
 from operators.shard_metrics import ShardMetrics
@@ -27,6 +29,7 @@ from schemas.envelope import Envelope
 from schemas.items import DEFAULT_MAX_EVENT_BYTES, ChunkEnd, EndOfInput, Output, RawEvent, ReadAhead
 from schemas.metrics import INVALID_EVENTS
 from schemas.streams import DEAD_LETTERS, STATS
+from state.affinity import DAY_MS
 
 
 class Router:
@@ -44,17 +47,21 @@ class Router:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         chunked: bool = False,
         read_ahead: ReadAhead | None = None,
+        lateness_ms: int = EngineConfig.lateness_ms,
     ) -> None:
         self.shards = shards
         self.max_event_bytes = max_event_bytes
         self.chunked = chunked  # the source partitions are the parts of a chunked stream
         self.marks = ChunkInputMarks(max_skew_ms) if chunked else InputMarks(max_skew_ms)
         self.read_ahead = read_ahead
+        self.to_identity = TickFanout(shards, lateness_ms, per_shard=True)
+        self.to_customers = TickFanout(shards, lateness_ms)
 
     def parse(self, batch: Iterable[RawEvent | EndOfInput | ChunkEnd]) -> dict[int, list[Any]]:
-        """Each record parsed and sent to its identity shard; after the batch, the progress of each
-        partition in it, as one tuple of ticks to every identity shard (see :mod:`operators.engine`),
-        after the marks of the chunks that ended in it (a chunked stream)."""
+        """Each record parsed and sent to its identity shard; after the batch, the latest progress of
+        every partition, as one tuple of ticks to each identity shard that hears it (see
+        :class:`TickFanout`), after the marks of the chunks that ended in it (a chunked stream:
+        to every shard)."""
         shards, marks, max_bytes = self.shards, self.marks, self.max_event_bytes
         routed: list[list[Any]] = [[] for _ in range(shards)]
         reached_seq: dict[int, int] = {}  # partition -> merge key reached
@@ -83,18 +90,19 @@ class Router:
                 routed[shard_of(result.anonymous_id or result.user_id, shards)].append(result)  # type: ignore[arg-type]
             if idle:
                 idle.discard(partition)
-        if reached_seq:
-            chunked = self.chunked
-            reached = [(marks.reached.get(p), seq, p, p in idle) for p, seq in reached_seq.items()]
-            for shard, items in enumerate(routed):
-                ticks = tuple(Tick(ts, seq, p, ended, shard, chunked) for ts, seq, p, ended in reached)
-                items.extend((*chunk_marks, ticks))
+        if chunk_marks:
+            for items in routed:
+                items.extend(chunk_marks)
+        chunked = self.chunked
+        ticks = [Tick(marks.reached.get(p), seq, p, p in idle, 0, chunked) for p, seq in reached_seq.items()]
+        self.to_identity.send(routed, ticks, everyone=bool(chunk_marks))
         return _by_shard(routed)
 
     def forward(self, emitted: Iterable[list[Any]]) -> dict[int, list[Any]]:
         """What identity shards emitted, by customer shard: events to their customer's shard, the
         identity stage's outputs by their key (one customer's keep their order), and the identity
-        shards' latest ticks, gathered into one tuple, to every customer shard."""
+        shards' latest ticks, gathered into one tuple, to each customer shard that hears them (see
+        :class:`TickFanout`)."""
         shards = self.shards
         routed: list[list[Any]] = [[] for _ in range(shards)]
         ticks: dict[int, Tick] = {}
@@ -111,12 +119,9 @@ class Router:
                 else:  # an output
                     key = value.key
                 routed[shard_of(key, shards)].append(value)
-        if ticks:
-            gathered = tuple(ticks.values())
-            for items in routed:
-                items.append(gathered)
-            if self.read_ahead is not None:
-                self._taken(gathered, self.read_ahead)
+        self.to_customers.send(routed, ticks.values())
+        if ticks and self.read_ahead is not None:
+            self._taken(tuple(ticks.values()), self.read_ahead)
         return _by_shard(routed)
 
     @staticmethod
@@ -126,6 +131,89 @@ class Router:
         taken = offset_of(max(tick.seq for tick in ticks))
         if read_ahead.taken is None or taken > read_ahead.taken:
             read_ahead.taken = taken
+
+
+class TickFanout:
+    """Which shards of a stage hear its upstreams' ticks after a pass, and what they hear.
+
+    While an upstream is busy (it may still send items with a merge key that others have passed: a
+    replay's partitions, a topic partition with more to read) and in the pass after, every shard
+    hears every pass, as the ordered release needs. Once every upstream is idle (a live topic read
+    to its end), a shard hears a pass that moves the progress only when it gets items in it, or
+    when the event time reached passes the clock it must act by (its first timer, its daily sweep:
+    see :meth:`ShardLogic.on_batch`); one that has not told (not run yet, or in another process)
+    hears every such pass. So a pass costs what its events cost, not what the number of shards does.
+
+    Whoever hears gets the latest tick of every upstream (each with its shard number when
+    ``per_shard``), after a :class:`CatchUp` to the progress of the pass before if it missed a
+    move: its clock stands where hearing every pass would have put it when its items are applied.
+    Each worker sends the ticks of its own upstreams only, along with the items they cover.
+    """
+
+    def __init__(self, shards: int, lateness_ms: int, per_shard: bool = False) -> None:
+        self.shards = shards
+        self.lateness_ms = lateness_ms
+        self.per_shard = per_shard
+        self.act_by: dict[int, int] = {}  # shard -> the clock it must hear by, as it told (in this process)
+        self._workers: dict[int, WorkerTicks] = {}  # by worker thread (a thread-local would not last: Bytewax
+        # calls in with a new Python thread state each time)
+
+    def send(self, routed: list[list[Any]], ticks: Iterable[Tick], everyone: bool = False) -> None:
+        """Note a pass's ticks and add the latest to what each shard that hears gets in ``routed``."""
+        worker = self._worker()
+        latest, before = worker.latest, worker.moves
+        previous = tuple(latest.values())
+        moved = False
+        for tick in ticks:
+            latest[tick.origin], moved = tick, True
+        if not latest:
+            return
+        if moved:
+            worker.moves += 1
+            was_busy, worker.busy = worker.busy, any(not tick.idle for tick in latest.values())
+            everyone = everyone or was_busy or worker.busy
+        heard = worker.heard
+        for shard in range(self.shards) if everyone else self._listeners(worker, routed, moved):
+            items = routed[shard]
+            if not moved:  # nothing new: what it missed, if anything, before its items
+                if heard[shard] < worker.moves:
+                    items.insert(0, CatchUp(self._ticks(latest.values(), shard)))
+            else:
+                if heard[shard] < before and previous:
+                    items.insert(0, CatchUp(self._ticks(previous, shard)))
+                items.append(self._ticks(latest.values(), shard))
+            heard[shard] = worker.moves
+
+    def _worker(self) -> WorkerTicks:
+        worker = self._workers.get(threading.get_ident())
+        if worker is None:
+            worker = self._workers[threading.get_ident()] = WorkerTicks(self.shards)
+        return worker
+
+    def _listeners(self, worker: WorkerTicks, routed: list[list[Any]], moved: bool) -> list[int]:
+        """The shards that hear a pass of idle upstreams: those with items (that missed a move, if
+        this pass made none) and, if it moved the progress, those it brings to act."""
+        if not moved:
+            return [shard for shard, items in enumerate(routed) if items and worker.heard[shard] < worker.moves]
+        marks = [tick.ts_ms for tick in worker.latest.values() if tick.ts_ms is not None]
+        clock = max(marks) - self.lateness_ms if marks else NO_MARK  # where the stage's clocks go
+        act_by = self.act_by
+        return [shard for shard, items in enumerate(routed) if items or act_by.get(shard, NO_MARK) <= clock]
+
+    def _ticks(self, ticks: Iterable[Tick], shard: int) -> tuple[Tick, ...]:
+        if self.per_shard:
+            return tuple(Tick(t.ts_ms, t.seq, t.origin, t.idle, shard, t.chunked) for t in ticks)
+        return tuple(ticks)
+
+
+class WorkerTicks:
+    """What one worker has sent a stage's shards: its upstreams' latest ticks, and who heard when."""
+
+    def __init__(self, shards: int) -> None:
+        self.latest: dict[int, Tick] = {}  # the latest tick of each of its upstreams
+        self.moves = 0  # how many passes moved ``latest``
+        self.heard = [0] * shards  # ``moves`` when each shard last heard
+        self.busy = True  # an upstream was busy in the last pass that moved ``latest``
 
 
 def _by_shard(routed: list[list[Any]]) -> dict[int, list[Any]]:
@@ -154,17 +242,36 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
     """One shard's engine fed a batch at a time: emits one list per batch (outputs, forwards, its
     last tick), publishes its metrics and, for the live store, changed profiles."""
 
-    def __init__(self, engine: CustomerStage) -> None:
+    def __init__(self, engine: CustomerStage, fanout: TickFanout | None = None) -> None:
         self.engine = engine
+        self.fanout = fanout  # that of the router feeding this shard, in this process
+        self.shard: int | None = None  # this shard's number, once known
         self.profiles_at = time.monotonic()
         self.metrics = ShardMetrics(engine)
 
     def on_batch(self, values: list[list[Any]]) -> tuple[list[Any], bool]:
+        """Apply a batch; then tell the fan-out the clock by which this shard must hear the progress
+        again even with nothing to apply: its first timer, or its next daily sweep."""
         out: list[Any] = []
-        self.engine.process_batch(chain.from_iterable(values), out)
+        engine = self.engine
+        engine.process_batch(chain.from_iterable(values), out)
         self._send_profiles(out)
         self.metrics.publish()
+        if self.fanout is not None and (shard := self._shard_number()) is not None:
+            first, day = engine.timers.first_due(), engine.swept_day
+            act_by = NO_MARK if day is None else (day + 1) * DAY_MS
+            self.fanout.act_by[shard] = act_by if first is None or first > act_by else first
         return ([out] if out else []), StatefulBatchLogic.RETAIN
+
+    def _shard_number(self) -> int | None:
+        """An identity shard learns its number from its ticks; a customer shard from its customers."""
+        if self.shard is None:
+            engine = self.engine
+            if isinstance(engine, IdentityStage):
+                self.shard = engine.index if engine.ordered.ticks else None
+            elif engine.customers:
+                self.shard = shard_of(next(iter(engine.customers)), engine.ordered.upstreams)
+        return self.shard
 
     def notify_at(self) -> datetime | None:
         """When held-back counters are published, or changed profiles sent (also when no event comes)."""
@@ -216,10 +323,12 @@ class Pipeline:
         chunked: bool = False,
     ) -> None:
         config = config or EngineConfig()
-        self.router = Router(shards, config.max_skew_ms, max_event_bytes, chunked)
+        self.router = router = Router(
+            shards, config.max_skew_ms, max_event_bytes, chunked, lateness_ms=config.lateness_ms
+        )
         self.partitions = config.source_partitions
-        self.identity = [ShardLogic(IdentityStage(rules, config)) for _ in range(shards)]
-        self.customers = [ShardLogic(CustomerStage(rules, config, shards)) for _ in range(shards)]
+        self.identity = [ShardLogic(IdentityStage(rules, config), router.to_identity) for _ in range(shards)]
+        self.customers = [ShardLogic(CustomerStage(rules, config, shards), router.to_customers) for _ in range(shards)]
         self.ended = False
 
     def feed(self, batch: Iterable[RawEvent | EndOfInput | ChunkEnd]) -> list[Output]:

@@ -41,6 +41,10 @@ class TimerQueue:
         self.heap[:] = [(s.scheduled_ms, s.id) for s in self.customers.values() if s.scheduled_ms is not None]
         heapq.heapify(self.heap)
 
+    def first_due(self) -> int | None:
+        """The due time of the first entry (no later than the first timer), ``None`` when none."""
+        return self.heap[0][0] if self.heap else None
+
     def any_due(self, upto_ms: int) -> bool:
         """Whether an entry is due by ``upto_ms`` (a cheap test before :meth:`due`)."""
         return bool(self.heap) and self.heap[0][0] <= upto_ms
