@@ -9,6 +9,8 @@ same rule: one tick per source batch, one item per shard per batch.
 
 from __future__ import annotations
 
+import ctypes
+import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -150,11 +152,29 @@ class ChunkInputMarks(InputMarks):
         return order_key(0, 0, offset)
 
 
+_THREAD = threading.local()
+
+
+def keep_thread_state() -> None:
+    """Keep this thread's Python thread state for as long as the thread lives.
+
+    Bytewax's worker threads (of a run on several workers or processes) are native threads: each time
+    one enters Python without a thread state of its own, Python makes one and tears it down when it
+    leaves (a frame stack mapped and unmapped, the thread's id asked), several times a batch. One hold
+    on it that is never released keeps the first.
+    """
+    if not getattr(_THREAD, "kept", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _THREAD.kept = True
+
+
 class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
     """One shard's engine fed a batch at a time: emits one list per batch (outputs, forwards, its
-    last tick), publishes its metrics and, for the live store, changed profiles."""
+    last tick), publishes its metrics and, for the live store, changed profiles. Made on the worker
+    thread that runs the shard, it keeps that thread's Python thread state (see :func:`keep_thread_state`)."""
 
     def __init__(self, engine: CustomerStage) -> None:
+        keep_thread_state()
         self.engine = engine
         self.profiles_at = time.monotonic()
         self.metrics = ShardMetrics(engine)
