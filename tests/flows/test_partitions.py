@@ -11,15 +11,19 @@ from bytewax.testing import TestingSink, cluster_main, run_main
 from conftest import track
 from test_flow import mixed_stream
 
+from flows.cli import run_dataflow
 from flows.personalization import build_flow
 from flows.settings import Settings
 from schemas.items import EndOfInput, Output, RawEvent
 
 
 class _ListPartition(StatefulSourcePartition[RawEvent | EndOfInput, int]):
-    def __init__(self, partition: int, payloads: list[bytes], batch_size: int, resume: int | None) -> None:
+    def __init__(
+        self, partition: int, payloads: list[bytes], batch_size: int, resume: int | None, snapshots: list[int]
+    ) -> None:
         self.partition, self.payloads, self.batch_size = partition, payloads, batch_size
         self.next = resume or 0
+        self.snapshots = snapshots  # where each snapshot of any partition found its partition
 
     def next_batch(self) -> list[RawEvent | EndOfInput]:
         if self.next > len(self.payloads):
@@ -35,6 +39,7 @@ class _ListPartition(StatefulSourcePartition[RawEvent | EndOfInput, int]):
         return batch
 
     def snapshot(self) -> int:
+        self.snapshots.append(self.next)
         return self.next
 
 
@@ -43,13 +48,14 @@ class PartitionedSource(FixedPartitionedSource[RawEvent | EndOfInput, int]):
 
     def __init__(self, partitions: list[list[bytes]], batch_sizes: list[int]) -> None:
         self.partitions, self.batch_sizes = partitions, batch_sizes
+        self.snapshots: list[int] = []
 
     def list_parts(self) -> list[str]:
         return [str(p) for p in range(len(self.partitions))]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _ListPartition:
         p = int(for_part)
-        return _ListPartition(p, self.partitions[p], self.batch_sizes[p], resume_state)
+        return _ListPartition(p, self.partitions[p], self.batch_sizes[p], resume_state, self.snapshots)
 
 
 def split(events: list, partitions: int) -> list[list[bytes]]:
@@ -95,3 +101,14 @@ def test_a_partition_far_behind_holds_the_others_back_instead_of_making_its_even
     captured = decisions(parts, [2, 1000], 1, tmp_path)
     single = decisions([parts[0] + parts[1]], [50], 1, tmp_path)
     assert captured == single
+
+
+def test_a_run_without_a_recovery_store_is_one_epoch(tmp_path):
+    """Without a recovery store nothing needs an epoch's end, and at each one the workers (and processes)
+    that finished it wait, spinning, for the slowest: such a run is one epoch, whatever the snapshot
+    interval. Each partition is snapshotted once, when the run ends."""
+    settings = Settings(out=tmp_path / "unused", shards=8, snapshot_seconds=0.001)
+    source = PartitionedSource(split(mixed_stream() * 3, 2), [3, 5])
+    flow = build_flow(settings, source=source, sink=TestingSink([]), source_partitions=2)
+    run_dataflow(flow, settings, workers=2)
+    assert len(source.snapshots) <= 2
