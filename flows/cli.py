@@ -36,7 +36,7 @@ from connectors.redis_store import StoreNotWritten, take_unwritten
 from flows.metrics import serve
 from flows.personalization import build_flow
 from flows.report import diff_decisions, finalize_summary, render_diff, render_summary
-from flows.runtime import recovery_config, tune_gc
+from flows.runtime import recovery_config, timer_slack, tune_gc
 from flows.settings import SAMPLE_STREAM, Settings
 from flows.status import StatusLine, status_text
 from operators.models import ModelMode, import_model_libraries
@@ -329,21 +329,23 @@ def run_dataflow(
     addresses: list[str] | None = None,
 ) -> None:
     """Run ``flow`` to completion with the settings' recovery store and its epoch (without one,
-    :data:`WHOLE_RUN`), GC tuned for state."""
+    :data:`WHOLE_RUN`), GC tuned for state, timed wake-ups deferred by up to half the Kafka poll
+    interval (see :func:`flows.runtime.timer_slack`)."""
     tune_gc()
     recovery = recovery_config(settings)
     epoch = WHOLE_RUN if recovery is None else timedelta(seconds=settings.snapshot_seconds)
-    if workers > 1 or addresses or recovery is not None:
-        cluster_main(
-            flow,
-            addresses=addresses or [],
-            proc_id=process_id,
-            epoch_interval=epoch,
-            recovery_config=recovery,
-            worker_count_per_proc=workers,
-        )
-    else:
-        run_main(flow, epoch_interval=epoch)
+    with timer_slack(settings.kafka_poll_ms / 2):
+        if workers > 1 or addresses or recovery is not None:
+            cluster_main(
+                flow,
+                addresses=addresses or [],
+                proc_id=process_id,
+                epoch_interval=epoch,
+                recovery_config=recovery,
+                worker_count_per_proc=workers,
+            )
+        else:
+            run_main(flow, epoch_interval=epoch)
 
 
 def _warm_start(args: argparse.Namespace) -> int:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import threading
 from typing import Any
 
 import orjson
 import pytest
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, cluster_main, run_main
 from conftest import track
 from test_flow import mixed_stream
@@ -112,3 +115,36 @@ def test_a_run_without_a_recovery_store_is_one_epoch(tmp_path):
     flow = build_flow(settings, source=source, sink=TestingSink([]), source_partitions=2)
     run_dataflow(flow, settings, workers=2)
     assert len(source.snapshots) <= 2
+
+
+class _TimerSlackSink(DynamicSink[Output]):
+    """The timer slack of each worker thread that writes outputs, in nanoseconds."""
+
+    def __init__(self) -> None:
+        self.slack: dict[int, int] = {}
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[Output]:
+        slack = self.slack
+
+        class _Partition(StatelessSinkPartition[Output]):
+            def write_batch(self, items: list[Output]) -> None:
+                slack[threading.get_ident()] = ctypes.CDLL(None).prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
+
+        return _Partition()
+
+
+PR_GET_TIMERSLACK = 30
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_engine_s_threads_wake_from_timed_waits_in_bunches(tmp_path, workers):
+    """A waiting Bytewax worker wakes every millisecond (and, with several, so does the thread that
+    waits for them): the engine lets the kernel defer such a wake-up by up to half the Kafka poll
+    interval, to wake once for several. The thread that ran it gets its own timers back."""
+    settings = Settings(out=tmp_path / "unused", shards=8, kafka_poll_ms=6)
+    sink = _TimerSlackSink()
+    before = ctypes.CDLL(None).prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    flow = build_flow(settings, source=PartitionedSource(split(mixed_stream(), 2), [3, 5]), sink=sink)
+    run_dataflow(flow, settings, workers=workers)
+    assert len(sink.slack) == workers and set(sink.slack.values()) == {3_000_000}
+    assert ctypes.CDLL(None).prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) == before
