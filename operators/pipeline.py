@@ -146,10 +146,14 @@ class ChunkInputMarks(InputMarks):
         if not future and (reached is None or env.ts_ms > reached):
             reached = self.reached[partition] = env.ts_ms
         env.mark_ms = NO_MARK if reached is None else reached
-        env.seq = order_key(0, 0, env.seq)
+        env.seq |= _LINE_ZERO  # order_key(0, 0, line), without a call per event
 
     def key(self, partition: int, offset: int) -> int:
         return order_key(0, 0, offset)
+
+
+_LINE_ZERO = order_key(0, 0, 0)
+"""The merge key of line 0 of a chunked stream: line ``n``'s is this with ``n`` in its offset bits."""
 
 
 _THREAD = threading.local()
