@@ -50,7 +50,7 @@ def timer_slack(ms: float) -> Iterator[None]:
     if not sys.platform.startswith("linux"):
         yield
         return
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = ctypes.CDLL(None)
     before = libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
     libc.prctl(PR_SET_TIMERSLACK, int(ms * 1_000_000), 0, 0, 0)
     try:

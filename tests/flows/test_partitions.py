@@ -137,7 +137,7 @@ PR_GET_TIMERSLACK = 30
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_the_engine_s_threads_wake_from_timed_waits_in_bunches(tmp_path, workers):
+def test_the_engine_threads_wake_from_timed_waits_in_bunches(tmp_path, workers):
     """A waiting Bytewax worker wakes every millisecond (and, with several, so does the thread that
     waits for them): the engine lets the kernel defer such a wake-up by up to half the Kafka poll
     interval, to wake once for several. The thread that ran it gets its own timers back."""
