@@ -170,8 +170,9 @@ def report(title: str, events: int, rows: list[dict[str, Any]]) -> None:
     cores = os.cpu_count() or 1
     if any(r["processes"] > cores for r in rows):
         print(
-            f"\nMore processes than the machine's {cores} cores are oversubscribed: they wait for a core,"
-            " and a waiting Bytewax worker still wakes every millisecond, which counts as CPU here."
+            f"\nMore processes than the machine's {cores} cores are oversubscribed: they wait for a core, and"
+            " for each other; a waiting Bytewax worker looks for work every millisecond, but the engine lets"
+            " the kernel put off such wake-ups by up to half the Kafka poll interval, to serve several at once."
         )
 
 

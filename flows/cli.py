@@ -36,7 +36,7 @@ from connectors.redis_store import StoreNotWritten, take_unwritten
 from flows.metrics import serve
 from flows.personalization import build_flow
 from flows.report import diff_decisions, finalize_summary, render_diff, render_summary
-from flows.runtime import recovery_config, tune_gc
+from flows.runtime import recovery_config, timer_slack, tune_gc
 from flows.settings import SAMPLE_STREAM, Settings
 from flows.status import StatusLine, status_text
 from operators.models import ModelMode, import_model_libraries
@@ -315,30 +315,37 @@ def _fail_if_unwritten() -> None:
         raise StoreNotWritten(unwritten)
 
 
+WHOLE_RUN = timedelta(days=365)
+"""The epoch of a run without a recovery store: the whole run. Nothing needs an epoch's end then
+(snapshots are what epochs are for), and at each one Bytewax holds every source back, its workers
+spinning, until all workers of all processes have finished the epoch."""
+
+
 def run_dataflow(
     flow: Dataflow,
     settings: Settings,
     workers: int = 1,
     process_id: int = 0,
     addresses: list[str] | None = None,
-    epoch: timedelta | None = None,
 ) -> None:
-    """Run ``flow`` to completion with the settings' recovery store and epoch (unless ``epoch`` is
-    given), GC tuned for state."""
+    """Run ``flow`` to completion with the settings' recovery store and its epoch (without one,
+    :data:`WHOLE_RUN`), GC tuned for state, timed wake-ups deferred by up to half the Kafka poll
+    interval (see :func:`flows.runtime.timer_slack`)."""
     tune_gc()
-    epoch = epoch or timedelta(seconds=settings.snapshot_seconds)
     recovery = recovery_config(settings)
-    if workers > 1 or addresses or recovery is not None:
-        cluster_main(
-            flow,
-            addresses=addresses or [],
-            proc_id=process_id,
-            epoch_interval=epoch,
-            recovery_config=recovery,
-            worker_count_per_proc=workers,
-        )
-    else:
-        run_main(flow, epoch_interval=epoch)
+    epoch = WHOLE_RUN if recovery is None else timedelta(seconds=settings.snapshot_seconds)
+    with timer_slack(settings.kafka_poll_ms / 2):
+        if workers > 1 or addresses or recovery is not None:
+            cluster_main(
+                flow,
+                addresses=addresses or [],
+                proc_id=process_id,
+                epoch_interval=epoch,
+                recovery_config=recovery,
+                worker_count_per_proc=workers,
+            )
+        else:
+            run_main(flow, epoch_interval=epoch)
 
 
 def _warm_start(args: argparse.Namespace) -> int:
@@ -522,11 +529,6 @@ def _replay_once(args: argparse.Namespace, settings: Settings, quiet: bool) -> d
     return execute(settings, args.workers, _source(args, settings), quiet=quiet)
 
 
-SHARED_REPLAY_EPOCH = timedelta(days=365)
-"""The epoch of a replay shared among processes: the whole replay. It keeps no snapshots, and its
-source parts read only so far ahead (see :class:`connectors.files.JsonlSource`); at each epoch's end
-Bytewax would hold every source back, spinning, until all processes had finished the epoch."""
-
 PART_LINES = ".lines-{process}.json"
 """What one process of a shared replay read (its input line account), in the run's folder."""
 
@@ -642,7 +644,7 @@ def _replay_part(
     errors: WriteErrors = []
     sink = OutputFolderSink(folder, errors, write_models=model_files.write_merged)
     flow = build_flow(settings, rules, source=source, sink=sink)
-    run_dataflow(flow, settings, workers, process, addresses, SHARED_REPLAY_EPOCH)
+    run_dataflow(flow, settings, workers, process, addresses)
     if errors:
         path, err = errors[0]
         raise _unwritten(settings.out, path, err)

@@ -46,7 +46,7 @@ class Settings(BaseModel):
     state_ttl_days: int = Field(730, gt=0, description="state of a customer inactive this long is dropped")
     dedupe_per_shard: int = Field(20_000, ge=100, description="message ids remembered per shard for dedupe")
     batch_size: int = Field(1000, ge=1, description="source batch size")
-    snapshot_seconds: float = Field(10, gt=0, description="Bytewax epoch: state snapshot interval")
+    snapshot_seconds: float = Field(10, gt=0, description="Bytewax epoch when recovering: state snapshot interval")
     progress_seconds: float = Field(10, gt=0, description="progress line interval when stderr is not a terminal")
     models: ModelMode = Field("learn", description="online models: learn from outcomes, score only (frozen), or off")
     model_file: Path | None = Field(None, description="model parameters to start from (a run's models.json)")

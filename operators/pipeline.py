@@ -10,6 +10,7 @@ which shards hear a batch's ticks.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from collections.abc import Iterable
@@ -232,17 +233,39 @@ class ChunkInputMarks(InputMarks):
         if not future and (reached is None or env.ts_ms > reached):
             reached = self.reached[partition] = env.ts_ms
         env.mark_ms = NO_MARK if reached is None else reached
-        env.seq = order_key(0, 0, env.seq)
+        env.seq |= _LINE_ZERO  # order_key(0, 0, line), without a call per event
 
     def key(self, partition: int, offset: int) -> int:
         return order_key(0, 0, offset)
 
 
+_LINE_ZERO = order_key(0, 0, 0)
+"""The merge key of line 0 of a chunked stream: line ``n``'s is this with ``n`` in its offset bits."""
+
+
+_THREAD = threading.local()
+
+
+def keep_thread_state() -> None:
+    """Keep this thread's Python thread state for as long as the thread lives.
+
+    Bytewax's worker threads (of a run on several workers or processes) are native threads: each time
+    one enters Python without a thread state of its own, Python makes one and tears it down when it
+    leaves (a frame stack mapped and unmapped, the thread's id asked), several times a batch. One hold
+    on it that is never released keeps the first.
+    """
+    if not getattr(_THREAD, "kept", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _THREAD.kept = True
+
+
 class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
     """One shard's engine fed a batch at a time: emits one list per batch (outputs, forwards, its
-    last tick), publishes its metrics and, for the live store, changed profiles."""
+    last tick), publishes its metrics and, for the live store, changed profiles. Made on the worker
+    thread that runs the shard, it keeps that thread's Python thread state (see :func:`keep_thread_state`)."""
 
     def __init__(self, engine: CustomerStage, fanout: TickFanout | None = None) -> None:
+        keep_thread_state()
         self.engine = engine
         self.fanout = fanout  # that of the router feeding this shard, in this process
         self.shard: int | None = None  # this shard's number, once known

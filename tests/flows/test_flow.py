@@ -8,6 +8,7 @@ from itertools import chain
 
 import orjson
 import pytest
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from conftest import added, call, order, source_records, track
 
@@ -166,3 +167,36 @@ def test_identity_shard_and_customer_shard_of_one_number_run_on_one_worker_and_w
         assert workers[("identity", shard)] == workers[("customer", shard)], shard
     per_worker = Counter(thread for (role, _), threads in workers.items() if role == "identity" for thread in threads)
     assert sorted(per_worker.values()) == [2, 2, 2, 2]
+
+
+class _ThreadProbeSink(DynamicSink[Output]):
+    """Counts, per worker thread, the batches written and the batches a ``threading.local`` has seen."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+        self.written: Counter[int] = Counter()
+        self.remembered: dict[int, int] = {}
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[Output]:
+        probe = self
+
+        class _Partition(StatelessSinkPartition[Output]):
+            def write_batch(self, items: list[Output]) -> None:
+                thread = threading.get_ident()
+                probe.written[thread] += 1
+                probe.local.batches = getattr(probe.local, "batches", 0) + 1
+                probe.remembered[thread] = probe.local.batches
+
+        return _Partition()
+
+
+def test_a_worker_thread_keeps_its_python_thread_state_from_batch_to_batch(tmp_path):
+    """Bytewax's worker threads are native threads: each would get a new Python thread state (a frame
+    stack mapped and unmapped, its id asked) every time it enters Python, several times a batch, unless
+    the engine holds the one it has."""
+    sink = _ThreadProbeSink()
+    settings = Settings(out=tmp_path / "unused", shards=8)
+    flow = build_flow(settings, source=TestingSource(source_records(mixed_stream()), batch_size=7), sink=sink)
+    cluster_main(flow, addresses=[], proc_id=0, worker_count_per_proc=2)
+    assert len(sink.written) == 2 and all(batches > 1 for batches in sink.written.values())
+    assert sink.remembered == dict(sink.written), "what a thread keeps lasts as long as the thread"

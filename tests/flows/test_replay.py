@@ -80,10 +80,10 @@ def test_processes_that_read_in_step_with_the_slowest_write_what_one_process_wri
 def test_a_shared_replay_that_loses_a_process_stops_the_others_and_writes_nothing(tmp_path, monkeypatch, capfd):
     real_run = flows.cli.run_dataflow
 
-    def second_process_fails(flow, settings, workers, process_id, addresses, epoch):
+    def second_process_fails(flow, settings, workers, process_id, addresses):
         if process_id == 1:
             raise OutputError("cannot write the run's folder: No space left on device")
-        real_run(flow, settings, workers, process_id, addresses, epoch)  # waits for its peer until stopped
+        real_run(flow, settings, workers, process_id, addresses)  # waits for its peer until stopped
 
     monkeypatch.setattr(flows.cli, "run_dataflow", second_process_fails)
     stream = write_stream(tmp_path / "s.jsonl", [added("u1", 0), order("u1", 5)])
