@@ -64,7 +64,7 @@ from state import codec
 from state._native import CustomerStep, Dedupe, IdentityPass, Links, decision_features
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
-from state.customer import Checkpoint, CustomerState, Lifecycle
+from state.customer import Checkpoint, CustomerState, Lifecycle, shared_audiences
 from state.journal import Journal, JournalRef
 from state.journal import load as load_journal
 from state.store import CustomerStore
@@ -665,9 +665,9 @@ class CustomerStage:
                 if inside == (member in state.audiences):
                     continue
                 if inside:
-                    state.audiences = tuple(sorted((*state.audiences, member)))
+                    state.audiences = shared_audiences(tuple(sorted((*state.audiences, member))))
                 else:
-                    state.audiences = tuple(a for a in state.audiences if a != member)
+                    state.audiences = shared_audiences(tuple(a for a in state.audiences if a != member))
                 reason = self.reasons.audience(position)
                 text = f"{reason.text} became {'true' if inside else 'false'}"
                 if reason.shown:

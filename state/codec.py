@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickle
 
 from state._native import Bookkeeping, Features
-from state.customer import CustomerState
+from state.customer import CustomerState, shared_audiences
 
 _SCALARS = ("id", "audiences", "linked_ids")
 
@@ -31,6 +31,7 @@ def decode(blob: bytes) -> CustomerState:
     state = CustomerState.__new__(CustomerState)
     for name, value in zip(_SCALARS, values, strict=True):
         setattr(state, name, value)
+    state.audiences = shared_audiences(state.audiences)
     state.features = Features.from_bytes(features)
     state.book, state.scheduled_ms = Bookkeeping.from_bytes(book), None
     return state

@@ -30,6 +30,19 @@ AFFINITY_K = 5
 CATEGORY_HALF_LIFE_MS = 14 * DAY_MS
 PRODUCT_HALF_LIFE_MS = 3 * DAY_MS
 TRAIT_KEYS: tuple[str, ...] = ("age_band", "city", "country", "urban", "gender", "loyalty_tier")
+MAX_AUDIENCE_SETS = 4096  # distinct sets of audiences shared between customers (past it, each keeps its own)
+_AUDIENCE_SETS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def shared_audiences(members: tuple[str, ...]) -> tuple[str, ...]:
+    """``members`` as the one tuple that every customer in exactly these audiences holds: a
+    customer's audiences cost a reference, not a tuple of its own."""
+    shared = _AUDIENCE_SETS.get(members)
+    if shared is None:
+        if len(_AUDIENCE_SETS) >= MAX_AUDIENCE_SETS:
+            return members
+        shared = _AUDIENCE_SETS[members] = members
+    return shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +78,7 @@ class CustomerState:
     def __init__(self, customer_id: str, first_seen_ms: int) -> None:
         self.id = customer_id
         self.features = Features(first_seen_ms)
-        self.audiences: tuple[str, ...] = ()
+        self.audiences: tuple[str, ...] = ()  # sorted member keys, shared (see shared_audiences)
         self.book = NO_BOOKKEEPING  # timers, rules fired, open outcomes and offers
         self.scheduled_ms: int | None = None  # due time of the customer's entry in the shard's timer heap
         self.linked_ids: tuple[str, ...] = ()

@@ -268,6 +268,18 @@ def test_a_new_customer_is_checked_against_every_audience():
     ]
 
 
+def test_customers_in_the_same_audiences_share_one_set_of_them():
+    """Audiences cost each customer a reference, not a tuple of their own, also after a restore."""
+    audiences = "version: v\naudiences:\n  - id: prospects\n    when: 'orders == 0'\n  - id: all\n    when: 'true'\n"
+    h = EngineHarness(rules_from(audiences))
+    h.feed([track("Product Viewed", customer, 0, props={"product_id": "p"}) for customer in ("u1", "u2")])
+    first, second = (h.customers.customers[customer] for customer in ("u1", "u2"))
+    restored = codec.decode(codec.encode(second))
+
+    assert first.audiences == ("all", "prospects")
+    assert second.audiences is first.audiences and restored.audiences is first.audiences
+
+
 def test_triggers_do_not_see_shadow_audiences():
     rules = rules_from(
         """

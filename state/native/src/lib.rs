@@ -3,6 +3,7 @@
 //! Each component is plain Rust in its own module, tested with `cargo test`; the `python`
 //! feature (on by default) wraps it for Python in [`python`].
 
+mod allocator;
 pub mod bookkeeping;
 pub mod customer_step;
 pub mod decision;
