@@ -156,8 +156,8 @@ class PropensityModel:
 
     def score(self, x: tuple[float, ...]) -> float:
         """P(order) for inputs ``x``, as the pipeline's ``predict_proba_one`` gives it: computed natively
-        from the pipeline's parameters (read once after each change), or, while the model lacks a
-        parameter for some input (nothing learnt yet), by the pipeline's own steps."""
+        from the pipeline's parameters (read once after each change), or, before the scaler has seen
+        any input, by the pipeline's own steps."""
         parameters = self._parameters or self._read_parameters()
         if parameters:
             return logistic_score(x, *parameters)
@@ -167,18 +167,18 @@ class PropensityModel:
 
     def _read_parameters(self) -> tuple[Any, ...]:
         """The scaler's centres and scales (``var ** 0.5``, as it divides by), the regression's weights
-        and intercept, by input; ``()`` if one is missing or a variance is negative (the pipeline's
-        own steps then score, and add what they add: a missing variance, a weight from the initializer)."""
+        (those it lacks: as its dot product takes them, from its initializer if it has one, else 0) and
+        intercept, by input; ``()`` if the scaler lacks a variance or one is negative."""
         scaler, regression = self.pipeline.steps.values()
         means, variances, weights = scaler.means, scaler.vars, regression._weights
-        if any(name not in variances or name not in weights for name in FEATURES):
+        if any(name not in variances for name in FEATURES):
             return ()
         spreads = [variances[name] for name in FEATURES]
         if any(v < 0 for v in spreads):
             return ()
         centers = tuple(means[name] if v else 0.0 for name, v in zip(FEATURES, spreads, strict=True))
         scales = tuple(v**0.5 if v else 0.0 for v in spreads)
-        self._parameters = (centers, scales, tuple(weights[name] for name in FEATURES), regression.intercept)
+        self._parameters = (centers, scales, tuple(_weight(weights, name) for name in FEATURES), regression.intercept)
         return self._parameters
 
     def __getstate__(self) -> dict[str, Any]:
@@ -263,6 +263,15 @@ class PropensityModel:
 
 def _weighted(shares: Sequence[float], values: Sequence[float]) -> float:
     return sum(s * v for s, v in zip(shares, values, strict=True))
+
+
+def _weight(weights: Any, name: str) -> float:
+    """A regression's weight of input ``name``, read as its dot product reads it: a weight it lacks comes
+    from its initializer (and is kept) if it has one, else counts as 0."""
+    try:
+        return weights[name]
+    except KeyError:
+        return 0.0
 
 
 def _pipeline() -> Any:
