@@ -53,9 +53,12 @@ class Trace:
             self.pause(f"gc{info['generation']}", self.gc_began)
 
     def write(self) -> None:
+        """Replace the trace file whole (a reader never sees it half written)."""
         with self.lock:
             data = {"rows": self.rows, "poll": self.poll, "pauses": self.pauses}
-            self.path.write_bytes(orjson.dumps(data))
+            partial = self.path.with_suffix(".partial")
+            partial.write_bytes(orjson.dumps(data))
+            partial.replace(self.path)
 
     def keep_writing(self) -> None:
         while True:

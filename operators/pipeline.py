@@ -259,6 +259,9 @@ def keep_thread_state() -> None:
         _THREAD.kept = True
 
 
+SEAL_SECONDS = 1.0  # how often a shard pickles its models' journal between snapshots
+
+
 class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
     """One shard's engine fed a batch at a time: emits one list per batch (outputs, forwards, its
     last tick), publishes its metrics and, for the live store, changed profiles. Made on the worker
@@ -269,7 +272,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         self.engine = engine
         self.fanout = fanout  # that of the router feeding this shard, in this process
         self.shard: int | None = None  # this shard's number, once known
-        self.profiles_at = time.monotonic()
+        self.profiles_at = self.sealed_at = time.monotonic()
         self.metrics = ShardMetrics(engine)
 
     def on_batch(self, values: list[list[Any]]) -> tuple[list[Any], bool]:
@@ -280,11 +283,20 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         engine.process_batch(chain.from_iterable(values), out)
         self._send_profiles(out)
         self.metrics.publish()
+        self._seal_journal()
         if self.fanout is not None and (shard := self._shard_number()) is not None:
             first, day = engine.timers.first_due(), engine.swept_day
             act_by = NO_MARK if day is None else (day + 1) * DAY_MS
             self.fanout.act_by[shard] = act_by if first is None or first > act_by else first
         return ([out] if out else []), StatefulBatchLogic.RETAIN
+
+    def _seal_journal(self) -> None:
+        """Pickle the models' journal every :data:`SEAL_SECONDS`: the snapshot, which pauses every
+        shard at once, is left only the rest."""
+        models, now = self.engine.models, time.monotonic()
+        if models is not None and now - self.sealed_at >= SEAL_SECONDS:
+            self.sealed_at = now
+            models.seal_journal()
 
     def _shard_number(self) -> int | None:
         """An identity shard learns its number from its ticks; a customer shard from its customers."""

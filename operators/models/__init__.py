@@ -9,10 +9,11 @@ and stats, model files and modes go through that list.
 from __future__ import annotations
 
 import importlib
+import io
 import pickle
 import struct
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 from typing import Any, Literal
 
@@ -31,7 +32,9 @@ MODEL_TYPES: tuple[type[OnlineModel], ...] = (PropensityModel, OfferBandit, CoOc
 CHECK = "~check"  # a journal entry of a sampled check (the others are product touches learnt)
 ModelsSnapshot = tuple[bytes, bytes, tuple[bytes, ...]]  # see ShardModels.snapshot
 MODEL_LIBRARIES = ("river.compose", "river.drift", "river.linear_model", "river.optim", "river.preprocessing")
-_KEPT_APART = frozenset({"recommender", "registry", "scorers", "_journal", "_saved"})  # not in a snapshot's first part
+_KEPT_APART = frozenset(
+    {"recommender", "registry", "scorers", "_journal", "_sealed", "_saved"}
+)  # not in a snapshot's first part
 OPEN_DECISION = struct.Struct(f"<q{len(FEATURES)}d")
 """A decision awaiting its outcome, as a customer keeps it (``state.outcomes``: these records packed,
 oldest first): when it was made and the propensity features then, as float64s (exact)."""
@@ -65,6 +68,7 @@ class ShardModels:
         self.on_outcome: Callable[[str, tuple[float, ...], float, bool], None] | None = None
         # what the recommender learnt and checked since the last snapshot (None: no snapshot taken yet)
         self._journal: list[tuple[Any, ...]] | None = None
+        self._sealed: list[bytes] = []  # parts of the journal pickled already (see seal_journal)
         self._saved: tuple[bytes, tuple[bytes, ...]] | None = None  # its last base and the journals since
         self.set_mode(mode)
 
@@ -85,10 +89,20 @@ class ShardModels:
         return self.rest(), base, segments
 
     def take_journal(self) -> bytes | None:
-        """What the recommender learnt and checked since the last call, pickled (``None``: nothing);
-        the journal is kept from the first call on."""
-        journal, self._journal = self._journal, []
-        return pickle.dumps(journal, protocol=pickle.HIGHEST_PROTOCOL) if journal else None
+        """What the recommender learnt and checked since the last call, as pickled lists of entries one
+        after the other (``None``: nothing); the journal is kept from the first call on."""
+        self.seal_journal()
+        sealed, self._sealed = self._sealed, []
+        if self._journal is None:
+            self._journal = []
+        return b"".join(sealed) if sealed else None
+
+    def seal_journal(self) -> None:
+        """Pickle what the journal holds now (called now and then between snapshots), so that a
+        snapshot, which pauses the flow, pickles only what came after."""
+        if self._journal:
+            self._sealed.append(pickle.dumps(self._journal, protocol=pickle.HIGHEST_PROTOCOL))
+            self._journal = []
 
     def recommender_base(self) -> bytes:
         """The recommender's whole state, as compact bytes (written without a Python object per link)."""
@@ -107,7 +121,7 @@ class ShardModels:
         recommender = CoOccurrence()
         recommender.restore_bytes(base)
         for journal in segments:
-            for entry in pickle.loads(journal):
+            for entry in _journal_entries(journal):
                 if entry[0] == CHECK:
                     recommender.check(*entry[1:])
                 else:
@@ -120,6 +134,7 @@ class ShardModels:
         """Unpickle (recovery snapshots)."""
         self.__dict__.update(state)
         self._journal, self._saved = None, None  # the first snapshot after a restore takes a new base
+        self._sealed = []
         self.registry = {model.name: model for model in (self.propensity, self.bandit, self.recommender)}
         self.scorers = {"propensity": self.propensity_score}
 
@@ -292,3 +307,10 @@ def interests(state: CustomerState) -> list[str]:
 def session_products(state: CustomerState, at_ms: int, timeout_ms: int) -> Sequence[str]:
     """Products viewed in the customer's session, if it is still going at ``at_ms`` (read only)."""
     return state.features.live_session_products(at_ms, timeout_ms)
+
+
+def _journal_entries(journal: bytes) -> Iterator[tuple[Any, ...]]:
+    """The entries of a recommender journal: pickled lists, one after the other."""
+    stream = io.BytesIO(journal)
+    while stream.tell() < len(journal):
+        yield from pickle.load(stream)
