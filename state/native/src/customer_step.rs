@@ -1,7 +1,8 @@
-//! One event's rules for one customer in one call (see `operators/engine.py`, `CustomerStage._apply`):
-//! once the event's features are applied, the timers it cancels are dropped, those it arms are
-//! armed (each for the cause it fires at most once for), the next audience recheck is kept, and
-//! the audiences it can change are evaluated; only what Python must act on comes back.
+//! One event for one customer in one call (see `operators/engine.py`, `CustomerStage._apply`): its
+//! features are applied, the timers it cancels are dropped, those it arms are armed (each for the
+//! cause it fires at most once for), the next audience recheck is kept, and the audiences it can
+//! change are evaluated; only what Python must act on comes back. Should anything fail, the
+//! features are put back as they were, and nothing else has changed.
 //!
 //! Python semantics are the spec: the causes are the strings `CustomerStage._cause` gives, the
 //! timers change as `CustomerStage._arm` and `_keep_alive` change them, in the same order.
