@@ -443,10 +443,10 @@ class Bookkeeping:
         """A record written by :meth:`to_bytes`; ``ValueError`` for bytes it cannot read."""
 
 class CustomerStep:
-    """One event's rules for one customer in one call (``state/native/src/customer_step.rs``), past
-    its features: the timers it cancels dropped, those it arms armed (each for the cause it fires
-    at most once for, as ``CustomerStage._cause`` gives it), the next audience recheck kept and the
-    audiences it can change evaluated, exactly as the Python path of ``CustomerStage._apply_rules``."""
+    """One event for one customer in one call (``state/native/src/customer_step.rs``): its features
+    applied, the timers it cancels dropped, those it arms armed (each for the cause it fires at most
+    once for, as ``CustomerStage._cause`` gives it), the next audience recheck kept and the audiences
+    it can change evaluated, exactly as the Python path (``CustomerStage._apply_rules``) does."""
 
     def __init__(
         self,
@@ -467,11 +467,24 @@ class CustomerStep:
         rechecks time-dependent audiences (``None``: none), at the lifecycle boundaries (with
         ``risk_steps``, also ``lapse_risk``'s); ``most_caused_by``: the ids a timer keeps."""
     def run(
-        self, state: Any, env: Any, late: bool, clock: int | None, fresh: bool
-    ) -> tuple[list[tuple[int, bool | None]] | None, bool] | bool | None:
-        """Apply the rules of ``env`` (an envelope whose features ``state``, a ``CustomerState``, already
-        holds) at the shard ``clock``: ``state.book`` gets the new timers. ``None``: nothing more to do;
-        ``(changes, reschedule)``: the audience changes as :meth:`RuleProgram.audience_changes` gives them
-        (or ``None``), and whether the customer's first timer is now due before its heap entry;
-        ``False``: nothing done, take the Python path (triggers firing at once, a day Python would
-        refuse). Raises before it changes anything."""
+        self,
+        state: Any,
+        env: Any,
+        late: bool,
+        clock: int | None,
+        fresh: bool,
+        update: str,
+        args: tuple[Any, ...],
+    ) -> tuple[list[tuple[int, bool | None]] | bool | None, bool, Features | None] | None:
+        """Apply ``env`` (an envelope) to ``state`` (a ``CustomerState``) at the shard ``clock``: its
+        features (the method ``update`` of ``state.features`` called with ``args``, as
+        ``state.update.feature_update`` gives them), then its rules (``state.book`` gets the new timers).
+        ``None``: nothing more to do. Else ``(changes, reschedule, before)``: ``changes`` the audience
+        changes as :meth:`RuleProgram.audience_changes` gives them, ``None`` for none, or ``False``
+        when the rules were left to Python (triggers firing at once, a day Python would refuse);
+        ``reschedule`` whether the customer's first timer is now due before its heap entry; ``before``
+        the features as they were before ``env`` when Python has work left (``changes`` not ``None``),
+        for :meth:`put_back` should that work fail. If this raises, ``state`` is as it was."""
+    @staticmethod
+    def put_back(features: Features, before: Features) -> None:
+        """Put ``before`` (as :meth:`run` gave it) back into ``features``, in place."""

@@ -1,7 +1,8 @@
-//! One event's rules for one customer in one call (see `operators/engine.py`, `CustomerStage._apply`):
-//! once the event's features are applied, the timers it cancels are dropped, those it arms are
-//! armed (each for the cause it fires at most once for), the next audience recheck is kept, and
-//! the audiences it can change are evaluated; only what Python must act on comes back.
+//! One event for one customer in one call (see `operators/engine.py`, `CustomerStage._apply`): its
+//! features are applied, the timers it cancels are dropped, those it arms are armed (each for the
+//! cause it fires at most once for), the next audience recheck is kept, and the audiences it can
+//! change are evaluated; only what Python must act on comes back. Should anything fail, the
+//! features are put back as they were, and nothing else has changed.
 //!
 //! Python semantics are the spec: the causes are the strings `CustomerStage._cause` gives, the
 //! timers change as `CustomerStage._arm` and `_keep_alive` change them, in the same order.
@@ -426,5 +427,33 @@ pub mod python {
             }
             Ok(Outcome::Done(changes, reschedule))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_are_written_as_python_writes_them_within_its_years() {
+        assert_eq!(iso_day(0).as_deref(), Some("1970-01-01"));
+        assert_eq!(iso_day(-1).as_deref(), Some("1969-12-31"));
+        assert_eq!(iso_day(951_782_400_000).as_deref(), Some("2000-02-29"));
+        assert_eq!(iso_day(-62_135_596_800_000).as_deref(), Some("0001-01-01"));
+        assert_eq!(iso_day(-62_135_596_800_001), None);
+        assert_eq!(iso_day(253_402_300_799_999).as_deref(), Some("9999-12-31"));
+        assert_eq!(iso_day(253_402_300_800_000), None);
+    }
+
+    #[test]
+    fn causes_are_the_strings_python_gives() {
+        let features = Features::new(0);
+        let cause = |once_per| cause(once_per, &features, 86_400_000, "m1");
+        assert_eq!(cause(OncePer::Cart).as_deref(), Some("none"));
+        assert_eq!(cause(OncePer::Session).as_deref(), Some("none"));
+        assert_eq!(cause(OncePer::Order).as_deref(), Some("none"));
+        assert_eq!(cause(OncePer::Customer).as_deref(), Some("customer"));
+        assert_eq!(cause(OncePer::Day).as_deref(), Some("1970-01-02"));
+        assert_eq!(cause(OncePer::Event).as_deref(), Some("m1"));
     }
 }
