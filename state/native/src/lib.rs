@@ -8,6 +8,7 @@ pub mod bookkeeping;
 pub mod dedupe;
 pub mod event_scan;
 pub mod features;
+pub mod inline;
 pub mod links;
 pub mod model_inputs;
 pub mod names;
