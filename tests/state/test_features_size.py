@@ -33,7 +33,9 @@ def test_a_typical_customer_holds_a_compact_record() -> None:
     features = browsing_customer()
     assert len(features.buckets) // 3 >= 5 and len(features.product_scores) == 5
 
-    assert sys.getsizeof(features) <= 640  # 1,048 bytes before the record was packed
+    # 1,048 bytes before the record was packed; 626 in 11 allocations before its ids, affinities,
+    # session and traits were held inside it (now 3: the counts and the cart's two)
+    assert sys.getsizeof(features) <= 680
 
 
 def test_a_customer_with_no_order_holds_nothing_for_orders() -> None:

@@ -10,6 +10,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
+use crate::inline::{Few, Text};
+
 pub type Id = u32;
 
 pub const MINUTE_MS: i64 = 60_000;
@@ -168,7 +170,7 @@ fn ratio(x: i64, y: i64) -> f64 {
 }
 
 /// An item and its score, packed to 12 bytes.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[repr(C, packed(4))]
 pub struct Scored {
     pub item: Id,
@@ -181,14 +183,14 @@ pub struct TopK {
     /// The landmark time the scores are relative to ([`NO_TIME`] before the first).
     ref_ms: i64,
     /// Items and scores in the order items were first added.
-    pub scores: Box<[Scored]>,
+    pub scores: Few<Scored, AFFINITY_K>,
 }
 
 impl Default for TopK {
     fn default() -> Self {
         Self {
             ref_ms: NO_TIME,
-            scores: Box::default(),
+            scores: Few::default(),
         }
     }
 }
@@ -226,10 +228,7 @@ impl TopK {
             self.scores.copy_from_slice(&all[..AFFINITY_K]);
             return;
         }
-        self.scores = pushed(&self.scores, new);
-        if self.scores.len() > AFFINITY_K {
-            self.scores = removed(&self.scores, weakest(&self.scores, names));
-        }
+        self.scores.push(new);
     }
 
     fn move_landmark(&mut self, to_ms: i64, half_life_ms: i64) {
@@ -425,11 +424,11 @@ impl Counts {
 /// The current session.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Session {
-    pub id: Box<str>,
+    pub id: Text,
     pub started_ms: i64,
     pub last_ms: i64,
     pub pages: i64,
-    pub products: Box<[Id]>,
+    pub products: Few<Id, MAX_SESSION_PRODUCTS>,
 }
 
 impl Session {
@@ -439,7 +438,7 @@ impl Session {
             started_ms,
             last_ms: started_ms,
             pages: 0,
-            products: Box::default(),
+            products: Few::default(),
         }
     }
 
@@ -447,9 +446,7 @@ impl Session {
         if self.products.contains(&product) {
             return;
         }
-        if self.products.len() < MAX_SESSION_PRODUCTS {
-            self.products = pushed(&self.products, product);
-        } else {
+        if !self.products.push(product) {
             // the oldest goes
             self.products.rotate_left(1);
             let last = self.products.len() - 1;
@@ -470,7 +467,7 @@ pub struct Line {
 /// The current cart; lines in the order they were first added.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cart {
-    pub id: Box<str>,
+    pub id: Text,
     pub lines: Box<[Line]>,
     pub value: f64,
     pub started_ms: i64,
@@ -590,6 +587,12 @@ pub enum Trait {
     Flag(bool),
 }
 
+impl Default for Trait {
+    fn default() -> Self {
+        Trait::Flag(false)
+    }
+}
+
 /// What every event carries for the features: when, its id, its counted kind (`None`: no
 /// activity, such as identify or consent), its local hour, and where it happened.
 #[derive(Debug, Clone, Copy)]
@@ -632,7 +635,7 @@ pub struct Purchases {
     pub lifetime_spend: f64,
     pub first_order_ms: Option<i64>,
     pub last_order_ms: Option<i64>,
-    pub last_order_id: Option<Box<str>>,
+    pub last_order_id: Option<Text>,
     pub order_gap_ms: f64,
     pub bought: Box<[Id]>,
 }
@@ -691,13 +694,13 @@ impl Purchases {
 pub struct Features {
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
-    pub last_event_id: Box<str>,
+    pub last_event_id: Text,
     /// Orders and refunds (`None`: none yet, as for most customers).
     pub purchases: Option<Box<Purchases>>,
     pub counts: Counts,
     pub categories: TopK,
     pub products: TopK,
-    pub session: Option<Box<Session>>,
+    pub session: Option<Session>,
     pub cart: Option<Box<Cart>>,
     /// Where the customer last was ([`NO_ID`]: nowhere known).
     pub last_store: Id,
@@ -705,7 +708,7 @@ pub struct Features {
     pub last_country: Id,
     pub hours: [u8; 24],
     /// `(trait code, value)` in the order traits were first set.
-    pub traits: Box<[(u8, Trait)]>,
+    pub traits: Few<(u8, Trait), { TRAIT_KEYS.len() }>,
     /// `(channel code, granted)` in the order channels were first set.
     pub consent: Consent,
 }
@@ -720,7 +723,7 @@ impl Features {
         Self {
             first_seen_ms,
             last_seen_ms: first_seen_ms,
-            last_event_id: "".into(),
+            last_event_id: Text::default(),
             purchases: None,
             counts: Counts::default(),
             categories: TopK::default(),
@@ -731,7 +734,7 @@ impl Features {
             last_city: NO_ID,
             last_country: NO_ID,
             hours: [0; 24],
-            traits: Box::default(),
+            traits: Few::default(),
             consent: Consent::default(),
         }
     }
@@ -880,7 +883,9 @@ impl Features {
     fn set_trait(&mut self, key: u8, value: Trait) {
         match self.traits.iter_mut().find(|(k, _)| *k == key) {
             Some(entry) => entry.1 = value,
-            None => self.traits = pushed(&self.traits, (key, value)),
+            None => {
+                self.traits.push((key, value)); // one entry per key: there is room
+            }
         }
     }
 
@@ -894,7 +899,7 @@ impl Features {
                 session.last_ms = session.last_ms.max(at_ms);
             }
             Some(session) if at_ms <= session.last_ms => {}
-            _ => self.session = Some(Box::new(Session::new(message_id, at_ms))),
+            _ => self.session = Some(Session::new(message_id, at_ms)),
         }
         if at_ms >= self.last_seen_ms {
             self.last_seen_ms = at_ms;
@@ -975,9 +980,9 @@ impl Features {
         for (mine, theirs) in self.hours.iter_mut().zip(other.hours) {
             *mine = mine.saturating_add(theirs);
         }
-        for (key, value) in &other.traits {
+        for (key, value) in other.traits.iter() {
             if !self.traits.iter().any(|(k, _)| k == key) {
-                self.traits = pushed(&self.traits, (*key, *value));
+                self.traits.push((*key, *value)); // one entry per key: there is room
             }
         }
         for (channel, granted) in other.consent.iter() {
@@ -1108,26 +1113,21 @@ impl Features {
     /// Bytes held, this record and what it points to.
     pub fn size(&self) -> usize {
         use std::mem::size_of_val;
-        let session = self.session.as_ref().map_or(0, |s| {
-            size_of_val(&**s) + s.id.len() + size_of_val(&*s.products)
-        });
+        let session = self.session.as_ref().map_or(0, |s| s.id.heap_size());
         let cart = self.cart.as_ref().map_or(0, |c| {
-            size_of_val(&**c) + c.id.len() + size_of_val(&*c.lines)
+            size_of_val(&**c) + c.id.heap_size() + size_of_val(&*c.lines)
         });
         let purchases = self.purchases.as_ref().map_or(0, |p| {
             size_of_val(&**p)
-                + p.last_order_id.as_ref().map_or(0, |id| id.len())
+                + p.last_order_id.as_ref().map_or(0, Text::heap_size)
                 + size_of_val(&*p.bought)
         });
         size_of_val(self)
-            + self.last_event_id.len()
+            + self.last_event_id.heap_size()
             + purchases
             + size_of_val(&*self.counts.buckets)
-            + size_of_val(&*self.categories.scores)
-            + size_of_val(&*self.products.scores)
             + session
             + cart
-            + size_of_val(&*self.traits)
     }
 }
 
@@ -1186,6 +1186,15 @@ impl Writer<'_> {
             self.f64(score);
         }
     }
+}
+
+/// `items` held inline, if there are no more than `N` (else unreadable: more than a record keeps).
+fn few<T: Copy + Default, const N: usize>(
+    items: Vec<T>,
+    what: &str,
+) -> Result<Few<T, N>, Unreadable> {
+    Few::from_slice(&items)
+        .ok_or_else(|| Unreadable(format!("{} {what}, more than {N}", items.len())))
 }
 
 struct Reader<'a> {
@@ -1259,16 +1268,16 @@ impl Reader<'_> {
         (0..n).map(|_| read(self)).collect()
     }
     fn topk(&mut self) -> Result<TopK, Unreadable> {
+        let ref_ms = self.option(Self::i64)?.unwrap_or(NO_TIME);
+        let scores = self.many(|r| {
+            Ok(Scored {
+                item: r.name()?,
+                score: r.f64()?,
+            })
+        })?;
         Ok(TopK {
-            ref_ms: self.option(Self::i64)?.unwrap_or(NO_TIME),
-            scores: self
-                .many(|r| {
-                    Ok(Scored {
-                        item: r.name()?,
-                        score: r.f64()?,
-                    })
-                })?
-                .into(),
+            ref_ms,
+            scores: few(scores, "affinities")?,
         })
     }
     fn code(&mut self, limit: usize, what: &str) -> Result<u8, Unreadable> {
@@ -1306,7 +1315,7 @@ impl Features {
         }
         w.topk(&self.categories);
         w.topk(&self.products);
-        w.option(self.session.as_deref(), |w, s| {
+        w.option(self.session.as_ref(), |w, s| {
             w.text(&s.id);
             w.i64(s.started_ms);
             w.i64(s.last_ms);
@@ -1331,7 +1340,7 @@ impl Features {
         }
         w.out.extend_from_slice(&self.hours);
         w.u32(self.traits.len());
-        for (key, value) in &self.traits {
+        for (key, value) in self.traits.iter() {
             w.u8(*key);
             match value {
                 Trait::Text(id) => {
@@ -1365,30 +1374,30 @@ impl Features {
         }
         let mut f = Features::new(r.i64()?);
         f.last_seen_ms = r.i64()?;
-        f.last_event_id = r.text()?;
+        f.last_event_id = r.text()?.into();
         let mut p = Purchases::default();
         p.orders = r.i64()?;
         p.refunds = r.i64()?;
         p.lifetime_spend = r.f64()?;
         p.first_order_ms = r.option(Reader::i64)?;
         p.last_order_ms = r.option(Reader::i64)?;
-        p.last_order_id = r.option(Reader::text)?;
+        p.last_order_id = r.option(Reader::text)?.map(Text::from);
         p.order_gap_ms = r.f64()?;
         let buckets = r.many(|r| Ok(r.u32()? as u32 as i32))?;
         f.categories = r.topk()?;
         f.products = r.topk()?;
         f.session = r.option(|r| {
-            Ok(Box::new(Session {
-                id: r.text()?,
+            Ok(Session {
+                id: r.text()?.into(),
                 started_ms: r.i64()?,
                 last_ms: r.i64()?,
                 pages: r.i64()?,
-                products: r.many(Reader::name)?.into(),
-            }))
+                products: few(r.many(Reader::name)?, "session products")?,
+            })
         })?;
         f.cart = r.option(|r| {
             Ok(Box::new(Cart {
-                id: r.text()?,
+                id: r.text()?.into(),
                 value: r.f64()?,
                 started_ms: r.i64()?,
                 last_add_ms: r.i64()?,
@@ -1407,17 +1416,16 @@ impl Features {
         f.last_city = r.option(Reader::name)?.unwrap_or(NO_ID);
         f.last_country = r.option(Reader::name)?.unwrap_or(NO_ID);
         f.hours.copy_from_slice(r.take(24)?);
-        f.traits = r
-            .many(|r| {
-                let key = r.code(TRAIT_KEYS.len(), "trait")?;
-                let value = if r.flag()? {
-                    Trait::Flag(r.flag()?)
-                } else {
-                    Trait::Text(r.name()?)
-                };
-                Ok((key, value))
-            })?
-            .into();
+        let traits = r.many(|r| {
+            let key = r.code(TRAIT_KEYS.len(), "trait")?;
+            let value = if r.flag()? {
+                Trait::Flag(r.flag()?)
+            } else {
+                Trait::Text(r.name()?)
+            };
+            Ok((key, value))
+        })?;
+        f.traits = few(traits, "traits")?;
         for (channel, granted) in r.many(|r| Ok((r.code(CHANNELS.len(), "channel")?, r.flag()?)))? {
             if !f.consent.set(channel, granted) {
                 return Err(Unreadable("more consent than channels".into()));
@@ -1978,7 +1986,7 @@ pub mod python {
         #[getter]
         fn traits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
             let out = PyDict::new(py);
-            for (key, value) in &self.inner.traits {
+            for (key, value) in self.inner.traits.iter() {
                 out.set_item(TRAIT_KEYS[usize::from(*key)], trait_value(py, value)?)?;
             }
             Ok(out)

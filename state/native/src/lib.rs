@@ -12,6 +12,7 @@ pub mod envelopes;
 pub mod event_scan;
 pub mod features;
 pub mod identity_pass;
+pub mod inline;
 pub mod links;
 pub mod model_inputs;
 pub mod names;

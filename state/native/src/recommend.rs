@@ -85,6 +85,21 @@ impl Tally {
     }
 }
 
+/// A link to a neighbour and its weight, packed to 12 bytes (a product keeps up to twice
+/// [`NEIGHBOURS`] of them in every replica).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, packed(4))]
+struct Link {
+    to: Id,
+    weight: f64,
+}
+
+impl From<(Id, f64)> for Link {
+    fn from((to, weight): (Id, f64)) -> Self {
+        Self { to, weight }
+    }
+}
+
 /// One replica of the recommender.
 #[derive(Debug, Clone, Default)]
 pub struct CoOccurrence {
@@ -92,7 +107,7 @@ pub struct CoOccurrence {
     products: Names,
     categories: Names,
     /// By product id: its neighbours and link weights in insertion order (none: never linked).
-    links: Vec<Option<Vec<(Id, f64)>>>,
+    links: Vec<Option<Vec<Link>>>,
     /// By product id: how often it was learnt (none: never).
     counts: Vec<Option<i64>>,
     counted: usize,
@@ -182,9 +197,16 @@ impl CoOccurrence {
 
     fn link(&mut self, from: Id, to: Id, weight: f64) {
         let neighbours = self.links[from as usize].get_or_insert_with(Vec::new);
-        match neighbours.iter_mut().find(|(id, _)| *id == to) {
-            Some((_, sum)) => *sum += weight,
-            None => neighbours.push((to, weight)),
+        match neighbours.iter_mut().find(|link| link.to == to) {
+            Some(link) => link.weight += weight,
+            None => {
+                if neighbours.len() == neighbours.capacity() {
+                    // grow as a Vec does, but to no more than the list ever holds
+                    let most = (2 * NEIGHBOURS + 1).saturating_sub(neighbours.len()).max(1);
+                    neighbours.reserve_exact(neighbours.len().max(4).min(most));
+                }
+                neighbours.push(Link { to, weight });
+            }
         }
         if neighbours.len() > 2 * NEIGHBOURS {
             strongest(neighbours, &self.products);
@@ -277,9 +299,9 @@ impl CoOccurrence {
             let Some(linked) = product.and_then(|p| self.links[p as usize].as_ref()) else {
                 continue;
             };
-            for &(other, weight) in linked {
-                if !self.skipped(other) {
-                    neighbours.add(other, weight / f64::from(distance));
+            for &Link { to, weight } in linked {
+                if !self.skipped(to) {
+                    neighbours.add(to, weight / f64::from(distance));
                 }
             }
         }
@@ -435,7 +457,7 @@ impl CoOccurrence {
                 let mut neighbours: Vec<(&str, f64)> = self.links[p as usize]
                     .iter()
                     .flatten()
-                    .map(|&(q, w)| (names.name(q), w))
+                    .map(|&Link { to, weight }| (names.name(to), weight))
                     .collect();
                 neighbours.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 (names.name(p), neighbours)
@@ -479,7 +501,7 @@ impl CoOccurrence {
                 .collect();
             kept.sort_by(|a, b| by_score_then_name(a.1, a.0, b.1, b.0, &self.products));
             kept.truncate(NEIGHBOURS);
-            self.links[product as usize] = Some(kept);
+            self.links[product as usize] = Some(kept.into_iter().map(Link::from).collect());
         }
         for (product, count) in counts {
             let product = self.product(product);
@@ -536,7 +558,10 @@ impl CoOccurrence {
                     let linked = self.links[p as usize].as_ref()?;
                     Some((
                         name(&p),
-                        linked.iter().map(|(q, w)| (name(q), *w)).collect(),
+                        linked
+                            .iter()
+                            .map(|&Link { to, weight }| (name(&to), weight))
+                            .collect(),
                     ))
                 })
                 .collect(),
@@ -574,7 +599,7 @@ impl CoOccurrence {
             let product = self.product(product);
             let linked = neighbours
                 .iter()
-                .map(|(q, w)| (self.product(q), *w))
+                .map(|(q, w)| Link::from((self.product(q), *w)))
                 .collect();
             self.links[product as usize] = Some(linked);
         }
@@ -727,8 +752,8 @@ fn by_score_then_name(a_score: f64, a: Id, b_score: f64, b: Id, names: &Names) -
 }
 
 /// The [`NEIGHBOURS`] strongest links, strongest first (by weight, then name).
-fn strongest(neighbours: &mut Vec<(Id, f64)>, names: &Names) {
-    let order = |a: &(Id, f64), b: &(Id, f64)| by_score_then_name(a.1, a.0, b.1, b.0, names);
+fn strongest(neighbours: &mut Vec<Link>, names: &Names) {
+    let order = |a: &Link, b: &Link| by_score_then_name(a.weight, a.to, b.weight, b.to, names);
     neighbours.select_nth_unstable_by(NEIGHBOURS - 1, order);
     neighbours.truncate(NEIGHBOURS);
     neighbours.sort_unstable_by(order);

@@ -141,7 +141,7 @@ impl Context<'_> {
         let live_session = || {
             features
                 .session
-                .as_deref()
+                .as_ref()
                 .filter(|s| self.now_ms - s.last_ms <= self.session_timeout_ms)
         };
         match slot {
