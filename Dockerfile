@@ -15,9 +15,10 @@ FROM python:3.11.13-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 
-# cargo-web: bookworm's current Rust (its plain `cargo` is too old for the crates.io index)
+# cargo-web: bookworm's current Rust (its plain `cargo` is too old for the crates.io index); gcc builds
+# the module's allocator (mimalloc, C)
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cargo-web \
+ && apt-get install -y --no-install-recommends cargo-web gcc \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
