@@ -535,10 +535,10 @@ class CustomerStage:
         rule = trigger.rule
         if state.fired_cause(rule.id) == cause:
             return
-        view = None
+        views, view = self._views(state, env, at_ms), None
         passed = trigger.when is None or self.native.holds(trigger, state.features, at_ms)
         if passed is None:  # a condition the native program leaves to Python
-            view = self._view(state, env, at_ms)
+            view = views()
             passed = bool(trigger.when.evaluate(view))  # type: ignore[union-attr]
         models, score = self.models, None
         if models is not None and (passed or (view is not None and view.has_read("propensity"))):
@@ -554,7 +554,7 @@ class CustomerStage:
         reason = self.reasons.trigger(trigger)
         text = reason.text
         if reason.shown:
-            text += self.reasons.values(reason, state.features, at_ms, lambda: view or self._view(state, env, at_ms))
+            text += self.reasons.values(reason, state.features, at_ms, views)
         self.writer.trigger(
             rule,
             state.id,
@@ -575,17 +575,14 @@ class CustomerStage:
             expires_at=iso_ms(at_ms + rule.expires_in),
         )
 
-    def _view(self, state: CustomerState, env: Envelope | None, now_ms: int) -> FeatureView:
-        return FeatureView(state, env, now_ms, self.config.lifecycle, self.scorers)
-
     def _views(self, state: CustomerState, env: Envelope | None, now_ms: int) -> Callable[[], FeatureView]:
-        """A function giving one :meth:`_view`, built on its first call (if a condition or a reason's value
-        is read in Python)."""
+        """A function giving one :class:`FeatureView` of the customer at ``now_ms``, built on its first
+        call (if a condition or a reason's value is read in Python)."""
         made: list[FeatureView] = []
 
         def view() -> FeatureView:
             if not made:
-                made.append(self._view(state, env, now_ms))
+                made.append(FeatureView(state, env, now_ms, self.config.lifecycle, self.scorers))
             return made[0]
 
         return view

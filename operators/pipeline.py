@@ -156,8 +156,8 @@ class TickFanout:
         self.lateness_ms = lateness_ms
         self.per_shard = per_shard
         self.act_by: dict[int, int] = {}  # shard -> the clock it must hear by, as it told (in this process)
-        self._workers: dict[int, WorkerTicks] = {}  # by worker thread (a thread-local would not last: Bytewax
-        # calls in with a new Python thread state each time)
+        self._workers: dict[int, WorkerTicks] = {}  # by worker thread: a thread-local lasts only once the
+        # thread keeps its Python thread state, which a thread that runs no shard yet does not (keep_thread_state)
 
     def send(self, routed: list[list[Any]], ticks: Iterable[Tick], everyone: bool = False) -> None:
         """Note a pass's ticks and add the latest to what each shard that hears gets in ``routed``."""
