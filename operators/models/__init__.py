@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 from typing import Any, Literal
 
+from operators.models import libraries
 from operators.models.bandit import Choice, OfferBandit
 from operators.models.propensity import FEATURES, PropensityModel, decision_features
 from operators.models.protocol import OnlineModel
@@ -25,6 +26,8 @@ from schemas.rules import NextBestOffer
 from state._native import learn_touch, recommend_for
 from state.catalogue import FeatureView
 from state.customer import MAX_PENDING_OUTCOMES, CustomerState
+
+libraries.defer_unused()  # before River is first imported (by a model, or a snapshot's unpickling)
 
 ModelMode = Literal["learn", "frozen", "off"]
 FEATURES_KEY = "~propensity_features"
@@ -271,8 +274,9 @@ class ShardModels:
 
 
 def import_model_libraries() -> None:
-    """Import what the models are built with (River, and SciPy with it: over a second of CPU) now
-    rather than with the first model, e.g. before forking processes that then all share it."""
+    """Import what the models are built with (River: a third of a second of CPU, see
+    :mod:`operators.models.libraries`) now rather than with the first model, e.g. before forking
+    processes that then all share it."""
     for name in MODEL_LIBRARIES:
         importlib.import_module(name)
 
