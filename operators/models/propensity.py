@@ -44,6 +44,9 @@ FEATURES: tuple[str, ...] = (
 NO_ORDER_DAYS = 365.0  # stands for "never ordered" in recency and order-gap features
 LEARNING_RATE = 0.05
 BUCKETS = 20  # calibration buckets of the predicted probability
+UNLEARNT_SCORE = 0.5
+"""The score of a new pipeline, whatever the inputs: its scaler maps each to 0 (no variance yet), and its
+regression, without weights or intercept, gives the logistic function of 0."""
 
 
 def decision_features(view: FeatureView) -> tuple[float, ...]:
@@ -146,21 +149,29 @@ class PropensityModel:
 
     def __init__(self, frozen: bool = False) -> None:
         self.frozen = frozen
-        from river import drift  # imported with the first model: River loads SciPy, a second at start-up
-
-        self.pipeline = _pipeline()
+        self.pipeline: Any = None  # River's, built by the first outcome learnt or model file loaded (see _build)
         self.quality = Calibration()
-        self.drift = drift.ADWIN()
+        self.drift: Any = None  # River's ADWIN, built with the pipeline
         self.drifts = 0
         self.learnt = 0
+
+    def _build(self) -> None:
+        """Build the pipeline and the drift detector, importing River (a third of a CPU-second): a run
+        in which no outcome resolves never does. Until then the model scores as a new pipeline does."""
+        if self.pipeline is None:
+            from river import drift
+
+            self.pipeline, self.drift = _pipeline(), drift.ADWIN()
 
     def score(self, x: tuple[float, ...]) -> float:
         """P(order) for inputs ``x``, as the pipeline's ``predict_proba_one`` gives it: computed natively
         from the pipeline's parameters (read once after each change), or, before the scaler has seen
-        any input, by the pipeline's own steps."""
+        any input, by the pipeline's own steps (before it is built: :data:`UNLEARNT_SCORE`)."""
         parameters = self._parameters or self._read_parameters()
         if parameters:
             return logistic_score(x, *parameters)
+        if self.pipeline is None:
+            return UNLEARNT_SCORE
         scaler, regression = self.pipeline.steps.values()
         scaled = scaler.transform_one(dict(zip(FEATURES, x, strict=True)))
         return regression.predict_proba_one(scaled).get(True, 0.5)
@@ -168,7 +179,9 @@ class PropensityModel:
     def _read_parameters(self) -> tuple[Any, ...]:
         """The scaler's centres and scales (``var ** 0.5``, as it divides by), the regression's weights
         (those it lacks: as its dot product takes them, from its initializer if it has one, else 0) and
-        intercept, by input; ``()`` if the scaler lacks a variance or one is negative."""
+        intercept, by input; ``()`` if the scaler lacks a variance or one is negative, or there is no pipeline yet."""
+        if self.pipeline is None:
+            return ()
         scaler, regression = self.pipeline.steps.values()
         means, variances, weights = scaler.means, scaler.vars, regression._weights
         if any(name not in variances for name in FEATURES):
@@ -189,6 +202,7 @@ class PropensityModel:
         """Score the outcome first (progressive validation), then learn from it unless frozen;
         return that score."""
         p = self.score(x)
+        self._build()
         self.quality.add(p, y)
         self.drift.update(abs(float(y) - p))
         if self.drift.drift_detected:
@@ -201,6 +215,9 @@ class PropensityModel:
 
     def export(self) -> dict[str, Any]:
         """The model's parameters as plain numbers (no pickle; see :func:`load`)."""
+        if self.pipeline is None:
+            scaler_stats: dict[str, dict[str, Any]] = {"counts": {}, "means": {}, "vars": {}}
+            return {"features": list(FEATURES), "scaler": scaler_stats, "weights": {}, "intercept": 0.0, "learnt": 0}
         scaler = self.pipeline["StandardScaler"]
         regression = self.pipeline["LogisticRegression"]
         return {
@@ -221,6 +238,7 @@ class PropensityModel:
 
         if list(data["features"]) != list(FEATURES):
             raise ConfigurationError("the propensity model was trained on other features")
+        self._build()
         scaler = self.pipeline["StandardScaler"]
         scaler.counts = Counter({k: int(v) for k, v in data["scaler"]["counts"].items()})
         scaler.means = {k: float(v) for k, v in data["scaler"]["means"].items()}

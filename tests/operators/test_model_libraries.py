@@ -10,6 +10,8 @@ from pathlib import Path
 
 import orjson
 
+from operators.models.propensity import FEATURES, PropensityModel, _pipeline
+
 ROOT = Path(__file__).resolve().parents[2]
 
 TRAIN = """
@@ -77,3 +79,19 @@ def test_a_deferred_module_loads_when_something_uses_it():
         "print(orjson.dumps({'cdf': cdf, 'loaded': 'scipy.stats._stats_py' in sys.modules}).decode())"
     )
     assert used == {"cdf": 0.5, "loaded": True}
+
+
+def test_a_model_that_learns_nothing_scores_and_exports_as_a_new_pipeline_without_importing_river():
+    fresh = _run(
+        "import sys, orjson\nfrom operators.models import ShardModels\n"
+        "from operators.models.propensity import FEATURES\n"
+        "models = ShardModels('learn', horizon_ms=1)\n"
+        "scores = [models.propensity.score(tuple(float(i * k) for i in range(len(FEATURES)))) for k in (0, 1, 1e6)]\n"
+        "merged = models.propensity.merge([models.propensity.export()])\n"
+        "print(orjson.dumps({'scores': scores, 'merged': merged, 'river': 'river' in sys.modules}).decode())"
+    )
+    new_pipeline = PropensityModel()
+    new_pipeline.pipeline = _pipeline()  # as every model started before it was built on first use
+    scores = [new_pipeline.score(tuple(float(i * k) for i in range(len(FEATURES)))) for k in (0, 1, 1e6)]
+    merged = orjson.loads(orjson.dumps(PropensityModel.merge([new_pipeline.export()])))
+    assert fresh == {"scores": scores, "merged": merged, "river": False}
