@@ -37,6 +37,13 @@ DEFERRED = frozenset(
         "scipy.ndimage",
         "scipy.sparse",
         "scipy.stats",  # for river.drift's KSWIN
+        # NumPy's submodules that scipy.special (imported by River's losses) reads while it copies
+        # NumPy into its array-API namespace, without running anything of them
+        "numpy.f2py",
+        "numpy.ma",
+        "numpy.polynomial",
+        "numpy.random",
+        "numpy.testing",
     }
 )
 """Modules River imports that the models never use (their submodules load as usual, when imported)."""
