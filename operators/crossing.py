@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from operators.engine import Forward
 from schemas.envelope import Envelope
 from state._native import CrossingPacker
 
-_PACKER = CrossingPacker(Envelope, Forward)
+_PACKER = CrossingPacker(Envelope, Forward, msgspec.structs.astuple)
 
 
 class Crossing(list[Any]):

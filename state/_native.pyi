@@ -102,7 +102,9 @@ class CrossingPacker:
     ``state/native/src/crossing.rs``): envelopes, and forwards of them with no carried state, as
     their fields but the event (decoded again where it is read); every other item is left to pickle."""
 
-    def __init__(self, envelope: type, forward: type) -> None: ...
+    def __init__(self, envelope: type, forward: type, fields: Callable[[Any], tuple[Any, ...]]) -> None:
+        """``fields`` gives an envelope's fields as a tuple; ValueError if the envelope's fields are
+        not those the packer knows."""
     def pack(self, items: list[Any]) -> tuple[bytes, list[Any]]:
         """The record, and the items left to pickle, in order."""
     def unpack(self, record: bytes, others: list[Any]) -> list[Any]:

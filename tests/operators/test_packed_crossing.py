@@ -17,6 +17,7 @@ from operators.ordering import CatchUp, ChunkMark, Tick
 from operators.parse import order_key
 from schemas.envelope import Envelope
 from schemas.items import Output
+from state._native import CrossingPacker
 from state.customer import CustomerState
 
 _SENT = [name for name in Envelope.__struct_fields__ if name != "validated"]
@@ -106,3 +107,12 @@ def test_an_envelope_of_an_unusual_shape_crosses_by_pickle():
     back = _crossed([env])[0]
     assert _fields(back) == _fields(env)
     assert orjson.loads(back.raw) == orjson.loads(env.raw)
+
+
+def test_a_packer_for_an_envelope_of_other_fields_is_refused_at_start():
+    class Other(msgspec.Struct):
+        seq: int
+        raw: bytes
+
+    with pytest.raises(ValueError, match="the envelope's fields are"):
+        CrossingPacker(Other, Forward, msgspec.structs.astuple)

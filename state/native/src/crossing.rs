@@ -168,22 +168,81 @@ pub mod python {
     use pyo3::exceptions::PyValueError;
     use pyo3::intern;
     use pyo3::prelude::*;
-    use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
+    use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
     use super::{Reader, Writer, ENVELOPE, FORWARD, OTHER};
+
+    /// The largest buffer a thread keeps (a bigger record's is freed).
+    const KEPT_BYTES: usize = 8 << 20;
+
+    thread_local! {
+        /// The last record's bytes, kept for the next of the thread: a record is written into memory
+        /// already in use, not grown into fresh pages each time.
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
 
     /// Packs and unpacks a shard's items of one pass (see ``state/native/src/crossing.rs``).
     #[pyclass(module = "state._native", name = "CrossingPacker", frozen)]
     pub struct CrossingPacker {
         envelope: Py<PyType>,
         forward: Py<PyType>,
+        /// An envelope's fields as a tuple (``msgspec.structs.astuple``): one call, not one
+        /// attribute lookup per field.
+        fields: Py<PyAny>,
     }
+
+    const SEQ: usize = 0;
+    const POSITION: usize = 1;
+    const RAW: usize = 2;
+    const NAME: usize = 4;
+    const MESSAGE_ID: usize = 5;
+    const USER_ID: usize = 6;
+    const ANONYMOUS_ID: usize = 7;
+    const TS_MS: usize = 8;
+    const MARK_MS: usize = 9;
+    const RECEIVED_MS: usize = 10;
+    const KNOWN: usize = 11;
+    const ARRIVED: usize = 12;
+    const NOTES: usize = 13;
+
+    /// An envelope's fields, in the order the packer reads and rebuilds them.
+    const FIELDS: [&str; 14] = [
+        "seq",
+        "position",
+        "raw",
+        "validated",
+        "name",
+        "message_id",
+        "user_id",
+        "anonymous_id",
+        "ts_ms",
+        "mark_ms",
+        "received_ms",
+        "known",
+        "arrived",
+        "notes",
+    ];
 
     #[pymethods]
     impl CrossingPacker {
         #[new]
-        fn new(envelope: Py<PyType>, forward: Py<PyType>) -> Self {
-            Self { envelope, forward }
+        fn new(
+            py: Python<'_>,
+            envelope: Py<PyType>,
+            forward: Py<PyType>,
+            fields: Py<PyAny>,
+        ) -> PyResult<Self> {
+            let names: Vec<String> = envelope.getattr(py, "__struct_fields__")?.extract(py)?;
+            if names != FIELDS {
+                return Err(PyValueError::new_err(format!(
+                    "the envelope's fields are {names:?}, the packer knows {FIELDS:?}"
+                )));
+            }
+            Ok(Self {
+                envelope,
+                forward,
+                fields,
+            })
         }
 
         /// ``(record, others)``: the items packed, and those left to pickle, in order.
@@ -192,7 +251,11 @@ pub mod python {
             py: Python<'py>,
             items: &Bound<'py, PyList>,
         ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyList>)> {
-            let mut w = Writer::default();
+            let mut w = Writer {
+                bytes: BUFFER.with(|buffer| std::mem::take(&mut *buffer.borrow_mut())),
+                ..Writer::default()
+            };
+            w.bytes.clear();
             let others = PyList::empty(py);
             let (envelope, forward) = (self.envelope.bind(py), self.forward.bind(py));
             for item in items.iter() {
@@ -200,7 +263,7 @@ pub mod python {
                 let kind = item.get_type();
                 let packed = if kind.is(envelope) {
                     w.u8(ENVELOPE);
-                    pack_envelope(py, &mut w, &item)?
+                    self.pack_envelope(py, &mut w, &item)?
                 } else if kind.is(forward) && item.getattr(intern!(py, "carried"))?.is_none() {
                     w.u8(FORWARD);
                     match item
@@ -209,7 +272,7 @@ pub mod python {
                     {
                         Ok(id) => {
                             w.blob(id.to_str()?.as_bytes());
-                            pack_envelope(py, &mut w, &item.getattr(intern!(py, "env"))?)?
+                            self.pack_envelope(py, &mut w, &item.getattr(intern!(py, "env"))?)?
                         }
                         Err(_) => false,
                     }
@@ -222,7 +285,11 @@ pub mod python {
                     others.append(item)?;
                 }
             }
-            Ok((PyBytes::new(py, &w.bytes), others))
+            let record = PyBytes::new(py, &w.bytes);
+            if w.bytes.capacity() <= KEPT_BYTES {
+                BUFFER.with(|buffer| *buffer.borrow_mut() = w.bytes);
+            }
+            Ok((record, others))
         }
 
         /// The items of a record :meth:`pack` made, ``others`` in their places.
@@ -260,106 +327,111 @@ pub mod python {
         }
     }
 
-    /// Writes an envelope's fields but its event; `false` (the item is then pickled) for one this
-    /// layout does not hold: notes, a position with other than texts and integers, a huge key.
-    fn pack_envelope(py: Python<'_>, w: &mut Writer, env: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let notes = env.getattr(intern!(py, "notes"))?;
-        if !notes
-            .downcast::<PyTuple>()
-            .map(|notes| notes.is_empty())
-            .unwrap_or(false)
-        {
-            return Ok(false);
-        }
-        let Ok(seq) = env.getattr(intern!(py, "seq"))?.extract::<u128>() else {
-            return Ok(false);
-        };
-        w.u128(seq);
-        let position = env.getattr(intern!(py, "position"))?;
-        let Ok(position) = position.downcast::<PyDict>() else {
-            return Ok(false);
-        };
-        w.u8(position.len().min(255) as u8);
-        if position.len() > 255 {
-            return Ok(false);
-        }
-        for (key, value) in position.iter() {
-            let Ok(key) = key.downcast::<PyString>() else {
+    impl CrossingPacker {
+        /// Writes an envelope's fields but its event; `false` (the item is then pickled) for one
+        /// this layout does not hold: notes, a position with other than texts and integers, a key
+        /// beyond 128 bits, a field of another type than the envelope declares.
+        fn pack_envelope(
+            &self,
+            py: Python<'_>,
+            w: &mut Writer,
+            env: &Bound<'_, PyAny>,
+        ) -> PyResult<bool> {
+            let fields = self.fields.bind(py).call1((env,))?;
+            let Ok(fields) = fields.downcast::<PyTuple>() else {
                 return Ok(false);
             };
-            w.name(key.to_str()?);
-            if let Ok(text) = value.downcast::<PyString>() {
-                w.u8(0);
-                w.name(text.to_str()?);
-            } else if let Some(number) = value
-                .downcast::<PyInt>()
-                .ok()
-                .and_then(|n| n.extract::<i64>().ok())
+            let field = |at: usize| fields.get_item(at);
+            if !field(NOTES)?
+                .downcast::<PyTuple>()
+                .map(|notes| notes.is_empty())
+                .unwrap_or(false)
             {
-                w.u8(1);
-                w.i64(number);
-            } else {
                 return Ok(false);
             }
-        }
-        let Ok(raw) = env.getattr(intern!(py, "raw"))?.downcast_into::<PyBytes>() else {
-            return Ok(false);
-        };
-        w.blob(raw.as_bytes());
-        let Some(name) = text_of(&env.getattr(intern!(py, "name"))?)? else {
-            return Ok(false);
-        };
-        w.name(&name);
-        let Some(message_id) = text_of(&env.getattr(intern!(py, "message_id"))?)? else {
-            return Ok(false);
-        };
-        w.blob(message_id.as_bytes());
-        for field in [intern!(py, "user_id"), intern!(py, "anonymous_id")] {
-            let value = env.getattr(field)?;
-            if value.is_none() {
-                w.u8(0);
-            } else if let Some(text) = text_of(&value)? {
-                w.u8(1);
-                w.blob(text.as_bytes());
-            } else {
+            let Ok(seq) = field(SEQ)?.extract::<u128>() else {
+                return Ok(false);
+            };
+            w.u128(seq);
+            let position = field(POSITION)?;
+            let Ok(position) = position.downcast::<PyDict>() else {
+                return Ok(false);
+            };
+            if position.len() > 255 {
                 return Ok(false);
             }
-        }
-        let (Ok(ts_ms), Ok(mark_ms)) = (
-            env.getattr(intern!(py, "ts_ms"))?.extract::<i64>(),
-            env.getattr(intern!(py, "mark_ms"))?.extract::<i64>(),
-        ) else {
-            return Ok(false);
-        };
-        w.i64(ts_ms);
-        w.i64(mark_ms);
-        match env
-            .getattr(intern!(py, "received_ms"))?
-            .extract::<Option<i64>>()
-        {
-            Ok(None) => w.u8(0),
-            Ok(Some(ms)) => {
-                w.u8(1);
-                w.i64(ms);
+            w.u8(position.len() as u8);
+            for (key, value) in position.iter() {
+                let Ok(key) = key.downcast_exact::<PyString>() else {
+                    return Ok(false);
+                };
+                w.name(key.to_str()?);
+                if let Ok(text) = value.downcast_exact::<PyString>() {
+                    w.u8(0);
+                    w.name(text.to_str()?);
+                } else if let Some(number) = value
+                    .downcast_exact::<PyInt>()
+                    .ok()
+                    .and_then(|n| n.extract::<i64>().ok())
+                {
+                    w.u8(1);
+                    w.i64(number);
+                } else {
+                    return Ok(false);
+                }
             }
-            Err(_) => return Ok(false),
-        }
-        let (Ok(known), Ok(arrived)) = (
-            env.getattr(intern!(py, "known"))?.extract::<bool>(),
-            env.getattr(intern!(py, "arrived"))?.extract::<f64>(),
-        ) else {
-            return Ok(false);
-        };
-        w.u8(known as u8);
-        w.f64(arrived);
-        Ok(true)
-    }
-
-    /// The text of a ``str`` (not of a subclass, which pickling keeps), or `None`.
-    fn text_of(value: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
-        match value.downcast_exact::<PyString>() {
-            Ok(text) => Ok(Some(text.to_str()?.to_owned())),
-            Err(_) => Ok(None),
+            let Ok(raw) = field(RAW)?.downcast_into_exact::<PyBytes>() else {
+                return Ok(false);
+            };
+            w.blob(raw.as_bytes());
+            let name = field(NAME)?;
+            let Ok(name) = name.downcast_exact::<PyString>() else {
+                return Ok(false);
+            };
+            w.name(name.to_str()?);
+            let message_id = field(MESSAGE_ID)?;
+            let Ok(message_id) = message_id.downcast_exact::<PyString>() else {
+                return Ok(false);
+            };
+            w.blob(message_id.to_str()?.as_bytes());
+            for id in [USER_ID, ANONYMOUS_ID] {
+                let value = field(id)?;
+                if value.is_none() {
+                    w.u8(0);
+                } else if let Ok(text) = value.downcast_exact::<PyString>() {
+                    w.u8(1);
+                    w.blob(text.to_str()?.as_bytes());
+                } else {
+                    return Ok(false);
+                }
+            }
+            let (Ok(ts_ms), Ok(mark_ms)) = (
+                field(TS_MS)?.extract::<i64>(),
+                field(MARK_MS)?.extract::<i64>(),
+            ) else {
+                return Ok(false);
+            };
+            w.i64(ts_ms);
+            w.i64(mark_ms);
+            match field(RECEIVED_MS)?.extract::<Option<i64>>() {
+                Ok(None) => w.u8(0),
+                Ok(Some(ms)) => {
+                    w.u8(1);
+                    w.i64(ms);
+                }
+                Err(_) => return Ok(false),
+            }
+            let known = field(KNOWN)?;
+            let arrived = field(ARRIVED)?;
+            let (Ok(known), Ok(arrived)) = (
+                known.downcast_exact::<PyBool>(),
+                arrived.downcast_exact::<PyFloat>(),
+            ) else {
+                return Ok(false);
+            };
+            w.u8(known.is_true() as u8);
+            w.f64(arrived.value());
+            Ok(true)
         }
     }
 
