@@ -21,12 +21,20 @@ _PACKER = CrossingPacker(Envelope, Forward, msgspec.structs.astuple)
 
 
 class Crossing(list[Any]):
-    """The items for one shard in one pass: a list, pickled as one packed record."""
+    """The items for one shard in one pass: a list, pickled as one packed record.
 
-    __slots__ = ()
+    Bytewax pickles what goes to another process twice in a row, once to size the message and once
+    to write it: the record made the first time is kept for the second (made again if the list
+    has changed length since).
+    """
+
+    __slots__ = ("_packed",)
 
     def __reduce__(self) -> tuple[Any, tuple[bytes, list[Any]]]:
-        return unpack, _PACKER.pack(self)
+        packed: tuple[int, tuple[bytes, list[Any]]] | None = getattr(self, "_packed", None)
+        if packed is None or packed[0] != len(self):
+            packed = self._packed = (len(self), _PACKER.pack(self))
+        return unpack, packed[1]
 
 
 def unpack(record: bytes, others: list[Any]) -> Crossing:

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from conftest import added, call, envelopes, order, track
 
+from operators import crossing
 from operators.crossing import Crossing, unpack
 from operators.engine import Forward
 from operators.ordering import CatchUp, ChunkMark, Tick
@@ -116,3 +117,30 @@ def test_a_packer_for_an_envelope_of_other_fields_is_refused_at_start():
 
     with pytest.raises(ValueError, match="the envelope's fields are"):
         CrossingPacker(Other, Forward, msgspec.structs.astuple)
+
+
+class _CountingPacker:
+    def __init__(self, packer: CrossingPacker) -> None:
+        self.packer, self.packs = packer, 0
+
+    def pack(self, items: list[Any]) -> tuple[bytes, list[Any]]:
+        self.packs += 1
+        return self.packer.pack(items)
+
+    def unpack(self, record: bytes, others: list[Any]) -> list[Any]:
+        return self.packer.unpack(record, others)
+
+
+def test_items_pickled_twice_in_a_row_are_packed_once(monkeypatch):
+    """The exchange pickles a message once to size it and once to write it: the second costs no packing."""
+    counting = _CountingPacker(crossing._PACKER)
+    monkeypatch.setattr(crossing, "_PACKER", counting)
+    envs = envelopes([added("u1", 1), order("u2", 2)])
+    items = Crossing(envs)
+
+    first, second = pickle.dumps(items), pickle.dumps(items)
+
+    assert first == second and counting.packs == 1
+    items.append(Forward(envs[0], "u3"))
+    assert [type(item) for item in pickle.loads(pickle.dumps(items))] == [Envelope, Envelope, Forward]
+    assert counting.packs == 2, "a list that grew is packed again"
