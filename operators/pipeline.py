@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from bytewax.operators import StatefulBatchLogic
 
+from operators.crossing import Crossing
 from operators.engine import CustomerStage, EngineConfig, Forward, IdentityStage
 from operators.ordering import NO_MARK, CatchUp, ChunkMark, Tick, shard_of
 from operators.parse import InputMarks, Rejected, offset_of, order_key, parse_batch
@@ -64,7 +65,7 @@ class Router:
         :class:`TickFanout`), after the marks of the chunks that ended in it (a chunked stream:
         to every shard)."""
         shards, marks, max_bytes = self.shards, self.marks, self.max_event_bytes
-        routed: list[list[Any]] = [[] for _ in range(shards)]
+        routed: list[list[Any]] = [Crossing() for _ in range(shards)]
         reached_seq: dict[int, int] = {}  # partition -> merge key reached
         idle: set[int] = set()  # partitions that ended (or have nothing to read now)
         chunk_marks: list[ChunkMark] = []
@@ -105,7 +106,7 @@ class Router:
         shards' latest ticks, gathered into one tuple, to each customer shard that hears them (see
         :class:`TickFanout`)."""
         shards = self.shards
-        routed: list[list[Any]] = [[] for _ in range(shards)]
+        routed: list[list[Any]] = [Crossing() for _ in range(shards)]
         ticks: dict[int, Tick] = {}
         for items in emitted:
             for value in items:

@@ -22,9 +22,10 @@ class Envelope(msgspec.Struct, gc=False):
     (the stages' clocks follow it); ``raw`` is kept so a later stage can still dead-letter it;
     ``arrived`` is the wall-clock time it was read.
 
-    Between processes an envelope travels as its raw bytes and precomputed fields, and the
-    event is decoded again only where it is read (the identity stage routes most events
-    without reading it): cheaper than pickling the event's Structs.
+    Between processes an envelope travels as its raw bytes and precomputed fields (packed with
+    the rest of its shard's pass: ``operators.crossing``), and the event is decoded again only
+    where it is read (the identity stage routes most events without reading it): cheaper than
+    pickling the event's Structs.
 
     A Struct the garbage collector does not track (it refers to no container that could lead back
     to it): made in one native call, and freed without the collector's bookkeeping.

@@ -97,6 +97,19 @@ def shard_of(key: str, shards: int) -> int:
     """A stable shard number for a routing key, a customer or anonymous id: ``zlib.crc32(key.encode())
     % shards`` (the same on every machine and run)."""
 
+class CrossingPacker:
+    """Packs a shard's items of one pass into one record to cross processes, and back (see
+    ``state/native/src/crossing.rs``): envelopes, and forwards of them with no carried state, as
+    their fields but the event (decoded again where it is read); every other item is left to pickle."""
+
+    def __init__(self, envelope: type, forward: type, fields: Callable[[Any], tuple[Any, ...]]) -> None:
+        """``fields`` gives an envelope's fields as a tuple; ValueError if the envelope's fields are
+        not those the packer knows."""
+    def pack(self, items: list[Any]) -> tuple[bytes, list[Any]]:
+        """The record, and the items left to pickle, in order."""
+    def unpack(self, record: bytes, others: list[Any]) -> list[Any]:
+        """The items of a record, ``others`` in their places; ValueError for any other bytes."""
+
 class EnvelopeMaker:
     """Makes the envelopes of a batch's plain events, the way ``operators.parse.parse`` makes them (see
     ``state/native/src/envelopes.rs``); every other item is left to the Python way."""

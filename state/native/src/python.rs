@@ -664,6 +664,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<EventScan>()?;
     module.add_class::<EpochMs>()?;
     module.add_class::<crate::envelopes::python::EnvelopeMaker>()?;
+    module.add_class::<crate::crossing::python::CrossingPacker>()?;
     module.add_class::<crate::identity_pass::python::IdentityPass>()?;
     module.add_function(wrap_pyfunction!(crate::shards::python::shard_of, module)?)?;
     module.add_class::<OrderLines>()?;
