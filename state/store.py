@@ -140,6 +140,10 @@ class CustomerStore:
         )
         return {customer_id: blob for customer_id, blob in rows if blob is not None}
 
+    def clear(self) -> None:
+        """Forget every version and part held."""
+        self.db.executescript("BEGIN; DELETE FROM customers; DELETE FROM parts; DELETE FROM meta; COMMIT;")
+
     def read_parts(self, name: str, base: int, upto: int) -> tuple[bytes, list[bytes]]:
         """The base of ``name`` written at snapshot ``base`` and its journals after it up to ``upto``, in order."""
         found = self.db.execute(
