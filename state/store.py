@@ -8,9 +8,11 @@ Bytewax snapshot keeps the number. A restore at snapshot ``n`` reads each custom
 version up to ``n`` and forgets versions after it (written by snapshots whose epoch Bytewax
 never committed).
 
-Versions older than :data:`KEEP` snapshots are pruned, keeping each customer's newest one
-before them: a restore can go back up to :data:`KEEP` snapshots of its shard; one further back
-is refused (``pruned_below`` says where the history stops).
+Versions older than :data:`KEEP` snapshot numbers are pruned, keeping each customer's newest one
+before them: a restore can go back up to :data:`KEEP` numbers of its shard; one further back is
+refused (``pruned_below`` says where the history stops). A shard also writes its changes shortly
+before each snapshot (a pre-save, under a number of its own that no restore stops at), so that
+the snapshot is left what changed after.
 
 The store also holds a shard's large state that changes a little per snapshot (the recommender,
 the dedupe memory) as *parts*: a base now and then and a journal per snapshot, by name and
@@ -38,7 +40,7 @@ from schemas.errors import RecoveryStoreError
 
 log = logging.getLogger(__name__)
 
-KEEP = 10  # snapshots a restore can go back (Bytewax resumes from its last committed epoch)
+KEEP = 20  # snapshot numbers a restore can go back: 10 snapshots, each with its pre-save (see operators.engine)
 DRAIN_SECONDS = 30.0  # at exit, how long writes still queued may take
 
 _SCHEMA = """
