@@ -1,6 +1,8 @@
 """A recovery snapshot pauses every shard of the flow at once: what can be prepared before it is. The
 recommender's journal (what it learnt and checked since the last snapshot) is sealed, pickled, now and
-then between snapshots; the snapshot pickles only what came since, and restores the same models."""
+then between snapshots; the snapshot pickles only what came since, and restores the same models. With a
+customer store, each shard hands it its changes shortly before the snapshot (a pre-save): the snapshot
+encodes and carries only what changed after, and a restore at any snapshot is the engine of then."""
 
 from __future__ import annotations
 
