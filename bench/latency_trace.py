@@ -13,7 +13,9 @@ event-caused decisions went (wall clock, seconds):
 - ``confirmed``: produced -> Kafka confirming it;
 
 and the pauses of the process: each stage batch, snapshot, sink flush and garbage collection
-longer than 5 ms (when it began, how long). It is a measuring tool: it adds work per event.
+longer than 5 ms (when it began, how long), and each snapshot round (from the first shard's snapshot
+to the next batch of a stage: the shards' snapshots, Bytewax writing them, the sinks' flushes).
+It is a measuring tool: it adds work per event.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Trace:
         self.poll: list[tuple[float, float]] = []  # (read, read - broker append) per event
         self.pauses: list[tuple[str, float, float]] = []  # (what, began, seconds)
         self.gc_began = 0.0
+        self.round_began: float | None = None  # when the first shard's snapshot of the current round began
         self.lock = threading.Lock()
 
     def pause(self, what: str, began: float) -> None:
@@ -89,6 +92,9 @@ def install(trace: Trace) -> None:
 
     def traced_on_batch(self: Any, values: list[list[Any]]) -> Any:
         began = time.time()
+        if trace.round_began is not None:  # the first batch after a snapshot round
+            trace.pause("snapshot round", trace.round_began)
+            trace.round_began = None
         customer = self.engine.sends_profiles
         for items in values:
             for item in items:
@@ -117,6 +123,8 @@ def install(trace: Trace) -> None:
 
     def traced_snapshot(self: Any) -> Any:
         began = time.time()
+        if trace.round_began is None:
+            trace.round_began = began
         try:
             return snapshot(self)
         finally:

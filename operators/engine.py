@@ -77,7 +77,7 @@ from state.update import apply_event, feature_update
 # and journals (state.journal), and the snapshot refers to them. 9: a customer's timers, decisions fired,
 # open decisions and offers are the bytes of its compiled bookkeeping record
 SNAPSHOT_FORMAT = 9
-MAX_UNSAVED = 3  # snapshots whose changes may wait for the customer store before a snapshot waits for it
+MAX_UNSAVED = 3  # snapshots (and pre-saves) whose changes may wait for the customer store before the next waits
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes
 REWARD = "~reward"  # the open offer choices' reward window: no reward when it passes
@@ -757,8 +757,7 @@ class CustomerStage:
         """
         if not self.config.snapshots:
             return None
-        changed = {cid: None if (s := self.customers.get(cid)) is None else codec.encode(s) for cid in self.dirty}
-        self.dirty.clear()
+        changed = self._take_changed()
         customers, store, unsaved, refs = None, None, None, {}
         if self.config.state_store is None:
             for customer_id, blob in changed.items():
@@ -785,6 +784,24 @@ class CustomerStage:
             "journals": refs,  # with a store: the large states kept there (see _journalled)
         }
         return SNAPSHOT_FORMAT, shard
+
+    def presave(self) -> None:
+        """Hand the customers changed so far and the journals to the store's thread ahead of the next
+        snapshot, under a snapshot number of their own (no restore stops there), so that the snapshot,
+        which pauses every shard at once, encodes and carries only what changes after (and what the
+        store has not written by then). The engine's state stays as it is. Without a store: nothing."""
+        if not self.config.snapshots or self.config.state_store is None:
+            return
+        changed = self._take_changed()
+        if self._store_of(changed) is not None:
+            self._save(changed)
+
+    def _take_changed(self) -> dict[str, bytes | None]:
+        """The encodings of the customers changed since the last snapshot or pre-save (``None``: gone)."""
+        customers = self.customers
+        changed = {cid: None if (s := customers.get(cid)) is None else codec.encode(s) for cid in self.dirty}
+        self.dirty.clear()
+        return changed
 
     def _models_snapshot(self, refs: dict[str, JournalRef]) -> ModelsSnapshot | None:
         """The models, pickled; the recommender only if it is not kept in the store."""
@@ -838,9 +855,13 @@ class CustomerStage:
         return self.store
 
     def _store(self, customer_id: str) -> CustomerStore:
-        """This shard's customer store (named after the stage and the shard of ``customer_id``)."""
+        """This shard's customer store (named after the stage and the shard of ``customer_id``), opened
+        empty: the shard had none when it started or at the snapshot it resumed from, so whatever the
+        file holds was written after that snapshot by a run that stopped before its next one."""
         if self.store is None:
-            self._open_store(f"{self.role}-{self._shard_index(customer_id):04d}")
+            store = self._open_store(f"{self.role}-{self._shard_index(customer_id):04d}")
+            if store.path.exists():
+                store.clear()
         return self.store  # type: ignore[return-value]
 
     def _open_store(self, name: str) -> CustomerStore:

@@ -11,6 +11,7 @@ which shards hear a batch's ticks.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import threading
 import time
 from collections.abc import Iterable
@@ -261,6 +262,10 @@ def keep_thread_state() -> None:
 
 
 SEAL_SECONDS = 1.0  # how often a shard pickles its models' journal between snapshots
+PRESAVE_LEADS = (0.07, 0.02)  # how long before its next snapshot is due a shard pre-saves, as a share of the
+# time between snapshots: the first shard of a process at the first lead, the others spread out to the last
+PRESAVE_SLOTS = 32  # how many pre-save times the leads are split into (both stages' 16 shards)
+_presave_slots = itertools.count()  # the next shard's slot, in this process
 
 
 class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
@@ -273,8 +278,11 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         self.engine = engine
         self.fanout = fanout  # that of the router feeding this shard, in this process
         self.shard: int | None = None  # this shard's number, once known
-        self.profiles_at = self.sealed_at = time.monotonic()
+        self.profiles_at = self.sealed_at = self.snapshot_at = time.monotonic()
         self.metrics = ShardMetrics(engine)
+        first, last = PRESAVE_LEADS
+        self.presave_lead = first - (first - last) * (next(_presave_slots) % PRESAVE_SLOTS) / (PRESAVE_SLOTS - 1)
+        self.presave_at: float | None = None  # when to pre-save before the next snapshot (see _presave)
 
     def on_batch(self, values: list[list[Any]]) -> tuple[list[Any], bool]:
         """Apply a batch; then tell the fan-out the clock by which this shard must hear the progress
@@ -285,6 +293,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         self._send_profiles(out)
         self.metrics.publish()
         self._seal_journal()
+        self._presave()
         if self.fanout is not None and (shard := self._shard_number()) is not None:
             first, day = engine.timers.first_due(), engine.swept_day
             act_by = NO_MARK if day is None else (day + 1) * DAY_MS
@@ -298,6 +307,14 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         if models is not None and now - self.sealed_at >= SEAL_SECONDS:
             self.sealed_at = now
             models.seal_journal()
+
+    def _presave(self) -> None:
+        """Hand the changes so far to the shard's store a little before its next snapshot is expected
+        (as long after the last one as that was after the one before), each shard of the process at
+        its own time (see :meth:`CustomerStage.presave`): the snapshot is left what changes after."""
+        if self.presave_at is not None and time.monotonic() >= self.presave_at:
+            self.presave_at = None
+            self.engine.presave()
 
     def _shard_number(self) -> int | None:
         """An identity shard learns its number from its ticks; a customer shard from its customers."""
@@ -340,6 +357,9 @@ class ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         return [out], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Any:
+        now = time.monotonic()
+        interval, self.snapshot_at = now - self.snapshot_at, now
+        self.presave_at = now + interval * (1 - self.presave_lead)
         return self.engine.snapshot()
 
 

@@ -8,9 +8,11 @@ Bytewax snapshot keeps the number. A restore at snapshot ``n`` reads each custom
 version up to ``n`` and forgets versions after it (written by snapshots whose epoch Bytewax
 never committed).
 
-Versions older than :data:`KEEP` snapshots are pruned, keeping each customer's newest one
-before them: a restore can go back up to :data:`KEEP` snapshots of its shard; one further back
-is refused (``pruned_below`` says where the history stops).
+Versions older than :data:`KEEP` snapshot numbers are pruned, keeping each customer's newest one
+before them: a restore can go back up to :data:`KEEP` numbers of its shard; one further back is
+refused (``pruned_below`` says where the history stops). A shard also writes its changes shortly
+before each snapshot (a pre-save, under a number of its own that no restore stops at), so that
+the snapshot is left what changed after.
 
 The store also holds a shard's large state that changes a little per snapshot (the recommender,
 the dedupe memory) as *parts*: a base now and then and a journal per snapshot, by name and
@@ -38,7 +40,7 @@ from schemas.errors import RecoveryStoreError
 
 log = logging.getLogger(__name__)
 
-KEEP = 10  # snapshots a restore can go back (Bytewax resumes from its last committed epoch)
+KEEP = 20  # snapshot numbers a restore can go back: 10 snapshots, each with its pre-save (see operators.engine)
 DRAIN_SECONDS = 30.0  # at exit, how long writes still queued may take
 
 _SCHEMA = """
@@ -139,6 +141,10 @@ class CustomerStore:
             "SELECT id, blob FROM customers AS c WHERE seq = (SELECT MAX(seq) FROM customers WHERE id = c.id)"
         )
         return {customer_id: blob for customer_id, blob in rows if blob is not None}
+
+    def clear(self) -> None:
+        """Forget every version and part held."""
+        self.db.executescript("BEGIN; DELETE FROM customers; DELETE FROM parts; DELETE FROM meta; COMMIT;")
 
     def read_parts(self, name: str, base: int, upto: int) -> tuple[bytes, list[bytes]]:
         """The base of ``name`` written at snapshot ``base`` and its journals after it up to ``upto``, in order."""

@@ -1,15 +1,18 @@
 """A recovery snapshot pauses every shard of the flow at once: what can be prepared before it is. The
 recommender's journal (what it learnt and checked since the last snapshot) is sealed, pickled, now and
-then between snapshots; the snapshot pickles only what came since, and restores the same models."""
+then between snapshots; the snapshot pickles only what came since, and restores the same models. With a
+customer store, each shard hands it its changes shortly before the snapshot (a pre-save): the snapshot
+encodes and carries only what changed after, and a restore at any snapshot is the engine of then."""
 
 from __future__ import annotations
 
 import pickle
 
 import orjson
-from conftest import CART_RULE, EngineHarness, rules_from, track
+from conftest import CART_RULE, EngineHarness, added, order, rules_from, track
 
 from operators.engine import EngineConfig
+from state.store import wait_for_writes
 
 
 def harness() -> EngineHarness:
@@ -42,3 +45,82 @@ def test_a_journal_sealed_between_snapshots_leaves_the_snapshot_the_rest_and_res
     later = views(100, 2250)
     assert again.feed(later) == h.feed(later)
     assert orjson.dumps(restored.recommender.export()) == orjson.dumps(models.recommender.export())
+
+
+# --- pre-saves: a shard hands its changes to its store ahead of the snapshot ----------------------
+def stored(folder) -> EngineHarness:
+    """One shard per stage, customers kept in a store in ``folder``."""
+    return EngineHarness(rules_from(CART_RULE), EngineConfig(snapshots=True, state_store=folder))
+
+
+def taken(h: EngineHarness) -> tuple[bytes, bytes]:
+    """Both stages' snapshots as Bytewax keeps them (pickled), once the store thread wrote what they hand it."""
+    snapshots = pickle.dumps(h.identity.snapshot()), pickle.dumps(h.customers.snapshot())
+    wait_for_writes()
+    return snapshots
+
+
+def restored(folder, snapshots: tuple[bytes, bytes]) -> EngineHarness:
+    h = stored(folder)
+    h.identity.restore(pickle.loads(snapshots[0]))
+    h.customers.restore(pickle.loads(snapshots[1]))
+    return h
+
+
+def presave(h: EngineHarness) -> None:
+    h.identity.presave()
+    h.customers.presave()
+    wait_for_writes()
+
+
+def test_after_a_presave_the_snapshot_carries_only_what_changed_since_and_restores_the_same_engine(tmp_path):
+    h = stored(tmp_path)
+    h.feed(views(700))
+    taken(h)
+    h.feed(views(700, 700))  # every customer changes
+    presave(h)
+    h.feed([track("Product Viewed", "u3", 1500, props={"product_id": "p1", "category": "c1"}, message_id="late")])
+    snapshots = taken(h)
+    customers = pickle.loads(snapshots[1])[1]
+    assert set(customers["unsaved"]) == {"u3"}, "the store held the rest when the snapshot was taken"
+    seen = pickle.loads(snapshots[0])[1]["journals"]["seen"]
+    assert [pickle.loads(blob) for blob in seen.unsaved.values()] == [["late"]], "of the ids, only the last one"
+    again = restored(tmp_path, snapshots)
+    assert again.customers.customers.keys() == h.customers.customers.keys()
+    assert again.identity.seen.to_bytes() == h.identity.seen.to_bytes()
+    later = [*views(100, 1500), track("Product Added", "u2", 1700, props={"product_id": "p7", "price": 5})]
+    assert again.feed(later) == h.feed(later)
+    assert again.finish() == h.finish()
+
+
+def test_a_run_that_stops_after_a_presave_resumes_from_the_snapshot_before_it(tmp_path):
+    """Bytewax resumes from the last snapshot: what a pre-save wrote after it is not read back, and the
+    events after the snapshot, read again, give what an uninterrupted run gives."""
+    first, then = views(300), [*views(300, 300), added("u2", 650, product="p7", price=5)]
+    rest = [*views(100, 700), order("u3", 900)]
+    whole = stored(tmp_path / "whole")
+    whole.feed(first)
+    expected = whole.feed([*then, *rest])
+    h = stored(tmp_path / "run")
+    h.feed(first)
+    snapshots = taken(h)
+    h.feed(then)
+    presave(h)  # and the run stops here
+    again = restored(tmp_path / "run", snapshots)
+    assert again.feed([*then, *rest]) == expected
+    assert again.finish() == whole.finish()
+
+
+def test_a_shard_that_had_no_store_at_the_snapshot_it_resumes_from_starts_its_store_afresh(tmp_path):
+    """A run that stops after its shard first wrote to its store (a pre-save, or a snapshot whose epoch
+    Bytewax did not commit) leaves customers there that the snapshot it resumes from never held: they
+    are not read back later."""
+    h = stored(tmp_path)
+    empty = taken(h)  # no customer yet: no store
+    h.feed(views(20))
+    taken(h)  # the store is made, with u0..u6; the run stops before Bytewax commits this snapshot
+    again = restored(tmp_path, empty)
+    for minutes in (30, 31):  # two snapshots: the second refers to what the store holds
+        again.feed([track("Product Viewed", "other", minutes, props={"product_id": "p1", "category": "c1"})])
+        snapshots = taken(again)
+    assert set(restored(tmp_path, snapshots).customers.customers) == {"other"}
