@@ -325,6 +325,20 @@ def learn_touch(
     """``recommender.learn(session, product, category)`` (a ``CoOccurrence``) with the products of the
     customer's session still going at ``at_ms``, read from ``features``."""
 
+def touch_product(
+    recommender: Any,
+    features: Features,
+    at_ms: int,
+    session_timeout_ms: int,
+    product: str,
+    category: str | None,
+    message_id: str,
+    viewed: bool,
+    every: int,
+) -> bool:
+    """A product touch in one call: ``True`` for a view (``viewed``) in the sample of one in ``every``
+    (as ``sampled(message_id, every)``), with nothing learnt; else :func:`learn_touch`, and ``False``."""
+
 class ReasonValues:
     """The values the reasons of a rule set show (``operators/reasons.py``), read from the features
     record as the rule program reads features; per reason (by index) a list of reads."""

@@ -23,6 +23,7 @@ pub mod rule_program;
 pub mod sample;
 pub mod shards;
 pub mod timestamps;
+pub mod touch;
 
 #[cfg(feature = "python")]
 mod python;
