@@ -502,3 +502,17 @@ class CustomerStep:
     @staticmethod
     def put_back(features: Features, before: Features) -> None:
         """Put ``before`` (as :meth:`run` gave it) back into ``features``, in place."""
+
+class TimerFiring:
+    """A timed trigger's timer fired up to its decision in one call (``state/native/src/fire.rs``),
+    with the checks of the Python path (``CustomerStage._fire_timer``, ``_decide``), in its order."""
+
+    def __init__(self, program: RuleProgram, triggers: list[tuple[str, str, int | None]]) -> None:
+        """``triggers``: ``(rule_id, once_per, condition)`` of each timed trigger, ``condition`` its
+        expression's number in ``program`` (``None``: it has none)."""
+    def fire(self, state: Any, rule_id: str) -> tuple[int, str, list[str], bool | None] | None:
+        """Take the timer of the timed trigger ``rule_id`` from ``state.book`` (``KeyError``: no such
+        trigger or timer). ``None``: nothing to decide (its rule fired for the timer's cause already,
+        the cause went stale, or the condition does not hold); else ``(due_ms, cause, caused_by,
+        passed)``, ``passed`` ``True`` when the condition holds (or there is none), ``None`` when
+        Python evaluates it."""

@@ -11,6 +11,7 @@ pub mod dedupe;
 pub mod envelopes;
 pub mod event_scan;
 pub mod features;
+pub mod fire;
 pub mod identity_pass;
 pub mod inline;
 pub mod links;
