@@ -146,6 +146,7 @@ class CustomerStage:
         self.config = config
         self.native = NativeRules(rules, config.lifecycle)
         self.step: CustomerStep | None = self.native.customer_step(rules, RECHECK)  # None: the Python path
+        self.firing = self.native.timer_firing(rules)  # timed triggers' timers, with the step
         self.reasons = Reasons(rules, config.lifecycle)
         self.ordered = OrderedRelease(upstreams, self._merge_key)
         self.customers: dict[str, CustomerState] = {}
@@ -432,8 +433,18 @@ class CustomerStage:
             self.writer.failed_timer(state.id, state.drop_timer(rule_id), err, out)  # type: ignore[arg-type]
 
     def _fire_timer(self, state: CustomerState, rule_id: str, out: list[Any]) -> None:
-        due, _, cause, *caused_by = state.drop_timer(rule_id)  # type: ignore[misc]
+        """Take the timer and do what it is for: a timed trigger's decision, an audience recheck, the
+        expiry of the models' open items. With the native step, a timed trigger's timer is taken and
+        checked (fired for its cause already, stale, a native condition) in one call."""
         self._mark(state.id)
+        trigger = self.rules.timers.get(rule_id)
+        if trigger is not None and self.step is not None:
+            taken = self.firing.fire(state, rule_id)
+            if taken is not None:
+                due, cause, caused_by, verdict = taken
+                self._trigger(state, trigger, None, due, cause, caused_by, out, verdict, checked=True)
+            return
+        due, _, cause, *caused_by = state.drop_timer(rule_id)  # type: ignore[misc]
         if rule_id == RECHECK:
             self._audiences(state, self.native.timed, None, due, caused_by, out)
             self._keep_alive(state, due)
@@ -446,7 +457,6 @@ class CustomerStage:
             if self.models is not None:
                 self._await(state, REWARD, self.models.expire_offers(state, due))
             return
-        trigger = self.rules.timers.get(rule_id)
         if trigger is None or state.fired_cause(rule_id) == cause:
             return
         if trigger.rule.once_per in ("cart", "session", "order") and self._cause(trigger, state, None) != cause:
@@ -513,9 +523,18 @@ class CustomerStage:
         cause: str,
         caused_by: list[str],
         out: list[Any],
+        verdict: bool | None = None,
+        checked: bool = False,
     ) -> None:
+        """Fire ``trigger`` for ``cause`` unless it fired for it already, if its condition holds.
+        ``checked``: the timer firing checked the cause, and the condition natively (``verdict``:
+        ``True`` it holds, ``None`` evaluate it in Python)."""
         try:
-            self._decide(state, trigger, env, at_ms, cause, caused_by, out)
+            if not checked:
+                if state.fired_cause(trigger.id) == cause:
+                    return
+                verdict = trigger.when is None or self.native.holds(trigger, state.features, at_ms)
+            self._decide(state, trigger, env, at_ms, cause, caused_by, verdict, out)
         except Exception as err:
             raise RuleFailed(trigger.id) from err
 
@@ -527,16 +546,15 @@ class CustomerStage:
         at_ms: int,
         cause: str,
         caused_by: list[str],
+        verdict: bool | None,
         out: list[Any],
     ) -> None:
-        """Fire ``trigger`` for ``cause`` if its condition holds. A condition the native program
-        evaluates, the models' inputs and the bandit's segment are read from the features record;
-        a :class:`FeatureView` is built only for what only Python reads (a condition, a reason's value)."""
+        """Fire ``trigger`` for ``cause`` if its condition holds (``verdict``, the native program's;
+        ``None``: evaluated here). A condition the native program evaluates, the models' inputs and the
+        bandit's segment are read from the features record; a :class:`FeatureView` is built only for
+        what only Python reads (a condition, a reason's value)."""
         rule = trigger.rule
-        if state.fired_cause(rule.id) == cause:
-            return
-        views, view = self._views(state, env, at_ms), None
-        passed = trigger.when is None or self.native.holds(trigger, state.features, at_ms)
+        views, view, passed = self._views(state, env, at_ms), None, verdict
         if passed is None:  # a condition the native program leaves to Python
             view = views()
             passed = bool(trigger.when.evaluate(view))  # type: ignore[union-attr]

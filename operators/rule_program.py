@@ -15,7 +15,7 @@ from typing import Any
 
 from operators.expressions import Expression, constant_value, is_constant
 from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger
-from state._native import CustomerStep, Features, RuleProgram
+from state._native import CustomerStep, Features, RuleProgram, TimerFiring
 from state.catalogue import ANY_EVENT, ORDERS
 from state.customer import MAX_CAUSED_BY, Lifecycle
 
@@ -188,6 +188,13 @@ class NativeRules:
             lc.at_risk_gap_factor,
             MAX_CAUSED_BY,
         )
+
+    def timer_firing(self, rules: CompiledRules) -> TimerFiring:
+        """The native firing of the rule set's timed triggers, up to their decision."""
+        timed = [
+            (t.id, t.rule.once_per, None if t.when is None else self._trigger[t.id]) for t in rules.timers.values()
+        ]
+        return TimerFiring(self.program, timed)
 
     def group_for(self, name: str) -> int | None:
         """The group of audiences an event called ``name`` can change; ``None``: none."""

@@ -338,6 +338,20 @@ def learn_touch(
     """``recommender.learn(session, product, category)`` (a ``CoOccurrence``) with the products of the
     customer's session still going at ``at_ms``, read from ``features``."""
 
+def touch_product(
+    recommender: Any,
+    features: Features,
+    at_ms: int,
+    session_timeout_ms: int,
+    product: str,
+    category: str | None,
+    message_id: str,
+    viewed: bool,
+    every: int,
+) -> bool:
+    """A product touch in one call: ``True`` for a view (``viewed``) in the sample of one in ``every``
+    (as ``sampled(message_id, every)``), with nothing learnt; else :func:`learn_touch`, and ``False``."""
+
 class ReasonValues:
     """The values the reasons of a rule set show (``operators/reasons.py``), read from the features
     record as the rule program reads features; per reason (by index) a list of reads."""
@@ -501,3 +515,17 @@ class CustomerStep:
     @staticmethod
     def put_back(features: Features, before: Features) -> None:
         """Put ``before`` (as :meth:`run` gave it) back into ``features``, in place."""
+
+class TimerFiring:
+    """A timed trigger's timer fired up to its decision in one call (``state/native/src/fire.rs``),
+    with the checks of the Python path (``CustomerStage._fire_timer``, ``_decide``), in its order."""
+
+    def __init__(self, program: RuleProgram, triggers: list[tuple[str, str, int | None]]) -> None:
+        """``triggers``: ``(rule_id, once_per, condition)`` of each timed trigger, ``condition`` its
+        expression's number in ``program`` (``None``: it has none)."""
+    def fire(self, state: Any, rule_id: str) -> tuple[int, str, list[str], bool | None] | None:
+        """Take the timer of the timed trigger ``rule_id`` from ``state.book`` (``KeyError``: no such
+        trigger or timer). ``None``: nothing to decide (its rule fired for the timer's cause already,
+        the cause went stale, or the condition does not hold); else ``(due_ms, cause, caused_by,
+        passed)``, ``passed`` ``True`` when the condition holds (or there is none), ``None`` when
+        Python evaluates it."""

@@ -21,9 +21,9 @@ from operators.models import libraries
 from operators.models.bandit import Choice, OfferBandit
 from operators.models.propensity import FEATURES, PropensityModel, decision_features
 from operators.models.protocol import OnlineModel
-from operators.models.recommend import CoOccurrence, sampled
+from operators.models.recommend import SAMPLE_EVERY, CoOccurrence, sampled
 from schemas.rules import NextBestOffer
-from state._native import learn_touch, recommend_for
+from state._native import recommend_for, touch_product
 from state.catalogue import FeatureView
 from state.customer import MAX_PENDING_OUTCOMES, CustomerState
 
@@ -151,12 +151,19 @@ class ShardModels:
         self, state: CustomerState, product: str, category: str | None, message_id: str, viewed: bool, at_ms: int
     ) -> None:
         """A product viewed or added: check the sampled prediction (views), then learn the link (from
-        the customer's session, read by the compiled call itself unless the journal keeps it)."""
-        check = viewed and sampled(message_id)
-        if not check and self._journal is None:
-            if self.mode == "learn":
-                learn_touch(self.recommender, state.features, at_ms, self.session_timeout_ms, product, category)
-            return
+        the customer's session, read by the compiled call itself unless the journal keeps it). Learning
+        without a journal, a touch not sampled is learnt in the one call that tells whether it is."""
+        if self._journal is None and self.mode == "learn":
+            features, timeout = state.features, self.session_timeout_ms
+            if not touch_product(
+                self.recommender, features, at_ms, timeout, product, category, message_id, viewed, SAMPLE_EVERY
+            ):
+                return
+            check = True
+        else:
+            check = viewed and sampled(message_id)
+            if not check and self._journal is None:
+                return
         if not check and self.mode != "learn":
             return
         session = session_products(state, at_ms, self.session_timeout_ms)

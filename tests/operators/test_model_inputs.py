@@ -14,9 +14,10 @@ from recommend_reference import CoOccurrence as Reference
 
 from operators.models import ShardModels, session_products
 from operators.models.propensity import FEATURES, decision_features
+from operators.models.recommend import SAMPLE_EVERY, sampled
 from schemas.records import iso_ms
 from state._native import decision_features as native_decision_features
-from state._native import learn_touch
+from state._native import learn_touch, touch_product
 from state.catalogue import FeatureView
 from state.customer import CustomerState, Lifecycle
 from state.update import apply_event
@@ -102,3 +103,32 @@ def test_product_touches_are_learnt_from_the_live_session_as_the_reference_learn
             shard.product_touched(state, product, category, f"x{n}", False, at_ms)  # one call, no journal
     assert alone.export()["recommendations"] == shard.export()["recommendations"] == reference.export()
     assert shard.stats()["recommendations"] == reference.stats()
+
+
+def test_views_and_adds_learnt_in_one_call_check_the_sample_first_as_the_journalled_path_does():
+    one_call, journalled = ShardModels("learn", 1000), ShardModels("learn", 1000)
+    journalled.take_journal()  # from now on every touch is learnt (and journalled) in Python
+    touches = 0
+    for state, nows in _customers(seed=7, count=80):
+        for n, at_ms in enumerate(nows):
+            product, category, viewed = PRODUCTS[n % len(PRODUCTS)], ["shoes", None][n % 2], n % 3 != 0
+            for models in (one_call, journalled):
+                models.product_touched(state, product, category, f"m{touches}", viewed, at_ms)
+            touches += 1
+    assert one_call.export()["recommendations"] == journalled.export()["recommendations"]
+    assert one_call.stats()["recommendations"] == journalled.stats()["recommendations"]
+    assert one_call.stats()["recommendations"]["checked"] > 10  # sampled views were checked before learning
+
+
+def test_a_sampled_view_is_handed_back_unlearnt_and_any_other_touch_is_learnt():
+    state = CustomerState("u1", START_MS)
+    ids = [f"m{n}" for n in range(400)]
+    sampled_ids = [i for i in ids if sampled(i)]
+    assert sampled_ids and len(sampled_ids) < len(ids)
+    for message_id in ids:
+        models = ShardModels("learn", 1000)
+        args = (START_MS, LC.session_timeout_ms, "p1", "shoes", message_id)
+        assert touch_product(models.recommender, state.features, *args, True, SAMPLE_EVERY) == sampled(message_id)
+        assert bool(models.export()["recommendations"]["counts"]) != sampled(message_id)
+        assert touch_product(models.recommender, state.features, *args, False, SAMPLE_EVERY) is False
+        assert models.export()["recommendations"]["counts"] == {"p1": 1 + (not sampled(message_id))}

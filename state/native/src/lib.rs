@@ -12,6 +12,7 @@ pub mod dedupe;
 pub mod envelopes;
 pub mod event_scan;
 pub mod features;
+pub mod fire;
 pub mod identity_pass;
 pub mod inline;
 pub mod links;
@@ -24,6 +25,7 @@ pub mod rule_program;
 pub mod sample;
 pub mod shards;
 pub mod timestamps;
+pub mod touch;
 
 #[cfg(feature = "python")]
 mod python;

@@ -689,5 +689,10 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
         module
     )?)?;
     module.add_class::<crate::decision::python::ReasonValues>()?;
+    module.add_class::<crate::fire::python::TimerFiring>()?;
+    module.add_function(wrap_pyfunction!(
+        crate::touch::python::touch_product,
+        module
+    )?)?;
     Ok(())
 }

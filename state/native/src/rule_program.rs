@@ -703,6 +703,21 @@ pub mod python {
     }
 
     impl RuleProgram {
+        /// Whether expression ``index`` holds (``None``: evaluated in Python, or no such expression).
+        pub(crate) fn verdict(
+            &self,
+            features: &Features,
+            now_ms: i64,
+            index: usize,
+        ) -> Option<bool> {
+            if index >= self.program.expressions.len() {
+                return None;
+            }
+            self.program
+                .holds(index, &self.context(features, now_ms))
+                .ok()
+        }
+
         /// The audiences of ``group`` whose membership changes (see :meth:`audience_changes`).
         pub(crate) fn changes(
             &self,
