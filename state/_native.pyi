@@ -488,3 +488,19 @@ class CustomerStep:
     @staticmethod
     def put_back(features: Features, before: Features) -> None:
         """Put ``before`` (as :meth:`run` gave it) back into ``features``, in place."""
+
+class TimerHeap:
+    """A shard's timer heap (``state/native/src/timer_heap.rs``): entries ``(due_ms, customer_id)``,
+    the earliest first, ties by customer id, 16 bytes each."""
+
+    def __init__(self) -> None: ...
+    def __len__(self) -> int: ...
+    def first(self) -> int | None:
+        """The due time of the first entry (``None``: no entry)."""
+    def push(self, due_ms: int, customer_id: str) -> None: ...
+    def pop_due(self, upto_ms: int) -> tuple[int, str] | None:
+        """Take the first entry out if it is due by ``upto_ms`` (``None``: none is)."""
+    def replace(self, entries: list[tuple[int, str]]) -> None:
+        """These entries instead of the heap's."""
+    def entries(self) -> list[tuple[int, str]]:
+        """The entries, in heap order."""

@@ -22,6 +22,7 @@ pub mod recommend_bytes;
 pub mod rule_program;
 pub mod sample;
 pub mod shards;
+pub mod timer_heap;
 pub mod timestamps;
 
 #[cfg(feature = "python")]

@@ -688,5 +688,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
         module
     )?)?;
     module.add_class::<crate::decision::python::ReasonValues>()?;
+    module.add_class::<crate::timer_heap::python::TimerHeap>()?;
     Ok(())
 }
