@@ -45,3 +45,14 @@ def test_a_customer_with_no_order_holds_nothing_for_orders() -> None:
 
     assert features.refunds == 1
     assert sys.getsizeof(features) > before
+
+
+def test_a_count_bucket_costs_about_two_bytes() -> None:
+    features = Features(0)
+    features.apply(0, "m-0", PAGE, 0, TIMEOUT_MS, None, None, None)
+    one = sys.getsizeof(features)
+    for n in range(1, 60):  # a page every 15 minutes: a bucket each
+        features.apply(n * 15 * 60_000, f"m-{n}", PAGE, 0, TIMEOUT_MS, None, None, None)
+
+    assert len(features.buckets) // 3 == 60 and features.counts("24h", 59 * 15 * 60_000)["page"] == 60
+    assert (sys.getsizeof(features) - one) / 59 <= 2.5, "9 bytes a bucket before they were packed"

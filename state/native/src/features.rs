@@ -303,22 +303,110 @@ fn bucket_width(age_min: i64) -> i64 {
     }
 }
 
-/// One bucket of windowed counts: events of one kind from a start minute on (9 bytes).
+/// One bucket of windowed counts: events of one kind from a start minute on.
 #[derive(Debug, Clone, Copy, PartialEq)]
-#[repr(C, packed)]
 pub struct Bucket {
     pub start: i32,
     pub count: i32,
     pub kind: u8,
 }
 
-/// Bucketed counts of event kinds (see `state/windows.py`), oldest start first.
+/// Bucketed counts of event kinds (see `state/windows.py`), oldest start first, packed: per
+/// bucket, its start's change from the bucket before (a zigzag varint: 1 byte for the buckets of
+/// a day), then `count << 4 | kind` (a varint: 1 byte up to 7 events), about 2 bytes a bucket
+/// where a plain one takes 9.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counts {
-    pub buckets: Box<[Bucket]>,
+    packed: Box<[u8]>,
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// The varint at `at` in `data` (written by [`put_varint`]) and the offset after it.
+fn varint_at(data: &[u8], mut at: usize) -> (u64, usize) {
+    let (mut value, mut shift) = (0u64, 0);
+    loop {
+        let byte = data[at];
+        at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return (value, at);
+        }
+        shift += 7;
+    }
+}
+
+/// A bucket's `count << 4 | kind`, as packed.
+fn count_word(count: i32, kind: u8) -> u64 {
+    u64::from(count as u32) << 4 | u64::from(kind)
+}
+
+/// The packed buckets in order, each with where its count word starts and ends.
+struct Unpacked<'a> {
+    data: &'a [u8],
+    at: usize,
+    start: i64,
+}
+
+impl Iterator for Unpacked<'_> {
+    type Item = (Bucket, usize, usize);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.data.len() {
+            return None;
+        }
+        let (delta, word_at) = varint_at(self.data, self.at);
+        let (word, end) = varint_at(self.data, word_at);
+        self.start += (delta >> 1) as i64 ^ -((delta & 1) as i64);
+        self.at = end;
+        let bucket = Bucket {
+            start: self.start as i32,
+            count: (word >> 4) as u32 as i32,
+            kind: (word & 15) as u8,
+        };
+        Some((bucket, word_at, end))
+    }
 }
 
 impl Counts {
+    fn unpacked(&self) -> Unpacked<'_> {
+        Unpacked {
+            data: &self.packed,
+            at: 0,
+            start: 0,
+        }
+    }
+
+    /// The buckets, oldest start first.
+    pub fn buckets(&self) -> impl Iterator<Item = Bucket> + '_ {
+        self.unpacked().map(|(bucket, _, _)| bucket)
+    }
+
+    fn from_buckets(buckets: impl IntoIterator<Item = Bucket>) -> Self {
+        let mut out = Vec::new();
+        let mut before = 0i64;
+        for bucket in buckets {
+            let delta = i64::from(bucket.start) - before;
+            put_varint(&mut out, ((delta << 1) ^ (delta >> 63)) as u64);
+            put_varint(&mut out, count_word(bucket.count, bucket.kind));
+            before = i64::from(bucket.start);
+        }
+        Self {
+            packed: out.into_boxed_slice(),
+        }
+    }
+
+    /// Bytes held on the heap.
+    pub fn heap_size(&self) -> usize {
+        self.packed.len()
+    }
+
     pub fn add(&mut self, code: u8, at_ms: i64, now_ms: i64) -> Result<(), Overflow> {
         let minute = at_ms.div_euclid(MINUTE_MS);
         let now_min = now_ms.div_euclid(MINUTE_MS);
@@ -327,34 +415,52 @@ impl Counts {
         }
         let width = bucket_width(now_min - minute);
         let start = minute - minute.rem_euclid(width);
-        for bucket in self.buckets.iter_mut().rev() {
-            if i64::from(bucket.start) == start && bucket.kind == code {
-                bucket.count += 1;
-                return Ok(());
-            }
+        // the last bucket of this start and kind with none of an earlier start after it
+        let (mut found, mut held, mut last_start) = (None, 0, 0);
+        for (bucket, word_at, end) in self.unpacked() {
             if i64::from(bucket.start) < start {
-                break;
+                found = None;
+            } else if i64::from(bucket.start) == start && bucket.kind == code {
+                found = Some((bucket.count, word_at, end));
             }
+            held += 1;
+            last_start = i64::from(bucket.start);
+        }
+        if let Some((count, word_at, end)) = found {
+            self.set_count(word_at, end, count_word(count.wrapping_add(1), code));
+            return Ok(());
         }
         let start = i32::try_from(start).map_err(|_| Overflow)?;
-        let bucket = Bucket {
-            start,
-            count: 1,
-            kind: code,
-        };
-        self.buckets = pushed(&self.buckets, bucket);
-        let held = self.buckets.len();
+        let mut packed = Vec::with_capacity(self.packed.len() + 6);
+        packed.extend_from_slice(&self.packed);
+        let delta = i64::from(start) - last_start;
+        put_varint(&mut packed, ((delta << 1) ^ (delta >> 63)) as u64);
+        put_varint(&mut packed, count_word(1, code));
+        self.packed = packed.into_boxed_slice();
+        held += 1;
         if held > COMPACT_AT && (held - COMPACT_AT) % COMPACT_EVERY == 1 {
             self.compact(now_ms);
         }
         Ok(())
     }
 
+    /// The count word at `word_at..end` made `word`: in place when it takes as many bytes.
+    fn set_count(&mut self, word_at: usize, end: usize, word: u64) {
+        let mut encoded = Vec::with_capacity(10);
+        put_varint(&mut encoded, word);
+        if encoded.len() == end - word_at {
+            self.packed[word_at..end].copy_from_slice(&encoded);
+            return;
+        }
+        let packed = [&self.packed[..word_at], &encoded, &self.packed[end..]].concat();
+        self.packed = packed.into_boxed_slice();
+    }
+
     /// Merge buckets into the width their age calls for and drop those past 30 days.
     pub fn compact(&mut self, now_ms: i64) {
         let now_min = now_ms.div_euclid(MINUTE_MS);
         let mut merged: BTreeMap<(i64, u8), i64> = BTreeMap::new();
-        for bucket in self.buckets.iter() {
+        for bucket in self.buckets() {
             let start = i64::from(bucket.start);
             let age = now_min - start;
             if age >= WINDOW_30D_MIN {
@@ -365,21 +471,18 @@ impl Counts {
                 .entry((start - start.rem_euclid(width), bucket.kind))
                 .or_insert(0) += i64::from(bucket.count);
         }
-        self.buckets = merged
-            .into_iter()
-            .map(|((start, kind), count)| Bucket {
-                start: start as i32,
-                count: count as i32,
-                kind,
-            })
-            .collect();
+        *self = Self::from_buckets(merged.into_iter().map(|((start, kind), count)| Bucket {
+            start: start as i32,
+            count: count as i32,
+            kind,
+        }));
     }
 
     /// Counts per kind code of the buckets starting within `window_min` minutes before `now_ms`.
     pub fn counts(&self, window_min: i64, now_ms: i64) -> [i64; 13] {
         let since = now_ms.div_euclid(MINUTE_MS) - window_min;
         let mut out = [0; 13];
-        for bucket in self.buckets.iter() {
+        for bucket in self.buckets() {
             if i64::from(bucket.start) > since {
                 out[usize::from(bucket.kind)] += i64::from(bucket.count);
             }
@@ -389,8 +492,7 @@ impl Counts {
 
     /// The `(start minute, kind code, count)` triples, flat.
     pub fn flat(&self) -> Vec<i32> {
-        self.buckets
-            .iter()
+        self.buckets()
             .flat_map(|b| [b.start, i32::from(b.kind), b.count])
             .collect()
     }
@@ -410,13 +512,12 @@ impl Counts {
                 kind,
             })
         });
-        Some(Self {
-            buckets: buckets.collect::<Option<_>>()?,
-        })
+        Some(Self::from_buckets(buckets.collect::<Option<Vec<_>>>()?))
     }
 
     pub fn merge(&mut self, other: &Counts, now_ms: i64) {
-        self.buckets = [&self.buckets[..], &other.buckets[..]].concat().into();
+        let both: Vec<Bucket> = self.buckets().chain(other.buckets()).collect();
+        *self = Self::from_buckets(both);
         self.compact(now_ms);
     }
 }
@@ -1125,7 +1226,7 @@ impl Features {
         size_of_val(self)
             + self.last_event_id.heap_size()
             + purchases
-            + size_of_val(&*self.counts.buckets)
+            + self.counts.heap_size()
             + session
             + cart
     }
