@@ -688,9 +688,37 @@ pub enum Trait {
     Flag(bool),
 }
 
-impl Default for Trait {
-    fn default() -> Self {
-        Trait::Flag(false)
+/// A trait code and its value in 5 bytes (six of them sit in every record): the name's id, or
+/// a flag as one of the two largest ids (never a name's: names are interned densely from 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[repr(C, packed)]
+pub struct HeldTrait {
+    key: u8,
+    value: Id,
+}
+
+impl HeldTrait {
+    const FALSE: Id = Id::MAX - 1;
+    const TRUE: Id = Id::MAX;
+
+    fn new(key: u8, value: Trait) -> Self {
+        let value = match value {
+            Trait::Text(id) => {
+                assert!(id < Self::FALSE, "fewer than 2^32 - 2 names");
+                id
+            }
+            Trait::Flag(flag) => [Self::FALSE, Self::TRUE][usize::from(flag)],
+        };
+        Self { key, value }
+    }
+
+    fn get(self) -> (u8, Trait) {
+        let value = match self.value {
+            Self::FALSE => Trait::Flag(false),
+            Self::TRUE => Trait::Flag(true),
+            id => Trait::Text(id),
+        };
+        (self.key, value)
     }
 }
 
@@ -809,7 +837,7 @@ pub struct Features {
     pub last_country: Id,
     pub hours: [u8; 24],
     /// `(trait code, value)` in the order traits were first set.
-    pub traits: Few<(u8, Trait), { TRAIT_KEYS.len() }>,
+    traits: Few<HeldTrait, { TRAIT_KEYS.len() }>,
     /// `(channel code, granted)` in the order channels were first set.
     pub consent: Consent,
 }
@@ -981,11 +1009,17 @@ impl Features {
         Ok(())
     }
 
+    /// `(trait code, value)` in the order traits were first set.
+    pub fn traits(&self) -> impl Iterator<Item = (u8, Trait)> + '_ {
+        self.traits.iter().map(|held| held.get())
+    }
+
     fn set_trait(&mut self, key: u8, value: Trait) {
-        match self.traits.iter_mut().find(|(k, _)| *k == key) {
-            Some(entry) => entry.1 = value,
+        let at = self.traits().position(|(k, _)| k == key);
+        match at {
+            Some(at) => self.traits[at] = HeldTrait::new(key, value),
             None => {
-                self.traits.push((key, value)); // one entry per key: there is room
+                self.traits.push(HeldTrait::new(key, value)); // one entry per key: there is room
             }
         }
     }
@@ -1081,9 +1115,9 @@ impl Features {
         for (mine, theirs) in self.hours.iter_mut().zip(other.hours) {
             *mine = mine.saturating_add(theirs);
         }
-        for (key, value) in other.traits.iter() {
-            if !self.traits.iter().any(|(k, _)| k == key) {
-                self.traits.push((*key, *value)); // one entry per key: there is room
+        for (key, value) in other.traits() {
+            if !self.traits().any(|(k, _)| k == key) {
+                self.traits.push(HeldTrait::new(key, value)); // one entry per key: there is room
             }
         }
         for (channel, granted) in other.consent.iter() {
@@ -1441,16 +1475,16 @@ impl Features {
         }
         w.out.extend_from_slice(&self.hours);
         w.u32(self.traits.len());
-        for (key, value) in self.traits.iter() {
-            w.u8(*key);
+        for (key, value) in self.traits() {
+            w.u8(key);
             match value {
                 Trait::Text(id) => {
                     w.u8(0);
-                    w.name(*id);
+                    w.name(id);
                 }
                 Trait::Flag(flag) => {
                     w.u8(1);
-                    w.u8(u8::from(*flag));
+                    w.u8(u8::from(flag));
                 }
             }
         }
@@ -1524,7 +1558,7 @@ impl Features {
             } else {
                 Trait::Text(r.name()?)
             };
-            Ok((key, value))
+            Ok(HeldTrait::new(key, value))
         })?;
         f.traits = few(traits, "traits")?;
         for (channel, granted) in r.many(|r| Ok((r.code(CHANNELS.len(), "channel")?, r.flag()?)))? {
@@ -2087,8 +2121,8 @@ pub mod python {
         #[getter]
         fn traits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
             let out = PyDict::new(py);
-            for (key, value) in self.inner.traits.iter() {
-                out.set_item(TRAIT_KEYS[usize::from(*key)], trait_value(py, value)?)?;
+            for (key, value) in self.inner.traits() {
+                out.set_item(TRAIT_KEYS[usize::from(key)], trait_value(py, &value)?)?;
             }
             Ok(out)
         }
@@ -2098,10 +2132,9 @@ pub mod python {
                 return Ok(None);
             };
             self.inner
-                .traits
-                .iter()
+                .traits()
                 .find(|(k, _)| usize::from(*k) == code)
-                .map(|(_, value)| trait_value(py, value))
+                .map(|(_, value)| trait_value(py, &value))
                 .transpose()
         }
         /// Consent per channel, in the order first set.
