@@ -314,7 +314,8 @@ pub struct Bucket {
 /// Bucketed counts of event kinds (see `state/windows.py`), oldest start first, packed: per
 /// bucket, its start's change from the bucket before (a zigzag varint: 1 byte for the buckets of
 /// a day), then `count << 4 | kind` (a varint: 1 byte up to 7 events), about 2 bytes a bucket
-/// where a plain one takes 9.
+/// where a plain one takes 9; then the last bucket's start (4 bytes), so that an event finds its
+/// bucket reading back from the newest, as few as it must.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counts {
     packed: Box<[u8]>,
@@ -340,6 +341,15 @@ fn varint_at(data: &[u8], mut at: usize) -> (u64, usize) {
         }
         shift += 7;
     }
+}
+
+/// Where the varint that ends at `end` (its last byte at `end - 1`) begins.
+fn varint_before(data: &[u8], end: usize) -> usize {
+    let mut at = end - 1;
+    while at > 0 && data[at - 1] >= 0x80 {
+        at -= 1;
+    }
+    at
 }
 
 /// A bucket's `count << 4 | kind`, as packed.
@@ -375,9 +385,24 @@ impl Iterator for Unpacked<'_> {
 }
 
 impl Counts {
+    /// The buckets' varints, without the last start after them.
+    fn body(&self) -> &[u8] {
+        &self.packed[..self.packed.len().saturating_sub(4)]
+    }
+
+    /// The last bucket's start (0 when there is none).
+    fn last_start(&self) -> i64 {
+        match self.packed.len().checked_sub(4) {
+            Some(at) => i64::from(i32::from_le_bytes(
+                self.packed[at..].try_into().expect("4 bytes"),
+            )),
+            None => 0,
+        }
+    }
+
     fn unpacked(&self) -> Unpacked<'_> {
         Unpacked {
-            data: &self.packed,
+            data: self.body(),
             at: 0,
             start: 0,
         }
@@ -396,6 +421,9 @@ impl Counts {
             put_varint(&mut out, ((delta << 1) ^ (delta >> 63)) as u64);
             put_varint(&mut out, count_word(bucket.count, bucket.kind));
             before = i64::from(bucket.start);
+        }
+        if !out.is_empty() {
+            out.extend_from_slice(&(before as i32).to_le_bytes());
         }
         Self {
             packed: out.into_boxed_slice(),
@@ -416,32 +444,50 @@ impl Counts {
         let width = bucket_width(now_min - minute);
         let start = minute - minute.rem_euclid(width);
         // the last bucket of this start and kind with none of an earlier start after it
-        let (mut found, mut held, mut last_start) = (None, 0, 0);
-        for (bucket, word_at, end) in self.unpacked() {
-            if i64::from(bucket.start) < start {
-                found = None;
-            } else if i64::from(bucket.start) == start && bucket.kind == code {
-                found = Some((bucket.count, word_at, end));
-            }
-            held += 1;
-            last_start = i64::from(bucket.start);
-        }
-        if let Some((count, word_at, end)) = found {
+        if let Some((count, word_at, end)) = self.find(start, code) {
             self.set_count(word_at, end, count_word(count.wrapping_add(1), code));
             return Ok(());
         }
         let start = i32::try_from(start).map_err(|_| Overflow)?;
-        let mut packed = Vec::with_capacity(self.packed.len() + 6);
-        packed.extend_from_slice(&self.packed);
-        let delta = i64::from(start) - last_start;
+        let body = self.body();
+        let mut packed = Vec::with_capacity(body.len() + 10);
+        packed.extend_from_slice(body);
+        let delta = i64::from(start) - self.last_start();
         put_varint(&mut packed, ((delta << 1) ^ (delta >> 63)) as u64);
         put_varint(&mut packed, count_word(1, code));
+        packed.extend_from_slice(&start.to_le_bytes());
+        let held = packed[..packed.len() - 4]
+            .iter()
+            .filter(|b| **b < 0x80)
+            .count()
+            / 2;
         self.packed = packed.into_boxed_slice();
-        held += 1;
         if held > COMPACT_AT && (held - COMPACT_AT) % COMPACT_EVERY == 1 {
             self.compact(now_ms);
         }
         Ok(())
+    }
+
+    /// The count and where the count word lies of the last bucket of `start` and `kind`, read back
+    /// from the newest bucket and no further than one of an earlier start.
+    fn find(&self, start: i64, kind: u8) -> Option<(i32, usize, usize)> {
+        let body = self.body();
+        let (mut bucket_start, mut end) = (self.last_start(), body.len());
+        while end > 0 {
+            let word_at = varint_before(body, end);
+            let delta_at = varint_before(body, word_at);
+            if bucket_start < start {
+                return None;
+            }
+            let (word, _) = varint_at(body, word_at);
+            if bucket_start == start && (word & 15) as u8 == kind {
+                return Some(((word >> 4) as u32 as i32, word_at, end));
+            }
+            let (delta, _) = varint_at(body, delta_at);
+            bucket_start -= (delta >> 1) as i64 ^ -((delta & 1) as i64);
+            end = delta_at;
+        }
+        None
     }
 
     /// The count word at `word_at..end` made `word`: in place when it takes as many bytes.
@@ -1582,6 +1628,54 @@ impl Features {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The buckets as plain ones, as they were kept before they were packed.
+    fn plain_add(buckets: &mut Vec<Bucket>, code: u8, at_ms: i64, now_ms: i64) {
+        let (minute, now_min) = (at_ms.div_euclid(MINUTE_MS), now_ms.div_euclid(MINUTE_MS));
+        if now_min - minute >= WINDOW_30D_MIN {
+            return;
+        }
+        let width = bucket_width(now_min - minute);
+        let start = minute - minute.rem_euclid(width);
+        for bucket in buckets.iter_mut().rev() {
+            if i64::from(bucket.start) == start && bucket.kind == code {
+                bucket.count += 1;
+                return;
+            }
+            if i64::from(bucket.start) < start {
+                break;
+            }
+        }
+        buckets.push(Bucket {
+            start: start as i32,
+            count: 1,
+            kind: code,
+        });
+    }
+
+    #[test]
+    fn packed_counts_take_the_buckets_plain_ones_took_late_events_and_all() {
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let (mut counts, mut plain, mut now_ms) = (Counts::default(), Vec::new(), 0);
+        for _ in 0..60 {
+            now_ms += next(40) as i64 * MINUTE_MS;
+            let at_ms = now_ms - next(3) as i64 * next(300) as i64 * MINUTE_MS; // some late
+            let code = next(4) as u8;
+            counts.add(code, at_ms, now_ms).unwrap();
+            plain_add(&mut plain, code, at_ms, now_ms);
+            assert_eq!(counts.buckets().collect::<Vec<_>>(), plain);
+        }
+        assert!(
+            counts.heap_size() < plain.len() * 3 + 4,
+            "about 2 bytes a bucket"
+        );
+    }
 
     #[test]
     fn rounds_as_python_does() {
