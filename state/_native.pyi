@@ -529,3 +529,19 @@ class TimerFiring:
         the cause went stale, or the condition does not hold); else ``(due_ms, cause, caused_by,
         passed)``, ``passed`` ``True`` when the condition holds (or there is none), ``None`` when
         Python evaluates it."""
+
+class TimerHeap:
+    """A shard's timer heap (``state/native/src/timer_heap.rs``): entries ``(due_ms, customer_id)``,
+    the earliest first, ties by customer id, 16 bytes each."""
+
+    def __init__(self) -> None: ...
+    def __len__(self) -> int: ...
+    def first(self) -> int | None:
+        """The due time of the first entry (``None``: no entry)."""
+    def push(self, due_ms: int, customer_id: str) -> None: ...
+    def pop_due(self, upto_ms: int) -> tuple[int, str] | None:
+        """Take the first entry out if it is due by ``upto_ms`` (``None``: none is)."""
+    def replace(self, entries: list[tuple[int, str]]) -> None:
+        """These entries instead of the heap's."""
+    def entries(self) -> list[tuple[int, str]]:
+        """The entries, in heap order."""

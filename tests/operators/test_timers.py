@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import sys
+
 from conftest import EngineHarness, added, order, track
 
 from operators.timers import STALE_SHARE, TimerQueue
@@ -37,7 +40,7 @@ def test_timers_come_due_in_due_order_then_rule_id_and_a_rearmed_one_at_its_new_
         fired.append((state.id, rule, state.timer(rule)[0]))  # type: ignore[index]
         state.drop_timer(rule)
     assert fired == [("a", "z", 50), ("b", "y", 150), ("a", "w", 200), ("a", "x", 200)]
-    assert queue.heap == [] and a.scheduled_ms is None
+    assert len(queue.heap) == 0 and a.scheduled_ms is None
 
 
 def test_a_timer_armed_before_the_entry_is_not_late_and_a_gone_customer_is_skipped():
@@ -53,7 +56,7 @@ def test_a_timer_armed_before_the_entry_is_not_late_and_a_gone_customer_is_skipp
         fired.append((state.id, rule))
         state.drop_timer(rule)
     assert fired == [("a", "w")]
-    assert a.scheduled_ms == 300 and (300, "a") in queue.heap, "a's next timer has its entry"
+    assert a.scheduled_ms == 300 and (300, "a") in queue.heap.entries(), "a's next timer has its entry"
 
 
 def test_stale_entries_are_swept_out_keeping_each_customer_s_own():
@@ -66,3 +69,26 @@ def test_stale_entries_are_swept_out_keeping_each_customer_s_own():
     assert len(queue.heap) <= 100 + 100 // STALE_SHARE + 64
     fired = [(state.id, state.drop_timer(rule)[0]) for state, rule in queue.due(2_000)]  # type: ignore[index]
     assert fired == sorted((cid, 10) for cid in customers), "each fires once, at its last due time"
+
+
+def held_bytes(value: object, owned: set[int]) -> int:
+    """Bytes of ``value`` and of what it refers to, but for the objects in ``owned``."""
+    seen, stack, total = set(owned), [value], 0
+    while stack:
+        item = stack.pop()
+        if id(item) not in seen:
+            seen.add(id(item))
+            total += sys.getsizeof(item)
+            stack.extend(gc.get_referents(item))
+    return total
+
+
+def test_a_heap_entry_costs_its_due_time_and_a_reference_to_the_customer_s_id():
+    customers = {f"c{i}": CustomerState(f"c{i}", 0) for i in range(10_000)}
+    queue = TimerQueue(customers)
+    for n, state in enumerate(customers.values()):
+        state.set_timer(1_000_000 + n, "x", "cause")
+        queue.schedule(state)
+    owned = {id(value) for state in customers.values() for value in (state.id, state.scheduled_ms)}
+    assert len(queue.heap) == 10_000
+    assert held_bytes(queue.heap, owned) / 10_000 <= 32, "16 bytes an entry, and room to grow"

@@ -45,3 +45,24 @@ def test_a_customer_with_no_order_holds_nothing_for_orders() -> None:
 
     assert features.refunds == 1
     assert sys.getsizeof(features) > before
+
+
+def test_a_count_bucket_costs_about_two_bytes() -> None:
+    features = Features(0)
+    features.apply(0, "m-0", PAGE, 0, TIMEOUT_MS, None, None, None)
+    one = sys.getsizeof(features)
+    for n in range(1, 60):  # a page every 15 minutes: a bucket each
+        features.apply(n * 15 * 60_000, f"m-{n}", PAGE, 0, TIMEOUT_MS, None, None, None)
+
+    assert len(features.buckets) // 3 == 60 and features.counts("24h", 59 * 15 * 60_000)["page"] == 60
+    assert (sys.getsizeof(features) - one) / 59 <= 2.5, "9 bytes a bucket before they were packed"
+
+
+def test_the_record_s_fixed_part_holds_six_traits_in_5_bytes_each() -> None:
+    features = Features(0)
+    features.apply_identify(0, "m-0", None, None, None, "35-44", "Lyon", "FR", True, "f", "gold", None)
+
+    assert features.traits == {
+        "age_band": "35-44", "city": "Lyon", "country": "FR", "urban": True, "gender": "f", "loyalty_tier": "gold"
+    }  # fmt: skip
+    assert sys.getsizeof(features) <= 416, "464 when a trait took 12 bytes"

@@ -8,7 +8,8 @@
 //! rules and open offers (varints); each timer (due time, rule, cause, the number of ids that
 //! caused it, those ids), in firing order (due time, then rule name); each fired rule (rule, cause)
 //! in the order first fired; each offer (decided at, offer, segment); then the outcomes' bytes as
-//! the models packed them, their all-zero 8-byte words left out ([`pack_words`]). Times are
+//! the models packed them, their all-zero 8-byte words left out and whole numbers held short
+//! ([`pack_words`]). Times are
 //! little-endian `i64`. Rules, offers and segments (bounded vocabularies) are ids into a table of
 //! [`Names`] the process shares; a text (cause, message id) is a varint `h` then its bytes: `h = 1`
 //! a canonical UUID (lowercase, 36 characters) as its 16 bytes, else `h = 2 * length` and its UTF-8
@@ -20,7 +21,7 @@ use std::fmt;
 pub use crate::names::{Id, Names};
 
 /// The first byte of [`Book::to_bytes`]; bump it when the layout changes.
-pub const FORMAT: u8 = 1;
+pub const FORMAT: u8 = 2;
 const UUID: u64 = 1;
 
 /// Bytes that [`Book::from_bytes`] cannot read.
@@ -115,12 +116,14 @@ pub fn text_of(encoding: &[u8]) -> String {
     }
 }
 
-/// `raw` with its all-zero 8-byte words left out: its length (a varint), then per group of up to 8
-/// words a byte marking the words that are not zero and those words, then the bytes after the last
-/// whole word. Exact (a word is left out only if every bit is 0: `-0.0` stays); the outcomes'
-/// features are mostly counts, and zero (no cart, no add) for many decisions.
+/// `raw` with its all-zero 8-byte words left out and whole numbers held short: its length (a
+/// varint), then per group of up to 8 words a byte marking the words that are not zero, a byte
+/// marking those of them that are a whole number from 1 to 2³² as a float64 (kept as that number, a
+/// varint: the outcomes' features are mostly counts), and those words, then the bytes after the
+/// last whole word. Exact (a word is left out only if every bit is 0: `-0.0` stays; held short only
+/// if the number gives back the same bits).
 pub fn pack_words(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 64 + 2);
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32 + 2);
     if raw.is_empty() {
         return out;
     }
@@ -128,16 +131,34 @@ pub fn pack_words(raw: &[u8]) -> Vec<u8> {
     let words = raw.len() / 8;
     for group in raw[..words * 8].chunks(64) {
         let mark = out.len();
-        out.push(0);
+        out.extend_from_slice(&[0, 0]);
         for (at, word) in group.chunks(8).enumerate() {
-            if word.iter().any(|&byte| byte != 0) {
-                out[mark] |= 1 << at;
-                out.extend_from_slice(word);
+            let word: [u8; 8] = word.try_into().expect("8 bytes");
+            if word == [0; 8] {
+                continue;
+            }
+            out[mark] |= 1 << at;
+            match whole_number(word) {
+                Some(number) => {
+                    out[mark + 1] |= 1 << at;
+                    put_varint(&mut out, number);
+                }
+                None => out.extend_from_slice(&word),
             }
         }
     }
     out.extend_from_slice(&raw[words * 8..]);
     out
+}
+
+/// The largest whole number [`pack_words`] holds short.
+const MOST_WHOLE: u64 = 1 << 32;
+
+/// The number a float64 word is, if a whole one from 1 to [`MOST_WHOLE`].
+fn whole_number(word: [u8; 8]) -> Option<u64> {
+    let value = f64::from_le_bytes(word);
+    let whole = (1.0..=MOST_WHOLE as f64).contains(&value) && value.fract() == 0.0;
+    whole.then_some(value as u64)
 }
 
 /// The bytes [`pack_words`] packed.
@@ -154,18 +175,27 @@ fn unpack_words(packed: &[u8]) -> Result<Vec<u8>, Unreadable> {
     let mut out = Vec::with_capacity(n);
     while out.len() + 8 <= n {
         let words = ((n - out.len()) / 8).min(8);
-        let marks = r.take(1)?[0];
-        if u32::from(marks) >> words != 0 {
+        let (marks, whole) = match r.take(2)? {
+            [marks, whole] => (*marks, *whole),
+            _ => unreachable!("two bytes taken"),
+        };
+        if u32::from(marks) >> words != 0 || whole & !marks != 0 {
             return Err(Unreadable(format!(
-                "outcome words marked beyond their end (byte {})",
+                "outcome words marked beyond their end or not kept (byte {})",
                 r.at
             )));
         }
         for at in 0..words {
             if marks & (1 << at) == 0 {
                 out.extend_from_slice(&[0; 8]);
-            } else {
+            } else if whole & (1 << at) == 0 {
                 out.extend_from_slice(r.take(8)?);
+            } else {
+                let number = r.varint()?;
+                if !(1..=MOST_WHOLE).contains(&number) {
+                    return Err(Unreadable(format!("outcome number {number} out of range")));
+                }
+                out.extend_from_slice(&(number as f64).to_le_bytes());
             }
         }
     }
@@ -639,7 +669,11 @@ impl Book {
             Cursor::new(&data[1..]),
             &mut |r| Ok(names.intern(r.name()?)),
         )?;
-        unpack_words(parts.outcomes)?;
+        if pack_words(&unpack_words(parts.outcomes)?) != parts.outcomes {
+            return Err(Unreadable(
+                "outcomes not packed as this version packs them".into(),
+            ));
+        }
         Ok(parts.book())
     }
 }
@@ -1098,8 +1132,8 @@ mod tests {
             let packed = pack_words(&raw);
             assert_eq!(
                 packed.len(),
-                1 + 2 + 4 * 8 + tail,
-                "two marks and the four words not zero"
+                1 + 2 * 2 + 2 * 8 + 2 + 1 + tail,
+                "two marks a group, the two fractions and -0.0, 365 and 2 as varints"
             );
             assert_eq!(unpack_words(&packed).unwrap(), raw);
             let book = Book::default().with_outcomes(&raw);
@@ -1107,10 +1141,15 @@ mod tests {
         }
         assert!(pack_words(&[]).is_empty() && Book::default().with_outcomes(&[]).is_empty());
         assert!(
-            unpack_words(&[16, 0b100, 0, 0]).is_err(),
+            unpack_words(&[16, 0b100, 0, 0, 0]).is_err(),
             "a word marked beyond the end"
         );
-        assert!(unpack_words(&[8, 1, 1, 2]).is_err(), "cut");
+        assert!(unpack_words(&[8, 1, 0, 1, 2]).is_err(), "cut");
+        assert!(unpack_words(&[8, 0, 1]).is_err(), "a number not kept");
+        assert!(
+            unpack_words(&[8, 1, 1, 0]).is_err(),
+            "a number out of range"
+        );
     }
 
     #[test]

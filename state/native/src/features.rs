@@ -303,22 +303,138 @@ fn bucket_width(age_min: i64) -> i64 {
     }
 }
 
-/// One bucket of windowed counts: events of one kind from a start minute on (9 bytes).
+/// One bucket of windowed counts: events of one kind from a start minute on.
 #[derive(Debug, Clone, Copy, PartialEq)]
-#[repr(C, packed)]
 pub struct Bucket {
     pub start: i32,
     pub count: i32,
     pub kind: u8,
 }
 
-/// Bucketed counts of event kinds (see `state/windows.py`), oldest start first.
+/// Bucketed counts of event kinds (see `state/windows.py`), oldest start first, packed: per
+/// bucket, its start's change from the bucket before (a zigzag varint: 1 byte for the buckets of
+/// a day), then `count << 4 | kind` (a varint: 1 byte up to 7 events), about 2 bytes a bucket
+/// where a plain one takes 9; then the last bucket's start (4 bytes), so that an event finds its
+/// bucket reading back from the newest, as few as it must.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counts {
-    pub buckets: Box<[Bucket]>,
+    packed: Box<[u8]>,
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// The varint at `at` in `data` (written by [`put_varint`]) and the offset after it.
+fn varint_at(data: &[u8], mut at: usize) -> (u64, usize) {
+    let (mut value, mut shift) = (0u64, 0);
+    loop {
+        let byte = data[at];
+        at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return (value, at);
+        }
+        shift += 7;
+    }
+}
+
+/// Where the varint that ends at `end` (its last byte at `end - 1`) begins.
+fn varint_before(data: &[u8], end: usize) -> usize {
+    let mut at = end - 1;
+    while at > 0 && data[at - 1] >= 0x80 {
+        at -= 1;
+    }
+    at
+}
+
+/// A bucket's `count << 4 | kind`, as packed.
+fn count_word(count: i32, kind: u8) -> u64 {
+    u64::from(count as u32) << 4 | u64::from(kind)
+}
+
+/// The packed buckets in order, each with where its count word starts and ends.
+struct Unpacked<'a> {
+    data: &'a [u8],
+    at: usize,
+    start: i64,
+}
+
+impl Iterator for Unpacked<'_> {
+    type Item = (Bucket, usize, usize);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.data.len() {
+            return None;
+        }
+        let (delta, word_at) = varint_at(self.data, self.at);
+        let (word, end) = varint_at(self.data, word_at);
+        self.start += (delta >> 1) as i64 ^ -((delta & 1) as i64);
+        self.at = end;
+        let bucket = Bucket {
+            start: self.start as i32,
+            count: (word >> 4) as u32 as i32,
+            kind: (word & 15) as u8,
+        };
+        Some((bucket, word_at, end))
+    }
 }
 
 impl Counts {
+    /// The buckets' varints, without the last start after them.
+    fn body(&self) -> &[u8] {
+        &self.packed[..self.packed.len().saturating_sub(4)]
+    }
+
+    /// The last bucket's start (0 when there is none).
+    fn last_start(&self) -> i64 {
+        match self.packed.len().checked_sub(4) {
+            Some(at) => i64::from(i32::from_le_bytes(
+                self.packed[at..].try_into().expect("4 bytes"),
+            )),
+            None => 0,
+        }
+    }
+
+    fn unpacked(&self) -> Unpacked<'_> {
+        Unpacked {
+            data: self.body(),
+            at: 0,
+            start: 0,
+        }
+    }
+
+    /// The buckets, oldest start first.
+    pub fn buckets(&self) -> impl Iterator<Item = Bucket> + '_ {
+        self.unpacked().map(|(bucket, _, _)| bucket)
+    }
+
+    fn from_buckets(buckets: impl IntoIterator<Item = Bucket>) -> Self {
+        let mut out = Vec::new();
+        let mut before = 0i64;
+        for bucket in buckets {
+            let delta = i64::from(bucket.start) - before;
+            put_varint(&mut out, ((delta << 1) ^ (delta >> 63)) as u64);
+            put_varint(&mut out, count_word(bucket.count, bucket.kind));
+            before = i64::from(bucket.start);
+        }
+        if !out.is_empty() {
+            out.extend_from_slice(&(before as i32).to_le_bytes());
+        }
+        Self {
+            packed: out.into_boxed_slice(),
+        }
+    }
+
+    /// Bytes held on the heap.
+    pub fn heap_size(&self) -> usize {
+        self.packed.len()
+    }
+
     pub fn add(&mut self, code: u8, at_ms: i64, now_ms: i64) -> Result<(), Overflow> {
         let minute = at_ms.div_euclid(MINUTE_MS);
         let now_min = now_ms.div_euclid(MINUTE_MS);
@@ -327,34 +443,70 @@ impl Counts {
         }
         let width = bucket_width(now_min - minute);
         let start = minute - minute.rem_euclid(width);
-        for bucket in self.buckets.iter_mut().rev() {
-            if i64::from(bucket.start) == start && bucket.kind == code {
-                bucket.count += 1;
-                return Ok(());
-            }
-            if i64::from(bucket.start) < start {
-                break;
-            }
+        // the last bucket of this start and kind with none of an earlier start after it
+        if let Some((count, word_at, end)) = self.find(start, code) {
+            self.set_count(word_at, end, count_word(count.wrapping_add(1), code));
+            return Ok(());
         }
         let start = i32::try_from(start).map_err(|_| Overflow)?;
-        let bucket = Bucket {
-            start,
-            count: 1,
-            kind: code,
-        };
-        self.buckets = pushed(&self.buckets, bucket);
-        let held = self.buckets.len();
+        let body = self.body();
+        let mut packed = Vec::with_capacity(body.len() + 10);
+        packed.extend_from_slice(body);
+        let delta = i64::from(start) - self.last_start();
+        put_varint(&mut packed, ((delta << 1) ^ (delta >> 63)) as u64);
+        put_varint(&mut packed, count_word(1, code));
+        packed.extend_from_slice(&start.to_le_bytes());
+        let held = packed[..packed.len() - 4]
+            .iter()
+            .filter(|b| **b < 0x80)
+            .count()
+            / 2;
+        self.packed = packed.into_boxed_slice();
         if held > COMPACT_AT && (held - COMPACT_AT) % COMPACT_EVERY == 1 {
             self.compact(now_ms);
         }
         Ok(())
     }
 
+    /// The count and where the count word lies of the last bucket of `start` and `kind`, read back
+    /// from the newest bucket and no further than one of an earlier start.
+    fn find(&self, start: i64, kind: u8) -> Option<(i32, usize, usize)> {
+        let body = self.body();
+        let (mut bucket_start, mut end) = (self.last_start(), body.len());
+        while end > 0 {
+            let word_at = varint_before(body, end);
+            let delta_at = varint_before(body, word_at);
+            if bucket_start < start {
+                return None;
+            }
+            let (word, _) = varint_at(body, word_at);
+            if bucket_start == start && (word & 15) as u8 == kind {
+                return Some(((word >> 4) as u32 as i32, word_at, end));
+            }
+            let (delta, _) = varint_at(body, delta_at);
+            bucket_start -= (delta >> 1) as i64 ^ -((delta & 1) as i64);
+            end = delta_at;
+        }
+        None
+    }
+
+    /// The count word at `word_at..end` made `word`: in place when it takes as many bytes.
+    fn set_count(&mut self, word_at: usize, end: usize, word: u64) {
+        let mut encoded = Vec::with_capacity(10);
+        put_varint(&mut encoded, word);
+        if encoded.len() == end - word_at {
+            self.packed[word_at..end].copy_from_slice(&encoded);
+            return;
+        }
+        let packed = [&self.packed[..word_at], &encoded, &self.packed[end..]].concat();
+        self.packed = packed.into_boxed_slice();
+    }
+
     /// Merge buckets into the width their age calls for and drop those past 30 days.
     pub fn compact(&mut self, now_ms: i64) {
         let now_min = now_ms.div_euclid(MINUTE_MS);
         let mut merged: BTreeMap<(i64, u8), i64> = BTreeMap::new();
-        for bucket in self.buckets.iter() {
+        for bucket in self.buckets() {
             let start = i64::from(bucket.start);
             let age = now_min - start;
             if age >= WINDOW_30D_MIN {
@@ -365,21 +517,18 @@ impl Counts {
                 .entry((start - start.rem_euclid(width), bucket.kind))
                 .or_insert(0) += i64::from(bucket.count);
         }
-        self.buckets = merged
-            .into_iter()
-            .map(|((start, kind), count)| Bucket {
-                start: start as i32,
-                count: count as i32,
-                kind,
-            })
-            .collect();
+        *self = Self::from_buckets(merged.into_iter().map(|((start, kind), count)| Bucket {
+            start: start as i32,
+            count: count as i32,
+            kind,
+        }));
     }
 
     /// Counts per kind code of the buckets starting within `window_min` minutes before `now_ms`.
     pub fn counts(&self, window_min: i64, now_ms: i64) -> [i64; 13] {
         let since = now_ms.div_euclid(MINUTE_MS) - window_min;
         let mut out = [0; 13];
-        for bucket in self.buckets.iter() {
+        for bucket in self.buckets() {
             if i64::from(bucket.start) > since {
                 out[usize::from(bucket.kind)] += i64::from(bucket.count);
             }
@@ -389,8 +538,7 @@ impl Counts {
 
     /// The `(start minute, kind code, count)` triples, flat.
     pub fn flat(&self) -> Vec<i32> {
-        self.buckets
-            .iter()
+        self.buckets()
             .flat_map(|b| [b.start, i32::from(b.kind), b.count])
             .collect()
     }
@@ -410,13 +558,12 @@ impl Counts {
                 kind,
             })
         });
-        Some(Self {
-            buckets: buckets.collect::<Option<_>>()?,
-        })
+        Some(Self::from_buckets(buckets.collect::<Option<Vec<_>>>()?))
     }
 
     pub fn merge(&mut self, other: &Counts, now_ms: i64) {
-        self.buckets = [&self.buckets[..], &other.buckets[..]].concat().into();
+        let both: Vec<Bucket> = self.buckets().chain(other.buckets()).collect();
+        *self = Self::from_buckets(both);
         self.compact(now_ms);
     }
 }
@@ -587,9 +734,37 @@ pub enum Trait {
     Flag(bool),
 }
 
-impl Default for Trait {
-    fn default() -> Self {
-        Trait::Flag(false)
+/// A trait code and its value in 5 bytes (six of them sit in every record): the name's id, or
+/// a flag as one of the two largest ids (never a name's: names are interned densely from 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[repr(C, packed)]
+pub struct HeldTrait {
+    key: u8,
+    value: Id,
+}
+
+impl HeldTrait {
+    const FALSE: Id = Id::MAX - 1;
+    const TRUE: Id = Id::MAX;
+
+    fn new(key: u8, value: Trait) -> Self {
+        let value = match value {
+            Trait::Text(id) => {
+                assert!(id < Self::FALSE, "fewer than 2^32 - 2 names");
+                id
+            }
+            Trait::Flag(flag) => [Self::FALSE, Self::TRUE][usize::from(flag)],
+        };
+        Self { key, value }
+    }
+
+    fn get(self) -> (u8, Trait) {
+        let value = match self.value {
+            Self::FALSE => Trait::Flag(false),
+            Self::TRUE => Trait::Flag(true),
+            id => Trait::Text(id),
+        };
+        (self.key, value)
     }
 }
 
@@ -708,7 +883,7 @@ pub struct Features {
     pub last_country: Id,
     pub hours: [u8; 24],
     /// `(trait code, value)` in the order traits were first set.
-    pub traits: Few<(u8, Trait), { TRAIT_KEYS.len() }>,
+    traits: Few<HeldTrait, { TRAIT_KEYS.len() }>,
     /// `(channel code, granted)` in the order channels were first set.
     pub consent: Consent,
 }
@@ -880,11 +1055,17 @@ impl Features {
         Ok(())
     }
 
+    /// `(trait code, value)` in the order traits were first set.
+    pub fn traits(&self) -> impl Iterator<Item = (u8, Trait)> + '_ {
+        self.traits.iter().map(|held| held.get())
+    }
+
     fn set_trait(&mut self, key: u8, value: Trait) {
-        match self.traits.iter_mut().find(|(k, _)| *k == key) {
-            Some(entry) => entry.1 = value,
+        let at = self.traits().position(|(k, _)| k == key);
+        match at {
+            Some(at) => self.traits[at] = HeldTrait::new(key, value),
             None => {
-                self.traits.push((key, value)); // one entry per key: there is room
+                self.traits.push(HeldTrait::new(key, value)); // one entry per key: there is room
             }
         }
     }
@@ -980,9 +1161,9 @@ impl Features {
         for (mine, theirs) in self.hours.iter_mut().zip(other.hours) {
             *mine = mine.saturating_add(theirs);
         }
-        for (key, value) in other.traits.iter() {
-            if !self.traits.iter().any(|(k, _)| k == key) {
-                self.traits.push((*key, *value)); // one entry per key: there is room
+        for (key, value) in other.traits() {
+            if !self.traits().any(|(k, _)| k == key) {
+                self.traits.push(HeldTrait::new(key, value)); // one entry per key: there is room
             }
         }
         for (channel, granted) in other.consent.iter() {
@@ -1125,7 +1306,7 @@ impl Features {
         size_of_val(self)
             + self.last_event_id.heap_size()
             + purchases
-            + size_of_val(&*self.counts.buckets)
+            + self.counts.heap_size()
             + session
             + cart
     }
@@ -1340,16 +1521,16 @@ impl Features {
         }
         w.out.extend_from_slice(&self.hours);
         w.u32(self.traits.len());
-        for (key, value) in self.traits.iter() {
-            w.u8(*key);
+        for (key, value) in self.traits() {
+            w.u8(key);
             match value {
                 Trait::Text(id) => {
                     w.u8(0);
-                    w.name(*id);
+                    w.name(id);
                 }
                 Trait::Flag(flag) => {
                     w.u8(1);
-                    w.u8(u8::from(*flag));
+                    w.u8(u8::from(flag));
                 }
             }
         }
@@ -1423,7 +1604,7 @@ impl Features {
             } else {
                 Trait::Text(r.name()?)
             };
-            Ok((key, value))
+            Ok(HeldTrait::new(key, value))
         })?;
         f.traits = few(traits, "traits")?;
         for (channel, granted) in r.many(|r| Ok((r.code(CHANNELS.len(), "channel")?, r.flag()?)))? {
@@ -1447,6 +1628,54 @@ impl Features {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The buckets as plain ones, as they were kept before they were packed.
+    fn plain_add(buckets: &mut Vec<Bucket>, code: u8, at_ms: i64, now_ms: i64) {
+        let (minute, now_min) = (at_ms.div_euclid(MINUTE_MS), now_ms.div_euclid(MINUTE_MS));
+        if now_min - minute >= WINDOW_30D_MIN {
+            return;
+        }
+        let width = bucket_width(now_min - minute);
+        let start = minute - minute.rem_euclid(width);
+        for bucket in buckets.iter_mut().rev() {
+            if i64::from(bucket.start) == start && bucket.kind == code {
+                bucket.count += 1;
+                return;
+            }
+            if i64::from(bucket.start) < start {
+                break;
+            }
+        }
+        buckets.push(Bucket {
+            start: start as i32,
+            count: 1,
+            kind: code,
+        });
+    }
+
+    #[test]
+    fn packed_counts_take_the_buckets_plain_ones_took_late_events_and_all() {
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let (mut counts, mut plain, mut now_ms) = (Counts::default(), Vec::new(), 0);
+        for _ in 0..60 {
+            now_ms += next(40) as i64 * MINUTE_MS;
+            let at_ms = now_ms - next(3) as i64 * next(300) as i64 * MINUTE_MS; // some late
+            let code = next(4) as u8;
+            counts.add(code, at_ms, now_ms).unwrap();
+            plain_add(&mut plain, code, at_ms, now_ms);
+            assert_eq!(counts.buckets().collect::<Vec<_>>(), plain);
+        }
+        assert!(
+            counts.heap_size() < plain.len() * 3 + 4,
+            "about 2 bytes a bucket"
+        );
+    }
 
     #[test]
     fn rounds_as_python_does() {
@@ -1986,8 +2215,8 @@ pub mod python {
         #[getter]
         fn traits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
             let out = PyDict::new(py);
-            for (key, value) in self.inner.traits.iter() {
-                out.set_item(TRAIT_KEYS[usize::from(*key)], trait_value(py, value)?)?;
+            for (key, value) in self.inner.traits() {
+                out.set_item(TRAIT_KEYS[usize::from(key)], trait_value(py, &value)?)?;
             }
             Ok(out)
         }
@@ -1997,10 +2226,9 @@ pub mod python {
                 return Ok(None);
             };
             self.inner
-                .traits
-                .iter()
+                .traits()
                 .find(|(k, _)| usize::from(*k) == code)
-                .map(|(_, value)| trait_value(py, value))
+                .map(|(_, value)| trait_value(py, &value))
                 .transpose()
         }
         /// Consent per channel, in the order first set.

@@ -24,6 +24,7 @@ pub mod recommend_bytes;
 pub mod rule_program;
 pub mod sample;
 pub mod shards;
+pub mod timer_heap;
 pub mod timestamps;
 pub mod touch;
 

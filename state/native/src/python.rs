@@ -694,5 +694,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
         crate::touch::python::touch_product,
         module
     )?)?;
+    module.add_class::<crate::timer_heap::python::TimerHeap>()?;
     Ok(())
 }

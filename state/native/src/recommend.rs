@@ -18,6 +18,8 @@ pub const NEIGHBOURS: usize = 30;
 pub const POPULAR: usize = 50;
 /// Products recommended by a progressive check.
 pub const K: usize = 10;
+/// Links a product's list grows by at most when full.
+const GROWTH: usize = 8;
 
 pub use crate::names::{Id, Names};
 
@@ -201,15 +203,17 @@ impl CoOccurrence {
             Some(link) => link.weight += weight,
             None => {
                 if neighbours.len() == neighbours.capacity() {
-                    // grow as a Vec does, but to no more than the list ever holds
+                    // grow by a few links at a time, to no more than the list ever holds: a
+                    // replica's lists are most of its bytes, and a doubled list is a third empty
                     let most = (2 * NEIGHBOURS + 1).saturating_sub(neighbours.len()).max(1);
-                    neighbours.reserve_exact(neighbours.len().max(4).min(most));
+                    neighbours.reserve_exact(neighbours.len().clamp(4, GROWTH).min(most));
                 }
                 neighbours.push(Link { to, weight });
             }
         }
         if neighbours.len() > 2 * NEIGHBOURS {
             strongest(neighbours, &self.products);
+            neighbours.shrink_to_fit(); // it grows again a few links at a time
         }
     }
 
@@ -784,6 +788,24 @@ mod tests {
         assert_eq!(names(&model, &ranked), ["b", "c"]);
         let ranked = model.recommend(&["x"], 1, &["q"], &[], &[]).unwrap();
         assert_eq!(names(&model, &ranked), ["y"]);
+    }
+
+    #[test]
+    fn a_product_s_links_leave_few_places_empty_as_they_grow_and_after_pruning() {
+        let mut model = CoOccurrence::new(false);
+        let room = |model: &CoOccurrence| {
+            let links = model.links[model.products.get("hub").unwrap() as usize].as_ref();
+            links.map(|links| (links.len(), links.capacity())).unwrap()
+        };
+        for n in 0..2 * NEIGHBOURS + 1 {
+            model.learn(&["hub"], &format!("p{n:02}"), None);
+            let (len, capacity) = room(&model);
+            assert!(
+                capacity - len < GROWTH,
+                "{len} links in room for {capacity}"
+            );
+        }
+        assert_eq!(room(&model), (NEIGHBOURS, NEIGHBOURS), "pruned");
     }
 
     #[test]

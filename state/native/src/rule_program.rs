@@ -174,9 +174,9 @@ impl Context<'_> {
             }
             Slot::City => self.place(features.last_city, CITY_TRAIT),
             Slot::Country => self.place(features.last_country, COUNTRY_TRAIT),
-            Slot::Trait(code) => match features.traits.iter().find(|(key, _)| *key == code) {
-                Some((_, Trait::Text(id))) => Value::Str((self.name)(*id)),
-                Some((_, Trait::Flag(flag))) => Value::Bool(*flag),
+            Slot::Trait(code) => match features.traits().find(|(key, _)| *key == code) {
+                Some((_, Trait::Text(id))) => Value::Str((self.name)(id)),
+                Some((_, Trait::Flag(flag))) => Value::Bool(flag),
                 None => Value::Null,
             },
             Slot::Consent(code) => features
