@@ -19,6 +19,7 @@ from operators.pipeline import Pipeline
 from operators.rules import CompiledRules, load_rules, parse_rules
 from schemas.envelope import Envelope
 from schemas.items import EndOfInput, Output, RawEvent
+from state import codec
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 _ids = itertools.count(1)
@@ -188,3 +189,31 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where every test must run: {report.longrepr}"
+
+
+def run_native_or_python(
+    rules: CompiledRules, lines: list[bytes], native: bool, shards: int = 2
+) -> tuple[list, dict[str, bytes]]:
+    """The outputs of ``lines`` (fed in batches of 37) and every customer's encoded state, with the
+    native step or with the Python path."""
+    pipeline = Pipeline(rules, shards=shards)
+    if not native:
+        for logic in (*pipeline.identity, *pipeline.customers):
+            logic.engine.step = None
+    records = raw_records(lines)
+    outputs = []
+    for start in range(0, len(records), 37):
+        outputs += pipeline.feed(records[start : start + 37])
+    outputs += pipeline.feed([EndOfInput(len(records))])
+    states = {}
+    for logic in (*pipeline.identity, *pipeline.customers):
+        engine: CustomerStage = logic.engine
+        for customer_id, state in engine.customers.items():
+            states[f"{engine.role}/{customer_id}"] = codec.encode(state) + repr(state.audiences).encode()
+    outputs += pipeline.finish()
+    return [written(o) for o in outputs], states
+
+
+def written(output: Output) -> tuple:
+    """What an output writes (not the wall-clock time its event arrived)."""
+    return output.stream, output.key, output.time_ms, output.seq, output.body, output.timer

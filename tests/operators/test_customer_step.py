@@ -10,13 +10,10 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from conftest import EngineHarness, decisions, envelopes, raw_records, rules_from, track
+from conftest import EngineHarness, decisions, envelopes, rules_from, run_native_or_python, track, written
 
 from connectors.synthetic import generate_events
-from operators.engine import RECHECK, CustomerStage, EngineConfig
-from operators.pipeline import Pipeline
-from operators.rules import CompiledRules
-from schemas.items import EndOfInput, Output
+from operators.engine import RECHECK, EngineConfig
 from state import codec
 from state.affinity import DAY_MS
 from state.update import feature_update
@@ -80,32 +77,6 @@ audiences:
 """
 
 
-def _run(rules: CompiledRules, lines: list[bytes], native: bool, shards: int = 2) -> tuple[list, dict[str, bytes]]:
-    """The outputs of ``lines`` (fed in batches of 37) and every customer's encoded state, with the
-    native step or with the Python path."""
-    pipeline = Pipeline(rules, shards=shards)
-    if not native:
-        for logic in (*pipeline.identity, *pipeline.customers):
-            logic.engine.step = None
-    records = raw_records(lines)
-    outputs = []
-    for start in range(0, len(records), 37):
-        outputs += pipeline.feed(records[start : start + 37])
-    outputs += pipeline.feed([EndOfInput(len(records))])
-    states = {}
-    for logic in (*pipeline.identity, *pipeline.customers):
-        engine: CustomerStage = logic.engine
-        for customer_id, state in engine.customers.items():
-            states[f"{engine.role}/{customer_id}"] = codec.encode(state) + repr(state.audiences).encode()
-    outputs += pipeline.finish()
-    return [_written(o) for o in outputs], states
-
-
-def _written(output: Output) -> tuple:
-    """What an output writes (not the wall-clock time its event arrived)."""
-    return output.stream, output.key, output.time_ms, output.seq, output.body, output.timer
-
-
 def _stream(customers: int, days: int, seed: int, defects: float) -> list[bytes]:
     start = datetime(2026, 3, 1, tzinfo=UTC)
     return [orjson.dumps(e) for e in generate_events(customers, days, seed, start=start, defects=defects)]
@@ -114,8 +85,8 @@ def _stream(customers: int, days: int, seed: int, defects: float) -> list[bytes]
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_the_native_step_gives_the_python_path_s_outputs_and_states_with_the_starter_rules(starter_rules, seed):
     lines = _stream(60, 4, seed, defects=0.03)
-    fused, fused_states = _run(starter_rules, lines, native=True)
-    python, python_states = _run(starter_rules, lines, native=False)
+    fused, fused_states = run_native_or_python(starter_rules, lines, native=True)
+    python, python_states = run_native_or_python(starter_rules, lines, native=False)
     assert any(o[0].startswith("triggers.") for o in fused), "the stream fires triggers"
     assert any(o[0] == "audience_changes" for o in fused), "and changes audiences"
     assert fused == python
@@ -126,8 +97,8 @@ def test_the_native_step_gives_the_python_path_s_outputs_and_states_with_the_sta
 def test_every_once_per_cancelling_and_python_evaluated_audiences_are_the_same_natively(seed):
     rules = rules_from(EVERY_KIND)
     lines = _stream(50, 5, seed, defects=0.05)
-    fused, fused_states = _run(rules, lines, native=True)
-    python, python_states = _run(rules, lines, native=False)
+    fused, fused_states = run_native_or_python(rules, lines, native=True)
+    python, python_states = run_native_or_python(rules, lines, native=False)
     fired = {orjson.loads(o[4])["data"]["rule_id"] for o in fused if o[0].startswith("triggers.")}
     assert {"viewed_today", "each_cart_change", "after_each_order", "first_open", "cart_left"} <= fired
     assert fused == python
@@ -148,7 +119,7 @@ def test_a_late_event_arms_no_timer_already_past_the_clock_and_rechecks_its_boun
             h.customers.step = h.identity.step = None
         h.feed(events)
         state = h.customers.customers["u1"]
-        runs.append(([_written(o) for o in h.outputs], state.timers, state.fired, state.audiences))
+        runs.append(([written(o) for o in h.outputs], state.timers, state.fired, state.audiences))
     assert runs[0] == runs[1]
     timers = {timer[1] for timer in runs[0][1]}
     assert RECHECK in timers and "after_each_order" in timers

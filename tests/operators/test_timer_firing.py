@@ -9,13 +9,9 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from conftest import EngineHarness, added, call, order, raw_records, rules_from, track
+from conftest import EngineHarness, added, call, order, rules_from, run_native_or_python, track
 
 from connectors.synthetic import generate_events
-from operators.pipeline import Pipeline
-from operators.rules import CompiledRules
-from schemas.items import EndOfInput
-from state import codec
 from state.customer import CustomerState
 
 # a condition the native program evaluates (one that fails often), one left to Python (counts), none;
@@ -61,32 +57,13 @@ triggers:
 """
 
 
-def _run(rules: CompiledRules, lines: list[bytes], native: bool) -> tuple[list[tuple], dict[str, bytes]]:
-    pipeline = Pipeline(rules, shards=2)
-    if not native:
-        for logic in (*pipeline.identity, *pipeline.customers):
-            logic.engine.step = None
-    records = raw_records(lines)
-    outputs = []
-    for start in range(0, len(records), 29):
-        outputs += pipeline.feed(records[start : start + 29])
-    outputs += pipeline.feed([EndOfInput(len(records))])
-    states = {
-        f"{logic.engine.role}/{customer_id}": codec.encode(state)
-        for logic in (*pipeline.identity, *pipeline.customers)
-        for customer_id, state in logic.engine.customers.items()
-    }
-    outputs += pipeline.finish()
-    return [(o.stream, o.key, o.time_ms, o.seq, o.body, o.timer) for o in outputs], states
-
-
 @pytest.mark.parametrize("seed", [3, 8])
 def test_timers_fired_natively_decide_as_the_python_path_does(seed):
     start = datetime(2026, 3, 1, tzinfo=UTC)
     lines = [orjson.dumps(e) for e in generate_events(60, 4, seed, start=start, defects=0.03)]
     rules = rules_from(TIMED)
-    native, native_states = _run(rules, lines, native=True)
-    python, python_states = _run(rules, lines, native=False)
+    native, native_states = run_native_or_python(rules, lines, native=True)
+    python, python_states = run_native_or_python(rules, lines, native=False)
     fired = {orjson.loads(o[4])["data"]["rule_id"] for o in native if o[0].startswith("triggers.")}
     assert {"cart_left", "browsed", "busy_day", "after_order", "first_open", "each_removal"} <= fired
     assert native == python
