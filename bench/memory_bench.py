@@ -53,11 +53,13 @@ def measure(path: Path, max_events: int | None) -> None:
     sys.path.insert(0, str(REPO))
     from flows.runtime import tune_gc
     from operators.engine import EngineConfig
+    from operators.models import import_model_libraries
     from operators.pipeline import Pipeline
     from operators.rules import load_rules
     from schemas.items import RawEvent
 
     tune_gc()
+    import_model_libraries()  # code the models load with their first outcome is not customers' memory
     pipeline = Pipeline(load_rules(), EngineConfig(), shards=16)
     gc.collect()
     before = rss_bytes()
