@@ -1007,7 +1007,7 @@ class IdentityStage(CustomerStage):
         while at < end:
             at, self.clock, duplicates, linked = self.passing.run(
                 released, at, self.seen, self.links, self.customers, self.added,
-                self.clock, timers.next_due(), self.swept_day, out,
+                self.clock, timers.first_due(), self.swept_day, out,
             )  # fmt: skip
             if duplicates:
                 bump(stats, "duplicates", duplicates)

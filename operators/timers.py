@@ -50,10 +50,6 @@ class TimerQueue:
         first = self.heap.first()
         return first is not None and first <= upto_ms
 
-    def next_due(self) -> int | None:
-        """The due time of the first entry (None: none), by which :meth:`any_due` holds."""
-        return self.heap.first()
-
     def due(self, upto_ms: int) -> Iterator[tuple[CustomerState, str]]:
         """The timers due by ``upto_ms``, in due order (a customer's in rule id order), as ``(customer,
         rule id)``; entries of customers gone or whose first timer is later are dropped or pushed again.
