@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import pickle
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from operators.rules import CompiledRules, load_rules, parse_rules
 from schemas.envelope import Envelope
 from schemas.items import EndOfInput, Output, RawEvent
 from state import codec
+from state.store import wait_for_writes
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 _ids = itertools.count(1)
@@ -48,6 +50,35 @@ def call(kind: str, user: str | None = "u1", minutes: float = 0, days: float = 0
 def track(name: str, user: str | None = "u1", minutes: float = 0, days: float = 0, **fields: Any) -> dict[str, Any]:
     """A track event dict; ``props=`` sets its properties (see :func:`call` for the rest)."""
     return call("track", user, minutes, days, event=name, properties=fields.pop("props", {}), **fields)
+
+
+def product_views(count: int, start: int = 0) -> list[dict[str, Any]]:
+    """Views of 500 products by 7 customers, a minute apart (sessions link them; 1 in 50 is a checked
+    one); view ``i`` has message id ``v<i>``."""
+    return [
+        track(
+            "Product Viewed",
+            f"u{i % 7}",
+            i,
+            props={"product_id": f"p{i * 37 % 500}", "category": f"c{i % 3}"},
+            message_id=f"v{i}",
+        )
+        for i in range(start, start + count)
+    ]
+
+
+def pickled_snapshots(h: EngineHarness) -> tuple[bytes, bytes]:
+    """Both stages' snapshots as Bytewax stores them (pickled), once the store thread wrote what they hand it."""
+    snapshots = pickle.dumps(h.identity.snapshot()), pickle.dumps(h.customers.snapshot())
+    wait_for_writes()
+    return snapshots
+
+
+def restore_snapshots(h: EngineHarness, snapshots: tuple[bytes, bytes]) -> EngineHarness:
+    """``h``, both stages restored from :func:`pickled_snapshots`."""
+    h.identity.restore(pickle.loads(snapshots[0]))
+    h.customers.restore(pickle.loads(snapshots[1]))
+    return h
 
 
 def added(user: str | None = "u1", minutes: float = 0, product: str = "p1", price: float = 20.0, **kw: Any) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pickle
 
 import orjson
-from conftest import CART_RULE, EngineHarness, rules_from, track
+from conftest import CART_RULE, EngineHarness, pickled_snapshots, product_views, restore_snapshots, rules_from, track
 
 from operators.engine import EngineConfig
 from state.store import KEEP, CustomerStore, wait_for_writes
@@ -18,27 +18,8 @@ def harness(folder) -> EngineHarness:
     return EngineHarness(rules_from(CART_RULE), config)
 
 
-def views(count: int, start: int = 0) -> list[dict]:
-    """Views of 500 products by 7 customers, a minute apart (1 in 50 is a checked one); view ``i`` has id ``v<i>``."""
-    props = [{"product_id": f"p{i * 37 % 500}", "category": f"c{i % 3}"} for i in range(start, start + count)]
-    return [
-        track("Product Viewed", f"u{i % 7}", i, props=p, message_id=f"v{i}")
-        for i, p in zip(range(start, start + count), props, strict=True)
-    ]
-
-
-def snapshots(h: EngineHarness) -> tuple[bytes, bytes]:
-    """Both stages' snapshots as Bytewax stores them (pickled), once the store thread wrote them."""
-    taken = pickle.dumps(h.identity.snapshot()), pickle.dumps(h.customers.snapshot())
-    wait_for_writes()
-    return taken
-
-
 def restored(folder, taken: tuple[bytes, bytes]) -> EngineHarness:
-    h = harness(folder)
-    h.identity.restore(pickle.loads(taken[0]))
-    h.customers.restore(pickle.loads(taken[1]))
-    return h
+    return restore_snapshots(harness(folder), taken)
 
 
 def engine_state(h: EngineHarness) -> tuple[object, bytes, bytes]:
@@ -48,24 +29,24 @@ def engine_state(h: EngineHarness) -> tuple[object, bytes, bytes]:
 
 def test_a_snapshot_carries_what_changed_not_the_whole_recommender_or_dedupe_memory(tmp_path):
     h = harness(tmp_path)
-    h.feed(views(3000))
-    snapshots(h)
+    h.feed(product_views(3000))
+    pickled_snapshots(h)
     whole = len(pickle.dumps(h.customers.models.recommender)) + len(h.identity.seen.to_bytes())
-    h.feed(views(10, 3000))
-    identity, customers = snapshots(h)
+    h.feed(product_views(10, 3000))
+    identity, customers = pickled_snapshots(h)
     assert len(identity) + len(customers) < whole / 5, "10 views cost what they changed, not every link and id"
 
 
 def test_a_restore_gives_the_same_models_and_dedupe_memory_and_then_the_same_decisions(tmp_path):
     h = harness(tmp_path)
     for start in range(0, 3000, 300):  # a journal per snapshot, and new bases as the journals outgrow them
-        h.feed(views(300, start))
-        taken = snapshots(h)
+        h.feed(product_views(300, start))
+        taken = pickled_snapshots(h)
     again = restored(tmp_path, taken)
     assert engine_state(again) == engine_state(h)
-    repeated = views(5, 2990)  # already seen: duplicates to both
+    repeated = product_views(5, 2990)  # already seen: duplicates to both
     assert again.feed(repeated) == h.feed(repeated) == []
-    later = [*views(200, 3000), track("Product Added", "u1", 3300, props={"product_id": "p7", "price": 5})]
+    later = [*product_views(200, 3000), track("Product Added", "u1", 3300, props={"product_id": "p7", "price": 5})]
     assert again.feed(later) == h.feed(later)
 
 
@@ -74,8 +55,8 @@ def test_a_restore_at_an_older_snapshot_the_store_keeps_gives_the_engine_of_then
     h = harness(tmp_path)
     taken, states = [], []
     for start in range(0, 3 * KEEP * 100, 100):
-        h.feed(views(100, start))
-        taken.append(snapshots(h))
+        h.feed(product_views(100, start))
+        taken.append(pickled_snapshots(h))
         states.append(engine_state(h))
     back = len(taken) - KEEP // 2
     assert engine_state(restored(tmp_path, taken[back])) == states[back]
@@ -84,8 +65,8 @@ def test_a_restore_at_an_older_snapshot_the_store_keeps_gives_the_engine_of_then
 def test_the_store_keeps_the_parts_of_the_last_snapshots_only(tmp_path):
     h = harness(tmp_path)
     for start in range(0, 8 * KEEP * 100, 100):
-        h.feed(views(100, start))
-        snapshots(h)
+        h.feed(product_views(100, start))
+        pickled_snapshots(h)
     store = CustomerStore(tmp_path, h.customers.store.path.stem)
     bases, journals = store.db.execute(
         "SELECT SUM(kind = 'base'), SUM(kind = 'journal') FROM parts WHERE name = 'models'"
@@ -96,7 +77,7 @@ def test_the_store_keeps_the_parts_of_the_last_snapshots_only(tmp_path):
 def test_a_snapshot_before_the_store_holds_anything_restores_from_itself(tmp_path):
     """The first base travels in the snapshot while the store thread may not have written it."""
     h = harness(tmp_path)
-    h.feed(views(500))
+    h.feed(product_views(500))
     identity, customers = pickle.dumps(h.identity.snapshot()), pickle.dumps(h.customers.snapshot())
     wait_for_writes()
     for name in ("identity-0000", "customer-0000"):  # as if the process died before the writes

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import CART_RULE, EngineHarness, added, call, decisions, order, rules_from, track
+from conftest import CART_RULE, EngineHarness, added, call, decisions, order, product_views, rules_from, track
 
 from operators.engine import OUTCOME, EngineConfig
 from operators.models import open_decisions
@@ -202,14 +202,6 @@ def test_a_changed_or_foreign_model_file_is_refused(tmp_path):
     path.write_bytes(b'{"format": "pickle", "models": {}}')
     with pytest.raises(ValueError, match=r"not a nudgeflow\.models/1 file"):
         model_files.read(path)
-
-
-def product_views(count: int, start: int = 0) -> list[dict]:
-    """Views of 500 products by 7 customers, a minute apart (sessions link them; 1 in 50 is a checked one)."""
-    return [
-        track("Product Viewed", f"u{i % 7}", i, props={"product_id": f"p{i * 37 % 500}", "category": f"c{i % 3}"})
-        for i in range(start, start + count)
-    ]
 
 
 def test_a_models_snapshot_costs_what_was_learnt_since_the_last_and_restores_them_exactly():

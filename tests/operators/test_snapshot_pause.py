@@ -9,7 +9,17 @@ from __future__ import annotations
 import pickle
 
 import orjson
-from conftest import CART_RULE, EngineHarness, added, order, rules_from, track
+from conftest import (
+    CART_RULE,
+    EngineHarness,
+    added,
+    order,
+    pickled_snapshots,
+    product_views,
+    restore_snapshots,
+    rules_from,
+    track,
+)
 
 from operators.engine import EngineConfig
 from state.store import wait_for_writes
@@ -19,30 +29,22 @@ def harness() -> EngineHarness:
     return EngineHarness(rules_from(CART_RULE), EngineConfig(snapshots=True))
 
 
-def views(count: int, start: int = 0) -> list[dict]:
-    """Views of 500 products by 7 customers, a minute apart (1 in 50 is a checked one)."""
-    return [
-        track("Product Viewed", f"u{i % 7}", i, props={"product_id": f"p{i * 37 % 500}", "category": f"c{i % 3}"})
-        for i in range(start, start + count)
-    ]
-
-
 def test_a_journal_sealed_between_snapshots_leaves_the_snapshot_the_rest_and_restores_the_same_models():
     h = harness()
-    h.feed(views(1000))
+    h.feed(product_views(1000))
     h.customers.snapshot()  # the journal is kept from the first snapshot on
     models = h.customers.models
     for start in (1000, 1400, 1800):  # sealed now and then between two snapshots
-        h.feed(views(400, start))
+        h.feed(product_views(400, start))
         models.seal_journal()
         assert models._journal == [], "what was learnt so far is pickled already: the snapshot will not"
-    h.feed(views(50, 2200))
+    h.feed(product_views(50, 2200))
     again = harness()
     again.customers.restore(pickle.loads(pickle.dumps(h.customers.snapshot())))
     restored = again.customers.models
     assert restored.recommender.__getstate__() == models.recommender.__getstate__(), "link for link"
     assert restored.stats() == models.stats() and models.stats()["recommendations"]["checked"] > 0
-    later = views(100, 2250)
+    later = product_views(100, 2250)
     assert again.feed(later) == h.feed(later)
     assert orjson.dumps(restored.recommender.export()) == orjson.dumps(models.recommender.export())
 
@@ -53,18 +55,8 @@ def stored(folder) -> EngineHarness:
     return EngineHarness(rules_from(CART_RULE), EngineConfig(snapshots=True, state_store=folder))
 
 
-def taken(h: EngineHarness) -> tuple[bytes, bytes]:
-    """Both stages' snapshots as Bytewax keeps them (pickled), once the store thread wrote what they hand it."""
-    snapshots = pickle.dumps(h.identity.snapshot()), pickle.dumps(h.customers.snapshot())
-    wait_for_writes()
-    return snapshots
-
-
 def restored(folder, snapshots: tuple[bytes, bytes]) -> EngineHarness:
-    h = stored(folder)
-    h.identity.restore(pickle.loads(snapshots[0]))
-    h.customers.restore(pickle.loads(snapshots[1]))
-    return h
+    return restore_snapshots(stored(folder), snapshots)
 
 
 def presave(h: EngineHarness) -> None:
@@ -75,12 +67,12 @@ def presave(h: EngineHarness) -> None:
 
 def test_after_a_presave_the_snapshot_carries_only_what_changed_since_and_restores_the_same_engine(tmp_path):
     h = stored(tmp_path)
-    h.feed(views(700))
-    taken(h)
-    h.feed(views(700, 700))  # every customer changes
+    h.feed(product_views(700))
+    pickled_snapshots(h)
+    h.feed(product_views(700, 700))  # every customer changes
     presave(h)
     h.feed([track("Product Viewed", "u3", 1500, props={"product_id": "p1", "category": "c1"}, message_id="late")])
-    snapshots = taken(h)
+    snapshots = pickled_snapshots(h)
     customers = pickle.loads(snapshots[1])[1]
     assert set(customers["unsaved"]) == {"u3"}, "the store held the rest when the snapshot was taken"
     seen = pickle.loads(snapshots[0])[1]["journals"]["seen"]
@@ -88,7 +80,7 @@ def test_after_a_presave_the_snapshot_carries_only_what_changed_since_and_restor
     again = restored(tmp_path, snapshots)
     assert again.customers.customers.keys() == h.customers.customers.keys()
     assert again.identity.seen.to_bytes() == h.identity.seen.to_bytes()
-    later = [*views(100, 1500), track("Product Added", "u2", 1700, props={"product_id": "p7", "price": 5})]
+    later = [*product_views(100, 1500), track("Product Added", "u2", 1700, props={"product_id": "p7", "price": 5})]
     assert again.feed(later) == h.feed(later)
     assert again.finish() == h.finish()
 
@@ -96,14 +88,14 @@ def test_after_a_presave_the_snapshot_carries_only_what_changed_since_and_restor
 def test_a_run_that_stops_after_a_presave_resumes_from_the_snapshot_before_it(tmp_path):
     """Bytewax resumes from the last snapshot: what a pre-save wrote after it is not read back, and the
     events after the snapshot, read again, give what an uninterrupted run gives."""
-    first, then = views(300), [*views(300, 300), added("u2", 650, product="p7", price=5)]
-    rest = [*views(100, 700), order("u3", 900)]
+    first, then = product_views(300), [*product_views(300, 300), added("u2", 650, product="p7", price=5)]
+    rest = [*product_views(100, 700), order("u3", 900)]
     whole = stored(tmp_path / "whole")
     whole.feed(first)
     expected = whole.feed([*then, *rest])
     h = stored(tmp_path / "run")
     h.feed(first)
-    snapshots = taken(h)
+    snapshots = pickled_snapshots(h)
     h.feed(then)
     presave(h)  # and the run stops here
     again = restored(tmp_path / "run", snapshots)
@@ -116,11 +108,11 @@ def test_a_shard_that_had_no_store_at_the_snapshot_it_resumes_from_starts_its_st
     Bytewax did not commit) leaves customers there that the snapshot it resumes from never held: they
     are not read back later."""
     h = stored(tmp_path)
-    empty = taken(h)  # no customer yet: no store
-    h.feed(views(20))
-    taken(h)  # the store is made, with u0..u6; the run stops before Bytewax commits this snapshot
+    empty = pickled_snapshots(h)  # no customer yet: no store
+    h.feed(product_views(20))
+    pickled_snapshots(h)  # the store is made, with u0..u6; the run stops before Bytewax commits this snapshot
     again = restored(tmp_path, empty)
     for minutes in (30, 31):  # two snapshots: the second refers to what the store holds
         again.feed([track("Product Viewed", "other", minutes, props={"product_id": "p1", "category": "c1"})])
-        snapshots = taken(again)
+        snapshots = pickled_snapshots(again)
     assert set(restored(tmp_path, snapshots).customers.customers) == {"other"}
