@@ -1,0 +1,147 @@
+"""The closed loop on a known truth: customers answer the engine's triggers, and the recording replays."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from bisect import bisect_left
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+
+from connectors.responders import FATIGUE_DAYS, RESPONSE_WINDOW_MS, Responders
+from connectors.synthetic import DAY_MS, generate_events
+from flows.simulate import Simulation, simulate
+from operators.rules import CompiledRules, load_rules
+from schemas.streams import TRIGGER_STREAMS
+from schemas.timestamps import epoch_ms
+
+REPO = Path(__file__).resolve().parents[2]
+CUSTOMERS, DAYS, SEED = 200, 10, 3
+
+
+@pytest.fixture(scope="module")
+def rules() -> CompiledRules:
+    return load_rules()
+
+
+@pytest.fixture(scope="module")
+def sim(rules: CompiledRules) -> Simulation:
+    return simulate(CUSTOMERS, DAYS, SEED, rules)
+
+
+def events_of(sim: Simulation) -> list[dict]:
+    return [orjson.loads(line) for line in sim.lines]
+
+
+def replay_files(recording: Path, out: Path, *extra: str) -> dict[str, list[bytes]]:
+    """``nudgeflow replay`` of a recording: each trigger stream's records, sorted."""
+    cmd = [sys.executable, "-m", "flows.cli", "replay", str(recording), "--out", str(out), "--quiet", *extra]
+    subprocess.run(cmd, check=True, cwd=REPO, env=dict(os.environ), timeout=300)
+    files = {stream: out / f"{stream}.jsonl" for stream in TRIGGER_STREAMS}
+    return {stream: sorted(path.read_bytes().splitlines()) for stream, path in sorted(files.items())}
+
+
+def test_the_recording_replayed_gives_the_decisions_of_the_loop(sim: Simulation, tmp_path: Path) -> None:
+    recording = tmp_path / "truth.jsonl"
+    recording.write_bytes(sim.recording())
+    decisions = sim.decisions()
+    assert sum(map(len, decisions.values())) > 500
+    assert replay_files(recording, tmp_path / "out") == decisions
+
+
+def test_the_loop_answers_the_decisions_so_they_change(sim: Simulation, rules: CompiledRules) -> None:
+    """Responses are in the stream, and they change what the engine decides (a closed loop)."""
+    baseline = simulate(CUSTOMERS, DAYS, SEED, rules, responders=NoAnswer(CUSTOMERS, DAYS, SEED))
+    generated = [orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in generate_events(CUSTOMERS, DAYS, SEED)]
+    assert baseline.lines == generated
+    responses = set(sim.lines) - set(generated)
+    responded = [d for d in sim.truth["deliveries"] if d["responded"]]
+    assert len(responses) == len(responded) > 20
+    assert baseline.decisions() != sim.decisions()
+
+
+class NoAnswer(Responders):
+    def deliver(self, *args, **kwargs) -> None:  # type: ignore[override]
+        super().deliver(*args, **kwargs)
+
+
+def test_same_seed_same_recording_and_truth(sim: Simulation, rules: CompiledRules) -> None:
+    again = simulate(CUSTOMERS, DAYS, SEED, rules)
+    assert again.lines == sim.lines and again.truth == sim.truth
+    other = simulate(CUSTOMERS, DAYS, SEED + 1, rules)
+    assert other.lines != sim.lines
+
+
+def test_every_delivered_trigger_is_in_the_truth_and_every_answer_in_the_recording(sim: Simulation) -> None:
+    triggers = [orjson.loads(body) for bodies in sim.decisions().values() for body in bodies]
+    deliveries = {d["decision_id"]: d for d in sim.truth["deliveries"]}
+    assert sorted(deliveries) == sorted(t["id"] for t in triggers)
+    orders = {e["properties"]["order_id"]: e for e in events_of(sim) if e.get("event") == "Order Completed"}
+    for trigger in triggers:
+        delivery = deliveries[trigger["id"]]
+        assert (delivery["customer"], delivery["channel"], delivery["at"]) == (
+            trigger["subject"],
+            trigger["data"]["channel"],
+            trigger["time"],
+        )
+        if delivery["responded"]:
+            order = orders[delivery["order_id"]]
+            assert order.get("userId", order.get("anonymousId")) == delivery["customer"]
+            delay = epoch_ms(order["timestamp"]) - epoch_ms(delivery["at"])
+            assert 0 < delay <= RESPONSE_WINDOW_MS[delivery["channel"]]
+
+
+def test_the_recording_is_in_time_order(sim: Simulation) -> None:
+    times = [epoch_ms(e["timestamp"]) for e in events_of(sim)]
+    assert times == sorted(times)
+
+
+def test_fatigue_counts_the_messages_of_the_days_before(sim: Simulation) -> None:
+    """Each delivery's fatigue is the customer's deliveries in the FATIGUE_DAYS before it, and its
+    chance the persona's lift weakened by them (or nothing, when it was seen too late)."""
+    times: dict[str, list[int]] = defaultdict(list)
+    for d in sim.truth["deliveries"]:
+        times[d["customer"]].append(epoch_ms(d["at"]))
+    for customer_times in times.values():
+        customer_times.sort()
+    fatigued = 0
+    for d in sim.truth["deliveries"]:
+        at, before = epoch_ms(d["at"]), times[d["customer"]]
+        assert d["earlier_messages"] == bisect_left(before, at) - bisect_left(before, at - FATIGUE_DAYS * DAY_MS)
+        full = Responders.chance(d["persona"], d["channel"], d["earlier_messages"])
+        assert d["chance"] in (full, 0.0)
+        fatigued += d["earlier_messages"] > 0
+    assert fatigued > len(sim.truth["deliveries"]) / 3
+    seen_late = sum(d["chance"] == 0.0 for d in sim.truth["deliveries"])
+    assert seen_late < len(sim.truth["deliveries"]) / 10
+
+
+def test_answers_follow_the_chances(sim: Simulation) -> None:
+    deliveries = sim.truth["deliveries"]
+    expected = sum(d["chance"] for d in deliveries)
+    spread = sum(d["chance"] * (1 - d["chance"]) for d in deliveries) ** 0.5
+    answered = sum(d["responded"] for d in deliveries)
+    assert abs(answered - expected) <= 3 * spread
+
+
+def test_nothing_reaches_a_customer_who_withdrew_consent(sim: Simulation) -> None:
+    """The last ``Consent Updated`` for a channel before a delivery never says no."""
+    consent: dict[tuple[str, str], list[tuple[int, bool]]] = defaultdict(list)
+    for event in events_of(sim):
+        if event.get("event") == "Consent Updated":
+            customer = event.get("userId") or event["anonymousId"]
+            consent[customer, event["properties"]["channel"]].append(
+                (epoch_ms(event["timestamp"]), event["properties"]["granted"])
+            )
+    assert any(not granted for log in consent.values() for _, granted in log)
+    refused = []
+    for d in sim.truth["deliveries"]:
+        log = consent.get((d["customer"], d["channel"]), [])
+        before = [granted for at, granted in log if at < epoch_ms(d["at"])]
+        if before and not before[-1]:
+            refused.append(d)
+    assert not refused
