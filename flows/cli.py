@@ -159,6 +159,12 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--defects", type=float, default=0.0, help="share of duplicate/late/future/id-less events")
     generate.add_argument("--out", type=Path, help="file to write (default: stdout)")
     generate.add_argument("--truth", type=Path, help="also write the ground truth (personas, rates) as JSON")
+    generate.add_argument(
+        "--respond",
+        type=Path,
+        metavar="RULES",
+        help="customers answer these rules' triggers (known lift and fatigue; --truth lists every delivery)",
+    )
     generate.set_defaults(command=_generate)
 
     evaluate = sub.add_parser("evaluate", help="each model against a simple baseline, on the same events")
@@ -667,6 +673,8 @@ def _replay_part(
 def _generate(args: argparse.Namespace) -> int:
     from connectors.synthetic import DEFAULT_START, generate_events, ground_truth, write_jsonl
 
+    if args.respond is not None:
+        return _generate_responses(args)
     events = generate_events(args.customers, args.days, args.seed, args.start or DEFAULT_START, args.defects)
     if args.truth is not None:
         args.truth.write_bytes(orjson.dumps(ground_truth(args.customers, args.seed), option=orjson.OPT_INDENT_2))
@@ -677,6 +685,31 @@ def _generate(args: argparse.Namespace) -> int:
     with args.out.open("wb") as out:
         count = write_jsonl(events, out, progress=sys.stderr.isatty() or args.customers >= 10_000)
     print(f"nudgeflow: wrote {count:,} events to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _generate_responses(args: argparse.Namespace) -> int:
+    """``generate --respond``: the stream with the customers' answers to the rules' triggers."""
+    from connectors.synthetic import DEFAULT_START
+    from flows.simulate import simulate
+
+    if args.defects:
+        raise ConfigurationError("--respond takes no --defects: the answers follow the engine's decisions")
+    rules = load_rules(args.respond)
+    sim = simulate(args.customers, args.days, args.seed, rules, start=args.start or DEFAULT_START)
+    if args.truth is not None:
+        args.truth.write_bytes(orjson.dumps(sim.truth, option=orjson.OPT_INDENT_2))
+    if args.out is None:
+        sys.stdout.buffer.write(sim.recording())
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(sim.recording())
+    answered = sum(d["responded"] for d in sim.truth["deliveries"])
+    print(
+        f"nudgeflow: wrote {len(sim.lines):,} events to {args.out} "
+        f"({len(sim.truth['deliveries']):,} triggers delivered, {answered:,} answered with an order)",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -14,8 +14,9 @@ import pytest
 
 from connectors.responders import FATIGUE_DAYS, RESPONSE_WINDOW_MS, Responders
 from connectors.synthetic import DAY_MS, generate_events
+from flows.cli import main
 from flows.simulate import Simulation, simulate
-from operators.rules import CompiledRules, load_rules
+from operators.rules import STARTER_RULES, CompiledRules, load_rules
 from schemas.streams import TRIGGER_STREAMS
 from schemas.timestamps import epoch_ms
 
@@ -145,3 +146,23 @@ def test_nothing_reaches_a_customer_who_withdrew_consent(sim: Simulation) -> Non
         if before and not before[-1]:
             refused.append(d)
     assert not refused
+
+
+def test_generate_respond_writes_the_recording_and_the_truth(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    stream, truth = tmp_path / "stream.jsonl", tmp_path / "truth.json"
+    args = ["generate", "--customers", "80", "--days", "6", "--seed", "9", "--out", str(stream), "--truth", str(truth)]
+    assert main([*args, "--respond", str(STARTER_RULES)]) == 0
+    written = orjson.loads(truth.read_bytes())
+    assert "delivered" in capsys.readouterr().err
+    replayed = replay_files(stream, tmp_path / "out")
+    delivered = sorted(orjson.loads(body)["id"] for bodies in replayed.values() for body in bodies)
+    assert delivered == sorted(d["decision_id"] for d in written["deliveries"])
+    answers = [d["order_id"] for d in written["deliveries"] if d["responded"]]
+    assert answers and all(f'"order_id":"{order}"'.encode() in stream.read_bytes() for order in answers)
+
+
+def test_generate_respond_refuses_defects(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "stream.jsonl"
+    assert main(["generate", "--respond", str(STARTER_RULES), "--defects", "0.1", "--out", str(out)]) == 2
+    assert "--respond takes no --defects" in capsys.readouterr().err
+    assert not out.exists()
