@@ -61,6 +61,8 @@ class Delivery:
     earlier_messages: int  # messages the customer received in the FATIGUE_DAYS before it
     chance: float  # the chance it caused an order within its window (0 when seen too late, see deliver)
     responded: bool
+    answer_from: str | None = None  # when an answer may come (uniformly), if it can
+    answer_until: str | None = None
     order_id: str | None = None
     order_at: str | None = None
 
@@ -102,6 +104,7 @@ class Responders:
         order = None
         if responded and profile is not None:
             order = self._order(profile, customer, decision_id, rng.randint(start, window_end), rng)
+        answerable = chance > 0
         self.deliveries.append(
             Delivery(
                 decision_id,
@@ -113,6 +116,8 @@ class Responders:
                 earlier,
                 chance,
                 order is not None,
+                iso(start) if answerable else None,
+                iso(window_end) if answerable else None,
                 order and order["properties"]["order_id"],
                 order and order["timestamp"],
             )

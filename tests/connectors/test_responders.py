@@ -78,6 +78,8 @@ def test_responses_are_orders_inside_the_window_drawn_from_the_decision_id() -> 
         assert T0 + HOUR_MS <= at <= T0 + RESPONSE_WINDOW_MS["push"]
         assert order["event"] == "Order Completed" and order["userId"] == delivery.customer
         assert (delivery.order_id, delivery.order_at) == (order["properties"]["order_id"], order["timestamp"])
+        assert delivery.answer_from is not None and delivery.answer_until is not None
+        assert epoch_ms(delivery.answer_from) <= at <= epoch_ms(delivery.answer_until)
 
 
 def test_an_anonymous_customer_answers_under_their_anonymous_id() -> None:
@@ -94,6 +96,7 @@ def test_a_message_seen_after_its_window_cannot_be_answered(responders: Responde
     late = T0 + RESPONSE_WINDOW_MS["in_app"] + 1
     assert responders.deliver(user(4), "in_app", "d", "r", T0, late) is None
     assert responders.deliveries[0].chance == 0.0
+    assert responders.deliveries[0].answer_from is None
 
 
 def test_an_unknown_customer_never_answers(responders: Responders) -> None:

@@ -1,0 +1,136 @@
+"""What the known truth says a measurement should find (see :mod:`connectors.responders`).
+
+- :func:`true_lift`: the lift of an experiment's treated arm in the measure ``flows.lift`` estimates
+  (the share of exposed customers who order within the conversion window after their first
+  exposure), as the mean over the treated customers of the chance they convert as treated less the
+  chance they would have as control. Treated, every delivery in the window may be answered;
+  as control, the experiment's own deliveries are not made, so they cause nothing and tire
+  nobody (the other deliveries' chances are recomputed without them). A customer's own orders
+  (those no delivery caused) convert them either way. The deliveries are taken as they were: what
+  the answers changed in later decisions is not undone.
+- :func:`per_message`: orders caused per message delivered, the truth's count and its expectation.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from connectors.responders import FATIGUE_DAYS, Responders
+from connectors.synthetic import DAY_MS
+from schemas.timestamps import epoch_ms
+
+ORDER = "Order Completed"
+ANSWER_PREFIX = "m-r-"  # the messageId of an order a delivery caused (connectors.responders)
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """A customer's first exposure in an experiment: their arm and when."""
+
+    customer: str
+    arm: str
+    at_ms: int
+
+
+def own_orders(lines: Iterable[bytes]) -> dict[str, list[int]]:
+    """The times of each customer's orders that no delivery caused, from a recording, in order."""
+    orders: dict[str, list[int]] = defaultdict(list)
+    for line in lines:
+        if b'"Order Completed"' not in line:
+            continue
+        event = orjson.loads(line)
+        if event.get("event") == ORDER and not event["messageId"].startswith(ANSWER_PREFIX):
+            orders[event.get("userId") or event["anonymousId"]].append(epoch_ms(event["timestamp"]))
+    for times in orders.values():
+        times.sort()
+    return orders
+
+
+def true_lift(
+    exposures: Iterable[Exposure],
+    treated: str,
+    deliveries: list[dict[str, Any]],
+    orders: dict[str, list[int]],
+    window_ms: int,
+    in_experiment: Callable[[dict[str, Any]], bool],
+) -> float | None:
+    """The true lift of arm ``treated`` (see the module's docs); ``None`` without treated customers.
+
+    ``deliveries`` are the truth's; ``orders`` each customer's own (:func:`own_orders`);
+    ``in_experiment`` tells the deliveries the experiment withholds from its control arm.
+    """
+    by_customer = _by_customer(deliveries)
+    effects = []
+    for exposure in exposures:
+        if exposure.arm != treated:
+            continue
+        start, end = exposure.at_ms, exposure.at_ms + window_ms
+        times = orders.get(exposure.customer, [])
+        own = bisect_left(times, start) < len(times) and times[bisect_left(times, start)] <= end
+        if own:
+            effects.append(0.0)
+            continue
+        as_treated = as_control = 1.0  # chances of no conversion
+        customer_deliveries = by_customer.get(exposure.customer, [])
+        for index, delivery in enumerate(customer_deliveries):
+            share = _share_inside(delivery, start, end)
+            if not share:
+                continue
+            as_treated *= 1 - delivery["chance"] * share
+            if not in_experiment(delivery):
+                as_control *= 1 - _control_chance(customer_deliveries, index, in_experiment) * share
+        effects.append(as_control - as_treated)
+    return sum(effects) / len(effects) if effects else None
+
+
+def _by_customer(deliveries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for delivery in deliveries:
+        found[delivery["customer"]].append(delivery)
+    for customer_deliveries in found.values():
+        customer_deliveries.sort(key=lambda d: epoch_ms(d["at"]))
+    return found
+
+
+def _share_inside(delivery: dict[str, Any], start: int, end: int) -> float:
+    """The share of the delivery's answer interval (where its order falls, uniformly) inside ``[start, end]``."""
+    if not delivery["chance"] or delivery["answer_from"] is None:
+        return 0.0
+    lo, hi = epoch_ms(delivery["answer_from"]), epoch_ms(delivery["answer_until"])
+    inside = min(hi, end) - max(lo, start) + 1
+    return max(0, inside) / (hi - lo + 1)
+
+
+def _control_chance(
+    customer_deliveries: list[dict[str, Any]], index: int, in_experiment: Callable[[dict[str, Any]], bool]
+) -> float:
+    """The chance of delivery ``index`` had the experiment's deliveries before it not been made."""
+    delivery = customer_deliveries[index]
+    at = epoch_ms(delivery["at"])
+    withheld = sum(
+        1
+        for earlier in customer_deliveries[:index]
+        if in_experiment(earlier) and at - FATIGUE_DAYS * DAY_MS <= epoch_ms(earlier["at"]) < at
+    )
+    if not withheld:
+        return delivery["chance"]
+    return Responders.chance(delivery["persona"], delivery["channel"], delivery["earlier_messages"] - withheld)
+
+
+def per_message(deliveries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Messages delivered, the orders they caused, and both per message (also the expected count)."""
+    messages = len(deliveries)
+    caused = sum(d["responded"] for d in deliveries)
+    expected = sum(d["chance"] for d in deliveries)
+    return {
+        "messages": messages,
+        "caused_orders": caused,
+        "caused_per_message": caused / messages if messages else None,
+        "expected_per_message": expected / messages if messages else None,
+    }

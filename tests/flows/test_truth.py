@@ -1,0 +1,96 @@
+"""The truth's lift and per-message figures, against hand computations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from connectors.responders import RESPONSE_LIFT
+from connectors.synthetic import HOUR_MS, iso
+from flows.truth import Exposure, own_orders, per_message, true_lift
+
+T = 1_767_600_000_000
+DAY = 24 * HOUR_MS
+WEEK = 7 * DAY
+LIFT = RESPONSE_LIFT["lapsed"]["push"]
+
+
+def delivery(customer: str, rule: str, at: int, chance: float, earlier: int = 0, until: int = HOUR_MS) -> dict:
+    return {
+        "customer": customer,
+        "rule_id": rule,
+        "persona": "lapsed",
+        "channel": "push",
+        "at": iso(at),
+        "chance": chance,
+        "earlier_messages": earlier,
+        "responded": False,
+        "answer_from": iso(at) if chance else None,
+        "answer_until": iso(at + until - 1) if chance else None,
+    }
+
+
+def in_test(d: dict[str, Any]) -> bool:
+    return d["rule_id"] == "tested"
+
+
+def lift_of(exposures: list[Exposure], deliveries: list[dict], orders: dict | None = None) -> float | None:
+    return true_lift(exposures, "treated", deliveries, orders or {}, WEEK, in_test)
+
+
+def test_a_treated_customer_gains_the_chance_of_each_delivery_in_the_window() -> None:
+    deliveries = [delivery("a", "tested", T + HOUR_MS, 0.2), delivery("a", "tested", T + 2 * HOUR_MS, 0.1, 1)]
+    assert lift_of([Exposure("a", "treated", T)], deliveries) == pytest.approx(1 - 0.8 * 0.9)
+
+
+def test_only_the_part_of_an_answer_inside_the_window_counts() -> None:
+    late = delivery("a", "tested", T + WEEK - HOUR_MS // 2, 0.2)
+    before = delivery("a", "tested", T - HOUR_MS // 4, 0.4)
+    assert lift_of([Exposure("a", "treated", T)], [late, before]) == pytest.approx(1 - 0.9 * 0.7, rel=1e-6)
+
+
+def test_a_customer_who_orders_on_their_own_gains_nothing() -> None:
+    deliveries = [delivery("a", "tested", T + HOUR_MS, 0.2)]
+    orders = {"a": [T - DAY, T + 3 * DAY]}
+    assert lift_of([Exposure("a", "treated", T)], deliveries, orders) == 0.0
+    assert lift_of([Exposure("a", "treated", T)], deliveries, {"a": [T - DAY, T + 8 * DAY]}) == pytest.approx(0.2)
+
+
+def test_the_control_arm_is_spared_the_tiring_of_the_tested_rule() -> None:
+    """Another rule's message answers more often when the tested rule's message did not come first:
+    the treated arm gains the tested chance but loses some of the other's."""
+    tested = delivery("a", "tested", T + HOUR_MS, 0.2)
+    other = delivery("a", "other", T + DAY, LIFT * 0.5, earlier=1)
+    as_treated = (1 - 0.2) * (1 - LIFT * 0.5)
+    as_control = 1 - LIFT
+    assert lift_of([Exposure("a", "treated", T)], [tested, other]) == pytest.approx(as_control - as_treated)
+
+
+def test_the_lift_is_the_mean_over_treated_customers_only() -> None:
+    deliveries = [delivery("a", "tested", T + HOUR_MS, 0.2), delivery("b", "other", T + HOUR_MS, 0.3)]
+    exposures = [Exposure("a", "treated", T), Exposure("b", "treated", T), Exposure("c", "control", T)]
+    assert lift_of(exposures, deliveries) == pytest.approx(0.1)
+    assert lift_of([Exposure("c", "control", T)], deliveries) is None
+
+
+def test_own_orders_leave_out_the_answers() -> None:
+    lines = [
+        b'{"event":"Order Completed","messageId":"m-1","timestamp":"2026-01-05T10:00:00.000Z","userId":"u"}',
+        b'{"event":"Order Completed","messageId":"m-r-x","timestamp":"2026-01-05T11:00:00.000Z","userId":"u"}',
+        b'{"event":"Product Viewed","messageId":"m-2","timestamp":"2026-01-05T12:00:00.000Z","anonymousId":"a"}',
+        b'{"event":"Order Completed","messageId":"m-3","timestamp":"2026-01-05T09:00:00.000Z","anonymousId":"a"}',
+    ]
+    assert own_orders(lines) == {"u": [1767607200000], "a": [1767603600000]}
+
+
+def test_per_message() -> None:
+    deliveries = [delivery("a", "x", T, 0.2), delivery("a", "x", T, 0.1)]
+    deliveries[0]["responded"] = True
+    assert per_message(deliveries) == {
+        "messages": 2,
+        "caused_orders": 1,
+        "caused_per_message": 0.5,
+        "expected_per_message": pytest.approx(0.15),
+    }
+    assert per_message([])["caused_per_message"] is None
