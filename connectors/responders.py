@@ -4,7 +4,8 @@ The generated stream (:mod:`connectors.synthetic`) is what customers do on their
 also respond to what reaches them: a delivered trigger adds, with a chance known in advance, an
 order within the channel's response window. The chance is the persona's lift on the channel
 (:data:`RESPONSE_LIFT`), multiplied by :data:`FATIGUE_FACTOR` for every message the customer
-received in the :data:`FATIGUE_DAYS` before it: more messages, weaker response.
+received in the :data:`FATIGUE_DAYS` before it (under any of their ids): more messages, weaker
+response.
 
 Each delivery is drawn from ``Random(f"{seed}:respond:{decision id}")``, so the same decisions
 give the same responses whatever else happens. :meth:`Responders.deliver` is called by a closed
@@ -53,7 +54,8 @@ class Delivery:
     """One delivered trigger and what the truth made of it."""
 
     decision_id: str
-    customer: str
+    customer: str  # as the engine knows them: their userId, or an anonymous id
+    person: str  # who they are: their userId, also before they signed up
     persona: str | None  # None: a customer the generator does not know
     channel: str
     rule_id: str
@@ -80,7 +82,7 @@ class Responders:
             profile = _profile(index, seed, days)
             for customer_id in (profile.user_id, profile.app_id, profile.web_id):
                 self.profiles[customer_id] = profile
-        self.received: dict[str, list[int]] = defaultdict(list)  # customer -> delivery times (ms), in order
+        self.received: dict[str, list[int]] = defaultdict(list)  # person -> delivery times (ms), in order
         self.deliveries: list[Delivery] = []
 
     def deliver(
@@ -94,8 +96,8 @@ class Responders:
         uniformly between the later of the two and the window's end.
         """
         profile = self.profiles.get(customer)
-        persona = profile.persona if profile is not None else None
-        earlier = self._earlier_messages(customer, at_ms)
+        persona, person = (profile.persona, profile.user_id) if profile is not None else (None, customer)
+        earlier = self._earlier_messages(person, at_ms)
         window_end = at_ms + RESPONSE_WINDOW_MS.get(channel, 0)
         start = max(at_ms + RESPONSE_MIN_DELAY_MS, earliest_ms)
         chance = self.chance(persona, channel, earlier) if start <= window_end else 0.0
@@ -109,6 +111,7 @@ class Responders:
             Delivery(
                 decision_id,
                 customer,
+                person,
                 persona,
                 channel,
                 rule_id,
@@ -130,8 +133,8 @@ class Responders:
         lift = RESPONSE_LIFT.get(persona or "", {}).get(channel, 0.0)
         return lift * FATIGUE_FACTOR**earlier_messages
 
-    def _earlier_messages(self, customer: str, at_ms: int) -> int:
-        times = self.received[customer]
+    def _earlier_messages(self, person: str, at_ms: int) -> int:
+        times = self.received[person]
         before = bisect_left(times, at_ms)
         earlier = before - bisect_left(times, at_ms - FATIGUE_DAYS * DAY_MS, 0, before)
         times.insert(before, at_ms)

@@ -98,9 +98,9 @@ class ClosedLoop:
         """Keep the outputs; draw a response to each delivered trigger, not before ``earliest_ms``
         (``None``: the input has ended, nothing more can be answered)."""
         self.outputs += outputs
-        for output in outputs:
-            if output.stream in TRIGGER_STREAMS:
-                self._deliver(output, earliest_ms)
+        delivered = [output for output in outputs if output.stream in TRIGGER_STREAMS]
+        for output in sorted(delivered, key=Output.sort_key):  # in time order over the shards
+            self._deliver(output, earliest_ms)
 
     def _deliver(self, output: Output, earliest_ms: int | None) -> None:
         data = orjson.loads(output.body)

@@ -38,46 +38,63 @@ class Exposure:
     at_ms: int
 
 
-def own_orders(lines: Iterable[bytes]) -> dict[str, list[int]]:
-    """The times of each customer's orders that no delivery caused, from a recording, in order."""
-    orders: dict[str, list[int]] = defaultdict(list)
-    for line in lines:
-        if b'"Order Completed"' not in line:
-            continue
-        event = orjson.loads(line)
-        if event.get("event") == ORDER and not event["messageId"].startswith(ANSWER_PREFIX):
-            orders[event.get("userId") or event["anonymousId"]].append(epoch_ms(event["timestamp"]))
-    for times in orders.values():
-        times.sort()
-    return orders
+class Recording:
+    """Who is who in a recording, and each person's own orders (those no delivery caused).
+
+    A person is known by their ``userId`` once an event links an anonymous id to it (an event with
+    both, or an ``alias``), as the engine links them: what happened under the anonymous id is theirs.
+    """
+
+    def __init__(self, lines: Iterable[bytes]) -> None:
+        self.links: dict[str, str] = {}  # anonymous id -> the userId it was linked to first
+        orders: list[tuple[str, int]] = []
+        for line in lines:
+            if b'"userId"' in line and (b'"anonymousId"' in line or b'"previousId"' in line):
+                event = orjson.loads(line)
+                anonymous = event.get("anonymousId") or event.get("previousId")
+                if anonymous and event.get("userId"):
+                    self.links.setdefault(anonymous, event["userId"])
+            if b'"Order Completed"' in line:
+                event = orjson.loads(line)
+                if event.get("event") == ORDER and not event["messageId"].startswith(ANSWER_PREFIX):
+                    orders.append((event.get("userId") or event["anonymousId"], epoch_ms(event["timestamp"])))
+        self.orders: dict[str, list[int]] = defaultdict(list)
+        for customer, at in orders:
+            self.orders[self.person(customer)].append(at)
+        for times in self.orders.values():
+            times.sort()
+
+    def person(self, customer_id: str) -> str:
+        return self.links.get(customer_id, customer_id)
 
 
 def true_lift(
     exposures: Iterable[Exposure],
     treated: str,
     deliveries: list[dict[str, Any]],
-    orders: dict[str, list[int]],
+    recording: Recording,
     window_ms: int,
     in_experiment: Callable[[dict[str, Any]], bool],
 ) -> float | None:
     """The true lift of arm ``treated`` (see the module's docs); ``None`` without treated customers.
 
-    ``deliveries`` are the truth's; ``orders`` each customer's own (:func:`own_orders`);
-    ``in_experiment`` tells the deliveries the experiment withholds from its control arm.
+    ``deliveries`` are the truth's, ``recording`` who is who and their own orders; ``in_experiment``
+    tells the deliveries the experiment withholds from its control arm.
     """
-    by_customer = _by_customer(deliveries)
+    by_person = _by_person(deliveries)
     effects = []
     for exposure in exposures:
         if exposure.arm != treated:
             continue
+        person = recording.person(exposure.customer)
         start, end = exposure.at_ms, exposure.at_ms + window_ms
-        times = orders.get(exposure.customer, [])
+        times = recording.orders.get(person, [])
         own = bisect_left(times, start) < len(times) and times[bisect_left(times, start)] <= end
         if own:
             effects.append(0.0)
             continue
         as_treated = as_control = 1.0  # chances of no conversion
-        customer_deliveries = by_customer.get(exposure.customer, [])
+        customer_deliveries = by_person.get(person, [])
         for index, delivery in enumerate(customer_deliveries):
             share = _share_inside(delivery, start, end)
             if not share:
@@ -89,10 +106,10 @@ def true_lift(
     return sum(effects) / len(effects) if effects else None
 
 
-def _by_customer(deliveries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def _by_person(deliveries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for delivery in deliveries:
-        found[delivery["customer"]].append(delivery)
+        found[delivery["person"]].append(delivery)
     for customer_deliveries in found.values():
         customer_deliveries.sort(key=lambda d: epoch_ms(d["at"]))
     return found

@@ -48,6 +48,14 @@ def test_each_message_of_the_last_days_weakens_the_next(responders: Responders) 
     assert responders.deliveries[4].earlier_messages == 0
 
 
+def test_messages_to_an_anonymous_id_tire_the_person_who_signs_up_later(responders: Responders) -> None:
+    profile = _profile(6, 3, 7)
+    responders.deliver(profile.app_id, "in_app", "before", "r", T0, T0)
+    responders.deliver(profile.user_id, "push", "after", "r", T0 + DAY_MS, T0 + DAY_MS)
+    assert [d.person for d in responders.deliveries] == [profile.user_id] * 2
+    assert [d.earlier_messages for d in responders.deliveries] == [0, 1]
+
+
 def test_a_delivery_noted_late_counts_for_fatigue_at_its_own_time(responders: Responders) -> None:
     customer = user(3)
     responders.deliver(customer, "push", "later", "r", T0 + DAY_MS, T0 + DAY_MS)

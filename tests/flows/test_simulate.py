@@ -106,12 +106,12 @@ def test_fatigue_counts_the_messages_of_the_days_before(sim: Simulation) -> None
     chance the persona's lift weakened by them (or nothing, when it was seen too late)."""
     times: dict[str, list[int]] = defaultdict(list)
     for d in sim.truth["deliveries"]:
-        times[d["customer"]].append(epoch_ms(d["at"]))
+        times[d["person"]].append(epoch_ms(d["at"]))
     for customer_times in times.values():
         customer_times.sort()
     fatigued = 0
     for d in sim.truth["deliveries"]:
-        at, before = epoch_ms(d["at"]), times[d["customer"]]
+        at, before = epoch_ms(d["at"]), times[d["person"]]
         assert d["earlier_messages"] == bisect_left(before, at) - bisect_left(before, at - FATIGUE_DAYS * DAY_MS)
         full = Responders.chance(d["persona"], d["channel"], d["earlier_messages"])
         assert d["chance"] in (full, 0.0)

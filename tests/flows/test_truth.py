@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from connectors.responders import RESPONSE_LIFT
 from connectors.synthetic import HOUR_MS, iso
-from flows.truth import Exposure, own_orders, per_message, true_lift
+from flows.truth import Exposure, Recording, per_message, true_lift
 
 T = 1_767_600_000_000
 DAY = 24 * HOUR_MS
@@ -19,6 +20,7 @@ LIFT = RESPONSE_LIFT["lapsed"]["push"]
 def delivery(customer: str, rule: str, at: int, chance: float, earlier: int = 0, until: int = HOUR_MS) -> dict:
     return {
         "customer": customer,
+        "person": customer,
         "rule_id": rule,
         "persona": "lapsed",
         "channel": "push",
@@ -35,8 +37,17 @@ def in_test(d: dict[str, Any]) -> bool:
     return d["rule_id"] == "tested"
 
 
+def recording(orders: dict[str, list[int]] | None = None) -> Recording:
+    lines = [
+        orjson.dumps({"event": "Order Completed", "messageId": f"m-{at}", "timestamp": iso(at), "userId": customer})
+        for customer, times in (orders or {}).items()
+        for at in times
+    ]
+    return Recording(lines)
+
+
 def lift_of(exposures: list[Exposure], deliveries: list[dict], orders: dict | None = None) -> float | None:
-    return true_lift(exposures, "treated", deliveries, orders or {}, WEEK, in_test)
+    return true_lift(exposures, "treated", deliveries, recording(orders), WEEK, in_test)
 
 
 def test_a_treated_customer_gains_the_chance_of_each_delivery_in_the_window() -> None:
@@ -74,14 +85,32 @@ def test_the_lift_is_the_mean_over_treated_customers_only() -> None:
     assert lift_of([Exposure("c", "control", T)], deliveries) is None
 
 
-def test_own_orders_leave_out_the_answers() -> None:
+def test_a_recording_knows_own_orders_and_who_is_who() -> None:
+    """Answers are not own orders; an anonymous id linked to a user is that user (what it did too)."""
     lines = [
         b'{"event":"Order Completed","messageId":"m-1","timestamp":"2026-01-05T10:00:00.000Z","userId":"u"}',
         b'{"event":"Order Completed","messageId":"m-r-x","timestamp":"2026-01-05T11:00:00.000Z","userId":"u"}',
-        b'{"event":"Product Viewed","messageId":"m-2","timestamp":"2026-01-05T12:00:00.000Z","anonymousId":"a"}',
         b'{"event":"Order Completed","messageId":"m-3","timestamp":"2026-01-05T09:00:00.000Z","anonymousId":"a"}',
+        b'{"event":"Product Viewed","messageId":"m-2","timestamp":"2026-01-05T12:00:00.000Z","anonymousId":"b"}',
+        b'{"event":"Signed Up","messageId":"m4","timestamp":"2026-01-05T12:00:00.000Z","anonymousId":"a","userId":"v"}',
+        b'{"type":"alias","messageId":"m-5","timestamp":"2026-01-05T12:00:00.000Z","previousId":"b","userId":"u"}',
     ]
-    assert own_orders(lines) == {"u": [1767607200000], "a": [1767603600000]}
+    found = Recording(lines)
+    assert found.orders == {"u": [1767607200000], "v": [1767603600000]}
+    assert [found.person(c) for c in ("a", "b", "u", "x")] == ["v", "u", "u", "x"]
+
+
+def test_a_person_is_measured_under_the_id_they_were_exposed_with() -> None:
+    lines = [
+        b'{"type":"identify","messageId":"m","timestamp":"2026-01-05T12:00:00.000Z","anonymousId":"a","userId":"u"}'
+    ]
+    before = delivery("a", "tested", T + HOUR_MS, 0.2) | {"person": "u"}
+    after = delivery("u", "tested", T + DAY, 0.1, 1)
+    own = orjson.dumps({"event": "Order Completed", "messageId": "m-o", "timestamp": iso(T + 2 * DAY), "userId": "u"})
+    lift = true_lift([Exposure("a", "treated", T)], "treated", [before, after], Recording(lines), WEEK, in_test)
+    assert lift == pytest.approx(1 - 0.8 * 0.9)
+    with_order = Recording([*lines, own])
+    assert true_lift([Exposure("a", "treated", T)], "treated", [before, after], with_order, WEEK, in_test) == 0.0
 
 
 def test_per_message() -> None:
