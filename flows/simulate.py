@@ -49,6 +49,10 @@ class Simulation:
                 found[output.stream].append(output.body)
         return {name: sorted(bodies) for name, bodies in found.items()}
 
+    def records(self) -> list[tuple[str, bytes]]:
+        """Every output as ``(stream, body)``, in the order the engine emitted them."""
+        return [(output.stream, output.body) for output in self.outputs]
+
     def recording(self) -> bytes:
         return b"".join(line + b"\n" for line in self.lines)
 

@@ -19,14 +19,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from connectors.responders import FATIGUE_DAYS, Responders
 from connectors.synthetic import DAY_MS
+from flows.audit import Customers
 from schemas.timestamps import epoch_ms
-
-ORDER = "Order Completed"
-ANSWER_PREFIX = "m-r-"  # the messageId of an order a delivery caused (connectors.responders)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,47 +34,17 @@ class Exposure:
     at_ms: int
 
 
-class Recording:
-    """Who is who in a recording, and each person's own orders (those no delivery caused).
-
-    A person is known by their ``userId`` once an event links an anonymous id to it (an event with
-    both, or an ``alias``), as the engine links them: what happened under the anonymous id is theirs.
-    """
-
-    def __init__(self, lines: Iterable[bytes]) -> None:
-        self.links: dict[str, str] = {}  # anonymous id -> the userId it was linked to first
-        orders: list[tuple[str, int]] = []
-        for line in lines:
-            if b'"userId"' in line and (b'"anonymousId"' in line or b'"previousId"' in line):
-                event = orjson.loads(line)
-                anonymous = event.get("anonymousId") or event.get("previousId")
-                if anonymous and event.get("userId"):
-                    self.links.setdefault(anonymous, event["userId"])
-            if b'"Order Completed"' in line:
-                event = orjson.loads(line)
-                if event.get("event") == ORDER and not event["messageId"].startswith(ANSWER_PREFIX):
-                    orders.append((event.get("userId") or event["anonymousId"], epoch_ms(event["timestamp"])))
-        self.orders: dict[str, list[int]] = defaultdict(list)
-        for customer, at in orders:
-            self.orders[self.person(customer)].append(at)
-        for times in self.orders.values():
-            times.sort()
-
-    def person(self, customer_id: str) -> str:
-        return self.links.get(customer_id, customer_id)
-
-
 def true_lift(
     exposures: Iterable[Exposure],
     treated: str,
     deliveries: list[dict[str, Any]],
-    recording: Recording,
+    customers: Customers,
     window_ms: int,
     in_experiment: Callable[[dict[str, Any]], bool],
 ) -> float | None:
     """The true lift of arm ``treated`` (see the module's docs); ``None`` without treated customers.
 
-    ``deliveries`` are the truth's, ``recording`` who is who and their own orders; ``in_experiment``
+    ``deliveries`` are the truth's, ``customers`` who is who and their own orders; ``in_experiment``
     tells the deliveries the experiment withholds from its control arm.
     """
     by_person = _by_person(deliveries)
@@ -86,9 +52,9 @@ def true_lift(
     for exposure in exposures:
         if exposure.arm != treated:
             continue
-        person = recording.person(exposure.customer)
+        person = customers.person(exposure.customer)
         start, end = exposure.at_ms, exposure.at_ms + window_ms
-        times = recording.orders.get(person, [])
+        times = customers.orders.get(person, [])
         own = bisect_left(times, start) < len(times) and times[bisect_left(times, start)] <= end
         if own:
             effects.append(0.0)

@@ -14,6 +14,7 @@ import pytest
 
 from connectors.responders import FATIGUE_DAYS, RESPONSE_WINDOW_MS, Responders
 from connectors.synthetic import DAY_MS, generate_events
+from flows.audit import Customers, delivered, without_consent
 from flows.cli import main
 from flows.simulate import Simulation, simulate
 from operators.rules import STARTER_RULES, CompiledRules, load_rules
@@ -131,21 +132,9 @@ def test_answers_follow_the_chances(sim: Simulation) -> None:
 
 def test_nothing_reaches_a_customer_who_withdrew_consent(sim: Simulation) -> None:
     """The last ``Consent Updated`` for a channel before a delivery never says no."""
-    consent: dict[tuple[str, str], list[tuple[int, bool]]] = defaultdict(list)
-    for event in events_of(sim):
-        if event.get("event") == "Consent Updated":
-            customer = event.get("userId") or event["anonymousId"]
-            consent[customer, event["properties"]["channel"]].append(
-                (epoch_ms(event["timestamp"]), event["properties"]["granted"])
-            )
-    assert any(not granted for log in consent.values() for _, granted in log)
-    refused = []
-    for d in sim.truth["deliveries"]:
-        log = consent.get((d["customer"], d["channel"]), [])
-        before = [granted for at, granted in log if at < epoch_ms(d["at"])]
-        if before and not before[-1]:
-            refused.append(d)
-    assert not refused
+    customers = Customers(sim.lines)
+    assert any(not granted for log in customers.consent.values() for _, granted in log)
+    assert without_consent(delivered(sim.records()), customers) == []
 
 
 def test_generate_respond_writes_the_recording_and_the_truth(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

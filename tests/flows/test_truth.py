@@ -9,7 +9,8 @@ import pytest
 
 from connectors.responders import RESPONSE_LIFT
 from connectors.synthetic import HOUR_MS, iso
-from flows.truth import Exposure, Recording, per_message, true_lift
+from flows.audit import Customers
+from flows.truth import Exposure, per_message, true_lift
 
 T = 1_767_600_000_000
 DAY = 24 * HOUR_MS
@@ -37,13 +38,13 @@ def in_test(d: dict[str, Any]) -> bool:
     return d["rule_id"] == "tested"
 
 
-def recording(orders: dict[str, list[int]] | None = None) -> Recording:
+def recording(orders: dict[str, list[int]] | None = None) -> Customers:
     lines = [
         orjson.dumps({"event": "Order Completed", "messageId": f"m-{at}", "timestamp": iso(at), "userId": customer})
         for customer, times in (orders or {}).items()
         for at in times
     ]
-    return Recording(lines)
+    return Customers(lines)
 
 
 def lift_of(exposures: list[Exposure], deliveries: list[dict], orders: dict | None = None) -> float | None:
@@ -85,7 +86,7 @@ def test_the_lift_is_the_mean_over_treated_customers_only() -> None:
     assert lift_of([Exposure("c", "control", T)], deliveries) is None
 
 
-def test_a_recording_knows_own_orders_and_who_is_who() -> None:
+def test_customers_own_orders_and_who_is_who() -> None:
     """Answers are not own orders; an anonymous id linked to a user is that user (what it did too)."""
     lines = [
         b'{"event":"Order Completed","messageId":"m-1","timestamp":"2026-01-05T10:00:00.000Z","userId":"u"}',
@@ -95,7 +96,7 @@ def test_a_recording_knows_own_orders_and_who_is_who() -> None:
         b'{"event":"Signed Up","messageId":"m4","timestamp":"2026-01-05T12:00:00.000Z","anonymousId":"a","userId":"v"}',
         b'{"type":"alias","messageId":"m-5","timestamp":"2026-01-05T12:00:00.000Z","previousId":"b","userId":"u"}',
     ]
-    found = Recording(lines)
+    found = Customers(lines)
     assert found.orders == {"u": [1767607200000], "v": [1767603600000]}
     assert [found.person(c) for c in ("a", "b", "u", "x")] == ["v", "u", "u", "x"]
 
@@ -107,9 +108,9 @@ def test_a_person_is_measured_under_the_id_they_were_exposed_with() -> None:
     before = delivery("a", "tested", T + HOUR_MS, 0.2) | {"person": "u"}
     after = delivery("u", "tested", T + DAY, 0.1, 1)
     own = orjson.dumps({"event": "Order Completed", "messageId": "m-o", "timestamp": iso(T + 2 * DAY), "userId": "u"})
-    lift = true_lift([Exposure("a", "treated", T)], "treated", [before, after], Recording(lines), WEEK, in_test)
+    lift = true_lift([Exposure("a", "treated", T)], "treated", [before, after], Customers(lines), WEEK, in_test)
     assert lift == pytest.approx(1 - 0.8 * 0.9)
-    with_order = Recording([*lines, own])
+    with_order = Customers([*lines, own])
     assert true_lift([Exposure("a", "treated", T)], "treated", [before, after], with_order, WEEK, in_test) == 0.0
 
 
