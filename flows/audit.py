@@ -19,6 +19,8 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from operators.rules import CompiledRules
+from schemas.policy import ANY_CHANNEL, LOCAL_DAY
 from schemas.streams import TRIGGER_STREAMS
 from schemas.timestamps import epoch_ms
 
@@ -59,7 +61,7 @@ class Customers:
     def __init__(self, lines: Iterable[bytes]) -> None:
         self.links: dict[str, str] = {}  # anonymous id -> the userId it was linked to first
         self.consent: dict[tuple[str, str], list[tuple[int, bool]]] = defaultdict(list)
-        self.zones: dict[str, str] = {}
+        self.zones: dict[str, list[tuple[int, str]]] = defaultdict(list)  # customer -> (from, zone), in time order
         self.orders: dict[str, list[int]] = defaultdict(list)  # person -> times of their own orders
         consents: list[tuple[str, str, int, bool]] = []
         orders: list[tuple[str, int]] = []
@@ -72,8 +74,8 @@ class Customers:
             if not customer:
                 continue
             zone = event.get("context", {}).get("timezone")
-            if zone:
-                self.zones[customer] = zone
+            if zone and (not self.zones[customer] or self.zones[customer][-1][1] != zone):
+                self.zones[customer].append((epoch_ms(event["timestamp"]), zone))
             name = event.get("event")
             if name == CONSENT:
                 props = event["properties"]
@@ -92,19 +94,32 @@ class Customers:
     def person(self, customer_id: str) -> str:
         return self.links.get(customer_id, customer_id)
 
+    def zone(self, customer_id: str, at_ms: int, default: str = "UTC") -> str:
+        """The time zone the customer's events last named at ``at_ms`` (under this id, else the
+        person's), else ``default``."""
+        for customer in (customer_id, self.person(customer_id)):
+            log = self.zones.get(customer, [])
+            known = bisect_right(log, at_ms, key=lambda entry: entry[0])
+            if known:
+                return log[known - 1][1]
+        return default
+
     def consented(self, customer_id: str, channel: str, at_ms: int) -> bool | None:
         """The customer's last word on ``channel`` strictly before ``at_ms`` (``None``: none yet)."""
         log = self.consent.get((self.person(customer_id), channel), [])
         before = bisect_left(log, at_ms, key=lambda entry: entry[0])
         return log[before - 1][1] if before else None
 
-    def zone(self, customer_id: str) -> str:
-        return self.zones.get(customer_id) or self.zones.get(self.person(customer_id)) or "UTC"
 
-
-def without_consent(sent: list[Sent], customers: Customers) -> list[Sent]:
-    """Deliveries on a channel the customer had said no to."""
-    return [s for s in sent if customers.consented(s.customer, s.channel, s.at_ms) is False]
+def without_consent(sent: list[Sent], customers: Customers, granted_only: Iterable[str] = ()) -> list[Sent]:
+    """Deliveries on a channel the customer had said no to, or on one of ``granted_only`` without a yes."""
+    needs_yes = set(granted_only)
+    found = []
+    for s in sent:
+        said = customers.consented(s.customer, s.channel, s.at_ms)
+        if said is False or (said is None and s.channel in needs_yes):
+            found.append(s)
+    return found
 
 
 @lru_cache(maxsize=64)
@@ -123,7 +138,12 @@ def local_day(at_ms: int, zone: str) -> str:
 
 
 def in_quiet_hours(
-    sent: list[Sent], customers: Customers, channels: Iterable[str], start_minute: int, end_minute: int
+    sent: list[Sent],
+    customers: Customers,
+    channels: Iterable[str],
+    start_minute: int,
+    end_minute: int,
+    default_zone: str = "UTC",
 ) -> list[Sent]:
     """Deliveries on ``channels`` at a local time within ``[start, end)`` (minutes of the day; a span
     over midnight when ``start > end``)."""
@@ -132,7 +152,7 @@ def in_quiet_hours(
     for s in sent:
         if s.channel not in quiet:
             continue
-        minute = local_minute(s.at_ms, customers.zone(s.customer))
+        minute = local_minute(s.at_ms, customers.zone(s.customer, s.at_ms, default_zone))
         inside = (
             start_minute <= minute < end_minute
             if start_minute < end_minute
@@ -156,13 +176,15 @@ def over_rolling_cap(
     return found
 
 
-def over_daily_cap(sent: list[Sent], customers: Customers, channels: Iterable[str] | None, limit: int) -> list[Sent]:
+def over_daily_cap(
+    sent: list[Sent], customers: Customers, channels: Iterable[str] | None, limit: int, default_zone: str = "UTC"
+) -> list[Sent]:
     """Deliveries (on ``channels``; ``None``: any) beyond ``limit`` to one customer on one local day."""
     found = []
     for _, group in _by_person(sent, customers, channels).values():
         per_day: dict[str, int] = defaultdict(int)
         for s in group:
-            day = local_day(s.at_ms, customers.zone(s.customer))
+            day = local_day(s.at_ms, customers.zone(s.customer, s.at_ms, default_zone))
             per_day[day] += 1
             if per_day[day] > limit:
                 found.append(s)
@@ -180,3 +202,30 @@ def _by_person(
             times.append(s.at_ms)
             group.append(s)
     return groups
+
+
+def policy_breaches(sent: list[Sent], customers: Customers, rules: CompiledRules) -> dict[str, list[Sent]]:
+    """The deliveries that break ``rules``' contact policy, by what they break: consent (every rule),
+    quiet hours, frequency caps and cooldowns (marketing rules: all but those tagged transactional)."""
+    policy, zone = rules.policy, rules.policy.timezone
+    transactional = {trigger.rule.id for trigger in rules.triggers if trigger.rule.transactional}
+    marketing = [s for s in sent if s.rule_id not in transactional]
+    granted_only = [channel for channel, needs in policy.consent.items() if needs == "granted"]
+    consent = without_consent(marketing, customers, granted_only)
+    consent += without_consent([s for s in sent if s.rule_id in transactional], customers)
+    quiet = []
+    for hours in policy.quiet_hours:
+        quiet += in_quiet_hours(marketing, customers, hours.channels, hours.start, hours.end, zone)
+    capped = []
+    for cap in policy.caps:
+        channels = None if cap.channel == ANY_CHANNEL else (cap.channel,)
+        if cap.per == LOCAL_DAY:
+            capped += over_daily_cap(marketing, customers, channels, cap.max, zone)
+        else:
+            capped += over_rolling_cap(marketing, customers, channels, cap.max, int(cap.per))
+    cooldown = []
+    for trigger in rules.triggers:
+        if trigger.rule.cooldown and not trigger.rule.transactional:
+            of_rule = [s for s in sent if s.rule_id == trigger.rule.id]
+            cooldown += over_rolling_cap(of_rule, customers, None, 1, trigger.rule.cooldown)
+    return {"no_consent": consent, "quiet_hours": quiet, "frequency_cap": capped, "cooldown": cooldown}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from bisect import bisect_left
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import orjson
@@ -14,11 +15,12 @@ import pytest
 
 from connectors.responders import FATIGUE_DAYS, RESPONSE_WINDOW_MS, Responders
 from connectors.synthetic import DAY_MS, generate_events
-from flows.audit import Customers, delivered, without_consent
+from flows.audit import Customers, delivered, policy_breaches
 from flows.cli import main
 from flows.simulate import Simulation, simulate
-from operators.rules import STARTER_RULES, CompiledRules, load_rules
-from schemas.streams import TRIGGER_STREAMS
+from flows.truth import per_message
+from operators.rules import STARTER_RULES, CompiledRules, load_rules, parse_rules
+from schemas.streams import SUPPRESSIONS, TRIGGER_STREAMS
 from schemas.timestamps import epoch_ms
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,11 +132,33 @@ def test_answers_follow_the_chances(sim: Simulation) -> None:
     assert abs(answered - expected) <= 3 * spread
 
 
-def test_nothing_reaches_a_customer_who_withdrew_consent(sim: Simulation) -> None:
-    """The last ``Consent Updated`` for a channel before a delivery never says no."""
+def test_every_delivery_keeps_the_starter_policy(sim: Simulation, rules: CompiledRules) -> None:
+    """Checked from the outside: consent as the customer last gave it, quiet hours in their local
+    time, every cap of the policy and every cooldown; the policy had work to do."""
     customers = Customers(sim.lines)
     assert any(not granted for log in customers.consent.values() for _, granted in log)
-    assert without_consent(delivered(sim.records()), customers) == []
+    breaches = policy_breaches(delivered(sim.records()), customers, rules)
+    assert breaches == {"no_consent": [], "quiet_hours": [], "frequency_cap": [], "cooldown": []}
+    reasons = Counter(orjson.loads(body)["data"]["reason"] for body in sim.decisions([SUPPRESSIONS])[SUPPRESSIONS])
+    assert reasons["frequency_cap"] > 20 and reasons["quiet_hours"] + reasons["cooldown"] > 20
+
+
+def without_caps(text: str) -> str:
+    """A rule file's text with its policy's caps and its rules' cooldowns taken out."""
+    free = re.sub(r"\n\s+cooldown:[^\n]*", "", text)
+    free = re.sub(r"\n  caps:\n(    - [^\n]*\n)+", "\n  caps: []\n", free)
+    assert "cooldown" not in free and "caps: []" in free
+    return free
+
+
+def test_caps_raise_conversions_per_message_on_a_tiring_truth(sim: Simulation) -> None:
+    """The starter policy's caps and cooldowns send far fewer messages for as many orders caused: each
+    message works better, as fatigue says it should."""
+    uncapped = simulate(CUSTOMERS, DAYS, SEED, parse_rules(without_caps(STARTER_RULES.read_text()), str(STARTER_RULES)))
+    capped, free = per_message(sim.truth["deliveries"]), per_message(uncapped.truth["deliveries"])
+    assert capped["messages"] < 0.8 * free["messages"]
+    assert capped["expected_per_message"] > 1.2 * free["expected_per_message"]
+    assert capped["caused_per_message"] > free["caused_per_message"]
 
 
 def test_generate_respond_writes_the_recording_and_the_truth(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
