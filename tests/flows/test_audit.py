@@ -99,3 +99,14 @@ def test_a_daily_cap_counts_local_days() -> None:
     ]
     assert over_daily_cap(deliveries, customers, ("in_app",), 1) == [deliveries[2]]
     assert over_daily_cap(deliveries, customers, ("in_app",), 2) == []
+
+
+def test_the_zone_is_the_one_known_at_the_delivery() -> None:
+    """Before any event names the customer's zone, the policy's default zone stands."""
+    named = MIDNIGHT_PARIS + HOUR_MS
+    customers = Customers([line(named, event="Product Viewed", userId="u", context={"timezone": "Europe/Paris"})])
+    at_seven_utc = MIDNIGHT_PARIS + 8 * HOUR_MS + 30 * MINUTE_MS  # 07:30 UTC, 08:30 in Paris
+    assert customers.zone("u", named - 1) == "UTC" and customers.zone("u", named) == "Europe/Paris"
+    assert customers.zone("u", named - 1, "Europe/Lisbon") == "Europe/Lisbon"
+    early = [sent("u", MIDNIGHT_PARIS + 30 * MINUTE_MS)]  # 23:30 UTC, 00:30 Paris: quiet either way
+    assert in_quiet_hours([*early, sent("u", at_seven_utc)], customers, ("push",), 21 * 60, 8 * 60) == early
