@@ -8,20 +8,24 @@
   nobody (the other deliveries' chances are recomputed without them). A customer's own orders
   (those no delivery caused) convert them either way. The deliveries are taken as they were: what
   the answers changed in later decisions is not undone.
-- :func:`per_message`: orders caused per message delivered, the truth's count and its expectation.
+- :func:`per_message`: orders caused per message delivered, the truth's count and its expectation;
+  :func:`uncapped_rules`, a rule file without its caps and cooldowns, to compare with.
 """
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from connectors.responders import FATIGUE_DAYS, Responders
 from connectors.synthetic import DAY_MS
 from flows.audit import Customers
+from operators.rules import CompiledRules, parse_rules
 from schemas.timestamps import epoch_ms
 
 
@@ -117,3 +121,18 @@ def per_message(deliveries: list[dict[str, Any]]) -> dict[str, Any]:
         "caused_per_message": caused / messages if messages else None,
         "expected_per_message": expected / messages if messages else None,
     }
+
+
+def uncapped_rules(path: Path) -> CompiledRules:
+    """The rule file at ``path`` with its policy's caps and its rules' cooldowns taken out (its
+    consent, quiet hours and arbitration kept)."""
+    text = path.read_text()
+    free = _COOLDOWN.sub("", text)
+    free = _CAPS.sub("\n  caps: []\n", free)
+    if "cooldown" in free or "caps: []" not in free:
+        raise ValueError(f"{path}: no caps block (a list of one-line caps under 'policy:') to take out")
+    return parse_rules(free, str(path))
+
+
+_COOLDOWN = re.compile(r"\n\s+cooldown:[^\n]*")
+_CAPS = re.compile(r"\n  caps:\n(    - [^\n]*\n)+")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from bisect import bisect_left
@@ -18,8 +17,8 @@ from connectors.synthetic import DAY_MS, generate_events
 from flows.audit import Customers, delivered, policy_breaches
 from flows.cli import main
 from flows.simulate import Simulation, simulate
-from flows.truth import per_message
-from operators.rules import STARTER_RULES, CompiledRules, load_rules, parse_rules
+from flows.truth import per_message, uncapped_rules
+from operators.rules import STARTER_RULES, CompiledRules, load_rules
 from schemas.streams import SUPPRESSIONS, TRIGGER_STREAMS
 from schemas.timestamps import epoch_ms
 
@@ -143,18 +142,10 @@ def test_every_delivery_keeps_the_starter_policy(sim: Simulation, rules: Compile
     assert reasons["frequency_cap"] > 20 and reasons["quiet_hours"] + reasons["cooldown"] > 20
 
 
-def without_caps(text: str) -> str:
-    """A rule file's text with its policy's caps and its rules' cooldowns taken out."""
-    free = re.sub(r"\n\s+cooldown:[^\n]*", "", text)
-    free = re.sub(r"\n  caps:\n(    - [^\n]*\n)+", "\n  caps: []\n", free)
-    assert "cooldown" not in free and "caps: []" in free
-    return free
-
-
 def test_caps_raise_conversions_per_message_on_a_tiring_truth(sim: Simulation) -> None:
     """The starter policy's caps and cooldowns send far fewer messages for as many orders caused: each
     message works better, as fatigue says it should."""
-    uncapped = simulate(CUSTOMERS, DAYS, SEED, parse_rules(without_caps(STARTER_RULES.read_text()), str(STARTER_RULES)))
+    uncapped = simulate(CUSTOMERS, DAYS, SEED, uncapped_rules(STARTER_RULES))
     capped, free = per_message(sim.truth["deliveries"]), per_message(uncapped.truth["deliveries"])
     assert capped["messages"] < 0.8 * free["messages"]
     assert capped["expected_per_message"] > 1.2 * free["expected_per_message"]

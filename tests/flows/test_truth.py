@@ -10,7 +10,8 @@ import pytest
 from connectors.responders import RESPONSE_LIFT
 from connectors.synthetic import HOUR_MS, iso
 from flows.audit import Customers
-from flows.truth import Exposure, per_message, true_lift
+from flows.truth import Exposure, per_message, true_lift, uncapped_rules
+from operators.rules import STARTER_RULES, load_rules
 
 T = 1_767_600_000_000
 DAY = 24 * HOUR_MS
@@ -124,3 +125,11 @@ def test_per_message() -> None:
         "expected_per_message": pytest.approx(0.15),
     }
     assert per_message([])["caused_per_message"] is None
+
+
+def test_uncapped_rules_keep_all_but_caps_and_cooldowns() -> None:
+    rules, free = load_rules(), uncapped_rules(STARTER_RULES)
+    assert rules.policy.caps and any(t.rule.cooldown for t in rules.triggers)
+    assert free.policy.caps == [] and not any(t.rule.cooldown for t in free.triggers)
+    assert free.policy.model_copy(update={"caps": rules.policy.caps}) == rules.policy
+    assert [t.rule.id for t in free.triggers] == [t.rule.id for t in rules.triggers]
