@@ -19,7 +19,7 @@ from flows.cli import main
 from flows.simulate import Simulation, simulate
 from flows.truth import per_message, uncapped_rules
 from operators.rules import STARTER_RULES, CompiledRules, load_rules
-from schemas.streams import SUPPRESSIONS, TRIGGER_STREAMS
+from schemas.streams import DECISION_STREAMS, OUTPUT_FILES, SUPPRESSIONS, TRIGGER_STREAMS
 from schemas.timestamps import epoch_ms
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,18 +41,19 @@ def events_of(sim: Simulation) -> list[dict]:
 
 
 def replay_files(recording: Path, out: Path, *extra: str) -> dict[str, list[bytes]]:
-    """``nudgeflow replay`` of a recording: each trigger stream's records, sorted."""
+    """``nudgeflow replay`` of a recording: each decision stream's records (triggers, suppressions,
+    audience changes), sorted."""
     cmd = [sys.executable, "-m", "flows.cli", "replay", str(recording), "--out", str(out), "--quiet", *extra]
     subprocess.run(cmd, check=True, cwd=REPO, env=dict(os.environ), timeout=300)
-    files = {stream: out / f"{stream}.jsonl" for stream in TRIGGER_STREAMS}
+    files = {stream: out / OUTPUT_FILES[stream] for stream in DECISION_STREAMS}
     return {stream: sorted(path.read_bytes().splitlines()) for stream, path in sorted(files.items())}
 
 
 def test_the_recording_replayed_gives_the_decisions_of_the_loop(sim: Simulation, tmp_path: Path) -> None:
     recording = tmp_path / "truth.jsonl"
     recording.write_bytes(sim.recording())
-    decisions = sim.decisions()
-    assert sum(map(len, decisions.values())) > 500
+    decisions = sim.decisions(DECISION_STREAMS)
+    assert len(decisions[SUPPRESSIONS]) > 100 and sum(map(len, decisions.values())) > 1000
     assert replay_files(recording, tmp_path / "out") == decisions
 
 
@@ -159,8 +160,9 @@ def test_generate_respond_writes_the_recording_and_the_truth(tmp_path: Path, cap
     written = orjson.loads(truth.read_bytes())
     assert "delivered" in capsys.readouterr().err
     replayed = replay_files(stream, tmp_path / "out")
-    delivered = sorted(orjson.loads(body)["id"] for bodies in replayed.values() for body in bodies)
-    assert delivered == sorted(d["decision_id"] for d in written["deliveries"])
+    triggers = [body for stream, bodies in replayed.items() if stream in TRIGGER_STREAMS for body in bodies]
+    delivered_ids = sorted(orjson.loads(body)["id"] for body in triggers)
+    assert delivered_ids == sorted(d["decision_id"] for d in written["deliveries"])
     answers = [d["order_id"] for d in written["deliveries"] if d["responded"]]
     assert answers and all(f'"order_id":"{order}"'.encode() in stream.read_bytes() for order in answers)
 
