@@ -48,6 +48,7 @@ from operators.decisions import DecisionWriter, RuleFailed, bump
 from operators.models import FEATURES_KEY, ModelMode, ModelsSnapshot, ShardModels, merge_open
 from operators.models.bandit import segment
 from operators.models.propensity import decision_features as view_inputs
+from operators.offers import REDEMPTION_FIELDS, OfferCatalogue, merge_redemptions, refusal_detail
 from operators.ordering import CatchUp, OrderedRelease, Tick, shard_of
 from operators.parse import count_notes
 from operators.reasons import Reasons
@@ -67,8 +68,9 @@ from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import Checkpoint, CustomerState, Lifecycle, shared_audiences
 from state.journal import Journal, JournalRef
 from state.journal import load as load_journal
+from state.reference import Reference
 from state.store import CustomerStore
-from state.update import apply_event, feature_update
+from state.update import apply_event, feature_update, product_details
 
 # 7: both stages' shards under one Bytewax key per shard number; the changes the shard's store may not
 # hold yet travel in the snapshot. 8: a customer's features are the compiled record's bytes; its timers,
@@ -76,14 +78,16 @@ from state.update import apply_event, feature_update
 # the anonymous id; with a customer store, the recommender and the dedupe memory are kept there as base
 # and journals (state.journal), and the snapshot refers to them. 9: a customer's timers, decisions fired,
 # open decisions and offers are the bytes of its compiled bookkeeping record. 10: the open decisions'
-# features in that record hold whole numbers as varints
-SNAPSHOT_FORMAT = 10
+# features in that record hold whole numbers as varints. 11: per-customer slots of the contact policy,
+# the offers redeemed and experiments
+SNAPSHOT_FORMAT = 11
 MAX_UNSAVED = 3  # snapshots (and pre-saves) whose changes may wait for the customer store before the next waits
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes
 REWARD = "~reward"  # the open offer choices' reward window: no reward when it passes
 PRODUCT_TOUCHES = frozenset({"Product Viewed", "Product Added"})
-REWARD_EVENTS = {"Promotion Clicked": "promotion_id", "Coupon Applied": "coupon_id"}  # event -> offer id field
+REWARD_EVENTS = {"Promotion Clicked": "promotion_id", **REDEMPTION_FIELDS}  # event -> offer id field
+CONVERSIONS = frozenset(REDEMPTION_FIELDS)  # the events that reward a choice under the `net_value` reward
 RESOLVING = frozenset({"Order Completed", *REWARD_EVENTS})  # events that can resolve open decisions or offers
 ERASURE = "Erasure Requested"
 MAX_UNKNOWN_NAMES = 50
@@ -109,6 +113,7 @@ class EngineConfig:
     models: ModelMode = "learn"
     propensity_horizon_ms: int = 7 * DAY_MS
     initial_models: dict[str, Any] | None = None  # parameters to start from (a model file's content)
+    reference: Reference | None = None  # stores and products, enriching events and offers
 
 
 @dataclass(slots=True)
@@ -156,6 +161,8 @@ class CustomerStage:
         self.swept_day: int | None = None
         self.stats: dict[str, Any] = {}
         self.writer = DecisionWriter(rules.version, self.stats)
+        self.catalogue = OfferCatalogue(rules.offers, config.reference) if rules.offers else None
+        self.writer.offer_ids = frozenset(offer.id for offer in rules.offers)
         self.dirty: set[str] = set()
         self.changed: set[str] = set()  # customers whose profile changed since the last profiles
         self.models = self._models_for_mode(None)
@@ -297,6 +304,7 @@ class CustomerStage:
         if carried is not None:
             state.merge(carried, env.ts_ms)
             merge_open(state, carried)
+            merge_redemptions(state, carried)
             self.timers.schedule(state)  # an adopted timer may be due first
         self._mark(customer_id)
         return state, new
@@ -313,8 +321,9 @@ class CustomerStage:
         scheduled = state.scheduled_ms
         due = not late and scheduled is not None and scheduled <= env.ts_ms
         fired = self._fire_due(state, env.ts_ms, out) if due else 0
+        redeemed = self.catalogue is not None and env.name in REDEMPTION_FIELDS and self._redeem(state, env)
         resolved = self.models is not None and env.name in RESOLVING and self._learn_from(state, env)
-        return bool(fired or resolved)
+        return bool(fired or redeemed or resolved)
 
     def _apply(self, state: CustomerState, env: Envelope, fresh: bool, late: bool, out: list[Any]) -> None:
         """Apply ``env`` to features, timers, rules and audiences (all of them when ``fresh``).
@@ -328,13 +337,16 @@ class CustomerStage:
         if self.models is not None and env.name in PRODUCT_TOUCHES:
             props = env.event.properties
             if props.product_id:
-                viewed = env.name == "Product Viewed"
-                self.models.product_touched(state, props.product_id, props.category, env.message_id, viewed, env.ts_ms)
+                viewed, category = env.name == "Product Viewed", props.category
+                if category is None and self.config.reference is not None:
+                    category, _ = product_details(self.config.reference, props.product_id, None, props.price)
+                self.models.product_touched(state, props.product_id, category, env.message_id, viewed, env.ts_ms)
+        reference = self.config.reference
         if self.step is None:
-            apply_event(state, env, self.config.lifecycle)
+            apply_event(state, env, self.config.lifecycle, reference)
             self._apply_rules(state, env, fresh, late, out)
             return
-        update, args = feature_update(env, self.config.lifecycle)
+        update, args = feature_update(env, self.config.lifecycle, reference)
         done = self.step.run(state, env, late, self.clock, fresh, update, args)
         if done is None:
             return
@@ -486,10 +498,24 @@ class CustomerStage:
         field = REWARD_EVENTS.get(env.name)
         if field is not None and state.offers_open:
             offer_id = getattr(env.event.properties, field, None)
-            if offer_id is not None:
-                self._await(state, REWARD, models.rewarded(state, str(offer_id), env.ts_ms))
+            reward = None if offer_id is None else self._reward(str(offer_id), env)
+            if reward is not None:
+                self._await(state, REWARD, models.rewarded(state, str(offer_id), env.ts_ms, reward))
                 resolved = True
         return resolved
+
+    def _reward(self, offer_id: str, env: Envelope) -> float | None:
+        """What ``env`` rewards a choice of ``offer_id`` with: 1 (``conversion``), or the redemption's
+        value net of the discount (``net_value``; a click is no conversion: ``None``)."""
+        if self.rules.next_best_offer.reward == "conversion":
+            return 1.0
+        if env.name not in CONVERSIONS or self.catalogue is None or offer_id not in self.catalogue:
+            return None
+        return self.catalogue.net_value(offer_id, env)
+
+    def _redeem(self, state: CustomerState, env: Envelope) -> bool:
+        """Count a redemption of a catalogue offer (per offer for the shard, and for the customer)."""
+        return self.catalogue.redeem(state, env, self.stats.setdefault("offers", {})) is not None  # type: ignore[union-attr]
 
     def _keep_alive(self, state: CustomerState, now_ms: int, moved_earlier: bool = True) -> None:
         """Schedule the next audience recheck (the next lifecycle boundary in event time).
@@ -567,9 +593,15 @@ class CustomerStage:
             return
         state.set_fired(rule.id, cause)
         event_id = decision_id(state.id, rule.id, cause)
-        offer_id, content, offer_choice = rule.offer_id, rule.content, None
+        offer_id, content, offer_choice, refused = rule.offer_id, rule.content, None, None
         if offer_id == NEXT_BEST:
-            offer_id, content, offer_choice = self._next_best_offer(state, at_ms, rule, event_id)
+            offer_id, content, offer_choice, refused = self._next_best_offer(state, at_ms, rule, event_id)
+        elif offer_id is not None and self.catalogue is not None and offer_id in self.catalogue:
+            why = self._why_not(offer_id, state, at_ms)
+            refused = refusal_detail([(offer_id, why)]) if why is not None else None
+        if refused is not None:
+            self._offer_refused(rule, refused)
+            return
         reason = self.reasons.trigger(trigger)
         text = reason.text
         if reason.shown:
@@ -616,15 +648,20 @@ class CustomerStage:
 
     def _next_best_offer(
         self, state: CustomerState, at_ms: int, rule: TriggerRule, event_id: str
-    ) -> tuple[str | None, dict[str, Any], dict[str, Any] | None]:
-        """The offer for a ``next_best`` trigger: its id, the content, and how it was chosen."""
-        eligible = self.rules.eligible_offers(rule.channel, state.audiences)
-        if not eligible:
-            return None, rule.content, None
+    ) -> tuple[str | None, dict[str, Any], dict[str, Any] | None, str | None]:
+        """The offer for a ``next_best`` trigger: its id, the content, how it was chosen, and (``None``
+        but for this) why none of the offers for its channel and the customer's audiences may be given."""
+        offers = self.rules.eligible_offers(rule.channel, state.audiences)
+        if not offers:
+            return None, rule.content, None, None
+        refused = [(offer.id, why) for offer in offers if (why := self._why_not(offer.id, state, at_ms)) is not None]
+        if len(refused) == len(offers):
+            return None, rule.content, None, refusal_detail(refused)
+        eligible = [offer for offer in offers if offer.id not in dict(refused)] if refused else offers
         by_id = {offer.id: offer for offer in eligible}
         models = self.models
         if models is None:  # no policy: the first eligible offer of the catalogue
-            return eligible[0].id, {**rule.content, **eligible[0].content}, None
+            return eligible[0].id, {**rule.content, **eligible[0].content}, None, None
         features, lifecycle = state.features, self.config.lifecycle
         stage = features.lifecycle(at_ms, lifecycle.new_days, lifecycle.lapse_days)
         choice, reward_due = models.choose_offer(
@@ -639,7 +676,19 @@ class CustomerStage:
             "probability": choice.probability,
             "explored": choice.explored,
         }
-        return choice.offer, {**rule.content, **by_id[choice.offer].content}, logged
+        return choice.offer, {**rule.content, **by_id[choice.offer].content}, logged, None
+
+    def _why_not(self, offer_id: str, state: CustomerState, at_ms: int) -> str | None:
+        """Why the catalogue's ``offer_id`` may not be given to this customer now (``None``: it may)."""
+        shards = self.ordered.upstreams
+        shard = shard_of(state.id, shards) if self.role == "customer" else None  # anonymous: no budget
+        counts = self.stats.get("offers", {})
+        return self.catalogue.why_not(offer_id, state, at_ms, shard, shards, counts)  # type: ignore[union-attr]
+
+    def _offer_refused(self, rule: TriggerRule, detail: str) -> None:
+        """A decision whose offer (or every offer a ``next_best`` one could take) may not be given is
+        suppressed, ``budget_spent``."""
+        bump(self.stats.setdefault("suppressions", {}).setdefault("budget_spent", {}), rule.id)
 
     def _audiences(
         self,

@@ -73,7 +73,7 @@ class CustomerState:
     :class:`state._native.Bookkeeping`), audiences and linked ids. Times are event-time epoch
     milliseconds."""
 
-    __slots__ = ("audiences", "book", "features", "id", "linked_ids", "scheduled_ms")
+    __slots__ = ("audiences", "book", "features", "id", "linked_ids", "redemptions", "scheduled_ms")
 
     def __init__(self, customer_id: str, first_seen_ms: int) -> None:
         self.id = customer_id
@@ -82,6 +82,7 @@ class CustomerState:
         self.book = NO_BOOKKEEPING  # timers, rules fired, open outcomes and offers
         self.scheduled_ms: int | None = None  # due time of the customer's entry in the shard's timer heap
         self.linked_ids: tuple[str, ...] = ()
+        self.redemptions: tuple[str | int, ...] = ()  # offers redeemed: offer id, times, last order id, ...
 
     # --- checkpoints, for undoing an update that failed halfway --------------------------
     def checkpoint(self, features: bool = True) -> Checkpoint:

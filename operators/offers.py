@@ -1,0 +1,211 @@
+"""The offers catalogue at decision time: which offers a customer may get now, budgets, redemptions.
+
+An offer may be given when the customer is in one of its audiences, their local time is in one of
+its windows, their last known store is one of its stores (or within its radius of one), their local
+date is within its validity, its budget is not spent and they have not reached its cap (see
+:mod:`schemas.offers`). Only offers that may be given reach the next-best-offer policy.
+
+**Budgets, whatever the number of workers.** Customers live in a fixed number of shards
+(``NUDGEFLOW_SHARDS``), each applying its events in one deterministic order. Each customer shard owns
+an equal share of every offer's budget of redemptions: ``budget // shards``, plus one for the first
+``budget % shards`` shards; the offer is spent on a shard once that shard's customers have redeemed
+its share. So a replay gives the same decisions with any number of workers or processes. Anonymous
+customers (kept by the identity stage) own no share: offers with a budget go to identified customers
+only.
+
+**Redemptions.** A ``Coupon Applied`` naming an offer (``coupon_id``) or an ``Order Completed`` naming
+it (``coupon``) is a redemption, counted once per order (the coupon applied and the order that
+follows it with the same ``order_id`` are one), per offer for the shard and per customer (in the
+customer's ``redemptions``: offer, times, the last order id, ... for the per-customer cap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from itertools import chain
+
+from operators.decisions import bump
+from schemas.envelope import Envelope
+from schemas.offers import DAYS, Offer, hours_span
+from state.customer import CustomerState
+from state.reference import NO_REFERENCE, Reference
+from state.update import _utc_offset_minutes
+
+REDEMPTION_FIELDS = {"Coupon Applied": "coupon_id", "Order Completed": "coupon"}  # event -> offer id field
+REDEEMED_FIELDS = 3  # an offer's entry in ``state.redemptions``: offer id, times redeemed, last order id
+MINUTES_A_DAY = 24 * 60
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+WHY = {
+    "window": "outside its local hours",
+    "store": "not for the customer's store",
+    "validity": "not valid on the customer's date",
+    "budget": "budget spent",
+    "per_customer": "redeemed as often as a customer may",
+}
+
+
+def budget_share(budget: int, shard: int, shards: int) -> int:
+    """The redemptions of a ``budget`` that customer shard ``shard`` (of ``shards``) may give."""
+    return budget // shards + (1 if shard < budget % shards else 0)
+
+
+def local_time(zone: str | None, at_ms: int) -> tuple[int, int, int]:
+    """``at_ms`` in ``zone`` (UTC when unknown): minute of the day, weekday (Monday 0), day number
+    (days since 1970-01-01 there)."""
+    minutes = at_ms // 60_000 + (_utc_offset_minutes(zone, at_ms // 3_600_000) if zone else 0)
+    day = minutes // MINUTES_A_DAY
+    return minutes % MINUTES_A_DAY, (day + 3) % 7, day
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """An offer's gates, read once from its definition."""
+
+    offer: Offer
+    spans: tuple[tuple[frozenset[int], int, int], ...]  # (weekdays, first minute, end minute)
+    first_day: int | None
+    last_day: int | None
+    stores: frozenset[str]
+
+    @classmethod
+    def of(cls, offer: Offer) -> _Rules:
+        spans = tuple(
+            (frozenset(DAYS.index(day) for day in window.days), *hours_span(window.hours)) for window in offer.windows
+        )
+        first = offer.valid_from.toordinal() - _EPOCH_ORDINAL if offer.valid_from else None
+        last = offer.valid_until.toordinal() - _EPOCH_ORDINAL if offer.valid_until else None
+        return cls(offer, spans, first, last, frozenset(offer.stores))
+
+    def in_window(self, minute: int, weekday: int) -> bool:
+        for days, start, end in self.spans:
+            if start < end:
+                if weekday in days and start <= minute < end:
+                    return True
+            elif (weekday in days and minute >= start) or ((weekday - 1) % 7 in days and minute < end):
+                return True
+        return False
+
+
+class OfferCatalogue:
+    """The catalogue of one rule set, with the reference data its store rules need."""
+
+    def __init__(self, offers: Sequence[Offer], reference: Reference | None = None) -> None:
+        self.reference = reference or NO_REFERENCE
+        self.rules = {offer.id: _Rules.of(offer) for offer in offers}
+        self._reach: dict[tuple[str, str], bool] = {}  # (offer, store) -> the store is within the offer's reach
+
+    def __contains__(self, offer_id: object) -> bool:
+        return offer_id in self.rules
+
+    def why_not(
+        self,
+        offer_id: str,
+        state: CustomerState,
+        at_ms: int,
+        shard: int | None,
+        shards: int,
+        counts: dict[str, dict[str, int]],
+    ) -> str | None:
+        """Why ``offer_id`` may not be given to this customer at ``at_ms`` (a key of :data:`WHY`), or
+        ``None``: it may. ``shard`` is the customer's shard of ``shards`` (``None``: an anonymous
+        customer, whose shard owns no budget); ``counts`` the shard's counts per offer (``redeemed``)."""
+        rules = self.rules[offer_id]
+        offer = rules.offer
+        if rules.spans or rules.first_day is not None or rules.last_day is not None:
+            minute, weekday, day = local_time(self.customer_zone(state), at_ms)
+            if rules.spans and not rules.in_window(minute, weekday):
+                return "window"
+            if (rules.first_day is not None and day < rules.first_day) or (
+                rules.last_day is not None and day > rules.last_day
+            ):
+                return "validity"
+        if rules.stores and not self._within_reach(offer, state.last_store):
+            return "store"
+        if offer.budget is not None and (
+            shard is None or counts.get(offer_id, {}).get("redeemed", 0) >= budget_share(offer.budget, shard, shards)
+        ):
+            return "budget"
+        if offer.per_customer is not None and redeemed(state, offer_id) >= offer.per_customer:
+            return "per_customer"
+        return None
+
+    def customer_zone(self, state: CustomerState) -> str | None:
+        """The customer's time zone: the last one their events named, else their last store's."""
+        zone = getattr(state, "timezone", None)
+        return zone if zone is not None else self.reference.store_zone(state.last_store)
+
+    def _within_reach(self, offer: Offer, store: str | None) -> bool:
+        """Whether the customer's last known ``store`` is one of the offer's, or within its radius of one."""
+        if store is None:
+            return False
+        if store in offer.stores:
+            return True
+        if offer.radius_km is None:
+            return False
+        known = self._reach.get((offer.id, store))
+        if known is None:
+            distances = (self.reference.distance_km(store, other) for other in offer.stores)
+            known = self._reach[offer.id, store] = any(d is not None and d <= offer.radius_km for d in distances)
+        return known
+
+    # --- redemptions ---------------------------------------------------------------------
+    def redeem(self, state: CustomerState, env: Envelope, counts: dict[str, dict[str, int]]) -> str | None:
+        """Count the redemption ``env`` makes of a catalogue offer (once per order): return the offer."""
+        props = env.event.properties
+        offer_id = getattr(props, REDEMPTION_FIELDS[env.name], None)
+        if offer_id is None or offer_id not in self.rules:
+            return None
+        order_id = getattr(props, "order_id", None) or ""
+        entries = redemption_entries(state)
+        times, last_order = entries.get(offer_id, (0, ""))
+        if order_id and order_id == last_order:
+            return None  # the order of a coupon applied before it: one redemption
+        entries[offer_id] = (times + 1, order_id)
+        state.redemptions = tuple(chain.from_iterable((offer, *entry) for offer, entry in entries.items()))
+        bump(counts.setdefault(offer_id, {}), "redeemed")
+        return offer_id
+
+    def net_value(self, offer_id: str, env: Envelope) -> float:
+        """What a redemption of ``offer_id`` by ``env`` earned net of the discount: the order's amount (an
+        order naming it) or the offer's ``value`` (a coupon applied), minus the discount given (the
+        event's ``discount`` where it says, else the offer's discount on that value)."""
+        offer = self.rules[offer_id].offer
+        props = env.event.properties
+        value = props.amount() if env.name == "Order Completed" else offer.value
+        discount = getattr(props, "discount", None)
+        if discount is None:
+            discount = offer.discount.cost(value) if offer.discount is not None else 0.0
+        return round(value - discount, 6)
+
+
+def redemption_entries(state: CustomerState) -> dict[str, tuple[int, str]]:
+    """The customer's redemptions: offer -> (times, last order id), in the order first redeemed."""
+    flat = state.redemptions
+    return {flat[at]: (flat[at + 1], flat[at + 2]) for at in range(0, len(flat), REDEEMED_FIELDS)}
+
+
+def redeemed(state: CustomerState, offer_id: str) -> int:
+    """How many times the customer redeemed ``offer_id``."""
+    flat = state.redemptions
+    for at in range(0, len(flat), REDEEMED_FIELDS):
+        if flat[at] == offer_id:
+            return flat[at + 1]
+    return 0
+
+
+def merge_redemptions(state: CustomerState, other: CustomerState) -> None:
+    """Fold the redemptions of a just-linked anonymous customer into ``state``'s."""
+    if not other.redemptions:
+        return
+    entries = redemption_entries(state)
+    for offer_id, (times, last_order) in redemption_entries(other).items():
+        mine, _ = entries.get(offer_id, (0, ""))
+        entries[offer_id] = (mine + times, last_order)
+    state.redemptions = tuple(chain.from_iterable((offer, *entry) for offer, entry in entries.items()))
+
+
+def refusal_detail(reasons: Iterable[tuple[str, str]]) -> str:
+    """Human text for offers that may not be given: ``browse-10pct: budget spent; ...``."""
+    return "; ".join(f"{offer}: {WHY[why]}" for offer, why in reasons)
