@@ -23,6 +23,7 @@ from flows.runtime import tune_gc
 from flows.settings import Settings
 from operators.customer_state import personalize
 from operators.models import files as model_files
+from operators.offers import check_catalogue
 from operators.rules import CompiledRules, load_rules
 from schemas.items import EndOfInput, Output, RawEvent
 from schemas.streams import KAFKA_STREAMS, PROFILES, STORE_STREAMS
@@ -57,6 +58,7 @@ def build_flow(
         sink = OutputFolderSink(settings.out, write_models=model_files.write_merged)
     raw = op.input("events", flow, source)
     config = settings.engine_config(snapshots, source_partitions, profiles=settings.redis_url is not None)
+    check_catalogue(rules.offers, config.reference)
     chunked = read_ahead is not None
     outputs = personalize(
         "personalize", raw, rules, config, settings.shards, settings.max_event_bytes, chunked, read_ahead
@@ -87,6 +89,7 @@ def _kafka_flow(flow: Dataflow, settings: Settings, rules: CompiledRules, snapsh
     )
     raw = op.input("events", flow, source)
     config = settings.engine_config(snapshots, source.partitions, profiles=settings.redis_url is not None)
+    check_catalogue(rules.offers, config.reference)
     outputs = personalize("personalize", raw, rules, config, settings.shards, settings.max_event_bytes)
     _redis_output(outputs, settings)
     to_kafka = op.filter_map("to_kafka", outputs, _by_customer)

@@ -18,6 +18,7 @@ from schemas.errors import ConfigurationError
 from schemas.items import DEFAULT_MAX_EVENT_BYTES
 from state.affinity import DAY_MS
 from state.customer import MINUTE_MS, Lifecycle
+from state.reference import load_reference
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_STREAM = REPO / "samples" / "sample.jsonl.gz"
@@ -51,6 +52,8 @@ class Settings(BaseModel):
     models: ModelMode = Field("learn", description="online models: learn from outcomes, score only (frozen), or off")
     model_file: Path | None = Field(None, description="model parameters to start from (a run's models.json)")
     propensity_horizon_days: float = Field(7, gt=0, description="an order this soon after a decision is a success")
+    stores: Path | None = Field(None, description="stores: id, time zone, latitude, longitude (CSV or JSONL)")
+    products: Path | None = Field(None, description="products: id, category, price (CSV or JSONL)")
     source: Literal["files", "kafka"] = Field("files", description="read recordings (files) or a Kafka topic")
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka brokers, host:port[,host:port]")
     kafka_security_protocol: str | None = Field(None, description="librdkafka security.protocol (e.g. SASL_SSL)")
@@ -103,6 +106,7 @@ class Settings(BaseModel):
             models=self.models,
             initial_models=model_files.read(self.model_file) if self.model_file else None,
             propensity_horizon_ms=int(self.propensity_horizon_days * DAY_MS),
+            reference=load_reference(self.stores, self.products) if self.stores or self.products else None,
         )
 
     def kafka_client_config(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from itertools import chain
 
 from operators.decisions import bump
 from schemas.envelope import Envelope
+from schemas.errors import ConfigurationError
 from schemas.offers import DAYS, Offer, hours_span
 from state.customer import CustomerState
 from state.reference import NO_REFERENCE, Reference
@@ -209,3 +210,18 @@ def merge_redemptions(state: CustomerState, other: CustomerState) -> None:
 def refusal_detail(reasons: Iterable[tuple[str, str]]) -> str:
     """Human text for offers that may not be given: ``browse-10pct: budget spent; ...``."""
     return "; ".join(f"{offer}: {WHY[why]}" for offer, why in reasons)
+
+
+def check_catalogue(offers: Sequence[Offer], reference: Reference | None) -> None:
+    """Refuse offers whose store rules the reference data cannot serve: a radius without store
+    locations, or (with a stores file) stores it does not list."""
+    stores = (reference or NO_REFERENCE).stores
+    problems = []
+    for offer in offers:
+        if offer.radius_km is not None and not stores:
+            problems.append(f"offer '{offer.id}': 'radius_km' needs store locations (set NUDGEFLOW_STORES)")
+        unknown = [store for store in offer.stores if stores and store not in stores]
+        if unknown:
+            problems.append(f"offer '{offer.id}': stores {unknown} are not in the stores file (NUDGEFLOW_STORES)")
+    if problems:
+        raise ConfigurationError("\n".join(problems))
