@@ -128,6 +128,10 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
     if "next_best_offer" in models:
         offers = models["next_best_offer"]
         lines.append(f"  offers chosen: {_join(offers.get('pulls', {}))}; rewarded: {_join(offers.get('rewards', {}))}")
+    if catalogue := summary.get("offers"):
+        given = {offer: counts.get("given", 0) for offer, counts in catalogue.items()}
+        redeemed = {offer: counts["redeemed"] for offer, counts in catalogue.items() if counts.get("redeemed")}
+        lines.append(f"  offers given: {_join(given)}; redeemed: {_join(redeemed)}")
     if "recommendations" in models:
         reco = models["recommendations"]
         lines.append(

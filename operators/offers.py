@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import date
 from itertools import chain
 
-from operators.decisions import bump
 from schemas.envelope import Envelope
 from schemas.errors import ConfigurationError
 from schemas.offers import DAYS, Offer, hours_span
@@ -165,7 +164,8 @@ class OfferCatalogue:
             return None  # the order of a coupon applied before it: one redemption
         entries[offer_id] = (times + 1, order_id)
         state.redemptions = tuple(chain.from_iterable((offer, *entry) for offer, entry in entries.items()))
-        bump(counts.setdefault(offer_id, {}), "redeemed")
+        offer_counts = counts.setdefault(offer_id, {})
+        offer_counts["redeemed"] = offer_counts.get("redeemed", 0) + 1
         return offer_id
 
     def net_value(self, offer_id: str, env: Envelope) -> float:
@@ -225,3 +225,30 @@ def check_catalogue(offers: Sequence[Offer], reference: Reference | None) -> Non
             problems.append(f"offer '{offer.id}': stores {unknown} are not in the stores file (NUDGEFLOW_STORES)")
     if problems:
         raise ConfigurationError("\n".join(problems))
+
+
+def describe_offer(offer: Offer) -> str:
+    """One line on an offer, for ``rules check``: channels, who, depth and worth, where, when, limits."""
+    parts = [
+        ", ".join(offer.channels),
+        f"for members of {', '.join(offer.audiences)}" if offer.audiences else "for everyone",
+    ]
+    if offer.discount is not None:
+        depth = offer.discount.percent if offer.discount.percent is not None else offer.discount.amount
+        parts.append(f"{depth:g}{'%' if offer.discount.percent is not None else ''} off, worth {offer.value:g}")
+    else:
+        parts.append(f"worth {offer.value:g}")
+    if offer.windows:
+        parts.append(
+            "local " + ", ".join(f"{'/'.join(w.days) if len(w.days) < 7 else 'daily'} {w.hours}" for w in offer.windows)
+        )
+    if offer.stores:
+        around = f"within {offer.radius_km:g} km of " if offer.radius_km is not None else "at "
+        parts.append(around + ", ".join(offer.stores))
+    if offer.valid_from or offer.valid_until:
+        parts.append(f"valid {offer.valid_from or '...'} to {offer.valid_until or '...'}")
+    limits = [f"budget {offer.budget}"] if offer.budget is not None else []
+    limits += [f"{offer.per_customer} per customer"] if offer.per_customer is not None else []
+    if limits:
+        parts.append(", ".join(limits))
+    return f"offer {offer.id}: " + "; ".join(parts)

@@ -13,6 +13,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from operators.expressions import Expression, ExpressionError, compile_expression
+from operators.offers import describe_offer
 from schemas.errors import ConfigurationError
 from schemas.events import KNOWN_TRACK_EVENTS
 from schemas.rules import AudienceRule, NextBestOffer, Offer, RuleSet, TriggerRule
@@ -172,14 +173,12 @@ class CompiledRules:
             lines.append(
                 f"audience {a.id}{shadow}: listens to {events}{timed}; reads {', '.join(sorted(a.when.names))}"
             )
-        for offer in self.offers:
-            who = f"members of {', '.join(offer.audiences)}" if offer.audiences else "everyone"
-            lines.append(f"offer {offer.id}: {', '.join(offer.channels)}; for {who}")
+        lines += [describe_offer(offer) for offer in self.offers]
         if self.offers:
             policy = self.next_best_offer
             lines.append(
                 f"next best offer: epsilon-greedy, exploration {policy.exploration}, seed {policy.seed},"
-                f" reward window {format_duration(policy.reward_window)}"
+                f" reward window {format_duration(policy.reward_window)}, reward {policy.reward}"
             )
         return lines
 

@@ -296,3 +296,24 @@ def test_a_trigger_may_name_a_catalogue_offer_only_for_its_channels():
                 "id: nudge, channel: push", "id: nudge, channel: in_app"
             )
         )
+
+
+def test_the_offer_field_table_lists_every_offer_field_with_its_default():
+    from pathlib import Path
+
+    from schemas.offers import Offer
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "rules.md").read_text()
+    table = doc.split("### Offer fields")[1].split("\n\n")[1]
+    documented = {}
+    for row in table.splitlines()[2:]:
+        field, required, default, _ = (cell.strip() for cell in row.strip("|").split("|"))
+        for name in field.replace("`", "").split(", "):
+            documented[name] = (required, default)
+    assert sorted(documented) == sorted(Offer.model_fields)
+    for name, (required, default) in documented.items():
+        info = Offer.model_fields[name]
+        assert required == ("yes" if info.is_required() else "no"), name
+        if not info.is_required() and info.default is not None:
+            expected = '""' if info.default == "" else str(info.default)
+            assert default.split(" ")[0].strip("`") == expected, name

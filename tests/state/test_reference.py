@@ -97,3 +97,17 @@ def test_a_product_event_without_category_or_price_takes_the_products(tmp_path):
     features = h.customers.customers["u1"].features
     assert features.cart_value == pytest.approx(89.5 + 10.0), "a price sent is kept; an unknown product has none"
     assert sorted(features.category_scores) == ["gifts", "shoes"]
+
+
+def test_the_sample_reference_files_cover_the_generated_stores_and_products():
+    from pathlib import Path
+
+    from connectors.synthetic import CATALOG, STORES
+
+    samples = Path(__file__).resolve().parents[2] / "samples"
+    reference = load_reference(samples / "stores.csv", samples / "products.csv")
+    assert {store.id: store.city.timezone for store in STORES} == {s.id: s.timezone for s in reference.stores.values()}
+    items = [item for category in CATALOG.values() for item in category]
+    assert {(i.id, i.category, i.price) for i in items} == {
+        (p.id, p.category, p.price) for p in reference.products.values()
+    }
