@@ -144,8 +144,10 @@ class OfferCatalogue:
             return True
         if offer.radius_km is None:
             return False
+        if store not in self.reference.stores:
+            return False  # no location: only its id can match
         known = self._reach.get((offer.id, store))
-        if known is None:
+        if known is None:  # at most one entry per offer and store of the stores file
             distances = (self.reference.distance_km(store, other) for other in offer.stores)
             known = self._reach[offer.id, store] = any(d is not None and d <= offer.radius_km for d in distances)
         return known

@@ -216,6 +216,15 @@ def test_anonymous_customers_get_no_offer_with_a_budget():
     assert [d["data"]["offer_choice"]["candidates"] for d in found] == [["any"]]
 
 
+def test_redemptions_made_anonymously_count_for_the_customer_they_are_linked_to():
+    rules = rules_from(catalogue("{id: once, channels: [push], per_customer: 1}", "{id: any, channels: [push]}"))
+    h = EngineHarness(rules)
+    h.feed([track("Coupon Applied", None, 0, anon="a1", props={"coupon_id": "once", "order_id": "o1"})])
+    h.feed([track("Signed Up", "u1", 1, anon="a1")])
+    assert h.customers.customers["u1"].redemptions == ("once", 1, "o1")
+    assert candidates(h, "u1", "2026-01-05T10:05:00") == ["any"]
+
+
 def test_an_order_naming_an_offer_rewards_the_policy():
     rules = rules_from(catalogue("{id: ten, channels: [push]}"))
     h = EngineHarness(rules)
