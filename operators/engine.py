@@ -51,6 +51,7 @@ from operators.models.propensity import decision_features as view_inputs
 from operators.offers import REDEMPTION_FIELDS, OfferCatalogue, merge_redemptions, refusal_detail
 from operators.ordering import CatchUp, OrderedRelease, Tick, shard_of
 from operators.parse import count_notes
+from operators.policy import BUDGET_SPENT, POLICY_TIMER, Candidate, PolicyStage
 from operators.reasons import Reasons
 from operators.rule_program import NativeRules
 from operators.rules import CompiledRules, CompiledTrigger
@@ -58,6 +59,7 @@ from operators.timers import TimerQueue
 from schemas.envelope import Envelope
 from schemas.errors import RecoveryStoreError
 from schemas.items import Output, fields_getter
+from schemas.offers import Offer
 from schemas.records import decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
 from schemas.streams import MODELS, PROFILES
@@ -70,7 +72,7 @@ from state.journal import Journal, JournalRef
 from state.journal import load as load_journal
 from state.reference import Reference
 from state.store import CustomerStore
-from state.update import apply_event, feature_update, product_details
+from state.update import apply_event, event_zone, feature_update, known_zone, product_details
 
 # 7: both stages' shards under one Bytewax key per shard number; the changes the shard's store may not
 # hold yet travel in the snapshot. 8: a customer's features are the compiled record's bytes; its timers,
@@ -78,8 +80,8 @@ from state.update import apply_event, feature_update, product_details
 # the anonymous id; with a customer store, the recommender and the dedupe memory are kept there as base
 # and journals (state.journal), and the snapshot refers to them. 9: a customer's timers, decisions fired,
 # open decisions and offers are the bytes of its compiled bookkeeping record. 10: the open decisions'
-# features in that record hold whole numbers as varints. 11: per-customer slots of the contact policy,
-# the offers redeemed and experiments
+# features in that record hold whole numbers as varints. 11: a customer's time zone, contact policy record
+# and offers redeemed
 SNAPSHOT_FORMAT = 11
 MAX_UNSAVED = 3  # snapshots (and pre-saves) whose changes may wait for the customer store before the next waits
 RECHECK = "~recheck"
@@ -90,6 +92,7 @@ REWARD_EVENTS = {"Promotion Clicked": "promotion_id", **REDEMPTION_FIELDS}  # ev
 CONVERSIONS = frozenset(REDEMPTION_FIELDS)  # the events that reward a choice under the `net_value` reward
 RESOLVING = frozenset({"Order Completed", *REWARD_EVENTS})  # events that can resolve open decisions or offers
 ERASURE = "Erasure Requested"
+CONSENT = "Consent Updated"
 MAX_UNKNOWN_NAMES = 50
 
 Role = Literal["identity", "customer"]
@@ -161,8 +164,9 @@ class CustomerStage:
         self.swept_day: int | None = None
         self.stats: dict[str, Any] = {}
         self.writer = DecisionWriter(rules.version, self.stats)
-        self.catalogue = OfferCatalogue(rules.offers, config.reference) if rules.offers else None
+        self.catalogue = OfferCatalogue(rules.offers, config.reference, rules.policy.timezone) if rules.offers else None
         self.writer.offer_ids = frozenset(offer.id for offer in rules.offers)
+        self.policy = PolicyStage(rules, self.writer, self._deliver, self._await)
         self.dirty: set[str] = set()
         self.changed: set[str] = set()  # customers whose profile changed since the last profiles
         self.models = self._models_for_mode(None)
@@ -277,7 +281,9 @@ class CustomerStage:
                 if self._settle(state, env, late, out):  # what it settled stands, whatever follows
                     start, before = len(out), state.checkpoint(whole)
                 self._apply(state, env, new or carried is not None, late, out)
+                self.policy.flush(out)
         except Exception as err:
+            self.policy.discard()
             self.writer.retract(out, start)
             if applying:
                 self._restore(state, before)
@@ -334,6 +340,13 @@ class CustomerStage:
         anything raise, the features record is put back as it was before ``env``, in place: the
         native call does so itself, and hands over the record as it was for the Python code after it.
         """
+        zone = env.event.context.timezone
+        if zone is None and self.config.reference is not None:  # a till's event: its store's zone
+            zone = event_zone(env, self.config.reference)
+        if zone is not None and zone != state.timezone and known_zone(zone) is not None:
+            state.timezone = zone  # the customer's local time (the contact policy's quiet hours and days)
+        if env.name == CONSENT:
+            self.policy.consent_changed(state, env)
         if self.models is not None and env.name in PRODUCT_TOUCHES:
             props = env.event.properties
             if props.product_id:
@@ -440,7 +453,9 @@ class CustomerStage:
         start, before = len(out), state.checkpoint(features=False)
         try:
             self._fire_timer(state, rule_id, out)
+            self.policy.flush(out)
         except Exception as err:
+            self.policy.discard()
             self.writer.retract(out, start)
             self._restore(state, before)
             self.writer.failed_timer(state.id, state.drop_timer(rule_id), err, out)  # type: ignore[arg-type]
@@ -465,6 +480,14 @@ class CustomerStage:
         if rule_id == OUTCOME:
             if self.models is not None:
                 self._await(state, OUTCOME, self.models.expire(state, due))
+            return
+        if rule_id == POLICY_TIMER:  # held decisions: released on minute boundaries, often many at once
+            writer = self.writer
+            seq, writer.seq = writer.seq, 0  # so their records sort by time and customer, whatever the batches
+            try:
+                self.policy.release(state, due, out)
+            finally:
+                writer.seq = seq
             return
         if rule_id == REWARD:
             if self.models is not None:
@@ -592,20 +615,35 @@ class CustomerStage:
         if not passed:
             return
         state.set_fired(rule.id, cause)
-        event_id = decision_id(state.id, rule.id, cause)
-        offer_id, content, offer_choice, refused = rule.offer_id, rule.content, None, None
-        if offer_id == NEXT_BEST:
-            offer_id, content, offer_choice, refused = self._next_best_offer(state, at_ms, rule, event_id)
-        elif offer_id is not None and self.catalogue is not None and offer_id in self.catalogue:
-            why = self._why_not(offer_id, state, at_ms)
-            refused = refusal_detail([(offer_id, why)]) if why is not None else None
-        if refused is not None:
-            self._offer_refused(rule, refused)
+        candidate = Candidate(trigger, cause, tuple(caused_by), at_ms, score, env)
+        refused = self._offer_refusal(state, rule, at_ms)
+        if refused is not None:  # before the policy: a decision without an offer to give competes with none
+            self.writer.suppression(rule, state.id, candidate, BUDGET_SPENT, refused, at_ms, out)
             return
+        if rule.shadow:  # recorded as decided, never delivered: the policy does not look
+            self._deliver(state, candidate, at_ms, out)
+        else:
+            self.policy.submit(state, candidate, out)
+
+    def _deliver(self, state: CustomerState, candidate: Candidate, at_ms: int, out: list[Any]) -> None:
+        """Write the trigger of a decision the policy lets through, at ``at_ms`` (its decision time, or
+        the end of the wait it was held for): the offer, recommendations and reason as of then."""
+        trigger, env, models = candidate.trigger, candidate.env, self.models
+        rule, cause, score = trigger.rule, candidate.cause, candidate.score
+        views = self._views(state, env, at_ms)
+        event_id = decision_id(state.id, rule.id, cause)
+        refused = self._offer_refusal(state, rule, at_ms) if at_ms != candidate.decided_ms else None
+        if refused is not None:  # held until now, and its offer may no longer be given
+            self.writer.suppression(rule, state.id, candidate, BUDGET_SPENT, refused, at_ms, out)
+            return
+        offer_id, content, offer_choice = rule.offer_id, rule.content, None
+        if offer_id == NEXT_BEST:
+            offer_id, content, offer_choice = self._next_best_offer(state, at_ms, rule, event_id)
         reason = self.reasons.trigger(trigger)
         text = reason.text
         if reason.shown:
             text += self.reasons.values(reason, state.features, at_ms, views)
+        self.policy.delivered(state, rule, at_ms)
         self.writer.trigger(
             rule,
             state.id,
@@ -615,7 +653,7 @@ class CustomerStage:
             out,
             reason=text,
             cause=cause,
-            caused_by=caused_by,
+            caused_by=list(candidate.caused_by),
             content=content,
             offer_id=offer_id,
             offer_choice=offer_choice,
@@ -648,20 +686,15 @@ class CustomerStage:
 
     def _next_best_offer(
         self, state: CustomerState, at_ms: int, rule: TriggerRule, event_id: str
-    ) -> tuple[str | None, dict[str, Any], dict[str, Any] | None, str | None]:
-        """The offer for a ``next_best`` trigger: its id, the content, how it was chosen, and (``None``
-        but for this) why none of the offers for its channel and the customer's audiences may be given."""
-        offers = self.rules.eligible_offers(rule.channel, state.audiences)
-        if not offers:
-            return None, rule.content, None, None
-        refused = [(offer.id, why) for offer in offers if (why := self._why_not(offer.id, state, at_ms)) is not None]
-        if len(refused) == len(offers):
-            return None, rule.content, None, refusal_detail(refused)
-        eligible = [offer for offer in offers if offer.id not in dict(refused)] if refused else offers
+    ) -> tuple[str | None, dict[str, Any], dict[str, Any] | None]:
+        """The offer for a ``next_best`` trigger: its id, the content, and how it was chosen."""
+        eligible, _ = self._eligible_offers(state, rule, at_ms)
+        if not eligible:
+            return None, rule.content, None
         by_id = {offer.id: offer for offer in eligible}
         models = self.models
         if models is None:  # no policy: the first eligible offer of the catalogue
-            return eligible[0].id, {**rule.content, **eligible[0].content}, None, None
+            return eligible[0].id, {**rule.content, **eligible[0].content}, None
         features, lifecycle = state.features, self.config.lifecycle
         stage = features.lifecycle(at_ms, lifecycle.new_days, lifecycle.lapse_days)
         choice, reward_due = models.choose_offer(
@@ -676,7 +709,32 @@ class CustomerStage:
             "probability": choice.probability,
             "explored": choice.explored,
         }
-        return choice.offer, {**rule.content, **by_id[choice.offer].content}, logged, None
+        return choice.offer, {**rule.content, **by_id[choice.offer].content}, logged
+
+    def _eligible_offers(
+        self, state: CustomerState, rule: TriggerRule, at_ms: int
+    ) -> tuple[list[Offer], list[tuple[str, str]]]:
+        """The offers for ``rule``'s channel and the customer's audiences that may be given at ``at_ms``
+        (catalogue order), and why each of the others may not."""
+        offers = self.rules.eligible_offers(rule.channel, state.audiences)
+        refused = [(offer.id, why) for offer in offers if (why := self._why_not(offer.id, state, at_ms)) is not None]
+        if not refused:
+            return offers, refused
+        out = {offer_id for offer_id, _ in refused}
+        return [offer for offer in offers if offer.id not in out], refused
+
+    def _offer_refusal(self, state: CustomerState, rule: TriggerRule, at_ms: int) -> str | None:
+        """Why a decision of ``rule`` may not be delivered at ``at_ms`` for want of an offer (``None``: it
+        may): the catalogue offer it names may not be given, or none of those a ``next_best`` one could
+        take may (see :mod:`operators.offers`). Its suppression's reason is ``budget_spent``."""
+        offer_id, catalogue = rule.offer_id, self.catalogue
+        if offer_id is None or catalogue is None:
+            return None
+        if offer_id == NEXT_BEST:
+            eligible, refused = self._eligible_offers(state, rule, at_ms)
+            return refusal_detail(refused) if refused and not eligible else None
+        why = self._why_not(offer_id, state, at_ms) if offer_id in catalogue else None
+        return refusal_detail([(offer_id, why)]) if why is not None else None
 
     def _why_not(self, offer_id: str, state: CustomerState, at_ms: int) -> str | None:
         """Why the catalogue's ``offer_id`` may not be given to this customer now (``None``: it may)."""
@@ -684,11 +742,6 @@ class CustomerStage:
         shard = shard_of(state.id, shards) if self.role == "customer" else None  # anonymous: no budget
         counts = self.stats.get("offers", {})
         return self.catalogue.why_not(offer_id, state, at_ms, shard, shards, counts)  # type: ignore[union-attr]
-
-    def _offer_refused(self, rule: TriggerRule, detail: str) -> None:
-        """A decision whose offer (or every offer a ``next_best`` one could take) may not be given is
-        suppressed, ``budget_spent``."""
-        bump(self.stats.setdefault("suppressions", {}).setdefault("budget_spent", {}), rule.id)
 
     def _audiences(
         self,

@@ -31,7 +31,7 @@ from schemas.errors import ConfigurationError
 from schemas.offers import DAYS, Offer, hours_span
 from state.customer import CustomerState
 from state.reference import NO_REFERENCE, Reference
-from state.update import _utc_offset_minutes
+from state.update import utc_offset_minutes
 
 REDEMPTION_FIELDS = {"Coupon Applied": "coupon_id", "Order Completed": "coupon"}  # event -> offer id field
 REDEEMED_FIELDS = 3  # an offer's entry in ``state.redemptions``: offer id, times redeemed, last order id
@@ -54,7 +54,7 @@ def budget_share(budget: int, shard: int, shards: int) -> int:
 def local_time(zone: str | None, at_ms: int) -> tuple[int, int, int]:
     """``at_ms`` in ``zone`` (UTC when unknown): minute of the day, weekday (Monday 0), day number
     (days since 1970-01-01 there)."""
-    minutes = at_ms // 60_000 + (_utc_offset_minutes(zone, at_ms // 3_600_000) if zone else 0)
+    minutes = at_ms // 60_000 + (utc_offset_minutes(zone, at_ms // 3_600_000) if zone else 0)
     day = minutes // MINUTES_A_DAY
     return minutes % MINUTES_A_DAY, (day + 3) % 7, day
 
@@ -91,8 +91,9 @@ class _Rules:
 class OfferCatalogue:
     """The catalogue of one rule set, with the reference data its store rules need."""
 
-    def __init__(self, offers: Sequence[Offer], reference: Reference | None = None) -> None:
+    def __init__(self, offers: Sequence[Offer], reference: Reference | None = None, default_zone: str = "UTC") -> None:
         self.reference = reference or NO_REFERENCE
+        self.default_zone = default_zone  # of customers whose own is not known (the contact policy's)
         self.rules = {offer.id: _Rules.of(offer) for offer in offers}
         self._reach: dict[tuple[str, str], bool] = {}  # (offer, store) -> the store is within the offer's reach
 
@@ -131,10 +132,10 @@ class OfferCatalogue:
             return "per_customer"
         return None
 
-    def customer_zone(self, state: CustomerState) -> str | None:
-        """The customer's time zone: the last one their events named, else their last store's."""
-        zone = getattr(state, "timezone", None)
-        return zone if zone is not None else self.reference.store_zone(state.last_store)
+    def customer_zone(self, state: CustomerState) -> str:
+        """The customer's time zone: the last one their events named (or their store's), else that of
+        their last store, else the default."""
+        return state.timezone or self.reference.store_zone(state.last_store) or self.default_zone
 
     def _within_reach(self, offer: Offer, store: str | None) -> bool:
         """Whether the customer's last known ``store`` is one of the offer's, or within its radius of one."""

@@ -50,7 +50,7 @@ _NOT_ACTIVITY = frozenset({"identify", "alias", "Consent Updated", "Erasure Requ
 
 
 @lru_cache(maxsize=512)
-def _zone(name: str) -> ZoneInfo | None:
+def known_zone(name: str) -> ZoneInfo | None:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -58,9 +58,9 @@ def _zone(name: str) -> ZoneInfo | None:
 
 
 @lru_cache(maxsize=65_536)
-def _utc_offset_minutes(timezone: str, utc_hour: int) -> int:
+def utc_offset_minutes(timezone: str, utc_hour: int) -> int:
     """The zone's UTC offset during one UTC hour (offsets change on whole UTC hours)."""
-    zone = _zone(timezone)
+    zone = known_zone(timezone)
     if zone is None:
         return 0
     offset = datetime.fromtimestamp(utc_hour * 3600, tz=UTC).astimezone(zone).utcoffset()
@@ -71,7 +71,7 @@ def local_hour(ts_ms: int, timezone: str | None) -> int:
     """Hour of day of ``ts_ms`` in ``timezone`` (UTC when absent or unknown)."""
     if not timezone:
         return (ts_ms // HOUR_MS) % 24
-    minutes = ts_ms // 60_000 + _utc_offset_minutes(timezone, ts_ms // HOUR_MS)
+    minutes = ts_ms // 60_000 + utc_offset_minutes(timezone, ts_ms // HOUR_MS)
     return (minutes // 60) % 24
 
 
@@ -114,7 +114,7 @@ def feature_update(
             return "apply_consent", (at, message_id, store, city, country, props.channel, props.granted)
         return "apply", (at, message_id, None, 0, 0, store, city, country)
     timezone = context.timezone
-    if timezone is None and store is not None and reference is not None:
+    if timezone is None and reference is not None:
         timezone = reference.store_zone(store)
     kind, hour, timeout = COUNT_CODE.get(name, OTHER), local_hour(at, timezone), lifecycle.session_timeout_ms
     if isinstance(event, ProductEvent):
@@ -145,3 +145,12 @@ def product_details(
     if product is None:
         return category, price
     return category if category is not None else product.category, price if price is not None else product.price
+
+
+def event_zone(env: Envelope, reference: Reference | None) -> str | None:
+    """The time zone ``env`` was sent from: its ``context.timezone``, else (with reference data) its store's."""
+    context = env.event.context
+    zone = context.timezone
+    if zone is None and reference is not None and context.store is not None:
+        zone = reference.store_zone(context.store.id)
+    return zone
