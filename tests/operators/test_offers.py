@@ -332,3 +332,20 @@ def test_the_offer_field_table_lists_every_offer_field_with_its_default():
         if not info.is_required() and info.default is not None:
             expected = '""' if info.default == "" else str(info.default)
             assert default.split(" ")[0].strip("`") == expected, name
+
+
+def test_a_decision_with_no_offer_to_give_is_suppressed_before_the_contact_policy():
+    text = catalogue("{id: once, channels: [push], per_customer: 1}")
+    text = text.replace("offers:", "  - {id: hello, channel: push, on: Hello}\noffers:")
+    text += "policy: {caps: [{channel: push, max: 1, per: 1d}]}\n"
+    h = EngineHarness(rules_from(text))
+    redeem(h, "u1", "once", 0, "o1")
+    out = h.feed([track("Ping", "u1", 1, message_id="ping-1")])
+    assert decisions(out, "triggers") == []
+    [suppressed] = decisions(out, "suppressions")
+    data = suppressed["data"]
+    assert (data["reason"], data["rule_id"], data["offer_id"]) == ("budget_spent", "ping", "once")
+    assert data["detail"] == "once: redeemed as often as a customer may" and data["would_have_sent"] is True
+    [hello] = decisions(h.feed([track("Hello", "u1", 2)]), "triggers")
+    assert hello["data"]["rule_id"] == "hello", "the suppressed decision took no place under the cap"
+    assert decisions(h.feed([track("Hello", "u1", 3)]), "suppressions")[0]["data"]["reason"] == "frequency_cap"
