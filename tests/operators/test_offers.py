@@ -349,3 +349,15 @@ def test_a_decision_with_no_offer_to_give_is_suppressed_before_the_contact_polic
     [hello] = decisions(h.feed([track("Hello", "u1", 2)]), "triggers")
     assert hello["data"]["rule_id"] == "hello", "the suppressed decision took no place under the cap"
     assert decisions(h.feed([track("Hello", "u1", 3)]), "suppressions")[0]["data"]["reason"] == "frequency_cap"
+
+
+def test_a_decision_held_for_quiet_hours_is_checked_again_when_released():
+    text = catalogue("{id: once, channels: [push], per_customer: 1}")
+    text += 'policy: {quiet_hours: [{channels: [push], from: "21:00", until: "08:00", action: defer}]}\n'
+    h = EngineHarness(rules_from(text))
+    assert decisions(h.feed([track("Ping", "u1", 12 * 60)]), "triggers") == [], "22:00: held until 08:00"
+    redeem(h, "u1", "once", 13 * 60, "o1")  # redeemed meanwhile, through another channel
+    out = h.feed([track("Page", "u2", 22 * 60 + 10)])  # the clock passes 08:00
+    assert decisions(out, "triggers") == []
+    [suppressed] = decisions(out, "suppressions")
+    assert (suppressed["data"]["reason"], suppressed["time"]) == ("budget_spent", "2026-01-06T08:00:00.000Z")

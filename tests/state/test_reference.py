@@ -111,3 +111,14 @@ def test_the_sample_reference_files_cover_the_generated_stores_and_products():
     assert {(i.id, i.category, i.price) for i in items} == {
         (p.id, p.category, p.price) for p in reference.products.values()
     }
+
+
+def test_a_tills_store_gives_the_customer_its_time_zone(tmp_path):
+    (tmp_path / "stores.csv").write_text(STORES_CSV)
+    h = EngineHarness(rules_from(RULES), EngineConfig(reference=load_reference(tmp_path / "stores.csv", None)))
+    h.feed(
+        [track("Order Completed", "u1", 0, props={"order_id": "o1", "total": 5.0}, context={"store": {"id": "tokyo"}})]
+    )
+    assert h.customers.customers["u1"].timezone == "Asia/Tokyo"
+    h.feed([track("Page", "u1", 1, context={"timezone": "Europe/Paris"})])
+    assert h.customers.customers["u1"].timezone == "Europe/Paris"
