@@ -42,6 +42,7 @@ WHY = {
     "store": "not for the customer's store",
     "validity": "not valid on the customer's date",
     "budget": "budget spent",
+    "anonymous": "has a budget: for identified customers only",
     "per_customer": "redeemed as often as a customer may",
 }
 
@@ -124,10 +125,11 @@ class OfferCatalogue:
                 return "validity"
         if rules.stores and not self._within_reach(offer, state.last_store):
             return "store"
-        if offer.budget is not None and (
-            shard is None or counts.get(offer_id, {}).get("redeemed", 0) >= budget_share(offer.budget, shard, shards)
-        ):
-            return "budget"
+        if offer.budget is not None:
+            if shard is None:
+                return "anonymous"
+            if counts.get(offer_id, {}).get("redeemed", 0) >= budget_share(offer.budget, shard, shards):
+                return "budget"
         if offer.per_customer is not None and redeemed(state, offer_id) >= offer.per_customer:
             return "per_customer"
         return None

@@ -214,6 +214,8 @@ def test_anonymous_customers_get_no_offer_with_a_budget():
     h = EngineHarness(rules)
     found = decisions(h.feed([track("Nudge", None, 0, anon="a1")]), "triggers")
     assert [d["data"]["offer_choice"]["candidates"] for d in found] == [["any"]]
+    found = decisions(h.feed([track("Ping", None, 1, anon="a1")]), "suppressions")
+    assert [d["data"]["detail"] for d in found] == ["scarce: has a budget: for identified customers only"]
 
 
 def test_redemptions_made_anonymously_count_for_the_customer_they_are_linked_to():
