@@ -18,6 +18,7 @@ from schemas.metrics import (
     MODEL_OUTCOMES,
     OFFER_CHOICES,
     OFFER_REWARDS,
+    OFFERS,
     ORDER_LINES_DROPPED,
     RECOMMENDATION_CHECKS,
     SUPPRESSIONS,
@@ -62,6 +63,9 @@ class ShardMetrics:
                 _child(SUPPRESSIONS, reason, rule).inc(count)
         for rule, count in _deltas(stats.get("deferred", {}), seen.setdefault("deferred", {})):
             _child(DEFERRED, rule).inc(count)
+        for offer, counts in stats.get("offers", {}).items():
+            for kind, count in _deltas(counts, seen.setdefault("offers", {}).setdefault(offer, {})):
+                _child(OFFERS, offer, kind).inc(count)
         for key, count in _deltas(stats.get("audience_changes", {}), seen.setdefault("audience_changes", {})):
             audience, _, change = key.rpartition(".")
             _child(AUDIENCE_CHANGES, audience, change).inc(count)

@@ -54,6 +54,9 @@ MODEL_OUTCOMES = Counter(
 )
 OFFER_CHOICES = Counter("nudgeflow_offer_choices", "Offers chosen by the next-best-offer policy", ["offer"])
 OFFER_REWARDS = Counter("nudgeflow_offer_rewards", "Clicks or redemptions of chosen offers", ["offer"])
+OFFERS = Counter(
+    "nudgeflow_offers", "Offers of the catalogue given (in delivered triggers) and redeemed", ["offer", "kind"]
+)
 RECOMMENDATION_CHECKS = Counter(
     "nudgeflow_recommendation_checks", "Sampled next-product checks of the recommender, by result", ["result"]
 )

@@ -68,3 +68,21 @@ def test_events_the_engine_dead_letters_are_counted_by_reason():
     customers.publish(final=True)
     assert dead_letters("too_old") - before["too_old"] == 1
     assert dead_letters("processing_error") - before["processing_error"] == 1
+
+
+def test_offers_given_and_redeemed_are_published():
+    def offers(kind: str) -> float:
+        return REGISTRY.get_sample_value("nudgeflow_offers_total", {"offer": "ten-off", "kind": kind}) or 0.0
+
+    rules = """
+version: v
+triggers:
+  - {id: hello, channel: push, on: Hello, offer_id: ten-off}
+offers:
+  - {id: ten-off, channels: [push]}
+"""
+    h = EngineHarness(rules_from(rules))
+    before = offers("given"), offers("redeemed")
+    h.feed([track("Hello", "u1", 0), track("Coupon Applied", "u1", 1, props={"coupon_id": "ten-off"})])
+    h.pipeline.customers[0].metrics.publish(final=True)
+    assert (offers("given") - before[0], offers("redeemed") - before[1]) == (1, 1)
