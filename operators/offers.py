@@ -26,16 +26,15 @@ from dataclasses import dataclass
 from datetime import date
 from itertools import chain
 
+from operators.policy import local_time as policy_local_time
 from schemas.envelope import Envelope
 from schemas.errors import ConfigurationError
 from schemas.offers import DAYS, Offer, hours_span
 from state.customer import CustomerState
 from state.reference import NO_REFERENCE, Reference
-from state.update import utc_offset_minutes
 
 REDEMPTION_FIELDS = {"Coupon Applied": "coupon_id", "Order Completed": "coupon"}  # event -> offer id field
 REDEEMED_FIELDS = 3  # an offer's entry in ``state.redemptions``: offer id, times redeemed, last order id
-MINUTES_A_DAY = 24 * 60
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 WHY = {
     "window": "outside its local hours",
@@ -52,12 +51,11 @@ def budget_share(budget: int, shard: int, shards: int) -> int:
     return budget // shards + (1 if shard < budget % shards else 0)
 
 
-def local_time(zone: str | None, at_ms: int) -> tuple[int, int, int]:
-    """``at_ms`` in ``zone`` (UTC when unknown): minute of the day, weekday (Monday 0), day number
-    (days since 1970-01-01 there)."""
-    minutes = at_ms // 60_000 + (utc_offset_minutes(zone, at_ms // 3_600_000) if zone else 0)
-    day = minutes // MINUTES_A_DAY
-    return minutes % MINUTES_A_DAY, (day + 3) % 7, day
+def local_time(zone: str, at_ms: int) -> tuple[int, int, int]:
+    """``at_ms`` in ``zone``: minute of the day, weekday (Monday 0), day number (days since 1970-01-01
+    there), as the contact policy reads local time."""
+    minute, day = policy_local_time(zone, at_ms)
+    return minute, (day + 3) % 7, day
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +121,7 @@ class OfferCatalogue:
                 rules.last_day is not None and day > rules.last_day
             ):
                 return "validity"
-        if rules.stores and not self._within_reach(offer, state.last_store):
+        if rules.stores and not self._within_reach(rules, state.last_store):
             return "store"
         if offer.budget is not None:
             if shard is None:
@@ -139,12 +137,13 @@ class OfferCatalogue:
         their last store, else the default."""
         return state.timezone or self.reference.store_zone(state.last_store) or self.default_zone
 
-    def _within_reach(self, offer: Offer, store: str | None) -> bool:
+    def _within_reach(self, rules: _Rules, store: str | None) -> bool:
         """Whether the customer's last known ``store`` is one of the offer's, or within its radius of one."""
         if store is None:
             return False
-        if store in offer.stores:
+        if store in rules.stores:
             return True
+        offer = rules.offer
         if offer.radius_km is None:
             return False
         if store not in self.reference.stores:
@@ -230,30 +229,3 @@ def check_catalogue(offers: Sequence[Offer], reference: Reference | None) -> Non
             problems.append(f"offer '{offer.id}': stores {unknown} are not in the stores file (NUDGEFLOW_STORES)")
     if problems:
         raise ConfigurationError("\n".join(problems))
-
-
-def describe_offer(offer: Offer) -> str:
-    """One line on an offer, for ``rules check``: channels, who, depth and worth, where, when, limits."""
-    parts = [
-        ", ".join(offer.channels),
-        f"for members of {', '.join(offer.audiences)}" if offer.audiences else "for everyone",
-    ]
-    if offer.discount is not None:
-        depth = offer.discount.percent if offer.discount.percent is not None else offer.discount.amount
-        parts.append(f"{depth:g}{'%' if offer.discount.percent is not None else ''} off, worth {offer.value:g}")
-    else:
-        parts.append(f"worth {offer.value:g}")
-    if offer.windows:
-        parts.append(
-            "local " + ", ".join(f"{'/'.join(w.days) if len(w.days) < 7 else 'daily'} {w.hours}" for w in offer.windows)
-        )
-    if offer.stores:
-        around = f"within {offer.radius_km:g} km of " if offer.radius_km is not None else "at "
-        parts.append(around + ", ".join(offer.stores))
-    if offer.valid_from or offer.valid_until:
-        parts.append(f"valid {offer.valid_from or '...'} to {offer.valid_until or '...'}")
-    limits = [f"budget {offer.budget}"] if offer.budget is not None else []
-    limits += [f"{offer.per_customer} per customer"] if offer.per_customer is not None else []
-    if limits:
-        parts.append(", ".join(limits))
-    return f"offer {offer.id}: " + "; ".join(parts)

@@ -13,7 +13,6 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from operators.expressions import Expression, ExpressionError, compile_expression
-from operators.offers import describe_offer
 from schemas.durations import format_duration
 from schemas.errors import ConfigurationError
 from schemas.events import KNOWN_TRACK_EVENTS
@@ -183,7 +182,7 @@ class CompiledRules:
             lines.append(
                 f"audience {a.id}{shadow}: listens to {events}{timed}; reads {', '.join(sorted(a.when.names))}"
             )
-        lines += [describe_offer(offer) for offer in self.offers]
+        lines += [offer.describe() for offer in self.offers]
         lines += self.policy.describe()
         if self.offers:
             policy = self.next_best_offer

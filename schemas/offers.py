@@ -103,3 +103,29 @@ class Offer(BaseModel):
         if self.valid_from and self.valid_until and self.valid_until < self.valid_from:
             raise ValueError(f"'valid_until' {self.valid_until} is before 'valid_from' {self.valid_from}")
         return self
+
+    def describe(self) -> str:
+        """One line on the offer, for ``rules check``: channels, who, depth and worth, where, when, limits."""
+        parts = [
+            ", ".join(self.channels),
+            f"for members of {', '.join(self.audiences)}" if self.audiences else "for everyone",
+        ]
+        worth = f"worth {self.value:g}"
+        if self.discount is not None:
+            percent = self.discount.percent
+            depth = f"{percent:g}%" if percent is not None else f"{self.discount.amount:g}"
+            worth = f"{depth} off, {worth}"
+        parts.append(worth)
+        if self.windows:
+            spans = (f"{'/'.join(w.days) if len(w.days) < len(DAYS) else 'daily'} {w.hours}" for w in self.windows)
+            parts.append("local " + ", ".join(spans))
+        if self.stores:
+            around = f"within {self.radius_km:g} km of " if self.radius_km is not None else "at "
+            parts.append(around + ", ".join(self.stores))
+        if self.valid_from or self.valid_until:
+            parts.append(f"valid {self.valid_from or '...'} to {self.valid_until or '...'}")
+        limits = [f"budget {self.budget}"] if self.budget is not None else []
+        limits += [f"{self.per_customer} per customer"] if self.per_customer is not None else []
+        if limits:
+            parts.append(", ".join(limits))
+        return f"offer {self.id}: " + "; ".join(parts)
