@@ -717,7 +717,12 @@ class CustomerStage:
         """The offers for ``rule``'s channel and the customer's audiences that may be given at ``at_ms``
         (catalogue order), and why each of the others may not."""
         offers = self.rules.eligible_offers(rule.channel, state.audiences)
-        refused = [(offer.id, why) for offer in offers if (why := self._why_not(offer.id, state, at_ms)) is not None]
+        why_not, shard, shards, counts = self.catalogue.why_not, *self._budget_of(state)  # type: ignore[union-attr]
+        refused = [
+            (offer.id, why)
+            for offer in offers
+            if (why := why_not(offer.id, state, at_ms, shard, shards, counts)) is not None
+        ]
         if not refused:
             return offers, refused
         out = {offer_id for offer_id, _ in refused}
@@ -733,15 +738,15 @@ class CustomerStage:
         if offer_id == NEXT_BEST:
             eligible, refused = self._eligible_offers(state, rule, at_ms)
             return refusal_detail(refused) if refused and not eligible else None
-        why = self._why_not(offer_id, state, at_ms) if offer_id in catalogue else None
+        why = catalogue.why_not(offer_id, state, at_ms, *self._budget_of(state)) if offer_id in catalogue else None
         return refusal_detail([(offer_id, why)]) if why is not None else None
 
-    def _why_not(self, offer_id: str, state: CustomerState, at_ms: int) -> str | None:
-        """Why the catalogue's ``offer_id`` may not be given to this customer now (``None``: it may)."""
+    def _budget_of(self, state: CustomerState) -> tuple[int | None, int, dict[str, dict[str, int]]]:
+        """The customer's shard, the number of shards, and the shard's counts per offer: what the
+        catalogue's budgets are checked against (an anonymous customer's shard owns no budget: ``None``)."""
         shards = self.ordered.upstreams
-        shard = shard_of(state.id, shards) if self.role == "customer" else None  # anonymous: no budget
-        counts = self.stats.get("offers", {})
-        return self.catalogue.why_not(offer_id, state, at_ms, shard, shards, counts)  # type: ignore[union-attr]
+        shard = shard_of(state.id, shards) if self.role == "customer" else None
+        return shard, shards, self.stats.get("offers", {})
 
     def _audiences(
         self,
