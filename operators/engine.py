@@ -538,7 +538,7 @@ class CustomerStage:
 
     def _redeem(self, state: CustomerState, env: Envelope) -> bool:
         """Count a redemption of a catalogue offer (per offer for the shard, and for the customer)."""
-        return self.catalogue.redeem(state, env, self.stats.setdefault("offers", {})) is not None  # type: ignore[union-attr]
+        return self.catalogue.redeem(state, env, self.stats) is not None  # type: ignore[union-attr]
 
     def _keep_alive(self, state: CustomerState, now_ms: int, moved_earlier: bool = True) -> None:
         """Schedule the next audience recheck (the next lifecycle boundary in event time).

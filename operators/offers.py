@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from itertools import chain
+from typing import Any
 
 from operators.policy import local_time as policy_local_time
 from schemas.envelope import Envelope
@@ -155,8 +156,9 @@ class OfferCatalogue:
         return known
 
     # --- redemptions ---------------------------------------------------------------------
-    def redeem(self, state: CustomerState, env: Envelope, counts: dict[str, dict[str, int]]) -> str | None:
-        """Count the redemption ``env`` makes of a catalogue offer (once per order): return the offer."""
+    def redeem(self, state: CustomerState, env: Envelope, stats: dict[str, Any]) -> str | None:
+        """Count the redemption ``env`` makes of a catalogue offer (once per order) for the customer and
+        in the shard's ``stats`` (``offers``); return the offer."""
         props = env.event.properties
         offer_id = getattr(props, REDEMPTION_FIELDS[env.name], None)
         if offer_id is None or offer_id not in self.rules:
@@ -168,7 +170,7 @@ class OfferCatalogue:
             return None  # the order of a coupon applied before it: one redemption
         entries[offer_id] = (times + 1, order_id)
         state.redemptions = tuple(chain.from_iterable((offer, *entry) for offer, entry in entries.items()))
-        offer_counts = counts.setdefault(offer_id, {})
+        offer_counts = stats.setdefault("offers", {}).setdefault(offer_id, {})
         offer_counts["redeemed"] = offer_counts.get("redeemed", 0) + 1
         return offer_id
 
