@@ -81,18 +81,27 @@ def _metadata(admin: AdminClient, bootstrap_servers: str, timeout: float, topic:
         raise ServiceError(f"cannot reach Kafka at {bootstrap_servers}: {err.args[0].str()}") from None
 
 
+def topic_exists(
+    bootstrap_servers: str, topic: str, client: dict[str, Any] | None = None, timeout: float = 10.0
+) -> bool:
+    """Whether ``topic`` exists (asked without naming it, so that no broker creates it by asking)."""
+    return topic in _metadata(AdminClient(kafka_config(bootstrap_servers, client)), bootstrap_servers, timeout).topics
+
+
 def ensure_topics(
     bootstrap_servers: str,
     topics: Iterable[str],
     partitions: int,
     client: dict[str, Any] | None = None,
     timeout: float = 10.0,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> None:
-    """Create the topics that do not exist yet (replication: up to 3, as brokers allow)."""
+    """Create the topics that do not exist yet (replication: up to 3, as brokers allow), each with
+    its entry of ``configs`` (topic settings such as ``cleanup.policy``) if it has one."""
     admin = AdminClient(kafka_config(bootstrap_servers, client))
     metadata = _metadata(admin, bootstrap_servers, timeout)
-    existing, brokers = metadata.topics, len(metadata.brokers)
-    missing = [NewTopic(t, partitions, min(3, brokers)) for t in topics if t not in existing]
+    existing, brokers, configs = metadata.topics, len(metadata.brokers), configs or {}
+    missing = [NewTopic(t, partitions, min(3, brokers), config=configs.get(t, {})) for t in topics if t not in existing]
     if not missing:
         return
     for topic, future in admin.create_topics(missing, operation_timeout=timeout).items():

@@ -41,7 +41,7 @@ def stream() -> list[dict[str, Any]]:
 
 def run(identity: type[IdentityStage], rules: CompiledRules, batch: int) -> tuple[list[bytes], list[dict[str, Any]]]:
     pipeline = Pipeline(rules, CONFIG, shards=3)
-    pipeline.identity = [ShardLogic(identity(rules, CONFIG)) for _ in range(3)]
+    pipeline.identity = [ShardLogic(identity(rules, CONFIG, 3)) for _ in range(3)]
     raws = raw_records(stream())
     outputs: list[Output] = []
     for start in range(0, len(raws), batch):
