@@ -716,8 +716,9 @@ class CustomerStage:
             self._leave_all(state, f"erasure requested ({properties.request_id})", env.ts_ms, [env.message_id], out)
             bump(self.stats, "erased")
         self._drop_customer(customer_id)
-        record = erasure_record(customer_id, env.ts_ms, properties.request_id, properties.regulation)
-        out.append(Output(ERASURES, customer_id, env.ts_ms, env.seq, record))
+        if self.config.erased.get(customer_id, env.ts_ms - 1) < env.ts_ms:  # not in the ledger read already
+            record = erasure_record(customer_id, env.ts_ms, properties.request_id, properties.regulation)
+            out.append(Output(ERASURES, customer_id, env.ts_ms, env.seq, record))
 
     def _expire(self, state: CustomerState, at_ms: int, out: list[Any]) -> None:
         days = self.config.state_ttl_ms // DAY_MS
@@ -975,8 +976,17 @@ class CustomerStage:
         self.changed = set(shard["changed"])
         self._restore_journalled(shard, states)
         self.scorers = self.models.scorers if self.models is not None else None
+        self._forget_erased()
         self.timers = TimerQueue(self.customers)
         self.timers.schedule_all()
+
+    def _forget_erased(self) -> None:
+        """Drop restored customers the ledger says were erased after they were last seen (a snapshot
+        from before an erasure applied by the run that stopped): what they had was sent before."""
+        ledger, customers = self.config.erased, self.customers
+        for customer_id in sorted(ledger.keys() & customers.keys()):
+            if customers[customer_id].last_seen_ms <= ledger[customer_id]:
+                self._drop_customer(customer_id)
 
 
 class IdentityStage(CustomerStage):
@@ -1058,10 +1068,10 @@ class IdentityStage(CustomerStage):
             self.added.append(message_id)
         if self.clock is None or mark_ms - config.lateness_ms > self.clock:
             self._advance(mark_ms, out)
-        if (self.ledger or self.erased) and self._erased_event(env, out):
-            return
-        if env.name == ERASURE:
+        if env.name == ERASURE:  # applied again if known: a resumed run may hold the customer from before it
             self._note_erasure(env)
+        elif (self.ledger or self.erased) and self._erased_event(env, out):
+            return
         anonymous_id, user_id = env.anonymous_id, env.user_id
         if anonymous_id is None:
             out.append(env)

@@ -145,3 +145,28 @@ def test_what_an_identity_shard_knows_of_erasures_survives_a_snapshot(tmp_path):
     outputs += after.finish()
     assert counted(outputs, "erased_events") == 2
     assert all("u1" not in stage.engine.customers for stage in after.customers)
+
+
+def test_an_erasure_the_ledger_knows_is_applied_again_but_not_recorded_again():
+    """A resumed run may hold a customer from before its erasure (its snapshot is older): the erasure,
+    read again, still drops it; the ledger it is already in gets no second record."""
+    erased_at = epoch_ms("2026-01-05T10:05:00Z")
+    config = EngineConfig(erased={"u1": erased_at})
+    outputs, pipeline = run([added("u1", 6), erasure("u1", 5), erasure("u2", 6)], config)  # u1: a new relationship
+    assert [o.key for o in outputs if o.stream == ERASURES] == ["u2"]
+    assert counted(outputs, "erased_events") == 0
+    assert all("u1" not in stage.engine.customers for stage in pipeline.customers)
+    assert [orjson.loads(o.body)["data"]["change"] for o in about(outputs, "u1")] == ["entered", "exited"]
+
+
+def test_a_restored_customer_the_ledger_says_was_erased_since_is_dropped(tmp_path):
+    config = EngineConfig(snapshots=True)
+    _, before = run([added("u1", 0), added("u2", 1)], config)
+    snapshots = [pickle.dumps(stage.engine.snapshot()) for stage in before.customers]
+    wait_for_writes()
+    ledger = {"u1": epoch_ms("2026-01-05T10:05:00Z"), "u2": epoch_ms("2026-01-05T09:00:00Z")}
+    after = Pipeline(load_rules(), EngineConfig(snapshots=True, erased=ledger), shards=SHARDS)
+    for stage, snapshot in zip(after.customers, snapshots, strict=True):
+        stage.engine.restore(pickle.loads(snapshot))
+    held = {customer for stage in after.customers for customer in stage.engine.customers}
+    assert held == {"u2"}, "u2 was seen after its erasure: a new relationship"
