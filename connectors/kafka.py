@@ -611,7 +611,7 @@ def read_topic(
         ends: dict[int, int] = {}
         assignment = []
         for p in range(count):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)
+            low, high = watermarks(consumer, TopicPartition(topic, p))  # a topic just created: its leaders
             if high > low or not until_end:
                 ends[p] = high
                 assignment.append(TopicPartition(topic, p, low if from_beginning else high))
