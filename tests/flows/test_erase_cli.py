@@ -8,10 +8,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from conftest import added, track
 
 from connectors.erasures import append_ledger, carry_ledger, read_ledger_file
 from connectors.files import read_lines
 from flows.cli import main
+from operators.engine import ERASURE
 from schemas.erasures import LedgerError, erasure_record, read_ledger
 from schemas.events import validate_event
 from schemas.timestamps import epoch_ms
@@ -131,3 +133,28 @@ def test_a_run_into_the_same_folder_keeps_its_ledger_without_the_setting(tmp_pat
     assert read_ledger_file(out / "erasures.jsonl")[1] == {"c-9": epoch_ms("2026-01-01T00:00:00Z")}
     (out / "erasures.jsonl").write_bytes(b'{"customer_id": "c-9"}\n')
     assert main(["replay", str(GOLDEN), "--out", str(out), "--force", "--quiet"]) == 2, "a damaged ledger stops"
+
+
+def test_an_erasure_unlinks_every_anonymous_id_in_a_replay_shared_among_processes(tmp_path):
+    """u1 was seen with ten anonymous ids (spread over the identity shards of two processes); after its
+    erasure, carts started under those ids alone remind their anonymous owners, never u1."""
+    anonymous = [f"dev-{n}" for n in range(10)]
+    events = [track("Page", "u1", n, anon=anon) for n, anon in enumerate(anonymous)]
+    events += [track(ERASURE, "u1", 20, props={"request_id": "dsr-5"})]
+    events += [added(None, 30 + n, anon=anon) for n, anon in enumerate(anonymous)]
+    events += [track("Page", "u2", 300 + n) for n in range(200)]  # the clock moves on: reminders fall due
+    recording = tmp_path / "stream.jsonl"
+    recording.write_bytes(b"".join(orjson.dumps(event) + b"\n" for event in events))
+    shared, single = tmp_path / "shared", tmp_path / "single"
+    settings = ["--shards", "8", "--quiet"]
+    assert main(["replay", str(recording), "--out", str(shared), "--processes", "2", *settings]) == 0
+    assert main(["replay", str(recording), "--out", str(single), *settings]) == 0
+    assert files_of(shared) == files_of(single)
+    reminded = {orjson.loads(line)["subject"] for line in read_lines(shared / "triggers.push.jsonl")}
+    assert reminded == set(anonymous)
+    ledger = [orjson.loads(line) for line in read_lines(shared / "erasures.jsonl")]
+    assert [(record["customer_id"], record["request_id"]) for record in ledger] == [("u1", "dsr-5")]
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}

@@ -170,3 +170,10 @@ def test_a_restored_customer_the_ledger_says_was_erased_since_is_dropped(tmp_pat
         stage.engine.restore(pickle.loads(snapshot))
     held = {customer for stage in after.customers for customer in stage.engine.customers}
     assert held == {"u2"}, "u2 was seen after its erasure: a new relationship"
+
+
+def test_an_erasure_deletes_the_live_profile_even_of_a_customer_the_engine_holds_nothing_of():
+    """The store may hold a customer this run has not seen (state expired, a new recovery store)."""
+    outputs, _ = run([erasure("u9", 5)], EngineConfig(profile_ms=1000))
+    profiles = [(o.key, orjson.loads(o.body)) for o in outputs if o.stream == "profiles"]
+    assert profiles == [("u9", {"customer_id": "u9", "deleted": True})]
