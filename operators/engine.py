@@ -1069,7 +1069,10 @@ class IdentityStage(CustomerStage):
         if self.clock is None or mark_ms - config.lateness_ms > self.clock:
             self._advance(mark_ms, out)
         if env.name == ERASURE:  # applied again if known: a resumed run may hold the customer from before it
-            self._note_erasure(env)
+            customer_id = self._note_erasure(env)
+            if env.user_id is None and customer_id != env.anonymous_id:  # a linked anonymous id names it
+                out.append(Forward(env, customer_id))
+                return
         elif (self.ledger or self.erased) and self._erased_event(env, out):
             return
         anonymous_id, user_id = env.anonymous_id, env.user_id
@@ -1126,11 +1129,11 @@ class IdentityStage(CustomerStage):
             self._note_erasure(env)
         return True
 
-    def _note_erasure(self, env: Envelope) -> None:
+    def _note_erasure(self, env: Envelope) -> str:
         """Remember an erasure on this shard: the customer's events up to its time are dropped from
         now on, and every anonymous id this shard links to it is forgotten (its later events are an
-        anonymous customer's; those up to the erasure are dropped). An erasure that names no ``userId``
-        is known to its own shard only."""
+        anonymous customer's; those up to the erasure are dropped). Return whose erasure it is: an
+        erasure that names no ``userId`` is known to its own shard only."""
         customer_id = env.user_id
         if customer_id is None:  # only its own shard (this one) knows whose it is
             customer_id = self.links.get(env.anonymous_id) or env.anonymous_id  # type: ignore[arg-type]
@@ -1140,6 +1143,7 @@ class IdentityStage(CustomerStage):
             self.erased_anonymous[key] = erased_at
         if env.anonymous_id is not None:
             self.erased_anonymous[anonymous_hash(env.anonymous_id)] = erased_at
+        return customer_id
 
     def _erased_event(self, env: Envelope, out: list[Any]) -> bool:
         """Drop ``env`` if it is an erased customer's, from up to its erasure (counted as

@@ -93,7 +93,7 @@ class Router:
                 reached_seq[partition] = result.seq
                 home = shard_of(result.anonymous_id or result.user_id, shards)  # type: ignore[arg-type]
                 routed[home].append(result)
-                if result.name == ERASURE:
+                if result.name == ERASURE and result.user_id is not None:
                     _copy_to_others(result, home, routed)
             if idle:
                 idle.discard(partition)

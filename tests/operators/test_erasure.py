@@ -177,3 +177,10 @@ def test_an_erasure_deletes_the_live_profile_even_of_a_customer_the_engine_holds
     outputs, _ = run([erasure("u9", 5)], EngineConfig(profile_ms=1000))
     profiles = [(o.key, orjson.loads(o.body)) for o in outputs if o.stream == "profiles"]
     assert profiles == [("u9", {"customer_id": "u9", "deleted": True})]
+
+
+def test_an_erasure_naming_only_a_linked_anonymous_id_erases_the_customer_it_is_linked_to():
+    outputs, pipeline = run([added("u1", 0, anon="a1"), erasure(None, 5, anon="a1"), added(None, 6, anon="a1")])
+    assert [o.key for o in outputs if o.stream == ERASURES] == ["u1"]
+    assert all("u1" not in stage.engine.customers for stage in pipeline.customers)
+    assert "a1" in pipeline.identity[shard_of("a1", SHARDS)].engine.customers, "a new anonymous customer"
