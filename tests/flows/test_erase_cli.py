@@ -158,3 +158,18 @@ def test_an_erasure_unlinks_every_anonymous_id_in_a_replay_shared_among_processe
 
 def files_of(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_both_rule_sets_of_a_diff_read_the_ledger_and_neither_adds_to_it(tmp_path, monkeypatch, capsys):
+    customer = "u-000000"
+    requests, ledger = tmp_path / "requests.jsonl", tmp_path / "ledger.jsonl"
+    assert main(["erase", customer, "--file", str(requests), "--at", LATER]) == 0
+    monkeypatch.setenv("NUDGEFLOW_ERASURE_LEDGER", str(ledger))
+    assert main(["replay", str(requests), "--out", str(tmp_path / "erase"), "--quiet"]) == 0
+    kept = ledger.read_bytes()
+    starter = Path(__file__).resolve().parents[2] / "rules" / "starter.yaml"
+    assert main(["replay", str(GOLDEN), "--diff", str(starter), "--out", str(tmp_path / "diff")]) == 0
+    for run in ("a", "b"):
+        assert summary(tmp_path / "diff" / run)["lines"]["erased_events"] > 0
+        assert customer not in subjects(tmp_path / "diff" / run)["triggers"]
+    assert ledger.read_bytes() == kept
