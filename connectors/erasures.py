@@ -10,6 +10,7 @@ so that the folder always holds the whole ledger.
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 from schemas.erasures import Ledger, LedgerError, read_ledger
 from schemas.errors import OutputError
 from schemas.streams import ERASURES, OUTPUT_FILES
+
+log = logging.getLogger(__name__)
 
 LEDGER_FILE = OUTPUT_FILES[ERASURES]
 COMPACTED = {"cleanup.policy": "compact"}
@@ -90,10 +93,19 @@ def _ends_with_newline(path: Path) -> bool:
 
 
 def read_ledger_topic(bootstrap_servers: str, topic: str, client: dict[str, Any] | None = None) -> Ledger:
-    """The ledger in ``topic``, read to its end (an empty ledger when the topic does not exist yet)."""
-    from connectors.kafka import read_topic, topic_exists
+    """The ledger in ``topic``, read to its end (an empty ledger when the topic does not exist yet);
+    a warning is logged when the topic does not keep its records for good."""
+    from connectors.kafka import read_topic, topic_config, topic_exists
 
     if not topic_exists(bootstrap_servers, topic, client):
         return {}
+    policy = topic_config(bootstrap_servers, topic, "cleanup.policy", client)
+    if policy is not None and "compact" not in policy:
+        log.warning(
+            "erasure ledger topic %s has cleanup.policy=%s: erasures older than its retention will be forgotten,"
+            " and a replay of older data would bring those customers back; set cleanup.policy=compact",
+            topic,
+            policy,
+        )
     values = (message.value() or b"" for message in read_topic(bootstrap_servers, topic, client=client))
     return read_ledger(values, f"topic {topic}")

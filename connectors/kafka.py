@@ -41,7 +41,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from schemas.errors import ServiceError
 from schemas.items import EndOfInput, Output, RawEvent
@@ -86,6 +86,19 @@ def topic_exists(
 ) -> bool:
     """Whether ``topic`` exists (asked without naming it, so that no broker creates it by asking)."""
     return topic in _metadata(AdminClient(kafka_config(bootstrap_servers, client)), bootstrap_servers, timeout).topics
+
+
+def topic_config(
+    bootstrap_servers: str, topic: str, name: str, client: dict[str, Any] | None = None, timeout: float = 10.0
+) -> str | None:
+    """The value of a topic's setting ``name`` (``None``: the brokers do not say)."""
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    admin = AdminClient(kafka_config(bootstrap_servers, client))
+    try:
+        entry = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout)
+    except KafkaException as err:
+        raise ServiceError(f"cannot read the settings of Kafka topic {topic!r}: {err.args[0].str()}") from None
+    return entry[name].value if name in entry else None
 
 
 def ensure_topics(

@@ -5,6 +5,7 @@ later run that reads that ledger first and never brings the customer back from o
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -15,8 +16,10 @@ import redis
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from conftest import added, at, call, order, track
 
+from connectors.erasures import read_ledger_topic
 from connectors.kafka import ensure_topics, produce_records, read_topic, readable
 from connectors.redis_store import audience_key, customer_keys
+from schemas.erasures import erasure_record
 
 REPO = Path(__file__).resolve().parents[2]
 _runs = itertools.count()
@@ -116,3 +119,14 @@ def test_an_erasure_clears_the_store_is_kept_in_a_compacted_topic_and_a_later_ru
             for key in client.scan_iter(pattern):
                 client.delete(key)
         client.close()
+
+
+def test_a_ledger_topic_that_does_not_keep_its_records_is_read_with_a_warning(services, caplog):
+    servers = services["KAFKA_BOOTSTRAP_SERVERS"]
+    topic = f"erase-plain-{os.getpid()}-{next(_runs)}.erasures"
+    ensure_topics(servers, [topic], 1)  # the broker's default: cleanup.policy=delete
+    produce_records(servers, topic, [erasure_record("u7", 1_000, "r7", "other")])
+    with caplog.at_level(logging.WARNING):
+        assert read_ledger_topic(servers, topic) == {"u7": 1_000}
+    assert f"erasure ledger topic {topic} has cleanup.policy=delete" in caplog.text
+    assert read_ledger_topic(servers, f"erase-none-{os.getpid()}-{next(_runs)}") == {}, "no topic yet: no erasure"
