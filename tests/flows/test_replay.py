@@ -152,7 +152,9 @@ def test_replay_diff_reports_added_removed_and_changed(tmp_path, capsys):
     rules_b = tmp_path / "b.yaml"
     text = starter_rules_elsewhere()
     text = text.replace("after: 30m", "after: 45m")  # cart reminder later: changed
-    text = text.replace('when: "consent.push != false"\n', 'when: "false"\n', 1)  # welcome push gone: removed
+    text = text.replace(
+        "    once_per: customer\n    priority: 1\n", '    once_per: customer\n    when: "false"\n', 1
+    )  # removed
     rules_b.write_text(text + '  - id: everyone\n    when: "orders == 0"\n')  # new audience: added
     assert main(["replay", str(stream), "--diff", str(rules_b), "--out", str(tmp_path / "d"), "--quiet"]) == 0
     printed = capsys.readouterr().out
@@ -237,7 +239,16 @@ def test_bytewax_runner_runs_the_flow_of_the_factory(tmp_path):
 
 def test_every_output_record_follows_the_published_contract():
     """The golden outputs validate against the output models in schemas.records."""
-    from schemas.records import AUDIENCE_TYPE, TRIGGER_TYPE, AudienceData, CloudEvent, DeadLetter, TriggerData
+    from schemas.records import (
+        AUDIENCE_TYPE,
+        SUPPRESSION_TYPE,
+        TRIGGER_TYPE,
+        AudienceData,
+        CloudEvent,
+        DeadLetter,
+        SuppressionData,
+        TriggerData,
+    )
 
     expected = GOLDEN / "expected"
     counted = 0
@@ -249,9 +260,11 @@ def test_every_output_record_follows_the_published_contract():
                 DeadLetter.model_validate(record)
                 continue
             envelope = CloudEvent.model_validate(record)
-            data_model = {TRIGGER_TYPE: TriggerData, AUDIENCE_TYPE: AudienceData}[envelope.type]
+            models = {TRIGGER_TYPE: TriggerData, AUDIENCE_TYPE: AudienceData, SUPPRESSION_TYPE: SuppressionData}
+            data_model = models[envelope.type]
             data_model.model_validate(envelope.data)
-            assert path.name.startswith("triggers." if data_model is TriggerData else "audience_changes")
+            files = {TriggerData: "triggers.", AudienceData: "audience_changes", SuppressionData: "suppressions"}
+            assert path.name.startswith(files[data_model])
     assert counted > 100
 
 
@@ -259,8 +272,8 @@ def test_a_models_score_changes_the_flows_decisions(tmp_path):
     """The same replay, rules reading `propensity`: untrained (every score 0.5) against a model
     file trained on the first replay; the persuadable band lets different customers through."""
     band = starter_rules_elsewhere().replace(
-        'when: "cart.value > 0 and consent.push != false"',
-        'when: "cart.value > 0 and consent.push != false and propensity < 0.6"',
+        'when: "cart.value > 0"',
+        'when: "cart.value > 0 and propensity < 0.6"',
     )
     rules = tmp_path / "band.yaml"
     rules.write_text(band)
@@ -380,3 +393,17 @@ def test_a_shared_replay_of_awkward_recordings_writes_what_one_process_writes(tm
     }
     assert b"truncated_input" in one["dead_letters.jsonl"] and b"too_large" in one["dead_letters.jsonl"]
     assert replay_all(tmp_path / "three", "--processes", "3") == one
+
+
+def test_replay_diff_shows_what_a_policy_change_would_have_done(tmp_path, capsys):
+    stream = write_stream(tmp_path / "s.jsonl", [track("Page", "u1", 0), track("Page", "u1", 60)])
+    rules = "version: v\ntriggers:\n  - {id: promo, channel: push, on: Page}\n"
+    (tmp_path / "a.yaml").write_text(rules)
+    (tmp_path / "b.yaml").write_text(rules + "policy:\n  caps: [{channel: push, max: 1, per: 4h}]\n")
+    args = ["replay", str(stream), "--rules", str(tmp_path / "a.yaml"), "--diff", str(tmp_path / "b.yaml")]
+    assert main([*args, "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    diff = orjson.loads((tmp_path / "d" / "diff.json").read_bytes())
+    assert [(c["rule_id"], c["fields"]["stream"], c["fields"]["suppressed"]) for c in diff["changed"]] == [
+        ("promo", ["triggers.push", "suppressions"], [None, "frequency_cap"])
+    ]
+    assert "by the contact policy: suppressed (frequency_cap) 1" in capsys.readouterr().out
