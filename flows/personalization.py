@@ -78,7 +78,7 @@ def _kafka_flow(
     flow: Dataflow, settings: Settings, rules: CompiledRules, snapshots: bool, ledger: Ledger | None
 ) -> Dataflow:
     """Events topic -> personalize -> output topics (and the Redis store when configured); the
-    erasure ledger topic is read to its end first."""
+    erasure ledger topic is read to its end before the flow starts."""
     from connectors.kafka import KafkaEventSource, KafkaOutputSink, ensure_topics
 
     client = settings.kafka_client_config()
@@ -86,8 +86,6 @@ def _kafka_flow(
     if settings.create_topics:
         configs = {ledger_topic(settings): COMPACTED}
         ensure_topics(servers, output_topics(settings), settings.topic_partitions, client, configs=configs)
-    if ledger is None:
-        ledger = read_ledger_topic(servers, ledger_topic(settings), client)
     source = KafkaEventSource(
         servers,
         settings.events_topic,
@@ -97,6 +95,8 @@ def _kafka_flow(
         client,
         settings.kafka_poll_ms / 1000,
     )
+    if ledger is None:
+        ledger = read_ledger_topic(servers, ledger_topic(settings), client)
     raw = op.input("events", flow, source)
     config = settings.engine_config(snapshots, source.partitions, settings.redis_url is not None, ledger)
     outputs = personalize("personalize", raw, rules, config, settings.shards, settings.max_event_bytes)
