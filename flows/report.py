@@ -65,15 +65,17 @@ def finalize_summary(folder: Path, lines: dict[str, dict[str, int]] | None = Non
 
 def line_account(summary: dict[str, Any], files: dict[str, dict[str, int]]) -> dict[str, Any]:
     """Every input line accounted for: ``read`` = ``accepted`` + ``dead_letters`` + ``duplicates``
-    + ``blank``, and ``unaccounted`` is the difference (0). Failed timers are no input line."""
+    + ``erased_events`` + ``blank``, and ``unaccounted`` is the difference (0). Failed timers are no
+    input line."""
     account = {
         "read": sum(counts["read"] for counts in files.values()),
         "blank": sum(counts["blank"] for counts in files.values()),
         "accepted": _accepted(summary),
         "dead_letters": _input_dead_letters(summary),
         "duplicates": summary.get("duplicates", 0),
+        "erased_events": summary.get("erased_events", 0),
     }
-    parts = ("blank", "accepted", "dead_letters", "duplicates")
+    parts = ("blank", "accepted", "dead_letters", "duplicates", "erased_events")
     account["unaccounted"] = account["read"] - sum(account[part] for part in parts)
     return {**account, "files": dict(sorted(files.items()))}
 
@@ -99,7 +101,7 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
     """A few human lines about a run, for stderr."""
     events = _accepted(summary)
     dead = sum(summary.get("dead_letters", {}).values())
-    read = events + _input_dead_letters(summary) + summary.get("duplicates", 0)
+    read = events + _input_dead_letters(summary) + summary.get("duplicates", 0) + summary.get("erased_events", 0)
     blank = summary.get("lines", {}).get("blank", 0)
     rate = read / seconds if seconds > 0 else 0.0
     outputs = summary.get("outputs", {})
@@ -114,7 +116,8 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
         f" unknown event names {len(unknown)}; blank lines {blank:,}"
         + (f"; timer errors {summary['timer_errors']:,}" if "timer_errors" in summary else ""),
         f"  customers {summary.get('customers', 0):,} (+{summary.get('anonymous_customers', 0):,} anonymous);"
-        f" identities linked {summary.get('identities_linked', 0):,}",
+        f" identities linked {summary.get('identities_linked', 0):,}"
+        + (f"; events of erased customers dropped {summary['erased_events']:,}" if "erased_events" in summary else ""),
         f"  triggers by channel: {_join(triggers)}; shadow {outputs.get(OUTPUT_FILES[SHADOW_TRIGGERS], 0):,}",
         f"  triggers by rule: {_join(summary.get('triggers', {}))}",
         f"  audience changes: {_join(summary.get('audience_changes', {}))}",

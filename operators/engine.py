@@ -57,14 +57,23 @@ from operators.rule_program import NativeRules
 from operators.rules import CompiledRules, CompiledTrigger
 from operators.timers import TimerQueue
 from schemas.envelope import Envelope
+from schemas.erasures import Ledger, add_erasure, erasure_record
 from schemas.errors import RecoveryStoreError
 from schemas.items import Output, fields_getter
 from schemas.offers import Offer
 from schemas.records import decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
-from schemas.streams import MODELS, PROFILES
+from schemas.streams import ERASURES, MODELS, PROFILES
 from state import codec
-from state._native import CustomerStep, Dedupe, IdentityPass, Links, decision_features
+from state._native import (
+    CustomerStep,
+    Dedupe,
+    IdentityPass,
+    Links,
+    anonymous_hash,
+    decision_features,
+    unlink_customer,
+)
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import Checkpoint, CustomerState, Lifecycle, shared_audiences
@@ -117,6 +126,7 @@ class EngineConfig:
     propensity_horizon_ms: int = 7 * DAY_MS
     initial_models: dict[str, Any] | None = None  # parameters to start from (a model file's content)
     reference: Reference | None = None  # stores and products, enriching events and offers
+    erased: Ledger = field(default_factory=dict)  # the erasure ledger read before the run (shared, never changed)
 
 
 @dataclass(slots=True)
@@ -267,9 +277,7 @@ class CustomerStage:
         start, before, applying, late = len(out), None, False, False
         try:
             if env.name == ERASURE:
-                state = self.customers.get(customer_id)
-                if state is not None:
-                    self._erase(state, env, out)
+                self._erase(customer_id, env, out)
             else:
                 known = customer_id in self.customers
                 if not known:  # its marks before this event, in case it must leave no trace
@@ -806,11 +814,18 @@ class CustomerStage:
                 self.writer.audience_change(state.id, audience, False, reason, at_ms, caused_by, out)
         state.audiences = ()
 
-    def _erase(self, state: CustomerState, env: Envelope, out: list[Any]) -> None:
-        request = getattr(env.event.properties, "request_id", "")
-        self._leave_all(state, f"erasure requested ({request})", env.ts_ms, [env.message_id], out)
-        self._drop_customer(state.id)
-        bump(self.stats, "erased")
+    def _erase(self, customer_id: str, env: Envelope, out: list[Any]) -> None:
+        """Apply an erasure: the customer leaves its audiences and is dropped (its live profile is
+        deleted, held or not), and the erasure is recorded in the ledger (``erasures``)."""
+        properties = env.event.properties
+        state = self.customers.get(customer_id)
+        if state is not None:
+            self._leave_all(state, f"erasure requested ({properties.request_id})", env.ts_ms, [env.message_id], out)
+            bump(self.stats, "erased")
+        self._drop_customer(customer_id)
+        if self.config.erased.get(customer_id, env.ts_ms - 1) < env.ts_ms:  # not in the ledger read already
+            record = erasure_record(customer_id, env.ts_ms, properties.request_id, properties.regulation)
+            out.append(Output(ERASURES, customer_id, env.ts_ms, env.seq, record))
 
     def _expire(self, state: CustomerState, at_ms: int, out: list[Any]) -> None:
         days = self.config.state_ttl_ms // DAY_MS
@@ -1068,8 +1083,17 @@ class CustomerStage:
         self.changed = set(shard["changed"])
         self._restore_journalled(shard, states)
         self.scorers = self.models.scorers if self.models is not None else None
+        self._forget_erased()
         self.timers = TimerQueue(self.customers)
         self.timers.schedule_all()
+
+    def _forget_erased(self) -> None:
+        """Drop restored customers the ledger says were erased after they were last seen (a snapshot
+        from before an erasure applied by the run that stopped): what they had was sent before."""
+        ledger, customers = self.config.erased, self.customers
+        for customer_id in sorted(ledger.keys() & customers.keys()):
+            if customers[customer_id].last_seen_ms <= ledger[customer_id]:
+                self._drop_customer(customer_id)
 
 
 class IdentityStage(CustomerStage):
@@ -1084,9 +1108,13 @@ class IdentityStage(CustomerStage):
     population = "anonymous_customers"
     sends_profiles = False
 
-    def __init__(self, rules: CompiledRules, config: EngineConfig) -> None:
+    def __init__(self, rules: CompiledRules, config: EngineConfig, shards: int = 1) -> None:
         super().__init__(rules, config, config.source_partitions)
         self.index = 0  # this identity shard's number, learned from the source's ticks
+        self.shards = shards  # identity shards in all: an erasure reaches every one (see _erasure_copy)
+        self.ledger = config.erased  # erasures known before the run, customer -> time (shared: never changed)
+        self.erased: Ledger = {}  # erasures this shard has seen in this run, customer -> time
+        self.erased_anonymous: dict[int, int] = {}  # hash of an erased customer's anonymous id -> erasure time
         self.seen = Dedupe(config.dedupe_per_shard)
         self.added: list[str] | None = [] if config.state_store is not None else None  # ids seen since a snapshot
         self.links = Links(config.links_per_shard)
@@ -1114,7 +1142,7 @@ class IdentityStage(CustomerStage):
         while at < end:
             at, self.clock, duplicates, linked = self.passing.run(
                 released, at, self.seen, self.links, self.customers, self.added,
-                self.clock, timers.first_due(), self.swept_day, out,
+                self.clock, timers.first_due(), self.swept_day, out, self.ledger or None, self.erased or None,
             )  # fmt: skip
             if duplicates:
                 bump(stats, "duplicates", duplicates)
@@ -1131,6 +1159,8 @@ class IdentityStage(CustomerStage):
         writer, config = self.writer, self.config
         writer.seq, writer.arrived = env.seq, env.arrived
         ts_ms, mark_ms, received_ms = env.ts_ms, env.mark_ms, env.received_ms
+        if env.name == ERASURE and self._erasure_copy(env):
+            return
         if received_ms is not None and ts_ms - received_ms > config.max_skew_ms:
             self._future(env, out)  # before dedupe: a corrected resend with the same id is accepted
             return
@@ -1145,6 +1175,13 @@ class IdentityStage(CustomerStage):
             self.added.append(message_id)
         if self.clock is None or mark_ms - config.lateness_ms > self.clock:
             self._advance(mark_ms, out)
+        if env.name == ERASURE:  # applied again if known: a resumed run may hold the customer from before it
+            customer_id = self._note_erasure(env)
+            if env.user_id is None and customer_id != env.anonymous_id:  # a linked anonymous id names it
+                out.append(Forward(env, customer_id))
+                return
+        elif (self.ledger or self.erased) and self._erased_event(env, out):
+            return
         anonymous_id, user_id = env.anonymous_id, env.user_id
         if anonymous_id is None:
             out.append(env)
@@ -1174,15 +1211,73 @@ class IdentityStage(CustomerStage):
                 out.append(Forward(env, linked))
             return
         carried = self.customers.get(anonymous_id)
+        if env.name == ERASURE:  # the anonymous state goes with the customer
+            if carried is not None:
+                self._forget_anonymous(carried, f"erasure requested ({env.event.properties.request_id})", env, out)
+            links.unlink(anonymous_id)
+            out.append(env)
+            return
         if carried is not None and carried.audiences:  # first: nothing has changed if this raises
             self._leave_all(carried, f"identity linked to {user_id}", env.ts_ms, [env.message_id], out)
         self._link(anonymous_id, user_id)
         if carried is not None:
             self._drop_customer(anonymous_id)
-        if env.name == ERASURE:
-            links.unlink(anonymous_id)
-            carried = None
         out.append(env if carried is None else Forward(env, user_id, carried))
+
+    # --- erasure -------------------------------------------------------------------------
+    def _erasure_copy(self, env: Envelope) -> bool:
+        """Whether ``env`` is a copy of an erasure sent to this shard for its links only (the router
+        sends every identity shard one; see :meth:`operators.pipeline.Router.parse`): noted, unless
+        its home shard dead-letters it, and not passed on."""
+        if shard_of(env.anonymous_id or env.user_id, self.shards) == self.index:  # type: ignore[arg-type]
+            return False
+        future = env.received_ms is not None and env.ts_ms - env.received_ms > self.config.max_skew_ms
+        if not future and env.mark_ms - env.ts_ms <= self.config.max_age_ms:
+            self._note_erasure(env)
+        return True
+
+    def _note_erasure(self, env: Envelope) -> str:
+        """Remember an erasure on this shard: the customer's events up to its time are dropped from
+        now on, and every anonymous id this shard links to it is forgotten (its later events are an
+        anonymous customer's; those up to the erasure are dropped). Return whose erasure it is: an
+        erasure that names no ``userId`` is known to its own shard only."""
+        customer_id = env.user_id
+        if customer_id is None:  # only its own shard (this one) knows whose it is
+            customer_id = self.links.get(env.anonymous_id) or env.anonymous_id  # type: ignore[arg-type]
+        add_erasure(self.erased, customer_id, max(env.ts_ms, self.ledger.get(customer_id, env.ts_ms)))
+        erased_at = self.erased[customer_id]
+        for key in unlink_customer(self.links, customer_id):
+            self.erased_anonymous[key] = erased_at
+        if env.anonymous_id is not None:
+            self.erased_anonymous[anonymous_hash(env.anonymous_id)] = erased_at
+        return customer_id
+
+    def _erased_event(self, env: Envelope, out: list[Any]) -> bool:
+        """Drop ``env`` if it is an erased customer's, from up to its erasure (counted as
+        ``erased_events``, with no dead letter: it would carry the customer's data). An erased
+        customer's event that links an anonymous id takes that id with it: its anonymous state
+        here, and its events up to the erasure."""
+        anonymous_id, user_id = env.anonymous_id, env.user_id
+        customer_id = user_id or self.links.get(anonymous_id) or anonymous_id  # type: ignore[arg-type]
+        erased_at = self.erased.get(customer_id, self.ledger.get(customer_id))
+        if erased_at is None and user_id is None and self.erased_anonymous:
+            erased_at = self.erased_anonymous.get(anonymous_hash(anonymous_id))  # type: ignore[arg-type]
+        if erased_at is None or env.ts_ms > erased_at:
+            return False
+        if user_id is not None and anonymous_id is not None:
+            self.erased_anonymous[anonymous_hash(anonymous_id)] = erased_at
+            self.links.unlink(anonymous_id)
+            anonymous = self.customers.get(anonymous_id)
+            if anonymous is not None:
+                self._forget_anonymous(anonymous, "erasure requested", env, out)
+        bump(self.stats, "erased_events")
+        return True
+
+    def _forget_anonymous(self, state: CustomerState, reason: str, env: Envelope, out: list[Any]) -> None:
+        """Drop an anonymous customer's state and link (it leaves its audiences, for ``reason``)."""
+        self._leave_all(state, reason, env.ts_ms, [env.message_id], out)
+        self._drop_customer(state.id)
+        self.links.unlink(state.id)
 
     def _link(self, anonymous_id: str, user_id: str) -> None:
         """Link ``anonymous_id`` to ``user_id``, counting a new or changed link."""
@@ -1224,11 +1319,14 @@ class IdentityStage(CustomerStage):
             shard = snapshot[1]
             shard["seen"] = None if "seen" in shard["journals"] else self.seen.to_bytes()
             shard["links"] = pickle.dumps(self.links.entries())
+            shard["erased"] = pickle.dumps((self.erased, self.erased_anonymous))
         return snapshot
 
     def restore(self, snapshot: tuple[int, dict[str, Any]]) -> None:
         super().restore(snapshot)
-        self.links = Links.from_entries(self.config.links_per_shard, pickle.loads(snapshot[1]["links"]))
+        shard = snapshot[1]
+        self.links = Links.from_entries(self.config.links_per_shard, pickle.loads(shard["links"]))
+        self.erased, self.erased_anonymous = pickle.loads(shard["erased"]) if "erased" in shard else ({}, {})
 
     def _restore_journalled(self, shard: dict[str, Any], states: dict[str, tuple[bytes, list[bytes]]]) -> None:
         super()._restore_journalled(shard, states)
@@ -1240,8 +1338,8 @@ class IdentityStage(CustomerStage):
 
 
 def shard_engine(rules: CompiledRules, config: EngineConfig, role: Role, upstream_shards: int = 1) -> CustomerStage:
-    """One shard's engine for a stage: ``identity`` (fed by the source partitions) or ``customer``
-    (fed by ``upstream_shards`` identity shards)."""
+    """One shard's engine for a stage: ``identity`` (fed by the source partitions; one of
+    ``upstream_shards``) or ``customer`` (fed by ``upstream_shards`` identity shards)."""
     if role == "identity":
-        return IdentityStage(rules, config)
+        return IdentityStage(rules, config, upstream_shards)
     return CustomerStage(rules, config, upstream_shards)

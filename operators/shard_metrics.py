@@ -12,6 +12,7 @@ from schemas.metrics import (
     DECISIONS,
     DEFERRED,
     DUPLICATE_EVENTS,
+    ERASED_EVENTS,
     EVENTS,
     INVALID_EVENTS,
     LATE_EVENTS,
@@ -74,12 +75,14 @@ class ShardMetrics:
         unknown = {path: entry["count"] for path, entry in stats.get("unknown_fields", {}).items()}
         for path, count in _deltas(unknown, seen.setdefault("unknown_fields", {})):
             _child(UNKNOWN_FIELDS, path).inc(count)
-        flat = {name: stats.get(name, 0) for name in ("late", "duplicates", *ENGINE_DEAD_LETTERS)}
+        flat = {name: stats.get(name, 0) for name in ("late", "duplicates", "erased_events", *ENGINE_DEAD_LETTERS)}
         for name, count in _deltas(flat, seen.setdefault("flat", {})):
             if name == "late":
                 LATE_EVENTS.inc(count)
             elif name == "duplicates":
                 DUPLICATE_EVENTS.inc(count)
+            elif name == "erased_events":
+                ERASED_EVENTS.inc(count)
             else:
                 _child(INVALID_EVENTS, name).inc(count)
         if self.engine.models is not None and (final or now - self.models_at >= MODEL_METRICS_SECONDS):

@@ -61,3 +61,6 @@ RECOMMENDATION_CHECKS = Counter(
     "nudgeflow_recommendation_checks", "Sampled next-product checks of the recommender, by result", ["result"]
 )
 CUSTOMERS = Gauge("nudgeflow_customers_in_state", "Customers held in state by this process, by stage", ["stage"])
+ERASED_EVENTS = Counter(
+    "nudgeflow_erased_events", "Events of erased customers dropped: their event time is at or before the erasure"
+)

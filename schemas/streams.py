@@ -24,6 +24,7 @@ SUPPRESSIONS = "suppressions"
 STATS = "stats"
 PROFILES = "profiles"
 MODELS = "models"
+ERASURES = "erasures"  # the erasure ledger: one record per erasure applied (schemas.erasures)
 MODEL_FILE = "models.json"
 
 
@@ -60,6 +61,7 @@ def _stream_list() -> tuple[Stream, ...]:
         Stream(STATS, "summary.json"),  # the run's counters, summed over shards
         Stream(PROFILES, store=True),  # the live profile of a changed customer
         Stream(MODELS, MODEL_FILE),  # the models' parameters, merged over shards at the end of a run
+        Stream(ERASURES, f"{ERASURES}.jsonl", kafka=True),  # a compacted topic, keyed by customer
     )
 
 

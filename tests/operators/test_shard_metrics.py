@@ -54,6 +54,17 @@ def test_dropped_order_lines_and_unknown_fields_are_published():
     assert sample("nudgeflow_unknown_fields_total", path="context.store_id") - before[1] == 1
 
 
+def test_events_of_erased_customers_dropped_are_published():
+    def erased_events() -> float:
+        return REGISTRY.get_sample_value("nudgeflow_erased_events_total", {}) or 0.0
+
+    h = EngineHarness(rules_from(CART_RULE))
+    before = erased_events()
+    h.feed([added("u1", 0), track("Erasure Requested", "u1", 5, props={"request_id": "r"}), added("u1", 3)])
+    h.pipeline.identity[0].metrics.publish(final=True)  # dropped where they enter: the identity stage
+    assert erased_events() - before == 1
+
+
 def dead_letters(reason: str) -> float:
     return REGISTRY.get_sample_value("nudgeflow_invalid_events_total", {"reason": reason}) or 0.0
 
