@@ -76,8 +76,8 @@ from state.update import apply_event, feature_update
 # the anonymous id; with a customer store, the recommender and the dedupe memory are kept there as base
 # and journals (state.journal), and the snapshot refers to them. 9: a customer's timers, decisions fired,
 # open decisions and offers are the bytes of its compiled bookkeeping record. 10: the open decisions'
-# features in that record hold whole numbers as varints
-SNAPSHOT_FORMAT = 10
+# features in that record hold whole numbers as varints. 11: customers' policy, experiment and attribution slots
+SNAPSHOT_FORMAT = 11
 MAX_UNSAVED = 3  # snapshots (and pre-saves) whose changes may wait for the customer store before the next waits
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes

@@ -15,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from operators.expressions import Expression, ExpressionError, compile_expression
 from schemas.errors import ConfigurationError
 from schemas.events import KNOWN_TRACK_EVENTS
+from schemas.experiments import ExperimentConfig
 from schemas.rules import AudienceRule, NextBestOffer, Offer, RuleSet, TriggerRule
 from state.catalogue import ANY_EVENT, FEATURES
 
@@ -111,6 +112,7 @@ class CompiledRules:
     audiences: list[CompiledAudience]
     offers: list[Offer] = field(default_factory=list)
     next_best_offer: NextBestOffer = field(default_factory=NextBestOffer)
+    experiments: ExperimentConfig = field(default_factory=ExperimentConfig)
     immediate: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
     arming: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
     cancelling: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
@@ -293,7 +295,9 @@ def _compile(ruleset: RuleSet, root: yaml.Node | None, source: str) -> CompiledR
         audiences.append(CompiledAudience(rule, when, listens, any(f.time_dependent for f in features)))
     if problems:
         raise RuleFileError(source, problems)
-    return CompiledRules(ruleset.version, source, triggers, audiences, ruleset.offers, ruleset.next_best_offer)
+    return CompiledRules(
+        ruleset.version, source, triggers, audiences, ruleset.offers, ruleset.next_best_offer, ruleset.experiments
+    )
 
 
 def _excerpt(text: str, limit: int = 120) -> str:

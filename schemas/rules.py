@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from schemas.experiments import ExperimentConfig, rule_problems
 from schemas.streams import Channel
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
@@ -138,6 +139,7 @@ class RuleSet(BaseModel):
     audiences: list[AudienceRule] = []
     offers: list[Offer] = []
     next_best_offer: NextBestOffer = NextBestOffer()
+    experiments: ExperimentConfig = ExperimentConfig()
 
     @model_validator(mode="after")
     def _offers_exist(self) -> RuleSet:
@@ -157,6 +159,11 @@ class RuleSet(BaseModel):
             if t.offer_id == NEXT_BEST and not any(t.channel in o.channels for o in self.offers)
         ]
         _refuse(problems)
+        return self
+
+    @model_validator(mode="after")
+    def _experiments_know_their_rules(self) -> RuleSet:
+        _refuse(rule_problems(self.experiments, self.triggers))
         return self
 
     @model_validator(mode="after")

@@ -24,6 +24,8 @@ STATS = "stats"
 PROFILES = "profiles"
 MODELS = "models"
 MODEL_FILE = "models.json"
+ATTRIBUTIONS = "attributions"
+EXPERIMENTS = "experiments"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,8 @@ def _stream_list() -> tuple[Stream, ...]:
         Stream(STATS, "summary.json"),  # the run's counters, summed over shards
         Stream(PROFILES, store=True),  # the live profile of a changed customer
         Stream(MODELS, MODEL_FILE),  # the models' parameters, merged over shards at the end of a run
+        Stream(ATTRIBUTIONS, f"{ATTRIBUTIONS}.jsonl", kafka=True),  # orders credited to the deliveries before them
+        Stream(EXPERIMENTS, f"{EXPERIMENTS}.jsonl"),  # per-arm counts by report period, summed over shards
     )
 
 

@@ -73,7 +73,7 @@ class CustomerState:
     :class:`state._native.Bookkeeping`), audiences and linked ids. Times are event-time epoch
     milliseconds."""
 
-    __slots__ = ("audiences", "book", "features", "id", "linked_ids", "scheduled_ms")
+    __slots__ = ("audiences", "book", "exposures", "features", "id", "linked_ids", "scheduled_ms", "touches")
 
     def __init__(self, customer_id: str, first_seen_ms: int) -> None:
         self.id = customer_id
@@ -82,6 +82,8 @@ class CustomerState:
         self.book = NO_BOOKKEEPING  # timers, rules fired, open outcomes and offers
         self.scheduled_ms: int | None = None  # due time of the customer's entry in the shard's timer heap
         self.linked_ids: tuple[str, ...] = ()
+        self.exposures: tuple[Any, ...] = ()  # first exposure per experiment (operators.experiments)
+        self.touches: tuple[Any, ...] = ()  # recent deliveries, for attribution (operators.attribution)
 
     # --- checkpoints, for undoing an update that failed halfway --------------------------
     def checkpoint(self, features: bool = True) -> Checkpoint:
@@ -226,6 +228,35 @@ class CustomerState:
         self.features.merge(other.features, now_ms)
         self.book = self.book.merged(other.book)  # its timers and causes of rules this one lacks
         self.linked_ids = (*self.linked_ids[-4:], other.id)
+        self.exposures = merge_exposures(self.exposures, other.exposures)
+        self.touches = merge_touches(self.touches, other.touches)
+
+
+EXPOSURE_FIELDS = 5
+"""A customer's ``exposures``, flat: (experiment, arm, first exposed at, converted 0/1, pre-period orders) each."""
+TOUCH_FIELDS = 5
+"""A customer's ``touches``, flat: (delivered at, decision id, rule id, channel, offer id or "") each, oldest first."""
+MAX_TOUCHES = 8
+
+
+def merge_exposures(own: tuple[Any, ...], carried: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A linked customer's exposures: its own, and the adopted anonymous state's in other experiments."""
+    known = own[::EXPOSURE_FIELDS]
+    merged = own
+    for at in range(0, len(carried), EXPOSURE_FIELDS):
+        if carried[at] not in known:
+            merged += carried[at : at + EXPOSURE_FIELDS]
+    return merged
+
+
+def merge_touches(own: tuple[Any, ...], carried: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A linked customer's touches and the adopted anonymous state's, by time, the last :data:`MAX_TOUCHES`."""
+    if not carried:
+        return own
+    touches = sorted(
+        tuple(values[at : at + TOUCH_FIELDS]) for values in (own, carried) for at in range(0, len(values), TOUCH_FIELDS)
+    )
+    return tuple(value for touch in touches[-MAX_TOUCHES:] for value in touch)
 
 
 Checkpoint = tuple[Any, ...]
