@@ -31,6 +31,7 @@ from connectors.files import (
     stage_output_folder,
 )
 from connectors.local_services import free_port
+from flows.measures import render_measures
 from flows.metrics import serve
 from flows.personalization import build_flow
 from flows.report import diff_decisions, finalize_summary, render_diff, render_summary
@@ -173,6 +174,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", type=Path, help="also write the figures as JSON")
     evaluate.set_defaults(command=_evaluate)
 
+    report = sub.add_parser("report", help="experiments, and revenue attributed per rule, channel and offer")
+    report.add_argument("folder", type=Path, help="the output folder of a run or replay")
+    report.set_defaults(command=_report_measures)
+
     rules = sub.add_parser("rules", help="rule files")
     rules_sub = rules.add_subparsers(required=True, metavar="ACTION")
     check = rules_sub.add_parser("check", help="validate a rule file and show what each rule listens to")
@@ -241,7 +246,7 @@ def execute(
         if errors:
             path, err = errors[0]
             raise _unwritten(settings.out, settings.out / path.name, err)
-        summary, warning = _publish(staging, settings, tally.lines if tally is not None else None)
+        summary, warning = _publish(staging, settings, tally.lines if tally is not None else None, rules)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _tell_run(summary, settings, warning, tally.problems if tally is not None else [], seconds, quiet)
@@ -250,12 +255,12 @@ def execute(
 
 
 def _publish(
-    staging: Path, settings: Settings, lines: dict[str, dict[str, int]] | None
+    staging: Path, settings: Settings, lines: dict[str, dict[str, int]] | None, rules: CompiledRules
 ) -> tuple[dict[str, Any], str | None]:
-    """Complete the run's summary in ``staging`` and publish the folder as ``settings.out``; return
-    the summary and any warning of the publishing."""
+    """Complete the run's summary (and experiments) in ``staging`` and publish the folder as
+    ``settings.out``; return the summary and any warning of the publishing."""
     try:
-        summary = finalize_summary(staging, lines)
+        summary = finalize_summary(staging, lines, rules.experiments)
         return summary, publish_outputs(staging, settings.out)
     except OSError as err:
         raise _unwritten(settings.out, settings.out, err) from None
@@ -571,7 +576,7 @@ def replay_in_processes(settings: Settings, processes: int, workers: int = 1, qu
         _wait_all(pids, "replay", "; nothing was written")
         seconds = time.perf_counter() - started
         lines, problems = _part_lines(staging, processes, settings.input)
-        summary, warning = _publish(staging, settings, lines)
+        summary, warning = _publish(staging, settings, lines, rules)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _tell_run(summary, settings, warning, problems, seconds, quiet)
@@ -693,6 +698,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(render(results))
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return 0
+
+
+def _report_measures(args: argparse.Namespace) -> int:
+    print(render_measures(args.folder))
     return 0
 
 

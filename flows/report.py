@@ -9,9 +9,11 @@ from typing import Any
 
 import orjson
 
+from flows.measures import finalize_experiments
 from flows.settings import Settings
 from operators.models.propensity import Calibration
 from operators.parse import readable_firsts
+from schemas.experiments import ExperimentConfig
 from schemas.streams import (
     AUDIENCE_CHANGES,
     CHANNELS,
@@ -36,11 +38,19 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
 
 
-def finalize_summary(folder: Path, lines: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+def finalize_summary(
+    folder: Path, lines: dict[str, dict[str, int]] | None = None, experiments: ExperimentConfig | None = None
+) -> dict[str, Any]:
     """Add output line counts and dead letters by reason to ``summary.json``, and the account of
-    the input ``lines`` read per file when given (see :func:`line_account`); return the summary."""
+    the input ``lines`` read per file when given (see :func:`line_account`); with the rule file's
+    ``experiments`` section, each arm's lift to ``experiments.jsonl`` and the costs to the summary;
+    return the summary."""
     path = folder / SUMMARY
     summary = orjson.loads(path.read_bytes()) if path.exists() else {}
+    if experiments is not None:
+        finalize_experiments(folder, experiments)
+        if experiments.costs.per_message or experiments.costs.per_offer:
+            summary["costs"] = experiments.costs.model_dump()
     outputs = {}
     for stream, name in sorted(OUTPUT_FILES.items()):
         if stream not in (STATS, DEAD_LETTERS):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from operators.decisions import bump, unbump
+from operators.decisions import DecisionWriter, bump, unbump
 from schemas.experiments import Attribution
 from schemas.items import Output
 from schemas.records import cloud_event, decision_id, iso_ms
@@ -50,11 +50,11 @@ def credits(touches: tuple[Any, ...], order_ms: int, windows: dict[str, int]) ->
 class Attributor:
     """Keeps customers' touches and writes the ``attributions`` records of their orders."""
 
-    def __init__(self, config: Attribution, version: str, stats: dict[str, Any]) -> None:
+    def __init__(self, config: Attribution, writer: DecisionWriter) -> None:
         self.windows = dict(config.windows)
         self.keep_ms = max(self.windows.values())
-        self.version = version
-        self.stats = stats
+        self.writer = writer
+        writer.uncounters[ATTRIBUTIONS] = uncount_attribution
 
     def delivered(
         self, state: Any, at_ms: int, event_id: str, rule_id: str, channel: str, offer_id: str | None
@@ -62,9 +62,7 @@ class Attributor:
         """Note a delivered trigger as one of the customer's touches."""
         state.touches = touched(state.touches, (at_ms, event_id, rule_id, channel, offer_id or ""), self.keep_ms)
 
-    def ordered(
-        self, state: Any, order_ms: int, order_id: str, amount: float, message_id: str, seq: int, out: list[Any]
-    ) -> None:
+    def ordered(self, state: Any, order_ms: int, order_id: str, amount: float, message_id: str, out: list[Any]) -> None:
         """Credit an order to the customer's touches before it."""
         for model, credited in credits(state.touches, order_ms, self.windows).items():
             for (at_ms, event_id, rule_id, channel, offer_id), credit in credited:
@@ -79,15 +77,20 @@ class Attributor:
                     "channel": channel,
                     "offer_id": offer_id or None,
                     "delivered_at": iso_ms(at_ms),
-                    "ruleset_version": self.version,
+                    "ruleset_version": self.writer.version,
                     "caused_by": [message_id],
                 }
                 record_id = decision_id(state.id, message_id, model, event_id)
                 body = cloud_event(
                     type_=ATTRIBUTION_TYPE, event_id=record_id, time_ms=order_ms, subject=state.id, data=data
                 )
-                out.append(Output(ATTRIBUTIONS, state.id, order_ms, seq, body))
-                count_attribution(self.stats, data, 1)
+                out.append(Output(ATTRIBUTIONS, state.id, order_ms, self.writer.seq, body))
+                count_attribution(self.writer.stats, data, 1)
+
+
+def uncount_attribution(stats: dict[str, Any], record: dict[str, Any]) -> None:
+    """Take back the counts of an ``attributions`` record (of a step that failed)."""
+    count_attribution(stats, record["data"], -1)
 
 
 def count_attribution(stats: dict[str, Any], data: dict[str, Any], sign: int) -> None:

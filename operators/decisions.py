@@ -8,6 +8,7 @@ that fails is taken back with :meth:`DecisionWriter.retract`, counts included.
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ class DecisionWriter:
         self.arrived = 0.0  # its wall-clock arrival (latency metrics only)
         self._triggers: dict[str, _TriggerRecords] = {}  # by rule id
         self._audiences: dict[tuple[str, str], _AudienceRecords] = {}  # by audience id and change
+        self.uncounters: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {}
+        """stream -> what takes back the counts of one of its records (of another stage: experiments...)"""
 
     def trigger(
         self, rule: TriggerRule, customer_id: str, event_id: str, at_ms: int, timer: bool, out: list[Any], **data: Any
@@ -133,6 +136,8 @@ class DecisionWriter:
                 unbump(stats["triggers"], record["data"]["rule_id"])
             elif item.stream.startswith(AUDIENCE_CHANGES):
                 unbump(stats["audience_changes"], f"{record['data']['audience']}.{record['data']['change']}")
+            elif (uncount := self.uncounters.get(item.stream)) is not None:
+                uncount(stats, record)
         del out[start:]
 
 

@@ -44,7 +44,9 @@ from typing import Any, Literal
 
 import orjson
 
+from operators.attribution import Attributor
 from operators.decisions import DecisionWriter, RuleFailed, bump
+from operators.experiments import ORDER, Assignment, Experiments, Measurement
 from operators.models import FEATURES_KEY, ModelMode, ModelsSnapshot, ShardModels, merge_open
 from operators.models.bandit import segment
 from operators.models.propensity import decision_features as view_inputs
@@ -156,6 +158,9 @@ class CustomerStage:
         self.swept_day: int | None = None
         self.stats: dict[str, Any] = {}
         self.writer = DecisionWriter(rules.version, self.stats)
+        self.experiments = Experiments(rules.experiments)
+        self.measurement = Measurement(rules.experiments, self.writer) if rules.experiments.active else None
+        self.attribution = Attributor(rules.experiments.attribution, self.writer)
         self.dirty: set[str] = set()
         self.changed: set[str] = set()  # customers whose profile changed since the last profiles
         self.models = self._models_for_mode(None)
@@ -314,7 +319,18 @@ class CustomerStage:
         due = not late and scheduled is not None and scheduled <= env.ts_ms
         fired = self._fire_due(state, env.ts_ms, out) if due else 0
         resolved = self.models is not None and env.name in RESOLVING and self._learn_from(state, env)
-        return bool(fired or resolved)
+        converted = env.name == ORDER and (state.touches or state.exposures) and self._converted(state, env, out)
+        return bool(fired or resolved or converted)
+
+    def _converted(self, state: CustomerState, env: Envelope, out: list[Any]) -> bool:
+        """An order of a customer with deliveries or exposures before it: credited to the deliveries
+        (attribution), and a conversion in the experiments it was exposed in."""
+        props = env.event.properties
+        amount = props.amount()
+        self.attribution.ordered(state, env.ts_ms, str(props.order_id), amount, env.message_id, out)
+        if self.measurement is not None and state.exposures:
+            self.measurement.ordered(state, env.ts_ms, amount, out)
+        return True
 
     def _apply(self, state: CustomerState, env: Envelope, fresh: bool, late: bool, out: list[Any]) -> None:
         """Apply ``env`` to features, timers, rules and audiences (all of them when ``fresh``).
@@ -567,7 +583,12 @@ class CustomerStage:
             return
         state.set_fired(rule.id, cause)
         event_id = decision_id(state.id, rule.id, cause)
+        assignment = self._assign(state, rule, at_ms, out)
+        if assignment is not None and assignment.holdout:
+            return
         offer_id, content, offer_choice = rule.offer_id, rule.content, None
+        if assignment is not None and assignment.content is not None:
+            content = assignment.content
         if offer_id == NEXT_BEST:
             offer_id, content, offer_choice = self._next_best_offer(state, at_ms, rule, event_id)
         reason = self.reasons.trigger(trigger)
@@ -593,6 +614,19 @@ class CustomerStage:
             score=None if score is None else round(score, 4),
             expires_at=iso_ms(at_ms + rule.expires_in),
         )
+        if not rule.shadow:
+            self.attribution.delivered(state, at_ms, event_id, rule.id, rule.channel, offer_id)
+
+    def _assign(self, state: CustomerState, rule: TriggerRule, at_ms: int, out: list[Any]) -> Assignment | None:
+        """The customer's assignment for a decision of ``rule`` (``None``: in no experiment), its
+        exposures noted."""
+        if self.measurement is None:
+            return None
+        found = self.experiments.assignments(state.id, rule)
+        if not found:
+            return None
+        self.measurement.expose(state, found, at_ms, out)
+        return next((a for a in found if a.holdout), found[-1])
 
     def _views(self, state: CustomerState, env: Envelope | None, now_ms: int) -> Callable[[], FeatureView]:
         """A function giving one :class:`FeatureView` of the customer at ``now_ms``, built on its first

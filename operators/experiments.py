@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from operators.decisions import bump
+from operators.decisions import DecisionWriter, bump
 from schemas.experiments import CONTROL, HOLDOUT, TRANSACTIONAL, TREATED, ExperimentConfig, Test
 from schemas.items import Output
 from schemas.rules import TriggerRule
@@ -95,15 +95,16 @@ class Measurement:
     """Counts exposures, conversions and revenue per experiment and arm, as ``experiments`` records of
     increments (summed over shards by the output folder), and in the shard's ``stats``."""
 
-    def __init__(self, config: ExperimentConfig, stats: dict[str, Any]) -> None:
-        self.stats = stats
+    def __init__(self, config: ExperimentConfig, writer: DecisionWriter) -> None:
+        self.writer = writer
+        writer.uncounters[EXPERIMENTS] = retract_measures
         self.period_ms = config.report_every
         self.pre_period = config.pre_period
         self.windows = {test.id: test.conversion_window for test in config.tests}
         if config.holdout is not None:
             self.windows[HOLDOUT] = config.holdout.conversion_window
 
-    def expose(self, state: Any, assignments: tuple[Assignment, ...], at_ms: int, seq: int, out: list[Any]) -> None:
+    def expose(self, state: Any, assignments: tuple[Assignment, ...], at_ms: int, out: list[Any]) -> None:
         """Note the customer's first exposure in each experiment of ``assignments``."""
         exposures = state.exposures
         known = exposures[::EXPOSURE_FIELDS]
@@ -115,10 +116,10 @@ class Measurement:
                 pre = self._pre_period_orders(state, at_ms)
             exposures += (assignment.experiment, assignment.arm, at_ms, 0, pre)
             counts = {"exposed": 1, "pre": pre, "pre_squares": pre * pre}
-            self._emit(state.id, assignment.experiment, assignment.arm, counts, at_ms, seq, out)
+            self._emit(state.id, assignment.experiment, assignment.arm, counts, at_ms, out)
         state.exposures = exposures
 
-    def ordered(self, state: Any, at_ms: int, amount: float, seq: int, out: list[Any]) -> None:
+    def ordered(self, state: Any, at_ms: int, amount: float, out: list[Any]) -> None:
         """An order of an exposed customer: a conversion (the first within the window) and its revenue
         for every experiment whose conversion window after the first exposure holds ``at_ms``."""
         exposures = list(state.exposures)
@@ -131,7 +132,7 @@ class Measurement:
             if not converted:
                 exposures[at + 3] = 1
                 counts.update(conversions=1, conversions_pre=pre)
-            self._emit(state.id, experiment, arm, counts, at_ms, seq, out)
+            self._emit(state.id, experiment, arm, counts, at_ms, out)
         state.exposures = tuple(exposures)
 
     def _pre_period_orders(self, state: Any, at_ms: int) -> int:
@@ -140,12 +141,12 @@ class Measurement:
         return state.features.counts(self.pre_period, at_ms).get("order_completed", 0)
 
     def _emit(
-        self, customer_id: str, experiment: str, arm: str, counts: dict[str, int], at_ms: int, seq: int, out: list[Any]
+        self, customer_id: str, experiment: str, arm: str, counts: dict[str, int], at_ms: int, out: list[Any]
     ) -> None:
         period = at_ms - at_ms % self.period_ms
         body = orjson.dumps({str(period): {experiment: {arm: counts}}}, option=orjson.OPT_SORT_KEYS)
-        out.append(Output(EXPERIMENTS, customer_id, at_ms, seq, body))
-        count_measures(self.stats, experiment, arm, counts, 1)
+        out.append(Output(EXPERIMENTS, customer_id, at_ms, self.writer.seq, body))
+        count_measures(self.writer.stats, experiment, arm, counts, 1)
 
 
 SUMMARY_COUNTS = ("exposed", "conversions", "revenue_cents")

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from flows.lift import ArmSums, Z95, estimates, experiment_report, lift
+from flows.lift import Z95, ArmSums, estimates, experiment_report, lift
 
 
 def test_absolute_and_relative_lift_match_a_hand_computation():
@@ -70,4 +70,4 @@ def test_cuped_adjustment_matches_a_hand_computation():
     assert adjusted["a"].rate == pytest.approx(0.5) and adjusted["a"].variance == pytest.approx(0.0)
     # b: var x 0.5, var y 0, cov 0 -> 0.5 / 2
     assert adjusted["b"].rate == pytest.approx(0.5) and adjusted["b"].variance == pytest.approx(0.25)
-    assert Z95 == pytest.approx(1.959964, abs=1e-6)
+    assert pytest.approx(1.959964, abs=1e-6) == Z95

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 
 from operators.attribution import Attributor, credits, touched
+from operators.decisions import DecisionWriter
 from schemas.experiments import Attribution
 from schemas.streams import ATTRIBUTIONS
 from state.customer import MAX_TOUCHES, CustomerState, merge_touches
@@ -48,12 +49,12 @@ def test_a_linked_customer_keeps_the_touches_of_its_anonymous_state_in_time_orde
 
 def test_an_order_gives_one_record_per_model_and_credited_delivery():
     stats: dict = {}
-    attributor = Attributor(Attribution(), "v1", stats)
+    attributor = Attributor(Attribution(), DecisionWriter("v1", stats))
     state = CustomerState("c1", T0)
     attributor.delivered(state, T0, "d1", "cart_push", "push", None)
     attributor.delivered(state, T0 + HOUR, "d2", "offer_email", "email", "ten_off")
     out: list = []
-    attributor.ordered(state, T0 + 2 * HOUR, "o-1", 30.0, "m-order", 7, out)
+    attributor.ordered(state, T0 + 2 * HOUR, "o-1", 30.0, "m-order", out)
     records = [orjson.loads(item.body) for item in out]
     assert {item.stream for item in out} == {ATTRIBUTIONS}
     assert [
@@ -72,5 +73,5 @@ def test_an_order_gives_one_record_per_model_and_credited_delivery():
     assert stats["attributions"] == {"last_touch.offer_email": 1, "linear.cart_push": 1, "linear.offer_email": 1}
     assert stats["attributed_revenue_cents"]["linear.cart_push"] == 1500
     again: list = []
-    attributor.ordered(state, T0 + 2 * HOUR, "o-1", 30.0, "m-order", 7, again)
+    attributor.ordered(state, T0 + 2 * HOUR, "o-1", 30.0, "m-order", again)
     assert [item.body for item in again] == [item.body for item in out]  # the same ids and bytes on a replay

@@ -6,6 +6,7 @@ import orjson
 import pytest
 
 from connectors.files import add_counts
+from operators.decisions import DecisionWriter
 from operators.experiments import Experiments, Measurement, draw
 from operators.rules import RuleFileError, parse_rules
 from schemas.experiments import ExperimentConfig
@@ -159,16 +160,16 @@ def summed(out: list) -> dict:
 
 def test_exposure_counts_once_per_experiment_and_orders_in_the_window_convert():
     stats: dict = {}
-    measure = Measurement(config(), stats)
+    measure = Measurement(config(), DecisionWriter("v1", stats))
     experiments = Experiments(config())
     state = CustomerState("c1", T0)
     found = experiments.assignments("c1", CART)
     out: list = []
-    measure.expose(state, found, T0 + 1000, 1, out)
-    measure.expose(state, found, T0 + DAY + 1000, 2, out)  # a second decision: no new exposure
-    measure.ordered(state, T0 + 2 * DAY, 20.5, 3, out)  # converts
-    measure.ordered(state, T0 + 3 * DAY, 10.0, 4, out)  # revenue, no second conversion
-    measure.ordered(state, T0 + 9 * DAY, 99.0, 5, out)  # after the 7-day window
+    measure.expose(state, found, T0 + 1000, out)
+    measure.expose(state, found, T0 + DAY + 1000, out)  # a second decision: no new exposure
+    measure.ordered(state, T0 + 2 * DAY, 20.5, out)  # converts
+    measure.ordered(state, T0 + 3 * DAY, 10.0, out)  # revenue, no second conversion
+    measure.ordered(state, T0 + 9 * DAY, 99.0, out)  # after the 7-day window
     total = summed(out)
     assert sorted(total) == [str(T0), str(T0 + 2 * DAY), str(T0 + 3 * DAY)]  # by day of event time
     arms = {(e, a): counts for day in total.values() for e, arms in day.items() for a, counts in arms.items()}
