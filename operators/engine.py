@@ -326,7 +326,7 @@ class CustomerStage:
         """An order of a customer with deliveries or exposures before it: credited to the deliveries
         (attribution), and a conversion in the experiments it was exposed in."""
         props = env.event.properties
-        amount = props.amount()
+        amount = max(props.amount(), 0.0)  # lines of returned items may sum below zero
         self.attribution.ordered(state, env.ts_ms, str(props.order_id), amount, env.message_id, out)
         if self.measurement is not None and state.exposures:
             self.measurement.ordered(state, env.ts_ms, amount, out)
