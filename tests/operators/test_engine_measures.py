@@ -1,0 +1,122 @@
+"""The engine's measurement: arms decide what is delivered, exposures and conversions are counted per arm,
+and orders are credited to the deliveries before them."""
+
+from __future__ import annotations
+
+import orjson
+from conftest import EngineHarness, added, decisions, order, pickled_snapshots, restore_snapshots, rules_from, track
+
+from connectors.files import add_counts
+from operators.engine import EngineConfig
+from operators.experiments import Experiments
+from schemas.streams import ATTRIBUTIONS, EXPERIMENTS
+
+WELCOME = """
+version: v
+triggers:
+  - id: welcome
+    channel: push
+    on: Signed Up
+    once_per: customer
+    content: {title: "Welcome, friend"}
+  - id: receipt_email
+    channel: email
+    on: Product Added
+    once_per: cart
+"""
+TEST = """
+experiments:
+  tests:
+    - id: welcome_copy
+      rule: welcome
+      arms:
+        - {id: personalized, share: 0.4}
+        - {id: generic, share: 0.3, content: {title: "Welcome"}}
+        - {id: control, share: 0.3, send: false}
+"""
+CUSTOMERS = [f"c{n}" for n in range(60)]
+
+
+def arms_of(rules) -> dict[str, str]:
+    experiments = Experiments(rules.experiments)
+    welcome = next(t.rule for t in rules.triggers if t.id == "welcome")
+    return {cid: experiments.assign(cid, welcome).arm for cid in CUSTOMERS}
+
+
+def counts(outputs) -> dict:
+    """The experiments records summed over periods, as the output folder sums them."""
+    total: dict = {}
+    for item in outputs:
+        if item.stream == EXPERIMENTS:
+            for period in orjson.loads(item.body).values():
+                add_counts(total, period)
+    return total
+
+
+def test_each_arm_gets_what_it_is_assigned_and_exposures_and_conversions_are_counted_per_arm():
+    rules = rules_from(WELCOME + TEST)
+    arms = arms_of(rules)
+    assert set(arms.values()) == {"personalized", "generic", "control"}
+    h = EngineHarness(rules)
+    events = [track("Signed Up", cid, n) for n, cid in enumerate(CUSTOMERS)]
+    buyers = CUSTOMERS[::2]
+    events += [order(cid, 100 + n, total=10.0) for n, cid in enumerate(buyers)]
+    events.append(order(CUSTOMERS[1], days=8))  # after the 7-day conversion window
+    outputs = h.feed(events) + h.finish()
+
+    pushed = {record["subject"]: record["data"]["content"] for record in decisions(outputs, "triggers.push")}
+    assert set(pushed) == {cid for cid, arm in arms.items() if arm != "control"}
+    for cid, content in pushed.items():
+        assert content == ({"title": "Welcome, friend"} if arms[cid] == "personalized" else {"title": "Welcome"})
+
+    measured = counts(outputs)["welcome_copy"]
+    for arm in ("personalized", "generic", "control"):
+        members = [cid for cid in CUSTOMERS if arms[cid] == arm]
+        converted = [cid for cid in members if cid in buyers]
+        assert measured[arm]["exposed"] == len(members)
+        assert measured[arm].get("conversions", 0) == len(converted)
+        assert measured[arm].get("revenue_cents", 0) == 1000 * len(converted)
+    stats = next(orjson.loads(o.body) for o in outputs if o.stream == "stats" and o.key == "customer")
+    assert stats["experiments"]["welcome_copy"]["control"]["exposed"] == sum(a == "control" for a in arms.values())
+
+
+def test_rules_in_no_experiment_are_not_measured_and_cost_nothing_without_a_section():
+    h = EngineHarness(rules_from(WELCOME))
+    outputs = h.feed([track("Signed Up", "c1"), order("c1", 5)]) + h.finish()
+    assert not [o for o in outputs if o.stream == EXPERIMENTS]
+    assert h.customers.measurement is None
+
+
+def test_an_order_is_credited_to_the_deliveries_within_their_windows():
+    h = EngineHarness(rules_from(WELCOME))
+    outputs = h.feed(
+        [
+            track("Signed Up", "c1", 0),  # a push: 24 h window
+            added("c1", 10),  # an email: 7 d window
+            order("c1", 60 * 30, total=80.0),  # 30 h later: only the email is still in its window
+            order("c1", 60 * 200, total=20.0, days=7),  # past every window
+        ]
+    )
+    records = [r["data"] for r in decisions(outputs, ATTRIBUTIONS)]
+    assert [(r["model"], r["rule_id"], r["credit"], r["revenue"]) for r in records] == [
+        ("last_touch", "receipt_email", 1.0, 80.0),
+        ("linear", "receipt_email", 1.0, 80.0),
+    ]
+
+
+def test_exposures_and_touches_survive_a_snapshot(tmp_path):
+    rules = rules_from(WELCOME + TEST)
+    arms = arms_of(rules)
+    treated = next(cid for cid in CUSTOMERS if arms[cid] == "personalized")
+    config = EngineConfig(snapshots=True, state_store=tmp_path / "store")
+    h = EngineHarness(rules, config)
+    h.feed([track("Signed Up", treated, 0)])
+    restored = restore_snapshots(EngineHarness(rules, config), pickled_snapshots(h))
+    outputs = restored.feed([order(treated, 60, total=12.5)])
+    assert counts(outputs)["welcome_copy"]["personalized"] == {
+        "conversions": 1,
+        "conversions_pre": 0,
+        "orders": 1,
+        "revenue_cents": 1250,
+    }
+    assert [r["data"]["rule_id"] for r in decisions(outputs, ATTRIBUTIONS)] == ["welcome", "welcome"]
