@@ -120,3 +120,32 @@ def test_exposures_and_touches_survive_a_snapshot(tmp_path):
         "revenue_cents": 1250,
     }
     assert [r["data"]["rule_id"] for r in decisions(outputs, ATTRIBUTIONS)] == ["welcome", "welcome"]
+
+
+def test_an_event_that_fails_after_an_exposure_takes_the_exposure_back():
+    """The rule in a test exposes the customer, then another rule of the same event raises: the event is
+    dead-lettered, and neither the exposure record nor its count nor the customer's exposure stays."""
+    from dataclasses import replace
+
+    from test_engine import raising_when
+
+    rules = rules_from(WELCOME.replace("once_per: customer", "once_per: event") + FAILING + TEST)
+    failing = [
+        replace(t, when=raising_when("true", lambda view: True)) if t.id == "fails" else t for t in rules.triggers
+    ]
+    rules = replace(rules, triggers=failing)
+    treated = next(cid for cid, arm in arms_of(rules).items() if arm == "personalized")
+    h = EngineHarness(rules)
+    h.feed([track("Page", treated, 0)])
+    outputs = h.feed([track("Signed Up", treated, 1)])
+    assert [d["reason"] for d in decisions(outputs, "dead_letters")] == ["processing_error"]
+    assert not [o for o in outputs if o.stream in (EXPERIMENTS, "triggers.push")]
+    assert h.customers.customers[treated].exposures == ()
+    assert h.customers.stats["experiments"]["welcome_copy"]["personalized"]["exposed"] == 0
+
+
+FAILING = """  - id: fails
+    channel: push
+    on: Signed Up
+    when: "true"
+"""
