@@ -22,25 +22,36 @@ ATTRIBUTION_TYPE = "io.nudgeflow.attribution.v1"
 MODELS = ("last_touch", "linear")
 
 Touch = tuple[int, str, str, str, str]
+"""A delivery as read: (delivered at, decision id, rule id, channel, offer id or "")."""
+
+
+def stamp(at_ms: int, event_id: str) -> bytes:
+    """A touch's time and decision id (32 hex digits) as 24 bytes, in time order."""
+    return at_ms.to_bytes(8, "big") + bytes.fromhex(event_id)
+
+
+def read_touches(touches: tuple[Any, ...]) -> list[Touch]:
+    """A customer's touches (see :data:`state.customer.TOUCH_FIELDS`), oldest first."""
+    return [
+        (int.from_bytes(touches[at][:8], "big"), touches[at][8:].hex(), *touches[at + 1 : at + TOUCH_FIELDS])
+        for at in range(0, len(touches), TOUCH_FIELDS)
+    ]
 
 
 def touched(touches: tuple[Any, ...], touch: Touch, keep_ms: int) -> tuple[Any, ...]:
     """``touches`` with ``touch`` added, less those older than ``keep_ms`` before it and beyond
     :data:`MAX_TOUCHES`."""
-    since = touch[0] - keep_ms
+    since = max(touch[0] - keep_ms, 0).to_bytes(8, "big")
     kept = [touches[at : at + TOUCH_FIELDS] for at in range(0, len(touches), TOUCH_FIELDS)]
-    kept = [t for t in kept if t[0] >= since][-(MAX_TOUCHES - 1) :]
-    return tuple(value for t in (*kept, touch) for value in t)
+    kept = [t for t in kept if t[0][:8] >= since][-(MAX_TOUCHES - 1) :]
+    at_ms, event_id, *rest = touch
+    return tuple(value for t in (*kept, (stamp(at_ms, event_id), *rest)) for value in t)
 
 
 def credits(touches: tuple[Any, ...], order_ms: int, windows: dict[str, int]) -> dict[str, list[tuple[Touch, float]]]:
     """Each model's credit of an order at ``order_ms`` to the touches within their channel's window
     before it (none: no credit)."""
-    eligible: list[Touch] = []
-    for at in range(0, len(touches), TOUCH_FIELDS):
-        touch = touches[at : at + TOUCH_FIELDS]
-        if touch[0] <= order_ms <= touch[0] + windows[touch[3]]:
-            eligible.append(touch)  # type: ignore[arg-type]
+    eligible = [t for t in read_touches(touches) if t[0] <= order_ms <= t[0] + windows[t[3]]]
     if not eligible:
         return {}
     share = 1 / len(eligible)

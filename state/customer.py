@@ -234,8 +234,9 @@ class CustomerState:
 
 EXPOSURE_FIELDS = 5
 """A customer's ``exposures``, flat: (experiment, arm, first exposed at, converted 0/1, pre-period orders) each."""
-TOUCH_FIELDS = 5
-"""A customer's ``touches``, flat: (delivered at, decision id, rule id, channel, offer id or "") each, oldest first."""
+TOUCH_FIELDS = 4
+"""A customer's ``touches``, flat, oldest first: (stamp, rule id, channel, offer id or "") each, the stamp being
+the delivery's time (8 bytes, big-endian milliseconds) and its decision id (16 bytes) in one bytes object."""
 MAX_TOUCHES = 8
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from operators.attribution import Attributor, credits, touched
+from operators.attribution import Attributor, credits, read_touches, stamp, touched
 from operators.decisions import DecisionWriter
 from schemas.experiments import Attribution
 from schemas.streams import ATTRIBUTIONS
@@ -16,19 +16,21 @@ WINDOWS = Attribution().windows
 
 
 def touch(at_ms: int, n: int, channel: str = "push", offer: str = "") -> tuple:
-    return (at_ms, f"d{n}", f"rule_{channel}", channel, offer)
+    """A delivery as read: decision ``n``'s id is ``n`` in 32 hex digits."""
+    return (at_ms, f"{n:032x}", f"rule_{channel}", channel, offer)
 
 
-def flat(*touches: tuple) -> tuple:
-    return tuple(value for t in touches for value in t)
+def kept(*touches: tuple) -> tuple:
+    """Deliveries as a customer's state keeps them."""
+    return tuple(value for t in touches for value in (stamp(t[0], t[1]), *t[2:]))
 
 
 def test_each_channel_has_its_own_window():
-    touches = flat(touch(T0, 1, "email"), touch(T0 + 20 * HOUR, 2, "push"), touch(T0 + 25 * HOUR, 3, "in_app"))
+    touches = kept(touch(T0, 1, "email"), touch(T0 + 20 * HOUR, 2, "push"), touch(T0 + 25 * HOUR, 3, "in_app"))
     # at T0 + 27h: the email (7 d) and the push (24 h) count; the in-app message is 2 h old (1 h window)
     found = credits(touches, T0 + 27 * HOUR, WINDOWS)
-    assert [(t[1], credit) for t, credit in found["last_touch"]] == [("d2", 1.0)]
-    assert [(t[1], credit) for t, credit in found["linear"]] == [("d1", 0.5), ("d2", 0.5)]
+    assert [(t, credit) for t, credit in found["last_touch"]] == [(touch(T0 + 20 * HOUR, 2, "push"), 1.0)]
+    assert [(t[1][-1], credit) for t, credit in found["linear"]] == [("1", 0.5), ("2", 0.5)]
     assert credits(touches, T0 - 1, WINDOWS) == {}  # nothing was delivered before it
 
 
@@ -36,23 +38,23 @@ def test_touches_keep_the_newest_within_the_longest_window():
     touches: tuple = ()
     for n in range(12):
         touches = touched(touches, touch(T0 + n * HOUR, n), 7 * 24 * HOUR)
-    assert len(touches) == 5 * MAX_TOUCHES
-    assert touches[-5:] == touch(T0 + 11 * HOUR, 11)
+    assert read_touches(touches) == [touch(T0 + n * HOUR, n) for n in range(12 - MAX_TOUCHES, 12)]
     touches = touched(touches, touch(T0 + 30 * 24 * HOUR, 99), 7 * 24 * HOUR)
-    assert touches == touch(T0 + 30 * 24 * HOUR, 99)  # the old ones are past every window
+    assert read_touches(touches) == [touch(T0 + 30 * 24 * HOUR, 99)]  # the old ones are past every window
 
 
 def test_a_linked_customer_keeps_the_touches_of_its_anonymous_state_in_time_order():
-    own, carried = flat(touch(T0 + 2, 2)), flat(touch(T0 + 1, 1), touch(T0 + 3, 3))
-    assert merge_touches(own, carried) == flat(touch(T0 + 1, 1), touch(T0 + 2, 2), touch(T0 + 3, 3))
+    own, carried = kept(touch(T0 + 2, 2)), kept(touch(T0 + 1, 1), touch(T0 + 3, 3))
+    assert merge_touches(own, carried) == kept(touch(T0 + 1, 1), touch(T0 + 2, 2), touch(T0 + 3, 3))
 
 
 def test_an_order_gives_one_record_per_model_and_credited_delivery():
     stats: dict = {}
     attributor = Attributor(Attribution(), DecisionWriter("v1", stats))
     state = CustomerState("c1", T0)
-    attributor.delivered(state, T0, "d1", "cart_push", "push", None)
-    attributor.delivered(state, T0 + HOUR, "d2", "offer_email", "email", "ten_off")
+    first, second = "a" * 32, "b" * 32
+    attributor.delivered(state, T0, first, "cart_push", "push", None)
+    attributor.delivered(state, T0 + HOUR, second, "offer_email", "email", "ten_off")
     out: list = []
     attributor.ordered(state, T0 + 2 * HOUR, "o-1", 30.0, "m-order", out)
     records = [orjson.loads(item.body) for item in out]
@@ -60,9 +62,9 @@ def test_an_order_gives_one_record_per_model_and_credited_delivery():
     assert [
         (r["data"]["model"], r["data"]["decision_id"], r["data"]["credit"], r["data"]["revenue"]) for r in records
     ] == [
-        ("last_touch", "d2", 1.0, 30.0),
-        ("linear", "d1", 0.5, 15.0),
-        ("linear", "d2", 0.5, 15.0),
+        ("last_touch", second, 1.0, 30.0),
+        ("linear", first, 0.5, 15.0),
+        ("linear", second, 0.5, 15.0),
     ]
     last = records[0]
     assert last["type"] == "io.nudgeflow.attribution.v1" and last["subject"] == "c1"
