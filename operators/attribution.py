@@ -14,11 +14,10 @@ from typing import Any
 from operators.decisions import DecisionWriter, bump, unbump
 from schemas.experiments import Attribution
 from schemas.items import Output
-from schemas.records import cloud_event, decision_id, iso_ms
+from schemas.records import ATTRIBUTION_TYPE, cloud_event, decision_id, iso_ms
 from schemas.streams import ATTRIBUTIONS
 from state.customer import MAX_TOUCHES, TOUCH_FIELDS
 
-ATTRIBUTION_TYPE = "io.nudgeflow.attribution.v1"
 MODELS = ("last_touch", "linear")
 
 Touch = tuple[int, str, str, str, str]
