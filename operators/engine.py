@@ -46,7 +46,7 @@ import orjson
 
 from operators.attribution import Attributor
 from operators.decisions import DecisionWriter, RuleFailed, bump
-from operators.experiments import ORDER, Assignment, Experiments, Measurement
+from operators.experiments import ORDER, Assignment, Experiments, Measurement, deciding
 from operators.models import FEATURES_KEY, ModelMode, ModelsSnapshot, ShardModels, merge_open
 from operators.models.bandit import segment
 from operators.models.propensity import decision_features as view_inputs
@@ -626,7 +626,7 @@ class CustomerStage:
         if not found:
             return None
         self.measurement.expose(state, found, at_ms, out)
-        return next((a for a in found if a.holdout), found[-1])
+        return deciding(found)
 
     def _views(self, state: CustomerState, env: Envelope | None, now_ms: int) -> Callable[[], FeatureView]:
         """A function giving one :class:`FeatureView` of the customer at ``now_ms``, built on its first

@@ -56,6 +56,14 @@ def pick_arm(test: Test, u: float) -> int:
     return len(test.arms) - 1  # shares that add up to a hair under 1
 
 
+def deciding(found: tuple[Assignment, ...]) -> Assignment | None:
+    """Of a decision's assignments, the one that decides its delivery: one that holds it out, else the
+    last (a test's arm, whose content it may carry); ``None``: there are none."""
+    if not found:
+        return None
+    return next((a for a in found if a.holdout), found[-1])
+
+
 class Experiments:
     """Assigns customers to the rule file's holdout and tests."""
 
@@ -68,10 +76,7 @@ class Experiments:
         """The assignment that decides how ``rule``'s decision for the customer is delivered: held out
         by the global holdout or a test's arm, else the test's arm (its content), else treated by the
         holdout; ``None``: the rule is in no experiment (or transactional, or in shadow mode)."""
-        found = self.assignments(customer_id, rule)
-        if not found:
-            return None
-        return next((a for a in found if a.holdout), found[-1])
+        return deciding(self.assignments(customer_id, rule))
 
     def assignments(self, customer_id: str, rule: TriggerRule) -> tuple[Assignment, ...]:
         """Every experiment ``rule``'s decision for the customer is measured in: the holdout's arm, and
