@@ -149,3 +149,31 @@ FAILING = """  - id: fails
     on: Signed Up
     when: "true"
 """
+
+
+def test_exposures_conversions_and_attributed_revenue_reach_the_metrics():
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    rules = rules_from(WELCOME + TEST)
+    treated = next(cid for cid, arm in arms_of(rules).items() if arm == "generic")
+    arm = {"experiment": "welcome_copy", "arm": "generic"}
+    revenue = {"model": "last_touch", "channel": "push", "rule": "welcome"}
+    before = [
+        sample("nudgeflow_experiment_exposures_total", **arm),
+        sample("nudgeflow_experiment_conversions_total", **arm),
+        sample("nudgeflow_experiment_revenue_total", **arm),
+        sample("nudgeflow_attributed_revenue_total", **revenue),
+    ]
+    h = EngineHarness(rules)
+    h.feed([track("Signed Up", treated, 0), order(treated, 30, total=40.0)])
+    h.pipeline.customers[0].metrics.publish(final=True)
+    after = [
+        sample("nudgeflow_experiment_exposures_total", **arm),
+        sample("nudgeflow_experiment_conversions_total", **arm),
+        sample("nudgeflow_experiment_revenue_total", **arm),
+        sample("nudgeflow_attributed_revenue_total", **revenue),
+    ]
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 40.0, 40.0]
