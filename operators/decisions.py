@@ -17,9 +17,24 @@ import orjson
 from operators.rules import CompiledAudience
 from schemas.envelope import Envelope
 from schemas.items import Output
-from schemas.records import AudienceEncoder, TriggerEncoder, dead_letter, decision_id, iso_ms
+from schemas.records import (
+    SUPPRESSION_TYPE,
+    AudienceEncoder,
+    TriggerEncoder,
+    cloud_event,
+    dead_letter,
+    decision_id,
+    iso_ms,
+)
 from schemas.rules import TriggerRule
-from schemas.streams import AUDIENCE_CHANGES, DEAD_LETTERS, TRIGGERS_PREFIX, audience_stream, trigger_stream
+from schemas.streams import (
+    AUDIENCE_CHANGES,
+    DEAD_LETTERS,
+    SUPPRESSIONS,
+    TRIGGERS_PREFIX,
+    audience_stream,
+    trigger_stream,
+)
 from state.customer import Timer
 
 PROCESSING_ERROR = "processing_error"  # the dead-letter reason of an event or timer whose processing raised
@@ -90,6 +105,37 @@ class DecisionWriter:
         out.append(Output(encoder.stream, customer_id, at_ms, self.seq, body, self.arrived))
         bump(self.stats.setdefault("audience_changes", {}), encoder.counter)
 
+    def suppression(
+        self, rule: TriggerRule, customer_id: str, candidate: Any, reason: str, detail: str, at_ms: int, out: list[Any]
+    ) -> None:
+        """A decision the contact policy did not deliver (``candidate``: an ``operators.policy.Candidate``),
+        on the ``suppressions`` stream with the reason, and counted by reason and rule."""
+        trigger_id = decision_id(customer_id, rule.id, candidate.cause)
+        data = {
+            "reason": reason,
+            "detail": detail,
+            "rule_id": rule.id,
+            "channel": rule.channel,
+            "ruleset_version": self.version,
+            "decision_id": trigger_id,
+            "decided_at": iso_ms(candidate.decided_ms),
+            "cause": candidate.cause,
+            "caused_by": list(candidate.caused_by),
+            "content": rule.content,
+            "offer_id": rule.offer_id,
+            "score": None if candidate.score is None else round(candidate.score, 4),
+            "would_have_sent": True,
+        }
+        body = cloud_event(
+            type_=SUPPRESSION_TYPE,
+            event_id=decision_id(trigger_id, "suppressed"),
+            time_ms=at_ms,
+            subject=customer_id,
+            data=data,
+        )
+        out.append(Output(SUPPRESSIONS, customer_id, at_ms, self.seq, body, self.arrived, candidate.env is None))
+        bump(self.stats.setdefault("suppressions", {}).setdefault(reason, {}), rule.id)
+
     def reject(self, env: Envelope, reason: str, messages: list[str], failed_at_ms: int | None, out: list[Any]) -> None:
         """Dead-letter an event the engine does not apply, and count it under ``reason``."""
         body = dead_letter(
@@ -134,6 +180,8 @@ class DecisionWriter:
                 unbump(stats, record["reason"])
             elif item.stream.startswith(TRIGGERS_PREFIX):
                 unbump(stats["triggers"], record["data"]["rule_id"])
+            elif item.stream == SUPPRESSIONS:
+                unbump(stats["suppressions"][record["data"]["reason"]], record["data"]["rule_id"])
             elif item.stream.startswith(AUDIENCE_CHANGES):
                 unbump(stats["audience_changes"], f"{record['data']['audience']}.{record['data']['change']}")
             elif (uncount := self.uncounters.get(item.stream)) is not None:

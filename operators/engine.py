@@ -52,6 +52,7 @@ from operators.models.bandit import segment
 from operators.models.propensity import decision_features as view_inputs
 from operators.ordering import CatchUp, OrderedRelease, Tick, shard_of
 from operators.parse import count_notes
+from operators.policy import POLICY_TIMER, Candidate, PolicyStage
 from operators.reasons import Reasons
 from operators.rule_program import NativeRules
 from operators.rules import CompiledRules, CompiledTrigger
@@ -70,7 +71,7 @@ from state.customer import Checkpoint, CustomerState, Lifecycle, shared_audience
 from state.journal import Journal, JournalRef
 from state.journal import load as load_journal
 from state.store import CustomerStore
-from state.update import apply_event, feature_update
+from state.update import apply_event, feature_update, known_zone
 
 # 7: both stages' shards under one Bytewax key per shard number; the changes the shard's store may not
 # hold yet travel in the snapshot. 8: a customer's features are the compiled record's bytes; its timers,
@@ -78,7 +79,8 @@ from state.update import apply_event, feature_update
 # the anonymous id; with a customer store, the recommender and the dedupe memory are kept there as base
 # and journals (state.journal), and the snapshot refers to them. 9: a customer's timers, decisions fired,
 # open decisions and offers are the bytes of its compiled bookkeeping record. 10: the open decisions'
-# features in that record hold whole numbers as varints. 11: customers' policy, experiment and attribution slots
+# features in that record hold whole numbers as varints. 11: a customer's time zone and contact policy record,
+# its experiment exposures and its deliveries kept for attribution
 SNAPSHOT_FORMAT = 11
 MAX_UNSAVED = 3  # snapshots (and pre-saves) whose changes may wait for the customer store before the next waits
 RECHECK = "~recheck"
@@ -88,6 +90,7 @@ PRODUCT_TOUCHES = frozenset({"Product Viewed", "Product Added"})
 REWARD_EVENTS = {"Promotion Clicked": "promotion_id", "Coupon Applied": "coupon_id"}  # event -> offer id field
 RESOLVING = frozenset({"Order Completed", *REWARD_EVENTS})  # events that can resolve open decisions or offers
 ERASURE = "Erasure Requested"
+CONSENT = "Consent Updated"
 MAX_UNKNOWN_NAMES = 50
 
 Role = Literal["identity", "customer"]
@@ -161,6 +164,7 @@ class CustomerStage:
         self.experiments = Experiments(rules.experiments)
         self.measurement = Measurement(rules.experiments, self.writer) if rules.experiments.active else None
         self.attribution = Attributor(rules.experiments.attribution, self.writer)
+        self.policy = PolicyStage(rules, self.writer, self._deliver, self._await, self._expose)
         self.dirty: set[str] = set()
         self.changed: set[str] = set()  # customers whose profile changed since the last profiles
         self.models = self._models_for_mode(None)
@@ -275,7 +279,9 @@ class CustomerStage:
                 if self._settle(state, env, late, out):  # what it settled stands, whatever follows
                     start, before = len(out), state.checkpoint(whole)
                 self._apply(state, env, new or carried is not None, late, out)
+                self.policy.flush(out)
         except Exception as err:
+            self.policy.discard()
             self.writer.retract(out, start)
             if applying:
                 self._restore(state, before)
@@ -341,6 +347,11 @@ class CustomerStage:
         anything raise, the features record is put back as it was before ``env``, in place: the
         native call does so itself, and hands over the record as it was for the Python code after it.
         """
+        zone = env.event.context.timezone
+        if zone is not None and zone != state.timezone and known_zone(zone) is not None:
+            state.timezone = zone  # the customer's local time (the contact policy's quiet hours and days)
+        if env.name == CONSENT:
+            self.policy.consent_changed(state, env)
         if self.models is not None and env.name in PRODUCT_TOUCHES:
             props = env.event.properties
             if props.product_id:
@@ -444,7 +455,9 @@ class CustomerStage:
         start, before = len(out), state.checkpoint(features=False)
         try:
             self._fire_timer(state, rule_id, out)
+            self.policy.flush(out)
         except Exception as err:
+            self.policy.discard()
             self.writer.retract(out, start)
             self._restore(state, before)
             self.writer.failed_timer(state.id, state.drop_timer(rule_id), err, out)  # type: ignore[arg-type]
@@ -469,6 +482,14 @@ class CustomerStage:
         if rule_id == OUTCOME:
             if self.models is not None:
                 self._await(state, OUTCOME, self.models.expire(state, due))
+            return
+        if rule_id == POLICY_TIMER:  # held decisions: released on minute boundaries, often many at once
+            writer = self.writer
+            seq, writer.seq = writer.seq, 0  # so their records sort by time and customer, whatever the batches
+            try:
+                self.policy.release(state, due, out)
+            finally:
+                writer.seq = seq
             return
         if rule_id == REWARD:
             if self.models is not None:
@@ -582,19 +603,29 @@ class CustomerStage:
         if not passed:
             return
         state.set_fired(rule.id, cause)
+        candidate = Candidate(trigger, cause, tuple(caused_by), at_ms, score, env)
+        if rule.shadow:  # recorded as decided, never delivered: the policy does not look
+            self._deliver(state, candidate, at_ms, out)
+        else:
+            self.policy.submit(state, candidate, out)
+
+    def _deliver(self, state: CustomerState, candidate: Candidate, at_ms: int, out: list[Any]) -> None:
+        """Write the trigger of a decision the policy lets through, at ``at_ms`` (its decision time, or
+        the end of the wait it was held for): the offer, recommendations and reason as of then."""
+        trigger, env, models = candidate.trigger, candidate.env, self.models
+        rule, cause, score = trigger.rule, candidate.cause, candidate.score
+        views = self._views(state, env, at_ms)
         event_id = decision_id(state.id, rule.id, cause)
-        assignment = self._assign(state, rule, at_ms, out)
-        if assignment is not None and assignment.holdout:
-            return
         offer_id, content, offer_choice = rule.offer_id, rule.content, None
-        if assignment is not None and assignment.content is not None:
-            content = assignment.content
+        if self.measurement is not None:  # a test's arm may send other content
+            content = self.experiments.content(state.id, rule) or content
         if offer_id == NEXT_BEST:
             offer_id, content, offer_choice = self._next_best_offer(state, at_ms, rule, event_id)
         reason = self.reasons.trigger(trigger)
         text = reason.text
         if reason.shown:
             text += self.reasons.values(reason, state.features, at_ms, views)
+        self.policy.delivered(state, rule, at_ms)
         self.writer.trigger(
             rule,
             state.id,
@@ -604,7 +635,7 @@ class CustomerStage:
             out,
             reason=text,
             cause=cause,
-            caused_by=caused_by,
+            caused_by=list(candidate.caused_by),
             content=content,
             offer_id=offer_id,
             offer_choice=offer_choice,
@@ -617,9 +648,9 @@ class CustomerStage:
         if not rule.shadow:
             self.attribution.delivered(state, at_ms, event_id, rule.id, rule.channel, offer_id)
 
-    def _assign(self, state: CustomerState, rule: TriggerRule, at_ms: int, out: list[Any]) -> Assignment | None:
-        """The customer's assignment for a decision of ``rule`` (``None``: in no experiment), its
-        exposures noted."""
+    def _expose(self, state: CustomerState, rule: TriggerRule, at_ms: int, out: list[Any]) -> Assignment | None:
+        """The contact policy's last gate: the customer's assignment for a decision of ``rule`` about to
+        be delivered (``None``: in no experiment), its exposures noted."""
         if self.measurement is None:
             return None
         found = self.experiments.assignments(state.id, rule)

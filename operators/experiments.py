@@ -78,6 +78,13 @@ class Experiments:
         holdout; ``None``: the rule is in no experiment (or transactional, or in shadow mode)."""
         return deciding(self.assignments(customer_id, rule))
 
+    def content(self, customer_id: str, rule: TriggerRule) -> dict[str, Any] | None:
+        """What the customer's arm of ``rule``'s test sends instead of the rule's content (``None``: the rule's)."""
+        test = self.tests.get(rule.id)
+        if test is None:
+            return None
+        return test.arms[pick_arm(test, draw(customer_id, test.id, test.salt or test.id))].content
+
     def assignments(self, customer_id: str, rule: TriggerRule) -> tuple[Assignment, ...]:
         """Every experiment ``rule``'s decision for the customer is measured in: the holdout's arm, and
         unless held out by it, the arm of the rule's test."""

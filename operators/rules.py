@@ -13,9 +13,11 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from operators.expressions import Expression, ExpressionError, compile_expression
+from schemas.durations import format_duration
 from schemas.errors import ConfigurationError
 from schemas.events import KNOWN_TRACK_EVENTS
 from schemas.experiments import ExperimentConfig
+from schemas.policy import ContactPolicy
 from schemas.rules import AudienceRule, NextBestOffer, Offer, RuleSet, TriggerRule
 from state.catalogue import ANY_EVENT, FEATURES
 
@@ -112,6 +114,7 @@ class CompiledRules:
     audiences: list[CompiledAudience]
     offers: list[Offer] = field(default_factory=list)
     next_best_offer: NextBestOffer = field(default_factory=NextBestOffer)
+    policy: ContactPolicy = field(default_factory=ContactPolicy)
     experiments: ExperimentConfig = field(default_factory=ExperimentConfig)
     immediate: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
     arming: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
@@ -163,9 +166,16 @@ class CompiledRules:
             unless = f", cancelled by {', '.join(rule.unless)}" if rule.unless else ""
             reads = ", ".join(sorted(t.when.names)) if t.when else "-"
             shadow = " [shadow]" if rule.shadow else ""
+            extra = "".join(
+                (
+                    " [transactional]" if rule.transactional else "",
+                    f"; cooldown {format_duration(rule.cooldown)}" if rule.cooldown else "",
+                    f"; priority {rule.priority}" if rule.priority else "",
+                )
+            )
             lines.append(
                 f"trigger {rule.id}{shadow}: {rule.channel}, {kind} {', '.join(rule.on)}{unless};"
-                f" once per {rule.once_per}; reads {reads}"
+                f" once per {rule.once_per}; reads {reads}{extra}"
             )
         for a in self.audiences:
             events = "every event" if "*" in a.listens else ", ".join(sorted(a.listens)) or "no event"
@@ -177,6 +187,7 @@ class CompiledRules:
         for offer in self.offers:
             who = f"members of {', '.join(offer.audiences)}" if offer.audiences else "everyone"
             lines.append(f"offer {offer.id}: {', '.join(offer.channels)}; for {who}")
+        lines += self.policy.describe()
         if self.offers:
             policy = self.next_best_offer
             lines.append(
@@ -198,14 +209,6 @@ class CompiledRules:
         return out
 
 
-def format_duration(ms: int) -> str:
-    """``1800000`` -> ``'30m'``: the largest unit that divides the duration exactly."""
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
-
-
 def load_rules(path: str | Path = STARTER_RULES) -> CompiledRules:
     """Read, validate and compile a YAML rule file; raise :class:`RuleFileError` on any problem."""
     path = Path(path)
@@ -221,6 +224,8 @@ def parse_rules(text: str, source: str = "<rules>") -> CompiledRules:
     root, data = _read_yaml(text, source)
     if isinstance(data, dict) and isinstance(data.get("offers"), str):
         data = {**data, "offers": _offers_file(Path(source).parent / data["offers"])}
+    if isinstance(data, dict) and isinstance(data.get("policy"), str):
+        data = {**data, "policy": _policy_file(Path(source).parent / data["policy"])}
     try:
         ruleset = RuleSet.model_validate(data)
     except ValidationError as err:
@@ -258,11 +263,28 @@ def _offers_file(path: Path) -> list[dict[str, Any]]:
         raise RuleFileError(str(path), problems) from None
 
 
-def _wrap(node: yaml.Node | None) -> yaml.Node | None:
-    """A bare list node seen as the value of an ``offers`` key (for line lookups)."""
+def _policy_file(path: Path) -> ContactPolicy:
+    """The policy of a policy file (``policy: policy.yaml`` in a rule file), validated, with errors
+    naming that file, its line and the field."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RuleFileError(str(path), [Problem(None, "-", None, f"cannot read the policy file: {err}")]) from None
+    root, data = _read_yaml(text, str(path))
+    policy = data.get("policy", data) if isinstance(data, dict) else data
+    try:
+        return ContactPolicy.model_validate(policy)
+    except ValidationError as err:
+        lines = root if isinstance(data, dict) and "policy" in data else _wrap(root, "policy")
+        problems = [_problem({"policy": policy}, lines, ("policy", *e["loc"]), e["msg"]) for e in err.errors()]
+        raise RuleFileError(str(path), problems) from None
+
+
+def _wrap(node: yaml.Node | None, name: str = "offers") -> yaml.Node | None:
+    """A bare node seen as the value of a ``name`` key (for line lookups)."""
     if node is None:
         return None
-    key = yaml.ScalarNode("tag:yaml.org,2002:str", "offers", node.start_mark, node.end_mark)
+    key = yaml.ScalarNode("tag:yaml.org,2002:str", name, node.start_mark, node.end_mark)
     return yaml.MappingNode("tag:yaml.org,2002:map", [(key, node)], node.start_mark, node.end_mark)
 
 
@@ -296,7 +318,14 @@ def _compile(ruleset: RuleSet, root: yaml.Node | None, source: str) -> CompiledR
     if problems:
         raise RuleFileError(source, problems)
     return CompiledRules(
-        ruleset.version, source, triggers, audiences, ruleset.offers, ruleset.next_best_offer, ruleset.experiments
+        ruleset.version,
+        source,
+        triggers,
+        audiences,
+        ruleset.offers,
+        ruleset.next_best_offer,
+        ruleset.policy,
+        ruleset.experiments,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from schemas.durations import parse_duration
 from schemas.streams import Channel
 
 HOLDOUT = "holdout"
@@ -27,13 +28,7 @@ PRE_PERIODS = {"7d": 7 * DAY_MS, "30d": 30 * DAY_MS}
 SHARE_TOLERANCE = 1e-9
 
 
-# schemas.rules holds RuleSet, which holds this section: its value checks are looked up when used
-def _duration(value: Any) -> int:
-    from schemas.rules import parse_duration
-
-    return parse_duration(value)
-
-
+# schemas.rules holds RuleSet, which holds this section: its content and id checks are looked up when used
 def _content(value: dict[str, Any]) -> dict[str, Any]:
     from schemas.rules import _json_data
 
@@ -48,7 +43,7 @@ def _id(value: str) -> str:
     return value
 
 
-DurationMs = Annotated[int, BeforeValidator(_duration), Field(gt=0)]
+DurationMs = Annotated[int, BeforeValidator(parse_duration), Field(gt=0)]
 Content = Annotated[dict[str, Any], AfterValidator(_content)]
 Id = Annotated[str, AfterValidator(_id)]
 

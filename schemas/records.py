@@ -18,6 +18,7 @@ SPEC_VERSION = "1.0"
 SOURCE = "urn:nudgeflow:engine"
 TRIGGER_TYPE = "io.nudgeflow.trigger.v1"
 AUDIENCE_TYPE = "io.nudgeflow.audience.v1"
+SUPPRESSION_TYPE = "io.nudgeflow.suppression.v1"
 DEAD_LETTER_TYPE = "io.nudgeflow.dead_letter.v1"
 ATTRIBUTION_TYPE = "io.nudgeflow.attribution.v1"
 DEAD_LETTER_PAYLOAD_CAP = 16 * 1024
@@ -71,6 +72,28 @@ class AudienceData(BaseModel):
     ruleset_version: str
     caused_by: list[str]
     shadow: bool = False
+
+
+class SuppressionData(BaseModel):
+    """``data`` of a suppression: a decision the contact policy did not deliver, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Literal[
+        "frequency_cap", "cooldown", "quiet_hours", "no_consent", "holdout", "lower_priority", "budget_spent"
+    ]
+    detail: str = Field(description="the cap, cooldown, quiet hours or winning rule that stopped it")
+    rule_id: str
+    channel: Channel
+    ruleset_version: str
+    decision_id: str = Field(description="the id the trigger would have had")
+    decided_at: str = Field(description="when the rule decided (the record's time is when it was suppressed)")
+    cause: str
+    caused_by: list[str]
+    content: dict[str, Any] = {}
+    offer_id: str | None = None
+    score: float | None = None
+    would_have_sent: Literal[True] = True
 
 
 class AttributionData(BaseModel):

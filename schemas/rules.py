@@ -9,7 +9,6 @@ the feature catalogue (see :mod:`operators.expressions`).
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -26,20 +25,12 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from schemas.durations import parse_duration
 from schemas.experiments import ExperimentConfig, rule_problems
+from schemas.policy import ContactPolicy
 from schemas.streams import Channel
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 RULE_ID = r"^[a-z][a-z0-9_.-]{0,63}$"
-
-
-def parse_duration(value: Any) -> int:
-    """``'30m'``, ``'2h'``, ``'7d'``, ``'90s'``, ``'500ms'`` -> milliseconds (a bare number has no unit: refused)."""
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if not match:
-        raise ValueError(f"{value!r} is not a duration like '30m', '2h' or '7d' (a number needs a unit)")
-    return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
 
 
 MAX_CONTENT_DEPTH = 32  # levels of maps and lists in a rule's content (a decision nests it further)
@@ -91,6 +82,15 @@ class TriggerRule(_Rule):
     offer_id: str | None = None
     recommend: int = Field(0, ge=0, le=20, description="products to recommend in the trigger (a carousel)")
     expires_in: DurationMs = 24 * 3_600_000
+    priority: int = Field(0, ge=-1000, le=1000, description="wins arbitration between equal expected values")
+    cooldown: DurationMs | None = Field(None, description="no delivery of this rule to a customer within this")
+    tags: list[Annotated[str, Field(pattern=RULE_ID)]] = Field(
+        [], description="'transactional': exempt from caps, cooldowns, quiet hours, arbitration and holdouts"
+    )
+
+    @property
+    def transactional(self) -> bool:
+        return "transactional" in self.tags
 
     @field_validator("unless")
     @classmethod
@@ -139,6 +139,7 @@ class RuleSet(BaseModel):
     audiences: list[AudienceRule] = []
     offers: list[Offer] = []
     next_best_offer: NextBestOffer = NextBestOffer()
+    policy: ContactPolicy = ContactPolicy()
     experiments: ExperimentConfig = ExperimentConfig()
 
     @model_validator(mode="after")

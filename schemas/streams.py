@@ -20,6 +20,7 @@ SHADOW_TRIGGERS = "triggers.shadow"
 AUDIENCE_CHANGES = "audience_changes"
 SHADOW_AUDIENCE_CHANGES = "audience_changes.shadow"
 DEAD_LETTERS = "dead_letters"
+SUPPRESSIONS = "suppressions"
 STATS = "stats"
 PROFILES = "profiles"
 MODELS = "models"
@@ -56,6 +57,7 @@ def _stream_list() -> tuple[Stream, ...]:
         Stream(SHADOW_TRIGGERS, f"{SHADOW_TRIGGERS}.jsonl", kafka=True, decision=True),
         Stream(AUDIENCE_CHANGES, f"{AUDIENCE_CHANGES}.jsonl", kafka=True, store=True, decision=True),
         Stream(SHADOW_AUDIENCE_CHANGES, f"{SHADOW_AUDIENCE_CHANGES}.jsonl", kafka=True, decision=True),
+        Stream(SUPPRESSIONS, f"{SUPPRESSIONS}.jsonl", kafka=True, decision=True),  # decisions the policy stopped
         Stream(DEAD_LETTERS, f"{DEAD_LETTERS}.jsonl", kafka=True),
         Stream(STATS, "summary.json"),  # the run's counters, summed over shards
         Stream(PROFILES, store=True),  # the live profile of a changed customer

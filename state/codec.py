@@ -13,7 +13,7 @@ import pickle
 from state._native import Bookkeeping, Features
 from state.customer import CustomerState, shared_audiences
 
-_SCALARS = ("id", "audiences", "linked_ids", "exposures", "touches")
+_SCALARS = ("id", "audiences", "linked_ids", "timezone", "contacts", "exposures", "touches")
 
 
 def encode(state: CustomerState) -> bytes:

@@ -73,7 +73,18 @@ class CustomerState:
     :class:`state._native.Bookkeeping`), audiences and linked ids. Times are event-time epoch
     milliseconds."""
 
-    __slots__ = ("audiences", "book", "exposures", "features", "id", "linked_ids", "scheduled_ms", "touches")
+    __slots__ = (
+        "audiences",
+        "book",
+        "contacts",
+        "exposures",
+        "features",
+        "id",
+        "linked_ids",
+        "scheduled_ms",
+        "timezone",
+        "touches",
+    )
 
     def __init__(self, customer_id: str, first_seen_ms: int) -> None:
         self.id = customer_id
@@ -82,6 +93,8 @@ class CustomerState:
         self.book = NO_BOOKKEEPING  # timers, rules fired, open outcomes and offers
         self.scheduled_ms: int | None = None  # due time of the customer's entry in the shard's timer heap
         self.linked_ids: tuple[str, ...] = ()
+        self.timezone: str | None = None  # the last known IANA zone of its events
+        self.contacts: tuple[Any, ...] = ()  # the contact policy's record (operators.policy); (): nothing yet
         self.exposures: tuple[Any, ...] = ()  # first exposure per experiment (operators.experiments)
         self.touches: tuple[Any, ...] = ()  # recent deliveries, for attribution (operators.attribution)
 
@@ -228,8 +241,25 @@ class CustomerState:
         self.features.merge(other.features, now_ms)
         self.book = self.book.merged(other.book)  # its timers and causes of rules this one lacks
         self.linked_ids = (*self.linked_ids[-4:], other.id)
+        self.timezone = self.timezone or other.timezone
+        if other.contacts:
+            self.contacts = merge_contacts(self.contacts, other.contacts)
         self.exposures = merge_exposures(self.exposures, other.exposures)
         self.touches = merge_touches(self.touches, other.touches)
+
+
+def merge_contacts(mine: tuple[Any, ...], theirs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The records of two customers becoming one (an anonymous id linked): deliveries and held
+    decisions of both in time order, the latest consent change per channel."""
+    (deliveries, held, consents), (their_deliveries, their_held, their_consents) = mine or ((), (), ()), theirs
+    latest: dict[str, tuple[Any, ...]] = {}
+    for change in sorted((*their_consents, *consents), key=lambda c: c[3]):
+        latest[change[0]] = change
+    return (
+        tuple(sorted({*deliveries, *their_deliveries})),
+        tuple(sorted({*held, *their_held}, key=lambda entry: (entry[0], entry[1]))),
+        tuple(sorted(latest.values())),
+    )
 
 
 EXPOSURE_FIELDS = 5

@@ -49,7 +49,7 @@ _NOT_ACTIVITY = frozenset({"identify", "alias", "Consent Updated", "Erasure Requ
 
 
 @lru_cache(maxsize=512)
-def _zone(name: str) -> ZoneInfo | None:
+def known_zone(name: str) -> ZoneInfo | None:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -57,9 +57,9 @@ def _zone(name: str) -> ZoneInfo | None:
 
 
 @lru_cache(maxsize=65_536)
-def _utc_offset_minutes(timezone: str, utc_hour: int) -> int:
+def utc_offset_minutes(timezone: str, utc_hour: int) -> int:
     """The zone's UTC offset during one UTC hour (offsets change on whole UTC hours)."""
-    zone = _zone(timezone)
+    zone = known_zone(timezone)
     if zone is None:
         return 0
     offset = datetime.fromtimestamp(utc_hour * 3600, tz=UTC).astimezone(zone).utcoffset()
@@ -70,7 +70,7 @@ def local_hour(ts_ms: int, timezone: str | None) -> int:
     """Hour of day of ``ts_ms`` in ``timezone`` (UTC when absent or unknown)."""
     if not timezone:
         return (ts_ms // HOUR_MS) % 24
-    minutes = ts_ms // 60_000 + _utc_offset_minutes(timezone, ts_ms // HOUR_MS)
+    minutes = ts_ms // 60_000 + utc_offset_minutes(timezone, ts_ms // HOUR_MS)
     return (minutes // 60) % 24
 
 

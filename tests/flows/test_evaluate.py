@@ -27,7 +27,7 @@ def test_propensity_beats_the_recency_frequency_heuristic(generated):
 
 def test_the_offer_policy_beats_random_and_the_best_single_offer_in_a_closed_loop(generated):
     o = generated["next_best_offer"]
-    assert o["decisions"] > 1000 and o["clicks"] > 0
+    assert o["decisions"] > 500 and o["clicks"] > 0  # browse offers the contact policy lets through
     assert o["policy"] > o["random"] and o["policy"] > o["best_single"]
     assert o["policy"] <= o["oracle"]
     assert abs(o["ips_estimate_of_random"] - o["random"]) < 0.03, "the logged probabilities allow off-policy estimates"

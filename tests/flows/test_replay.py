@@ -152,7 +152,9 @@ def test_replay_diff_reports_added_removed_and_changed(tmp_path, capsys):
     rules_b = tmp_path / "b.yaml"
     text = starter_rules_elsewhere()
     text = text.replace("after: 30m", "after: 45m")  # cart reminder later: changed
-    text = text.replace('when: "consent.push != false"\n', 'when: "false"\n', 1)  # welcome push gone: removed
+    text = text.replace(
+        "    once_per: customer\n    priority: 1\n", '    once_per: customer\n    when: "false"\n', 1
+    )  # removed
     rules_b.write_text(text + '  - id: everyone\n    when: "orders == 0"\n')  # new audience: added
     assert main(["replay", str(stream), "--diff", str(rules_b), "--out", str(tmp_path / "d"), "--quiet"]) == 0
     printed = capsys.readouterr().out
@@ -240,11 +242,13 @@ def test_every_output_record_follows_the_published_contract():
     from schemas.records import (
         ATTRIBUTION_TYPE,
         AUDIENCE_TYPE,
+        SUPPRESSION_TYPE,
         TRIGGER_TYPE,
         AttributionData,
         AudienceData,
         CloudEvent,
         DeadLetter,
+        SuppressionData,
         TriggerData,
     )
 
@@ -260,10 +264,20 @@ def test_every_output_record_follows_the_published_contract():
                 DeadLetter.model_validate(record)
                 continue
             envelope = CloudEvent.model_validate(record)
-            models = {TRIGGER_TYPE: TriggerData, AUDIENCE_TYPE: AudienceData, ATTRIBUTION_TYPE: AttributionData}
+            models = {
+                TRIGGER_TYPE: TriggerData,
+                AUDIENCE_TYPE: AudienceData,
+                SUPPRESSION_TYPE: SuppressionData,
+                ATTRIBUTION_TYPE: AttributionData,
+            }
             data_model = models[envelope.type]
             data_model.model_validate(envelope.data)
-            files = {TriggerData: "triggers.", AudienceData: "audience_changes", AttributionData: "attributions"}
+            files = {
+                TriggerData: "triggers.",
+                AudienceData: "audience_changes",
+                SuppressionData: "suppressions",
+                AttributionData: "attributions",
+            }
             assert path.name.startswith(files[data_model])
     assert counted > 100
 
@@ -272,8 +286,8 @@ def test_a_models_score_changes_the_flows_decisions(tmp_path):
     """The same replay, rules reading `propensity`: untrained (every score 0.5) against a model
     file trained on the first replay; the persuadable band lets different customers through."""
     band = starter_rules_elsewhere().replace(
-        'when: "cart.value > 0 and consent.push != false"',
-        'when: "cart.value > 0 and consent.push != false and propensity < 0.6"',
+        'when: "cart.value > 0"',
+        'when: "cart.value > 0 and propensity < 0.6"',
     )
     rules = tmp_path / "band.yaml"
     rules.write_text(band)

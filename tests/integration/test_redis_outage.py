@@ -26,6 +26,7 @@ from test_metrics import scrape, value
 from connectors.files import read_lines
 from connectors.kafka import produce_records
 from connectors.local_services import RunningService, free_port, start_redis
+from schemas.records import TRIGGER_TYPE
 
 EVENT_COUNTS = ("orders", "lifetime_spend", "refunds", "frequency", "monetary", "city", "country")
 """Profile fields that follow from the events alone (others depend on the clock when the profile was sent)."""
@@ -90,7 +91,7 @@ def implied(records: list[dict], event_counts: dict[str, dict]) -> dict[str, Any
         data, customer = record["data"], record["subject"]
         if "change" in data:
             members[data["audience"]][customer] = data["change"] == "entered"
-        else:
+        elif record["type"] == TRIGGER_TYPE:  # suppressions are not delivered: the store does not keep them
             decisions[customer].add(record["id"])
     audiences = {a: {c for c, member in m.items() if member} for a, m in members.items()}
     audiences = {a: m for a, m in audiences.items() if m}

@@ -122,33 +122,23 @@ def test_exposures_and_touches_survive_a_snapshot(tmp_path):
     assert [r["data"]["rule_id"] for r in decisions(outputs, ATTRIBUTIONS)] == ["welcome", "welcome"]
 
 
-def test_an_event_that_fails_after_an_exposure_takes_the_exposure_back():
-    """The rule in a test exposes the customer, then another rule of the same event raises: the event is
+def test_an_event_that_fails_after_an_exposure_takes_the_exposure_back(monkeypatch):
+    """The customer is exposed at the policy's last gate, then writing the trigger raises: the event is
     dead-lettered, and neither the exposure record nor its count nor the customer's exposure stays."""
-    from dataclasses import replace
-
-    from test_engine import raising_when
-
-    rules = rules_from(WELCOME.replace("once_per: customer", "once_per: event") + FAILING + TEST)
-    failing = [
-        replace(t, when=raising_when("true", lambda view: True)) if t.id == "fails" else t for t in rules.triggers
-    ]
-    rules = replace(rules, triggers=failing)
+    rules = rules_from(WELCOME + TEST)
     treated = next(cid for cid, arm in arms_of(rules).items() if arm == "personalized")
     h = EngineHarness(rules)
     h.feed([track("Page", treated, 0)])
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("cannot write")
+
+    monkeypatch.setattr(h.customers.writer, "trigger", fails)
     outputs = h.feed([track("Signed Up", treated, 1)])
     assert [d["reason"] for d in decisions(outputs, "dead_letters")] == ["processing_error"]
     assert not [o for o in outputs if o.stream in (EXPERIMENTS, "triggers.push")]
     assert h.customers.customers[treated].exposures == ()
     assert h.customers.stats["experiments"]["welcome_copy"]["personalized"]["exposed"] == 0
-
-
-FAILING = """  - id: fails
-    channel: push
-    on: Signed Up
-    when: "true"
-"""
 
 
 def test_exposures_conversions_and_attributed_revenue_reach_the_metrics():
@@ -177,3 +167,48 @@ def test_exposures_conversions_and_attributed_revenue_reach_the_metrics():
         sample("nudgeflow_attributed_revenue_total", **revenue),
     ]
     assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 40.0, 40.0]
+
+
+HOLDOUT_RULES = """
+version: v
+triggers:
+  - id: promo
+    channel: push
+    on: Product Viewed
+    once_per: event
+  - id: receipt
+    channel: email
+    on: Order Completed
+    tags: [transactional]
+policy:
+  caps:
+    - {channel: push, max: 1, per: 4h}
+  consent: {email: unless_denied}
+experiments:
+  holdout: {share: 0.5, salt: h}
+"""
+
+
+def test_a_held_out_customer_gets_holdout_suppressions_counted_in_its_caps_and_transactional_triggers():
+    rules = rules_from(HOLDOUT_RULES)
+    experiments = Experiments(rules.experiments)
+    promo = next(t.rule for t in rules.triggers if t.id == "promo")
+    held = [cid for cid in CUSTOMERS if experiments.assign(cid, promo).holdout]
+    treated = [cid for cid in CUSTOMERS if cid not in held]
+    assert held and treated
+    h = EngineHarness(rules)
+    views = [track("Product Viewed", cid, minute, props={"product_id": "p"}) for cid in CUSTOMERS for minute in (0, 5)]
+    outputs = h.feed(sorted(views, key=lambda e: e["timestamp"]) + [order(cid, 10) for cid in CUSTOMERS])
+    pushed = [r["subject"] for r in decisions(outputs, "triggers.push")]
+    assert sorted(pushed) == sorted(treated), "one push each (the cap), none to the held out"
+    suppressed = [(r["subject"], r["data"]["reason"]) for r in decisions(outputs, "suppressions")]
+    assert sorted(c for c, reason in suppressed if reason == "holdout") == sorted(held)
+    # the held-out contact counts in the cap, as a delivery would: the second view is capped for everyone
+    assert sorted(c for c, reason in suppressed if reason == "frequency_cap") == sorted(CUSTOMERS)
+    receipts = [r["subject"] for r in decisions(outputs, "triggers.email")]
+    assert sorted(receipts) == sorted(CUSTOMERS), "transactional triggers reach the held out too"
+    holdout = next(r for r in decisions(outputs, "suppressions") if r["data"]["reason"] == "holdout")
+    assert holdout["data"]["detail"] == "experiment holdout, arm control" and holdout["data"]["would_have_sent"]
+    measured = counts(outputs)["holdout"]
+    assert measured["control"]["exposed"] == len(held) and measured["treated"]["exposed"] == len(treated)
+    assert measured["control"]["conversions"] == len(held)

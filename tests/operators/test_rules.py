@@ -79,7 +79,7 @@ def test_describe_says_what_each_rule_listens_to(starter_rules):
     assert "timer 30m after Product Added" in cart
     assert "cancelled by Order Completed" in cart
     assert "once per cart" in cart
-    assert "reads cart, consent" in cart
+    assert "reads cart; priority 10" in cart
     assert "on Signed Up" in lines["trigger onboarding_welcome_push"]
     assert "cancelled" not in lines["trigger onboarding_welcome_push"]
     high_value = lines["audience high_value"]
