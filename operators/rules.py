@@ -188,6 +188,7 @@ class CompiledRules:
             who = f"members of {', '.join(offer.audiences)}" if offer.audiences else "everyone"
             lines.append(f"offer {offer.id}: {', '.join(offer.channels)}; for {who}")
         lines += self.policy.describe()
+        lines += self.experiments.describe()
         if self.offers:
             policy = self.next_best_offer
             lines.append(

@@ -146,6 +146,16 @@ class ExperimentConfig(_Section):
             raise ValueError(f"test ids must be unique: {ids}")
         return tests
 
+    def describe(self) -> list[str]:
+        """One line for the holdout and each test (for ``rules check``); none when there are none."""
+        lines = []
+        if self.holdout is not None:
+            lines.append(f"holdout: {self.holdout.share:.0%} of customers get no marketing trigger")
+        for test in self.tests:
+            arms = ", ".join(f"{arm.id} {arm.share:.0%}" + ("" if arm.send else " (no trigger)") for arm in test.arms)
+            lines.append(f"test {test.id} of {test.rule}: {arms}; lift against {test.control}")
+        return lines
+
     @property
     def active(self) -> bool:
         """Whether anything is assigned (a holdout or a test)."""

@@ -1,4 +1,4 @@
-"""Experiments and attribution through real replays: byte-identical whatever the workers and batches,
+"""Experiments and attribution through real replays: byte-identical whatever the workers, processes and batches,
 and ``nudgeflow report`` reads them back as tables."""
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def test_experiments_and_attributions_replay_byte_identically_and_report_reads_t
     stream = GOLDEN / "stream.jsonl.gz"
     one = replay(stream, tmp_path / "one", "--rules", str(rules))
     two = replay(stream, tmp_path / "two", "--rules", str(rules), "-w", "2", env={"NUDGEFLOW_BATCH_SIZE": "37"})
-    assert one == two
+    shared = replay(stream, tmp_path / "shared", "--rules", str(rules), "--processes", "2")
+    assert one == two == shared
     periods = [orjson.loads(line) for line in one["experiments.jsonl"].splitlines()]
     assert len(periods) > 1 and [p["final"] for p in periods] == [False] * (len(periods) - 1) + [True]
     final = periods[-1]["experiments"]

@@ -188,3 +188,13 @@ def test_exposure_counts_once_per_experiment_and_orders_in_the_window_convert():
             "conversions": 1,
             "revenue_cents": 3050,
         }
+
+
+def test_rules_check_shows_the_holdout_and_each_test():
+    lines = parse_rules(RULES + TEST, FILE).describe()
+    assert "holdout: 5% of customers get no marketing trigger" in lines
+    assert (
+        "test cart_copy of cart_push: personalized 50%, generic 30%, control 20% (no trigger); lift against control"
+        in lines
+    )
+    assert not [line for line in parse_rules(RULES, FILE).describe() if line.startswith(("holdout", "test "))]
