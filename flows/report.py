@@ -23,13 +23,14 @@ from schemas.streams import (
     SHADOW_AUDIENCE_CHANGES,
     SHADOW_TRIGGERS,
     STATS,
+    SUPPRESSIONS,
     trigger_stream,
 )
 
 SUMMARY = OUTPUT_FILES[STATS]
 TIMER = "timer"
 """The ``position.source`` of a dead letter from a timer, not from an input line."""
-COMPARED_FIELDS = ("time", "channel", "content", "offer_id", "expires_at", "shadow", "change")
+COMPARED_FIELDS = ("time", "channel", "content", "offer_id", "expires_at", "shadow", "change", "stream", "suppressed")
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -96,6 +97,10 @@ def _input_dead_letters(summary: dict[str, Any]) -> int:
     return sum(summary.get("dead_letters", {}).values()) - summary.get("timer_errors", 0)
 
 
+def _by_reason(suppressions: dict[str, dict[str, int]]) -> dict[str, int]:
+    return {reason: sum(rules.values()) for reason, rules in suppressions.items()}
+
+
 def _join(counts: dict[str, int]) -> str:
     return ", ".join(f"{key} {value:,}" for key, value in sorted(counts.items())) or "none"
 
@@ -123,6 +128,8 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
         f"  triggers by channel: {_join(triggers)}; shadow {outputs.get(OUTPUT_FILES[SHADOW_TRIGGERS], 0):,}",
         f"  triggers by rule: {_join(summary.get('triggers', {}))}",
         f"  audience changes: {_join(summary.get('audience_changes', {}))}",
+        f"  suppressed by the contact policy: {_join(_by_reason(summary.get('suppressions', {})))};"
+        f" deferred for quiet hours {sum(summary.get('deferred', {}).values()):,}",
     ]
     unaccounted = summary.get("lines", {}).get("unaccounted", 0)
     if unaccounted:
@@ -164,7 +171,10 @@ def _decisions(folder: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
             rule = data["rule_id"]
             audience = stream in (AUDIENCE_CHANGES, SHADOW_AUDIENCE_CHANGES)
             cause = f"{data['change']}@{record['time']}" if audience else data["cause"]
-            out[(rule, record["subject"], cause)] = {"time": record["time"], "stream": stream, **data}
+            decision = {"time": record["time"], "stream": stream, **data}
+            if stream == SUPPRESSIONS:  # why the policy stopped it (a trigger's own reason is text for people)
+                decision["suppressed"] = data["reason"]
+            out[(rule, record["subject"], cause)] = decision
     return out
 
 
@@ -200,6 +210,20 @@ def diff_decisions(folder_a: Path, folder_b: Path) -> Diff:
     return diff
 
 
+def _policy_changes(changed: list[dict[str, Any]]) -> Counter[str]:
+    """Decisions one run delivered and the other suppressed: what B did instead."""
+    counts: Counter[str] = Counter()
+    for item in changed:
+        streams = item["fields"].get("stream")
+        if streams is None or SUPPRESSIONS not in streams:
+            continue
+        if streams[1] == SUPPRESSIONS:
+            counts[f"suppressed ({item['fields']['suppressed'][1]})"] += 1
+        else:
+            counts["delivered, not suppressed"] += 1
+    return counts
+
+
 def render_diff(diff: Diff, rules_a: Path, rules_b: Path) -> str:
     """A human summary of a diff, counted per rule, with a few examples."""
 
@@ -213,6 +237,9 @@ def render_diff(diff: Diff, rules_a: Path, rules_b: Path) -> str:
         f"  changed {len(diff.changed):,}: {per_rule(diff.changed)}",
         f"  unchanged {diff.unchanged:,}",
     ]
+    policy = _policy_changes(diff.changed)
+    if policy:
+        lines.append(f"  of the changed, by the contact policy: {_join(policy)}")
     for label, items in (("added", diff.added), ("removed", diff.removed), ("changed", diff.changed)):
         for item in items[:3]:
             lines.append(f"  e.g. {label}: {item['rule_id']} for {item['customer']} ({item['cause']})")

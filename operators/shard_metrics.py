@@ -11,6 +11,7 @@ from schemas.metrics import (
     AUDIENCE_CHANGES,
     CUSTOMERS,
     DECISIONS,
+    DEFERRED,
     DUPLICATE_EVENTS,
     EVENTS,
     EXPERIMENT_CONVERSIONS,
@@ -23,6 +24,7 @@ from schemas.metrics import (
     OFFER_REWARDS,
     ORDER_LINES_DROPPED,
     RECOMMENDATION_CHECKS,
+    SUPPRESSIONS,
     UNKNOWN_FIELDS,
 )
 
@@ -59,6 +61,11 @@ class ShardMetrics:
             _child(EVENTS, name).inc(count)
         for rule, count in _deltas(stats.get("triggers", {}), seen.setdefault("triggers", {})):
             _child(DECISIONS, self.channels.get(rule, "unknown"), rule).inc(count)
+        for reason, rules in stats.get("suppressions", {}).items():
+            for rule, count in _deltas(rules, seen.setdefault("suppressions", {}).setdefault(reason, {})):
+                _child(SUPPRESSIONS, reason, rule).inc(count)
+        for rule, count in _deltas(stats.get("deferred", {}), seen.setdefault("deferred", {})):
+            _child(DEFERRED, rule).inc(count)
         for key, count in _deltas(stats.get("audience_changes", {}), seen.setdefault("audience_changes", {})):
             audience, _, change = key.rpartition(".")
             _child(AUDIENCE_CHANGES, audience, change).inc(count)

@@ -155,6 +155,7 @@ class ConsentProperties(_Model, kw_only=True):
 
     channel: Literal["push", "in_app", "email", "sms", "ads", "all"]
     granted: Bool
+    source: Id | None = None  # where the change came from (app settings, a preference centre...)
 
 
 class StoreVisitProperties(_Model, kw_only=True):

@@ -25,6 +25,10 @@ UNKNOWN_FIELDS = Counter(
     "nudgeflow_unknown_fields", "Fields the contract does not know, sent where none are expected, by path", ["path"]
 )
 DECISIONS = Counter("nudgeflow_decisions", "Triggers emitted, by channel and rule", ["channel", "rule"])
+SUPPRESSIONS = Counter(
+    "nudgeflow_suppressions", "Decisions the contact policy did not deliver, by reason and rule", ["reason", "rule"]
+)
+DEFERRED = Counter("nudgeflow_deferred_decisions", "Decisions held for quiet hours, by rule", ["rule"])
 AUDIENCE_CHANGES = Counter(
     "nudgeflow_audience_changes", "Audience entries and exits, by audience and change", ["audience", "change"]
 )

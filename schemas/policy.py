@@ -42,7 +42,7 @@ class Cap(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    channel: Channel | Literal["any"]
+    channel: Literal["push", "in_app", "email", "sms", "any"]
     max: int = Field(ge=1, le=10_000)
     per: Annotated[int | str, BeforeValidator(_window)] = Field(description="a duration (rolling), or local_day")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.envelope import Envelope
+from schemas.records import iso_ms
 from state._native import Features
 from state.affinity import DAY_MS
 from state.customer import HOUR_MS, MINUTE_MS, CustomerState, Lifecycle
@@ -338,6 +339,10 @@ def profile(state: CustomerState, now_ms: int, lifecycle: Lifecycle) -> dict[str
         "features": features,
         "audiences": list(state.audiences),
         "traits": state.features.traits,
+        "consent_changes": {
+            channel: {"granted": granted, "source": source, "at": iso_ms(at)}
+            for channel, granted, source, at in (state.contacts[2] if state.contacts else ())
+        },
     }
 
 

@@ -92,13 +92,13 @@ def test_the_starter_trigger_table_is_the_starter_file():
         assert parse_duration(row["Expires in"]) == rule.expires_in, rule_id
 
 
-def test_the_starter_triggers_check_consent_as_documented():
+def test_the_starter_policy_enforces_consent_as_documented():
     from operators.rules import load_rules
 
     starter = section(RULES_DOC, "## The starter rules")
-    assert "Every starter trigger checks consent for its channel" in starter
-    for trigger in load_rules().triggers:
-        assert f"consent.{trigger.rule.channel} != false" in (trigger.rule.when or ""), trigger.id
+    assert "the starter policy enforces it for every rule (push and in-app unless revoked" in starter
+    consent = load_rules().policy.consent
+    assert consent == {"push": "unless_denied", "in_app": "unless_denied", "email": "granted", "sms": "granted"}
 
 
 def test_the_starter_audience_table_is_the_starter_file():

@@ -407,3 +407,17 @@ def test_a_shared_replay_of_awkward_recordings_writes_what_one_process_writes(tm
     }
     assert b"truncated_input" in one["dead_letters.jsonl"] and b"too_large" in one["dead_letters.jsonl"]
     assert replay_all(tmp_path / "three", "--processes", "3") == one
+
+
+def test_replay_diff_shows_what_a_policy_change_would_have_done(tmp_path, capsys):
+    stream = write_stream(tmp_path / "s.jsonl", [track("Page", "u1", 0), track("Page", "u1", 60)])
+    rules = "version: v\ntriggers:\n  - {id: promo, channel: push, on: Page}\n"
+    (tmp_path / "a.yaml").write_text(rules)
+    (tmp_path / "b.yaml").write_text(rules + "policy:\n  caps: [{channel: push, max: 1, per: 4h}]\n")
+    args = ["replay", str(stream), "--rules", str(tmp_path / "a.yaml"), "--diff", str(tmp_path / "b.yaml")]
+    assert main([*args, "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    diff = orjson.loads((tmp_path / "d" / "diff.json").read_bytes())
+    assert [(c["rule_id"], c["fields"]["stream"], c["fields"]["suppressed"]) for c in diff["changed"]] == [
+        ("promo", ["triggers.push", "suppressions"], [None, "frequency_cap"])
+    ]
+    assert "by the contact policy: suppressed (frequency_cap) 1" in capsys.readouterr().out
