@@ -617,10 +617,10 @@ class CustomerStage:
         views = self._views(state, env, at_ms)
         event_id = decision_id(state.id, rule.id, cause)
         offer_id, content, offer_choice = rule.offer_id, rule.content, None
-        if self.measurement is not None:  # a test's arm may send other content
-            content = self.experiments.content(state.id, rule) or content
         if offer_id == NEXT_BEST:
             offer_id, content, offer_choice = self._next_best_offer(state, at_ms, rule, event_id)
+        if self.measurement is not None:
+            content = self._arm_content(state, rule, offer_id, content)
         reason = self.reasons.trigger(trigger)
         text = reason.text
         if reason.shown:
@@ -647,6 +647,19 @@ class CustomerStage:
         )
         if not rule.shadow:
             self.attribution.delivered(state, at_ms, event_id, rule.id, rule.channel, offer_id)
+
+    def _arm_content(
+        self, state: CustomerState, rule: TriggerRule, offer_id: str | None, content: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The content of the customer's arm of ``rule``'s test instead of the rule's (with a ``next_best``
+        offer's content over it); ``content`` when the arm keeps the rule's."""
+        arm = self.experiments.content(state.id, rule)
+        if arm is None:
+            return content
+        if rule.offer_id != NEXT_BEST:
+            return arm
+        offer = next((offer for offer in self.rules.offers if offer.id == offer_id), None)
+        return arm if offer is None else {**arm, **offer.content}
 
     def _expose(self, state: CustomerState, rule: TriggerRule, at_ms: int, out: list[Any]) -> Assignment | None:
         """The contact policy's last gate: the customer's assignment for a decision of ``rule`` about to

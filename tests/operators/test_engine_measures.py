@@ -212,3 +212,38 @@ def test_a_held_out_customer_gets_holdout_suppressions_counted_in_its_caps_and_t
     measured = counts(outputs)["holdout"]
     assert measured["control"]["exposed"] == len(held) and measured["treated"]["exposed"] == len(treated)
     assert measured["control"]["conversions"] == len(held)
+
+
+def test_a_next_best_offer_of_a_generic_arm_comes_with_the_arm_content():
+    rules = rules_from(
+        """
+version: v
+triggers:
+  - id: browse
+    channel: in_app
+    on: Product Viewed
+    content: {template: personal, greeting: "Hi {name}"}
+    offer_id: next_best
+offers:
+  - {id: ten_off, channels: [in_app], content: {discount: 10}}
+experiments:
+  tests:
+    - id: copy
+      rule: browse
+      arms:
+        - {id: control, share: 0.5}
+        - {id: generic, share: 0.5, content: {template: generic}}
+"""
+    )
+    experiments = Experiments(rules.experiments)
+    browse = rules.triggers[0].rule
+    arms = {cid: experiments.assign(cid, browse).arm for cid in CUSTOMERS}
+    h = EngineHarness(rules)
+    views = [track("Product Viewed", cid, n, props={"product_id": "p"}) for n, cid in enumerate(CUSTOMERS)]
+    contents = {r["subject"]: r["data"]["content"] for r in decisions(h.feed(views), "triggers.in_app")}
+    assert set(contents) == set(CUSTOMERS)
+    for cid, content in contents.items():
+        if arms[cid] == "generic":
+            assert content == {"template": "generic", "discount": 10}
+        else:
+            assert content == {"template": "personal", "greeting": "Hi {name}", "discount": 10}
