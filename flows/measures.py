@@ -73,24 +73,28 @@ def _experiment_lines(folder: Path) -> list[str]:
     if not periods:
         return ["experiments: none (no holdout or test in the rule file, or no decision in them)"]
     last = periods[-1]
-    lines = [f"experiments up to {last['period_end']} (lift against each test's control; 95% intervals):"]
-    header = f"  {'experiment':<20} {'arm':<14} {'exposed':>9} {'conv.':>7} {'rate':>8}  {'lift':<28}  relative lift"
-    lines.append(header)
+    lines = [
+        f"experiments up to {last['period_end']} (lift against each test's control; 95% intervals):",
+        f"  {'experiment':<20} {'arm':<14} {'exposed':>9} {'conv.':>7} {'rate':>8}  {'lift':<28}  relative lift",
+    ]
     for experiment, entry in last["experiments"].items():
         for arm, row in entry["arms"].items():
-            figures = row.get("cuped", row)
-            lift = "(control)" if arm == entry["control"] else _interval(figures.get("lift"), figures.get("lift_ci"))
-            relative = (
-                ""
-                if arm == entry["control"]
-                else _interval(figures.get("relative_lift"), figures.get("relative_lift_ci"))
-            )
             rate = "-" if row["rate"] is None else f"{row['rate']:.2%}"
             counts = f"{row['exposed']:>9,} {row['conversions']:>7,} {rate:>8}"
-            lines.append(f"  {experiment:<20} {arm:<14} {counts}  {lift:<28}  {relative}")
+            if arm == entry["control"]:
+                lines.append(f"  {experiment:<20} {arm:<14} {counts}  (control)")
+                continue
+            lines.append(f"  {experiment:<20} {arm:<14} {counts}  {_lifts(row)}")
+            if "cuped" in row:
+                lines.append(f"  {'':<20} {'':<14} {'CUPED':>26}  {_lifts(row['cuped'])}")
     if last.get("cuped"):
-        lines.append(f"  (lifts adjusted by CUPED on each customer's orders in the {last['cuped']} before exposure)")
+        lines.append(f"  (CUPED: adjusted by each customer's orders in the {last['cuped']} before exposure)")
     return lines
+
+
+def _lifts(figures: dict[str, Any]) -> str:
+    absolute = _interval(figures.get("lift"), figures.get("lift_ci"))
+    return f"{absolute:<28}  {_interval(figures.get('relative_lift'), figures.get('relative_lift_ci'))}"
 
 
 def _interval(value: float | None, ci: list[float] | None) -> str:

@@ -53,6 +53,7 @@ def test_experiments_and_attributions_replay_byte_identically_and_report_reads_t
     assert main(["report", str(tmp_path / "one")]) == 0
     text = capsys.readouterr().out
     assert "cart_copy            generic" in text and "holdout              treated" in text
+    assert "CUPED: adjusted by each customer's orders in the 30d before exposure" in text
     assert "by rule" in text and "cart_abandonment_push" in text and "return" in text
     last_touch = sum(a["data"]["revenue"] for a in attributions if a["data"]["model"] == "last_touch")
     assert f"{last_touch:,.2f}" in text.split("by channel")[1].split("by offer")[0] or last_touch == 0
