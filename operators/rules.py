@@ -342,7 +342,7 @@ def _problem(data: Any, root: yaml.Node | None, loc: tuple[Any, ...], message: s
             rule_id = data[loc[0]][loc[1]].get("id")
         except (KeyError, IndexError, TypeError, AttributeError):
             rule_id = None
-    named = loc if loc[:1] == ("policy",) else loc[2:]  # the policy is one mapping, not a list of rules
+    named = loc if loc[:1] in (("policy",), ("experiments",)) else loc[2:]  # one mapping each, not a list of rules
     fields = [str(part) for part in named if not str(part).startswith("function-")] if len(loc) > 2 else []
     field_name = ".".join(fields) or ".".join(str(p) for p in loc) or "-"
     return Problem(rule_id, field_name, _line(root, loc), message)

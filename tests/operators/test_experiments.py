@@ -74,7 +74,9 @@ def test_the_section_loads_with_its_defaults():
 def test_a_test_of_an_unknown_rule_is_refused_naming_its_line():
     text = RULES + TEST.replace("rule: cart_push", "rule: cart_pushh")
     message = problems(text)
-    assert message.startswith(f"{FILE}:{line_of(text, 'rule: cart_pushh')}: "), message
+    assert message.startswith(f"{FILE}:{line_of(text, 'rule: cart_pushh')}: field 'experiments.tests.0.rule': "), (
+        message
+    )
     assert "unknown trigger rule 'cart_pushh'" in message
 
 
@@ -82,7 +84,7 @@ def test_shares_that_do_not_add_up_to_one_are_refused_naming_the_test():
     text = RULES + TEST.replace("share: 0.3", "share: 0.4")
     message = problems(text)
     assert "the shares of test 'cart_copy' add up to 1.1, not 1" in message
-    assert message.startswith(f"{FILE}:{line_of(text, '- id: cart_copy')}: "), message
+    assert message.startswith(f"{FILE}:{line_of(text, '- id: cart_copy')}: field 'experiments.tests.0': "), message
 
 
 @pytest.mark.parametrize(
