@@ -1,13 +1,13 @@
 """Experiments and the global holdout: who is in which arm, and what each arm's customers did.
 
 A customer's arm is drawn by hashing (customer id, experiment id, salt), so it is the same in every
-run, shard and replay. :meth:`Experiments.assign` is the policy's last gate before a marketing
-trigger is delivered: a held-out customer gets a ``holdout`` suppression instead ("would have
-sent"). :class:`Measurement` counts, per experiment and arm, the customers exposed (a decision was
-made for them, delivered or held out), those who ordered within the conversion window after their
-first exposure, and the revenue of those orders; each count goes out as an ``experiments`` record
-of increments by report period (event time), which the output folder sums over shards
-(:mod:`connectors.files`) and ``nudgeflow report`` turns into lifts (:mod:`flows.lift`).
+run, shard and replay. The contact policy's last gate before a marketing trigger is delivered asks
+for the decision's assignment (:meth:`Experiments.assign`): a held-out customer gets a ``holdout``
+suppression instead ("would have sent"). :class:`Measurement` counts, per experiment and arm, the
+customers exposed (a decision was made for them, delivered or held out), those who ordered within
+the conversion window after their first exposure, and the revenue of those orders; each count goes
+out as an ``experiments`` record of increments by report period (event time), which the output
+folder sums over shards (:mod:`connectors.files`) and the run's end turns into lifts (:mod:`flows.lift`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from operators.decisions import DecisionWriter, bump
-from schemas.experiments import CONTROL, HOLDOUT, TRANSACTIONAL, TREATED, ExperimentConfig, Test
+from schemas.experiments import CONTROL, HOLDOUT, TREATED, ExperimentConfig, Test
 from schemas.items import Output
 from schemas.rules import TriggerRule
 from schemas.streams import EXPERIMENTS
@@ -88,7 +88,7 @@ class Experiments:
     def assignments(self, customer_id: str, rule: TriggerRule) -> tuple[Assignment, ...]:
         """Every experiment ``rule``'s decision for the customer is measured in: the holdout's arm, and
         unless held out by it, the arm of the rule's test."""
-        if rule.shadow or TRANSACTIONAL in getattr(rule, "tags", ()):
+        if rule.shadow or rule.transactional:
             return ()
         found: tuple[Assignment, ...] = ()
         holdout = self.holdout

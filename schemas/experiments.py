@@ -20,8 +20,6 @@ HOLDOUT = "holdout"
 """The global holdout's experiment id; its arms are :data:`CONTROL` (held out) and :data:`TREATED`."""
 CONTROL = "control"
 TREATED = "treated"
-TRANSACTIONAL = "transactional"
-"""The tag that leaves a rule out of the holdout and of every test."""
 DAY_MS = 86_400_000
 PRE_PERIODS = {"7d": 7 * DAY_MS, "30d": 30 * DAY_MS}
 """Pre-periods CUPED can read (the customer's windowed order counts)."""
@@ -175,7 +173,7 @@ def rule_problems(experiments: ExperimentConfig, triggers: list[Any]) -> list[tu
             problems.append((where, f"test '{test.id}' names unknown trigger rule '{test.rule}'", test.rule))
         elif test.rule in taken:
             problems.append((where, f"rule '{test.rule}' is in two tests: a customer gets one arm", test.rule))
-        elif TRANSACTIONAL in getattr(rule, "tags", ()):
+        elif rule.transactional:
             problems.append((where, f"rule '{test.rule}' is transactional: it takes part in no test", test.rule))
         elif rule.shadow:
             problems.append((where, f"rule '{test.rule}' is in shadow mode: nothing of it is delivered", test.rule))
