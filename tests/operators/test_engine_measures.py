@@ -247,3 +247,20 @@ experiments:
             assert content == {"template": "generic", "discount": 10}
         else:
             assert content == {"template": "personal", "greeting": "Hi {name}", "discount": 10}
+
+
+def test_an_exposure_carries_the_orders_of_the_pre_period_for_cuped():
+    rules = rules_from(WELCOME + TEST + "  pre_period: 7d\n")
+    treated = next(cid for cid, arm in arms_of(rules).items() if arm == "personalized")
+    h = EngineHarness(rules)
+    before = [order(treated, days=-10), order(treated, days=-3), order(treated, days=-1)]  # two within 7 days
+    outputs = h.feed([*before, track("Signed Up", treated, 0), order(treated, 30)])
+    assert counts(outputs)["welcome_copy"]["personalized"] == {
+        "exposed": 1,
+        "pre": 2,
+        "pre_squares": 4,
+        "conversions": 1,
+        "conversions_pre": 2,
+        "orders": 1,
+        "revenue_cents": 5000,
+    }
