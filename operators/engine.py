@@ -653,7 +653,7 @@ class CustomerStage:
     ) -> dict[str, Any]:
         """The content of the customer's arm of ``rule``'s test instead of the rule's (with a ``next_best``
         offer's content over it); ``content`` when the arm keeps the rule's."""
-        arm = self.experiments.content(state.id, rule)
+        arm = self.experiments.content(state.id, rule, state.exposures)
         if arm is None:
             return content
         if rule.offer_id != NEXT_BEST:
@@ -666,7 +666,7 @@ class CustomerStage:
         be delivered (``None``: in no experiment), its exposures noted."""
         if self.measurement is None:
             return None
-        found = self.experiments.assignments(state.id, rule)
+        found = self.experiments.assignments(state.id, rule, state.exposures)
         if not found:
             return None
         self.measurement.expose(state, found, at_ms, out)

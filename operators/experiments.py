@@ -65,27 +65,36 @@ def deciding(found: tuple[Assignment, ...]) -> Assignment | None:
 
 
 class Experiments:
-    """Assigns customers to the rule file's holdout and tests."""
+    """Assigns customers to the rule file's holdout and tests.
+
+    ``known``, where given, is the customer's ``exposures``: an experiment it was exposed in keeps the
+    arm it had then, without drawing it again (and whatever the configuration says since).
+    """
 
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
         self.holdout = config.holdout
         self.tests = {test.rule: test for test in config.tests}
+        self._arms: dict[tuple[str, str], Assignment] = {
+            (HOLDOUT, CONTROL): Assignment(HOLDOUT, CONTROL, True),
+            (HOLDOUT, TREATED): Assignment(HOLDOUT, TREATED, False),
+        }
+        for test in config.tests:
+            for arm in test.arms:
+                self._arms[test.id, arm.id] = Assignment(test.id, arm.id, not arm.send, arm.content)
 
-    def assign(self, customer_id: str, rule: TriggerRule) -> Assignment | None:
+    def assign(self, customer_id: str, rule: TriggerRule, known: tuple[Any, ...] = ()) -> Assignment | None:
         """The assignment that decides how ``rule``'s decision for the customer is delivered: held out
         by the global holdout or a test's arm, else the test's arm (its content), else treated by the
         holdout; ``None``: the rule is in no experiment (or transactional, or in shadow mode)."""
-        return deciding(self.assignments(customer_id, rule))
+        return deciding(self.assignments(customer_id, rule, known))
 
-    def content(self, customer_id: str, rule: TriggerRule) -> dict[str, Any] | None:
+    def content(self, customer_id: str, rule: TriggerRule, known: tuple[Any, ...] = ()) -> dict[str, Any] | None:
         """What the customer's arm of ``rule``'s test sends instead of the rule's content (``None``: the rule's)."""
         test = self.tests.get(rule.id)
-        if test is None:
-            return None
-        return test.arms[pick_arm(test, draw(customer_id, test.id, test.salt or test.id))].content
+        return None if test is None else self._test_arm(customer_id, test, known).content
 
-    def assignments(self, customer_id: str, rule: TriggerRule) -> tuple[Assignment, ...]:
+    def assignments(self, customer_id: str, rule: TriggerRule, known: tuple[Any, ...] = ()) -> tuple[Assignment, ...]:
         """Every experiment ``rule``'s decision for the customer is measured in: the holdout's arm, and
         unless held out by it, the arm of the rule's test."""
         if rule.shadow or rule.transactional:
@@ -93,14 +102,31 @@ class Experiments:
         found: tuple[Assignment, ...] = ()
         holdout = self.holdout
         if holdout is not None:
-            if draw(customer_id, HOLDOUT, holdout.salt) < holdout.share:
-                return (Assignment(HOLDOUT, CONTROL, True),)
-            found = (Assignment(HOLDOUT, TREATED, False),)
+            arm = _known_arm(known, HOLDOUT)
+            if arm is None:
+                arm = CONTROL if draw(customer_id, HOLDOUT, holdout.salt) < holdout.share else TREATED
+            found = (self._arms[HOLDOUT, arm],)
+            if arm == CONTROL:
+                return found
         test = self.tests.get(rule.id)
         if test is not None:
-            arm = test.arms[pick_arm(test, draw(customer_id, test.id, test.salt or test.id))]
-            found += (Assignment(test.id, arm.id, not arm.send, arm.content),)
+            found += (self._test_arm(customer_id, test, known),)
         return found
+
+    def _test_arm(self, customer_id: str, test: Test, known: tuple[Any, ...]) -> Assignment:
+        arm = self._arms.get((test.id, _known_arm(known, test.id) or ""))
+        if arm is None:
+            arm_id = test.arms[pick_arm(test, draw(customer_id, test.id, test.salt or test.id))].id
+            arm = self._arms[test.id, arm_id]
+        return arm
+
+
+def _known_arm(exposures: tuple[Any, ...], experiment: str) -> str | None:
+    """The arm of ``experiment`` among a customer's exposures (``None``: not exposed in it)."""
+    for at in range(0, len(exposures), EXPOSURE_FIELDS):
+        if exposures[at] == experiment:
+            return exposures[at + 1]
+    return None
 
 
 class Measurement:

@@ -200,3 +200,18 @@ def test_rules_check_shows_the_holdout_and_each_test():
         in lines
     )
     assert not [line for line in parse_rules(RULES, FILE).describe() if line.startswith(("holdout", "test "))]
+
+
+def test_an_exposed_customer_keeps_its_arm_even_when_the_salt_changes():
+    first, resalted = Experiments(config()), Experiments(config(TEST.replace("salt: s1", "salt: s2")))
+    moved = next(
+        cid
+        for n in range(1000)
+        if (cid := f"c{n}")
+        and (a := first.assign(cid, CART)).experiment == "cart_copy"
+        and resalted.assign(cid, CART) != a
+    )
+    state = CustomerState(moved, T0)
+    Measurement(config(), DecisionWriter("v1", {})).expose(state, first.assignments(moved, CART), T0, [])
+    assert resalted.assign(moved, CART, state.exposures) == first.assign(moved, CART)
+    assert resalted.content(moved, CART, state.exposures) == first.content(moved, CART)
