@@ -97,6 +97,20 @@ def _input_dead_letters(summary: dict[str, Any]) -> int:
     return sum(summary.get("dead_letters", {}).values()) - summary.get("timer_errors", 0)
 
 
+def measured(summary: dict[str, Any]) -> str:
+    """Orders credited to deliveries (last touch) and the experiments' exposures, in a few words."""
+    credited = {k: v for k, v in summary.get("attributed_revenue_cents", {}).items() if k.startswith("last_touch.")}
+    orders = sum(n for k, n in summary.get("attributions", {}).items() if k.startswith("last_touch."))
+    exposed = {
+        experiment: sum(arm.get("exposed", 0) for arm in arms.values())
+        for experiment, arms in summary.get("experiments", {}).items()
+    }
+    return (
+        f"orders credited to deliveries {orders:,} (revenue {sum(credited.values()) / 100:,.2f});"
+        f" exposed per experiment: {_join(exposed)}"
+    )
+
+
 def _by_reason(suppressions: dict[str, dict[str, int]]) -> dict[str, int]:
     return {reason: sum(rules.values()) for reason, rules in suppressions.items()}
 
@@ -155,6 +169,8 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
     if dropped or unknown:
         counts = {path: entry["count"] for path, entry in unknown.items()}
         lines.append(f"  order lines dropped: {_join(dropped)}; unknown fields: {_join(counts)} (see summary.json)")
+    if summary.get("attributions") or summary.get("experiments"):
+        lines.append(f"  {measured(summary)} (nudgeflow report {settings.out})")
     lines.append(f"  outputs in {settings.out}/")
     return "\n".join(lines)
 

@@ -62,3 +62,14 @@ def test_experiments_and_attributions_replay_byte_identically_and_report_reads_t
 def test_report_of_a_folder_that_is_no_run_says_so(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert f"summary.json does not exist: is {tmp_path} the output folder of a run?" in capsys.readouterr().err
+
+
+def test_the_run_summary_says_what_orders_were_credited_and_who_was_exposed():
+    from flows.report import measured
+
+    summary = {
+        "attributions": {"last_touch.cart": 3, "linear.cart": 4, "last_touch.welcome": 1},
+        "attributed_revenue_cents": {"last_touch.cart": 12_000, "linear.cart": 12_000, "last_touch.welcome": 550},
+        "experiments": {"holdout": {"control": {"exposed": 2}, "treated": {"exposed": 30}}},
+    }
+    assert measured(summary) == "orders credited to deliveries 4 (revenue 125.50); exposed per experiment: holdout 32"
