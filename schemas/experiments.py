@@ -21,8 +21,8 @@ HOLDOUT = "holdout"
 CONTROL = "control"
 TREATED = "treated"
 DAY_MS = 86_400_000
-PRE_PERIODS = {"7d": 7 * DAY_MS, "30d": 30 * DAY_MS}
-"""Pre-periods CUPED can read (the customer's windowed order counts)."""
+PRE_PERIODS = ("7d", "30d")
+"""Pre-periods CUPED can read (windows of the customer's order counts)."""
 SHARE_TOLERANCE = 1e-9
 
 
@@ -133,7 +133,7 @@ class ExperimentConfig(_Section):
     @classmethod
     def _known_window(cls, value: str | None) -> str | None:
         if value is not None and value not in PRE_PERIODS:
-            raise ValueError(f"pre_period must be one of {sorted(PRE_PERIODS)}, not {value!r}")
+            raise ValueError(f"pre_period must be one of {', '.join(PRE_PERIODS)}, not {value!r}")
         return value
 
     @field_validator("tests")

@@ -94,6 +94,7 @@ def test_shares_that_do_not_add_up_to_one_are_refused_naming_the_test():
         (("{id: control, share: 0.2, send: false}", "{id: holdout_arm, share: 0.2}"), "no arm 'control'"),
         (("- id: cart_copy", "- id: holdout"), "the global holdout's id"),
         (("salt: s1", "salt: s1\n      conversion_window: 7"), "a number needs a unit"),
+        (("  holdout:", "  pre_period: 14d\n  holdout:"), "pre_period must be one of 7d, 30d, not '14d'"),
     ],
 )
 def test_bad_settings_are_refused(change, words):
