@@ -41,6 +41,7 @@ from connectors.files import (
     stage_output_folder,
 )
 from connectors.local_services import free_port
+from flows.measures import render_measures
 from flows.metrics import serve
 from flows.personalization import build_flow, ledger_topic
 from flows.report import diff_decisions, finalize_summary, render_diff, render_summary
@@ -197,6 +198,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", type=Path, help="also write the figures as JSON")
     evaluate.set_defaults(command=_evaluate)
 
+    report = sub.add_parser("report", help="experiments, and revenue attributed per rule, channel and offer")
+    report.add_argument("folder", type=Path, help="the output folder of a run or replay")
+    report.set_defaults(command=_report_measures)
+
     rules = sub.add_parser("rules", help="rule files")
     rules_sub = rules.add_subparsers(required=True, metavar="ACTION")
     check = rules_sub.add_parser("check", help="validate a rule file and show what each rule listens to")
@@ -271,7 +276,9 @@ def execute(
         if errors:
             path, err = errors[0]
             raise _unwritten(settings.out, settings.out / path.name, err)
-        summary, warning, added = _publish(staging, settings, tally.lines if tally is not None else None, previous)
+        summary, warning, added = _publish(
+            staging, settings, tally.lines if tally is not None else None, previous, rules
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _add_to_ledger(settings, added if add_to_ledger else b"")
@@ -288,14 +295,18 @@ def _add_to_ledger(settings: Settings, added: bytes) -> None:
 
 
 def _publish(
-    staging: Path, settings: Settings, lines: dict[str, dict[str, int]] | None, ledger: bytes
+    staging: Path,
+    settings: Settings,
+    lines: dict[str, dict[str, int]] | None,
+    ledger: bytes,
+    rules: CompiledRules,
 ) -> tuple[dict[str, Any], str | None, bytes]:
-    """Complete the run's erasure ledger (after ``ledger``, the one read) and summary in ``staging``
-    and publish the folder as ``settings.out``; return the summary, any warning of the publishing and
-    the ledger records the run added."""
+    """Complete the run's erasure ledger (after ``ledger``, the one read), summary and experiments in
+    ``staging`` and publish the folder as ``settings.out``; return the summary, any warning of the
+    publishing and the ledger records the run added."""
     try:
         added = carry_ledger(staging, ledger)
-        summary = finalize_summary(staging, lines)
+        summary = finalize_summary(staging, lines, rules.experiments)
         return summary, publish_outputs(staging, settings.out), added
     except OSError as err:
         raise _unwritten(settings.out, settings.out, err) from None
@@ -658,7 +669,7 @@ def replay_in_processes(
         _wait_all(pids, "replay", "; nothing was written")
         seconds = time.perf_counter() - started
         lines, problems = _part_lines(staging, processes, settings.input)
-        summary, warning, added = _publish(staging, settings, lines, previous)
+        summary, warning, added = _publish(staging, settings, lines, previous, rules)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if add_to_ledger:
@@ -783,6 +794,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(render(results))
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return 0
+
+
+def _report_measures(args: argparse.Namespace) -> int:
+    print(render_measures(args.folder))
     return 0
 
 

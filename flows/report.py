@@ -9,9 +9,11 @@ from typing import Any
 
 import orjson
 
+from flows.measures import finalize_experiments
 from flows.settings import Settings
 from operators.models.propensity import Calibration
 from operators.parse import readable_firsts
+from schemas.experiments import ExperimentConfig
 from schemas.streams import (
     AUDIENCE_CHANGES,
     CHANNELS,
@@ -37,11 +39,19 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
 
 
-def finalize_summary(folder: Path, lines: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+def finalize_summary(
+    folder: Path, lines: dict[str, dict[str, int]] | None = None, experiments: ExperimentConfig | None = None
+) -> dict[str, Any]:
     """Add output line counts and dead letters by reason to ``summary.json``, and the account of
-    the input ``lines`` read per file when given (see :func:`line_account`); return the summary."""
+    the input ``lines`` read per file when given (see :func:`line_account`); with the rule file's
+    ``experiments`` section, each arm's lift to ``experiments.jsonl`` and the costs to the summary;
+    return the summary."""
     path = folder / SUMMARY
     summary = orjson.loads(path.read_bytes()) if path.exists() else {}
+    if experiments is not None:
+        finalize_experiments(folder, experiments)
+        if experiments.costs.per_message or experiments.costs.per_offer:
+            summary["costs"] = experiments.costs.model_dump()
     outputs = {}
     for stream, name in sorted(OUTPUT_FILES.items()):
         if stream not in (STATS, DEAD_LETTERS):
@@ -87,6 +97,20 @@ def _accepted(summary: dict[str, Any]) -> int:
 def _input_dead_letters(summary: dict[str, Any]) -> int:
     """Dead letters of input lines: all but those of timers whose processing failed."""
     return sum(summary.get("dead_letters", {}).values()) - summary.get("timer_errors", 0)
+
+
+def measured(summary: dict[str, Any]) -> str:
+    """Orders credited to deliveries (last touch) and the experiments' exposures, in a few words."""
+    credited = {k: v for k, v in summary.get("attributed_revenue_cents", {}).items() if k.startswith("last_touch.")}
+    orders = sum(n for k, n in summary.get("attributions", {}).items() if k.startswith("last_touch."))
+    exposed = {
+        experiment: sum(arm.get("exposed", 0) for arm in arms.values())
+        for experiment, arms in summary.get("experiments", {}).items()
+    }
+    return (
+        f"orders credited to deliveries {orders:,} (revenue {sum(credited.values()) / 100:,.2f});"
+        f" exposed per experiment: {_join(exposed)}"
+    )
 
 
 def _by_reason(suppressions: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -152,6 +176,8 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
     if dropped or unknown:
         counts = {path: entry["count"] for path, entry in unknown.items()}
         lines.append(f"  order lines dropped: {_join(dropped)}; unknown fields: {_join(counts)} (see summary.json)")
+    if summary.get("attributions") or summary.get("experiments"):
+        lines.append(f"  {measured(summary)} (nudgeflow report {settings.out})")
     lines.append(f"  outputs in {settings.out}/")
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ that fails is taken back with :meth:`DecisionWriter.retract`, counts included.
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,8 @@ class DecisionWriter:
         self._triggers: dict[str, _TriggerRecords] = {}  # by rule id
         self._audiences: dict[tuple[str, str], _AudienceRecords] = {}  # by audience id and change
         self.offer_ids: frozenset[str] = frozenset()  # the catalogue's offers: counted as given per offer
+        self.uncounters: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {}
+        """stream -> what takes back the counts of one of its records (of another stage: experiments...)"""
 
     def trigger(
         self, rule: TriggerRule, customer_id: str, event_id: str, at_ms: int, timer: bool, out: list[Any], **data: Any
@@ -187,6 +190,8 @@ class DecisionWriter:
                 unbump(stats["suppressions"][record["data"]["reason"]], record["data"]["rule_id"])
             elif item.stream.startswith(AUDIENCE_CHANGES):
                 unbump(stats["audience_changes"], f"{record['data']['audience']}.{record['data']['change']}")
+            elif (uncount := self.uncounters.get(item.stream)) is not None:
+                uncount(stats, record)
         del out[start:]
 
 

@@ -44,7 +44,9 @@ from typing import Any, Literal
 
 import orjson
 
+from operators.attribution import Attributor
 from operators.decisions import DecisionWriter, RuleFailed, bump
+from operators.experiments import ORDER, Assignment, Experiments, Measurement, deciding
 from operators.models import FEATURES_KEY, ModelMode, ModelsSnapshot, ShardModels, merge_open
 from operators.models.bandit import segment
 from operators.models.propensity import decision_features as view_inputs
@@ -89,8 +91,8 @@ from state.update import apply_event, event_zone, feature_update, known_zone, pr
 # the anonymous id; with a customer store, the recommender and the dedupe memory are kept there as base
 # and journals (state.journal), and the snapshot refers to them. 9: a customer's timers, decisions fired,
 # open decisions and offers are the bytes of its compiled bookkeeping record. 10: the open decisions'
-# features in that record hold whole numbers as varints. 11: a customer's time zone, contact policy record
-# and offers redeemed
+# features in that record hold whole numbers as varints. 11: a customer's time zone, contact policy record,
+# offers redeemed, experiment exposures and deliveries kept for attribution
 SNAPSHOT_FORMAT = 11
 MAX_UNSAVED = 3  # snapshots (and pre-saves) whose changes may wait for the customer store before the next waits
 RECHECK = "~recheck"
@@ -176,7 +178,10 @@ class CustomerStage:
         self.writer = DecisionWriter(rules.version, self.stats)
         self.catalogue = OfferCatalogue(rules.offers, config.reference, rules.policy.timezone) if rules.offers else None
         self.writer.offer_ids = frozenset(offer.id for offer in rules.offers)
-        self.policy = PolicyStage(rules, self.writer, self._deliver, self._await)
+        self.experiments = Experiments(rules.experiments)
+        self.measurement = Measurement(rules.experiments, self.writer) if rules.experiments.active else None
+        self.attribution = Attributor(rules.experiments.attribution, self.writer)
+        self.policy = PolicyStage(rules, self.writer, self._deliver, self._await, self._expose)
         self.dirty: set[str] = set()
         self.changed: set[str] = set()  # customers whose profile changed since the last profiles
         self.models = self._models_for_mode(None)
@@ -337,7 +342,18 @@ class CustomerStage:
         fired = self._fire_due(state, env.ts_ms, out) if due else 0
         redeemed = self.catalogue is not None and env.name in REDEMPTION_FIELDS and self._redeem(state, env)
         resolved = self.models is not None and env.name in RESOLVING and self._learn_from(state, env)
-        return bool(fired or redeemed or resolved)
+        converted = env.name == ORDER and (state.touches or state.exposures) and self._converted(state, env, out)
+        return bool(fired or redeemed or resolved or converted)
+
+    def _converted(self, state: CustomerState, env: Envelope, out: list[Any]) -> bool:
+        """An order of a customer with deliveries or exposures before it: credited to the deliveries
+        (attribution), and a conversion in the experiments it was exposed in."""
+        props = env.event.properties
+        amount = max(props.amount(), 0.0)  # lines of returned items may sum below zero
+        self.attribution.ordered(state, env.ts_ms, str(props.order_id), amount, env.message_id, out)
+        if self.measurement is not None and state.exposures:
+            self.measurement.ordered(state, env.ts_ms, amount, out)
+        return True
 
     def _apply(self, state: CustomerState, env: Envelope, fresh: bool, late: bool, out: list[Any]) -> None:
         """Apply ``env`` to features, timers, rules and audiences (all of them when ``fresh``).
@@ -647,6 +663,8 @@ class CustomerStage:
         offer_id, content, offer_choice = rule.offer_id, rule.content, None
         if offer_id == NEXT_BEST:
             offer_id, content, offer_choice = self._next_best_offer(state, at_ms, rule, event_id)
+        if self.measurement is not None:
+            content = self._arm_content(state, rule, offer_id, content)
         reason = self.reasons.trigger(trigger)
         text = reason.text
         if reason.shown:
@@ -671,6 +689,32 @@ class CustomerStage:
             score=None if score is None else round(score, 4),
             expires_at=iso_ms(at_ms + rule.expires_in),
         )
+        if not rule.shadow:
+            self.attribution.delivered(state, at_ms, event_id, rule.id, rule.channel, offer_id)
+
+    def _arm_content(
+        self, state: CustomerState, rule: TriggerRule, offer_id: str | None, content: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The content of the customer's arm of ``rule``'s test instead of the rule's (with a ``next_best``
+        offer's content over it); ``content`` when the arm keeps the rule's."""
+        arm = self.experiments.content(state.id, rule, state.exposures)
+        if arm is None:
+            return content
+        if rule.offer_id != NEXT_BEST:
+            return arm
+        offer = next((offer for offer in self.rules.offers if offer.id == offer_id), None)
+        return arm if offer is None else {**arm, **offer.content}
+
+    def _expose(self, state: CustomerState, rule: TriggerRule, at_ms: int, out: list[Any]) -> Assignment | None:
+        """The contact policy's last gate: the customer's assignment for a decision of ``rule`` about to
+        be delivered (``None``: in no experiment), its exposures noted."""
+        if self.measurement is None:
+            return None
+        found = self.experiments.assignments(state.id, rule, state.exposures)
+        if not found:
+            return None
+        self.measurement.expose(state, found, at_ms, out)
+        return deciding(found)
 
     def _views(self, state: CustomerState, env: Envelope | None, now_ms: int) -> Callable[[], FeatureView]:
         """A function giving one :class:`FeatureView` of the customer at ``now_ms``, built on its first

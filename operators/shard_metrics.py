@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.metrics import (
+    ATTRIBUTED_REVENUE,
     AUDIENCE_CHANGES,
     CUSTOMERS,
     DECISIONS,
@@ -14,6 +15,9 @@ from schemas.metrics import (
     DUPLICATE_EVENTS,
     ERASED_EVENTS,
     EVENTS,
+    EXPERIMENT_CONVERSIONS,
+    EXPERIMENT_EXPOSURES,
+    EXPERIMENT_REVENUE,
     INVALID_EVENTS,
     LATE_EVENTS,
     MODEL_OUTCOMES,
@@ -85,6 +89,7 @@ class ShardMetrics:
                 ERASED_EVENTS.inc(count)
             else:
                 _child(INVALID_EVENTS, name).inc(count)
+        self._publish_measures(stats, seen)
         if self.engine.models is not None and (final or now - self.models_at >= MODEL_METRICS_SECONDS):
             self.models_at = now
             self._publish_models(self.engine.models.stats(), seen.setdefault("models", {}))
@@ -97,6 +102,25 @@ class ShardMetrics:
     def due(self) -> datetime | None:
         """When held-back counters should be published (``None`` when nothing is held back)."""
         return self._due
+
+    def _publish_measures(self, stats: dict[str, Any], seen: dict[str, Any]) -> None:
+        """Experiments' exposures, conversions and revenue by arm; revenue attributed by model and rule."""
+        arms = {
+            (experiment, arm, name): value
+            for experiment, by_arm in stats.get("experiments", {}).items()
+            for arm, counts in by_arm.items()
+            for name, value in counts.items()
+        }
+        metrics = {"exposed": EXPERIMENT_EXPOSURES, "conversions": EXPERIMENT_CONVERSIONS}
+        for (experiment, arm, name), count in _deltas(arms, seen.setdefault("experiments", {})):
+            if name == "revenue_cents":
+                _child(EXPERIMENT_REVENUE, experiment, arm).inc(count / 100)
+            else:
+                _child(metrics[name], experiment, arm).inc(count)
+        attributed = stats.get("attributed_revenue_cents", {})
+        for key, cents in _deltas(attributed, seen.setdefault("attributed", {})):
+            model, _, rule = key.partition(".")
+            _child(ATTRIBUTED_REVENUE, model, self.channels.get(rule, "unknown"), rule).inc(cents / 100)
 
     def _publish_models(self, stats: dict[str, Any], seen: dict[str, Any]) -> None:
         progressive = stats["propensity"]["progressive"]

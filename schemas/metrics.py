@@ -64,3 +64,23 @@ CUSTOMERS = Gauge("nudgeflow_customers_in_state", "Customers held in state by th
 ERASED_EVENTS = Counter(
     "nudgeflow_erased_events", "Events of erased customers dropped: their event time is at or before the erasure"
 )
+EXPERIMENT_EXPOSURES = Counter(
+    "nudgeflow_experiment_exposures",
+    "Customers exposed in an experiment (a decision made for them, delivered or held out), by experiment and arm",
+    ["experiment", "arm"],
+)
+EXPERIMENT_CONVERSIONS = Counter(
+    "nudgeflow_experiment_conversions",
+    "Exposed customers who ordered within the conversion window, by experiment and arm",
+    ["experiment", "arm"],
+)
+EXPERIMENT_REVENUE = Counter(
+    "nudgeflow_experiment_revenue",
+    "Revenue of exposed customers' orders within the conversion window, by experiment and arm",
+    ["experiment", "arm"],
+)
+ATTRIBUTED_REVENUE = Counter(
+    "nudgeflow_attributed_revenue",
+    "Order revenue credited to the deliveries before the order, by attribution model, channel and rule",
+    ["model", "channel", "rule"],
+)

@@ -25,6 +25,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from schemas.content import Content
 from schemas.durations import parse_duration
+from schemas.experiments import ExperimentConfig, rule_problems
 from schemas.offers import Offer
 from schemas.policy import ContactPolicy
 from schemas.streams import Channel
@@ -106,6 +107,7 @@ class RuleSet(BaseModel):
     offers: list[Offer] = []
     next_best_offer: NextBestOffer = NextBestOffer()
     policy: ContactPolicy = ContactPolicy()
+    experiments: ExperimentConfig = ExperimentConfig()
 
     @model_validator(mode="after")
     def _offers_exist(self) -> RuleSet:
@@ -131,6 +133,11 @@ class RuleSet(BaseModel):
             if t.offer_id in by_id and t.channel not in by_id[t.offer_id].channels
         ]
         _refuse(problems)
+        return self
+
+    @model_validator(mode="after")
+    def _experiments_know_their_rules(self) -> RuleSet:
+        _refuse(rule_problems(self.experiments, self.triggers))
         return self
 
     @model_validator(mode="after")

@@ -26,6 +26,8 @@ PROFILES = "profiles"
 MODELS = "models"
 ERASURES = "erasures"  # the erasure ledger: one record per erasure applied (schemas.erasures)
 MODEL_FILE = "models.json"
+ATTRIBUTIONS = "attributions"
+EXPERIMENTS = "experiments"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,8 @@ def _stream_list() -> tuple[Stream, ...]:
         Stream(PROFILES, store=True),  # the live profile of a changed customer
         Stream(MODELS, MODEL_FILE),  # the models' parameters, merged over shards at the end of a run
         Stream(ERASURES, f"{ERASURES}.jsonl", kafka=True),  # a compacted topic, keyed by customer
+        Stream(ATTRIBUTIONS, f"{ATTRIBUTIONS}.jsonl", kafka=True),  # orders credited to the deliveries before them
+        Stream(EXPERIMENTS, f"{EXPERIMENTS}.jsonl"),  # per-arm counts by report period, summed over shards
     )
 
 
