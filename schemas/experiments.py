@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from schemas.content import Content
 from schemas.durations import parse_duration
 from schemas.streams import Channel
 
@@ -26,13 +27,7 @@ PRE_PERIODS = ("7d", "30d")
 SHARE_TOLERANCE = 1e-9
 
 
-# schemas.rules holds RuleSet, which holds this section: its content and id checks are looked up when used
-def _content(value: dict[str, Any]) -> dict[str, Any]:
-    from schemas.rules import _json_data
-
-    return _json_data(value)
-
-
+# schemas.rules holds RuleSet, which holds this section: its id check is looked up when used
 def _id(value: str) -> str:
     from schemas.rules import RULE_ID
 
@@ -42,7 +37,6 @@ def _id(value: str) -> str:
 
 
 DurationMs = Annotated[int, BeforeValidator(parse_duration), Field(gt=0)]
-Content = Annotated[dict[str, Any], AfterValidator(_content)]
 Id = Annotated[str, AfterValidator(_id)]
 
 
