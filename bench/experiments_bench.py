@@ -13,6 +13,7 @@ decision that reached the holdout gate; attribution (on in both) is in both.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -62,6 +63,7 @@ def main() -> None:
             for name, rules in variants.items():
                 out = Path(tmp) / name.split()[-1]
                 cmd = [sys.executable, "-m", "flows.cli", "replay", str(path), "--rules", str(rules)]
+                shutil.rmtree(out, ignore_errors=True)  # no erasure ledger of a round before
                 cpu[name].append(cpu_of([*cmd, "--out", str(out), "--force", "--quiet"]))
                 summaries[name] = orjson.loads((out / "summary.json").read_bytes())
     print(f"{machine()}; {path.name}: {events:,} events; best of {args.rounds} alternated rounds, CPU time\n")

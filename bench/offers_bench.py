@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -75,6 +76,7 @@ def main() -> None:
                 out = Path(tmp) / name.replace(" ", "-").replace(",", "")
                 os.environ.update(env)
                 try:
+                    shutil.rmtree(out, ignore_errors=True)  # no erasure ledger of a round before
                     started = time.process_time()
                     nudgeflow(["replay", str(path), "--rules", str(rules), "--out", str(out), "--force", "--quiet"])
                     cpu[name].append(time.process_time() - started)
