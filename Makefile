@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml $(NATIVE_SOURCES) | rust-deps
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The demo's stores (time zones, locations) and products come from the sample reference files.
 demo: venv
-	$(BIN)/nudgeflow run --out out/demo --force
+	NUDGEFLOW_STORES=samples/stores.csv NUDGEFLOW_PRODUCTS=samples/products.csv $(BIN)/nudgeflow run --out out/demo --force
 
 # Integration tests use KAFKA_BOOTSTRAP_SERVERS / REDIS_URL when set; otherwise the test session
 # starts a local Kafka 4.x broker (jars from Maven Central, Java 17) and Debian's redis-server.

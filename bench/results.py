@@ -67,6 +67,13 @@ SECTIONS = (
         "The same at 1M customers (the first 4M events of the day are generated once: several minutes, 1.7 GB).",
     ),
     Section(
+        "policy",
+        "The contact policy's cost (10k customers, one day)",
+        ("bench/policy_bench.py", "--rounds", "3"),
+        "`nudgeflow replay` with the starter rules and their policy (caps, quiet hours) against the same rules "
+        "without a policy section, alternated, in CPU time of the whole process.",
+    ),
+    Section(
         "order-lines",
         "Orders with many lines against a view",
         ("bench/order_lines_bench.py", "--lines", "1", "10", "50", "161"),

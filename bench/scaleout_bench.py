@@ -25,6 +25,7 @@ import argparse
 import os
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -95,6 +96,7 @@ def replay_rounds(path: Path, rounds: int, runs: list[Checkout]) -> dict[str, li
                     out = Path(tmp) / f"out-{processes}"
                     cmd = [run.python, "-m", "flows.cli", "replay", str(path), "--out", str(out), "--force"]
                     cmd += ["--quiet", "--processes", str(processes)]
+                    shutil.rmtree(out, ignore_errors=True)  # no erasure ledger of a round before
                     cpu, wall = cpu_of([cmd], cwd=run.root)
                     files = files_of(out)
                     if expected is None:

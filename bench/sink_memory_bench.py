@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,7 @@ def measure(stream: Path, out: Path, run_records: int) -> tuple[float, float]:
     """Peak RSS (MB) and CPU seconds of one replay of ``stream`` in a new process."""
     cmd = [sys.executable, __file__, "--child", str(run_records), "replay", str(stream)]
     cmd += ["--out", str(out), "--force", "--quiet"]
+    shutil.rmtree(out, ignore_errors=True)  # no erasure ledger of a run before
     child = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)

@@ -38,7 +38,7 @@ from schemas.errors import InputError, OutputError, RecordingNotFound
 from schemas.items import DEFAULT_MAX_EVENT_BYTES, ChunkEnd, EndOfInput, Output, RawEvent, ReadAhead
 from schemas.metrics import INPUT_LINES
 from schemas.records import DEAD_LETTER_PAYLOAD_CAP
-from schemas.streams import MODEL_FILE, MODELS, OUTPUT_FILES, STATS
+from schemas.streams import EXPERIMENTS, MODEL_FILE, MODELS, OUTPUT_FILES, STATS
 
 
 class OutputFolderError(OutputError):
@@ -732,6 +732,27 @@ def add_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
             total[key] = total.get(key, 0) + value
 
 
+class _ExperimentsPartition(_OutputFile):
+    """The shards' ``experiments`` increments, summed by report period (any order gives the same
+    sums) and written at close as one line per period with the counts up to its end."""
+
+    def __init__(self, path: Path, errors: WriteErrors | None) -> None:
+        super().__init__(path, errors)
+        self._periods: dict[str, Any] = {}
+
+    def write_batch(self, values: list[Output]) -> None:
+        for value in values:
+            add_counts(self._periods, orjson.loads(value.body))
+
+    def _write(self) -> None:
+        running: dict[str, Any] = {}
+        with self._path.open("wb") as out:
+            for period in sorted(self._periods, key=int):
+                add_counts(running, self._periods[period])
+                line = {"period_start_ms": int(period), "experiments": running}
+                out.write(orjson.dumps(line, option=orjson.OPT_SORT_KEYS) + b"\n")
+
+
 ModelsWriter = Callable[[Path, list[dict[str, Any]], str], None]
 """Writes the shards' model exports, merged, as one model file (``operators.models.files.write_merged``)."""
 
@@ -796,6 +817,8 @@ class OutputFolderSink(FixedPartitionedSink[Output, None]):
         path = self.folder / OUTPUT_FILES[for_part]
         if for_part == STATS:
             return _SummaryPartition(path, self.errors)
+        if for_part == EXPERIMENTS:
+            return _ExperimentsPartition(path, self.errors)
         return _FilePartition(path, self.errors, self.run_records, self.run_bytes)
 
 

@@ -41,7 +41,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from schemas.errors import ServiceError
 from schemas.items import EndOfInput, Output, RawEvent
@@ -81,18 +81,40 @@ def _metadata(admin: AdminClient, bootstrap_servers: str, timeout: float, topic:
         raise ServiceError(f"cannot reach Kafka at {bootstrap_servers}: {err.args[0].str()}") from None
 
 
+def topic_exists(
+    bootstrap_servers: str, topic: str, client: dict[str, Any] | None = None, timeout: float = 10.0
+) -> bool:
+    """Whether ``topic`` exists (asked without naming it, so that no broker creates it by asking)."""
+    return topic in _metadata(AdminClient(kafka_config(bootstrap_servers, client)), bootstrap_servers, timeout).topics
+
+
+def topic_config(
+    bootstrap_servers: str, topic: str, name: str, client: dict[str, Any] | None = None, timeout: float = 10.0
+) -> str | None:
+    """The value of a topic's setting ``name`` (``None``: the brokers do not say)."""
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    admin = AdminClient(kafka_config(bootstrap_servers, client))
+    try:
+        entry = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout)
+    except KafkaException as err:
+        raise ServiceError(f"cannot read the settings of Kafka topic {topic!r}: {err.args[0].str()}") from None
+    return entry[name].value if name in entry else None
+
+
 def ensure_topics(
     bootstrap_servers: str,
     topics: Iterable[str],
     partitions: int,
     client: dict[str, Any] | None = None,
     timeout: float = 10.0,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> None:
-    """Create the topics that do not exist yet (replication: up to 3, as brokers allow)."""
+    """Create the topics that do not exist yet (replication: up to 3, as brokers allow), each with
+    its entry of ``configs`` (topic settings such as ``cleanup.policy``) if it has one."""
     admin = AdminClient(kafka_config(bootstrap_servers, client))
     metadata = _metadata(admin, bootstrap_servers, timeout)
-    existing, brokers = metadata.topics, len(metadata.brokers)
-    missing = [NewTopic(t, partitions, min(3, brokers)) for t in topics if t not in existing]
+    existing, brokers, configs = metadata.topics, len(metadata.brokers), configs or {}
+    missing = [NewTopic(t, partitions, min(3, brokers), config=configs.get(t, {})) for t in topics if t not in existing]
     if not missing:
         return
     for topic, future in admin.create_topics(missing, operation_timeout=timeout).items():
@@ -602,7 +624,7 @@ def read_topic(
         ends: dict[int, int] = {}
         assignment = []
         for p in range(count):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)
+            low, high = watermarks(consumer, TopicPartition(topic, p))  # a topic just created: its leaders
             if high > low or not until_end:
                 ends[p] = high
                 assignment.append(TopicPartition(topic, p, low if from_beginning else high))

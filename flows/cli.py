@@ -9,7 +9,8 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, get_args
@@ -19,6 +20,14 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.testing import cluster_main, run_main
 
+from connectors.erasures import (
+    append_event,
+    append_ledger,
+    carry_ledger,
+    ledger_path,
+    read_ledger_file,
+    read_ledger_topic,
+)
 from connectors.files import (
     JsonlSource,
     OutputFolderError,
@@ -26,13 +35,15 @@ from connectors.files import (
     WriteErrors,
     add_counts,
     check_recordings,
+    output_target,
     prepare_output_folder,
     publish_outputs,
     stage_output_folder,
 )
 from connectors.local_services import free_port
+from flows.measures import render_measures
 from flows.metrics import serve
-from flows.personalization import build_flow
+from flows.personalization import build_flow, ledger_topic
 from flows.report import diff_decisions, finalize_summary, render_diff, render_summary
 from flows.runtime import recovery_config, timer_slack, tune_gc
 from flows.settings import SAMPLE_STREAM, Settings
@@ -40,8 +51,11 @@ from flows.status import StatusLine, status_text
 from operators.models import ModelMode, import_model_libraries
 from operators.models import files as model_files
 from operators.rules import STARTER_RULES, CompiledRules, load_rules
+from schemas.erasures import Ledger, erasure_event
 from schemas.errors import ConfigurationError, NudgeflowError, RecoveryStoreError
 from schemas.items import EndOfInput, RawEvent
+from schemas.records import iso_ms
+from schemas.timestamps import epoch_ms
 
 EXIT_PROBLEM = 2
 """Exit status of an operational problem (settings, inputs, outputs, services, recovery store)."""
@@ -122,6 +136,17 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--partitions", type=int, default=8, help="partitions when the topic is created")
     produce.set_defaults(command=_produce)
 
+    erase = sub.add_parser("erase", help="request a customer's erasure: an Erasure Requested event to Kafka or a file")
+    erase.add_argument("customer_id", help="the customer's userId")
+    erase.add_argument("--request-id", help="the request's id (default: a new one, printed)")
+    erase.add_argument("--regulation", choices=("gdpr", "ccpa", "other"), default="gdpr")
+    erase.add_argument("--at", help="event time, ISO 8601 with a time zone (default: now)")
+    erase.add_argument("--file", type=Path, help="append the event to this JSONL recording instead of sending it")
+    erase.add_argument("--topic", help="events topic (default nudgeflow.events)")
+    erase.add_argument("--bootstrap-servers", help="Kafka brokers (default 127.0.0.1:9092)")
+    erase.add_argument("--partitions", type=int, default=8, help="partitions when the topic is created")
+    erase.set_defaults(command=_erase)
+
     warm = sub.add_parser("warm-start", help="build state from recorded history, sending nothing, for a live run")
     warm.add_argument("inputs", nargs="+", type=Path, help="JSONL recordings of the history, oldest first")
     warm.add_argument("--recovery-dir", type=Path, help="new recovery store the live run resumes (or settings)")
@@ -179,6 +204,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", type=Path, help="also write the figures as JSON")
     evaluate.set_defaults(command=_evaluate)
 
+    report = sub.add_parser("report", help="experiments, and revenue attributed per rule, channel and offer")
+    report.add_argument("folder", type=Path, help="the output folder of a run or replay")
+    report.set_defaults(command=_report_measures)
+
     rules = sub.add_parser("rules", help="rule files")
     rules_sub = rules.add_subparsers(required=True, metavar="ACTION")
     check = rules_sub.add_parser("check", help="validate a rule file and show what each rule listens to")
@@ -220,16 +249,20 @@ def execute(
     quiet: bool = False,
     process_id: int = 0,
     addresses: list[str] | None = None,
+    ledger: Ledger | None = None,
+    add_to_ledger: bool = True,
 ) -> dict:
     """Build and run the flow to completion; return the run's summary (also in summary.json for files).
 
     The inputs and the output folder are checked before anything is written. Outputs are
     written into a new folder beside ``settings.out`` that replaces it only once complete: a
-    run that fails leaves the old outputs as they were.
+    run that fails leaves the old outputs as they were. The erasure ledger is read first (``ledger``:
+    read already); a run on recordings leaves the whole ledger in its folder and, unless
+    ``add_to_ledger`` is false, adds the erasures it applied to the ledger file it was given.
     """
     rules = load_rules(settings.rules)
     if source is None and settings.source == "kafka":
-        flow = build_flow(settings, rules, snapshots=settings.recovery_dir is not None)
+        flow = build_flow(settings, rules, snapshots=settings.recovery_dir is not None, ledger=ledger)
         seconds = _timed_run(flow, settings, workers, quiet, process_id, addresses)
         if not quiet:
             print(f"nudgeflow: stopped after {seconds:.1f} s; {status_text()}", file=sys.stderr)
@@ -239,30 +272,48 @@ def execute(
     tally = source.tally if isinstance(source, JsonlSource) else None
     staging = stage_output_folder(settings.out, settings.replace_output)
     try:
+        previous, ledger = read_ledger_file(ledger_path(settings.erasure_ledger, settings.out))
         prepare_output_folder(staging)
         errors: WriteErrors = []
         sink = OutputFolderSink(staging, errors, write_models=model_files.write_merged)
-        flow = build_flow(settings, rules, snapshots=settings.recovery_dir is not None, source=source, sink=sink)
+        snapshots = settings.recovery_dir is not None
+        flow = build_flow(settings, rules, snapshots=snapshots, source=source, sink=sink, ledger=ledger)
         seconds = _timed_run(flow, settings, workers, quiet, process_id, addresses)
         if errors:
             path, err = errors[0]
             raise _unwritten(settings.out, settings.out / path.name, err)
-        summary, warning = _publish(staging, settings, tally.lines if tally is not None else None)
+        summary, warning, added = _publish(
+            staging, settings, tally.lines if tally is not None else None, previous, rules
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _add_to_ledger(settings, added if add_to_ledger else b"")
     _tell_run(summary, settings, warning, tally.problems if tally is not None else [], seconds, quiet)
     _fail_if_unwritten()
     return summary
 
 
+def _add_to_ledger(settings: Settings, added: bytes) -> None:
+    """Add a published run's erasures to the ledger file it was given (its own folder has them already)."""
+    given = settings.erasure_ledger
+    if given is not None and given.resolve() != ledger_path(None, output_target(settings.out)).resolve():
+        append_ledger(given, added)
+
+
 def _publish(
-    staging: Path, settings: Settings, lines: dict[str, dict[str, int]] | None
-) -> tuple[dict[str, Any], str | None]:
-    """Complete the run's summary in ``staging`` and publish the folder as ``settings.out``; return
-    the summary and any warning of the publishing."""
+    staging: Path,
+    settings: Settings,
+    lines: dict[str, dict[str, int]] | None,
+    ledger: bytes,
+    rules: CompiledRules,
+) -> tuple[dict[str, Any], str | None, bytes]:
+    """Complete the run's erasure ledger (after ``ledger``, the one read), summary and experiments in
+    ``staging`` and publish the folder as ``settings.out``; return the summary, any warning of the
+    publishing and the ledger records the run added."""
     try:
-        summary = finalize_summary(staging, lines)
-        return summary, publish_outputs(staging, settings.out)
+        added = carry_ledger(staging, ledger)
+        summary = finalize_summary(staging, lines, rules.experiments)
+        return summary, publish_outputs(staging, settings.out), added
     except OSError as err:
         raise _unwritten(settings.out, settings.out, err) from None
 
@@ -382,7 +433,8 @@ def _warm_start(args: argparse.Namespace) -> int:
     parts = part_names(topic, topic_partitions(servers, topic, settings.kafka_client_config()))
     sink = DiscardSink()
     source = HistorySource(settings.input, parts, settings.batch_size, settings.max_event_bytes)
-    flow = build_flow(settings, snapshots=True, source=source, sink=sink, source_partitions=len(parts))
+    ledger = read_ledger_topic(servers, ledger_topic(settings), settings.kafka_client_config())
+    flow = build_flow(settings, snapshots=True, source=source, sink=sink, source_partitions=len(parts), ledger=ledger)
     started = time.perf_counter()
     run_dataflow(flow, settings, args.workers)
     stats = sink.stats
@@ -437,11 +489,18 @@ def run_in_processes(settings: Settings, processes: int, workers: int = 1, quiet
     load_rules(settings.rules)  # a bad rule file fails here, once
     if settings.models != "off":
         import_model_libraries()
+    ledger = read_ledger_topic(  # once, so that every process drops the same
+        settings.kafka_bootstrap_servers, ledger_topic(settings), settings.kafka_client_config()
+    )
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         pids = [
-            _fork(lambda n=n: execute(settings, workers, quiet=quiet or n > 0, process_id=n, addresses=addresses))
+            _fork(
+                lambda n=n: execute(
+                    settings, workers, quiet=quiet or n > 0, process_id=n, addresses=addresses, ledger=ledger
+                )
+            )
             for n in range(processes)
         ]
         _wait_all(pids, "run")
@@ -453,17 +512,51 @@ def _produce(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from connectors.files import read_lines
-    from connectors.kafka import ensure_topics, produce_records
 
     settings = Settings.from_env(kafka_bootstrap_servers=args.bootstrap_servers, events_topic=args.topic)
-    client = settings.kafka_client_config()
-    ensure_topics(settings.kafka_bootstrap_servers, [settings.events_topic], args.partitions, client)
     with tqdm(desc="produce", unit=" events", disable=not sys.stderr.isatty()) as progress:
-        sent = produce_records(
-            settings.kafka_bootstrap_servers, settings.events_topic, read_lines(args.file), args.rate, progress, client
-        )
+        sent = _send_events(settings, read_lines(args.file), args.partitions, args.rate, progress)
     print(f"nudgeflow: sent {sent:,} events to {settings.events_topic}", file=sys.stderr)
     return 0
+
+
+def _send_events(
+    settings: Settings, lines: Iterable[bytes], partitions: int, rate: float | None = None, progress: Any = None
+) -> int:
+    """Send event lines to the events topic (created with ``partitions`` when missing), keyed by
+    ``anonymousId``, else ``userId``; return how many."""
+    from connectors.kafka import ensure_topics, produce_records
+
+    client = settings.kafka_client_config()
+    ensure_topics(settings.kafka_bootstrap_servers, [settings.events_topic], partitions, client)
+    return produce_records(settings.kafka_bootstrap_servers, settings.events_topic, lines, rate, progress, client)
+
+
+def _erase(args: argparse.Namespace) -> int:
+    """One ``Erasure Requested`` event for a customer, sent to the events topic or appended to a file."""
+    request_id = args.request_id or f"erasure-{uuid.uuid4().hex[:16]}"
+    at_ms = int(time.time() * 1000) if args.at is None else _event_time(args.at)
+    line = erasure_event(args.customer_id, request_id, args.regulation, at_ms)
+    if args.file is not None:
+        append_event(args.file, line)
+        where = f"appended to {args.file}"
+    else:
+        settings = Settings.from_env(kafka_bootstrap_servers=args.bootstrap_servers, events_topic=args.topic)
+        _send_events(settings, [line], args.partitions)
+        where = f"sent to {settings.events_topic}"
+    print(
+        f"nudgeflow: erasure of customer {args.customer_id} requested (request {request_id}, {args.regulation},"
+        f" at {iso_ms(at_ms)}): {where}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _event_time(text: str) -> int:
+    try:
+        return epoch_ms(text)
+    except ValueError:
+        raise ConfigurationError(f"--at {text!r} is not an ISO 8601 time with a time zone") from None
 
 
 def _consume(args: argparse.Namespace) -> int:
@@ -519,9 +612,11 @@ def _replay(args: argparse.Namespace) -> int:
     staging = stage_output_folder(args.out, replace=args.force)
     try:
         settings_a = _settings(args, args.inputs, staging / "a").model_copy(update=files_only)
+        ledger = ledger_path(settings_a.erasure_ledger, output_target(args.out) / "a")  # the last diff's
+        settings_a = settings_a.model_copy(update={"erasure_ledger": ledger})
         settings_b = settings_a.model_copy(update={"out": staging / "b", "rules": args.diff})
         for settings in (settings_a, settings_b):
-            _replay_once(args, settings, quiet=True)
+            _replay_once(args, settings, quiet=True, add_to_ledger=False)
         diff = diff_decisions(settings_a.out, settings_b.out)
         try:
             (staging / "diff.json").write_bytes(diff.to_json())
@@ -538,17 +633,19 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replay_once(args: argparse.Namespace, settings: Settings, quiet: bool) -> dict:
+def _replay_once(args: argparse.Namespace, settings: Settings, quiet: bool, add_to_ledger: bool = True) -> dict:
     if args.processes > 1:
-        return replay_in_processes(settings, args.processes, args.workers, quiet)
-    return execute(settings, args.workers, _source(args, settings), quiet=quiet)
+        return replay_in_processes(settings, args.processes, args.workers, quiet, add_to_ledger)
+    return execute(settings, args.workers, _source(args, settings), quiet=quiet, add_to_ledger=add_to_ledger)
 
 
 PART_LINES = ".lines-{process}.json"
 """What one process of a shared replay read (its input line account), in the run's folder."""
 
 
-def replay_in_processes(settings: Settings, processes: int, workers: int = 1, quiet: bool = False) -> dict[str, Any]:
+def replay_in_processes(
+    settings: Settings, processes: int, workers: int = 1, quiet: bool = False, add_to_ledger: bool = True
+) -> dict[str, Any]:
     """Replay ``settings.input`` in ``processes`` processes on this host (``workers`` threads each),
     as one run: each process reads and parses only its own chunks of them (see
     :class:`connectors.files.JsonlSource`, made here: where the chunks begin is found once), all
@@ -566,20 +663,23 @@ def replay_in_processes(settings: Settings, processes: int, workers: int = 1, qu
         import_model_libraries()  # once, here, rather than in every process
     staging = stage_output_folder(settings.out, settings.replace_output)
     try:
+        previous, ledger = read_ledger_file(ledger_path(settings.erasure_ledger, settings.out))
         prepare_output_folder(staging)
         addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
         started = time.perf_counter()
         source = JsonlSource(settings.input, settings.batch_size, settings.max_event_bytes, parts=processes * workers)
         pids = [
-            _fork(lambda n=n: _replay_part(settings, rules, source, staging, workers, n, addresses))
+            _fork(lambda n=n: _replay_part(settings, rules, source, staging, workers, n, addresses, ledger))
             for n in range(processes)
         ]
         _wait_all(pids, "replay", "; nothing was written")
         seconds = time.perf_counter() - started
         lines, problems = _part_lines(staging, processes, settings.input)
-        summary, warning = _publish(staging, settings, lines)
+        summary, warning, added = _publish(staging, settings, lines, previous, rules)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if add_to_ledger:
+        _add_to_ledger(settings, added)
     _tell_run(summary, settings, warning, problems, seconds, quiet)
     return summary
 
@@ -654,11 +754,12 @@ def _replay_part(
     workers: int,
     process: int,
     addresses: list[str],
+    ledger: Ledger,
 ) -> None:
     """One process of a shared replay: its share of the flow (``source``'s parts of it), into the run's ``folder``."""
     errors: WriteErrors = []
     sink = OutputFolderSink(folder, errors, write_models=model_files.write_merged)
-    flow = build_flow(settings, rules, source=source, sink=sink)
+    flow = build_flow(settings, rules, source=source, sink=sink, ledger=ledger)
     run_dataflow(flow, settings, workers, process, addresses)
     if errors:
         path, err = errors[0]
@@ -726,6 +827,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(render(results))
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return 0
+
+
+def _report_measures(args: argparse.Namespace) -> int:
+    print(render_measures(args.folder))
     return 0
 
 

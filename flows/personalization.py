@@ -17,15 +17,18 @@ from bytewax.inputs import Source
 from bytewax.operators import KeyedStream
 from bytewax.outputs import Sink
 
+from connectors.erasures import COMPACTED, ledger_path, read_ledger_file, read_ledger_topic
 from connectors.files import JsonlSource, OutputFolderSink, prepare_output_folder
 from flows.metrics import serve
 from flows.runtime import tune_gc
 from flows.settings import Settings
 from operators.customer_state import personalize
 from operators.models import files as model_files
+from operators.offers import check_catalogue
 from operators.rules import CompiledRules, load_rules
+from schemas.erasures import Ledger
 from schemas.items import EndOfInput, Output, RawEvent
-from schemas.streams import KAFKA_STREAMS, PROFILES, STORE_STREAMS
+from schemas.streams import ERASURES, KAFKA_STREAMS, PROFILES, STORE_STREAMS
 
 
 def build_flow(
@@ -35,18 +38,22 @@ def build_flow(
     source: Source[RawEvent | EndOfInput] | None = None,
     sink: Sink[tuple[str, Output]] | None = None,
     source_partitions: int = 1,
+    ledger: Ledger | None = None,
 ) -> Dataflow:
     """Source -> parse/validate -> dedupe -> key by customer -> state + rules -> output files.
 
     The source defaults to the JSONL recordings in ``settings.input``; the output folder
     ``settings.out`` is created empty (a non-empty one is refused unless ``replace_output``);
     a given ``sink`` receives ``(stream, Output)`` pairs instead. ``source_partitions`` is the
-    number of partitions a given ``source`` has.
+    number of partitions a given ``source`` has. ``ledger``: the erasures known before the run
+    (default: read from the ledger topic, or from the ledger file on recordings).
     """
     rules = rules or load_rules(settings.rules)
     flow = Dataflow("nudgeflow")
     if source is None and settings.source == "kafka":
-        return _kafka_flow(flow, settings, rules, snapshots)
+        return _kafka_flow(flow, settings, rules, snapshots, ledger)
+    if ledger is None:
+        ledger = read_ledger_file(ledger_path(settings.erasure_ledger, settings.out))[1]
     # the recordings are checked (by the source) before an output folder is replaced
     source = source or JsonlSource(settings.input, settings.batch_size, settings.max_event_bytes)
     read_ahead = None  # the parts of a chunked stream read so far ahead of the flow
@@ -56,7 +63,8 @@ def build_flow(
         prepare_output_folder(settings.out, replace=settings.replace_output)
         sink = OutputFolderSink(settings.out, write_models=model_files.write_merged)
     raw = op.input("events", flow, source)
-    config = settings.engine_config(snapshots, source_partitions, profiles=settings.redis_url is not None)
+    config = settings.engine_config(snapshots, source_partitions, settings.redis_url is not None, ledger)
+    check_catalogue(rules.offers, config.reference)
     chunked = read_ahead is not None
     outputs = personalize(
         "personalize", raw, rules, config, settings.shards, settings.max_event_bytes, chunked, read_ahead
@@ -68,14 +76,18 @@ def build_flow(
     return flow
 
 
-def _kafka_flow(flow: Dataflow, settings: Settings, rules: CompiledRules, snapshots: bool) -> Dataflow:
-    """Events topic -> personalize -> output topics (and the Redis store when configured)."""
+def _kafka_flow(
+    flow: Dataflow, settings: Settings, rules: CompiledRules, snapshots: bool, ledger: Ledger | None
+) -> Dataflow:
+    """Events topic -> personalize -> output topics (and the Redis store when configured); the
+    erasure ledger topic is read to its end before the flow starts."""
     from connectors.kafka import KafkaEventSource, KafkaOutputSink, ensure_topics
 
     client = settings.kafka_client_config()
     servers = settings.kafka_bootstrap_servers
     if settings.create_topics:
-        ensure_topics(servers, output_topics(settings), settings.topic_partitions, client)
+        configs = {ledger_topic(settings): COMPACTED}
+        ensure_topics(servers, output_topics(settings), settings.topic_partitions, client, configs=configs)
     source = KafkaEventSource(
         servers,
         settings.events_topic,
@@ -85,8 +97,11 @@ def _kafka_flow(flow: Dataflow, settings: Settings, rules: CompiledRules, snapsh
         client,
         settings.kafka_poll_ms / 1000,
     )
+    if ledger is None:
+        ledger = read_ledger_topic(servers, ledger_topic(settings), client)
     raw = op.input("events", flow, source)
-    config = settings.engine_config(snapshots, source.partitions, profiles=settings.redis_url is not None)
+    config = settings.engine_config(snapshots, source.partitions, settings.redis_url is not None, ledger)
+    check_catalogue(rules.offers, config.reference)
     outputs = personalize("personalize", raw, rules, config, settings.shards, settings.max_event_bytes)
     _redis_output(outputs, settings)
     to_kafka = op.filter_map("to_kafka", outputs, _by_customer)
@@ -97,6 +112,11 @@ def _kafka_flow(flow: Dataflow, settings: Settings, rules: CompiledRules, snapsh
 def output_topics(settings: Settings) -> list[str]:
     """Every output topic: prefix + stream."""
     return [settings.topic_prefix + stream for stream in KAFKA_STREAMS]
+
+
+def ledger_topic(settings: Settings) -> str:
+    """The erasure ledger's topic: prefix + ``erasures`` (compacted, keyed by customer)."""
+    return settings.topic_prefix + ERASURES
 
 
 def _by_customer(item: tuple[str, Output]) -> tuple[str, Output] | None:

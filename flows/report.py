@@ -9,9 +9,11 @@ from typing import Any
 
 import orjson
 
+from flows.measures import finalize_experiments
 from flows.settings import Settings
 from operators.models.propensity import Calibration
 from operators.parse import readable_firsts
+from schemas.experiments import ExperimentConfig
 from schemas.streams import (
     AUDIENCE_CHANGES,
     CHANNELS,
@@ -37,11 +39,19 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
 
 
-def finalize_summary(folder: Path, lines: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+def finalize_summary(
+    folder: Path, lines: dict[str, dict[str, int]] | None = None, experiments: ExperimentConfig | None = None
+) -> dict[str, Any]:
     """Add output line counts and dead letters by reason to ``summary.json``, and the account of
-    the input ``lines`` read per file when given (see :func:`line_account`); return the summary."""
+    the input ``lines`` read per file when given (see :func:`line_account`); with the rule file's
+    ``experiments`` section, each arm's lift to ``experiments.jsonl`` and the costs to the summary;
+    return the summary."""
     path = folder / SUMMARY
     summary = orjson.loads(path.read_bytes()) if path.exists() else {}
+    if experiments is not None:
+        finalize_experiments(folder, experiments)
+        if experiments.costs.per_message or experiments.costs.per_offer:
+            summary["costs"] = experiments.costs.model_dump()
     outputs = {}
     for stream, name in sorted(OUTPUT_FILES.items()):
         if stream not in (STATS, DEAD_LETTERS):
@@ -65,15 +75,17 @@ def finalize_summary(folder: Path, lines: dict[str, dict[str, int]] | None = Non
 
 def line_account(summary: dict[str, Any], files: dict[str, dict[str, int]]) -> dict[str, Any]:
     """Every input line accounted for: ``read`` = ``accepted`` + ``dead_letters`` + ``duplicates``
-    + ``blank``, and ``unaccounted`` is the difference (0). Failed timers are no input line."""
+    + ``erased_events`` + ``blank``, and ``unaccounted`` is the difference (0). Failed timers are no
+    input line."""
     account = {
         "read": sum(counts["read"] for counts in files.values()),
         "blank": sum(counts["blank"] for counts in files.values()),
         "accepted": _accepted(summary),
         "dead_letters": _input_dead_letters(summary),
         "duplicates": summary.get("duplicates", 0),
+        "erased_events": summary.get("erased_events", 0),
     }
-    parts = ("blank", "accepted", "dead_letters", "duplicates")
+    parts = ("blank", "accepted", "dead_letters", "duplicates", "erased_events")
     account["unaccounted"] = account["read"] - sum(account[part] for part in parts)
     return {**account, "files": dict(sorted(files.items()))}
 
@@ -85,6 +97,20 @@ def _accepted(summary: dict[str, Any]) -> int:
 def _input_dead_letters(summary: dict[str, Any]) -> int:
     """Dead letters of input lines: all but those of timers whose processing failed."""
     return sum(summary.get("dead_letters", {}).values()) - summary.get("timer_errors", 0)
+
+
+def measured(summary: dict[str, Any]) -> str:
+    """Orders credited to deliveries (last touch) and the experiments' exposures, in a few words."""
+    credited = {k: v for k, v in summary.get("attributed_revenue_cents", {}).items() if k.startswith("last_touch.")}
+    orders = sum(n for k, n in summary.get("attributions", {}).items() if k.startswith("last_touch."))
+    exposed = {
+        experiment: sum(arm.get("exposed", 0) for arm in arms.values())
+        for experiment, arms in summary.get("experiments", {}).items()
+    }
+    return (
+        f"orders credited to deliveries {orders:,} (revenue {sum(credited.values()) / 100:,.2f});"
+        f" exposed per experiment: {_join(exposed)}"
+    )
 
 
 def _by_reason(suppressions: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -99,7 +125,7 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
     """A few human lines about a run, for stderr."""
     events = _accepted(summary)
     dead = sum(summary.get("dead_letters", {}).values())
-    read = events + _input_dead_letters(summary) + summary.get("duplicates", 0)
+    read = events + _input_dead_letters(summary) + summary.get("duplicates", 0) + summary.get("erased_events", 0)
     blank = summary.get("lines", {}).get("blank", 0)
     rate = read / seconds if seconds > 0 else 0.0
     outputs = summary.get("outputs", {})
@@ -114,7 +140,8 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
         f" unknown event names {len(unknown)}; blank lines {blank:,}"
         + (f"; timer errors {summary['timer_errors']:,}" if "timer_errors" in summary else ""),
         f"  customers {summary.get('customers', 0):,} (+{summary.get('anonymous_customers', 0):,} anonymous);"
-        f" identities linked {summary.get('identities_linked', 0):,}",
+        f" identities linked {summary.get('identities_linked', 0):,}"
+        + (f"; events of erased customers dropped {summary['erased_events']:,}" if "erased_events" in summary else ""),
         f"  triggers by channel: {_join(triggers)}; shadow {outputs.get(OUTPUT_FILES[SHADOW_TRIGGERS], 0):,}",
         f"  triggers by rule: {_join(summary.get('triggers', {}))}",
         f"  audience changes: {_join(summary.get('audience_changes', {}))}",
@@ -135,6 +162,10 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
     if "next_best_offer" in models:
         offers = models["next_best_offer"]
         lines.append(f"  offers chosen: {_join(offers.get('pulls', {}))}; rewarded: {_join(offers.get('rewards', {}))}")
+    if catalogue := summary.get("offers"):
+        given = {offer: counts.get("given", 0) for offer, counts in catalogue.items()}
+        redeemed = {offer: counts["redeemed"] for offer, counts in catalogue.items() if counts.get("redeemed")}
+        lines.append(f"  offers given: {_join(given)}; redeemed: {_join(redeemed)}")
     if "recommendations" in models:
         reco = models["recommendations"]
         lines.append(
@@ -145,6 +176,8 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
     if dropped or unknown:
         counts = {path: entry["count"] for path, entry in unknown.items()}
         lines.append(f"  order lines dropped: {_join(dropped)}; unknown fields: {_join(counts)} (see summary.json)")
+    if summary.get("attributions") or summary.get("experiments"):
+        lines.append(f"  {measured(summary)} (nudgeflow report {settings.out})")
     lines.append(f"  outputs in {settings.out}/")
     return "\n".join(lines)
 

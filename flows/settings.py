@@ -14,10 +14,12 @@ from operators.engine import EngineConfig
 from operators.models import ModelMode
 from operators.models import files as model_files
 from operators.rules import STARTER_RULES
+from schemas.erasures import Ledger
 from schemas.errors import ConfigurationError
 from schemas.items import DEFAULT_MAX_EVENT_BYTES
 from state.affinity import DAY_MS
 from state.customer import MINUTE_MS, Lifecycle
+from state.reference import load_reference
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_STREAM = REPO / "samples" / "sample.jsonl.gz"
@@ -51,6 +53,8 @@ class Settings(BaseModel):
     models: ModelMode = Field("learn", description="online models: learn from outcomes, score only (frozen), or off")
     model_file: Path | None = Field(None, description="model parameters to start from (a run's models.json)")
     propensity_horizon_days: float = Field(7, gt=0, description="an order this soon after a decision is a success")
+    stores: Path | None = Field(None, description="stores: id, time zone, latitude, longitude (CSV or JSONL)")
+    products: Path | None = Field(None, description="products: id, category, price (CSV or JSONL)")
     source: Literal["files", "kafka"] = Field("files", description="read recordings (files) or a Kafka topic")
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka brokers, host:port[,host:port]")
     kafka_security_protocol: str | None = Field(None, description="librdkafka security.protocol (e.g. SASL_SSL)")
@@ -78,12 +82,15 @@ class Settings(BaseModel):
     metrics_host: str = Field(
         "127.0.0.1", min_length=1, description="address /metrics listens on (0.0.0.0: every interface)"
     )
+    erasure_ledger: Path | None = Field(
+        None, description="erasure ledger file runs on recordings read first and add to (default: OUT/erasures.jsonl)"
+    )
     recovery_dir: Path | None = Field(None, description="Bytewax recovery store (off when unset)")
     recovery_partitions: int = Field(1, ge=1, description="recovery store partitions created when it is new")
     backup_seconds: float = Field(60, ge=0, description="how long superseded snapshots are kept")
 
     def engine_config(
-        self, snapshots: bool = False, source_partitions: int = 1, profiles: bool = False
+        self, snapshots: bool = False, source_partitions: int = 1, profiles: bool = False, erased: Ledger | None = None
     ) -> EngineConfig:
         return EngineConfig(
             lateness_ms=int(self.lateness_minutes * MINUTE_MS),
@@ -103,6 +110,8 @@ class Settings(BaseModel):
             models=self.models,
             initial_models=model_files.read(self.model_file) if self.model_file else None,
             propensity_horizon_ms=int(self.propensity_horizon_days * DAY_MS),
+            reference=load_reference(self.stores, self.products) if self.stores or self.products else None,
+            erased=erased or {},
         )
 
     def kafka_client_config(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ that fails is taken back with :meth:`DecisionWriter.retract`, counts included.
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,9 @@ class DecisionWriter:
         self.arrived = 0.0  # its wall-clock arrival (latency metrics only)
         self._triggers: dict[str, _TriggerRecords] = {}  # by rule id
         self._audiences: dict[tuple[str, str], _AudienceRecords] = {}  # by audience id and change
+        self.offer_ids: frozenset[str] = frozenset()  # the catalogue's offers: counted as given per offer
+        self.uncounters: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {}
+        """stream -> what takes back the counts of one of its records (of another stage: experiments...)"""
 
     def trigger(
         self, rule: TriggerRule, customer_id: str, event_id: str, at_ms: int, timer: bool, out: list[Any], **data: Any
@@ -82,6 +86,8 @@ class DecisionWriter:
         body = encoder.encode(event_id=event_id, time_ms=at_ms, subject=customer_id, **data)
         out.append(Output(encoder.stream, customer_id, at_ms, self.seq, body, self.arrived, timer))
         bump(self.stats.setdefault("triggers", {}), rule.id)
+        if data.get("offer_id") in self.offer_ids and not rule.shadow:
+            bump(self.stats.setdefault("offers", {}).setdefault(data["offer_id"], {}), "given")
 
     def audience_change(
         self,
@@ -176,11 +182,16 @@ class DecisionWriter:
             if item.stream == DEAD_LETTERS:
                 unbump(stats, record["reason"])
             elif item.stream.startswith(TRIGGERS_PREFIX):
-                unbump(stats["triggers"], record["data"]["rule_id"])
+                data = record["data"]
+                unbump(stats["triggers"], data["rule_id"])
+                if data.get("offer_id") in self.offer_ids and not data["shadow"]:
+                    unbump(stats["offers"][data["offer_id"]], "given")
             elif item.stream == SUPPRESSIONS:
                 unbump(stats["suppressions"][record["data"]["reason"]], record["data"]["rule_id"])
             elif item.stream.startswith(AUDIENCE_CHANGES):
                 unbump(stats["audience_changes"], f"{record['data']['audience']}.{record['data']['change']}")
+            elif (uncount := self.uncounters.get(item.stream)) is not None:
+                uncount(stats, record)
         del out[start:]
 
 

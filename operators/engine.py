@@ -44,32 +44,46 @@ from typing import Any, Literal
 
 import orjson
 
+from operators.attribution import Attributor
 from operators.decisions import DecisionWriter, RuleFailed, bump
+from operators.experiments import ORDER, Assignment, Experiments, Measurement, deciding
 from operators.models import FEATURES_KEY, ModelMode, ModelsSnapshot, ShardModels, merge_open
 from operators.models.bandit import segment
 from operators.models.propensity import decision_features as view_inputs
+from operators.offers import REDEMPTION_FIELDS, OfferCatalogue, merge_redemptions, refusal_detail
 from operators.ordering import CatchUp, OrderedRelease, Tick, shard_of
 from operators.parse import count_notes
-from operators.policy import POLICY_TIMER, Candidate, PolicyStage
+from operators.policy import BUDGET_SPENT, POLICY_TIMER, Candidate, PolicyStage
 from operators.reasons import Reasons
 from operators.rule_program import NativeRules
 from operators.rules import CompiledRules, CompiledTrigger
 from operators.timers import TimerQueue
 from schemas.envelope import Envelope
+from schemas.erasures import Ledger, add_erasure, erasure_record
 from schemas.errors import RecoveryStoreError
 from schemas.items import Output, fields_getter
+from schemas.offers import Offer
 from schemas.records import decision_id, iso_ms
 from schemas.rules import NEXT_BEST, TriggerRule
-from schemas.streams import MODELS, PROFILES
+from schemas.streams import ERASURES, MODELS, PROFILES
 from state import codec
-from state._native import CustomerStep, Dedupe, IdentityPass, Links, decision_features
+from state._native import (
+    CustomerStep,
+    Dedupe,
+    IdentityPass,
+    Links,
+    anonymous_hash,
+    decision_features,
+    unlink_customer,
+)
 from state.affinity import DAY_MS
 from state.catalogue import ORDERS, FeatureView, profile
 from state.customer import Checkpoint, CustomerState, Lifecycle, shared_audiences
 from state.journal import Journal, JournalRef
 from state.journal import load as load_journal
+from state.reference import Reference
 from state.store import CustomerStore
-from state.update import apply_event, feature_update, known_zone
+from state.update import apply_event, event_zone, feature_update, known_zone, product_details
 
 # 7: both stages' shards under one Bytewax key per shard number; the changes the shard's store may not
 # hold yet travel in the snapshot. 8: a customer's features are the compiled record's bytes; its timers,
@@ -77,14 +91,16 @@ from state.update import apply_event, feature_update, known_zone
 # the anonymous id; with a customer store, the recommender and the dedupe memory are kept there as base
 # and journals (state.journal), and the snapshot refers to them. 9: a customer's timers, decisions fired,
 # open decisions and offers are the bytes of its compiled bookkeeping record. 10: the open decisions'
-# features in that record hold whole numbers as varints. 11: a customer's time zone and contact policy record
+# features in that record hold whole numbers as varints. 11: a customer's time zone, contact policy record,
+# offers redeemed, experiment exposures and deliveries kept for attribution
 SNAPSHOT_FORMAT = 11
 MAX_UNSAVED = 3  # snapshots (and pre-saves) whose changes may wait for the customer store before the next waits
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes
 REWARD = "~reward"  # the open offer choices' reward window: no reward when it passes
 PRODUCT_TOUCHES = frozenset({"Product Viewed", "Product Added"})
-REWARD_EVENTS = {"Promotion Clicked": "promotion_id", "Coupon Applied": "coupon_id"}  # event -> offer id field
+REWARD_EVENTS = {"Promotion Clicked": "promotion_id", **REDEMPTION_FIELDS}  # event -> offer id field
+CONVERSIONS = frozenset(REDEMPTION_FIELDS)  # the events that reward a choice under the `net_value` reward
 RESOLVING = frozenset({"Order Completed", *REWARD_EVENTS})  # events that can resolve open decisions or offers
 ERASURE = "Erasure Requested"
 CONSENT = "Consent Updated"
@@ -111,6 +127,8 @@ class EngineConfig:
     models: ModelMode = "learn"
     propensity_horizon_ms: int = 7 * DAY_MS
     initial_models: dict[str, Any] | None = None  # parameters to start from (a model file's content)
+    reference: Reference | None = None  # stores and products, enriching events and offers
+    erased: Ledger = field(default_factory=dict)  # the erasure ledger read before the run (shared, never changed)
 
 
 @dataclass(slots=True)
@@ -158,7 +176,12 @@ class CustomerStage:
         self.swept_day: int | None = None
         self.stats: dict[str, Any] = {}
         self.writer = DecisionWriter(rules.version, self.stats)
-        self.policy = PolicyStage(rules, self.writer, self._deliver, self._await)
+        self.catalogue = OfferCatalogue(rules.offers, config.reference, rules.policy.timezone) if rules.offers else None
+        self.writer.offer_ids = frozenset(offer.id for offer in rules.offers)
+        self.experiments = Experiments(rules.experiments)
+        self.measurement = Measurement(rules.experiments, self.writer) if rules.experiments.active else None
+        self.attribution = Attributor(rules.experiments.attribution, self.writer)
+        self.policy = PolicyStage(rules, self.writer, self._deliver, self._await, self._expose)
         self.dirty: set[str] = set()
         self.changed: set[str] = set()  # customers whose profile changed since the last profiles
         self.models = self._models_for_mode(None)
@@ -259,9 +282,7 @@ class CustomerStage:
         start, before, applying, late = len(out), None, False, False
         try:
             if env.name == ERASURE:
-                state = self.customers.get(customer_id)
-                if state is not None:
-                    self._erase(state, env, out)
+                self._erase(customer_id, env, out)
             else:
                 known = customer_id in self.customers
                 if not known:  # its marks before this event, in case it must leave no trace
@@ -302,6 +323,7 @@ class CustomerStage:
         if carried is not None:
             state.merge(carried, env.ts_ms)
             merge_open(state, carried)
+            merge_redemptions(state, carried)
             self.timers.schedule(state)  # an adopted timer may be due first
         self._mark(customer_id)
         return state, new
@@ -318,8 +340,20 @@ class CustomerStage:
         scheduled = state.scheduled_ms
         due = not late and scheduled is not None and scheduled <= env.ts_ms
         fired = self._fire_due(state, env.ts_ms, out) if due else 0
+        redeemed = self.catalogue is not None and env.name in REDEMPTION_FIELDS and self._redeem(state, env)
         resolved = self.models is not None and env.name in RESOLVING and self._learn_from(state, env)
-        return bool(fired or resolved)
+        converted = env.name == ORDER and (state.touches or state.exposures) and self._converted(state, env, out)
+        return bool(fired or redeemed or resolved or converted)
+
+    def _converted(self, state: CustomerState, env: Envelope, out: list[Any]) -> bool:
+        """An order of a customer with deliveries or exposures before it: credited to the deliveries
+        (attribution), and a conversion in the experiments it was exposed in."""
+        props = env.event.properties
+        amount = max(props.amount(), 0.0)  # lines of returned items may sum below zero
+        self.attribution.ordered(state, env.ts_ms, str(props.order_id), amount, env.message_id, out)
+        if self.measurement is not None and state.exposures:
+            self.measurement.ordered(state, env.ts_ms, amount, out)
+        return True
 
     def _apply(self, state: CustomerState, env: Envelope, fresh: bool, late: bool, out: list[Any]) -> None:
         """Apply ``env`` to features, timers, rules and audiences (all of them when ``fresh``).
@@ -331,6 +365,8 @@ class CustomerStage:
         native call does so itself, and hands over the record as it was for the Python code after it.
         """
         zone = env.event.context.timezone
+        if zone is None and self.config.reference is not None:  # a till's event: its store's zone
+            zone = event_zone(env, self.config.reference)
         if zone is not None and zone != state.timezone and known_zone(zone) is not None:
             state.timezone = zone  # the customer's local time (the contact policy's quiet hours and days)
         if env.name == CONSENT:
@@ -338,13 +374,16 @@ class CustomerStage:
         if self.models is not None and env.name in PRODUCT_TOUCHES:
             props = env.event.properties
             if props.product_id:
-                viewed = env.name == "Product Viewed"
-                self.models.product_touched(state, props.product_id, props.category, env.message_id, viewed, env.ts_ms)
+                viewed, category = env.name == "Product Viewed", props.category
+                if category is None and self.config.reference is not None:
+                    category, _ = product_details(self.config.reference, props.product_id, None, props.price)
+                self.models.product_touched(state, props.product_id, category, env.message_id, viewed, env.ts_ms)
+        reference = self.config.reference
         if self.step is None:
-            apply_event(state, env, self.config.lifecycle)
+            apply_event(state, env, self.config.lifecycle, reference)
             self._apply_rules(state, env, fresh, late, out)
             return
-        update, args = feature_update(env, self.config.lifecycle)
+        update, args = feature_update(env, self.config.lifecycle, reference)
         done = self.step.run(state, env, late, self.clock, fresh, update, args)
         if done is None:
             return
@@ -506,10 +545,24 @@ class CustomerStage:
         field = REWARD_EVENTS.get(env.name)
         if field is not None and state.offers_open:
             offer_id = getattr(env.event.properties, field, None)
-            if offer_id is not None:
-                self._await(state, REWARD, models.rewarded(state, str(offer_id), env.ts_ms))
+            reward = None if offer_id is None else self._reward(str(offer_id), env)
+            if reward is not None:
+                self._await(state, REWARD, models.rewarded(state, str(offer_id), env.ts_ms, reward))
                 resolved = True
         return resolved
+
+    def _reward(self, offer_id: str, env: Envelope) -> float | None:
+        """What ``env`` rewards a choice of ``offer_id`` with: 1 (``conversion``), or the redemption's
+        value net of the discount (``net_value``; a click is no conversion: ``None``)."""
+        if self.rules.next_best_offer.reward == "conversion":
+            return 1.0
+        if env.name not in CONVERSIONS or self.catalogue is None or offer_id not in self.catalogue:
+            return None
+        return self.catalogue.net_value(offer_id, env)
+
+    def _redeem(self, state: CustomerState, env: Envelope) -> bool:
+        """Count a redemption of a catalogue offer (per offer for the shard, and for the customer)."""
+        return self.catalogue.redeem(state, env, self.stats) is not None  # type: ignore[union-attr]
 
     def _keep_alive(self, state: CustomerState, now_ms: int, moved_earlier: bool = True) -> None:
         """Schedule the next audience recheck (the next lifecycle boundary in event time).
@@ -587,6 +640,10 @@ class CustomerStage:
             return
         state.set_fired(rule.id, cause)
         candidate = Candidate(trigger, cause, tuple(caused_by), at_ms, score, env)
+        refused = self._offer_refusal(state, rule, at_ms)
+        if refused is not None:  # before the policy: a decision without an offer to give competes with none
+            self.writer.suppression(rule, state.id, candidate, BUDGET_SPENT, refused, at_ms, out)
+            return
         if rule.shadow:  # recorded as decided, never delivered: the policy does not look
             self._deliver(state, candidate, at_ms, out)
         else:
@@ -599,9 +656,15 @@ class CustomerStage:
         rule, cause, score = trigger.rule, candidate.cause, candidate.score
         views = self._views(state, env, at_ms)
         event_id = decision_id(state.id, rule.id, cause)
+        refused = self._offer_refusal(state, rule, at_ms) if at_ms != candidate.decided_ms else None
+        if refused is not None:  # held until now, and its offer may no longer be given
+            self.writer.suppression(rule, state.id, candidate, BUDGET_SPENT, refused, at_ms, out)
+            return
         offer_id, content, offer_choice = rule.offer_id, rule.content, None
         if offer_id == NEXT_BEST:
             offer_id, content, offer_choice = self._next_best_offer(state, at_ms, rule, event_id)
+        if self.measurement is not None:
+            content = self._arm_content(state, rule, offer_id, content)
         reason = self.reasons.trigger(trigger)
         text = reason.text
         if reason.shown:
@@ -626,6 +689,32 @@ class CustomerStage:
             score=None if score is None else round(score, 4),
             expires_at=iso_ms(at_ms + rule.expires_in),
         )
+        if not rule.shadow:
+            self.attribution.delivered(state, at_ms, event_id, rule.id, rule.channel, offer_id)
+
+    def _arm_content(
+        self, state: CustomerState, rule: TriggerRule, offer_id: str | None, content: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The content of the customer's arm of ``rule``'s test instead of the rule's (with a ``next_best``
+        offer's content over it); ``content`` when the arm keeps the rule's."""
+        arm = self.experiments.content(state.id, rule, state.exposures)
+        if arm is None:
+            return content
+        if rule.offer_id != NEXT_BEST:
+            return arm
+        offer = next((offer for offer in self.rules.offers if offer.id == offer_id), None)
+        return arm if offer is None else {**arm, **offer.content}
+
+    def _expose(self, state: CustomerState, rule: TriggerRule, at_ms: int, out: list[Any]) -> Assignment | None:
+        """The contact policy's last gate: the customer's assignment for a decision of ``rule`` about to
+        be delivered (``None``: in no experiment), its exposures noted."""
+        if self.measurement is None:
+            return None
+        found = self.experiments.assignments(state.id, rule, state.exposures)
+        if not found:
+            return None
+        self.measurement.expose(state, found, at_ms, out)
+        return deciding(found)
 
     def _views(self, state: CustomerState, env: Envelope | None, now_ms: int) -> Callable[[], FeatureView]:
         """A function giving one :class:`FeatureView` of the customer at ``now_ms``, built on its first
@@ -651,7 +740,7 @@ class CustomerStage:
         self, state: CustomerState, at_ms: int, rule: TriggerRule, event_id: str
     ) -> tuple[str | None, dict[str, Any], dict[str, Any] | None]:
         """The offer for a ``next_best`` trigger: its id, the content, and how it was chosen."""
-        eligible = self.rules.eligible_offers(rule.channel, state.audiences)
+        eligible, _ = self._eligible_offers(state, rule, at_ms)
         if not eligible:
             return None, rule.content, None
         by_id = {offer.id: offer for offer in eligible}
@@ -673,6 +762,43 @@ class CustomerStage:
             "explored": choice.explored,
         }
         return choice.offer, {**rule.content, **by_id[choice.offer].content}, logged
+
+    def _eligible_offers(
+        self, state: CustomerState, rule: TriggerRule, at_ms: int
+    ) -> tuple[list[Offer], list[tuple[str, str]]]:
+        """The offers for ``rule``'s channel and the customer's audiences that may be given at ``at_ms``
+        (catalogue order), and why each of the others may not."""
+        offers = self.rules.eligible_offers(rule.channel, state.audiences)
+        why_not, shard, shards, counts = self.catalogue.why_not, *self._budget_of(state)  # type: ignore[union-attr]
+        refused = [
+            (offer.id, why)
+            for offer in offers
+            if (why := why_not(offer.id, state, at_ms, shard, shards, counts)) is not None
+        ]
+        if not refused:
+            return offers, refused
+        out = {offer_id for offer_id, _ in refused}
+        return [offer for offer in offers if offer.id not in out], refused
+
+    def _offer_refusal(self, state: CustomerState, rule: TriggerRule, at_ms: int) -> str | None:
+        """Why a decision of ``rule`` may not be delivered at ``at_ms`` for want of an offer (``None``: it
+        may): the catalogue offer it names may not be given, or none of those a ``next_best`` one could
+        take may (see :mod:`operators.offers`). Its suppression's reason is ``budget_spent``."""
+        offer_id, catalogue = rule.offer_id, self.catalogue
+        if offer_id is None or catalogue is None:
+            return None
+        if offer_id == NEXT_BEST:
+            eligible, refused = self._eligible_offers(state, rule, at_ms)
+            return refusal_detail(refused) if refused and not eligible else None
+        why = catalogue.why_not(offer_id, state, at_ms, *self._budget_of(state)) if offer_id in catalogue else None
+        return refusal_detail([(offer_id, why)]) if why is not None else None
+
+    def _budget_of(self, state: CustomerState) -> tuple[int | None, int, dict[str, dict[str, int]]]:
+        """The customer's shard, the number of shards, and the shard's counts per offer: what the
+        catalogue's budgets are checked against (an anonymous customer's shard owns no budget: ``None``)."""
+        shards = self.ordered.upstreams
+        shard = shard_of(state.id, shards) if self.role == "customer" else None
+        return shard, shards, self.stats.get("offers", {})
 
     def _audiences(
         self,
@@ -732,11 +858,18 @@ class CustomerStage:
                 self.writer.audience_change(state.id, audience, False, reason, at_ms, caused_by, out)
         state.audiences = ()
 
-    def _erase(self, state: CustomerState, env: Envelope, out: list[Any]) -> None:
-        request = getattr(env.event.properties, "request_id", "")
-        self._leave_all(state, f"erasure requested ({request})", env.ts_ms, [env.message_id], out)
-        self._drop_customer(state.id)
-        bump(self.stats, "erased")
+    def _erase(self, customer_id: str, env: Envelope, out: list[Any]) -> None:
+        """Apply an erasure: the customer leaves its audiences and is dropped (its live profile is
+        deleted, held or not), and the erasure is recorded in the ledger (``erasures``)."""
+        properties = env.event.properties
+        state = self.customers.get(customer_id)
+        if state is not None:
+            self._leave_all(state, f"erasure requested ({properties.request_id})", env.ts_ms, [env.message_id], out)
+            bump(self.stats, "erased")
+        self._drop_customer(customer_id)
+        if self.config.erased.get(customer_id, env.ts_ms - 1) < env.ts_ms:  # not in the ledger read already
+            record = erasure_record(customer_id, env.ts_ms, properties.request_id, properties.regulation)
+            out.append(Output(ERASURES, customer_id, env.ts_ms, env.seq, record))
 
     def _expire(self, state: CustomerState, at_ms: int, out: list[Any]) -> None:
         days = self.config.state_ttl_ms // DAY_MS
@@ -994,8 +1127,17 @@ class CustomerStage:
         self.changed = set(shard["changed"])
         self._restore_journalled(shard, states)
         self.scorers = self.models.scorers if self.models is not None else None
+        self._forget_erased()
         self.timers = TimerQueue(self.customers)
         self.timers.schedule_all()
+
+    def _forget_erased(self) -> None:
+        """Drop restored customers the ledger says were erased after they were last seen (a snapshot
+        from before an erasure applied by the run that stopped): what they had was sent before."""
+        ledger, customers = self.config.erased, self.customers
+        for customer_id in sorted(ledger.keys() & customers.keys()):
+            if customers[customer_id].last_seen_ms <= ledger[customer_id]:
+                self._drop_customer(customer_id)
 
 
 class IdentityStage(CustomerStage):
@@ -1010,9 +1152,13 @@ class IdentityStage(CustomerStage):
     population = "anonymous_customers"
     sends_profiles = False
 
-    def __init__(self, rules: CompiledRules, config: EngineConfig) -> None:
+    def __init__(self, rules: CompiledRules, config: EngineConfig, shards: int = 1) -> None:
         super().__init__(rules, config, config.source_partitions)
         self.index = 0  # this identity shard's number, learned from the source's ticks
+        self.shards = shards  # identity shards in all: an erasure reaches every one (see _erasure_copy)
+        self.ledger = config.erased  # erasures known before the run, customer -> time (shared: never changed)
+        self.erased: Ledger = {}  # erasures this shard has seen in this run, customer -> time
+        self.erased_anonymous: dict[int, int] = {}  # hash of an erased customer's anonymous id -> erasure time
         self.seen = Dedupe(config.dedupe_per_shard)
         self.added: list[str] | None = [] if config.state_store is not None else None  # ids seen since a snapshot
         self.links = Links(config.links_per_shard)
@@ -1040,7 +1186,7 @@ class IdentityStage(CustomerStage):
         while at < end:
             at, self.clock, duplicates, linked = self.passing.run(
                 released, at, self.seen, self.links, self.customers, self.added,
-                self.clock, timers.first_due(), self.swept_day, out,
+                self.clock, timers.first_due(), self.swept_day, out, self.ledger or None, self.erased or None,
             )  # fmt: skip
             if duplicates:
                 bump(stats, "duplicates", duplicates)
@@ -1057,6 +1203,8 @@ class IdentityStage(CustomerStage):
         writer, config = self.writer, self.config
         writer.seq, writer.arrived = env.seq, env.arrived
         ts_ms, mark_ms, received_ms = env.ts_ms, env.mark_ms, env.received_ms
+        if env.name == ERASURE and self._erasure_copy(env):
+            return
         if received_ms is not None and ts_ms - received_ms > config.max_skew_ms:
             self._future(env, out)  # before dedupe: a corrected resend with the same id is accepted
             return
@@ -1071,6 +1219,13 @@ class IdentityStage(CustomerStage):
             self.added.append(message_id)
         if self.clock is None or mark_ms - config.lateness_ms > self.clock:
             self._advance(mark_ms, out)
+        if env.name == ERASURE:  # applied again if known: a resumed run may hold the customer from before it
+            customer_id = self._note_erasure(env)
+            if env.user_id is None and customer_id != env.anonymous_id:  # a linked anonymous id names it
+                out.append(Forward(env, customer_id))
+                return
+        elif (self.ledger or self.erased) and self._erased_event(env, out):
+            return
         anonymous_id, user_id = env.anonymous_id, env.user_id
         if anonymous_id is None:
             out.append(env)
@@ -1100,15 +1255,73 @@ class IdentityStage(CustomerStage):
                 out.append(Forward(env, linked))
             return
         carried = self.customers.get(anonymous_id)
+        if env.name == ERASURE:  # the anonymous state goes with the customer
+            if carried is not None:
+                self._forget_anonymous(carried, f"erasure requested ({env.event.properties.request_id})", env, out)
+            links.unlink(anonymous_id)
+            out.append(env)
+            return
         if carried is not None and carried.audiences:  # first: nothing has changed if this raises
             self._leave_all(carried, f"identity linked to {user_id}", env.ts_ms, [env.message_id], out)
         self._link(anonymous_id, user_id)
         if carried is not None:
             self._drop_customer(anonymous_id)
-        if env.name == ERASURE:
-            links.unlink(anonymous_id)
-            carried = None
         out.append(env if carried is None else Forward(env, user_id, carried))
+
+    # --- erasure -------------------------------------------------------------------------
+    def _erasure_copy(self, env: Envelope) -> bool:
+        """Whether ``env`` is a copy of an erasure sent to this shard for its links only (the router
+        sends every identity shard one; see :meth:`operators.pipeline.Router.parse`): noted, unless
+        its home shard dead-letters it, and not passed on."""
+        if shard_of(env.anonymous_id or env.user_id, self.shards) == self.index:  # type: ignore[arg-type]
+            return False
+        future = env.received_ms is not None and env.ts_ms - env.received_ms > self.config.max_skew_ms
+        if not future and env.mark_ms - env.ts_ms <= self.config.max_age_ms:
+            self._note_erasure(env)
+        return True
+
+    def _note_erasure(self, env: Envelope) -> str:
+        """Remember an erasure on this shard: the customer's events up to its time are dropped from
+        now on, and every anonymous id this shard links to it is forgotten (its later events are an
+        anonymous customer's; those up to the erasure are dropped). Return whose erasure it is: an
+        erasure that names no ``userId`` is known to its own shard only."""
+        customer_id = env.user_id
+        if customer_id is None:  # only its own shard (this one) knows whose it is
+            customer_id = self.links.get(env.anonymous_id) or env.anonymous_id  # type: ignore[arg-type]
+        add_erasure(self.erased, customer_id, max(env.ts_ms, self.ledger.get(customer_id, env.ts_ms)))
+        erased_at = self.erased[customer_id]
+        for key in unlink_customer(self.links, customer_id):
+            self.erased_anonymous[key] = erased_at
+        if env.anonymous_id is not None:
+            self.erased_anonymous[anonymous_hash(env.anonymous_id)] = erased_at
+        return customer_id
+
+    def _erased_event(self, env: Envelope, out: list[Any]) -> bool:
+        """Drop ``env`` if it is an erased customer's, from up to its erasure (counted as
+        ``erased_events``, with no dead letter: it would carry the customer's data). An erased
+        customer's event that links an anonymous id takes that id with it: its anonymous state
+        here, and its events up to the erasure."""
+        anonymous_id, user_id = env.anonymous_id, env.user_id
+        customer_id = user_id or self.links.get(anonymous_id) or anonymous_id  # type: ignore[arg-type]
+        erased_at = self.erased.get(customer_id, self.ledger.get(customer_id))
+        if erased_at is None and user_id is None and self.erased_anonymous:
+            erased_at = self.erased_anonymous.get(anonymous_hash(anonymous_id))  # type: ignore[arg-type]
+        if erased_at is None or env.ts_ms > erased_at:
+            return False
+        if user_id is not None and anonymous_id is not None:
+            self.erased_anonymous[anonymous_hash(anonymous_id)] = erased_at
+            self.links.unlink(anonymous_id)
+            anonymous = self.customers.get(anonymous_id)
+            if anonymous is not None:
+                self._forget_anonymous(anonymous, "erasure requested", env, out)
+        bump(self.stats, "erased_events")
+        return True
+
+    def _forget_anonymous(self, state: CustomerState, reason: str, env: Envelope, out: list[Any]) -> None:
+        """Drop an anonymous customer's state and link (it leaves its audiences, for ``reason``)."""
+        self._leave_all(state, reason, env.ts_ms, [env.message_id], out)
+        self._drop_customer(state.id)
+        self.links.unlink(state.id)
 
     def _link(self, anonymous_id: str, user_id: str) -> None:
         """Link ``anonymous_id`` to ``user_id``, counting a new or changed link."""
@@ -1150,11 +1363,14 @@ class IdentityStage(CustomerStage):
             shard = snapshot[1]
             shard["seen"] = None if "seen" in shard["journals"] else self.seen.to_bytes()
             shard["links"] = pickle.dumps(self.links.entries())
+            shard["erased"] = pickle.dumps((self.erased, self.erased_anonymous))
         return snapshot
 
     def restore(self, snapshot: tuple[int, dict[str, Any]]) -> None:
         super().restore(snapshot)
-        self.links = Links.from_entries(self.config.links_per_shard, pickle.loads(snapshot[1]["links"]))
+        shard = snapshot[1]
+        self.links = Links.from_entries(self.config.links_per_shard, pickle.loads(shard["links"]))
+        self.erased, self.erased_anonymous = pickle.loads(shard["erased"]) if "erased" in shard else ({}, {})
 
     def _restore_journalled(self, shard: dict[str, Any], states: dict[str, tuple[bytes, list[bytes]]]) -> None:
         super()._restore_journalled(shard, states)
@@ -1166,8 +1382,8 @@ class IdentityStage(CustomerStage):
 
 
 def shard_engine(rules: CompiledRules, config: EngineConfig, role: Role, upstream_shards: int = 1) -> CustomerStage:
-    """One shard's engine for a stage: ``identity`` (fed by the source partitions) or ``customer``
-    (fed by ``upstream_shards`` identity shards)."""
+    """One shard's engine for a stage: ``identity`` (fed by the source partitions; one of
+    ``upstream_shards``) or ``customer`` (fed by ``upstream_shards`` identity shards)."""
     if role == "identity":
-        return IdentityStage(rules, config)
+        return IdentityStage(rules, config, upstream_shards)
     return CustomerStage(rules, config, upstream_shards)

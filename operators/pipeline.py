@@ -19,11 +19,12 @@ from datetime import UTC, datetime, timedelta
 from itertools import chain
 from typing import Any
 
+import msgspec
 import orjson
 from bytewax.operators import StatefulBatchLogic
 
 from operators.crossing import Crossing
-from operators.engine import CustomerStage, EngineConfig, Forward, IdentityStage
+from operators.engine import ERASURE, CustomerStage, EngineConfig, Forward, IdentityStage
 from operators.ordering import NO_MARK, CatchUp, ChunkMark, Tick, shard_of
 from operators.parse import InputMarks, Rejected, offset_of, order_key, parse_batch
 from operators.rules import CompiledRules
@@ -90,7 +91,10 @@ class Router:
             else:
                 stamp(result, partition)
                 reached_seq[partition] = result.seq
-                routed[shard_of(result.anonymous_id or result.user_id, shards)].append(result)  # type: ignore[arg-type]
+                home = shard_of(result.anonymous_id or result.user_id, shards)  # type: ignore[arg-type]
+                routed[home].append(result)
+                if result.name == ERASURE and result.user_id is not None:
+                    _copy_to_others(result, home, routed)
             if idle:
                 idle.discard(partition)
         if chunk_marks:
@@ -217,6 +221,14 @@ class WorkerTicks:
         self.moves = 0  # how many passes moved ``latest``
         self.heard = [0] * shards  # ``moves`` when each shard last heard
         self.busy = True  # an upstream was busy in the last pass that moved ``latest``
+
+
+def _copy_to_others(erasure: Envelope, home: int, routed: list[list[Any]]) -> None:
+    """A copy of an erasure for every identity shard but its own, in the same order as other events:
+    each forgets the anonymous ids it links to the customer (see :meth:`IdentityStage._erasure_copy`)."""
+    for shard, items in enumerate(routed):
+        if shard != home:
+            items.append(msgspec.structs.replace(erasure))
 
 
 def _by_shard(routed: list[list[Any]]) -> dict[int, list[Any]]:
@@ -383,7 +395,7 @@ class Pipeline:
             shards, config.max_skew_ms, max_event_bytes, chunked, lateness_ms=config.lateness_ms
         )
         self.partitions = config.source_partitions
-        self.identity = [ShardLogic(IdentityStage(rules, config), router.to_identity) for _ in range(shards)]
+        self.identity = [ShardLogic(IdentityStage(rules, config, shards), router.to_identity) for _ in range(shards)]
         self.customers = [ShardLogic(CustomerStage(rules, config, shards), router.to_customers) for _ in range(shards)]
         self.ended = False
 

@@ -56,6 +56,9 @@ Deliver = Callable[[CustomerState, Candidate, int, list[Any]], None]
 """Delivers a decision at a time (the engine builds and writes the trigger)."""
 Schedule = Callable[[CustomerState, str, int | None], None]
 """Keeps a customer's timer at a due time (``None``: drops it)."""
+Assign = Callable[[CustomerState, TriggerRule, int, list[Any]], Any]
+"""The experiments' assignment of a decision about to be delivered (``operators.experiments.Assignment``,
+with ``holdout``, ``experiment``, ``arm``; ``None``: in no experiment), the customer's exposure noted."""
 
 
 def local_time(zone: str, at_ms: int) -> tuple[int, int]:
@@ -67,10 +70,17 @@ def local_time(zone: str, at_ms: int) -> tuple[int, int]:
 class PolicyStage:
     """One shard's contact policy (see the module's docstring)."""
 
-    def __init__(self, rules: CompiledRules, writer: DecisionWriter, deliver: Deliver, schedule: Schedule) -> None:
+    def __init__(
+        self,
+        rules: CompiledRules,
+        writer: DecisionWriter,
+        deliver: Deliver,
+        schedule: Schedule,
+        assign: Assign | None = None,
+    ) -> None:
         policy = rules.policy
         self.rules, self.policy, self.writer = rules, policy, writer
-        self.deliver, self.schedule = deliver, schedule
+        self.deliver, self.schedule, self.assign = deliver, schedule, assign
         self.caps: dict[str, list[Cap]] = {}
         for cap in policy.caps:
             self.caps.setdefault(cap.channel, []).append(cap)
@@ -193,11 +203,24 @@ class PolicyStage:
             blocked = self._gate(state, candidate.trigger.rule, now_ms) if now_ms != candidate.decided_ms else None
             if blocked is None:
                 winner = candidate
-                self.deliver(state, candidate, now_ms, out)
+                self._deliver_unless_held_out(state, candidate, now_ms, out)
             elif blocked[2] is not None:
                 self._hold(state, candidate, blocked[2], deferred=True)
             else:
                 self._suppress(state, candidate, blocked[0], blocked[1], now_ms, out)
+
+    def _deliver_unless_held_out(self, state: CustomerState, candidate: Candidate, now_ms: int, out: list[Any]) -> None:
+        """The last gate of a marketing decision: a customer held out by an experiment gets a ``holdout``
+        suppression instead ("would have sent"), which counts in their caps as a delivery would, so
+        that every arm sees the same policy."""
+        rule = candidate.trigger.rule
+        assignment = None if self.assign is None else self.assign(state, rule, now_ms, out)
+        if assignment is None or not assignment.holdout:
+            self.deliver(state, candidate, now_ms, out)
+            return
+        self.delivered(state, rule, now_ms)
+        detail = f"experiment {assignment.experiment}, arm {assignment.arm}"
+        self._suppress(state, candidate, HOLDOUT, detail, now_ms, out)
 
     def _rank(self, candidate: Candidate) -> tuple[float, int, str]:
         rule = candidate.trigger.rule

@@ -16,6 +16,7 @@ from operators.expressions import Expression, ExpressionError, compile_expressio
 from schemas.durations import format_duration
 from schemas.errors import ConfigurationError
 from schemas.events import KNOWN_TRACK_EVENTS
+from schemas.experiments import ExperimentConfig
 from schemas.policy import ContactPolicy
 from schemas.rules import AudienceRule, NextBestOffer, Offer, RuleSet, TriggerRule
 from state.catalogue import ANY_EVENT, FEATURES
@@ -114,6 +115,7 @@ class CompiledRules:
     offers: list[Offer] = field(default_factory=list)
     next_best_offer: NextBestOffer = field(default_factory=NextBestOffer)
     policy: ContactPolicy = field(default_factory=ContactPolicy)
+    experiments: ExperimentConfig = field(default_factory=ExperimentConfig)
     immediate: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
     arming: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
     cancelling: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
@@ -182,15 +184,14 @@ class CompiledRules:
             lines.append(
                 f"audience {a.id}{shadow}: listens to {events}{timed}; reads {', '.join(sorted(a.when.names))}"
             )
-        for offer in self.offers:
-            who = f"members of {', '.join(offer.audiences)}" if offer.audiences else "everyone"
-            lines.append(f"offer {offer.id}: {', '.join(offer.channels)}; for {who}")
+        lines += [offer.describe() for offer in self.offers]
         lines += self.policy.describe()
+        lines += self.experiments.describe()
         if self.offers:
             policy = self.next_best_offer
             lines.append(
                 f"next best offer: epsilon-greedy, exploration {policy.exploration}, seed {policy.seed},"
-                f" reward window {format_duration(policy.reward_window)}"
+                f" reward window {format_duration(policy.reward_window)}, reward {policy.reward}"
             )
         return lines
 
@@ -316,7 +317,14 @@ def _compile(ruleset: RuleSet, root: yaml.Node | None, source: str) -> CompiledR
     if problems:
         raise RuleFileError(source, problems)
     return CompiledRules(
-        ruleset.version, source, triggers, audiences, ruleset.offers, ruleset.next_best_offer, ruleset.policy
+        ruleset.version,
+        source,
+        triggers,
+        audiences,
+        ruleset.offers,
+        ruleset.next_best_offer,
+        ruleset.policy,
+        ruleset.experiments,
     )
 
 
@@ -332,7 +340,7 @@ def _problem(data: Any, root: yaml.Node | None, loc: tuple[Any, ...], message: s
             rule_id = data[loc[0]][loc[1]].get("id")
         except (KeyError, IndexError, TypeError, AttributeError):
             rule_id = None
-    named = loc if loc[:1] == ("policy",) else loc[2:]  # the policy is one mapping, not a list of rules
+    named = loc if loc[:1] in (("policy",), ("experiments",)) else loc[2:]  # one mapping each, not a list of rules
     fields = [str(part) for part in named if not str(part).startswith("function-")] if len(loc) > 2 else []
     field_name = ".".join(fields) or ".".join(str(p) for p in loc) or "-"
     return Problem(rule_id, field_name, _line(root, loc), message)

@@ -7,17 +7,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.metrics import (
+    ATTRIBUTED_REVENUE,
     AUDIENCE_CHANGES,
     CUSTOMERS,
     DECISIONS,
     DEFERRED,
     DUPLICATE_EVENTS,
+    ERASED_EVENTS,
     EVENTS,
+    EXPERIMENT_CONVERSIONS,
+    EXPERIMENT_EXPOSURES,
+    EXPERIMENT_REVENUE,
     INVALID_EVENTS,
     LATE_EVENTS,
     MODEL_OUTCOMES,
     OFFER_CHOICES,
     OFFER_REWARDS,
+    OFFERS,
     ORDER_LINES_DROPPED,
     RECOMMENDATION_CHECKS,
     SUPPRESSIONS,
@@ -62,6 +68,9 @@ class ShardMetrics:
                 _child(SUPPRESSIONS, reason, rule).inc(count)
         for rule, count in _deltas(stats.get("deferred", {}), seen.setdefault("deferred", {})):
             _child(DEFERRED, rule).inc(count)
+        for offer, counts in stats.get("offers", {}).items():
+            for kind, count in _deltas(counts, seen.setdefault("offers", {}).setdefault(offer, {})):
+                _child(OFFERS, offer, kind).inc(count)
         for key, count in _deltas(stats.get("audience_changes", {}), seen.setdefault("audience_changes", {})):
             audience, _, change = key.rpartition(".")
             _child(AUDIENCE_CHANGES, audience, change).inc(count)
@@ -70,14 +79,17 @@ class ShardMetrics:
         unknown = {path: entry["count"] for path, entry in stats.get("unknown_fields", {}).items()}
         for path, count in _deltas(unknown, seen.setdefault("unknown_fields", {})):
             _child(UNKNOWN_FIELDS, path).inc(count)
-        flat = {name: stats.get(name, 0) for name in ("late", "duplicates", *ENGINE_DEAD_LETTERS)}
+        flat = {name: stats.get(name, 0) for name in ("late", "duplicates", "erased_events", *ENGINE_DEAD_LETTERS)}
         for name, count in _deltas(flat, seen.setdefault("flat", {})):
             if name == "late":
                 LATE_EVENTS.inc(count)
             elif name == "duplicates":
                 DUPLICATE_EVENTS.inc(count)
+            elif name == "erased_events":
+                ERASED_EVENTS.inc(count)
             else:
                 _child(INVALID_EVENTS, name).inc(count)
+        self._publish_measures(stats, seen)
         if self.engine.models is not None and (final or now - self.models_at >= MODEL_METRICS_SECONDS):
             self.models_at = now
             self._publish_models(self.engine.models.stats(), seen.setdefault("models", {}))
@@ -90,6 +102,25 @@ class ShardMetrics:
     def due(self) -> datetime | None:
         """When held-back counters should be published (``None`` when nothing is held back)."""
         return self._due
+
+    def _publish_measures(self, stats: dict[str, Any], seen: dict[str, Any]) -> None:
+        """Experiments' exposures, conversions and revenue by arm; revenue attributed by model and rule."""
+        arms = {
+            (experiment, arm, name): value
+            for experiment, by_arm in stats.get("experiments", {}).items()
+            for arm, counts in by_arm.items()
+            for name, value in counts.items()
+        }
+        metrics = {"exposed": EXPERIMENT_EXPOSURES, "conversions": EXPERIMENT_CONVERSIONS}
+        for (experiment, arm, name), count in _deltas(arms, seen.setdefault("experiments", {})):
+            if name == "revenue_cents":
+                _child(EXPERIMENT_REVENUE, experiment, arm).inc(count / 100)
+            else:
+                _child(metrics[name], experiment, arm).inc(count)
+        attributed = stats.get("attributed_revenue_cents", {})
+        for key, cents in _deltas(attributed, seen.setdefault("attributed", {})):
+            model, _, rule = key.partition(".")
+            _child(ATTRIBUTED_REVENUE, model, self.channels.get(rule, "unknown"), rule).inc(cents / 100)
 
     def _publish_models(self, stats: dict[str, Any], seen: dict[str, Any]) -> None:
         progressive = stats["propensity"]["progressive"]

@@ -104,6 +104,9 @@ class OrderProperties(_WithLines, kw_only=True):
     revenue: Money | None = None
     currency: str | None = None
     coupon: str | None = None
+    """The coupon or offer the order redeemed (an offer of the catalogue: its id)."""
+    discount: Money | None = None
+    """What the coupon took off the order (currency units)."""
 
     def amount(self) -> float:
         """What the order is worth: ``total``, else ``revenue``, else the sum of its lines (returned

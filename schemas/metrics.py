@@ -54,7 +54,33 @@ MODEL_OUTCOMES = Counter(
 )
 OFFER_CHOICES = Counter("nudgeflow_offer_choices", "Offers chosen by the next-best-offer policy", ["offer"])
 OFFER_REWARDS = Counter("nudgeflow_offer_rewards", "Clicks or redemptions of chosen offers", ["offer"])
+OFFERS = Counter(
+    "nudgeflow_offers", "Offers of the catalogue given (in delivered triggers) and redeemed", ["offer", "kind"]
+)
 RECOMMENDATION_CHECKS = Counter(
     "nudgeflow_recommendation_checks", "Sampled next-product checks of the recommender, by result", ["result"]
 )
 CUSTOMERS = Gauge("nudgeflow_customers_in_state", "Customers held in state by this process, by stage", ["stage"])
+ERASED_EVENTS = Counter(
+    "nudgeflow_erased_events", "Events of erased customers dropped: their event time is at or before the erasure"
+)
+EXPERIMENT_EXPOSURES = Counter(
+    "nudgeflow_experiment_exposures",
+    "Customers exposed in an experiment (a decision made for them, delivered or held out), by experiment and arm",
+    ["experiment", "arm"],
+)
+EXPERIMENT_CONVERSIONS = Counter(
+    "nudgeflow_experiment_conversions",
+    "Exposed customers who ordered within the conversion window, by experiment and arm",
+    ["experiment", "arm"],
+)
+EXPERIMENT_REVENUE = Counter(
+    "nudgeflow_experiment_revenue",
+    "Revenue of exposed customers' orders within the conversion window, by experiment and arm",
+    ["experiment", "arm"],
+)
+ATTRIBUTED_REVENUE = Counter(
+    "nudgeflow_attributed_revenue",
+    "Order revenue credited to the deliveries before the order, by attribution model, channel and rule",
+    ["model", "channel", "rule"],
+)

@@ -20,6 +20,7 @@ TRIGGER_TYPE = "io.nudgeflow.trigger.v1"
 AUDIENCE_TYPE = "io.nudgeflow.audience.v1"
 SUPPRESSION_TYPE = "io.nudgeflow.suppression.v1"
 DEAD_LETTER_TYPE = "io.nudgeflow.dead_letter.v1"
+ATTRIBUTION_TYPE = "io.nudgeflow.attribution.v1"
 DEAD_LETTER_PAYLOAD_CAP = 16 * 1024
 """Dead letters carry at most this many raw bytes (base64), plus a sha256 of the whole."""
 
@@ -93,6 +94,25 @@ class SuppressionData(BaseModel):
     offer_id: str | None = None
     score: float | None = None
     would_have_sent: Literal[True] = True
+
+
+class AttributionData(BaseModel):
+    """``data`` of an attribution: (a share of) an order credited to a delivery before it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Literal["last_touch", "linear"]
+    order_id: str
+    order_revenue: float
+    credit: float = Field(gt=0, le=1)
+    revenue: float
+    decision_id: str
+    rule_id: str
+    channel: Channel
+    offer_id: str | None
+    delivered_at: str
+    ruleset_version: str
+    caused_by: list[str] = Field(description="messageId of the order event")
 
 
 class CloudEvent(BaseModel):

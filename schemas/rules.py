@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,37 +23,16 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from schemas.content import Content
 from schemas.durations import parse_duration
+from schemas.experiments import ExperimentConfig, rule_problems
+from schemas.offers import Offer
 from schemas.policy import ContactPolicy
 from schemas.streams import Channel
 
 RULE_ID = r"^[a-z][a-z0-9_.-]{0,63}$"
 
 
-MAX_CONTENT_DEPTH = 32  # levels of maps and lists in a rule's content (a decision nests it further)
-
-
-def _json_data(value: dict[str, Any]) -> dict[str, Any]:
-    """Content is copied into decisions as JSON: refuse what JSON cannot hold (sets, non-text keys, deep nesting)."""
-    try:
-        orjson.dumps(value)
-    except orjson.JSONEncodeError as err:
-        raise ValueError(f"content must be JSON data: {err}") from None
-    if _depth(value) > MAX_CONTENT_DEPTH:
-        raise ValueError(f"content nested more than {MAX_CONTENT_DEPTH} levels deep")
-    return value
-
-
-def _depth(value: Any) -> int:
-    """Levels of maps and lists in JSON data (which orjson bounds to 255)."""
-    if isinstance(value, dict):
-        return 1 + max(map(_depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(_depth, value), default=0)
-    return 0
-
-
-Content = Annotated[dict[str, Any], AfterValidator(_json_data)]
 DurationMs = Annotated[int, BeforeValidator(parse_duration), Field(gt=0)]
 EventNames = Annotated[
     list[Annotated[str, Field(min_length=1)]], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)
@@ -106,18 +83,6 @@ class AudienceRule(_Rule):
 NEXT_BEST = "next_best"  # the offer_id of a trigger whose offer the next-best-offer policy picks
 
 
-class Offer(BaseModel):
-    """An offer the next-best-offer policy can choose for a trigger with ``offer_id: next_best``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: Annotated[str, Field(pattern=RULE_ID)]
-    description: str = ""
-    channels: list[Channel] = Field(min_length=1)
-    content: Content = {}
-    audiences: list[str] = Field([], description="eligible only for members of one of these (empty: everyone)")
-
-
 class NextBestOffer(BaseModel):
     """The policy that picks among eligible offers, and what counts as a reward."""
 
@@ -126,6 +91,9 @@ class NextBestOffer(BaseModel):
     exploration: float = Field(0.1, ge=0, le=1, description="share of decisions that pick an offer at random")
     seed: int = 0
     reward_window: DurationMs = 3 * 86_400_000
+    reward: Literal["conversion", "net_value"] = Field(
+        "conversion", description="a conversion is worth 1, or its value net of the discount's cost"
+    )
 
 
 class RuleSet(BaseModel):
@@ -139,6 +107,7 @@ class RuleSet(BaseModel):
     offers: list[Offer] = []
     next_best_offer: NextBestOffer = NextBestOffer()
     policy: ContactPolicy = ContactPolicy()
+    experiments: ExperimentConfig = ExperimentConfig()
 
     @model_validator(mode="after")
     def _offers_exist(self) -> RuleSet:
@@ -157,7 +126,18 @@ class RuleSet(BaseModel):
             for i, t in enumerate(self.triggers)
             if t.offer_id == NEXT_BEST and not any(t.channel in o.channels for o in self.offers)
         ]
+        by_id = {offer.id: offer for offer in self.offers}
+        problems += [
+            (("triggers", i, "offer_id"), f"offer '{t.offer_id}' is not for channel {t.channel}", t.offer_id)
+            for i, t in enumerate(self.triggers)
+            if t.offer_id in by_id and t.channel not in by_id[t.offer_id].channels
+        ]
         _refuse(problems)
+        return self
+
+    @model_validator(mode="after")
+    def _experiments_know_their_rules(self) -> RuleSet:
+        _refuse(rule_problems(self.experiments, self.triggers))
         return self
 
     @model_validator(mode="after")

@@ -24,7 +24,10 @@ SUPPRESSIONS = "suppressions"
 STATS = "stats"
 PROFILES = "profiles"
 MODELS = "models"
+ERASURES = "erasures"  # the erasure ledger: one record per erasure applied (schemas.erasures)
 MODEL_FILE = "models.json"
+ATTRIBUTIONS = "attributions"
+EXPERIMENTS = "experiments"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,9 @@ def _stream_list() -> tuple[Stream, ...]:
         Stream(STATS, "summary.json"),  # the run's counters, summed over shards
         Stream(PROFILES, store=True),  # the live profile of a changed customer
         Stream(MODELS, MODEL_FILE),  # the models' parameters, merged over shards at the end of a run
+        Stream(ERASURES, f"{ERASURES}.jsonl", kafka=True),  # a compacted topic, keyed by customer
+        Stream(ATTRIBUTIONS, f"{ATTRIBUTIONS}.jsonl", kafka=True),  # orders credited to the deliveries before them
+        Stream(EXPERIMENTS, f"{EXPERIMENTS}.jsonl"),  # per-arm counts by report period, summed over shards
     )
 
 

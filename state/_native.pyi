@@ -153,13 +153,23 @@ class IdentityPass:
         next_due: int | None,
         swept_day: int | None,
         out: list[Any],
+        ledger: dict[str, int] | None = None,
+        erased: dict[str, int] | None = None,
     ) -> tuple[int, int | None, int, int]:
         """Pass the envelopes of ``released`` from ``start`` on to ``out`` until one needs the Python
         way (future-dated, too old, an anonymous customer's, an erasure, one with anonymous state in
-        ``customers`` to hand over, one that moves the clock past ``next_due`` or out of the day
-        ``swept_day``); return ``(its position (the length if none), the clock, duplicates dropped,
-        links made or changed)``. Each passed event's message id is remembered in ``seen`` (and
-        appended to ``added`` if given), its anonymous id linked to its user id in ``links``."""
+        ``customers`` to hand over, one of a user id in ``ledger`` or ``erased``, one that moves the
+        clock past ``next_due`` or out of the day ``swept_day``); return ``(its position (the length if
+        none), the clock, duplicates dropped, links made or changed)``. Each passed event's message id
+        is remembered in ``seen`` (and appended to ``added`` if given), its anonymous id linked to its
+        user id in ``links``."""
+
+def unlink_customer(links: Links, user_id: str) -> list[int]:
+    """Forget every anonymous id ``links`` links to ``user_id``; return their hashes (as
+    :meth:`Links.entries` gives them)."""
+
+def anonymous_hash(anonymous_id: str) -> int:
+    """The hash an anonymous id is kept by in :class:`Links` (as :meth:`Links.entries` gives it)."""
 
 class Features:
     """A customer's features: one compact record, updated by one call per event (see

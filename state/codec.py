@@ -13,7 +13,7 @@ import pickle
 from state._native import Bookkeeping, Features
 from state.customer import CustomerState, shared_audiences
 
-_SCALARS = ("id", "audiences", "linked_ids", "timezone", "contacts")
+_SCALARS = ("id", "audiences", "linked_ids", "timezone", "contacts", "redemptions", "exposures", "touches")
 
 
 def encode(state: CustomerState) -> bytes:

@@ -73,7 +73,19 @@ class CustomerState:
     :class:`state._native.Bookkeeping`), audiences and linked ids. Times are event-time epoch
     milliseconds."""
 
-    __slots__ = ("audiences", "book", "contacts", "features", "id", "linked_ids", "scheduled_ms", "timezone")
+    __slots__ = (
+        "audiences",
+        "book",
+        "contacts",
+        "exposures",
+        "features",
+        "id",
+        "linked_ids",
+        "redemptions",
+        "scheduled_ms",
+        "timezone",
+        "touches",
+    )
 
     def __init__(self, customer_id: str, first_seen_ms: int) -> None:
         self.id = customer_id
@@ -84,6 +96,9 @@ class CustomerState:
         self.linked_ids: tuple[str, ...] = ()
         self.timezone: str | None = None  # the last known IANA zone of its events
         self.contacts: tuple[Any, ...] = ()  # the contact policy's record (operators.policy); (): nothing yet
+        self.redemptions: tuple[str | int, ...] = ()  # offers redeemed: offer id, times, last order id, ...
+        self.exposures: tuple[Any, ...] = ()  # first exposure per experiment (operators.experiments)
+        self.touches: tuple[Any, ...] = ()  # recent deliveries, for attribution (operators.attribution)
 
     # --- checkpoints, for undoing an update that failed halfway --------------------------
     def checkpoint(self, features: bool = True) -> Checkpoint:
@@ -231,6 +246,8 @@ class CustomerState:
         self.timezone = self.timezone or other.timezone
         if other.contacts:
             self.contacts = merge_contacts(self.contacts, other.contacts)
+        self.exposures = merge_exposures(self.exposures, other.exposures)
+        self.touches = merge_touches(self.touches, other.touches)
 
 
 def merge_contacts(mine: tuple[Any, ...], theirs: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -245,6 +262,34 @@ def merge_contacts(mine: tuple[Any, ...], theirs: tuple[Any, ...]) -> tuple[Any,
         tuple(sorted({*held, *their_held}, key=lambda entry: (entry[0], entry[1]))),
         tuple(sorted(latest.values())),
     )
+
+
+EXPOSURE_FIELDS = 5
+"""A customer's ``exposures``, flat: (experiment, arm, first exposed at, converted 0/1, pre-period orders) each."""
+TOUCH_FIELDS = 4
+"""A customer's ``touches``, flat, oldest first: (stamp, rule id, channel, offer id or "") each, the stamp being
+the delivery's time (8 bytes, big-endian milliseconds) and its decision id (16 bytes) in one bytes object."""
+MAX_TOUCHES = 8
+
+
+def merge_exposures(own: tuple[Any, ...], carried: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A linked customer's exposures: its own, and the adopted anonymous state's in other experiments."""
+    known = own[::EXPOSURE_FIELDS]
+    merged = own
+    for at in range(0, len(carried), EXPOSURE_FIELDS):
+        if carried[at] not in known:
+            merged += carried[at : at + EXPOSURE_FIELDS]
+    return merged
+
+
+def merge_touches(own: tuple[Any, ...], carried: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A linked customer's touches and the adopted anonymous state's, by time, the last :data:`MAX_TOUCHES`."""
+    if not carried:
+        return own
+    touches = sorted(
+        tuple(values[at : at + TOUCH_FIELDS]) for values in (own, carried) for at in range(0, len(values), TOUCH_FIELDS)
+    )
+    return tuple(value for touch in touches[-MAX_TOUCHES:] for value in touch)
 
 
 Checkpoint = tuple[Any, ...]

@@ -20,6 +20,7 @@ from schemas.events import (
     StoreVisitEvent,
 )
 from state.customer import HOUR_MS, CustomerState, Lifecycle
+from state.reference import Reference
 from state.windows import KIND_CODE
 
 COUNT_KIND: dict[str, str] = {
@@ -81,16 +82,20 @@ def _age_band(age: int) -> str:
     return "65+"
 
 
-def apply_event(state: CustomerState, env: Envelope, lifecycle: Lifecycle) -> None:
+def apply_event(state: CustomerState, env: Envelope, lifecycle: Lifecycle, reference: Reference | None = None) -> None:
     """Update every feature ``env``'s event changes, in one call into the customer's record; safe
     for late (out-of-order) events."""
-    method, args = feature_update(env, lifecycle)
+    method, args = feature_update(env, lifecycle, reference)
     getattr(state.features, method)(*args)
 
 
-def feature_update(env: Envelope, lifecycle: Lifecycle) -> tuple[str, tuple[Any, ...]]:
+def feature_update(
+    env: Envelope, lifecycle: Lifecycle, reference: Reference | None = None
+) -> tuple[str, tuple[Any, ...]]:
     """The call into the features record that applies ``env``: the method's name and its arguments
-    (read from the event first: nothing is changed if reading it fails)."""
+    (read from the event first: nothing is changed if reading it fails). With ``reference`` data, an
+    event without a time zone takes its store's, a product event without a category or price the
+    product's."""
     event, name, at, message_id = env.event, env.name, env.ts_ms, env.message_id
     context = event.context
     store = context.store.id if context.store is not None else None
@@ -108,12 +113,18 @@ def feature_update(env: Envelope, lifecycle: Lifecycle) -> tuple[str, tuple[Any,
             props = event.properties
             return "apply_consent", (at, message_id, store, city, country, props.channel, props.granted)
         return "apply", (at, message_id, None, 0, 0, store, city, country)
-    kind, hour, timeout = COUNT_CODE.get(name, OTHER), local_hour(at, context.timezone), lifecycle.session_timeout_ms
+    timezone = context.timezone
+    if timezone is None and reference is not None:
+        timezone = reference.store_zone(store)
+    kind, hour, timeout = COUNT_CODE.get(name, OTHER), local_hour(at, timezone), lifecycle.session_timeout_ms
     if isinstance(event, ProductEvent):
         props = event.properties
+        category, price = props.category, props.price
+        if reference is not None and (category is None or price is None):
+            category, price = product_details(reference, props.product_id, category, price)
         return "apply_product", (
             at, message_id, kind, hour, timeout, store, city, country, PRODUCT_ACTION.get(name, OTHER_ACTION),
-            props.product_id, props.category, props.cart_id, props.quantity, props.price,
+            props.product_id, category, props.cart_id, props.quantity, price,
         )  # fmt: skip
     if isinstance(event, OrderEvent):
         props = event.properties
@@ -124,3 +135,22 @@ def feature_update(env: Envelope, lifecycle: Lifecycle) -> tuple[str, tuple[Any,
     if isinstance(event, StoreVisitEvent):
         store = event.properties.store_id
     return "apply", (at, message_id, kind, hour, timeout, store, city, country)
+
+
+def product_details(
+    reference: Reference, product_id: str, category: str | None, price: float | None
+) -> tuple[str | None, float | None]:
+    """An event's ``category`` and ``price``, each taken from the reference product where missing."""
+    product = reference.products.get(product_id)
+    if product is None:
+        return category, price
+    return category if category is not None else product.category, price if price is not None else product.price
+
+
+def event_zone(env: Envelope, reference: Reference | None) -> str | None:
+    """The time zone ``env`` was sent from: its ``context.timezone``, else (with reference data) its store's."""
+    context = env.event.context
+    zone = context.timezone
+    if zone is None and reference is not None and context.store is not None:
+        zone = reference.store_zone(context.store.id)
+    return zone

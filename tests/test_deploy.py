@@ -21,7 +21,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import schemas.metrics as metrics
 from flows.cli import _parser
-from flows.personalization import output_topics
+from flows.personalization import ledger_topic, output_topics
 from flows.settings import ENV_PREFIX, Settings
 from schemas.streams import KAFKA_STREAMS
 
@@ -382,6 +382,8 @@ def test_kafka_init_creates_every_topic_of_the_engine(
     created = {m.group(1) for line in creates for m in re.finditer(r"--topic[ =](\S+)", line)}
     missing = sorted(expected - created)
     assert not missing, f"kafka-init does not create {missing}"
+    ledger = next(line for line in creates if f"--topic {ledger_topic(settings)} " in line)
+    assert "--config cleanup.policy=compact" in ledger, "the erasure ledger must keep every customer's latest record"
 
 
 # --- Grafana and Prometheus ----------------------------------------------------------------------

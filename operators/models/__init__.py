@@ -199,12 +199,12 @@ class ShardModels:
         state.offers_open = offers_open
         return choice, offers_open[0] + self.reward_window_ms
 
-    def rewarded(self, state: CustomerState, offer_id: str, at_ms: int) -> int | None:
-        """A click or redemption of ``offer_id`` at ``at_ms`` rewards the open choices of it."""
+    def rewarded(self, state: CustomerState, offer_id: str, at_ms: int, reward: float = 1.0) -> int | None:
+        """A click or redemption of ``offer_id`` at ``at_ms`` rewards the open choices of it with ``reward``."""
         still_open: list[tuple[int, str, str]] = []
         for decided_ms, offer, context in open_offers(state):
             if offer == offer_id and decided_ms <= at_ms <= decided_ms + self.reward_window_ms:
-                self.bandit.learn(offer, context, True)
+                self.bandit.learn(offer, context, True, reward)
             else:
                 still_open.append((decided_ms, offer, context))
         state.offers_open = tuple(chain.from_iterable(still_open))

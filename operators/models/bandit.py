@@ -109,14 +109,15 @@ class OfferBandit:
             scores[offer] = score
         return scores
 
-    def learn(self, offer: str, segment_id: str, reward: bool) -> None:
+    def learn(self, offer: str, segment_id: str, reward: bool, value: float | None = None) -> None:
+        """Learn whether a choice of ``offer`` was rewarded, worth ``value`` (default: 1 if it was, else 0)."""
         if reward:
             self.rewards[offer] = self.rewards.get(offer, 0) + 1
         if not self.frozen:
             means = self.means.setdefault(segment_id, {})
             if offer not in means:
                 means[offer] = _mean()
-            means[offer].update(float(reward))
+            means[offer].update(float(reward) if value is None else value)
             self._scores.get(segment_id, {}).pop(offer, None)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -69,6 +69,7 @@ def test_summary_accounts_for_every_line_and_a_truncated_gzip_ends_the_run_clean
         "accepted": 3 + read_from_cut - 1,
         "dead_letters": 6,
         "duplicates": 1,
+        "erased_events": 0,
         "unaccounted": 0,
         "files": account["files"],
     }

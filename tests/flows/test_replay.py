@@ -240,9 +240,11 @@ def test_bytewax_runner_runs_the_flow_of_the_factory(tmp_path):
 def test_every_output_record_follows_the_published_contract():
     """The golden outputs validate against the output models in schemas.records."""
     from schemas.records import (
+        ATTRIBUTION_TYPE,
         AUDIENCE_TYPE,
         SUPPRESSION_TYPE,
         TRIGGER_TYPE,
+        AttributionData,
         AudienceData,
         CloudEvent,
         DeadLetter,
@@ -253,6 +255,8 @@ def test_every_output_record_follows_the_published_contract():
     expected = GOLDEN / "expected"
     counted = 0
     for path in sorted(expected.glob("*.jsonl")):
+        if path.name == "experiments.jsonl":  # a report by period, not records
+            continue
         for line in path.read_bytes().splitlines():
             record = orjson.loads(line)
             counted += 1
@@ -260,10 +264,20 @@ def test_every_output_record_follows_the_published_contract():
                 DeadLetter.model_validate(record)
                 continue
             envelope = CloudEvent.model_validate(record)
-            models = {TRIGGER_TYPE: TriggerData, AUDIENCE_TYPE: AudienceData, SUPPRESSION_TYPE: SuppressionData}
+            models = {
+                TRIGGER_TYPE: TriggerData,
+                AUDIENCE_TYPE: AudienceData,
+                SUPPRESSION_TYPE: SuppressionData,
+                ATTRIBUTION_TYPE: AttributionData,
+            }
             data_model = models[envelope.type]
             data_model.model_validate(envelope.data)
-            files = {TriggerData: "triggers.", AudienceData: "audience_changes", SuppressionData: "suppressions"}
+            files = {
+                TriggerData: "triggers.",
+                AudienceData: "audience_changes",
+                SuppressionData: "suppressions",
+                AttributionData: "attributions",
+            }
             assert path.name.startswith(files[data_model])
     assert counted > 100
 

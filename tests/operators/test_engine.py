@@ -253,7 +253,7 @@ def test_snapshots_of_other_formats_are_refused_clearly(version):
     wrote its customer store before the snapshot completed; format 7 encoded features as Python objects, held
     the recommender and the dedupe memory whole, not in the customer store, a customer's timers as a dict of
     lists and its open decisions as tuples of floats; format 8 pickled a customer's timers, decisions fired and
-    open offers as tuples."""
+    open offers as tuples; format 10 had no contact policy, offers redeemed, experiment or attribution slots."""
     h = EngineHarness(rules_from(CART_ONLY), EngineConfig(snapshots=True))
     with pytest.raises(ValueError, match=f"format {version} is not supported: this version reads format 11"):
         h.customers.restore((version, {}))

@@ -3,6 +3,7 @@ leaves to Python, and every event it takes, ends exactly as the stage's event-by
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ from operators.engine import ERASURE, EngineConfig, IdentityStage
 from operators.pipeline import Pipeline, ShardLogic
 from operators.rules import CompiledRules, load_rules
 from schemas.items import EndOfInput, Output
+from schemas.timestamps import epoch_ms
 from state.affinity import DAY_MS
 
 CONFIG = EngineConfig(max_age_ms=DAY_MS // 24, dedupe_per_shard=500, links_per_shard=200)
@@ -39,9 +41,11 @@ def stream() -> list[dict[str, Any]]:
     return events[:200] + extra + events[200:]
 
 
-def run(identity: type[IdentityStage], rules: CompiledRules, batch: int) -> tuple[list[bytes], list[dict[str, Any]]]:
-    pipeline = Pipeline(rules, CONFIG, shards=3)
-    pipeline.identity = [ShardLogic(identity(rules, CONFIG)) for _ in range(3)]
+def run(
+    identity: type[IdentityStage], rules: CompiledRules, batch: int, config: EngineConfig = CONFIG
+) -> tuple[list[bytes], list[dict[str, Any]]]:
+    pipeline = Pipeline(rules, config, shards=3)
+    pipeline.identity = [ShardLogic(identity(rules, config, 3)) for _ in range(3)]
     raws = raw_records(stream())
     outputs: list[Output] = []
     for start in range(0, len(raws), batch):
@@ -62,6 +66,21 @@ def test_the_identity_stage_gives_what_it_gives_event_by_event():
     assert any(shard.get("triggers") for shard in identity), "anonymous customers' decisions"
     dead = b"".join(line for line in natively if line.startswith(b"('dead_letters'"))
     assert b'"future_dated"' in dead and b'"too_old"' in dead
+
+
+def test_with_an_erasure_ledger_the_identity_stage_gives_what_it_gives_event_by_event():
+    """Customers of the ledger, erased mid-stream: their events up to then take the Python way and are
+    dropped, the later ones pass on, the same either way."""
+    events = stream()
+    users = sorted({event["userId"] for event in events if event.get("userId")})[:12]
+    middle = epoch_ms(events[len(events) // 2]["timestamp"])
+    config = replace(CONFIG, erased={user: middle for user in users})
+    rules = load_rules()
+    for batch in (1, 500):
+        natively, stats = run(IdentityStage, rules, batch, config)
+        assert natively == run(EventByEvent, rules, batch, config)[0], f"batches of {batch}"
+    assert sum(shard.get("erased_events", 0) for shard in stats) > 50
+    assert any(b"'u-" in line and b"'triggers." in line for line in natively), "the others still get decisions"
 
 
 def test_runs_stop_where_the_python_way_is_needed():

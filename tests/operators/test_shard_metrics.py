@@ -54,6 +54,17 @@ def test_dropped_order_lines_and_unknown_fields_are_published():
     assert sample("nudgeflow_unknown_fields_total", path="context.store_id") - before[1] == 1
 
 
+def test_events_of_erased_customers_dropped_are_published():
+    def erased_events() -> float:
+        return REGISTRY.get_sample_value("nudgeflow_erased_events_total", {}) or 0.0
+
+    h = EngineHarness(rules_from(CART_RULE))
+    before = erased_events()
+    h.feed([added("u1", 0), track("Erasure Requested", "u1", 5, props={"request_id": "r"}), added("u1", 3)])
+    h.pipeline.identity[0].metrics.publish(final=True)  # dropped where they enter: the identity stage
+    assert erased_events() - before == 1
+
+
 def dead_letters(reason: str) -> float:
     return REGISTRY.get_sample_value("nudgeflow_invalid_events_total", {"reason": reason}) or 0.0
 
@@ -68,3 +79,21 @@ def test_events_the_engine_dead_letters_are_counted_by_reason():
     customers.publish(final=True)
     assert dead_letters("too_old") - before["too_old"] == 1
     assert dead_letters("processing_error") - before["processing_error"] == 1
+
+
+def test_offers_given_and_redeemed_are_published():
+    def offers(kind: str) -> float:
+        return REGISTRY.get_sample_value("nudgeflow_offers_total", {"offer": "ten-off", "kind": kind}) or 0.0
+
+    rules = """
+version: v
+triggers:
+  - {id: hello, channel: push, on: Hello, offer_id: ten-off}
+offers:
+  - {id: ten-off, channels: [push]}
+"""
+    h = EngineHarness(rules_from(rules))
+    before = offers("given"), offers("redeemed")
+    h.feed([track("Hello", "u1", 0), track("Coupon Applied", "u1", 1, props={"coupon_id": "ten-off"})])
+    h.pipeline.customers[0].metrics.publish(final=True)
+    assert (offers("given") - before[0], offers("redeemed") - before[1]) == (1, 1)

@@ -14,7 +14,7 @@ from conftest import EngineHarness, call, order, track
 
 from operators.engine import EngineConfig
 from state import codec
-from state.customer import MAX_CAUSED_BY, CustomerState
+from state.customer import MAX_CAUSED_BY, TOUCH_FIELDS, CustomerState
 
 RULES = ("cart", "browse", "~recheck", "~outcome", "winback", "règle")
 TEXTS = (
@@ -189,19 +189,24 @@ def test_a_customer_s_bookkeeping_takes_a_third_of_the_bytes_the_tuples_took(sta
     """A buyer browsing again: the browse-abandonment timer (five events caused it), the win-back and
     recheck timers, the models' timers, two rules fired (the browse offer with an offer chosen), an
     open decision. Its state apart from the features, and from what it shares with other customers
-    (names, the id that is its key), held 1,641 bytes as tuples and strings; with the record, 422."""
+    (names, the id that is its key), held 1,641 bytes as tuples and strings; with the record, 422. The
+    deliveries kept for attribution (each touch: time and decision id in one bytes object) is counted apart."""
     h = EngineHarness(starter_rules, EngineConfig())
     h.feed(sorted(buyer_browsing_again("u1") + buyer_browsing_again("u2"), key=lambda event: event["timestamp"]))
     other, state = h.customers.customers["u1"], h.customers.customers["u2"]
     assert len(state.timers) == 5 and len(state.timer("browse_abandonment_offer")) == 3 + MAX_CAUSED_BY
     assert len(state.fired) == 4 and state.outcomes and state.offers_open
 
-    shared = {id(state.id), id(state.features)}
+    shared = {id(state.id), id(state.features), *(id(offer.id) for offer in starter_rules.offers)}
     for name in other.__slots__:
         deep_size(getattr(other, name), shared)
-    own = [name for name in state.__slots__ if name != "contacts"]  # the contact policy's record is not bookkeeping
+    # the contact policy's record is not bookkeeping; the deliveries kept for attribution are counted apart
+    own = [name for name in state.__slots__ if name not in ("contacts", "touches")]
     held = sys.getsizeof(state) + sum(deep_size(getattr(state, name), shared) for name in own)
     assert held <= 1641 // 3, f"{held} bytes"
+    touches = deep_size(state.touches, shared)
+    deliveries = len(state.touches) // TOUCH_FIELDS  # the welcome push and the browse offer
+    assert deliveries == 2 and touches <= 120 * deliveries, f"{touches} bytes"
 
 
 def test_an_open_decision_holds_its_whole_numbers_short():

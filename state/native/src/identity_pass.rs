@@ -136,7 +136,7 @@ mod tests {
 pub mod python {
     use pyo3::intern;
     use pyo3::prelude::*;
-    use pyo3::types::{PyDict, PyList, PyString};
+    use pyo3::types::{PyAny, PyDict, PyList, PyString};
 
     use super::{Bounds, Clock, Step};
     use crate::links::anonymous_key;
@@ -173,8 +173,11 @@ pub mod python {
         /// Pass the events of ``released`` from ``start`` on to ``out`` until one needs the Python way;
         /// return ``(its position (the length if none), the clock, duplicates dropped, links made or
         /// changed)``. Each passed event's message id is remembered in ``seen`` (and appended to
-        /// ``added`` if given), its anonymous id linked to its user id in ``links``.
+        /// ``added`` if given), its anonymous id linked to its user id in ``links``. An event of a
+        /// user id in ``ledger`` or ``erased`` (erased customers) needs the Python way too.
         #[allow(clippy::too_many_arguments)]
+        #[pyo3(signature = (released, start, seen, links, customers, added, clock, next_due, swept_day, out,
+                            ledger=None, erased=None))]
         fn run(
             &self,
             py: Python<'_>,
@@ -188,6 +191,8 @@ pub mod python {
             next_due: Option<i64>,
             swept_day: Option<i64>,
             out: &Bound<'_, PyList>,
+            ledger: Option<&Bound<'_, PyDict>>,
+            erased: Option<&Bound<'_, PyDict>>,
         ) -> PyResult<(usize, Option<i64>, usize, usize)> {
             let mut clock = Clock {
                 now: clock,
@@ -206,10 +211,10 @@ pub mod python {
                     env.getattr(intern!(py, "received_ms"))?.extract()?;
                 let anonymous_id = env.getattr(intern!(py, "anonymous_id"))?;
                 let user_id = env.getattr(intern!(py, "user_id"))?;
-                let plain = anonymous_id.is_none()
-                    || (!user_id.is_none()
-                        && !customers.contains(&anonymous_id)?
-                        && !env.getattr(intern!(py, "name"))?.eq(erasure)?);
+                let plain = (anonymous_id.is_none()
+                    || (!user_id.is_none() && !customers.contains(&anonymous_id)?))
+                    && !env.getattr(intern!(py, "name"))?.eq(erasure)?
+                    && !erased_customer(&user_id, ledger, erased)?;
                 let moved = match self.bounds.step(&clock, ts_ms, mark_ms, received_ms, plain) {
                     Step::Python => break,
                     Step::Pass(moved) => moved,
@@ -244,5 +249,22 @@ pub mod python {
             }
             Ok((at, clock.now, duplicates, linked))
         }
+    }
+
+    /// Whether ``user_id`` (``None`` for an anonymous event) is a key of either map of erased customers.
+    fn erased_customer(
+        user_id: &Bound<'_, PyAny>,
+        ledger: Option<&Bound<'_, PyDict>>,
+        erased: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<bool> {
+        if user_id.is_none() {
+            return Ok(false);
+        }
+        for customers in [ledger, erased].into_iter().flatten() {
+            if customers.contains(user_id)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }

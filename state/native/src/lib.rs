@@ -10,6 +10,7 @@ pub mod customer_step;
 pub mod decision;
 pub mod dedupe;
 pub mod envelopes;
+pub mod erasure;
 pub mod event_scan;
 pub mod features;
 pub mod fire;
