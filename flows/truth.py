@@ -10,6 +10,8 @@
   the answers changed in later decisions is not undone.
 - :func:`per_message`: orders caused per message delivered, the truth's count and its expectation;
   :func:`uncapped_rules`, a rule file without its caps and cooldowns, to compare with.
+- :func:`exposures` and :func:`measured_arms` read what the engine measured (its ``experiments``
+  records, one customer's increments each) to hold against the truth.
 """
 
 from __future__ import annotations
@@ -22,10 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from connectors.files import add_counts
 from connectors.responders import FATIGUE_DAYS, Responders
 from connectors.synthetic import DAY_MS
 from flows.audit import Customers
 from operators.rules import CompiledRules, parse_rules
+from schemas.items import Output
+from schemas.streams import EXPERIMENTS
 from schemas.timestamps import epoch_ms
 
 
@@ -123,15 +130,43 @@ def per_message(deliveries: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def exposures(outputs: Iterable[Output]) -> dict[str, list[Exposure]]:
+    """Each experiment's first exposures, from the engine's ``experiments`` records (one customer's
+    increments each)."""
+    found: dict[str, list[Exposure]] = defaultdict(list)
+    for output in outputs:
+        if output.stream != EXPERIMENTS:
+            continue
+        for experiments in orjson.loads(output.body).values():
+            for experiment, arms in experiments.items():
+                for arm, counts in arms.items():
+                    if counts.get("exposed"):
+                        found[experiment].append(Exposure(output.key, arm, output.time_ms))
+    return found
+
+
+def measured_arms(outputs: Iterable[Output]) -> dict[str, dict[str, dict[str, int]]]:
+    """Each experiment's per-arm counts, summed over the engine's ``experiments`` records."""
+    totals: dict[str, Any] = {}
+    for output in outputs:
+        if output.stream == EXPERIMENTS:
+            for experiments in orjson.loads(output.body).values():
+                add_counts(totals, experiments)
+    return totals
+
+
 def uncapped_rules(path: Path) -> CompiledRules:
     """The rule file at ``path`` with its policy's caps and its rules' cooldowns taken out (its
     consent, quiet hours and arbitration kept)."""
-    text = path.read_text()
-    free = _COOLDOWN.sub("", text)
-    free = _CAPS.sub("\n  caps: []\n", free)
+    return parse_rules(uncapped_text(path.read_text(), str(path)), str(path))
+
+
+def uncapped_text(text: str, source: str = "<rules>") -> str:
+    """Rule-file text without its policy's caps (a list of one-line caps) and its rules' cooldowns."""
+    free = _CAPS.sub("\n  caps: []\n", _COOLDOWN.sub("", text))
     if "cooldown" in free or "caps: []" not in free:
-        raise ValueError(f"{path}: no caps block (a list of one-line caps under 'policy:') to take out")
-    return parse_rules(free, str(path))
+        raise ValueError(f"{source}: no caps block (a list of one-line caps under 'policy:') to take out")
+    return free
 
 
 _COOLDOWN = re.compile(r"\n\s+cooldown:[^\n]*")

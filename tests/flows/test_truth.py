@@ -10,8 +10,10 @@ import pytest
 from connectors.responders import RESPONSE_LIFT
 from connectors.synthetic import HOUR_MS, iso
 from flows.audit import Customers
-from flows.truth import Exposure, per_message, true_lift, uncapped_rules
+from flows.truth import Exposure, exposures, measured_arms, per_message, true_lift, uncapped_rules
 from operators.rules import STARTER_RULES, load_rules
+from schemas.items import Output
+from schemas.streams import EXPERIMENTS
 
 T = 1_767_600_000_000
 DAY = 24 * HOUR_MS
@@ -133,3 +135,23 @@ def test_uncapped_rules_keep_all_but_caps_and_cooldowns() -> None:
     assert free.policy.caps == [] and not any(t.rule.cooldown for t in free.triggers)
     assert free.policy.model_copy(update={"caps": rules.policy.caps}) == rules.policy
     assert [t.rule.id for t in free.triggers] == [t.rule.id for t in rules.triggers]
+
+
+def test_exposures_and_arms_are_read_from_the_experiments_records() -> None:
+    def record(customer: str, at: int, counts: dict[str, dict[str, dict[str, int]]]) -> Output:
+        return Output(EXPERIMENTS, customer, at, 0, orjson.dumps({"0": counts}))
+
+    outputs = [
+        record("a", T, {"holdout": {"treated": {"exposed": 1, "pre": 0}}, "t": {"control": {"exposed": 1}}}),
+        record("a", T + DAY, {"holdout": {"treated": {"conversions": 1, "orders": 1}}}),
+        record("b", T + 1, {"holdout": {"control": {"exposed": 1}}}),
+        Output("triggers.push", "a", T, 0, b"{}"),
+    ]
+    assert exposures(outputs) == {
+        "holdout": [Exposure("a", "treated", T), Exposure("b", "control", T + 1)],
+        "t": [Exposure("a", "control", T)],
+    }
+    assert measured_arms(outputs) == {
+        "holdout": {"treated": {"exposed": 1, "pre": 0, "conversions": 1, "orders": 1}, "control": {"exposed": 1}},
+        "t": {"control": {"exposed": 1}},
+    }
