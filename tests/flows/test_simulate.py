@@ -42,11 +42,11 @@ def events_of(sim: Simulation) -> list[dict]:
     return [orjson.loads(line) for line in sim.lines]
 
 
-def replay_files(recording: Path, out: Path, *extra: str) -> dict[str, list[bytes]]:
+def replay_files(recording: Path, out: Path, *extra: str, env: dict[str, str] | None = None) -> dict[str, list[bytes]]:
     """``nudgeflow replay`` of a recording: each decision stream's records (triggers, suppressions,
     audience changes), sorted."""
     cmd = [sys.executable, "-m", "flows.cli", "replay", str(recording), "--out", str(out), "--quiet", *extra]
-    subprocess.run(cmd, check=True, cwd=REPO, env=dict(os.environ), timeout=300)
+    subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=300)
     files = {stream: out / OUTPUT_FILES[stream] for stream in DECISION_STREAMS}
     return {stream: sorted(path.read_bytes().splitlines()) for stream, path in sorted(files.items())}
 
@@ -205,3 +205,35 @@ def test_the_measured_lift_covers_the_true_lift() -> None:
         assert truth is not None and truth > 0.01
         low, high = experiment_report(arms, CONTROL)[TREATED]["lift_ci"]
         assert low <= truth <= high
+
+
+ERASING_SEED = 46  # a high-value customer asks for erasure on day 2 and stays away
+
+
+def test_an_erased_customer_gets_nothing_after_erasure_even_on_a_replay_of_older_data(
+    rules: CompiledRules, tmp_path: Path
+) -> None:
+    """The generator's erasure requests, replayed: nothing reaches an erased customer after their
+    erasure (no timer, no held decision); and the same data recorded before the erasures, replayed
+    with the ledger the first run kept, gives them nothing at all."""
+    sim = simulate(CUSTOMERS, DAYS, ERASING_SEED, rules)
+    erased = {e["userId"]: epoch_ms(e["timestamp"]) for e in events_of(sim) if e.get("event") == "Erasure Requested"}
+    assert erased
+    recording = tmp_path / "truth.jsonl"
+    recording.write_bytes(sim.recording())
+    first = replay_files(recording, tmp_path / "a")
+    customers = Customers(sim.lines)
+    sent = [s for s in delivered(flatten(first)) if customers.person(s.customer) in erased]
+    assert sent and all(s.at_ms <= erased[customers.person(s.customer)] for s in sent)
+
+    older = tmp_path / "older.jsonl"
+    older.write_bytes(b"".join(line + b"\n" for line in sim.lines if b'"Erasure Requested"' not in line))
+    ledger = {"NUDGEFLOW_ERASURE_LEDGER": str(tmp_path / "a" / "erasures.jsonl")}
+    second = replay_files(older, tmp_path / "b", env=ledger)
+    about = [record for _, record in flatten(second) if customers.person(orjson.loads(record)["subject"]) in erased]
+    assert about == []
+    assert sum(map(len, second.values())) > 1000
+
+
+def flatten(decisions: dict[str, list[bytes]]) -> list[tuple[str, bytes]]:
+    return [(stream, body) for stream, bodies in decisions.items() for body in bodies]
