@@ -178,10 +178,11 @@ class CustomerStage:
         self.writer = DecisionWriter(rules.version, self.stats)
         self.catalogue = OfferCatalogue(rules.offers, config.reference, rules.policy.timezone) if rules.offers else None
         self.writer.offer_ids = frozenset(offer.id for offer in rules.offers)
+        self.offers_by_id = {offer.id: offer for offer in rules.offers}
         self.experiments = Experiments(rules.experiments)
         self.measurement = Measurement(rules.experiments, self.writer) if rules.experiments.active else None
         self.attribution = Attributor(rules.experiments.attribution, self.writer)
-        self.policy = PolicyStage(rules, self.writer, self._deliver, self._await, self._expose)
+        self.policy = PolicyStage(rules, self.writer, self._deliver, self._await, self._expose, self._offer_value)
         self.dirty: set[str] = set()
         self.changed: set[str] = set()  # customers whose profile changed since the last profiles
         self.models = self._models_for_mode(None)
@@ -792,6 +793,19 @@ class CustomerStage:
             return refusal_detail(refused) if refused and not eligible else None
         why = catalogue.why_not(offer_id, state, at_ms, *self._budget_of(state)) if offer_id in catalogue else None
         return refusal_detail([(offer_id, why)]) if why is not None else None
+
+    def _offer_value(self, state: CustomerState, rule: TriggerRule, at_ms: int) -> float:
+        """What a decision of ``rule`` is worth when decisions compete (see :mod:`operators.policy`): its
+        catalogue offer's ``value``; for ``next_best``, the best of the offers the customer may be given
+        at ``at_ms``; 1 without an offer."""
+        if rule.offer_id == NEXT_BEST:
+            if self.catalogue is None:
+                offers = self.rules.eligible_offers(rule.channel, state.audiences)
+            else:
+                offers = self._eligible_offers(state, rule, at_ms)[0]
+            return max((offer.value for offer in offers), default=1.0)
+        offer = self.offers_by_id.get(rule.offer_id) if rule.offer_id is not None else None
+        return 1.0 if offer is None else offer.value
 
     def _budget_of(self, state: CustomerState) -> tuple[int | None, int, dict[str, dict[str, int]]]:
         """The customer's shard, the number of shards, and the shard's counts per offer: what the

@@ -59,6 +59,8 @@ Schedule = Callable[[CustomerState, str, int | None], None]
 Assign = Callable[[CustomerState, TriggerRule, int, list[Any]], Any]
 """The experiments' assignment of a decision about to be delivered (``operators.experiments.Assignment``,
 with ``holdout``, ``experiment``, ``arm``; ``None``: in no experiment), the customer's exposure noted."""
+OfferValue = Callable[[CustomerState, TriggerRule, int], float]
+"""What a decision of a rule is worth to the business at a time (its offer's value; 1 without one)."""
 
 
 def local_time(zone: str, at_ms: int) -> tuple[int, int]:
@@ -77,10 +79,11 @@ class PolicyStage:
         deliver: Deliver,
         schedule: Schedule,
         assign: Assign | None = None,
+        offer_value: OfferValue | None = None,
     ) -> None:
         policy = rules.policy
         self.rules, self.policy, self.writer = rules, policy, writer
-        self.deliver, self.schedule, self.assign = deliver, schedule, assign
+        self.deliver, self.schedule, self.assign, self.offer_value = deliver, schedule, assign, offer_value
         self.caps: dict[str, list[Cap]] = {}
         for cap in policy.caps:
             self.caps.setdefault(cap.channel, []).append(cap)
@@ -193,7 +196,7 @@ class PolicyStage:
     # --- arbitration and outcomes ----------------------------------------------------------
     def _arbitrate(self, state: CustomerState, candidates: list[Candidate], now_ms: int, out: list[Any]) -> None:
         """Deliver the best of ``candidates`` that passes the gates at ``now_ms``; suppress the rest."""
-        ranked = sorted(candidates, key=self._rank)
+        ranked = sorted(candidates, key=lambda c: self._rank(state, c, now_ms)) if len(candidates) > 1 else candidates
         winner = None
         for candidate in ranked:
             if winner is not None:
@@ -222,14 +225,17 @@ class PolicyStage:
         detail = f"experiment {assignment.experiment}, arm {assignment.arm}"
         self._suppress(state, candidate, HOLDOUT, detail, now_ms, out)
 
-    def _rank(self, candidate: Candidate) -> tuple[float, int, str]:
+    def _rank(self, state: CustomerState, candidate: Candidate, now_ms: int) -> tuple[float, int, str]:
         rule = candidate.trigger.rule
-        return -self.expected_value(candidate), -rule.priority, rule.id
+        return -self.expected_value(state, candidate, now_ms), -rule.priority, rule.id
 
-    def expected_value(self, candidate: Candidate) -> float:
-        """The propensity score (1 without models) times the offer's value (1 without an offer)."""
+    def expected_value(self, state: CustomerState, candidate: Candidate, now_ms: int) -> float:
+        """The propensity score (1 without models) times the offer's value (1 without an offer; for a
+        ``next_best`` rule, the best value among the offers the customer may be given now)."""
         rule = candidate.trigger.rule
         score = 1.0 if candidate.score is None else candidate.score
+        if self.offer_value is not None:
+            return score * self.offer_value(state, rule, now_ms)
         if rule.offer_id == NEXT_BEST:
             values = [self.offer_values[o.id] for o in self.rules.offers if rule.channel in o.channels]
             return score * max(values, default=1.0)

@@ -71,10 +71,9 @@ def test_a_channel_that_needs_a_grant_sends_nothing_until_granted():
 
 def test_a_consent_change_shows_its_source_and_time_in_the_profile():
     h = EngineHarness(rules_from(ruleset("  caps: []")), EngineConfig(profile_ms=1))
-    h.feed([consent("push", False, 1, source="app_settings")])
-    out: list = []
-    h.customers.profiles(out)
-    profile = decisions(out)[0]
+    out = h.feed([consent("push", False, 1, source="app_settings")])
+    h.customers.profiles(out)  # those not sent yet
+    profile = decisions(out, "profiles")[-1]
     assert profile["consent_changes"] == {
         "push": {"granted": False, "source": "app_settings", "at": "2026-01-05T10:01:00.000Z"}
     }
@@ -272,3 +271,23 @@ def test_the_starter_policy_has_the_documented_caps_and_quiet_hours():
     assert caps == {("push", 1, 4 * 3_600_000), ("push", 3, 7 * 86_400_000), ("in_app", 1, "local_day")}
     quiet = policy.quiet_hours[0]
     assert sorted(quiet.channels) == ["push", "sms"] and (quiet.start, quiet.end) == (21 * 60, 8 * 60)
+
+
+def test_the_offer_value_outweighs_priority_and_counts_only_offers_that_may_be_given():
+    text = """
+version: v
+triggers:
+  - {id: cheap, channel: in_app, on: Page, priority: 9, offer_id: small}
+  - {id: rich, channel: in_app, on: Page, offer_id: big}
+  - {id: pick, channel: push, on: Product Viewed, priority: 1, offer_id: next_best}
+  - {id: plain, channel: push, on: Product Viewed, priority: 2}
+offers:
+  - {id: small, channels: [in_app], value: 1}
+  - {id: big, channels: [in_app], value: 20}
+  - {id: spent, channels: [push], value: 50, valid_until: "2026-01-01"}
+  - {id: modest, channels: [push], value: 0.5}
+"""
+    viewed = track("Product Viewed", "u1", 5, props={"product_id": "p"})
+    out = run(text, [page(minutes=0), viewed], EngineConfig(models="off"))
+    assert [r for _, r, _ in sent(out)] == ["rich", "plain"]  # 'spent' is out of date: 'pick' is worth 0.5
+    assert stopped(out) == [("u1", "cheap", "lower_priority"), ("u1", "pick", "lower_priority")]
