@@ -74,6 +74,20 @@ SECTIONS = (
         "without a policy section, alternated, in CPU time of the whole process.",
     ),
     Section(
+        "offers",
+        "What the offers catalogue and the reference data cost (10k customers, one day)",
+        ("bench/offers_bench.py", "--rounds", "3"),
+        "`nudgeflow replay` with the starter catalogue and the sample stores and products, against the same rules "
+        "without the reference data and with a plain catalogue, alternated, in CPU time.",
+    ),
+    Section(
+        "experiments",
+        "What experiments cost (10k customers, one day)",
+        ("bench/experiments_bench.py", "--rounds", "3"),
+        "The starter rules against the same rules with a 5% global holdout, a three-arm test of the cart reminder "
+        "and CUPED (attribution is on in both), `nudgeflow replay` in child processes, alternated, in CPU time.",
+    ),
+    Section(
         "order-lines",
         "Orders with many lines against a view",
         ("bench/order_lines_bench.py", "--lines", "1", "10", "50", "161"),
