@@ -34,6 +34,7 @@ sweep) the clock passes, and catches up before its next events (:class:`operator
 from __future__ import annotations
 
 import pickle
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -369,7 +370,7 @@ class CustomerStage:
         if zone is None and self.config.reference is not None:  # a till's event: its store's zone
             zone = event_zone(env, self.config.reference)
         if zone is not None and zone != state.timezone and known_zone(zone) is not None:
-            state.timezone = zone  # the customer's local time (the contact policy's quiet hours and days)
+            state.timezone = sys.intern(zone)  # local time (quiet hours, days); one string per zone, shared
         if env.name == CONSENT:
             self.policy.consent_changed(state, env)
         if self.models is not None and env.name in PRODUCT_TOUCHES:

@@ -9,6 +9,7 @@ snapshot format (``operators.engine.SNAPSHOT_FORMAT``): change it only together 
 from __future__ import annotations
 
 import pickle
+import sys
 
 from state._native import Bookkeeping, Features
 from state.customer import CustomerState, shared_audiences
@@ -32,6 +33,8 @@ def decode(blob: bytes) -> CustomerState:
     for name, value in zip(_SCALARS, values, strict=True):
         setattr(state, name, value)
     state.audiences = shared_audiences(state.audiences)
+    if state.timezone is not None:  # one string per zone, shared by its customers
+        state.timezone = sys.intern(state.timezone)
     state.features = Features.from_bytes(features)
     state.book, state.scheduled_ms = Bookkeeping.from_bytes(book), None
     return state
