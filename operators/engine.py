@@ -183,7 +183,7 @@ class CustomerStage:
         self.experiments = Experiments(rules.experiments)
         self.measurement = Measurement(rules.experiments, self.writer) if rules.experiments.active else None
         self.attribution = Attributor(rules.experiments.attribution, self.writer)
-        self.policy = PolicyStage(rules, self.writer, self._deliver, self._await, self._expose, self._offer_value)
+        self.policy = PolicyStage(rules, self.writer, self._deliver, self._await, self._offer_value, self._expose)
         self.dirty: set[str] = set()
         self.changed: set[str] = set()  # customers whose profile changed since the last profiles
         self.models = self._models_for_mode(None)

@@ -27,7 +27,7 @@ from operators.decisions import DecisionWriter, bump
 from operators.rules import CompiledRules, CompiledTrigger
 from schemas.envelope import Envelope
 from schemas.policy import ANY_CHANNEL, LOCAL_DAY, Cap, QuietHours
-from schemas.rules import NEXT_BEST, TriggerRule
+from schemas.rules import TriggerRule
 from state.customer import HOUR_MS, MINUTE_MS, CustomerState
 from state.update import utc_offset_minutes
 
@@ -78,8 +78,8 @@ class PolicyStage:
         writer: DecisionWriter,
         deliver: Deliver,
         schedule: Schedule,
+        offer_value: OfferValue,
         assign: Assign | None = None,
-        offer_value: OfferValue | None = None,
     ) -> None:
         policy = rules.policy
         self.rules, self.policy, self.writer = rules, policy, writer
@@ -92,7 +92,7 @@ class PolicyStage:
         self.horizon_ms = policy.horizon_ms(cooldowns)
         self.zone = policy.timezone
         self.window = policy.arbitration.window
-        self.offer_values = {offer.id: _offer_value(offer) for offer in rules.offers}
+        self.triggers = {trigger.id: trigger for trigger in rules.triggers}
         self.pool: list[tuple[CustomerState, Candidate]] = []  # decisions of this step, arbitrated at its end
 
     # --- entry points ------------------------------------------------------------------------
@@ -234,12 +234,7 @@ class PolicyStage:
         ``next_best`` rule, the best value among the offers the customer may be given now)."""
         rule = candidate.trigger.rule
         score = 1.0 if candidate.score is None else candidate.score
-        if self.offer_value is not None:
-            return score * self.offer_value(state, rule, now_ms)
-        if rule.offer_id == NEXT_BEST:
-            values = [self.offer_values[o.id] for o in self.rules.offers if rule.channel in o.channels]
-            return score * max(values, default=1.0)
-        return score * self.offer_values.get(rule.offer_id or "", 1.0)
+        return score * self.offer_value(state, rule, now_ms)
 
     def delivered(self, state: CustomerState, rule: TriggerRule, at_ms: int) -> None:
         """Note a marketing delivery in the customer's contact history (for caps and cooldowns)."""
@@ -276,7 +271,7 @@ class PolicyStage:
         self.writer.suppression(candidate.trigger.rule, state.id, candidate, reason, detail, at_ms, out)
 
     def _trigger(self, rule_id: str) -> CompiledTrigger | None:
-        return next((t for t in self.rules.triggers if t.id == rule_id), None)
+        return self.triggers.get(rule_id)
 
     # --- consent ---------------------------------------------------------------------------
     @staticmethod
@@ -315,8 +310,3 @@ def _count(deliveries: tuple[Any, ...], cap: Cap, at_ms: int, zone: str) -> int:
         return sum(1 for at, _, _ in entries if at <= at_ms and local_time(zone, at)[1] == today)
     start = at_ms - cap.per  # type: ignore[operator]
     return sum(1 for at, _, _ in entries if start < at <= at_ms)
-
-
-def _offer_value(offer: Any) -> float:
-    value = getattr(offer, "value", None)
-    return 1.0 if value is None else float(value)
