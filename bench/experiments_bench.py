@@ -13,12 +13,9 @@ decision that reached the holdout gate; attribution (on in both) is in both.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from pathlib import Path
-
-import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 STARTER = REPO / "rules" / "starter.yaml"
@@ -50,22 +47,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "bench"))
-    from floor_bench import cpu_of
+    from floor_bench import replay_rounds
     from flow_bench import machine, stream
 
     path = stream(args.customers, 1)
     events = sum(1 for line in path.open("rb") if line.strip())
     with tempfile.TemporaryDirectory() as tmp:
         variants = {"starter": STARTER, "starter + holdout, test, CUPED": with_experiments(Path(tmp))}
-        cpu: dict[str, list[float]] = {name: [] for name in variants}
-        summaries = {}
-        for _ in range(args.rounds):
-            for name, rules in variants.items():
-                out = Path(tmp) / name.split()[-1]
-                cmd = [sys.executable, "-m", "flows.cli", "replay", str(path), "--rules", str(rules)]
-                shutil.rmtree(out, ignore_errors=True)  # no erasure ledger of a round before
-                cpu[name].append(cpu_of([*cmd, "--out", str(out), "--force", "--quiet"]))
-                summaries[name] = orjson.loads((out / "summary.json").read_bytes())
+        cpu, summaries = replay_rounds(path, variants, Path(tmp), args.rounds)
     print(f"{machine()}; {path.name}: {events:,} events; best of {args.rounds} alternated rounds, CPU time\n")
     print("| rules | CPU seconds | µs per event | triggers | exposures | attributions |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")

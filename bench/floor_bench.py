@@ -254,6 +254,24 @@ def cpu_of(cmd: list[str]) -> float:
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def replay_rounds(
+    path: Path, variants: dict[str, Path], folder: Path, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, dict]]:
+    """``nudgeflow replay`` of ``path`` with each rule file of ``variants``, alternated for ``rounds``,
+    each in a child process from an empty output folder (a replay reads the erasure ledger its folder
+    holds): the CPU seconds of every run, and each variant's last summary."""
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    summaries: dict[str, dict] = {}
+    for _ in range(rounds):
+        for n, (name, rules) in enumerate(variants.items()):
+            out = folder / f"out-{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [sys.executable, "-m", "flows.cli", "replay", str(path), "--rules", str(rules), "--out", str(out)]
+            cpu[name].append(cpu_of([*cmd, "--force", "--quiet"]))
+            summaries[name] = orjson.loads((out / "summary.json").read_bytes())
+    return cpu, summaries
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=10_000)
