@@ -6,7 +6,7 @@
 Each seed generates customers who answer the engine's triggers with a known lift and fatigue
 (``connectors/responders.py``) and runs them in a closed loop (``flows/simulate.py``) twice: with
 the starter rules, and with the same rules without their caps and cooldowns; both with the
-experiments of :data:`EXPERIMENTS` (a global holdout of half the customers, and the browse offer
+experiments of :data:`HOLDOUT_AND_TEST` (a global holdout of half the customers, and the browse offer
 tested against no trigger). For each run it prints the messages delivered, the orders they caused
 (the truth's count, and its expectation: the sum of the deliveries' chances) per message, and the
 deliveries that break the rules' policy checked from the outside (``flows/audit.py``; must be 0);
@@ -24,20 +24,9 @@ from typing import Any
 from flows.audit import Customers, delivered, policy_breaches
 from flows.lift import experiment_report
 from flows.simulate import Simulation, simulate
-from flows.truth import exposures, measured_arms, per_message, true_lift, uncapped_text
+from flows.truth import HOLDOUT_AND_TEST, exposures, measured_arms, per_message, true_lift, uncapped_text
 from operators.rules import STARTER_RULES, CompiledRules, parse_rules
 from schemas.experiments import CONTROL, HOLDOUT, TREATED
-
-EXPERIMENTS = """
-experiments:
-  holdout: {share: 0.5}
-  tests:
-    - id: browse_offer_test
-      rule: browse_abandonment_offer
-      arms:
-        - {id: control, share: 0.5, send: false}
-        - {id: treated, share: 0.5}
-"""
 
 
 @dataclass
@@ -65,7 +54,7 @@ class Row:
 
 
 def with_experiments(text: str) -> CompiledRules:
-    return parse_rules(text + EXPERIMENTS, str(STARTER_RULES))
+    return parse_rules(text + HOLDOUT_AND_TEST, str(STARTER_RULES))
 
 
 def run(customers: int, days: int, seed: int, variant: str, rules: CompiledRules) -> Row:

@@ -45,6 +45,20 @@ class Exposure:
     at_ms: int
 
 
+HOLDOUT_AND_TEST = """
+experiments:
+  holdout: {share: 0.5}
+  tests:
+    - id: browse_offer_test
+      rule: browse_abandonment_offer
+      arms:
+        - {id: control, share: 0.5, send: false}
+        - {id: treated, share: 0.5}
+"""
+"""The experiments the known-truth test and benchmark add to the starter rules: a global holdout of half the
+customers, and the browse offer tested against no trigger for half of the rest."""
+
+
 def true_lift(
     exposures: Iterable[Exposure],
     treated: str,

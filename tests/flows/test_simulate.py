@@ -18,7 +18,7 @@ from flows.audit import Customers, delivered, policy_breaches
 from flows.cli import main
 from flows.lift import experiment_report
 from flows.simulate import Simulation, simulate
-from flows.truth import exposures, measured_arms, per_message, true_lift, uncapped_rules
+from flows.truth import HOLDOUT_AND_TEST, exposures, measured_arms, per_message, true_lift, uncapped_rules
 from operators.rules import STARTER_RULES, CompiledRules, load_rules, parse_rules
 from schemas.experiments import CONTROL, HOLDOUT, TREATED
 from schemas.streams import DECISION_STREAMS, OUTPUT_FILES, SUPPRESSIONS, TRIGGER_STREAMS
@@ -174,18 +174,6 @@ def test_generate_respond_refuses_defects(tmp_path: Path, capsys: pytest.Capture
     assert main(["generate", "--respond", str(STARTER_RULES), "--defects", "0.1", "--out", str(out)]) == 2
     assert "--respond takes no --defects" in capsys.readouterr().err
     assert not out.exists()
-
-
-HOLDOUT_AND_TEST = """
-experiments:
-  holdout: {share: 0.5}
-  tests:
-    - id: browse_offer_test
-      rule: browse_abandonment_offer
-      arms:
-        - {id: control, share: 0.5, send: false}
-        - {id: treated, share: 0.5}
-"""
 
 
 def test_the_measured_lift_covers_the_true_lift() -> None:
