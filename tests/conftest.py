@@ -17,7 +17,7 @@ from connectors.local_services import local_services, redis_cluster
 from operators.engine import CustomerStage, EngineConfig
 from operators.parse import parse
 from operators.pipeline import Pipeline
-from operators.rules import CompiledRules, load_rules, parse_rules
+from operators.rules import CompiledRules, RuleFileError, load_rules, parse_rules
 from schemas.envelope import Envelope
 from schemas.items import EndOfInput, Output, RawEvent
 from state import codec
@@ -168,6 +168,20 @@ triggers:
     unless: [Order Completed]
     once_per: cart
 """  # a cart reminder 30 minutes after the last add, unless an order came
+
+
+def line_of(text: str, needle: str) -> int:
+    """The 1-based line of the only line containing ``needle``."""
+    found = [n for n, line in enumerate(text.splitlines(), start=1) if needle in line]
+    assert len(found) == 1, (needle, found)
+    return found[0]
+
+
+def rule_file_problems(text: str, source: str = "rules/shop.yaml") -> str:
+    """What refusing rule-file ``text`` (named ``source``) says."""
+    with pytest.raises(RuleFileError) as info:
+        parse_rules(text, source)
+    return str(info.value)
 
 
 def rules_from(text: str) -> CompiledRules:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from conftest import line_of, rule_file_problems
 
 from connectors.files import add_counts
 from operators.decisions import DecisionWriter
 from operators.experiments import Experiments, Measurement, draw
-from operators.rules import RuleFileError, parse_rules
+from operators.rules import parse_rules
 from schemas.experiments import ExperimentConfig
 from schemas.rules import TriggerRule
 from schemas.streams import EXPERIMENTS
@@ -41,18 +42,6 @@ experiments:
 CART = TriggerRule(id="cart_push", channel="push", on=["Product Added"])
 
 
-def line_of(text: str, needle: str) -> int:
-    found = [n for n, line in enumerate(text.splitlines(), start=1) if needle in line]
-    assert len(found) == 1, (needle, found)
-    return found[0]
-
-
-def problems(text: str) -> str:
-    with pytest.raises(RuleFileError) as info:
-        parse_rules(text, FILE)
-    return str(info.value)
-
-
 def config(text: str = TEST) -> ExperimentConfig:
     return parse_rules(RULES + text, FILE).experiments
 
@@ -73,7 +62,7 @@ def test_the_section_loads_with_its_defaults():
 
 def test_a_test_of_an_unknown_rule_is_refused_naming_its_line():
     text = RULES + TEST.replace("rule: cart_push", "rule: cart_pushh")
-    message = problems(text)
+    message = rule_file_problems(text)
     assert message.startswith(f"{FILE}:{line_of(text, 'rule: cart_pushh')}: field 'experiments.tests.0.rule': "), (
         message
     )
@@ -82,7 +71,7 @@ def test_a_test_of_an_unknown_rule_is_refused_naming_its_line():
 
 def test_shares_that_do_not_add_up_to_one_are_refused_naming_the_test():
     text = RULES + TEST.replace("share: 0.3", "share: 0.4")
-    message = problems(text)
+    message = rule_file_problems(text)
     assert "the shares of test 'cart_copy' add up to 1.1, not 1" in message
     assert message.startswith(f"{FILE}:{line_of(text, '- id: cart_copy')}: field 'experiments.tests.0': "), message
 
@@ -98,7 +87,7 @@ def test_shares_that_do_not_add_up_to_one_are_refused_naming_the_test():
     ],
 )
 def test_bad_settings_are_refused(change, words):
-    assert words in problems(RULES + TEST.replace(*change))
+    assert words in rule_file_problems(RULES + TEST.replace(*change))
 
 
 # --- assignment -------------------------------------------------------------------------

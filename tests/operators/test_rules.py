@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import line_of, rule_file_problems
 
 from operators.rules import STARTER_RULES, RuleFileError, load_rules, parse_rules
 
@@ -17,19 +18,6 @@ triggers:
     on: Signed Up
 """
 SECOND = "  - id: second_rule\n    channel: push\n    on: Product Added\n"
-
-
-def line_of(text: str, needle: str) -> int:
-    """The 1-based line of the only line containing ``needle``."""
-    found = [n for n, line in enumerate(text.splitlines(), start=1) if needle in line]
-    assert len(found) == 1, (needle, found)
-    return found[0]
-
-
-def problems(text: str) -> str:
-    with pytest.raises(RuleFileError) as info:
-        parse_rules(text, FILE)
-    return str(info.value)
 
 
 def test_starter_rules_load(starter_rules):
@@ -240,7 +228,7 @@ BAD_FILES = {
 @pytest.mark.parametrize("case", BAD_FILES, ids=list(BAD_FILES))
 def test_errors_name_file_rule_field_and_line(case):
     text, rule, field, needle, words = BAD_FILES[case]
-    message = problems(text)
+    message = rule_file_problems(text)
     assert message.startswith(f"{FILE}:{line_of(text, needle)}: rule '{rule}' field '{field}': "), message
     assert words in message
     assert len(message.splitlines()) == 1
@@ -270,7 +258,7 @@ triggers:
     ids=["billion-laughs", "alias", "anchor", "merge-key"],
 )
 def test_yaml_anchors_and_aliases_are_refused_with_the_line(text, needle):
-    message = problems(text)
+    message = rule_file_problems(text)
     assert message == (
         f"{FILE}:{line_of(text, needle)}: field '-': "
         "YAML anchors and aliases (&name, *name, <<) are not allowed: write each value out"
@@ -278,7 +266,7 @@ def test_yaml_anchors_and_aliases_are_refused_with_the_line(text, needle):
 
 
 def test_yaml_nested_too_deeply_is_refused():
-    message = problems(TRIGGER_HEAD + "    content: {x: " + "[" * 5000 + "]" * 5000 + "}\n")
+    message = rule_file_problems(TRIGGER_HEAD + "    content: {x: " + "[" * 5000 + "]" * 5000 + "}\n")
     assert message == f"{FILE}: field '-': YAML nested too deeply"
 
 
@@ -293,14 +281,14 @@ def test_an_offers_file_with_aliases_is_refused_naming_it(tmp_path):
 
 def test_bad_yaml_indentation_names_the_line():
     text = TRIGGER_HEAD + "  - id: second_rule\n    channel: push\n     on: Product Added\n"
-    message = problems(text)
+    message = rule_file_problems(text)
     assert message.startswith(f"{FILE}:{line_of(text, '     on: Product')}: ")
     assert "not valid YAML" in message
 
 
 def test_unless_without_after_points_at_unless():
     text = TRIGGER_HEAD + SECOND + "    unless: [Order Completed]\n"
-    message = problems(text)
+    message = rule_file_problems(text)
     assert message.startswith(f"{FILE}:{line_of(text, 'unless:')}: rule 'second_rule' field 'unless': "), message
     assert "'unless' needs 'after'" in message
 
@@ -310,7 +298,7 @@ def test_every_problem_of_a_file_is_listed():
         "version: v1\ntriggers:\n  - id: one\n    channel: fax\n    on: Signed Up\n"
         "  - id: two\n    channel: push\n    on: Signed Up\n    after: soon\n"
     )
-    lines = problems(text).splitlines()
+    lines = rule_file_problems(text).splitlines()
     assert len(lines) == 2
     assert lines[0].startswith(f"{FILE}:4: rule 'one' field 'channel'")
     assert lines[1].startswith(f"{FILE}:9: rule 'two' field 'after'")
@@ -321,7 +309,7 @@ def test_every_expression_problem_is_listed():
         "version: v1\ntriggers:\n  - id: one\n    channel: push\n    on: Signed Up\n    when: nope > 1\n"
         "audiences:\n  - id: two\n    when: 'orders >'\n"
     )
-    lines = problems(text).splitlines()
+    lines = rule_file_problems(text).splitlines()
     assert [line.split(":")[1] for line in lines] == ["6", "9"]
     assert "rule 'one' field 'when'" in lines[0] and "rule 'two' field 'when'" in lines[1]
 
@@ -331,7 +319,7 @@ def test_every_expression_problem_is_listed():
     [("", "valid dictionary"), ("- a\n", "valid dictionary"), ("triggers: []\n", "version")],
 )
 def test_a_file_that_is_not_a_rule_set(text, words):
-    assert words in problems(text)
+    assert words in rule_file_problems(text)
 
 
 def test_load_rules_on_a_missing_file(tmp_path):
@@ -401,6 +389,6 @@ def test_offer_problems_name_the_line_of_the_rule_and_are_all_reported():
         "triggers:\n"
         "  - id: texted\n    channel: sms\n    on: Signed Up\n    offer_id: next_best\n"
     )
-    message = problems(text)
+    message = rule_file_problems(text)
     assert f"{FILE}:5: rule 'vip' field 'audiences': offer 'vip' names unknown audiences ['giants']" in message
     assert f"{FILE}:10: rule 'texted' field 'offer_id': trigger 'texted' asks for the next best offer" in message
