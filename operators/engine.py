@@ -366,9 +366,8 @@ class CustomerStage:
         anything raise, the features record is put back as it was before ``env``, in place: the
         native call does so itself, and hands over the record as it was for the Python code after it.
         """
-        zone = env.event.context.timezone
-        if zone is None and self.config.reference is not None:  # a till's event: its store's zone
-            zone = event_zone(env, self.config.reference)
+        reference = self.config.reference
+        zone = event_zone(env, reference)  # a till's event without one: its store's
         if zone is not None and zone != state.timezone and known_zone(zone) is not None:
             state.timezone = sys.intern(zone)  # local time (quiet hours, days); one string per zone, shared
         if env.name == CONSENT:
@@ -377,15 +376,14 @@ class CustomerStage:
             props = env.event.properties
             if props.product_id:
                 viewed, category = env.name == "Product Viewed", props.category
-                if category is None and self.config.reference is not None:
-                    category, _ = product_details(self.config.reference, props.product_id, None, props.price)
+                if category is None and reference is not None:
+                    category, _ = product_details(reference, props.product_id, None, props.price)
                 self.models.product_touched(state, props.product_id, category, env.message_id, viewed, env.ts_ms)
-        reference = self.config.reference
         if self.step is None:
             apply_event(state, env, self.config.lifecycle, reference)
             self._apply_rules(state, env, fresh, late, out)
             return
-        update, args = feature_update(env, self.config.lifecycle, reference)
+        update, args = feature_update(env, self.config.lifecycle, reference, zone)
         done = self.step.run(state, env, late, self.clock, fresh, update, args)
         if done is None:
             return

@@ -85,17 +85,17 @@ def _age_band(age: int) -> str:
 def apply_event(state: CustomerState, env: Envelope, lifecycle: Lifecycle, reference: Reference | None = None) -> None:
     """Update every feature ``env``'s event changes, in one call into the customer's record; safe
     for late (out-of-order) events."""
-    method, args = feature_update(env, lifecycle, reference)
+    method, args = feature_update(env, lifecycle, reference, event_zone(env, reference))
     getattr(state.features, method)(*args)
 
 
 def feature_update(
-    env: Envelope, lifecycle: Lifecycle, reference: Reference | None = None
+    env: Envelope, lifecycle: Lifecycle, reference: Reference | None, zone: str | None
 ) -> tuple[str, tuple[Any, ...]]:
     """The call into the features record that applies ``env``: the method's name and its arguments
-    (read from the event first: nothing is changed if reading it fails). With ``reference`` data, an
-    event without a time zone takes its store's, a product event without a category or price the
-    product's."""
+    (read from the event first: nothing is changed if reading it fails). ``zone`` is the event's time
+    zone (:func:`event_zone`); with ``reference`` data, a product event without a category or price
+    takes the product's."""
     event, name, at, message_id = env.event, env.name, env.ts_ms, env.message_id
     context = event.context
     store = context.store.id if context.store is not None else None
@@ -113,10 +113,7 @@ def feature_update(
             props = event.properties
             return "apply_consent", (at, message_id, store, city, country, props.channel, props.granted)
         return "apply", (at, message_id, None, 0, 0, store, city, country)
-    timezone = context.timezone
-    if timezone is None and reference is not None:
-        timezone = reference.store_zone(store)
-    kind, hour, timeout = COUNT_CODE.get(name, OTHER), local_hour(at, timezone), lifecycle.session_timeout_ms
+    kind, hour, timeout = COUNT_CODE.get(name, OTHER), local_hour(at, zone), lifecycle.session_timeout_ms
     if isinstance(event, ProductEvent):
         props = event.properties
         category, price = props.category, props.price

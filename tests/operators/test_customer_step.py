@@ -16,7 +16,7 @@ from connectors.synthetic import generate_events
 from operators.engine import RECHECK, EngineConfig
 from state import codec
 from state.affinity import DAY_MS
-from state.update import feature_update
+from state.update import event_zone, feature_update
 
 # every once_per, cancelling, an immediate trigger (left to Python), a trigger several events arm,
 # native audiences on and off the lifecycle clock and one evaluated in Python (counts)
@@ -133,7 +133,7 @@ def test_a_step_that_fails_past_the_features_puts_them_back_and_changes_nothing(
     state = stage.customers["u1"]
     book, features = state.book, state.features.to_bytes()
     [envelope] = envelopes([track("Product Viewed", "u1", 1, props={"product_id": "p2"})])
-    update, args = feature_update(envelope, stage.config.lifecycle)
+    update, args = feature_update(envelope, stage.config.lifecycle, None, event_zone(envelope, None))
     state.audiences = ("high_value", 7)  # not audience names: the program cannot read them
     with pytest.raises(TypeError):
         stage.step.run(state, envelope, False, stage.clock, True, update, args)
