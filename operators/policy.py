@@ -38,7 +38,6 @@ held decisions (see :meth:`PolicyStage._hold`), by release time; the latest cons
 
 FREQUENCY_CAP, COOLDOWN, QUIET_HOURS, NO_CONSENT = "frequency_cap", "cooldown", "quiet_hours", "no_consent"
 HOLDOUT, LOWER_PRIORITY, BUDGET_SPENT = "holdout", "lower_priority", "budget_spent"
-SUPPRESSION_REASONS = (FREQUENCY_CAP, COOLDOWN, QUIET_HOURS, NO_CONSENT, HOLDOUT, LOWER_PRIORITY, BUDGET_SPENT)
 
 
 class Candidate(NamedTuple):
@@ -282,12 +281,6 @@ class PolicyStage:
         change = (props.channel, bool(props.granted), getattr(props, "source", None), env.ts_ms)
         kept = tuple(c for c in consents if c[0] != props.channel and props.channel != "all")
         state.contacts = (deliveries, held, tuple(sorted((*kept, change))))
-
-
-def consent_changes(state: CustomerState) -> dict[str, dict[str, Any]]:
-    """The customer's latest consent change per channel: granted, source, at (epoch ms)."""
-    consents = (state.contacts or NO_CONTACTS)[2]
-    return {channel: {"granted": g, "source": source, "at_ms": at} for channel, g, source, at in consents}
 
 
 def _held_order(entry: tuple[Any, ...]) -> tuple[int, str]:
