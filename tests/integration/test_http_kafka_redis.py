@@ -1,0 +1,207 @@
+"""The HTTP API's Kafka + Redis backend against a real broker and a real Redis, fed by the real engine."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+import redis
+from conftest import added, call, order, track
+
+from connectors.http.backend import InvalidCursor
+from connectors.http.kafka_redis import KafkaRedisBackend
+from connectors.kafka import ensure_topics, read_topic
+from connectors.local_services import free_port
+from connectors.redis_store import audience_key, customer_keys
+from flows.cli import execute
+from flows.settings import Settings
+
+CUSTOMERS = 25
+BIG_SPENDERS = 12  # u0..u11 order for 6000: high_value
+_runs = itertools.count()
+T = TypeVar("T")
+
+
+def run_with(services: dict[str, str], prefix: str, use: Callable[[KafkaRedisBackend], Awaitable[T]], **kw: Any) -> T:
+    """``use(backend)`` on a fresh event loop, the backend closed afterwards."""
+
+    async def main() -> T:
+        backend = KafkaRedisBackend(
+            services["KAFKA_BOOTSTRAP_SERVERS"],
+            kw.pop("topic", "nudgeflow.events"),
+            kw.pop("redis_url", services["REDIS_URL"]),
+            prefix=prefix,
+            **kw,
+        )
+        try:
+            return await use(backend)
+        finally:
+            await backend.close()
+
+    return asyncio.run(main())
+
+
+def shop_events() -> list[dict[str, Any]]:
+    """25 customers who identify and add to cart; 12 of them order for 6000; a late view moves the clock on."""
+    events: list[dict[str, Any]] = []
+    for n in range(CUSTOMERS):
+        events += [call("identify", f"u{n}", n, traits={"city": f"city{n % 3}"}), added(f"u{n}", n + 1)]
+    events += [order(f"u{n}", 40 + n, total=6000.0) for n in range(BIG_SPENDERS)]
+    events.append(track("Product Viewed", "u0", 600, props={"product_id": "p9", "category": "c1"}))
+    return events
+
+
+@pytest.fixture(scope="module")
+def store(services) -> Iterator[dict[str, Any]]:
+    """Events sent through the backend to a new topic, then the engine run over that topic into Redis."""
+    run = f"{os.getpid()}-{next(_runs)}"
+    topic, prefix = f"api-events-{run}", f"api{run}"
+    ensure_topics(services["KAFKA_BOOTSTRAP_SERVERS"], [topic], 3)
+    lines = [orjson.dumps(e) for e in shop_events()]
+    keyed = [(e["userId"].encode(), line) for e, line in zip(shop_events(), lines, strict=True)]
+    results = run_with(services, prefix, lambda b: b.send(keyed), topic=topic)
+    settings = Settings(
+        source="kafka",
+        kafka_bootstrap_servers=services["KAFKA_BOOTSTRAP_SERVERS"],
+        events_topic=topic,
+        until_end=True,
+        topic_prefix=f"api{run}.",
+        topic_partitions=2,
+        redis_url=services["REDIS_URL"],
+        redis_prefix=prefix,
+        redis_traits=["city"],
+        shards=4,
+    )
+    execute(settings, quiet=True)
+    client = redis.Redis.from_url(services["REDIS_URL"])
+    yield {"topic": topic, "prefix": prefix, "keyed": keyed, "results": results, "redis": client}
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+    client.close()
+
+
+def test_send_confirms_each_event_and_puts_it_on_the_topic_keyed_and_in_order(services, store):
+    assert store["results"] == [None] * len(store["keyed"])
+    messages = list(read_topic(services["KAFKA_BOOTSTRAP_SERVERS"], store["topic"]))
+    by_key: dict[bytes, list[bytes]] = {}
+    for message in messages:
+        by_key.setdefault(message.key(), []).append(message.value())
+    expected: dict[bytes, list[bytes]] = {}
+    for key, line in store["keyed"]:
+        expected.setdefault(key, []).append(line)
+    assert by_key == expected, "every event once, keyed by customer, each customer's in the order sent"
+
+
+def test_the_profile_is_the_engines_with_decisions_newest_first(services, store):
+    profile, unknown = run_with(
+        services, store["prefix"], lambda b: asyncio.gather(b.profile("u1"), b.profile("nobody"))
+    )
+    assert unknown is None
+    assert profile["customer_id"] == "u1"
+    assert profile["features"]["orders"] == 1 and profile["features"]["lifetime_spend"] == 6000.0
+    assert "high_value" in profile["audiences"] and "new_customers" in profile["audiences"]
+    assert profile["traits"] == {"city": "city1"}
+    assert profile["updated_at"].startswith("2026-01-05T") and profile["match_keys"] == {}
+    stored = store["redis"].lrange(customer_keys(store["prefix"], "u1").decisions, 0, -1)
+    assert profile["decisions"] == [orjson.loads(entry) for entry in stored]
+    laggard = run_with(services, store["prefix"], lambda b: b.profile(f"u{CUSTOMERS - 1}"))
+    assert [d["rule_id"] for d in laggard["decisions"]] and "high_value" not in laggard["audiences"]
+    assert set(laggard["decisions"][0]) == {"id", "rule_id", "channel", "offer_id", "time"}
+
+
+def test_audiences_are_listed_with_their_sizes_sorted_by_id(services, store):
+    audiences = run_with(services, store["prefix"], lambda b: b.audiences())
+    sizes = {a["id"]: a["size"] for a in audiences}
+    assert sizes["high_value"] == BIG_SPENDERS and sizes["new_customers"] == CUSTOMERS
+    assert [a["id"] for a in audiences] == sorted(sizes) and all(a["size"] > 0 for a in audiences)
+    client = store["redis"]
+    client.xadd(f"{audience_key(store['prefix'], 'high_value')}:changes", {"customer": "u1", "change": "entered",
+                                                                             "time_ms": "1"})
+    assert run_with(services, store["prefix"], lambda b: b.audiences()) == audiences, "a change log is no audience"
+
+
+async def all_pages(backend: KafkaRedisBackend, audience: str, limit: int) -> list[list[str]]:
+    pages, cursor = [], None
+    for _ in range(10_000):
+        page = await backend.members(audience, cursor, limit)
+        pages.append(page.members)
+        cursor = page.cursor
+        if cursor is None:
+            return pages
+    raise AssertionError("paging does not end")
+
+
+def test_members_come_in_pages_of_at_most_the_limit_each_member_exactly_once(services, store):
+    pages = run_with(services, store["prefix"], lambda b: all_pages(b, "new_customers", 10))
+    assert [len(p) for p in pages] == [10, 10, 5]
+    assert sorted(m for p in pages for m in p) == sorted(f"u{n}" for n in range(CUSTOMERS))
+
+    client, prefix = store["redis"], store["prefix"]
+    big = {f"c{n}" for n in range(1500)}  # a hash-table set (SSCAN's batches vary in size)
+    numbers = {str(n) for n in range(300)}  # an integer set
+    client.sadd(audience_key(prefix, "big"), *big)
+    client.sadd(audience_key(prefix, "numbers"), *numbers)
+    for audience, members, limit in (("big", big, 97), ("numbers", numbers, 64), ("big", big, 1000)):
+        pages = run_with(services, prefix, lambda b, a=audience, n=limit: all_pages(b, a, n))
+        assert all(0 < len(p) <= limit for p in pages) and len(pages[0]) == limit
+        flat = [m for p in pages for m in p]
+        assert len(flat) == len(members) and set(flat) == members, (audience, limit)
+    assert run_with(services, prefix, lambda b: b.members("nobody", None, 10)).members == []
+
+
+def test_a_cursor_that_was_not_handed_out_is_refused(services, store):
+    for cursor in ("not-a-cursor", "WzEsMl0", "bnVsbA"):
+        with pytest.raises(InvalidCursor):
+            run_with(services, store["prefix"], lambda b, c=cursor: b.members("new_customers", c, 10))
+
+
+def test_match_keys_and_changes_are_read_from_the_store_layout(services, store):
+    client, prefix = store["redis"], store["prefix"]
+    client.hset(customer_keys(prefix, "u2").profile, mapping={"match.email_sha256": "ab" * 32})
+    client.hset(customer_keys(prefix, "u3").profile, mapping={"match.phone_sha256": '"' + "cd" * 32 + '"'})
+    keys = run_with(services, prefix, lambda b: b.match_keys(["u2", "u3", "u4", "nobody"]))
+    assert keys == {"u2": {"email_sha256": "ab" * 32}, "u3": {"phone_sha256": "cd" * 32}}
+    profile = run_with(services, prefix, lambda b: b.profile("u2"))
+    assert profile["match_keys"] == {"email_sha256": "ab" * 32} and "match.email_sha256" not in profile["features"]
+
+    stream = f"{audience_key(prefix, 'vip')}:changes"
+    for customer, change, time_ms in [("a", "entered", 100), ("b", "entered", 300), ("a", "exited", 200)]:
+        client.xadd(stream, {"customer": customer, "change": change, "time_ms": str(time_ms)})
+    changes = run_with(services, prefix, lambda b: b.changes("vip", 150))
+    assert [(c.customer_id, c.change, c.time_ms) for c in changes] == [("a", "exited", 200), ("b", "entered", 300)]
+    assert run_with(services, prefix, lambda b: b.changes("nobody", 0)) == []
+
+
+def test_checks_say_ok_and_name_a_redis_that_does_not_answer(services, store):
+    assert run_with(services, store["prefix"], lambda b: b.checks(), topic=store["topic"]) == {
+        "kafka": "ok",
+        "redis": "ok",
+    }
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    states = run_with(services, store["prefix"], lambda b: b.checks(), topic=store["topic"], redis_url=closed)
+    assert states["kafka"] == "ok" and "refused" in states["redis"].lower()
+    missing = run_with(services, store["prefix"], lambda b: b.checks(), topic=f"absent-{next(_runs)}")
+    assert missing["kafka"].startswith("topic absent-")
+
+
+def test_each_event_gets_its_own_result_and_a_full_queue_waits(services, store):
+    topic = f"api-sizes-{os.getpid()}-{next(_runs)}"
+    ensure_topics(services["KAFKA_BOOTSTRAP_SERVERS"], [topic], 1)
+    big = orjson.dumps({"type": "track", "userId": "u1", "pad": "x" * 2_000_000})
+    events = [(b"u1", b'{"n":1}'), (b"u1", big), (b"u1", b'{"n":2}')]
+    results = run_with(services, store["prefix"], lambda b: b.send(events), topic=topic)
+    assert results[0] is None and results[2] is None
+    assert results[1] and "too large" in results[1].lower()
+
+    many = [(None, orjson.dumps({"userId": f"k{n % 5}", "n": n})) for n in range(300)]
+    small_queue = {"queue.buffering.max.messages": 10}
+    results = run_with(services, store["prefix"], lambda b: b.send(many), topic=topic, producer_config=small_queue)
+    assert results == [None] * len(many)
+    messages = list(read_topic(services["KAFKA_BOOTSTRAP_SERVERS"], topic))
+    assert [m.value() for m in messages] == [b'{"n":1}', b'{"n":2}', *(line for _, line in many)]
+    assert {m.key() for m in messages[2:]} == {f"k{n}".encode() for n in range(5)}, "keyed like produce"
