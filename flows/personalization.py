@@ -39,6 +39,7 @@ def build_flow(
     sink: Sink[tuple[str, Output]] | None = None,
     source_partitions: int = 1,
     ledger: Ledger | None = None,
+    profiles: bool = False,
 ) -> Dataflow:
     """Source -> parse/validate -> dedupe -> key by customer -> state + rules -> output files.
 
@@ -46,7 +47,8 @@ def build_flow(
     ``settings.out`` is created empty (a non-empty one is refused unless ``replace_output``);
     a given ``sink`` receives ``(stream, Output)`` pairs instead. ``source_partitions`` is the
     number of partitions a given ``source`` has. ``ledger``: the erasures known before the run
-    (default: read from the ledger topic, or from the ledger file on recordings).
+    (default: read from the ledger topic, or from the ledger file on recordings). ``profiles``: the
+    engine sends changed customers' profiles (stream ``profiles``) to ``sink`` too, without Redis.
     """
     rules = rules or load_rules(settings.rules)
     flow = Dataflow("nudgeflow")
@@ -63,7 +65,7 @@ def build_flow(
         prepare_output_folder(settings.out, replace=settings.replace_output)
         sink = OutputFolderSink(settings.out, write_models=model_files.write_merged)
     raw = op.input("events", flow, source)
-    config = settings.engine_config(snapshots, source_partitions, settings.redis_url is not None, ledger)
+    config = settings.engine_config(snapshots, source_partitions, profiles or settings.redis_url is not None, ledger)
     check_catalogue(rules.offers, config.reference)
     chunked = read_ahead is not None
     outputs = personalize(

@@ -1,0 +1,236 @@
+"""The event journal of a flow run in-process: events accepted over HTTP, appended to one JSONL
+file, and a Bytewax source that tails it.
+
+:class:`EventJournal` appends whole lines under a lock and flushes them before returning, so an
+event is in the file (the operating system's, or the disk's with ``fsync``) once accepted. A
+process killed in the middle of a write can leave a last line without its end: the next journal
+opened on the file ends it, so the following events start on a line of their own (the torn line
+becomes a dead letter, ``invalid_json``, with its bytes). A write that fails is cut off again, so
+no partial line stays between two accepted ones.
+
+:class:`JournalSource` reads the file as it grows (one partition; its resume state is the byte
+offset and line reached): a batch holds what was appended since the last one, and an
+:class:`schemas.items.EndOfInput` follows whenever it has read everything there is, so the
+engine holds nothing back while it waits. It ends once its ``stop`` event is set and everything
+appended before is read. The journal is also a recording: ``nudgeflow replay`` takes it as is.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from connectors.files import _rest_of_line
+from connectors.kafka import next_poll
+from schemas.items import DEFAULT_MAX_EVENT_BYTES, EndOfInput, RawEvent
+from schemas.metrics import INPUT_LINES
+
+POLL_SECONDS = 0.010
+"""A source that read everything looks again this much later (one activation of the flow per look)."""
+
+JournalState = tuple[int, int]
+"""(byte offset, line) of the next line to read."""
+
+
+class EventJournal:
+    """Appends events (JSON lines, without line ends) to ``path``, across restarts; thread-safe."""
+
+    def __init__(self, path: Path, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._file: BinaryIO = self.path.open("ab")
+        self._size = self._file.seek(0, os.SEEK_END)
+        self._end_torn_line()
+
+    def _end_torn_line(self) -> None:
+        """End a last line a crash left without its line end (its bytes are kept: a dead letter)."""
+        if self._size == 0:
+            return
+        with self.path.open("rb") as f:
+            f.seek(self._size - 1)
+            last = f.read(1)
+        if last != b"\n":
+            self._write(b"\n")
+
+    def append(self, lines: Sequence[bytes]) -> None:
+        """Append ``lines``, in order, flushed (and synced with ``fsync``) before returning.
+
+        A line holding a line break is refused (``ValueError``) before anything is written; a write
+        that fails (``OSError``) leaves the file as it was."""
+        for line in lines:
+            if b"\n" in line or b"\r" in line:
+                raise ValueError("an event holds a line break")
+        if lines:
+            self._write(b"".join(line + b"\n" for line in lines))
+
+    def _write(self, data: bytes) -> None:
+        with self._lock:
+            try:
+                self._file.write(data)
+                self._file.flush()
+                if self.fsync:
+                    os.fsync(self._file.fileno())
+            except OSError:
+                self._cut_back()
+                raise
+            self._size += len(data)
+
+    def _cut_back(self) -> None:
+        """Remove what a failed write left after the last whole line (best effort)."""
+        try:
+            self._file.close()
+            os.truncate(self.path, self._size)
+        except OSError:
+            pass
+        self._file = self.path.open("ab")
+
+    @property
+    def size(self) -> int:
+        """Bytes appended so far (the file's size)."""
+        return self._size
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+class _JournalTail(StatefulSourcePartition[RawEvent | EndOfInput, JournalState]):
+    """Reads the journal from a byte offset, as far as it is written; a line without its end yet
+    (a write in progress) is left for the next batch."""
+
+    def __init__(
+        self, path: Path, batch_size: int, stop: threading.Event, max_bytes: int, resume: JournalState | None,
+        caught_up: threading.Event,
+    ) -> None:  # fmt: skip
+        self._path = path
+        self._name = path.name
+        self._batch_size = batch_size
+        self._stop = stop
+        self._max_bytes = max_bytes
+        self._limit = max_bytes + 2  # room for the line end
+        self._offset, self._line = resume or (0, 0)
+        self._caught_up = caught_up
+        self._file: BinaryIO | None = None
+        self._idle = False  # said so (EndOfInput) since the last record
+        self._ending = False
+        self._awake: datetime | None = None
+        self._blank_lines, self._record_lines = INPUT_LINES.labels(kind="blank"), INPUT_LINES.labels(kind="record")
+
+    def next_batch(self) -> list[RawEvent | EndOfInput]:
+        if self._ending:
+            raise StopIteration
+        stopping = self._stop.is_set()  # what was appended before the stop is read first
+        batch: list[RawEvent | EndOfInput] = self._read()
+        now = time.time()
+        self._awake = None
+        if len(batch) < self._batch_size:  # read all there is
+            if batch or not self._idle:
+                batch.append(EndOfInput(self._line))
+                self._idle = True
+            self._caught_up.set()
+            self._ending = stopping
+            self._awake = next_poll(now, POLL_SECONDS)
+        else:
+            self._idle = False
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def _read(self) -> list[RawEvent | EndOfInput]:
+        file = self._open()
+        if file is None:
+            return []
+        batch: list[RawEvent | EndOfInput] = []
+        blank = 0
+        now = time.time()
+        while len(batch) < self._batch_size:
+            start = self._offset
+            line = file.readline(self._limit)
+            if not line.endswith(b"\n"):
+                if len(line) < self._limit:  # the end of what is written (perhaps within a line)
+                    file.seek(start)
+                    break
+                record = self._too_large(file, line, now)
+                if record is None:
+                    file.seek(start)
+                    break
+                batch.append(record)
+                continue
+            self._offset += len(line)
+            self._line += 1
+            payload = line.rstrip(b"\r\n")
+            if payload and not payload.isspace():
+                position = {"file": self._name, "line": self._line}
+                batch.append(RawEvent(self._line, position, payload, arrived=now))
+            else:
+                blank += 1
+        self._record_lines.inc(len(batch))
+        self._blank_lines.inc(blank)
+        return batch
+
+    def _too_large(self, file: BinaryIO, start: bytes, now: float) -> RawEvent | None:
+        """A line over the size limit, read to its end: its first bytes only (``None``: not ended yet)."""
+        head, size, sha256 = _rest_of_line(file, start)
+        end = file.tell()
+        file.seek(end - 1)
+        if file.read(1) != b"\n":
+            return None
+        self._offset = end
+        self._line += 1
+        message = f"event is {size} bytes, the limit is {self._max_bytes}"
+        position = {"file": self._name, "line": self._line}
+        rejected = ("nudgeflow.parse", "too_large", message)
+        return RawEvent(self._line, position, head, rejected=rejected, arrived=now, whole=(size, sha256))
+
+    def _open(self) -> BinaryIO | None:
+        if self._file is None:
+            try:
+                self._file = self._path.open("rb")
+            except FileNotFoundError:
+                return None  # nothing appended yet
+            self._file.seek(self._offset)
+        return self._file
+
+    def snapshot(self) -> JournalState:
+        return (self._offset, self._line)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class JournalSource(FixedPartitionedSource[RawEvent | EndOfInput, JournalState]):
+    """Tails the event journal at ``path`` (one partition; see the module doc) until ``stop`` is set.
+
+    ``caught_up`` is set once the source has read everything the journal held (at start: the
+    events of earlier runs, which rebuild the engine's state)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int = 1000,
+        stop: threading.Event | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.stop = stop or threading.Event()
+        self.max_event_bytes = max_event_bytes
+        self.caught_up = threading.Event()
+
+    def list_parts(self) -> list[str]:
+        return ["journal"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: JournalState | None) -> _JournalTail:
+        return _JournalTail(self.path, self.batch_size, self.stop, self.max_event_bytes, resume_state, self.caught_up)
