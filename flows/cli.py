@@ -136,6 +136,17 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--partitions", type=int, default=8, help="partitions when the topic is created")
     produce.set_defaults(command=_produce)
 
+    api = sub.add_parser("serve", help="the HTTP API: the engine in-process, or a front on Kafka and Redis (--kafka)")
+    api.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    api.add_argument("--port", type=int, help="port to listen on (default 8080; 0: any free port)")
+    api.add_argument("--kafka", action="store_true", help="a stateless front: events to Kafka, answers from Redis")
+    api.add_argument("--keys", type=Path, help="API keys file (default: settings; none: one key made for the run)")
+    api.add_argument("--out", type=Path, default=Path("out/live"), help="local engine: output folder and journal")
+    api.add_argument("--force", action="store_true", help="local engine: replace a non-empty output folder")
+    api.add_argument("--rules", type=Path, help="local engine: rule file (default: rules/starter.yaml)")
+    api.add_argument("-w", "--workers", type=int, default=1, help="local engine: Bytewax worker threads")
+    api.set_defaults(command=_serve_api)
+
     erase = sub.add_parser("erase", help="request a customer's erasure: an Erasure Requested event to Kafka or a file")
     erase.add_argument("customer_id", help="the customer's userId")
     erase.add_argument("--request-id", help="the request's id (default: a new one, printed)")
@@ -513,6 +524,21 @@ def run_in_processes(settings: Settings, processes: int, workers: int = 1, quiet
         _wait_all(pids, "run")
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _serve_api(args: argparse.Namespace) -> int:
+    from flows.serve import run_server
+
+    settings = Settings.from_env(
+        out=args.out,
+        rules=args.rules,
+        replace_output=args.force or None,
+        api_host=args.host,
+        api_port=args.port,
+        api_keys_file=args.keys,
+    )
+    run_server(settings, kafka=args.kafka or settings.source == "kafka", workers=args.workers)
+    return 0
 
 
 def _produce(args: argparse.Namespace) -> int:

@@ -88,6 +88,14 @@ class Settings(BaseModel):
     recovery_dir: Path | None = Field(None, description="Bytewax recovery store (off when unset)")
     recovery_partitions: int = Field(1, ge=1, description="recovery store partitions created when it is new")
     backup_seconds: float = Field(60, ge=0, description="how long superseded snapshots are kept")
+    api_host: str = Field("127.0.0.1", min_length=1, description="address nudgeflow serve listens on")
+    api_port: int = Field(8080, ge=0, le=65535, description="port nudgeflow serve listens on")
+    api_keys_file: Path | None = Field(None, description="API keys file (YAML: names, SHA-256 of the keys, scopes)")
+    api_keys: str | None = Field(
+        None, description="API keys as name:scope+scope:sha256[,...] (with the keys file's, if any)"
+    )
+    api_max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body the API takes (inflated)")
+    api_max_batch: int = Field(1000, ge=1, description="most events in one POST /v1/events")
 
     def engine_config(
         self, snapshots: bool = False, source_partitions: int = 1, profiles: bool = False, erased: Ledger | None = None
