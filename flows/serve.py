@@ -16,12 +16,12 @@ made for the run and printed once on stderr, with the dashboard's address.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 
@@ -153,10 +153,8 @@ async def _wait_for_stop(stop: asyncio.Event, engine: LocalEngine | None) -> Non
         if engine is not None and not engine.thread.is_alive():
             log.error("the engine stopped; stopping the server")
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), WATCH_SECONDS)
-        except TimeoutError:
-            pass
 
 
 def _announce(settings: Settings, served: Served, port: int, generated: str | None) -> None:
