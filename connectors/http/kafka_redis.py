@@ -16,7 +16,6 @@ import base64
 import binascii
 import contextlib
 import os
-import threading
 from functools import partial
 from typing import Any
 
@@ -27,7 +26,7 @@ from confluent_kafka.admin import AdminClient
 from redis import exceptions as rx
 
 from connectors.http.backend import Change, InvalidCursor, Page
-from connectors.kafka import event_key, kafka_config
+from connectors.kafka import _DeliveryReports, event_key, kafka_config
 from connectors.redis_store import audience_key, customer_keys
 
 PRODUCER_SETTINGS: dict[str, Any] = {
@@ -78,7 +77,8 @@ class KafkaRedisBackend:
         timeout_ms = int(delivery_timeout * 1000)
         settings = {**PRODUCER_SETTINGS, "message.timeout.ms": timeout_ms, **(producer_config or {})}
         self._producer = Producer(kafka_config(bootstrap_servers, {**self._client_config, **settings}))
-        self._reports = _DeliveryReports(self._producer)
+        self._reports = _DeliveryReports(self._producer)  # resolves each event's future as Kafka confirms it
+        self._reports.use()
         self._reports.start()
         self._admin = AdminClient(kafka_config(bootstrap_servers, self._client_config))
         options: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2, "client_name": "nudgeflow-api"}
@@ -216,23 +216,10 @@ class KafkaRedisBackend:
     async def close(self) -> None:
         """Wait for what is being delivered (at most the delivery timeout), then release the clients."""
         await asyncio.to_thread(self._producer.flush, self.delivery_timeout)
-        self._reports.halt.set()
+        self._reports.release()
         await asyncio.to_thread(self._reports.join, 5)
         await asyncio.to_thread(self._producer.close)
         await self._redis.aclose()
-
-
-class _DeliveryReports(threading.Thread):
-    """Serves the producer's delivery reports, so each event's future resolves as Kafka confirms it."""
-
-    def __init__(self, producer: Producer) -> None:
-        super().__init__(name="api-delivery-reports", daemon=True)
-        self.producer = producer
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            self.producer.poll(0.05)
 
 
 def _delivered(
