@@ -205,3 +205,34 @@ def test_each_event_gets_its_own_result_and_a_full_queue_waits(services, store):
     messages = list(read_topic(services["KAFKA_BOOTSTRAP_SERVERS"], topic))
     assert [m.value() for m in messages] == [b'{"n":1}', b'{"n":2}', *(line for _, line in many)]
     assert {m.key() for m in messages[2:]} == {f"k{n}".encode() for n in range(5)}, "keyed like produce"
+
+
+def test_a_redis_cluster_is_read_through_every_node(services, redis_cluster_url):
+    prefix = f"cl{os.getpid()}-{next(_runs)}"
+    cluster = redis.RedisCluster.from_url(redis_cluster_url)
+    audiences = {f"a{n}": {f"m{n}-{i}" for i in range(n * 40 + 1)} for n in range(6)}
+    try:
+        for audience, members in audiences.items():
+            cluster.sadd(audience_key(prefix, audience), *members)
+        for n in range(30):
+            cluster.hset(customer_keys(prefix, f"c{n}").profile, mapping={"orders": str(n), "match.email_sha256": "e"})
+        slots = {cluster.keyslot(audience_key(prefix, a)) for a in audiences}
+        assert len({cluster.get_node_from_key(audience_key(prefix, a)).name for a in audiences}) > 1, slots
+
+        async def read(backend: KafkaRedisBackend) -> tuple[Any, ...]:
+            pages = {a: await all_pages(backend, a, 50) for a in audiences}
+            customers = [f"c{n}" for n in range(30)]
+            return await backend.audiences(), pages, await backend.match_keys(customers), await backend.checks()
+
+        listed, pages, keys, states = run_with(services, prefix, read, redis_url=redis_cluster_url, cluster=True)
+        assert listed == [{"id": a, "size": len(m)} for a, m in sorted(audiences.items())]
+        for audience, members in audiences.items():
+            flat = [m for page in pages[audience] for m in page]
+            assert len(flat) == len(members) and set(flat) == members
+        assert keys == {f"c{n}": {"email_sha256": "e"} for n in range(30)}
+        assert states["redis"] == "ok"
+    finally:
+        for node in cluster.get_primaries():
+            for key in cluster.scan_iter(f"{prefix}:*", target_nodes=node):
+                cluster.delete(key)
+        cluster.close()
