@@ -59,7 +59,7 @@ def run_server(settings: Settings, kafka: bool, workers: int = 1, extra: Sequenc
     keys, generated = keyring(settings)
     served = open_backend(settings, kafka, workers)
     try:
-        limits = ApiLimits(max_body_bytes=settings.api_max_body_bytes, max_events=settings.api_max_batch)
+        limits = ApiLimits(settings.api_max_body_bytes, settings.api_max_batch, settings.max_event_bytes)
         validator = contract_validator(settings.max_event_bytes, int(settings.max_skew_minutes * MINUTE_MS))
         app = make_app(served.backend, validator, keys, limits, extra)
         asyncio.run(_serve(app, settings, served, generated))
