@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import math
 from collections.abc import Callable
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from connectors.http.auth import KeyRing, middlewares
 from connectors.http.dashboard import (
     MetricsSampler,
     add_dashboard,
@@ -21,6 +24,7 @@ from connectors.http.dashboard import (
     scraped_metrics,
 )
 from connectors.local_services import free_port
+from schemas.api import ApiKeySpec
 
 BOUNDS = ("0.01", "0.1", "0.5", "1.0", "+Inf")
 
@@ -244,3 +248,73 @@ def test_a_failing_read_gives_a_frame_with_the_error_and_sampling_goes_on():
     failed, recovered = asyncio.run(scenario())
     assert failed["error"] == "RuntimeError: registry unavailable"
     assert recovered["events"]["total"] == 7.0
+
+
+KEYS = {"reader": "nf_reader-key", "writer": "nf_writer-key"}
+
+
+def keyring() -> KeyRing:
+    scopes = {"reader": ["read"], "writer": ["ingest"]}
+    return KeyRing(
+        ApiKeySpec(name=name, sha256=hashlib.sha256(secret.encode()).hexdigest(), scopes=scopes[name])
+        for name, secret in KEYS.items()
+    )
+
+
+def test_the_stream_sends_frames_to_read_keys_only_and_forgets_clients_that_leave():
+    async def read() -> str:
+        return exposition(events=42, decisions={"push": 3})
+
+    sampler = MetricsSampler(read, interval=0.05)
+    app = web.Application(middlewares=middlewares(keyring()))
+    add_dashboard(app, sampler)
+
+    async def scenario() -> dict:
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        url = str(server.make_url("/dashboard/stream"))
+        timeout = aiohttp.ClientTimeout(total=10)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                async with session.get(url) as anonymous:
+                    refused = (anonymous.status, await anonymous.json())
+                async with session.get(url, headers={"Authorization": f"Bearer {KEYS['writer']}"}) as writer:
+                    forbidden = (writer.status, await writer.json())
+                headers = {"Authorization": f"Bearer {KEYS['reader']}"}
+                async with session.get(url, headers=headers) as stream:
+                    content_type = stream.headers["Content-Type"]
+                    frames = []
+                    while len(frames) < 2:
+                        line = await stream.content.readline()
+                        if line.startswith(b"data: "):
+                            frames.append(orjson.loads(line[6:]))
+                    listening = sampler.subscribers
+                for _ in range(100):  # the server notices at its next write
+                    if sampler.subscribers == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                page = await session.get(str(server.make_url("/dashboard")))
+                script = await session.get(str(server.make_url("/dashboard/static/dashboard.js")))
+                return {
+                    "refused": refused,
+                    "forbidden": forbidden,
+                    "content_type": content_type,
+                    "frames": frames,
+                    "listening": listening,
+                    "left": sampler.subscribers,
+                    "page": (page.status, page.headers.get("Content-Security-Policy"), await page.text()),
+                    "script": (script.status, await script.text()),
+                }
+        finally:
+            await server.close()
+
+    seen = asyncio.run(scenario())
+    assert seen["refused"] == (401, {"error": "unauthorized"})
+    assert seen["forbidden"] == (403, {"error": "forbidden"})
+    assert seen["content_type"] == "text/event-stream"
+    assert [f["events"]["total"] for f in seen["frames"]] == [42.0, 42.0]
+    assert seen["listening"] == 1 and seen["left"] == 0, "a client that went away is no longer fed"
+    status, policy, html = seen["page"]
+    assert status == 200 and "default-src 'self'" in policy, "the page needs no key and loads nothing from elsewhere"
+    assert 'data-testid="events-rate"' in html
+    assert seen["script"][0] == 200 and "Authorization" in seen["script"][1]
