@@ -274,7 +274,8 @@ class MetricsSampler:
         return out
 
     def _audience_sizes(self, now: float, samples: Samples) -> list[dict[str, Any]]:
-        """Each audience's size (entered minus exited) and its sizes at :data:`AUDIENCE_STEP_SECONDS` steps."""
+        """Each audience's size (entered minus exited) and its sizes at :data:`AUDIENCE_STEP_SECONDS` steps
+        over the last 10 minutes, then now."""
         changes = by_label(samples, "nudgeflow_audience_changes_total", "audience", "change")
         sizes: dict[str, float] = {}
         for (audience, change), n in changes.items():
@@ -287,7 +288,8 @@ class MetricsSampler:
                 "size": size,
                 "entered": changes.get((audience, "entered"), 0.0),
                 "exited": changes.get((audience, "exited"), 0.0),
-                "history": [kept.get(audience, 0.0) for _, kept in self._audiences],
+                "history": [kept.get(audience, 0.0) for _, kept in self._audiences]
+                + ([] if self._audiences[-1][0] == now else [size]),
             }
             for audience, size in sorted(sizes.items())
         ]

@@ -147,8 +147,9 @@ def test_audience_sizes_are_entries_less_exits_kept_every_10_seconds_for_10_minu
     frames = [step() for _ in texts]
     vip = next(a for a in frames[-1]["audiences"] if a["id"] == "vip")
     assert vip["size"] == 10 + 699 - 699 // 2 and vip["entered"] == 709 and vip["exited"] == 349
-    assert len(vip["history"]) == 60, "10 minutes at a 10 s step"
-    assert vip["history"][-1] == 10 + 690 - 345 and vip["history"][0] == 10 + 100 - 50
+    assert len(vip["history"]) == 61, "10 minutes at a 10 s step, then now"
+    assert vip["history"][0] == 10 + 100 - 50 and vip["history"][-2] == 10 + 690 - 345
+    assert vip["history"][-1] == vip["size"]
     assert [a["id"] for a in frames[-1]["audiences"]] == ["lapsed", "vip"]
 
 

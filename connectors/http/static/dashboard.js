@@ -187,7 +187,7 @@ function sparkline(values, width, height) {
 
 function reliabilityChart(rows) {
   const width = 300, height = 120, pad = 4;
-  const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "bars" });
+  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", class: "bars" });
   const slot = (width - 2 * pad) / rows.length;
   rows.forEach((row, i) => {
     const x = pad + i * slot;
