@@ -464,3 +464,13 @@ def add_dashboard(app: web.Application, sampler: MetricsSampler) -> None:
     app.router.add_get("/dashboard", _page)
     app.router.add_get("/dashboard/stream", _stream)
     app.router.add_static("/dashboard/static", STATIC, append_version=False)
+
+
+def dashboard(metrics_urls: Sequence[str] = ()) -> Callable[[web.Application], None]:
+    """The route adder for ``make_app(extra=...)``: the dashboard over this process's metrics (the engine
+    runs in-process), or over the engines' ``/metrics`` at ``metrics_urls``, summed (a stateless front)."""
+
+    def add(app: web.Application) -> None:
+        add_dashboard(app, MetricsSampler(scraped_metrics(metrics_urls) if metrics_urls else local_metrics))
+
+    return add
