@@ -38,12 +38,17 @@ rust-deps:
 		$$sudo apt-get install -y -qq $$pkg >/dev/null; }
 	@cargo --version
 
+# Debian's redis-server for the Redis tests; Debian's chromium for the dashboard's browser test
+# (Playwright drives it: no browser is downloaded).
 services-deps:
 	@command -v java >/dev/null || { echo "Java 17+ is needed for the local Kafka broker"; exit 1; }
 	@command -v mvn >/dev/null || { echo "Maven is needed to fetch the Kafka jars"; exit 1; }
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
 		else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
 	$(BIN)/python -m connectors.local_services jars
 
 lint: venv

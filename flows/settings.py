@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -82,6 +82,9 @@ class Settings(BaseModel):
     metrics_host: str = Field(
         "127.0.0.1", min_length=1, description="address /metrics listens on (0.0.0.0: every interface)"
     )
+    dashboard_metrics_urls: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(
+        [], description="engines' /metrics URLs the dashboard of nudgeflow serve sums (none: its own process's)"
+    )
     erasure_ledger: Path | None = Field(
         None, description="erasure ledger file runs on recordings read first and add to (default: OUT/erasures.jsonl)"
     )
@@ -157,7 +160,7 @@ class Settings(BaseModel):
             raise ConfigurationError(f"invalid settings: {_problems(err, config_file, lines)}") from None
 
 
-LIST_FIELDS = frozenset({"input", "redis_traits"})
+LIST_FIELDS = frozenset({"input", "redis_traits", "dashboard_metrics_urls"})
 
 
 def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:

@@ -1,0 +1,142 @@
+"""The dashboard in a real headless browser (Debian's chromium driven by Playwright) while the real
+engine replays a synthetic recording in this process: the page shows live, changing figures."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+from bytewax.testing import TestingSink, TestingSource, run_main
+from playwright.sync_api import Page, expect, sync_playwright
+
+from connectors.http.auth import KeyRing, middlewares
+from connectors.http.dashboard import MetricsSampler, add_dashboard, local_metrics
+from connectors.local_services import free_port
+from connectors.synthetic import generate_events
+from flows.personalization import build_flow
+from flows.settings import Settings
+from schemas.api import ApiKeySpec
+from schemas.items import EndOfInput, RawEvent
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+KEY = "nf_dashboard-browser-test-key"
+EVENTS_PER_SECOND = 4000  # about 17 s for the 67,000 events of 2,000 customers over 3 days
+
+
+def paced_records(stop: threading.Event) -> Iterator[RawEvent | EndOfInput]:
+    """A synthetic recording's events as a file source reads them, at a steady pace (so the dashboard
+    sees a live stream, not a replay over in two seconds), ending early when ``stop`` is set."""
+    started, line = time.monotonic(), 0
+    for line, event in enumerate(generate_events(customers=2000, days=3, seed=11), start=1):
+        if line % 200 == 0:
+            ahead = line / EVENTS_PER_SECOND - (time.monotonic() - started)
+            if stop.wait(max(0.0, ahead)):
+                break
+        yield RawEvent(line, {"file": "synthetic.jsonl", "line": line}, orjson.dumps(event), arrived=time.time())
+    yield EndOfInput(line)
+
+
+class Replay:
+    """The engine replaying the paced recording in a background thread of this process."""
+
+    def __init__(self, out: Path) -> None:
+        self.stop = threading.Event()
+        self.outputs: list = []
+        source = TestingSource(paced_records(self.stop), batch_size=200)
+        flow = build_flow(Settings(out=out), source=source, sink=TestingSink(self.outputs))
+        self.thread = threading.Thread(target=run_main, args=(flow,), name="replay", daemon=True)
+
+    def __enter__(self) -> Replay:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "the replay ends when told to"
+
+
+class Server:
+    """The app with the dashboard, served on a free loopback port by an event loop in its own thread."""
+
+    def __init__(self, keys: KeyRing) -> None:
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        app = web.Application(middlewares=middlewares(keys))
+        add_dashboard(app, MetricsSampler(local_metrics))
+        self.runner = web.AppRunner(app)
+        self.thread = threading.Thread(target=self.loop.run_forever, name="dashboard-server", daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=10)
+        return self
+
+    async def _start(self) -> None:
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+    def url(self, fragment: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}/dashboard{fragment}"
+
+
+def number(page: Page, testid: str) -> float:
+    """A figure of the page as a number (``1,234`` and ``12.5`` are read; ``–`` is not a number)."""
+    text = page.get_by_test_id(testid).inner_text()
+    assert re.fullmatch(r"[\d,]+(\.\d+)?", text), f"{testid} shows {text!r}"
+    return float(text.replace(",", ""))
+
+
+def test_the_dashboard_shows_a_live_replay_and_refuses_a_wrong_key(tmp_path):
+    assert Path(CHROMIUM).exists(), "Debian's chromium is needed: `make services-deps` installs it"
+    keys = KeyRing([ApiKeySpec(name="viewer", sha256=hashlib.sha256(KEY.encode()).hexdigest(), scopes=["read"])])
+    with Replay(tmp_path / "out") as replay, Server(keys) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server.url(f"#key={KEY}"))
+            expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live", timeout=15_000)
+            assert KEY not in page.evaluate("location.href"), "the key is taken out of the address bar"
+            assert page.evaluate("sessionStorage.length") == 1, "and kept for this tab only"
+
+            expect(page.get_by_test_id("events-rate")).not_to_have_text(re.compile(r"^(–|0\.0)$"), timeout=15_000)
+            expect(page.get_by_test_id("decisions-total")).not_to_have_text(re.compile(r"^(–|0)$"), timeout=15_000)
+            first = {name: number(page, name) for name in ("events-rate", "events-total", "decisions-total")}
+            page.wait_for_timeout(2500)
+            second = {name: number(page, name) for name in ("events-rate", "events-total", "decisions-total")}
+            assert first["events-rate"] > 0 and second["events-rate"] > 0
+            assert second["events-total"] > first["events-total"], "the figures move with the replay"
+            assert second["decisions-total"] >= first["decisions-total"] > 0
+            assert second != first
+
+            expect(page.get_by_test_id("audience-row").first).to_be_visible(timeout=10_000)
+            audiences = page.get_by_test_id("audience-row").all_inner_texts()
+            assert any(row.startswith("new_customers") for row in audiences), audiences
+            assert page.get_by_test_id("channel-row").count() >= 1
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
+            shutil.copyfile(tmp_path / "dashboard.png", ARTIFACTS / "dashboard.png")
+
+            stranger = browser.new_context().new_page()
+            stranger.goto(server.url("#key=nf_not-a-key"))
+            expect(stranger.get_by_test_id("status")).to_have_attribute("data-state", "unauthorized", timeout=10_000)
+            expect(stranger.get_by_test_id("status")).to_contain_text("unauthorized")
+            expect(stranger.get_by_test_id("key-form")).to_be_visible()
+            expect(stranger.get_by_test_id("events-total")).to_have_text("–")
+        finally:
+            browser.close()
+    assert replay.outputs, "the engine produced its outputs"
