@@ -28,6 +28,7 @@ from aiohttp import web
 from connectors.http.app import ApiLimits, make_app
 from connectors.http.auth import KeyRing, RequestIdFilter, generated_admin_key, load_keyring
 from connectors.http.backend import Backend
+from connectors.http.dashboard import dashboard
 from flows.api_validation import contract_validator
 from flows.local_engine import LocalEngine, start_local_engine
 from flows.settings import Settings
@@ -54,14 +55,16 @@ class Served:
 
 
 def run_server(settings: Settings, kafka: bool, workers: int = 1, extra: Sequence[RouteAdder] = ()) -> None:
-    """Serve the API with the ``api_*`` settings until SIGINT or SIGTERM (see the module doc)."""
+    """Serve the API and the dashboard with the ``api_*`` settings until SIGINT or SIGTERM (see the
+    module doc); ``extra`` add more routes."""
     configure_logging()
     keys, generated = keyring(settings)
     served = open_backend(settings, kafka, workers)
     try:
         limits = ApiLimits(settings.api_max_body_bytes, settings.api_max_batch, settings.max_event_bytes)
         validator = contract_validator(settings.max_event_bytes, int(settings.max_skew_minutes * MINUTE_MS))
-        app = make_app(served.backend, validator, keys, limits, extra)
+        routes = [dashboard(settings.dashboard_metrics_urls), *extra]
+        app = make_app(served.backend, validator, keys, limits, routes)
         asyncio.run(_serve(app, settings, served, generated))
     finally:
         if served.engine is not None:

@@ -111,6 +111,27 @@ def http(method: str, url: str, key: str | None = None, body: Any = None) -> tup
     return asyncio.run(send())
 
 
+async def fetch_text(url: str) -> str:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
+        assert response.status == 200
+        return await response.text()
+
+
+async def first_frame(url: str, key: str) -> dict[str, Any]:
+    """The first data frame of a server-sent events stream with a total count of events."""
+    headers = {"Authorization": f"Bearer {key}"}
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url, headers=headers) as response:
+        assert response.status == 200
+        async for line in response.content:
+            if line.startswith(b"data: "):
+                frame = orjson.loads(line[6:])
+                if frame["events"]["total"]:
+                    return frame
+    raise AssertionError("the stream ended without a frame")
+
+
 def keys_file(folder: Path, **scopes: list[str]) -> tuple[Path, dict[str, str]]:
     """A keys file with one key per name in ``scopes``; the keys by name."""
     secrets = {name: new_key() for name in scopes}
@@ -181,6 +202,10 @@ def test_the_local_engine_serves_its_own_decisions_with_a_key_made_for_the_run(t
         time.sleep(0.2)
     assert profile is not None and "high_value" in profile["audiences"], profile
     assert http("GET", f"{server.url}/readyz")[0] == 200
+    page = asyncio.run(fetch_text(f"{server.url}/dashboard"))
+    assert "<html" in page.lower()
+    frame = asyncio.run(first_frame(f"{server.url}/dashboard/stream", key))
+    assert frame["events"]["total"] >= len(events), "the dashboard reads the in-process engine's metrics"
 
     assert server.terminate() < STOP_SECONDS
     changes = [orjson.loads(line) for line in (out / "audience_changes.jsonl").read_bytes().splitlines()]
