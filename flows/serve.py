@@ -20,7 +20,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -57,31 +57,37 @@ class Served:
 def run_server(settings: Settings, kafka: bool, workers: int = 1, extra: Sequence[RouteAdder] = ()) -> None:
     """Serve the API and the dashboard with the ``api_*`` settings until SIGINT or SIGTERM (see the
     module doc); ``extra`` add more routes."""
-    configure_logging()
     keys, generated = keyring(settings)
-    served = open_backend(settings, kafka, workers)
-    try:
-        limits = ApiLimits(settings.api_max_body_bytes, settings.api_max_batch, settings.max_event_bytes)
-        validator = contract_validator(settings.max_event_bytes, int(settings.max_skew_minutes * MINUTE_MS))
-        routes = [dashboard(settings.dashboard_metrics_urls), *extra]
-        app = make_app(served.backend, validator, keys, limits, routes)
-        asyncio.run(_serve(app, settings, served, generated))
-    finally:
-        if served.engine is not None:
-            served.engine.stop()
+    with logging_to_stderr():
+        served = open_backend(settings, kafka, workers)
+        try:
+            limits = ApiLimits(settings.api_max_body_bytes, settings.api_max_batch, settings.max_event_bytes)
+            validator = contract_validator(settings.max_event_bytes, int(settings.max_skew_minutes * MINUTE_MS))
+            routes = [dashboard(settings.dashboard_metrics_urls), *extra]
+            app = make_app(served.backend, validator, keys, limits, routes)
+            asyncio.run(_serve(app, settings, served, generated))
+        finally:
+            if served.engine is not None:
+                served.engine.stop()
+                log.info("the engine has stopped")
 
 
-def configure_logging() -> None:
-    """Log records on stderr, each with the id of the request being handled (``-`` outside requests)."""
+@contextlib.contextmanager
+def logging_to_stderr(level: int = logging.INFO) -> Iterator[None]:
+    """Log records (``level`` and above) on stderr while serving, each with the id of the request being
+    handled (``-`` outside requests)."""
     root = logging.getLogger()
-    if any(getattr(h, "nudgeflow_serve", False) for h in root.handlers):
-        return
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    handler.nudgeflow_serve = True  # type: ignore[attr-defined]
+    previous = root.level
     root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
 
 
 def keyring(settings: Settings) -> tuple[KeyRing, str | None]:
@@ -182,4 +188,4 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-__all__ = ["Served", "configure_logging", "keyring", "open_backend", "run_server"]
+__all__ = ["Served", "keyring", "logging_to_stderr", "open_backend", "run_server"]

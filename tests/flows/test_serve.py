@@ -213,3 +213,30 @@ def test_the_local_engine_serves_its_own_decisions_with_a_key_made_for_the_run(t
         ("u1", "high_value", "entered")
     }
     assert server.stderr.count(key) == 1, "the generated key is shown once, and never logged"
+
+
+@pytest.fixture
+def no_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("NUDGEFLOW_")]:
+        monkeypatch.delenv(name)
+
+
+def test_what_cannot_be_served_stops_the_start_with_one_line(tmp_path, capsys, no_settings):
+    from flows.cli import main
+
+    bad_keys = tmp_path / "keys.yaml"
+    bad_keys.write_text("keys:\n  - name: tills\n    sha256: nothex\n    scopes: [ingest]\n")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    port = str(free_port())
+    cases = [
+        (["--keys", str(bad_keys)], f"keys file {bad_keys}, line 3"),
+        (["--kafka"], "NUDGEFLOW_REDIS_URL"),
+        (["--out", str(foreign)], str(foreign)),
+    ]
+    for args, named in cases:
+        assert main(["serve", "--port", port, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("nudgeflow: ") and named in err and err.count("\n") == 1, err
+    assert (foreign / "notes.txt").read_text() == "mine", "a folder that is not a live run's is left alone"
