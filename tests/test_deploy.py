@@ -334,6 +334,21 @@ def test_engine_environment_is_valid_settings(engine_env: dict[str, str]) -> Non
     assert settings.source == "kafka"
 
 
+def test_the_api_is_a_kafka_front_on_the_engines_services(services: dict[str, dict[str, Any]]) -> None:
+    api = services["api"]
+    arguments = [*api["entrypoint"], *api["command"]]
+    args = _parser().parse_args(arguments[1:])
+    assert arguments[0] == "nudgeflow" and args.command.__name__ == "_serve_api" and args.kafka
+    settings = Settings.from_env(environment(api))
+    engine = Settings.from_env(environment(services[ENGINE]))
+    assert (settings.kafka_bootstrap_servers, settings.redis_url) == (
+        engine.kafka_bootstrap_servers,
+        engine.redis_url,
+    ), "the API reads and writes what the engine does"
+    assert any(port.endswith(f":{settings.api_port}") for port in api["ports"])
+    assert all(url.startswith(f"http://{ENGINE}:{engine.metrics_port}/") for url in settings.dashboard_metrics_urls)
+
+
 def test_engine_recovery_dir_is_a_volume_created_in_the_image(
     services: dict[str, dict[str, Any]], engine_env: dict[str, str]
 ) -> None:
