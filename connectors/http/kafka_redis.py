@@ -15,19 +15,24 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import os
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 import redis.asyncio as aredis
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from redis import exceptions as rx
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from connectors.http.backend import Change, InvalidCursor, Page
 from connectors.kafka import _DeliveryReports, event_key, kafka_config
 from connectors.redis_store import audience_key, customer_keys
+from schemas.errors import NudgeflowError
 
 PRODUCER_SETTINGS: dict[str, Any] = {
     "enable.idempotence": True,
@@ -46,8 +51,27 @@ SCAN_COUNT = 1000
 CHANGES_PER_READ = 1000
 MATCH_KEYS_PER_PIPELINE = 1000
 MAX_SCAN_CURSOR = 2**64 - 1
+P = ParamSpec("P")
+T = TypeVar("T")
 MATCH_FIELDS = ("match.email_sha256", "match.phone_sha256")
 PROFILE_META = frozenset({"audiences", "updated_at", "updated_ms"})
+
+
+class StoreUnavailable(NudgeflowError):
+    """The Redis store did not answer a read (or refused it); the text says why, never where."""
+
+
+def _store_errors(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """A read of the store whose Redis errors are raised as :class:`StoreUnavailable`."""
+
+    @functools.wraps(method)
+    async def read(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except (rx.RedisError, rx.RedisClusterException, OSError) as err:
+            raise StoreUnavailable(f"redis: {_redis_text(err)}") from None
+
+    return read
 
 
 class KafkaRedisBackend:
@@ -81,7 +105,12 @@ class KafkaRedisBackend:
         self._reports.use()
         self._reports.start()
         self._admin = AdminClient(kafka_config(bootstrap_servers, self._client_config))
-        options: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2, "client_name": "nudgeflow-api"}
+        options: dict[str, Any] = {
+            "socket_timeout": 2,
+            "socket_connect_timeout": 2,
+            "client_name": "nudgeflow-api",
+            "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),  # a stale pooled connection, not an outage
+        }
         self._redis: Any = (aredis.RedisCluster if cluster else aredis.Redis).from_url(redis_url, **options)
 
     # --- events ------------------------------------------------------------------------------
@@ -117,6 +146,7 @@ class KafkaRedisBackend:
                 return
 
     # --- state ---------------------------------------------------------------------------------
+    @_store_errors
     async def profile(self, customer_id: str) -> dict[str, Any] | None:
         keys = customer_keys(self.prefix, customer_id)
         fields, entries = await asyncio.gather(
@@ -126,6 +156,7 @@ class KafkaRedisBackend:
             return None
         return profile_document(customer_id, _text_fields(fields), [orjson.loads(e) for e in entries])
 
+    @_store_errors
     async def audiences(self) -> list[dict[str, Any]]:
         found: dict[str, str] = {}
         async for key in self._redis.scan_iter(match=f"{self.prefix}:audience:*", count=SCAN_COUNT, _type="set"):
@@ -136,6 +167,7 @@ class KafkaRedisBackend:
         sizes = await asyncio.gather(*(self._redis.scard(found[audience]) for audience in ids))
         return [{"id": a, "size": size} for a, size in zip(ids, sizes, strict=True) if size]
 
+    @_store_errors
     async def members(self, audience_id: str, cursor: str | None, limit: int) -> Page:
         """Members in SSCAN's order. A cursor is SSCAN's cursor of the batch being read and the last member
         handed out of it (a batch is read sorted), so a page holds at most ``limit`` whatever SSCAN returns."""
@@ -159,6 +191,7 @@ class KafkaRedisBackend:
             if len(page) == limit:
                 return Page(page, encode_members_cursor(scan, None))
 
+    @_store_errors
     async def match_keys(self, customer_ids: list[str]) -> dict[str, dict[str, str]]:
         found: dict[str, dict[str, str]] = {}
         for start in range(0, len(customer_ids), MATCH_KEYS_PER_PIPELINE):
@@ -173,6 +206,7 @@ class KafkaRedisBackend:
                     found[customer] = known
         return found
 
+    @_store_errors
     async def changes(self, audience_id: str, since_ms: int) -> list[Change]:
         stream = f"{audience_key(self.prefix, audience_id)}:changes"
         found: list[Change] = []

@@ -14,7 +14,7 @@ import redis
 from conftest import added, call, order, track
 
 from connectors.http.backend import InvalidCursor
-from connectors.http.kafka_redis import KafkaRedisBackend
+from connectors.http.kafka_redis import KafkaRedisBackend, StoreUnavailable
 from connectors.kafka import ensure_topics, read_topic
 from connectors.local_services import free_port
 from connectors.redis_store import audience_key, customer_keys
@@ -185,6 +185,9 @@ def test_checks_say_ok_and_name_a_redis_that_does_not_answer(services, store):
     closed = f"redis://127.0.0.1:{free_port()}/0"
     states = run_with(services, store["prefix"], lambda b: b.checks(), topic=store["topic"], redis_url=closed)
     assert states["kafka"] == "ok" and "refused" in states["redis"].lower()
+    for read in (lambda b: b.profile("u1"), lambda b: b.audiences(), lambda b: b.members("high_value", None, 5)):
+        with pytest.raises(StoreUnavailable, match=r"^redis: connection refused$"):
+            run_with(services, store["prefix"], read, redis_url=closed)
     missing = run_with(services, store["prefix"], lambda b: b.checks(), topic=f"absent-{next(_runs)}")
     assert missing["kafka"].startswith("topic absent-")
 
