@@ -55,7 +55,9 @@ def run(app: web.Application, scenario: Callable[[TestClient], Awaitable[Any]]) 
     """Serve ``app`` on 127.0.0.1 and run ``scenario`` with a client of it; its result."""
 
     async def main() -> Any:
-        async with TestClient(TestServer(app, host="127.0.0.1", access_log=None)) as client:
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server(access_log=None)  # as app_runner does
+        async with TestClient(server) as client:
             return await asyncio.wait_for(scenario(client), 30)
 
     return asyncio.run(main())
