@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from connectors.http.app import ApiLimits, make_app
-from connectors.http.auth import KeyRing, RequestIdFilter, generated_admin_key, load_keyring
+from connectors.http.app import ApiLimits, app_runner, make_app
+from connectors.http.auth import LOG_FORMAT, KeyRing, RequestIdFilter, generated_admin_key, load_keyring
 from connectors.http.backend import Backend
 from connectors.http.dashboard import dashboard
 from flows.api_validation import contract_validator
@@ -41,7 +41,6 @@ STOP_SECONDS = 10.0
 """How long requests in flight may take to finish once a stop is asked."""
 WATCH_SECONDS = 1.0
 """How often the local engine is checked: a flow that stopped with an error stops the server."""
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 RouteAdder = Callable[[web.Application], None]
 
@@ -136,7 +135,7 @@ def _ensure_events_topic(settings: Settings) -> None:
 
 
 async def _serve(app: web.Application, settings: Settings, served: Served, generated: str | None) -> None:
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=STOP_SECONDS)
+    runner = app_runner(app, handle_signals=False, shutdown_timeout=STOP_SECONDS)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
