@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,80 +13,14 @@ import orjson
 import pytest
 import redis
 from conftest import call, order
+from serve_process import serving
 
 from connectors.kafka import read_topic
 from connectors.local_services import free_port
 from connectors.redis_store import customer_keys
 from schemas.api import key_entry, new_key
 
-REPO = Path(__file__).resolve().parents[2]
-START_SECONDS = 60.0
 STOP_SECONDS = 5.0
-
-
-class Server:
-    """A ``nudgeflow serve`` process; its stderr is read as it comes (so it never blocks on a full pipe)."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.port = free_port()
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("NUDGEFLOW_")}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", "--port", str(self.port), *args],
-            cwd=REPO,
-            env={**clean, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for raw in self.process.stderr:
-            self.lines.append(raw.decode(errors="replace"))
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = START_SECONDS) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if found := re.search(pattern, self.stderr):
-                return found
-            if self.process.poll() is not None:
-                self._reader.join(5)
-                raise AssertionError(f"serve exited with {self.process.returncode}:\n{self.stderr}")
-            time.sleep(0.05)
-        raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.stderr}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def terminate(self) -> float:
-        """SIGTERM; the seconds it took to exit (it must exit with 0)."""
-        started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=60)
-        took = time.monotonic() - started
-        self._reader.join(5)
-        assert code == 0, self.stderr
-        return took
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.kill()
 
 
 def http(method: str, url: str, key: str | None = None, body: Any = None) -> tuple[int, Any]:
@@ -141,7 +69,7 @@ def keys_file(folder: Path, **scopes: list[str]) -> tuple[Path, dict[str, str]]:
     return path, secrets
 
 
-def test_the_kafka_front_answers_health_takes_keyed_events_and_stops_on_sigterm(services, tmp_path, servers):
+def test_the_kafka_front_answers_health_takes_keyed_events_and_stops_on_sigterm(services, tmp_path):
     path, secrets = keys_file(tmp_path, tills=["ingest"], support=["read"])
     topic, prefix = f"serve-events-{os.getpid()}", f"serve{os.getpid()}"
     env = {
@@ -150,69 +78,67 @@ def test_the_kafka_front_answers_health_takes_keyed_events_and_stops_on_sigterm(
         "NUDGEFLOW_REDIS_URL": services["REDIS_URL"],
         "NUDGEFLOW_REDIS_PREFIX": prefix,
     }
-    server = Server(["--kafka", "--keys", str(path)], env)
-    servers.append(server)
-    server.wait_for(r"serving the API on http://127\.0\.0\.1:\d+ \(front on Kafka and Redis\)")
+    with serving(["--kafka", "--keys", str(path)], env) as server:
+        server.wait_for(r"serving the API on http://127\.0\.0\.1:\d+ \(front on Kafka and Redis\)")
 
-    assert http("GET", f"{server.url}/healthz")[0] == 200
-    status, ready = http("GET", f"{server.url}/readyz")
-    assert status == 200, ready
+        assert http("GET", f"{server.url}/healthz")[0] == 200
+        status, ready = http("GET", f"{server.url}/readyz")
+        assert status == 200, ready
 
-    events = [call("identify", "u1", traits={"city": "Oslo"}), order("u1", 1, total=80.0)]
-    status, answer = http("POST", f"{server.url}/v1/events", secrets["tills"], {"batch": events})
-    assert status == 200, answer
-    on_topic = list(read_topic(services["KAFKA_BOOTSTRAP_SERVERS"], topic))
-    assert [m.key() for m in on_topic] == [b"u1", b"u1"]
-    assert [orjson.loads(m.value())["messageId"] for m in on_topic] == [e["messageId"] for e in events]
+        events = [call("identify", "u1", traits={"city": "Oslo"}), order("u1", 1, total=80.0)]
+        status, answer = http("POST", f"{server.url}/v1/events", secrets["tills"], {"batch": events})
+        assert status == 200, answer
+        on_topic = list(read_topic(services["KAFKA_BOOTSTRAP_SERVERS"], topic))
+        assert [m.key() for m in on_topic] == [b"u1", b"u1"]
+        assert [orjson.loads(m.value())["messageId"] for m in on_topic] == [e["messageId"] for e in events]
 
-    assert http("POST", f"{server.url}/v1/events", None, events[0]) == (401, {"error": "unauthorized"})
-    assert http("POST", f"{server.url}/v1/events", "nf_not-a-key", events[0]) == (401, {"error": "unauthorized"})
-    assert http("POST", f"{server.url}/v1/events", secrets["support"], events[0]) == (403, {"error": "forbidden"})
+        assert http("POST", f"{server.url}/v1/events", None, events[0]) == (401, {"error": "unauthorized"})
+        assert http("POST", f"{server.url}/v1/events", "nf_not-a-key", events[0]) == (401, {"error": "unauthorized"})
+        assert http("POST", f"{server.url}/v1/events", secrets["support"], events[0]) == (403, {"error": "forbidden"})
 
-    client = redis.Redis.from_url(services["REDIS_URL"])
-    try:
-        client.hset(customer_keys(prefix, "u1").profile, mapping={"orders": "1", "audiences": '["new_customers"]'})
-        status, profile = http("GET", f"{server.url}/v1/customers/u1", secrets["support"])
-        assert status == 200 and profile["features"] == {"orders": 1} and profile["audiences"] == ["new_customers"]
-    finally:
-        client.delete(customer_keys(prefix, "u1").profile)
-        client.close()
+        client = redis.Redis.from_url(services["REDIS_URL"])
+        try:
+            client.hset(customer_keys(prefix, "u1").profile, mapping={"orders": "1", "audiences": '["new_customers"]'})
+            status, profile = http("GET", f"{server.url}/v1/customers/u1", secrets["support"])
+            assert status == 200 and profile["features"] == {"orders": 1} and profile["audiences"] == ["new_customers"]
+        finally:
+            client.delete(customer_keys(prefix, "u1").profile)
+            client.close()
 
-    assert server.terminate() < STOP_SECONDS
-    assert not any(secret in server.stderr for secret in secrets.values()), "no key in the logs"
-    assert "/v1/customers/{customer_id}" in server.stderr and "/v1/customers/u1" not in server.stderr
+        assert server.terminate() < STOP_SECONDS
+        assert not any(secret in server.stderr for secret in secrets.values()), "no key in the logs"
+        assert "/v1/customers/{customer_id}" in server.stderr and "/v1/customers/u1" not in server.stderr
 
 
-def test_the_local_engine_serves_its_own_decisions_with_a_key_made_for_the_run(tmp_path, servers):
+def test_the_local_engine_serves_its_own_decisions_with_a_key_made_for_the_run(tmp_path):
     out = tmp_path / "live"
-    server = Server(["--out", str(out)], {})
-    servers.append(server)
-    key = server.wait_for(r"/dashboard#key=(nf_[A-Za-z0-9_-]+)").group(1)
-    server.wait_for(r"serving the API on http://127\.0\.0\.1:\d+ \(local engine")
-    assert http("GET", f"{server.url}/healthz")[0] == 200
+    with serving(["--out", str(out)], {}) as server:
+        key = server.wait_for(r"/dashboard#key=(nf_[A-Za-z0-9_-]+)").group(1)
+        server.wait_for(r"serving the API on http://127\.0\.0\.1:\d+ \(local engine")
+        assert http("GET", f"{server.url}/healthz")[0] == 200
 
-    events = [call("identify", "u1", traits={"city": "Oslo"}), order("u1", 1, total=6000.0)]
-    status, answer = http("POST", f"{server.url}/v1/events", key, events)
-    assert status == 200, answer
-    deadline, profile = time.monotonic() + 30, None
-    while time.monotonic() < deadline:
-        status, profile = http("GET", f"{server.url}/v1/customers/u1", key)
-        if status == 200 and profile["features"].get("lifetime_spend") == 6000.0:
-            break
-        time.sleep(0.2)
-    assert profile is not None and "high_value" in profile["audiences"], profile
-    assert http("GET", f"{server.url}/readyz")[0] == 200
-    page = asyncio.run(fetch_text(f"{server.url}/dashboard"))
-    assert "<html" in page.lower()
-    frame = asyncio.run(first_frame(f"{server.url}/dashboard/stream", key))
-    assert frame["events"]["total"] >= len(events), "the dashboard reads the in-process engine's metrics"
+        events = [call("identify", "u1", traits={"city": "Oslo"}), order("u1", 1, total=6000.0)]
+        status, answer = http("POST", f"{server.url}/v1/events", key, events)
+        assert status == 200, answer
+        deadline, profile = time.monotonic() + 30, None
+        while time.monotonic() < deadline:
+            status, profile = http("GET", f"{server.url}/v1/customers/u1", key)
+            if status == 200 and profile["features"].get("lifetime_spend") == 6000.0:
+                break
+            time.sleep(0.2)
+        assert profile is not None and "high_value" in profile["audiences"], profile
+        assert http("GET", f"{server.url}/readyz")[0] == 200
+        page = asyncio.run(fetch_text(f"{server.url}/dashboard"))
+        assert "<html" in page.lower()
+        frame = asyncio.run(first_frame(f"{server.url}/dashboard/stream", key))
+        assert frame["events"]["total"] >= len(events), "the dashboard reads the in-process engine's metrics"
 
-    assert server.terminate() < STOP_SECONDS
-    changes = [orjson.loads(line) for line in (out / "audience_changes.jsonl").read_bytes().splitlines()]
-    assert {(c["subject"], c["data"]["audience"], c["data"]["change"]) for c in changes} >= {
-        ("u1", "high_value", "entered")
-    }
-    assert server.stderr.count(key) == 1, "the generated key is shown once, and never logged"
+        assert server.terminate() < STOP_SECONDS
+        changes = [orjson.loads(line) for line in (out / "audience_changes.jsonl").read_bytes().splitlines()]
+        assert {(c["subject"], c["data"]["audience"], c["data"]["change"]) for c in changes} >= {
+            ("u1", "high_value", "entered")
+        }
+        assert server.stderr.count(key) == 1, "the generated key is shown once, and never logged"
 
 
 @pytest.fixture
