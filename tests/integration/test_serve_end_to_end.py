@@ -1,0 +1,86 @@
+"""An app instrumented with Segment's SDK, pointed at ``nudgeflow serve --kafka``: its events reach the
+events topic, the engine decides on them, and the same front answers with the customer's profile."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import aiohttp
+import orjson
+import redis
+from segment.analytics import Client
+from serve_process import serving
+
+from connectors.kafka import read_topic, readable
+from flows.cli import execute
+from flows.settings import Settings
+from schemas.api import key_entry, new_key
+from schemas.streams import AUDIENCE_CHANGES
+
+
+def get(url: str, key: str) -> tuple[int, Any]:
+    async def send() -> tuple[int, Any]:
+        timeout = aiohttp.ClientTimeout(total=30)
+        headers = {"Authorization": f"Bearer {key}"}
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url, headers=headers) as response:
+            return response.status, await response.json()
+
+    return asyncio.run(send())
+
+
+def test_segment_sdk_events_through_the_front_drive_the_engines_decisions(services, tmp_path):
+    run = f"{os.getpid()}"
+    topic, prefix, topics = f"e2e-events-{run}", f"e2e{run}", f"e2e{run}."
+    write_key, reader = new_key(), new_key()
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(
+        key_entry("app", ["ingest"], write_key) + key_entry("crm", ["read"], reader).removeprefix("keys:\n")
+    )
+    env = {
+        "NUDGEFLOW_KAFKA_BOOTSTRAP_SERVERS": services["KAFKA_BOOTSTRAP_SERVERS"],
+        "NUDGEFLOW_EVENTS_TOPIC": topic,
+        "NUDGEFLOW_REDIS_URL": services["REDIS_URL"],
+        "NUDGEFLOW_REDIS_PREFIX": prefix,
+    }
+    with serving(["--kafka", "--keys", str(keys)], env) as server:
+        server.wait_for(r"serving the API on")
+        errors: list = []
+        app = Client(write_key, host=server.url, on_error=lambda err, _: errors.append(err), max_retries=1, timeout=5)
+        app.identify("shopper-1", {"city": "Lyon"}, anonymous_id="anon-1")
+        app.track("shopper-1", "Product Added", {"product_id": "p1", "price": 40.0, "category": "shoes"})
+        app.track("shopper-1", "Order Completed", {"order_id": "o-1", "total": 6000.0})
+        app.flush()
+        app.shutdown()
+        assert errors == []
+        sent = {(m.key(), orjson.loads(m.value()).get("event", "identify")) for m in read_topic(
+            services["KAFKA_BOOTSTRAP_SERVERS"], topic)}
+        assert sent == {(b"anon-1", "identify"), (b"shopper-1", "Product Added"), (b"shopper-1", "Order Completed")}
+
+        settings = Settings(
+            source="kafka",
+            kafka_bootstrap_servers=services["KAFKA_BOOTSTRAP_SERVERS"],
+            events_topic=topic,
+            until_end=True,
+            topic_prefix=topics,
+            topic_partitions=2,
+            redis_url=services["REDIS_URL"],
+            redis_prefix=prefix,
+        )
+        execute(settings, quiet=True)
+        changes = [orjson.loads(readable(m)) for m in read_topic(services["KAFKA_BOOTSTRAP_SERVERS"],
+                                                                 topics + AUDIENCE_CHANGES)]
+        assert ("shopper-1", "high_value") in {(c["subject"], c["data"]["audience"]) for c in changes}
+
+        status, profile = get(f"{server.url}/v1/customers/shopper-1", reader)
+        assert status == 200 and profile["features"]["lifetime_spend"] == 6000.0
+        assert "high_value" in profile["audiences"]
+        status, page = get(f"{server.url}/v1/audiences/high_value/members?limit=10", reader)
+        assert status == 200 and page["members"] == ["shopper-1"] and page["cursor"] is None
+        assert server.terminate() < 5
+
+    client = redis.Redis.from_url(services["REDIS_URL"])
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+    client.close()
