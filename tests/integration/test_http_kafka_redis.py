@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -190,6 +191,10 @@ def test_checks_say_ok_and_name_a_redis_that_does_not_answer(services, store):
             run_with(services, store["prefix"], read, redis_url=closed)
     missing = run_with(services, store["prefix"], lambda b: b.checks(), topic=f"absent-{next(_runs)}")
     assert missing["kafka"].startswith("topic absent-")
+    no_kafka = {**services, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    started = time.monotonic()
+    states = run_with(no_kafka, store["prefix"], lambda b: b.checks())
+    assert states["redis"] == "ok" and states["kafka"] != "ok" and time.monotonic() - started < 10, states
 
 
 def test_each_event_gets_its_own_result_and_a_full_queue_waits(services, store):
