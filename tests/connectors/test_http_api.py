@@ -235,3 +235,20 @@ def test_unknown_routes_and_methods_answer_json_errors():
         return missing.status, await missing.json(), method.status, await method.json()
 
     assert run(api(), scenario) == (404, {"error": "not_found"}, 405, {"error": "method_not_allowed"})
+
+
+def test_a_backend_that_fails_outright_fails_every_event_and_loses_none_silently():
+    backend = MemoryBackend()
+
+    async def down(events):
+        raise ConnectionError("no brokers")
+
+    backend.send = down  # type: ignore[method-assign]
+
+    async def scenario(client):
+        response = await client.post("/v1/events", json=[VIEW, VIEW], headers=bearer("ingest"))
+        return response.status, await response.json()
+
+    status, answer = run(api(backend), scenario)
+    assert status == 207 and (answer["accepted"], answer["failed"]) == (0, 2)
+    assert answer["results"][0]["messages"] == ["the events stream is unavailable (ConnectionError)"]

@@ -216,3 +216,24 @@ def test_keys_new_prints_a_key_once_and_an_entry_holding_only_its_hash(tmp_path,
     assert (key.name, key.scopes) == ("pos-tills", frozenset({"ingest", "read"}))
     assert main(["keys", "new", "--name", "x", "--scopes", "root"]) == 2
     assert "--scopes" in capsys.readouterr().err
+
+
+def test_a_failing_handler_answers_500_without_detail_and_logs_with_the_request_id(caplog):
+    caplog.handler.addFilter(RequestIdFilter())
+    backend = MemoryBackend()
+
+    async def broken(customer_id: str) -> dict | None:
+        raise RuntimeError("redis exploded")
+
+    backend.profile = broken  # type: ignore[method-assign]
+
+    async def scenario(client):
+        response = await client.get("/v1/customers/c1", headers={**bearer("read"), "X-Request-Id": "req-500"})
+        return response.status, await response.json(), response.headers["X-Request-Id"]
+
+    assert run(api(backend), scenario) == (500, {"error": "internal"}, "req-500")
+    [failure] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert failure.request_id == "req-500" and failure.exc_info
+    outside = logging.LogRecord("x", logging.INFO, __file__, 1, "outside", None, None)
+    RequestIdFilter().filter(outside)
+    assert outside.request_id == "-"
