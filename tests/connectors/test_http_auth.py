@@ -11,7 +11,15 @@ from api_client import SECRETS, api, basic, bearer, keyring, run
 from conftest import track
 
 from connectors.http.app import make_app
-from connectors.http.auth import ApiKey, KeyRing, RateLimiter, RequestIdFilter, load_keyring, requires
+from connectors.http.auth import (
+    ApiKey,
+    KeyRing,
+    RateLimiter,
+    RequestIdFilter,
+    generated_admin_key,
+    load_keyring,
+    requires,
+)
 from connectors.http.backend import MemoryBackend
 from flows.api_validation import contract_validator
 from flows.cli import main
@@ -259,3 +267,12 @@ def test_a_streamed_answer_added_by_another_part_is_authenticated_and_carries_th
                                                                    await served.read())
 
     assert run(app, scenario) == ((401, "s-1"), (200, "s-2", b"data: {}\n\n"))
+
+
+def test_a_generated_admin_key_is_new_each_time_and_has_every_scope():
+    ring, secret = generated_admin_key()
+    other_ring, other = generated_admin_key()
+    assert secret.startswith("nf_") and secret != other
+    key = ring.authenticate(secret)
+    assert key.allows("ingest") and key.allows("read") and key.allows("admin")
+    assert ring.authenticate(other) is None and other_ring.authenticate(secret) is None
