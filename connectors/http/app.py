@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from connectors.http.auth import KeyRing, error, middlewares, requires
+from connectors.http.auth import KeyRing, echo_request_id, error, middlewares, requires
 from connectors.http.backend import Backend
 from connectors.http.ingest import (
     BodyError,
@@ -73,6 +73,7 @@ def make_app(
     app = web.Application(
         middlewares=middlewares(keys), client_max_size=max(limits.max_body_bytes, SEGMENT_LIMIT_BYTES) + 1
     )
+    app.on_response_prepare.append(echo_request_id)
     app[BACKEND] = backend
     app[KEYRING] = keys
     app[LIMITS] = limits

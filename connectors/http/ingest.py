@@ -26,6 +26,8 @@ from schemas.json_text import lost_a_key
 from schemas.metrics import HTTP_EVENTS
 from schemas.records import iso_ms
 
+log = logging.getLogger("nudgeflow.http")
+
 
 @dataclass(frozen=True, slots=True)
 class Checked:
@@ -39,9 +41,6 @@ class Checked:
 
 Validator = Callable[[bytes, int], Checked]
 """(event JSON bytes, received_at epoch ms) -> :class:`Checked`."""
-
-
-log = logging.getLogger("nudgeflow.http")
 
 
 class BodyError(ValueError):

@@ -109,7 +109,7 @@ def test_a_gzip_body_is_inflated_and_its_limit_applies_after_inflating():
     events = [track("Product Viewed", f"u{n}", props={"product_id": "p1"}) for n in range(50)]
     status, answer, backend = post(gzip.compress(orjson.dumps(events)), {"Content-Encoding": "gzip"})
     assert status == 200 and answer["accepted"] == 50 and len(backend.sent) == 50
-    bomb = gzip.compress(b"[" + b" " * (200 << 20) + b"]", 9)  # 200 MiB of spaces: about 200 KB compressed
+    bomb = gzip.compress(b"[" + b" " * (64 << 20) + b"]", 1)  # 64 MiB of spaces in under 300 KB
     started = time.monotonic()
     status, answer, backend = post(bomb, {"Content-Encoding": "gzip"})
     assert (status, answer["error"], backend.sent) == (413, "too_large", [])
@@ -235,3 +235,20 @@ def test_unknown_routes_and_methods_answer_json_errors():
         return missing.status, await missing.json(), method.status, await method.json()
 
     assert run(api(), scenario) == (404, {"error": "not_found"}, 405, {"error": "method_not_allowed"})
+
+
+def test_a_backend_that_fails_outright_fails_every_event_and_loses_none_silently():
+    backend = MemoryBackend()
+
+    async def down(events):
+        raise ConnectionError("no brokers")
+
+    backend.send = down  # type: ignore[method-assign]
+
+    async def scenario(client):
+        response = await client.post("/v1/events", json=[VIEW, VIEW], headers=bearer("ingest"))
+        return response.status, await response.json()
+
+    status, answer = run(api(backend), scenario)
+    assert status == 207 and (answer["accepted"], answer["failed"]) == (0, 2)
+    assert answer["results"][0]["messages"] == ["the events stream is unavailable (ConnectionError)"]

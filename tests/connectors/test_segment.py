@@ -175,3 +175,27 @@ def test_when_the_stream_does_not_take_every_event_the_answer_is_503_for_the_sdk
     batch = {"batch": [VIEW, track("Product Viewed", "u2", props={"product_id": "p1"})]}
     status, answer, _ = post("/v1/batch", orjson.dumps(batch), backend=backend)
     assert (status, answer["success"], answer["code"]) == (503, False, "unavailable")
+
+
+def test_events_from_segments_sdk_drive_the_engines_decisions(tmp_path):
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from conftest import source_records
+
+    from flows.personalization import build_flow
+    from flows.settings import Settings
+
+    backend = MemoryBackend()
+
+    def sign_up(client: Client) -> None:
+        client.identify("u-new", {"first_name": "Ada"}, anonymous_id="anon-9")
+        client.track("u-new", "Signed Up", {"method": "email"}, anonymous_id="anon-9")
+
+    assert with_sdk(backend, SECRETS["ingest"], sign_up) == []
+    captured: list = []
+    flow = build_flow(Settings(out=tmp_path), source=TestingSource(source_records([line for _, line in backend.sent])),
+                      sink=TestingSink(captured))
+    run_main(flow)
+    triggers = [orjson.loads(output.body) for stream, output in captured if stream.startswith("triggers.")]
+    assert [(trigger["subject"], trigger["data"]["rule_id"]) for trigger in triggers] == [
+        ("u-new", "onboarding_welcome_push")
+    ]
