@@ -115,13 +115,22 @@ class LiveStore:
         log.append(Change(output.key, "entered" if member else "exited", output.time_ms))
 
     def profile(self, customer_id: str) -> dict[str, Any] | None:
-        """The customer's profile with its last decisions (newest first); ``None`` if unknown."""
+        """The customer's profile with its last decisions (newest first); ``None`` if unknown.
+
+        A customer the engine sends no profile of (known by an anonymous id only) but who has
+        decisions gets an empty one, with the audiences it is a member of."""
         with self._lock:
             body = self._profiles.get(customer_id)
             decisions = list(self._decisions.get(customer_id, ()))
+            if body is None:
+                if not decisions:
+                    return None
+                audiences = sorted(a for a, members in self._members.items() if customer_id in members)
         if body is None:
-            return None
-        profile = orjson.loads(body)
+            profile = {"customer_id": customer_id, "features": {}, "audiences": audiences, "traits": {},
+                       "match_keys": {}, "updated_at": None}  # fmt: skip
+        else:
+            profile = orjson.loads(body)
         profile["decisions"] = [orjson.loads(entry) for entry in decisions]
         return profile
 

@@ -202,3 +202,18 @@ def test_the_local_backend_appends_events_to_the_journal_and_refuses_a_line_brea
     assert before == {"engine": "reading the journal"}
     assert after == {"engine": "ok"}
     assert backend.name == "local"
+
+
+def test_a_customer_known_only_by_decisions_gets_an_empty_profile_with_its_audiences():
+    store = LiveStore()
+    store.add([trigger("a-1", 1), change("a-1", "browsers", True, T)])
+    got = store.profile("a-1")
+    assert [d["id"] for d in got.pop("decisions")] == [decision_id("a-1", "cart_push", "1")]
+    assert got == {
+        "customer_id": "a-1",
+        "features": {},
+        "audiences": ["browsers"],
+        "traits": {},
+        "match_keys": {},
+        "updated_at": None,
+    }

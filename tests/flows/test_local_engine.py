@@ -1,0 +1,156 @@
+"""The engine run in-process, fed through the local backend: live decisions, profiles and audiences,
+the same decisions as a replay of its journal, and a restart that rebuilds its state from the journal."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from connectors.synthetic import generate_events
+from flows.cli import main
+from flows.local_engine import EngineFailed, LocalEngine, start_local_engine
+from flows.settings import Settings
+from schemas.streams import AUDIENCE_CHANGES, DECISION_STREAMS, OUTPUT_FILES, TRIGGER_STREAMS
+
+WAIT_SECONDS = 30.0
+SHARDS = 4
+
+
+def eventually(condition: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
+        time.sleep(0.05)
+
+
+def lines(out: Path, stream: str) -> list[bytes]:
+    return (out / OUTPUT_FILES[stream]).read_bytes().splitlines()
+
+
+def decisions(out: Path) -> dict[str, list[bytes]]:
+    """Every decision stream's records, sorted (live files are in arrival order)."""
+    return {stream: sorted(lines(out, stream)) for stream in sorted(DECISION_STREAMS)}
+
+
+def memberships(out: Path) -> dict[str, set[str]]:
+    """Each audience's members, from the audience changes in the output folder."""
+    members: dict[str, set[str]] = {}
+    for line in lines(out, AUDIENCE_CHANGES):
+        record = orjson.loads(line)
+        audience = members.setdefault(record["data"]["audience"], set())
+        (audience.add if record["data"]["change"] == "entered" else audience.discard)(record["subject"])
+    return {audience: found for audience, found in members.items() if found}
+
+
+def triggers_by_customer(out: Path) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for stream in TRIGGER_STREAMS:
+        for line in lines(out, stream):
+            record = orjson.loads(line)
+            found.setdefault(record["subject"], set()).add(record["id"])
+    return found
+
+
+def send_all(engine: LocalEngine, events: list[bytes], batch: int = 40) -> None:
+    async def send() -> list[str | None]:
+        results: list[str | None] = []
+        for n in range(0, len(events), batch):
+            results += await engine.backend.send([(None, line) for line in events[n : n + batch]])
+        return results
+
+    assert asyncio.run(send()) == [None] * len(events), "every event accepted"
+
+
+def answers_match_the_files(engine: LocalEngine, out: Path) -> bool:
+    """The backend's audiences and profiles agree with the decisions appended to the files."""
+    backend, expected = engine.backend, memberships(out)
+    audiences = asyncio.run(backend.audiences())
+    if audiences != [{"id": audience, "size": len(members)} for audience, members in sorted(expected.items())]:
+        return False
+    for customer, ids in triggers_by_customer(out).items():
+        profile = asyncio.run(backend.profile(customer))
+        if profile is None or {d["id"] for d in profile["decisions"]} != ids:
+            return False
+        if set(profile["audiences"]) != {audience for audience, members in expected.items() if customer in members}:
+            return False
+    return True
+
+
+def profiles_count_the_orders(engine: LocalEngine, stream: list[bytes]) -> bool:
+    """Every identified customer's profile counts the orders sent for it (duplicates once)."""
+    orders: dict[str, set[str]] = {}
+    for event in map(orjson.loads, stream):
+        if user := event.get("userId"):
+            found = orders.setdefault(user, set())
+            if event.get("event") == "Order Completed":
+                found.add(event["messageId"])
+    for customer, ids in orders.items():
+        profile = asyncio.run(engine.backend.profile(customer))
+        if profile is None or profile["features"]["orders"] != len(ids):
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def stream() -> list[bytes]:
+    events = list(generate_events(12, 4, seed=5, defects=0.02))
+    return [orjson.dumps(event) for event in events]
+
+
+def test_the_engine_in_process_answers_live_and_decides_as_a_replay_of_its_journal(tmp_path, stream):
+    out = tmp_path / "live"
+    settings = Settings(shards=SHARDS)
+    engine = start_local_engine(settings, out)
+    try:
+        eventually(engine.ready, "the engine is ready")
+        assert asyncio.run(engine.backend.checks()) == {"engine": "ok"}
+        half = len(stream) // 2
+        send_all(engine, stream[:half])
+        eventually(lambda: any(lines(out, s) for s in TRIGGER_STREAMS), "triggers appended before the stop")
+        send_all(engine, stream[half:])
+        eventually(lambda: answers_match_the_files(engine, out), "profiles and audiences answered live")
+        eventually(lambda: profiles_count_the_orders(engine, stream), "profiles of every identified customer")
+        assert triggers_by_customer(out), "the stream drives decisions"
+        assert memberships(out), "and audiences"
+        live = decisions(out)
+        started = time.monotonic()
+    finally:
+        engine.stop()
+    assert time.monotonic() - started < 10, "stop joins the flow within seconds"
+    assert decisions(out) == live, "every decision was in the files before the stop"
+    assert asyncio.run(engine.backend.checks()) == {"engine": "stopped"}
+
+    journal = out / "events.jsonl"
+    assert journal.read_bytes() == b"".join(line + b"\n" for line in stream), "the journal holds what was accepted"
+    replayed = tmp_path / "replay"
+    assert main(["replay", str(journal), "--out", str(replayed), "--shards", str(SHARDS), "--quiet"]) == 0
+    assert decisions(replayed) == live, "the same decisions, ids and all, as a replay of the journal"
+
+    restarted = start_local_engine(settings, out)  # state and files rebuilt from the journal
+    try:
+        eventually(restarted.ready, "the restarted engine has read the journal")
+        eventually(lambda: answers_match_the_files(restarted, out), "profiles answered after a restart")
+        assert profiles_count_the_orders(restarted, stream)
+    finally:
+        restarted.stop()
+    assert decisions(out) == live
+
+
+def test_a_failing_flow_is_reported_by_the_readiness_check_and_by_stop(tmp_path, monkeypatch):
+    import flows.local_engine
+
+    def broken(flow, settings, workers):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(flows.local_engine, "run_dataflow", broken)
+    engine = start_local_engine(Settings(shards=SHARDS), tmp_path / "out")
+    engine.thread.join(WAIT_SECONDS)
+    assert not engine.ready()
+    assert asyncio.run(engine.backend.checks()) == {"engine": "stopped: OSError: disk on fire"}
+    with pytest.raises(EngineFailed, match="disk on fire"):
+        engine.stop()
