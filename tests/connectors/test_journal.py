@@ -81,7 +81,7 @@ def test_events_appended_while_a_flow_tails_the_journal_arrive_in_order_as_they_
     finally:
         flow.stop()
     got = records(flow.captured)
-    assert [r.position for r in got] == [{"file": "events.jsonl", "line": n} for n in range(1, 61)]
+    assert [r.position for r in got] == [{"source": "events.jsonl", "line": n} for n in range(1, 61)]
     assert [r.seq for r in got] == list(range(1, 61))
     assert all(r.arrived > 0 for r in got)
     ends = [item for item in flow.captured if isinstance(item, EndOfInput)]

@@ -4,6 +4,7 @@ the same decisions as a replay of its journal, and a restart that rebuilds its s
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,8 @@ from connectors.synthetic import generate_events
 from flows.cli import main
 from flows.local_engine import EngineFailed, LocalEngine, start_local_engine
 from flows.settings import Settings
-from schemas.streams import AUDIENCE_CHANGES, DECISION_STREAMS, OUTPUT_FILES, TRIGGER_STREAMS
+from operators.rules import STARTER_RULES
+from schemas.streams import AUDIENCE_CHANGES, DEAD_LETTERS, EXPERIMENTS, OUTPUT_FILES, STATS, TRIGGER_STREAMS
 
 WAIT_SECONDS = 30.0
 SHARDS = 4
@@ -33,8 +35,9 @@ def lines(out: Path, stream: str) -> list[bytes]:
 
 
 def decisions(out: Path) -> dict[str, list[bytes]]:
-    """Every decision stream's records, sorted (live files are in arrival order)."""
-    return {stream: sorted(lines(out, stream)) for stream in sorted(DECISION_STREAMS)}
+    """Every output stream's records (decisions, dead letters, attributions, erasures...), sorted (live
+    files are in arrival order); not the run's counters."""
+    return {stream: sorted(lines(out, stream)) for stream in sorted(OUTPUT_FILES) if stream != STATS}
 
 
 def memberships(out: Path) -> dict[str, set[str]]:
@@ -96,15 +99,37 @@ def profiles_count_the_orders(engine: LocalEngine, stream: list[bytes]) -> bool:
     return True
 
 
+EXPERIMENT = """
+experiments:
+  tests:
+    - id: cart_copy
+      rule: cart_abandonment_push
+      arms:
+        - {id: personalized, share: 0.5}
+        - {id: control, share: 0.5, send: false}
+"""
+
+
+@pytest.fixture
+def rules(tmp_path) -> Path:
+    """The starter rules with an experiment (its report is written when the engine stops)."""
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    shutil.copy(STARTER_RULES.parent / "offers.yaml", folder)
+    path = folder / "rules.yaml"
+    path.write_text(STARTER_RULES.read_text() + EXPERIMENT)
+    return path
+
+
 @pytest.fixture(scope="module")
 def stream() -> list[bytes]:
     events = list(generate_events(12, 4, seed=5, defects=0.02))
     return [orjson.dumps(event) for event in events]
 
 
-def test_the_engine_in_process_answers_live_and_decides_as_a_replay_of_its_journal(tmp_path, stream):
+def test_the_engine_in_process_answers_live_and_decides_as_a_replay_of_its_journal(tmp_path, stream, rules):
     out = tmp_path / "live"
-    settings = Settings(shards=SHARDS)
+    settings = Settings(shards=SHARDS, rules=rules)
     engine = start_local_engine(settings, out)
     try:
         eventually(engine.ready, "the engine is ready")
@@ -117,19 +142,26 @@ def test_the_engine_in_process_answers_live_and_decides_as_a_replay_of_its_journ
         eventually(lambda: profiles_count_the_orders(engine, stream), "profiles of every identified customer")
         assert triggers_by_customer(out), "the stream drives decisions"
         assert memberships(out), "and audiences"
+        assert lines(out, DEAD_LETTERS), "the defects in the stream are dead-lettered"
         live = decisions(out)
         started = time.monotonic()
     finally:
         engine.stop()
     assert time.monotonic() - started < 10, "stop joins the flow within seconds"
-    assert decisions(out) == live, "every decision was in the files before the stop"
+    assert lines(out, EXPERIMENTS), "the experiment's report is written at the stop"
+    assert {**decisions(out), EXPERIMENTS: []} == live, "every decision was in the files before the stop"
+    live = decisions(out)
     assert asyncio.run(engine.backend.checks()) == {"engine": "stopped"}
 
     journal = out / "events.jsonl"
     assert journal.read_bytes() == b"".join(line + b"\n" for line in stream), "the journal holds what was accepted"
     replayed = tmp_path / "replay"
-    assert main(["replay", str(journal), "--out", str(replayed), "--shards", str(SHARDS), "--quiet"]) == 0
+    replay = ["replay", str(journal), "--out", str(replayed), "--shards", str(SHARDS), "--rules", str(rules)]
+    assert main([*replay, "--quiet"]) == 0
     assert decisions(replayed) == live, "the same decisions, ids and all, as a replay of the journal"
+    summary = orjson.loads((out / OUTPUT_FILES[STATS]).read_bytes())
+    assert summary == orjson.loads((replayed / OUTPUT_FILES[STATS]).read_bytes()), "and the same summary"
+    assert summary["lines"]["read"] == len(stream) and summary["lines"]["unaccounted"] == 0
 
     restarted = start_local_engine(settings, out)  # state and files rebuilt from the journal
     try:
