@@ -17,7 +17,7 @@ from flows.cli import main
 from flows.local_engine import EngineFailed, LocalEngine, start_local_engine
 from flows.settings import Settings
 from operators.rules import STARTER_RULES
-from schemas.streams import AUDIENCE_CHANGES, DEAD_LETTERS, EXPERIMENTS, OUTPUT_FILES, STATS, TRIGGER_STREAMS
+from schemas.streams import AUDIENCE_CHANGES, DEAD_LETTERS, ERASURES, EXPERIMENTS, OUTPUT_FILES, STATS, TRIGGER_STREAMS
 
 WAIT_SECONDS = 30.0
 SHARDS = 4
@@ -186,3 +186,41 @@ def test_a_failing_flow_is_reported_by_the_readiness_check_and_by_stop(tmp_path,
     assert asyncio.run(engine.backend.checks()) == {"engine": "stopped: OSError: disk on fire"}
     with pytest.raises(EngineFailed, match="disk on fire"):
         engine.stop()
+
+
+def test_an_erased_customer_is_gone_from_the_answers_and_stays_gone_after_a_restart(tmp_path, stream):
+    out, settings = tmp_path / "live", Settings(shards=SHARDS)
+    customer = "u-000003"
+    last = max(orjson.loads(line)["timestamp"] for line in stream)
+    erasure = {
+        "type": "track",
+        "event": "Erasure Requested",
+        "messageId": "erase-1",
+        "userId": customer,
+        "timestamp": last,
+        "receivedAt": last,
+        "properties": {"request_id": "dsr-1"},
+    }
+
+    def gone(engine: LocalEngine) -> bool:
+        in_audience = any(customer in members for members in memberships(out).values())
+        return asyncio.run(engine.backend.profile(customer)) is None and not in_audience
+
+    engine = start_local_engine(settings, out)
+    try:
+        send_all(engine, stream)
+        eventually(lambda: asyncio.run(engine.backend.profile(customer)) is not None, "the customer's profile")
+        send_all(engine, [orjson.dumps(erasure)])
+        eventually(lambda: gone(engine), "profile, decisions and memberships removed")
+        eventually(lambda: lines(out, ERASURES), "the erasure is in the ledger")
+    finally:
+        engine.stop()
+
+    restarted = start_local_engine(settings, out)
+    try:
+        eventually(restarted.ready, "the restarted engine has read the journal")
+        eventually(lambda: answers_match_the_files(restarted, out), "the others' profiles answered")
+        assert gone(restarted), "the customer's earlier events in the journal are skipped"
+    finally:
+        restarted.stop()
+    assert len(lines(out, ERASURES)) == 1, "the ledger holds the erasure once"
