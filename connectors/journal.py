@@ -10,9 +10,10 @@ no partial line stays between two accepted ones.
 
 :class:`JournalSource` reads the file as it grows (one partition; its resume state is the byte
 offset and line reached): a batch holds what was appended since the last one, and an
-:class:`schemas.items.EndOfInput` follows whenever it has read everything there is, so the
-engine holds nothing back while it waits. It ends once its ``stop`` event is set and everything
-appended before is read. The journal is also a recording: ``nudgeflow replay`` takes it as is.
+:class:`schemas.items.EndOfInput` follows whenever it has read everything there is (with
+``mark_idle``; else only at its end), so the engine spares its idle shards while it waits. It
+ends once its ``stop`` event is set and everything appended before is read. The journal is also
+a recording: ``nudgeflow replay`` takes it as is.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class _JournalTail(StatefulSourcePartition[RawEvent | EndOfInput, JournalState])
         self._limit = source.max_event_bytes + 2  # room for the line end
         self._offset, self._line = resume or (0, 0)
         self._caught_up = source.caught_up
+        self._mark_idle = source.mark_idle
         self._tally = source.tally
         self._file: BinaryIO | None = None
         self._idle = False  # said so (EndOfInput) since the last record
@@ -131,7 +133,7 @@ class _JournalTail(StatefulSourcePartition[RawEvent | EndOfInput, JournalState])
         now = time.time()
         self._awake = None
         if len(batch) < self._batch_size:  # read all there is
-            if batch or not self._idle:
+            if (self._mark_idle or stopping) and (batch or not self._idle):
                 batch.append(EndOfInput(self._line))
                 self._idle = True
             self._caught_up.set()
@@ -213,7 +215,9 @@ class JournalSource(FixedPartitionedSource[RawEvent | EndOfInput, JournalState])
     """Tails the event journal at ``path`` (one partition; see the module doc) until ``stop`` is set.
 
     ``caught_up`` is set once the source has read everything the journal held (at start: the
-    events of earlier runs, which rebuild the engine's state); ``tally`` counts the lines read."""
+    events of earlier runs, which rebuild the engine's state); ``tally`` counts the lines read.
+    ``mark_idle``: an end-of-input mark each time it has caught up, else only at its end (one
+    partition holds nothing back either way; the marks spare the engine's idle shards a tick)."""
 
     def __init__(
         self,
@@ -221,11 +225,13 @@ class JournalSource(FixedPartitionedSource[RawEvent | EndOfInput, JournalState])
         batch_size: int = 1000,
         stop: threading.Event | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        mark_idle: bool = True,
     ) -> None:
         self.path = Path(path)
         self.batch_size = batch_size
         self.stop = stop or threading.Event()
         self.max_event_bytes = max_event_bytes
+        self.mark_idle = mark_idle
         self.caught_up = threading.Event()
         self.tally = InputTally()
 

@@ -92,7 +92,11 @@ def start_local_engine(
     prepare_live_folder(out, journal_path, settings.replace_output)
     ledger = read_ledger_file(ledger_path(settings.erasure_ledger, out))[1]
     event_journal = EventJournal(journal_path, fsync)
-    source = JournalSource(journal_path, settings.batch_size, threading.Event(), settings.max_event_bytes)
+    # Idle marks between batches let several workers' shards decide otherwise than a replay of the
+    # journal (not so with one worker): with several, the source marks only its end.
+    source = JournalSource(
+        journal_path, settings.batch_size, threading.Event(), settings.max_event_bytes, mark_idle=workers == 1
+    )
     store = LiveStore(frozenset(settings.redis_traits))
     sink = LiveOutputSink(out, store, write_models=model_files.write_merged)
     flow = build_flow(settings, rules, source=source, sink=sink, ledger=ledger, profiles=True)
