@@ -10,9 +10,10 @@ no partial line stays between two accepted ones.
 
 :class:`JournalSource` reads the file as it grows (one partition; its resume state is the byte
 offset and line reached): a batch holds what was appended since the last one, and an
-:class:`schemas.items.EndOfInput` follows whenever it has read everything there is, so the
-engine holds nothing back while it waits. It ends once its ``stop`` event is set and everything
-appended before is read. The journal is also a recording: ``nudgeflow replay`` takes it as is.
+:class:`schemas.items.EndOfInput` follows whenever it has read everything there is (with
+``mark_idle``; else only at its end), so the engine spares its idle shards while it waits. It
+ends once its ``stop`` event is set and everything appended before is read. The journal is also
+a recording: ``nudgeflow replay`` takes it as is.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import BinaryIO
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.files import _rest_of_line
+from connectors.files import InputTally, _add_lines, _rest_of_line
 from connectors.kafka import next_poll
 from schemas.items import DEFAULT_MAX_EVENT_BYTES, EndOfInput, RawEvent
 from schemas.metrics import INPUT_LINES
@@ -107,18 +108,17 @@ class _JournalTail(StatefulSourcePartition[RawEvent | EndOfInput, JournalState])
     """Reads the journal from a byte offset, as far as it is written; a line without its end yet
     (a write in progress) is left for the next batch."""
 
-    def __init__(
-        self, path: Path, batch_size: int, stop: threading.Event, max_bytes: int, resume: JournalState | None,
-        caught_up: threading.Event,
-    ) -> None:  # fmt: skip
-        self._path = path
-        self._name = path.name
-        self._batch_size = batch_size
-        self._stop = stop
-        self._max_bytes = max_bytes
-        self._limit = max_bytes + 2  # room for the line end
+    def __init__(self, source: JournalSource, resume: JournalState | None) -> None:
+        self._path = source.path
+        self._name = source.path.name
+        self._batch_size = source.batch_size
+        self._stop = source.stop
+        self._max_bytes = source.max_event_bytes
+        self._limit = source.max_event_bytes + 2  # room for the line end
         self._offset, self._line = resume or (0, 0)
-        self._caught_up = caught_up
+        self._caught_up = source.caught_up
+        self._mark_idle = source.mark_idle
+        self._tally = source.tally
         self._file: BinaryIO | None = None
         self._idle = False  # said so (EndOfInput) since the last record
         self._ending = False
@@ -133,7 +133,7 @@ class _JournalTail(StatefulSourcePartition[RawEvent | EndOfInput, JournalState])
         now = time.time()
         self._awake = None
         if len(batch) < self._batch_size:  # read all there is
-            if batch or not self._idle:
+            if (self._mark_idle or stopping) and (batch or not self._idle):
                 batch.append(EndOfInput(self._line))
                 self._idle = True
             self._caught_up.set()
@@ -170,12 +170,13 @@ class _JournalTail(StatefulSourcePartition[RawEvent | EndOfInput, JournalState])
             self._line += 1
             payload = line.rstrip(b"\r\n")
             if payload and not payload.isspace():
-                position = {"file": self._name, "line": self._line}
+                position = {"source": self._name, "line": self._line}
                 batch.append(RawEvent(self._line, position, payload, arrived=now))
             else:
                 blank += 1
         self._record_lines.inc(len(batch))
         self._blank_lines.inc(blank)
+        _add_lines(self._tally, self._name, len(batch) + blank, blank)
         return batch
 
     def _too_large(self, file: BinaryIO, start: bytes, now: float) -> RawEvent | None:
@@ -188,7 +189,7 @@ class _JournalTail(StatefulSourcePartition[RawEvent | EndOfInput, JournalState])
         self._offset = end
         self._line += 1
         message = f"event is {size} bytes, the limit is {self._max_bytes}"
-        position = {"file": self._name, "line": self._line}
+        position = {"source": self._name, "line": self._line}
         rejected = ("nudgeflow.parse", "too_large", message)
         return RawEvent(self._line, position, head, rejected=rejected, arrived=now, whole=(size, sha256))
 
@@ -214,7 +215,9 @@ class JournalSource(FixedPartitionedSource[RawEvent | EndOfInput, JournalState])
     """Tails the event journal at ``path`` (one partition; see the module doc) until ``stop`` is set.
 
     ``caught_up`` is set once the source has read everything the journal held (at start: the
-    events of earlier runs, which rebuild the engine's state)."""
+    events of earlier runs, which rebuild the engine's state); ``tally`` counts the lines read.
+    ``mark_idle``: an end-of-input mark each time it has caught up, else only at its end (one
+    partition holds nothing back either way; the marks spare the engine's idle shards a tick)."""
 
     def __init__(
         self,
@@ -222,15 +225,18 @@ class JournalSource(FixedPartitionedSource[RawEvent | EndOfInput, JournalState])
         batch_size: int = 1000,
         stop: threading.Event | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        mark_idle: bool = True,
     ) -> None:
         self.path = Path(path)
         self.batch_size = batch_size
         self.stop = stop or threading.Event()
         self.max_event_bytes = max_event_bytes
+        self.mark_idle = mark_idle
         self.caught_up = threading.Event()
+        self.tally = InputTally()
 
     def list_parts(self) -> list[str]:
         return ["journal"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: JournalState | None) -> _JournalTail:
-        return _JournalTail(self.path, self.batch_size, self.stop, self.max_event_bytes, resume_state, self.caught_up)
+        return _JournalTail(self, resume_state)

@@ -22,16 +22,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
-from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from bytewax.outputs import StatefulSinkPartition
 
-from connectors.files import (
-    ModelsWriter,
-    OutputFolderError,
-    _DiscardPartition,
-    _ExperimentsPartition,
-    _ModelsPartition,
-    _SummaryPartition,
-)
+from connectors.files import ModelsWriter, OutputFolderError, OutputFolderSink, _SummaryPartition
 from connectors.http.backend import Change, Page, decode_cursor, encode_cursor
 from connectors.journal import EventJournal
 from connectors.redis_store import decision_entry, is_decision_stream, is_deletion, membership
@@ -115,13 +108,22 @@ class LiveStore:
         log.append(Change(output.key, "entered" if member else "exited", output.time_ms))
 
     def profile(self, customer_id: str) -> dict[str, Any] | None:
-        """The customer's profile with its last decisions (newest first); ``None`` if unknown."""
+        """The customer's profile with its last decisions (newest first); ``None`` if unknown.
+
+        A customer the engine sends no profile of (known by an anonymous id only) but who has
+        decisions gets an empty one, with the audiences it is a member of."""
         with self._lock:
             body = self._profiles.get(customer_id)
             decisions = list(self._decisions.get(customer_id, ()))
+            if body is None:
+                if not decisions:
+                    return None
+                audiences = sorted(a for a, members in self._members.items() if customer_id in members)
         if body is None:
-            return None
-        profile = orjson.loads(body)
+            profile = {"customer_id": customer_id, "features": {}, "audiences": audiences, "traits": {},
+                       "match_keys": {}, "updated_at": None}  # fmt: skip
+        else:
+            profile = orjson.loads(body)
         profile["decisions"] = [orjson.loads(entry) for entry in decisions]
         return profile
 
@@ -200,36 +202,26 @@ STORE_FED = frozenset({PROFILES, AUDIENCE_CHANGES})
 """Streams fed to the store besides the triggers."""
 
 
-class LiveOutputSink(FixedPartitionedSink[Output, None]):
+class LiveOutputSink(OutputFolderSink):
     """The flow's outputs as they come: each stream's records appended to its file in ``out`` (see
     :data:`schemas.streams.OUTPUT_FILES`), profiles, triggers and audience changes fed to ``store``,
-    the counters summed into ``summary.json``; the merged model parameters written to ``models.json``
-    at the end by ``write_models`` (none without it). Items are ``(stream, Output)``."""
+    the counters summed into ``summary.json``; the experiments' counts and the merged model
+    parameters (by ``write_models``; none without it) written at the end, as
+    :class:`connectors.files.OutputFolderSink` writes them. Items are ``(stream, Output)``."""
 
     def __init__(self, out: Path, store: LiveStore, write_models: ModelsWriter | None = None) -> None:
-        self.out = Path(out)
+        super().__init__(out, write_models=write_models)
         self.store = store
-        self.write_models = write_models
-        self.streams = sorted({*OUTPUT_FILES, MODELS, PROFILES})
+        self.streams = sorted([*self.streams, PROFILES])
         self._index = {stream: n for n, stream in enumerate(self.streams)}
 
-    def list_parts(self) -> list[str]:
-        return self.streams
-
-    def part_fn(self, item_key: str) -> int:
-        return self._index[item_key]
-
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> StatefulSinkPartition[Output, None]:
-        if for_part == MODELS:
-            if self.write_models is None:
-                return _DiscardPartition({})
-            return _ModelsPartition(self.out / MODEL_FILE, None, self.write_models)
         if for_part == STATS:
-            return _LiveSummary(self.out / OUTPUT_FILES[STATS])
-        if for_part == EXPERIMENTS:
-            return _ExperimentsPartition(self.out / OUTPUT_FILES[EXPERIMENTS], None)
+            return _LiveSummary(self.folder / OUTPUT_FILES[STATS])
+        if for_part in (MODELS, EXPERIMENTS):
+            return super().build_part(step_id, for_part, resume_state)
         fed = for_part in STORE_FED or is_decision_stream(for_part)
-        path = self.out / OUTPUT_FILES[for_part] if for_part in OUTPUT_FILES else None
+        path = self.folder / OUTPUT_FILES[for_part] if for_part in OUTPUT_FILES else None
         return _LiveFile(for_part, path, self.store if fed else None)
 
 

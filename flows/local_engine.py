@@ -19,10 +19,12 @@ from connectors.journal import EventJournal, JournalSource
 from connectors.live import JOURNAL_FILE, LiveOutputSink, LiveStore, LocalBackend, prepare_live_folder
 from flows.cli import run_dataflow
 from flows.personalization import build_flow
+from flows.report import finalize_summary
 from flows.settings import Settings
 from operators.models import files as model_files
 from operators.rules import load_rules
 from schemas.errors import NudgeflowError
+from schemas.experiments import ExperimentConfig
 
 STOP_SECONDS = 60.0
 """How long :meth:`LocalEngine.stop` waits for the flow to finish what the journal holds."""
@@ -40,6 +42,7 @@ class LocalEngine:
     store: LiveStore
     source: JournalSource
     out: Path
+    experiments: ExperimentConfig | None = None
     thread: threading.Thread = field(init=False)
     error: BaseException | None = field(default=None, init=False)
     backend: LocalBackend = field(init=False)
@@ -63,7 +66,8 @@ class LocalEngine:
 
     def stop(self, timeout: float = STOP_SECONDS) -> None:
         """Let the flow read what the journal holds, end it and wait for it (at most ``timeout``
-        seconds); raise :class:`EngineFailed` if it failed, ``TimeoutError`` if it is still running."""
+        seconds), then complete ``summary.json`` and ``experiments.jsonl`` as a replay does; raise
+        :class:`EngineFailed` if it failed, ``TimeoutError`` if it is still running."""
         self.source.stop.set()
         self.thread.join(timeout)
         if self.thread.is_alive():
@@ -71,6 +75,7 @@ class LocalEngine:
         self.journal.close()
         if self.error is not None:
             raise EngineFailed(f"the engine stopped with an error: {self.error}") from self.error
+        finalize_summary(self.out, self.source.tally.lines, self.experiments)
 
 
 def start_local_engine(
@@ -87,11 +92,15 @@ def start_local_engine(
     prepare_live_folder(out, journal_path, settings.replace_output)
     ledger = read_ledger_file(ledger_path(settings.erasure_ledger, out))[1]
     event_journal = EventJournal(journal_path, fsync)
-    source = JournalSource(journal_path, settings.batch_size, threading.Event(), settings.max_event_bytes)
+    # Idle marks between batches let several workers' shards decide otherwise than a replay of the
+    # journal (not so with one worker): with several, the source marks only its end.
+    source = JournalSource(
+        journal_path, settings.batch_size, threading.Event(), settings.max_event_bytes, mark_idle=workers == 1
+    )
     store = LiveStore(frozenset(settings.redis_traits))
     sink = LiveOutputSink(out, store, write_models=model_files.write_merged)
     flow = build_flow(settings, rules, source=source, sink=sink, ledger=ledger, profiles=True)
-    engine = LocalEngine(event_journal, store, source, out)
+    engine = LocalEngine(event_journal, store, source, out, rules.experiments)
 
     def run() -> None:
         try:

@@ -36,9 +36,11 @@ def records(captured: list) -> list[RawEvent]:
 class TailingFlow:
     """A flow reading the journal into a list, run in a thread until its source is stopped."""
 
-    def __init__(self, path: Path, batch_size: int = 100, recovery: RecoveryConfig | None = None) -> None:
+    def __init__(
+        self, path: Path, batch_size: int = 100, recovery: RecoveryConfig | None = None, mark_idle: bool = True
+    ) -> None:
         self.captured: list = []
-        self.source = JournalSource(path, batch_size)
+        self.source = JournalSource(path, batch_size, mark_idle=mark_idle)
         flow = Dataflow("journal")
         op.output("out", op.input("in", flow, self.source), TestingSink(self.captured))
         self.error: BaseException | None = None
@@ -81,11 +83,26 @@ def test_events_appended_while_a_flow_tails_the_journal_arrive_in_order_as_they_
     finally:
         flow.stop()
     got = records(flow.captured)
-    assert [r.position for r in got] == [{"file": "events.jsonl", "line": n} for n in range(1, 61)]
+    assert [r.position for r in got] == [{"source": "events.jsonl", "line": n} for n in range(1, 61)]
     assert [r.seq for r in got] == list(range(1, 61))
     assert all(r.arrived > 0 for r in got)
     ends = [item for item in flow.captured if isinstance(item, EndOfInput)]
     assert 3 <= len(ends) <= 10, "an end of input each time it caught up, not one per idle poll"
+
+
+def test_without_idle_marks_the_only_end_of_input_comes_at_the_end(tmp_path):
+    path = tmp_path / "events.jsonl"
+    journal = EventJournal(path)
+    flow = TailingFlow(path, batch_size=7, mark_idle=False)
+    try:
+        for n in range(3):
+            journal.append(events(10, start=10 * n))
+            flow.wait_for(10 * (n + 1))
+        assert not any(isinstance(item, EndOfInput) for item in flow.captured)
+    finally:
+        flow.stop()
+    assert [type(item) for item in flow.captured] == [RawEvent] * 30 + [EndOfInput]
+    assert flow.captured[-1].seq == 30
 
 
 def test_stop_ends_the_flow_after_what_was_appended_before_it(tmp_path):
