@@ -14,7 +14,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from connectors.http.auth import KeyRing, middlewares
+from connectors.http.app import make_app
+from connectors.http.auth import KeyRing
+from connectors.http.backend import MemoryBackend
 from connectors.http.dashboard import (
     MetricsSampler,
     add_dashboard,
@@ -24,6 +26,7 @@ from connectors.http.dashboard import (
     scraped_metrics,
 )
 from connectors.local_services import free_port
+from flows.api_validation import contract_validator
 from schemas.api import ApiKeySpec
 
 BOUNDS = ("0.01", "0.1", "0.5", "1.0", "+Inf")
@@ -267,8 +270,7 @@ def test_the_stream_sends_frames_to_read_keys_only_and_forgets_clients_that_leav
         return exposition(events=42, decisions={"push": 3})
 
     sampler = MetricsSampler(read, interval=0.05)
-    app = web.Application(middlewares=middlewares(keyring()))
-    add_dashboard(app, sampler)
+    app = make_app(MemoryBackend(), contract_validator(), keyring(), extra=[lambda app: add_dashboard(app, sampler)])
 
     async def scenario() -> dict:
         server = TestServer(app, host="127.0.0.1")

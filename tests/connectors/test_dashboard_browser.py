@@ -17,10 +17,13 @@ from aiohttp import web
 from bytewax.testing import TestingSink, TestingSource, run_main
 from playwright.sync_api import Page, expect, sync_playwright
 
-from connectors.http.auth import KeyRing, middlewares
-from connectors.http.dashboard import MetricsSampler, add_dashboard, local_metrics
+from connectors.http.app import app_runner, make_app
+from connectors.http.auth import KeyRing
+from connectors.http.backend import MemoryBackend
+from connectors.http.dashboard import dashboard
 from connectors.local_services import free_port
 from connectors.synthetic import generate_events
+from flows.api_validation import contract_validator
 from flows.personalization import build_flow
 from flows.settings import Settings
 from schemas.api import ApiKeySpec
@@ -66,14 +69,13 @@ class Replay:
 
 
 class Server:
-    """The app with the dashboard, served on a free loopback port by an event loop in its own thread."""
+    """The API with the dashboard over this process's metrics, served on a free loopback port by an event
+    loop in its own thread."""
 
     def __init__(self, keys: KeyRing) -> None:
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
-        app = web.Application(middlewares=middlewares(keys))
-        add_dashboard(app, MetricsSampler(local_metrics))
-        self.runner = web.AppRunner(app)
+        self.runner = app_runner(make_app(MemoryBackend(), contract_validator(), keys, extra=[dashboard()]))
         self.thread = threading.Thread(target=self.loop.run_forever, name="dashboard-server", daemon=True)
 
     def __enter__(self) -> Server:
