@@ -70,25 +70,36 @@ class Replay:
 
 class Server:
     """The API with the dashboard over this process's metrics, served on a free loopback port by an event
-    loop in its own thread."""
+    loop in its own thread; it can be stopped and started again on the same port."""
 
     def __init__(self, keys: KeyRing) -> None:
+        self.keys = keys
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
-        self.runner = app_runner(make_app(MemoryBackend(), contract_validator(), keys, extra=[dashboard()]))
+        self.runner: web.AppRunner | None = None
         self.thread = threading.Thread(target=self.loop.run_forever, name="dashboard-server", daemon=True)
 
     def __enter__(self) -> Server:
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=10)
+        self.start()
         return self
 
-    async def _start(self) -> None:
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+    def start(self) -> None:
+        self.runner = app_runner(make_app(MemoryBackend(), contract_validator(), self.keys, extra=[dashboard()]))
+        asyncio.run_coroutine_threadsafe(self._start(self.runner), self.loop).result(timeout=10)
+
+    async def _start(self, runner: web.AppRunner) -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+
+    def stop(self) -> None:
+        """Stop serving (open dashboard streams are ended, not waited for)."""
+        if self.runner is not None:
+            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=15)
+            self.runner = None
 
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=30)
+        self.stop()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
 
@@ -103,7 +114,7 @@ def number(page: Page, testid: str) -> float:
     return float(text.replace(",", ""))
 
 
-def test_the_dashboard_shows_a_live_replay_and_refuses_a_wrong_key(tmp_path):
+def test_the_dashboard_shows_a_live_replay_reconnects_and_refuses_a_wrong_key(tmp_path):
     assert Path(CHROMIUM).exists(), "Debian's chromium is needed: `make services-deps` installs it"
     keys = KeyRing([ApiKeySpec(name="viewer", sha256=hashlib.sha256(KEY.encode()).hexdigest(), scopes=["read"])])
     with Replay(tmp_path / "out") as replay, Server(keys) as server, sync_playwright() as playwright:
@@ -132,6 +143,13 @@ def test_the_dashboard_shows_a_live_replay_and_refuses_a_wrong_key(tmp_path):
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
             shutil.copyfile(tmp_path / "dashboard.png", ARTIFACTS / "dashboard.png")
+
+            server.stop()
+            status = page.get_by_test_id("status")
+            expect(status).to_have_attribute("data-state", "reconnecting", timeout=10_000)
+            server.start()
+            expect(status).to_have_attribute("data-state", "live", timeout=15_000)
+            assert number(page, "events-total") >= second["events-total"], "back with the same key, no prompt"
 
             stranger = browser.new_context().new_page()
             stranger.goto(server.url("#key=nf_not-a-key"))
