@@ -142,7 +142,8 @@ class _Snapshot:
 class MetricsSampler:
     """Reads the metrics every ``interval`` seconds and hands each computed frame to its subscribers.
 
-    ``read_metrics`` returns a Prometheus text exposition (:func:`local_metrics`, :class:`ScrapedMetrics`).
+    ``read_metrics`` returns a Prometheus text exposition (:func:`local_metrics`, :class:`ScrapedMetrics`);
+    ``clock`` gives monotonic seconds.
     """
 
     def __init__(
@@ -150,9 +151,11 @@ class MetricsSampler:
         read_metrics: Callable[[], Awaitable[str]],
         interval: float = INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.read_metrics = read_metrics
         self.interval = interval
+        self.heartbeat = heartbeat  # the streams' comment line when no frame came for this long
         self.clock = clock
         self.latest: dict[str, Any] | None = None
         self._history: deque[_Snapshot] = deque()
@@ -416,14 +419,14 @@ async def _stream(request: web.Request) -> web.StreamResponse:
             await response.write(b"data: " + orjson.dumps(sampler.latest) + b"\n\n")
         while True:
             try:
-                data = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
+                data = await asyncio.wait_for(queue.get(), sampler.heartbeat)
             except TimeoutError:
                 await response.write(b": heartbeat\n\n")
                 continue
             if data == CLOSING:
                 break
             await response.write(b"data: " + data + b"\n\n")
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
         pass  # the client went away
     finally:
         sampler.unsubscribe(queue)

@@ -21,6 +21,7 @@ from connectors.http.dashboard import (
     MetricsSampler,
     add_dashboard,
     auc_from_counts,
+    dashboard,
     experiments,
     histogram_quantile,
     scraped_metrics,
@@ -321,3 +322,48 @@ def test_the_stream_sends_frames_to_read_keys_only_and_forgets_clients_that_leav
     assert status == 200 and "default-src 'self'" in policy, "the page needs no key and loads nothing from elsewhere"
     assert 'data-testid="events-rate"' in html
     assert seen["script"][0] == 200 and "Authorization" in seen["script"][1]
+
+
+async def _stream_lines(app: web.Application, wanted: Callable[[list[bytes]], bool]) -> list[bytes]:
+    """The non-empty lines of ``/dashboard/stream`` (read with the reader's key) until ``wanted`` of them."""
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    lines: list[bytes] = []
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            headers = {"Authorization": f"Bearer {KEYS['reader']}"}
+            async with session.get(str(server.make_url("/dashboard/stream")), headers=headers) as stream:
+                while not wanted(lines):
+                    line = (await stream.content.readline()).strip()
+                    if line:
+                        lines.append(line)
+    finally:
+        await server.close()
+    return lines
+
+
+def test_a_quiet_stream_sends_heartbeat_comments():
+    async def read() -> str:
+        return exposition(events=1)
+
+    sampler = MetricsSampler(read, interval=60, heartbeat=0.05)  # one frame, then nothing for a minute
+    app = make_app(MemoryBackend(), contract_validator(), keyring(), extra=[lambda app: add_dashboard(app, sampler)])
+    lines = asyncio.run(_stream_lines(app, lambda lines: lines.count(b": heartbeat") >= 2))
+    assert sum(line.startswith(b"data: ") for line in lines) == 1
+
+
+def test_a_fronts_dashboard_sums_the_engines_and_names_the_one_that_does_not_answer():
+    async def scenario() -> list[bytes]:
+        engines = [await _metrics_server(exposition(events=n, decisions={"push": n})) for n in (10, 32)]
+        urls = [str(engine.make_url("/metrics")) for engine in engines]
+        down = f"http://127.0.0.1:{free_port()}/metrics"
+        app = make_app(MemoryBackend(), contract_validator(), keyring(), extra=[dashboard([*urls, down])])
+        try:
+            return await _stream_lines(app, lambda lines: any(line.startswith(b"data: ") for line in lines))
+        finally:
+            for engine in engines:
+                await engine.close()
+
+    frame = orjson.loads(next(line for line in asyncio.run(scenario()) if line.startswith(b"data: "))[6:])
+    assert frame["events"]["total"] == 42.0 and frame["decisions"]["total"] == 42.0
+    assert [(s["up"], bool(s["error"])) for s in frame["sources"]].count((False, True)) == 1
