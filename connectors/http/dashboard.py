@@ -39,6 +39,7 @@ HEARTBEAT_SECONDS = 15.0  # a comment line when no frame came for this long (kee
 SCRAPE_TIMEOUT_SECONDS = 2.0
 QUANTILES = (0.5, 0.95, 0.99)
 CLOSING = b""  # handed to the streams' queues when the app shuts down
+WEBHOOK_DELIVERIES = "nudgeflow_webhook_deliveries_total"
 SOURCE_UP = "nudgeflow_dashboard_source_up"  # added by :class:`ScrapedMetrics`, one sample per engine
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]  # (sample name, sorted labels) -> value
@@ -261,7 +262,7 @@ class MetricsSampler:
                 by_label(samples, "nudgeflow_experiment_exposures_total", "experiment", "arm"),
                 by_label(samples, "nudgeflow_experiment_conversions_total", "experiment", "arm"),
             ),
-            "webhooks": _webhooks(samples),
+            "webhooks": _webhooks(samples, self._rates(WEBHOOK_DELIVERIES, "destination", "result")[1]),
             "sources": _sources(samples),
         }
 
@@ -331,15 +332,24 @@ def _model(samples: Samples) -> dict[str, Any]:
     }
 
 
-def _webhooks(samples: Samples) -> list[dict[str, Any]]:
-    """Every ``nudgeflow_webhook*`` counter by its labels (empty when no webhooks are configured)."""
-    rows = []
-    for (name, labels), value in sorted(samples.items()):
-        if name.startswith("nudgeflow_webhook") and name.endswith("_total"):
-            rows.append(
-                {"metric": name.removeprefix("nudgeflow_").removesuffix("_total"), **dict(labels), "total": value}
-            )
-    return rows
+def _webhooks(samples: Samples, delivered_rates: Mapping[tuple[str, ...], float]) -> list[dict[str, Any]]:
+    """Per webhook destination: decisions delivered (and per second), dead-lettered, failed attempts
+    (retried or given up) and pending (empty when no webhooks are configured)."""
+    results = by_label(samples, "nudgeflow_webhook_deliveries_total", "destination", "result")
+    attempts = by_label(samples, "nudgeflow_webhook_attempts_total", "destination", "outcome")
+    pending = by_label(samples, "nudgeflow_webhook_pending", "destination")
+    destinations = sorted({key[0] for key in (*results, *attempts, *pending)})
+    return [
+        {
+            "destination": name,
+            "delivered": results.get((name, "delivered"), 0.0),
+            "rate": delivered_rates.get((name, "delivered"), 0.0),
+            "dead_lettered": results.get((name, "dead_lettered"), 0.0),
+            "failed_attempts": sum(n for (d, outcome), n in attempts.items() if d == name and outcome != "ok"),
+            "pending": pending.get((name,), 0.0),
+        }
+        for name in destinations
+    ]
 
 
 def _sources(samples: Samples) -> list[dict[str, Any]]:

@@ -367,3 +367,39 @@ def test_a_fronts_dashboard_sums_the_engines_and_names_the_one_that_does_not_ans
     frame = orjson.loads(next(line for line in asyncio.run(scenario()) if line.startswith(b"data: "))[6:])
     assert frame["events"]["total"] == 42.0 and frame["decisions"]["total"] == 42.0
     assert [(s["up"], bool(s["error"])) for s in frame["sources"]].count((False, True)) == 1
+
+
+def webhook_exposition(delivered: float) -> str:
+    return "\n".join(
+        [
+            "# TYPE nudgeflow_webhook_deliveries counter",
+            f'nudgeflow_webhook_deliveries_total{{destination="push",result="delivered"}} {delivered}',
+            'nudgeflow_webhook_deliveries_total{destination="push",result="dead_lettered"} 2',
+            "# TYPE nudgeflow_webhook_attempts counter",
+            f'nudgeflow_webhook_attempts_total{{destination="push",outcome="ok"}} {delivered}',
+            'nudgeflow_webhook_attempts_total{destination="push",outcome="http_5xx"} 5',
+            'nudgeflow_webhook_attempts_total{destination="push",outcome="timeout"} 3',
+            "# TYPE nudgeflow_webhook_pending gauge",
+            'nudgeflow_webhook_pending{destination="push"} 4',
+            'nudgeflow_webhook_pending{destination="crm"} 0',
+            "",
+        ]
+    )
+
+
+def test_webhook_deliveries_by_destination_when_webhooks_are_configured():
+    _, _, step = sampler_over(
+        [exposition(), exposition() + webhook_exposition(100), exposition() + webhook_exposition(160)]
+    )
+    assert step()["webhooks"] == [], "no webhook metrics: no webhook table"
+    step()
+    crm, push = step()["webhooks"]
+    assert push == {
+        "destination": "push",
+        "delivered": 160.0,
+        "rate": 80.0,  # 160 delivered since the reading without webhook metrics, 2 s before
+        "dead_lettered": 2.0,
+        "failed_attempts": 8.0,
+        "pending": 4.0,
+    }
+    assert crm["destination"] == "crm" and crm["delivered"] == 0.0

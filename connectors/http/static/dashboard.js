@@ -280,10 +280,7 @@ function render(frame) {
   fillTable(
     "webhooks-table",
     frame.webhooks,
-    (r) => {
-      const labels = Object.entries(r).filter(([k]) => k !== "metric" && k !== "total").map(([k, v]) => k + "=" + v);
-      return [r.metric, labels.join(", "), count(r.total)];
-    },
+    (r) => [r.destination, count(r.delivered), rate(r.rate), count(r.dead_lettered), count(r.failed_attempts), count(r.pending)],
     "webhook-row",
   );
 
