@@ -26,6 +26,7 @@ from connectors.synthetic import generate_events
 from flows.api_validation import contract_validator
 from flows.personalization import build_flow
 from flows.settings import Settings
+from operators.rules import STARTER_RULES
 from schemas.api import ApiKeySpec
 from schemas.items import EndOfInput, RawEvent
 
@@ -51,11 +52,15 @@ def paced_records(stop: threading.Event) -> Iterator[RawEvent | EndOfInput]:
 class Replay:
     """The engine replaying the paced recording in a background thread of this process."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, folder: Path) -> None:
         self.stop = threading.Event()
         self.outputs: list = []
+        rules = folder / "rules.yaml"  # the starter rules with a global holdout: the experiments table fills
+        shutil.copy(STARTER_RULES.with_name("offers.yaml"), folder)  # the offers they name
+        rules.write_text(STARTER_RULES.read_text() + '\nexperiments:\n  holdout: {share: 0.2, salt: "dashboard"}\n')
         source = TestingSource(paced_records(self.stop), batch_size=200)
-        flow = build_flow(Settings(out=out), source=source, sink=TestingSink(self.outputs))
+        settings = Settings(out=folder / "out", rules=rules)
+        flow = build_flow(settings, source=source, sink=TestingSink(self.outputs))
         self.thread = threading.Thread(target=run_main, args=(flow,), name="replay", daemon=True)
 
     def __enter__(self) -> Replay:
@@ -117,7 +122,7 @@ def number(page: Page, testid: str) -> float:
 def test_the_dashboard_shows_a_live_replay_reconnects_and_refuses_a_wrong_key(tmp_path):
     assert Path(CHROMIUM).exists(), "Debian's chromium is needed: `make services-deps` installs it"
     keys = KeyRing([ApiKeySpec(name="viewer", sha256=hashlib.sha256(KEY.encode()).hexdigest(), scopes=["read"])])
-    with Replay(tmp_path / "out") as replay, Server(keys) as server, sync_playwright() as playwright:
+    with Replay(tmp_path) as replay, Server(keys) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -140,6 +145,9 @@ def test_the_dashboard_shows_a_live_replay_reconnects_and_refuses_a_wrong_key(tm
             audiences = page.get_by_test_id("audience-row").all_inner_texts()
             assert any(row.startswith("new_customers") for row in audiences), audiences
             assert page.get_by_test_id("channel-row").count() >= 1
+            expect(page.get_by_test_id("experiment-row").first).to_be_visible(timeout=10_000)
+            arms = page.get_by_test_id("experiment-row").all_inner_texts()
+            assert {row.split()[1] for row in arms} == {"control", "treated"}, arms
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
             shutil.copyfile(tmp_path / "dashboard.png", ARTIFACTS / "dashboard.png")
