@@ -386,9 +386,13 @@ class ScrapedMetrics:
             async with self._session.get(url) as response:
                 if response.status != 200:
                     return "", f"HTTP {response.status}"
-                return await response.text(), None
+                text = await response.text()
+            list(text_string_to_metric_families(text))  # one bad engine must not hide the others
+        except ValueError:
+            return "", "not Prometheus text"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return "", (str(exc) or type(exc).__name__)[:120]
+        return text, None
 
     async def __call__(self) -> str:
         if self._session is None:

@@ -212,26 +212,28 @@ async def _metrics_server(text: str) -> TestServer:
     return server
 
 
-def test_scraped_engines_are_summed_and_an_unreachable_one_is_shown_not_failed():
-    async def scenario() -> dict:
+def test_scraped_engines_are_summed_and_an_unreachable_or_wrong_one_is_shown_not_failed():
+    async def scenario() -> tuple[dict, list[str]]:
         one = await _metrics_server(exposition(events=100, decisions={"push": 4}))
         two = await _metrics_server(exposition(events=250, decisions={"push": 1, "email": 2}))
-        down = f"http://127.0.0.1:{free_port()}/metrics"
-        reader = scraped_metrics([str(one.make_url("/metrics")), str(two.make_url("/metrics")), down])
+        page = await _metrics_server("<html><body>a login page</body></html>\n")
+        urls = [str(server.make_url("/metrics")) for server in (one, two, page)]
+        urls.append(f"http://127.0.0.1:{free_port()}/metrics")  # nothing listens there
+        reader = scraped_metrics(urls)
         try:
-            return await MetricsSampler(reader).sample()
+            return await MetricsSampler(reader).sample(), urls
         finally:
             await reader.close()
-            await one.close()
-            await two.close()
+            for server in (one, two, page):
+                await server.close()
 
-    frame = asyncio.run(scenario())
+    frame, urls = asyncio.run(scenario())
     assert frame["events"]["total"] == 350.0
     assert {row["channel"]: row["total"] for row in frame["decisions"]["by_channel"]} == {"email": 2.0, "push": 5.0}
-    sources = frame["sources"]
-    assert sorted(s["up"] for s in sources) == [False, True, True]
-    unreachable = next(s for s in sources if not s["up"])
-    assert unreachable["source"].endswith("/metrics") and unreachable["error"]
+    sources = {s["source"]: s for s in frame["sources"]}
+    assert [sources[url]["up"] for url in urls] == [True, True, False, False]
+    assert sources[urls[2]]["error"] == "not Prometheus text"
+    assert sources[urls[3]]["error"], "the connection error is named"
 
 
 def test_a_failing_read_gives_a_frame_with_the_error_and_sampling_goes_on():
