@@ -2,9 +2,10 @@
 
 :class:`MetricsSampler` reads the Prometheus text exposition (this process's registry, or the
 engines' ``/metrics`` summed) every second and computes a frame: events/s, decisions/s by channel,
-event-to-decision latency quantiles, dead letters, suppressions, audience sizes over 10 minutes,
-model quality, experiments' lift and webhook deliveries. :func:`add_dashboard` serves the page at
-``/dashboard`` and the frames as server-sent events at ``/dashboard/stream`` (``read`` scope).
+event-to-decision latency quantiles, dead letters, events the HTTP API took or refused, suppressions,
+audience sizes over 10 minutes, model quality, experiments' lift and webhook deliveries.
+:func:`add_dashboard` serves the page at ``/dashboard`` and the frames as server-sent events at
+``/dashboard/stream`` (``read`` scope).
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ class MetricsSampler:
         self._history.append(_Snapshot(now, samples))
         while self._history[0].at < now - LATENCY_SECONDS - self.interval / 2:
             self._history.popleft()
-        self.latest = self.frame(now)
+        self.latest = self._frame(now)
         return self.latest
 
     def _ago(self, seconds: float) -> _Snapshot:
@@ -224,12 +225,13 @@ class MetricsSampler:
         rates = {key: (growth(value, before.get(key, 0.0)) / span if span > 0 else 0.0) for key, value in now.items()}
         return now, rates
 
-    def frame(self, now: float) -> dict[str, Any]:
+    def _frame(self, now: float) -> dict[str, Any]:
         """The frame of the newest snapshot (see the module docstring)."""
         samples = self._history[-1].samples
         events, event_rates = self._rates("nudgeflow_events_total")
         decisions, decision_rates = self._rates("nudgeflow_decisions_total", "channel")
         dead, dead_rates = self._rates("nudgeflow_invalid_events_total", "reason")
+        api, api_rates = self._rates("nudgeflow_http_events_total", "result")
         events_rate, decisions_rate = sum(event_rates.values()), sum(decision_rates.values())
         self._series.append((now, events_rate, decisions_rate))
         return {
@@ -255,6 +257,9 @@ class MetricsSampler:
                     {"reason": r, "rate": dead_rates[(r,)], "total": n} for (r,), n in sorted(dead.items()) if n
                 ],
             },
+            "api_events": [
+                {"result": result, "rate": api_rates[(result,)], "total": n} for (result,), n in sorted(api.items())
+            ],
             "suppressions": _table(by_label(samples, "nudgeflow_suppressions_total", "reason"), "reason"),
             "audiences": self._audience_sizes(now, samples),
             "model": _model(samples),

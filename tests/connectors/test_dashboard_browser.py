@@ -9,7 +9,9 @@ import re
 import shutil
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -33,6 +35,7 @@ from schemas.items import EndOfInput, RawEvent
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 KEY = "nf_dashboard-browser-test-key"
+INGEST_KEY = "nf_dashboard-browser-test-ingest-key"
 EVENTS_PER_SECOND = 4000  # about 17 s for the 67,000 events of 2,000 customers over 3 days
 
 
@@ -112,6 +115,32 @@ class Server:
         return f"http://127.0.0.1:{self.port}/dashboard{fragment}"
 
 
+def viewed() -> dict:
+    """A valid event, dated now."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    props = {"product_id": "p1"}
+    return {
+        "type": "track",
+        "event": "Product Viewed",
+        "userId": "u1",
+        "messageId": "dashboard-1",
+        "timestamp": now,
+        "properties": props,
+    }
+
+
+def post_events(server: Server, events: list[dict]) -> dict:
+    """POST the events to the API with the ingest key; the answer's counts."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/v1/events",
+        data=orjson.dumps({"batch": events}),
+        headers={"Authorization": f"Bearer {INGEST_KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = orjson.loads(response.read())
+    return {status: answer[status] for status in ("accepted", "rejected", "failed")}
+
+
 def number(page: Page, testid: str) -> float:
     """A figure of the page as a number (``1,234`` and ``12.5`` are read; ``–`` is not a number)."""
     text = page.get_by_test_id(testid).inner_text()
@@ -121,7 +150,12 @@ def number(page: Page, testid: str) -> float:
 
 def test_the_dashboard_shows_a_live_replay_reconnects_and_refuses_a_wrong_key(tmp_path):
     assert Path(CHROMIUM).exists(), "Debian's chromium is needed: `make services-deps` installs it"
-    keys = KeyRing([ApiKeySpec(name="viewer", sha256=hashlib.sha256(KEY.encode()).hexdigest(), scopes=["read"])])
+    keys = KeyRing(
+        [
+            ApiKeySpec(name="viewer", sha256=hashlib.sha256(KEY.encode()).hexdigest(), scopes=["read"]),
+            ApiKeySpec(name="till", sha256=hashlib.sha256(INGEST_KEY.encode()).hexdigest(), scopes=["ingest"]),
+        ]
+    )
     with Replay(tmp_path) as replay, Server(keys) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
@@ -151,6 +185,11 @@ def test_the_dashboard_shows_a_live_replay_reconnects_and_refuses_a_wrong_key(tm
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
             shutil.copyfile(tmp_path / "dashboard.png", ARTIFACTS / "dashboard.png")
+
+            taken = post_events(server, [viewed(), {"type": "track"}])
+            assert taken == {"accepted": 1, "rejected": 1, "failed": 0}, taken
+            expect(page.get_by_test_id("api-accepted")).not_to_have_text("0", timeout=10_000)
+            expect(page.get_by_test_id("api-rejected")).not_to_have_text("0", timeout=10_000)
 
             server.stop()
             status = page.get_by_test_id("status")

@@ -256,6 +256,11 @@ function render(frame) {
   setText("latency-count", count(frame.latency.count));
   setText("dead-letters-total", count(frame.dead_letters.total));
   setText("dead-letters-rate", rate(frame.dead_letters.rate));
+  const api = Object.fromEntries(frame.api_events.map((r) => [r.result, r]));
+  setText("api-accepted-rate", rate(api.accepted ? api.accepted.rate : 0));
+  setText("api-accepted", count(api.accepted ? api.accepted.total : 0));
+  setText("api-rejected", count(api.rejected ? api.rejected.total : 0));
+  setText("api-failed", count(api.failed ? api.failed.total : 0));
   setText("model-auc", frame.model.roc_auc == null ? "–" : frame.model.roc_auc.toFixed(3));
   setText("model-outcomes", count(frame.model.outcomes));
 
