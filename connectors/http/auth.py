@@ -43,8 +43,8 @@ Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 """The id of the request being handled (``-`` outside requests)."""
-API_KEY = "nudgeflow.api_key"
-"""Where a request keeps the :class:`ApiKey` it was authenticated with."""
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+"""A log format with the request id (give the handler a :class:`RequestIdFilter`)."""
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _SCOPE_ATTRIBUTE = "required_scope"
 _BODY_KEY_ATTRIBUTE = "write_key_in_body"
@@ -62,6 +62,10 @@ class ApiKey:
     def allows(self, scope: str) -> bool:
         """Whether the key has ``scope`` (``admin`` implies every scope)."""
         return "admin" in self.scopes or scope in self.scopes
+
+
+API_KEY = web.RequestKey("api_key", ApiKey)
+"""Where a request keeps the :class:`ApiKey` it was authenticated with."""
 
 
 class KeyRing:

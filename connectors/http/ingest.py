@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 
 from connectors.http.backend import Backend
 from connectors.kafka import event_key
@@ -78,7 +78,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise BodyTooLarge(f"the body is over {limit} bytes") from None
-    except BadHttpMessage:  # aiohttp's ContentEncodingError: not valid gzip (or deflate, br) data
+    except RequestPayloadError:  # compressed data that does not inflate
         raise BodyError(f"the body is not valid {request.headers.get('Content-Encoding', 'compressed')} data") from None
     if len(body) > limit:
         raise BodyTooLarge(f"the body is over {limit} bytes")
