@@ -26,6 +26,7 @@ from connectors.http.dashboard import (
     histogram_quantile,
     scraped_metrics,
 )
+from connectors.http.openapi import PATHS, served_routes
 from connectors.local_services import free_port
 from flows.api_validation import contract_validator
 from schemas.api import ApiKeySpec
@@ -405,3 +406,11 @@ def test_webhook_deliveries_by_destination_when_webhooks_are_configured():
         "pending": 4.0,
     }
     assert crm["destination"] == "crm" and crm["delivered"] == 0.0
+
+
+def test_the_dashboards_routes_are_the_ones_the_openapi_document_describes():
+    app = make_app(MemoryBackend(), contract_validator(), keyring(), extra=[dashboard()])
+    served = {path: methods for path, methods in served_routes(app).items() if path.startswith("/dashboard")}
+    assert served == {"/dashboard": {"get"}, "/dashboard/stream": {"get"}}, "static files are not API routes"
+    for path, methods in served.items():
+        assert set(PATHS[path]) == methods
