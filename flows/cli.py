@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, help="port to listen on (default 8080; 0: any free port)")
     api.add_argument("--kafka", action="store_true", help="a stateless front: events to Kafka, answers from Redis")
     api.add_argument("--keys", type=Path, help="API keys file (default: settings; none: one key made for the run)")
-    api.add_argument("--out", type=Path, default=Path("out/live"), help="local engine: output folder and journal")
+    api.add_argument("--out", type=Path, help="local engine: output folder and journal (default out/live)")
     api.add_argument("--force", action="store_true", help="local engine: replace a non-empty output folder")
     api.add_argument("--rules", type=Path, help="local engine: rule file (default: rules/starter.yaml)")
     api.add_argument("-w", "--workers", type=int, default=1, help="local engine: Bytewax worker threads")
@@ -526,6 +526,10 @@ def run_in_processes(settings: Settings, processes: int, workers: int = 1, quiet
         signal.signal(signal.SIGTERM, previous)
 
 
+LIVE_OUT = Path("out/live")
+"""The in-process engine's folder when none is given."""
+
+
 def _serve_api(args: argparse.Namespace) -> int:
     from flows.serve import run_server
 
@@ -537,6 +541,8 @@ def _serve_api(args: argparse.Namespace) -> int:
         api_port=args.port,
         api_keys_file=args.keys,
     )
+    if "out" not in settings.model_fields_set:  # neither --out nor NUDGEFLOW_OUT: not a run's folder
+        settings = settings.model_copy(update={"out": LIVE_OUT})
     run_server(settings, kafka=args.kafka or settings.source == "kafka", workers=args.workers)
     return 0
 

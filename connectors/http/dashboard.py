@@ -2,9 +2,10 @@
 
 :class:`MetricsSampler` reads the Prometheus text exposition (this process's registry, or the
 engines' ``/metrics`` summed) every second and computes a frame: events/s, decisions/s by channel,
-event-to-decision latency quantiles, dead letters, suppressions, audience sizes over 10 minutes,
-model quality, experiments' lift and webhook deliveries. :func:`add_dashboard` serves the page at
-``/dashboard`` and the frames as server-sent events at ``/dashboard/stream`` (``read`` scope).
+event-to-decision latency quantiles, dead letters, events the HTTP API took or refused, suppressions,
+audience sizes over 10 minutes, model quality, experiments' lift and webhook deliveries.
+:func:`add_dashboard` serves the page at ``/dashboard`` and the frames as server-sent events at
+``/dashboard/stream`` (``read`` scope).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ HEARTBEAT_SECONDS = 15.0  # a comment line when no frame came for this long (kee
 SCRAPE_TIMEOUT_SECONDS = 2.0
 QUANTILES = (0.5, 0.95, 0.99)
 CLOSING = b""  # handed to the streams' queues when the app shuts down
+WEBHOOK_DELIVERIES = "nudgeflow_webhook_deliveries_total"
 SOURCE_UP = "nudgeflow_dashboard_source_up"  # added by :class:`ScrapedMetrics`, one sample per engine
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]  # (sample name, sorted labels) -> value
@@ -142,7 +144,8 @@ class _Snapshot:
 class MetricsSampler:
     """Reads the metrics every ``interval`` seconds and hands each computed frame to its subscribers.
 
-    ``read_metrics`` returns a Prometheus text exposition (:func:`local_metrics`, :class:`ScrapedMetrics`).
+    ``read_metrics`` returns a Prometheus text exposition (:func:`local_metrics`, :class:`ScrapedMetrics`);
+    ``clock`` gives monotonic seconds.
     """
 
     def __init__(
@@ -150,9 +153,11 @@ class MetricsSampler:
         read_metrics: Callable[[], Awaitable[str]],
         interval: float = INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.read_metrics = read_metrics
         self.interval = interval
+        self.heartbeat = heartbeat  # the streams' comment line when no frame came for this long
         self.clock = clock
         self.latest: dict[str, Any] | None = None
         self._history: deque[_Snapshot] = deque()
@@ -204,7 +209,7 @@ class MetricsSampler:
         self._history.append(_Snapshot(now, samples))
         while self._history[0].at < now - LATENCY_SECONDS - self.interval / 2:
             self._history.popleft()
-        self.latest = self.frame(now)
+        self.latest = self._frame(now)
         return self.latest
 
     def _ago(self, seconds: float) -> _Snapshot:
@@ -220,12 +225,13 @@ class MetricsSampler:
         rates = {key: (growth(value, before.get(key, 0.0)) / span if span > 0 else 0.0) for key, value in now.items()}
         return now, rates
 
-    def frame(self, now: float) -> dict[str, Any]:
+    def _frame(self, now: float) -> dict[str, Any]:
         """The frame of the newest snapshot (see the module docstring)."""
         samples = self._history[-1].samples
         events, event_rates = self._rates("nudgeflow_events_total")
         decisions, decision_rates = self._rates("nudgeflow_decisions_total", "channel")
         dead, dead_rates = self._rates("nudgeflow_invalid_events_total", "reason")
+        api, api_rates = self._rates("nudgeflow_http_events_total", "result")
         events_rate, decisions_rate = sum(event_rates.values()), sum(decision_rates.values())
         self._series.append((now, events_rate, decisions_rate))
         return {
@@ -251,6 +257,9 @@ class MetricsSampler:
                     {"reason": r, "rate": dead_rates[(r,)], "total": n} for (r,), n in sorted(dead.items()) if n
                 ],
             },
+            "api_events": [
+                {"result": result, "rate": api_rates[(result,)], "total": n} for (result,), n in sorted(api.items())
+            ],
             "suppressions": _table(by_label(samples, "nudgeflow_suppressions_total", "reason"), "reason"),
             "audiences": self._audience_sizes(now, samples),
             "model": _model(samples),
@@ -258,7 +267,7 @@ class MetricsSampler:
                 by_label(samples, "nudgeflow_experiment_exposures_total", "experiment", "arm"),
                 by_label(samples, "nudgeflow_experiment_conversions_total", "experiment", "arm"),
             ),
-            "webhooks": _webhooks(samples),
+            "webhooks": _webhooks(samples, self._rates(WEBHOOK_DELIVERIES, "destination", "result")[1]),
             "sources": _sources(samples),
         }
 
@@ -328,15 +337,24 @@ def _model(samples: Samples) -> dict[str, Any]:
     }
 
 
-def _webhooks(samples: Samples) -> list[dict[str, Any]]:
-    """Every ``nudgeflow_webhook*`` counter by its labels (empty when no webhooks are configured)."""
-    rows = []
-    for (name, labels), value in sorted(samples.items()):
-        if name.startswith("nudgeflow_webhook") and name.endswith("_total"):
-            rows.append(
-                {"metric": name.removeprefix("nudgeflow_").removesuffix("_total"), **dict(labels), "total": value}
-            )
-    return rows
+def _webhooks(samples: Samples, delivered_rates: Mapping[tuple[str, ...], float]) -> list[dict[str, Any]]:
+    """Per webhook destination: decisions delivered (and per second), dead-lettered, failed attempts
+    (retried or given up) and pending (empty when no webhooks are configured)."""
+    results = by_label(samples, "nudgeflow_webhook_deliveries_total", "destination", "result")
+    attempts = by_label(samples, "nudgeflow_webhook_attempts_total", "destination", "outcome")
+    pending = by_label(samples, "nudgeflow_webhook_pending", "destination")
+    destinations = sorted({key[0] for key in (*results, *attempts, *pending)})
+    return [
+        {
+            "destination": name,
+            "delivered": results.get((name, "delivered"), 0.0),
+            "rate": delivered_rates.get((name, "delivered"), 0.0),
+            "dead_lettered": results.get((name, "dead_lettered"), 0.0),
+            "failed_attempts": sum(n for (d, outcome), n in attempts.items() if d == name and outcome != "ok"),
+            "pending": pending.get((name,), 0.0),
+        }
+        for name in destinations
+    ]
 
 
 def _sources(samples: Samples) -> list[dict[str, Any]]:
@@ -373,9 +391,13 @@ class ScrapedMetrics:
             async with self._session.get(url) as response:
                 if response.status != 200:
                     return "", f"HTTP {response.status}"
-                return await response.text(), None
+                text = await response.text()
+            list(text_string_to_metric_families(text))  # one bad engine must not hide the others
+        except ValueError:
+            return "", "not Prometheus text"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return "", (str(exc) or type(exc).__name__)[:120]
+        return text, None
 
     async def __call__(self) -> str:
         if self._session is None:
@@ -416,14 +438,14 @@ async def _stream(request: web.Request) -> web.StreamResponse:
             await response.write(b"data: " + orjson.dumps(sampler.latest) + b"\n\n")
         while True:
             try:
-                data = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
+                data = await asyncio.wait_for(queue.get(), sampler.heartbeat)
             except TimeoutError:
                 await response.write(b": heartbeat\n\n")
                 continue
             if data == CLOSING:
                 break
             await response.write(b"data: " + data + b"\n\n")
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
         pass  # the client went away
     finally:
         sampler.unsubscribe(queue)

@@ -14,16 +14,21 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from connectors.http.auth import KeyRing, middlewares
+from connectors.http.app import make_app
+from connectors.http.auth import KeyRing
+from connectors.http.backend import MemoryBackend
 from connectors.http.dashboard import (
     MetricsSampler,
     add_dashboard,
     auc_from_counts,
+    dashboard,
     experiments,
     histogram_quantile,
     scraped_metrics,
 )
+from connectors.http.openapi import PATHS, served_routes
 from connectors.local_services import free_port
+from flows.api_validation import contract_validator
 from schemas.api import ApiKeySpec
 
 BOUNDS = ("0.01", "0.1", "0.5", "1.0", "+Inf")
@@ -208,26 +213,28 @@ async def _metrics_server(text: str) -> TestServer:
     return server
 
 
-def test_scraped_engines_are_summed_and_an_unreachable_one_is_shown_not_failed():
-    async def scenario() -> dict:
+def test_scraped_engines_are_summed_and_an_unreachable_or_wrong_one_is_shown_not_failed():
+    async def scenario() -> tuple[dict, list[str]]:
         one = await _metrics_server(exposition(events=100, decisions={"push": 4}))
         two = await _metrics_server(exposition(events=250, decisions={"push": 1, "email": 2}))
-        down = f"http://127.0.0.1:{free_port()}/metrics"
-        reader = scraped_metrics([str(one.make_url("/metrics")), str(two.make_url("/metrics")), down])
+        page = await _metrics_server("<html><body>a login page</body></html>\n")
+        urls = [str(server.make_url("/metrics")) for server in (one, two, page)]
+        urls.append(f"http://127.0.0.1:{free_port()}/metrics")  # nothing listens there
+        reader = scraped_metrics(urls)
         try:
-            return await MetricsSampler(reader).sample()
+            return await MetricsSampler(reader).sample(), urls
         finally:
             await reader.close()
-            await one.close()
-            await two.close()
+            for server in (one, two, page):
+                await server.close()
 
-    frame = asyncio.run(scenario())
+    frame, urls = asyncio.run(scenario())
     assert frame["events"]["total"] == 350.0
     assert {row["channel"]: row["total"] for row in frame["decisions"]["by_channel"]} == {"email": 2.0, "push": 5.0}
-    sources = frame["sources"]
-    assert sorted(s["up"] for s in sources) == [False, True, True]
-    unreachable = next(s for s in sources if not s["up"])
-    assert unreachable["source"].endswith("/metrics") and unreachable["error"]
+    sources = {s["source"]: s for s in frame["sources"]}
+    assert [sources[url]["up"] for url in urls] == [True, True, False, False]
+    assert sources[urls[2]]["error"] == "not Prometheus text"
+    assert sources[urls[3]]["error"], "the connection error is named"
 
 
 def test_a_failing_read_gives_a_frame_with_the_error_and_sampling_goes_on():
@@ -267,8 +274,7 @@ def test_the_stream_sends_frames_to_read_keys_only_and_forgets_clients_that_leav
         return exposition(events=42, decisions={"push": 3})
 
     sampler = MetricsSampler(read, interval=0.05)
-    app = web.Application(middlewares=middlewares(keyring()))
-    add_dashboard(app, sampler)
+    app = make_app(MemoryBackend(), contract_validator(), keyring(), extra=[lambda app: add_dashboard(app, sampler)])
 
     async def scenario() -> dict:
         server = TestServer(app, host="127.0.0.1")
@@ -319,3 +325,92 @@ def test_the_stream_sends_frames_to_read_keys_only_and_forgets_clients_that_leav
     assert status == 200 and "default-src 'self'" in policy, "the page needs no key and loads nothing from elsewhere"
     assert 'data-testid="events-rate"' in html
     assert seen["script"][0] == 200 and "Authorization" in seen["script"][1]
+
+
+async def _stream_lines(app: web.Application, wanted: Callable[[list[bytes]], bool]) -> list[bytes]:
+    """The non-empty lines of ``/dashboard/stream`` (read with the reader's key) until ``wanted`` of them."""
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    lines: list[bytes] = []
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            headers = {"Authorization": f"Bearer {KEYS['reader']}"}
+            async with session.get(str(server.make_url("/dashboard/stream")), headers=headers) as stream:
+                while not wanted(lines):
+                    line = (await stream.content.readline()).strip()
+                    if line:
+                        lines.append(line)
+    finally:
+        await server.close()
+    return lines
+
+
+def test_a_quiet_stream_sends_heartbeat_comments():
+    async def read() -> str:
+        return exposition(events=1)
+
+    sampler = MetricsSampler(read, interval=60, heartbeat=0.05)  # one frame, then nothing for a minute
+    app = make_app(MemoryBackend(), contract_validator(), keyring(), extra=[lambda app: add_dashboard(app, sampler)])
+    lines = asyncio.run(_stream_lines(app, lambda lines: lines.count(b": heartbeat") >= 2))
+    assert sum(line.startswith(b"data: ") for line in lines) == 1
+
+
+def test_a_fronts_dashboard_sums_the_engines_and_names_the_one_that_does_not_answer():
+    async def scenario() -> list[bytes]:
+        engines = [await _metrics_server(exposition(events=n, decisions={"push": n})) for n in (10, 32)]
+        urls = [str(engine.make_url("/metrics")) for engine in engines]
+        down = f"http://127.0.0.1:{free_port()}/metrics"
+        app = make_app(MemoryBackend(), contract_validator(), keyring(), extra=[dashboard([*urls, down])])
+        try:
+            return await _stream_lines(app, lambda lines: any(line.startswith(b"data: ") for line in lines))
+        finally:
+            for engine in engines:
+                await engine.close()
+
+    frame = orjson.loads(next(line for line in asyncio.run(scenario()) if line.startswith(b"data: "))[6:])
+    assert frame["events"]["total"] == 42.0 and frame["decisions"]["total"] == 42.0
+    assert [(s["up"], bool(s["error"])) for s in frame["sources"]].count((False, True)) == 1
+
+
+def webhook_exposition(delivered: float) -> str:
+    return "\n".join(
+        [
+            "# TYPE nudgeflow_webhook_deliveries counter",
+            f'nudgeflow_webhook_deliveries_total{{destination="push",result="delivered"}} {delivered}',
+            'nudgeflow_webhook_deliveries_total{destination="push",result="dead_lettered"} 2',
+            "# TYPE nudgeflow_webhook_attempts counter",
+            f'nudgeflow_webhook_attempts_total{{destination="push",outcome="ok"}} {delivered}',
+            'nudgeflow_webhook_attempts_total{destination="push",outcome="http_5xx"} 5',
+            'nudgeflow_webhook_attempts_total{destination="push",outcome="timeout"} 3',
+            "# TYPE nudgeflow_webhook_pending gauge",
+            'nudgeflow_webhook_pending{destination="push"} 4',
+            'nudgeflow_webhook_pending{destination="crm"} 0',
+            "",
+        ]
+    )
+
+
+def test_webhook_deliveries_by_destination_when_webhooks_are_configured():
+    _, _, step = sampler_over(
+        [exposition(), exposition() + webhook_exposition(100), exposition() + webhook_exposition(160)]
+    )
+    assert step()["webhooks"] == [], "no webhook metrics: no webhook table"
+    step()
+    crm, push = step()["webhooks"]
+    assert push == {
+        "destination": "push",
+        "delivered": 160.0,
+        "rate": 80.0,  # 160 delivered since the reading without webhook metrics, 2 s before
+        "dead_lettered": 2.0,
+        "failed_attempts": 8.0,
+        "pending": 4.0,
+    }
+    assert crm["destination"] == "crm" and crm["delivered"] == 0.0
+
+
+def test_the_dashboards_routes_are_the_ones_the_openapi_document_describes():
+    app = make_app(MemoryBackend(), contract_validator(), keyring(), extra=[dashboard()])
+    served = {path: methods for path, methods in served_routes(app).items() if path.startswith("/dashboard")}
+    assert served == {"/dashboard": {"get"}, "/dashboard/stream": {"get"}}, "static files are not API routes"
+    for path, methods in served.items():
+        assert set(PATHS[path]) == methods

@@ -256,6 +256,11 @@ function render(frame) {
   setText("latency-count", count(frame.latency.count));
   setText("dead-letters-total", count(frame.dead_letters.total));
   setText("dead-letters-rate", rate(frame.dead_letters.rate));
+  const api = Object.fromEntries(frame.api_events.map((r) => [r.result, r]));
+  setText("api-accepted-rate", rate(api.accepted ? api.accepted.rate : 0));
+  setText("api-accepted", count(api.accepted ? api.accepted.total : 0));
+  setText("api-rejected", count(api.rejected ? api.rejected.total : 0));
+  setText("api-failed", count(api.failed ? api.failed.total : 0));
   setText("model-auc", frame.model.roc_auc == null ? "–" : frame.model.roc_auc.toFixed(3));
   setText("model-outcomes", count(frame.model.outcomes));
 
@@ -280,10 +285,7 @@ function render(frame) {
   fillTable(
     "webhooks-table",
     frame.webhooks,
-    (r) => {
-      const labels = Object.entries(r).filter(([k]) => k !== "metric" && k !== "total").map(([k, v]) => k + "=" + v);
-      return [r.metric, labels.join(", "), count(r.total)];
-    },
+    (r) => [r.destination, count(r.delivered), rate(r.rate), count(r.dead_lettered), count(r.failed_attempts), count(r.pending)],
     "webhook-row",
   );
 
