@@ -53,7 +53,8 @@ MATCH_KEYS_PER_PIPELINE = 1000
 MAX_SCAN_CURSOR = 2**64 - 1
 P = ParamSpec("P")
 T = TypeVar("T")
-MATCH_FIELDS = ("match.email_sha256", "match.phone_sha256")
+MATCH_FIELDS = ("match.email_sha256", "match.phone_sha256", "match.phone_digits_sha256")
+"""The profile hash's match keys (SHA-256 hex): email, E.164 phone, and the phone's digits (Meta)."""
 PROFILE_META = frozenset({"audiences", "updated_at", "updated_ms"})
 
 

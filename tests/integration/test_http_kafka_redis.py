@@ -164,9 +164,13 @@ def test_a_cursor_that_was_not_handed_out_is_refused(services, store):
 def test_match_keys_and_changes_are_read_from_the_store_layout(services, store):
     client, prefix = store["redis"], store["prefix"]
     client.hset(customer_keys(prefix, "u2").profile, mapping={"match.email_sha256": "ab" * 32})
-    client.hset(customer_keys(prefix, "u3").profile, mapping={"match.phone_sha256": '"' + "cd" * 32 + '"'})
+    phone = {"match.phone_sha256": '"' + "cd" * 32 + '"', "match.phone_digits_sha256": "ef" * 32}
+    client.hset(customer_keys(prefix, "u3").profile, mapping=phone)
     keys = run_with(services, prefix, lambda b: b.match_keys(["u2", "u3", "u4", "nobody"]))
-    assert keys == {"u2": {"email_sha256": "ab" * 32}, "u3": {"phone_sha256": "cd" * 32}}
+    assert keys == {
+        "u2": {"email_sha256": "ab" * 32},
+        "u3": {"phone_sha256": "cd" * 32, "phone_digits_sha256": "ef" * 32},
+    }
     profile = run_with(services, prefix, lambda b: b.profile("u2"))
     assert profile["match_keys"] == {"email_sha256": "ab" * 32} and "match.email_sha256" not in profile["features"]
 
