@@ -208,6 +208,13 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("folder", type=Path, help="the output folder of a run or replay")
     report.set_defaults(command=_report_measures)
 
+    keys = sub.add_parser("keys", help="API keys of nudgeflow serve")
+    keys_sub = keys.add_subparsers(required=True, metavar="ACTION")
+    new = keys_sub.add_parser("new", help="make a new API key: prints it once, and its keys file entry (a hash)")
+    new.add_argument("--name", required=True, help="the key's name, shown in logs instead of the key")
+    new.add_argument("--scopes", default="ingest", help="comma-separated: ingest, read, admin (default ingest)")
+    new.set_defaults(command=_keys_new)
+
     rules = sub.add_parser("rules", help="rule files")
     rules_sub = rules.add_subparsers(required=True, metavar="ACTION")
     check = rules_sub.add_parser("check", help="validate a rule file and show what each rule listens to")
@@ -549,6 +556,21 @@ def _erase(args: argparse.Namespace) -> int:
         f" at {iso_ms(at_ms)}): {where}",
         file=sys.stderr,
     )
+    return 0
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    """A new API key on stdout, with the entry (its SHA-256, never the key) to add to the keys file."""
+    from schemas.api import ENV_NAME, key_entry, key_hash, new_key
+
+    scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
+    secret = new_key()
+    entry = key_entry(args.name, scopes, secret)
+    print(f"# API key {args.name!r}: shown once, keep it secret (only its SHA-256 is stored)")
+    print(secret)
+    print("# add this entry to the keys file (NUDGEFLOW_API_KEYS_FILE):")
+    print(entry, end="")
+    print(f"# or add to {ENV_NAME}: {args.name}:{'+'.join(scopes)}:{key_hash(secret)}")
     return 0
 
 

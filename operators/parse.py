@@ -29,6 +29,7 @@ from schemas.events import (
     validate_event,
 )
 from schemas.items import DEFAULT_MAX_EVENT_BYTES, ChunkEnd, EndOfInput, RawEvent
+from schemas.json_text import lost_a_key
 from schemas.records import dead_letter
 from schemas.timestamps import epoch_ms
 from state._native import EnvelopeMaker, EpochMs, EventScan
@@ -180,7 +181,7 @@ def _parse_generally(raw: RawEvent) -> Envelope | Rejected:
         return _reject(raw, "invalid_json", [str(err)])
     if not isinstance(data, dict):
         return _reject(raw, "schema_invalid", [f"an event is a JSON object, not {type(data).__name__}"])
-    if _lost_a_key(payload, data):
+    if lost_a_key(payload, data):
         duplicate = _duplicate_key(payload)
         if duplicate is not None:
             return _reject(raw, "duplicate_key", [f"{duplicate}: duplicate key"])
@@ -207,27 +208,9 @@ def _pairs(items: list[tuple[str, Any]]) -> _Pairs:
     return obj
 
 
-def _lost_a_key(payload: bytes, data: dict[str, Any]) -> bool:
-    """Whether decoding dropped a repeated key (orjson keeps the last one silently).
-
-    Outside strings a colon follows every key and nothing else, and re-encoding writes every
-    colon inside a string as a colon (also one escaped as ``\\u003a``), so the payload's colons
-    and escaped colons outnumber its re-encoding's exactly when a key was dropped. Compact JSON
-    as orjson or ``JSON.stringify`` writes it is its own re-encoding: then nothing is counted.
-    A document too deeply nested to re-encode is checked the slow way.
-    """
-    try:
-        encoded = orjson.dumps(data)
-    except orjson.JSONEncodeError:
-        return True
-    if encoded == payload:
-        return False
-    escaped = payload.count(b"\\u003a") + payload.count(b"\\u003A")
-    return payload.count(b":") + escaped > encoded.count(b":")
-
-
 def _duplicate_key(payload: bytes) -> str | None:
-    """The path of the first repeated key of an object, or None (slow: only after :func:`_lost_a_key`)."""
+    """The path of the first repeated key of an object, or None (slow: only after a key was lost,
+    :func:`schemas.json_text.lost_a_key`)."""
     try:
         root = json.loads(payload, object_pairs_hook=_pairs)
     except (ValueError, RecursionError):

@@ -84,3 +84,11 @@ ATTRIBUTED_REVENUE = Counter(
     "Order revenue credited to the deliveries before the order, by attribution model, channel and rule",
     ["model", "channel", "rule"],
 )
+HTTP_REQUESTS = Counter(
+    "nudgeflow_http_requests", "HTTP API requests answered, by route template and status", ["route", "status"]
+)
+HTTP_EVENTS = Counter(
+    "nudgeflow_http_events",
+    "Events received by the HTTP API, by result: accepted, rejected (contract) or failed (not taken by the stream)",
+    ["result"],
+)
