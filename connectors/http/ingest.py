@@ -1,4 +1,5 @@
-"""Events that arrive over HTTP: the body split into events, ``receivedAt`` stamped, each one checked.
+"""Events that arrive over HTTP: the body read and split into events, ``receivedAt`` stamped, each one
+checked, and sent to the events stream (:func:`take_events`).
 
 The check itself is handed in (:data:`Validator`): the flows build it from the stream's own parser,
 so an event refused here has the reason the stream would have dead-lettered it with. Bodies are read
@@ -9,13 +10,20 @@ with a repeated key reaches the check as it was sent (the stream refuses those a
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
+from connectors.http.backend import Backend
+from connectors.kafka import event_key
 from schemas.json_text import lost_a_key
+from schemas.metrics import HTTP_EVENTS
 from schemas.records import iso_ms
 
 
@@ -33,8 +41,89 @@ Validator = Callable[[bytes, int], Checked]
 """(event JSON bytes, received_at epoch ms) -> :class:`Checked`."""
 
 
+log = logging.getLogger("nudgeflow.http")
+
+
 class BodyError(ValueError):
     """A request body that is not JSON, or not of a shape that holds events."""
+
+
+class BodyTooLarge(BodyError):
+    """A request body over its limit (after inflating a compressed one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one event of a request."""
+
+    STATUSES: ClassVar[tuple[str, ...]] = ("accepted", "rejected", "failed")
+
+    status: str  # accepted (sent), rejected (by the contract), failed (the events stream did not take it)
+    reason: str | None = None  # the dead-letter reason of a rejected event; "not_sent" for a failed one
+    messages: tuple[str, ...] = ()
+
+    def result(self, index: int) -> dict[str, Any]:
+        """The event's entry in a response: ``{"index", "status", "reason"?, "messages"?}``."""
+        if self.reason is None:
+            return {"index": index, "status": self.status}
+        return {"index": index, "status": self.status, "reason": self.reason, "messages": list(self.messages)}
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, inflated when compressed (aiohttp inflates it in bounded steps as it is read).
+
+    :class:`BodyTooLarge` beyond ``limit`` bytes (read no further), :class:`BodyError` when the
+    compressed data is not valid."""
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"the body is over {limit} bytes") from None
+    except BadHttpMessage:  # aiohttp's ContentEncodingError: not valid gzip (or deflate, br) data
+        raise BodyError(f"the body is not valid {request.headers.get('Content-Encoding', 'compressed')} data") from None
+    if len(body) > limit:
+        raise BodyTooLarge(f"the body is over {limit} bytes")
+    return body
+
+
+async def take_events(
+    backend: Backend, validator: Validator, events: list[Any], received_ms: int, forward: bool = False
+) -> list[Outcome]:
+    """Check each event (``receivedAt`` stamped where missing) and send the valid ones to the events
+    stream, in order; with ``forward`` the rejected ones too (the stream dead-letters them with the
+    same reason). Counted in ``nudgeflow_http_events_total``."""
+    lines = [encode(stamped(event, received_ms)) for event in events]
+    checked = [validator(line, received_ms) for line in lines]
+    outcomes = [Outcome("accepted") if c.line is not None else Outcome("rejected", c.reason, tuple(c.messages))
+                for c in checked]
+    sending = [
+        (index, (c.key, c.line) if c.line is not None else (event_key(line), line))
+        for index, (line, c) in enumerate(zip(lines, checked, strict=True))
+        if c.line is not None or forward
+    ]
+    failures = await _send(backend, [event for _, event in sending])
+    for (index, _), failure in zip(sending, failures, strict=True):
+        if failure is not None:
+            outcomes[index] = Outcome("failed", "not_sent", (failure,))
+    for status in Outcome.STATUSES:
+        count = sum(outcome.status == status for outcome in outcomes)
+        if count:
+            HTTP_EVENTS.labels(status).inc(count)
+    return outcomes
+
+
+async def _send(backend: Backend, events: list[tuple[bytes | None, bytes]]) -> list[str | None]:
+    """The backend's answer per event; every event failed when the backend itself fails."""
+    if not events:
+        return []
+    try:
+        failures = await backend.send(events)
+    except Exception as err:
+        log.exception("sending %d events failed", len(events))
+        failures = [f"the events stream is unavailable ({type(err).__name__})"] * len(events)
+    if len(failures) != len(events):
+        log.error("the backend answered for %d events of %d", len(failures), len(events))
+        return [f"no answer for this event ({backend.name})"] * len(events)
+    return failures
 
 
 class Pairs(list[tuple[str, Any]]):
@@ -95,6 +184,11 @@ def without(obj: Any, name: str) -> Any:
     if isinstance(obj, dict) and name in obj:
         return {key: value for key, value in obj.items() if key != name}
     return obj
+
+
+def now_ms() -> int:
+    """The server's time, epoch milliseconds: when a request's events were received."""
+    return int(time.time() * 1000)
 
 
 def stamped(event: Any, received_ms: int) -> Any:
