@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
+from connectors.http.app import BACKEND
 from connectors.http.auth import requires
 from connectors.http.backend import Change, Page
 from schemas.errors import ConfigurationError
@@ -223,13 +224,11 @@ def _csv_line(values: Iterable[str]) -> bytes:
 @requires("read")
 async def export_handler(request: web.Request) -> web.StreamResponse:
     """``GET /v1/audiences/{audience_id}/export?format=google|meta|tiktok|csv[&since=T&changes=added|removed]``
-    (scope ``read``, see :func:`connectors.http.app.make_app`).
+    (scope ``read``; added to the app by :func:`add_export`).
 
     The body is written to a spooled temporary file (memory up to :data:`SPOOL_BYTES`, then disk), so the
     count of members without match keys can go in a header (:data:`WITHOUT_KEYS_HEADER`), then streamed.
     """
-    from connectors.http.app import BACKEND  # here: the app imports this module for its routes
-
     audience_id = request.match_info["audience_id"]
     query = request.query
     try:
@@ -257,6 +256,11 @@ async def export_handler(request: web.Request) -> web.StreamResponse:
             await response.write(chunk)
     await response.write_eof()
     return response
+
+
+def add_export(app: web.Application) -> None:
+    """Add ``GET /v1/audiences/{audience_id}/export`` to the API (an ``extra`` of ``make_app``)."""
+    app.router.add_get("/v1/audiences/{audience_id}/export", export_handler)
 
 
 def _file_name(text: str) -> str:
