@@ -7,18 +7,25 @@
 Key                                  Type  Content
 ===================================  ====  ===============================================================
 ``{prefix}:{<customer>}:profile``    HASH  One field per feature (JSON text), ``audiences`` (JSON list),
-                                           ``updated_at`` (ISO time), ``updated_ms`` (epoch ms), and
-                                           ``trait.<name>`` (JSON text) only for allowlisted traits.
+                                           ``updated_at`` (ISO time), ``updated_ms`` (epoch ms),
+                                           ``trait.<name>`` (JSON text) only for allowlisted traits, and
+                                           ``match.email_sha256``, ``match.phone_sha256``,
+                                           ``match.phone_digits_sha256`` (hex) for the match keys known.
                                            Replaced whole and atomically by each newer profile.
 ``{prefix}:{<customer>}:decisions``  LIST  The last ``decisions_kept`` triggers, newest first, each
                                            ``{"id","rule_id","channel","offer_id","time"}`` (JSON).
 ``{prefix}:audience:{<audience>}``   SET   Ids of the audience's current members.
+``{prefix}:audience:{<audience>}``   STREAM The audience's change log: one entry per entry or exit, fields
+``:changes``                               ``customer``, ``change`` (``entered``/``exited``), ``time_ms``
+                                           (the change's event time), in the order written; trimmed to
+                                           about :data:`CHANGES_KEPT` entries (``MAXLEN ~``).
 ===================================  ====  ===============================================================
 
 The braces are Redis Cluster hash tags: all keys of one customer live in one slot, and a
-whole audience lives in one slot. With ``ttl_seconds`` the customer's profile and decisions
+whole audience (its set and its change log) lives in one slot. With ``ttl_seconds`` the customer's profile and decisions
 expire that long after their last write; memberships leave a set only by an ``exited``
-change. Streams ``profiles``, ``audience_changes`` and ``triggers.*`` are written; shadow
+change. A change log entry may be written twice (a pipeline written again after a failure): readers
+take each customer's last change. Streams ``profiles``, ``audience_changes`` and ``triggers.*`` are written; shadow
 streams, dead letters and stats are ignored. Personal traits stay out unless allowlisted.
 
 Writes are coalesced: each partition's buffer keeps the latest profile per customer, the
@@ -89,8 +96,10 @@ PIPELINE_ENTRIES = 1000
 """Buffer entries written per pipeline; each pipeline's entries leave the buffer once written."""
 PARTITIONS = 4
 """Store partitions (each a writer with its own connection), spread over the workers."""
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: the audiences' change log entries not yet written
 """Version of a partition's recovery snapshot (:data:`StoreSnapshot`)."""
+CHANGES_KEPT = 1_000_000
+"""Entries kept (about: trimmed with ``MAXLEN ~``) in an audience's change log."""
 DESCRIBED_CUSTOMERS = 5
 """Customers named in the account of what was not written."""
 
@@ -143,6 +152,11 @@ def customer_keys(prefix: str, customer_id: str) -> CustomerKeys:
 def audience_key(prefix: str, audience_id: str) -> str:
     """The key of the set of ``audience_id``'s members."""
     return f"{prefix}:audience:{{{audience_id}}}"
+
+
+def changes_key(prefix: str, audience_id: str) -> str:
+    """The key of ``audience_id``'s change log (a stream in the slot of its member set)."""
+    return f"{prefix}:audience:{{{audience_id}}}:changes"
 
 
 def mask_url(url: str) -> str:
@@ -225,6 +239,8 @@ def profile_fields(body: bytes, traits: frozenset[str]) -> list[str]:
     for name, value in (profile.get("traits") or {}).items():
         if name in traits:
             fields += [f"trait.{name}", orjson.dumps(value).decode()]
+    for name, value in (profile.get("match_keys") or {}).items():
+        fields += [f"match.{name}", str(value)]
     fields += ["audiences", orjson.dumps(profile.get("audiences") or []).decode()]
     for name in ("updated_at", "updated_ms"):
         if profile.get(name) is not None:
@@ -235,8 +251,14 @@ def profile_fields(body: bytes, traits: frozenset[str]) -> list[str]:
 ProfileWrites = tuple[bytes | None, bytes | None]
 """A customer's buffered ``(deletion, profile)``, written in that order: either may be ``None``."""
 
-StoreSnapshot = tuple[int, tuple[tuple[str, bytes], ...], tuple[tuple[str, tuple[bytes, ...]], ...], tuple[Any, ...]]
-"""``(format, profiles, decisions, memberships)``: the buffer, immutable, for recovery snapshots
+AudienceChange = tuple[str, str, str, int]
+"""``(audience, customer, "entered" or "exited", event time ms)``: an entry of an audience's change log."""
+
+StoreSnapshot = tuple[
+    int, tuple[tuple[str, bytes], ...], tuple[tuple[str, tuple[bytes, ...]], ...], tuple[Any, ...],
+    tuple[AudienceChange, ...],
+]  # fmt: skip
+"""``(format, profiles, decisions, memberships, changes)``: the buffer, immutable, for recovery snapshots
 (a customer back after a deletion has two profiles: the deletion, then the newer one)."""
 
 
@@ -247,10 +269,11 @@ class Chunk:
     profiles: list[tuple[str, ProfileWrites]]
     decisions: list[tuple[str, list[bytes]]]
     members: list[tuple[tuple[str, str], bool]]
+    changes: list[AudienceChange] = field(default_factory=list)
 
     @property
     def size(self) -> int:
-        return len(self.profiles) + len(self.decisions) + len(self.members)
+        return len(self.profiles) + len(self.decisions) + len(self.members) + len(self.changes)
 
 
 @dataclass
@@ -261,10 +284,11 @@ class StoreBuffer:
     profiles: dict[str, ProfileWrites] = field(default_factory=dict)
     decisions: dict[str, deque[bytes]] = field(default_factory=dict)
     members: dict[tuple[str, str], bool] = field(default_factory=dict)
+    changes: deque[AudienceChange] = field(default_factory=deque)  # every change, in order (not coalesced)
     received: Counter[str] = field(default_factory=Counter)
 
     def __len__(self) -> int:
-        return len(self.profiles) + len(self.decisions) + len(self.members)
+        return len(self.profiles) + len(self.decisions) + len(self.members) + len(self.changes)
 
     def add_profile(self, customer: str, body: bytes) -> None:
         """Buffer a profile; a deletion drops the customer's buffered decisions (they are written
@@ -286,13 +310,18 @@ class StoreBuffer:
         self.members.pop((audience, customer), None)
         self.members[(audience, customer)] = member
 
+    def add_change(self, change: AudienceChange) -> None:
+        self.changes.append(change)
+
     def take(self, limit: int) -> Chunk:
         """Up to ``limit`` entries, oldest first; they stay in the buffer until :meth:`forget`."""
         profiles = list(islice(self.profiles.items(), limit))
         limit -= len(profiles)
         decisions = [(c, list(d)) for c, d in islice(self.decisions.items(), limit)]
         limit -= len(decisions)
-        return Chunk(profiles, decisions, list(islice(self.members.items(), limit)))
+        members = list(islice(self.members.items(), limit))
+        limit -= len(members)
+        return Chunk(profiles, decisions, members, list(islice(self.changes, limit)))
 
     def forget(self, chunk: Chunk) -> None:
         """Drop the entries of a written chunk, except those updated since it was taken."""
@@ -309,6 +338,8 @@ class StoreBuffer:
         for key, member in chunk.members:
             if self.members.get(key) is member:
                 del self.members[key]
+        for _ in chunk.changes:  # the oldest: changes are only ever appended
+            self.changes.popleft()
 
     def frozen(self) -> StoreSnapshot:
         """The buffer as an immutable snapshot."""
@@ -316,16 +347,17 @@ class StoreBuffer:
             (customer, body) for customer, writes in self.profiles.items() for body in writes if body is not None
         )
         decisions = tuple((customer, tuple(kept)) for customer, kept in self.decisions.items())
-        return SNAPSHOT_FORMAT, profiles, decisions, tuple(self.members.items())
+        return SNAPSHOT_FORMAT, profiles, decisions, tuple(self.members.items()), tuple(self.changes)
 
     def thaw(self, snapshot: StoreSnapshot) -> None:
         """Buffer what :meth:`frozen` returned; refuse other formats."""
-        version, profiles, decisions, members = snapshot
+        version = snapshot[0]
         if version != SNAPSHOT_FORMAT:
             raise RecoveryStoreError(
                 f"redis store snapshot format {version} is not supported: this version reads format "
                 f"{SNAPSHOT_FORMAT}. Start with a new recovery directory."
             )
+        _, profiles, decisions, members, changes = snapshot
         for customer, body in profiles:
             self.add_profile(customer, body)
         for customer, entries in decisions:
@@ -333,11 +365,14 @@ class StoreBuffer:
                 self.add_decision(customer, entry)
         for (audience, customer), member in members:
             self.add_membership(audience, customer, member)
+        self.changes.extend(changes)
 
     def unwritten(self, where: str, refused: int) -> Unwritten:
         """What the buffer holds, as an account of what was not written to ``where``."""
         customers = self.profiles.keys() | self.decisions.keys() | {customer for _, customer in self.members}
-        return Unwritten(where, customers, len(self.profiles), len(self.decisions), len(self.members), refused)
+        customers |= {customer for _, customer, _, _ in self.changes}
+        counts = len(self.profiles), len(self.decisions), len(self.members), len(self.changes)
+        return Unwritten(where, customers, *counts, refused)
 
 
 @dataclass
@@ -349,6 +384,7 @@ class Unwritten:
     profiles: int
     decisions: int
     members: int
+    changes: int
     refused: int
 
     def add(self, other: Unwritten) -> None:
@@ -356,6 +392,7 @@ class Unwritten:
         self.profiles += other.profiles
         self.decisions += other.decisions
         self.members += other.members
+        self.changes += other.changes
         self.refused += other.refused
 
     def __str__(self) -> str:
@@ -363,7 +400,9 @@ class Unwritten:
         shown = ", ".join(names[:DESCRIBED_CUSTOMERS]) + (", ..." if len(names) > DESCRIBED_CUSTOMERS else "")
         text = (
             f"redis store {self.where}: {len(names)} customers' updates ({shown}: {self.profiles} profiles, "
-            f"{self.decisions} decision lists, {self.members} audience memberships) not written"
+            f"{self.decisions} decision lists, {self.members} audience memberships"
+            + (f", {self.changes} audience change log entries" if self.changes else "")
+            + ") not written"
         )
         return text + (f"; {self.refused} writes refused" if self.refused else "")
 
@@ -493,6 +532,7 @@ class RedisStoreWriter:
         elif stream == AUDIENCE_CHANGES:
             audience, member = membership(output.body)
             self._buffer.add_membership(audience, output.key, member)
+            self._buffer.add_change((audience, output.key, "entered" if member else "exited", output.time_ms))
         else:
             self._buffer.add_decision(output.key, decision_entry(stream, output.body))
         return True
@@ -584,6 +624,9 @@ class RedisStoreWriter:
                 pipe.sadd(audience_key(prefix, audience), customer)
             else:
                 pipe.srem(audience_key(prefix, audience), customer)
+        for audience, customer, change, time_ms in chunk.changes:
+            entry = {"customer": customer, "change": change, "time_ms": time_ms}
+            pipe.xadd(changes_key(prefix, audience), entry, maxlen=CHANGES_KEPT, approximate=True)
 
     def _failed(self, err: Exception) -> None:
         now = time.monotonic()

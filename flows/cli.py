@@ -52,7 +52,7 @@ from operators.models import ModelMode, import_model_libraries
 from operators.models import files as model_files
 from operators.rules import STARTER_RULES, CompiledRules, load_rules
 from schemas.erasures import Ledger, erasure_event
-from schemas.errors import ConfigurationError, NudgeflowError, RecoveryStoreError
+from schemas.errors import ConfigurationError, NudgeflowError, RecoveryStoreError, ServiceError
 from schemas.items import EndOfInput, RawEvent
 from schemas.records import iso_ms
 from schemas.timestamps import epoch_ms
@@ -225,6 +225,20 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--name", required=True, help="the key's name, shown in logs instead of the key")
     new.add_argument("--scopes", default="ingest", help="comma-separated: ingest, read, admin (default ingest)")
     new.set_defaults(command=_keys_new)
+
+    audiences = sub.add_parser("audiences", help="audiences for ad platforms")
+    audiences_sub = audiences.add_subparsers(required=True, metavar="ACTION")
+    export = audiences_sub.add_parser(
+        "export", help="an audience's members (or changes) as hashed match keys in an ad platform's upload format"
+    )
+    export.add_argument("audience_id", help="the audience (a rule id)")
+    export.add_argument("--format", required=True, choices=["google", "meta", "tiktok", "csv"], dest="export_format")
+    export.add_argument("--since", help="only the changes since this time (ISO 8601 with a zone, or epoch ms)")
+    export.add_argument("--changes", choices=["added", "removed"], default="added", help="with --since (default added)")
+    export.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    export.add_argument("--from", type=Path, dest="folder", help="a run's output folder, when Redis is not used")
+    export.add_argument("--events", type=Path, nargs="+", help="with --from: the recordings that run read")
+    export.set_defaults(command=_audiences_export)
 
     rules = sub.add_parser("rules", help="rule files")
     rules_sub = rules.add_subparsers(required=True, metavar="ACTION")
@@ -603,6 +617,54 @@ def _keys_new(args: argparse.Namespace) -> int:
     print("# add this entry to the keys file (NUDGEFLOW_API_KEYS_FILE):")
     print(entry, end="")
     print(f"# or add to {ENV_NAME}: {args.name}:{'+'.join(scopes)}:{key_hash(secret)}")
+    return 0
+
+
+def _audiences_export(args: argparse.Namespace) -> int:
+    """Write an audience in an ad platform's upload format, from Redis or from a run's output folder."""
+    import asyncio
+
+    from redis.exceptions import RedisError
+
+    from connectors.ad_audiences import export, export_format, since_ms
+    from connectors.audience_sources import FolderAudiences, RedisAudiences
+    from connectors.redis_store import mask_url
+
+    settings = Settings.from_env()
+    fmt, url = export_format(args.export_format), ""
+    since = since_ms(args.since) if args.since is not None else None
+    if args.folder is not None:
+        if not args.events:
+            raise ConfigurationError("--from needs --events: the recordings the run read (for the match keys)")
+        check_recordings(args.events)
+        source: Any = FolderAudiences(args.folder, args.events, settings.phone_region)
+    elif settings.redis_url is not None:
+        url = settings.redis_url.get_secret_value()
+        source = RedisAudiences(url, settings.redis_prefix, settings.redis_cluster)
+    else:
+        raise ConfigurationError("no Redis store set (NUDGEFLOW_REDIS_URL): read a run with --from DIR --events FILE")
+
+    async def run(write: Any) -> Any:
+        try:
+            return await export(source, args.audience_id, fmt, write, since, args.changes)
+        finally:
+            await source.close()
+
+    try:
+        if args.out is not None:
+            with args.out.open("wb") as out:
+                done = asyncio.run(run(out.write))
+        else:
+            done = asyncio.run(run(sys.stdout.buffer.write))
+            sys.stdout.flush()
+    except RedisError as err:
+        raise ServiceError(f"redis store {mask_url(url)}: {err}") from None
+    what = "members" if since is None else f"members {args.changes} since {args.since}"
+    print(
+        f"nudgeflow: audience {args.audience_id}: {done.rows} {what} exported ({args.export_format}); "
+        f"{done.without_keys} without a match key not exported",
+        file=sys.stderr,
+    )
     return 0
 
 

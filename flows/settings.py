@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import phonenumbers
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from flows.runtime import STATE_STORE
 from operators.engine import EngineConfig
@@ -88,6 +89,9 @@ class Settings(BaseModel):
     erasure_ledger: Path | None = Field(
         None, description="erasure ledger file runs on recordings read first and add to (default: OUT/erasures.jsonl)"
     )
+    phone_region: str = Field(
+        "US", description="region (ISO 3166 alpha-2) of a national phone number when the customer's country is unknown"
+    )
     recovery_dir: Path | None = Field(None, description="Bytewax recovery store (off when unset)")
     recovery_partitions: int = Field(1, ge=1, description="recovery store partitions created when it is new")
     backup_seconds: float = Field(60, ge=0, description="how long superseded snapshots are kept")
@@ -123,7 +127,15 @@ class Settings(BaseModel):
             propensity_horizon_ms=int(self.propensity_horizon_days * DAY_MS),
             reference=load_reference(self.stores, self.products) if self.stores or self.products else None,
             erased=erased or {},
+            phone_region=self.phone_region,
         )
+
+    @field_validator("phone_region")
+    @classmethod
+    def _known_region(cls, region: str) -> str:
+        if region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{region!r} is not a region code phone numbers are read in (e.g. US, DE, GB)")
+        return region.upper()
 
     def kafka_client_config(self) -> dict[str, Any]:
         """librdkafka settings shared by consumers and producers (security included)."""

@@ -59,6 +59,7 @@ from operators.reasons import Reasons
 from operators.rule_program import NativeRules
 from operators.rules import CompiledRules, CompiledTrigger
 from operators.timers import TimerQueue
+from schemas import match_keys
 from schemas.envelope import Envelope
 from schemas.erasures import Ledger, add_erasure, erasure_record
 from schemas.errors import RecoveryStoreError
@@ -93,8 +94,9 @@ from state.update import apply_event, event_zone, feature_update, known_zone, pr
 # and journals (state.journal), and the snapshot refers to them. 9: a customer's timers, decisions fired,
 # open decisions and offers are the bytes of its compiled bookkeeping record. 10: the open decisions'
 # features in that record hold whole numbers as varints. 11: a customer's time zone, contact policy record,
-# offers redeemed, experiment exposures and deliveries kept for attribution
-SNAPSHOT_FORMAT = 11
+# offers redeemed, experiment exposures and deliveries kept for attribution. 12: a customer's hashed email
+# and phone (match keys)
+SNAPSHOT_FORMAT = 12
 MAX_UNSAVED = 3  # snapshots (and pre-saves) whose changes may wait for the customer store before the next waits
 RECHECK = "~recheck"
 OUTCOME = "~outcome"  # the open decisions' horizon: their outcome is "no order" when it passes
@@ -105,6 +107,7 @@ CONVERSIONS = frozenset(REDEMPTION_FIELDS)  # the events that reward a choice un
 RESOLVING = frozenset({"Order Completed", *REWARD_EVENTS})  # events that can resolve open decisions or offers
 ERASURE = "Erasure Requested"
 CONSENT = "Consent Updated"
+IDENTIFY = "identify"
 MAX_UNKNOWN_NAMES = 50
 
 Role = Literal["identity", "customer"]
@@ -130,6 +133,7 @@ class EngineConfig:
     initial_models: dict[str, Any] | None = None  # parameters to start from (a model file's content)
     reference: Reference | None = None  # stores and products, enriching events and offers
     erased: Ledger = field(default_factory=dict)  # the erasure ledger read before the run (shared, never changed)
+    phone_region: str = "US"  # region of a national phone number of a customer with no known country
 
 
 @dataclass(slots=True)
@@ -372,6 +376,10 @@ class CustomerStage:
             state.timezone = sys.intern(zone)  # local time (quiet hours, days); one string per zone, shared
         if env.name == CONSENT:
             self.policy.consent_changed(state, env)
+        elif env.name == IDENTIFY:
+            traits = env.event.traits
+            if traits.email is not None or traits.phone is not None:
+                self._keep_match_keys(state, traits)
         if self.models is not None and env.name in PRODUCT_TOUCHES:
             props = env.event.properties
             if props.product_id:
@@ -401,6 +409,20 @@ class CustomerStage:
         except Exception:
             CustomerStep.put_back(state.features, before)
             raise
+
+    def _keep_match_keys(self, state: CustomerState, traits: Any) -> None:
+        """Keep the hashes of an identify event's ``email`` and ``phone`` (a national number read in the
+        customer's country, else ``phone_region``); count the values that do not normalise."""
+        country = traits.country if traits.country is not None else state.features.traits.get("country")
+        region = match_keys.phone_region(country, self.config.phone_region)
+        email, phone, digits, invalid = match_keys.digests(traits.email, traits.phone, region)
+        state.match_keys = match_keys.pack(state.match_keys, email, phone, digits)
+        counts = self.stats.setdefault("match_keys", {})
+        for name, kept in (("email", email), ("phone", phone)):
+            if kept is not None:
+                bump(counts, f"{name}_kept")
+        for name in invalid:
+            bump(counts, f"{name}_invalid")
 
     def _apply_rules(self, state: CustomerState, env: Envelope, fresh: bool, late: bool, out: list[Any]) -> None:
         """The Python path of :meth:`_apply` past the features: timers, triggers, audiences."""

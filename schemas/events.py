@@ -261,7 +261,9 @@ class UnknownTrack(_Track, kw_only=True):
 
 
 class Traits(_Model):
-    """Identify traits; the typed ones feed features, the rest are accepted and not kept."""
+    """Identify traits; the typed ones feed features, ``email`` and ``phone`` are kept only as hashes
+    (schemas.match_keys: a value that does not normalise is counted, not rejected), the rest are accepted
+    and not kept."""
 
     age: Annotated[Integer, Meta(ge=0, le=130)] | None = None
     age_band: str | None = None
@@ -271,6 +273,8 @@ class Traits(_Model):
     gender: str | None = None
     loyalty_tier: str | None = None
     created_at: Timestamp | None = None
+    email: Any = None
+    phone: Any = None
 
 
 class IdentifyEvent(_Call, kw_only=True):

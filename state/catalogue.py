@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from schemas import match_keys
 from schemas.envelope import Envelope
 from schemas.records import iso_ms
 from state._native import Features
@@ -330,10 +331,11 @@ PROFILE_FEATURES = tuple(name for name in FEATURES if name not in PROFILE_EXCLUD
 
 
 def profile(state: CustomerState, now_ms: int, lifecycle: Lifecycle) -> dict[str, Any]:
-    """The customer's live profile (every feature, audiences, traits) as JSON-ready values."""
+    """The customer's live profile (every feature, audiences, traits, hashed match keys when known) as
+    JSON-ready values."""
     view = FeatureView(state, None, now_ms, lifecycle)
     features = {name: _plain(view[name]) for name in PROFILE_FEATURES}
-    return {
+    found = {
         "customer_id": state.id,
         "updated_ms": now_ms,
         "features": features,
@@ -344,6 +346,9 @@ def profile(state: CustomerState, now_ms: int, lifecycle: Lifecycle) -> dict[str
             for channel, granted, source, at in (state.contacts[2] if state.contacts else ())
         },
     }
+    if state.match_keys is not None:
+        found["match_keys"] = match_keys.to_hex(state.match_keys)
+    return found
 
 
 def _plain(value: Any) -> Any:

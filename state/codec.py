@@ -14,7 +14,9 @@ import sys
 from state._native import Bookkeeping, Features
 from state.customer import CustomerState, shared_audiences
 
-_SCALARS = ("id", "audiences", "linked_ids", "timezone", "contacts", "redemptions", "exposures", "touches")
+_SCALARS = (
+    "id", "audiences", "linked_ids", "timezone", "contacts", "redemptions", "exposures", "touches", "match_keys",
+)  # fmt: skip
 
 
 def encode(state: CustomerState) -> bytes:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
+from schemas import match_keys
 from state._native import Bookkeeping, Features
 from state.affinity import DAY_MS
 
@@ -81,6 +82,7 @@ class CustomerState:
         "features",
         "id",
         "linked_ids",
+        "match_keys",
         "redemptions",
         "scheduled_ms",
         "timezone",
@@ -99,6 +101,7 @@ class CustomerState:
         self.redemptions: tuple[str | int, ...] = ()  # offers redeemed: offer id, times, last order id, ...
         self.exposures: tuple[Any, ...] = ()  # first exposure per experiment (operators.experiments)
         self.touches: tuple[Any, ...] = ()  # recent deliveries, for attribution (operators.attribution)
+        self.match_keys: bytes | None = None  # hashed email and phone (schemas.match_keys.pack); None: none known
 
     # --- checkpoints, for undoing an update that failed halfway --------------------------
     def checkpoint(self, features: bool = True) -> Checkpoint:
@@ -248,6 +251,7 @@ class CustomerState:
             self.contacts = merge_contacts(self.contacts, other.contacts)
         self.exposures = merge_exposures(self.exposures, other.exposures)
         self.touches = merge_touches(self.touches, other.touches)
+        self.match_keys = match_keys.merged(self.match_keys, other.match_keys)
 
 
 def merge_contacts(mine: tuple[Any, ...], theirs: tuple[Any, ...]) -> tuple[Any, ...]:

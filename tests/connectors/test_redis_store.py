@@ -24,6 +24,7 @@ from connectors.redis_store import (
     RedisStoreWriter,
     StoreConfig,
     audience_key,
+    changes_key,
     check_store,
     connect,
     customer_keys,
@@ -177,9 +178,32 @@ def test_records_land_at_the_documented_keys(db, redis_url, prefix):
             customer_keys(prefix, "u1").decisions,
             audience_key(prefix, "vip"),
             audience_key(prefix, "lapsed"),
+            changes_key(prefix, "vip"),
+            changes_key(prefix, "lapsed"),
         ]
     )
     assert db.ttl(customer_keys(prefix, "u1").profile) == -1
+
+
+def test_every_change_lands_in_its_audience_change_log_in_order_and_match_keys_in_the_profile(db, redis_url, prefix):
+    store = writer(redis_url, prefix)
+    body = orjson.loads(profile("u1", 1)[1].body) | {"match_keys": {"email_sha256": "ab" * 32}}
+    store.write([
+        ("profiles", Output("profiles", "u1", T0_MS, 1, orjson.dumps(body))),
+        audience_change("u1", "vip", "entered"), audience_change("u2", "vip", "entered"),
+        audience_change("u1", "vip", "exited"), audience_change("u1", "vip", "entered"),
+    ])  # fmt: skip
+    assert store.snapshot()[4] == (
+        ("vip", "u1", "entered", T0_MS), ("vip", "u2", "entered", T0_MS),
+        ("vip", "u1", "exited", T0_MS), ("vip", "u1", "entered", T0_MS),
+    ), "a snapshot holds the change log entries not written"  # fmt: skip
+    store.close()
+    assert stored_profile(db, prefix, "u1")["match.email_sha256"] == "ab" * 32
+    assert db.smembers(audience_key(prefix, "vip")) == {"u1", "u2"}, "memberships are coalesced"
+    log = [(entry["customer"], entry["change"]) for _, entry in db.xrange(changes_key(prefix, "vip"))]
+    assert log == [("u1", "entered"), ("u2", "entered"), ("u1", "exited"), ("u1", "entered")], "every change, in order"
+    assert {entry["time_ms"] for _, entry in db.xrange(changes_key(prefix, "vip"))} == {str(T0_MS)}
+    assert changes_key(prefix, "vip") == f"{prefix}:audience:{{vip}}:changes", "in the slot of the member set"
 
 
 def test_traits_stay_out_unless_allowlisted(db, redis_url, prefix):
@@ -357,7 +381,7 @@ def test_nothing_is_lost_while_redis_is_down(caplog, tmp_path):
                 store.write([profile(c, version) for c in customers[:5]] + [trigger("c1", version)])
                 store.flush()
                 time.sleep(0.02)
-        assert store.pending == 5 + 5 + 1 + 1
+        assert store.pending == 5 + 5 + 1 + 1 + 1, "profiles, the membership, decisions, the change log entry"
         assert store.outages == 1
         assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
         port = urlsplit(server.address).port
@@ -413,7 +437,7 @@ def test_a_snapshot_holds_what_is_not_written_and_a_restart_writes_it(tmp_path):
         assert eventually(lambda: stored_profile(db, "resumed", "c1") == expected_profile("c1", 2))
         assert db.smembers(audience_key("resumed", "vip")) == {"c1", "c2"}
         assert stored_decisions(db, "resumed", "c1") == [decision(2), decision(1)]
-        assert eventually(lambda: restarted.snapshot()[1:] == ((), (), ())), "written: the next snapshot is empty"
+        assert eventually(lambda: restarted.snapshot()[1:] == ((), (), (), ())), "written: the next snapshot is empty"
         db.close()
     finally:
         restarted.close()

@@ -58,7 +58,7 @@ def about(servers: str, prefix: str, customer: str) -> list[dict]:
 
 
 def memberships(client: redis.Redis, prefix: str, customer: str) -> list[bytes]:
-    return [key for key in client.scan_iter(f"{prefix}:audience:*") if client.sismember(key, customer)]
+    return [key for key in client.scan_iter(f"{prefix}:audience:*", _type="set") if client.sismember(key, customer)]
 
 
 def test_an_erasure_clears_the_store_is_kept_in_a_compacted_topic_and_a_later_run_drops_older_events(services):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -11,7 +12,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from conftest import added, call, order, source_records, track
 
 from connectors.local_services import free_port
-from connectors.redis_store import audience_key, customer_keys
+from connectors.redis_store import audience_key, changes_key, customer_keys
 from flows.cli import main
 from flows.personalization import build_flow
 from flows.settings import Settings
@@ -58,11 +59,52 @@ def test_profiles_audiences_and_decisions_reach_redis_and_erasure_removes_them(s
             erased = customer_keys(prefix, customer)
             assert not client.exists(erased.profile, erased.decisions), f"{customer}'s profile and decisions are gone"
         assert any(o.key == "u3" for s, o in captured if s.startswith("triggers.")), "u3 had a decision before"
-        audiences = [key for key in client.scan_iter(f"{prefix}:audience:*") if client.sismember(key, "u3")]
+        sets = client.scan_iter(f"{prefix}:audience:*", _type="set")  # not the audiences' change logs
+        audiences = [key for key in sets if client.sismember(key, "u3")]
         assert audiences == [], "an erased customer is in no audience"
     finally:
         for key in client.scan_iter(f"{prefix}:*"):
             client.delete(key)
+
+
+def test_match_keys_and_each_audience_s_change_log_reach_redis(services, tmp_path):
+    prefix = f"t{tmp_path.name[-12:]}"
+    events = [
+        call("identify", "u1", 0, traits={"email": " Ann@Example.com", "phone": "030 1234567", "country": "DE"}),
+        added("u1", 1, product="p1", price=40.0),
+        order("u1", 5000, total=6000.0),
+        call("identify", "u2", 3, traits={"email": "bob@example.com"}),
+        added("u2", 4),
+        track("Erasure Requested", "u2", 6000, props={"request_id": "r-1"}),
+    ]
+    settings = Settings(out=tmp_path / "unused", shards=4, redis_url=services["REDIS_URL"], redis_prefix=prefix)
+    captured: list = []
+    run_main(build_flow(settings, source=TestingSource(source_records(events)), sink=TestingSink(captured)))
+
+    client = redis.Redis.from_url(services["REDIS_URL"], decode_responses=True)
+    try:
+        profile = client.hgetall(customer_keys(prefix, "u1").profile)
+        assert profile["match.email_sha256"] == hashlib.sha256(b"ann@example.com").hexdigest()
+        assert profile["match.phone_sha256"] == hashlib.sha256(b"+49301234567").hexdigest()
+        assert profile["match.phone_digits_sha256"] == hashlib.sha256(b"49301234567").hexdigest()
+        assert not any("example" in value.lower() or "1234567" in value for value in profile.values()), "hashes only"
+        assert not client.exists(customer_keys(prefix, "u2").profile), "erasure removes the keys with the profile"
+        changes: dict[str, list[tuple[str, str, int]]] = {}
+        for _, output in (item for item in captured if item[0] == "audience_changes"):
+            data = orjson.loads(output.body)["data"]
+            changes.setdefault(data["audience"], []).append((output.key, data["change"], output.time_ms))
+        assert changes and any(change == "exited" for log in changes.values() for _, change, _ in log)
+        for audience, expected in changes.items():
+            log = client.xrange(changes_key(prefix, audience))
+            stored = [(e["customer"], e["change"], int(e["time_ms"])) for _, e in log]
+            assert sorted(stored) == sorted(expected), f"{audience}: one log entry per change, with its time"
+            for customer in {customer for customer, _, _ in expected}:
+                mine = [change for who, change, _ in stored if who == customer]
+                assert mine == [change for who, change, _ in expected if who == customer], "in order per customer"
+    finally:
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+        client.close()
 
 
 def keys_under(client: redis.Redis, prefix: str) -> list[bytes]:
