@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from connectors.ad_audiences import add_export
 from connectors.http.app import ApiLimits, app_runner, make_app
 from connectors.http.auth import LOG_FORMAT, KeyRing, RequestIdFilter, generated_admin_key, load_keyring
 from connectors.http.backend import Backend
@@ -54,15 +55,15 @@ class Served:
 
 
 def run_server(settings: Settings, kafka: bool, workers: int = 1, extra: Sequence[RouteAdder] = ()) -> None:
-    """Serve the API and the dashboard with the ``api_*`` settings until SIGINT or SIGTERM (see the
-    module doc); ``extra`` add more routes."""
+    """Serve the API, the audience export and the dashboard with the ``api_*`` settings until SIGINT or
+    SIGTERM (see the module doc); ``extra`` add more routes."""
     keys, generated = keyring(settings)
     with logging_to_stderr():
         served = open_backend(settings, kafka, workers)
         try:
             limits = ApiLimits(settings.api_max_body_bytes, settings.api_max_batch, settings.max_event_bytes)
             validator = contract_validator(settings.max_event_bytes, int(settings.max_skew_minutes * MINUTE_MS))
-            routes = [dashboard(settings.dashboard_metrics_urls), *extra]
+            routes = [dashboard(settings.dashboard_metrics_urls), add_export, *extra]
             app = make_app(served.backend, validator, keys, limits, routes)
             asyncio.run(_serve(app, settings, served, generated))
         finally:

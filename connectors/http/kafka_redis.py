@@ -209,19 +209,25 @@ class KafkaRedisBackend:
 
     @_store_errors
     async def changes(self, audience_id: str, since_ms: int) -> list[Change]:
+        """The change log's entries from ``since_ms`` on, oldest first. The store writes the log at least
+        once (a retried write appends again): an entry repeating the customer's previous one is dropped."""
         stream = f"{audience_key(self.prefix, audience_id)}:changes"
         found: list[Change] = []
+        last: dict[str, Change] = {}
         start = "-"
         while True:
             entries = await self._redis.xrange(stream, min=start, max="+", count=CHANGES_PER_READ)
             for _, fields in entries:
                 change = _change(fields)
-                if change is not None and change.time_ms >= since_ms:
+                if change is None or last.get(change.customer_id) == change:
+                    continue
+                last[change.customer_id] = change
+                if change.time_ms >= since_ms:
                     found.append(change)
             if len(entries) < CHANGES_PER_READ:
                 return sorted(found, key=lambda c: c.time_ms)
-            last = entries[-1][0]
-            start = "(" + (last.decode() if isinstance(last, bytes) else last)
+            last_id = entries[-1][0]
+            start = "(" + (last_id.decode() if isinstance(last_id, bytes) else last_id)
 
     async def checks(self) -> dict[str, str]:
         kafka, redis_state = await asyncio.gather(asyncio.to_thread(self._check_kafka), self._check_redis())

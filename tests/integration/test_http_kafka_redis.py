@@ -7,6 +7,7 @@ import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from hashlib import sha256
 from typing import Any, TypeVar
 
 import orjson
@@ -48,10 +49,12 @@ def run_with(services: dict[str, str], prefix: str, use: Callable[[KafkaRedisBac
 
 
 def shop_events() -> list[dict[str, Any]]:
-    """25 customers who identify and add to cart; 12 of them order for 6000; a late view moves the clock on."""
+    """25 customers who identify (with an email) and add to cart; 12 of them order for 6000; a late view moves
+    the clock on."""
     events: list[dict[str, Any]] = []
     for n in range(CUSTOMERS):
-        events += [call("identify", f"u{n}", n, traits={"city": f"city{n % 3}"}), added(f"u{n}", n + 1)]
+        traits = {"city": f"city{n % 3}", "email": f" U{n}@Example.com"}
+        events += [call("identify", f"u{n}", n, traits=traits), added(f"u{n}", n + 1)]
     events += [order(f"u{n}", 40 + n, total=6000.0) for n in range(BIG_SPENDERS)]
     events.append(track("Product Viewed", "u0", 600, props={"product_id": "p9", "category": "c1"}))
     return events
@@ -107,7 +110,8 @@ def test_the_profile_is_the_engines_with_decisions_newest_first(services, store)
     assert profile["features"]["orders"] == 1 and profile["features"]["lifetime_spend"] == 6000.0
     assert "high_value" in profile["audiences"] and "new_customers" in profile["audiences"]
     assert profile["traits"] == {"city": "city1"}
-    assert profile["updated_at"].startswith("2026-01-05T") and profile["match_keys"] == {}
+    assert profile["updated_at"].startswith("2026-01-05T")
+    assert profile["match_keys"] == {"email_sha256": sha256(b"u1@example.com").hexdigest()}
     stored = store["redis"].lrange(customer_keys(store["prefix"], "u1").decisions, 0, -1)
     assert profile["decisions"] == [orjson.loads(entry) for entry in stored]
     laggard = run_with(services, store["prefix"], lambda b: b.profile(f"u{CUSTOMERS - 1}"))
@@ -121,8 +125,8 @@ def test_audiences_are_listed_with_their_sizes_sorted_by_id(services, store):
     assert sizes["high_value"] == BIG_SPENDERS and sizes["new_customers"] == CUSTOMERS
     assert [a["id"] for a in audiences] == sorted(sizes) and all(a["size"] > 0 for a in audiences)
     client = store["redis"]
-    client.xadd(f"{audience_key(store['prefix'], 'high_value')}:changes", {"customer": "u1", "change": "entered",
-                                                                             "time_ms": "1"})
+    ghost = f"{audience_key(store['prefix'], 'ghost')}:changes"  # a change log whose audience has no members now
+    client.xadd(ghost, {"customer": "u1", "change": "exited", "time_ms": "1"})
     assert run_with(services, store["prefix"], lambda b: b.audiences()) == audiences, "a change log is no audience"
 
 
@@ -161,17 +165,38 @@ def test_a_cursor_that_was_not_handed_out_is_refused(services, store):
             run_with(services, store["prefix"], lambda b, c=cursor: b.members("new_customers", c, 10))
 
 
+def test_the_engines_match_keys_and_audience_changes_are_read_back(services, store):
+    async def read(backend: KafkaRedisBackend) -> tuple[Any, ...]:
+        customers = [f"u{n}" for n in range(CUSTOMERS)]
+        return await backend.match_keys(customers), await backend.changes("high_value", 0)
+
+    keys, changes = run_with(services, store["prefix"], read)
+    hashed = {f"u{n}": sha256(f"u{n}@example.com".encode()).hexdigest() for n in range(CUSTOMERS)}
+    assert keys == {customer: {"email_sha256": digest} for customer, digest in hashed.items()}
+    assert sorted(c.customer_id for c in changes) == sorted(f"u{n}" for n in range(BIG_SPENDERS))
+    times = [c.time_ms for c in changes]
+    assert {c.change for c in changes} == {"entered"} and times == sorted(times)
+    later = run_with(services, store["prefix"], lambda b: b.changes("high_value", changes[-1].time_ms))
+    assert later and all(c.time_ms == changes[-1].time_ms for c in later)
+    stream = f"{audience_key(store['prefix'], 'high_value')}:changes"
+    length = store["redis"].xlen(stream)
+    for entry in store["redis"].xrange(stream, count=3):  # written again, as a retried write of the store does
+        store["redis"].xadd(stream, entry[1])
+    assert run_with(services, store["prefix"], lambda b: b.changes("high_value", 0)) == changes
+    assert store["redis"].xlen(stream) == length + 3
+
+
 def test_match_keys_and_changes_are_read_from_the_store_layout(services, store):
     client, prefix = store["redis"], store["prefix"]
-    client.hset(customer_keys(prefix, "u2").profile, mapping={"match.email_sha256": "ab" * 32})
+    client.hset(customer_keys(prefix, "x2").profile, mapping={"match.email_sha256": "ab" * 32})
     phone = {"match.phone_sha256": '"' + "cd" * 32 + '"', "match.phone_digits_sha256": "ef" * 32}
-    client.hset(customer_keys(prefix, "u3").profile, mapping=phone)
-    keys = run_with(services, prefix, lambda b: b.match_keys(["u2", "u3", "u4", "nobody"]))
+    client.hset(customer_keys(prefix, "x3").profile, mapping=phone)
+    keys = run_with(services, prefix, lambda b: b.match_keys(["x2", "x3", "x4", "nobody"]))
     assert keys == {
-        "u2": {"email_sha256": "ab" * 32},
-        "u3": {"phone_sha256": "cd" * 32, "phone_digits_sha256": "ef" * 32},
+        "x2": {"email_sha256": "ab" * 32},
+        "x3": {"phone_sha256": "cd" * 32, "phone_digits_sha256": "ef" * 32},
     }
-    profile = run_with(services, prefix, lambda b: b.profile("u2"))
+    profile = run_with(services, prefix, lambda b: b.profile("x2"))
     assert profile["match_keys"] == {"email_sha256": "ab" * 32} and "match.email_sha256" not in profile["features"]
 
     stream = f"{audience_key(prefix, 'vip')}:changes"

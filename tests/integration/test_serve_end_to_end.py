@@ -1,9 +1,11 @@
 """An app instrumented with Segment's SDK, pointed at ``nudgeflow serve --kafka``: its events reach the
-events topic, the engine decides on them, and the same front answers with the customer's profile."""
+events topic, the engine decides on them, and the same front answers with the customer's profile, the
+audience's members and its ad-platform export."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from typing import Any
 
@@ -20,12 +22,12 @@ from schemas.api import key_entry, new_key
 from schemas.streams import AUDIENCE_CHANGES
 
 
-def get(url: str, key: str) -> tuple[int, Any]:
+def get(url: str, key: str, json: bool = True) -> tuple[int, Any]:
     async def send() -> tuple[int, Any]:
         timeout = aiohttp.ClientTimeout(total=30)
         headers = {"Authorization": f"Bearer {key}"}
         async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url, headers=headers) as response:
-            return response.status, await response.json()
+            return response.status, await (response.json() if json else response.text())
 
     return asyncio.run(send())
 
@@ -48,7 +50,7 @@ def test_segment_sdk_events_through_the_front_drive_the_engines_decisions(servic
         server.wait_for(r"serving the API on")
         errors: list = []
         app = Client(write_key, host=server.url, on_error=lambda err, _: errors.append(err), max_retries=1, timeout=5)
-        app.identify("shopper-1", {"city": "Lyon"}, anonymous_id="anon-1")
+        app.identify("shopper-1", {"city": "Lyon", "email": "Shopper@Example.com"}, anonymous_id="anon-1")
         app.track("shopper-1", "Product Added", {"product_id": "p1", "price": 40.0, "category": "shoes"})
         app.track("shopper-1", "Order Completed", {"order_id": "o-1", "total": 6000.0})
         app.flush()
@@ -78,6 +80,9 @@ def test_segment_sdk_events_through_the_front_drive_the_engines_decisions(servic
         assert "high_value" in profile["audiences"]
         status, page = get(f"{server.url}/v1/audiences/high_value/members?limit=10", reader)
         assert status == 200 and page["members"] == ["shopper-1"] and page["cursor"] is None
+        status, text = get(f"{server.url}/v1/audiences/high_value/export?format=csv", reader, json=False)
+        email = hashlib.sha256(b"shopper@example.com").hexdigest()
+        assert status == 200 and text.splitlines()[1:] == [f"shopper-1,{email},"], text
         assert server.terminate() < 5
 
     client = redis.Redis.from_url(services["REDIS_URL"])
