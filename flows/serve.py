@@ -167,15 +167,15 @@ async def _wait_for_stop(stop: asyncio.Event, engine: LocalEngine | None) -> Non
 
 
 def _announce(settings: Settings, served: Served, port: int, generated: str | None) -> None:
-    """Where the API listens (and, the first time only, a generated admin key with the dashboard's address)."""
+    """Where the API listens, and the run's generated admin key (if any) in the dashboard's address."""
     host = settings.api_host
     mode = f"local engine, outputs in {settings.out}" if served.engine is not None else "front on Kafka and Redis"
     print(f"nudgeflow: serving the API on http://{_url_host(host)}:{port} ({mode})", file=sys.stderr, flush=True)
     if generated is not None:
-        dashboard = f"http://{_url_host(host)}:{port}/dashboard#key={generated}"
+        page = f"http://{_url_host(host)}:{port}/dashboard#key={generated}"
         print(
             "nudgeflow: no API keys configured: this run has one admin key, shown only here."
-            f" Dashboard: {dashboard}",
+            f" Dashboard: {page}",
             file=sys.stderr,
             flush=True,
         )
