@@ -84,7 +84,7 @@ def encode_cursor(last_member: str) -> str:
 def decode_cursor(cursor: str) -> str:
     """The member a cursor from :func:`encode_cursor` resumes after; :class:`InvalidCursor` when it is not one."""
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
     except ValueError as err:  # binascii.Error and UnicodeDecodeError are ValueErrors
         raise InvalidCursor("invalid cursor") from err
 

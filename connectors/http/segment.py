@@ -63,12 +63,9 @@ def segment_answer(status: int = 200, code: str | None = None, message: str | No
 @requires("ingest", write_key_in_body=True)
 async def post_batch(request: web.Request) -> web.Response:
     """``{"batch": [...], "sentAt"?, "context"?, "integrations"?}``: each event corrected, checked and sent."""
-    try:
-        document = read_json(await read_body(request, SEGMENT_LIMIT_BYTES))
-    except BodyTooLarge:
-        return segment_answer(400, "too_large", f"a batch is at most {SEGMENT_LIMIT_BYTES // 1024} KB")
-    except BodyError as err:
-        return segment_answer(400, "invalid_json", str(err))
+    document = await _read(request, SEGMENT_LIMIT_BYTES, "batch")
+    if isinstance(document, web.Response):
+        return document
     batch = field(document, "batch")
     if not isinstance(document, dict | Pairs) or not isinstance(batch, list) or isinstance(batch, Pairs):
         return segment_answer(400, "invalid_batch", "the body must be an object with a batch array")
@@ -80,12 +77,9 @@ async def post_batch(request: web.Request) -> web.Response:
 def _single(call_type: str) -> Any:
     @requires("ingest", write_key_in_body=True)
     async def post_call(request: web.Request) -> web.Response:
-        try:
-            event = read_json(await read_body(request, CALL_LIMIT_BYTES))
-        except BodyTooLarge:
-            return segment_answer(400, "too_large", f"a call is at most {CALL_LIMIT_BYTES // 1024} KB")
-        except BodyError as err:
-            return segment_answer(400, "invalid_json", str(err))
+        event = await _read(request, CALL_LIMIT_BYTES, "call")
+        if isinstance(event, web.Response):
+            return event
         if not isinstance(event, dict | Pairs):
             return segment_answer(400, "invalid_json", "a call is a JSON object")
         received_ms = now_ms()
@@ -94,6 +88,16 @@ def _single(call_type: str) -> Any:
     post_call.__name__ = post_call.__qualname__ = f"post_{call_type}"
     post_call.__doc__ = f"Segment's ``{call_type}`` call, corrected, checked and sent."
     return post_call
+
+
+async def _read(request: web.Request, limit: int, what: str) -> Any:
+    """The JSON document of the body, or Segment's 400 answer for a body over ``limit`` or not JSON."""
+    try:
+        return read_json(await read_body(request, limit))
+    except BodyTooLarge:
+        return segment_answer(400, "too_large", f"a {what} is at most {limit // 1024} KB")
+    except BodyError as err:
+        return segment_answer(400, "invalid_json", str(err))
 
 
 async def _take(request: web.Request, events: list[Any], received_ms: int) -> web.Response:
