@@ -147,6 +147,13 @@ def since_ms(text: str) -> int:
         raise ConfigurationError(f"since {text!r} is not an ISO 8601 time with a time zone nor epoch ms") from None
 
 
+def checked_changes(changes: str) -> str:
+    """``changes`` if it is ``added`` or ``removed``; :class:`ConfigurationError` otherwise."""
+    if changes not in CHANGES:
+        raise ConfigurationError(f"changes must be one of {', '.join(CHANGES)}, got {changes!r}")
+    return changes
+
+
 def delta(changes: Iterable[Change]) -> tuple[list[str], list[str]]:
     """``(added, removed)`` customers, sorted, from an audience's changes since a time (oldest first):
     added = out before the first change and in after the last; removed = the reverse."""
@@ -178,8 +185,7 @@ async def export(
 ) -> Exported:
     """Write ``audience_id``'s members (or, with ``since``, its ``changes``: added or removed since then)
     in ``fmt`` through ``write``, a page at a time."""
-    if changes not in CHANGES:
-        raise ConfigurationError(f"changes must be one of {', '.join(CHANGES)}, got {changes!r}")
+    checked_changes(changes)
     done = Exported()
     write(fmt.head())
     if since is None:
@@ -234,9 +240,7 @@ async def export_handler(request: web.Request) -> web.StreamResponse:
     try:
         fmt = export_format(query.get("format", "csv"))
         since = since_ms(query["since"]) if "since" in query else None
-        changes = query.get("changes", "added")
-        if changes not in CHANGES:
-            raise ConfigurationError(f"changes must be one of {', '.join(CHANGES)}, got {changes!r}")
+        changes = checked_changes(query.get("changes", "added"))
     except ConfigurationError as err:
         return web.json_response({"error": "invalid_request", "message": str(err)}, status=400)
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:

@@ -40,9 +40,12 @@ class RedisAudiences:
         return Page(sorted(found), None if int(at) == 0 else str(at))
 
     async def match_keys(self, customer_ids: list[str]) -> dict[str, dict[str, str]]:
+        async with self._client.pipeline(transaction=False) as pipe:  # split by node on a cluster
+            for customer in customer_ids:
+                pipe.hmget(customer_keys(self._prefix, customer).profile, MATCH_FIELDS)
+            answers = await pipe.execute()
         found: dict[str, dict[str, str]] = {}
-        for customer in customer_ids:  # one slot per customer: a command each (cluster-safe)
-            values = await self._client.hmget(customer_keys(self._prefix, customer).profile, MATCH_FIELDS)
+        for customer, values in zip(customer_ids, answers, strict=True):
             keys = {name: value for name, value in zip(match_keys.KEYS, values, strict=True) if value}
             if keys:
                 found[customer] = keys

@@ -50,13 +50,13 @@ class ApiLimits:
 
     max_body_bytes: int = 1 << 20  # after inflating a gzip body
     max_events: int = 1000  # per request
-    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES  # larger events are rejected (too_large), as the stream does
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES  # for the validator: larger events are rejected (too_large)
 
 
 BACKEND = web.AppKey("backend", Backend)
 KEYRING = web.AppKey("keyring", KeyRing)
 LIMITS = web.AppKey("limits", ApiLimits)
-VALIDATOR = web.AppKey("validator", Callable[[bytes, int], Any])
+VALIDATOR = web.AppKey("validator", Validator)
 OPENAPI = web.AppKey("openapi", dict)
 
 

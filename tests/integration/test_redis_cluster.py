@@ -3,6 +3,8 @@ audience sets through the cluster (keys in many slots on every node), a cluster 
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import uuid
 from collections.abc import Iterator
 
@@ -12,7 +14,9 @@ import redis
 from bytewax.testing import TestingSink, TestingSource, run_main
 from conftest import added, call, order, source_records, track
 
-from connectors.redis_store import audience_key, check_store, customer_keys
+from connectors.ad_audiences import Exported, export, export_format
+from connectors.audience_sources import RedisAudiences
+from connectors.redis_store import audience_key, changes_key, check_store, customer_keys
 from flows.personalization import build_flow
 from flows.settings import Settings
 
@@ -66,3 +70,32 @@ def test_a_cluster_that_refuses_the_client_stops_the_start(redis_cluster_url):
     host = redis_cluster_url.removeprefix("redis://").split("/")[0]
     with pytest.raises(ValueError, match=r"refused the connection"):
         check_store(f"redis://nobody:secret@{host}/0", cluster=True)
+
+
+def test_an_audience_is_exported_from_a_redis_cluster(redis_cluster_url, cluster, tmp_path):
+    """Match keys in profile hashes on every node, each audience's change log in its member set's slot."""
+    prefix = f"c{uuid.uuid4().hex[:8]}"
+    customers = [f"u{n}" for n in range(20)]
+    events = [call("identify", c, n, traits={"email": f"{c}@Example.com"}) for n, c in enumerate(customers)]
+    settings = Settings(
+        out=tmp_path / "unused", shards=4, redis_url=redis_cluster_url, redis_cluster=True, redis_prefix=prefix
+    )
+    run_main(build_flow(settings, source=TestingSource(source_records(events)), sink=TestingSink([])))
+    log, members = changes_key(prefix, "new_customers"), audience_key(prefix, "new_customers")
+    assert cluster.keyslot(log) == cluster.keyslot(members)
+    assert len(cluster.xrange(log)) == len(customers)
+    nodes = {cluster.get_node_from_key(customer_keys(prefix, c).profile).name for c in customers}
+    assert len(nodes) > 1, "the match keys are read from several nodes"
+
+    async def exported() -> tuple[bytes, Exported]:
+        source, out = RedisAudiences(redis_cluster_url, prefix, cluster=True), []
+        try:
+            done = await export(source, "new_customers", export_format("csv"), out.append)
+            return b"".join(out), done
+        finally:
+            await source.close()
+
+    body, done = asyncio.run(exported())
+    rows = sorted(body.decode().splitlines()[1:])
+    assert rows == sorted(f"{c},{hashlib.sha256(f'{c}@example.com'.encode()).hexdigest()}," for c in customers)
+    assert (done.rows, done.without_keys) == (len(customers), 0)

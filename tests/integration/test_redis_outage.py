@@ -27,6 +27,7 @@ from connectors.files import read_lines
 from connectors.kafka import produce_records
 from connectors.local_services import RunningService, free_port, start_redis
 from schemas.records import TRIGGER_TYPE
+from schemas.timestamps import epoch_ms
 
 EVENT_COUNTS = ("orders", "lifetime_spend", "refunds", "frequency", "monetary", "city", "country")
 """Profile fields that follow from the events alone (others depend on the clock when the profile was sent)."""
@@ -56,13 +57,18 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def store(url: str, prefix: str) -> dict[str, Any]:
-    """Audience sets, decision ids per customer, and per customer the profile's event counts and audiences."""
+    """Audience sets and change logs (as sets: an entry may repeat), decision ids per customer, and per
+    customer the profile's event counts and audiences."""
     client = redis.Redis.from_url(url, decode_responses=True)
-    contents: dict[str, Any] = {"audiences": {}, "decisions": {}, "profiles": {}}
+    contents: dict[str, Any] = {"audiences": {}, "changes": {}, "decisions": {}, "profiles": {}}
     try:
         for key in client.scan_iter(f"{prefix}:*", count=1000):
             name = key.removeprefix(f"{prefix}:")
-            if name.startswith("audience:"):
+            if name.startswith("audience:") and name.endswith(":changes"):
+                log = client.xrange(key)
+                audience = name.removeprefix("audience:").removesuffix(":changes")[1:-1]
+                contents["changes"][audience] = {(e["customer"], e["change"], int(e["time_ms"])) for _, e in log}
+            elif name.startswith("audience:"):
                 contents["audiences"][name.removeprefix("audience:")[1:-1]] = client.smembers(key)
             elif name.endswith(":decisions"):
                 entries = client.lrange(key, 0, -1)
@@ -83,6 +89,7 @@ def implied(records: list[dict], event_counts: dict[str, dict]) -> dict[str, Any
     entries on the topics); profiles are kept for identified customers only."""
     seen: set[str] = set()
     members: dict[str, dict[str, bool]] = defaultdict(dict)
+    changes: dict[str, set[tuple[str, str, int]]] = defaultdict(set)
     decisions: dict[str, set[str]] = defaultdict(set)
     for record in records:
         if record.get("id") in seen or "data" not in record:
@@ -91,6 +98,7 @@ def implied(records: list[dict], event_counts: dict[str, dict]) -> dict[str, Any
         data, customer = record["data"], record["subject"]
         if "change" in data:
             members[data["audience"]][customer] = data["change"] == "entered"
+            changes[data["audience"]].add((customer, data["change"], epoch_ms(record["time"])))
         elif record["type"] == TRIGGER_TYPE:  # suppressions are not delivered: the store does not keep them
             decisions[customer].add(record["id"])
     audiences = {a: {c for c, member in m.items() if member} for a, m in members.items()}
@@ -100,19 +108,20 @@ def implied(records: list[dict], event_counts: dict[str, dict]) -> dict[str, Any
         for customer in customers:
             joined[customer].add(audience)
     profiles = {c: counts | {"audiences": joined[c]} for c, counts in event_counts.items()}
-    return {"audiences": audiences, "decisions": dict(decisions), "profiles": profiles}
+    return {"audiences": audiences, "changes": dict(changes), "decisions": dict(decisions), "profiles": profiles}
 
 
 def compared(contents: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
     """The store as :func:`implied` sees it (audiences left empty are no sets in Redis)."""
     audiences = {a: m for a, m in contents["audiences"].items() if m}
-    return {"audiences": audiences, "decisions": contents["decisions"], "profiles": contents["profiles"]}
+    parts = {"changes": contents["changes"], "decisions": contents["decisions"], "profiles": contents["profiles"]}
+    return {"audiences": audiences, **parts}
 
 
 def explain(actual: dict[str, Any], expected: dict[str, Any]) -> str:
     """Per part and key, what the store has that it should not, and what it lacks."""
     lines = []
-    for part in ("audiences", "decisions", "profiles"):
+    for part in ("audiences", "changes", "decisions", "profiles"):
         for key in sorted(actual[part].keys() | expected[part].keys()):
             got, want = actual[part].get(key), expected[part].get(key)
             if got != want:

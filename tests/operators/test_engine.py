@@ -245,7 +245,7 @@ def test_snapshot_round_trip_restores_customers_and_timers():
     assert [d["subject"] for d in cart_triggers(out)] == ["u1"]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 99])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 99])
 def test_snapshots_of_other_formats_are_refused_clearly(version):
     """Format 1 held pending items in another layout; format 2 pickled customer objects; format 4's
     held-back envelopes had no contract notes; format 5 held every customer in the snapshot, and message ids
@@ -253,9 +253,10 @@ def test_snapshots_of_other_formats_are_refused_clearly(version):
     wrote its customer store before the snapshot completed; format 7 encoded features as Python objects, held
     the recommender and the dedupe memory whole, not in the customer store, a customer's timers as a dict of
     lists and its open decisions as tuples of floats; format 8 pickled a customer's timers, decisions fired and
-    open offers as tuples; format 10 had no contact policy, offers redeemed, experiment or attribution slots."""
+    open offers as tuples; format 10 had no contact policy, offers redeemed, experiment or attribution slots; format
+    11 no match keys."""
     h = EngineHarness(rules_from(CART_ONLY), EngineConfig(snapshots=True))
-    with pytest.raises(ValueError, match=f"format {version} is not supported: this version reads format 11"):
+    with pytest.raises(ValueError, match=f"format {version} is not supported: this version reads format 12"):
         h.customers.restore((version, {}))
 
 
