@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from api_client import api, bearer, run
 
 from connectors.synthetic import generate_events
 from flows.cli import main
@@ -225,3 +226,36 @@ def test_an_erased_customer_is_gone_from_the_answers_and_stays_gone_after_a_rest
     finally:
         restarted.stop()
     assert len(lines(out, ERASURES)) == 1, "the ledger holds the erasure once"
+
+
+def test_the_http_api_over_the_engine_in_process_takes_events_and_answers_from_its_state(tmp_path, stream):
+    engine = start_local_engine(Settings(shards=SHARDS), tmp_path / "live")
+    out, customer = tmp_path / "live", "u-000003"
+
+    async def scenario(client) -> None:
+        sent = await client.post("/v1/events", data=b'{"batch":[' + b",".join(stream) + b"]}", headers=bearer("ingest"))
+        assert sent.status in (200, 207)  # 207: the stream's defects are refused one by one
+        assert (await sent.json())["accepted"] >= len(stream) * 0.95
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not await answered(client):
+            assert time.monotonic() < deadline, "profiles and audiences answered over HTTP"
+            await asyncio.sleep(0.05)
+        assert (await client.get("/readyz")).status == 200
+        erased = await client.delete(f"/v1/customers/{customer}", headers=bearer("admin"))
+        assert erased.status == 202
+        while (await client.get(f"/v1/customers/{customer}", headers=bearer("read"))).status != 404:
+            assert time.monotonic() < deadline + WAIT_SECONDS, "the erased customer's profile is gone"
+            await asyncio.sleep(0.05)
+
+    async def answered(client) -> bool:
+        audiences = await (await client.get("/v1/audiences", headers=bearer("read"))).json()
+        expected = memberships(out)
+        if audiences.get("audiences") != [{"id": a, "size": len(m)} for a, m in sorted(expected.items())]:
+            return False
+        profile = await client.get(f"/v1/customers/{customer}", headers=bearer("read"))
+        return profile.status == 200 and (await profile.json())["customer_id"] == customer
+
+    try:
+        run(api(engine.backend), scenario)
+    finally:
+        engine.stop()
