@@ -10,6 +10,7 @@ the output files (decisions carry the same ids as before), then follows it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from operators.models import files as model_files
 from operators.rules import load_rules
 from schemas.errors import NudgeflowError
 from schemas.experiments import ExperimentConfig
+
+log = logging.getLogger(__name__)
 
 STOP_SECONDS = 60.0
 """How long :meth:`LocalEngine.stop` waits for the flow to finish what the journal holds."""
@@ -107,6 +110,7 @@ def start_local_engine(
             run_dataflow(flow, settings, workers)
         except BaseException as err:  # surfaced by stop() and the readiness check
             engine.error = err
+            log.error("the engine stopped with an error", exc_info=err)
 
     engine.thread = threading.Thread(target=run, name="nudgeflow-engine", daemon=True)
     engine.thread.start()

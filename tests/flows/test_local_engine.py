@@ -175,7 +175,7 @@ def test_the_engine_in_process_answers_live_and_decides_as_a_replay_of_its_journ
     assert decisions(out) == live
 
 
-def test_a_failing_flow_is_reported_by_the_readiness_check_and_by_stop(tmp_path, monkeypatch):
+def test_a_failing_flow_is_logged_and_reported_by_the_readiness_check_and_by_stop(tmp_path, monkeypatch, caplog):
     import flows.local_engine
 
     def broken(flow, settings, workers):
@@ -186,6 +186,7 @@ def test_a_failing_flow_is_reported_by_the_readiness_check_and_by_stop(tmp_path,
     engine.thread.join(WAIT_SECONDS)
     assert not engine.ready()
     assert asyncio.run(engine.backend.checks()) == {"engine": "stopped: OSError: disk on fire"}
+    assert "the engine stopped with an error" in caplog.text and "disk on fire" in caplog.text
     with pytest.raises(EngineFailed, match="disk on fire"):
         engine.stop()
 
