@@ -191,8 +191,10 @@ def test_a_failing_flow_is_logged_and_reported_by_the_readiness_check_and_by_sto
         engine.stop()
 
 
-def test_an_erased_customer_is_gone_from_the_answers_and_stays_gone_after_a_restart(tmp_path, stream):
-    out, settings = tmp_path / "live", Settings(shards=SHARDS)
+@pytest.mark.parametrize("given", [False, True], ids=["folder's ledger", "a ledger file given"])
+def test_an_erased_customer_is_gone_from_the_answers_and_stays_gone_after_a_restart(tmp_path, stream, given):
+    ledger = tmp_path / "ledger.jsonl" if given else None  # another ledger read first (none here yet)
+    out, settings = tmp_path / "live", Settings(shards=SHARDS, erasure_ledger=ledger)
     customer = "u-000003"
     last = max(orjson.loads(line)["timestamp"] for line in stream)
     erasure = {
