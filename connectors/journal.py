@@ -2,11 +2,11 @@
 file, and a Bytewax source that tails it.
 
 :class:`EventJournal` appends whole lines under a lock and flushes them before returning, so an
-event is in the file (the operating system's, or the disk's with ``fsync``) once accepted. A
-process killed in the middle of a write can leave a last line without its end: the next journal
-opened on the file ends it, so the following events start on a line of their own (the torn line
-becomes a dead letter, ``invalid_json``, with its bytes). A write that fails is cut off again, so
-no partial line stays between two accepted ones.
+event is in the file (the operating system's, or the disk's with ``fsync``) once accepted. The
+file only grows. A process killed in the middle of a write can leave a last line without its
+end, and so can a write that fails (a full disk): the next write ends it first (a journal opened
+on the file: at once), so the following events start on a line of their own, and the torn line
+becomes a dead letter (``invalid_json``) with its bytes.
 
 :class:`JournalSource` reads the file as it grows (one partition; its resume state is the byte
 offset and line reached): a batch holds what was appended since the last one, and an
@@ -41,32 +41,29 @@ JournalState = tuple[int, int]
 
 
 class EventJournal:
-    """Appends events (JSON lines, without line ends) to ``path``, across restarts; thread-safe."""
+    """Appends events (JSON lines, without line ends) to ``path``, across restarts; thread-safe.
+
+    The file only grows (a reader tailing it never sees it shrink): a line that a failed write or
+    a crash left without its end is ended before the next events."""
 
     def __init__(self, path: Path, fsync: bool = False) -> None:
         self.path = Path(path)
         self.fsync = fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._file: BinaryIO = self.path.open("ab")
+        self._file = self.path.open("ab", buffering=0)  # each write goes to the file at once
         self._size = self._file.seek(0, os.SEEK_END)
-        self._end_torn_line()
-
-    def _end_torn_line(self) -> None:
-        """End a last line a crash left without its line end (its bytes are kept: a dead letter)."""
-        if self._size == 0:
-            return
-        with self.path.open("rb") as f:
-            f.seek(self._size - 1)
-            last = f.read(1)
-        if last != b"\n":
-            self._write(b"\n")
+        self._torn = self._size > 0 and _last_byte(self.path, self._size) != b"\n"
+        if self._torn:
+            self._write(b"")
 
     def append(self, lines: Sequence[bytes]) -> None:
-        """Append ``lines``, in order, flushed (and synced with ``fsync``) before returning.
+        """Append ``lines``, in order, written (and synced with ``fsync``) before returning.
 
-        A line holding a line break is refused (``ValueError``) before anything is written; a write
-        that fails (``OSError``) leaves the file as it was."""
+        A line holding a line break is refused (``ValueError``) before anything is written. When a
+        write fails (``OSError``), the lines before the failure may be in the file (a retry gives
+        the engine duplicates, which it drops by ``messageId``), and a line cut short by it is ended
+        by the next write (a dead letter, ``invalid_json``)."""
         for line in lines:
             if b"\n" in line or b"\r" in line:
                 raise ValueError("an event holds a line break")
@@ -75,33 +72,33 @@ class EventJournal:
 
     def _write(self, data: bytes) -> None:
         with self._lock:
+            if self._torn:
+                data = b"\n" + data
+            written = 0
             try:
-                self._file.write(data)
-                self._file.flush()
+                while written < len(data):
+                    written += self._file.write(data[written:]) or 0
                 if self.fsync:
                     os.fsync(self._file.fileno())
-            except OSError:
-                self._cut_back()
-                raise
-            self._size += len(data)
-
-    def _cut_back(self) -> None:
-        """Remove what a failed write left after the last whole line (best effort)."""
-        try:
-            self._file.close()
-            os.truncate(self.path, self._size)
-        except OSError:
-            pass
-        self._file = self.path.open("ab")
+            finally:
+                self._size += written
+                if written:
+                    self._torn = data[written - 1 : written] != b"\n"
 
     @property
     def size(self) -> int:
-        """Bytes appended so far (the file's size)."""
+        """Bytes in the file (written by this journal, or found at its start)."""
         return self._size
 
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+def _last_byte(path: Path, size: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(size - 1)
+        return f.read(1)
 
 
 class _JournalTail(StatefulSourcePartition[RawEvent | EndOfInput, JournalState]):

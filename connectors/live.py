@@ -91,7 +91,7 @@ class LiveStore:
         kept = self._decisions.get(output.key)
         if kept is None:
             kept = self._decisions[output.key] = deque(maxlen=self.decisions_kept)
-        if entry not in kept:  # the same decision again (a replay of the journal) is kept once
+        if entry not in kept:  # a decision sent again is kept once, as the Redis store does
             kept.appendleft(entry)
 
     def _audience_change(self, output: Output) -> None:

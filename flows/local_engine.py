@@ -10,6 +10,7 @@ the output files (decisions carry the same ids as before), then follows it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,11 @@ from flows.report import finalize_summary
 from flows.settings import Settings
 from operators.models import files as model_files
 from operators.rules import load_rules
+from schemas.erasures import Ledger, add_erasure
 from schemas.errors import NudgeflowError
 from schemas.experiments import ExperimentConfig
+
+log = logging.getLogger(__name__)
 
 STOP_SECONDS = 60.0
 """How long :meth:`LocalEngine.stop` waits for the flow to finish what the journal holds."""
@@ -90,7 +94,7 @@ def start_local_engine(
     settings = settings.model_copy(update={"out": out, "source": "files", "redis_url": None, "recovery_dir": None})
     rules = load_rules(settings.rules)
     prepare_live_folder(out, journal_path, settings.replace_output)
-    ledger = read_ledger_file(ledger_path(settings.erasure_ledger, out))[1]
+    ledger = _ledger(settings.erasure_ledger, out)
     event_journal = EventJournal(journal_path, fsync)
     # Idle marks between batches let several workers' shards decide otherwise than a replay of the
     # journal (not so with one worker): with several, the source marks only its end.
@@ -107,7 +111,18 @@ def start_local_engine(
             run_dataflow(flow, settings, workers)
         except BaseException as err:  # surfaced by stop() and the readiness check
             engine.error = err
+            log.error("the engine stopped with an error", exc_info=err)
 
     engine.thread = threading.Thread(target=run, name="nudgeflow-engine", daemon=True)
     engine.thread.start()
     return engine
+
+
+def _ledger(given: Path | None, out: Path) -> Ledger:
+    """The erasures known at start: the ledger file given, and those earlier live runs applied (in
+    the output folder's ledger, which a live run adds to)."""
+    ledger = read_ledger_file(ledger_path(given, out))[1]
+    if given is not None:
+        for customer_id, erased_at_ms in read_ledger_file(ledger_path(None, out))[1].items():
+            add_erasure(ledger, customer_id, erased_at_ms)
+    return ledger

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import orjson
 import pytest
@@ -217,3 +218,9 @@ def test_a_customer_known_only_by_decisions_gets_an_empty_profile_with_its_audie
         "match_keys": {},
         "updated_at": None,
     }
+
+
+def test_events_the_journal_cannot_take_are_answered_with_the_reason():
+    backend = LocalBackend(EventJournal(Path("/dev/full")), LiveStore(), lambda: True)
+    results = asyncio.run(backend.send([(None, b'{"n":1}'), (None, b'{"n":2}')]))
+    assert results == ["the event journal cannot be written: No space left on device"] * 2

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from api_client import api, bearer, run
 
 from connectors.synthetic import generate_events
 from flows.cli import main
@@ -174,7 +175,7 @@ def test_the_engine_in_process_answers_live_and_decides_as_a_replay_of_its_journ
     assert decisions(out) == live
 
 
-def test_a_failing_flow_is_reported_by_the_readiness_check_and_by_stop(tmp_path, monkeypatch):
+def test_a_failing_flow_is_logged_and_reported_by_the_readiness_check_and_by_stop(tmp_path, monkeypatch, caplog):
     import flows.local_engine
 
     def broken(flow, settings, workers):
@@ -185,12 +186,15 @@ def test_a_failing_flow_is_reported_by_the_readiness_check_and_by_stop(tmp_path,
     engine.thread.join(WAIT_SECONDS)
     assert not engine.ready()
     assert asyncio.run(engine.backend.checks()) == {"engine": "stopped: OSError: disk on fire"}
+    assert "the engine stopped with an error" in caplog.text and "disk on fire" in caplog.text
     with pytest.raises(EngineFailed, match="disk on fire"):
         engine.stop()
 
 
-def test_an_erased_customer_is_gone_from_the_answers_and_stays_gone_after_a_restart(tmp_path, stream):
-    out, settings = tmp_path / "live", Settings(shards=SHARDS)
+@pytest.mark.parametrize("given", [False, True], ids=["folder's ledger", "a ledger file given"])
+def test_an_erased_customer_is_gone_from_the_answers_and_stays_gone_after_a_restart(tmp_path, stream, given):
+    ledger = tmp_path / "ledger.jsonl" if given else None  # another ledger read first (none here yet)
+    out, settings = tmp_path / "live", Settings(shards=SHARDS, erasure_ledger=ledger)
     customer = "u-000003"
     last = max(orjson.loads(line)["timestamp"] for line in stream)
     erasure = {
@@ -225,3 +229,36 @@ def test_an_erased_customer_is_gone_from_the_answers_and_stays_gone_after_a_rest
     finally:
         restarted.stop()
     assert len(lines(out, ERASURES)) == 1, "the ledger holds the erasure once"
+
+
+def test_the_http_api_over_the_engine_in_process_takes_events_and_answers_from_its_state(tmp_path, stream):
+    engine = start_local_engine(Settings(shards=SHARDS), tmp_path / "live")
+    out, customer = tmp_path / "live", "u-000003"
+
+    async def scenario(client) -> None:
+        sent = await client.post("/v1/events", data=b'{"batch":[' + b",".join(stream) + b"]}", headers=bearer("ingest"))
+        assert sent.status in (200, 207)  # 207: the stream's defects are refused one by one
+        assert (await sent.json())["accepted"] >= len(stream) * 0.95
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not await answered(client):
+            assert time.monotonic() < deadline, "profiles and audiences answered over HTTP"
+            await asyncio.sleep(0.05)
+        assert (await client.get("/readyz")).status == 200
+        erased = await client.delete(f"/v1/customers/{customer}", headers=bearer("admin"))
+        assert erased.status == 202
+        while (await client.get(f"/v1/customers/{customer}", headers=bearer("read"))).status != 404:
+            assert time.monotonic() < deadline + WAIT_SECONDS, "the erased customer's profile is gone"
+            await asyncio.sleep(0.05)
+
+    async def answered(client) -> bool:
+        audiences = await (await client.get("/v1/audiences", headers=bearer("read"))).json()
+        expected = memberships(out)
+        if audiences.get("audiences") != [{"id": a, "size": len(m)} for a, m in sorted(expected.items())]:
+            return False
+        profile = await client.get(f"/v1/customers/{customer}", headers=bearer("read"))
+        return profile.status == 200 and (await profile.json())["customer_id"] == customer
+
+    try:
+        run(api(engine.backend), scenario)
+    finally:
+        engine.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -20,6 +22,7 @@ from operators.parse import Rejected, parse
 from schemas.items import EndOfInput, RawEvent
 
 WAIT_SECONDS = 20.0
+REPO = Path(__file__).resolve().parents[2]
 
 
 def events(count: int, start: int = 0) -> list[bytes]:
@@ -170,6 +173,40 @@ def test_an_event_with_a_line_break_is_refused_and_nothing_of_its_batch_is_writt
         journal.append([events(1)[0], b'{"type":\n"track"}'])
     assert journal.size == 0
     assert (tmp_path / "events.jsonl").read_bytes() == b""
+
+
+FAILING_WRITE = """
+import resource, sys
+from pathlib import Path
+from connectors.journal import EventJournal
+
+journal = EventJournal(Path(sys.argv[1]))
+journal.append([b'{"n":1}'])
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))  # the file may not grow beyond 100 bytes
+try:
+    journal.append([b'{"n":2}', b'{"n":3,"pad":"' + b"x" * 300 + b'"}'])
+except OSError as err:
+    print(err.strerror)
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+journal.append([b'{"n":4}'])
+"""
+
+
+def test_after_a_write_cut_short_the_next_events_start_on_a_line_of_their_own(tmp_path):
+    path = tmp_path / "events.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-c", FAILING_WRITE, str(path)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "File too large"
+    lines = path.read_bytes().split(b"\n")
+    assert lines[:2] == [b'{"n":1}', b'{"n":2}'], "what was written before the failure stays"
+    assert lines[2].startswith(b'{"n":3,"pad":"xx') and len(lines[2]) < 300, "cut at the size limit"
+    assert lines[3:] == [b'{"n":4}', b""], "the cut line is ended; the next event is whole"
+    got = records(JournalSource(path).build_part("in", "journal", None).next_batch())
+    assert [r.payload for r in got] == lines[:4]
+    assert parse(got[2]).reason == "invalid_json"
 
 
 def test_appends_from_many_threads_keep_every_line_whole(tmp_path):
