@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from connectors.http.auth import KeyRing, error, middlewares, requires
+from connectors.http.auth import KeyRing, echo_request_id, error, middlewares, requires
 from connectors.http.backend import Backend
 from connectors.http.ingest import (
     BodyError,
@@ -50,13 +50,13 @@ class ApiLimits:
 
     max_body_bytes: int = 1 << 20  # after inflating a gzip body
     max_events: int = 1000  # per request
-    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES  # larger events are rejected (too_large), as the stream does
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES  # for the validator: larger events are rejected (too_large)
 
 
 BACKEND = web.AppKey("backend", Backend)
 KEYRING = web.AppKey("keyring", KeyRing)
 LIMITS = web.AppKey("limits", ApiLimits)
-VALIDATOR = web.AppKey("validator", Callable[[bytes, int], Any])
+VALIDATOR = web.AppKey("validator", Validator)
 OPENAPI = web.AppKey("openapi", dict)
 
 
@@ -73,6 +73,7 @@ def make_app(
     app = web.Application(
         middlewares=middlewares(keys), client_max_size=max(limits.max_body_bytes, SEGMENT_LIMIT_BYTES) + 1
     )
+    app.on_response_prepare.append(echo_request_id)
     app[BACKEND] = backend
     app[KEYRING] = keys
     app[LIMITS] = limits

@@ -68,6 +68,9 @@ API_KEY = web.RequestKey("api_key", ApiKey)
 """Where a request keeps the :class:`ApiKey` it was authenticated with."""
 
 
+_REQUEST_ID = web.RequestKey("request_id", str)
+
+
 class KeyRing:
     """The configured keys, by SHA-256."""
 
@@ -182,13 +185,22 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Put the request's id in its response's headers (an ``on_response_prepare`` signal: streamed
+    responses too)."""
+    request_id = request.get(_REQUEST_ID)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
+
+
 def middlewares(keys: KeyRing, limiter: RateLimiter | None = None) -> list[Middleware]:
-    """The request-id/access-log middleware and the authentication middleware, in that order."""
+    """The request-id/access-log middleware and the authentication middleware, in that order (the
+    app also needs :func:`echo_request_id` among its ``on_response_prepare`` signals)."""
     limiter = limiter or RateLimiter()
 
     @web.middleware
     async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request_id = request_id_of(request)
+        request[_REQUEST_ID] = request_id = request_id_of(request)
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         status = 500
@@ -198,13 +210,11 @@ def middlewares(keys: KeyRing, limiter: RateLimiter | None = None) -> list[Middl
             except web.HTTPException as err:
                 if err.status < 400:
                     raise
-                status = err.status
                 response = _as_json(err)
             except Exception:
                 log.exception("request failed: %s %s", request.method, route_of(request))
                 response = error(500, "internal")
             status = response.status
-            response.headers[REQUEST_ID_HEADER] = request_id
             return response
         finally:
             route = route_of(request)

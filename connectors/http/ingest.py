@@ -26,6 +26,8 @@ from schemas.json_text import lost_a_key
 from schemas.metrics import HTTP_EVENTS
 from schemas.records import iso_ms
 
+log = logging.getLogger("nudgeflow.http")
+
 
 @dataclass(frozen=True, slots=True)
 class Checked:
@@ -39,9 +41,6 @@ class Checked:
 
 Validator = Callable[[bytes, int], Checked]
 """(event JSON bytes, received_at epoch ms) -> :class:`Checked`."""
-
-
-log = logging.getLogger("nudgeflow.http")
 
 
 class BodyError(ValueError):
@@ -133,16 +132,13 @@ class Pairs(list[tuple[str, Any]]):
 def read_json(body: bytes) -> Any:
     """The JSON document of ``body``: dicts, or :class:`Pairs` when an object repeats a key.
 
-    :class:`BodyError` when it is not JSON (NaN and Infinity are not JSON either)."""
+    :class:`BodyError` when it is not JSON (NaN and Infinity are not JSON either). Numbers are read as
+    the stream reads them (orjson: an integer beyond 64 bits becomes a float)."""
     try:
         data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        data = _read_pairs(body)  # not JSON, or beyond orjson (integers over 64 bits): the strict reader says
-    else:
-        if not lost_a_key(body, data):
-            return data
-        data = _read_pairs(body)
-    return data
+    except orjson.JSONDecodeError as err:
+        raise BodyError(f"the body is not JSON: {_short(err)}") from None
+    return _read_pairs(body) if lost_a_key(body, data) else data
 
 
 def events_of(document: Any) -> list[Any]:

@@ -7,11 +7,21 @@ import logging
 import orjson
 import pytest
 from aiohttp import web
-from api_client import SECRETS, api, basic, bearer, run
+from api_client import SECRETS, api, basic, bearer, keyring, run
 from conftest import track
 
-from connectors.http.auth import ApiKey, KeyRing, RateLimiter, RequestIdFilter, load_keyring, requires
+from connectors.http.app import make_app
+from connectors.http.auth import (
+    ApiKey,
+    KeyRing,
+    RateLimiter,
+    RequestIdFilter,
+    generated_admin_key,
+    load_keyring,
+    requires,
+)
 from connectors.http.backend import MemoryBackend
+from flows.api_validation import contract_validator
 from flows.cli import main
 from schemas.api import key_hash, parse_keys_env, read_keys_file
 from schemas.errors import ConfigurationError
@@ -237,3 +247,32 @@ def test_a_failing_handler_answers_500_without_detail_and_logs_with_the_request_
     outside = logging.LogRecord("x", logging.INFO, __file__, 1, "outside", None, None)
     RequestIdFilter().filter(outside)
     assert outside.request_id == "-"
+
+
+def test_a_streamed_answer_added_by_another_part_is_authenticated_and_carries_the_request_id():
+    @requires("read")
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: {}\n\n")
+        return response
+
+    app = make_app(MemoryBackend(), contract_validator(), keyring(),
+                   extra=[lambda app: app.router.add_get("/stream", stream)])
+
+    async def scenario(client):
+        refused = await client.get("/stream", headers={"X-Request-Id": "s-1"})
+        served = await client.get("/stream", headers={**bearer("read"), "X-Request-Id": "s-2"})
+        return (refused.status, refused.headers["X-Request-Id"]), (served.status, served.headers["X-Request-Id"],
+                                                                   await served.read())
+
+    assert run(app, scenario) == ((401, "s-1"), (200, "s-2", b"data: {}\n\n"))
+
+
+def test_a_generated_admin_key_is_new_each_time_and_has_every_scope():
+    ring, secret = generated_admin_key()
+    other_ring, other = generated_admin_key()
+    assert secret.startswith("nf_") and secret != other
+    key = ring.authenticate(secret)
+    assert key.allows("ingest") and key.allows("read") and key.allows("admin")
+    assert ring.authenticate(other) is None and other_ring.authenticate(secret) is None
