@@ -257,6 +257,12 @@ class MetricsSampler:
                     {"reason": r, "rate": dead_rates[(r,)], "total": n} for (r,), n in sorted(dead.items()) if n
                 ],
             },
+            "engine": {
+                "customers": total(samples, "nudgeflow_customers_in_state"),
+                "kafka_lag": total(samples, "nudgeflow_kafka_lag_messages")
+                if any(name == "nudgeflow_kafka_lag_messages" for name, _ in samples)
+                else None,
+            },
             "api_events": [
                 {"result": result, "rate": api_rates[(result,)], "total": n} for (result,), n in sorted(api.items())
             ],

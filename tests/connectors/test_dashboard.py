@@ -119,6 +119,7 @@ def test_rates_are_counter_growth_per_second_and_totals_since_the_engines_starte
         {"channel": "push", "rate": pytest.approx(10.0), "total": 50.0},
     ]
     assert frames[-1]["series"]["events"][-5:] == [300.0] * 5, "the sparkline's points"
+    assert frames[-1]["engine"] == {"customers": 0.0, "kafka_lag": None}, "no Kafka source: no lag figure"
 
 
 def test_an_engine_restart_counts_its_new_counts_not_a_negative_rate():

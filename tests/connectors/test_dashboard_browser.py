@@ -174,6 +174,7 @@ def test_the_dashboard_shows_a_live_replay_reconnects_and_refuses_a_wrong_key(tm
             assert second["events-total"] > first["events-total"], "the figures move with the replay"
             assert second["decisions-total"] >= first["decisions-total"] > 0
             assert second != first
+            assert number(page, "customers") > 0, "the engine's customers in state"
 
             expect(page.get_by_test_id("audience-row").first).to_be_visible(timeout=20_000)
             audiences = page.get_by_test_id("audience-row").all_inner_texts()

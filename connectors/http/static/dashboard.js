@@ -246,6 +246,9 @@ function render(frame) {
   setText("uptime", "sampling for " + Math.round(frame.uptime_s) + " s");
   setText("events-rate", rate(frame.events.rate));
   setText("events-total", count(frame.events.total));
+  setText("customers", count(frame.engine.customers));
+  $("lag-part").hidden = frame.engine.kafka_lag == null;
+  setText("kafka-lag", count(frame.engine.kafka_lag));
   setText("decisions-rate", rate(frame.decisions.rate));
   setText("decisions-total", count(frame.decisions.total));
   replaceChart("events-spark", sparkline(frame.series.events, 160, 32));
