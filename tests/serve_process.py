@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from connectors.local_services import free_port
+from schemas.api import key_entry, new_key
 
 REPO = Path(__file__).resolve().parents[1]
 START_SECONDS = 60.0
@@ -85,3 +86,22 @@ def serving(args: list[str], env: dict[str, str]) -> Iterator[Server]:
         yield server
     finally:
         server.kill()
+
+
+def front_env(services: dict[str, str], topic: str, prefix: str) -> dict[str, str]:
+    """The settings of a Kafka front on the session's services: its events topic and Redis key prefix."""
+    return {
+        "NUDGEFLOW_KAFKA_BOOTSTRAP_SERVERS": services["KAFKA_BOOTSTRAP_SERVERS"],
+        "NUDGEFLOW_EVENTS_TOPIC": topic,
+        "NUDGEFLOW_REDIS_URL": services["REDIS_URL"],
+        "NUDGEFLOW_REDIS_PREFIX": prefix,
+    }
+
+
+def keys_file(folder: Path, **scopes: list[str]) -> tuple[Path, dict[str, str]]:
+    """A keys file with one new key per name in ``scopes`` (its scopes); the keys by name."""
+    secrets = {name: new_key() for name in scopes}
+    entries = "".join(key_entry(name, scopes[name], secret).removeprefix("keys:\n") for name, secret in secrets.items())
+    path = folder / "keys.yaml"
+    path.write_text("keys:\n" + entries)
+    return path, secrets

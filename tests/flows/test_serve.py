@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,12 +12,11 @@ import orjson
 import pytest
 import redis
 from conftest import call, order
-from serve_process import serving
+from serve_process import front_env, keys_file, serving
 
 from connectors.kafka import read_topic
 from connectors.local_services import free_port
 from connectors.redis_store import customer_keys
-from schemas.api import key_entry, new_key
 
 STOP_SECONDS = 5.0
 
@@ -60,25 +58,10 @@ async def first_frame(url: str, key: str) -> dict[str, Any]:
     raise AssertionError("the stream ended without a frame")
 
 
-def keys_file(folder: Path, **scopes: list[str]) -> tuple[Path, dict[str, str]]:
-    """A keys file with one key per name in ``scopes``; the keys by name."""
-    secrets = {name: new_key() for name in scopes}
-    entries = "".join(key_entry(name, scopes[name], secret).removeprefix("keys:\n") for name, secret in secrets.items())
-    path = folder / "keys.yaml"
-    path.write_text("keys:\n" + entries)
-    return path, secrets
-
-
 def test_the_kafka_front_answers_health_takes_keyed_events_and_stops_on_sigterm(services, tmp_path):
     path, secrets = keys_file(tmp_path, tills=["ingest"], support=["read"])
     topic, prefix = f"serve-events-{os.getpid()}", f"serve{os.getpid()}"
-    env = {
-        "NUDGEFLOW_KAFKA_BOOTSTRAP_SERVERS": services["KAFKA_BOOTSTRAP_SERVERS"],
-        "NUDGEFLOW_EVENTS_TOPIC": topic,
-        "NUDGEFLOW_REDIS_URL": services["REDIS_URL"],
-        "NUDGEFLOW_REDIS_PREFIX": prefix,
-    }
-    with serving(["--kafka", "--keys", str(path)], env) as server:
+    with serving(["--kafka", "--keys", str(path)], front_env(services, topic, prefix)) as server:
         server.wait_for(r"serving the API on http://127\.0\.0\.1:\d+ \(front on Kafka and Redis\)")
 
         assert http("GET", f"{server.url}/healthz")[0] == 200

@@ -13,12 +13,11 @@ import aiohttp
 import orjson
 import redis
 from segment.analytics import Client
-from serve_process import serving
+from serve_process import front_env, keys_file, serving
 
 from connectors.kafka import read_topic, readable
 from flows.cli import execute
 from flows.settings import Settings
-from schemas.api import key_entry, new_key
 from schemas.streams import AUDIENCE_CHANGES
 
 
@@ -35,18 +34,9 @@ def get(url: str, key: str, json: bool = True) -> tuple[int, Any]:
 def test_segment_sdk_events_through_the_front_drive_the_engines_decisions(services, tmp_path):
     run = f"{os.getpid()}"
     topic, prefix, topics = f"e2e-events-{run}", f"e2e{run}", f"e2e{run}."
-    write_key, reader = new_key(), new_key()
-    keys = tmp_path / "keys.yaml"
-    keys.write_text(
-        key_entry("app", ["ingest"], write_key) + key_entry("crm", ["read"], reader).removeprefix("keys:\n")
-    )
-    env = {
-        "NUDGEFLOW_KAFKA_BOOTSTRAP_SERVERS": services["KAFKA_BOOTSTRAP_SERVERS"],
-        "NUDGEFLOW_EVENTS_TOPIC": topic,
-        "NUDGEFLOW_REDIS_URL": services["REDIS_URL"],
-        "NUDGEFLOW_REDIS_PREFIX": prefix,
-    }
-    with serving(["--kafka", "--keys", str(keys)], env) as server:
+    keys, secrets = keys_file(tmp_path, app=["ingest"], crm=["read"])
+    write_key, reader = secrets["app"], secrets["crm"]
+    with serving(["--kafka", "--keys", str(keys)], front_env(services, topic, prefix)) as server:
         server.wait_for(r"serving the API on")
         errors: list = []
         app = Client(write_key, host=server.url, on_error=lambda err, _: errors.append(err), max_retries=1, timeout=5)
