@@ -88,6 +88,7 @@ class Settings(BaseModel):
     recovery_dir: Path | None = Field(None, description="Bytewax recovery store (off when unset)")
     recovery_partitions: int = Field(1, ge=1, description="recovery store partitions created when it is new")
     backup_seconds: float = Field(60, ge=0, description="how long superseded snapshots are kept")
+    webhooks: Path | None = Field(None, description="webhook destinations file (YAML; off when unset)")
 
     def engine_config(
         self, snapshots: bool = False, source_partitions: int = 1, profiles: bool = False, erased: Ledger | None = None
