@@ -324,7 +324,7 @@ class WebhookPartition(StatefulSinkPartition[Output, WebhookSnapshot]):
                 elif (delivery.destination, delivery.id) not in self._pending:
                     added.append((lane, self._hold(delivery)))
         for delivery in gone:
-            self._give_up(delivery, "its destination is no longer in the webhooks file")
+            self._give_up(delivery, "no longer in the webhooks file")
         if added:
             log.info("webhooks: resuming %d deliveries from the recovery snapshot", len(added))
             self._loop.call_soon_threadsafe(self._accept, added)
