@@ -184,7 +184,9 @@ def load_webhooks(path: Path, environ: Mapping[str, str]) -> Webhooks:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise WebhooksFileError(f"webhooks file {path}: cannot be read: {err}") from None
+        raise WebhooksFileError(
+            f"webhooks file {path}: cannot be read ({getattr(err, 'strerror', None) or err})"
+        ) from None
     return parse_webhooks(text, str(path), environ)
 
 

@@ -1,0 +1,52 @@
+"""A webhook destinations file that cannot be used stops the start, before anything is read or written."""
+
+from __future__ import annotations
+
+import base64
+
+from conftest import line_of
+
+from flows.cli import EXIT_PROBLEM, main
+from flows.settings import SAMPLE_STREAM
+
+HOOKS = """destinations:
+  - name: crm
+    url: http://127.0.0.1:9/hooks
+    streams: [triggers.email]
+    secret_env: CRM_WEBHOOK_SECRET
+"""
+
+
+def test_a_missing_secret_stops_the_run_before_the_output_folder_is_made(tmp_path, monkeypatch, capsys):
+    (tmp_path / "hooks.yaml").write_text(HOOKS)
+    monkeypatch.setenv("NUDGEFLOW_WEBHOOKS", str(tmp_path / "hooks.yaml"))
+    monkeypatch.delenv("CRM_WEBHOOK_SECRET", raising=False)
+
+    code = main(["run", str(SAMPLE_STREAM), "--out", str(tmp_path / "out")])
+
+    assert code == EXIT_PROBLEM
+    error = capsys.readouterr().err
+    line = line_of(HOOKS, "secret_env")
+    assert f"{tmp_path / 'hooks.yaml'}:{line}: destination 'crm' field 'secret_env'" in error
+    assert "environment variable CRM_WEBHOOK_SECRET is not set" in error and "Traceback" not in error
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["hooks.yaml"], "nothing staged, nothing left behind"
+
+
+def test_a_malformed_secret_is_refused_without_being_printed(tmp_path, monkeypatch, capsys):
+    secret = "whsec_" + base64.b64encode(b"too short").decode()
+    (tmp_path / "hooks.yaml").write_text(HOOKS)
+    monkeypatch.setenv("NUDGEFLOW_WEBHOOKS", str(tmp_path / "hooks.yaml"))
+    monkeypatch.setenv("CRM_WEBHOOK_SECRET", secret)
+
+    assert main(["run", str(SAMPLE_STREAM), "--out", str(tmp_path / "out")]) == EXIT_PROBLEM
+
+    error = capsys.readouterr().err
+    assert "the secret in environment variable CRM_WEBHOOK_SECRET decodes to 9 bytes" in error
+    assert secret.removeprefix("whsec_") not in error
+
+
+def test_a_destinations_file_that_is_not_there_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NUDGEFLOW_WEBHOOKS", str(tmp_path / "missing.yaml"))
+    assert main(["run", str(SAMPLE_STREAM), "--out", str(tmp_path / "out")]) == EXIT_PROBLEM
+    assert f"webhooks file {tmp_path / 'missing.yaml'}: cannot be read" in capsys.readouterr().err
