@@ -63,6 +63,8 @@ CONTENT_TYPE = "application/cloudevents+json"
 PARTITIONS = 4
 """Sink partitions (each with its own loop thread and HTTP session), spread over the workers."""
 RETRY_AFTER_CAP = 3600.0
+ANSWER_BYTES = 64 * 1024
+"""Of a receiver's answer body, read at most this much (the rest closes the connection, not memory)."""
 SNAPSHOT_FORMAT = 1
 """Version of a partition's recovery snapshot (:data:`WebhookSnapshot`)."""
 
@@ -275,6 +277,8 @@ class WebhookPartition(StatefulSinkPartition[Output, WebhookSnapshot]):
         with self._lock:
             left = list(self._pending.values())
         if left and self._snapshots:
+            for delivery in left:
+                WEBHOOK_PENDING.labels(destination=delivery.destination).dec()  # this process holds them no more
             log.warning(
                 "webhooks: %d deliveries not done when the engine stopped (%s); the recovery snapshot holds them"
                 " and a resumed engine sends them",
@@ -329,8 +333,8 @@ class WebhookPartition(StatefulSinkPartition[Output, WebhookSnapshot]):
             log.info("webhooks: resuming %d deliveries from the recovery snapshot", len(added))
             self._loop.call_soon_threadsafe(self._accept, added)
 
-    def _give_up(self, delivery: Delivery, why: str) -> None:
-        """Send ``delivery`` to the dead letters; it stays pending if they cannot be written."""
+    def _give_up(self, delivery: Delivery, why: str) -> bool:
+        """Send ``delivery`` to the dead letters; it stays pending if they cannot be written (False)."""
         attempts = f"{delivery.attempts} attempt{'s' if delivery.attempts != 1 else ''}"
         record = dead_letter(
             processor=PROCESSOR,
@@ -344,9 +348,10 @@ class WebhookPartition(StatefulSinkPartition[Output, WebhookSnapshot]):
             self._dead_letters.write(delivery.customer, record)
         except Exception:
             log.exception("webhooks: a dead letter for destination '%s' could not be written", delivery.destination)
-            return
+            return False
         WEBHOOK_DELIVERIES.labels(destination=delivery.destination, result="dead_lettered").inc()
         self._release(delivery)
+        return True
 
     # --- the loop's side --------------------------------------------------------------------
     async def _start(self) -> None:
@@ -411,7 +416,9 @@ class WebhookPartition(StatefulSinkPartition[Output, WebhookSnapshot]):
             lane.retries[delivery.id] = asyncio.get_running_loop().call_later(delay, self._retry, lane, delivery)
         else:
             why = attempt.message if not attempt.retry else f"gave up after the last attempt: {attempt.message}"
-            self._give_up(delivery, why)
+            if not self._give_up(delivery, why):  # tried again later, then dead-lettered again if it fails
+                loop = asyncio.get_running_loop()
+                lane.retries[delivery.id] = loop.call_later(destination.backoff_cap, self._retry, lane, delivery)
 
     def _retry(self, lane: _Lane, delivery: Delivery) -> None:
         lane.retries.pop(delivery.id, None)
@@ -433,12 +440,15 @@ class WebhookPartition(StatefulSinkPartition[Output, WebhookSnapshot]):
             async with self._session.post(
                 destination.url, data=delivery.body, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
-                await response.read()
+                await response.content.read(ANSWER_BYTES)
                 status, retry_after = response.status, response.headers.get("Retry-After")
         except TimeoutError:
             return Attempt("timeout", True, f"no answer within {destination.timeout:g} s")
         except (aiohttp.ClientError, OSError) as err:
             return Attempt("connection", True, _network_error(err))
+        except Exception as err:  # a bug must not leave the delivery stuck: it goes to the dead letters
+            log.exception("webhooks: sending to destination '%s' failed", destination.name)
+            return Attempt("error", False, f"could not be sent ({type(err).__name__})")
         if 200 <= status < 300:
             return OK
         if status == 429:

@@ -109,8 +109,8 @@ class DestinationConfig(BaseModel):
                 raise ValueError(f"{name!r} is not a header name")
             if name.lower() in RESERVED_HEADERS:
                 raise ValueError(f"header {name!r} is set by the sink itself")
-            if "\r" in value or "\n" in value:
-                raise ValueError(f"header {name!r} has a line break in its value")
+            if not value.isascii() or not value.isprintable():
+                raise ValueError(f"header {name!r}: its value must be printable ASCII")
         return headers
 
 

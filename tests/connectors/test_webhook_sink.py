@@ -198,3 +198,28 @@ def test_deliveries_held_for_a_destination_no_longer_configured_go_to_the_dead_l
     (record,) = [orjson.loads(line) for line in dead.path.read_bytes().splitlines()]
     assert record["position"] == {"source": "webhooks/old-crm", "stream": "triggers.push", "id": "d0001"}
     assert record["messages"] == ["destination 'old-crm': no longer in the webhooks file (2 attempts)"]
+
+
+def test_a_dead_letter_that_cannot_be_written_is_tried_again_and_nothing_is_lost():
+    class FailingOnce(ListDeadLetters):
+        failed = 0
+
+        def write(self, customer: str, record: bytes) -> None:
+            if not self.failed:
+                self.failed += 1
+                raise OSError("disk full")
+            super().write(customer, record)
+
+    async def reject(webhook_id: str, attempt: int) -> web.Response:
+        return web.Response(status=404)
+
+    dead = FailingOnce()
+    with Receiver({"crm": reject}) as receiver:
+        part = partition(destination(receiver.url("crm"), new_secret()), dead)
+        part.write_batch([decision(1)])
+        receiver.wait_for(lambda r: len(r.requests) == 2)  # dead-lettering failed: the delivery was kept
+        part.close()
+    assert dead.failed == 1
+    assert [r["position"]["id"] for r in dead.records] == ["d0001"]
+    assert dead.records[0]["messages"] == ["destination 'crm': HTTP 404 (not retried) (2 attempts)"]
+    assert part.snapshot() == (SNAPSHOT_FORMAT, ())
