@@ -218,6 +218,8 @@ class WebhookPartition(StatefulSinkPartition[Output, WebhookSnapshot]):
         name: str,
         resume_state: WebhookSnapshot | None = None,
     ) -> None:
+        if resume_state is not None:
+            _check_format(resume_state)
         self._lanes = {d.name: _Lane(d, max(1, d.concurrency // share)) for d in destinations}
         self._routes: dict[str, list[_Lane]] = {}
         for lane in self._lanes.values():
@@ -253,10 +255,8 @@ class WebhookPartition(StatefulSinkPartition[Output, WebhookSnapshot]):
                 for lane in lanes:
                     if (lane.destination.name, webhook_id) in self._pending:
                         continue  # re-emitted while still pending: one delivery is enough
-                    delivery = Delivery(
-                        lane.destination.name, webhook_id, output.stream, output.key, output.time_ms, output.body
-                    )
-                    delivery.since = now
+                    name, stream = lane.destination.name, output.stream
+                    delivery = Delivery(name, webhook_id, stream, output.key, output.time_ms, output.body, 0, now)
                     added.append((lane, self._hold(delivery)))
         if added:
             self._loop.call_soon_threadsafe(self._accept, added)
@@ -311,11 +311,6 @@ class WebhookPartition(StatefulSinkPartition[Output, WebhookSnapshot]):
                 self._idle.set()
 
     def _resume(self, state: WebhookSnapshot) -> None:
-        if not (isinstance(state, tuple) and len(state) == 2 and state[0] == SNAPSHOT_FORMAT):
-            raise RecoveryStoreError(
-                f"the recovery store holds webhook deliveries of another format ({str(state)[:40]});"
-                f" this engine reads format {SNAPSHOT_FORMAT}"
-            )
         now = time.monotonic()
         added: list[tuple[_Lane, Delivery]] = []
         gone: list[Delivery] = []
@@ -456,6 +451,14 @@ class WebhookPartition(StatefulSinkPartition[Output, WebhookSnapshot]):
         if status >= 500:
             return Attempt("http_5xx", True, f"HTTP {status}")
         return Attempt(f"http_{status // 100}xx", False, f"HTTP {status} (not retried)")
+
+
+def _check_format(state: Any) -> None:
+    if not (isinstance(state, tuple) and len(state) == 2 and state[0] == SNAPSHOT_FORMAT):
+        raise RecoveryStoreError(
+            f"the recovery store holds webhook deliveries of another format ({str(state)[:40]});"
+            f" this engine reads format {SNAPSHOT_FORMAT}: start a new recovery store"
+        )
 
 
 def _event_id(body: bytes) -> str:
