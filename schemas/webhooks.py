@@ -79,7 +79,7 @@ class DestinationConfig(BaseModel):
     streams: list[str] = Field(min_length=1)
     secret_env: Annotated[str, Field(pattern=_ENV_NAME)]
     timeout: Seconds = 5.0
-    max_attempts: int = Field(8, ge=1, le=100)
+    max_attempts: int = Field(8, ge=1, le=1000)
     backoff: Backoff = Backoff()
     concurrency: int = Field(16, ge=1, le=1024)
     queue: int = Field(1000, ge=1, le=1_000_000, description="deliveries handed to the sender ahead of time")
