@@ -63,6 +63,7 @@ CONTENT_TYPE = "application/cloudevents+json"
 PARTITIONS = 4
 """Sink partitions (each with its own loop thread and HTTP session), spread over the workers."""
 RETRY_AFTER_CAP = 3600.0
+DEAD_LETTER_LOG_SECONDS = 60.0
 ANSWER_BYTES = 64 * 1024
 """Of a receiver's answer body, read at most this much (the rest closes the connection, not memory)."""
 SNAPSHOT_FORMAT = 1
@@ -191,6 +192,50 @@ class Attempt:
 OK = Attempt("ok", False)
 
 
+class DestinationHealth:
+    """Logs when a destination starts failing and when it takes deliveries again: once for all the
+    sink's partitions in a process (the first that fails, the last that delivers again); and the
+    decisions it dead-letters, the first at once, then at most one line a minute."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._failing: set[int] = set()
+        self._since = 0.0
+        self._failures = 0
+        self._dead = 0
+        self._dead_logged = -DEAD_LETTER_LOG_SECONDS
+
+    def dead_lettered(self, why: str) -> None:
+        with self._lock:
+            self._dead += 1
+            now = time.monotonic()
+            if now - self._dead_logged < DEAD_LETTER_LOG_SECONDS:
+                return
+            count = f"{self._dead} decision{'' if self._dead == 1 else 's'}"
+            log.warning("webhooks: destination '%s': %s sent to the dead letters (the last: %s)", self.name, count, why)
+            self._dead, self._dead_logged = 0, now
+
+    def failed(self, partition: object, message: str) -> None:
+        with self._lock:
+            self._failures += 1
+            if not self._failing:
+                self._since = time.monotonic()
+                log.warning("webhooks: destination '%s' failing (%s); retrying where allowed", self.name, message)
+            self._failing.add(id(partition))
+
+    def delivered(self, partition: object) -> None:
+        with self._lock:
+            if id(partition) not in self._failing:
+                return
+            self._failing.discard(id(partition))
+            if not self._failing:
+                seconds = time.monotonic() - self._since
+                log.warning("webhooks: destination '%s' taking deliveries again after %.1f s (%d failed attempts)",
+                            self.name, seconds, self._failures)  # fmt: skip
+                self._failures = 0
+
+
 class _Lane:
     """One destination's sending side in a partition's loop: its queue, its slots, its timers (loop thread only)."""
 
@@ -215,12 +260,14 @@ class WebhookPartition(StatefulSinkPartition[Output, WebhookSnapshot]):
         snapshots: bool,
         share: int,
         deadline: CloseDeadline,
+        health: dict[str, DestinationHealth],
         name: str,
         resume_state: WebhookSnapshot | None = None,
     ) -> None:
         if resume_state is not None:
             _check_format(resume_state)
         self._lanes = {d.name: _Lane(d, max(1, d.concurrency // share)) for d in destinations}
+        self._health = health
         self._routes: dict[str, list[_Lane]] = {}
         for lane in self._lanes.values():
             for stream in sorted(lane.destination.streams):
@@ -345,6 +392,8 @@ class WebhookPartition(StatefulSinkPartition[Output, WebhookSnapshot]):
             log.exception("webhooks: a dead letter for destination '%s' could not be written", delivery.destination)
             return False
         WEBHOOK_DELIVERIES.labels(destination=delivery.destination, result="dead_lettered").inc()
+        if delivery.destination in self._health:
+            self._health[delivery.destination].dead_lettered(why)
         self._release(delivery)
         return True
 
@@ -401,10 +450,14 @@ class WebhookPartition(StatefulSinkPartition[Output, WebhookSnapshot]):
         delivery.attempts += 1
         WEBHOOK_ATTEMPTS.labels(destination=destination.name, outcome=attempt.outcome).inc()
         if attempt is OK:
+            self._health[destination.name].delivered(self)
             WEBHOOK_LATENCY.labels(destination=destination.name).observe(time.monotonic() - delivery.since)
             WEBHOOK_DELIVERIES.labels(destination=destination.name, result="delivered").inc()
             self._release(delivery)
-        elif attempt.retry and delivery.attempts < destination.max_attempts:
+            return
+        if attempt.retry:  # the destination may be down; a refusal concerns one decision
+            self._health[destination.name].failed(self, attempt.message)
+        if attempt.retry and delivery.attempts < destination.max_attempts:
             delay = attempt.wait
             if delay is None:
                 delay = backoff_delay(delivery.attempts, destination.backoff_start, destination.backoff_cap)
@@ -499,6 +552,7 @@ class WebhookSink(FixedPartitionedSink[Output, WebhookSnapshot]):
         self.snapshots = snapshots
         self.partitions = partitions
         self._deadline = CloseDeadline(close_timeout)  # shared by this process's partitions
+        self._health = {d.name: DestinationHealth(d.name) for d in self.destinations}
 
     def __repr__(self) -> str:
         return f"WebhookSink({[d.name for d in self.destinations]})"
@@ -516,6 +570,7 @@ class WebhookSink(FixedPartitionedSink[Output, WebhookSnapshot]):
             snapshots=self.snapshots,
             share=self.partitions,
             deadline=self._deadline,
+            health=self._health,
             name=f"webhooks-{step_id}-{for_part}",
             resume_state=resume_state,
         )

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -223,3 +225,34 @@ def test_a_dead_letter_that_cannot_be_written_is_tried_again_and_nothing_is_lost
     assert [r["position"]["id"] for r in dead.records] == ["d0001"]
     assert dead.records[0]["messages"] == ["destination 'crm': HTTP 404 (not retried) (2 attempts)"]
     assert part.snapshot() == (SNAPSHOT_FORMAT, ())
+
+
+def test_an_outage_is_logged_when_it_starts_and_when_it_ends_and_refusals_are_summed_up(caplog):
+    down = threading.Event()
+    down.set()
+
+    async def unavailable_until_up(webhook_id: str, attempt: int) -> web.Response:
+        return web.Response(status=503 if down.is_set() else 200)
+
+    async def gone(webhook_id: str, attempt: int) -> web.Response:
+        return web.Response(status=410)
+
+    caplog.set_level(logging.WARNING, logger="connectors.webhooks")
+    with Receiver({"crm": unavailable_until_up, "old": gone}) as receiver:
+        crm = destination(receiver.url("crm"), new_secret(), max_attempts=1000)
+        old = destination(receiver.url("old"), new_secret(), name="old")
+        dead = ListDeadLetters()
+        sink = WebhookSink([crm, old], dead, close_timeout=10, partitions=1)
+        part = sink.build_part("flow.webhooks", "webhooks-0", None)
+        part.write_batch([decision(n) for n in range(5)])
+        receiver.wait_for(lambda r: len(r.on("crm")) >= 15 and len(r.on("old")) == 5)
+        down.clear()
+        part.close()
+    lines = [record.getMessage() for record in caplog.records]
+    assert sum("destination 'crm' failing (HTTP 503)" in line for line in lines) == 1
+    again = [line for line in lines if "destination 'crm' taking deliveries again after" in line]
+    assert len(again) == 1 and re.search(r"\((\d+) failed attempts\)", again[0])
+    assert [line for line in lines if "'old'" in line] == [
+        "webhooks: destination 'old': 1 decision sent to the dead letters (the last: HTTP 410 (not retried))"
+    ], "one line for the first, then at most one a minute"
+    assert len(dead.records) == 5 and len(receiver.on("crm")) >= 20
