@@ -141,6 +141,13 @@ SECTIONS = (
         "whole lives, alternated in rounds; the broker (local, on the same 2 cores) is not counted.",
     ),
     Section(
+        "webhooks",
+        "Webhook deliveries per second (10k decisions, one destination)",
+        ("bench/webhook_bench.py",),
+        "The webhook sink's 4 partitions sending signed decisions to a local aiohttp receiver in its own process, "
+        "at concurrency 16 and 64; wall time until every decision was answered, and the engine process's CPU time.",
+    ),
+    Section(
         "stages",
         "Cost per stage, per rule, and state per customer (10k customers)",
         ("bench/flow_bench.py", "--customers", "10000"),

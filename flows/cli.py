@@ -455,7 +455,7 @@ def _warm_start(args: argparse.Namespace) -> int:
         kafka_bootstrap_servers=args.bootstrap_servers,
         events_topic=args.topic,
         recovery_dir=args.recovery_dir,
-    ).model_copy(update={"redis_url": None})  # a warm start builds state in its recovery store only
+    ).model_copy(update={"redis_url": None, "webhooks": None})  # a warm start builds state in its recovery store only
     folder = settings.recovery_dir
     if folder is None:
         raise ConfigurationError("a warm start needs a recovery directory (--recovery-dir or NUDGEFLOW_RECOVERY_DIR)")
@@ -713,7 +713,7 @@ def _source(args: argparse.Namespace, settings: Settings) -> Source[RawEvent | E
 
 
 def _replay(args: argparse.Namespace) -> int:
-    files_only = {"redis_url": None}  # a replay writes its output folder, never the live store
+    files_only = {"redis_url": None, "webhooks": None}  # a replay writes its output folder, never the live store
     if args.processes < 1:
         raise ConfigurationError("--processes must be at least 1")
     if args.processes > 1 and args.format != "jsonl":

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -28,7 +30,11 @@ from operators.offers import check_catalogue
 from operators.rules import CompiledRules, load_rules
 from schemas.erasures import Ledger
 from schemas.items import EndOfInput, Output, RawEvent
-from schemas.streams import ERASURES, KAFKA_STREAMS, PROFILES, STORE_STREAMS
+from schemas.streams import DEAD_LETTERS, ERASURES, KAFKA_STREAMS, PROFILES, STORE_STREAMS
+from schemas.webhooks import Webhooks, load_webhooks
+
+if TYPE_CHECKING:
+    from connectors.webhooks import DeadLetterWriter
 
 
 def build_flow(
@@ -51,9 +57,10 @@ def build_flow(
     engine sends changed customers' profiles (stream ``profiles``) to ``sink`` too, without Redis.
     """
     rules = rules or load_rules(settings.rules)
+    webhooks = load_webhooks(settings.webhooks, os.environ) if settings.webhooks is not None else None
     flow = Dataflow("nudgeflow")
     if source is None and settings.source == "kafka":
-        return _kafka_flow(flow, settings, rules, snapshots, ledger)
+        return _kafka_flow(flow, settings, rules, snapshots, ledger, webhooks)
     if ledger is None:
         ledger = read_ledger_file(ledger_path(settings.erasure_ledger, settings.out))[1]
     # the recordings are checked (by the source) before an output folder is replaced
@@ -71,6 +78,11 @@ def build_flow(
     outputs = personalize(
         "personalize", raw, rules, config, settings.shards, settings.max_event_bytes, chunked, read_ahead
     )
+    if webhooks is not None:  # undeliverable decisions go to the output folder
+        from connectors.webhooks import DEAD_LETTER_FILE, FileDeadLetters
+
+        folder = sink.folder if isinstance(sink, OutputFolderSink) else settings.out
+        _webhook_output(outputs, webhooks, snapshots, FileDeadLetters(folder / DEAD_LETTER_FILE))
     if settings.redis_url is not None:
         _redis_output(outputs, settings)
         outputs = op.filter("not_profiles", outputs, _not_profile)  # profiles are for the live store only
@@ -79,10 +91,15 @@ def build_flow(
 
 
 def _kafka_flow(
-    flow: Dataflow, settings: Settings, rules: CompiledRules, snapshots: bool, ledger: Ledger | None
+    flow: Dataflow,
+    settings: Settings,
+    rules: CompiledRules,
+    snapshots: bool,
+    ledger: Ledger | None,
+    webhooks: Webhooks | None,
 ) -> Dataflow:
-    """Events topic -> personalize -> output topics (and the Redis store when configured); the
-    erasure ledger topic is read to its end before the flow starts."""
+    """Events topic -> personalize -> output topics (and the Redis store and webhooks when
+    configured); the erasure ledger topic is read to its end before the flow starts."""
     from connectors.kafka import KafkaEventSource, KafkaOutputSink, ensure_topics
 
     client = settings.kafka_client_config()
@@ -106,6 +123,11 @@ def _kafka_flow(
     check_catalogue(rules.offers, config.reference)
     outputs = personalize("personalize", raw, rules, config, settings.shards, settings.max_event_bytes)
     _redis_output(outputs, settings)
+    if webhooks is not None:
+        from connectors.webhooks import KafkaDeadLetters
+
+        dead_letters = KafkaDeadLetters(servers, settings.topic_prefix + DEAD_LETTERS, client)
+        _webhook_output(outputs, webhooks, snapshots, dead_letters)
     to_kafka = op.filter_map("to_kafka", outputs, _by_customer)
     op.output("topics", to_kafka, KafkaOutputSink(servers, settings.topic_prefix, producer_config=client))
     return flow
@@ -138,6 +160,21 @@ def _redis_output(outputs: KeyedStream[Output], settings: Settings) -> None:
         url, cluster=cluster, prefix=settings.redis_prefix, ttl_seconds=ttl, traits=settings.redis_traits
     )
     op.output("redis", op.filter_map("to_redis", outputs, _for_redis), sink)
+
+
+def _webhook_output(
+    outputs: KeyedStream[Output], webhooks: Webhooks, snapshots: bool, dead_letters: DeadLetterWriter
+) -> None:
+    """The decisions of the streams the destinations chose, keyed by customer, to the webhook sink."""
+    from connectors.webhooks import WebhookSink
+
+    sink = WebhookSink(webhooks.destinations, dead_letters, close_timeout=webhooks.close_timeout, snapshots=snapshots)
+    op.output("webhooks", op.filter_map("to_webhooks", outputs, partial(_for_webhooks, webhooks.streams)), sink)
+
+
+def _for_webhooks(streams: frozenset[str], item: tuple[str, Output]) -> tuple[str, Output] | None:
+    stream, output = item
+    return (output.key, output) if stream in streams else None
 
 
 def _not_profile(item: tuple[str, Output]) -> bool:

@@ -103,6 +103,7 @@ class Settings(BaseModel):
     )
     api_max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body the API takes (inflated)")
     api_max_batch: int = Field(1000, ge=1, description="most events in one POST /v1/events")
+    webhooks: Path | None = Field(None, description="webhook destinations file (YAML; off when unset)")
 
     def engine_config(
         self, snapshots: bool = False, source_partitions: int = 1, profiles: bool = False, erased: Ledger | None = None

@@ -19,6 +19,7 @@ from schemas.events import KNOWN_TRACK_EVENTS
 from schemas.experiments import ExperimentConfig
 from schemas.policy import ContactPolicy
 from schemas.rules import AudienceRule, NextBestOffer, Offer, RuleSet, TriggerRule
+from schemas.yaml_lines import node_line as _line
 from state.catalogue import ANY_EVENT, FEATURES
 
 _OFFERS = TypeAdapter(list[Offer])
@@ -344,21 +345,3 @@ def _problem(data: Any, root: yaml.Node | None, loc: tuple[Any, ...], message: s
     fields = [str(part) for part in named if not str(part).startswith("function-")] if len(loc) > 2 else []
     field_name = ".".join(fields) or ".".join(str(p) for p in loc) or "-"
     return Problem(rule_id, field_name, _line(root, loc), message)
-
-
-def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """The 1-based line of the YAML node at ``loc`` (or of its nearest existing parent)."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
-            if match is None:
-                key = next((k for k, _ in node.value if getattr(k, "value", None) == part), None)
-                return key.start_mark.line + 1 if key is not None else line
-            node = match
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            return line
-        line = node.start_mark.line + 1
-    return line

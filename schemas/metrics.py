@@ -92,3 +92,25 @@ HTTP_EVENTS = Counter(
     "Events received by the HTTP API, by result: accepted, rejected (contract) or failed (not taken by the stream)",
     ["result"],
 )
+WEBHOOK_LATENCY_BUCKETS = (*LATENCY_BUCKETS, 30.0, 60.0, 300.0, 1800.0)
+WEBHOOK_DELIVERIES = Counter(
+    "nudgeflow_webhook_deliveries",
+    "Decisions a webhook destination took (delivered) or that went to the dead letters (dead_lettered)",
+    ["destination", "result"],
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "nudgeflow_webhook_attempts",
+    "Webhook requests, by destination and outcome (ok, http_429, http_5xx, http_4xx, timeout, connection)",
+    ["destination", "outcome"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "nudgeflow_webhook_latency_seconds",
+    "From a decision reaching the webhook sink to its destination's 2xx answer (retries included)",
+    ["destination"],
+    buckets=WEBHOOK_LATENCY_BUCKETS,
+)
+WEBHOOK_PENDING = Gauge(
+    "nudgeflow_webhook_pending",
+    "Decisions not yet delivered to a webhook destination (queued or waiting to retry)",
+    ["destination"],
+)
