@@ -30,6 +30,7 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
+from connectors.http.backend import BackendUnavailable
 from schemas.api import ApiKeySpec, new_key, parse_keys_env, read_keys_file
 from schemas.errors import ConfigurationError
 from schemas.metrics import HTTP_REQUESTS
@@ -41,6 +42,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 REQUEST_ID_HEADER = "X-Request-Id"
+UNAVAILABLE_RETRY_SECONDS = 1
+"""``Retry-After`` of a 503 answered when the backend's store or stream does not answer."""
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 """The id of the request being handled (``-`` outside requests)."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
@@ -211,6 +214,9 @@ def middlewares(keys: KeyRing, limiter: RateLimiter | None = None) -> list[Middl
                 if err.status < 400:
                     raise
                 response = _as_json(err)
+            except BackendUnavailable as err:
+                log.warning("%s %s: %s", request.method, route_of(request), err)
+                response = error(503, "unavailable", {"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)})
             except Exception:
                 log.exception("request failed: %s %s", request.method, route_of(request))
                 response = error(500, "internal")
@@ -295,6 +301,7 @@ _ERROR_CODES = {
     413: "too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
+    503: "unavailable",
 }
 
 

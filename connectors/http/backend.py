@@ -72,6 +72,12 @@ class Backend(Protocol):
         ...
 
 
+class BackendUnavailable(Exception):
+    """A backend's store or stream did not answer; the text says why (never where, never a secret).
+
+    The API answers 503 with ``Retry-After``: the caller may try again shortly."""
+
+
 class InvalidCursor(ValueError):
     """A members cursor that this backend did not hand out."""
 

@@ -29,7 +29,7 @@ from redis import exceptions as rx
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from connectors.http.backend import Change, InvalidCursor, Page
+from connectors.http.backend import BackendUnavailable, Change, InvalidCursor, Page
 from connectors.kafka import _DeliveryReports, event_key, kafka_config
 from connectors.redis_store import audience_key, customer_keys
 from schemas.errors import NudgeflowError
@@ -58,7 +58,7 @@ MATCH_FIELDS = ("match.email_sha256", "match.phone_sha256", "match.phone_digits_
 PROFILE_META = frozenset({"audiences", "updated_at", "updated_ms"})
 
 
-class StoreUnavailable(NudgeflowError):
+class StoreUnavailable(NudgeflowError, BackendUnavailable):
     """The Redis store did not answer a read (or refused it); the text says why, never where."""
 
 

@@ -35,7 +35,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         404: "not found",
         413: "the body is over a limit",
         429: "the key's rate limit: wait Retry-After seconds",
-        503: "the events stream did not take the request",
+        503: "the events stream or the store did not answer: try again after Retry-After seconds",
     }
     return {str(status): _json("Error", words[status]) for status in statuses}
 
@@ -118,7 +118,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "get_customer",
             "security": _KEY,
             "parameters": [_CUSTOMER_ID],
-            "responses": {"200": _json("Profile", "the profile"), **_errors(401, 403, 404, 429)},
+            "responses": {"200": _json("Profile", "the profile"), **_errors(401, 403, 404, 429, 503)},
         },
         "delete": {
             "tags": ["customers"],
@@ -136,7 +136,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Every audience with members, and its size; scope read",
             "operationId": "get_audiences",
             "security": _KEY,
-            "responses": {"200": _json("Audiences", "the audiences, by id"), **_errors(401, 403, 429)},
+            "responses": {"200": _json("Audiences", "the audiences, by id"), **_errors(401, 403, 429, 503)},
         }
     },
     "/v1/audiences/{audience_id}/members": {
@@ -150,7 +150,10 @@ PATHS: dict[str, dict[str, Any]] = {
                 {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "from the last page"},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
             ],
-            "responses": {"200": _json("MembersPage", "a page; cursor null on the last"), **_errors(400, 401, 403)},
+            "responses": {
+                "200": _json("MembersPage", "a page; cursor null on the last"),
+                **_errors(400, 401, 403, 429, 503),
+            },
         }
     },
     "/v1/audiences/{audience_id}/export": {
@@ -163,10 +166,26 @@ PATHS: dict[str, dict[str, Any]] = {
                 _AUDIENCE_ID,
                 {"name": "format", "in": "query", "schema": {"type": "string"}, "description": "google, meta, ..."},
                 {"name": "since", "in": "query", "schema": {"type": "string"}, "description": "changes since then"},
+                {
+                    "name": "changes",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": ["added", "removed"]},
+                    "description": "with since: the additions (default) or the removals",
+                },
             ],
             "responses": {
-                "200": {"description": "the upload file", "content": {"text/csv": {}, "application/json": {}}},
-                **_errors(400, 401, 403, 429),
+                "200": {
+                    "description": "the upload file",
+                    "headers": {
+                        "X-Nudgeflow-Rows": {"schema": {"type": "integer"}, "description": "rows in the file"},
+                        "X-Nudgeflow-Without-Match-Keys": {
+                            "schema": {"type": "integer"},
+                            "description": "members left out: no email or phone known",
+                        },
+                    },
+                    "content": {"text/csv": {}, "application/x-ndjson": {}},
+                },
+                **_errors(400, 401, 403, 429, 503),
             },
         }
     },

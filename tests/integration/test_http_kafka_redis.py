@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 import redis
+from api_client import api, bearer, run
 from conftest import added, call, order, track
 
 from connectors.http.backend import InvalidCursor
@@ -224,6 +225,27 @@ def test_checks_say_ok_and_name_a_redis_that_does_not_answer(services, store):
     started = time.monotonic()
     states = run_with(no_kafka, store["prefix"], lambda b: b.checks())
     assert states["redis"] == "ok" and states["kafka"] != "ok" and time.monotonic() - started < 10, states
+
+
+def test_the_api_answers_503_with_retry_after_while_redis_does_not_answer(services, store):
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+
+    async def scenario(client):
+        answers = []
+        for path in ("/v1/customers/u1", "/v1/audiences", "/v1/audiences/high_value/members"):
+            response = await client.get(path, headers=bearer("read"))
+            answers.append((response.status, response.headers.get("Retry-After"), await response.json()))
+        return answers
+
+    async def main():
+        backend = KafkaRedisBackend(services["KAFKA_BOOTSTRAP_SERVERS"], store["topic"], closed, prefix=store["prefix"])
+        try:
+            return await asyncio.to_thread(run, api(backend), scenario)
+        finally:
+            await backend.close()
+
+    for status, retry_after, body in asyncio.run(main()):
+        assert (status, retry_after, body) == (503, "1", {"error": "unavailable"})
 
 
 def test_each_event_gets_its_own_result_and_a_full_queue_waits(services, store):
