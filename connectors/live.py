@@ -29,7 +29,18 @@ from connectors.http.backend import Change, Page, decode_cursor, encode_cursor
 from connectors.journal import EventJournal
 from connectors.redis_store import decision_entry, is_decision_stream, is_deletion, membership
 from schemas.items import Output
-from schemas.streams import AUDIENCE_CHANGES, ERASURES, EXPERIMENTS, MODEL_FILE, MODELS, OUTPUT_FILES, PROFILES, STATS
+from schemas.metrics import DECISION_LATENCY
+from schemas.streams import (
+    AUDIENCE_CHANGES,
+    DEAD_LETTERS,
+    ERASURES,
+    EXPERIMENTS,
+    MODEL_FILE,
+    MODELS,
+    OUTPUT_FILES,
+    PROFILES,
+    STATS,
+)
 
 JOURNAL_FILE = "events.jsonl"
 """The event journal's name in a live run's output folder."""
@@ -173,6 +184,8 @@ class _LiveFile(StatefulSinkPartition[Output, None]):
         if self._file is not None:
             self._file.write(b"".join(value.body + b"\n" for value in values))
             self._file.flush()
+            if self._stream != DEAD_LETTERS:
+                _observe_latency(values, time.time())
         if self._store is not None:
             self._store.add((self._stream, value) for value in values)
 
@@ -182,6 +195,14 @@ class _LiveFile(StatefulSinkPartition[Output, None]):
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+def _observe_latency(values: list[Output], written: float) -> None:
+    """A decision's latency ends when its file has it (as on Kafka, when the broker confirmed it)."""
+    for value in values:
+        if value.arrived:
+            origin = "timer" if value.timer else "event"
+            DECISION_LATENCY.labels(origin=origin).observe(max(0.0, written - value.arrived))
 
 
 class _LiveSummary(_SummaryPartition):

@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 from api_client import api, bearer, run
+from prometheus_client import REGISTRY
 
 from connectors.synthetic import generate_events
 from flows.cli import main
@@ -58,6 +59,11 @@ def triggers_by_customer(out: Path) -> dict[str, set[str]]:
             record = orjson.loads(line)
             found.setdefault(record["subject"], set()).add(record["id"])
     return found
+
+
+def decisions_timed() -> float:
+    """Decisions whose latency, from their event's arrival to their file, was observed so far."""
+    return REGISTRY.get_sample_value("nudgeflow_decision_latency_seconds_count", {"origin": "event"}) or 0.0
 
 
 def send_all(engine: LocalEngine, events: list[bytes], batch: int = 40) -> None:
@@ -132,6 +138,7 @@ def stream() -> list[bytes]:
 def test_the_engine_in_process_answers_live_and_decides_as_a_replay_of_its_journal(tmp_path, stream, rules, workers):
     out = tmp_path / "live"
     settings = Settings(shards=SHARDS, rules=rules)
+    timed_before = decisions_timed()
     engine = start_local_engine(settings, out, workers)
     try:
         eventually(engine.ready, "the engine is ready")
@@ -145,6 +152,7 @@ def test_the_engine_in_process_answers_live_and_decides_as_a_replay_of_its_journ
         assert triggers_by_customer(out), "the stream drives decisions"
         assert memberships(out), "and audiences"
         assert lines(out, DEAD_LETTERS), "the defects in the stream are dead-lettered"
+        assert decisions_timed() > timed_before, "event-to-decision latency is measured (the dashboard shows it)"
         live = decisions(out)
         started = time.monotonic()
     finally:
