@@ -1,72 +1,20 @@
-"""Where ``nudgeflow audiences export`` reads an audience: the Redis store, or a run's output folder and
-the recordings it was run on (see :mod:`connectors.ad_audiences` for the formats)."""
+"""Where ``nudgeflow audiences export`` reads an audience without the Redis store (which
+:class:`connectors.redis_reads.RedisReads` reads): a run's output folder and the recordings it was run
+on (see :mod:`connectors.ad_audiences` for the formats)."""
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from connectors.files import read_lines
 from connectors.http.backend import Change, Page, decode_cursor, encode_cursor
-from connectors.redis_store import audience_key, changes_key, customer_keys
 from schemas import match_keys
 from schemas.errors import InputError
 from schemas.timestamps import epoch_ms
-
-MATCH_FIELDS = tuple(f"match.{name}" for name in match_keys.KEYS)
-"""The match key fields of a Redis profile hash."""
-LOG_BATCH = 10_000  # change log entries read at a time
-
-
-class RedisAudiences:
-    """An audience's members (the set), their match keys (profile hashes) and its change log, in Redis."""
-
-    def __init__(self, url: str, prefix: str = "nf", cluster: bool = False) -> None:
-        options: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5, "decode_responses": True}
-        if cluster:
-            self._client: Any = aioredis.RedisCluster.from_url(url, **options)
-        else:
-            self._client = aioredis.Redis.from_url(url, **options)
-        self._prefix = prefix
-
-    async def members(self, audience_id: str, cursor: str | None, limit: int) -> Page:
-        """A page of the set, in scan order (the cursor is Redis's)."""
-        at, found = await self._client.sscan(audience_key(self._prefix, audience_id), int(cursor or 0), count=limit)
-        return Page(sorted(found), None if int(at) == 0 else str(at))
-
-    async def match_keys(self, customer_ids: list[str]) -> dict[str, dict[str, str]]:
-        async with self._client.pipeline(transaction=False) as pipe:  # split by node on a cluster
-            for customer in customer_ids:
-                pipe.hmget(customer_keys(self._prefix, customer).profile, MATCH_FIELDS)
-            answers = await pipe.execute()
-        found: dict[str, dict[str, str]] = {}
-        for customer, values in zip(customer_ids, answers, strict=True):
-            keys = {name: value for name, value in zip(match_keys.KEYS, values, strict=True) if value}
-            if keys:
-                found[customer] = keys
-        return found
-
-    async def changes(self, audience_id: str, since_ms: int) -> list[Change]:
-        """The log's entries at or after ``since_ms``, by time (entries written in one order stay in it)."""
-        key, start, found = changes_key(self._prefix, audience_id), "-", []
-        while True:
-            entries = await self._client.xrange(key, start, "+", count=LOG_BATCH)
-            for _, fields in entries:
-                time_ms = int(fields["time_ms"])
-                if time_ms >= since_ms:
-                    found.append(Change(fields["customer"], fields["change"], time_ms))
-            if len(entries) < LOG_BATCH:
-                break
-            start = f"({entries[-1][0]}"
-        return sorted(found, key=lambda change: change.time_ms)
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
 
 class FolderAudiences:

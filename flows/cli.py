@@ -541,6 +541,8 @@ def run_in_processes(settings: Settings, processes: int, workers: int = 1, quiet
 
 
 LIVE_OUT = Path("out/live")
+EXPORT_REDIS_TIMEOUT = 10.0
+"""Seconds a reply of the Redis store may take while ``audiences export`` reads it."""
 """The in-process engine's folder when none is given."""
 
 
@@ -627,7 +629,8 @@ def _audiences_export(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
     from connectors.ad_audiences import export, export_format, since_ms
-    from connectors.audience_sources import FolderAudiences, RedisAudiences
+    from connectors.audience_sources import FolderAudiences
+    from connectors.redis_reads import RedisReads, StoreUnavailable
     from connectors.redis_store import mask_url
 
     settings = Settings.from_env()
@@ -640,7 +643,7 @@ def _audiences_export(args: argparse.Namespace) -> int:
         source: Any = FolderAudiences(args.folder, args.events, settings.phone_region)
     elif settings.redis_url is not None:
         url = settings.redis_url.get_secret_value()
-        source = RedisAudiences(url, settings.redis_prefix, settings.redis_cluster)
+        source = RedisReads(url, settings.redis_prefix, settings.redis_cluster, timeout=EXPORT_REDIS_TIMEOUT)
     else:
         raise ConfigurationError("no Redis store set (NUDGEFLOW_REDIS_URL): read a run with --from DIR --events FILE")
 
@@ -657,7 +660,7 @@ def _audiences_export(args: argparse.Namespace) -> int:
         else:
             done = asyncio.run(run(sys.stdout.buffer.write))
             sys.stdout.flush()
-    except RedisError as err:
+    except (RedisError, StoreUnavailable) as err:
         raise ServiceError(f"redis store {mask_url(url)}: {err}") from None
     what = "members" if since is None else f"members {args.changes} since {args.since}"
     print(

@@ -17,9 +17,10 @@ from api_client import api, bearer, run
 from conftest import added, call, order, track
 
 from connectors.http.backend import InvalidCursor
-from connectors.http.kafka_redis import KafkaRedisBackend, StoreUnavailable
+from connectors.http.kafka_redis import KafkaRedisBackend
 from connectors.kafka import ensure_topics, read_topic
 from connectors.local_services import free_port
+from connectors.redis_reads import StoreUnavailable
 from connectors.redis_store import audience_key, customer_keys
 from flows.cli import execute
 from flows.settings import Settings

@@ -15,7 +15,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from conftest import added, call, order, source_records, track
 
 from connectors.ad_audiences import Exported, export, export_format
-from connectors.audience_sources import RedisAudiences
+from connectors.redis_reads import RedisReads
 from connectors.redis_store import audience_key, changes_key, check_store, customer_keys
 from flows.personalization import build_flow
 from flows.settings import Settings
@@ -88,7 +88,7 @@ def test_an_audience_is_exported_from_a_redis_cluster(redis_cluster_url, cluster
     assert len(nodes) > 1, "the match keys are read from several nodes"
 
     async def exported() -> tuple[bytes, Exported]:
-        source, out = RedisAudiences(redis_cluster_url, prefix, cluster=True), []
+        source, out = RedisReads(redis_cluster_url, prefix, cluster=True), []
         try:
             done = await export(source, "new_customers", export_format("csv"), out.append)
             return b"".join(out), done
