@@ -12,7 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 from api_client import api, bearer, run
+from conftest import CART_RULE, added, track
 from prometheus_client import REGISTRY
+from standardwebhooks import Webhook
+from webhook_receiver import Receiver, new_secret, ok
 
 from connectors.synthetic import generate_events
 from flows.cli import main
@@ -270,3 +273,29 @@ def test_the_http_api_over_the_engine_in_process_takes_events_and_answers_from_i
         run(api(engine.backend), scenario)
     finally:
         engine.stop()
+
+
+def test_the_engine_in_process_sends_its_decisions_to_webhooks_as_it_makes_them(tmp_path, monkeypatch):
+    """``serve`` without Kafka: triggers reach a real receiver, signed, while the engine runs (not at its stop)."""
+    secret = new_secret()
+    monkeypatch.setenv("SHOP_WEBHOOK_SECRET", secret)
+    (tmp_path / "rules.yaml").write_text(CART_RULE)
+    with Receiver({"push": ok}) as receiver:
+        (tmp_path / "webhooks.yaml").write_text(
+            f"destinations:\n  - name: push\n    url: {receiver.url('push')}\n"
+            "    streams: [triggers.push]\n    secret_env: SHOP_WEBHOOK_SECRET\n"
+        )
+        settings = Settings(shards=SHARDS, rules=tmp_path / "rules.yaml", webhooks=tmp_path / "webhooks.yaml")
+        out = tmp_path / "live"
+        engine = start_local_engine(settings, out)
+        try:
+            eventually(engine.ready, "the engine is ready")
+            carts = [added(f"c{n}", minutes=n * 0.1) for n in range(5)]
+            send_all(engine, [orjson.dumps(event) for event in [*carts, track("Page Viewed", "late", minutes=120)]])
+            receiver.wait_for(lambda r: len(r.on("push")) >= len(carts))
+        finally:
+            engine.stop()
+    sent = {orjson.loads(line)["id"] for line in lines(out, "triggers.push")}
+    verifier = Webhook(secret)
+    received = {verifier.verify(r.body, r.headers)["id"] for r in receiver.on("push")}
+    assert len(sent) == len(carts) and received == sent
