@@ -148,6 +148,22 @@ SECTIONS = (
         "at concurrency 16 and 64; wall time until every decision was answered, and the engine process's CPU time.",
     ),
     Section(
+        "api",
+        "The HTTP API under load: the engine in-process (`nudgeflow serve`)",
+        ("bench/api_bench.py",),
+        "`POST /v1/events` in batches of 100 (4 in flight) and one event per request (16 in flight), then batches "
+        "while 4 readers ask `GET /v1/customers/{id}`; an aiohttp client on loopback on the same 2 cores. Latency as "
+        "the client saw it; server CPU is its whole process (HTTP, journal, engine, output files) until idle again.",
+    ),
+    Section(
+        "api-kafka",
+        "The HTTP API under load: the Kafka + Redis front (`nudgeflow serve --kafka`)",
+        ("bench/api_bench.py", "--kafka"),
+        "The same load against the stateless front, with a local Kafka broker and Redis: events are answered once "
+        "Kafka confirmed them (acks=all); the profiles read were written to Redis by `nudgeflow run --kafka` over "
+        "what the front sent. Server CPU is the front's process only.",
+    ),
+    Section(
         "stages",
         "Cost per stage, per rule, and state per customer (10k customers)",
         ("bench/flow_bench.py", "--customers", "10000"),
