@@ -32,6 +32,7 @@ from connectors.http.backend import Backend
 from connectors.http.dashboard import dashboard
 from flows.api_validation import contract_validator
 from flows.local_engine import LocalEngine, start_local_engine
+from flows.metrics import serve as serve_metrics
 from flows.settings import Settings
 from schemas.errors import ConfigurationError, ServiceError
 from state.customer import MINUTE_MS
@@ -59,6 +60,8 @@ def run_server(settings: Settings, kafka: bool, workers: int = 1, extra: Sequenc
     SIGTERM (see the module doc); ``extra`` add more routes."""
     keys, generated = keyring(settings)
     with logging_to_stderr():
+        if settings.metrics_port is not None:  # this process's metrics (the API's, and the engine's in-process)
+            serve_metrics(settings.metrics_port, settings.metrics_host)
         served = open_backend(settings, kafka, workers)
         try:
             limits = ApiLimits(settings.api_max_body_bytes, settings.api_max_batch, settings.max_event_bytes)

@@ -540,3 +540,20 @@ def test_make_finds_rustups_cargo_and_runs_the_crate_tests() -> None:
     )
     prerequisites, _ = make_rule(database, ".venv/.installed")
     assert "rust-deps" in prerequisites, "make venv does not install Rust where it is missing"
+
+
+def test_prometheus_scrapes_every_service_that_serves_metrics(services: dict[str, dict[str, Any]]) -> None:
+    """The engine and the HTTP API front each serve their own /metrics; Prometheus must scrape both."""
+    config = load_yaml(PROMETHEUS)
+    targets = {
+        target
+        for job in config.get("scrape_configs", [])
+        for static in job.get("static_configs", [])
+        for target in static.get("targets", [])
+    }
+    serving = {
+        f"{name}:{environment['NUDGEFLOW_METRICS_PORT']}"
+        for name, service in services.items()
+        if "NUDGEFLOW_METRICS_PORT" in (environment := service.get("environment") or {})
+    }
+    assert len(serving) >= 2 and serving <= targets, f"serving {sorted(serving)}, scraped {sorted(targets)}"

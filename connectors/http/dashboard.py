@@ -383,11 +383,18 @@ def _label(value: str) -> str:
 
 
 class ScrapedMetrics:
-    """The engines' ``/metrics`` fetched together; their samples sum up when parsed. Each engine also gives
-    a sample :data:`SOURCE_UP` (1 up, 0 with its error), so an unreachable one is shown as such."""
+    """The engines' ``/metrics`` fetched together, and ``own`` (a front's own metrics: the HTTP API's
+    counts); their samples sum up when parsed. Each engine also gives a sample :data:`SOURCE_UP` (1 up,
+    0 with its error), so an unreachable one is shown as such."""
 
-    def __init__(self, urls: Iterable[str], timeout: float = SCRAPE_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        urls: Iterable[str],
+        timeout: float = SCRAPE_TIMEOUT_SECONDS,
+        own: Callable[[], Awaitable[str]] | None = None,
+    ) -> None:
         self.urls = list(urls)
+        self.own = own
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -409,7 +416,7 @@ class ScrapedMetrics:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         results = await asyncio.gather(*(self._fetch(url) for url in self.urls))
-        parts = [f"# TYPE {SOURCE_UP} gauge"]
+        parts = [await self.own() if self.own else "", f"# TYPE {SOURCE_UP} gauge"]
         for url, (_, error) in zip(self.urls, results, strict=True):
             up = 0 if error else 1
             parts.append(f'{SOURCE_UP}{{source="{_label(url)}",error="{_label(error or "")}"}} {up}')
@@ -421,10 +428,27 @@ class ScrapedMetrics:
             self._session = None
 
 
-def scraped_metrics(urls: Iterable[str]) -> ScrapedMetrics:
-    """A reader of the engines' ``/metrics`` at ``urls``, summed (for the stateless front)."""
-    return ScrapedMetrics(urls)
+def scraped_metrics(urls: Iterable[str], own: Callable[[], Awaitable[str]] | None = None) -> ScrapedMetrics:
+    """A reader of the engines' ``/metrics`` at ``urls``, summed with ``own`` (for the stateless front)."""
+    return ScrapedMetrics(urls, own=own)
 
+
+async def local_http_metrics() -> str:
+    """This process's HTTP API counts (``nudgeflow_http_*``) as text: what a front adds to the engines'."""
+    text = await local_metrics()
+    return "".join(line + "\n" for line in text.splitlines() if _metric_name(line).startswith(HTTP_FAMILY))
+
+
+def _metric_name(line: str) -> str:
+    """The metric a line of the text exposition is about (``# HELP name ...``, ``name{...} value``)."""
+    if line.startswith("#"):
+        words = line.split(" ", 3)
+        return words[2] if len(words) > 2 else ""
+    return line.split("{", 1)[0].split(" ", 1)[0]
+
+
+HTTP_FAMILY = "nudgeflow_http_"
+"""The metrics of the HTTP API itself (requests, events taken), which a front counts on its own."""
 
 SAMPLER = web.AppKey("dashboard_sampler", MetricsSampler)
 
@@ -499,6 +523,7 @@ def dashboard(metrics_urls: Sequence[str] = ()) -> Callable[[web.Application], N
     runs in-process), or over the engines' ``/metrics`` at ``metrics_urls``, summed (a stateless front)."""
 
     def add(app: web.Application) -> None:
-        add_dashboard(app, MetricsSampler(scraped_metrics(metrics_urls) if metrics_urls else local_metrics))
+        read = scraped_metrics(metrics_urls, own=local_http_metrics) if metrics_urls else local_metrics
+        add_dashboard(app, MetricsSampler(read))
 
     return add

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client import REGISTRY
 
 from connectors.http.app import make_app
 from connectors.http.auth import KeyRing
@@ -30,6 +31,7 @@ from connectors.http.openapi import PATHS, served_routes
 from connectors.local_services import free_port
 from flows.api_validation import contract_validator
 from schemas.api import ApiKeySpec
+from schemas.metrics import HTTP_EVENTS
 
 BOUNDS = ("0.01", "0.1", "0.5", "1.0", "+Inf")
 
@@ -368,8 +370,12 @@ def test_a_fronts_dashboard_sums_the_engines_and_names_the_one_that_does_not_ans
             for engine in engines:
                 await engine.close()
 
+    accepted_before = REGISTRY.get_sample_value("nudgeflow_http_events_total", {"result": "accepted"}) or 0.0
+    HTTP_EVENTS.labels("accepted").inc(7)  # what this front took itself
     frame = orjson.loads(next(line for line in asyncio.run(scenario()) if line.startswith(b"data: "))[6:])
-    assert frame["events"]["total"] == 42.0 and frame["decisions"]["total"] == 42.0
+    assert frame["events"]["total"] == 42.0 and frame["decisions"]["total"] == 42.0, "the engines', summed"
+    api = {row["result"]: row["total"] for row in frame["api_events"]}
+    assert api["accepted"] == accepted_before + 7, "and the front's own HTTP counts"
     assert [(s["up"], bool(s["error"])) for s in frame["sources"]].count((False, True)) == 1
 
 
