@@ -56,6 +56,7 @@ class SpendFit(BaseModel):
     iterations: int
     standard_errors: dict[str, float | None] = {}
     left_out: int = 0  # repeat buyers left out: a mean order value of 0 or less
+    frequency_correlation: float | None = None  # of repeat purchases and mean value (the model assumes none)
 
 
 class FitDiagnostics(BaseModel):
@@ -69,7 +70,9 @@ class FitDiagnostics(BaseModel):
     iterations: int
     calibration_end: str  # ISO 8601: T of every customer is measured to it
     source: list[str]  # the recordings read
-    orders: int = 0  # orders read (before same-day orders were merged into one purchase)
+    orders: int = 0  # orders used
+    purchase: str = "order"  # what counts as one purchase: an order, or a UTC day with orders ("day")
+    negative_orders: int = 0  # orders used whose value is below 0 (returned lines)
     standard_errors: dict[str, float | None] = {}
     check: list[FitCheckRow] = []  # customers by repeat purchases, observed against expected
     spend: SpendFit | None = None
