@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from operators.models.clv import ClvParameters
 from operators.parse import Rejected, parse
 from schemas.errors import InputError
 from schemas.items import RawEvent
+from schemas.records import iso_ms
 
 DAY_MS = 86_400_000
 MIN_REPEAT_BUYERS = 50
@@ -217,7 +217,7 @@ def fit_history(history: History, sources: Iterable[str]) -> Fitted:
         "log_likelihood": purchases.log_likelihood,
         "converged": purchases.converged,
         "iterations": purchases.iterations,
-        "calibration_end": _iso(history.calibration_end_ms()),
+        "calibration_end": iso_ms(history.calibration_end_ms()),
         "source": list(sources),
         "orders": history.orders,
         "purchase": "day" if history.per_day else "order",
@@ -227,7 +227,8 @@ def fit_history(history: History, sources: Iterable[str]) -> Fitted:
         "skipped": dict(sorted(history.skipped.items())),
     }
     if spend is not None:
-        correlation = float(np.corrcoef(x[fitted_spend], m[fitted_spend])[0, 1])
+        with np.errstate(invalid="ignore", divide="ignore"):  # nan when either does not vary
+            correlation = float(np.corrcoef(x[fitted_spend], m[fitted_spend])[0, 1])
         diagnostics["spend"] = {
             "customers": spend.customers,
             "log_likelihood": spend.log_likelihood,
@@ -302,7 +303,3 @@ def _parameters(values: dict[str, float], errors: dict[str, float | None]) -> st
     """Each parameter with its standard error, e.g. ``r 0.24259 (se 0.0126)``."""
     shown = {k: "n/a" if errors.get(k) is None else f"{errors[k]:.3g}" for k in values}
     return "  ".join(f"{k} {v:.6g} (se {shown[k]})" for k, v in values.items())
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
