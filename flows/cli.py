@@ -216,7 +216,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(command=_evaluate)
 
     fit = sub.add_parser("fit", help="fit the lifetime value models (BG/NBD, Gamma-Gamma) on recorded orders")
-    fit.add_argument("inputs", nargs="+", type=Path, help="JSONL recordings (or the UCI CSV with --format)")
+    fit.add_argument("inputs", nargs="*", type=Path, help="JSONL recordings (or the UCI CSV with --format)")
+    fit.add_argument("--recovery-dir", type=Path, help="fit on the customers of this recovery directory instead")
     fit.add_argument("--out", type=Path, required=True, help="model file to write (its clv entry: the fit)")
     fit.add_argument("--model-file", type=Path, help="model file to start from (only its clv entry is replaced)")
     fit.add_argument("--until", type=_instant, help="calibration end (ISO 8601): later orders are left out")
@@ -967,7 +968,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from flows.fit import DAY_MS, History, fit_history, read_recordings, render, write_model_file
+    from flows.fit import DAY_MS, History, fit_history, read_recordings, read_store, render, write_model_file
 
     settings = Settings.from_env()
     history = History(
@@ -976,10 +977,17 @@ def _fit(args: argparse.Namespace) -> int:
         max_skew_ms=int(settings.max_skew_minutes * 60_000),
         until_ms=args.until,
     )
-    read_recordings(history, args.inputs, uci=args.format == "uci-retail")
+    if bool(args.inputs) == bool(args.recovery_dir):
+        raise ConfigurationError("nudgeflow fit reads recordings or a recovery directory (--recovery-dir): one of them")
+    if args.recovery_dir:
+        if args.until is not None or args.per_day or args.format != "jsonl":
+            raise ConfigurationError("--until, --per-day and --format read recordings, not a recovery directory")
+        read_store(history, args.recovery_dir)
+    else:
+        read_recordings(history, args.inputs, uci=args.format == "uci-retail")
     for reason, where in sorted(history.first_problem.items()):
         print(f"nudgeflow: {history.skipped[reason]:,} left out ({reason}), the first at {where}", file=sys.stderr)
-    fitted = fit_history(history, [str(path) for path in args.inputs])
+    fitted = fit_history(history, [str(path) for path in args.inputs or [args.recovery_dir]])
     write_model_file(args.out, fitted.entry, args.model_file)
     print(render(fitted))
     print(f"wrote {args.out}")

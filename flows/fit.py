@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,6 +24,7 @@ import numpy as np
 import orjson
 
 from connectors.files import check_recordings
+from flows.runtime import STATE_STORE, check_trusted
 from operators.models import ShardModels
 from operators.models import files as model_files
 from operators.models.btyd import BgNbd, Fit, fit_bgnbd, fit_check, fit_gamma_gamma
@@ -31,6 +33,7 @@ from operators.parse import Rejected, parse
 from schemas.errors import InputError
 from schemas.items import RawEvent
 from schemas.records import iso_ms
+from state.codec import decode
 
 DAY_MS = 86_400_000
 MIN_REPEAT_BUYERS = 50
@@ -160,6 +163,50 @@ def read_recordings(history: History, paths: Sequence[Path], uci: bool = False) 
             if reason is not None:
                 history.note(reason, where)
     return history
+
+
+def read_store(history: History, folder: Path) -> History:
+    """Add the customers of a recovery directory's customer stores (``nudgeflow warm-start``, or a
+    live run's ``--recovery-dir``) to ``history``: each customer's latest saved state, from its features
+    record (orders, first and last order times, lifetime spend). The stores keep no order values one
+    by one: a repeat buyer's mean repeat value is taken as the mean of all their orders (lifetime
+    spend, net of refunds, over orders). Every order counts as a purchase (``--per-day`` cannot
+    apply), and ``T`` is measured to the latest event time any customer was seen at (or ``--until``;
+    a customer whose first order is later is left out)."""
+    stores = folder / STATE_STORE
+    if not stores.is_dir():
+        raise InputError(f"recovery directory {folder} has no customer stores ({stores}): a warm start writes them")
+    check_trusted(folder)  # the states are unpickled
+    for path in sorted(stores.glob("*.sqlite3")):
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            held = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'customers'").fetchone()
+            rows = db.execute(_LATEST).fetchall() if held else []  # a store opened, never written
+            db.close()
+        except sqlite3.Error as err:
+            raise InputError(f"customer store {path} cannot be read: {err}") from None
+        for customer_id, blob in rows:
+            if blob is not None:
+                _add_stored(history, customer_id, decode(blob).features, f"{path} customer {customer_id}")
+    return history
+
+
+_LATEST = "SELECT id, blob FROM customers AS c WHERE seq = (SELECT MAX(seq) FROM customers WHERE id = c.id)"
+
+
+def _add_stored(history: History, customer_id: str, features: Any, where: str) -> None:
+    history.end_ms = max(history.end_ms, features.last_seen_ms)
+    first, last, orders = features.first_order_ms, features.last_order_ms, features.orders
+    if not orders or first is None or last is None:
+        return
+    if first < EARLIEST_MS:
+        history.note("before_2000", where)
+        return
+    mean = features.lifetime_spend / orders
+    history.customers[customer_id] = Customer(
+        first, last, first // DAY_MS, last // DAY_MS, mean, orders - 1, mean * (orders - 1), "", ""
+    )
+    history.orders += orders
 
 
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:

@@ -212,3 +212,41 @@ def test_fit_on_the_uci_invoices(tmp_path, capsys):
     # a customer who bought monthly and then went quiet for a quarter is less likely alive than one who just bought
     purchases = entry.purchases()
     assert p_alive(purchases, 6, 180.0, 270.0) < p_alive(purchases, 6, 265.0, 270.0)
+
+
+def test_fit_on_a_warm_start_store_gives_the_fit_on_its_recording(tmp_path, capsys):
+    """The customers' saved states (a recovery directory's customer stores) summarise their orders as
+    the recording does: the same purchases, ages and population parameters."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from conftest import source_records
+
+    from flows.personalization import build_flow
+    from flows.settings import Settings
+    from state.store import wait_for_writes
+
+    events = bgnbd_orders(400, 200.0, seed=9)
+    folder = tmp_path / "recovery"
+    folder.mkdir()
+    init_db_dir(folder, 1)
+    settings = Settings(out=tmp_path / "unused", shards=4, recovery_dir=folder)
+    source = TestingSource(source_records(events), batch_size=500)
+    flow = build_flow(settings, snapshots=True, source=source, sink=TestingSink([]))
+    run_main(flow, epoch_interval=timedelta(seconds=100), recovery_config=RecoveryConfig(str(folder)))
+    wait_for_writes()  # the stores are written by a thread
+
+    from_store, from_recording = tmp_path / "store.json", tmp_path / "recording.json"
+    assert fit("--recovery-dir", folder, "--out", from_store) == 0
+    assert fit(write(tmp_path / "orders.jsonl", events), "--out", from_recording) == 0
+    store, recording = entry_of(from_store), entry_of(from_recording)
+    assert store.fitted is not None and recording.fitted is not None
+    assert store.fitted.check == recording.fitted.check
+    assert store.fitted.calibration_end == recording.fitted.calibration_end
+    for name, value in recording.bgnbd.model_dump().items():
+        assert getattr(store.bgnbd, name) == pytest.approx(value, rel=1e-3), name
+    assert store.gamma_gamma is not None  # fitted on mean order values (the store keeps no order one by one)
+
+    assert fit("--recovery-dir", folder, "--out", from_store, "--until", "2026-03-01") == 2
+    assert "--until, --per-day and --format read recordings" in capsys.readouterr().err
+    assert fit("--out", from_store) == 2
+    assert "reads recordings or a recovery directory" in capsys.readouterr().err
