@@ -283,6 +283,13 @@ class ShardModels:
             if data.get(name):
                 model.load(data[name])
 
+    def adopt_fitted(self, data: dict[str, Any]) -> None:
+        """Take a model file's parameters of the models fitted off the stream (``clv``, which the
+        replicas never learn), keeping what the restored replicas learnt: a restart with a refreshed
+        ``nudgeflow fit`` adopts it."""
+        if data.get(self.clv.name):
+            self.clv.load(data[self.clv.name])
+
 
 def import_model_libraries() -> None:
     """Import what the models are built with (River: a third of a second of CPU, see
