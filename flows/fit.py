@@ -100,13 +100,16 @@ class History:
         return None
 
     def _purchase(self, c: Customer, order_id: str, at_ms: int, day: int, value: float) -> None:
-        same_order = order_id == c.last_order  # a part of a split order, or the order sent again
-        if (same_order or self.per_day) and day == c.first_day:
+        if order_id == c.last_order or (self.per_day and day == c.last_day):  # the latest purchase, continued
+            if c.repeats:
+                c.repeat_value += value
+                c.last_ms = max(c.last_ms, at_ms)
+            else:
+                c.first_value += value
+                c.first_ms = min(c.first_ms, at_ms)
+        elif self.per_day and day == c.first_day:  # late, to the first day
             c.first_value += value
             c.first_ms = min(c.first_ms, at_ms)
-        elif (same_order or self.per_day) and day == c.last_day:
-            c.repeat_value += value
-            c.last_ms = max(c.last_ms, at_ms)
         elif at_ms < c.first_ms:  # an order older than the first one read: it becomes the first
             c.repeats += 1
             c.repeat_value += c.first_value

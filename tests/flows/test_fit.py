@@ -250,3 +250,19 @@ def test_fit_on_a_warm_start_store_gives_the_fit_on_its_recording(tmp_path, caps
     assert "--until, --per-day and --format read recordings" in capsys.readouterr().err
     assert fit("--out", from_store) == 2
     assert "reads recordings or a recovery directory" in capsys.readouterr().err
+
+
+def test_a_customers_record_adds_parts_to_the_purchase_they_belong_to_and_takes_a_late_first_order():
+    from flows.fit import DAY_MS, History
+
+    start = int(T0.timestamp() * 1000)
+    history = History()
+    for message, order_id, days, value in [("m1", "A", 0, 10.0), ("m2", "B", 5, 20.0), ("m3", "B", 5, 5.0)]:
+        assert history.add("c", message, order_id, start + days * DAY_MS, value) is None
+    customer = history.customers["c"]
+    assert (customer.repeats, customer.first_value, customer.repeat_value) == (1, 10.0, 25.0)
+    assert history.add("c", "m4", "Z", start - 2 * DAY_MS, 7.0) is None  # a late order before the first
+    assert (customer.repeats, customer.first_value, customer.repeat_value) == (2, 7.0, 35.0)
+    x, t_x, T, m = history.summaries()
+    assert (x[0], t_x[0], T[0], m[0]) == (2, 7.0, 7.0, 17.5)
+    assert history.add("c", "m4", "Z", start, 7.0) == "duplicate"
