@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -266,3 +267,19 @@ def test_a_customers_record_adds_parts_to_the_purchase_they_belong_to_and_takes_
     x, t_x, T, m = history.summaries()
     assert (x[0], t_x[0], T[0], m[0]) == (2, 7.0, 7.0, 17.5)
     assert history.add("c", "m4", "Z", start, 7.0) == "duplicate"
+
+
+def test_fit_on_a_generated_stream_counts_every_buyer_and_order(tmp_path):
+    """``nudgeflow generate``'s personas: every customer with an order (userId, else anonymousId) is one
+    record, and every order is used."""
+    stream = tmp_path / "generated.jsonl"
+    assert main(["generate", "--customers", "80", "--days", "30", "--seed", "3", "--out", str(stream)]) == 0
+    orders = [e for e in map(orjson.loads, stream.read_bytes().splitlines()) if e.get("event") == "Order Completed"]
+    per_buyer = Counter(e.get("userId") or e["anonymousId"] for e in orders)
+    out = tmp_path / "models.json"
+    assert fit(stream, "--out", out) == 0
+    fitted = entry_of(out).fitted
+    assert fitted is not None and fitted.converged
+    assert (fitted.customers, fitted.orders, fitted.skipped) == (len(per_buyer), len(orders), {})
+    assert sum(row.observed for row in fitted.check) == len(per_buyer)
+    assert fitted.repeat_buyers == sum(1 for n in per_buyer.values() if n > 1)
