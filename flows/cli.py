@@ -215,6 +215,16 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", type=Path, help="also write the figures as JSON")
     evaluate.set_defaults(command=_evaluate)
 
+    fit = sub.add_parser("fit", help="fit the lifetime value models (BG/NBD, Gamma-Gamma) on recorded orders")
+    fit.add_argument("inputs", nargs="*", type=Path, help="JSONL recordings (or the UCI CSV with --format)")
+    fit.add_argument("--recovery-dir", type=Path, help="fit on the customers of this recovery directory instead")
+    fit.add_argument("--out", type=Path, required=True, help="model file to write (its clv entry: the fit)")
+    fit.add_argument("--model-file", type=Path, help="model file to start from (only its clv entry is replaced)")
+    fit.add_argument("--until", type=_instant, help="calibration end (ISO 8601): later orders are left out")
+    fit.add_argument("--format", choices=("jsonl", "uci-retail"), default="jsonl", help="input format")
+    fit.add_argument("--per-day", action="store_true", help="count a customer's orders of one UTC day as one purchase")
+    fit.set_defaults(command=_fit)
+
     report = sub.add_parser("report", help="experiments, and revenue attributed per rule, channel and offer")
     report.add_argument("folder", type=Path, help="the output folder of a run or replay")
     report.set_defaults(command=_report_measures)
@@ -671,6 +681,14 @@ def _audiences_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _instant(text: str) -> int:
+    """An option's ISO 8601 time (a date alone: its midnight UTC), as epoch milliseconds."""
+    try:
+        return epoch_ms(text if "T" in text or " " in text else f"{text}T00:00:00Z")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date or time with a time zone") from None
+
+
 def _event_time(text: str) -> int:
     try:
         return epoch_ms(text)
@@ -946,6 +964,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(render(results))
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from flows.fit import DAY_MS, History, fit_history, read_recordings, read_store, render, write_model_file
+
+    settings = Settings.from_env()
+    history = History(
+        per_day=args.per_day,
+        max_age_ms=int(settings.max_age_days * DAY_MS),
+        max_skew_ms=int(settings.max_skew_minutes * 60_000),
+        until_ms=args.until,
+    )
+    if bool(args.inputs) == bool(args.recovery_dir):
+        raise ConfigurationError("nudgeflow fit reads recordings or a recovery directory (--recovery-dir): one of them")
+    if args.recovery_dir:
+        if args.until is not None or args.per_day or args.format != "jsonl":
+            raise ConfigurationError("--until, --per-day and --format read recordings, not a recovery directory")
+        read_store(history, args.recovery_dir)
+    else:
+        read_recordings(history, args.inputs, uci=args.format == "uci-retail")
+    for reason, where in sorted(history.first_problem.items()):
+        print(f"nudgeflow: {history.skipped[reason]:,} left out ({reason}), the first at {where}", file=sys.stderr)
+    fitted = fit_history(history, [str(path) for path in args.inputs or [args.recovery_dir]])
+    write_model_file(args.out, fitted.entry, args.model_file)
+    print(render(fitted))
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -1139,6 +1139,8 @@ class CustomerStage:
             )
             if self.config.initial_models is not None:
                 models.load(self.config.initial_models)
+        elif self.config.initial_models is not None:  # restored: a refreshed fit in the model file is adopted
+            models.adopt_fitted(self.config.initial_models)
         models.set_mode(mode)
         return models
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from operators.models import libraries
 from operators.models.bandit import Choice, OfferBandit
+from operators.models.clv import LifetimeValue
 from operators.models.propensity import FEATURES, PropensityModel, decision_features
 from operators.models.protocol import OnlineModel
 from operators.models.recommend import SAMPLE_EVERY, CoOccurrence, sampled
@@ -31,7 +32,7 @@ libraries.defer_unused()  # before River is first imported (by a model, or a sna
 
 ModelMode = Literal["learn", "frozen", "off"]
 FEATURES_KEY = "~propensity_features"
-MODEL_TYPES: tuple[type[OnlineModel], ...] = (PropensityModel, OfferBandit, CoOccurrence)
+MODEL_TYPES: tuple[type[OnlineModel], ...] = (PropensityModel, OfferBandit, CoOccurrence, LifetimeValue)
 CHECK = "~check"  # a journal entry of a sampled check (the others are product touches learnt)
 ModelsSnapshot = tuple[bytes, bytes, tuple[bytes, ...]]  # see ShardModels.snapshot
 MODEL_LIBRARIES = ("river.compose", "river.drift", "river.linear_model", "river.optim", "river.preprocessing")
@@ -61,8 +62,9 @@ class ShardModels:
         self.propensity = PropensityModel()
         self.bandit = OfferBandit(policy.exploration, policy.seed)
         self.recommender = CoOccurrence()
+        self.clv = LifetimeValue()  # loaded from a model file (``nudgeflow fit``), never learnt
         self.registry: dict[str, OnlineModel] = {
-            model.name: model for model in (self.propensity, self.bandit, self.recommender)
+            model.name: model for model in (self.propensity, self.bandit, self.recommender, self.clv)
         }
         self.reward_window_ms = policy.reward_window
         self.scorers = {"propensity": self.propensity_score}
@@ -138,7 +140,9 @@ class ShardModels:
         self.__dict__.update(state)
         self._journal, self._saved = None, None  # the first snapshot after a restore takes a new base
         self._sealed = []
-        self.registry = {model.name: model for model in (self.propensity, self.bandit, self.recommender)}
+        if "clv" not in state:  # a snapshot taken before lifetime value was added
+            self.clv = LifetimeValue()
+        self.registry = {model.name: model for model in (self.propensity, self.bandit, self.recommender, self.clv)}
         self.scorers = {"propensity": self.propensity_score}
 
     def set_mode(self, mode: ModelMode) -> None:
@@ -278,6 +282,13 @@ class ShardModels:
         for name, model in self.registry.items():
             if data.get(name):
                 model.load(data[name])
+
+    def adopt_fitted(self, data: dict[str, Any]) -> None:
+        """Take a model file's parameters of the models fitted off the stream (``clv``, which the
+        replicas never learn), keeping what the restored replicas learnt: a restart with a refreshed
+        ``nudgeflow fit`` adopts it."""
+        if data.get(self.clv.name):
+            self.clv.load(data[self.clv.name])
 
 
 def import_model_libraries() -> None:

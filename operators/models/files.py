@@ -30,7 +30,8 @@ def merge(exports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     The replicas are taken in a fixed order, so that the same run always gives the same bytes."""
     exports = sorted(exports, key=_canonical)
     models = operators.models.MODEL_TYPES
-    return {model.name: model.merge([e[model.name] for e in exports if model.name in e]) for model in models}
+    merged = {model.name: model.merge([e[model.name] for e in exports if model.name in e]) for model in models}
+    return {name: parameters for name, parameters in merged.items() if parameters is not None}  # None: nothing to keep
 
 
 @cache
