@@ -63,6 +63,9 @@ def finalize_summary(
     for model in summary.get("models", {}).values():
         if "progressive" in model:
             model["quality"] = Calibration.from_counts(model["progressive"]).summary()
+            model["reliability"] = Calibration.from_counts(model["progressive"]).reliability()
+        if "progressive_raw" in model:
+            model["reliability_raw"] = Calibration.from_counts(model["progressive_raw"]).reliability()
     summary["dead_letters"] = dict(sorted(Counter(record["reason"] for record in dead).items()))
     if timer_errors := sum(1 for record in dead if record.get("position", {}).get("source") == TIMER):
         summary["timer_errors"] = timer_errors
