@@ -941,8 +941,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.yoochoose:
         results["yoochoose"] = evaluate_yoochoose(args.yoochoose)
     if args.uci:
-        results["uci_retail"] = evaluate_uci(args.uci, args.rows, args.horizon_days)
-        results["uci_lapse"] = evaluate_lapse(args.uci, args.rows)
+        results["uci_retail"] = evaluate_uci(args.uci, args.rows, args.horizon_days, rules)
+        results["uci_lapse"] = evaluate_lapse(args.uci, args.rows, rules=rules)
     print(render(results))
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))

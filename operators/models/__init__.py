@@ -68,9 +68,9 @@ class ShardModels:
         self.scorers = {"propensity": self.propensity_score}
         self.dropped = 0  # decisions whose outcome was never learnt (bound reached)
         # called with (customer, decided at, features, raw and calibrated score before learning, outcome)
-        # of every outcome learnt, and with (customer, decided at, rule id) of every decision kept
+        # of every outcome learnt, and with (customer, decided at, features, rule id) of every decision kept
         self.on_outcome: Callable[[str, int, tuple[float, ...], float, float, bool], None] | None = None
-        self.on_decision: Callable[[str, int, str], None] | None = None
+        self.on_decision: Callable[[str, int, tuple[float, ...], str], None] | None = None
         # what the recommender learnt and checked since the last snapshot (None: no snapshot taken yet)
         self._journal: list[tuple[Any, ...]] | None = None
         self._sealed: list[bytes] = []  # parts of the journal pickled already (see seal_journal)
@@ -232,7 +232,7 @@ class ShardModels:
         """Keep a decision's features ``x`` (:func:`decision_features` at ``at_ms``) until its outcome;
         return when the oldest open one expires."""
         if self.on_decision is not None:
-            self.on_decision(state.id, at_ms, rule_id)
+            self.on_decision(state.id, at_ms, x, rule_id)
         outcomes = state.outcomes + OPEN_DECISION.pack(at_ms, *x)
         if len(outcomes) > MAX_PENDING_OUTCOMES * OPEN_DECISION.size:
             outcomes = outcomes[OPEN_DECISION.size :]
