@@ -227,8 +227,9 @@ def counted(scores: list[float], labels: list[bool]) -> Calibration:
 
 
 def propensity_by_rule(records: list[tuple[float, float, float, bool]], rules: list[str]) -> dict[str, Any]:
-    """Per rule (kind of decision): outcomes, positive rate (the constant's AUC is 0.5), and the ROC AUC
-    of the calibrated score, the raw one and the recency-frequency baseline."""
+    """Per rule (kind of decision): outcomes, positive rate (the constant's AUC is 0.5), the ROC AUC
+    of the calibrated score, the raw one and the recency-frequency baseline, and the calibrated
+    score's mean and expected calibration error on the rule's decisions."""
     by_rule: dict[str, list[tuple[float, float, float, bool]]] = defaultdict(list)
     for record, rule in zip(records, rules, strict=True):
         by_rule[rule].append(record)
@@ -241,6 +242,8 @@ def propensity_by_rule(records: list[tuple[float, float, float, bool]], rules: l
             "model_auc": _round(auc([p for p, _, _, _ in rows], labels)),
             "raw_auc": _round(auc([r for _, r, _, _ in rows], labels)),
             "baseline_auc": _round(auc([b for _, _, b, _ in rows], labels)),
+            "mean_prediction": round(sum(p for p, _, _, _ in rows) / len(rows), 4),
+            "ece": counted([p for p, _, _, _ in rows], labels).reliability()["ece"],
         }
     return out
 
@@ -439,7 +442,11 @@ def evaluate_generated(customers: int, days: int, seed: int, rules: CompiledRule
             probability_thresholds(rules), "propensity", ((p, y) for p, _, _, y in run.records)
         ),
         "propensity_by_persona": calibration,
-        "next_best_offer": offers_report(run.offers),
+        "next_best_offer": {
+            **offers_report(run.offers),
+            # against the policy's own reward: any click of the offer within the reward window
+            "reliability_progressive": run.customers.models.bandit.quality.reliability(),  # type: ignore[union-attr]
+        },
         "recommendations": {
             "checked_views": reco["checked"],
             f"model_hit_rate@{K}": round(reco["hits"] / checked, 4),
@@ -539,6 +546,11 @@ def render(results: dict[str, Any]) -> str:
             lines += _reliability_lines(
                 "next-best offer: the click rate stated for the choice (clicks within the reward window)",
                 {"raw (shrunk mean)": o["reliability_raw"], "calibrated (expected_rate)": o["reliability"]},
+            )
+            lines += _reliability_lines(
+                "the offer policy's calibrated rate against its own rewards (any click of the offer in its"
+                " reward window), progressive",
+                {"calibrated": o["reliability_progressive"]},
             )
     yoo = results.get("yoochoose")
     if yoo:
@@ -680,13 +692,14 @@ def _reliability_lines(title: str, tables: dict[str, dict[str, Any]]) -> list[st
 def _by_rule_lines(by_rule: dict[str, dict[str, Any]]) -> list[str]:
     """Propensity per rule (kind of decision) against the positive rate and the recency-frequency heuristic."""
     lines = [
-        "| propensity by rule | outcomes | positive rate | ROC AUC | uncalibrated | recency-frequency |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| propensity by rule | outcomes | positive rate | mean prediction | calibration error | ROC AUC"
+        " | uncalibrated | recency-frequency |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for rule, r in by_rule.items():
         lines.append(
-            f"| {rule} | {r['outcomes']:,} | {r['positive_rate']} | {r['model_auc']} | {r['raw_auc']} |"
-            f" {r['baseline_auc']} |"
+            f"| {rule} | {r['outcomes']:,} | {r['positive_rate']} | {r['mean_prediction']} | {r['ece']} |"
+            f" {r['model_auc']} | {r['raw_auc']} | {r['baseline_auc']} |"
         )
     return [*lines, ""]
 
