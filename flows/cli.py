@@ -244,6 +244,11 @@ def _parser() -> argparse.ArgumentParser:
     rules_sub = rules.add_subparsers(required=True, metavar="ACTION")
     check = rules_sub.add_parser("check", help="validate a rule file and show what each rule listens to")
     check.add_argument("file", type=Path, nargs="?", default=STARTER_RULES)
+    check.add_argument(
+        "--evaluation",
+        type=Path,
+        help="a `nudgeflow evaluate --json` file: print what each audience threshold on a probability meant there",
+    )
     check.set_defaults(command=_rules_check)
     return parser
 
@@ -959,6 +964,14 @@ def _rules_check(args: argparse.Namespace) -> int:
     print("\n".join(rules.describe()))
     for warning in rules.warnings():
         print(f"warning: {warning}")
+    if args.evaluation:
+        from flows.evaluate import threshold_meanings
+
+        try:
+            evaluation = orjson.loads(args.evaluation.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as err:
+            raise ConfigurationError(f"evaluation {args.evaluation}: {err}") from None
+        print("\n".join(threshold_meanings(rules, evaluation)))
     print(f"ok: {len(rules.triggers)} triggers, {len(rules.audiences)} audiences")
     return 0
 

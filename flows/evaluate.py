@@ -277,6 +277,57 @@ def probability_thresholds(rules: CompiledRules) -> list[dict[str, Any]]:
     return found
 
 
+def rates_by_threshold(scored: Iterable[tuple[float, bool]]) -> dict[str, dict[str, Any]]:
+    """For thresholds 0.05 to 0.95 in steps of 0.05: of the scores at or above it (``at_least``) and
+    below it (``below``), how many, their mean, and the observed rate of the event: what an audience
+    with that threshold would have held (read by ``nudgeflow rules check --evaluation``)."""
+    pairs = sorted(scored)
+    out = {}
+    for step in range(1, 20):
+        threshold = step / 20
+        cut = next((i for i, (p, _) in enumerate(pairs) if p >= threshold), len(pairs))
+        out[f"{threshold:.2f}"] = {"below": _rate(pairs[:cut]), "at_least": _rate(pairs[cut:])}
+    return out
+
+
+def _rate(pairs: list[tuple[float, bool]]) -> dict[str, Any]:
+    n = len(pairs)
+    return {
+        "scores": n,
+        "mean_score": round(sum(p for p, _ in pairs) / n, 4) if n else None,
+        "observed_rate": round(sum(y for _, y in pairs) / n, 4) if n else None,
+    }
+
+
+EVALUATED = {"propensity": ("generated", "propensity_by_threshold"), "lapse_risk": ("uci_lapse", "by_threshold")}
+"""Where an evaluation's JSON keeps the rates by threshold of each probability feature."""
+
+
+def threshold_meanings(rules: CompiledRules, evaluation: dict[str, Any]) -> list[str]:
+    """For each audience threshold on a probability in ``rules``: what it claims, and what the scores
+    that passed it (at the nearest threshold measured) turned out to be in ``evaluation``."""
+    lines = []
+    for t in probability_thresholds(rules):
+        claim = "at least" if t["op"] in (">=", ">") else "less than"
+        line = (
+            f"audience {t['audience']}: {t['feature']} {t['op']} {t['threshold']} claims {claim}"
+            f" a {t['threshold']} chance of {PROBABILITIES[t['feature']]}"
+        )
+        part, key = EVALUATED.get(t["feature"], ("", ""))
+        table = evaluation.get(part, {}).get(key)
+        if not table:
+            lines.append(f"{line}; not measured in this evaluation")
+            continue
+        nearest = min(table, key=lambda k: (abs(float(k) - t["threshold"]), k))
+        measured = table[nearest]["at_least" if claim == "at least" else "below"]
+        at = "" if float(nearest) == t["threshold"] else f" (at {nearest}, the nearest threshold measured)"
+        lines.append(
+            f"{line}; observed{at}: {measured['observed_rate']} of {measured['scores']:,} scores"
+            f" (mean score {measured['mean_score']})"
+        )
+    return lines
+
+
 _SYMBOLS = {ast.GtE: ">=", ast.Gt: ">", ast.LtE: "<=", ast.Lt: "<"}
 _MIRRORED = {ast.GtE: ast.LtE(), ast.Gt: ast.Lt(), ast.LtE: ast.GtE(), ast.Lt: ast.Gt()}
 _OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
@@ -441,6 +492,7 @@ def evaluate_generated(customers: int, days: int, seed: int, rules: CompiledRule
         "propensity_thresholds": thresholds_report(
             probability_thresholds(rules), "propensity", ((p, y) for p, _, _, y in run.records)
         ),
+        "propensity_by_threshold": rates_by_threshold((p, y) for p, _, _, y in run.records),
         "propensity_by_persona": calibration,
         "next_best_offer": {
             **offers_report(run.offers),
@@ -663,6 +715,7 @@ def evaluate_lapse(
         "thresholds": thresholds_report(
             probability_thresholds(rules) if rules is not None else [], "lapse_risk", ((r, y) for r, _, y in scored)
         ),
+        "by_threshold": rates_by_threshold((r, y) for r, _, y in scored),
     }
 
 

@@ -140,3 +140,36 @@ def test_lapse_risk_ranks_real_lapses():
     (likely,) = r["thresholds"]
     assert likely["audience"] == "likely_to_lapse" and likely["scores"] > 100
     assert 0 <= likely["observed_rate"] <= 1
+
+
+def test_rules_check_says_what_each_threshold_on_a_probability_meant_in_an_evaluation(tmp_path, capsys):
+    import orjson
+
+    from flows.evaluate import rates_by_threshold
+
+    lapses = [(0.3, True), (0.45, False), (0.55, True), (0.7, True), (0.9, False)]
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_bytes(orjson.dumps({"uci_lapse": {"by_threshold": rates_by_threshold(lapses)}}))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: t\naudiences:\n"
+        "  - {id: likely_to_lapse, when: \"lifecycle == 'active' and lapse_risk >= 0.5\"}\n"
+        '  - {id: safe, when: "lapse_risk < 0.33"}\n'
+        '  - {id: keen, when: "propensity > 0.8"}\n'
+    )
+    assert main(["rules", "check", str(rules), "--evaluation", str(evaluation)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        "audience likely_to_lapse: lapse_risk >= 0.5 claims at least a 0.5 chance of a lapse;"
+        " observed: 0.6667 of 3 scores (mean score 0.7167)"
+    ) in out
+    assert (
+        "audience safe: lapse_risk < 0.33 claims less than a 0.33 chance of a lapse;"
+        " observed (at 0.35, the nearest threshold measured): 1.0 of 1 scores (mean score 0.3)"
+    ) in out
+    assert (
+        "audience keen: propensity > 0.8 claims at least a 0.8 chance of an order within the horizon;"
+        " not measured in this evaluation"
+    ) in out
+    assert main(["rules", "check", str(rules), "--evaluation", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
