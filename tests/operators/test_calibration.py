@@ -236,3 +236,30 @@ def test_metrics_count_predictions_beside_outcomes_by_decile():
     metrics.publish(final=True)  # nothing new: nothing counted twice
     after = value("nudgeflow_model_predicted_total"), value("nudgeflow_model_outcomes_total", outcome="positive")
     assert (after[0] - before[0], after[1] - before[1]) == (0.5, 1)
+
+
+def test_a_shard_snapshot_restores_the_calibration_exactly():
+    from conftest import CART_RULE, EngineHarness, added, order, rules_from, track
+
+    from operators.engine import EngineConfig
+
+    def harness() -> EngineHarness:
+        config = EngineConfig(models="learn", propensity_horizon_ms=7 * 86_400_000, snapshots=True)
+        return EngineHarness(rules_from(CART_RULE), config)
+
+    h = harness()
+    for i in range(40):
+        user = f"u{i}"
+        h.feed([added(user, i * 100), track("Page", "z", i * 100 + 40)])
+        if i % 3:
+            h.feed([order(user, i * 100 + 40)])
+    h.feed([track("Page", "z", 40 * 100 + 8 * 24 * 60)])  # every horizon passes
+    before = h.customers.models.propensity
+    assert before.calibrator.count > 30
+    restored = harness()
+    restored.customers.restore(pickle.loads(pickle.dumps(h.customers.snapshot())))
+    after = restored.customers.models.propensity
+    assert after.calibrator.export() == before.calibrator.export()
+    assert after.quality.to_counts() == before.quality.to_counts()
+    x = tuple(float(i % 3) for i, _ in enumerate(FEATURES))
+    assert after.score(x) == before.score(x)
