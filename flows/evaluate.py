@@ -345,15 +345,7 @@ def thresholds_report(
     out = []
     for row in rows:
         passing = [(p, y) for p, y in pairs if _OPS[row["op"]](p, row["threshold"])]
-        out.append(
-            {
-                **row,
-                "event": PROBABILITIES[feature],
-                "scores": len(passing),
-                "mean_score": round(sum(p for p, _ in passing) / len(passing), 4) if passing else None,
-                "observed_rate": round(sum(y for _, y in passing) / len(passing), 4) if passing else None,
-            }
-        )
+        out.append({**row, "event": PROBABILITIES[feature], **_rate(passing)})
     return out
 
 
