@@ -53,7 +53,7 @@ def bin_of(raw: float) -> int:
 
 
 def _centre(index: int) -> float:
-    """The score at the middle of bin ``index``, in logit units."""
+    """The score whose logit is at the middle of bin ``index``."""
     return 1.0 / (1.0 + math.exp(-(-LOGIT_LIMIT + BIN_WIDTH * (index + 0.5))))
 
 
