@@ -29,14 +29,14 @@ from operators.rules import load_rules
 def quality(parts: list[list[bytes]]) -> tuple[int, float, float, float | None]:
     """Sampled views, model hit rate, most-popular hit rate, propensity AUC, over all parts."""
     checked = hits = popular = 0
-    records: list[tuple[float, float, bool]] = []
+    records: list[tuple[float, float, float, bool]] = []  # calibrated score, raw score, baseline, outcome
     for lines in parts:
         run = Run(load_rules(), EngineConfig())
         run.feed(lines)
         stats = run.customers.models.recommender.stats()  # type: ignore[union-attr]
         checked, hits, popular = checked + stats["checked"], hits + stats["hits"], popular + stats["most_popular_hits"]
         records += run.records
-    scores, labels = [p for p, _, _ in records], [y for _, _, y in records]
+    scores, labels = [p for p, *_ in records], [y for *_, y in records]
     return checked, hits / checked, popular / checked, auc(scores, labels)
 
 

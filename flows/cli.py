@@ -254,6 +254,11 @@ def _parser() -> argparse.ArgumentParser:
     rules_sub = rules.add_subparsers(required=True, metavar="ACTION")
     check = rules_sub.add_parser("check", help="validate a rule file and show what each rule listens to")
     check.add_argument("file", type=Path, nargs="?", default=STARTER_RULES)
+    check.add_argument(
+        "--evaluation",
+        type=Path,
+        help="a `nudgeflow evaluate --json` file: print what each audience threshold on a probability meant there",
+    )
     check.set_defaults(command=_rules_check)
     return parser
 
@@ -959,8 +964,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.yoochoose:
         results["yoochoose"] = evaluate_yoochoose(args.yoochoose)
     if args.uci:
-        results["uci_retail"] = evaluate_uci(args.uci, args.rows, args.horizon_days)
-        results["uci_lapse"] = evaluate_lapse(args.uci, args.rows)
+        results["uci_retail"] = evaluate_uci(args.uci, args.rows, args.horizon_days, rules)
+        results["uci_lapse"] = evaluate_lapse(args.uci, args.rows, rules=rules)
     print(render(results))
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
@@ -1004,6 +1009,14 @@ def _rules_check(args: argparse.Namespace) -> int:
     print("\n".join(rules.describe()))
     for warning in rules.warnings():
         print(f"warning: {warning}")
+    if args.evaluation:
+        from flows.evaluate import threshold_meanings
+
+        try:
+            evaluation = orjson.loads(args.evaluation.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as err:
+            raise ConfigurationError(f"evaluation {args.evaluation}: {err}") from None
+        print("\n".join(threshold_meanings(rules, evaluation)))
     print(f"ok: {len(rules.triggers)} triggers, {len(rules.audiences)} audiences")
     return 0
 

@@ -5,18 +5,22 @@ decision (the deployed flow has one replica per shard; see docs/models.md). Outc
 recorded as the models learn: every outcome is scored before it is learnt (progressive
 validation), by the model and by its baseline.
 
-- propensity vs a recency-frequency heuristic (ROC AUC, log loss of the model; per persona,
-  the mean prediction against the observed rate where the generator's truth is known);
+- propensity vs a recency-frequency heuristic and the positive rate (ROC AUC, log loss of the
+  calibrated score and of the raw one; the same per rule, i.e. per kind of decision; reliability
+  per decile of the prediction; per persona, the mean prediction against the observed rate where
+  the generator's truth is known);
 - next-best offer vs random and vs the best single offer, in a closed loop: each chosen offer
   is clicked with the truth's probability for the customer's persona (drawn from a hash of the
   decision id), and the click goes back into the stream; values are expected rewards under the
-  truth, plus an inverse-propensity estimate of the random policy from the logged choices;
+  truth, plus an inverse-propensity estimate of the random policy from the logged choices, and
+  the reliability of the click rate the policy states for its choice;
 - recommendations vs most popular: hit rate and MRR at 10 on next products (YooChoose sessions,
   or the views of a generated stream).
 """
 
 from __future__ import annotations
 
+import ast
 import gzip
 import heapq
 import math
@@ -29,6 +33,7 @@ from typing import Any
 import orjson
 
 from operators.engine import EngineConfig
+from operators.models import OPEN_DECISION
 from operators.models.bandit import uniform
 from operators.models.propensity import FEATURES, NO_ORDER_DAYS, Calibration
 from operators.models.recommend import CoOccurrence, K
@@ -60,6 +65,8 @@ class OfferLog:
     candidates: list[str]
     truth: dict[str, float]
     reward: bool
+    expected: float | None = None  # the click rate the policy stated for its choice (calibrated)
+    raw: float | None = None  # the chosen offer's score before calibration
 
 
 @dataclass
@@ -75,18 +82,34 @@ class Run:
     def __post_init__(self) -> None:
         self.pipeline = Pipeline(self.rules, self.config)
         self.customers = self.pipeline.customers[0].engine
-        # every propensity outcome: (model score, baseline score, outcome), and whose it was
-        self.records: list[tuple[float, float, bool]] = []
+        # every propensity outcome: (calibrated score, raw score, baseline score, outcome), whose it
+        # was and the rule that made the decision
+        self.records: list[tuple[float, float, float, bool]] = []
         self.record_customers: list[str] = []
+        self.record_rules: list[str] = []
+        self._open_rules: dict[bytes, list[str]] = {}  # the rules of decisions awaiting outcomes, by decision
         if self.customers.models is not None:
             self.customers.models.on_outcome = self._outcome
+            for stage in (self.pipeline.identity[0].engine, self.customers):  # anonymous customers decide there
+                stage.models.on_decision = self._decision  # type: ignore[union-attr]
         self.injected: list[tuple[int, int, bytes]] = []  # (timestamp ms, order, event line)
         self.offers: list[OfferLog] = []
         self.position = 0
 
-    def _outcome(self, customer_id: str, x: tuple[float, ...], p: float, y: bool) -> None:
-        self.records.append((p, recency_frequency(x), y))
+    def _decision(self, customer_id: str, at_ms: int, x: tuple[float, ...], rule_id: str) -> None:
+        self._open_rules.setdefault(OPEN_DECISION.pack(at_ms, *x), []).append(rule_id)
+
+    def _outcome(self, customer_id: str, decided_ms: int, x: tuple[float, ...], raw: float, p: float, y: bool) -> None:
+        """An outcome learnt, with the rule of its decision (found by its time and features: the same
+        after an anonymous customer's open decisions move to the user they turn out to be)."""
+        key = OPEN_DECISION.pack(decided_ms, *x)  # bytes: a NaN input matches itself
+        rules = self._open_rules.get(key)
+        rule = rules.pop(0) if rules else "unknown"
+        if rules == []:
+            del self._open_rules[key]
+        self.records.append((p, raw, recency_frequency(x), y))
         self.record_customers.append(customer_id)
+        self.record_rules.append(rule)
 
     def feed(self, lines: Iterable[bytes]) -> None:
         """Apply ``lines`` in order, ``TICK_EVERY`` to a batch, the clicks drawn for chosen offers merged
@@ -136,7 +159,9 @@ class Run:
         truth = self.offer_response[persona]
         offer = data["offer_id"]
         reward = uniform(decision["id"], self.seed, "click") < truth.get(offer, 0.0)
-        self.offers.append(OfferLog(persona, offer, choice["probability"], choice["candidates"], truth, reward))
+        expected, raw = choice.get("expected_rate"), choice["scores"].get(offer)
+        log = OfferLog(persona, offer, choice["probability"], choice["candidates"], truth, reward, expected, raw)
+        self.offers.append(log)
         if reward:
             at = output.time_ms + CLICK_DELAY_MS
             click = {
@@ -171,22 +196,157 @@ def auc(scores: list[float], labels: list[bool]) -> float | None:
     return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
 
 
-def propensity_report(records: list[tuple[float, float, bool]]) -> dict[str, Any]:
-    model = [p for p, _, _ in records]
-    baseline = [b for _, b, _ in records]
-    labels = [y for _, _, y in records]
-    quality = Calibration()
-    for p, y in zip(model, labels, strict=True):
-        quality.add(p, y)
+def propensity_report(records: list[tuple[float, float, float, bool]]) -> dict[str, Any]:
+    """The calibrated score, the raw one and the recency-frequency baseline on the same outcomes."""
+    model = [p for p, _, _, _ in records]
+    raw = [r for _, r, _, _ in records]
+    baseline = [b for _, _, b, _ in records]
+    labels = [y for _, _, _, y in records]
+    quality, raw_quality = counted(model, labels), counted(raw, labels)
     summary = quality.summary()
     return {
         "outcomes": summary["outcomes"],
         "positive_rate": summary["positive_rate"],
         "model_auc": _round(auc(model, labels)),
+        "raw_auc": _round(auc(raw, labels)),
         "baseline_auc": _round(auc(baseline, labels)),
         "model_log_loss": summary["log_loss"],
+        "raw_log_loss": raw_quality.summary()["log_loss"],
         "constant_log_loss": _constant_log_loss(labels),
+        "reliability": quality.reliability(),
+        "reliability_raw": raw_quality.reliability(),
     }
+
+
+def counted(scores: list[float], labels: list[bool]) -> Calibration:
+    """Progressive-validation counts of probabilities ``scores`` against ``labels``."""
+    quality = Calibration()
+    for p, y in zip(scores, labels, strict=True):
+        quality.add(p, y)
+    return quality
+
+
+def propensity_by_rule(records: list[tuple[float, float, float, bool]], rules: list[str]) -> dict[str, Any]:
+    """Per rule (kind of decision): outcomes, positive rate (the constant's AUC is 0.5), the ROC AUC
+    of the calibrated score, the raw one and the recency-frequency baseline, and the calibrated
+    score's mean and expected calibration error on the rule's decisions."""
+    by_rule: dict[str, list[tuple[float, float, float, bool]]] = defaultdict(list)
+    for record, rule in zip(records, rules, strict=True):
+        by_rule[rule].append(record)
+    out = {}
+    for rule, rows in sorted(by_rule.items()):
+        labels = [y for _, _, _, y in rows]
+        out[rule] = {
+            "outcomes": len(rows),
+            "positive_rate": round(sum(labels) / len(rows), 4),
+            "model_auc": _round(auc([p for p, _, _, _ in rows], labels)),
+            "raw_auc": _round(auc([r for _, r, _, _ in rows], labels)),
+            "baseline_auc": _round(auc([b for _, _, b, _ in rows], labels)),
+            "mean_prediction": round(sum(p for p, _, _, _ in rows) / len(rows), 4),
+            "ece": counted([p for p, _, _, _ in rows], labels).reliability()["ece"],
+        }
+    return out
+
+
+PROBABILITIES = {"propensity": "an order within the horizon", "lapse_risk": "a lapse", "p_alive": "another order"}
+"""Features that are probabilities, and the event each is the chance of."""
+
+
+def probability_thresholds(rules: CompiledRules) -> list[dict[str, Any]]:
+    """Every comparison of a probability feature with a number in an audience's condition, e.g.
+    ``lapse_risk >= 0.5`` of ``likely_to_lapse``: audience, feature, operator and threshold."""
+    found = []
+    for audience in rules.audiences:
+        tree = audience.when.tree
+        for node in ast.walk(tree) if tree is not None else ():
+            if not isinstance(node, ast.Compare) or len(node.ops) != 1:
+                continue
+            left, right, op = node.left, node.comparators[0], node.ops[0]
+            if isinstance(right, ast.Name) and isinstance(left, ast.Constant):  # 0.5 <= lapse_risk
+                left, right, op = right, left, _MIRRORED.get(type(op), op)
+            if (
+                isinstance(left, ast.Name)
+                and left.id in PROBABILITIES
+                and isinstance(right, ast.Constant)
+                and isinstance(right.value, int | float)
+                and type(op) in _SYMBOLS
+            ):
+                found.append(
+                    {"audience": audience.id, "feature": left.id, "op": _SYMBOLS[type(op)], "threshold": right.value}
+                )
+    return found
+
+
+def rates_by_threshold(scored: Iterable[tuple[float, bool]]) -> dict[str, dict[str, Any]]:
+    """For thresholds 0.05 to 0.95 in steps of 0.05: of the scores at or above it (``at_least``) and
+    below it (``below``), how many, their mean, and the observed rate of the event: what an audience
+    with that threshold would have held (read by ``nudgeflow rules check --evaluation``)."""
+    pairs = sorted(scored)
+    out = {}
+    for step in range(1, 20):
+        threshold = step / 20
+        cut = next((i for i, (p, _) in enumerate(pairs) if p >= threshold), len(pairs))
+        out[f"{threshold:.2f}"] = {"below": _rate(pairs[:cut]), "at_least": _rate(pairs[cut:])}
+    return out
+
+
+def _rate(pairs: list[tuple[float, bool]]) -> dict[str, Any]:
+    n = len(pairs)
+    return {
+        "scores": n,
+        "mean_score": round(sum(p for p, _ in pairs) / n, 4) if n else None,
+        "observed_rate": round(sum(y for _, y in pairs) / n, 4) if n else None,
+    }
+
+
+EVALUATED = {"propensity": ("generated", "propensity_by_threshold"), "lapse_risk": ("uci_lapse", "by_threshold")}
+"""Where an evaluation's JSON keeps the rates by threshold of each probability feature."""
+
+
+def threshold_meanings(rules: CompiledRules, evaluation: dict[str, Any]) -> list[str]:
+    """For each audience threshold on a probability in ``rules``: what it claims, and what the scores
+    that passed it (at the nearest threshold measured) turned out to be in ``evaluation``."""
+    lines = []
+    for t in probability_thresholds(rules):
+        claim = "at least" if t["op"] in (">=", ">") else "less than"
+        line = (
+            f"audience {t['audience']}: {t['feature']} {t['op']} {t['threshold']} claims {claim}"
+            f" a {t['threshold']} chance of {PROBABILITIES[t['feature']]}"
+        )
+        part, key = EVALUATED.get(t["feature"], ("", ""))
+        table = evaluation.get(part, {}).get(key)
+        if not table:
+            lines.append(f"{line}; not measured in this evaluation")
+            continue
+        nearest = min(table, key=lambda k: (abs(float(k) - t["threshold"]), k))
+        measured = table[nearest]["at_least" if claim == "at least" else "below"]
+        at = "" if float(nearest) == t["threshold"] else f" (at {nearest}, the nearest threshold measured)"
+        lines.append(
+            f"{line}; observed{at}: {measured['observed_rate']} of {measured['scores']:,} scores"
+            f" (mean score {measured['mean_score']})"
+        )
+    return lines
+
+
+_SYMBOLS = {ast.GtE: ">=", ast.Gt: ">", ast.LtE: "<=", ast.Lt: "<"}
+_MIRRORED = {ast.GtE: ast.LtE(), ast.Gt: ast.Lt(), ast.LtE: ast.GtE(), ast.Lt: ast.Gt()}
+_OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
+
+
+def thresholds_report(
+    thresholds: list[dict[str, Any]], feature: str, scored: Iterable[tuple[float, bool]]
+) -> list[dict[str, Any]]:
+    """For each threshold on ``feature``: of the scores that pass it, how many, their mean, and the
+    observed rate of the event the probability is the chance of (what the threshold claims)."""
+    rows = [t for t in thresholds if t["feature"] == feature]
+    if not rows:
+        return []
+    pairs = list(scored)
+    out = []
+    for row in rows:
+        passing = [(p, y) for p, y in pairs if _OPS[row["op"]](p, row["threshold"])]
+        out.append({**row, "event": PROBABILITIES[feature], **_rate(passing)})
+    return out
 
 
 def offers_report(logs: list[OfferLog]) -> dict[str, Any]:
@@ -214,6 +374,20 @@ def offers_report(logs: list[OfferLog]) -> dict[str, Any]:
         "oracle": round(oracle, 4),
         "regret_vs_oracle": round(oracle - policy, 4),
         "ips_estimate_of_random": round(ips_random, 4),
+        **_offer_reliability(logs),
+    }
+
+
+def _offer_reliability(logs: list[OfferLog]) -> dict[str, Any]:
+    """The stated click rate of each choice (and the score it was calibrated from) against its reward."""
+    stated = [log for log in logs if log.expected is not None and log.raw is not None]
+    if not stated:
+        return {}
+    labels = [log.reward for log in stated]
+    expected, raw = [log.expected for log in stated], [log.raw for log in stated]
+    return {
+        "reliability": counted(expected, labels).reliability(),  # type: ignore[arg-type]
+        "reliability_raw": counted(raw, labels).reliability(),  # type: ignore[arg-type]
     }
 
 
@@ -292,7 +466,7 @@ def evaluate_generated(customers: int, days: int, seed: int, rules: CompiledRule
     reco = run.customers.models.recommender.stats()  # type: ignore[union-attr]
     checked = reco["checked"] or 1
     by_persona: dict[str, list[tuple[float, bool]]] = defaultdict(list)
-    for (p, _, y), customer in zip(run.records, run.record_customers, strict=True):
+    for (p, _, _, y), customer in zip(run.records, run.record_customers, strict=True):
         by_persona[truth["personas"].get(customer, "anonymous")].append((p, y))
     calibration = {
         persona: {
@@ -306,8 +480,17 @@ def evaluate_generated(customers: int, days: int, seed: int, rules: CompiledRule
     return {
         "stream": {"customers": customers, "days": days, "seed": seed, "events": len(lines)},
         "propensity": propensity_report(run.records),
+        "propensity_by_rule": propensity_by_rule(run.records, run.record_rules),
+        "propensity_thresholds": thresholds_report(
+            probability_thresholds(rules), "propensity", ((p, y) for p, _, _, y in run.records)
+        ),
+        "propensity_by_threshold": rates_by_threshold((p, y) for p, _, _, y in run.records),
         "propensity_by_persona": calibration,
-        "next_best_offer": offers_report(run.offers),
+        "next_best_offer": {
+            **offers_report(run.offers),
+            # against the policy's own reward: any click of the offer within the reward window
+            "reliability_progressive": run.customers.models.bandit.quality.reliability(),  # type: ignore[union-attr]
+        },
         "recommendations": {
             "checked_views": reco["checked"],
             f"model_hit_rate@{K}": round(reco["hits"] / checked, 4),
@@ -317,8 +500,12 @@ def evaluate_generated(customers: int, days: int, seed: int, rules: CompiledRule
     }
 
 
-def evaluate_uci(path: Path, rows: int | None, horizon_days: float) -> dict[str, Any]:
-    """Repeat-purchase propensity on real invoices: every order is a decision point."""
+def evaluate_uci(
+    path: Path, rows: int | None, horizon_days: float, rules: CompiledRules | None = None
+) -> dict[str, Any]:
+    """Repeat-purchase propensity on real invoices: every order is a decision point; and, with
+    ``rules`` (e.g. the starter set), propensity on the decisions those rules make on the invoices
+    (win-back, mostly: the invoices hold orders only), per rule."""
     from connectors.uci_retail import Rejected as RejectedRow
     from connectors.uci_retail import read_invoices
     from operators.rules import parse_rules
@@ -328,7 +515,13 @@ def evaluate_uci(path: Path, rows: int | None, horizon_days: float) -> dict[str,
     config = EngineConfig(propensity_horizon_ms=int(horizon_days * DAY_MS))
     run = Run(parse_rules(REPEAT_PURCHASE_RULES, "repeat-purchase"), config)
     run.feed(lines)
-    return {"events": len(lines), "horizon_days": horizon_days, **propensity_report(run.records)}
+    result = {"events": len(lines), "horizon_days": horizon_days, **propensity_report(run.records)}
+    if rules is not None:
+        ruled = Run(rules, config)
+        ruled.feed(lines)
+        result["rules_version"] = rules.version
+        result["by_rule"] = propensity_by_rule(ruled.records, ruled.record_rules)
+    return result
 
 
 def evaluate_yoochoose(folder: Path) -> dict[str, Any]:
@@ -388,6 +581,21 @@ def render(results: dict[str, Any]) -> str:
             f"| most popular | {r['most_popular_hit_rate@10']} | |",
             "",
         ]
+        lines += _reliability_lines(
+            "propensity, calibrated and raw", {"raw": p["reliability_raw"], "calibrated": p["reliability"]}
+        )
+        lines += _by_rule_lines(generated["propensity_by_rule"])
+        lines += _threshold_lines(generated.get("propensity_thresholds", []))
+        if "reliability" in o:
+            lines += _reliability_lines(
+                "next-best offer: the click rate stated for the choice (clicks within the reward window)",
+                {"raw (shrunk mean)": o["reliability_raw"], "calibrated (expected_rate)": o["reliability"]},
+            )
+            lines += _reliability_lines(
+                "the offer policy's calibrated rate against its own rewards (any click of the offer in its"
+                " reward window), progressive",
+                {"calibrated": o["reliability_progressive"]},
+            )
     yoo = results.get("yoochoose")
     if yoo:
         lines += [
@@ -412,8 +620,15 @@ def render(results: dict[str, Any]) -> str:
             f" {uci['outcomes']:,} | {uci['positive_rate']} |",
             f"| recency-frequency heuristic | {uci['baseline_auc']} | | | |",
             f"| constant | 0.5 | {uci['constant_log_loss']} | | |",
+            f"| the same model, uncalibrated | {uci['raw_auc']} | {uci['raw_log_loss']} | | |",
             "",
         ]
+        lines += _reliability_lines(
+            "repeat purchase, calibrated and raw", {"raw": uci["reliability_raw"], "calibrated": uci["reliability"]}
+        )
+        if "by_rule" in uci:
+            lines += [f"The rules {uci['rules_version']} on the same invoices:", ""]
+            lines += _by_rule_lines(uci["by_rule"])
     lapse = results.get("uci_lapse")
     if lapse:
         lines += [
@@ -427,13 +642,18 @@ def render(results: dict[str, Any]) -> str:
             f"| days since the last order | {lapse['baseline_auc']} |",
             "",
         ]
+        lines += _reliability_lines("lapse_risk as the chance of a lapse", {"lapse_risk": lapse["reliability"]})
+        lines += _threshold_lines(lapse.get("thresholds", []))
     return "\n".join(lines)
 
 
-def evaluate_lapse(path: Path, rows: int | None, every_days: int = 30) -> dict[str, Any]:
+def evaluate_lapse(
+    path: Path, rows: int | None, every_days: int = 30, rules: CompiledRules | None = None
+) -> dict[str, Any]:
     """Lapse risk on real invoices: every ``every_days`` of event time, each buyer not yet lapsed
     is scored; the outcome is whether they then reach ``lapse_days`` without ordering.
-    Baseline: days since the last order."""
+    Baseline: days since the last order. Reliability of the risk as a probability, and, for each
+    threshold on it in ``rules``' audiences, the observed lapse rate of the scores that pass it."""
     from bisect import bisect_right
 
     from connectors.uci_retail import Rejected as RejectedRow
@@ -483,4 +703,63 @@ def evaluate_lapse(path: Path, rows: int | None, every_days: int = 30) -> dict[s
         "lapse_rate": round(sum(labels) / len(labels), 4) if labels else None,
         "model_auc": _round(auc([r for r, _, _ in scored], labels)),
         "baseline_auc": _round(auc([d for _, d, _ in scored], labels)),
+        "reliability": counted([min(max(r, 0.0), 1.0) for r, _, _ in scored], labels).reliability(),
+        "thresholds": thresholds_report(
+            probability_thresholds(rules) if rules is not None else [], "lapse_risk", ((r, y) for r, _, y in scored)
+        ),
+        "by_threshold": rates_by_threshold((r, y) for r, _, y in scored),
     }
+
+
+def _reliability_lines(title: str, tables: dict[str, dict[str, Any]]) -> list[str]:
+    """A reliability table: per decile of the prediction, outcomes, mean prediction and observed rate
+    of each of ``tables``, side by side; the expected calibration error last."""
+    names = list(tables)
+    head = " | ".join(f"{name}: outcomes | predicted | observed" for name in names)
+    lines = [
+        f"| reliability of {title}, by decile of the prediction | {head} |",
+        "| --- |" + " ---: | ---: | ---: |" * len(names),
+    ]
+    rows = {name: {row["decile"]: row for row in table["deciles"]} for name, table in tables.items()}
+    for decile in range(10):
+        if not any(decile in rows[name] for name in names):
+            continue
+        cells = []
+        for name in names:
+            row = rows[name].get(decile)
+            cells.append(f"{row['outcomes']:,} | {row['predicted']} | {row['observed']}" if row else " | | ")
+        lines.append(f"| {decile / 10:.1f}-{(decile + 1) / 10:.1f} | " + " | ".join(cells) + " |")
+    ece = " | ".join(f"| | {tables[name]['ece']}" for name in names)
+    lines += [f"| expected calibration error {ece} |", ""]
+    return lines
+
+
+def _by_rule_lines(by_rule: dict[str, dict[str, Any]]) -> list[str]:
+    """Propensity per rule (kind of decision) against the positive rate and the recency-frequency heuristic."""
+    lines = [
+        "| propensity by rule | outcomes | positive rate | mean prediction | calibration error | ROC AUC"
+        " | uncalibrated | recency-frequency |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for rule, r in by_rule.items():
+        lines.append(
+            f"| {rule} | {r['outcomes']:,} | {r['positive_rate']} | {r['mean_prediction']} | {r['ece']} |"
+            f" {r['model_auc']} | {r['raw_auc']} | {r['baseline_auc']} |"
+        )
+    return [*lines, ""]
+
+
+def _threshold_lines(thresholds: list[dict[str, Any]]) -> list[str]:
+    """What each audience's threshold on a probability meant here: the observed rate of what it claims."""
+    if not thresholds:
+        return []
+    lines = [
+        "| audience threshold | scores passing | mean score | observed rate of the event |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for t in thresholds:
+        lines.append(
+            f"| {t['audience']}: {t['feature']} {t['op']} {t['threshold']} ({t['event']}) | {t['scores']:,} |"
+            f" {t['mean_score']} | {t['observed_rate']} |"
+        )
+    return [*lines, ""]

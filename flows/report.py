@@ -63,6 +63,9 @@ def finalize_summary(
     for model in summary.get("models", {}).values():
         if "progressive" in model:
             model["quality"] = Calibration.from_counts(model["progressive"]).summary()
+            model["reliability"] = Calibration.from_counts(model["progressive"]).reliability()
+        if "progressive_raw" in model:
+            model["reliability_raw"] = Calibration.from_counts(model["progressive_raw"]).reliability()
     summary["dead_letters"] = dict(sorted(Counter(record["reason"] for record in dead).items()))
     if timer_errors := sum(1 for record in dead if record.get("position", {}).get("source") == TIMER):
         summary["timer_errors"] = timer_errors
@@ -157,11 +160,15 @@ def render_summary(summary: dict[str, Any], settings: Settings, seconds: float) 
         lines.append(
             f"  propensity model ({settings.models}): {quality.get('outcomes', 0):,} outcomes,"
             f" positive rate {quality.get('positive_rate')}, progressive ROC AUC {quality.get('roc_auc')},"
-            f" log loss {quality.get('log_loss')}, drifts {model.get('drifts', 0)}"
+            f" log loss {quality.get('log_loss')}, calibration error {model.get('reliability', {}).get('ece')},"
+            f" drifts {model.get('drifts', 0)}"
         )
     if "next_best_offer" in models:
         offers = models["next_best_offer"]
-        lines.append(f"  offers chosen: {_join(offers.get('pulls', {}))}; rewarded: {_join(offers.get('rewards', {}))}")
+        lines.append(
+            f"  offers chosen: {_join(offers.get('pulls', {}))}; rewarded: {_join(offers.get('rewards', {}))};"
+            f" calibration error of the stated rate {offers.get('reliability', {}).get('ece')}"
+        )
     if catalogue := summary.get("offers"):
         given = {offer: counts.get("given", 0) for offer, counts in catalogue.items()}
         redeemed = {offer: counts["redeemed"] for offer, counts in catalogue.items() if counts.get("redeemed")}

@@ -657,7 +657,7 @@ class CustomerStage:
         models, score = self.models, None
         if models is not None and (passed or (view is not None and view.has_read("propensity"))):
             score, x = self._score(state, at_ms, view)  # what the model said at this decision point
-            self._await(state, OUTCOME, models.decided(state, at_ms, x))
+            self._await(state, OUTCOME, models.decided(state, at_ms, x, rule.id))
         if not passed:
             return
         state.set_fired(rule.id, cause)
@@ -782,6 +782,7 @@ class CustomerStage:
             "scores": choice.scores,
             "probability": choice.probability,
             "explored": choice.explored,
+            "expected_rate": choice.expected_rate,
         }
         return choice.offer, {**rule.content, **by_id[choice.offer].content}, logged
 

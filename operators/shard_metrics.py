@@ -21,6 +21,7 @@ from schemas.metrics import (
     INVALID_EVENTS,
     LATE_EVENTS,
     MODEL_OUTCOMES,
+    MODEL_PREDICTED,
     OFFER_CHOICES,
     OFFER_REWARDS,
     OFFERS,
@@ -123,14 +124,15 @@ class ShardMetrics:
             _child(ATTRIBUTED_REVENUE, model, self.channels.get(rule, "unknown"), rule).inc(cents / 100)
 
     def _publish_models(self, stats: dict[str, Any], seen: dict[str, Any]) -> None:
-        progressive = stats["propensity"]["progressive"]
-        for outcome in ("positives", "negatives"):
-            counts = progressive.get(outcome, {})
-            by_decile = {f"{int(b) // 2}": 0 for b in counts}
-            for bucket, n in counts.items():
-                by_decile[f"{int(bucket) // 2}"] += n
-            for decile, count in _deltas(by_decile, seen.setdefault(outcome, {})):
-                MODEL_OUTCOMES.labels(model="propensity", decile=decile, outcome=outcome[:-1]).inc(count)
+        for model in ("propensity", "next_best_offer"):
+            progressive = stats[model]["progressive"]
+            published = seen.setdefault(model, {})
+            for column in ("positives", "negatives", "predicted_micro"):
+                for decile, count in _deltas(_by_decile(progressive.get(column, {})), published.setdefault(column, {})):
+                    if column == "predicted_micro":
+                        _child(MODEL_PREDICTED, model, decile).inc(count / 1_000_000)
+                    else:
+                        _child(MODEL_OUTCOMES, model, decile, column[:-1]).inc(count)
         offers = stats["next_best_offer"]
         for offer, count in _deltas(offers["pulls"], seen.setdefault("pulls", {})):
             OFFER_CHOICES.labels(offer=offer).inc(count)
@@ -140,6 +142,15 @@ class ShardMetrics:
         checks = {"hit": reco["hits"], "miss": reco["checked"] - reco["hits"]}
         for result, count in _deltas(checks, seen.setdefault("checks", {})):
             RECOMMENDATION_CHECKS.labels(result=result).inc(count)
+
+
+def _by_decile(buckets: dict[str, int]) -> dict[str, int]:
+    """Progressive counts by twentieth of the prediction (``"00"`` to ``"19"``), summed by tenth."""
+    by_decile: dict[str, int] = {}
+    for bucket, n in buckets.items():
+        decile = str(int(bucket) // 2)
+        by_decile[decile] = by_decile.get(decile, 0) + n
+    return by_decile
 
 
 _children: dict[tuple[Any, tuple[str, ...]], Any] = {}

@@ -48,9 +48,15 @@ SINK_ERRORS = Counter(
 SINK_RETRIES = Counter("nudgeflow_sink_retries", "Sink writes retried, by sink", ["sink"])
 MODEL_OUTCOMES = Counter(
     "nudgeflow_model_outcomes",
-    "Outcomes learnt by the propensity model, by decile of the score it gave and outcome (ROC AUC and"
-    " calibration follow from these counts, summed over processes)",
+    "Outcomes learnt by a model (propensity, next_best_offer), by decile of the calibrated probability it"
+    " gave and outcome (ROC AUC and reliability follow from these counts, summed over processes)",
     ["model", "decile", "outcome"],
+)
+MODEL_PREDICTED = Counter(
+    "nudgeflow_model_predicted",
+    "Sum of the calibrated probabilities a model gave the outcomes it learnt, by model and decile: divided by"
+    " nudgeflow_model_outcomes of the decile, the mean prediction to set against the observed rate",
+    ["model", "decile"],
 )
 OFFER_CHOICES = Counter("nudgeflow_offer_choices", "Offers chosen by the next-best-offer policy", ["offer"])
 OFFER_REWARDS = Counter("nudgeflow_offer_rewards", "Clicks or redemptions of chosen offers", ["offer"])

@@ -35,9 +35,12 @@ class OfferChoice(BaseModel):
     policy: Literal["epsilon_greedy"]
     exploration: float
     candidates: list[str] = Field(description="eligible offers, in the order the policy considered them")
-    scores: dict[str, float] = Field(description="the model's expected reward of each candidate")
+    scores: dict[str, float] = Field(description="the model's expected reward of each candidate (ranks them)")
     probability: float = Field(description="chance that the policy chose this offer, exactly")
     explored: bool
+    expected_rate: float | None = Field(
+        None, description="the chosen offer's score calibrated on past rewards: its chance of a reward"
+    )
 
 
 class TriggerData(BaseModel):

@@ -317,7 +317,8 @@ FEATURES: dict[str, Feature] = {
     ),
     "event": Feature("the current event: name, properties, channel, store_id (null in timers)", _event),
     "propensity": Feature(
-        "P(order within the propensity horizon) from the online model (null when models are off)",
+        "P(order within the propensity horizon) from the online model, calibrated on past outcomes"
+        " (null when models are off)",
         lambda v: v.scored("propensity"),
         time_dependent=True,
     ),

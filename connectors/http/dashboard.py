@@ -325,14 +325,23 @@ def _table(values: Mapping[tuple[str, ...], float], label: str) -> dict[str, Any
 
 
 def _model(samples: Samples) -> dict[str, Any]:
-    """The propensity model's progressive ROC AUC and, per decile of its score, the observed positive rate."""
-    counts = by_label(samples, "nudgeflow_model_outcomes_total", "decile", "outcome")
+    """The propensity model's progressive ROC AUC and, per decile of its score, the mean prediction and
+    the observed positive rate."""
+    counts = by_label(samples, "nudgeflow_model_outcomes_total", "model", "decile", "outcome")
+    predicted = by_label(samples, "nudgeflow_model_predicted_total", "model", "decile")
     deciles = range(10)
-    positives = [counts.get((str(d), "positive"), 0.0) for d in deciles]
-    negatives = [counts.get((str(d), "negative"), 0.0) for d in deciles]
+    positives = [counts.get(("propensity", str(d), "positive"), 0.0) for d in deciles]
+    negatives = [counts.get(("propensity", str(d), "negative"), 0.0) for d in deciles]
     outcomes = sum(positives) + sum(negatives)
     reliability = [
-        {"decile": d, "predicted": (d + 0.5) / 10, "outcomes": p + n, "observed": p / (p + n) if p + n else None}
+        {
+            "decile": d,
+            "predicted": predicted[("propensity", str(d))] / (p + n)
+            if p + n and ("propensity", str(d)) in predicted
+            else (d + 0.5) / 10,  # the mean prediction (the decile's middle before it is known)
+            "outcomes": p + n,
+            "observed": p / (p + n) if p + n else None,
+        }
         for d, p, n in zip(deciles, positives, negatives, strict=True)
     ]
     return {

@@ -69,8 +69,10 @@ class ShardModels:
         self.reward_window_ms = policy.reward_window
         self.scorers = {"propensity": self.propensity_score}
         self.dropped = 0  # decisions whose outcome was never learnt (bound reached)
-        # called with (customer, features, score before learning, outcome) of every outcome learnt
-        self.on_outcome: Callable[[str, tuple[float, ...], float, bool], None] | None = None
+        # called with (customer, decided at, features, raw and calibrated score before learning, outcome)
+        # of every outcome learnt, and with (customer, decided at, features, rule id) of every decision kept
+        self.on_outcome: Callable[[str, int, tuple[float, ...], float, float, bool], None] | None = None
+        self.on_decision: Callable[[str, int, tuple[float, ...], str], None] | None = None
         # what the recommender learnt and checked since the last snapshot (None: no snapshot taken yet)
         self._journal: list[tuple[Any, ...]] | None = None
         self._sealed: list[bytes] = []  # parts of the journal pickled already (see seal_journal)
@@ -138,6 +140,7 @@ class ShardModels:
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickle (recovery snapshots)."""
         self.__dict__.update(state)
+        self.__dict__.setdefault("on_decision", None)
         self._journal, self._saved = None, None  # the first snapshot after a restore takes a new base
         self._sealed = []
         if "clv" not in state:  # a snapshot taken before lifetime value was added
@@ -229,9 +232,11 @@ class ShardModels:
     def propensity_score(self, view: FeatureView) -> float:
         return self.propensity.score(view.memo(FEATURES_KEY, decision_features))
 
-    def decided(self, state: CustomerState, at_ms: int, x: tuple[float, ...]) -> int:
+    def decided(self, state: CustomerState, at_ms: int, x: tuple[float, ...], rule_id: str = "") -> int:
         """Keep a decision's features ``x`` (:func:`decision_features` at ``at_ms``) until its outcome;
         return when the oldest open one expires."""
+        if self.on_decision is not None:
+            self.on_decision(state.id, at_ms, x, rule_id)
         outcomes = state.outcomes + OPEN_DECISION.pack(at_ms, *x)
         if len(outcomes) > MAX_PENDING_OUTCOMES * OPEN_DECISION.size:
             outcomes = outcomes[OPEN_DECISION.size :]
@@ -246,7 +251,7 @@ class ShardModels:
         still_open = []
         for decided_ms, x in open_decisions(state):
             if decided_ms < at_ms <= decided_ms + self.horizon_ms:  # after the decision, not with it
-                self._learn(state.id, x, True)
+                self._learn(state.id, decided_ms, x, True)
             else:
                 still_open.append(OPEN_DECISION.pack(decided_ms, *x))
         state.outcomes = b"".join(still_open)
@@ -255,19 +260,19 @@ class ShardModels:
     def expire(self, state: CustomerState, now_ms: int) -> int | None:
         """Decisions whose horizon passed without an order are failures; return the next expiry."""
         while state.outcomes and self._next_expiry(state.outcomes) <= now_ms:  # type: ignore[operator]
-            _, *x = OPEN_DECISION.unpack_from(state.outcomes)
+            decided_ms, *x = OPEN_DECISION.unpack_from(state.outcomes)
             state.outcomes = state.outcomes[OPEN_DECISION.size :]
-            self._learn(state.id, tuple(x), False)
+            self._learn(state.id, decided_ms, tuple(x), False)
         return self._next_expiry(state.outcomes)
 
     def _next_expiry(self, outcomes: bytes) -> int | None:
         """When the oldest of these open decisions expires (``None``: there is none)."""
         return OPEN_DECISION.unpack_from(outcomes)[0] + self.horizon_ms if outcomes else None
 
-    def _learn(self, customer_id: str, x: tuple[float, ...], y: bool) -> None:
-        p = self.propensity.learn(x, y)
+    def _learn(self, customer_id: str, decided_ms: int, x: tuple[float, ...], y: bool) -> None:
+        raw, p = self.propensity.learn(x, y)
         if self.on_outcome is not None:
-            self.on_outcome(customer_id, x, p, y)
+            self.on_outcome(customer_id, decided_ms, x, raw, p, y)
 
     def stats(self) -> dict[str, Any]:
         stats = {name: model.stats() for name, model in self.registry.items()}

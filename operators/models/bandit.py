@@ -10,6 +10,13 @@ at random. The chosen offer's probability is therefore exact, ``(1 - e) [best] +
 which inverse propensity scoring needs; an argmax policy such as LinUCB has no such
 probability. The randomness is a hash of (decision id, seed), so a replay makes the same
 choices.
+
+The shrunk mean ranks offers; as a click rate it is over-confident where few rewards were
+learnt (1/2 for an offer never tried). The rate the policy states for its choice
+(``expected_rate``) is that score calibrated: a
+:class:`~operators.models.calibration.Calibrator` learns from each reward, against the score the
+offer had before the reward was learnt, and its progressive quality is counted as the
+propensity model's is.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from operators.models.calibration import Calibrator, CalibratorParameters
+from operators.models.propensity import Calibration
 
 if TYPE_CHECKING:
     from river import stats
@@ -40,6 +50,7 @@ class Choice:
     explored: bool
     candidates: tuple[str, ...]
     scores: dict[str, float]
+    expected_rate: float  # the chosen offer's score, calibrated: its chance of a reward
 
 
 def uniform(decision_id: str, seed: int, salt: str) -> float:
@@ -59,6 +70,7 @@ class OfferParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     segments: dict[str, dict[str, _Arm]]
+    calibration: CalibratorParameters | None = None  # absent from files written before calibration: none learnt
 
 
 class OfferBandit:
@@ -78,6 +90,8 @@ class OfferBandit:
         self.rewards: dict[str, int] = {}
         # regret proxy: the best expected reward minus the chosen one's, summed in millionths
         self.regret_micro = 0
+        self.calibrator = Calibrator()
+        self.quality = Calibration()  # progressive: each reward or its absence against the calibrated rate
 
     def score(self, segment_id: str, offer: str) -> float:
         return _shrunk(self.means.get(segment_id, _NO_MEANS).get(offer))
@@ -96,7 +110,8 @@ class OfferBandit:
         self.pulls[offer] = self.pulls.get(offer, 0) + 1
         if offer != best:
             self.regret_micro += round((scores[best] - scores[offer]) * 1_000_000)
-        return Choice(offer, round(probability, 6), explored, tuple(candidates), scores)
+        expected = round(self.calibrator(scores[offer]), 6)
+        return Choice(offer, round(probability, 6), explored, tuple(candidates), scores, expected)
 
     def _scored(self, segment_id: str, candidates: Sequence[str]) -> dict[str, float]:
         """The candidates' scores in ``segment_id``, each computed once until the segment learns it again."""
@@ -110,10 +125,14 @@ class OfferBandit:
         return scores
 
     def learn(self, offer: str, segment_id: str, reward: bool, value: float | None = None) -> None:
-        """Learn whether a choice of ``offer`` was rewarded, worth ``value`` (default: 1 if it was, else 0)."""
+        """Learn whether a choice of ``offer`` was rewarded, worth ``value`` (default: 1 if it was, else 0):
+        first measured against the calibrated score, then learnt by the calibrator and the means."""
         if reward:
             self.rewards[offer] = self.rewards.get(offer, 0) + 1
+        raw = self.score(segment_id, offer)
+        self.quality.add(self.calibrator(raw), reward)
         if not self.frozen:
+            self.calibrator.learn(raw, reward)
             means = self.means.setdefault(segment_id, {})
             if offer not in means:
                 means[offer] = _mean()
@@ -127,16 +146,24 @@ class OfferBandit:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._scores = {}
+        if "calibrator" not in state:  # a snapshot taken before calibration
+            self.calibrator, self.quality = Calibrator(), Calibration()
 
     def stats(self) -> dict[str, Any]:
-        return {"pulls": dict(self.pulls), "rewards": dict(self.rewards), "regret_micro": self.regret_micro}
+        return {
+            "pulls": dict(self.pulls),
+            "rewards": dict(self.rewards),
+            "regret_micro": self.regret_micro,
+            "progressive": self.quality.to_counts(),
+        }
 
     def export(self) -> dict[str, Any]:
         return {
             "segments": {
                 seg: {offer: {"n": int(mean.n), "mean": mean.get()} for offer, mean in offers.items()}
                 for seg, offers in self.means.items()
-            }
+            },
+            "calibration": self.calibrator.export(),
         }
 
     def load(self, data: Mapping[str, Any]) -> None:
@@ -145,6 +172,7 @@ class OfferBandit:
                 mean = _mean()
                 mean.n, mean._mean = int(values["n"]), float(values["mean"])
                 self.means.setdefault(seg, {})[offer] = mean
+        self.calibrator.load(data.get("calibration"))
         self._scores = {}
 
     @staticmethod
@@ -159,7 +187,7 @@ class OfferBandit:
                     if n:
                         merged["mean"] = (merged["mean"] * merged["n"] + arm["mean"] * arm["n"]) / n
                     merged["n"] = n
-        return {"segments": segments}
+        return {"segments": segments, "calibration": Calibrator.merge([e.get("calibration") for e in exports])}
 
 
 _NO_MEANS: dict[str, stats.Mean] = {}  # a segment with no reward learnt yet

@@ -6,8 +6,11 @@ of floats in the customer's state) and the model learns from them only when the 
 resolves in event time: an order within the horizon gives 1, the horizon passing gives 0.
 Nothing known after the decision enters its features.
 
-Quality is measured by progressive validation (each outcome is scored before the model
-learns from it) into :class:`Calibration`, whose counts add up across shards.
+The score rules read is calibrated: a :class:`~operators.models.calibration.Calibrator` maps the
+pipeline's raw score to the rate at which outcomes scored like it turned out positive, learnt
+from each outcome before the pipeline learns it (held out). Quality is measured by progressive
+validation (each outcome is scored before either learns from it) into :class:`Calibration`,
+whose counts add up across shards: for the calibrated score, and for the raw one beside it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from operators.models.calibration import Calibrator, CalibratorParameters, reliability
 from schemas.errors import ConfigurationError
 from state._native import decision_features as native_decision_features
 from state._native import logistic_score
@@ -103,6 +107,10 @@ class Calibration:
             "log_loss": None if loss is None else round(loss, 4),
         }
 
+    def reliability(self) -> dict[str, Any]:
+        """Predicted against observed per decile of the prediction, and the expected calibration error."""
+        return reliability(self.positives, self.negatives, self.predicted_micro)
+
     def to_counts(self) -> dict[str, Any]:
         """Nested counters (summed over shards by the run summary)."""
         return {
@@ -137,6 +145,7 @@ class PropensityParameters(BaseModel):
     weights: dict[str, float]
     intercept: float
     learnt: int
+    calibration: CalibratorParameters | None = None  # absent from files written before calibration: none learnt
 
 
 class PropensityModel:
@@ -150,7 +159,9 @@ class PropensityModel:
     def __init__(self, frozen: bool = False) -> None:
         self.frozen = frozen
         self.pipeline: Any = None  # River's, built by the first outcome learnt or model file loaded (see _build)
-        self.quality = Calibration()
+        self.quality = Calibration()  # of the calibrated score, the one rules read
+        self.raw_quality = Calibration()  # of the pipeline's own score
+        self.calibrator = Calibrator()
         self.drift: Any = None  # River's ADWIN, built with the pipeline
         self.drifts = 0
         self.learnt = 0
@@ -164,6 +175,10 @@ class PropensityModel:
             self.pipeline, self.drift = _pipeline(), drift.ADWIN()
 
     def score(self, x: tuple[float, ...]) -> float:
+        """P(order) for inputs ``x``: the pipeline's score, calibrated."""
+        return self.calibrator(self.raw_score(x))
+
+    def raw_score(self, x: tuple[float, ...]) -> float:
         """P(order) for inputs ``x``, as the pipeline's ``predict_proba_one`` gives it: computed natively
         from the pipeline's parameters (read once after each change), or, before the scaler has seen
         any input, by the pipeline's own steps (before it is built: :data:`UNLEARNT_SCORE`)."""
@@ -198,26 +213,36 @@ class PropensityModel:
         """Pickled without the parameters read for scoring (they are read again after a restore)."""
         return {name: value for name, value in self.__dict__.items() if name != "_parameters"}
 
-    def learn(self, x: tuple[float, ...], y: bool) -> float:
-        """Score the outcome first (progressive validation), then learn from it unless frozen;
-        return that score."""
-        p = self.score(x)
+    def learn(self, x: tuple[float, ...], y: bool) -> tuple[float, float]:
+        """Score the outcome first (progressive validation), then, unless frozen, learn the calibrator
+        from the raw score and the pipeline from the inputs; return the raw and the calibrated score."""
+        raw = self.raw_score(x)
+        p = self.calibrator(raw)
         self._build()
         self.quality.add(p, y)
+        self.raw_quality.add(raw, y)
         self.drift.update(abs(float(y) - p))
         if self.drift.drift_detected:
             self.drifts += 1
         if not self.frozen:
+            self.calibrator.learn(raw, y)
             self.pipeline.learn_one(dict(zip(FEATURES, x, strict=True)), y)
             self._parameters = None
             self.learnt += 1
-        return p
+        return raw, p
 
     def export(self) -> dict[str, Any]:
         """The model's parameters as plain numbers (no pickle; see :func:`load`)."""
         if self.pipeline is None:
             scaler_stats: dict[str, dict[str, Any]] = {"counts": {}, "means": {}, "vars": {}}
-            return {"features": list(FEATURES), "scaler": scaler_stats, "weights": {}, "intercept": 0.0, "learnt": 0}
+            return {
+                "features": list(FEATURES),
+                "scaler": scaler_stats,
+                "weights": {},
+                "intercept": 0.0,
+                "learnt": 0,
+                "calibration": self.calibrator.export(),
+            }
         scaler = self.pipeline["StandardScaler"]
         regression = self.pipeline["LogisticRegression"]
         return {
@@ -230,6 +255,7 @@ class PropensityModel:
             "weights": dict(regression.weights),
             "intercept": regression.intercept,
             "learnt": self.learnt,
+            "calibration": self.calibrator.export(),
         }
 
     def load(self, data: Mapping[str, Any]) -> None:
@@ -249,10 +275,16 @@ class PropensityModel:
         )
         regression.intercept = float(data["intercept"])
         self.learnt = int(data["learnt"])
+        self.calibrator.load(data.get("calibration"))
         self._parameters = None
 
     def stats(self) -> dict[str, Any]:
-        return {"learnt": self.learnt, "drifts": self.drifts, "progressive": self.quality.to_counts()}
+        return {
+            "learnt": self.learnt,
+            "drifts": self.drifts,
+            "progressive": self.quality.to_counts(),
+            "progressive_raw": self.raw_quality.to_counts(),
+        }
 
     @staticmethod
     def merge(exports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -276,6 +308,7 @@ class PropensityModel:
             "weights": {f: _weighted(share, [p["weights"].get(f, 0.0) for p in exports]) for f in names},
             "intercept": _weighted(share, [p["intercept"] for p in exports]),
             "learnt": sum(learnt),
+            "calibration": Calibrator.merge([p.get("calibration") for p in exports]),
         }
 
 

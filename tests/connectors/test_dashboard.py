@@ -43,6 +43,7 @@ def exposition(
     audiences: dict[tuple[str, str], float] | None = None,
     dead: dict[str, float] | None = None,
     outcomes: dict[tuple[int, str], float] | None = None,
+    predicted: dict[tuple[str, int], float] | None = None,
 ) -> str:
     """Prometheus text as an engine serves it: ``latency`` gives the cumulative bucket counts of ``BOUNDS``."""
     lines = ["# TYPE nudgeflow_events counter", f'nudgeflow_events_total{{event="Product Viewed"}} {events}']
@@ -65,6 +66,9 @@ def exposition(
         lines.append(
             f'nudgeflow_model_outcomes_total{{decile="{decile}",model="propensity",outcome="{outcome}"}} {count}'
         )
+    lines += ["# TYPE nudgeflow_model_predicted counter"]
+    for (model, decile), total in (predicted or {}).items():
+        lines.append(f'nudgeflow_model_predicted_total{{decile="{decile}",model="{model}"}} {total}')
     return "\n".join(lines) + "\n"
 
 
@@ -193,6 +197,17 @@ def test_the_model_tile_gives_auc_and_the_observed_rate_per_decile():
     assert model["roc_auc"] == pytest.approx(pairwise_auc([0, 0, 1, 0, 0, 0, 0, 0, 6], [0, 0, 3, 0, 0, 0, 0, 0, 2]))
     assert model["reliability"][2] == {"decile": 2, "predicted": 0.25, "outcomes": 4, "observed": 0.25}
     assert model["reliability"][0]["observed"] is None
+
+
+def test_the_model_tile_reads_the_mean_prediction_per_decile_and_only_the_propensity_model():
+    """The offer policy counts its outcomes under the same metrics: the tile keeps to propensity."""
+    text = exposition(outcomes={(2, "positive"): 1, (2, "negative"): 3}, predicted={("propensity", 2): 0.88})
+    text += 'nudgeflow_model_outcomes_total{decile="2",model="next_best_offer",outcome="positive"} 50\n'
+    text += 'nudgeflow_model_predicted_total{decile="2",model="next_best_offer"} 12.5\n'
+    _, _, step = sampler_over([text])
+    model = step()["model"]
+    assert model["outcomes"] == 4
+    assert model["reliability"][2] == {"decile": 2, "predicted": pytest.approx(0.22), "outcomes": 4, "observed": 0.25}
 
 
 def test_lift_is_each_arms_conversion_rate_against_the_control_arm():

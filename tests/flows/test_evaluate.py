@@ -7,8 +7,17 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.evaluate import OfferLog, auc, evaluate_generated, evaluate_yoochoose, offers_report
-from operators.rules import load_rules
+from flows.evaluate import (
+    OfferLog,
+    auc,
+    evaluate_generated,
+    evaluate_yoochoose,
+    offers_report,
+    probability_thresholds,
+    render,
+    thresholds_report,
+)
+from operators.rules import load_rules, parse_rules
 
 YOOCHOOSE = Path(__file__).resolve().parents[3] / "shared" / "data" / "yoochoose-clicks-100k"
 
@@ -31,6 +40,51 @@ def test_the_offer_policy_beats_random_and_the_best_single_offer_in_a_closed_loo
     assert o["policy"] > o["random"] and o["policy"] > o["best_single"]
     assert o["policy"] <= o["oracle"]
     assert abs(o["ips_estimate_of_random"] - o["random"]) < 0.03, "the logged probabilities allow off-policy estimates"
+
+
+def test_propensity_is_reported_per_rule_against_the_positive_rate_and_the_heuristic(generated):
+    by_rule = generated["propensity_by_rule"]
+    starter = {"browse_abandonment_offer", "cart_abandonment_push", "onboarding_welcome_push"}
+    assert starter <= set(by_rule) and "unknown" not in by_rule, "every outcome is traced to its decision's rule"
+    assert sum(r["outcomes"] for r in by_rule.values()) == generated["propensity"]["outcomes"]
+    for rule in ("browse_abandonment_offer", "cart_abandonment_push"):
+        assert by_rule[rule]["model_auc"] > by_rule[rule]["baseline_auc"], rule
+
+
+def test_reliability_of_the_calibrated_propensity_and_the_offer_policy(generated):
+    p = generated["propensity"]
+    for table in (p["reliability"], p["reliability_raw"]):
+        assert sum(row["outcomes"] for row in table["deciles"]) == p["outcomes"]
+    assert p["reliability"]["ece"] < 0.05
+    assert p["model_log_loss"] <= p["raw_log_loss"] + 0.005, "calibrating costs nothing in log loss"
+    o = generated["next_best_offer"]
+    assert sum(row["outcomes"] for row in o["reliability"]["deciles"]) == o["decisions"]
+    assert o["reliability"]["ece"] < o["reliability_raw"]["ece"], "the stated click rate is nearer the clicks"
+    text = render({"generated": generated})
+    assert "| reliability of propensity, calibrated and raw, by decile of the prediction |" in text
+    assert "| propensity by rule |" in text and "| expected calibration error |" in text
+
+
+def test_audience_thresholds_on_probabilities_are_found_and_measured():
+    rules = parse_rules(
+        """
+version: t
+audiences:
+  - {id: likely_to_lapse, when: "lifecycle == 'active' and lapse_risk >= 0.5"}
+  - {id: keen, when: "0.8 < propensity"}
+  - {id: big, when: "lifetime_spend >= 500"}
+"""
+    )
+    found = probability_thresholds(rules)
+    assert found == [
+        {"audience": "likely_to_lapse", "feature": "lapse_risk", "op": ">=", "threshold": 0.5},
+        {"audience": "keen", "feature": "propensity", "op": ">", "threshold": 0.8},
+    ]
+    scored = [(0.9, True), (0.6, False), (0.5, True), (0.2, False)]
+    (row,) = thresholds_report(found, "lapse_risk", scored)
+    assert (row["scores"], row["mean_score"], row["observed_rate"]) == (3, round(2 / 3, 4), round(2 / 3, 4))
+    assert row["event"] == "a lapse"
+    assert thresholds_report(found, "p_alive", scored) == []
 
 
 def test_auc_by_ranks():
@@ -79,6 +133,43 @@ def test_lapse_risk_ranks_real_lapses():
         pytest.skip(f"real data not found at {UCI}")
     from flows.evaluate import evaluate_lapse
 
-    r = evaluate_lapse(UCI, rows=150_000)
+    r = evaluate_lapse(UCI, rows=150_000, rules=load_rules())
     assert r["scored"] > 1000
     assert r["model_auc"] > 0.65, "better than chance at telling who lapses (reported as is in EVALUATION.md)"
+    assert sum(row["outcomes"] for row in r["reliability"]["deciles"]) == r["scored"]
+    (likely,) = r["thresholds"]
+    assert likely["audience"] == "likely_to_lapse" and likely["scores"] > 100
+    assert 0 <= likely["observed_rate"] <= 1
+
+
+def test_rules_check_says_what_each_threshold_on_a_probability_meant_in_an_evaluation(tmp_path, capsys):
+    import orjson
+
+    from flows.evaluate import rates_by_threshold
+
+    lapses = [(0.3, True), (0.45, False), (0.55, True), (0.7, True), (0.9, False)]
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_bytes(orjson.dumps({"uci_lapse": {"by_threshold": rates_by_threshold(lapses)}}))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: t\naudiences:\n"
+        "  - {id: likely_to_lapse, when: \"lifecycle == 'active' and lapse_risk >= 0.5\"}\n"
+        '  - {id: safe, when: "lapse_risk < 0.33"}\n'
+        '  - {id: keen, when: "propensity > 0.8"}\n'
+    )
+    assert main(["rules", "check", str(rules), "--evaluation", str(evaluation)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        "audience likely_to_lapse: lapse_risk >= 0.5 claims at least a 0.5 chance of a lapse;"
+        " observed: 0.6667 of 3 scores (mean score 0.7167)"
+    ) in out
+    assert (
+        "audience safe: lapse_risk < 0.33 claims less than a 0.33 chance of a lapse;"
+        " observed (at 0.35, the nearest threshold measured): 1.0 of 1 scores (mean score 0.3)"
+    ) in out
+    assert (
+        "audience keen: propensity > 0.8 claims at least a 0.8 chance of an order within the horizon;"
+        " not measured in this evaluation"
+    ) in out
+    assert main(["rules", "check", str(rules), "--evaluation", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err

@@ -233,11 +233,12 @@ def test_models_keep_no_journal_of_what_they_learnt_in_a_run_without_snapshots()
 
 
 def test_the_propensity_score_is_the_pipelines_own_to_the_bit():
-    """The score is computed natively from the pipeline's parameters: the same number (and type) as the
-    pipeline's ``predict_proba_one`` gives, and the same parameters after it (the pipeline adds a
-    variance, or a weight from its initializer, for an input it lacks), for a model that has learnt
-    nothing, one learning (one input never varies), inputs far enough out that River's logistic
-    function answers the integers 0 and 1, and models loaded from a model file, whole or not."""
+    """The raw score (before calibration) is computed natively from the pipeline's parameters: the
+    same number (and type) as the pipeline's ``predict_proba_one`` gives, and the same parameters
+    after it (the pipeline adds a variance, or a weight from its initializer, for an input it lacks),
+    for a model that has learnt nothing, one learning (one input never varies), inputs far enough out
+    that River's logistic function answers the integers 0 and 1, and models loaded from a model file,
+    whole or not."""
     import copy
     import random
 
@@ -258,7 +259,7 @@ def test_the_propensity_score_is_the_pipelines_own_to_the_bit():
         built = model.pipeline is not None  # a model builds its pipeline when it first learns
         twin = copy.deepcopy(model.pipeline) if built else _pipeline()
         expected = twin.predict_proba_one(dict(zip(FEATURES, x, strict=True))).get(True, 0.5)
-        score = model.score(x)
+        score = model.raw_score(x)
         assert (score, type(score)) == (expected, type(expected))
         if built:
             assert parameters(model.pipeline) == parameters(twin)
