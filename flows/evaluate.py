@@ -424,11 +424,13 @@ def render(results: dict[str, Any]) -> str:
             f" customers over {audiences['months']} months (guests' one-off ids left out).",
             "",
             "| audience | entries | entries per customer per month | customers entering |"
-            f" entries per customer entering: median / max | exited within {QUICK_EXIT_DAYS} days |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            f" entries per customer entering: median / max | exited within {QUICK_EXIT_DAYS} days |"
+            f" entries within {QUICK_EXIT_DAYS} days of an exit |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
             *(
                 f"| {name} | {a['entries']:,} | {a['entries_per_customer_month']} | {a['customers_entering']:,} |"
                 f" {a['median_entries']} / {a['max_entries']} | {a[f'exited_within_{QUICK_EXIT_DAYS}d']} |"
+                f" {a[f'back_within_{QUICK_EXIT_DAYS}d']} |"
                 for name, a in audiences["audiences"].items()
             ),
             "",
@@ -456,8 +458,9 @@ QUICK_EXIT_DAYS = 30
 def evaluate_audiences(path: Path, rows: int | None, rules: CompiledRules) -> dict[str, Any]:
     """How often customers enter each audience of ``rules`` on real invoices (identified customers; the
     guests' one-off ids are left out): entries per customer per month (entries / (customers seen x months
-    of data)), the median and largest number of entries of a customer who entered, and the share of entries
-    left again within :data:`QUICK_EXIT_DAYS` days. An audience that flaps shows high figures on all three."""
+    of data)), the median and largest number of entries of a customer who entered, the share of entries
+    left again within :data:`QUICK_EXIT_DAYS` days, and the share that came within as long of leaving. An
+    audience that flaps shows high figures on all of them."""
     from connectors.uci_retail import Rejected as RejectedRow
     from connectors.uci_retail import read_invoices
     from state.affinity import DAY_MS
@@ -507,17 +510,21 @@ def evaluate_audiences(path: Path, rows: int | None, rules: CompiledRules) -> di
 
 
 def _audience_figures(changes: list[tuple[str, bool, int]], customers: int, months: float, quick_ms: int) -> dict:
-    """Entries of one audience: per customer per month, per customer who entered, and how many were left soon."""
+    """Entries of one audience: per customer per month, per customer who entered, how many were left soon and
+    how many came soon after an exit."""
     entries: dict[str, int] = defaultdict(int)
     entered_at: dict[str, int] = {}
-    quick = total = 0
+    exited_at: dict[str, int] = {}
+    quick = back = total = 0
     for customer, entered, time_ms in sorted(changes, key=lambda c: c[2]):
         if entered:
             entries[customer] += 1
             entered_at[customer] = time_ms
             total += 1
-        elif customer in entered_at and time_ms - entered_at.pop(customer) < quick_ms:
-            quick += 1
+            back += customer in exited_at and time_ms - exited_at.pop(customer) < quick_ms
+        else:
+            exited_at[customer] = time_ms
+            quick += customer in entered_at and time_ms - entered_at.pop(customer) < quick_ms
     counts = sorted(entries.values())
     return {
         "entries": total,
@@ -526,6 +533,7 @@ def _audience_figures(changes: list[tuple[str, bool, int]], customers: int, mont
         "median_entries": counts[len(counts) // 2] if counts else 0,
         "max_entries": counts[-1] if counts else 0,
         f"exited_within_{QUICK_EXIT_DAYS}d": round(quick / total, 4) if total else None,
+        f"back_within_{QUICK_EXIT_DAYS}d": round(back / total, 4) if total else None,
     }
 
 

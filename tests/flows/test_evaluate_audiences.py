@@ -34,6 +34,7 @@ def test_figures_count_entries_per_customer_month_and_quick_exits():
         "median_entries": 2,
         "max_entries": 3,
         "exited_within_30d": 0.5,
+        "back_within_30d": 0.3333,  # c twice: a day after leaving (a came back 30 days after)
     }
 
 
@@ -57,6 +58,7 @@ def test_the_starter_audiences_enter_less_than_once_per_customer_month_and_flap_
         assert held["entries"] < flapping["entries"] and held["max_entries"] <= flapping["max_entries"], name
     assert after["audiences"]["at_risk"]["exited_within_30d"] == 0, "the minimum dwell is 30 days"
     assert before["audiences"]["at_risk"]["exited_within_30d"] > 0.5
+    assert after["audiences"]["at_risk"]["back_within_30d"] < before["audiences"]["at_risk"]["back_within_30d"]
     assert after["audiences"]["lapsed"] == before["audiences"]["lapsed"], "audiences without the fields are as before"
     table = render({"uci_audiences": after})
     assert "| at_risk | " in table and "entries per customer per month" in table
