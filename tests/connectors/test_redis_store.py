@@ -194,8 +194,8 @@ def test_every_change_lands_in_its_audience_change_log_in_order_and_match_keys_i
         audience_change("u1", "vip", "exited"), audience_change("u1", "vip", "entered"),
     ])  # fmt: skip
     assert store.snapshot()[4] == (
-        ("vip", "u1", "entered", T0_MS), ("vip", "u2", "entered", T0_MS),
-        ("vip", "u1", "exited", T0_MS), ("vip", "u1", "entered", T0_MS),
+        ("vip", "u1", "entered", T0_MS, "test"), ("vip", "u2", "entered", T0_MS, "test"),
+        ("vip", "u1", "exited", T0_MS, "test"), ("vip", "u1", "entered", T0_MS, "test"),
     ), "a snapshot holds the change log entries not written"  # fmt: skip
     store.close()
     assert stored_profile(db, prefix, "u1")["match.email_sha256"] == "ab" * 32
@@ -203,6 +203,7 @@ def test_every_change_lands_in_its_audience_change_log_in_order_and_match_keys_i
     log = [(entry["customer"], entry["change"]) for _, entry in db.xrange(changes_key(prefix, "vip"))]
     assert log == [("u1", "entered"), ("u2", "entered"), ("u1", "exited"), ("u1", "entered")], "every change, in order"
     assert {entry["time_ms"] for _, entry in db.xrange(changes_key(prefix, "vip"))} == {str(T0_MS)}
+    assert {entry["reason"] for _, entry in db.xrange(changes_key(prefix, "vip"))} == {"test"}, "why, as the record"
     assert changes_key(prefix, "vip") == f"{prefix}:audience:{{vip}}:changes", "in the slot of the member set"
 
 
