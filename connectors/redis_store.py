@@ -97,7 +97,7 @@ PIPELINE_ENTRIES = 1000
 """Buffer entries written per pipeline; each pipeline's entries leave the buffer once written."""
 PARTITIONS = 4
 """Store partitions (each a writer with its own connection), spread over the workers."""
-SNAPSHOT_FORMAT = 3  # 2: the audiences' change log entries not yet written; 3: with their reasons
+SNAPSHOT_FORMAT = 3  # 2: the audiences' change log entries not yet written; 3: with their reasons (2 is read)
 """Version of a partition's recovery snapshot (:data:`StoreSnapshot`)."""
 CHANGES_KEPT = 1_000_000
 """Entries kept (about: trimmed with ``MAXLEN ~``) in an audience's change log."""
@@ -353,7 +353,9 @@ class StoreBuffer:
     def thaw(self, snapshot: StoreSnapshot) -> None:
         """Buffer what :meth:`frozen` returned; refuse other formats."""
         version = snapshot[0]
-        if version != SNAPSHOT_FORMAT:
+        if version == 2:  # change log entries without their reasons: kept with none
+            snapshot = (SNAPSHOT_FORMAT, *snapshot[1:4], tuple((*change, "") for change in snapshot[4]))
+        elif version != SNAPSHOT_FORMAT:
             raise RecoveryStoreError(
                 f"redis store snapshot format {version} is not supported: this version reads format "
                 f"{SNAPSHOT_FORMAT}. Start with a new recovery directory."

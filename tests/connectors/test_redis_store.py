@@ -445,6 +445,17 @@ def test_a_snapshot_holds_what_is_not_written_and_a_restart_writes_it(tmp_path):
         server.stop()
 
 
+def test_a_snapshot_of_the_format_before_reasons_resumes_with_empty_reasons(db, redis_url, prefix):
+    earlier = (2, (), (), ((("vip", "c1"), True),), (("vip", "c1", "entered", T0_MS),))
+    restarted = partition(redis_url, prefix, resume=earlier, flush_interval_seconds=0.05)
+    try:
+        assert eventually(lambda: len(db.xrange(changes_key(prefix, "vip"))) == 1)
+        [(_, entry)] = db.xrange(changes_key(prefix, "vip"))
+        assert entry == {"customer": "c1", "change": "entered", "time_ms": str(T0_MS), "reason": ""}
+    finally:
+        restarted.close()
+
+
 def test_a_store_that_refuses_this_client_stops_the_start(redis_url):
     parts = urlsplit(redis_url)
     with pytest.raises(ValueError, match=r"redis store redis://nobody:\*\*\*@.*refused the connection: .*invalid"):
