@@ -895,7 +895,7 @@ class CustomerStage:
                 exit_reason = None if inside else self.reasons.audience_exit(position)
                 reason = exit_reason or self.reasons.audience(position)
                 text = f"{reason.text} became {'true' if inside or exit_reason else 'false'}"
-                if dwell_over:
+                if dwell_over and not inside:
                     text += held_by_dwell(audience.rule.min_dwell, now_ms)  # type: ignore[arg-type]
                 if reason.shown:
                     text += self.reasons.values(reason, state.features, now_ms, view)
