@@ -177,7 +177,8 @@ def _announce(settings: Settings, served: Served, port: int, generated: str | No
     if generated is not None:
         page = f"http://{_url_host(host)}:{port}/dashboard#key={generated}"
         print(
-            f"nudgeflow: no API keys configured: this run has one admin key, shown only here. Dashboard: {page}",
+            "nudgeflow: no API keys configured: this run has one admin key, shown only here."
+            f" Dashboard: {page}",
             file=sys.stderr,
             flush=True,
         )
