@@ -106,7 +106,7 @@ class LiveStore:
             kept.appendleft(entry)
 
     def _audience_change(self, output: Output) -> None:
-        audience, member = membership(output.body)
+        audience, member, _ = membership(output.body)
         members = self._members.setdefault(audience, set())
         if member:
             members.add(output.key)

@@ -17,7 +17,8 @@ Key                                  Type  Content
 ``{prefix}:audience:{<audience>}``   SET   Ids of the audience's current members.
 ``{prefix}:audience:{<audience>}``   STREAM The audience's change log: one entry per entry or exit, fields
 ``:changes``                               ``customer``, ``change`` (``entered``/``exited``), ``time_ms``
-                                           (the change's event time), in the order written; trimmed to
+                                           (the change's event time), ``reason`` (the record's: why, e.g.
+                                           an exit held by a minimum dwell), in the order written; trimmed to
                                            about :data:`CHANGES_KEPT` entries (``MAXLEN ~``).
 ===================================  ====  ===============================================================
 
@@ -96,7 +97,7 @@ PIPELINE_ENTRIES = 1000
 """Buffer entries written per pipeline; each pipeline's entries leave the buffer once written."""
 PARTITIONS = 4
 """Store partitions (each a writer with its own connection), spread over the workers."""
-SNAPSHOT_FORMAT = 2  # 2: the audiences' change log entries not yet written
+SNAPSHOT_FORMAT = 3  # 2: the audiences' change log entries not yet written; 3: with their reasons (2 is read)
 """Version of a partition's recovery snapshot (:data:`StoreSnapshot`)."""
 CHANGES_KEPT = 1_000_000
 """Entries kept (about: trimmed with ``MAXLEN ~``) in an audience's change log."""
@@ -214,13 +215,13 @@ def decision_entry(stream: str, body: bytes) -> bytes:
     return orjson.dumps(entry)
 
 
-def membership(body: bytes) -> tuple[str, bool]:
-    """``(audience id, is member)`` of an audience-change CloudEvent."""
+def membership(body: bytes) -> tuple[str, bool, str]:
+    """``(audience id, is member, reason)`` of an audience-change CloudEvent."""
     data = orjson.loads(body)["data"]
     change = data["change"]
     if change not in ("entered", "exited"):
         raise ValueError(f"unknown audience change {change!r}")
-    return str(data["audience"]), change == "entered"
+    return str(data["audience"]), change == "entered", str(data.get("reason", ""))
 
 
 def is_deletion(body: bytes) -> bool:
@@ -251,8 +252,8 @@ def profile_fields(body: bytes, traits: frozenset[str]) -> list[str]:
 ProfileWrites = tuple[bytes | None, bytes | None]
 """A customer's buffered ``(deletion, profile)``, written in that order: either may be ``None``."""
 
-AudienceChange = tuple[str, str, str, int]
-"""``(audience, customer, "entered" or "exited", event time ms)``: an entry of an audience's change log."""
+AudienceChange = tuple[str, str, str, int, str]
+"""``(audience, customer, "entered" or "exited", event time ms, reason)``: an entry of an audience's change log."""
 
 StoreSnapshot = tuple[
     int, tuple[tuple[str, bytes], ...], tuple[tuple[str, tuple[bytes, ...]], ...], tuple[Any, ...],
@@ -352,7 +353,9 @@ class StoreBuffer:
     def thaw(self, snapshot: StoreSnapshot) -> None:
         """Buffer what :meth:`frozen` returned; refuse other formats."""
         version = snapshot[0]
-        if version != SNAPSHOT_FORMAT:
+        if version == 2:  # change log entries without their reasons: kept with none
+            snapshot = (SNAPSHOT_FORMAT, *snapshot[1:4], tuple((*change, "") for change in snapshot[4]))
+        elif version != SNAPSHOT_FORMAT:
             raise RecoveryStoreError(
                 f"redis store snapshot format {version} is not supported: this version reads format "
                 f"{SNAPSHOT_FORMAT}. Start with a new recovery directory."
@@ -370,7 +373,7 @@ class StoreBuffer:
     def unwritten(self, where: str, refused: int) -> Unwritten:
         """What the buffer holds, as an account of what was not written to ``where``."""
         customers = self.profiles.keys() | self.decisions.keys() | {customer for _, customer in self.members}
-        customers |= {customer for _, customer, _, _ in self.changes}
+        customers |= {change[1] for change in self.changes}
         counts = len(self.profiles), len(self.decisions), len(self.members), len(self.changes)
         return Unwritten(where, customers, *counts, refused)
 
@@ -530,9 +533,10 @@ class RedisStoreWriter:
         if stream == PROFILES:
             self._buffer.add_profile(output.key, output.body)
         elif stream == AUDIENCE_CHANGES:
-            audience, member = membership(output.body)
+            audience, member, reason = membership(output.body)
             self._buffer.add_membership(audience, output.key, member)
-            self._buffer.add_change((audience, output.key, "entered" if member else "exited", output.time_ms))
+            change = "entered" if member else "exited"
+            self._buffer.add_change((audience, output.key, change, output.time_ms, reason))
         else:
             self._buffer.add_decision(output.key, decision_entry(stream, output.body))
         return True
@@ -624,8 +628,8 @@ class RedisStoreWriter:
                 pipe.sadd(audience_key(prefix, audience), customer)
             else:
                 pipe.srem(audience_key(prefix, audience), customer)
-        for audience, customer, change, time_ms in chunk.changes:
-            entry = {"customer": customer, "change": change, "time_ms": time_ms}
+        for audience, customer, change, time_ms, reason in chunk.changes:
+            entry = {"customer": customer, "change": change, "time_ms": time_ms, "reason": reason}
             pipe.xadd(changes_key(prefix, audience), entry, maxlen=CHANGES_KEPT, approximate=True)
 
     def _failed(self, err: Exception) -> None:

@@ -207,7 +207,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--customers", type=int, default=1000, help="generated stream: customers")
     evaluate.add_argument("--days", type=int, default=28, help="generated stream: days")
     evaluate.add_argument("--seed", type=int, default=5, help="generated stream: seed")
-    evaluate.add_argument("--rules", type=Path, help="rule file for the generated stream (default: starter)")
+    evaluate.add_argument(
+        "--rules", type=Path, help="rule file for the generated stream and the UCI audiences (default: starter)"
+    )
     evaluate.add_argument("--yoochoose", type=Path, help="YooChoose folder (train and test click files)")
     evaluate.add_argument("--uci", type=Path, help="UCI Online Retail CSV (.gz) for repeat-purchase propensity")
     evaluate.add_argument("--rows", type=int, help="UCI: read at most this many CSV rows")
@@ -957,7 +959,14 @@ def _generate_responses(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from flows.evaluate import evaluate_generated, evaluate_lapse, evaluate_uci, evaluate_yoochoose, render
+    from flows.evaluate import (
+        evaluate_audiences,
+        evaluate_generated,
+        evaluate_lapse,
+        evaluate_uci,
+        evaluate_yoochoose,
+        render,
+    )
 
     rules = load_rules(args.rules or STARTER_RULES)
     results = {"generated": evaluate_generated(args.customers, args.days, args.seed, rules)}
@@ -966,6 +975,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.uci:
         results["uci_retail"] = evaluate_uci(args.uci, args.rows, args.horizon_days, rules)
         results["uci_lapse"] = evaluate_lapse(args.uci, args.rows, rules=rules)
+        results["uci_audiences"] = evaluate_audiences(args.uci, args.rows, rules)
     print(render(results))
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))

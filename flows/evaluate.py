@@ -15,7 +15,9 @@ validation), by the model and by its baseline.
   truth, plus an inverse-propensity estimate of the random policy from the logged choices, and
   the reliability of the click rate the policy states for its choice;
 - recommendations vs most popular: hit rate and MRR at 10 on next products (YooChoose sessions,
-  or the views of a generated stream).
+  or the views of a generated stream);
+- audiences on real invoices: how often customers enter each one, and how soon they leave again
+  (an audience that flaps, entered and left over and over, is no use to a campaign).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -629,6 +632,24 @@ def render(results: dict[str, Any]) -> str:
         if "by_rule" in uci:
             lines += [f"The rules {uci['rules_version']} on the same invoices:", ""]
             lines += _by_rule_lines(uci["by_rule"])
+    audiences = results.get("uci_audiences")
+    if audiences:
+        lines += [
+            f"UCI Online Retail, audiences of rule set {audiences['rules']}: {audiences['customers']:,} identified"
+            f" customers over {audiences['months']} months (guests' one-off ids left out).",
+            "",
+            "| audience | entries | entries per customer per month | customers entering |"
+            f" entries per customer entering: median / max | exited within {QUICK_EXIT_DAYS} days |"
+            f" entries within {QUICK_EXIT_DAYS} days of an exit |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *(
+                f"| {name} | {a['entries']:,} | {a['entries_per_customer_month']} | {a['customers_entering']:,} |"
+                f" {a['median_entries']} / {a['max_entries']} | {a[f'exited_within_{QUICK_EXIT_DAYS}d']} |"
+                f" {a[f'back_within_{QUICK_EXIT_DAYS}d']} |"
+                for name, a in audiences["audiences"].items()
+            ),
+            "",
+        ]
     lapse = results.get("uci_lapse")
     if lapse:
         lines += [
@@ -645,6 +666,92 @@ def render(results: dict[str, Any]) -> str:
         lines += _reliability_lines("lapse_risk as the chance of a lapse", {"lapse_risk": lapse["reliability"]})
         lines += _threshold_lines(lapse.get("thresholds", []))
     return "\n".join(lines)
+
+
+MONTH_DAYS = 365.25 / 12
+QUICK_EXIT_DAYS = 30
+
+
+def evaluate_audiences(path: Path, rows: int | None, rules: CompiledRules) -> dict[str, Any]:
+    """How often customers enter each audience of ``rules`` on real invoices (identified customers; the
+    guests' one-off ids are left out): entries per customer per month (entries / (customers seen x months
+    of data)), the median and largest number of entries of a customer who entered, the share of entries
+    left again within :data:`QUICK_EXIT_DAYS` days, and the share that came within as long of leaving. An
+    audience that flaps shows high figures on all of them."""
+    from connectors.uci_retail import Rejected as RejectedRow
+    from connectors.uci_retail import read_invoices
+    from state.affinity import DAY_MS
+
+    pipeline = Pipeline(rules, EngineConfig(models="off"))
+    customers: set[str] = set()
+    first: int | None = None
+    last: int | None = None
+    changes: list[tuple[str, str, bool, int]] = []  # audience, customer, entered, time
+
+    def read(outputs: list[Any]) -> None:
+        for output in outputs:
+            if isinstance(output, Output) and output.stream == "audience_changes" and output.key in customers:
+                data = orjson.loads(output.body)["data"]
+                changes.append((data["audience"], output.key, data["change"] == "entered", output.time_ms))
+
+    batch: list[RawEvent] = []
+    for n, item in enumerate(read_invoices(path, rows)):
+        if isinstance(item, RejectedRow):
+            continue
+        if item.get("userId") is not None:
+            customers.add(item["userId"])
+        ts_ms = int(datetime.fromisoformat(item["timestamp"]).timestamp() * 1000)
+        first, last = min(first or ts_ms, ts_ms), max(last or ts_ms, ts_ms)
+        batch.append(RawEvent(n, {"line": n}, orjson.dumps(item)))
+        if len(batch) >= TICK_EVERY:
+            read(pipeline.feed(batch))
+            batch = []
+    read(pipeline.feed(batch))
+    read(pipeline.finish())
+    stats = pipeline.customers[0].engine.stats
+    months = max((last or 0) - (first or 0), 1) / (MONTH_DAYS * DAY_MS)
+    audiences = {
+        audience.id: _audience_figures(
+            [c[1:] for c in changes if c[0] == audience.id], len(customers), months, QUICK_EXIT_DAYS * DAY_MS
+        )
+        for audience in rules.audiences
+        if not audience.rule.shadow
+    }
+    return {
+        "rules": rules.version,
+        "customers": len(customers),
+        "months": round(months, 2),
+        "events": sum(stats.get("events", {}).values()),
+        "audiences": audiences,
+    }
+
+
+def _audience_figures(changes: list[tuple[str, bool, int]], customers: int, months: float, quick_ms: int) -> dict:
+    """Entries of one audience: per customer per month, per customer who entered, how many were left soon and
+    how many came soon after an exit."""
+    entries: dict[str, int] = defaultdict(int)
+    entered_at: dict[str, int] = {}
+    exited_at: dict[str, int] = {}
+    quick = back = total = 0
+    for customer, entered, time_ms in sorted(changes, key=lambda c: c[2]):
+        if entered:
+            entries[customer] += 1
+            entered_at[customer] = time_ms
+            total += 1
+            back += customer in exited_at and time_ms - exited_at.pop(customer) < quick_ms
+        else:
+            exited_at[customer] = time_ms
+            quick += customer in entered_at and time_ms - entered_at.pop(customer) < quick_ms
+    counts = sorted(entries.values())
+    return {
+        "entries": total,
+        "customers_entering": len(counts),
+        "entries_per_customer_month": round(total / (customers * months), 4) if customers else None,
+        "median_entries": counts[len(counts) // 2] if counts else 0,
+        "max_entries": counts[-1] if counts else 0,
+        f"exited_within_{QUICK_EXIT_DAYS}d": round(quick / total, 4) if total else None,
+        f"back_within_{QUICK_EXIT_DAYS}d": round(back / total, 4) if total else None,
+    }
 
 
 def evaluate_lapse(

@@ -55,9 +55,9 @@ from operators.offers import REDEMPTION_FIELDS, OfferCatalogue, merge_redemption
 from operators.ordering import CatchUp, OrderedRelease, Tick, shard_of
 from operators.parse import count_notes
 from operators.policy import BUDGET_SPENT, POLICY_TIMER, Candidate, PolicyStage
-from operators.reasons import Reasons
+from operators.reasons import Reasons, held_by_dwell
 from operators.rule_program import NativeRules
-from operators.rules import CompiledRules, CompiledTrigger
+from operators.rules import CompiledAudience, CompiledRules, CompiledTrigger
 from operators.timers import TimerQueue
 from schemas import match_keys
 from schemas.envelope import Envelope
@@ -519,6 +519,14 @@ class CustomerStage:
                 self._trigger(state, trigger, None, due, cause, caused_by, out, verdict, checked=True)
             return
         due, _, cause, *caused_by = state.drop_timer(rule_id)  # type: ignore[misc]
+        dwelling = self.rules.dwell_timers.get(rule_id)
+        if dwelling is not None:  # a member's minimum dwell is over: it leaves now if its exit condition holds
+            changes = self.native.audience_changes(
+                state.features, due, state.audiences, self.native.dwell_group(dwelling)
+            )
+            if changes is not None:
+                self._change_audiences(state, changes, None, due, [state.last_event_id], out, dwell_over=True)
+            return
         if rule_id == RECHECK:
             self._audiences(state, self.native.timed, None, due, caused_by, out)
             self._keep_alive(state, due)
@@ -864,34 +872,64 @@ class CustomerStage:
         now_ms: int,
         caused_by: list[str],
         out: list[Any],
+        dwell_over: bool = False,
     ) -> None:
-        """Join and leave the audiences of ``changes`` (as the native program names them)."""
+        """Join and leave the audiences of ``changes`` (as the native program names them). A member
+        whose minimum dwell is not over stays; ``dwell_over``: these changes come at the end of one."""
         view = self._views(state, env, now_ms)
         audience = self.rules.audiences[changes[0][0]]
         try:
             for position, native in changes:
                 audience = self.rules.audiences[position]
                 member = audience.member_key
-                inside = bool(audience.when.evaluate(view())) if native is None else native
-                if inside == (member in state.audiences):
+                was = member in state.audiences
+                inside = audience.inside(view(), was) if native is None else native
+                if inside == was:
+                    continue
+                dwell = audience.dwell_timer
+                if dwell is not None and not self._dwell(state, audience, inside, now_ms, caused_by):
                     continue
                 if inside:
                     state.audiences = shared_audiences(tuple(sorted((*state.audiences, member))))
                 else:
                     state.audiences = shared_audiences(tuple(a for a in state.audiences if a != member))
-                reason = self.reasons.audience(position)
-                text = f"{reason.text} became {'true' if inside else 'false'}"
+                exit_reason = None if inside else self.reasons.audience_exit(position)
+                reason = exit_reason or self.reasons.audience(position)
+                text = f"{reason.text} became {'true' if inside or exit_reason else 'false'}"
+                if dwell_over and not inside:
+                    text += held_by_dwell(audience.rule.min_dwell, now_ms)  # type: ignore[arg-type]
                 if reason.shown:
                     text += self.reasons.values(reason, state.features, now_ms, view)
                 self.writer.audience_change(state.id, audience, inside, text, now_ms, caused_by, out)
         except Exception as err:
             raise RuleFailed(audience.id) from err
 
+    def _dwell(
+        self, state: CustomerState, audience: CompiledAudience, inside: bool, now_ms: int, caused_by: list[str]
+    ) -> bool:
+        """Keep ``audience``'s minimum dwell for a customer entering (``inside``) or leaving it: an entry
+        starts its timer; an exit before the timer is due is held (return ``False``), one after drops it."""
+        timer = audience.dwell_timer
+        assert timer is not None and audience.rule.min_dwell is not None
+        if inside:
+            state.set_timer(now_ms + audience.rule.min_dwell, timer, "dwell", caused_by[-1:])
+            self.timers.schedule(state)
+            return True
+        held = state.timer_due(timer)
+        if held is not None and held > now_ms:
+            return False
+        if held is not None:
+            state.drop_timer(timer)
+        return True
+
     def _leave_all(self, state: CustomerState, reason: str, at_ms: int, caused_by: list[str], out: list[Any]) -> None:
+        """The customer leaves every audience, minimum dwell or not (linked, erased, expired)."""
         for member in state.audiences:
             audience = self.rules.audience_by_member.get(member)
             if audience is not None:
                 self.writer.audience_change(state.id, audience, False, reason, at_ms, caused_by, out)
+                if audience.dwell_timer is not None:
+                    state.drop_timer(audience.dwell_timer)
         state.audiences = ()
 
     def _erase(self, customer_id: str, env: Envelope, out: list[Any]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from operators.expressions import Expression
 from operators.rule_program import SCALARS
 from operators.rules import CompiledRules, CompiledTrigger, format_duration
+from schemas.records import iso_ms
 from state._native import Features, ReasonValues
 from state.catalogue import FEATURES, FeatureView
 from state.customer import Lifecycle
@@ -43,6 +44,11 @@ class Reasons:
         reads: list[list[tuple[str, str, bool]]] = []
         self._triggers = {t.id: _reason(*_trigger_text(t), reads) for t in rules.triggers}
         self._audiences = [_reason(a.when.source, _shown(a.when), reads) for a in rules.audiences]
+        self._exits = {
+            position: _reason(a.exit_when.source, _shown(a.exit_when), reads)
+            for position, a in enumerate(rules.audiences)
+            if a.exit_when is not None
+        }
         self._values = ReasonValues(
             reads, lifecycle.new_days, lifecycle.lapse_days, lifecycle.at_risk_gap_factor, lifecycle.session_timeout_ms
         )
@@ -53,6 +59,10 @@ class Reasons:
     def audience(self, position: int) -> Reason:
         """The audience's condition (``became true``/``false`` follows it), and its values."""
         return self._audiences[position]
+
+    def audience_exit(self, position: int) -> Reason | None:
+        """The audience's exit condition (``became true`` follows it), if it has one."""
+        return self._exits.get(position)
 
     def values(self, reason: Reason, features: Features, now_ms: int, view: Callable[[], FeatureView]) -> str:
         """`` (name=value, ...)`` for those of the reason's features whose value is a scalar now."""
@@ -67,6 +77,11 @@ class Reasons:
             if (text := _scalar(value)) is not None
         ]
         return f" ({', '.join(parts)})" if parts else ""
+
+
+def held_by_dwell(min_dwell_ms: int, ended_ms: int) -> str:
+    """What the reason of an exit held until a minimum dwell ended at ``ended_ms`` says of it."""
+    return f", held by min_dwell {format_duration(min_dwell_ms)} since the entry at {iso_ms(ended_ms - min_dwell_ms)}"
 
 
 def _reason(text: str, shown: tuple[str, ...], reads: list[list[tuple[str, str, bool]]]) -> Reason:

@@ -3,9 +3,10 @@
 Each audience's and trigger's ``when`` that reads only features the record holds is lowered to a
 tree of tuples that the native program evaluates with Python's semantics, to the bit; the
 audiences one event may change are evaluated in one call that returns only the memberships that
-change. A condition reading anything else (a model's score, the event, the audiences, counts,
-affinities) is evaluated in Python, as is one the native program defers while evaluating
-(integers past 64 bits, text or lists built by ``+`` and ``*``).
+change; a member of an audience with an ``exit_when`` is kept until that holds. A condition
+reading anything else (a model's score, the event, the audiences, counts, affinities) is evaluated
+in Python, as is one the native program defers while evaluating (integers past 64 bits, text or
+lists built by ``+`` and ``*``).
 """
 
 from __future__ import annotations
@@ -142,12 +143,21 @@ class NativeRules:
         every_event = [a for a in audiences if "*" in a.listens]
         groups = [list(range(len(audiences))), group(rules.time_audiences), group(every_event)]
         groups += [group(rules.audiences_for(name)) for name in names]
+        dwelling = [a for a in audiences if a.dwell_timer is not None]
+        # one group per audience with a minimum dwell: looked at alone when a member's dwell ends
+        self._dwell_group = {a.member_key: len(groups) + index for index, a in enumerate(dwelling)}
+        groups += [group([a]) for a in dwelling]
         empty = {index for index, members in enumerate(groups) if not members}
         # the groups of every audience, of the timed ones, of an event no audience names (None: empty)
         self.every, self.timed, self._other = (None if index in empty else index for index in (0, 1, 2))
         self._by_name = {name: None if index in empty else index for index, name in enumerate(names, start=3)}
         self._trigger = {t.id: len(audiences) + index for index, t in enumerate(rules.triggers)}
         trees = [lower(a.when) for a in audiences] + [t.when and lower(t.when) for t in rules.triggers]
+        exits: list[int | None] = []
+        for audience in audiences:  # exit conditions after the triggers' (hysteresis: members leave on them)
+            exits.append(None if audience.exit_when is None else len(trees))
+            if audience.exit_when is not None:
+                trees.append(lower(audience.exit_when))
         self.program = RuleProgram(
             trees,
             [a.member_key for a in audiences],
@@ -156,6 +166,7 @@ class NativeRules:
             lifecycle.lapse_days,
             lifecycle.at_risk_gap_factor,
             lifecycle.session_timeout_ms,
+            exits,
         )
         self.audience_changes = self.program.audience_changes  # once per event: no call in between
         self.lifecycle = lifecycle
@@ -195,6 +206,10 @@ class NativeRules:
             (t.id, t.rule.once_per, None if t.when is None else self._trigger[t.id]) for t in rules.timers.values()
         ]
         return TimerFiring(self.program, timed)
+
+    def dwell_group(self, audience: CompiledAudience) -> int:
+        """The group of ``audience`` alone (it has a minimum dwell)."""
+        return self._dwell_group[audience.member_key]
 
     def group_for(self, name: str) -> int | None:
         """The group of audiences an event called ``name`` can change; ``None``: none."""

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from operators.audience_bands import overlapping
 from operators.expressions import Expression, ExpressionError, compile_expression
 from schemas.durations import format_duration
 from schemas.errors import ConfigurationError
@@ -88,16 +89,37 @@ class CompiledTrigger:
         return self.rule.id
 
 
+DWELL_TIMER = "~dwell:"  # a member's minimum dwell in an audience: a timer named this and the member key
+
+
 @dataclass(frozen=True)
 class CompiledAudience:
     rule: AudienceRule
     when: Expression
     listens: frozenset[str]
     time_dependent: bool
+    exit_when: Expression | None = None
 
     @property
     def id(self) -> str:
         return self.rule.id
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The features its conditions read (``when`` and ``exit_when``)."""
+        return self.when.names if self.exit_when is None else self.when.names | self.exit_when.names
+
+    def inside(self, view: Any, member: bool) -> bool:
+        """Whether the customer is in the audience now, having been (``member``) or not: a member
+        leaves when ``exit_when`` holds (without one, when ``when`` fails), others enter on ``when``."""
+        if member and self.exit_when is not None:
+            return not self.exit_when.evaluate(view)
+        return bool(self.when.evaluate(view))
+
+    @cached_property
+    def dwell_timer(self) -> str | None:
+        """The timer holding a new member for ``min_dwell`` (``None``: no minimum dwell)."""
+        return None if self.rule.min_dwell is None else f"{DWELL_TIMER}{self.member_key}"
 
     @cached_property
     def member_key(self) -> str:
@@ -124,6 +146,7 @@ class CompiledRules:
     time_audiences: list[CompiledAudience] = field(init=False)
     reads_lapse_risk: bool = field(init=False)
     audience_by_member: dict[str, CompiledAudience] = field(init=False)
+    dwell_timers: dict[str, CompiledAudience] = field(init=False)  # by timer name
     _audiences_for: dict[str, list[CompiledAudience]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -139,8 +162,9 @@ class CompiledRules:
         self.immediate, self.arming, self.cancelling = dict(immediate), dict(arming), dict(cancelling)
         self.time_audiences = [a for a in self.audiences if a.time_dependent]
         # audiences on lapse_risk are rechecked as the risk passes each tenth
-        self.reads_lapse_risk = any("lapse_risk" in a.when.names for a in self.time_audiences)
+        self.reads_lapse_risk = any("lapse_risk" in a.names for a in self.time_audiences)
         self.audience_by_member = {a.member_key: a for a in self.audiences}
+        self.dwell_timers = {a.dwell_timer: a for a in self.audiences if a.dwell_timer is not None}
 
     def eligible_offers(self, channel: str, audiences: tuple[str, ...]) -> list[Offer]:
         """Offers for ``channel`` that a member of ``audiences`` may get, in catalogue order."""
@@ -182,8 +206,14 @@ class CompiledRules:
             events = "every event" if "*" in a.listens else ", ".join(sorted(a.listens)) or "no event"
             timed = " and time (lifecycle boundaries)" if a.time_dependent else ""
             shadow = " [shadow]" if a.rule.shadow else ""
+            held = "".join(
+                (
+                    f"; exits when {a.exit_when.source.strip()}" if a.exit_when is not None else "",
+                    f"; stays at least {format_duration(a.rule.min_dwell)}" if a.rule.min_dwell else "",
+                )
+            )
             lines.append(
-                f"audience {a.id}{shadow}: listens to {events}{timed}; reads {', '.join(sorted(a.when.names))}"
+                f"audience {a.id}{shadow}: listens to {events}{timed}; reads {', '.join(sorted(a.names))}{held}"
             )
         lines += [offer.describe() for offer in self.offers]
         lines += self.policy.describe()
@@ -292,13 +322,15 @@ def _compile(ruleset: RuleSet, root: yaml.Node | None, source: str) -> CompiledR
     problems: list[Problem] = []
     names = FEATURES.keys()
 
-    def compile_when(section: str, index: int, rule_id: str, text: str, allowed: Any) -> Expression | None:
+    def compile_when(
+        section: str, index: int, rule_id: str, text: str, allowed: Any, name: str = "when"
+    ) -> Expression | None:
         try:
             return compile_expression(text, allowed)
         except ExpressionError as err:
-            line = _line(root, (section, index, "when"))
+            line = _line(root, (section, index, name))
             column = f" (column {err.column})" if err.column else ""
-            problems.append(Problem(rule_id, "when", line, f"{err.message}{column}: {_excerpt(text.strip())}"))
+            problems.append(Problem(rule_id, name, line, f"{err.message}{column}: {_excerpt(text.strip())}"))
             return None
 
     triggers = []
@@ -307,14 +339,24 @@ def _compile(ruleset: RuleSet, root: yaml.Node | None, source: str) -> CompiledR
         triggers.append(CompiledTrigger(rule, when))
     audiences = []
     for i, rule in enumerate(ruleset.audiences):
-        when = compile_when("audiences", i, rule.id, rule.when, names - _NOT_FOR_AUDIENCES)
+        allowed = names - _NOT_FOR_AUDIENCES
+        when = compile_when("audiences", i, rule.id, rule.when, allowed)
+        exit_when = None
+        if rule.exit_when is not None:
+            exit_when = compile_when("audiences", i, rule.id, rule.exit_when, allowed, "exit_when")
+            if exit_when is None:
+                continue
+            if when is not None and (overlap := overlapping(when, exit_when)) is not None:
+                line = _line(root, ("audiences", i, "exit_when"))
+                message = f"{overlap}: a customer would enter and leave at once (make the two exclusive)"
+                problems.append(Problem(rule.id, "exit_when", line, message))
         if when is None:
             continue
-        features = [FEATURES[n] for n in when.names]
+        features = [FEATURES[n] for n in (when.names | exit_when.names if exit_when else when.names)]
         listens = frozenset().union(*(f.changed_by for f in features)) if features else frozenset()
         if listens >= ANY_EVENT:
             listens = ANY_EVENT
-        audiences.append(CompiledAudience(rule, when, listens, any(f.time_dependent for f in features)))
+        audiences.append(CompiledAudience(rule, when, listens, any(f.time_dependent for f in features), exit_when))
     if problems:
         raise RuleFileError(source, problems)
     return CompiledRules(

@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from schemas.content import Content
-from schemas.durations import parse_duration
+from schemas.durations import format_duration, parse_duration
 from schemas.experiments import ExperimentConfig, rule_problems
 from schemas.offers import Offer
 from schemas.policy import ContactPolicy
@@ -76,8 +76,23 @@ class TriggerRule(_Rule):
         return unless
 
 
+MAX_DWELL_MS = 365 * 86_400_000
+
+
 class AudienceRule(_Rule):
+    """An audience: a customer enters when ``when`` holds and, with ``exit_when``, leaves only when that
+    holds (hysteresis: between the two, nothing changes); ``min_dwell`` keeps a member at least that long."""
+
     when: str
+    exit_when: str | None = Field(None, description="a member leaves when this holds (default: when 'when' fails)")
+    min_dwell: DurationMs | None = Field(None, description="a member stays at least this long after entering")
+
+    @field_validator("min_dwell")
+    @classmethod
+    def _dwell_bounded(cls, dwell: int | None) -> int | None:
+        if dwell is not None and dwell > MAX_DWELL_MS:
+            raise ValueError(f"{format_duration(dwell)} is too long: at most {format_duration(MAX_DWELL_MS)}")
+        return dwell
 
 
 NEXT_BEST = "next_best"  # the offer_id of a trigger whose offer the next-best-offer policy picks

@@ -405,10 +405,12 @@ class RuleProgram:
         lapse_days: int,
         at_risk_gap_factor: float,
         session_timeout_ms: int,
+        exits: list[int | None] = ...,
     ) -> None:
         """``expressions``: lowered trees (``None``: evaluated in Python), audiences first, their
-        membership keys in ``members``; ``groups``: the audience positions evaluated together.
-        ``ValueError`` for a tree it cannot read or a group naming no audience."""
+        membership keys in ``members``; ``groups``: the audience positions evaluated together;
+        ``exits``: per audience, the expression its members leave on (``None``: when their own fails).
+        ``ValueError`` for a tree it cannot read, a group naming no audience or an exit no expression."""
     def audience_changes(
         self, features: Features, now_ms: int, members: tuple[str, ...], group: int
     ) -> list[tuple[int, bool | None]] | None:

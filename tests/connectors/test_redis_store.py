@@ -194,8 +194,8 @@ def test_every_change_lands_in_its_audience_change_log_in_order_and_match_keys_i
         audience_change("u1", "vip", "exited"), audience_change("u1", "vip", "entered"),
     ])  # fmt: skip
     assert store.snapshot()[4] == (
-        ("vip", "u1", "entered", T0_MS), ("vip", "u2", "entered", T0_MS),
-        ("vip", "u1", "exited", T0_MS), ("vip", "u1", "entered", T0_MS),
+        ("vip", "u1", "entered", T0_MS, "test"), ("vip", "u2", "entered", T0_MS, "test"),
+        ("vip", "u1", "exited", T0_MS, "test"), ("vip", "u1", "entered", T0_MS, "test"),
     ), "a snapshot holds the change log entries not written"  # fmt: skip
     store.close()
     assert stored_profile(db, prefix, "u1")["match.email_sha256"] == "ab" * 32
@@ -203,6 +203,7 @@ def test_every_change_lands_in_its_audience_change_log_in_order_and_match_keys_i
     log = [(entry["customer"], entry["change"]) for _, entry in db.xrange(changes_key(prefix, "vip"))]
     assert log == [("u1", "entered"), ("u2", "entered"), ("u1", "exited"), ("u1", "entered")], "every change, in order"
     assert {entry["time_ms"] for _, entry in db.xrange(changes_key(prefix, "vip"))} == {str(T0_MS)}
+    assert {entry["reason"] for _, entry in db.xrange(changes_key(prefix, "vip"))} == {"test"}, "why, as the record"
     assert changes_key(prefix, "vip") == f"{prefix}:audience:{{vip}}:changes", "in the slot of the member set"
 
 
@@ -442,6 +443,17 @@ def test_a_snapshot_holds_what_is_not_written_and_a_restart_writes_it(tmp_path):
     finally:
         restarted.close()
         server.stop()
+
+
+def test_a_snapshot_of_the_format_before_reasons_resumes_with_empty_reasons(db, redis_url, prefix):
+    earlier = (2, (), (), ((("vip", "c1"), True),), (("vip", "c1", "entered", T0_MS),))
+    restarted = partition(redis_url, prefix, resume=earlier, flush_interval_seconds=0.05)
+    try:
+        assert eventually(lambda: len(db.xrange(changes_key(prefix, "vip"))) == 1)
+        [(_, entry)] = db.xrange(changes_key(prefix, "vip"))
+        assert entry == {"customer": "c1", "change": "entered", "time_ms": str(T0_MS), "reason": ""}
+    finally:
+        restarted.close()
 
 
 def test_a_store_that_refuses_this_client_stops_the_start(redis_url):

@@ -152,6 +152,7 @@ def check_same(source: str, moments: list[tuple[CustomerState, int]] = MOMENTS, 
 
 def test_every_condition_of_the_starter_rules_is_native_and_the_same(starter_rules):
     conditions = [a.when for a in starter_rules.audiences] + [t.when for t in starter_rules.triggers if t.when]
+    conditions += [a.exit_when for a in starter_rules.audiences if a.exit_when]
     for condition in conditions:
         assert check_same(condition.source) == 0
     native = NativeRules(starter_rules, LC)

@@ -680,12 +680,14 @@ pub mod python {
 
     /// A rule set's expressions compiled over the features record: audiences first (their
     /// membership keys in ``members``), then any others; ``groups`` are the audience positions
-    /// evaluated together (those an event kind can change).
+    /// evaluated together (those an event kind can change); ``exits``, by audience position, the
+    /// expression a member leaves on (``None``: when its own condition no longer holds).
     #[pyclass(module = "state._native", name = "RuleProgram", frozen)]
     pub struct RuleProgram {
         program: Program,
         members: Box<[Box<str>]>,
         groups: Box<[Box<[usize]>]>,
+        exits: Box<[Option<usize>]>,
         lifecycle: Lifecycle,
         session_timeout_ms: i64,
     }
@@ -733,10 +735,14 @@ pub mod python {
             let context = self.context(features, now_ms);
             let mut changes: Vec<(usize, Option<bool>)> = Vec::new();
             for &position in positions.iter() {
-                let inside = match self.program.holds(position, &context) {
-                    Ok(inside) if inside == is_member(members, &self.members[position])? => {
-                        continue
-                    }
+                let member = is_member(members, &self.members[position])?;
+                let inside = match self.exits.get(position).copied().flatten() {
+                    // hysteresis: a member stays until its exit condition holds
+                    Some(exit) if member => self.program.holds(exit, &context).map(|leave| !leave),
+                    _ => self.program.holds(position, &context),
+                };
+                let inside = match inside {
+                    Ok(inside) if inside == member => continue,
                     Ok(inside) => Some(inside),
                     Err(Defer) => None,
                 };
@@ -759,7 +765,7 @@ pub mod python {
     impl RuleProgram {
         #[new]
         #[allow(clippy::too_many_arguments)]
-        #[pyo3(signature = (expressions, members, groups, new_days, lapse_days, at_risk_gap_factor, session_timeout_ms))]
+        #[pyo3(signature = (expressions, members, groups, new_days, lapse_days, at_risk_gap_factor, session_timeout_ms, exits = Vec::new()))]
         fn new(
             expressions: Vec<Option<Bound<'_, PyAny>>>,
             members: Vec<String>,
@@ -768,6 +774,7 @@ pub mod python {
             lapse_days: i64,
             at_risk_gap_factor: f64,
             session_timeout_ms: i64,
+            exits: Vec<Option<usize>>,
         ) -> PyResult<Self> {
             if members.len() > expressions.len()
                 || groups
@@ -779,6 +786,16 @@ pub mod python {
                     "a rule program's groups name audiences it does not have",
                 ));
             }
+            if exits.len() > members.len()
+                || exits
+                    .iter()
+                    .flatten()
+                    .any(|index| *index < members.len() || *index >= expressions.len())
+            {
+                return Err(PyValueError::new_err(
+                    "a rule program's exits name expressions it does not have",
+                ));
+            }
             let expressions = expressions
                 .iter()
                 .map(|tree| tree.as_ref().map(node).transpose())
@@ -787,6 +804,7 @@ pub mod python {
                 program: Program { expressions },
                 members: members.into_iter().map(Into::into).collect(),
                 groups: groups.into_iter().map(Into::into).collect(),
+                exits: exits.into(),
                 lifecycle: Lifecycle {
                     new_days,
                     lapse_days,
