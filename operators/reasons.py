@@ -44,7 +44,12 @@ class Reasons:
         self._triggers = {t.id: _reason(*_trigger_text(t), reads) for t in rules.triggers}
         self._audiences = [_reason(a.when.source, _shown(a.when), reads) for a in rules.audiences]
         self._values = ReasonValues(
-            reads, lifecycle.new_days, lifecycle.lapse_days, lifecycle.at_risk_gap_factor, lifecycle.session_timeout_ms
+            reads,
+            lifecycle.new_days,
+            lifecycle.lapse_days,
+            lifecycle.at_risk_gap_factor,
+            lifecycle.session_timeout_ms,
+            lifecycle.population,
         )
 
     def trigger(self, trigger: CompiledTrigger) -> Reason:

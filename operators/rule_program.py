@@ -26,6 +26,10 @@ SCALARS = {
     "lifecycle": "lifecycle",
     "at_risk": "at_risk",
     "lapse_risk": "lapse_risk",
+    "p_alive": "p_alive",
+    "expected_orders": "expected_orders",
+    "expected_order_value": "expected_order_value",
+    "clv": "clv",
     "orders": "orders",
     "frequency": "orders",
     "refunds": "refunds",
@@ -156,6 +160,7 @@ class NativeRules:
             lifecycle.lapse_days,
             lifecycle.at_risk_gap_factor,
             lifecycle.session_timeout_ms,
+            lifecycle.population,
         )
         self.audience_changes = self.program.audience_changes  # once per event: no call in between
         self.lifecycle = lifecycle
@@ -187,6 +192,7 @@ class NativeRules:
             lc.lapse_days,
             lc.at_risk_gap_factor,
             MAX_CAUSED_BY,
+            lc.population,
         )
 
     def timer_firing(self, rules: CompiledRules) -> TimerFiring:

@@ -28,8 +28,6 @@ from state.customer import (
     MAX_PENDING_OUTCOMES,
     MAX_SESSION_PRODUCTS,
     MIN_RHYTHM_MS,
-    PRIOR_CHURN,
-    PRIOR_ORDER_GAP_DAYS,
     PRODUCT_HALF_LIFE_MS,
     TRAIT_KEYS,
     Lifecycle,
@@ -436,29 +434,27 @@ class CustomerState:
         return lc.at_risk_gap_factor * self.order_gap_ms <= overdue < lc.lapse_days * DAY_MS
 
     def lapse_risk(self, now_ms: int, lc: Lifecycle) -> float | None:
-        """How likely this buyer reaches ``lapse_days`` without another order, from their rhythm.
-
-        Orders of a buyer who is still "alive" come as a Poisson process with the customer's
-        mean gap ``g`` (shrunk towards :data:`PRIOR_ORDER_GAP_DAYS` by one prior gap); a buyer
-        may also have stopped for good, prior chance :data:`PRIOR_CHURN`. After a silence ``w``
-        the chance they stopped is ``c / (c + (1 - c) e^(-w/g))``; one still alive reaches the
-        threshold without ordering with chance ``e^(-left/g)``. A silence long against the
-        customer's own rhythm therefore raises the risk. ``None`` before the first order; 1 once
-        lapsed.
-        """
-        if self.last_order_ms is None:
+        """How likely this buyer reaches the lapse point (last order + ``lapse_days``) without another
+        order, from BG/NBD: stopped (1 - P(alive)), or alive and silent until then. ``None`` before
+        the first order; 1 once lapsed. (The same operations as the compiled record, so the same bits.)"""
+        if self.last_order_ms is None or self.first_order_ms is None:
             return None
         lapse_at = self.last_order_ms + lc.lapse_days * DAY_MS
         if now_ms >= lapse_at:
             return 1.0
-        gap = self._expected_gap_ms()
-        silent = math.exp(-max(0, now_ms - self.last_order_ms) / gap)
-        stopped = PRIOR_CHURN / (PRIOR_CHURN + (1 - PRIOR_CHURN) * silent)
-        return round(stopped + (1 - stopped) * math.exp(-(lapse_at - now_ms) / gap), 4)
-
-    def _expected_gap_ms(self) -> float:
-        gaps = self.orders - 1 if self.orders >= 2 and self.order_gap_ms >= MIN_RHYTHM_MS else 0
-        return (self.order_gap_ms * gaps + PRIOR_ORDER_GAP_DAYS * DAY_MS) / (gaps + 1)
+        pop = lc.btyd
+        x = max(self.orders - 1, 0)
+        t_x = max(self.last_order_ms - self.first_order_ms, 0) / DAY_MS
+        age = max(max(now_ms, self.last_order_ms) - self.first_order_ms, 0) / DAY_MS
+        odds = 0.0
+        if x > 0:
+            odds = math.exp(
+                math.log(pop.a / (pop.b + x - 1)) + (pop.r + x) * math.log((pop.alpha + age) / (pop.alpha + t_x))
+            )
+        alive = 1 / (1 + odds)
+        days = (lapse_at - now_ms) / DAY_MS
+        silent = ((pop.alpha + age) / (pop.alpha + age + days)) ** (pop.r + x)
+        return round(min(max(1 - alive * (1 - silent), 0.0), 1.0), 4)
 
     def _next_risk_step(self, now_ms: int, lc: Lifecycle) -> int | None:
         """When ``lapse_risk`` (rising with silence) next reaches a tenth above its value now."""

@@ -232,8 +232,10 @@ def native_features(features: Features, nows: list[int]) -> dict[str, Any]:
         if what == "at_risk":
             return features.at_risk(now, LC.lapse_days, LC.at_risk_gap_factor)
         if what == "lapse_risk":
-            return features.lapse_risk(now, LC.lapse_days)
-        return features.next_boundary(now, LC.new_days, LC.lapse_days, LC.at_risk_gap_factor, what == "steps")
+            return features.lapse_risk(now, LC.lapse_days, LC.population)
+        return features.next_boundary(
+            now, LC.new_days, LC.lapse_days, LC.at_risk_gap_factor, what == "steps", LC.population
+        )
 
     session_id, cart_id = features.session_id, features.cart_id
     return {

@@ -196,6 +196,7 @@ pub mod python {
     use super::{cause, step_timers, Arm, Event, OncePer, Plan, Recheck};
     use crate::bookkeeping::encoded;
     use crate::bookkeeping::python::{lock, Bookkeeping};
+    use crate::btyd::PopulationArgs;
     use crate::features::python::Features;
     use crate::features::Lifecycle;
     use crate::rule_program::python::RuleProgram;
@@ -253,7 +254,7 @@ pub mod python {
         #[new]
         #[allow(clippy::too_many_arguments)]
         #[pyo3(signature = (program, plans, other_group, every_group, recheck, risk_steps,
-                            new_days, lapse_days, at_risk_gap_factor, most_caused_by))]
+                            new_days, lapse_days, at_risk_gap_factor, most_caused_by, population))]
         fn new(
             program: Py<RuleProgram>,
             plans: Vec<PlanSpec<'_>>,
@@ -265,6 +266,7 @@ pub mod python {
             lapse_days: i64,
             at_risk_gap_factor: f64,
             most_caused_by: usize,
+            population: PopulationArgs,
         ) -> PyResult<Self> {
             let plans = plans.into_iter().map(plan).collect::<PyResult<_>>()?;
             let recheck = match recheck {
@@ -275,6 +277,7 @@ pub mod python {
                         new_days,
                         lapse_days,
                         at_risk_gap_factor,
+                        population: population.into(),
                     },
                     risk_steps,
                 }),

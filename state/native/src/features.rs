@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
+use crate::btyd::{History, Population};
 use crate::inline::{Few, Text};
 
 pub type Id = u32;
@@ -23,8 +24,6 @@ pub const MAX_BOUGHT: usize = 20;
 pub const AFFINITY_K: usize = 5;
 pub const CATEGORY_HALF_LIFE_MS: i64 = 14 * DAY_MS;
 pub const PRODUCT_HALF_LIFE_MS: i64 = 3 * DAY_MS;
-const PRIOR_ORDER_GAP_DAYS: i64 = 30;
-const PRIOR_CHURN: f64 = 0.1;
 const MIN_RHYTHM_MS: f64 = DAY_MS as f64;
 const ORDER_WEIGHT: f64 = 5.0;
 
@@ -800,6 +799,8 @@ pub struct Lifecycle {
     pub new_days: i64,
     pub lapse_days: i64,
     pub at_risk_gap_factor: f64,
+    /// The buy-till-you-die parameters behind `lapse_risk`, `p_alive`, `expected_orders`, `clv`.
+    pub population: Population,
 }
 
 /// A customer's orders and refunds.
@@ -1210,29 +1211,72 @@ impl Features {
             && overdue < lc.lapse_days * DAY_MS
     }
 
-    /// How likely this buyer reaches `lapse_days` without another order (see
-    /// `CustomerState.lapse_risk`); `None` before the first order.
+    /// The purchase history the buy-till-you-die models read, in days: repeat orders, first to
+    /// last order, first order to now; `None` before the first order.
+    fn history(&self, now_ms: i64) -> Option<History> {
+        let p = self.purchases();
+        let (first, last) = (p.first_order_ms?, p.last_order_ms?);
+        let days = |ms: i64| ms.max(0) as f64 / DAY_MS as f64;
+        Some(History {
+            x: (p.orders - 1).max(0) as f64,
+            t_x: days(last - first),
+            age: days(now_ms.max(last) - first),
+        })
+    }
+
+    /// How likely this buyer reaches the lapse point (their last order + `lapse_days`) without
+    /// another order: BG/NBD's chance that they have stopped, plus alive and silent until then.
+    /// Rises with silence; 1 once lapsed; `None` before the first order.
     pub fn lapse_risk(&self, now_ms: i64, lc: &Lifecycle) -> Option<f64> {
-        let last = self.purchases().last_order_ms?;
-        let lapse_at = last + lc.lapse_days * DAY_MS;
+        let history = self.history(now_ms)?;
+        let lapse_at = self.purchases().last_order_ms? + lc.lapse_days * DAY_MS;
         if now_ms >= lapse_at {
             return Some(1.0);
         }
-        let gap = self.expected_gap_ms();
-        let silent = (-((now_ms - last).max(0) as f64) / gap).exp();
-        let stopped = PRIOR_CHURN / (PRIOR_CHURN + (1.0 - PRIOR_CHURN) * silent);
-        let alive = (-((lapse_at - now_ms) as f64) / gap).exp();
-        Some(py_round(stopped + (1.0 - stopped) * alive, 4))
+        let days_left = (lapse_at - now_ms) as f64 / DAY_MS as f64;
+        let risk = lc.population.no_order_within(&history, days_left);
+        Some(py_round(risk.clamp(0.0, 1.0), 4))
     }
 
-    fn expected_gap_ms(&self) -> f64 {
+    /// BG/NBD's P(alive): 1 until a repeat order, then falling with silence against the
+    /// customer's own rhythm; `None` before the first order.
+    pub fn p_alive(&self, now_ms: i64, lc: &Lifecycle) -> Option<f64> {
+        Some(py_round(lc.population.p_alive(&self.history(now_ms)?), 4))
+    }
+
+    /// BG/NBD's expected orders over the population's horizon; `None` before the first order.
+    pub fn expected_orders(&self, now_ms: i64, lc: &Lifecycle) -> Option<f64> {
+        let history = self.history(now_ms)?;
+        let expected = lc
+            .population
+            .expected_orders(&history, lc.population.horizon_days);
+        Some(py_round(expected, 4))
+    }
+
+    /// Gamma-Gamma's expected value of an order: the customer's mean order value (net of
+    /// refunds) shrunk towards the population's by their repeat orders; `None` before the first.
+    pub fn expected_order_value(&self, lc: &Lifecycle) -> Option<f64> {
+        Some(py_round(self.order_value(lc)?, 2))
+    }
+
+    fn order_value(&self, lc: &Lifecycle) -> Option<f64> {
         let p = self.purchases();
-        let gaps = if p.orders >= 2 && p.order_gap_ms >= MIN_RHYTHM_MS {
-            p.orders - 1
-        } else {
-            0
-        };
-        (p.order_gap_ms * gaps as f64 + (PRIOR_ORDER_GAP_DAYS * DAY_MS) as f64) / (gaps + 1) as f64
+        p.first_order_ms?;
+        let mean = (p.lifetime_spend / p.orders.max(1) as f64).max(0.0);
+        Some(
+            lc.population
+                .expected_order_value((p.orders - 1).max(0) as f64, mean),
+        )
+    }
+
+    /// Customer lifetime value over the horizon: expected orders times expected order value
+    /// (undiscounted); `None` before the first order.
+    pub fn clv(&self, now_ms: i64, lc: &Lifecycle) -> Option<f64> {
+        let history = self.history(now_ms)?;
+        let orders = lc
+            .population
+            .expected_orders(&history, lc.population.horizon_days);
+        Some(py_round(orders * self.order_value(lc)?, 2))
     }
 
     /// When `lapse_risk` (rising with silence) next reaches a tenth above its value now.
@@ -1729,6 +1773,7 @@ pub mod python {
     use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
     use pyo3::{intern, IntoPyObjectExt};
 
+    use crate::btyd::PopulationArgs;
     use crate::order_lines::python::OrderLines;
 
     use super::{
@@ -1781,13 +1826,31 @@ pub mod python {
             .ok_or_else(|| PyValueError::new_err(format!("no window {name:?}")))
     }
 
-    fn lifecycle(new_days: i64, lapse_days: i64, at_risk_gap_factor: f64) -> Lifecycle {
+    fn lifecycle(
+        new_days: i64,
+        lapse_days: i64,
+        at_risk_gap_factor: f64,
+        population: PopulationArgs,
+    ) -> Lifecycle {
         Lifecycle {
             new_days,
             lapse_days,
             at_risk_gap_factor,
+            population: population.into(),
         }
     }
+
+    /// The population of a call that reads no buy-till-you-die score (never read).
+    const NO_POPULATION: PopulationArgs = (
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+    );
 
     type Bought<'py> = Vec<(Bound<'py, PyString>, Option<Bound<'py, PyString>>, i64)>;
 
@@ -2396,17 +2459,45 @@ pub mod python {
         /// "new", "active" or "lapsed" at ``now_ms``.
         fn lifecycle(&self, now_ms: i64, new_days: i64, lapse_days: i64) -> &'static str {
             self.inner
-                .lifecycle(now_ms, &lifecycle(new_days, lapse_days, 0.0))
+                .lifecycle(now_ms, &lifecycle(new_days, lapse_days, 0.0, NO_POPULATION))
         }
         /// A repeat buyer overdue against their own rhythm, not yet lapsed.
         fn at_risk(&self, now_ms: i64, lapse_days: i64, at_risk_gap_factor: f64) -> bool {
-            self.inner
-                .at_risk(now_ms, &lifecycle(0, lapse_days, at_risk_gap_factor))
+            self.inner.at_risk(
+                now_ms,
+                &lifecycle(0, lapse_days, at_risk_gap_factor, NO_POPULATION),
+            )
         }
-        /// The chance (0-1) this buyer reaches ``lapse_days`` without ordering (``None`` before an order).
-        fn lapse_risk(&self, now_ms: i64, lapse_days: i64) -> Option<f64> {
+        /// The chance (0-1) this buyer reaches ``lapse_days`` after their last order without
+        /// another (BG/NBD; ``population``: ``(r, alpha, a, b, p, q, v, horizon_days)``); ``None``
+        /// before an order.
+        fn lapse_risk(
+            &self,
+            now_ms: i64,
+            lapse_days: i64,
+            population: PopulationArgs,
+        ) -> Option<f64> {
             self.inner
-                .lapse_risk(now_ms, &lifecycle(0, lapse_days, 0.0))
+                .lapse_risk(now_ms, &lifecycle(0, lapse_days, 0.0, population))
+        }
+        /// BG/NBD's P(alive) (1 before a repeat order; ``None`` before an order).
+        fn p_alive(&self, now_ms: i64, population: PopulationArgs) -> Option<f64> {
+            self.inner
+                .p_alive(now_ms, &lifecycle(0, 0, 0.0, population))
+        }
+        /// BG/NBD's expected orders over the horizon (``None`` before an order).
+        fn expected_orders(&self, now_ms: i64, population: PopulationArgs) -> Option<f64> {
+            self.inner
+                .expected_orders(now_ms, &lifecycle(0, 0, 0.0, population))
+        }
+        /// Gamma-Gamma's expected order value (``None`` before an order).
+        fn expected_order_value(&self, population: PopulationArgs) -> Option<f64> {
+            self.inner
+                .expected_order_value(&lifecycle(0, 0, 0.0, population))
+        }
+        /// Expected orders over the horizon times expected order value (``None`` before an order).
+        fn clv(&self, now_ms: i64, population: PopulationArgs) -> Option<f64> {
+            self.inner.clv(now_ms, &lifecycle(0, 0, 0.0, population))
         }
         /// The next time ``lifecycle``, ``at_risk`` (and with ``risk_steps`` ``lapse_risk``, to the
         /// next tenth) can change with no new event.
@@ -2417,10 +2508,11 @@ pub mod python {
             lapse_days: i64,
             at_risk_gap_factor: f64,
             risk_steps: bool,
+            population: PopulationArgs,
         ) -> Option<i64> {
             self.inner.next_boundary(
                 now_ms,
-                &lifecycle(new_days, lapse_days, at_risk_gap_factor),
+                &lifecycle(new_days, lapse_days, at_risk_gap_factor, population),
                 risk_steps,
             )
         }
