@@ -8,6 +8,7 @@ Fader, Hardie and Lee, "RFM and CLV" (2005) and Fader and Hardie's Gamma-Gamma n
 
 from __future__ import annotations
 
+import decimal
 import math
 from dataclasses import dataclass
 
@@ -26,6 +27,22 @@ class Population:
 
 
 CDNOW_DAYS = Population(r=0.243, alpha=4.414 * 7, a=0.793, b=2.426, p=6.25, q=3.74, v=15.45)
+
+
+def hyp2f1_decimal(a: float, b: float, c: float, z: float, digits: int = 50) -> float:
+    """2F1(a, b; c; z) by its series in ``digits``-digit decimal arithmetic (for 0 <= z < 1): a check
+    of SciPy too, which loses digits where c - a - b is very negative and z near 1."""
+    context = decimal.Context(prec=digits)
+    a_, b_, c_, z_ = (context.create_decimal_from_float(v) for v in (a, b, c, z))
+    term = total = decimal.Decimal(1)
+    tiny = decimal.Decimal(10) ** -(digits - 10)
+    n = 0
+    while True:
+        term = context.multiply(term, context.divide((a_ + n) * (b_ + n) * z_, (c_ + n) * (n + 1)))
+        total = context.add(total, term)
+        n += 1
+        if abs(term) <= tiny * abs(total):
+            return float(total)
 
 
 def p_alive(pop: Population, x: float, t_x: float, age: float) -> float:
