@@ -38,6 +38,7 @@ from operators.rules import CompiledRules
 from schemas.items import Output, RawEvent
 from schemas.records import iso_ms
 from schemas.streams import TRIGGERS_PREFIX
+from state.btyd import DEFAULT_BTYD, BtydParameters
 
 TICK_EVERY = 200
 CLICK_DELAY_MS = 30 * 60_000
@@ -421,19 +422,22 @@ def render(results: dict[str, Any]) -> str:
             f" scored ({lapse['scored']:,} scores); the outcome is reaching 60 days without an order"
             f" (rate {lapse['lapse_rate']}).",
             "",
-            "| lapse | ROC AUC |",
-            "| --- | ---: |",
-            f"| lapse_risk (rhythm model) | {lapse['model_auc']} |",
-            f"| days since the last order | {lapse['baseline_auc']} |",
+            "| lapse | ROC AUC | mean predicted |",
+            "| --- | ---: | ---: |",
+            f"| lapse_risk (BG/NBD) | {lapse['model_auc']} | {lapse['mean_risk']} |",
+            f"| days since the last order | {lapse['baseline_auc']} | |",
             "",
         ]
     return "\n".join(lines)
 
 
-def evaluate_lapse(path: Path, rows: int | None, every_days: int = 30) -> dict[str, Any]:
+def evaluate_lapse(
+    path: Path, rows: int | None, every_days: int = 30, btyd: BtydParameters = DEFAULT_BTYD
+) -> dict[str, Any]:
     """Lapse risk on real invoices: every ``every_days`` of event time, each buyer not yet lapsed
     is scored; the outcome is whether they then reach ``lapse_days`` without ordering.
-    Baseline: days since the last order."""
+    Baseline: days since the last order. ``btyd``: the BG/NBD parameters behind ``lapse_risk``
+    (``mean_risk`` against ``lapse_rate`` says how well its level is calibrated)."""
     from bisect import bisect_right
 
     from connectors.uci_retail import Rejected as RejectedRow
@@ -442,7 +446,7 @@ def evaluate_lapse(path: Path, rows: int | None, every_days: int = 30) -> dict[s
     from state.customer import CustomerState, Lifecycle
     from state.update import apply_event
 
-    lifecycle = Lifecycle()
+    lifecycle = Lifecycle(btyd=btyd)
     envelopes = []
     for n, item in enumerate(read_invoices(path, rows)):
         if isinstance(item, RejectedRow):
@@ -481,6 +485,7 @@ def evaluate_lapse(path: Path, rows: int | None, every_days: int = 30) -> dict[s
         "checkpoints_every_days": every_days,
         "scored": len(scored),
         "lapse_rate": round(sum(labels) / len(labels), 4) if labels else None,
+        "mean_risk": round(sum(r for r, _, _ in scored) / len(scored), 4) if scored else None,
         "model_auc": _round(auc([r for r, _, _ in scored], labels)),
         "baseline_auc": _round(auc([d for _, d, _ in scored], labels)),
     }
