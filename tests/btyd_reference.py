@@ -10,23 +10,13 @@ from __future__ import annotations
 
 import decimal
 import math
-from dataclasses import dataclass
 
 from scipy.special import hyp2f1
 
-
-@dataclass(frozen=True)
-class Population:
-    r: float
-    alpha: float
-    a: float
-    b: float
-    p: float
-    q: float
-    v: float
-
+from state.btyd import BtydParameters as Population
 
 CDNOW_DAYS = Population(r=0.243, alpha=4.414 * 7, a=0.793, b=2.426, p=6.25, q=3.74, v=15.45)
+"""The published BG/NBD fit of the CDNOW sample (alpha 4.414 weeks, in days), Gamma-Gamma placeholders."""
 
 
 def hyp2f1_decimal(a: float, b: float, c: float, z: float, digits: int = 50) -> float:

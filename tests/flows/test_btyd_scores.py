@@ -28,7 +28,7 @@ DAY_MS = 86_400_000
 MINUTE_MS = 60_000
 T0_MS = int(T0.timestamp() * 1000)
 LC = Lifecycle()
-POP = btyd.CDNOW_DAYS
+POP = LC.btyd  # the engine's default parameters
 
 
 def relative(got: float, expected: float) -> float:
@@ -58,7 +58,7 @@ def test_the_scores_agree_with_the_papers_formulas():
     """P(alive), the chance of no order in a span, the expected orders (the paper's plain 2F1,
     against the compiled Euler form) and Gamma-Gamma's order value, on random histories."""
     rng = Random(3)
-    pops = [POP, btyd.Population(r=2.1, alpha=12.0, a=1.7, b=5.5, p=3.0, q=2.5, v=20.0)]
+    pops = [btyd.CDNOW_DAYS, btyd.Population(r=2.1, alpha=12.0, a=1.7, b=5.5, p=3.0, q=2.5, v=20.0)]
     for _ in range(400):
         pop = rng.choice(pops)
         x = rng.choice([0, 1, 2, 5, 20, 80])
@@ -77,11 +77,12 @@ def test_the_lapse_risk_is_the_chance_of_no_order_integrated_over_the_rate():
     """The closed form is what it claims: dead, or alive with no Poisson order for the span,
     averaged over the buying rate's posterior (numerical integration)."""
     for x, t_x, age, days in [(0, 0, 10, 50), (2, 30, 90, 30), (9, 200, 260, 5), (1, 1, 2, 58)]:
-        closed = btyd.no_order_within(POP, days, x, t_x, age)
-        assert abs(closed - btyd.lapse_risk_by_integration(POP, days, x, t_x, age)) < 1e-8
+        closed = btyd.no_order_within(btyd.CDNOW_DAYS, days, x, t_x, age)
+        assert abs(closed - btyd.lapse_risk_by_integration(btyd.CDNOW_DAYS, days, x, t_x, age)) < 1e-8
 
 
 def test_the_default_parameters_are_cdnows_published_fit_in_days():
+    """(Until the defaults are a fit of the UCI invoices.)"""
     assert (DEFAULT_BTYD.r, DEFAULT_BTYD.a, DEFAULT_BTYD.b) == (0.243, 0.793, 2.426)
     assert DEFAULT_BTYD.alpha == pytest.approx(4.414 * 7), "alpha, a time, scales with the unit: weeks to days"
 
@@ -162,7 +163,7 @@ def test_a_one_time_buyer_is_at_high_lapse_risk_and_worth_the_population_mean_or
     assert state.features.p_alive(T0_MS, LC.population) == 1.0, "no repeat order: BG/NBD cannot have them stopped"
     mean = DEFAULT_BTYD.p * DEFAULT_BTYD.v / (DEFAULT_BTYD.q - 1)
     assert state.features.expected_order_value(LC.population) == round(mean, 2), "one order says nothing of its value"
-    assert state.lapse_risk(T0_MS, LC) == round(btyd.no_order_within(POP, 60, 0, 0, 0), 4) > 0.7
+    assert state.lapse_risk(T0_MS, LC) == round(btyd.no_order_within(POP, 60, 0, 0, 0), 4) > 0.5
 
 
 # --- the profile in Redis and determinism ------------------------------------------------
