@@ -22,6 +22,7 @@ from operators.engine import EngineConfig
 from schemas.errors import ConfigurationError
 from state._native import btyd_scores, hyp2f1
 from state.btyd import DEFAULT_BTYD, BtydParameters
+from state.catalogue import profile
 from state.customer import Lifecycle
 
 DAY_MS = 86_400_000
@@ -175,6 +176,18 @@ def run_flow(settings: Settings, events: list[dict]) -> list:
     captured: list = []
     run_main(build_flow(settings, source=TestingSource(source_records(events)), sink=TestingSink(captured)))
     return captured
+
+
+def test_the_engine_s_profile_carries_the_scores_and_null_before_an_order():
+    """The document the engine sends to the live store (Redis, or the local engine's own)."""
+    h = EngineHarness(rules_from(RULES.format(clv=1e9)))
+    h.feed([order("u1", days=0, total=30.0), order("u1", days=10, total=50.0), track("Page", "u2", days=1)])
+    at_ms = T0_MS + 12 * DAY_MS
+    features = profile(h.customers.customers["u1"], at_ms, LC)["features"]
+    assert features["p_alive"] == round(btyd.p_alive(POP, 1, 10, 12), 4)
+    assert features["clv"] == reference_clv(at_ms, [T0_MS, T0_MS + 10 * DAY_MS], [30.0, 50.0])
+    browser = profile(h.customers.customers["u2"], at_ms, LC)["features"]
+    assert all(browser[name] is None for name in SCORES), "no order, no score"
 
 
 def test_the_redis_profile_carries_the_scores(redis_service, tmp_path):
