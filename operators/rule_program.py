@@ -193,6 +193,7 @@ class NativeRules:
             lc.at_risk_gap_factor,
             MAX_CAUSED_BY,
             lc.population,
+            rules.reads_p_alive,
         )
 
     def timer_firing(self, rules: CompiledRules) -> TimerFiring:

@@ -123,6 +123,7 @@ class CompiledRules:
     timers: dict[str, CompiledTrigger] = field(default_factory=dict)
     time_audiences: list[CompiledAudience] = field(init=False)
     reads_lapse_risk: bool = field(init=False)
+    reads_p_alive: bool = field(init=False)
     audience_by_member: dict[str, CompiledAudience] = field(init=False)
     _audiences_for: dict[str, list[CompiledAudience]] = field(default_factory=dict)
 
@@ -140,6 +141,8 @@ class CompiledRules:
         self.time_audiences = [a for a in self.audiences if a.time_dependent]
         # audiences on lapse_risk are rechecked as the risk passes each tenth
         self.reads_lapse_risk = any("lapse_risk" in a.when.names for a in self.time_audiences)
+        # and those on p_alive as it falls below each tenth
+        self.reads_p_alive = any("p_alive" in a.when.names for a in self.time_audiences)
         self.audience_by_member = {a.member_key: a for a in self.audiences}
 
     def eligible_offers(self, channel: str, audiences: tuple[str, ...]) -> list[Offer]:

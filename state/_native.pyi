@@ -361,6 +361,7 @@ class Features:
         at_risk_gap_factor: float,
         risk_steps: bool,
         population: Population,
+        alive_steps: bool = False,
     ) -> int | None:
         """The next time ``lifecycle``, ``at_risk`` (and with ``risk_steps`` ``lapse_risk``, to the
         next tenth) can change with no new event."""
@@ -529,12 +530,14 @@ class CustomerStep:
         at_risk_gap_factor: float,
         most_caused_by: int,
         population: Population,
+        alive_steps: bool = False,
     ) -> None:
         """``plans``: per event name, ``(name, rules it cancels, (rule, after_ms, once_per) it arms, its
         audience group, whether triggers fire on it at once, whether it is an order)``; an event of any
         other name changes ``other_group``; a fresh customer ``every_group``. ``recheck``: the timer that
         rechecks time-dependent audiences (``None``: none), at the lifecycle boundaries (with
-        ``risk_steps``, also ``lapse_risk``'s); ``most_caused_by``: the ids a timer keeps."""
+        ``risk_steps``, also ``lapse_risk``'s; with ``alive_steps``, ``p_alive``'s); ``most_caused_by``: the ids a
+        timer keeps."""
     def run(
         self,
         state: Any,

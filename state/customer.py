@@ -236,11 +236,19 @@ class CustomerState:
         ``None`` before the first order; 1 once lapsed."""
         return self.features.lapse_risk(now_ms, lc.lapse_days, lc.population)
 
-    def next_boundary(self, now_ms: int, lc: Lifecycle, risk_steps: bool = False) -> int | None:
+    def p_alive(self, now_ms: int, lc: Lifecycle) -> float | None:
+        """BG/NBD's chance that this buyer still buys: 1 until their second order, then falling with
+        silence; ``None`` before the first order."""
+        return self.features.p_alive(now_ms, lc.population)
+
+    def next_boundary(
+        self, now_ms: int, lc: Lifecycle, risk_steps: bool = False, alive_steps: bool = False
+    ) -> int | None:
         """The next event time at which ``lifecycle`` or ``at_risk`` (and, with ``risk_steps``,
-        ``lapse_risk``, to the next tenth, found to the minute) can change with no new event."""
+        ``lapse_risk``, to the next tenth; with ``alive_steps``, ``p_alive``, below the next tenth;
+        found to the minute) can change with no new event."""
         return self.features.next_boundary(
-            now_ms, lc.new_days, lc.lapse_days, lc.at_risk_gap_factor, risk_steps, lc.population
+            now_ms, lc.new_days, lc.lapse_days, lc.at_risk_gap_factor, risk_steps, lc.population, alive_steps
         )
 
     def preferred_hour(self) -> int | None:

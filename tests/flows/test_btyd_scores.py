@@ -157,6 +157,21 @@ def test_audiences_on_lapse_risk_and_clv_change_when_the_formulas_say():
     )
 
 
+def test_an_audience_on_p_alive_enters_in_silence_when_it_falls_below_its_threshold():
+    h = EngineHarness(rules_from('version: v\naudiences:\n  - id: fading\n    when: "p_alive < 0.3"\n'))
+    days = [0, 3, 6, 9]
+    h.feed([order("u1", days=d) for d in days])
+    h.feed([track("Page", "u2", days=200)])  # moves the clock on: u1 is silent
+    entered = [c for c in changes(h.outputs) if c["subject"] == "u1" and c["data"]["change"] == "entered"]
+    assert len(entered) == 1 and entered[0]["data"]["audience"] == "fading"
+    at_ms = int(datetime.fromisoformat(entered[0]["time"]).timestamp() * 1000)
+    state = h.customers.customers["u1"]
+    assert state.p_alive(at_ms - MINUTE_MS, LC) >= 0.3 > state.p_alive(at_ms, LC), "within the minute it falls below"
+    age = (at_ms - T0_MS) / DAY_MS
+    assert round(btyd.p_alive(POP, 3, 9, age), 4) < 0.3 <= round(btyd.p_alive(POP, 3, 9, age - 1 / 1440), 4)
+    assert at_ms < T0_MS + (9 + LC.lapse_days) * DAY_MS, "well before the lapse boundary would recheck it"
+
+
 def test_a_one_time_buyer_is_at_high_lapse_risk_and_worth_the_population_mean_order():
     h = EngineHarness(rules_from(RULES.format(clv=1e9)))
     h.feed([order("u1", 0, total=500.0)])

@@ -10,7 +10,7 @@ from typing import Any
 import btyd_reference as btyd
 import pytest
 from conftest import T0, added, call, envelopes, order, raw_records, track
-from risk_step_reference import next_risk_step
+from risk_step_reference import next_alive_step, next_risk_step
 
 from operators.expressions import compile_expression
 from state.catalogue import FEATURES, FeatureView
@@ -568,6 +568,29 @@ def test_the_risk_rechecks_land_on_each_tenth():
     assert step is not None
     before, at = weekly.lapse_risk(step - MIN, LC), weekly.lapse_risk(step, LC)
     assert int(before * 10) < int(at * 10), (before, at)
+
+
+def test_the_p_alive_rechecks_land_below_each_tenth():
+    weekly = state_after([order(days=d) for d in (0, 7, 14)])
+    now = ms(days=14)
+    step = weekly.next_boundary(now, LC, alive_steps=True)
+    assert step is not None and step < weekly.next_boundary(now, LC)
+    before, at = weekly.p_alive(step - MIN, LC), weekly.p_alive(step, LC)
+    assert before >= 0.8 > at, (before, at)  # type: ignore[operator]
+    assert state_after([order(days=0)]).next_boundary(now, LC, alive_steps=True) == state_after(
+        [order(days=0)]
+    ).next_boundary(now, LC), "a one-time buyer's P(alive) stays 1: no step"
+
+
+def test_the_next_alive_step_is_the_one_the_search_finds():
+    rng = Random(9)
+    for _ in range(1500):
+        state, lc = random_buyer(rng)
+        last = state.last_order_ms
+        now = rng.choice([last, last - rng.randrange(3 * DAY), last + rng.randrange(400 * DAY)])
+        candidates = (state.next_boundary(now, lc), next_alive_step(state, now, lc))
+        expected = min((at for at in candidates if at is not None and at > now), default=None)
+        assert state.next_boundary(now, lc, alive_steps=True) == expected, (state.orders, now - last, lc)
 
 
 def test_at_risk_holds_exactly_at_its_boundary():

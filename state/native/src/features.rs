@@ -25,6 +25,8 @@ pub const AFFINITY_K: usize = 5;
 pub const CATEGORY_HALF_LIFE_MS: i64 = 14 * DAY_MS;
 pub const PRODUCT_HALF_LIFE_MS: i64 = 3 * DAY_MS;
 const MIN_RHYTHM_MS: f64 = DAY_MS as f64;
+/// How far ahead the next `p_alive` step is looked for (about 45 years).
+const MAX_ALIVE_SEARCH_MS: i64 = (1 << 14) * DAY_MS;
 const ORDER_WEIGHT: f64 = 5.0;
 
 /// The kinds of events counted, by code (as `state.windows.COUNTED_KINDS`).
@@ -1301,9 +1303,47 @@ impl Features {
         Some(high)
     }
 
+    /// When `p_alive` (falling with silence once there is a repeat order) next drops below the
+    /// highest tenth at or under its value now, to the minute: the time `p_alive < 0.3`, say,
+    /// becomes true. The search doubles a span of days until it gets there, then bisects.
+    fn next_alive_step(&self, now_ms: i64, lc: &Lifecycle) -> Option<i64> {
+        if self.purchases().orders < 2 {
+            return None; // 1 until a repeat order
+        }
+        let step = (self.p_alive(now_ms, lc)? * 10.0 + 1e-9).floor() / 10.0;
+        if step <= 0.0 {
+            return None;
+        }
+        let below = |at: i64| self.p_alive(at, lc).map_or(false, |alive| alive < step);
+        let mut span = DAY_MS;
+        while !below(now_ms + span) {
+            if span > MAX_ALIVE_SEARCH_MS {
+                return None;
+            }
+            span *= 2;
+        }
+        let (mut low, mut high) = (now_ms, now_ms + span);
+        while high - low > MINUTE_MS {
+            let middle = (low + high).div_euclid(2);
+            if below(middle) {
+                high = middle;
+            } else {
+                low = middle;
+            }
+        }
+        Some(high)
+    }
+
     /// The next event time at which `lifecycle` or `at_risk` (and, with `risk_steps`,
-    /// `lapse_risk`, to the next tenth) can change with no new event.
-    pub fn next_boundary(&self, now_ms: i64, lc: &Lifecycle, risk_steps: bool) -> Option<i64> {
+    /// `lapse_risk`, to the next tenth; with `alive_steps`, `p_alive`, below the next tenth) can
+    /// change with no new event.
+    pub fn next_boundary(
+        &self,
+        now_ms: i64,
+        lc: &Lifecycle,
+        risk_steps: bool,
+        alive_steps: bool,
+    ) -> Option<i64> {
         let last = self.purchases().last_order_ms.unwrap_or(self.last_seen_ms);
         let candidates = [
             Some(self.first_seen_ms + lc.new_days * DAY_MS),
@@ -1313,6 +1353,11 @@ impl Features {
             }),
             if risk_steps {
                 self.next_risk_step(now_ms, lc)
+            } else {
+                None
+            },
+            if alive_steps {
+                self.next_alive_step(now_ms, lc)
             } else {
                 None
             },
@@ -2500,7 +2545,10 @@ pub mod python {
             self.inner.clv(now_ms, &lifecycle(0, 0, 0.0, population))
         }
         /// The next time ``lifecycle``, ``at_risk`` (and with ``risk_steps`` ``lapse_risk``, to the
-        /// next tenth) can change with no new event.
+        /// next tenth; with ``alive_steps`` ``p_alive``, below the next tenth) can change with no
+        /// new event.
+        #[pyo3(signature = (now_ms, new_days, lapse_days, at_risk_gap_factor, risk_steps, population, alive_steps=false))]
+        #[allow(clippy::too_many_arguments)]
         fn next_boundary(
             &self,
             now_ms: i64,
@@ -2509,11 +2557,13 @@ pub mod python {
             at_risk_gap_factor: f64,
             risk_steps: bool,
             population: PopulationArgs,
+            alive_steps: bool,
         ) -> Option<i64> {
             self.inner.next_boundary(
                 now_ms,
                 &lifecycle(new_days, lapse_days, at_risk_gap_factor, population),
                 risk_steps,
+                alive_steps,
             )
         }
         /// The local hour of day with most activity (``None``: none yet).
