@@ -40,10 +40,13 @@ class BtydParameters:
     @classmethod
     def from_model_file(cls, entry: Mapping[str, Any], source: str = "model file") -> BtydParameters:
         """The parameters of a model file's ``clv`` entry: ``{"bgnbd": {"r", "alpha", "a", "b"},
-        "gamma_gamma": {"p", "q", "v"}, "time_unit_days": 1.0}`` (``alpha`` in that unit)."""
+        "gamma_gamma": {"p", "q", "v"}, "time_unit_days": 1.0}`` (``alpha`` in that unit; other keys,
+        such as the fit's diagnostics, are not read). Without ``gamma_gamma`` (spend not fitted),
+        the order values keep :data:`DEFAULT_BTYD`'s."""
         try:
-            bgnbd, gamma_gamma = entry["bgnbd"], entry["gamma_gamma"]
-            unit = float(entry.get("time_unit_days", 1.0))
+            bgnbd = entry["bgnbd"]
+            gamma_gamma = entry.get("gamma_gamma") or {"p": DEFAULT_BTYD.p, "q": DEFAULT_BTYD.q, "v": DEFAULT_BTYD.v}
+            unit = float(entry.get("time_unit_days") or 1.0)
             return cls(
                 r=bgnbd["r"],
                 alpha=bgnbd["alpha"] * unit,

@@ -92,6 +92,8 @@ def test_a_model_file_clv_entry_gives_the_parameters_in_days():
     entry = {"bgnbd": {"r": 0.5, "alpha": 2.0, "a": 0.7, "b": 3.0}, "gamma_gamma": {"p": 5, "q": 4, "v": 9}}
     assert BtydParameters.from_model_file(entry | {"time_unit_days": 7.0}).alpha == 14.0
     assert BtydParameters.from_model_file(entry).alpha == 2.0
+    spend_not_fitted = BtydParameters.from_model_file({**entry, "gamma_gamma": None, "fitted": {"customers": 9}})
+    assert (spend_not_fitted.r, spend_not_fitted.p, spend_not_fitted.v) == (0.5, DEFAULT_BTYD.p, DEFAULT_BTYD.v)
     with pytest.raises(ConfigurationError, match=r"models.json: clv: missing 'v'"):
         BtydParameters.from_model_file({**entry, "gamma_gamma": {"p": 5, "q": 4}}, "models.json")
     with pytest.raises(ConfigurationError, match=r"models.json: clv: q must be above 1"):
