@@ -253,6 +253,7 @@ def test_a_replay_reading_the_scores_is_the_same_whatever_the_shards(tmp_path):
     assert {orjson.loads(b)["data"]["audience"] for b in audience} == {"slipping", "valuable", "fading"}
     for other in runs[1:]:
         assert sorted(body for s, body in other if s == "audience_changes") == audience
+    assert runs[1] == runs[2], "the same replay twice: the same outputs, byte for byte, in the same order"
 
 
 def test_the_engine_reads_the_model_file_s_clv_entry(tmp_path):
