@@ -46,6 +46,7 @@ from operators.rules import CompiledRules
 from schemas.items import Output, RawEvent
 from schemas.records import iso_ms
 from schemas.streams import TRIGGERS_PREFIX
+from state.btyd import DEFAULT_BTYD, BtydParameters
 
 TICK_EVERY = 200
 CLICK_DELAY_MS = 30 * 60_000
@@ -657,10 +658,10 @@ def render(results: dict[str, Any]) -> str:
             f" scored ({lapse['scored']:,} scores); the outcome is reaching 60 days without an order"
             f" (rate {lapse['lapse_rate']}).",
             "",
-            "| lapse | ROC AUC |",
-            "| --- | ---: |",
-            f"| lapse_risk (rhythm model) | {lapse['model_auc']} |",
-            f"| days since the last order | {lapse['baseline_auc']} |",
+            "| lapse | ROC AUC | mean predicted |",
+            "| --- | ---: | ---: |",
+            f"| lapse_risk (BG/NBD) | {lapse['model_auc']} | {lapse['mean_risk']} |",
+            f"| days since the last order | {lapse['baseline_auc']} | |",
             "",
         ]
         lines += _reliability_lines("lapse_risk as the chance of a lapse", {"lapse_risk": lapse["reliability"]})
@@ -755,12 +756,17 @@ def _audience_figures(changes: list[tuple[str, bool, int]], customers: int, mont
 
 
 def evaluate_lapse(
-    path: Path, rows: int | None, every_days: int = 30, rules: CompiledRules | None = None
+    path: Path,
+    rows: int | None,
+    every_days: int = 30,
+    rules: CompiledRules | None = None,
+    btyd: BtydParameters = DEFAULT_BTYD,
 ) -> dict[str, Any]:
     """Lapse risk on real invoices: every ``every_days`` of event time, each buyer not yet lapsed
     is scored; the outcome is whether they then reach ``lapse_days`` without ordering.
-    Baseline: days since the last order. Reliability of the risk as a probability, and, for each
-    threshold on it in ``rules``' audiences, the observed lapse rate of the scores that pass it."""
+    Baseline: days since the last order. ``btyd``: the BG/NBD parameters behind ``lapse_risk``.
+    Reliability of the risk as a probability, and, for each threshold on it in ``rules``' audiences,
+    the observed lapse rate of the scores that pass it."""
     from bisect import bisect_right
 
     from connectors.uci_retail import Rejected as RejectedRow
@@ -769,7 +775,7 @@ def evaluate_lapse(
     from state.customer import CustomerState, Lifecycle
     from state.update import apply_event
 
-    lifecycle = Lifecycle()
+    lifecycle = Lifecycle(btyd=btyd)
     envelopes = []
     for n, item in enumerate(read_invoices(path, rows)):
         if isinstance(item, RejectedRow):
@@ -808,6 +814,7 @@ def evaluate_lapse(
         "checkpoints_every_days": every_days,
         "scored": len(scored),
         "lapse_rate": round(sum(labels) / len(labels), 4) if labels else None,
+        "mean_risk": round(sum(r for r, _, _ in scored) / len(scored), 4) if scored else None,
         "model_auc": _round(auc([r for r, _, _ in scored], labels)),
         "baseline_auc": _round(auc([d for _, d, _ in scored], labels)),
         "reliability": counted([min(max(r, 0.0), 1.0) for r, _, _ in scored], labels).reliability(),

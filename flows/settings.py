@@ -19,6 +19,7 @@ from schemas.erasures import Ledger
 from schemas.errors import ConfigurationError
 from schemas.items import DEFAULT_MAX_EVENT_BYTES
 from state.affinity import DAY_MS
+from state.btyd import DEFAULT_BTYD, BtydParameters
 from state.customer import MINUTE_MS, Lifecycle
 from state.reference import load_reference
 
@@ -46,6 +47,7 @@ class Settings(BaseModel):
     session_timeout_minutes: float = Field(30, gt=0, description="inactivity that ends a session")
     new_days: int = Field(30, gt=0, description="a customer is 'new' this long after first seen")
     lapse_days: int = Field(60, gt=0, description="no order (or activity) this long makes a customer 'lapsed'")
+    clv_horizon_days: float = Field(365, gt=0, description="days ahead that expected_orders and clv look")
     state_ttl_days: int = Field(730, gt=0, description="state of a customer inactive this long is dropped")
     dedupe_per_shard: int = Field(20_000, ge=100, description="message ids remembered per shard for dedupe")
     batch_size: int = Field(1000, ge=1, description="source batch size")
@@ -108,6 +110,7 @@ class Settings(BaseModel):
     def engine_config(
         self, snapshots: bool = False, source_partitions: int = 1, profiles: bool = False, erased: Ledger | None = None
     ) -> EngineConfig:
+        initial_models = model_files.read(self.model_file) if self.model_file else None
         return EngineConfig(
             lateness_ms=int(self.lateness_minutes * MINUTE_MS),
             max_skew_ms=int(self.max_skew_minutes * MINUTE_MS),
@@ -116,6 +119,8 @@ class Settings(BaseModel):
                 new_days=self.new_days,
                 lapse_days=self.lapse_days,
                 session_timeout_ms=int(self.session_timeout_minutes * MINUTE_MS),
+                btyd=self._btyd(initial_models),
+                clv_horizon_days=self.clv_horizon_days,
             ),
             state_ttl_ms=self.state_ttl_days * DAY_MS,
             dedupe_per_shard=self.dedupe_per_shard,
@@ -124,12 +129,18 @@ class Settings(BaseModel):
             state_store=self.recovery_dir / STATE_STORE if snapshots and self.recovery_dir is not None else None,
             profile_ms=int(self.profile_seconds * 1000) if profiles else None,
             models=self.models,
-            initial_models=model_files.read(self.model_file) if self.model_file else None,
+            initial_models=initial_models,
             propensity_horizon_ms=int(self.propensity_horizon_days * DAY_MS),
             reference=load_reference(self.stores, self.products) if self.stores or self.products else None,
             erased=erased or {},
             phone_region=self.phone_region,
         )
+
+    def _btyd(self, models: dict[str, Any] | None) -> BtydParameters:
+        """The buy-till-you-die parameters of the model file's ``clv`` entry (``nudgeflow fit``), else
+        the defaults."""
+        entry = (models or {}).get("clv")
+        return BtydParameters.from_model_file(entry, f"model file {self.model_file}") if entry else DEFAULT_BTYD
 
     @field_validator("phone_region")
     @classmethod

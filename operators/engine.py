@@ -605,7 +605,8 @@ class CustomerStage:
             return
         pending = state.timer_due(RECHECK)
         if pending is None or moved_earlier:
-            boundary = state.next_boundary(now_ms, self.config.lifecycle, self.rules.reads_lapse_risk)
+            rules = self.rules
+            boundary = state.next_boundary(now_ms, self.config.lifecycle, rules.reads_lapse_risk, rules.reads_p_alive)
             if boundary is not None and (pending is None or boundary < pending):
                 state.set_timer(boundary, RECHECK, "recheck", (state.last_event_id,))
                 self.timers.schedule(state)

@@ -50,7 +50,12 @@ class Reasons:
             if a.exit_when is not None
         }
         self._values = ReasonValues(
-            reads, lifecycle.new_days, lifecycle.lapse_days, lifecycle.at_risk_gap_factor, lifecycle.session_timeout_ms
+            reads,
+            lifecycle.new_days,
+            lifecycle.lapse_days,
+            lifecycle.at_risk_gap_factor,
+            lifecycle.session_timeout_ms,
+            lifecycle.population,
         )
 
     def trigger(self, trigger: CompiledTrigger) -> Reason:

@@ -27,6 +27,10 @@ SCALARS = {
     "lifecycle": "lifecycle",
     "at_risk": "at_risk",
     "lapse_risk": "lapse_risk",
+    "p_alive": "p_alive",
+    "expected_orders": "expected_orders",
+    "expected_order_value": "expected_order_value",
+    "clv": "clv",
     "orders": "orders",
     "frequency": "orders",
     "refunds": "refunds",
@@ -166,6 +170,7 @@ class NativeRules:
             lifecycle.lapse_days,
             lifecycle.at_risk_gap_factor,
             lifecycle.session_timeout_ms,
+            lifecycle.population,
             exits,
         )
         self.audience_changes = self.program.audience_changes  # once per event: no call in between
@@ -198,6 +203,8 @@ class NativeRules:
             lc.lapse_days,
             lc.at_risk_gap_factor,
             MAX_CAUSED_BY,
+            lc.population,
+            rules.reads_p_alive,
         )
 
     def timer_firing(self, rules: CompiledRules) -> TimerFiring:

@@ -145,6 +145,7 @@ class CompiledRules:
     timers: dict[str, CompiledTrigger] = field(default_factory=dict)
     time_audiences: list[CompiledAudience] = field(init=False)
     reads_lapse_risk: bool = field(init=False)
+    reads_p_alive: bool = field(init=False)
     audience_by_member: dict[str, CompiledAudience] = field(init=False)
     dwell_timers: dict[str, CompiledAudience] = field(init=False)  # by timer name
     _audiences_for: dict[str, list[CompiledAudience]] = field(default_factory=dict)
@@ -163,6 +164,8 @@ class CompiledRules:
         self.time_audiences = [a for a in self.audiences if a.time_dependent]
         # audiences on lapse_risk are rechecked as the risk passes each tenth
         self.reads_lapse_risk = any("lapse_risk" in a.names for a in self.time_audiences)
+        # and those on p_alive as it falls below each tenth
+        self.reads_p_alive = any("p_alive" in a.names for a in self.time_audiences)
         self.audience_by_member = {a.member_key: a for a in self.audiences}
         self.dwell_timers = {a.dwell_timer: a for a in self.audiences if a.dwell_timer is not None}
 

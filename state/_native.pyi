@@ -93,6 +93,20 @@ class EpochMs:
     def __init__(self, general: Callable[[str], int]) -> None: ...
     def __call__(self, text: str) -> int: ...
 
+Population = tuple[float, ...]
+"""Buy-till-you-die parameters ``(r, alpha, a, b, p, q, v, horizon_days)``, times in days
+(``state.customer.Lifecycle.population``)."""
+
+def hyp2f1(a: float, b: float, c: float, z: float) -> float:
+    """Gauss's hypergeometric function 2F1(a, b; c; z) for 0 <= z < 1, by its series."""
+
+def btyd_scores(
+    population: Population, x: float, t_x: float, age: float, days: float, mean: float
+) -> tuple[float, float, float, float]:
+    """``(p_alive, no_order_within(days), expected_orders(days), expected_order_value(mean))`` of a
+    history of ``x`` repeat orders, ``t_x`` days from first to last, ``age`` days since the first,
+    unrounded (``state/native/src/btyd.rs``)."""
+
 def shard_of(key: str, shards: int) -> int:
     """A stable shard number for a routing key, a customer or anonymous id: ``zlib.crc32(key.encode())
     % shards`` (the same on every machine and run)."""
@@ -328,10 +342,26 @@ class Features:
         """ "new", "active" or "lapsed" at ``now_ms``."""
     def at_risk(self, now_ms: int, lapse_days: int, at_risk_gap_factor: float) -> bool:
         """A repeat buyer overdue against their own rhythm, not yet lapsed."""
-    def lapse_risk(self, now_ms: int, lapse_days: int) -> float | None:
-        """The chance (0-1) this buyer reaches ``lapse_days`` without ordering (``None`` before an order)."""
+    def lapse_risk(self, now_ms: int, lapse_days: int, population: Population) -> float | None:
+        """The chance (0-1) this buyer reaches ``lapse_days`` after their last order without another
+        (BG/NBD; ``None`` before an order)."""
+    def p_alive(self, now_ms: int, population: Population) -> float | None:
+        """BG/NBD's P(alive) (1 before a repeat order; ``None`` before an order)."""
+    def expected_orders(self, now_ms: int, population: Population) -> float | None:
+        """BG/NBD's expected orders over the horizon (``None`` before an order)."""
+    def expected_order_value(self, population: Population) -> float | None:
+        """Gamma-Gamma's expected order value (``None`` before an order)."""
+    def clv(self, now_ms: int, population: Population) -> float | None:
+        """Expected orders over the horizon times expected order value (``None`` before an order)."""
     def next_boundary(
-        self, now_ms: int, new_days: int, lapse_days: int, at_risk_gap_factor: float, risk_steps: bool
+        self,
+        now_ms: int,
+        new_days: int,
+        lapse_days: int,
+        at_risk_gap_factor: float,
+        risk_steps: bool,
+        population: Population,
+        alive_steps: bool = False,
     ) -> int | None:
         """The next time ``lifecycle``, ``at_risk`` (and with ``risk_steps`` ``lapse_risk``, to the
         next tenth) can change with no new event."""
@@ -373,6 +403,7 @@ class ReasonValues:
         lapse_days: int,
         at_risk_gap_factor: float,
         session_timeout_ms: int,
+        population: Population,
     ) -> None:
         """``reasons``: per reason, ``(feature, field, presence)`` reads (``field``: ``""`` for none);
         a presence read gives ``None`` when the feature is null, else an empty tuple."""
@@ -405,6 +436,7 @@ class RuleProgram:
         lapse_days: int,
         at_risk_gap_factor: float,
         session_timeout_ms: int,
+        population: Population,
         exits: list[int | None] = ...,
     ) -> None:
         """``expressions``: lowered trees (``None``: evaluated in Python), audiences first, their
@@ -499,12 +531,15 @@ class CustomerStep:
         lapse_days: int,
         at_risk_gap_factor: float,
         most_caused_by: int,
+        population: Population,
+        alive_steps: bool = False,
     ) -> None:
         """``plans``: per event name, ``(name, rules it cancels, (rule, after_ms, once_per) it arms, its
         audience group, whether triggers fire on it at once, whether it is an order)``; an event of any
         other name changes ``other_group``; a fresh customer ``every_group``. ``recheck``: the timer that
         rechecks time-dependent audiences (``None``: none), at the lifecycle boundaries (with
-        ``risk_steps``, also ``lapse_risk``'s); ``most_caused_by``: the ids a timer keeps."""
+        ``risk_steps``, also ``lapse_risk``'s; with ``alive_steps``, ``p_alive``'s); ``most_caused_by``: the ids a
+        timer keeps."""
     def run(
         self,
         state: Any,

@@ -260,8 +260,31 @@ FEATURES: dict[str, Feature] = {
     "lifetime_spend": Feature("orders minus refunds", lambda v: v.state.features.lifetime_spend, ORDERS),
     "refunds": Feature("refunds received", lambda v: v.state.features.refunds, ORDERS),
     "lapse_risk": Feature(
-        "chance (0-1) a buyer reaches lapse_days without ordering, from their rhythm (null before an order)",
-        lambda v: v.state.features.lapse_risk(v.now_ms, v.lifecycle.lapse_days),
+        "BG/NBD chance (0-1) a buyer reaches lapse_days after their last order without another (null before one)",
+        lambda v: v.state.features.lapse_risk(v.now_ms, v.lifecycle.lapse_days, v.lifecycle.population),
+        ORDERS,
+        time_dependent=True,
+    ),
+    "p_alive": Feature(
+        "BG/NBD chance (0-1) a buyer still buys: 1 until their second order, then falls with silence",
+        lambda v: v.state.features.p_alive(v.now_ms, v.lifecycle.population),
+        ORDERS,
+        time_dependent=True,
+    ),
+    "expected_orders": Feature(
+        "BG/NBD expected orders over the next NUDGEFLOW_CLV_HORIZON_DAYS (365) (null before an order)",
+        lambda v: v.state.features.expected_orders(v.now_ms, v.lifecycle.population),
+        ORDERS,
+        time_dependent=True,
+    ),
+    "expected_order_value": Feature(
+        "Gamma-Gamma expected value of an order: own mean shrunk to the population's (null before an order)",
+        lambda v: v.state.features.expected_order_value(v.lifecycle.population),
+        ORDERS,
+    ),
+    "clv": Feature(
+        "customer lifetime value over the horizon: expected_orders x expected_order_value (null before an order)",
+        lambda v: v.state.features.clv(v.now_ms, v.lifecycle.population),
         ORDERS,
         time_dependent=True,
     ),

@@ -16,6 +16,7 @@ from typing import Any
 from schemas import match_keys
 from state._native import Bookkeeping, Features
 from state.affinity import DAY_MS
+from state.btyd import DEFAULT_BTYD, BtydParameters
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -24,8 +25,6 @@ MAX_SESSION_PRODUCTS = 10
 MAX_CAUSED_BY = 5
 MAX_BOUGHT = 20  # products of the last order remembered (recommendations leave them out)
 MAX_PENDING_OUTCOMES = 4  # decisions whose outcome (order within the horizon or not) is still open
-PRIOR_ORDER_GAP_DAYS = 30  # expected gap between orders before a customer's own rhythm is known
-PRIOR_CHURN = 0.1  # prior chance that a buyer has stopped buying for good
 MIN_RHYTHM_MS = DAY_MS  # a mean gap between orders shorter than this is no purchase rhythm
 AFFINITY_K = 5
 CATEGORY_HALF_LIFE_MS = 14 * DAY_MS
@@ -54,6 +53,15 @@ class Lifecycle:
     lapse_days: int = 60
     at_risk_gap_factor: float = 1.5
     session_timeout_ms: int = 30 * MINUTE_MS
+    btyd: BtydParameters = DEFAULT_BTYD  # behind lapse_risk, p_alive, expected_orders, clv
+    clv_horizon_days: float = 365.0  # of expected_orders and clv
+
+    @property
+    def population(self) -> tuple[float, ...]:
+        """The buy-till-you-die parameters as the compiled record reads them:
+        ``(r, alpha, a, b, p, q, v, horizon_days)``."""
+        b = self.btyd
+        return (b.r, b.alpha, b.a, b.b, b.p, b.q, b.v, self.clv_horizon_days)
 
 
 Timer = tuple[Any, ...]
@@ -219,22 +227,29 @@ class CustomerState:
         return self.features.at_risk(now_ms, lc.lapse_days, lc.at_risk_gap_factor)
 
     def lapse_risk(self, now_ms: int, lc: Lifecycle) -> float | None:
-        """How likely this buyer reaches ``lapse_days`` without another order, from their rhythm.
+        """How likely this buyer reaches the lapse point (their last order + ``lapse_days``)
+        without another order, from the BG/NBD model: the chance they have stopped buying
+        (1 - P(alive)) plus, alive, the chance of no order before then,
+        ``1 - P(alive) (1 - ((alpha + T) / (alpha + T + h))^(r + x))`` with ``x`` repeat orders,
+        ``T`` days since the first order and ``h`` days to the lapse point. With no new order it
+        only rises (P(alive) falls and so does the chance of an order in the shrinking ``h``);
+        ``None`` before the first order; 1 once lapsed."""
+        return self.features.lapse_risk(now_ms, lc.lapse_days, lc.population)
 
-        Orders of a buyer who is still "alive" come as a Poisson process with the customer's
-        mean gap ``g`` (shrunk towards :data:`PRIOR_ORDER_GAP_DAYS` by one prior gap); a buyer
-        may also have stopped for good, prior chance :data:`PRIOR_CHURN`. After a silence ``w``
-        the chance they stopped is ``c / (c + (1 - c) e^(-w/g))``; one still alive reaches the
-        threshold without ordering with chance ``e^(-left/g)``. A silence long against the
-        customer's own rhythm therefore raises the risk. ``None`` before the first order; 1 once
-        lapsed.
-        """
-        return self.features.lapse_risk(now_ms, lc.lapse_days)
+    def p_alive(self, now_ms: int, lc: Lifecycle) -> float | None:
+        """BG/NBD's chance that this buyer still buys: 1 until their second order, then falling with
+        silence; ``None`` before the first order."""
+        return self.features.p_alive(now_ms, lc.population)
 
-    def next_boundary(self, now_ms: int, lc: Lifecycle, risk_steps: bool = False) -> int | None:
+    def next_boundary(
+        self, now_ms: int, lc: Lifecycle, risk_steps: bool = False, alive_steps: bool = False
+    ) -> int | None:
         """The next event time at which ``lifecycle`` or ``at_risk`` (and, with ``risk_steps``,
-        ``lapse_risk``, to the next tenth, found to the minute) can change with no new event."""
-        return self.features.next_boundary(now_ms, lc.new_days, lc.lapse_days, lc.at_risk_gap_factor, risk_steps)
+        ``lapse_risk``, to the next tenth; with ``alive_steps``, ``p_alive``, below the next tenth;
+        found to the minute) can change with no new event."""
+        return self.features.next_boundary(
+            now_ms, lc.new_days, lc.lapse_days, lc.at_risk_gap_factor, risk_steps, lc.population, alive_steps
+        )
 
     def preferred_hour(self) -> int | None:
         """The local hour of day with most activity (ties: the earliest)."""

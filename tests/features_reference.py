@@ -15,7 +15,7 @@ from operator import attrgetter
 from sys import intern
 from typing import Any
 
-from risk_step_reference import next_risk_step
+from risk_step_reference import next_alive_step, next_risk_step
 
 from schemas.envelope import Envelope
 from schemas.events import ConsentEvent, IdentifyEvent, OrderEvent, ProductEvent, StoreVisitEvent
@@ -28,8 +28,6 @@ from state.customer import (
     MAX_PENDING_OUTCOMES,
     MAX_SESSION_PRODUCTS,
     MIN_RHYTHM_MS,
-    PRIOR_CHURN,
-    PRIOR_ORDER_GAP_DAYS,
     PRODUCT_HALF_LIFE_MS,
     TRAIT_KEYS,
     Lifecycle,
@@ -436,37 +434,56 @@ class CustomerState:
         return lc.at_risk_gap_factor * self.order_gap_ms <= overdue < lc.lapse_days * DAY_MS
 
     def lapse_risk(self, now_ms: int, lc: Lifecycle) -> float | None:
-        """How likely this buyer reaches ``lapse_days`` without another order, from their rhythm.
-
-        Orders of a buyer who is still "alive" come as a Poisson process with the customer's
-        mean gap ``g`` (shrunk towards :data:`PRIOR_ORDER_GAP_DAYS` by one prior gap); a buyer
-        may also have stopped for good, prior chance :data:`PRIOR_CHURN`. After a silence ``w``
-        the chance they stopped is ``c / (c + (1 - c) e^(-w/g))``; one still alive reaches the
-        threshold without ordering with chance ``e^(-left/g)``. A silence long against the
-        customer's own rhythm therefore raises the risk. ``None`` before the first order; 1 once
-        lapsed.
-        """
-        if self.last_order_ms is None:
+        """How likely this buyer reaches the lapse point (last order + ``lapse_days``) without another
+        order, from BG/NBD: stopped (1 - P(alive)), or alive and silent until then. ``None`` before
+        the first order; 1 once lapsed. (The same operations as the compiled record, so the same bits.)"""
+        if self.last_order_ms is None or self.first_order_ms is None:
             return None
         lapse_at = self.last_order_ms + lc.lapse_days * DAY_MS
         if now_ms >= lapse_at:
             return 1.0
-        gap = self._expected_gap_ms()
-        silent = math.exp(-max(0, now_ms - self.last_order_ms) / gap)
-        stopped = PRIOR_CHURN / (PRIOR_CHURN + (1 - PRIOR_CHURN) * silent)
-        return round(stopped + (1 - stopped) * math.exp(-(lapse_at - now_ms) / gap), 4)
+        pop = lc.btyd
+        x, _, age = self._history(now_ms)
+        alive = self._p_alive(now_ms, lc)
+        days = (lapse_at - now_ms) / DAY_MS
+        silent = ((pop.alpha + age) / (pop.alpha + age + days)) ** (pop.r + x)
+        return round(min(max(1 - alive * (1 - silent), 0.0), 1.0), 4)
 
-    def _expected_gap_ms(self) -> float:
-        gaps = self.orders - 1 if self.orders >= 2 and self.order_gap_ms >= MIN_RHYTHM_MS else 0
-        return (self.order_gap_ms * gaps + PRIOR_ORDER_GAP_DAYS * DAY_MS) / (gaps + 1)
+    def _history(self, now_ms: int) -> tuple[int, float, float]:
+        """Repeat orders, days from the first order to the last, days from the first to now."""
+        first, last = self.first_order_ms, self.last_order_ms
+        assert first is not None and last is not None
+        return max(self.orders - 1, 0), max(last - first, 0) / DAY_MS, max(max(now_ms, last) - first, 0) / DAY_MS
+
+    def _p_alive(self, now_ms: int, lc: Lifecycle) -> float:
+        pop = lc.btyd
+        x, t_x, age = self._history(now_ms)
+        odds = 0.0
+        if x > 0:
+            ratio = (pop.alpha + age) / (pop.alpha + t_x)
+            odds = math.exp(math.log(pop.a / (pop.b + x - 1)) + (pop.r + x) * math.log(ratio))
+        return 1 / (1 + odds)
+
+    def p_alive(self, now_ms: int, lc: Lifecycle) -> float | None:
+        """BG/NBD's P(alive), 1 until a repeat order; ``None`` before the first order."""
+        if self.first_order_ms is None:
+            return None
+        return round(self._p_alive(now_ms, lc), 4)
+
+    def _next_alive_step(self, now_ms: int, lc: Lifecycle) -> int | None:
+        """When ``p_alive`` next drops below the highest tenth at or under its value now."""
+        return next_alive_step(self, now_ms, lc)  # type: ignore[arg-type]
 
     def _next_risk_step(self, now_ms: int, lc: Lifecycle) -> int | None:
         """When ``lapse_risk`` (rising with silence) next reaches a tenth above its value now."""
         return next_risk_step(self, now_ms, lc)  # type: ignore[arg-type]
 
-    def next_boundary(self, now_ms: int, lc: Lifecycle, risk_steps: bool = False) -> int | None:
+    def next_boundary(
+        self, now_ms: int, lc: Lifecycle, risk_steps: bool = False, alive_steps: bool = False
+    ) -> int | None:
         """The next event time at which ``lifecycle`` or ``at_risk`` (and, with ``risk_steps``,
-        ``lapse_risk``, to the next tenth) can change with no new event."""
+        ``lapse_risk``, to the next tenth; with ``alive_steps``, ``p_alive``, below the next tenth)
+        can change with no new event."""
         last = self.last_order_ms if self.last_order_ms is not None else self.last_seen_ms
         best = None
         for at in (
@@ -476,6 +493,7 @@ class CustomerState:
             if self.orders >= 2 and self.last_order_ms is not None and self.order_gap_ms >= MIN_RHYTHM_MS
             else None,
             self._next_risk_step(now_ms, lc) if risk_steps else None,
+            self._next_alive_step(now_ms, lc) if alive_steps else None,
         ):
             if at is not None and at > now_ms and (best is None or at < best):
                 best = at

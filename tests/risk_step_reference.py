@@ -1,6 +1,7 @@
-"""The search for the next lapse-risk step as it was first written: a bisection over event time,
-the risk computed at every probe. The reference that the compiled search (``next_boundary`` with
-``risk_steps``) must agree with exactly (``tests/state/test_customer.py``)."""
+"""The searches for the next lapse-risk and P(alive) steps as first written: a bisection over event
+time, the score computed at every probe. The references that the compiled searches
+(``next_boundary`` with ``risk_steps``, ``alive_steps``) must agree with exactly
+(``tests/state/test_customer.py``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,34 @@ def next_risk_step(state: CustomerState, now_ms: int, lc: Lifecycle) -> int | No
     while high - low > MINUTE_MS:  # the first minute at which the risk has reached the step
         middle = (low + high) // 2
         if state.lapse_risk(middle, lc) >= step:  # type: ignore[operator]
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def next_alive_step(state: CustomerState, now_ms: int, lc: Lifecycle) -> int | None:
+    """When ``p_alive`` (falling with silence once there is a repeat order) next drops below the
+    highest tenth at or under its value now: a span of days doubled until it gets there (at most
+    2^14 days), then bisected."""
+    if state.orders < 2:
+        return None
+    step = math.floor(state.p_alive(now_ms, lc) * 10 + 1e-9) / 10  # type: ignore[operator]
+    if step <= 0:
+        return None
+
+    def below(at: int) -> bool:
+        return state.p_alive(at, lc) < step  # type: ignore[operator]
+
+    span = DAY_MS
+    while not below(now_ms + span):
+        if span > (1 << 14) * DAY_MS:
+            return None
+        span *= 2
+    low, high = now_ms, now_ms + span
+    while high - low > MINUTE_MS:
+        middle = (low + high) // 2
+        if below(middle):
             high = middle
         else:
             low = middle

@@ -85,7 +85,9 @@ def test_values_read_natively_are_the_feature_views():
     lifecycle = Lifecycle()
     names = sorted(SCALARS)
     reads = [[(SCALARS[name], "", False) for name in names] + [(*PRESENCE["session"], True)]]
-    native = ReasonValues(reads, lifecycle.new_days, lifecycle.lapse_days, lifecycle.at_risk_gap_factor, 1_800_000)
+    native = ReasonValues(
+        reads, lifecycle.new_days, lifecycle.lapse_days, lifecycle.at_risk_gap_factor, 1_800_000, lifecycle.population
+    )
     h = EngineHarness(rules_from(RULES))
     h.feed([viewed("shopper", 0, "shoes"), added("shopper", 1), call("identify", "shopper", 2, traits={"city": "X"})])
     h.feed([order("buyer", 0), order("buyer", 0, days=3, total=80.5), track("Page", "buyer", 10, days=3)])

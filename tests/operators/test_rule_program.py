@@ -107,7 +107,9 @@ def program_of(source: str) -> tuple[Any, RuleProgram | None]:
     tree = lower(expression)
     if tree is None:
         return expression, None
-    return expression, RuleProgram([tree], [], [], LC.new_days, LC.lapse_days, LC.at_risk_gap_factor, 30 * 60_000)
+    return expression, RuleProgram(
+        [tree], [], [], LC.new_days, LC.lapse_days, LC.at_risk_gap_factor, 30 * 60_000, LC.population
+    )
 
 
 def literal(value: Any) -> str | None:

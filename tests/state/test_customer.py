@@ -7,9 +7,10 @@ import pickle
 from random import Random
 from typing import Any
 
+import btyd_reference as btyd
 import pytest
 from conftest import T0, added, call, envelopes, order, raw_records, track
-from risk_step_reference import next_risk_step
+from risk_step_reference import next_alive_step, next_risk_step
 
 from operators.expressions import compile_expression
 from state.catalogue import FEATURES, FeatureView
@@ -18,6 +19,12 @@ from state.update import apply_event
 from state.windows import KIND_CODE
 
 LC = Lifecycle()
+
+
+def reference_population(lc: Lifecycle) -> btyd.Population:
+    return lc.btyd
+
+
 MIN = 60_000
 DAY = 86_400_000
 T0_MS = int(T0.timestamp() * 1000)  # 2026-01-05T10:00Z, a Monday in winter (Berlin is UTC+1)
@@ -513,15 +520,45 @@ def test_a_busy_customer_stays_small():
 # --- lapse risk and the at-risk boundary ------------------------------------------------
 
 
-def test_lapse_risk_grows_with_time_since_the_last_order_against_the_rhythm():
+def test_lapse_risk_is_the_bgnbd_chance_of_no_order_before_the_lapse_point():
     assert state_after([track("Page", minutes=0)]).lapse_risk(ms(days=10), LC) is None, "no order yet"
     weekly = state_after([order(days=d) for d in (0, 7, 14, 21)])
-    monthly = state_after([order(days=d) for d in (0, 30, 60)])
-    assert weekly.lapse_risk(ms(days=22), LC) < weekly.lapse_risk(ms(days=40), LC) < 1.0
-    assert weekly.lapse_risk(ms(days=21 + 35), LC) > monthly.lapse_risk(ms(days=60 + 35), LC), (
-        "35 days without an order says more of a weekly buyer than of a monthly one"
+    pop = reference_population(LC)
+    # 3 repeat orders over 21 days, seen at day 40: the lapse point (day 81) is 41 days away
+    expected = btyd.no_order_within(pop, 41, x=3, t_x=21, age=40)
+    assert weekly.lapse_risk(ms(days=40), LC) == round(expected, 4)
+    once = state_after([order(days=21)])
+    assert weekly.lapse_risk(ms(days=22), LC) < 0.25 < 0.5 < once.lapse_risk(ms(days=22), LC), (
+        "a day after an order, a weekly buyer will likely order again; a one-time buyer likely not"
     )
+    assert weekly.lapse_risk(ms(days=22), LC) < weekly.lapse_risk(ms(days=40), LC) < 1.0
     assert weekly.lapse_risk(ms(days=21 + 60), LC) == 1.0, "lapsed"
+
+
+def test_silence_says_more_of_a_weekly_buyer_than_of_a_monthly_one():
+    """After 35 silent days a weekly buyer has more likely stopped than a monthly one. (BG/NBD lets a
+    buyer stop right after an order, with chance a / (a + b + x - 1): P(alive) is below 1 even then.)"""
+    weekly = state_after([order(days=d) for d in (0, 7, 14, 21)])
+    monthly = state_after([order(days=d) for d in (0, 30, 60)])
+    weekly_alive = weekly.features.p_alive(ms(days=21 + 35), LC.population)
+    monthly_alive = monthly.features.p_alive(ms(days=60 + 35), LC.population)
+    assert weekly_alive < monthly_alive < 1.0
+    assert weekly.features.p_alive(ms(days=22), LC.population) > 0.8
+    assert weekly.features.p_alive(ms(days=21 + 35), LC.population) == round(
+        btyd.p_alive(reference_population(LC), 3, 21, 56), 4
+    )
+
+
+def test_lapse_risk_only_rises_in_silence():
+    """With no new order P(alive) falls and so does the chance of an order before the lapse point,
+    so the risk never falls as event time passes (which the rechecks at each tenth rely on)."""
+    rng = Random(11)
+    for _ in range(300):
+        state, lc = random_buyer(rng)
+        last = state.last_order_ms
+        risks = [state.lapse_risk(last + step * lc.lapse_days * DAY // 50, lc) for step in range(51)]
+        assert risks == sorted(risks), risks
+        assert risks[-1] == 1.0
 
 
 def test_the_risk_rechecks_land_on_each_tenth():
@@ -531,6 +568,29 @@ def test_the_risk_rechecks_land_on_each_tenth():
     assert step is not None
     before, at = weekly.lapse_risk(step - MIN, LC), weekly.lapse_risk(step, LC)
     assert int(before * 10) < int(at * 10), (before, at)
+
+
+def test_the_p_alive_rechecks_land_below_each_tenth():
+    weekly = state_after([order(days=d) for d in (0, 7, 14)])
+    now = ms(days=14)
+    step = weekly.next_boundary(now, LC, alive_steps=True)
+    assert step is not None and step < weekly.next_boundary(now, LC)
+    before, at = weekly.p_alive(step - MIN, LC), weekly.p_alive(step, LC)
+    assert before >= 0.8 > at, (before, at)  # type: ignore[operator]
+    assert state_after([order(days=0)]).next_boundary(now, LC, alive_steps=True) == state_after(
+        [order(days=0)]
+    ).next_boundary(now, LC), "a one-time buyer's P(alive) stays 1: no step"
+
+
+def test_the_next_alive_step_is_the_one_the_search_finds():
+    rng = Random(9)
+    for _ in range(1500):
+        state, lc = random_buyer(rng)
+        last = state.last_order_ms
+        now = rng.choice([last, last - rng.randrange(3 * DAY), last + rng.randrange(400 * DAY)])
+        candidates = (state.next_boundary(now, lc), next_alive_step(state, now, lc))
+        expected = min((at for at in candidates if at is not None and at > now), default=None)
+        assert state.next_boundary(now, lc, alive_steps=True) == expected, (state.orders, now - last, lc)
 
 
 def test_at_risk_holds_exactly_at_its_boundary():

@@ -160,7 +160,15 @@ def exact(value: Any) -> Any:
 
 def derived(ask: Any, nows: list[int]) -> list[Any]:
     return [
-        (ask("lifecycle", now), ask("at_risk", now), ask("lapse_risk", now), ask("next", now), ask("steps", now))
+        (
+            ask("lifecycle", now),
+            ask("at_risk", now),
+            ask("lapse_risk", now),
+            ask("p_alive", now),
+            ask("next", now),
+            ask("steps", now),
+            ask("alive_steps", now),
+        )
         for now in nows
     ]
 
@@ -175,7 +183,9 @@ def reference_features(state: reference.CustomerState, nows: list[int]) -> dict[
             return state.at_risk(now, LC)
         if what == "lapse_risk":
             return state.lapse_risk(now, LC)
-        return state.next_boundary(now, LC, risk_steps=what == "steps")
+        if what == "p_alive":
+            return state.p_alive(now, LC)
+        return state.next_boundary(now, LC, risk_steps=what == "steps", alive_steps=what == "alive_steps")
 
     return {
         "scalars": [
@@ -232,8 +242,18 @@ def native_features(features: Features, nows: list[int]) -> dict[str, Any]:
         if what == "at_risk":
             return features.at_risk(now, LC.lapse_days, LC.at_risk_gap_factor)
         if what == "lapse_risk":
-            return features.lapse_risk(now, LC.lapse_days)
-        return features.next_boundary(now, LC.new_days, LC.lapse_days, LC.at_risk_gap_factor, what == "steps")
+            return features.lapse_risk(now, LC.lapse_days, LC.population)
+        if what == "p_alive":
+            return features.p_alive(now, LC.population)
+        return features.next_boundary(
+            now,
+            LC.new_days,
+            LC.lapse_days,
+            LC.at_risk_gap_factor,
+            what == "steps",
+            LC.population,
+            what == "alive_steps",
+        )
 
     session_id, cart_id = features.session_id, features.cart_id
     return {

@@ -56,13 +56,15 @@ pub struct Plan {
     pub moves_boundaries: bool,
 }
 
-/// The next audience recheck: its rule, its cause, the lifecycle and whether `lapse_risk` steps count.
+/// The next audience recheck: its rule, its cause, the lifecycle and whether `lapse_risk` and
+/// `p_alive` steps count.
 #[derive(Debug, Clone)]
 pub struct Recheck {
     pub rule: Id,
     pub cause: Vec<u8>,
     pub lifecycle: Lifecycle,
     pub risk_steps: bool,
+    pub alive_steps: bool,
 }
 
 /// The event as the timers read it.
@@ -156,7 +158,12 @@ pub fn step_timers(
             return None;
         }
         features
-            .next_boundary(event.now_ms, &recheck.lifecycle, recheck.risk_steps)
+            .next_boundary(
+                event.now_ms,
+                &recheck.lifecycle,
+                recheck.risk_steps,
+                recheck.alive_steps,
+            )
             .filter(|boundary| pending.map_or(true, |pending| *boundary < pending))
     });
     if !cancels && arms.is_empty() && boundary.is_none() {
@@ -196,6 +203,7 @@ pub mod python {
     use super::{cause, step_timers, Arm, Event, OncePer, Plan, Recheck};
     use crate::bookkeeping::encoded;
     use crate::bookkeeping::python::{lock, Bookkeeping};
+    use crate::btyd::PopulationArgs;
     use crate::features::python::Features;
     use crate::features::Lifecycle;
     use crate::rule_program::python::RuleProgram;
@@ -253,7 +261,8 @@ pub mod python {
         #[new]
         #[allow(clippy::too_many_arguments)]
         #[pyo3(signature = (program, plans, other_group, every_group, recheck, risk_steps,
-                            new_days, lapse_days, at_risk_gap_factor, most_caused_by))]
+                            new_days, lapse_days, at_risk_gap_factor, most_caused_by, population,
+                            alive_steps=false))]
         fn new(
             program: Py<RuleProgram>,
             plans: Vec<PlanSpec<'_>>,
@@ -265,6 +274,8 @@ pub mod python {
             lapse_days: i64,
             at_risk_gap_factor: f64,
             most_caused_by: usize,
+            population: PopulationArgs,
+            alive_steps: bool,
         ) -> PyResult<Self> {
             let plans = plans.into_iter().map(plan).collect::<PyResult<_>>()?;
             let recheck = match recheck {
@@ -275,8 +286,10 @@ pub mod python {
                         new_days,
                         lapse_days,
                         at_risk_gap_factor,
+                        population: population.into(),
                     },
                     risk_steps,
+                    alive_steps,
                 }),
                 None => None,
             };

@@ -71,6 +71,7 @@ pub mod python {
     use pyo3::IntoPyObjectExt;
 
     use super::{logistic, Probability};
+    use crate::btyd::PopulationArgs;
     use crate::features::python::name;
     use crate::features::Lifecycle;
     use crate::rule_program::python::read;
@@ -109,6 +110,7 @@ pub mod python {
             lapse_days: i64,
             at_risk_gap_factor: f64,
             session_timeout_ms: i64,
+            population: PopulationArgs,
             py: Python<'_>,
         ) -> PyResult<Self> {
             let part = py.None().into_bound(py);
@@ -130,6 +132,7 @@ pub mod python {
                     new_days,
                     lapse_days,
                     at_risk_gap_factor,
+                    population: population.into(),
                 },
                 session_timeout_ms,
             })

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
+use crate::btyd::{History, Population};
 use crate::inline::{Few, Text};
 
 pub type Id = u32;
@@ -23,9 +24,9 @@ pub const MAX_BOUGHT: usize = 20;
 pub const AFFINITY_K: usize = 5;
 pub const CATEGORY_HALF_LIFE_MS: i64 = 14 * DAY_MS;
 pub const PRODUCT_HALF_LIFE_MS: i64 = 3 * DAY_MS;
-const PRIOR_ORDER_GAP_DAYS: i64 = 30;
-const PRIOR_CHURN: f64 = 0.1;
 const MIN_RHYTHM_MS: f64 = DAY_MS as f64;
+/// How far ahead the next `p_alive` step is looked for (about 45 years).
+const MAX_ALIVE_SEARCH_MS: i64 = (1 << 14) * DAY_MS;
 const ORDER_WEIGHT: f64 = 5.0;
 
 /// The kinds of events counted, by code (as `state.windows.COUNTED_KINDS`).
@@ -800,6 +801,8 @@ pub struct Lifecycle {
     pub new_days: i64,
     pub lapse_days: i64,
     pub at_risk_gap_factor: f64,
+    /// The buy-till-you-die parameters behind `lapse_risk`, `p_alive`, `expected_orders`, `clv`.
+    pub population: Population,
 }
 
 /// A customer's orders and refunds.
@@ -1210,29 +1213,72 @@ impl Features {
             && overdue < lc.lapse_days * DAY_MS
     }
 
-    /// How likely this buyer reaches `lapse_days` without another order (see
-    /// `CustomerState.lapse_risk`); `None` before the first order.
+    /// The purchase history the buy-till-you-die models read, in days: repeat orders, first to
+    /// last order, first order to now; `None` before the first order.
+    fn history(&self, now_ms: i64) -> Option<History> {
+        let p = self.purchases();
+        let (first, last) = (p.first_order_ms?, p.last_order_ms?);
+        let days = |ms: i64| ms.max(0) as f64 / DAY_MS as f64;
+        Some(History {
+            x: (p.orders - 1).max(0) as f64,
+            t_x: days(last - first),
+            age: days(now_ms.max(last) - first),
+        })
+    }
+
+    /// How likely this buyer reaches the lapse point (their last order + `lapse_days`) without
+    /// another order: BG/NBD's chance that they have stopped, plus alive and silent until then.
+    /// Rises with silence; 1 once lapsed; `None` before the first order.
     pub fn lapse_risk(&self, now_ms: i64, lc: &Lifecycle) -> Option<f64> {
-        let last = self.purchases().last_order_ms?;
-        let lapse_at = last + lc.lapse_days * DAY_MS;
+        let history = self.history(now_ms)?;
+        let lapse_at = self.purchases().last_order_ms? + lc.lapse_days * DAY_MS;
         if now_ms >= lapse_at {
             return Some(1.0);
         }
-        let gap = self.expected_gap_ms();
-        let silent = (-((now_ms - last).max(0) as f64) / gap).exp();
-        let stopped = PRIOR_CHURN / (PRIOR_CHURN + (1.0 - PRIOR_CHURN) * silent);
-        let alive = (-((lapse_at - now_ms) as f64) / gap).exp();
-        Some(py_round(stopped + (1.0 - stopped) * alive, 4))
+        let days_left = (lapse_at - now_ms) as f64 / DAY_MS as f64;
+        let risk = lc.population.no_order_within(&history, days_left);
+        Some(py_round(risk.clamp(0.0, 1.0), 4))
     }
 
-    fn expected_gap_ms(&self) -> f64 {
+    /// BG/NBD's P(alive): 1 until a repeat order, then falling with silence against the
+    /// customer's own rhythm; `None` before the first order.
+    pub fn p_alive(&self, now_ms: i64, lc: &Lifecycle) -> Option<f64> {
+        Some(py_round(lc.population.p_alive(&self.history(now_ms)?), 4))
+    }
+
+    /// BG/NBD's expected orders over the population's horizon; `None` before the first order.
+    pub fn expected_orders(&self, now_ms: i64, lc: &Lifecycle) -> Option<f64> {
+        let history = self.history(now_ms)?;
+        let expected = lc
+            .population
+            .expected_orders(&history, lc.population.horizon_days);
+        Some(py_round(expected, 4))
+    }
+
+    /// Gamma-Gamma's expected value of an order: the customer's mean order value (net of
+    /// refunds) shrunk towards the population's by their repeat orders; `None` before the first.
+    pub fn expected_order_value(&self, lc: &Lifecycle) -> Option<f64> {
+        Some(py_round(self.order_value(lc)?, 2))
+    }
+
+    fn order_value(&self, lc: &Lifecycle) -> Option<f64> {
         let p = self.purchases();
-        let gaps = if p.orders >= 2 && p.order_gap_ms >= MIN_RHYTHM_MS {
-            p.orders - 1
-        } else {
-            0
-        };
-        (p.order_gap_ms * gaps as f64 + (PRIOR_ORDER_GAP_DAYS * DAY_MS) as f64) / (gaps + 1) as f64
+        p.first_order_ms?;
+        let mean = (p.lifetime_spend / p.orders.max(1) as f64).max(0.0);
+        Some(
+            lc.population
+                .expected_order_value((p.orders - 1).max(0) as f64, mean),
+        )
+    }
+
+    /// Customer lifetime value over the horizon: expected orders times expected order value
+    /// (undiscounted); `None` before the first order.
+    pub fn clv(&self, now_ms: i64, lc: &Lifecycle) -> Option<f64> {
+        let history = self.history(now_ms)?;
+        let orders = lc
+            .population
+            .expected_orders(&history, lc.population.horizon_days);
+        Some(py_round(orders * self.order_value(lc)?, 2))
     }
 
     /// When `lapse_risk` (rising with silence) next reaches a tenth above its value now.
@@ -1257,9 +1303,47 @@ impl Features {
         Some(high)
     }
 
+    /// When `p_alive` (falling with silence once there is a repeat order) next drops below the
+    /// highest tenth at or under its value now, to the minute: the time `p_alive < 0.3`, say,
+    /// becomes true. The search doubles a span of days until it gets there, then bisects.
+    fn next_alive_step(&self, now_ms: i64, lc: &Lifecycle) -> Option<i64> {
+        if self.purchases().orders < 2 {
+            return None; // 1 until a repeat order
+        }
+        let step = (self.p_alive(now_ms, lc)? * 10.0 + 1e-9).floor() / 10.0;
+        if step <= 0.0 {
+            return None;
+        }
+        let below = |at: i64| self.p_alive(at, lc).map_or(false, |alive| alive < step);
+        let mut span = DAY_MS;
+        while !below(now_ms + span) {
+            if span > MAX_ALIVE_SEARCH_MS {
+                return None;
+            }
+            span *= 2;
+        }
+        let (mut low, mut high) = (now_ms, now_ms + span);
+        while high - low > MINUTE_MS {
+            let middle = (low + high).div_euclid(2);
+            if below(middle) {
+                high = middle;
+            } else {
+                low = middle;
+            }
+        }
+        Some(high)
+    }
+
     /// The next event time at which `lifecycle` or `at_risk` (and, with `risk_steps`,
-    /// `lapse_risk`, to the next tenth) can change with no new event.
-    pub fn next_boundary(&self, now_ms: i64, lc: &Lifecycle, risk_steps: bool) -> Option<i64> {
+    /// `lapse_risk`, to the next tenth; with `alive_steps`, `p_alive`, below the next tenth) can
+    /// change with no new event.
+    pub fn next_boundary(
+        &self,
+        now_ms: i64,
+        lc: &Lifecycle,
+        risk_steps: bool,
+        alive_steps: bool,
+    ) -> Option<i64> {
         let last = self.purchases().last_order_ms.unwrap_or(self.last_seen_ms);
         let candidates = [
             Some(self.first_seen_ms + lc.new_days * DAY_MS),
@@ -1269,6 +1353,11 @@ impl Features {
             }),
             if risk_steps {
                 self.next_risk_step(now_ms, lc)
+            } else {
+                None
+            },
+            if alive_steps {
+                self.next_alive_step(now_ms, lc)
             } else {
                 None
             },
@@ -1729,6 +1818,7 @@ pub mod python {
     use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
     use pyo3::{intern, IntoPyObjectExt};
 
+    use crate::btyd::PopulationArgs;
     use crate::order_lines::python::OrderLines;
 
     use super::{
@@ -1781,13 +1871,31 @@ pub mod python {
             .ok_or_else(|| PyValueError::new_err(format!("no window {name:?}")))
     }
 
-    fn lifecycle(new_days: i64, lapse_days: i64, at_risk_gap_factor: f64) -> Lifecycle {
+    fn lifecycle(
+        new_days: i64,
+        lapse_days: i64,
+        at_risk_gap_factor: f64,
+        population: PopulationArgs,
+    ) -> Lifecycle {
         Lifecycle {
             new_days,
             lapse_days,
             at_risk_gap_factor,
+            population: population.into(),
         }
     }
+
+    /// The population of a call that reads no buy-till-you-die score (never read).
+    const NO_POPULATION: PopulationArgs = (
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+    );
 
     type Bought<'py> = Vec<(Bound<'py, PyString>, Option<Bound<'py, PyString>>, i64)>;
 
@@ -2396,20 +2504,51 @@ pub mod python {
         /// "new", "active" or "lapsed" at ``now_ms``.
         fn lifecycle(&self, now_ms: i64, new_days: i64, lapse_days: i64) -> &'static str {
             self.inner
-                .lifecycle(now_ms, &lifecycle(new_days, lapse_days, 0.0))
+                .lifecycle(now_ms, &lifecycle(new_days, lapse_days, 0.0, NO_POPULATION))
         }
         /// A repeat buyer overdue against their own rhythm, not yet lapsed.
         fn at_risk(&self, now_ms: i64, lapse_days: i64, at_risk_gap_factor: f64) -> bool {
-            self.inner
-                .at_risk(now_ms, &lifecycle(0, lapse_days, at_risk_gap_factor))
+            self.inner.at_risk(
+                now_ms,
+                &lifecycle(0, lapse_days, at_risk_gap_factor, NO_POPULATION),
+            )
         }
-        /// The chance (0-1) this buyer reaches ``lapse_days`` without ordering (``None`` before an order).
-        fn lapse_risk(&self, now_ms: i64, lapse_days: i64) -> Option<f64> {
+        /// The chance (0-1) this buyer reaches ``lapse_days`` after their last order without
+        /// another (BG/NBD; ``population``: ``(r, alpha, a, b, p, q, v, horizon_days)``); ``None``
+        /// before an order.
+        fn lapse_risk(
+            &self,
+            now_ms: i64,
+            lapse_days: i64,
+            population: PopulationArgs,
+        ) -> Option<f64> {
             self.inner
-                .lapse_risk(now_ms, &lifecycle(0, lapse_days, 0.0))
+                .lapse_risk(now_ms, &lifecycle(0, lapse_days, 0.0, population))
+        }
+        /// BG/NBD's P(alive) (1 before a repeat order; ``None`` before an order).
+        fn p_alive(&self, now_ms: i64, population: PopulationArgs) -> Option<f64> {
+            self.inner
+                .p_alive(now_ms, &lifecycle(0, 0, 0.0, population))
+        }
+        /// BG/NBD's expected orders over the horizon (``None`` before an order).
+        fn expected_orders(&self, now_ms: i64, population: PopulationArgs) -> Option<f64> {
+            self.inner
+                .expected_orders(now_ms, &lifecycle(0, 0, 0.0, population))
+        }
+        /// Gamma-Gamma's expected order value (``None`` before an order).
+        fn expected_order_value(&self, population: PopulationArgs) -> Option<f64> {
+            self.inner
+                .expected_order_value(&lifecycle(0, 0, 0.0, population))
+        }
+        /// Expected orders over the horizon times expected order value (``None`` before an order).
+        fn clv(&self, now_ms: i64, population: PopulationArgs) -> Option<f64> {
+            self.inner.clv(now_ms, &lifecycle(0, 0, 0.0, population))
         }
         /// The next time ``lifecycle``, ``at_risk`` (and with ``risk_steps`` ``lapse_risk``, to the
-        /// next tenth) can change with no new event.
+        /// next tenth; with ``alive_steps`` ``p_alive``, below the next tenth) can change with no
+        /// new event.
+        #[pyo3(signature = (now_ms, new_days, lapse_days, at_risk_gap_factor, risk_steps, population, alive_steps=false))]
+        #[allow(clippy::too_many_arguments)]
         fn next_boundary(
             &self,
             now_ms: i64,
@@ -2417,11 +2556,14 @@ pub mod python {
             lapse_days: i64,
             at_risk_gap_factor: f64,
             risk_steps: bool,
+            population: PopulationArgs,
+            alive_steps: bool,
         ) -> Option<i64> {
             self.inner.next_boundary(
                 now_ms,
-                &lifecycle(new_days, lapse_days, at_risk_gap_factor),
+                &lifecycle(new_days, lapse_days, at_risk_gap_factor, population),
                 risk_steps,
+                alive_steps,
             )
         }
         /// The local hour of day with most activity (``None``: none yet).

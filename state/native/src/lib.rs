@@ -5,6 +5,7 @@
 
 mod allocator;
 pub mod bookkeeping;
+pub mod btyd;
 pub mod crossing;
 pub mod customer_step;
 pub mod decision;

@@ -666,11 +666,19 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<crate::envelopes::python::EnvelopeMaker>()?;
     module.add_class::<crate::crossing::python::CrossingPacker>()?;
     module.add_class::<crate::identity_pass::python::IdentityPass>()?;
-    module.add_function(wrap_pyfunction!(crate::erasure::python::unlink_customer, module)?)?;
-    module.add_function(wrap_pyfunction!(crate::erasure::python::anonymous_hash, module)?)?;
+    module.add_function(wrap_pyfunction!(
+        crate::erasure::python::unlink_customer,
+        module
+    )?)?;
+    module.add_function(wrap_pyfunction!(
+        crate::erasure::python::anonymous_hash,
+        module
+    )?)?;
     module.add_function(wrap_pyfunction!(crate::shards::python::shard_of, module)?)?;
     module.add_class::<OrderLines>()?;
     module.add_class::<crate::features::python::Features>()?;
+    module.add_function(wrap_pyfunction!(crate::btyd::python::hyp2f1, module)?)?;
+    module.add_function(wrap_pyfunction!(crate::btyd::python::btyd_scores, module)?)?;
     module.add_function(wrap_pyfunction!(
         crate::model_inputs::python::decision_features,
         module

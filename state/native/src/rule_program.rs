@@ -56,6 +56,10 @@ pub enum Slot {
     Lifecycle,
     AtRisk,
     LapseRisk,
+    PAlive,
+    ExpectedOrders,
+    ExpectedOrderValue,
+    Clv,
     Orders,
     Refunds,
     LifetimeSpend,
@@ -148,6 +152,14 @@ impl Context<'_> {
             Slot::Lifecycle => Value::Str(features.lifecycle(self.now_ms, self.lifecycle)),
             Slot::AtRisk => Value::Bool(features.at_risk(self.now_ms, self.lifecycle)),
             Slot::LapseRisk => float_or_null(features.lapse_risk(self.now_ms, self.lifecycle)),
+            Slot::PAlive => float_or_null(features.p_alive(self.now_ms, self.lifecycle)),
+            Slot::ExpectedOrders => {
+                float_or_null(features.expected_orders(self.now_ms, self.lifecycle))
+            }
+            Slot::ExpectedOrderValue => {
+                float_or_null(features.expected_order_value(self.lifecycle))
+            }
+            Slot::Clv => float_or_null(features.clv(self.now_ms, self.lifecycle)),
             Slot::Orders => Value::Int(purchases.orders),
             Slot::Refunds => Value::Int(purchases.refunds),
             Slot::LifetimeSpend => Value::Float(purchases.lifetime_spend),
@@ -537,6 +549,7 @@ pub mod python {
     use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyString, PyTuple};
 
     use super::{Arith, Cmp, Const, Context, Defer, Node, Program, Slot};
+    use crate::btyd::PopulationArgs;
     use crate::features::python::{name, Features};
     use crate::features::{Lifecycle, CHANNELS, TRAIT_KEYS};
 
@@ -575,6 +588,10 @@ pub mod python {
             "lifecycle" => Slot::Lifecycle,
             "at_risk" => Slot::AtRisk,
             "lapse_risk" => Slot::LapseRisk,
+            "p_alive" => Slot::PAlive,
+            "expected_orders" => Slot::ExpectedOrders,
+            "expected_order_value" => Slot::ExpectedOrderValue,
+            "clv" => Slot::Clv,
             "orders" => Slot::Orders,
             "refunds" => Slot::Refunds,
             "lifetime_spend" => Slot::LifetimeSpend,
@@ -765,7 +782,7 @@ pub mod python {
     impl RuleProgram {
         #[new]
         #[allow(clippy::too_many_arguments)]
-        #[pyo3(signature = (expressions, members, groups, new_days, lapse_days, at_risk_gap_factor, session_timeout_ms, exits = Vec::new()))]
+        #[pyo3(signature = (expressions, members, groups, new_days, lapse_days, at_risk_gap_factor, session_timeout_ms, population, exits = Vec::new()))]
         fn new(
             expressions: Vec<Option<Bound<'_, PyAny>>>,
             members: Vec<String>,
@@ -774,6 +791,7 @@ pub mod python {
             lapse_days: i64,
             at_risk_gap_factor: f64,
             session_timeout_ms: i64,
+            population: PopulationArgs,
             exits: Vec<Option<usize>>,
         ) -> PyResult<Self> {
             if members.len() > expressions.len()
@@ -809,6 +827,7 @@ pub mod python {
                     new_days,
                     lapse_days,
                     at_risk_gap_factor,
+                    population: population.into(),
                 },
                 session_timeout_ms,
             })
