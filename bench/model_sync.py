@@ -27,6 +27,7 @@ from operators.engine import EngineConfig
 from operators.models import CHECK, ShardModels, _journal_entries
 from operators.models.propensity import FEATURES, PropensityModel
 from operators.models.recommend import CoOccurrence, adopt
+from operators.models.sync import GlobalVersions, ReplicaSync, SyncSchedule
 from operators.rules import load_rules
 
 Example = tuple[tuple[float, ...], bool]
@@ -40,6 +41,7 @@ class Variant:
     own: bool = True  # learn their own examples between boundaries
     lag: int = 0  # periods the adopted global parameters lag behind the boundary (0 or 1)
     average: bool = False  # propensity: average the replicas' weights instead of copying one global learner
+    versions: bool = False  # recommender: the engine's mechanism (operators/models/sync.py) instead of this harness's
 
 
 VARIANTS: dict[str, Variant] = {
@@ -48,13 +50,15 @@ VARIANTS: dict[str, Variant] = {
     "global only": Variant(own=False),
     "global lag 1 +own": Variant(lag=1),
     "average+own": Variant(average=True),
+    "sync.py lag 1 +own": Variant(lag=1, versions=True),  # must give the "global lag 1 +own" row
 }
 
 
 class _Shard:
     """One shard's engine, fed period by period, with the examples its models learnt in the period."""
 
-    def __init__(self) -> None:
+    def __init__(self, number: int) -> None:
+        self.number = number
         self.run = Run(load_rules(), EngineConfig())
         self.models: ShardModels = self.run.customers.models  # type: ignore[assignment]
         self.models.take_journal()  # from now on the recommender's product touches are journalled
@@ -87,12 +91,14 @@ def lockstep_quality(
     when replicas adopt global parameters every ``period_ms`` of event time (``parts``: each shard's
     (event time, line) pairs in order)."""
     adopt = variant is not VARIANTS["none"]
-    shards = [_Shard() for _ in parts]
+    shards = [_Shard(number) for number in range(len(parts))]
     recommender, propensity = CoOccurrence(), PropensityModel()
     before_reco, before_propensity = recommender.to_bytes(), propensity.export()
     first = min(part[0][0] for part in parts if part) // period_ms
     last = max(part[-1][0] for part in parts if part) // period_ms
     cursors = [0] * len(parts)
+    versions = GlobalVersions(len(parts)) if variant.versions else None
+    syncs = [ReplicaSync(SyncSchedule(period_ms, variant.lag), shard) for shard in range(len(parts))]
     for period in range(first, last + 1):
         end = (period + 1) * period_ms
         for i, (shard, part) in enumerate(zip(shards, parts, strict=True)):
@@ -113,12 +119,21 @@ def lockstep_quality(
             for x, y in shard_examples:
                 propensity.learn(x, y)
         now_reco, now_propensity = recommender.to_bytes(), propensity.export()
+        if versions is not None:
+            for sync, shard_touches in zip(syncs, touches, strict=True):
+                for touch in shard_touches:
+                    sync.learnt(period * period_ms, touch)
+                sync.covered(end, versions)
         if variant.average:
             now_propensity = _averaged(now_propensity, shards)
         adopted = (before_reco, before_propensity) if variant.lag else (now_reco, now_propensity)
         for shard, own_touches, own_examples in zip(shards, touches, examples, strict=True):
             since = (own_touches, own_examples) if variant.lag else ([], [])
             _adopt(shard, *adopted, *since)
+            if versions is not None:  # the recommender again, as the engine's mechanism makes it
+                wanted = syncs[shard.number].needs(end)
+                if wanted is not None:
+                    syncs[shard.number].adopt(shard.models.recommender, wanted, versions.version(wanted))  # type: ignore[arg-type]
             shard.models.recommender.frozen = shard.models.propensity.frozen = not variant.own
             shard.examples = []
         before_reco, before_propensity = now_reco, now_propensity
