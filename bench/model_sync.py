@@ -27,7 +27,7 @@ from operators.engine import EngineConfig
 from operators.models import CHECK, ShardModels, _journal_entries
 from operators.models.propensity import FEATURES, PropensityModel
 from operators.models.recommend import CoOccurrence, adopt
-from operators.models.sync import GlobalVersions, ReplicaSync, SyncSchedule
+from operators.models.sync import GlobalVersions, Propensity, Recommendations, ReplicaSync, SyncSchedule
 from operators.rules import load_rules
 
 Example = tuple[tuple[float, ...], bool]
@@ -41,7 +41,7 @@ class Variant:
     own: bool = True  # learn their own examples between boundaries
     lag: int = 0  # periods the adopted global parameters lag behind the boundary (0 or 1)
     average: bool = False  # propensity: average the replicas' weights instead of copying one global learner
-    versions: bool = False  # recommender: the engine's mechanism (operators/models/sync.py) instead of this harness's
+    versions: bool = False  # the engine's mechanism (operators/models/sync.py) instead of this harness's
 
 
 VARIANTS: dict[str, Variant] = {
@@ -97,8 +97,10 @@ def lockstep_quality(
     first = min(part[0][0] for part in parts if part) // period_ms
     last = max(part[-1][0] for part in parts if part) // period_ms
     cursors = [0] * len(parts)
-    versions = GlobalVersions(len(parts)) if variant.versions else None
-    syncs = [ReplicaSync(SyncSchedule(period_ms, variant.lag), shard) for shard in range(len(parts))]
+    schedule, count = SyncSchedule(period_ms, variant.lag), len(parts)
+    kinds = (Recommendations(), Propensity())
+    versions = [GlobalVersions(count, kind) for kind in kinds] if variant.versions else []
+    syncs = [[ReplicaSync(schedule, shard, kind=kind) for kind in kinds] for shard in range(count)]
     for period in range(first, last + 1):
         end = (period + 1) * period_ms
         for i, (shard, part) in enumerate(zip(shards, parts, strict=True)):
@@ -119,21 +121,23 @@ def lockstep_quality(
             for x, y in shard_examples:
                 propensity.learn(x, y)
         now_reco, now_propensity = recommender.to_bytes(), propensity.export()
-        if versions is not None:
-            for sync, shard_touches in zip(syncs, touches, strict=True):
-                for touch in shard_touches:
-                    sync.learnt(period * period_ms, touch)
-                sync.covered(end, versions)
+        for shard_syncs, shard_touches, shard_examples in zip(syncs, touches, examples, strict=True):
+            learnt_now = (shard_touches, shard_examples)
+            for sync, learnt, model_versions in zip(shard_syncs, learnt_now, versions, strict=False):
+                for example in learnt:
+                    sync.learnt(period * period_ms, example)
+                sync.covered(end, model_versions)
         if variant.average:
             now_propensity = _averaged(now_propensity, shards)
         adopted = (before_reco, before_propensity) if variant.lag else (now_reco, now_propensity)
         for shard, own_touches, own_examples in zip(shards, touches, examples, strict=True):
             since = (own_touches, own_examples) if variant.lag else ([], [])
             _adopt(shard, *adopted, *since)
-            if versions is not None:  # the recommender again, as the engine's mechanism makes it
-                wanted = syncs[shard.number].needs(end)
+            replicas = (shard.models.recommender, shard.models.propensity)
+            for sync, replica, model_versions in zip(syncs[shard.number], replicas, versions, strict=False):
+                wanted = sync.needs(end)  # adopted again, as the engine's mechanism makes them
                 if wanted is not None:
-                    syncs[shard.number].adopt(shard.models.recommender, wanted, versions.version(wanted))  # type: ignore[arg-type]
+                    sync.adopt(replica, wanted, model_versions.version(wanted))  # type: ignore[arg-type]
             shard.models.recommender.frozen = shard.models.propensity.frozen = not variant.own
             shard.examples = []
         before_reco, before_propensity = now_reco, now_propensity

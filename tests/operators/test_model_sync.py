@@ -6,10 +6,12 @@ import itertools
 import pickle
 from random import Random
 
+import orjson
 import pytest
 
+from operators.models.propensity import FEATURES, PropensityModel
 from operators.models.recommend import CoOccurrence, adopt
-from operators.models.sync import GlobalVersions, ReplicaSync, SyncSchedule
+from operators.models.sync import GlobalVersions, Propensity, ReplicaSync, SyncSchedule
 
 HOUR = 3_600_000
 PRODUCTS = [f"p{i}" for i in range(12)]
@@ -90,7 +92,7 @@ def test_a_period_handed_over_again_must_hold_the_same_touches():
     versions = GlobalVersions(2)
     versions.hand_over(0, 0, {0: [((), "a", "c")]})
     versions.hand_over(0, 0, {0: [((), "a", "c")]})  # after a restore: the same, accepted
-    with pytest.raises(ValueError, match="shard 0 handed over other touches for period 0"):
+    with pytest.raises(ValueError, match="shard 0 handed over other examples for period 0"):
         versions.hand_over(0, 0, {0: [((), "b", "c")]})
     with pytest.raises(ValueError, match="before it has covered it"):
         versions.hand_over(1, 0, {1: [((), "a", "c")]})
@@ -174,3 +176,40 @@ def test_a_shard_restored_mid_period_ends_as_if_it_had_not_stopped():
         return [replica.to_bytes() for replica in replicas]
 
     assert run(stop_at=4) == run(stop_at=None)  # 2.5 h: in the middle of period 2
+
+
+def outcomes(seed: int, count: int) -> list[tuple[int, tuple[tuple[float, ...], bool]]]:
+    """``count`` propensity outcomes (mark, (inputs, label)) over four hours, in mark order: recent buyers order."""
+    rng = Random(seed)
+    out = []
+    for _ in range(count):
+        x = tuple(rng.uniform(0, 30) for _ in FEATURES)
+        out.append((rng.randrange(4 * HOUR), (x, x[0] < 10 or rng.random() < 0.1)))
+    return sorted(out, key=lambda item: item[0])
+
+
+def test_the_propensity_versions_are_one_learner_fed_every_shards_outcomes_and_a_replica_keeps_its_quality():
+    schedule = SyncSchedule(HOUR)
+    streams = [outcomes(seed, 60) for seed in range(3)]
+    versions = GlobalVersions(3, Propensity())
+    syncs = [ReplicaSync(schedule, shard, kind=Propensity()) for shard in range(3)]
+    replica = PropensityModel()
+    for shard, stream in enumerate(streams):
+        for mark, example in stream:
+            syncs[shard].learnt(mark, example)
+            if shard == 0:
+                replica.learn(*example)  # scored first: its progressive quality
+        syncs[shard].covered(4 * HOUR, versions)
+    parts = [by_period(stream, schedule) for stream in streams]
+    one = PropensityModel()
+    for example in (e for period in range(3) for part in parts for e in part.get(period, [])):
+        one.learn(*example)
+    assert orjson.loads(versions.version(2)) == one.export()  # the same weights, to the bit
+    quality = replica.stats()["progressive"]
+    syncs[0].adopt(replica, 2, versions.version(2))
+    for x, y in parts[0].get(3, []):  # its own outcomes of the period after the version
+        one.learn(x, y)
+    assert replica.export() == {**one.export(), "learnt": replica.learnt}
+    assert replica.stats()["progressive"] == quality
+    x = streams[1][0][1][0]
+    assert replica.score(x) == one.score(x)
