@@ -11,7 +11,7 @@ import pytest
 
 from operators.models.propensity import FEATURES, PropensityModel
 from operators.models.recommend import CoOccurrence, adopt
-from operators.models.sync import GlobalVersions, Propensity, ReplicaSync, SyncSchedule
+from operators.models.sync import GlobalVersions, Propensity, Recommendations, ReplicaSync, SyncSchedule
 
 HOUR = 3_600_000
 PRODUCTS = [f"p{i}" for i in range(12)]
@@ -42,15 +42,23 @@ def learnt(touches_in_order) -> CoOccurrence:
     return model
 
 
+def handed_over_at_once(streams, reached_ms: int, kind=None) -> tuple[GlobalVersions, list[ReplicaSync]]:
+    """Each shard learns its whole stream, then hands over the periods that end by ``reached_ms``."""
+    versions = GlobalVersions(len(streams), kind)
+    syncs = []
+    for shard, stream in enumerate(streams):
+        sync = ReplicaSync(SyncSchedule(HOUR), shard, kind=kind or Recommendations())
+        for mark, example in stream:
+            sync.learnt(mark, example)
+        sync.covered(reached_ms, versions)
+        syncs.append(sync)
+    return versions, syncs
+
+
 def test_a_version_is_every_shards_touches_period_by_period_then_shard_by_shard():
     schedule = SyncSchedule(HOUR)
     streams = [touches(seed, 60) for seed in range(3)]
-    versions = GlobalVersions(3)
-    for shard, stream in enumerate(streams):
-        sync = ReplicaSync(schedule, shard)
-        for mark, touch in stream:
-            sync.learnt(mark, touch)
-        sync.covered(3 * HOUR, versions)  # periods 0, 1 and 2 are whole
+    versions, _ = handed_over_at_once(streams, 3 * HOUR)  # periods 0, 1 and 2 are whole
     parts = [by_period(stream, schedule) for stream in streams]
     expected = learnt(t for period in range(3) for part in parts for t in part.get(period, []))
     assert versions.version(2) == expected.to_bytes()
@@ -61,12 +69,7 @@ def test_a_version_is_every_shards_touches_period_by_period_then_shard_by_shard(
 def test_the_versions_are_the_same_bytes_whatever_order_and_steps_the_shards_hand_over_in(order):
     schedule = SyncSchedule(HOUR)
     streams = [touches(seed, 40) for seed in range(3)]
-    reference = GlobalVersions(3)
-    for shard, stream in enumerate(streams):
-        sync = ReplicaSync(schedule, shard)
-        for mark, touch in stream:
-            sync.learnt(mark, touch)
-        sync.covered(5 * HOUR, reference)
+    reference, _ = handed_over_at_once(streams, 5 * HOUR)
     versions = GlobalVersions(3)
     syncs = {shard: ReplicaSync(schedule, shard) for shard in range(3)}
     built = {}
@@ -79,13 +82,7 @@ def test_the_versions_are_the_same_bytes_whatever_order_and_steps_the_shards_han
             if versions.ready(hour - 1):
                 built[hour - 1] = versions.version(hour - 1)
     assert versions.version(4) == reference.version(4)
-    one_by_one = GlobalVersions(3)
-    for shard, stream in enumerate(streams):
-        sync = ReplicaSync(schedule, shard)
-        for mark, touch in stream:
-            sync.learnt(mark, touch)
-        sync.covered(2 * HOUR, one_by_one)
-    assert built[1] == one_by_one.version(1)
+    assert built[1] == handed_over_at_once(streams, 2 * HOUR)[0].version(1)
 
 
 def test_a_period_handed_over_again_must_hold_the_same_touches():
@@ -191,15 +188,10 @@ def outcomes(seed: int, count: int) -> list[tuple[int, tuple[tuple[float, ...], 
 def test_the_propensity_versions_are_one_learner_fed_every_shards_outcomes_and_a_replica_keeps_its_quality():
     schedule = SyncSchedule(HOUR)
     streams = [outcomes(seed, 60) for seed in range(3)]
-    versions = GlobalVersions(3, Propensity())
-    syncs = [ReplicaSync(schedule, shard, kind=Propensity()) for shard in range(3)]
+    versions, syncs = handed_over_at_once(streams, 4 * HOUR, Propensity())
     replica = PropensityModel()
-    for shard, stream in enumerate(streams):
-        for mark, example in stream:
-            syncs[shard].learnt(mark, example)
-            if shard == 0:
-                replica.learn(*example)  # scored first: its progressive quality
-        syncs[shard].covered(4 * HOUR, versions)
+    for _, example in streams[0]:
+        replica.learn(*example)  # scored first: its progressive quality
     parts = [by_period(stream, schedule) for stream in streams]
     one = PropensityModel()
     for example in (e for period in range(3) for part in parts for e in part.get(period, [])):
