@@ -72,8 +72,8 @@ class Recommendations:
 
 
 class Propensity:
-    """The propensity model, versioned: one global learner fed every shard's outcomes (copying it is what
-    reaches one model's quality; averaging SGD replicas does not: bench/shards_bench.py)."""
+    """The propensity model, versioned: one global learner fed every shard's outcomes (averaging the replicas'
+    SGD weights instead falls behind it as the periods grow: bench/shards_bench.py)."""
 
     def fresh(self) -> PropensityModel:
         return PropensityModel()
@@ -133,21 +133,24 @@ class GlobalVersions(Generic[M]):
     def __init__(self, shards: int, kind: Versioned[M] | None = None) -> None:
         self.shards = shards
         self.kind: Versioned[Any] = kind or Recommendations()
-        self.touches: dict[int, dict[int, bytes]] = {}  # period -> shard -> its examples pickled
+        self.examples: dict[int, dict[int, bytes]] = {}  # period -> shard -> its examples pickled
         self.covered = [-(1 << 62)] * shards  # per shard: the last period it has handed over whole
         self.model = self.kind.fresh()
         self.built: int | None = None  # the version ``model`` is (None: none yet, an empty model)
         self.versions: dict[int, bytes] = {}  # versions built and still wanted, as bytes
 
-    def hand_over(self, shard: int, upto: int, touches: dict[int, list[Any]]) -> None:
-        """``shard`` has applied everything of the periods up to ``upto``; ``touches`` are the examples it
-        learnt in those it had not handed over yet (periods without any may be left out)."""
-        for period, learnt in touches.items():
+    def hand_over(self, shard: int, upto: int, examples: dict[int, list[Any]]) -> None:
+        """``shard`` has applied everything of the periods up to ``upto``; ``examples`` are what it learnt
+        in those it had not handed over yet (periods without any may be left out). Periods already in a
+        built version are not learnt twice."""
+        for period, learnt in examples.items():
             if period > upto:
                 raise ValueError(f"shard {shard} hands over period {period} before it has covered it ({upto})")
+            if self.built is not None and period <= self.built:
+                continue
             data = pickle.dumps(learnt, protocol=pickle.HIGHEST_PROTOCOL)
-            known = self.touches.setdefault(period, {}).setdefault(shard, data)
-            if known != data:
+            known = self.examples.setdefault(period, {}).setdefault(shard, data)
+            if known != data and pickle.loads(known) != learnt:  # (equal lists may pickle apart: shared strings)
                 raise ValueError(f"shard {shard} handed over other examples for period {period} than before")
         self.covered[shard] = max(self.covered[shard], upto)
 
@@ -163,11 +166,11 @@ class GlobalVersions(Generic[M]):
             return None
         if self.built is not None and version < self.built:
             raise ValueError(f"global version {version} is older than the last built ({self.built})")
-        for period in sorted(p for p in self.touches if p <= version):
+        for period in sorted(p for p in self.examples if p <= version):
             for shard in range(self.shards):
-                for example in pickle.loads(self.touches[period].get(shard, _NONE)):
+                for example in pickle.loads(self.examples[period].get(shard, _NONE)):
                     self.kind.learn(self.model, example)
-            del self.touches[period]
+            del self.examples[period]
         self.built = version
         self.versions = {v: data for v, data in self.versions.items() if v >= version - 1}
         self.versions[version] = data = self.kind.to_bytes(self.model)

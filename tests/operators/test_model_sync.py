@@ -95,6 +95,24 @@ def test_a_period_handed_over_again_must_hold_the_same_touches():
         versions.hand_over(1, 0, {1: [((), "a", "c")]})
 
 
+def test_a_period_handed_over_again_after_its_version_was_built_is_not_learnt_twice():
+    versions = GlobalVersions(1)
+    versions.hand_over(0, 0, {0: [(("a",), "b", "c")]})
+    first = versions.version(0)
+    versions.hand_over(0, 1, {0: [(("a",), "b", "c")], 1: []})  # a shard restored from before it
+    assert versions.version(1) == first == learnt([(("a",), "b", "c")]).to_bytes()
+
+
+def test_equal_examples_are_the_same_hand_over_however_their_strings_are_shared():
+    versions = GlobalVersions(1)
+    product = "p" * 20
+    shared = [((product,), product, "c")]
+    apart = [(("".join(["p"] * 20),), "".join(["p"] * 20), "c")]
+    assert pickle.dumps(shared) != pickle.dumps(apart)
+    versions.hand_over(0, 0, {0: shared})
+    versions.hand_over(0, 0, {0: apart})  # not refused
+
+
 def test_a_shard_without_touches_still_has_to_cover_a_period_before_its_version_is_built():
     versions = GlobalVersions(2)
     versions.hand_over(0, 3, {1: [(("a",), "b", "c")]})
