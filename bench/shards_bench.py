@@ -1,22 +1,31 @@
 """What sharding does to the models' quality: replicas that each see a share of the customers.
 
     python bench/shards_bench.py [--customers 1000] [--days 28] [--seed 5] [--shards 1 4 16]
+                                 [--sync-shards 16] [--sync-hours 1 6 24]
 
 The generated stream is split by customer shard as the flow splits it, each part runs through
 its own single-shard engine (one replica of every model), and the progressive checks are
 summed: the recommender's hit rate at 10 on sampled views against most-popular, and the
 propensity model's ROC AUC on its resolved outcomes.
+
+The second table measures lagged global learning: the shards' engines run period by period of
+event time (every ``--sync-hours``), and at each boundary every replica adopts what a global
+learner fed all shards' examples has learnt (bench/model_sync.py has the variants).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model_sync import VARIANTS, lockstep_quality
 
 from connectors.synthetic import generate_events
 from flows.evaluate import Run, auc
@@ -46,6 +55,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=28)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--shards", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--sync-shards", type=int, default=16, help="shards of the lagged global learning table")
+    parser.add_argument("--sync-hours", type=int, nargs="*", default=[1, 6, 24], help="boundary periods (none: skip)")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
     tune_gc()
     events = list(generate_events(args.customers, args.days, args.seed))
@@ -55,13 +67,39 @@ def main() -> None:
     # a customer's events stay together, anonymous ones included (the flow hands them over on login)
     user_of = {e["anonymousId"]: e["userId"] for e in events if e.get("anonymousId") and e.get("userId")}
     for shards in args.shards:
-        parts: list[list[bytes]] = [[] for _ in range(shards)]
-        for event in events:
-            customer = event.get("userId") or user_of.get(event.get("anonymousId")) or event.get("anonymousId") or ""
-            parts[shard_of(customer, shards)].append(orjson.dumps(event))
-        checked, model, popular, propensity = quality(parts)
-        shown = "n/a" if propensity is None else f"{propensity:.3f}"
-        print(f"| {shards} | {checked:,} | {model:.3f} | {popular:.3f} | {shown} |")
+        checked, model, popular, propensity = quality(split(events, user_of, shards))
+        print(f"| {shards} | {checked:,} | {model:.3f} | {popular:.3f} | {_shown(propensity)} |")
+    if not args.sync_hours:
+        return
+    shards = args.sync_shards
+    timed = split(events, user_of, shards, timed=True)
+    print(f"\n{shards} shards, replicas adopting global parameters at event-time boundaries\n")
+    print("| period | variant | sampled views | recommender hit@10 | most popular hit@10 | propensity AUC |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: |")
+    for index, hours in enumerate(args.sync_hours):
+        for name in args.variants:
+            if name == "none" and index:
+                continue  # the same whatever the period: it never adopts
+            checked, model, popular, propensity = lockstep_quality(timed, hours * 3_600_000, VARIANTS[name])
+            print(f"| {hours} h | {name} | {checked:,} | {model:.3f} | {popular:.3f} | {_shown(propensity)} |")
+
+
+def split(events: list[dict], user_of: dict[str, str], shards: int, timed: bool = False) -> list[list[Any]]:
+    """The events as lines, by customer shard (with ``timed``: (event time in ms, line) pairs)."""
+    parts: list[list[Any]] = [[] for _ in range(shards)]
+    for event in events:
+        customer = event.get("userId") or user_of.get(event.get("anonymousId")) or event.get("anonymousId") or ""
+        line = orjson.dumps(event)
+        parts[shard_of(customer, shards)].append((event_ms(event), line) if timed else line)
+    return parts
+
+
+def event_ms(event: dict) -> int:
+    return int(datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def _shown(auc_value: float | None) -> str:
+    return "n/a" if auc_value is None else f"{auc_value:.3f}"
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ among the top k recommended just before?
 
 from __future__ import annotations
 
+import struct
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -24,6 +25,9 @@ NEIGHBOURS: int = _native.CoOccurrence.NEIGHBOURS  # neighbours kept per product
 POPULAR: int = _native.CoOccurrence.POPULAR  # most popular products kept for filling up
 K: int = _native.CoOccurrence.K  # products recommended by default (and by a progressive check)
 SAMPLE_EVERY = 50  # one view in 50 is checked for progressive hit rate (by a hash of the message id)
+BYTES_HEADER = struct.Struct("<BB4Q")
+"""The head of ``CoOccurrence.to_bytes`` (``state/native/src/recommend_bytes.rs``): format, frozen, and the
+progressive counters checked, hits, reciprocal rank (millionths) and most-popular hits."""
 
 
 class RecommendationParameters(BaseModel):
@@ -57,3 +61,12 @@ def sampled(message_id: str) -> bool:
     """Whether a view is in the deterministic sample checked for progressive quality (the first
     byte of the 2-byte BLAKE2b digest of its id, one in :data:`SAMPLE_EVERY`)."""
     return _native.sampled(message_id, SAMPLE_EVERY)
+
+
+def adopt(replica: CoOccurrence, parameters: bytes) -> None:
+    """Make ``replica`` hold the links, counts, categories and popularity of ``parameters`` (another
+    recommender's ``to_bytes``: a global copy), keeping its own mode and progressive counters."""
+    stats = replica.stats()
+    counters = (stats["checked"], stats["hits"], stats["reciprocal_rank_micro"], stats["most_popular_hits"])
+    header = BYTES_HEADER.pack(parameters[0], replica.frozen, *counters)
+    replica.restore_bytes(header + parameters[BYTES_HEADER.size :])
