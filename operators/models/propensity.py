@@ -225,11 +225,17 @@ class PropensityModel:
         if self.drift.drift_detected:
             self.drifts += 1
         if not self.frozen:
-            self.calibrator.learn(raw, y)
-            self.pipeline.learn_one(dict(zip(FEATURES, x, strict=True)), y)
-            self._parameters = None
-            self.learnt += 1
+            self.fit_one(x, y, raw)
         return raw, p
+
+    def fit_one(self, x: tuple[float, ...], y: bool, raw: float | None = None) -> None:
+        """Learn one outcome without counting it in the quality: the calibrator from the raw score
+        before the pipeline learns it (``raw``, if already computed), then the pipeline."""
+        self._build()
+        self.calibrator.learn(self.raw_score(x) if raw is None else raw, y)
+        self.pipeline.learn_one(dict(zip(FEATURES, x, strict=True)), y)
+        self._parameters = None
+        self.learnt += 1
 
     def export(self) -> dict[str, Any]:
         """The model's parameters as plain numbers (no pickle; see :func:`load`)."""

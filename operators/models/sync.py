@@ -23,7 +23,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
-from operators.models.propensity import FEATURES, PropensityModel
+from operators.models.propensity import PropensityModel
 from operators.models.recommend import CoOccurrence, adopt
 
 Touch = tuple[tuple[str, ...], str, str | None]
@@ -81,11 +81,7 @@ class Propensity:
     def learn(self, model: PropensityModel, example: Outcome) -> None:
         """Learn without scoring first: a global copy keeps no progressive quality, and a replica learning
         its own outcomes again has counted them already."""
-        x, y = example
-        model._build()
-        model.pipeline.learn_one(dict(zip(FEATURES, x, strict=True)), y)
-        model.learnt += 1
-        model._parameters = None
+        model.fit_one(*example)
 
     def to_bytes(self, model: PropensityModel) -> bytes:
         return orjson.dumps(model.export())  # floats written so that they read back exactly
