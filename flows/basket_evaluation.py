@@ -133,3 +133,31 @@ def evaluate_baskets(path: Path, rows: int | None = None, k: int = K) -> dict[st
             for method, score in scores.items()
         },
     }
+
+
+LABELS = {
+    "recommender": "recommender (`recommend: 10`: leaves out the cart and the last order)",
+    "recommender_with_bought": "recommender with `include_bought: true` (own products first)",
+    "most_popular": "most popular (products in the most orders so far)",
+    "buy_again": "buy again (the customer's own most frequently ordered products, ties by the latest)",
+}
+
+
+def render_baskets(results: dict[str, Any] | None) -> list[str]:
+    """The printed table of :func:`evaluate_baskets` (none without results)."""
+    if not results:
+        return []
+    k = results["k"]
+    return [
+        f"UCI Online Retail, next basket: {results['predictions']:,} orders after a customer's first"
+        f" ({results['orders']:,} orders, {results['products_learnt']:,} products learnt); {k} products"
+        " predicted before each order is learnt.",
+        "",
+        f"| next basket | hit rate@{k} | recall@{k} |",
+        "| --- | ---: | ---: |",
+        *(
+            f"| {LABELS[method]} | {results[method][f'hit_rate@{k}']} | {results[method][f'recall@{k}']} |"
+            for method in METHODS
+        ),
+        "",
+    ]

@@ -943,6 +943,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.uci:
         results["uci_retail"] = evaluate_uci(args.uci, args.rows, args.horizon_days)
         results["uci_lapse"] = evaluate_lapse(args.uci, args.rows)
+        from flows.basket_evaluation import evaluate_baskets
+
+        results["uci_baskets"] = evaluate_baskets(args.uci, args.rows)
     print(render(results))
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))

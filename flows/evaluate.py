@@ -414,6 +414,9 @@ def render(results: dict[str, Any]) -> str:
             f"| constant | 0.5 | {uci['constant_log_loss']} | | |",
             "",
         ]
+    from flows.basket_evaluation import render_baskets
+
+    lines += render_baskets(results.get("uci_baskets"))
     lapse = results.get("uci_lapse")
     if lapse:
         lines += [

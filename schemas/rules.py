@@ -62,6 +62,10 @@ class Recommend(BaseModel):
     def __bool__(self) -> bool:
         return self.k > 0
 
+    def __str__(self) -> str:
+        """As a rule file writes it."""
+        return f"{{k: {self.k}, include_bought: true}}" if self.include_bought else str(self.k)
+
 
 def _recommend_count(value: Any) -> Any:
     """``recommend: N`` is ``recommend: {k: N}`` (an int, not a bool)."""

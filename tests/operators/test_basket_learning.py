@@ -156,8 +156,9 @@ def test_recommend_takes_a_count_or_a_mapping_and_refuses_what_it_does_not_know(
         rules = {"version": "v", "triggers": [{"id": "t", "channel": "push", "on": "x", "recommend": value}]}
         return RuleSet.model_validate(rules).triggers[0].recommend
 
-    assert recommend(4) == Recommend(k=4) and not recommend(0)
+    assert recommend(4) == Recommend(k=4) and not recommend(0) and str(recommend(4)) == "4"
     assert recommend({"k": 10, "include_bought": True}) == Recommend(k=10, include_bought=True)
+    assert str(recommend({"k": 10, "include_bought": True})) == "{k: 10, include_bought: true}"
     for bad in ({"k": 3, "include_bougth": True}, {"k": 21}, True, {"include_bought": True}):
         with pytest.raises(ValueError):
             recommend(bad)
