@@ -5,13 +5,14 @@ recommendations; snapshots and restores carry the baskets learnt."""
 from __future__ import annotations
 
 import pickle
+import random
 from typing import Any
 
 import pytest
 from conftest import EngineHarness, decisions, pickled_snapshots, restore_snapshots, rules_from, track
 
 from operators.engine import EngineConfig
-from operators.models import ShardModels
+from operators.models import ShardModels, interests, own_products, session_products
 from operators.models.recommend import CoOccurrence
 from schemas.events import Product
 from schemas.rules import Recommend, RuleSet
@@ -172,3 +173,37 @@ def test_a_rule_file_with_a_misnamed_recommend_field_names_it(tmp_path):
     with pytest.raises(RuleFileError) as error:
         load_rules(path)
     assert "rules.yaml:8: rule 'after_order' field 'recommend.include_bougth'" in str(error.value)
+
+
+def test_own_products_first_read_from_the_features_record_are_those_of_their_python_definition():
+    """``include_bought``: the customer's favourites and last order (``own_products``, at most k),
+    then the recommender's for the session, leaving out the cart and those, for customers in every
+    state of a day of views, cart adds and orders."""
+    rng = random.Random(5)
+    products = [f"p{i}" for i in range(30)]
+    events = []
+    for minute in range(0, 1500, 3):
+        user, product = f"u{rng.randrange(20)}", rng.choice(products)
+        kind = rng.choice(["Product Viewed", "Product Added", "Order Completed"])
+        if kind == "Order Completed":
+            events.append(till_order(user, minute, rng.sample(products, rng.randint(1, 6))))
+        else:
+            events.append(track(kind, user, minute, props={"product_id": product, "category": "c", "price": 2.0}))
+    h = EngineHarness(rules_from(AFTER_ORDER.format(k=0)))
+    h.feed(events)
+    models, checked = h.customers.models, 0
+    for state in h.customers.customers.values():
+        for at_ms, k in ((state.last_seen_ms, 4), (state.last_seen_ms + 3_600_000, 10), (state.last_seen_ms, 2)):
+            own = own_products(state)[:k]
+            rest = models.recommender.recommend(
+                session_products(state, at_ms, models.session_timeout_ms),
+                k - len(own),
+                exclude=(*state.features.cart_products, *own),
+                interests=interests(state),
+                categories=state.features.category_scores,
+            )
+            got = models.recommend(state, k, at_ms, include_bought=True)
+            assert got == [*own, *rest]
+            assert not set(got) & set(state.features.cart_products) and len(set(got)) == len(got)
+            checked += bool(own)
+    assert checked > 20
