@@ -222,7 +222,13 @@ pub mod python {
             _ => Vec::new(),
         };
         let cart: Vec<&str> = record.cart.as_ref().map_or_else(Vec::new, |cart| {
-            names(&cart.lines.iter().map(|line| line.product).collect::<Vec<_>>())
+            names(
+                &cart
+                    .lines
+                    .iter()
+                    .map(|line| line.product)
+                    .collect::<Vec<_>>(),
+            )
         });
         let bought = names(&record.purchases().bought);
         let mut interests = ranked(&record.products, Some(INTERESTS));

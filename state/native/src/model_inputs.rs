@@ -199,7 +199,9 @@ pub mod python {
             if quantity < 0 {
                 continue;
             }
-            let product = line.getattr(intern!(py, "product_id"))?.downcast_into::<PyString>()?;
+            let product = line
+                .getattr(intern!(py, "product_id"))?
+                .downcast_into::<PyString>()?;
             let category = line.getattr(intern!(py, "category"))?;
             let category = (!category.is_none())
                 .then(|| category.downcast_into::<PyString>())
@@ -208,7 +210,10 @@ pub mod python {
         }
         let mut basket = Vec::with_capacity(read.len());
         for (product, category) in &read {
-            basket.push((product.to_str()?, category.as_ref().map(|c| c.to_str()).transpose()?));
+            basket.push((
+                product.to_str()?,
+                category.as_ref().map(|c| c.to_str()).transpose()?,
+            ));
         }
         recommender.inner.learn_basket(basket.iter().copied());
         keep.then(|| PyTuple::new(py, basket)).transpose()

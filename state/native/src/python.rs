@@ -358,7 +358,10 @@ impl CoOccurrence {
         }
         let mut read = Vec::with_capacity(lines.len());
         for (product, category) in &lines {
-            read.push((product.to_str()?, category.as_ref().map(|c| c.to_str()).transpose()?));
+            read.push((
+                product.to_str()?,
+                category.as_ref().map(|c| c.to_str()).transpose()?,
+            ));
         }
         self.inner.learn_basket(read);
         Ok(())

@@ -193,7 +193,10 @@ impl CoOccurrence {
     /// order's order; a product on several lines counts once, with its first line's category):
     /// each pair of [`basket_pairs`] is linked both ways with [`BASKET_WEIGHT`], then each product
     /// is counted once for its popularity, in the order's order.
-    pub fn learn_basket<'a>(&mut self, lines: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) {
+    pub fn learn_basket<'a>(
+        &mut self,
+        lines: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    ) {
         if self.frozen {
             return;
         }
@@ -899,12 +902,22 @@ mod tests {
     #[test]
     fn an_order_links_its_products_with_the_basket_weight_and_counts_each_once() {
         let mut model = CoOccurrence::new(false);
-        model.learn_basket([("a", Some("x")), ("b", None), ("a", Some("y")), ("c", Some("x"))]);
+        model.learn_basket([
+            ("a", Some("x")),
+            ("b", None),
+            ("a", Some("y")),
+            ("c", Some("x")),
+        ]);
         let layout = model.layout();
         let links: Vec<(&str, Vec<(&str, f64)>)> = layout
             .links
             .iter()
-            .map(|(p, n)| (p.as_str(), n.iter().map(|(q, w)| (q.as_str(), *w)).collect()))
+            .map(|(p, n)| {
+                (
+                    p.as_str(),
+                    n.iter().map(|(q, w)| (q.as_str(), *w)).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             links,
@@ -918,14 +931,21 @@ mod tests {
             layout.counts,
             [("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]
         );
-        assert_eq!(layout.category_of, [("a".into(), "x".into()), ("c".into(), "x".into())]);
+        assert_eq!(
+            layout.category_of,
+            [("a".into(), "x".into()), ("c".into(), "x".into())]
+        );
     }
 
     #[test]
     fn an_order_makes_a_bounded_number_of_links_each_pair_once() {
         for n in [0, 1, 2, 9, 17, 18, 20, 21, 50, 161, 500] {
             let pairs: Vec<(usize, usize)> = basket_pairs(n).collect();
-            assert!(pairs.len() <= BASKET_LINKS.max(n), "{n} products: {} links", pairs.len());
+            assert!(
+                pairs.len() <= BASKET_LINKS.max(n),
+                "{n} products: {} links",
+                pairs.len()
+            );
             let mut distinct: Vec<(usize, usize)> =
                 pairs.iter().map(|&(a, b)| (a.min(b), a.max(b))).collect();
             distinct.sort_unstable();
@@ -937,9 +957,16 @@ mod tests {
                 linked[a] += 1;
                 linked[b] += 1;
             }
-            assert!(linked.iter().all(|&l| l >= n.saturating_sub(1).min(2)), "{n} products: one left out");
+            assert!(
+                linked.iter().all(|&l| l >= n.saturating_sub(1).min(2)),
+                "{n} products: one left out"
+            );
         }
-        assert_eq!(basket_pairs(17).count(), 17 * 16 / 2, "all pairs of a small order");
+        assert_eq!(
+            basket_pairs(17).count(),
+            17 * 16 / 2,
+            "all pairs of a small order"
+        );
     }
 
     #[test]
