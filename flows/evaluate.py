@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from flows.basket_evaluation import render_baskets
 from operators.engine import EngineConfig
 from operators.models.bandit import uniform
 from operators.models.propensity import FEATURES, NO_ORDER_DAYS, Calibration
@@ -414,8 +415,6 @@ def render(results: dict[str, Any]) -> str:
             f"| constant | 0.5 | {uci['constant_log_loss']} | | |",
             "",
         ]
-    from flows.basket_evaluation import render_baskets
-
     lines += render_baskets(results.get("uci_baskets"))
     lapse = results.get("uci_lapse")
     if lapse:
