@@ -27,6 +27,8 @@ pub const BASKET_WEIGHT: f64 = 2.0;
 pub const BASKET_WINDOW: usize = 8;
 /// Links an order makes at most (unless it has more distinct products: then one per product).
 pub const BASKET_LINKS: usize = 160;
+/// Distinct products of an order found again by a scan of those before them (beyond: by marks).
+const FEW_LINES: usize = 32;
 
 pub use crate::names::{Id, Names};
 
@@ -203,8 +205,19 @@ impl CoOccurrence {
         let mut basket: Vec<(Id, Option<&str>)> = Vec::new();
         for (product, category) in lines {
             let product = self.product(product);
-            if self.skip.get(product).is_none() {
-                self.skip.add(product, 0.0);
+            // a few lines: a scan of the basket, which is in the cache (the sparse marks are not)
+            let seen = if basket.len() < FEW_LINES {
+                basket.iter().any(|(p, _)| *p == product)
+            } else {
+                if basket.len() == FEW_LINES {
+                    basket.iter().for_each(|(p, _)| self.skip.add(*p, 0.0));
+                }
+                self.skip.get(product).is_some()
+            };
+            if !seen {
+                if basket.len() >= FEW_LINES {
+                    self.skip.add(product, 0.0);
+                }
                 basket.push((product, category));
             }
         }
