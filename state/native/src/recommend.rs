@@ -7,7 +7,7 @@
 //! code point, as Python compares `str`), and pruning and popularity ranks follow the same steps.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Earlier products in the session that a new one is linked to.
@@ -28,7 +28,7 @@ pub const BASKET_WINDOW: usize = 8;
 /// Links an order makes at most (unless it has more distinct products: then one per product).
 pub const BASKET_LINKS: usize = 160;
 /// Distinct products of an order found again by a scan of those before them (beyond: by marks).
-const FEW_LINES: usize = 32;
+const FEW_LINES: usize = 64;
 
 pub use crate::names::{Id, Names};
 
@@ -203,25 +203,22 @@ impl CoOccurrence {
             return;
         }
         let mut basket: Vec<(Id, Option<&str>)> = Vec::new();
+        let mut many: HashSet<Id, BuildHasherDefault<IdHasher>> = HashSet::default();
         for (product, category) in lines {
             let product = self.product(product);
-            // a few lines: a scan of the basket, which is in the cache (the sparse marks are not)
-            let seen = if basket.len() < FEW_LINES {
-                basket.iter().any(|(p, _)| *p == product)
+            // a few products: a scan of those before, in the cache (a set of its own beyond)
+            let new = if basket.len() < FEW_LINES {
+                basket.iter().all(|(p, _)| *p != product)
             } else {
-                if basket.len() == FEW_LINES {
-                    basket.iter().for_each(|(p, _)| self.skip.add(*p, 0.0));
+                if many.is_empty() {
+                    many.extend(basket.iter().map(|(p, _)| *p));
                 }
-                self.skip.get(product).is_some()
+                many.insert(product)
             };
-            if !seen {
-                if basket.len() >= FEW_LINES {
-                    self.skip.add(product, 0.0);
-                }
+            if new {
                 basket.push((product, category));
             }
         }
-        self.skip.clear();
         for (a, b) in basket_pairs(basket.len()) {
             let (a, b) = (basket[a].0, basket[b].0);
             self.link(a, b, BASKET_WEIGHT);
