@@ -976,6 +976,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         results["uci_retail"] = evaluate_uci(args.uci, args.rows, args.horizon_days, rules)
         results["uci_lapse"] = evaluate_lapse(args.uci, args.rows, rules=rules)
         results["uci_audiences"] = evaluate_audiences(args.uci, args.rows, rules)
+        from flows.basket_evaluation import evaluate_baskets
+
+        results["uci_baskets"] = evaluate_baskets(args.uci, args.rows)
     print(render(results))
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))

@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from flows.basket_evaluation import render_baskets
 from operators.engine import EngineConfig
 from operators.models import OPEN_DECISION
 from operators.models.bandit import uniform
@@ -651,6 +652,7 @@ def render(results: dict[str, Any]) -> str:
             ),
             "",
         ]
+    lines += render_baskets(results.get("uci_baskets"))
     lapse = results.get("uci_lapse")
     if lapse:
         lines += [

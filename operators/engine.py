@@ -387,6 +387,8 @@ class CustomerStage:
                 if category is None and reference is not None:
                     category, _ = product_details(reference, props.product_id, None, props.price)
                 self.models.product_touched(state, props.product_id, category, env.message_id, viewed, env.ts_ms)
+        elif self.models is not None and env.name == ORDER:
+            self.models.order_completed(env.event.properties.products)
         if self.step is None:
             apply_event(state, env, self.config.lifecycle, reference)
             self._apply_rules(state, env, fresh, late, out)
@@ -714,7 +716,7 @@ class CustomerStage:
             content=content,
             offer_id=offer_id,
             offer_choice=offer_choice,
-            recommendations=models.recommend(state, rule.recommend, at_ms)
+            recommendations=models.recommend(state, rule.recommend.k, at_ms, rule.recommend.include_bought)
             if models is not None and rule.recommend
             else None,
             score=None if score is None else round(score, 4),

@@ -47,6 +47,31 @@ class _Rule(BaseModel):
     shadow: bool = Field(False, description="Evaluate and record, never deliver")
 
 
+class Recommend(BaseModel):
+    """A trigger's carousel: ``recommend: 4``, or ``recommend: {k: 10, include_bought: true}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: int = Field(ge=0, le=20, description="products to recommend in the trigger (a carousel)")
+    include_bought: bool = Field(
+        False,
+        description="the customer's own products first (their favourites, then their last order), then"
+        " recommendations; by default what they bought last and their cart are left out",
+    )
+
+    def __bool__(self) -> bool:
+        return self.k > 0
+
+    def __str__(self) -> str:
+        """As a rule file writes it."""
+        return f"{{k: {self.k}, include_bought: true}}" if self.include_bought else str(self.k)
+
+
+def _recommend_count(value: Any) -> Any:
+    """``recommend: N`` is ``recommend: {k: N}`` (an int, not a bool)."""
+    return {"k": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 class TriggerRule(_Rule):
     channel: Channel
     on: EventNames = Field(min_length=1)
@@ -56,7 +81,7 @@ class TriggerRule(_Rule):
     when: str | None = None
     content: Content = {}
     offer_id: str | None = None
-    recommend: int = Field(0, ge=0, le=20, description="products to recommend in the trigger (a carousel)")
+    recommend: Annotated[Recommend, BeforeValidator(_recommend_count)] = Recommend(k=0)
     expires_in: DurationMs = 24 * 3_600_000
     priority: int = Field(0, ge=-1000, le=1000, description="wins arbitration between equal expected values")
     cooldown: DurationMs | None = Field(None, description="no delivery of this rule to a customer within this")

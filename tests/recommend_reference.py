@@ -16,6 +16,9 @@ NEIGHBOURS = 30  # neighbours kept per product (pruned from twice as many)
 POPULAR = 50  # most popular products kept for filling up
 SAMPLE_EVERY = 50  # one view in 50 is checked for progressive hit rate (by a hash of the message id)
 K = 10
+BASKET_WEIGHT = 2.0  # of a link between two products bought in one order
+BASKET_WINDOW = 8  # products of an order each one is linked to at most, on each side
+BASKET_LINKS = 160  # links an order makes at most (unless it has more distinct products: one each)
 WEIGHTS = tuple(1.0 / distance for distance in range(1, WINDOW + 1))  # of a link, by distance in the session
 
 
@@ -79,6 +82,32 @@ class CoOccurrence:
             if ranked is None:
                 ranked = self.popular_in[category] = []
             _rank(ranked, product, count, counts)
+
+    def learn_basket(self, basket: Iterable[tuple[str, str | None]]) -> None:
+        """The products of one order were bought together (``(product, category)`` lines; a product
+        on several lines counts once, with its first line's category)."""
+        if self.frozen:
+            return
+        first: dict[str, str | None] = {}
+        for product, category in basket:
+            first.setdefault(product, category)
+        products = list(first)
+        for a, b in basket_pairs(len(products)):
+            self._link(products[a], products[b], BASKET_WEIGHT)
+            self._link(products[b], products[a], BASKET_WEIGHT)
+        counts = self.counts
+        for product, category in first.items():
+            count = counts[product] = counts.get(product, 0) + 1
+            _rank(self.popular, product, count, counts)
+            if category:
+                self.category_of[product] = category
+                _rank(self.popular_in.setdefault(category, []), product, count, counts)
+
+    def _link(self, product: str, other: str, weight: float) -> None:
+        mine = self.links.setdefault(product, {})
+        mine[other] = mine.get(other, 0.0) + weight
+        if len(mine) > 2 * NEIGHBOURS:
+            self.links[product] = _strongest(mine)
 
     def recommend(
         self,
@@ -216,6 +245,16 @@ class CoOccurrence:
             "counts": dict(sorted(counts.items())),
             "categories": dict(sorted(categories.items())),
         }
+
+
+def basket_pairs(n: int) -> list[tuple[int, int]]:
+    """The pairs of an order's ``n`` distinct products that are linked: all of them when each product
+    can reach every other within the window on each side, else each one and the next ``window`` ones,
+    round the order, with the window as large as :data:`BASKET_LINKS` allows (at least 1)."""
+    window = min(max(BASKET_LINKS // max(n, 1), 1), BASKET_WINDOW)
+    if n <= 2 * window + 1:
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+    return [(i, (i + d) % n) for i in range(n) for d in range(1, window + 1)]
 
 
 def _add_normalised(scores: dict[str, float], evidence: dict[str, float]) -> None:

@@ -24,7 +24,7 @@ from operators.models.propensity import FEATURES, PropensityModel, decision_feat
 from operators.models.protocol import OnlineModel
 from operators.models.recommend import SAMPLE_EVERY, CoOccurrence, sampled
 from schemas.rules import NextBestOffer
-from state._native import recommend_for, touch_product
+from state._native import learn_order, recommend_for, touch_product
 from state.catalogue import FeatureView
 from state.customer import MAX_PENDING_OUTCOMES, CustomerState
 
@@ -34,6 +34,7 @@ ModelMode = Literal["learn", "frozen", "off"]
 FEATURES_KEY = "~propensity_features"
 MODEL_TYPES: tuple[type[OnlineModel], ...] = (PropensityModel, OfferBandit, CoOccurrence, LifetimeValue)
 CHECK = "~check"  # a journal entry of a sampled check (the others are product touches learnt)
+BASKET = "~basket"  # a journal entry of an order's basket learnt
 ModelsSnapshot = tuple[bytes, bytes, tuple[bytes, ...]]  # see ShardModels.snapshot
 MODEL_LIBRARIES = ("river.compose", "river.drift", "river.linear_model", "river.optim", "river.preprocessing")
 _KEPT_APART = frozenset(
@@ -131,6 +132,8 @@ class ShardModels:
             for entry in _journal_entries(journal):
                 if entry[0] == CHECK:
                     recommender.check(*entry[1:])
+                elif entry[0] == BASKET:
+                    recommender.learn_basket(entry[1])
                 else:
                     recommender.learn(*entry)
         models = cls.__new__(cls)
@@ -184,11 +187,22 @@ class ShardModels:
             if self._journal is not None:
                 self._journal.append((tuple(session), product, category))
 
-    def recommend(self, state: CustomerState, k: int, at_ms: int) -> list[str]:
+    def order_completed(self, lines: Sequence[Any]) -> None:
+        """An order's lines (``OrderLines`` as the scan read them, or ``Product`` lines): the
+        recommender learns its basket, the products bought together, in one compiled call."""
+        if self.mode != "learn" or not lines:
+            return
+        basket = learn_order(self.recommender, lines, self._journal is not None)
+        if self._journal is not None:
+            self._journal.append((BASKET, basket))
+
+    def recommend(self, state: CustomerState, k: int, at_ms: int, include_bought: bool = False) -> list[str]:
         """Top ``k`` products for the customer now, leaving out their cart and their last order: the
         recommender's ``recommend`` of the session's products, with the customer's favourite products
-        (:func:`interests`) and category affinities, all read from the features record in one call."""
-        return recommend_for(self.recommender, state.features, k, at_ms, self.session_timeout_ms)
+        (:func:`interests`) and category affinities, all read from the features record in one call.
+        With ``include_bought``, the customer's own products come first (:func:`own_products`), then
+        the recommender's, leaving out only the cart."""
+        return recommend_for(self.recommender, state.features, k, at_ms, self.session_timeout_ms, include_bought)
 
     # --- next best offer ---------------------------------------------------------------
     def choose_offer(
@@ -329,6 +343,14 @@ def merge_open(state: CustomerState, other: CustomerState) -> None:
 def interests(state: CustomerState) -> list[str]:
     """The customer's favourite products, strongest last (read as older history by the recommender)."""
     return state.features.top_products(5)[::-1]
+
+
+def own_products(state: CustomerState) -> list[str]:
+    """The customer's own products a carousel with ``include_bought`` starts with: their favourite
+    products (strongest first), then their last order's, none twice and none in their cart."""
+    cart = set(state.features.cart_products)
+    mine = dict.fromkeys([*state.features.top_products(None), *state.features.bought])
+    return [product for product in mine if product not in cart]
 
 
 def session_products(state: CustomerState, at_ms: int, timeout_ms: int) -> Sequence[str]:

@@ -211,6 +211,10 @@ def _random_ops(rng: random.Random, events: int, products: int) -> list[tuple[An
             ops.append(("reload",))
         elif roll < 0.095:
             ops.append(("bytes",))
+        elif roll < 0.11:  # an order: mostly a few lines, now and then a big one (round-the-order links)
+            size = rng.randint(1, 8) if rng.random() < 0.8 else rng.randint(15, 170)
+            lines = [(rng.choice(names), rng.choice([*categories, category])) for _ in range(size)]
+            ops.append(("learn_basket", lines))
         ops.append(("learn", list(session), product, category))
         session = [*session[-9:], product] if rng.random() < 0.85 else []
         if n % 2000 == 0:
@@ -239,6 +243,7 @@ def test_the_compiled_model_agrees_with_the_reference_on_any_small_stream(data):
     op = st.one_of(
         st.tuples(st.just("learn"), history, names, cats),
         st.tuples(st.just("learn"), history, names, cats),
+        st.tuples(st.just("learn_basket"), st.lists(st.tuples(names, cats), max_size=25)),
         st.tuples(
             st.just("recommend"),
             history,

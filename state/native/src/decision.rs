@@ -203,8 +203,11 @@ pub mod python {
     /// Top ``k`` products for a customer at ``at_ms``, as ``recommender.recommend`` gives them for
     /// the products of the session still going (``session_timeout_ms``), leaving out the last
     /// order's and the cart's, with the five favourite products (strongest last) and the category
-    /// affinities as kept.
+    /// affinities as kept. With ``include_bought``, the customer's own products come first (the
+    /// favourites, strongest first, then the last order's; none twice, none in the cart, as
+    /// ``operators.models.own_products``), then the recommender's, leaving out the cart and those.
     #[pyfunction]
+    #[pyo3(signature = (recommender, features, k, at_ms, session_timeout_ms, include_bought = false))]
     pub(crate) fn recommend_for<'py>(
         py: Python<'py>,
         mut recommender: PyRefMut<'py, CoOccurrence>,
@@ -212,6 +215,7 @@ pub mod python {
         k: usize,
         at_ms: i64,
         session_timeout_ms: i64,
+        include_bought: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         let record = features.record();
         let session = match &record.session {
@@ -220,19 +224,39 @@ pub mod python {
             }
             _ => Vec::new(),
         };
-        let mut exclude = names(&record.purchases().bought);
-        if let Some(cart) = &record.cart {
-            let products: Vec<_> = cart.lines.iter().map(|line| line.product).collect();
-            exclude.extend(names(&products));
-        }
+        let cart: Vec<&str> = record.cart.as_ref().map_or_else(Vec::new, |cart| {
+            names(
+                &cart
+                    .lines
+                    .iter()
+                    .map(|line| line.product)
+                    .collect::<Vec<_>>(),
+            )
+        });
+        let bought = names(&record.purchases().bought);
         let mut interests = ranked(&record.products, Some(INTERESTS));
+        let mut own: Vec<&str> = Vec::new();
+        if include_bought {
+            for product in interests.iter().chain(&bought) {
+                if !cart.contains(product) && !own.contains(product) {
+                    own.push(product);
+                }
+            }
+            own.truncate(k);
+        }
+        let exclude: Vec<&str> = if include_bought {
+            cart.iter().chain(&own).copied().collect()
+        } else {
+            bought.iter().chain(&cart).copied().collect()
+        };
         interests.reverse();
         let interests = &interests[interests.len().saturating_sub(WINDOW)..];
         let categories = kept(&record.categories);
         let inner = &mut recommender.inner;
         let products = inner
-            .recommend(&session, k, &exclude, interests, &categories)
+            .recommend(&session, k - own.len(), &exclude, interests, &categories)
             .map_err(zero_division)?;
-        PyList::new(py, products.into_iter().map(|product| inner.name(product)))
+        own.extend(products.into_iter().map(|product| inner.name(product)));
+        PyList::new(py, own)
     }
 }

@@ -126,10 +126,13 @@ mod tests {
 
 #[cfg(feature = "python")]
 pub mod python {
+    use pyo3::intern;
     use pyo3::prelude::*;
-    use pyo3::types::PyTuple;
+    use pyo3::types::{PyString, PyTuple};
 
     use crate::features::python::{names, Features};
+    use crate::order_lines::python::OrderLines;
+    use crate::order_lines::MAX_LINES;
     use crate::python::CoOccurrence;
 
     /// The propensity model's inputs from a customer's features at ``now_ms``, as
@@ -163,5 +166,56 @@ pub mod python {
             _ => &[][..],
         };
         recommender.inner.learn(&names(products), product, category);
+    }
+
+    /// The recommender learns an order's basket (``CoOccurrence.learn_basket``) from its lines
+    /// (:class:`OrderLines` as the event scan read them, read without a Python object per line, or
+    /// objects with ``product_id``, ``category`` and ``quantity``): the lines bought (a quantity of
+    /// 0 or more; a negative one is a returned item). With ``keep``, the basket learnt is returned as
+    /// ``(product, category)`` pairs (for the recommender's journal), else ``None``.
+    #[pyfunction]
+    pub(crate) fn learn_order<'py>(
+        py: Python<'py>,
+        mut recommender: PyRefMut<'py, CoOccurrence>,
+        lines: &Bound<'py, PyAny>,
+        keep: bool,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        if recommender.inner.frozen && !keep {
+            return Ok(None);
+        }
+        if let Ok(native) = lines.downcast::<OrderLines>() {
+            let (json, native) = native.get().read(py);
+            let basket: Vec<(&str, Option<&str>)> = native
+                .bought(json, MAX_LINES)
+                .map(|(product, category, _)| (product, category))
+                .collect();
+            recommender.inner.learn_basket(basket.iter().copied());
+            return keep.then(|| PyTuple::new(py, basket)).transpose();
+        }
+        let mut read: Vec<(Bound<'py, PyString>, Option<Bound<'py, PyString>>)> = Vec::new();
+        for line in lines.try_iter()? {
+            let line = line?;
+            let quantity: i64 = line.getattr(intern!(py, "quantity"))?.extract()?;
+            if quantity < 0 {
+                continue;
+            }
+            let product = line
+                .getattr(intern!(py, "product_id"))?
+                .downcast_into::<PyString>()?;
+            let category = line.getattr(intern!(py, "category"))?;
+            let category = (!category.is_none())
+                .then(|| category.downcast_into::<PyString>())
+                .transpose()?;
+            read.push((product, category));
+        }
+        let mut basket = Vec::with_capacity(read.len());
+        for (product, category) in &read {
+            basket.push((
+                product.to_str()?,
+                category.as_ref().map(|c| c.to_str()).transpose()?,
+            ));
+        }
+        recommender.inner.learn_basket(basket.iter().copied());
+        keep.then(|| PyTuple::new(py, basket)).transpose()
     }
 }

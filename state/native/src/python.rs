@@ -293,6 +293,12 @@ impl CoOccurrence {
     const POPULAR: usize = recommend::POPULAR;
     #[classattr]
     const K: usize = recommend::K;
+    #[classattr]
+    const BASKET_WEIGHT: f64 = recommend::BASKET_WEIGHT;
+    #[classattr]
+    const BASKET_WINDOW: usize = recommend::BASKET_WINDOW;
+    #[classattr]
+    const BASKET_LINKS: usize = recommend::BASKET_LINKS;
 
     #[new]
     #[pyo3(signature = (frozen = false))]
@@ -336,6 +342,28 @@ impl CoOccurrence {
         }
         let history = tail(history, WINDOW)?;
         self.inner.learn(&strs(&history)?, product, category);
+        Ok(())
+    }
+
+    /// The products of one order were bought together: ``basket`` holds its lines bought as
+    /// ``(product, category)`` pairs (category ``None`` when not sent), in the order's order.
+    fn learn_basket(&mut self, basket: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.inner.frozen {
+            return Ok(());
+        }
+        let mut lines: Vec<(Bound<'_, PyString>, Option<Bound<'_, PyString>>)> = Vec::new();
+        for line in basket.try_iter()? {
+            let (product, category) = line?.extract()?;
+            lines.push((product, category));
+        }
+        let mut read = Vec::with_capacity(lines.len());
+        for (product, category) in &lines {
+            read.push((
+                product.to_str()?,
+                category.as_ref().map(|c| c.to_str()).transpose()?,
+            ));
+        }
+        self.inner.learn_basket(read);
         Ok(())
     }
 
@@ -685,6 +713,10 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     )?)?;
     module.add_function(wrap_pyfunction!(
         crate::model_inputs::python::learn_touch,
+        module
+    )?)?;
+    module.add_function(wrap_pyfunction!(
+        crate::model_inputs::python::learn_order,
         module
     )?)?;
     module.add_class::<crate::rule_program::python::RuleProgram>()?;

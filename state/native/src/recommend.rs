@@ -7,7 +7,7 @@
 //! code point, as Python compares `str`), and pruning and popularity ranks follow the same steps.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Earlier products in the session that a new one is linked to.
@@ -20,6 +20,15 @@ pub const POPULAR: usize = 50;
 pub const K: usize = 10;
 /// Links a product's list grows by at most when full.
 const GROWTH: usize = 8;
+/// The weight of a link between two products bought in one order (a view's link to the product
+/// viewed just before it weighs 1): a basket is a stronger signal than a browsing session.
+pub const BASKET_WEIGHT: f64 = 2.0;
+/// Products of an order each one is linked to at most, on each side (see [`basket_pairs`]).
+pub const BASKET_WINDOW: usize = 8;
+/// Links an order makes at most (unless it has more distinct products: then one per product).
+pub const BASKET_LINKS: usize = 160;
+/// Distinct products of an order found again by a scan of those before them (beyond: by marks).
+const FEW_LINES: usize = 64;
 
 pub use crate::names::{Id, Names};
 
@@ -179,6 +188,49 @@ impl CoOccurrence {
             self.link(earlier, product, weight);
             self.link(product, earlier, weight);
         }
+        self.count_once(product, category);
+    }
+
+    /// The products of one order were bought together (`lines`: product and category, in the
+    /// order's order; a product on several lines counts once, with its first line's category):
+    /// each pair of [`basket_pairs`] is linked both ways with [`BASKET_WEIGHT`], then each product
+    /// is counted once for its popularity, in the order's order.
+    pub fn learn_basket<'a>(
+        &mut self,
+        lines: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    ) {
+        if self.frozen {
+            return;
+        }
+        let mut basket: Vec<(Id, Option<&str>)> = Vec::new();
+        let mut many: HashSet<Id, BuildHasherDefault<IdHasher>> = HashSet::default();
+        for (product, category) in lines {
+            let product = self.product(product);
+            // a few products: a scan of those before, in the cache (a set of its own beyond)
+            let new = if basket.len() < FEW_LINES {
+                basket.iter().all(|(p, _)| *p != product)
+            } else {
+                if many.is_empty() {
+                    many.extend(basket.iter().map(|(p, _)| *p));
+                }
+                many.insert(product)
+            };
+            if new {
+                basket.push((product, category));
+            }
+        }
+        for (a, b) in basket_pairs(basket.len()) {
+            let (a, b) = (basket[a].0, basket[b].0);
+            self.link(a, b, BASKET_WEIGHT);
+            self.link(b, a, BASKET_WEIGHT);
+        }
+        for (product, category) in basket {
+            self.count_once(product, category);
+        }
+    }
+
+    /// One more touch of `product` (of `category`): its count and popularity ranks.
+    fn count_once(&mut self, product: Id, category: Option<&str>) {
         let slot = &mut self.counts[product as usize];
         if slot.is_none() {
             self.counted += 1;
@@ -740,6 +792,20 @@ impl Merge {
     }
 }
 
+/// The pairs of an order's `n` distinct products (positions) that [`CoOccurrence::learn_basket`]
+/// links, at most [`BASKET_LINKS`] (or `n`): every pair when each product can be linked to all the
+/// others within [`BASKET_WINDOW`] on each side, else each product to the next `window` ones, going
+/// round the order (so that the first and the last have as many as the others), with `window` as
+/// large as the bound allows (at least 1).
+pub fn basket_pairs(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    let window = (BASKET_LINKS / n.max(1)).clamp(1, BASKET_WINDOW);
+    let every = n <= 2 * window + 1;
+    (0..n).flat_map(move |i| {
+        let ahead = if every { n - 1 - i } else { window };
+        (1..=ahead).map(move |d| if every { (i, i + d) } else { (i, (i + d) % n) })
+    })
+}
+
 fn add_weight(weights: &mut Vec<(Id, f64)>, category: Id, weight: f64) {
     match weights.iter_mut().find(|(c, _)| *c == category) {
         Some((_, sum)) => *sum += weight,
@@ -841,6 +907,83 @@ mod tests {
         restored.restore(&model.layout());
         assert_eq!(restored.layout(), model.layout());
         assert_eq!(restored.products(), model.products());
+    }
+
+    #[test]
+    fn an_order_links_its_products_with_the_basket_weight_and_counts_each_once() {
+        let mut model = CoOccurrence::new(false);
+        model.learn_basket([
+            ("a", Some("x")),
+            ("b", None),
+            ("a", Some("y")),
+            ("c", Some("x")),
+        ]);
+        let layout = model.layout();
+        let links: Vec<(&str, Vec<(&str, f64)>)> = layout
+            .links
+            .iter()
+            .map(|(p, n)| {
+                (
+                    p.as_str(),
+                    n.iter().map(|(q, w)| (q.as_str(), *w)).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            links,
+            [
+                ("a", vec![("b", BASKET_WEIGHT), ("c", BASKET_WEIGHT)]),
+                ("b", vec![("a", BASKET_WEIGHT), ("c", BASKET_WEIGHT)]),
+                ("c", vec![("a", BASKET_WEIGHT), ("b", BASKET_WEIGHT)]),
+            ]
+        );
+        assert_eq!(
+            layout.counts,
+            [("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]
+        );
+        assert_eq!(
+            layout.category_of,
+            [("a".into(), "x".into()), ("c".into(), "x".into())]
+        );
+    }
+
+    #[test]
+    fn an_order_makes_a_bounded_number_of_links_each_pair_once() {
+        for n in [0, 1, 2, 9, 17, 18, 20, 21, 50, 161, 500] {
+            let pairs: Vec<(usize, usize)> = basket_pairs(n).collect();
+            assert!(
+                pairs.len() <= BASKET_LINKS.max(n),
+                "{n} products: {} links",
+                pairs.len()
+            );
+            let mut distinct: Vec<(usize, usize)> =
+                pairs.iter().map(|&(a, b)| (a.min(b), a.max(b))).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), pairs.len(), "{n} products: a pair twice");
+            assert!(pairs.iter().all(|&(a, b)| a != b && a < n && b < n));
+            let mut linked = vec![0; n];
+            for (a, b) in pairs {
+                linked[a] += 1;
+                linked[b] += 1;
+            }
+            assert!(
+                linked.iter().all(|&l| l >= n.saturating_sub(1).min(2)),
+                "{n} products: one left out"
+            );
+        }
+        assert_eq!(
+            basket_pairs(17).count(),
+            17 * 16 / 2,
+            "all pairs of a small order"
+        );
+    }
+
+    #[test]
+    fn a_frozen_model_learns_no_order() {
+        let mut model = CoOccurrence::new(true);
+        model.learn_basket([("a", None), ("b", None)]);
+        assert_eq!(model.products(), 0);
     }
 
     #[test]
