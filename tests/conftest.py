@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, settings
 
 from connectors.local_services import local_services, redis_cluster
 from operators.engine import CustomerStage, EngineConfig
@@ -22,6 +23,11 @@ from schemas.envelope import Envelope
 from schemas.items import EndOfInput, Output, RawEvent
 from state import codec
 from state.store import wait_for_writes
+
+# Property tests judge behaviour, not speed: on a shared, loaded host, drawing an input or running an
+# example can take seconds, which Hypothesis would otherwise report as a failure.
+settings.register_profile("shared-host", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shared-host")
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 _ids = itertools.count(1)
