@@ -65,8 +65,8 @@ class _Shard:
         self.examples: list[Example] = []
         self.run.batch = []
 
-        def outcome(customer: str, x: tuple[float, ...], p: float, y: bool) -> None:
-            self.run._outcome(customer, x, p, y)  # the progressive record the AUC is computed from
+        def outcome(customer: str, decided_ms: int, x: tuple[float, ...], raw: float, p: float, y: bool) -> None:
+            self.run._outcome(customer, decided_ms, x, raw, p, y)  # the progressive record the AUC is computed from
             self.examples.append((x, y))
 
         self.models.on_outcome = outcome
@@ -115,8 +115,8 @@ def lockstep_quality(
                 shard.examples = []
             continue
         for shard_touches in touches:
-            for history, product, category in shard_touches:
-                recommender.learn(list(history), product, category)
+            for touch in shard_touches:
+                Recommendations().learn(recommender, touch)
         for shard_examples in examples:
             for x, y in shard_examples:
                 propensity.learn(x, y)
@@ -146,7 +146,7 @@ def lockstep_quality(
     stats = [shard.models.recommender.stats() for shard in shards]
     checked, hits, popular = (sum(s[name] for s in stats) for name in ("checked", "hits", "most_popular_hits"))
     records = [record for shard in shards for record in shard.run.records]
-    scores, labels = [p for p, _, _ in records], [y for _, _, y in records]
+    scores, labels = [p for p, *_ in records], [y for *_, y in records]
     return checked, hits / checked, popular / checked, auc(scores, labels)
 
 

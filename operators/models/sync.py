@@ -23,11 +23,14 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
+from operators.models import BASKET
 from operators.models.propensity import PropensityModel
 from operators.models.recommend import CoOccurrence, adopt
 
 Touch = tuple[tuple[str, ...], str, str | None]
 """A product touch as the recommender learns it: the session's earlier products, the product, its category."""
+Basket = tuple[str, Any]
+"""An order's basket as the recommender learns it: ``BASKET`` and the basket ``learn_order`` returned."""
 Outcome = tuple[tuple[float, ...], bool]
 """An outcome as the propensity model learns it: the decision's inputs, and whether an order followed."""
 M = TypeVar("M")
@@ -57,9 +60,12 @@ class Recommendations:
     def fresh(self) -> CoOccurrence:
         return CoOccurrence()
 
-    def learn(self, model: CoOccurrence, example: Touch) -> None:
-        history, product, category = example
-        model.learn(list(history), product, category)
+    def learn(self, model: CoOccurrence, example: Touch | Basket) -> None:
+        if example[0] == BASKET:
+            model.learn_basket(example[1])
+        else:
+            history, product, category = example
+            model.learn(list(history), product, category)
 
     def to_bytes(self, model: CoOccurrence) -> bytes:
         return model.to_bytes()

@@ -9,6 +9,7 @@ from random import Random
 import orjson
 import pytest
 
+from operators.models import BASKET
 from operators.models.propensity import FEATURES, PropensityModel
 from operators.models.recommend import CoOccurrence, adopt
 from operators.models.sync import GlobalVersions, Propensity, Recommendations, ReplicaSync, SyncSchedule
@@ -63,6 +64,28 @@ def test_a_version_is_every_shards_touches_period_by_period_then_shard_by_shard(
     expected = learnt(t for period in range(3) for part in parts for t in part.get(period, []))
     assert versions.version(2) == expected.to_bytes()
     assert versions.version(3) is None  # nobody has covered period 3 yet
+
+
+def test_orders_baskets_are_examples_of_the_recommenders_versions_as_touches_are():
+    schedule = SyncSchedule(HOUR)
+    rng = Random(7)
+    streams = []
+    for seed in range(3):  # touches and, among them, orders' baskets of 2 to 5 products
+        baskets = [
+            (rng.randrange(5 * HOUR), (BASKET, [(p, None) for p in rng.sample(PRODUCTS, rng.randint(2, 5))]))
+            for _ in range(10)
+        ]
+        streams.append(sorted(touches(seed, 40) + baskets, key=lambda item: item[0]))
+    versions, _ = handed_over_at_once(streams, 3 * HOUR)
+    parts = [by_period(stream, schedule) for stream in streams]
+    expected = CoOccurrence()
+    for example in (e for period in range(3) for part in parts for e in part.get(period, [])):
+        if example[0] == BASKET:
+            expected.learn_basket(example[1])
+        else:
+            expected.learn(list(example[0]), example[1], example[2])
+    assert versions.version(2) == expected.to_bytes()
+    assert expected.stats()["products"] == len(PRODUCTS)
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
