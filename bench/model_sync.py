@@ -25,7 +25,7 @@ from typing import Any
 from flows.evaluate import Run, auc
 from operators.engine import EngineConfig
 from operators.models import CHECK, ShardModels, _journal_entries
-from operators.models.propensity import FEATURES, PropensityModel
+from operators.models.propensity import PropensityModel
 from operators.models.recommend import CoOccurrence, adopt
 from operators.models.sync import GlobalVersions, Propensity, Recommendations, ReplicaSync, SyncSchedule
 from operators.rules import load_rules
@@ -119,7 +119,7 @@ def lockstep_quality(
                 Recommendations().learn(recommender, touch)
         for shard_examples in examples:
             for x, y in shard_examples:
-                propensity.learn(x, y)
+                propensity.fit_one(x, y)
         now_reco, now_propensity = recommender.to_bytes(), propensity.export()
         for shard_syncs, shard_touches, shard_examples in zip(syncs, touches, examples, strict=True):
             learnt_now = (shard_touches, shard_examples)
@@ -156,12 +156,12 @@ def _adopt(
     """The shard's replicas become the global ones, plus what it learnt itself since (``touches``, ``examples``)."""
     models = shard.models
     adopt(models.recommender, reco)
-    for history, product, category in touches:
-        models.recommender.learn(list(history), product, category)
+    for touch in touches:
+        Recommendations().learn(models.recommender, touch)
     if propensity["learnt"]:
         models.propensity.load(propensity)
         for x, y in examples:
-            models.propensity.pipeline.learn_one(dict(zip(FEATURES, x, strict=True)), y)
+            models.propensity.fit_one(x, y)
 
 
 def _averaged(global_export: dict[str, Any], shards: list[_Shard]) -> dict[str, Any]:
