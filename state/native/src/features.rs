@@ -7,7 +7,7 @@
 //! table the whole process shares ([`Strings`]); snapshots ([`Features::to_bytes`]) carry the
 //! names, never the ids.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use crate::btyd::{History, Population};
@@ -105,7 +105,7 @@ fn removed<T: Copy>(items: &[T], index: usize) -> Box<[T]> {
 #[derive(Debug, Default)]
 pub struct Strings {
     names: Vec<&'static str>,
-    ids: HashMap<&'static str, Id>,
+    ids: crate::names::NameMap<&'static str, Id>,
 }
 
 impl Strings {
