@@ -144,7 +144,28 @@ pub fn py_round(x: f64, digits: usize) -> f64 {
     if !x.is_finite() {
         return x;
     }
+    if let Some(rounded) = round_far_from_half(x, digits) {
+        return rounded;
+    }
     format!("{:.*}", digits, x).parse().unwrap_or(x)
+}
+
+/// [`py_round`] without the decimal text, when `x` scaled is far enough from a half that the
+/// scaling's rounding cannot change the side it falls on: the integer nearest the scaled value,
+/// divided by the power of ten (one correctly rounded division: the double nearest the decimal).
+fn round_far_from_half(x: f64, digits: usize) -> Option<f64> {
+    const POWERS: [f64; 9] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
+    let power = *POWERS.get(digits)?;
+    let scaled = x * power;
+    if !(scaled.abs() < 4_503_599_627_370_496.0) {
+        return None; // 2^52: beyond, not every half is a double
+    }
+    let distance = (scaled - scaled.trunc()).abs() - 0.5;
+    // the product is off the exact one by half an ulp at most: keep well clear of that
+    if distance.abs() <= scaled.abs() * f64::EPSILON * 4.0 + f64::MIN_POSITIVE {
+        return None;
+    }
+    Some(scaled.round() / power)
 }
 
 /// Python's `max(a, b)`: `a` unless `b` is greater.
@@ -1773,6 +1794,35 @@ mod tests {
         assert_eq!(py_round(0.375, 2), 0.38);
         assert_eq!(py_round(-0.001, 2).to_bits(), (-0.0f64).to_bits());
         assert_eq!(py_round(1e300, 2), 1e300);
+    }
+
+    #[test]
+    fn rounding_without_the_decimal_text_gives_the_same_bits() {
+        let text = |x: f64, digits: usize| -> f64 { format!("{:.*}", digits, x).parse().unwrap() };
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut fast = 0;
+        for i in 0..50_000u64 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x = match i % 4 {
+                0 => (state % 10_000_000) as f64 / 1000.0 - 5000.0, // prices and sums of them
+                1 => (state >> 11) as f64 / (1u64 << 53) as f64,     // probabilities
+                2 => (state % 100_000) as f64 * 0.005,               // halves at two digits
+                _ => f64::from_bits(state),                          // any double
+            };
+            if !x.is_finite() {
+                continue;
+            }
+            for digits in [0, 2, 3, 4] {
+                if let Some(quick) = round_far_from_half(x, digits) {
+                    fast += 1;
+                    assert_eq!(quick.to_bits(), text(x, digits).to_bits(), "{x} to {digits}");
+                }
+                assert_eq!(py_round(x, digits).to_bits(), text(x, digits).to_bits());
+            }
+        }
+        assert!(fast > 100_000, "most values take the quick way: {fast}");
     }
 
     #[test]
