@@ -157,7 +157,7 @@ fn round_far_from_half(x: f64, digits: usize) -> Option<f64> {
     const POWERS: [f64; 9] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
     let power = *POWERS.get(digits)?;
     let scaled = x * power;
-    if !(scaled.abs() < 4_503_599_627_370_496.0) {
+    if scaled.abs() >= 4_503_599_627_370_496.0 {
         return None; // 2^52: beyond, not every half is a double
     }
     let distance = (scaled - scaled.trunc()).abs() - 0.5;

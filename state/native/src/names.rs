@@ -49,16 +49,81 @@ impl NameHasher {
     }
 }
 
+/// Names and their ids: an open-addressed table of slots, each the high half of a name's hash and
+/// its id + 1 (0: empty), probed linearly and at most half full. A batch of lookups
+/// ([`Names::prefetch`]) can start its memory reads together, since a table of many products is
+/// far bigger than the cache.
 #[derive(Debug, Clone, Default)]
 pub struct Names {
     names: Vec<Box<str>>,
-    ids: NameMap<Box<str>, Id>,
+    slots: Vec<u64>,
+}
+
+fn hash_of(name: &str) -> u64 {
+    let mut hasher = NameHasher::default();
+    hasher.write(name.as_bytes());
+    hasher.finish()
+}
+
+/// Ask for the cache line at `address` to be read, without waiting for it.
+#[inline(always)]
+pub fn prefetch<T>(address: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it reads nothing and faults on no address
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
 }
 
 impl Names {
+    /// The slot of `name` (hashed to `hash`): its id, or the empty slot where it would go.
+    fn find(&self, name: &str, hash: u64) -> Result<Id, usize> {
+        let mask = self.slots.len() - 1;
+        let tag = hash >> 32;
+        let mut index = hash as usize & mask;
+        loop {
+            let slot = self.slots[index];
+            if slot == 0 {
+                return Err(index);
+            }
+            if slot >> 32 == tag {
+                let id = (slot as u32).wrapping_sub(1);
+                if &*self.names[id as usize] == name {
+                    return Ok(id);
+                }
+            }
+            index = (index + 1) & mask;
+        }
+    }
+
     /// The id of `name` if it was interned.
     pub fn get(&self, name: &str) -> Option<Id> {
-        self.ids.get(name).copied()
+        if self.slots.is_empty() {
+            return None;
+        }
+        self.find(name, hash_of(name)).ok()
+    }
+
+    /// Start reading what looking `names` up will read (their slots, then the names there), so
+    /// that the lookups that follow find it in the cache instead of waiting for each in turn.
+    pub fn prefetch<'a>(&self, names: impl Iterator<Item = &'a str> + Clone) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let mask = self.slots.len() - 1;
+        for name in names.clone() {
+            prefetch(&self.slots[hash_of(name) as usize & mask]);
+        }
+        for name in names {
+            let hash = hash_of(name);
+            let slot = self.slots[hash as usize & mask];
+            if slot >> 32 == hash >> 32 && slot != 0 {
+                let id = (slot as u32).wrapping_sub(1) as usize;
+                prefetch(self.names[id].as_ptr());
+            }
+        }
     }
 
     pub fn name(&self, id: Id) -> &str {
@@ -80,18 +145,64 @@ impl Names {
 
     /// The id of `name`, and whether it is new.
     pub fn interned(&mut self, name: &str) -> (Id, bool) {
-        if let Some(&id) = self.ids.get(name) {
-            return (id, false);
+        if 2 * (self.names.len() + 1) > self.slots.len() {
+            self.grow();
         }
-        let id = Id::try_from(self.names.len()).expect("fewer than 2^32 names");
-        self.names.push(name.into());
-        self.ids.insert(name.into(), id);
-        (id, true)
+        let hash = hash_of(name);
+        match self.find(name, hash) {
+            Ok(id) => (id, false),
+            Err(index) => {
+                let id = Id::try_from(self.names.len())
+                    .ok()
+                    .filter(|id| *id < Id::MAX)
+                    .expect("fewer than 2^32 - 1 names");
+                self.names.push(name.into());
+                self.slots[index] = (hash >> 32) << 32 | u64::from(id + 1);
+                (id, true)
+            }
+        }
+    }
+
+    /// Twice the slots (at least 16), every name placed again.
+    fn grow(&mut self) {
+        let size = (2 * self.slots.len()).max(16);
+        self.slots = vec![0; size];
+        for (id, name) in self.names.iter().enumerate() {
+            let hash = hash_of(name);
+            let Err(index) = self.find(name, hash) else {
+                unreachable!("a name is interned once");
+            };
+            self.slots[index] = (hash >> 32) << 32 | (id as u64 + 1);
+        }
     }
 
     /// Ids ordered by name (code point order: Rust compares UTF-8 bytes, which agrees).
     pub fn by_name(&self, mut ids: Vec<Id>) -> Vec<Id> {
         ids.sort_unstable_by(|a, b| self.name(*a).cmp(self.name(*b)));
         ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_keep_their_first_ids_as_the_table_grows() {
+        let mut names = Names::default();
+        assert_eq!(names.get("p-0"), None);
+        for n in 0..10_000 {
+            assert_eq!(names.interned(&format!("p-{n}")), (n, true));
+        }
+        names.prefetch(["p-7", "p-99999", ""].into_iter());
+        for n in (0..10_000).rev() {
+            let name = format!("p-{n}");
+            assert_eq!(names.interned(&name), (n, false));
+            assert_eq!(names.get(&name), Some(n));
+            assert_eq!(names.name(n), name);
+        }
+        assert_eq!(names.get("p-10000"), None);
+        assert_eq!(names.intern(""), 10_000);
+        assert_eq!(names.len(), 10_001);
     }
 }

@@ -31,6 +31,7 @@ pub const BASKET_LINKS: usize = 160;
 const FEW_LINES: usize = 64;
 
 pub use crate::names::{Id, Names};
+use crate::names::prefetch;
 
 /// A division by zero where the Python model raised `ZeroDivisionError` (category affinities
 /// that sum to zero).
@@ -195,13 +196,17 @@ impl CoOccurrence {
     /// order's order; a product on several lines counts once, with its first line's category):
     /// each pair of [`basket_pairs`] is linked both ways with [`BASKET_WEIGHT`], then each product
     /// is counted once for its popularity, in the order's order.
-    pub fn learn_basket<'a>(
-        &mut self,
-        lines: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
-    ) {
+    pub fn learn_basket<'a, Lines>(&mut self, lines: Lines)
+    where
+        Lines: IntoIterator<Item = (&'a str, Option<&'a str>)>,
+        Lines::IntoIter: Clone,
+    {
         if self.frozen {
             return;
         }
+        let lines = lines.into_iter();
+        // an order's products are spread over the whole model: their reads start together
+        self.products.prefetch(lines.clone().map(|(product, _)| product));
         let mut basket: Vec<(Id, Option<&str>)> = Vec::new();
         let mut many: HashSet<Id, BuildHasherDefault<IdHasher>> = HashSet::default();
         for (product, category) in lines {
@@ -217,6 +222,16 @@ impl CoOccurrence {
             };
             if new {
                 basket.push((product, category));
+            }
+        }
+        for &(product, _) in &basket {
+            prefetch(&self.links[product as usize]);
+            prefetch(&self.counts[product as usize]);
+            prefetch(&self.category_of[product as usize]);
+        }
+        for &(product, _) in &basket {
+            if let Some(links) = &self.links[product as usize] {
+                prefetch(links.as_ptr());
             }
         }
         for (a, b) in basket_pairs(basket.len()) {
