@@ -104,32 +104,29 @@ fn removed<T: Copy>(items: &[T], index: usize) -> Box<[T]> {
 /// of the process (the vocabularies are bounded: products, categories, stores, places, traits).
 #[derive(Debug, Default)]
 pub struct Strings {
-    names: Vec<&'static str>,
-    ids: crate::names::NameMap<&'static str, Id>,
+    table: crate::names::Table<&'static str>,
 }
 
 impl Strings {
     pub fn intern(&mut self, name: &str) -> Id {
-        if let Some(&id) = self.ids.get(name) {
-            return id;
-        }
-        let id = Id::try_from(self.names.len()).expect("fewer than 2^32 names");
-        let kept: &'static str = Box::leak(name.into());
-        self.names.push(kept);
-        self.ids.insert(kept, id);
-        id
+        self.table.intern(name)
+    }
+
+    /// Start the reads that interning `names` will make (see [`crate::names::Table::prefetch`]).
+    pub fn prefetch<'a>(&self, names: impl Iterator<Item = &'a str> + Clone) {
+        self.table.prefetch(names);
     }
 
     pub fn name(&self, id: Id) -> &'static str {
-        self.names[id as usize]
+        self.table.stored(id)
     }
 
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.table.is_empty()
     }
 }
 
@@ -2158,7 +2155,9 @@ pub mod python {
             match native {
                 Some(native) if completed => {
                     let (json, native) = native.read(py);
-                    for (product, category, quantity) in native.bought(json, MAX_BOUGHT) {
+                    let bought: Vec<_> = native.bought(json, MAX_BOUGHT).collect();
+                    table.get().prefetch(bought.iter().map(|(product, _, _)| *product));
+                    for (product, category, quantity) in bought {
                         lines.push((
                             table.get().intern(product),
                             table.intern(category),

@@ -1,17 +1,13 @@
 //! Names interned to dense ids, in the order they were first seen: the recommender's products and
 //! categories, the bookkeeping's rules, offers and segments.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 
 pub type Id = u32;
 
-/// A map keyed by names, hashed by [`NameHasher`].
-pub type NameMap<K, V> = HashMap<K, V, BuildHasherDefault<NameHasher>>;
-
 /// A fast hash of short names (product ids, rule names), eight bytes at a step: a name is looked
 /// up for every line of every order, where SipHash cost more than the lookup's own memory reads.
-/// Nothing iterates a [`NameMap`], so the hash changes no output.
+/// Nothing iterates a [`Table`] by hash, so the hash changes no output.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NameHasher(u64);
 
@@ -53,10 +49,40 @@ impl NameHasher {
 /// its id + 1 (0: empty), probed linearly and at most half full. A batch of lookups
 /// ([`Names::prefetch`]) can start its memory reads together, since a table of many products is
 /// far bigger than the cache.
-#[derive(Debug, Clone, Default)]
-pub struct Names {
-    names: Vec<Box<str>>,
+#[derive(Debug, Clone)]
+pub struct Table<S> {
+    names: Vec<S>,
     slots: Vec<u64>,
+}
+
+/// Names kept as long as their table.
+pub type Names = Table<Box<str>>;
+
+impl<S> Default for Table<S> {
+    fn default() -> Self {
+        Self {
+            names: Vec::new(),
+            slots: Vec::new(),
+        }
+    }
+}
+
+/// How a [`Table`] keeps a name.
+pub trait Stored: std::ops::Deref<Target = str> {
+    fn store(name: &str) -> Self;
+}
+
+impl Stored for Box<str> {
+    fn store(name: &str) -> Self {
+        name.into()
+    }
+}
+
+/// Kept for the life of the process.
+impl Stored for &'static str {
+    fn store(name: &str) -> Self {
+        Box::leak(name.into())
+    }
 }
 
 fn hash_of(name: &str) -> u64 {
@@ -77,7 +103,7 @@ pub fn prefetch<T>(address: *const T) {
     let _ = address;
 }
 
-impl Names {
+impl<S: Stored> Table<S> {
     /// The slot of `name` (hashed to `hash`): its id, or the empty slot where it would go.
     fn find(&self, name: &str, hash: u64) -> Result<Id, usize> {
         let mask = self.slots.len() - 1;
@@ -90,7 +116,7 @@ impl Names {
             }
             if slot >> 32 == tag {
                 let id = (slot as u32).wrapping_sub(1);
-                if &*self.names[id as usize] == name {
+                if *self.names[id as usize] == *name {
                     return Ok(id);
                 }
             }
@@ -130,6 +156,11 @@ impl Names {
         &self.names[id as usize]
     }
 
+    /// The name of `id` as the table keeps it.
+    pub fn stored(&self, id: Id) -> &S {
+        &self.names[id as usize]
+    }
+
     pub fn len(&self) -> usize {
         self.names.len()
     }
@@ -156,7 +187,7 @@ impl Names {
                     .ok()
                     .filter(|id| *id < Id::MAX)
                     .expect("fewer than 2^32 - 1 names");
-                self.names.push(name.into());
+                self.names.push(S::store(name));
                 self.slots[index] = (hash >> 32) << 32 | u64::from(id + 1);
                 (id, true)
             }
