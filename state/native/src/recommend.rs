@@ -26,7 +26,7 @@ pub const BASKET_WEIGHT: f64 = 2.0;
 /// Products of an order each one is linked to at most, on each side (see [`basket_pairs`]).
 pub const BASKET_WINDOW: usize = 8;
 /// Links an order makes at most (unless it has more distinct products: then one per product).
-pub const BASKET_LINKS: usize = 160;
+pub const BASKET_LINKS: usize = 80;
 /// Distinct products of an order found again by a scan of those before them (beyond: by marks).
 const FEW_LINES: usize = 64;
 
@@ -964,7 +964,7 @@ mod tests {
 
     #[test]
     fn an_order_makes_a_bounded_number_of_links_each_pair_once() {
-        for n in [0, 1, 2, 9, 17, 18, 20, 21, 50, 161, 500] {
+        for n in [0, 1, 2, 9, 13, 14, 17, 18, 20, 21, 50, 161, 500] {
             let pairs: Vec<(usize, usize)> = basket_pairs(n).collect();
             assert!(
                 pairs.len() <= BASKET_LINKS.max(n),
@@ -988,10 +988,11 @@ mod tests {
             );
         }
         assert_eq!(
-            basket_pairs(17).count(),
-            17 * 16 / 2,
+            basket_pairs(13).count(),
+            13 * 12 / 2,
             "all pairs of a small order"
         );
+        assert_eq!(basket_pairs(14).count(), 14 * 5, "five each way beyond");
     }
 
     #[test]
