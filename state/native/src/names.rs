@@ -45,14 +45,58 @@ impl NameHasher {
     }
 }
 
-/// Names and their ids: an open-addressed table of slots, each the high half of a name's hash and
-/// its id + 1 (0: empty), probed linearly and at most half full. A batch of lookups
-/// ([`Names::prefetch`]) can start its memory reads together, since a table of many products is
-/// far bigger than the cache.
+/// Names and their ids: an open-addressed table of [`Slot`]s, probed linearly and at most half
+/// full. A name of up to [`SHORT`] bytes is compared in its slot, so that a lookup reads one place
+/// in memory, and a batch of lookups ([`Table::prefetch`]) can start those reads together: a
+/// table of many products is far bigger than the cache.
 #[derive(Debug, Clone)]
 pub struct Table<S> {
     names: Vec<S>,
-    slots: Vec<u64>,
+    slots: Vec<Slot>,
+}
+
+/// Names up to this long are kept in their slot too.
+const SHORT: usize = 15;
+
+/// A name's place in a [`Table`]: the high half of its hash and its id + 1 (0: empty), and a
+/// short name's bytes followed by its length + 1 (0: a longer name, compared where it is kept).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+struct Slot {
+    key: u64,
+    short: [u8; SHORT + 1],
+}
+
+impl Slot {
+    fn new(name: &str, hash: u64, id: usize) -> Self {
+        let mut short = [0u8; SHORT + 1];
+        if name.len() <= SHORT {
+            short[..name.len()].copy_from_slice(name.as_bytes());
+            short[SHORT] = name.len() as u8 + 1;
+        }
+        Self {
+            key: (hash >> 32) << 32 | (id as u64 + 1),
+            short,
+        }
+    }
+
+    fn id(&self) -> usize {
+        (self.key as u32 as usize).wrapping_sub(1)
+    }
+
+    /// Whether the slot holds `name` (`None`: a long name with the same hash tag, to compare).
+    fn holds(&self, name: &str, tag: u64) -> Option<bool> {
+        if self.key >> 32 != tag {
+            return Some(false);
+        }
+        match self.short[SHORT] {
+            0 => (name.len() <= SHORT).then_some(false),
+            length => Some(
+                usize::from(length - 1) == name.len()
+                    && &self.short[..name.len()] == name.as_bytes(),
+            ),
+        }
+    }
 }
 
 /// Names kept as long as their table.
@@ -110,15 +154,15 @@ impl<S: Stored> Table<S> {
         let tag = hash >> 32;
         let mut index = hash as usize & mask;
         loop {
-            let slot = self.slots[index];
-            if slot == 0 {
+            let slot = &self.slots[index];
+            if slot.key == 0 {
                 return Err(index);
             }
-            if slot >> 32 == tag {
-                let id = (slot as u32).wrapping_sub(1);
-                if *self.names[id as usize] == *name {
-                    return Ok(id);
-                }
+            let holds = slot
+                .holds(name, tag)
+                .unwrap_or_else(|| *self.names[slot.id()] == *name);
+            if holds {
+                return Ok(slot.id() as Id);
             }
             index = (index + 1) & mask;
         }
@@ -132,8 +176,8 @@ impl<S: Stored> Table<S> {
         self.find(name, hash_of(name)).ok()
     }
 
-    /// Start reading what looking `names` up will read (their slots, then the names there), so
-    /// that the lookups that follow find it in the cache instead of waiting for each in turn.
+    /// Start reading what looking `names` up will read (their slots, then the long names there),
+    /// so that the lookups that follow find it in the cache instead of waiting for each in turn.
     pub fn prefetch<'a>(&self, names: impl Iterator<Item = &'a str> + Clone) {
         if self.slots.is_empty() {
             return;
@@ -142,12 +186,11 @@ impl<S: Stored> Table<S> {
         for name in names.clone() {
             prefetch(&self.slots[hash_of(name) as usize & mask]);
         }
-        for name in names {
+        for name in names.filter(|name| name.len() > SHORT) {
             let hash = hash_of(name);
-            let slot = self.slots[hash as usize & mask];
-            if slot >> 32 == hash >> 32 && slot != 0 {
-                let id = (slot as u32).wrapping_sub(1) as usize;
-                prefetch(self.names[id].as_ptr());
+            let slot = &self.slots[hash as usize & mask];
+            if slot.key != 0 && slot.holds(name, hash >> 32).is_none() {
+                prefetch(self.names[slot.id()].as_ptr());
             }
         }
     }
@@ -188,7 +231,7 @@ impl<S: Stored> Table<S> {
                     .filter(|id| *id < Id::MAX)
                     .expect("fewer than 2^32 - 1 names");
                 self.names.push(S::store(name));
-                self.slots[index] = (hash >> 32) << 32 | u64::from(id + 1);
+                self.slots[index] = Slot::new(name, hash, id as usize);
                 (id, true)
             }
         }
@@ -197,13 +240,13 @@ impl<S: Stored> Table<S> {
     /// Twice the slots (at least 16), every name placed again.
     fn grow(&mut self) {
         let size = (2 * self.slots.len()).max(16);
-        self.slots = vec![0; size];
+        self.slots = vec![Slot::default(); size];
         for (id, name) in self.names.iter().enumerate() {
             let hash = hash_of(name);
             let Err(index) = self.find(name, hash) else {
                 unreachable!("a name is interned once");
             };
-            self.slots[index] = (hash >> 32) << 32 | (id as u64 + 1);
+            self.slots[index] = Slot::new(name, hash, id);
         }
     }
 
@@ -235,5 +278,14 @@ mod tests {
         assert_eq!(names.get("p-10000"), None);
         assert_eq!(names.intern(""), 10_000);
         assert_eq!(names.len(), 10_001);
+        // names kept in their slot and beyond it, and names that differ only past it
+        let long = "a product id longer than a slot holds";
+        for (n, name) in ["123456789012345", "1234567890123456", long, &long[..36]].iter().enumerate() {
+            assert_eq!(names.interned(name), (10_001 + n as Id, true));
+        }
+        for (n, name) in ["123456789012345", "1234567890123456", long, &long[..36]].iter().enumerate() {
+            assert_eq!(names.get(name), Some(10_001 + n as Id));
+        }
+        assert_eq!(names.get("12345678901234"), None);
     }
 }
