@@ -18,7 +18,7 @@ SAMPLE_EVERY = 50  # one view in 50 is checked for progressive hit rate (by a ha
 K = 10
 BASKET_WEIGHT = 2.0  # of a link between two products bought in one order
 BASKET_WINDOW = 8  # products of an order each one is linked to at most, on each side
-BASKET_LINKS = 160  # links an order makes at most (unless it has more distinct products: one each)
+BASKET_LINKS = 80  # links an order makes at most (unless it has more distinct products: one each)
 WEIGHTS = tuple(1.0 / distance for distance in range(1, WINDOW + 1))  # of a link, by distance in the session
 
 

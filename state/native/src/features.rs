@@ -7,7 +7,7 @@
 //! table the whole process shares ([`Strings`]); snapshots ([`Features::to_bytes`]) carry the
 //! names, never the ids.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use crate::btyd::{History, Population};
@@ -104,32 +104,29 @@ fn removed<T: Copy>(items: &[T], index: usize) -> Box<[T]> {
 /// of the process (the vocabularies are bounded: products, categories, stores, places, traits).
 #[derive(Debug, Default)]
 pub struct Strings {
-    names: Vec<&'static str>,
-    ids: HashMap<&'static str, Id>,
+    table: crate::names::Table<&'static str>,
 }
 
 impl Strings {
     pub fn intern(&mut self, name: &str) -> Id {
-        if let Some(&id) = self.ids.get(name) {
-            return id;
-        }
-        let id = Id::try_from(self.names.len()).expect("fewer than 2^32 names");
-        let kept: &'static str = Box::leak(name.into());
-        self.names.push(kept);
-        self.ids.insert(kept, id);
-        id
+        self.table.intern(name)
+    }
+
+    /// Start the reads that interning `names` will make (see [`crate::names::Table::prefetch`]).
+    pub fn prefetch<'a>(&self, names: impl Iterator<Item = &'a str> + Clone) {
+        self.table.prefetch(names);
     }
 
     pub fn name(&self, id: Id) -> &'static str {
-        self.names[id as usize]
+        self.table.stored(id)
     }
 
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.table.is_empty()
     }
 }
 
@@ -144,7 +141,28 @@ pub fn py_round(x: f64, digits: usize) -> f64 {
     if !x.is_finite() {
         return x;
     }
+    if let Some(rounded) = round_far_from_half(x, digits) {
+        return rounded;
+    }
     format!("{:.*}", digits, x).parse().unwrap_or(x)
+}
+
+/// [`py_round`] without the decimal text, when `x` scaled is far enough from a half that the
+/// scaling's rounding cannot change the side it falls on: the integer nearest the scaled value,
+/// divided by the power of ten (one correctly rounded division: the double nearest the decimal).
+fn round_far_from_half(x: f64, digits: usize) -> Option<f64> {
+    const POWERS: [f64; 9] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
+    let power = *POWERS.get(digits)?;
+    let scaled = x * power;
+    if scaled.abs() >= 4_503_599_627_370_496.0 {
+        return None; // 2^52: beyond, not every half is a double
+    }
+    let distance = (scaled - scaled.trunc()).abs() - 0.5;
+    // the product is off the exact one by half an ulp at most: keep well clear of that
+    if distance.abs() <= scaled.abs() * f64::EPSILON * 4.0 + f64::MIN_POSITIVE {
+        return None;
+    }
+    Some(scaled.round() / power)
 }
 
 /// Python's `max(a, b)`: `a` unless `b` is greater.
@@ -1776,6 +1794,35 @@ mod tests {
     }
 
     #[test]
+    fn rounding_without_the_decimal_text_gives_the_same_bits() {
+        let text = |x: f64, digits: usize| -> f64 { format!("{:.*}", digits, x).parse().unwrap() };
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut fast = 0;
+        for i in 0..50_000u64 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x = match i % 4 {
+                0 => (state % 10_000_000) as f64 / 1000.0 - 5000.0, // prices and sums of them
+                1 => (state >> 11) as f64 / (1u64 << 53) as f64,     // probabilities
+                2 => (state % 100_000) as f64 * 0.005,               // halves at two digits
+                _ => f64::from_bits(state),                          // any double
+            };
+            if !x.is_finite() {
+                continue;
+            }
+            for digits in [0, 2, 3, 4] {
+                if let Some(quick) = round_far_from_half(x, digits) {
+                    fast += 1;
+                    assert_eq!(quick.to_bits(), text(x, digits).to_bits(), "{x} to {digits}");
+                }
+                assert_eq!(py_round(x, digits).to_bits(), text(x, digits).to_bits());
+            }
+        }
+        assert!(fast > 100_000, "most values take the quick way: {fast}");
+    }
+
+    #[test]
     fn bytes_read_back_the_same_features() {
         let mut names = Strings::default();
         let mut f = Features::new(1_000);
@@ -2108,7 +2155,9 @@ pub mod python {
             match native {
                 Some(native) if completed => {
                     let (json, native) = native.read(py);
-                    for (product, category, quantity) in native.bought(json, MAX_BOUGHT) {
+                    let bought: Vec<_> = native.bought(json, MAX_BOUGHT).collect();
+                    table.get().prefetch(bought.iter().map(|(product, _, _)| *product));
+                    for (product, category, quantity) in bought {
                         lines.push((
                             table.get().intern(product),
                             table.intern(category),

@@ -26,11 +26,12 @@ pub const BASKET_WEIGHT: f64 = 2.0;
 /// Products of an order each one is linked to at most, on each side (see [`basket_pairs`]).
 pub const BASKET_WINDOW: usize = 8;
 /// Links an order makes at most (unless it has more distinct products: then one per product).
-pub const BASKET_LINKS: usize = 160;
+pub const BASKET_LINKS: usize = 80;
 /// Distinct products of an order found again by a scan of those before them (beyond: by marks).
 const FEW_LINES: usize = 64;
 
 pub use crate::names::{Id, Names};
+use crate::names::prefetch;
 
 /// A division by zero where the Python model raised `ZeroDivisionError` (category affinities
 /// that sum to zero).
@@ -176,6 +177,7 @@ impl CoOccurrence {
         if self.frozen {
             return;
         }
+        let name = product;
         let product = self.product(product);
         let mut distance = 0;
         for earlier in history[history.len().saturating_sub(WINDOW)..].iter().rev() {
@@ -188,35 +190,49 @@ impl CoOccurrence {
             self.link(earlier, product, weight);
             self.link(product, earlier, weight);
         }
-        self.count_once(product, category);
+        self.count_once(product, name, category);
     }
 
     /// The products of one order were bought together (`lines`: product and category, in the
     /// order's order; a product on several lines counts once, with its first line's category):
     /// each pair of [`basket_pairs`] is linked both ways with [`BASKET_WEIGHT`], then each product
     /// is counted once for its popularity, in the order's order.
-    pub fn learn_basket<'a>(
-        &mut self,
-        lines: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
-    ) {
+    pub fn learn_basket<'a, Lines>(&mut self, lines: Lines)
+    where
+        Lines: IntoIterator<Item = (&'a str, Option<&'a str>)>,
+        Lines::IntoIter: Clone,
+    {
         if self.frozen {
             return;
         }
-        let mut basket: Vec<(Id, Option<&str>)> = Vec::new();
+        let lines = lines.into_iter();
+        // an order's products are spread over the whole model: their reads start together
+        self.products.prefetch(lines.clone().map(|(product, _)| product));
+        let mut basket: Vec<(Id, &str, Option<&str>)> = Vec::new();
         let mut many: HashSet<Id, BuildHasherDefault<IdHasher>> = HashSet::default();
-        for (product, category) in lines {
-            let product = self.product(product);
+        for (name, category) in lines {
+            let product = self.product(name);
             // a few products: a scan of those before, in the cache (a set of its own beyond)
             let new = if basket.len() < FEW_LINES {
-                basket.iter().all(|(p, _)| *p != product)
+                basket.iter().all(|(p, _, _)| *p != product)
             } else {
                 if many.is_empty() {
-                    many.extend(basket.iter().map(|(p, _)| *p));
+                    many.extend(basket.iter().map(|(p, _, _)| *p));
                 }
                 many.insert(product)
             };
             if new {
-                basket.push((product, category));
+                basket.push((product, name, category));
+            }
+        }
+        for &(product, _, _) in &basket {
+            prefetch(&self.links[product as usize]);
+            prefetch(&self.counts[product as usize]);
+            prefetch(&self.category_of[product as usize]);
+        }
+        for &(product, _, _) in &basket {
+            if let Some(links) = &self.links[product as usize] {
+                prefetch(links.as_ptr());
             }
         }
         for (a, b) in basket_pairs(basket.len()) {
@@ -224,13 +240,13 @@ impl CoOccurrence {
             self.link(a, b, BASKET_WEIGHT);
             self.link(b, a, BASKET_WEIGHT);
         }
-        for (product, category) in basket {
-            self.count_once(product, category);
+        for (product, name, category) in basket {
+            self.count_once(product, name, category);
         }
     }
 
     /// One more touch of `product` (of `category`): its count and popularity ranks.
-    fn count_once(&mut self, product: Id, category: Option<&str>) {
+    fn count_once(&mut self, product: Id, name: &str, category: Option<&str>) {
         let slot = &mut self.counts[product as usize];
         if slot.is_none() {
             self.counted += 1;
@@ -238,13 +254,13 @@ impl CoOccurrence {
         let count = slot.unwrap_or(0) + 1;
         *slot = Some(count);
         let mut popular = std::mem::take(&mut self.popular);
-        self.rank(&mut popular, product, count);
+        self.rank(&mut popular, product, name, count);
         self.popular = popular;
         if let Some(category) = category.filter(|c| !c.is_empty()) {
             let category = self.category(category);
             self.category_of[product as usize] = Some(category);
             let mut ranked = std::mem::take(&mut self.popular_in[category as usize]);
-            self.rank(&mut ranked, product, count);
+            self.rank(&mut ranked, product, name, count);
             self.popular_in[category as usize] = ranked;
         }
     }
@@ -270,12 +286,13 @@ impl CoOccurrence {
     }
 
     /// Keep `popular` the most popular products, by count then name, at most [`POPULAR`]: the
-    /// product moves up a few places at most (a count grows by one), by insertion.
-    fn rank(&self, popular: &mut Vec<Id>, product: Id, count: i64) {
+    /// product (named `product_name`: the name at hand, not read again) moves up a few places at
+    /// most (a count grows by one), by insertion.
+    fn rank(&self, popular: &mut Vec<Id>, product: Id, product_name: &str, count: i64) {
         let name = |id: Id| self.products.name(id);
         if let Some(&last) = popular.last().filter(|_| popular.len() >= POPULAR) {
             let last_count = self.count(last);
-            if count < last_count || (count == last_count && name(product) > name(last)) {
+            if count < last_count || (count == last_count && product_name > name(last)) {
                 return; // the long tail stays out cheaply
             }
         }
@@ -292,7 +309,7 @@ impl CoOccurrence {
         while index > 0 {
             let before = popular[index - 1];
             let before_count = self.count(before);
-            if before_count > count || (before_count == count && name(before) < name(product)) {
+            if before_count > count || (before_count == count && name(before) < product_name) {
                 break;
             }
             index -= 1;
@@ -949,7 +966,7 @@ mod tests {
 
     #[test]
     fn an_order_makes_a_bounded_number_of_links_each_pair_once() {
-        for n in [0, 1, 2, 9, 17, 18, 20, 21, 50, 161, 500] {
+        for n in [0, 1, 2, 9, 13, 14, 17, 18, 20, 21, 50, 161, 500] {
             let pairs: Vec<(usize, usize)> = basket_pairs(n).collect();
             assert!(
                 pairs.len() <= BASKET_LINKS.max(n),
@@ -973,10 +990,11 @@ mod tests {
             );
         }
         assert_eq!(
-            basket_pairs(17).count(),
-            17 * 16 / 2,
+            basket_pairs(13).count(),
+            13 * 12 / 2,
             "all pairs of a small order"
         );
+        assert_eq!(basket_pairs(14).count(), 14 * 5, "five each way beyond");
     }
 
     #[test]
