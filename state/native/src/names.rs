@@ -129,8 +129,19 @@ impl Stored for &'static str {
     }
 }
 
+/// A key drawn once per process, so that names chosen to collide (product ids come from events)
+/// cannot be worked out in advance. Nothing depends on where a name lands: ids follow the order
+/// names arrive in, and no table is walked or saved by its slots.
+fn process_key() -> u64 {
+    static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(0x6e75_6467_6566_6c6fu64) | 1
+    })
+}
+
 fn hash_of(name: &str) -> u64 {
-    let mut hasher = NameHasher::default();
+    let mut hasher = NameHasher(process_key());
     hasher.write(name.as_bytes());
     hasher.finish()
 }
