@@ -41,6 +41,11 @@ KEY = "nf_bench_" + "k" * 40
 TICK = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
+def note(line: str) -> None:
+    """Progress that is not a figure (services starting): to stderr, out of the results."""
+    print(line, file=sys.stderr)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + sys CPU time of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -228,7 +233,7 @@ def main() -> None:
         folder = Path(tmp)
         with contextlib.ExitStack() as stack:
             if args.kafka:
-                started = stack.enter_context(local_services(folder / "services"))
+                started = stack.enter_context(local_services(folder / "services", log=note))
                 env.update(
                     NUDGEFLOW_KAFKA_BOOTSTRAP_SERVERS=started["KAFKA_BOOTSTRAP_SERVERS"],
                     NUDGEFLOW_REDIS_URL=started["REDIS_URL"],

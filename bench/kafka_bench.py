@@ -71,6 +71,11 @@ TRACED = [sys.executable, str(ROOT / "bench" / "latency_trace.py")]  # + trace f
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def note(line: str) -> None:
+    """Progress that is not a figure (services starting): to stderr, out of the results."""
+    print(line, file=sys.stderr)
+
+
 def engine_env(bootstrap: str, topic: str, prefix: str, recovery: Path, partitions: int, **more: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -457,7 +462,7 @@ def kafka() -> Iterator[tuple[str, int | None]]:
         return
     with (
         tempfile.TemporaryDirectory(prefix="nudgeflow-services-") as workdir,
-        local_services(Path(workdir), kafka=True, redis=False) as services,
+        local_services(Path(workdir), kafka=True, redis=False, log=note) as services,
     ):
         recorded = orjson.loads((Path(workdir) / "services.json").read_bytes())["services"]
         yield services["KAFKA_BOOTSTRAP_SERVERS"], next(s["pid"] for s in recorded if s["name"] == "kafka")
