@@ -1804,9 +1804,9 @@ mod tests {
             state ^= state << 17;
             let x = match i % 4 {
                 0 => (state % 10_000_000) as f64 / 1000.0 - 5000.0, // prices and sums of them
-                1 => (state >> 11) as f64 / (1u64 << 53) as f64,     // probabilities
-                2 => (state % 100_000) as f64 * 0.005,               // halves at two digits
-                _ => f64::from_bits(state),                          // any double
+                1 => (state >> 11) as f64 / (1u64 << 53) as f64,    // probabilities
+                2 => (state % 100_000) as f64 * 0.005,              // halves at two digits
+                _ => f64::from_bits(state),                         // any double
             };
             if !x.is_finite() {
                 continue;
@@ -1814,7 +1814,11 @@ mod tests {
             for digits in [0, 2, 3, 4] {
                 if let Some(quick) = round_far_from_half(x, digits) {
                     fast += 1;
-                    assert_eq!(quick.to_bits(), text(x, digits).to_bits(), "{x} to {digits}");
+                    assert_eq!(
+                        quick.to_bits(),
+                        text(x, digits).to_bits(),
+                        "{x} to {digits}"
+                    );
                 }
                 assert_eq!(py_round(x, digits).to_bits(), text(x, digits).to_bits());
             }
@@ -1946,12 +1950,17 @@ pub mod python {
 
     type Bought<'py> = Vec<(Bound<'py, PyString>, Option<Bound<'py, PyString>>, i64)>;
 
-    /// The lines of an order that count as bought (a quantity of 0 or more), the first
-    /// [`MAX_BOUGHT`] of them: those are all an order's features read.
-    fn bought<'py>(py: Python<'py>, lines: &Bound<'py, PyAny>) -> PyResult<Bought<'py>> {
+    /// The lines of an order that count as bought (a quantity of 0 or more), the first `limit` of
+    /// them, from objects with ``product_id``, ``category`` and ``quantity`` (``Product`` lines):
+    /// an order's features read [`MAX_BOUGHT`], the recommender's basket all an order may hold.
+    pub(crate) fn bought<'py>(
+        py: Python<'py>,
+        lines: &Bound<'py, PyAny>,
+        limit: usize,
+    ) -> PyResult<Bought<'py>> {
         let mut read = Vec::new();
         for line in lines.try_iter()? {
-            if read.len() == MAX_BOUGHT {
+            if read.len() == limit {
                 break;
             }
             let line = line?;
@@ -1971,6 +1980,18 @@ pub mod python {
             read.push((product, category, quantity));
         }
         Ok(read)
+    }
+
+    /// Products and categories read from Python strings, borrowed for one compiled call.
+    pub(crate) fn borrowed<'a>(
+        lines: impl IntoIterator<Item = (&'a Bound<'a, PyString>, Option<&'a Bound<'a, PyString>>)>,
+    ) -> PyResult<Vec<(&'a str, Option<&'a str>)>> {
+        lines
+            .into_iter()
+            .map(|(product, category)| {
+                Ok((product.to_str()?, category.map(|c| c.to_str()).transpose()?))
+            })
+            .collect()
     }
 
     /// A customer's features: one compact record, updated by one call per event (see
@@ -2136,7 +2157,7 @@ pub mod python {
             let native = lines.downcast::<OrderLines>().ok().map(|lines| lines.get());
             let read = match native {
                 Some(_) => Vec::new(),
-                None if completed => bought(py, lines)?,
+                None if completed => bought(py, lines, MAX_BOUGHT)?,
                 None => Vec::new(),
             };
             let mut table = Names::lock();
@@ -2156,7 +2177,9 @@ pub mod python {
                 Some(native) if completed => {
                     let (json, native) = native.read(py);
                     let bought: Vec<_> = native.bought(json, MAX_BOUGHT).collect();
-                    table.get().prefetch(bought.iter().map(|(product, _, _)| *product));
+                    table
+                        .get()
+                        .prefetch(bought.iter().map(|(product, _, _)| *product));
                     for (product, category, quantity) in bought {
                         lines.push((
                             table.get().intern(product),

@@ -126,11 +126,10 @@ mod tests {
 
 #[cfg(feature = "python")]
 pub mod python {
-    use pyo3::intern;
     use pyo3::prelude::*;
-    use pyo3::types::{PyString, PyTuple};
+    use pyo3::types::PyTuple;
 
-    use crate::features::python::{names, Features};
+    use crate::features::python::{borrowed, bought, names, Features};
     use crate::order_lines::python::OrderLines;
     use crate::order_lines::MAX_LINES;
     use crate::python::CoOccurrence;
@@ -192,29 +191,11 @@ pub mod python {
             recommender.inner.learn_basket(basket.iter().copied());
             return keep.then(|| PyTuple::new(py, basket)).transpose();
         }
-        let mut read: Vec<(Bound<'py, PyString>, Option<Bound<'py, PyString>>)> = Vec::new();
-        for line in lines.try_iter()? {
-            let line = line?;
-            let quantity: i64 = line.getattr(intern!(py, "quantity"))?.extract()?;
-            if quantity < 0 {
-                continue;
-            }
-            let product = line
-                .getattr(intern!(py, "product_id"))?
-                .downcast_into::<PyString>()?;
-            let category = line.getattr(intern!(py, "category"))?;
-            let category = (!category.is_none())
-                .then(|| category.downcast_into::<PyString>())
-                .transpose()?;
-            read.push((product, category));
-        }
-        let mut basket = Vec::with_capacity(read.len());
-        for (product, category) in &read {
-            basket.push((
-                product.to_str()?,
-                category.as_ref().map(|c| c.to_str()).transpose()?,
-            ));
-        }
+        let read = bought(py, lines, MAX_LINES)?;
+        let basket = borrowed(
+            read.iter()
+                .map(|(product, category, _)| (product, category.as_ref())),
+        )?;
         recommender.inner.learn_basket(basket.iter().copied());
         keep.then(|| PyTuple::new(py, basket)).transpose()
     }

@@ -291,10 +291,16 @@ mod tests {
         assert_eq!(names.len(), 10_001);
         // names kept in their slot and beyond it, and names that differ only past it
         let long = "a product id longer than a slot holds";
-        for (n, name) in ["123456789012345", "1234567890123456", long, &long[..36]].iter().enumerate() {
+        for (n, name) in ["123456789012345", "1234567890123456", long, &long[..36]]
+            .iter()
+            .enumerate()
+        {
             assert_eq!(names.interned(name), (10_001 + n as Id, true));
         }
-        for (n, name) in ["123456789012345", "1234567890123456", long, &long[..36]].iter().enumerate() {
+        for (n, name) in ["123456789012345", "1234567890123456", long, &long[..36]]
+            .iter()
+            .enumerate()
+        {
             assert_eq!(names.get(name), Some(10_001 + n as Id));
         }
         assert_eq!(names.get("12345678901234"), None);

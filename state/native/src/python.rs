@@ -356,13 +356,7 @@ impl CoOccurrence {
             let (product, category) = line?.extract()?;
             lines.push((product, category));
         }
-        let mut read = Vec::with_capacity(lines.len());
-        for (product, category) in &lines {
-            read.push((
-                product.to_str()?,
-                category.as_ref().map(|c| c.to_str()).transpose()?,
-            ));
-        }
+        let read = crate::features::python::borrowed(lines.iter().map(|(p, c)| (p, c.as_ref())))?;
         self.inner.learn_basket(read);
         Ok(())
     }

@@ -30,8 +30,8 @@ pub const BASKET_LINKS: usize = 80;
 /// Distinct products of an order found again by a scan of those before them (beyond: by marks).
 const FEW_LINES: usize = 64;
 
-pub use crate::names::{Id, Names};
 use crate::names::prefetch;
+pub use crate::names::{Id, Names};
 
 /// A division by zero where the Python model raised `ZeroDivisionError` (category affinities
 /// that sum to zero).
@@ -207,7 +207,8 @@ impl CoOccurrence {
         }
         let lines = lines.into_iter();
         // an order's products are spread over the whole model: their reads start together
-        self.products.prefetch(lines.clone().map(|(product, _)| product));
+        self.products
+            .prefetch(lines.clone().map(|(product, _)| product));
         let mut basket: Vec<(Id, &str, Option<&str>)> = Vec::new();
         let mut many: HashSet<Id, BuildHasherDefault<IdHasher>> = HashSet::default();
         for (name, category) in lines {
